@@ -1,0 +1,236 @@
+"""An in-memory HDF5-like domain: groups, datasets backed by numpy arrays, attributes.
+
+The reducer keeps its live state *in* a :class:`Domain`; publishers read from it:
+the in-memory HDF REST server serves the arrays directly (no copies), the HSDS
+writer mirrors the chunks that changed. Writers hold ``domain.lock`` while they
+update; :meth:`Domain.commit` bumps the generation after a consistent update, and
+records which chunks changed so that mirrors write only those.
+
+Attributes are fixed at creation: h5pyd 1.0 cannot overwrite an attribute, so
+everything that changes during a scan is a dataset.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+import numpy.typing as npt
+
+AttrValue = Union[str, int, float, bool, list[str], list[int], list[float], npt.NDArray[Any]]
+Selection = tuple[slice | int, ...]
+ChunkIndex = tuple[int, ...]
+
+STRING_DTYPE = np.dtype(object)  # variable-length UTF-8 string (scalar datasets only)
+
+
+def _split_path(path: str) -> list[str]:
+    parts = [p for p in path.split("/") if p]
+    for part in parts:
+        if part in (".", ".."):
+            raise ValueError(f"invalid path component {part!r} in {path!r}")
+    return parts
+
+
+@dataclass
+class DomainDataset:
+    """A dataset: a numpy array plus attributes, chunk shape and dirty-chunk set."""
+
+    path: str
+    array: npt.NDArray[Any]
+    attrs: dict[str, AttrValue] = field(default_factory=dict)
+    chunks: tuple[int, ...] | None = None
+    _dirty: set[ChunkIndex] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.chunks is None:
+            self.chunks = tuple(self.array.shape) if self.array.ndim else ()
+        if len(self.chunks) != self.array.ndim:
+            raise ValueError(f"{self.path}: chunks {self.chunks} do not match shape {self.shape}")
+        if any(c <= 0 for c in self.chunks):
+            raise ValueError(f"{self.path}: chunk sizes must be positive, got {self.chunks}")
+        self.mark_all_dirty()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.array.dtype
+
+    @property
+    def is_string(self) -> bool:
+        return self.array.dtype == STRING_DTYPE
+
+    def chunk_grid(self) -> tuple[int, ...]:
+        assert self.chunks is not None
+        return tuple(-(-n // c) for n, c in zip(self.shape, self.chunks))
+
+    def chunk_selection(self, index: ChunkIndex) -> tuple[slice, ...]:
+        assert self.chunks is not None
+        return tuple(
+            slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape)
+        )
+
+    def mark_all_dirty(self) -> None:
+        self._dirty.update(itertools.product(*(range(g) for g in self.chunk_grid())))
+
+    def mark_dirty(self, selection: Selection) -> None:
+        """Record the chunks touched by ``selection`` (ints and step-1 slices)."""
+        assert self.chunks is not None
+        if len(selection) > self.array.ndim:
+            raise IndexError(f"{self.path}: selection {selection} has too many axes")
+        full = tuple(selection) + (slice(None),) * (self.array.ndim - len(selection))
+        ranges = []
+        for sel, n, c in zip(full, self.shape, self.chunks):
+            if isinstance(sel, slice):
+                start, stop, _ = sel.indices(n)
+                if stop <= start:
+                    return
+                ranges.append(range(start // c, (stop - 1) // c + 1))
+            else:
+                idx = sel + n if sel < 0 else sel
+                ranges.append(range(idx // c, idx // c + 1))
+        self._dirty.update(itertools.product(*ranges))
+
+    def write(self, selection: Selection, values: Any) -> None:
+        """Assign ``values`` into the array and mark the touched chunks dirty."""
+        self.array[selection] = values
+        self.mark_dirty(selection)
+
+    def set_scalar(self, value: Any) -> None:
+        if self.array.ndim != 0:
+            raise ValueError(f"{self.path} is not a scalar dataset")
+        self.array[()] = value
+        self._dirty.add(())
+
+    def take_dirty(self) -> set[ChunkIndex]:
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+
+@dataclass
+class DomainGroup:
+    path: str
+    attrs: dict[str, AttrValue] = field(default_factory=dict)
+    children: dict[str, DomainGroup | DomainDataset] = field(default_factory=dict)
+
+
+class Domain:
+    """A named tree of groups and datasets guarded by one re-entrant lock."""
+
+    def __init__(self, name: str, root_attrs: Mapping[str, AttrValue] | None = None) -> None:
+        if not name.startswith("/"):
+            name = "/" + name
+        self.name = name
+        self.lock = threading.RLock()
+        self.root = DomainGroup("/", dict(root_attrs or {}))
+        self.generation = 0
+        # Identity of this domain instance: mirrors recreate when it changes.
+        self.created_ns = 0
+
+    # -- building -------------------------------------------------------------------
+    def _parent(self, path: str, create: bool) -> tuple[DomainGroup, str]:
+        parts = _split_path(path)
+        if not parts:
+            raise ValueError("the root group cannot be replaced")
+        group = self.root
+        for i, part in enumerate(parts[:-1]):
+            child = group.children.get(part)
+            if child is None:
+                if not create:
+                    raise KeyError(path)
+                child = DomainGroup("/" + "/".join(parts[: i + 1]))
+                group.children[part] = child
+            if not isinstance(child, DomainGroup):
+                raise ValueError(f"{child.path} is a dataset, not a group")
+            group = child
+        return group, parts[-1]
+
+    def create_group(self, path: str, attrs: Mapping[str, AttrValue] | None = None) -> DomainGroup:
+        with self.lock:
+            parent, name = self._parent(path, create=True)
+            existing = parent.children.get(name)
+            if isinstance(existing, DomainDataset):
+                raise ValueError(f"{existing.path} is a dataset, not a group")
+            group = existing or DomainGroup("/" + "/".join(_split_path(path)))
+            group.attrs.update(attrs or {})
+            parent.children[name] = group
+            return group
+
+    def create_dataset(
+        self,
+        path: str,
+        data: npt.ArrayLike | None = None,
+        *,
+        shape: tuple[int, ...] | None = None,
+        dtype: npt.DTypeLike = None,
+        fill: Any = 0,
+        attrs: Mapping[str, AttrValue] | None = None,
+        chunks: tuple[int, ...] | None = None,
+    ) -> DomainDataset:
+        """Create (or replace) a dataset from ``data`` or from ``shape``/``dtype``."""
+        if data is not None:
+            if isinstance(data, str):
+                array: npt.NDArray[Any] = np.empty((), dtype=STRING_DTYPE)
+                array[()] = data
+            else:
+                array = np.array(data, dtype=dtype)
+        else:
+            if shape is None:
+                raise ValueError(f"{path}: give data or shape")
+            array = np.full(shape, fill, dtype=dtype)
+        with self.lock:
+            parent, name = self._parent(path, create=True)
+            if isinstance(parent.children.get(name), DomainGroup):
+                raise ValueError(f"{path} is a group, not a dataset")
+            ds = DomainDataset("/" + "/".join(_split_path(path)), array, dict(attrs or {}), chunks)
+            parent.children[name] = ds
+            return ds
+
+    # -- reading --------------------------------------------------------------------
+    def get(self, path: str) -> DomainGroup | DomainDataset:
+        node: DomainGroup | DomainDataset = self.root
+        for part in _split_path(path):
+            if not isinstance(node, DomainGroup) or part not in node.children:
+                raise KeyError(path)
+            node = node.children[part]
+        return node
+
+    def dataset(self, path: str) -> DomainDataset:
+        node = self.get(path)
+        if not isinstance(node, DomainDataset):
+            raise KeyError(f"{path} is a group, not a dataset")
+        return node
+
+    def walk(self) -> Iterator[DomainGroup | DomainDataset]:
+        """Every node, parents before children."""
+        stack: list[DomainGroup | DomainDataset] = [self.root]
+        while stack:
+            node = stack.pop()
+            yield node
+            if isinstance(node, DomainGroup):
+                stack.extend(reversed(list(node.children.values())))
+
+    # -- consistency ----------------------------------------------------------------
+    def commit(self) -> int:
+        """Mark the current state consistent: bump and return the generation."""
+        with self.lock:
+            self.generation += 1
+            return self.generation
+
+    def take_dirty(self) -> dict[str, set[ChunkIndex]]:
+        """Chunks changed since the last call, per dataset path (for mirrors)."""
+        with self.lock:
+            out = {}
+            for node in self.walk():
+                if isinstance(node, DomainDataset):
+                    dirty = node.take_dirty()
+                    if dirty:
+                        out[node.path] = dirty
+            return out
