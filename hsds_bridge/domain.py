@@ -173,11 +173,20 @@ class Domain:
         fill: Any = 0,
         attrs: Mapping[str, AttrValue] | None = None,
         chunks: tuple[int, ...] | None = None,
+        share: bool = False,
     ) -> DomainDataset:
-        """Create (or replace) a dataset from ``data`` or from ``shape``/``dtype``."""
-        if data is not None:
+        """Create (or replace) a dataset from ``data`` or from ``shape``/``dtype``.
+
+        ``share`` keeps ``data`` itself (a numpy array the caller updates in place
+        under ``self.lock``) instead of a copy.
+        """
+        if share:
+            if not isinstance(data, np.ndarray):
+                raise TypeError(f"{path}: share needs a numpy array")
+            array: npt.NDArray[Any] = data
+        elif data is not None:
             if isinstance(data, str):
-                array: npt.NDArray[Any] = np.empty((), dtype=STRING_DTYPE)
+                array = np.empty((), dtype=STRING_DTYPE)
                 array[()] = data
             else:
                 array = np.array(data, dtype=dtype)

@@ -1,0 +1,51 @@
+"""helm test: HSDS answers for the read-only viewer account and its bucket exists.
+
+Environment: HSDS_URL, HS_USERNAME, HS_PASSWORD, TIMEOUT_S.
+"""
+
+import base64
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def get(url: str, auth: str) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": auth})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def main() -> int:
+    base = os.environ["HSDS_URL"].rstrip("/")
+    token = f"{os.environ['HS_USERNAME']}:{os.environ['HS_PASSWORD']}".encode()
+    auth = "Basic " + base64.b64encode(token).decode()
+    deadline = time.monotonic() + float(os.environ.get("TIMEOUT_S", "120"))
+    problem = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            status, body = get(base + "/about", auth)
+            about = json.loads(body) if status == 200 else {}
+            if status != 200 or about.get("state") != "READY":
+                problem = f"/about answered {status} {body[:200]!r}"
+            else:
+                # the bucket directory exists: listing the top-level folders works
+                status, body = get(base + "/domains", auth)
+                if status == 200:
+                    print(f"HSDS OK: {base} {about.get('hsds_version', '')} READY, bucket present")
+                    return 0
+                problem = f"/domains answered {status} {body[:200]!r} (bucket missing?)"
+        except OSError as exc:
+            problem = f"HSDS {base} does not answer: {exc}"
+        time.sleep(2)
+    print(f"FAIL: {problem}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

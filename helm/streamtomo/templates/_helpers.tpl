@@ -1,0 +1,282 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{- define "streamtomo.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name prefix of every resource (kept short: suffixes are added). */}}
+{{- define "streamtomo.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 35 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 35 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 35 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "streamtomo.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels; call with (dict "ctx" $ "component" "worker"). */}}
+{{- define "streamtomo.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "streamtomo.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Common labels; call with (dict "ctx" $ "component" "worker"). */}}
+{{- define "streamtomo.labels" -}}
+helm.sh/chart: {{ include "streamtomo.chart" .ctx }}
+{{ include "streamtomo.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: streamtomo
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The application image reference. */}}
+{{- define "streamtomo.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "streamtomo.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "streamtomo.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* In-cluster DNS name of a Service: (dict "ctx" $ "name" "reducer"). */}}
+{{- define "streamtomo.svcHost" -}}
+{{- printf "%s-%s.%s.svc" (include "streamtomo.fullname" .ctx) .name .ctx.Release.Namespace -}}
+{{- end -}}
+
+{{- define "streamtomo.controllerUrl" -}}
+{{- printf "http://%s:%d" (include "streamtomo.svcHost" (dict "ctx" . "name" "controller")) (int .Values.controller.service.port) -}}
+{{- end -}}
+
+{{- define "streamtomo.reducerDomainUrl" -}}
+{{- printf "http://%s:%d" (include "streamtomo.svcHost" (dict "ctx" . "name" "live")) (int .Values.reducer.service.port) -}}
+{{- end -}}
+
+{{- define "streamtomo.hsdsUrl" -}}
+{{- printf "http://%s:%d" (include "streamtomo.svcHost" (dict "ctx" . "name" "hsds")) (int .Values.hsds.service.port) -}}
+{{- end -}}
+
+{{/* Public URL of an ingress: (dict "ingress" .Values.x.ingress). */}}
+{{- define "streamtomo.ingressUrl" -}}
+{{- printf "%s://%s" (ternary "https" "http" (ne .ingress.tlsSecretName "")) .ingress.host -}}
+{{- end -}}
+
+{{/* Public (hateoas) endpoint of HSDS. */}}
+{{- define "streamtomo.hsdsPublicUrl" -}}
+{{- if .Values.hsds.endpoint -}}
+{{- .Values.hsds.endpoint -}}
+{{- else if .Values.hsds.ingress.enabled -}}
+{{- include "streamtomo.ingressUrl" (dict "ingress" .Values.hsds.ingress) -}}
+{{- else -}}
+{{- include "streamtomo.hsdsUrl" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The one origin HSDS allows for CORS: the viewer's. */}}
+{{- define "streamtomo.corsDomain" -}}
+{{- if .Values.hsds.corsDomain -}}
+{{- .Values.hsds.corsDomain -}}
+{{- else if and .Values.viewer.enabled .Values.viewer.ingress.enabled -}}
+{{- include "streamtomo.ingressUrl" (dict "ingress" .Values.viewer.ingress) -}}
+{{- else -}}
+{{- printf "http://localhost:%d" (int .Values.viewer.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Endpoint the viewer page reads. */}}
+{{- define "streamtomo.viewerEndpoint" -}}
+{{- if .Values.viewer.endpoint -}}
+{{- .Values.viewer.endpoint -}}
+{{- else if and .Values.hsds.enabled .Values.hsds.ingress.enabled -}}
+{{- include "streamtomo.hsdsPublicUrl" . -}}
+{{- else if .Values.reducer.ingress.enabled -}}
+{{- include "streamtomo.ingressUrl" (dict "ingress" .Values.reducer.ingress) -}}
+{{- else -}}
+{{- include "streamtomo.reducerDomainUrl" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "streamtomo.hsdsSecretName" -}}
+{{- default (printf "%s-hsds-auth" (include "streamtomo.fullname" .)) .Values.hsds.auth.existingSecret -}}
+{{- end -}}
+
+{{/* dranspose ingester class for an ingester entry. */}}
+{{- define "streamtomo.ingesterClass" -}}
+{{- if .ingesterClass -}}
+{{- .ingesterClass -}}
+{{- else if eq .format "stins" -}}
+ZmqPullSingleIngester
+{{- else if eq .format "dectris-stream1" -}}
+ZmqPullEigerLegacyIngester
+{{- else if eq .format "pcap" -}}
+TcpPcapIngester
+{{- else -}}
+{{- fail (printf "unknown ingester format %q (allowed: stins, dectris-stream1, pcap)" .format) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* REDIS_URL environment variable. */}}
+{{- define "streamtomo.redisEnv" -}}
+{{- if .Values.redis.enabled }}
+- name: REDIS_URL
+  value: {{ printf "redis://%s:%d/0" (include "streamtomo.svcHost" (dict "ctx" . "name" "redis")) (int .Values.redis.port) | quote }}
+{{- else if .Values.externalRedis.existingSecret }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.externalRedis.existingSecret }}
+      key: {{ .Values.externalRedis.existingSecretKey }}
+{{- else }}
+- name: REDIS_URL
+  value: {{ .Values.externalRedis.url | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment shared by every application container. */}}
+{{- define "streamtomo.commonEnv" -}}
+{{ include "streamtomo.redisEnv" . | trim }}
+- name: LOG_LEVEL
+  value: {{ .Values.logLevel | quote }}
+- name: PYTHONUNBUFFERED
+  value: "1"
+- name: HOME
+  value: /tmp
+- name: NUMBA_CACHE_DIR
+  value: /tmp/numba-cache
+- name: STREAMTOMO_CONTROLLER_URL
+  value: {{ include "streamtomo.controllerUrl" . | quote }}
+{{- end -}}
+
+{{/* Environment of the pods that read the pipeline parameters. */}}
+{{- define "streamtomo.pipelineEnv" -}}
+- name: STREAMTOMO_PARAMETERS_FILE
+  value: /etc/streamtomo/pipeline/parameters.json
+- name: STREAMTOMO_PIPELINE_FILE
+  value: /etc/streamtomo/pipeline/pipeline.json
+{{- end -}}
+
+{{/* Pod-template annotation that rolls the pods when the pipeline changes. */}}
+{{- define "streamtomo.pipelineChecksum" -}}
+checksum/pipeline: {{ include (print .Template.BasePath "/pipeline-configmap.yaml") . | sha256sum }}
+{{- end -}}
+
+{{- define "streamtomo.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end -}}
+
+{{- define "streamtomo.pipelineVolume" -}}
+- name: pipeline
+  configMap:
+    name: {{ include "streamtomo.fullname" . }}-pipeline
+- name: scripts
+  configMap:
+    name: {{ include "streamtomo.fullname" . }}-scripts
+    defaultMode: 0555
+{{- end -}}
+
+{{- define "streamtomo.pipelineMounts" -}}
+- name: pipeline
+  mountPath: /etc/streamtomo/pipeline
+  readOnly: true
+- name: scripts
+  mountPath: /etc/streamtomo/scripts
+  readOnly: true
+{{- end -}}
+
+{{/* Exec probe: the dranspose service is registered in Redis (its key has a
+10 s TTL refreshed by the service). (dict "kind" "worker" "name" "$(WORKER_NAME)") */}}
+{{- define "streamtomo.registeredProbe" -}}
+exec:
+  command:
+    - python
+    - /etc/streamtomo/scripts/registered.py
+    - {{ .kind }}
+    - {{ .name | quote }}
+{{- end -}}
+
+{{/* Standard pod scheduling block: pass the component's values. */}}
+{{- define "streamtomo.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Ingress; call with (dict "ctx" $ "component" "viewer" "ingress" .Values.viewer.ingress "paths" (list (dict "path" "/" "type" "Prefix")) "port" "http"). */}}
+{{- define "streamtomo.ingress" -}}
+{{- $fullname := include "streamtomo.fullname" .ctx -}}
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: {{ $fullname }}-{{ .component }}
+  labels:
+    {{- include "streamtomo.labels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+  {{- with .ingress.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- with .ingress.className }}
+  ingressClassName: {{ . }}
+  {{- end }}
+  {{- if .ingress.tlsSecretName }}
+  tls:
+    - hosts: [{{ .ingress.host | quote }}]
+      secretName: {{ .ingress.tlsSecretName }}
+  {{- end }}
+  rules:
+    - host: {{ .ingress.host | quote }}
+      http:
+        paths:
+          {{- range .paths }}
+          - path: {{ .path }}
+            pathType: {{ .type }}
+            backend:
+              service:
+                name: {{ $fullname }}-{{ $.component }}
+                port:
+                  name: {{ $.port }}
+          {{- end }}
+{{- end -}}
+
+{{/* The enabled ingesters, each merged over ingesterDefaults, as JSON:
+{"key": {...}}. Use: fromJson (include "streamtomo.ingesters" .) */}}
+{{- define "streamtomo.ingesters" -}}
+{{- $out := dict -}}
+{{- range $key, $entry := .Values.ingesters -}}
+{{- $enabled := ternary $entry.enabled true (hasKey $entry "enabled") -}}
+{{- if $enabled -}}
+{{- $_ := set $out $key (merge (deepCopy $entry) (deepCopy $.Values.ingesterDefaults)) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}

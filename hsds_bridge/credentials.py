@@ -1,0 +1,132 @@
+"""HSDS account credentials: from the environment or a file, never the command line.
+
+Sources, first match wins:
+
+1. ``STREAMTOMO_HSDS_USERNAME`` + ``STREAMTOMO_HSDS_PASSWORD``
+2. ``STREAMTOMO_HSDS_CREDENTIALS=/path/to/file`` holding one ``user:password`` line
+   (a mounted Kubernetes Secret, or a file written by ``streamtomo hsds``)
+3. ``HS_USERNAME`` + ``HS_PASSWORD`` (the variables h5pyd and hsload already use)
+
+The password never appears in ``repr``/``str``, exceptions or log lines: a
+:class:`Credentials` object can be logged or put in a traceback safely.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import stat
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ENV_USERNAME = "STREAMTOMO_HSDS_USERNAME"
+ENV_PASSWORD = "STREAMTOMO_HSDS_PASSWORD"
+ENV_FILE = "STREAMTOMO_HSDS_CREDENTIALS"
+HS_USERNAME = "HS_USERNAME"
+HS_PASSWORD = "HS_PASSWORD"
+
+
+class CredentialsError(RuntimeError):
+    """No usable credentials; the message names sources, never secrets."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A username and its password; the password is hidden from every repr."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.username or ":" in self.username:
+            raise CredentialsError("username must be non-empty and contain no ':'")
+        if not self.password:
+            raise CredentialsError(f"empty password for user {self.username!r}")
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password='***')"
+
+    __str__ = __repr__
+
+    def authorization_header(self) -> str:
+        """Value of the HTTP ``Authorization`` header (basic auth)."""
+        token = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(token).decode("ascii")
+
+    def as_line(self) -> str:
+        """``user:password``: the format of credential and HSDS password files."""
+        return f"{self.username}:{self.password}"
+
+
+def parse_credentials_line(text: str, source: str = "credentials") -> Credentials:
+    """Parse the first non-comment ``user:password`` line of ``text``."""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        if not sep:
+            # Do not echo the line: it may be a bare password.
+            raise CredentialsError(f"{source}: expected a 'user:password' line")
+        return Credentials(user.strip(), password.strip())
+    raise CredentialsError(f"{source}: no 'user:password' line found")
+
+
+def load_credentials_file(path: str | os.PathLike[str]) -> Credentials:
+    """Read ``user:password`` from ``path``; warn if others can read the file."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CredentialsError(f"cannot read credentials file {p}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("credentials file %s is accessible by group/others; chmod 600 it", p)
+    return parse_credentials_line(text, source=str(p))
+
+
+def load_credentials(env: Mapping[str, str] | None = None) -> Credentials:
+    """Credentials from the environment (see module docstring for the order)."""
+    env = os.environ if env is None else env
+    if env.get(ENV_USERNAME) or env.get(ENV_PASSWORD):
+        if not (env.get(ENV_USERNAME) and env.get(ENV_PASSWORD)):
+            raise CredentialsError(f"set both {ENV_USERNAME} and {ENV_PASSWORD}")
+        return Credentials(env[ENV_USERNAME], env[ENV_PASSWORD])
+    if env.get(ENV_FILE):
+        return load_credentials_file(env[ENV_FILE])
+    if env.get(HS_USERNAME) and env.get(HS_PASSWORD):
+        return Credentials(env[HS_USERNAME], env[HS_PASSWORD])
+    raise CredentialsError(
+        f"no HSDS credentials: set {ENV_USERNAME}/{ENV_PASSWORD}, {ENV_FILE}=<file with "
+        f"user:password>, or {HS_USERNAME}/{HS_PASSWORD}"
+    )
+
+
+def write_private_file(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` with mode 0600, atomically (tmp file + rename).
+
+    The temporary file is created 0600 by :func:`tempfile.mkstemp`, so the secret
+    is never readable by others, not even for an instant.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def write_credentials_file(path: str | os.PathLike[str], credentials: Credentials) -> Path:
+    """Store ``credentials`` as a 0600 ``user:password`` file."""
+    return write_private_file(path, credentials.as_line() + "\n")

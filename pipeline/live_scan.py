@@ -1,0 +1,448 @@
+"""The reducer's scan state, free of dranspose: sinograms, references, live slices.
+
+Workers send sinogram rows for every projection and, every few projections, the
+unweighted backprojection sum of the slice rows they corrected. Results arrive out
+of order, a worker may lose its last partial sum (dranspose drops what ``finish``
+returns, and ``dranspose replay`` delivers the last event to one worker only), may
+have used stale references, or may be killed. So the reducer keeps, per frame, the
+slice rows it *should* contribute (the target) and the rows whose backprojection
+is already in the live sum (the contribution), and backprojects the difference
+itself: on every publish for frames a partial sum covered, and at the end for all.
+The final slices are therefore exactly the backprojection of the final sinogram,
+whatever the number of workers and whatever they lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.config import PipelineConfig
+from pipeline.correction import Corrector
+from pipeline.fbp import angular_weights, weight_partial_sum
+from pipeline.frame_processor import LiveSliceGeometry
+from pipeline.messages import (
+    DetectorInfo,
+    PartialSum,
+    ProjectionRows,
+    ReferenceRows,
+    Rejected,
+    StreamEnded,
+    WorkerResult,
+)
+from pipeline.references import ReferenceSet, ReferenceTracker
+from pipeline.scan import ImageKey
+from pipeline.sinogram import AngleGrid, SinogramAssembler, UnknownAngleError
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass
+class _FrameRecord:
+    slot: int
+    angle_deg: float
+    values: FloatArray  # corrected slice rows (K, cols) of this frame
+    worker_rows: FloatArray | None  # what the worker backprojected, if it did
+    contributed: FloatArray | None = None  # rows whose backprojection is in the sum
+
+
+class LiveScan:
+    """Assembles one scan; thread safety is the caller's (the reducer holds a lock)."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        on_references: Callable[[ReferenceSet], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.on_references = on_references
+        self.references = ReferenceTracker()
+        self._versions: dict[int, ReferenceSet] = {}
+        self._correctors: dict[int, Corrector] = {}
+        self.reset()
+
+    # -- lifecycle ------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the scan; keep references only if configured."""
+        self.references.reset(self.config.keep_references)
+        if not self.config.keep_references:
+            self._versions.clear()
+            self._correctors.clear()
+        self.detector: DetectorInfo | None = None
+        self.geometry: LiveSliceGeometry | None = None
+        self.sinogram: SinogramAssembler | None = None
+        self.live_sum: FloatArray | None = None
+        self._frames: dict[int, _FrameRecord] = {}
+        self._early_partials: dict[int, int] = {}
+        self._waiting_logged = False  # frame -> partial sums seen before its rows
+        self._needs_fix: set[int] = set()
+        self._slot_ratio: FloatArray | None = None  # final angular weights / uniform
+        self._waiting: list[ProjectionRows] = []  # projections whose references are not settled
+        self._seen_frames: set[int] = set()  # frame indices that arrived (used or rejected)
+        self.counts: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self._logged_reasons: set[str] = set()
+        self.state = "waiting"
+        self.started = time.time()
+        self.last_update = 0.0
+        self.last_frame_time = 0.0
+        self.stream_ended = False
+
+    # -- incoming -------------------------------------------------------------------
+    def add_result(self, result: WorkerResult) -> None:
+        for item in result.items:
+            if isinstance(item, ProjectionRows):
+                self._add_projection(item)
+            elif isinstance(item, PartialSum):
+                self._add_partial(item)
+            elif isinstance(item, ReferenceRows):
+                self._add_reference(item)
+            elif isinstance(item, Rejected):
+                self.reject(item.reason, item.detail, item.frame_index)
+                self._advance()
+            elif isinstance(item, StreamEnded):
+                self.stream_ended = True
+        self.last_update = time.time()
+
+    def reject(self, reason: str, detail: str, frame_index: int | None = None) -> None:
+        """Count a rejected frame; log the first of each kind at WARNING."""
+        self.rejected[reason] += 1
+        if frame_index is not None:
+            self._seen_frames.add(frame_index)
+        if reason not in self._logged_reasons:
+            self._logged_reasons.add(reason)
+            logger.warning("rejected (%s): %s; further ones are counted in /entry/status", reason, detail)
+        else:
+            logger.debug("rejected (%s): %s", reason, detail)
+
+    def _ensure_detector(self, detector: DetectorInfo) -> bool:
+        if self.detector is None:
+            self.detector = detector
+            self.geometry = LiveSliceGeometry(self.config, detector)
+            grid = AngleGrid(self.config.angle_start, self.config.angle_range, self.config.n_projections, self.config.angle_tolerance)
+            self.sinogram = SinogramAssembler(len(self.geometry.sinogram_rows), grid, detector.cols)
+            self.live_sum = self.geometry.new_stack()
+            self.state = "running"
+            logger.info(
+                "scan started: detector %dx%d %s, %d sinogram rows, live slices at rows %s",
+                detector.rows, detector.cols, detector.dtype, len(self.geometry.sinogram_rows),
+                list(self.geometry.slice_rows),
+            )
+            return True
+        if (detector.rows, detector.cols) != (self.detector.rows, self.detector.cols):
+            self.reject("wrong_shape", f"detector {detector.rows}x{detector.cols} != {self.detector.rows}x{self.detector.cols}")
+            return False
+        return True
+
+    def _first_time(self, frame_index: int) -> bool:
+        if frame_index in self._seen_frames:
+            self.reject("duplicate_frame", f"frame {frame_index} arrived twice; the first is kept", frame_index)
+            return False
+        self._seen_frames.add(frame_index)
+        return True
+
+    def _add_reference(self, ref: ReferenceRows) -> None:
+        if not self._ensure_detector(ref.detector) or not self._first_time(ref.frame_index):
+            return
+        self.counts["darks" if ref.key == ImageKey.DARK else "flats"] += 1
+        self.counts["frames"] += 1
+        self.references.add(ref.key, ref.frame_index, ref.rows)
+        self._advance()
+
+    def _close_reference_batch(self, scan_ended: bool = False) -> None:
+        if not self.references.batch_open:
+            return
+        refs = self.references.close_batch(scan_ended=scan_ended)
+        if refs is None:
+            return
+        self._versions[refs.version] = refs
+        logger.info("references version %d ready (flats after: %s)", refs.version, refs.flat_after is not None)
+        if refs.flat_after is None and self.on_references is not None:
+            self.on_references(refs)
+
+    def _batch_complete(self) -> bool:
+        """The open batch is complete when a projection follows it and every frame
+        between the batch's first frame and that projection has arrived.
+
+        Results arrive out of order, so a projection alone does not prove that the
+        darks and flats before it are all here. A lost frame would block forever:
+        past a bound of waiting projections the batch closes anyway, with a warning.
+        """
+        first = self.references.open_first_index
+        if first is None:
+            return False
+        after = [m.frame_index for m in self._waiting if m.frame_index > first]
+        if not after:
+            return False
+        if all(i in self._seen_frames for i in range(first, min(after))):
+            return True
+        if len(after) > max(4 * self.config.flush_every, 32):
+            self.counts["references_closed_incomplete"] += 1
+            logger.warning("reference batch from frame %d closed with frames missing", first)
+            return True
+        return False
+
+    def _advance(self) -> None:
+        """Close the reference batch when complete; place projections that can be."""
+        if self._batch_complete():
+            self._close_reference_batch()
+        first = self.references.open_first_index
+        still: list[ProjectionRows] = []
+        for msg in self._waiting:
+            refs = self._applicable(msg.frame_index)
+            if refs is None or (first is not None and msg.frame_index > first):
+                still.append(msg)
+            else:
+                self._place(msg, refs)
+        if still and not self._waiting_logged:
+            self._waiting_logged = True
+            logger.info("projections wait for their darks and flats (%d so far)", len(still))
+        self._waiting = still
+
+    def _applicable(self, frame_index: int) -> ReferenceSet | None:
+        """The newest reference set taken before ``frame_index``."""
+        best: ReferenceSet | None = None
+        for refs in self._versions.values():
+            if refs.flat_after is None and refs.before_index < frame_index and (best is None or refs.version > best.version):
+                best = refs
+        if best is None:  # references taken only after the projections
+            done = [r for r in self._versions.values() if r.flat_after is None]
+            best = max(done, key=lambda r: r.version) if done else None
+        return best
+
+    def _corrector(self, version: int) -> Corrector:
+        if version not in self._correctors:
+            refs = self._versions[version]
+            self._correctors[version] = Corrector(refs.dark, refs.flat, version)
+        return self._correctors[version]
+
+    def _add_projection(self, msg: ProjectionRows) -> None:
+        if not self._ensure_detector(msg.detector) or not self._first_time(msg.frame_index):
+            return
+        self.counts["frames"] += 1
+        self.last_frame_time = time.time()
+        self.references.note_projection(msg.frame_index)
+        if not msg.angle_measured:
+            self.counts["nominal_angles"] += 1
+        if msg.reference_version and msg.reference_version not in self._versions:
+            self.reject("unknown_references", f"frame {msg.frame_index} used reference version {msg.reference_version}")
+            return
+        self._waiting.append(msg)
+        self._advance()
+
+    def _place(self, msg: ProjectionRows, refs: ReferenceSet) -> None:
+        assert self.sinogram is not None and self.geometry is not None
+        try:
+            slot = self.sinogram.grid.slot(msg.angle_deg)
+        except UnknownAngleError as error:
+            self.reject("unknown_angle", f"frame {msg.frame_index}: {error}", msg.frame_index)
+            return
+        rows = np.asarray(msg.rows)
+        worker_rows = None
+        if msg.reference_version == 0:
+            self.counts["corrected_by_reducer"] += 1
+            values = self._corrector(refs.version).correct(rows)
+        elif msg.reference_version != refs.version:
+            if msg.reference_version not in self._versions:
+                self.reject("unknown_references", f"frame {msg.frame_index} used reference version {msg.reference_version}")
+                return
+            self.counts["recorrected_stale"] += 1
+            raw = self._corrector(msg.reference_version).uncorrect(rows.astype(np.float32))
+            values = self._corrector(refs.version).correct(raw)
+            if msg.recon_id:
+                worker_rows = rows[self.geometry.slice_positions].astype(np.float32)
+        else:
+            values = rows.astype(np.float32, copy=False)
+            if msg.recon_id:
+                worker_rows = values[self.geometry.slice_positions]
+        if not np.isfinite(values).all():
+            self.counts["frames_nonfinite_repaired"] += 1
+            values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        self.sinogram.place(slot, msg.angle_deg, values)
+        self.counts["projections"] += 1
+        record = _FrameRecord(slot, msg.angle_deg, values[self.geometry.slice_positions].copy(), worker_rows)
+        if worker_rows is not None and msg.recon_id != self.geometry.recon_id:
+            record.worker_rows = None  # made with other settings: its partial is discarded
+        self._frames[msg.frame_index] = record
+        early = self._early_partials.pop(msg.frame_index, 0)
+        if early and record.worker_rows is not None:
+            record.contributed = record.worker_rows * early
+            self._needs_fix.add(msg.frame_index)
+        # A repeated angle changes the target of every frame in the slot.
+        if self.sinogram.counts[slot] > 1:
+            self._needs_fix.update(i for i, r in self._frames.items() if r.slot == slot and r.contributed is not None)
+
+    def _add_partial(self, partial: PartialSum) -> None:
+        if self.geometry is None or self.live_sum is None or partial.recon_id != self.geometry.recon_id:
+            self.counts["partials_discarded"] += 1
+            return
+        if partial.slices.shape != self.live_sum.shape:
+            self.reject("wrong_shape", f"partial sum shape {partial.slices.shape} != {self.live_sum.shape}")
+            return
+        self.live_sum += partial.slices
+        self.counts["partials"] += 1
+        for index in partial.frame_indices:
+            record = self._frames.get(index)
+            if record is None or record.worker_rows is None:
+                # Rows not here yet (results arrive out of order), or raw rows that the
+                # reducer corrected: reconcile once they are.
+                if record is None:
+                    self._early_partials[index] = self._early_partials.get(index, 0) + 1
+                else:
+                    self.reject("unexpected_partial", f"frame {index} is in a partial sum but was sent raw")
+                continue
+            record.contributed = record.worker_rows if record.contributed is None else record.contributed + record.worker_rows
+            self._needs_fix.add(index)
+
+    # -- reconciliation -------------------------------------------------------------
+    def _target(self, record: _FrameRecord) -> FloatArray:
+        assert self.sinogram is not None
+        scale = np.float32(1.0 / self.sinogram.counts[record.slot])
+        if self._slot_ratio is not None:
+            scale *= self._slot_ratio[record.slot]
+        return record.values * scale
+
+    def _backproject(self, rows: FloatArray, angle_deg: float) -> None:
+        assert self.geometry is not None and self.live_sum is not None
+        self.geometry.add(self.live_sum, rows, angle_deg)
+
+    def reconcile(self, backfill: bool = False) -> int:
+        """Make the live sum match the targets; returns backprojections done.
+
+        Without ``backfill`` only frames some partial sum covered are fixed; frames
+        whose partial sum has not come yet are left to their worker.
+        """
+        if self.geometry is None:
+            return 0
+        indices = list(self._frames) if backfill else sorted(self._needs_fix)
+        done = 0
+        for index in indices:
+            record = self._frames[index]
+            if record.contributed is None and not backfill:
+                continue
+            target = self._target(record)
+            delta = target if record.contributed is None else target - record.contributed
+            if np.any(delta):
+                self._backproject(delta, record.angle_deg)
+                done += 1
+            record.contributed = target
+        self._needs_fix.clear()
+        if backfill:
+            self.counts["backfilled"] += done
+        return done
+
+    # -- settings changes -----------------------------------------------------------
+    def reconfigure(self, config: PipelineConfig) -> None:
+        """New live settings (centre, filter, ...): rebuild slices from the sinogram."""
+        if self.detector is not None:
+            for name in ("rows", "n_projections", "angle_start", "angle_range"):
+                if getattr(config, name) != getattr(self.config, name):
+                    raise ValueError(f"{name} cannot change during a scan (now {getattr(self.config, name)!r})")
+            geometry = LiveSliceGeometry(config, self.detector)  # validates before applying
+        self.config = config
+        if self.detector is None:
+            return
+        self.geometry = geometry
+        self.live_sum = geometry.new_stack()
+        assert self.sinogram is not None
+        for record in self._frames.values():
+            # Each frame of a slot contributes slot mean / count, so the slot mean
+            # stands in for every frame's own rows (the slice rows may have changed).
+            record.values = self.sinogram.data[geometry.slice_positions, record.slot, :].copy()
+            record.worker_rows = None
+            record.contributed = None
+        done = self.reconcile(backfill=True)
+        logger.info("live settings changed (%s): rebuilt %d projections", geometry.recon_id, done)
+
+    # -- end of scan ----------------------------------------------------------------
+    def finish(self) -> None:
+        """Everything arrived: apply late references, backfill, mark finished."""
+        # Whatever is still open is complete now; flats after the last projection
+        # are interpolated with those before.
+        if any(m.frame_index > (self.references.open_first_index or 0) for m in self._waiting):
+            self._close_reference_batch()
+        self._close_reference_batch(scan_ended=True)
+        waiting, self._waiting = self._waiting, []
+        for msg in waiting:
+            refs = self._applicable(msg.frame_index)
+            if refs is None:
+                self.reject("no_references", f"projection {msg.frame_index}: the scan had no flats")
+            else:
+                self._place(msg, refs)
+        current = self.references.current
+        if current is not None and current.flat_after is not None:
+            self._interpolate_flats(current)
+        for index in list(self._early_partials):
+            self.reject("orphan_partial", f"frame {index} is in a partial sum but its rows never came")
+        self._early_partials.clear()
+        self._apply_angular_weights()
+        self.reconcile(backfill=True)
+        self.state = "finished"
+
+    def _apply_angular_weights(self) -> None:
+        """Final weights by the angular interval each slot covers (gaps, irregular angles).
+
+        Live slices weight every projection alike (pi / 2n), the usual choice while
+        the coverage fills; at the end each slot gets its exact share instead.
+        """
+        if self.sinogram is None or self.sinogram.n_filled < 2:
+            return
+        filled = self.sinogram.filled_slots()
+        weights = angular_weights(self.sinogram.angles()[filled])
+        ratio = np.ones(self.sinogram.grid.n, dtype=np.float32)
+        ratio[filled] = weights * (2.0 * len(filled) / math.pi)
+        self._slot_ratio = ratio
+        self._needs_fix.update(i for i, r in self._frames.items() if r.contributed is not None)
+
+    def _interpolate_flats(self, refs: ReferenceSet) -> None:
+        """Re-correct the sinogram with flats interpolated between before and after."""
+        assert self.sinogram is not None and self.geometry is not None
+        before = self._corrector(max(v for v, r in self._versions.items() if r.flat_after is None))
+        slot_frames: dict[int, list[int]] = {}
+        for index, record in self._frames.items():
+            slot_frames.setdefault(record.slot, []).append(index)
+        for slot, indices in slot_frames.items():
+            raw = before.uncorrect(self.sinogram.data[:, slot, :])
+            corrector = Corrector(refs.dark, refs.flat_for(int(np.mean(indices))), refs.version)
+            self.sinogram.data[:, slot, :] = corrector.correct(raw)
+            self.sinogram.dirty_slots.add(slot)
+            for index in indices:
+                # Slot mean stands in for the frame's rows (see reconfigure).
+                self._frames[index].values = self.sinogram.data[self.geometry.slice_positions, slot, :].copy()
+                self._needs_fix.add(index)
+        self.counts["flats_interpolated"] = 1
+        logger.info("flats after the scan: sinogram re-corrected with interpolated flats")
+
+    # -- outputs --------------------------------------------------------------------
+    @property
+    def n_projections(self) -> int:
+        return 0 if self.sinogram is None else self.sinogram.n_filled
+
+    def slices(self) -> FloatArray | None:
+        """Weighted live slices (accumulate mode)."""
+        if self.live_sum is None:
+            return None
+        # pi / 2n for n projections, whatever the range (a 360-degree scan's n is twice).
+        return weight_partial_sum(self.live_sum, self.n_projections)
+
+    def status(self) -> dict[str, int | float | str]:
+        missing = 0 if self.sinogram is None else len(self.sinogram.missing_slots())
+        return {
+            "state": self.state,
+            "frames_received": self.counts["frames"] + sum(self.rejected.values()),
+            "frames_rejected": sum(self.rejected.values()),
+            "darks": self.counts["darks"],
+            "flats": self.counts["flats"],
+            "projections": self.counts["projections"],
+            "missing_angles": missing,
+            "pending_projections": len(self._waiting),
+        }

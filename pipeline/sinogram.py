@@ -1,0 +1,106 @@
+"""Sinogram assembly: corrected rows placed into ``(rows, angles, cols)`` by angle.
+
+Angle slots come from the measured angle: slot ``round((angle - start) / step)``,
+accepted when within ``tolerance`` steps of the slot. Frames arrive in any order.
+Two frames in one slot (a repeated angle) are averaged; the same frame twice is a
+duplicate and is refused by the caller before it gets here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class UnknownAngleError(ValueError):
+    """The measured angle matches no slot of the scan."""
+
+
+@dataclass(frozen=True)
+class AngleGrid:
+    """Nominal angle slots of a scan: ``start + i * range / n`` for ``i < n``."""
+
+    start: float
+    range: float
+    n: int
+    tolerance: float = 0.5  # in steps
+
+    @property
+    def step(self) -> float:
+        return self.range / self.n
+
+    def nominal(self) -> npt.NDArray[np.float64]:
+        return self.start + self.step * np.arange(self.n, dtype=np.float64)
+
+    def slot(self, angle_deg: float) -> int:
+        if not np.isfinite(angle_deg):
+            raise UnknownAngleError(f"angle {angle_deg} is not finite")
+        position = (angle_deg - self.start) / self.step
+        index = int(round(position))
+        if not (0 <= index < self.n) or abs(position - index) > self.tolerance + 1e-9:
+            last = self.start + self.step * (self.n - 1)
+            raise UnknownAngleError(
+                f"angle {angle_deg:.4f} deg matches no slot of {self.start:g}..{last:g} deg "
+                f"(step {self.step:.4g}, tolerance {self.tolerance:g} step)"
+            )
+        return index
+
+
+class SinogramAssembler:
+    """Owns the sinogram stack and the per-slot bookkeeping."""
+
+    def __init__(self, n_rows: int, grid: AngleGrid, n_cols: int) -> None:
+        self.grid = grid
+        self.data: FloatArray = np.zeros((n_rows, grid.n, n_cols), dtype=np.float32)
+        self.counts = np.zeros(grid.n, dtype=np.int32)
+        self._angle_sums = np.zeros(grid.n, dtype=np.float64)
+        self.dirty_slots: set[int] = set()  # changed since the publisher last looked
+
+    @property
+    def n_filled(self) -> int:
+        return int(np.count_nonzero(self.counts))
+
+    def filled_slots(self) -> npt.NDArray[np.intp]:
+        return np.flatnonzero(self.counts)
+
+    def missing_slots(self) -> npt.NDArray[np.intp]:
+        return np.flatnonzero(self.counts == 0)
+
+    def angles(self) -> npt.NDArray[np.float64]:
+        """Measured angle per slot (mean of its frames), nominal where empty."""
+        out = self.grid.nominal()
+        filled = self.counts > 0
+        out[filled] = self._angle_sums[filled] / self.counts[filled]
+        return out
+
+    def place(self, slot: int, angle_deg: float, rows: FloatArray) -> int:
+        """Add ``rows`` (n_rows, n_cols) at ``slot``; returns the slot's new count."""
+        if rows.shape != (self.data.shape[0], self.data.shape[2]):
+            raise ValueError(
+                f"rows shape {rows.shape} != sinogram rows x cols "
+                f"{(self.data.shape[0], self.data.shape[2])}"
+            )
+        count = int(self.counts[slot]) + 1
+        view = self.data[:, slot, :]
+        if count == 1:
+            view[...] = rows
+        else:  # running mean of repeated angles
+            view += (rows - view) / count
+        self.counts[slot] = count
+        self._angle_sums[slot] += angle_deg
+        self.dirty_slots.add(slot)
+        return count
+
+    def take_dirty_slots(self) -> list[int]:
+        dirty, self.dirty_slots = sorted(self.dirty_slots), set()
+        return dirty
+
+    def reset(self) -> None:
+        self.data.fill(0.0)
+        self.counts.fill(0)
+        self._angle_sums.fill(0.0)
+        self.dirty_slots = set(range(self.grid.n))

@@ -1,0 +1,172 @@
+"""dranspose reducer: assemble the scan and publish it as a live HDF REST domain.
+
+The scan state (:class:`pipeline.live_scan.LiveScan`) lives inside the domain's
+lock: ``process_result`` and ``timer`` run concurrently in dranspose, and the
+in-memory server reads the same arrays. ``timer`` reconciles worker partial sums,
+copies the state into the domain, bumps ``generation`` and notifies publishers.
+
+Settings that belong to the deployment, not the scan, come from the environment:
+``STREAMTOMO_HTTP_HOST`` (default 127.0.0.1), ``STREAMTOMO_HTTP_PORT`` (default
+8100; 0 picks a free port), ``STREAMTOMO_CORS_ORIGINS`` (comma separated) and
+``STREAMTOMO_HSDS_ENDPOINT`` (with credentials from ``hsds_bridge.credentials``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from hsds_bridge.layout import new_domain, update_domain
+from hsds_bridge.publisher import Publisher
+from hsds_bridge.rest_server import HdfRestServer
+from pipeline.config import PipelineConfig
+from pipeline.live_scan import LiveScan
+from pipeline.messages import WorkerResult
+from pipeline.references import ReferenceSet
+from workers.dranspose_params import REFERENCES, ConfigCache, describe_parameters
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReducerSettings:
+    http_host: str = "127.0.0.1"
+    http_port: int = 8100
+    cors_origins: tuple[str, ...] = ()
+    hsds_endpoint: str = ""
+
+    @classmethod
+    def from_env(cls) -> ReducerSettings:
+        env = os.environ
+        origins = tuple(o.strip() for o in env.get("STREAMTOMO_CORS_ORIGINS", "").split(",") if o.strip())
+        return cls(
+            http_host=env.get("STREAMTOMO_HTTP_HOST", "127.0.0.1"),
+            http_port=int(env.get("STREAMTOMO_HTTP_PORT", "8100")),
+            cors_origins=origins,
+            hsds_endpoint=env.get("STREAMTOMO_HSDS_ENDPOINT", ""),
+        )
+
+
+class TomoReducer:
+    """Reducer class for ``dranspose`` (``REDUCER_CLASS=reducer.tomo_reducer:TomoReducer``)."""
+
+    def __init__(self, parameters: dict[Any, Any] | None = None, context: dict[Any, Any] | None = None, **kwargs: Any) -> None:
+        self.context = context if context is not None else {}
+        self.settings = ReducerSettings.from_env()
+        self._params = ConfigCache()
+        self._parameters = parameters if parameters is not None else {}
+        config = self._params.config(self._parameters)
+        self.domain = new_domain(config.domain)
+        self.lock = self.domain.lock
+        self.scan = LiveScan(config, on_references=self._share_references)
+        kept = self.context.get("references")
+        if config.keep_references and isinstance(kept, ReferenceSet):
+            self.scan._versions[kept.version] = kept  # noqa: SLF001 - restore across scans
+        self.server = self._rest_server()
+        self.server.start(self.domain)
+        self.publishers: list[Publisher] = [self.server]
+        self._hsds: Publisher | None = None
+        self._finished = threading.Event()
+        logger.info("live domain %s at %s", self.domain.name, self.server.url)
+
+    @staticmethod
+    def describe_parameters() -> list[Any]:
+        return describe_parameters()
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.url
+
+    def _rest_server(self) -> HdfRestServer:
+        # The server outlives scans: dranspose keeps ``context`` across them.
+        server = self.context.get("rest_server")
+        if not isinstance(server, HdfRestServer):
+            server = HdfRestServer(self.settings.http_host, self.settings.http_port, cors_origins=self.settings.cors_origins)
+            self.context["rest_server"] = server
+        return server
+
+    # -- references to every worker -------------------------------------------------
+    def _share_references(self, refs: ReferenceSet) -> None:
+        """Give every worker the same darks and flats through a binary parameter.
+
+        In ``dranspose replay`` workers and reducer share one parameter dict, so
+        setting it is enough; in distributed mode the controller distributes it.
+        """
+        from dranspose.protocol import ParameterName, WorkParameter
+
+        data = refs.to_bytes()
+        self._parameters[ParameterName(REFERENCES)] = WorkParameter(name=ParameterName(REFERENCES), data=data, value=data)
+        self.context["references"] = refs
+        url = self.scan.config.controller_url
+        if url:
+            try:
+                request = urllib.request.Request(f"{url.rstrip('/')}/api/v1/parameter/{REFERENCES}", data=data, method="POST")
+                with urllib.request.urlopen(request, timeout=10):
+                    pass
+            except OSError as error:
+                logger.warning("could not share references through %s (%s): the reducer corrects what workers send raw", url, error)
+
+    # -- dranspose entry points -----------------------------------------------------
+    def process_result(self, result: Any, parameters: dict[Any, Any] | None = None) -> None:
+        payload = getattr(result, "payload", result)
+        if not isinstance(payload, WorkerResult):
+            logger.warning("ignoring a result of type %s", type(payload).__name__)
+            return
+        with self.lock:
+            self._apply_parameters(parameters)
+            self.scan.add_result(payload)
+
+    def timer(self, parameters: dict[Any, Any] | None = None) -> float:
+        with self.lock:
+            self._apply_parameters(parameters)
+            if not self._finished.is_set():
+                self.scan.reconcile()
+            self._publish_locked()
+        return self.scan.config.publish_interval
+
+    def finish(self, parameters: dict[Any, Any] | None = None) -> None:
+        with self.lock:
+            self._apply_parameters(parameters)
+            self.scan.finish()
+            self._publish_locked()
+            self._finished.set()
+        status = self.scan.status()
+        logger.info(
+            "scan finished: %d projections, %d rejected %s",
+            status["projections"], status["frames_rejected"], json.dumps(dict(self.scan.rejected)),
+        )
+
+    def close(self, context: dict[Any, Any] | None = None) -> None:
+        for publisher in self.publishers:
+            publisher.close()
+
+    # -- internals ------------------------------------------------------------------
+    def _apply_parameters(self, parameters: dict[Any, Any] | None) -> None:
+        if parameters is None:
+            return
+        if parameters is not self._parameters and REFERENCES not in parameters and REFERENCES in self._parameters:
+            parameters[REFERENCES] = self._parameters[REFERENCES]
+        self._parameters = parameters
+        config = self._params.config(parameters)
+        if config != self.scan.config:
+            try:
+                self.scan.reconfigure(config)
+            except ValueError as error:
+                logger.warning("parameter change refused: %s", error)
+
+    def _publish_locked(self) -> None:
+        dropped = sum(p.stats().dropped_updates for p in self.publishers)
+        update_domain(self.domain, self.scan, {"publisher_dropped": dropped})
+        for publisher in self.publishers:
+            publisher.notify()
+
+    def wait_finished(self, timeout: float | None = None) -> bool:
+        return self._finished.wait(timeout)
+
+    def config(self) -> PipelineConfig:
+        return self.scan.config

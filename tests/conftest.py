@@ -1,0 +1,30 @@
+"""Shared fixtures. Like dranspose's own tests: any ERROR log record fails the test
+(dranspose logs and swallows exceptions raised in worker and reducer code)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def fail_on_error_logs(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    caplog.set_level(logging.INFO)
+    yield
+    if request.node.get_closest_marker("allow_error_logs"):
+        return
+    errors = [r for r in caplog.get_records("call") + caplog.get_records("setup") if r.levelno >= logging.ERROR]
+    if errors:
+        pytest.fail("ERROR log records:\n" + "\n".join(f"{r.name}: {r.getMessage()}" for r in errors), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA}")
+    return SHARED_DATA
