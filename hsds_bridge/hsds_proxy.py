@@ -47,7 +47,7 @@ _DROP_HEADERS = frozenset(
 CLIENT_KEY = web.AppKey("client", aiohttp.ClientSession)
 
 
-def _forward_headers(headers: "aiohttp.typedefs.LooseHeaders") -> dict[str, str]:
+def _forward_headers(headers: aiohttp.typedefs.LooseHeaders) -> dict[str, str]:
     return {k: v for k, v in dict(headers).items() if k.lower() not in _DROP_HEADERS}
 
 
@@ -73,7 +73,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
                 headers=_forward_headers(upstream.headers),
                 body=payload,
             )
-    except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
         # HSDS is down or restarting: 502 tells clients to retry, not to give up.
         return web.Response(status=502, text=f"502: HSDS unreachable ({type(exc).__name__})")
 

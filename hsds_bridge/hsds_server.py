@@ -22,6 +22,8 @@ and never passed on a command line: HSDS reads them from the password file.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -122,7 +124,7 @@ def _override_yaml(settings: dict[str, Any]) -> str:
 
 
 def _loopback(addr: str) -> bool:
-    return addr.startswith("127.") or addr == "::1" or addr.startswith("::ffff:127.")
+    return addr.startswith(("127.", "::ffff:127.")) or addr == "::1"
 
 
 def _decode_proc_addr(hex_addr: str) -> tuple[str, int]:
@@ -134,8 +136,6 @@ def _decode_proc_addr(hex_addr: str) -> tuple[str, int]:
     # /proc/net/tcp6: four little-endian 32-bit words
     words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
     b = b"".join(words)
-    import ipaddress
-
     return str(ipaddress.IPv6Address(b)), port
 
 
@@ -482,10 +482,8 @@ class LocalHsds:
 
     def _signal_group(self, sig: signal.Signals) -> None:
         assert self._launcher is not None
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._launcher.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def _wait_exit(self, timeout: float) -> bool:
         assert self._launcher is not None

@@ -55,10 +55,8 @@ def _numba_kernel() -> _Kernel:
     """Compile (or load from cache) the numba kernel; numba is imported only here."""
     import numba
 
-    @numba.njit(parallel=True, cache=True, nogil=True)  # type: ignore[untyped-decorator, unused-ignore]
-    def kernel(
-        out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float
-    ) -> None:
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def kernel(out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float) -> None:
         n_slices, n, _ = out.shape
         n_cols = rows.shape[1]
         half = n // 2
@@ -71,13 +69,13 @@ def _numba_kernel() -> _Kernel:
                 u = base + cos_a * float(j - half)
                 if u < first or u > last:
                     continue
-                i0 = min(max(int(math.floor(u)), 0), n_cols - 2)
+                i0 = min(max(math.floor(u), 0), n_cols - 2)
                 frac = np.float32(u - i0)
                 for k in range(n_slices):
                     a = rows[k, i0]
                     out[k, i, j] += w * (a + frac * (rows[k, i0 + 1] - a))
 
-    return kernel  # type: ignore[no-any-return, unused-ignore]
+    return kernel
 
 
 def _numpy_kernel(
@@ -88,17 +86,20 @@ def _numpy_kernel(
     offsets = np.arange(n, dtype=np.float64) - n // 2
     u = (center - sin_a * offsets)[:, None] + (cos_a * offsets)[None, :]
     on_detector = (u >= -EDGE_TOL) & (u <= n_cols - 1 + EDGE_TOL)
-    i0 = np.clip(np.floor(u), 0, n_cols - 2).astype(np.intp)
-    frac = (u - i0).astype(np.float32)
-    # Off-detector pixels gather from an extra zero column instead of being masked.
-    i0 = np.where(on_detector, i0, n_cols)
-    i1 = np.where(on_detector, i0 + 1, n_cols)
-    padded = np.zeros((n_slices, n_cols + 1), dtype=np.float32)
+    left = np.clip(np.floor(u), 0, n_cols - 2)
+    frac = (u - left).astype(np.float32).ravel()
+    index = left.astype(np.intp)
+    index[~on_detector] = n_cols  # off the detector: a zero value with a zero slope
+    index = index.ravel()
+    padded = np.zeros((n_slices, n_cols + 2), dtype=np.float32)
     padded[:, :n_cols] = rows
-    a = padded[:, i0]
-    value = a + frac * (padded[:, i1] - a)
-    value *= np.float32(weight)
-    out += value
+    slope = np.diff(padded, axis=1)  # b - a of each interval, as the numba kernel has it
+    w = np.float32(weight)
+    for k in range(n_slices):  # one (N*N) gather per slice; take() beats fancy indexing
+        value = padded[k].take(index)
+        value += frac * slope[k].take(index)
+        value *= w
+        out[k] += value.reshape(n, n)
 
 
 def backproject_into(

@@ -89,7 +89,7 @@ def angular_weights(
         gaps = np.where(gaps > max_gap_factor * typical, typical, gaps)
         slot_width = 0.5 * (gaps + np.roll(gaps, 1))
     members = np.bincount(slot_of, minlength=n_slots)
-    sorted_weights = np.radians(slot_width)[slot_of] / (2.0 * members[slot_of])
+    sorted_weights: npt.NDArray[np.float64] = np.radians(slot_width)[slot_of] / (2.0 * members[slot_of])
     weights = np.empty_like(sorted_weights)
     weights[order] = sorted_weights
     return weights
@@ -168,9 +168,7 @@ class StreamingFBP:
         data = _as_stack(rows, self.n_slices, self.n_cols)
         filtered = self.filter.apply(data)
         weight = self._weight_for(angle_deg)
-        backproject_into(
-            self._partial, filtered, angle_deg, self.center, weight, backend=self.backend
-        )
+        backproject_into(self._partial, filtered, angle_deg, self.center, weight, backend=self.backend)
         self._count += 1
 
     def merge(self, other: StreamingFBP) -> StreamingFBP:

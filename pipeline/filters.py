@@ -58,7 +58,7 @@ def frequency_response(n_cols: int, name: str) -> FloatArray:
     """Real response on the ``rfft`` bins of the padded row (read-only, cached)."""
     name = check_filter_name(name)
     size = padded_size(n_cols)
-    response = 2.0 * scipy.fft.rfft(ramp_kernel(size)).real  # the kernel is even: real
+    response: npt.NDArray[np.float64] = 2.0 * scipy.fft.rfft(ramp_kernel(size)).real  # even kernel: real
     freq = np.arange(response.size) / size  # cycles per sample, 0 .. 0.5
     if name == "shepp-logan":
         response *= np.sinc(freq)  # sin(pi f)/(pi f)

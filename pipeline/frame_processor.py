@@ -28,6 +28,9 @@ from pipeline.scan import ImageKey
 
 logger = logging.getLogger(__name__)
 
+# A few NaN/inf pixels are repaired (set to 0 after -log); more means a broken frame.
+MAX_NONFINITE_FRACTION = 0.01
+
 Message = ReferenceRows | ProjectionRows | PartialSum | Rejected
 
 
@@ -125,6 +128,10 @@ class FrameProcessor:
             if np.issubdtype(rows.dtype, np.floating) and not np.isfinite(rows).all():
                 return [Rejected(index, "non_finite", f"{key.name.lower()} frame {index} has NaN/inf pixels")]
             return [ReferenceRows(index, key, np.ascontiguousarray(rows), self.detector)]
+        if np.issubdtype(rows.dtype, np.floating):
+            bad = ~np.isfinite(rows)
+            if bad.mean() > MAX_NONFINITE_FRACTION:
+                return [Rejected(index, "non_finite", f"projection {index}: {bad.mean():.0%} of its pixels are NaN/inf")]
         if angle_deg is None or not np.isfinite(angle_deg):
             return [Rejected(index, "missing_angle", f"projection {index} has no valid angle")]
         corrector = self._corrector_for(self.geometry)

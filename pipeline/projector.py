@@ -28,6 +28,7 @@ def project_ellipsoids(
     *,
     phantom_size: int | None = None,
     oversample: int = 1,
+    rows: npt.ArrayLike | None = None,
 ) -> FloatArray:
     """Exact line integrals of z-rotated ellipsoids -> (A, n_rows, n_cols) float32.
 
@@ -36,18 +37,22 @@ def project_ellipsoids(
     ``shepp_logan_3d(phantom_size)``. ``center`` defaults to n_cols//2, the
     axis ``iradon`` assumes. ``oversample`` > 1 averages oversample^2 rays
     per detector pixel (its area, as a real pixel integrates), which removes
-    the aliasing of sharp edges that point sampling gives.
+    the aliasing of sharp edges that point sampling gives. ``rows`` picks
+    detector rows to compute, giving (A, len(rows), n_cols).
     """
     angles = np.radians(np.asarray(angles_deg, dtype=np.float64).ravel())
     scale = (n_cols if phantom_size is None else phantom_size) / 2.0
     axis = float(n_cols // 2) if center is None else float(center)
     cos_t = np.cos(angles)[:, None, None]
     sin_t = np.sin(angles)[:, None, None]
-    out = np.zeros((angles.size, n_rows, n_cols), dtype=np.float64)
+    row_z = grid_coordinates(n_rows, scale)
+    if rows is not None:
+        row_z = row_z[np.asarray(rows, dtype=np.intp).ravel()]
+    out = np.zeros((angles.size, row_z.size, n_cols), dtype=np.float64)
     for ot in sample_offsets(oversample):
         t = ((np.arange(n_cols) + ot - axis) / scale)[None, None, :]  # (1, 1, C)
         for oz in sample_offsets(oversample):
-            z = (grid_coordinates(n_rows, scale) + oz / scale)[None, :, None]  # (1, R, 1)
+            z = (row_z + oz / scale)[None, :, None]  # (1, R, 1)
             out += _ellipsoid_rays(ellipsoids, angles, t, z, cos_t, sin_t)
     return (out * (scale / oversample**2)).astype(np.float32)  # normalised -> pixels
 
@@ -82,6 +87,7 @@ def project_shepp_logan_3d(
     *,
     phantom_size: int | None = None,
     oversample: int = 1,
+    rows: npt.ArrayLike | None = None,
 ) -> FloatArray:
     """Analytic projections (A, n_rows, n_cols) of :func:`pipeline.phantom.shepp_logan_3d`."""
     return project_ellipsoids(
@@ -92,12 +98,11 @@ def project_shepp_logan_3d(
         center,
         phantom_size=phantom_size,
         oversample=oversample,
+        rows=rows,
     )
 
 
-def project_volume(
-    volume: npt.ArrayLike, angles_deg: npt.ArrayLike, center: float | None = None
-) -> FloatArray:
+def project_volume(volume: npt.ArrayLike, angles_deg: npt.ArrayLike, center: float | None = None) -> FloatArray:
     """Numerical projections (A, Z, N) of a (Z, N, N) volume: rotate, then sum.
 
     Each slice is resampled (linear) on a rotated grid whose columns are
@@ -110,7 +115,7 @@ def project_volume(
     n_z, n, _ = data.shape
     half = n // 2
     axis = float(half) if center is None else float(center)
-    n_ray = int(math.ceil(n * math.sqrt(2.0))) + 2  # covers the slice's diagonal
+    n_ray = math.ceil(n * math.sqrt(2.0)) + 2  # covers the slice's diagonal
     s_mid = n_ray // 2
     angles = np.asarray(angles_deg, dtype=np.float64).ravel()
     out = np.empty((angles.size, n_z, n), dtype=np.float32)
@@ -119,9 +124,7 @@ def project_volume(
         # output (k, a, b): t = b - axis, ray step r = a - s_mid;
         # x = t cos - r sin, y = t sin + r cos; input row = half - y, column = half + x.
         matrix = np.array([[1.0, 0.0, 0.0], [0.0, -c, -s], [0.0, -s, c]])
-        offset = np.array(
-            [0.0, half + s_mid * c + axis * s, half + s_mid * s - axis * c]
-        )
+        offset = np.array([0.0, half + s_mid * c + axis * s, half + s_mid * s - axis * c])
         rotated = scipy.ndimage.affine_transform(
             data, matrix, offset, output_shape=(n_z, n_ray, n), order=1, mode="constant"
         )

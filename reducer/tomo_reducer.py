@@ -72,6 +72,7 @@ class TomoReducer:
         self.publishers: list[Publisher] = [self.server]
         self._hsds: Publisher | None = None
         self._finished = threading.Event()
+        self._closed = False
         logger.info("live domain %s at %s", self.domain.name, self.server.url)
 
     @staticmethod
@@ -122,6 +123,9 @@ class TomoReducer:
             self.scan.add_result(payload)
 
     def timer(self, parameters: dict[Any, Any] | None = None) -> float:
+        if self._closed:
+            # dranspose replay's timer thread outlives the run; stay quiet after close.
+            return 3600.0
         with self.lock:
             self._apply_parameters(parameters)
             if not self._finished.is_set():
@@ -142,6 +146,7 @@ class TomoReducer:
         )
 
     def close(self, context: dict[Any, Any] | None = None) -> None:
+        self._closed = True
         for publisher in self.publishers:
             publisher.close()
 

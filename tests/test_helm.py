@@ -20,12 +20,15 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar
 
 import pytest
 
 yaml = pytest.importorskip("yaml")
+
+pytestmark = pytest.mark.helm
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "streamtomo"
@@ -65,9 +68,7 @@ def kv() -> Any:
 
 
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [helm, *args], capture_output=True, text=True, timeout=120, cwd=ROOT
-    )
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 def render(helm: str, *args: str, chart: Path = CHART) -> list[dict[str, Any]]:
@@ -77,10 +78,7 @@ def render(helm: str, *args: str, chart: Path = CHART) -> list[dict[str, Any]]:
 
 
 def find(docs: list[dict], kind: str, name: str | None = None) -> list[dict]:
-    return [
-        d for d in docs
-        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
-    ]
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
 
 
 def one(docs: list[dict], kind: str, name: str) -> dict:
@@ -105,9 +103,7 @@ def fails(helm: str, *args: str) -> str:
 def test_fetch_script_is_idempotent(helm: str) -> None:
     if Path(helm) != ROOT / ".tools" / "helm":
         pytest.skip("helm does not come from .ci/fetch_helm.sh here")
-    proc = subprocess.run(
-        ["bash", str(ROOT / ".ci" / "fetch_helm.sh")], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run(["bash", str(ROOT / ".ci" / "fetch_helm.sh")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "already present" in proc.stdout
     assert run_helm(helm, "version", "--short").stdout.startswith("v3.")
@@ -116,7 +112,8 @@ def test_fetch_script_is_idempotent(helm: str) -> None:
 def test_schema_json_is_generated_from_yaml_source() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "helm" / "generate_schema.py"), "--check"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
 
@@ -193,9 +190,8 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
 
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
-            if node.get("type") == "object" and "properties" in node:
-                if node.get("additionalProperties") is not False:
-                    open_objects.append(path)
+            if node.get("type") == "object" and "properties" in node and node.get("additionalProperties") is not False:
+                open_objects.append(path)
             for key, value in node.items():
                 walk(value, f"{path}/{key}")
         elif isinstance(node, list):
@@ -218,7 +214,8 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
 )
 def test_schema_rejects_misspelt_key(helm: str, setting: str, key: str) -> None:
     err = fails(helm, "--set", setting)
-    assert "Additional property" in err and key in err, err
+    assert "Additional property" in err, err
+    assert key in err, err
 
 
 def test_schema_rejects_misspelt_key_in_values_file(helm: str, tmp_path: Path) -> None:
@@ -232,7 +229,8 @@ def test_schema_rejects_misspelt_key_in_values_file(helm: str, tmp_path: Path) -
 @pytest.mark.parametrize("count", ["-1", "0"])
 def test_schema_rejects_bad_worker_count(helm: str, count: str) -> None:
     err = fails(helm, "--set", f"workers.replicas={count}")
-    assert "workers.replicas" in err and "greater than or equal to 1" in err, err
+    assert "workers.replicas" in err, err
+    assert "greater than or equal to 1" in err, err
 
 
 @pytest.mark.parametrize(
@@ -254,7 +252,8 @@ def test_schema_rejects_wrong_types_and_values(helm: str, args: list[str], key: 
 
 def test_rwx_required_for_several_hsds_replicas(helm: str) -> None:
     err = fails(helm, "--set", "hsds.replicas=2")
-    assert "ReadWriteMany" in err and "hsds.persistence.accessModes" in err, err
+    assert "ReadWriteMany" in err, err
+    assert "hsds.persistence.accessModes" in err, err
     err = fails(helm, "--set", "hsds.replicas=3", "--set", "hsds.persistence.existingClaim=data")
     assert "ReadWriteMany" in err, err
     docs = render(helm, "--set", "hsds.replicas=2", "--set", "hsds.persistence.accessModes={ReadWriteMany}")
@@ -393,14 +392,16 @@ def test_pods_are_hardened_and_pinned(helm: str, values: str) -> None:
             image = c["image"]
             assert "@sha256:" in image or re.search(r":[^:/]+$", image), where
             assert not image.endswith(":latest"), where
-            assert c["resources"].get("limits") and c["resources"].get("requests"), where
+            assert c["resources"].get("limits"), where
+            assert c["resources"].get("requests"), where
             sc = c["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False, where
             assert sc["readOnlyRootFilesystem"] is True, where
             assert sc["capabilities"]["drop"] == ["ALL"], where
             mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
             if c in spec["containers"] and doc["kind"] == "Deployment":
-                assert "livenessProbe" in c and "readinessProbe" in c, where
+                assert "livenessProbe" in c, where
+                assert "readinessProbe" in c, where
                 assert "/tmp" in mounts, where
 
 
@@ -421,22 +422,28 @@ def test_hsds_follows_its_kubernetes_manifests(helm: str) -> None:
     assert spec["automountServiceAccountToken"] is True
     sources = spec["volumes"][0]["projected"]["sources"]
     assert [s.get("configMap", s.get("secret"))["name"] for s in sources] == [
-        "t-streamtomo-hsds-config", "t-streamtomo-hsds-override", "t-streamtomo-hsds-auth",
+        "t-streamtomo-hsds-config",
+        "t-streamtomo-hsds-override",
+        "t-streamtomo-hsds-auth",
     ]
     assert one(docs, "PersistentVolumeClaim", "t-streamtomo-hsds-data")["spec"]["accessModes"] == ["ReadWriteOnce"]
     role = one(docs, "Role", "t-streamtomo-hsds-pods-list")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
     binding = one(docs, "RoleBinding", "t-streamtomo-hsds-pods-list")
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "t-streamtomo-hsds", "namespace": "beamline"}
-    assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
+    assert not find(docs, "ClusterRole")
+    assert not find(docs, "ClusterRoleBinding")
     override = yaml.safe_load(one(docs, "ConfigMap", "t-streamtomo-hsds-override")["data"]["override.yml"])
     assert override["cors_domain"] == "http://localhost:8080"  # the viewer, never "*"
     assert override["k8s_namespace"] == "beamline"
     assert override["k8s_dn_label_selector"] == "app.kubernetes.io/instance=t,app.kubernetes.io/component=hsds"
-    assert override["bucket_name"] == "streamtomo" and override["root_dir"] == "/data"
-    assert override["allow_noauth"] is False and override["head_port"] == 0
+    assert override["bucket_name"] == "streamtomo"
+    assert override["root_dir"] == "/data"
+    assert override["allow_noauth"] is False
+    assert override["head_port"] == 0
     config = yaml.safe_load(one(docs, "ConfigMap", "t-streamtomo-hsds-config")["data"]["config.yml"])
-    assert config["password_file"] == "/config/passwd.txt" and "k8s_namespace" in config
+    assert config["password_file"] == "/config/passwd.txt"
+    assert "k8s_namespace" in config
     secret = one(docs, "Secret", "t-streamtomo-hsds-auth")["stringData"]
     users = [line.split(":")[0] for line in secret["passwd.txt"].splitlines()]
     assert users == ["admin", "streamtomo", "viewer"]
@@ -457,25 +464,42 @@ def test_hsds_info_and_metrics_stay_inside(helm: str) -> None:
     policy = one(docs, "NetworkPolicy", "st-hsds")
     dn_rule = policy["spec"]["ingress"][1]
     assert dn_rule["ports"] == [{"port": 6101, "protocol": "TCP"}]
-    assert dn_rule["from"] == [{"podSelector": {"matchLabels": {
-        "app.kubernetes.io/name": "streamtomo", "app.kubernetes.io/instance": "t",
-        "app.kubernetes.io/component": "hsds"}}}]
+    assert dn_rule["from"] == [
+        {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "streamtomo",
+                    "app.kubernetes.io/instance": "t",
+                    "app.kubernetes.io/component": "hsds",
+                }
+            }
+        }
+    ]
     override = yaml.safe_load(one(docs, "ConfigMap", "st-hsds-override")["data"]["override.yml"])
     assert override["cors_domain"] == "https://viewer.danmax.example.org"
     assert override["max_request_size"] == "200m"
-    assert "type" not in json.loads((CHART / "values.schema.json").read_text())[
-        "properties"]["hsds"]["properties"]["service"]["properties"]
+    assert (
+        "type"
+        not in json.loads((CHART / "values.schema.json").read_text())["properties"]["hsds"]["properties"]["service"][
+            "properties"
+        ]
+    )
 
 
 def test_existing_secret_and_claims(helm: str) -> None:
     docs = render(
         helm,
-        "--set", "hsds.auth.existingSecret=site-hsds",
-        "--set", "hsds.persistence.existingClaim=site-data",
-        "--set", "recordings.enabled=true",
-        "--set", "recordings.existingClaim=site-recordings",
+        "--set",
+        "hsds.auth.existingSecret=site-hsds",
+        "--set",
+        "hsds.persistence.existingClaim=site-data",
+        "--set",
+        "recordings.enabled=true",
+        "--set",
+        "recordings.existingClaim=site-recordings",
     )
-    assert not find(docs, "Secret") and not find(docs, "PersistentVolumeClaim")
+    assert not find(docs, "Secret")
+    assert not find(docs, "PersistentVolumeClaim")
     spec = one(docs, "Deployment", "t-streamtomo-hsds")["spec"]["template"]["spec"]
     assert spec["volumes"][0]["projected"]["sources"][2]["secret"]["name"] == "site-hsds"
     assert spec["volumes"][1]["persistentVolumeClaim"]["claimName"] == "site-data"
@@ -496,7 +520,8 @@ def test_hsds_disabled(helm: str) -> None:
 def test_helm_test_pods_exist(helm: str, values: str) -> None:
     docs = render(helm, *VALUE_SETS[values])
     tests = {
-        d["metadata"]["name"]: d for d in find(docs, "Pod")
+        d["metadata"]["name"]: d
+        for d in find(docs, "Pod")
         if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"
     }
     prefix = "st" if values == "all-on" else "t-streamtomo"
@@ -520,11 +545,24 @@ def test_notes_render(helm: str, tmp_path: Path) -> None:
         '    {{- tpl (.Files.Get "notes-render.txt") . | nindent 4 }}\n'
     )
     for args, expect in (
-        ([], ["kubectl -n beamline port-forward svc/t-streamtomo-live 8100:8100",
-              "h5pyd.File('/home/streamtomo/live.h5'", "streamtomo view --endpoint",
-              "helm test t", "svc/t-streamtomo-hsds"]),
-        (["-f", str(ALL_ON)], ["https://live.danmax.example.org", "https://viewer.danmax.example.org",
-                               "HS_ENDPOINT=https://hsds.danmax.example.org"]),
+        (
+            [],
+            [
+                "kubectl -n beamline port-forward svc/t-streamtomo-live 8100:8100",
+                "h5pyd.File('/home/streamtomo/live.h5'",
+                "streamtomo view --endpoint",
+                "helm test t",
+                "svc/t-streamtomo-hsds",
+            ],
+        ),
+        (
+            ["-f", str(ALL_ON)],
+            [
+                "https://live.danmax.example.org",
+                "https://viewer.danmax.example.org",
+                "HS_ENDPOINT=https://hsds.danmax.example.org",
+            ],
+        ),
     ):
         docs = render(helm, "--show-only", "templates/notes-render.yaml", *args, chart=chart)
         notes = docs[0]["data"]["notes"]
@@ -536,9 +574,9 @@ def test_notes_render(helm: str, tmp_path: Path) -> None:
 
 
 class _Stub(http.server.BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, Any]] = {}
-    posted: list[tuple[str, bytes, str | None]] = []
-    auth: list[str | None] = []
+    routes: ClassVar[dict[str, tuple[int, Any]]] = {}
+    posted: ClassVar[list[tuple[str, bytes, str | None]]] = []
+    auth: ClassVar[list[str | None]] = []
 
     def _answer(self) -> None:
         path = self.path
@@ -551,10 +589,10 @@ class _Stub(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._answer()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         self.posted.append((self.path, self.rfile.read(length), self.headers.get("Authorization")))
         self._answer()
@@ -579,7 +617,10 @@ def stub() -> Iterator[tuple[str, type[_Stub]]]:
 def run_script(name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(SCRIPTS / name), *args],
-        capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -593,28 +634,38 @@ def test_load_parameters_posts_every_parameter(stub: tuple[str, type[_Stub]], tm
     proc = run_script("load_parameters.py", str(path), url, "10")
     assert proc.returncode == 0, proc.stderr
     assert [(p, b) for p, b, _ in handler.posted] == [
-        ("/api/v1/parameter/filter", b"hann"), ("/api/v1/parameter/slice_rows", b"[1,2]"),
+        ("/api/v1/parameter/filter", b"hann"),
+        ("/api/v1/parameter/slice_rows", b"[1,2]"),
     ]
     proc = run_script("load_parameters.py", str(path), "http://127.0.0.1:9", "1")
-    assert proc.returncode == 1 and "did not answer" in proc.stderr
+    assert proc.returncode == 1
+    assert "did not answer" in proc.stderr
 
 
 def test_check_controller(stub: tuple[str, type[_Stub]]) -> None:
     url, handler = stub
     state = {
-        "ingesters": [{"name": "detector-ingester", "streams": ["detector"]},
-                      {"name": "angles-ingester", "streams": ["angles"]}],
+        "ingesters": [
+            {"name": "detector-ingester", "streams": ["detector"]},
+            {"name": "angles-ingester", "streams": ["angles"]},
+        ],
         "workers": [{"name": "w1"}, {"name": "w2"}],
         "reducer": {"url": "tcp://r:10200"},
         "parameters_version": {"filter": "uuid"},
     }
     handler.routes["/api/v1/config"] = (200, state)
-    env = {"CONTROLLER_URL": url, "EXPECTED_STREAMS": '["detector", "angles"]',
-           "EXPECTED_WORKERS": "2", "EXPECTED_PARAMETERS": '["filter"]', "TIMEOUT_S": "3"}
+    env = {
+        "CONTROLLER_URL": url,
+        "EXPECTED_STREAMS": '["detector", "angles"]',
+        "EXPECTED_WORKERS": "2",
+        "EXPECTED_PARAMETERS": '["filter"]',
+        "TIMEOUT_S": "3",
+    }
     proc = run_script("check_controller.py", env=env)
     assert proc.returncode == 0, proc.stderr
     proc = run_script("check_controller.py", env={**env, "EXPECTED_WORKERS": "3"})
-    assert proc.returncode == 1 and "2 workers registered, want 3" in proc.stderr
+    assert proc.returncode == 1
+    assert "2 workers registered, want 3" in proc.stderr
 
 
 def test_check_domain(stub: tuple[str, type[_Stub]]) -> None:
@@ -622,11 +673,13 @@ def test_check_domain(stub: tuple[str, type[_Stub]]) -> None:
     handler.routes["/about"] = (200, {"state": "READY"})
     env = {"DOMAIN_URL": url, "DOMAIN": "/home/streamtomo/live.h5", "TIMEOUT_S": "3"}
     proc = run_script("check_domain.py", env=env)  # no scan yet: 404 is fine
-    assert proc.returncode == 0 and "no scan yet" in proc.stdout, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "no scan yet" in proc.stdout
     proc = run_script("check_domain.py", env={**env, "REQUIRE_DOMAIN": "true"})
     assert proc.returncode == 1
     proc = run_script("check_domain.py", env={**env, "DOMAIN_URL": "http://127.0.0.1:9"})
-    assert proc.returncode == 1 and "does not answer" in proc.stderr
+    assert proc.returncode == 1
+    assert "does not answer" in proc.stderr
 
 
 def test_check_hsds(stub: tuple[str, type[_Stub]]) -> None:
@@ -634,7 +687,8 @@ def test_check_hsds(stub: tuple[str, type[_Stub]]) -> None:
     handler.routes["/about"] = (200, {"state": "READY", "hsds_version": "1.0.2"})
     env = {"HSDS_URL": url, "HS_USERNAME": "viewer", "HS_PASSWORD": "pw", "TIMEOUT_S": "3"}
     proc = run_script("check_hsds.py", env=env)
-    assert proc.returncode == 1 and "bucket missing" in proc.stderr
+    assert proc.returncode == 1
+    assert "bucket missing" in proc.stderr
     handler.routes["/domains"] = (200, {"domains": []})
     proc = run_script("check_hsds.py", env=env)
     assert proc.returncode == 0, proc.stderr

@@ -32,9 +32,7 @@ def main() -> int:
         name = urllib.parse.quote(param["name"], safe="")
         data = param["data"]
         body = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        req = urllib.request.Request(
-            f"{base}/api/v1/parameter/{name}", data=body, method="POST"
-        )
+        req = urllib.request.Request(f"{base}/api/v1/parameter/{name}", data=body, method="POST")
         with urllib.request.urlopen(req, timeout=30) as resp:
             resp.read()
         print(f"posted parameter {param['name']}")

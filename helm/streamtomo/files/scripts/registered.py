@@ -18,9 +18,7 @@ def main() -> int:
         name = os.environ[name[4:]]
     if kind == "reducer":
         name = "reducer"
-    client = redis.from_url(
-        os.environ["REDIS_URL"], socket_timeout=3, socket_connect_timeout=3
-    )
+    client = redis.from_url(os.environ["REDIS_URL"], socket_timeout=3, socket_connect_timeout=3)
     key = f"dranspose:{kind}:{name}:config"
     if client.exists(key):
         return 0

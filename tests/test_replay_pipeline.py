@@ -1,0 +1,98 @@
+"""The whole path through dranspose replay: simulator -> recordings -> workers -> reducer
+-> live domain, read back with h5pyd 1.0 from the running server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import h5pyd
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from pipeline.fbp import fbp
+from pipeline.simulator import ScanSimulator, SimulationSpec
+from tests.replay_helpers import domain_arrays, record, replay, run_to_end
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small_scan(tmp_path_factory: pytest.TempPathFactory) -> tuple[SimulationSpec, list[Path]]:
+    spec = SimulationSpec(rows=6, cols=64, angles=90, seed=3)
+    out = tmp_path_factory.mktemp("scan")
+    return spec, record(ScanSimulator(spec).frames(), out, spec.config())
+
+
+def test_three_workers_give_the_same_domain_as_one(small_scan: tuple[SimulationSpec, list[Path]]) -> None:
+    spec, recordings = small_scan
+    one = run_to_end(recordings, spec.config(), workers=1)
+    three = run_to_end(recordings, spec.config(), workers=3)
+    assert one.keys() == three.keys()
+    for path in one:
+        if path in ("/entry/status/last_update", "/entry/status/generation"):
+            continue
+        if one[path].dtype.kind == "f":
+            np.testing.assert_allclose(three[path], one[path], rtol=1e-5, atol=1e-6 * float(np.abs(one[path]).max() or 1), err_msg=path)
+        else:
+            assert np.array_equal(three[path], one[path]), path
+    assert int(one["/entry/reconstruction/n_projections"]) == spec.angles
+    assert one["/entry/status/state"][()] == "finished"
+
+
+def test_final_slices_equal_offline_fbp(small_scan: tuple[SimulationSpec, list[Path]]) -> None:
+    spec, recordings = small_scan
+    arrays = run_to_end(recordings, spec.config(), workers=2)
+    rows = list(arrays["/entry/sinogram/detector_row"])
+    positions = [rows.index(r) for r in arrays["/entry/reconstruction/slice_rows"]]
+    sino = arrays["/entry/sinogram/data"][positions]
+    expected = fbp(sino, arrays["/entry/sinogram/rotation_angle"], spec.config().center_value(spec.cols))
+    got = arrays["/entry/reconstruction/data"]
+    assert float(np.abs(got - expected).max() / np.abs(expected).max()) < 1e-4
+
+
+def test_ssim_against_the_phantom(tmp_path: Path) -> None:
+    spec = SimulationSpec(rows=1, cols=128, angles=180, seed=1)
+    simulator = ScanSimulator(spec)
+    arrays = run_to_end(record(simulator.frames(), tmp_path, spec.config()), spec.config(), workers=2)
+    truth = simulator.ground_truth()[0]
+    got = arrays["/entry/reconstruction/data"][0]
+    ssim = structural_similarity(truth, got, data_range=float(truth.max() - truth.min()))
+    assert ssim >= 0.9, ssim
+
+
+def test_h5pyd_reads_the_live_domain_while_frames_arrive(small_scan: tuple[SimulationSpec, list[Path]]) -> None:
+    spec, recordings = small_scan
+    for run in replay(recordings, spec.config(), workers=2, rate_hz=150):
+        run.go()
+        seen: list[int] = []
+        compared = 0
+        deadline = time.monotonic() + 60
+        while not run.done and time.monotonic() < deadline:
+            try:
+                with h5pyd.File(run.reducer.domain.name, "r", endpoint=run.reducer.endpoint) as f:
+                    if "sinogram" not in f["entry"]:
+                        time.sleep(0.05)
+                        continue
+                    status = f["entry/status"]
+                    generation = int(status["generation"][()])
+                    n = int(f["entry/reconstruction/n_projections"][()])
+                    sino = f["entry/sinogram/data"][...]
+                    slices = f["entry/reconstruction/data"][...]
+                    # Equal to the reducer's arrays when nothing changed during the read.
+                    with run.reducer.lock:
+                        same = int(run.reducer.domain.generation) == generation
+                        mine = domain_arrays(run.reducer)
+                    if same and not run.done:
+                        np.testing.assert_array_equal(sino, mine["/entry/sinogram/data"])
+                        np.testing.assert_array_equal(slices, mine["/entry/reconstruction/data"])
+                        compared += 1
+                    seen.append(n)
+            except OSError:
+                pass
+            time.sleep(0.05)
+        run.wait(timeout=60)
+        partial = [n for n in seen if 0 < n < spec.angles]
+        assert len(set(partial)) >= 3, f"too few live states seen: {seen}"
+        assert compared >= 1
