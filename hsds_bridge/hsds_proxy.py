@@ -84,9 +84,7 @@ async def _make_app(socket_path: str) -> web.Application:
     async def _client_ctx(app: web.Application):  # type: ignore[no-untyped-def]
         connector = aiohttp.UnixConnector(path=socket_path, limit=128)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=timeout, auto_decompress=False
-        ) as session:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
             app[CLIENT_KEY] = session
             yield
 

@@ -224,6 +224,8 @@ class LocalHsds:
             "cors_domain": cors_origin,
             "log_level": log_level,
             "admin_user": "admin",
+            # poll granularity of a flush request (default 1 s): flushes end sooner
+            "flush_sleep_interval": 0.1,
             **(extra_config or {}),
         }
         self._accounts: HsdsAccounts | None = None
@@ -279,9 +281,7 @@ class LocalHsds:
     def _prepare_accounts(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.config_dir, 0o700)
-        self._accounts = _load_or_create_accounts(
-            self.config_dir / "passwd.txt", self.writer_user, self.viewer_user
-        )
+        self._accounts = _load_or_create_accounts(self.config_dir / "passwd.txt", self.writer_user, self.viewer_user)
         for cred in self._accounts.by_name().values():
             write_credentials_file(self.credentials_file(cred.username), cred)
 

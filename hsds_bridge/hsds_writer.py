@@ -398,7 +398,7 @@ class HsdsWriter:
         compression: str | None = "lz4",
         max_concurrency: int = 16,
         merge_bytes: int = 4 << 20,
-        flush_before_generation: bool = True,
+        flush_before_generation: bool = False,
         flush_interval: float = 1.0,
         probe_interval: float = 1.0,
         retry_initial: float = 0.05,
@@ -459,6 +459,9 @@ class HsdsWriter:
         self._server_start: Any = None
         self._last_write = 0.0
         self._last_flush = 0.0
+        self._flushing = False
+        self._setup_durable = False  # domain, ACLs and objects survived a flush
+        self._need_setup = False
         self._deadline: float | None = None
         self._closing = False
         self._endpoint_base = self._endpoint
@@ -503,8 +506,7 @@ class HsdsWriter:
             name = self._ready.result(self.start_timeout)
         except concurrent.futures.TimeoutError:
             log.warning(
-                "HSDS setup of %s not finished after %.0fs (server unreachable?); "
-                "continuing in the background",
+                "HSDS setup of %s not finished after %.0fs (server unreachable?); continuing in the background",
                 self._requested_name,
                 self.start_timeout,
             )
@@ -571,10 +573,7 @@ class HsdsWriter:
         self.close()
 
     def __repr__(self) -> str:
-        return (
-            f"HsdsWriter({self._endpoint!r}, {self.domain_name!r}, "
-            f"user={self._credentials.username!r})"
-        )
+        return f"HsdsWriter({self._endpoint!r}, {self.domain_name!r}, user={self._credentials.username!r})"
 
     # -- reducer side: queue ------------------------------------------------------------
     def _is_tail(self, path: str) -> bool:
@@ -651,7 +650,7 @@ class HsdsWriter:
     def _chunk_nbytes(self, ds: DomainDataset, index: ChunkIndex) -> int:
         if ds.is_string:
             return len(str(ds.array[()]).encode())
-        return int(ds.dtype.itemsize) * math.prod(s.stop - s.start for s in ds.chunk_selection(index))
+        return int(ds.dtype.itemsize * math.prod(s.stop - s.start for s in ds.chunk_selection(index)))
 
     def _queued_nbytes(self, key: ChunkKey) -> int:
         old = self._pending.get(key) or self._pending_tail.get(key)
@@ -721,9 +720,7 @@ class HsdsWriter:
         self._endpoint_base = base
         timeout = aiohttp.ClientTimeout(total=self.request_timeout, sock_connect=10)
         headers = {"Authorization": self._credentials.authorization_header()}
-        async with aiohttp.ClientSession(
-            connector=connector, timeout=timeout, headers=headers
-        ) as session:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers) as session:
             self._session = session
             try:
                 await self._setup_with_retries(nodes)
@@ -833,7 +830,7 @@ class HsdsWriter:
         await self._create_domain()
         await self._set_acls()
         await self._ensure_nodes(nodes)
-        await self._flush()
+        self._setup_durable = False  # the watchdog's next flush makes it durable
         log.info(
             "HSDS domain %s ready: %d objects in %.0f ms",
             self.domain_name, len(nodes), (time.monotonic() - t0) * 1e3,
@@ -856,9 +853,7 @@ class HsdsWriter:
                 continue
             if status != 404:
                 raise self._refused(f"GET folder {folder}", status, reason)
-            status, reason = await self._call(
-                "PUT", "/", params={"domain": folder}, json_body={"folder": True}
-            )
+            status, reason = await self._call("PUT", "/", params={"domain": folder}, json_body={"folder": True})
             if status == 403:
                 raise HsdsWriterError(
                     f"folder {folder}/ does not exist and {self._credentials.username!r} may not "
@@ -943,9 +938,7 @@ class HsdsWriter:
                     self._ids[node.path] = new_object_id(self._root_id, kind)
                     self._versions[node.path] = node.version
                     self._forget_chunks(node.path)
-            await _gather_limited(
-                (self._create_node(n) for n in level), self.max_concurrency
-            )
+            await _gather_limited((self._create_node(n) for n in level), self.max_concurrency)
             self._unflushed_nodes.extend(level)
 
     def _forget_chunks(self, path: str) -> None:
@@ -986,9 +979,7 @@ class HsdsWriter:
         status_get, _ = await self._call("GET", f"/{collection}/{obj_id}")
         if status_get != 200:
             raise self._refused(f"create {node.path}", status, reason)
-        status, reason = await self._call(
-            "PUT", f"/groups/{parent_id}/links/{node.name}", json_body={"id": obj_id}
-        )
+        status, reason = await self._call("PUT", f"/groups/{parent_id}/links/{node.name}", json_body={"id": obj_id})
         if status not in _OK:
             raise self._refused(f"link {node.path}", status, reason)
 
@@ -1019,6 +1010,8 @@ class HsdsWriter:
                 continue
             async with self._io_lock:
                 try:
+                    if self._need_setup:
+                        await self._resetup()
                     await self._publish(batch)
                 except _ConnectionLost as exc:
                     self._connection_lost(str(exc))
@@ -1029,6 +1022,14 @@ class HsdsWriter:
                     self._inflight = {}
                     log.exception("publishing a batch failed")
                     self._error(f"publishing a batch failed: {exc}")
+
+    async def _resetup(self) -> None:
+        """The server lost the unflushed domain skeleton: rebuild it, same ids."""
+        with self._qlock:
+            nodes = list(self._nodes.values())
+        log.warning("re-creating the structure of %s on HSDS", self.domain_name)
+        await self._setup_with_retries(nodes)
+        self._need_setup = False
 
     def _take_batch(self) -> _Batch | None:
         with self._qlock:
@@ -1061,14 +1062,15 @@ class HsdsWriter:
             self._inflight = {}
             return
         if self.flush_before_generation and batch.data:
+            # Durable data before the counter moves. Costs ~1 s on a default HSDS
+            # (a DN writes objects back once they are 1 s old), hence off by default;
+            # the watchdog flushes in the background instead.
             await self._flush()
         status = [c for c in batch.tail if c.path != self.generation_path]
         generation = [c for c in batch.tail if c.path == self.generation_path]
         await self._send_chunks(status)
         await self._send_chunks(generation)
         self._inflight = {}
-        if not self.flush_before_generation and time.monotonic() - self._last_flush > self.flush_interval:
-            await self._flush()
         with self._qlock:
             self._stats.updates_published += 1
             self._counters["publish_latency_s"] = time.monotonic() - batch.since
@@ -1150,9 +1152,7 @@ class HsdsWriter:
 
     def _superseded(self, req: _Request) -> bool:
         with self._qlock:
-            return all(
-                m.key in self._pending or m.key in self._pending_tail for m in req.members
-            )
+            return all(m.key in self._pending or m.key in self._pending_tail for m in req.members)
 
     def _acked(self, req: _Request) -> None:
         self._last_write = time.monotonic()
@@ -1181,17 +1181,30 @@ class HsdsWriter:
 
     # -- durability -------------------------------------------------------------------------
     async def _flush(self) -> None:
+        """``PUT /?flush=1``; then what was written before it started is durable.
+
+        HSDS answers once every object dirty at the start is on disk, or has been
+        updated since: an updated chunk's newer copy thus stays "unflushed" here.
+        """
         snapshot = dict(self._unflushed)
         nodes = list(self._unflushed_nodes)
-        status, reason = await self._call("PUT", "/", params={"flush": "1"})
+        setup_done = not self._need_setup
+        self._last_flush = time.monotonic()
+        self._flushing = True
+        try:
+            status, reason = await self._call("PUT", "/", params={"flush": "1"})
+        finally:
+            self._flushing = False
         if status not in _OK:
             self._error(f"HSDS flush of {self.domain_name} failed: {status} {reason}")
             return
         for key, chunk in snapshot.items():
             if self._unflushed.get(key) is chunk:
                 del self._unflushed[key]
-        del self._unflushed_nodes[: len(nodes)]
-        self._last_flush = time.monotonic()
+        for node in nodes:
+            if node in self._unflushed_nodes:
+                self._unflushed_nodes.remove(node)
+        self._setup_durable = self._setup_durable or setup_done
         with self._qlock:
             self._counters["flushes"] += 1
 
@@ -1220,6 +1233,8 @@ class HsdsWriter:
         self._unflushed.clear()
         self._unflushed_nodes = []
         self._inflight = {}
+        if not self._setup_durable:
+            self._need_setup = True  # the domain itself may be gone
         log.warning("HSDS connection lost (%s); %d chunk(s) queued for resend", why, requeued)
 
     async def _wait_reachable(self) -> None:
@@ -1240,34 +1255,53 @@ class HsdsWriter:
             return
 
     async def _watchdog(self) -> None:
-        """While idle: flush what is unflushed, and probe for a silent restart."""
+        """Flush in the background (concurrently with data), probe while idle."""
         assert self._io_lock is not None
         last_probe = time.monotonic()
-        tick = min(self.flush_interval, self.probe_interval, 0.2)
+        tick = min(self.flush_interval, self.probe_interval, 0.1)
         while True:
             await asyncio.sleep(tick)
-            if self._io_lock.locked():
-                continue
-            async with self._io_lock:
-                try:
-                    if self._unflushed or self._unflushed_nodes:
-                        await self._flush()
-                    if time.monotonic() - last_probe >= self.probe_interval:
-                        last_probe = time.monotonic()
-                        start = await self._probe()
-                        if start != self._server_start:
-                            # Restarted between our requests: unflushed data may be gone.
-                            self._connection_lost("server restarted")
-                            self._server_start = start
-                            self._kick()
-                except (TimeoutError, _ConnectionLost) as exc:
-                    self._connection_lost(str(exc) or "timeout")
-                    await self._wait_reachable()
-                    self._kick()
-                except _Abort:
-                    return
-                except Exception:  # keep watching; a bug here must not stop publishing
-                    log.exception("HSDS writer watchdog error")
+            try:
+                if self._flush_due():
+                    await self._flush()
+                if time.monotonic() - last_probe >= self.probe_interval and not self._io_lock.locked():
+                    last_probe = time.monotonic()
+                    async with self._io_lock:
+                        await self._check_restart()
+            except (TimeoutError, _ConnectionLost) as exc:
+                await self._recover_idle(str(exc) or "timeout")
+            except _Abort:
+                return
+            except Exception:  # keep watching; a bug here must not stop publishing
+                log.exception("HSDS writer watchdog error")
+
+    def _flush_due(self) -> bool:
+        if self._flushing or not (self._unflushed or self._unflushed_nodes):
+            return False
+        now = time.monotonic()
+        idle = now - self._last_write >= min(0.25, self.flush_interval)
+        return idle or now - self._last_flush >= self.flush_interval
+
+    async def _check_restart(self) -> None:
+        start = await self._probe()
+        if start != self._server_start:
+            # Restarted between our requests: what it had not flushed is gone.
+            self._connection_lost("server restarted")
+            self._server_start = start
+            self._kick()
+
+    async def _recover_idle(self, why: str) -> None:
+        """A background request failed: recover here unless the sender is busy.
+
+        A busy sender meets the same failure on its next request and recovers itself.
+        """
+        assert self._io_lock is not None
+        if self._io_lock.locked():
+            return
+        async with self._io_lock:
+            self._connection_lost(why)
+            await self._wait_reachable()
+        self._kick()
 
 
 async def _gather_limited(coros: Iterable[Any], limit: int) -> list[Any]:

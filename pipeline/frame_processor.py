@@ -46,6 +46,8 @@ class LiveSliceGeometry:
 
     def __init__(self, config: PipelineConfig, detector: DetectorInfo) -> None:
         self.sinogram_rows = np.asarray(config.sinogram_rows(detector.rows), dtype=np.intp)
+        # All rows, in order: take the frame as it is (a view, no copy).
+        self.all_rows = bool(len(self.sinogram_rows) == detector.rows and np.all(np.diff(self.sinogram_rows) == 1))
         slice_rows = config.live_slice_rows(detector.rows)
         position = {int(r): i for i, r in enumerate(self.sinogram_rows)}
         self.slice_rows = np.asarray(slice_rows, dtype=np.intp)
@@ -123,7 +125,7 @@ class FrameProcessor:
         if rejected is not None:
             return [rejected]
         assert self.geometry is not None and self.detector is not None
-        rows = data[self.geometry.sinogram_rows]
+        rows = data if self.geometry.all_rows else data[self.geometry.sinogram_rows]
         if key in (ImageKey.DARK, ImageKey.FLAT):
             if np.issubdtype(rows.dtype, np.floating) and not np.isfinite(rows).all():
                 return [Rejected(index, "non_finite", f"{key.name.lower()} frame {index} has NaN/inf pixels")]
@@ -137,8 +139,9 @@ class FrameProcessor:
         corrector = self._corrector_for(self.geometry)
         if corrector is None:
             return [ProjectionRows(index, angle_deg, angle_measured, np.ascontiguousarray(rows), 0, "", self.detector)]
-        values = corrector.correct(rows)
-        if not np.isfinite(values).all():  # NaN/inf in a float frame: zero those pixels
+        values = corrector.correct_fast(rows)
+        # Integer frames give finite values by construction (the table is clipped).
+        if np.issubdtype(rows.dtype, np.floating) and not np.isfinite(values).all():
             np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         out: list[Message] = [
             ProjectionRows(index, angle_deg, angle_measured, values, corrector.version, self.geometry.recon_id, self.detector)

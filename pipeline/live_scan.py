@@ -250,7 +250,7 @@ class LiveScan:
         worker_rows = None
         if msg.reference_version == 0:
             self.counts["corrected_by_reducer"] += 1
-            values = self._corrector(refs.version).correct(rows)
+            values = self._corrector(refs.version).correct_fast(rows)
         elif msg.reference_version != refs.version:
             if msg.reference_version not in self._versions:
                 self.reject("unknown_references", f"frame {msg.frame_index} used reference version {msg.reference_version}")
