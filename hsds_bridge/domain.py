@@ -16,12 +16,12 @@ import itertools
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-AttrValue = Union[str, int, float, bool, list[str], list[int], list[float], npt.NDArray[Any]]
+AttrValue = str | int | float | bool | list[str] | list[int] | list[float] | npt.NDArray[Any]
 Selection = tuple[slice | int, ...]
 ChunkIndex = tuple[int, ...]
 
@@ -69,12 +69,12 @@ class DomainDataset:
 
     def chunk_grid(self) -> tuple[int, ...]:
         assert self.chunks is not None
-        return tuple(-(-n // c) for n, c in zip(self.shape, self.chunks))
+        return tuple(-(-n // c) for n, c in zip(self.shape, self.chunks, strict=False))
 
     def chunk_selection(self, index: ChunkIndex) -> tuple[slice, ...]:
         assert self.chunks is not None
         return tuple(
-            slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape)
+            slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape, strict=False)
         )
 
     def mark_all_dirty(self) -> None:
@@ -87,7 +87,7 @@ class DomainDataset:
             raise IndexError(f"{self.path}: selection {selection} has too many axes")
         full = tuple(selection) + (slice(None),) * (self.array.ndim - len(selection))
         ranges = []
-        for sel, n, c in zip(full, self.shape, self.chunks):
+        for sel, n, c in zip(full, self.shape, self.chunks, strict=False):
             if isinstance(sel, slice):
                 start, stop, _ = sel.indices(n)
                 if stop <= start:
@@ -169,7 +169,7 @@ class Domain:
         data: npt.ArrayLike | None = None,
         *,
         shape: tuple[int, ...] | None = None,
-        dtype: npt.DTypeLike = None,
+        dtype: npt.DTypeLike | None = None,
         fill: Any = 0,
         attrs: Mapping[str, AttrValue] | None = None,
         chunks: tuple[int, ...] | None = None,

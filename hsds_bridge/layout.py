@@ -16,7 +16,8 @@
         parameters      str     effective configuration (JSON)
     /entry/status                  NXcollection
         state, frames_received, frames_rejected, darks, flats, projections,
-        missing_angles, pending_projections, rejected (JSON counts per reason),
+        missing_angles, pending_projections, frames_lost, rejected (JSON counts per
+        reason), lost_frames (JSON [first, last] ranges of frames that never came),
         publisher_dropped, last_update (unix time), generation
 
 Values that change are datasets (h5pyd 1.0 cannot overwrite attributes); readers
@@ -36,7 +37,7 @@ from pipeline.live_scan import LiveScan
 
 STATUS_INTS = (
     "frames_received", "frames_rejected", "darks", "flats", "projections",
-    "missing_angles", "pending_projections", "publisher_dropped",
+    "missing_angles", "pending_projections", "publisher_dropped", "frames_lost",
 )
 CHUNK_TARGET_BYTES = 2 << 20
 
@@ -64,6 +65,7 @@ def new_domain(name: str) -> Domain:
     for name_ in STATUS_INTS:
         domain.create_dataset(f"/entry/status/{name_}", np.int64(0))
     domain.create_dataset("/entry/status/rejected", "{}")
+    domain.create_dataset("/entry/status/lost_frames", "[]")
     domain.create_dataset("/entry/status/last_update", np.float64(time.time()))
     domain.create_dataset("/entry/status/generation", np.int64(0))
     return domain
@@ -150,5 +152,6 @@ def update_domain(domain: Domain, scan: LiveScan, extra_status: dict[str, int] |
     for key in STATUS_INTS:
         _set(domain, f"/entry/status/{key}", np.int64(int(status.get(key, 0))))
     _set(domain, "/entry/status/rejected", json.dumps(dict(sorted(scan.rejected.items()))))
+    _set(domain, "/entry/status/lost_frames", json.dumps(scan.lost_frames()))
     domain.dataset("/entry/status/last_update").set_scalar(np.float64(time.time()))
     domain.dataset("/entry/status/generation").set_scalar(np.int64(domain.commit()))

@@ -63,7 +63,7 @@ class Corrector:
         self._check(frame, rows)
         dark = self.dark if rows is None else self.dark[rows]
         recip = self.reciprocal if rows is None else self.reciprocal[rows]
-        out = np.subtract(frame, dark, dtype=np.float32)
+        out: FloatArray = np.subtract(frame, dark, dtype=np.float32)
         out *= recip
         np.clip(out, T_MIN, T_MAX, out=out)
         np.log(out, out=out)
@@ -112,4 +112,5 @@ class Corrector:
         recip = self.reciprocal if rows is None else self.reciprocal[rows]
         with np.errstate(divide="ignore", invalid="ignore"):
             span = np.where(recip > 0, 1.0 / recip, 0.0)
-        return (dark + span * np.exp(-values)).astype(np.float32)
+        raw: FloatArray = (dark + span * np.exp(-values)).astype(np.float32)
+        return raw

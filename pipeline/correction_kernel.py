@@ -35,7 +35,7 @@ def _numba_kernel() -> _Kernel:
                     v = high
                 out[r, c] = v
 
-    return kernel  # type: ignore[no-any-return]
+    return kernel  # type: ignore[no-any-return,unused-ignore]
 
 
 def _numpy_kernel(

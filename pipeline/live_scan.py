@@ -88,6 +88,7 @@ class LiveScan:
         self._slot_ratio: FloatArray | None = None  # final angular weights / uniform
         self._waiting: list[ProjectionRows] = []  # projections whose references are not settled
         self._seen_frames: set[int] = set()  # frame indices that arrived (used or rejected)
+        self._reference_frames: set[int] = set()
         self.counts: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self._logged_reasons: set[str] = set()
@@ -151,8 +152,13 @@ class LiveScan:
         return True
 
     def _add_reference(self, ref: ReferenceRows) -> None:
+        if ref.frame_index in self._reference_frames:
+            # Distributed mode broadcasts darks and flats: every worker sends them.
+            self.counts["reference_copies"] += 1
+            return
         if not self._ensure_detector(ref.detector) or not self._first_time(ref.frame_index):
             return
+        self._reference_frames.add(ref.frame_index)
         self.counts["darks" if ref.key == ImageKey.DARK else "flats"] += 1
         self.counts["frames"] += 1
         self.references.add(ref.key, ref.frame_index, ref.rows)
@@ -434,8 +440,30 @@ class LiveScan:
         # pi / 2n for n projections, whatever the range (a 360-degree scan's n is twice).
         return weight_partial_sum(self.live_sum, self.n_projections)
 
+    def expected_frames(self) -> int | None:
+        """Frames the scan should have, when the layout is known (counts rule)."""
+        c = self.config
+        if c.kind_rule != "counts":
+            return None
+        return c.n_darks_before + c.n_flats_before + c.n_projections + c.n_flats_after + c.n_darks_after
+
+    def lost_frames(self) -> list[tuple[int, int]]:
+        """Frame index ranges (inclusive) that never arrived; known at the end of a scan."""
+        expected = self.expected_frames()
+        if expected is None or self.state != "finished":
+            return []
+        ranges: list[tuple[int, int]] = []
+        for index in range(expected):
+            if index not in self._seen_frames:
+                if ranges and ranges[-1][1] == index - 1:
+                    ranges[-1] = (ranges[-1][0], index)
+                else:
+                    ranges.append((index, index))
+        return ranges
+
     def status(self) -> dict[str, int | float | str]:
         missing = 0 if self.sinogram is None else len(self.sinogram.missing_slots())
+        lost = sum(b - a + 1 for a, b in self.lost_frames())
         return {
             "state": self.state,
             "frames_received": self.counts["frames"] + sum(self.rejected.values()),
@@ -445,4 +473,5 @@ class LiveScan:
             "projections": self.counts["projections"],
             "missing_angles": missing,
             "pending_projections": len(self._waiting),
+            "frames_lost": lost,
         }

@@ -30,7 +30,7 @@ class RunningMean:
             self._sum = np.zeros(frame.shape, dtype=np.float64)
         elif frame.shape != self._sum.shape:
             raise ValueError(f"reference frame shape {frame.shape} != {self._sum.shape}")
-        self._sum += frame
+        self._sum += np.asarray(frame, dtype=np.float64)
         self.count += 1
 
     def mean(self) -> FloatArray | None:
@@ -83,7 +83,7 @@ class ReferenceSet:
         if self.flat_after is not None:
             arrays["flat_after"] = self.flat_after
         meta = np.array([self.version, self.before_index, self.after_index], dtype=np.int64)
-        np.savez(buf, meta=meta, **arrays)
+        np.savez(buf, meta=meta, **arrays)  # type: ignore[arg-type]
         return buf.getvalue()
 
     @classmethod

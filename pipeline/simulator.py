@@ -95,7 +95,8 @@ class ScanSimulator:
         z = np.clip(np.round(np.linspace(0, self.spec.cols - 1, self.spec.rows)).astype(int), 0, self.spec.cols - 1)
         if self.spec.rows == self.spec.cols:
             z = np.arange(self.spec.rows)
-        return (volume[z] * self.mu_scale).astype(np.float32)
+        truth: npt.NDArray[np.float32] = (volume[z] * self.mu_scale).astype(np.float32)
+        return truth
 
     def _counts(self, mean: npt.NDArray[np.float64]) -> npt.NDArray[np.uint16]:
         if self.spec.noise:

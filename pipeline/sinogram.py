@@ -40,7 +40,7 @@ class AngleGrid:
         if not np.isfinite(angle_deg):
             raise UnknownAngleError(f"angle {angle_deg} is not finite")
         position = (angle_deg - self.start) / self.step
-        index = int(round(position))
+        index = round(position)
         if not (0 <= index < self.n) or abs(position - index) > self.tolerance + 1e-9:
             last = self.start + self.step * (self.n - 1)
             raise UnknownAngleError(

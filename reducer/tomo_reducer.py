@@ -66,7 +66,7 @@ class TomoReducer:
         self.scan = LiveScan(config, on_references=self._share_references)
         kept = self.context.get("references")
         if config.keep_references and isinstance(kept, ReferenceSet):
-            self.scan._versions[kept.version] = kept  # noqa: SLF001 - restore across scans
+            self.scan._versions[kept.version] = kept
         self.server = self._rest_server()
         self.server.start(self.domain)
         self.publishers: list[Publisher] = [self.server]

@@ -377,6 +377,8 @@ def workloads(docs: list[dict]) -> Iterator[tuple[str, dict, dict]]:
             spec = d["spec"]["template"]["spec"]
         elif d["kind"] == "Pod":
             spec = d["spec"]
+        elif d["kind"] == "Job":
+            spec = d["spec"]["template"]["spec"]
         else:
             continue
         yield d["metadata"]["name"], d, spec
@@ -581,7 +583,7 @@ class _Stub(http.server.BaseHTTPRequestHandler):
     def _answer(self) -> None:
         path = self.path
         self.auth.append(self.headers.get("Authorization"))
-        status, body = self.routes.get(path, (404, {"error": "not found"}))
+        status, body = self.routes.get(f"{self.command} {path}", self.routes.get(path, (404, {"error": "not found"})))
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -592,9 +594,12 @@ class _Stub(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._answer()
 
+    def do_PUT(self) -> None:
+        self.do_POST()
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
-        self.posted.append((self.path, self.rfile.read(length), self.headers.get("Authorization")))
+        self.posted.append((f"{self.command} {self.path}", self.rfile.read(length), self.headers.get("Authorization")))
         self._answer()
 
     def log_message(self, *args: Any) -> None:
@@ -634,8 +639,8 @@ def test_load_parameters_posts_every_parameter(stub: tuple[str, type[_Stub]], tm
     proc = run_script("load_parameters.py", str(path), url, "10")
     assert proc.returncode == 0, proc.stderr
     assert [(p, b) for p, b, _ in handler.posted] == [
-        ("/api/v1/parameter/filter", b"hann"),
-        ("/api/v1/parameter/slice_rows", b"[1,2]"),
+        ("POST /api/v1/parameter/filter", b"hann"),
+        ("POST /api/v1/parameter/slice_rows", b"[1,2]"),
     ]
     proc = run_script("load_parameters.py", str(path), "http://127.0.0.1:9", "1")
     assert proc.returncode == 1
@@ -659,7 +664,7 @@ def test_check_controller(stub: tuple[str, type[_Stub]]) -> None:
         "EXPECTED_STREAMS": '["detector", "angles"]',
         "EXPECTED_WORKERS": "2",
         "EXPECTED_PARAMETERS": '["filter"]',
-        "TIMEOUT_S": "3",
+        "TIMEOUT_S": "1.5",
     }
     proc = run_script("check_controller.py", env=env)
     assert proc.returncode == 0, proc.stderr
@@ -671,7 +676,7 @@ def test_check_controller(stub: tuple[str, type[_Stub]]) -> None:
 def test_check_domain(stub: tuple[str, type[_Stub]]) -> None:
     url, handler = stub
     handler.routes["/about"] = (200, {"state": "READY"})
-    env = {"DOMAIN_URL": url, "DOMAIN": "/home/streamtomo/live.h5", "TIMEOUT_S": "3"}
+    env = {"DOMAIN_URL": url, "DOMAIN": "/home/streamtomo/live.h5", "TIMEOUT_S": "1.5"}
     proc = run_script("check_domain.py", env=env)  # no scan yet: 404 is fine
     assert proc.returncode == 0, proc.stderr
     assert "no scan yet" in proc.stdout
@@ -685,7 +690,7 @@ def test_check_domain(stub: tuple[str, type[_Stub]]) -> None:
 def test_check_hsds(stub: tuple[str, type[_Stub]]) -> None:
     url, handler = stub
     handler.routes["/about"] = (200, {"state": "READY", "hsds_version": "1.0.2"})
-    env = {"HSDS_URL": url, "HS_USERNAME": "viewer", "HS_PASSWORD": "pw", "TIMEOUT_S": "3"}
+    env = {"HSDS_URL": url, "HS_USERNAME": "viewer", "HS_PASSWORD": "pw", "TIMEOUT_S": "1.5"}
     proc = run_script("check_hsds.py", env=env)
     assert proc.returncode == 1
     assert "bucket missing" in proc.stderr
@@ -693,3 +698,72 @@ def test_check_hsds(stub: tuple[str, type[_Stub]]) -> None:
     proc = run_script("check_hsds.py", env=env)
     assert proc.returncode == 0, proc.stderr
     assert handler.auth[-1] == "Basic " + base64.b64encode(b"viewer:pw").decode()
+
+
+def test_check_hsds_folder(stub: tuple[str, type[_Stub]]) -> None:
+    url, handler = stub
+    handler.routes["/about"] = (200, {"state": "READY"})
+    handler.routes["/domains"] = (200, {"domains": []})
+    env = {
+        "HSDS_URL": url,
+        "HS_USERNAME": "viewer",
+        "HS_PASSWORD": "pw",
+        "TIMEOUT_S": "1.5",
+        "FOLDER": "/home/streamtomo",
+    }
+    proc = run_script("check_hsds.py", env=env)
+    assert proc.returncode == 1
+    assert "folder /home/streamtomo answered 404" in proc.stderr
+    handler.routes["/?domain=%2Fhome%2Fstreamtomo"] = (200, {"owner": "streamtomo"})
+    proc = run_script("check_hsds.py", env=env)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_bootstrap_hsds_creates_folders_and_viewer_acl(stub: tuple[str, type[_Stub]]) -> None:
+    url, handler = stub
+    handler.routes["/about"] = (200, {"state": "READY"})
+    handler.routes["PUT /?domain=%2Fhome"] = (201, {})
+    handler.routes["PUT /?domain=%2Fhome%2Fstreamtomo"] = (201, {})
+    handler.routes["PUT /acls/viewer?domain=%2Fhome%2Fstreamtomo"] = (201, {})
+    env = {
+        "HSDS_URL": url,
+        "ADMIN_USER": "admin",
+        "ADMIN_PASSWORD": "secret",
+        "WRITER_USER": "streamtomo",
+        "VIEWER_USER": "viewer",
+        "DOMAIN": "/home/streamtomo/live.h5",
+        "TIMEOUT_S": "1.5",
+    }
+    proc = run_script("bootstrap_hsds.py", env=env)
+    assert proc.returncode == 0, proc.stderr
+    sent = [(p, json.loads(b)) for p, b, _ in handler.posted]
+    assert sent == [
+        ("PUT /?domain=%2Fhome", {"folder": True, "owner": "admin"}),
+        ("PUT /?domain=%2Fhome%2Fstreamtomo", {"folder": True, "owner": "streamtomo"}),
+        (
+            "PUT /acls/viewer?domain=%2Fhome%2Fstreamtomo",
+            {"create": False, "read": True, "update": False, "delete": False, "readACL": False, "updateACL": False},
+        ),
+    ]
+    assert {a for _, _, a in handler.posted} == {"Basic " + base64.b64encode(b"admin:secret").decode()}
+    # existing folders are left alone
+    handler.posted.clear()
+    handler.routes["GET /?domain=%2Fhome"] = (200, {})
+    handler.routes["GET /?domain=%2Fhome%2Fstreamtomo"] = (200, {})
+    proc = run_script("bootstrap_hsds.py", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert [p for p, _, _ in handler.posted] == ["PUT /acls/viewer?domain=%2Fhome%2Fstreamtomo"]
+
+
+def test_hsds_bootstrap_job(helm: str) -> None:
+    docs = render(helm)
+    job = one(docs, "Job", "t-streamtomo-hsds-bootstrap")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    env = env_of(job["spec"]["template"]["spec"]["containers"][0])
+    assert env["DOMAIN"] == "/home/streamtomo/live.h5"
+    assert env["ADMIN_PASSWORD"]["secretKeyRef"]["key"] == "admin-password"
+    test_pod = one(docs, "Pod", "t-streamtomo-test-hsds")
+    assert env_of(test_pod["spec"]["containers"][0])["FOLDER"] == "/home/streamtomo"
+    off = render(helm, "--set", "hsds.bootstrap.enabled=false")
+    assert not find(off, "Job")
+    assert env_of(one(off, "Pod", "t-streamtomo-test-hsds")["spec"]["containers"][0])["FOLDER"] == ""

@@ -221,3 +221,23 @@ def test_partial_with_old_settings_is_discarded() -> None:
     scan.add_result(WorkerResult([PartialSum("w", "other", (7,), np.ones_like(scan.live_sum))]))  # type: ignore[arg-type]
     assert scan.counts["partials_discarded"] == 1
     assert np.array_equal(scan.slices(), before)  # type: ignore[arg-type]
+
+
+def test_broadcast_references_are_not_duplicates() -> None:
+    frames = make_frames()
+    cfg = config()
+    scan = LiveScan(cfg)
+    workers = [FrameProcessor(cfg, f"w{i}") for i in range(2)]
+    for frame in frames[:6]:  # darks and flats reach every worker
+        for worker in workers:
+            scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    assert scan.counts["reference_copies"] == 6
+    assert not scan.rejected
+
+
+def test_lost_frames_are_reported_as_ranges() -> None:
+    frames = make_frames()
+    lost = {10, 11, 12, 30}
+    scan = run([f for f in frames if f.index not in lost], 2, config())
+    assert scan.lost_frames() == [(10, 12), (30, 30)]
+    assert scan.status()["frames_lost"] == 4

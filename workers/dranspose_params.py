@@ -70,7 +70,7 @@ class ConfigCache:
         key = tuple(_value(parameters[n]) if n in parameters else None for n in names)
         if key != self._key:
             self._key = key
-            values = {n: v for n, v in zip(names, key) if v is not None}
+            values = {n: v for n, v in zip(names, key, strict=False) if v is not None}
             try:
                 self._config = PipelineConfig.from_mapping(values)
                 self.error = ""

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pipeline.config import PipelineConfig
 from pipeline.formats.errors import FrameError
 from pipeline.formats.kinds import FrameKindRule
 from pipeline.formats.pcap import PcapEnd, PcapHeader, PcapValues, angle_from_values, decode_pcap_event
 from pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage, decode_stins
 from pipeline.frame_processor import FrameProcessor
 from pipeline.messages import Rejected, StreamEnded, WorkerResult
-from pipeline.config import PipelineConfig
 from pipeline.scan import ImageKey
 from workers.dranspose_params import ConfigCache, describe_parameters
 

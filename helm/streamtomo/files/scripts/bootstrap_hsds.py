@@ -3,11 +3,13 @@
 HSDS lets only the admin create top-level folders, so the reducer's account
 could not publish /home/streamtomo/live.h5 on a fresh server. This creates
 every missing parent folder of DOMAIN: the top-level one owned by the admin,
-the deeper ones owned by WRITER_USER (who may then create the domain). New
-folders get HSDS's default ACL (readable by everyone with an account).
-Idempotent: existing folders are left alone.
+the deeper ones owned by WRITER_USER (who may then create the domain), and
+gives VIEWER_USER read-only access to the domain's folder; HSDS copies a
+folder's user ACLs to every domain created in it, so the viewer account can
+read (and only read) what the pipeline publishes. Idempotent.
 
-Environment: HSDS_URL, ADMIN_USER, ADMIN_PASSWORD, WRITER_USER, DOMAIN, TIMEOUT_S.
+Environment: HSDS_URL, ADMIN_USER, ADMIN_PASSWORD, WRITER_USER, VIEWER_USER,
+DOMAIN, TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -72,6 +74,16 @@ def main() -> int:
             print(f"creating {folder}/ answered {status}: {body[:200]!r}", file=sys.stderr)
             return 1
         print(f"created {folder}/ (owner {owner})")
+    folders = parent_folders(os.environ["DOMAIN"])
+    viewer = os.environ.get("VIEWER_USER", "")
+    if viewer and folders:
+        acl = {"create": False, "read": True, "update": False, "delete": False, "readACL": False, "updateACL": False}
+        url = f"{base}/acls/{urllib.parse.quote(viewer)}?" + urllib.parse.urlencode({"domain": folders[-1]})
+        status, body = request("PUT", url, auth, acl)
+        if status not in (200, 201):
+            print(f"read ACL for {viewer} on {folders[-1]}/ answered {status}: {body[:200]!r}", file=sys.stderr)
+            return 1
+        print(f"{viewer} may read {folders[-1]}/")
     return 0
 
 

@@ -1,6 +1,8 @@
 """helm test: HSDS answers for the read-only viewer account and its bucket exists.
 
-Environment: HSDS_URL, HS_USERNAME, HS_PASSWORD, TIMEOUT_S.
+Environment: HSDS_URL, HS_USERNAME, HS_PASSWORD, TIMEOUT_S, and optionally
+FOLDER: the live domain's folder, which the viewer account must be able to read
+(created by the bootstrap Job).
 """
 
 import base64
@@ -9,6 +11,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 
@@ -36,10 +39,18 @@ def main() -> int:
             else:
                 # the bucket directory exists: listing the top-level folders works
                 status, body = get(base + "/domains", auth)
-                if status == 200:
+                if status != 200:
+                    problem = f"/domains answered {status} {body[:200]!r} (bucket missing?)"
+                elif folder := os.environ.get("FOLDER", ""):
+                    query = urllib.parse.urlencode({"domain": folder})
+                    status, body = get(f"{base}/?{query}", auth)
+                    if status == 200:
+                        print(f"HSDS OK: {base} READY, bucket present, {folder} readable")
+                        return 0
+                    problem = f"folder {folder} answered {status} {body[:200]!r}"
+                else:
                     print(f"HSDS OK: {base} {about.get('hsds_version', '')} READY, bucket present")
                     return 0
-                problem = f"/domains answered {status} {body[:200]!r} (bucket missing?)"
         except OSError as exc:
             problem = f"HSDS {base} does not answer: {exc}"
         time.sleep(2)
