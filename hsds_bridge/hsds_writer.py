@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import itertools
 import json
 import logging
@@ -61,6 +60,7 @@ log = logging.getLogger(__name__)
 GENERATION_PATH = "/entry/status/generation"
 STATUS_PREFIX = "/entry/status/"
 OnExists = Literal["version", "overwrite", "fail"]
+MAX_VERSIONS = 999
 ChunkKey = tuple[str, ChunkIndex]
 T = TypeVar("T")
 
@@ -446,6 +446,7 @@ class HsdsWriter:
         self._pending_bytes = 0
         self._pending_updates = 0
         self._pending_since = 0.0
+        self._busy = False  # a batch is being published
         self._stats = PublisherStats()
         self._counters: dict[str, float] = defaultdict(float)
         # loop side
@@ -472,6 +473,8 @@ class HsdsWriter:
         self._io_lock: asyncio.Lock | None = None
         self._ready: concurrent.futures.Future[str] = concurrent.futures.Future()
         self._main_future: concurrent.futures.Future[None] | None = None
+        self._main_task: asyncio.Task[None] | None = None
+        self._main_done = threading.Event()
 
     # -- Publisher protocol ----------------------------------------------------------
     @property
@@ -532,6 +535,17 @@ class HsdsWriter:
             s.backlog = self._pending_updates
             s.extra["backlog_bytes"] = float(self._pending_bytes)
             return s
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until everything notified so far is acknowledged by HSDS (tests, tools)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._qlock:
+                queued = self._pending or self._pending_tail or self._pending_nodes
+                if self._ready.done() and not queued and not self._busy:
+                    return True
+            time.sleep(0.01)
+        return False
 
     def close(self, timeout: float = 30.0) -> None:
         """Send everything still dirty or queued, flush, stop the background loop."""
@@ -697,11 +711,13 @@ class HsdsWriter:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        future = self._main_future
-        if future is not None and not future.done():
-            future.cancel()  # runs the session's cleanup inside the loop
-            with contextlib.suppress(BaseException):  # cancelled or failed: done either way
-                future.result(timeout=5)
+        task = self._main_task
+        if task is not None and not self._main_done.is_set():
+            # Cancel the task itself (not the thread-safe future, which would report
+            # done at once) so that the session closes inside the loop.
+            loop.call_soon_threadsafe(task.cancel)
+            if not self._main_done.wait(10):
+                log.warning("HSDS writer loop did not stop within 10 s")
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         if not thread.is_alive():
@@ -714,6 +730,13 @@ class HsdsWriter:
             loop.call_soon_threadsafe(wake.set)
 
     async def _main(self, nodes: list[_Node]) -> None:
+        self._main_task = asyncio.current_task()
+        try:
+            await self._main_inner(nodes)
+        finally:
+            self._main_done.set()
+
+    async def _main_inner(self, nodes: list[_Node]) -> None:
         self._wake = asyncio.Event()
         self._io_lock = asyncio.Lock()
         connector, base = self._connector()
@@ -879,39 +902,53 @@ class HsdsWriter:
                 if status == 200 and isinstance(body, dict) and body.get("root") == self._root_id:
                     return
             raise self._refused(f"reopen domain {self._name}", status, reason)
-        root_id = new_root_id()
-        for version in itertools.count(1):
-            name = self._requested_name if version == 1 else versioned_name(
-                self._requested_name, version
-            )  # fmt: skip
+        for version in range(1, MAX_VERSIONS + 1):
+            name = self._requested_name if version == 1 else versioned_name(self._requested_name, version)
             self._name = name
-            status, body = await self._call("PUT", "/", json_body={"root_id": root_id})
-            if status == 201:
-                self._root_id = root_id
+            if await self._claim_domain(version):
                 if version > 1:
                     log.warning("domain %s exists; publishing to %s", self._requested_name, name)
                 return
+        self._name = None
+        raise HsdsWriterError(f"no free version of {self._requested_name} up to _v{MAX_VERSIONS}", 409)
+
+    async def _claim_domain(self, version: int) -> bool:
+        """Create ``self._name`` unless it exists; False: try the next version."""
+        status, body = await self._call("GET", "/")
+        if status in (404, 410):
+            # A fresh root id per attempt: HSDS creates the root group before it
+            # finds a name taken, so a refused id is used up.
+            root_id = new_root_id()
+            status, body = await self._call("PUT", "/", json_body={"root_id": root_id})
+            if status == 201:
+                self._root_id = root_id
+                return True
             if status != 409:
-                self._name = None
-                raise self._refused(f"create domain {name}", status, body)
+                raise self._refused(f"create domain {self._name}", status, body)
             status, body = await self._call("GET", "/")
             if status == 200 and isinstance(body, dict) and body.get("root") == root_id:
-                self._root_id = root_id  # our own create, answered after a lost reply
-                return
-            if self.on_exists == "fail":
-                self._name = None
-                raise HsdsWriterError(f"domain {name} already exists (on_exists='fail')", 409)
-            if self.on_exists == "overwrite" and version == 1:
-                status, reason = await self._call("DELETE", "/")
-                if status not in _OK:
-                    raise self._refused(f"delete existing domain {name}", status, reason)
-                log.warning("deleted existing domain %s (on_exists='overwrite')", name)
-                status, body = await self._call("PUT", "/", json_body={"root_id": root_id})
-                if status == 201:
-                    self._root_id = root_id
-                    return
-                raise self._refused(f"re-create domain {name}", status, body)
-        raise AssertionError("unreachable")
+                self._root_id = root_id  # our own create, its reply was lost
+                return True
+        elif status not in (200, 403):
+            raise self._refused(f"look up domain {self._name}", status, body)
+        # The name is taken (403: by a domain we may not even read).
+        if self.on_exists == "fail":
+            raise HsdsWriterError(f"domain {self._name} already exists (on_exists='fail')", 409)
+        if self.on_exists == "overwrite" and version == 1:
+            status, reason = await self._call("DELETE", "/")
+            if status not in _OK:
+                raise self._refused(f"delete existing domain {self._name}", status, reason)
+            log.warning("deleted existing domain %s (on_exists='overwrite')", self._name)
+            return await self._create_fresh()
+        return False
+
+    async def _create_fresh(self) -> bool:
+        root_id = new_root_id()
+        status, body = await self._call("PUT", "/", json_body={"root_id": root_id})
+        if status != 201:
+            raise self._refused(f"re-create domain {self._name}", status, body)
+        self._root_id = root_id
+        return True
 
     async def _set_acls(self) -> None:
         none = dict.fromkeys(("create", "read", "update", "delete", "readACL", "updateACL"), False)
@@ -1020,8 +1057,11 @@ class HsdsWriter:
                     raise
                 except Exception as exc:  # never let one bad batch stop the mirror
                     self._inflight = {}
-                    log.exception("publishing a batch failed")
-                    self._error(f"publishing a batch failed: {exc}")
+                    log.debug("batch failure", exc_info=True)
+                    self._error(f"publishing a batch failed: {exc!r}")
+                finally:
+                    with self._qlock:
+                        self._busy = False
 
     async def _resetup(self) -> None:
         """The server lost the unflushed domain skeleton: rebuild it, same ids."""
@@ -1046,6 +1086,7 @@ class HsdsWriter:
             self._pending_bytes = 0
             self._pending_updates = 0
             self._inflight = {c.key: c for c in itertools.chain(batch.data, batch.tail)}
+            self._busy = True
             return batch
 
     async def _publish(self, batch: _Batch) -> None:

@@ -10,7 +10,7 @@ Three forms reach ``/datasets/{id}/value``:
   point selection (``dset[[1, 2], [3, 4]]`` or ``dset[[1, 5, 9]]``).
 
 :func:`extract` slices a *view* first and copies only the selected elements
-(``np.ascontiguousarray`` / ``np.take``), so a slab of a large array costs one slab.
+(``np.array(view, copy=True)`` / ``np.take``), so a slab of a large array costs one slab.
 """
 
 from __future__ import annotations
@@ -199,7 +199,9 @@ def _extract_hyperslab(array: npt.NDArray[Any], sel: Hyperslab) -> npt.NDArray[A
     view = array[basic]  # a view: nothing is copied yet
     axes = sel.list_axes
     if not axes:
-        return np.ascontiguousarray(view)
+        # np.ascontiguousarray would hand back the live view itself when it is
+        # already contiguous; the copy must be taken now, under the lock.
+        return np.array(view, order="C", copy=True)
     if len(axes) == 1:
         index = sel.dims[axes[0]]
         assert not isinstance(index, slice)

@@ -70,11 +70,15 @@ class HdfRestServer:
     # -- Publisher protocol ---------------------------------------------------------
     @property
     def url(self) -> str:
-        if self._bound_port is None:
-            raise RuntimeError("HdfRestServer is not started: call start(domain) first")
+        """``http://host:port``; with ``port=0`` the real port is known after ``start``.
+
+        Never raises (``isinstance(x, Publisher)`` reads it): before the first
+        ``start`` it shows the configured port.
+        """
         host = "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self._bound_port}"
+        port = self._bound_port if self._bound_port is not None else self._port
+        return f"http://{host}:{port}"
 
     def start(self, domain: Domain) -> None:
         """Serve ``domain`` (by its name); the first call starts the HTTP server."""

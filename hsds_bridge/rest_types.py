@@ -98,10 +98,14 @@ def _json_scalar(value: Any) -> Any:
 def array_to_json(arr: npt.NDArray[Any]) -> Any:
     """Nested lists (or a bare value for 0-d) of JSON-safe Python values."""
     if arr.dtype.kind in ("i", "u", "b") or (arr.dtype.kind == "f" and np.isfinite(arr).all()):
-        return arr.tolist()
-    if arr.ndim == 0:
-        return _json_scalar(arr[()])
-    return [array_to_json(sub) for sub in arr]
+        return arr.tolist()  # the fast path: already JSON-safe
+    return _json_nested(arr.tolist())
+
+
+def _json_nested(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_json_nested(v) for v in value]
+    return _json_scalar(value)
 
 
 # -- binary values ------------------------------------------------------------------

@@ -209,6 +209,7 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
         ("workers.replica=3", "replica"),  # misspelt nested key
         ("hsd.enabled=true", "hsd"),  # misspelt top-level key
         ("hsds.persistance.size=1Gi", "persistance"),
+        ("pipeline.filtr=hann", "filtr"),
         ("ingesters.detector.upstream=tcp://x:1", "upstream"),
     ],
 )
@@ -243,6 +244,8 @@ def test_schema_rejects_bad_worker_count(helm: str, count: str) -> None:
         (["--set", "hsds.corsDomain=*"], "hsds.corsDomain"),
         (["--set", "hsds.configOverrides.cors_domain=*"], "hsds.configOverrides"),
         (["--set", "reducer.service.port=70000"], "reducer.service.port"),
+        (["--set", "pipeline.n_projections=many"], "pipeline.n_projections"),
+        (["--set", "pipeline.filter=gauss"], "pipeline.filter"),
     ],
 )
 def test_schema_rejects_wrong_types_and_values(helm: str, args: list[str], key: str) -> None:
@@ -265,9 +268,9 @@ def test_rwx_required_for_several_hsds_replicas(helm: str) -> None:
 def test_other_template_rules(helm: str) -> None:
     err = fails(helm, "--set", "redis.enabled=false")
     assert "externalRedis" in err, err
-    err = fails(helm, "--set", "ingesters.angles.stream=detector")
+    err = fails(helm, "--set", "ingesters.angle.stream=detector")
     assert "already taken" in err, err
-    err = fails(helm, "--set", "ingesters.detector.enabled=false", "--set", "ingesters.angles.enabled=false")
+    err = fails(helm, "--set", "ingesters.detector.enabled=false", "--set", "ingesters.angle.enabled=false")
     assert "at least one ingester" in err, err
 
 
@@ -295,26 +298,64 @@ def test_pipeline_checksum_rolls_pods(helm: str) -> None:
     assert checksums(render(helm, "--set", "workers.replicas=5")) == base
 
 
-def test_parameter_file_is_a_dranspose_parameter_file(helm: str) -> None:
-    docs = render(helm, "-f", str(ALL_ON))
-    cm = one(docs, "ConfigMap", "st-pipeline")["data"]
-    params = {p["name"]: p["data"] for p in json.loads(cm["parameters.json"])}
-    assert params["filter"] == "hann"
-    assert params["keep_references"] == "True"  # dranspose BoolParameter
-    assert params["big_number"] == "1000000"  # not 1e+06: IntParameter parses it
-    assert float(params["center"]) == 287.5
-    assert json.loads(params["slice_rows"]) == [100, 200, 300]
-    assert json.loads(params["geometry"]) == {"pixel_size_um": 0.65, "binning": 2}
-    assert json.loads(cm["pipeline.json"])["slice_rows"] == [100, 200, 300]
-    try:
-        from dranspose.parameters import BoolParameter, IntParameter
-        from dranspose.protocol import WorkParameter
-    except ImportError:
-        return
-    parsed = [WorkParameter.model_validate(p) for p in json.loads(cm["parameters.json"])]
-    assert {p.name for p in parsed} == set(params)
-    assert BoolParameter.from_bytes(params["keep_references"].encode()) is True
-    assert IntParameter.from_bytes(params["big_number"].encode()) == 1_000_000
+def app_config(cm: dict[str, str]) -> Any:
+    """The PipelineConfig the workers and reducer build from the rendered file.
+
+    Each parameter goes the way dranspose takes it: the data bytes parsed by
+    the type the worker/reducer describe (Int/Float/Bool/StrParameter), then
+    the application's own conversion.
+    """
+    from dranspose.protocol import WorkParameter
+
+    from pipeline.config import PipelineConfig
+    from workers.dranspose_params import describe_parameters
+
+    described = {d.name: d for d in describe_parameters()}
+    values = {}
+    for raw in json.loads(cm["parameters.json"]):
+        param = WorkParameter.model_validate(raw)
+        values[param.name] = described[param.name].from_bytes(param.data)
+    return PipelineConfig.from_mapping(values)
+
+
+def test_parameter_file_reaches_the_application(helm: str) -> None:
+    cm = one(render(helm, "-f", str(ALL_ON)), "ConfigMap", "st-pipeline")["data"]
+    config = app_config(cm)
+    all_on = yaml.safe_load(ALL_ON.read_text())
+    for name, value in all_on["pipeline"].items():
+        want = (
+            value
+            if isinstance(value, bool | int | float) and not isinstance(getattr(config, name), str)
+            else str(value)
+        )
+        assert getattr(config, name) == want, name
+    assert config.keep_references is True  # "True": dranspose's BoolParameter
+    assert config.counts_per_degree == 1_000_000  # not "1e+06"
+    assert config.domain == "/home/streamtomo/danmax/live.h5"  # from reducer.domain
+    assert config.controller_url == "http://st-controller.beamline.svc:5000"
+    assert json.loads(cm["pipeline.json"])["filter"] == "hann"
+    default = app_config(one(render(helm), "ConfigMap", "t-streamtomo-pipeline")["data"])
+    assert (default.detector_stream, default.angle_stream, default.filter) == ("detector", "angle", "ramp")
+    assert default.n_projections == 180  # left out: the application's default
+
+
+def test_pipeline_schema_lists_the_application_parameters() -> None:
+    from dataclasses import fields
+
+    from pipeline.config import PipelineConfig
+
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["pipeline"]
+    assert schema["additionalProperties"] is False
+    app = {f.name for f in fields(PipelineConfig)}
+    assert set(schema["properties"]) | {"domain", "controller_url"} == app
+
+
+def test_pipeline_streams_must_have_ingesters(helm: str) -> None:
+    err = fails(helm, "--set", "pipeline.angle_stream=angles")
+    assert 'pipeline.angle_stream is "angles"' in err, err
+    err = fails(helm, "--set", "ingesters.detector.stream=orca")
+    assert "pipeline.detector_stream" in err, err
+    assert render(helm, "--set", "pipeline.angle_stream=", "--set", "ingesters.angle.enabled=false")
 
 
 def test_workers_scale_and_gpu(helm: str) -> None:
@@ -338,7 +379,7 @@ def test_one_ingester_per_stream(helm: str) -> None:
     expected = {
         "st-ingester-detector": ("ZmqPullSingleIngester", "orca", 10000),
         "st-ingester-eiger": ("ZmqPullEigerLegacyIngester", "eiger", 10001),
-        "st-ingester-angles": ("TcpPcapIngester", "pcap", 10002),
+        "st-ingester-angle": ("TcpPcapIngester", "pcap", 10002),
     }
     for name, (cls, stream, port) in expected.items():
         container = one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
@@ -358,8 +399,12 @@ def test_wiring_between_services(helm: str) -> None:
     assert env["REDIS_URL"] == "redis://t-streamtomo-redis.beamline.svc:6379/0"
     assert env["REDUCER_URL"] == "tcp://t-streamtomo-reducer.beamline.svc:10200"
     assert env["REDUCER_CLASS"] == "reducer.tomo_reducer:TomoReducer"
-    assert env["HS_ENDPOINT"] == "http://t-streamtomo-hsds.beamline.svc:5101"
-    assert env["HS_PASSWORD"]["secretKeyRef"]["key"] == "writer-password"
+    assert env["STREAMTOMO_HTTP_HOST"] == "0.0.0.0"
+    assert env["STREAMTOMO_HTTP_PORT"] == "8100"
+    assert env["STREAMTOMO_CORS_ORIGINS"] == "http://localhost:8080"
+    assert env["STREAMTOMO_HSDS_ENDPOINT"] == "http://t-streamtomo-hsds.beamline.svc:5101"
+    assert env["STREAMTOMO_HSDS_USERNAME"] == "streamtomo"
+    assert env["STREAMTOMO_HSDS_PASSWORD"]["secretKeyRef"]["key"] == "writer-password"
     assert env["STREAMTOMO_PARAMETERS_FILE"] == "/etc/streamtomo/pipeline/parameters.json"
     live = one(docs, "Service", "t-streamtomo-live")
     assert [p["port"] for p in live["spec"]["ports"]] == [8100]  # no ZeroMQ outside
@@ -369,6 +414,33 @@ def test_wiring_between_services(helm: str) -> None:
     assert not find(ext, "Deployment", "t-streamtomo-redis")
     worker = one(ext, "Deployment", "t-streamtomo-worker")["spec"]["template"]["spec"]["containers"][0]
     assert env_of(worker)["REDIS_URL"] == "redis://r.example:6379/2"
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_commands_parse_with_dranspose_cli(helm: str, values: str) -> None:
+    """Every `dranspose ...` command the chart runs is valid for dranspose's CLI,
+    names classes that exist, and ingester classes the CLI can resolve."""
+    import importlib
+
+    from dranspose import cli
+
+    parser = cli.create_parser()
+    seen = set()
+    for name, _, spec in workloads(render(helm, *VALUE_SETS[values])):
+        for c in spec["containers"]:
+            command = c.get("command", [])
+            if command[:1] != ["dranspose"]:
+                continue
+            args = parser.parse_args(command[1:])
+            seen.add(args.subcommand)
+            if args.subcommand == "ingester":
+                assert args.ingesterclass in vars(cli), f"{name}: {args.ingesterclass}"
+                assert args.ingesterclass.replace("Ingester", "Settings") in vars(cli), name
+            for attr in ("workerclass", "reducerclass"):
+                if getattr(args, attr, None):
+                    module, cls = getattr(args, attr).split(":")
+                    assert hasattr(importlib.import_module(module), cls), f"{name}: {getattr(args, attr)}"
+    assert seen == {"controller", "ingester", "worker", "reducer"}
 
 
 def workloads(docs: list[dict]) -> Iterator[tuple[str, dict, dict]]:
@@ -506,7 +578,7 @@ def test_existing_secret_and_claims(helm: str) -> None:
     assert spec["volumes"][0]["projected"]["sources"][2]["secret"]["name"] == "site-hsds"
     assert spec["volumes"][1]["persistentVolumeClaim"]["claimName"] == "site-data"
     reducer = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["containers"][0]
-    assert env_of(reducer)["HS_PASSWORD"]["secretKeyRef"]["name"] == "site-hsds"
+    assert env_of(reducer)["STREAMTOMO_HSDS_PASSWORD"]["secretKeyRef"]["name"] == "site-hsds"
     ing = one(docs, "Deployment", "t-streamtomo-ingester-detector")["spec"]["template"]["spec"]
     assert {"name": "recordings", "persistentVolumeClaim": {"claimName": "site-recordings"}} in ing["volumes"]
 
@@ -515,7 +587,7 @@ def test_hsds_disabled(helm: str) -> None:
     docs = render(helm, "--set", "hsds.enabled=false")
     assert not [d for d in docs if "hsds" in d["metadata"]["name"]]
     reducer = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["containers"][0]
-    assert "HS_ENDPOINT" not in env_of(reducer)
+    assert "STREAMTOMO_HSDS_ENDPOINT" not in env_of(reducer)
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
@@ -535,6 +607,24 @@ def test_helm_test_pods_exist(helm: str, values: str) -> None:
     no_hsds = render(helm, "--set", "hsds.enabled=false", "--set", "tests.enabled=true")
     assert not find(no_hsds, "Pod", "t-streamtomo-test-hsds")
     assert not find(render(helm, "--set", "tests.enabled=false"), "Pod")
+
+
+def test_readme_example_installs(helm: str, kv: Any, tmp_path: Path) -> None:
+    readme = (ROOT / "helm" / "README.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", readme, re.S)
+    assert example, "helm/README.md has no yaml example"
+    values = tmp_path / "beamline.yaml"
+    values.write_text(example.group(1))
+    proc = run_helm(helm, "lint", "--strict", str(CHART), "-f", str(values))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    docs = render(helm, "-f", str(values))
+    for doc in docs:
+        kv.validate(doc, K8S_VERSION, strict=True)
+    assert one(docs, "Deployment", "t-streamtomo-worker")["spec"]["replicas"] == 4
+    assert app_config(one(docs, "ConfigMap", "t-streamtomo-pipeline")["data"]).n_projections == 1800
+    for command in re.findall(r"^helm (?:install|upgrade) .*$", readme, re.M):
+        for setting in re.findall(r"--set (\S+)", command):
+            assert render(helm, "-f", str(values), "--set", setting), setting
 
 
 def test_notes_render(helm: str, tmp_path: Path) -> None:

@@ -162,8 +162,6 @@ TcpPcapIngester
   value: /tmp
 - name: NUMBA_CACHE_DIR
   value: /tmp/numba-cache
-- name: STREAMTOMO_CONTROLLER_URL
-  value: {{ include "streamtomo.controllerUrl" . | quote }}
 {{- end -}}
 
 {{/* Environment of the pods that read the pipeline parameters. */}}
@@ -279,4 +277,11 @@ spec:
 {{- end -}}
 {{- end -}}
 {{- toJson $out -}}
+{{- end -}}
+
+{{/* The pipeline parameters as JSON: values.pipeline plus the two the chart
+owns (domain, controller_url). Use: fromJson (include "streamtomo.pipeline" .) */}}
+{{- define "streamtomo.pipeline" -}}
+{{- $own := dict "domain" .Values.reducer.domain "controller_url" (include "streamtomo.controllerUrl" .) -}}
+{{- toJson (merge $own (deepCopy .Values.pipeline)) -}}
 {{- end -}}
