@@ -377,7 +377,9 @@ async def get_value(request: web.Request) -> web.StreamResponse:
 
 async def post_value(request: web.Request) -> web.StreamResponse:
     """Point selection (binary uint64 or JSON ``points``) or a long ``select`` in JSON."""
-    if request.content_type == OCTET:
+    # Not request.content_type: aiohttp reports octet-stream when the header is
+    # missing, and h5pyd sends its long-select JSON bodies without a Content-Type.
+    if OCTET in request.headers.get("Content-Type", ""):
         raw = await request.read()
         return await _value(request, lambda shape: parse_points(raw, shape))
     body = await _json_body(request)

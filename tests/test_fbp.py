@@ -137,18 +137,19 @@ def test_matches_iradon_axis_in_the_middle(phantom_sinogram: tuple[npt.NDArray[n
     ours = fbp(sino[1], angles, 48.0, filter_name=name)
     theirs = iradon(sino[1].T.astype(np.float64), angles, circle=False, output_size=96, filter_name=name)
     assert correlation(ours, theirs) >= 0.999
-    if name == "ramp":  # same filter, same geometry, same scale
-        assert rel_err(ours, theirs) < 1e-3
+    if name != "hann":  # same filter, geometry and scale; our Hann window is the symmetric one
+        assert rel_err(ours, theirs) < 1e-5
 
 
 def test_matches_iradon_off_centre_axis() -> None:
     angles = np.linspace(0.0, 180.0, 90, endpoint=False)
-    center = 41.0  # 7 columns left of iradon's 48
-    sino = project_shepp_logan_3d(96, 112, angles, center=center, phantom_size=80, rows=[40])[:, 0]
+    center = 57.0  # 7 columns left of iradon's 128 // 2; the slice's diagonal stays on the detector
+    sino = project_shepp_logan_3d(96, 128, angles, center=center, phantom_size=80, rows=[40])[:, 0]
     ours = fbp(sino, angles, center, slice_size=80)
-    shifted = np.roll(sino, 56 - int(center), axis=1)  # axis to column 112 // 2
+    shifted = np.roll(sino, 64 - int(center), axis=1)  # only empty columns wrap round
     theirs = iradon(shifted.T.astype(np.float64), angles, circle=False, output_size=80)
     assert correlation(ours, theirs) >= 0.999
+    assert rel_err(ours, theirs) < 1e-5
 
 
 @pytest.mark.skipif(not TOOTH.exists(), reason=f"APS tooth data set not present at {TOOTH}")
@@ -220,7 +221,7 @@ def test_merge_refuses_other_geometry() -> None:
 def test_irregular_scan_streamed_with_expected_angles_equals_offline(phantom_sinogram: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]) -> None:
     sino, angles = phantom_sinogram
     keep = np.ones(angles.size, bool)
-    keep[[5, 6, 7, 30, 61]] = False  # dropped frames
+    keep[[5, 30, 31, 61]] = False  # dropped frames
     irregular = np.concatenate([angles[keep], [180.0, 180.0 + angles[10]]])  # plus mirrored duplicates
     data = np.concatenate([sino[:, keep], sino[:, :1, ::-1], sino[:, 10:11, ::-1]], axis=1)
     # The mirror of column c about axis 48 is 96 - c: shift the flipped rows by one column.
@@ -230,8 +231,11 @@ def test_irregular_scan_streamed_with_expected_angles_equals_offline(phantom_sin
     workers = stream(data, irregular, order, 3, expected_angles_deg=irregular)
     streamed = workers[0].merge(workers[1]).merge(workers[2]).result()
     assert rel_err(streamed, offline) <= 1e-4
-    # ...and it still looks like the complete scan.
-    assert correlation(offline, fbp(sino, angles, 48.0)) > 0.995
+    # ...it still looks like the complete scan, more so than with every projection alike.
+    complete = fbp(sino, angles, 48.0)
+    alike = stream(data, irregular, order, 1)[0].result()
+    assert correlation(offline, complete) > 0.995
+    assert rel_err(offline, complete) < rel_err(alike, complete)
 
 
 def test_empty_stream_gives_zeros() -> None:

@@ -144,6 +144,15 @@ def test_float32_full_hyperslab_strided_and_fancy_reads(server: HdfRestServer, d
         np.testing.assert_array_equal(angles[[1, 5, 7]], domain.dataset("/entry/data/rotation_angle").array[[1, 5, 7]])
 
 
+def test_long_fancy_selection_goes_through_post(server: HdfRestServer, domain: Domain) -> None:
+    """h5pyd POSTs a select longer than 100 characters as an untyped JSON body."""
+    wide = domain.create_dataset("/entry/wide", np.arange(4 * 300, dtype=np.int32).reshape(4, 300))
+    columns = list(range(0, 300, 3))
+    with open_file(server.url, domain.name) as f:
+        np.testing.assert_array_equal(f["/entry/wide"][1:3, columns], wide.array[1:3, columns])
+        np.testing.assert_array_equal(f["/entry/wide"][2, columns], wide.array[2, columns])
+
+
 def test_scalars_strings_ints_bools(server: HdfRestServer) -> None:
     with open_file(server.url, "/home/streamtomo/demo.h5") as f:
         assert f["/entry/status/state"].asstr()[()] == "running"
