@@ -697,7 +697,9 @@ class HsdsWriter:
         with self._qlock:
             self._stats.errors += 1
             self._stats.last_error = message
-        log.error("%s", message)
+            n = self._stats.errors
+        # counted always; logged for the first ten, then every hundredth (no flood)
+        log.log(logging.ERROR if n <= 10 or n % 100 == 0 else logging.DEBUG, "%s (error %d)", message, n)
 
     # -- loop thread lifecycle ---------------------------------------------------------------
     def _start_loop(self, nodes: list[_Node]) -> None:
@@ -862,6 +864,8 @@ class HsdsWriter:
     async def _probe(self) -> Any:
         """``GET /about``: the server's start time (changes when it restarts)."""
         status, body = await self._request("GET", "/about")
+        if status in (401, 403):
+            raise self._refused("GET /about", status, body)
         if status != 200 or not isinstance(body, dict) or body.get("state") != "READY":
             raise _ConnectionLost(f"HSDS not ready ({status})")
         return body.get("start_time")
@@ -1288,6 +1292,9 @@ class HsdsWriter:
             except (TimeoutError, _ConnectionLost):
                 self._count_retry()
                 continue
+            except HsdsWriterError as exc:  # it answers, but refuses us: requests will say so
+                self._error(str(exc))
+                return
             if start != self._server_start:
                 log.warning("HSDS restarted; resuming %s", self.domain_name)
                 self._server_start = start
@@ -1324,7 +1331,11 @@ class HsdsWriter:
         return idle or now - self._last_flush >= self.flush_interval
 
     async def _check_restart(self) -> None:
-        start = await self._probe()
+        try:
+            start = await self._probe()
+        except HsdsWriterError as exc:
+            self._error(str(exc))
+            return
         if start != self._server_start:
             # Restarted between our requests: what it had not flushed is gone.
             self._connection_lost("server restarted")

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from aiohttp import web
 
 from hsds_bridge import rest_objects as objs
+from hsds_bridge.control_api import ParameterSink, ParameterSource, add_control_routes
 from hsds_bridge.domain import DomainDataset, DomainGroup
 from hsds_bridge.rest_ids import Collection, node_id, parse_id
 from hsds_bridge.rest_registry import DomainRegistry, ServedDomain, normalise_domain_name
@@ -534,7 +535,12 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
 
 
 # -- application --------------------------------------------------------------------------
-def build_app(registry: DomainRegistry, cors_origins: Sequence[str] = ()) -> web.Application:
+def build_app(
+    registry: DomainRegistry,
+    cors_origins: Sequence[str] = (),
+    parameter_sink: ParameterSink | None = None,
+    parameter_source: ParameterSource | None = None,
+) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, cors_preflight_middleware],
         client_max_size=registry.limits.max_request_body,
@@ -563,5 +569,6 @@ def build_app(registry: DomainRegistry, cors_origins: Sequence[str] = ()) -> web
     get(attrs, get_attributes, allow_head=False)
     app.router.add_post(attrs, post_attributes)
     get(attrs + "/{name}", get_attribute, allow_head=False)
+    add_control_routes(app, parameter_sink, parameter_source)
     app.router.add_route("*", "/{tail:.*}", not_found_or_forbidden)
     return app

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from hsds_bridge.domain import Domain
 from hsds_bridge.publisher import PublisherStats
+from hsds_bridge.control_api import ParameterSink, ParameterSource
 from hsds_bridge.rest_app import build_app
 from hsds_bridge.rest_registry import DomainRegistry, Limits
 
@@ -50,6 +51,8 @@ class HdfRestServer:
         limits: Limits | None = None,
         workers: int = 8,
         serve_domain_objs: bool = True,
+        parameter_sink: ParameterSink | None = None,
+        parameter_source: ParameterSource | None = None,
     ) -> None:
         """``port=0`` binds a free port (read it back from :attr:`url`).
 
@@ -60,6 +63,8 @@ class HdfRestServer:
         self._host = host
         self._port = port
         self._cors_origins = tuple(cors_origins)
+        self._parameter_sink = parameter_sink
+        self._parameter_source = parameter_source
         self._registry = DomainRegistry(limits or Limits(), workers, serve_domain_objs)
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -140,7 +145,7 @@ class HdfRestServer:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         # A short shutdown grace period: close() must not hang on a slow client.
-        runner = web.AppRunner(build_app(self._registry, self._cors_origins), access_log=None, shutdown_timeout=2.0)
+        runner = web.AppRunner(build_app(self._registry, self._cors_origins, self._parameter_sink, self._parameter_source), access_log=None, shutdown_timeout=2.0)
         try:
             loop.run_until_complete(self._bind(runner))
         except BaseException as exc:  # reported to start() in the caller's thread

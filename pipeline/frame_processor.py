@@ -7,13 +7,14 @@ and an unweighted partial backprojection sum that it hands out on :meth:`flush`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.backprojection import backproject_into
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 from pipeline.correction import Corrector
 from pipeline.filters import ProjectionFilter
 from pipeline.messages import (
@@ -39,6 +40,20 @@ def recon_id(config: PipelineConfig, detector: DetectorInfo) -> str:
     rows = config.live_slice_rows(detector.rows)
     size = config.slice_size or detector.cols
     return f"c={config.center_value(detector.cols):.4f};f={config.filter};n={size};rows={rows}"
+
+
+def geometry_for(config: PipelineConfig, detector: DetectorInfo) -> LiveSliceGeometry:
+    """The live geometry, or the default one if the settings do not fit the detector.
+
+    Settings can only be checked against the detector once the first frame is here;
+    a centre or row outside it then falls back to the detector middle and default
+    slice rows, with a warning, instead of stopping the scan.
+    """
+    try:
+        return LiveSliceGeometry(config, detector)
+    except ConfigError as error:
+        logger.warning("%s: using the detector middle and default slice rows", error)
+        return LiveSliceGeometry(dataclasses.replace(config, center="", slice_rows=""), detector)
 
 
 class LiveSliceGeometry:
@@ -82,7 +97,7 @@ class FrameProcessor:
         """Apply new settings; returns the pending partial sum made with the old ones."""
         pending = self.flush() if config != self.config else None
         self.config = config
-        self.geometry = None if self.detector is None else LiveSliceGeometry(config, self.detector)
+        self.geometry = None if self.detector is None else geometry_for(config, self.detector)
         return pending
 
     def set_references(self, references: ReferenceSet | None) -> None:
@@ -110,7 +125,7 @@ class FrameProcessor:
             return Rejected(index, "wrong_dtype", f"frame {index} has dtype {data.dtype}")
         if self.detector is None:
             self.detector = DetectorInfo(int(data.shape[0]), int(data.shape[1]), str(data.dtype))
-            self.geometry = LiveSliceGeometry(self.config, self.detector)
+            self.geometry = geometry_for(self.config, self.detector)
         elif data.shape != (self.detector.rows, self.detector.cols):
             return Rejected(index, "wrong_shape", f"frame {index} has shape {data.shape}, detector is {(self.detector.rows, self.detector.cols)}")
         return None

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from pipeline.config import PipelineConfig
 from pipeline.correction import Corrector
 from pipeline.fbp import angular_weights, weight_partial_sum
-from pipeline.frame_processor import LiveSliceGeometry
+from pipeline.frame_processor import LiveSliceGeometry, geometry_for
 from pipeline.messages import (
     DetectorInfo,
     PartialSum,
@@ -128,7 +128,7 @@ class LiveScan:
     def _ensure_detector(self, detector: DetectorInfo) -> bool:
         if self.detector is None:
             self.detector = detector
-            self.geometry = LiveSliceGeometry(self.config, detector)
+            self.geometry = geometry_for(self.config, detector)
             grid = AngleGrid(self.config.angle_start, self.config.angle_range, self.config.n_projections, self.config.angle_tolerance)
             self.sinogram = SinogramAssembler(len(self.geometry.sinogram_rows), grid, detector.cols)
             self.live_sum = self.geometry.new_stack()

@@ -49,11 +49,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -318,8 +317,6 @@ class LocalDeployment:
             "STREAMTOMO_HTTP_HOST": HOST,
             "STREAMTOMO_HTTP_PORT": str(self._ports["live"]),
             "STREAMTOMO_LOG_LEVEL": self.log_level,
-            # dranspose reads /etc/build_git_meta.json by default: nothing to read here.
-            "BUILD_META_FILE": str(self.run_dir / "no-build-meta.json"),
             "PYTHONUNBUFFERED": "1",
         })
         # Service processes import our classes from the checkout, as tests do.
@@ -707,11 +704,6 @@ def service_main(argv: Sequence[str] | None = None) -> int:
                                 ingester_url=f"tcp://{HOST}:{args.port}")
         asyncio.run(_run_until_sigterm(_tolerant_ingester(cls)(settings=settings)))
     return 0
-
-
-def threads_alive() -> Iterator[str]:  # pragma: no cover - debugging aid
-    for thread in threading.enumerate():
-        yield thread.name
 
 
 if __name__ == "__main__":

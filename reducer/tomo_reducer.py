@@ -21,10 +21,12 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from hsds_bridge.control_api import LIVE_PARAMETERS
 from hsds_bridge.layout import new_domain, update_domain
 from hsds_bridge.publisher import Publisher
 from hsds_bridge.rest_server import HdfRestServer
 from pipeline.config import PipelineConfig
+from pipeline.frame_processor import LiveSliceGeometry
 from pipeline.live_scan import LiveScan
 from pipeline.messages import WorkerResult
 from pipeline.references import ReferenceSet
@@ -73,6 +75,7 @@ class TomoReducer:
         self._hsds: Publisher | None = None
         self._finished = threading.Event()
         self._closed = False
+        self._refused: PipelineConfig | None = None
         logger.info("live domain %s at %s", self.domain.name, self.server.url)
 
     @staticmethod
@@ -85,11 +88,50 @@ class TomoReducer:
 
     def _rest_server(self) -> HdfRestServer:
         # The server outlives scans: dranspose keeps ``context`` across them.
+        self.context["active_reducer"] = self
         server = self.context.get("rest_server")
         if not isinstance(server, HdfRestServer):
-            server = HdfRestServer(self.settings.http_host, self.settings.http_port, cors_origins=self.settings.cors_origins)
+            context = self.context
+            server = HdfRestServer(
+                self.settings.http_host, self.settings.http_port, cors_origins=self.settings.cors_origins,
+                parameter_sink=lambda name, value: context["active_reducer"].set_parameter(name, value),
+                parameter_source=lambda: context["active_reducer"].live_parameters(),
+            )
             self.context["rest_server"] = server
         return server
+
+    # -- live parameter changes (viewer) --------------------------------------------
+    def live_parameters(self) -> dict[str, str]:
+        with self.lock:
+            config = self.scan.config.to_dict()
+        return {k: str(v) for k, v in config.items() if k in LIVE_PARAMETERS}
+
+    def set_parameter(self, name: str, value: str) -> None:
+        """Validate and apply a parameter change for workers and reducer alike.
+
+        Raises ``ValueError`` (shown to the caller) for a value the scan cannot take.
+        """
+        from dranspose.protocol import ParameterName, WorkParameter
+
+        with self.lock:
+            config = PipelineConfig.from_mapping({**self.scan.config.to_dict(), name: value})
+            if self.scan.detector is not None:
+                LiveSliceGeometry(config, self.scan.detector)  # centre inside the detector, rows known
+            data = value.encode()
+            self._parameters[ParameterName(name)] = WorkParameter(name=ParameterName(name), data=data, value=getattr(config, name))
+            self._apply_parameters(self._parameters)
+        logger.info("parameter %s set to %r", name, value)
+        url = self.scan.config.controller_url
+        if url:
+            self._post_to_controller(url, name, data)
+
+    def _post_to_controller(self, url: str, name: str, data: bytes) -> None:
+        try:
+            request = urllib.request.Request(f"{url.rstrip('/')}/api/v1/parameter/{name}", data=data, method="POST")
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except OSError as error:
+            logger.warning("could not send parameter %s to the controller at %s: %s", name, url, error)
 
     # -- references to every worker -------------------------------------------------
     def _share_references(self, refs: ReferenceSet) -> None:
@@ -105,12 +147,7 @@ class TomoReducer:
         self.context["references"] = refs
         url = self.scan.config.controller_url
         if url:
-            try:
-                request = urllib.request.Request(f"{url.rstrip('/')}/api/v1/parameter/{REFERENCES}", data=data, method="POST")
-                with urllib.request.urlopen(request, timeout=10):
-                    pass
-            except OSError as error:
-                logger.warning("could not share references through %s (%s): the reducer corrects what workers send raw", url, error)
+            self._post_to_controller(url, REFERENCES, data)
 
     # -- dranspose entry points -----------------------------------------------------
     def process_result(self, result: Any, parameters: dict[Any, Any] | None = None) -> None:
@@ -158,10 +195,11 @@ class TomoReducer:
             parameters[REFERENCES] = self._parameters[REFERENCES]
         self._parameters = parameters
         config = self._params.config(parameters)
-        if config != self.scan.config:
+        if config != self.scan.config and config != self._refused:
             try:
                 self.scan.reconfigure(config)
             except ValueError as error:
+                self._refused = config  # warn once, not on every result
                 logger.warning("parameter change refused: %s", error)
 
     def _publish_locked(self) -> None:

@@ -132,10 +132,12 @@ def test_backproject_rejects_bad_shapes() -> None:
 
 
 @pytest.mark.parametrize("name", FILTER_NAMES)
-def test_matches_iradon_axis_in_the_middle(phantom_sinogram: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]], name: str) -> None:
+def test_matches_iradon_axis_in_the_middle(
+    phantom_sinogram: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]], name: str
+) -> None:
     sino, angles = phantom_sinogram
     ours = fbp(sino[1], angles, 48.0, filter_name=name)
-    theirs = iradon(sino[1].T.astype(np.float64), angles, circle=False, output_size=96, filter_name=name)
+    theirs = iradon(sino[1].T.astype(np.float64), angles, circle=False, output_size=96, filter_name=name)  # type: ignore[no-untyped-call]
     assert correlation(ours, theirs) >= 0.999
     if name != "hann":  # same filter, geometry and scale; our Hann window is the symmetric one
         assert rel_err(ours, theirs) < 1e-5
@@ -147,7 +149,7 @@ def test_matches_iradon_off_centre_axis() -> None:
     sino = project_shepp_logan_3d(96, 128, angles, center=center, phantom_size=80, rows=[40])[:, 0]
     ours = fbp(sino, angles, center, slice_size=80)
     shifted = np.roll(sino, 64 - int(center), axis=1)  # only empty columns wrap round
-    theirs = iradon(shifted.T.astype(np.float64), angles, circle=False, output_size=80)
+    theirs = iradon(shifted.T.astype(np.float64), angles, circle=False, output_size=80)  # type: ignore[no-untyped-call]
     assert correlation(ours, theirs) >= 0.999
     assert rel_err(ours, theirs) < 1e-5
 
@@ -167,14 +169,20 @@ def test_tooth_matches_iradon() -> None:
     assert ours.shape == (2, 640, 640) and ours.dtype == np.float32
     # iradon wants the axis at column 320: move it there (cubic spline, half-pixel shift).
     shifted = ndimage.shift(sino[0].astype(np.float64), (0, 320 - center), order=3, mode="constant")
-    theirs = iradon(shifted.T, theta, circle=False, output_size=640)
+    theirs = iradon(shifted.T, theta, circle=False, output_size=640)  # type: ignore[no-untyped-call]
     assert correlation(ours[0], theirs) >= 0.99
 
 
 # -- streaming ------------------------------------------------------------------------------
 
 
-def stream(sino: npt.NDArray[np.float32], angles: npt.NDArray[np.float64], order: npt.NDArray[np.intp], n_workers: int, **kwargs: object) -> list[StreamingFBP]:
+def stream(
+    sino: npt.NDArray[np.float32],
+    angles: npt.NDArray[np.float64],
+    order: npt.NDArray[np.intp],
+    n_workers: int,
+    **kwargs: object,
+) -> list[StreamingFBP]:
     n_slices, _, n_cols = sino.shape
     workers = [StreamingFBP(n_cols, 48.0, n_slices=n_slices, **kwargs) for _ in range(n_workers)]  # type: ignore[arg-type]
     for i, index in enumerate(order):
@@ -182,7 +190,9 @@ def stream(sino: npt.NDArray[np.float32], angles: npt.NDArray[np.float64], order
     return workers
 
 
-def test_streamed_in_shuffled_order_over_three_workers_equals_offline(phantom_sinogram: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]) -> None:
+def test_streamed_in_shuffled_order_over_three_workers_equals_offline(
+    phantom_sinogram: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]],
+) -> None:
     sino, angles = phantom_sinogram
     offline = fbp(sino, angles, 48.0)
     order = np.random.default_rng(5).permutation(angles.size)
@@ -199,7 +209,9 @@ def test_streamed_in_shuffled_order_over_three_workers_equals_offline(phantom_si
     assert rel_err(reduced, offline) <= 1e-4
 
 
-def test_merge_of_three_partials_equals_one_instance(phantom_sinogram: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]) -> None:
+def test_merge_of_three_partials_equals_one_instance(
+    phantom_sinogram: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]],
+) -> None:
     sino, angles = phantom_sinogram
     order = np.arange(angles.size)
     single = stream(sino, angles, order, 1)[0]
@@ -218,7 +230,9 @@ def test_merge_refuses_other_geometry() -> None:
         a.merge(StreamingFBP(32, 16.0, n_slices=2, filter_name="hann"))
 
 
-def test_irregular_scan_streamed_with_expected_angles_equals_offline(phantom_sinogram: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]) -> None:
+def test_irregular_scan_streamed_with_expected_angles_equals_offline(
+    phantom_sinogram: tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]],
+) -> None:
     sino, angles = phantom_sinogram
     keep = np.ones(angles.size, bool)
     keep[[5, 30, 31, 61]] = False  # dropped frames

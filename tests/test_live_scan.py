@@ -241,3 +241,11 @@ def test_lost_frames_are_reported_as_ranges() -> None:
     scan = run([f for f in frames if f.index not in lost], 2, config())
     assert scan.lost_frames() == [(10, 12), (30, 30)]
     assert scan.status()["frames_lost"] == 4
+
+
+def test_centre_outside_the_detector_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    scan = run(make_frames(), 2, config(center="500"))
+    assert scan.geometry is not None
+    assert scan.geometry.center == (COLS - 1) / 2
+    assert scan.n_projections == ANGLES
+    assert any("outside the detector" in r.getMessage() for r in caplog.records)

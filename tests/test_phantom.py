@@ -26,7 +26,8 @@ def test_oversampling_averages_the_same_object() -> None:
     sharp = shepp_logan_3d(48)
     smooth = shepp_logan_3d(48, oversample=3)
     assert smooth.sum() == pytest.approx(sharp.sum(), rel=0.02)
-    assert np.abs(smooth - sharp).mean() < 0.01
+    assert np.mean(np.abs(smooth - sharp) > 1e-5) < 0.2  # only voxels on an edge change...
+    assert smooth.min() >= -1e-6 and smooth.max() <= 1.0 + 1e-6  # ...to an average
 
 
 def test_analytic_projection_conserves_mass() -> None:
@@ -61,4 +62,5 @@ def test_fbp_of_the_projections_recovers_the_phantom(filter_name: str) -> None:
     truth = shepp_logan_3d(N, oversample=4, planes=PLANES)
     data_range = float(truth.max() - truth.min())
     for recon, reference in zip(slices, truth, strict=True):
-        assert structural_similarity(reference, recon, data_range=data_range) >= 0.9
+        score = structural_similarity(reference, recon, data_range=data_range)  # type: ignore[no-untyped-call]
+        assert score >= 0.9
