@@ -28,9 +28,9 @@ from types import TracebackType
 
 from aiohttp import web
 
+from hsds_bridge.control_api import ParameterSink, ParameterSource
 from hsds_bridge.domain import Domain
 from hsds_bridge.publisher import PublisherStats
-from hsds_bridge.control_api import ParameterSink, ParameterSource
 from hsds_bridge.rest_app import build_app
 from hsds_bridge.rest_registry import DomainRegistry, Limits
 
