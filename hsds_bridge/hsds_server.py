@@ -352,7 +352,7 @@ class LocalHsds:
             deadline = time.monotonic() + self.startup_timeout
             self.port = self._wait_port(deadline)
             self._wait_ready(deadline)
-            self._ensure_writer_folder()
+            self._ensure_writer_folder(deadline)
         except BaseException:
             self.kill()
             raise
@@ -411,24 +411,32 @@ class LocalHsds:
         except urllib.error.HTTPError as err:
             return int(err.code), err.read()
 
-    def _ensure_folder(self, folder: str, owner: str) -> None:
+    def _ensure_folder(self, folder: str, owner: str, deadline: float) -> None:
         domain = folder.rstrip("/")
-        status, _ = self.request("GET", f"/?domain={domain}", auth=self.accounts.admin)
-        if status == 200:
-            return
-        status, body = self.request(
-            "PUT", f"/?domain={domain}", auth=self.accounts.admin,
-            body={"folder": True, "owner": owner},
-        )  # fmt: skip
-        if status not in (201, 409):
-            raise HsdsStartError(f"cannot create folder {folder}: {status} {body[:200]!r}")
-        log.info("created folder %s (owner %s)", folder, owner)
+        delay = 0.05
+        while True:
+            status, body = self.request("GET", f"/?domain={domain}", auth=self.accounts.admin)
+            if status == 200:
+                return
+            if status == 404:
+                status, body = self.request(
+                    "PUT", f"/?domain={domain}", auth=self.accounts.admin, body={"folder": True, "owner": owner}
+                )
+                if status in (201, 409):
+                    log.info("created folder %s (owner %s)", folder, owner)
+                    return
+            # Right after READY the first write sometimes gets a 500 (seen in ~1 of 3
+            # starts); 5xx are transient, anything else is a real refusal.
+            if status < 500 or time.monotonic() > deadline:
+                raise HsdsStartError(f"cannot create folder {folder}: {status} {body[:200]!r}")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
-    def _ensure_writer_folder(self) -> None:
+    def _ensure_writer_folder(self, deadline: float) -> None:
         # Top-level folders need the admin; the writer then owns its home folder
         # and creates its domains (and sub-folders) there with its own account.
-        self._ensure_folder("/home/", "admin")
-        self._ensure_folder(self.writer_folder, self.writer_user)
+        self._ensure_folder("/home/", "admin", deadline)
+        self._ensure_folder(self.writer_folder, self.writer_user, deadline)
 
     def _walk_domains(self, folder: str) -> Iterator[str]:
         status, body = self.request("GET", f"/domains?domain={folder}", auth=self.accounts.admin)

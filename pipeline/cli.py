@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="simulate a scan and stream it through the pipeline")
-    _add_sim_options(demo, rows=16, cols=256, angles=360)
+    _add_sim_options(demo, rows=64, cols=256, angles=360)
     _add_run_options(demo)
     demo.set_defaults(func=cmd_demo)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 import urllib.error
@@ -273,17 +274,24 @@ class PandaServer:
 class DetectorPush:
     """The detector (or streaming receiver): a bound ZeroMQ PUSH socket."""
 
-    def __init__(self, url: str, hwm: int = 8) -> None:
+    def __init__(self, url: str, hwm: int = 8, timeout: float = 30.0) -> None:
         import zmq  # pyzmq comes with dranspose
 
+        self._again = zmq.Again
+        self._timeout = timeout
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PUSH)
         # Few queued frames: a full queue makes send wait, which paces play to the pipeline.
         self._socket.setsockopt(zmq.SNDHWM, hwm)
+        # A detector ingester that takes nothing for this long is broken, not slow.
+        self._socket.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
         self._socket.bind(url)
 
     def send(self, parts: Sequence[bytes]) -> None:
-        self._socket.send_multipart(list(parts), copy=len(parts[-1]) < 65536)
+        try:
+            self._socket.send_multipart(list(parts), copy=len(parts[-1]) < 65536)
+        except self._again:
+            raise PlayError(f"the detector ingester took no frame for {self._timeout:.0f} s (see its log)") from None
 
     def close(self) -> None:
         self._socket.close(linger=0)
@@ -361,6 +369,9 @@ def play(
     logger.info("parameters set (%d changed); waiting for every service to have them", len(changed))
     wait_for("parameters on every service", lambda: parameters_consistent(controller.config()) or None, 30.0)
 
+    prefix = state.dump_prefix if dump_prefix is None else dump_prefix
+    if prefix:
+        Path(os.path.dirname(prefix) or ".").mkdir(parents=True, exist_ok=True)
     panda = PandaServer(state.angle_upstream)
     detector = DetectorPush(state.detector_upstream)
     try:
@@ -368,7 +379,7 @@ def play(
         uuid = controller.set_sequence(mapping)
         n_frames = sum(1 for e in events if e.frame is not None)
         logger.info("scan %s: %d events (%d frames) mapped", uuid, len(events), n_frames)
-        result = PlayResult(uuid, 0, 0, 0.0, 0.0, 0.0, False, dump_prefix=state.dump_prefix if dump_prefix is None else dump_prefix)
+        result = PlayResult(uuid, 0, 0, 0.0, 0.0, 0.0, False, dump_prefix=prefix)
         _stream(events, detector, panda, result, rate_hz, max_frames, connect_timeout, on_frame_sent)
         _wait_finished(controller, result, len(events), stall_timeout, finish_timeout)
     finally:

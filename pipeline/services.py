@@ -274,7 +274,7 @@ class LocalDeployment:
     def start(self) -> DeploymentState:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.dump_prefix:
-            Path(self.dump_prefix).parent.mkdir(parents=True, exist_ok=True)
+            Path(os.path.dirname(self.dump_prefix) or ".").mkdir(parents=True, exist_ok=True)
         for name in ("redis", "controller", "reducer_api", "reducer_zmq", "live", "detector_ingester",
                      "angle_ingester", "detector_upstream", "angle_upstream"):
             self._ports[name] = free_port()
@@ -482,7 +482,7 @@ class LocalDeployment:
     # -- stop -------------------------------------------------------------------------
     def stop(self, timeout: float = 10.0) -> None:
         """Stop in dependency order: what sends to a service stops before it."""
-        order = [n for n in self._worker_names]
+        order = list(self._worker_names)
         order += ["detector-ingester", "angle-ingester", "reducer", "controller", "redis"]
         order += [n for n in self.processes if n not in order]
         for name in order:
@@ -601,7 +601,7 @@ def _tolerant_ingester(cls: type[Any]) -> type[Any]:
     """The ingester class, dropping (with a warning) messages for workers that died."""
     import zmq
 
-    class Tolerant(cls):  # type: ignore[valid-type,misc]
+    class Tolerant(cls):  # type: ignore[misc]
         async def _send_workermessages(self, workermessages: dict[Any, Any]) -> None:
             for worker, message in workermessages.items():
                 try:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
 
 from pipeline.config import PipelineConfig
 from pipeline.phantom import shepp_logan_3d
@@ -36,6 +35,8 @@ class SimulationSpec:
     dark_counts: float = 100.0
     min_transmission: float = 0.1
     center_offset: float = 0.0  # rotation axis offset from the detector middle, px
+    phantom_size: int = 0  # phantom width in pixels; 0: the detector width
+    oversample: int = 1  # rays per detector pixel side (area integration, less aliasing)
     noise: bool = True
     seed: int = 0
 
@@ -54,6 +55,7 @@ class SimulationSpec:
             "n_flats_after": self.n_flats_after,
             "angle_range": self.angle_range,
             "center": f"{(self.cols - 1) / 2 + self.center_offset}",
+            "slice_size": self.phantom_size or self.cols,
         }
         values.update(overrides)
         return PipelineConfig.from_mapping(values)
@@ -81,21 +83,30 @@ class ScanSimulator:
         profile = 1.0 + 0.1 * np.cos(2 * np.pi * x / spec.cols) * np.cos(np.pi * y / max(spec.rows, 2))
         self.flat_field = (spec.flat_counts * profile).astype(np.float64)
         # Line integrals in pixel units, all slots; scaled to the target contrast.
-        integrals = project_shepp_logan_3d(spec.rows, spec.cols, spec.slot_angles())
-        if spec.center_offset:
-            # An off-centre axis moves every projection sideways by the offset.
-            integrals = ndimage.shift(integrals, (0, 0, spec.center_offset), order=1, mode="constant")
+        integrals = project_shepp_logan_3d(
+            spec.rows, spec.cols, spec.slot_angles(), self.axis,
+            phantom_size=self.phantom_size, oversample=spec.oversample,
+        )
         self.line_integrals = np.maximum(integrals, 0.0)
         peak = float(self.line_integrals.max()) or 1.0
         self.mu_scale = -np.log(spec.min_transmission) / peak
 
+    @property
+    def axis(self) -> float:
+        return (self.spec.cols - 1) / 2.0 + self.spec.center_offset
+
+    @property
+    def phantom_size(self) -> int:
+        return self.spec.phantom_size or self.spec.cols
+
     def ground_truth(self) -> npt.NDArray[np.float32]:
-        """The phantom's attenuation per pixel at each detector row, (rows, cols, cols)."""
-        volume = shepp_logan_3d(self.spec.cols)
-        z = np.clip(np.round(np.linspace(0, self.spec.cols - 1, self.spec.rows)).astype(int), 0, self.spec.cols - 1)
-        if self.spec.rows == self.spec.cols:
-            z = np.arange(self.spec.rows)
-        truth: npt.NDArray[np.float32] = (volume[z] * self.mu_scale).astype(np.float32)
+        """The phantom's attenuation per pixel at each detector row: (rows, n, n) for a
+        phantom of n pixels (reconstruct with ``slice_size`` n to compare)."""
+        n = self.phantom_size
+        # Detector row k images the phantom plane n//2 + (k - rows//2) (square pixels).
+        planes = n // 2 - self.spec.rows // 2 + np.arange(self.spec.rows)
+        volume = shepp_logan_3d(n, oversample=max(self.spec.oversample, 1), planes=np.clip(planes, 0, n - 1))
+        truth: npt.NDArray[np.float32] = (volume * self.mu_scale).astype(np.float32)
         return truth
 
     def _counts(self, mean: npt.NDArray[np.float64]) -> npt.NDArray[np.uint16]:

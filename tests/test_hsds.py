@@ -310,7 +310,7 @@ def test_viewer_cannot_write_and_wrong_password_cannot_read(
     with pytest.raises(OSError, match="permission") as refused:  # h5pyd checks update rights when opening r+
         h5pyd.File(name, "r+", endpoint=local_hsds.url, username="viewer", password=accounts.viewer.password)
     assert refused.value.errno == 403
-    with pytest.raises(OSError, match="401|Unauthorized"):
+    with pytest.raises(OSError, match=r"401|Unauthorized"):
         h5pyd.File(name, "r", endpoint=local_hsds.url, username="viewer", password=wrong.password)
 
 

@@ -33,7 +33,7 @@ import math
 import re
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -147,7 +147,7 @@ def _image_shape(info: Mapping[str, Any]) -> tuple[int, int]:
     return shape[1], shape[0]  # [x, y] -> (rows, cols)
 
 
-def _dtype(name: Any, order: str) -> np.dtype[Any]:
+def _dtype(name: Any, order: Literal["<", ">"]) -> np.dtype[Any]:
     try:
         dtype = np.dtype(name) if isinstance(name, str) else None
     except TypeError:
@@ -164,7 +164,7 @@ def decode_image_data(info: Mapping[str, Any], blob: Part) -> npt.NDArray[Any]:
     match = _ENCODING_RE.match(encoding) if isinstance(encoding, str) else None
     if match is None:
         raise FrameError(f"Eiger image has unknown encoding {encoding!r}")
-    dtype = _dtype(info.get("type"), match["order"])
+    dtype = _dtype(info.get("type"), cast(Literal["<", ">"], match["order"]))
     data = as_buffer(blob)
     size = info.get("size")
     if isinstance(size, int) and not isinstance(size, bool) and size != data.nbytes:
