@@ -50,12 +50,17 @@ def resolve_backend(backend: str) -> Literal["numba", "numpy"]:
     return "numba" if backend == "numba" else "numpy"
 
 
+# Below this many pixel updates a parallel region costs more than it saves: waking
+# the thread pool takes tens of microseconds, and far more on a loaded machine.
+PARALLEL_MIN_UPDATES = 1 << 18
+
+
 @functools.cache
-def _numba_kernel() -> _Kernel:
+def _numba_kernel(parallel: bool = True) -> _Kernel:
     """Compile (or load from cache) the numba kernel; numba is imported only here."""
     import numba
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
+    @numba.njit(parallel=parallel, cache=True, nogil=True)
     def kernel(out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float) -> None:
         n_slices, n, _ = out.shape
         n_cols = rows.shape[1]
@@ -128,5 +133,8 @@ def backproject_into(
     if rows.shape[1] < 2:
         raise ValueError("need at least 2 detector columns to interpolate")
     theta = math.radians(angle_deg)
-    kernel = _numba_kernel() if resolve_backend(backend) == "numba" else _numpy_kernel
+    if resolve_backend(backend) == "numba":
+        kernel = _numba_kernel(out.size >= PARALLEL_MIN_UPDATES)
+    else:
+        kernel = _numpy_kernel
     kernel(out, rows, float(center), math.cos(theta), math.sin(theta), float(weight))

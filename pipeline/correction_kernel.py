@@ -19,11 +19,14 @@ FloatArray = npt.NDArray[np.float32]
 _Kernel = Callable[[npt.NDArray[np.integer], npt.NDArray[np.int32], FloatArray, FloatArray, int, float, float, FloatArray], None]
 
 
+PARALLEL_MIN_PIXELS = 1 << 18  # smaller frames: a parallel region costs more than it saves
+
+
 @functools.cache
-def _numba_kernel() -> _Kernel:
+def _numba_kernel(parallel: bool = True) -> _Kernel:
     import numba
 
-    @numba.njit(parallel=True, cache=True, nogil=True, fastmath=False)
+    @numba.njit(parallel=parallel, cache=True, nogil=True)
     def kernel(frame, dark_int, log_denominator, table, offset, low, high, out):  # type: ignore[no-untyped-def]
         rows, cols = frame.shape
         for r in numba.prange(rows):
@@ -54,6 +57,6 @@ def lut_correct(
     table: FloatArray, offset: int, low: float, high: float,
 ) -> FloatArray:
     out = np.empty(frame.shape, dtype=np.float32)
-    kernel = _numba_kernel() if numba_available() else _numpy_kernel
+    kernel = _numba_kernel(frame.size >= PARALLEL_MIN_PIXELS) if numba_available() else _numpy_kernel
     kernel(np.ascontiguousarray(frame), dark_int, log_denominator, table, offset, low, high, out)
     return out
