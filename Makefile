@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck helm clean
+VIEWER := pipeline/viewer/static/index.html
+VIEWER_SOURCES := viewer/package-lock.json viewer/index.html viewer/vite.config.ts $(wildcard viewer/src/*.ts* viewer/src/*/*.ts* viewer/src/*.css)
+
+.PHONY: demo test viewer clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,14 +17,21 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,hsds]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The viewer page (React + @h5web/lib, built with vite): needs Node 20 and npm.
+$(VIEWER): $(VIEWER_SOURCES)
+	npm ci --prefix viewer --no-audit --no-fund
+	npm run build --prefix viewer
+
+viewer: $(VIEWER)
+
+demo: $(STAMP) $(VIEWER)
 	$(BIN)/streamtomo demo --out out/demo.nxs $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(VIEWER)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache viewer/node_modules pipeline/viewer/static

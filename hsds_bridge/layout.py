@@ -108,19 +108,29 @@ def has_scan_datasets(domain: Domain) -> bool:
     return True
 
 
-def _set(domain: Domain, path: str, value: Any) -> None:
+def _set(domain: Domain, path: str, value: Any) -> bool:
+    """Write a scalar if it differs; returns whether it changed."""
     ds = domain.dataset(path)
-    if ds.array[()] != value:
-        ds.set_scalar(value)
+    if ds.array[()] == value:
+        return False
+    ds.set_scalar(value)
+    return True
 
 
-def update_domain(domain: Domain, scan: LiveScan, extra_status: dict[str, int] | None = None) -> None:
-    """Copy the scan's state into the domain (caller holds ``domain.lock``)."""
+def update_domain(domain: Domain, scan: LiveScan, extra_status: dict[str, int] | None = None) -> bool:
+    """Copy the scan's state into the domain (caller holds ``domain.lock``).
+
+    Bumps ``generation`` only when something changed, so idle readers re-read nothing.
+    Returns whether it did.
+    """
+    changed = False
     if scan.sinogram is not None:
         if not has_scan_datasets(domain):
             add_scan_datasets(domain, scan)
+            changed = True
         slots = scan.sinogram.take_dirty_slots()
         if slots:
+            changed = True
             data = domain.dataset("/entry/sinogram/data")
             if data.array is not scan.sinogram.data:  # settings rebuilt the scan arrays
                 data.array = scan.sinogram.data
@@ -138,20 +148,20 @@ def update_domain(domain: Domain, scan: LiveScan, extra_status: dict[str, int] |
             )
             domain.create_dataset("/entry/reconstruction/slice_rows", scan.geometry.slice_rows.astype(np.int64))  # type: ignore[union-attr]
         if slices is not None:
-            changed = np.flatnonzero(np.any(recon.array != slices, axis=(1, 2)))
-            for k in changed:
+            for k in np.flatnonzero(np.any(recon.array != slices, axis=(1, 2))):
                 recon.write((int(k),), slices[k])
-        _set(domain, "/entry/reconstruction/n_projections", np.int64(scan.n_projections))
-        params = domain.dataset("/entry/reconstruction/parameters")
-        if params.array[()] != scan.config.to_json():
-            params.set_scalar(scan.config.to_json())
+                changed = True
+        changed |= _set(domain, "/entry/reconstruction/n_projections", np.int64(scan.n_projections))
+        changed |= _set(domain, "/entry/reconstruction/parameters", scan.config.to_json())
     status = scan.status()
     for key, value in (extra_status or {}).items():
         status[key] = value
-    _set(domain, "/entry/status/state", str(status.pop("state")))
+    changed |= _set(domain, "/entry/status/state", str(status.pop("state")))
     for key in STATUS_INTS:
-        _set(domain, f"/entry/status/{key}", np.int64(int(status.get(key, 0))))
-    _set(domain, "/entry/status/rejected", json.dumps(dict(sorted(scan.rejected.items()))))
-    _set(domain, "/entry/status/lost_frames", json.dumps(scan.lost_frames()))
-    domain.dataset("/entry/status/last_update").set_scalar(np.float64(time.time()))
-    domain.dataset("/entry/status/generation").set_scalar(np.int64(domain.commit()))
+        changed |= _set(domain, f"/entry/status/{key}", np.int64(int(status.get(key, 0))))
+    changed |= _set(domain, "/entry/status/rejected", json.dumps(dict(sorted(scan.rejected.items()))))
+    changed |= _set(domain, "/entry/status/lost_frames", json.dumps(scan.lost_frames()))
+    if changed:
+        domain.dataset("/entry/status/last_update").set_scalar(np.float64(time.time()))
+        domain.dataset("/entry/status/generation").set_scalar(np.int64(domain.commit()))
+    return changed

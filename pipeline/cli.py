@@ -68,10 +68,12 @@ def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Name
 
     stop = threading.Event() if args.serve else None
     run = ReplayRun(recordings, config, workers=args.workers, http_port=args.port, rate_hz=args.rate, keep_serving=stop)
+    viewer = None
     try:
         reducer = run.start()
         print(f"endpoint: {reducer.endpoint}", flush=True)
         print(f"domain: {reducer.domain.name}", flush=True)
+        viewer = _start_viewer(reducer.endpoint, reducer.domain.name)
         progress = Progress(total_frames)
         run.go()
         run.wait(on_progress=progress)
@@ -89,8 +91,22 @@ def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Name
         if stop is not None:
             _serve_until_interrupted(stop)
     finally:
+        if viewer is not None:
+            viewer.close()
         run.close()
     return 0
+
+
+def _start_viewer(endpoint: str, domain: str) -> Any:
+    from pipeline.viewer.server import ViewerAssetsMissing, start_viewer
+
+    try:
+        viewer = start_viewer(endpoint, domain, host="127.0.0.1", port=0)
+    except ViewerAssetsMissing as error:
+        print(f"viewer: not available ({error})", flush=True)
+        return None
+    print(f"viewer: {viewer.url}", flush=True)
+    return viewer
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -203,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--rows", type=int, default=0, help="detector rows, to check row selections")
     check.add_argument("--cols", type=int, default=0, help="detector columns, to check the centre")
     check.set_defaults(func=cmd_check)
+
+    from pipeline.viewer.cli import register as register_view
+
+    register_view(sub)
     return parser
 
 

@@ -204,9 +204,9 @@ class TomoReducer:
 
     def _publish_locked(self) -> None:
         dropped = sum(p.stats().dropped_updates for p in self.publishers)
-        update_domain(self.domain, self.scan, {"publisher_dropped": dropped})
-        for publisher in self.publishers:
-            publisher.notify()
+        if update_domain(self.domain, self.scan, {"publisher_dropped": dropped}):
+            for publisher in self.publishers:
+                publisher.notify()
 
     def wait_finished(self, timeout: float | None = None) -> bool:
         return self._finished.wait(timeout)

@@ -1,0 +1,115 @@
+// Live reconstruction parameters: centre of rotation and filter, through the viewer
+// server's proxy to the pipeline's control API. The slices follow at the next publish.
+
+import { useCallback, useEffect, useState } from 'react';
+
+import { ApiError, getJson, postText } from '../api';
+
+const FILTERS = ['ramp', 'shepp-logan', 'hann'];
+
+interface ParametersBody {
+  parameters: Record<string, string>;
+  writable: boolean;
+}
+
+interface Props {
+  available: boolean; // the viewer server has a control URL
+  effective: Record<string, unknown> | null; // what the domain says the slices use
+  detectorWidth: number | null;
+  pendingCentre: number | null; // e.g. picked in the CoR sweep
+}
+
+export function ControlPanel({ available, effective, detectorWidth, pendingCentre }: Props) {
+  const [current, setCurrent] = useState<ParametersBody | null>(null);
+  const [unavailable, setUnavailable] = useState<string | null>(available ? null : 'no pipeline control for this endpoint');
+  const [centre, setCentre] = useState('');
+  const [message, setMessage] = useState<{ ok: boolean; text: string } | null>(null);
+  const [busy, setBusy] = useState(false);
+
+  const refresh = useCallback(async () => {
+    if (!available) return;
+    try {
+      const body = await getJson<ParametersBody>('control/parameters');
+      setCurrent(body);
+      setUnavailable(body.writable ? null : 'the pipeline does not accept changes');
+    } catch (error) {
+      setUnavailable(error instanceof ApiError && error.status === 404 ? 'no pipeline is attached to this endpoint' : String((error as Error).message));
+    }
+  }, [available]);
+
+  // Re-read when the domain's effective parameters change (someone else changed them).
+  const effectiveText = JSON.stringify(effective);
+  useEffect(() => {
+    void refresh();
+  }, [refresh, effectiveText]);
+
+  useEffect(() => {
+    if (pendingCentre !== null) setCentre(String(pendingCentre));
+  }, [pendingCentre]);
+
+  const post = async (name: string, value: string) => {
+    setBusy(true);
+    try {
+      await postText(`control/parameters/${name}`, value);
+      setBusy(false);
+      setMessage({ ok: true, text: `${name} set to ${value || 'default'}; the slices follow at the next update` });
+      await refresh();
+    } catch (error) {
+      setBusy(false);
+      setMessage({ ok: false, text: `${name} not changed: ${(error as Error).message}` });
+    }
+  };
+
+  const params = current?.parameters ?? {};
+  const middle = detectorWidth ? ((detectorWidth - 1) / 2).toString() : 'middle';
+  const disabled = unavailable !== null || busy;
+  const nudge = (delta: number) => {
+    const base = Number.parseFloat(centre || params.center || middle);
+    if (Number.isFinite(base)) setCentre(String(base + delta));
+  };
+  return (
+    <section className="panel control-panel">
+      <h2>Reconstruction</h2>
+      {unavailable && <p className="hint">read-only: {unavailable}</p>}
+      <form
+        onSubmit={(e) => {
+          e.preventDefault();
+          void post('center', centre.trim());
+        }}
+      >
+        <label>
+          centre of rotation (detector column, pixels){' '}
+          <input id="center-input" type="number" step="any" value={centre} placeholder={params.center || `${middle} (middle)`} disabled={unavailable !== null} onChange={(e) => setCentre(e.target.value)} />
+        </label>
+        <span className="nudges">
+          {[-1, -0.5, 0.5, 1].map((d) => (
+            <button type="button" key={d} disabled={disabled} onClick={() => nudge(d)}>
+              {d > 0 ? `+${d}` : d}
+            </button>
+          ))}
+        </span>
+        <button id="center-apply" type="submit" disabled={disabled || centre.trim() === ''}>
+          apply
+        </button>
+      </form>
+      <label>
+        filter{' '}
+        <select id="filter-select" value={params.filter ?? 'ramp'} disabled={disabled} onChange={(e) => void post('filter', e.target.value)}>
+          {FILTERS.map((f) => (
+            <option key={f} value={f}>
+              {f}
+            </option>
+          ))}
+        </select>
+      </label>
+      <p className="hint" id="effective-parameters">
+        in the slices: centre {String(effective?.center || 'middle')}, filter {String(effective?.filter ?? '?')}
+      </p>
+      {message && (
+        <p id="control-message" className={message.ok ? 'ok' : 'error'}>
+          {message.text}
+        </p>
+      )}
+    </section>
+  );
+}
