@@ -39,7 +39,9 @@ def _load_config(path: str | None, overrides: dict[str, Any]) -> PipelineConfig:
         except json.JSONDecodeError as error:
             raise CliError(f"{path} is not JSON: {error}") from None
         if isinstance(doc, list):  # dranspose parameter list
-            values = {p["name"]: p.get("value", p.get("data")) for p in doc if p.get("name") != "references"}
+            # The controller's own parameter dumps also hold dranspose's and internal ones.
+            skip = {"references", "dump_prefix"}
+            values = {p["name"]: p.get("value", p.get("data")) for p in doc if p.get("name") not in skip}
         elif isinstance(doc, dict):
             values = doc
         else:
@@ -220,8 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--cols", type=int, default=0, help="detector columns, to check the centre")
     check.set_defaults(func=cmd_check)
 
+    from pipeline.cli_distributed import register as register_distributed
     from pipeline.viewer.cli import register as register_view
 
+    register_distributed(sub)
     register_view(sub)
     return parser
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -65,8 +66,11 @@ class LiveScan:
     ) -> None:
         self.config = config
         self.on_references = on_references
-        self.references = ReferenceTracker()
+        # Versions unique across reducer instances: workers may still hold (and label
+        # rows with) the references of an earlier scan.
+        self.references = ReferenceTracker(first_version=secrets.randbits(40) << 8)
         self._versions: dict[int, ReferenceSet] = {}
+        self._known_only: set[int] = set()  # earlier scans' references: recorrect, never apply
         self._correctors: dict[int, Corrector] = {}
         self.reset()
 
@@ -77,6 +81,7 @@ class LiveScan:
         if not self.config.keep_references:
             self._versions.clear()
             self._correctors.clear()
+            self._known_only.clear()
         self.detector: DetectorInfo | None = None
         self.geometry: LiveSliceGeometry | None = None
         self.sinogram: SinogramAssembler | None = None
@@ -114,9 +119,14 @@ class LiveScan:
                 self.stream_ended = True
         self.last_update = time.time()
 
-    def reject(self, reason: str, detail: str, frame_index: int | None = None) -> None:
-        """Count a rejected frame; log the first of each kind at WARNING."""
+    def reject(self, reason: str, detail: str, frame_index: int | None = None, *, counted: bool = False) -> None:
+        """Count a rejected frame; log the first of each kind at WARNING.
+
+        ``counted``: the frame was already counted as received (rejected later on).
+        """
         self.rejected[reason] += 1
+        if not counted:
+            self.counts["rejected_arrivals"] += 1
         if frame_index is not None:
             self._seen_frames.add(frame_index)
         if reason not in self._logged_reasons:
@@ -214,14 +224,23 @@ class LiveScan:
             logger.info("projections wait for their darks and flats (%d so far)", len(still))
         self._waiting = still
 
+    def remember_references(self, refs: ReferenceSet, applicable: bool) -> None:
+        """References from an earlier scan: used for this one only if ``applicable``
+        (``keep_references``); otherwise only to re-correct rows workers labelled with them."""
+        self._versions[refs.version] = refs
+        if not applicable:
+            self._known_only.add(refs.version)
+
     def _applicable(self, frame_index: int) -> ReferenceSet | None:
         """The newest reference set taken before ``frame_index``."""
         best: ReferenceSet | None = None
         for refs in self._versions.values():
+            if refs.version in self._known_only:
+                continue
             if refs.flat_after is None and refs.before_index < frame_index and (best is None or refs.version > best.version):
                 best = refs
         if best is None:  # references taken only after the projections
-            done = [r for r in self._versions.values() if r.flat_after is None]
+            done = [r for r in self._versions.values() if r.flat_after is None and r.version not in self._known_only]
             best = max(done, key=lambda r: r.version) if done else None
         return best
 
@@ -240,7 +259,7 @@ class LiveScan:
         if not msg.angle_measured:
             self.counts["nominal_angles"] += 1
         if msg.reference_version and msg.reference_version not in self._versions:
-            self.reject("unknown_references", f"frame {msg.frame_index} used reference version {msg.reference_version}")
+            self.reject("unknown_references", f"frame {msg.frame_index} used reference version {msg.reference_version}", counted=True)
             return
         self._waiting.append(msg)
         self._advance()
@@ -250,7 +269,7 @@ class LiveScan:
         try:
             slot = self.sinogram.grid.slot(msg.angle_deg)
         except UnknownAngleError as error:
-            self.reject("unknown_angle", f"frame {msg.frame_index}: {error}", msg.frame_index)
+            self.reject("unknown_angle", f"frame {msg.frame_index}: {error}", msg.frame_index, counted=True)
             return
         rows = np.asarray(msg.rows)
         worker_rows = None
@@ -259,7 +278,7 @@ class LiveScan:
             values = self._corrector(refs.version).correct_fast(rows)
         elif msg.reference_version != refs.version:
             if msg.reference_version not in self._versions:
-                self.reject("unknown_references", f"frame {msg.frame_index} used reference version {msg.reference_version}")
+                self.reject("unknown_references", f"frame {msg.frame_index} used reference version {msg.reference_version}", counted=True)
                 return
             self.counts["recorrected_stale"] += 1
             raw = self._corrector(msg.reference_version).uncorrect(rows.astype(np.float32))
@@ -304,7 +323,7 @@ class LiveScan:
                 if record is None:
                     self._early_partials[index] = self._early_partials.get(index, 0) + 1
                 else:
-                    self.reject("unexpected_partial", f"frame {index} is in a partial sum but was sent raw")
+                    self.reject("unexpected_partial", f"frame {index} is in a partial sum but was sent raw", counted=True)
                 continue
             record.contributed = record.worker_rows if record.contributed is None else record.contributed + record.worker_rows
             self._needs_fix.add(index)
@@ -381,14 +400,14 @@ class LiveScan:
         for msg in waiting:
             refs = self._applicable(msg.frame_index)
             if refs is None:
-                self.reject("no_references", f"projection {msg.frame_index}: the scan had no flats")
+                self.reject("no_references", f"projection {msg.frame_index}: the scan had no flats", counted=True)
             else:
                 self._place(msg, refs)
         current = self.references.current
         if current is not None and current.flat_after is not None:
             self._interpolate_flats(current)
         for index in list(self._early_partials):
-            self.reject("orphan_partial", f"frame {index} is in a partial sum but its rows never came")
+            self.reject("orphan_partial", f"frame {index} is in a partial sum but its rows never came", counted=True)
         self._early_partials.clear()
         self._apply_angular_weights()
         self.reconcile(backfill=True)
@@ -412,7 +431,7 @@ class LiveScan:
     def _interpolate_flats(self, refs: ReferenceSet) -> None:
         """Re-correct the sinogram with flats interpolated between before and after."""
         assert self.sinogram is not None and self.geometry is not None
-        before = self._corrector(max(v for v, r in self._versions.items() if r.flat_after is None))
+        before = self._corrector(max(v for v, r in self._versions.items() if r.flat_after is None and v not in self._known_only))
         slot_frames: dict[int, list[int]] = {}
         for index, record in self._frames.items():
             slot_frames.setdefault(record.slot, []).append(index)
@@ -466,7 +485,7 @@ class LiveScan:
         lost = sum(b - a + 1 for a, b in self.lost_frames())
         return {
             "state": self.state,
-            "frames_received": self.counts["frames"] + sum(self.rejected.values()),
+            "frames_received": self.counts["frames"] + self.counts["rejected_arrivals"],
             "frames_rejected": sum(self.rejected.values()),
             "darks": self.counts["darks"],
             "flats": self.counts["flats"],

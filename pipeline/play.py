@@ -5,9 +5,9 @@ parameters and sockets at fixed moments:
 
 1. Parameters: every :class:`PipelineConfig` field, ``controller_url`` (so that the
    reducer can share darks and flats), ``dump_prefix`` (recordings), and an empty
-   ``references`` unless ``keep_references``: references of an earlier scan must
-   not reach this scan's workers, whose reducer numbers its versions from 1 again.
-   Then wait until every service has them (same parameter hash): a worker or the
+   ``references`` unless the scan takes no darks or flats and ``keep_references``
+   is set: references of an earlier scan must not reach this scan's workers, whose
+   reducer numbers its versions from 1 again. Then wait until every service has them (same parameter hash): a worker or the
    reducer reads them when the new mapping starts.
 2. Sockets: bind the detector's ZeroMQ PUSH and open the PandA's TCP server before
    the mapping exists, because the ingesters connect at their first assignment (a
@@ -33,7 +33,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from pipeline.config import PipelineConfig
 from pipeline.formats import eiger, pcap, stins
 from pipeline.formats.kinds import FrameKindRule
 from pipeline.scan import Frame, ImageKey
-from pipeline.services import DeploymentState, http_json, parameters_consistent, wait_for
+from pipeline.services import DeploymentState, http_json, set_parameter, wait_consistent
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ BROADCAST = (ImageKey.DARK, ImageKey.FLAT)
 
 class PlayError(RuntimeError):
     """The deployment refused or did not finish the scan; the message says why."""
+
+
+class NotConnected(PlayError):
+    """An ingester did not connect to its upstream socket in time."""
 
 
 # -- what the beamline sends ------------------------------------------------------------
@@ -195,13 +199,12 @@ class ControllerClient:
                 return None
             raise
 
-    def set_parameter(self, name: str, data: bytes) -> bool:
-        """Set one parameter; False (and no update sent) when it already has that value."""
+    def set_parameter(self, name: str, data: bytes) -> str | None:
+        """Set one parameter; returns the controller's new parameters hash, or None
+        (and no update is sent) when it already has that value."""
         if self.get_parameter(name) == data:
-            return False
-        request = urllib.request.Request(f"{self.url}/api/v1/parameter/{name}", data=data, method="POST")
-        with urllib.request.urlopen(request, timeout=10):
-            return True
+            return None
+        return set_parameter(self.url, name, data)
 
     def config(self) -> dict[str, Any]:
         result: dict[str, Any] = http_json(f"{self.url}/api/v1/config")
@@ -221,15 +224,23 @@ class ControllerClient:
         http_json(f"{self.url}/api/v1/stop", b"", method="POST")
 
 
-def scan_parameters(config: PipelineConfig, state: DeploymentState, dump_prefix: str | None) -> dict[str, bytes]:
-    """Parameter values as dranspose encodes them (``str(value)``)."""
+def scan_parameters(
+    config: PipelineConfig, state: DeploymentState, dump_prefix: str | None, takes_references: bool = True,
+) -> dict[str, bytes]:
+    """Parameter values as dranspose encodes them (``str(value)``).
+
+    ``references`` is emptied unless the scan takes no darks or flats and
+    ``keep_references`` is set: the reducer numbers reference versions from 1 in
+    every scan, so a worker holding an earlier scan's set would label its rows with
+    a version number the new reducer gives to different references.
+    """
     values = {f.name: str(getattr(config, f.name)).encode() for f in fields(PipelineConfig)}
     values["controller_url"] = state.controller_url.encode()
     values["detector_stream"] = state.detector_stream.encode()
     values["angle_stream"] = state.angle_stream.encode()
     prefix = state.dump_prefix if dump_prefix is None else dump_prefix
     values["dump_prefix"] = prefix.encode()
-    if not config.keep_references:
+    if not config.keep_references or takes_references:
         values["references"] = b""
     return values
 
@@ -246,18 +257,35 @@ class PandaServer:
         self._client: socket.socket | None = None
 
     def accept(self, timeout: float) -> None:
-        self._listener.settimeout(timeout)
-        try:
-            client, _ = self._listener.accept()
-        except TimeoutError:
-            raise PlayError(f"the angle ingester did not connect within {timeout:.0f} s") from None
-        client.settimeout(timeout)
-        flag = client.recv(16)
-        if not flag.endswith(b"\n"):
-            raise PlayError(f"unexpected PandA client greeting {flag!r}")
-        client.sendall(b"OK\n")
-        client.settimeout(None)
-        self._client = client
+        """Wait for the ingester's connection and answer its greeting.
+
+        A connection that is closed already (an ingester that restarted for a newer
+        mapping left it in the backlog) is skipped.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self._listener.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                raise NotConnected(f"the angle ingester did not connect within {timeout:.0f} s") from None
+            client.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                flag = client.recv(16)
+            except OSError:
+                flag = b""
+            if flag and not flag.endswith(b"\n"):
+                client.close()
+                raise PlayError(f"unexpected PandA client greeting {flag!r}")
+            if not flag or _peer_closed(client):
+                client.close()
+                continue
+            client.sendall(b"OK\n")
+            client.settimeout(None)
+            if self._client is not None:
+                self._client.close()
+            self._client = client
+            return
 
     def send(self, data: bytes) -> None:
         if self._client is None:
@@ -269,6 +297,20 @@ class PandaServer:
             if sock is not None:
                 sock.close()
         self._client = None
+
+
+def _peer_closed(client: socket.socket) -> bool:
+    """Whether the peer closed its side already (EOF waits in the socket)."""
+    timeout = client.gettimeout()
+    client.setblocking(False)  # a socket with a timeout would wait for data first
+    try:
+        return client.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        client.settimeout(timeout)
 
 
 class DetectorPush:
@@ -287,11 +329,22 @@ class DetectorPush:
         self._socket.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
         self._socket.bind(url)
 
-    def send(self, parts: Sequence[bytes]) -> None:
+    def send(self, parts: Sequence[bytes], connect_timeout: float | None = None) -> None:
+        """Send one message. With ``connect_timeout`` (the series start) a send that
+        cannot go out in that time means the ingester never connected."""
+        import zmq
+
+        if connect_timeout is not None:
+            self._socket.setsockopt(zmq.SNDTIMEO, int(connect_timeout * 1000))
         try:
             self._socket.send_multipart(list(parts), copy=len(parts[-1]) < 65536)
         except self._again:
+            if connect_timeout is not None:
+                raise NotConnected(f"the detector ingester did not connect within {connect_timeout:.0f} s") from None
             raise PlayError(f"the detector ingester took no frame for {self._timeout:.0f} s (see its log)") from None
+        finally:
+            if connect_timeout is not None:
+                self._socket.setsockopt(zmq.SNDTIMEO, int(self._timeout * 1000))
 
     def close(self) -> None:
         self._socket.close(linger=0)
@@ -356,7 +409,7 @@ def play(
     dump_prefix: str | None = None,
     stall_timeout: float = 10.0,
     finish_timeout: float = 60.0,
-    connect_timeout: float = 30.0,
+    connect_timeout: float = 15.0,
     on_frame_sent: Callable[[int, int], None] | None = None,
 ) -> PlayResult:
     """Play one scan (steps in the module docstring); returns when it finished.
@@ -365,9 +418,12 @@ def play(
     early. ``on_frame_sent(i, sent)`` runs after frame ``i`` (the ``sent``-th) left.
     """
     controller = ControllerClient(state.controller_url)
-    changed = [n for n, v in scan_parameters(config, state, dump_prefix).items() if controller.set_parameter(n, v)]
-    logger.info("parameters set (%d changed); waiting for every service to have them", len(changed))
-    wait_for("parameters on every service", lambda: parameters_consistent(controller.config()) or None, 30.0)
+    takes_references = any(e.key in BROADCAST for e in events)
+    parameters = scan_parameters(config, state, dump_prefix, takes_references)
+    hashes = [h for h in (controller.set_parameter(n, v) for n, v in parameters.items()) if h is not None]
+    logger.info("parameters set (%d changed); waiting for every service to have them", len(hashes))
+    # Services pick parameters up when the mapping starts: they must all have them first.
+    wait_consistent(state.controller_url, hashes[-1] if hashes else None, 30.0)
 
     prefix = state.dump_prefix if dump_prefix is None else dump_prefix
     if prefix:
@@ -376,11 +432,24 @@ def play(
     detector = DetectorPush(state.detector_upstream)
     try:
         mapping = scan_mapping(events, state.detector_stream, state.angle_stream)
-        uuid = controller.set_sequence(mapping)
         n_frames = sum(1 for e in events if e.frame is not None)
-        logger.info("scan %s: %d events (%d frames) mapped", uuid, len(events), n_frames)
-        result = PlayResult(uuid, 0, 0, 0.0, 0.0, 0.0, False, dump_prefix=prefix)
-        _stream(events, detector, panda, result, rate_hz, max_frames, connect_timeout, on_frame_sent)
+        for attempt in (1, 2):
+            uuid = controller.set_sequence(mapping)
+            logger.info("scan %s: %d events (%d frames) mapped", uuid, len(events), n_frames)
+            result = PlayResult(uuid, 0, 0, 0.0, 0.0, 0.0, False, dump_prefix=prefix)
+            try:
+                _stream(events, detector, panda, result, rate_hz, max_frames, connect_timeout, on_frame_sent)
+                break
+            except NotConnected:
+                # dranspose services apply only the last of several queued controller
+                # updates; a parameter update right behind the mapping leaves an
+                # ingester with no active stream for it. Nothing but headers went out
+                # yet: post the scan again (a new mapping restarts every ingester).
+                if attempt == 2:
+                    raise
+                logger.warning("an ingester did not connect for scan %s: posting the scan again", uuid)
+                detector.close()
+                detector = DetectorPush(state.detector_upstream)
         _wait_finished(controller, result, len(events), stall_timeout, finish_timeout)
     finally:
         detector.close()
@@ -407,7 +476,7 @@ def _stream(
                 if delay > 0:
                     time.sleep(delay)
         if event.detector:
-            detector.send(event.detector)
+            detector.send(event.detector, connect_timeout if event.number == 0 else None)
         if event.number == 0:
             # The angle ingester connects when its first assignment arrives.
             panda.accept(connect_timeout)
@@ -457,9 +526,3 @@ def _wait_finished(controller: ControllerClient, result: PlayResult, n_events: i
     logger.info("scan %s finished: %d frames in %.2f s%s", result.mapping_uuid, result.frames_sent, result.seconds,
                 " (ended by stop)" if result.ended_by_stop else "")
 
-
-def iter_send_latencies(result: PlayResult, visible: dict[int, float]) -> Iterator[float]:
-    """Seconds from a frame leaving play to its row being visible, per frame seen."""
-    for frame, sent in result.send_times.items():
-        if frame in visible:
-            yield visible[frame] - sent

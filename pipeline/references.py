@@ -102,10 +102,10 @@ class ReferenceTracker:
     the other kind from the previous batch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, first_version: int = 1) -> None:
         self._open: ReferenceBatch | None = None
         self._current: ReferenceSet | None = None
-        self._version = 0
+        self._version = first_version - 1
         self._last_projection_index = -1
 
     @property

@@ -69,6 +69,9 @@ DETECTOR_INGESTERS = {
 }
 ANGLE_INGESTER = "dranspose.ingesters.tcp_positioncap:TcpPcapIngester"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# dranspose's controller answers /api/v1/config from a view of the services it
+# refreshes at most every 0.5 s.
+CONTROLLER_CACHE_S = 0.5
 _T = TypeVar("_T")
 
 
@@ -183,17 +186,20 @@ class ServiceProcess:
             os.killpg(self.pid, sig)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM to the group, then SIGKILL if it does not exit within ``timeout``."""
-        if self.alive():
-            self.signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop within %.0f s: killing it", self.name, timeout)
-                self.signal(signal.SIGKILL)
-                self.popen.wait(timeout)
-        # Children of the group (none expected) go too.
-        self.signal(signal.SIGKILL)
+        """SIGTERM to the group, then SIGKILL if it does not exit within ``timeout``.
+
+        A process that already exited is left alone: its group id may belong to
+        someone else by now.
+        """
+        if not self.alive():
+            return self.popen.returncode
+        self.signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop within %.0f s: killing it", self.name, timeout)
+            self.signal(signal.SIGKILL)
+            self.popen.wait(timeout)
         return self.popen.returncode
 
     def tail(self, lines: int = 20) -> str:
@@ -244,9 +250,11 @@ class LocalDeployment:
         self.extra_env = dict(env or {})
         self.processes: dict[str, ServiceProcess] = {}
         self._worker_names: list[str] = []
+        self._crashed: list[str] = []
         self._worker_serial = 0
         self._state: DeploymentState | None = None
         self._ports: dict[str, int] = {}
+        self._parameters_hash: str | None = None
 
     # -- context manager --------------------------------------------------------------
     def __enter__(self) -> LocalDeployment:
@@ -279,6 +287,8 @@ class LocalDeployment:
                      "angle_ingester", "detector_upstream", "angle_upstream"):
             self._ports[name] = free_port()
         redis_url = self.redis_url_given or self._start_redis()
+        if self.redis_url_given:
+            wait_for(f"redis at {redis_url}", lambda: _redis_url_ping(redis_url), self.ready_timeout)
         controller_url = f"http://{HOST}:{self._ports['controller']}"
         self._state = DeploymentState(
             controller_url=controller_url,
@@ -295,6 +305,10 @@ class LocalDeployment:
         wait_for("the controller", lambda: http_json(f"{controller_url}/api/v1/config", timeout=2), self.ready_timeout)
         logger.info("controller ready at %s", controller_url)
         self._start_reducer()
+        # Workers start once the controller has set every parameter's default: the
+        # defaults arrive as a burst of updates, which new workers would answer while
+        # the controller's cached view does not list them yet (see _run_until_sigterm).
+        self.wait_defaults()
         self._spawn_ingesters()
         for _ in range(self.n_workers):
             self._spawn_worker()
@@ -325,20 +339,21 @@ class LocalDeployment:
         env.update(self.extra_env)
         return env
 
-    def _popen(self, name: str, argv: Sequence[str]) -> ServiceProcess:
+    def _popen(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ServiceProcess:
         log = self.log_dir / f"{name}.log"
         with log.open("ab") as out:
             popen = subprocess.Popen(
                 list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self._env(), cwd=self.run_dir, start_new_session=True,  # own process group
+                env={**self._env(), **(env or {})}, cwd=self.run_dir, start_new_session=True,  # own process group
+                preexec_fn=_die_with_parent,
             )
         service = ServiceProcess(name, popen, log)
         self.processes[name] = service
         logger.info("started %s (pid %d), log %s", name, popen.pid, log)
         return service
 
-    def _spawn(self, name: str, args: Sequence[str]) -> ServiceProcess:
-        return self._popen(name, [sys.executable, "-m", "pipeline.services", *args])
+    def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> ServiceProcess:
+        return self._popen(name, [sys.executable, "-m", "pipeline.services", *args], env)
 
     def _start_redis(self) -> str:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -371,7 +386,11 @@ class LocalDeployment:
     def _spawn_worker(self) -> str:
         self._worker_serial += 1
         name = f"worker-{self._worker_serial}"
-        self._spawn(name, ["worker", "--name", name, "--class", self.worker_class])
+        # Workers share this machine's cores: each numba kernel gets its share, not all
+        # of them (oversubscribed thread pools spin against each other).
+        threads = max(1, (os.cpu_count() or 1) // self.n_workers)
+        env = {} if "NUMBA_NUM_THREADS" in self.extra_env else {"NUMBA_NUM_THREADS": str(threads)}
+        self._spawn(name, ["worker", "--name", name, "--class", self.worker_class], env)
         self._worker_names.append(name)
         return name
 
@@ -434,29 +453,68 @@ class LocalDeployment:
         if self.reducer_class == TOMO_REDUCER:
             wait_for("the live domain", lambda: http_json(f"{self.state.live_endpoint}/about", timeout=2), self.ready_timeout)
 
-    def set_parameter(self, name: str, data: bytes) -> None:
-        request = urllib.request.Request(f"{self.state.controller_url}/api/v1/parameter/{name}", data=data, method="POST")
-        with urllib.request.urlopen(request, timeout=10):
-            pass
+    def wait_defaults(self, timeout: float | None = None) -> None:
+        """Until the reducer registered and the controller holds a value for every
+        parameter it describes (the controller sets defaults every 2 s)."""
+        url = self.state.controller_url
+
+        def probe() -> bool | None:
+            self._check_alive()
+            if http_json(f"{url}/api/v1/config", timeout=5).get("reducer") is None:
+                return None
+            names = [p["name"] for p in http_json(f"{url}/api/v1/parameters", timeout=5) if p["name"] != "dump_prefix"]
+            for name in names:
+                try:
+                    with urllib.request.urlopen(f"{url}/api/v1/parameter/{name}", timeout=5):
+                        pass
+                except urllib.error.HTTPError:
+                    return None
+            return True
+
+        wait_for("the reducer and parameter defaults", probe, timeout or self.ready_timeout, interval=0.2)
+
+    def set_parameter(self, name: str, data: bytes) -> str:
+        """Set a dranspose parameter; returns the controller's new parameters hash."""
+        self._parameters_hash = set_parameter(self.state.controller_url, name, data)
+        return self._parameters_hash
 
     def wait_parameters_consistent(self, timeout: float | None = None) -> None:
-        wait_for("parameters on every service", lambda: parameters_consistent(self._ensemble()) or None,
-                 timeout or self.ready_timeout, interval=0.1)
+        wait_consistent(self.state.controller_url, self._parameters_hash, timeout or self.ready_timeout)
+        self._parameters_hash = None  # later changes (the reducer's references) move the target
 
     # -- changing a running deployment ---------------------------------------------------
     def kill_worker(self, name: str | None = None) -> str:
-        """SIGKILL one worker (the last started by default): a crash, for fault tests."""
+        """SIGKILL one worker (the last started by default): a crash, for fault tests.
+
+        As after a real crash, dranspose forgets the worker when its registration
+        expires (10 s); :meth:`scale` forgets it at once.
+        """
         name = name or self._worker_names[-1]
         service = self.processes[name]
         service.signal(signal.SIGKILL)
         service.popen.wait(10)
         self._worker_names.remove(name)
+        self._crashed.append(name)
         logger.info("killed %s", name)
         return name
+
+    def _forget_crashed(self) -> None:
+        """Delete crashed workers' registrations, which would linger until they expire."""
+        if not self._crashed:
+            return
+        import redis
+
+        client = redis.Redis.from_url(self.state.redis_url)
+        try:
+            client.delete(*(f"dranspose:worker:{name}:config" for name in self._crashed))
+        finally:
+            client.close()
+        self._crashed.clear()
 
     def scale(self, workers: int, worker_class: str | None = None, reducer_class: str | None = None) -> None:
         """Replace workers (and the reducer, if its class changes) on the same
         Redis, controller and ingesters; waits until ready again."""
+        self._forget_crashed()
         if worker_class is not None and worker_class != self.worker_class:
             self.worker_class = worker_class
             for name in list(self._worker_names):
@@ -467,9 +525,10 @@ class LocalDeployment:
             self.reducer_class = reducer_class
             self.processes.pop("reducer").stop()
             self._start_reducer()
+            self.wait_defaults()
+        self.n_workers = workers
         while len(self._worker_names) < workers:
             self._spawn_worker()
-        self.n_workers = workers
         self.wait_ready()
         self.wait_parameters_consistent()
         self.state.workers = list(self._worker_names)
@@ -502,80 +561,87 @@ class LocalDeployment:
                     found.append(f"{log.name}: {line}")
         return found
 
-    def listening_sockets(self) -> list[tuple[str, str, int]]:
-        """(service, address, port) for every TCP socket a service process listens on."""
-        return [(name, addr, port) for name, svc in self.processes.items() if svc.alive()
-                for addr, port in listening_addresses(svc.pid)]
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system, all threads) each running service used so far."""
+        return {name: process_cpu_seconds(svc.pid) for name, svc in self.processes.items() if svc.alive()}
 
 
-def parameters_consistent(cfg: dict[str, Any]) -> bool:
-    """Every service has the controller's current parameters (same hash)."""
-    target = cfg.get("parameters_hash")
+
+def set_parameter(controller_url: str, name: str, data: bytes) -> str:
+    """POST one dranspose parameter; returns the controller's parameters hash after it."""
+    request = urllib.request.Request(f"{controller_url}/api/v1/parameter/{name}", data=data, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(json.loads(response.read()))
+
+
+def parameters_consistent(cfg: dict[str, Any], target: str | None = None) -> bool:
+    """Every service has the controller's parameters (and ``target``, if given)."""
+    want = cfg.get("parameters_hash") if target is None else target
     services = [*cfg["ingesters"], *cfg["workers"], *([cfg["reducer"]] if cfg.get("reducer") else [])]
-    return bool(services) and all(s.get("parameters_hash") == target for s in services)
+    return cfg.get("parameters_hash") == want and bool(services) and all(s.get("parameters_hash") == want for s in services)
+
+
+def wait_consistent(controller_url: str, target: str | None, timeout: float) -> None:
+    """Until every service holds the controller's parameters, and the controller knows.
+
+    The controller's view may be up to 0.5 s old: right after a change it can still
+    show the state before it, consistent. So wait for ``target`` (the hash a POST
+    returned, if any), and for consistency seen twice across a cache period: then
+    the controller's own consistency check, which runs every 2 s on that view, has
+    no stale inconsistency to "repair" with an update. Such an update sent while a
+    new mapping is distributed would reach services after it and, as dranspose
+    applies only the last queued update, leave ingesters without active streams.
+    """
+    first: tuple[float, str] | None = None
+
+    def probe() -> bool | None:
+        nonlocal first
+        cfg = http_json(f"{controller_url}/api/v1/config", timeout=5)
+        if not parameters_consistent(cfg, target):
+            first = None
+            return None
+        now, current = time.monotonic(), str(cfg.get("parameters_hash"))
+        if first is None or first[1] != current:
+            first = (now, current)
+            return None
+        return True if now - first[0] > CONTROLLER_CACHE_S + 0.1 else None
+
+    wait_for("parameters on every service", probe, timeout, interval=0.1)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` from /proc (0.0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _redis_url_ping(url: str) -> bool | None:
+    import redis  # redis-py comes with dranspose; only a given URL (auth, db) needs it
+
+    try:
+        return True if redis.Redis.from_url(url, socket_timeout=2).ping() else None
+    except redis.RedisError:
+        return None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies, even by SIGKILL, so
+    that no service outlives a crashed ``up`` or test run. (Linux fires this when
+    the *thread* that started the child exits: start deployments from a thread that
+    lives as long as they do, e.g. the main thread.)"""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _redis_ping(host: str, port: int) -> bool | None:
     with socket.create_connection((host, port), timeout=1) as sock:
         sock.sendall(b"PING\r\n")
         return True if sock.recv(64).startswith(b"+PONG") else None
-
-
-# -- listening sockets from /proc ----------------------------------------------------------
-
-
-def _proc_net_listeners() -> dict[int, tuple[str, int]]:
-    """socket inode -> (address, port) for every TCP socket in LISTEN state."""
-    out: dict[int, tuple[str, int]] = {}
-    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if parts[3] != "0A":  # TCP_LISTEN
-                continue
-            addr_hex, port_hex = parts[1].split(":")
-            out[int(parts[9])] = (_hex_address(addr_hex, v6), int(port_hex, 16))
-    return out
-
-
-def _hex_address(text: str, v6: bool) -> str:
-    raw = bytes.fromhex(text)
-    # /proc prints each 32-bit word in host (little-endian) order.
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    return socket.inet_ntop(socket.AF_INET6 if v6 else socket.AF_INET, words)
-
-
-def _process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return pids
-    for child in children:
-        pids.extend(_process_tree(int(child)))
-    return pids
-
-
-def listening_addresses(pid: int) -> list[tuple[str, int]]:
-    """(address, port) of the TCP sockets ``pid`` and its children listen on."""
-    listeners = _proc_net_listeners()
-    found: list[tuple[str, int]] = []
-    for p in _process_tree(pid):
-        try:
-            fds = list(Path(f"/proc/{p}/fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inode = int(target[8:-1])
-                    if inode in listeners:
-                        found.append(listeners[inode])
-    return sorted(set(found))
 
 
 # -- service processes (python -m pipeline.services KIND ...) ------------------------------
@@ -597,7 +663,7 @@ def _bind_loopback(host: str = HOST) -> None:
     zmq.Socket.bind = bind  # type: ignore[method-assign]
 
 
-def _tolerant_ingester(cls: type[Any]) -> type[Any]:
+def tolerant_ingester(cls: type[Any]) -> type[Any]:
     """The ingester class, dropping (with a warning) messages for workers that died."""
     import zmq
 
@@ -637,9 +703,19 @@ def _add_redis_log_handler() -> None:
         logger.info("no redis log stream: %r", error)
 
 
-async def _run_until_sigterm(service: Any) -> None:
-    """Run a dranspose service until SIGTERM/SIGINT, then close it."""
+async def _run_until_sigterm(service: Any, announce_first: bool = False) -> None:
+    """Run a dranspose service until SIGTERM/SIGINT, then close it.
+
+    ``announce_first``: publish the service's registration and let the
+    controller's cached view expire before the service listens for updates. A new
+    worker that answers an update (with "ready") before the controller's cached
+    view lists it makes the controller's assignment task crash (StopIteration in
+    ``assign_worker_in_mapping``, logged at ERROR); this closes that window.
+    """
     loop = asyncio.get_running_loop()
+    if announce_first:
+        await service.publish_config()
+        await asyncio.sleep(CONTROLLER_CACHE_S + 0.2)
     task = asyncio.create_task(service.run())
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -696,13 +772,13 @@ def service_main(argv: Sequence[str] | None = None) -> int:
         from dranspose.worker import Worker, WorkerSettings
 
         worker = Worker(WorkerSettings(worker_name=args.name, worker_class=args.cls))
-        asyncio.run(_run_until_sigterm(worker))
+        asyncio.run(_run_until_sigterm(worker, announce_first=True))
     else:
         cls = _import(args.cls)
         settings_cls = _import(args.cls.replace("Ingester", "Settings"))
         settings = settings_cls(upstream_url=args.upstream, ingester_streams=[args.stream],
                                 ingester_url=f"tcp://{HOST}:{args.port}")
-        asyncio.run(_run_until_sigterm(_tolerant_ingester(cls)(settings=settings)))
+        asyncio.run(_run_until_sigterm(tolerant_ingester(cls)(settings=settings)))
     return 0
 
 

@@ -67,8 +67,9 @@ class TomoReducer:
         self.lock = self.domain.lock
         self.scan = LiveScan(config, on_references=self._share_references)
         kept = self.context.get("references")
-        if config.keep_references and isinstance(kept, ReferenceSet):
-            self.scan._versions[kept.version] = kept
+        if isinstance(kept, ReferenceSet):
+            # Workers may still use them: known for re-correction, applied only if kept.
+            self.scan.remember_references(kept, applicable=config.keep_references)
         self.server = self._rest_server()
         self.server.start(self.domain)
         self.publishers: list[Publisher] = [self.server]

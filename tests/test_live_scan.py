@@ -249,3 +249,30 @@ def test_centre_outside_the_detector_falls_back_with_a_warning(caplog: pytest.Lo
     assert scan.geometry.center == (COLS - 1) / 2
     assert scan.n_projections == ANGLES
     assert any("outside the detector" in r.getMessage() for r in caplog.records)
+
+
+def test_rows_labelled_with_an_earlier_scans_references_are_recorrected() -> None:
+    frames = make_frames()
+    cfg = config()
+    first = run(frames, 1, cfg)
+    old = first.references.current
+    assert old is not None
+    # A new scan (new reducer) whose worker still holds the earlier scan's references.
+    scan = LiveScan(cfg)
+    scan.remember_references(old, applicable=False)
+    worker = FrameProcessor(cfg)
+    worker.set_references(old)
+    for frame in frames:
+        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    scan.finish()
+    assert scan.references.current is not None
+    assert scan.references.current.version != old.version
+    assert scan.counts["recorrected_stale"] == ANGLES
+    np.testing.assert_allclose(scan.sinogram.data, first.sinogram.data, atol=1e-4)  # type: ignore[union-attr]
+
+
+def test_frames_received_counts_each_frame_once() -> None:
+    frames = [f for f in make_frames() if f.key != ImageKey.FLAT]
+    scan = run(frames, 2, config(n_flats_before=0))
+    assert scan.rejected["no_references"] == ANGLES
+    assert scan.status()["frames_received"] == len(frames)

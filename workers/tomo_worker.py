@@ -12,6 +12,8 @@ import logging
 from typing import Any
 
 from pipeline.config import PipelineConfig
+from pipeline.formats.eiger import STREAM_TYPE as EIGER_LEGACY
+from pipeline.formats.eiger import decode_eiger_legacy
 from pipeline.formats.errors import FrameError
 from pipeline.formats.kinds import FrameKindRule
 from pipeline.formats.pcap import PcapEnd, PcapHeader, PcapValues, angle_from_values, decode_pcap_event
@@ -102,8 +104,9 @@ class TomoWorker:
             return None, str(error)
 
     def _detector(self, stream: Any, event_number: int, angle: float | None, angle_error: str | None, config: PipelineConfig, result: WorkerResult) -> None:
+        decode = decode_eiger_legacy if getattr(stream, "typ", "") == EIGER_LEGACY else decode_stins
         try:
-            message = decode_stins(stream.frames)
+            message = decode(stream.frames)
         except FrameError as error:
             result.items.append(Rejected(None, "corrupt_frame", f"event {event_number}: {error}"))
             return

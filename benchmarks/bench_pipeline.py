@@ -1,0 +1,206 @@
+"""The distributed pipeline against dranspose's own ceiling, in one run.
+
+One local deployment (Redis, controller, STINS and PandA ingesters on 127.0.0.1),
+one simulated stream, played as fast as the pipeline takes it through:
+
+* streamtomo's worker and reducer with 1 and 2 workers,
+* the no-op worker and reducer (``workers.noop_worker``, ``reducer.noop_reducer``)
+  with 1 and 2 workers, on the same Redis, controller and ingesters;
+
+then, with 2 streamtomo workers, the stream paced at a fraction of the measured
+rate, and the latency from a frame leaving ``play`` to its sinogram row being
+visible in the live domain (``frames_per_angle`` of its slot read through h5pyd).
+That latency includes the reducer's publish interval (``--publish-interval``).
+
+    python benchmarks/bench_pipeline.py [--rows 32 --cols 256 --angles 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5pyd
+import numpy as np
+
+from pipeline.config import PipelineConfig
+from pipeline.play import BeamlineEvent, PlayResult, frame_events, play
+from pipeline.scan import ImageKey
+from pipeline.services import TOMO_REDUCER, TOMO_WORKER, LocalDeployment
+from pipeline.simulator import ScanSimulator, SimulationSpec
+
+NOOP_WORKER = "workers.noop_worker:NoopWorker"
+NOOP_REDUCER = "reducer.noop_reducer:NoopReducer"
+log = logging.getLogger("bench_pipeline")
+
+
+@dataclass
+class Throughput:
+    pipeline: str
+    workers: int
+    frames: int
+    megabytes: float
+    seconds: float
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # per event, by service kind
+
+    @property
+    def events_per_s(self) -> float:
+        return self.frames / self.seconds
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.megabytes / self.seconds
+
+
+def run_scan(deployment: LocalDeployment, events: list[BeamlineEvent], config: PipelineConfig, **options: Any) -> PlayResult:
+    # No recordings while measuring: the ingesters would write every frame to disk.
+    return play(deployment.state, events, config, dump_prefix="", stall_timeout=30.0, **options)
+
+
+def measure(deployment: LocalDeployment, name: str, events: list[BeamlineEvent], warmup: list[BeamlineEvent],
+            config: PipelineConfig, warmup_config: PipelineConfig, repeats: int) -> Throughput:
+    """Best of ``repeats`` scans: on a shared machine the slow runs measure the neighbours."""
+    run_scan(deployment, warmup, warmup_config)  # worker start-up (numba cache load, first sockets)
+    best: Throughput | None = None
+    for _ in range(repeats):
+        before = deployment.cpu_seconds()
+        result = run_scan(deployment, events, config)
+        after = deployment.cpu_seconds()
+        if result.ended_by_stop:
+            raise RuntimeError(f"{name}: the scan stalled and was stopped")
+        cpu: dict[str, float] = {}
+        for service, seconds in after.items():
+            kind = service.split("-")[-1] if "-" in service else service  # worker-3 -> worker
+            kind = "worker" if service.startswith("worker") else kind
+            cpu[kind] = cpu.get(kind, 0.0) + (seconds - before.get(service, 0.0)) * 1e3 / result.frames_sent
+        # From the first frame sent to the controller reporting the scan finished (all reduced).
+        out = Throughput(name, deployment.n_workers, result.frames_sent, result.bytes_sent / 1e6,
+                         result.finished - result.started, cpu)
+        log.info("%s, %d workers: %.1f events/s", name, out.workers, out.events_per_s)
+        if best is None or out.seconds < best.seconds:
+            best = out
+    assert best is not None
+    return best
+
+
+class VisibilityProbe(threading.Thread):
+    """Polls the live domain; records when each sinogram slot first holds a frame."""
+
+    def __init__(self, endpoint: str, domain: str) -> None:
+        super().__init__(name="visibility-probe", daemon=True)
+        self.endpoint, self.domain = endpoint, domain
+        self.first_seen: dict[int, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with h5pyd.File(self.domain, "r", endpoint=self.endpoint) as f:
+                    # A new scan: state running and its sinogram exists (the domain is new per scan).
+                    if f["entry/status/state"][()] not in (b"running", "running") or "sinogram" not in f["entry"]:
+                        time.sleep(0.01)
+                        continue
+                    counts = f["entry/sinogram/frames_per_angle"]
+                    while not self.stop.is_set():
+                        now = time.time()
+                        filled = np.flatnonzero(counts[...])
+                        for slot in filled:
+                            self.first_seen.setdefault(int(slot), now)
+                        time.sleep(0.02)  # polling costs CPU the pipeline shares
+            except (OSError, KeyError) as error:
+                log.debug("probe: %r", error)
+                time.sleep(0.01)
+
+
+def measure_latency(deployment: LocalDeployment, frames: list[Any], config: PipelineConfig, rate_hz: float) -> list[float]:
+    probe = VisibilityProbe(deployment.state.live_endpoint, config.domain)
+    probe.start()
+    try:
+        result = run_scan(deployment, frame_events(frames, config), config, rate_hz=rate_hz)
+    finally:
+        probe.stop.set()
+        probe.join(5)
+    first_projection = config.n_darks_before + config.n_flats_before
+    latencies = []
+    for index, sent in result.send_times.items():
+        slot = index - first_projection  # sequential angles: projection k fills slot k
+        if slot >= 0 and slot in probe.first_seen:
+            latencies.append(probe.first_seen[slot] - sent)
+    return latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=32)
+    parser.add_argument("--cols", type=int, default=256)
+    parser.add_argument("--angles", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=3, help="scans per configuration (the best counts)")
+    parser.add_argument("--pace", type=float, default=0.5, help="latency run: fraction of the measured 2-worker rate")
+    parser.add_argument("--publish-interval", type=float, default=0.25, help="reducer publish interval (s)")
+    parser.add_argument("--run-dir", help="keep the services' logs here (default: a temporary directory)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=args.angles, seed=1)
+    config = spec.config(publish_interval=args.publish_interval)
+    frames = list(ScanSimulator(spec).frames())
+    events = frame_events(frames, config)  # encoded once: every run sends the same bytes
+    warm_spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=20, n_darks=2, n_flats=2, seed=2)
+    warm_config = warm_spec.config(publish_interval=args.publish_interval)
+    warmup = frame_events(ScanSimulator(warm_spec).frames(), warm_config)
+    n_refs = sum(1 for e in events if e.key in (ImageKey.DARK, ImageKey.FLAT))
+
+    results: list[Throughput] = []
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        started = time.time()
+        with LocalDeployment(workers=1, run_dir=Path(args.run_dir or tmp), dump_prefix="") as deployment:
+            log.info("deployment up in %.1f s", time.time() - started)
+            for workers, worker_class, reducer_class, name in (
+                (1, TOMO_WORKER, TOMO_REDUCER, "streamtomo"), (2, TOMO_WORKER, TOMO_REDUCER, "streamtomo"),
+                (1, NOOP_WORKER, NOOP_REDUCER, "no-op"), (2, NOOP_WORKER, NOOP_REDUCER, "no-op"),
+            ):
+                deployment.scale(workers, worker_class, reducer_class)
+                results.append(measure(deployment, name, events, warmup, config, warm_config, args.repeats))
+            two = next(r for r in results if r.pipeline == "streamtomo" and r.workers == 2)
+            rate = max(two.events_per_s * args.pace, 1.0)
+            deployment.scale(2, TOMO_WORKER, TOMO_REDUCER)
+            run_scan(deployment, warmup, warm_config)
+            latencies = measure_latency(deployment, frames, config, rate)
+            errors = deployment.error_lines()
+
+    frame_mb = events[1].nbytes / 1e6
+    print(f"stream: {len(frames)} frames ({n_refs} darks/flats broadcast to every worker) of {args.rows}x{args.cols} "
+          f"uint16 ({frame_mb * 1e3:.0f} kB), STINS over ZeroMQ + PandA over TCP, as fast as the pipeline takes it")
+    print(f"{'pipeline':<12}{'workers':>8}{'events/s':>11}{'MB/s':>9}{'vs no-op':>10}")
+    for r in results:
+        base = next(b for b in results if b.pipeline == "no-op" and b.workers == r.workers)
+        print(f"{r.pipeline:<12}{r.workers:>8}{r.events_per_s:>11.1f}{r.mb_per_s:>9.2f}{r.events_per_s / base.events_per_s:>10.2f}")
+    kinds = ["worker", "reducer", "ingester", "controller", "redis"]
+    print("CPU per event (ms, all processes of a kind; the robust figure on a shared machine):")
+    print(f"{'pipeline':<12}{'workers':>8}" + "".join(f"{k:>11}" for k in kinds) + f"{'total':>9}")
+    for r in results:
+        print(f"{r.pipeline:<12}{r.workers:>8}" + "".join(f"{r.cpu_ms.get(k, 0.0):>11.2f}" for k in kinds)
+              + f"{sum(r.cpu_ms.values()):>9.2f}")
+    print(f"latency, frame sent by play -> its row visible in the live domain (2 workers, paced at {rate:.0f} Hz, "
+          f"publish interval {args.publish_interval} s): p50 {percentile(latencies, 50) * 1e3:.0f} ms, "
+          f"p95 {percentile(latencies, 95) * 1e3:.0f} ms over {len(latencies)} frames "
+          f"(mean {statistics.fmean(latencies) * 1e3 if latencies else float('nan'):.0f} ms)")
+    if errors:
+        print(f"service logs hold {len(errors)} ERROR lines, e.g. {errors[0]}")
+
+
+if __name__ == "__main__":
+    main()
