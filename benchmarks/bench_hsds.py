@@ -11,9 +11,10 @@ count and generation datasets.
   plain h5pyd: one ``dset[...] = ...`` per projection row (``sino[:, angle, :] =
   projection``), the slices, angle, count and generation, then ``f.flush()`` (h5pyd
   1.0 buffers writes until then). MB/s counts the scan's bytes, not the wire's.
-* Latency: projections paced at ``--rate`` Hz; a reader in another process polls
+* Latency: projections arrive at ``--rate`` Hz; a reader in another process polls
   ``/entry/status/generation`` with h5pyd every ``--poll`` s. A projection's latency
-  is from its ``commit()`` to the reader first seeing a generation that includes it.
+  is from its scheduled arrival to the reader first seeing a generation that
+  includes it (a blocking writer that falls behind delays the frames behind it).
 
 Run: ``.venv/bin/python benchmarks/bench_hsds.py`` (needs ``pip install hsds``).
 """
@@ -34,11 +35,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hsds_bridge.credentials import Credentials  # noqa: E402
-from hsds_bridge.domain import Domain  # noqa: E402
-from hsds_bridge.hsds_server import LocalHsds  # noqa: E402
-from hsds_bridge.hsds_writer import HsdsWriter  # noqa: E402
-from hsds_bridge.layout import new_domain, sinogram_chunks  # noqa: E402
+from hsds_bridge.credentials import Credentials
+from hsds_bridge.domain import Domain
+from hsds_bridge.hsds_server import LocalHsds
+from hsds_bridge.hsds_writer import HsdsWriter
+from hsds_bridge.layout import new_domain, sinogram_chunks
 
 GEN = "/entry/status/generation"
 SINO = "/entry/sinogram/data"
@@ -118,18 +119,18 @@ def run_ours(server: LocalHsds, scan: Scan, name: str, rate: float, reader: Read
         reader.start(writer.domain_name)
     commits: list[float] = []
     notify_s: list[float] = []
-    t0 = time.perf_counter()
+    t0 = time.monotonic()
     for angle in range(scan.angles):
+        commits.append(arrival(t0, angle, rate))
         update_domain(domain, scan, angle)
-        commits.append(time.monotonic())
         t = time.perf_counter()
         writer.notify()
         notify_s.append(time.perf_counter() - t)
         pace(t0, angle, rate)
     writer.wait_idle(600)
-    acked = time.perf_counter() - t0
+    acked = time.monotonic() - t0
     writer.close(timeout=600)
-    durable = time.perf_counter() - t0
+    durable = time.monotonic() - t0
     stats = writer.stats()
     return {
         "acked_s": acked,
@@ -150,23 +151,20 @@ def run_h5pyd(server: LocalHsds, scan: Scan, name: str, rate: float, reader: Rea
     account = server.accounts.writer
     f = h5pyd.File(name, "w", endpoint=server.url, username=account.username, password=account.password)
     shape = (scan.rows, scan.angles, scan.cols)
-    sino = f.create_dataset(
-        SINO, shape=shape, dtype="f4", chunks=sinogram_chunks(*shape), compression="lz4"
-    )
+    sino = f.create_dataset(SINO, shape=shape, dtype="f4", chunks=sinogram_chunks(*shape), compression="lz4")
     angles = f.create_dataset("/entry/sinogram/rotation_angle", shape=(scan.angles,), dtype="f8")
     counts = f.create_dataset("/entry/sinogram/frames_per_angle", shape=(scan.angles,), dtype="i4")
     n = scan.cols
-    recon = f.create_dataset(
-        RECON, shape=(scan.slices, n, n), dtype="f4", chunks=(1, n, n), compression="lz4"
-    )
+    recon = f.create_dataset(RECON, shape=(scan.slices, n, n), dtype="f4", chunks=(1, n, n), compression="lz4")
     gen = f.create_dataset(GEN, data=np.int64(0))
     f.flush()
     if reader:
         reader.start(name)
     commits: list[float] = []
     requests = 0
-    t0 = time.perf_counter()
+    t0 = time.monotonic()
     for angle in range(scan.angles):
+        commits.append(arrival(t0, angle, rate))
         sino[:, angle, :] = scan.projection(angle)
         angles[angle] = angle * 180.0 / scan.angles
         counts[angle] = 1
@@ -178,13 +176,12 @@ def run_h5pyd(server: LocalHsds, scan: Scan, name: str, rate: float, reader: Rea
             requests += scan.slices
         gen[()] = angle + 1
         requests += 1
-        commits.append(time.monotonic())
         f.flush()  # h5pyd 1.0 buffers writes until flush(): one PUT per write, in order
         pace(t0, angle, rate)
-    acked = time.perf_counter() - t0
+    acked = time.monotonic() - t0
     status, _ = server.request("PUT", f"/?domain={name}&flush=1", auth=account)  # durable on disk
     assert status in (200, 204), status
-    durable = time.perf_counter() - t0
+    durable = time.monotonic() - t0
     f.close()
     return {
         "acked_s": acked,
@@ -198,17 +195,24 @@ def run_h5pyd(server: LocalHsds, scan: Scan, name: str, rate: float, reader: Rea
     }
 
 
+def arrival(t0: float, index: int, rate: float) -> float:
+    """When frame ``index`` enters the reducer: on schedule, or now if unpaced.
+
+    A blocking writer (plain h5pyd) that falls behind makes later frames wait; that
+    wait is part of their latency.
+    """
+    return t0 + index / rate if rate > 0 else time.monotonic()
+
+
 def pace(t0: float, index: int, rate: float) -> None:
     if rate > 0:
-        delay = t0 + (index + 1) / rate - time.perf_counter()
+        delay = t0 + (index + 1) / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
 
 
 # -- the reader ---------------------------------------------------------------------------------
-def _poll_generation(
-    url: str, name: str, user: str, password: str, poll: float, stop: Any, out: Any
-) -> None:
+def _poll_generation(url: str, name: str, user: str, password: str, poll: float, stop: Any, out: Any) -> None:
     import h5pyd
 
     seen: list[tuple[int, float]] = []
@@ -277,31 +281,28 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20.0, help="projections/s in the latency runs")
     parser.add_argument("--latency-angles", type=int, default=120)
     parser.add_argument("--poll", type=float, default=0.05, help="reader polling interval (s)")
-    parser.add_argument("--root", type=Path, help="HSDS root dir (default: a temp dir)")
+    parser.add_argument("--root", type=Path, help="parent of the HSDS root dirs (default: system temp)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     scan = Scan.make(args)
     lat_args = argparse.Namespace(**{**vars(args), "angles": args.latency_angles})
     lat_scan = Scan.make(lat_args)
-    with tempfile.TemporaryDirectory(prefix="bench-hsds-") as tmp:
-        server = LocalHsds(args.root or Path(tmp))
-        with server:
-            print(f"HSDS at {server.url}; scan {args.rows}x{args.angles}x{args.cols} float32, "
-                  f"{args.slices} slices {args.cols}x{args.cols} every {args.slice_every} projections, "
-                  f"{scan.scan_bytes / 1e6:.0f} MB")  # fmt: skip
-            tag = str(int(time.time()))
-            results = {
-                "ours": run_ours(server, scan, f"/home/streamtomo/bench_ours_{tag}.h5", 0, None),
-                "h5pyd": run_h5pyd(server, scan, f"/home/streamtomo/bench_h5pyd_{tag}.h5", 0, None),
-            }
-            viewer = server.accounts.viewer
-            lat = {
-                "ours": run_ours(server, lat_scan, f"/home/streamtomo/lat_ours_{tag}.h5", args.rate,
-                                 Reader(server, viewer, args.poll)),
-                "h5pyd": run_h5pyd(server, lat_scan, f"/home/streamtomo/lat_h5pyd_{tag}.h5", args.rate,
-                                   Reader(server, server.accounts.admin, args.poll)),
-            }  # fmt: skip
+    print(f"scan {args.rows}x{args.angles}x{args.cols} float32, {args.slices} slices {args.cols}x{args.cols} "
+          f"every {args.slice_every} projections: {scan.scan_bytes / 1e6:.0f} MB")  # fmt: skip
+    results: dict[str, dict[str, Any]] = {}
+    lat: dict[str, dict[str, Any]] = {}
+    # A fresh server per run: HSDS keeps working after a big write (write-back of
+    # dirty chunks, a scan of the domain ~10 s later) and would slow the next run.
+    with tempfile.TemporaryDirectory(prefix="bench-hsds-", dir=args.root) as tmp:
+        for label, run in (("ours", run_ours), ("h5pyd", run_h5pyd)):
+            with LocalHsds(Path(tmp) / f"tp_{label}") as server:
+                results[label] = run(server, scan, f"/home/streamtomo/bench_{label}.h5", 0, None)
+            with LocalHsds(Path(tmp) / f"lat_{label}") as server:
+                # the viewer may read our domain; the plain h5pyd domain only its owner
+                account = server.accounts.viewer if label == "ours" else server.accounts.writer
+                reader = Reader(server, account, args.poll)
+                lat[label] = run(server, lat_scan, f"/home/streamtomo/lat_{label}.h5", args.rate, reader)
     report(scan, results, lat, args)
     return 0
 

@@ -22,6 +22,7 @@ and never passed on a command line: HSDS reads them from the password file.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ipaddress
 import json
@@ -233,6 +234,7 @@ class LocalHsds:
         self._launcher: subprocess.Popen[bytes] | None = None
         self._proxy: subprocess.Popen[bytes] | None = None
         self._log_files: list[Any] = []
+        self._atexit_registered = False
 
     # -- paths and accounts -----------------------------------------------------
     @property
@@ -348,6 +350,10 @@ class LocalHsds:
         self._prepare()
         log.info("starting HSDS (storage %s)", self.storage_dir)
         self._launch()
+        if not self._atexit_registered:
+            # A crashed test run or CLI must not leave HSDS processes behind.
+            atexit.register(self._atexit_cleanup)
+            self._atexit_registered = True
         try:
             deadline = time.monotonic() + self.startup_timeout
             self.port = self._wait_port(deadline)
@@ -517,6 +523,11 @@ class LocalHsds:
         if self._socket_dir is not None:
             for sock in self._socket_dir.glob("*.sock"):
                 sock.unlink(missing_ok=True)
+
+    def _atexit_cleanup(self) -> None:
+        self.kill()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def close(self) -> None:
         """Stop and remove the socket directory."""

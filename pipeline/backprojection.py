@@ -133,8 +133,5 @@ def backproject_into(
     if rows.shape[1] < 2:
         raise ValueError("need at least 2 detector columns to interpolate")
     theta = math.radians(angle_deg)
-    if resolve_backend(backend) == "numba":
-        kernel = _numba_kernel(out.size >= PARALLEL_MIN_UPDATES)
-    else:
-        kernel = _numpy_kernel
+    kernel = _numba_kernel(out.size >= PARALLEL_MIN_UPDATES) if resolve_backend(backend) == "numba" else _numpy_kernel
     kernel(out, rows, float(center), math.cos(theta), math.sin(theta), float(weight))
