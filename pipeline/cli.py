@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -68,6 +69,10 @@ def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Name
     from hsds_bridge.nexus_file import write_nexus
     from pipeline.runner import Progress, ReplayRun
 
+    if args.hsds:
+        # The reducer mirrors the domain there; credentials come from the environment
+        # or a file (hsds_bridge.credentials), never from the command line.
+        os.environ["STREAMTOMO_HSDS_ENDPOINT"] = args.hsds
     stop = threading.Event() if args.serve else None
     run = ReplayRun(recordings, config, workers=args.workers, http_port=args.port, rate_hz=args.rate, keep_serving=stop)
     viewer = None
@@ -81,6 +86,8 @@ def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Name
         run.wait(on_progress=progress)
         progress.close()
         summary = run.summary()
+        if getattr(reducer, "hsds", None) is not None:
+            print(f"hsds domain: {reducer.hsds.domain_name} at {args.hsds}", flush=True)
         if args.out:
             path = write_nexus(reducer.domain, args.out)
             print(f"final file: {path}")
@@ -147,6 +154,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hsds(args: argparse.Namespace) -> int:
+    from hsds_bridge.hsds_server import LocalHsds
+
+    server = LocalHsds(args.root, port=args.port)
+    server.start()
+    print(f"hsds endpoint: {server.url}", flush=True)
+    for user in (server.writer_user, server.viewer_user):
+        print(f"credentials of {user}: {server.credentials_file(user)}", flush=True)
+    print(f"publish with: STREAMTOMO_HSDS_CREDENTIALS={server.credentials_file(server.writer_user)} streamtomo demo --hsds {server.url}", flush=True)
+    server.run_forever()  # Ctrl-C: flush, then stop
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
@@ -179,6 +199,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--serve", action="store_true", help="keep serving the domain until Ctrl-C")
     p.add_argument("--out", help="write the final NeXus file here")
     p.add_argument("--domain", default="/streamtomo/live.h5", help="live domain name")
+    p.add_argument("--hsds", metavar="URL", help="also publish to this HSDS (credentials: STREAMTOMO_HSDS_USERNAME/_PASSWORD or STREAMTOMO_HSDS_CREDENTIALS=file)")
 
 
 def _add_sim_options(p: argparse.ArgumentParser, rows: int, cols: int, angles: int) -> None:
@@ -211,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--flats-after", type=int, default=0, help="flat frames after the projections")
     _add_sim_options(simulate, rows=16, cols=128, angles=180)
     simulate.set_defaults(func=cmd_simulate)
+
+    hsds = sub.add_parser("hsds", help="run a local HSDS (POSIX storage, loopback only) until Ctrl-C")
+    hsds.add_argument("--root", required=True, help="storage directory (kept between runs)")
+    hsds.add_argument("--port", type=int, default=5101, help="loopback port (0: a free one)")
+    hsds.set_defaults(func=cmd_hsds)
 
     config = sub.add_parser("config", help="print a parameter file with the defaults")
     config.add_argument("--explain", action="store_true", help="list the parameters with their meaning")

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from hsds_bridge.control_api import LIVE_PARAMETERS
+from hsds_bridge.credentials import CredentialsError, load_credentials
+from hsds_bridge.hsds_writer import HsdsWriter, HsdsWriterError
 from hsds_bridge.layout import new_domain, update_domain
 from hsds_bridge.publisher import Publisher
 from hsds_bridge.rest_server import HdfRestServer
@@ -41,6 +43,7 @@ class ReducerSettings:
     http_port: int = 8100
     cors_origins: tuple[str, ...] = ()
     hsds_endpoint: str = ""
+    hsds_domain: str = ""  # default: /home/<writer account>/<live domain's file name>
 
     @classmethod
     def from_env(cls) -> ReducerSettings:
@@ -51,6 +54,7 @@ class ReducerSettings:
             http_port=int(env.get("STREAMTOMO_HTTP_PORT", "8100")),
             cors_origins=origins,
             hsds_endpoint=env.get("STREAMTOMO_HSDS_ENDPOINT", ""),
+            hsds_domain=env.get("STREAMTOMO_HSDS_DOMAIN", ""),
         )
 
 
@@ -73,7 +77,7 @@ class TomoReducer:
         self.server = self._rest_server()
         self.server.start(self.domain)
         self.publishers: list[Publisher] = [self.server]
-        self._hsds: Publisher | None = None
+        self.hsds: HsdsWriter | None = self._start_hsds() if self.settings.hsds_endpoint else None
         self._finished = threading.Event()
         self._closed = False
         self._refused: PipelineConfig | None = None
@@ -82,6 +86,20 @@ class TomoReducer:
     @staticmethod
     def describe_parameters() -> list[Any]:
         return describe_parameters()
+
+    def _start_hsds(self) -> HsdsWriter | None:
+        """Mirror the domain to HSDS; the in-memory server goes on if HSDS refuses."""
+        try:
+            credentials = load_credentials()
+            name = self.settings.hsds_domain or f"/home/{credentials.username}/{self.domain.name.rsplit('/', 1)[-1]}"
+            writer = HsdsWriter(self.settings.hsds_endpoint, name, credentials)
+            writer.start(self.domain)
+        except (CredentialsError, HsdsWriterError, OSError, ValueError) as error:
+            logger.warning("not publishing to HSDS at %s: %s", self.settings.hsds_endpoint, error)
+            return None
+        self.publishers.append(writer)
+        logger.info("publishing to HSDS %s domain %s", self.settings.hsds_endpoint, writer.domain_name)
+        return writer
 
     @property
     def endpoint(self) -> str:
@@ -177,6 +195,11 @@ class TomoReducer:
             self.scan.finish()
             self._publish_locked()
             self._finished.set()
+        if self.hsds is not None:
+            # The scan's HSDS domain is complete: send the rest and flush to storage.
+            self.hsds.close(timeout=60.0)
+            self.publishers.remove(self.hsds)
+            logger.info("HSDS domain %s complete (%s)", self.hsds.domain_name, self.hsds.stats())
         status = self.scan.status()
         logger.info(
             "scan finished: %d projections, %d rejected %s",

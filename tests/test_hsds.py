@@ -493,6 +493,7 @@ def test_notify_does_not_block_while_hsds_is_away(crashable_hsds: LocalHsds) -> 
 
 
 # -- the shared publisher contract ---------------------------------------------------------
+@pytest.mark.hsds
 class TestHsdsPublisher(PublisherContract):
     """The contract suite (shared with the in-memory server) against a real HSDS.
 

@@ -39,7 +39,7 @@ def describe_parameters() -> list[ParameterBase]:
     for f in fields(PipelineConfig):
         cls = _PARAMETER_TYPES[str(f.type)]
         default = f.default if f.default is not MISSING else None
-        out.append(cls(name=f.name, default=default, description=f.metadata.get("help")))  # type: ignore[call-arg]
+        out.append(cls(name=f.name, default=default, description=f.metadata.get("help")))
     out.append(BinaryParameter(name=REFERENCES, description="darks and flats shared by the reducer (internal)"))
     return out
 
