@@ -60,8 +60,10 @@ def _numba_kernel(parallel: bool = True) -> _Kernel:
     """Compile (or load from cache) the numba kernel; numba is imported only here."""
     import numba
 
-    @numba.njit(parallel=parallel, cache=True, nogil=True)
-    def kernel(out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float) -> None:
+    # numba's disk cache is keyed by function name and line, not by flags: caching
+    # both variants would load one for the other. Only the parallel one is cached.
+    @numba.njit(parallel=parallel, cache=parallel, nogil=True)
+    def backproject_kernel(out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float) -> None:
         n_slices, n, _ = out.shape
         n_cols = rows.shape[1]
         half = n // 2
@@ -80,7 +82,7 @@ def _numba_kernel(parallel: bool = True) -> _Kernel:
                     a = rows[k, i0]
                     out[k, i, j] += w * (a + frac * (rows[k, i0 + 1] - a))
 
-    return kernel
+    return backproject_kernel
 
 
 def _numpy_kernel(

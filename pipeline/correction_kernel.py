@@ -26,8 +26,10 @@ PARALLEL_MIN_PIXELS = 1 << 18  # smaller frames: a parallel region costs more th
 def _numba_kernel(parallel: bool = True) -> _Kernel:
     import numba
 
-    @numba.njit(parallel=parallel, cache=True, nogil=True)
-    def kernel(frame, dark_int, log_denominator, table, offset, low, high, out):  # type: ignore[no-untyped-def]
+    # numba's disk cache is keyed by function name and line, not by flags: caching
+    # both variants would load one for the other. Only the parallel one is cached.
+    @numba.njit(parallel=parallel, cache=parallel, nogil=True)
+    def lut_kernel(frame, dark_int, log_denominator, table, offset, low, high, out):  # type: ignore[no-untyped-def]
         rows, cols = frame.shape
         for r in numba.prange(rows):
             for c in range(cols):
@@ -38,7 +40,7 @@ def _numba_kernel(parallel: bool = True) -> _Kernel:
                     v = high
                 out[r, c] = v
 
-    return kernel  # type: ignore[no-any-return,unused-ignore]
+    return lut_kernel  # type: ignore[no-any-return,unused-ignore]
 
 
 def _numpy_kernel(
