@@ -20,23 +20,20 @@ reads run in a small thread pool so the event loop never waits for ``domain.lock
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Sequence
 from types import TracebackType
-
-from aiohttp import web
 
 from hsds_bridge.control_api import ParameterSink, ParameterSource
 from hsds_bridge.domain import Domain
 from hsds_bridge.publisher import PublisherStats
 from hsds_bridge.rest_app import build_app
 from hsds_bridge.rest_registry import DomainRegistry, Limits
+from pipeline.http_thread import BackgroundHttpServer
 
 log = logging.getLogger(__name__)
 
-_START_TIMEOUT = 30.0
 
 
 class HdfRestServer:
@@ -67,9 +64,10 @@ class HdfRestServer:
         self._parameter_source = parameter_source
         self._registry = DomainRegistry(limits or Limits(), workers, serve_domain_objs)
         self._guard = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._bound_port: int | None = None
+        self._http = BackgroundHttpServer(
+            lambda: build_app(self._registry, self._cors_origins, self._parameter_sink, self._parameter_source),
+            host, port, "HDF REST server",
+        )
         self._closed = False
 
     # -- Publisher protocol ---------------------------------------------------------
@@ -80,10 +78,7 @@ class HdfRestServer:
         Never raises (``isinstance(x, Publisher)`` reads it): before the first
         ``start`` it shows the configured port.
         """
-        host = "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host
-        host = f"[{host}]" if ":" in host else host
-        port = self._bound_port if self._bound_port is not None else self._port
-        return f"http://{host}:{port}"
+        return self._http.url()
 
     def start(self, domain: Domain) -> None:
         """Serve ``domain`` (by its name); the first call starts the HTTP server."""
@@ -91,8 +86,8 @@ class HdfRestServer:
             if self._closed:
                 raise RuntimeError("HdfRestServer is closed")
             self._registry.add(domain)
-            if self._thread is None:
-                self._launch()
+            if not self._http.started:
+                self._http.start()
         log.info("serving domain %s at %s", domain.name, self.url)
 
     def notify(self) -> None:
@@ -108,12 +103,7 @@ class HdfRestServer:
             if self._closed:
                 return
             self._closed = True
-            thread, loop = self._thread, self._loop
-        if thread is not None and loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout)
-            if thread.is_alive():
-                log.warning("HDF REST server thread did not stop within %.1f s", timeout)
+        self._http.close(timeout)
         self._registry.shutdown()
 
     # -- context manager -----------------------------------------------------------------
@@ -128,45 +118,3 @@ class HdfRestServer:
     ) -> None:
         self.close()
 
-    # -- background thread ---------------------------------------------------------------
-    def _launch(self) -> None:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        thread = threading.Thread(target=self._serve, args=(ready, failure), name="hdf-rest-server", daemon=True)
-        thread.start()
-        if not ready.wait(_START_TIMEOUT):
-            raise RuntimeError(f"HDF REST server did not start within {_START_TIMEOUT} s")
-        if failure:
-            thread.join()
-            raise RuntimeError(f"HDF REST server failed to bind {self._host}:{self._port}") from failure[0]
-        self._thread = thread
-
-    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        # A short shutdown grace period: close() must not hang on a slow client.
-        runner = web.AppRunner(build_app(self._registry, self._cors_origins, self._parameter_sink, self._parameter_source), access_log=None, shutdown_timeout=2.0)
-        try:
-            loop.run_until_complete(self._bind(runner))
-        except BaseException as exc:  # reported to start() in the caller's thread
-            failure.append(exc)
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-            ready.set()
-            return
-        self._loop = loop
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(runner.cleanup())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-            log.info("HDF REST server on port %s stopped", self._bound_port)
-
-    async def _bind(self, runner: web.AppRunner) -> None:
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
-        address = runner.addresses[0]
-        self._bound_port = int(address[1])

@@ -21,20 +21,19 @@ endpoint that does not answer), which the page shows as they are.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
+
+from pipeline.http_thread import BackgroundHttpServer
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ ENV_PASSWORD = "STREAMTOMO_VIEWER_PASSWORD"
 BUILD_COMMANDS = "npm ci --prefix viewer && npm run build --prefix viewer"
 UPSTREAM_TIMEOUT_S = 10.0
 MAX_PARAMETER_BODY = 1024
-_START_TIMEOUT_S = 30.0
 
 
 class ViewerAssetsMissing(RuntimeError):
@@ -230,30 +228,16 @@ class ViewerServer:
 
     def __init__(self, target: ViewerTarget, host: str = "127.0.0.1", port: int = 0, static_dir: Path | None = None) -> None:
         self.target = target
-        self._host = host
-        self._port = port
-        self._app = build_app(target, static_dir)  # raises ViewerAssetsMissing early
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._bound_port: int | None = None
+        app = build_app(target, static_dir)  # raises ViewerAssetsMissing early
+        self._http = BackgroundHttpServer(lambda: app, host, port, "viewer server", shutdown_timeout=1.0)
         self._closed = False
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self._host in ("", "0.0.0.0") else self._host
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self._bound_port if self._bound_port is not None else self._port}/"
+        return self._http.url() + "/"
 
     def start(self) -> ViewerServer:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        self._thread = threading.Thread(target=self._serve, args=(ready, failure), name="streamtomo-viewer", daemon=True)
-        self._thread.start()
-        if not ready.wait(_START_TIMEOUT_S):
-            raise RuntimeError(f"the viewer server did not start within {_START_TIMEOUT_S} s")
-        if failure:
-            self._thread.join()
-            raise OSError(f"the viewer cannot listen on {self._host}:{self._port}: {failure[0]}") from failure[0]
+        self._http.start()
         log.info("viewer for %s at %s serving %s", self.target.domain, self.target.endpoint, self.url)
         return self
 
@@ -261,44 +245,13 @@ class ViewerServer:
         if self._closed:
             return
         self._closed = True
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout)
+        self._http.close(timeout)
 
     def __enter__(self) -> ViewerServer:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
-
-    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        # shutdown_timeout: close() must not wait for a browser's open keep-alive connections.
-        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=1.0)
-        try:
-            loop.run_until_complete(self._bind(runner))
-        except BaseException as error:  # reported to start() in the caller's thread
-            failure.append(error)
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-            ready.set()
-            return
-        self._loop = loop
-        ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(runner.cleanup())
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _bind(self, runner: web.AppRunner) -> None:
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        await site.start()
-        address: Any = runner.addresses[0]
-        self._bound_port = int(address[1])
 
 
 def start_viewer(
