@@ -1,0 +1,240 @@
+"""Reconstruction engines on the same 3D Shepp-Logan rows, and the live per-projection path.
+
+Offline: every installed engine (ours ``fourier``, ``direct``, scikit-image
+``iradon``, ASTRA CPU FBP, tomopy gridrec/FBP) reconstructs the same K rows of
+an analytic Shepp-Logan scan at N = 256, 512, 1024 with A = round(pi/2 N)
+angles over 180 degrees (1608 at 1024, as in issue 3). Per engine: ms/slice
+(best of the repeats, all K rows in one call), giga-updates/s (N*N*A/time),
+SSIM and RMSE against the phantom inside the inscribed circle (what every
+engine reconstructs; the corners are outside the field of view), the peak
+memory of the call (each engine runs in its own process: peak RSS above the
+loaded input, so C/C++ allocations count too) and the time relative to ours.
+Slow engines (skimage, astra) get fewer rows and one repeat; skimage is
+skipped above N = 512 unless asked for.
+
+Live: adding one projection to K = 5 live slices (filter + ``backproject_into``)
+at N = 512, 1024, 2048, and to a centre sweep of 11 candidates.
+
+    python benchmarks/bench_recon.py [--sizes 256 512 1024] [--engines ...] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+SLOW = {"skimage": 2, "astra": 2, "direct": 4}  # rows reconstructed by the slow engines
+SKIMAGE_MAX_N = 512
+
+
+def inputs(n: int, rows: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], npt.NDArray[np.float32]]:
+    """(K, A, N) sinograms, angles, (K, N, N) phantom: the rows around z = -0.25."""
+    from pipeline.phantom import shepp_logan_3d
+    from pipeline.projector import project_shepp_logan_3d
+
+    angles = np.linspace(0.0, 180.0, round(math.pi / 2 * n), endpoint=False)
+    planes = np.arange(rows) + n // 2 - n // 8
+    sino = project_shepp_logan_3d(n, n, angles, oversample=2, rows=planes)
+    truth = shepp_logan_3d(n, oversample=2, planes=planes)
+    return np.ascontiguousarray(sino.transpose(1, 0, 2)), angles, truth
+
+
+def _status_kib(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> float:
+    """Reset the peak-RSS mark (Linux: clear_refs 5) and return the current RSS in MiB."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    current = _status_kib("VmRSS")
+    return (current if current is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024.0
+
+
+def peak_rss_mib() -> float:
+    peak = _status_kib("VmHWM")
+    return (peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024.0
+
+
+def run_engine(engine: str, path: str, repeats: int, rows: int) -> dict[str, float]:
+    """In a fresh process: time ``engine`` on the stored inputs, score it."""
+    from pipeline.recon import get_backend
+
+    data = np.load(path)
+    sino, angles, truth = data["sino"][:rows], data["angles"], data["truth"][:rows]
+    backend = get_backend(engine)
+    n = truth.shape[-1]
+    center = float(n // 2)
+    warm = backend.reconstruct(sino[:1], angles, center)  # compile / plan caches
+    del warm
+    before = reset_peak_rss()  # the warm-up's own peak must not hide this one
+    best = math.inf
+    result = None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = backend.reconstruct(sino, angles, center)
+        best = min(best, time.perf_counter() - start)
+    assert result is not None
+    peak = max(peak_rss_mib() - before, 0.0)
+    yy, xx = np.mgrid[:n, :n]
+    mask = (yy - n // 2) ** 2 + (xx - n // 2) ** 2 <= (n // 2) ** 2
+    rmse = float(np.sqrt(np.mean((result[:, mask] - truth[:, mask]) ** 2)))
+    ssim = math.nan
+    try:
+        from skimage.metrics import structural_similarity
+
+        ssim = float(np.mean([
+            structural_similarity(t * mask, r * mask, data_range=float(truth.max() - truth.min()))  # type: ignore[no-untyped-call]
+            for r, t in zip(result, truth, strict=True)
+        ]))
+    except ImportError:
+        pass
+    per_slice = best / sino.shape[0]
+    return {
+        "ms": 1e3 * per_slice,
+        "gups": n * n * angles.size / per_slice / 1e9,
+        "ssim": ssim,
+        "rmse": rmse,
+        "mem": peak,
+        "rows": float(sino.shape[0]),
+    }
+
+
+def offline(sizes: list[int], engines: list[str], repeats: int, rows: int, full_skimage: bool) -> None:
+    from pipeline.recon import installed_backends
+
+    present = [e for e in engines if e in installed_backends()]
+    missing = [e for e in engines if e not in present]
+    if missing:
+        print(f"not installed here (skipped): {', '.join(missing)}")
+    for n in sizes:
+        sino, angles, truth = inputs(n, rows)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "inputs.npz")
+            np.savez(path, sino=sino, angles=angles, truth=truth)
+            results: dict[str, dict[str, float]] = {}
+            for engine in present:
+                if engine == "skimage" and n > SKIMAGE_MAX_N and not full_skimage:
+                    print(f"  skimage skipped at N={n} (about 17 s/slice at 1024; --full-skimage to run it)")
+                    continue
+                k = SLOW.get(engine, rows)
+                reps = 1 if engine in ("skimage", "astra") else repeats
+                args = [sys.executable, __file__, "--worker", engine, path, str(reps), str(k)]
+                out = subprocess.run(args, capture_output=True, text=True, check=False)
+                if out.returncode != 0:
+                    print(f"  {engine} failed at N={n}: {out.stderr.strip().splitlines()[-1:]}")
+                    continue
+                results[engine] = json.loads(out.stdout.strip().splitlines()[-1])
+            if "fourier" in present:  # one slice per call: what tomopy's 576 ms "unbatched" measures
+                args = [sys.executable, __file__, "--worker", "fourier", path, str(repeats), "1"]
+                out = subprocess.run(args, capture_output=True, text=True, check=False)
+                if out.returncode == 0:
+                    results["fourier K=1"] = json.loads(out.stdout.strip().splitlines()[-1])
+        ours = results.get("fourier", results.get("direct", {})).get("ms", math.nan)
+        print(f"\nN={n}, A={angles.size} angles over 180 deg, {rows} rows per call (slow engines fewer)")
+        print(f"{'engine':<14}{'rows':>5}{'ms/slice':>11}{'Gupd/s':>8}{'SSIM':>7}{'RMSE':>8}{'peak MiB':>10}{'x ours':>8}")
+        for engine, r in results.items():
+            print(
+                f"{engine:<14}{int(r['rows']):>5}{r['ms']:>11.1f}{r['gups']:>8.2f}{r['ssim']:>7.3f}"
+                f"{r['rmse']:>8.4f}{r['mem']:>10.0f}{r['ms'] / ours:>8.2f}"
+            )
+        if n == 1024 and "fourier" in results:
+            f = results["fourier"]["ms"]
+            f1 = results.get("fourier K=1", {}).get("ms", math.nan)
+            print(
+                f"issue 3's tomopy gridrec on its machine: 183 ms/slice batched, 576 unbatched -> ours "
+                f"{183 / f:.1f}x and {576 / f1:.1f}x faster (not measured side by side: tomopy is conda-only)"
+            )
+
+
+def best_ms(fn: Callable[..., object], *args: object, repeats: int = 5) -> float:
+    fn(*args)  # warm-up: numba compile, page faults
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args)
+        best = min(best, time.perf_counter() - start)
+    return 1e3 * best
+
+
+def live(sizes: list[int], k: int = 5) -> None:
+    from pipeline.backprojection import backproject_into
+    from pipeline.cor import StreamingCorSweep
+    from pipeline.filters import ProjectionFilter
+
+    print(f"\nLive: one projection into K={k} slices (filter + backproject_into, numba) and an 11-centre sweep")
+    print(f"{'N':>6}{'filter ms':>11}{'backproject ms':>16}{'ms/slice':>10}{'Gupd/s':>8}{'sweep ms':>10}")
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        rows = rng.random((k, n)).astype(np.float32)
+        filt = ProjectionFilter(n)
+        filtered = filt.apply(rows)
+        out = np.zeros((k, n, n), np.float32)
+        t_filter = best_ms(filt.apply, rows)
+        t_bp = best_ms(backproject_into, out, filtered, 33.3, n / 2.0)
+        sweep = StreamingCorSweep(n, n / 2.0 + np.arange(-5.0, 6.0), slice_size=min(n, 512))
+        t_sweep = best_ms(sweep.add, rows[0], 33.3, repeats=3)
+        print(f"{n:>6}{t_filter:>11.2f}{t_bp:>16.2f}{t_bp / k:>10.2f}{k * n * n / t_bp / 1e6:>8.2f}{t_sweep:>10.1f}")
+    print("(sweep: 11 candidate centres, slices of min(N, 512) px)")
+
+
+def calibration(repeats: int) -> None:
+    """Issue 3 measured direct numba FBP at 465 ms/slice (N=1024, 16 rows): this machine now."""
+    from pipeline.recon import get_backend
+
+    sino, angles, _ = inputs(1024, 2)
+    backend = get_backend("direct")
+    backend.reconstruct(sino[:1, :, :64], angles, 32.0)  # numba compile
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        backend.reconstruct(sino, angles, 512.0)
+        best = min(best, time.perf_counter() - start)
+    print(f"\nmachine check: direct FBP at N=1024, 1608 angles: {1e3 * best / 2:.0f} ms/slice (issue 3: 465 with 16 rows)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--engines", nargs="+", default=["fourier", "direct", "skimage", "astra", "tomopy-gridrec", "tomopy-fbp"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=8, help="rows per call for the fast engines")
+    parser.add_argument("--live-sizes", type=int, nargs="*", default=[512, 1024, 2048])
+    parser.add_argument("--full-skimage", action="store_true")
+    parser.add_argument("--no-calibration", action="store_true")
+    parser.add_argument("--worker", nargs=4, metavar=("ENGINE", "INPUTS", "REPEATS", "ROWS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        engine, path, reps, rows = args.worker
+        print(json.dumps(run_engine(engine, path, int(reps), int(rows))))
+        return
+    print(f"bench_recon on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machine: best of runs)")
+    offline(args.sizes, args.engines, args.repeats, args.rows, args.full_skimage)
+    if args.live_sizes:
+        live(args.live_sizes)
+    if not args.no_calibration:
+        calibration(args.repeats)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main()
