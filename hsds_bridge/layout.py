@@ -97,6 +97,7 @@ def add_scan_datasets(domain: Domain, scan: LiveScan) -> None:
     )
     domain.create_dataset("/entry/reconstruction/slice_rows", scan.geometry.slice_rows.astype(np.int64))
     domain.create_dataset("/entry/reconstruction/n_projections", np.int64(0))
+    domain.create_dataset("/entry/reconstruction/center", np.float64(scan.geometry.center), attrs={"units": "pixel"})
     domain.create_dataset("/entry/reconstruction/parameters", scan.config.to_json())
 
 
@@ -115,6 +116,50 @@ def _set(domain: Domain, path: str, value: Any) -> bool:
         return False
     ds.set_scalar(value)
     return True
+
+
+def _replace_if_shape_differs(domain: Domain, path: str, values: np.ndarray, attrs: dict[str, Any] | None = None) -> bool:
+    """Write ``values`` (a whole dataset); recreate it when the shape changed."""
+    try:
+        ds = domain.dataset(path)
+    except KeyError:
+        ds = None
+    if ds is None or ds.shape != values.shape:
+        chunks = (1, *values.shape[1:]) if values.ndim == 3 else None
+        domain.create_dataset(path, values.astype(np.float32 if values.dtype.kind == "f" and values.ndim == 3 else values.dtype), chunks=chunks, attrs=attrs)
+        return True
+    if np.array_equal(ds.array, values):
+        return False
+    ds.write((slice(None),), values)
+    return True
+
+
+def _update_sweep(domain: Domain, scan: LiveScan) -> bool:
+    """The live centre-of-rotation strip: NXdata with the candidate centres as axis."""
+    slices = scan.sweep_slices()
+    if slices is None:
+        return False
+    try:
+        domain.get("/entry/reconstruction/cor_sweep")
+    except KeyError:
+        domain.create_group("/entry/reconstruction/cor_sweep", {"NX_class": "NXdata", "signal": "data", "axes": ["centers", ".", "."]})
+    changed = _replace_if_shape_differs(domain, "/entry/reconstruction/cor_sweep/centers", scan.sweep_centers(), {"units": "pixel"})
+    changed |= _replace_if_shape_differs(domain, "/entry/reconstruction/cor_sweep/data", slices, {"long_name": "attenuation per pixel"})
+    return changed
+
+
+def _update_volume(domain: Domain, scan: LiveScan) -> bool:
+    if scan.volume is None:
+        return False
+    try:
+        domain.get("/entry/reconstruction/volume")
+        return False
+    except KeyError:
+        domain.create_dataset(
+            "/entry/reconstruction/volume", scan.volume, chunks=(1, *scan.volume.shape[1:]),
+            attrs={"long_name": "attenuation per pixel", "interpretation": "image", "detector_rows": [int(r) for r in scan.geometry.sinogram_rows]},  # type: ignore[union-attr]
+        )
+        return True
 
 
 def update_domain(domain: Domain, scan: LiveScan, extra_status: dict[str, int] | None = None) -> bool:
@@ -152,6 +197,9 @@ def update_domain(domain: Domain, scan: LiveScan, extra_status: dict[str, int] |
                 recon.write((int(k),), slices[k])
                 changed = True
         changed |= _set(domain, "/entry/reconstruction/n_projections", np.int64(scan.n_projections))
+        changed |= _set(domain, "/entry/reconstruction/center", np.float64(scan.geometry.center))  # type: ignore[union-attr]
+        changed |= _update_sweep(domain, scan)
+        changed |= _update_volume(domain, scan)
         changed |= _set(domain, "/entry/reconstruction/parameters", scan.config.to_json())
     status = scan.status()
     for key, value in (extra_status or {}).items():

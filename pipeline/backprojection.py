@@ -20,10 +20,12 @@ import functools
 import importlib.util
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from pipeline.numba_runtime import PARALLEL_LOCK, load_numba
 
 Backend = Literal["auto", "numba", "numpy"]
 BACKENDS: tuple[str, ...] = ("auto", "numba", "numpy")
@@ -58,6 +60,7 @@ PARALLEL_MIN_UPDATES = 1 << 18
 @functools.cache
 def _numba_kernel(parallel: bool = True) -> _Kernel:
     """Compile (or load from cache) the numba kernel; numba is imported only here."""
+    load_numba()  # threading layer first
     import numba
 
     # numba's disk cache is keyed by function name and line, not by flags: caching
@@ -82,7 +85,14 @@ def _numba_kernel(parallel: bool = True) -> _Kernel:
                     a = rows[k, i0]
                     out[k, i, j] += w * (a + frac * (rows[k, i0 + 1] - a))
 
-    return backproject_kernel
+    if not parallel:
+        return backproject_kernel  # type: ignore[no-any-return,unused-ignore]
+
+    def locked(*args: Any) -> None:
+        with PARALLEL_LOCK:
+            backproject_kernel(*args)
+
+    return locked
 
 
 def _numpy_kernel(

@@ -48,7 +48,11 @@ class PipelineConfig:
     encoder_offset: float = field(default=0.0, metadata={"help": "angle in degrees at encoder count 0"})
     rows: str = field(default="all", metadata={"help": "detector rows assembled into sinograms: 'all', 'a:b[:step]' or 'r1,r2,...'"})
     slice_rows: str = field(default="", metadata={"help": "detector rows reconstructed live (must be sinogram rows); empty: 5 rows spread over the sinogram rows"})
-    center: str = field(default="", metadata={"help": "rotation axis column (0-based); empty: detector middle"})
+    center: str = field(default="", metadata={"help": "rotation axis column (0-based); empty: detector middle; 'auto': estimated from the sinogram at the end of the scan"})
+    cor_sweep_steps: int = field(default=7, metadata={"help": "live centre-of-rotation sweep: candidate centres around the centre (0: off)"})
+    cor_sweep_step: float = field(default=1.0, metadata={"help": "spacing of the sweep's candidate centres, pixels"})
+    backend: str = field(default="default", metadata={"help": "reconstruction backend for the end-of-scan volume: default (fourier), direct, skimage, astra, tomopy-gridrec, tomopy-fbp"})
+    volume: bool = field(default=True, metadata={"help": "reconstruct every sinogram row into /entry/reconstruction/volume at the end of the scan"})
     filter: str = field(default="ramp", metadata={"help": f"FBP filter: {', '.join(FILTERS)}"})
     slice_size: int = field(default=0, metadata={"help": "reconstructed slice width in pixels; 0: detector width"})
     flush_every: int = field(default=8, metadata={"help": "projections a worker accumulates before sending its partial sum"})
@@ -79,11 +83,19 @@ class PipelineConfig:
             raise ConfigError(f"counts_per_degree must be finite and non-zero, got {self.counts_per_degree}")
         if self.publish_interval <= 0:
             raise ConfigError(f"publish_interval must be > 0, got {self.publish_interval}")
-        if self.center.strip():
+        if self.center.strip() and self.center.strip() != "auto":
             try:
                 float(self.center)
             except ValueError:
-                raise ConfigError(f"center must be a column number or empty, got {self.center!r}") from None
+                raise ConfigError(f"center must be a column number, 'auto' or empty, got {self.center!r}") from None
+        if self.cor_sweep_steps < 0 or self.cor_sweep_step <= 0:
+            raise ConfigError(f"cor_sweep_steps must be >= 0 and cor_sweep_step > 0, got {self.cor_sweep_steps}, {self.cor_sweep_step}")
+        from pipeline.recon import available_backends, resolve_name
+
+        try:
+            resolve_name(self.backend)
+        except ValueError:
+            raise ConfigError(f"backend {self.backend!r} is unknown; choose one of {list(available_backends())}") from None
         # Syntax only here; bounds are checked against the detector when it is known.
         check_rows_syntax(self.rows)
         if self.slice_rows.strip():
@@ -99,7 +111,8 @@ class PipelineConfig:
 
     def center_value(self, cols: int) -> float:
         """The rotation axis column, checked against the detector width."""
-        if not self.center.strip():
+        if not self.center.strip() or self.center.strip() == "auto":
+            # 'auto' is resolved by the reducer (LiveScan) into a number at the end.
             return (cols - 1) / 2.0
         value = float(self.center)
         if not (0.0 <= value <= cols - 1):

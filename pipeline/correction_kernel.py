@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.backprojection import numba_available
+from pipeline.numba_runtime import PARALLEL_LOCK, load_numba
 
 FloatArray = npt.NDArray[np.float32]
 _Kernel = Callable[[npt.NDArray[np.integer], npt.NDArray[np.int32], FloatArray, FloatArray, int, float, float, FloatArray], None]
@@ -24,6 +26,7 @@ PARALLEL_MIN_PIXELS = 1 << 18  # smaller frames: a parallel region costs more th
 
 @functools.cache
 def _numba_kernel(parallel: bool = True) -> _Kernel:
+    load_numba()  # threading layer first
     import numba
 
     # numba's disk cache is keyed by function name and line, not by flags: caching
@@ -40,7 +43,14 @@ def _numba_kernel(parallel: bool = True) -> _Kernel:
                     v = high
                 out[r, c] = v
 
-    return lut_kernel  # type: ignore[no-any-return,unused-ignore]
+    if not parallel:
+        return lut_kernel  # type: ignore[no-any-return,unused-ignore]
+
+    def locked(*args: Any) -> None:
+        with PARALLEL_LOCK:
+            lut_kernel(*args)
+
+    return locked
 
 
 def _numpy_kernel(

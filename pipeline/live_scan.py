@@ -14,6 +14,7 @@ whatever the number of workers and whatever they lost.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import secrets
@@ -26,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.config import PipelineConfig
+from pipeline.cor import StreamingCorSweep, auto_center, cor_sweep
 from pipeline.correction import Corrector
 from pipeline.fbp import angular_weights, weight_partial_sum
 from pipeline.frame_processor import LiveSliceGeometry, geometry_for
@@ -91,6 +93,9 @@ class LiveScan:
         self._waiting_logged = False  # frame -> partial sums seen before its rows
         self._needs_fix: set[int] = set()
         self._slot_ratio: FloatArray | None = None  # final angular weights / uniform
+        self.sweep: StreamingCorSweep | None = None  # live centre-of-rotation strip
+        self.auto_center: float | None = None  # the estimate when center is 'auto'
+        self.volume: FloatArray | None = None  # every sinogram row, at the end
         self._waiting: list[ProjectionRows] = []  # projections whose references are not settled
         self._seen_frames: set[int] = set()  # frame indices that arrived (used or rejected)
         self._reference_frames: set[int] = set()
@@ -142,6 +147,7 @@ class LiveScan:
             grid = AngleGrid(self.config.angle_start, self.config.angle_range, self.config.n_projections, self.config.angle_tolerance)
             self.sinogram = SinogramAssembler(len(self.geometry.sinogram_rows), grid, detector.cols)
             self.live_sum = self.geometry.new_stack()
+            self.sweep = self._new_sweep()
             self.state = "running"
             logger.info(
                 "scan started: detector %dx%d %s, %d sinogram rows, live slices at rows %s",
@@ -294,6 +300,8 @@ class LiveScan:
             values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
         self.sinogram.place(slot, msg.angle_deg, values)
         self.counts["projections"] += 1
+        if self.sweep is not None:
+            self.sweep.add(values[self._sweep_position()], msg.angle_deg)
         record = _FrameRecord(slot, msg.angle_deg, values[self.geometry.slice_positions].copy(), worker_rows)
         if worker_rows is not None and msg.recon_id != self.geometry.recon_id:
             record.worker_rows = None  # made with other settings: its partial is discarded
@@ -378,6 +386,10 @@ class LiveScan:
             return
         self.geometry = geometry
         self.live_sum = geometry.new_stack()
+        self.sweep = self._new_sweep()
+        if self.sweep is not None:  # seed it with the projections so far
+            for slot in self.sinogram.filled_slots() if self.sinogram is not None else []:
+                self.sweep.add(self.sinogram.data[self._sweep_position(), slot], float(self.sinogram.angles()[slot]))  # type: ignore[union-attr]
         assert self.sinogram is not None
         for record in self._frames.values():
             # Each frame of a slot contributes slot mean / count, so the slot mean
@@ -411,7 +423,65 @@ class LiveScan:
         self._early_partials.clear()
         self._apply_angular_weights()
         self.reconcile(backfill=True)
+        if self.config.center.strip() == "auto":
+            self._resolve_auto_center()
+        if self.sweep is not None:
+            self._finish_sweep()
         self.state = "finished"
+
+    # -- centre of rotation ---------------------------------------------------------
+    def _sweep_position(self) -> int:
+        """The sinogram-row position of the middle live slice: the sweep's row."""
+        assert self.geometry is not None
+        return int(self.geometry.slice_positions[len(self.geometry.slice_positions) // 2])
+
+    def sweep_centers(self) -> npt.NDArray[np.float64]:
+        assert self.geometry is not None and self.detector is not None
+        steps = self.config.cor_sweep_steps
+        centers = self.geometry.center + self.config.cor_sweep_step * (np.arange(steps) - (steps - 1) / 2.0)
+        return np.clip(centers, 0.0, self.detector.cols - 1.0)
+
+    def _new_sweep(self) -> StreamingCorSweep | None:
+        if self.config.cor_sweep_steps == 0 or self.geometry is None or self.detector is None:
+            return None
+        return StreamingCorSweep(self.detector.cols, self.sweep_centers(), self.geometry.size, self.config.filter)
+
+    def _finish_sweep(self) -> None:
+        """Exact sweep from the sinogram (order, repeats and weights accounted for)."""
+        assert self.sinogram is not None and self.sweep is not None and self.geometry is not None
+        filled = self.sinogram.filled_slots()
+        if len(filled) < 2:
+            return
+        row = self.sinogram.data[self._sweep_position()][filled]
+        self.sweep_result = cor_sweep(row, self.sinogram.angles()[filled], self.sweep.centers, self.config.filter, self.geometry.size, backend="direct")
+
+    def sweep_slices(self) -> FloatArray | None:
+        if self.sweep is None:
+            return None
+        final = getattr(self, "sweep_result", None)
+        return final if final is not None and self.state == "finished" else self.sweep.result()
+
+    def _resolve_auto_center(self) -> None:
+        """center='auto': estimate the axis on the sweep's row, rebuild the slices with it."""
+        assert self.sinogram is not None and self.detector is not None
+        filled = self.sinogram.filled_slots()
+        if len(filled) < 8:
+            logger.warning("center 'auto': too few projections (%d) to estimate the axis", len(filled))
+            return
+        row = self.sinogram.data[self._sweep_position()][filled]
+        try:
+            estimate = auto_center(row, self.sinogram.angles()[filled])
+        except ValueError as error:
+            logger.warning("center 'auto' failed (%s): keeping the detector middle", error)
+            return
+        self.auto_center = float(estimate)
+        logger.info("center 'auto': rotation axis at column %.2f", estimate)
+        config = self.config
+        self.reconfigure(dataclasses.replace(config, center=f"{estimate:.3f}"))
+        self._apply_angular_weights()
+        self.reconcile(backfill=True)
+        self.config = config  # the published parameters keep saying 'auto'
+
 
     def _apply_angular_weights(self) -> None:
         """Final weights by the angular interval each slot covers (gaps, irregular angles).

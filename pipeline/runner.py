@@ -153,7 +153,8 @@ class ReplayRun:
         seconds = (self.finished_at or time.time()) - self.started_at
         return RunSummary(
             frames=int(status["frames_received"]), projections=int(status["projections"]), rejected=rejected,
-            seconds=seconds, last_frame_to_final_s=max((self.finished_at or time.time()) - last_frame, 0.0),
+            seconds=seconds,
+            last_frame_to_final_s=max((getattr(self.reducer, "final_slices_at", 0.0) or self.finished_at or time.time()) - last_frame, 0.0),
             endpoint=self.reducer.endpoint, domain=self.reducer.domain.name,
         )
 

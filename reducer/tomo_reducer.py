@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from pipeline.config import PipelineConfig
 from pipeline.frame_processor import LiveSliceGeometry
 from pipeline.live_scan import LiveScan
 from pipeline.messages import WorkerResult
+from pipeline.recon import reconstruct
 from pipeline.references import ReferenceSet
 from workers.dranspose_params import REFERENCES, ConfigCache, describe_parameters
 
@@ -79,6 +81,7 @@ class TomoReducer:
         self.publishers: list[Publisher] = [self.server]
         self.hsds: HsdsWriter | None = self._start_hsds() if self.settings.hsds_endpoint else None
         self._finished = threading.Event()
+        self.final_slices_at = 0.0  # when the final slices were published
         self._closed = False
         self._refused: PipelineConfig | None = None
         logger.info("live domain %s at %s", self.domain.name, self.server.url)
@@ -194,6 +197,13 @@ class TomoReducer:
             self._apply_parameters(parameters)
             self.scan.finish()
             self._publish_locked()
+            self.final_slices_at = time.time()
+        # The whole volume after the final slices are out: readers see those first.
+        volume = self._reconstruct_volume()
+        with self.lock:
+            if volume is not None:
+                self.scan.volume = volume
+                self._publish_locked()
             self._finished.set()
         if self.hsds is not None:
             # The scan's HSDS domain is complete: send the rest and flush to storage.
@@ -205,6 +215,27 @@ class TomoReducer:
             "scan finished: %d projections, %d rejected %s",
             status["projections"], status["frames_rejected"], json.dumps(dict(self.scan.rejected)),
         )
+
+    def _reconstruct_volume(self) -> Any:
+        """Outside the lock: readers keep reading while it runs."""
+        with self.lock:
+            scan = self.scan
+            if not scan.config.volume or scan.sinogram is None or scan.geometry is None:
+                return None
+            filled = scan.sinogram.filled_slots()
+            sinograms = scan.sinogram.data[:, filled].copy()
+            angles = scan.sinogram.angles()[filled]
+            center, size, config = scan.geometry.center, scan.geometry.size, scan.config
+        if len(filled) < 2:
+            return None
+        try:
+            started = time.perf_counter()
+            volume = reconstruct(sinograms, angles, center, config.filter, size, backend=config.backend)
+        except (ImportError, ValueError) as error:
+            logger.warning("no end-of-scan volume: %s", error)
+            return None
+        logger.info("volume of %d slices (%s backend) in %.2f s", volume.shape[0], config.backend, time.perf_counter() - started)
+        return volume
 
     def close(self, context: dict[Any, Any] | None = None) -> None:
         self._closed = True
