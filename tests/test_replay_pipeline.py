@@ -132,3 +132,25 @@ def test_live_centre_change_gives_the_same_final_slices(small_scan: tuple[Simula
         got = domain_arrays(run.reducer)
     np.testing.assert_allclose(got["/entry/reconstruction/data"], target["/entry/reconstruction/data"], rtol=1e-5, atol=1e-5 * float(np.abs(target["/entry/reconstruction/data"]).max()))
     assert '"center": "33.0"' in str(got["/entry/reconstruction/parameters"][()])
+
+
+def test_cor_sweep_and_volume_are_published(small_scan: tuple[SimulationSpec, list[Path]]) -> None:
+    spec, recordings = small_scan
+    config = spec.config(backend="direct")  # the volume by the same FBP as the live slices
+    arrays = run_to_end(recordings, config, workers=2)
+    center = config.center_value(spec.cols)
+    centers = arrays["/entry/reconstruction/cor_sweep/centers"]
+    np.testing.assert_allclose(centers, center + np.arange(-3, 4) * config.cor_sweep_step)
+    sweep = arrays["/entry/reconstruction/cor_sweep/data"]
+    slices = arrays["/entry/reconstruction/data"]
+    assert sweep.shape == (7, *slices.shape[1:])
+    # The middle candidate is the configured centre on the middle live slice's row.
+    middle = slices[len(slices) // 2]
+    assert float(np.abs(sweep[3] - middle).max() / np.abs(middle).max()) < 1e-3
+    # The volume has every sinogram row; its rows equal the live slices.
+    volume = arrays["/entry/reconstruction/volume"]
+    rows = list(arrays["/entry/sinogram/detector_row"])
+    assert volume.shape == (len(rows), *slices.shape[1:])
+    for k, row in enumerate(arrays["/entry/reconstruction/slice_rows"]):
+        got = volume[rows.index(row)]
+        assert float(np.abs(got - slices[k]).max() / np.abs(slices[k]).max()) < 1e-4, row
