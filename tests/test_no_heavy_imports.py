@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-HEAVY = ("tomopy", "astra", "h5pyd", "numba", "skimage", "hsds", "h5py")
+HEAVY = ("tomopy", "astra", "h5pyd", "numba", "skimage", "hsds", "h5py", "finufft")
 
 
 @pytest.mark.parametrize(
