@@ -12,30 +12,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import numpy.typing as npt
 
 from pipeline.fbp import angular_weights
-from pipeline.recon.common import FloatArray, finish, prepare
+from pipeline.recon.common import FloatArray, PreparedBackend, ReconInput
 from pipeline.recon.shifting import centred_width, recentre
 
 ASTRA_FILTERS = {"ramp": "ram-lak", "shepp-logan": "shepp-logan", "hann": "hann"}
 
 
-class AstraBackend:
+class AstraBackend(PreparedBackend):
     """ASTRA ``FBP`` (CPU, ``linear`` projector), one slice at a time."""
 
     name = "astra"
     requires = "astra-toolbox"
 
-    def reconstruct(
-        self,
-        sinograms: npt.ArrayLike,
-        angles_deg: npt.ArrayLike,
-        center: float,
-        filter_name: str = "ramp",
-        slice_size: int | None = None,
-    ) -> FloatArray:
-        spec = prepare(sinograms, angles_deg, center, filter_name, slice_size)
+    def _run(self, spec: ReconInput) -> FloatArray:
         import astra  # optional: imported only when this backend runs
 
         n_slices, n_angles, n_cols = spec.shape
@@ -68,4 +59,4 @@ class AstraBackend:
                     astra.data2d.delete([sino_id, rec_id])
         finally:
             astra.projector.delete(projector)
-        return finish(out, spec)
+        return out

@@ -152,3 +152,25 @@ def crop_or_pad(slices: npt.NDArray[np.floating], size: int) -> FloatArray:
     n = min(m - lo_in, size - lo_out)
     out[:, lo_out : lo_out + n, lo_out : lo_out + n] = slices[:, lo_in : lo_in + n, lo_in : lo_in + n]
     return out
+
+
+class PreparedBackend:
+    """Template for backends: inputs checked and normalised once (:func:`prepare`),
+    the engine run on them (:meth:`_run`), the result cropped and typed (:func:`finish`)."""
+
+    name: str
+    requires: str
+
+    def reconstruct(
+        self,
+        sinograms: npt.ArrayLike,
+        angles_deg: npt.ArrayLike,
+        center: float,
+        filter_name: str = "ramp",
+        slice_size: int | None = None,
+    ) -> FloatArray:
+        spec = prepare(sinograms, angles_deg, center, filter_name, slice_size)
+        return finish(self._run(spec), spec)
+
+    def _run(self, spec: ReconInput) -> FloatArray:
+        raise NotImplementedError

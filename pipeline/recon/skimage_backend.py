@@ -5,28 +5,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import numpy.typing as npt
 
 from pipeline.fbp import angular_weights
-from pipeline.recon.common import FloatArray, finish, prepare
+from pipeline.recon.common import FloatArray, PreparedBackend, ReconInput
 from pipeline.recon.shifting import centred_width, recentre
 
 
-class SkimageBackend:
+class SkimageBackend(PreparedBackend):
     """``skimage.transform.iradon`` per slice, axis moved to iradon's column W//2."""
 
     name = "skimage"
     requires = "scikit-image"
 
-    def reconstruct(
-        self,
-        sinograms: npt.ArrayLike,
-        angles_deg: npt.ArrayLike,
-        center: float,
-        filter_name: str = "ramp",
-        slice_size: int | None = None,
-    ) -> FloatArray:
-        spec = prepare(sinograms, angles_deg, center, filter_name, slice_size)
+    def _run(self, spec: ReconInput) -> FloatArray:
         from skimage.transform import iradon  # optional: imported only when this backend runs
 
         _, n_angles, n_cols = spec.shape
@@ -46,4 +37,4 @@ class SkimageBackend:
                 filter_name=spec.filter_name,
                 circle=False,
             )
-        return finish(out, spec)
+        return out

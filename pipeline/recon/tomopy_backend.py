@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.recon.common import FloatArray, crop_or_pad, finish, prepare
+from pipeline.recon.common import FloatArray, PreparedBackend, ReconInput, crop_or_pad
 
 TOMOPY_FILTERS = {"ramp": "ramlak", "shepp-logan": "shepp", "hann": "hann"}
 Orientation = tuple[int, bool, bool]  # (transpose?, flip rows?, flip columns?) as ints/bools
@@ -92,7 +92,7 @@ def _calibration(algorithm: str) -> tuple[Orientation, float]:
     return calibrate(_tomopy_engine(algorithm))
 
 
-class TomopyBackend:
+class TomopyBackend(PreparedBackend):
     """``tomopy.recon`` with ``algorithm`` 'gridrec' or 'fbp'."""
 
     requires = "tomopy (conda install -c conda-forge tomopy; not on PyPI)"
@@ -101,17 +101,9 @@ class TomopyBackend:
         self.algorithm = algorithm
         self.name = f"tomopy-{algorithm}"
 
-    def reconstruct(
-        self,
-        sinograms: npt.ArrayLike,
-        angles_deg: npt.ArrayLike,
-        center: float,
-        filter_name: str = "ramp",
-        slice_size: int | None = None,
-    ) -> FloatArray:
-        spec = prepare(sinograms, angles_deg, center, filter_name, slice_size)
+    def _run(self, spec: ReconInput) -> FloatArray:
         orientation, scale = _calibration(self.algorithm)
         engine = _tomopy_engine(self.algorithm, spec.filter_name)
         out = orient(engine(spec.sinograms, spec.angles_deg, spec.center, spec.slice_size), orientation)
         out *= np.float32(scale)
-        return finish(out, spec)
+        return out
