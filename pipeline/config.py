@@ -53,6 +53,12 @@ class PipelineConfig:
     cor_sweep_step: float = field(default=1.0, metadata={"help": "spacing of the sweep's candidate centres, pixels"})
     backend: str = field(default="default", metadata={"help": "reconstruction backend for the end-of-scan volume: default (fourier), direct, skimage, astra, tomopy-gridrec, tomopy-fbp"})
     volume: bool = field(default=True, metadata={"help": "reconstruct every sinogram row into /entry/reconstruction/volume at the end of the scan"})
+    zinger_removal: bool = field(default=False, metadata={"help": "volume: replace zingers (isolated outlier pixels) in each projection by the local median"})
+    ring_removal: bool = field(default=False, metadata={"help": "volume: sorting-based stripe (ring) removal on each sinogram (Vo 2018)"})
+    paganin_delta_beta: float = field(default=0.0, metadata={"help": "volume: Paganin phase retrieval with this delta/beta (0: off; needs all detector rows)"})
+    energy_kev: float = field(default=20.0, metadata={"help": "X-ray energy for Paganin, keV"})
+    distance_m: float = field(default=0.1, metadata={"help": "sample-detector distance for Paganin, m"})
+    pixel_size_m: float = field(default=1e-6, metadata={"help": "detector pixel size for Paganin, m"})
     filter: str = field(default="ramp", metadata={"help": f"FBP filter: {', '.join(FILTERS)}"})
     slice_size: int = field(default=0, metadata={"help": "reconstructed slice width in pixels; 0: detector width"})
     flush_every: int = field(default=8, metadata={"help": "projections a worker accumulates before sending its partial sum"})
@@ -88,6 +94,11 @@ class PipelineConfig:
                 float(self.center)
             except ValueError:
                 raise ConfigError(f"center must be a column number, 'auto' or empty, got {self.center!r}") from None
+        for name in ("energy_kev", "distance_m", "pixel_size_m"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.paganin_delta_beta < 0:
+            raise ConfigError(f"paganin_delta_beta must be >= 0 (0: off), got {self.paganin_delta_beta}")
         if self.cor_sweep_steps < 0 or self.cor_sweep_step <= 0:
             raise ConfigError(f"cor_sweep_steps must be >= 0 and cor_sweep_step > 0, got {self.cor_sweep_steps}, {self.cor_sweep_step}")
         from pipeline.recon import available_backends, resolve_name

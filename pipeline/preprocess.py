@@ -299,3 +299,34 @@ def average_repeats(
     np.add.at(sums, slots, stack.transpose(1, 0, 2).astype(np.float64))
     mean = np.ascontiguousarray((sums / counts[:, None, None]).transpose(1, 0, 2), dtype=np.float32)
     return (mean[0] if single else mean), slot_angles, counts
+
+
+def prepare_volume_sinograms(
+    sinograms: npt.ArrayLike,
+    *,
+    zingers: bool = False,
+    rings: bool = False,
+    paganin_delta_beta: float = 0.0,
+    energy_kev: float = 20.0,
+    distance_m: float = 0.1,
+    pixel_size_m: float = 1e-6,
+    contiguous_rows: bool = True,
+) -> FloatArray:
+    """The end-of-scan preprocessing, in the usual order, on a (rows, A, C) -log stack.
+
+    Zingers are removed per projection, Paganin works on each projection's
+    transmission (it needs neighbouring detector rows: skipped, with a ValueError,
+    when the sinogram rows are not contiguous), rings per sinogram.
+    """
+    data = _float_images(sinograms, "sinograms", 3)
+    if zingers:
+        data = np.ascontiguousarray(remove_outliers(data.transpose(1, 0, 2)).transpose(1, 0, 2))
+    if paganin_delta_beta > 0:
+        if not contiguous_rows or data.shape[0] < 2:
+            raise ValueError("Paganin phase retrieval needs contiguous detector rows (rows='all' or 'a:b')")
+        transmission = np.exp(-data.transpose(1, 0, 2))
+        retrieved = paganin(transmission, energy_kev=energy_kev, distance_m=distance_m, pixel_size_m=pixel_size_m, delta_beta=paganin_delta_beta)
+        data = np.ascontiguousarray(retrieved.transpose(1, 0, 2))
+    if rings:
+        data = remove_stripes_sorting(data)
+    return data.astype(np.float32, copy=False)

@@ -22,6 +22,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from hsds_bridge.control_api import LIVE_PARAMETERS
 from hsds_bridge.credentials import CredentialsError, load_credentials
 from hsds_bridge.hsds_writer import HsdsWriter, HsdsWriterError
@@ -32,6 +34,7 @@ from pipeline.config import PipelineConfig
 from pipeline.frame_processor import LiveSliceGeometry
 from pipeline.live_scan import LiveScan
 from pipeline.messages import WorkerResult
+from pipeline.preprocess import prepare_volume_sinograms
 from pipeline.recon import reconstruct
 from pipeline.references import ReferenceSet
 from workers.dranspose_params import REFERENCES, ConfigCache, describe_parameters
@@ -230,6 +233,13 @@ class TomoReducer:
             return None
         try:
             started = time.perf_counter()
+            rows = scan.geometry.sinogram_rows
+            sinograms = prepare_volume_sinograms(
+                sinograms, zingers=config.zinger_removal, rings=config.ring_removal,
+                paganin_delta_beta=config.paganin_delta_beta, energy_kev=config.energy_kev,
+                distance_m=config.distance_m, pixel_size_m=config.pixel_size_m,
+                contiguous_rows=bool(np.all(np.diff(rows) == 1)),
+            )
             volume = reconstruct(sinograms, angles, center, config.filter, size, backend=config.backend)
         except (ImportError, ValueError) as error:
             logger.warning("no end-of-scan volume: %s", error)
