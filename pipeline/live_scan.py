@@ -72,7 +72,8 @@ class LiveScan:
         # rows with) the references of an earlier scan.
         self.references = ReferenceTracker(first_version=secrets.randbits(40) << 8)
         self._versions: dict[int, ReferenceSet] = {}
-        self._known_only: set[int] = set()  # earlier scans' references: recorrect, never apply
+        self._known_only: set[int] = set()  # earlier scans' references (re-correction only)
+        self._kept: ReferenceSet | None = None  # an earlier scan's set, applied (keep_references)
         self._correctors: dict[int, Corrector] = {}
         self.reset()
 
@@ -84,6 +85,7 @@ class LiveScan:
             self._versions.clear()
             self._correctors.clear()
             self._known_only.clear()
+            self._kept = None
         self.detector: DetectorInfo | None = None
         self.geometry: LiveSliceGeometry | None = None
         self.sinogram: SinogramAssembler | None = None
@@ -233,22 +235,23 @@ class LiveScan:
     def remember_references(self, refs: ReferenceSet, applicable: bool) -> None:
         """References from an earlier scan: used for this one only if ``applicable``
         (``keep_references``); otherwise only to re-correct rows workers labelled with them."""
+        # Versions order references within a scan only, and frame indices belong to
+        # the scan that took them: an earlier scan's set is never compared with ours.
         self._versions[refs.version] = refs
-        if not applicable:
-            self._known_only.add(refs.version)
+        self._known_only.add(refs.version)
+        if applicable:
+            self._kept = refs
 
     def _applicable(self, frame_index: int) -> ReferenceSet | None:
-        """The newest reference set taken before ``frame_index``."""
-        best: ReferenceSet | None = None
-        for refs in self._versions.values():
-            if refs.version in self._known_only:
-                continue
-            if refs.flat_after is None and refs.before_index < frame_index and (best is None or refs.version > best.version):
-                best = refs
-        if best is None:  # references taken only after the projections
-            done = [r for r in self._versions.values() if r.flat_after is None and r.version not in self._known_only]
-            best = max(done, key=lambda r: r.version) if done else None
-        return best
+        """The newest reference set of this scan taken before ``frame_index``; else the
+        kept set of an earlier scan; else this scan's references taken after the projections."""
+        ours = [r for r in self._versions.values() if r.version not in self._known_only and r.flat_after is None]
+        before = [r for r in ours if r.before_index < frame_index]
+        if before:
+            return max(before, key=lambda r: r.version)
+        if self._kept is not None:
+            return self._kept
+        return max(ours, key=lambda r: r.version) if ours else None
 
     def _corrector(self, version: int) -> Corrector:
         if version not in self._correctors:

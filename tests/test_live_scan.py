@@ -276,3 +276,29 @@ def test_frames_received_counts_each_frame_once() -> None:
     scan = run(frames, 2, config(n_flats_before=0))
     assert scan.rejected["no_references"] == ANGLES
     assert scan.status()["frames_received"] == len(frames)
+
+
+def test_kept_references_never_outrank_this_scans_own() -> None:
+    frames = make_frames(seed=1)
+    cfg = config(keep_references=True)
+    earlier = run(make_frames(seed=2), 1, cfg).references.current
+    assert earlier is not None
+    # Even with a larger version number, an earlier scan's set loses to this scan's.
+    earlier = ReferenceSet(10**15, earlier.dark, earlier.flat, earlier.before_index)
+    scan = LiveScan(cfg)
+    scan.remember_references(earlier, applicable=True)
+    worker = FrameProcessor(cfg)
+    for frame in frames:
+        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    scan.finish()
+    alone = run(frames, 1, config())
+    np.testing.assert_array_equal(scan.sinogram.data, alone.sinogram.data)  # type: ignore[union-attr]
+    # Without references of its own, the scan uses the kept set.
+    projections_only = [Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(f for f in frames if f.key == ImageKey.PROJECTION)]
+    reuse = LiveScan(config(keep_references=True, n_darks_before=0, n_flats_before=0))
+    reuse.remember_references(earlier, applicable=True)
+    for frame in projections_only:
+        reuse.add_result(WorkerResult(list(FrameProcessor(reuse.config).process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    reuse.finish()
+    assert reuse.status()["projections"] == ANGLES
+    assert not reuse.rejected
