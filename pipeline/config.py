@@ -17,6 +17,7 @@ from typing import Any
 FILTERS = ("ramp", "shepp-logan", "hann")
 KIND_RULES = ("counts", "header")
 COMPRESSIONS = ("none", "bslz4")
+LIVE_MODES = ("accumulate", "window")
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,7 @@ class PipelineConfig:
     rows: str = field(default="all", metadata={"help": "detector rows assembled into sinograms: 'all', 'a:b[:step]' or 'r1,r2,...'"})
     slice_rows: str = field(default="", metadata={"help": "detector rows reconstructed live (must be sinogram rows); empty: 5 rows spread over the sinogram rows"})
     center: str = field(default="", metadata={"help": "rotation axis column (0-based); empty: detector middle; 'auto': estimated from the sinogram at the end of the scan"})
+    live_mode: str = field(default="accumulate", metadata={"help": "live slices: 'accumulate' (all projections so far) or 'window' (the last 180 degrees of a continuous rotation, in acquisition order)"})
     cor_sweep_steps: int = field(default=7, metadata={"help": "live centre-of-rotation sweep: candidate centres around the centre (0: off)"})
     cor_sweep_step: float = field(default=1.0, metadata={"help": "spacing of the sweep's candidate centres, pixels"})
     backend: str = field(default="default", metadata={"help": "reconstruction backend for the end-of-scan volume: default (fourier), direct, skimage, astra, tomopy-gridrec, tomopy-fbp"})
@@ -74,6 +76,7 @@ class PipelineConfig:
     def validate(self) -> None:
         _choice("kind_rule", self.kind_rule, KIND_RULES)
         _choice("filter", self.filter, FILTERS)
+        _choice("live_mode", self.live_mode, LIVE_MODES)
         for name in ("n_darks_before", "n_flats_before", "n_flats_after", "n_darks_after", "slice_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

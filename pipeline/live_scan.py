@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from pipeline.config import PipelineConfig
 from pipeline.cor import StreamingCorSweep, auto_center, cor_sweep
+from pipeline.live_views import SlidingWindowFBP
 from pipeline.correction import Corrector
 from pipeline.fbp import angular_weights, weight_partial_sum
 from pipeline.frame_processor import LiveSliceGeometry, geometry_for
@@ -98,6 +99,9 @@ class LiveScan:
         self.sweep: StreamingCorSweep | None = None  # live centre-of-rotation strip
         self.auto_center: float | None = None  # the estimate when center is 'auto'
         self.volume: FloatArray | None = None  # every sinogram row, at the end
+        self.window: SlidingWindowFBP | None = None  # live_mode 'window'
+        self._window_next = 0  # next frame index the window takes (acquisition order)
+        self._window_rows: dict[int, tuple[FloatArray, float]] = {}
         self._waiting: list[ProjectionRows] = []  # projections whose references are not settled
         self._seen_frames: set[int] = set()  # frame indices that arrived (used or rejected)
         self._reference_frames: set[int] = set()
@@ -150,6 +154,7 @@ class LiveScan:
             self.sinogram = SinogramAssembler(len(self.geometry.sinogram_rows), grid, detector.cols)
             self.live_sum = self.geometry.new_stack()
             self.sweep = self._new_sweep()
+            self.window = self._new_window()
             self.state = "running"
             logger.info(
                 "scan started: detector %dx%d %s, %d sinogram rows, live slices at rows %s",
@@ -305,6 +310,9 @@ class LiveScan:
         self.counts["projections"] += 1
         if self.sweep is not None:
             self.sweep.add(values[self._sweep_position()], msg.angle_deg)
+        if self.window is not None:
+            self._window_rows[msg.frame_index] = (values[self.geometry.slice_positions], msg.angle_deg)
+            self._advance_window()
         record = _FrameRecord(slot, msg.angle_deg, values[self.geometry.slice_positions].copy(), worker_rows)
         if worker_rows is not None and msg.recon_id != self.geometry.recon_id:
             record.worker_rows = None  # made with other settings: its partial is discarded
@@ -389,6 +397,12 @@ class LiveScan:
             return
         self.geometry = geometry
         self.live_sum = geometry.new_stack()
+        next_frame = self._window_next
+        self.window = self._new_window()
+        if self.window is not None:  # the projections already in it, in acquisition order
+            for index in sorted(i for i in self._frames if i < next_frame):
+                self.window.add(self._frames[index].values, self._frames[index].angle_deg)
+            self._window_next = next_frame
         self.sweep = self._new_sweep()
         if self.sweep is not None:  # seed it with the projections so far
             for slot in self.sinogram.filled_slots() if self.sinogram is not None else []:
@@ -431,6 +445,23 @@ class LiveScan:
         if self.sweep is not None:
             self._finish_sweep()
         self.state = "finished"
+
+    # -- sliding window (live_mode 'window') ----------------------------------------
+    def _new_window(self) -> SlidingWindowFBP | None:
+        if self.config.live_mode != "window" or self.geometry is None or self.detector is None:
+            return None
+        self._window_next = 0
+        return SlidingWindowFBP(self.detector.cols, self.geometry.center, self.geometry.size, self.config.filter, len(self.geometry.slice_rows))
+
+    def _advance_window(self) -> None:
+        """Feed the window in acquisition (frame) order; frames that arrived as
+        references or were rejected are skipped, a frame still missing waits."""
+        assert self.window is not None
+        while self._window_next in self._seen_frames:
+            placed = self._window_rows.pop(self._window_next, None)
+            if placed is not None:
+                self.window.add(placed[0], placed[1])
+            self._window_next += 1
 
     # -- centre of rotation ---------------------------------------------------------
     def _sweep_position(self) -> int:
@@ -526,9 +557,12 @@ class LiveScan:
         return 0 if self.sinogram is None else self.sinogram.n_filled
 
     def slices(self) -> FloatArray | None:
-        """Weighted live slices (accumulate mode)."""
+        """Weighted live slices: the last half turn in 'window' mode while the scan
+        runs, otherwise (and at the end) every projection."""
         if self.live_sum is None:
             return None
+        if self.window is not None and self.state != "finished" and self.window.n_projections:
+            return self.window.result()
         # pi / 2n for n projections, whatever the range (a 360-degree scan's n is twice).
         return weight_partial_sum(self.live_sum, self.n_projections)
 

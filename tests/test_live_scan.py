@@ -302,3 +302,26 @@ def test_kept_references_never_outrank_this_scans_own() -> None:
     reuse.finish()
     assert reuse.status()["projections"] == ANGLES
     assert not reuse.rejected
+
+
+def test_window_mode_shows_the_last_half_turn_then_everything() -> None:
+    frames = make_frames()
+    # A continuous rotation over 360 degrees, in order: the window holds the last 180.
+    turn = [Frame(f.index, f.key, f.data, (f.angle_deg or 0.0) * 2 if f.key == ImageKey.PROJECTION else f.angle_deg) for f in frames]
+    cfg = config(live_mode="window", angle_range=360.0)
+    shared: dict[str, ReferenceSet] = {}
+    scan = LiveScan(cfg, on_references=lambda r: shared.__setitem__("r", r))
+    worker = FrameProcessor(cfg)
+    for frame in turn:
+        worker.set_references(shared.get("r"))
+        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    assert scan.window is not None
+    live = scan.slices()
+    assert scan.sinogram is not None and scan.geometry is not None
+    last = max(f.angle_deg or 0.0 for f in turn)
+    # Taken less than 180 degrees before the newest projection (as tomostream subtracts).
+    window_slots = [s for s in scan.sinogram.filled_slots() if scan.sinogram.angles()[s] > last - 180.0 + 1e-6]
+    half = fbp(scan.sinogram.data[scan.geometry.slice_positions][:, window_slots], scan.sinogram.angles()[window_slots], scan.geometry.center)
+    assert rel(live, half) < 1e-4  # type: ignore[arg-type]
+    scan.finish()
+    assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
