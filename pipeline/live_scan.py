@@ -28,10 +28,10 @@ import numpy.typing as npt
 
 from pipeline.config import PipelineConfig
 from pipeline.cor import StreamingCorSweep, auto_center, cor_sweep
-from pipeline.live_views import SlidingWindowFBP
 from pipeline.correction import Corrector
 from pipeline.fbp import angular_weights, weight_partial_sum
 from pipeline.frame_processor import LiveSliceGeometry, geometry_for
+from pipeline.live_views import SlidingWindowFBP
 from pipeline.messages import (
     DetectorInfo,
     PartialSum,
