@@ -59,8 +59,7 @@ def new_domain(name: str) -> Domain:
     """The domain before the first frame: status only."""
     domain = Domain(name, {"default": "entry"})
     domain.create_group("/entry", {"NX_class": "NXentry", "default": "reconstruction"})
-    status = domain.create_group("/entry/status", {"NX_class": "NXcollection"})
-    del status
+    domain.create_group("/entry/status", {"NX_class": "NXcollection"})
     domain.create_dataset("/entry/status/state", "waiting")
     for name_ in STATUS_INTS:
         domain.create_dataset(f"/entry/status/{name_}", np.int64(0))

@@ -87,9 +87,6 @@ class Corrector:
             out[bad] = 0.0
         return out
 
-    # Kept under its old name: tests and benchmarks compare it with the exact path.
-    correct_lut = correct_fast
-
     def _lut(self) -> tuple[npt.NDArray[np.int32], FloatArray, FloatArray, int]:
         if self._lut_tables is None:
             dark_int = np.rint(self.dark).astype(np.int32)

@@ -93,10 +93,11 @@ class LiveScan:
         self.live_sum: FloatArray | None = None
         self._frames: dict[int, _FrameRecord] = {}
         self._early_partials: dict[int, int] = {}
-        self._waiting_logged = False  # frame -> partial sums seen before its rows
+        self._waiting_logged = False
         self._needs_fix: set[int] = set()
         self._slot_ratio: FloatArray | None = None  # final angular weights / uniform
         self.sweep: StreamingCorSweep | None = None  # live centre-of-rotation strip
+        self.sweep_result: FloatArray | None = None  # its exact version, from the sinogram
         self.auto_center: float | None = None  # the estimate when center is 'auto'
         self.volume: FloatArray | None = None  # every sinogram row, at the end
         self.window: SlidingWindowFBP | None = None  # live_mode 'window'
@@ -404,7 +405,10 @@ class LiveScan:
                 self.window.add(self._frames[index].values, self._frames[index].angle_deg)
             self._window_next = next_frame
         self.sweep = self._new_sweep()
-        if self.sweep is not None:  # seed it with the projections so far
+        self.sweep_result = None
+        if self.sweep is not None and self.state == "finished":
+            self._finish_sweep()  # a change after the scan: the exact sweep at once
+        elif self.sweep is not None:  # seed it with the projections so far
             for slot in self.sinogram.filled_slots() if self.sinogram is not None else []:
                 self.sweep.add(self.sinogram.data[self._sweep_position(), slot], float(self.sinogram.angles()[slot]))  # type: ignore[union-attr]
         assert self.sinogram is not None
@@ -492,8 +496,7 @@ class LiveScan:
     def sweep_slices(self) -> FloatArray | None:
         if self.sweep is None:
             return None
-        final = getattr(self, "sweep_result", None)
-        return final if final is not None and self.state == "finished" else self.sweep.result()
+        return self.sweep_result if self.sweep_result is not None else self.sweep.result()
 
     def _resolve_auto_center(self) -> None:
         """center='auto': estimate the axis on the sweep's row, rebuild the slices with it."""

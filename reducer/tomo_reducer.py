@@ -273,8 +273,3 @@ class TomoReducer:
             for publisher in self.publishers:
                 publisher.notify()
 
-    def wait_finished(self, timeout: float | None = None) -> bool:
-        return self._finished.wait(timeout)
-
-    def config(self) -> PipelineConfig:
-        return self.scan.config

@@ -282,7 +282,7 @@ def _watch_live_scan(run: Any, spec: SimulationSpec, target: dict[str, np.ndarra
                 expected = browser.severe(browser.console_entries(driver))
                 assert len(expected) == 1 and "control/parameters/center" in expected[0] and "400" in expected[0], expected
                 _apply_centre(driver, new_centre, expect=f"center set to {new_centre}")
-                assert run.reducer.config().center == new_centre
+                assert run.reducer.scan.config.center == new_centre
                 changed_centre = True
             time.sleep(0.1)
         assert changed_centre, f"the scan ended before the centre could be changed: slow the replay down ({sorted(projections_seen)})"
