@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-VIEWER := pipeline/viewer/static/index.html
+VIEWER := streamtomo/app/viewer/static/index.html
 VIEWER_SOURCES := viewer/package-lock.json viewer/index.html viewer/vite.config.ts $(wildcard viewer/src/*.ts* viewer/src/*/*.ts* viewer/src/*.css)
 
 .PHONY: demo test viewer clean
@@ -31,7 +31,7 @@ test: $(STAMP) $(VIEWER)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache viewer/node_modules pipeline/viewer/static
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache viewer/node_modules streamtomo/app/viewer/static

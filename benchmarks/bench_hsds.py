@@ -35,11 +35,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hsds_bridge.credentials import Credentials
-from hsds_bridge.domain import Domain
-from hsds_bridge.hsds_server import LocalHsds
-from hsds_bridge.hsds_writer import HsdsWriter
-from hsds_bridge.layout import new_domain, sinogram_chunks
+from streamtomo.app.local_hsds import LocalHsds
+from streamtomo.hsds_bridge.credentials import Credentials
+from streamtomo.hsds_bridge.domain import Domain
+from streamtomo.hsds_bridge.hsds_writer import HsdsWriter
+from streamtomo.reducer.domain_layout import new_domain, sinogram_chunks
 
 GEN = "/entry/status/generation"
 SINO = "/entry/sinogram/data"

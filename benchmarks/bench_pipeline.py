@@ -4,7 +4,7 @@ One local deployment (Redis, controller, STINS and PandA ingesters on 127.0.0.1)
 one simulated stream, played as fast as the pipeline takes it through:
 
 * streamtomo's worker and reducer with 1 and 2 workers,
-* the no-op worker and reducer (``workers.noop_worker``, ``reducer.noop_reducer``)
+* the no-op worker and reducer (``streamtomo.workers.noop_worker``, ``streamtomo.reducer.noop_reducer``)
   with 1 and 2 workers, on the same Redis, controller and ingesters;
 
 then, with 2 streamtomo workers, the stream paced at a fraction of the measured
@@ -30,14 +30,14 @@ from typing import Any
 import h5pyd
 import numpy as np
 
-from pipeline.config import PipelineConfig
-from pipeline.play import BeamlineEvent, PlayResult, frame_events, play
-from pipeline.scan import ImageKey
-from pipeline.services import TOMO_REDUCER, TOMO_WORKER, LocalDeployment
-from pipeline.simulator import ScanSimulator, SimulationSpec
+from streamtomo.app.play import BeamlineEvent, PlayResult, frame_events, play
+from streamtomo.app.services import TOMO_REDUCER, TOMO_WORKER, LocalDeployment
+from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.scan import ImageKey
+from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
 
-NOOP_WORKER = "workers.noop_worker:NoopWorker"
-NOOP_REDUCER = "reducer.noop_reducer:NoopReducer"
+NOOP_WORKER = "streamtomo.workers.noop_worker:NoopWorker"
+NOOP_REDUCER = "streamtomo.reducer.noop_reducer:NoopReducer"
 log = logging.getLogger("bench_pipeline")
 
 

@@ -42,8 +42,8 @@ SKIMAGE_MAX_N = 512
 
 def inputs(n: int, rows: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64], npt.NDArray[np.float32]]:
     """(K, A, N) sinograms, angles, (K, N, N) phantom: the rows around z = -0.25."""
-    from pipeline.phantom import shepp_logan_3d
-    from pipeline.projector import project_shepp_logan_3d
+    from streamtomo.pipeline.simulation.phantom import shepp_logan_3d
+    from streamtomo.pipeline.simulation.projector import project_shepp_logan_3d
 
     angles = np.linspace(0.0, 180.0, round(math.pi / 2 * n), endpoint=False)
     planes = np.arange(rows) + n // 2 - n // 8
@@ -77,7 +77,7 @@ def peak_rss_mib() -> float:
 
 def run_engine(engine: str, path: str, repeats: int, rows: int) -> dict[str, float]:
     """In a fresh process: time ``engine`` on the stored inputs, score it."""
-    from pipeline.recon import get_backend
+    from streamtomo.pipeline.reconstruction.backends import get_backend
 
     data = np.load(path)
     sino, angles, truth = data["sino"][:rows], data["angles"], data["truth"][:rows]
@@ -120,7 +120,7 @@ def run_engine(engine: str, path: str, repeats: int, rows: int) -> dict[str, flo
 
 
 def offline(sizes: list[int], engines: list[str], repeats: int, rows: int, full_skimage: bool) -> None:
-    from pipeline.recon import installed_backends
+    from streamtomo.pipeline.reconstruction.backends import installed_backends
 
     present = [e for e in engines if e in installed_backends()]
     missing = [e for e in engines if e not in present]
@@ -177,9 +177,9 @@ def best_ms(fn: Callable[..., object], *args: object, repeats: int = 5) -> float
 
 
 def live(sizes: list[int], k: int = 5) -> None:
-    from pipeline.backprojection import backproject_into
-    from pipeline.cor import StreamingCorSweep
-    from pipeline.filters import ProjectionFilter
+    from streamtomo.pipeline.reconstruction.backprojection import backproject_into
+    from streamtomo.pipeline.reconstruction.cor import StreamingCorSweep
+    from streamtomo.pipeline.reconstruction.filters import ProjectionFilter
 
     print(f"\nLive: one projection into K={k} slices (filter + backproject_into, numba) and an 11-centre sweep")
     print(f"{'N':>6}{'filter ms':>11}{'backproject ms':>16}{'ms/slice':>10}{'Gupd/s':>8}{'sweep ms':>10}")
@@ -199,7 +199,7 @@ def live(sizes: list[int], k: int = 5) -> None:
 
 def calibration(repeats: int) -> None:
     """Issue 3 measured direct numba FBP at 465 ms/slice (N=1024, 16 rows): this machine now."""
-    from pipeline.recon import get_backend
+    from streamtomo.pipeline.reconstruction.backends import get_backend
 
     sino, angles, _ = inputs(1024, 2)
     backend = get_backend("direct")

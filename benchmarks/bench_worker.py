@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.config import PipelineConfig
-from pipeline.correction import Corrector
-from pipeline.formats.stins import decode_stins, encode_image
-from pipeline.frame_processor import FrameProcessor
-from pipeline.references import ReferenceSet
-from pipeline.scan import ImageKey
+from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.correction.corrector import Corrector
+from streamtomo.pipeline.correction.references import ReferenceSet
+from streamtomo.pipeline.formats.stins import decode_stins, encode_image
+from streamtomo.pipeline.scan import ImageKey
+from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 
 
 def best_rate(fn: Callable[[int], object], frames: int, repeats: int = 3) -> float:

@@ -11,6 +11,20 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# Tiers by folder (they mirror how much of the real world a test starts): ``unit`` runs
+# by default in seconds; ``integration`` (dranspose replay, HDF REST, HSDS, helm) and
+# ``system`` (a real distributed deployment, a real browser) are selected by folder or
+# marker, and `make test` runs all three.
+TIERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for tier in TIERS:
+            if tier in parts:
+                item.add_marker(getattr(pytest.mark, tier))
+
 
 @pytest.fixture(autouse=True)
 def fail_on_error_logs(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[None]:

@@ -1,4 +1,4 @@
-// Builds the page into the Python package (pipeline/viewer/static), which the viewer
+// Builds the page into the Python package (streamtomo/app/viewer/static), which the viewer
 // server serves and the wheel ships as package data. No React plugin: esbuild compiles
 // the TSX (jsx: react-jsx in tsconfig), and there is no dev-time fast refresh to need it.
 import { defineConfig } from 'vite';
@@ -7,7 +7,7 @@ export default defineConfig({
   // Relative asset URLs: the page works under any path prefix (reverse proxies).
   base: './',
   build: {
-    outDir: '../pipeline/viewer/static',
+    outDir: '../streamtomo/app/viewer/static',
     emptyOutDir: true,
     // One page, one bundle: h5web + three are large, but there is nothing to split.
     chunkSizeWarningLimit: 3000,

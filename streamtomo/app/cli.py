@@ -1,0 +1,277 @@
+"""``streamtomo``: the command line.
+
+Subcommands: ``demo`` (simulate, stream through dranspose, serve the live domain),
+``replay`` (the same for dranspose recordings), ``simulate`` (write recordings),
+``config`` (print a parameter file to start from) and ``check`` (validate one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from streamtomo.pipeline.config import ConfigError, PipelineConfig
+
+logger = logging.getLogger("streamtomo")
+
+
+class CliError(Exception):
+    """A user error: printed without a traceback, exit status 2."""
+
+
+def _load_config(path: str | None, overrides: dict[str, Any]) -> PipelineConfig:
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as error:
+            raise CliError(f"cannot read parameter file {path}: {error.strerror}") from None
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise CliError(f"{path} is not JSON: {error}") from None
+        if isinstance(doc, list):  # dranspose parameter list
+            # The controller's own parameter dumps also hold dranspose's and internal ones.
+            skip = {"references", "dump_prefix"}
+            values = {p["name"]: p.get("value", p.get("data")) for p in doc if p.get("name") not in skip}
+        elif isinstance(doc, dict):
+            values = doc
+        else:
+            raise CliError(f"{path}: expected a JSON object or a dranspose parameter list")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return PipelineConfig.from_mapping(values)
+    except ConfigError as error:
+        raise CliError(str(error)) from None
+
+
+def _serve_until_interrupted(stop: threading.Event) -> None:
+    print("serving; press Ctrl-C to stop", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    stop.set()
+
+
+def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Namespace, total_frames: int) -> int:
+    from streamtomo.app.runner import Progress, ReplayRun
+    from streamtomo.hsds_bridge.nexus_file import write_nexus
+
+    if args.hsds:
+        # The reducer mirrors the domain there; credentials come from the environment
+        # or a file (streamtomo.hsds_bridge.credentials), never from the command line.
+        os.environ["STREAMTOMO_HSDS_ENDPOINT"] = args.hsds
+    stop = threading.Event() if args.serve else None
+    run = ReplayRun(recordings, config, workers=args.workers, http_port=args.port, rate_hz=args.rate, keep_serving=stop)
+    viewer = None
+    try:
+        reducer = run.start()
+        print(f"endpoint: {reducer.endpoint}", flush=True)
+        print(f"domain: {reducer.domain.name}", flush=True)
+        viewer = _start_viewer(reducer.endpoint, reducer.domain.name)
+        progress = Progress(total_frames)
+        run.go()
+        run.wait(on_progress=progress)
+        progress.close()
+        summary = run.summary()
+        if getattr(reducer, "hsds", None) is not None:
+            print(f"hsds domain: {reducer.hsds.domain_name} at {args.hsds}", flush=True)
+        if args.out:
+            path = write_nexus(reducer.domain, args.out)
+            print(f"final file: {path}")
+        print(
+            f"summary: {summary.frames} frames ({summary.projections} projections, "
+            f"{sum(summary.rejected.values())} rejected {summary.rejected or ''}) in {summary.seconds:.2f} s, "
+            f"{summary.frames_per_second:.1f} frames/s; last frame to final slices {summary.last_frame_to_final_s * 1000:.0f} ms",
+            flush=True,
+        )
+        if stop is not None:
+            _serve_until_interrupted(stop)
+    finally:
+        if viewer is not None:
+            viewer.close()
+        run.close()
+    return 0
+
+
+def _start_viewer(endpoint: str, domain: str) -> Any:
+    from streamtomo.app.viewer.server import ViewerAssetsMissing, start_viewer
+
+    try:
+        viewer = start_viewer(endpoint, domain, host="127.0.0.1", port=0)
+    except ViewerAssetsMissing as error:
+        print(f"viewer: not available ({error})", flush=True)
+        return None
+    print(f"viewer: {viewer.url}", flush=True)
+    return viewer
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streamtomo.app.recordings import write_recordings
+    from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
+
+    spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=args.angles, order=args.order, seed=args.seed)
+    config = spec.config(domain=args.domain)
+    with tempfile.TemporaryDirectory(prefix="streamtomo-demo-") as tmp:
+        simulator = ScanSimulator(spec)
+        frames = list(simulator.frames())
+        recordings = write_recordings(frames, Path(tmp), counts_per_degree=config.counts_per_degree, encoder_field=config.encoder_field)
+        logger.info("simulated %d frames of %dx%d", len(frames), spec.rows, spec.cols)
+        return _run(recordings, config, args, len(frames))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    config = _load_config(args.parameters, {"domain": args.domain})
+    return _run([Path(f) for f in args.files], config, args, total_frames=config.n_darks_before + config.n_flats_before + config.n_projections + config.n_flats_after + config.n_darks_after)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from streamtomo.app.recordings import write_recordings
+    from streamtomo.app.runner import write_parameter_file
+    from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
+
+    spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=args.angles, order=args.order, seed=args.seed, n_flats_after=args.flats_after)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = spec.config()
+    paths = write_recordings(ScanSimulator(spec).frames(), out, compression=args.compression, counts_per_degree=config.counts_per_degree, encoder_field=config.encoder_field)
+    params = write_parameter_file(config, out / "parameters.json")
+    for path in [*paths, params]:
+        print(path)
+    print(f"replay with: streamtomo replay -f {' '.join(str(p) for p in paths)} -p {params}")
+    return 0
+
+
+def cmd_hsds(args: argparse.Namespace) -> int:
+    from streamtomo.app.local_hsds import LocalHsds
+
+    server = LocalHsds(args.root, port=args.port)
+    server.start()
+    print(f"hsds endpoint: {server.url}", flush=True)
+    for user in (server.writer_user, server.viewer_user):
+        print(f"credentials of {user}: {server.credentials_file(user)}", flush=True)
+    print(f"publish with: STREAMTOMO_HSDS_CREDENTIALS={server.credentials_file(server.writer_user)} streamtomo demo --hsds {server.url}", flush=True)
+    server.run_forever()  # Ctrl-C: flush, then stop
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from streamtomo.app.runner import parameter_list
+
+    if args.explain:
+        for f in fields(PipelineConfig):
+            print(f"{f.name:20} {f.default!s:22} {f.metadata.get('help', '')}")
+        return 0
+    print(json.dumps(parameter_list(PipelineConfig()), indent=1))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load_config(args.parameters, {})
+    if args.rows and args.cols:
+        try:
+            config.center_value(args.cols)
+            config.live_slice_rows(args.rows)
+        except ConfigError as error:
+            raise CliError(str(error)) from None
+    print(f"{args.parameters}: ok")
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-w", "--workers", type=int, default=2, help="dranspose workers (default 2)")
+    p.add_argument("--port", type=int, default=0, help="HTTP port of the live domain (default: a free port)")
+    p.add_argument("--rate", type=float, default=None, help="frames per second to replay at (default: as fast as possible)")
+    p.add_argument("--serve", action="store_true", help="keep serving the domain until Ctrl-C")
+    p.add_argument("--out", help="write the final NeXus file here")
+    p.add_argument("--domain", default="/streamtomo/live.h5", help="live domain name")
+    p.add_argument("--hsds", metavar="URL", help="also publish to this HSDS (credentials: STREAMTOMO_HSDS_USERNAME/_PASSWORD or STREAMTOMO_HSDS_CREDENTIALS=file)")
+
+
+def _add_sim_options(p: argparse.ArgumentParser, rows: int, cols: int, angles: int) -> None:
+    p.add_argument("--rows", type=int, default=rows, help=f"detector rows (default {rows})")
+    p.add_argument("--cols", type=int, default=cols, help=f"detector columns (default {cols})")
+    p.add_argument("--angles", type=int, default=angles, help=f"projections over 180 degrees (default {angles})")
+    p.add_argument("--order", choices=("sequential", "golden"), default="sequential", help="acquisition order of the angles")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamtomo", description="Streaming tomography reduction on dranspose.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="simulate a scan and stream it through the pipeline")
+    _add_sim_options(demo, rows=64, cols=256, angles=360)
+    _add_run_options(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    replay = sub.add_parser("replay", help="stream dranspose recordings through the pipeline")
+    replay.add_argument("-f", "--files", nargs="+", required=True, help="dranspose recordings (.cbors)")
+    replay.add_argument("-p", "--parameters", help="parameter file (JSON)")
+    _add_run_options(replay)
+    replay.set_defaults(func=cmd_replay)
+
+    simulate = sub.add_parser("simulate", help="write a simulated scan as dranspose recordings")
+    simulate.add_argument("--out", required=True, help="output directory")
+    simulate.add_argument("--compression", choices=("none", "bslz4"), default="none")
+    simulate.add_argument("--flats-after", type=int, default=0, help="flat frames after the projections")
+    _add_sim_options(simulate, rows=16, cols=128, angles=180)
+    simulate.set_defaults(func=cmd_simulate)
+
+    hsds = sub.add_parser("hsds", help="run a local HSDS (POSIX storage, loopback only) until Ctrl-C")
+    hsds.add_argument("--root", required=True, help="storage directory (kept between runs)")
+    hsds.add_argument("--port", type=int, default=5101, help="loopback port (0: a free one)")
+    hsds.set_defaults(func=cmd_hsds)
+
+    config = sub.add_parser("config", help="print a parameter file with the defaults")
+    config.add_argument("--explain", action="store_true", help="list the parameters with their meaning")
+    config.set_defaults(func=cmd_config)
+
+    check = sub.add_parser("check", help="validate a parameter file")
+    check.add_argument("parameters", help="parameter file (JSON)")
+    check.add_argument("--rows", type=int, default=0, help="detector rows, to check row selections")
+    check.add_argument("--cols", type=int, default=0, help="detector columns, to check the centre")
+    check.set_defaults(func=cmd_check)
+
+    from streamtomo.app.cli_distributed import register as register_distributed
+    from streamtomo.app.viewer.cli import register as register_view
+
+    register_distributed(sub)
+    register_view(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        for noisy in ("dranspose", "aiohttp.access", "uvicorn", "dranspose.replay"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except CliError as error:
+        print(f"streamtomo: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""A loopback-only HTTP reverse proxy in front of HSDS's unix-domain socket.
+
+Why: the ``hsds`` launcher's TCP mode binds every node to all interfaces (and fixed
+DN ports 6101..), whatever ``--host`` says. In ``--socket_dir`` mode it only listens
+on unix sockets in a 0700 directory, which no other user can reach. This proxy is
+then the single TCP listener, bound to ``127.0.0.1`` only, so the service node is
+reachable from this machine and nowhere else; the data nodes (which do no
+authentication at all) are not reachable over TCP.
+
+Run as its own process (``python -m streamtomo.app.hsds_proxy``) so that its CPU work
+does not compete for the GIL with the writer or the readers, and so that it lives
+in the HSDS process group: stopping or killing the group stops it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+log = logging.getLogger("streamtomo.app.hsds_proxy")
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# Hop-by-hop headers (RFC 9110 7.6.1) plus those aiohttp recomputes itself.
+_DROP_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+    )
+)
+CLIENT_KEY = web.AppKey("client", aiohttp.ClientSession)
+
+
+def _forward_headers(headers: aiohttp.typedefs.LooseHeaders) -> dict[str, str]:
+    return {k: v for k, v in dict(headers).items() if k.lower() not in _DROP_HEADERS}
+
+
+async def _proxy(request: web.Request) -> web.StreamResponse:
+    # DNS-rebinding guard: a browser page on this machine could resolve its own
+    # name to 127.0.0.1; refusing foreign Host headers keeps it out.
+    if request.url.host not in LOOPBACK_HOSTS:
+        return web.Response(status=403, text="403: host not allowed")
+    client = request.app[CLIENT_KEY]
+    body = await request.read()
+    try:
+        async with client.request(
+            request.method,
+            "http://localhost" + request.rel_url.raw_path_qs,
+            headers=_forward_headers(request.headers),
+            data=body if body else None,
+            allow_redirects=False,
+        ) as upstream:
+            payload = await upstream.read()
+            return web.Response(
+                status=upstream.status,
+                reason=upstream.reason,
+                headers=_forward_headers(upstream.headers),
+                body=payload,
+            )
+    except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+        # HSDS is down or restarting: 502 tells clients to retry, not to give up.
+        return web.Response(status=502, text=f"502: HSDS unreachable ({type(exc).__name__})")
+
+
+async def _make_app(socket_path: str) -> web.Application:
+    app = web.Application(client_max_size=1024**3)
+
+    async def _client_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+        connector = aiohttp.UnixConnector(path=socket_path, limit=128)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+            app[CLIENT_KEY] = session
+            yield
+
+    app.cleanup_ctx.append(_client_ctx)
+    app.router.add_route("*", "/{tail:.*}", _proxy)
+    return app
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{port}\n", encoding="ascii")
+    os.replace(tmp, path)  # atomic: the parent never reads a half-written port
+
+
+async def serve(socket_path: str, port: int, port_file: Path | None) -> None:
+    """Serve until SIGTERM/SIGINT; the listener is bound to 127.0.0.1 only."""
+    app = await _make_app(socket_path)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+    await site.start()
+    bound = runner.addresses[0][1]
+    log.info("proxy listening on 127.0.0.1:%d -> %s", bound, socket_path)
+    if port_file is not None:
+        _write_port_file(port_file, bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", required=True, help="HSDS service node unix socket")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any)")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(serve(args.socket, args.port, args.port_file))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

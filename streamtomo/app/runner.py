@@ -1,0 +1,196 @@
+"""Run a scan through the dranspose worker and reducer in this process (replay).
+
+This is the composition root for ``streamtomo demo`` and ``streamtomo replay``: it
+writes the parameter file, starts ``dranspose.replay`` in a thread, reports the
+live endpoint before the first frame, shows progress, and writes the final file.
+dranspose and the adapters are imported here, lazily, never by the core.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from streamtomo.pipeline.config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+WORKER_CLASS = "streamtomo.workers.tomo_worker:TomoWorker"
+REDUCER_CLASS = "streamtomo.reducer.tomo_reducer:TomoReducer"
+
+
+@dataclass
+class RunSummary:
+    frames: int
+    projections: int
+    rejected: dict[str, int]
+    seconds: float
+    last_frame_to_final_s: float
+    endpoint: str
+    domain: str
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def parameter_list(config: PipelineConfig) -> list[dict[str, str]]:
+    """dranspose's parameter-file form: one entry per config field."""
+    out = []
+    for f in fields(PipelineConfig):
+        value = getattr(config, f.name)
+        out.append({"name": f.name, "data": str(value)})
+    return out
+
+
+def write_parameter_file(config: PipelineConfig, path: Path) -> Path:
+    path.write_text(json.dumps(parameter_list(config), indent=1))
+    return path
+
+
+class ReplayRun:
+    """One in-process replay; ``reducer`` is available once :meth:`start` returns."""
+
+    def __init__(
+        self,
+        recordings: Sequence[Path],
+        config: PipelineConfig,
+        workers: int = 1,
+        http_port: int = 0,
+        rate_hz: float | None = None,
+        keep_serving: threading.Event | None = None,
+    ) -> None:
+        self.recordings = [Path(p) for p in recordings]
+        self.config = config
+        self.workers = workers
+        self.http_port = http_port
+        self.rate_hz = rate_hz
+        self._start = threading.Event()
+        self._done = threading.Event()
+        self._stop = keep_serving
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="streamtomo-")
+        self.reducer: Any = None
+        self.started_at = 0.0
+        self.finished_at = 0.0
+
+    def start(self, timeout: float = 60.0) -> Any:
+        """Start replay paused before the first frame; returns the reducer."""
+        import dranspose.replay as dreplay
+
+        missing = [str(p) for p in self.recordings if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"recordings not found: {missing}")
+        os.environ["STREAMTOMO_HTTP_PORT"] = str(self.http_port)
+        params = write_parameter_file(self.config, Path(self._tmp.name) / "parameters.json")
+        dreplay.reducer = None
+        latency = 1.0 / self.rate_hz if self.rate_hz else None
+
+        def target() -> None:
+            try:
+                dreplay.replay(
+                    WORKER_CLASS, REDUCER_CLASS, zmq_files=[str(p) for p in self.recordings],
+                    parameter_file=str(params), port=None, nworkers=self.workers,
+                    stop_event=self._stop, done_event=self._done, start_event=self._start, latency=latency,
+                )
+            except BaseException as error:  # surfaced by wait()
+                self._error = error
+                self._done.set()
+
+        self._thread = threading.Thread(target=target, name="dranspose-replay", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while getattr(dreplay, "reducer", None) is None:
+            if self._error is not None:
+                raise RuntimeError(f"replay failed to start: {self._error!r}") from self._error
+            if time.monotonic() > deadline:
+                raise TimeoutError("the reducer did not start")
+            time.sleep(0.01)
+        self.reducer = dreplay.reducer
+        return self.reducer
+
+    def go(self) -> None:
+        self.started_at = time.time()
+        self._start.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._done.wait(0.2):
+            if on_progress is not None:
+                on_progress(self.status())
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("replay did not finish in time")
+        self.finished_at = time.time()
+        if self._error is not None:
+            raise RuntimeError(f"replay failed: {self._error!r}") from self._error
+        if on_progress is not None:
+            on_progress(self.status())
+
+    def status(self) -> dict[str, Any]:
+        with self.reducer.lock:
+            return dict(self.reducer.scan.status())
+
+    def summary(self) -> RunSummary:
+        scan = self.reducer.scan
+        with self.reducer.lock:
+            status = scan.status()
+            rejected = dict(scan.rejected)
+            last_frame = scan.last_frame_time
+        seconds = (self.finished_at or time.time()) - self.started_at
+        return RunSummary(
+            frames=int(status["frames_received"]), projections=int(status["projections"]), rejected=rejected,
+            seconds=seconds,
+            last_frame_to_final_s=max((getattr(self.reducer, "final_slices_at", 0.0) or self.finished_at or time.time()) - last_frame, 0.0),
+            endpoint=self.reducer.endpoint, domain=self.reducer.domain.name,
+        )
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.reducer is not None:
+            self.reducer.close()
+        self._tmp.cleanup()
+
+
+class Progress:
+    """A bar on a terminal, log lines otherwise."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total = max(total, 1)
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_log = 0.0
+
+    def __call__(self, status: dict[str, Any]) -> None:
+        done = int(status.get("frames_received", 0))
+        if self.tty:
+            width = 30
+            filled = int(width * min(done / self.total, 1.0))
+            self.stream.write(
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} frames, "
+                f"{status.get('projections', 0)} projections, {status.get('frames_rejected', 0)} rejected"
+            )
+            self.stream.flush()
+        elif time.monotonic() - self._last_log > 2.0:
+            self._last_log = time.monotonic()
+            logger.info("progress: %d/%d frames, %s projections, %s rejected", done, self.total, status.get("projections"), status.get("frames_rejected"))
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")

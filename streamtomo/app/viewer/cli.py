@@ -1,0 +1,63 @@
+"""``streamtomo view``: serve the live viewer for one domain until Ctrl-C.
+
+``register(subparsers)`` is called by :mod:`streamtomo.app.cli`; the server is imported
+only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+logger = logging.getLogger("streamtomo")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add the ``view`` subcommand to ``streamtomo``'s subparsers."""
+    view = subparsers.add_parser(
+        "view",
+        help="serve the live slice viewer (a web page) for a domain",
+        description=(
+            "Serve a web page that shows a live domain: slices, sinograms, progress, and "
+            "centre/filter controls. HSDS credentials (read-only) come from "
+            "STREAMTOMO_VIEWER_USERNAME and STREAMTOMO_VIEWER_PASSWORD."
+        ),
+    )
+    view.add_argument("--endpoint", required=True, help="HDF REST endpoint: the reducer's server or an HSDS, e.g. http://127.0.0.1:8100")
+    view.add_argument("--domain", default="/streamtomo/live.h5", help="domain name (default /streamtomo/live.h5)")
+    view.add_argument("--port", type=int, default=8200, help="port of the page (default 8200; 0: a free port)")
+    view.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    view.add_argument(
+        "--control", default="",
+        help="URL of the pipeline's control API (the reducer's server); default: the endpoint; 'none': read-only",
+    )
+    view.set_defaults(func=cmd_view)
+    return view
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from streamtomo.app.viewer.server import ViewerAssetsMissing, start_viewer
+
+    control = None if args.control.lower() == "none" else args.control
+    try:
+        server = start_viewer(args.endpoint, args.domain, host=args.host, port=args.port, control=control)
+    except ViewerAssetsMissing as error:
+        print(f"streamtomo: error: {error}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as error:
+        print(f"streamtomo: error: {error}", file=sys.stderr)
+        return 2
+    print(f"viewer: {server.url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0

@@ -1,0 +1,277 @@
+"""The viewer's HTTP server: the built page plus a proxy to one endpoint.
+
+Why a proxy: the page then talks to its own origin only, so the HDF REST endpoint
+needs no CORS settings and the browser never sees credentials. A real HSDS needs
+HTTP basic auth; the server adds it from ``STREAMTOMO_VIEWER_USERNAME`` /
+``STREAMTOMO_VIEWER_PASSWORD`` (read-only account; never the command line, where
+``ps`` would show it).
+
+Routes:
+
+* ``GET /`` the page, ``GET /assets/...`` its bundle (built by Vite from ``viewer/``)
+* ``GET /viewer.json`` what the page needs to know: domain, endpoint, control
+* ``GET /hdf/{path}`` the HDF REST API of the endpoint, pinned to the one domain
+  (read-only: GET only)
+* ``GET /control/parameters``, ``POST /control/parameters/{name}`` the pipeline's
+  control API (``/streamtomo/parameters`` of the reducer's server)
+
+Upstream failures are answered as JSON ``{"status", "message"}`` (502 for an
+endpoint that does not answer), which the page shows as they are.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().with_name("static")
+ENV_USERNAME = "STREAMTOMO_VIEWER_USERNAME"
+ENV_PASSWORD = "STREAMTOMO_VIEWER_PASSWORD"
+BUILD_COMMANDS = "npm ci --prefix viewer && npm run build --prefix viewer"
+UPSTREAM_TIMEOUT_S = 10.0
+MAX_PARAMETER_BODY = 1024
+
+
+class ViewerAssetsMissing(RuntimeError):
+    """The page was not built: the message says how to build it."""
+
+
+def check_assets(static_dir: Path | None = None) -> Path:
+    static_dir = static_dir or STATIC_DIR  # looked up at call time: tests point it elsewhere
+    index = static_dir / "index.html"
+    if not index.is_file():
+        raise ViewerAssetsMissing(
+            f"the viewer page is not built ({index} is missing). From a source checkout, build it with "
+            f"`{BUILD_COMMANDS}` (needs Node.js 20 and npm), then reinstall or restart; "
+            "a wheel built after that step ships the page."
+        )
+    return static_dir
+
+
+def basic_auth_from_env(env: Mapping[str, str] = os.environ) -> str | None:
+    """``Authorization`` header value for the endpoint, or None without credentials."""
+    user, password = env.get(ENV_USERNAME, ""), env.get(ENV_PASSWORD, "")
+    if not user and not password:
+        return None
+    if not user or not password or ":" in user:
+        raise ValueError(f"set both {ENV_USERNAME} and {ENV_PASSWORD} (a username without ':')")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def normalise_domain(name: str) -> str:
+    return name if name.startswith("/") else "/" + name
+
+
+@dataclass(frozen=True)
+class ViewerTarget:
+    """What one viewer shows: a domain on an endpoint, and where its pipeline listens."""
+
+    endpoint: str
+    domain: str
+    control: str | None = None  # base URL of the control API; None: read-only page
+    authorization: str | None = field(default=None, repr=False)  # never logged
+
+    def upstream(self, path: str) -> URL:
+        base = URL(self.endpoint.rstrip("/"))
+        return base.with_path(base.path.rstrip("/") + "/" + path.lstrip("/"))
+
+
+TARGET_KEY: web.AppKey[ViewerTarget] = web.AppKey("target", ViewerTarget)
+STATIC_KEY: web.AppKey[Path] = web.AppKey("static", Path)
+SESSION_KEY: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
+STATE_KEY: web.AppKey[dict[str, bool]] = web.AppKey("reachable", dict)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"status": status, "message": message}, status=status, headers={"Cache-Control": "no-store"})
+
+
+def _note_reachable(app: web.Application, what: str, ok: bool, why: str = "") -> None:
+    # Log transitions only: the page polls every 250 ms while an endpoint is away.
+    state = app[STATE_KEY]
+    if state.get(what, True) != ok:
+        if ok:
+            log.info("%s is reachable again", what)
+        else:
+            log.warning("%s does not answer: %s", what, why)
+    state[what] = ok
+
+
+def _why(error: BaseException) -> str:
+    """A short reason for a failed upstream request (aiohttp's own text names ssl contexts)."""
+    if isinstance(error, aiohttp.ClientConnectorError):
+        if isinstance(error.os_error, ConnectionRefusedError):
+            return "connection refused"
+        return error.os_error.strerror or str(error.os_error)
+    if isinstance(error, TimeoutError):
+        return f"no answer within {UPSTREAM_TIMEOUT_S:.0f} s"
+    return str(error) or type(error).__name__
+
+
+async def _relay(request: web.Request, method: str, url: URL, what: str, headers: dict[str, str], body: bytes | None = None) -> web.Response:
+    """One upstream request; errors become JSON the page can show."""
+    session = request.app[SESSION_KEY]
+    try:
+        async with session.request(method, url, headers=headers, data=body, allow_redirects=False) as upstream:
+            payload = await upstream.read()
+            content_type = upstream.headers.get("Content-Type", "application/octet-stream")
+            reason = upstream.reason or ""
+            status = upstream.status
+    except (aiohttp.ClientError, TimeoutError, OSError) as error:
+        why = _why(error)
+        _note_reachable(request.app, what, False, why)
+        return _error(502, f"{what} does not answer ({why})")
+    _note_reachable(request.app, what, True)
+    if status >= 400 and "json" not in content_type:
+        # aiohttp's HTTPException bodies are "400: reason"; HSDS may answer HTML.
+        text = payload.decode("utf-8", "replace").strip()
+        message = reason if reason and reason not in ("Bad Request", "Not Found", "Forbidden") else text or reason
+        if status in (401, 403) and what.startswith("HDF"):
+            message += f" (the viewer reads with the account in {ENV_USERNAME}/{ENV_PASSWORD})"
+        return _error(status, message[:500])
+    return web.Response(status=status, body=payload, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
+
+# -- handlers ---------------------------------------------------------------------------
+async def index(request: web.Request) -> web.StreamResponse:
+    # no-cache: a rebuilt page (new asset hashes) is picked up on reload.
+    return web.FileResponse(request.app[STATIC_KEY] / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def viewer_json(request: web.Request) -> web.Response:
+    target = request.app[TARGET_KEY]
+    return web.json_response(
+        {"domain": target.domain, "endpoint": target.endpoint, "control": target.control is not None},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def hdf(request: web.Request) -> web.Response:
+    target = request.app[TARGET_KEY]
+    path = request.match_info["path"]
+    if ".." in path.split("/"):
+        return _error(400, "invalid path")
+    # Pinned to the one domain: the viewer grants no access to anything else.
+    query = {k: v for k, v in request.query.items() if k not in ("domain", "host")}
+    query["domain"] = target.domain
+    headers = {"Accept": request.headers.get("Accept", "application/json")}
+    if target.authorization:
+        headers["Authorization"] = target.authorization
+    url = target.upstream(path).with_query(query)
+    return await _relay(request, "GET", url, f"HDF REST endpoint {target.endpoint}", headers)
+
+
+async def get_parameters(request: web.Request) -> web.Response:
+    target = request.app[TARGET_KEY]
+    if target.control is None:
+        return _error(404, "this viewer has no pipeline control URL")
+    url = URL(target.control.rstrip("/")) / "streamtomo" / "parameters"
+    return await _relay(request, "GET", url, f"pipeline control at {target.control}", {"Accept": "application/json"})
+
+
+async def post_parameter(request: web.Request) -> web.Response:
+    target = request.app[TARGET_KEY]
+    if target.control is None:
+        return _error(403, "this viewer has no pipeline control URL: parameters are read-only")
+    body = await request.content.read(MAX_PARAMETER_BODY + 1)
+    if len(body) > MAX_PARAMETER_BODY:
+        return _error(413, f"a parameter value is at most {MAX_PARAMETER_BODY} bytes")
+    name = request.match_info["name"]
+    url = URL(target.control.rstrip("/")) / "streamtomo" / "parameters" / name
+    log.info("viewer: setting pipeline parameter %s to %r", name, body.decode("utf-8", "replace"))
+    return await _relay(request, "POST", url, f"pipeline control at {target.control}", {"Content-Type": "text/plain"}, body)
+
+
+async def _open_session(app: web.Application) -> None:
+    timeout = aiohttp.ClientTimeout(total=UPSTREAM_TIMEOUT_S, connect=3.0)
+    app[SESSION_KEY] = aiohttp.ClientSession(timeout=timeout, auto_decompress=True)
+
+
+async def _close_session(app: web.Application) -> None:
+    await app[SESSION_KEY].close()
+
+
+def build_app(target: ViewerTarget, static_dir: Path | None = None) -> web.Application:
+    static_dir = check_assets(static_dir)
+    app = web.Application(client_max_size=MAX_PARAMETER_BODY * 4)
+    app[TARGET_KEY] = target
+    app[STATIC_KEY] = static_dir
+    app[STATE_KEY] = {}
+    app.on_startup.append(_open_session)
+    app.on_cleanup.append(_close_session)
+    app.router.add_get("/", index)
+    app.router.add_get("/index.html", index)
+    app.router.add_get("/viewer.json", viewer_json)
+    app.router.add_get("/hdf/{path:.*}", hdf)
+    app.router.add_get("/control/parameters", get_parameters)
+    app.router.add_post("/control/parameters/{name}", post_parameter)
+    app.router.add_static("/assets", static_dir / "assets")
+    return app
+
+
+# -- running it in a background thread -------------------------------------------------
+class ViewerServer:
+    """The viewer app on its own event loop thread; ``url`` once started."""
+
+    def __init__(self, target: ViewerTarget, host: str = "127.0.0.1", port: int = 0, static_dir: Path | None = None) -> None:
+        self.target = target
+        app = build_app(target, static_dir)  # raises ViewerAssetsMissing early
+        self._http = BackgroundHttpServer(lambda: app, host, port, "viewer server", shutdown_timeout=1.0)
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        return self._http.url() + "/"
+
+    def start(self) -> ViewerServer:
+        self._http.start()
+        log.info("viewer for %s at %s serving %s", self.target.domain, self.target.endpoint, self.url)
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._http.close(timeout)
+
+    def __enter__(self) -> ViewerServer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def start_viewer(
+    endpoint: str,
+    domain: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    control: str | None = "",
+) -> ViewerServer:
+    """Serve the live viewer for ``domain`` on ``endpoint``; returns the started server.
+
+    ``control``: base URL of the pipeline's control API; ``""`` (default) means the
+    endpoint itself (the reducer's in-memory server has both), ``None`` a read-only
+    page (e.g. an HSDS endpoint with no pipeline beside it). Raises
+    :class:`ViewerAssetsMissing` when the page was not built.
+    """
+    target = ViewerTarget(
+        endpoint=endpoint.rstrip("/"),
+        domain=normalise_domain(domain),
+        control=endpoint.rstrip("/") if control == "" else control,
+        authorization=basic_auth_from_env(),
+    )
+    return ViewerServer(target, host, port).start()

@@ -1,0 +1,574 @@
+"""The aiohttp application of the read-only HDF REST server (HSDS dialect).
+
+Routes are what h5pyd 1.0 (``h5pyd/hsds_plugin.py``, ``httpconn.py``,
+``_hl/acl_manager.py``, ``_hl/folders.py``), h5web's ``HsdsProvider`` and a browser
+doing binary fetches ask for. Anything that would write answers 403.
+
+Data path: the selection is parsed on the event loop, the selected block is copied
+out of the live numpy array by an executor thread holding ``domain.lock`` (only the
+block, never the whole array), and the copy is serialised and streamed with the lock
+released.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from aiohttp import web
+
+from streamtomo.hsds_bridge import rest_objects as objs
+from streamtomo.hsds_bridge.control_api import ParameterSink, ParameterSource, add_control_routes
+from streamtomo.hsds_bridge.domain import DomainDataset, DomainGroup
+from streamtomo.hsds_bridge.rest_ids import Collection, node_id, parse_id
+from streamtomo.hsds_bridge.rest_registry import DomainRegistry, ServedDomain, normalise_domain_name
+from streamtomo.hsds_bridge.rest_select import (
+    Selection,
+    SelectionError,
+    extract,
+    parse_points,
+    parse_select,
+    selection_size,
+)
+from streamtomo.hsds_bridge.rest_types import (
+    JsonDict,
+    array_to_json,
+    attribute_json,
+    is_vlen_str,
+    itemsize_estimate,
+    shape_json,
+    type_json,
+    vlen_to_bytes,
+    wire_dtype,
+)
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "streamtomo-hdf-rest"
+SERVER_VERSION = "1.0.0"
+OCTET = "application/octet-stream"
+STREAM_CHUNK = 4 << 20  # bytes per write: bounds transport buffering, keeps backpressure
+REGISTRY_KEY: web.AppKey[DomainRegistry] = web.AppKey("registry", DomainRegistry)
+CORS_KEY: web.AppKey[frozenset[str]] = web.AppKey("cors_origins", frozenset)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RestError(Exception):
+    """An HTTP error answered as JSON ``{"status", "message"}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- helpers ----------------------------------------------------------------------
+def _registry(request: web.Request) -> DomainRegistry:
+    return request.app[REGISTRY_KEY]
+
+
+def _flag(request: web.Request, name: str, default: bool = False) -> bool:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _domain_name(request: web.Request) -> str | None:
+    # h5pyd sends ?domain=; the REST spec also allows the X-Hdf-domain header and
+    # older clients send ?host=.
+    name = request.query.get("domain") or request.headers.get("X-Hdf-domain") or request.query.get("host")
+    return normalise_domain_name(name) if name else None
+
+
+def _served(request: web.Request) -> ServedDomain:
+    name = _domain_name(request)
+    if name is None:
+        raise RestError(400, "no domain given: pass ?domain=/path/to/file.h5")
+    served = _registry(request).get(name)
+    if served is None:
+        raise RestError(404, f"domain {name} not found")
+    return served
+
+
+def _node(served: ServedDomain, obj_id: str, collection: Collection) -> DomainGroup | DomainDataset:
+    """Resolve an id (caller holds the lock); 400 for a malformed id, 404 unknown."""
+    if parse_id(obj_id) != collection:
+        raise RestError(400, f"{obj_id!r} is not a valid {collection[:-1]} id")
+    node = served.ids.resolve(obj_id)
+    if node is None:
+        raise RestError(404, f"{collection[:-1]} {obj_id} not found in domain {served.name}")
+    return node
+
+
+def _dataset(served: ServedDomain, obj_id: str) -> DomainDataset:
+    node = _node(served, obj_id, "datasets")
+    assert isinstance(node, DomainDataset)
+    return node
+
+
+def _group(served: ServedDomain, obj_id: str) -> DomainGroup:
+    node = _node(served, obj_id, "groups")
+    assert isinstance(node, DomainGroup)
+    return node
+
+
+def _href(request: web.Request, path: str, domain: str | None = None) -> str:
+    url = request.url.origin().with_path(path)
+    return str(url.with_query(domain=domain) if domain else url)
+
+
+def _hrefs(request: web.Request, served: ServedDomain, **rels: str) -> list[JsonDict]:
+    out = [{"rel": "self", "href": _href(request, request.path, served.name)}]
+    out += [{"rel": rel, "href": _href(request, path, served.name)} for rel, path in rels.items()]
+    return out
+
+
+def _json(data: Any, status: int = 200, reason: str | None = None) -> web.Response:
+    return web.json_response(data, status=status, reason=reason, dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _wants_binary(request: web.Request) -> bool:
+    return OCTET in request.headers.get("Accept", "")
+
+
+# -- server, domain and folder endpoints -------------------------------------------
+async def about(request: web.Request) -> web.StreamResponse:
+    registry = _registry(request)
+    return _json(
+        {
+            "state": "READY",
+            "name": SERVER_NAME,
+            "about": "read-only HDF REST view of streamtomo's live in-memory domains",
+            "greeting": "streamtomo HDF REST server",
+            "server": SERVER_NAME,
+            "version": SERVER_VERSION,
+            "start_time": int(registry.started),
+            "node_count": 1,
+            "username": "default",
+            "isadmin": False,
+        }
+    )
+
+
+async def get_domain(request: web.Request) -> web.StreamResponse:
+    name = _domain_name(request)
+    registry = _registry(request)
+    if name is None or name == "/":
+        return await list_domains(request)
+    served = registry.get(name)
+    if served is None:
+        if registry.is_folder(name):
+            return _json(objs.folder_entry(name, None, registry.started))
+        raise RestError(404, f"domain {name} not found")
+    if "h5path" in request.query:
+        return await _object_by_path(request, served, request.query["h5path"])
+    body = await registry.run_locked(served, lambda: _domain_body(request, served))
+    body["hrefs"] = _hrefs(request, served, root=f"/groups/{body['root']}", acls="/acls")
+    return _json(body)
+
+
+def _domain_body(request: web.Request, served: ServedDomain) -> JsonDict:
+    body = objs.domain_summary(served, verbose=_flag(request, "verbose"))
+    registry = _registry(request)
+    body["limits"] = {"max_request_size": registry.limits.max_response_bytes}
+    body["compressors"] = []  # nothing is stored compressed: data is served raw
+    body["version"] = SERVER_VERSION
+    if _flag(request, "getobjs") and registry.serve_domain_objs:
+        body["domain_objs"] = objs.domain_objs(served)
+    return body
+
+
+async def _object_by_path(request: web.Request, served: ServedDomain, h5path: str) -> web.StreamResponse:
+    def find() -> JsonDict:
+        try:
+            node = served.domain.get(h5path)
+        except (KeyError, ValueError):
+            raise RestError(404, f"no object at {h5path!r} in domain {served.name}") from None
+        links, attrs = _flag(request, "include_links"), _flag(request, "include_attrs")
+        body = objs.object_json(served, node, links, attrs)
+        body["class"] = "group" if isinstance(node, DomainGroup) else "dataset"
+        return body
+
+    return _json(await _registry(request).run_locked(served, find))
+
+
+async def list_domains(request: web.Request) -> web.StreamResponse:
+    """Direct children (domains and sub-folders) of the folder ``?domain=/a/b/``."""
+    registry = _registry(request)
+    folder = (_domain_name(request) or "/").rstrip("/") + "/"
+    if folder != "/" and not registry.is_folder(folder):
+        raise RestError(404, f"folder {folder} not found")
+    entries: dict[str, JsonDict] = {}
+    for served in sorted(registry.all(), key=lambda s: s.name):
+        if not served.name.startswith(folder):
+            continue
+        head, sep, _ = served.name[len(folder) :].partition("/")
+        name = folder + head
+        entries.setdefault(name, objs.folder_entry(name, None if sep else served, registry.started))
+    return _json({"domains": list(entries.values()), "hrefs": []})
+
+
+async def get_acls(request: web.Request) -> web.StreamResponse:
+    served = _served(request)
+    return _json({"acls": [objs.acl_json("default")], "hrefs": _hrefs(request, served)})
+
+
+async def get_acl(request: web.Request) -> web.StreamResponse:
+    served = _served(request)
+    user = request.match_info["user"]
+    return _json({"acl": objs.acl_json(user), "hrefs": _hrefs(request, served)})
+
+
+async def list_collection(request: web.Request) -> web.StreamResponse:
+    """``GET /groups`` / ``GET /datasets``: every id of that kind but the root."""
+    served = _served(request)
+    want = DomainGroup if request.path.rstrip("/") == "/groups" else DomainDataset
+    key = "groups" if want is DomainGroup else "datasets"
+
+    def ids() -> list[str]:
+        root = served.domain.root
+        return [node_id(served.name, n) for n in served.domain.walk() if isinstance(n, want) and n is not root]
+
+    return _json({key: await _registry(request).run_locked(served, ids), "hrefs": _hrefs(request, served)})
+
+
+# -- groups and links ---------------------------------------------------------------
+async def get_group(request: web.Request) -> web.StreamResponse:
+    served = _served(request)
+    obj_id = request.match_info["id"]
+    links, attrs = _flag(request, "include_links"), _flag(request, "include_attrs")
+    body = await _registry(request).run_locked(
+        served, lambda: objs.group_json(served, _group(served, obj_id), links, attrs)
+    )
+    body["hrefs"] = _hrefs(request, served, links=f"/groups/{obj_id}/links", attributes=f"/groups/{obj_id}/attributes")
+    return _json(body)
+
+
+async def get_links(request: web.Request) -> web.StreamResponse:
+    served = _served(request)
+    obj_id = request.match_info["id"]
+
+    def links() -> list[JsonDict]:
+        return list(objs.links_dict(served, _group(served, obj_id)).values())
+
+    items = await _registry(request).run_locked(served, links)
+    for item in items:
+        item["href"] = _href(request, f"/groups/{obj_id}/links/{item['title']}", served.name)
+    return _json({"links": items, "hrefs": _hrefs(request, served)})
+
+
+async def get_link(request: web.Request) -> web.StreamResponse:
+    served = _served(request)
+    obj_id, title = request.match_info["id"], request.match_info["title"]
+
+    def link() -> JsonDict:
+        group = _group(served, obj_id)
+        child = group.children.get(title)
+        if child is None:
+            raise RestError(404, f"link {title!r} not found in group {group.path}")
+        return objs.link_json(served, title, child)
+
+    body = await _registry(request).run_locked(served, link)
+    return _json(
+        {"link": body, "created": served.created, "lastModified": served.created, "hrefs": _hrefs(request, served)}
+    )
+
+
+# -- attributes -----------------------------------------------------------------------
+def _attr_owner(served: ServedDomain, request: web.Request) -> DomainGroup | DomainDataset:
+    collection = request.match_info["collection"]
+    if collection == "datatypes":
+        raise RestError(404, "this server has no committed datatypes")
+    assert collection in ("groups", "datasets")
+    return _node(served, request.match_info["id"], "groups" if collection == "groups" else "datasets")
+
+
+async def get_attributes(request: web.Request) -> web.StreamResponse:
+    served = _served(request)
+    with_data = _flag(request, "IncludeData", default=True)
+
+    def attrs() -> list[JsonDict]:
+        node = _attr_owner(served, request)
+        return [attribute_json(k, v, served.created, with_data) for k, v in node.attrs.items()]
+
+    return _json({"attributes": await _registry(request).run_locked(served, attrs), "hrefs": _hrefs(request, served)})
+
+
+async def get_attribute(request: web.Request) -> web.StreamResponse:
+    served = _served(request)
+    name = request.match_info["name"]
+    with_data = _flag(request, "IncludeData", default=True)
+
+    def attr() -> JsonDict:
+        node = _attr_owner(served, request)
+        if name not in node.attrs:
+            raise RestError(404, f"attribute {name!r} not found on {node.path}")
+        return attribute_json(name, node.attrs[name], served.created, with_data)
+
+    body = await _registry(request).run_locked(served, attr)
+    body["hrefs"] = _hrefs(request, served)
+    return _json(body)
+
+
+async def post_attributes(request: web.Request) -> web.StreamResponse:
+    """HSDS ``POST /{collection}/{id}/attributes`` with ``attr_names``: a batched *read*."""
+    served = _served(request)
+    body = await _json_body(request)
+    names = body.get("attr_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise RestError(400, "POST attributes expects {'attr_names': [names...]}")
+
+    def attrs() -> list[JsonDict]:
+        node = _attr_owner(served, request)
+        missing = [n for n in names if n not in node.attrs]
+        if missing:
+            raise RestError(404, f"attributes {missing} not found on {node.path}")
+        return [attribute_json(n, node.attrs[n], served.created) for n in names]
+
+    return _json({"attributes": await _registry(request).run_locked(served, attrs)})
+
+
+# -- datasets -------------------------------------------------------------------------
+async def get_dataset(request: web.Request) -> web.StreamResponse:
+    served = _served(request)
+    obj_id = request.match_info["id"]
+    attrs = _flag(request, "include_attrs")
+    body = await _registry(request).run_locked(
+        served, lambda: objs.dataset_json(served, _dataset(served, obj_id), attrs)
+    )
+    body["hrefs"] = _hrefs(request, served, value=f"/datasets/{obj_id}/value", root=f"/groups/{body['root']}")
+    return _json(body)
+
+
+async def get_dataset_shape(request: web.Request) -> web.StreamResponse:
+    served = _served(request)
+    obj_id = request.match_info["id"]
+    shape = await _registry(request).run_locked(served, lambda: _dataset(served, obj_id).shape)
+    return _json(
+        {
+            "shape": shape_json(shape),
+            "created": served.created,
+            "lastModified": served.last_modified(),
+            "hrefs": _hrefs(request, served),
+        }
+    )
+
+
+async def get_dataset_type(request: web.Request) -> web.StreamResponse:
+    served = _served(request)
+    obj_id = request.match_info["id"]
+    dtype = await _registry(request).run_locked(served, lambda: _dataset(served, obj_id).dtype)
+    return _json({"type": type_json(dtype), "hrefs": _hrefs(request, served)})
+
+
+async def get_value(request: web.Request) -> web.StreamResponse:
+    select = request.query.get("select")
+    return await _value(request, lambda shape: parse_select(select, shape))
+
+
+async def post_value(request: web.Request) -> web.StreamResponse:
+    """Point selection (binary uint64 or JSON ``points``) or a long ``select`` in JSON."""
+    # Not request.content_type: aiohttp reports octet-stream when the header is
+    # missing, and h5pyd sends its long-select JSON bodies without a Content-Type.
+    if OCTET in request.headers.get("Content-Type", ""):
+        raw = await request.read()
+        return await _value(request, lambda shape: parse_points(raw, shape))
+    body = await _json_body(request)
+    if "points" in body and ("select" in body or "select" in request.query):
+        raise RestError(400, "give either points or select, not both")
+    if "points" in body:
+        return await _value(request, lambda shape: parse_points(body["points"], shape))
+    select = body.get("select") or request.query.get("select")
+    if not isinstance(select, str):
+        raise RestError(400, "POST value expects 'points' or a 'select' string in the JSON body")
+    return await _value(request, lambda shape: parse_select(select, shape))
+
+
+async def _json_body(request: web.Request) -> JsonDict:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RestError(400, "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise RestError(400, "request body must be a JSON object")
+    return body
+
+
+async def _value(request: web.Request, make_selection: Callable[[tuple[int, ...]], Selection]) -> web.StreamResponse:
+    served = _served(request)
+    registry = _registry(request)
+    obj_id = request.match_info["id"]
+    binary = _wants_binary(request)
+
+    def read() -> npt.NDArray[Any]:
+        # Under domain.lock: parse against the current shape, check the size, copy
+        # only the selected block. Serialisation happens after the lock is released.
+        ds = _dataset(served, obj_id)
+        try:
+            sel = make_selection(ds.shape)
+        except SelectionError as exc:
+            raise RestError(400, f"invalid selection: {exc}") from None
+        _check_size(registry, sel, ds, binary)
+        return extract(ds.array, sel)
+
+    block = await registry.run_locked(served, read)
+    if binary:
+        return await _send_binary(request, registry, block)
+    payload = await registry.run(lambda: _dumps({"value": array_to_json(block)}).encode())
+    return web.Response(body=payload, content_type="application/json")
+
+
+def _check_size(registry: DomainRegistry, sel: Selection, ds: DomainDataset, binary: bool) -> None:
+    nbytes = selection_size(sel) * itemsize_estimate(ds.dtype)
+    limit = registry.limits.max_response_bytes if binary else registry.limits.max_json_bytes
+    if nbytes > limit:
+        how = "" if binary else " (ask for Accept: application/octet-stream: JSON has a lower cap)"
+        raise RestError(413, f"selection of {nbytes} bytes exceeds the {limit}-byte limit{how}")
+
+
+async def _send_binary(request: web.Request, registry: DomainRegistry, block: npt.NDArray[Any]) -> web.StreamResponse:
+    if is_vlen_str(block.dtype):
+        payload = await registry.run(lambda: vlen_to_bytes(block))
+        view = memoryview(payload)
+    else:
+        wire = wire_dtype(block.dtype)
+        if wire != block.dtype:
+            block = await registry.run(lambda: block.astype(wire))
+        # A byte view of the copy: streamed without another copy (tobytes would double it).
+        view = memoryview(block.reshape(-1).view(np.uint8).data)
+    response = web.StreamResponse(headers={"Content-Type": OCTET})
+    response.content_length = len(view)
+    await response.prepare(request)
+    for offset in range(0, len(view), STREAM_CHUNK):
+        await response.write(view[offset : offset + STREAM_CHUNK])
+    await response.write_eof()
+    registry.counters.add(bytes_sent=len(view))
+    return response
+
+
+# -- read-only, errors, CORS ------------------------------------------------------------
+async def not_found_or_forbidden(request: web.Request) -> web.StreamResponse:
+    if request.method in ("GET", "HEAD"):
+        raise RestError(404, f"no such endpoint: {request.path}")
+    raise RestError(403, f"this HDF REST server is read-only: {request.method} {request.path} is not allowed")
+
+
+def _reason(message: str) -> str:
+    # h5pyd raises IOError(status, reason): the reason line is what a user sees.
+    text = message.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
+    return text[:200]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    registry = _registry(request)
+    registry.counters.add(requests=1)
+    try:
+        return await handler(request)
+    except RestError as exc:
+        status, message = exc.status, exc.message
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        status = exc.status
+        message = exc.text or exc.reason
+        if status == 405:
+            status, message = 403, f"this HDF REST server is read-only: {request.method} is not allowed"
+    except (ConnectionResetError, ConnectionError):
+        log.debug("client went away during %s %s", request.method, request.path)
+        raise
+    except Exception as exc:  # answer JSON, never a bare traceback page
+        log.exception("error serving %s %s", request.method, request.path_qs)
+        status, message = 500, f"internal error: {type(exc).__name__}: {exc}"
+    registry.counters.record_status(status, message)
+    if status >= 500:
+        log.error("%s %s -> %d %s", request.method, request.path_qs, status, message)
+    else:
+        log.info("%s %s -> %d %s", request.method, request.path_qs, status, message)
+    return _json({"status": status, "message": message}, status=status, reason=_reason(message))
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origins = request.app[CORS_KEY]
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    if origin in origins:
+        return origin
+    return "*" if "*" in origins else None
+
+
+@web.middleware
+async def cors_preflight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+        return await handler(request)
+    if _allowed_origin(request) is None:
+        raise RestError(403, f"origin {request.headers.get('Origin')!r} is not allowed")
+    asked = request.headers.get("Access-Control-Request-Headers", "")
+    headers = {
+        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+        "Access-Control-Allow-Headers": asked or "Accept, Authorization, Content-Type, X-Hdf-domain",
+        "Access-Control-Max-Age": "600",
+    }
+    return web.Response(status=204, headers=headers)
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: every response, errors and streamed data included."""
+    origin = _allowed_origin(request)
+    if origin is None:
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = "Content-Length, Content-Type"
+    if origin != "*":
+        response.headers["Vary"] = "Origin"
+
+
+# -- application --------------------------------------------------------------------------
+def build_app(
+    registry: DomainRegistry,
+    cors_origins: Sequence[str] = (),
+    parameter_sink: ParameterSink | None = None,
+    parameter_source: ParameterSource | None = None,
+) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, cors_preflight_middleware],
+        client_max_size=registry.limits.max_request_body,
+    )
+    app[REGISTRY_KEY] = registry
+    app[CORS_KEY] = frozenset(cors_origins)
+    app.on_response_prepare.append(add_cors_headers)
+    get = app.router.add_get
+    for path in ("/about", "/info"):
+        get(path, about, allow_head=False)
+    get("/", get_domain, allow_head=False)
+    get("/domains", list_domains, allow_head=False)
+    get("/acls", get_acls, allow_head=False)
+    get("/acls/{user}", get_acl, allow_head=False)
+    get("/groups", list_collection, allow_head=False)
+    get("/datasets", list_collection, allow_head=False)
+    get("/groups/{id}", get_group, allow_head=False)
+    get("/groups/{id}/links", get_links, allow_head=False)
+    get("/groups/{id}/links/{title}", get_link, allow_head=False)
+    get("/datasets/{id}", get_dataset, allow_head=False)
+    get("/datasets/{id}/shape", get_dataset_shape, allow_head=False)
+    get("/datasets/{id}/type", get_dataset_type, allow_head=False)
+    get("/datasets/{id}/value", get_value, allow_head=False)
+    app.router.add_post("/datasets/{id}/value", post_value)
+    attrs = "/{collection:groups|datasets|datatypes}/{id}/attributes"
+    get(attrs, get_attributes, allow_head=False)
+    app.router.add_post(attrs, post_attributes)
+    get(attrs + "/{name}", get_attribute, allow_head=False)
+    add_control_routes(app, parameter_sink, parameter_source)
+    app.router.add_route("*", "/{tail:.*}", not_found_or_forbidden)
+    return app

@@ -1,0 +1,235 @@
+"""The pipeline's configuration: one flat dataclass, validated, JSON in and out.
+
+Every field is also a dranspose parameter of the same name (see
+``streamtomo.dranspose_parameters``), so a scan can be configured from a parameter file, the
+controller's HTTP API, or the helm chart's ``pipeline:`` values, with one set of names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+FILTERS = ("ramp", "shepp-logan", "hann")
+KIND_RULES = ("counts", "header")
+COMPRESSIONS = ("none", "bslz4")
+LIVE_MODES = ("accumulate", "window")
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed; the message names value and choices."""
+
+
+@dataclass
+class PipelineConfig:
+    """Scan, correction and reconstruction settings.
+
+    Field metadata ``help`` documents each field (the CLI's ``config`` command and
+    README print it).
+    """
+
+    detector_stream: str = field(default="detector", metadata={"help": "dranspose stream with detector frames (STINS)"})
+    angle_stream: str = field(default="angle", metadata={"help": "dranspose stream with the PandA position capture (PCAP_RAW); empty: nominal angles"})
+    kind_rule: str = field(default="counts", metadata={"help": "how a frame's kind is known: 'counts' (darks/flats before and after) or 'header' (a key in the image header)"})
+    kind_header_key: str = field(default="image_key", metadata={"help": "image header key holding the NXtomo image_key when kind_rule is 'header'"})
+    n_darks_before: int = field(default=10, metadata={"help": "dark frames before the projections (kind_rule 'counts')"})
+    n_flats_before: int = field(default=10, metadata={"help": "flat frames before the projections (kind_rule 'counts')"})
+    n_projections: int = field(default=180, metadata={"help": "number of projections = angle slots of the sinogram"})
+    n_flats_after: int = field(default=0, metadata={"help": "flat frames after the projections (interpolated with those before)"})
+    n_darks_after: int = field(default=0, metadata={"help": "dark frames after the projections"})
+    angle_start: float = field(default=0.0, metadata={"help": "nominal angle of the first projection, degrees"})
+    angle_range: float = field(default=180.0, metadata={"help": "angular range covered by the projections, degrees (180 or 360)"})
+    angle_tolerance: float = field(default=0.5, metadata={"help": "largest distance from a slot, in angular steps, for a measured angle to be accepted"})
+    encoder_field: str = field(default="INENC1.VAL.Mean", metadata={"help": "PandA capture field holding the rotation encoder"})
+    counts_per_degree: float = field(default=1000.0, metadata={"help": "encoder counts per degree"})
+    encoder_offset: float = field(default=0.0, metadata={"help": "angle in degrees at encoder count 0"})
+    rows: str = field(default="all", metadata={"help": "detector rows assembled into sinograms: 'all', 'a:b[:step]' or 'r1,r2,...'"})
+    slice_rows: str = field(default="", metadata={"help": "detector rows reconstructed live (must be sinogram rows); empty: 5 rows spread over the sinogram rows"})
+    center: str = field(default="", metadata={"help": "rotation axis column (0-based); empty: detector middle; 'auto': estimated from the sinogram at the end of the scan"})
+    live_mode: str = field(default="accumulate", metadata={"help": "live slices: 'accumulate' (all projections so far) or 'window' (the last 180 degrees of a continuous rotation, in acquisition order)"})
+    cor_sweep_steps: int = field(default=7, metadata={"help": "live centre-of-rotation sweep: candidate centres around the centre (0: off)"})
+    cor_sweep_step: float = field(default=1.0, metadata={"help": "spacing of the sweep's candidate centres, pixels"})
+    backend: str = field(default="default", metadata={"help": "reconstruction backend for the end-of-scan volume: default (fourier), direct, skimage, astra, tomopy-gridrec, tomopy-fbp"})
+    volume: bool = field(default=True, metadata={"help": "reconstruct every sinogram row into /entry/reconstruction/volume at the end of the scan"})
+    zinger_removal: bool = field(default=False, metadata={"help": "volume: replace zingers (isolated outlier pixels) in each projection by the local median"})
+    ring_removal: bool = field(default=False, metadata={"help": "volume: sorting-based stripe (ring) removal on each sinogram (Vo 2018)"})
+    paganin_delta_beta: float = field(default=0.0, metadata={"help": "volume: Paganin phase retrieval with this delta/beta (0: off; needs all detector rows)"})
+    energy_kev: float = field(default=20.0, metadata={"help": "X-ray energy for Paganin, keV"})
+    distance_m: float = field(default=0.1, metadata={"help": "sample-detector distance for Paganin, m"})
+    pixel_size_m: float = field(default=1e-6, metadata={"help": "detector pixel size for Paganin, m"})
+    filter: str = field(default="ramp", metadata={"help": f"FBP filter: {', '.join(FILTERS)}"})
+    slice_size: int = field(default=0, metadata={"help": "reconstructed slice width in pixels; 0: detector width"})
+    flush_every: int = field(default=8, metadata={"help": "projections a worker accumulates before sending its partial sum"})
+    publish_interval: float = field(default=0.25, metadata={"help": "seconds between live domain updates"})
+    keep_references: bool = field(default=False, metadata={"help": "keep darks/flats across scans (for scans that take none)"})
+    domain: str = field(default="/streamtomo/live.h5", metadata={"help": "name of the live domain"})
+    controller_url: str = field(default="", metadata={"help": "dranspose controller URL; the reducer shares references through it in distributed mode"})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation -----------------------------------------------------------------
+    def validate(self) -> None:
+        _choice("kind_rule", self.kind_rule, KIND_RULES)
+        _choice("filter", self.filter, FILTERS)
+        _choice("live_mode", self.live_mode, LIVE_MODES)
+        for name in ("n_darks_before", "n_flats_before", "n_flats_after", "n_darks_after", "slice_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.n_projections < 1:
+            raise ConfigError(f"n_projections must be >= 1, got {self.n_projections}")
+        if self.flush_every < 1:
+            raise ConfigError(f"flush_every must be >= 1, got {self.flush_every}")
+        if not (0 < self.angle_range <= 360):
+            raise ConfigError(f"angle_range must be in (0, 360] degrees, got {self.angle_range}")
+        if not (0 < self.angle_tolerance <= 0.5):
+            raise ConfigError(f"angle_tolerance must be in (0, 0.5] steps, got {self.angle_tolerance}")
+        if self.counts_per_degree == 0 or not math.isfinite(self.counts_per_degree):
+            raise ConfigError(f"counts_per_degree must be finite and non-zero, got {self.counts_per_degree}")
+        if self.publish_interval <= 0:
+            raise ConfigError(f"publish_interval must be > 0, got {self.publish_interval}")
+        if self.center.strip() and self.center.strip() != "auto":
+            try:
+                float(self.center)
+            except ValueError:
+                raise ConfigError(f"center must be a column number, 'auto' or empty, got {self.center!r}") from None
+        for name in ("energy_kev", "distance_m", "pixel_size_m"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.paganin_delta_beta < 0:
+            raise ConfigError(f"paganin_delta_beta must be >= 0 (0: off), got {self.paganin_delta_beta}")
+        if self.cor_sweep_steps < 0 or self.cor_sweep_step <= 0:
+            raise ConfigError(f"cor_sweep_steps must be >= 0 and cor_sweep_step > 0, got {self.cor_sweep_steps}, {self.cor_sweep_step}")
+        from streamtomo.pipeline.reconstruction.backends import available_backends, resolve_name
+
+        try:
+            resolve_name(self.backend)
+        except ValueError:
+            raise ConfigError(f"backend {self.backend!r} is unknown; choose one of {list(available_backends())}") from None
+        # Syntax only here; bounds are checked against the detector when it is known.
+        check_rows_syntax(self.rows)
+        if self.slice_rows.strip():
+            check_rows_syntax(self.slice_rows)
+
+    # -- derived values -------------------------------------------------------------
+    @property
+    def angle_step(self) -> float:
+        return self.angle_range / self.n_projections
+
+    def nominal_angle(self, projection_index: int) -> float:
+        return self.angle_start + projection_index * self.angle_step
+
+    def center_value(self, cols: int) -> float:
+        """The rotation axis column, checked against the detector width."""
+        if not self.center.strip() or self.center.strip() == "auto":
+            # 'auto' is resolved by the reducer (LiveScan) into a number at the end.
+            return (cols - 1) / 2.0
+        value = float(self.center)
+        if not (0.0 <= value <= cols - 1):
+            raise ConfigError(f"center {value} lies outside the detector (allowed 0..{cols - 1})")
+        return value
+
+    def sinogram_rows(self, detector_rows: int) -> list[int]:
+        return parse_rows(self.rows, detector_rows)
+
+    def live_slice_rows(self, detector_rows: int) -> list[int]:
+        sino_rows = self.sinogram_rows(detector_rows)
+        if not self.slice_rows.strip():
+            count = min(5, len(sino_rows))
+            picks = [round(i * (len(sino_rows) - 1) / max(count - 1, 1)) for i in range(count)]
+            return sorted({sino_rows[i] for i in picks})
+        rows = parse_rows(self.slice_rows, detector_rows)
+        missing = sorted(set(rows) - set(sino_rows))
+        if missing:
+            raise ConfigError(f"slice_rows {missing} are not sinogram rows ({self.rows!r})")
+        return rows
+
+    # -- (de)serialisation ----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> PipelineConfig:
+        """Build from a mapping, converting strings; unknown keys are an error."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}; known: {sorted(known)}")
+        converted: dict[str, Any] = {}
+        for name, value in values.items():
+            converted[name] = _convert(name, known[name].type, value)
+        return cls(**converted)
+
+    @classmethod
+    def from_json(cls, text: str) -> PipelineConfig:
+        return cls.from_mapping(json.loads(text))
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} {value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _convert(name: str, type_name: Any, value: Any) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return lowered in ("true", "1", "yes")
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a valid {kind}") from None
+
+
+def check_rows_syntax(spec: str) -> None:
+    text = spec.strip().lower()
+    if text in ("all", ""):
+        return
+    try:
+        if ":" in text:
+            parts = text.split(":")
+            if len(parts) > 3:
+                raise ValueError(spec)
+            [int(p) for p in parts if p]
+        else:
+            [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError(f"row selection {spec!r} is not 'all', 'a:b[:step]' or 'r1,r2,...'") from None
+
+
+def parse_rows(spec: str, detector_rows: int) -> list[int]:
+    """Parse 'all', 'a:b[:step]' or 'r1,r2,...' into sorted unique row indices."""
+    text = spec.strip().lower()
+    if text in ("all", ""):
+        return list(range(detector_rows))
+    try:
+        if ":" in text:
+            parts = [int(p) if p else None for p in text.split(":")]
+            if len(parts) > 3:
+                raise ValueError(spec)
+            rows = list(range(detector_rows))[slice(*parts)]
+        else:
+            rows = sorted({int(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        raise ConfigError(f"row selection {spec!r} is not 'all', 'a:b[:step]' or 'r1,r2,...'") from None
+    bad = [r for r in rows if not (0 <= r < detector_rows)]
+    if bad or not rows:
+        raise ConfigError(f"row selection {spec!r} selects rows outside 0..{detector_rows - 1}")
+    return rows

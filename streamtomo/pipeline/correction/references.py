@@ -1,0 +1,171 @@
+"""Dark and flat references: running means, batches, and before/after interpolation.
+
+A *batch* is a run of darks and/or flats without projections in between. A batch
+taken mid-scan replaces the previous one for the projections that follow; flats
+taken after the projections are interpolated with the ones before, by frame index.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from streamtomo.pipeline.scan import ImageKey
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class RunningMean:
+    """Mean of equally shaped frames, accumulated in float64 for exactness."""
+
+    def __init__(self) -> None:
+        self._sum: npt.NDArray[np.float64] | None = None
+        self.count = 0
+
+    def add(self, frame: npt.NDArray[np.generic]) -> None:
+        if self._sum is None:
+            self._sum = np.zeros(frame.shape, dtype=np.float64)
+        elif frame.shape != self._sum.shape:
+            raise ValueError(f"reference frame shape {frame.shape} != {self._sum.shape}")
+        self._sum += np.asarray(frame, dtype=np.float64)
+        self.count += 1
+
+    def mean(self) -> FloatArray | None:
+        if self._sum is None or self.count == 0:
+            return None
+        return (self._sum / self.count).astype(np.float32)
+
+
+@dataclass
+class ReferenceBatch:
+    """Darks and flats collected between two runs of projections."""
+
+    first_index: int  # frame index of the batch's first reference frame
+    last_index: int = -1
+    darks: RunningMean = field(default_factory=RunningMean)
+    flats: RunningMean = field(default_factory=RunningMean)
+
+    def add(self, key: ImageKey, index: int, frame: npt.NDArray[np.generic]) -> None:
+        (self.darks if key == ImageKey.DARK else self.flats).add(frame)
+        self.first_index = min(self.first_index, index)  # frames may arrive out of order
+        self.last_index = max(self.last_index, index)
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """The dark and flat a projection is corrected with (float32, same shape).
+
+    ``flat_after``/``after_index`` are set once flats after the projections exist;
+    :meth:`flat_for` then interpolates linearly in intensity by frame index.
+    """
+
+    version: int
+    dark: FloatArray
+    flat: FloatArray
+    before_index: int = 0
+    flat_after: FloatArray | None = None
+    after_index: int = 0
+
+    def flat_for(self, frame_index: int) -> FloatArray:
+        if self.flat_after is None or self.after_index <= self.before_index:
+            return self.flat
+        w = (frame_index - self.before_index) / (self.after_index - self.before_index)
+        w = min(max(w, 0.0), 1.0)
+        return ((1.0 - w) * self.flat + w * self.flat_after).astype(np.float32)
+
+    # Serialised for the dranspose ``references`` binary parameter.
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        arrays = {"dark": self.dark, "flat": self.flat}
+        if self.flat_after is not None:
+            arrays["flat_after"] = self.flat_after
+        meta = np.array([self.version, self.before_index, self.after_index], dtype=np.int64)
+        np.savez(buf, meta=meta, **arrays)  # type: ignore[arg-type]
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReferenceSet:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            version, before, after = (int(v) for v in npz["meta"])
+            flat_after = npz["flat_after"] if "flat_after" in npz.files else None
+            return cls(version, npz["dark"], npz["flat"], before, flat_after, after)
+
+
+class ReferenceTracker:
+    """Builds :class:`ReferenceSet` versions from a stream of darks and flats.
+
+    Feed every dark/flat with :meth:`add`; call :meth:`close_batch` when the first
+    projection after a batch is seen. A batch with only darks (or only flats) keeps
+    the other kind from the previous batch.
+    """
+
+    def __init__(self, first_version: int = 1) -> None:
+        self._open: ReferenceBatch | None = None
+        self._current: ReferenceSet | None = None
+        self._version = first_version - 1
+        self._last_projection_index = -1
+
+    @property
+    def current(self) -> ReferenceSet | None:
+        return self._current
+
+    @property
+    def batch_open(self) -> bool:
+        return self._open is not None
+
+    @property
+    def open_first_index(self) -> int | None:
+        return None if self._open is None else self._open.first_index
+
+    def add(self, key: ImageKey, index: int, frame: npt.NDArray[np.generic]) -> None:
+        if key not in (ImageKey.DARK, ImageKey.FLAT):
+            raise ValueError(f"not a reference frame kind: {key!r}")
+        if self._open is None:
+            self._open = ReferenceBatch(first_index=index)
+        self._open.add(key, index, frame)
+
+    def note_projection(self, index: int) -> None:
+        self._last_projection_index = max(self._last_projection_index, index)
+
+    def close_batch(self, *, scan_ended: bool = False) -> ReferenceSet | None:
+        """Turn the open batch into the current reference set; returns it if new.
+
+        Called when a projection follows the batch (the batch replaces the previous
+        references for what follows) or, with ``scan_ended``, at the end of the scan:
+        flats after the last projection are then interpolated with the earlier ones.
+        """
+        batch, self._open = self._open, None
+        if batch is None:
+            return None
+        dark = batch.darks.mean()
+        flat = batch.flats.mean()
+        previous = self._current
+        if flat is None and previous is None:
+            # Darks alone cannot correct; keep them until flats come.
+            self._open = batch
+            return None
+        if dark is None:
+            dark = previous.dark if previous is not None else np.zeros_like(flat)
+        if flat is None:
+            assert previous is not None
+            flat = previous.flat
+        if dark.shape != flat.shape:
+            raise ValueError(f"dark shape {dark.shape} != flat shape {flat.shape}")
+        self._version += 1
+        if scan_ended and previous is not None and batch.flats.count > 0 and self._last_projection_index >= 0:
+            self._current = ReferenceSet(
+                self._version, previous.dark, previous.flat, previous.before_index,
+                flat_after=flat, after_index=batch.first_index,
+            )
+        else:
+            self._current = ReferenceSet(self._version, dark, flat, before_index=batch.last_index)
+        return self._current
+
+    def reset(self, keep_references: bool) -> None:
+        self._open = None
+        self._last_projection_index = -1
+        if not keep_references:
+            self._current = None

@@ -1,0 +1,103 @@
+"""Which kind (dark, flat, projection) a streamed frame is.
+
+Detector streams rarely say: the MAX IV receiver sends bare images. So the kind comes
+either from a key a source put in the image header (``image_key``, NXtomo numbers or
+names) or from the frame's position in a scan of known layout, e.g. 10 darks, 10 flats,
+then projections. Recording readers and workers share this rule so they agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from streamtomo.pipeline.formats.errors import FrameError
+from streamtomo.pipeline.scan import ImageKey, image_key_from_name
+
+Segment = tuple[ImageKey, int | None]  # (kind, count); None: all remaining frames
+
+
+@dataclass(frozen=True)
+class FrameKindRule:
+    """Header key first (when set and present), else position in ``segments``.
+
+    ``segments`` lists the scan in order; only the last may be open-ended (``None``).
+    No segments means every frame is a projection. Positions past a closed layout are
+    :attr:`ImageKey.INVALID` (extra frames, not an error: streams do overrun).
+    ``position`` is the 0-based frame number (the STINS ``frame`` field).
+    """
+
+    segments: tuple[Segment, ...] = ()
+    header_key: str | None = "image_key"
+    require_header: bool = False
+
+    def __post_init__(self) -> None:
+        for i, (kind, count) in enumerate(self.segments):
+            if count is None and i != len(self.segments) - 1:
+                raise ValueError("only the last segment may be open-ended ('*')")
+            if count is not None and count < 0:
+                raise ValueError(f"segment {kind.name.lower()} has negative count {count}")
+        if self.require_header and self.header_key is None:
+            raise ValueError("require_header needs a header_key")
+
+    @classmethod
+    def from_counts(
+        cls,
+        n_darks: int = 0,
+        n_flats: int = 0,
+        n_projections: int | None = None,
+        n_flats_after: int = 0,
+        n_darks_after: int = 0,
+        header_key: str | None = None,
+    ) -> FrameKindRule:
+        """Darks, flats, projections, flats, darks (the common order); header ignored."""
+        if n_projections is None and (n_flats_after or n_darks_after):
+            raise ValueError("frames after the projections need n_projections")
+        segs: list[Segment] = [
+            (ImageKey.DARK, n_darks),
+            (ImageKey.FLAT, n_flats),
+            (ImageKey.PROJECTION, n_projections),
+            (ImageKey.FLAT, n_flats_after),
+            (ImageKey.DARK, n_darks_after),
+        ]
+        return cls(tuple(s for s in segs if s[1] != 0), header_key=header_key)
+
+    @classmethod
+    def from_spec(cls, spec: str, header_key: str | None = None) -> FrameKindRule:
+        """Parse ``"dark:10,flat:10,projection:*"`` (kinds as in ``image_key_from_name``)."""
+        segs: list[Segment] = []
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            name, sep, count = item.partition(":")
+            if not sep:
+                raise ValueError(f"segment {item!r} must be 'kind:count' or 'kind:*'")
+            try:
+                n = None if count.strip() == "*" else int(count)
+            except ValueError:
+                raise ValueError(f"segment {item!r}: count must be an integer or '*'") from None
+            segs.append((image_key_from_name(name), n))
+        return cls(tuple(segs), header_key=header_key)
+
+    def by_position(self, position: int) -> ImageKey:
+        if position < 0:
+            raise ValueError(f"frame position must be >= 0, got {position}")
+        if not self.segments:
+            return ImageKey.PROJECTION
+        start = 0
+        for kind, count in self.segments:
+            if count is None or position < start + count:
+                return kind
+            start += count
+        return ImageKey.INVALID
+
+    def kind(self, position: int, header: Mapping[str, Any] | None = None) -> ImageKey:
+        """The frame's kind from its image header (``StinsImage.extra``) or position."""
+        if self.header_key is not None and header is not None and self.header_key in header:
+            value = header[self.header_key]
+            try:
+                return image_key_from_name(value)
+            except (TypeError, ValueError) as exc:
+                raise FrameError(f"frame {position}: bad {self.header_key!r}: {exc}") from None
+        if self.require_header:
+            raise FrameError(f"frame {position} has no {self.header_key!r} in its header")
+        return self.by_position(position)

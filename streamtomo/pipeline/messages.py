@@ -1,0 +1,88 @@
+"""Results a worker sends to the reducer: small, picklable dataclasses.
+
+dranspose pickles whatever ``process_event`` returns; a worker returns a list of
+these (usually one). Arrays are only the rows the scan needs, never whole frames
+unless every row is a sinogram row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from streamtomo.pipeline.scan import ImageKey
+
+
+@dataclass(frozen=True)
+class DetectorInfo:
+    """The detector shape, from the first frame a worker decodes."""
+
+    rows: int
+    cols: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ReferenceRows:
+    """A dark or flat frame's sinogram rows, for the reducer's reference means."""
+
+    frame_index: int
+    key: ImageKey
+    rows: npt.NDArray[np.generic]
+    detector: DetectorInfo
+
+
+@dataclass(frozen=True)
+class ProjectionRows:
+    """One projection's sinogram rows.
+
+    ``reference_version`` 0: ``rows`` are raw detector values (the worker had no
+    references yet) and the reducer corrects them; otherwise they are -log corrected
+    float32 with that reference version, and the worker has backprojected the slice
+    rows among them into its partial sum under ``recon_id`` (empty: it did not).
+    """
+
+    frame_index: int
+    angle_deg: float
+    angle_measured: bool  # False: nominal angle from the frame index
+    rows: npt.NDArray[np.generic]
+    reference_version: int
+    recon_id: str
+    detector: DetectorInfo
+
+
+@dataclass(frozen=True)
+class PartialSum:
+    """A worker's unweighted backprojection sum over ``frame_indices``."""
+
+    worker: str
+    recon_id: str
+    frame_indices: tuple[int, ...]
+    slices: npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A frame (or message) that could not be used, and why (a short reason key)."""
+
+    frame_index: int | None
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class StreamEnded:
+    """The detector stream's series_end reached this worker."""
+
+    frames_announced: int | None = None
+
+
+@dataclass
+class WorkerResult:
+    """Everything one event produced (dranspose allows one result per event)."""
+
+    items: list[ReferenceRows | ProjectionRows | PartialSum | Rejected | StreamEnded] = field(
+        default_factory=list
+    )

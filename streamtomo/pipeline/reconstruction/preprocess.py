@@ -1,0 +1,332 @@
+"""Optional corrections before reconstruction; each a pure function of arrays.
+
+* :func:`remove_outliers`: zingers (single bright or dark pixels from direct
+  hits on the sensor) replaced by the local median, per projection.
+* :func:`remove_stripes_sorting`: ring artefacts come from detector columns
+  whose response is off by a constant: a full-height stripe in the sinogram.
+  Vo et al. (2018), algorithm 3: sort each column along the angles, smooth the
+  sorted image across columns with a median, and unsort.
+* :func:`paganin`: single-material phase retrieval (Paganin et al. 2002) of a
+  propagation-based phase-contrast projection; a 2D filter, so it needs whole
+  projections, not single rows.
+* :func:`half_acquisition_to_180`: a 360-degree scan with the axis near one
+  detector edge (offset axis, extended field of view) stitched to a
+  180-degree sinogram of almost twice the width.
+* :func:`angle_slots` / :func:`average_repeats`: back-and-forth and repeated
+  angles mapped to distinct slots (weights then come from
+  :func:`streamtomo.pipeline.reconstruction.fbp.angular_weights`, which already shares a slot's weight
+  among its projections and treats 360-degree scans as two half turns).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+import scipy.fft
+import scipy.ndimage
+
+FloatArray = npt.NDArray[np.float32]
+MAD_TO_SIGMA = 1.4826  # median absolute deviation of a normal distribution -> sigma
+
+
+def _float_images(data: npt.ArrayLike, name: str, min_ndim: int = 1) -> FloatArray:
+    array = np.asarray(data, dtype=np.float32)
+    if array.ndim < min_ndim or array.size == 0:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {array.shape}")
+    return array
+
+
+# -- zingers ------------------------------------------------------------------------------
+
+
+def robust_noise(projections: FloatArray) -> npt.NDArray[np.float64]:
+    """Per-projection noise sigma from second differences along the rows.
+
+    x - (left + right)/2 is zero on any linear ramp and has variance 1.5 sigma^2
+    for white noise; its median absolute value ignores zingers and edges. (The
+    deviation from a 3x3 median is not usable: on a steep ramp the median is
+    the pixel itself, so the noise would look ten times smaller.)
+    """
+    second = projections[..., 1:-1] - 0.5 * (projections[..., :-2] + projections[..., 2:])
+    axes = tuple(range(max(projections.ndim - 2, 0), projections.ndim))
+    noise: npt.NDArray[np.float64] = MAD_TO_SIGMA * np.median(np.abs(second), axis=axes, keepdims=True) / math.sqrt(1.5)
+    return noise
+
+
+def remove_outliers(
+    projections: npt.ArrayLike,
+    *,
+    size: int = 3,
+    threshold: float | None = None,
+    n_sigma: float = 6.0,
+) -> FloatArray:
+    """Replace zingers (isolated pixels far above or below their neighbours) by the local median.
+
+    ``projections`` is one projection (rows, C), a stack (..., rows, C) or rows
+    (C,); each projection is filtered on its own (a zinger hits one frame). A
+    pixel is an outlier when it exceeds the second-highest of its neighbours in
+    a ``size`` x ``size`` box by more than ``threshold`` (or lies that far below
+    the second-lowest): edges of the sample have neighbours on both sides of
+    the step and are left alone, clusters of two pixels are still caught.
+    ``threshold`` is in data units; by default ``n_sigma`` x the projection's
+    robust noise (:func:`robust_noise`), so it adapts to counts or -log data.
+    """
+    data = _float_images(projections, "projections")
+    if data.shape[-1] < 3:
+        raise ValueError(f"projections need at least 3 columns, got shape {data.shape}")
+    if size < 2:
+        raise ValueError(f"size must be >= 2 pixels, got {size}")
+    if threshold is not None and threshold <= 0:
+        raise ValueError(f"threshold must be > 0, got {threshold}")
+    spatial = min(data.ndim, 2)
+    lead = [1] * (data.ndim - spatial)
+    box = np.ones([size] * spatial, dtype=bool)
+    neighbours = box.copy()
+    neighbours[(size // 2,) * spatial] = False  # the pixel itself is not its own neighbour
+    footprint = neighbours.reshape(lead + list(neighbours.shape))
+    n_neighbours = int(neighbours.sum())
+    median = scipy.ndimage.median_filter(data, footprint=box.reshape(lead + list(box.shape)), mode="reflect")
+    high = scipy.ndimage.rank_filter(data, n_neighbours - 2, footprint=footprint, mode="reflect")
+    low = scipy.ndimage.rank_filter(data, 1, footprint=footprint, mode="reflect")
+    limit: npt.NDArray[np.float64] | float
+    if threshold is None:
+        limit = n_sigma * np.maximum(robust_noise(data), np.finfo(np.float32).tiny)
+    else:
+        limit = float(threshold)
+    outliers = (data - high > limit) | (low - data > limit)
+    return np.where(outliers, median, data).astype(np.float32)
+
+
+# -- rings ---------------------------------------------------------------------------------
+
+
+STRIPE_METHODS: tuple[str, ...] = ("offset", "replace")
+
+
+def remove_stripes_sorting(sinogram: npt.ArrayLike, *, size: int = 21, method: str = "offset") -> FloatArray:
+    """Vo's sorting-based stripe removal on (A, C) or (..., A, C) -log sinograms.
+
+    A miscalibrated column adds a constant to every angle: after sorting each
+    column along the angles it is a step across columns in every sorted row,
+    which a median across ``size`` columns removes. ``method="replace"`` is
+    Vo et al. (2018) algorithm 3 verbatim: the sinogram becomes the smoothed
+    sorted one, sorted back. ``"offset"`` (default) subtracts from each column
+    only the median over angles of (sorted - smoothed): the artefact's model
+    exactly, so a sharp sample (whose sorted rows also change across columns)
+    is not smoothed at the scale of ``size``.
+    """
+    data = _float_images(sinogram, "sinogram", 2)
+    if size < 3:
+        raise ValueError(f"size must be >= 3 columns, got {size}")
+    if method not in STRIPE_METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(STRIPE_METHODS)}")
+    order = np.argsort(data, axis=-2, kind="stable")
+    ordered = np.take_along_axis(data, order, axis=-2)
+    footprint = [1] * (data.ndim - 1) + [size]
+    smoothed = scipy.ndimage.median_filter(ordered, size=footprint, mode="reflect")
+    if method == "offset":
+        offset = np.median(ordered - smoothed, axis=-2, keepdims=True)
+        corrected: FloatArray = (data - offset).astype(np.float32)
+        return corrected
+    out = np.empty_like(data)
+    np.put_along_axis(out, order, smoothed, axis=-2)
+    return out
+
+
+# -- Paganin -------------------------------------------------------------------------------
+
+
+def wavelength_m(energy_kev: float) -> float:
+    """X-ray wavelength in metres (h c = 1.23984198e-9 keV m)."""
+    if energy_kev <= 0:
+        raise ValueError(f"energy_kev must be > 0, got {energy_kev}")
+    return 1.23984198e-9 / float(energy_kev)
+
+
+def paganin(
+    transmission: npt.ArrayLike,
+    *,
+    energy_kev: float,
+    distance_m: float,
+    pixel_size_m: float,
+    delta_beta: float,
+    pad: bool = True,
+) -> FloatArray:
+    """Phase retrieval of flat-field corrected projections -> -log, like the pipeline's rows.
+
+    ``transmission`` is I/I0 of one projection (rows, C) or a stack
+    (..., rows, C). Returns mu * thickness (the line integral the pipeline
+    backprojects) from Paganin's formula
+    -ln F^-1[ F[I/I0] / (1 + pi lambda z (delta/beta) |f|^2) ], f in cycles/m.
+    ``pad`` mirrors each projection to twice its size first, so the filter
+    does not wrap one edge onto the other.
+    """
+    data = _float_images(transmission, "transmission", 2).astype(np.float64)
+    for name, value in (("distance_m", distance_m), ("pixel_size_m", pixel_size_m), ("delta_beta", delta_beta)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    rows, cols = data.shape[-2:]
+    if pad:
+        widths = [(0, 0)] * (data.ndim - 2) + [(rows // 2, rows - rows // 2), (cols // 2, cols - cols // 2)]
+        data = np.pad(data, widths, mode="reflect" if min(rows, cols) > 1 else "edge")
+    n_rows, n_cols = data.shape[-2:]
+    fy = scipy.fft.fftfreq(n_rows, d=pixel_size_m)[:, None]
+    fx = scipy.fft.rfftfreq(n_cols, d=pixel_size_m)[None, :]
+    factor = math.pi * wavelength_m(energy_kev) * distance_m * delta_beta
+    response = 1.0 / (1.0 + factor * (fx**2 + fy**2))
+    filtered = scipy.fft.irfft2(scipy.fft.rfft2(data) * response, s=(n_rows, n_cols))
+    if pad:
+        filtered = filtered[..., rows // 2 : rows // 2 + rows, cols // 2 : cols // 2 + cols]
+    out: FloatArray = (-np.log(np.maximum(filtered, 1e-6))).astype(np.float32)
+    return out
+
+
+# -- 360-degree half acquisition ---------------------------------------------------------
+
+
+def half_acquisition_to_180(
+    sinogram: npt.ArrayLike,
+    angles_deg: npt.ArrayLike,
+    center: float,
+    *,
+    tolerance_deg: float | None = None,
+) -> tuple[FloatArray, npt.NDArray[np.float64], float]:
+    """Stitch an offset-axis 360-degree scan into a 180-degree one.
+
+    ``sinogram`` (A, C) or (K, A, C) covers 360 degrees with the axis at
+    ``center`` off the detector middle. The projection at theta + 180, mirrored
+    about the axis, continues the one at theta beyond the detector edge; where
+    both see the same columns they are blended with a linear ramp. Returns the
+    (K, A180, W) (or (A180, W)) sinogram for the angles in [first, first + 180),
+    those angles and the axis column in it.
+    """
+    data = _float_images(sinogram, "sinogram", 2)
+    single = data.ndim == 2
+    stack = data[None] if single else data
+    if stack.ndim != 3:
+        raise ValueError(f"sinogram must be (A, C) or (K, A, C), got shape {data.shape}")
+    angles = np.asarray(angles_deg, dtype=np.float64).ravel()
+    n_cols = stack.shape[2]
+    if angles.size != stack.shape[1]:
+        raise ValueError(f"{angles.size} angles for {stack.shape[1]} projections")
+    if not 0.0 <= center <= n_cols - 1:
+        raise ValueError(f"center {center!r} is outside the detector; allowed: 0 .. {n_cols - 1}")
+    span = float(angles.max() - angles.min())
+    step = float(np.median(np.diff(np.sort(angles))))
+    if span < 360.0 - 1.5 * step:
+        raise ValueError(f"half acquisition needs 360 degrees of angles; these span {span:.1f}")
+    axis_right = center >= (n_cols - 1) / 2.0
+    if not axis_right:  # mirror the detector so that the axis is on the right, undo at the end
+        stack = stack[..., ::-1]
+        center = n_cols - 1 - center
+    tol = 0.51 * step if tolerance_deg is None else float(tolerance_deg)
+    first = float(angles.min())
+    keep = np.flatnonzero(angles < first + 180.0 - tol)
+    keep = keep[np.argsort(angles[keep], kind="stable")]
+    partners = []
+    for index in keep:
+        distance = np.abs(np.mod(angles - angles[index] - 180.0 + 180.0, 360.0) - 180.0)
+        best = int(np.argmin(distance))
+        if distance[best] > tol:
+            raise ValueError(f"no projection 180 degrees after {angles[index]:.3f} (within {tol:.3f} deg)")
+        partners.append(best)
+    width = math.floor(2.0 * center) + 1
+    x = np.arange(width, dtype=np.float64)
+    out = np.zeros((stack.shape[0], keep.size, width), dtype=np.float32)
+    direct = stack[:, keep, :]
+    mirrored_pos = 2.0 * center - x  # column of the opposite projection seen at x
+    # Blend over the overlap [2c - (C-1), C-1]: weight of the direct view falls 1 -> 0.
+    lo, hi = 2.0 * center - (n_cols - 1), float(n_cols - 1)
+    ramp = np.clip((hi - x) / max(hi - lo, 1e-9), 0.0, 1.0) if hi > lo else (x <= hi).astype(np.float64)
+    for k in range(stack.shape[0]):
+        for a, partner in enumerate(partners):
+            own = np.interp(x, np.arange(n_cols), direct[k, a], left=0.0, right=0.0)
+            other = np.interp(mirrored_pos, np.arange(n_cols), stack[k, partner], left=0.0, right=0.0)
+            out[k, a] = ramp * own + (1.0 - ramp) * other
+    new_center = float(center)
+    if not axis_right:
+        out = np.ascontiguousarray(out[..., ::-1])
+        new_center = width - 1 - new_center
+    return (out[0] if single else out), angles[keep], new_center
+
+
+# -- back-and-forth and repeated angles ---------------------------------------------------
+
+
+def angle_slots(
+    angles_deg: npt.ArrayLike, *, tolerance_deg: float = 1e-3, period_deg: float = 360.0
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+    """Slot of each projection and the slots' angles (sorted), angles folded mod ``period``.
+
+    A back-and-forth scan (0 -> 180 -> 0) visits each slot twice; a
+    360-degree scan with ``period_deg=360`` keeps theta and theta + 180 apart
+    (they are mirror images, not repeats).
+    """
+    angles = np.mod(np.asarray(angles_deg, dtype=np.float64).ravel(), period_deg)
+    if angles.size == 0:
+        return np.zeros(0, dtype=np.intp), np.zeros(0)
+    order = np.argsort(angles, kind="stable")
+    ordered = angles[order]
+    starts = np.concatenate(([True], np.diff(ordered) > tolerance_deg))
+    slot_sorted = np.cumsum(starts) - 1
+    if slot_sorted[-1] > 0 and ordered[0] + period_deg - ordered[-1] <= tolerance_deg:
+        slot_sorted[slot_sorted == slot_sorted[-1]] = 0  # wraps onto the first slot
+    slots = np.empty(angles.size, dtype=np.intp)
+    slots[order] = slot_sorted
+    n_slots = int(slots.max()) + 1
+    slot_angles = np.array([float(np.mean(angles[slots == s])) for s in range(n_slots)])
+    return slots, slot_angles
+
+
+def average_repeats(
+    sinogram: npt.ArrayLike, angles_deg: npt.ArrayLike, *, tolerance_deg: float = 1e-3
+) -> tuple[FloatArray, npt.NDArray[np.float64], npt.NDArray[np.intp]]:
+    """Mean of the projections in each slot: (K, S, C) sinogram, slot angles, counts.
+
+    Halves the backprojection work of a back-and-forth scan with repeated angles
+    and gives the same slices as weighting every repeat (noise-free data).
+    """
+    data = _float_images(sinogram, "sinogram", 2)
+    single = data.ndim == 2
+    stack = data[None] if single else data
+    slots, slot_angles = angle_slots(angles_deg, tolerance_deg=tolerance_deg)
+    if slots.size != stack.shape[1]:
+        raise ValueError(f"{slots.size} angles for {stack.shape[1]} projections")
+    counts = np.bincount(slots, minlength=slot_angles.size)
+    sums = np.zeros((slot_angles.size, stack.shape[0], stack.shape[2]), dtype=np.float64)
+    np.add.at(sums, slots, stack.transpose(1, 0, 2).astype(np.float64))
+    mean = np.ascontiguousarray((sums / counts[:, None, None]).transpose(1, 0, 2), dtype=np.float32)
+    return (mean[0] if single else mean), slot_angles, counts
+
+
+def prepare_volume_sinograms(
+    sinograms: npt.ArrayLike,
+    *,
+    zingers: bool = False,
+    rings: bool = False,
+    paganin_delta_beta: float = 0.0,
+    energy_kev: float = 20.0,
+    distance_m: float = 0.1,
+    pixel_size_m: float = 1e-6,
+    contiguous_rows: bool = True,
+) -> FloatArray:
+    """The end-of-scan preprocessing, in the usual order, on a (rows, A, C) -log stack.
+
+    Zingers are removed per projection, Paganin works on each projection's
+    transmission (it needs neighbouring detector rows: skipped, with a ValueError,
+    when the sinogram rows are not contiguous), rings per sinogram.
+    """
+    data = _float_images(sinograms, "sinograms", 3)
+    if zingers:
+        data = np.ascontiguousarray(remove_outliers(data.transpose(1, 0, 2)).transpose(1, 0, 2))
+    if paganin_delta_beta > 0:
+        if not contiguous_rows or data.shape[0] < 2:
+            raise ValueError("Paganin phase retrieval needs contiguous detector rows (rows='all' or 'a:b')")
+        transmission = np.exp(-data.transpose(1, 0, 2))
+        retrieved = paganin(transmission, energy_kev=energy_kev, distance_m=distance_m, pixel_size_m=pixel_size_m, delta_beta=paganin_delta_beta)
+        data = np.ascontiguousarray(retrieved.transpose(1, 0, 2))
+    if rings:
+        data = remove_stripes_sorting(data)
+    return data.astype(np.float32, copy=False)

@@ -1,0 +1,214 @@
+"""The live domain's layout, in one place (README "Domain layout" documents it).
+
+::
+
+    /                              @default=entry
+    /entry                         NXentry, @default=reconstruction
+    /entry/sinogram                NXdata, @signal=data
+        data            float32 (rows, angles, cols)
+        rotation_angle  float64 (angles,) degrees, measured (nominal where empty)
+        frames_per_angle int32  (angles,) 0 where the angle is still missing
+        detector_row    int64   (rows,)
+    /entry/reconstruction          NXdata, @signal=data
+        data            float32 (slices, y, x), one slice per chunk
+        slice_rows      int64   (slices,) detector row of each slice
+        n_projections   int64   scalar, projections in the slices so far
+        parameters      str     effective configuration (JSON)
+    /entry/status                  NXcollection
+        state, frames_received, frames_rejected, darks, flats, projections,
+        missing_angles, pending_projections, frames_lost, rejected (JSON counts per
+        reason), lost_frames (JSON [first, last] ranges of frames that never came),
+        publisher_dropped, last_update (unix time), generation
+
+Values that change are datasets (h5pyd 1.0 cannot overwrite attributes); readers
+poll ``/entry/status/generation`` and re-read when it changes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from streamtomo.hsds_bridge.domain import Domain
+from streamtomo.pipeline.streaming.live_scan import LiveScan
+
+STATUS_INTS = (
+    "frames_received", "frames_rejected", "darks", "flats", "projections",
+    "missing_angles", "pending_projections", "publisher_dropped", "frames_lost",
+)
+CHUNK_TARGET_BYTES = 2 << 20
+
+
+def sinogram_chunks(rows: int, angles: int, cols: int) -> tuple[int, int, int]:
+    """Blocks of rows x angles x all columns, at most ~2 MiB.
+
+    A new projection dirties one angle block of every row block; reading one
+    detector row reads ``angles / block`` chunks. Whole-row chunks would make each
+    projection rewrite the full stack.
+    """
+    block = 16
+    while block > 1 and block * block * cols * 4 > CHUNK_TARGET_BYTES:
+        block //= 2
+    return (min(rows, block), min(angles, block), cols)
+
+
+def new_domain(name: str) -> Domain:
+    """The domain before the first frame: status only."""
+    domain = Domain(name, {"default": "entry"})
+    domain.create_group("/entry", {"NX_class": "NXentry", "default": "reconstruction"})
+    domain.create_group("/entry/status", {"NX_class": "NXcollection"})
+    domain.create_dataset("/entry/status/state", "waiting")
+    for name_ in STATUS_INTS:
+        domain.create_dataset(f"/entry/status/{name_}", np.int64(0))
+    domain.create_dataset("/entry/status/rejected", "{}")
+    domain.create_dataset("/entry/status/lost_frames", "[]")
+    domain.create_dataset("/entry/status/last_update", np.float64(time.time()))
+    domain.create_dataset("/entry/status/generation", np.int64(0))
+    return domain
+
+
+def add_scan_datasets(domain: Domain, scan: LiveScan) -> None:
+    """Create sinogram and reconstruction datasets once the detector is known.
+
+    The sinogram dataset shares the scan's array: the in-memory server serves it
+    without copies (both sides hold ``domain.lock``).
+    """
+    assert scan.sinogram is not None and scan.geometry is not None and scan.live_sum is not None
+    sino = scan.sinogram
+    rows, angles, cols = sino.data.shape
+    units = {"units": "degree"}
+    domain.create_group("/entry/sinogram", {"NX_class": "NXdata", "signal": "data", "axes": ["detector_row", "rotation_angle", "."]})
+    domain.create_dataset(
+        "/entry/sinogram/data", sino.data, share=True, chunks=sinogram_chunks(rows, angles, cols),
+        attrs={"long_name": "-log transmission", "interpretation": "image"},
+    )
+    domain.create_dataset("/entry/sinogram/rotation_angle", sino.angles(), attrs=units)
+    domain.create_dataset("/entry/sinogram/frames_per_angle", sino.counts.copy())
+    domain.create_dataset("/entry/sinogram/detector_row", scan.geometry.sinogram_rows.astype(np.int64))
+    k, n, _ = scan.live_sum.shape
+    domain.create_group("/entry/reconstruction", {"NX_class": "NXdata", "signal": "data", "axes": ["slice_rows", ".", "."]})
+    domain.create_dataset(
+        "/entry/reconstruction/data", shape=(k, n, n), dtype=np.float32, chunks=(1, n, n),
+        attrs={"long_name": "attenuation per pixel", "interpretation": "image"},
+    )
+    domain.create_dataset("/entry/reconstruction/slice_rows", scan.geometry.slice_rows.astype(np.int64))
+    domain.create_dataset("/entry/reconstruction/n_projections", np.int64(0))
+    domain.create_dataset("/entry/reconstruction/center", np.float64(scan.geometry.center), attrs={"units": "pixel"})
+    domain.create_dataset("/entry/reconstruction/parameters", scan.config.to_json())
+
+
+def has_scan_datasets(domain: Domain) -> bool:
+    try:
+        domain.get("/entry/sinogram/data")
+    except KeyError:
+        return False
+    return True
+
+
+def _set(domain: Domain, path: str, value: Any) -> bool:
+    """Write a scalar if it differs; returns whether it changed."""
+    ds = domain.dataset(path)
+    if ds.array[()] == value:
+        return False
+    ds.set_scalar(value)
+    return True
+
+
+def _replace_if_shape_differs(domain: Domain, path: str, values: np.ndarray, attrs: dict[str, Any] | None = None) -> bool:
+    """Write ``values`` (a whole dataset); recreate it when the shape changed."""
+    try:
+        ds = domain.dataset(path)
+    except KeyError:
+        ds = None
+    if ds is None or ds.shape != values.shape:
+        chunks = (1, *values.shape[1:]) if values.ndim == 3 else None
+        domain.create_dataset(path, values.astype(np.float32 if values.dtype.kind == "f" and values.ndim == 3 else values.dtype), chunks=chunks, attrs=attrs)
+        return True
+    if np.array_equal(ds.array, values):
+        return False
+    ds.write((slice(None),), values)
+    return True
+
+
+def _update_sweep(domain: Domain, scan: LiveScan) -> bool:
+    """The live centre-of-rotation strip: NXdata with the candidate centres as axis."""
+    slices = scan.sweep_slices()
+    if slices is None:
+        return False
+    try:
+        domain.get("/entry/reconstruction/cor_sweep")
+    except KeyError:
+        domain.create_group("/entry/reconstruction/cor_sweep", {"NX_class": "NXdata", "signal": "data", "axes": ["centers", ".", "."]})
+    changed = _replace_if_shape_differs(domain, "/entry/reconstruction/cor_sweep/centers", scan.sweep_centers(), {"units": "pixel"})
+    changed |= _replace_if_shape_differs(domain, "/entry/reconstruction/cor_sweep/data", slices, {"long_name": "attenuation per pixel"})
+    return changed
+
+
+def _update_volume(domain: Domain, scan: LiveScan) -> bool:
+    if scan.volume is None:
+        return False
+    try:
+        domain.get("/entry/reconstruction/volume")
+        return False
+    except KeyError:
+        domain.create_dataset(
+            "/entry/reconstruction/volume", scan.volume, chunks=(1, *scan.volume.shape[1:]),
+            attrs={"long_name": "attenuation per pixel", "interpretation": "image", "detector_rows": [int(r) for r in scan.geometry.sinogram_rows]},  # type: ignore[union-attr]
+        )
+        return True
+
+
+def update_domain(domain: Domain, scan: LiveScan, extra_status: dict[str, int] | None = None) -> bool:
+    """Copy the scan's state into the domain (caller holds ``domain.lock``).
+
+    Bumps ``generation`` only when something changed, so idle readers re-read nothing.
+    Returns whether it did.
+    """
+    changed = False
+    if scan.sinogram is not None:
+        if not has_scan_datasets(domain):
+            add_scan_datasets(domain, scan)
+            changed = True
+        slots = scan.sinogram.take_dirty_slots()
+        if slots:
+            changed = True
+            data = domain.dataset("/entry/sinogram/data")
+            if data.array is not scan.sinogram.data:  # settings rebuilt the scan arrays
+                data.array = scan.sinogram.data
+                data.mark_all_dirty()
+            for slot in slots:
+                data.mark_dirty((slice(None), slot))
+            domain.dataset("/entry/sinogram/rotation_angle").write((slice(None),), scan.sinogram.angles())
+            domain.dataset("/entry/sinogram/frames_per_angle").write((slice(None),), scan.sinogram.counts)
+        slices = scan.slices()
+        recon = domain.dataset("/entry/reconstruction/data")
+        if slices is not None and slices.shape != recon.shape:  # live slice rows changed
+            k, n, _ = slices.shape
+            recon = domain.create_dataset(
+                "/entry/reconstruction/data", shape=slices.shape, dtype=np.float32, chunks=(1, n, n), attrs=recon.attrs,
+            )
+            domain.create_dataset("/entry/reconstruction/slice_rows", scan.geometry.slice_rows.astype(np.int64))  # type: ignore[union-attr]
+        if slices is not None:
+            for k in np.flatnonzero(np.any(recon.array != slices, axis=(1, 2))):
+                recon.write((int(k),), slices[k])
+                changed = True
+        changed |= _set(domain, "/entry/reconstruction/n_projections", np.int64(scan.n_projections))
+        changed |= _set(domain, "/entry/reconstruction/center", np.float64(scan.geometry.center))  # type: ignore[union-attr]
+        changed |= _update_sweep(domain, scan)
+        changed |= _update_volume(domain, scan)
+        changed |= _set(domain, "/entry/reconstruction/parameters", scan.config.to_json())
+    status = scan.status()
+    for key, value in (extra_status or {}).items():
+        status[key] = value
+    changed |= _set(domain, "/entry/status/state", str(status.pop("state")))
+    for key in STATUS_INTS:
+        changed |= _set(domain, f"/entry/status/{key}", np.int64(int(status.get(key, 0))))
+    changed |= _set(domain, "/entry/status/rejected", json.dumps(dict(sorted(scan.rejected.items()))))
+    changed |= _set(domain, "/entry/status/lost_frames", json.dumps(scan.lost_frames()))
+    if changed:
+        domain.dataset("/entry/status/last_update").set_scalar(np.float64(time.time()))
+        domain.dataset("/entry/status/generation").set_scalar(np.int64(domain.commit()))
+    return changed

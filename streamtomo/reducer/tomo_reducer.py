@@ -1,0 +1,275 @@
+"""dranspose reducer: assemble the scan and publish it as a live HDF REST domain.
+
+The scan state (:class:`streamtomo.pipeline.streaming.live_scan.LiveScan`) lives inside the domain's
+lock: ``process_result`` and ``timer`` run concurrently in dranspose, and the
+in-memory server reads the same arrays. ``timer`` reconciles worker partial sums,
+copies the state into the domain, bumps ``generation`` and notifies publishers.
+
+Settings that belong to the deployment, not the scan, come from the environment:
+``STREAMTOMO_HTTP_HOST`` (default 127.0.0.1), ``STREAMTOMO_HTTP_PORT`` (default
+8100; 0 picks a free port), ``STREAMTOMO_CORS_ORIGINS`` (comma separated) and
+``STREAMTOMO_HSDS_ENDPOINT`` (with credentials from ``streamtomo.hsds_bridge.credentials``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamtomo.dranspose_parameters import REFERENCES, ConfigCache, describe_parameters
+from streamtomo.hsds_bridge.control_api import LIVE_PARAMETERS
+from streamtomo.hsds_bridge.credentials import CredentialsError, load_credentials
+from streamtomo.hsds_bridge.hsds_writer import HsdsWriter, HsdsWriterError
+from streamtomo.hsds_bridge.publisher import Publisher
+from streamtomo.hsds_bridge.rest_server import HdfRestServer
+from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.correction.references import ReferenceSet
+from streamtomo.pipeline.messages import WorkerResult
+from streamtomo.pipeline.reconstruction.backends import reconstruct
+from streamtomo.pipeline.reconstruction.preprocess import prepare_volume_sinograms
+from streamtomo.pipeline.streaming.frame_processor import LiveSliceGeometry
+from streamtomo.pipeline.streaming.live_scan import LiveScan
+from streamtomo.reducer.domain_layout import new_domain, update_domain
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReducerSettings:
+    http_host: str = "127.0.0.1"
+    http_port: int = 8100
+    cors_origins: tuple[str, ...] = ()
+    hsds_endpoint: str = ""
+    hsds_domain: str = ""  # default: /home/<writer account>/<live domain's file name>
+
+    @classmethod
+    def from_env(cls) -> ReducerSettings:
+        env = os.environ
+        origins = tuple(o.strip() for o in env.get("STREAMTOMO_CORS_ORIGINS", "").split(",") if o.strip())
+        return cls(
+            http_host=env.get("STREAMTOMO_HTTP_HOST", "127.0.0.1"),
+            http_port=int(env.get("STREAMTOMO_HTTP_PORT", "8100")),
+            cors_origins=origins,
+            hsds_endpoint=env.get("STREAMTOMO_HSDS_ENDPOINT", ""),
+            hsds_domain=env.get("STREAMTOMO_HSDS_DOMAIN", ""),
+        )
+
+
+class TomoReducer:
+    """Reducer class for ``dranspose`` (``REDUCER_CLASS=streamtomo.reducer.tomo_reducer:TomoReducer``)."""
+
+    def __init__(self, parameters: dict[Any, Any] | None = None, context: dict[Any, Any] | None = None, **kwargs: Any) -> None:
+        self.context = context if context is not None else {}
+        self.settings = ReducerSettings.from_env()
+        self._params = ConfigCache()
+        self._parameters = parameters if parameters is not None else {}
+        config = self._params.config(self._parameters)
+        self.domain = new_domain(config.domain)
+        self.lock = self.domain.lock
+        self.scan = LiveScan(config, on_references=self._share_references)
+        kept = self.context.get("references")
+        if isinstance(kept, ReferenceSet):
+            # Workers may still use them: known for re-correction, applied only if kept.
+            self.scan.remember_references(kept, applicable=config.keep_references)
+        self.server = self._rest_server()
+        self.server.start(self.domain)
+        self.publishers: list[Publisher] = [self.server]
+        self.hsds: HsdsWriter | None = self._start_hsds() if self.settings.hsds_endpoint else None
+        self._finished = threading.Event()
+        self.final_slices_at = 0.0  # when the final slices were published
+        self._closed = False
+        self._refused: PipelineConfig | None = None
+        logger.info("live domain %s at %s", self.domain.name, self.server.url)
+
+    @staticmethod
+    def describe_parameters() -> list[Any]:
+        return describe_parameters()
+
+    def _start_hsds(self) -> HsdsWriter | None:
+        """Mirror the domain to HSDS; the in-memory server goes on if HSDS refuses."""
+        try:
+            credentials = load_credentials()
+            name = self.settings.hsds_domain or f"/home/{credentials.username}/{self.domain.name.rsplit('/', 1)[-1]}"
+            writer = HsdsWriter(self.settings.hsds_endpoint, name, credentials)
+            writer.start(self.domain)
+        except (CredentialsError, HsdsWriterError, OSError, ValueError) as error:
+            logger.warning("not publishing to HSDS at %s: %s", self.settings.hsds_endpoint, error)
+            return None
+        self.publishers.append(writer)
+        logger.info("publishing to HSDS %s domain %s", self.settings.hsds_endpoint, writer.domain_name)
+        return writer
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.url
+
+    def _rest_server(self) -> HdfRestServer:
+        # The server outlives scans: dranspose keeps ``context`` across them.
+        self.context["active_reducer"] = self
+        server = self.context.get("rest_server")
+        if not isinstance(server, HdfRestServer):
+            context = self.context
+            server = HdfRestServer(
+                self.settings.http_host, self.settings.http_port, cors_origins=self.settings.cors_origins,
+                parameter_sink=lambda name, value: context["active_reducer"].set_parameter(name, value),
+                parameter_source=lambda: context["active_reducer"].live_parameters(),
+            )
+            self.context["rest_server"] = server
+        return server
+
+    # -- live parameter changes (viewer) --------------------------------------------
+    def live_parameters(self) -> dict[str, str]:
+        with self.lock:
+            config = self.scan.config.to_dict()
+        return {k: str(v) for k, v in config.items() if k in LIVE_PARAMETERS}
+
+    def set_parameter(self, name: str, value: str) -> None:
+        """Validate and apply a parameter change for workers and reducer alike.
+
+        Raises ``ValueError`` (shown to the caller) for a value the scan cannot take.
+        """
+        from dranspose.protocol import ParameterName, WorkParameter
+
+        with self.lock:
+            config = PipelineConfig.from_mapping({**self.scan.config.to_dict(), name: value})
+            if self.scan.detector is not None:
+                LiveSliceGeometry(config, self.scan.detector)  # centre inside the detector, rows known
+            data = value.encode()
+            self._parameters[ParameterName(name)] = WorkParameter(name=ParameterName(name), data=data, value=getattr(config, name))
+            self._apply_parameters(self._parameters)
+        logger.info("parameter %s set to %r", name, value)
+        url = self.scan.config.controller_url
+        if url:
+            self._post_to_controller(url, name, data)
+
+    def _post_to_controller(self, url: str, name: str, data: bytes) -> None:
+        try:
+            request = urllib.request.Request(f"{url.rstrip('/')}/api/v1/parameter/{name}", data=data, method="POST")
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except OSError as error:
+            logger.warning("could not send parameter %s to the controller at %s: %s", name, url, error)
+
+    # -- references to every worker -------------------------------------------------
+    def _share_references(self, refs: ReferenceSet) -> None:
+        """Give every worker the same darks and flats through a binary parameter.
+
+        In ``dranspose replay`` workers and reducer share one parameter dict, so
+        setting it is enough; in distributed mode the controller distributes it.
+        """
+        from dranspose.protocol import ParameterName, WorkParameter
+
+        data = refs.to_bytes()
+        self._parameters[ParameterName(REFERENCES)] = WorkParameter(name=ParameterName(REFERENCES), data=data, value=data)
+        self.context["references"] = refs
+        url = self.scan.config.controller_url
+        if url:
+            self._post_to_controller(url, REFERENCES, data)
+
+    # -- dranspose entry points -----------------------------------------------------
+    def process_result(self, result: Any, parameters: dict[Any, Any] | None = None) -> None:
+        payload = getattr(result, "payload", result)
+        if not isinstance(payload, WorkerResult):
+            logger.warning("ignoring a result of type %s", type(payload).__name__)
+            return
+        with self.lock:
+            self._apply_parameters(parameters)
+            self.scan.add_result(payload)
+
+    def timer(self, parameters: dict[Any, Any] | None = None) -> float:
+        if self._closed:
+            # dranspose replay's timer thread outlives the run; stay quiet after close.
+            return 3600.0
+        with self.lock:
+            self._apply_parameters(parameters)
+            if not self._finished.is_set():
+                self.scan.reconcile()
+            self._publish_locked()
+        return self.scan.config.publish_interval
+
+    def finish(self, parameters: dict[Any, Any] | None = None) -> None:
+        with self.lock:
+            self._apply_parameters(parameters)
+            self.scan.finish()
+            self._publish_locked()
+            self.final_slices_at = time.time()
+        # The whole volume after the final slices are out: readers see those first.
+        volume = self._reconstruct_volume()
+        with self.lock:
+            if volume is not None:
+                self.scan.volume = volume
+                self._publish_locked()
+            self._finished.set()
+        if self.hsds is not None:
+            # The scan's HSDS domain is complete: send the rest and flush to storage.
+            self.hsds.close(timeout=60.0)
+            self.publishers.remove(self.hsds)
+            logger.info("HSDS domain %s complete (%s)", self.hsds.domain_name, self.hsds.stats())
+        status = self.scan.status()
+        logger.info(
+            "scan finished: %d projections, %d rejected %s",
+            status["projections"], status["frames_rejected"], json.dumps(dict(self.scan.rejected)),
+        )
+
+    def _reconstruct_volume(self) -> Any:
+        """Outside the lock: readers keep reading while it runs."""
+        with self.lock:
+            scan = self.scan
+            if not scan.config.volume or scan.sinogram is None or scan.geometry is None:
+                return None
+            filled = scan.sinogram.filled_slots()
+            sinograms = scan.sinogram.data[:, filled].copy()
+            angles = scan.sinogram.angles()[filled]
+            center, size, config = scan.geometry.center, scan.geometry.size, scan.config
+        if len(filled) < 2:
+            return None
+        try:
+            started = time.perf_counter()
+            rows = scan.geometry.sinogram_rows
+            sinograms = prepare_volume_sinograms(
+                sinograms, zingers=config.zinger_removal, rings=config.ring_removal,
+                paganin_delta_beta=config.paganin_delta_beta, energy_kev=config.energy_kev,
+                distance_m=config.distance_m, pixel_size_m=config.pixel_size_m,
+                contiguous_rows=bool(np.all(np.diff(rows) == 1)),
+            )
+            volume = reconstruct(sinograms, angles, center, config.filter, size, backend=config.backend)
+        except (ImportError, ValueError) as error:
+            logger.warning("no end-of-scan volume: %s", error)
+            return None
+        logger.info("volume of %d slices (%s backend) in %.2f s", volume.shape[0], config.backend, time.perf_counter() - started)
+        return volume
+
+    def close(self, context: dict[Any, Any] | None = None) -> None:
+        self._closed = True
+        for publisher in self.publishers:
+            publisher.close()
+
+    # -- internals ------------------------------------------------------------------
+    def _apply_parameters(self, parameters: dict[Any, Any] | None) -> None:
+        if parameters is None:
+            return
+        if parameters is not self._parameters and REFERENCES not in parameters and REFERENCES in self._parameters:
+            parameters[REFERENCES] = self._parameters[REFERENCES]
+        self._parameters = parameters
+        config = self._params.config(parameters)
+        if config != self.scan.config and config != self._refused:
+            try:
+                self.scan.reconfigure(config)
+            except ValueError as error:
+                self._refused = config  # warn once, not on every result
+                logger.warning("parameter change refused: %s", error)
+
+    def _publish_locked(self) -> None:
+        dropped = sum(p.stats().dropped_updates for p in self.publishers)
+        if update_domain(self.domain, self.scan, {"publisher_dropped": dropped}):
+            for publisher in self.publishers:
+                publisher.notify()
+

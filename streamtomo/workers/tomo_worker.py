@@ -1,0 +1,134 @@
+"""dranspose worker: decode an event's detector frame and angle, hand them to the core.
+
+Everything numeric lives in :class:`streamtomo.pipeline.streaming.frame_processor.FrameProcessor`; this
+class only translates dranspose events and parameters. dranspose discards what
+``finish`` returns, so partial sums leave with ``process_event`` results: every
+``flush_every`` projections, on ticks, and on the detector's series_end.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from streamtomo.dranspose_parameters import ConfigCache, describe_parameters
+from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.formats.eiger import STREAM_TYPE as EIGER_LEGACY
+from streamtomo.pipeline.formats.eiger import decode_eiger_legacy
+from streamtomo.pipeline.formats.errors import FrameError
+from streamtomo.pipeline.formats.kinds import FrameKindRule
+from streamtomo.pipeline.formats.pcap import PcapEnd, PcapHeader, PcapValues, angle_from_values, decode_pcap_event
+from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage, decode_stins
+from streamtomo.pipeline.messages import Rejected, StreamEnded, WorkerResult
+from streamtomo.pipeline.scan import ImageKey
+from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
+
+logger = logging.getLogger(__name__)
+
+
+def kind_rule(config: PipelineConfig) -> FrameKindRule:
+    if config.kind_rule == "header":
+        return FrameKindRule(header_key=config.kind_header_key, require_header=True)
+    return FrameKindRule.from_counts(
+        config.n_darks_before, config.n_flats_before, config.n_projections,
+        config.n_flats_after, config.n_darks_after, header_key=None,
+    )
+
+
+class TomoWorker:
+    """Worker class for ``dranspose`` (``WORKER_CLASS=streamtomo.workers.tomo_worker:TomoWorker``)."""
+
+    def __init__(self, parameters: dict[Any, Any] | None = None, state: Any = None, **kwargs: Any) -> None:
+        self._params = ConfigCache()
+        config = self._params.config(parameters or {})
+        name = getattr(state, "name", None) or "worker"
+        self.processor = FrameProcessor(config, str(name))
+        self.rule = kind_rule(config)
+        self.pcap_header: PcapHeader | None = None
+
+    @staticmethod
+    def describe_parameters() -> list[Any]:
+        return describe_parameters()
+
+    def get_tick_interval(self, parameters: dict[Any, Any]) -> float:
+        return max(self._params.config(parameters).publish_interval, 0.05)
+
+    # -- dranspose entry points -----------------------------------------------------
+    def process_event(self, event: Any, parameters: dict[Any, Any] | None = None, tick: bool = False, **kwargs: Any) -> WorkerResult | None:
+        result = WorkerResult()
+        params = parameters or {}
+        config = self._params.config(params)
+        if config != self.processor.config:
+            pending = self.processor.configure(config)
+            self.rule = kind_rule(config)
+            if pending is not None:
+                result.items.append(pending)
+        self.processor.set_references(self._params.references(params))
+
+        angle, angle_error = self._angle(event, config)
+        streams = getattr(event, "streams", {})
+        stream = streams.get(config.detector_stream)
+        if stream is not None:
+            self._detector(stream, event.event_number, angle, angle_error, config, result)
+        if tick:
+            flushed = self.processor.flush()
+            if flushed is not None:
+                result.items.append(flushed)
+        return result if result.items else None
+
+    def finish(self, parameters: dict[Any, Any] | None = None) -> None:
+        # dranspose drops this return value; the reducer backfills what was unsent.
+        self.processor.reset()
+        self.pcap_header = None
+
+    # -- decoding -------------------------------------------------------------------
+    def _angle(self, event: Any, config: PipelineConfig) -> tuple[float | None, str | None]:
+        if not config.angle_stream:
+            return None, None
+        stream = getattr(event, "streams", {}).get(config.angle_stream)
+        if stream is None:
+            return None, "no angle in this event"
+        try:
+            message = decode_pcap_event(stream.frames, self.pcap_header)
+        except FrameError as error:
+            return None, str(error)
+        if isinstance(message, PcapHeader):
+            self.pcap_header = message
+            return None, None
+        if isinstance(message, PcapEnd):
+            return None, None
+        assert isinstance(message, PcapValues)
+        try:
+            return angle_from_values(message.values, config.encoder_field, config.counts_per_degree, config.encoder_offset), None
+        except FrameError as error:
+            return None, str(error)
+
+    def _detector(self, stream: Any, event_number: int, angle: float | None, angle_error: str | None, config: PipelineConfig, result: WorkerResult) -> None:
+        decode = decode_eiger_legacy if getattr(stream, "typ", "") == EIGER_LEGACY else decode_stins
+        try:
+            message = decode(stream.frames)
+        except FrameError as error:
+            result.items.append(Rejected(None, "corrupt_frame", f"event {event_number}: {error}"))
+            return
+        if isinstance(message, StinsHeader):
+            return
+        if isinstance(message, StinsEnd):
+            flushed = self.processor.flush()
+            if flushed is not None:
+                result.items.append(flushed)
+            result.items.append(StreamEnded())
+            return
+        assert isinstance(message, StinsImage)
+        try:
+            key = self.rule.kind(message.frame, message.extra)
+        except FrameError as error:
+            result.items.append(Rejected(message.frame, "unknown_kind", str(error)))
+            return
+        measured = angle is not None
+        if key == ImageKey.PROJECTION and angle is None and config.kind_rule == "counts":
+            # No usable angle: the nominal one from the frame's position keeps the frame.
+            projection = message.frame - config.n_darks_before - config.n_flats_before
+            angle = config.nominal_angle(projection)
+            if angle_error:
+                logger.debug("frame %d: %s; using nominal angle %.3f", message.frame, angle_error, angle)
+        result.items.extend(self.processor.process(message.frame, key, message.array, angle, measured))

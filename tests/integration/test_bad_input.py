@@ -1,0 +1,113 @@
+"""Bad input through the real dranspose replay: counted, logged once, scan completes,
+and no good frame is lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dranspose.event import InternalWorkerMessage, StreamData
+
+from streamtomo.pipeline.formats import stins
+from streamtomo.pipeline.scan import Frame, ImageKey
+from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
+from tests.support.replay_helpers import record, run_to_end
+
+pytestmark = pytest.mark.slow
+
+SPEC = SimulationSpec(rows=4, cols=48, angles=60, seed=2)
+
+
+def _with_parts(msg: InternalWorkerMessage, parts: list[bytes]) -> InternalWorkerMessage:
+    stream = next(iter(msg.streams))
+    return InternalWorkerMessage(event_number=msg.event_number, streams={stream: StreamData(typ=msg.streams[stream].typ, frames=parts)})
+
+
+def _parts(msg: InternalWorkerMessage) -> list[bytes]:
+    stream = next(iter(msg.streams))
+    return [bytes(getattr(p, "bytes", p)) for p in msg.streams[stream].frames]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    out = tmp_path_factory.mktemp("good")
+    return run_to_end(record(ScanSimulator(SPEC).frames(), out, SPEC.config()), SPEC.config(), workers=2)
+
+
+def test_bad_frames_are_counted_and_good_ones_kept(tmp_path: Path, reference: dict[str, np.ndarray]) -> None:
+    frames = list(ScanSimulator(SPEC).frames())
+    first_projection = SPEC.n_darks + SPEC.n_flats
+    # Extra frames with their own bad content, appended after the scan (frame indices
+    # past the layout are 'invalid' by the counts rule, so give them a header image_key).
+    extra = [
+        Frame(len(frames), ImageKey.PROJECTION, frames[first_projection].data.astype(np.float32) * np.nan, 12.0),
+    ]
+    corrupt_events = {first_projection + 3: "truncated", first_projection + 5: "badjson", first_projection + 7: "shape", first_projection + 9: "dtype", first_projection + 11: "nokind"}
+    missing_angle_event = first_projection + 13
+
+    def mutate(det: InternalWorkerMessage, ang: InternalWorkerMessage) -> tuple[InternalWorkerMessage | None, InternalWorkerMessage | None]:
+        event = det.event_number
+        kind = corrupt_events.get(event - 1)  # event e holds frame e-1
+        if kind == "truncated":
+            head, data = _parts(det)
+            return _with_parts(det, [head, data[:-10]]), ang
+        if kind == "badjson":
+            return _with_parts(det, [b"{not json", _parts(det)[1]]), ang
+        if kind == "shape":
+            return _with_parts(det, stins.encode_image(event, event - 1, np.zeros((3, 3), np.uint16), image_key=0)), ang
+        if kind == "dtype":
+            head, data = _parts(det)
+            doc = json.loads(head)
+            doc["type"] = "complex64"
+            doc["shape"] = [SPEC.rows, SPEC.cols // 4]
+            return _with_parts(det, [json.dumps(doc).encode(), data]), ang
+        if kind == "nokind":
+            head, data = _parts(det)
+            doc = json.loads(head)
+            doc["image_key"] = 7
+            return _with_parts(det, [json.dumps(doc).encode(), data]), ang
+        if event - 1 == missing_angle_event:
+            return det, _with_parts(ang, [b"not a number\n"])
+        return det, ang
+
+    config = SPEC.config(kind_rule="header")
+    recordings = record([*frames, *extra], tmp_path, config, mutate)
+    arrays = run_to_end(recordings, config, workers=2)
+    rejected = json.loads(str(arrays["/entry/status/rejected"][()]))
+    assert rejected.get("corrupt_frame", 0) == 2, rejected  # truncated + bad JSON
+    assert rejected.get("wrong_shape", 0) == 1, rejected
+    assert rejected.get("wrong_dtype", 0) + rejected.get("corrupt_frame", 0) >= 3, rejected
+    assert rejected.get("unknown_kind", 0) == 1, rejected
+    assert rejected.get("non_finite", 0) == 1, rejected  # the all-NaN extra frame
+    # With header kinds there is no nominal angle to fall back on: counted, slot left empty.
+    assert rejected.get("missing_angle", 0) == 1, rejected
+    assert int(arrays["/entry/status/frames_rejected"]) == sum(rejected.values())
+    assert arrays["/entry/status/state"][()] == "finished"
+    # Every good projection is in the sinogram: the bad ones left exactly their slots empty.
+    counts = arrays["/entry/sinogram/frames_per_angle"]
+    bad_slots = [e - first_projection for e in [*corrupt_events, missing_angle_event]]
+    assert set(np.flatnonzero(counts == 0)) == set(bad_slots)
+    good = [s for s in range(SPEC.angles) if s not in bad_slots]
+    np.testing.assert_array_equal(arrays["/entry/sinogram/data"][:, good], reference["/entry/sinogram/data"][:, good])
+
+
+def test_projections_before_any_flat_wait_for_the_flats(tmp_path: Path, reference: dict[str, np.ndarray]) -> None:
+    frames = list(ScanSimulator(SPEC).frames())
+    refs, projections = frames[: SPEC.n_darks + SPEC.n_flats], frames[SPEC.n_darks + SPEC.n_flats :]
+    reordered = [Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(projections + refs)]
+    config = SPEC.config(kind_rule="header")
+    arrays = run_to_end(record(reordered, tmp_path, config), config, workers=2)
+    assert int(arrays["/entry/status/projections"]) == SPEC.angles
+    np.testing.assert_allclose(arrays["/entry/sinogram/data"], reference["/entry/sinogram/data"], atol=1e-6)
+
+
+def test_scan_without_flats_reports_it(tmp_path: Path) -> None:
+    frames = [f for f in ScanSimulator(SPEC).frames() if f.key != ImageKey.FLAT]
+    frames = [Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(frames)]
+    config = SPEC.config(kind_rule="header")
+    arrays = run_to_end(record(frames, tmp_path, config), config, workers=2)
+    rejected = json.loads(str(arrays["/entry/status/rejected"][()]))
+    assert rejected == {"no_references": SPEC.angles}
+    assert arrays["/entry/status/state"][()] == "finished"

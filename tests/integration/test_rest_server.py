@@ -1,0 +1,403 @@
+"""The in-memory HDF REST server, read with real h5pyd 1.0 and raw HTTP (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from typing import Any
+
+import h5pyd
+import numpy as np
+import pytest
+import requests
+
+from streamtomo.hsds_bridge.domain import Domain
+from streamtomo.hsds_bridge.publisher import Publisher
+from streamtomo.hsds_bridge.rest_ids import make_id, parse_id
+from streamtomo.hsds_bridge.rest_registry import Limits
+from streamtomo.hsds_bridge.rest_select import extract, parse_select
+from streamtomo.hsds_bridge.rest_server import HdfRestServer
+from tests.support.publisher_contract import PublisherContract, as_python, make_scan_domain, open_file
+
+SINO = "/entry/data/sinogram"
+
+
+class TestInMemoryPublisher(PublisherContract):
+    @pytest.fixture
+    def publisher(self) -> Iterator[Publisher]:
+        with HdfRestServer() as server:
+            yield server
+
+
+@pytest.fixture
+def domain() -> Domain:
+    return make_scan_domain("/home/streamtomo/demo.h5")
+
+
+@pytest.fixture
+def server(domain: Domain) -> Iterator[HdfRestServer]:
+    with HdfRestServer(cors_origins=["http://viewer.example"]) as srv:
+        srv.start(domain)
+        yield srv
+
+
+def get(
+    server: HdfRestServer, path: str, domain: str | None = "/home/streamtomo/demo.h5", **kw: Any
+) -> requests.Response:
+    params = dict(kw.pop("params", {}))
+    if domain is not None:
+        params["domain"] = domain
+    return requests.get(server.url + path, params=params, timeout=10, **kw)
+
+
+def sino_id(domain: Domain) -> str:
+    return make_id(domain.name, "datasets", SINO)
+
+
+# -- protocol, lifecycle, ids ---------------------------------------------------------
+def test_publisher_protocol_and_clean_close(domain: Domain) -> None:
+    server = HdfRestServer()
+    assert isinstance(server, Publisher)
+    server.start(domain)
+    assert server.url.startswith("http://127.0.0.1:")
+    assert requests.get(server.url + "/about", timeout=5).json()["state"] == "READY"
+    server.notify()
+    assert server.stats().updates_published == 1
+    server.close()
+    assert not any(t.name == "hdf-rest-server" and t.is_alive() for t in threading.enumerate())
+    with pytest.raises(requests.ConnectionError):
+        requests.get(server.url + "/about", timeout=2)
+    server.close()  # idempotent
+
+
+def test_ids_look_like_hsds_and_survive_a_restart(domain: Domain) -> None:
+    roots = []
+    for _ in range(2):
+        with HdfRestServer() as srv:
+            srv.start(domain)
+            body = get(srv, "/").json()
+            assert body["class"] == "domain" and body["owner"]
+            roots.append(body["root"])
+            links = get(srv, f"/groups/{body['root']}/links").json()["links"]
+            assert [(link["title"], link["collection"]) for link in links] == [("entry", "groups")]
+            assert parse_id(links[0]["id"]) == "groups"
+    assert roots[0] == roots[1]
+    assert parse_id(roots[0]) == "groups" and roots[0].startswith("g-")
+    assert parse_id(sino_id(domain)) == "datasets"
+
+
+def test_several_domains_and_folder_listing(server: HdfRestServer) -> None:
+    other = Domain("/demo2.h5")
+    other.create_dataset("/x", np.arange(5, dtype=np.int32))
+    server.start(other)
+    with open_file(server.url, "/demo2.h5") as f:
+        np.testing.assert_array_equal(f["x"][:], np.arange(5))
+    top = get(server, "/domains", domain=None).json()["domains"]
+    assert {(d["name"], d["class"]) for d in top} == {("/demo2.h5", "domain"), ("/home", "folder")}
+    sub = get(server, "/domains", domain="/home/streamtomo/").json()["domains"]
+    assert [d["name"] for d in sub] == ["/home/streamtomo/demo.h5"]
+    assert get(server, "/", domain="/home/streamtomo").json()["class"] == "folder"
+    folder = h5pyd.Folder("/home/streamtomo/", endpoint=server.url)
+    assert list(folder) == ["demo.h5"]
+    folder.close()
+
+
+def test_acls_are_read_only(server: HdfRestServer) -> None:
+    with open_file(server.url, "/home/streamtomo/demo.h5") as f:
+        acl = f.getACL("anyone")
+        assert acl["read"] and acl["readACL"]
+        assert not (acl["update"] or acl["create"] or acl["delete"] or acl["updateACL"])
+        assert [a["userName"] for a in f.getACLs()] == ["default"]
+
+
+# -- h5pyd reads ------------------------------------------------------------------------
+def test_groups_links_and_nexus_attributes(server: HdfRestServer) -> None:
+    with open_file(server.url, "/home/streamtomo/demo.h5") as f:
+        assert list(f) == ["entry"]
+        assert f.attrs["NX_class"] == "NXroot"
+        data = f["entry/data"]
+        assert data.attrs["signal"] == "sinogram"
+        assert as_python(data.attrs["axes"]) == ["rotation_angle", ".", "."]
+        assert data.attrs["rotation_angle_indices"] == 0
+        assert sorted(data) == ["rotation_angle", "sinogram"]
+        ds = data["sinogram"]
+        assert ds.dtype == np.float32 and ds.chunks == (4, 16, 24)
+        assert ds.attrs["units"] == "counts"
+
+
+def test_float32_full_hyperslab_strided_and_fancy_reads(server: HdfRestServer, domain: Domain) -> None:
+    expected = domain.dataset(SINO).array.copy()
+    with open_file(server.url, domain.name) as f:
+        ds = f[SINO]
+        np.testing.assert_array_equal(ds[...], expected)
+        np.testing.assert_array_equal(ds[2:7, 3:12], expected[2:7, 3:12])
+        np.testing.assert_array_equal(ds[1:11:4, ::3, 5:23:6], expected[1:11:4, ::3, 5:23:6])
+        np.testing.assert_array_equal(ds[:, [1, 4, 9], 2], expected[:, [1, 4, 9], 2])
+        np.testing.assert_array_equal(ds[5, :, [0, 3, 7]], expected[5][:, [0, 3, 7]])
+        # point selections: h5pyd POSTs the coordinates as binary uint64
+        np.testing.assert_array_equal(ds[[1, 4, 8], [2, 3, 0], [5, 6, 23]], expected[[1, 4, 8], [2, 3, 0], [5, 6, 23]])
+        np.testing.assert_array_equal(ds[[0, 11], 2, 3], expected[[0, 11], 2, 3])
+        angles = f["/entry/data/rotation_angle"]
+        np.testing.assert_array_equal(angles[[1, 5, 7]], domain.dataset("/entry/data/rotation_angle").array[[1, 5, 7]])
+
+
+def test_long_fancy_selection_goes_through_post(server: HdfRestServer, domain: Domain) -> None:
+    """h5pyd POSTs a select longer than 100 characters as an untyped JSON body."""
+    wide = domain.create_dataset("/entry/wide", np.arange(4 * 300, dtype=np.int32).reshape(4, 300))
+    columns = list(range(0, 300, 3))
+    with open_file(server.url, domain.name) as f:
+        np.testing.assert_array_equal(f["/entry/wide"][1:3, columns], wide.array[1:3, columns])
+        np.testing.assert_array_equal(f["/entry/wide"][2, columns], wide.array[2, columns])
+
+
+def test_scalars_strings_ints_bools(server: HdfRestServer) -> None:
+    with open_file(server.url, "/home/streamtomo/demo.h5") as f:
+        assert f["/entry/status/state"].asstr()[()] == "running"
+        assert f["/entry/status/frames_received"][()] == 0
+        assert f["/entry/status/frames_received"].dtype == np.int64
+        np.testing.assert_array_equal(f["/entry/valid"][:], np.ones(12, dtype=bool))
+        assert f["/entry/detector"][:].tolist() == [b"eiger", b"pco.edge"]
+        np.testing.assert_array_equal(f["/entry/frame_index"][:], np.arange(12) - 3)
+
+
+def test_live_values_but_cached_metadata(server: HdfRestServer, domain: Domain) -> None:
+    """Values are re-read per request; metadata is cached by h5pyd per File."""
+    with open_file(server.url, domain.name) as f:
+        ds = f[SINO]
+        with domain.lock:
+            domain.dataset(SINO).write((0,), 42.0)
+            domain.dataset("/entry/status/state").set_scalar("done")
+        domain.commit()
+        assert float(ds[0, 0, 0]) == 42.0
+        assert f["/entry/status/state"].asstr()[()] == "done"
+        domain.create_dataset("/entry/late", np.arange(3))
+        assert "late" not in f["/entry"]  # h5pyd caches links: reopen to see new nodes
+    with open_file(server.url, domain.name) as fresh:
+        np.testing.assert_array_equal(fresh["/entry/late"][:], np.arange(3))
+
+
+def test_h5pyd_without_consolidated_metadata(domain: Domain) -> None:
+    """The per-object path (GET /groups/{id}?include_links&include_attrs)."""
+    with HdfRestServer(serve_domain_objs=False) as srv:
+        srv.start(domain)
+        with open_file(srv.url, domain.name) as f:
+            assert as_python(f["entry/data"].attrs["axes"]) == ["rotation_angle", ".", "."]
+            np.testing.assert_array_equal(f[SINO][3], domain.dataset(SINO).array[3])
+
+
+# -- raw REST (h5web, browsers) ------------------------------------------------------------
+def test_json_and_binary_values(server: HdfRestServer, domain: Domain) -> None:
+    expected = domain.dataset(SINO).array
+    url = f"/datasets/{sino_id(domain)}/value"
+    body = get(server, url, params={"select": "[2,1:3,:]"}).json()
+    # like HSDS, an index keeps its axis in JSON (h5web flattens)
+    np.testing.assert_array_equal(np.asarray(body["value"], dtype=np.float32), expected[2:3, 1:3, :])
+    raw = get(server, url, params={"select": "[0:2,0:16,0:24:2]"}, headers={"Accept": "application/octet-stream"})
+    assert raw.headers["Content-Type"] == "application/octet-stream"
+    got = np.frombuffer(raw.content, dtype="<f4").reshape(2, 16, 12)
+    np.testing.assert_array_equal(got, expected[0:2, :, ::2])
+    points = requests.post(
+        server.url + url, params={"domain": domain.name}, json={"points": [[1, 2, 3], [4, 5, 6]]}, timeout=5
+    ).json()["value"]
+    assert points == [float(expected[1, 2, 3]), float(expected[4, 5, 6])]
+    scalar = get(server, f"/datasets/{make_id(domain.name, 'datasets', '/entry/status/state')}/value").json()
+    assert scalar["value"] == "running"
+
+
+def test_h5web_style_metadata(server: HdfRestServer, domain: Domain) -> None:
+    group = get(server, f"/groups/{make_id(domain.name, 'groups', '/entry/data')}").json()
+    assert group["linkCount"] == 2 and group["attributeCount"] == 4
+    ds = get(server, f"/datasets/{sino_id(domain)}").json()
+    assert ds["shape"]["dims"] == [12, 16, 24] and ds["type"]["base"] == "H5T_IEEE_F32LE"
+    assert ds["creationProperties"]["layout"] == {"class": "H5D_CHUNKED", "dims": [4, 16, 24]}
+    gid = make_id(domain.name, "groups", "/entry/data")
+    names = [a["name"] for a in get(server, f"/groups/{gid}/attributes").json()["attributes"]]
+    assert "axes" in names
+    axes = get(server, f"/groups/{gid}/attributes/axes").json()
+    assert axes["value"] == ["rotation_angle", ".", "."] and axes["shape"]["dims"] == [3]
+    batch = requests.post(
+        f"{server.url}/groups/{gid}/attributes",
+        params={"domain": domain.name},
+        json={"attr_names": ["signal"]},
+        timeout=5,
+    )
+    assert batch.json()["attributes"][0]["value"] == "sinogram"
+    link = get(server, f"/groups/{gid}/links/sinogram").json()["link"]
+    assert link["id"] == sino_id(domain)
+    assert get(server, f"/datasets/{sino_id(domain)}/shape").json()["shape"]["dims"] == [12, 16, 24]
+    assert get(server, f"/datasets/{sino_id(domain)}/type").json()["type"]["class"] == "H5T_FLOAT"
+    domain_json = get(server, "/", params={"verbose": 1}).json()
+    assert domain_json["num_datasets"] == 9
+    via_header = requests.get(server.url + "/", headers={"X-Hdf-domain": domain.name}, timeout=5)
+    assert via_header.json()["root"] == domain_json["root"]
+
+
+# -- errors ---------------------------------------------------------------------------------
+def test_missing_domain_is_404_naming_it(server: HdfRestServer) -> None:
+    rsp = get(server, "/", domain="/home/nobody/missing.h5")
+    assert rsp.status_code == 404
+    assert "/home/nobody/missing.h5" in rsp.json()["message"]
+    with pytest.raises(FileNotFoundError):
+        open_file(server.url, "/home/nobody/missing.h5")
+
+
+@pytest.mark.parametrize(
+    ("select", "needle"),
+    [
+        ("[0:2", "look like"),
+        ("[0:2,0:3]", "rank"),
+        ("[a:2,:,:]", "not an integer"),
+        ("[0:2:0,:,:]", "step"),
+        ("[12:13,:,:]", "out of range"),
+        ("[0,[1,99],:]", "out of range"),
+        ("[[1,2],[1],:]", "same length"),
+    ],
+)
+def test_malformed_or_out_of_range_select_is_400(
+    server: HdfRestServer, domain: Domain, select: str, needle: str
+) -> None:
+    rsp = get(server, f"/datasets/{sino_id(domain)}/value", params={"select": select})
+    assert rsp.status_code == 400
+    assert needle in rsp.json()["message"]
+    assert needle in rsp.reason
+
+
+def test_unknown_and_malformed_ids(server: HdfRestServer) -> None:
+    assert get(server, "/datasets/d-00000000-0000-0000-0000-000000000000").status_code == 404
+    assert get(server, "/groups/not-an-id").status_code == 400
+    assert get(server, "/no/such/endpoint").status_code == 404
+
+
+def test_writes_are_403(server: HdfRestServer, domain: Domain) -> None:
+    params = {"domain": domain.name}
+    url = server.url
+    assert requests.put(url + "/", params=params, timeout=5).status_code == 403
+    assert requests.delete(url + "/", params=params, timeout=5).status_code == 403
+    assert (
+        requests.put(f"{url}/datasets/{sino_id(domain)}/value", params=params, data=b"x", timeout=5).status_code == 403
+    )
+    rsp = requests.post(url + "/groups", params=params, json={}, timeout=5)
+    assert rsp.status_code == 403 and "read-only" in rsp.json()["message"]
+    with pytest.raises(OSError, match="403"):
+        h5pyd.File(domain.name, "a", endpoint=url)
+    with open_file(url, domain.name) as f:  # nothing changed
+        np.testing.assert_array_equal(f[SINO][0], domain.dataset(SINO).array[0])
+
+
+def test_too_large_is_413(domain: Domain) -> None:
+    with HdfRestServer(limits=Limits(max_response_bytes=4096, max_json_bytes=1024)) as srv:
+        srv.start(domain)
+        url = f"/datasets/{sino_id(domain)}/value"
+        assert get(srv, url, headers={"Accept": "application/octet-stream"}).status_code == 413
+        assert get(srv, url, params={"select": "[0,0:16,0:24]"}).status_code == 413  # JSON cap
+        small = get(srv, url, params={"select": "[0,0:16,0:24]"}, headers={"Accept": "application/octet-stream"})
+        assert small.status_code == 200 and len(small.content) == 16 * 24 * 4
+
+
+def test_cors(server: HdfRestServer, domain: Domain) -> None:
+    origin = {"Origin": "http://viewer.example"}
+    ok = get(server, "/", headers=origin)
+    assert ok.headers["Access-Control-Allow-Origin"] == "http://viewer.example"
+    missing = get(server, "/", domain="/nope.h5", headers=origin)
+    assert missing.status_code == 404 and missing.headers["Access-Control-Allow-Origin"] == "http://viewer.example"
+    binary = get(server, f"/datasets/{sino_id(domain)}/value", headers={**origin, "Accept": "application/octet-stream"})
+    assert binary.headers["Access-Control-Allow-Origin"] == "http://viewer.example"
+    assert "Access-Control-Allow-Origin" not in get(server, "/", headers={"Origin": "http://evil.example"}).headers
+    preflight = requests.options(
+        f"{server.url}/datasets/{sino_id(domain)}/value",
+        headers={**origin, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "accept"},
+        timeout=5,
+    )
+    assert preflight.status_code == 204
+    assert "GET" in preflight.headers["Access-Control-Allow-Methods"]
+    assert preflight.headers["Access-Control-Allow-Origin"] == "http://viewer.example"
+    with HdfRestServer(cors_origins=["*"]) as anyone:
+        anyone.start(domain)
+        assert get(anyone, "/", headers={"Origin": "http://x.example"}).headers["Access-Control-Allow-Origin"] == "*"
+
+
+# -- concurrency and memory -----------------------------------------------------------------
+def test_concurrent_readers_see_whole_chunks_while_writer_updates(server: HdfRestServer, domain: Domain) -> None:
+    """The writer fills every chunk with one value per step: a torn read would mix two."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    reads = [0]
+
+    def writer() -> None:
+        step = 0.0
+        while not stop.is_set():
+            step += 1
+            with domain.lock:
+                for i in range(3):
+                    domain.dataset(SINO).write((slice(4 * i, 4 * i + 4),), step)
+            domain.commit()
+
+    def reader(chunk: int) -> None:
+        try:
+            with open_file(server.url, domain.name) as f:
+                ds = f[SINO]
+                while not stop.is_set():
+                    block = ds[4 * chunk : 4 * chunk + 4]
+                    assert np.unique(block).size == 1, "torn chunk read"
+                    reads[0] += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader, args=(i % 3,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert not failures, failures
+    assert reads[0] > 30
+
+
+def test_hyperslab_of_large_array_does_not_copy_the_whole_array() -> None:
+    big = Domain("/big.h5")
+    volume = big.create_dataset("/volume", shape=(64, 1024, 1024), dtype=np.float32, chunks=(1, 1024, 1024))
+    volume.array[10:18] = np.arange(8, dtype=np.float32)[:, None, None]  # 256 MiB in all
+    slab_bytes = 8 * 1024 * 1024 * 4  # 32 MiB
+    with HdfRestServer() as srv:
+        srv.start(big)
+        url = f"{srv.url}/datasets/{make_id(big.name, 'datasets', '/volume')}/value"
+        params = {"domain": big.name, "select": "[10:18,0:1024,0:1024]"}
+        tracemalloc.start()
+        try:
+            received = 0
+            with requests.get(
+                url, params=params, headers={"Accept": "application/octet-stream"}, stream=True, timeout=30
+            ) as rsp:
+                assert rsp.status_code == 200
+                for piece in rsp.iter_content(1 << 20):
+                    if received == 0:
+                        assert np.frombuffer(piece[:4], dtype="<f4")[0] == 0.0
+                    received += len(piece)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert received == slab_bytes
+    assert peak < 2 * slab_bytes, f"peak {peak / 2**20:.1f} MiB for a {slab_bytes / 2**20:.0f} MiB slab"
+
+
+def test_stats_count_traffic(server: HdfRestServer, domain: Domain) -> None:
+    get(server, f"/datasets/{sino_id(domain)}/value", headers={"Accept": "application/octet-stream"})
+    get(server, "/", domain="/missing.h5")
+    stats = server.stats()
+    assert stats.bytes_sent >= 12 * 16 * 24 * 4
+    assert stats.extra["client_errors"] >= 1 and stats.errors == 0
+    assert json.loads(json.dumps(stats.extra))  # plain floats for /entry/status
+
+
+@pytest.mark.parametrize("select", ["[0:12,0:16,0:24]", "[2,:,:]", "[1:5,[1,2],:]", "[[1,2],[3,4],:]"])
+def test_extract_never_returns_a_view_of_the_live_array(select: str) -> None:
+    """Serialisation runs after the lock is released: it must read a private copy."""
+    live = np.arange(12 * 16 * 24, dtype=np.float32).reshape(12, 16, 24)
+    sel = parse_select(select, live.shape)
+    block = extract(live, sel)
+    assert not np.shares_memory(block, live)
+    assert block.flags.c_contiguous and block.shape == sel.shape

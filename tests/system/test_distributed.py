@@ -1,0 +1,276 @@
+"""The pipeline as real dranspose services (issue 5): Redis, controller, ingesters for
+the STINS and PandA streams, workers and reducer as processes on 127.0.0.1, fed by
+``streamtomo.app.play`` over ZeroMQ and TCP, read back with h5pyd 1.0.
+
+Service logs are files; every test that uses the deployment also checks that they
+hold no ERROR line (the autouse fixture in conftest only sees this process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import cbor2
+import numpy as np
+import pytest
+
+import streamtomo.app.play as play_module
+from streamtomo.app.play import frame_events, play, recorded_events, scan_mapping
+from streamtomo.app.services import LocalDeployment, tolerant_ingester
+from streamtomo.pipeline.formats import eiger
+from streamtomo.pipeline.formats.errors import FrameError
+from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage
+from tests.support.distributed_fixtures import (
+    KILLED_WORKER_NOISE,
+    LOOPBACK,
+    assert_same_domain,
+    eiger_worker_class,
+    listening_sockets,
+    projections_only,
+    read_domain,
+    simulated_scan,
+    status,
+)
+from tests.support.replay_helpers import record, run_to_end
+
+needs_redis = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server not installed (apt-get install -y redis-server; .ci/run does)"
+)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
+    with LocalDeployment(workers=2, run_dir=tmp_path_factory.mktemp("deployment")) as d:
+        yield d
+
+
+@pytest.fixture
+def clean_logs(deployment: LocalDeployment) -> Iterator[LocalDeployment]:
+    yield deployment
+    assert deployment.error_lines() == []
+
+
+# -- Dectris Stream v1 (fast, no services) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["none", "bslz4"])
+def test_eiger_round_trip(compression: str) -> None:
+    image = (np.arange(12 * 10) * 37 % 4096).astype(np.uint16).reshape(12, 10)
+    parts = eiger.encode_image(4, 7, image, compression, appendix={"image_key": 1})
+    message = eiger.decode_eiger_legacy(parts)
+    assert isinstance(message, StinsImage)
+    assert (message.frame, message.extra["image_key"], message.extra["series"]) == (7, 1, 4)
+    assert message.array.shape == (12, 10)  # Dectris shape is [x, y]
+    np.testing.assert_array_equal(message.array, image)
+    assert json.loads(parts[1])["shape"] == [10, 12]
+    assert isinstance(eiger.decode_eiger_legacy(eiger.encode_header(4, {"nimages": 1})), StinsHeader)
+    assert isinstance(eiger.decode_eiger_legacy(eiger.encode_series_end(4)), StinsEnd)
+
+
+def test_eiger_real_capture(shared_data: Path) -> None:
+    """dranspose's Eiger capture: header with config, flat field, mask; images whose
+    data parts were cut to 20000 bytes when captured (so: truncated), series end."""
+    with (shared_data / "dranspose_recordings" / "eiger-small.cbors").open("rb") as f:
+        messages = [cbor2.load(f) for _ in range(5)]
+    header = eiger.decode_eiger_legacy(messages[0])
+    assert isinstance(header, StinsHeader)
+    assert header.extra == {"header_detail": "all", "series": 6}
+    assert header.meta[0]["x_pixels_in_detector"] == 3108 and header.meta[0]["compression"] == "bslz4"
+    for frame, parts in enumerate(messages[1:4]):
+        info = json.loads(parts[1])
+        assert json.loads(parts[0])["frame"] == frame and info["encoding"] == "bs32-lz4<"
+        # The blob starts with the bitshuffle-LZ4 header: x * y * 4 bytes, 8 KiB blocks.
+        assert struct.unpack(">QI", parts[2][:12]) == (3108 * 3262 * 4, 8192)
+        with pytest.raises(FrameError, match="truncated"):
+            eiger.decode_eiger_legacy(parts)
+    assert isinstance(eiger.decode_eiger_legacy(messages[4]), StinsEnd)
+
+
+@pytest.mark.parametrize("bad", [[], [b"{"], [b'{"htype": "dimage-1.0", "frame": 0}'], [b'{"htype": "nope"}']])
+def test_eiger_bad_messages(bad: list[bytes]) -> None:
+    with pytest.raises(FrameError):
+        eiger.decode_eiger_legacy(bad)
+
+
+def test_mapping_broadcasts_references() -> None:
+    spec, frames = simulated_scan(angles=4)
+    picked = [frames[0], frames[10], *frames[20:24], frames[11]]  # dark, flat, 4 projections, flat
+    events = frame_events(picked, spec.config())
+    mapping = scan_mapping(events, "detector", "angle")
+    assert mapping["sequence"] == ["references-0", "projections-1", "references-2"]
+    parts = mapping["parts"]
+    assert parts["references-0"]["detector"] == [[{"tags": ["generic"], "constraint": None}]] * 2
+    assert [e[0]["constraint"] for e in parts["projections-1"]["angle"]] == [0, 1, 2, 3]
+
+
+def test_ingester_drops_messages_for_a_dead_worker(caplog: pytest.LogCaptureFixture) -> None:
+    """dranspose's ROUTER is ROUTER_MANDATORY: a send to a worker that died raises
+    EHOSTUNREACH and would end the ingester's forwarding; ours skips that worker."""
+    import zmq
+
+    sent: list[str] = []
+
+    class Base:
+        _logger = logging.getLogger("test-ingester")
+
+        async def _send_workermessages(self, messages: dict[str, object]) -> None:
+            for worker in messages:
+                if worker == "dead":
+                    raise zmq.ZMQError(zmq.EHOSTUNREACH)
+                sent.append(worker)
+
+    message = SimpleNamespace(event_number=7)
+    asyncio.run(tolerant_ingester(Base)()._send_workermessages({"dead": message, "alive": message}))
+    assert sent == ["alive"]
+    assert "worker dead is gone: event 7 not delivered" in caplog.text
+
+
+# -- the deployment ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+@needs_redis
+def test_services_listen_on_loopback_only(clean_logs: LocalDeployment) -> None:
+    listeners = listening_sockets(clean_logs)
+    services = {name for name, _, _ in listeners}
+    # Redis, controller, reducer (API, results, live domain), both ingesters.
+    assert {"redis", "controller", "reducer", "detector-ingester", "angle-ingester"} <= services
+    assert sum(1 for name, _, _ in listeners if name == "reducer") == 3
+    assert [s for s in listeners if s[1] not in LOOPBACK] == []
+
+
+@pytest.mark.slow
+@needs_redis
+def test_live_domain_equals_replay_of_its_recordings(clean_logs: LocalDeployment) -> None:
+    spec, frames = simulated_scan()
+    config = spec.config()
+    result = play(clean_logs.state, frame_events(frames, config), config)
+    assert not result.ended_by_stop
+    live = read_domain(clean_logs.state.live_endpoint, config.domain)
+    assert live["/entry/status/state"] == "finished"
+    assert int(live["/entry/reconstruction/n_projections"]) == spec.angles
+    assert json.loads(live["/entry/status/rejected"]) == {}  # broadcast references are not duplicates
+
+    recordings = result.recordings()
+    assert all(p.stat().st_size > 0 for p in recordings)
+    assert result.recorded_config() == config
+    replayed = run_to_end(recordings, result.recorded_config(), workers=2)
+    assert_same_domain(live, replayed, tol=1e-6)
+
+
+@pytest.mark.slow
+@needs_redis
+def test_next_scan_resets_state_and_keeps_references_when_asked(clean_logs: LocalDeployment) -> None:
+    state = clean_logs.state
+    spec, frames = simulated_scan(seed=5)
+    first = spec.config(keep_references=True)
+    play(state, frame_events(frames, first), first)
+    before = read_domain(state.live_endpoint, first.domain)
+
+    # Same projections, no darks or flats: corrected with the kept references.
+    projections = projections_only(frames)
+    kept = spec.config(keep_references=True, n_darks_before=0, n_flats_before=0)
+    play(state, frame_events(projections, kept), kept)
+    after = read_domain(state.live_endpoint, kept.domain)
+    assert after["/entry/status/state"] == "finished"
+    assert (int(after["/entry/status/frames_received"]), int(after["/entry/status/darks"])) == (spec.angles, 0)
+    assert json.loads(after["/entry/status/rejected"]) == {}
+    np.testing.assert_allclose(after["/entry/sinogram/data"], before["/entry/sinogram/data"], rtol=1e-6, atol=1e-6)
+
+    # Without keep_references the next scan has none: its projections are counted, not corrected.
+    dropped = spec.config(keep_references=False, n_darks_before=0, n_flats_before=0)
+    play(state, frame_events(projections, dropped), dropped)
+    last = status(state.live_endpoint, dropped.domain)
+    assert (int(last["projections"]), int(last["darks"]), int(last["flats"])) == (0, 0, 0)
+    assert json.loads(last["rejected"]) == {"no_references": spec.angles}
+
+
+@pytest.mark.slow
+@needs_redis
+def test_stream_that_stops_early_is_ended_and_the_partial_result_kept(clean_logs: LocalDeployment) -> None:
+    spec, frames = simulated_scan()
+    config = spec.config()
+    result = play(clean_logs.state, frame_events(frames, config), config, max_frames=60, stall_timeout=1.5)
+    assert result.ended_by_stop and result.frames_sent == 60
+    now = status(clean_logs.state.live_endpoint, config.domain)
+    assert now["state"] == "finished"
+    assert (int(now["projections"]), int(now["frames_lost"])) == (40, 50)
+    assert json.loads(now["lost_frames"]) == [[60, 109]]
+
+
+@pytest.mark.slow
+@needs_redis
+def test_scan_is_posted_again_when_an_ingester_does_not_connect(clean_logs: LocalDeployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dranspose applies only the last queued controller update, so an ingester can
+    miss a mapping's streams; play then posts the scan again. Simulated here: the
+    first connection of the angle ingester is left waiting in the backlog."""
+    accept = play_module.PandaServer.accept
+    calls: list[int] = []
+
+    def first_times_out(self: play_module.PandaServer, timeout: float) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(1.0)  # the ingester connects and greets meanwhile
+            raise play_module.NotConnected("simulated")
+        accept(self, timeout)
+
+    monkeypatch.setattr(play_module.PandaServer, "accept", first_times_out)
+    spec, frames = simulated_scan(angles=30)
+    config = spec.config()
+    result = play(clean_logs.state, frame_events(frames, config), config, connect_timeout=10)
+    assert len(calls) == 2 and not result.ended_by_stop
+    now = status(clean_logs.state.live_endpoint, config.domain)
+    assert (now["state"], int(now["projections"]), json.loads(now["rejected"])) == ("finished", 30, {})
+
+
+@pytest.mark.slow
+@needs_redis
+def test_worker_killed_mid_scan(deployment: LocalDeployment) -> None:
+    spec, frames = simulated_scan()
+    config = spec.config()
+    killed: list[str] = []
+
+    def kill_at_half(index: int, sent: int) -> None:
+        if sent == 55:
+            killed.append(deployment.kill_worker("worker-2"))
+
+    try:
+        result = play(deployment.state, frame_events(frames, config), config, rate_hz=100, on_frame_sent=kill_at_half,
+                      stall_timeout=3.0)
+        assert killed == ["worker-2"] and result.frames_sent == len(frames)
+        now = status(deployment.state.live_endpoint, config.domain)
+        assert now["state"] == "finished"
+        lost = json.loads(now["lost_frames"])
+        n_lost = sum(b - a + 1 for a, b in lost)
+        # Only frames the dead worker held are lost; everything else was reduced.
+        assert 0 < n_lost == int(now["frames_lost"]) <= 10
+        assert int(now["frames_received"]) + n_lost == len(frames)
+        assert all(20 <= a <= b for a, b in lost)  # references reached the live worker
+        assert deployment.error_lines(allow=KILLED_WORKER_NOISE) == []
+    finally:
+        deployment.scale(2)  # a fresh worker for whatever runs next
+
+
+@pytest.mark.slow
+@needs_redis
+def test_eiger_stream_through_the_deployment(tmp_path: Path) -> None:
+    """Dectris Stream v1 from the detector: the same domain as STINS recordings replayed."""
+    spec, frames = simulated_scan(seed=7, angles=60)
+    config = spec.config()
+    with LocalDeployment(workers=2, run_dir=tmp_path / "eiger", detector_format="eiger_legacy",
+                         worker_class=eiger_worker_class()) as d:
+        result = play(d.state, frame_events(frames, config, "eiger_legacy", "bslz4"), config)
+        live = read_domain(d.state.live_endpoint, config.domain)
+        assert d.error_lines() == []
+    assert not result.ended_by_stop
+    recorded = recorded_events(result.recordings(), config)
+    assert [e.frame for e in recorded[1:-1]] == [f.index for f in frames]
+    reference = run_to_end(record(frames, tmp_path / "stins", config), config, workers=1)
+    assert_same_domain(live, reference, tol=1e-6)

@@ -1,0 +1,409 @@
+"""The live viewer: its proxy (fast), silx opening the live domain, and the page in a
+real headless Chromium against a rate-limited replay (slow).
+
+The browser tests read what the page fetched and drew from ``window.__streamtomo``
+and compare it with the reducer's domain; latency is frame arrival at the reducer
+(``process_result`` returned with frame F counted) to the page drawing an image that
+contains frame F.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.server
+import json
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from streamtomo.app.viewer import cli as viewer_cli
+from streamtomo.app.viewer.server import (
+    ENV_PASSWORD,
+    ENV_USERNAME,
+    STATIC_DIR,
+    ViewerAssetsMissing,
+    ViewerServer,
+    ViewerTarget,
+    basic_auth_from_env,
+    build_app,
+    start_viewer,
+)
+from streamtomo.hsds_bridge.domain import Domain
+from streamtomo.hsds_bridge.rest_server import HdfRestServer
+from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
+from tests.support import browser
+from tests.support.replay_helpers import domain_arrays, record, replay, run_to_end
+
+RECON = "/entry/reconstruction/data"
+SINO = "/entry/sinogram/data"
+
+
+# -- the proxy, without a browser ---------------------------------------------------------
+class _Upstream(http.server.ThreadingHTTPServer):
+    """A stand-in endpoint that records what the proxy forwards."""
+
+    seen: list[tuple[str, str, dict[str, str], bytes]]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _Upstream
+
+    def _answer(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.seen.append((self.command, self.path, dict(self.headers), body))
+        if self.path.startswith("/streamtomo/parameters/center") and body == b"bad":
+            self.send_response(400, "centre bad is not a number")
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"400: centre bad is not a number")
+            return
+        payload = json.dumps({"value": 7}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def upstream() -> Iterator[_Upstream]:
+    server = _Upstream(("127.0.0.1", 0), _Handler)
+    server.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def fake_static(tmp_path: Path) -> Path:
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "index.html").write_text("<!doctype html><title>viewer</title>")
+    return tmp_path
+
+
+def test_proxy_pins_the_domain_adds_credentials_and_reports_a_dead_endpoint(
+    upstream: _Upstream, fake_static: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_USERNAME, "reader")
+    monkeypatch.setenv(ENV_PASSWORD, "s3cret")
+    endpoint = f"http://127.0.0.1:{upstream.server_address[1]}"
+    target = ViewerTarget(endpoint, "/a/live.h5", control=endpoint, authorization=basic_auth_from_env())
+    assert "s3cret" not in repr(target)
+    with ViewerServer(target, static_dir=fake_static).start() as viewer:
+        assert "viewer" in requests.get(viewer.url, timeout=5).text
+        assert requests.get(viewer.url + "viewer.json", timeout=5).json() == {"domain": "/a/live.h5", "endpoint": endpoint, "control": True}
+        response = requests.get(viewer.url + "hdf/datasets/d-1/value?select=[0:1]&domain=/other.h5", headers={"Accept": "application/octet-stream"}, timeout=5)
+        assert response.json() == {"value": 7}
+        method, path, headers, _ = upstream.seen[-1]
+        assert method == "GET"
+        assert path.startswith("/datasets/d-1/value?")
+        assert "domain=/a/live.h5" in path.replace("%2F", "/")
+        assert "other.h5" not in path
+        assert headers["Authorization"] == "Basic cmVhZGVyOnMzY3JldA=="
+        assert headers["Accept"] == "application/octet-stream"
+        # control: forwarded without the HDF credentials; a refusal keeps its reason
+        assert requests.post(viewer.url + "control/parameters/center", data="33", timeout=5).status_code == 200
+        assert upstream.seen[-1][:2] == ("POST", "/streamtomo/parameters/center")
+        assert "Authorization" not in upstream.seen[-1][2]
+        assert upstream.seen[-1][3] == b"33"
+        bad = requests.post(viewer.url + "control/parameters/center", data="bad", timeout=5)
+        assert bad.status_code == 400
+        assert bad.json()["message"] == "centre bad is not a number"
+        assert requests.get(viewer.url + "hdf/../etc/passwd", timeout=5).status_code in (400, 404)
+        upstream.shutdown()
+        upstream.server_close()
+        gone = requests.get(viewer.url + "hdf/?getobjs=1", timeout=15)
+        assert gone.status_code == 502
+        assert endpoint in gone.json()["message"]
+
+
+def test_missing_page_assets_say_how_to_build_them(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ViewerAssetsMissing, match=r"npm ci --prefix viewer && npm run build --prefix viewer"):
+        build_app(ViewerTarget("http://127.0.0.1:1", "/x.h5"), static_dir=tmp_path)
+    # the command says the same, without a traceback
+    monkeypatch.setattr("streamtomo.app.viewer.server.STATIC_DIR", tmp_path)
+    parser = argparse.ArgumentParser()
+    viewer_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["view", "--endpoint", "http://127.0.0.1:1", "--port", "0"])
+    assert args.func(args) == 2
+    assert "npm run build --prefix viewer" in capsys.readouterr().err
+
+
+def test_credentials_must_come_in_pairs() -> None:
+    assert basic_auth_from_env({}) is None
+    with pytest.raises(ValueError, match=ENV_PASSWORD):
+        basic_auth_from_env({ENV_USERNAME: "reader"})
+
+
+# -- a finished domain, served by our own server (restartable) --------------------------
+@pytest.fixture(scope="module")
+def finished_domain(tmp_path_factory: pytest.TempPathFactory) -> Domain:
+    """A complete small domain plus a centre-of-rotation sweep (as issue 3 will add)."""
+    spec = SimulationSpec(rows=3, cols=48, angles=40, seed=5)
+    recordings = record(ScanSimulator(spec).frames(), tmp_path_factory.mktemp("small"), spec.config())
+    for run in replay(recordings, spec.config(domain="/viewer/finished.h5"), workers=1):
+        run.go()
+        run.wait(timeout=120)
+        run.reducer.timer()
+        domain: Domain = run.reducer.domain
+    with domain.lock:
+        slice0 = np.array(domain.dataset(RECON).array[0])
+        centers = np.array([21.5, 22.5, 23.5, 24.5, 25.5])
+        sweep = np.stack([np.roll(slice0, int(c - 23.5), axis=1) for c in centers]).astype(np.float32)
+        domain.create_group("/entry/reconstruction/cor_sweep", {"NX_class": "NXdata", "signal": "data"})
+        domain.create_dataset("/entry/reconstruction/cor_sweep/data", sweep, chunks=sweep.shape)
+        domain.create_dataset("/entry/reconstruction/cor_sweep/centers", centers)
+    return domain
+
+
+def test_silx_opens_the_live_domain(finished_domain: Domain) -> None:
+    silx_io = pytest.importorskip("silx.io", reason="pip install silx to check the silx recipe")
+    from silx.io import nxdata
+
+    with HdfRestServer() as server:
+        server.start(finished_domain)
+        url = f"{server.url}{finished_domain.name}"  # what `silx view URL` opens
+        with silx_io.open(url) as f:
+            default = nxdata.get_default(f)  # what silx view plots first: the NeXus default chain
+            assert default is not None
+            assert default.signal.name.endswith("/entry/reconstruction/data")
+            with finished_domain.lock:
+                expected = np.array(finished_domain.dataset(RECON).array)
+            np.testing.assert_array_equal(default.signal[1], expected[1])
+
+
+# -- the page in Chromium ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def built_page() -> Path:
+    browser.require_chromium()
+    if not (STATIC_DIR / "index.html").is_file():
+        pytest.fail("the viewer page is not built: run `npm ci --prefix viewer && npm run build --prefix viewer`")
+    return STATIC_DIR
+
+
+def _page_slice(driver: Any) -> np.ndarray | None:
+    return browser.page_floats(driver, "sliceBase64")
+
+
+def _digest(values: np.ndarray | None) -> str | None:
+    return None if values is None else hashlib.sha1(values.tobytes()).hexdigest()
+
+
+class ArrivalClock:
+    """When the reducer had counted frame F: wraps the reducer's ``process_result``."""
+
+    def __init__(self, reducer: Any) -> None:
+        self.times: dict[int, float] = {}
+        original = reducer.process_result
+
+        def timed(result: Any, parameters: Any = None) -> None:
+            original(result, parameters)
+            with reducer.lock:
+                received = int(reducer.scan.status()["frames_received"])
+            self.times.setdefault(received, time.time())
+
+        reducer.process_result = timed
+
+    def latencies_ms(self, renders: list[dict[str, Any]]) -> list[float]:
+        out = []
+        for r in renders:
+            arrived = self.times.get(int(r["framesReceived"]))
+            if r["panel"] == "slice" and arrived is not None:
+                out.append(r["drawnAt"] - arrived * 1000)
+        return out
+
+
+def _apply_centre(driver: Any, value: str, expect: str, timeout: float = 10.0) -> None:
+    """Type a centre and press apply, as a person would; wait for the page's answer."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.ID, "center-input")
+    # select-all + type: WebElement.clear() would bypass React's onChange
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.BACKSPACE)
+    box.send_keys(value)
+    assert box.get_attribute("value") == value
+    apply = driver.find_element(By.ID, "center-apply")
+    browser.wait_until(apply.is_enabled, timeout, "the apply button")
+    apply.click()
+    deadline = time.monotonic() + timeout
+    text = ""
+    while expect not in text:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the page did not confirm centre {value}: it says {text!r}")
+        time.sleep(0.05)
+        found = driver.find_elements(By.ID, "control-message")
+        text = found[0].text if found else ""
+
+
+def _watch_live_scan(run: Any, spec: SimulationSpec, target: dict[str, np.ndarray], new_centre: str, profile: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """Drive the page through a whole scan; returns the screenshot and the render log."""
+    with start_viewer(run.reducer.endpoint, run.reducer.domain.name) as viewer, browser.chromium(profile) as driver:
+        from selenium.webdriver.common.by import By
+
+        driver.get(viewer.url)
+        browser.wait_until(lambda: browser.page_state(driver, "s.snapshot && s.snapshot.connection === 'live'"), 20, "the page to connect")
+        run.go()
+
+        # The slice changes while frames arrive (data and on-screen pixels).
+        digests: set[str] = set()
+        pixels: list[bytes] = []
+        projections_seen: set[int] = set()
+        changed_centre = False
+        while not run.done:
+            n = browser.page_state(driver, "s.snapshot && s.snapshot.slice ? s.snapshot.slice.nProjections : -1")
+            digest = _digest(_page_slice(driver))
+            if digest and 0 < n < spec.angles:
+                if digest not in digests and len(pixels) < 2 and n > 10 * (len(pixels) + 1):
+                    pixels.append(browser.element_png(driver, ".slice-panel .vis"))
+                digests.add(digest)
+                projections_seen.add(n)
+            if not changed_centre and n >= spec.angles // 3:
+                # a bad value first: the page shows the pipeline's reason
+                assert not browser.severe(browser.console_entries(driver))
+                _apply_centre(driver, "1e6", expect="outside the detector")
+                # Chromium logs every 4xx response; this one was asked for.
+                expected = browser.severe(browser.console_entries(driver))
+                assert len(expected) == 1 and "control/parameters/center" in expected[0] and "400" in expected[0], expected
+                _apply_centre(driver, new_centre, expect=f"center set to {new_centre}")
+                assert run.reducer.scan.config.center == new_centre
+                changed_centre = True
+            time.sleep(0.1)
+        assert changed_centre, f"the scan ended before the centre could be changed: slow the replay down ({sorted(projections_seen)})"
+        assert len(digests) >= 3, f"the page showed too few distinct live slices: {sorted(projections_seen)}"
+        assert len(pixels) == 2 and pixels[0] != pixels[1], "the slice pixels on screen did not change"
+        run.wait(timeout=60)
+
+        # The final image is the reconstruction in the domain (what was fetched and drawn).
+        def final_matches() -> bool:
+            if browser.page_state(driver, "s.snapshot.status && s.snapshot.status.state") != "finished":
+                return False
+            shown = _page_slice(driver)
+            mine = domain_arrays(run.reducer)[RECON][0].ravel()
+            return shown is not None and np.array_equal(shown, mine)
+
+        browser.wait_until(final_matches, 15, "the page to show the final slice")
+        final = domain_arrays(run.reducer)
+        drawn = browser.page_state(driver, "s.renders.filter(r => r.panel === 'slice').slice(-1)[0]")
+        assert drawn["nProjections"] == spec.angles
+        # ... and the centre change reached the pipeline: the slices are those of a run with that centre.
+        scale = float(np.abs(target[RECON]).max())
+        np.testing.assert_allclose(final[RECON], target[RECON], rtol=1e-5, atol=1e-5 * scale)
+        np.testing.assert_allclose(_page_slice(driver), target[RECON][0].ravel(), rtol=1e-5, atol=1e-5 * scale)
+        assert "centre 33.0" in driver.find_element(By.ID, "effective-parameters").text
+
+        # Another slice and its sinogram row, selected in the page.
+        driver.find_element(By.CSS_SELECTOR, "#slice-select option[value='2']").click()
+        row = list(final["/entry/sinogram/detector_row"]).index(final["/entry/reconstruction/slice_rows"][2])
+        browser.wait_until(lambda: np.array_equal(_page_slice(driver), final[RECON][2].ravel()), 10, "slice 2")
+        browser.wait_until(lambda: np.array_equal(browser.page_floats(driver, "sinogramBase64"), final[SINO][row].ravel()), 10, "the sinogram of its row")
+        assert driver.find_element(By.ID, "scan-state").text == "finished"
+        assert driver.find_element(By.ID, "projections").text == f"{spec.angles} / {spec.angles}"
+
+        # Nothing is re-read while the published content does not change: the reducer
+        # bumps generation only when something changed, and the page reads data (status
+        # included) only when generation moves.
+        query = "[s.fetches.slice, s.fetches.sinogram, s.snapshot.generation, s.fetches.status]"
+        before = browser.page_state(driver, query)
+        time.sleep(1.5)
+        after = browser.page_state(driver, query)
+        assert after == before, (before, after)
+
+        shot = browser.screenshot(driver, "viewer-live-scan.png")
+        renders = browser.page_state(driver, "s.renders")
+        errors = browser.severe(browser.console_entries(driver))
+        assert not errors, errors
+    return shot, renders
+
+
+@pytest.mark.slow
+def test_page_follows_a_live_scan_and_sets_the_centre(built_page: Path, tmp_path: Path) -> None:
+    spec = SimulationSpec(rows=6, cols=64, angles=120, seed=3)
+    config = spec.config()
+    recordings = record(ScanSimulator(spec).frames(), tmp_path / "scan", config)
+    new_centre = "33.0"
+    target = run_to_end(recordings, spec.config(center=new_centre), workers=2)
+
+    for run in replay(recordings, config, workers=2, rate_hz=20):
+        clock = ArrivalClock(run.reducer)
+        shot, renders = _watch_live_scan(run, spec, target, new_centre, tmp_path / "profile")
+    latencies = clock.latencies_ms(renders)
+    assert latencies, "no slice render could be matched to a frame arrival"
+    print(
+        f"\nviewer update latency (frame arrival at the reducer -> slice pixels drawn), {len(latencies)} updates: "
+        f"median {statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms "
+        f"(publish every 250 ms + page poll every 250 ms); screenshot {shot}"
+    )
+
+
+def _banner(driver: Any) -> str:
+    return str(driver.execute_script("const b = document.getElementById('banner'); return b ? b.textContent : '';"))
+
+
+@pytest.mark.slow
+def test_page_reports_a_missing_domain_and_recovers_when_the_endpoint_returns(
+    built_page: Path, finished_domain: Domain, tmp_path: Path
+) -> None:
+    server = HdfRestServer()
+    server.start(finished_domain)
+    endpoint = server.url
+    port = int(endpoint.rsplit(":", 1)[1])
+    try:
+        with browser.chromium(tmp_path / "profile") as driver:
+            # A domain that does not exist: a clear message, no images.
+            with start_viewer(endpoint, "/viewer/no-such-scan.h5", control=None) as viewer:
+                driver.get(viewer.url)
+                text = browser.wait_until(lambda: _banner(driver) if "Domain not found" in _banner(driver) else None, 15, "the missing-domain message")
+                assert "/viewer/no-such-scan.h5" in text
+                assert "retrying" in text.lower()
+            browser.console_entries(driver)  # the 404s are logged by Chromium: expected here
+
+            with start_viewer(endpoint, finished_domain.name, control=None) as viewer:
+                driver.get(viewer.url)
+                with finished_domain.lock:
+                    expected = np.array(finished_domain.dataset(RECON).array[0]).ravel()
+                browser.wait_until(lambda: np.array_equal(_page_slice(driver), expected), 20, "the slice")
+                # Automatic contrast spans the 0.5-99.5 % percentiles; manual limits replace it.
+                values = np.sort(expected.astype(np.float64))
+                at = [values[int(np.floor(p / 100 * (values.size - 1) + 0.5))] for p in (0.5, 99.5)]
+                assert browser.page_state(driver, "s.colourDomain") == pytest.approx(at, rel=1e-6)
+                driver.find_element("id", "slice-colour-min").send_keys("0")
+                driver.find_element("id", "slice-colour-max").send_keys("0.05")
+                browser.wait_until(lambda: browser.page_state(driver, "s.colourDomain") == [0, 0.05], 5, "the manual colour limits")
+                # The CoR sweep strip is shown when the domain has one, centres on its axis.
+                browser.wait_until(lambda: driver.execute_script("return !!document.getElementById('sweep-panel')"), 10, "the sweep panel")
+                sweep_text = driver.find_element("id", "sweep-panel").text
+                assert "5 centres of rotation" in sweep_text and "25.5" in sweep_text, sweep_text
+                assert "read-only" in driver.find_element("css selector", ".control-panel").text
+                assert not browser.severe(browser.console_entries(driver))
+
+                # The endpoint goes away ...
+                server.close()
+                gone = browser.wait_until(lambda: _banner(driver) if "not reachable" in _banner(driver) else None, 15, "the endpoint-gone message")
+                assert endpoint in gone
+                browser.screenshot(driver, "viewer-endpoint-gone.png")
+                # ... and comes back on the same address: the page recovers by itself.
+                server = HdfRestServer(port=port)
+                server.start(finished_domain)
+                browser.wait_until(lambda: browser.page_state(driver, "s.snapshot.connection") == "live", 15, "the page to recover")
+                assert _banner(driver) == ""
+                browser.wait_until(lambda: np.array_equal(_page_slice(driver), expected), 10, "the slice after recovery")
+                browser.console_entries(driver)
+    finally:
+        server.close()

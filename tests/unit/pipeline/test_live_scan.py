@@ -1,0 +1,327 @@
+"""Worker core + reducer core without dranspose: routing, loss, order, references."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.correction.references import ReferenceSet
+from streamtomo.pipeline.messages import PartialSum, WorkerResult
+from streamtomo.pipeline.reconstruction.fbp import fbp
+from streamtomo.pipeline.scan import Frame, ImageKey
+from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
+from streamtomo.pipeline.streaming.live_scan import LiveScan
+
+ROWS, COLS, ANGLES = 4, 32, 36
+
+
+def make_frames(n_darks: int = 3, n_flats: int = 3, flats_after: int = 0, seed: int = 0) -> list[Frame]:
+    rng = np.random.default_rng(seed)
+    x = np.linspace(-1, 1, COLS)
+    dark = rng.normal(100, 1, (ROWS, COLS))
+    flat = 20000 + 500 * np.cos(np.pi * x)[None, :] + np.zeros((ROWS, 1))
+    frames: list[Frame] = []
+    for _ in range(n_darks):
+        frames.append(Frame(len(frames), ImageKey.DARK, np.rint(dark).astype(np.uint16), 0.0))
+    for _ in range(n_flats):
+        frames.append(Frame(len(frames), ImageKey.FLAT, np.rint(flat + dark).astype(np.uint16), 0.0))
+    for i in range(ANGLES):
+        angle = 180.0 * i / ANGLES
+        shift = 0.3 * np.cos(np.radians(angle))
+        integral = 1.5 * np.clip(1 - ((x - shift) / 0.5) ** 2, 0, None)[None, :] * (1 + 0.1 * np.arange(ROWS))[:, None]
+        counts = flat * np.exp(-integral) + dark
+        frames.append(Frame(len(frames), ImageKey.PROJECTION, np.rint(counts).astype(np.uint16), angle))
+    for _ in range(flats_after):
+        frames.append(Frame(len(frames), ImageKey.FLAT, np.rint(1.05 * flat + dark).astype(np.uint16), 0.0))
+    return frames
+
+
+def config(**kw: object) -> PipelineConfig:
+    values: dict[str, object] = {"n_darks_before": 3, "n_flats_before": 3, "n_projections": ANGLES, "flush_every": 4}
+    values.update(kw)
+    return PipelineConfig.from_mapping(values)
+
+
+def run(frames: list[Frame], n_workers: int, cfg: PipelineConfig, seed: int = 0, shuffle: bool = False, drop_last_partials: bool = True) -> LiveScan:
+    """Replay-like routing: first frame to all workers, then random; references via callback."""
+    rng = random.Random(seed)
+    shared: dict[str, ReferenceSet] = {}
+    scan = LiveScan(cfg, on_references=lambda refs: shared.__setitem__("refs", refs))
+    workers = [FrameProcessor(cfg, f"w{i}") for i in range(n_workers)]
+    results: list[WorkerResult] = []
+    for frame in frames:
+        # (replay broadcasts the first event: the stream header, which carries no frame)
+        for worker in [rng.choice(workers)]:
+            worker.set_references(shared.get("refs"))
+            result = WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg)))
+            if shuffle:
+                results.append(result)
+            else:
+                scan.add_result(result)
+        if frame.index % 7 == 0:
+            scan.reconcile()
+    if shuffle:
+        rng.shuffle(results)
+        for result in results:
+            scan.add_result(result)
+    if not drop_last_partials:
+        for worker in workers:
+            partial = worker.flush()
+            if partial is not None:
+                scan.add_result(WorkerResult([partial]))
+    scan.finish()
+    return scan
+
+
+def offline(scan: LiveScan) -> np.ndarray:
+    assert scan.sinogram is not None and scan.geometry is not None
+    filled = scan.sinogram.filled_slots()
+    sino = scan.sinogram.data[scan.geometry.slice_positions][:, filled]
+    return fbp(sino, scan.sinogram.angles()[filled], scan.geometry.center, scan.config.filter)
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("n_workers", [1, 3])
+def test_streamed_equals_offline_fbp(n_workers: int) -> None:
+    scan = run(make_frames(), n_workers, config())
+    slices = scan.slices()
+    assert slices is not None and scan.n_projections == ANGLES
+    assert rel(slices, offline(scan)) < 1e-4
+    assert scan.counts["partials"] > 0  # workers really contributed
+
+
+def test_three_workers_equal_one_even_shuffled() -> None:
+    frames = make_frames()
+    one = run(frames, 1, config())
+    three = run(frames, 3, config(), seed=5, shuffle=True)
+    assert np.array_equal(one.sinogram.data, three.sinogram.data)  # type: ignore[union-attr]
+    assert rel(three.slices(), one.slices()) < 1e-5  # type: ignore[arg-type]
+
+
+def test_partial_sums_add_up_without_backfill() -> None:
+    scan = run(make_frames(), 3, config(), drop_last_partials=False)
+    # Only projections the workers sent raw (before they had references) need the reducer.
+    assert scan.counts["backfilled"] == scan.counts["corrected_by_reducer"] <= 2
+    assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
+
+
+def test_stale_references_are_recorrected() -> None:
+    frames = make_frames()
+    cfg = config()
+    scan = run(frames, 2, cfg)
+    # A worker that corrected with other references: the reducer must fix its rows.
+    stale_scan = LiveScan(cfg)
+    worker = FrameProcessor(cfg)
+    bogus = None
+    for frame in frames:
+        if frame.key == ImageKey.PROJECTION and bogus is None:
+            refs = stale_scan.references.current
+            assert refs is not None or stale_scan.references.batch_open
+            # A version the reducer knows but that does not apply to these frames.
+            bogus = ReferenceSet(99, np.zeros((ROWS, COLS), np.float32), np.full((ROWS, COLS), 30000, np.float32), before_index=10**9)
+        stale_scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+        if bogus is not None:
+            stale_scan._versions[99] = bogus  # the reducer knows the stale version
+            worker.set_references(bogus)
+    stale_scan.finish()
+    assert stale_scan.counts["recorrected_stale"] > 0
+    np.testing.assert_allclose(stale_scan.sinogram.data, scan.sinogram.data, atol=2e-3)  # type: ignore[union-attr]
+
+
+def test_duplicate_frame_and_repeated_angle() -> None:
+    frames = make_frames()
+    cfg = config()
+    frames = [*frames, frames[10]]  # the same frame again
+    repeated = Frame(len(frames), ImageKey.PROJECTION, frames[8].data, frames[8].angle_deg)
+    scan = run([*frames, repeated], 2, cfg)
+    assert scan.rejected["duplicate_frame"] == 1
+    assert scan.sinogram.counts.max() == 2  # type: ignore[union-attr]
+    assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
+
+
+def test_out_of_order_and_missing_angles() -> None:
+    frames = make_frames()
+    head, projections = frames[:6], frames[6:]
+    kept = [f for f in projections if f.index % 5 != 0]
+    random.Random(3).shuffle(kept)
+    scan = run(head + kept, 2, config())
+    assert scan.status()["missing_angles"] == len(projections) - len(kept)
+    assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
+
+
+def test_unknown_angle_nan_and_bad_frames_are_counted() -> None:
+    frames = make_frames()
+    bad = [
+        Frame(1000, ImageKey.PROJECTION, frames[8].data, 400.0),  # unknown angle
+        Frame(1001, ImageKey.PROJECTION, np.zeros((3, 3), np.uint16), 10.0),  # wrong shape
+        Frame(1002, ImageKey.PROJECTION, frames[8].data.astype(np.complex64), 10.0),  # wrong dtype
+        Frame(1003, ImageKey.PROJECTION, frames[8].data, None),  # missing angle
+        Frame(1004, ImageKey.INVALID, frames[8].data, 10.0),
+    ]
+    nan_frame = frames[9].data.astype(np.float32)
+    nan_frame[0, 3] = np.nan
+    bad.append(Frame(1005, ImageKey.PROJECTION, nan_frame, frames[9].angle_deg))
+    scan = run(frames + bad, 2, config())
+    assert scan.rejected["unknown_angle"] == 1
+    assert scan.rejected["wrong_shape"] == 1
+    assert scan.rejected["wrong_dtype"] == 1
+    assert scan.rejected["missing_angle"] == 1
+    assert scan.rejected["dropped_kind"] == 1
+    assert scan.status()["projections"] == ANGLES + 1  # the NaN frame is kept, repaired
+    assert scan.status()["state"] == "finished"
+
+
+def test_projections_before_flats_are_held_not_lost() -> None:
+    frames = make_frames()
+    refs, projections = frames[:6], frames[6:]
+    renumbered = [Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(projections + refs)]
+    scan = run(renumbered, 2, config(n_darks_before=0, n_flats_before=0))
+    assert scan.status()["projections"] == ANGLES
+    assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
+
+
+def test_flats_after_are_interpolated() -> None:
+    frames = make_frames(flats_after=3)
+    scan = run(frames, 2, config(n_flats_after=3))
+    assert scan.counts["flats_interpolated"] == 1
+    # Last projection: flat 5% brighter -> about log(1.05) more attenuation than at the start.
+    first = run(make_frames(), 1, config())
+    diff = scan.sinogram.data[:, -1] - first.sinogram.data[:, -1]  # type: ignore[union-attr]
+    assert float(np.median(diff)) == pytest.approx(np.log(1.05) * (ANGLES - 1) / ANGLES, abs=5e-3)
+    assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
+
+
+def test_centre_change_rebuilds_to_same_result() -> None:
+    frames = make_frames()
+    target = run(frames, 1, config(center="15.0"))
+    scan = LiveScan(config())
+    worker = FrameProcessor(config())
+    shared: dict[str, ReferenceSet] = {}
+    scan.on_references = lambda r: shared.__setitem__("r", r)
+    for frame in frames:
+        if frame.index == 20:
+            scan.reconfigure(config(center="15.0"))
+            worker.configure(config(center="15.0"))
+        worker.set_references(shared.get("r"))
+        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    scan.finish()
+    assert scan.counts["partials_discarded"] >= 0
+    assert rel(scan.slices(), target.slices()) < 1e-5  # type: ignore[arg-type]
+
+
+def test_partial_with_old_settings_is_discarded() -> None:
+    scan = run(make_frames(), 1, config())
+    before = scan.slices()
+    scan.add_result(WorkerResult([PartialSum("w", "other", (7,), np.ones_like(scan.live_sum))]))  # type: ignore[arg-type]
+    assert scan.counts["partials_discarded"] == 1
+    assert np.array_equal(scan.slices(), before)  # type: ignore[arg-type]
+
+
+def test_broadcast_references_are_not_duplicates() -> None:
+    frames = make_frames()
+    cfg = config()
+    scan = LiveScan(cfg)
+    workers = [FrameProcessor(cfg, f"w{i}") for i in range(2)]
+    for frame in frames[:6]:  # darks and flats reach every worker
+        for worker in workers:
+            scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    assert scan.counts["reference_copies"] == 6
+    assert not scan.rejected
+
+
+def test_lost_frames_are_reported_as_ranges() -> None:
+    frames = make_frames()
+    lost = {10, 11, 12, 30}
+    scan = run([f for f in frames if f.index not in lost], 2, config())
+    assert scan.lost_frames() == [(10, 12), (30, 30)]
+    assert scan.status()["frames_lost"] == 4
+
+
+def test_centre_outside_the_detector_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    scan = run(make_frames(), 2, config(center="500"))
+    assert scan.geometry is not None
+    assert scan.geometry.center == (COLS - 1) / 2
+    assert scan.n_projections == ANGLES
+    assert any("outside the detector" in r.getMessage() for r in caplog.records)
+
+
+def test_rows_labelled_with_an_earlier_scans_references_are_recorrected() -> None:
+    frames = make_frames()
+    cfg = config()
+    first = run(frames, 1, cfg)
+    old = first.references.current
+    assert old is not None
+    # A new scan (new reducer) whose worker still holds the earlier scan's references.
+    scan = LiveScan(cfg)
+    scan.remember_references(old, applicable=False)
+    worker = FrameProcessor(cfg)
+    worker.set_references(old)
+    for frame in frames:
+        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    scan.finish()
+    assert scan.references.current is not None
+    assert scan.references.current.version != old.version
+    assert scan.counts["recorrected_stale"] == ANGLES
+    np.testing.assert_allclose(scan.sinogram.data, first.sinogram.data, atol=1e-4)  # type: ignore[union-attr]
+
+
+def test_frames_received_counts_each_frame_once() -> None:
+    frames = [f for f in make_frames() if f.key != ImageKey.FLAT]
+    scan = run(frames, 2, config(n_flats_before=0))
+    assert scan.rejected["no_references"] == ANGLES
+    assert scan.status()["frames_received"] == len(frames)
+
+
+def test_kept_references_never_outrank_this_scans_own() -> None:
+    frames = make_frames(seed=1)
+    cfg = config(keep_references=True)
+    earlier = run(make_frames(seed=2), 1, cfg).references.current
+    assert earlier is not None
+    # Even with a larger version number, an earlier scan's set loses to this scan's.
+    earlier = ReferenceSet(10**15, earlier.dark, earlier.flat, earlier.before_index)
+    scan = LiveScan(cfg)
+    scan.remember_references(earlier, applicable=True)
+    worker = FrameProcessor(cfg)
+    for frame in frames:
+        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    scan.finish()
+    alone = run(frames, 1, config())
+    np.testing.assert_array_equal(scan.sinogram.data, alone.sinogram.data)  # type: ignore[union-attr]
+    # Without references of its own, the scan uses the kept set.
+    projections_only = [Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(f for f in frames if f.key == ImageKey.PROJECTION)]
+    reuse = LiveScan(config(keep_references=True, n_darks_before=0, n_flats_before=0))
+    reuse.remember_references(earlier, applicable=True)
+    for frame in projections_only:
+        reuse.add_result(WorkerResult(list(FrameProcessor(reuse.config).process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    reuse.finish()
+    assert reuse.status()["projections"] == ANGLES
+    assert not reuse.rejected
+
+
+def test_window_mode_shows_the_last_half_turn_then_everything() -> None:
+    frames = make_frames()
+    # A continuous rotation over 360 degrees, in order: the window holds the last 180.
+    turn = [Frame(f.index, f.key, f.data, (f.angle_deg or 0.0) * 2 if f.key == ImageKey.PROJECTION else f.angle_deg) for f in frames]
+    cfg = config(live_mode="window", angle_range=360.0)
+    shared: dict[str, ReferenceSet] = {}
+    scan = LiveScan(cfg, on_references=lambda r: shared.__setitem__("r", r))
+    worker = FrameProcessor(cfg)
+    for frame in turn:
+        worker.set_references(shared.get("r"))
+        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    assert scan.window is not None
+    live = scan.slices()
+    assert scan.sinogram is not None and scan.geometry is not None
+    last = max(f.angle_deg or 0.0 for f in turn)
+    # Taken less than 180 degrees before the newest projection (as tomostream subtracts).
+    window_slots = [s for s in scan.sinogram.filled_slots() if scan.sinogram.angles()[s] > last - 180.0 + 1e-6]
+    half = fbp(scan.sinogram.data[scan.geometry.slice_positions][:, window_slots], scan.sinogram.angles()[window_slots], scan.geometry.center)
+    assert rel(live, half) < 1e-4  # type: ignore[arg-type]
+    scan.finish()
+    assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
