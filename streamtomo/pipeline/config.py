@@ -20,6 +20,9 @@ COMPRESSIONS = ("none", "bslz4")
 LIVE_MODES = ("accumulate", "window")
 
 
+BINNINGS = (1, 2, 4)
+
+
 class ConfigError(ValueError):
     """A configuration value is not allowed; the message names value and choices."""
 
@@ -63,6 +66,9 @@ class PipelineConfig:
     pixel_size_m: float = field(default=1e-6, metadata={"help": "detector pixel size for Paganin, m"})
     filter: str = field(default="ramp", metadata={"help": f"FBP filter: {', '.join(FILTERS)}"})
     slice_size: int = field(default=0, metadata={"help": "reconstructed slice width in pixels; 0: detector width"})
+    bin: int = field(default=1, metadata={"help": "bin the detector b x b (1, 2 or 4) before everything else, for previews of big detectors: sinograms, live slices and the volume are binned, and rows, slice_rows, center and slice_size count binned pixels"})
+    window_block: int = field(default=0, metadata={"help": "live_mode 'window': projections per partial-sum block; the window shows the whole blocks within the last 180 degrees (1: exact, per projection; 0: an eighth of the half turn)"})
+    memory_budget_gb: float = field(default=0.0, metadata={"help": "most memory the reducer may hold for one scan's published arrays, GB; 0: half of this machine's memory. A scan that needs more is refused at its first frame with a message naming rows and bin"})
     flush_every: int = field(default=8, metadata={"help": "projections a worker accumulates before sending its partial sum"})
     publish_interval: float = field(default=0.25, metadata={"help": "seconds between live domain updates"})
     keep_references: bool = field(default=False, metadata={"help": "keep darks/flats across scans (for scans that take none)"})
@@ -82,6 +88,12 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.n_projections < 1:
             raise ConfigError(f"n_projections must be >= 1, got {self.n_projections}")
+        if self.bin not in BINNINGS:
+            raise ConfigError(f"bin must be one of {list(BINNINGS)}, got {self.bin}")
+        if self.window_block < 0:
+            raise ConfigError(f"window_block must be >= 0 (0: automatic), got {self.window_block}")
+        if not (self.memory_budget_gb >= 0 and math.isfinite(self.memory_budget_gb)):
+            raise ConfigError(f"memory_budget_gb must be >= 0 (0: half of this machine's memory), got {self.memory_budget_gb}")
         if self.flush_every < 1:
             raise ConfigError(f"flush_every must be >= 1, got {self.flush_every}")
         if not (0 < self.angle_range <= 360):

@@ -55,12 +55,31 @@ class ProjectionRows:
 
 @dataclass(frozen=True)
 class PartialSum:
-    """A worker's unweighted backprojection sum over ``frame_indices``."""
+    """A worker's unweighted backprojection sums over ``frame_indices``.
+
+    ``blocks`` maps a window block (``frame_index // window_block``) to the live
+    slices' sum over the frames of that block; in accumulate mode everything is
+    block 0. ``sweep`` is the centre-of-rotation sweep's sum over the same frames.
+    The reducer adds these and weights the totals once: it backprojects nothing.
+    """
 
     worker: str
     recon_id: str
     frame_indices: tuple[int, ...]
-    slices: npt.NDArray[np.float32]
+    blocks: dict[int, npt.NDArray[np.float32]]
+    sweep: npt.NDArray[np.float32] | None = None
+    sweep_count: int = 0
+
+    @property
+    def slices(self) -> npt.NDArray[np.float32]:
+        """The live slices' sum over every frame (all blocks)."""
+        arrays = list(self.blocks.values())
+        if len(arrays) == 1:
+            return arrays[0]
+        total = arrays[0].copy()
+        for array in arrays[1:]:
+            total += array
+        return total
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,19 @@
         slice_rows      int64   (slices,) detector row of each slice
         n_projections   int64   scalar, projections in the slices so far
         parameters      str     effective configuration (JSON)
+        volume          float32 (rows, y, x), end of scan, filled slice by slice
     /entry/status                  NXcollection
-        state, frames_received, frames_rejected, darks, flats, projections,
-        missing_angles, pending_projections, frames_lost, rejected (JSON counts per
-        reason), lost_frames (JSON [first, last] ranges of frames that never came),
-        publisher_dropped, last_update (unix time), generation
+        state (waiting, running, reconstructing, finished, failed), reason (why it
+        failed), frames_received, frames_rejected, darks, flats, projections,
+        missing_angles, pending_projections, frames_lost, volume_slices_done,
+        rejected (JSON counts per reason), lost_frames (JSON [first, last] ranges of
+        frames that never came), publisher_dropped, last_update (unix time), generation
+
+The layout reads a :class:`ScanSnapshot`, never the scan's internals. The sinogram
+dataset shares the scan's storage (an angle-major array seen as (rows, angles, cols)):
+the in-memory server serves it without copies and the HSDS writer copies only the
+chunks of the slots that changed. Every final product is written before ``state``
+says ``finished``, in the same generation.
 
 Values that change are datasets (h5pyd 1.0 cannot overwrite attributes); readers
 poll ``/entry/status/generation`` and re-read when it changes.
@@ -33,11 +41,11 @@ from typing import Any
 import numpy as np
 
 from streamtomo.hsds_bridge.domain import Domain
-from streamtomo.pipeline.streaming.live_scan import LiveScan
+from streamtomo.pipeline.streaming.snapshot import ScanSnapshot
 
 STATUS_INTS = (
     "frames_received", "frames_rejected", "darks", "flats", "projections",
-    "missing_angles", "pending_projections", "publisher_dropped", "frames_lost",
+    "missing_angles", "pending_projections", "publisher_dropped", "frames_lost", "volume_slices_done",
 )
 CHUNK_TARGET_BYTES = 2 << 20
 
@@ -61,6 +69,7 @@ def new_domain(name: str) -> Domain:
     domain.create_group("/entry", {"NX_class": "NXentry", "default": "reconstruction"})
     domain.create_group("/entry/status", {"NX_class": "NXcollection"})
     domain.create_dataset("/entry/status/state", "waiting")
+    domain.create_dataset("/entry/status/reason", "")
     for name_ in STATUS_INTS:
         domain.create_dataset(f"/entry/status/{name_}", np.int64(0))
     domain.create_dataset("/entry/status/rejected", "{}")
@@ -70,34 +79,34 @@ def new_domain(name: str) -> Domain:
     return domain
 
 
-def add_scan_datasets(domain: Domain, scan: LiveScan) -> None:
+def add_scan_datasets(domain: Domain, snap: ScanSnapshot) -> None:
     """Create sinogram and reconstruction datasets once the detector is known.
 
     The sinogram dataset shares the scan's array: the in-memory server serves it
     without copies (both sides hold ``domain.lock``).
     """
-    assert scan.sinogram is not None and scan.geometry is not None and scan.live_sum is not None
-    sino = scan.sinogram
-    rows, angles, cols = sino.data.shape
+    assert snap.sinogram is not None and snap.slices is not None
+    assert snap.angles is not None and snap.frames_per_angle is not None and snap.sinogram_rows is not None and snap.slice_rows is not None
+    rows, angles, cols = snap.sinogram.shape
     units = {"units": "degree"}
     domain.create_group("/entry/sinogram", {"NX_class": "NXdata", "signal": "data", "axes": ["detector_row", "rotation_angle", "."]})
     domain.create_dataset(
-        "/entry/sinogram/data", sino.data, share=True, chunks=sinogram_chunks(rows, angles, cols),
+        "/entry/sinogram/data", snap.sinogram, share=True, chunks=sinogram_chunks(rows, angles, cols),
         attrs={"long_name": "-log transmission", "interpretation": "image"},
     )
-    domain.create_dataset("/entry/sinogram/rotation_angle", sino.angles(), attrs=units)
-    domain.create_dataset("/entry/sinogram/frames_per_angle", sino.counts.copy())
-    domain.create_dataset("/entry/sinogram/detector_row", scan.geometry.sinogram_rows.astype(np.int64))
-    k, n, _ = scan.live_sum.shape
+    domain.create_dataset("/entry/sinogram/rotation_angle", snap.angles, attrs=units)
+    domain.create_dataset("/entry/sinogram/frames_per_angle", snap.frames_per_angle)
+    domain.create_dataset("/entry/sinogram/detector_row", snap.sinogram_rows)
+    k, n, _ = snap.slices.shape
     domain.create_group("/entry/reconstruction", {"NX_class": "NXdata", "signal": "data", "axes": ["slice_rows", ".", "."]})
     domain.create_dataset(
         "/entry/reconstruction/data", shape=(k, n, n), dtype=np.float32, chunks=(1, n, n),
         attrs={"long_name": "attenuation per pixel", "interpretation": "image"},
     )
-    domain.create_dataset("/entry/reconstruction/slice_rows", scan.geometry.slice_rows.astype(np.int64))
+    domain.create_dataset("/entry/reconstruction/slice_rows", snap.slice_rows)
     domain.create_dataset("/entry/reconstruction/n_projections", np.int64(0))
-    domain.create_dataset("/entry/reconstruction/center", np.float64(scan.geometry.center), attrs={"units": "pixel"})
-    domain.create_dataset("/entry/reconstruction/parameters", scan.config.to_json())
+    domain.create_dataset("/entry/reconstruction/center", np.float64(snap.center), attrs={"units": "pixel"})
+    domain.create_dataset("/entry/reconstruction/parameters", snap.parameters)
 
 
 def has_scan_datasets(domain: Domain) -> bool:
@@ -133,81 +142,90 @@ def _replace_if_shape_differs(domain: Domain, path: str, values: np.ndarray, att
     return True
 
 
-def _update_sweep(domain: Domain, scan: LiveScan) -> bool:
+def _update_sweep(domain: Domain, snap: ScanSnapshot) -> bool:
     """The live centre-of-rotation strip: NXdata with the candidate centres as axis."""
-    slices = scan.sweep_slices()
-    if slices is None:
+    if snap.sweep is None or snap.sweep_centers is None:
         return False
     try:
         domain.get("/entry/reconstruction/cor_sweep")
     except KeyError:
         domain.create_group("/entry/reconstruction/cor_sweep", {"NX_class": "NXdata", "signal": "data", "axes": ["centers", ".", "."]})
-    changed = _replace_if_shape_differs(domain, "/entry/reconstruction/cor_sweep/centers", scan.sweep_centers(), {"units": "pixel"})
-    changed |= _replace_if_shape_differs(domain, "/entry/reconstruction/cor_sweep/data", slices, {"long_name": "attenuation per pixel"})
+    changed = _replace_if_shape_differs(domain, "/entry/reconstruction/cor_sweep/centers", snap.sweep_centers, {"units": "pixel"})
+    changed |= _replace_if_shape_differs(domain, "/entry/reconstruction/cor_sweep/data", snap.sweep, {"long_name": "attenuation per pixel"})
     return changed
 
 
-def _update_volume(domain: Domain, scan: LiveScan) -> bool:
-    if scan.volume is None:
+def _update_volume(domain: Domain, snap: ScanSnapshot) -> bool:
+    """The volume shares the reducer's array; slices done since the last update are marked."""
+    if snap.volume is None or snap.sinogram_rows is None:
         return False
+    path = "/entry/reconstruction/volume"
     try:
-        domain.get("/entry/reconstruction/volume")
-        return False
+        ds = domain.dataset(path)
     except KeyError:
-        domain.create_dataset(
-            "/entry/reconstruction/volume", scan.volume, chunks=(1, *scan.volume.shape[1:]),
-            attrs={"long_name": "attenuation per pixel", "interpretation": "image", "detector_rows": [int(r) for r in scan.geometry.sinogram_rows]},  # type: ignore[union-attr]
+        ds = domain.create_dataset(
+            path, snap.volume, share=True, chunks=(1, *snap.volume.shape[1:]),
+            attrs={"long_name": "attenuation per pixel", "interpretation": "image", "detector_rows": [int(r) for r in snap.sinogram_rows]},
         )
-        return True
+        ds.take_dirty()  # nothing computed yet: its slices are sent as they are done
+    if ds.array is not snap.volume:  # a new volume (auto centre, settings)
+        ds.array = snap.volume
+    done_before = int(domain.dataset("/entry/status/volume_slices_done").array[()])
+    if snap.volume_done == done_before:
+        return False
+    for k in range(min(done_before, snap.volume_done), snap.volume_done):
+        ds.mark_dirty((k,))
+    return True
 
 
-def update_domain(domain: Domain, scan: LiveScan, extra_status: dict[str, int] | None = None) -> bool:
+def update_domain(domain: Domain, snap: ScanSnapshot, extra_status: dict[str, int] | None = None) -> bool:
     """Copy the scan's state into the domain (caller holds ``domain.lock``).
 
     Bumps ``generation`` only when something changed, so idle readers re-read nothing.
     Returns whether it did.
     """
     changed = False
-    if scan.sinogram is not None:
+    if snap.sinogram is not None:
         if not has_scan_datasets(domain):
-            add_scan_datasets(domain, scan)
+            add_scan_datasets(domain, snap)
             changed = True
-        slots = scan.sinogram.take_dirty_slots()
-        if slots:
+        if snap.dirty_slots:
             changed = True
             data = domain.dataset("/entry/sinogram/data")
-            if data.array is not scan.sinogram.data:  # settings rebuilt the scan arrays
-                data.array = scan.sinogram.data
+            if data.array is not snap.sinogram:  # a new scan's arrays
+                data.array = snap.sinogram
                 data.mark_all_dirty()
-            for slot in slots:
+            for slot in snap.dirty_slots:
                 data.mark_dirty((slice(None), slot))
-            domain.dataset("/entry/sinogram/rotation_angle").write((slice(None),), scan.sinogram.angles())
-            domain.dataset("/entry/sinogram/frames_per_angle").write((slice(None),), scan.sinogram.counts)
-        slices = scan.slices()
+            domain.dataset("/entry/sinogram/rotation_angle").write((slice(None),), snap.angles)
+            domain.dataset("/entry/sinogram/frames_per_angle").write((slice(None),), snap.frames_per_angle)
         recon = domain.dataset("/entry/reconstruction/data")
+        slices = snap.slices
         if slices is not None and slices.shape != recon.shape:  # live slice rows changed
             k, n, _ = slices.shape
             recon = domain.create_dataset(
                 "/entry/reconstruction/data", shape=slices.shape, dtype=np.float32, chunks=(1, n, n), attrs=recon.attrs,
             )
-            domain.create_dataset("/entry/reconstruction/slice_rows", scan.geometry.slice_rows.astype(np.int64))  # type: ignore[union-attr]
+            domain.create_dataset("/entry/reconstruction/slice_rows", snap.slice_rows)
         if slices is not None:
             for k in np.flatnonzero(np.any(recon.array != slices, axis=(1, 2))):
                 recon.write((int(k),), slices[k])
                 changed = True
-        changed |= _set(domain, "/entry/reconstruction/n_projections", np.int64(scan.n_projections))
-        changed |= _set(domain, "/entry/reconstruction/center", np.float64(scan.geometry.center))  # type: ignore[union-attr]
-        changed |= _update_sweep(domain, scan)
-        changed |= _update_volume(domain, scan)
-        changed |= _set(domain, "/entry/reconstruction/parameters", scan.config.to_json())
-    status = scan.status()
+        changed |= _set(domain, "/entry/reconstruction/n_projections", np.int64(snap.n_projections))
+        changed |= _set(domain, "/entry/reconstruction/center", np.float64(snap.center))
+        changed |= _update_sweep(domain, snap)
+        changed |= _update_volume(domain, snap)
+        changed |= _set(domain, "/entry/reconstruction/parameters", snap.parameters)
+    status = dict(snap.status)
     for key, value in (extra_status or {}).items():
         status[key] = value
-    changed |= _set(domain, "/entry/status/state", str(status.pop("state")))
     for key in STATUS_INTS:
         changed |= _set(domain, f"/entry/status/{key}", np.int64(int(status.get(key, 0))))
-    changed |= _set(domain, "/entry/status/rejected", json.dumps(dict(sorted(scan.rejected.items()))))
-    changed |= _set(domain, "/entry/status/lost_frames", json.dumps(scan.lost_frames()))
+    changed |= _set(domain, "/entry/status/rejected", json.dumps(snap.rejected))
+    changed |= _set(domain, "/entry/status/lost_frames", json.dumps(snap.lost_frames))
+    changed |= _set(domain, "/entry/status/reason", snap.reason)
+    # The state last: a reader that sees 'finished' finds every final product in place.
+    changed |= _set(domain, "/entry/status/state", snap.state)
     if changed:
         domain.dataset("/entry/status/last_update").set_scalar(np.float64(time.time()))
         domain.dataset("/entry/status/generation").set_scalar(np.int64(domain.commit()))

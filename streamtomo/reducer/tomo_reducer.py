@@ -22,8 +22,6 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from streamtomo.dranspose_parameters import REFERENCES, ConfigCache, describe_parameters
 from streamtomo.hsds_bridge.control_api import LIVE_PARAMETERS
 from streamtomo.hsds_bridge.credentials import CredentialsError, load_credentials
@@ -33,11 +31,10 @@ from streamtomo.hsds_bridge.rest_server import HdfRestServer
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import WorkerResult
-from streamtomo.pipeline.reconstruction.backends import reconstruct
-from streamtomo.pipeline.reconstruction.preprocess import prepare_volume_sinograms
-from streamtomo.pipeline.streaming.frame_processor import LiveSliceGeometry
+from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.reducer.domain_layout import new_domain, update_domain
+from streamtomo.reducer.volume_job import reconstruct_volume
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +82,7 @@ class TomoReducer:
         self.hsds: HsdsWriter | None = self._start_hsds() if self.settings.hsds_endpoint else None
         self._finished = threading.Event()
         self.final_slices_at = 0.0  # when the final slices were published
+        self.volume_seconds: float | None = None  # how long the end-of-scan volume took
         self._closed = False
         self._refused: PipelineConfig | None = None
         logger.info("live domain %s at %s", self.domain.name, self.server.url)
@@ -198,15 +196,12 @@ class TomoReducer:
     def finish(self, parameters: dict[Any, Any] | None = None) -> None:
         with self.lock:
             self._apply_parameters(parameters)
-            self.scan.finish()
+            self.scan.finish(volume_follows=self.scan.config.volume)
             self._publish_locked()
             self.final_slices_at = time.time()
         # The whole volume after the final slices are out: readers see those first.
-        volume = self._reconstruct_volume()
+        self.volume_seconds = reconstruct_volume(self.scan, self.lock, self._publish_locked)
         with self.lock:
-            if volume is not None:
-                self.scan.volume = volume
-                self._publish_locked()
             self._finished.set()
         if self.hsds is not None:
             # The scan's HSDS domain is complete: send the rest and flush to storage.
@@ -214,38 +209,12 @@ class TomoReducer:
             self.publishers.remove(self.hsds)
             logger.info("HSDS domain %s complete (%s)", self.hsds.domain_name, self.hsds.stats())
         status = self.scan.status()
+        if self.scan.state == "failed":
+            logger.warning("scan failed: %s", self.scan.reason)
         logger.info(
-            "scan finished: %d projections, %d rejected %s",
-            status["projections"], status["frames_rejected"], json.dumps(dict(self.scan.rejected)),
+            "scan %s: %d projections, %d rejected %s",
+            self.scan.state, status["projections"], status["frames_rejected"], json.dumps(self.scan.rejected),
         )
-
-    def _reconstruct_volume(self) -> Any:
-        """Outside the lock: readers keep reading while it runs."""
-        with self.lock:
-            scan = self.scan
-            if not scan.config.volume or scan.sinogram is None or scan.geometry is None:
-                return None
-            filled = scan.sinogram.filled_slots()
-            sinograms = scan.sinogram.data[:, filled].copy()
-            angles = scan.sinogram.angles()[filled]
-            center, size, config = scan.geometry.center, scan.geometry.size, scan.config
-        if len(filled) < 2:
-            return None
-        try:
-            started = time.perf_counter()
-            rows = scan.geometry.sinogram_rows
-            sinograms = prepare_volume_sinograms(
-                sinograms, zingers=config.zinger_removal, rings=config.ring_removal,
-                paganin_delta_beta=config.paganin_delta_beta, energy_kev=config.energy_kev,
-                distance_m=config.distance_m, pixel_size_m=config.pixel_size_m,
-                contiguous_rows=bool(np.all(np.diff(rows) == 1)),
-            )
-            volume = reconstruct(sinograms, angles, center, config.filter, size, backend=config.backend)
-        except (ImportError, ValueError) as error:
-            logger.warning("no end-of-scan volume: %s", error)
-            return None
-        logger.info("volume of %d slices (%s backend) in %.2f s", volume.shape[0], config.backend, time.perf_counter() - started)
-        return volume
 
     def close(self, context: dict[Any, Any] | None = None) -> None:
         self._closed = True
@@ -269,7 +238,7 @@ class TomoReducer:
 
     def _publish_locked(self) -> None:
         dropped = sum(p.stats().dropped_updates for p in self.publishers)
-        if update_domain(self.domain, self.scan, {"publisher_dropped": dropped}):
+        if update_domain(self.domain, self.scan.snapshot(), {"publisher_dropped": dropped}):
             for publisher in self.publishers:
                 publisher.notify()
 

@@ -110,4 +110,7 @@ def test_scan_without_flats_reports_it(tmp_path: Path) -> None:
     arrays = run_to_end(record(frames, tmp_path, config), config, workers=2)
     rejected = json.loads(str(arrays["/entry/status/rejected"][()]))
     assert rejected == {"no_references": SPEC.angles}
-    assert arrays["/entry/status/state"][()] == "finished"
+    # Nothing was reduced: the scan says it failed, and why.
+    assert arrays["/entry/status/state"][()] == "failed"
+    assert "no projection was reduced" in str(arrays["/entry/status/reason"][()])
+    assert "no_references" in str(arrays["/entry/status/reason"][()])

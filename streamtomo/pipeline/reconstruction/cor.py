@@ -338,6 +338,17 @@ class StreamingCorSweep:
         self._partial.fill(0.0)
         self._count = 0
 
+    def take_partial(self) -> tuple[FloatArray, int]:
+        """Hand out the unweighted sum so far (and its projection count); start a new one.
+
+        Workers send this as a partial sum; the reducer adds partial sums of all
+        workers and weights the total once (``weight_partial_sum``).
+        """
+        partial, count = self._partial, self._count
+        self._partial = np.zeros_like(partial)
+        self._count = 0
+        return partial, count
+
 
 def cor_sweep(
     sinogram_row: npt.ArrayLike,

@@ -1,19 +1,21 @@
-"""The worker's per-frame work, free of dranspose: check, correct, extract, backproject.
+"""The worker's per-frame work, free of dranspose: check, bin, correct, extract, backproject.
 
 One :class:`FrameProcessor` per worker. It keeps the references it was given (a
 dranspose binary parameter set by the reducer), the live reconstruction settings,
-and an unweighted partial backprojection sum that it hands out on :meth:`flush`.
+and unweighted partial sums of everything linear the live domain shows: the live
+slices (per window block in ``live_mode='window'``) and the centre-of-rotation
+sweep. It hands them out on :meth:`flush`; the reducer only adds them, so every
+per-projection computation runs here, in parallel over the workers.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.config import ConfigError, PipelineConfig
+from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import (
@@ -23,9 +25,10 @@ from streamtomo.pipeline.messages import (
     ReferenceRows,
     Rejected,
 )
-from streamtomo.pipeline.reconstruction.backprojection import backproject_into
-from streamtomo.pipeline.reconstruction.filters import ProjectionFilter
+from streamtomo.pipeline.reconstruction.cor import StreamingCorSweep
 from streamtomo.pipeline.scan import ImageKey
+from streamtomo.pipeline.streaming.binning import bin_frame
+from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, geometry_for
 
 logger = logging.getLogger(__name__)
 
@@ -33,52 +36,6 @@ logger = logging.getLogger(__name__)
 MAX_NONFINITE_FRACTION = 0.01
 
 Message = ReferenceRows | ProjectionRows | PartialSum | Rejected
-
-
-def recon_id(config: PipelineConfig, detector: DetectorInfo) -> str:
-    """Identifies the live-reconstruction settings a partial sum was made with."""
-    rows = config.live_slice_rows(detector.rows)
-    size = config.slice_size or detector.cols
-    return f"c={config.center_value(detector.cols):.4f};f={config.filter};n={size};rows={rows}"
-
-
-def geometry_for(config: PipelineConfig, detector: DetectorInfo) -> LiveSliceGeometry:
-    """The live geometry, or the default one if the settings do not fit the detector.
-
-    Settings can only be checked against the detector once the first frame is here;
-    a centre or row outside it then falls back to the detector middle and default
-    slice rows, with a warning, instead of stopping the scan.
-    """
-    try:
-        return LiveSliceGeometry(config, detector)
-    except ConfigError as error:
-        logger.warning("%s: using the detector middle and default slice rows", error)
-        return LiveSliceGeometry(dataclasses.replace(config, center="", slice_rows=""), detector)
-
-
-class LiveSliceGeometry:
-    """Which rows become live slices and how: shared by workers and the reducer."""
-
-    def __init__(self, config: PipelineConfig, detector: DetectorInfo) -> None:
-        self.sinogram_rows = np.asarray(config.sinogram_rows(detector.rows), dtype=np.intp)
-        # All rows, in order: take the frame as it is (a view, no copy).
-        self.all_rows = bool(len(self.sinogram_rows) == detector.rows and np.all(np.diff(self.sinogram_rows) == 1))
-        slice_rows = config.live_slice_rows(detector.rows)
-        position = {int(r): i for i, r in enumerate(self.sinogram_rows)}
-        self.slice_rows = np.asarray(slice_rows, dtype=np.intp)
-        # Positions of the slice rows within the sinogram rows.
-        self.slice_positions = np.asarray([position[r] for r in slice_rows], dtype=np.intp)
-        self.center = config.center_value(detector.cols)
-        self.size = config.slice_size or detector.cols
-        self.filter = ProjectionFilter(detector.cols, config.filter)
-        self.recon_id = recon_id(config, detector)
-
-    def new_stack(self) -> npt.NDArray[np.float32]:
-        return np.zeros((len(self.slice_rows), self.size, self.size), dtype=np.float32)
-
-    def add(self, stack: npt.NDArray[np.float32], slice_values: npt.NDArray[np.float32], angle_deg: float, weight: float = 1.0) -> None:
-        """Filter the slice rows (corrected) of one projection and backproject them."""
-        backproject_into(stack, self.filter.apply(slice_values), angle_deg, self.center, weight)
 
 
 class FrameProcessor:
@@ -89,15 +46,20 @@ class FrameProcessor:
         self.geometry: LiveSliceGeometry | None = None
         self.references: ReferenceSet | None = None
         self._corrector: Corrector | None = None
-        self._partial: npt.NDArray[np.float32] | None = None
+        self._blocks: dict[int, npt.NDArray[np.float32]] = {}
+        self._sweep: StreamingCorSweep | None = None
         self._partial_frames: list[int] = []
 
     # -- settings -------------------------------------------------------------------
     def configure(self, config: PipelineConfig) -> PartialSum | None:
         """Apply new settings; returns the pending partial sum made with the old ones."""
         pending = self.flush() if config != self.config else None
+        if self.detector is not None and config.bin != self.config.bin:
+            self.detector = None  # another binning: another detector shape
+            self.set_references(None)
         self.config = config
         self.geometry = None if self.detector is None else geometry_for(config, self.detector)
+        self._sweep = None
         return pending
 
     def set_references(self, references: ReferenceSet | None) -> None:
@@ -123,6 +85,8 @@ class FrameProcessor:
             return Rejected(index, "wrong_shape", f"frame {index} has shape {data.shape}, expected 2-D")
         if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
             return Rejected(index, "wrong_dtype", f"frame {index} has dtype {data.dtype}")
+        if data.shape[0] < 1 or data.shape[1] < 1:
+            return Rejected(index, "wrong_shape", f"frame {index} has shape {data.shape}")
         if self.detector is None:
             self.detector = DetectorInfo(int(data.shape[0]), int(data.shape[1]), str(data.dtype))
             self.geometry = geometry_for(self.config, self.detector)
@@ -136,6 +100,8 @@ class FrameProcessor:
         """Handle one decoded frame; returns the messages for the reducer."""
         if key in (ImageKey.INVALID, ImageKey.ALIGNMENT):
             return [Rejected(index, "dropped_kind", f"frame {index} has image_key {int(key)} ({key.name.lower()})")]
+        if self.config.bin > 1 and data.ndim == 2:
+            data = bin_frame(data, self.config.bin)
         rejected = self._check_frame(index, data)
         if rejected is not None:
             return [rejected]
@@ -161,28 +127,42 @@ class FrameProcessor:
         out: list[Message] = [
             ProjectionRows(index, angle_deg, angle_measured, values, corrector.version, self.geometry.recon_id, self.detector)
         ]
-        if self._partial is None:
-            self._partial = self.geometry.new_stack()
-        self.geometry.add(self._partial, values[self.geometry.slice_positions], angle_deg)
-        self._partial_frames.append(index)
+        self._backproject(index, values, angle_deg)
         if len(self._partial_frames) >= self.config.flush_every:
             flushed = self.flush()
             if flushed is not None:
                 out.append(flushed)
         return out
 
+    def _backproject(self, index: int, values: npt.NDArray[np.float32], angle_deg: float) -> None:
+        """Add one corrected projection to the partial sums (live slices, sweep)."""
+        geometry = self.geometry
+        assert geometry is not None
+        block = geometry.block_of(index) if geometry.window else 0
+        stack = self._blocks.get(block)
+        if stack is None:
+            stack = self._blocks[block] = geometry.new_stack()
+        geometry.add(stack, values[geometry.slice_positions], angle_deg)
+        if len(geometry.sweep_centers):
+            if self._sweep is None:
+                self._sweep = StreamingCorSweep(geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name)
+            self._sweep.add(values[geometry.sweep_position], angle_deg)
+        self._partial_frames.append(index)
+
     def flush(self) -> PartialSum | None:
-        """Hand out the partial sum accumulated since the last flush."""
-        if self._partial is None or not self._partial_frames or self.geometry is None:
+        """Hand out the partial sums accumulated since the last flush."""
+        if not self._blocks or not self._partial_frames or self.geometry is None:
             return None
-        partial = PartialSum(self.worker_name, self.geometry.recon_id, tuple(self._partial_frames), self._partial)
-        self._partial = None
+        sweep, sweep_count = self._sweep.take_partial() if self._sweep is not None else (None, 0)
+        partial = PartialSum(self.worker_name, self.geometry.recon_id, tuple(self._partial_frames), self._blocks, sweep, sweep_count)
+        self._blocks = {}
         self._partial_frames = []
         return partial
 
     def reset(self) -> None:
         """A new scan: forget the detector, partial sums and (unless kept) references."""
-        self._partial = None
+        self._blocks = {}
+        self._sweep = None
         self._partial_frames = []
         if not self.config.keep_references:
             self.set_references(None)

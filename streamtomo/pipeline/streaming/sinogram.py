@@ -1,4 +1,11 @@
-"""Sinogram assembly: corrected rows placed into ``(rows, angles, cols)`` by angle.
+"""Sinogram assembly: corrected rows placed into the sinogram stack by angle.
+
+Storage is angle-major, ``(angles, rows, cols)``: one projection's rows land as one
+contiguous block (a memory copy, one page run), where a ``(rows, angles, cols)``
+array would take one strided write per row. Readers see ``data``, a
+``(rows, angles, cols)`` view of the same memory (the published layout), so
+nothing is copied to serve them. The storage is touched once when the scan starts:
+first-touch page faults happen before the first frame, not on the frame path.
 
 Angle slots come from the measured angle: slot ``round((angle - start) / step)``,
 accepted when within ``tolerance`` steps of the slot. Frames arrive in any order.
@@ -55,7 +62,9 @@ class SinogramAssembler:
 
     def __init__(self, n_rows: int, grid: AngleGrid, n_cols: int) -> None:
         self.grid = grid
-        self.data: FloatArray = np.zeros((n_rows, grid.n, n_cols), dtype=np.float32)
+        self.by_angle: FloatArray = np.empty((grid.n, n_rows, n_cols), dtype=np.float32)
+        self.by_angle.fill(0.0)  # touch every page now, not while frames arrive
+        self.data: FloatArray = self.by_angle.transpose(1, 0, 2)  # (rows, angles, cols) view
         self.counts = np.zeros(grid.n, dtype=np.int32)
         self._angle_sums = np.zeros(grid.n, dtype=np.float64)
         self.dirty_slots: set[int] = set()  # changed since the publisher last looked
@@ -77,18 +86,19 @@ class SinogramAssembler:
         out[filled] = self._angle_sums[filled] / self.counts[filled]
         return out
 
+    @property
+    def nbytes(self) -> int:
+        return int(self.by_angle.nbytes)
+
     def place(self, slot: int, angle_deg: float, rows: FloatArray) -> int:
         """Add ``rows`` (n_rows, n_cols) at ``slot``; returns the slot's new count."""
-        if rows.shape != (self.data.shape[0], self.data.shape[2]):
-            raise ValueError(
-                f"rows shape {rows.shape} != sinogram rows x cols "
-                f"{(self.data.shape[0], self.data.shape[2])}"
-            )
+        if rows.shape != self.by_angle.shape[1:]:
+            raise ValueError(f"rows shape {rows.shape} != sinogram rows x cols {self.by_angle.shape[1:]}")
         count = int(self.counts[slot]) + 1
-        view = self.data[:, slot, :]
+        view = self.by_angle[slot]
         if count == 1:
             view[...] = rows
-        else:  # running mean of repeated angles
+        else:  # running mean of repeated angles (rare: no temporaries on the common path)
             view += (rows - view) / count
         self.counts[slot] = count
         self._angle_sums[slot] += angle_deg

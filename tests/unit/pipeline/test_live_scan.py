@@ -106,8 +106,10 @@ def test_three_workers_equal_one_even_shuffled() -> None:
 
 def test_partial_sums_add_up_without_backfill() -> None:
     scan = run(make_frames(), 3, config(), drop_last_partials=False)
-    # Only projections the workers sent raw (before they had references) need the reducer.
-    assert scan.counts["backfilled"] == scan.counts["corrected_by_reducer"] <= 2
+    # Only projections the workers sent raw (before they had references) need the
+    # reducer's own backprojection (live, as soon as they are placed: nothing is left for the end).
+    assert scan.counts["backprojected_here"] == scan.counts["corrected_by_reducer"] <= 2
+    assert scan.counts["backfilled"] == 0
     assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
 
 
@@ -127,7 +129,7 @@ def test_stale_references_are_recorrected() -> None:
             bogus = ReferenceSet(99, np.zeros((ROWS, COLS), np.float32), np.full((ROWS, COLS), 30000, np.float32), before_index=10**9)
         stale_scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
         if bogus is not None:
-            stale_scan._versions[99] = bogus  # the reducer knows the stale version
+            stale_scan.references.remember(bogus, applicable=False)  # the reducer knows the stale version
             worker.set_references(bogus)
     stale_scan.finish()
     assert stale_scan.counts["recorrected_stale"] > 0
@@ -218,7 +220,7 @@ def test_centre_change_rebuilds_to_same_result() -> None:
 def test_partial_with_old_settings_is_discarded() -> None:
     scan = run(make_frames(), 1, config())
     before = scan.slices()
-    scan.add_result(WorkerResult([PartialSum("w", "other", (7,), np.ones_like(scan.live_sum))]))  # type: ignore[arg-type]
+    scan.add_result(WorkerResult([PartialSum("w", "other", (7,), {0: np.ones_like(scan.live_sum)})]))  # type: ignore[arg-type]
     assert scan.counts["partials_discarded"] == 1
     assert np.array_equal(scan.slices(), before)  # type: ignore[arg-type]
 
@@ -304,23 +306,33 @@ def test_kept_references_never_outrank_this_scans_own() -> None:
     assert not reuse.rejected
 
 
-def test_window_mode_shows_the_last_half_turn_then_everything() -> None:
+@pytest.mark.parametrize("block", [1, 4])
+def test_window_mode_shows_the_last_half_turn_then_everything(block: int) -> None:
     frames = make_frames()
     # A continuous rotation over 360 degrees, in order: the window holds the last 180.
     turn = [Frame(f.index, f.key, f.data, (f.angle_deg or 0.0) * 2 if f.key == ImageKey.PROJECTION else f.angle_deg) for f in frames]
-    cfg = config(live_mode="window", angle_range=360.0)
+    cfg = config(live_mode="window", angle_range=360.0, window_block=block)
     shared: dict[str, ReferenceSet] = {}
     scan = LiveScan(cfg, on_references=lambda r: shared.__setitem__("r", r))
     worker = FrameProcessor(cfg)
     for frame in turn:
         worker.set_references(shared.get("r"))
         scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
-    assert scan.window is not None
+    flushed = worker.flush()  # what a worker's tick sends
+    assert flushed is not None
+    scan.add_result(WorkerResult([flushed]))
+    scan.reconcile()
     live = scan.slices()
     assert scan.sinogram is not None and scan.geometry is not None
-    last = max(f.angle_deg or 0.0 for f in turn)
-    # Taken less than 180 degrees before the newest projection (as tomostream subtracts).
-    window_slots = [s for s in scan.sinogram.filled_slots() if scan.sinogram.angles()[s] > last - 180.0 + 1e-6]
+    projections = [f for f in turn if f.key == ImageKey.PROJECTION]
+    newest = projections[-1]
+    # Block 1: taken less than 180 degrees before the newest projection (as tomostream
+    # subtracts); larger blocks: the whole blocks of frames within that half turn.
+    inside = [f for f in projections if (f.angle_deg or 0.0) > (newest.angle_deg or 0.0) - 180.0 + 1e-6]
+    first_block = -(-inside[0].index // block)
+    shown = [f for f in inside if f.index >= first_block * block]
+    assert len(shown) == (len(inside) if block == 1 else len(inside) - (-inside[0].index) % block)
+    window_slots = [scan.sinogram.grid.slot(f.angle_deg or 0.0) for f in shown]
     half = fbp(scan.sinogram.data[scan.geometry.slice_positions][:, window_slots], scan.sinogram.angles()[window_slots], scan.geometry.center)
     assert rel(live, half) < 1e-4  # type: ignore[arg-type]
     scan.finish()

@@ -1,0 +1,71 @@
+"""Which frames arrived, which were refused and why: the reducer's counters.
+
+Every frame is counted once: as used (a dark, flat or projection) or under the one
+reason it was rejected for. The first rejection of each reason is logged at
+WARNING, the rest are counted (``/entry/status/rejected``), so a bad stream does not
+flood the log and a reader still sees every loss.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+logger = logging.getLogger(__name__)
+
+
+class FrameAdmission:
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.seen: set[int] = set()  # frame indices that arrived (used or rejected)
+        self._rejected_frames: set[int] = set()
+        self._logged_reasons: set[str] = set()
+
+    def reject(self, reason: str, detail: str, frame_index: int | None = None, *, counted: bool = False) -> None:
+        """Count a rejected frame; log the first of each reason at WARNING.
+
+        ``counted``: the frame was already counted as received (it is rejected later
+        on), so it is not counted as a second arrival. A frame is rejected once, for
+        its first reason.
+        """
+        if frame_index is not None and frame_index in self._rejected_frames:
+            return  # one frame, one reason: the first
+        self.rejected[reason] += 1
+        if not counted:
+            self.counts["rejected_arrivals"] += 1
+        if frame_index is not None:
+            self.seen.add(frame_index)
+            self._rejected_frames.add(frame_index)
+        if reason not in self._logged_reasons:
+            self._logged_reasons.add(reason)
+            logger.warning("rejected (%s): %s; further ones are counted in /entry/status", reason, detail)
+        else:
+            logger.debug("rejected (%s): %s", reason, detail)
+
+    def first_time(self, frame_index: int) -> bool:
+        """Admit a frame index once; a second arrival is a counted duplicate."""
+        if frame_index in self.seen:
+            self.reject("duplicate_frame", f"frame {frame_index} arrived twice; the first is kept")
+            return False
+        self.seen.add(frame_index)
+        return True
+
+    def accept(self, kind: str) -> None:
+        self.counts["frames"] += 1
+        self.counts[kind] += 1
+
+    @property
+    def received(self) -> int:
+        return self.counts["frames"] + self.counts["rejected_arrivals"]
+
+    def lost_ranges(self, expected: int) -> list[tuple[int, int]]:
+        """Frame index ranges (inclusive) below ``expected`` that never arrived."""
+        ranges: list[tuple[int, int]] = []
+        for index in range(expected):
+            if index not in self.seen:
+                if ranges and ranges[-1][1] == index - 1:
+                    ranges[-1] = (ranges[-1][0], index)
+                else:
+                    ranges.append((index, index))
+        return ranges

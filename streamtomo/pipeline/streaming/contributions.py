@@ -1,0 +1,198 @@
+"""The live products as sums of worker partial sums, and the ledger that keeps them exact.
+
+Workers backproject each projection they correct into partial sums (live slices,
+per window block in window mode, and the centre-of-rotation sweep) and send them
+every few projections; the reducer only adds them. Results arrive out of order, a
+worker may lose its last partial sum (dranspose drops what ``finish`` returns),
+may have used stale references, may have used other live settings, or may be
+killed. So per frame the ledger keeps the slice rows that frame *should*
+contribute (its target: the slot's mean, weighted) and the rows whose
+backprojection is already in the sum (its contribution), and backprojects the
+difference itself. On the common path the two are equal and nothing is
+backprojected here; the rare paths (references not yet shared, stale references,
+a repeated angle, a frame rejected after a worker summed it, a settings change,
+a lost partial sum) cost one backprojection per affected frame.
+
+A partial sum is added only if every frame in it can be accounted for; otherwise it
+is dropped whole and its frames are backprojected here (never added twice).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from streamtomo.pipeline.messages import PartialSum
+from streamtomo.pipeline.reconstruction.fbp import weight_partial_sum
+from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+REJECTED_SLOT = -1  # a frame removed from the products: its target is zero
+
+
+@dataclass
+class FrameRecord:
+    slot: int
+    angle_deg: float
+    values: FloatArray  # corrected slice rows (K, cols) this frame stands for
+    worker_rows: FloatArray | None  # what its worker backprojected, if the reducer can tell
+    contributed: FloatArray | None = None  # rows whose backprojection is in the sums
+
+
+class ContributionLedger:
+    """Live slices, window blocks and sweep of one geometry; thread safety is the caller's."""
+
+    def __init__(self, geometry: LiveSliceGeometry) -> None:
+        self.geometry = geometry
+        self.live_sum = geometry.new_stack()
+        self.blocks: dict[int, FloatArray] = {}  # window mode: live slices per block
+        self._block_frames: dict[int, int] = {}  # placed projections per block
+        self.sweep_sum = geometry.new_sweep_stack() if len(geometry.sweep_centers) else None
+        self.sweep_count = 0
+        self.records: dict[int, FrameRecord] = {}
+        self._early: dict[int, int] = {}  # frame -> partial sums that came before its rows
+        self._needs_fix: set[int] = set()
+        self._orphans: set[int] = set()  # placed frames no partial sum will bring
+        self.slot_ratio: FloatArray | None = None  # final angular weights / uniform
+        self.newest_frame = -1
+        self.counts = {"partials": 0, "partials_discarded": 0, "backprojected_here": 0}
+
+    # -- frames ---------------------------------------------------------------------
+    def place(self, index: int, slot: int, angle_deg: float, values: FloatArray, worker_rows: FloatArray | None) -> None:
+        """A frame's slice rows are in; ``worker_rows`` None: its worker did not (or not
+        with these settings) backproject it, so the reducer will."""
+        record = FrameRecord(slot, angle_deg, values, worker_rows)
+        self.records[index] = record
+        if slot != REJECTED_SLOT:
+            self.newest_frame = max(self.newest_frame, index)
+            if self.geometry.window:
+                block = self.geometry.block_of(index)
+                self._block_frames[block] = self._block_frames.get(block, 0) + 1
+        early = self._early.pop(index, 0)
+        if early and worker_rows is not None:
+            record.contributed = worker_rows * np.float32(early)
+            self._needs_fix.add(index)
+        elif worker_rows is None and slot != REJECTED_SLOT:
+            self._orphans.add(index)
+
+    def slot_changed(self, slot: int) -> None:
+        """A repeated angle changes the target of every frame in the slot."""
+        self._needs_fix.update(i for i, r in self.records.items() if r.slot == slot and r.contributed is not None)
+
+    def all_changed(self) -> None:
+        self._needs_fix.update(i for i, r in self.records.items() if r.contributed is not None)
+
+    # -- partial sums ---------------------------------------------------------------
+    def add_partial(self, partial: PartialSum) -> bool:
+        """Add a worker's partial sums; False (and nothing added) if it cannot be accounted for."""
+        if partial.recon_id != self.geometry.recon_id or not self._accountable(partial):
+            self.counts["partials_discarded"] += 1
+            for index in partial.frame_indices:  # their rows, if here, are backprojected here
+                if index in self.records and self.records[index].contributed is None:
+                    self._orphans.add(index)
+            return False
+        for stack in partial.blocks.values():
+            if stack.shape != self.live_sum.shape:
+                self.counts["partials_discarded"] += 1
+                logger.warning("a partial sum of shape %s does not fit the live slices %s: dropped", stack.shape, self.live_sum.shape)
+                return False
+        for block, stack in partial.blocks.items():
+            self.live_sum += stack
+            if self.geometry.window:
+                self._block(block)[...] += stack
+        if partial.sweep is not None and self.sweep_sum is not None and partial.sweep.shape == self.sweep_sum.shape:
+            self.sweep_sum += partial.sweep
+            self.sweep_count += partial.sweep_count
+        self.counts["partials"] += 1
+        for index in partial.frame_indices:
+            record = self.records.get(index)
+            if record is None:  # rows not here yet (results arrive out of order)
+                self._early[index] = self._early.get(index, 0) + 1
+                continue
+            assert record.worker_rows is not None
+            record.contributed = record.worker_rows if record.contributed is None else record.contributed + record.worker_rows
+            self._orphans.discard(index)
+            self._needs_fix.add(index)
+        return True
+
+    def _accountable(self, partial: PartialSum) -> bool:
+        return all(index not in self.records or self.records[index].worker_rows is not None for index in partial.frame_indices)
+
+    def _block(self, block: int) -> FloatArray:
+        stack = self.blocks.get(block)
+        if stack is None:
+            stack = self.blocks[block] = self.geometry.new_stack()
+        return stack
+
+    def take_orphan_partials(self) -> list[int]:
+        """Frames some partial sum holds whose rows never came (known at the end)."""
+        orphans, self._early = sorted(self._early), {}
+        return orphans
+
+    # -- reconciliation -------------------------------------------------------------
+    def _target(self, record: FrameRecord, slot_counts: npt.NDArray[np.int32]) -> FloatArray:
+        if record.slot == REJECTED_SLOT:
+            return np.zeros_like(record.values)
+        scale = np.float32(1.0 / slot_counts[record.slot])
+        if self.slot_ratio is not None:
+            scale *= self.slot_ratio[record.slot]
+        return record.values * scale
+
+    def reconcile(self, slot_counts: npt.NDArray[np.int32], backfill: bool = False) -> int:
+        """Make the sums match the targets; returns backprojections done here.
+
+        Without ``backfill`` only frames a partial sum covered, and frames no partial
+        sum will bring, are fixed; frames whose partial sum may still come are left to
+        their worker.
+        """
+        indices = list(self.records) if backfill else sorted(self._needs_fix | self._orphans)
+        done = 0
+        for index in indices:
+            record = self.records[index]
+            if record.contributed is None and not backfill and index not in self._orphans:
+                continue
+            target = self._target(record, slot_counts)
+            delta = target if record.contributed is None else target - record.contributed
+            if np.any(delta):
+                self.geometry.add(self.live_sum, delta, record.angle_deg)
+                if self.geometry.window:
+                    self.geometry.add(self._block(self.geometry.block_of(index)), delta, record.angle_deg)
+                done += 1
+            record.contributed = target
+        self._needs_fix.clear()
+        self._orphans.clear()
+        self.counts["backprojected_here"] += done
+        return done
+
+    # -- outputs --------------------------------------------------------------------
+    def slices(self, n_projections: int) -> FloatArray:
+        """pi / 2n for n projections, whatever the range (a 360-degree scan's n is twice)."""
+        return weight_partial_sum(self.live_sum, n_projections)
+
+    def window_slices(self) -> FloatArray | None:
+        """The whole blocks within the last half turn before the newest frame; older
+        blocks are dropped (their memory is freed)."""
+        if not self.geometry.window or self.newest_frame < 0:
+            return None
+        first_frame = self.newest_frame - self.geometry.window_frames + 1
+        first_block = -(-first_frame // self.geometry.window_block)  # the first block starting in the window
+        last_block = self.geometry.block_of(self.newest_frame)
+        for block in [b for b in self.blocks if b < first_block]:
+            del self.blocks[block]
+        total = self.geometry.new_stack()
+        n = 0
+        for block in range(first_block, last_block + 1):
+            if block in self.blocks:
+                total += self.blocks[block]
+            n += self._block_frames.get(block, 0)
+        return weight_partial_sum(total, n)
+
+    def sweep_slices(self) -> FloatArray | None:
+        if self.sweep_sum is None:
+            return None
+        return weight_partial_sum(self.sweep_sum, self.sweep_count)

@@ -1,0 +1,107 @@
+"""What the live products are made of, shared by workers and the reducer.
+
+Workers backproject every projection into partial sums; the reducer only adds them.
+Both must agree exactly on the geometry (rows, centre, filter, slice size, sweep
+centres, window blocks), so it is derived here, once, from the configuration and
+the detector shape, and identified by ``recon_id``: a partial sum made with another
+``recon_id`` is never added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from streamtomo.pipeline.config import ConfigError, PipelineConfig
+from streamtomo.pipeline.messages import DetectorInfo
+from streamtomo.pipeline.reconstruction.backprojection import backproject_into
+from streamtomo.pipeline.reconstruction.filters import ProjectionFilter
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+WINDOW_DEG = 180.0
+AUTO_WINDOW_BLOCKS = 8  # window_block 0: the half turn in this many blocks
+
+
+def recon_id(config: PipelineConfig, detector: DetectorInfo) -> str:
+    """Identifies the live-reconstruction settings a partial sum was made with."""
+    rows = config.live_slice_rows(detector.rows)
+    size = config.slice_size or detector.cols
+    sweep = f"{config.cor_sweep_steps}x{config.cor_sweep_step:g}"
+    window = f"{config.live_mode}/{config.window_block}"
+    return (
+        f"c={config.center_value(detector.cols):.4f};f={config.filter};n={size};rows={rows};"
+        f"sweep={sweep};window={window};det={detector.rows}x{detector.cols}"
+    )
+
+
+def geometry_for(config: PipelineConfig, detector: DetectorInfo) -> LiveSliceGeometry:
+    """The live geometry, or the default one if the settings do not fit the detector.
+
+    Settings can only be checked against the detector once the first frame is here;
+    a centre or row outside it then falls back to the detector middle and default
+    slice rows, with a warning, instead of stopping the scan.
+    """
+    try:
+        return LiveSliceGeometry(config, detector)
+    except ConfigError as error:
+        logger.warning("%s: using the detector middle and default slice rows", error)
+        return LiveSliceGeometry(dataclasses.replace(config, center="", slice_rows=""), detector)
+
+
+def window_frames(config: PipelineConfig) -> int:
+    """Projections in half a turn (the window of ``live_mode='window'``)."""
+    return max(1, round(WINDOW_DEG * config.n_projections / config.angle_range))
+
+
+def window_block(config: PipelineConfig) -> int:
+    """Frames per window block: consecutive frame indices share a block."""
+    if config.window_block:
+        return config.window_block
+    return max(1, math.ceil(window_frames(config) / AUTO_WINDOW_BLOCKS))
+
+
+class LiveSliceGeometry:
+    """Which rows become live slices and how; the sweep's row and centres."""
+
+    def __init__(self, config: PipelineConfig, detector: DetectorInfo) -> None:
+        self.sinogram_rows = np.asarray(config.sinogram_rows(detector.rows), dtype=np.intp)
+        # All rows, in order: take the frame as it is (a view, no copy).
+        self.all_rows = bool(len(self.sinogram_rows) == detector.rows and np.all(np.diff(self.sinogram_rows) == 1))
+        slice_rows = config.live_slice_rows(detector.rows)
+        position = {int(r): i for i, r in enumerate(self.sinogram_rows)}
+        self.slice_rows = np.asarray(slice_rows, dtype=np.intp)
+        # Positions of the slice rows within the sinogram rows.
+        self.slice_positions = np.asarray([position[r] for r in slice_rows], dtype=np.intp)
+        self.center = config.center_value(detector.cols)
+        self.size = config.slice_size or detector.cols
+        self.cols = detector.cols
+        self.filter = ProjectionFilter(detector.cols, config.filter)
+        self.filter_name = config.filter
+        self.recon_id = recon_id(config, detector)
+        # The centre-of-rotation sweep reconstructs the middle live slice's row.
+        self.sweep_position = int(self.slice_positions[len(self.slice_positions) // 2])
+        steps = config.cor_sweep_steps
+        centers = self.center + config.cor_sweep_step * (np.arange(steps) - (steps - 1) / 2.0)
+        self.sweep_centers = np.clip(centers, 0.0, detector.cols - 1.0)
+        self.window = config.live_mode == "window"
+        self.window_frames = window_frames(config)
+        self.window_block = window_block(config)
+
+    def new_stack(self) -> FloatArray:
+        return np.zeros((len(self.slice_rows), self.size, self.size), dtype=np.float32)
+
+    def new_sweep_stack(self) -> FloatArray:
+        return np.zeros((len(self.sweep_centers), self.size, self.size), dtype=np.float32)
+
+    def block_of(self, frame_index: int) -> int:
+        return frame_index // self.window_block
+
+    def add(self, stack: FloatArray, slice_values: FloatArray, angle_deg: float, weight: float = 1.0) -> None:
+        """Filter the slice rows (corrected) of one projection and backproject them."""
+        backproject_into(stack, self.filter.apply(slice_values), angle_deg, self.center, weight)

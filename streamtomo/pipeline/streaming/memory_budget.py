@@ -1,0 +1,67 @@
+"""Refuse a scan that cannot fit, at its first frame, instead of dying mid-scan.
+
+The reducer holds what it publishes: the sinogram (rows x angles x cols float32),
+the live slices, the centre sweep, the window blocks and, at the end, the volume.
+When their sum exceeds the budget (``memory_budget_gb``; default half of this
+machine's memory) the scan is refused with the figures and what to change: fewer
+``rows`` or a coarser ``bin``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.messages import DetectorInfo
+from streamtomo.pipeline.streaming.live_geometry import AUTO_WINDOW_BLOCKS, LiveSliceGeometry
+
+FLOAT32 = 4
+
+
+class MemoryBudgetError(ValueError):
+    """The scan's published arrays do not fit the reducer's memory budget."""
+
+
+def machine_memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 16 << 30
+
+
+def budget_bytes(config: PipelineConfig) -> int:
+    if config.memory_budget_gb > 0:
+        return int(config.memory_budget_gb * 1e9)
+    return machine_memory_bytes() // 2
+
+
+def published_bytes(config: PipelineConfig, detector: DetectorInfo, geometry: LiveSliceGeometry) -> dict[str, int]:
+    """Bytes of each array the reducer publishes for this scan."""
+    rows, cols, size = len(geometry.sinogram_rows), detector.cols, geometry.size
+    slice_bytes = size * size * FLOAT32
+    out = {
+        "sinogram": rows * config.n_projections * cols * FLOAT32,
+        "live slices": len(geometry.slice_rows) * slice_bytes,
+        "centre sweep": len(geometry.sweep_centers) * slice_bytes,
+    }
+    if geometry.window:
+        blocks = -(-geometry.window_frames // geometry.window_block) + 1
+        out["window blocks"] = min(blocks, AUTO_WINDOW_BLOCKS * 4) * len(geometry.slice_rows) * slice_bytes
+    if config.volume:
+        out["volume"] = rows * slice_bytes
+    return out
+
+
+def check_memory_budget(config: PipelineConfig, detector: DetectorInfo, geometry: LiveSliceGeometry) -> int:
+    """Total published bytes; raises :class:`MemoryBudgetError` when over budget."""
+    parts = published_bytes(config, detector, geometry)
+    total, budget = sum(parts.values()), budget_bytes(config)
+    if total > budget:
+        detail = ", ".join(f"{name} {size / 1e9:.2f} GB" for name, size in parts.items())
+        raise MemoryBudgetError(
+            f"this scan needs {total / 1e9:.2f} GB ({detail}) for {len(geometry.sinogram_rows)} sinogram rows x "
+            f"{config.n_projections} angles x {detector.cols} columns (bin {config.bin}), more than the reducer's "
+            f"budget of {budget / 1e9:.2f} GB (memory_budget_gb); choose fewer rows (e.g. rows=a:b), "
+            f"bin=2 or bin=4, volume=false, or a larger budget"
+        )
+    return total

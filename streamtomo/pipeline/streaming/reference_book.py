@@ -1,0 +1,121 @@
+"""The reducer's darks and flats: batches, versions, and which set corrects a frame.
+
+Workers correct with the references the reducer shares (a dranspose parameter) and
+label their rows with its version. The reducer keeps every version it made (and
+those of earlier scans that workers may still hold), so it can re-correct rows
+labelled with a stale set, and it decides which set applies to each projection:
+the newest batch of this scan taken before it, else a kept set of an earlier scan,
+else this scan's references taken after the projections.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+
+import numpy as np
+
+from streamtomo.pipeline.correction.corrector import Corrector
+from streamtomo.pipeline.correction.references import ReferenceSet, ReferenceTracker
+from streamtomo.pipeline.scan import ImageKey
+
+logger = logging.getLogger(__name__)
+
+
+class ReferenceBook:
+    def __init__(self, keep_references: bool, on_references: Callable[[ReferenceSet], None] | None = None) -> None:
+        self.keep_references = keep_references
+        self.on_references = on_references
+        # Versions unique across reducer instances: workers may still hold (and label
+        # rows with) the references of an earlier scan.
+        self.tracker = ReferenceTracker(first_version=secrets.randbits(40) << 8)
+        self._versions: dict[int, ReferenceSet] = {}
+        self._known_only: set[int] = set()  # earlier scans' references (re-correction only)
+        self._kept: ReferenceSet | None = None  # an earlier scan's set, applied (keep_references)
+        self._correctors: dict[int, Corrector] = {}
+        self._ordinal: dict[int, int] = {}  # version -> 1, 2, ... in this scan (for people)
+
+    def reset(self, keep_references: bool) -> None:
+        self.keep_references = keep_references
+        self.tracker.reset(keep_references)
+        self._ordinal.clear()
+        if not keep_references:
+            self._versions.clear()
+            self._correctors.clear()
+            self._known_only.clear()
+            self._kept = None
+
+    # -- incoming -------------------------------------------------------------------
+    def add(self, key: ImageKey, frame_index: int, rows: np.ndarray) -> None:
+        self.tracker.add(key, frame_index, rows)
+
+    def note_projection(self, frame_index: int) -> None:
+        self.tracker.note_projection(frame_index)
+
+    @property
+    def batch_open(self) -> bool:
+        return self.tracker.batch_open
+
+    @property
+    def open_first_index(self) -> int | None:
+        return self.tracker.open_first_index
+
+    @property
+    def current(self) -> ReferenceSet | None:
+        return self.tracker.current
+
+    def close_batch(self, scan_ended: bool = False) -> None:
+        if not self.tracker.batch_open:
+            return
+        refs = self.tracker.close_batch(scan_ended=scan_ended)
+        if refs is None:
+            return
+        self._versions[refs.version] = refs
+        self._ordinal[refs.version] = len(self._ordinal) + 1
+        when = "after the projections" if refs.flat_after is not None else f"before frame {refs.before_index}"
+        logger.info("darks and flats set %d ready (taken %s)", self._ordinal[refs.version], when)
+        if refs.flat_after is None and self.on_references is not None:
+            self.on_references(refs)
+
+    def remember(self, refs: ReferenceSet, applicable: bool) -> None:
+        """References from an earlier scan: used for this one only if ``applicable``
+        (``keep_references``); otherwise only to re-correct rows workers labelled with them."""
+        # Versions order references within a scan only, and frame indices belong to
+        # the scan that took them: an earlier scan's set is never compared with ours.
+        self._versions[refs.version] = refs
+        self._known_only.add(refs.version)
+        if applicable:
+            self._kept = refs
+
+    # -- lookups --------------------------------------------------------------------
+    def knows(self, version: int) -> bool:
+        return version in self._versions
+
+    def describe(self, version: int) -> str:
+        ordinal = self._ordinal.get(version)
+        return f"set {ordinal}" if ordinal is not None else "a set of an earlier scan"
+
+    def _ours(self) -> list[ReferenceSet]:
+        return [r for r in self._versions.values() if r.version not in self._known_only and r.flat_after is None]
+
+    def applicable(self, frame_index: int) -> ReferenceSet | None:
+        """The newest reference set of this scan taken before ``frame_index``; else the
+        kept set of an earlier scan; else this scan's references taken after the projections."""
+        ours = self._ours()
+        before = [r for r in ours if r.before_index < frame_index]
+        if before:
+            return max(before, key=lambda r: r.version)
+        if self._kept is not None:
+            return self._kept
+        return max(ours, key=lambda r: r.version) if ours else None
+
+    def newest_before_scan_end(self) -> Corrector:
+        """The corrector of the newest set of this scan taken before projections."""
+        return self.corrector(max(r.version for r in self._ours()))
+
+    def corrector(self, version: int) -> Corrector:
+        if version not in self._correctors:
+            refs = self._versions[version]
+            self._correctors[version] = Corrector(refs.dark, refs.flat, version)
+        return self._correctors[version]

@@ -1,0 +1,143 @@
+"""The end of a scan: late references, exact weights, auto centre, exact sweep.
+
+Once every frame arrived (or the stream ended), the live products become exactly the
+filtered backprojection of the final sinogram: projections still waiting are
+placed with whatever references exist, flats taken after the projections are
+interpolated with those before, every slot gets its angular-interval weight, and
+the ledger backfills whatever no partial sum brought.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from streamtomo.pipeline.correction.corrector import Corrector
+from streamtomo.pipeline.correction.references import ReferenceSet
+from streamtomo.pipeline.reconstruction.cor import auto_center, cor_sweep
+from streamtomo.pipeline.reconstruction.fbp import angular_weights
+
+if TYPE_CHECKING:
+    from streamtomo.pipeline.streaming.live_scan import LiveScan
+
+logger = logging.getLogger(__name__)
+MIN_PROJECTIONS_FOR_AUTO_CENTER = 8
+
+
+def finish(scan: LiveScan, volume_follows: bool) -> None:
+    """Everything arrived: apply late references, backfill, then say what is final."""
+    refs = scan.references
+    waiting = scan.take_waiting()
+    # Whatever is still open is complete now; flats after the last projection are
+    # interpolated with those before.
+    if any(m.frame_index > (refs.open_first_index or 0) for m in waiting):
+        refs.close_batch()
+    refs.close_batch(scan_ended=True)
+    for msg in waiting:
+        applicable = refs.applicable(msg.frame_index)
+        if applicable is None:
+            scan.reject("no_references", f"projection {msg.frame_index}: the scan had no flats", msg.frame_index, counted=True)
+        else:
+            scan.place(msg, applicable)
+    current = refs.current
+    if current is not None and current.flat_after is not None and scan.ledger is not None:
+        interpolate_flats(scan, current)
+    if scan.ledger is not None:
+        for index in scan.ledger.take_orphan_partials():
+            scan.reject("orphan_partial", f"frame {index} is in a partial sum but its rows never came", index, counted=index in scan.admission.seen)
+    apply_angular_weights(scan)
+    scan.reconcile(backfill=True)
+    if scan.state == "failed":
+        return
+    if scan.n_projections == 0:
+        received = scan.admission.received
+        rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(scan.admission.rejected.items())) or "none"
+        scan.state = "failed"
+        scan.reason = f"no projection was reduced: {received} frames received, rejected: {rejected}"
+        logger.warning("scan failed: %s", scan.reason)
+        return
+    if scan.config.center.strip() == "auto":
+        resolve_auto_center(scan)
+    finish_sweep(scan)
+    scan.state = "reconstructing" if volume_follows else "finished"
+
+
+def apply_angular_weights(scan: LiveScan) -> None:
+    """Final weights by the angular interval each slot covers (gaps, irregular angles).
+
+    Live slices weight every projection alike (pi / 2n), the usual choice while the
+    coverage fills; at the end each slot gets its exact share instead.
+    """
+    if scan.sinogram is None or scan.ledger is None or scan.sinogram.n_filled < 2:
+        return
+    filled = scan.sinogram.filled_slots()
+    weights = angular_weights(scan.sinogram.angles()[filled])
+    ratio = np.ones(scan.sinogram.grid.n, dtype=np.float32)
+    ratio[filled] = weights * (2.0 * len(filled) / math.pi)
+    scan.ledger.slot_ratio = ratio
+    scan.ledger.all_changed()
+
+
+def interpolate_flats(scan: LiveScan, refs: ReferenceSet) -> None:
+    """Re-correct the sinogram with flats interpolated between before and after."""
+    assert scan.sinogram is not None and scan.geometry is not None and scan.ledger is not None
+    try:
+        before = scan.references.newest_before_scan_end()
+    except ValueError:
+        return  # no flats before the projections: the set after is all there is
+    slot_frames: dict[int, list[int]] = {}
+    for index, record in scan.ledger.records.items():
+        if record.slot >= 0:
+            slot_frames.setdefault(record.slot, []).append(index)
+    for slot, indices in slot_frames.items():
+        stored = scan.sinogram.by_angle[slot]
+        raw = before.uncorrect(stored)
+        corrector = Corrector(refs.dark, refs.flat_for(int(np.mean(indices))), refs.version)
+        stored[...] = corrector.correct(raw)
+        scan.sinogram.dirty_slots.add(slot)
+        for index in indices:
+            # Slot mean stands in for the frame's rows (see LiveScan.reconfigure).
+            scan.ledger.records[index].values = np.ascontiguousarray(stored[scan.geometry.slice_positions])
+        scan.ledger.slot_changed(slot)
+    scan.admission.counts["flats_interpolated"] = 1
+    logger.info("flats after the scan: sinogram re-corrected with flats interpolated by frame number")
+
+
+def finish_sweep(scan: LiveScan) -> None:
+    """Exact sweep from the sinogram (order, repeats and weights accounted for)."""
+    if scan.sinogram is None or scan.geometry is None or not len(scan.geometry.sweep_centers):
+        return
+    filled = scan.sinogram.filled_slots()
+    if len(filled) < 2:
+        return
+    row = scan.sinogram.by_angle[filled, scan.geometry.sweep_position]
+    scan.sweep_result = cor_sweep(
+        row, scan.sinogram.angles()[filled], scan.geometry.sweep_centers, scan.config.filter, scan.geometry.size, backend="direct",
+    )
+
+
+def resolve_auto_center(scan: LiveScan) -> None:
+    """center='auto': estimate the axis on the sweep's row, rebuild the slices with it."""
+    if scan.sinogram is None or scan.geometry is None:
+        return
+    filled = scan.sinogram.filled_slots()
+    if len(filled) < MIN_PROJECTIONS_FOR_AUTO_CENTER:
+        logger.warning("center 'auto': too few projections (%d) to estimate the axis; keeping the detector middle", len(filled))
+        return
+    row = scan.sinogram.by_angle[filled, scan.geometry.sweep_position]
+    try:
+        estimate = auto_center(row, scan.sinogram.angles()[filled])
+    except ValueError as error:
+        logger.warning("center 'auto' failed (%s): keeping the detector middle", error)
+        return
+    scan.auto_center = float(estimate)
+    logger.info("center 'auto': rotation axis at column %.2f", estimate)
+    config = scan.config
+    scan.reconfigure(dataclasses.replace(config, center=f"{estimate:.3f}"))
+    apply_angular_weights(scan)
+    scan.reconcile(backfill=True)
+    scan.config = config  # the published parameters keep saying 'auto'
