@@ -69,7 +69,7 @@ class PipelineConfig:
     bin: int = field(default=1, metadata={"help": "bin the detector b x b (1, 2 or 4) before everything else, for previews of big detectors: sinograms, live slices and the volume are binned, and rows, slice_rows, center and slice_size count binned pixels"})
     window_block: int = field(default=0, metadata={"help": "live_mode 'window': projections per partial-sum block; the window shows the whole blocks within the last 180 degrees (1: exact, per projection; 0: an eighth of the half turn)"})
     memory_budget_gb: float = field(default=0.0, metadata={"help": "most memory the reducer may hold for one scan's published arrays, GB; 0: half of this machine's memory. A scan that needs more is refused at its first frame with a message naming rows and bin"})
-    flush_every: int = field(default=8, metadata={"help": "projections a worker accumulates before sending its partial sum"})
+    flush_every: int = field(default=32, metadata={"help": "projections a worker accumulates before sending its partial sums (besides every publish_interval): each is live slices plus sweep, megabytes at real frame sizes"})
     publish_interval: float = field(default=0.25, metadata={"help": "seconds between live domain updates"})
     keep_references: bool = field(default=False, metadata={"help": "keep darks/flats across scans (for scans that take none)"})
     domain: str = field(default="/streamtomo/live.h5", metadata={"help": "name of the live domain"})

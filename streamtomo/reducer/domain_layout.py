@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from streamtomo.hsds_bridge.domain import Domain
+from streamtomo.hsds_bridge.domain import Domain, DomainDataset
 from streamtomo.pipeline.streaming.snapshot import ScanSnapshot
 
 STATUS_INTS = (
@@ -85,7 +85,7 @@ def add_scan_datasets(domain: Domain, snap: ScanSnapshot) -> None:
     The sinogram dataset shares the scan's array: the in-memory server serves it
     without copies (both sides hold ``domain.lock``).
     """
-    assert snap.sinogram is not None and snap.slices is not None
+    assert snap.sinogram is not None
     assert snap.angles is not None and snap.frames_per_angle is not None and snap.sinogram_rows is not None and snap.slice_rows is not None
     rows, angles, cols = snap.sinogram.shape
     units = {"units": "degree"}
@@ -97,7 +97,7 @@ def add_scan_datasets(domain: Domain, snap: ScanSnapshot) -> None:
     domain.create_dataset("/entry/sinogram/rotation_angle", snap.angles, attrs=units)
     domain.create_dataset("/entry/sinogram/frames_per_angle", snap.frames_per_angle)
     domain.create_dataset("/entry/sinogram/detector_row", snap.sinogram_rows)
-    k, n, _ = snap.slices.shape
+    k, n, _ = snap.slices_shape
     domain.create_group("/entry/reconstruction", {"NX_class": "NXdata", "signal": "data", "axes": ["slice_rows", ".", "."]})
     domain.create_dataset(
         "/entry/reconstruction/data", shape=(k, n, n), dtype=np.float32, chunks=(1, n, n),
@@ -142,17 +142,31 @@ def _replace_if_shape_differs(domain: Domain, path: str, values: np.ndarray, att
     return True
 
 
+def _write_weighted(ds: DomainDataset, total: np.ndarray, weight: float) -> None:
+    """``ds[...] = total * weight`` in one pass, every slice marked for the mirrors."""
+    np.multiply(total, np.float32(weight), out=ds.array)
+    ds.mark_all_dirty()
+
+
 def _update_sweep(domain: Domain, snap: ScanSnapshot) -> bool:
     """The live centre-of-rotation strip: NXdata with the candidate centres as axis."""
-    if snap.sweep is None or snap.sweep_centers is None:
+    if snap.sweep_sum is None or snap.sweep_centers is None:
         return False
     try:
         domain.get("/entry/reconstruction/cor_sweep")
     except KeyError:
         domain.create_group("/entry/reconstruction/cor_sweep", {"NX_class": "NXdata", "signal": "data", "axes": ["centers", ".", "."]})
-    changed = _replace_if_shape_differs(domain, "/entry/reconstruction/cor_sweep/centers", snap.sweep_centers, {"units": "pixel"})
-    changed |= _replace_if_shape_differs(domain, "/entry/reconstruction/cor_sweep/data", snap.sweep, {"long_name": "attenuation per pixel"})
-    return changed
+    _replace_if_shape_differs(domain, "/entry/reconstruction/cor_sweep/centers", snap.sweep_centers, {"units": "pixel"})
+    path = "/entry/reconstruction/cor_sweep/data"
+    try:
+        ds = domain.dataset(path)
+    except KeyError:
+        ds = None
+    if ds is None or ds.shape != snap.sweep_sum.shape:
+        n = snap.sweep_sum.shape[1]
+        ds = domain.create_dataset(path, shape=snap.sweep_sum.shape, dtype=np.float32, chunks=(1, n, n), attrs={"long_name": "attenuation per pixel"})
+    _write_weighted(ds, snap.sweep_sum, snap.sweep_weight)
+    return True
 
 
 def _update_volume(domain: Domain, snap: ScanSnapshot) -> bool:
@@ -200,17 +214,16 @@ def update_domain(domain: Domain, snap: ScanSnapshot, extra_status: dict[str, in
             domain.dataset("/entry/sinogram/rotation_angle").write((slice(None),), snap.angles)
             domain.dataset("/entry/sinogram/frames_per_angle").write((slice(None),), snap.frames_per_angle)
         recon = domain.dataset("/entry/reconstruction/data")
-        slices = snap.slices
-        if slices is not None and slices.shape != recon.shape:  # live slice rows changed
-            k, n, _ = slices.shape
+        if snap.slices_shape != recon.shape:  # live slice rows changed
+            n = snap.slices_shape[1]
             recon = domain.create_dataset(
-                "/entry/reconstruction/data", shape=slices.shape, dtype=np.float32, chunks=(1, n, n), attrs=recon.attrs,
+                "/entry/reconstruction/data", shape=snap.slices_shape, dtype=np.float32, chunks=(1, n, n), attrs=recon.attrs,
             )
             domain.create_dataset("/entry/reconstruction/slice_rows", snap.slice_rows)
-        if slices is not None:
-            for k in np.flatnonzero(np.any(recon.array != slices, axis=(1, 2))):
-                recon.write((int(k),), slices[k])
-                changed = True
+            changed = True
+        if snap.slices_sum is not None:
+            _write_weighted(recon, snap.slices_sum, snap.slices_weight)
+            changed = True
         changed |= _set(domain, "/entry/reconstruction/n_projections", np.int64(snap.n_projections))
         changed |= _set(domain, "/entry/reconstruction/center", np.float64(snap.center))
         changed |= _update_sweep(domain, snap)

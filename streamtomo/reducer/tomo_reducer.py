@@ -170,7 +170,9 @@ class TomoReducer:
         self.context["references"] = refs
         url = self.scan.config.controller_url
         if url:
-            self._post_to_controller(url, REFERENCES, data)
+            # Off the result path: megabytes through the controller take a while, and
+            # workers that saw the broadcast darks and flats do not wait for them.
+            threading.Thread(target=self._post_to_controller, args=(url, REFERENCES, data), name="share-references", daemon=True).start()
 
     # -- dranspose entry points -----------------------------------------------------
     def process_result(self, result: Any, parameters: dict[Any, Any] | None = None) -> None:

@@ -7,6 +7,7 @@ taken after the projections are interpolated with the ones before, by frame inde
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
 
@@ -94,18 +95,33 @@ class ReferenceSet:
             return cls(version, npz["dark"], npz["flat"], before, flat_after, after)
 
 
+def content_version(*arrays: FloatArray | None) -> int:
+    """A reference set's version: a digest of its arrays.
+
+    Workers that saw every dark and flat of a batch (distributed mode broadcasts
+    them) build the same set as the reducer, bit for bit (means of integer frames
+    are exact in float64, whatever the order), so both label it alike without a
+    round trip; a different set never shares a version, across scans too.
+    """
+    digest = hashlib.blake2b(digest_size=8)
+    for array in arrays:
+        if array is not None:
+            digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return max(1, int.from_bytes(digest.digest(), "little") >> 2)  # 0 means 'not corrected'
+
+
 class ReferenceTracker:
     """Builds :class:`ReferenceSet` versions from a stream of darks and flats.
 
     Feed every dark/flat with :meth:`add`; call :meth:`close_batch` when the first
     projection after a batch is seen. A batch with only darks (or only flats) keeps
-    the other kind from the previous batch.
+    the other kind from the previous batch. Versions are digests of the content
+    (:func:`content_version`).
     """
 
-    def __init__(self, first_version: int = 1) -> None:
+    def __init__(self) -> None:
         self._open: ReferenceBatch | None = None
         self._current: ReferenceSet | None = None
-        self._version = first_version - 1
         self._last_projection_index = -1
 
     @property
@@ -154,14 +170,13 @@ class ReferenceTracker:
             flat = previous.flat
         if dark.shape != flat.shape:
             raise ValueError(f"dark shape {dark.shape} != flat shape {flat.shape}")
-        self._version += 1
         if scan_ended and previous is not None and batch.flats.count > 0 and self._last_projection_index >= 0:
             self._current = ReferenceSet(
-                self._version, previous.dark, previous.flat, previous.before_index,
+                content_version(previous.dark, previous.flat, flat), previous.dark, previous.flat, previous.before_index,
                 flat_after=flat, after_index=batch.first_index,
             )
         else:
-            self._current = ReferenceSet(self._version, dark, flat, before_index=batch.last_index)
+            self._current = ReferenceSet(content_version(dark, flat), dark, flat, before_index=batch.last_index)
         return self._current
 
     def reset(self, keep_references: bool) -> None:

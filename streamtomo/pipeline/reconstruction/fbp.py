@@ -33,6 +33,11 @@ DUPLICATE_TOL_DEG = 1e-3
 MAX_GAP_FACTOR = 5.0
 
 
+def pi_over_2n(n_projections: int) -> float:
+    """The weight of an unweighted backprojection sum of n projections (0 for none)."""
+    return math.pi / (2.0 * n_projections) if n_projections > 0 else 0.0
+
+
 def weight_partial_sum(partial: npt.ArrayLike, n_projections: int) -> FloatArray:
     """Scale an unweighted backprojection sum of ``n_projections`` to attenuation.
 

@@ -60,6 +60,8 @@ class ContributionLedger:
         self._orphans: set[int] = set()  # placed frames no partial sum will bring
         self.slot_ratio: FloatArray | None = None  # final angular weights / uniform
         self.newest_frame = -1
+        self.version = 0  # bumped whenever the live slices' sums change
+        self.sweep_version = 0
         self.counts = {"partials": 0, "partials_discarded": 0, "backprojected_here": 0}
 
     # -- frames ---------------------------------------------------------------------
@@ -108,6 +110,8 @@ class ContributionLedger:
         if partial.sweep is not None and self.sweep_sum is not None and partial.sweep.shape == self.sweep_sum.shape:
             self.sweep_sum += partial.sweep
             self.sweep_count += partial.sweep_count
+            self.sweep_version += 1
+        self.version += 1
         self.counts["partials"] += 1
         for index in partial.frame_indices:
             record = self.records.get(index)
@@ -167,6 +171,8 @@ class ContributionLedger:
         self._needs_fix.clear()
         self._orphans.clear()
         self.counts["backprojected_here"] += done
+        if done:
+            self.version += 1
         return done
 
     # -- outputs --------------------------------------------------------------------
@@ -174,9 +180,9 @@ class ContributionLedger:
         """pi / 2n for n projections, whatever the range (a 360-degree scan's n is twice)."""
         return weight_partial_sum(self.live_sum, n_projections)
 
-    def window_slices(self) -> FloatArray | None:
-        """The whole blocks within the last half turn before the newest frame; older
-        blocks are dropped (their memory is freed)."""
+    def window_sum(self) -> tuple[FloatArray, int] | None:
+        """The unweighted sum of the whole blocks within the last half turn before the
+        newest frame, and its projection count; older blocks are dropped (freed)."""
         if not self.geometry.window or self.newest_frame < 0:
             return None
         first_frame = self.newest_frame - self.geometry.window_frames + 1
@@ -190,7 +196,7 @@ class ContributionLedger:
             if block in self.blocks:
                 total += self.blocks[block]
             n += self._block_frames.get(block, 0)
-        return weight_partial_sum(total, n)
+        return total, n
 
     def sweep_slices(self) -> FloatArray | None:
         if self.sweep_sum is None:

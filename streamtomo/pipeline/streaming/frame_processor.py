@@ -28,6 +28,7 @@ from streamtomo.pipeline.messages import (
 from streamtomo.pipeline.reconstruction.cor import StreamingCorSweep
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.binning import bin_frame
+from streamtomo.pipeline.streaming.broadcast_references import BroadcastReferences
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, geometry_for
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,9 @@ class FrameProcessor:
         self.worker_name = worker_name
         self.detector: DetectorInfo | None = None
         self.geometry: LiveSliceGeometry | None = None
-        self.references: ReferenceSet | None = None
+        self.references: ReferenceSet | None = None  # the set in use
+        self._shared: ReferenceSet | None = None  # the reducer's (dranspose parameter)
+        self._broadcast = BroadcastReferences(config)  # the one built here, if it can be
         self._corrector: Corrector | None = None
         self._blocks: dict[int, npt.NDArray[np.float32]] = {}
         self._sweep: StreamingCorSweep | None = None
@@ -57,16 +60,27 @@ class FrameProcessor:
         if self.detector is not None and config.bin != self.config.bin:
             self.detector = None  # another binning: another detector shape
             self.set_references(None)
+        if (config.kind_rule, config.n_darks_before, config.n_flats_before) != (self.config.kind_rule, self.config.n_darks_before, self.config.n_flats_before):
+            self._broadcast = BroadcastReferences(config)  # a new scan's layout
         self.config = config
         self.geometry = None if self.detector is None else geometry_for(config, self.detector)
         self._sweep = None
         return pending
 
     def set_references(self, references: ReferenceSet | None) -> None:
+        """The reducer's references (None: it shared none yet); they take precedence."""
+        if references is self._shared:
+            return
+        self._shared = references
+        self._use(references if references is not None else self._broadcast.current)
+
+    def _use(self, references: ReferenceSet | None) -> None:
         if references is self.references:
             return
+        same = references is not None and self.references is not None and references.version == self.references.version
         self.references = references
-        self._corrector = None
+        if not same:
+            self._corrector = None
 
     def _corrector_for(self, geometry: LiveSliceGeometry) -> Corrector | None:
         if self.references is None:
@@ -110,7 +124,11 @@ class FrameProcessor:
         if key in (ImageKey.DARK, ImageKey.FLAT):
             if np.issubdtype(rows.dtype, np.floating) and not np.isfinite(rows).all():
                 return [Rejected(index, "non_finite", f"{key.name.lower()} frame {index} has NaN/inf pixels")]
-            return [ReferenceRows(index, key, np.ascontiguousarray(rows), self.detector)]
+            reference = np.ascontiguousarray(rows)
+            self._broadcast.add(key, index, reference)
+            return [ReferenceRows(index, key, reference, self.detector)]
+        if self._shared is None and self.references is None:
+            self._use(self._broadcast.for_projection())
         if np.issubdtype(rows.dtype, np.floating):
             bad = ~np.isfinite(rows)
             if bad.mean() > MAX_NONFINITE_FRACTION:
@@ -164,5 +182,7 @@ class FrameProcessor:
         self._blocks = {}
         self._sweep = None
         self._partial_frames = []
+        self._broadcast = BroadcastReferences(self.config)
         if not self.config.keep_references:
-            self.set_references(None)
+            self._shared = None
+            self._use(None)

@@ -35,6 +35,7 @@ from streamtomo.pipeline.messages import (
     StreamEnded,
     WorkerResult,
 )
+from streamtomo.pipeline.reconstruction.fbp import pi_over_2n
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming import scan_end
 from streamtomo.pipeline.streaming.admission import FrameAdmission
@@ -71,6 +72,7 @@ class LiveScan:
         self.ledger: ContributionLedger | None = None
         self._waiting: list[ProjectionRows] = []  # projections whose references are not settled
         self._reference_frames: set[int] = set()
+        self._published: dict[str, object] = {}  # what the last snapshot carried
         self._waiting_logged = False
         self.sweep_result: FloatArray | None = None  # the exact sweep, from the sinogram (end)
         self.auto_center: float | None = None  # the estimate when center is 'auto'
@@ -170,9 +172,8 @@ class LiveScan:
         self.references.note_projection(msg.frame_index)
         if not msg.angle_measured:
             self.admission.counts["nominal_angles"] += 1
-        if msg.reference_version and not self.references.knows(msg.reference_version):
-            self.reject("unknown_references", f"frame {msg.frame_index} was corrected with darks and flats this reducer never made", msg.frame_index, counted=True)
-            return
+        # A version not known yet: the worker built the set from the broadcast darks and
+        # flats before this reducer closed the same batch; it waits like the rest.
         self._waiting.append(msg)
         self._advance()
 
@@ -209,6 +210,9 @@ class LiveScan:
             refs = self.references.applicable(msg.frame_index)
             if refs is None or (first is not None and msg.frame_index > first):
                 still.append(msg)
+            elif msg.reference_version and not self.references.knows(msg.reference_version):
+                # Its worker's set is none of ours and no batch is open to become it.
+                self.reject("unknown_references", f"frame {msg.frame_index} was corrected with darks and flats this reducer never made", msg.frame_index, counted=True)
             else:
                 self.place(msg, refs)
         if still and not self._waiting_logged:
@@ -312,21 +316,32 @@ class LiveScan:
     def n_projections(self) -> int:
         return 0 if self.sinogram is None else self.sinogram.n_filled
 
-    def slices(self) -> FloatArray | None:
-        """Weighted live slices: the last half turn in 'window' mode while the scan
-        runs, otherwise (and at the end) every projection."""
+    def slices_sum(self) -> tuple[FloatArray, float] | None:
+        """The live slices as (unweighted sum, weight): the last half turn in 'window'
+        mode while the scan runs, otherwise (and at the end) every projection."""
         if self.ledger is None:
             return None
         if self.state == "running":
-            window = self.ledger.window_slices()
+            window = self.ledger.window_sum()
             if window is not None:
-                return window
-        return self.ledger.slices(self.n_projections)
+                return window[0], pi_over_2n(window[1])
+        return self.ledger.live_sum, pi_over_2n(self.n_projections)
 
-    def sweep_slices(self) -> FloatArray | None:
+    def slices(self) -> FloatArray | None:
+        """Weighted live slices (a new array)."""
+        found = self.slices_sum()
+        return None if found is None else found[0] * np.float32(found[1])
+
+    def sweep_sum(self) -> tuple[FloatArray, float] | None:
         if self.ledger is None or self.ledger.sweep_sum is None:
             return None
-        return self.sweep_result if self.sweep_result is not None else self.ledger.sweep_slices()
+        if self.sweep_result is not None:
+            return self.sweep_result, 1.0
+        return self.ledger.sweep_sum, pi_over_2n(self.ledger.sweep_count)
+
+    def sweep_slices(self) -> FloatArray | None:
+        found = self.sweep_sum()
+        return None if found is None else found[0] * np.float32(found[1])
 
     def sweep_centers(self) -> npt.NDArray[np.float64]:
         assert self.geometry is not None
@@ -378,11 +393,25 @@ class LiveScan:
         snap.frames_per_angle = self.sinogram.counts.copy()
         snap.sinogram_rows = self.geometry.sinogram_rows.astype(np.int64)
         snap.slice_rows = self.geometry.slice_rows.astype(np.int64)
-        snap.slices = self.slices()
+        assert self.ledger is not None
+        snap.slices_shape = self.ledger.live_sum.shape
         snap.n_projections = self.n_projections
         snap.center = float(self.geometry.center)
-        snap.sweep = self.sweep_slices()
-        snap.sweep_centers = self.sweep_centers() if snap.sweep is not None else None
+        # Only what changed since the previous snapshot (its one reader is the publisher).
+        slices_key = (id(self.ledger), self.ledger.version, self.n_projections, self.state)
+        if slices_key != self._published.get("slices"):
+            self._published["slices"] = slices_key
+            found = self.slices_sum()
+            if found is not None:
+                snap.slices_sum, snap.slices_weight = found
+        sweep_key = (id(self.ledger), self.ledger.sweep_version, id(self.sweep_result))
+        if self.ledger.sweep_sum is not None:
+            snap.sweep_centers = self.sweep_centers()
+            if sweep_key != self._published.get("sweep"):
+                self._published["sweep"] = sweep_key
+                found = self.sweep_sum()
+                if found is not None:
+                    snap.sweep_sum, snap.sweep_weight = found
         snap.volume = self.volume
         snap.volume_done = self.volume_done
         return snap

@@ -11,7 +11,6 @@ else this scan's references taken after the projections.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable
 
 import numpy as np
@@ -27,9 +26,10 @@ class ReferenceBook:
     def __init__(self, keep_references: bool, on_references: Callable[[ReferenceSet], None] | None = None) -> None:
         self.keep_references = keep_references
         self.on_references = on_references
-        # Versions unique across reducer instances: workers may still hold (and label
-        # rows with) the references of an earlier scan.
-        self.tracker = ReferenceTracker(first_version=secrets.randbits(40) << 8)
+        # Versions are digests of the content: unique across scans and reducer
+        # instances (workers may still hold an earlier scan's set), and equal to the
+        # version a worker gives the same set when it built it itself.
+        self.tracker = ReferenceTracker()
         self._versions: dict[int, ReferenceSet] = {}
         self._known_only: set[int] = set()  # earlier scans' references (re-correction only)
         self._kept: ReferenceSet | None = None  # an earlier scan's set, applied (keep_references)

@@ -41,6 +41,8 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
         applicable = refs.applicable(msg.frame_index)
         if applicable is None:
             scan.reject("no_references", f"projection {msg.frame_index}: the scan had no flats", msg.frame_index, counted=True)
+        elif msg.reference_version and not refs.knows(msg.reference_version):
+            scan.reject("unknown_references", f"frame {msg.frame_index} was corrected with darks and flats this reducer never made", msg.frame_index, counted=True)
         else:
             scan.place(msg, applicable)
     current = refs.current
@@ -107,12 +109,31 @@ def interpolate_flats(scan: LiveScan, refs: ReferenceSet) -> None:
     logger.info("flats after the scan: sinogram re-corrected with flats interpolated by frame number")
 
 
+def live_sweep_is_exact(scan: LiveScan) -> bool:
+    """The workers' sweep sums already are the sinogram's sweep: every projection summed
+    once, as placed (no repeated angle, no re-correction, no reducer-made rows), with
+    uniform final weights."""
+    ledger, sinogram = scan.ledger, scan.sinogram
+    if ledger is None or sinogram is None:
+        return False
+    placed = sum(1 for r in ledger.records.values() if r.slot >= 0)
+    counts = scan.admission.counts
+    return (
+        ledger.sweep_count == placed == sinogram.n_filled
+        and len(ledger.records) == placed
+        and ledger.counts["backprojected_here"] == 0
+        and not any(counts[k] for k in ("recorrected_stale", "corrected_by_reducer", "flats_interpolated"))
+        and (ledger.slot_ratio is None or bool(np.allclose(ledger.slot_ratio[sinogram.filled_slots()], 1.0, rtol=0, atol=1e-4)))
+    )
+
+
 def finish_sweep(scan: LiveScan) -> None:
-    """Exact sweep from the sinogram (order, repeats and weights accounted for)."""
+    """Exact sweep from the sinogram (order, repeats and weights accounted for); the
+    workers' sums stand when they already are exact (saves a reconstruction per candidate)."""
     if scan.sinogram is None or scan.geometry is None or not len(scan.geometry.sweep_centers):
         return
     filled = scan.sinogram.filled_slots()
-    if len(filled) < 2:
+    if len(filled) < 2 or live_sweep_is_exact(scan):
         return
     row = scan.sinogram.by_angle[filled, scan.geometry.sweep_position]
     scan.sweep_result = cor_sweep(

@@ -10,10 +10,12 @@ import pytest
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import PartialSum, WorkerResult
+from streamtomo.pipeline.reconstruction.cor import cor_sweep
 from streamtomo.pipeline.reconstruction.fbp import fbp
 from streamtomo.pipeline.scan import Frame, ImageKey
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 from streamtomo.pipeline.streaming.live_scan import LiveScan
+from streamtomo.pipeline.streaming.scan_end import live_sweep_is_exact
 
 ROWS, COLS, ANGLES = 4, 32, 36
 
@@ -254,10 +256,10 @@ def test_centre_outside_the_detector_falls_back_with_a_warning(caplog: pytest.Lo
 
 
 def test_rows_labelled_with_an_earlier_scans_references_are_recorrected() -> None:
-    frames = make_frames()
+    frames = make_frames(seed=1)
     cfg = config()
     first = run(frames, 1, cfg)
-    old = first.references.current
+    old = run(make_frames(seed=2), 1, cfg).references.current  # other darks: another set
     assert old is not None
     # A new scan (new reducer) whose worker still holds the earlier scan's references.
     scan = LiveScan(cfg)
@@ -319,8 +321,8 @@ def test_window_mode_shows_the_last_half_turn_then_everything(block: int) -> Non
         worker.set_references(shared.get("r"))
         scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
     flushed = worker.flush()  # what a worker's tick sends
-    assert flushed is not None
-    scan.add_result(WorkerResult([flushed]))
+    if flushed is not None:
+        scan.add_result(WorkerResult([flushed]))
     scan.reconcile()
     live = scan.slices()
     assert scan.sinogram is not None and scan.geometry is not None
@@ -337,3 +339,17 @@ def test_window_mode_shows_the_last_half_turn_then_everything(block: int) -> Non
     assert rel(live, half) < 1e-4  # type: ignore[arg-type]
     scan.finish()
     assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("workers", "drop_last_partials", "kept"), [(1, False, True), (3, True, False)])
+def test_final_sweep_is_the_sinograms_sweep(workers: int, drop_last_partials: bool, kept: bool) -> None:
+    # Workers sum the sweep; the end of the scan keeps their sums only when they are
+    # exactly the sweep of the final sinogram (one worker saw every dark and flat, so it
+    # corrected every projection itself), and recomputes it otherwise (raw rows, lost sums).
+    scan = run(make_frames(), workers, config(), seed=3, shuffle=True, drop_last_partials=drop_last_partials)
+    assert live_sweep_is_exact(scan) == kept
+    assert scan.sinogram is not None and scan.geometry is not None
+    filled = scan.sinogram.filled_slots()
+    row = scan.sinogram.data[scan.geometry.sweep_position][filled]
+    exact = cor_sweep(row, scan.sinogram.angles()[filled], scan.geometry.sweep_centers, "ramp", scan.geometry.size, backend="direct")
+    assert rel(scan.sweep_slices(), exact) < 1e-4  # type: ignore[arg-type]

@@ -1,0 +1,223 @@
+"""Does the pipeline follow a real camera, and does it scale with workers?
+
+One local deployment (Redis, controller, STINS and PandA ingesters, N workers, the
+reducer, all on 127.0.0.1), one synthetic scan of real-size frames (default
+1024x1024 uint16, 300 projections plus darks and flats; Poisson noise on a smooth
+object, encoded once), played as fast as the pipeline takes it, through:
+
+* streamtomo's worker and reducer with each worker count in ``--workers``,
+* the no-op worker and reducer (``streamtomo.workers.noop_worker``,
+  ``streamtomo.reducer.noop_reducer``) with the same worker counts: dranspose's own
+  ceiling on this machine, the reference in the same run.
+
+Best of ``--repeats`` scans each. Per row: events/s, MB/s, the ratio to the no-op
+pair with the same workers, CPU ms per event by service kind, the reducer's peak RSS
+during the scans and its ratio to the arrays it publishes (sinogram, live slices,
+centre sweep; ``volume=false`` here). Then the arithmetic of what the cores allow:
+cores / (worker CPU per event). The last line is machine readable::
+
+    scale: frame=RxC workers=W events_s=X one_worker_events_s=O noop_events_s=Y reducer_ms_per_event=M reducer_rss_ratio=Q worker_ms_per_event=K
+
+for the largest worker count (O: the same frames with one worker).
+
+    python benchmarks/bench_scale.py [--rows 1024 --cols 1024 --angles 300 --workers 1 2 4 8] [--bin 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamtomo.app.play import BeamlineEvent, frame_events, play
+from streamtomo.app.services import TOMO_REDUCER, TOMO_WORKER, LocalDeployment
+from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.messages import DetectorInfo
+from streamtomo.pipeline.scan import Frame, ImageKey
+from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
+from streamtomo.pipeline.streaming.memory_budget import published_bytes
+
+NOOP_WORKER = "streamtomo.workers.noop_worker:NoopWorker"
+NOOP_REDUCER = "streamtomo.reducer.noop_reducer:NoopReducer"
+log = logging.getLogger("bench_scale")
+
+
+@dataclass
+class Row:
+    pipeline: str
+    workers: int
+    frames: int
+    megabytes: float
+    seconds: float
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # per event, by service kind
+    reducer_peak_rss: int = 0
+
+    @property
+    def events_per_s(self) -> float:
+        return self.frames / self.seconds
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.megabytes / self.seconds
+
+
+def synthetic_frames(rows: int, cols: int, angles: int, n_darks: int, n_flats: int, seed: int = 0) -> list[Frame]:
+    """Darks, flats and projections of a smooth absorbing cylinder with Poisson noise.
+
+    Eight noisy realisations are drawn and reused: drawing 300 megapixel Poisson frames
+    would take longer than the benchmark; every frame is still encoded and sent whole.
+    """
+    rng = np.random.default_rng(seed)
+    x = np.linspace(-1.0, 1.0, cols, dtype=np.float32)
+    flat = 20000.0 * (1.0 - 0.2 * x**2)[None, :] * np.ones((rows, 1), np.float32)
+    dark = np.full((rows, cols), 100.0, np.float32)
+    dark_frames = [rng.poisson(dark).astype(np.uint16) for _ in range(2)]
+    flat_frames = [rng.poisson(flat + dark).astype(np.uint16) for _ in range(2)]
+    projections = []
+    for k in range(8):
+        shift = 0.3 * np.cos(2 * np.pi * k / 8)
+        thickness = 1.5 * np.sqrt(np.clip(1.0 - ((x - shift) / 0.5) ** 2, 0.0, None))
+        projections.append(rng.poisson(flat * np.exp(-thickness)[None, :] + dark).astype(np.uint16))
+    frames: list[Frame] = []
+    for i in range(n_darks):
+        frames.append(Frame(len(frames), ImageKey.DARK, dark_frames[i % 2], None))
+    for i in range(n_flats):
+        frames.append(Frame(len(frames), ImageKey.FLAT, flat_frames[i % 2], None))
+    for i in range(angles):
+        frames.append(Frame(len(frames), ImageKey.PROJECTION, projections[i % 8], 180.0 * i / angles))
+    return frames
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError as error:
+        log.debug("cannot reset the peak RSS of %d: %s", pid, error)
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_scan(deployment: LocalDeployment, events: list[BeamlineEvent], config: PipelineConfig) -> Any:
+    # No recordings while measuring: the ingesters would write every frame to disk.
+    return play(deployment.state, events, config, dump_prefix="", stall_timeout=60.0, finish_timeout=300.0)
+
+
+def measure(deployment: LocalDeployment, name: str, events: list[BeamlineEvent], warmup: list[BeamlineEvent],
+            config: PipelineConfig, warm_config: PipelineConfig, repeats: int) -> Row:
+    """Best of ``repeats`` scans: on a shared machine the slow runs measure the neighbours."""
+    run_scan(deployment, warmup, warm_config)  # worker start-up (numba cache load, first sockets)
+    reducer_pid = deployment.processes["reducer"].pid
+    best: Row | None = None
+    peak = 0
+    for _ in range(repeats):
+        reset_peak_rss(reducer_pid)
+        before = deployment.cpu_seconds()
+        result = run_scan(deployment, events, config)
+        after = deployment.cpu_seconds()
+        peak = max(peak, peak_rss(reducer_pid))
+        if result.ended_by_stop:
+            raise RuntimeError(f"{name}: the scan stalled and was stopped")
+        cpu: dict[str, float] = {}
+        for service, seconds in after.items():
+            kind = "worker" if service.startswith("worker") else "ingester" if service.endswith("ingester") else service
+            cpu[kind] = cpu.get(kind, 0.0) + (seconds - before.get(service, 0.0)) * 1e3 / result.frames_sent
+        row = Row(name, deployment.n_workers, result.frames_sent, result.bytes_sent / 1e6, result.finished - result.started, cpu)
+        log.info("%s, %d workers: %.1f events/s", name, row.workers, row.events_per_s)
+        if best is None or row.seconds < best.seconds:
+            best = row
+    assert best is not None
+    best.reducer_peak_rss = peak
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1024)
+    parser.add_argument("--cols", type=int, default=1024)
+    parser.add_argument("--angles", type=int, default=300)
+    parser.add_argument("--references", type=int, default=10, help="darks and flats, each")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--bin", type=int, default=1, help="the pipeline's bin parameter (1, 2, 4)")
+    parser.add_argument("--repeats", type=int, default=2, help="scans per configuration (the best counts)")
+    parser.add_argument("--no-noop", action="store_true", help="skip the no-op reference")
+    parser.add_argument("--run-dir", help="keep the services' logs here (default: a temporary directory)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    workers = sorted(set(args.workers))
+    cores = os.cpu_count() or 1
+
+    values: dict[str, object] = {
+        "n_darks_before": args.references, "n_flats_before": args.references, "n_projections": args.angles,
+        "angle_range": 180.0, "volume": False, "bin": args.bin,
+    }
+    config = PipelineConfig.from_mapping(values)
+    started = time.time()
+    frames = synthetic_frames(args.rows, args.cols, args.angles, args.references, args.references)
+    events = frame_events(frames, config)  # encoded once: every run sends the same bytes
+    del frames
+    warm_values = {**values, "n_darks_before": 2, "n_flats_before": 2, "n_projections": 8}
+    warm_config = PipelineConfig.from_mapping(warm_values)
+    warmup = frame_events(synthetic_frames(args.rows, args.cols, 8, 2, 2, seed=1), warm_config)
+    log.info("frames encoded in %.1f s", time.time() - started)
+    binned = DetectorInfo(args.rows // args.bin, args.cols // args.bin, "uint16")
+    published = sum(published_bytes(config, binned, LiveSliceGeometry(config, binned)).values())
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        with LocalDeployment(workers=workers[0], run_dir=Path(args.run_dir or tmp), dump_prefix="") as deployment:
+            for n in workers:
+                deployment.scale(n, TOMO_WORKER, TOMO_REDUCER)
+                rows.append(measure(deployment, "streamtomo", events, warmup, config, warm_config, args.repeats))
+            if not args.no_noop:
+                for n in workers:
+                    deployment.scale(n, NOOP_WORKER, NOOP_REDUCER)
+                    rows.append(measure(deployment, "no-op", events, warmup, config, warm_config, args.repeats))
+            errors = deployment.error_lines()
+
+    frame_mb = events[1].nbytes / 1e6
+    print(f"machine: {cores} cores; stream: {len(events) - 2} frames of {args.rows}x{args.cols} uint16 ({frame_mb:.2f} MB), "
+          f"{args.references} darks and {args.references} flats broadcast to every worker, bin {args.bin}; "
+          f"published arrays {published / 1e9:.3f} GB")
+    kinds = ["worker", "reducer", "ingester", "controller", "redis"]
+    print(f"{'pipeline':<11}{'workers':>8}{'events/s':>10}{'MB/s':>8}{'vs no-op':>9}"
+          + "".join(f"{k + ' ms':>14}" for k in kinds) + f"{'reducer RSS':>13}{'/published':>11}")
+    for r in rows:
+        base = next((b for b in rows if b.pipeline == "no-op" and b.workers == r.workers), None)
+        ratio = f"{r.events_per_s / base.events_per_s:>9.2f}" if base else f"{'-':>9}"
+        rss_ratio = r.reducer_peak_rss / published if r.pipeline == "streamtomo" else float("nan")
+        print(f"{r.pipeline:<11}{r.workers:>8}{r.events_per_s:>10.1f}{r.mb_per_s:>8.1f}{ratio}"
+              + "".join(f"{r.cpu_ms.get(k, 0.0):>14.2f}" for k in kinds)
+              + f"{r.reducer_peak_rss / 1e9:>11.2f}GB{rss_ratio:>11.2f}")
+    ours = [r for r in rows if r.pipeline == "streamtomo"]
+    last, one = ours[-1], ours[0]
+    noop = next((b for b in rows if b.pipeline == "no-op" and b.workers == last.workers), None)
+    worker_ms = last.cpu_ms.get("worker", 0.0)
+    reducer_ms = last.cpu_ms.get("reducer", 0.0)
+    print(f"ceiling from the worker's CPU: {cores} cores / {worker_ms:.2f} ms per event = "
+          f"{cores / worker_ms * 1e3 if worker_ms else float('inf'):.0f} events/s; from the reducer's: 1 core / "
+          f"{reducer_ms:.2f} ms = {1e3 / reducer_ms if reducer_ms else float('inf'):.0f} events/s")
+    if errors:
+        print(f"service logs hold {len(errors)} ERROR lines, e.g. {errors[0]}")
+    print(f"scale: frame={args.rows}x{args.cols} workers={last.workers} events_s={last.events_per_s:.1f} "
+          f"one_worker_events_s={one.events_per_s:.1f} noop_events_s={noop.events_per_s if noop else float('nan'):.1f} "
+          f"reducer_ms_per_event={reducer_ms:.2f} reducer_rss_ratio={last.reducer_peak_rss / published:.2f} "
+          f"worker_ms_per_event={worker_ms:.2f}")
+
+
+if __name__ == "__main__":
+    main()

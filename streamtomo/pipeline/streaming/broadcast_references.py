@@ -1,0 +1,47 @@
+"""Darks and flats a worker saw itself: correction from the first projection on.
+
+In distributed mode the darks and flats are broadcast to every worker, so each
+worker holds the whole first batch by the time the first projection reaches it.
+Built here, the set is the reducer's bit for bit (integer frames: their float64 sums
+are exact in any order) and carries the same version (a digest of the content), so
+a worker corrects and backprojects every projection itself instead of sending raw
+rows while the reducer's set travels through the controller (a round trip of about
+a second, that is a hundred frames at 100 frames/s, which the reducer would have to
+correct and backproject alone). The reducer's set, when it arrives, takes over
+(mid-scan batches, the header rule, float frames, replay).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.correction.references import ReferenceSet, ReferenceTracker
+from streamtomo.pipeline.scan import ImageKey
+
+
+class BroadcastReferences:
+    def __init__(self, config: PipelineConfig) -> None:
+        # Known only with the counts rule: the first batch is frames 0 .. n-1.
+        before = config.n_darks_before + config.n_flats_before if config.kind_rule == "counts" else 0
+        self._expected = set(range(before))
+        self._seen: set[int] = set()
+        self._tracker = ReferenceTracker()
+        self._usable = bool(self._expected)
+        self.current: ReferenceSet | None = None
+
+    def add(self, key: ImageKey, index: int, rows: npt.NDArray[np.generic]) -> None:
+        if not self._usable or index not in self._expected or index in self._seen:
+            return
+        if not np.issubdtype(rows.dtype, np.integer):
+            self._usable = False  # float sums depend on their order: wait for the reducer's
+            return
+        self._tracker.add(key, index, rows)
+        self._seen.add(index)
+
+    def for_projection(self) -> ReferenceSet | None:
+        """The set, once every frame of the first batch was seen here."""
+        if self.current is None and self._usable and self._seen == self._expected:
+            self.current = self._tracker.close_batch()
+        return self.current
