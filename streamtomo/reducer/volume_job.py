@@ -19,6 +19,7 @@ import numpy as np
 from streamtomo.pipeline.reconstruction.backends import reconstruct
 from streamtomo.pipeline.reconstruction.preprocess import prepare_volume_sinograms
 from streamtomo.pipeline.streaming.live_scan import LiveScan
+from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def reconstruct_volume(scan: LiveScan, lock: threading.RLock, publish: Callable[
             scan.state = "finished"
             publish()
             return None
-        scan.volume = np.zeros((n_rows, size, size), dtype=np.float32)
+        scan.volume = prefaulted_zeros((n_rows, size, size))
         scan.volume_done = 0
         publish()
     whole = config.paganin_delta_beta > 0 or config.zinger_removal

@@ -3,7 +3,8 @@
 Everything numeric lives in :class:`streamtomo.pipeline.streaming.frame_processor.FrameProcessor`; this
 class only translates dranspose events and parameters. dranspose discards what
 ``finish`` returns, so partial sums leave with ``process_event`` results: every
-``flush_every`` projections, on ticks, and on the detector's series_end.
+``flush_every`` projections, on ticks once they are old enough, and on the
+detector's series_end.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class TomoWorker:
         if stream is not None:
             self._detector(stream, event.event_number, angle, angle_error, config, result)
         if tick:
-            flushed = self.processor.flush()
+            flushed = self.processor.flush_if_due()
             if flushed is not None:
                 result.items.append(flushed)
         return result if result.items else None

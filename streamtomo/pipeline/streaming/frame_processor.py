@@ -11,6 +11,7 @@ per-projection computation runs here, in parallel over the workers.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +53,7 @@ class FrameProcessor:
         self._blocks: dict[int, npt.NDArray[np.float32]] = {}
         self._sweep: StreamingCorSweep | None = None
         self._partial_frames: list[int] = []
+        self._partial_started = 0.0  # when the first projection of the pending partial sum came
 
     # -- settings -------------------------------------------------------------------
     def configure(self, config: PipelineConfig) -> PartialSum | None:
@@ -165,7 +167,23 @@ class FrameProcessor:
             if self._sweep is None:
                 self._sweep = StreamingCorSweep(geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name)
             self._sweep.add(values[geometry.sweep_position], angle_deg)
+        if not self._partial_frames:
+            self._partial_started = time.monotonic()
         self._partial_frames.append(index)
+
+    def flush_if_due(self) -> PartialSum | None:
+        """On a tick: flush a partial sum that is old enough to matter for the live view.
+
+        A partial sum weighs the same (live slices plus sweep: 48 MB at 1024^2) however
+        few projections it holds, so ticks do not send every few frames; a partial sum
+        is sent once it holds ``flush_every`` projections or is ``4 x publish_interval``
+        old, which bounds both the traffic to the reducer and the live view's delay.
+        """
+        if not self._partial_frames:
+            return None
+        if time.monotonic() - self._partial_started < 4 * self.config.publish_interval:
+            return None
+        return self.flush()
 
     def flush(self) -> PartialSum | None:
         """Hand out the partial sums accumulated since the last flush."""

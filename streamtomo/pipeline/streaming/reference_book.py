@@ -72,6 +72,9 @@ class ReferenceBook:
         if refs is None:
             return
         self._versions[refs.version] = refs
+        # The same darks and flats as an earlier scan (a recording replayed twice):
+        # the same version, and now this scan's own.
+        self._known_only.discard(refs.version)
         self._ordinal[refs.version] = len(self._ordinal) + 1
         when = "after the projections" if refs.flat_after is not None else f"before frame {refs.before_index}"
         logger.info("darks and flats set %d ready (taken %s)", self._ordinal[refs.version], when)

@@ -353,3 +353,19 @@ def test_final_sweep_is_the_sinograms_sweep(workers: int, drop_last_partials: bo
     row = scan.sinogram.data[scan.geometry.sweep_position][filled]
     exact = cor_sweep(row, scan.sinogram.angles()[filled], scan.geometry.sweep_centers, "ramp", scan.geometry.size, backend="direct")
     assert rel(scan.sweep_slices(), exact) < 1e-4  # type: ignore[arg-type]
+
+
+def test_the_same_darks_and_flats_again_are_this_scans_own() -> None:
+    # A recording replayed twice: the second scan's set has the earlier set's version
+    # (a digest of the content) and must still apply to the second scan.
+    frames = make_frames()
+    earlier = run(frames, 1, config()).references.current
+    assert earlier is not None
+    scan = LiveScan(config())
+    scan.remember_references(earlier, applicable=False)
+    worker = FrameProcessor(config())
+    for frame in frames:
+        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    scan.finish()
+    assert scan.references.current is not None and scan.references.current.version == earlier.version
+    assert scan.status()["projections"] == ANGLES and not scan.rejected
