@@ -49,7 +49,8 @@ def reconstruct_volume(scan: LiveScan, lock: threading.RLock, publish: Callable[
             scan.state = "finished"
             publish()
             return None
-        scan.volume = prefaulted_zeros((n_rows, size, size))
+        shape = (n_rows, size, size)
+        scan.volume = prefaulted_zeros(shape) if scan.pool is None else scan.pool.zeros("volume", shape)
         scan.volume_done = 0
         publish()
     whole = config.paganin_delta_beta > 0 or config.zinger_removal

@@ -42,6 +42,7 @@ from streamtomo.pipeline.streaming.admission import FrameAdmission
 from streamtomo.pipeline.streaming.contributions import REJECTED_SLOT, ContributionLedger
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, geometry_for
 from streamtomo.pipeline.streaming.memory_budget import MemoryBudgetError, check_memory_budget
+from streamtomo.pipeline.streaming.prefault import ArrayPool
 from streamtomo.pipeline.streaming.reference_book import ReferenceBook
 from streamtomo.pipeline.streaming.sinogram import AngleGrid, SinogramAssembler, UnknownAngleError
 from streamtomo.pipeline.streaming.snapshot import ScanSnapshot
@@ -56,8 +57,11 @@ FIXED_DURING_SCAN = ("rows", "n_projections", "angle_start", "angle_range", "bin
 class LiveScan:
     """Assembles one scan; thread safety is the caller's (the reducer holds a lock)."""
 
-    def __init__(self, config: PipelineConfig, on_references: Callable[[ReferenceSet], None] | None = None) -> None:
+    def __init__(
+        self, config: PipelineConfig, on_references: Callable[[ReferenceSet], None] | None = None, pool: ArrayPool | None = None,
+    ) -> None:
         self.config = config
+        self.pool = pool  # large arrays kept across scans (the reducer's)
         self.references = ReferenceBook(config.keep_references, on_references)
         self.reset()
 
@@ -138,7 +142,7 @@ class LiveScan:
                 return False
             self.detector, self.geometry = detector, geometry
             grid = AngleGrid(self.config.angle_start, self.config.angle_range, self.config.n_projections, self.config.angle_tolerance)
-            self.sinogram = SinogramAssembler(len(geometry.sinogram_rows), grid, detector.cols)
+            self.sinogram = SinogramAssembler(len(geometry.sinogram_rows), grid, detector.cols, self.pool)
             self.ledger = ContributionLedger(geometry)
             self.state = "running"
             logger.info(

@@ -42,3 +42,33 @@ def _populate(buffer: mmap.mmap, size: int) -> None:
             buffer.madvise(MADV_POPULATE_WRITE, offset, min(STEP, size - offset))
     except (OSError, ValueError) as error:  # old kernel, or the array was freed meanwhile
         logger.debug("pages not mapped ahead: %s", error)
+
+
+class ArrayPool:
+    """Keeps each large array's memory for the next scan of the same (or smaller) size.
+
+    Mapping fresh pages costs far more than zeroing mapped ones (measured here: 6 s
+    against 0.08 s for a 1.2 GB sinogram on a virtual machine), and a beamline
+    repeats scans of one geometry. The reducer keeps a pool in its dranspose context,
+    which survives scans; a scan takes its arrays from it by name. An array taken
+    again is zeroed, and the previous scan must be done with it (it is: dranspose
+    starts the next scan after the previous reducer's ``finish``).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, npt.NDArray[np.float32]] = {}
+
+    def zeros(self, name: str, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+        size = int(np.prod(shape))
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size:
+            self._buffers.pop(name, None)  # free the smaller one first
+            buffer = self._buffers[name] = prefaulted_zeros((size,))
+            return buffer[:size].reshape(shape)
+        view = buffer[:size].reshape(shape)
+        view.fill(0.0)
+        return view
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers.values())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
+from streamtomo.pipeline.streaming.prefault import ArrayPool, prefaulted_zeros
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -62,9 +62,10 @@ class AngleGrid:
 class SinogramAssembler:
     """Owns the sinogram stack and the per-slot bookkeeping."""
 
-    def __init__(self, n_rows: int, grid: AngleGrid, n_cols: int) -> None:
+    def __init__(self, n_rows: int, grid: AngleGrid, n_cols: int, pool: ArrayPool | None = None) -> None:
         self.grid = grid
-        self.by_angle: FloatArray = prefaulted_zeros((grid.n, n_rows, n_cols))
+        shape = (grid.n, n_rows, n_cols)
+        self.by_angle: FloatArray = prefaulted_zeros(shape) if pool is None else pool.zeros("sinogram", shape)
         self.data: FloatArray = self.by_angle.transpose(1, 0, 2)  # (rows, angles, cols) view
         self.counts = np.zeros(grid.n, dtype=np.int32)
         self._angle_sums = np.zeros(grid.n, dtype=np.float64)
