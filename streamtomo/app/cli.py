@@ -80,7 +80,8 @@ def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Name
         reducer = run.start()
         print(f"endpoint: {reducer.endpoint}", flush=True)
         print(f"domain: {reducer.domain.name}", flush=True)
-        viewer = _start_viewer(reducer.endpoint, reducer.domain.name)
+        print(f"control: {reducer.control.url} (token in {reducer.control.token_file})", flush=True)
+        viewer = _start_viewer(reducer.endpoint, reducer.domain.name, reducer.control)
         progress = Progress(total_frames)
         run.go()
         run.wait(on_progress=progress)
@@ -106,11 +107,12 @@ def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Name
     return 0
 
 
-def _start_viewer(endpoint: str, domain: str) -> Any:
+def _start_viewer(endpoint: str, domain: str, control: Any) -> Any:
     from streamtomo.app.viewer.server import ViewerAssetsMissing, start_viewer
 
     try:
-        viewer = start_viewer(endpoint, domain, host="127.0.0.1", port=0)
+        # The viewer holds the control token; the page never sees it.
+        viewer = start_viewer(endpoint, domain, host="127.0.0.1", port=0, control=control.url, control_token=control.token)
     except ViewerAssetsMissing as error:
         print(f"viewer: not available ({error})", flush=True)
         return None

@@ -22,10 +22,9 @@ import numpy.typing as npt
 from aiohttp import web
 
 from streamtomo.hsds_bridge import rest_objects as objs
-from streamtomo.hsds_bridge.control_api import ParameterSink, ParameterSource, add_control_routes
 from streamtomo.hsds_bridge.domain import DomainDataset, DomainGroup
 from streamtomo.hsds_bridge.rest_ids import Collection, node_id, parse_id
-from streamtomo.hsds_bridge.rest_registry import DomainRegistry, ServedDomain, normalise_domain_name
+from streamtomo.hsds_bridge.rest_registry import DomainRegistry, ServedDomain, TooManyReads, normalise_domain_name
 from streamtomo.hsds_bridge.rest_select import (
     Selection,
     SelectionError,
@@ -83,6 +82,10 @@ def _domain_name(request: web.Request) -> str | None:
     # h5pyd sends ?domain=; the REST spec also allows the X-Hdf-domain header and
     # older clients send ?host=.
     name = request.query.get("domain") or request.headers.get("X-Hdf-domain") or request.query.get("host")
+    if name and not name.isprintable():
+        # NUL and other control characters: no domain has them, and echoing one in
+        # the reason line would make aiohttp drop the connection instead of answering.
+        raise RestError(400, "domain names cannot contain control characters")
     return normalise_domain_name(name) if name else None
 
 
@@ -410,21 +413,34 @@ async def _value(request: web.Request, make_selection: Callable[[tuple[int, ...]
     obj_id = request.match_info["id"]
     binary = _wants_binary(request)
 
-    def read() -> npt.NDArray[Any]:
-        # Under domain.lock: parse against the current shape, check the size, copy
-        # only the selected block. Serialisation happens after the lock is released.
+    def selected() -> tuple[DomainDataset, Selection]:
         ds = _dataset(served, obj_id)
         try:
             sel = make_selection(ds.shape)
         except SelectionError as exc:
             raise RestError(400, f"invalid selection: {exc}") from None
         _check_size(registry, sel, ds, binary)
+        return ds, sel
+
+    def size() -> int:
+        ds, sel = selected()
+        return selection_size(sel) * itemsize_estimate(ds.dtype)
+
+    def read() -> npt.NDArray[Any]:
+        # Under domain.lock: parse against the current shape, check the size, copy
+        # only the selected block. Serialisation happens after the lock is released.
+        ds, sel = selected()
         return extract(ds.array, sel)
 
-    block = await registry.run_locked(served, read)
-    if binary:
-        return await _send_binary(request, registry, block)
-    payload = await registry.run(lambda: _dumps({"value": array_to_json(block)}).encode())
+    # The cost is known before any copy: a large read first waits for a slot of its
+    # client (and of the server), so one reader cannot fill the thread pool or the
+    # memory while small reads (status, one slice) go straight through.
+    nbytes = await registry.run_locked(served, size)
+    async with registry.read_slot(request.remote or "", nbytes):
+        block = await registry.run_locked(served, read)
+        if binary:
+            return await _send_binary(request, registry, block)
+        payload = await registry.run(lambda: _dumps({"value": array_to_json(block)}).encode())
     return web.Response(body=payload, content_type="application/json")
 
 
@@ -432,7 +448,7 @@ def _check_size(registry: DomainRegistry, sel: Selection, ds: DomainDataset, bin
     nbytes = selection_size(sel) * itemsize_estimate(ds.dtype)
     limit = registry.limits.max_response_bytes if binary else registry.limits.max_json_bytes
     if nbytes > limit:
-        how = "" if binary else " (ask for Accept: application/octet-stream: JSON has a lower cap)"
+        how = "" if binary else " (ask for Accept: application/octet-stream: JSON has a much lower cap)"
         raise RestError(413, f"selection of {nbytes} bytes exceeds the {limit}-byte limit{how}")
 
 
@@ -465,8 +481,8 @@ async def not_found_or_forbidden(request: web.Request) -> web.StreamResponse:
 
 def _reason(message: str) -> str:
     # h5pyd raises IOError(status, reason): the reason line is what a user sees.
-    text = message.encode("ascii", "replace").decode().replace("\r", " ").replace("\n", " ")
-    return text[:200]
+    text = "".join(c if c.isprintable() else " " for c in message)
+    return text.encode("ascii", "replace").decode()[:200]
 
 
 @web.middleware
@@ -477,6 +493,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except RestError as exc:
         status, message = exc.status, exc.message
+    except TooManyReads as exc:
+        status, message = 429, f"too many large reads at once: {exc}; wait for one to finish"
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -535,12 +553,7 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
 
 
 # -- application --------------------------------------------------------------------------
-def build_app(
-    registry: DomainRegistry,
-    cors_origins: Sequence[str] = (),
-    parameter_sink: ParameterSink | None = None,
-    parameter_source: ParameterSource | None = None,
-) -> web.Application:
+def build_app(registry: DomainRegistry, cors_origins: Sequence[str] = ()) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, cors_preflight_middleware],
         client_max_size=registry.limits.max_request_body,
@@ -569,6 +582,5 @@ def build_app(
     get(attrs, get_attributes, allow_head=False)
     app.router.add_post(attrs, post_attributes)
     get(attrs + "/{name}", get_attribute, allow_head=False)
-    add_control_routes(app, parameter_sink, parameter_source)
     app.router.add_route("*", "/{tail:.*}", not_found_or_forbidden)
     return app

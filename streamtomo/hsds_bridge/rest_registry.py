@@ -10,8 +10,9 @@ import asyncio
 import posixpath
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -64,8 +65,18 @@ def normalise_domain_name(name: str) -> str:
 @dataclass
 class Limits:
     max_response_bytes: int = 1 << 30  # 1 GiB: larger reads answer 413
-    max_json_bytes: int = 64 << 20  # JSON is ~10x the binary size: ask for binary
-    max_request_body: int = 64 << 20  # point lists in POST bodies
+    # JSON costs ~10x the binary size in memory and holds the GIL while it is
+    # written (every other request waits): 1 MiB of values, larger reads in binary.
+    max_json_bytes: int = 1 << 20
+    max_request_body: int = 16 << 20  # point lists in POST bodies
+    large_read_bytes: int = 1 << 20  # reads above this take a slot ...
+    large_reads_per_client: int = 2  # ... of which one client (address) holds at most this many
+    large_reads_total: int = 4  # ... and all clients together this many (fewer than the pool's threads)
+    queued_per_client: int = 16  # more large reads waiting from one client answer 429
+
+
+class TooManyReads(Exception):
+    """One client has more large reads waiting than ``Limits.queued_per_client``."""
 
 
 @dataclass
@@ -109,6 +120,10 @@ class DomainRegistry:
         # Lock waits and array copies run here, never on the event loop: a writer
         # holding domain.lock for a long update must not stall every other reader.
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hdf-rest-read")
+        # Event-loop state only (created and used on the server's loop thread).
+        self._client_slots: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+        self._total_slots: asyncio.Semaphore | None = None
+        self._total_limit = max(1, min(limits.large_reads_total, workers - 1))
 
     def add(self, domain: Domain) -> ServedDomain:
         served = ServedDomain.create(domain)
@@ -137,6 +152,34 @@ class DomainRegistry:
                 return fn()
 
         return await self.run(locked)
+
+    @asynccontextmanager
+    async def read_slot(self, client: str, nbytes: int) -> AsyncIterator[None]:
+        """Hold a large-read slot of ``client`` and of the server while reading ``nbytes``.
+
+        Small reads pass at once. Large ones queue per client, so one client's many
+        large reads delay only that client, and at most ``large_reads_total`` run at
+        all, so the pool always has threads left for small reads.
+        """
+        if nbytes <= self.limits.large_read_bytes:
+            yield
+            return
+        if self._total_slots is None:
+            self._total_slots = asyncio.Semaphore(self._total_limit)
+        slot = self._client_slots.get(client)
+        if slot is None:
+            slot = self._client_slots[client] = (asyncio.Semaphore(self.limits.large_reads_per_client), [0])
+        semaphore, users = slot
+        if users[0] >= self.limits.large_reads_per_client + self.limits.queued_per_client:
+            raise TooManyReads(f"{users[0]} large reads of this client are running or waiting")
+        users[0] += 1
+        try:
+            async with semaphore, self._total_slots:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._client_slots[client]  # no table that grows with every address seen
 
     def stats(self) -> PublisherStats:
         c = self.counters

@@ -25,7 +25,6 @@ import threading
 from collections.abc import Sequence
 from types import TracebackType
 
-from streamtomo.hsds_bridge.control_api import ParameterSink, ParameterSource
 from streamtomo.hsds_bridge.domain import Domain
 from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer
 from streamtomo.hsds_bridge.publisher import PublisherStats
@@ -33,7 +32,6 @@ from streamtomo.hsds_bridge.rest_app import build_app
 from streamtomo.hsds_bridge.rest_registry import DomainRegistry, Limits
 
 log = logging.getLogger(__name__)
-
 
 
 class HdfRestServer:
@@ -48,24 +46,24 @@ class HdfRestServer:
         limits: Limits | None = None,
         workers: int = 8,
         serve_domain_objs: bool = True,
-        parameter_sink: ParameterSink | None = None,
-        parameter_source: ParameterSource | None = None,
     ) -> None:
         """``port=0`` binds a free port (read it back from :attr:`url`).
 
         ``cors_origins``: browser origins allowed to read (``"*"`` only if listed).
         ``serve_domain_objs``: answer h5pyd's ``getobjs`` with all object metadata so
         that opening a file takes one request.
+
+        Nothing here changes a pipeline: parameter changes go through the control
+        API (:mod:`streamtomo.hsds_bridge.control_api`) on a listener of its own,
+        so this port can be exposed to readers without exposing control.
         """
         self._host = host
         self._port = port
         self._cors_origins = tuple(cors_origins)
-        self._parameter_sink = parameter_sink
-        self._parameter_source = parameter_source
         self._registry = DomainRegistry(limits or Limits(), workers, serve_domain_objs)
         self._guard = threading.Lock()
         self._http = BackgroundHttpServer(
-            lambda: build_app(self._registry, self._cors_origins, self._parameter_sink, self._parameter_source),
+            lambda: build_app(self._registry, self._cors_origins),
             host, port, "HDF REST server",
         )
         self._closed = False

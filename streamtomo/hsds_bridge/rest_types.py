@@ -1,5 +1,10 @@
 """numpy dtypes and values <-> HDF REST API JSON and binary encodings.
 
+The one place that says how a numpy dtype is spelled in HDF REST: the in-memory
+server describes its datasets with it and the HSDS writer creates its datasets with
+it, so a reader sees the same type from both (they used to disagree: a type object
+from one, a bare ``"H5T_IEEE_F32LE"`` string from the other).
+
 Only what a streaming tomography domain holds is supported: little-endian ints and
 floats, bool (HDF5 has no bool: h5py/h5pyd use an int8 enum FALSE/TRUE), fixed-length
 byte strings ``S<n>`` and variable-length UTF-8 strings (numpy ``object`` holding
@@ -35,7 +40,7 @@ BOOL_TYPE: JsonDict = {
 
 
 class UnsupportedType(TypeError):
-    """A dtype this server cannot describe to HDF REST clients."""
+    """A dtype that has no HDF REST spelling here (complex, datetime, structured...)."""
 
 
 def is_vlen_str(dtype: np.dtype[Any]) -> bool:
@@ -61,14 +66,23 @@ def type_json(dtype: np.dtype[Any]) -> JsonDict:
         }
     if is_vlen_str(dtype):
         return dict(VLEN_STR_TYPE)
-    raise UnsupportedType(f"dtype {dtype} is not supported by the HDF REST server")
+    raise UnsupportedType(f"dtype {dtype} has no HDF REST type here")
 
 
 def wire_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
-    """The dtype values are sent as (little-endian for multi-byte numbers)."""
-    if dtype.kind in ("i", "u", "f") and dtype.byteorder == ">":
+    """The dtype stored and sent for ``dtype``: little-endian numbers, numpy bool.
+
+    Exactly this dtype must go on the wire: HSDS stores a float64 body PUT into a
+    float32 dataset as garbage and still answers 200.
+    """
+    kind = dtype.kind
+    if is_vlen_str(dtype) or kind == "S":
+        return dtype
+    if kind == "b":
+        return np.dtype(np.bool_)
+    if kind in ("i", "u", "f") and dtype.itemsize in (1, 2, 4, 8):
         return dtype.newbyteorder("<")
-    return dtype
+    raise UnsupportedType(f"dtype {dtype} has no HDF REST type here")
 
 
 def shape_json(shape: tuple[int, ...]) -> JsonDict:
@@ -138,6 +152,23 @@ def attribute_array(value: Any) -> npt.NDArray[Any]:
         out[:] = [str(v) for v in value]
         return out
     return np.asarray(value)
+
+
+def attribute_body(value: Any) -> JsonDict:
+    """What a client sends to create an attribute (``PUT .../attributes``).
+
+    Same type JSON as :func:`attribute_json` serves; the shape is a plain list (none
+    for scalars) and numbers go as plain JSON numbers, the spelling HSDS parses.
+    """
+    arr = attribute_array(value)
+    body: JsonDict = {"type": type_json(arr.dtype)}
+    if arr.ndim:
+        body["shape"] = list(arr.shape)
+    if is_vlen_str(arr.dtype) or arr.dtype.kind == "S":
+        body["value"] = _json_nested(arr.tolist())
+    else:
+        body["value"] = arr.tolist()
+    return body
 
 
 def attribute_json(name: str, value: Any, created: float, include_data: bool = True) -> JsonDict:

@@ -18,6 +18,12 @@ FILTERS = ("ramp", "shepp-logan", "hann")
 KIND_RULES = ("counts", "header")
 COMPRESSIONS = ("none", "bslz4")
 LIVE_MODES = ("accumulate", "window")
+# Bounds for what a running scan may be asked to do (the live parameters): the slice
+# stack and each projection's backprojection cost grow with slices x size^2.
+MAX_SLICE_SIZE = 16384  # any detector: refused before anything is allocated
+SLICE_SIZE_PER_COLUMN = 2  # with the detector known: at most twice its width
+MAX_LIVE_SLICES = 32
+LIVE_STACK_BUDGET_BYTES = 1 << 30  # float32 slices x size x size
 
 
 BINNINGS = (1, 2, 4)
@@ -104,11 +110,15 @@ class PipelineConfig:
             raise ConfigError(f"counts_per_degree must be finite and non-zero, got {self.counts_per_degree}")
         if self.publish_interval <= 0:
             raise ConfigError(f"publish_interval must be > 0, got {self.publish_interval}")
+        if self.slice_size > MAX_SLICE_SIZE:
+            raise ConfigError(f"slice_size must be at most {MAX_SLICE_SIZE} (0: detector width), got {self.slice_size}")
         if self.center.strip() and self.center.strip() != "auto":
             try:
-                float(self.center)
-            except ValueError:
-                raise ConfigError(f"center must be a column number, 'auto' or empty, got {self.center!r}") from None
+                finite = math.isfinite(float(self.center))
+            except (ValueError, OverflowError):
+                finite = False
+            if not finite:
+                raise ConfigError(f"center must be a column number, 'auto' or empty, got {self.center!r}")
         for name in ("energy_kev", "distance_m", "pixel_size_m"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -131,6 +141,12 @@ class PipelineConfig:
     @property
     def angle_step(self) -> float:
         return self.angle_range / self.n_projections
+
+    def expected_frames(self) -> int | None:
+        """Frames the scan should have: known for ``kind_rule`` ``counts``, else None."""
+        if self.kind_rule != "counts":
+            return None
+        return self.n_darks_before + self.n_flats_before + self.n_projections + self.n_flats_after + self.n_darks_after
 
     def nominal_angle(self, projection_index: int) -> float:
         return self.angle_start + projection_index * self.angle_step
@@ -159,6 +175,23 @@ class PipelineConfig:
         if missing:
             raise ConfigError(f"slice_rows {missing} are not sinogram rows ({self.rows!r})")
         return rows
+
+    def check_live_bounds(self, detector_rows: int, detector_cols: int) -> None:
+        """Refuse live slices that would cost far more than the detector warrants."""
+        size = self.slice_size or detector_cols
+        if size > SLICE_SIZE_PER_COLUMN * detector_cols:
+            raise ConfigError(
+                f"slice_size {size} is more than {SLICE_SIZE_PER_COLUMN}x the detector width ({detector_cols}); "
+                f"allowed 0..{SLICE_SIZE_PER_COLUMN * detector_cols}"
+            )
+        count = len(self.live_slice_rows(detector_rows))
+        if count > MAX_LIVE_SLICES:
+            raise ConfigError(f"slice_rows selects {count} rows; at most {MAX_LIVE_SLICES} live slices")
+        if count * size * size * 4 > LIVE_STACK_BUDGET_BYTES:
+            raise ConfigError(
+                f"{count} live slices of {size}x{size} need {count * size * size * 4 >> 20} MiB; "
+                f"the budget is {LIVE_STACK_BUDGET_BYTES >> 20} MiB"
+            )
 
     # -- (de)serialisation ----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

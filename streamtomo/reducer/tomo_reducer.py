@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamtomo.dranspose_parameters import REFERENCES, ConfigCache, describe_parameters
-from streamtomo.hsds_bridge.control_api import LIVE_PARAMETERS
+from streamtomo.hsds_bridge.control_api import LIVE_PARAMETERS, ControlServer, ControlSettings
 from streamtomo.hsds_bridge.credentials import CredentialsError, load_credentials
 from streamtomo.hsds_bridge.hsds_writer import HsdsWriter, HsdsWriterError
 from streamtomo.hsds_bridge.publisher import Publisher
@@ -82,6 +82,7 @@ class TomoReducer:
             self.scan.remember_references(kept, applicable=config.keep_references)
         self.server = self._rest_server()
         self.server.start(self.domain)
+        self.control = self._control_server()
         self.publishers: list[Publisher] = [self.server]
         self.hsds: HsdsWriter | None = self._start_hsds() if self.settings.hsds_endpoint else None
         self._finished = threading.Event()
@@ -118,14 +119,22 @@ class TomoReducer:
         self.context["active_reducer"] = self
         server = self.context.get("rest_server")
         if not isinstance(server, HdfRestServer):
-            context = self.context
-            server = HdfRestServer(
-                self.settings.http_host, self.settings.http_port, cors_origins=self.settings.cors_origins,
-                parameter_sink=lambda name, value: context["active_reducer"].set_parameter(name, value),
-                parameter_source=lambda: context["active_reducer"].live_parameters(),
-            )
+            server = HdfRestServer(self.settings.http_host, self.settings.http_port, cors_origins=self.settings.cors_origins)
             self.context["rest_server"] = server
         return server
+
+    def _control_server(self) -> ControlServer:
+        """Parameter changes: a listener of their own, token required (STREAMTOMO_CONTROL_*)."""
+        control = self.context.get("control_server")
+        if not isinstance(control, ControlServer):
+            context = self.context
+            control = ControlServer(
+                ControlSettings.from_env(),
+                sink=lambda name, value: context["active_reducer"].set_parameter(name, value),
+                source=lambda: context["active_reducer"].live_parameters(),
+            ).start()
+            self.context["control_server"] = control
+        return control
 
     # -- live parameter changes (viewer) --------------------------------------------
     def live_parameters(self) -> dict[str, str]:
@@ -133,24 +142,30 @@ class TomoReducer:
             config = self.scan.config.to_dict()
         return {k: str(v) for k, v in config.items() if k in LIVE_PARAMETERS}
 
-    def set_parameter(self, name: str, value: str) -> None:
-        """Validate and apply a parameter change for workers and reducer alike.
+    def set_parameter(self, name: str, value: str) -> str:
+        """Validate a parameter change completely, then store it for workers and reducer.
 
-        Raises ``ValueError`` (shown to the caller) for a value the scan cannot take.
+        Raises ``ValueError`` (shown to the caller) for a value the scan cannot take;
+        then nothing is stored, so no worker ever sees it. The rebuild of the slices
+        is not done here (this is the control API's request): the reducer's timer
+        applies the stored parameters at the next publish.
         """
         from dranspose.protocol import ParameterName, WorkParameter
 
+        if name not in LIVE_PARAMETERS:
+            raise ValueError(f"parameter {name!r} cannot be changed live; allowed: {list(LIVE_PARAMETERS)}")
         with self.lock:
             config = PipelineConfig.from_mapping({**self.scan.config.to_dict(), name: value})
             if self.scan.detector is not None:
+                config.check_live_bounds(self.scan.detector.rows, self.scan.detector.cols)
                 LiveSliceGeometry(config, self.scan.detector)  # centre inside the detector, rows known
             data = value.encode()
             self._parameters[ParameterName(name)] = WorkParameter(name=ParameterName(name), data=data, value=getattr(config, name))
-            self._apply_parameters(self._parameters)
         logger.info("parameter %s set to %r", name, value)
         url = self.scan.config.controller_url
         if url:
             self._post_to_controller(url, name, data)
+        return "stored; the live slices are rebuilt at the next publish (see /entry/reconstruction/parameters)"
 
     def _post_to_controller(self, url: str, name: str, data: bytes) -> None:
         try:
@@ -224,6 +239,7 @@ class TomoReducer:
 
     def close(self, context: dict[Any, Any] | None = None) -> None:
         self._closed = True
+        self.control.close()
         for publisher in self.publishers:
             publisher.close()
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from streamtomo.app.local_hsds import LocalHsds
+from streamtomo.hsds_bridge.chunk_plan import ZEROS, ChunkCopy, bounding_box, changed_box, merge_boxes
 from streamtomo.hsds_bridge.credentials import (
     Credentials,
     CredentialsError,
@@ -31,16 +32,8 @@ from streamtomo.hsds_bridge.credentials import (
     write_credentials_file,
 )
 from streamtomo.hsds_bridge.domain import Domain
-from streamtomo.hsds_bridge.hsds_writer import (
-    _ZERO,
-    HsdsWriter,
-    HsdsWriterError,
-    _bounding_box,
-    _changed_box,
-    _Chunk,
-    _merge_boxes,
-    versioned_name,
-)
+from streamtomo.hsds_bridge.hsds_ids import versioned_name
+from streamtomo.hsds_bridge.hsds_writer import HsdsWriter, HsdsWriterError, HsdsWriterSettings
 from streamtomo.hsds_bridge.publisher import Publisher
 from streamtomo.reducer.domain_layout import new_domain
 from tests.support.hsds_fixtures import (
@@ -283,9 +276,13 @@ def test_second_scan_with_same_name_gets_a_version(local_hsds: LocalHsds) -> Non
     assert gens == [2, 3]  # the first scan was not touched
 
     with pytest.raises(HsdsWriterError, match="already exists"):
-        HsdsWriter(local_hsds.url, name, local_hsds.accounts.writer, on_exists="fail").start(make_domain(name))
+        HsdsWriter(
+            local_hsds.url, name, local_hsds.accounts.writer, settings=HsdsWriterSettings(on_exists="fail")
+        ).start(make_domain(name))
     domain = make_domain(name)
-    with HsdsWriter(local_hsds.url, name, local_hsds.accounts.writer, on_exists="overwrite") as writer:
+    with HsdsWriter(
+        local_hsds.url, name, local_hsds.accounts.writer, settings=HsdsWriterSettings(on_exists="overwrite")
+    ) as writer:
         writer.start(domain)
         run_scan(domain, writer, 1)
     assert writer.domain_name == name
@@ -327,7 +324,7 @@ def test_viewer_cannot_write_and_wrong_password_cannot_read(
 def test_writer_with_wrong_password_fails_at_start(local_hsds: LocalHsds) -> None:
     name = unique_domain(local_hsds, "wrongpw")
     bad = Credentials("streamtomo", "not-the-password")
-    writer = HsdsWriter(local_hsds.url, name, bad, start_timeout=30)
+    writer = HsdsWriter(local_hsds.url, name, bad, settings=HsdsWriterSettings(start_timeout=30))
     with pytest.raises(HsdsWriterError, match="401") as info:
         writer.start(make_domain(name))
     assert "not-the-password" not in str(info.value)
@@ -353,7 +350,9 @@ def test_restart_mid_scan_ends_complete(crashable_hsds: LocalHsds) -> None:
     port = server.port
     name = unique_domain(server, "restart")
     domain = make_domain(name)
-    writer = HsdsWriter(server.url, name, server.accounts.writer, retry_max=0.5, probe_interval=0.3)
+    writer = HsdsWriter(
+        server.url, name, server.accounts.writer, settings=HsdsWriterSettings(retry_max=0.5, probe_interval=0.3)
+    )
     writer.start(domain)
     rng = np.random.default_rng(1)
     for step in range(30):
@@ -392,7 +391,12 @@ def test_backlog_limit_drops_are_counted_and_data_ends_complete(
 ) -> None:
     name = unique_domain(local_hsds, "backlog")
     domain = make_domain(name)
-    writer = HsdsWriter(local_hsds.url, name, local_hsds.accounts.writer, max_backlog_bytes=1, drop_log_every=5)
+    writer = HsdsWriter(
+        local_hsds.url,
+        name,
+        local_hsds.accounts.writer,
+        settings=HsdsWriterSettings(max_backlog_bytes=1, drop_log_every=5),
+    )
     writer.start(domain)
     run_scan(domain, writer, 40)  # no pause: the sender is always behind
     writer.close()
@@ -460,7 +464,7 @@ def test_notify_does_not_block_while_hsds_is_away(crashable_hsds: LocalHsds) -> 
     server = crashable_hsds.start()
     name = unique_domain(server, "away")
     domain = make_domain(name)
-    writer = HsdsWriter(server.url, name, server.accounts.writer, retry_max=0.2)
+    writer = HsdsWriter(server.url, name, server.accounts.writer, settings=HsdsWriterSettings(retry_max=0.2))
     writer.start(domain)
     server.kill()
     rng = np.random.default_rng(2)
@@ -537,7 +541,7 @@ def test_bounding_box_matches_argwhere() -> None:
             ne = np.zeros(shape, bool)
             for _ in range(int(rng.integers(0, 4))):
                 ne[tuple(int(rng.integers(0, n)) for n in shape)] = True
-            box = _bounding_box(ne)
+            box = bounding_box(ne)
             if not ne.any():
                 assert box is None
                 continue
@@ -553,14 +557,14 @@ def test_one_projection_becomes_one_request() -> None:
     chunks = []
     for r in range(0, rows, block):
         index = (r // block, 0, 0)
-        chunks.append(_Chunk("/s", index, (r, 0, 0), new[r : r + block, 0:block, :].copy(), 0))
-    boxes = [b for c in chunks if (b := _changed_box(c, _ZERO)) is not None]
+        chunks.append(ChunkCopy("/s", index, (r, 0, 0), new[r : r + block, 0:block, :].copy(), 0))
+    boxes = [b for c in chunks if (b := changed_box(c, ZEROS)) is not None]
     assert len(boxes) == rows // block
-    merged = _merge_boxes(boxes, 1 << 20)
+    merged = merge_boxes(boxes, 1 << 20)
     assert len(merged) == 1
     assert (merged[0].lo, merged[0].hi) == ((0, 5, 0), (rows, 6, cols))
     np.testing.assert_array_equal(merged[0].data, new[:, 5:6, :])
     # unchanged against its own copy: nothing to send; NaN compares equal bitwise
-    same = chunks[0].data.copy()
+    same = new[0:block, 0:block, :].copy()
     same[0, 0, 0] = np.nan
-    assert _changed_box(_Chunk("/s", (0, 0, 0), (0, 0, 0), same, 0), same.copy()) is None
+    assert changed_box(ChunkCopy("/s", (0, 0, 0), (0, 0, 0), same, 0), same.copy()) is None

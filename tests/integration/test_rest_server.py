@@ -401,3 +401,77 @@ def test_extract_never_returns_a_view_of_the_live_array(select: str) -> None:
     block = extract(live, sel)
     assert not np.shares_memory(block, live)
     assert block.flags.c_contiguous and block.shape == sel.shape
+
+
+# -- bounded cost of reads (issue 14) ---------------------------------------------------
+@pytest.mark.parametrize("name", ["/home/streamtomo/demo.h5%00", "/home/streamtomo/demo.h5%0d%0aX: y", "%00"])
+def test_control_characters_in_a_domain_name_are_400(server: HdfRestServer, name: str) -> None:
+    # Built by hand: requests would re-quote the % signs.
+    rsp = requests.get(f"{server.url}/?domain={name}", timeout=5)
+    assert rsp.status_code == 400
+    assert "control characters" in rsp.json()["message"]
+    assert requests.get(f"{server.url}/about", timeout=5).status_code == 200  # still serving
+
+
+def _poll(url: str, stop: threading.Event, waits: list[float], **kw: Any) -> None:
+    """GET ``url`` until ``stop``; each wait in ``waits`` (inf for a failed request)."""
+    session = requests.Session()
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            ok = session.get(url, timeout=30, **kw).status_code == 200
+        except requests.RequestException:
+            ok = False
+        waits.append(time.perf_counter() - started if ok else float("inf"))
+        time.sleep(0.02)
+
+
+def test_parallel_large_reads_do_not_stall_small_reads() -> None:
+    """Three readers of a whole 32 MiB dataset (JSON and binary) while another polls.
+
+    JSON values are capped far lower than binary (413 at once), large binary reads
+    queue for their client's slots, and the small reads (``/about``, one scalar)
+    keep answering within a bound.
+    """
+    big = Domain("/home/streamtomo/big.h5")
+    rng = np.random.default_rng(0)
+    big.create_dataset("/entry/sinogram", rng.random((128, 256, 256), dtype=np.float32))
+    big.create_dataset("/entry/generation", np.int64(7))
+    with HdfRestServer() as srv:
+        srv.start(big)
+        query = f"?domain={big.name}"
+        sino = f"{srv.url}/datasets/{make_id(big.name, 'datasets', '/entry/sinogram')}/value{query}"
+        scalar = f"{srv.url}/datasets/{make_id(big.name, 'datasets', '/entry/generation')}/value{query}"
+        json_rsp = requests.get(sino, timeout=60)
+        assert json_rsp.status_code == 413 and "octet-stream" in json_rsp.json()["message"]
+
+        statuses: list[int] = []
+        sizes: list[int] = []
+
+        def large(binary: bool) -> None:
+            headers = {"Accept": "application/octet-stream"} if binary else {}
+            for _ in range(2):
+                rsp = requests.get(sino, headers=headers, timeout=120)
+                statuses.append(rsp.status_code)
+                sizes.append(len(rsp.content))
+
+        stop = threading.Event()
+        about_waits: list[float] = []
+        scalar_waits: list[float] = []
+        pollers = [
+            threading.Thread(target=_poll, args=(f"{srv.url}/about", stop, about_waits), daemon=True),
+            threading.Thread(target=_poll, args=(scalar, stop, scalar_waits), daemon=True),
+        ]
+        readers = [threading.Thread(target=large, args=(b,), daemon=True) for b in (False, False, False, True, True, True)]
+        for t in pollers + readers:
+            t.start()
+        for t in readers:
+            t.join(timeout=180)
+        stop.set()
+        for t in pollers:
+            t.join(timeout=30)
+        assert sorted(statuses) == [200] * 6 + [413] * 6, statuses
+        assert sorted(sizes)[-1] == 128 * 256 * 256 * 4
+        assert len(about_waits) > 3 and len(scalar_waits) > 3
+        assert max(about_waits) < 1.0, f"/about waited {max(about_waits):.2f} s behind large reads"
+        assert max(scalar_waits) < 1.0, f"a scalar read waited {max(scalar_waits):.2f} s behind large reads"

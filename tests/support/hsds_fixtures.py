@@ -16,7 +16,7 @@ import numpy as np
 from streamtomo.app.local_hsds import LocalHsds
 from streamtomo.hsds_bridge.credentials import Credentials
 from streamtomo.hsds_bridge.domain import Domain, DomainDataset, DomainGroup
-from streamtomo.hsds_bridge.hsds_writer import wire_dtype
+from streamtomo.hsds_bridge.rest_types import wire_dtype
 
 
 def hsds_available() -> bool:

@@ -69,8 +69,11 @@ export async function getJson<T>(url: string): Promise<T> {
   return (await (await request(url, { headers: { Accept: 'application/json' } })).json()) as T;
 }
 
-export async function postText(url: string, body: string): Promise<unknown> {
-  return (await request(url, { method: 'POST', body, headers: { 'Content-Type': 'text/plain' } })).json();
+// JSON, never text/plain: the viewer server refuses any other body, so a page on
+// another site (which cannot send application/json without a CORS preflight that
+// is never granted) cannot change the pipeline through it.
+export async function postValue(url: string, value: string): Promise<unknown> {
+  return (await request(url, { method: 'POST', body: JSON.stringify({ value }), headers: { 'Content-Type': 'application/json' } })).json();
 }
 
 export function loadViewerConfig(): Promise<ViewerConfig> {

@@ -32,18 +32,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     view.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     view.add_argument(
         "--control", default="",
-        help="URL of the pipeline's control API (the reducer's server); default: the endpoint; 'none': read-only",
+        help="URL of the pipeline's control API (the reducer's control listener, not the endpoint); default: none, a read-only page",
+    )
+    view.add_argument(
+        "--control-token-file", default="",
+        help="file holding the control token (default: $STREAMTOMO_CONTROL_TOKEN_FILE); never pass the token itself",
+    )
+    view.add_argument(
+        "--origin", action="append", default=None,
+        help="public origin of this page (e.g. https://tomo.example.org behind an authenticating proxy); loopback is always allowed",
     )
     view.set_defaults(func=cmd_view)
     return view
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from streamtomo.app.viewer.server import ViewerAssetsMissing, start_viewer
+    from streamtomo.app.viewer.server import ViewerAssetsMissing, read_control_token, start_viewer
 
-    control = None if args.control.lower() == "none" else args.control
+    control = None if args.control.lower() in ("", "none") else args.control
     try:
-        server = start_viewer(args.endpoint, args.domain, host=args.host, port=args.port, control=control)
+        token = read_control_token(args.control_token_file) if control and args.control_token_file else None
+        origins = tuple(o.rstrip("/") for o in args.origin) if args.origin else None
+        server = start_viewer(args.endpoint, args.domain, host=args.host, port=args.port, control=control, control_token=token, origins=origins)
     except ViewerAssetsMissing as error:
         print(f"streamtomo: error: {error}", file=sys.stderr)
         return 2

@@ -12,8 +12,16 @@ Routes:
 * ``GET /viewer.json`` what the page needs to know: domain, endpoint, control
 * ``GET /hdf/{path}`` the HDF REST API of the endpoint, pinned to the one domain
   (read-only: GET only)
-* ``GET /control/parameters``, ``POST /control/parameters/{name}`` the pipeline's
-  control API (``/streamtomo/parameters`` of the reducer's server)
+* ``GET /control/parameters``, ``POST /control/parameters/{name}`` (JSON body
+  ``{"value": ...}``) the pipeline's control API, with the control token attached
+
+Who may change parameters: whoever can load this page from an allowed origin. The
+server holds the control token (``STREAMTOMO_CONTROL_TOKEN_FILE`` or
+``--control-token-file``; never in the page, a URL or a log) and attaches it. A
+change must come as ``application/json`` (another site cannot send that without a
+CORS preflight, which this server never grants), with an ``Origin`` and ``Host`` of
+the page's own (loopback by default, ``STREAMTOMO_VIEWER_ORIGINS`` adds the public
+address behind an authenticating Ingress): forged cross-site requests get 403/415.
 
 Upstream failures are answered as JSON ``{"status", "message"}`` (502 for an
 endpoint that does not answer), which the page shows as they are.
@@ -40,6 +48,9 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().with_name("static")
 ENV_USERNAME = "STREAMTOMO_VIEWER_USERNAME"
 ENV_PASSWORD = "STREAMTOMO_VIEWER_PASSWORD"
+ENV_ORIGINS = "STREAMTOMO_VIEWER_ORIGINS"
+ENV_CONTROL_TOKEN_FILE = "STREAMTOMO_CONTROL_TOKEN_FILE"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 BUILD_COMMANDS = "npm ci --prefix viewer && npm run build --prefix viewer"
 UPSTREAM_TIMEOUT_S = 10.0
 MAX_PARAMETER_BODY = 1024
@@ -83,6 +94,8 @@ class ViewerTarget:
     domain: str
     control: str | None = None  # base URL of the control API; None: read-only page
     authorization: str | None = field(default=None, repr=False)  # never logged
+    control_token: str | None = field(default=None, repr=False)  # never logged, never sent to the page
+    origins: tuple[str, ...] = ()  # browser origins of this page besides loopback ones
 
     def upstream(self, path: str) -> URL:
         base = URL(self.endpoint.rstrip("/"))
@@ -174,25 +187,64 @@ async def hdf(request: web.Request) -> web.Response:
     return await _relay(request, "GET", url, f"HDF REST endpoint {target.endpoint}", headers)
 
 
+def _own_origins(request: web.Request, target: ViewerTarget) -> set[str]:
+    """This page's origins: loopback on the port it listens on, and the configured ones."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else None
+    own = {f"http://{host}:{port}" for host in LOOPBACK_HOSTS} if port is not None else set()
+    return own | set(target.origins)
+
+
+def _forgery(request: web.Request, target: ViewerTarget) -> web.Response | None:
+    """Why this request must not reach the control API, or None when it may."""
+    own = _own_origins(request, target)
+    hosts = {URL(origin).raw_authority for origin in own}
+    if request.host not in hosts:
+        # DNS rebinding: another site's name pointed at this address is not this page.
+        return _error(403, f"host {request.host!r} is not this viewer's address")
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in own:
+        log.info("viewer: refused a parameter change from origin %r", origin)
+        return _error(403, f"origin {origin!r} may not change the pipeline")
+    return None
+
+
+def _control_headers(target: ViewerTarget, extra: dict[str, str]) -> dict[str, str]:
+    headers = dict(extra)
+    if target.control_token:
+        headers["Authorization"] = f"Bearer {target.control_token}"
+    return headers
+
+
 async def get_parameters(request: web.Request) -> web.Response:
     target = request.app[TARGET_KEY]
     if target.control is None:
         return _error(404, "this viewer has no pipeline control URL")
+    refused = _forgery(request, target)
+    if refused is not None:
+        return refused
     url = URL(target.control.rstrip("/")) / "streamtomo" / "parameters"
-    return await _relay(request, "GET", url, f"pipeline control at {target.control}", {"Accept": "application/json"})
+    return await _relay(request, "GET", url, f"pipeline control at {target.control}", _control_headers(target, {"Accept": "application/json"}))
 
 
 async def post_parameter(request: web.Request) -> web.Response:
     target = request.app[TARGET_KEY]
     if target.control is None:
         return _error(403, "this viewer has no pipeline control URL: parameters are read-only")
+    refused = _forgery(request, target)
+    if refused is not None:
+        return refused
+    if request.content_type != "application/json":
+        # A text/plain or form POST needs no preflight: only JSON can be trusted to be ours.
+        return _error(415, 'send {"value": ...} as application/json')
     body = await request.content.read(MAX_PARAMETER_BODY + 1)
     if len(body) > MAX_PARAMETER_BODY:
         return _error(413, f"a parameter value is at most {MAX_PARAMETER_BODY} bytes")
     name = request.match_info["name"]
     url = URL(target.control.rstrip("/")) / "streamtomo" / "parameters" / name
-    log.info("viewer: setting pipeline parameter %s to %r", name, body.decode("utf-8", "replace"))
-    return await _relay(request, "POST", url, f"pipeline control at {target.control}", {"Content-Type": "text/plain"}, body)
+    log.info("viewer: setting pipeline parameter %s to %s", name, body.decode("utf-8", "replace"))
+    headers = _control_headers(target, {"Content-Type": "application/json", "Accept": "application/json"})
+    return await _relay(request, "POST", url, f"pipeline control at {target.control}", headers, body)
 
 
 async def _open_session(app: web.Application) -> None:
@@ -254,24 +306,44 @@ class ViewerServer:
         self.close()
 
 
+def read_control_token(path: str | Path) -> str:
+    """The control token from its file (0600: created by the reducer or mounted from a Secret)."""
+    token = Path(path).read_text().strip()
+    if not token:
+        raise ValueError(f"control token file {path} is empty")
+    return token
+
+
 def start_viewer(
     endpoint: str,
     domain: str,
     host: str = "127.0.0.1",
     port: int = 0,
-    control: str | None = "",
+    control: str | None = None,
+    control_token: str | None = None,
+    origins: tuple[str, ...] | None = None,
 ) -> ViewerServer:
     """Serve the live viewer for ``domain`` on ``endpoint``; returns the started server.
 
-    ``control``: base URL of the pipeline's control API; ``""`` (default) means the
-    endpoint itself (the reducer's in-memory server has both), ``None`` a read-only
-    page (e.g. an HSDS endpoint with no pipeline beside it). Raises
-    :class:`ViewerAssetsMissing` when the page was not built.
+    ``control``: base URL of the pipeline's control API (the reducer's control
+    listener); ``None`` (default) a read-only page. ``control_token``: its token;
+    default: the file named by ``STREAMTOMO_CONTROL_TOKEN_FILE``. ``origins``: public
+    origins of the page besides loopback (default ``STREAMTOMO_VIEWER_ORIGINS``).
+    Raises :class:`ViewerAssetsMissing` when the page was not built.
     """
+    if control is not None and control_token is None:
+        token_file = os.environ.get(ENV_CONTROL_TOKEN_FILE, "")
+        if not token_file:
+            raise ValueError(f"a control URL needs the control token: set {ENV_CONTROL_TOKEN_FILE} or pass --control-token-file")
+        control_token = read_control_token(token_file)
+    if origins is None:
+        origins = tuple(o.strip().rstrip("/") for o in os.environ.get(ENV_ORIGINS, "").split(",") if o.strip())
     target = ViewerTarget(
         endpoint=endpoint.rstrip("/"),
         domain=normalise_domain(domain),
-        control=endpoint.rstrip("/") if control == "" else control,
+        control=control.rstrip("/") if control else None,
         authorization=basic_auth_from_env(),
+        control_token=control_token,
+        origins=origins,
     )
     return ViewerServer(target, host, port).start()

@@ -3,7 +3,7 @@
 
 import { useCallback, useEffect, useState } from 'react';
 
-import { ApiError, getJson, postText } from '../api';
+import { ApiError, getJson, postValue } from '../api';
 
 const FILTERS = ['ramp', 'shepp-logan', 'hann'];
 
@@ -50,9 +50,9 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
   const post = async (name: string, value: string) => {
     setBusy(true);
     try {
-      await postText(`control/parameters/${name}`, value);
+      await postValue(`control/parameters/${name}`, value);
       setBusy(false);
-      setMessage({ ok: true, text: `${name} set to ${value || 'default'}; the slices follow at the next update` });
+      setMessage({ ok: true, text: `${name} set to ${value || 'default'}; the slices are rebuilt in the background` });
       await refresh();
     } catch (error) {
       setBusy(false);
