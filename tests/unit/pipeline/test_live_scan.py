@@ -13,6 +13,7 @@ from streamtomo.pipeline.messages import PartialSum, WorkerResult
 from streamtomo.pipeline.reconstruction.cor import cor_sweep
 from streamtomo.pipeline.reconstruction.fbp import fbp
 from streamtomo.pipeline.scan import Frame, ImageKey
+from streamtomo.pipeline.streaming.binning import bin_frame
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.pipeline.streaming.scan_end import live_sweep_is_exact
@@ -369,3 +370,34 @@ def test_the_same_darks_and_flats_again_are_this_scans_own() -> None:
     scan.finish()
     assert scan.references.current is not None and scan.references.current.version == earlier.version
     assert scan.status()["projections"] == ANGLES and not scan.rejected
+
+
+def test_a_scan_too_large_for_the_memory_budget_is_refused_at_its_first_frame() -> None:
+    cfg = config(memory_budget_gb=1e-9)
+    scan = run(make_frames(), 2, cfg)
+    assert scan.state == "failed"
+    assert "rows" in scan.reason and "bin" in scan.reason and "memory_budget_gb" in scan.reason
+    assert scan.sinogram is None  # nothing was allocated
+    assert scan.rejected == {"scan_refused": len(make_frames())}
+    assert scan.status()["frames_received"] == len(make_frames())
+
+
+def test_binned_scan_is_the_scan_of_the_binned_detector() -> None:
+    frames = make_frames()
+    binned = [Frame(f.index, f.key, bin_frame(f.data, 2), f.angle_deg) for f in frames]
+    scan = run(frames, 2, config(bin=2))
+    reference = run(binned, 2, config())
+    assert scan.sinogram is not None and reference.sinogram is not None
+    assert scan.sinogram.data.shape == (ROWS // 2, ANGLES, COLS // 2)
+    assert scan.sinogram.data.dtype == np.float32
+    np.testing.assert_array_equal(scan.sinogram.data, reference.sinogram.data)
+    assert rel(scan.slices(), reference.slices()) < 1e-6  # type: ignore[arg-type]
+
+
+def test_integer_binning_keeps_the_dtype_and_rounds_the_block_mean() -> None:
+    data = np.arange(4 * 6, dtype=np.uint16).reshape(4, 6)
+    out = bin_frame(data, 2)
+    assert out.dtype == np.uint16 and out.shape == (2, 3)
+    expected = np.rint(data.reshape(2, 2, 3, 2).mean(axis=(1, 3)) + 1e-9).astype(np.uint16)
+    np.testing.assert_array_equal(out, expected)
+    assert bin_frame(data.astype(np.float32), 4).shape == (1, 1)
