@@ -30,8 +30,9 @@ from typing import Any
 import h5pyd
 import numpy as np
 
-from streamtomo.app.play import BeamlineEvent, PlayResult, frame_events, play
-from streamtomo.app.services import TOMO_REDUCER, TOMO_WORKER, LocalDeployment
+from streamtomo.app.beamline_events import BeamlineEvent, frame_events
+from streamtomo.app.deployment import TOMO_REDUCER, TOMO_WORKER, LocalDeployment
+from streamtomo.app.play import PlayResult, play
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -29,28 +28,11 @@ class CliError(Exception):
 
 
 def _load_config(path: str | None, overrides: dict[str, Any]) -> PipelineConfig:
-    values: dict[str, Any] = {}
-    if path:
-        try:
-            text = Path(path).read_text()
-        except OSError as error:
-            raise CliError(f"cannot read parameter file {path}: {error.strerror}") from None
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise CliError(f"{path} is not JSON: {error}") from None
-        if isinstance(doc, list):  # dranspose parameter list
-            # The controller's own parameter dumps also hold dranspose's and internal ones.
-            skip = {"references", "dump_prefix"}
-            values = {p["name"]: p.get("value", p.get("data")) for p in doc if p.get("name") not in skip}
-        elif isinstance(doc, dict):
-            values = doc
-        else:
-            raise CliError(f"{path}: expected a JSON object or a dranspose parameter list")
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    from streamtomo.app.parameter_files import load_config
+
     try:
-        return PipelineConfig.from_mapping(values)
-    except ConfigError as error:
+        return load_config(path, overrides)
+    except ValueError as error:  # ParameterFileError, ConfigError
         raise CliError(str(error)) from None
 
 
@@ -65,16 +47,15 @@ def _serve_until_interrupted(stop: threading.Event) -> None:
     stop.set()
 
 
-def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Namespace, total_frames: int) -> int:
+def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Namespace, total_frames: int | None) -> int:
     from streamtomo.app.runner import Progress, ReplayRun
     from streamtomo.hsds_bridge.nexus_file import write_nexus
 
-    if args.hsds:
-        # The reducer mirrors the domain there; credentials come from the environment
-        # or a file (streamtomo.hsds_bridge.credentials), never from the command line.
-        os.environ["STREAMTOMO_HSDS_ENDPOINT"] = args.hsds
+    # With --hsds the reducer mirrors the domain there; credentials come from the
+    # environment or a file (streamtomo.hsds_bridge.credentials), never from the command line.
     stop = threading.Event() if args.serve else None
-    run = ReplayRun(recordings, config, workers=args.workers, http_port=args.port, rate_hz=args.rate, keep_serving=stop)
+    run = ReplayRun(recordings, config, workers=args.workers, http_port=args.port, rate_hz=args.rate, keep_serving=stop,
+                    hsds_endpoint=args.hsds or "")
     viewer = None
     try:
         reducer = run.start()
@@ -136,12 +117,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     config = _load_config(args.parameters, {"domain": args.domain})
-    return _run([Path(f) for f in args.files], config, args, total_frames=config.n_darks_before + config.n_flats_before + config.n_projections + config.n_flats_after + config.n_darks_after)
+    return _run([Path(f) for f in args.files], config, args, total_frames=config.expected_frames())
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from streamtomo.app.parameter_files import write_parameter_file
     from streamtomo.app.recordings import write_recordings
-    from streamtomo.app.runner import write_parameter_file
     from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
 
     spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=args.angles, order=args.order, seed=args.seed, n_flats_after=args.flats_after)
@@ -172,7 +153,7 @@ def cmd_hsds(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from streamtomo.app.runner import parameter_list
+    from streamtomo.app.parameter_files import parameter_list
 
     if args.explain:
         for f in fields(PipelineConfig):

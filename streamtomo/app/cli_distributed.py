@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from streamtomo.pipeline.config import ConfigError, PipelineConfig
+from streamtomo.pipeline.config import ConfigError
 
 logger = logging.getLogger("streamtomo")
 
@@ -33,7 +33,9 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from streamtomo.app.services import LocalDeployment, default_state_path, http_json
+    from streamtomo.app.deployment import LocalDeployment
+    from streamtomo.app.deployment_state import default_state_path
+    from streamtomo.controller_client import ControllerError
 
     state_path = Path(args.state) if args.state else default_state_path()
     signal.signal(signal.SIGTERM, _raise_stop)
@@ -63,9 +65,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                         reported_dead.add(name)
                         logger.warning("%s exited (status %s); its log: %s", name, service.popen.returncode, service.log)
                 try:
-                    p = http_json(f"{state.controller_url}/api/v1/progress", timeout=5)
+                    p = deployment.controller.progress(timeout=5)
                     line = f"scan: {p['completed_events']}/{p['total_events']} events" + (" (finished)" if p["finished"] else "")
-                except OSError as error:
+                except (OSError, ControllerError) as error:
                     line = f"controller unreachable: {error}"
                 if line != last:
                     logger.info("%s", line)
@@ -83,24 +85,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parameter_values(path: str | None) -> dict[str, object]:
-    """Config values from a parameter file (JSON object or dranspose list); other
-    dranspose parameters in it (dump_prefix, references) are ignored."""
-    if not path:
-        return {}
-    doc = json.loads(Path(path).read_text())
-    if isinstance(doc, list):
-        doc = {p["name"]: p.get("value", p.get("data")) for p in doc}
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a JSON object or a dranspose parameter list")
-    names = set(PipelineConfig.__dataclass_fields__)
-    return {k: v for k, v in doc.items() if k in names}
-
-
 def cmd_play(args: argparse.Namespace) -> int:
-    from streamtomo.app.play import PlayError, frame_events, play, recorded_events
-    from streamtomo.app.runner import write_parameter_file
-    from streamtomo.app.services import DeploymentError, DeploymentState, default_state_path
+    from streamtomo.app.beamline_events import frame_events, recorded_events
+    from streamtomo.app.deployment_state import DeploymentError, DeploymentState, default_state_path
+    from streamtomo.app.parameter_files import load_config, read_config_values, write_parameter_file
+    from streamtomo.app.play import PlayError, play
+    from streamtomo.controller_client import ControllerError
 
     try:
         state = DeploymentState.read(Path(args.state) if args.state else default_state_path())
@@ -114,13 +104,13 @@ def cmd_play(args: argparse.Namespace) -> int:
     state.angle_upstream = args.panda or state.angle_upstream
     try:
         if args.files:
-            config = PipelineConfig.from_mapping(_parameter_values(args.parameters))
+            config = load_config(args.parameters)
             events = recorded_events(args.files, config)
         else:
             from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
 
             spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=args.angles, seed=args.seed)
-            config = spec.config(**_parameter_values(args.parameters))
+            config = spec.config(**(read_config_values(args.parameters) if args.parameters else {}))
             events = frame_events(ScanSimulator(spec).frames(), config, state.detector_format, args.compression)
     except (OSError, ValueError, ConfigError) as error:
         print(f"streamtomo: error: {error}")
@@ -131,7 +121,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     try:
         result = play(state, events, config, rate_hz=args.rate, max_frames=args.max_frames, dump_prefix=prefix,
                       stall_timeout=args.stall_timeout)
-    except (PlayError, DeploymentError, OSError) as error:
+    except (PlayError, DeploymentError, ControllerError, OSError) as error:
         print(f"streamtomo: error: {error}")
         return 1
     rate = result.frames_sent / result.seconds if result.seconds > 0 else 0.0

@@ -18,20 +18,18 @@ TCP listener is :mod:`streamtomo.app.hsds_proxy`, bound to 127.0.0.1.
 Passwords are generated once (``secrets``), kept across restarts of the same
 ``root_dir`` (a restarted server must accept the writer that is still running),
 and never passed on a command line: HSDS reads them from the password file.
+Everything under ``root_dir`` is private to its user: directories 0700, files 0600
+(:func:`streamtomo.app.local_hsds_setup.make_private`, and umask 077 for the servers).
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import ipaddress
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,15 +37,22 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from streamtomo.app import hsds_proxy
+from streamtomo.app.local_hsds_setup import (
+    DEFAULT_BUCKET,
+    SCRUBBED_ENV,
+    HsdsAccounts,
+    load_or_create_accounts,
+    make_private,
+    override_yaml,
+)
+from streamtomo.app.processes import ServiceProcess, is_loopback, listening_tcp_sockets, pids_in_group, spawn
 from streamtomo.hsds_bridge.credentials import (
     Credentials,
-    parse_credentials_line,
     write_credentials_file,
     write_private_file,
 )
@@ -55,135 +60,10 @@ from streamtomo.hsds_bridge.credentials import (
 log = logging.getLogger(__name__)
 
 MAX_SOCKET_DIR_LEN = 63  # hsds app.py: longer unix socket paths break binding
-DEFAULT_BUCKET = "streamtomo"
-# HSDS config keys we set in override.yml. Environment variables outrank the
-# override file, so any of these inherited from the caller's shell are removed.
-_SCRUBBED_ENV = (
-    "ALLOW_NOAUTH",
-    "BUCKET_NAME",
-    "ROOT_DIR",
-    "PASSWORD_FILE",
-    "CORS_DOMAIN",
-    "CHUNK_MEM_CACHE_SIZE",
-    "LOG_LEVEL",
-    "CONFIG_DIR",
-    "CONFIG_OVERRIDE_PATH",
-    "DEFAULT_PUBLIC",
-    "ADMIN_USER",
-    "ADMIN_GROUP",
-    "PASSWORD_SALT",
-    "AWS_S3_GATEWAY",
-    "AZURE_CONNECTION_STRING",
-    "HS_USERNAME",
-    "HS_PASSWORD",
-    "HS_ENDPOINT",
-)
 
 
 class HsdsStartError(RuntimeError):
     """HSDS did not come up; the message carries the tail of its log."""
-
-
-@dataclass(frozen=True)
-class HsdsAccounts:
-    """The three accounts of a local server."""
-
-    admin: Credentials
-    writer: Credentials
-    viewer: Credentials
-
-    def by_name(self) -> dict[str, Credentials]:
-        return {c.username: c for c in (self.admin, self.writer, self.viewer)}
-
-
-def _generate_password() -> str:
-    # token_urlsafe never yields ':' (HSDS splits password-file lines on it).
-    return secrets.token_urlsafe(24)
-
-
-def _load_or_create_accounts(passwd: Path, writer: str, viewer: str) -> HsdsAccounts:
-    existing: dict[str, Credentials] = {}
-    if passwd.exists():
-        for line in passwd.read_text(encoding="utf-8").splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                cred = parse_credentials_line(line, source=str(passwd))
-                existing[cred.username] = cred
-
-    def get(user: str) -> Credentials:
-        return existing.get(user) or Credentials(user, _generate_password())
-
-    accounts = HsdsAccounts(admin=get("admin"), writer=get(writer), viewer=get(viewer))
-    lines = [c.as_line() for c in accounts.by_name().values()]
-    write_private_file(passwd, "\n".join(lines) + "\n")
-    return accounts
-
-
-def _override_yaml(settings: dict[str, Any]) -> str:
-    # JSON is valid YAML; it keeps booleans real booleans (an env var "false"
-    # would be cast with bool("false") == True by hsds.config).
-    return "".join(f"{key}: {json.dumps(value)}\n" for key, value in settings.items())
-
-
-def _loopback(addr: str) -> bool:
-    return addr.startswith(("127.", "::ffff:127.")) or addr == "::1"
-
-
-def _decode_proc_addr(hex_addr: str) -> tuple[str, int]:
-    ip_hex, port_hex = hex_addr.split(":")
-    port = int(port_hex, 16)
-    raw = bytes.fromhex(ip_hex)
-    if len(raw) == 4:
-        return ".".join(str(b) for b in raw[::-1]), port
-    # /proc/net/tcp6: four little-endian 32-bit words
-    words = [raw[i : i + 4][::-1] for i in range(0, 16, 4)]
-    b = b"".join(words)
-    return str(ipaddress.IPv6Address(b)), port
-
-
-def listening_tcp_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
-    """``(pid, address, port)`` of every TCP socket in LISTEN state held by ``pids``."""
-    inode_pid: dict[str, int] = {}
-    for pid in pids:
-        fd_dir = Path(f"/proc/{pid}/fd")
-        try:
-            fds = list(fd_dir.iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inode_pid[target[8:-1]] = pid
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if len(cols) > 9 and cols[3] == "0A" and cols[9] in inode_pid:
-                addr, port = _decode_proc_addr(cols[1])
-                found.append((inode_pid[cols[9]], addr, port))
-    return found
-
-
-def _pids_in_group(pgid: int) -> set[int]:
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pgrp is the 5th field, after "pid (comm) state ppid"; comm may hold spaces.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and int(fields[2]) == pgid:
-            pids.add(int(entry.name))
-    return pids
 
 
 class LocalHsds:
@@ -231,9 +111,8 @@ class LocalHsds:
         }
         self._accounts: HsdsAccounts | None = None
         self._socket_dir: Path | None = None
-        self._launcher: subprocess.Popen[bytes] | None = None
-        self._proxy: subprocess.Popen[bytes] | None = None
-        self._log_files: list[Any] = []
+        self._launcher: ServiceProcess | None = None
+        self._proxy: ServiceProcess | None = None
         self._atexit_registered = False
 
     # -- paths and accounts -----------------------------------------------------
@@ -273,17 +152,17 @@ class LocalHsds:
 
     @property
     def running(self) -> bool:
-        return self._launcher is not None and self._launcher.poll() is None
+        return self._launcher is not None and self._launcher.alive()
 
     @property
     def pgid(self) -> int | None:
-        return self._launcher.pid if self._launcher is not None else None
+        return self._launcher.pgid if self._launcher is not None else None
 
     # -- start ------------------------------------------------------------------
     def _prepare_accounts(self) -> None:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.config_dir, 0o700)
-        self._accounts = _load_or_create_accounts(self.config_dir / "passwd.txt", self.writer_user, self.viewer_user)
+        self._accounts = load_or_create_accounts(self.config_dir / "passwd.txt", self.writer_user, self.viewer_user)
         for cred in self._accounts.by_name().values():
             write_credentials_file(self.credentials_file(cred.username), cred)
 
@@ -291,7 +170,8 @@ class LocalHsds:
         self._prepare_accounts()
         (self.storage_dir / self.bucket).mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.config_dir / "override.yml").write_text(_override_yaml(self._settings))
+        write_private_file(self.config_dir / "override.yml", override_yaml(self._settings))
+        make_private(self.root_dir)
         if self._socket_dir is None:
             self._socket_dir = Path(tempfile.mkdtemp(prefix="sth", dir="/tmp"))  # 0700
         if len(str(self._socket_dir)) > MAX_SOCKET_DIR_LEN - len("/sn_1.sock"):
@@ -300,15 +180,10 @@ class LocalHsds:
             stale.unlink()  # left behind by a killed server
 
     def _child_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
         env["CONFIG_OVERRIDE_PATH"] = str(self.config_dir / "override.yml")
         env["PYTHONUNBUFFERED"] = "1"
         return env
-
-    def _open_log(self, name: str) -> Any:
-        fh = open(self.log_dir / name, "ab")  # noqa: SIM115 - closed in _reap()
-        self._log_files.append(fh)
-        return fh
 
     def _launch(self) -> None:
         assert self._socket_dir is not None
@@ -325,12 +200,10 @@ class LocalHsds:
             "--logfile", str(self.log_dir / "hs.log"),
         ]  # fmt: skip
         env = self._child_env()
-        # process_group=0: own group in our session, so a terminal's Ctrl-C reaches
-        # only us (we flush first) and the proxy can join the group.
-        self._launcher = subprocess.Popen(
-            cmd, cwd=self.log_dir, env=env, stdin=subprocess.DEVNULL,
-            stdout=self._open_log("launcher.log"), stderr=subprocess.STDOUT, process_group=0,
-        )  # fmt: skip
+        # A process group of its own in our session, so a terminal's Ctrl-C reaches
+        # only us (we flush first); the proxy joins the group. umask 077: the storage,
+        # logs and sockets are this user's only.
+        self._launcher = spawn("hsds", cmd, self.log_dir / "launcher.log", env=env, cwd=self.log_dir, private=True)
         port_file = self.config_dir / "proxy.port"
         port_file.unlink(missing_ok=True)
         proxy_cmd = [
@@ -338,10 +211,8 @@ class LocalHsds:
             "--socket", str(self._socket_dir / "sn_1.sock"),
             "--port", str(self.port), "--port-file", str(port_file),
         ]  # fmt: skip
-        self._proxy = subprocess.Popen(
-            proxy_cmd, env=env, stdin=subprocess.DEVNULL, stdout=self._open_log("proxy.log"),
-            stderr=subprocess.STDOUT, process_group=self._launcher.pid,
-        )  # fmt: skip
+        self._proxy = spawn("hsds-proxy", proxy_cmd, self.log_dir / "proxy.log", env=env, cwd=self.log_dir,
+                            group=self._launcher.pgid, private=True)
 
     def start(self) -> LocalHsds:
         """Start HSDS and the proxy; return once ``/about`` reports READY."""
@@ -367,9 +238,9 @@ class LocalHsds:
         return self
 
     def _check_alive(self) -> None:
-        for name, proc in (("hsds", self._launcher), ("proxy", self._proxy)):
-            if proc is not None and proc.poll() is not None:
-                raise HsdsStartError(f"{name} exited with {proc.returncode}: {self.log_tail()}")
+        for proc in (self._launcher, self._proxy):
+            if proc is not None and not proc.alive():
+                raise HsdsStartError(f"{proc.name} exited with {proc.popen.returncode}: {self.log_tail()}")
 
     def _wait_port(self, deadline: float) -> int:
         port_file = self.config_dir / "proxy.port"
@@ -478,11 +349,7 @@ class LocalHsds:
             log.info("flushed %d HSDS domain(s) before stopping", flushed)
         except OSError as exc:
             log.warning("flush before stop failed: %s", exc)
-        self._signal_group(signal.SIGTERM)
-        if not self._wait_exit(timeout):
-            log.warning("HSDS did not stop within %.0fs; killing it", timeout)
-            self._signal_group(signal.SIGKILL)
-            self._wait_exit(5.0)
+        self._launcher.stop(timeout)
         self._reap()
         log.info("HSDS stopped")
 
@@ -490,36 +357,14 @@ class LocalHsds:
         """SIGKILL the whole process group at once (simulates a crash)."""
         if self._launcher is None:
             return
-        self._signal_group(signal.SIGKILL)
-        self._wait_exit(10.0)
+        self._launcher.kill(10.0)
         self._reap()
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        assert self._launcher is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._launcher.pid, sig)
-
-    def _wait_exit(self, timeout: float) -> bool:
-        assert self._launcher is not None
-        pgid = self._launcher.pid
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for proc in (self._launcher, self._proxy):
-                if proc is not None:
-                    proc.poll()  # reap our direct children so they leave the group
-            if not _pids_in_group(pgid):
-                return True
-            time.sleep(0.05)
-        return False
 
     def _reap(self) -> None:
         for proc in (self._launcher, self._proxy):
-            if proc is not None and proc.poll() is None:
-                proc.wait(timeout=5)
+            if proc is not None and proc.alive():
+                proc.popen.wait(timeout=5)
         self._launcher = self._proxy = None
-        for fh in self._log_files:
-            fh.close()
-        self._log_files.clear()
         if self._socket_dir is not None:
             for sock in self._socket_dir.glob("*.sock"):
                 sock.unlink(missing_ok=True)
@@ -538,7 +383,7 @@ class LocalHsds:
 
     # -- diagnostics ----------------------------------------------------------------
     def pids(self) -> set[int]:
-        return _pids_in_group(self.pgid) if self.pgid is not None else set()
+        return pids_in_group(self.pgid) if self.pgid is not None else set()
 
     def listening_sockets(self) -> list[tuple[int, str, int]]:
         """Every TCP listener of the server's processes: ``(pid, address, port)``."""
@@ -548,7 +393,7 @@ class LocalHsds:
         sockets = self.listening_sockets()
         if not sockets:
             raise AssertionError("no TCP listener found for the HSDS process group")
-        exposed = [s for s in sockets if not _loopback(s[1])]
+        exposed = [s for s in sockets if not is_loopback(s[1])]
         if exposed:
             raise AssertionError(f"HSDS listens beyond loopback: {exposed}")
 

@@ -8,18 +8,18 @@ dranspose and the adapters are imported here, lazily, never by the core.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamtomo.app.parameter_files import write_parameter_file
+from streamtomo.app.reducer_environment import ReducerEnvironment
 from streamtomo.pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -43,20 +43,6 @@ class RunSummary:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def parameter_list(config: PipelineConfig) -> list[dict[str, str]]:
-    """dranspose's parameter-file form: one entry per config field."""
-    out = []
-    for f in fields(PipelineConfig):
-        value = getattr(config, f.name)
-        out.append({"name": f.name, "data": str(value)})
-    return out
-
-
-def write_parameter_file(config: PipelineConfig, path: Path) -> Path:
-    path.write_text(json.dumps(parameter_list(config), indent=1))
-    return path
-
-
 class ReplayRun:
     """One in-process replay; ``reducer`` is available once :meth:`start` returns."""
 
@@ -68,12 +54,14 @@ class ReplayRun:
         http_port: int = 0,
         rate_hz: float | None = None,
         keep_serving: threading.Event | None = None,
+        hsds_endpoint: str = "",
     ) -> None:
         self.recordings = [Path(p) for p in recordings]
         self.config = config
         self.workers = workers
         self.http_port = http_port
         self.rate_hz = rate_hz
+        self.reducer_environment = ReducerEnvironment(http_port=http_port, hsds_endpoint=hsds_endpoint)
         self._start = threading.Event()
         self._done = threading.Event()
         self._stop = keep_serving
@@ -91,7 +79,6 @@ class ReplayRun:
         missing = [str(p) for p in self.recordings if not p.exists()]
         if missing:
             raise FileNotFoundError(f"recordings not found: {missing}")
-        os.environ["STREAMTOMO_HTTP_PORT"] = str(self.http_port)
         params = write_parameter_file(self.config, Path(self._tmp.name) / "parameters.json")
         dreplay.reducer = None
         latency = 1.0 / self.rate_hz if self.rate_hz else None
@@ -108,14 +95,17 @@ class ReplayRun:
                 self._done.set()
 
         self._thread = threading.Thread(target=target, name="dranspose-replay", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while getattr(dreplay, "reducer", None) is None:
-            if self._error is not None:
-                raise RuntimeError(f"replay failed to start: {self._error!r}") from self._error
-            if time.monotonic() > deadline:
-                raise TimeoutError("the reducer did not start")
-            time.sleep(0.01)
+        # dranspose builds the reducer in that thread, from the environment (see
+        # streamtomo.app.reducer_environment): keep it set until the reducer exists.
+        with self.reducer_environment.applied():
+            self._thread.start()
+            deadline = time.monotonic() + timeout
+            while getattr(dreplay, "reducer", None) is None:
+                if self._error is not None:
+                    raise RuntimeError(f"replay failed to start: {self._error!r}") from self._error
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the reducer did not start")
+                time.sleep(0.01)
         self.reducer = dreplay.reducer
         return self.reducer
 
@@ -171,8 +161,8 @@ class ReplayRun:
 class Progress:
     """A bar on a terminal, log lines otherwise."""
 
-    def __init__(self, total: int, stream: Any = None) -> None:
-        self.total = max(total, 1)
+    def __init__(self, total: int | None, stream: Any = None) -> None:
+        self.total = total  # None: not known (kind_rule header)
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last_log = 0.0
@@ -181,15 +171,15 @@ class Progress:
         done = int(status.get("frames_received", 0))
         if self.tty:
             width = 30
-            filled = int(width * min(done / self.total, 1.0))
+            filled = int(width * min(done / max(self.total, 1), 1.0)) if self.total else 0
             self.stream.write(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} frames, "
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total or '?'} frames, "
                 f"{status.get('projections', 0)} projections, {status.get('frames_rejected', 0)} rejected"
             )
             self.stream.flush()
         elif time.monotonic() - self._last_log > 2.0:
             self._last_log = time.monotonic()
-            logger.info("progress: %d/%d frames, %s projections, %s rejected", done, self.total, status.get("projections"), status.get("frames_rejected"))
+            logger.info("progress: %d/%s frames, %s projections, %s rejected", done, self.total or "?", status.get("projections"), status.get("frames_rejected"))
 
     def close(self) -> None:
         if self.tty:

@@ -234,11 +234,11 @@ class ChunkBacklog:
         with self.lock:
             return all(m.key in self.pending or m.key in self.pending_tail for m in members)
 
-    def undelivered_at_close(self) -> int:
-        """Count what is still queued as dropped (close gave up); chunks left."""
+    def undelivered_at_close(self, in_flight: int) -> int:
+        """close() ends before HSDS acknowledged everything: count the updates still
+        queued or in flight (at least one) as dropped; returns the chunks left."""
         with self.lock:
-            left = len(self.pending) + len(self.pending_tail)
-            if left:
-                self.stats.dropped_updates += max(1, self.pending_updates)
-                self.counters["unsent_chunks"] = left
+            left = len(self.pending) + len(self.pending_tail) + in_flight
+            self.stats.dropped_updates += max(1, self.pending_updates + (1 if self.busy or in_flight else 0))
+            self.counters["unsent_chunks"] = left
             return left

@@ -180,7 +180,7 @@ class HsdsWriter:
             if not self._main_done.is_set():
                 self._detached = True
         if self._detached:
-            left = self._backlog.undelivered_at_close()
+            left = self._backlog.undelivered_at_close(len(self._mirror.inflight))
             log.warning(
                 "HSDS domain %s not complete after %.0f s (%d chunk(s) not delivered, counted as dropped); "
                 "the writer keeps trying in the background for up to %.0f s",
@@ -195,7 +195,7 @@ class HsdsWriter:
         if future is not None and future.done() and not future.cancelled() and future.exception() is not None:
             log.debug("writer loop ended with %r", future.exception())
         if not self.complete:
-            left = self._backlog.undelivered_at_close()
+            left = self._backlog.undelivered_at_close(0)
             self._backlog.error(f"HSDS domain {self.domain_name} is NOT complete ({left} chunk(s) not delivered)")
         s = self.stats()
         log.info(

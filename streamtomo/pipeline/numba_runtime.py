@@ -5,15 +5,32 @@ numba's OpenMP layer cost a fixed ~8 ms per parallel call here (5 slices of 256^
 workqueue layer unless NUMBA_THREADING_LAYER says otherwise. The workqueue layer
 must not be entered from two threads at once (the reducer's timer and the replay
 thread both backproject), hence the lock around every parallel call.
+
+:func:`compile_kernel` is how every kernel of ours is compiled: the threading
+layer first, the same flags, the disk cache for the parallel variant only, and the
+lock around parallel calls. numba is imported only when a kernel is first needed.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 PARALLEL_LOCK = threading.Lock()
+# Below this many element updates a parallel region costs more than it saves: waking
+# the thread pool takes tens of microseconds, and far more on a loaded machine.
+PARALLEL_MIN_ELEMENTS = 1 << 18
+_K = TypeVar("_K", bound=Callable[..., None])
+
+
+@functools.cache
+def numba_available() -> bool:
+    """Whether numba can be imported (checked without importing it)."""
+    return importlib.util.find_spec("numba") is not None
 
 
 def load_numba() -> Any:
@@ -22,3 +39,23 @@ def load_numba() -> Any:
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
     return numba
+
+
+def compile_kernel(define: Callable[[Any], _K], parallel: bool) -> _K:
+    """Compile the kernel ``define(numba)`` returns (it may use ``numba.prange``).
+
+    Call it from a ``functools.cache``-d function per ``parallel`` value. numba's disk
+    cache is keyed by function name and line, not by flags: caching both variants
+    would load one for the other, so only the parallel one is cached. Parallel calls
+    take :data:`PARALLEL_LOCK`.
+    """
+    numba = load_numba()  # threading layer first
+    kernel = numba.njit(parallel=parallel, cache=parallel, nogil=True)(define(numba))
+    if not parallel:
+        return kernel  # type: ignore[no-any-return]
+
+    def locked(*args: Any) -> None:
+        with PARALLEL_LOCK:
+            kernel(*args)
+
+    return locked  # type: ignore[return-value]

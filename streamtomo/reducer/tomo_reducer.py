@@ -225,10 +225,14 @@ class TomoReducer:
         with self.lock:
             self._finished.set()
         if self.hsds is not None:
-            # The scan's HSDS domain is complete: send the rest and flush to storage.
+            # Send the rest, flush, check the domain as readers see it. The writer stays a
+            # publisher: what it could not deliver is counted by now, and this publish puts
+            # the count into the domain (the final file) and, once HSDS answers, into HSDS.
             self.hsds.close(timeout=60.0)
-            self.publishers.remove(self.hsds)
-            logger.info("HSDS domain %s complete (%s)", self.hsds.domain_name, self.hsds.stats())
+            with self.lock:
+                self._publish_locked()
+            state = "complete" if self.hsds.complete else "not complete yet (finishing in the background)"
+            logger.info("HSDS domain %s %s (%s)", self.hsds.domain_name, state, self.hsds.stats())
         status = self.scan.status()
         if self.scan.state == "failed":
             logger.warning("scan failed: %s", self.scan.reason)

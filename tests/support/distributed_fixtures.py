@@ -1,5 +1,5 @@
 """Helpers for the distributed-pipeline tests: read a live domain with h5pyd 1.0,
-compare domains, scans as frame lists, and a worker shim for Dectris Stream v1."""
+compare domains, scans as frame lists, and which sockets the services listen on."""
 
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ from typing import Any
 import h5pyd
 import numpy as np
 
-from streamtomo.app.services import LocalDeployment
-from streamtomo.pipeline.formats import eiger, stins
+from streamtomo.app.deployment import LocalDeployment
 from streamtomo.pipeline.scan import Frame, ImageKey
 from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
-from streamtomo.workers.tomo_worker import TomoWorker
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 # Values that differ between any two runs by construction.
@@ -154,39 +152,3 @@ def assert_same_domain(live: dict[str, Any], reference: dict[str, Any], tol: flo
                 np.testing.assert_allclose(got, want, rtol=tol, atol=tol * (scale or 1.0), err_msg=path)
             else:
                 assert np.array_equal(got, want), path
-
-
-# -- Dectris Stream v1 through the current worker --------------------------------------------
-
-
-def _as_stins(parts: Sequence[Any]) -> list[bytes]:
-    message = eiger.decode_eiger_legacy(parts)
-    if isinstance(message, stins.StinsImage):
-        extra = {k: v for k, v in message.extra.items() if k not in {"htype", "msg_number", "frame", "shape", "type", "compression"}}
-        return stins.encode_image(message.msg_number, message.frame, message.array, "none", **extra)
-    if isinstance(message, stins.StinsHeader):
-        return stins.encode_header(message.msg_number, message.filename)
-    return stins.encode_series_end(message.msg_number)
-
-
-class EigerShimWorker(TomoWorker):
-    """TomoWorker reading EIGER_LEGACY events through :mod:`streamtomo.pipeline.formats.eiger`.
-
-    Only until ``TomoWorker`` picks its decoder by stream type itself (see the
-    report of issue 5): events are re-encoded as STINS and handed on unchanged.
-    """
-
-    def process_event(self, event: Any, parameters: dict[Any, Any] | None = None, tick: bool = False, **kwargs: Any) -> Any:
-        for stream in getattr(event, "streams", {}).values():
-            if stream.typ == eiger.STREAM_TYPE:
-                stream.frames = _as_stins(stream.frames)
-                stream.typ = stins.STREAM_TYPE
-        return super().process_event(event, parameters, tick, **kwargs)
-
-
-def eiger_worker_class() -> str:
-    """Our worker if it decodes Dectris Stream v1 itself, else the shim above."""
-    import streamtomo.workers.tomo_worker as tomo
-
-    native = hasattr(tomo, "decode_eiger_legacy")
-    return "streamtomo.workers.tomo_worker:TomoWorker" if native else "tests.distributed_fixtures:EigerShimWorker"

@@ -1,4 +1,4 @@
-"""The pipeline as real dranspose services (issue 5): Redis, controller, ingesters for
+"""The pipeline as real dranspose services: Redis, controller, ingesters for
 the STINS and PandA streams, workers and reducer as processes on 127.0.0.1, fed by
 ``streamtomo.app.play`` over ZeroMQ and TCP, read back with h5pyd 1.0.
 
@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 
 import streamtomo.app.play as play_module
-from streamtomo.app.play import frame_events, play, recorded_events, scan_mapping
-from streamtomo.app.services import LocalDeployment, tolerant_ingester
+from streamtomo.app.beamline_events import frame_events, recorded_events, scan_mapping
+from streamtomo.app.deployment import LocalDeployment
+from streamtomo.app.play import play
+from streamtomo.app.zmq_loopback import tolerant_ingester
 from streamtomo.pipeline.formats import eiger
 from streamtomo.pipeline.formats.errors import FrameError
 from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage
@@ -32,7 +34,6 @@ from tests.support.distributed_fixtures import (
     KILLED_WORKER_NOISE,
     LOOPBACK,
     assert_same_domain,
-    eiger_worker_class,
     listening_sockets,
     projections_only,
     read_domain,
@@ -140,9 +141,11 @@ def test_ingester_drops_messages_for_a_dead_worker(caplog: pytest.LogCaptureFixt
 def test_services_listen_on_loopback_only(clean_logs: LocalDeployment) -> None:
     listeners = listening_sockets(clean_logs)
     services = {name for name, _, _ in listeners}
-    # Redis, controller, reducer (API, results, live domain), both ingesters.
+    # Redis, controller, reducer (API, results, live domain, parameter control), both ingesters.
     assert {"redis", "controller", "reducer", "detector-ingester", "angle-ingester"} <= services
-    assert sum(1 for name, _, _ in listeners if name == "reducer") == 3
+    reducer_ports = {port for name, _, port in listeners if name == "reducer"}
+    assert len(reducer_ports) == 4
+    assert clean_logs.reducer_environment.control_port in reducer_ports
     assert [s for s in listeners if s[1] not in LOOPBACK] == []
 
 
@@ -264,8 +267,7 @@ def test_eiger_stream_through_the_deployment(tmp_path: Path) -> None:
     """Dectris Stream v1 from the detector: the same domain as STINS recordings replayed."""
     spec, frames = simulated_scan(seed=7, angles=60)
     config = spec.config()
-    with LocalDeployment(workers=2, run_dir=tmp_path / "eiger", detector_format="eiger_legacy",
-                         worker_class=eiger_worker_class()) as d:
+    with LocalDeployment(workers=2, run_dir=tmp_path / "eiger", detector_format="eiger_legacy") as d:
         result = play(d.state, frame_events(frames, config, "eiger_legacy", "bslz4"), config)
         live = read_domain(d.state.live_endpoint, config.domain)
         assert d.error_lines() == []

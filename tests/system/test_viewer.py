@@ -59,7 +59,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _answer(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.seen.append((self.command, self.path, dict(self.headers), body))
-        if self.path.startswith("/streamtomo/parameters/center") and body == b"bad":
+        if self.path.startswith("/streamtomo/parameters/center") and b'"bad"' in body:
             self.send_response(400, "centre bad is not a number")
             self.send_header("Content-Type", "text/plain")
             self.end_headers()
@@ -102,8 +102,9 @@ def test_proxy_pins_the_domain_adds_credentials_and_reports_a_dead_endpoint(
     monkeypatch.setenv(ENV_USERNAME, "reader")
     monkeypatch.setenv(ENV_PASSWORD, "s3cret")
     endpoint = f"http://127.0.0.1:{upstream.server_address[1]}"
-    target = ViewerTarget(endpoint, "/a/live.h5", control=endpoint, authorization=basic_auth_from_env())
-    assert "s3cret" not in repr(target)
+    token = "control-token-0123456789abcdef"
+    target = ViewerTarget(endpoint, "/a/live.h5", control=endpoint, authorization=basic_auth_from_env(), control_token=token)
+    assert "s3cret" not in repr(target) and token not in repr(target)
     with ViewerServer(target, static_dir=fake_static).start() as viewer:
         assert "viewer" in requests.get(viewer.url, timeout=5).text
         assert requests.get(viewer.url + "viewer.json", timeout=5).json() == {"domain": "/a/live.h5", "endpoint": endpoint, "control": True}
@@ -116,12 +117,26 @@ def test_proxy_pins_the_domain_adds_credentials_and_reports_a_dead_endpoint(
         assert "other.h5" not in path
         assert headers["Authorization"] == "Basic cmVhZGVyOnMzY3JldA=="
         assert headers["Accept"] == "application/octet-stream"
-        # control: forwarded without the HDF credentials; a refusal keeps its reason
-        assert requests.post(viewer.url + "control/parameters/center", data="33", timeout=5).status_code == 200
-        assert upstream.seen[-1][:2] == ("POST", "/streamtomo/parameters/center")
-        assert "Authorization" not in upstream.seen[-1][2]
-        assert upstream.seen[-1][3] == b"33"
-        bad = requests.post(viewer.url + "control/parameters/center", data="bad", timeout=5)
+        # control: forwarded with the control token (not the HDF credentials); a refusal keeps its reason
+        assert requests.post(viewer.url + "control/parameters/center", json={"value": "33"}, timeout=5).status_code == 200
+        method, path, headers, body = upstream.seen[-1]
+        assert (method, path) == ("POST", "/streamtomo/parameters/center")
+        assert headers["Authorization"] == f"Bearer {token}"
+        assert headers["Content-Type"] == "application/json"
+        assert json.loads(body) == {"value": "33"}
+        assert requests.get(viewer.url + "viewer.json", timeout=5).text.count(token) == 0  # the page never sees it
+        # what another site can send without a preflight, or from its own origin: refused here
+        forwarded = len(upstream.seen)
+        assert requests.post(viewer.url + "control/parameters/center", data="33", timeout=5).status_code == 415
+        assert requests.post(viewer.url + "control/parameters/center", data="33", headers={"Content-Type": "text/plain"}, timeout=5).status_code == 415
+        foreign = {"Origin": "http://evil.example"}
+        assert requests.post(viewer.url + "control/parameters/center", json={"value": "33"}, headers=foreign, timeout=5).status_code == 403
+        rebound = {"Host": "evil.example:80"}  # DNS rebinding: another name for this address
+        assert requests.post(viewer.url + "control/parameters/center", json={"value": "33"}, headers=rebound, timeout=5).status_code == 403
+        assert len(upstream.seen) == forwarded
+        own = {"Origin": viewer.url.rstrip("/")}
+        assert requests.post(viewer.url + "control/parameters/center", json={"value": "33"}, headers=own, timeout=5).status_code == 200
+        bad = requests.post(viewer.url + "control/parameters/center", json={"value": "bad"}, timeout=5)
         assert bad.status_code == 400
         assert bad.json()["message"] == "centre bad is not a number"
         assert requests.get(viewer.url + "hdf/../etc/passwd", timeout=5).status_code in (400, 404)
@@ -254,7 +269,8 @@ def _apply_centre(driver: Any, value: str, expect: str, timeout: float = 10.0) -
 
 def _watch_live_scan(run: Any, spec: SimulationSpec, target: dict[str, np.ndarray], new_centre: str, profile: Path) -> tuple[Path, list[dict[str, Any]]]:
     """Drive the page through a whole scan; returns the screenshot and the render log."""
-    with start_viewer(run.reducer.endpoint, run.reducer.domain.name) as viewer, browser.chromium(profile) as driver:
+    control = run.reducer.control
+    with start_viewer(run.reducer.endpoint, run.reducer.domain.name, control=control.url, control_token=control.token) as viewer, browser.chromium(profile) as driver:
         from selenium.webdriver.common.by import By
 
         driver.get(viewer.url)
@@ -282,7 +298,8 @@ def _watch_live_scan(run: Any, spec: SimulationSpec, target: dict[str, np.ndarra
                 expected = browser.severe(browser.console_entries(driver))
                 assert len(expected) == 1 and "control/parameters/center" in expected[0] and "400" in expected[0], expected
                 _apply_centre(driver, new_centre, expect=f"center set to {new_centre}")
-                assert run.reducer.scan.config.center == new_centre
+                # stored at once, applied (slices rebuilt) by the reducer at its next publish
+                browser.wait_until(lambda: run.reducer.scan.config.center == new_centre, 10, "the reducer to apply the centre")
                 changed_centre = True
             time.sleep(0.1)
         assert changed_centre, f"the scan ended before the centre could be changed: slow the replay down ({sorted(projections_seen)})"

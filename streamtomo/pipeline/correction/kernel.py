@@ -14,24 +14,21 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.numba_runtime import PARALLEL_LOCK, load_numba
-from streamtomo.pipeline.reconstruction.backprojection import numba_available
+from streamtomo.pipeline.numba_runtime import PARALLEL_MIN_ELEMENTS, compile_kernel, numba_available
 
 FloatArray = npt.NDArray[np.float32]
 _Kernel = Callable[[npt.NDArray[np.integer], npt.NDArray[np.int32], FloatArray, FloatArray, int, float, float, FloatArray], None]
 
 
-PARALLEL_MIN_PIXELS = 1 << 18  # smaller frames: a parallel region costs more than it saves
+PARALLEL_MIN_PIXELS = PARALLEL_MIN_ELEMENTS
 
 
 @functools.cache
 def _numba_kernel(parallel: bool = True) -> _Kernel:
-    load_numba()  # threading layer first
-    import numba
+    return compile_kernel(_define_kernel, parallel)
 
-    # numba's disk cache is keyed by function name and line, not by flags: caching
-    # both variants would load one for the other. Only the parallel one is cached.
-    @numba.njit(parallel=parallel, cache=parallel, nogil=True)
+
+def _define_kernel(numba: Any) -> _Kernel:
     def lut_kernel(frame, dark_int, log_denominator, table, offset, low, high, out):  # type: ignore[no-untyped-def]
         rows, cols = frame.shape
         for r in numba.prange(rows):
@@ -43,14 +40,7 @@ def _numba_kernel(parallel: bool = True) -> _Kernel:
                     v = high
                 out[r, c] = v
 
-    if not parallel:
-        return lut_kernel  # type: ignore[no-any-return,unused-ignore]
-
-    def locked(*args: Any) -> None:
-        with PARALLEL_LOCK:
-            lut_kernel(*args)
-
-    return locked
+    return lut_kernel  # type: ignore[no-any-return,unused-ignore]
 
 
 def _numpy_kernel(

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamtomo.pipeline.formats.errors import FrameError
 from streamtomo.pipeline.scan import ImageKey, image_key_from_name
+
+if TYPE_CHECKING:
+    from streamtomo.pipeline.config import PipelineConfig
 
 Segment = tuple[ImageKey, int | None]  # (kind, count); None: all remaining frames
 
@@ -62,6 +65,15 @@ class FrameKindRule:
             (ImageKey.DARK, n_darks_after),
         ]
         return cls(tuple(s for s in segs if s[1] != 0), header_key=header_key)
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> FrameKindRule:
+        """The rule a scan's configuration sets: ``kind_rule`` ``header`` (the key is
+        required in every image header) or ``counts`` (position only)."""
+        if config.kind_rule == "header":
+            return cls(header_key=config.kind_header_key, require_header=True)
+        return cls.from_counts(config.n_darks_before, config.n_flats_before, config.n_projections,
+                               config.n_flats_after, config.n_darks_after, header_key=None)
 
     @classmethod
     def from_spec(cls, spec: str, header_key: str | None = None) -> FrameKindRule:

@@ -17,7 +17,6 @@ noise (cos 90 deg is 6e-17, not 0) cannot drop a whole edge row.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 from collections.abc import Callable
 from typing import Any, Literal
@@ -25,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.numba_runtime import PARALLEL_LOCK, load_numba
+from streamtomo.pipeline.numba_runtime import PARALLEL_MIN_ELEMENTS, compile_kernel, numba_available
 
 Backend = Literal["auto", "numba", "numpy"]
 BACKENDS: tuple[str, ...] = ("auto", "numba", "numpy")
@@ -33,12 +32,6 @@ BACKENDS: tuple[str, ...] = ("auto", "numba", "numpy")
 FloatArray = npt.NDArray[np.float32]
 EDGE_TOL = 1e-6  # detector columns
 _Kernel = Callable[[FloatArray, FloatArray, float, float, float, float], None]
-
-
-@functools.cache
-def numba_available() -> bool:
-    """Whether numba can be imported (checked without importing it)."""
-    return importlib.util.find_spec("numba") is not None
 
 
 def resolve_backend(backend: str) -> Literal["numba", "numpy"]:
@@ -52,20 +45,16 @@ def resolve_backend(backend: str) -> Literal["numba", "numpy"]:
     return "numba" if backend == "numba" else "numpy"
 
 
-# Below this many pixel updates a parallel region costs more than it saves: waking
-# the thread pool takes tens of microseconds, and far more on a loaded machine.
-PARALLEL_MIN_UPDATES = 1 << 18
+PARALLEL_MIN_UPDATES = PARALLEL_MIN_ELEMENTS
 
 
 @functools.cache
 def _numba_kernel(parallel: bool = True) -> _Kernel:
     """Compile (or load from cache) the numba kernel; numba is imported only here."""
-    load_numba()  # threading layer first
-    import numba
+    return compile_kernel(_define_kernel, parallel)
 
-    # numba's disk cache is keyed by function name and line, not by flags: caching
-    # both variants would load one for the other. Only the parallel one is cached.
-    @numba.njit(parallel=parallel, cache=parallel, nogil=True)
+
+def _define_kernel(numba: Any) -> _Kernel:
     def backproject_kernel(out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float) -> None:
         n_slices, n, _ = out.shape
         n_cols = rows.shape[1]
@@ -85,14 +74,7 @@ def _numba_kernel(parallel: bool = True) -> _Kernel:
                     a = rows[k, i0]
                     out[k, i, j] += w * (a + frac * (rows[k, i0 + 1] - a))
 
-    if not parallel:
-        return backproject_kernel  # type: ignore[no-any-return,unused-ignore]
-
-    def locked(*args: Any) -> None:
-        with PARALLEL_LOCK:
-            backproject_kernel(*args)
-
-    return locked
+    return backproject_kernel
 
 
 def _numpy_kernel(

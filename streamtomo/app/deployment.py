@@ -1,0 +1,420 @@
+"""A real dranspose deployment on this machine, on 127.0.0.1 only.
+
+:class:`LocalDeployment` starts Redis (Debian ``redis-server``, unless a URL is
+given), the dranspose controller, one ingester per stream (the detector over
+ZeroMQ PULL, the PandA position capture over TCP), N workers and the reducer, each
+as its own process in its own process group (:mod:`streamtomo.app.processes`),
+logging to ``RUN_DIR/logs/NAME.log``. It waits until every service reports ready,
+and stops them in an order that lets each one close cleanly (workers, ingesters,
+reducer, controller, Redis). The service processes run
+:mod:`streamtomo.app.services`, which keeps them on loopback
+(:mod:`streamtomo.app.zmq_loopback` says how).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from streamtomo.app.deployment_state import DeploymentError, DeploymentState
+from streamtomo.app.processes import HOST, ServiceProcess, free_port, process_cpu_seconds, spawn
+from streamtomo.app.processes import wait_for as _wait_for
+from streamtomo.app.reducer_environment import ReducerEnvironment
+from streamtomo.controller_client import ControllerClient, ControllerTimeout
+
+logger = logging.getLogger(__name__)
+
+TOMO_WORKER = "streamtomo.workers.tomo_worker:TomoWorker"
+TOMO_REDUCER = "streamtomo.reducer.tomo_reducer:TomoReducer"
+DETECTOR_INGESTERS = {
+    "stins": "dranspose.ingesters.zmqpull_single:ZmqPullSingleIngester",
+    "eiger_legacy": "dranspose.ingesters.zmqpull_eiger_legacy:ZmqPullEigerLegacyIngester",
+}
+ANGLE_INGESTER = "dranspose.ingesters.tcp_positioncap:TcpPcapIngester"
+
+
+def wait_for(what: str, probe: Any, timeout: float, interval: float = 0.1) -> Any:
+    """:func:`streamtomo.app.processes.wait_for`, failing with :class:`DeploymentError`."""
+    return _wait_for(what, probe, timeout, interval, error=DeploymentError)
+
+
+def _http_ok(url: str) -> bool | None:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return True if response.status == 200 else None
+
+
+class LocalDeployment:
+    """Start a full dranspose deployment on 127.0.0.1; a context manager.
+
+    ``redis_url`` None starts a private ``redis-server``. ``dump_prefix`` (default:
+    ``RUN_DIR/recordings/``, empty to disable) makes the ingesters record every scan.
+    Ports are free ports picked at start; :attr:`state` has every address.
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        redis_url: str | None = None,
+        run_dir: str | os.PathLike[str] | None = None,
+        worker_class: str = TOMO_WORKER,
+        reducer_class: str = TOMO_REDUCER,
+        detector_format: str = "stins",
+        dump_prefix: str | None = None,
+        log_level: str = "INFO",
+        ready_timeout: float = 60.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"need at least 1 worker, got {workers}")
+        if detector_format not in DETECTOR_INGESTERS:
+            raise ValueError(f"detector_format {detector_format!r}: choose one of {sorted(DETECTOR_INGESTERS)}")
+        self.n_workers = workers
+        self.redis_url_given = redis_url
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix=f"streamtomo-run-{stamp}-"))
+        self.worker_class = worker_class
+        self.reducer_class = reducer_class
+        self.detector_format = detector_format
+        self.dump_prefix = str(self.run_dir / "recordings") + "/" if dump_prefix is None else dump_prefix
+        self.log_level = log_level
+        self.ready_timeout = ready_timeout
+        self.extra_env = dict(env or {})
+        self.processes: dict[str, ServiceProcess] = {}
+        self._worker_names: list[str] = []
+        self._crashed: list[str] = []
+        self._worker_serial = 0
+        self._state: DeploymentState | None = None
+        self._ports: dict[str, int] = {}
+        self._parameters_hash: str | None = None
+
+    # -- context manager --------------------------------------------------------------
+    def __enter__(self) -> LocalDeployment:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def state(self) -> DeploymentState:
+        if self._state is None:
+            raise DeploymentError("the deployment is not started")
+        return self._state
+
+    @property
+    def controller(self) -> ControllerClient:
+        return ControllerClient(self.state.controller_url)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    # -- start ------------------------------------------------------------------------
+    def start(self) -> DeploymentState:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.dump_prefix:
+            Path(os.path.dirname(self.dump_prefix) or ".").mkdir(parents=True, exist_ok=True)
+        for name in ("redis", "controller", "reducer_api", "reducer_zmq", "live", "control", "detector_ingester",
+                     "angle_ingester", "detector_upstream", "angle_upstream"):
+            self._ports[name] = free_port()
+        redis_url = self.redis_url_given or self._start_redis()
+        if self.redis_url_given:
+            wait_for(f"redis at {redis_url}", lambda: _redis_url_ping(redis_url), self.ready_timeout)
+        controller_url = f"http://{HOST}:{self._ports['controller']}"
+        self._state = DeploymentState(
+            controller_url=controller_url,
+            redis_url=redis_url,
+            live_endpoint=f"http://{HOST}:{self._ports['live']}",
+            domain="/streamtomo/live.h5",
+            detector_upstream=f"tcp://{HOST}:{self._ports['detector_upstream']}",
+            angle_upstream=f"tcp://{HOST}:{self._ports['angle_upstream']}",
+            detector_format=self.detector_format,
+            run_dir=str(self.run_dir),
+            dump_prefix=self.dump_prefix,
+        )
+        self._spawn("controller", ["controller", "--port", str(self._ports["controller"])])
+        wait_for("the controller", lambda: self.controller.config(timeout=2), self.ready_timeout)
+        logger.info("controller ready at %s", controller_url)
+        self._start_reducer()
+        # Workers start once the controller has set every parameter's default: the
+        # defaults arrive as a burst of updates, which new workers would answer while
+        # the controller's cached view does not list them yet (see _run_until_sigterm).
+        self.wait_defaults()
+        self._spawn_ingesters()
+        for _ in range(self.n_workers):
+            self._spawn_worker()
+        self.wait_ready()
+        # The reducer shares darks and flats with every worker through the controller.
+        self.set_parameter("controller_url", controller_url.encode())
+        if self.dump_prefix:
+            self.set_parameter("dump_prefix", self.dump_prefix.encode())
+        self.wait_parameters_consistent()
+        self.state.workers = list(self._worker_names)
+        self.state.pids = {name: p.pid for name, p in self.processes.items()}
+        logger.info("deployment ready: %d workers, controller %s, live domain %s%s", self.n_workers,
+                    controller_url, self.state.live_endpoint, self.state.domain)
+        logger.info("parameter control: http://%s:%d, token in %s (`streamtomo view --control URL --control-token-file FILE`)",
+                    HOST, self._ports["control"], self.run_dir / "control.token")
+        return self.state
+
+    @property
+    def reducer_environment(self) -> ReducerEnvironment:
+        """The reducer's settings: live domain on loopback; the control listener's
+        token file is created by the reducer at start (0600), only this user reads it."""
+        return ReducerEnvironment(http_host=HOST, http_port=self._ports["live"], control_port=self._ports["control"],
+                                  control_token_file=str(self.run_dir / "control.token"))
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"REDIS_URL": self.state.redis_url if self._state else "", "PYTHONUNBUFFERED": "1"})
+        env.update(self.reducer_environment.to_env())
+        # Service processes import our classes from this checkout, as tests do.
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        env.update(self.extra_env)
+        return env
+
+    def _popen(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ServiceProcess:
+        service = spawn(name, argv, self.log_dir / f"{name}.log", env={**self._env(), **(env or {})},
+                        cwd=self.run_dir, new_session=True, die_with_parent=True)
+        self.processes[name] = service
+        return service
+
+    def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> ServiceProcess:
+        return self._popen(name, [sys.executable, "-m", "streamtomo.app.services", "--log-level", self.log_level, *args], env)
+
+    def _start_redis(self) -> str:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(binary).exists():
+            raise DeploymentError("redis-server not found: install it (apt-get install -y redis-server) or pass --redis URL")
+        port = self._ports["redis"]
+        # No persistence: a deployment's Redis holds only live coordination state.
+        self._popen("redis", [binary, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no",
+                              "--protected-mode", "yes", "--dir", str(self.run_dir), "--daemonize", "no"])
+        url = f"redis://{HOST}:{port}/0"
+        wait_for("redis", lambda: _redis_ping(HOST, port), self.ready_timeout)
+        logger.info("redis ready at %s", url)
+        return url
+
+    def _start_reducer(self) -> None:
+        self._spawn("reducer", ["reducer", "--port", str(self._ports["reducer_api"]),
+                                "--zmq-port", str(self._ports["reducer_zmq"]), "--class", self.reducer_class])
+
+    def _spawn_ingesters(self) -> None:
+        state = self.state
+        self._spawn("detector-ingester", [
+            "ingester", "--class", DETECTOR_INGESTERS[self.detector_format], "--stream", state.detector_stream,
+            "--port", str(self._ports["detector_ingester"]), "--upstream", state.detector_upstream,
+        ])
+        self._spawn("angle-ingester", [
+            "ingester", "--class", ANGLE_INGESTER, "--stream", state.angle_stream,
+            "--port", str(self._ports["angle_ingester"]), "--upstream", state.angle_upstream,
+        ])
+
+    def _spawn_worker(self) -> str:
+        self._worker_serial += 1
+        name = f"worker-{self._worker_serial}"
+        # Workers share this machine's cores: each numba kernel gets its share, not all
+        # of them (oversubscribed thread pools spin against each other).
+        threads = max(1, (os.cpu_count() or 1) // self.n_workers)
+        env = {} if "NUMBA_NUM_THREADS" in self.extra_env else {"NUMBA_NUM_THREADS": str(threads)}
+        self._spawn(name, ["worker", "--name", name, "--class", self.worker_class], env)
+        self._worker_names.append(name)
+        return name
+
+    # -- readiness --------------------------------------------------------------------
+    def _ensemble(self) -> dict[str, Any]:
+        return self.controller.config(timeout=5)
+
+    def _check_alive(self) -> None:
+        dead = [s for s in self.processes.values() if not s.alive() and s.name in self._expected_names()]
+        if dead:
+            s = dead[0]
+            raise DeploymentError(f"{s.name} exited with status {s.popen.returncode}; its log ends:\n{s.tail()}")
+
+    def _expected_names(self) -> set[str]:
+        names = {"controller", "reducer", "detector-ingester", "angle-ingester", *self._worker_names}
+        return names | ({"redis"} if self.redis_url_given is None else set())
+
+    def readiness(self) -> str | None:
+        """None when ready, else what is still missing (for logs and errors)."""
+        self._check_alive()
+        cfg = self._ensemble()
+        ingesters = {i["name"]: i for i in cfg["ingesters"]}
+        want_ingesters = {f"{self.state.detector_stream}-ingester", f"{self.state.angle_stream}-ingester"}
+        if cfg.get("reducer") is None:
+            return "reducer not registered"
+        if not want_ingesters <= set(ingesters):
+            return f"ingesters registered: {sorted(ingesters)}"
+        workers = {w["name"]: w for w in cfg["workers"]}
+        if set(workers) != set(self._worker_names):
+            return f"workers registered: {sorted(workers)} of {self._worker_names}"
+        for name, w in workers.items():
+            seen = {i["name"] for i in w["ingesters"]}
+            if not want_ingesters <= seen:
+                return f"{name} connected to {sorted(seen)}"
+        uuids = {w["service_uuid"] for w in workers.values()}
+        for name in want_ingesters:
+            connected = {c["service_uuid"] for c in ingesters[name]["connected_workers"].values()}
+            if not uuids <= connected:
+                return f"{name} reached by {len(connected & uuids)} of {len(uuids)} workers"
+        return None
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Until every service has registered and workers reach both ingesters."""
+        last = ""
+
+        def probe() -> bool | None:
+            nonlocal last
+            missing = self.readiness()
+            if missing and missing != last:
+                last = missing
+                logger.info("waiting: %s", missing)
+            return True if missing is None else None
+
+        try:
+            wait_for("the deployment", probe, timeout or self.ready_timeout, interval=0.2)
+        except DeploymentError as error:
+            raise DeploymentError(f"{error}; still {last}; logs in {self.log_dir}") from None
+        # The reducer class serves the live domain from its first instance on.
+        if self.reducer_class == TOMO_REDUCER:
+            wait_for("the live domain", lambda: _http_ok(f"{self.state.live_endpoint}/about"), self.ready_timeout)
+
+    def wait_defaults(self, timeout: float | None = None) -> None:
+        """Until the reducer registered and the controller holds a value for every
+        parameter it describes (the controller sets defaults every 2 s)."""
+        controller = self.controller
+
+        def probe() -> bool | None:
+            self._check_alive()
+            if controller.config(timeout=5).get("reducer") is None:
+                return None
+            names = [n for n in controller.parameter_names(timeout=5) if n != "dump_prefix"]
+            return True if all(controller.get_parameter(n, timeout=5) is not None for n in names) else None
+
+        wait_for("the reducer and parameter defaults", probe, timeout or self.ready_timeout, interval=0.2)
+
+    def set_parameter(self, name: str, data: bytes) -> str:
+        """Set a dranspose parameter; returns the controller's new parameters hash."""
+        self._parameters_hash = self.controller.set_parameter(name, data)
+        return self._parameters_hash
+
+    def wait_parameters_consistent(self, timeout: float | None = None) -> None:
+        try:
+            self.controller.wait_consistent(self._parameters_hash, timeout or self.ready_timeout)
+        except ControllerTimeout as error:
+            raise DeploymentError(str(error)) from None
+        self._parameters_hash = None  # later changes (the reducer's references) move the target
+
+    # -- changing a running deployment ---------------------------------------------------
+    def kill_worker(self, name: str | None = None) -> str:
+        """SIGKILL one worker (the last started by default): a crash, for fault tests.
+
+        As after a real crash, dranspose forgets the worker when its registration
+        expires (10 s); :meth:`scale` forgets it at once.
+        """
+        name = name or self._worker_names[-1]
+        service = self.processes[name]
+        service.signal(signal.SIGKILL)
+        service.popen.wait(10)
+        self._worker_names.remove(name)
+        self._crashed.append(name)
+        logger.info("killed %s", name)
+        return name
+
+    def _forget_crashed(self) -> None:
+        """Delete crashed workers' registrations, which would linger until they expire."""
+        if not self._crashed:
+            return
+        import redis
+
+        client = redis.Redis.from_url(self.state.redis_url)
+        try:
+            client.delete(*(f"dranspose:worker:{name}:config" for name in self._crashed))
+        finally:
+            client.close()
+        self._crashed.clear()
+
+    def scale(self, workers: int, worker_class: str | None = None, reducer_class: str | None = None) -> None:
+        """Replace workers (and the reducer, if its class changes) on the same
+        Redis, controller and ingesters; waits until ready again."""
+        self._forget_crashed()
+        if worker_class is not None and worker_class != self.worker_class:
+            self.worker_class = worker_class
+            for name in list(self._worker_names):
+                self._stop_worker(name)
+        while len(self._worker_names) > workers:
+            self._stop_worker(self._worker_names[-1])
+        if reducer_class is not None and reducer_class != self.reducer_class:
+            self.reducer_class = reducer_class
+            self.processes.pop("reducer").stop()
+            self._start_reducer()
+            self.wait_defaults()
+        self.n_workers = workers
+        while len(self._worker_names) < workers:
+            self._spawn_worker()
+        self.wait_ready()
+        self.wait_parameters_consistent()
+        self.state.workers = list(self._worker_names)
+        self.state.pids = {name: p.pid for name, p in self.processes.items() if p.alive()}
+
+    def _stop_worker(self, name: str) -> None:
+        self.processes.pop(name).stop()
+        self._worker_names.remove(name)
+
+    # -- stop -------------------------------------------------------------------------
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop in dependency order: what sends to a service stops before it."""
+        order = list(self._worker_names)
+        order += ["detector-ingester", "angle-ingester", "reducer", "controller", "redis"]
+        order += [n for n in self.processes if n not in order]
+        for name in order:
+            service = self.processes.get(name)
+            if service is not None:
+                code = service.stop(timeout)
+                logger.debug("%s stopped (status %s)", name, code)
+        self.processes.clear()
+        self._worker_names.clear()
+
+    def error_lines(self, allow: Sequence[str] = ()) -> list[str]:
+        """ERROR/CRITICAL lines in the service logs, minus those containing ``allow``."""
+        found = []
+        for log in sorted(self.log_dir.glob("*.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                if (" ERROR " in line or " CRITICAL " in line) and not any(a in line for a in allow):
+                    found.append(f"{log.name}: {line}")
+        return found
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system, all threads) each running service used so far."""
+        return {name: process_cpu_seconds(svc.pid) for name, svc in self.processes.items() if svc.alive()}
+
+
+def _redis_url_ping(url: str) -> bool | None:
+    import redis  # redis-py comes with dranspose; only a given URL (auth, db) needs it
+
+    try:
+        return True if redis.Redis.from_url(url, socket_timeout=2).ping() else None
+    except redis.RedisError:
+        return None
+
+
+def _redis_ping(host: str, port: int) -> bool | None:
+    with socket.create_connection((host, port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        return True if sock.recv(64).startswith(b"+PONG") else None

@@ -1,0 +1,61 @@
+"""What a running local deployment is: its addresses, written by ``streamtomo up``
+and read by ``streamtomo play`` (and by anyone who wants to talk to it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+class DeploymentError(RuntimeError):
+    """A service did not start or did not become ready; the message says which."""
+
+
+def default_state_path() -> Path:
+    """Where ``up`` writes and ``play`` reads the deployment's addresses."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    base = Path(runtime) if runtime else Path(tempfile.gettempdir()) / f"streamtomo-{os.getuid()}"
+    return base / "streamtomo" / "deployment.json"
+
+
+@dataclass
+class DeploymentState:
+    """Addresses of a running deployment: written by ``up``, read by ``play``."""
+
+    controller_url: str
+    redis_url: str
+    live_endpoint: str
+    domain: str
+    detector_upstream: str  # tcp://HOST:PORT the detector (play) binds, PUSH
+    angle_upstream: str  # tcp://HOST:PORT the PandA (play) listens on
+    detector_format: str = "stins"
+    detector_stream: str = "detector"
+    angle_stream: str = "angle"
+    workers: list[str] = field(default_factory=list)
+    run_dir: str = ""
+    dump_prefix: str = ""
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> DeploymentState:
+        return cls(**json.loads(text))
+
+    def write(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)  # readers never see half a file
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> DeploymentState:
+        try:
+            return cls.from_json(path.read_text())
+        except FileNotFoundError:
+            raise DeploymentError(f"no deployment state at {path}: run `streamtomo up` first or pass --state") from None

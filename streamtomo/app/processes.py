@@ -1,0 +1,231 @@
+"""Service processes we start and stop: one helper for the dranspose deployment
+(:mod:`streamtomo.app.deployment`) and the local HSDS (:mod:`streamtomo.app.local_hsds`).
+
+A service runs as the leader of its own process group, logging to a file; it is
+stopped with SIGTERM to the whole group, then SIGKILL if the group has not gone
+within a timeout. Also here: free ports, polling with a deadline, and what /proc
+says about processes (CPU time, group members, listening sockets).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+_T = TypeVar("_T")
+
+
+class NotReady(RuntimeError):
+    """Something polled with :func:`wait_for` was not ready in time."""
+
+
+def free_port(host: str = HOST) -> int:
+    """A port nobody listens on now (the OS's choice; it may be taken again later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    what: str, probe: Callable[[], _T | None], timeout: float, interval: float = 0.1,
+    error: type[Exception] = NotReady,
+) -> _T:
+    """Poll ``probe`` until it returns something other than None (errors count as not yet).
+
+    Raises ``error`` (default :class:`NotReady`) with what was awaited and the last error.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = probe()
+            if value is not None:
+                return value
+        except (OSError, ValueError) as problem:  # not up yet: connection refused, bad JSON, ...
+            last_error = problem
+        if time.monotonic() > deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise error(f"{what} not ready within {timeout:.0f} s{detail}")
+        time.sleep(interval)
+
+
+@dataclass
+class ServiceProcess:
+    """One service process, leader of its own process group (or a member of one)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    pgid: int
+
+    @property
+    def pid(self) -> int:
+        return int(self.popen.pid)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def group_alive(self) -> bool:
+        """Whether any process of the group is left (the leader may have exited)."""
+        self.popen.poll()  # reap the leader so that it leaves the group
+        return bool(pids_in_group(self.pgid))
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the group. A group with no process left is not signalled:
+        its id may belong to someone else by now."""
+        if self.alive() or pids_in_group(self.pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pgid, sig)
+
+    def wait_group(self, timeout: float) -> bool:
+        """Until no process of the group is left; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.group_alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM to the group, then SIGKILL if it does not exit within ``timeout``."""
+        self.signal(signal.SIGTERM)
+        if not self.wait_group(timeout):
+            logger.warning("%s did not stop within %.0f s: killing it", self.name, timeout)
+            self.signal(signal.SIGKILL)
+            self.wait_group(timeout)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout)
+        return self.popen.returncode
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the whole group at once (a crash)."""
+        self.signal(signal.SIGKILL)
+        self.wait_group(timeout)
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def spawn(
+    name: str, argv: Sequence[str], log: Path, *, env: Mapping[str, str], cwd: str | os.PathLike[str],
+    group: int | None = None, new_session: bool = False, die_with_parent: bool = False, private: bool = False,
+) -> ServiceProcess:
+    """Start ``argv`` with stdout and stderr appended to ``log``.
+
+    ``group`` None makes it the leader of a new process group (with ``new_session``,
+    of a new session too); an int joins that group. ``die_with_parent`` asks Linux
+    to SIGTERM it when we die, even by SIGKILL. ``private`` runs it with umask 077
+    (what it creates is its user's only) and makes the log 0600.
+    """
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600 if private else 0o644)
+    if private:
+        os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab") as out:  # the child keeps its own descriptor
+        popen = subprocess.Popen(
+            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd,
+            start_new_session=new_session and group is None,
+            process_group=None if new_session and group is None else (0 if group is None else group),
+            preexec_fn=_die_with_parent if die_with_parent else None, umask=0o077 if private else -1,
+        )
+    logger.info("started %s (pid %d), log %s", name, popen.pid, log)
+    return ServiceProcess(name, popen, log, popen.pid if group is None else group)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies, even by SIGKILL, so
+    that no service outlives a crashed ``up`` or test run. (Linux fires this when
+    the *thread* that started the child exits: start services from a thread that
+    lives as long as they do, e.g. the main thread.)"""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+# -- what /proc says ----------------------------------------------------------------------
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` from /proc (0.0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pids_in_group(pgid: int) -> set[int]:
+    """Every process whose process group is ``pgid``."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pgrp is the 5th field, after "pid (comm) state ppid"; comm may hold spaces.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            pids.add(int(entry.name))
+    return pids
+
+
+def is_loopback(address: str) -> bool:
+    return address.startswith(("127.", "::ffff:127.")) or address == "::1"
+
+
+def _decode_proc_addr(hex_addr: str) -> tuple[str, int]:
+    ip_hex, port_hex = hex_addr.split(":")
+    port = int(port_hex, 16)
+    raw = bytes.fromhex(ip_hex)
+    if len(raw) == 4:
+        return ".".join(str(b) for b in raw[::-1]), port
+    # /proc/net/tcp6: four little-endian 32-bit words
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    return str(ipaddress.IPv6Address(words)), port
+
+
+def listening_tcp_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
+    """``(pid, address, port)`` of every TCP socket in LISTEN state held by ``pids``."""
+    inode_pid: dict[str, int] = {}
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode_pid[target[8:-1]] = pid
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if len(cols) > 9 and cols[3] == "0A" and cols[9] in inode_pid:
+                addr, port = _decode_proc_addr(cols[1])
+                found.append((inode_pid[cols[9]], addr, port))
+    return found

@@ -1,0 +1,69 @@
+"""Keeping dranspose's service processes on loopback, and their ingesters going.
+
+Which sockets dranspose opens, and how they are kept on loopback:
+
+=====================  ===============================  =====================================
+service                socket                           how it binds
+=====================  ===============================  =====================================
+controller             HTTP API (uvicorn)               ``--host/--port``: we pass 127.0.0.1
+reducer                HTTP API (uvicorn)               same
+reducer                ZeroMQ PULL for worker results   ``tcp://*:PORT`` (hard-coded)
+ingester (each)        ZeroMQ ROUTER towards workers    ``tcp://*:PORT`` (hard-coded)
+our reducer class      live domain HTTP (aiohttp)       ``STREAMTOMO_HTTP_HOST`` (127.0.0.1)
+Redis                  RESP                             ``--bind 127.0.0.1``
+workers                (connect only: DEALER, PUSH)     -
+=====================  ===============================  =====================================
+
+The two hard-coded wildcard binds are rewritten in the service processes: this
+module is also their entry point (``python -m streamtomo.app.services ...``), and it
+patches ``zmq.Socket.bind`` so that ``tcp://*:`` becomes ``tcp://127.0.0.1:``
+before dranspose opens anything. A deployment across machines must open instead:
+the controller's HTTP port to the beamline, Redis and the ingester and reducer
+ZeroMQ ports to the services, and the live domain's HTTP port to readers.
+
+The ingesters also tolerate a worker that died: dranspose's ingester raises
+``EHOSTUNREACH`` (its ROUTER socket is ``ROUTER_MANDATORY``) when an event's
+worker is gone, which ends its forwarding task and stalls the scan. Ours drop that
+worker's message with a warning instead, so the scan goes on with the others and
+the lost frames show in ``/entry/status/lost_frames``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamtomo.app.processes import HOST
+
+
+def bind_loopback(host: str = HOST) -> None:
+    """dranspose binds its ZeroMQ ROUTER/PULL sockets to ``tcp://*:PORT``: rewrite
+    wildcard binds to ``host`` before any socket exists."""
+    import zmq
+
+    original = zmq.Socket.bind
+
+    def bind(self: zmq.Socket[Any], addr: str) -> Any:
+        for wildcard in ("tcp://*:", "tcp://0.0.0.0:", "tcp://[::]:"):
+            if addr.startswith(wildcard):
+                addr = f"tcp://{host}:{addr[len(wildcard):]}"
+        return original(self, addr)
+
+    zmq.Socket.bind = bind  # type: ignore[method-assign]
+
+
+def tolerant_ingester(cls: type[Any]) -> type[Any]:
+    """The ingester class, dropping (with a warning) messages for workers that died."""
+    import zmq
+
+    class Tolerant(cls):  # type: ignore[misc]
+        async def _send_workermessages(self, workermessages: dict[Any, Any]) -> None:
+            for worker, message in workermessages.items():
+                try:
+                    await super()._send_workermessages({worker: message})
+                except zmq.ZMQError as error:
+                    if error.errno != zmq.EHOSTUNREACH:
+                        raise
+                    self._logger.warning("worker %s is gone: event %d not delivered to it", worker, message.event_number)
+
+    Tolerant.__name__ = Tolerant.__qualname__ = f"Tolerant{cls.__name__}"
+    return Tolerant

@@ -1,0 +1,128 @@
+"""A page on another origin, in a real headless Chromium, tries to change a running scan.
+
+It is what any page a scientist has open could do: ``fetch`` with ``mode: 'no-cors'``
+(a text/plain POST needs no CORS preflight), a JSON ``fetch`` (needs one), and an HTML
+form posted into an iframe, against the live domain's port, the viewer's server and
+the control API. None of them may change the centre or the filter. The viewer page
+itself, from its own origin, still can.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from streamtomo.app.runner import ReplayRun
+from streamtomo.app.viewer.server import STATIC_DIR, start_viewer
+from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer
+from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
+from tests.support import browser
+from tests.support.replay_helpers import record, replay
+
+pytestmark = pytest.mark.slow
+
+ATTACK_PAGE = """<!doctype html><title>another site</title><body><iframe name="sink"></iframe><script>
+const T = %(targets)s;
+const results = [];
+async function attempt(name, url, init) {
+  try { const r = await fetch(url, init); results.push([name, r.type, r.status]); }
+  catch (e) { results.push([name, 'blocked', String(e)]); }
+}
+function formPost(url) {
+  // enctype text/plain: the body reads {"value":"hann","x":"="} and needs no preflight
+  return new Promise((resolve) => {
+    const frame = document.querySelector('iframe');
+    frame.onload = () => resolve();
+    const form = document.createElement('form');
+    form.method = 'POST'; form.action = url; form.enctype = 'text/plain'; form.target = 'sink';
+    const input = document.createElement('input');
+    input.name = '{"value":"hann","x":"'; input.value = '"}';
+    form.appendChild(input); document.body.appendChild(form); form.submit();
+    setTimeout(resolve, 3000);
+  });
+}
+(async () => {
+  const plain = (body) => ({ method: 'POST', mode: 'no-cors', body });
+  const json = (body) => ({ method: 'POST', headers: { 'Content-Type': 'application/json' }, body });
+  await attempt('live port, no-cors', T.live + '/streamtomo/parameters/center', plain('20'));
+  await attempt('live port, no-cors filter', T.live + '/streamtomo/parameters/filter', plain('hann'));
+  await attempt('viewer, no-cors', T.viewer + 'control/parameters/center', plain('20'));
+  await attempt('viewer, no-cors JSON text', T.viewer + 'control/parameters/filter', plain('{"value":"hann"}'));
+  await attempt('viewer, no-cors JSON type', T.viewer + 'control/parameters/filter',
+                { ...json('{"value":"hann"}'), mode: 'no-cors' });
+  await attempt('viewer, cors JSON', T.viewer + 'control/parameters/filter', json('{"value":"hann"}'));
+  await attempt('control, no-cors', T.control + '/streamtomo/parameters/center', plain('{"value":"20"}'));
+  await attempt('control, cors JSON', T.control + '/streamtomo/parameters/filter', json('{"value":"hann"}'));
+  await formPost(T.viewer + 'control/parameters/filter');
+  await formPost(T.control + '/streamtomo/parameters/filter');
+  window.__attack = results;
+})();
+</script></body>"""
+
+
+@pytest.fixture(scope="module")
+def built_page() -> Path:
+    browser.require_chromium()
+    if not (STATIC_DIR / "index.html").is_file():
+        pytest.fail("the viewer page is not built: run `make viewer`")
+    return STATIC_DIR
+
+
+@pytest.fixture
+def finished_run(tmp_path: Path) -> Iterator[ReplayRun]:
+    spec = SimulationSpec(rows=6, cols=64, angles=60, seed=3)
+    recordings = record(ScanSimulator(spec).frames(), tmp_path / "scan", spec.config())
+    for run in replay(recordings, spec.config(), workers=1):
+        run.go()
+        run.wait(timeout=120)
+        yield run
+
+
+def _effective(run: ReplayRun) -> tuple[str, str]:
+    reducer: Any = run.reducer
+    reducer.timer(reducer._parameters)  # what the reducer's timer thread does next
+    return reducer.scan.config.center, reducer.scan.config.filter
+
+
+def test_another_origin_cannot_change_the_scan_but_the_viewer_can(built_page: Path, finished_run: ReplayRun, tmp_path: Path) -> None:
+    reducer: Any = finished_run.reducer
+    before = _effective(finished_run)
+    assert before[0] != "20" and before[1] != "hann"
+    control = reducer.control
+    with start_viewer(reducer.endpoint, reducer.domain.name, control=control.url, control_token=control.token) as viewer:
+        targets = {"live": reducer.endpoint, "viewer": viewer.url, "control": control.url}
+
+        async def attack_page(request: web.Request) -> web.Response:
+            return web.Response(text=ATTACK_PAGE % {"targets": json.dumps(targets)}, content_type="text/html")
+
+        def attacker_app() -> web.Application:
+            app = web.Application()
+            app.router.add_get("/", attack_page)
+            return app
+
+        attacker = BackgroundHttpServer(attacker_app, "127.0.0.1", 0, "attacker page")
+        attacker.start()
+        try:
+            with browser.chromium(tmp_path / "profile") as driver:
+                driver.get(attacker.url() + "/")
+                results = browser.wait_until(lambda: driver.execute_script("return window.__attack"), 30, "the attack page to finish")
+                assert len(results) == 8, results
+                # Whatever the browser let through, nothing changed.
+                assert _effective(finished_run) == before, f"another origin changed the scan: {results}"
+
+                # The viewer page, from its own origin, through its server (which adds the token).
+                driver.get(viewer.url)
+                answer = driver.execute_async_script(
+                    "const done = arguments[arguments.length - 1];"
+                    "fetch('control/parameters/center', {method: 'POST', headers: {'Content-Type': 'application/json'},"
+                    " body: JSON.stringify({value: '20'})}).then(r => done(r.status), e => done(String(e)));"
+                )
+                assert answer == 202
+                assert _effective(finished_run) == ("20", before[1])
+        finally:
+            attacker.close(10)
