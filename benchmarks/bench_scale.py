@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from streamtomo.app.play import BeamlineEvent, frame_events, play
-from streamtomo.app.services import TOMO_REDUCER, TOMO_WORKER, LocalDeployment
+from streamtomo.app.beamline_events import BeamlineEvent, frame_events
+from streamtomo.app.deployment import TOMO_REDUCER, TOMO_WORKER, LocalDeployment
+from streamtomo.app.play import play
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.messages import DetectorInfo
 from streamtomo.pipeline.scan import Frame, ImageKey
@@ -178,16 +179,18 @@ def main() -> None:
     published = sum(published_bytes(config, binned, LiveSliceGeometry(config, binned)).values())
 
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        with LocalDeployment(workers=workers[0], run_dir=Path(args.run_dir or tmp), dump_prefix="") as deployment:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp,
+        LocalDeployment(workers=workers[0], run_dir=Path(args.run_dir or tmp), dump_prefix="") as deployment,
+    ):
+        for n in workers:
+            deployment.scale(n, TOMO_WORKER, TOMO_REDUCER)
+            rows.append(measure(deployment, "streamtomo", events, warmup, config, warm_config, args.repeats))
+        if not args.no_noop:
             for n in workers:
-                deployment.scale(n, TOMO_WORKER, TOMO_REDUCER)
-                rows.append(measure(deployment, "streamtomo", events, warmup, config, warm_config, args.repeats))
-            if not args.no_noop:
-                for n in workers:
-                    deployment.scale(n, NOOP_WORKER, NOOP_REDUCER)
-                    rows.append(measure(deployment, "no-op", events, warmup, config, warm_config, args.repeats))
-            errors = deployment.error_lines()
+                deployment.scale(n, NOOP_WORKER, NOOP_REDUCER)
+                rows.append(measure(deployment, "no-op", events, warmup, config, warm_config, args.repeats))
+        errors = deployment.error_lines()
 
     frame_mb = events[1].nbytes / 1e6
     print(f"machine: {cores} cores; stream: {len(events) - 2} frames of {args.rows}x{args.cols} uint16 ({frame_mb:.2f} MB), "

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streamtomo.app.processes import HOST
-from streamtomo.app.zmq_loopback import bind_loopback, tolerant_ingester
+from streamtomo.app.zmq_loopback import bind_loopback, bound_result_queues, tolerant_ingester
 from streamtomo.controller_client import CONTROLLER_CACHE_S
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def service_main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     bind_loopback()
+    bound_result_queues()
     _add_redis_log_handler()
     if args.kind == "controller":
         _serve_app("dranspose.controller:app", args.port)

@@ -51,6 +51,40 @@ def bind_loopback(host: str = HOST) -> None:
     zmq.Socket.bind = bind  # type: ignore[method-assign]
 
 
+RESULT_QUEUE_MESSAGES = 16  # results queued in front of the reducer, and behind each worker
+
+
+def bound_result_queues(messages: int = RESULT_QUEUE_MESSAGES) -> None:
+    """Backpressure instead of memory: ZeroMQ queues up to 1000 messages per socket by
+    default, and a worker result holds a projection's rows (4 MB at 1024^2) or partial
+    sums (tens of MB). A reducer slower than its workers then held every result of a
+    scan (3 to 10 times the arrays it publishes). With short queues on the results'
+    PUSH (workers) and PULL (reducer) sockets a worker waits to send, stops taking
+    events, and the wait travels back to the ingesters and the detector's buffers.
+    The high-water marks must be set before a socket binds or connects.
+    """
+    import zmq
+
+    bind, connect = zmq.Socket.bind, zmq.Socket.connect
+
+    def limit(socket: zmq.Socket[Any]) -> None:
+        if socket.socket_type == zmq.PULL:
+            socket.setsockopt(zmq.RCVHWM, messages)
+        elif socket.socket_type == zmq.PUSH:
+            socket.setsockopt(zmq.SNDHWM, messages)
+
+    def bounded_bind(self: zmq.Socket[Any], addr: str) -> Any:
+        limit(self)
+        return bind(self, addr)
+
+    def bounded_connect(self: zmq.Socket[Any], addr: str) -> Any:
+        limit(self)
+        return connect(self, addr)
+
+    zmq.Socket.bind = bounded_bind  # type: ignore[method-assign]
+    zmq.Socket.connect = bounded_connect  # type: ignore[method-assign]
+
+
 def tolerant_ingester(cls: type[Any]) -> type[Any]:
     """The ingester class, dropping (with a warning) messages for workers that died."""
     import zmq

