@@ -45,7 +45,7 @@ from streamtomo.pipeline.streaming.memory_budget import MemoryBudgetError, check
 from streamtomo.pipeline.streaming.prefault import ArrayPool
 from streamtomo.pipeline.streaming.reference_book import ReferenceBook
 from streamtomo.pipeline.streaming.sinogram import AngleGrid, SinogramAssembler, UnknownAngleError
-from streamtomo.pipeline.streaming.snapshot import ScanSnapshot
+from streamtomo.pipeline.streaming.snapshot import ScanSnapshot, take_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class LiveScan:
         self.ledger: ContributionLedger | None = None
         self._waiting: list[ProjectionRows] = []  # projections whose references are not settled
         self._reference_frames: set[int] = set()
-        self._published: dict[str, object] = {}  # what the last snapshot carried
+        self.published: dict[str, object] = {}  # what the last snapshot carried (snapshot.py)
         self._waiting_logged = False
         self.sweep_result: FloatArray | None = None  # the exact sweep, from the sinogram (end)
         self.auto_center: float | None = None  # the estimate when center is 'auto'
@@ -382,40 +382,5 @@ class LiveScan:
         }
 
     def snapshot(self) -> ScanSnapshot:
-        """What the live domain shows now; takes the sinogram slots changed since the last one."""
-        status = self.status()
-        snap = ScanSnapshot(
-            state=str(status.pop("state")), reason=self.reason, status=status,
-            rejected=dict(sorted(self.admission.rejected.items())), lost_frames=self.lost_frames(),
-            parameters=self.config.to_json(),
-        )
-        if self.sinogram is None or self.geometry is None:
-            return snap
-        snap.sinogram = self.sinogram.data
-        snap.dirty_slots = self.sinogram.take_dirty_slots()
-        snap.angles = self.sinogram.angles()
-        snap.frames_per_angle = self.sinogram.counts.copy()
-        snap.sinogram_rows = self.geometry.sinogram_rows.astype(np.int64)
-        snap.slice_rows = self.geometry.slice_rows.astype(np.int64)
-        assert self.ledger is not None
-        snap.slices_shape = self.ledger.live_sum.shape
-        snap.n_projections = self.n_projections
-        snap.center = float(self.geometry.center)
-        # Only what changed since the previous snapshot (its one reader is the publisher).
-        slices_key = (id(self.ledger), self.ledger.version, self.n_projections, self.state)
-        if slices_key != self._published.get("slices"):
-            self._published["slices"] = slices_key
-            found = self.slices_sum()
-            if found is not None:
-                snap.slices_sum, snap.slices_weight = found
-        sweep_key = (id(self.ledger), self.ledger.sweep_version, id(self.sweep_result))
-        if self.ledger.sweep_sum is not None:
-            snap.sweep_centers = self.sweep_centers()
-            if sweep_key != self._published.get("sweep"):
-                self._published["sweep"] = sweep_key
-                found = self.sweep_sum()
-                if found is not None:
-                    snap.sweep_sum, snap.sweep_weight = found
-        snap.volume = self.volume
-        snap.volume_done = self.volume_done
-        return snap
+        """What the live domain shows now (see :func:`.snapshot.take_snapshot`)."""
+        return take_snapshot(self)

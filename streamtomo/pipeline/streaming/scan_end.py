@@ -18,7 +18,7 @@ import numpy as np
 
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
-from streamtomo.pipeline.reconstruction.cor import auto_center, cor_sweep
+from streamtomo.pipeline.reconstruction.cor import StreamingCorSweep, auto_center
 from streamtomo.pipeline.reconstruction.fbp import angular_weights
 
 if TYPE_CHECKING:
@@ -128,17 +128,19 @@ def live_sweep_is_exact(scan: LiveScan) -> bool:
 
 
 def finish_sweep(scan: LiveScan) -> None:
-    """Exact sweep from the sinogram (order, repeats and weights accounted for); the
-    workers' sums stand when they already are exact (saves a reconstruction per candidate)."""
+    """Exact sweep from the sinogram (order, repeats and weights accounted for), made
+    the way the workers make it (so 1 worker and 3 give the same domain); their sums
+    stand when they already are exact (saves a backprojection per candidate and angle)."""
     if scan.sinogram is None or scan.geometry is None or not len(scan.geometry.sweep_centers):
         return
     filled = scan.sinogram.filled_slots()
     if len(filled) < 2 or live_sweep_is_exact(scan):
         return
-    row = scan.sinogram.by_angle[filled, scan.geometry.sweep_position]
-    scan.sweep_result = cor_sweep(
-        row, scan.sinogram.angles()[filled], scan.geometry.sweep_centers, scan.config.filter, scan.geometry.size, backend="direct",
-    )
+    geometry, angles = scan.geometry, scan.sinogram.angles()[filled]
+    sweep = StreamingCorSweep(geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name, expected_angles_deg=angles)
+    for slot, angle in zip(filled, angles, strict=True):
+        sweep.add(scan.sinogram.by_angle[slot, geometry.sweep_position], float(angle))
+    scan.sweep_result = sweep.result()
 
 
 def resolve_auto_center(scan: LiveScan) -> None:

@@ -12,9 +12,13 @@ writes ``sum * weight`` straight into the published array, one pass, no temporar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from streamtomo.pipeline.streaming.live_scan import LiveScan
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -44,3 +48,45 @@ class ScanSnapshot:
     sweep_centers: npt.NDArray[np.float64] | None = None
     volume: FloatArray | None = None  # allocated when the volume starts, filled slice by slice
     volume_done: int = 0
+
+
+def take_snapshot(scan: LiveScan) -> ScanSnapshot:
+    """What the live domain shows now; takes the sinogram slots changed since the last
+    snapshot, and the sums only if they changed (its one reader is the publisher)."""
+    status = scan.status()
+    snap = ScanSnapshot(
+        state=str(status.pop("state")), reason=scan.reason, status=status,
+        rejected=dict(sorted(scan.admission.rejected.items())), lost_frames=scan.lost_frames(),
+        parameters=scan.config.to_json(),
+    )
+    if scan.sinogram is None or scan.geometry is None or scan.ledger is None:
+        return snap
+    ledger = scan.ledger
+    snap.sinogram = scan.sinogram.data
+    snap.dirty_slots = scan.sinogram.take_dirty_slots()
+    snap.angles = scan.sinogram.angles()
+    snap.frames_per_angle = scan.sinogram.counts.copy()
+    snap.sinogram_rows = scan.geometry.sinogram_rows.astype(np.int64)
+    snap.slice_rows = scan.geometry.slice_rows.astype(np.int64)
+    k, n, _ = ledger.live_sum.shape
+    snap.slices_shape = (k, n, n)
+    snap.n_projections = scan.n_projections
+    snap.center = float(scan.geometry.center)
+    published = scan.published
+    slices_key = (id(ledger), ledger.version, scan.n_projections, scan.state)
+    if slices_key != published.get("slices"):
+        published["slices"] = slices_key
+        found = scan.slices_sum()
+        if found is not None:
+            snap.slices_sum, snap.slices_weight = found
+    if ledger.sweep_sum is not None:
+        snap.sweep_centers = scan.sweep_centers()
+        sweep_key = (id(ledger), ledger.sweep_version, id(scan.sweep_result))
+        if sweep_key != published.get("sweep"):
+            published["sweep"] = sweep_key
+            found = scan.sweep_sum()
+            if found is not None:
+                snap.sweep_sum, snap.sweep_weight = found
+    snap.volume = scan.volume
+    snap.volume_done = scan.volume_done
+    return snap
