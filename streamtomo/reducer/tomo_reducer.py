@@ -18,10 +18,10 @@ import logging
 import os
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from streamtomo.controller_client import post_parameter
 from streamtomo.dranspose_parameters import REFERENCES, ConfigCache, describe_parameters
 from streamtomo.hsds_bridge.control_api import LIVE_PARAMETERS, ControlServer, ControlSettings
 from streamtomo.hsds_bridge.credentials import CredentialsError, load_credentials
@@ -168,12 +168,7 @@ class TomoReducer:
         return "stored; the live slices are rebuilt at the next publish (see /entry/reconstruction/parameters)"
 
     def _post_to_controller(self, url: str, name: str, data: bytes) -> None:
-        try:
-            request = urllib.request.Request(f"{url.rstrip('/')}/api/v1/parameter/{name}", data=data, method="POST")
-            with urllib.request.urlopen(request, timeout=10):
-                pass
-        except OSError as error:
-            logger.warning("could not send parameter %s to the controller at %s: %s", name, url, error)
+        post_parameter(url, name, data, timeout=10.0, tolerant=True)
 
     # -- references to every worker -------------------------------------------------
     def _share_references(self, refs: ReferenceSet) -> None:

@@ -27,15 +27,6 @@ from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 logger = logging.getLogger(__name__)
 
 
-def kind_rule(config: PipelineConfig) -> FrameKindRule:
-    if config.kind_rule == "header":
-        return FrameKindRule(header_key=config.kind_header_key, require_header=True)
-    return FrameKindRule.from_counts(
-        config.n_darks_before, config.n_flats_before, config.n_projections,
-        config.n_flats_after, config.n_darks_after, header_key=None,
-    )
-
-
 class TomoWorker:
     """Worker class for ``dranspose`` (``WORKER_CLASS=streamtomo.workers.tomo_worker:TomoWorker``)."""
 
@@ -44,7 +35,7 @@ class TomoWorker:
         config = self._params.config(parameters or {})
         name = getattr(state, "name", None) or "worker"
         self.processor = FrameProcessor(config, str(name))
-        self.rule = kind_rule(config)
+        self.rule = FrameKindRule.from_config(config)
         self.pcap_header: PcapHeader | None = None
 
     @staticmethod
@@ -61,7 +52,7 @@ class TomoWorker:
         config = self._params.config(params)
         if config != self.processor.config:
             pending = self.processor.configure(config)
-            self.rule = kind_rule(config)
+            self.rule = FrameKindRule.from_config(config)
             if pending is not None:
                 result.items.append(pending)
         self.processor.set_references(self._params.references(params))
@@ -132,4 +123,11 @@ class TomoWorker:
             angle = config.nominal_angle(projection)
             if angle_error:
                 logger.debug("frame %d: %s; using nominal angle %.3f", message.frame, angle_error, angle)
-        result.items.extend(self.processor.process(message.frame, key, message.array, angle, measured))
+        try:
+            result.items.extend(self.processor.process(message.frame, key, message.array, angle, measured))
+        except (ValueError, MemoryError, FloatingPointError) as error:
+            # Settings this worker cannot apply (or a frame it cannot handle) must not
+            # lose the frame silently, as dranspose does with an exception (one ERROR
+            # line, no result): the reducer counts it under its own reason.
+            logger.warning("frame %d could not be processed: %r", message.frame, error)
+            result.items.append(Rejected(message.frame, "worker_failed", f"frame {message.frame}: {error!r}"))

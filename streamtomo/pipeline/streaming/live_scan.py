@@ -351,16 +351,9 @@ class LiveScan:
         assert self.geometry is not None
         return np.asarray(self.geometry.sweep_centers, dtype=np.float64)
 
-    def expected_frames(self) -> int | None:
-        """Frames the scan should have, when the layout is known (counts rule)."""
-        c = self.config
-        if c.kind_rule != "counts":
-            return None
-        return c.n_darks_before + c.n_flats_before + c.n_projections + c.n_flats_after + c.n_darks_after
-
     def lost_frames(self) -> list[tuple[int, int]]:
         """Frame index ranges (inclusive) that never arrived; known at the end of a scan."""
-        expected = self.expected_frames()
+        expected = self.config.expected_frames()
         if expected is None or self.state not in ("reconstructing", "finished"):
             return []
         return self.admission.lost_ranges(expected)
