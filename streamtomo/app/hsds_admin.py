@@ -25,7 +25,13 @@ class HsdsStartError(RuntimeError):
 
 
 def hsds_request(
-    url: str, method: str, path: str, *, auth: Credentials | None, body: Any = None, timeout: float = 30.0,
+    url: str,
+    method: str,
+    path: str,
+    *,
+    auth: Credentials | None,
+    body: Any = None,
+    timeout: float = 30.0,
 ) -> tuple[int, bytes]:
     """One HTTP request: ``(status, body)``; error statuses are answers, not exceptions."""
     data = json.dumps(body).encode() if body is not None else None
@@ -50,8 +56,9 @@ def ensure_folder(url: str, admin: Credentials, folder: str, owner: str, deadlin
         if status == 200:
             return
         if status == 404:
-            status, body = hsds_request(url, "PUT", f"/?domain={domain}", auth=admin,
-                                        body={"folder": True, "owner": owner})
+            status, body = hsds_request(
+                url, "PUT", f"/?domain={domain}", auth=admin, body={"folder": True, "owner": owner}
+            )
             if status in (201, 409):
                 log.info("created folder %s (owner %s)", folder, owner)
                 return

@@ -205,8 +205,15 @@ class LocalHsds:
             "--socket", str(self._socket_dir / "sn_1.sock"),
             "--port", str(self.port), "--port-file", str(port_file),
         ]  # fmt: skip
-        self._proxy = spawn("hsds-proxy", proxy_cmd, self.log_dir / "proxy.log", env=env, cwd=self.log_dir,
-                            group=self._launcher.pgid, private=True)
+        self._proxy = spawn(
+            "hsds-proxy",
+            proxy_cmd,
+            self.log_dir / "proxy.log",
+            env=env,
+            cwd=self.log_dir,
+            group=self._launcher.pgid,
+            private=True,
+        )
 
     def start(self) -> LocalHsds:
         """Start HSDS and the proxy; return once ``/about`` reports READY."""
@@ -261,7 +268,13 @@ class LocalHsds:
 
     # -- admin requests -----------------------------------------------------------
     def request(
-        self, method: str, path: str, *, auth: Credentials | None, body: Any = None, timeout: float = 30.0,
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: Credentials | None,
+        body: Any = None,
+        timeout: float = 30.0,
     ) -> tuple[int, bytes]:
         """One synchronous HTTP request through the proxy: ``(status, body)``."""
         return hsds_request(self.url, method, path, auth=auth, body=body, timeout=timeout)

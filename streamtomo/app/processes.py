@@ -40,7 +40,10 @@ def free_port(host: str = HOST) -> int:
 
 
 def wait_for(
-    what: str, probe: Callable[[], _T | None], timeout: float, interval: float = 0.1,
+    what: str,
+    probe: Callable[[], _T | None],
+    timeout: float,
+    interval: float = 0.1,
     error: type[Exception] = NotReady,
 ) -> _T:
     """Poll ``probe`` until it returns something other than None (errors count as not yet).
@@ -123,8 +126,16 @@ class ServiceProcess:
 
 
 def spawn(
-    name: str, argv: Sequence[str], log: Path, *, env: Mapping[str, str], cwd: str | os.PathLike[str],
-    group: int | None = None, new_session: bool = False, die_with_parent: bool = False, private: bool = False,
+    name: str,
+    argv: Sequence[str],
+    log: Path,
+    *,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike[str],
+    group: int | None = None,
+    new_session: bool = False,
+    die_with_parent: bool = False,
+    private: bool = False,
 ) -> ServiceProcess:
     """Start ``argv`` with stdout and stderr appended to ``log``.
 
@@ -138,10 +149,16 @@ def spawn(
         os.fchmod(fd, 0o600)
     with os.fdopen(fd, "ab") as out:  # the child keeps its own descriptor
         popen = subprocess.Popen(
-            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd,
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=cwd,
             start_new_session=new_session and group is None,
             process_group=None if new_session and group is None else (0 if group is None else group),
-            preexec_fn=_die_with_parent if die_with_parent else None, umask=0o077 if private else -1,
+            preexec_fn=_die_with_parent if die_with_parent else None,
+            umask=0o077 if private else -1,
         )
     logger.info("started %s (pid %d), log %s", name, popen.pid, log)
     return ServiceProcess(name, popen, log, popen.pid if group is None else group)

@@ -85,8 +85,12 @@ def listening_addresses(pid: int) -> list[tuple[str, int]]:
 
 def listening_sockets(deployment: LocalDeployment) -> list[tuple[str, str, int]]:
     """(service, address, port) for every TCP socket a service process listens on."""
-    return [(name, addr, port) for name, svc in deployment.processes.items() if svc.alive()
-            for addr, port in listening_addresses(svc.pid)]
+    return [
+        (name, addr, port)
+        for name, svc in deployment.processes.items()
+        if svc.alive()
+        for addr, port in listening_addresses(svc.pid)
+    ]
 
 
 # -- scans and domains ------------------------------------------------------------------------
