@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from streamtomo.app.adapters import TOMO_REDUCER, TOMO_WORKER
 from streamtomo.app.deployment_readiness import defaults_set, missing_services
 from streamtomo.app.deployment_state import DeploymentError, DeploymentState
 from streamtomo.app.processes import HOST, ServiceProcess, free_port, process_cpu_seconds, spawn
@@ -35,8 +36,8 @@ from streamtomo.controller_client import ControllerClient, ControllerTimeout
 
 logger = logging.getLogger(__name__)
 
-TOMO_WORKER = "streamtomo.workers.tomo_worker:TomoWorker"
-TOMO_REDUCER = "streamtomo.reducer.tomo_reducer:TomoReducer"
+__all__ = ["TOMO_REDUCER", "TOMO_WORKER", "DeploymentError", "DeploymentState", "LocalDeployment"]
+
 DETECTOR_INGESTERS = {
     "stins": "dranspose.ingesters.zmqpull_single:ZmqPullSingleIngester",
     "eiger_legacy": "dranspose.ingesters.zmqpull_eiger_legacy:ZmqPullEigerLegacyIngester",

@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamtomo.app.adapters import TOMO_REDUCER, TOMO_WORKER
 from streamtomo.app.parameter_files import write_parameter_file
 from streamtomo.app.reducer_environment import ReducerEnvironment
 from streamtomo.pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
-
-WORKER_CLASS = "streamtomo.workers.tomo_worker:TomoWorker"
-REDUCER_CLASS = "streamtomo.reducer.tomo_reducer:TomoReducer"
 
 
 @dataclass
@@ -86,8 +84,8 @@ class ReplayRun:
         def target() -> None:
             try:
                 dreplay.replay(
-                    WORKER_CLASS,
-                    REDUCER_CLASS,
+                    TOMO_WORKER,
+                    TOMO_REDUCER,
                     zmq_files=[str(p) for p in self.recordings],
                     parameter_file=str(params),
                     port=None,

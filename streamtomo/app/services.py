@@ -117,6 +117,7 @@ def service_main(argv: Sequence[str] | None = None) -> int:
     if args.kind == "controller":
         _serve_app("dranspose.controller:app", args.port)
     elif args.kind == "reducer":
+        # dranspose's reducer app builds its settings from these when it is imported.
         os.environ["REDUCER_CLASS"] = args.cls
         os.environ["REDUCER_URL"] = f"tcp://{HOST}:{args.zmq_port}"
         _serve_app("dranspose.reducer:app", args.port)
