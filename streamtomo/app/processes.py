@@ -10,7 +10,6 @@ says about processes (CPU time, group members, listening sockets).
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -212,11 +211,10 @@ def _decode_proc_addr(hex_addr: str) -> tuple[str, int]:
     ip_hex, port_hex = hex_addr.split(":")
     port = int(port_hex, 16)
     raw = bytes.fromhex(ip_hex)
-    if len(raw) == 4:
-        return ".".join(str(b) for b in raw[::-1]), port
-    # /proc/net/tcp6: four little-endian 32-bit words
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-    return str(ipaddress.IPv6Address(words)), port
+    # /proc prints each 32-bit word in host (little-endian) order. inet_ntop writes a
+    # v4-mapped address as ::ffff:127.0.0.1 (ipaddress, before 3.13: ::ffff:7f00:1).
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, words), port
 
 
 def listening_tcp_sockets(pids: set[int]) -> list[tuple[int, str, int]]:
