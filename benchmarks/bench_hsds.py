@@ -6,7 +6,8 @@ chunks) filled one projection at a time, plus ``--slices`` reconstructed slices
 count and generation datasets.
 
 * Throughput: projections as fast as possible until HSDS acknowledged everything
-  (readers see it), then until it is durable (``PUT /?flush=1``). Ours: one
+  (readers see it), then until it is durable (``PUT /?flush=1``; ours also asks HSDS
+  to rescan the domain and checks it as h5pyd opens it before calling it complete). Ours: one
   ``commit()`` + ``notify()`` per projection (the writer coalesces and sends deltas);
   plain h5pyd: one ``dset[...] = ...`` per projection row (``sino[:, angle, :] =
   projection``), the slices, angle, count and generation, then ``f.flush()`` (h5pyd

@@ -45,7 +45,12 @@ class ControllerTimeout(ControllerError):
 
 
 def post_parameter(
-    controller_url: str, name: str, data: bytes, *, timeout: float = DEFAULT_TIMEOUT, tolerant: bool = False,
+    controller_url: str,
+    name: str,
+    data: bytes,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    tolerant: bool = False,
 ) -> str | None:
     """Set the dranspose parameter ``name`` to ``data`` (bytes, as the controller stores them).
 
@@ -74,8 +79,14 @@ class ControllerClient:
         self.timeout = timeout
 
     # -- plumbing -------------------------------------------------------------------
-    def _request(self, method: str, path: str, data: bytes | None = None, timeout: float | None = None,
-                 content_type: str | None = None) -> bytes:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None = None,
+        timeout: float | None = None,
+        content_type: str | None = None,
+    ) -> bytes:
         request = urllib.request.Request(f"{self.url}/api/v1/{path}", data=data, method=method)
         if content_type is not None:
             request.add_header("Content-Type", content_type)
@@ -175,4 +186,8 @@ def parameters_consistent(config: dict[str, Any], target: str | None = None) -> 
     parameters (and, if given, the parameters hash ``target``)."""
     want = config.get("parameters_hash") if target is None else target
     services = [*config["ingesters"], *config["workers"], *([config["reducer"]] if config.get("reducer") else [])]
-    return config.get("parameters_hash") == want and bool(services) and all(s.get("parameters_hash") == want for s in services)
+    return (
+        config.get("parameters_hash") == want
+        and bool(services)
+        and all(s.get("parameters_hash") == want for s in services)
+    )

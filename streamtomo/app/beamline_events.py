@@ -39,26 +39,40 @@ class BeamlineEvent:
 
 
 def frame_events(
-    frames: Iterable[Frame], config: PipelineConfig, detector_format: str = "stins", compression: str = "none",
+    frames: Iterable[Frame],
+    config: PipelineConfig,
+    detector_format: str = "stins",
+    compression: str = "none",
 ) -> list[BeamlineEvent]:
     """Encode a scan as the detector and the PandA send it (layout of ``streamtomo.app.recordings``)."""
     frames = list(frames)
     name, capture = pcap.split_field_key(config.encoder_field)
     header_fields = [TS_FIELD, pcap.PcapField(name, "double", capture, 1.0, 0.0, "")]
-    rows, cols = (frames[0].data.shape if frames else (0, 0))
+    rows, cols = frames[0].data.shape if frames else (0, 0)
     if detector_format == "stins":
         head = stins.encode_header(0, "streamtomo-play")
     else:
-        head = eiger.encode_header(1, {"x_pixels_in_detector": cols, "y_pixels_in_detector": rows, "nimages": len(frames)})
+        head = eiger.encode_header(
+            1, {"x_pixels_in_detector": cols, "y_pixels_in_detector": rows, "nimages": len(frames)}
+        )
     events = [BeamlineEvent(0, head, pcap.encode_pcap_header(header_fields))]
     for number, frame in enumerate(frames, start=1):
         if detector_format == "stins":
             parts = stins.encode_image(number, frame.index, frame.data, compression, image_key=int(frame.key))
         else:
-            parts = eiger.encode_image(1, frame.index, frame.data, "bslz4" if compression == "bslz4" else "none",
-                                       appendix={"image_key": int(frame.key)})
+            parts = eiger.encode_image(
+                1,
+                frame.index,
+                frame.data,
+                "bslz4" if compression == "bslz4" else "none",
+                appendix={"image_key": int(frame.key)},
+            )
         # A dark or flat without an angle: the stage sits at encoder zero.
-        counts = 0.0 if frame.angle_deg is None else pcap.counts_from_angle(frame.angle_deg, config.counts_per_degree, config.encoder_offset)
+        counts = (
+            0.0
+            if frame.angle_deg is None
+            else pcap.counts_from_angle(frame.angle_deg, config.counts_per_degree, config.encoder_offset)
+        )
         line = pcap.encode_pcap_values([(number - 1) * 0.01, counts])
         events.append(BeamlineEvent(number, parts, line, frame.index, frame.key))
     end = stins.encode_series_end(len(frames) + 1) if detector_format == "stins" else eiger.encode_series_end(1)

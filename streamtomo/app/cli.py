@@ -54,8 +54,15 @@ def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Name
     # With --hsds the reducer mirrors the domain there; credentials come from the
     # environment or a file (streamtomo.hsds_bridge.credentials), never from the command line.
     stop = threading.Event() if args.serve else None
-    run = ReplayRun(recordings, config, workers=args.workers, http_port=args.port, rate_hz=args.rate, keep_serving=stop,
-                    hsds_endpoint=args.hsds or "")
+    run = ReplayRun(
+        recordings,
+        config,
+        workers=args.workers,
+        http_port=args.port,
+        rate_hz=args.rate,
+        keep_serving=stop,
+        hsds_endpoint=args.hsds or "",
+    )
     viewer = None
     try:
         reducer = run.start()
@@ -93,7 +100,9 @@ def _start_viewer(endpoint: str, domain: str, control: Any) -> Any:
 
     try:
         # The viewer holds the control token; the page never sees it.
-        viewer = start_viewer(endpoint, domain, host="127.0.0.1", port=0, control=control.url, control_token=control.token)
+        viewer = start_viewer(
+            endpoint, domain, host="127.0.0.1", port=0, control=control.url, control_token=control.token
+        )
     except ViewerAssetsMissing as error:
         print(f"viewer: not available ({error})", flush=True)
         return None
@@ -110,7 +119,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="streamtomo-demo-") as tmp:
         simulator = ScanSimulator(spec)
         frames = list(simulator.frames())
-        recordings = write_recordings(frames, Path(tmp), counts_per_degree=config.counts_per_degree, encoder_field=config.encoder_field)
+        recordings = write_recordings(
+            frames, Path(tmp), counts_per_degree=config.counts_per_degree, encoder_field=config.encoder_field
+        )
         logger.info("simulated %d frames of %dx%d", len(frames), spec.rows, spec.cols)
         return _run(recordings, config, args, len(frames))
 
@@ -125,11 +136,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from streamtomo.app.recordings import write_recordings
     from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
 
-    spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=args.angles, order=args.order, seed=args.seed, n_flats_after=args.flats_after)
+    spec = SimulationSpec(
+        rows=args.rows,
+        cols=args.cols,
+        angles=args.angles,
+        order=args.order,
+        seed=args.seed,
+        n_flats_after=args.flats_after,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = spec.config()
-    paths = write_recordings(ScanSimulator(spec).frames(), out, compression=args.compression, counts_per_degree=config.counts_per_degree, encoder_field=config.encoder_field)
+    paths = write_recordings(
+        ScanSimulator(spec).frames(),
+        out,
+        compression=args.compression,
+        counts_per_degree=config.counts_per_degree,
+        encoder_field=config.encoder_field,
+    )
     params = write_parameter_file(config, out / "parameters.json")
     for path in [*paths, params]:
         print(path)
@@ -145,7 +169,10 @@ def cmd_hsds(args: argparse.Namespace) -> int:
     print(f"hsds endpoint: {server.url}", flush=True)
     for user in (server.writer_user, server.viewer_user):
         print(f"credentials of {user}: {server.credentials_file(user)}", flush=True)
-    print(f"publish with: STREAMTOMO_HSDS_CREDENTIALS={server.credentials_file(server.writer_user)} streamtomo demo --hsds {server.url}", flush=True)
+    print(
+        f"publish with: STREAMTOMO_HSDS_CREDENTIALS={server.credentials_file(server.writer_user)} streamtomo demo --hsds {server.url}",
+        flush=True,
+    )
     server.run_forever()  # Ctrl-C: flush, then stop
     return 0
 
@@ -178,18 +205,26 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workers", type=int, default=2, help="dranspose workers (default 2)")
     p.add_argument("--port", type=int, default=0, help="HTTP port of the live domain (default: a free port)")
-    p.add_argument("--rate", type=float, default=None, help="frames per second to replay at (default: as fast as possible)")
+    p.add_argument(
+        "--rate", type=float, default=None, help="frames per second to replay at (default: as fast as possible)"
+    )
     p.add_argument("--serve", action="store_true", help="keep serving the domain until Ctrl-C")
     p.add_argument("--out", help="write the final NeXus file here")
     p.add_argument("--domain", default="/streamtomo/live.h5", help="live domain name")
-    p.add_argument("--hsds", metavar="URL", help="also publish to this HSDS (credentials: STREAMTOMO_HSDS_USERNAME/_PASSWORD or STREAMTOMO_HSDS_CREDENTIALS=file)")
+    p.add_argument(
+        "--hsds",
+        metavar="URL",
+        help="also publish to this HSDS (credentials: STREAMTOMO_HSDS_USERNAME/_PASSWORD or STREAMTOMO_HSDS_CREDENTIALS=file)",
+    )
 
 
 def _add_sim_options(p: argparse.ArgumentParser, rows: int, cols: int, angles: int) -> None:
     p.add_argument("--rows", type=int, default=rows, help=f"detector rows (default {rows})")
     p.add_argument("--cols", type=int, default=cols, help=f"detector columns (default {cols})")
     p.add_argument("--angles", type=int, default=angles, help=f"projections over 180 degrees (default {angles})")
-    p.add_argument("--order", choices=("sequential", "golden"), default="sequential", help="acquisition order of the angles")
+    p.add_argument(
+        "--order", choices=("sequential", "golden"), default="sequential", help="acquisition order of the angles"
+    )
     p.add_argument("--seed", type=int, default=0, help="noise seed")
 
 

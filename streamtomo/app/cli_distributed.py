@@ -40,7 +40,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     state_path = Path(args.state) if args.state else default_state_path()
     signal.signal(signal.SIGTERM, _raise_stop)
     deployment = LocalDeployment(
-        workers=args.workers, redis_url=args.redis, run_dir=args.run_dir, detector_format=args.detector_format,
+        workers=args.workers,
+        redis_url=args.redis,
+        run_dir=args.run_dir,
+        detector_format=args.detector_format,
         dump_prefix="" if args.no_record else None,
     )
     try:
@@ -63,10 +66,14 @@ def cmd_up(args: argparse.Namespace) -> int:
                 for name, service in deployment.processes.items():
                     if not service.alive() and name not in reported_dead:
                         reported_dead.add(name)
-                        logger.warning("%s exited (status %s); its log: %s", name, service.popen.returncode, service.log)
+                        logger.warning(
+                            "%s exited (status %s); its log: %s", name, service.popen.returncode, service.log
+                        )
                 try:
                     p = deployment.controller.progress(timeout=5)
-                    line = f"scan: {p['completed_events']}/{p['total_events']} events" + (" (finished)" if p["finished"] else "")
+                    line = f"scan: {p['completed_events']}/{p['total_events']} events" + (
+                        " (finished)" if p["finished"] else ""
+                    )
                 except (OSError, ControllerError) as error:
                     line = f"controller unreachable: {error}"
                 if line != last:
@@ -117,33 +124,57 @@ def cmd_play(args: argparse.Namespace) -> int:
         return 2
     prefix = "" if args.no_record else args.record_prefix
     frames = sum(1 for e in events if e.frame is not None)
-    print(f"playing {frames} frames to {state.controller_url}" + (f" at {args.rate} Hz" if args.rate else ""), flush=True)
+    print(
+        f"playing {frames} frames to {state.controller_url}" + (f" at {args.rate} Hz" if args.rate else ""), flush=True
+    )
     try:
-        result = play(state, events, config, rate_hz=args.rate, max_frames=args.max_frames, dump_prefix=prefix,
-                      stall_timeout=args.stall_timeout)
+        result = play(
+            state,
+            events,
+            config,
+            rate_hz=args.rate,
+            max_frames=args.max_frames,
+            dump_prefix=prefix,
+            stall_timeout=args.stall_timeout,
+        )
     except (PlayError, DeploymentError, ControllerError, OSError) as error:
         print(f"streamtomo: error: {error}")
         return 1
     rate = result.frames_sent / result.seconds if result.seconds > 0 else 0.0
-    print(f"scan {result.mapping_uuid}: {result.frames_sent} frames, {result.bytes_sent / 1e6:.1f} MB in "
-          f"{result.seconds:.2f} s ({rate:.1f} frames/s){'; ended by stop' if result.ended_by_stop else ''}", flush=True)
+    print(
+        f"scan {result.mapping_uuid}: {result.frames_sent} frames, {result.bytes_sent / 1e6:.1f} MB in "
+        f"{result.seconds:.2f} s ({rate:.1f} frames/s){'; ended by stop' if result.ended_by_stop else ''}",
+        flush=True,
+    )
     if state.live_endpoint:
         print(f"endpoint: {state.live_endpoint}\ndomain: {config.domain}", flush=True)
     recordings = [p for p in result.recordings((state.detector_stream, state.angle_stream)) if p.exists()]
     if recordings:
-        params = write_parameter_file(result.recorded_config(), Path(f"{result.dump_prefix}replay-parameters-{result.mapping_uuid}.json"))
+        params = write_parameter_file(
+            result.recorded_config(), Path(f"{result.dump_prefix}replay-parameters-{result.mapping_uuid}.json")
+        )
         print(f"replay with: streamtomo replay -f {' '.join(map(str, recordings))} -p {params}", flush=True)
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``up`` and ``play`` to ``streamtomo``'s subcommands."""
-    up = subparsers.add_parser("up", help="start a local dranspose deployment (Redis, controller, ingesters, workers, reducer)")
+    up = subparsers.add_parser(
+        "up", help="start a local dranspose deployment (Redis, controller, ingesters, workers, reducer)"
+    )
     up.add_argument("-w", "--workers", type=int, default=2, help="number of workers (default 2)")
     up.add_argument("--redis", help="use this Redis (redis://HOST:PORT/DB) instead of starting redis-server")
     up.add_argument("--run-dir", help="directory for logs and recordings (default: a new temporary directory)")
-    up.add_argument("--state", help="where to write the deployment's addresses (default: $XDG_RUNTIME_DIR/streamtomo/deployment.json)")
-    up.add_argument("--detector-format", choices=("stins", "eiger_legacy"), default="stins", help="detector stream: stins (MAX IV receiver) or eiger_legacy (Dectris Stream v1)")
+    up.add_argument(
+        "--state",
+        help="where to write the deployment's addresses (default: $XDG_RUNTIME_DIR/streamtomo/deployment.json)",
+    )
+    up.add_argument(
+        "--detector-format",
+        choices=("stins", "eiger_legacy"),
+        default="stins",
+        help="detector stream: stins (MAX IV receiver) or eiger_legacy (Dectris Stream v1)",
+    )
     up.add_argument("--no-record", action="store_true", help="do not record scans (dump_prefix)")
     up.set_defaults(func=cmd_up)
 
@@ -152,19 +183,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source.add_argument("--simulate", action="store_true", help="a simulated Shepp-Logan scan (the default)")
     source.add_argument("-f", "--files", nargs="+", help="dranspose recordings (.cbors) to re-send")
     play.add_argument("-p", "--parameters", help="parameter file (JSON) for the scan")
-    play.add_argument("--rate", type=float, default=None, help="frames per second (default: as fast as the pipeline takes them)")
+    play.add_argument(
+        "--rate", type=float, default=None, help="frames per second (default: as fast as the pipeline takes them)"
+    )
     play.add_argument("--rows", type=int, default=16, help="simulated detector rows (default 16)")
     play.add_argument("--cols", type=int, default=128, help="simulated detector columns (default 128)")
     play.add_argument("--angles", type=int, default=180, help="simulated projections (default 180)")
     play.add_argument("--seed", type=int, default=0, help="noise seed")
     play.add_argument("--compression", choices=("none", "bslz4"), default="none", help="detector data compression")
-    play.add_argument("--max-frames", type=int, default=None, help="stop the stream after this many frames (a stream that ends early)")
-    play.add_argument("--stall-timeout", type=float, default=10.0, help="end the scan after this many seconds without progress (default 10)")
+    play.add_argument(
+        "--max-frames", type=int, default=None, help="stop the stream after this many frames (a stream that ends early)"
+    )
+    play.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=10.0,
+        help="end the scan after this many seconds without progress (default 10)",
+    )
     play.add_argument("--state", help="deployment state file written by `streamtomo up`")
     play.add_argument("--controller", help="controller URL (default: from the state file)")
     play.add_argument("--detector", help="where to bind the detector's ZeroMQ PUSH (default: from the state file)")
     play.add_argument("--panda", help="where to serve the PandA's TCP data (default: from the state file)")
     record = play.add_mutually_exclusive_group()
-    record.add_argument("--record-prefix", default=None, help="dump_prefix for this scan's recordings (default: the deployment's)")
+    record.add_argument(
+        "--record-prefix", default=None, help="dump_prefix for this scan's recordings (default: the deployment's)"
+    )
     record.add_argument("--no-record", action="store_true", help="do not record this scan")
     play.set_defaults(func=cmd_play)

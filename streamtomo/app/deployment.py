@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -27,16 +25,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from streamtomo.app.adapters import TOMO_REDUCER, TOMO_WORKER
+from streamtomo.app.deployment_readiness import defaults_set, missing_services
 from streamtomo.app.deployment_state import DeploymentError, DeploymentState
 from streamtomo.app.processes import HOST, ServiceProcess, free_port, process_cpu_seconds, spawn
 from streamtomo.app.processes import wait_for as _wait_for
+from streamtomo.app.redis_service import forget_workers, redis_ping, redis_server_argv, redis_url_ping
 from streamtomo.app.reducer_environment import ReducerEnvironment
 from streamtomo.controller_client import ControllerClient, ControllerTimeout
 
 logger = logging.getLogger(__name__)
 
-TOMO_WORKER = "streamtomo.workers.tomo_worker:TomoWorker"
-TOMO_REDUCER = "streamtomo.reducer.tomo_reducer:TomoReducer"
+__all__ = ["TOMO_REDUCER", "TOMO_WORKER", "DeploymentError", "DeploymentState", "LocalDeployment"]
+
 DETECTOR_INGESTERS = {
     "stins": "dranspose.ingesters.zmqpull_single:ZmqPullSingleIngester",
     "eiger_legacy": "dranspose.ingesters.zmqpull_eiger_legacy:ZmqPullEigerLegacyIngester",
@@ -107,7 +108,9 @@ class LocalDeployment:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     @property
@@ -129,12 +132,22 @@ class LocalDeployment:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.dump_prefix:
             Path(os.path.dirname(self.dump_prefix) or ".").mkdir(parents=True, exist_ok=True)
-        for name in ("redis", "controller", "reducer_api", "reducer_zmq", "live", "control", "detector_ingester",
-                     "angle_ingester", "detector_upstream", "angle_upstream"):
+        for name in (
+            "redis",
+            "controller",
+            "reducer_api",
+            "reducer_zmq",
+            "live",
+            "control",
+            "detector_ingester",
+            "angle_ingester",
+            "detector_upstream",
+            "angle_upstream",
+        ):
             self._ports[name] = free_port()
         redis_url = self.redis_url_given or self._start_redis()
         if self.redis_url_given:
-            wait_for(f"redis at {redis_url}", lambda: _redis_url_ping(redis_url), self.ready_timeout)
+            wait_for(f"redis at {redis_url}", lambda: redis_url_ping(redis_url), self.ready_timeout)
         controller_url = f"http://{HOST}:{self._ports['controller']}"
         self._state = DeploymentState(
             controller_url=controller_url,
@@ -166,18 +179,31 @@ class LocalDeployment:
         self.wait_parameters_consistent()
         self.state.workers = list(self._worker_names)
         self.state.pids = {name: p.pid for name, p in self.processes.items()}
-        logger.info("deployment ready: %d workers, controller %s, live domain %s%s", self.n_workers,
-                    controller_url, self.state.live_endpoint, self.state.domain)
-        logger.info("parameter control: http://%s:%d, token in %s (`streamtomo view --control URL --control-token-file FILE`)",
-                    HOST, self._ports["control"], self.run_dir / "control.token")
+        logger.info(
+            "deployment ready: %d workers, controller %s, live domain %s%s",
+            self.n_workers,
+            controller_url,
+            self.state.live_endpoint,
+            self.state.domain,
+        )
+        logger.info(
+            "parameter control: http://%s:%d, token in %s (`streamtomo view --control URL --control-token-file FILE`)",
+            HOST,
+            self._ports["control"],
+            self.run_dir / "control.token",
+        )
         return self.state
 
     @property
     def reducer_environment(self) -> ReducerEnvironment:
         """The reducer's settings: live domain on loopback; the control listener's
         token file is created by the reducer at start (0600), only this user reads it."""
-        return ReducerEnvironment(http_host=HOST, http_port=self._ports["live"], control_port=self._ports["control"],
-                                  control_token_file=str(self.run_dir / "control.token"))
+        return ReducerEnvironment(
+            http_host=HOST,
+            http_port=self._ports["live"],
+            control_port=self._ports["control"],
+            control_token_file=str(self.run_dir / "control.token"),
+        )
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -190,41 +216,46 @@ class LocalDeployment:
         return env
 
     def _popen(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ServiceProcess:
-        service = spawn(name, argv, self.log_dir / f"{name}.log", env={**self._env(), **(env or {})},
-                        cwd=self.run_dir, new_session=True, die_with_parent=True)
+        service = spawn(
+            name,
+            argv,
+            self.log_dir / f"{name}.log",
+            env={**self._env(), **(env or {})},
+            cwd=self.run_dir,
+            new_session=True,
+            die_with_parent=True,
+        )
         self.processes[name] = service
         return service
 
     def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> ServiceProcess:
-        return self._popen(name, [sys.executable, "-m", "streamtomo.app.services", "--log-level", self.log_level, *args], env)
+        return self._popen(
+            name, [sys.executable, "-m", "streamtomo.app.services", "--log-level", self.log_level, *args], env
+        )
 
     def _start_redis(self) -> str:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not Path(binary).exists():
-            raise DeploymentError("redis-server not found: install it (apt-get install -y redis-server) or pass --redis URL")
         port = self._ports["redis"]
-        # No persistence: a deployment's Redis holds only live coordination state.
-        self._popen("redis", [binary, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no",
-                              "--protected-mode", "yes", "--dir", str(self.run_dir), "--daemonize", "no"])
+        self._popen("redis", redis_server_argv(port, self.run_dir))
         url = f"redis://{HOST}:{port}/0"
-        wait_for("redis", lambda: _redis_ping(HOST, port), self.ready_timeout)
+        wait_for("redis", lambda: redis_ping(HOST, port), self.ready_timeout)
         logger.info("redis ready at %s", url)
         return url
 
     def _start_reducer(self) -> None:
-        self._spawn("reducer", ["reducer", "--port", str(self._ports["reducer_api"]),
-                                "--zmq-port", str(self._ports["reducer_zmq"]), "--class", self.reducer_class])
+        ports = self._ports
+        args = ["reducer", "--port", str(ports["reducer_api"]), "--zmq-port", str(ports["reducer_zmq"]),
+                "--class", self.reducer_class]  # fmt: skip
+        self._spawn("reducer", args)
 
     def _spawn_ingesters(self) -> None:
-        state = self.state
-        self._spawn("detector-ingester", [
-            "ingester", "--class", DETECTOR_INGESTERS[self.detector_format], "--stream", state.detector_stream,
-            "--port", str(self._ports["detector_ingester"]), "--upstream", state.detector_upstream,
-        ])
-        self._spawn("angle-ingester", [
-            "ingester", "--class", ANGLE_INGESTER, "--stream", state.angle_stream,
-            "--port", str(self._ports["angle_ingester"]), "--upstream", state.angle_upstream,
-        ])
+        state, ports = self.state, self._ports
+        for name, cls, stream, port, upstream in [
+            ("detector-ingester", DETECTOR_INGESTERS[self.detector_format], state.detector_stream,
+             ports["detector_ingester"], state.detector_upstream),
+            ("angle-ingester", ANGLE_INGESTER, state.angle_stream, ports["angle_ingester"], state.angle_upstream),
+        ]:  # fmt: skip
+            args = ["ingester", "--class", cls, "--stream", stream, "--port", str(port), "--upstream", upstream]
+            self._spawn(name, args)
 
     def _spawn_worker(self) -> str:
         self._worker_serial += 1
@@ -254,26 +285,8 @@ class LocalDeployment:
     def readiness(self) -> str | None:
         """None when ready, else what is still missing (for logs and errors)."""
         self._check_alive()
-        cfg = self._ensemble()
-        ingesters = {i["name"]: i for i in cfg["ingesters"]}
-        want_ingesters = {f"{self.state.detector_stream}-ingester", f"{self.state.angle_stream}-ingester"}
-        if cfg.get("reducer") is None:
-            return "reducer not registered"
-        if not want_ingesters <= set(ingesters):
-            return f"ingesters registered: {sorted(ingesters)}"
-        workers = {w["name"]: w for w in cfg["workers"]}
-        if set(workers) != set(self._worker_names):
-            return f"workers registered: {sorted(workers)} of {self._worker_names}"
-        for name, w in workers.items():
-            seen = {i["name"] for i in w["ingesters"]}
-            if not want_ingesters <= seen:
-                return f"{name} connected to {sorted(seen)}"
-        uuids = {w["service_uuid"] for w in workers.values()}
-        for name in want_ingesters:
-            connected = {c["service_uuid"] for c in ingesters[name]["connected_workers"].values()}
-            if not uuids <= connected:
-                return f"{name} reached by {len(connected & uuids)} of {len(uuids)} workers"
-        return None
+        streams = (self.state.detector_stream, self.state.angle_stream)
+        return missing_services(self._ensemble(), streams, self._worker_names)
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Until every service has registered and workers reach both ingesters."""
@@ -302,10 +315,7 @@ class LocalDeployment:
 
         def probe() -> bool | None:
             self._check_alive()
-            if controller.config(timeout=5).get("reducer") is None:
-                return None
-            names = [n for n in controller.parameter_names(timeout=5) if n != "dump_prefix"]
-            return True if all(controller.get_parameter(n, timeout=5) is not None for n in names) else None
+            return defaults_set(controller)
 
         wait_for("the reducer and parameter defaults", probe, timeout or self.ready_timeout, interval=0.2)
 
@@ -341,13 +351,7 @@ class LocalDeployment:
         """Delete crashed workers' registrations, which would linger until they expire."""
         if not self._crashed:
             return
-        import redis
-
-        client = redis.Redis.from_url(self.state.redis_url)
-        try:
-            client.delete(*(f"dranspose:worker:{name}:config" for name in self._crashed))
-        finally:
-            client.close()
+        forget_workers(self.state.redis_url, self._crashed)
         self._crashed.clear()
 
     def scale(self, workers: int, worker_class: str | None = None, reducer_class: str | None = None) -> None:
@@ -403,18 +407,3 @@ class LocalDeployment:
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system, all threads) each running service used so far."""
         return {name: process_cpu_seconds(svc.pid) for name, svc in self.processes.items() if svc.alive()}
-
-
-def _redis_url_ping(url: str) -> bool | None:
-    import redis  # redis-py comes with dranspose; only a given URL (auth, db) needs it
-
-    try:
-        return True if redis.Redis.from_url(url, socket_timeout=2).ping() else None
-    except redis.RedisError:
-        return None
-
-
-def _redis_ping(host: str, port: int) -> bool | None:
-    with socket.create_connection((host, port), timeout=1) as sock:
-        sock.sendall(b"PING\r\n")
-        return True if sock.recv(64).startswith(b"+PONG") else None

@@ -34,14 +34,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from streamtomo.app import hsds_proxy
+from streamtomo.app.hsds_admin import HsdsStartError, ensure_folder, flush_all, hsds_request
 from streamtomo.app.local_hsds_setup import (
     DEFAULT_BUCKET,
     SCRUBBED_ENV,
@@ -60,10 +58,6 @@ from streamtomo.hsds_bridge.credentials import (
 log = logging.getLogger(__name__)
 
 MAX_SOCKET_DIR_LEN = 63  # hsds app.py: longer unix socket paths break binding
-
-
-class HsdsStartError(RuntimeError):
-    """HSDS did not come up; the message carries the tail of its log."""
 
 
 class LocalHsds:
@@ -99,7 +93,7 @@ class LocalHsds:
             "allow_noauth": False,  # every request must authenticate
             "default_public": False,  # new domains are not world readable
             "bucket_name": bucket,
-            # 128 MiB per DN answered 503 under sinogram writes (see issue).
+            # With HSDS's default (128 MiB per DN) sinogram writes were answered 503.
             "chunk_mem_cache_size": chunk_mem_cache_size,
             # The default "*" echoes any origin with credentials allowed.
             "cors_domain": cors_origin,
@@ -211,8 +205,15 @@ class LocalHsds:
             "--socket", str(self._socket_dir / "sn_1.sock"),
             "--port", str(self.port), "--port-file", str(port_file),
         ]  # fmt: skip
-        self._proxy = spawn("hsds-proxy", proxy_cmd, self.log_dir / "proxy.log", env=env, cwd=self.log_dir,
-                            group=self._launcher.pgid, private=True)
+        self._proxy = spawn(
+            "hsds-proxy",
+            proxy_cmd,
+            self.log_dir / "proxy.log",
+            env=env,
+            cwd=self.log_dir,
+            group=self._launcher.pgid,
+            private=True,
+        )
 
     def start(self) -> LocalHsds:
         """Start HSDS and the proxy; return once ``/about`` reports READY."""
@@ -275,69 +276,18 @@ class LocalHsds:
         body: Any = None,
         timeout: float = 30.0,
     ) -> tuple[int, bytes]:
-        """One synchronous HTTP request through the proxy (stdlib only)."""
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if auth is not None:
-            req.add_header("Authorization", auth.authorization_header())
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return int(resp.status), bytes(resp.read())
-        except urllib.error.HTTPError as err:
-            return int(err.code), err.read()
-
-    def _ensure_folder(self, folder: str, owner: str, deadline: float) -> None:
-        domain = folder.rstrip("/")
-        delay = 0.05
-        while True:
-            status, body = self.request("GET", f"/?domain={domain}", auth=self.accounts.admin)
-            if status == 200:
-                return
-            if status == 404:
-                status, body = self.request(
-                    "PUT", f"/?domain={domain}", auth=self.accounts.admin, body={"folder": True, "owner": owner}
-                )
-                if status in (201, 409):
-                    log.info("created folder %s (owner %s)", folder, owner)
-                    return
-            # Right after READY the first write sometimes gets a 500 (seen in ~1 of 3
-            # starts); 5xx are transient, anything else is a real refusal.
-            if status < 500 or time.monotonic() > deadline:
-                raise HsdsStartError(f"cannot create folder {folder}: {status} {body[:200]!r}")
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        """One synchronous HTTP request through the proxy: ``(status, body)``."""
+        return hsds_request(self.url, method, path, auth=auth, body=body, timeout=timeout)
 
     def _ensure_writer_folder(self, deadline: float) -> None:
         # Top-level folders need the admin; the writer then owns its home folder
         # and creates its domains (and sub-folders) there with its own account.
-        self._ensure_folder("/home/", "admin", deadline)
-        self._ensure_folder(self.writer_folder, self.writer_user, deadline)
-
-    def _walk_domains(self, folder: str) -> Iterator[str]:
-        status, body = self.request("GET", f"/domains?domain={folder}", auth=self.accounts.admin)
-        if status != 200:
-            return
-        for item in json.loads(body).get("domains", []):
-            if item.get("class") == "folder":
-                yield from self._walk_domains(item["name"])
-            else:
-                yield item["name"]
+        ensure_folder(self.url, self.accounts.admin, "/home/", "admin", deadline)
+        ensure_folder(self.url, self.accounts.admin, self.writer_folder, self.writer_user, deadline)
 
     def flush_all(self) -> int:
         """Flush every domain (admin); returns how many were flushed."""
-        if not self.running:
-            return 0
-        count = 0
-        for domain in self._walk_domains("/"):
-            status, _ = self.request("PUT", f"/?domain={domain}&flush=1",
-                                     auth=self.accounts.admin)  # fmt: skip
-            if status in (200, 204):
-                count += 1
-            else:
-                log.warning("flush of %s answered %d", domain, status)
-        return count
+        return flush_all(self.url, self.accounts.admin) if self.running else 0
 
     # -- stop -------------------------------------------------------------------
     def stop(self, timeout: float = 15.0) -> None:

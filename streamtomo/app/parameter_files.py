@@ -76,5 +76,12 @@ def write_parameter_file(config: PipelineConfig, path: Path) -> Path:
     return path
 
 
-__all__ = ["ConfigError", "ParameterFileError", "config_values", "load_config", "parameter_list",
-           "read_config_values", "write_parameter_file"]
+__all__ = [
+    "ConfigError",
+    "ParameterFileError",
+    "config_values",
+    "load_config",
+    "parameter_list",
+    "read_config_values",
+    "write_parameter_file",
+]

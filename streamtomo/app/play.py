@@ -43,12 +43,26 @@ from streamtomo.pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BeamlineEvent", "NotConnected", "PandaServer", "PlayError", "PlayResult", "frame_events", "play",
-           "recorded_config", "recorded_events", "scan_mapping", "scan_parameters"]
+__all__ = [
+    "BeamlineEvent",
+    "NotConnected",
+    "PandaServer",
+    "PlayError",
+    "PlayResult",
+    "frame_events",
+    "play",
+    "recorded_config",
+    "recorded_events",
+    "scan_mapping",
+    "scan_parameters",
+]
 
 
 def scan_parameters(
-    config: PipelineConfig, state: DeploymentState, dump_prefix: str | None, takes_references: bool = True,
+    config: PipelineConfig,
+    state: DeploymentState,
+    dump_prefix: str | None,
+    takes_references: bool = True,
 ) -> dict[str, bytes]:
     """Parameter values as dranspose encodes them (``str(value)``).
 
@@ -173,8 +187,13 @@ def play(
 
 
 def _stream(
-    events: Sequence[BeamlineEvent], detector: DetectorPush, panda: PandaServer, result: PlayResult,
-    rate_hz: float | None, max_frames: int | None, connect_timeout: float,
+    events: Sequence[BeamlineEvent],
+    detector: DetectorPush,
+    panda: PandaServer,
+    result: PlayResult,
+    rate_hz: float | None,
+    max_frames: int | None,
+    connect_timeout: float,
     on_frame_sent: Callable[[int, int], None] | None,
 ) -> None:
     period = 1.0 / rate_hz if rate_hz else 0.0
@@ -212,7 +231,9 @@ def _stream(
             logger.info("sent %d/%d frames", result.frames_sent, total)
 
 
-def _wait_finished(controller: ControllerClient, result: PlayResult, n_events: int, stall_timeout: float, finish_timeout: float) -> None:
+def _wait_finished(
+    controller: ControllerClient, result: PlayResult, n_events: int, stall_timeout: float, finish_timeout: float
+) -> None:
     """Until the controller says finished; a stall ends the scan through the controller."""
     last_done, last_change, last_log = -1, time.monotonic(), 0.0
     stopped_at: float | None = None
@@ -229,8 +250,12 @@ def _wait_finished(controller: ControllerClient, result: PlayResult, n_events: i
             last_log = now
             logger.info("completed %d/%d events", done, n_events)
         if stopped_at is None and now - last_change > stall_timeout:
-            logger.warning("no progress for %.0f s at %d/%d events: ending the scan (partial result kept)",
-                           stall_timeout, done, n_events)
+            logger.warning(
+                "no progress for %.0f s at %d/%d events: ending the scan (partial result kept)",
+                stall_timeout,
+                done,
+                n_events,
+            )
             controller.stop()
             result.ended_by_stop = True
             stopped_at = now
@@ -238,6 +263,10 @@ def _wait_finished(controller: ControllerClient, result: PlayResult, n_events: i
             raise PlayError(f"the scan did not finish within {finish_timeout:.0f} s of being stopped: {progress}")
         time.sleep(0.05)
     result.finished = time.time()
-    logger.info("scan %s finished: %d frames in %.2f s%s", result.mapping_uuid, result.frames_sent, result.seconds,
-                " (ended by stop)" if result.ended_by_stop else "")
-
+    logger.info(
+        "scan %s finished: %d frames in %.2f s%s",
+        result.mapping_uuid,
+        result.frames_sent,
+        result.seconds,
+        " (ended by stop)" if result.ended_by_stop else "",
+    )

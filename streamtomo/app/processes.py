@@ -10,7 +10,6 @@ says about processes (CPU time, group members, listening sockets).
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -40,7 +39,10 @@ def free_port(host: str = HOST) -> int:
 
 
 def wait_for(
-    what: str, probe: Callable[[], _T | None], timeout: float, interval: float = 0.1,
+    what: str,
+    probe: Callable[[], _T | None],
+    timeout: float,
+    interval: float = 0.1,
     error: type[Exception] = NotReady,
 ) -> _T:
     """Poll ``probe`` until it returns something other than None (errors count as not yet).
@@ -123,8 +125,16 @@ class ServiceProcess:
 
 
 def spawn(
-    name: str, argv: Sequence[str], log: Path, *, env: Mapping[str, str], cwd: str | os.PathLike[str],
-    group: int | None = None, new_session: bool = False, die_with_parent: bool = False, private: bool = False,
+    name: str,
+    argv: Sequence[str],
+    log: Path,
+    *,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike[str],
+    group: int | None = None,
+    new_session: bool = False,
+    die_with_parent: bool = False,
+    private: bool = False,
 ) -> ServiceProcess:
     """Start ``argv`` with stdout and stderr appended to ``log``.
 
@@ -138,10 +148,16 @@ def spawn(
         os.fchmod(fd, 0o600)
     with os.fdopen(fd, "ab") as out:  # the child keeps its own descriptor
         popen = subprocess.Popen(
-            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd,
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env),
+            cwd=cwd,
             start_new_session=new_session and group is None,
             process_group=None if new_session and group is None else (0 if group is None else group),
-            preexec_fn=_die_with_parent if die_with_parent else None, umask=0o077 if private else -1,
+            preexec_fn=_die_with_parent if die_with_parent else None,
+            umask=0o077 if private else -1,
         )
     logger.info("started %s (pid %d), log %s", name, popen.pid, log)
     return ServiceProcess(name, popen, log, popen.pid if group is None else group)
@@ -195,11 +211,10 @@ def _decode_proc_addr(hex_addr: str) -> tuple[str, int]:
     ip_hex, port_hex = hex_addr.split(":")
     port = int(port_hex, 16)
     raw = bytes.fromhex(ip_hex)
-    if len(raw) == 4:
-        return ".".join(str(b) for b in raw[::-1]), port
-    # /proc/net/tcp6: four little-endian 32-bit words
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-    return str(ipaddress.IPv6Address(words)), port
+    # /proc prints each 32-bit word in host (little-endian) order. inet_ntop writes a
+    # v4-mapped address as ::ffff:127.0.0.1 (ipaddress, before 3.13: ::ffff:7f00:1).
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, words), port
 
 
 def listening_tcp_sockets(pids: set[int]) -> list[tuple[int, str, int]]:

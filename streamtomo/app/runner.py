@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamtomo.app.adapters import TOMO_REDUCER, TOMO_WORKER
 from streamtomo.app.parameter_files import write_parameter_file
 from streamtomo.app.reducer_environment import ReducerEnvironment
 from streamtomo.pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
-
-WORKER_CLASS = "streamtomo.workers.tomo_worker:TomoWorker"
-REDUCER_CLASS = "streamtomo.reducer.tomo_reducer:TomoReducer"
 
 
 @dataclass
@@ -86,9 +84,16 @@ class ReplayRun:
         def target() -> None:
             try:
                 dreplay.replay(
-                    WORKER_CLASS, REDUCER_CLASS, zmq_files=[str(p) for p in self.recordings],
-                    parameter_file=str(params), port=None, nworkers=self.workers,
-                    stop_event=self._stop, done_event=self._done, start_event=self._start, latency=latency,
+                    TOMO_WORKER,
+                    TOMO_REDUCER,
+                    zmq_files=[str(p) for p in self.recordings],
+                    parameter_file=str(params),
+                    port=None,
+                    nworkers=self.workers,
+                    stop_event=self._stop,
+                    done_event=self._done,
+                    start_event=self._start,
+                    latency=latency,
                 )
             except BaseException as error:  # surfaced by wait()
                 self._error = error
@@ -142,10 +147,15 @@ class ReplayRun:
             last_frame = scan.last_frame_time
         seconds = (self.finished_at or time.time()) - self.started_at
         return RunSummary(
-            frames=int(status["frames_received"]), projections=int(status["projections"]), rejected=rejected,
+            frames=int(status["frames_received"]),
+            projections=int(status["projections"]),
+            rejected=rejected,
             seconds=seconds,
-            last_frame_to_final_s=max((getattr(self.reducer, "final_slices_at", 0.0) or self.finished_at or time.time()) - last_frame, 0.0),
-            endpoint=self.reducer.endpoint, domain=self.reducer.domain.name,
+            last_frame_to_final_s=max(
+                (getattr(self.reducer, "final_slices_at", 0.0) or self.finished_at or time.time()) - last_frame, 0.0
+            ),
+            endpoint=self.reducer.endpoint,
+            domain=self.reducer.domain.name,
         )
 
     def close(self) -> None:
@@ -179,7 +189,13 @@ class Progress:
             self.stream.flush()
         elif time.monotonic() - self._last_log > 2.0:
             self._last_log = time.monotonic()
-            logger.info("progress: %d/%s frames, %s projections, %s rejected", done, self.total or "?", status.get("projections"), status.get("frames_rejected"))
+            logger.info(
+                "progress: %d/%s frames, %s projections, %s rejected",
+                done,
+                self.total or "?",
+                status.get("projections"),
+                status.get("frames_rejected"),
+            )
 
     def close(self) -> None:
         if self.tty:

@@ -42,8 +42,12 @@ def _add_redis_log_handler() -> None:
         from rlh import RedisStreamLogHandler
 
         client = redis_sync.from_url(f"{os.environ['REDIS_URL']}?decode_responses=True&protocol=3")
-        handler = RedisStreamLogHandler(redis_client=client, stream_name="dranspose_logs", maxlen=1000,
-                                        fields=["msg", "lineno", "name", "created", "levelname"])
+        handler = RedisStreamLogHandler(
+            redis_client=client,
+            stream_name="dranspose_logs",
+            maxlen=1000,
+            fields=["msg", "lineno", "name", "created", "levelname"],
+        )
         handler.setLevel(logging.INFO)
         logging.getLogger().addHandler(handler)
     except (ImportError, KeyError) as error:
@@ -114,6 +118,7 @@ def service_main(argv: Sequence[str] | None = None) -> int:
     if args.kind == "controller":
         _serve_app("dranspose.controller:app", args.port)
     elif args.kind == "reducer":
+        # dranspose's reducer app builds its settings from these when it is imported.
         os.environ["REDUCER_CLASS"] = args.cls
         os.environ["REDUCER_URL"] = f"tcp://{HOST}:{args.zmq_port}"
         _serve_app("dranspose.reducer:app", args.port)
@@ -125,8 +130,9 @@ def service_main(argv: Sequence[str] | None = None) -> int:
     else:
         cls = _import(args.cls)
         settings_cls = _import(args.cls.replace("Ingester", "Settings"))
-        settings = settings_cls(upstream_url=args.upstream, ingester_streams=[args.stream],
-                                ingester_url=f"tcp://{HOST}:{args.port}")
+        settings = settings_cls(
+            upstream_url=args.upstream, ingester_streams=[args.stream], ingester_url=f"tcp://{HOST}:{args.port}"
+        )
         asyncio.run(_run_until_sigterm(tolerant_ingester(cls)(settings=settings)))
     return 0
 

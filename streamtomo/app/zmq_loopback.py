@@ -45,7 +45,7 @@ def bind_loopback(host: str = HOST) -> None:
     def bind(self: zmq.Socket[Any], addr: str) -> Any:
         for wildcard in ("tcp://*:", "tcp://0.0.0.0:", "tcp://[::]:"):
             if addr.startswith(wildcard):
-                addr = f"tcp://{host}:{addr[len(wildcard):]}"
+                addr = f"tcp://{host}:{addr[len(wildcard) :]}"
         return original(self, addr)
 
     zmq.Socket.bind = bind  # type: ignore[method-assign]
@@ -97,7 +97,9 @@ def tolerant_ingester(cls: type[Any]) -> type[Any]:
                 except zmq.ZMQError as error:
                     if error.errno != zmq.EHOSTUNREACH:
                         raise
-                    self._logger.warning("worker %s is gone: event %d not delivered to it", worker, message.event_number)
+                    self._logger.warning(
+                        "worker %s is gone: event %d not delivered to it", worker, message.event_number
+                    )
 
     Tolerant.__name__ = Tolerant.__qualname__ = f"Tolerant{cls.__name__}"
     return Tolerant

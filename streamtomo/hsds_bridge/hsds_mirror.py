@@ -111,8 +111,12 @@ class HsdsMirror(ChunkSender):
             return True  # counted and logged as an error: never claims complete
         for problem in problems:
             if problem.node is not None:
-                await self.setup.create_node(problem.node)  # idempotent: re-links an existing object
-            self.resend_dataset(problem.path)
+                try:  # idempotent: re-links an object that exists, re-creates a lost one
+                    await self.setup.create_node(problem.node)
+                except HsdsWriterError as exc:
+                    self.backlog.error(f"repairing {problem.path}: {exc}")
+            if problem.resend:
+                self.resend_dataset(problem.path)
         await self.client.backoff(attempt)
         return False
 

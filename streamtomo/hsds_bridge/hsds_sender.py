@@ -119,7 +119,7 @@ class ChunkSender:
                     log.warning("HSDS unreachable during setup (%s); retrying", exc)
                 await self.client.backoff(attempt)
 
-    # -- recovery (HsdsMirror) -------------------------------------------------------------
+    # -- recovery: implemented by HsdsMirror, declared here for the sending code ----------
     async def flush(self) -> None:
         raise NotImplementedError
 

@@ -49,5 +49,10 @@ class Publisher(Protocol):
     def stats(self) -> PublisherStats: ...
 
     def close(self, timeout: float = 30.0) -> None:
-        """Publish what is pending (final flush), then release resources."""
+        """Publish what is pending (final flush), then release resources.
+
+        What could not be published within ``timeout`` is counted in
+        ``stats().dropped_updates`` by the time this returns (the HSDS writer then
+        goes on finishing its domain in the background).
+        """
         ...

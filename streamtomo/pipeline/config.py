@@ -176,15 +176,25 @@ class PipelineConfig:
             raise ConfigError(f"slice_rows {missing} are not sinogram rows ({self.rows!r})")
         return rows
 
-    def check_live_bounds(self, detector_rows: int, detector_cols: int) -> None:
-        """Refuse live slices that would cost far more than the detector warrants."""
-        size = self.slice_size or detector_cols
-        if size > SLICE_SIZE_PER_COLUMN * detector_cols:
+    def check_live_bounds(self, detector_rows: int | None, detector_cols: int | None) -> None:
+        """Refuse live slices that would cost far more than the detector warrants.
+
+        Before the first frame the detector is unknown: then the slice count is
+        what ``slice_rows`` names (5 by default) and only the memory budget bounds
+        ``slice_size``.
+        """
+        size = self.slice_size or detector_cols or 0
+        if detector_cols is not None and size > SLICE_SIZE_PER_COLUMN * detector_cols:
             raise ConfigError(
                 f"slice_size {size} is more than {SLICE_SIZE_PER_COLUMN}x the detector width ({detector_cols}); "
                 f"allowed 0..{SLICE_SIZE_PER_COLUMN * detector_cols}"
             )
-        count = len(self.live_slice_rows(detector_rows))
+        if detector_rows is not None:
+            count = len(self.live_slice_rows(detector_rows))
+        else:
+            text = self.slice_rows.strip().lower()
+            explicit = text and text != "all" and ":" not in text
+            count = len({p for p in text.split(",") if p.strip()}) if explicit else 5
         if count > MAX_LIVE_SLICES:
             raise ConfigError(f"slice_rows selects {count} rows; at most {MAX_LIVE_SLICES} live slices")
         if count * size * size * 4 > LIVE_STACK_BUDGET_BYTES:

@@ -156,9 +156,10 @@ class TomoReducer:
             raise ValueError(f"parameter {name!r} cannot be changed live; allowed: {list(LIVE_PARAMETERS)}")
         with self.lock:
             config = PipelineConfig.from_mapping({**self.scan.config.to_dict(), name: value})
-            if self.scan.detector is not None:
-                config.check_live_bounds(self.scan.detector.rows, self.scan.detector.cols)
-                LiveSliceGeometry(config, self.scan.detector)  # centre inside the detector, rows known
+            detector = self.scan.detector
+            config.check_live_bounds(detector.rows if detector else None, detector.cols if detector else None)
+            if detector is not None:
+                LiveSliceGeometry(config, detector)  # centre inside the detector, rows known
             data = value.encode()
             self._parameters[ParameterName(name)] = WorkParameter(name=ParameterName(name), data=data, value=getattr(config, name))
         logger.info("parameter %s set to %r", name, value)

@@ -115,6 +115,9 @@ def test_refused_values_answer_400_change_nothing_and_the_scan_ends_with_its_fil
     for run in replay(recordings, spec.config(), workers=2, rate_hz=150):
         token = run.reducer.control.token
         url = f"{run.reducer.control.url}/streamtomo/parameters"
+        # Before the first frame the detector is unknown: the memory budget still holds.
+        early = _post(f"{url}/slice_size", "8192", token)
+        assert early.status_code == 400 and "budget" in early.json()["message"], early.text
         run.go()
         _wait_projections(run, spec.angles // 4)
         before = {name: _stored(run, name) for name in ("slice_size", "slice_rows", "center")}

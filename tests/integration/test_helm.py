@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -396,7 +397,10 @@ def test_wiring_between_services(helm: str) -> None:
     docs = render(helm)
     reducer = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["containers"][0]
     env = env_of(reducer)
-    assert env["REDIS_URL"] == "redis://t-streamtomo-redis.beamline.svc:6379/0"
+    # the password from the Secret, expanded by Kubernetes (never in the manifest)
+    assert env["REDIS_URL"] == "redis://:$(REDIS_PASSWORD)@t-streamtomo-redis.beamline.svc:6379/0"
+    assert env["REDIS_PASSWORD"]["secretKeyRef"] == {"name": "t-streamtomo-redis", "key": "redis-password"}
+    assert [e["name"] for e in reducer["env"]].index("REDIS_PASSWORD") < [e["name"] for e in reducer["env"]].index("REDIS_URL")
     assert env["REDUCER_URL"] == "tcp://t-streamtomo-reducer.beamline.svc:10200"
     assert env["REDUCER_CLASS"] == "streamtomo.reducer.tomo_reducer:TomoReducer"
     assert env["STREAMTOMO_HTTP_HOST"] == "0.0.0.0"
@@ -571,6 +575,10 @@ def test_existing_secret_and_claims(helm: str) -> None:
         "recordings.enabled=true",
         "--set",
         "recordings.existingClaim=site-recordings",
+        "--set",
+        "redis.auth.existingSecret=site-redis",
+        "--set",
+        "control.existingSecret=site-control",
     )
     assert not find(docs, "Secret")
     assert not find(docs, "PersistentVolumeClaim")
@@ -579,6 +587,9 @@ def test_existing_secret_and_claims(helm: str) -> None:
     assert spec["volumes"][1]["persistentVolumeClaim"]["claimName"] == "site-data"
     reducer = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["containers"][0]
     assert env_of(reducer)["STREAMTOMO_HSDS_PASSWORD"]["secretKeyRef"]["name"] == "site-hsds"
+    assert env_of(reducer)["REDIS_PASSWORD"]["secretKeyRef"] == {"name": "site-redis", "key": "redis-password"}
+    control = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "control-token", "secret": {"secretName": "site-control", "defaultMode": 0o400, "items": [{"key": "token", "path": "token"}]}} in control
     ing = one(docs, "Deployment", "t-streamtomo-ingester-detector")["spec"]["template"]["spec"]
     assert {"name": "recordings", "persistentVolumeClaim": {"claimName": "site-recordings"}} in ing["volumes"]
 
@@ -857,3 +868,158 @@ def test_hsds_bootstrap_job(helm: str) -> None:
     off = render(helm, "--set", "hsds.bootstrap.enabled=false")
     assert not find(off, "Job")
     assert env_of(one(off, "Pod", "t-streamtomo-test-hsds")["spec"]["containers"][0])["FOLDER"] == ""
+
+
+# --- least privilege (issue 14) ---------------------------------------------------
+
+
+def _peers(policy: dict, port: int) -> list[dict]:
+    """Every peer of ``policy`` allowed to reach ``port``."""
+    return [peer for rule in policy["spec"]["ingress"] for peer in rule.get("from", []) if port in [p["port"] for p in rule.get("ports", [])]]
+
+
+def _components(peers: list[dict]) -> set[str]:
+    """What a list of NetworkPolicy peers lets in, by pod component."""
+    out: set[str] = set()
+    for peer in peers:
+        selector = peer.get("podSelector", {})
+        labels = selector.get("matchLabels", {})
+        if set(peer) != {"podSelector"} or labels.get("app.kubernetes.io/instance") != "t":
+            out.add(f"other:{json.dumps(peer, sort_keys=True)}")
+        elif "app.kubernetes.io/component" in labels:
+            out.add(labels["app.kubernetes.io/component"])
+        elif labels.get("streamtomo.io/role") == "ingester":
+            out.add("ingester")
+        else:
+            expressions = selector.get("matchExpressions", [])
+            if not expressions:
+                out.add("release")  # every pod of the release
+            for e in expressions:
+                assert e["key"] == "app.kubernetes.io/component" and e["operator"] == "In", e
+                out.update(e["values"])
+    return out
+
+
+PIPELINE = {"controller", "ingester", "worker", "reducer"}
+
+
+def test_network_policies_are_on_by_default_and_keep_internal_ports_to_the_pipeline(helm: str) -> None:
+    peer = ["--set-json", 'networkPolicy.allowFrom=[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]']
+    docs = render(helm, "--set", "viewer.enabled=true", *peer)
+    policies = {d["metadata"]["name"]: d for d in find(docs, "NetworkPolicy")}
+    assert {"t-streamtomo-redis", "t-streamtomo-controller", "t-streamtomo-reducer", "t-streamtomo-ingesters", "t-streamtomo-workers"} <= set(policies)
+    assert _components(_peers(policies["t-streamtomo-redis"], 6379)) == PIPELINE
+    # the controller takes scans and parameters unauthenticated: no viewer, no outside peer
+    assert _components(_peers(policies["t-streamtomo-controller"], 5000)) == PIPELINE | {"test-controller"}
+    reducer = policies["t-streamtomo-reducer"]
+    assert _components(_peers(reducer, 10200)) == PIPELINE
+    assert _components(_peers(reducer, 5000)) == PIPELINE
+    assert _components(_peers(reducer, 8101)) == {"viewer"}  # the control API: the viewer's server only
+    assert "release" in _components(_peers(reducer, 8100)) and len(_peers(reducer, 8100)) == 2  # reads: release + peer
+    assert _components([p for r in policies["t-streamtomo-ingesters"]["spec"]["ingress"] for p in r["from"]]) == PIPELINE
+    assert policies["t-streamtomo-workers"]["spec"]["ingress"] == []  # workers only connect out
+    beamline = render(helm, "--set-json", 'networkPolicy.controllerFrom=[{"ipBlock": {"cidr": "10.20.0.5/32"}}]')
+    controller = one(beamline, "NetworkPolicy", "t-streamtomo-controller")
+    assert {"ipBlock": {"cidr": "10.20.0.5/32"}} in _peers(controller, 5000)
+    assert not find(render(helm, "--set", "networkPolicy.enabled=false"), "NetworkPolicy")
+
+
+def test_redis_requires_a_password_from_a_secret(helm: str, tmp_path: Path) -> None:
+    docs = render(helm, "--set", "viewer.enabled=true")
+    secret = one(docs, "Secret", "t-streamtomo-redis")
+    password = secret["stringData"]["redis-password"]
+    assert len(password) >= 32 and password.isalnum()
+    assert one(render(helm), "Secret", "t-streamtomo-redis")["stringData"]["redis-password"] != password  # random
+    redis = one(docs, "Deployment", "t-streamtomo-redis")["spec"]["template"]["spec"]["containers"][0]
+    assert password not in json.dumps(redis)
+    assert env_of(redis)["REDIS_PASSWORD"]["secretKeyRef"] == {"name": "t-streamtomo-redis", "key": "redis-password"}
+    assert env_of(redis)["REDISCLI_AUTH"]["secretKeyRef"] == {"name": "t-streamtomo-redis", "key": "redis-password"}
+    for name, _, pod in workloads(docs):
+        for container in pod["containers"]:
+            env = env_of(container)
+            if name.endswith("-viewer"):
+                assert not [k for k in env if k.startswith("REDIS")], "the viewer needs no Redis"
+            elif "REDIS_URL" in env:
+                assert "$(REDIS_PASSWORD)@" in env["REDIS_URL"], name
+    # The rendered command, run with the real redis-server: without the password, nothing.
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        pytest.skip("redis-server is not installed")
+    script = redis["args"][0].replace("--port 6379", f"--port 0 --unixsocket {tmp_path}/r.sock").replace("--dir /data", f"--dir {tmp_path}")
+    assert redis["command"] == ["sh", "-c"]
+    proc = subprocess.Popen(["sh", "-c", script], env={**os.environ, "REDIS_PASSWORD": password}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "r.sock").exists():
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        cli = [shutil.which("redis-cli") or "redis-cli", "-s", str(tmp_path / "r.sock"), "ping"]
+        refused = subprocess.run(cli, capture_output=True, text=True, timeout=10, env={k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"})
+        assert "NOAUTH" in refused.stdout + refused.stderr
+        allowed = subprocess.run(cli, capture_output=True, text=True, timeout=10, env={**os.environ, "REDISCLI_AUTH": password})
+        assert allowed.stdout.strip() == "PONG"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_live_service_and_ingress_are_read_only_and_control_is_separate(helm: str) -> None:
+    for docs in (render(helm, "--set", "viewer.enabled=true"), render(helm, "-f", str(ALL_ON))):
+        prefix = "st" if find(docs, "Deployment", "st-reducer") else "t-streamtomo"
+        reducer = one(docs, "Deployment", f"{prefix}-reducer")["spec"]["template"]["spec"]
+        container = reducer["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["domain"] == 8100 and ports["control"] == 8101
+        env = env_of(container)
+        assert env["STREAMTOMO_CONTROL_PORT"] == "8101"
+        assert env["STREAMTOMO_CONTROL_TOKEN_FILE"] == "/etc/streamtomo/control/token"
+        token_volume = next(v for v in reducer["volumes"] if v["name"] == "control-token")
+        assert token_volume["secret"]["defaultMode"] == 0o400
+        # Only one Service leads to the control port, inside the cluster; no Ingress does.
+        to_control = [s for s in find(docs, "Service") if any(p["targetPort"] in ("control", 8101) for p in s["spec"]["ports"])]
+        assert [s["metadata"]["name"] for s in to_control] == [f"{prefix}-control"]
+        assert to_control[0]["spec"]["type"] == "ClusterIP" and len(to_control[0]["spec"]["ports"]) == 1
+        live = one(docs, "Service", f"{prefix}-live")
+        assert [p["targetPort"] for p in live["spec"]["ports"]] == ["domain"]
+        for ingress in find(docs, "Ingress"):
+            for rule in ingress["spec"]["rules"]:
+                for path in rule["http"]["paths"]:
+                    assert path["backend"]["service"]["name"] != f"{prefix}-control"
+                    assert path["backend"]["service"]["port"]["name"] != "control"
+    token = one(render(helm), "Secret", "t-streamtomo-control")["stringData"]["token"]
+    assert len(token) >= 32
+
+
+def _viewer(docs: list[dict]) -> tuple[list[str], dict[str, Any]]:
+    container = one(docs, "Deployment", "t-streamtomo-viewer")["spec"]["template"]["spec"]["containers"][0]
+    return container["command"], env_of(container)
+
+
+def test_viewer_holds_the_token_and_has_credentials_in_every_mode(helm: str) -> None:
+    command, env = _viewer(render(helm, "--set", "viewer.enabled=true"))
+    assert command[command.index("--control") + 1] == "http://t-streamtomo-control.beamline.svc:8101"
+    assert command[command.index("--control-token-file") + 1] == "/etc/streamtomo/control/token"
+    assert "STREAMTOMO_CONTROLLER_URL" not in env  # read by nothing
+    assert "STREAMTOMO_VIEWER_PASSWORD" not in env  # the live domain needs no account
+    # reading the chart's HSDS (through its ingress): the read-only viewer account
+    command, env = _viewer(render(helm, "--set", "viewer.enabled=true", "--set", "hsds.ingress.enabled=true"))
+    assert command[command.index("--endpoint") + 1].startswith("http://streamtomo-hsds.example.org")
+    assert env["STREAMTOMO_VIEWER_USERNAME"] == "viewer"
+    assert env["STREAMTOMO_VIEWER_PASSWORD"]["secretKeyRef"] == {"name": "t-streamtomo-hsds-auth", "key": "viewer-password"}
+    _, env = _viewer(render(helm, "--set", "viewer.enabled=true", "--set", "viewer.endpoint=http://t-streamtomo-hsds.beamline.svc:5101"))
+    assert env["STREAMTOMO_VIEWER_PASSWORD"]["secretKeyRef"]["key"] == "viewer-password"
+    # another endpoint: its account from a Secret
+    _, env = _viewer(render(helm, "--set", "viewer.enabled=true", "--set", "viewer.endpoint=https://hsds.site.example", "--set", "viewer.credentialsSecret=site-viewer"))
+    assert env["STREAMTOMO_VIEWER_USERNAME"]["secretKeyRef"] == {"name": "site-viewer", "key": "username"}
+    # a public page must authenticate: the chart refuses an Ingress without it ...
+    err = fails(helm, "--set", "viewer.enabled=true", "--set", "viewer.ingress.enabled=true")
+    assert "viewer.auth.basicAuthSecret" in err, err
+    # ... and with basic auth it asks ingress-nginx for a password and pins the page's origin
+    docs = render(helm, "--set", "viewer.enabled=true", "--set", "viewer.ingress.enabled=true", "--set", "viewer.auth.basicAuthSecret=viewer-htpasswd")
+    annotations = one(docs, "Ingress", "t-streamtomo-viewer")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
+    assert annotations["nginx.ingress.kubernetes.io/auth-secret"] == "viewer-htpasswd"
+    command, _ = _viewer(docs)
+    assert command[command.index("--origin") + 1] == "http://streamtomo.example.org"
+    docs = render(helm, "--set", "viewer.enabled=true", "--set", "viewer.ingress.enabled=true", "--set", "viewer.auth.externalAuth=true")
+    assert "nginx.ingress.kubernetes.io/auth-type" not in (one(docs, "Ingress", "t-streamtomo-viewer")["metadata"].get("annotations") or {})

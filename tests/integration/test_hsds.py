@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 from streamtomo.app.local_hsds import LocalHsds
-from streamtomo.hsds_bridge.chunk_plan import ZEROS, ChunkCopy, bounding_box, changed_box, merge_boxes
 from streamtomo.hsds_bridge.credentials import (
     Credentials,
     CredentialsError,
@@ -532,43 +531,6 @@ class TestHsdsPublisher(PublisherContract):
     def wait_published(self, publisher: Publisher) -> None:
         assert isinstance(publisher, HsdsWriter)
         assert publisher.wait_idle(60)
-
-
-# -- the diff (no server) ------------------------------------------------------------------
-def test_bounding_box_matches_argwhere() -> None:
-    rng = np.random.default_rng(0)
-    for shape in [(5,), (4, 6), (3, 4, 5), (2, 3, 4, 5)]:
-        for _ in range(100):
-            ne = np.zeros(shape, bool)
-            for _ in range(int(rng.integers(0, 4))):
-                ne[tuple(int(rng.integers(0, n)) for n in shape)] = True
-            box = bounding_box(ne)
-            if not ne.any():
-                assert box is None
-                continue
-            idx = np.argwhere(ne)
-            assert box == (idx.min(0).tolist(), (idx.max(0) + 1).tolist())
-
-
-def test_one_projection_becomes_one_request() -> None:
-    """16 dirty sinogram chunks, one new angle each: one PUT of that angle's rows."""
-    rows, angles, cols, block = 64, 32, 8, 16
-    new = np.zeros((rows, angles, cols), np.float32)
-    new[:, 5, :] = 1.0
-    chunks = []
-    for r in range(0, rows, block):
-        index = (r // block, 0, 0)
-        chunks.append(ChunkCopy("/s", index, (r, 0, 0), new[r : r + block, 0:block, :].copy(), 0))
-    boxes = [b for c in chunks if (b := changed_box(c, ZEROS)) is not None]
-    assert len(boxes) == rows // block
-    merged = merge_boxes(boxes, 1 << 20)
-    assert len(merged) == 1
-    assert (merged[0].lo, merged[0].hi) == ((0, 5, 0), (rows, 6, cols))
-    np.testing.assert_array_equal(merged[0].data, new[:, 5:6, :])
-    # unchanged against its own copy: nothing to send; NaN compares equal bitwise
-    same = new[0:block, 0:block, :].copy()
-    same[0, 0, 0] = np.nan
-    assert changed_box(ChunkCopy("/s", (0, 0, 0), (0, 0, 0), same, 0), same.copy()) is None
 
 
 @pytest.mark.hsds

@@ -213,3 +213,28 @@ def test_reducer_records_what_hsds_missed_and_hsds_ends_complete(
             assert f["/entry/status/state"].asstr()[()] == "finished"
     finally:
         run.close()
+
+
+def test_close_repairs_what_a_reader_would_miss(scanning_hsds: LocalHsds) -> None:
+    """A link HSDS lost (here removed behind the writer's back): close finds it the way
+    h5pyd reads the domain, puts it back, and only then calls the domain complete."""
+    server = scanning_hsds
+    name = unique_domain(server, "repair")
+    domain = scan_domain(name)
+    writer = HsdsWriter(server.url, name, server.accounts.writer)
+    writer.start(domain)
+    for k in range(3):
+        step(domain, k)
+        writer.notify()
+    assert writer.wait_idle(60)
+    with open_domain(server, name, server.accounts.viewer) as f:
+        group_id = f["/entry/reconstruction"].id.id
+    req = urllib.request.Request(f"{server.url}/groups/{group_id}/links/slices?domain={name}", method="DELETE")
+    req.add_header("Authorization", server.accounts.writer.authorization_header())
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200
+    writer.close()
+    assert writer.complete, writer.stats()
+    assert writer.stats().extra["verify_repairs"] >= 1
+    with open_domain(server, name, server.accounts.viewer) as f:
+        assert_mirrors(f, domain)

@@ -47,8 +47,9 @@ def test_replay_from_a_folder_with_shadowing_files(hostile_folder: Path) -> None
     _run([cli, "simulate", "--out", "scan", "--rows", "4", "--cols", "32", "--angles", "20"], hostile_folder)
     recordings = sorted(str(p) for p in (hostile_folder / "scan").glob("*.cbors"))
     assert len(recordings) == 2
-    output = _run([cli, "replay", "-f", *recordings, "-p", "scan/parameters.json", "-w", "2", "--out", "out.nxs"],
-                  hostile_folder)
+    output = _run(
+        [cli, "replay", "-f", *recordings, "-p", "scan/parameters.json", "-w", "2", "--out", "out.nxs"], hostile_folder
+    )
     assert "final file: out.nxs" in output
     _assert_nexus(hostile_folder / "out.nxs", slices=4)
 
@@ -56,7 +57,24 @@ def test_replay_from_a_folder_with_shadowing_files(hostile_folder: Path) -> None
 @pytest.mark.slow
 def test_demo_with_the_working_folder_first_on_the_path(hostile_folder: Path) -> None:
     # python -m puts the working folder first on sys.path: the harshest case.
-    output = _run([sys.executable, "-m", "streamtomo.app.cli", "demo", "--rows", "4", "--cols", "32", "--angles", "20",
-                   "-w", "2", "--out", "demo.nxs"], hostile_folder)
+    output = _run(
+        [
+            sys.executable,
+            "-m",
+            "streamtomo.app.cli",
+            "demo",
+            "--rows",
+            "4",
+            "--cols",
+            "32",
+            "--angles",
+            "20",
+            "-w",
+            "2",
+            "--out",
+            "demo.nxs",
+        ],
+        hostile_folder,
+    )
     assert "summary: 40 frames" in output
     _assert_nexus(hostile_folder / "demo.nxs", slices=4)

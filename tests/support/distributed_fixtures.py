@@ -3,19 +3,16 @@ compare domains, scans as frame lists, and which sockets the services listen on.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import h5pyd
 import numpy as np
 
 from streamtomo.app.deployment import LocalDeployment
+from streamtomo.app.processes import listening_tcp_sockets, pids_in_group
 from streamtomo.pipeline.scan import Frame, ImageKey
 from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
 
@@ -26,67 +23,16 @@ VOLATILE = {"/entry/status/last_update", "/entry/status/generation"}
 KILLED_WORKER_NOISE = ("is gone",)
 
 
-# -- listening sockets, from /proc ------------------------------------------------------------
-
-
-def _proc_net_listeners() -> dict[int, tuple[str, int]]:
-    """socket inode -> (address, port) for every TCP socket in LISTEN state."""
-    out: dict[int, tuple[str, int]] = {}
-    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if parts[3] != "0A":  # TCP_LISTEN
-                continue
-            addr_hex, port_hex = parts[1].split(":")
-            out[int(parts[9])] = (_hex_address(addr_hex, v6), int(port_hex, 16))
-    return out
-
-
-def _hex_address(text: str, v6: bool) -> str:
-    raw = bytes.fromhex(text)
-    # /proc prints each 32-bit word in host (little-endian) order.
-    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    return socket.inet_ntop(socket.AF_INET6 if v6 else socket.AF_INET, words)
-
-
-def _process_tree(pid: int) -> list[int]:
-    pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return pids
-    for child in children:
-        pids.extend(_process_tree(int(child)))
-    return pids
-
-
-def listening_addresses(pid: int) -> list[tuple[str, int]]:
-    """(address, port) of the TCP sockets ``pid`` and its children listen on."""
-    listeners = _proc_net_listeners()
-    found: list[tuple[str, int]] = []
-    for p in _process_tree(pid):
-        try:
-            fds = list(Path(f"/proc/{p}/fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inode = int(target[8:-1])
-                    if inode in listeners:
-                        found.append(listeners[inode])
-    return sorted(set(found))
-
-
 def listening_sockets(deployment: LocalDeployment) -> list[tuple[str, str, int]]:
-    """(service, address, port) for every TCP socket a service process listens on."""
-    return [(name, addr, port) for name, svc in deployment.processes.items() if svc.alive()
-            for addr, port in listening_addresses(svc.pid)]
+    """(service, address, port) for every TCP socket a service's process group listens on."""
+    return sorted(
+        {
+            (name, addr, port)
+            for name, svc in deployment.processes.items()
+            if svc.alive()
+            for _, addr, port in listening_tcp_sockets(pids_in_group(svc.pgid))
+        }
+    )
 
 
 # -- scans and domains ------------------------------------------------------------------------

@@ -43,7 +43,8 @@ from tests.support.distributed_fixtures import (
 from tests.support.replay_helpers import record, run_to_end
 
 needs_redis = pytest.mark.skipif(
-    shutil.which("redis-server") is None, reason="redis-server not installed (apt-get install -y redis-server; .ci/run does)"
+    shutil.which("redis-server") is None,
+    reason="redis-server not installed (apt-get install -y redis-server; .ci/run does)",
 )
 
 
@@ -136,6 +137,7 @@ def test_ingester_drops_messages_for_a_dead_worker(caplog: pytest.LogCaptureFixt
 
 # -- the deployment ---------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @needs_redis
 def test_services_listen_on_loopback_only(clean_logs: LocalDeployment) -> None:
@@ -210,7 +212,9 @@ def test_stream_that_stops_early_is_ended_and_the_partial_result_kept(clean_logs
 
 @pytest.mark.slow
 @needs_redis
-def test_scan_is_posted_again_when_an_ingester_does_not_connect(clean_logs: LocalDeployment, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scan_is_posted_again_when_an_ingester_does_not_connect(
+    clean_logs: LocalDeployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """dranspose applies only the last queued controller update, so an ingester can
     miss a mapping's streams; play then posts the scan again. Simulated here: the
     first connection of the angle ingester is left waiting in the backlog."""
@@ -245,8 +249,14 @@ def test_worker_killed_mid_scan(deployment: LocalDeployment) -> None:
             killed.append(deployment.kill_worker("worker-2"))
 
     try:
-        result = play(deployment.state, frame_events(frames, config), config, rate_hz=100, on_frame_sent=kill_at_half,
-                      stall_timeout=3.0)
+        result = play(
+            deployment.state,
+            frame_events(frames, config),
+            config,
+            rate_hz=100,
+            on_frame_sent=kill_at_half,
+            stall_timeout=3.0,
+        )
         assert killed == ["worker-2"] and result.frames_sent == len(frames)
         now = status(deployment.state.live_endpoint, config.domain)
         assert now["state"] == "finished"

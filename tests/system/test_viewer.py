@@ -168,7 +168,8 @@ def test_credentials_must_come_in_pairs() -> None:
 # -- a finished domain, served by our own server (restartable) --------------------------
 @pytest.fixture(scope="module")
 def finished_domain(tmp_path_factory: pytest.TempPathFactory) -> Domain:
-    """A complete small domain plus a centre-of-rotation sweep (as issue 3 will add)."""
+    """A complete small domain plus a centre-of-rotation sweep the test knows
+    (shifted copies of the first slice)."""
     spec = SimulationSpec(rows=3, cols=48, angles=40, seed=5)
     recordings = record(ScanSimulator(spec).frames(), tmp_path_factory.mktemp("small"), spec.config())
     for run in replay(recordings, spec.config(domain="/viewer/finished.h5"), workers=1):

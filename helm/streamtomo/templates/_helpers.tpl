@@ -134,11 +134,17 @@ TcpPcapIngester
 {{- end -}}
 {{- end -}}
 
-{{/* REDIS_URL environment variable. */}}
+{{/* REDIS_URL environment variable (the chart's Redis: with its password,
+expanded by Kubernetes from REDIS_PASSWORD, never written into the manifest). */}}
 {{- define "streamtomo.redisEnv" -}}
 {{- if .Values.redis.enabled }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "streamtomo.redisSecretName" . }}
+      key: {{ include "streamtomo.redisSecretKey" . }}
 - name: REDIS_URL
-  value: {{ printf "redis://%s:%d/0" (include "streamtomo.svcHost" (dict "ctx" . "name" "redis")) (int .Values.redis.port) | quote }}
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:%d/0" (include "streamtomo.svcHost" (dict "ctx" . "name" "redis")) (int .Values.redis.port) | quote }}
 {{- else if .Values.externalRedis.existingSecret }}
 - name: REDIS_URL
   valueFrom:
@@ -151,9 +157,76 @@ TcpPcapIngester
 {{- end }}
 {{- end -}}
 
-{{/* Environment shared by every application container. */}}
+{{- define "streamtomo.redisSecretName" -}}
+{{- default (printf "%s-redis" (include "streamtomo.fullname" .)) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "streamtomo.redisSecretKey" -}}
+{{- ternary .Values.redis.auth.existingSecretKey "redis-password" (ne .Values.redis.auth.existingSecret "") -}}
+{{- end -}}
+
+{{- define "streamtomo.controlSecretName" -}}
+{{- default (printf "%s-control" (include "streamtomo.fullname" .)) .Values.control.existingSecret -}}
+{{- end -}}
+
+{{- define "streamtomo.controlSecretKey" -}}
+{{- ternary .Values.control.existingSecretKey "token" (ne .Values.control.existingSecret "") -}}
+{{- end -}}
+
+{{/* URL of the reducer's control API (live parameter changes; token required). */}}
+{{- define "streamtomo.controlUrl" -}}
+{{- printf "http://%s:%d" (include "streamtomo.svcHost" (dict "ctx" . "name" "control")) (int .Values.reducer.controlPort) -}}
+{{- end -}}
+
+{{/* The control token as a file (0400) in the reducer and the viewer. */}}
+{{- define "streamtomo.controlVolume" -}}
+- name: control-token
+  secret:
+    secretName: {{ include "streamtomo.controlSecretName" . }}
+    defaultMode: 0400
+    items:
+      - key: {{ include "streamtomo.controlSecretKey" . }}
+        path: token
+{{- end -}}
+
+{{- define "streamtomo.controlMount" -}}
+- name: control-token
+  mountPath: /etc/streamtomo/control
+  readOnly: true
+{{- end -}}
+
+{{/* Does the viewer read the chart's HSDS (and so need the viewer account)? */}}
+{{- define "streamtomo.viewerReadsHsds" -}}
+{{- $endpoint := include "streamtomo.viewerEndpoint" . -}}
+{{- if and .Values.hsds.enabled (or (eq $endpoint (include "streamtomo.hsdsPublicUrl" .)) (eq $endpoint (include "streamtomo.hsdsUrl" .))) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Pods of the pipeline itself: controller, ingesters, workers, reducer
+(NetworkPolicy peers of the cluster-internal ports). */}}
+{{- define "streamtomo.pipelinePeers" -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/instance: {{ .Release.Name }}
+    matchExpressions:
+      - key: app.kubernetes.io/component
+        operator: In
+        values: [controller, worker, reducer]
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/instance: {{ .Release.Name }}
+      streamtomo.io/role: ingester
+{{- end -}}
+
+{{/* Environment shared by every application container but the viewer (which
+needs no Redis). */}}
 {{- define "streamtomo.commonEnv" -}}
 {{ include "streamtomo.redisEnv" . | trim }}
+{{ include "streamtomo.baseEnv" . }}
+{{- end -}}
+
+{{- define "streamtomo.baseEnv" -}}
 - name: LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 - name: PYTHONUNBUFFERED

@@ -17,7 +17,9 @@ import numpy.typing as npt
 from streamtomo.pipeline.numba_runtime import PARALLEL_MIN_ELEMENTS, compile_kernel, numba_available
 
 FloatArray = npt.NDArray[np.float32]
-_Kernel = Callable[[npt.NDArray[np.integer], npt.NDArray[np.int32], FloatArray, FloatArray, int, float, float, FloatArray], None]
+_Kernel = Callable[
+    [npt.NDArray[np.integer], npt.NDArray[np.int32], FloatArray, FloatArray, int, float, float, FloatArray], None
+]
 
 
 PARALLEL_MIN_PIXELS = PARALLEL_MIN_ELEMENTS
@@ -44,8 +46,14 @@ def _define_kernel(numba: Any) -> _Kernel:
 
 
 def _numpy_kernel(
-    frame: npt.NDArray[np.integer], dark_int: npt.NDArray[np.int32], log_denominator: FloatArray,
-    table: FloatArray, offset: int, low: float, high: float, out: FloatArray,
+    frame: npt.NDArray[np.integer],
+    dark_int: npt.NDArray[np.int32],
+    log_denominator: FloatArray,
+    table: FloatArray,
+    offset: int,
+    low: float,
+    high: float,
+    out: FloatArray,
 ) -> None:
     index = np.subtract(frame, dark_int, dtype=np.int32)
     index += offset
@@ -55,8 +63,13 @@ def _numpy_kernel(
 
 
 def lut_correct(
-    frame: npt.NDArray[np.integer], dark_int: npt.NDArray[np.int32], log_denominator: FloatArray,
-    table: FloatArray, offset: int, low: float, high: float,
+    frame: npt.NDArray[np.integer],
+    dark_int: npt.NDArray[np.int32],
+    log_denominator: FloatArray,
+    table: FloatArray,
+    offset: int,
+    low: float,
+    high: float,
 ) -> FloatArray:
     out = np.empty(frame.shape, dtype=np.float32)
     kernel = _numba_kernel(frame.size >= PARALLEL_MIN_PIXELS) if numba_available() else _numpy_kernel

@@ -72,8 +72,14 @@ class FrameKindRule:
         required in every image header) or ``counts`` (position only)."""
         if config.kind_rule == "header":
             return cls(header_key=config.kind_header_key, require_header=True)
-        return cls.from_counts(config.n_darks_before, config.n_flats_before, config.n_projections,
-                               config.n_flats_after, config.n_darks_after, header_key=None)
+        return cls.from_counts(
+            config.n_darks_before,
+            config.n_flats_before,
+            config.n_projections,
+            config.n_flats_after,
+            config.n_darks_after,
+            header_key=None,
+        )
 
     @classmethod
     def from_spec(cls, spec: str, header_key: str | None = None) -> FrameKindRule:

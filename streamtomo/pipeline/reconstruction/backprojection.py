@@ -104,9 +104,7 @@ def _define_kernel(numba: Any) -> _Kernel:
     return backproject_kernel
 
 
-def _numpy_kernel(
-    out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float
-) -> None:
+def _numpy_kernel(out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float) -> None:
     n_slices, n, _ = out.shape
     n_cols = rows.shape[1]
     offsets = np.arange(n, dtype=np.float64) - n // 2

@@ -62,7 +62,9 @@ class FakeController:
         self._reads_since_post += 1
         service_hash = self.hash if self._reads_since_post > self.lag else f"h{self.version - 1}"
         service = {"parameters_hash": service_hash}
-        return web.json_response({"parameters_hash": self.hash, "ingesters": [service], "workers": [service], "reducer": service})
+        return web.json_response(
+            {"parameters_hash": self.hash, "ingesters": [service], "workers": [service], "reducer": service}
+        )
 
     async def parameters_list(self, request: web.Request) -> web.Response:
         return web.json_response([{"name": n} for n in self.parameters])
@@ -117,7 +119,9 @@ def test_post_parameter_sends_bytes_and_returns_the_hash(controller: tuple[str, 
     assert fake.posts == [("references", data)]
 
 
-def test_post_parameter_raises_unless_tolerant(controller: tuple[str, FakeController], caplog: pytest.LogCaptureFixture) -> None:
+def test_post_parameter_raises_unless_tolerant(
+    controller: tuple[str, FakeController], caplog: pytest.LogCaptureFixture
+) -> None:
     url, _ = controller
     with pytest.raises(ControllerError, match="422 refused"):
         post_parameter(url, "forbidden", b"x")

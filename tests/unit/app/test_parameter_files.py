@@ -21,16 +21,21 @@ def test_written_file_reads_back(tmp_path: Path) -> None:
     config = PipelineConfig(n_projections=90, center="auto", volume=False)
     path = write_parameter_file(config, tmp_path / "parameters.json")
     assert load_config(path) == config
-    assert load_config(path, {"domain": "/x.h5", "filter": None}) == PipelineConfig(n_projections=90, center="auto",
-                                                                                    volume=False, domain="/x.h5")
+    assert load_config(path, {"domain": "/x.h5", "filter": None}) == PipelineConfig(
+        n_projections=90, center="auto", volume=False, domain="/x.h5"
+    )
 
 
 def test_object_list_and_recorded_cbor(tmp_path: Path) -> None:
     (tmp_path / "object.json").write_text(json.dumps({"n_projections": 12}))
     assert read_config_values(tmp_path / "object.json") == {"n_projections": 12}
     # The controller's recordings hold dranspose's own parameters too, binary ones as bytes.
-    entries = [{"name": "n_projections", "data": b"12"}, {"name": "references", "data": b"\x00\x01"},
-               {"name": "dump_prefix", "data": b"/tmp/x"}, {"name": "center", "value": "3"}]
+    entries = [
+        {"name": "n_projections", "data": b"12"},
+        {"name": "references", "data": b"\x00\x01"},
+        {"name": "dump_prefix", "data": b"/tmp/x"},
+        {"name": "center", "value": "3"},
+    ]
     (tmp_path / "parameters.cbor").write_bytes(cbor2.dumps(entries))
     assert read_config_values(tmp_path / "parameters.cbor") == {"n_projections": "12", "center": "3"}
     assert load_config(tmp_path / "parameters.cbor").n_projections == 12

@@ -146,11 +146,18 @@ class CollectReducer:
 ThreeFrames = sources.make_source_class(lambda: small_scan()[-3:], name="ThreeFrames")
 
 
-@pytest.mark.parametrize("source", ["tests.unit.app.test_recordings:ThreeFrames", "streamtomo.app.recordings:SimulatedSource"])
+@pytest.mark.parametrize(
+    "source", ["tests.unit.app.test_recordings:ThreeFrames", "streamtomo.app.recordings:SimulatedSource"]
+)
 def test_replay_source_class(source: str) -> None:
     from dranspose.replay import replay
 
-    replay("tests.unit.app.test_recordings:CollectWorker", "tests.unit.app.test_recordings:CollectReducer", source=source, nworkers=1)
+    replay(
+        "tests.unit.app.test_recordings:CollectWorker",
+        "tests.unit.app.test_recordings:CollectReducer",
+        source=source,
+        nworkers=1,
+    )
     got = sorted(CollectReducer.results)
     if source.endswith("ThreeFrames"):
         assert got == [(1, 8, pytest.approx(90.0)), (2, 9, pytest.approx(120.0)), (3, 10, pytest.approx(150.0))]
@@ -163,5 +170,10 @@ def test_replay_files(tmp_path: Path) -> None:
     from dranspose.replay import replay
 
     paths = sources.write_recordings(small_scan(), tmp_path)
-    replay("tests.unit.app.test_recordings:CollectWorker", "tests.unit.app.test_recordings:CollectReducer", zmq_files=paths, nworkers=2)
+    replay(
+        "tests.unit.app.test_recordings:CollectWorker",
+        "tests.unit.app.test_recordings:CollectReducer",
+        zmq_files=paths,
+        nworkers=2,
+    )
     assert sorted(r[1] for r in CollectReducer.results) == list(range(11))

@@ -23,7 +23,9 @@ def test_defaults_are_valid_and_round_trip_through_json() -> None:
 def test_strings_convert_like_dranspose_parameters() -> None:
     values = {f.name: str(getattr(PipelineConfig(), f.name)) for f in fields(PipelineConfig)}
     assert PipelineConfig.from_mapping(values) == PipelineConfig()
-    config = PipelineConfig.from_mapping({"n_projections": "90", "angle_range": "360", "volume": "no", "keep_references": "1"})
+    config = PipelineConfig.from_mapping(
+        {"n_projections": "90", "angle_range": "360", "volume": "no", "keep_references": "1"}
+    )
     assert (config.n_projections, config.angle_range, config.volume, config.keep_references) == (90, 360.0, False, True)
 
 
@@ -97,7 +99,9 @@ def test_expected_frames() -> None:
 
 
 def test_kind_rule_from_config() -> None:
-    rule = FrameKindRule.from_config(PipelineConfig(n_darks_before=1, n_flats_before=2, n_projections=3, n_flats_after=1))
+    rule = FrameKindRule.from_config(
+        PipelineConfig(n_darks_before=1, n_flats_before=2, n_projections=3, n_flats_after=1)
+    )
     kinds = [rule.kind(i, {"image_key": 2}) for i in range(8)]  # counts: a header key is ignored
     assert kinds == [ImageKey.DARK, *[ImageKey.FLAT] * 2, *[ImageKey.PROJECTION] * 3, ImageKey.FLAT, ImageKey.INVALID]
     header = FrameKindRule.from_config(PipelineConfig(kind_rule="header", kind_header_key="key"))
