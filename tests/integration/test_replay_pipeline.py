@@ -114,19 +114,21 @@ def test_live_centre_change_gives_the_same_final_slices(small_scan: tuple[Simula
     new_centre = "33.0"
     target = run_to_end(recordings, spec.config(center=new_centre), workers=2)
     for run in replay(recordings, spec.config(), workers=2, rate_hz=200):
-        url = f"{run.reducer.endpoint}/streamtomo/parameters"
-        assert requests.get(url, timeout=5).json()["parameters"]["center"] == spec.config().center
+        # Changes go to the reducer's control API, with its token and a JSON body.
+        url = f"{run.reducer.control.url}/streamtomo/parameters"
+        auth = {"Authorization": f"Bearer {run.reducer.control.token}"}
+        assert requests.get(url, headers=auth, timeout=5).json()["parameters"]["center"] == spec.config().center
         run.go()
         deadline = time.monotonic() + 30
         while run.reducer.scan.n_projections < spec.angles // 3 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not run.done, "the scan ended before the change: slow the replay down"
-        bad = requests.post(f"{url}/center", data="1e6", timeout=5)
+        bad = requests.post(f"{url}/center", json={"value": "1e6"}, headers=auth, timeout=5)
         assert bad.status_code == 400
         assert "outside the detector" in bad.reason
-        assert requests.post(f"{url}/n_projections", data="5", timeout=5).status_code == 400
-        response = requests.post(f"{url}/center", data=new_centre, timeout=5)
-        assert response.status_code == 200, response.reason
+        assert requests.post(f"{url}/n_projections", json={"value": "5"}, headers=auth, timeout=5).status_code == 400
+        response = requests.post(f"{url}/center", json={"value": new_centre}, headers=auth, timeout=5)
+        assert response.status_code == 202, response.reason
         run.wait(timeout=60)
         run.reducer.timer()
         got = domain_arrays(run.reducer)
