@@ -3,7 +3,7 @@
 Offline: every installed engine (ours ``fourier``, ``direct``, scikit-image
 ``iradon``, ASTRA CPU FBP, tomopy gridrec/FBP) reconstructs the same K rows of
 an analytic Shepp-Logan scan at N = 256, 512, 1024 with A = round(pi/2 N)
-angles over 180 degrees (1608 at 1024, as in issue 3). Per engine: ms/slice
+angles over 180 degrees (1608 at 1024). Per engine: ms/slice
 (best of the repeats, all K rows in one call), giga-updates/s (N*N*A/time),
 SSIM and RMSE against the phantom inside the inscribed circle (what every
 engine reconstructs; the corners are outside the field of view), the peak
@@ -157,13 +157,8 @@ def offline(sizes: list[int], engines: list[str], repeats: int, rows: int, full_
                 f"{engine:<14}{int(r['rows']):>5}{r['ms']:>11.1f}{r['gups']:>8.2f}{r['ssim']:>7.3f}"
                 f"{r['rmse']:>8.4f}{r['mem']:>10.0f}{r['ms'] / ours:>8.2f}"
             )
-        if n == 1024 and "fourier" in results:
-            f = results["fourier"]["ms"]
-            f1 = results.get("fourier K=1", {}).get("ms", math.nan)
-            print(
-                f"issue 3's tomopy gridrec on its machine: 183 ms/slice batched, 576 unbatched -> ours "
-                f"{183 / f:.1f}x and {576 / f1:.1f}x faster (not measured side by side: tomopy is conda-only)"
-            )
+        # tomopy is compared only when it runs here, in this table: never with figures
+        # remembered from another machine or day.
 
 
 def best_ms(fn: Callable[..., object], *args: object, repeats: int = 5) -> float:
@@ -198,7 +193,7 @@ def live(sizes: list[int], k: int = 5) -> None:
 
 
 def calibration(repeats: int) -> None:
-    """Issue 3 measured direct numba FBP at 465 ms/slice (N=1024, 16 rows): this machine now."""
+    """Direct numba FBP at N=1024, 1608 angles: a figure to compare machines by."""
     from streamtomo.pipeline.reconstruction.backends import get_backend
 
     sino, angles, _ = inputs(1024, 2)
@@ -209,7 +204,7 @@ def calibration(repeats: int) -> None:
         start = time.perf_counter()
         backend.reconstruct(sino, angles, 512.0)
         best = min(best, time.perf_counter() - start)
-    print(f"\nmachine check: direct FBP at N=1024, 1608 angles: {1e3 * best / 2:.0f} ms/slice (issue 3: 465 with 16 rows)")
+    print(f"\nmachine check: direct FBP at N=1024, 1608 angles: {1e3 * best / 2:.0f} ms/slice")
 
 
 def main() -> None:

@@ -1,5 +1,8 @@
 """A real dranspose deployment on this machine, on 127.0.0.1 only.
 
+(About 420 lines: one class whose start, scale and stop share the processes and ports;
+readiness, state, Redis and the socket rewrite are their own modules.)
+
 :class:`LocalDeployment` starts Redis (Debian ``redis-server``, unless a URL is
 given), the dranspose controller, one ingester per stream (the detector over
 ZeroMQ PULL, the PandA position capture over TCP), N workers and the reducer, each

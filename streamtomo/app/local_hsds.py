@@ -1,5 +1,9 @@
 """A local HSDS for development and tests, reachable from this machine only.
 
+(About 440 lines: the launcher is one lifecycle, start, readiness, accounts, ACL
+bootstrap, stop, whose steps share the process handles; accounts and admin requests
+already live in ``local_hsds_setup`` and ``hsds_admin``.)
+
 Layout under ``root_dir`` (created on first start, reused afterwards)::
 
     storage/<bucket>/          HSDS POSIX storage (the launcher's --root_dir)

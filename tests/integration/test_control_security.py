@@ -1,4 +1,4 @@
-"""Who may change a running scan: the attacks of issue 14, each against real servers.
+"""Who may change a running scan: each attack we know of, against real servers.
 
 A replay runs the real reducer, which serves the live domain (read-only) and the
 control API (token required) on free loopback ports; requests are plain HTTP.

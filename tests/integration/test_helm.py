@@ -870,7 +870,7 @@ def test_hsds_bootstrap_job(helm: str) -> None:
     assert env_of(one(off, "Pod", "t-streamtomo-test-hsds")["spec"]["containers"][0])["FOLDER"] == ""
 
 
-# --- least privilege (issue 14) ---------------------------------------------------
+# --- least privilege ---------------------------------------------------
 
 
 def _peers(policy: dict, port: int) -> list[dict]:

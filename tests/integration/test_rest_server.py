@@ -403,7 +403,7 @@ def test_extract_never_returns_a_view_of_the_live_array(select: str) -> None:
     assert block.flags.c_contiguous and block.shape == sel.shape
 
 
-# -- bounded cost of reads (issue 14) ---------------------------------------------------
+# -- bounded cost of reads ---------------------------------------------------
 @pytest.mark.parametrize("name", ["/home/streamtomo/demo.h5%00", "/home/streamtomo/demo.h5%0d%0aX: y", "%00"])
 def test_control_characters_in_a_domain_name_are_400(server: HdfRestServer, name: str) -> None:
     # Built by hand: requests would re-quote the % signs.

@@ -94,7 +94,7 @@ function toFloat32(values: NumericArray): Float32Array {
 }
 
 function sweepPaths(objects: ObjectMap): { data: HdfObject; centers: HdfObject | null } | null {
-  // Published by the reconstruction engine (issue 3): either a dataset with a sibling
+  // Published by the reconstruction engine: either a dataset with a sibling
   // centres axis, or an NXdata group holding data + centers. Accept the plausible names.
   const node = objects.get(P.sweep);
   if (!node) return null;
