@@ -75,7 +75,7 @@ class PipelineConfig:
     bin: int = field(default=1, metadata={"help": "bin the detector b x b (1, 2 or 4) before everything else, for previews of big detectors: sinograms, live slices and the volume are binned, and rows, slice_rows, center and slice_size count binned pixels"})
     window_block: int = field(default=0, metadata={"help": "live_mode 'window': projections per partial-sum block; the window shows the whole blocks within the last 180 degrees (1: exact, per projection; 0: an eighth of the half turn)"})
     memory_budget_gb: float = field(default=0.0, metadata={"help": "most memory the reducer may hold for one scan's published arrays, GB; 0: half of this machine's memory. A scan that needs more is refused at its first frame with a message naming rows and bin"})
-    flush_every: int = field(default=32, metadata={"help": "projections a worker accumulates before sending its partial sums (besides every publish_interval): each is live slices plus sweep, megabytes at real frame sizes"})
+    flush_every: int = field(default=0, metadata={"help": "projections a worker sums before sending its partial sums; 0: from their size (8 for small slices, up to 64 for 2048^2: each send is live slices plus sweep)"})
     publish_interval: float = field(default=0.25, metadata={"help": "seconds between live domain updates"})
     keep_references: bool = field(default=False, metadata={"help": "keep darks/flats across scans (for scans that take none)"})
     domain: str = field(default="/streamtomo/live.h5", metadata={"help": "name of the live domain"})
@@ -100,8 +100,8 @@ class PipelineConfig:
             raise ConfigError(f"window_block must be >= 0 (0: automatic), got {self.window_block}")
         if not (self.memory_budget_gb >= 0 and math.isfinite(self.memory_budget_gb)):
             raise ConfigError(f"memory_budget_gb must be >= 0 (0: half of this machine's memory), got {self.memory_budget_gb}")
-        if self.flush_every < 1:
-            raise ConfigError(f"flush_every must be >= 1, got {self.flush_every}")
+        if self.flush_every < 0:
+            raise ConfigError(f"flush_every must be >= 0 (0: from the size of a partial sum), got {self.flush_every}")
         if not (0 < self.angle_range <= 360):
             raise ConfigError(f"angle_range must be in (0, 360] degrees, got {self.angle_range}")
         if not (0 < self.angle_tolerance <= 0.5):

@@ -19,6 +19,7 @@
         state (waiting, running, reconstructing, finished, failed), reason (why it
         failed), frames_received, frames_rejected, darks, flats, projections,
         missing_angles, pending_projections, frames_lost, volume_slices_done,
+        settings_pending (1 from a live change's 202 until the slices are rebuilt),
         rejected (JSON counts per reason), lost_frames (JSON [first, last] ranges of
         frames that never came), publisher_dropped, last_update (unix time), generation
 
@@ -46,6 +47,7 @@ from streamtomo.pipeline.streaming.snapshot import ScanSnapshot
 STATUS_INTS = (
     "frames_received", "frames_rejected", "darks", "flats", "projections",
     "missing_angles", "pending_projections", "publisher_dropped", "frames_lost", "volume_slices_done",
+    "settings_pending",
 )
 CHUNK_TARGET_BYTES = 2 << 20
 

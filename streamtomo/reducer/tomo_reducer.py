@@ -90,6 +90,7 @@ class TomoReducer:
         self.volume_seconds: float | None = None  # how long the end-of-scan volume took
         self._closed = False
         self._refused: PipelineConfig | None = None
+        self._pending_change: tuple[str, Any] | None = None  # a stored live change not applied yet
         logger.info("live domain %s at %s", self.domain.name, self.server.url)
 
     @staticmethod
@@ -162,6 +163,7 @@ class TomoReducer:
                 LiveSliceGeometry(config, detector)  # centre inside the detector, rows known
             data = value.encode()
             self._parameters[ParameterName(name)] = WorkParameter(name=ParameterName(name), data=data, value=getattr(config, name))
+            self._pending_change = (name, getattr(config, name))  # settings_pending until applied
         logger.info("parameter %s set to %r", name, value)
         url = self.scan.config.controller_url
         if url:
@@ -256,11 +258,17 @@ class TomoReducer:
                 self.scan.reconfigure(config)
             except ValueError as error:
                 self._refused = config  # warn once, not on every result
+                self._pending_change = None
                 logger.warning("parameter change refused: %s", error)
+        # In distributed mode the change comes back through the controller: it is
+        # applied when the scan's settings hold it, not when some parameters arrive.
+        if self._pending_change is not None and getattr(self.scan.config, self._pending_change[0]) == self._pending_change[1]:
+            self._pending_change = None
 
     def _publish_locked(self) -> None:
         dropped = sum(p.stats().dropped_updates for p in self.publishers)
-        if update_domain(self.domain, self.scan.snapshot(), {"publisher_dropped": dropped}):
+        extra = {"publisher_dropped": dropped, "settings_pending": int(self._pending_change is not None)}
+        if update_domain(self.domain, self.scan.snapshot(), extra):
             for publisher in self.publishers:
                 publisher.notify()
 

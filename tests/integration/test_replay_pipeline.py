@@ -134,6 +134,7 @@ def test_live_centre_change_gives_the_same_final_slices(small_scan: tuple[Simula
         got = domain_arrays(run.reducer)
     np.testing.assert_allclose(got["/entry/reconstruction/data"], target["/entry/reconstruction/data"], rtol=1e-5, atol=1e-5 * float(np.abs(target["/entry/reconstruction/data"]).max()))
     assert '"center": "33.0"' in str(got["/entry/reconstruction/parameters"][()])
+    assert int(got["/entry/status/settings_pending"][()]) == 0  # the change was applied
 
 
 def test_cor_sweep_and_volume_are_published(small_scan: tuple[SimulationSpec, list[Path]]) -> None:

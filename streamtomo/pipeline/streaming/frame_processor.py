@@ -148,7 +148,7 @@ class FrameProcessor:
             ProjectionRows(index, angle_deg, angle_measured, values, corrector.version, self.geometry.recon_id, self.detector)
         ]
         self._backproject(index, values, angle_deg)
-        if len(self._partial_frames) >= self.config.flush_every:
+        if len(self._partial_frames) >= self.geometry.flush_every(self.config.flush_every):
             flushed = self.flush()
             if flushed is not None:
                 out.append(flushed)
@@ -175,13 +175,14 @@ class FrameProcessor:
         """On a tick: flush a partial sum that is old enough to matter for the live view.
 
         A partial sum weighs the same (live slices plus sweep: 48 MB at 1024^2) however
-        few projections it holds, so ticks do not send every few frames; a partial sum
-        is sent once it holds ``flush_every`` projections or is ``4 x publish_interval``
-        old, which bounds both the traffic to the reducer and the live view's delay.
+        few projections it holds, so ticks do not send a large one every few frames: it
+        goes once it holds ``flush_every`` projections or is old enough
+        (:meth:`LiveSliceGeometry.flush_age`), which bounds both the traffic to the
+        reducer and the live view's delay.
         """
-        if not self._partial_frames:
+        if not self._partial_frames or self.geometry is None:
             return None
-        if time.monotonic() - self._partial_started < 4 * self.config.publish_interval:
+        if time.monotonic() - self._partial_started < self.geometry.flush_age(self.config.publish_interval):
             return None
         return self.flush()
 

@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
 WINDOW_DEG = 180.0
 AUTO_WINDOW_BLOCKS = 8  # window_block 0: the half turn in this many blocks
+AUTO_FLUSH_BYTES = 1 << 20  # flush_every 0: about this much partial sum per projection
+MIN_AUTO_FLUSH, MAX_AUTO_FLUSH = 8, 64
+AUTO_FLUSH_AGE_BYTES = 12 << 20  # a tick sends a sum of this size after one publish interval
 
 
 def recon_id(config: PipelineConfig, detector: DetectorInfo) -> str:
@@ -92,6 +95,24 @@ class LiveSliceGeometry:
         self.window = config.live_mode == "window"
         self.window_frames = window_frames(config)
         self.window_block = window_block(config)
+
+    @property
+    def partial_bytes(self) -> int:
+        """What one partial sum weighs: the live slices and the sweep candidates."""
+        return (len(self.slice_rows) + len(self.sweep_centers)) * self.size * self.size * 4
+
+    def flush_every(self, configured: int) -> int:
+        """Projections per partial sum: as configured, or from its size (0): about 1 MB
+        of partial sums per projection, 8 to 64 projections. Small slices go out often
+        (a fresh live view costs nothing); a 1024^2 sum of 48 MB every 48 projections."""
+        if configured:
+            return configured
+        return int(min(MAX_AUTO_FLUSH, max(MIN_AUTO_FLUSH, -(-self.partial_bytes // AUTO_FLUSH_BYTES))))
+
+    def flush_age(self, publish_interval: float) -> float:
+        """Seconds after which a tick sends a pending partial sum: one publish interval
+        for small sums, up to 8 for large ones (bounds the reducer's intake)."""
+        return publish_interval * min(8.0, max(1.0, self.partial_bytes / AUTO_FLUSH_AGE_BYTES))
 
     def new_stack(self) -> FloatArray:
         return np.zeros((len(self.slice_rows), self.size, self.size), dtype=np.float32)

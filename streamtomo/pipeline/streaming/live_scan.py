@@ -274,8 +274,9 @@ class LiveScan:
             self.admission.counts["backfilled"] += done
         return done
 
-    def reconfigure(self, config: PipelineConfig) -> None:
-        """New live settings (centre, filter, ...): rebuild the live products from the sinogram."""
+    def reconfigure(self, config: PipelineConfig, live_sweep: bool = True) -> None:
+        """New live settings (centre, filter, ...): rebuild the live products from the
+        sinogram (``live_sweep`` False: the caller computes the exact sweep next)."""
         geometry: LiveSliceGeometry | None = None
         if self.detector is not None:
             for name in FIXED_DURING_SCAN:
@@ -301,6 +302,8 @@ class LiveScan:
         done = self.reconcile(backfill=True)
         if self.state in ("reconstructing", "finished"):
             scan_end.finish_sweep(self)  # a change after the scan: the exact sweep at once
+        elif live_sweep:
+            scan_end.rebuild_live_sweep(self)
         logger.info("live settings changed (%s): rebuilt %d projections", geometry.recon_id, done)
 
     def finish(self, volume_follows: bool = False) -> None:

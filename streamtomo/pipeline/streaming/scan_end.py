@@ -143,6 +143,20 @@ def finish_sweep(scan: LiveScan) -> None:
     scan.sweep_result = sweep.result()
 
 
+def rebuild_live_sweep(scan: LiveScan) -> None:
+    """After a settings change: the live sweep of every projection so far, from the
+    sinogram (the workers' earlier sums were made with the old settings)."""
+    ledger, sinogram, geometry = scan.ledger, scan.sinogram, scan.geometry
+    if ledger is None or sinogram is None or geometry is None or ledger.sweep_sum is None:
+        return
+    sweep = StreamingCorSweep(geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name)
+    for record in ledger.records.values():
+        if record.slot >= 0:
+            sweep.add(sinogram.by_angle[record.slot, geometry.sweep_position], record.angle_deg)
+    ledger.sweep_sum, ledger.sweep_count = sweep.take_partial()
+    ledger.sweep_version += 1
+
+
 def resolve_auto_center(scan: LiveScan) -> None:
     """center='auto': estimate the axis on the sweep's row, rebuild the slices with it."""
     if scan.sinogram is None or scan.geometry is None:
@@ -160,7 +174,7 @@ def resolve_auto_center(scan: LiveScan) -> None:
     scan.auto_center = float(estimate)
     logger.info("center 'auto': rotation axis at column %.2f", estimate)
     config = scan.config
-    scan.reconfigure(dataclasses.replace(config, center=f"{estimate:.3f}"))
+    scan.reconfigure(dataclasses.replace(config, center=f"{estimate:.3f}"), live_sweep=False)
     apply_angular_weights(scan)
     scan.reconcile(backfill=True)
     scan.config = config  # the published parameters keep saying 'auto'

@@ -38,7 +38,7 @@ def test_strings_convert_like_dranspose_parameters() -> None:
         ({"n_darks_before": -1}, r"n_darks_before must be >= 0, got -1"),
         ({"slice_size": -2}, r"slice_size must be >= 0"),
         ({"n_projections": 0}, r"n_projections must be >= 1, got 0"),
-        ({"flush_every": 0}, r"flush_every must be >= 1"),
+        ({"flush_every": -1}, r"flush_every must be >= 0"),
         ({"angle_range": 0}, r"angle_range must be in \(0, 360\]"),
         ({"angle_range": 361}, r"angle_range must be in \(0, 360\]"),
         ({"angle_tolerance": 0.6}, r"angle_tolerance must be in \(0, 0.5\]"),
