@@ -358,7 +358,9 @@ def test_page_follows_a_live_scan_and_sets_the_centre(built_page: Path, tmp_path
     new_centre = "33.0"
     target = run_to_end(recordings, spec.config(center=new_centre), workers=2)
 
-    for run in replay(recordings, config, workers=2, rate_hz=20):
+    # 10 Hz: the page must have time to show the scan on a loaded machine too (each
+    # look at it through selenium takes a fraction of a second there).
+    for run in replay(recordings, config, workers=2, rate_hz=10):
         clock = ArrivalClock(run.reducer)
         shot, renders = _watch_live_scan(run, spec, target, new_centre, tmp_path / "profile")
     latencies = clock.latencies_ms(renders)
