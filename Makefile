@@ -29,6 +29,7 @@ demo: $(STAMP) $(VIEWER)
 
 test: $(STAMP) $(VIEWER)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

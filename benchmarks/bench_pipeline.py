@@ -60,13 +60,22 @@ class Throughput:
         return self.megabytes / self.seconds
 
 
-def run_scan(deployment: LocalDeployment, events: list[BeamlineEvent], config: PipelineConfig, **options: Any) -> PlayResult:
+def run_scan(
+    deployment: LocalDeployment, events: list[BeamlineEvent], config: PipelineConfig, **options: Any
+) -> PlayResult:
     # No recordings while measuring: the ingesters would write every frame to disk.
     return play(deployment.state, events, config, dump_prefix="", stall_timeout=30.0, **options)
 
 
-def measure(deployment: LocalDeployment, name: str, events: list[BeamlineEvent], warmup: list[BeamlineEvent],
-            config: PipelineConfig, warmup_config: PipelineConfig, repeats: int) -> Throughput:
+def measure(
+    deployment: LocalDeployment,
+    name: str,
+    events: list[BeamlineEvent],
+    warmup: list[BeamlineEvent],
+    config: PipelineConfig,
+    warmup_config: PipelineConfig,
+    repeats: int,
+) -> Throughput:
     """Best of ``repeats`` scans: on a shared machine the slow runs measure the neighbours."""
     run_scan(deployment, warmup, warmup_config)  # worker start-up (numba cache load, first sockets)
     best: Throughput | None = None
@@ -82,8 +91,14 @@ def measure(deployment: LocalDeployment, name: str, events: list[BeamlineEvent],
             kind = "worker" if service.startswith("worker") else kind
             cpu[kind] = cpu.get(kind, 0.0) + (seconds - before.get(service, 0.0)) * 1e3 / result.frames_sent
         # From the first frame sent to the controller reporting the scan finished (all reduced).
-        out = Throughput(name, deployment.n_workers, result.frames_sent, result.bytes_sent / 1e6,
-                         result.finished - result.started, cpu)
+        out = Throughput(
+            name,
+            deployment.n_workers,
+            result.frames_sent,
+            result.bytes_sent / 1e6,
+            result.finished - result.started,
+            cpu,
+        )
         log.info("%s, %d workers: %.1f events/s", name, out.workers, out.events_per_s)
         if best is None or out.seconds < best.seconds:
             best = out
@@ -120,7 +135,9 @@ class VisibilityProbe(threading.Thread):
                 time.sleep(0.01)
 
 
-def measure_latency(deployment: LocalDeployment, frames: list[Any], config: PipelineConfig, rate_hz: float) -> list[float]:
+def measure_latency(
+    deployment: LocalDeployment, frames: list[Any], config: PipelineConfig, rate_hz: float
+) -> list[float]:
     probe = VisibilityProbe(deployment.state.live_endpoint, config.domain)
     probe.start()
     try:
@@ -152,8 +169,10 @@ def main() -> None:
     parser.add_argument("--run-dir", help="keep the services' logs here (default: a temporary directory)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
     spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=args.angles, seed=1)
     config = spec.config(publish_interval=args.publish_interval)
@@ -170,8 +189,10 @@ def main() -> None:
         with LocalDeployment(workers=1, run_dir=Path(args.run_dir or tmp), dump_prefix="") as deployment:
             log.info("deployment up in %.1f s", time.time() - started)
             for workers, worker_class, reducer_class, name in (
-                (1, TOMO_WORKER, TOMO_REDUCER, "streamtomo"), (2, TOMO_WORKER, TOMO_REDUCER, "streamtomo"),
-                (1, NOOP_WORKER, NOOP_REDUCER, "no-op"), (2, NOOP_WORKER, NOOP_REDUCER, "no-op"),
+                (1, TOMO_WORKER, TOMO_REDUCER, "streamtomo"),
+                (2, TOMO_WORKER, TOMO_REDUCER, "streamtomo"),
+                (1, NOOP_WORKER, NOOP_REDUCER, "no-op"),
+                (2, NOOP_WORKER, NOOP_REDUCER, "no-op"),
             ):
                 deployment.scale(workers, worker_class, reducer_class)
                 results.append(measure(deployment, name, events, warmup, config, warm_config, args.repeats))
@@ -183,22 +204,31 @@ def main() -> None:
             errors = deployment.error_lines()
 
     frame_mb = events[1].nbytes / 1e6
-    print(f"stream: {len(frames)} frames ({n_refs} darks/flats broadcast to every worker) of {args.rows}x{args.cols} "
-          f"uint16 ({frame_mb * 1e3:.0f} kB), STINS over ZeroMQ + PandA over TCP, as fast as the pipeline takes it")
+    print(
+        f"stream: {len(frames)} frames ({n_refs} darks/flats broadcast to every worker) of {args.rows}x{args.cols} "
+        f"uint16 ({frame_mb * 1e3:.0f} kB), STINS over ZeroMQ + PandA over TCP, as fast as the pipeline takes it"
+    )
     print(f"{'pipeline':<12}{'workers':>8}{'events/s':>11}{'MB/s':>9}{'vs no-op':>10}")
     for r in results:
         base = next(b for b in results if b.pipeline == "no-op" and b.workers == r.workers)
-        print(f"{r.pipeline:<12}{r.workers:>8}{r.events_per_s:>11.1f}{r.mb_per_s:>9.2f}{r.events_per_s / base.events_per_s:>10.2f}")
+        print(
+            f"{r.pipeline:<12}{r.workers:>8}{r.events_per_s:>11.1f}{r.mb_per_s:>9.2f}{r.events_per_s / base.events_per_s:>10.2f}"
+        )
     kinds = ["worker", "reducer", "ingester", "controller", "redis"]
     print("CPU per event (ms, all processes of a kind; the robust figure on a shared machine):")
     print(f"{'pipeline':<12}{'workers':>8}" + "".join(f"{k:>11}" for k in kinds) + f"{'total':>9}")
     for r in results:
-        print(f"{r.pipeline:<12}{r.workers:>8}" + "".join(f"{r.cpu_ms.get(k, 0.0):>11.2f}" for k in kinds)
-              + f"{sum(r.cpu_ms.values()):>9.2f}")
-    print(f"latency, frame sent by play -> its row visible in the live domain (2 workers, paced at {rate:.0f} Hz, "
-          f"publish interval {args.publish_interval} s): p50 {percentile(latencies, 50) * 1e3:.0f} ms, "
-          f"p95 {percentile(latencies, 95) * 1e3:.0f} ms over {len(latencies)} frames "
-          f"(mean {statistics.fmean(latencies) * 1e3 if latencies else float('nan'):.0f} ms)")
+        print(
+            f"{r.pipeline:<12}{r.workers:>8}"
+            + "".join(f"{r.cpu_ms.get(k, 0.0):>11.2f}" for k in kinds)
+            + f"{sum(r.cpu_ms.values()):>9.2f}"
+        )
+    print(
+        f"latency, frame sent by play -> its row visible in the live domain (2 workers, paced at {rate:.0f} Hz, "
+        f"publish interval {args.publish_interval} s): p50 {percentile(latencies, 50) * 1e3:.0f} ms, "
+        f"p95 {percentile(latencies, 95) * 1e3:.0f} ms over {len(latencies)} frames "
+        f"(mean {statistics.fmean(latencies) * 1e3 if latencies else float('nan'):.0f} ms)"
+    )
     if errors:
         print(f"service logs hold {len(errors)} ERROR lines, e.g. {errors[0]}")
 

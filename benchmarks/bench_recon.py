@@ -102,10 +102,14 @@ def run_engine(engine: str, path: str, repeats: int, rows: int) -> dict[str, flo
     try:
         from skimage.metrics import structural_similarity
 
-        ssim = float(np.mean([
-            structural_similarity(t * mask, r * mask, data_range=float(truth.max() - truth.min()))  # type: ignore[no-untyped-call]
-            for r, t in zip(result, truth, strict=True)
-        ]))
+        ssim = float(
+            np.mean(
+                [
+                    structural_similarity(t * mask, r * mask, data_range=float(truth.max() - truth.min()))  # type: ignore[no-untyped-call]
+                    for r, t in zip(result, truth, strict=True)
+                ]
+            )
+        )
     except ImportError:
         pass
     per_slice = best / sino.shape[0]
@@ -151,7 +155,9 @@ def offline(sizes: list[int], engines: list[str], repeats: int, rows: int, full_
                     results["fourier K=1"] = json.loads(out.stdout.strip().splitlines()[-1])
         ours = results.get("fourier", results.get("direct", {})).get("ms", math.nan)
         print(f"\nN={n}, A={angles.size} angles over 180 deg, {rows} rows per call (slow engines fewer)")
-        print(f"{'engine':<14}{'rows':>5}{'ms/slice':>11}{'Gupd/s':>8}{'SSIM':>7}{'RMSE':>8}{'peak MiB':>10}{'x ours':>8}")
+        print(
+            f"{'engine':<14}{'rows':>5}{'ms/slice':>11}{'Gupd/s':>8}{'SSIM':>7}{'RMSE':>8}{'peak MiB':>10}{'x ours':>8}"
+        )
         for engine, r in results.items():
             print(
                 f"{engine:<14}{int(r['rows']):>5}{r['ms']:>11.1f}{r['gups']:>8.2f}{r['ssim']:>7.3f}"
@@ -210,7 +216,9 @@ def calibration(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
-    parser.add_argument("--engines", nargs="+", default=["fourier", "direct", "skimage", "astra", "tomopy-gridrec", "tomopy-fbp"])
+    parser.add_argument(
+        "--engines", nargs="+", default=["fourier", "direct", "skimage", "astra", "tomopy-gridrec", "tomopy-fbp"]
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rows", type=int, default=8, help="rows per call for the fast engines")
     parser.add_argument("--live-sizes", type=int, nargs="*", default=[512, 1024, 2048])

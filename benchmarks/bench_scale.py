@@ -30,11 +30,12 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_pipeline import Throughput  # the same row (run as a script: benchmarks/ is on sys.path)
 
 from streamtomo.app.beamline_events import BeamlineEvent, frame_events
 from streamtomo.app.deployment import TOMO_REDUCER, TOMO_WORKER, LocalDeployment
@@ -51,22 +52,10 @@ log = logging.getLogger("bench_scale")
 
 
 @dataclass
-class Row:
-    pipeline: str
-    workers: int
-    frames: int
-    megabytes: float
-    seconds: float
-    cpu_ms: dict[str, float] = field(default_factory=dict)  # per event, by service kind
+class Row(Throughput):
+    """bench_pipeline's throughput row, plus the reducer's peak RSS."""
+
     reducer_peak_rss: int = 0
-
-    @property
-    def events_per_s(self) -> float:
-        return self.frames / self.seconds
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.megabytes / self.seconds
 
 
 def synthetic_frames(rows: int, cols: int, angles: int, n_darks: int, n_flats: int, seed: int = 0) -> list[Frame]:
@@ -116,8 +105,15 @@ def run_scan(deployment: LocalDeployment, events: list[BeamlineEvent], config: P
     return play(deployment.state, events, config, dump_prefix="", stall_timeout=60.0, finish_timeout=300.0)
 
 
-def measure(deployment: LocalDeployment, name: str, events: list[BeamlineEvent], warmup: list[BeamlineEvent],
-            config: PipelineConfig, warm_config: PipelineConfig, repeats: int) -> Row:
+def measure(
+    deployment: LocalDeployment,
+    name: str,
+    events: list[BeamlineEvent],
+    warmup: list[BeamlineEvent],
+    config: PipelineConfig,
+    warm_config: PipelineConfig,
+    repeats: int,
+) -> Row:
     """Best of ``repeats`` scans: on a shared machine the slow runs measure the neighbours."""
     run_scan(deployment, warmup, warm_config)  # worker start-up (numba cache load, first sockets)
     reducer_pid = deployment.processes["reducer"].pid
@@ -135,7 +131,14 @@ def measure(deployment: LocalDeployment, name: str, events: list[BeamlineEvent],
         for service, seconds in after.items():
             kind = "worker" if service.startswith("worker") else "ingester" if service.endswith("ingester") else service
             cpu[kind] = cpu.get(kind, 0.0) + (seconds - before.get(service, 0.0)) * 1e3 / result.frames_sent
-        row = Row(name, deployment.n_workers, result.frames_sent, result.bytes_sent / 1e6, result.finished - result.started, cpu)
+        row = Row(
+            name,
+            deployment.n_workers,
+            result.frames_sent,
+            result.bytes_sent / 1e6,
+            result.finished - result.started,
+            cpu,
+        )
         log.info("%s, %d workers: %.1f events/s", name, row.workers, row.events_per_s)
         if best is None or row.seconds < best.seconds:
             best = row
@@ -157,14 +160,20 @@ def main() -> None:
     parser.add_argument("--run-dir", help="keep the services' logs here (default: a temporary directory)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     workers = sorted(set(args.workers))
     cores = os.cpu_count() or 1
 
     values: dict[str, object] = {
-        "n_darks_before": args.references, "n_flats_before": args.references, "n_projections": args.angles,
-        "angle_range": 180.0, "volume": False, "bin": args.bin,
+        "n_darks_before": args.references,
+        "n_flats_before": args.references,
+        "n_projections": args.angles,
+        "angle_range": 180.0,
+        "volume": False,
+        "bin": args.bin,
     }
     config = PipelineConfig.from_mapping(values)
     started = time.time()
@@ -193,33 +202,44 @@ def main() -> None:
         errors = deployment.error_lines()
 
     frame_mb = events[1].nbytes / 1e6
-    print(f"machine: {cores} cores; stream: {len(events) - 2} frames of {args.rows}x{args.cols} uint16 ({frame_mb:.2f} MB), "
-          f"{args.references} darks and {args.references} flats broadcast to every worker, bin {args.bin}; "
-          f"published arrays {published / 1e9:.3f} GB")
+    print(
+        f"machine: {cores} cores; stream: {len(events) - 2} frames of {args.rows}x{args.cols} uint16 ({frame_mb:.2f} MB), "
+        f"{args.references} darks and {args.references} flats broadcast to every worker, bin {args.bin}; "
+        f"published arrays {published / 1e9:.3f} GB"
+    )
     kinds = ["worker", "reducer", "ingester", "controller", "redis"]
-    print(f"{'pipeline':<11}{'workers':>8}{'events/s':>10}{'MB/s':>8}{'vs no-op':>9}"
-          + "".join(f"{k + ' ms':>14}" for k in kinds) + f"{'reducer RSS':>13}{'/published':>11}")
+    print(
+        f"{'pipeline':<11}{'workers':>8}{'events/s':>10}{'MB/s':>8}{'vs no-op':>9}"
+        + "".join(f"{k + ' ms':>14}" for k in kinds)
+        + f"{'reducer RSS':>13}{'/published':>11}"
+    )
     for r in rows:
         base = next((b for b in rows if b.pipeline == "no-op" and b.workers == r.workers), None)
         ratio = f"{r.events_per_s / base.events_per_s:>9.2f}" if base else f"{'-':>9}"
         rss_ratio = r.reducer_peak_rss / published if r.pipeline == "streamtomo" else float("nan")
-        print(f"{r.pipeline:<11}{r.workers:>8}{r.events_per_s:>10.1f}{r.mb_per_s:>8.1f}{ratio}"
-              + "".join(f"{r.cpu_ms.get(k, 0.0):>14.2f}" for k in kinds)
-              + f"{r.reducer_peak_rss / 1e9:>11.2f}GB{rss_ratio:>11.2f}")
+        print(
+            f"{r.pipeline:<11}{r.workers:>8}{r.events_per_s:>10.1f}{r.mb_per_s:>8.1f}{ratio}"
+            + "".join(f"{r.cpu_ms.get(k, 0.0):>14.2f}" for k in kinds)
+            + f"{r.reducer_peak_rss / 1e9:>11.2f}GB{rss_ratio:>11.2f}"
+        )
     ours = [r for r in rows if r.pipeline == "streamtomo"]
     last, one = ours[-1], ours[0]
     noop = next((b for b in rows if b.pipeline == "no-op" and b.workers == last.workers), None)
     worker_ms = last.cpu_ms.get("worker", 0.0)
     reducer_ms = last.cpu_ms.get("reducer", 0.0)
-    print(f"ceiling from the worker's CPU: {cores} cores / {worker_ms:.2f} ms per event = "
-          f"{cores / worker_ms * 1e3 if worker_ms else float('inf'):.0f} events/s; from the reducer's: 1 core / "
-          f"{reducer_ms:.2f} ms = {1e3 / reducer_ms if reducer_ms else float('inf'):.0f} events/s")
+    print(
+        f"ceiling from the worker's CPU: {cores} cores / {worker_ms:.2f} ms per event = "
+        f"{cores / worker_ms * 1e3 if worker_ms else float('inf'):.0f} events/s; from the reducer's: 1 core / "
+        f"{reducer_ms:.2f} ms = {1e3 / reducer_ms if reducer_ms else float('inf'):.0f} events/s"
+    )
     if errors:
         print(f"service logs hold {len(errors)} ERROR lines, e.g. {errors[0]}")
-    print(f"scale: frame={args.rows}x{args.cols} workers={last.workers} events_s={last.events_per_s:.1f} "
-          f"one_worker_events_s={one.events_per_s:.1f} noop_events_s={noop.events_per_s if noop else float('nan'):.1f} "
-          f"reducer_ms_per_event={reducer_ms:.2f} reducer_rss_ratio={last.reducer_peak_rss / published:.2f} "
-          f"worker_ms_per_event={worker_ms:.2f}")
+    print(
+        f"scale: frame={args.rows}x{args.cols} workers={last.workers} events_s={last.events_per_s:.1f} "
+        f"one_worker_events_s={one.events_per_s:.1f} noop_events_s={noop.events_per_s if noop else float('nan'):.1f} "
+        f"reducer_ms_per_event={reducer_ms:.2f} reducer_rss_ratio={last.reducer_peak_rss / published:.2f} "
+        f"worker_ms_per_event={worker_ms:.2f}"
+    )
 
 
 if __name__ == "__main__":

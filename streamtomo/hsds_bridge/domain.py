@@ -73,9 +73,7 @@ class DomainDataset:
 
     def chunk_selection(self, index: ChunkIndex) -> tuple[slice, ...]:
         assert self.chunks is not None
-        return tuple(
-            slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape, strict=False)
-        )
+        return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape, strict=False))
 
     def mark_all_dirty(self) -> None:
         self._dirty.update(itertools.product(*(range(g) for g in self.chunk_grid())))

@@ -52,7 +52,9 @@ class BackgroundHttpServer:
             raise RuntimeError(f"{self.name} did not start within {START_TIMEOUT_S} s")
         if failure:
             thread.join()
-            raise OSError(f"{self.name} cannot listen on {self.host}:{self.requested_port}: {failure[0]}") from failure[0]
+            raise OSError(f"{self.name} cannot listen on {self.host}:{self.requested_port}: {failure[0]}") from failure[
+                0
+            ]
         self._thread = thread
 
     def close(self, timeout: float) -> None:

@@ -64,7 +64,9 @@ class HdfRestServer:
         self._guard = threading.Lock()
         self._http = BackgroundHttpServer(
             lambda: build_app(self._registry, self._cors_origins),
-            host, port, "HDF REST server",
+            host,
+            port,
+            "HDF REST server",
         )
         self._closed = False
 
@@ -115,4 +117,3 @@ class HdfRestServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-

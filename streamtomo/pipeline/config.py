@@ -42,44 +42,128 @@ class PipelineConfig:
     """
 
     detector_stream: str = field(default="detector", metadata={"help": "dranspose stream with detector frames (STINS)"})
-    angle_stream: str = field(default="angle", metadata={"help": "dranspose stream with the PandA position capture (PCAP_RAW); empty: nominal angles"})
-    kind_rule: str = field(default="counts", metadata={"help": "how a frame's kind is known: 'counts' (darks/flats before and after) or 'header' (a key in the image header)"})
-    kind_header_key: str = field(default="image_key", metadata={"help": "image header key holding the NXtomo image_key when kind_rule is 'header'"})
-    n_darks_before: int = field(default=10, metadata={"help": "dark frames before the projections (kind_rule 'counts')"})
-    n_flats_before: int = field(default=10, metadata={"help": "flat frames before the projections (kind_rule 'counts')"})
+    angle_stream: str = field(
+        default="angle",
+        metadata={"help": "dranspose stream with the PandA position capture (PCAP_RAW); empty: nominal angles"},
+    )
+    kind_rule: str = field(
+        default="counts",
+        metadata={
+            "help": "how a frame's kind is known: 'counts' (darks/flats before and after) or 'header' (a key in the image header)"
+        },
+    )
+    kind_header_key: str = field(
+        default="image_key",
+        metadata={"help": "image header key holding the NXtomo image_key when kind_rule is 'header'"},
+    )
+    n_darks_before: int = field(
+        default=10, metadata={"help": "dark frames before the projections (kind_rule 'counts')"}
+    )
+    n_flats_before: int = field(
+        default=10, metadata={"help": "flat frames before the projections (kind_rule 'counts')"}
+    )
     n_projections: int = field(default=180, metadata={"help": "number of projections = angle slots of the sinogram"})
-    n_flats_after: int = field(default=0, metadata={"help": "flat frames after the projections (interpolated with those before)"})
+    n_flats_after: int = field(
+        default=0, metadata={"help": "flat frames after the projections (interpolated with those before)"}
+    )
     n_darks_after: int = field(default=0, metadata={"help": "dark frames after the projections"})
     angle_start: float = field(default=0.0, metadata={"help": "nominal angle of the first projection, degrees"})
-    angle_range: float = field(default=180.0, metadata={"help": "angular range covered by the projections, degrees (180 or 360)"})
-    angle_tolerance: float = field(default=0.5, metadata={"help": "largest distance from a slot, in angular steps, for a measured angle to be accepted"})
-    encoder_field: str = field(default="INENC1.VAL.Mean", metadata={"help": "PandA capture field holding the rotation encoder"})
+    angle_range: float = field(
+        default=180.0, metadata={"help": "angular range covered by the projections, degrees (180 or 360)"}
+    )
+    angle_tolerance: float = field(
+        default=0.5,
+        metadata={"help": "largest distance from a slot, in angular steps, for a measured angle to be accepted"},
+    )
+    encoder_field: str = field(
+        default="INENC1.VAL.Mean", metadata={"help": "PandA capture field holding the rotation encoder"}
+    )
     counts_per_degree: float = field(default=1000.0, metadata={"help": "encoder counts per degree"})
     encoder_offset: float = field(default=0.0, metadata={"help": "angle in degrees at encoder count 0"})
-    rows: str = field(default="all", metadata={"help": "detector rows assembled into sinograms: 'all', 'a:b[:step]' or 'r1,r2,...'"})
-    slice_rows: str = field(default="", metadata={"help": "detector rows reconstructed live (must be sinogram rows); empty: 5 rows spread over the sinogram rows"})
-    center: str = field(default="", metadata={"help": "rotation axis column (0-based); empty: detector middle; 'auto': estimated from the sinogram at the end of the scan"})
-    live_mode: str = field(default="accumulate", metadata={"help": "live slices: 'accumulate' (all projections so far) or 'window' (the last 180 degrees of a continuous rotation, in acquisition order)"})
-    cor_sweep_steps: int = field(default=7, metadata={"help": "live centre-of-rotation sweep: candidate centres around the centre (0: off)"})
+    rows: str = field(
+        default="all", metadata={"help": "detector rows assembled into sinograms: 'all', 'a:b[:step]' or 'r1,r2,...'"}
+    )
+    slice_rows: str = field(
+        default="",
+        metadata={
+            "help": "detector rows reconstructed live (must be sinogram rows); empty: 5 rows spread over the sinogram rows"
+        },
+    )
+    center: str = field(
+        default="",
+        metadata={
+            "help": "rotation axis column (0-based); empty: detector middle; 'auto': estimated from the sinogram at the end of the scan"
+        },
+    )
+    live_mode: str = field(
+        default="accumulate",
+        metadata={
+            "help": "live slices: 'accumulate' (all projections so far) or 'window' (the last 180 degrees of a continuous rotation, in acquisition order)"
+        },
+    )
+    cor_sweep_steps: int = field(
+        default=7, metadata={"help": "live centre-of-rotation sweep: candidate centres around the centre (0: off)"}
+    )
     cor_sweep_step: float = field(default=1.0, metadata={"help": "spacing of the sweep's candidate centres, pixels"})
-    backend: str = field(default="default", metadata={"help": "reconstruction backend for the end-of-scan volume: default (fourier), direct, skimage, astra, tomopy-gridrec, tomopy-fbp"})
-    volume: bool = field(default=True, metadata={"help": "reconstruct every sinogram row into /entry/reconstruction/volume at the end of the scan"})
-    zinger_removal: bool = field(default=False, metadata={"help": "volume: replace zingers (isolated outlier pixels) in each projection by the local median"})
-    ring_removal: bool = field(default=False, metadata={"help": "volume: sorting-based stripe (ring) removal on each sinogram (Vo 2018)"})
-    paganin_delta_beta: float = field(default=0.0, metadata={"help": "volume: Paganin phase retrieval with this delta/beta (0: off; needs all detector rows)"})
+    backend: str = field(
+        default="default",
+        metadata={
+            "help": "reconstruction backend for the end-of-scan volume: default (fourier), direct, skimage, astra, tomopy-gridrec, tomopy-fbp"
+        },
+    )
+    volume: bool = field(
+        default=True,
+        metadata={"help": "reconstruct every sinogram row into /entry/reconstruction/volume at the end of the scan"},
+    )
+    zinger_removal: bool = field(
+        default=False,
+        metadata={"help": "volume: replace zingers (isolated outlier pixels) in each projection by the local median"},
+    )
+    ring_removal: bool = field(
+        default=False, metadata={"help": "volume: sorting-based stripe (ring) removal on each sinogram (Vo 2018)"}
+    )
+    paganin_delta_beta: float = field(
+        default=0.0,
+        metadata={"help": "volume: Paganin phase retrieval with this delta/beta (0: off; needs all detector rows)"},
+    )
     energy_kev: float = field(default=20.0, metadata={"help": "X-ray energy for Paganin, keV"})
     distance_m: float = field(default=0.1, metadata={"help": "sample-detector distance for Paganin, m"})
     pixel_size_m: float = field(default=1e-6, metadata={"help": "detector pixel size for Paganin, m"})
     filter: str = field(default="ramp", metadata={"help": f"FBP filter: {', '.join(FILTERS)}"})
     slice_size: int = field(default=0, metadata={"help": "reconstructed slice width in pixels; 0: detector width"})
-    bin: int = field(default=1, metadata={"help": "bin the detector b x b (1, 2 or 4) before everything else, for previews of big detectors: sinograms, live slices and the volume are binned, and rows, slice_rows, center and slice_size count binned pixels"})
-    window_block: int = field(default=0, metadata={"help": "live_mode 'window': projections per partial-sum block; the window shows the whole blocks within the last 180 degrees (1: exact, per projection; 0: an eighth of the half turn)"})
-    memory_budget_gb: float = field(default=0.0, metadata={"help": "most memory the reducer may hold for one scan's published arrays, GB; 0: half of this machine's memory. A scan that needs more is refused at its first frame with a message naming rows and bin"})
-    flush_every: int = field(default=0, metadata={"help": "projections a worker sums before sending its partial sums; 0: from their size (8 for small slices, up to 64 for 2048^2: each send is live slices plus sweep)"})
+    bin: int = field(
+        default=1,
+        metadata={
+            "help": "bin the detector b x b (1, 2 or 4) before everything else, for previews of big detectors: sinograms, live slices and the volume are binned, and rows, slice_rows, center and slice_size count binned pixels"
+        },
+    )
+    window_block: int = field(
+        default=0,
+        metadata={
+            "help": "live_mode 'window': projections per partial-sum block; the window shows the whole blocks within the last 180 degrees (1: exact, per projection; 0: an eighth of the half turn)"
+        },
+    )
+    memory_budget_gb: float = field(
+        default=0.0,
+        metadata={
+            "help": "most memory the reducer may hold for one scan's published arrays, GB; 0: half of this machine's memory. A scan that needs more is refused at its first frame with a message naming rows and bin"
+        },
+    )
+    flush_every: int = field(
+        default=0,
+        metadata={
+            "help": "projections a worker sums before sending its partial sums; 0: from their size (8 for small slices, up to 64 for 2048^2: each send is live slices plus sweep)"
+        },
+    )
     publish_interval: float = field(default=0.25, metadata={"help": "seconds between live domain updates"})
-    keep_references: bool = field(default=False, metadata={"help": "keep darks/flats across scans (for scans that take none)"})
+    keep_references: bool = field(
+        default=False, metadata={"help": "keep darks/flats across scans (for scans that take none)"}
+    )
     domain: str = field(default="/streamtomo/live.h5", metadata={"help": "name of the live domain"})
-    controller_url: str = field(default="", metadata={"help": "dranspose controller URL; the reducer shares references through it in distributed mode"})
+    controller_url: str = field(
+        default="",
+        metadata={"help": "dranspose controller URL; the reducer shares references through it in distributed mode"},
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -99,7 +183,9 @@ class PipelineConfig:
         if self.window_block < 0:
             raise ConfigError(f"window_block must be >= 0 (0: automatic), got {self.window_block}")
         if not (self.memory_budget_gb >= 0 and math.isfinite(self.memory_budget_gb)):
-            raise ConfigError(f"memory_budget_gb must be >= 0 (0: half of this machine's memory), got {self.memory_budget_gb}")
+            raise ConfigError(
+                f"memory_budget_gb must be >= 0 (0: half of this machine's memory), got {self.memory_budget_gb}"
+            )
         if self.flush_every < 0:
             raise ConfigError(f"flush_every must be >= 0 (0: from the size of a partial sum), got {self.flush_every}")
         if not (0 < self.angle_range <= 360):
@@ -125,13 +211,17 @@ class PipelineConfig:
         if self.paganin_delta_beta < 0:
             raise ConfigError(f"paganin_delta_beta must be >= 0 (0: off), got {self.paganin_delta_beta}")
         if self.cor_sweep_steps < 0 or self.cor_sweep_step <= 0:
-            raise ConfigError(f"cor_sweep_steps must be >= 0 and cor_sweep_step > 0, got {self.cor_sweep_steps}, {self.cor_sweep_step}")
+            raise ConfigError(
+                f"cor_sweep_steps must be >= 0 and cor_sweep_step > 0, got {self.cor_sweep_steps}, {self.cor_sweep_step}"
+            )
         from streamtomo.pipeline.reconstruction.backends import available_backends, resolve_name
 
         try:
             resolve_name(self.backend)
         except ValueError:
-            raise ConfigError(f"backend {self.backend!r} is unknown; choose one of {list(available_backends())}") from None
+            raise ConfigError(
+                f"backend {self.backend!r} is unknown; choose one of {list(available_backends())}"
+            ) from None
         # Syntax only here; bounds are checked against the detector when it is known.
         check_rows_syntax(self.rows)
         if self.slice_rows.strip():

@@ -102,6 +102,4 @@ class StreamEnded:
 class WorkerResult:
     """Everything one event produced (dranspose allows one result per event)."""
 
-    items: list[ReferenceRows | ProjectionRows | PartialSum | Rejected | StreamEnded] = field(
-        default_factory=list
-    )
+    items: list[ReferenceRows | ProjectionRows | PartialSum | Rejected | StreamEnded] = field(default_factory=list)

@@ -54,9 +54,7 @@ def image_key_from_name(value: str | int) -> ImageKey:
     try:
         return ImageKey(int(value))
     except ValueError:
-        raise ValueError(
-            f"unknown image_key {value!r}; allowed: {[int(k) for k in ImageKey]}"
-        ) from None
+        raise ValueError(f"unknown image_key {value!r}; allowed: {[int(k) for k in ImageKey]}") from None
 
 
 @dataclass(frozen=True)
@@ -87,10 +85,7 @@ class ScanGeometry:
         if self.rows <= 0 or self.cols <= 0:
             raise ValueError(f"detector shape must be positive, got {self.rows}x{self.cols}")
         if self.center is not None and not (0.0 <= self.center <= self.cols - 1):
-            raise ValueError(
-                f"rotation centre {self.center} lies outside the detector "
-                f"(allowed 0..{self.cols - 1})"
-            )
+            raise ValueError(f"rotation centre {self.center} lies outside the detector (allowed 0..{self.cols - 1})")
 
     @property
     def rotation_center(self) -> float:

@@ -45,8 +45,16 @@ from streamtomo.hsds_bridge.domain import Domain, DomainDataset
 from streamtomo.pipeline.streaming.snapshot import ScanSnapshot
 
 STATUS_INTS = (
-    "frames_received", "frames_rejected", "darks", "flats", "projections",
-    "missing_angles", "pending_projections", "publisher_dropped", "frames_lost", "volume_slices_done",
+    "frames_received",
+    "frames_rejected",
+    "darks",
+    "flats",
+    "projections",
+    "missing_angles",
+    "pending_projections",
+    "publisher_dropped",
+    "frames_lost",
+    "volume_slices_done",
     "settings_pending",
 )
 CHUNK_TARGET_BYTES = 2 << 20
@@ -88,21 +96,36 @@ def add_scan_datasets(domain: Domain, snap: ScanSnapshot) -> None:
     without copies (both sides hold ``domain.lock``).
     """
     assert snap.sinogram is not None
-    assert snap.angles is not None and snap.frames_per_angle is not None and snap.sinogram_rows is not None and snap.slice_rows is not None
+    assert (
+        snap.angles is not None
+        and snap.frames_per_angle is not None
+        and snap.sinogram_rows is not None
+        and snap.slice_rows is not None
+    )
     rows, angles, cols = snap.sinogram.shape
     units = {"units": "degree"}
-    domain.create_group("/entry/sinogram", {"NX_class": "NXdata", "signal": "data", "axes": ["detector_row", "rotation_angle", "."]})
+    domain.create_group(
+        "/entry/sinogram", {"NX_class": "NXdata", "signal": "data", "axes": ["detector_row", "rotation_angle", "."]}
+    )
     domain.create_dataset(
-        "/entry/sinogram/data", snap.sinogram, share=True, chunks=sinogram_chunks(rows, angles, cols),
+        "/entry/sinogram/data",
+        snap.sinogram,
+        share=True,
+        chunks=sinogram_chunks(rows, angles, cols),
         attrs={"long_name": "-log transmission", "interpretation": "image"},
     )
     domain.create_dataset("/entry/sinogram/rotation_angle", snap.angles, attrs=units)
     domain.create_dataset("/entry/sinogram/frames_per_angle", snap.frames_per_angle)
     domain.create_dataset("/entry/sinogram/detector_row", snap.sinogram_rows)
     k, n, _ = snap.slices_shape
-    domain.create_group("/entry/reconstruction", {"NX_class": "NXdata", "signal": "data", "axes": ["slice_rows", ".", "."]})
+    domain.create_group(
+        "/entry/reconstruction", {"NX_class": "NXdata", "signal": "data", "axes": ["slice_rows", ".", "."]}
+    )
     domain.create_dataset(
-        "/entry/reconstruction/data", shape=(k, n, n), dtype=np.float32, chunks=(1, n, n),
+        "/entry/reconstruction/data",
+        shape=(k, n, n),
+        dtype=np.float32,
+        chunks=(1, n, n),
         attrs={"long_name": "attenuation per pixel", "interpretation": "image"},
     )
     domain.create_dataset("/entry/reconstruction/slice_rows", snap.slice_rows)
@@ -128,7 +151,9 @@ def _set(domain: Domain, path: str, value: Any) -> bool:
     return True
 
 
-def _replace_if_shape_differs(domain: Domain, path: str, values: np.ndarray, attrs: dict[str, Any] | None = None) -> bool:
+def _replace_if_shape_differs(
+    domain: Domain, path: str, values: np.ndarray, attrs: dict[str, Any] | None = None
+) -> bool:
     """Write ``values`` (a whole dataset); recreate it when the shape changed."""
     try:
         ds = domain.dataset(path)
@@ -136,7 +161,12 @@ def _replace_if_shape_differs(domain: Domain, path: str, values: np.ndarray, att
         ds = None
     if ds is None or ds.shape != values.shape:
         chunks = (1, *values.shape[1:]) if values.ndim == 3 else None
-        domain.create_dataset(path, values.astype(np.float32 if values.dtype.kind == "f" and values.ndim == 3 else values.dtype), chunks=chunks, attrs=attrs)
+        domain.create_dataset(
+            path,
+            values.astype(np.float32 if values.dtype.kind == "f" and values.ndim == 3 else values.dtype),
+            chunks=chunks,
+            attrs=attrs,
+        )
         return True
     if np.array_equal(ds.array, values):
         return False
@@ -157,7 +187,9 @@ def _update_sweep(domain: Domain, snap: ScanSnapshot) -> bool:
     try:
         domain.get("/entry/reconstruction/cor_sweep")
     except KeyError:
-        domain.create_group("/entry/reconstruction/cor_sweep", {"NX_class": "NXdata", "signal": "data", "axes": ["centers", ".", "."]})
+        domain.create_group(
+            "/entry/reconstruction/cor_sweep", {"NX_class": "NXdata", "signal": "data", "axes": ["centers", ".", "."]}
+        )
     _replace_if_shape_differs(domain, "/entry/reconstruction/cor_sweep/centers", snap.sweep_centers, {"units": "pixel"})
     path = "/entry/reconstruction/cor_sweep/data"
     try:
@@ -166,7 +198,13 @@ def _update_sweep(domain: Domain, snap: ScanSnapshot) -> bool:
         ds = None
     if ds is None or ds.shape != snap.sweep_sum.shape:
         n = snap.sweep_sum.shape[1]
-        ds = domain.create_dataset(path, shape=snap.sweep_sum.shape, dtype=np.float32, chunks=(1, n, n), attrs={"long_name": "attenuation per pixel"})
+        ds = domain.create_dataset(
+            path,
+            shape=snap.sweep_sum.shape,
+            dtype=np.float32,
+            chunks=(1, n, n),
+            attrs={"long_name": "attenuation per pixel"},
+        )
     _write_weighted(ds, snap.sweep_sum, snap.sweep_weight)
     return True
 
@@ -180,8 +218,15 @@ def _update_volume(domain: Domain, snap: ScanSnapshot) -> bool:
         ds = domain.dataset(path)
     except KeyError:
         ds = domain.create_dataset(
-            path, snap.volume, share=True, chunks=(1, *snap.volume.shape[1:]),
-            attrs={"long_name": "attenuation per pixel", "interpretation": "image", "detector_rows": [int(r) for r in snap.sinogram_rows]},
+            path,
+            snap.volume,
+            share=True,
+            chunks=(1, *snap.volume.shape[1:]),
+            attrs={
+                "long_name": "attenuation per pixel",
+                "interpretation": "image",
+                "detector_rows": [int(r) for r in snap.sinogram_rows],
+            },
         )
         ds.take_dirty()  # nothing computed yet: its slices are sent as they are done
     if ds.array is not snap.volume:  # a new volume (auto centre, settings)
@@ -219,7 +264,11 @@ def update_domain(domain: Domain, snap: ScanSnapshot, extra_status: dict[str, in
         if snap.slices_shape != recon.shape:  # live slice rows changed
             n = snap.slices_shape[1]
             recon = domain.create_dataset(
-                "/entry/reconstruction/data", shape=snap.slices_shape, dtype=np.float32, chunks=(1, n, n), attrs=recon.attrs,
+                "/entry/reconstruction/data",
+                shape=snap.slices_shape,
+                dtype=np.float32,
+                chunks=(1, n, n),
+                attrs=recon.attrs,
             )
             domain.create_dataset("/entry/reconstruction/slice_rows", snap.slice_rows)
             changed = True

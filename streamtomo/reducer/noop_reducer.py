@@ -9,7 +9,9 @@ from typing import Any
 class NoopReducer:
     """``REDUCER_CLASS=streamtomo.reducer.noop_reducer:NoopReducer``."""
 
-    def __init__(self, parameters: dict[Any, Any] | None = None, context: dict[Any, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, parameters: dict[Any, Any] | None = None, context: dict[Any, Any] | None = None, **kwargs: Any
+    ) -> None:
         # process_result and timer run in different threads in dranspose.
         self.publish_rlock = threading.RLock()
         self.publish: dict[str, Any] = {"results": 0}

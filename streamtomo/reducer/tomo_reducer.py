@@ -64,7 +64,9 @@ class ReducerSettings:
 class TomoReducer:
     """Reducer class for ``dranspose`` (``REDUCER_CLASS=streamtomo.reducer.tomo_reducer:TomoReducer``)."""
 
-    def __init__(self, parameters: dict[Any, Any] | None = None, context: dict[Any, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, parameters: dict[Any, Any] | None = None, context: dict[Any, Any] | None = None, **kwargs: Any
+    ) -> None:
         self.context = context if context is not None else {}
         self.settings = ReducerSettings.from_env()
         self._params = ConfigCache()
@@ -120,7 +122,9 @@ class TomoReducer:
         self.context["active_reducer"] = self
         server = self.context.get("rest_server")
         if not isinstance(server, HdfRestServer):
-            server = HdfRestServer(self.settings.http_host, self.settings.http_port, cors_origins=self.settings.cors_origins)
+            server = HdfRestServer(
+                self.settings.http_host, self.settings.http_port, cors_origins=self.settings.cors_origins
+            )
             self.context["rest_server"] = server
         return server
 
@@ -162,7 +166,9 @@ class TomoReducer:
             if detector is not None:
                 LiveSliceGeometry(config, detector)  # centre inside the detector, rows known
             data = value.encode()
-            self._parameters[ParameterName(name)] = WorkParameter(name=ParameterName(name), data=data, value=getattr(config, name))
+            self._parameters[ParameterName(name)] = WorkParameter(
+                name=ParameterName(name), data=data, value=getattr(config, name)
+            )
             self._pending_change = (name, getattr(config, name))  # settings_pending until applied
         logger.info("parameter %s set to %r", name, value)
         url = self.scan.config.controller_url
@@ -183,13 +189,17 @@ class TomoReducer:
         from dranspose.protocol import ParameterName, WorkParameter
 
         data = refs.to_bytes()
-        self._parameters[ParameterName(REFERENCES)] = WorkParameter(name=ParameterName(REFERENCES), data=data, value=data)
+        self._parameters[ParameterName(REFERENCES)] = WorkParameter(
+            name=ParameterName(REFERENCES), data=data, value=data
+        )
         self.context["references"] = refs
         url = self.scan.config.controller_url
         if url:
             # Off the result path: megabytes through the controller take a while, and
             # workers that saw the broadcast darks and flats do not wait for them.
-            threading.Thread(target=self._post_to_controller, args=(url, REFERENCES, data), name="share-references", daemon=True).start()
+            threading.Thread(
+                target=self._post_to_controller, args=(url, REFERENCES, data), name="share-references", daemon=True
+            ).start()
 
     # -- dranspose entry points -----------------------------------------------------
     def process_result(self, result: Any, parameters: dict[Any, Any] | None = None) -> None:
@@ -236,7 +246,10 @@ class TomoReducer:
             logger.warning("scan failed: %s", self.scan.reason)
         logger.info(
             "scan %s: %d projections, %d rejected %s",
-            self.scan.state, status["projections"], status["frames_rejected"], json.dumps(self.scan.rejected),
+            self.scan.state,
+            status["projections"],
+            status["frames_rejected"],
+            json.dumps(self.scan.rejected),
         )
 
     def close(self, context: dict[Any, Any] | None = None) -> None:
@@ -262,7 +275,10 @@ class TomoReducer:
                 logger.warning("parameter change refused: %s", error)
         # In distributed mode the change comes back through the controller: it is
         # applied when the scan's settings hold it, not when some parameters arrive.
-        if self._pending_change is not None and getattr(self.scan.config, self._pending_change[0]) == self._pending_change[1]:
+        if (
+            self._pending_change is not None
+            and getattr(self.scan.config, self._pending_change[0]) == self._pending_change[1]
+        ):
             self._pending_change = None
 
     def _publish_locked(self) -> None:
@@ -271,4 +287,3 @@ class TomoReducer:
         if update_domain(self.domain, self.scan.snapshot(), extra):
             for publisher in self.publishers:
                 publisher.notify()
-

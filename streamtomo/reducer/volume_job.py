@@ -62,9 +62,14 @@ def reconstruct_volume(scan: LiveScan, lock: threading.RLock, publish: Callable[
             with lock:  # (rows, angles, cols) of these rows only
                 batch = np.ascontiguousarray(sinogram.by_angle[filled, first:last].transpose(1, 0, 2))
             batch = prepare_volume_sinograms(
-                batch, zingers=config.zinger_removal, rings=config.ring_removal,
-                paganin_delta_beta=config.paganin_delta_beta, energy_kev=config.energy_kev,
-                distance_m=config.distance_m, pixel_size_m=config.pixel_size_m, contiguous_rows=contiguous,
+                batch,
+                zingers=config.zinger_removal,
+                rings=config.ring_removal,
+                paganin_delta_beta=config.paganin_delta_beta,
+                energy_kev=config.energy_kev,
+                distance_m=config.distance_m,
+                pixel_size_m=config.pixel_size_m,
+                contiguous_rows=contiguous,
             )
             slices = reconstruct(batch, angles, center, config.filter, size, backend=config.backend)
             with lock:

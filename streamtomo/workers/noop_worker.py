@@ -21,7 +21,9 @@ class NoopWorker:
     def describe_parameters() -> list[Any]:
         return []
 
-    def process_event(self, event: Any, parameters: dict[Any, Any] | None = None, tick: bool = False, **kwargs: Any) -> int:
+    def process_event(
+        self, event: Any, parameters: dict[Any, Any] | None = None, tick: bool = False, **kwargs: Any
+    ) -> int:
         self.events += 1
         return int(event.event_number)
 

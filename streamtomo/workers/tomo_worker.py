@@ -46,7 +46,9 @@ class TomoWorker:
         return max(self._params.config(parameters).publish_interval, 0.05)
 
     # -- dranspose entry points -----------------------------------------------------
-    def process_event(self, event: Any, parameters: dict[Any, Any] | None = None, tick: bool = False, **kwargs: Any) -> WorkerResult | None:
+    def process_event(
+        self, event: Any, parameters: dict[Any, Any] | None = None, tick: bool = False, **kwargs: Any
+    ) -> WorkerResult | None:
         result = WorkerResult()
         params = parameters or {}
         config = self._params.config(params)
@@ -91,11 +93,21 @@ class TomoWorker:
             return None, None
         assert isinstance(message, PcapValues)
         try:
-            return angle_from_values(message.values, config.encoder_field, config.counts_per_degree, config.encoder_offset), None
+            return angle_from_values(
+                message.values, config.encoder_field, config.counts_per_degree, config.encoder_offset
+            ), None
         except FrameError as error:
             return None, str(error)
 
-    def _detector(self, stream: Any, event_number: int, angle: float | None, angle_error: str | None, config: PipelineConfig, result: WorkerResult) -> None:
+    def _detector(
+        self,
+        stream: Any,
+        event_number: int,
+        angle: float | None,
+        angle_error: str | None,
+        config: PipelineConfig,
+        result: WorkerResult,
+    ) -> None:
         decode = decode_eiger_legacy if getattr(stream, "typ", "") == EIGER_LEGACY else decode_stins
         try:
             message = decode(stream.frames)

@@ -22,7 +22,9 @@ SPEC = SimulationSpec(rows=4, cols=48, angles=60, seed=2)
 
 def _with_parts(msg: InternalWorkerMessage, parts: list[bytes]) -> InternalWorkerMessage:
     stream = next(iter(msg.streams))
-    return InternalWorkerMessage(event_number=msg.event_number, streams={stream: StreamData(typ=msg.streams[stream].typ, frames=parts)})
+    return InternalWorkerMessage(
+        event_number=msg.event_number, streams={stream: StreamData(typ=msg.streams[stream].typ, frames=parts)}
+    )
 
 
 def _parts(msg: InternalWorkerMessage) -> list[bytes]:
@@ -44,10 +46,18 @@ def test_bad_frames_are_counted_and_good_ones_kept(tmp_path: Path, reference: di
     extra = [
         Frame(len(frames), ImageKey.PROJECTION, frames[first_projection].data.astype(np.float32) * np.nan, 12.0),
     ]
-    corrupt_events = {first_projection + 3: "truncated", first_projection + 5: "badjson", first_projection + 7: "shape", first_projection + 9: "dtype", first_projection + 11: "nokind"}
+    corrupt_events = {
+        first_projection + 3: "truncated",
+        first_projection + 5: "badjson",
+        first_projection + 7: "shape",
+        first_projection + 9: "dtype",
+        first_projection + 11: "nokind",
+    }
     missing_angle_event = first_projection + 13
 
-    def mutate(det: InternalWorkerMessage, ang: InternalWorkerMessage) -> tuple[InternalWorkerMessage | None, InternalWorkerMessage | None]:
+    def mutate(
+        det: InternalWorkerMessage, ang: InternalWorkerMessage
+    ) -> tuple[InternalWorkerMessage | None, InternalWorkerMessage | None]:
         event = det.event_number
         kind = corrupt_events.get(event - 1)  # event e holds frame e-1
         if kind == "truncated":

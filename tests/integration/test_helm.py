@@ -400,7 +400,9 @@ def test_wiring_between_services(helm: str) -> None:
     # the password from the Secret, expanded by Kubernetes (never in the manifest)
     assert env["REDIS_URL"] == "redis://:$(REDIS_PASSWORD)@t-streamtomo-redis.beamline.svc:6379/0"
     assert env["REDIS_PASSWORD"]["secretKeyRef"] == {"name": "t-streamtomo-redis", "key": "redis-password"}
-    assert [e["name"] for e in reducer["env"]].index("REDIS_PASSWORD") < [e["name"] for e in reducer["env"]].index("REDIS_URL")
+    assert [e["name"] for e in reducer["env"]].index("REDIS_PASSWORD") < [e["name"] for e in reducer["env"]].index(
+        "REDIS_URL"
+    )
     assert env["REDUCER_URL"] == "tcp://t-streamtomo-reducer.beamline.svc:10200"
     assert env["REDUCER_CLASS"] == "streamtomo.reducer.tomo_reducer:TomoReducer"
     assert env["STREAMTOMO_HTTP_HOST"] == "0.0.0.0"
@@ -589,7 +591,10 @@ def test_existing_secret_and_claims(helm: str) -> None:
     assert env_of(reducer)["STREAMTOMO_HSDS_PASSWORD"]["secretKeyRef"]["name"] == "site-hsds"
     assert env_of(reducer)["REDIS_PASSWORD"]["secretKeyRef"] == {"name": "site-redis", "key": "redis-password"}
     control = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["volumes"]
-    assert {"name": "control-token", "secret": {"secretName": "site-control", "defaultMode": 0o400, "items": [{"key": "token", "path": "token"}]}} in control
+    assert {
+        "name": "control-token",
+        "secret": {"secretName": "site-control", "defaultMode": 0o400, "items": [{"key": "token", "path": "token"}]},
+    } in control
     ing = one(docs, "Deployment", "t-streamtomo-ingester-detector")["spec"]["template"]["spec"]
     assert {"name": "recordings", "persistentVolumeClaim": {"claimName": "site-recordings"}} in ing["volumes"]
 
@@ -875,7 +880,12 @@ def test_hsds_bootstrap_job(helm: str) -> None:
 
 def _peers(policy: dict, port: int) -> list[dict]:
     """Every peer of ``policy`` allowed to reach ``port``."""
-    return [peer for rule in policy["spec"]["ingress"] for peer in rule.get("from", []) if port in [p["port"] for p in rule.get("ports", [])]]
+    return [
+        peer
+        for rule in policy["spec"]["ingress"]
+        for peer in rule.get("from", [])
+        if port in [p["port"] for p in rule.get("ports", [])]
+    ]
 
 
 def _components(peers: list[dict]) -> set[str]:
@@ -904,10 +914,19 @@ PIPELINE = {"controller", "ingester", "worker", "reducer"}
 
 
 def test_network_policies_are_on_by_default_and_keep_internal_ports_to_the_pipeline(helm: str) -> None:
-    peer = ["--set-json", 'networkPolicy.allowFrom=[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]']
+    peer = [
+        "--set-json",
+        'networkPolicy.allowFrom=[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]',
+    ]
     docs = render(helm, "--set", "viewer.enabled=true", *peer)
     policies = {d["metadata"]["name"]: d for d in find(docs, "NetworkPolicy")}
-    assert {"t-streamtomo-redis", "t-streamtomo-controller", "t-streamtomo-reducer", "t-streamtomo-ingesters", "t-streamtomo-workers"} <= set(policies)
+    assert {
+        "t-streamtomo-redis",
+        "t-streamtomo-controller",
+        "t-streamtomo-reducer",
+        "t-streamtomo-ingesters",
+        "t-streamtomo-workers",
+    } <= set(policies)
     assert _components(_peers(policies["t-streamtomo-redis"], 6379)) == PIPELINE
     # the controller takes scans and parameters unauthenticated: no viewer, no outside peer
     assert _components(_peers(policies["t-streamtomo-controller"], 5000)) == PIPELINE | {"test-controller"}
@@ -916,7 +935,9 @@ def test_network_policies_are_on_by_default_and_keep_internal_ports_to_the_pipel
     assert _components(_peers(reducer, 5000)) == PIPELINE
     assert _components(_peers(reducer, 8101)) == {"viewer"}  # the control API: the viewer's server only
     assert "release" in _components(_peers(reducer, 8100)) and len(_peers(reducer, 8100)) == 2  # reads: release + peer
-    assert _components([p for r in policies["t-streamtomo-ingesters"]["spec"]["ingress"] for p in r["from"]]) == PIPELINE
+    assert (
+        _components([p for r in policies["t-streamtomo-ingesters"]["spec"]["ingress"] for p in r["from"]]) == PIPELINE
+    )
     assert policies["t-streamtomo-workers"]["spec"]["ingress"] == []  # workers only connect out
     beamline = render(helm, "--set-json", 'networkPolicy.controllerFrom=[{"ipBlock": {"cidr": "10.20.0.5/32"}}]')
     controller = one(beamline, "NetworkPolicy", "t-streamtomo-controller")
@@ -945,18 +966,35 @@ def test_redis_requires_a_password_from_a_secret(helm: str, tmp_path: Path) -> N
     redis_server = shutil.which("redis-server")
     if redis_server is None:
         pytest.skip("redis-server is not installed")
-    script = redis["args"][0].replace("--port 6379", f"--port 0 --unixsocket {tmp_path}/r.sock").replace("--dir /data", f"--dir {tmp_path}")
+    script = (
+        redis["args"][0]
+        .replace("--port 6379", f"--port 0 --unixsocket {tmp_path}/r.sock")
+        .replace("--dir /data", f"--dir {tmp_path}")
+    )
     assert redis["command"] == ["sh", "-c"]
-    proc = subprocess.Popen(["sh", "-c", script], env={**os.environ, "REDIS_PASSWORD": password}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["sh", "-c", script],
+        env={**os.environ, "REDIS_PASSWORD": password},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while not (tmp_path / "r.sock").exists():
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.05)
         cli = [shutil.which("redis-cli") or "redis-cli", "-s", str(tmp_path / "r.sock"), "ping"]
-        refused = subprocess.run(cli, capture_output=True, text=True, timeout=10, env={k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"})
+        refused = subprocess.run(
+            cli,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env={k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"},
+        )
         assert "NOAUTH" in refused.stdout + refused.stderr
-        allowed = subprocess.run(cli, capture_output=True, text=True, timeout=10, env={**os.environ, "REDISCLI_AUTH": password})
+        allowed = subprocess.run(
+            cli, capture_output=True, text=True, timeout=10, env={**os.environ, "REDISCLI_AUTH": password}
+        )
         assert allowed.stdout.strip() == "PONG"
     finally:
         proc.terminate()
@@ -976,7 +1014,9 @@ def test_live_service_and_ingress_are_read_only_and_control_is_separate(helm: st
         token_volume = next(v for v in reducer["volumes"] if v["name"] == "control-token")
         assert token_volume["secret"]["defaultMode"] == 0o400
         # Only one Service leads to the control port, inside the cluster; no Ingress does.
-        to_control = [s for s in find(docs, "Service") if any(p["targetPort"] in ("control", 8101) for p in s["spec"]["ports"])]
+        to_control = [
+            s for s in find(docs, "Service") if any(p["targetPort"] in ("control", 8101) for p in s["spec"]["ports"])
+        ]
         assert [s["metadata"]["name"] for s in to_control] == [f"{prefix}-control"]
         assert to_control[0]["spec"]["type"] == "ClusterIP" and len(to_control[0]["spec"]["ports"]) == 1
         live = one(docs, "Service", f"{prefix}-live")
@@ -1005,21 +1045,56 @@ def test_viewer_holds_the_token_and_has_credentials_in_every_mode(helm: str) -> 
     command, env = _viewer(render(helm, "--set", "viewer.enabled=true", "--set", "hsds.ingress.enabled=true"))
     assert command[command.index("--endpoint") + 1].startswith("http://streamtomo-hsds.example.org")
     assert env["STREAMTOMO_VIEWER_USERNAME"] == "viewer"
-    assert env["STREAMTOMO_VIEWER_PASSWORD"]["secretKeyRef"] == {"name": "t-streamtomo-hsds-auth", "key": "viewer-password"}
-    _, env = _viewer(render(helm, "--set", "viewer.enabled=true", "--set", "viewer.endpoint=http://t-streamtomo-hsds.beamline.svc:5101"))
+    assert env["STREAMTOMO_VIEWER_PASSWORD"]["secretKeyRef"] == {
+        "name": "t-streamtomo-hsds-auth",
+        "key": "viewer-password",
+    }
+    _, env = _viewer(
+        render(
+            helm, "--set", "viewer.enabled=true", "--set", "viewer.endpoint=http://t-streamtomo-hsds.beamline.svc:5101"
+        )
+    )
     assert env["STREAMTOMO_VIEWER_PASSWORD"]["secretKeyRef"]["key"] == "viewer-password"
     # another endpoint: its account from a Secret
-    _, env = _viewer(render(helm, "--set", "viewer.enabled=true", "--set", "viewer.endpoint=https://hsds.site.example", "--set", "viewer.credentialsSecret=site-viewer"))
+    _, env = _viewer(
+        render(
+            helm,
+            "--set",
+            "viewer.enabled=true",
+            "--set",
+            "viewer.endpoint=https://hsds.site.example",
+            "--set",
+            "viewer.credentialsSecret=site-viewer",
+        )
+    )
     assert env["STREAMTOMO_VIEWER_USERNAME"]["secretKeyRef"] == {"name": "site-viewer", "key": "username"}
     # a public page must authenticate: the chart refuses an Ingress without it ...
     err = fails(helm, "--set", "viewer.enabled=true", "--set", "viewer.ingress.enabled=true")
     assert "viewer.auth.basicAuthSecret" in err, err
     # ... and with basic auth it asks ingress-nginx for a password and pins the page's origin
-    docs = render(helm, "--set", "viewer.enabled=true", "--set", "viewer.ingress.enabled=true", "--set", "viewer.auth.basicAuthSecret=viewer-htpasswd")
+    docs = render(
+        helm,
+        "--set",
+        "viewer.enabled=true",
+        "--set",
+        "viewer.ingress.enabled=true",
+        "--set",
+        "viewer.auth.basicAuthSecret=viewer-htpasswd",
+    )
     annotations = one(docs, "Ingress", "t-streamtomo-viewer")["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
     assert annotations["nginx.ingress.kubernetes.io/auth-secret"] == "viewer-htpasswd"
     command, _ = _viewer(docs)
     assert command[command.index("--origin") + 1] == "http://streamtomo.example.org"
-    docs = render(helm, "--set", "viewer.enabled=true", "--set", "viewer.ingress.enabled=true", "--set", "viewer.auth.externalAuth=true")
-    assert "nginx.ingress.kubernetes.io/auth-type" not in (one(docs, "Ingress", "t-streamtomo-viewer")["metadata"].get("annotations") or {})
+    docs = render(
+        helm,
+        "--set",
+        "viewer.enabled=true",
+        "--set",
+        "viewer.ingress.enabled=true",
+        "--set",
+        "viewer.auth.externalAuth=true",
+    )
+    assert "nginx.ingress.kubernetes.io/auth-type" not in (
+        one(docs, "Ingress", "t-streamtomo-viewer")["metadata"].get("annotations") or {}
+    )

@@ -16,7 +16,9 @@ from tests.support.replay_helpers import record
 pytestmark = [pytest.mark.hsds, pytest.mark.slow]
 
 
-def _run_with_hsds(recordings: list[Path], spec: SimulationSpec, server: LocalHsds, monkeypatch: pytest.MonkeyPatch, domain: str) -> tuple[str, object]:
+def _run_with_hsds(
+    recordings: list[Path], spec: SimulationSpec, server: LocalHsds, monkeypatch: pytest.MonkeyPatch, domain: str
+) -> tuple[str, object]:
     monkeypatch.setenv("STREAMTOMO_HSDS_ENDPOINT", server.url)
     monkeypatch.setenv("STREAMTOMO_HSDS_CREDENTIALS", str(server.credentials_file(server.writer_user)))
     monkeypatch.setenv("STREAMTOMO_HSDS_DOMAIN", domain)
@@ -32,7 +34,9 @@ def _run_with_hsds(recordings: list[Path], spec: SimulationSpec, server: LocalHs
         run.close()
 
 
-def test_replayed_scan_lands_complete_on_hsds(tmp_path: Path, local_hsds: LocalHsds, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replayed_scan_lands_complete_on_hsds(
+    tmp_path: Path, local_hsds: LocalHsds, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = SimulationSpec(rows=4, cols=48, angles=60, seed=4)
     recordings = record(ScanSimulator(spec).frames(), tmp_path, spec.config())
     wanted = f"{local_hsds.writer_folder}pipeline_{tmp_path.name[-8:]}.h5"

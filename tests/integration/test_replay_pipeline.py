@@ -34,7 +34,9 @@ def test_three_workers_give_the_same_domain_as_one(small_scan: tuple[SimulationS
         if path in ("/entry/status/last_update", "/entry/status/generation"):
             continue
         if one[path].dtype.kind == "f":
-            np.testing.assert_allclose(three[path], one[path], rtol=1e-5, atol=1e-6 * float(np.abs(one[path]).max() or 1), err_msg=path)
+            np.testing.assert_allclose(
+                three[path], one[path], rtol=1e-5, atol=1e-6 * float(np.abs(one[path]).max() or 1), err_msg=path
+            )
         else:
             assert np.array_equal(three[path], one[path]), path
     assert int(one["/entry/reconstruction/n_projections"]) == spec.angles
@@ -132,7 +134,12 @@ def test_live_centre_change_gives_the_same_final_slices(small_scan: tuple[Simula
         run.wait(timeout=60)
         run.reducer.timer()
         got = domain_arrays(run.reducer)
-    np.testing.assert_allclose(got["/entry/reconstruction/data"], target["/entry/reconstruction/data"], rtol=1e-5, atol=1e-5 * float(np.abs(target["/entry/reconstruction/data"]).max()))
+    np.testing.assert_allclose(
+        got["/entry/reconstruction/data"],
+        target["/entry/reconstruction/data"],
+        rtol=1e-5,
+        atol=1e-5 * float(np.abs(target["/entry/reconstruction/data"]).max()),
+    )
     assert '"center": "33.0"' in str(got["/entry/reconstruction/parameters"][()])
     assert int(got["/entry/status/settings_pending"][()]) == 0  # the change was applied
 

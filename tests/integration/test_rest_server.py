@@ -462,7 +462,9 @@ def test_parallel_large_reads_do_not_stall_small_reads() -> None:
             threading.Thread(target=_poll, args=(f"{srv.url}/about", stop, about_waits), daemon=True),
             threading.Thread(target=_poll, args=(scalar, stop, scalar_waits), daemon=True),
         ]
-        readers = [threading.Thread(target=large, args=(b,), daemon=True) for b in (False, False, False, True, True, True)]
+        readers = [
+            threading.Thread(target=large, args=(b,), daemon=True) for b in (False, False, False, True, True, True)
+        ]
         for t in pollers + readers:
             t.start()
         for t in readers:

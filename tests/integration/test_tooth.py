@@ -32,7 +32,10 @@ def tooth_frames(path: Path) -> tuple[list[Frame], np.ndarray]:
         theta = f["exchange/theta"][...]
     frames = [Frame(i, ImageKey.DARK, d, 0.0) for i, d in enumerate(darks)]
     frames += [Frame(len(frames) + i, ImageKey.FLAT, w, 0.0) for i, w in enumerate(flats)]
-    frames += [Frame(len(frames) + i, ImageKey.PROJECTION, p, float(t)) for i, (p, t) in enumerate(zip(data, theta, strict=True))]
+    frames += [
+        Frame(len(frames) + i, ImageKey.PROJECTION, p, float(t))
+        for i, (p, t) in enumerate(zip(data, theta, strict=True))
+    ]
     return frames, theta
 
 
@@ -48,10 +51,16 @@ def tooth(shared_data: Path) -> Path:
 
 def test_tooth_matches_iradon(tooth: Path, tmp_path: Path) -> None:
     frames, theta = tooth_frames(tooth)
-    config = PipelineConfig.from_mapping({
-        "n_darks_before": 10, "n_flats_before": 10, "n_projections": 181, "angle_range": 180.0,
-        "center": str(AXIS), "slice_rows": "0,1",
-    })
+    config = PipelineConfig.from_mapping(
+        {
+            "n_darks_before": 10,
+            "n_flats_before": 10,
+            "n_projections": 181,
+            "angle_range": 180.0,
+            "center": str(AXIS),
+            "slice_rows": "0,1",
+        }
+    )
     arrays = run_to_end(record(frames, tmp_path, config), config, workers=3)
     assert int(arrays["/entry/status/projections"]) == 181
     assert int(arrays["/entry/status/frames_rejected"]) == 0
@@ -74,16 +83,26 @@ def test_tooth_matches_iradon(tooth: Path, tmp_path: Path) -> None:
 
 def test_auto_centre_finds_the_tooth_axis(tooth: Path, tmp_path: Path) -> None:
     frames, _ = tooth_frames(tooth)
-    config = PipelineConfig.from_mapping({
-        "n_darks_before": 10, "n_flats_before": 10, "n_projections": 181, "angle_range": 180.0,
-        "center": "auto", "slice_rows": "0,1", "volume": False,
-    })
+    config = PipelineConfig.from_mapping(
+        {
+            "n_darks_before": 10,
+            "n_flats_before": 10,
+            "n_projections": 181,
+            "angle_range": 180.0,
+            "center": "auto",
+            "slice_rows": "0,1",
+            "volume": False,
+        }
+    )
     arrays = run_to_end(record(frames, tmp_path, config), config, workers=2)
     found = float(arrays["/entry/reconstruction/center"][()])
     # Independently of the estimator: the sharpest slice (lowest L1 norm) of a sweep.
     candidates = np.arange(285.0, 300.01, 0.5)
     sino = arrays["/entry/sinogram/data"][0]
-    sharpness = [float(np.abs(s).sum()) for s in cor_sweep(sino, arrays["/entry/sinogram/rotation_angle"], candidates, slice_size=480)]
+    sharpness = [
+        float(np.abs(s).sum())
+        for s in cor_sweep(sino, arrays["/entry/sinogram/rotation_angle"], candidates, slice_size=480)
+    ]
     sharpest = float(candidates[int(np.argmin(sharpness))])
     assert abs(found - sharpest) <= 0.5, (found, sharpest)
     assert abs(found - AXIS) <= 0.5, found

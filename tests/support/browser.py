@@ -29,7 +29,9 @@ T = TypeVar("T")
 def require_chromium() -> None:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:
-        pytest.skip(f"browser tests need Debian's chromium and chromium-driver (missing {missing}): apt-get install -y chromium chromium-driver")
+        pytest.skip(
+            f"browser tests need Debian's chromium and chromium-driver (missing {missing}): apt-get install -y chromium chromium-driver"
+        )
     pytest.importorskip("selenium", reason="browser tests need selenium (pip install selenium)")
 
 
@@ -42,9 +44,15 @@ def chromium(profile: Path, width: int = 1500, height: int = 1150) -> Iterator[A
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-dev-shm-usage", "--enable-unsafe-swiftshader",
-        f"--user-data-dir={profile}", f"--window-size={width},{height}",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-dev-shm-usage",
+        "--enable-unsafe-swiftshader",
+        f"--user-data-dir={profile}",
+        f"--window-size={width},{height}",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

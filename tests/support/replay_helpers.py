@@ -15,7 +15,9 @@ from streamtomo.app.runner import ReplayRun
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.scan import Frame
 
-Mutator = Callable[[InternalWorkerMessage, InternalWorkerMessage], tuple[InternalWorkerMessage | None, InternalWorkerMessage | None]]
+Mutator = Callable[
+    [InternalWorkerMessage, InternalWorkerMessage], tuple[InternalWorkerMessage | None, InternalWorkerMessage | None]
+]
 
 
 def record(frames: Iterable[Frame], out: Path, config: PipelineConfig, mutate: Mutator | None = None) -> list[Path]:
@@ -36,7 +38,9 @@ def record(frames: Iterable[Frame], out: Path, config: PipelineConfig, mutate: M
     return paths
 
 
-def replay(recordings: list[Path], config: PipelineConfig, workers: int, rate_hz: float | None = None) -> Iterator[ReplayRun]:
+def replay(
+    recordings: list[Path], config: PipelineConfig, workers: int, rate_hz: float | None = None
+) -> Iterator[ReplayRun]:
     """Generator-style context: yields a started run (paused before frame 1)."""
     run = ReplayRun(recordings, config, workers=workers, http_port=0, rate_hz=rate_hz)
     try:

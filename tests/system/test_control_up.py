@@ -23,7 +23,9 @@ from tests.support.distributed_fixtures import read_domain, simulated_scan, stat
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (apt-get install -y redis-server)"),
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None, reason="redis-server not installed (apt-get install -y redis-server)"
+    ),
 ]
 
 
@@ -52,7 +54,9 @@ def test_refused_values_mid_scan_change_nothing_and_the_scan_completes(tmp_path:
             for value in ("99999999999999999999", str(4 * spec.cols)):
                 rsp = requests.post(f"{url}/slice_size", json={"value": value}, headers=auth, timeout=10)
                 answers.append((value, rsp.status_code, rsp.text))
-            answers.append(("no token", requests.post(f"{url}/slice_size", json={"value": "64"}, timeout=10).status_code, ""))
+            answers.append(
+                ("no token", requests.post(f"{url}/slice_size", json={"value": "64"}, timeout=10).status_code, "")
+            )
             answers.append(("live port", requests.post(live, data="99999999999999999999", timeout=10).status_code, ""))
 
         result = play(deployment.state, frame_events(frames, config), config, on_frame_sent=attempt)

@@ -89,12 +89,16 @@ def _effective(run: ReplayRun) -> tuple[str, str]:
     return reducer.scan.config.center, reducer.scan.config.filter
 
 
-def test_another_origin_cannot_change_the_scan_but_the_viewer_can(built_page: Path, finished_run: ReplayRun, tmp_path: Path) -> None:
+def test_another_origin_cannot_change_the_scan_but_the_viewer_can(
+    built_page: Path, finished_run: ReplayRun, tmp_path: Path
+) -> None:
     reducer: Any = finished_run.reducer
     before = _effective(finished_run)
     assert before[0] != "20" and before[1] != "hann"
     control = reducer.control
-    with start_viewer(reducer.endpoint, reducer.domain.name, control=control.url, control_token=control.token) as viewer:
+    with start_viewer(
+        reducer.endpoint, reducer.domain.name, control=control.url, control_token=control.token
+    ) as viewer:
         targets = {"live": reducer.endpoint, "viewer": viewer.url, "control": control.url}
 
         async def attack_page(request: web.Request) -> web.Response:
@@ -110,7 +114,9 @@ def test_another_origin_cannot_change_the_scan_but_the_viewer_can(built_page: Pa
         try:
             with browser.chromium(tmp_path / "profile") as driver:
                 driver.get(attacker.url() + "/")
-                results = browser.wait_until(lambda: driver.execute_script("return window.__attack"), 30, "the attack page to finish")
+                results = browser.wait_until(
+                    lambda: driver.execute_script("return window.__attack"), 30, "the attack page to finish"
+                )
                 assert len(results) == 8, results
                 # Whatever the browser let through, nothing changed.
                 assert _effective(finished_run) == before, f"another origin changed the scan: {results}"

@@ -103,12 +103,22 @@ def test_proxy_pins_the_domain_adds_credentials_and_reports_a_dead_endpoint(
     monkeypatch.setenv(ENV_PASSWORD, "s3cret")
     endpoint = f"http://127.0.0.1:{upstream.server_address[1]}"
     token = "control-token-0123456789abcdef"
-    target = ViewerTarget(endpoint, "/a/live.h5", control=endpoint, authorization=basic_auth_from_env(), control_token=token)
+    target = ViewerTarget(
+        endpoint, "/a/live.h5", control=endpoint, authorization=basic_auth_from_env(), control_token=token
+    )
     assert "s3cret" not in repr(target) and token not in repr(target)
     with ViewerServer(target, static_dir=fake_static).start() as viewer:
         assert "viewer" in requests.get(viewer.url, timeout=5).text
-        assert requests.get(viewer.url + "viewer.json", timeout=5).json() == {"domain": "/a/live.h5", "endpoint": endpoint, "control": True}
-        response = requests.get(viewer.url + "hdf/datasets/d-1/value?select=[0:1]&domain=/other.h5", headers={"Accept": "application/octet-stream"}, timeout=5)
+        assert requests.get(viewer.url + "viewer.json", timeout=5).json() == {
+            "domain": "/a/live.h5",
+            "endpoint": endpoint,
+            "control": True,
+        }
+        response = requests.get(
+            viewer.url + "hdf/datasets/d-1/value?select=[0:1]&domain=/other.h5",
+            headers={"Accept": "application/octet-stream"},
+            timeout=5,
+        )
         assert response.json() == {"value": 7}
         method, path, headers, _ = upstream.seen[-1]
         assert method == "GET"
@@ -118,7 +128,9 @@ def test_proxy_pins_the_domain_adds_credentials_and_reports_a_dead_endpoint(
         assert headers["Authorization"] == "Basic cmVhZGVyOnMzY3JldA=="
         assert headers["Accept"] == "application/octet-stream"
         # control: forwarded with the control token (not the HDF credentials); a refusal keeps its reason
-        assert requests.post(viewer.url + "control/parameters/center", json={"value": "33"}, timeout=5).status_code == 200
+        assert (
+            requests.post(viewer.url + "control/parameters/center", json={"value": "33"}, timeout=5).status_code == 200
+        )
         method, path, headers, body = upstream.seen[-1]
         assert (method, path) == ("POST", "/streamtomo/parameters/center")
         assert headers["Authorization"] == f"Bearer {token}"
@@ -128,14 +140,34 @@ def test_proxy_pins_the_domain_adds_credentials_and_reports_a_dead_endpoint(
         # what another site can send without a preflight, or from its own origin: refused here
         forwarded = len(upstream.seen)
         assert requests.post(viewer.url + "control/parameters/center", data="33", timeout=5).status_code == 415
-        assert requests.post(viewer.url + "control/parameters/center", data="33", headers={"Content-Type": "text/plain"}, timeout=5).status_code == 415
+        assert (
+            requests.post(
+                viewer.url + "control/parameters/center", data="33", headers={"Content-Type": "text/plain"}, timeout=5
+            ).status_code
+            == 415
+        )
         foreign = {"Origin": "http://evil.example"}
-        assert requests.post(viewer.url + "control/parameters/center", json={"value": "33"}, headers=foreign, timeout=5).status_code == 403
+        assert (
+            requests.post(
+                viewer.url + "control/parameters/center", json={"value": "33"}, headers=foreign, timeout=5
+            ).status_code
+            == 403
+        )
         rebound = {"Host": "evil.example:80"}  # DNS rebinding: another name for this address
-        assert requests.post(viewer.url + "control/parameters/center", json={"value": "33"}, headers=rebound, timeout=5).status_code == 403
+        assert (
+            requests.post(
+                viewer.url + "control/parameters/center", json={"value": "33"}, headers=rebound, timeout=5
+            ).status_code
+            == 403
+        )
         assert len(upstream.seen) == forwarded
         own = {"Origin": viewer.url.rstrip("/")}
-        assert requests.post(viewer.url + "control/parameters/center", json={"value": "33"}, headers=own, timeout=5).status_code == 200
+        assert (
+            requests.post(
+                viewer.url + "control/parameters/center", json={"value": "33"}, headers=own, timeout=5
+            ).status_code
+            == 200
+        )
         bad = requests.post(viewer.url + "control/parameters/center", json={"value": "bad"}, timeout=5)
         assert bad.status_code == 400
         assert bad.json()["message"] == "centre bad is not a number"
@@ -147,7 +179,9 @@ def test_proxy_pins_the_domain_adds_credentials_and_reports_a_dead_endpoint(
         assert endpoint in gone.json()["message"]
 
 
-def test_missing_page_assets_say_how_to_build_them(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_page_assets_say_how_to_build_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ViewerAssetsMissing, match=r"npm ci --prefix viewer && npm run build --prefix viewer"):
         build_app(ViewerTarget("http://127.0.0.1:1", "/x.h5"), static_dir=tmp_path)
     # the command says the same, without a traceback
@@ -268,14 +302,25 @@ def _apply_centre(driver: Any, value: str, expect: str, timeout: float = 10.0) -
         text = found[0].text if found else ""
 
 
-def _watch_live_scan(run: Any, spec: SimulationSpec, target: dict[str, np.ndarray], new_centre: str, profile: Path) -> tuple[Path, list[dict[str, Any]]]:
+def _watch_live_scan(
+    run: Any, spec: SimulationSpec, target: dict[str, np.ndarray], new_centre: str, profile: Path
+) -> tuple[Path, list[dict[str, Any]]]:
     """Drive the page through a whole scan; returns the screenshot and the render log."""
     control = run.reducer.control
-    with start_viewer(run.reducer.endpoint, run.reducer.domain.name, control=control.url, control_token=control.token) as viewer, browser.chromium(profile) as driver:
+    with (
+        start_viewer(
+            run.reducer.endpoint, run.reducer.domain.name, control=control.url, control_token=control.token
+        ) as viewer,
+        browser.chromium(profile) as driver,
+    ):
         from selenium.webdriver.common.by import By
 
         driver.get(viewer.url)
-        browser.wait_until(lambda: browser.page_state(driver, "s.snapshot && s.snapshot.connection === 'live'"), 20, "the page to connect")
+        browser.wait_until(
+            lambda: browser.page_state(driver, "s.snapshot && s.snapshot.connection === 'live'"),
+            20,
+            "the page to connect",
+        )
         run.go()
 
         # The slice changes while frames arrive (data and on-screen pixels).
@@ -297,13 +342,19 @@ def _watch_live_scan(run: Any, spec: SimulationSpec, target: dict[str, np.ndarra
                 _apply_centre(driver, "1e6", expect="outside the detector")
                 # Chromium logs every 4xx response; this one was asked for.
                 expected = browser.severe(browser.console_entries(driver))
-                assert len(expected) == 1 and "control/parameters/center" in expected[0] and "400" in expected[0], expected
+                assert len(expected) == 1 and "control/parameters/center" in expected[0] and "400" in expected[0], (
+                    expected
+                )
                 _apply_centre(driver, new_centre, expect=f"center set to {new_centre}")
                 # stored at once, applied (slices rebuilt) by the reducer at its next publish
-                browser.wait_until(lambda: run.reducer.scan.config.center == new_centre, 10, "the reducer to apply the centre")
+                browser.wait_until(
+                    lambda: run.reducer.scan.config.center == new_centre, 10, "the reducer to apply the centre"
+                )
                 changed_centre = True
             time.sleep(0.1)
-        assert changed_centre, f"the scan ended before the centre could be changed: slow the replay down ({sorted(projections_seen)})"
+        assert changed_centre, (
+            f"the scan ended before the centre could be changed: slow the replay down ({sorted(projections_seen)})"
+        )
         assert len(digests) >= 3, f"the page showed too few distinct live slices: {sorted(projections_seen)}"
         assert len(pixels) == 2 and pixels[0] != pixels[1], "the slice pixels on screen did not change"
         run.wait(timeout=60)
@@ -330,7 +381,11 @@ def _watch_live_scan(run: Any, spec: SimulationSpec, target: dict[str, np.ndarra
         driver.find_element(By.CSS_SELECTOR, "#slice-select option[value='2']").click()
         row = list(final["/entry/sinogram/detector_row"]).index(final["/entry/reconstruction/slice_rows"][2])
         browser.wait_until(lambda: np.array_equal(_page_slice(driver), final[RECON][2].ravel()), 10, "slice 2")
-        browser.wait_until(lambda: np.array_equal(browser.page_floats(driver, "sinogramBase64"), final[SINO][row].ravel()), 10, "the sinogram of its row")
+        browser.wait_until(
+            lambda: np.array_equal(browser.page_floats(driver, "sinogramBase64"), final[SINO][row].ravel()),
+            10,
+            "the sinogram of its row",
+        )
         assert driver.find_element(By.ID, "scan-state").text == "finished"
         assert driver.find_element(By.ID, "projections").text == f"{spec.angles} / {spec.angles}"
 
@@ -389,7 +444,11 @@ def test_page_reports_a_missing_domain_and_recovers_when_the_endpoint_returns(
             # A domain that does not exist: a clear message, no images.
             with start_viewer(endpoint, "/viewer/no-such-scan.h5", control=None) as viewer:
                 driver.get(viewer.url)
-                text = browser.wait_until(lambda: _banner(driver) if "Domain not found" in _banner(driver) else None, 15, "the missing-domain message")
+                text = browser.wait_until(
+                    lambda: _banner(driver) if "Domain not found" in _banner(driver) else None,
+                    15,
+                    "the missing-domain message",
+                )
                 assert "/viewer/no-such-scan.h5" in text
                 assert "retrying" in text.lower()
             browser.console_entries(driver)  # the 404s are logged by Chromium: expected here
@@ -405,9 +464,15 @@ def test_page_reports_a_missing_domain_and_recovers_when_the_endpoint_returns(
                 assert browser.page_state(driver, "s.colourDomain") == pytest.approx(at, rel=1e-6)
                 driver.find_element("id", "slice-colour-min").send_keys("0")
                 driver.find_element("id", "slice-colour-max").send_keys("0.05")
-                browser.wait_until(lambda: browser.page_state(driver, "s.colourDomain") == [0, 0.05], 5, "the manual colour limits")
+                browser.wait_until(
+                    lambda: browser.page_state(driver, "s.colourDomain") == [0, 0.05], 5, "the manual colour limits"
+                )
                 # The CoR sweep strip is shown when the domain has one, centres on its axis.
-                browser.wait_until(lambda: driver.execute_script("return !!document.getElementById('sweep-panel')"), 10, "the sweep panel")
+                browser.wait_until(
+                    lambda: driver.execute_script("return !!document.getElementById('sweep-panel')"),
+                    10,
+                    "the sweep panel",
+                )
                 sweep_text = driver.find_element("id", "sweep-panel").text
                 assert "5 centres of rotation" in sweep_text and "25.5" in sweep_text, sweep_text
                 assert "read-only" in driver.find_element("css selector", ".control-panel").text
@@ -415,15 +480,23 @@ def test_page_reports_a_missing_domain_and_recovers_when_the_endpoint_returns(
 
                 # The endpoint goes away ...
                 server.close()
-                gone = browser.wait_until(lambda: _banner(driver) if "not reachable" in _banner(driver) else None, 15, "the endpoint-gone message")
+                gone = browser.wait_until(
+                    lambda: _banner(driver) if "not reachable" in _banner(driver) else None,
+                    15,
+                    "the endpoint-gone message",
+                )
                 assert endpoint in gone
                 browser.screenshot(driver, "viewer-endpoint-gone.png")
                 # ... and comes back on the same address: the page recovers by itself.
                 server = HdfRestServer(port=port)
                 server.start(finished_domain)
-                browser.wait_until(lambda: browser.page_state(driver, "s.snapshot.connection") == "live", 15, "the page to recover")
+                browser.wait_until(
+                    lambda: browser.page_state(driver, "s.snapshot.connection") == "live", 15, "the page to recover"
+                )
                 assert _banner(driver) == ""
-                browser.wait_until(lambda: np.array_equal(_page_slice(driver), expected), 10, "the slice after recovery")
+                browser.wait_until(
+                    lambda: np.array_equal(_page_slice(driver), expected), 10, "the slice after recovery"
+                )
                 browser.console_entries(driver)
     finally:
         server.close()

@@ -26,20 +26,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "STREAMTOMO_VIEWER_USERNAME and STREAMTOMO_VIEWER_PASSWORD."
         ),
     )
-    view.add_argument("--endpoint", required=True, help="HDF REST endpoint: the reducer's server or an HSDS, e.g. http://127.0.0.1:8100")
+    view.add_argument(
+        "--endpoint",
+        required=True,
+        help="HDF REST endpoint: the reducer's server or an HSDS, e.g. http://127.0.0.1:8100",
+    )
     view.add_argument("--domain", default="/streamtomo/live.h5", help="domain name (default /streamtomo/live.h5)")
     view.add_argument("--port", type=int, default=8200, help="port of the page (default 8200; 0: a free port)")
     view.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     view.add_argument(
-        "--control", default="",
+        "--control",
+        default="",
         help="URL of the pipeline's control API (the reducer's control listener, not the endpoint); default: none, a read-only page",
     )
     view.add_argument(
-        "--control-token-file", default="",
+        "--control-token-file",
+        default="",
         help="file holding the control token (default: $STREAMTOMO_CONTROL_TOKEN_FILE); never pass the token itself",
     )
     view.add_argument(
-        "--origin", action="append", default=None,
+        "--origin",
+        action="append",
+        default=None,
         help="public origin of this page (e.g. https://tomo.example.org behind an authenticating proxy); loopback is always allowed",
     )
     view.set_defaults(func=cmd_view)
@@ -53,7 +61,15 @@ def cmd_view(args: argparse.Namespace) -> int:
     try:
         token = read_control_token(args.control_token_file) if control and args.control_token_file else None
         origins = tuple(o.rstrip("/") for o in args.origin) if args.origin else None
-        server = start_viewer(args.endpoint, args.domain, host=args.host, port=args.port, control=control, control_token=token, origins=origins)
+        server = start_viewer(
+            args.endpoint,
+            args.domain,
+            host=args.host,
+            port=args.port,
+            control=control,
+            control_token=token,
+            origins=origins,
+        )
     except ViewerAssetsMissing as error:
         print(f"streamtomo: error: {error}", file=sys.stderr)
         return 2

@@ -109,7 +109,9 @@ STATE_KEY: web.AppKey[dict[str, bool]] = web.AppKey("reachable", dict)
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"status": status, "message": message}, status=status, headers={"Cache-Control": "no-store"})
+    return web.json_response(
+        {"status": status, "message": message}, status=status, headers={"Cache-Control": "no-store"}
+    )
 
 
 def _note_reachable(app: web.Application, what: str, ok: bool, why: str = "") -> None:
@@ -134,7 +136,9 @@ def _why(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-async def _relay(request: web.Request, method: str, url: URL, what: str, headers: dict[str, str], body: bytes | None = None) -> web.Response:
+async def _relay(
+    request: web.Request, method: str, url: URL, what: str, headers: dict[str, str], body: bytes | None = None
+) -> web.Response:
     """One upstream request; errors become JSON the page can show."""
     session = request.app[SESSION_KEY]
     try:
@@ -155,7 +159,9 @@ async def _relay(request: web.Request, method: str, url: URL, what: str, headers
         if status in (401, 403) and what.startswith("HDF"):
             message += f" (the viewer reads with the account in {ENV_USERNAME}/{ENV_PASSWORD})"
         return _error(status, message[:500])
-    return web.Response(status=status, body=payload, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+    return web.Response(
+        status=status, body=payload, headers={"Content-Type": content_type, "Cache-Control": "no-store"}
+    )
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -224,7 +230,13 @@ async def get_parameters(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     url = URL(target.control.rstrip("/")) / "streamtomo" / "parameters"
-    return await _relay(request, "GET", url, f"pipeline control at {target.control}", _control_headers(target, {"Accept": "application/json"}))
+    return await _relay(
+        request,
+        "GET",
+        url,
+        f"pipeline control at {target.control}",
+        _control_headers(target, {"Accept": "application/json"}),
+    )
 
 
 async def post_parameter(request: web.Request) -> web.Response:
@@ -278,7 +290,9 @@ def build_app(target: ViewerTarget, static_dir: Path | None = None) -> web.Appli
 class ViewerServer:
     """The viewer app on its own event loop thread; ``url`` once started."""
 
-    def __init__(self, target: ViewerTarget, host: str = "127.0.0.1", port: int = 0, static_dir: Path | None = None) -> None:
+    def __init__(
+        self, target: ViewerTarget, host: str = "127.0.0.1", port: int = 0, static_dir: Path | None = None
+    ) -> None:
         self.target = target
         app = build_app(target, static_dir)  # raises ViewerAssetsMissing early
         self._http = BackgroundHttpServer(lambda: app, host, port, "viewer server", shutdown_timeout=1.0)
@@ -302,7 +316,9 @@ class ViewerServer:
     def __enter__(self) -> ViewerServer:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -334,7 +350,9 @@ def start_viewer(
     if control is not None and control_token is None:
         token_file = os.environ.get(ENV_CONTROL_TOKEN_FILE, "")
         if not token_file:
-            raise ValueError(f"a control URL needs the control token: set {ENV_CONTROL_TOKEN_FILE} or pass --control-token-file")
+            raise ValueError(
+                f"a control URL needs the control token: set {ENV_CONTROL_TOKEN_FILE} or pass --control-token-file"
+            )
         control_token = read_control_token(token_file)
     if origins is None:
         origins = tuple(o.strip().rstrip("/") for o in os.environ.get(ENV_ORIGINS, "").split(",") if o.strip())

@@ -56,9 +56,7 @@ class Corrector:
         if frame.shape != expected:
             raise ValueError(f"frame shape {frame.shape} does not match references {expected}")
 
-    def correct(
-        self, frame: npt.NDArray[np.generic], rows: npt.NDArray[np.intp] | None = None
-    ) -> FloatArray:
+    def correct(self, frame: npt.NDArray[np.generic], rows: npt.NDArray[np.intp] | None = None) -> FloatArray:
         """-log transmission of ``frame``; ``rows`` selects reference rows for a row subset."""
         self._check(frame, rows)
         dark = self.dark if rows is None else self.dark[rows]

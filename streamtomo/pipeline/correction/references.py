@@ -172,8 +172,12 @@ class ReferenceTracker:
             raise ValueError(f"dark shape {dark.shape} != flat shape {flat.shape}")
         if scan_ended and previous is not None and batch.flats.count > 0 and self._last_projection_index >= 0:
             self._current = ReferenceSet(
-                content_version(previous.dark, previous.flat, flat), previous.dark, previous.flat, previous.before_index,
-                flat_after=flat, after_index=batch.first_index,
+                content_version(previous.dark, previous.flat, flat),
+                previous.dark,
+                previous.flat,
+                previous.before_index,
+                flat_after=flat,
+                after_index=batch.first_index,
             )
         else:
             self._current = ReferenceSet(content_version(dark, flat), dark, flat, before_index=batch.last_index)

@@ -51,7 +51,13 @@ from streamtomo.pipeline.formats.stins import (
 )
 
 STREAM_TYPE = "EIGER_LEGACY"
-HEADER, IMAGE, IMAGE_DATA, IMAGE_CONFIG, END = "dheader-1.0", "dimage-1.0", "dimage_d-1.0", "dconfig-1.0", "dseries_end-1.0"
+HEADER, IMAGE, IMAGE_DATA, IMAGE_CONFIG, END = (
+    "dheader-1.0",
+    "dimage-1.0",
+    "dimage_d-1.0",
+    "dconfig-1.0",
+    "dseries_end-1.0",
+)
 _ENCODING_RE = re.compile(r"^(?:bs(?P<bits>8|16|32|64))?-?(?P<lz4>lz4)?(?P<order>[<>])$")
 
 
@@ -62,7 +68,9 @@ def _json(doc: Mapping[str, Any]) -> bytes:
 # -- encoding -------------------------------------------------------------------------
 
 
-def encode_header(series: int, config: Mapping[str, Any] | None = None, appendix: Mapping[str, Any] | None = None) -> list[bytes]:
+def encode_header(
+    series: int, config: Mapping[str, Any] | None = None, appendix: Mapping[str, Any] | None = None
+) -> list[bytes]:
     """Series start with ``header_detail`` ``basic`` (config part) or ``none``."""
     detail = "none" if config is None else "basic"
     parts = [_json({"htype": HEADER, "series": series, "header_detail": detail})]
@@ -101,10 +109,24 @@ def encode_image(
     rows, cols = arr.shape
     parts = [
         _json({"htype": IMAGE, "series": series, "frame": int(frame), "hash": hashlib.md5(blob).hexdigest()}),
-        _json({"htype": IMAGE_DATA, "shape": [cols, rows], "type": arr.dtype.name, "encoding": encoding, "size": len(blob)}),
+        _json(
+            {
+                "htype": IMAGE_DATA,
+                "shape": [cols, rows],
+                "type": arr.dtype.name,
+                "encoding": encoding,
+                "size": len(blob),
+            }
+        ),
         blob,
-        _json({"htype": IMAGE_CONFIG, "start_time": start_time_ns, "stop_time": start_time_ns + real_time_ns,
-               "real_time": real_time_ns}),
+        _json(
+            {
+                "htype": IMAGE_CONFIG,
+                "start_time": start_time_ns,
+                "stop_time": start_time_ns + real_time_ns,
+                "real_time": real_time_ns,
+            }
+        ),
     ]
     if appendix is not None:
         parts.append(_json(appendix))
@@ -141,8 +163,11 @@ def _int(head: Mapping[str, Any], key: str, what: str) -> int:
 
 def _image_shape(info: Mapping[str, Any]) -> tuple[int, int]:
     shape = info.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 2
-            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)):
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
         raise FrameError(f"Eiger image shape must be [x, y] non-negative ints, got {shape!r}")
     return shape[1], shape[0]  # [x, y] -> (rows, cols)
 
@@ -185,7 +210,9 @@ def decode_image_data(info: Mapping[str, Any], blob: Part) -> npt.NDArray[Any]:
             raise FrameError(f"corrupt Eiger lz4 data: {exc}") from None
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
     if data.nbytes != expected:
-        raise FrameError(f"Eiger image has {data.nbytes} data bytes, shape {list(shape)} of {dtype.name} needs {expected}")
+        raise FrameError(
+            f"Eiger image has {data.nbytes} data bytes, shape {list(shape)} of {dtype.name} needs {expected}"
+        )
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 

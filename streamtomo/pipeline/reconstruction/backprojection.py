@@ -59,7 +59,9 @@ def _define_kernel(numba: Any) -> _Kernel:
     # it is found first (analytically, then checked with the very expressions the numpy
     # kernel uses), and the inner loops run branch-free over it, slice by slice, so
     # they vectorise. About 2x the speed of testing every pixel, same sums bit for bit.
-    def backproject_kernel(out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float) -> None:
+    def backproject_kernel(
+        out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float
+    ) -> None:
         n_slices, n, _ = out.shape
         n_cols = rows.shape[1]
         half = n // 2

@@ -56,7 +56,9 @@ def _tukey(n: int, fraction: float = 0.2) -> npt.NDArray[np.float64]:
     return window
 
 
-def _cross_spectrum(first: npt.NDArray[np.float64], second: npt.NDArray[np.float64], size: int) -> npt.NDArray[np.complex128]:
+def _cross_spectrum(
+    first: npt.NDArray[np.float64], second: npt.NDArray[np.float64], size: int
+) -> npt.NDArray[np.complex128]:
     """Sum over rows of the whitened cross spectrum of ``second`` against ``first``."""
     # Taper the detector ends: otherwise the two rows' edges (where data meets the
     # zero padding) correlate best at lag 0, whatever the axis.
@@ -175,7 +177,9 @@ def _shift_rows(rows: npt.NDArray[np.float64], shift: float) -> npt.NDArray[np.f
     return out
 
 
-def _vo_metric(sino: npt.NDArray[np.float64], flipped: npt.NDArray[np.float64], shift: float, mask: npt.NDArray[np.bool_]) -> float:
+def _vo_metric(
+    sino: npt.NDArray[np.float64], flipped: npt.NDArray[np.float64], shift: float, mask: npt.NDArray[np.bool_]
+) -> float:
     """Energy outside the double wedge of [sino; mirrored sino] for a mirror shift."""
     joined = np.concatenate([sino, _shift_rows(flipped, shift)], axis=0)
     spectrum = np.abs(scipy.fft.rfft2(joined - joined.mean()))  # real input: half the bins suffice

@@ -325,7 +325,13 @@ def prepare_volume_sinograms(
         if not contiguous_rows or data.shape[0] < 2:
             raise ValueError("Paganin phase retrieval needs contiguous detector rows (rows='all' or 'a:b')")
         transmission = np.exp(-data.transpose(1, 0, 2))
-        retrieved = paganin(transmission, energy_kev=energy_kev, distance_m=distance_m, pixel_size_m=pixel_size_m, delta_beta=paganin_delta_beta)
+        retrieved = paganin(
+            transmission,
+            energy_kev=energy_kev,
+            distance_m=distance_m,
+            pixel_size_m=pixel_size_m,
+            delta_beta=paganin_delta_beta,
+        )
         data = np.ascontiguousarray(retrieved.transpose(1, 0, 2))
     if rings:
         data = remove_stripes_sorting(data)

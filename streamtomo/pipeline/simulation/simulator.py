@@ -84,8 +84,12 @@ class ScanSimulator:
         self.flat_field = (spec.flat_counts * profile).astype(np.float64)
         # Line integrals in pixel units, all slots; scaled to the target contrast.
         integrals = project_shepp_logan_3d(
-            spec.rows, spec.cols, spec.slot_angles(), self.axis,
-            phantom_size=self.phantom_size, oversample=spec.oversample,
+            spec.rows,
+            spec.cols,
+            spec.slot_angles(),
+            self.axis,
+            phantom_size=self.phantom_size,
+            oversample=spec.oversample,
         )
         self.line_integrals = np.maximum(integrals, 0.0)
         peak = float(self.line_integrals.max()) or 1.0
@@ -133,7 +137,12 @@ class ScanSimulator:
         for angle in spec.acquisition_angles():
             slot = int(np.argmin(np.abs(slot_angles - angle)))
             transmission = np.exp(-self.mu_scale * self.line_integrals[slot])
-            yield Frame(index, ImageKey.PROJECTION, self._counts(self.flat_field * transmission + spec.dark_counts), float(angle))
+            yield Frame(
+                index,
+                ImageKey.PROJECTION,
+                self._counts(self.flat_field * transmission + spec.dark_counts),
+                float(angle),
+            )
             index += 1
         for _ in range(spec.n_flats_after):
             yield Frame(index, ImageKey.FLAT, self._counts(self.flat_field + spec.dark_counts), 0.0)

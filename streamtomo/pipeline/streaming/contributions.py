@@ -65,7 +65,9 @@ class ContributionLedger:
         self.counts = {"partials": 0, "partials_discarded": 0, "backprojected_here": 0}
 
     # -- frames ---------------------------------------------------------------------
-    def place(self, index: int, slot: int, angle_deg: float, values: FloatArray, worker_rows: FloatArray | None) -> None:
+    def place(
+        self, index: int, slot: int, angle_deg: float, values: FloatArray, worker_rows: FloatArray | None
+    ) -> None:
         """A frame's slice rows are in; ``worker_rows`` None: its worker did not (or not
         with these settings) backproject it, so the reducer will."""
         record = FrameRecord(slot, angle_deg, values, worker_rows)
@@ -101,7 +103,11 @@ class ContributionLedger:
         for stack in partial.blocks.values():
             if stack.shape != self.live_sum.shape:
                 self.counts["partials_discarded"] += 1
-                logger.warning("a partial sum of shape %s does not fit the live slices %s: dropped", stack.shape, self.live_sum.shape)
+                logger.warning(
+                    "a partial sum of shape %s does not fit the live slices %s: dropped",
+                    stack.shape,
+                    self.live_sum.shape,
+                )
                 return False
         for block, stack in partial.blocks.items():
             self.live_sum += stack
@@ -119,13 +125,17 @@ class ContributionLedger:
                 self._early[index] = self._early.get(index, 0) + 1
                 continue
             assert record.worker_rows is not None
-            record.contributed = record.worker_rows if record.contributed is None else record.contributed + record.worker_rows
+            record.contributed = (
+                record.worker_rows if record.contributed is None else record.contributed + record.worker_rows
+            )
             self._orphans.discard(index)
             self._needs_fix.add(index)
         return True
 
     def _accountable(self, partial: PartialSum) -> bool:
-        return all(index not in self.records or self.records[index].worker_rows is not None for index in partial.frame_indices)
+        return all(
+            index not in self.records or self.records[index].worker_rows is not None for index in partial.frame_indices
+        )
 
     def _block(self, block: int) -> FloatArray:
         stack = self.blocks.get(block)

@@ -62,7 +62,11 @@ class FrameProcessor:
         if self.detector is not None and config.bin != self.config.bin:
             self.detector = None  # another binning: another detector shape
             self.set_references(None)
-        if (config.kind_rule, config.n_darks_before, config.n_flats_before) != (self.config.kind_rule, self.config.n_darks_before, self.config.n_flats_before):
+        if (config.kind_rule, config.n_darks_before, config.n_flats_before) != (
+            self.config.kind_rule,
+            self.config.n_darks_before,
+            self.config.n_flats_before,
+        ):
             self._broadcast = BroadcastReferences(config)  # a new scan's layout
         self.config = config
         self.geometry = None if self.detector is None else geometry_for(config, self.detector)
@@ -90,7 +94,11 @@ class FrameProcessor:
         if self._corrector is None:
             refs = self.references
             if refs.dark.shape[0] != len(geometry.sinogram_rows):
-                logger.warning("references have %d rows, sinogram %d: ignoring them", refs.dark.shape[0], len(geometry.sinogram_rows))
+                logger.warning(
+                    "references have %d rows, sinogram %d: ignoring them",
+                    refs.dark.shape[0],
+                    len(geometry.sinogram_rows),
+                )
                 return None
             self._corrector = Corrector(refs.dark, refs.flat, refs.version)
         return self._corrector
@@ -107,11 +115,20 @@ class FrameProcessor:
             self.detector = DetectorInfo(int(data.shape[0]), int(data.shape[1]), str(data.dtype))
             self.geometry = geometry_for(self.config, self.detector)
         elif data.shape != (self.detector.rows, self.detector.cols):
-            return Rejected(index, "wrong_shape", f"frame {index} has shape {data.shape}, detector is {(self.detector.rows, self.detector.cols)}")
+            return Rejected(
+                index,
+                "wrong_shape",
+                f"frame {index} has shape {data.shape}, detector is {(self.detector.rows, self.detector.cols)}",
+            )
         return None
 
     def process(
-        self, index: int, key: ImageKey, data: npt.NDArray[np.generic], angle_deg: float | None, angle_measured: bool = True
+        self,
+        index: int,
+        key: ImageKey,
+        data: npt.NDArray[np.generic],
+        angle_deg: float | None,
+        angle_measured: bool = True,
     ) -> list[Message]:
         """Handle one decoded frame; returns the messages for the reducer."""
         if key in (ImageKey.INVALID, ImageKey.ALIGNMENT):
@@ -134,7 +151,9 @@ class FrameProcessor:
         if np.issubdtype(rows.dtype, np.floating):
             bad = ~np.isfinite(rows)
             if bad.mean() > MAX_NONFINITE_FRACTION:
-                return [Rejected(index, "non_finite", f"projection {index}: {bad.mean():.0%} of its pixels are NaN/inf")]
+                return [
+                    Rejected(index, "non_finite", f"projection {index}: {bad.mean():.0%} of its pixels are NaN/inf")
+                ]
         if angle_deg is None or not np.isfinite(angle_deg):
             return [Rejected(index, "missing_angle", f"projection {index} has no valid angle")]
         corrector = self._corrector_for(self.geometry)
@@ -145,7 +164,9 @@ class FrameProcessor:
         if np.issubdtype(rows.dtype, np.floating) and not np.isfinite(values).all():
             np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         out: list[Message] = [
-            ProjectionRows(index, angle_deg, angle_measured, values, corrector.version, self.geometry.recon_id, self.detector)
+            ProjectionRows(
+                index, angle_deg, angle_measured, values, corrector.version, self.geometry.recon_id, self.detector
+            )
         ]
         self._backproject(index, values, angle_deg)
         if len(self._partial_frames) >= self.geometry.flush_every(self.config.flush_every):
@@ -165,7 +186,9 @@ class FrameProcessor:
         geometry.add(stack, values[geometry.slice_positions], angle_deg)
         if len(geometry.sweep_centers):
             if self._sweep is None:
-                self._sweep = StreamingCorSweep(geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name)
+                self._sweep = StreamingCorSweep(
+                    geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name
+                )
             self._sweep.add(values[geometry.sweep_position], angle_deg)
         if not self._partial_frames:
             self._partial_started = time.monotonic()
@@ -191,7 +214,9 @@ class FrameProcessor:
         if not self._blocks or not self._partial_frames or self.geometry is None:
             return None
         sweep, sweep_count = self._sweep.take_partial() if self._sweep is not None else (None, 0)
-        partial = PartialSum(self.worker_name, self.geometry.recon_id, tuple(self._partial_frames), self._blocks, sweep, sweep_count)
+        partial = PartialSum(
+            self.worker_name, self.geometry.recon_id, tuple(self._partial_frames), self._blocks, sweep, sweep_count
+        )
         self._blocks = {}
         self._partial_frames = []
         return partial

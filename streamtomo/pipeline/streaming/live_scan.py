@@ -58,7 +58,10 @@ class LiveScan:
     """Assembles one scan; thread safety is the caller's (the reducer holds a lock)."""
 
     def __init__(
-        self, config: PipelineConfig, on_references: Callable[[ReferenceSet], None] | None = None, pool: ArrayPool | None = None,
+        self,
+        config: PipelineConfig,
+        on_references: Callable[[ReferenceSet], None] | None = None,
+        pool: ArrayPool | None = None,
     ) -> None:
         self.config = config
         self.pool = pool  # large arrays kept across scans (the reducer's)
@@ -114,7 +117,11 @@ class LiveScan:
                 self._add_projection(item)
             elif isinstance(item, PartialSum):
                 if self.ledger is None or not self.ledger.add_partial(item):
-                    logger.debug("partial sum of %d frames from %s dropped (other settings)", len(item.frame_indices), item.worker)
+                    logger.debug(
+                        "partial sum of %d frames from %s dropped (other settings)",
+                        len(item.frame_indices),
+                        item.worker,
+                    )
             elif isinstance(item, ReferenceRows):
                 self._add_reference(item)
             elif isinstance(item, Rejected):
@@ -141,18 +148,25 @@ class LiveScan:
                 self.reject("scan_refused", self.reason)
                 return False
             self.detector, self.geometry = detector, geometry
-            grid = AngleGrid(self.config.angle_start, self.config.angle_range, self.config.n_projections, self.config.angle_tolerance)
+            grid = AngleGrid(
+                self.config.angle_start, self.config.angle_range, self.config.n_projections, self.config.angle_tolerance
+            )
             self.sinogram = SinogramAssembler(len(geometry.sinogram_rows), grid, detector.cols, self.pool)
             self.ledger = ContributionLedger(geometry)
             self.state = "running"
             logger.info(
                 "scan started: detector %dx%d %s, %d sinogram rows, live slices at rows %s",
-                detector.rows, detector.cols, detector.dtype, len(geometry.sinogram_rows),
+                detector.rows,
+                detector.cols,
+                detector.dtype,
+                len(geometry.sinogram_rows),
                 ", ".join(str(int(r)) for r in geometry.slice_rows),
             )
             return True
         if (detector.rows, detector.cols) != (self.detector.rows, self.detector.cols):
-            self.reject("wrong_shape", f"detector {detector.rows}x{detector.cols} != {self.detector.rows}x{self.detector.cols}")
+            self.reject(
+                "wrong_shape", f"detector {detector.rows}x{detector.cols} != {self.detector.rows}x{self.detector.cols}"
+            )
             return False
         return True
 
@@ -216,7 +230,12 @@ class LiveScan:
                 still.append(msg)
             elif msg.reference_version and not self.references.knows(msg.reference_version):
                 # Its worker's set is none of ours and no batch is open to become it.
-                self.reject("unknown_references", f"frame {msg.frame_index} was corrected with darks and flats this reducer never made", msg.frame_index, counted=True)
+                self.reject(
+                    "unknown_references",
+                    f"frame {msg.frame_index} was corrected with darks and flats this reducer never made",
+                    msg.frame_index,
+                    counted=True,
+                )
             else:
                 self.place(msg, refs)
         if still and not self._waiting_logged:

@@ -40,9 +40,16 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
     for msg in waiting:
         applicable = refs.applicable(msg.frame_index)
         if applicable is None:
-            scan.reject("no_references", f"projection {msg.frame_index}: the scan had no flats", msg.frame_index, counted=True)
+            scan.reject(
+                "no_references", f"projection {msg.frame_index}: the scan had no flats", msg.frame_index, counted=True
+            )
         elif msg.reference_version and not refs.knows(msg.reference_version):
-            scan.reject("unknown_references", f"frame {msg.frame_index} was corrected with darks and flats this reducer never made", msg.frame_index, counted=True)
+            scan.reject(
+                "unknown_references",
+                f"frame {msg.frame_index} was corrected with darks and flats this reducer never made",
+                msg.frame_index,
+                counted=True,
+            )
         else:
             scan.place(msg, applicable)
     current = refs.current
@@ -50,7 +57,12 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
         interpolate_flats(scan, current)
     if scan.ledger is not None:
         for index in scan.ledger.take_orphan_partials():
-            scan.reject("orphan_partial", f"frame {index} is in a partial sum but its rows never came", index, counted=index in scan.admission.seen)
+            scan.reject(
+                "orphan_partial",
+                f"frame {index} is in a partial sum but its rows never came",
+                index,
+                counted=index in scan.admission.seen,
+            )
     apply_angular_weights(scan)
     scan.reconcile(backfill=True)
     if scan.state == "failed":
@@ -123,7 +135,10 @@ def live_sweep_is_exact(scan: LiveScan) -> bool:
         and len(ledger.records) == placed
         and ledger.counts["backprojected_here"] == 0
         and not any(counts[k] for k in ("recorrected_stale", "corrected_by_reducer", "flats_interpolated"))
-        and (ledger.slot_ratio is None or bool(np.allclose(ledger.slot_ratio[sinogram.filled_slots()], 1.0, rtol=0, atol=1e-4)))
+        and (
+            ledger.slot_ratio is None
+            or bool(np.allclose(ledger.slot_ratio[sinogram.filled_slots()], 1.0, rtol=0, atol=1e-4))
+        )
     )
 
 
@@ -137,7 +152,9 @@ def finish_sweep(scan: LiveScan) -> None:
     if len(filled) < 2 or live_sweep_is_exact(scan):
         return
     geometry, angles = scan.geometry, scan.sinogram.angles()[filled]
-    sweep = StreamingCorSweep(geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name, expected_angles_deg=angles)
+    sweep = StreamingCorSweep(
+        geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name, expected_angles_deg=angles
+    )
     for slot, angle in zip(filled, angles, strict=True):
         sweep.add(scan.sinogram.by_angle[slot, geometry.sweep_position], float(angle))
     scan.sweep_result = sweep.result()
@@ -163,7 +180,9 @@ def resolve_auto_center(scan: LiveScan) -> None:
         return
     filled = scan.sinogram.filled_slots()
     if len(filled) < MIN_PROJECTIONS_FOR_AUTO_CENTER:
-        logger.warning("center 'auto': too few projections (%d) to estimate the axis; keeping the detector middle", len(filled))
+        logger.warning(
+            "center 'auto': too few projections (%d) to estimate the axis; keeping the detector middle", len(filled)
+        )
         return
     row = scan.sinogram.by_angle[filled, scan.geometry.sweep_position]
     try:

@@ -55,8 +55,11 @@ def take_snapshot(scan: LiveScan) -> ScanSnapshot:
     snapshot, and the sums only if they changed (its one reader is the publisher)."""
     status = scan.status()
     snap = ScanSnapshot(
-        state=str(status.pop("state")), reason=scan.reason, status=status,
-        rejected=dict(sorted(scan.admission.rejected.items())), lost_frames=scan.lost_frames(),
+        state=str(status.pop("state")),
+        reason=scan.reason,
+        status=status,
+        rejected=dict(sorted(scan.admission.rejected.items())),
+        lost_frames=scan.lost_frames(),
         parameters=scan.config.to_json(),
     )
     if scan.sinogram is None or scan.geometry is None or scan.ledger is None:

@@ -26,11 +26,13 @@ from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSp
 TOOTH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "tomopy_tooth" / "tooth.h5"
 
 
-def simulated_scan(offset: float, angle_range: float = 180.0, angles: int = 180) -> tuple[
-    npt.NDArray[np.float64], npt.NDArray[np.float64], float
-]:
+def simulated_scan(
+    offset: float, angle_range: float = 180.0, angles: int = 180
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float]:
     """(-log sinogram (rows, A, C), angles, true axis) from noisy simulated counts."""
-    sim = ScanSimulator(SimulationSpec(rows=4, cols=128, angles=angles, angle_range=angle_range, center_offset=offset, seed=3))
+    sim = ScanSimulator(
+        SimulationSpec(rows=4, cols=128, angles=angles, angle_range=angle_range, center_offset=offset, seed=3)
+    )
     frames = list(sim.frames())
     dark = np.stack([f.data for f in frames if f.key == ImageKey.DARK]).astype(np.float64).mean(axis=0)
     flat = np.stack([f.data for f in frames if f.key == ImageKey.FLAT]).astype(np.float64).mean(axis=0)

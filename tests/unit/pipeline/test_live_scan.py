@@ -48,7 +48,14 @@ def config(**kw: object) -> PipelineConfig:
     return PipelineConfig.from_mapping(values)
 
 
-def run(frames: list[Frame], n_workers: int, cfg: PipelineConfig, seed: int = 0, shuffle: bool = False, drop_last_partials: bool = True) -> LiveScan:
+def run(
+    frames: list[Frame],
+    n_workers: int,
+    cfg: PipelineConfig,
+    seed: int = 0,
+    shuffle: bool = False,
+    drop_last_partials: bool = True,
+) -> LiveScan:
     """Replay-like routing: first frame to all workers, then random; references via callback."""
     rng = random.Random(seed)
     shared: dict[str, ReferenceSet] = {}
@@ -129,7 +136,9 @@ def test_stale_references_are_recorrected() -> None:
             refs = stale_scan.references.current
             assert refs is not None or stale_scan.references.batch_open
             # A version the reducer knows but that does not apply to these frames.
-            bogus = ReferenceSet(99, np.zeros((ROWS, COLS), np.float32), np.full((ROWS, COLS), 30000, np.float32), before_index=10**9)
+            bogus = ReferenceSet(
+                99, np.zeros((ROWS, COLS), np.float32), np.full((ROWS, COLS), 30000, np.float32), before_index=10**9
+            )
         stale_scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
         if bogus is not None:
             stale_scan.references.remember(bogus, applicable=False)  # the reducer knows the stale version
@@ -303,11 +312,17 @@ def test_kept_references_never_outrank_this_scans_own() -> None:
     alone = run(frames, 1, config())
     np.testing.assert_array_equal(scan.sinogram.data, alone.sinogram.data)  # type: ignore[union-attr]
     # Without references of its own, the scan uses the kept set.
-    projections_only = [Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(f for f in frames if f.key == ImageKey.PROJECTION)]
+    projections_only = [
+        Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(f for f in frames if f.key == ImageKey.PROJECTION)
+    ]
     reuse = LiveScan(config(keep_references=True, n_darks_before=0, n_flats_before=0))
     reuse.remember_references(earlier, applicable=True)
     for frame in projections_only:
-        reuse.add_result(WorkerResult(list(FrameProcessor(reuse.config).process(frame.index, frame.key, frame.data, frame.angle_deg))))
+        reuse.add_result(
+            WorkerResult(
+                list(FrameProcessor(reuse.config).process(frame.index, frame.key, frame.data, frame.angle_deg))
+            )
+        )
     reuse.finish()
     assert reuse.status()["projections"] == ANGLES
     assert not reuse.rejected
@@ -317,7 +332,10 @@ def test_kept_references_never_outrank_this_scans_own() -> None:
 def test_window_mode_shows_the_last_half_turn_then_everything(block: int) -> None:
     frames = make_frames()
     # A continuous rotation over 360 degrees, in order: the window holds the last 180.
-    turn = [Frame(f.index, f.key, f.data, (f.angle_deg or 0.0) * 2 if f.key == ImageKey.PROJECTION else f.angle_deg) for f in frames]
+    turn = [
+        Frame(f.index, f.key, f.data, (f.angle_deg or 0.0) * 2 if f.key == ImageKey.PROJECTION else f.angle_deg)
+        for f in frames
+    ]
     cfg = config(live_mode="window", angle_range=360.0, window_block=block)
     shared: dict[str, ReferenceSet] = {}
     scan = LiveScan(cfg, on_references=lambda r: shared.__setitem__("r", r))
@@ -340,7 +358,11 @@ def test_window_mode_shows_the_last_half_turn_then_everything(block: int) -> Non
     shown = [f for f in inside if f.index >= first_block * block]
     assert len(shown) == (len(inside) if block == 1 else len(inside) - (-inside[0].index) % block)
     window_slots = [scan.sinogram.grid.slot(f.angle_deg or 0.0) for f in shown]
-    half = fbp(scan.sinogram.data[scan.geometry.slice_positions][:, window_slots], scan.sinogram.angles()[window_slots], scan.geometry.center)
+    half = fbp(
+        scan.sinogram.data[scan.geometry.slice_positions][:, window_slots],
+        scan.sinogram.angles()[window_slots],
+        scan.geometry.center,
+    )
     assert rel(live, half) < 1e-4  # type: ignore[arg-type]
     scan.finish()
     assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
@@ -356,7 +378,9 @@ def test_final_sweep_is_the_sinograms_sweep(workers: int, drop_last_partials: bo
     assert scan.sinogram is not None and scan.geometry is not None
     filled = scan.sinogram.filled_slots()
     row = scan.sinogram.data[scan.geometry.sweep_position][filled]
-    exact = cor_sweep(row, scan.sinogram.angles()[filled], scan.geometry.sweep_centers, "ramp", scan.geometry.size, backend="direct")
+    exact = cor_sweep(
+        row, scan.sinogram.angles()[filled], scan.geometry.sweep_centers, "ramp", scan.geometry.size, backend="direct"
+    )
     assert rel(scan.sweep_slices(), exact) < 1e-4  # type: ignore[arg-type]
 
 

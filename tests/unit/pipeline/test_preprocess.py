@@ -34,7 +34,9 @@ def inside(n: int) -> npt.NDArray[np.bool_]:
     return np.asarray((yy - n // 2) ** 2 + (xx - n // 2) ** 2 < (n // 2 - 2) ** 2)
 
 
-def row_sinogram(n_cols: int = 96, angles: npt.NDArray[np.float64] = ANGLES, center: float | None = None) -> npt.NDArray[np.float32]:
+def row_sinogram(
+    n_cols: int = 96, angles: npt.NDArray[np.float64] = ANGLES, center: float | None = None
+) -> npt.NDArray[np.float32]:
     return project_shepp_logan_3d(n_cols, n_cols, angles, center, oversample=2, rows=[n_cols * 3 // 8])[:, 0]
 
 
@@ -113,7 +115,9 @@ def test_paganin_recovers_the_thickness_of_a_phase_object() -> None:
     assert retrieved.shape == (n, n) and retrieved.dtype == np.float32
     assert rms(retrieved, mu_t) < rms(naive, mu_t) / 3
     assert float(retrieved.max()) == pytest.approx(float(mu_t.max()), rel=0.15)
-    batch = paganin(np.stack([intensity, intensity]), energy_kev=energy, distance_m=distance, pixel_size_m=pixel, delta_beta=100.0)
+    batch = paganin(
+        np.stack([intensity, intensity]), energy_kev=energy, distance_m=distance, pixel_size_m=pixel, delta_beta=100.0
+    )
     np.testing.assert_allclose(batch[1], retrieved, rtol=1e-5, atol=1e-6)
 
 
@@ -200,7 +204,9 @@ def test_missing_and_repeated_angles_are_weighted_by_their_interval() -> None:
     sino = row_sinogram(angles=angles)
     weights = angular_weights(angles)
     assert weights.sum() == pytest.approx(math.pi / 2)
-    assert weights[-3] == pytest.approx(weights[[int(i) for i in np.flatnonzero(keep)].index(20)])  # a repeat: half the slot
+    assert weights[-3] == pytest.approx(
+        weights[[int(i) for i in np.flatnonzero(keep)].index(20)]
+    )  # a repeat: half the slot
     complete = fbp(row_sinogram(), ANGLES, 48.0)
     weighted = fbp(sino, angles, 48.0)
     naive = StreamingFBP(96, 48.0)

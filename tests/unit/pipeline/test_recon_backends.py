@@ -185,9 +185,19 @@ class TestTomopyFbp(BackendContract):
 
 
 def test_unknown_backend_lists_the_names() -> None:
-    with pytest.raises(ValueError, match="unknown reconstruction backend 'gridrec'; available: default, fourier, direct"):
+    with pytest.raises(
+        ValueError, match="unknown reconstruction backend 'gridrec'; available: default, fourier, direct"
+    ):
         get_backend("gridrec")
-    assert set(available_backends()) == {"default", "fourier", "direct", "tomopy-gridrec", "tomopy-fbp", "astra", "skimage"}
+    assert set(available_backends()) == {
+        "default",
+        "fourier",
+        "direct",
+        "tomopy-gridrec",
+        "tomopy-fbp",
+        "astra",
+        "skimage",
+    }
 
 
 def test_missing_library_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -240,7 +250,9 @@ def test_complete_angles_do_not_warn() -> None:
 
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
 def test_calibration_finds_orientation_and_scale(orientation: tuple[int, bool, bool]) -> None:
-    def engine(sino: npt.NDArray[np.float32], angles: npt.NDArray[np.float64], center: float, size: int) -> npt.NDArray[np.float32]:
+    def engine(
+        sino: npt.NDArray[np.float32], angles: npt.NDArray[np.float64], center: float, size: int
+    ) -> npt.NDArray[np.float32]:
         # An engine whose slices are ours turned by `orientation`, at half our scale.
         return orient(fbp(sino, angles, center, slice_size=size), orientation) * np.float32(0.5)
 

@@ -16,13 +16,23 @@ ROWS, COLS = 8, 32
 
 
 def parameters(**values: object) -> dict[Any, Any]:
-    base: dict[str, object] = {"n_darks_before": 1, "n_flats_before": 1, "n_projections": 4, "angle_stream": "", "flush_every": 2}
+    base: dict[str, object] = {
+        "n_darks_before": 1,
+        "n_flats_before": 1,
+        "n_projections": 4,
+        "angle_stream": "",
+        "flush_every": 2,
+    }
     base.update(values)
-    return {ParameterName(k): WorkParameter(name=ParameterName(k), data=str(v).encode(), value=v) for k, v in base.items()}
+    return {
+        ParameterName(k): WorkParameter(name=ParameterName(k), data=str(v).encode(), value=v) for k, v in base.items()
+    }
 
 
 def event(number: int, parts: list[bytes]) -> EventData:
-    return EventData(event_number=EventNumber(number), streams={StreamName("detector"): StreamData(typ="STINS", frames=parts)})
+    return EventData(
+        event_number=EventNumber(number), streams={StreamName("detector"): StreamData(typ="STINS", frames=parts)}
+    )
 
 
 def frames(cols: int = COLS) -> list[list[bytes]]:
@@ -30,7 +40,11 @@ def frames(cols: int = COLS) -> list[list[bytes]]:
     dark = np.full((ROWS, cols), 100, np.uint16)
     flat = np.full((ROWS, cols), 20000, np.uint16)
     images = [dark, flat] + [rng.integers(5000, 15000, (ROWS, cols)).astype(np.uint16) for _ in range(4)]
-    return [stins.encode_header(0, "test"), *(stins.encode_image(i + 1, i, image) for i, image in enumerate(images)), stins.encode_series_end(7)]
+    return [
+        stins.encode_header(0, "test"),
+        *(stins.encode_image(i + 1, i, image) for i, image in enumerate(images)),
+        stins.encode_series_end(7),
+    ]
 
 
 def run_worker(params: dict[Any, Any], cols: int = COLS) -> list[Any]:

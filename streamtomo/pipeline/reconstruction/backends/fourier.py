@@ -98,7 +98,11 @@ def _polar_points(
 
 
 def _strengths(
-    filtered: FloatArray, spec: ReconInput, length: int, factors: npt.NDArray[np.complex64], out: npt.NDArray[np.complex64]
+    filtered: FloatArray,
+    spec: ReconInput,
+    length: int,
+    factors: npt.NDArray[np.complex64],
+    out: npt.NDArray[np.complex64],
 ) -> None:
     """Pack filtered rows (B, A, C) in pairs into windows, DFT them, scale: out (pairs, A, P)."""
     n_cols = filtered.shape[2]
@@ -171,7 +175,11 @@ def fourier_fbp(
     n_pairs = min((n_slices + 1) // 2, batch // 2)
     problem = (size, n_pairs, threads, float(upsampling))
     measure = problem in _measured or n_slices >= MEASURE_MIN_SLICES
-    opts: dict[str, Any] = {"upsampfac": upsampling, "nthreads": threads, "fftw": FFTW_MEASURE if measure else FFTW_ESTIMATE}
+    opts: dict[str, Any] = {
+        "upsampfac": upsampling,
+        "nthreads": threads,
+        "fftw": FFTW_MEASURE if measure else FFTW_ESTIMATE,
+    }
     if measure:
         _measured.add(problem)
     plan = finufft.Plan(1, (size, size), n_trans=n_pairs, eps=eps, isign=1, dtype="complex64", **opts)

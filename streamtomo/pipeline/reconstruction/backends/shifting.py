@@ -11,9 +11,7 @@ import scipy.fft
 from streamtomo.pipeline.reconstruction.backends.common import FloatArray
 
 
-def recentre(
-    sinograms: FloatArray, shifts: npt.NDArray[np.float64], width: int
-) -> FloatArray:
+def recentre(sinograms: FloatArray, shifts: npt.NDArray[np.float64], width: int) -> FloatArray:
     """Rows g(m) = p(m + shift_a), m = 0..width-1, zero off the detector: (K, A, width).
 
     The shift is exact for band-limited rows (a linear phase); the row is

@@ -67,7 +67,9 @@ def calibrate(
 
 
 def _tomopy_engine(algorithm: str, filter_name: str = "ramp") -> Callable[..., npt.NDArray[np.float32]]:
-    def engine(sinograms: FloatArray, angles_deg: npt.NDArray[np.float64], center: float, size: int) -> npt.NDArray[np.float32]:
+    def engine(
+        sinograms: FloatArray, angles_deg: npt.NDArray[np.float64], center: float, size: int
+    ) -> npt.NDArray[np.float32]:
         import tomopy  # optional: imported only when this backend runs
 
         n_cols = sinograms.shape[2]
