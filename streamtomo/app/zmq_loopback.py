@@ -51,10 +51,14 @@ def bind_loopback(host: str = HOST) -> None:
     zmq.Socket.bind = bind  # type: ignore[method-assign]
 
 
-RESULT_QUEUE_MESSAGES = 16  # results queued in front of the reducer, and behind each worker
+# Results queued behind each worker, and in front of the reducer: fewer there, since
+# a result may be a partial sum of tens of megabytes and the reducer's memory is what
+# it publishes plus this queue.
+WORKER_QUEUE_MESSAGES = 16
+REDUCER_QUEUE_MESSAGES = 4
 
 
-def bound_result_queues(messages: int = RESULT_QUEUE_MESSAGES) -> None:
+def bound_result_queues(worker_queue: int = WORKER_QUEUE_MESSAGES, reducer_queue: int = REDUCER_QUEUE_MESSAGES) -> None:
     """Backpressure instead of memory: ZeroMQ queues up to 1000 messages per socket by
     default, and a worker result holds a projection's rows (4 MB at 1024^2) or partial
     sums (tens of MB). A reducer slower than its workers then held every result of a
@@ -69,9 +73,9 @@ def bound_result_queues(messages: int = RESULT_QUEUE_MESSAGES) -> None:
 
     def limit(socket: zmq.Socket[Any]) -> None:
         if socket.socket_type == zmq.PULL:
-            socket.setsockopt(zmq.RCVHWM, messages)
+            socket.setsockopt(zmq.RCVHWM, reducer_queue)
         elif socket.socket_type == zmq.PUSH:
-            socket.setsockopt(zmq.SNDHWM, messages)
+            socket.setsockopt(zmq.SNDHWM, worker_queue)
 
     def bounded_bind(self: zmq.Socket[Any], addr: str) -> Any:
         limit(self)
