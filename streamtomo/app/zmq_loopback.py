@@ -71,18 +71,16 @@ def bound_result_queues(worker_queue: int = WORKER_QUEUE_MESSAGES, reducer_queue
 
     bind, connect = zmq.Socket.bind, zmq.Socket.connect
 
-    def limit(socket: zmq.Socket[Any]) -> None:
-        if socket.socket_type == zmq.PULL:
-            socket.setsockopt(zmq.RCVHWM, reducer_queue)
-        elif socket.socket_type == zmq.PUSH:
-            socket.setsockopt(zmq.SNDHWM, worker_queue)
-
+    # The reducer binds its results' PULL socket; workers connect PUSH sockets to it.
+    # (An ingester's PULL towards the detector connects: its queue is left as it is.)
     def bounded_bind(self: zmq.Socket[Any], addr: str) -> Any:
-        limit(self)
+        if self.socket_type == zmq.PULL:
+            self.setsockopt(zmq.RCVHWM, reducer_queue)
         return bind(self, addr)
 
     def bounded_connect(self: zmq.Socket[Any], addr: str) -> Any:
-        limit(self)
+        if self.socket_type == zmq.PUSH:
+            self.setsockopt(zmq.SNDHWM, worker_queue)
         return connect(self, addr)
 
     zmq.Socket.bind = bounded_bind  # type: ignore[method-assign]
