@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,13 +76,18 @@ def measure(
     config: PipelineConfig,
     warmup_config: PipelineConfig,
     repeats: int,
+    run: Callable[[LocalDeployment, list[BeamlineEvent], PipelineConfig], PlayResult] | None = None,
 ) -> Throughput:
-    """Best of ``repeats`` scans: on a shared machine the slow runs measure the neighbours."""
-    run_scan(deployment, warmup, warmup_config)  # worker start-up (numba cache load, first sockets)
+    """Best of ``repeats`` scans: on a shared machine the slow runs measure the neighbours.
+
+    ``run`` plays one scan (default :func:`run_scan`; bench_scale gives big frames more time).
+    """
+    run = run or run_scan
+    run(deployment, warmup, warmup_config)  # worker start-up (numba cache load, first sockets)
     best: Throughput | None = None
     for _ in range(repeats):
         before = deployment.cpu_seconds()
-        result = run_scan(deployment, events, config)
+        result = run(deployment, events, config)
         after = deployment.cpu_seconds()
         if result.ended_by_stop:
             raise RuntimeError(f"{name}: the scan stalled and was stopped")

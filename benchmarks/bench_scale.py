@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_pipeline import Throughput  # the same row (run as a script: benchmarks/ is on sys.path)
+from bench_pipeline import Throughput  # the same row and measurement (run as a script: benchmarks/ is on sys.path)
+from bench_pipeline import measure as measure_throughput
 
 from streamtomo.app.beamline_events import BeamlineEvent, frame_events
 from streamtomo.app.deployment import TOMO_REDUCER, TOMO_WORKER, LocalDeployment
@@ -114,37 +115,12 @@ def measure(
     warm_config: PipelineConfig,
     repeats: int,
 ) -> Row:
-    """Best of ``repeats`` scans: on a shared machine the slow runs measure the neighbours."""
-    run_scan(deployment, warmup, warm_config)  # worker start-up (numba cache load, first sockets)
+    """bench_pipeline's best of ``repeats`` scans, plus the reducer's peak RSS over them
+    (the warm-up scan before them is a few small frames: it never sets the peak)."""
     reducer_pid = deployment.processes["reducer"].pid
-    best: Row | None = None
-    peak = 0
-    for _ in range(repeats):
-        reset_peak_rss(reducer_pid)
-        before = deployment.cpu_seconds()
-        result = run_scan(deployment, events, config)
-        after = deployment.cpu_seconds()
-        peak = max(peak, peak_rss(reducer_pid))
-        if result.ended_by_stop:
-            raise RuntimeError(f"{name}: the scan stalled and was stopped")
-        cpu: dict[str, float] = {}
-        for service, seconds in after.items():
-            kind = "worker" if service.startswith("worker") else "ingester" if service.endswith("ingester") else service
-            cpu[kind] = cpu.get(kind, 0.0) + (seconds - before.get(service, 0.0)) * 1e3 / result.frames_sent
-        row = Row(
-            name,
-            deployment.n_workers,
-            result.frames_sent,
-            result.bytes_sent / 1e6,
-            result.finished - result.started,
-            cpu,
-        )
-        log.info("%s, %d workers: %.1f events/s", name, row.workers, row.events_per_s)
-        if best is None or row.seconds < best.seconds:
-            best = row
-    assert best is not None
-    best.reducer_peak_rss = peak
-    return best
+    reset_peak_rss(reducer_pid)
+    best = measure_throughput(deployment, name, events, warmup, config, warm_config, repeats, run=run_scan)
+    return Row(**vars(best), reducer_peak_rss=peak_rss(reducer_pid))
 
 
 def main() -> None:
