@@ -68,7 +68,6 @@ class PartialSum:
     frame_indices: tuple[int, ...]
     blocks: dict[int, npt.NDArray[np.float32]]
     sweep: npt.NDArray[np.float32] | None = None
-    sweep_count: int = 0
 
     @property
     def slices(self) -> npt.NDArray[np.float32]:

@@ -330,9 +330,12 @@ class StreamingCorSweep:
 
     def add(self, row: npt.ArrayLike, angle_deg: float) -> None:
         """Add one projection's row (C,) (-log corrected) to every candidate."""
-        rows = self.filtered_rows(row)
-        backproject_into(self._partial, rows, angle_deg, self.reference, self._weight(angle_deg), backend=self.backend)
+        self.add_into(self._partial, row, angle_deg, self._weight(angle_deg))
         self._count += 1
+
+    def add_into(self, out: FloatArray, row: npt.ArrayLike, angle_deg: float, weight: float = 1.0) -> None:
+        """Backproject one row for every candidate into ``out`` (M, N, N), any stack."""
+        backproject_into(out, self.filtered_rows(row), angle_deg, self.reference, weight, backend=self.backend)
 
     def result(self) -> FloatArray:
         """(M, N, N) float32 slices, one per centre in ``centers`` order."""

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.pipeline.messages import PartialSum
+from streamtomo.pipeline.reconstruction.cor import StreamingCorSweep
 from streamtomo.pipeline.reconstruction.fbp import weight_partial_sum
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
 
@@ -52,8 +53,15 @@ class ContributionLedger:
         self.live_sum = geometry.new_stack()
         self.blocks: dict[int, FloatArray] = {}  # window mode: live slices per block
         self._block_frames: dict[int, int] = {}  # placed projections per block
+        # The sweep reconstructs the middle slice row at several centres: the ledger
+        # keeps it exact the same way as the slices (its rows are that slice's rows).
         self.sweep_sum = geometry.new_sweep_stack() if len(geometry.sweep_centers) else None
-        self.sweep_count = 0
+        self._sweeper = (
+            StreamingCorSweep(geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name)
+            if self.sweep_sum is not None
+            else None
+        )
+        self._sweep_row = len(geometry.slice_positions) // 2  # geometry.sweep_position among the slice rows
         self.records: dict[int, FrameRecord] = {}
         self._early: dict[int, int] = {}  # frame -> partial sums that came before its rows
         self._needs_fix: set[int] = set()
@@ -115,7 +123,6 @@ class ContributionLedger:
                 self._block(block)[...] += stack
         if partial.sweep is not None and self.sweep_sum is not None and partial.sweep.shape == self.sweep_sum.shape:
             self.sweep_sum += partial.sweep
-            self.sweep_count += partial.sweep_count
             self.sweep_version += 1
         self.version += 1
         self.counts["partials"] += 1
@@ -176,6 +183,9 @@ class ContributionLedger:
                 self.geometry.add(self.live_sum, delta, record.angle_deg)
                 if self.geometry.window:
                     self.geometry.add(self._block(self.geometry.block_of(index)), delta, record.angle_deg)
+                if self._sweeper is not None and self.sweep_sum is not None:
+                    self._sweeper.add_into(self.sweep_sum, delta[self._sweep_row], record.angle_deg)
+                    self.sweep_version += 1
                 done += 1
             record.contributed = target
         self._needs_fix.clear()
@@ -207,8 +217,3 @@ class ContributionLedger:
                 total += self.blocks[block]
             n += self._block_frames.get(block, 0)
         return total, n
-
-    def sweep_slices(self) -> FloatArray | None:
-        if self.sweep_sum is None:
-            return None
-        return weight_partial_sum(self.sweep_sum, self.sweep_count)

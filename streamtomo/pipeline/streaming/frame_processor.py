@@ -213,10 +213,8 @@ class FrameProcessor:
         """Hand out the partial sums accumulated since the last flush."""
         if not self._blocks or not self._partial_frames or self.geometry is None:
             return None
-        sweep, sweep_count = self._sweep.take_partial() if self._sweep is not None else (None, 0)
-        partial = PartialSum(
-            self.worker_name, self.geometry.recon_id, tuple(self._partial_frames), self._blocks, sweep, sweep_count
-        )
+        sweep = self._sweep.take_partial()[0] if self._sweep is not None else None
+        partial = PartialSum(self.worker_name, self.geometry.recon_id, tuple(self._partial_frames), self._blocks, sweep)
         self._blocks = {}
         self._partial_frames = []
         return partial

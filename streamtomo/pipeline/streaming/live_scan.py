@@ -81,7 +81,6 @@ class LiveScan:
         self._reference_frames: set[int] = set()
         self.published: dict[str, object] = {}  # what the last snapshot carried (snapshot.py)
         self._waiting_logged = False
-        self.sweep_result: FloatArray | None = None  # the exact sweep, from the sinogram (end)
         self.auto_center: float | None = None  # the estimate when center is 'auto'
         self.volume: FloatArray | None = None  # every sinogram row, filled at the end
         self.volume_done = 0  # volume slices done so far
@@ -293,9 +292,9 @@ class LiveScan:
             self.admission.counts["backfilled"] += done
         return done
 
-    def reconfigure(self, config: PipelineConfig, live_sweep: bool = True) -> None:
-        """New live settings (centre, filter, ...): rebuild the live products from the
-        sinogram (``live_sweep`` False: the caller computes the exact sweep next)."""
+    def reconfigure(self, config: PipelineConfig) -> None:
+        """New live settings (centre, filter, ...): rebuild the live products (slices,
+        sweep, window) from the sinogram."""
         geometry: LiveSliceGeometry | None = None
         if self.detector is not None:
             for name in FIXED_DURING_SCAN:
@@ -307,7 +306,6 @@ class LiveScan:
             return
         self.geometry = geometry
         old, self.ledger = self.ledger, ContributionLedger(geometry)
-        self.sweep_result = None
         # Each frame of a slot contributes slot mean / count, so the slot mean stands in
         # for every frame's own rows (the slice rows may have changed). Nothing of the
         # old sums is kept: partial sums made with the new settings before this point
@@ -319,10 +317,6 @@ class LiveScan:
             self.ledger.place(index, record.slot, record.angle_deg, values, None)
         self.ledger.slot_ratio = old.slot_ratio
         done = self.reconcile(backfill=True)
-        if self.state in ("reconstructing", "finished"):
-            scan_end.finish_sweep(self)  # a change after the scan: the exact sweep at once
-        elif live_sweep:
-            scan_end.rebuild_live_sweep(self)
         logger.info("live settings changed (%s): rebuilt %d projections", geometry.recon_id, done)
 
     def finish(self, volume_follows: bool = False) -> None:
@@ -361,9 +355,8 @@ class LiveScan:
     def sweep_sum(self) -> tuple[FloatArray, float] | None:
         if self.ledger is None or self.ledger.sweep_sum is None:
             return None
-        if self.sweep_result is not None:
-            return self.sweep_result, 1.0
-        return self.ledger.sweep_sum, pi_over_2n(self.ledger.sweep_count)
+        # Weighted like the slices: the ledger makes both the same frames' sums.
+        return self.ledger.sweep_sum, pi_over_2n(self.n_projections)
 
     def sweep_slices(self) -> FloatArray | None:
         found = self.sweep_sum()

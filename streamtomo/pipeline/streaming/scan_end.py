@@ -1,4 +1,4 @@
-"""The end of a scan: late references, exact weights, auto centre, exact sweep.
+"""The end of a scan: late references, exact weights, auto centre.
 
 Once every frame arrived (or the stream ended), the live products become exactly the
 filtered backprojection of the final sinogram: projections still waiting are
@@ -18,7 +18,7 @@ import numpy as np
 
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
-from streamtomo.pipeline.reconstruction.cor import StreamingCorSweep, auto_center
+from streamtomo.pipeline.reconstruction.cor import auto_center
 from streamtomo.pipeline.reconstruction.fbp import angular_weights
 
 if TYPE_CHECKING:
@@ -76,7 +76,6 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
         return
     if scan.config.center.strip() == "auto":
         resolve_auto_center(scan)
-    finish_sweep(scan)
     scan.state = "reconstructing" if volume_follows else "finished"
 
 
@@ -121,59 +120,6 @@ def interpolate_flats(scan: LiveScan, refs: ReferenceSet) -> None:
     logger.info("flats after the scan: sinogram re-corrected with flats interpolated by frame number")
 
 
-def live_sweep_is_exact(scan: LiveScan) -> bool:
-    """The workers' sweep sums already are the sinogram's sweep: every projection summed
-    once, as placed (no repeated angle, no re-correction, no reducer-made rows), with
-    uniform final weights."""
-    ledger, sinogram = scan.ledger, scan.sinogram
-    if ledger is None or sinogram is None:
-        return False
-    placed = sum(1 for r in ledger.records.values() if r.slot >= 0)
-    counts = scan.admission.counts
-    return (
-        ledger.sweep_count == placed == sinogram.n_filled
-        and len(ledger.records) == placed
-        and ledger.counts["backprojected_here"] == 0
-        and not any(counts[k] for k in ("recorrected_stale", "corrected_by_reducer", "flats_interpolated"))
-        and (
-            ledger.slot_ratio is None
-            or bool(np.allclose(ledger.slot_ratio[sinogram.filled_slots()], 1.0, rtol=0, atol=1e-4))
-        )
-    )
-
-
-def finish_sweep(scan: LiveScan) -> None:
-    """Exact sweep from the sinogram (order, repeats and weights accounted for), made
-    the way the workers make it (so 1 worker and 3 give the same domain); their sums
-    stand when they already are exact (saves a backprojection per candidate and angle)."""
-    if scan.sinogram is None or scan.geometry is None or not len(scan.geometry.sweep_centers):
-        return
-    filled = scan.sinogram.filled_slots()
-    if len(filled) < 2 or live_sweep_is_exact(scan):
-        return
-    geometry, angles = scan.geometry, scan.sinogram.angles()[filled]
-    sweep = StreamingCorSweep(
-        geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name, expected_angles_deg=angles
-    )
-    for slot, angle in zip(filled, angles, strict=True):
-        sweep.add(scan.sinogram.by_angle[slot, geometry.sweep_position], float(angle))
-    scan.sweep_result = sweep.result()
-
-
-def rebuild_live_sweep(scan: LiveScan) -> None:
-    """After a settings change: the live sweep of every projection so far, from the
-    sinogram (the workers' earlier sums were made with the old settings)."""
-    ledger, sinogram, geometry = scan.ledger, scan.sinogram, scan.geometry
-    if ledger is None or sinogram is None or geometry is None or ledger.sweep_sum is None:
-        return
-    sweep = StreamingCorSweep(geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name)
-    for record in ledger.records.values():
-        if record.slot >= 0:
-            sweep.add(sinogram.by_angle[record.slot, geometry.sweep_position], record.angle_deg)
-    ledger.sweep_sum, ledger.sweep_count = sweep.take_partial()
-    ledger.sweep_version += 1
-
-
 def resolve_auto_center(scan: LiveScan) -> None:
     """center='auto': estimate the axis on the sweep's row, rebuild the slices with it."""
     if scan.sinogram is None or scan.geometry is None:
@@ -193,7 +139,7 @@ def resolve_auto_center(scan: LiveScan) -> None:
     scan.auto_center = float(estimate)
     logger.info("center 'auto': rotation axis at column %.2f", estimate)
     config = scan.config
-    scan.reconfigure(dataclasses.replace(config, center=f"{estimate:.3f}"), live_sweep=False)
+    scan.reconfigure(dataclasses.replace(config, center=f"{estimate:.3f}"))
     apply_angular_weights(scan)
     scan.reconcile(backfill=True)
     scan.config = config  # the published parameters keep saying 'auto'

@@ -84,7 +84,7 @@ def take_snapshot(scan: LiveScan) -> ScanSnapshot:
             snap.slices_sum, snap.slices_weight = found
     if ledger.sweep_sum is not None:
         snap.sweep_centers = scan.sweep_centers()
-        sweep_key = (id(ledger), ledger.sweep_version, id(scan.sweep_result))
+        sweep_key = (id(ledger), ledger.sweep_version, scan.n_projections, scan.state)
         if sweep_key != published.get("sweep"):
             published["sweep"] = sweep_key
             found = scan.sweep_sum()
