@@ -27,6 +27,11 @@ class CliError(Exception):
     """A user error: printed without a traceback, exit status 2."""
 
 
+# Exit status of a scan that ran but failed or reduced no projection (the final file
+# and domain say why in /entry/status/state and reason); 2 stays for user errors.
+SCAN_FAILED = 3
+
+
 def _load_config(path: str | None, overrides: dict[str, Any]) -> PipelineConfig:
     from streamtomo.app.parameter_files import load_config
 
@@ -80,19 +85,17 @@ def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Name
         if args.out:
             path = write_nexus(reducer.domain, args.out)
             print(f"final file: {path}")
-        print(
-            f"summary: {summary.frames} frames ({summary.projections} projections, "
-            f"{sum(summary.rejected.values())} rejected {summary.rejected or ''}) in {summary.seconds:.2f} s, "
-            f"{summary.frames_per_second:.1f} frames/s; last frame to final slices {summary.last_frame_to_final_s * 1000:.0f} ms",
-            flush=True,
-        )
+        print(f"summary: {summary.describe()}", flush=True)
+        if summary.failed:
+            # On stderr and as the exit status, so scripts and CI see it too.
+            print(f"scan {summary.state}: {summary.reason}", file=sys.stderr, flush=True)
         if stop is not None:
             _serve_until_interrupted(stop)
     finally:
         if viewer is not None:
             viewer.close()
         run.close()
-    return 0
+    return SCAN_FAILED if summary.failed else 0
 
 
 def _start_viewer(endpoint: str, domain: str, control: Any) -> Any:

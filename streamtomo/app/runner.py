@@ -32,13 +32,32 @@ class RunSummary:
     projections: int
     rejected: dict[str, int]
     seconds: float
-    last_frame_to_final_s: float
+    last_frame_to_final_s: float | None  # None: no frame arrived or no final slices
     endpoint: str
     domain: str
+    state: str = "finished"
+    reason: str = ""
 
     @property
     def frames_per_second(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def failed(self) -> bool:
+        """The scan failed or reduced nothing: a run that a script must not take as done."""
+        return self.state == "failed" or self.projections == 0
+
+    def describe(self) -> str:
+        """One line a scientist reads: counts, rate and how long the final slices took."""
+        rejected = sum(self.rejected.values())
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.rejected.items()))
+        text = (
+            f"{self.frames} frames ({self.projections} projections, {rejected} rejected"
+            f"{': ' + reasons if reasons else ''}) in {self.seconds:.2f} s, {self.frames_per_second:.1f} frames/s"
+        )
+        if self.last_frame_to_final_s is not None:
+            text += f"; last frame to final slices {self.last_frame_to_final_s * 1000:.0f} ms"
+        return text
 
 
 class ReplayRun:
@@ -145,17 +164,22 @@ class ReplayRun:
             status = scan.status()
             rejected = dict(scan.rejected)
             last_frame = scan.last_frame_time
+            reason = scan.reason
         seconds = (self.finished_at or time.time()) - self.started_at
+        final_at = float(getattr(self.reducer, "final_slices_at", 0.0) or 0.0)
+        projections = int(status["projections"])
+        # Only a scan that had frames and published final slices has this latency.
+        latency = max(final_at - last_frame, 0.0) if last_frame > 0 and final_at > 0 and projections else None
         return RunSummary(
             frames=int(status["frames_received"]),
-            projections=int(status["projections"]),
+            projections=projections,
             rejected=rejected,
             seconds=seconds,
-            last_frame_to_final_s=max(
-                (getattr(self.reducer, "final_slices_at", 0.0) or self.finished_at or time.time()) - last_frame, 0.0
-            ),
+            last_frame_to_final_s=latency,
             endpoint=self.reducer.endpoint,
             domain=self.reducer.domain.name,
+            state=str(status.get("state", "")),
+            reason=reason,
         )
 
     def close(self) -> None:
@@ -177,25 +201,28 @@ class Progress:
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._last_log = 0.0
 
+    def frames_text(self, done: int) -> str:
+        """``120/200 frames``; more than expected says so instead of ``463/462``."""
+        if not self.total:
+            return f"{done} frames"
+        if done > self.total:
+            return f"{done} frames ({self.total} expected, {done - self.total} extra)"
+        return f"{done}/{self.total} frames"
+
     def __call__(self, status: dict[str, Any]) -> None:
         done = int(status.get("frames_received", 0))
+        line = (
+            f"{self.frames_text(done)}, {int(status.get('projections', 0))} projections, "
+            f"{int(status.get('frames_rejected', 0))} rejected"
+        )
         if self.tty:
             width = 30
             filled = int(width * min(done / max(self.total, 1), 1.0)) if self.total else 0
-            self.stream.write(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total or '?'} frames, "
-                f"{status.get('projections', 0)} projections, {status.get('frames_rejected', 0)} rejected"
-            )
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}\x1b[K")
             self.stream.flush()
         elif time.monotonic() - self._last_log > 2.0:
             self._last_log = time.monotonic()
-            logger.info(
-                "progress: %d/%s frames, %s projections, %s rejected",
-                done,
-                self.total or "?",
-                status.get("projections"),
-                status.get("frames_rejected"),
-            )
+            logger.info("progress: %s", line)
 
     def close(self) -> None:
         if self.tty:

@@ -242,8 +242,7 @@ class TomoReducer:
             state = "complete" if self.hsds.complete else "not complete yet (finishing in the background)"
             logger.info("HSDS domain %s %s (%s)", self.hsds.domain_name, state, self.hsds.stats())
         status = self.scan.status()
-        if self.scan.state == "failed":
-            logger.warning("scan failed: %s", self.scan.reason)
+        # A failure was logged (WARNING, with its reason) where it happened.
         logger.info(
             "scan %s: %d projections, %d rejected %s",
             self.scan.state,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from streamtomo.pipeline.reconstruction.backends import reconstruct
+from streamtomo.pipeline.reconstruction.backends import coverage_warnings_logged, reconstruct
 from streamtomo.pipeline.reconstruction.preprocess import prepare_volume_sinograms
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
@@ -71,7 +71,8 @@ def reconstruct_volume(scan: LiveScan, lock: threading.RLock, publish: Callable[
                 pixel_size_m=config.pixel_size_m,
                 contiguous_rows=contiguous,
             )
-            slices = reconstruct(batch, angles, center, config.filter, size, backend=config.backend)
+            with coverage_warnings_logged(logger, scan.coverage_logged):
+                slices = reconstruct(batch, angles, center, config.filter, size, backend=config.backend)
             with lock:
                 scan.volume[first:last] = slices
                 scan.volume_done = last

@@ -82,6 +82,7 @@ class LiveScan:
         self.published: dict[str, object] = {}  # what the last snapshot carried (snapshot.py)
         self._waiting_logged = False
         self.auto_center: float | None = None  # the estimate when center is 'auto'
+        self.coverage_logged: set[str] = set()  # angular-coverage warnings said for this scan
         self.volume: FloatArray | None = None  # every sinogram row, filled at the end
         self.volume_done = 0  # volume slices done so far
         self.state = "waiting"

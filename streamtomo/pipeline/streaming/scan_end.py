@@ -18,6 +18,7 @@ import numpy as np
 
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
+from streamtomo.pipeline.reconstruction.backends.common import coverage_warnings_logged
 from streamtomo.pipeline.reconstruction.cor import auto_center
 from streamtomo.pipeline.reconstruction.fbp import angular_weights
 
@@ -132,7 +133,8 @@ def resolve_auto_center(scan: LiveScan) -> None:
         return
     row = scan.sinogram.by_angle[filled, scan.geometry.sweep_position]
     try:
-        estimate = auto_center(row, scan.sinogram.angles()[filled])
+        with coverage_warnings_logged(logger, scan.coverage_logged):
+            estimate = auto_center(row, scan.sinogram.angles()[filled])
     except ValueError as error:
         logger.warning("center 'auto' failed (%s): keeping the detector middle", error)
         return

@@ -22,7 +22,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy.typing as npt
 
-from streamtomo.pipeline.reconstruction.backends.common import AngularCoverageWarning, FloatArray, angular_coverage
+from streamtomo.pipeline.reconstruction.backends.common import (
+    AngularCoverageWarning,
+    FloatArray,
+    angular_coverage,
+    coverage_warnings_logged,
+)
 
 __all__ = [
     "BACKEND_NAMES",
@@ -31,6 +36,7 @@ __all__ = [
     "ReconBackend",
     "angular_coverage",
     "available_backends",
+    "coverage_warnings_logged",
     "get_backend",
     "installed_backends",
     "reconstruct",

@@ -8,7 +8,10 @@ in pixel units, slices are attenuation per pixel.
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +28,27 @@ COVERAGE_GAP_FACTOR = 5.0
 
 class AngularCoverageWarning(UserWarning):
     """The angles leave part of the half turn unmeasured: expect limited-angle streaks."""
+
+
+@contextmanager
+def coverage_warnings_logged(log: logging.Logger, seen: set[str]) -> Iterator[None]:
+    """Log this block's angular-coverage warnings as plain lines, each text once per ``seen``.
+
+    A scan reconstructs many times (the centre estimate, every volume batch); as Python
+    warnings the same text came out once per call site, with the source line. Other
+    warnings pass through unchanged.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AngularCoverageWarning)
+        yield
+    for item in caught:
+        if not issubclass(item.category, AngularCoverageWarning):
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+            continue
+        text = str(item.message)
+        if text not in seen:
+            seen.add(text)
+            log.warning("%s", text)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,41 @@
+"""The replay runner's words: progress and summary lines."""
+
+from __future__ import annotations
+
+import io
+
+from streamtomo.app.runner import Progress, RunSummary
+
+
+def _summary(**changes: object) -> RunSummary:
+    values: dict[str, object] = {
+        "frames": 40,
+        "projections": 20,
+        "rejected": {},
+        "seconds": 2.0,
+        "last_frame_to_final_s": 0.025,
+        "endpoint": "http://127.0.0.1:1",
+        "domain": "/d.h5",
+    }
+    values.update(changes)
+    return RunSummary(**values)  # type: ignore[arg-type]
+
+
+def test_progress_says_extra_frames_instead_of_more_than_all() -> None:
+    progress = Progress(462, stream=io.StringIO())
+    assert progress.frames_text(120) == "120/462 frames"
+    assert progress.frames_text(463) == "463 frames (462 expected, 1 extra)"
+    assert Progress(None, stream=io.StringIO()).frames_text(3201) == "3201 frames"
+
+
+def test_summary_names_reasons_and_leaves_out_a_latency_it_does_not_have() -> None:
+    text = _summary(rejected={"unknown_angle": 3, "duplicate_frame": 1}).describe()
+    assert text == (
+        "40 frames (20 projections, 4 rejected: 1 duplicate_frame, 3 unknown_angle) in 2.00 s, "
+        "20.0 frames/s; last frame to final slices 25 ms"
+    )
+    empty = _summary(projections=0, last_frame_to_final_s=None, state="failed", reason="no projection")
+    assert "last frame to final slices" not in empty.describe()
+    assert empty.failed
+    assert _summary(projections=0, state="finished").failed  # nothing reduced is not a success
+    assert not _summary().failed
