@@ -8,7 +8,7 @@ and :func:`scan_mapping` is the controller's sequence for them.
 
 from __future__ import annotations
 
-import json
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,9 @@ from typing import Any
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats import eiger, pcap, stins
+from streamtomo.pipeline.formats.errors import FrameError
 from streamtomo.pipeline.formats.kinds import FrameKindRule
+from streamtomo.pipeline.formats.limits import json_object
 from streamtomo.pipeline.scan import Frame, ImageKey
 
 TS_FIELD = pcap.PcapField("PCAP.TS_TRIG", "double", "Value", 8e-09, 0.0, "s")
@@ -105,21 +107,19 @@ def recorded_events(paths: Sequence[str | Path], config: PipelineConfig) -> list
 def _frame_kind(parts: Sequence[bytes], rule: FrameKindRule) -> tuple[int | None, ImageKey | None]:
     """Frame number and kind from a detector message's JSON header (data not decoded)."""
     try:
-        head = json.loads(parts[0])
-    except (IndexError, ValueError):
+        # Bounded like the workers' decoders: a hostile recording must not crash play.
+        head = json_object(parts[0], "detector header")
+    except (IndexError, FrameError):
         return None, None
     if head.get("htype") not in ("image", eiger.IMAGE) or not isinstance(head.get("frame"), int):
         return None, None
     extra = dict(head)
     if head.get("htype") == eiger.IMAGE and len(parts) > 4:
-        try:
-            appendix = json.loads(parts[4])
-            extra.update(appendix if isinstance(appendix, dict) else {})
-        except ValueError:
-            pass
+        with contextlib.suppress(FrameError):
+            extra.update(json_object(parts[4], "detector appendix"))
     try:
         return head["frame"], rule.kind(head["frame"], extra)
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError, OverflowError):
         return head["frame"], ImageKey.PROJECTION
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.pipeline.formats.errors import FrameError
+from streamtomo.pipeline.formats.limits import counter, frame_shape, json_object, load_json
 from streamtomo.pipeline.formats.stins import (
     Part,
     StinsEnd,
@@ -141,35 +142,23 @@ def encode_series_end(series: int) -> list[bytes]:
 
 
 def _json_part(part: Part, what: str) -> Any:
-    try:
-        return json.loads(bytes(as_buffer(part)))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FrameError(f"Eiger {what} is not valid JSON: {exc}") from None
+    return load_json(bytes(as_buffer(part)), f"Eiger {what}")
 
 
 def _object(part: Part, what: str) -> dict[str, Any]:
-    doc = _json_part(part, what)
-    if not isinstance(doc, dict):
-        raise FrameError(f"Eiger {what} must be a JSON object, got {type(doc).__name__}")
-    return doc
+    return json_object(bytes(as_buffer(part)), f"Eiger {what}")
 
 
 def _int(head: Mapping[str, Any], key: str, what: str) -> int:
-    value = head.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FrameError(f"Eiger {what} needs integer {key!r}, got {value!r}")
-    return value
+    return counter(head, key, f"Eiger {what}")
 
 
-def _image_shape(info: Mapping[str, Any]) -> tuple[int, int]:
+def _image_shape(info: Mapping[str, Any], itemsize: int) -> tuple[int, int]:
     shape = info.get("shape")
-    if not (
-        isinstance(shape, list)
-        and len(shape) == 2
-        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
-    ):
-        raise FrameError(f"Eiger image shape must be [x, y] non-negative ints, got {shape!r}")
-    return shape[1], shape[0]  # [x, y] -> (rows, cols)
+    if not (isinstance(shape, list) and len(shape) == 2):
+        raise FrameError(f"Eiger image shape must be [x, y], got {shape!r}")
+    x, y = frame_shape(shape, itemsize, "Eiger image")
+    return y, x  # [x, y] -> (rows, cols)
 
 
 def _dtype(name: Any, order: Literal["<", ">"]) -> np.dtype[Any]:
@@ -184,12 +173,12 @@ def _dtype(name: Any, order: Literal["<", ">"]) -> np.dtype[Any]:
 
 def decode_image_data(info: Mapping[str, Any], blob: Part) -> npt.NDArray[Any]:
     """The image array from the ``dimage_d-1.0`` part and the data blob."""
-    shape = _image_shape(info)
     encoding = info.get("encoding")
     match = _ENCODING_RE.match(encoding) if isinstance(encoding, str) else None
     if match is None:
         raise FrameError(f"Eiger image has unknown encoding {encoding!r}")
     dtype = _dtype(info.get("type"), cast(Literal["<", ">"], match["order"]))
+    shape = _image_shape(info, dtype.itemsize)
     data = as_buffer(blob)
     size = info.get("size")
     if isinstance(size, int) and not isinstance(size, bool) and size != data.nbytes:
@@ -250,8 +239,8 @@ def decode_eiger_legacy(parts: Sequence[Part]) -> StinsMessage:
         for i, part in enumerate(parts[1:], 1):
             # JSON parts (config, table headers, appendix); binary tables are skipped.
             try:
-                doc = json.loads(bytes(as_buffer(part)))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                doc = load_json(bytes(as_buffer(part)), f"Eiger header part {i}")
+            except FrameError:
                 continue
             if not isinstance(doc, dict):
                 raise FrameError(f"Eiger header part {i} must be a JSON object, got {type(doc).__name__}")

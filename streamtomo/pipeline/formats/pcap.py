@@ -23,6 +23,7 @@ byte stream. Values are named ``<field>.<capture>``, e.g. ``INENC1.VAL.Mean``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,11 @@ _INT_TYPES = frozenset({"uint32", "int32", "uint64", "int64"})
 _FLOAT_TYPES = frozenset({"double", "float"})
 
 Number: TypeAlias = int | float
+
+# A PandA captures at most a few dozen fields; each value prints in under 25 characters.
+MAX_TOKEN_CHARS = 40
+MAX_LINE_CHARS = 4096
+MAX_HEADER_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,8 @@ def encode_pcap_end(samples: int, status: str = "Disarmed") -> bytes:
 
 
 def _parse_header(text: str) -> PcapHeader:
+    if len(text) > MAX_HEADER_CHARS:
+        raise FrameError(f"PandA header is {len(text)} characters, more than {MAX_HEADER_CHARS}")
     lines = text.split("\n")
     info: dict[str, str] = {}
     fields: list[PcapField] = []
@@ -149,6 +157,9 @@ def _parse_header(text: str) -> PcapHeader:
             if in_fields:
                 break
             continue
+        if len(line) > MAX_LINE_CHARS:
+            # The field pattern backtracks on long lines: real ones are under 100 characters.
+            raise FrameError(f"PandA header line of {len(line)} characters is longer than {MAX_LINE_CHARS}")
         if in_fields:
             m = _FIELD_RE.match(line)
             if m is None:
@@ -185,15 +196,22 @@ def _parse_header(text: str) -> PcapHeader:
 
 
 def _parse_token(token: str, typ: str | None) -> Number:
+    if len(token) > MAX_TOKEN_CHARS:
+        raise FrameError(f"PandA value of {len(token)} characters is out of range")
+    value: Number
     try:
         if typ in _FLOAT_TYPES:
-            return float(token)
-        try:
-            return int(token)
-        except ValueError:
-            return float(token)  # a scaled integer field may print as a decimal
+            value = float(token)
+        else:
+            try:
+                value = int(token)
+            except ValueError:
+                value = float(token)  # a scaled integer field may print as a decimal
     except ValueError:
         raise FrameError(f"PandA value {token!r} is not a number") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise FrameError(f"PandA value {token!r} is not a finite number")
+    return value
 
 
 def decode_pcap_event(parts: Sequence[Part], header: PcapHeader | None = None) -> PcapMessage:
@@ -208,9 +226,11 @@ def decode_pcap_event(parts: Sequence[Part], header: PcapHeader | None = None) -
         return _parse_header(text)
     if text.startswith("END"):
         tokens = text.split(maxsplit=2)
-        if len(tokens) < 2 or not tokens[1].isdigit():
-            raise FrameError(f"malformed PandA END line {text!r}")
+        if len(tokens) < 2 or not tokens[1].isdigit() or len(tokens[1]) > MAX_TOKEN_CHARS:
+            raise FrameError(f"malformed PandA END line {text[:80]!r}")
         return PcapEnd(int(tokens[1]), tokens[2].strip() if len(tokens) > 2 else "")
+    if len(text) > MAX_LINE_CHARS:
+        raise FrameError(f"PandA value line of {len(text)} characters is longer than {MAX_LINE_CHARS}")
     tokens = text.split()
     if not tokens:
         raise FrameError("empty PandA value line")

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.pipeline.formats.errors import FrameError
+from streamtomo.pipeline.formats.limits import counter, frame_shape, json_object
 
 STREAM_TYPE = "STINS"
 COMPRESSIONS = ("none", "bslz4")
@@ -154,20 +155,11 @@ def as_buffer(part: Part) -> memoryview:
 
 
 def _json_part(part: Part, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(bytes(as_buffer(part)))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FrameError(f"STINS {what} is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise FrameError(f"STINS {what} must be a JSON object, got {type(doc).__name__}")
-    return doc
+    return json_object(bytes(as_buffer(part)), f"STINS {what}")
 
 
 def _int_field(head: Mapping[str, Any], key: str) -> int:
-    value = head.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FrameError(f"STINS {head.get('htype')} header needs integer {key!r}, got {value!r}")
-    return value
+    return counter(head, key, f"STINS {head.get('htype')} header")
 
 
 def _dtype(name: Any) -> np.dtype[Any]:
@@ -178,12 +170,6 @@ def _dtype(name: Any) -> np.dtype[Any]:
     if dtype is None or dtype.kind not in "uifc":
         raise FrameError(f"STINS image has unknown data type {name!r}")
     return dtype.newbyteorder("<")
-
-
-def _shape(value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value):
-        raise FrameError(f"STINS image shape must be a list of non-negative ints, got {value!r}")
-    return tuple(value)
 
 
 def bslz4_decompress(data: memoryview | bytes, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
@@ -219,7 +205,7 @@ def bslz4_decompress(data: memoryview | bytes, shape: tuple[int, ...], dtype: np
     body = np.frombuffer(buf, dtype=np.uint8, offset=_BSLZ4_HEADER.size)
     try:
         out: npt.NDArray[Any] = bitshuffle.decompress_lz4(body, shape, dtype, block)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, OverflowError) as exc:
         raise FrameError(f"corrupt bslz4 data: {exc}") from None
     return out
 
@@ -227,8 +213,8 @@ def bslz4_decompress(data: memoryview | bytes, shape: tuple[int, ...], dtype: np
 def _decode_image(head: dict[str, Any], parts: Sequence[Part]) -> StinsImage:
     msg_number = _int_field(head, "msg_number")
     frame = _int_field(head, "frame")
-    shape = _shape(head.get("shape"))
     dtype = _dtype(head.get("type"))
+    shape = frame_shape(head.get("shape"), dtype.itemsize, f"STINS image {frame}")
     compression = head.get("compression")
     if len(parts) != 2:
         raise FrameError(f"STINS image {frame} needs 1 data part after the header, got {len(parts) - 1}")
