@@ -32,6 +32,7 @@ class ReferenceRows:
     key: ImageKey
     rows: npt.NDArray[np.generic]
     detector: DetectorInfo
+    event: int = -1  # the dranspose event that carried it (-1: not known)
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,17 @@ class ProjectionRows:
     reference_version: int
     recon_id: str
     detector: DetectorInfo
+    # The dranspose event that carried the frame: with the frame number, the identity
+    # of this copy (a detector may send a frame twice; a broadcast reaches every worker).
+    event: int = -1
 
 
 @dataclass(frozen=True)
 class PartialSum:
     """A worker's unweighted backprojection sums over ``frame_indices``.
+
+    ``events`` (same length, when known) names the copy of each frame that was summed:
+    the reducer takes a duplicate's contribution back out by it.
 
     ``blocks`` maps a window block (``frame_index // window_block``) to the live
     slices' sum over the frames of that block; in accumulate mode everything is
@@ -68,6 +75,13 @@ class PartialSum:
     frame_indices: tuple[int, ...]
     blocks: dict[int, npt.NDArray[np.float32]]
     sweep: npt.NDArray[np.float32] | None = None
+    events: tuple[int, ...] = ()
+
+    @property
+    def frame_keys(self) -> tuple[tuple[int, int], ...]:
+        """(frame index, event) of every summed frame; event -1 where not sent."""
+        events = self.events if len(self.events) == len(self.frame_indices) else (-1,) * len(self.frame_indices)
+        return tuple(zip(self.frame_indices, events, strict=True))
 
     @property
     def slices(self) -> npt.NDArray[np.float32]:
@@ -88,6 +102,7 @@ class Rejected:
     frame_index: int | None
     reason: str
     detail: str
+    event: int = -1
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ class TomoWorker:
         try:
             message = decode(stream.frames)
         except FrameError as error:
-            result.items.append(Rejected(None, "corrupt_frame", f"event {event_number}: {error}"))
+            result.items.append(Rejected(None, "corrupt_frame", f"event {event_number}: {error}", event_number))
             return
         if isinstance(message, StinsHeader):
             return
@@ -126,7 +126,7 @@ class TomoWorker:
         try:
             key = self.rule.kind(message.frame, message.extra)
         except FrameError as error:
-            result.items.append(Rejected(message.frame, "unknown_kind", str(error)))
+            result.items.append(Rejected(message.frame, "unknown_kind", str(error), event_number))
             return
         measured = angle is not None
         if key == ImageKey.PROJECTION and angle is None and config.kind_rule == "counts":
@@ -136,10 +136,14 @@ class TomoWorker:
             if angle_error:
                 logger.debug("frame %d: %s; using nominal angle %.3f", message.frame, angle_error, angle)
         try:
-            result.items.extend(self.processor.process(message.frame, key, message.array, angle, measured))
+            result.items.extend(
+                self.processor.process(message.frame, key, message.array, angle, measured, event_number)
+            )
         except (ValueError, MemoryError, FloatingPointError) as error:
             # Settings this worker cannot apply (or a frame it cannot handle) must not
             # lose the frame silently, as dranspose does with an exception (one ERROR
             # line, no result): the reducer counts it under its own reason.
             logger.warning("frame %d could not be processed: %r", message.frame, error)
-            result.items.append(Rejected(message.frame, "worker_failed", f"frame {message.frame}: {error!r}"))
+            result.items.append(
+                Rejected(message.frame, "worker_failed", f"frame {message.frame}: {error!r}", event_number)
+            )

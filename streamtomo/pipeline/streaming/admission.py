@@ -19,6 +19,7 @@ class FrameAdmission:
         self.counts: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
         self.seen: set[int] = set()  # frame indices that arrived (used or rejected)
+        self.admitted: dict[int, int] = {}  # frame index -> the event of the copy in use
         self._rejected_frames: set[int] = set()
         self._logged_reasons: set[str] = set()
 
@@ -43,13 +44,29 @@ class FrameAdmission:
         else:
             logger.debug("rejected (%s): %s", reason, detail)
 
-    def first_time(self, frame_index: int) -> bool:
-        """Admit a frame index once; a second arrival is a counted duplicate."""
-        if frame_index in self.seen:
-            self.reject("duplicate_frame", f"frame {frame_index} arrived twice; the first is kept")
+    def first_time(self, frame_index: int, event: int = -1) -> bool:
+        """Admit a frame index once; a second copy from another event is a counted
+        duplicate (the first is kept). A copy that was rejected (malformed, say) does
+        not take a good frame's place: only admitted copies make duplicates."""
+        if frame_index in self.admitted:
+            first = self.admitted[frame_index]
+            self.reject(
+                "duplicate_frame",
+                f"frame {frame_index} arrived twice (events {first} and {event}); the first is kept",
+            )
             return False
         self.seen.add(frame_index)
+        self.admitted[frame_index] = event
+        if frame_index in self._rejected_frames:
+            # The bad copy stays counted under its reason; this copy can still be
+            # rejected for its own (an angle, say), so the index is free again.
+            self._rejected_frames.discard(frame_index)
+            self.counts["good_copy_after_rejected"] += 1
         return True
+
+    def is_copy(self, frame_index: int, event: int) -> bool:
+        """The admitted copy itself again: a broadcast reaches every worker (same event)."""
+        return event >= 0 and self.admitted.get(frame_index) == event
 
     def accept(self, kind: str) -> None:
         self.counts["frames"] += 1

@@ -15,6 +15,10 @@ a lost partial sum) cost one backprojection per affected frame.
 
 A partial sum is added only if every frame in it can be accounted for; otherwise it
 is dropped whole and its frames are backprojected here (never added twice).
+
+Records are keyed by the copy, (frame index, dranspose event): a detector that sends
+a frame twice makes two copies, each maybe summed by a worker at its own angle; the
+second is a record whose target is zero, so exactly what its worker added comes out.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 REJECTED_SLOT = -1  # a frame removed from the products: its target is zero
+FrameKey = tuple[int, int]  # (frame index, event; -1 where the worker did not say)
 
 
 @dataclass
@@ -62,10 +67,10 @@ class ContributionLedger:
             else None
         )
         self._sweep_row = len(geometry.slice_positions) // 2  # geometry.sweep_position among the slice rows
-        self.records: dict[int, FrameRecord] = {}
-        self._early: dict[int, int] = {}  # frame -> partial sums that came before its rows
-        self._needs_fix: set[int] = set()
-        self._orphans: set[int] = set()  # placed frames no partial sum will bring
+        self.records: dict[FrameKey, FrameRecord] = {}
+        self._early: dict[FrameKey, int] = {}  # copy -> partial sums that came before its rows
+        self._needs_fix: set[FrameKey] = set()
+        self._orphans: set[FrameKey] = set()  # placed frames no partial sum will bring
         self.slot_ratio: FloatArray | None = None  # final angular weights / uniform
         self.newest_frame = -1
         self.version = 0  # bumped whenever the live slices' sums change
@@ -74,39 +79,40 @@ class ContributionLedger:
 
     # -- frames ---------------------------------------------------------------------
     def place(
-        self, index: int, slot: int, angle_deg: float, values: FloatArray, worker_rows: FloatArray | None
+        self, key: FrameKey, slot: int, angle_deg: float, values: FloatArray, worker_rows: FloatArray | None
     ) -> None:
         """A frame's slice rows are in; ``worker_rows`` None: its worker did not (or not
         with these settings) backproject it, so the reducer will."""
+        index = key[0]
         record = FrameRecord(slot, angle_deg, values, worker_rows)
-        self.records[index] = record
+        self.records[key] = record
         if slot != REJECTED_SLOT:
             self.newest_frame = max(self.newest_frame, index)
             if self.geometry.window:
                 block = self.geometry.block_of(index)
                 self._block_frames[block] = self._block_frames.get(block, 0) + 1
-        early = self._early.pop(index, 0)
+        early = self._early.pop(key, 0)
         if early and worker_rows is not None:
             record.contributed = worker_rows * np.float32(early)
-            self._needs_fix.add(index)
+            self._needs_fix.add(key)
         elif worker_rows is None and slot != REJECTED_SLOT:
-            self._orphans.add(index)
+            self._orphans.add(key)
 
     def slot_changed(self, slot: int) -> None:
         """A repeated angle changes the target of every frame in the slot."""
-        self._needs_fix.update(i for i, r in self.records.items() if r.slot == slot and r.contributed is not None)
+        self._needs_fix.update(k for k, r in self.records.items() if r.slot == slot and r.contributed is not None)
 
     def all_changed(self) -> None:
-        self._needs_fix.update(i for i, r in self.records.items() if r.contributed is not None)
+        self._needs_fix.update(k for k, r in self.records.items() if r.contributed is not None)
 
     # -- partial sums ---------------------------------------------------------------
     def add_partial(self, partial: PartialSum) -> bool:
         """Add a worker's partial sums; False (and nothing added) if it cannot be accounted for."""
         if partial.recon_id != self.geometry.recon_id or not self._accountable(partial):
             self.counts["partials_discarded"] += 1
-            for index in partial.frame_indices:  # their rows, if here, are backprojected here
-                if index in self.records and self.records[index].contributed is None:
-                    self._orphans.add(index)
+            for key in partial.frame_keys:  # their rows, if here, are backprojected here
+                if key in self.records and self.records[key].contributed is None:
+                    self._orphans.add(key)
             return False
         for stack in partial.blocks.values():
             if stack.shape != self.live_sum.shape:
@@ -126,23 +132,21 @@ class ContributionLedger:
             self.sweep_version += 1
         self.version += 1
         self.counts["partials"] += 1
-        for index in partial.frame_indices:
-            record = self.records.get(index)
+        for key in partial.frame_keys:
+            record = self.records.get(key)
             if record is None:  # rows not here yet (results arrive out of order)
-                self._early[index] = self._early.get(index, 0) + 1
+                self._early[key] = self._early.get(key, 0) + 1
                 continue
             assert record.worker_rows is not None
             record.contributed = (
                 record.worker_rows if record.contributed is None else record.contributed + record.worker_rows
             )
-            self._orphans.discard(index)
-            self._needs_fix.add(index)
+            self._orphans.discard(key)
+            self._needs_fix.add(key)
         return True
 
     def _accountable(self, partial: PartialSum) -> bool:
-        return all(
-            index not in self.records or self.records[index].worker_rows is not None for index in partial.frame_indices
-        )
+        return all(key not in self.records or self.records[key].worker_rows is not None for key in partial.frame_keys)
 
     def _block(self, block: int) -> FloatArray:
         stack = self.blocks.get(block)
@@ -150,8 +154,8 @@ class ContributionLedger:
             stack = self.blocks[block] = self.geometry.new_stack()
         return stack
 
-    def take_orphan_partials(self) -> list[int]:
-        """Frames some partial sum holds whose rows never came (known at the end)."""
+    def take_orphan_partials(self) -> list[FrameKey]:
+        """Frame copies some partial sum holds whose rows never came (known at the end)."""
         orphans, self._early = sorted(self._early), {}
         return orphans
 
@@ -171,11 +175,12 @@ class ContributionLedger:
         sum will bring, are fixed; frames whose partial sum may still come are left to
         their worker.
         """
-        indices = list(self.records) if backfill else sorted(self._needs_fix | self._orphans)
+        keys = list(self.records) if backfill else sorted(self._needs_fix | self._orphans)
         done = 0
-        for index in indices:
-            record = self.records[index]
-            if record.contributed is None and not backfill and index not in self._orphans:
+        for key in keys:
+            index = key[0]
+            record = self.records[key]
+            if record.contributed is None and not backfill and key not in self._orphans:
                 continue
             target = self._target(record, slot_counts)
             delta = target if record.contributed is None else target - record.contributed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 
 import numpy as np
 import numpy.typing as npt
@@ -52,8 +53,9 @@ class FrameProcessor:
         self._corrector: Corrector | None = None
         self._blocks: dict[int, npt.NDArray[np.float32]] = {}
         self._sweep: StreamingCorSweep | None = None
-        self._partial_frames: list[int] = []
+        self._partial_frames: list[tuple[int, int]] = []  # (frame index, event) summed so far
         self._partial_started = 0.0  # when the first projection of the pending partial sum came
+        self._shape_votes: Counter[tuple[int, int]] = Counter()  # frames seen per shape
 
     # -- settings -------------------------------------------------------------------
     def configure(self, config: PipelineConfig) -> PartialSum | None:
@@ -93,34 +95,53 @@ class FrameProcessor:
             return None
         if self._corrector is None:
             refs = self.references
-            if refs.dark.shape[0] != len(geometry.sinogram_rows):
+            if refs.dark.shape != (len(geometry.sinogram_rows), geometry.cols):
                 logger.warning(
-                    "references have %d rows, sinogram %d: ignoring them",
-                    refs.dark.shape[0],
-                    len(geometry.sinogram_rows),
+                    "references have shape %s, sinogram rows %s: ignoring them",
+                    refs.dark.shape,
+                    (len(geometry.sinogram_rows), geometry.cols),
                 )
                 return None
             self._corrector = Corrector(refs.dark, refs.flat, refs.version)
         return self._corrector
 
     # -- frames ---------------------------------------------------------------------
-    def _check_frame(self, index: int, data: npt.NDArray[np.generic]) -> Rejected | None:
+    def _check_frame(self, index: int, data: npt.NDArray[np.generic], event: int) -> Rejected | None:
         if data.ndim != 2:
-            return Rejected(index, "wrong_shape", f"frame {index} has shape {data.shape}, expected 2-D")
+            return Rejected(index, "wrong_shape", f"frame {index} has shape {data.shape}, expected 2-D", event)
         if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-            return Rejected(index, "wrong_dtype", f"frame {index} has dtype {data.dtype}")
+            return Rejected(index, "wrong_dtype", f"frame {index} has dtype {data.dtype}", event)
         if data.shape[0] < 1 or data.shape[1] < 1:
-            return Rejected(index, "wrong_shape", f"frame {index} has shape {data.shape}")
-        if self.detector is None:
-            self.detector = DetectorInfo(int(data.shape[0]), int(data.shape[1]), str(data.dtype))
-            self.geometry = geometry_for(self.config, self.detector)
-        elif data.shape != (self.detector.rows, self.detector.cols):
-            return Rejected(
-                index,
-                "wrong_shape",
-                f"frame {index} has shape {data.shape}, detector is {(self.detector.rows, self.detector.cols)}",
-            )
+            return Rejected(index, "wrong_shape", f"frame {index} has shape {data.shape}", event)
         return None
+
+    def _vote_shape(self, data: npt.NDArray[np.generic]) -> PartialSum | None:
+        """Count the frame's shape; the detector is the shape most frames had so far.
+
+        A first frame does not fix the shape for good: a malformed one would make every
+        good frame after it "wrong". Frames of another shape still go to the reducer
+        (uncorrected), which decides by agreement over all workers.
+        """
+        shape = (int(data.shape[0]), int(data.shape[1]))
+        self._shape_votes[shape] += 1
+        current = None if self.detector is None else (self.detector.rows, self.detector.cols)
+        if current == shape or (current is not None and self._shape_votes[shape] <= self._shape_votes[current]):
+            return None
+        pending = self.flush() if current is not None else None
+        if current is not None:
+            logger.warning(
+                "detector shape %s: %d frames agree on it against %d of %s",
+                shape,
+                self._shape_votes[shape],
+                self._shape_votes[current],
+                current,
+            )
+        self._corrector = None  # built again for the new shape, if the references fit it
+        self._broadcast = BroadcastReferences(self.config)  # it may hold frames of the old shape
+        self.detector = DetectorInfo(shape[0], shape[1], str(data.dtype))
+        self.geometry = geometry_for(self.config, self.detector)
+        self._sweep = None
+        return pending
 
     def process(
         self,
@@ -129,53 +150,113 @@ class FrameProcessor:
         data: npt.NDArray[np.generic],
         angle_deg: float | None,
         angle_measured: bool = True,
+        event: int = -1,
     ) -> list[Message]:
-        """Handle one decoded frame; returns the messages for the reducer."""
+        """Handle one decoded frame; returns the messages for the reducer.
+
+        ``event`` is the dranspose event number: with ``index`` it names this copy of
+        the frame, so the reducer can tell a duplicate from a broadcast copy.
+        """
         if key in (ImageKey.INVALID, ImageKey.ALIGNMENT):
-            return [Rejected(index, "dropped_kind", f"frame {index} has image_key {int(key)} ({key.name.lower()})")]
+            return [
+                Rejected(index, "dropped_kind", f"frame {index} has image_key {int(key)} ({key.name.lower()})", event)
+            ]
         if self.config.bin > 1 and data.ndim == 2:
             data = bin_frame(data, self.config.bin)
-        rejected = self._check_frame(index, data)
+        rejected = self._check_frame(index, data, event)
         if rejected is not None:
             return [rejected]
+        out: list[Message] = []
+        pending = self._vote_shape(data)
+        if pending is not None:
+            out.append(pending)
+        assert self.geometry is not None and self.detector is not None
+        if data.shape != (self.detector.rows, self.detector.cols):
+            out.append(self._minority_frame(index, key, data, angle_deg, angle_measured, event))
+            return out
+        out.extend(self._process_frame(index, key, data, angle_deg, angle_measured, event))
+        return out
+
+    def _minority_frame(
+        self,
+        index: int,
+        key: ImageKey,
+        data: npt.NDArray[np.generic],
+        angle_deg: float | None,
+        angle_measured: bool,
+        event: int,
+    ) -> Message:
+        """A frame whose shape most frames here do not have: sent as it is, for the
+        reducer's decision (it rejects it as wrong_shape unless its shape wins there)."""
+        detector = DetectorInfo(int(data.shape[0]), int(data.shape[1]), str(data.dtype))
+        geometry = geometry_for(self.config, detector)
+        rows = np.ascontiguousarray(data if geometry.all_rows else data[geometry.sinogram_rows])
+        if key in (ImageKey.DARK, ImageKey.FLAT):
+            return ReferenceRows(index, key, rows, detector, event)
+        if angle_deg is None or not np.isfinite(angle_deg):
+            return Rejected(index, "missing_angle", f"projection {index} has no valid angle", event)
+        return ProjectionRows(index, angle_deg, angle_measured, rows, 0, "", detector, event)
+
+    def _process_frame(
+        self,
+        index: int,
+        key: ImageKey,
+        data: npt.NDArray[np.generic],
+        angle_deg: float | None,
+        angle_measured: bool,
+        event: int,
+    ) -> list[Message]:
         assert self.geometry is not None and self.detector is not None
         rows = data if self.geometry.all_rows else data[self.geometry.sinogram_rows]
         if key in (ImageKey.DARK, ImageKey.FLAT):
             if np.issubdtype(rows.dtype, np.floating) and not np.isfinite(rows).all():
-                return [Rejected(index, "non_finite", f"{key.name.lower()} frame {index} has NaN/inf pixels")]
+                return [Rejected(index, "non_finite", f"{key.name.lower()} frame {index} has NaN/inf pixels", event)]
             reference = np.ascontiguousarray(rows)
             self._broadcast.add(key, index, reference)
-            return [ReferenceRows(index, key, reference, self.detector)]
+            return [ReferenceRows(index, key, reference, self.detector, event)]
         if self._shared is None and self.references is None:
             self._use(self._broadcast.for_projection())
         if np.issubdtype(rows.dtype, np.floating):
             bad = ~np.isfinite(rows)
             if bad.mean() > MAX_NONFINITE_FRACTION:
                 return [
-                    Rejected(index, "non_finite", f"projection {index}: {bad.mean():.0%} of its pixels are NaN/inf")
+                    Rejected(
+                        index, "non_finite", f"projection {index}: {bad.mean():.0%} of its pixels are NaN/inf", event
+                    )
                 ]
         if angle_deg is None or not np.isfinite(angle_deg):
-            return [Rejected(index, "missing_angle", f"projection {index} has no valid angle")]
+            return [Rejected(index, "missing_angle", f"projection {index} has no valid angle", event)]
         corrector = self._corrector_for(self.geometry)
         if corrector is None:
-            return [ProjectionRows(index, angle_deg, angle_measured, np.ascontiguousarray(rows), 0, "", self.detector)]
+            return [
+                ProjectionRows(
+                    index, angle_deg, angle_measured, np.ascontiguousarray(rows), 0, "", self.detector, event
+                )
+            ]
         values = corrector.correct_fast(rows)
         # Integer frames give finite values by construction (the table is clipped).
         if np.issubdtype(rows.dtype, np.floating) and not np.isfinite(values).all():
             np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         out: list[Message] = [
             ProjectionRows(
-                index, angle_deg, angle_measured, values, corrector.version, self.geometry.recon_id, self.detector
+                index,
+                angle_deg,
+                angle_measured,
+                values,
+                corrector.version,
+                self.geometry.recon_id,
+                self.detector,
+                event,
             )
         ]
-        self._backproject(index, values, angle_deg)
+        self._backproject(index, values, angle_deg, event)
         if len(self._partial_frames) >= self.geometry.flush_every(self.config.flush_every):
             flushed = self.flush()
             if flushed is not None:
                 out.append(flushed)
         return out
 
-    def _backproject(self, index: int, values: npt.NDArray[np.float32], angle_deg: float) -> None:
+    def _backproject(self, index: int, values: npt.NDArray[np.float32], angle_deg: float, event: int) -> None:
         """Add one corrected projection to the partial sums (live slices, sweep)."""
         geometry = self.geometry
         assert geometry is not None
@@ -192,7 +273,7 @@ class FrameProcessor:
             self._sweep.add(values[geometry.sweep_position], angle_deg)
         if not self._partial_frames:
             self._partial_started = time.monotonic()
-        self._partial_frames.append(index)
+        self._partial_frames.append((index, event))
 
     def flush_if_due(self) -> PartialSum | None:
         """On a tick: flush a partial sum that is old enough to matter for the live view.
@@ -214,7 +295,9 @@ class FrameProcessor:
         if not self._blocks or not self._partial_frames or self.geometry is None:
             return None
         sweep = self._sweep.take_partial()[0] if self._sweep is not None else None
-        partial = PartialSum(self.worker_name, self.geometry.recon_id, tuple(self._partial_frames), self._blocks, sweep)
+        indices = tuple(index for index, _ in self._partial_frames)
+        events = tuple(event for _, event in self._partial_frames)
+        partial = PartialSum(self.worker_name, self.geometry.recon_id, indices, self._blocks, sweep, events)
         self._blocks = {}
         self._partial_frames = []
         return partial
@@ -224,6 +307,7 @@ class FrameProcessor:
         self._blocks = {}
         self._sweep = None
         self._partial_frames = []
+        self._shape_votes.clear()
         self._broadcast = BroadcastReferences(self.config)
         if not self.config.keep_references:
             self._shared = None

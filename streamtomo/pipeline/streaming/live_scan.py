@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -51,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 # Settings that fix the arrays' shapes: they cannot change while a scan runs.
+# Distinct frames that must agree on a shape before the reducer takes it as the
+# detector's (results from all workers come here, so two arrive within the first events).
+SHAPE_AGREEMENT = 2
 FIXED_DURING_SCAN = ("rows", "n_projections", "angle_start", "angle_range", "bin")
 
 
@@ -78,6 +82,9 @@ class LiveScan:
         self.sinogram: SinogramAssembler | None = None
         self.ledger: ContributionLedger | None = None
         self._waiting: list[ProjectionRows] = []  # projections whose references are not settled
+        self._held: list[ReferenceRows | ProjectionRows] = []  # waiting for the detector shape
+        self._shape_votes: Counter[tuple[int, int]] = Counter()
+        self._shape_voters: set[tuple[int, int]] = set()  # (frame, event) copies that voted
         self._reference_frames: set[int] = set()
         self.published: dict[str, object] = {}  # what the last snapshot carried (snapshot.py)
         self._waiting_logged = False
@@ -134,19 +141,52 @@ class LiveScan:
     def reject(self, reason: str, detail: str, frame_index: int | None = None, *, counted: bool = False) -> None:
         self.admission.reject(reason, detail, frame_index, counted=counted)
 
-    def _ensure_detector(self, detector: DetectorInfo) -> bool:
+    def _ensure_detector(self, msg: ReferenceRows | ProjectionRows) -> bool:
+        """True: the message fits the detector and goes on now. Until SHAPE_AGREEMENT
+        distinct frames agree on a shape, messages wait here (a malformed first frame
+        must not decide the shape for the whole scan); then they go on in order."""
         if self.state == "failed":
-            self.reject("scan_refused", self.reason)
+            self.reject("scan_refused", self.reason, msg.frame_index)
             return False
+        detector = msg.detector
         if self.detector is None:
-            geometry = geometry_for(self.config, detector)
-            try:
-                check_memory_budget(self.config, detector, geometry)
-            except MemoryBudgetError as error:
-                self.state, self.reason = "failed", str(error)
-                logger.warning("scan refused: %s", error)
-                self.reject("scan_refused", self.reason)
-                return False
+            shape = (detector.rows, detector.cols)
+            voter = (msg.frame_index, msg.event)
+            if voter not in self._shape_voters:
+                self._shape_voters.add(voter)
+                self._shape_votes[shape] += 1
+            self._held.append(msg)
+            if self._shape_votes[shape] >= SHAPE_AGREEMENT:
+                self._settle_detector(detector)
+            return False
+        if (detector.rows, detector.cols) != (self.detector.rows, self.detector.cols):
+            self.reject(
+                "wrong_shape",
+                f"frame {msg.frame_index} has shape {detector.rows}x{detector.cols}, "
+                f"the detector is {self.detector.rows}x{self.detector.cols} (agreed by the first frames)",
+                msg.frame_index,
+            )
+            return False
+        return True
+
+    def release_held(self) -> None:
+        """At the end of the scan: settle on the shape most held frames have (the
+        earliest on a tie), for scans too short to reach agreement."""
+        if self.detector is not None or not self._held:
+            return
+        most = max(self._shape_votes.values())
+        first = next(m for m in self._held if self._shape_votes[(m.detector.rows, m.detector.cols)] == most)
+        self._settle_detector(first.detector)
+
+    def _settle_detector(self, detector: DetectorInfo) -> None:
+        held, self._held = self._held, []
+        geometry = geometry_for(self.config, detector)
+        try:
+            check_memory_budget(self.config, detector, geometry)
+        except MemoryBudgetError as error:
+            self.state, self.reason = "failed", str(error)
+            logger.warning("scan refused: %s", error)
+        else:
             self.detector, self.geometry = detector, geometry
             grid = AngleGrid(
                 self.config.angle_start, self.config.angle_range, self.config.n_projections, self.config.angle_tolerance
@@ -162,20 +202,21 @@ class LiveScan:
                 len(geometry.sinogram_rows),
                 ", ".join(str(int(r)) for r in geometry.slice_rows),
             )
-            return True
-        if (detector.rows, detector.cols) != (self.detector.rows, self.detector.cols):
-            self.reject(
-                "wrong_shape", f"detector {detector.rows}x{detector.cols} != {self.detector.rows}x{self.detector.cols}"
-            )
-            return False
-        return True
+        for msg in held:  # in arrival order, now against the settled detector
+            if isinstance(msg, ReferenceRows):
+                self._add_reference(msg)
+            else:
+                self._add_projection(msg)
 
     def _add_reference(self, ref: ReferenceRows) -> None:
-        if ref.frame_index in self._reference_frames:
-            # Distributed mode broadcasts darks and flats: every worker sends them.
+        broadcast = self.admission.is_copy(ref.frame_index, ref.event) or (
+            ref.event < 0 and ref.frame_index in self._reference_frames
+        )
+        if broadcast:
+            # Distributed mode broadcasts darks and flats: every worker sends the same event.
             self.admission.counts["reference_copies"] += 1
             return
-        if not self._ensure_detector(ref.detector) or not self.admission.first_time(ref.frame_index):
+        if not self._ensure_detector(ref) or not self.admission.first_time(ref.frame_index, ref.event):
             return
         self.admission.accept("darks" if ref.key == ImageKey.DARK else "flats")
         self._reference_frames.add(ref.frame_index)
@@ -183,7 +224,10 @@ class LiveScan:
         self._advance()
 
     def _add_projection(self, msg: ProjectionRows) -> None:
-        if not self._ensure_detector(msg.detector) or not self.admission.first_time(msg.frame_index):
+        if not self._ensure_detector(msg):
+            return
+        if not self.admission.first_time(msg.frame_index, msg.event):
+            self._take_back_duplicate(msg)
             return
         self.admission.counts["frames"] += 1
         self.last_frame_time = time.time()
@@ -194,6 +238,19 @@ class LiveScan:
         # flats before this reducer closed the same batch; it waits like the rest.
         self._waiting.append(msg)
         self._advance()
+
+    def _take_back_duplicate(self, msg: ProjectionRows) -> None:
+        """A second copy of a frame is not averaged in: if its worker already summed it
+        (possibly at another angle), the ledger takes exactly that contribution out."""
+        geometry = self.geometry
+        if self.ledger is None or geometry is None or msg.event < 0:
+            return
+        if msg.reference_version and msg.recon_id == geometry.recon_id:
+            rows = np.asarray(msg.rows, dtype=np.float32)[geometry.slice_positions]
+            key = (msg.frame_index, msg.event)
+            if key in self.ledger.records:
+                return  # the same copy again (one event delivered twice): nothing to tell apart
+            self.ledger.place(key, REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
 
     # -- references -----------------------------------------------------------------
     def _batch_complete(self) -> bool:
@@ -254,7 +311,7 @@ class LiveScan:
             if msg.reference_version and msg.recon_id == geometry.recon_id:
                 # Its worker already summed it: the ledger takes it out of every product.
                 rows = np.asarray(msg.rows, dtype=np.float32)[geometry.slice_positions]
-                self.ledger.place(msg.frame_index, REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
+                self.ledger.place((msg.frame_index, msg.event), REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
             return
         rows = np.asarray(msg.rows)
         worker_rows: FloatArray | None = None
@@ -280,7 +337,7 @@ class LiveScan:
             worker_rows = slice_values
         if msg.recon_id != geometry.recon_id:
             worker_rows = None  # made with other settings: its partial sum is dropped
-        self.ledger.place(msg.frame_index, slot, msg.angle_deg, slice_values, worker_rows)
+        self.ledger.place((msg.frame_index, msg.event), slot, msg.angle_deg, slice_values, worker_rows)
         if count > 1:
             self.ledger.slot_changed(slot)
 
@@ -311,11 +368,11 @@ class LiveScan:
         # for every frame's own rows (the slice rows may have changed). Nothing of the
         # old sums is kept: partial sums made with the new settings before this point
         # cannot be told apart, so the ledger drops them and rebuilds here.
-        for index, record in old.records.items():
+        for key, record in old.records.items():
             if record.slot == REJECTED_SLOT:
                 continue
             values = np.ascontiguousarray(self.sinogram.by_angle[record.slot][geometry.slice_positions])
-            self.ledger.place(index, record.slot, record.angle_deg, values, None)
+            self.ledger.place(key, record.slot, record.angle_deg, values, None)
         self.ledger.slot_ratio = old.slot_ratio
         done = self.reconcile(backfill=True)
         logger.info("live settings changed (%s): rebuilt %d projections", geometry.recon_id, done)

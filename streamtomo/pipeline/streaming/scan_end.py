@@ -21,6 +21,7 @@ from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.reconstruction.backends.common import coverage_warnings_logged
 from streamtomo.pipeline.reconstruction.cor import auto_center
 from streamtomo.pipeline.reconstruction.fbp import angular_weights
+from streamtomo.pipeline.streaming.contributions import FrameKey
 
 if TYPE_CHECKING:
     from streamtomo.pipeline.streaming.live_scan import LiveScan
@@ -31,6 +32,7 @@ MIN_PROJECTIONS_FOR_AUTO_CENTER = 8
 
 def finish(scan: LiveScan, volume_follows: bool) -> None:
     """Everything arrived: apply late references, backfill, then say what is final."""
+    scan.release_held()  # a scan too short for two frames to agree on the shape
     refs = scan.references
     waiting = scan.take_waiting()
     # Whatever is still open is complete now; flats after the last projection are
@@ -57,7 +59,7 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
     if current is not None and current.flat_after is not None and scan.ledger is not None:
         interpolate_flats(scan, current)
     if scan.ledger is not None:
-        for index in scan.ledger.take_orphan_partials():
+        for index, _event in scan.ledger.take_orphan_partials():
             scan.reject(
                 "orphan_partial",
                 f"frame {index} is in a partial sum but its rows never came",
@@ -103,19 +105,19 @@ def interpolate_flats(scan: LiveScan, refs: ReferenceSet) -> None:
         before = scan.references.newest_before_scan_end()
     except ValueError:
         return  # no flats before the projections: the set after is all there is
-    slot_frames: dict[int, list[int]] = {}
-    for index, record in scan.ledger.records.items():
+    slot_frames: dict[int, list[FrameKey]] = {}
+    for key, record in scan.ledger.records.items():
         if record.slot >= 0:
-            slot_frames.setdefault(record.slot, []).append(index)
-    for slot, indices in slot_frames.items():
+            slot_frames.setdefault(record.slot, []).append(key)
+    for slot, keys in slot_frames.items():
         stored = scan.sinogram.by_angle[slot]
         raw = before.uncorrect(stored)
-        corrector = Corrector(refs.dark, refs.flat_for(int(np.mean(indices))), refs.version)
+        corrector = Corrector(refs.dark, refs.flat_for(int(np.mean([index for index, _ in keys]))), refs.version)
         stored[...] = corrector.correct(raw)
         scan.sinogram.dirty_slots.add(slot)
-        for index in indices:
+        for key in keys:
             # Slot mean stands in for the frame's rows (see LiveScan.reconfigure).
-            scan.ledger.records[index].values = np.ascontiguousarray(stored[scan.geometry.slice_positions])
+            scan.ledger.records[key].values = np.ascontiguousarray(stored[scan.geometry.slice_positions])
         scan.ledger.slot_changed(slot)
     scan.admission.counts["flats_interpolated"] = 1
     logger.info("flats after the scan: sinogram re-corrected with flats interpolated by frame number")
