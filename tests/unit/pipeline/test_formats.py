@@ -122,7 +122,10 @@ _BS_HEAD = _image_head(shape=[10, 10], compression="bslz4")
         ([_image_head(image_key=float("nan")), _GOOD], "NaN is not a finite number"),
         ([b'{"htype": "image", "x": 1e999}', _GOOD], "is not finite"),
         ([b"[" * 50_000 + b"]" * 50_000], "nests deeper than 32 levels"),
-        ([b'{"htype": "header", "msg_number": 0, "filename": "", "m": ' + b"[" * 3000 + b"]" * 3000 + b"}"], "nests deeper"),
+        (
+            [b'{"htype": "header", "msg_number": 0, "filename": "", "m": ' + b"[" * 3000 + b"]" * 3000 + b"}"],
+            "nests deeper",
+        ),
         ([b'{"a": "' + b"x" * (1 << 21) + b'"}'], "bytes of JSON, more than"),
         ([_image_head(shape="2x2"), _GOOD], "shape must be a list"),
         ([_image_head(frame="0"), _GOOD], "needs integer 'frame'"),
