@@ -16,7 +16,7 @@ from typing import Any
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats import eiger, pcap, stins
-from streamtomo.pipeline.formats.kinds import FrameKindRule
+from streamtomo.pipeline.formats.kinds import FrameKindRule, FrameNumbering
 from streamtomo.pipeline.scan import Frame, ImageKey
 
 TS_FIELD = pcap.PcapField("PCAP.TS_TRIG", "double", "Value", 8e-09, 0.0, "s")
@@ -85,6 +85,7 @@ def recorded_events(paths: Sequence[str | Path], config: PipelineConfig) -> list
     from streamtomo.app.recordings import read_events  # dranspose, lazily
 
     rule = FrameKindRule.from_config(config)  # the rule the workers apply
+    numbering = FrameNumbering(config.fixed_frame_base())  # and their frame positions
     events: list[BeamlineEvent] = []
     for number, streams in read_events([str(p) for p in paths]):
         detector: list[bytes] = []
@@ -97,12 +98,14 @@ def recorded_events(paths: Sequence[str | Path], config: PipelineConfig) -> list
                 angle = b"".join(parts)
             elif data.typ in (stins.STREAM_TYPE, eiger.STREAM_TYPE):
                 detector = parts
-                frame, key = _frame_kind(parts, rule)
+                frame, key = _frame_kind(parts, rule, numbering, number)
         events.append(BeamlineEvent(number, detector, angle, frame, key))
     return events
 
 
-def _frame_kind(parts: Sequence[bytes], rule: FrameKindRule) -> tuple[int | None, ImageKey | None]:
+def _frame_kind(
+    parts: Sequence[bytes], rule: FrameKindRule, numbering: FrameNumbering, event_number: int
+) -> tuple[int | None, ImageKey | None]:
     """Frame number and kind from a detector message's JSON header (data not decoded)."""
     try:
         head = json.loads(parts[0])
@@ -117,8 +120,9 @@ def _frame_kind(parts: Sequence[bytes], rule: FrameKindRule) -> tuple[int | None
             extra.update(appendix if isinstance(appendix, dict) else {})
         except ValueError:
             pass
+    position = numbering.position(head["frame"], event_number)
     try:
-        return head["frame"], rule.kind(head["frame"], extra)
+        return head["frame"], rule.kind(position, extra)
     except (ValueError, KeyError):
         return head["frame"], ImageKey.PROJECTION
 

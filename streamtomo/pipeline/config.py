@@ -56,6 +56,12 @@ class PipelineConfig:
         default="image_key",
         metadata={"help": "image header key holding the NXtomo image_key when kind_rule is 'header'"},
     )
+    frame_base: str = field(
+        default="auto",
+        metadata={
+            "help": "detector frame number of the scan's first frame (0 or 1 at most beamlines); 'auto': from the first image a worker sees, as its frame number minus (its event number - 1), since dranspose numbers a scan's events from 0 with the detector header as event 0"
+        },
+    )
     n_darks_before: int = field(
         default=10, metadata={"help": "dark frames before the projections (kind_rule 'counts')"}
     )
@@ -176,6 +182,7 @@ class PipelineConfig:
         for name in ("n_darks_before", "n_flats_before", "n_flats_after", "n_darks_after", "slice_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self.fixed_frame_base()  # 'auto' or an integer >= 0
         if self.n_projections < 1:
             raise ConfigError(f"n_projections must be >= 1, got {self.n_projections}")
         if self.bin not in BINNINGS:
@@ -231,6 +238,19 @@ class PipelineConfig:
     @property
     def angle_step(self) -> float:
         return self.angle_range / self.n_projections
+
+    def fixed_frame_base(self) -> int | None:
+        """``frame_base`` as a number; None for 'auto' (found from the stream)."""
+        text = self.frame_base.strip().lower()
+        if text == "auto":
+            return None
+        try:
+            base = int(text)
+        except ValueError:
+            base = -1
+        if base < 0:
+            raise ConfigError(f"frame_base must be 'auto' or an integer >= 0, got {self.frame_base!r}")
+        return base
 
     def expected_frames(self) -> int | None:
         """Frames the scan should have: known for ``kind_rule`` ``counts``, else None."""

@@ -17,7 +17,7 @@ from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats.eiger import STREAM_TYPE as EIGER_LEGACY
 from streamtomo.pipeline.formats.eiger import decode_eiger_legacy
 from streamtomo.pipeline.formats.errors import FrameError
-from streamtomo.pipeline.formats.kinds import FrameKindRule
+from streamtomo.pipeline.formats.kinds import FrameKindRule, FrameNumbering
 from streamtomo.pipeline.formats.pcap import PcapEnd, PcapHeader, PcapValues, angle_from_values, decode_pcap_event
 from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage, decode_stins
 from streamtomo.pipeline.messages import Rejected, StreamEnded, WorkerResult
@@ -36,6 +36,7 @@ class TomoWorker:
         name = getattr(state, "name", None) or "worker"
         self.processor = FrameProcessor(config, str(name))
         self.rule = FrameKindRule.from_config(config)
+        self.numbering = FrameNumbering(config.fixed_frame_base())
         self.pcap_header: PcapHeader | None = None
 
     @staticmethod
@@ -53,6 +54,8 @@ class TomoWorker:
         params = parameters or {}
         config = self._params.config(params)
         if config != self.processor.config:
+            if config.frame_base != self.processor.config.frame_base:
+                self.numbering = FrameNumbering(config.fixed_frame_base())
             pending = self.processor.configure(config)
             self.rule = FrameKindRule.from_config(config)
             if pending is not None:
@@ -73,6 +76,7 @@ class TomoWorker:
     def finish(self, parameters: dict[Any, Any] | None = None) -> None:
         # dranspose drops this return value; the reducer backfills what was unsent.
         self.processor.reset()
+        self.numbering.reset()
         self.pcap_header = None
 
     # -- decoding -------------------------------------------------------------------
@@ -115,6 +119,7 @@ class TomoWorker:
             result.items.append(Rejected(None, "corrupt_frame", f"event {event_number}: {error}"))
             return
         if isinstance(message, StinsHeader):
+            self.numbering.reset()  # a new series numbers its frames anew
             return
         if isinstance(message, StinsEnd):
             flushed = self.processor.flush()
@@ -123,23 +128,35 @@ class TomoWorker:
             result.items.append(StreamEnded())
             return
         assert isinstance(message, StinsImage)
+        # Everything downstream (kinds, nominal angles, the reducer's frame indices and
+        # lost_frames) counts 0-based positions in the scan, whatever the detector's base.
+        index = self.numbering.position(message.frame, event_number)
+        if index < 0:
+            result.items.append(
+                Rejected(
+                    None,
+                    "frame_before_base",
+                    f"event {event_number}: detector frame {message.frame} lies before the scan's first frame "
+                    f"{self.numbering.base} (frame_base {config.frame_base!r})",
+                )
+            )
+            return
         try:
-            key = self.rule.kind(message.frame, message.extra)
+            key = self.rule.kind(index, message.extra)
         except FrameError as error:
-            result.items.append(Rejected(message.frame, "unknown_kind", str(error)))
+            result.items.append(Rejected(index, "unknown_kind", str(error)))
             return
         measured = angle is not None
         if key == ImageKey.PROJECTION and angle is None and config.kind_rule == "counts":
             # No usable angle: the nominal one from the frame's position keeps the frame.
-            projection = message.frame - config.n_darks_before - config.n_flats_before
-            angle = config.nominal_angle(projection)
+            angle = config.nominal_angle(index - config.n_darks_before - config.n_flats_before)
             if angle_error:
-                logger.debug("frame %d: %s; using nominal angle %.3f", message.frame, angle_error, angle)
+                logger.debug("frame %d: %s; using nominal angle %.3f", index, angle_error, angle)
         try:
-            result.items.extend(self.processor.process(message.frame, key, message.array, angle, measured))
+            result.items.extend(self.processor.process(index, key, message.array, angle, measured))
         except (ValueError, MemoryError, FloatingPointError) as error:
             # Settings this worker cannot apply (or a frame it cannot handle) must not
             # lose the frame silently, as dranspose does with an exception (one ERROR
             # line, no result): the reducer counts it under its own reason.
-            logger.warning("frame %d could not be processed: %r", message.frame, error)
-            result.items.append(Rejected(message.frame, "worker_failed", f"frame {message.frame}: {error!r}"))
+            logger.warning("frame %d could not be processed: %r", index, error)
+            result.items.append(Rejected(index, "worker_failed", f"frame {index}: {error!r}"))

@@ -8,6 +8,7 @@ then projections. Recording readers and workers share this rule so they agree.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from streamtomo.pipeline.scan import ImageKey, image_key_from_name
 
 if TYPE_CHECKING:
     from streamtomo.pipeline.config import PipelineConfig
+
+logger = logging.getLogger(__name__)
 
 Segment = tuple[ImageKey, int | None]  # (kind, count); None: all remaining frames
 
@@ -119,3 +122,39 @@ class FrameKindRule:
         if self.require_header:
             raise FrameError(f"frame {position} has no {self.header_key!r} in its header")
         return self.by_position(position)
+
+
+class FrameNumbering:
+    """Detector frame numbers to 0-based positions in the scan: ``frame - base``.
+
+    Detectors number their frames from 0 (dranspose's own recordings) or from 1
+    (the Orca at MAX IV DanMAX); kinds by position and nominal angles need the
+    position. A fixed ``base`` is taken as given. With ``base`` None ('auto') the
+    first image this instance sees fixes it for the series as
+    ``frame - (event_number - 1)``: dranspose numbers a scan's events from 0 and
+    the detector's header is event 0, so the image of event ``e`` is the scan's
+    frame ``e - 1``. That holds for any image, so a worker that sees only some
+    events in distributed mode finds the same base as one that sees them all
+    (replay); the first image alone could not tell a worker so. Frames the
+    detector skipped before a worker's first image would shift its base: a fixed
+    ``frame_base`` is the remedy there.
+    """
+
+    def __init__(self, base: int | None = None) -> None:
+        self.fixed = base
+        self.base = base
+
+    def reset(self) -> None:
+        """A new series: 'auto' looks again."""
+        self.base = self.fixed
+
+    def position(self, frame: int, event_number: int | None) -> int:
+        """The frame's 0-based position; negative when it lies before the base."""
+        if self.base is None:
+            # Event numbers below 1 (no header event) cannot place the frame: it is the first.
+            offset = max((event_number or 1) - 1, 0)
+            # A detector counter never starts below 0: more events than frames before
+            # this one (a mapping with extra events) must not make positions up.
+            self.base = max(frame - offset, 0)
+            logger.info("frame numbers start at %d (frame %d in event %s)", self.base, frame, event_number)
+        return frame - self.base
