@@ -86,6 +86,12 @@ class PipelineConfig:
     )
     counts_per_degree: float = field(default=1000.0, metadata={"help": "encoder counts per degree"})
     encoder_offset: float = field(default=0.0, metadata={"help": "angle in degrees at encoder count 0"})
+    encoder_bits: int = field(
+        default=32,
+        metadata={
+            "help": "width of the encoder counter, bits (0: it never wraps); angles are unwrapped modulo 2^bits counts to the turn of the scan's angle grid, and a frame whose exposure straddled the wrap (the field's Min/Max show it) is rejected as encoder_wrapped"
+        },
+    )
     rows: str = field(
         default="all", metadata={"help": "detector rows assembled into sinograms: 'all', 'a:b[:step]' or 'r1,r2,...'"}
     )
@@ -201,6 +207,8 @@ class PipelineConfig:
             raise ConfigError(f"angle_tolerance must be in (0, 0.5] steps, got {self.angle_tolerance}")
         if self.counts_per_degree == 0 or not math.isfinite(self.counts_per_degree):
             raise ConfigError(f"counts_per_degree must be finite and non-zero, got {self.counts_per_degree}")
+        if not (0 <= self.encoder_bits <= 64):
+            raise ConfigError(f"encoder_bits must be in 0..64 (0: no wrap), got {self.encoder_bits}")
         if self.publish_interval <= 0:
             raise ConfigError(f"publish_interval must be > 0, got {self.publish_interval}")
         if self.slice_size > MAX_SLICE_SIZE:
@@ -257,6 +265,11 @@ class PipelineConfig:
         if self.kind_rule != "counts":
             return None
         return self.n_darks_before + self.n_flats_before + self.n_projections + self.n_flats_after + self.n_darks_after
+
+    def grid_middle(self) -> float:
+        """The middle of the scan's angle grid: wrapped encoder angles are unwrapped
+        to the turn nearest it."""
+        return self.angle_start + self.angle_range / 2.0
 
     def nominal_angle(self, projection_index: int) -> float:
         return self.angle_start + projection_index * self.angle_step

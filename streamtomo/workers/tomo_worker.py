@@ -16,7 +16,7 @@ from streamtomo.dranspose_parameters import ConfigCache, describe_parameters
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats.eiger import STREAM_TYPE as EIGER_LEGACY
 from streamtomo.pipeline.formats.eiger import decode_eiger_legacy
-from streamtomo.pipeline.formats.errors import FrameError
+from streamtomo.pipeline.formats.errors import AngleError, EncoderFieldMissing, FrameError, PcapHeaderMissing
 from streamtomo.pipeline.formats.kinds import FrameKindRule, FrameNumbering
 from streamtomo.pipeline.formats.pcap import PcapEnd, PcapHeader, PcapValues, angle_from_values, decode_pcap_event
 from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage, decode_stins
@@ -80,35 +80,59 @@ class TomoWorker:
         self.pcap_header = None
 
     # -- decoding -------------------------------------------------------------------
-    def _angle(self, event: Any, config: PipelineConfig) -> tuple[float | None, str | None]:
+    def _angle(self, event: Any, config: PipelineConfig) -> tuple[float | None, AngleError | None]:
+        """The event's measured angle, or why there is none (None, None: no angle is
+        due, as in the header and end events, or ``angle_stream`` is empty)."""
         if not config.angle_stream:
             return None, None
         stream = getattr(event, "streams", {}).get(config.angle_stream)
         if stream is None:
-            return None, "no angle in this event"
+            return None, AngleError(
+                f"the angle stream {config.angle_stream!r} is not in this event (angle_stream '' uses nominal angles)"
+            )
         try:
             message = decode_pcap_event(stream.frames, self.pcap_header)
         except FrameError as error:
-            return None, str(error)
+            return None, AngleError(f"its PandA values cannot be read: {error}")
         if isinstance(message, PcapHeader):
             self.pcap_header = message
             return None, None
         if isinstance(message, PcapEnd):
             return None, None
         assert isinstance(message, PcapValues)
+        if self.pcap_header is None:
+            # Unnamed values: which one is the encoder only the header says. Guessing a
+            # column, or the nominal angle, would place the frame silently wrong.
+            return None, PcapHeaderMissing(
+                f"PandA values {list(message.raw)} came without the PandA header on this worker: "
+                f"no way to find {config.encoder_field!r} among them"
+            )
+        if config.encoder_field not in message.values:
+            # A configuration error: every frame of the scan is refused, with the fields to choose from.
+            return None, EncoderFieldMissing(
+                f"encoder_field {config.encoder_field!r} is not in the PandA header, which captures "
+                f"{', '.join(self.pcap_header.keys)}"
+            )
         try:
             return angle_from_values(
-                message.values, config.encoder_field, config.counts_per_degree, config.encoder_offset
+                message.values,
+                config.encoder_field,
+                config.counts_per_degree,
+                config.encoder_offset,
+                config.encoder_bits,
+                config.grid_middle(),
             ), None
+        except AngleError as error:
+            return None, error
         except FrameError as error:
-            return None, str(error)
+            return None, AngleError(str(error))
 
     def _detector(
         self,
         stream: Any,
         event_number: int,
         angle: float | None,
-        angle_error: str | None,
+        angle_error: AngleError | None,
         config: PipelineConfig,
         result: WorkerResult,
     ) -> None:
@@ -146,12 +170,15 @@ class TomoWorker:
         except FrameError as error:
             result.items.append(Rejected(index, "unknown_kind", str(error)))
             return
+        if angle_error is not None and (key == ImageKey.PROJECTION or isinstance(angle_error, EncoderFieldMissing)):
+            # A projection without its measured angle is refused under the angle's own
+            # reason; a wrong encoder_field refuses every frame (the scan is misconfigured).
+            result.items.append(Rejected(index, angle_error.reason, f"frame {index}: {angle_error}"))
+            return
         measured = angle is not None
-        if key == ImageKey.PROJECTION and angle is None and config.kind_rule == "counts":
-            # No usable angle: the nominal one from the frame's position keeps the frame.
+        if key == ImageKey.PROJECTION and angle is None and not config.angle_stream and config.kind_rule == "counts":
+            # No angle stream configured: the nominal angle from the frame's position.
             angle = config.nominal_angle(index - config.n_darks_before - config.n_flats_before)
-            if angle_error:
-                logger.debug("frame %d: %s; using nominal angle %.3f", index, angle_error, angle)
         try:
             result.items.extend(self.processor.process(index, key, message.array, angle, measured))
         except (ValueError, MemoryError, FloatingPointError) as error:

@@ -62,11 +62,17 @@ def events(detector: Sequence[list[bytes]], angle: Sequence[bytes] | None = None
     return out
 
 
-def run_scan(scan_events: Sequence[EventData], values: dict[str, object], workers: int = 1) -> LiveScan:
+def run_scan(
+    scan_events: Sequence[EventData],
+    values: dict[str, object],
+    workers: int = 1,
+    header_to: Sequence[int] | None = None,
+) -> LiveScan:
     """Events to workers as dranspose routes them, results to the reducer's core.
 
-    With several workers each event goes to one of them (the headers to the first
-    only, as ``replay`` does), the ends to all (as a deployment's ``all_wrap`` does).
+    With several workers each event goes to one of them, the headers (event 0) and the
+    ends to all, as ``replay`` (it broadcasts the first event) and a deployment's
+    ``all_wrap`` sequence do. ``header_to`` limits the headers to those workers.
     """
     params = parameters(values)
     scan = LiveScan(PipelineConfig.from_mapping(values))
@@ -74,7 +80,10 @@ def run_scan(scan_events: Sequence[EventData], values: dict[str, object], worker
     last = len(scan_events) - 1
     for event in scan_events:
         number = int(event.event_number)
-        targets = pool if number == last else [pool[(number * 7) % workers]]
+        if number == 0:
+            targets = pool if header_to is None else [pool[i] for i in header_to]
+        else:
+            targets = pool if number == last else [pool[(number * 7) % workers]]
         for worker in targets:
             result = worker.process_event(event, params)
             if result is not None:
@@ -145,3 +154,123 @@ def test_auto_base_is_found_from_any_event() -> None:
     numbering.reset()
     assert numbering.position(5, 6) == 5  # 0-based: event 6 holds frame 5
     assert np.isclose(numbering.base or 0, 0)
+
+
+# -- 2, 3. the PandA encoder ------------------------------------------------------------
+
+COUNTS_PER_DEGREE = 11930463.0  # DanMAX: 2^32 counts are 360 degrees (and 0.00005)
+OFFSET = -50.0
+RANGE = 2**32
+DANMAX_FIELDS = [
+    TS,
+    pcap.PcapField("INENC2.VAL", "double", "Mean", 1.0, 0.0, ""),
+    pcap.PcapField("INENC2.VAL", "double", "Min", 1.0, 0.0, ""),
+    pcap.PcapField("INENC2.VAL", "double", "Max", 1.0, 0.0, ""),
+    pcap.PcapField("SFP3_SYNC_IN.POS1", "double", "Mean", 1.0, 0.0, ""),
+    pcap.PcapField("PCAP.BITS0", "uint32", "Value"),
+]
+
+
+def wrapped(angle_deg: np.ndarray) -> np.ndarray:
+    """The signed 32-bit counter at these angles."""
+    counts = np.rint((angle_deg - OFFSET) * COUNTS_PER_DEGREE).astype(np.int64)
+    return (counts + 2**31) % RANGE - 2**31
+
+
+def danmax_line(number: int, angle_deg: float, exposure_deg: float = 0.5) -> bytes:
+    """The PandA's capture over one exposure centred on ``angle_deg``: Mean, Min and
+    Max of the wrapping counter, as the PandA computes them."""
+    counts = wrapped(angle_deg + np.linspace(-exposure_deg / 2, exposure_deg / 2, 201))
+    mean, low, high = float(counts.mean()), int(counts.min()), int(counts.max())
+    return pcap.encode_pcap_values([number * 0.1, mean, low, high, mean, 0])
+
+
+def danmax_scan(angles: Sequence[float], encoder_fields: Sequence[pcap.PcapField] = DANMAX_FIELDS) -> list[EventData]:
+    """Darks and flats (stage parked at the first angle), then projections at ``angles``."""
+    frames = list(synthetic_scan(N_DARKS, N_FLATS, len(angles), rows=4, cols=32))
+    frames = [Frame(f.index + 1, f.key, f.data, f.angle_deg) for f in frames]  # the Orca counts from 1
+    at = [angles[0]] * (N_DARKS + N_FLATS) + list(angles)
+    angle = [pcap.encode_pcap_header(encoder_fields, "2024-11-05T10:00:00.000Z")]
+    angle += [danmax_line(n, a) for n, a in enumerate(at, start=1)]
+    angle.append(pcap.encode_pcap_end(len(at)))
+    return events(detector_events(frames), angle)
+
+
+def danmax_config(n: int, **values: object) -> dict[str, object]:
+    base = counts_config(
+        n_projections=n,
+        angle_stream="angle",
+        encoder_field="INENC2.VAL.Mean",
+        counts_per_degree=COUNTS_PER_DEGREE,
+        encoder_offset=OFFSET,
+    )
+    base.update(values)
+    return base
+
+
+# ``ascanct tom_ry`` in 18-degree steps through the counter's wrap (at 130 degrees with
+# the -50 offset): 152.8, 170.8 and 188.8 lie past it.
+STEPPED = [8.8 + 18.0 * i for i in range(11)]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_angles_continue_across_the_encoder_wrap(workers: int) -> None:
+    assert wrapped(np.array(STEPPED[-3:])).max() < 0  # the counter did wrap
+    config = danmax_config(len(STEPPED), angle_start=8.8, angle_range=18.0 * len(STEPPED))
+    scan = run_scan(danmax_scan(STEPPED), config, workers)
+    assert scan.rejected == {}
+    assert scan.state == "finished" and scan.status()["projections"] == len(STEPPED)
+    assert scan.sinogram is not None
+    np.testing.assert_allclose(scan.sinogram.angles(), STEPPED, atol=1e-3)
+
+
+def test_an_exposure_that_straddles_the_wrap_is_rejected_with_its_reason() -> None:
+    angles = [4.0 + 18.0 * i for i in range(11)]  # 130.0: the counter wraps mid-exposure
+    scan = run_scan(danmax_scan(angles), danmax_config(len(angles), angle_start=4.0, angle_range=198.0), 2)
+    assert scan.rejected == {"encoder_wrapped": 1}
+    assert scan.sinogram is not None
+    assert list(scan.sinogram.missing_slots()) == [7]
+    filled = scan.sinogram.filled_slots()
+    np.testing.assert_allclose(scan.sinogram.angles()[filled], np.array(angles)[filled], atol=1e-3)
+
+
+def test_the_wrap_unwraps_to_the_turn_of_the_angle_grid() -> None:
+    values = {"INENC2.VAL.Mean": float(wrapped(np.array([188.8]))[0])}
+    raw = pcap.angle_from_values(values, "INENC2.VAL.Mean", COUNTS_PER_DEGREE, OFFSET)
+    assert raw == pytest.approx(188.8 - 360.0, abs=1e-3)  # what a non-wrapping reading says
+    unwrapped = pcap.angle_from_values(values, "INENC2.VAL.Mean", COUNTS_PER_DEGREE, OFFSET, 32, near_deg=98.8)
+    assert unwrapped == pytest.approx(188.8, abs=1e-3)
+    # encoder_bits 0: no wrap, the reading as it is.
+    assert pcap.angle_from_values(values, "INENC2.VAL.Mean", COUNTS_PER_DEGREE, OFFSET, 0, 98.8) == raw
+
+
+def test_a_missing_encoder_field_rejects_every_frame_and_names_the_captured_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The default INENC1.VAL.Mean, which this PandA does not capture.
+    config = danmax_config(len(STEPPED), angle_start=8.8, angle_range=198.0, encoder_field="INENC1.VAL.Mean")
+    scan = run_scan(danmax_scan(STEPPED), config, 2)
+    assert scan.rejected == {"encoder_field_missing": N_DARKS + N_FLATS + len(STEPPED)}
+    assert scan.state == "failed"
+    warning = next(r.getMessage() for r in caplog.records if "encoder_field_missing" in r.getMessage())
+    assert "'INENC1.VAL.Mean' is not in the PandA header" in warning
+    assert "INENC2.VAL.Mean, INENC2.VAL.Min, INENC2.VAL.Max, SFP3_SYNC_IN.POS1.Mean" in warning
+
+
+def test_a_worker_without_the_pandas_header_rejects_projections_instead_of_guessing() -> None:
+    # Worker 0 saw the header, the others did not: their projections are refused with a
+    # reason, none gets a nominal angle.
+    config = danmax_config(len(STEPPED), angle_start=8.8, angle_range=198.0)
+    scan = run_scan(danmax_scan(STEPPED), config, 3, header_to=[0])
+    assert set(scan.rejected) == {"pcap_header_missing"}
+    assert scan.counts.get("nominal_angles", 0) == 0
+    assert scan.status()["projections"] + scan.rejected["pcap_header_missing"] == len(STEPPED)
+
+
+def test_a_projection_without_its_angle_is_rejected_when_an_angle_stream_is_configured() -> None:
+    scan_events = danmax_scan(STEPPED)
+    gap = scan_events[N_DARKS + N_FLATS + 3]  # the 3rd projection's event loses its angle
+    del gap.streams[StreamName("angle")]
+    scan = run_scan(scan_events, danmax_config(len(STEPPED), angle_start=8.8, angle_range=198.0))
+    assert scan.rejected == {"missing_angle": 1}
+    assert scan.counts.get("nominal_angles", 0) == 0
