@@ -77,6 +77,12 @@ class PipelineConfig:
     angle_range: float = field(
         default=180.0, metadata={"help": "angular range covered by the projections, degrees (180 or 360)"}
     )
+    angle_step: float = field(
+        default=0.0,
+        metadata={
+            "help": "degrees between projections; > 0: overrides angle_range (the grid is angle_start + i * angle_step), so an inclusive scan (91 projections from -88.2 to 91.8 degrees: 2) needs no arithmetic; a last projection one turn after the first is averaged into the first slot"
+        },
+    )
     angle_tolerance: float = field(
         default=0.5,
         metadata={"help": "largest distance from a slot, in angular steps, for a measured angle to be accepted"},
@@ -203,6 +209,15 @@ class PipelineConfig:
             raise ConfigError(f"flush_every must be >= 0 (0: from the size of a partial sum), got {self.flush_every}")
         if not (0 < self.angle_range <= 360):
             raise ConfigError(f"angle_range must be in (0, 360] degrees, got {self.angle_range}")
+        if not (self.angle_step >= 0 and math.isfinite(self.angle_step)):
+            raise ConfigError(
+                f"angle_step must be >= 0 degrees (0: angle_range / n_projections), got {self.angle_step}"
+            )
+        if self.angle_step * (self.n_projections - 1) > 360.0 + 1e-9:
+            raise ConfigError(
+                f"angle_step {self.angle_step:g} x (n_projections {self.n_projections} - 1) spans "
+                f"{self.angle_step * (self.n_projections - 1):g} degrees: more than one turn"
+            )
         if not (0 < self.angle_tolerance <= 0.5):
             raise ConfigError(f"angle_tolerance must be in (0, 0.5] steps, got {self.angle_tolerance}")
         if self.counts_per_degree == 0 or not math.isfinite(self.counts_per_degree):
@@ -244,8 +259,18 @@ class PipelineConfig:
 
     # -- derived values -------------------------------------------------------------
     @property
-    def angle_step(self) -> float:
-        return self.angle_range / self.n_projections
+    def slot_step(self) -> float:
+        """Degrees between the angle slots: ``angle_step``, else angle_range / n_projections."""
+        return self.angle_step if self.angle_step > 0 else self.angle_range / self.n_projections
+
+    def angle_slots(self) -> int:
+        """Distinct angle slots: ``n_projections``, less the projections one turn after
+        the first (an inclusive 360-degree scan's endpoint), which share the first slots."""
+        turn = 360.0 / self.slot_step
+        whole = round(turn)
+        if self.n_projections > whole and abs(turn - whole) <= 1e-6 * turn:
+            return whole
+        return self.n_projections
 
     def fixed_frame_base(self) -> int | None:
         """``frame_base`` as a number; None for 'auto' (found from the stream)."""
@@ -269,10 +294,10 @@ class PipelineConfig:
     def grid_middle(self) -> float:
         """The middle of the scan's angle grid: wrapped encoder angles are unwrapped
         to the turn nearest it."""
-        return self.angle_start + self.angle_range / 2.0
+        return self.angle_start + self.slot_step * (self.n_projections - 1) / 2.0
 
     def nominal_angle(self, projection_index: int) -> float:
-        return self.angle_start + projection_index * self.angle_step
+        return self.angle_start + projection_index * self.slot_step
 
     def center_value(self, cols: int) -> float:
         """The rotation axis column, checked against the detector width."""

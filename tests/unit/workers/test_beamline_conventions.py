@@ -274,3 +274,53 @@ def test_a_projection_without_its_angle_is_rejected_when_an_angle_stream_is_conf
     scan = run_scan(scan_events, danmax_config(len(STEPPED), angle_start=8.8, angle_range=198.0))
     assert scan.rejected == {"missing_angle": 1}
     assert scan.counts.get("nominal_angles", 0) == 0
+
+
+# -- 10. angle grids --------------------------------------------------------------------
+
+INCLUSIVE = [-88.2 + 2.0 * i for i in range(91)]  # both ends: 182 degrees of grid
+
+
+def test_an_inclusive_scan_fits_its_grid_with_angle_step() -> None:
+    config = danmax_config(len(INCLUSIVE), angle_start=-88.2, angle_step=2.0)
+    scan = run_scan(danmax_scan(INCLUSIVE), config, 2)
+    assert scan.rejected == {}
+    assert scan.sinogram is not None and scan.sinogram.missing_slots().size == 0
+    np.testing.assert_allclose(scan.sinogram.angles(), INCLUSIVE, atol=1e-3)
+
+
+def test_an_angle_off_the_grid_is_reported_with_the_grid_and_the_measured_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The natural angle_range=180 gives a step of 180/91: the last frames miss their slots.
+    scan = run_scan(danmax_scan(INCLUSIVE), danmax_config(len(INCLUSIVE), angle_start=-88.2), 1)
+    assert scan.rejected.get("unknown_angle", 0) > 0
+    warning = next(r.getMessage() for r in caplog.records if "unknown_angle" in r.getMessage())
+    assert "the grid of 91 angles from -88.2 deg in steps of 1.97802 deg" in warning
+    assert "the measured angles so far step by 2 deg: set angle_step=2" in warning
+
+
+def test_the_endpoint_of_a_full_turn_is_averaged_into_the_first_slot() -> None:
+    # 5, 15, ..., 365 degrees through the wrapping encoder (no exposure straddles its
+    # wrap at 130): 37 frames, 36 slots.
+    turn = [5.0 + 10.0 * i for i in range(37)]
+    config = danmax_config(len(turn), angle_start=5.0, angle_step=10.0)
+    assert PipelineConfig.from_mapping(config).angle_slots() == 36
+    scan = run_scan(danmax_scan(turn), config, 3)
+    assert scan.rejected == {}
+    assert scan.status()["projections"] == 37
+    assert scan.sinogram is not None and scan.sinogram.grid.n == 36
+    assert list(scan.sinogram.counts) == [2] + [1] * 35
+    np.testing.assert_allclose(scan.sinogram.angles(), turn[:36], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"angle_step": -1.0}, "angle_step must be >= 0"),
+        ({"angle_step": 2.0, "n_projections": 200}, r"spans 398 degrees: more than one turn"),
+    ],
+)
+def test_angle_step_is_checked(values: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PipelineConfig.from_mapping(values)
