@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from streamtomo.pipeline.formats.kinds import FrameKindRule, Segment
+from streamtomo.pipeline.scan import ImageKey
+
 FILTERS = ("ramp", "shepp-logan", "hann")
 KIND_RULES = ("counts", "header")
 COMPRESSIONS = ("none", "bslz4")
@@ -60,6 +63,12 @@ class PipelineConfig:
         default="auto",
         metadata={
             "help": "detector frame number of the scan's first frame (0 or 1 at most beamlines); 'auto': from the first image a worker sees, as its frame number minus (its event number - 1), since dranspose numbers a scan's events from 0 with the detector header as event 0"
+        },
+    )
+    frame_layout: str = field(
+        default="",
+        metadata={
+            "help": "kind_rule 'counts': the scan's frames in order as 'kind:count,...' (dark, flat, proj), e.g. 'flat:50,dark:50,proj:3001,flat:50,dark:50'; when set it replaces n_darks_before, n_flats_before, n_flats_after, n_darks_after, and n_projections is its projection count"
         },
     )
     n_darks_before: int = field(
@@ -184,6 +193,9 @@ class PipelineConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.frame_layout.strip():
+            # The layout is the one place the projection count is given: the angle grid follows it.
+            self.n_projections = dict(self._layout_segments()).get(ImageKey.PROJECTION, 0) or 0
         self.validate()
 
     # -- validation -----------------------------------------------------------------
@@ -195,6 +207,8 @@ class PipelineConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         self.fixed_frame_base()  # 'auto' or an integer >= 0
+        if self.frame_layout.strip():
+            self._layout_segments()
         if self.n_projections < 1:
             raise ConfigError(f"n_projections must be >= 1, got {self.n_projections}")
         if self.bin not in BINNINGS:
@@ -285,11 +299,47 @@ class PipelineConfig:
             raise ConfigError(f"frame_base must be 'auto' or an integer >= 0, got {self.frame_base!r}")
         return base
 
+    def _layout_segments(self) -> tuple[Segment, ...]:
+        """``frame_layout`` parsed and checked: closed counts, one projection segment."""
+        spec = self.frame_layout
+        if self.kind_rule != "counts":
+            raise ConfigError(f"frame_layout {spec!r} needs kind_rule 'counts', got {self.kind_rule!r}")
+        try:
+            segments = FrameKindRule.from_spec(spec).segments
+        except ValueError as error:
+            raise ConfigError(f"frame_layout {spec!r}: {error}") from None
+        for kind, count in segments:
+            if count is None or count < 1:
+                raise ConfigError(
+                    f"frame_layout {spec!r}: every segment needs a count >= 1, got {kind.name.lower()}:{'*' if count is None else count}"
+                )
+        found = sum(1 for kind, _ in segments if kind == ImageKey.PROJECTION)
+        if found != 1:
+            raise ConfigError(f"frame_layout {spec!r} needs exactly one projection segment ('proj:N'), found {found}")
+        return segments
+
+    def frame_segments(self) -> tuple[Segment, ...]:
+        """The scan's frames in order (kind, count) for ``kind_rule`` ``counts``."""
+        if self.frame_layout.strip():
+            return self._layout_segments()
+        return FrameKindRule.from_counts(
+            self.n_darks_before, self.n_flats_before, self.n_projections, self.n_flats_after, self.n_darks_after
+        ).segments
+
+    def first_projection(self) -> int:
+        """Position of the first projection (``kind_rule`` ``counts``): the frames before it."""
+        before = 0
+        for kind, count in self.frame_segments():
+            if kind == ImageKey.PROJECTION:
+                break
+            before += count or 0
+        return before
+
     def expected_frames(self) -> int | None:
         """Frames the scan should have: known for ``kind_rule`` ``counts``, else None."""
         if self.kind_rule != "counts":
             return None
-        return self.n_darks_before + self.n_flats_before + self.n_projections + self.n_flats_after + self.n_darks_after
+        return sum(count or 0 for _, count in self.frame_segments())
 
     def grid_middle(self) -> float:
         """The middle of the scan's angle grid: wrapped encoder angles are unwrapped

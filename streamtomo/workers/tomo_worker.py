@@ -178,7 +178,7 @@ class TomoWorker:
         measured = angle is not None
         if key == ImageKey.PROJECTION and angle is None and not config.angle_stream and config.kind_rule == "counts":
             # No angle stream configured: the nominal angle from the frame's position.
-            angle = config.nominal_angle(index - config.n_darks_before - config.n_flats_before)
+            angle = config.nominal_angle(index - config.first_projection())
         try:
             result.items.extend(self.processor.process(index, key, message.array, angle, measured))
         except (ValueError, MemoryError, FloatingPointError) as error:

@@ -75,14 +75,8 @@ class FrameKindRule:
         required in every image header) or ``counts`` (position only)."""
         if config.kind_rule == "header":
             return cls(header_key=config.kind_header_key, require_header=True)
-        return cls.from_counts(
-            config.n_darks_before,
-            config.n_flats_before,
-            config.n_projections,
-            config.n_flats_after,
-            config.n_darks_after,
-            header_key=None,
-        )
+        # frame_layout or the n_* counts, checked by the configuration.
+        return cls(config.frame_segments(), header_key=None)
 
     @classmethod
     def from_spec(cls, spec: str, header_key: str | None = None) -> FrameKindRule:

@@ -324,3 +324,59 @@ def test_the_endpoint_of_a_full_turn_is_averaged_into_the_first_slot() -> None:
 def test_angle_step_is_checked(values: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         PipelineConfig.from_mapping(values)
+
+
+# -- 11. frame layouts ------------------------------------------------------------------
+
+
+def diad_order_frames() -> tuple[list[Frame], list[Frame]]:
+    """The same scan in the usual order and in DIAD's (flats, darks, projections, flats, darks)."""
+    usual = list(synthetic_scan(3, 3, N_PROJ, rows=4, cols=32))
+    darks, flats, projections = usual[:3], usual[3:6], usual[6:]
+    diad = flats + darks + projections + flats + darks
+    return usual, [Frame(i + 1, f.key, f.data, f.angle_deg) for i, f in enumerate(diad)]
+
+
+def test_a_frame_layout_in_any_order_classifies_and_corrects_like_the_usual_one() -> None:
+    usual, diad = diad_order_frames()
+    reference = run_scan(events(detector_events(usual)), counts_config(n_darks_before=3, n_flats_before=3), 1)
+    layout = counts_config(frame_layout="flat:3,dark:3,proj:36,flat:3,dark:3", n_projections=180)
+    assert PipelineConfig.from_mapping(layout).n_projections == N_PROJ  # from the layout
+    for workers in (1, 3):
+        scan = run_scan(events(detector_events(diad)), layout, workers)
+        assert scan.rejected == {}
+        status = scan.status()
+        assert (status["darks"], status["flats"], status["projections"]) == (6, 6, N_PROJ)
+        assert scan.lost_frames() == []
+        assert scan.counts.get("flats_interpolated") == 1  # the flats after were used
+        assert scan.sinogram is not None and reference.sinogram is not None
+        # Nominal angles count from the layout's first projection.
+        np.testing.assert_allclose(scan.sinogram.angles(), reference.sinogram.angles())
+        # The same darks and flats after as before: the same corrected sinogram.
+        np.testing.assert_allclose(scan.sinogram.data, reference.sinogram.data, atol=1e-5)
+
+
+def test_frame_layout_sets_the_expected_frames_and_the_first_projection() -> None:
+    config = PipelineConfig.from_mapping({"frame_layout": "flat:50,dark:50,proj:3001,flat:50,dark:50"})
+    assert (config.n_projections, config.expected_frames(), config.first_projection()) == (3001, 3201, 100)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("flat:2,dark:2", r"exactly one projection segment \('proj:N'\), found 0"),
+        ("proj:3,flat:1,proj:4", "exactly one projection segment"),
+        ("flat:2,proj:*", r"every segment needs a count >= 1, got projection:\*"),
+        ("flat:0,proj:3", "every segment needs a count >= 1, got flat:0"),
+        ("bright:2,proj:3", "unknown frame kind 'bright'"),
+        ("flat:two,proj:3", "count must be an integer"),
+    ],
+)
+def test_a_bad_frame_layout_is_refused_with_a_message(layout: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PipelineConfig.from_mapping({"frame_layout": layout})
+
+
+def test_frame_layout_needs_the_counts_rule() -> None:
+    with pytest.raises(ValueError, match="needs kind_rule 'counts'"):
+        PipelineConfig.from_mapping({"frame_layout": "dark:1,proj:3", "kind_rule": "header"})
