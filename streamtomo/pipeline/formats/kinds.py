@@ -31,7 +31,8 @@ class FrameKindRule:
     ``segments`` lists the scan in order; only the last may be open-ended (``None``).
     No segments means every frame is a projection. Positions past a closed layout are
     :attr:`ImageKey.INVALID` (extra frames, not an error: streams do overrun).
-    ``position`` is the 0-based frame number (the STINS ``frame`` field).
+    ``position`` is the frame's 0-based position in the scan: the STINS ``frame``
+    field less the scan's first frame number (:class:`FrameNumbering`).
     """
 
     segments: tuple[Segment, ...] = ()
