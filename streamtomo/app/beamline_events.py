@@ -17,7 +17,7 @@ from typing import Any
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats import eiger, pcap, stins
 from streamtomo.pipeline.formats.errors import FrameError
-from streamtomo.pipeline.formats.kinds import FrameKindRule
+from streamtomo.pipeline.formats.kinds import FrameKindRule, FrameNumbering
 from streamtomo.pipeline.formats.limits import json_object
 from streamtomo.pipeline.scan import Frame, ImageKey
 
@@ -87,6 +87,7 @@ def recorded_events(paths: Sequence[str | Path], config: PipelineConfig) -> list
     from streamtomo.app.recordings import read_events  # dranspose, lazily
 
     rule = FrameKindRule.from_config(config)  # the rule the workers apply
+    numbering = FrameNumbering(config.fixed_frame_base())  # and their frame positions
     events: list[BeamlineEvent] = []
     for number, streams in read_events([str(p) for p in paths]):
         detector: list[bytes] = []
@@ -99,12 +100,14 @@ def recorded_events(paths: Sequence[str | Path], config: PipelineConfig) -> list
                 angle = b"".join(parts)
             elif data.typ in (stins.STREAM_TYPE, eiger.STREAM_TYPE):
                 detector = parts
-                frame, key = _frame_kind(parts, rule)
+                frame, key = _frame_kind(parts, rule, numbering, number)
         events.append(BeamlineEvent(number, detector, angle, frame, key))
     return events
 
 
-def _frame_kind(parts: Sequence[bytes], rule: FrameKindRule) -> tuple[int | None, ImageKey | None]:
+def _frame_kind(
+    parts: Sequence[bytes], rule: FrameKindRule, numbering: FrameNumbering, event_number: int
+) -> tuple[int | None, ImageKey | None]:
     """Frame number and kind from a detector message's JSON header (data not decoded)."""
     try:
         # Bounded like the workers' decoders: a hostile recording must not crash play.
@@ -117,8 +120,9 @@ def _frame_kind(parts: Sequence[bytes], rule: FrameKindRule) -> tuple[int | None
     if head.get("htype") == eiger.IMAGE and len(parts) > 4:
         with contextlib.suppress(FrameError):
             extra.update(json_object(parts[4], "detector appendix"))
+    position = numbering.position(head["frame"], event_number)
     try:
-        return head["frame"], rule.kind(head["frame"], extra)
+        return head["frame"], rule.kind(position, extra)
     except (ValueError, KeyError, TypeError, OverflowError):
         return head["frame"], ImageKey.PROJECTION
 

@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from streamtomo.pipeline.formats.kinds import FrameKindRule, Segment
+from streamtomo.pipeline.scan import ImageKey
+
 FILTERS = ("ramp", "shepp-logan", "hann")
 KIND_RULES = ("counts", "header")
 COMPRESSIONS = ("none", "bslz4")
@@ -56,6 +59,18 @@ class PipelineConfig:
         default="image_key",
         metadata={"help": "image header key holding the NXtomo image_key when kind_rule is 'header'"},
     )
+    frame_base: str = field(
+        default="auto",
+        metadata={
+            "help": "detector frame number of the scan's first frame (0 or 1 at most beamlines); 'auto': from the first image a worker sees, as its frame number minus (its event number - 1), since dranspose numbers a scan's events from 0 with the detector header as event 0"
+        },
+    )
+    frame_layout: str = field(
+        default="",
+        metadata={
+            "help": "kind_rule 'counts': the scan's frames in order as 'kind:count,...' (dark, flat, proj), e.g. 'flat:50,dark:50,proj:3001,flat:50,dark:50'; when set it replaces n_darks_before, n_flats_before, n_flats_after, n_darks_after, and n_projections is its projection count"
+        },
+    )
     n_darks_before: int = field(
         default=10, metadata={"help": "dark frames before the projections (kind_rule 'counts')"}
     )
@@ -71,6 +86,12 @@ class PipelineConfig:
     angle_range: float = field(
         default=180.0, metadata={"help": "angular range covered by the projections, degrees (180 or 360)"}
     )
+    angle_step: float = field(
+        default=0.0,
+        metadata={
+            "help": "degrees between projections; > 0: overrides angle_range (the grid is angle_start + i * angle_step), so an inclusive scan (91 projections from -88.2 to 91.8 degrees: 2) needs no arithmetic; a last projection one turn after the first is averaged into the first slot"
+        },
+    )
     angle_tolerance: float = field(
         default=0.5,
         metadata={"help": "largest distance from a slot, in angular steps, for a measured angle to be accepted"},
@@ -80,6 +101,12 @@ class PipelineConfig:
     )
     counts_per_degree: float = field(default=1000.0, metadata={"help": "encoder counts per degree"})
     encoder_offset: float = field(default=0.0, metadata={"help": "angle in degrees at encoder count 0"})
+    encoder_bits: int = field(
+        default=32,
+        metadata={
+            "help": "width of the encoder counter, bits (0: it never wraps); angles are unwrapped modulo 2^bits counts to the turn of the scan's angle grid, and a frame whose exposure straddled the wrap (the field's Min/Max show it) is rejected as encoder_wrapped"
+        },
+    )
     rows: str = field(
         default="all", metadata={"help": "detector rows assembled into sinograms: 'all', 'a:b[:step]' or 'r1,r2,...'"}
     )
@@ -166,6 +193,9 @@ class PipelineConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.frame_layout.strip():
+            # The layout is the one place the projection count is given: the angle grid follows it.
+            self.n_projections = dict(self._layout_segments()).get(ImageKey.PROJECTION, 0) or 0
         self.validate()
 
     # -- validation -----------------------------------------------------------------
@@ -176,6 +206,9 @@ class PipelineConfig:
         for name in ("n_darks_before", "n_flats_before", "n_flats_after", "n_darks_after", "slice_size"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self.fixed_frame_base()  # 'auto' or an integer >= 0
+        if self.frame_layout.strip():
+            self._layout_segments()
         if self.n_projections < 1:
             raise ConfigError(f"n_projections must be >= 1, got {self.n_projections}")
         if self.bin not in BINNINGS:
@@ -190,10 +223,21 @@ class PipelineConfig:
             raise ConfigError(f"flush_every must be >= 0 (0: from the size of a partial sum), got {self.flush_every}")
         if not (0 < self.angle_range <= 360):
             raise ConfigError(f"angle_range must be in (0, 360] degrees, got {self.angle_range}")
+        if not (self.angle_step >= 0 and math.isfinite(self.angle_step)):
+            raise ConfigError(
+                f"angle_step must be >= 0 degrees (0: angle_range / n_projections), got {self.angle_step}"
+            )
+        if self.angle_step * (self.n_projections - 1) > 360.0 + 1e-9:
+            raise ConfigError(
+                f"angle_step {self.angle_step:g} x (n_projections {self.n_projections} - 1) spans "
+                f"{self.angle_step * (self.n_projections - 1):g} degrees: more than one turn"
+            )
         if not (0 < self.angle_tolerance <= 0.5):
             raise ConfigError(f"angle_tolerance must be in (0, 0.5] steps, got {self.angle_tolerance}")
         if self.counts_per_degree == 0 or not math.isfinite(self.counts_per_degree):
             raise ConfigError(f"counts_per_degree must be finite and non-zero, got {self.counts_per_degree}")
+        if not (0 <= self.encoder_bits <= 64):
+            raise ConfigError(f"encoder_bits must be in 0..64 (0: no wrap), got {self.encoder_bits}")
         if self.publish_interval <= 0:
             raise ConfigError(f"publish_interval must be > 0, got {self.publish_interval}")
         if self.slice_size > MAX_SLICE_SIZE:
@@ -229,17 +273,81 @@ class PipelineConfig:
 
     # -- derived values -------------------------------------------------------------
     @property
-    def angle_step(self) -> float:
-        return self.angle_range / self.n_projections
+    def slot_step(self) -> float:
+        """Degrees between the angle slots: ``angle_step``, else angle_range / n_projections."""
+        return self.angle_step if self.angle_step > 0 else self.angle_range / self.n_projections
+
+    def angle_slots(self) -> int:
+        """Distinct angle slots: ``n_projections``, less the projections one turn after
+        the first (an inclusive 360-degree scan's endpoint), which share the first slots."""
+        turn = 360.0 / self.slot_step
+        whole = round(turn)
+        if self.n_projections > whole and abs(turn - whole) <= 1e-6 * turn:
+            return whole
+        return self.n_projections
+
+    def fixed_frame_base(self) -> int | None:
+        """``frame_base`` as a number; None for 'auto' (found from the stream)."""
+        text = self.frame_base.strip().lower()
+        if text == "auto":
+            return None
+        try:
+            base = int(text)
+        except ValueError:
+            base = -1
+        if base < 0:
+            raise ConfigError(f"frame_base must be 'auto' or an integer >= 0, got {self.frame_base!r}")
+        return base
+
+    def _layout_segments(self) -> tuple[Segment, ...]:
+        """``frame_layout`` parsed and checked: closed counts, one projection segment."""
+        spec = self.frame_layout
+        if self.kind_rule != "counts":
+            raise ConfigError(f"frame_layout {spec!r} needs kind_rule 'counts', got {self.kind_rule!r}")
+        try:
+            segments = FrameKindRule.from_spec(spec).segments
+        except ValueError as error:
+            raise ConfigError(f"frame_layout {spec!r}: {error}") from None
+        for kind, count in segments:
+            if count is None or count < 1:
+                raise ConfigError(
+                    f"frame_layout {spec!r}: every segment needs a count >= 1, got {kind.name.lower()}:{'*' if count is None else count}"
+                )
+        found = sum(1 for kind, _ in segments if kind == ImageKey.PROJECTION)
+        if found != 1:
+            raise ConfigError(f"frame_layout {spec!r} needs exactly one projection segment ('proj:N'), found {found}")
+        return segments
+
+    def frame_segments(self) -> tuple[Segment, ...]:
+        """The scan's frames in order (kind, count) for ``kind_rule`` ``counts``."""
+        if self.frame_layout.strip():
+            return self._layout_segments()
+        return FrameKindRule.from_counts(
+            self.n_darks_before, self.n_flats_before, self.n_projections, self.n_flats_after, self.n_darks_after
+        ).segments
+
+    def first_projection(self) -> int:
+        """Position of the first projection (``kind_rule`` ``counts``): the frames before it."""
+        before = 0
+        for kind, count in self.frame_segments():
+            if kind == ImageKey.PROJECTION:
+                break
+            before += count or 0
+        return before
 
     def expected_frames(self) -> int | None:
         """Frames the scan should have: known for ``kind_rule`` ``counts``, else None."""
         if self.kind_rule != "counts":
             return None
-        return self.n_darks_before + self.n_flats_before + self.n_projections + self.n_flats_after + self.n_darks_after
+        return sum(count or 0 for _, count in self.frame_segments())
+
+    def grid_middle(self) -> float:
+        """The middle of the scan's angle grid: wrapped encoder angles are unwrapped
+        to the turn nearest it."""
+        return self.angle_start + self.slot_step * (self.n_projections - 1) / 2.0
 
     def nominal_angle(self, projection_index: int) -> float:
-        return self.angle_start + projection_index * self.angle_step
+        return self.angle_start + projection_index * self.slot_step
 
     def center_value(self, cols: int) -> float:
         """The rotation axis column, checked against the detector width."""

@@ -16,8 +16,8 @@ from streamtomo.dranspose_parameters import ConfigCache, describe_parameters
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats.eiger import STREAM_TYPE as EIGER_LEGACY
 from streamtomo.pipeline.formats.eiger import decode_eiger_legacy
-from streamtomo.pipeline.formats.errors import FrameError
-from streamtomo.pipeline.formats.kinds import FrameKindRule
+from streamtomo.pipeline.formats.errors import AngleError, EncoderFieldMissing, FrameError, PcapHeaderMissing
+from streamtomo.pipeline.formats.kinds import FrameKindRule, FrameNumbering
 from streamtomo.pipeline.formats.pcap import PcapEnd, PcapHeader, PcapValues, angle_from_values, decode_pcap_event
 from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage, decode_stins
 from streamtomo.pipeline.messages import Rejected, StreamEnded, WorkerResult
@@ -36,6 +36,7 @@ class TomoWorker:
         name = getattr(state, "name", None) or "worker"
         self.processor = FrameProcessor(config, str(name))
         self.rule = FrameKindRule.from_config(config)
+        self.numbering = FrameNumbering(config.fixed_frame_base())
         self.pcap_header: PcapHeader | None = None
 
     @staticmethod
@@ -53,6 +54,8 @@ class TomoWorker:
         params = parameters or {}
         config = self._params.config(params)
         if config != self.processor.config:
+            if config.frame_base != self.processor.config.frame_base:
+                self.numbering = FrameNumbering(config.fixed_frame_base())
             pending = self.processor.configure(config)
             self.rule = FrameKindRule.from_config(config)
             if pending is not None:
@@ -73,38 +76,63 @@ class TomoWorker:
     def finish(self, parameters: dict[Any, Any] | None = None) -> None:
         # dranspose drops this return value; the reducer backfills what was unsent.
         self.processor.reset()
+        self.numbering.reset()
         self.pcap_header = None
 
     # -- decoding -------------------------------------------------------------------
-    def _angle(self, event: Any, config: PipelineConfig) -> tuple[float | None, str | None]:
+    def _angle(self, event: Any, config: PipelineConfig) -> tuple[float | None, AngleError | None]:
+        """The event's measured angle, or why there is none (None, None: no angle is
+        due, as in the header and end events, or ``angle_stream`` is empty)."""
         if not config.angle_stream:
             return None, None
         stream = getattr(event, "streams", {}).get(config.angle_stream)
         if stream is None:
-            return None, "no angle in this event"
+            return None, AngleError(
+                f"the angle stream {config.angle_stream!r} is not in this event (angle_stream '' uses nominal angles)"
+            )
         try:
             message = decode_pcap_event(stream.frames, self.pcap_header)
         except FrameError as error:
-            return None, str(error)
+            return None, AngleError(f"its PandA values cannot be read: {error}")
         if isinstance(message, PcapHeader):
             self.pcap_header = message
             return None, None
         if isinstance(message, PcapEnd):
             return None, None
         assert isinstance(message, PcapValues)
+        if self.pcap_header is None:
+            # Unnamed values: which one is the encoder only the header says. Guessing a
+            # column, or the nominal angle, would place the frame silently wrong.
+            return None, PcapHeaderMissing(
+                f"PandA values {list(message.raw)} came without the PandA header on this worker: "
+                f"no way to find {config.encoder_field!r} among them"
+            )
+        if config.encoder_field not in message.values:
+            # A configuration error: every frame of the scan is refused, with the fields to choose from.
+            return None, EncoderFieldMissing(
+                f"encoder_field {config.encoder_field!r} is not in the PandA header, which captures "
+                f"{', '.join(self.pcap_header.keys)}"
+            )
         try:
             return angle_from_values(
-                message.values, config.encoder_field, config.counts_per_degree, config.encoder_offset
+                message.values,
+                config.encoder_field,
+                config.counts_per_degree,
+                config.encoder_offset,
+                config.encoder_bits,
+                config.grid_middle(),
             ), None
+        except AngleError as error:
+            return None, error
         except FrameError as error:
-            return None, str(error)
+            return None, AngleError(str(error))
 
     def _detector(
         self,
         stream: Any,
         event_number: int,
         angle: float | None,
-        angle_error: str | None,
+        angle_error: AngleError | None,
         config: PipelineConfig,
         result: WorkerResult,
     ) -> None:
@@ -115,6 +143,7 @@ class TomoWorker:
             result.items.append(Rejected(None, "corrupt_frame", f"event {event_number}: {error}", event_number))
             return
         if isinstance(message, StinsHeader):
+            self.numbering.reset()  # a new series numbers its frames anew
             return
         if isinstance(message, StinsEnd):
             flushed = self.processor.flush()
@@ -123,27 +152,39 @@ class TomoWorker:
             result.items.append(StreamEnded())
             return
         assert isinstance(message, StinsImage)
+        # Everything downstream (kinds, nominal angles, the reducer's frame indices and
+        # lost_frames) counts 0-based positions in the scan, whatever the detector's base.
+        index = self.numbering.position(message.frame, event_number)
+        if index < 0:
+            result.items.append(
+                Rejected(
+                    None,
+                    "frame_before_base",
+                    f"event {event_number}: detector frame {message.frame} lies before the scan's first frame "
+                    f"{self.numbering.base} (frame_base {config.frame_base!r})",
+                    event_number,
+                )
+            )
+            return
         try:
-            key = self.rule.kind(message.frame, message.extra)
+            key = self.rule.kind(index, message.extra)
         except FrameError as error:
-            result.items.append(Rejected(message.frame, "unknown_kind", str(error), event_number))
+            result.items.append(Rejected(index, "unknown_kind", str(error), event_number))
+            return
+        if angle_error is not None and (key == ImageKey.PROJECTION or isinstance(angle_error, EncoderFieldMissing)):
+            # A projection without its measured angle is refused under the angle's own
+            # reason; a wrong encoder_field refuses every frame (the scan is misconfigured).
+            result.items.append(Rejected(index, angle_error.reason, f"frame {index}: {angle_error}", event_number))
             return
         measured = angle is not None
-        if key == ImageKey.PROJECTION and angle is None and config.kind_rule == "counts":
-            # No usable angle: the nominal one from the frame's position keeps the frame.
-            projection = message.frame - config.n_darks_before - config.n_flats_before
-            angle = config.nominal_angle(projection)
-            if angle_error:
-                logger.debug("frame %d: %s; using nominal angle %.3f", message.frame, angle_error, angle)
+        if key == ImageKey.PROJECTION and angle is None and not config.angle_stream and config.kind_rule == "counts":
+            # No angle stream configured: the nominal angle from the frame's position.
+            angle = config.nominal_angle(index - config.first_projection())
         try:
-            result.items.extend(
-                self.processor.process(message.frame, key, message.array, angle, measured, event_number)
-            )
+            result.items.extend(self.processor.process(index, key, message.array, angle, measured, event_number))
         except (ValueError, MemoryError, FloatingPointError) as error:
             # Settings this worker cannot apply (or a frame it cannot handle) must not
             # lose the frame silently, as dranspose does with an exception (one ERROR
             # line, no result): the reducer counts it under its own reason.
-            logger.warning("frame %d could not be processed: %r", message.frame, error)
-            result.items.append(
-                Rejected(message.frame, "worker_failed", f"frame {message.frame}: {error!r}", event_number)
-            )
+            logger.warning("frame %d could not be processed: %r", index, error)
+            result.items.append(Rejected(index, "worker_failed", f"frame {index}: {error!r}", event_number))

@@ -9,3 +9,28 @@ class FrameError(ValueError):
     A ``ValueError`` so that callers validating input in general catch it too; the
     message says which message part and field is wrong.
     """
+
+
+class AngleError(FrameError):
+    """A PandA capture that gives no angle for its frame; ``reason`` is the key the
+    reducer counts it under (``/entry/status/rejected``)."""
+
+    reason = "missing_angle"
+
+
+class EncoderFieldMissing(AngleError):
+    """The configured ``encoder_field`` is not captured: the configuration is wrong."""
+
+    reason = "encoder_field_missing"
+
+
+class EncoderWrapped(AngleError):
+    """The encoder counter wrapped during the exposure: its mean is no angle."""
+
+    reason = "encoder_wrapped"
+
+
+class PcapHeaderMissing(AngleError):
+    """Values came without the PandA header that names them: no field can be found."""
+
+    reason = "pcap_header_missing"

@@ -8,6 +8,7 @@ then projections. Recording readers and workers share this rule so they agree.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,8 @@ from streamtomo.pipeline.scan import ImageKey, image_key_from_name
 
 if TYPE_CHECKING:
     from streamtomo.pipeline.config import PipelineConfig
+
+logger = logging.getLogger(__name__)
 
 Segment = tuple[ImageKey, int | None]  # (kind, count); None: all remaining frames
 
@@ -28,7 +31,8 @@ class FrameKindRule:
     ``segments`` lists the scan in order; only the last may be open-ended (``None``).
     No segments means every frame is a projection. Positions past a closed layout are
     :attr:`ImageKey.INVALID` (extra frames, not an error: streams do overrun).
-    ``position`` is the 0-based frame number (the STINS ``frame`` field).
+    ``position`` is the frame's 0-based position in the scan: the STINS ``frame``
+    field less the scan's first frame number (:class:`FrameNumbering`).
     """
 
     segments: tuple[Segment, ...] = ()
@@ -72,14 +76,8 @@ class FrameKindRule:
         required in every image header) or ``counts`` (position only)."""
         if config.kind_rule == "header":
             return cls(header_key=config.kind_header_key, require_header=True)
-        return cls.from_counts(
-            config.n_darks_before,
-            config.n_flats_before,
-            config.n_projections,
-            config.n_flats_after,
-            config.n_darks_after,
-            header_key=None,
-        )
+        # frame_layout or the n_* counts, checked by the configuration.
+        return cls(config.frame_segments(), header_key=None)
 
     @classmethod
     def from_spec(cls, spec: str, header_key: str | None = None) -> FrameKindRule:
@@ -119,3 +117,39 @@ class FrameKindRule:
         if self.require_header:
             raise FrameError(f"frame {position} has no {self.header_key!r} in its header")
         return self.by_position(position)
+
+
+class FrameNumbering:
+    """Detector frame numbers to 0-based positions in the scan: ``frame - base``.
+
+    Detectors number their frames from 0 (dranspose's own recordings) or from 1
+    (the Orca at MAX IV DanMAX); kinds by position and nominal angles need the
+    position. A fixed ``base`` is taken as given. With ``base`` None ('auto') the
+    first image this instance sees fixes it for the series as
+    ``frame - (event_number - 1)``: dranspose numbers a scan's events from 0 and
+    the detector's header is event 0, so the image of event ``e`` is the scan's
+    frame ``e - 1``. That holds for any image, so a worker that sees only some
+    events in distributed mode finds the same base as one that sees them all
+    (replay); the first image alone could not tell a worker so. Frames the
+    detector skipped before a worker's first image would shift its base: a fixed
+    ``frame_base`` is the remedy there.
+    """
+
+    def __init__(self, base: int | None = None) -> None:
+        self.fixed = base
+        self.base = base
+
+    def reset(self) -> None:
+        """A new series: 'auto' looks again."""
+        self.base = self.fixed
+
+    def position(self, frame: int, event_number: int | None) -> int:
+        """The frame's 0-based position; negative when it lies before the base."""
+        if self.base is None:
+            # Event numbers below 1 (no header event) cannot place the frame: it is the first.
+            offset = max((event_number or 1) - 1, 0)
+            # A detector counter never starts below 0: more events than frames before
+            # this one (a mapping with extra events) must not make positions up.
+            self.base = max(frame - offset, 0)
+            logger.info("frame numbers start at %d (frame %d in event %s)", self.base, frame, event_number)
+        return frame - self.base

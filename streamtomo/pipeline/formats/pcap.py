@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeAlias
 
-from streamtomo.pipeline.formats.errors import FrameError
+from streamtomo.pipeline.formats.errors import EncoderFieldMissing, EncoderWrapped, FrameError
 from streamtomo.pipeline.formats.stins import Part, as_buffer
 
 STREAM_TYPE = "PCAP_RAW"
@@ -250,16 +250,43 @@ def angle_from_values(
     field: str = DEFAULT_ANGLE_FIELD,
     counts_per_degree: float = 1.0,
     offset_deg: float = 0.0,
+    encoder_bits: int = 0,
+    near_deg: float | None = None,
 ) -> float:
-    """Rotation angle in degrees: ``value / counts_per_degree + offset_deg``."""
+    """Rotation angle in degrees: ``value / counts_per_degree + offset_deg``.
+
+    ``encoder_bits`` > 0: the counter is that wide and wraps (DanMAX: 32 bits,
+    11930463 counts per degree, so once per turn). The angle is then known modulo
+    ``2**bits / counts_per_degree`` degrees and is unwrapped to the representative
+    nearest ``near_deg`` (the middle of the scan's angle grid): each frame on its own,
+    so workers that see only some frames need no history, and exact for any scan
+    shorter than one counter period. An exposure that straddled the wrap has a
+    meaningless ``Mean``; the ``Min`` and ``Max`` of the same field, when captured,
+    show it (they differ by more than half the counter range) and the frame is
+    refused (:class:`EncoderWrapped`): its Mean mixes counts from both sides of the
+    wrap in an unknown proportion.
+    """
     if counts_per_degree == 0:
         raise ValueError("counts_per_degree must not be 0")
     if field not in values:
-        raise FrameError(
+        raise EncoderFieldMissing(
             f"PandA capture has no field {field!r}; captured: {sorted(values)}"
             + ("" if values else " (decode the value line with its header)")
         )
-    return float(values[field]) / counts_per_degree + offset_deg
+    angle = float(values[field]) / counts_per_degree + offset_deg
+    if encoder_bits <= 0:
+        return angle
+    name, _capture = split_field_key(field)
+    low, high = values.get(f"{name}.Min"), values.get(f"{name}.Max")
+    if low is not None and high is not None and float(high) - float(low) > 2.0 ** (encoder_bits - 1):
+        raise EncoderWrapped(
+            f"{name} wrapped during the exposure (Min {low}, Max {high} differ by more than half its "
+            f"{encoder_bits}-bit range): its Mean is no angle"
+        )
+    if near_deg is not None:
+        period = 2.0**encoder_bits / abs(counts_per_degree)
+        angle += period * round((near_deg - angle) / period)
+    return angle
 
 
 def counts_from_angle(angle_deg: float, counts_per_degree: float = 1.0, offset_deg: float = 0.0) -> float:

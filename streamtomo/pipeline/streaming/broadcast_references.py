@@ -23,8 +23,8 @@ from streamtomo.pipeline.scan import ImageKey
 
 class BroadcastReferences:
     def __init__(self, config: PipelineConfig) -> None:
-        # Known only with the counts rule: the first batch is frames 0 .. n-1.
-        before = config.n_darks_before + config.n_flats_before if config.kind_rule == "counts" else 0
+        # Known only with the counts rule: the first batch is the frames before the first projection.
+        before = config.first_projection() if config.kind_rule == "counts" else 0
         self._expected = set(range(before))
         self._seen: set[int] = set()
         self._tracker = ReferenceTracker()

@@ -64,11 +64,7 @@ class FrameProcessor:
         if self.detector is not None and config.bin != self.config.bin:
             self.detector = None  # another binning: another detector shape
             self.set_references(None)
-        if (config.kind_rule, config.n_darks_before, config.n_flats_before) != (
-            self.config.kind_rule,
-            self.config.n_darks_before,
-            self.config.n_flats_before,
-        ):
+        if (config.kind_rule, config.first_projection()) != (self.config.kind_rule, self.config.first_projection()):
             self._broadcast = BroadcastReferences(config)  # a new scan's layout
         self.config = config
         self.geometry = None if self.detector is None else geometry_for(config, self.detector)

@@ -59,7 +59,7 @@ def geometry_for(config: PipelineConfig, detector: DetectorInfo) -> LiveSliceGeo
 
 def window_frames(config: PipelineConfig) -> int:
     """Projections in half a turn (the window of ``live_mode='window'``)."""
-    return max(1, round(WINDOW_DEG * config.n_projections / config.angle_range))
+    return max(1, round(WINDOW_DEG / config.slot_step))
 
 
 def window_block(config: PipelineConfig) -> int:

@@ -55,7 +55,7 @@ FloatArray = npt.NDArray[np.float32]
 # Distinct frames that must agree on a shape before the reducer takes it as the
 # detector's (results from all workers come here, so two arrive within the first events).
 SHAPE_AGREEMENT = 2
-FIXED_DURING_SCAN = ("rows", "n_projections", "angle_start", "angle_range", "bin")
+FIXED_DURING_SCAN = ("rows", "n_projections", "angle_start", "angle_range", "angle_step", "bin")
 
 
 class LiveScan:
@@ -188,9 +188,8 @@ class LiveScan:
             logger.warning("scan refused: %s", error)
         else:
             self.detector, self.geometry = detector, geometry
-            grid = AngleGrid(
-                self.config.angle_start, self.config.angle_range, self.config.n_projections, self.config.angle_tolerance
-            )
+            slots, step = self.config.angle_slots(), self.config.slot_step
+            grid = AngleGrid(self.config.angle_start, step * slots, slots, self.config.angle_tolerance)
             self.sinogram = SinogramAssembler(len(geometry.sinogram_rows), grid, detector.cols, self.pool)
             self.ledger = ContributionLedger(geometry)
             self.state = "running"
@@ -307,12 +306,18 @@ class LiveScan:
         try:
             slot = self.sinogram.grid.slot(msg.angle_deg)
         except UnknownAngleError as error:
-            self.reject("unknown_angle", f"frame {msg.frame_index}: {error}", msg.frame_index, counted=True)
+            self.reject(
+                "unknown_angle",
+                f"frame {msg.frame_index}: {error}; {self._measured_step(msg.angle_deg)}",
+                msg.frame_index,
+                counted=True,
+            )
             if msg.reference_version and msg.recon_id == geometry.recon_id:
                 # Its worker already summed it: the ledger takes it out of every product.
                 rows = np.asarray(msg.rows, dtype=np.float32)[geometry.slice_positions]
                 self.ledger.place((msg.frame_index, msg.event), REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
             return
+        angle = self.sinogram.grid.same_turn(msg.angle_deg, slot)
         rows = np.asarray(msg.rows)
         worker_rows: FloatArray | None = None
         if msg.reference_version == 0:
@@ -330,16 +335,31 @@ class LiveScan:
         if msg.reference_version != refs.version and not np.isfinite(values).all():
             self.admission.counts["frames_nonfinite_repaired"] += 1
             values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-        count = self.sinogram.place(slot, msg.angle_deg, values)
+        count = self.sinogram.place(slot, angle, values)
         self.admission.counts["projections"] += 1
         slice_values = values[geometry.slice_positions]
         if msg.reference_version == refs.version:
             worker_rows = slice_values
         if msg.recon_id != geometry.recon_id:
             worker_rows = None  # made with other settings: its partial sum is dropped
-        self.ledger.place((msg.frame_index, msg.event), slot, msg.angle_deg, slice_values, worker_rows)
+        self.ledger.place((msg.frame_index, msg.event), slot, angle, slice_values, worker_rows)
         if count > 1:
             self.ledger.slot_changed(slot)
+
+    def _measured_step(self, angle_deg: float) -> str:
+        """What step the measured angles so far show, next to the grid's (for people
+        who have to fix angle_range or angle_step)."""
+        assert self.sinogram is not None
+        angles = np.unique(np.append(self.sinogram.angles()[self.sinogram.filled_slots()], angle_deg))
+        steps = np.diff(angles)
+        steps = steps[steps > 1e-6]
+        if not steps.size:
+            return "too few measured angles to tell their step"
+        measured = float(np.median(steps))
+        hint = ""
+        if abs(measured - self.sinogram.grid.step) > 0.01 * self.sinogram.grid.step:
+            hint = f": set angle_step={measured:.6g} if that is the scan's step"
+        return f"the measured angles so far step by {measured:.6g} deg{hint}"
 
     # -- reconciliation and settings changes ----------------------------------------
     def reconcile(self, backfill: bool = False) -> int:

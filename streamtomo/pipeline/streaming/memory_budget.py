@@ -40,7 +40,7 @@ def published_bytes(config: PipelineConfig, detector: DetectorInfo, geometry: Li
     rows, cols, size = len(geometry.sinogram_rows), detector.cols, geometry.size
     slice_bytes = size * size * FLOAT32
     out = {
-        "sinogram": rows * config.n_projections * cols * FLOAT32,
+        "sinogram": rows * config.angle_slots() * cols * FLOAT32,
         "live slices": len(geometry.slice_rows) * slice_bytes,
         "centre sweep": len(geometry.sweep_centers) * slice_bytes,
     }
@@ -60,7 +60,7 @@ def check_memory_budget(config: PipelineConfig, detector: DetectorInfo, geometry
         detail = ", ".join(f"{name} {size / 1e9:.2f} GB" for name, size in parts.items())
         raise MemoryBudgetError(
             f"this scan needs {total / 1e9:.2f} GB ({detail}) for {len(geometry.sinogram_rows)} sinogram rows x "
-            f"{config.n_projections} angles x {detector.cols} columns (bin {config.bin}), more than the reducer's "
+            f"{config.angle_slots()} angles x {detector.cols} columns (bin {config.bin}), more than the reducer's "
             f"budget of {budget / 1e9:.2f} GB (memory_budget_gb); choose fewer rows (e.g. rows=a:b), "
             f"bin=2 or bin=4, volume=false, or a larger budget"
         )

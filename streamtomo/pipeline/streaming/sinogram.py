@@ -8,7 +8,9 @@ nothing is copied to serve them. Its pages are mapped in the background as the s
 starts (:mod:`.prefault`), not by page faults on the frame path.
 
 Angle slots come from the measured angle: slot ``round((angle - start) / step)``,
-accepted when within ``tolerance`` steps of the slot. Frames arrive in any order.
+accepted when within ``tolerance`` steps of the slot. A grid of a whole turn takes
+slots modulo the turn: an angle one turn on (a 360-degree scan's endpoint) is the
+same slot. Frames arrive in any order.
 Two frames in one slot (a repeated angle) are averaged; the same frame twice is a
 duplicate and is refused by the caller before it gets here.
 """
@@ -42,6 +44,25 @@ class AngleGrid:
     def step(self) -> float:
         return self.range / self.n
 
+    @property
+    def full_turn(self) -> bool:
+        return abs(self.range - 360.0) <= 1e-6 * 360.0
+
+    def describe(self) -> str:
+        last = self.start + self.step * (self.n - 1)
+        return (
+            f"the grid of {self.n} angles from {self.start:g} deg in steps of {self.step:.6g} deg "
+            f"(to {last:.6g}; tolerance {self.tolerance:g} step)"
+        )
+
+    def same_turn(self, angle_deg: float, slot: int) -> float:
+        """``angle_deg`` moved by whole turns next to its slot's nominal angle, so a
+        slot's mean angle averages 0 and 360 as 0, not 180."""
+        if not self.full_turn:
+            return angle_deg
+        nominal = self.start + self.step * slot
+        return angle_deg - 360.0 * round((angle_deg - nominal) / 360.0)
+
     def nominal(self) -> npt.NDArray[np.float64]:
         return self.start + self.step * np.arange(self.n, dtype=np.float64)
 
@@ -50,12 +71,10 @@ class AngleGrid:
             raise UnknownAngleError(f"angle {angle_deg} is not finite")
         position = (angle_deg - self.start) / self.step
         index = round(position)
-        if not (0 <= index < self.n) or abs(position - index) > self.tolerance + 1e-9:
-            last = self.start + self.step * (self.n - 1)
-            raise UnknownAngleError(
-                f"angle {angle_deg:.4f} deg matches no slot of {self.start:g}..{last:g} deg "
-                f"(step {self.step:.4g}, tolerance {self.tolerance:g} step)"
-            )
+        if self.full_turn and abs(position - index) <= self.tolerance + 1e-9:
+            index %= self.n
+        if not (0 <= index < self.n) or abs(position - round(position)) > self.tolerance + 1e-9:
+            raise UnknownAngleError(f"angle {angle_deg:.4f} deg matches no slot of {self.describe()}")
         return index
 
 

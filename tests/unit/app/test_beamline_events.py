@@ -7,7 +7,7 @@ import json
 import pytest
 
 from streamtomo.app.beamline_events import _frame_kind
-from streamtomo.pipeline.formats.kinds import FrameKindRule
+from streamtomo.pipeline.formats.kinds import FrameKindRule, FrameNumbering
 from streamtomo.pipeline.scan import ImageKey
 
 RULE = FrameKindRule.from_counts(2, 2, 10)
@@ -24,10 +24,10 @@ RULE = FrameKindRule.from_counts(2, 2, 10)
     ],
 )
 def test_hostile_detector_headers_are_skipped(head: bytes) -> None:
-    frame, key = _frame_kind([head], RULE)
+    frame, key = _frame_kind([head], RULE, FrameNumbering(0), 6)
     assert (frame, key) in ((None, None), (1, ImageKey.DARK))
 
 
 def test_a_good_header_gives_frame_and_kind() -> None:
     head = json.dumps({"htype": "image", "frame": 5}).encode()
-    assert _frame_kind([head], RULE) == (5, ImageKey.PROJECTION)
+    assert _frame_kind([head], RULE, FrameNumbering(0), 6) == (5, ImageKey.PROJECTION)
