@@ -55,6 +55,20 @@ class ProjectionRows:
     # The dranspose event that carried the frame: with the frame number, the identity
     # of this copy (a detector may send a frame twice; a broadcast reaches every worker).
     event: int = -1
+    # >= 0: the frame's event carried another frame's PandA row; its angle is that of
+    # PandA row ``angle_row``, joined by the reducer (``angle_deg`` is NaN until then).
+    angle_row: int = -1
+
+
+@dataclass(frozen=True)
+class AngleRow:
+    """One PandA row as a worker read it: the rotation angle of the scan's frame ``row``
+    (None: unreadable, ``reason`` says why). Tiny; sent for every row, so that frames
+    that arrived with another frame's row can be joined with their own."""
+
+    row: int
+    angle_deg: float | None
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,4 +130,6 @@ class StreamEnded:
 class WorkerResult:
     """Everything one event produced (dranspose allows one result per event)."""
 
-    items: list[ReferenceRows | ProjectionRows | PartialSum | Rejected | StreamEnded] = field(default_factory=list)
+    items: list[ReferenceRows | ProjectionRows | PartialSum | Rejected | StreamEnded | AngleRow] = field(
+        default_factory=list
+    )

@@ -20,7 +20,7 @@ from streamtomo.pipeline.formats.errors import AngleError, EncoderFieldMissing, 
 from streamtomo.pipeline.formats.kinds import FrameKindRule, FrameNumbering
 from streamtomo.pipeline.formats.pcap import PcapEnd, PcapHeader, PcapValues, angle_from_values, decode_pcap_event
 from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage, decode_stins
-from streamtomo.pipeline.messages import Rejected, StreamEnded, WorkerResult
+from streamtomo.pipeline.messages import AngleRow, Rejected, StreamEnded, WorkerResult
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 
@@ -38,6 +38,8 @@ class TomoWorker:
         self.rule = FrameKindRule.from_config(config)
         self.numbering = FrameNumbering(config.fixed_frame_base())
         self.pcap_header: PcapHeader | None = None
+        self._pcap_values_read = False  # a value line came since the PandA header
+        self._event_row: int | None = None  # the PandA row this event carried, if any
 
     @staticmethod
     def describe_parameters() -> list[Any]:
@@ -62,7 +64,11 @@ class TomoWorker:
                 result.items.append(pending)
         self.processor.set_references(self._params.references(params))
 
-        angle, angle_error = self._angle(event, config)
+        self._event_row = None
+        angle, angle_error = self._angle(event, config, result)
+        if self._event_row is not None:
+            reason = "" if angle_error is None else f"{angle_error.reason}: {angle_error}"
+            result.items.append(AngleRow(self._event_row, angle, reason))
         streams = getattr(event, "streams", {})
         stream = streams.get(config.detector_stream)
         if stream is not None:
@@ -78,9 +84,12 @@ class TomoWorker:
         self.processor.reset()
         self.numbering.reset()
         self.pcap_header = None
+        self._pcap_values_read = False
 
     # -- decoding -------------------------------------------------------------------
-    def _angle(self, event: Any, config: PipelineConfig) -> tuple[float | None, AngleError | None]:
+    def _angle(
+        self, event: Any, config: PipelineConfig, result: WorkerResult
+    ) -> tuple[float | None, AngleError | None]:
         """The event's measured angle, or why there is none (None, None: no angle is
         due, as in the header and end events, or ``angle_stream`` is empty)."""
         if not config.angle_stream:
@@ -93,13 +102,32 @@ class TomoWorker:
         try:
             message = decode_pcap_event(stream.frames, self.pcap_header)
         except FrameError as error:
+            self._event_row = event.event_number - 1  # a row, unreadable
             return None, AngleError(f"its PandA values cannot be read: {error}")
         if isinstance(message, PcapHeader):
+            if self._pcap_values_read and self.pcap_header is not None and message.keys != self.pcap_header.keys:
+                # A header only starts a capture: one in the middle would change how
+                # every later row is read. The capture's own header stays in force.
+                result.items.append(
+                    Rejected(
+                        None,
+                        "pcap_header_mid_scan",
+                        f"event {event.event_number}: a PandA header with fields {list(message.keys)} came after "
+                        f"value rows; the capture's header ({list(self.pcap_header.keys)}) stays in force",
+                        event.event_number,
+                    )
+                )
+                return None, None
             self.pcap_header = message
+            self._pcap_values_read = False
             return None, None
         if isinstance(message, PcapEnd):
+            self._pcap_values_read = False  # the next capture may bring its own header
             return None, None
         assert isinstance(message, PcapValues)
+        self._pcap_values_read = True
+        # The PandA header is event 0 and its TCP stream loses nothing: event e holds row e - 1.
+        self._event_row = event.event_number - 1
         if self.pcap_header is None:
             # Unnamed values: which one is the encoder only the header says. Guessing a
             # column, or the nominal angle, would place the frame silently wrong.
@@ -171,6 +199,13 @@ class TomoWorker:
         except FrameError as error:
             result.items.append(Rejected(index, "unknown_kind", str(error), event_number))
             return
+        angle_row = -1
+        # Event e holds PandA row e - 1: a frame at another position needs another row.
+        misaligned = key == ImageKey.PROJECTION and bool(config.angle_stream) and index != event_number - 1
+        if misaligned and not isinstance(angle_error, EncoderFieldMissing):
+            # Its event carried another frame's PandA row (a message dropped or added
+            # on one stream): its own row is in another event, joined by the reducer.
+            angle_row, angle, angle_error = index, None, None
         if angle_error is not None and (key == ImageKey.PROJECTION or isinstance(angle_error, EncoderFieldMissing)):
             # A projection without its measured angle is refused under the angle's own
             # reason; a wrong encoder_field refuses every frame (the scan is misconfigured).
@@ -181,7 +216,9 @@ class TomoWorker:
             # No angle stream configured: the nominal angle from the frame's position.
             angle = config.nominal_angle(index - config.first_projection())
         try:
-            result.items.extend(self.processor.process(index, key, message.array, angle, measured, event_number))
+            result.items.extend(
+                self.processor.process(index, key, message.array, angle, measured, event_number, angle_row)
+            )
         except (ValueError, MemoryError, FloatingPointError) as error:
             # Settings this worker cannot apply (or a frame it cannot handle) must not
             # lose the frame silently, as dranspose does with an exception (one ERROR

@@ -147,11 +147,14 @@ class FrameProcessor:
         angle_deg: float | None,
         angle_measured: bool = True,
         event: int = -1,
+        angle_row: int = -1,
     ) -> list[Message]:
         """Handle one decoded frame; returns the messages for the reducer.
 
         ``event`` is the dranspose event number: with ``index`` it names this copy of
         the frame, so the reducer can tell a duplicate from a broadcast copy.
+        ``angle_row`` >= 0: the angle is that of another event's PandA row, which only
+        the reducer sees: the projection goes there uncorrected, to be joined.
         """
         if key in (ImageKey.INVALID, ImageKey.ALIGNMENT):
             return [
@@ -170,7 +173,7 @@ class FrameProcessor:
         if data.shape != (self.detector.rows, self.detector.cols):
             out.append(self._minority_frame(index, key, data, angle_deg, angle_measured, event))
             return out
-        out.extend(self._process_frame(index, key, data, angle_deg, angle_measured, event))
+        out.extend(self._process_frame(index, key, data, angle_deg, angle_measured, event, angle_row))
         return out
 
     def _minority_frame(
@@ -201,6 +204,7 @@ class FrameProcessor:
         angle_deg: float | None,
         angle_measured: bool,
         event: int,
+        angle_row: int = -1,
     ) -> list[Message]:
         assert self.geometry is not None and self.detector is not None
         rows = data if self.geometry.all_rows else data[self.geometry.sinogram_rows]
@@ -220,6 +224,9 @@ class FrameProcessor:
                         index, "non_finite", f"projection {index}: {bad.mean():.0%} of its pixels are NaN/inf", event
                     )
                 ]
+        if angle_row >= 0:
+            rows = np.ascontiguousarray(rows)
+            return [ProjectionRows(index, float("nan"), True, rows, 0, "", self.detector, event, angle_row)]
         if angle_deg is None or not np.isfinite(angle_deg):
             return [Rejected(index, "missing_angle", f"projection {index} has no valid angle", event)]
         corrector = self._corrector_for(self.geometry)

@@ -28,6 +28,7 @@ import numpy.typing as npt
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import (
+    AngleRow,
     DetectorInfo,
     PartialSum,
     ProjectionRows,
@@ -40,6 +41,7 @@ from streamtomo.pipeline.reconstruction.fbp import pi_over_2n
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming import scan_end
 from streamtomo.pipeline.streaming.admission import FrameAdmission
+from streamtomo.pipeline.streaming.angle_join import AngleJoin
 from streamtomo.pipeline.streaming.contributions import REJECTED_SLOT, ContributionLedger
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, geometry_for
 from streamtomo.pipeline.streaming.memory_budget import MemoryBudgetError, check_memory_budget
@@ -83,6 +85,7 @@ class LiveScan:
         self.ledger: ContributionLedger | None = None
         self._waiting: list[ProjectionRows] = []  # projections whose references are not settled
         self._held: list[ReferenceRows | ProjectionRows] = []  # waiting for the detector shape
+        self.angle_join = AngleJoin()
         self._shape_votes: Counter[tuple[int, int]] = Counter()
         self._shape_voters: set[tuple[int, int]] = set()  # (frame, event) copies that voted
         self._reference_frames: set[int] = set()
@@ -104,6 +107,8 @@ class LiveScan:
         counts = dict(self.admission.counts)
         if self.ledger is not None:
             counts.update(self.ledger.counts)
+        if self.angle_join.joined:
+            counts["angles_joined"] = self.angle_join.joined
         return counts
 
     @property
@@ -136,6 +141,9 @@ class LiveScan:
                 self._advance()
             elif isinstance(item, StreamEnded):
                 self.stream_ended = True
+            elif isinstance(item, AngleRow):
+                for waiting, row in self.angle_join.add_row(item):
+                    self._add_joined(waiting, row)
         self.last_update = time.time()
 
     def reject(self, reason: str, detail: str, frame_index: int | None = None, *, counted: bool = False) -> None:
@@ -222,7 +230,19 @@ class LiveScan:
         self.references.add(ref.key, ref.frame_index, ref.rows)
         self._advance()
 
+    def _add_joined(self, msg: ProjectionRows, row: AngleRow) -> None:
+        if row.angle_deg is None:
+            reason, _, detail = row.reason.partition(": ")
+            self.reject(reason or "missing_angle", f"frame {msg.frame_index}: {detail or 'no angle'}", msg.frame_index)
+            return
+        self._add_projection(self.angle_join.with_angle(msg, row))
+
     def _add_projection(self, msg: ProjectionRows) -> None:
+        if msg.angle_row >= 0:
+            joined = self.angle_join.defer(msg)
+            if joined is not None:
+                self._add_joined(*joined)
+            return
         if not self._ensure_detector(msg):
             return
         if not self.admission.first_time(msg.frame_index, msg.event):

@@ -33,6 +33,13 @@ MIN_PROJECTIONS_FOR_AUTO_CENTER = 8
 def finish(scan: LiveScan, volume_follows: bool) -> None:
     """Everything arrived: apply late references, backfill, then say what is final."""
     scan.release_held()  # a scan too short for two frames to agree on the shape
+    for msg in scan.angle_join.take_unjoined():
+        scan.reject(
+            "no_angle_row",
+            f"frame {msg.frame_index} arrived with another frame's PandA row and its own row {msg.angle_row} "
+            "never came (the PandA stream ended first)",
+            msg.frame_index,
+        )
     refs = scan.references
     waiting = scan.take_waiting()
     # Whatever is still open is complete now; flats after the last projection are

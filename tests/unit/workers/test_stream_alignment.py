@@ -1,0 +1,94 @@
+"""Issue 12.1 and 12.4: frames joined to their own PandA row, not to whatever row
+shared their event; a PandA header in the middle of a capture changes nothing.
+
+dranspose's ingester drops a STINS message that fails its own header check (one ERROR
+line) and does not renumber: every later detector message moves one event earlier,
+next to the PandA row of the frame before it. These tests lay events out exactly so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dranspose.event import EventData, StreamData
+from dranspose.protocol import EventNumber, StreamName
+
+from streamtomo.pipeline.formats import pcap, stins
+from tests.unit.workers.test_beamline_conventions import (
+    DANMAX_FIELDS,
+    N_DARKS,
+    N_FLATS,
+    danmax_config,
+    danmax_scan,
+    run_scan,
+)
+
+ANGLES = [4.0 * i for i in range(45)]  # 0 .. 176 degrees, one projection per 4 degrees
+FIRST = N_DARKS + N_FLATS + 1  # the first projection's event
+
+
+def config() -> dict[str, object]:
+    return danmax_config(len(ANGLES), angle_start=0.0, angle_range=180.0)
+
+
+def rebuild(detector: list[list[bytes]], angle: list[bytes]) -> list[EventData]:
+    """Events as the ingesters number them: message i of each stream in event i."""
+    out = []
+    for number in range(max(len(detector), len(angle))):
+        streams: dict[StreamName, StreamData] = {}
+        if number < len(detector):
+            streams[StreamName("detector")] = StreamData(typ=stins.STREAM_TYPE, frames=list(detector[number]))
+        if number < len(angle):
+            streams[StreamName("angle")] = StreamData(typ=pcap.STREAM_TYPE, frames=[angle[number]])
+        out.append(EventData(event_number=EventNumber(number), streams=streams))
+    return out
+
+
+def split(scan_events: list[EventData]) -> tuple[list[list[bytes]], list[bytes]]:
+    detector = [[bytes(p) for p in e.streams[StreamName("detector")].frames] for e in scan_events]
+    angle = [bytes(e.streams[StreamName("angle")].frames[0]) for e in scan_events]
+    return detector, angle
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_dropped_detector_message_leaves_every_frame_at_its_own_angle(workers: int) -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    dropped = FIRST + 10  # projection 10 (at 40 degrees) never reaches the workers
+    del detector[dropped]
+    scan = run_scan(rebuild(detector, angle), config(), workers)
+    assert scan.state == "finished"
+    assert scan.sinogram is not None
+    assert list(scan.sinogram.missing_slots()) == [10]
+    filled = scan.sinogram.filled_slots()
+    # Every frame in the slot of its own angle: the projections' data encode their angle
+    # (synthetic_scan), so a frame at another frame's angle would show here too.
+    np.testing.assert_allclose(scan.sinogram.angles()[filled], np.array(ANGLES)[filled], atol=1e-3)
+    clean = run_scan(danmax_scan(ANGLES), config(), workers)
+    assert clean.sinogram is not None
+    np.testing.assert_allclose(scan.sinogram.by_angle[filled], clean.sinogram.by_angle[filled], atol=1e-5)
+    assert scan.counts["angles_joined"] == len(ANGLES) - 11
+    assert scan.lost_frames() == [(dropped - 1, dropped - 1)]
+    assert scan.rejected == {}
+
+
+def test_a_frame_whose_row_never_comes_is_rejected_with_its_reason() -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    del detector[FIRST + 10]
+    del angle[-2]  # and the PandA's last row is missing too: the last frame has no angle
+    scan = run_scan(rebuild(detector, angle), config(), 2)
+    assert scan.rejected == {"no_angle_row": 1}
+    assert scan.sinogram is not None and list(scan.sinogram.missing_slots()) == [10, len(ANGLES) - 1]
+
+
+def test_a_pandas_header_mid_capture_does_not_change_how_rows_are_read() -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    # The same fields in another order: read with it, INENC2.VAL.Mean would be PCAP.TS_TRIG.
+    stray = pcap.encode_pcap_header(list(reversed(DANMAX_FIELDS)), "2024-11-05T10:00:01.000Z")
+    event = FIRST + 5
+    angle[event] = stray  # that event's row is lost (its frame: missing_angle), no more
+    scan = run_scan(rebuild(detector, angle), config(), 1)
+    assert scan.rejected == {"pcap_header_mid_scan": 1, "missing_angle": 1}
+    assert scan.sinogram is not None
+    assert list(scan.sinogram.missing_slots()) == [5]
+    filled = scan.sinogram.filled_slots()
+    np.testing.assert_allclose(scan.sinogram.angles()[filled], np.array(ANGLES)[filled], atol=1e-3)
