@@ -115,6 +115,18 @@ class PipelineConfig:
         default=True,
         metadata={"help": "reconstruct every sinogram row into /entry/reconstruction/volume at the end of the scan"},
     )
+    pixel_repair: bool = field(
+        default=True,
+        metadata={
+            "help": "replace dead pixels (0 counts, or a flat at or near the dark) and saturated ones by the median of their row neighbours before -log, and count them (status pixels_repaired); off: they become 0 or -log 13.8"
+        },
+    )
+    saturation_level: float = field(
+        default=0.0,
+        metadata={
+            "help": "pixel_repair: counts at or above this are saturated; 0: the detector dtype's maximum (65535 for uint16)"
+        },
+    )
     zinger_removal: bool = field(
         default=False,
         metadata={"help": "volume: replace zingers (isolated outlier pixels) in each projection by the local median"},
@@ -194,6 +206,8 @@ class PipelineConfig:
             raise ConfigError(f"angle_tolerance must be in (0, 0.5] steps, got {self.angle_tolerance}")
         if self.counts_per_degree == 0 or not math.isfinite(self.counts_per_degree):
             raise ConfigError(f"counts_per_degree must be finite and non-zero, got {self.counts_per_degree}")
+        if not (self.saturation_level >= 0 and math.isfinite(self.saturation_level)):
+            raise ConfigError(f"saturation_level must be >= 0 (0: the dtype's maximum), got {self.saturation_level}")
         if self.publish_interval <= 0:
             raise ConfigError(f"publish_interval must be > 0, got {self.publish_interval}")
         if self.slice_size > MAX_SLICE_SIZE:

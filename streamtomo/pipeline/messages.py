@@ -42,6 +42,7 @@ class ProjectionRows:
     references yet) and the reducer corrects them; otherwise they are -log corrected
     float32 with that reference version, and the worker has backprojected the slice
     rows among them into its partial sum under ``recon_id`` (empty: it did not).
+    ``pixels_repaired``: dead or saturated pixels the worker repaired in ``rows``.
     """
 
     frame_index: int
@@ -51,6 +52,7 @@ class ProjectionRows:
     reference_version: int
     recon_id: str
     detector: DetectorInfo
+    pixels_repaired: int = 0
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,8 @@ class FrameProcessor:
             self.config.n_flats_before,
         ):
             self._broadcast = BroadcastReferences(config)  # a new scan's layout
+        if (config.pixel_repair, config.saturation_level) != (self.config.pixel_repair, self.config.saturation_level):
+            self._corrector = None  # it repairs by the old settings
         self.config = config
         self.geometry = None if self.detector is None else geometry_for(config, self.detector)
         self._sweep = None
@@ -100,7 +102,13 @@ class FrameProcessor:
                     len(geometry.sinogram_rows),
                 )
                 return None
-            self._corrector = Corrector(refs.dark, refs.flat, refs.version)
+            self._corrector = Corrector(
+                refs.dark,
+                refs.flat,
+                refs.version,
+                repair=self.config.pixel_repair,
+                saturation_level=self.config.saturation_level,
+            )
         return self._corrector
 
     # -- frames ---------------------------------------------------------------------
@@ -159,13 +167,20 @@ class FrameProcessor:
         corrector = self._corrector_for(self.geometry)
         if corrector is None:
             return [ProjectionRows(index, angle_deg, angle_measured, np.ascontiguousarray(rows), 0, "", self.detector)]
-        values = corrector.correct_fast(rows)
+        values, repaired = corrector.correct_counted(rows)
         # Integer frames give finite values by construction (the table is clipped).
         if np.issubdtype(rows.dtype, np.floating) and not np.isfinite(values).all():
             np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         out: list[Message] = [
             ProjectionRows(
-                index, angle_deg, angle_measured, values, corrector.version, self.geometry.recon_id, self.detector
+                index,
+                angle_deg,
+                angle_measured,
+                values,
+                corrector.version,
+                self.geometry.recon_id,
+                self.detector,
+                repaired,
             )
         ]
         self._backproject(index, values, angle_deg)

@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import (
     DetectorInfo,
@@ -257,13 +258,14 @@ class LiveScan:
             return
         rows = np.asarray(msg.rows)
         worker_rows: FloatArray | None = None
+        repaired = msg.pixels_repaired
         if msg.reference_version == 0:
             self.admission.counts["corrected_by_reducer"] += 1
-            values = self.references.corrector(refs.version).correct_fast(rows)
+            values, repaired = self._corrector(refs.version).correct_counted(rows)
         elif msg.reference_version != refs.version:
             self.admission.counts["recorrected_stale"] += 1
             raw = self.references.corrector(msg.reference_version).uncorrect(rows.astype(np.float32))
-            values = self.references.corrector(refs.version).correct(raw)
+            values, repaired = self._corrector(refs.version).correct_counted(raw, fast=False)
             worker_rows = rows[geometry.slice_positions].astype(np.float32)
         else:
             # The common path: the worker corrected with the current set (finite by
@@ -274,6 +276,7 @@ class LiveScan:
             values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
         count = self.sinogram.place(slot, msg.angle_deg, values)
         self.admission.counts["projections"] += 1
+        self.admission.counts["pixels_repaired"] += repaired
         slice_values = values[geometry.slice_positions]
         if msg.reference_version == refs.version:
             worker_rows = slice_values
@@ -282,6 +285,9 @@ class LiveScan:
         self.ledger.place(msg.frame_index, slot, msg.angle_deg, slice_values, worker_rows)
         if count > 1:
             self.ledger.slot_changed(slot)
+
+    def _corrector(self, version: int) -> Corrector:
+        return self.references.corrector(version, self.config.pixel_repair, self.config.saturation_level)
 
     # -- reconciliation and settings changes ----------------------------------------
     def reconcile(self, backfill: bool = False) -> int:
@@ -387,6 +393,7 @@ class LiveScan:
             "pending_projections": len(self._waiting),
             "frames_lost": lost,
             "volume_slices_done": self.volume_done,
+            "pixels_repaired": self.admission.counts["pixels_repaired"],
         }
 
     def snapshot(self) -> ScanSnapshot:

@@ -109,7 +109,13 @@ def interpolate_flats(scan: LiveScan, refs: ReferenceSet) -> None:
     for slot, indices in slot_frames.items():
         stored = scan.sinogram.by_angle[slot]
         raw = before.uncorrect(stored)
-        corrector = Corrector(refs.dark, refs.flat_for(int(np.mean(indices))), refs.version)
+        corrector = Corrector(
+            refs.dark,
+            refs.flat_for(int(np.mean(indices))),
+            refs.version,
+            repair=scan.config.pixel_repair,
+            saturation_level=scan.config.saturation_level,
+        )
         stored[...] = corrector.correct(raw)
         scan.sinogram.dirty_slots.add(slot)
         for index in indices:
