@@ -132,7 +132,10 @@ class PipelineConfig:
         metadata={"help": "volume: replace zingers (isolated outlier pixels) in each projection by the local median"},
     )
     ring_removal: bool = field(
-        default=False, metadata={"help": "volume: sorting-based stripe (ring) removal on each sinogram (Vo 2018)"}
+        default=False,
+        metadata={
+            "help": "volume: stripe (ring) removal on each sinogram, Vo 2018's combination: dead/unresponsive, large and sorting-based (window 21)"
+        },
     )
     paganin_delta_beta: float = field(
         default=0.0,
