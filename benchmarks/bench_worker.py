@@ -1,6 +1,7 @@
 """The worker's per-frame path against the memory-copy bound, in one process.
 
-Path: decode a STINS image message (parse), correct and -log, extract the sinogram
+Path: decode a STINS image message (parse), correct and -log (with and without
+``pixel_repair``, and with two dead columns to repair), extract the sinogram
 rows (all rows here: the heaviest case) — what ``FrameProcessor.process`` does for a
 projection minus the live backprojection (measured in bench_recon). Bound: a plain
 numpy copy of the same frame bytes. Prints frames/s and the ratio to the bound.
@@ -47,6 +48,10 @@ def main() -> None:
     raw = [rng.integers(2000, 20000, (n, n), dtype=np.uint16) for _ in range(4)]
     messages = [encode_image(i, i, f) for i, f in enumerate(raw)]
     corrector = Corrector(dark, flat, version=1)
+    repairing = Corrector(dark, flat, version=1, repair=True)  # the pipeline's default (pixel_repair)
+    dead = [f.copy() for f in raw]
+    for f in dead:
+        f[:, [n // 3, n // 3 + 1]] = 0  # two dead columns: every row has pixels to repair
 
     def copy_bound(i: int) -> object:
         return raw[i % 4].copy()
@@ -58,6 +63,13 @@ def main() -> None:
     def fast(i: int) -> object:
         image = decode_stins(messages[i % 4])
         return corrector.correct_fast(image.array)  # type: ignore[union-attr]
+
+    def fast_repair(i: int) -> object:
+        image = decode_stins(messages[i % 4])
+        return repairing.correct_fast(image.array)  # type: ignore[union-attr]
+
+    def fast_repair_dead(i: int) -> object:
+        return repairing.correct_fast(dead[i % 4])
 
     config = PipelineConfig.from_mapping({"slice_rows": f"{n // 2}", "flush_every": 1_000_000})
     processor = FrameProcessor(config)
@@ -75,6 +87,8 @@ def main() -> None:
         ("numpy copy of the frame (bound)", bound),
         ("parse + exact correction (numpy)", best_rate(exact, args.frames)),
         ("parse + table correction (fused)", best_rate(fast, args.frames)),
+        ("parse + table correction, pixel repair on", best_rate(fast_repair, args.frames)),
+        ("same, 2 dead columns repaired (no parse)", best_rate(fast_repair_dead, args.frames)),
         ("worker path: parse, check, correct, rows", best_rate(worker_path, args.frames)),
     ]
     print(f"{n}x{n} uint16 frames ({mb:.1f} MB), best of 3 x {args.frames} frames")

@@ -142,12 +142,27 @@ class PipelineConfig:
         default=True,
         metadata={"help": "reconstruct every sinogram row into /entry/reconstruction/volume at the end of the scan"},
     )
+    pixel_repair: bool = field(
+        default=True,
+        metadata={
+            "help": "replace dead pixels (0 counts, or a flat at or near the dark) and saturated ones by the median of their row neighbours before -log, and count them (status pixels_repaired); off: they become 0 or -log 13.8"
+        },
+    )
+    saturation_level: float = field(
+        default=0.0,
+        metadata={
+            "help": "pixel_repair: counts at or above this are saturated; 0: the detector dtype's maximum (65535 for uint16)"
+        },
+    )
     zinger_removal: bool = field(
         default=False,
         metadata={"help": "volume: replace zingers (isolated outlier pixels) in each projection by the local median"},
     )
     ring_removal: bool = field(
-        default=False, metadata={"help": "volume: sorting-based stripe (ring) removal on each sinogram (Vo 2018)"}
+        default=False,
+        metadata={
+            "help": "volume: stripe (ring) removal on each sinogram, Vo 2018's combination: dead/unresponsive, large and sorting-based (window 21)"
+        },
     )
     paganin_delta_beta: float = field(
         default=0.0,
@@ -238,6 +253,8 @@ class PipelineConfig:
             raise ConfigError(f"counts_per_degree must be finite and non-zero, got {self.counts_per_degree}")
         if not (0 <= self.encoder_bits <= 64):
             raise ConfigError(f"encoder_bits must be in 0..64 (0: no wrap), got {self.encoder_bits}")
+        if not (self.saturation_level >= 0 and math.isfinite(self.saturation_level)):
+            raise ConfigError(f"saturation_level must be >= 0 (0: the dtype's maximum), got {self.saturation_level}")
         if self.publish_interval <= 0:
             raise ConfigError(f"publish_interval must be > 0, got {self.publish_interval}")
         if self.slice_size > MAX_SLICE_SIZE:

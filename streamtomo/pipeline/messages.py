@@ -43,6 +43,7 @@ class ProjectionRows:
     references yet) and the reducer corrects them; otherwise they are -log corrected
     float32 with that reference version, and the worker has backprojected the slice
     rows among them into its partial sum under ``recon_id`` (empty: it did not).
+    ``pixels_repaired``: dead or saturated pixels the worker repaired in ``rows``.
     """
 
     frame_index: int
@@ -58,6 +59,7 @@ class ProjectionRows:
     # >= 0: the frame's event carried another frame's PandA row; its angle is that of
     # PandA row ``angle_row``, joined by the reducer (``angle_deg`` is NaN until then).
     angle_row: int = -1
+    pixels_repaired: int = 0
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@
         missing_angles, pending_projections, frames_lost, volume_slices_done,
         settings_pending (1 from a live change's 202 until the slices are rebuilt),
         rejected (JSON counts per reason), lost_frames (JSON [first, last] ranges of
-        frames that never came), publisher_dropped, last_update (unix time), generation
+        frames that never came), publisher_dropped, pixels_repaired (dead or saturated
+        pixel values replaced by their row neighbours' median before -log, over the
+        projections so far), last_update (unix time), generation
 
 The layout reads a :class:`ScanSnapshot`, never the scan's internals. The sinogram
 dataset shares the scan's storage (an angle-major array seen as (rows, angles, cols)):
@@ -56,6 +58,7 @@ STATUS_INTS = (
     "frames_lost",
     "volume_slices_done",
     "settings_pending",
+    "pixels_repaired",
 )
 CHUNK_TARGET_BYTES = 2 << 20
 

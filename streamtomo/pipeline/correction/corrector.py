@@ -9,6 +9,13 @@ Two paths give the same numbers up to rounding of the dark:
 - lut (integer frames): ``log(flat - dark)`` per pixel and a table of ``log(k)`` for
   integer ``k = p - round(dark)`` replace the per-pixel division and log, which
   dominate the cost. The rounded dark shifts ``p - dark`` by at most 0.5 counts.
+
+With ``repair`` (the pipeline's ``pixel_repair``), bad pixels are not set to 0 nor
+clipped to -log(T_MIN) = 13.8 but replaced, after -log, by the median of their valid
+row neighbours (:func:`.kernel.repair_rows`): pixels the references mark bad (flat
+not above the dark, below ``DEAD_FLAT_FRACTION`` of the median flat, or saturated in
+the flat; known once per reference set) and, per frame, pixels that read 0 or the
+saturation level (the dtype's maximum unless configured) or NaN/inf.
 """
 
 from __future__ import annotations
@@ -18,34 +25,73 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.correction.kernel import lut_correct
+from streamtomo.pipeline.correction.kernel import lut_correct, repair_rows
 from streamtomo.pipeline.correction.references import ReferenceSet
 
 FloatArray = npt.NDArray[np.float32]
 
 T_MIN = 1e-6  # smallest transmission kept: -log(T_MIN) = 13.8
 T_MAX = 10.0  # larger values mean a bad flat, not a sample
+# A flat this far below the detector's median (flat - dark) is a dead or non-responsive
+# pixel, not beam profile: its counts carry no usable transmission.
+DEAD_FLAT_FRACTION = 0.05
+
+_LutTables = tuple[npt.NDArray[np.int32], FloatArray, FloatArray, int]
 
 
 class Corrector:
     """Corrects frames (or rows of frames) with one dark and one flat."""
 
-    def __init__(self, dark: FloatArray, flat: FloatArray, version: int = 0) -> None:
+    def __init__(
+        self,
+        dark: FloatArray,
+        flat: FloatArray,
+        version: int = 0,
+        *,
+        repair: bool = False,
+        saturation_level: float = 0.0,
+    ) -> None:
         if dark.shape != flat.shape:
             raise ValueError(f"dark shape {dark.shape} != flat shape {flat.shape}")
         self.version = version
+        self.repair = repair
+        self.saturation_level = float(saturation_level)
         self.dark = np.ascontiguousarray(dark, dtype=np.float32)
-        denominator = flat.astype(np.float32) - self.dark
+        self.flat = np.asarray(flat, dtype=np.float32)
+        denominator = self.flat - self.dark
         self.bad_pixels = ~(denominator > 0) | ~np.isfinite(denominator)
         self.reciprocal = np.zeros_like(denominator)
         np.divide(1.0, denominator, out=self.reciprocal, where=~self.bad_pixels)
         self._any_bad = bool(self.bad_pixels.any())
-        self._lut_tables: tuple[npt.NDArray[np.int32], FloatArray, FloatArray, int] | None = None
+        self._weak = self.bad_pixels.copy()
+        if repair and not self.bad_pixels.all():
+            typical = float(np.median(denominator[~self.bad_pixels]))
+            self._weak |= denominator < DEAD_FLAT_FRACTION * typical
+        self._masks: dict[float, npt.NDArray[np.bool_]] = {}
+        self._lut_tables: dict[float | None, _LutTables] = {}
 
     @classmethod
-    def from_references(cls, refs: ReferenceSet, frame_index: int | None = None) -> Corrector:
+    def from_references(
+        cls, refs: ReferenceSet, frame_index: int | None = None, *, repair: bool = False, saturation_level: float = 0.0
+    ) -> Corrector:
         flat = refs.flat if frame_index is None else refs.flat_for(frame_index)
-        return cls(refs.dark, flat, refs.version)
+        return cls(refs.dark, flat, refs.version, repair=repair, saturation_level=saturation_level)
+
+    def saturation_for(self, dtype: np.dtype[np.generic]) -> float:
+        """Counts at or above this are saturated: the configured level, else the dtype's maximum."""
+        if self.saturation_level > 0:
+            return self.saturation_level
+        if np.issubdtype(dtype, np.integer):
+            return float(np.iinfo(dtype).max)  # type: ignore[type-var]
+        return math.inf
+
+    def repair_mask(self, saturation: float = math.inf) -> npt.NDArray[np.bool_]:
+        """Pixels the references make bad (repaired in every frame when ``repair``)."""
+        mask = self._masks.get(saturation)
+        if mask is None:
+            mask = self._weak | (self.flat >= saturation) if math.isfinite(saturation) else self._weak
+            self._masks[saturation] = mask
+        return mask
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -58,6 +104,34 @@ class Corrector:
 
     def correct(self, frame: npt.NDArray[np.generic], rows: npt.NDArray[np.intp] | None = None) -> FloatArray:
         """-log transmission of ``frame``; ``rows`` selects reference rows for a row subset."""
+        return self.correct_counted(frame, rows, fast=False)[0]
+
+    def correct_fast(self, frame: npt.NDArray[np.generic], rows: npt.NDArray[np.intp] | None = None) -> FloatArray:
+        """The table path for uint8/uint16 frames, the exact one otherwise."""
+        return self.correct_counted(frame, rows)[0]
+
+    def correct_counted(
+        self, frame: npt.NDArray[np.generic], rows: npt.NDArray[np.intp] | None = None, *, fast: bool = True
+    ) -> tuple[FloatArray, int]:
+        """Corrected frame and how many of its pixels were repaired (0 without ``repair``).
+
+        ``fast``: the table path for uint8/uint16 frames (the exact one otherwise).
+        """
+        if fast and frame.dtype in (np.uint8, np.uint16):
+            return self._correct_lut(frame, rows)
+        out = self._correct_exact(frame, rows)
+        if not self.repair:
+            return out, 0
+        saturation = self.saturation_for(frame.dtype)
+        bad = self.repair_mask(saturation)
+        bad = bad if rows is None else bad[rows]
+        bad = bad | (frame == 0) | ~np.isfinite(frame)
+        if math.isfinite(saturation):
+            bad |= frame >= saturation  # type: ignore[operator]
+        out[bad] = np.nan
+        return out, repair_rows(out, bad.sum(axis=1).astype(np.int64))
+
+    def _correct_exact(self, frame: npt.NDArray[np.generic], rows: npt.NDArray[np.intp] | None) -> FloatArray:
         self._check(frame, rows)
         dark = self.dark if rows is None else self.dark[rows]
         recip = self.reciprocal if rows is None else self.reciprocal[rows]
@@ -71,32 +145,47 @@ class Corrector:
             out[bad] = 0.0
         return out
 
-    def correct_fast(self, frame: npt.NDArray[np.generic], rows: npt.NDArray[np.intp] | None = None) -> FloatArray:
-        """The table path for uint8/uint16 frames, the exact one otherwise."""
-        if frame.dtype not in (np.uint8, np.uint16):
-            return self.correct(frame, rows)
+    def _correct_lut(self, frame: npt.NDArray[np.generic], rows: npt.NDArray[np.intp] | None) -> tuple[FloatArray, int]:
         self._check(frame, rows)
-        dark_int, log_denominator, table, offset = self._lut()
+        saturation = math.ceil(self.saturation_for(frame.dtype)) if self.repair else None
+        dark_int, log_denominator, table, offset = self._lut(saturation)
         if rows is not None:
             dark_int, log_denominator = dark_int[rows], log_denominator[rows]
-        out = lut_correct(frame, dark_int, log_denominator, table, offset, -math.log(T_MAX), -math.log(T_MIN))  # type: ignore[arg-type]
+        out, row_bad = lut_correct(
+            frame,  # type: ignore[arg-type]
+            dark_int,
+            log_denominator,
+            table,
+            offset,
+            -math.log(T_MAX),
+            -math.log(T_MIN),
+            saturation,
+        )
+        if self.repair:
+            return out, repair_rows(out, row_bad)
         bad = self.bad_pixels if rows is None else self.bad_pixels[rows]
         if self._any_bad:
             out[bad] = 0.0
-        return out
+        return out, 0
 
-    def _lut(self) -> tuple[npt.NDArray[np.int32], FloatArray, FloatArray, int]:
-        if self._lut_tables is None:
+    def _lut(self, saturation: int | None) -> _LutTables:
+        tables = self._lut_tables.get(saturation)
+        if tables is None:
             dark_int = np.rint(self.dark).astype(np.int32)
             offset = int(max(dark_int.max(), 0))
             k = np.arange(-offset, 65536 - min(int(dark_int.min()), 0), dtype=np.float64)
             # log of counts above the dark; counts at or below it are clipped by the
             # transmission floor after the subtraction anyway, so any finite small value.
             table = np.log(np.maximum(k, 1e-3)).astype(np.float32)
+            # Repair: NaN marks the references' bad pixels for the kernel (it counts
+            # them and repair_rows replaces them); otherwise they become 0 afterwards.
+            bad = self.bad_pixels if saturation is None else self.repair_mask(float(saturation))
             with np.errstate(divide="ignore", invalid="ignore"):
-                log_denominator = np.where(self.bad_pixels, 0.0, -np.log(self.reciprocal)).astype(np.float32)
-            self._lut_tables = (dark_int, log_denominator, table, offset)
-        return self._lut_tables
+                log_denominator = np.where(bad, 0.0 if saturation is None else np.nan, -np.log(self.reciprocal)).astype(
+                    np.float32
+                )
+            tables = self._lut_tables[saturation] = (dark_int, log_denominator, table, offset)
+        return tables
 
     def uncorrect(self, values: FloatArray, rows: npt.NDArray[np.intp] | None = None) -> FloatArray:
         """Invert :meth:`correct` (for re-correcting with other references).

@@ -66,6 +66,8 @@ class FrameProcessor:
             self.set_references(None)
         if (config.kind_rule, config.first_projection()) != (self.config.kind_rule, self.config.first_projection()):
             self._broadcast = BroadcastReferences(config)  # a new scan's layout
+        if (config.pixel_repair, config.saturation_level) != (self.config.pixel_repair, self.config.saturation_level):
+            self._corrector = None  # it repairs by the old settings
         self.config = config
         self.geometry = None if self.detector is None else geometry_for(config, self.detector)
         self._sweep = None
@@ -98,7 +100,13 @@ class FrameProcessor:
                     (len(geometry.sinogram_rows), geometry.cols),
                 )
                 return None
-            self._corrector = Corrector(refs.dark, refs.flat, refs.version)
+            self._corrector = Corrector(
+                refs.dark,
+                refs.flat,
+                refs.version,
+                repair=self.config.pixel_repair,
+                saturation_level=self.config.saturation_level,
+            )
         return self._corrector
 
     # -- frames ---------------------------------------------------------------------
@@ -236,7 +244,7 @@ class FrameProcessor:
                     index, angle_deg, angle_measured, np.ascontiguousarray(rows), 0, "", self.detector, event
                 )
             ]
-        values = corrector.correct_fast(rows)
+        values, repaired = corrector.correct_counted(rows)
         # Integer frames give finite values by construction (the table is clipped).
         if np.issubdtype(rows.dtype, np.floating) and not np.isfinite(values).all():
             np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
@@ -250,6 +258,7 @@ class FrameProcessor:
                 self.geometry.recon_id,
                 self.detector,
                 event,
+                pixels_repaired=repaired,
             )
         ]
         self._backproject(index, values, angle_deg, event)

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import (
     AngleRow,
@@ -340,13 +341,14 @@ class LiveScan:
         angle = self.sinogram.grid.same_turn(msg.angle_deg, slot)
         rows = np.asarray(msg.rows)
         worker_rows: FloatArray | None = None
+        repaired = msg.pixels_repaired
         if msg.reference_version == 0:
             self.admission.counts["corrected_by_reducer"] += 1
-            values = self.references.corrector(refs.version).correct_fast(rows)
+            values, repaired = self._corrector(refs.version).correct_counted(rows)
         elif msg.reference_version != refs.version:
             self.admission.counts["recorrected_stale"] += 1
             raw = self.references.corrector(msg.reference_version).uncorrect(rows.astype(np.float32))
-            values = self.references.corrector(refs.version).correct(raw)
+            values, repaired = self._corrector(refs.version).correct_counted(raw, fast=False)
             worker_rows = rows[geometry.slice_positions].astype(np.float32)
         else:
             # The common path: the worker corrected with the current set (finite by
@@ -357,6 +359,7 @@ class LiveScan:
             values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
         count = self.sinogram.place(slot, angle, values)
         self.admission.counts["projections"] += 1
+        self.admission.counts["pixels_repaired"] += repaired
         slice_values = values[geometry.slice_positions]
         if msg.reference_version == refs.version:
             worker_rows = slice_values
@@ -380,6 +383,9 @@ class LiveScan:
         if abs(measured - self.sinogram.grid.step) > 0.01 * self.sinogram.grid.step:
             hint = f": set angle_step={measured:.6g} if that is the scan's step"
         return f"the measured angles so far step by {measured:.6g} deg{hint}"
+
+    def _corrector(self, version: int) -> Corrector:
+        return self.references.corrector(version, self.config.pixel_repair, self.config.saturation_level)
 
     # -- reconciliation and settings changes ----------------------------------------
     def reconcile(self, backfill: bool = False) -> int:
@@ -485,6 +491,7 @@ class LiveScan:
             "pending_projections": len(self._waiting),
             "frames_lost": lost,
             "volume_slices_done": self.volume_done,
+            "pixels_repaired": self.admission.counts["pixels_repaired"],
         }
 
     def snapshot(self) -> ScanSnapshot:

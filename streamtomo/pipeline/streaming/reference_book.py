@@ -33,7 +33,7 @@ class ReferenceBook:
         self._versions: dict[int, ReferenceSet] = {}
         self._known_only: set[int] = set()  # earlier scans' references (re-correction only)
         self._kept: ReferenceSet | None = None  # an earlier scan's set, applied (keep_references)
-        self._correctors: dict[int, Corrector] = {}
+        self._correctors: dict[tuple[int, bool, float], Corrector] = {}
         self._ordinal: dict[int, int] = {}  # version -> 1, 2, ... in this scan (for people)
 
     def reset(self, keep_references: bool) -> None:
@@ -117,8 +117,11 @@ class ReferenceBook:
         """The corrector of the newest set of this scan taken before projections."""
         return self.corrector(max(r.version for r in self._ours()))
 
-    def corrector(self, version: int) -> Corrector:
-        if version not in self._correctors:
+    def corrector(self, version: int, repair: bool = False, saturation_level: float = 0.0) -> Corrector:
+        key = (version, repair, saturation_level)
+        if key not in self._correctors:
             refs = self._versions[version]
-            self._correctors[version] = Corrector(refs.dark, refs.flat, version)
-        return self._correctors[version]
+            self._correctors[key] = Corrector(
+                refs.dark, refs.flat, version, repair=repair, saturation_level=saturation_level
+            )
+        return self._correctors[key]

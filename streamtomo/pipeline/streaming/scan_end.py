@@ -119,7 +119,13 @@ def interpolate_flats(scan: LiveScan, refs: ReferenceSet) -> None:
     for slot, keys in slot_frames.items():
         stored = scan.sinogram.by_angle[slot]
         raw = before.uncorrect(stored)
-        corrector = Corrector(refs.dark, refs.flat_for(int(np.mean([index for index, _ in keys]))), refs.version)
+        corrector = Corrector(
+            refs.dark,
+            refs.flat_for(int(np.mean([index for index, _ in keys]))),
+            refs.version,
+            repair=scan.config.pixel_repair,
+            saturation_level=scan.config.saturation_level,
+        )
         stored[...] = corrector.correct(raw)
         scan.sinogram.dirty_slots.add(slot)
         for key in keys:

@@ -115,3 +115,76 @@ def test_darks_alone_wait_for_flats() -> None:
     assert tracker.close_batch() is None and tracker.batch_open
     tracker.add(ImageKey.FLAT, 5, np.ones((1, 2)))
     assert tracker.close_batch() is not None
+
+
+# -- dead and saturated pixels ------------------------------------------------------------
+
+
+def _scene(cols: int = 48) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Dark, flat, a smooth projection (uint16) and its exact -log."""
+    dark = np.full((3, cols), 100.0, np.float32)
+    flat = np.full((3, cols), 20100.0, np.float32)
+    transmission = 0.3 + 0.4 * np.sin(np.linspace(0, np.pi, cols))[None, :] * np.ones((3, 1))
+    proj = np.rint(100 + 20000 * transmission).astype(np.uint16)
+    return dark, flat, proj, -np.log(transmission).astype(np.float32)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_dead_and_saturated_pixels_take_their_row_neighbours_median(fast: bool) -> None:
+    dark, flat, proj, truth = _scene()
+    proj[:, 10] = 0  # a dead column
+    proj[:, 11] = 0  # and its neighbour
+    proj[1, 30] = 65535  # saturated (the uint16 maximum)
+    corrector = Corrector(dark, flat, repair=True)
+    out, repaired = corrector.correct_counted(proj, fast=fast)
+    assert repaired == 3 + 3 + 1
+    # Without repair these are -log(T_MIN) = 13.8 and a negative attenuation; the
+    # median of neighbours on this slope is within 0.03 of the truth.
+    np.testing.assert_allclose(out, truth, atol=0.03)
+    # The median of two valid neighbours on each side, skipping the other dead column.
+    expected = np.median(out[0, [8, 9, 12, 13]])
+    assert out[0, 10] == pytest.approx(expected, abs=1e-6)
+    assert out[0, 11] == pytest.approx(expected, abs=1e-6)
+    plain = Corrector(dark, flat).correct_counted(proj, fast=fast)
+    assert plain[1] == 0 and plain[0][0, 10] == pytest.approx(-np.log(T_MIN), rel=1e-5)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_pixels_dead_in_the_references_are_repaired_in_every_frame(fast: bool) -> None:
+    dark, flat, proj, truth = _scene()
+    flat[:, 5] = dark[:, 5]  # does not respond to light
+    flat[2, 20] = 150.0  # barely: 50 counts above the dark where the others have 20000
+    flat[0, 40] = 65535.0  # saturated in the flats
+    rows = np.array([0, 2])
+    corrector = Corrector(dark, flat, repair=True)
+    assert corrector.repair_mask(65535.0).sum() == 3 + 1 + 1
+    out, repaired = corrector.correct_counted(proj[rows], rows, fast=fast)
+    assert repaired == 2 + 1 + 1
+    np.testing.assert_allclose(out, truth[rows], atol=0.03)
+
+
+def test_a_configured_saturation_level_and_float_frames() -> None:
+    dark, flat, proj, truth = _scene()
+    frame = proj.astype(np.float32)
+    frame[0, 7] = np.nan
+    frame[2, 33] = 0.0
+    proj16 = proj.copy()
+    proj16[1, 3] = 21000  # above a 20500 level: saturated for this detector (flats are at 20100)
+    corrector = Corrector(dark, flat, repair=True, saturation_level=20500)
+    out, repaired = corrector.correct_counted(frame)
+    assert repaired == 2
+    np.testing.assert_allclose(out, truth, atol=0.03)
+    fast, fast_repaired = corrector.correct_counted(proj16)
+    assert fast_repaired == 1
+    exact, exact_repaired = corrector.correct_counted(proj16, fast=False)
+    assert exact_repaired == fast_repaired
+    np.testing.assert_allclose(fast, exact, atol=1e-3)
+    np.testing.assert_allclose(fast, truth, atol=0.03)
+
+
+def test_a_row_without_valid_neighbours_gets_zero() -> None:
+    dark = np.full((1, 4), 100.0, np.float32)
+    flat = np.full((1, 4), 1000.0, np.float32)
+    out, repaired = Corrector(dark, flat, repair=True).correct_counted(np.zeros((1, 4), np.uint16))
+    assert repaired == 4
+    assert out.tolist() == [[0.0, 0.0, 0.0, 0.0]]

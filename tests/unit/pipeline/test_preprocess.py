@@ -3,26 +3,36 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import h5py
 import numpy as np
 import numpy.typing as npt
 import pytest
 from scipy import ndimage
 
+from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.reconstruction.fbp import StreamingFBP, angular_weights, fbp
 from streamtomo.pipeline.reconstruction.preprocess import (
     angle_slots,
     average_repeats,
+    detect_stripes,
     half_acquisition_to_180,
     paganin,
+    prepare_volume_sinograms,
+    remove_all_stripes,
+    remove_dead_stripes,
     remove_outliers,
     remove_stripes_sorting,
+    ring_strength,
     wavelength_m,
 )
 from streamtomo.pipeline.simulation.phantom import shepp_logan_3d
 from streamtomo.pipeline.simulation.projector import project_shepp_logan_3d
 
 ANGLES = np.linspace(0.0, 180.0, 120, endpoint=False)
+TOOTH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "tomopy_tooth" / "tooth.h5"
+TOOTH_AXIS = 295.6
 
 
 def rms(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> float:
@@ -93,6 +103,75 @@ def test_sorting_removes_stripes_and_their_rings(n_cols: int) -> None:
     assert remove_stripes_sorting(striped, size=11, method="replace").shape == striped.shape
     with pytest.raises(ValueError, match="unknown method 'fft'; allowed: offset, replace"):
         remove_stripes_sorting(striped, method="fft")
+
+
+def _tooth_sinograms() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    """The real tooth's -log sinograms (2, 181, 640): as measured, and with detector stripes.
+
+    The stripes are what real detectors add to the raw counts before the flat-field
+    correction (the flats do not have them): per-column gain errors of 2 % (rms),
+    one unresponsive column (constant counts whatever the sample) and one that
+    responds only 30 % to the sample.
+    """
+    with h5py.File(TOOTH, "r") as f:
+        proj = f["exchange/data"][...]
+        flat = f["exchange/data_white"][...].mean(axis=0)
+        dark = f["exchange/data_dark"][...].mean(axis=0)
+        theta = f["exchange/theta"][...]
+    gain = 1.0 + np.random.default_rng(7).normal(0.0, 0.02, proj.shape[2])
+    striped = dark + (proj - dark) * gain
+    striped[:, :, 150] = 0.6 * flat[:, 150]
+    striped[:, :, 420] = dark[:, 420] + 0.3 * (proj[:, :, 420] - dark[:, 420]) + 0.35 * (flat[:, 420] - dark[:, 420])
+    corrector = Corrector(dark.astype(np.float32), flat.astype(np.float32))
+
+    def sinograms(counts: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        return np.stack([corrector.correct(p.astype(np.float32)) for p in counts]).transpose(1, 0, 2)
+
+    return sinograms(proj), sinograms(striped), theta
+
+
+def _correlation(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
+    return float(np.mean([np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, b, strict=True)]))
+
+
+@pytest.mark.skipif(not TOOTH.exists(), reason=f"APS tooth data set not present at {TOOTH}")
+def test_ring_removal_removes_most_stripes_of_the_real_tooth() -> None:
+    """``ring_removal`` (Vo's combination) on the tooth with detector stripes.
+
+    Ring strength (std of the high-passed, angle-averaged profile) falls to 3 % of
+    the striped data's; the former sorting-only filter left 13 % (the unresponsive
+    column survives it). The slices come closer to the clean data's (r 0.86 -> 0.98).
+    """
+    clean, striped, theta = _tooth_sinograms()
+    before = ring_strength(striped)
+    assert before > 4 * ring_strength(clean)  # the added stripes dominate the tooth's own
+    fixed = prepare_volume_sinograms(striped, rings=True)
+    assert ring_strength(fixed) < 0.06 * before
+    reference = fbp(clean, theta, TOOTH_AXIS)
+    r_striped = _correlation(fbp(striped, theta, TOOTH_AXIS), reference)
+    r_fixed = _correlation(fbp(fixed, theta, TOOTH_AXIS), reference)
+    r_sorting = _correlation(fbp(remove_stripes_sorting(striped), theta, TOOTH_AXIS), reference)
+    assert r_fixed > r_striped + 0.1 and r_fixed > r_sorting, (r_striped, r_sorting, r_fixed)
+    # On the data as measured it changes the slices little.
+    assert _correlation(fbp(remove_all_stripes(clean), theta, TOOTH_AXIS), reference) > 0.96
+
+
+def test_dead_stripes_are_found_and_interpolated() -> None:
+    rng = np.random.default_rng(2)
+    attenuation = row_sinogram(256)
+    sinogram = np.exp(-attenuation / attenuation.max()) * rng.normal(1.0, 0.01, attenuation.shape)
+    sinogram = sinogram.astype(np.float32)
+    truth = sinogram.copy()
+    sinogram[:, 100] = 0.7  # unresponsive: the same whatever the angle
+    fixed = remove_dead_stripes(sinogram, residual=False)
+    assert rms(fixed[:, 100], truth[:, 100]) < 0.2 * rms(sinogram[:, 100], truth[:, 100])
+    # The two neighbours are interpolated too (the mask grows by one): their noise differs.
+    assert rms(fixed, truth) < 0.3 * rms(sinogram, truth)
+    assert not detect_stripes(np.ones(64)).any()  # noise-free: nothing stands out
+    stack = remove_all_stripes(np.stack([-np.log(sinogram)] * 2))
+    assert stack.shape == (2, *sinogram.shape) and np.isfinite(stack).all()
+    with pytest.raises(ValueError, match="snr"):
+        remove_all_stripes(sinogram, snr=1.0)
 
 
 # -- Paganin -------------------------------------------------------------------------------
