@@ -210,11 +210,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_hsds(args: argparse.Namespace) -> int:
+    from streamtomo.app.hsds_proxy import parse_origins
     from streamtomo.app.local_hsds import LocalHsds
 
-    server = LocalHsds(args.root, port=args.port)
+    try:
+        origins = parse_origins(args.cors_origin or ["http://127.0.0.1"])
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    server = LocalHsds(args.root, port=args.port, cors_origins=origins)
     server.start()
     print(f"hsds endpoint: {server.url}", flush=True)
+    print(f"browser origins allowed (CORS): {', '.join(origins)}", flush=True)
     for user in (server.writer_user, server.viewer_user):
         print(f"credentials of {user}: {server.credentials_file(user)}", flush=True)
     print(
@@ -314,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     hsds = sub.add_parser("hsds", help="run a local HSDS (POSIX storage, loopback only) until Ctrl-C")
     hsds.add_argument("--root", required=True, help="storage directory (kept between runs)")
     hsds.add_argument("--port", type=int, default=5101, help="loopback port (0: a free one)")
+    hsds.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="browser origin allowed to read, e.g. http://localhost:5173 (repeatable or a comma list; "
+        "default http://127.0.0.1)",
+    )
     hsds.set_defaults(func=cmd_hsds)
 
     config = sub.add_parser("config", help="print a parameter file with the defaults")
