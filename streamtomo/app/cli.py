@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import select
 import signal
 import sys
 import tempfile
@@ -36,40 +37,73 @@ def _load_config(path: str | None, overrides: dict[str, Any]) -> PipelineConfig:
         raise CliError(str(error)) from None
 
 
-def _serve_until_interrupted(stop: threading.Event) -> None:
-    print("serving; press Ctrl-C to stop", flush=True)
+DEMO_SECONDS = 20.0  # a paced demo: long enough to watch the slices grow, short enough to wait for
+
+
+def on_terminal() -> bool:
+    """A person at a terminal (stdin and stdout both TTYs), not CI or a script."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _serve_until_interrupted(stop: threading.Event, enter_stops: bool = False) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if enter_stops:
+        print("serving; press Enter (or Ctrl-C) to stop", flush=True)
+    else:
+        print("serving; press Ctrl-C to stop", flush=True)
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stop.is_set():
+            if enter_stops:
+                # select, not a blocking readline: SIGTERM must still end the loop.
+                readable, _, _ = select.select([sys.stdin], [], [], 0.5)
+                if readable:
+                    sys.stdin.readline()
+                    break
+            else:
+                stop.wait(0.5)
     except KeyboardInterrupt:
         pass
     stop.set()
+    print("stopped", flush=True)
 
 
-def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Namespace, total_frames: int | None) -> int:
+def _run(
+    recordings: Sequence[Path],
+    config: PipelineConfig,
+    args: argparse.Namespace,
+    total_frames: int | None,
+    *,
+    rate_hz: float | None = None,
+    enter_stops: bool = False,
+    intro: str = "",
+) -> int:
+    """Stream ``recordings``; ``rate_hz`` defaults to ``--rate``, and ``enter_stops``
+    keeps serving after the scan until Enter or Ctrl-C (as ``--serve`` does until Ctrl-C)."""
     from streamtomo.app.runner import Progress, ReplayRun
     from streamtomo.hsds_bridge.nexus_file import write_nexus
 
     # With --hsds the reducer mirrors the domain there; credentials come from the
     # environment or a file (streamtomo.hsds_bridge.credentials), never from the command line.
-    stop = threading.Event() if args.serve else None
+    stop = threading.Event() if args.serve or enter_stops else None
     run = ReplayRun(
         recordings,
         config,
         workers=args.workers,
         http_port=args.port,
-        rate_hz=args.rate,
+        rate_hz=args.rate if rate_hz is None else rate_hz,
         keep_serving=stop,
         hsds_endpoint=args.hsds or "",
     )
     viewer = None
     try:
         reducer = run.start()
+        # The viewer first: it is what a person opens, before the first frame comes.
+        viewer = _start_viewer(reducer.endpoint, reducer.domain.name, reducer.control)
         print(f"endpoint: {reducer.endpoint}", flush=True)
         print(f"domain: {reducer.domain.name}", flush=True)
         print(f"control: {reducer.control.url} (token in {reducer.control.token_file})", flush=True)
-        viewer = _start_viewer(reducer.endpoint, reducer.domain.name, reducer.control)
+        if intro:
+            print(intro, flush=True)
         progress = Progress(total_frames)
         run.go()
         run.wait(on_progress=progress)
@@ -87,7 +121,7 @@ def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Name
             flush=True,
         )
         if stop is not None:
-            _serve_until_interrupted(stop)
+            _serve_until_interrupted(stop, enter_stops)
     finally:
         if viewer is not None:
             viewer.close()
@@ -114,6 +148,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streamtomo.app.recordings import write_recordings
     from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
 
+    # A person at a terminal watches the slices grow and looks at them afterwards;
+    # CI and scripts (no terminal) get the scan at full speed and an exit.
+    interactive = on_terminal()
+    if interactive and not args.verbose:
+        # Log lines would break up the progress bar and push the viewer URL off the
+        # screen; warnings still show, -v shows everything.
+        logging.getLogger().setLevel(logging.WARNING)
     spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=args.angles, order=args.order, seed=args.seed)
     config = spec.config(domain=args.domain)
     with tempfile.TemporaryDirectory(prefix="streamtomo-demo-") as tmp:
@@ -123,7 +164,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             frames, Path(tmp), counts_per_degree=config.counts_per_degree, encoder_field=config.encoder_field
         )
         logger.info("simulated %d frames of %dx%d", len(frames), spec.rows, spec.cols)
-        return _run(recordings, config, args, len(frames))
+        pace = DEMO_SECONDS if args.pace is None and interactive else (args.pace or 0.0)
+        rate, intro = args.rate, ""
+        if rate is None and pace > 0:
+            rate = len(frames) / pace
+            intro = f"pacing the scan to about {pace:g} s ({rate:.1f} frames/s): open the viewer to watch it"
+        return _run(recordings, config, args, len(frames), rate_hz=rate, enter_stops=interactive, intro=intro)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -287,9 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="simulate a scan and stream it through the pipeline")
+    demo = sub.add_parser(
+        "demo",
+        help="simulate a scan and stream it through the pipeline (on a terminal: paced, then served until Enter)",
+    )
     _add_sim_options(demo, rows=64, cols=256, angles=360)
     _add_run_options(demo)
+    demo.add_argument(
+        "--pace",
+        type=float,
+        metavar="SECONDS",
+        help=f"spread the scan over about this long (default on a terminal {DEMO_SECONDS:g}, else 0: "
+        "as fast as possible); --rate wins",
+    )
     demo.set_defaults(func=cmd_demo)
 
     replay = sub.add_parser("replay", help="stream dranspose recordings or an NXtomo file through the pipeline")
