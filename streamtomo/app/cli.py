@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import select
 import signal
 import sys
 import tempfile
@@ -41,40 +42,73 @@ def _load_config(path: str | None, overrides: dict[str, Any]) -> PipelineConfig:
         raise CliError(str(error)) from None
 
 
-def _serve_until_interrupted(stop: threading.Event) -> None:
-    print("serving; press Ctrl-C to stop", flush=True)
+DEMO_SECONDS = 20.0  # a paced demo: long enough to watch the slices grow, short enough to wait for
+
+
+def on_terminal() -> bool:
+    """A person at a terminal (stdin and stdout both TTYs), not CI or a script."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _serve_until_interrupted(stop: threading.Event, enter_stops: bool = False) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if enter_stops:
+        print("serving; press Enter (or Ctrl-C) to stop", flush=True)
+    else:
+        print("serving; press Ctrl-C to stop", flush=True)
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stop.is_set():
+            if enter_stops:
+                # select, not a blocking readline: SIGTERM must still end the loop.
+                readable, _, _ = select.select([sys.stdin], [], [], 0.5)
+                if readable:
+                    sys.stdin.readline()
+                    break
+            else:
+                stop.wait(0.5)
     except KeyboardInterrupt:
         pass
     stop.set()
+    print("stopped", flush=True)
 
 
-def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Namespace, total_frames: int | None) -> int:
+def _run(
+    recordings: Sequence[Path],
+    config: PipelineConfig,
+    args: argparse.Namespace,
+    total_frames: int | None,
+    *,
+    rate_hz: float | None = None,
+    enter_stops: bool = False,
+    intro: str = "",
+) -> int:
+    """Stream ``recordings``; ``rate_hz`` defaults to ``--rate``, and ``enter_stops``
+    keeps serving after the scan until Enter or Ctrl-C (as ``--serve`` does until Ctrl-C)."""
     from streamtomo.app.runner import Progress, ReplayRun
     from streamtomo.hsds_bridge.nexus_file import write_nexus
 
     # With --hsds the reducer mirrors the domain there; credentials come from the
     # environment or a file (streamtomo.hsds_bridge.credentials), never from the command line.
-    stop = threading.Event() if args.serve else None
+    stop = threading.Event() if args.serve or enter_stops else None
     run = ReplayRun(
         recordings,
         config,
         workers=args.workers,
         http_port=args.port,
-        rate_hz=args.rate,
+        rate_hz=args.rate if rate_hz is None else rate_hz,
         keep_serving=stop,
         hsds_endpoint=args.hsds or "",
     )
     viewer = None
     try:
         reducer = run.start()
+        # The viewer first: it is what a person opens, before the first frame comes.
+        viewer = _start_viewer(reducer.endpoint, reducer.domain.name, reducer.control)
         print(f"endpoint: {reducer.endpoint}", flush=True)
         print(f"domain: {reducer.domain.name}", flush=True)
         print(f"control: {reducer.control.url} (token in {reducer.control.token_file})", flush=True)
-        viewer = _start_viewer(reducer.endpoint, reducer.domain.name, reducer.control)
+        if intro:
+            print(intro, flush=True)
         progress = Progress(total_frames)
         run.go()
         run.wait(on_progress=progress)
@@ -90,7 +124,7 @@ def _run(recordings: Sequence[Path], config: PipelineConfig, args: argparse.Name
             # On stderr and as the exit status, so scripts and CI see it too.
             print(f"scan {summary.state}: {summary.reason}", file=sys.stderr, flush=True)
         if stop is not None:
-            _serve_until_interrupted(stop)
+            _serve_until_interrupted(stop, enter_stops)
     finally:
         if viewer is not None:
             viewer.close()
@@ -117,6 +151,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streamtomo.app.recordings import write_recordings
     from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
 
+    # A person at a terminal watches the slices grow and looks at them afterwards;
+    # CI and scripts (no terminal) get the scan at full speed and an exit.
+    interactive = on_terminal()
+    if interactive and not args.verbose:
+        # Log lines would break up the progress bar and push the viewer URL off the
+        # screen; warnings still show, -v shows everything.
+        logging.getLogger().setLevel(logging.WARNING)
     spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=args.angles, order=args.order, seed=args.seed)
     config = spec.config(domain=args.domain)
     with tempfile.TemporaryDirectory(prefix="streamtomo-demo-") as tmp:
@@ -126,12 +167,65 @@ def cmd_demo(args: argparse.Namespace) -> int:
             frames, Path(tmp), counts_per_degree=config.counts_per_degree, encoder_field=config.encoder_field
         )
         logger.info("simulated %d frames of %dx%d", len(frames), spec.rows, spec.cols)
-        return _run(recordings, config, args, len(frames))
+        pace = DEMO_SECONDS if args.pace is None and interactive else (args.pace or 0.0)
+        rate, intro = args.rate, ""
+        if rate is None and pace > 0:
+            rate = len(frames) / pace
+            intro = f"pacing the scan to about {pace:g} s ({rate:.1f} frames/s): open the viewer to watch it"
+        return _run(recordings, config, args, len(frames), rate_hz=rate, enter_stops=interactive, intro=intro)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    if args.nexus:
+        return _replay_nexus(args)
     config = _load_config(args.parameters, {"domain": args.domain})
     return _run([Path(f) for f in args.files], config, args, total_frames=config.expected_frames())
+
+
+def _replay_nexus(args: argparse.Namespace) -> int:
+    """An NXtomo file streamed as the beamline would have: its frames in file order,
+    kinds in the image headers, measured angles on the PandA stream."""
+    from streamtomo.app.nexus_source import GRID_KEYS, NexusError, NexusScan
+    from streamtomo.app.parameter_files import read_config_values
+    from streamtomo.app.recordings import write_recordings
+
+    try:
+        values = read_config_values(args.parameters) if args.parameters else {}
+        scan = NexusScan(args.nexus, args.nexus_data, args.nexus_keys, args.nexus_angles)
+    except (ValueError, NexusError) as error:  # ParameterFileError, NexusError
+        raise CliError(str(error)) from None
+    with scan, tempfile.TemporaryDirectory(prefix="streamtomo-nexus-") as tmp:
+        # The file names each frame's kind, whatever the order (DIAD: flats, darks,
+        # projections, flats, darks), so the kinds travel in the headers.
+        values.setdefault("kind_rule", "header")
+        grid = scan.grid()
+        for key in GRID_KEYS:
+            values.setdefault(key, getattr(grid, key))  # from the file unless given
+        values["domain"] = args.domain
+        config = _load_config_values(values)
+        print(
+            f"nexus: {scan.n_frames} frames from {scan.paths.data}, {grid.n_projections} projections, "
+            f"angles {config.angle_start:g} + {config.angle_step:.6g} x i deg from {scan.paths.rotation_angle}",
+            flush=True,
+        )
+        recordings = write_recordings(
+            scan.frames(),
+            Path(tmp),
+            counts_per_degree=config.counts_per_degree,
+            offset_deg=config.encoder_offset,
+            encoder_field=config.encoder_field,
+            detector_stream=config.detector_stream,
+            angle_stream=config.angle_stream or "angle",
+            filename=scan.path.name,
+        )
+        return _run(recordings, config, args, total_frames=scan.n_frames)
+
+
+def _load_config_values(values: dict[str, Any]) -> PipelineConfig:
+    try:
+        return PipelineConfig.from_mapping(values)
+    except ConfigError as error:
+        raise CliError(str(error)) from None
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -165,11 +259,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_hsds(args: argparse.Namespace) -> int:
+    from streamtomo.app.hsds_proxy import parse_origins
     from streamtomo.app.local_hsds import LocalHsds
 
-    server = LocalHsds(args.root, port=args.port)
+    try:
+        origins = parse_origins(args.cors_origin or ["http://127.0.0.1"])
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    server = LocalHsds(args.root, port=args.port, cors_origins=origins)
     server.start()
     print(f"hsds endpoint: {server.url}", flush=True)
+    print(f"browser origins allowed (CORS): {', '.join(origins)}", flush=True)
     for user in (server.writer_user, server.viewer_user):
         print(f"credentials of {user}: {server.credentials_file(user)}", flush=True)
     print(
@@ -236,13 +336,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="simulate a scan and stream it through the pipeline")
+    demo = sub.add_parser(
+        "demo",
+        help="simulate a scan and stream it through the pipeline (on a terminal: paced, then served until Enter)",
+    )
     _add_sim_options(demo, rows=64, cols=256, angles=360)
     _add_run_options(demo)
+    demo.add_argument(
+        "--pace",
+        type=float,
+        metavar="SECONDS",
+        help=f"spread the scan over about this long (default on a terminal {DEMO_SECONDS:g}, else 0: "
+        "as fast as possible); --rate wins",
+    )
     demo.set_defaults(func=cmd_demo)
 
-    replay = sub.add_parser("replay", help="stream dranspose recordings through the pipeline")
-    replay.add_argument("-f", "--files", nargs="+", required=True, help="dranspose recordings (.cbors)")
+    replay = sub.add_parser("replay", help="stream dranspose recordings or an NXtomo file through the pipeline")
+    source = replay.add_mutually_exclusive_group(required=True)
+    source.add_argument("-f", "--files", nargs="+", help="dranspose recordings (.cbors)")
+    source.add_argument(
+        "--nexus",
+        metavar="FILE",
+        help="an NXtomo file (image_key, rotation angles, frames; external links followed); "
+        "angle_start, angle_range and n_projections come from its angles unless the parameter file sets them",
+    )
+    replay.add_argument("--nexus-data", metavar="PATH", help="--nexus: dataset of the frames (default: looked up)")
+    replay.add_argument("--nexus-keys", metavar="PATH", help="--nexus: dataset of the image_key per frame")
+    replay.add_argument(
+        "--nexus-angles", metavar="PATH", help="--nexus: dataset of the rotation angle per frame, degrees"
+    )
     replay.add_argument("-p", "--parameters", help="parameter file (JSON)")
     _add_run_options(replay)
     replay.set_defaults(func=cmd_replay)
@@ -257,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     hsds = sub.add_parser("hsds", help="run a local HSDS (POSIX storage, loopback only) until Ctrl-C")
     hsds.add_argument("--root", required=True, help="storage directory (kept between runs)")
     hsds.add_argument("--port", type=int, default=5101, help="loopback port (0: a free one)")
+    hsds.add_argument(
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="browser origin allowed to read, e.g. http://localhost:5173 (repeatable or a comma list; "
+        "default http://127.0.0.1)",
+    )
     hsds.set_defaults(func=cmd_hsds)
 
     config = sub.add_parser("config", help="print a parameter file with the defaults")

@@ -10,6 +10,11 @@ authentication at all) are not reachable over TCP.
 Run as its own process (``python -m streamtomo.app.hsds_proxy``) so that its CPU work
 does not compete for the GIL with the writer or the readers, and so that it lives
 in the HSDS process group: stopping or killing the group stops it too.
+
+CORS is answered here, not by HSDS: HSDS's ``cors_domain`` takes one origin, and a
+viewer is often served from several (a dev server, the beamline's page). Only the
+listed origins get ``Access-Control-Allow-Origin`` (with credentials: HSDS requests
+carry Basic auth, so ``*`` is refused by :func:`check_origin`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -45,6 +52,53 @@ _DROP_HEADERS = frozenset(
     )
 )
 CLIENT_KEY = web.AppKey("client", aiohttp.ClientSession)
+ORIGINS_KEY = web.AppKey("cors_origins", frozenset)
+ALLOW_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+
+
+def check_origin(origin: str) -> str:
+    """``origin`` if it is a browser origin (``scheme://host[:port]``), else ValueError."""
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment:
+        raise ValueError(f"CORS origin {origin!r} must look like http://host[:port] (no path, no '*')")
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise ValueError(f"CORS origin {origin!r} has a bad port") from None
+    return origin
+
+
+def parse_origins(values: Iterable[str]) -> tuple[str, ...]:
+    """Origins from repeated and comma-separated values, checked, in order, once each."""
+    found = [check_origin(o.strip()) for value in values for o in value.split(",") if o.strip()]
+    return tuple(dict.fromkeys(found))
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    return origin if origin is not None and origin in request.app[ORIGINS_KEY] else None
+
+
+def _cors_headers(origin: str) -> dict[str, str]:
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Access-Control-Expose-Headers": "Content-Length, Content-Type",
+        "Vary": "Origin",
+    }
+
+
+def _preflight(request: web.Request) -> web.Response:
+    origin = _allowed_origin(request)
+    if origin is None:
+        return web.Response(status=403, text=f"403: origin {request.headers.get('Origin')!r} is not allowed")
+    headers = _cors_headers(origin)
+    headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
+    headers["Access-Control-Allow-Headers"] = request.headers.get(
+        "Access-Control-Request-Headers", "Authorization, Content-Type"
+    )
+    headers["Access-Control-Max-Age"] = "600"
+    return web.Response(status=204, headers=headers)
 
 
 def _forward_headers(headers: aiohttp.typedefs.LooseHeaders) -> dict[str, str]:
@@ -56,6 +110,9 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     # name to 127.0.0.1; refusing foreign Host headers keeps it out.
     if request.url.host not in LOOPBACK_HOSTS:
         return web.Response(status=403, text="403: host not allowed")
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return _preflight(request)
+    origin = _allowed_origin(request)
     client = request.app[CLIENT_KEY]
     body = await request.read()
     try:
@@ -67,19 +124,22 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             allow_redirects=False,
         ) as upstream:
             payload = await upstream.read()
-            return web.Response(
-                status=upstream.status,
-                reason=upstream.reason,
-                headers=_forward_headers(upstream.headers),
-                body=payload,
-            )
+            headers = {
+                k: v
+                for k, v in _forward_headers(upstream.headers).items()
+                if not k.lower().startswith("access-control-")
+            }
+            if origin is not None:
+                headers.update(_cors_headers(origin))
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=payload)
     except (TimeoutError, aiohttp.ClientConnectionError) as exc:
         # HSDS is down or restarting: 502 tells clients to retry, not to give up.
         return web.Response(status=502, text=f"502: HSDS unreachable ({type(exc).__name__})")
 
 
-async def _make_app(socket_path: str) -> web.Application:
+async def _make_app(socket_path: str, cors_origins: Iterable[str] = ()) -> web.Application:
     app = web.Application(client_max_size=1024**3)
+    app[ORIGINS_KEY] = frozenset(cors_origins)
 
     async def _client_ctx(app: web.Application):  # type: ignore[no-untyped-def]
         connector = aiohttp.UnixConnector(path=socket_path, limit=128)
@@ -99,9 +159,9 @@ def _write_port_file(path: Path, port: int) -> None:
     os.replace(tmp, path)  # atomic: the parent never reads a half-written port
 
 
-async def serve(socket_path: str, port: int, port_file: Path | None) -> None:
+async def serve(socket_path: str, port: int, port_file: Path | None, cors_origins: Iterable[str] = ()) -> None:
     """Serve until SIGTERM/SIGINT; the listener is bound to 127.0.0.1 only."""
-    app = await _make_app(socket_path)
+    app = await _make_app(socket_path, cors_origins)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
@@ -123,9 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", required=True, help="HSDS service node unix socket")
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any)")
     parser.add_argument("--port-file", type=Path, help="write the bound port here")
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        help="browser origin allowed to read (repeatable, or a comma list)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(args.socket, args.port, args.port_file))
+    try:
+        origins = parse_origins(args.cors_origin)
+    except ValueError as error:
+        parser.error(str(error))
+    asyncio.run(serve(args.socket, args.port, args.port_file, origins))
     return 0
 
 

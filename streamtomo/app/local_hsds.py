@@ -9,7 +9,7 @@ Layout under ``root_dir`` (created on first start, reused afterwards)::
     storage/<bucket>/          HSDS POSIX storage (the launcher's --root_dir)
     config/passwd.txt          HSDS password file, 0600 (admin, writer, viewer)
     config/<user>.credentials  one ``user:password`` file per account, 0600
-    config/override.yml        HSDS settings (cache size, auth, CORS)
+    config/override.yml        HSDS settings (cache size, auth; CORS is the proxy's)
     logs/                      hs.log (HSDS nodes), proxy.log
 
 Why a unix socket plus a proxy: in TCP mode the ``hsds`` launcher binds every node
@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -81,7 +82,7 @@ class LocalHsds:
         bucket: str = DEFAULT_BUCKET,
         dn_count: int = 1,
         chunk_mem_cache_size: str = "1g",
-        cors_origin: str = "http://127.0.0.1",
+        cors_origins: Sequence[str] = ("http://127.0.0.1",),
         log_level: str = "WARNING",
         startup_timeout: float = 60.0,
         extra_config: dict[str, Any] | None = None,
@@ -93,14 +94,17 @@ class LocalHsds:
         self.bucket = bucket
         self.dn_count = dn_count
         self.startup_timeout = startup_timeout
+        # The proxy answers CORS for these (HSDS's cors_domain takes only one origin).
+        self.cors_origins = hsds_proxy.parse_origins(cors_origins)
         self._settings: dict[str, Any] = {
             "allow_noauth": False,  # every request must authenticate
             "default_public": False,  # new domains are not world readable
             "bucket_name": bucket,
             # With HSDS's default (128 MiB per DN) sinogram writes were answered 503.
             "chunk_mem_cache_size": chunk_mem_cache_size,
-            # The default "*" echoes any origin with credentials allowed.
-            "cors_domain": cors_origin,
+            # Off in HSDS (its default "*" echoes any origin with credentials
+            # allowed): the proxy answers CORS for ``cors_origins`` only.
+            "cors_domain": "",
             "log_level": log_level,
             "admin_user": "admin",
             # poll granularity of a flush request (default 1 s): flushes end sooner
@@ -208,6 +212,7 @@ class LocalHsds:
             sys.executable, hsds_proxy.__file__,
             "--socket", str(self._socket_dir / "sn_1.sock"),
             "--port", str(self.port), "--port-file", str(port_file),
+            *(f"--cors-origin={origin}" for origin in self.cors_origins),
         ]  # fmt: skip
         self._proxy = spawn(
             "hsds-proxy",

@@ -35,6 +35,10 @@ VLEN_STR_TYPE: JsonDict = {
 BOOL_TYPE: JsonDict = {
     "class": "H5T_ENUM",
     "base": {"class": "H5T_INTEGER", "base": "H5T_STD_I8LE"},
+    # Both spellings: h5py/h5json write ``members`` (a list), the HDF REST spec and
+    # h5web's HsdsProvider read ``mapping`` (a dict; without it h5web fails on the
+    # whole group). h5json reads either, preferring ``mapping``.
+    "mapping": {"FALSE": 0, "TRUE": 1},
     "members": [{"name": "FALSE", "value": 0}, {"name": "TRUE", "value": 1}],
 }
 

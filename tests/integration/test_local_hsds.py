@@ -3,13 +3,20 @@ start and stop as one group."""
 
 from __future__ import annotations
 
+import base64
+import signal
 import stat
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from streamtomo.app.local_hsds import LocalHsds
-from tests.support.hsds_fixtures import open_domain, unique_domain
+from tests.support.hsds_fixtures import hsds_available, open_domain, unique_domain
 
 
 def _exposed(root: Path) -> list[str]:
@@ -52,3 +59,91 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def _start_cli(root: Path, *origins: str) -> tuple[subprocess.Popen[str], str, list[str]]:
+    """``streamtomo hsds`` as a user starts it; returns the process, its URL and the
+    lines it printed up to the URL."""
+    cors = [f"--cors-origin={o}" for o in origins]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamtomo.app.cli", "hsds", "--root", str(root), "--port", "0", *cors],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("hsds endpoint: "):
+            return proc, line.split(": ", 1)[1].strip(), lines
+    proc.wait(timeout=30)
+    raise AssertionError("streamtomo hsds printed no endpoint:\n" + "".join(lines))
+
+
+def _request(url: str, method: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    req = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=20) as resp:
+            return resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers)
+
+
+@pytest.mark.hsds
+def test_cors_origins_are_configurable(tmp_path: Path) -> None:
+    if not hsds_available():
+        pytest.skip("the hsds and h5pyd packages are needed (pip install hsds h5pyd)")
+    allowed = ("http://localhost:5173", "http://viewer.example:8080", "https://beamline.example")
+    # Repeated and comma-separated, as a user may write them.
+    proc, url, lines = _start_cli(tmp_path / "hsds", f"{allowed[0]},{allowed[1]}", allowed[2])
+    try:
+        assert proc.stdout is not None
+        lines.append(proc.stdout.readline())
+        assert f"browser origins allowed (CORS): {', '.join(allowed)}" in "".join(lines)
+        viewer = (tmp_path / "hsds" / "config" / "viewer.credentials").read_text().strip()
+        auth = "Basic " + base64.b64encode(viewer.encode()).decode()
+        for origin in allowed:
+            status, headers = _request(
+                url + "/domains",
+                "OPTIONS",
+                {
+                    "Origin": origin,
+                    "Access-Control-Request-Method": "GET",
+                    "Access-Control-Request-Headers": "authorization",
+                },
+            )
+            assert status == 204
+            assert headers.get("Access-Control-Allow-Origin") == origin
+            assert headers.get("Access-Control-Allow-Credentials") == "true"
+            assert "authorization" in headers.get("Access-Control-Allow-Headers", "").lower()
+            assert "GET" in headers.get("Access-Control-Allow-Methods", "")
+            status, headers = _request(url + "/about", "GET", {"Origin": origin, "Authorization": auth})
+            assert status == 200
+            assert headers.get("Access-Control-Allow-Origin") == origin
+            assert headers.get("Vary") == "Origin"
+        for origin in ("http://127.0.0.1", "https://evil.example", "http://localhost:5174"):
+            status, headers = _request(
+                url + "/domains", "OPTIONS", {"Origin": origin, "Access-Control-Request-Method": "GET"}
+            )
+            assert status == 403
+            assert "Access-Control-Allow-Origin" not in headers
+            status, headers = _request(url + "/about", "GET", {"Origin": origin, "Authorization": auth})
+            assert status == 200  # answered, but a browser will not hand it to that page
+            assert "Access-Control-Allow-Origin" not in headers
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: flush, then stop
+        assert proc.wait(timeout=60) == 0
+
+
+def test_a_wildcard_origin_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "streamtomo.app.cli", "hsds", "--root", str(tmp_path), "--cors-origin", "*"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "CORS origin '*' must look like http://host[:port]" in done.stderr
+    assert not (tmp_path / "config").exists()  # refused before anything was started

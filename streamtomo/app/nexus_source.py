@@ -1,0 +1,267 @@
+"""An NXtomo file as a scan: frames read one at a time, for ``streamtomo replay --nexus``.
+
+NXtomo keeps the frames in ``/entry/instrument/detector/data``, their kinds in
+``.../image_key`` (0 projection, 1 flat, 2 dark) and the angles in
+``/entry/sample/rotation_angle``; beamlines often write the same under other names
+(Diamond's DIAD: ``/entry/instrument/imaging/{data,image_key}`` and the PandA
+capture ``/entry/instrument/gts_theta/value``) and through external links, some of
+which dangle when only part of a beamtime was kept. The paths are therefore looked
+up (or given), every dangling link is reported once as a warning, and only the three
+datasets the scan needs must resolve.
+
+The frames keep their file order and index, so flats after the projections are
+interpolated by frame index as in a live scan; the kinds travel in each image header
+(``kind_rule=header``) and the measured angles through the PandA stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from streamtomo.pipeline.scan import Frame, image_key_from_name
+
+logger = logging.getLogger(__name__)
+
+GRID_KEYS = ("angle_start", "angle_range", "n_projections")
+# Rotation stages are named after the angle they set (theta, omega, rot_y ...).
+_ANGLE_NAME = re.compile(r"theta|omega|rot|angle", re.IGNORECASE)
+
+
+class NexusError(ValueError):
+    """The file has no usable NXtomo scan; the message says what is missing and where."""
+
+
+@dataclass(frozen=True)
+class NexusPaths:
+    data: str
+    image_key: str
+    rotation_angle: str
+
+
+def _resolves(f: Any, path: str) -> bool:
+    """True when ``path`` opens (an external link to a missing file does not)."""
+    try:
+        f[path]
+    except (KeyError, OSError, RuntimeError):
+        return False
+    return True
+
+
+def _is_dataset(f: Any, path: str) -> bool:
+    import h5py
+
+    return _resolves(f, path) and isinstance(f[path], h5py.Dataset)
+
+
+def dangling_links(f: Any) -> list[tuple[str, str]]:
+    """``(path, target)`` of every external or soft link that does not resolve."""
+    import h5py
+
+    found: list[tuple[str, str]] = []
+
+    def walk(group: Any, prefix: str) -> None:
+        for name in group:
+            path = f"{prefix}/{name}"
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink | h5py.SoftLink):
+                if not _resolves(f, path):
+                    target = f"{link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else link.path
+                    found.append((path, target))
+            elif isinstance(link, h5py.HardLink) and isinstance(group[name], h5py.Group):
+                walk(group[name], path)
+
+    walk(f, "")
+    return found
+
+
+def _nx_class(obj: Any) -> str:
+    value = obj.attrs.get("NX_class", b"")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entries(f: Any) -> list[str]:
+    return [f"/{name}" for name in f if name.startswith("entry") and _resolves(f, f"/{name}")]
+
+
+def find_paths(
+    f: Any, data: str | None = None, image_key: str | None = None, rotation_angle: str | None = None
+) -> NexusPaths:
+    """The scan's datasets: the given paths, else the first that resolves of
+    NXtomo's standard places and the NXdetector/NXpositioner groups of each entry."""
+    import h5py
+
+    for path in (data, image_key, rotation_angle):
+        if path is not None and not _is_dataset(f, path):
+            raise NexusError(f"{path} is not a dataset that can be read in {f.filename}")
+    for entry in _entries(f):
+        if data is not None and image_key is not None:
+            break
+        detectors = [f"{entry}/instrument/detector"]
+        instrument = f.get(f"{entry}/instrument")
+        if isinstance(instrument, h5py.Group):
+            for name in instrument:
+                path = f"{entry}/instrument/{name}"
+                if (
+                    _resolves(f, path)
+                    and isinstance(instrument[name], h5py.Group)
+                    and _nx_class(instrument[name]) == "NXdetector"
+                ):
+                    detectors.append(path)
+        for det in dict.fromkeys(detectors):
+            # A detector whose frames dangle (DIAD's EtherCAT) is skipped, not fatal.
+            if _is_dataset(f, f"{det}/data") and _is_dataset(f, f"{det}/image_key"):
+                data = data or f"{det}/data"
+                image_key = image_key or f"{det}/image_key"
+                break
+    if data is None or image_key is None:
+        raise NexusError(
+            f"no readable detector data with image_key in {f.filename}; name them with --nexus-data and --nexus-keys"
+        )
+    n = f[data].shape[0]
+    if rotation_angle is None:
+        rotation_angle = _find_angles(f, n)
+    if rotation_angle is None:
+        raise NexusError(f"no readable rotation angles of length {n} in {f.filename}; name them with --nexus-angles")
+    return NexusPaths(data, image_key, rotation_angle)
+
+
+def _find_angles(f: Any, n: int) -> str | None:
+    import h5py
+
+    candidates: list[str] = []
+    for entry in _entries(f):
+        candidates += [f"{entry}/sample/rotation_angle", f"{entry}/data/rotation_angle"]
+        instrument = f.get(f"{entry}/instrument")
+        if isinstance(instrument, h5py.Group):
+            for name in instrument:
+                path = f"{entry}/instrument/{name}"
+                # Measured positions ('value'), not the demands ('value_set').
+                if (
+                    _ANGLE_NAME.search(name)
+                    and _resolves(f, path)
+                    and isinstance(instrument[name], h5py.Group)
+                    and _nx_class(instrument[name]) == "NXpositioner"
+                ):
+                    candidates.append(f"{path}/value")
+    for path in candidates:
+        if _is_dataset(f, path) and f[path].shape == (n,):
+            return path
+    return None
+
+
+@dataclass(frozen=True)
+class ScanGrid:
+    angle_start: float
+    angle_range: float
+    n_projections: int
+
+
+def derive_grid(angles: npt.NDArray[np.float64]) -> ScanGrid:
+    """The slots of evenly spaced projection angles: from the smallest, one step per
+    projection (``step = (max - min) / (n - 1)``), so the last angle has a slot too."""
+    n = int(angles.size)
+    if n == 0:
+        raise NexusError("the file has no projections (image_key 0)")
+    if not np.all(np.isfinite(angles)):
+        raise NexusError("some projection angles are not finite")
+    low, high = float(angles.min()), float(angles.max())
+    if n == 1 or high == low:
+        return ScanGrid(low, 180.0, n)
+    step = (high - low) / (n - 1)
+    return ScanGrid(low, step * n, n)
+
+
+class NexusScan:
+    """An NXtomo file opened for streaming; :meth:`frames` reads one frame at a time."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        data: str | None = None,
+        image_key: str | None = None,
+        rotation_angle: str | None = None,
+    ) -> None:
+        import h5py
+
+        self.path = Path(path)
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise NexusError(f"cannot open {self.path}: {error}") from None
+        try:
+            dangling = dangling_links(self._file)
+            if dangling:
+                shown = ", ".join(f"{p} -> {t}" for p, t in dangling[:3])
+                more = f" and {len(dangling) - 3} more" if len(dangling) > 3 else ""
+                logger.warning(
+                    "%s: %d links point to files or objects that are missing (ignored): %s%s",
+                    self.path.name,
+                    len(dangling),
+                    shown,
+                    more,
+                )
+            self.paths = find_paths(self._file, data, image_key, rotation_angle)
+            self._data = self._file[self.paths.data]
+            self.keys = np.asarray(self._file[self.paths.image_key][()]).astype(np.int64)
+            self.angles = np.asarray(self._file[self.paths.rotation_angle][()], dtype=np.float64)
+            self._check()
+        except BaseException:
+            self._file.close()
+            raise
+        logger.info(
+            "%s: %d frames of %dx%d from %s, kinds from %s, angles from %s",
+            self.path.name,
+            self.n_frames,
+            *self.frame_shape,
+            self.paths.data,
+            self.paths.image_key,
+            self.paths.rotation_angle,
+        )
+
+    def _check(self) -> None:
+        if self._data.ndim != 3:
+            raise NexusError(f"{self.paths.data} has shape {self._data.shape}; expected (frames, rows, columns)")
+        n = self._data.shape[0]
+        for name, values in ((self.paths.image_key, self.keys), (self.paths.rotation_angle, self.angles)):
+            if values.shape != (n,):
+                raise NexusError(f"{name} has shape {values.shape}; expected ({n},) like {self.paths.data}")
+        for key in np.unique(self.keys):
+            image_key_from_name(int(key))  # NXtomo keys only; raises ValueError otherwise
+
+    @property
+    def n_frames(self) -> int:
+        return int(self._data.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return int(self._data.shape[1]), int(self._data.shape[2])
+
+    def projection_angles(self) -> npt.NDArray[np.float64]:
+        angles: npt.NDArray[np.float64] = self.angles[self.keys == 0]
+        return angles
+
+    def grid(self) -> ScanGrid:
+        return derive_grid(self.projection_angles())
+
+    def frames(self) -> Iterator[Frame]:
+        """The frames in file order, read lazily (one frame in memory at a time)."""
+        for index in range(self.n_frames):
+            image = np.asarray(self._data[index])
+            yield Frame(index, image_key_from_name(int(self.keys[index])), image, float(self.angles[index]))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> NexusScan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,91 @@
+"""NXtomo files read as scans: standard paths, external links, dangling links, grids."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from streamtomo.app.nexus_source import NexusError, NexusScan, derive_grid
+from streamtomo.pipeline.scan import ImageKey
+
+
+def _nxtomo(path: Path, keys: list[int], angles: np.ndarray, external: bool = True) -> np.ndarray:
+    """A standard NXtomo entry whose frames live in another file, plus a dangling link."""
+    frames = np.arange(len(keys) * 3 * 4, dtype=np.uint16).reshape(len(keys), 3, 4)
+    with h5py.File(path, "w") as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        detector = entry.create_group("instrument/detector")
+        detector.attrs["NX_class"] = "NXdetector"
+        if external:
+            with h5py.File(path.with_name("frames.h5"), "w") as g:
+                g["/images"] = frames
+            detector["data"] = h5py.ExternalLink("frames.h5", "/images")
+        else:
+            detector["data"] = frames
+        detector["image_key"] = np.array(keys, dtype=np.int32)
+        entry["sample/rotation_angle"] = angles
+        entry["monitor/data"] = h5py.ExternalLink("never-published.h5", "/current")
+    return frames
+
+
+def test_standard_paths_through_an_external_link(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "scan.nxs"
+    keys = [2, 1, 0, 0, 0, 1]
+    angles = np.array([0.0, 0.0, 10.0, 20.0, 30.0, 30.0])
+    frames = _nxtomo(path, keys, angles)
+    with caplog.at_level(logging.WARNING), NexusScan(path) as scan:
+        assert scan.paths.data == "/entry/instrument/detector/data"
+        assert scan.paths.image_key == "/entry/instrument/detector/image_key"
+        assert scan.paths.rotation_angle == "/entry/sample/rotation_angle"
+        read = list(scan.frames())
+    assert [f.index for f in read] == list(range(6))
+    assert [f.key for f in read] == [ImageKey.DARK, ImageKey.FLAT, *[ImageKey.PROJECTION] * 3, ImageKey.FLAT]
+    assert [f.angle_deg for f in read] == angles.tolist()
+    for frame, expected in zip(read, frames, strict=True):
+        np.testing.assert_array_equal(frame.data, expected)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "/entry/monitor/data -> never-published.h5:/current" in warnings[0]
+
+
+def test_overrides_and_missing_datasets(tmp_path: Path) -> None:
+    path = tmp_path / "scan.nxs"
+    _nxtomo(path, [0, 0], np.array([0.0, 90.0]), external=False)
+    with h5py.File(path, "a") as f:
+        f["/entry/other_angles"] = np.array([1.0, 91.0])
+    with NexusScan(path, rotation_angle="/entry/other_angles") as scan:
+        assert scan.projection_angles().tolist() == [1.0, 91.0]
+    with pytest.raises(NexusError, match="/entry/monitor/data is not a dataset"):
+        NexusScan(path, data="/entry/monitor/data")
+    with h5py.File(path, "a") as f:
+        del f["/entry/sample/rotation_angle"]
+    with pytest.raises(NexusError, match="--nexus-angles"):
+        NexusScan(path)
+
+
+def test_bad_image_key_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "scan.nxs"
+    _nxtomo(path, [0, 7], np.array([0.0, 90.0]))
+    with pytest.raises(ValueError, match="unknown image_key 7"):
+        NexusScan(path)
+
+
+def test_grid_from_measured_angles() -> None:
+    # Inclusive: 3001 projections from 89.995 to 269.995 -> slot per projection.
+    angles = 89.995 + 0.06 * np.arange(3001) + np.random.default_rng(0).uniform(-0.02, 0.02, 3001)
+    angles[0], angles[-1] = 89.995, 269.995
+    grid = derive_grid(angles)
+    assert grid.n_projections == 3001
+    assert grid.angle_start == 89.995
+    step = grid.angle_range / grid.n_projections
+    assert step == pytest.approx(0.06)
+    slots = np.round((angles - grid.angle_start) / step)
+    assert slots.tolist() == list(range(3001))
+    # Descending angles: the same slots, counted from the smallest.
+    assert derive_grid(angles[::-1]) == grid
+    with pytest.raises(NexusError, match="no projections"):
+        derive_grid(np.array([]))
