@@ -205,7 +205,7 @@ def _replay_nexus(args: argparse.Namespace) -> int:
         config = _load_config_values(values)
         print(
             f"nexus: {scan.n_frames} frames from {scan.paths.data}, {grid.n_projections} projections, "
-            f"angles {config.angle_start:g} + {config.angle_step:.6g} x i deg from {scan.paths.rotation_angle}",
+            f"angles {config.angle_start:g} + {config.slot_step:.6g} x i deg from {scan.paths.rotation_angle}",
             flush=True,
         )
         recordings = write_recordings(

@@ -23,7 +23,9 @@
         rejected (JSON counts per reason), lost_frames (JSON [first, last] ranges of
         frames that never came), publisher_dropped, pixels_repaired (dead or saturated
         pixel values replaced by their row neighbours' median before -log, over the
-        projections so far), last_update (unix time), generation
+        projections so far), angles_joined (projections whose event carried another
+        frame's PandA row, joined with their own: the streams slipped), last_update
+        (unix time), generation
 
 The layout reads a :class:`ScanSnapshot`, never the scan's internals. The sinogram
 dataset shares the scan's storage (an angle-major array seen as (rows, angles, cols)):
@@ -59,6 +61,7 @@ STATUS_INTS = (
     "volume_slices_done",
     "settings_pending",
     "pixels_repaired",
+    "angles_joined",
 )
 CHUNK_TARGET_BYTES = 2 << 20
 

@@ -492,6 +492,7 @@ class LiveScan:
             "frames_lost": lost,
             "volume_slices_done": self.volume_done,
             "pixels_repaired": self.admission.counts["pixels_repaired"],
+            "angles_joined": self.angle_join.joined,
         }
 
     def snapshot(self) -> ScanSnapshot:
