@@ -96,6 +96,12 @@ class PipelineConfig:
         default=0.5,
         metadata={"help": "largest distance from a slot, in angular steps, for a measured angle to be accepted"},
     )
+    check_nominal_angles: bool = field(
+        default=False,
+        metadata={
+            "help": "projections come in order at angle_start + i * step (kind_rule 'counts'): a measured angle in another slot than its frame's is matched to the PandA row within 2 frames that has the frame's angle (a trigger too many or too few), or rejected as angle_mismatch"
+        },
+    )
     encoder_field: str = field(
         default="INENC1.VAL.Mean", metadata={"help": "PandA capture field holding the rotation encoder"}
     )

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest

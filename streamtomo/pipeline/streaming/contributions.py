@@ -48,6 +48,9 @@ class FrameRecord:
     values: FloatArray  # corrected slice rows (K, cols) this frame stands for
     worker_rows: FloatArray | None  # what its worker backprojected, if the reducer can tell
     contributed: FloatArray | None = None  # rows whose backprojection is in the sums
+    # The angle the contribution was backprojected at, when not ``angle_deg``: a worker
+    # that paired the frame with another frame's angle (the reducer matched it anew).
+    contributed_angle_deg: float | None = None
 
 
 class ContributionLedger:
@@ -79,12 +82,19 @@ class ContributionLedger:
 
     # -- frames ---------------------------------------------------------------------
     def place(
-        self, key: FrameKey, slot: int, angle_deg: float, values: FloatArray, worker_rows: FloatArray | None
+        self,
+        key: FrameKey,
+        slot: int,
+        angle_deg: float,
+        values: FloatArray,
+        worker_rows: FloatArray | None,
+        worker_angle_deg: float | None = None,
     ) -> None:
         """A frame's slice rows are in; ``worker_rows`` None: its worker did not (or not
-        with these settings) backproject it, so the reducer will."""
+        with these settings) backproject it, so the reducer will. ``worker_angle_deg``:
+        the worker backprojected them at that angle instead of ``angle_deg``."""
         index = key[0]
-        record = FrameRecord(slot, angle_deg, values, worker_rows)
+        record = FrameRecord(slot, angle_deg, values, worker_rows, None, worker_angle_deg)
         self.records[key] = record
         if slot != REJECTED_SLOT:
             self.newest_frame = max(self.newest_frame, index)
@@ -183,14 +193,13 @@ class ContributionLedger:
             if record.contributed is None and not backfill and key not in self._orphans:
                 continue
             target = self._target(record, slot_counts)
+            if record.contributed is not None and record.contributed_angle_deg is not None:
+                # Take the contribution out where it was made, then put the target in.
+                self._backproject(index, -record.contributed, record.contributed_angle_deg)
+                record.contributed, record.contributed_angle_deg = None, None
             delta = target if record.contributed is None else target - record.contributed
             if np.any(delta):
-                self.geometry.add(self.live_sum, delta, record.angle_deg)
-                if self.geometry.window:
-                    self.geometry.add(self._block(self.geometry.block_of(index)), delta, record.angle_deg)
-                if self._sweeper is not None and self.sweep_sum is not None:
-                    self._sweeper.add_into(self.sweep_sum, delta[self._sweep_row], record.angle_deg)
-                    self.sweep_version += 1
+                self._backproject(index, delta, record.angle_deg)
                 done += 1
             record.contributed = target
         self._needs_fix.clear()
@@ -199,6 +208,14 @@ class ContributionLedger:
         if done:
             self.version += 1
         return done
+
+    def _backproject(self, index: int, rows: FloatArray, angle_deg: float) -> None:
+        self.geometry.add(self.live_sum, rows, angle_deg)
+        if self.geometry.window:
+            self.geometry.add(self._block(self.geometry.block_of(index)), rows, angle_deg)
+        if self._sweeper is not None and self.sweep_sum is not None:
+            self._sweeper.add_into(self.sweep_sum, rows[self._sweep_row], angle_deg)
+            self.sweep_version += 1
 
     # -- outputs --------------------------------------------------------------------
     def slices(self, n_projections: int) -> FloatArray:

@@ -17,6 +17,7 @@ centre-of-rotation sweep and the window blocks) runs in the workers. The pieces:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -46,6 +47,7 @@ from streamtomo.pipeline.streaming.angle_join import AngleJoin
 from streamtomo.pipeline.streaming.contributions import REJECTED_SLOT, ContributionLedger
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, geometry_for
 from streamtomo.pipeline.streaming.memory_budget import MemoryBudgetError, check_memory_budget
+from streamtomo.pipeline.streaming.nominal_angles import NominalAngleCheck
 from streamtomo.pipeline.streaming.prefault import ArrayPool
 from streamtomo.pipeline.streaming.reference_book import ReferenceBook
 from streamtomo.pipeline.streaming.sinogram import AngleGrid, SinogramAssembler, UnknownAngleError
@@ -87,6 +89,7 @@ class LiveScan:
         self._waiting: list[ProjectionRows] = []  # projections whose references are not settled
         self._held: list[ReferenceRows | ProjectionRows] = []  # waiting for the detector shape
         self.angle_join = AngleJoin()
+        self.nominal = NominalAngleCheck()
         self._shape_votes: Counter[tuple[int, int]] = Counter()
         self._shape_voters: set[tuple[int, int]] = set()  # (frame, event) copies that voted
         self._reference_frames: set[int] = set()
@@ -145,6 +148,7 @@ class LiveScan:
             elif isinstance(item, AngleRow):
                 for waiting, row in self.angle_join.add_row(item):
                     self._add_joined(waiting, row)
+                self.resolve_nominal(finishing=False)
         self.last_update = time.time()
 
     def reject(self, reason: str, detail: str, frame_index: int | None = None, *, counted: bool = False) -> None:
@@ -321,11 +325,22 @@ class LiveScan:
         self._waiting = still
 
     # -- placement ------------------------------------------------------------------
-    def place(self, msg: ProjectionRows, refs: ReferenceSet) -> None:
+    def place(self, msg: ProjectionRows, refs: ReferenceSet, worker_angle_deg: float | None = None) -> None:
+        """Put a projection into the sinogram and the live products. ``worker_angle_deg``:
+        its worker summed it at that angle (another frame's), so the ledger moves it."""
         assert self.sinogram is not None and self.geometry is not None and self.ledger is not None
         geometry = self.geometry
         try:
             slot = self.sinogram.grid.slot(msg.angle_deg)
+            expected = (
+                None
+                if worker_angle_deg is not None
+                else self.nominal.expected_slot(self.config, self.sinogram.grid, msg.frame_index)
+            )
+            if expected is not None and expected != slot:
+                self.nominal.hold(msg, refs, slot, expected)
+                self.resolve_nominal(finishing=False)
+                return
         except UnknownAngleError as error:
             self.reject(
                 "unknown_angle",
@@ -365,9 +380,27 @@ class LiveScan:
             worker_rows = slice_values
         if msg.recon_id != geometry.recon_id:
             worker_rows = None  # made with other settings: its partial sum is dropped
-        self.ledger.place((msg.frame_index, msg.event), slot, angle, slice_values, worker_rows)
+        self.ledger.place((msg.frame_index, msg.event), slot, angle, slice_values, worker_rows, worker_angle_deg)
         if count > 1:
             self.ledger.slot_changed(slot)
+
+    def resolve_nominal(self, finishing: bool) -> None:
+        """Place held frames whose PandA row was found; reject those without one."""
+        if self.sinogram is None or self.geometry is None or self.ledger is None or not self.nominal.pending:
+            return
+        for verdict in self.nominal.resolve(self.config, self.sinogram.grid, self.angle_join.rows, finishing):
+            msg = verdict.msg
+            summed = bool(msg.reference_version) and msg.recon_id == self.geometry.recon_id
+            if verdict.angle_deg is None:
+                self.reject("angle_mismatch", verdict.detail, msg.frame_index, counted=True)
+                if summed:
+                    rows = np.asarray(msg.rows, dtype=np.float32)[self.geometry.slice_positions]
+                    key = (msg.frame_index, msg.event)
+                    self.ledger.place(key, REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
+                continue
+            self.angle_join.joined += 1
+            moved = dataclasses.replace(msg, angle_deg=verdict.angle_deg)
+            self.place(moved, verdict.refs, worker_angle_deg=msg.angle_deg)
 
     def _measured_step(self, angle_deg: float) -> str:
         """What step the measured angles so far show, next to the grid's (for people

@@ -62,6 +62,7 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
             )
         else:
             scan.place(msg, applicable)
+    scan.resolve_nominal(finishing=True)
     current = refs.current
     if current is not None and current.flat_after is not None and scan.ledger is not None:
         interpolate_flats(scan, current)

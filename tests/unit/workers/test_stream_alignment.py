@@ -19,6 +19,7 @@ from tests.unit.workers.test_beamline_conventions import (
     N_DARKS,
     N_FLATS,
     danmax_config,
+    danmax_line,
     danmax_scan,
     run_scan,
 )
@@ -92,3 +93,35 @@ def test_a_pandas_header_mid_capture_does_not_change_how_rows_are_read() -> None
     assert list(scan.sinogram.missing_slots()) == [5]
     filled = scan.sinogram.filled_slots()
     np.testing.assert_allclose(scan.sinogram.angles()[filled], np.array(ANGLES)[filled], atol=1e-3)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_an_extra_pandas_trigger_is_found_by_the_nominal_angles(workers: int) -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    extra = FIRST + 10
+    angle.insert(extra + 1, angle[extra])  # a double trigger: projection 10's row twice
+    scan = run_scan(rebuild(detector, angle), {**config(), "check_nominal_angles": True}, workers)
+    assert scan.state == "finished"
+    assert scan.rejected == {}
+    assert scan.sinogram is not None and scan.sinogram.missing_slots().size == 0
+    np.testing.assert_allclose(scan.sinogram.angles(), ANGLES, atol=1e-3)
+    clean = run_scan(danmax_scan(ANGLES), config(), workers)
+    assert clean.sinogram is not None
+    np.testing.assert_allclose(scan.sinogram.by_angle, clean.sinogram.by_angle, atol=1e-5)
+    assert rel_diff(scan.slices(), clean.slices()) < 1e-4
+    assert scan.status()["angles_joined"] == len(ANGLES) - 11
+
+
+def test_a_frame_whose_angle_no_row_has_is_rejected_as_angle_mismatch() -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    # Projection 20's row says 120 degrees (slot 30): no row near it has 80 degrees.
+    angle[FIRST + 20] = danmax_line(FIRST + 20, 120.0)
+    scan = run_scan(rebuild(detector, angle), {**config(), "check_nominal_angles": True}, 2)
+    assert scan.rejected == {"angle_mismatch": 1}
+    assert scan.sinogram is not None and list(scan.sinogram.missing_slots()) == [20]
+    assert int(scan.sinogram.counts[30]) == 1
+
+
+def rel_diff(a: object, b: object) -> float:
+    x, y = np.asarray(a), np.asarray(b)
+    return float(np.abs(x - y).max() / np.abs(y).max())

@@ -1,0 +1,101 @@
+"""Measured angles checked against the frame's nominal angle (``check_nominal_angles``).
+
+A PandA that records one trigger too many (or a detector that misses one) shifts every
+later frame onto its neighbour's angle, and no identity in the streams shows it: the
+PandA's rows carry no frame number. Where the scan's order is known (projection i at
+``angle_start + i * step``), the measured angle must fall in the frame's own slot. A
+frame that does not is held until the PandA rows around it are here, then matched to
+the one row within ``WINDOW`` frames whose angle is its own, or rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.correction.references import ReferenceSet
+from streamtomo.pipeline.messages import AngleRow, ProjectionRows
+from streamtomo.pipeline.streaming.sinogram import AngleGrid, UnknownAngleError
+
+logger = logging.getLogger(__name__)
+
+WINDOW = 2  # PandA rows searched on each side of the frame's own
+
+
+@dataclass(frozen=True)
+class Verdict:
+    msg: ProjectionRows
+    refs: ReferenceSet
+    angle_deg: float | None  # the matching row's angle; None: no row matches
+    detail: str
+
+
+class NominalAngleCheck:
+    def __init__(self) -> None:
+        self._pending: list[tuple[ProjectionRows, ReferenceSet]] = []
+        self._logged = False
+
+    @staticmethod
+    def expected_slot(config: PipelineConfig, grid: AngleGrid, frame_index: int) -> int | None:
+        """The slot of the frame's nominal angle; None where the check does not apply."""
+        if not config.check_nominal_angles or config.kind_rule != "counts":
+            return None
+        projection = frame_index - config.first_projection()
+        if not 0 <= projection < config.n_projections:
+            return None
+        return _slot(grid, config.nominal_angle(projection))
+
+    def hold(self, msg: ProjectionRows, refs: ReferenceSet, slot: int, expected: int) -> None:
+        if not self._logged:
+            self._logged = True
+            logger.warning(
+                "frame %d measured %.3f deg (slot %d), its nominal angle is in slot %d: looking for its PandA row "
+                "among the %d rows around it (check_nominal_angles)",
+                msg.frame_index,
+                msg.angle_deg,
+                slot,
+                expected,
+                2 * WINDOW,
+            )
+        self._pending.append((msg, refs))
+
+    def resolve(
+        self, config: PipelineConfig, grid: AngleGrid, rows: dict[int, AngleRow], finishing: bool
+    ) -> list[Verdict]:
+        """Verdicts for the held frames whose neighbouring rows are all here (all at the end)."""
+        verdicts: list[Verdict] = []
+        still: list[tuple[ProjectionRows, ReferenceSet]] = []
+        for msg, refs in self._pending:
+            window = range(max(msg.frame_index - WINDOW, 0), msg.frame_index + WINDOW + 1)
+            if not finishing and any(r not in rows for r in window):
+                still.append((msg, refs))
+                continue
+            expected = self.expected_slot(config, grid, msg.frame_index)
+            matches: list[float] = []
+            for r in window:
+                angle = rows[r].angle_deg if r in rows else None
+                if angle is not None and _slot(grid, angle) == expected:
+                    matches.append(angle)
+            if len(matches) == 1:
+                verdicts.append(Verdict(msg, refs, matches[0], ""))
+            else:
+                nominal = config.nominal_angle(msg.frame_index - config.first_projection())
+                detail = (
+                    f"frame {msg.frame_index}: measured {msg.angle_deg:.3f} deg, nominal {nominal:.3f} deg; "
+                    f"{len(matches)} PandA rows within {WINDOW} frames have the nominal angle's slot"
+                )
+                verdicts.append(Verdict(msg, refs, None, detail))
+        self._pending = still
+        return verdicts
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+
+def _slot(grid: AngleGrid, angle_deg: float) -> int | None:
+    try:
+        return grid.slot(angle_deg)
+    except UnknownAngleError:
+        return None
