@@ -17,7 +17,7 @@ from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats.eiger import STREAM_TYPE as EIGER_LEGACY
 from streamtomo.pipeline.formats.eiger import decode_eiger_legacy
 from streamtomo.pipeline.formats.errors import AngleError, EncoderFieldMissing, FrameError, PcapHeaderMissing
-from streamtomo.pipeline.formats.kinds import FrameKindRule, FrameNumbering
+from streamtomo.pipeline.formats.kinds import BaseEvidence, FrameKindRule, FrameNumbering
 from streamtomo.pipeline.formats.pcap import PcapEnd, PcapHeader, PcapValues, angle_from_values, decode_pcap_event
 from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage, decode_stins
 from streamtomo.pipeline.messages import AngleRow, Rejected, StreamEnded, WorkerResult
@@ -25,6 +25,10 @@ from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 
 logger = logging.getLogger(__name__)
+
+# The workers of this process share what they learn of an 'auto' frame base: in replay
+# all of them run here, and the first image (event 1) settles it for each.
+SERIES_BASE = BaseEvidence()
 
 
 class TomoWorker:
@@ -36,7 +40,7 @@ class TomoWorker:
         name = getattr(state, "name", None) or "worker"
         self.processor = FrameProcessor(config, str(name))
         self.rule = FrameKindRule.from_config(config)
-        self.numbering = FrameNumbering(config.fixed_frame_base())
+        self.numbering = FrameNumbering(config.fixed_frame_base(), SERIES_BASE)
         self.pcap_header: PcapHeader | None = None
         self._pcap_values_read = False  # a value line came since the PandA header
         self._event_row: int | None = None  # the PandA row this event carried, if any
@@ -57,7 +61,7 @@ class TomoWorker:
         config = self._params.config(params)
         if config != self.processor.config:
             if config.frame_base != self.processor.config.frame_base:
-                self.numbering = FrameNumbering(config.fixed_frame_base())
+                self.numbering = FrameNumbering(config.fixed_frame_base(), SERIES_BASE)
             pending = self.processor.configure(config)
             self.rule = FrameKindRule.from_config(config)
             if pending is not None:

@@ -119,37 +119,66 @@ class FrameKindRule:
         return self.by_position(position)
 
 
+class BaseEvidence:
+    """What a process knows of an 'auto' series' frame base: the candidate
+    ``frame - (event - 1)`` of the image with the lowest event number seen so far.
+
+    Every message a stream drops or gains before an image shifts its candidate by one,
+    so the earliest image is the best witness, and event 1 (the first image) is exact.
+    The workers of one process share one (all of them in ``replay``, which hands
+    events to its workers in order, so the first image settles it for all): a worker
+    whose own first image came after a lost message takes the base from it too.
+    """
+
+    def __init__(self) -> None:
+        self.base: int | None = None
+        self.event: int | None = None
+
+    def offer(self, frame: int, event_number: int | None) -> None:
+        event = event_number if event_number is not None and event_number >= 1 else 1
+        if self.event is not None and event >= self.event:
+            return
+        # A detector counter never starts below 0: more events than frames before this
+        # one (a mapping with extra events) must not make positions up.
+        base = max(frame - (event - 1), 0)
+        if base != self.base:
+            logger.info("frame numbers start at %d (frame %d in event %s)", base, frame, event_number)
+        self.base, self.event = base, event
+
+    def reset(self) -> None:
+        self.base = self.event = None
+
+
 class FrameNumbering:
     """Detector frame numbers to 0-based positions in the scan: ``frame - base``.
 
     Detectors number their frames from 0 (dranspose's own recordings) or from 1
     (the Orca at MAX IV DanMAX); kinds by position and nominal angles need the
-    position. A fixed ``base`` is taken as given. With ``base`` None ('auto') the
-    first image this instance sees fixes it for the series as
-    ``frame - (event_number - 1)``: dranspose numbers a scan's events from 0 and
-    the detector's header is event 0, so the image of event ``e`` is the scan's
-    frame ``e - 1``. That holds for any image, so a worker that sees only some
-    events in distributed mode finds the same base as one that sees them all
-    (replay); the first image alone could not tell a worker so. Frames the
-    detector skipped before a worker's first image would shift its base: a fixed
-    ``frame_base`` is the remedy there.
+    position. A fixed ``base`` is taken as given. With ``base`` None ('auto') the base
+    is ``frame - (event_number - 1)`` of the earliest image known (:class:`BaseEvidence`):
+    dranspose numbers a scan's events from 0 and the detector's header is event 0, so
+    the image of event ``e`` is the scan's frame ``e - 1``. In distributed mode the
+    first darks and flats are broadcast, so every worker sees event 1; a scan that
+    starts with projections and loses a message before a worker's first image can
+    shift that worker's base: a fixed ``frame_base`` is the remedy there.
     """
 
-    def __init__(self, base: int | None = None) -> None:
+    def __init__(self, base: int | None = None, evidence: BaseEvidence | None = None) -> None:
         self.fixed = base
-        self.base = base
+        self.evidence = evidence if evidence is not None else BaseEvidence()
+
+    @property
+    def base(self) -> int | None:
+        return self.fixed if self.fixed is not None else self.evidence.base
 
     def reset(self) -> None:
         """A new series: 'auto' looks again."""
-        self.base = self.fixed
+        self.evidence.reset()
 
     def position(self, frame: int, event_number: int | None) -> int:
         """The frame's 0-based position; negative when it lies before the base."""
-        if self.base is None:
-            # Event numbers below 1 (no header event) cannot place the frame: it is the first.
-            offset = max((event_number or 1) - 1, 0)
-            # A detector counter never starts below 0: more events than frames before
-            # this one (a mapping with extra events) must not make positions up.
-            self.base = max(frame - offset, 0)
-            logger.info("frame numbers start at %d (frame %d in event %s)", self.base, frame, event_number)
-        return frame - self.base
+        if self.fixed is not None:
+            return frame - self.fixed
+        self.evidence.offer(frame, event_number)
+        assert self.evidence.base is not None
+        return frame - self.evidence.base

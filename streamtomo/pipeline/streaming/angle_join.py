@@ -38,14 +38,16 @@ class AngleJoin:
         """A frame whose event carried another row; returns it with its row if that is here."""
         if not self._logged:
             self._logged = True
+            apart = msg.frame_index - (msg.event - 1)
             logger.warning(
-                "detector frame %d arrived in event %d, which carries PandA row %d: the detector and PandA "
-                "streams are %+d messages apart (one of them dropped or added a message); frames are joined "
-                "to their own PandA row (counted as angles_joined in /entry/status)",
+                "detector frame %d arrived in event %d, which carries PandA row %d: the detector stream is %d "
+                "message(s) %s the PandA stream (a message dropped or added on one of them); frames are joined "
+                "to their own PandA row (counted in /entry/status/angles_joined)",
                 msg.frame_index,
                 msg.event,
                 msg.event - 1,
-                msg.frame_index - (msg.event - 1),
+                abs(apart),
+                "ahead of" if apart > 0 else "behind",
             )
         row = self.rows.get(msg.angle_row)
         if row is not None:

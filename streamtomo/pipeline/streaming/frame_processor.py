@@ -179,7 +179,7 @@ class FrameProcessor:
             out.append(pending)
         assert self.geometry is not None and self.detector is not None
         if data.shape != (self.detector.rows, self.detector.cols):
-            out.append(self._minority_frame(index, key, data, angle_deg, angle_measured, event))
+            out.append(self._minority_frame(index, key, data, angle_deg, angle_measured, event, angle_row))
             return out
         out.extend(self._process_frame(index, key, data, angle_deg, angle_measured, event, angle_row))
         return out
@@ -192,6 +192,7 @@ class FrameProcessor:
         angle_deg: float | None,
         angle_measured: bool,
         event: int,
+        angle_row: int = -1,
     ) -> Message:
         """A frame whose shape most frames here do not have: sent as it is, for the
         reducer's decision (it rejects it as wrong_shape unless its shape wins there)."""
@@ -200,6 +201,8 @@ class FrameProcessor:
         rows = np.ascontiguousarray(data if geometry.all_rows else data[geometry.sinogram_rows])
         if key in (ImageKey.DARK, ImageKey.FLAT):
             return ReferenceRows(index, key, rows, detector, event)
+        if angle_row >= 0:
+            return ProjectionRows(index, float("nan"), True, rows, 0, "", detector, event, angle_row)
         if angle_deg is None or not np.isfinite(angle_deg):
             return Rejected(index, "missing_angle", f"projection {index} has no valid angle", event)
         return ProjectionRows(index, angle_deg, angle_measured, rows, 0, "", detector, event)

@@ -33,6 +33,7 @@ MIN_PROJECTIONS_FOR_AUTO_CENTER = 8
 def finish(scan: LiveScan, volume_follows: bool) -> None:
     """Everything arrived: apply late references, backfill, then say what is final."""
     scan.release_held()  # a scan too short for two frames to agree on the shape
+    warn_if_base_looks_off(scan)
     for msg in scan.angle_join.take_unjoined():
         scan.reject(
             "no_angle_row",
@@ -88,6 +89,24 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
     if scan.config.center.strip() == "auto":
         resolve_auto_center(scan)
     scan.state = "reconstructing" if volume_follows else "finished"
+
+
+def warn_if_base_looks_off(scan: LiveScan) -> None:
+    """frame_base 'auto' trusts the earliest image; a malformed or lost first image can
+    shift it by one. The sign at the end: position 0 never came and the position one
+    past the layout did. Say so, with the fix, instead of leaving a scan quietly off."""
+    expected = scan.config.expected_frames()
+    seen = scan.admission.seen
+    if scan.config.fixed_frame_base() is not None or not expected or 0 in seen or expected not in seen:
+        return
+    scan.admission.counts["frame_base_suspect"] = 1
+    logger.warning(
+        "frame position 0 never came but position %d (one past the %d frames of the layout) did: the first "
+        "image was probably lost or malformed and frame_base 'auto' took the next one's number as the start; "
+        "every frame may be one position off. Set frame_base (1 for the Orca at DanMAX) and replay the scan",
+        expected,
+        expected,
+    )
 
 
 def apply_angular_weights(scan: LiveScan) -> None:

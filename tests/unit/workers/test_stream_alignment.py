@@ -125,3 +125,17 @@ def test_a_frame_whose_angle_no_row_has_is_rejected_as_angle_mismatch() -> None:
 def rel_diff(a: object, b: object) -> float:
     x, y = np.asarray(a), np.asarray(b)
     return float(np.abs(x - y).max() / np.abs(y).max())
+
+
+def test_auto_frame_base_misled_by_a_malformed_first_image_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    detector.insert(1, [b"\xff not a STINS message"])  # before the first image: every image one event later
+    values = {**config(), "frame_base": "auto"}
+    scan = run_scan(rebuild(detector, angle), values, 2)
+    assert scan.counts["frame_base_suspect"] == 1
+    assert any("Set frame_base" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    fixed = run_scan(rebuild(detector, angle), {**values, "frame_base": "1"}, 2)
+    assert "frame_base_suspect" not in fixed.counts
+    assert fixed.rejected == {"corrupt_frame": 1}
+    assert fixed.sinogram is not None and fixed.sinogram.missing_slots().size == 0
+    np.testing.assert_allclose(fixed.sinogram.angles(), ANGLES, atol=1e-3)

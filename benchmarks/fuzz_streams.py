@@ -1,0 +1,368 @@
+"""Hostile streams through the worker adapter and the reducer core: what survives.
+
+Each round takes a clean scan (darks, flats, projections; 1-based frame numbers and a
+wrapping 32-bit encoder as at MAX IV DanMAX), lays out its detector and PandA messages
+as dranspose's ingesters number them (message i of each stream in event i), and then
+damages the streams the ways a detector, a network and a PandA do:
+
+* malformed detector messages *inserted* next to good ones (a bad copy of a frame, with
+  its frame number: truncated, misdeclared, corrupt compression, hostile JSON, ...);
+* detector messages *dropped* (as dranspose's ingester drops one that fails its own
+  header check), which moves every later detector message one event earlier;
+* PandA rows *replaced* by malformed lines (a corrupt row; the PandA's TCP stream has
+  no extra lines);
+* duplicates of good frames, sent again with another frame's angle.
+
+Events go to 1-3 workers as dranspose routes them; the results to the reducer core.
+Counted per round: messages, distinct malformations, crashes (any exception out of a
+worker or the reducer), ERROR log lines, good frames lost (frames whose own messages
+were intact but that are not in the sinogram), and slots holding the wrong data
+(compared with the clean scan's sinogram). The goal is 0 crashes, 0 good frames lost
+and 0 wrong slots.
+
+    python benchmarks/fuzz_streams.py --rounds 40 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dranspose.event import EventData, StreamData  # noqa: E402
+from dranspose.protocol import EventNumber, ParameterName, StreamName, WorkParameter  # noqa: E402
+
+from streamtomo.app.recordings import synthetic_scan  # noqa: E402
+from streamtomo.pipeline.config import PipelineConfig  # noqa: E402
+from streamtomo.pipeline.formats import pcap, stins  # noqa: E402
+from streamtomo.pipeline.reconstruction.fbp import fbp  # noqa: E402
+from streamtomo.pipeline.scan import Frame  # noqa: E402
+from streamtomo.pipeline.streaming.live_scan import LiveScan  # noqa: E402
+from streamtomo.workers.tomo_worker import TomoWorker  # noqa: E402
+
+N_DARKS, N_FLATS, N_PROJ, ROWS, COLS = 4, 4, 90, 4, 32
+# The Orca's frames count from 1, as a beamline configures it. With 'auto' (--frame-base
+# auto) the base comes from the earliest image, which a malformed or lost first image
+# shifts: those rounds show what auto cannot know.
+FRAME_BASE = "1"
+COUNTS_PER_DEGREE, OFFSET = 11930463.0, -50.0
+FIELDS = [
+    pcap.PcapField("PCAP.TS_TRIG", "double", "Value", 8e-09, 0.0, "s"),
+    pcap.PcapField("INENC2.VAL", "double", "Mean", 1.0, 0.0, ""),
+    pcap.PcapField("INENC2.VAL", "double", "Min", 1.0, 0.0, ""),
+    pcap.PcapField("INENC2.VAL", "double", "Max", 1.0, 0.0, ""),
+]
+
+
+class ErrorCounter(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+# -- the clean scan -----------------------------------------------------------------------
+
+
+def counts(angle_deg: float) -> int:
+    value = round((angle_deg - OFFSET) * COUNTS_PER_DEGREE)
+    return (value + 2**31) % 2**32 - 2**31
+
+
+def pcap_line(number: int, angle_deg: float) -> bytes:
+    c = counts(angle_deg)
+    return pcap.encode_pcap_values([number * 0.01, float(c), c, c])
+
+
+def clean_streams() -> tuple[list[Frame], list[list[bytes]], list[bytes]]:
+    frames = [
+        Frame(f.index + 1, f.key, f.data, f.angle_deg) for f in synthetic_scan(N_DARKS, N_FLATS, N_PROJ, ROWS, COLS)
+    ]
+    detector = [stins.encode_header(0, "fuzz")]
+    detector += [stins.encode_image(100 + i, f.index, f.data) for i, f in enumerate(frames, start=1)]
+    detector.append(stins.encode_series_end(100 + len(frames) + 1))
+    at = [frames[N_DARKS + N_FLATS].angle_deg or 0.0] * (N_DARKS + N_FLATS) + [
+        f.angle_deg or 0.0 for f in frames[N_DARKS + N_FLATS :]
+    ]
+    angle = [pcap.encode_pcap_header(FIELDS, "2024-11-05T10:00:00.000Z")]
+    angle += [pcap_line(n, a) for n, a in enumerate(at, start=1)]
+    angle.append(pcap.encode_pcap_end(len(at)))
+    return frames, detector, angle
+
+
+def config() -> dict[str, object]:
+    return {
+        "n_darks_before": N_DARKS,
+        "n_flats_before": N_FLATS,
+        "n_projections": N_PROJ,
+        "angle_stream": "angle",
+        "encoder_field": "INENC2.VAL.Mean",
+        "counts_per_degree": COUNTS_PER_DEGREE,
+        "encoder_offset": OFFSET,
+        "flush_every": 4,
+        "cor_sweep_steps": 3,
+        "volume": False,
+        "frame_base": FRAME_BASE,
+    }
+
+
+# -- malformations --------------------------------------------------------------------------
+
+
+def _head(parts: list[bytes]) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(parts[0])
+    return doc
+
+
+def _with(parts: list[bytes], **changes: Any) -> list[bytes]:
+    head = _head(parts)
+    head.update(changes)
+    return [json.dumps(head).encode(), *parts[1:]]
+
+
+DetectorDamage = Callable[[list[bytes], random.Random], list[bytes]]
+
+DETECTOR: dict[str, DetectorDamage] = {
+    "truncated_data": lambda p, r: [p[0], p[1][: len(p[1]) // 2]],
+    "extra_data": lambda p, r: [p[0], p[1] + b"\0\0"],
+    "shape_mismatch": lambda p, r: _with(p, shape=[ROWS * 2, COLS]),
+    "shape_string": lambda p, r: _with(p, shape=f"{ROWS}x{COLS}"),
+    "shape_zero": lambda p, r: [_with(p, shape=[ROWS, 0])[0], b""],
+    "shape_huge": lambda p, r: _with(p, shape=[1 << 20, 1 << 20]),
+    "shape_3d": lambda p, r: _with(p, shape=[1, ROWS, COLS]),
+    "negative_frame": lambda p, r: _with(p, frame=-5),
+    "huge_frame": lambda p, r: _with(p, frame=2**63),
+    "frame_string": lambda p, r: _with(p, frame="7"),
+    "no_frame": lambda p, r: [json.dumps({k: v for k, v in _head(p).items() if k != "frame"}).encode(), p[1]],
+    "dtype_unknown": lambda p, r: _with(p, type="mono12p"),
+    "dtype_object": lambda p, r: _with(p, type="object"),
+    "dtype_complex": lambda p, r: [_with(p, type="complex64")[0], p[1] * 4],
+    "compression_unknown": lambda p, r: _with(p, compression="zstd"),
+    "bslz4_garbage": lambda p, r: [_with(p, compression="bslz4")[0], bytes(r.getrandbits(8) for _ in range(64))],
+    "bslz4_bomb": lambda p, r: [
+        _with(p, compression="bslz4", shape=[16384, 16384])[0],
+        (16384 * 16384 * 2).to_bytes(8, "big") + (8192).to_bytes(4, "big") + b"\0" * 64,
+    ],
+    "json_invalid": lambda p, r: [b"{not json", p[1]],
+    "json_deep": lambda p, r: [b"[" * 50_000 + b"]" * 50_000, p[1]],
+    "json_huge_int": lambda p, r: [p[0][:-1] + b', "x": ' + b"9" * 5000 + b"}", p[1]],
+    "json_infinity": lambda p, r: [p[0][:-1] + b', "image_key": Infinity}', p[1]],
+    "json_nan": lambda p, r: [p[0][:-1] + b', "x": NaN}', p[1]],
+    "no_data_part": lambda p, r: [p[0]],
+    "three_parts": lambda p, r: [p[0], p[1], p[1]],
+    "empty_message": lambda p, r: [],
+    "binary_junk": lambda p, r: [bytes(r.getrandbits(8) for _ in range(40))],
+    "htype_unknown": lambda p, r: _with(p, htype="dimage-1.0"),
+    "float_nan_frame": lambda p, r: [
+        _with(p, type="float32")[0],
+        np.full((ROWS, COLS), np.nan, np.float32).tobytes(),
+    ],
+    "consistent_wrong_shape": lambda p, r: [_with(p, shape=[2, 16])[0], bytes(2 * 16 * 2)],
+    "series_end_early": lambda p, r: [json.dumps({"htype": "series_end", "msg_number": 1}).encode()],
+}
+
+PANDA: dict[str, Callable[[random.Random], bytes]] = {
+    "not_ascii": lambda r: b"\xff\xfe 1 2 3 4\n",
+    "too_many_values": lambda r: b" 1 2 3 4 5 6\n",
+    "too_few_values": lambda r: b" 1 2\n",
+    "not_a_number": lambda r: b" 1 abc 3 4\n",
+    "huge_int": lambda r: b" 1 " + b"9" * 5000 + b" 3 4\n",
+    "infinity": lambda r: b" 1 inf 3 4\n",
+    "nan": lambda r: b" 1 nan 3 4\n",
+    "long_line": lambda r: b" " + b"1 " * 50_000 + b"\n",
+    "stray_header": lambda r: pcap.encode_pcap_header(list(reversed(FIELDS)), "2024-11-05T10:00:01.000Z"),
+    "empty_line": lambda r: b"   \n",
+    "end_huge": lambda r: b"END " + b"9" * 5000 + b" Disarmed\n",
+}
+
+
+# -- one round ------------------------------------------------------------------------------
+
+
+def events_of(detector: list[list[bytes]], angle: list[bytes]) -> list[EventData]:
+    out = []
+    for number in range(max(len(detector), len(angle))):
+        streams: dict[StreamName, StreamData] = {}
+        if number < len(detector):
+            streams[StreamName("detector")] = StreamData(typ=stins.STREAM_TYPE, frames=list(detector[number]))
+        if number < len(angle):
+            streams[StreamName("angle")] = StreamData(typ=pcap.STREAM_TYPE, frames=[angle[number]])
+        out.append(EventData(event_number=EventNumber(number), streams=streams))
+    return out
+
+
+def run(scan_events: list[EventData], values: dict[str, object], workers: int, seed: int) -> tuple[LiveScan, int]:
+    """Returns the reducer core and the number of exceptions that escaped."""
+    params = {
+        ParameterName(k): WorkParameter(name=ParameterName(k), data=str(v).encode(), value=v) for k, v in values.items()
+    }
+    scan = LiveScan(PipelineConfig.from_mapping(values))
+    pool = [TomoWorker(parameters=params, state=SimpleNamespace(name=f"w{i}")) for i in range(workers)]
+    rng = random.Random(seed)
+    crashes = 0
+    last = len(scan_events) - 1
+    for event in scan_events:
+        number = int(event.event_number)
+        targets = pool if number in (0, last) else [rng.choice(pool)]
+        for worker in targets:
+            try:
+                result = worker.process_event(event, params)
+                if result is not None:
+                    scan.add_result(result)
+            except Exception as error:  # what dranspose would log and swallow
+                crashes += 1
+                print(f"  crash: {error!r}", file=sys.stderr)
+    try:
+        scan.finish()
+    except Exception as error:
+        crashes += 1
+        print(f"  crash at finish: {error!r}", file=sys.stderr)
+    return scan, crashes
+
+
+def slices_error(scan: LiveScan) -> float:
+    """Live slices against an offline FBP of the final sinogram: the ledger took every
+    rejected copy and misangled contribution back out if this is ~0."""
+    assert scan.sinogram is not None and scan.geometry is not None
+    slices = scan.slices()
+    if slices is None:
+        return 0.0
+    filled = scan.sinogram.filled_slots()
+    sino = scan.sinogram.data[scan.geometry.slice_positions][:, filled]
+    reference = fbp(sino, scan.sinogram.angles()[filled], scan.geometry.center, scan.config.filter)
+    return float(np.abs(slices - reference).max() / np.abs(reference).max())
+
+
+def fuzz_round(seed: int, workers: int, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """One damaged scan; ``skip`` leaves out kinds of damage (panda, drop, insert,
+    duplicate), to find which one a failure needs."""
+    rng = random.Random(seed)
+    _frames, detector, angle = clean_streams()
+    clean, _ = run(events_of(detector, angle), config(), workers, seed)
+    assert clean.sinogram is not None
+    kinds: Counter[str] = Counter()
+    damaged_positions: set[int] = set()  # frames whose own messages were damaged
+    # PandA: replace a few rows (never the header or END).
+    for _ in range(rng.randint(0, 4)):
+        row = rng.randrange(1 + N_DARKS + N_FLATS, len(angle) - 1)  # a projection's row
+        name = rng.choice(sorted(PANDA))
+        if "panda" in skip:
+            continue
+        angle[row] = PANDA[name](rng)
+        kinds[f"panda:{name}"] += 1
+        damaged_positions.add(row - 1)
+    # Detector: insert bad copies next to good frames, drop a message, add duplicates.
+    out: list[list[bytes]] = [detector[0]]
+    for number, parts in enumerate(detector[1:-1], start=1):
+        position = number - 1
+        if rng.random() < 0.04 and position >= N_DARKS + N_FLATS and "drop" not in skip:
+            kinds["detector:dropped"] += 1
+            damaged_positions.add(position)
+            continue
+        bad = rng.random() < 0.25 and "insert" not in skip
+        name = rng.choice(sorted(DETECTOR)) if bad else ""
+        if bad and rng.random() < 0.5:
+            out.append(DETECTOR[name](parts, rng))
+            kinds[f"detector:{name}"] += 1
+        out.append(parts)
+        if bad and rng.random() >= 0.5:
+            out.append(DETECTOR[name](parts, rng))
+            kinds[f"detector:{name}"] += 1
+        if rng.random() < 0.02 and position >= N_DARKS + N_FLATS and "duplicate" not in skip:
+            other = rng.randrange(1, len(detector) - 1)
+            copy = stins.encode_image(999, _head(parts)["frame"], stins.decode_stins(detector[other]).array)  # type: ignore[union-attr]
+            out.append(copy)
+            kinds["detector:duplicate_other_data"] += 1
+    out.append(detector[-1])
+    messages = len(out) + len(angle)
+    handler = ErrorCounter()
+    logging.getLogger().addHandler(handler)
+    try:
+        scan, crashes = run(events_of(out, angle), {**config(), "check_nominal_angles": True}, workers, seed)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert scan.sinogram is not None or crashes
+    lost = wrong = 0
+    slices_off = 0.0
+    if scan.sinogram is not None:
+        counts_now = scan.sinogram.counts
+        for slot in range(N_PROJ):
+            position = N_DARKS + N_FLATS + slot
+            if counts_now[slot] == 0:
+                lost += position not in damaged_positions
+            elif not np.allclose(scan.sinogram.by_angle[slot], clean.sinogram.by_angle[slot], atol=1e-4):
+                wrong += 1
+        slices_off = slices_error(scan)
+    return {
+        "messages": messages,
+        "malformed": sum(kinds.values()),
+        "kinds": kinds,
+        "crashes": crashes,
+        "errors": len(handler.lines),
+        "good_lost": lost,
+        "wrong_slots": wrong,
+        "slices_off": slices_off,
+        "rejected": dict(scan.rejected),
+        "state": scan.state,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--frame-base", default="1", help="frame_base for the damaged scans (1 or auto)")
+    args = parser.parse_args()
+    global FRAME_BASE
+    FRAME_BASE = args.frame_base
+    logging.basicConfig(level=logging.CRITICAL)
+    started = time.perf_counter()
+    totals: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    worst = 0.0
+    for i in range(args.rounds):
+        result = fuzz_round(args.seed * 1000 + i, workers=1 + i % 3)
+        for key in ("messages", "malformed", "crashes", "errors", "good_lost", "wrong_slots"):
+            totals[key] += result[key]
+        kinds.update(result["kinds"])
+        totals["slices_inconsistent"] += result["slices_off"] > 1e-3
+        worst = max(worst, result["slices_off"])
+        reasons.update(result["rejected"])
+        totals["finished"] += result["state"] == "finished"
+    seconds = time.perf_counter() - started
+    print(f"rounds {args.rounds} (1-3 workers, frame_base {FRAME_BASE}), {seconds:.1f} s")
+    print(
+        f"messages {totals['messages']}, malformed {totals['malformed']} of {len(kinds)} distinct kinds "
+        f"({len(DETECTOR) + 2} detector and {len(PANDA)} PandA kinds defined)"
+    )
+    print(
+        f"crashes {totals['crashes']}, ERROR lines {totals['errors']}, good frames lost {totals['good_lost']}, "
+        f"slots with wrong data {totals['wrong_slots']}, scans finished {totals['finished']}/{args.rounds}"
+    )
+    print(
+        f"live slices against an offline FBP of the final sinogram: {totals['slices_inconsistent']} rounds off by "
+        f"more than 1e-3 (largest relative difference {worst:.1e})"
+    )
+    print("rejections by reason:", dict(sorted(reasons.items())))
+    bad = totals["crashes"] + totals["good_lost"] + totals["wrong_slots"] + totals["slices_inconsistent"]
+    return 0 if bad == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
