@@ -170,7 +170,7 @@ class TomoWorker:
     ) -> None:
         decode = decode_eiger_legacy if getattr(stream, "typ", "") == EIGER_LEGACY else decode_stins
         try:
-            message = decode(stream.frames)
+            message = decode(stream.frames, self.processor.frame_bytes_limit())
         except FrameError as error:
             result.items.append(Rejected(None, "corrupt_frame", f"event {event_number}: {error}", event_number))
             return

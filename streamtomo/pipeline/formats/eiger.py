@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.pipeline.formats.errors import FrameError
-from streamtomo.pipeline.formats.limits import counter, frame_shape, json_object, load_json
+from streamtomo.pipeline.formats.limits import MAX_FRAME_BYTES, counter, frame_shape, json_object, load_json
 from streamtomo.pipeline.formats.stins import (
     Part,
     StinsEnd,
@@ -153,11 +153,11 @@ def _int(head: Mapping[str, Any], key: str, what: str) -> int:
     return counter(head, key, f"Eiger {what}")
 
 
-def _image_shape(info: Mapping[str, Any], itemsize: int) -> tuple[int, int]:
+def _image_shape(info: Mapping[str, Any], itemsize: int, max_bytes: int) -> tuple[int, int]:
     shape = info.get("shape")
     if not (isinstance(shape, list) and len(shape) == 2):
         raise FrameError(f"Eiger image shape must be [x, y], got {shape!r}")
-    x, y = frame_shape(shape, itemsize, "Eiger image")
+    x, y = frame_shape(shape, itemsize, "Eiger image", max_bytes)
     return y, x  # [x, y] -> (rows, cols)
 
 
@@ -171,14 +171,14 @@ def _dtype(name: Any, order: Literal["<", ">"]) -> np.dtype[Any]:
     return dtype.newbyteorder(order)
 
 
-def decode_image_data(info: Mapping[str, Any], blob: Part) -> npt.NDArray[Any]:
+def decode_image_data(info: Mapping[str, Any], blob: Part, max_bytes: int = MAX_FRAME_BYTES) -> npt.NDArray[Any]:
     """The image array from the ``dimage_d-1.0`` part and the data blob."""
     encoding = info.get("encoding")
     match = _ENCODING_RE.match(encoding) if isinstance(encoding, str) else None
     if match is None:
         raise FrameError(f"Eiger image has unknown encoding {encoding!r}")
     dtype = _dtype(info.get("type"), cast(Literal["<", ">"], match["order"]))
-    shape = _image_shape(info, dtype.itemsize)
+    shape = _image_shape(info, dtype.itemsize, max_bytes)
     data = as_buffer(blob)
     size = info.get("size")
     if isinstance(size, int) and not isinstance(size, bool) and size != data.nbytes:
@@ -205,14 +205,14 @@ def decode_image_data(info: Mapping[str, Any], blob: Part) -> npt.NDArray[Any]:
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
-def _decode_image(head: dict[str, Any], parts: Sequence[Part]) -> StinsImage:
+def _decode_image(head: dict[str, Any], parts: Sequence[Part], max_bytes: int) -> StinsImage:
     frame = _int(head, "frame", "image")
     if len(parts) < 3:
         raise FrameError(f"Eiger image {frame} has {len(parts)} parts, needs at least 3")
     info = _object(parts[1], f"image {frame} data header")
     if info.get("htype") != IMAGE_DATA:
         raise FrameError(f"Eiger image {frame}: second part is {info.get('htype')!r}, expected {IMAGE_DATA!r}")
-    array = decode_image_data(info, parts[2])
+    array = decode_image_data(info, parts[2], max_bytes)
     extra: dict[str, Any] = {"series": head.get("series")}
     if len(parts) > 3:
         config = _object(parts[3], f"image {frame} config")
@@ -226,14 +226,14 @@ def _decode_image(head: dict[str, Any], parts: Sequence[Part]) -> StinsImage:
     return StinsImage(frame + 1, frame, array, compression, extra)
 
 
-def decode_eiger_legacy(parts: Sequence[Part]) -> StinsMessage:
+def decode_eiger_legacy(parts: Sequence[Part], max_frame_bytes: int = MAX_FRAME_BYTES) -> StinsMessage:
     """Decode one Dectris Stream v1 multipart message (``event.streams[name].frames``)."""
     if len(parts) == 0:
         raise FrameError("Eiger message has no parts")
     head = _object(parts[0], "header part")
     htype = head.get("htype")
     if htype == IMAGE:
-        return _decode_image(head, parts)
+        return _decode_image(head, parts, max_frame_bytes)
     if htype == HEADER:
         meta: list[dict[str, Any]] = []
         for i, part in enumerate(parts[1:], 1):

@@ -98,8 +98,9 @@ def counter(head: Mapping[str, Any], key: str, what: str) -> int:
     return value
 
 
-def frame_shape(value: Any, itemsize: int, what: str) -> tuple[int, ...]:
-    """A declared image shape: 1 to MAX_FRAME_DIMS positive ints, within MAX_FRAME_BYTES."""
+def frame_shape(value: Any, itemsize: int, what: str, max_bytes: int = MAX_FRAME_BYTES) -> tuple[int, ...]:
+    """A declared image shape: 1 to MAX_FRAME_DIMS positive ints, within ``max_bytes``
+    (a worker that knows its detector passes a tighter bound than MAX_FRAME_BYTES)."""
     if not (
         isinstance(value, list)
         and 1 <= len(value) <= MAX_FRAME_DIMS
@@ -109,6 +110,6 @@ def frame_shape(value: Any, itemsize: int, what: str) -> tuple[int, ...]:
     if any(n < 1 for n in value):
         raise FrameError(f"{what} shape {value} needs every axis >= 1 (an image has at least 1x1 pixels)")
     nbytes = math.prod(value) * itemsize
-    if nbytes > MAX_FRAME_BYTES:
-        raise FrameError(f"{what} shape {value} declares {nbytes} bytes, more than the {MAX_FRAME_BYTES} allowed")
+    if nbytes > max_bytes:
+        raise FrameError(f"{what} shape {value} declares {nbytes} bytes, more than the {max_bytes} allowed")
     return tuple(value)

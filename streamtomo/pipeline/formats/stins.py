@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.pipeline.formats.errors import FrameError
-from streamtomo.pipeline.formats.limits import counter, frame_shape, json_object
+from streamtomo.pipeline.formats.limits import MAX_FRAME_BYTES, counter, frame_shape, json_object
 
 STREAM_TYPE = "STINS"
 COMPRESSIONS = ("none", "bslz4")
@@ -210,11 +210,11 @@ def bslz4_decompress(data: memoryview | bytes, shape: tuple[int, ...], dtype: np
     return out
 
 
-def _decode_image(head: dict[str, Any], parts: Sequence[Part]) -> StinsImage:
+def _decode_image(head: dict[str, Any], parts: Sequence[Part], max_bytes: int) -> StinsImage:
     msg_number = _int_field(head, "msg_number")
     frame = _int_field(head, "frame")
     dtype = _dtype(head.get("type"))
-    shape = frame_shape(head.get("shape"), dtype.itemsize, f"STINS image {frame}")
+    shape = frame_shape(head.get("shape"), dtype.itemsize, f"STINS image {frame}", max_bytes)
     compression = head.get("compression")
     if len(parts) != 2:
         raise FrameError(f"STINS image {frame} needs 1 data part after the header, got {len(parts) - 1}")
@@ -235,14 +235,17 @@ def _decode_image(head: dict[str, Any], parts: Sequence[Part]) -> StinsImage:
     return StinsImage(msg_number, frame, array, str(compression), extra)
 
 
-def decode_stins(parts: Sequence[Part]) -> StinsMessage:
-    """Decode one STINS multipart message (e.g. ``event.streams[name].frames``)."""
+def decode_stins(parts: Sequence[Part], max_frame_bytes: int = MAX_FRAME_BYTES) -> StinsMessage:
+    """Decode one STINS multipart message (e.g. ``event.streams[name].frames``).
+
+    ``max_frame_bytes`` bounds the declared image size, checked before decompressing.
+    """
     if len(parts) == 0:
         raise FrameError("STINS message has no parts")
     head = _json_part(parts[0], "header part")
     htype = head.get("htype")
     if htype == "image":
-        return _decode_image(head, parts)
+        return _decode_image(head, parts, max_frame_bytes)
     if htype == "header":
         filename = head.get("filename")
         if not isinstance(filename, str):

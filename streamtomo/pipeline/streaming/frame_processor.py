@@ -20,6 +20,7 @@ import numpy.typing as npt
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
+from streamtomo.pipeline.formats.limits import MAX_FRAME_BYTES
 from streamtomo.pipeline.messages import (
     DetectorInfo,
     PartialSum,
@@ -108,6 +109,15 @@ class FrameProcessor:
                 saturation_level=self.config.saturation_level,
             )
         return self._corrector
+
+    def frame_bytes_limit(self) -> int:
+        """The largest image a decoder should build for this worker: a few times the
+        detector's frame once known (a compressed message that declares more is a bomb,
+        refused before decompressing), the decoders' general bound before."""
+        if self.detector is None:
+            return MAX_FRAME_BYTES
+        frame = self.detector.rows * self.detector.cols * self.config.bin**2 * 8
+        return min(max(4 * frame, 64 << 20), MAX_FRAME_BYTES)
 
     # -- frames ---------------------------------------------------------------------
     def _check_frame(self, index: int, data: npt.NDArray[np.generic], event: int) -> Rejected | None:

@@ -321,3 +321,18 @@ def test_kind_rule_by_header() -> None:
         rule.kind(4, {"image_key": 7})
     fallback = FrameKindRule(((D, 1),), header_key="image_key")
     assert [fallback.kind(0, {}), fallback.kind(1, {}), fallback.kind(1, {"image_key": 1})] == [D, INV, F]
+
+
+def test_a_declared_size_beyond_the_workers_bound_is_refused_before_decompressing() -> None:
+    from streamtomo.pipeline.config import PipelineConfig
+    from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
+
+    processor = FrameProcessor(PipelineConfig())
+    processor.process(0, ImageKey.DARK, np.zeros((4, 32), np.uint16), None)
+    limit = processor.frame_bytes_limit()
+    assert limit == 64 << 20  # 4x32 pixels: the floor, far below the decoders' 1 GiB
+    # 16384^2 uint16 (512 MiB) declared in 76 bytes of "bslz4": a bomb for this detector.
+    head = _image_head(shape=[16384, 16384], compression="bslz4")
+    bomb = struct.pack(">QI", 16384 * 16384 * 2, 8192) + bytes(64)
+    with pytest.raises(FrameError, match=f"more than the {limit} allowed"):
+        stins.decode_stins([head, bomb], limit)
