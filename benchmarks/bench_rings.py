@@ -14,39 +14,25 @@ correlation of the slices with those of the data as measured, and ms per sinogra
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import h5py
 import numpy as np
-import numpy.typing as npt
 
-from streamtomo.pipeline.correction.corrector import Corrector
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from streamtomo.pipeline.reconstruction.fbp import fbp
-from streamtomo.pipeline.reconstruction.preprocess import remove_all_stripes, remove_stripes_sorting, ring_strength
+from streamtomo.pipeline.reconstruction.preprocess import (
+    remove_all_stripes,
+    remove_stripes_sorting,
+    ring_strength,
+)
+from tests.support.striped_tooth import TOOTH, Sinograms, tooth_sinograms
 
 AXIS = 295.6
-DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tomopy_tooth" / "tooth.h5"
-Sinograms = npt.NDArray[np.float32]
-
-
-def tooth(path: Path) -> tuple[Sinograms, Sinograms, npt.NDArray[np.float64]]:
-    with h5py.File(path, "r") as f:
-        proj = f["exchange/data"][...]
-        flat = f["exchange/data_white"][...].mean(axis=0)
-        dark = f["exchange/data_dark"][...].mean(axis=0)
-        theta = f["exchange/theta"][...]
-    gain = 1.0 + np.random.default_rng(7).normal(0.0, 0.02, proj.shape[2])
-    striped = dark + (proj - dark) * gain
-    striped[:, :, 150] = 0.6 * flat[:, 150]
-    striped[:, :, 420] = dark[:, 420] + 0.3 * (proj[:, :, 420] - dark[:, 420]) + 0.35 * (flat[:, 420] - dark[:, 420])
-    corrector = Corrector(dark.astype(np.float32), flat.astype(np.float32))
-
-    def sinograms(counts: npt.NDArray[np.floating]) -> Sinograms:
-        return np.stack([corrector.correct(p.astype(np.float32)) for p in counts]).transpose(1, 0, 2)
-
-    return sinograms(proj), sinograms(striped), theta
+DEFAULT = TOOTH
 
 
 def main() -> None:
@@ -54,7 +40,7 @@ def main() -> None:
     parser.add_argument("--path", type=Path, default=DEFAULT)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    clean, striped, theta = tooth(args.path)
+    clean, striped, theta = tooth_sinograms(args.path)
     reference = fbp(clean, theta, AXIS)
     methods: dict[str, Callable[[Sinograms], Sinograms]] = {
         "none": lambda s: s,

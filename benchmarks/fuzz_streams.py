@@ -42,8 +42,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dranspose.event import EventData, StreamData  # noqa: E402
-from dranspose.protocol import EventNumber, ParameterName, StreamName, WorkParameter  # noqa: E402
+from dranspose.event import EventData  # noqa: E402
+from dranspose.protocol import ParameterName, WorkParameter  # noqa: E402
 
 from streamtomo.app.recordings import synthetic_scan  # noqa: E402
 from streamtomo.pipeline.config import PipelineConfig  # noqa: E402
@@ -52,6 +52,7 @@ from streamtomo.pipeline.reconstruction.fbp import fbp  # noqa: E402
 from streamtomo.pipeline.scan import Frame  # noqa: E402
 from streamtomo.pipeline.streaming.live_scan import LiveScan  # noqa: E402
 from streamtomo.workers.tomo_worker import TomoWorker  # noqa: E402
+from tests.support.stream_events import events_by_stream  # noqa: E402
 
 N_DARKS, N_FLATS, N_PROJ, ROWS, COLS = 4, 4, 90, 4, 32
 # The Orca's frames count from 1, as a beamline configures it. With 'auto' (--frame-base
@@ -194,18 +195,6 @@ PANDA: dict[str, Callable[[random.Random], bytes]] = {
 # -- one round ------------------------------------------------------------------------------
 
 
-def events_of(detector: list[list[bytes]], angle: list[bytes]) -> list[EventData]:
-    out = []
-    for number in range(max(len(detector), len(angle))):
-        streams: dict[StreamName, StreamData] = {}
-        if number < len(detector):
-            streams[StreamName("detector")] = StreamData(typ=stins.STREAM_TYPE, frames=list(detector[number]))
-        if number < len(angle):
-            streams[StreamName("angle")] = StreamData(typ=pcap.STREAM_TYPE, frames=[angle[number]])
-        out.append(EventData(event_number=EventNumber(number), streams=streams))
-    return out
-
-
 def run(scan_events: list[EventData], values: dict[str, object], workers: int, seed: int) -> tuple[LiveScan, int]:
     """Returns the reducer core and the number of exceptions that escaped."""
     params = {
@@ -253,7 +242,7 @@ def fuzz_round(seed: int, workers: int, skip: frozenset[str] = frozenset()) -> d
     duplicate), to find which one a failure needs."""
     rng = random.Random(seed)
     _frames, detector, angle = clean_streams()
-    clean, _ = run(events_of(detector, angle), config(), workers, seed)
+    clean, _ = run(events_by_stream(detector, angle), config(), workers, seed)
     assert clean.sinogram is not None
     kinds: Counter[str] = Counter()
     damaged_positions: set[int] = set()  # frames whose own messages were damaged
@@ -293,7 +282,7 @@ def fuzz_round(seed: int, workers: int, skip: frozenset[str] = frozenset()) -> d
     handler = ErrorCounter()
     logging.getLogger().addHandler(handler)
     try:
-        scan, crashes = run(events_of(out, angle), {**config(), "check_nominal_angles": True}, workers, seed)
+        scan, crashes = run(events_by_stream(out, angle), {**config(), "check_nominal_angles": True}, workers, seed)
     finally:
         logging.getLogger().removeHandler(handler)
     assert scan.sinogram is not None or crashes

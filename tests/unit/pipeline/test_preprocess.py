@@ -5,13 +5,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import h5py
 import numpy as np
 import numpy.typing as npt
 import pytest
 from scipy import ndimage
 
-from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.reconstruction.fbp import StreamingFBP, angular_weights, fbp
 from streamtomo.pipeline.reconstruction.preprocess import (
     angle_slots,
@@ -29,6 +27,7 @@ from streamtomo.pipeline.reconstruction.preprocess import (
 )
 from streamtomo.pipeline.simulation.phantom import shepp_logan_3d
 from streamtomo.pipeline.simulation.projector import project_shepp_logan_3d
+from tests.support.striped_tooth import tooth_sinograms
 
 ANGLES = np.linspace(0.0, 180.0, 120, endpoint=False)
 TOOTH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "tomopy_tooth" / "tooth.h5"
@@ -105,31 +104,6 @@ def test_sorting_removes_stripes_and_their_rings(n_cols: int) -> None:
         remove_stripes_sorting(striped, method="fft")
 
 
-def _tooth_sinograms() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-    """The real tooth's -log sinograms (2, 181, 640): as measured, and with detector stripes.
-
-    The stripes are what real detectors add to the raw counts before the flat-field
-    correction (the flats do not have them): per-column gain errors of 2 % (rms),
-    one unresponsive column (constant counts whatever the sample) and one that
-    responds only 30 % to the sample.
-    """
-    with h5py.File(TOOTH, "r") as f:
-        proj = f["exchange/data"][...]
-        flat = f["exchange/data_white"][...].mean(axis=0)
-        dark = f["exchange/data_dark"][...].mean(axis=0)
-        theta = f["exchange/theta"][...]
-    gain = 1.0 + np.random.default_rng(7).normal(0.0, 0.02, proj.shape[2])
-    striped = dark + (proj - dark) * gain
-    striped[:, :, 150] = 0.6 * flat[:, 150]
-    striped[:, :, 420] = dark[:, 420] + 0.3 * (proj[:, :, 420] - dark[:, 420]) + 0.35 * (flat[:, 420] - dark[:, 420])
-    corrector = Corrector(dark.astype(np.float32), flat.astype(np.float32))
-
-    def sinograms(counts: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-        return np.stack([corrector.correct(p.astype(np.float32)) for p in counts]).transpose(1, 0, 2)
-
-    return sinograms(proj), sinograms(striped), theta
-
-
 def _correlation(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
     return float(np.mean([np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, b, strict=True)]))
 
@@ -142,7 +116,7 @@ def test_ring_removal_removes_most_stripes_of_the_real_tooth() -> None:
     the striped data's; the former sorting-only filter left 13 % (the unresponsive
     column survives it). The slices come closer to the clean data's (r 0.86 -> 0.98).
     """
-    clean, striped, theta = _tooth_sinograms()
+    clean, striped, theta = tooth_sinograms()
     before = ring_strength(striped)
     assert before > 4 * ring_strength(clean)  # the added stripes dominate the tooth's own
     fixed = prepare_volume_sinograms(striped, rings=True)

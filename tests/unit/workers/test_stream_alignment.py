@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dranspose.event import EventData, StreamData
-from dranspose.protocol import EventNumber, StreamName
+from dranspose.event import EventData
+from dranspose.protocol import StreamName
 
-from streamtomo.pipeline.formats import pcap, stins
+from streamtomo.pipeline.formats import pcap
+from tests.support.stream_events import events_by_stream
 from tests.unit.workers.test_beamline_conventions import (
     DANMAX_FIELDS,
     N_DARKS,
@@ -32,19 +33,6 @@ def config() -> dict[str, object]:
     return danmax_config(len(ANGLES), angle_start=0.0, angle_range=180.0)
 
 
-def rebuild(detector: list[list[bytes]], angle: list[bytes]) -> list[EventData]:
-    """Events as the ingesters number them: message i of each stream in event i."""
-    out = []
-    for number in range(max(len(detector), len(angle))):
-        streams: dict[StreamName, StreamData] = {}
-        if number < len(detector):
-            streams[StreamName("detector")] = StreamData(typ=stins.STREAM_TYPE, frames=list(detector[number]))
-        if number < len(angle):
-            streams[StreamName("angle")] = StreamData(typ=pcap.STREAM_TYPE, frames=[angle[number]])
-        out.append(EventData(event_number=EventNumber(number), streams=streams))
-    return out
-
-
 def split(scan_events: list[EventData]) -> tuple[list[list[bytes]], list[bytes]]:
     detector = [[bytes(p) for p in e.streams[StreamName("detector")].frames] for e in scan_events]
     angle = [bytes(e.streams[StreamName("angle")].frames[0]) for e in scan_events]
@@ -56,7 +44,7 @@ def test_a_dropped_detector_message_leaves_every_frame_at_its_own_angle(workers:
     detector, angle = split(danmax_scan(ANGLES))
     dropped = FIRST + 10  # projection 10 (at 40 degrees) never reaches the workers
     del detector[dropped]
-    scan = run_scan(rebuild(detector, angle), config(), workers)
+    scan = run_scan(events_by_stream(detector, angle), config(), workers)
     assert scan.state == "finished"
     assert scan.sinogram is not None
     assert list(scan.sinogram.missing_slots()) == [10]
@@ -76,7 +64,7 @@ def test_a_frame_whose_row_never_comes_is_rejected_with_its_reason() -> None:
     detector, angle = split(danmax_scan(ANGLES))
     del detector[FIRST + 10]
     del angle[-2]  # and the PandA's last row is missing too: the last frame has no angle
-    scan = run_scan(rebuild(detector, angle), config(), 2)
+    scan = run_scan(events_by_stream(detector, angle), config(), 2)
     assert scan.rejected == {"no_angle_row": 1}
     assert scan.sinogram is not None and list(scan.sinogram.missing_slots()) == [10, len(ANGLES) - 1]
 
@@ -87,7 +75,7 @@ def test_a_pandas_header_mid_capture_does_not_change_how_rows_are_read() -> None
     stray = pcap.encode_pcap_header(list(reversed(DANMAX_FIELDS)), "2024-11-05T10:00:01.000Z")
     event = FIRST + 5
     angle[event] = stray  # that event's row is lost (its frame: missing_angle), no more
-    scan = run_scan(rebuild(detector, angle), config(), 1)
+    scan = run_scan(events_by_stream(detector, angle), config(), 1)
     assert scan.rejected == {"pcap_header_mid_scan": 1, "missing_angle": 1}
     assert scan.sinogram is not None
     assert list(scan.sinogram.missing_slots()) == [5]
@@ -100,7 +88,7 @@ def test_an_extra_pandas_trigger_is_found_by_the_nominal_angles(workers: int) ->
     detector, angle = split(danmax_scan(ANGLES))
     extra = FIRST + 10
     angle.insert(extra + 1, angle[extra])  # a double trigger: projection 10's row twice
-    scan = run_scan(rebuild(detector, angle), {**config(), "check_nominal_angles": True}, workers)
+    scan = run_scan(events_by_stream(detector, angle), {**config(), "check_nominal_angles": True}, workers)
     assert scan.state == "finished"
     assert scan.rejected == {}
     assert scan.sinogram is not None and scan.sinogram.missing_slots().size == 0
@@ -116,7 +104,7 @@ def test_a_frame_whose_angle_no_row_has_is_rejected_as_angle_mismatch() -> None:
     detector, angle = split(danmax_scan(ANGLES))
     # Projection 20's row says 120 degrees (slot 30): no row near it has 80 degrees.
     angle[FIRST + 20] = danmax_line(FIRST + 20, 120.0)
-    scan = run_scan(rebuild(detector, angle), {**config(), "check_nominal_angles": True}, 2)
+    scan = run_scan(events_by_stream(detector, angle), {**config(), "check_nominal_angles": True}, 2)
     assert scan.rejected == {"angle_mismatch": 1}
     assert scan.sinogram is not None and list(scan.sinogram.missing_slots()) == [20]
     assert int(scan.sinogram.counts[30]) == 1
@@ -131,10 +119,10 @@ def test_auto_frame_base_misled_by_a_malformed_first_image_says_so(caplog: pytes
     detector, angle = split(danmax_scan(ANGLES))
     detector.insert(1, [b"\xff not a STINS message"])  # before the first image: every image one event later
     values = {**config(), "frame_base": "auto"}
-    scan = run_scan(rebuild(detector, angle), values, 2)
+    scan = run_scan(events_by_stream(detector, angle), values, 2)
     assert scan.counts["frame_base_suspect"] == 1
     assert any("Set frame_base" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
-    fixed = run_scan(rebuild(detector, angle), {**values, "frame_base": "1"}, 2)
+    fixed = run_scan(events_by_stream(detector, angle), {**values, "frame_base": "1"}, 2)
     assert "frame_base_suspect" not in fixed.counts
     assert fixed.rejected == {"corrupt_frame": 1}
     assert fixed.sinogram is not None and fixed.sinogram.missing_slots().size == 0
