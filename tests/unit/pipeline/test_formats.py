@@ -336,3 +336,22 @@ def test_a_declared_size_beyond_the_workers_bound_is_refused_before_decompressin
     bomb = struct.pack(">QI", 16384 * 16384 * 2, 8192) + bytes(64)
     with pytest.raises(FrameError, match=f"more than the {limit} allowed"):
         stins.decode_stins([head, bomb], limit)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # 100 KB in one field line: the field pattern used to backtrack on it for 36 s.
+        (b"arm_time: 2024-01-01T00:00:00.000Z\nfields:\n " + b"A " * 50_000 + b"\n\n", "more than 65536"),
+        (b"arm_time: 2024-01-01T00:00:00.000Z\nfields:\n " + b"A " * 5_000 + b"\n\n", "longer than 4096"),
+        (b"arm_time: 2024-01-01T00:00:00.000Z\n" + b"x: y\n" * 20_000 + b"fields:\n A.B double Mean\n\n", "more than"),
+        (b" " + b"1 " * 50_000 + b"\n", "longer than 4096"),
+        (b"END " + b"9" * 5000 + b" Disarmed\n", "malformed PandA END line"),
+        (b" 1 " + b"9" * 5000 + b"\n", "longer than 4096"),
+        (b" 1 " + b"9" * 100 + b"\n", "out of range"),
+        (b" 1 inf\n", "not a finite number"),
+    ],
+)
+def test_pandas_messages_are_bounded(text: bytes, message: str) -> None:
+    with pytest.raises(FrameError, match=message):
+        pcap.decode_pcap_event([text])
