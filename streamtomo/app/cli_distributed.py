@@ -39,6 +39,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     state_path = Path(args.state) if args.state else default_state_path()
     signal.signal(signal.SIGTERM, _raise_stop)
+    # A shell starts background jobs with SIGINT ignored, and Python keeps it so: an
+    # `up &` from a script then ignored the Ctrl-C (SIGINT) meant for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     deployment = LocalDeployment(
         workers=args.workers,
         redis_url=args.redis,

@@ -393,8 +393,9 @@ class LocalDeployment:
         for name in order:
             service = self.processes.get(name)
             if service is not None:
+                started = time.monotonic()
                 code = service.stop(timeout)
-                logger.debug("%s stopped (status %s)", name, code)
+                logger.info("%s stopped in %.1f s (status %s)", name, time.monotonic() - started, code)
         self.processes.clear()
         self._worker_names.clear()
 
