@@ -18,8 +18,12 @@ import signal
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from streamtomo.pipeline.config import ConfigError
+
+if TYPE_CHECKING:
+    from streamtomo.app.deployment import LocalDeployment
 
 logger = logging.getLogger("streamtomo")
 
@@ -34,18 +38,23 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from streamtomo.app.deployment import LocalDeployment
-    from streamtomo.app.deployment_state import default_state_path
+    from streamtomo.app.deployment_state import DeploymentError, default_state_path
     from streamtomo.controller_client import ControllerError
 
     state_path = Path(args.state) if args.state else default_state_path()
     signal.signal(signal.SIGTERM, _raise_stop)
+    # A shell starts background jobs with SIGINT ignored, and Python keeps it so: an
+    # `up &` from a script then ignored the Ctrl-C (SIGINT) meant for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     deployment = LocalDeployment(
         workers=args.workers,
         redis_url=args.redis,
         run_dir=args.run_dir,
         detector_format=args.detector_format,
         dump_prefix="" if args.no_record else None,
+        stream_timeout=args.stream_timeout,
     )
+    code = 0
     try:
         with deployment:
             state = deployment.state
@@ -56,19 +65,18 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"detector upstream (ZeroMQ PUSH, {state.detector_format}): {state.detector_upstream}", flush=True)
             print(f"PandA upstream (TCP): {state.angle_upstream}", flush=True)
             print(f"logs: {deployment.log_dir}", flush=True)
+            print(f"final results: {deployment.results_dir}/scan-<uuid>.nxs", flush=True)
             if state.dump_prefix:
                 print(f"recordings: {state.dump_prefix}*.cbors", flush=True)
             print(f"state: {state_path}", flush=True)
             print("ready; play a scan with `streamtomo play --simulate`; Ctrl-C stops everything", flush=True)
             last = ""
-            reported_dead: set[str] = set()
             while True:
-                for name, service in deployment.processes.items():
-                    if not service.alive() and name not in reported_dead:
-                        reported_dead.add(name)
-                        logger.warning(
-                            "%s exited (status %s); its log: %s", name, service.popen.returncode, service.log
-                        )
+                problem = _tend(deployment)
+                if problem is not None:
+                    print(f"streamtomo: error: {problem}", flush=True)
+                    code = 3
+                    break
                 try:
                     p = deployment.controller.progress(timeout=5)
                     line = f"scan: {p['completed_events']}/{p['total_events']} events" + (
@@ -82,6 +90,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 time.sleep(1.0)
     except (KeyboardInterrupt, _Stop):
         print("stopping", flush=True)
+    except DeploymentError as error:
+        print(f"streamtomo: error: {error}", flush=True)
+        code = 3
     finally:
         if state_path.exists():
             try:
@@ -89,7 +100,57 @@ def cmd_up(args: argparse.Namespace) -> int:
                     state_path.unlink()
             except (OSError, ValueError):
                 pass
-    return 0
+    return code
+
+
+# Services nothing can replace mid-scan: Redis holds every registration and queue, the
+# controller the scan's assignments, an ingester its stream's connection.
+_FATAL = ("redis", "controller", "detector-ingester", "angle-ingester")
+
+
+def _tend(deployment: LocalDeployment) -> str | None:
+    """Notice dead services: replace a worker or the reducer; None, or why ``up`` must stop.
+
+    A reducer that died takes what it had reduced with it: its successor marks the
+    scan it was in failed, and the controller is told to end that scan so that the
+    next one is not refused.
+    """
+    from streamtomo.app.deployment_state import DeploymentError
+    from streamtomo.app.redis_service import redis_url_ping
+    from streamtomo.controller_client import ControllerError
+
+    dead = deployment.dead()
+    if not dead:
+        return None
+
+    def exited(name: str) -> str:
+        service = deployment.processes[name]
+        return f"{name} exited (status {service.popen.returncode}); its log: {service.log}"
+
+    fatal = [name for name in _FATAL if name in dead]
+    if fatal:
+        return f"{exited(fatal[0])}: the deployment cannot go on without it; stopping everything"
+    try:
+        if not redis_url_ping(deployment.state.redis_url):
+            raise OSError("no answer")
+    except OSError as error:
+        return f"{exited(dead[0])}, and Redis at {deployment.state.redis_url} does not answer ({error}); stopping"
+    try:
+        for name in dead:
+            if name == "reducer":
+                logger.warning("%s: starting a new reducer", exited(name))
+                lost = deployment.replace_reducer()
+                progress = deployment.controller.progress(timeout=5)
+                if lost and not progress["finished"]:
+                    deployment.controller.stop()
+                    logger.warning("scan %s ended as failed: what the dead reducer had reduced is lost", lost)
+                logger.info("new reducer ready: the next scan can start")
+            else:
+                logger.warning("%s: starting a new worker", exited(name))
+                logger.info("%s started in place of %s", deployment.replace_worker(name), name)
+    except (DeploymentError, OSError, ControllerError) as error:
+        return f"could not replace {', '.join(dead)}: {error}; stopping everything"
+    return None
 
 
 def cmd_play(args: argparse.Namespace) -> int:
@@ -176,6 +237,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="detector stream: stins (MAX IV receiver) or eiger_legacy (Dectris Stream v1)",
     )
     up.add_argument("--no-record", action="store_true", help="do not record scans (dump_prefix)")
+    up.add_argument(
+        "--stream-timeout",
+        type=float,
+        default=30.0,
+        help="end a scan with no event for this many seconds while frames are still expected (default 30; 0: never)",
+    )
     up.set_defaults(func=cmd_up)
 
     play = subparsers.add_parser("play", help="act as the beamline: send a scan to a running deployment")

@@ -78,6 +78,7 @@ class LocalDeployment:
         log_level: str = "INFO",
         ready_timeout: float = 60.0,
         env: dict[str, str] | None = None,
+        stream_timeout: float | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"need at least 1 worker, got {workers}")
@@ -94,6 +95,8 @@ class LocalDeployment:
         self.log_level = log_level
         self.ready_timeout = ready_timeout
         self.extra_env = dict(env or {})
+        self.stream_timeout = stream_timeout
+        self._lost_scan = ""  # the scan a dead reducer was in, for its successor
         self.processes: dict[str, ServiceProcess] = {}
         self._worker_names: list[str] = []
         self._crashed: list[str] = []
@@ -206,7 +209,15 @@ class LocalDeployment:
             http_port=self._ports["live"],
             control_port=self._ports["control"],
             control_token_file=str(self.run_dir / "control.token"),
+            stream_timeout=self.stream_timeout,
+            final_dir=str(self.results_dir),
+            lost_scan=self._lost_scan,
         )
+
+    @property
+    def results_dir(self) -> Path:
+        """Where the reducer writes each scan's final NeXus file."""
+        return self.run_dir / "results"
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -380,6 +391,50 @@ class LocalDeployment:
         self.state.workers = list(self._worker_names)
         self.state.pids = {name: p.pid for name, p in self.processes.items() if p.alive()}
 
+    # -- replacing dead services (streamtomo up) ------------------------------------------
+    def dead(self) -> list[str]:
+        """Services whose process has exited, in the order they were started."""
+        return [name for name, service in self.processes.items() if not service.alive()]
+
+    def replace_worker(self, name: str) -> str:
+        """A new worker for one that died; returns its name (it registers by itself)."""
+        self.processes.pop(name)
+        if name in self._worker_names:
+            self._worker_names.remove(name)
+        self._crashed.append(name)
+        self._forget_crashed()
+        new = self._spawn_worker()
+        self.state.workers = list(self._worker_names)
+        return new
+
+    def replace_reducer(self, timeout: float | None = None) -> str:
+        """A new reducer, on the same ports, for one that died; waits until it registered.
+
+        Returns the mapping uuid of the scan the dead reducer was in ("" if none is
+        known): its successor marks that scan failed, as what the dead one had reduced
+        is gone. dranspose lets a reducer register again: the controller's next
+        parameter check hands it the current mapping.
+        """
+        config = self._ensemble()
+        uuids = {str(s["mapping_uuid"]) for s in [*config["workers"], *config["ingesters"]]}
+        lost = uuids.pop() if len(uuids) == 1 else ""
+        # A reducer killed did not delete its registration: it lingers until it expires.
+        old = (config.get("reducer") or {}).get("service_uuid")
+        self.processes.pop("reducer")
+        self._lost_scan = lost
+        try:
+            self._start_reducer()
+        finally:
+            self._lost_scan = ""
+
+        def registered() -> bool | None:
+            self._check_alive()
+            reducer = self._ensemble().get("reducer")
+            return True if reducer is not None and reducer.get("service_uuid") != old else None
+
+        wait_for("the new reducer", registered, timeout or self.ready_timeout, interval=0.2)
+        return lost
+
     def _stop_worker(self, name: str) -> None:
         self.processes.pop(name).stop()
         self._worker_names.remove(name)
@@ -393,8 +448,9 @@ class LocalDeployment:
         for name in order:
             service = self.processes.get(name)
             if service is not None:
+                started = time.monotonic()
                 code = service.stop(timeout)
-                logger.debug("%s stopped (status %s)", name, code)
+                logger.info("%s stopped in %.1f s (status %s)", name, time.monotonic() - started, code)
         self.processes.clear()
         self._worker_names.clear()
 

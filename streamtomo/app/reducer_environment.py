@@ -25,6 +25,9 @@ class ReducerEnvironment:
     hsds_endpoint: str = ""  # also mirror the domain to this HSDS; credentials: streamtomo.hsds_bridge.credentials
     control_port: int | None = None  # the live-parameter listener; None: the reducer's default
     control_token_file: str = ""  # where the reducer writes the control token (0600); empty: its default
+    stream_timeout: float | None = None  # end a scan whose streams stopped after this long; None: its default
+    final_dir: str = ""  # where each scan's final NeXus file goes; empty: none written
+    lost_scan: str = ""  # mapping uuid of the scan the previous reducer died in
 
     def to_env(self) -> dict[str, str]:
         env = {"STREAMTOMO_HTTP_HOST": self.http_host, "STREAMTOMO_HTTP_PORT": str(self.http_port)}
@@ -34,6 +37,12 @@ class ReducerEnvironment:
             env["STREAMTOMO_CONTROL_PORT"] = str(self.control_port)
         if self.control_token_file:
             env["STREAMTOMO_CONTROL_TOKEN_FILE"] = self.control_token_file
+        if self.stream_timeout is not None:
+            env["STREAMTOMO_STREAM_TIMEOUT"] = str(self.stream_timeout)
+        if self.final_dir:
+            env["STREAMTOMO_FINAL_DIR"] = self.final_dir
+        if self.lost_scan:
+            env["STREAMTOMO_LOST_SCAN"] = self.lost_scan
         return env
 
     @contextlib.contextmanager

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, NoReturn, cast
 
 from streamtomo.app.processes import HOST
 from streamtomo.app.zmq_loopback import bind_loopback, bound_result_queues, tolerant_ingester
@@ -73,13 +72,75 @@ async def _run_until_sigterm(service: Any, announce_first: bool = False) -> None
         loop.add_signal_handler(sig, stop.set)
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done() and task.exception() is not None:
+    if task.done() and not task.cancelled() and task.exception() is not None:
         logger.error("service failed: %r", task.exception())
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await service.close()
+    await _cancel(task)
+    try:
+        await asyncio.wait_for(service.close(), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        # Exit anyway: what close had left (deleting our Redis key) expires by itself.
+        logger.warning("closing took over %.0f s: exiting without it (%s)", CLOSE_TIMEOUT_S, _pending())
     stopper.cancel()
+
+
+# A service that has not closed by then exits anyway (``up`` escalates to SIGKILL at 10 s).
+CLOSE_TIMEOUT_S = 5.0
+# How long a cancelled task may take to leave before it is cancelled again.
+RECANCEL_S = 0.5
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` until it is done.
+
+    One cancellation is not always enough: in about one stop in five mid-scan, a
+    worker's run task (dranspose's ``register`` loop) lost it inside redis-py's
+    blocking ``XREAD`` and went on reading updates: state 'cancelling', never done,
+    so ``up`` killed the worker after 10 s. A second cancellation ends it.
+    """
+    task.cancel()
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=RECANCEL_S)
+        if not done:
+            logger.info("still running after cancel: cancelling again (%s)", _pending())
+            task.cancel()
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("stopped with %r", task.exception())
+
+
+def _pending() -> str:
+    """Where each pending task waits (innermost frame), for the log."""
+    where: list[str] = []
+    for t in asyncio.all_tasks():
+        if t is asyncio.current_task():
+            continue
+        frame, coro = None, cast(Any, t.get_coro())
+        while coro is not None:  # down the await chain to the innermost frame
+            frame = getattr(coro, "cr_frame", None) or frame
+            coro = getattr(coro, "cr_await", None)
+        if frame is not None:
+            where.append(f"{frame.f_code.co_name}@{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}")
+    return ", ".join(sorted(where)) or "no task"
+
+
+def _run_and_exit(main: Coroutine[Any, Any, None]) -> NoReturn:
+    """Run a service to its end, then leave the process at once.
+
+    Not ``asyncio.run``: it waits for the event loop's executor, and a worker stopped
+    mid-scan may have a frame in ``process_event`` there (numba compiling its kernels
+    for seconds): its process lingered 2-5 s after closing. Nothing that frame gives
+    is of use once the service has closed, and nothing else is left to clean up.
+    """
+    loop = asyncio.new_event_loop()
+    code = 0
+    try:
+        loop.run_until_complete(main)
+    except Exception as error:  # the exit status says it failed; the log says how
+        logger.error("service ended with %r", error)
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _serve_app(app_path: str, port: int) -> None:
@@ -126,14 +187,14 @@ def service_main(argv: Sequence[str] | None = None) -> int:
         from dranspose.worker import Worker, WorkerSettings
 
         worker = Worker(WorkerSettings(worker_name=args.name, worker_class=args.cls))
-        asyncio.run(_run_until_sigterm(worker, announce_first=True))
+        _run_and_exit(_run_until_sigterm(worker, announce_first=True))
     else:
         cls = _import(args.cls)
         settings_cls = _import(args.cls.replace("Ingester", "Settings"))
         settings = settings_cls(
             upstream_url=args.upstream, ingester_streams=[args.stream], ingester_url=f"tcp://{HOST}:{args.port}"
         )
-        asyncio.run(_run_until_sigterm(tolerant_ingester(cls)(settings=settings)))
+        _run_and_exit(_run_until_sigterm(tolerant_ingester(cls)(settings=settings)))
     return 0
 
 

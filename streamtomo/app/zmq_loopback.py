@@ -56,6 +56,8 @@ def bind_loopback(host: str = HOST) -> None:
 # it publishes plus this queue.
 WORKER_QUEUE_MESSAGES = 16
 REDUCER_QUEUE_MESSAGES = 4
+# How long a closing worker may still try to deliver its queued results.
+PUSH_LINGER_MS = 2000
 
 
 def bound_result_queues(worker_queue: int = WORKER_QUEUE_MESSAGES, reducer_queue: int = REDUCER_QUEUE_MESSAGES) -> None:
@@ -81,6 +83,9 @@ def bound_result_queues(worker_queue: int = WORKER_QUEUE_MESSAGES, reducer_queue
     def bounded_connect(self: zmq.Socket[Any], addr: str) -> Any:
         if self.socket_type == zmq.PUSH:
             self.setsockopt(zmq.SNDHWM, worker_queue)
+            # dranspose's worker closes with ``ctx.destroy()``, which waits forever
+            # (ZeroMQ's default linger) for results to a reducer that is gone.
+            self.setsockopt(zmq.LINGER, PUSH_LINGER_MS)
         return connect(self, addr)
 
     zmq.Socket.bind = bounded_bind  # type: ignore[method-assign]

@@ -47,6 +47,11 @@ class ReducerSettings:
     cors_origins: tuple[str, ...] = ()
     hsds_endpoint: str = ""
     hsds_domain: str = ""  # default: /home/<writer account>/<live domain's file name>
+    # A running scan with no result for this long, while frames are still expected
+    # (the sender died, a stream stopped), is ended through the controller; 0: never.
+    stream_timeout: float = 30.0
+    final_dir: str = ""  # each scan's final NeXus file goes here; empty: none written
+    lost_scan: str = ""  # mapping uuid of a scan whose earlier reducer died (set when restarted)
 
     @classmethod
     def from_env(cls) -> ReducerSettings:
@@ -58,6 +63,9 @@ class ReducerSettings:
             cors_origins=origins,
             hsds_endpoint=env.get("STREAMTOMO_HSDS_ENDPOINT", ""),
             hsds_domain=env.get("STREAMTOMO_HSDS_DOMAIN", ""),
+            stream_timeout=float(env.get("STREAMTOMO_STREAM_TIMEOUT", "30")),
+            final_dir=env.get("STREAMTOMO_FINAL_DIR", ""),
+            lost_scan=env.get("STREAMTOMO_LOST_SCAN", ""),
         )
 
 
@@ -93,6 +101,22 @@ class TomoReducer:
         self._closed = False
         self._refused: PipelineConfig | None = None
         self._pending_change: tuple[str, Any] | None = None  # a stored live change not applied yet
+        self.mapping_uuid = str(getattr(kwargs.get("state"), "mapping_uuid", "") or "")
+        self._last_result = time.monotonic()
+        self._stopped_reason = ""  # why this reducer ended the scan early (streams stopped)
+        self.final_file: str | None = None
+        if self.mapping_uuid and self.mapping_uuid == self.settings.lost_scan:
+            # Built for a scan that was under way when the previous reducer died: what
+            # it had reduced died with it, and a result from the rest would pass for the
+            # whole scan. Refuse it; the controller is told to end the scan.
+            self.scan.state = "failed"
+            self.scan.reason = (
+                "the reducer died during this scan and was restarted: the results it held are lost "
+                "(the ingesters' recordings, if any, replay the scan)"
+            )
+            logger.warning("scan %s failed: %s", self.mapping_uuid, self.scan.reason)
+            with self.lock:
+                self._publish_locked()
         logger.info("live domain %s at %s", self.domain.name, self.server.url)
 
     @staticmethod
@@ -208,6 +232,7 @@ class TomoReducer:
             logger.warning("ignoring a result of type %s", type(payload).__name__)
             return
         with self.lock:
+            self._last_result = time.monotonic()
             self._apply_parameters(parameters)
             self.scan.add_result(payload)
 
@@ -219,13 +244,50 @@ class TomoReducer:
             self._apply_parameters(parameters)
             if not self._finished.is_set():
                 self.scan.reconcile()
+                self._check_streams()
             self._publish_locked()
         return self.scan.config.publish_interval
+
+    def _check_streams(self) -> None:
+        """End a scan whose streams stopped (caller holds the lock).
+
+        Only a running scan that still expects frames: a scan that got all of them ends
+        by itself, and one that got none yet may be waiting for the beamline to start.
+        """
+        timeout = self.settings.stream_timeout
+        scan = self.scan
+        if timeout <= 0 or self._stopped_reason or scan.state != "running":
+            return
+        quiet = time.monotonic() - self._last_result
+        expected = scan.config.expected_frames()
+        received = scan.admission.received
+        if quiet < timeout or (expected is not None and received >= expected):
+            return
+        of = f"{received} of {expected}" if expected is not None else f"{received} (of an unknown number)"
+        self._stopped_reason = (
+            f"the streams stopped: no event for {timeout:g} s after the last one; {of} frames received"
+        )
+        logger.warning("ending scan %s: %s", self.mapping_uuid, self._stopped_reason)
+        url = scan.config.controller_url
+        if url:
+            threading.Thread(target=self._stop_scan, args=(url,), name="stop-scan", daemon=True).start()
+
+    def _stop_scan(self, url: str) -> None:
+        from streamtomo.controller_client import ControllerClient
+
+        try:
+            ControllerClient(url, timeout=10.0).stop()
+        except (OSError, ValueError) as error:
+            logger.warning("could not end the scan through the controller at %s: %s", url, error)
 
     def finish(self, parameters: dict[Any, Any] | None = None) -> None:
         with self.lock:
             self._apply_parameters(parameters)
-            self.scan.finish(volume_follows=self.scan.config.volume)
+            stopped = bool(self._stopped_reason)
+            # A stopped scan gets no volume: its final products are what was reduced.
+            self.scan.finish(volume_follows=self.scan.config.volume and not stopped)
+            if stopped and self.scan.state != "failed":
+                self.scan.state, self.scan.reason = "stopped", self._stopped_reason
             self._publish_locked()
             self.final_slices_at = time.time()
         # The whole volume after the final slices are out: readers see those first.
@@ -241,6 +303,7 @@ class TomoReducer:
                 self._publish_locked()
             state = "complete" if self.hsds.complete else "not complete yet (finishing in the background)"
             logger.info("HSDS domain %s %s (%s)", self.hsds.domain_name, state, self.hsds.stats())
+        self._write_final()
         status = self.scan.status()
         # A failure was logged (WARNING, with its reason) where it happened.
         logger.info(
@@ -252,12 +315,39 @@ class TomoReducer:
         )
 
     def close(self, context: dict[Any, Any] | None = None) -> None:
+        if not self._finished.is_set() and self.scan.admission.received > 0 and self.final_file is None:
+            # Stopped mid-scan (Redis gone, up stopping): keep what was reduced.
+            with self.lock:
+                if self.scan.state != "failed":
+                    self.scan.state = "failed"
+                    self.scan.reason = (
+                        f"the reducer stopped before the scan ended: {self.scan.admission.received} frames "
+                        "received; the slices and sinogram hold what was reduced"
+                    )
+                    logger.warning("scan %s failed: %s", self.mapping_uuid, self.scan.reason)
+                self._publish_locked()
+            self._write_final()
         self._closed = True
         self.control.close()
         for publisher in self.publishers:
             publisher.close()
 
     # -- internals ------------------------------------------------------------------
+    def _write_final(self) -> None:
+        """The domain as a NeXus file in ``final_dir``, whatever state the scan ended in."""
+        if not self.settings.final_dir:
+            return
+        from streamtomo.hsds_bridge.nexus_file import write_nexus
+
+        name = f"scan-{self.mapping_uuid or time.strftime('%Y%m%d-%H%M%S')}.nxs"
+        try:
+            path = write_nexus(self.domain, os.path.join(self.settings.final_dir, name))
+        except OSError as error:
+            logger.warning("final file %s not written: %s", name, error)
+            return
+        self.final_file = str(path)
+        logger.info("scan %s %s: final file %s", self.mapping_uuid, self.scan.state, path)
+
     def _apply_parameters(self, parameters: dict[Any, Any] | None) -> None:
         if parameters is None:
             return

@@ -506,7 +506,7 @@ class LiveScan:
     def lost_frames(self) -> list[tuple[int, int]]:
         """Frame index ranges (inclusive) that never arrived; known at the end of a scan."""
         expected = self.config.expected_frames()
-        if expected is None or self.state not in ("reconstructing", "finished"):
+        if expected is None or self.state not in ("reconstructing", "finished", "stopped"):
             return []
         return self.admission.lost_ranges(expected)
 
