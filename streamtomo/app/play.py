@@ -98,6 +98,7 @@ class PlayResult:
     send_times: dict[int, float] = field(default_factory=dict)  # frame index -> time.time() sent
     progress: dict[str, Any] = field(default_factory=dict)
     dump_prefix: str = ""
+    events_sent: int = 0  # dranspose events whose messages went out (headers and ends too)
 
     @property
     def seconds(self) -> float:
@@ -216,6 +217,7 @@ def _stream(
             panda.accept(connect_timeout)
         if event.angle:
             panda.send(event.angle)
+        result.events_sent += 1
         if event.frame is not None:
             now = time.time()
             if result.frames_sent == 0:
@@ -249,10 +251,16 @@ def _wait_finished(
         if now - last_log > 2.0:
             last_log = now
             logger.info("completed %d/%d events", done, n_events)
-        if stopped_at is None and now - last_change > stall_timeout:
+        # A stream cut short whose every sent event is reduced: the rest never comes, so
+        # end now. Otherwise only a stall ends it (a worker died), however slow the
+        # pipeline is to take what was sent (a numba compile on a busy machine).
+        cut_short = result.events_sent < n_events and done >= result.events_sent
+        if stopped_at is None and (cut_short or now - last_change > stall_timeout):
             logger.warning(
-                "no progress for %.0f s at %d/%d events: ending the scan (partial result kept)",
-                stall_timeout,
+                "%s at %d/%d events: ending the scan (partial result kept)",
+                "the stream stopped early and every event sent is reduced"
+                if cut_short
+                else f"no progress for {stall_timeout:.0f} s",
                 done,
                 n_events,
             )
