@@ -141,9 +141,13 @@ def test_sender_killed_mid_scan_ends_the_scan_stopped_and_keeps_what_was_reduced
     up = UpProcess(tmp_path / "up", "--no-record", "--stream-timeout", "5")
     try:
         state = up.wait_ready()
-        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "5")
+        # 2 frames/s: 40 s to send the 80 frames, so the sender is still sending when the
+        # reducer has its 10th projection even on a busy machine (at 5/s a reducer 11 s
+        # behind saw the whole scan arrive and finish before the kill).
+        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "2")
         # Projections reduced: the workers' first-frame compilation (seconds) is behind us.
         wait_projections(state["live_endpoint"], 10)
+        assert player.poll() is None, "the sender finished before it could be killed"
         player.kill()  # the beamline's sender dies: no more frames, no end of series
         player.wait()
         stopped = wait_state(state["live_endpoint"], "stopped")
@@ -168,9 +172,11 @@ def test_reducer_killed_mid_scan_is_replaced_and_the_scan_ends_failed(tmp_path: 
     up = UpProcess(tmp_path / "up", "--no-record")
     try:
         state = up.wait_ready()
-        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "20")
+        # 5 frames/s: the scan takes 16 s, so the reducer dies mid-scan even on a busy machine.
+        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "5")
         try:
             wait_events(state["controller_url"], 30)
+            assert player.poll() is None, "the scan ended before the reducer could be killed"
             os.killpg(state["pids"]["reducer"], signal.SIGKILL)
             failed = wait_state(state["live_endpoint"], "failed")
             assert "the reducer died during this scan" in str(failed["reason"])
