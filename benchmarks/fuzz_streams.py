@@ -306,6 +306,7 @@ def fuzz_round(seed: int, workers: int, skip: frozenset[str] = frozenset()) -> d
         "good_lost": lost,
         "wrong_slots": wrong,
         "slices_off": slices_off,
+        "base_suspect": bool(scan.counts.get("frame_base_suspect")),
         "rejected": dict(scan.rejected),
         "state": scan.state,
     }
@@ -331,6 +332,10 @@ def main() -> int:
             totals[key] += result[key]
         kinds.update(result["kinds"])
         totals["slices_inconsistent"] += result["slices_off"] > 1e-3
+        totals["rounds_wrong"] += result["wrong_slots"] > 0 or result["good_lost"] > 0
+        totals["rounds_wrong_warned"] += (result["wrong_slots"] > 0 or result["good_lost"] > 0) and result[
+            "base_suspect"
+        ]
         worst = max(worst, result["slices_off"])
         reasons.update(result["rejected"])
         totals["finished"] += result["state"] == "finished"
@@ -348,6 +353,11 @@ def main() -> int:
         f"live slices against an offline FBP of the final sinogram: {totals['slices_inconsistent']} rounds off by "
         f"more than 1e-3 (largest relative difference {worst:.1e})"
     )
+    if totals["rounds_wrong"]:
+        print(
+            f"rounds with lost or wrong frames: {totals['rounds_wrong']}, of them with the reducer's warning to set "
+            f"frame_base (frame_base_suspect): {totals['rounds_wrong_warned']}"
+        )
     print("rejections by reason:", dict(sorted(reasons.items())))
     bad = totals["crashes"] + totals["good_lost"] + totals["wrong_slots"] + totals["slices_inconsistent"]
     return 0 if bad == 0 else 1
