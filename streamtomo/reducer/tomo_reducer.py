@@ -256,7 +256,9 @@ class TomoReducer:
         """
         timeout = self.settings.stream_timeout
         scan = self.scan
-        if timeout <= 0 or self._stopped_reason or scan.state != "running":
+        # Only a deployment's scans (a controller to end them through): a replay's streams
+        # are files, and a slow --rate is not a dead sender.
+        if timeout <= 0 or self._stopped_reason or scan.state != "running" or not scan.config.controller_url:
             return
         quiet = time.monotonic() - self._last_result
         expected = scan.config.expected_frames()
