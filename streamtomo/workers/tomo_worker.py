@@ -41,6 +41,7 @@ class TomoWorker:
         self.processor = FrameProcessor(config, str(name))
         self.rule = FrameKindRule.from_config(config)
         self.numbering = FrameNumbering(config.fixed_frame_base(), SERIES_BASE)
+        self.numbering.reset()  # a new worker is a new run: nothing learnt before counts
         self.pcap_header: PcapHeader | None = None
         self._pcap_values_read = False  # a value line came since the PandA header
         self._event_row: int | None = None  # the PandA row this event carried, if any
