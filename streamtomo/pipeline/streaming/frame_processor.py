@@ -211,6 +211,22 @@ class FrameProcessor:
         rows = np.ascontiguousarray(data if geometry.all_rows else data[geometry.sinogram_rows])
         if key in (ImageKey.DARK, ImageKey.FLAT):
             return ReferenceRows(index, key, rows, detector, event)
+        return self._uncorrected_projection(index, rows, detector, angle_deg, angle_measured, event, angle_row)
+
+    @staticmethod
+    def _uncorrected_projection(
+        index: int,
+        rows: npt.NDArray[np.generic],
+        detector: DetectorInfo,
+        angle_deg: float | None,
+        angle_measured: bool,
+        event: int,
+        angle_row: int,
+    ) -> Message:
+        """A projection the reducer takes as measured: to join with its own PandA row
+        (``angle_row`` >= 0) or to correct there (no references here); refused without
+        an angle."""
+        rows = np.ascontiguousarray(rows)
         if angle_row >= 0:
             return ProjectionRows(index, float("nan"), True, rows, 0, "", detector, event, angle_row)
         if angle_deg is None or not np.isfinite(angle_deg):
@@ -245,17 +261,11 @@ class FrameProcessor:
                         index, "non_finite", f"projection {index}: {bad.mean():.0%} of its pixels are NaN/inf", event
                     )
                 ]
-        if angle_row >= 0:
-            rows = np.ascontiguousarray(rows)
-            return [ProjectionRows(index, float("nan"), True, rows, 0, "", self.detector, event, angle_row)]
-        if angle_deg is None or not np.isfinite(angle_deg):
-            return [Rejected(index, "missing_angle", f"projection {index} has no valid angle", event)]
-        corrector = self._corrector_for(self.geometry)
-        if corrector is None:
+        has_angle = angle_deg is not None and bool(np.isfinite(angle_deg))
+        corrector = self._corrector_for(self.geometry) if angle_row < 0 and has_angle else None
+        if corrector is None or angle_deg is None:
             return [
-                ProjectionRows(
-                    index, angle_deg, angle_measured, np.ascontiguousarray(rows), 0, "", self.detector, event
-                )
+                self._uncorrected_projection(index, rows, self.detector, angle_deg, angle_measured, event, angle_row)
             ]
         values, repaired = corrector.correct_counted(rows)
         # Integer frames give finite values by construction (the table is clipped).
