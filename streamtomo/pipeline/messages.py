@@ -65,12 +65,14 @@ class ProjectionRows:
 @dataclass(frozen=True)
 class AngleRow:
     """One PandA row as a worker read it: the rotation angle of the scan's frame ``row``
-    (None: unreadable, ``reason`` says why). Tiny; sent for every row, so that frames
-    that arrived with another frame's row can be joined with their own."""
+    (None: unreadable; ``reason`` is the rejection reason, ``detail`` the message). Tiny;
+    sent for every row, so that frames that arrived with another frame's row can be
+    joined with their own."""
 
     row: int
     angle_deg: float | None
     reason: str = ""
+    detail: str = ""
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ class TomoWorker:
         self.numbering.reset()  # a new worker is a new run: nothing learnt before counts
         self.pcap_header: PcapHeader | None = None
         self._pcap_values_read = False  # a value line came since the PandA header
-        self._event_row: int | None = None  # the PandA row this event carried, if any
 
     @staticmethod
     def describe_parameters() -> list[Any]:
@@ -69,11 +68,11 @@ class TomoWorker:
                 result.items.append(pending)
         self.processor.set_references(self._params.references(params))
 
-        self._event_row = None
-        angle, angle_error = self._angle(event, config, result)
-        if self._event_row is not None:
-            reason = "" if angle_error is None else f"{angle_error.reason}: {angle_error}"
-            result.items.append(AngleRow(self._event_row, angle, reason))
+        angle, angle_error, carried_row = self._angle(event, config, result)
+        if carried_row:
+            # The PandA header is event 0 and its TCP stream loses nothing: event e holds row e - 1.
+            reason, detail = ("", "") if angle_error is None else (angle_error.reason, str(angle_error))
+            result.items.append(AngleRow(event.event_number - 1, angle, reason, detail))
         streams = getattr(event, "streams", {})
         stream = streams.get(config.detector_stream)
         if stream is not None:
@@ -94,21 +93,26 @@ class TomoWorker:
     # -- decoding -------------------------------------------------------------------
     def _angle(
         self, event: Any, config: PipelineConfig, result: WorkerResult
-    ) -> tuple[float | None, AngleError | None]:
+    ) -> tuple[float | None, AngleError | None, bool]:
         """The event's measured angle, or why there is none (None, None: no angle is
-        due, as in the header and end events, or ``angle_stream`` is empty)."""
+        due, as in the header and end events, or ``angle_stream`` is empty), and
+        whether the event carried a PandA row (read or not)."""
         if not config.angle_stream:
-            return None, None
+            return None, None, False
         stream = getattr(event, "streams", {}).get(config.angle_stream)
         if stream is None:
-            return None, AngleError(
-                f"the angle stream {config.angle_stream!r} is not in this event (angle_stream '' uses nominal angles)"
+            return (
+                None,
+                AngleError(
+                    f"the angle stream {config.angle_stream!r} is not in this event "
+                    "(angle_stream '' uses nominal angles)"
+                ),
+                False,
             )
         try:
             message = decode_pcap_event(stream.frames, self.pcap_header)
         except FrameError as error:
-            self._event_row = event.event_number - 1  # a row, unreadable
-            return None, AngleError(f"its PandA values cannot be read: {error}")
+            return None, AngleError(f"its PandA values cannot be read: {error}"), True  # a row, unreadable
         if isinstance(message, PcapHeader):
             if self._pcap_values_read and self.pcap_header is not None and message.keys != self.pcap_header.keys:
                 # A header only starts a capture: one in the middle would change how
@@ -122,17 +126,19 @@ class TomoWorker:
                         event.event_number,
                     )
                 )
-                return None, None
+                return None, None, False
             self.pcap_header = message
             self._pcap_values_read = False
-            return None, None
+            return None, None, False
         if isinstance(message, PcapEnd):
             self._pcap_values_read = False  # the next capture may bring its own header
-            return None, None
+            return None, None, False
         assert isinstance(message, PcapValues)
         self._pcap_values_read = True
-        # The PandA header is event 0 and its TCP stream loses nothing: event e holds row e - 1.
-        self._event_row = event.event_number - 1
+        return (*self._row_angle(message, config), True)
+
+    def _row_angle(self, message: PcapValues, config: PipelineConfig) -> tuple[float | None, AngleError | None]:
+        """The angle of one PandA row, or why it has none."""
         if self.pcap_header is None:
             # Unnamed values: which one is the encoder only the header says. Guessing a
             # column, or the nominal angle, would place the frame silently wrong.

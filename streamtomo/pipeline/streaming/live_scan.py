@@ -237,8 +237,9 @@ class LiveScan:
 
     def _add_joined(self, msg: ProjectionRows, row: AngleRow) -> None:
         if row.angle_deg is None:
-            reason, _, detail = row.reason.partition(": ")
-            self.reject(reason or "missing_angle", f"frame {msg.frame_index}: {detail or 'no angle'}", msg.frame_index)
+            self.reject(
+                row.reason or "missing_angle", f"frame {msg.frame_index}: {row.detail or 'no angle'}", msg.frame_index
+            )
             return
         self._add_projection(self.angle_join.with_angle(msg, row))
 
