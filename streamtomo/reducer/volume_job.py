@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
-from streamtomo.pipeline.reconstruction.backends import coverage_warnings_logged, reconstruct
+from streamtomo.pipeline.reconstruction.backends import coverage_warnings_logged, get_backend, reconstruct
+from streamtomo.pipeline.reconstruction.backends.fourier import FourierBackend
 from streamtomo.pipeline.reconstruction.preprocess import prepare_volume_sinograms
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
@@ -24,6 +26,7 @@ from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
 logger = logging.getLogger(__name__)
 
 BATCH_BYTES = 256 << 20  # sinogram rows + their slices per batch, float32
+PLAN_BATCHES_PER_PUBLISH = 2  # Fourier path: NUFFT batches (2 slices per core each) between publishes
 
 
 def batch_rows(n_rows: int, angles: int, cols: int, size: int, whole: bool) -> int:
@@ -32,6 +35,11 @@ def batch_rows(n_rows: int, angles: int, cols: int, size: int, whole: bool) -> i
         return n_rows
     per_row = 4 * (angles * cols * 3 + size * size * 2)  # input, filtered/padded copies, output
     return int(min(n_rows, max(1, BATCH_BYTES // per_row)))
+
+
+def rows_per_publish(pairs: int) -> int:
+    """Fourier path: rows between publishes, whole NUFFT batches (two slices per pair)."""
+    return 2 * pairs * PLAN_BATCHES_PER_PUBLISH
 
 
 def reconstruct_volume(scan: LiveScan, lock: threading.RLock, publish: Callable[[], None]) -> float | None:
@@ -54,9 +62,11 @@ def reconstruct_volume(scan: LiveScan, lock: threading.RLock, publish: Callable[
         scan.volume_done = 0
         publish()
     whole = config.paganin_delta_beta > 0 or config.zinger_removal
-    step = batch_rows(n_rows, len(filled), cols, size, whole)
     started = time.perf_counter()
     try:
+        if not (whole or config.ring_removal) and _reconstruct_in_place(scan, lock, publish, filled, angles):
+            return _finished(scan, lock, publish, n_rows, config.backend, started)
+        step = batch_rows(n_rows, len(filled), cols, size, whole)
         for first in range(0, n_rows, step):
             last = min(n_rows, first + step)
             with lock:  # (rows, angles, cols) of these rows only
@@ -85,9 +95,49 @@ def reconstruct_volume(scan: LiveScan, lock: threading.RLock, publish: Callable[
             scan.state = "finished"
             publish()
         return None
+    return _finished(scan, lock, publish, n_rows, config.backend, started)
+
+
+def _finished(
+    scan: LiveScan, lock: threading.RLock, publish: Callable[[], None], n_rows: int, backend: str, started: float
+) -> float:
     seconds = time.perf_counter() - started
     with lock:
         scan.state = "finished"
         publish()  # the last slices and 'finished' in one generation
-    logger.info("volume of %d slices (%s backend) in %.2f s", n_rows, config.backend, seconds)
+    logger.info("volume of %d slices (%s backend) in %.2f s", n_rows, backend, seconds)
     return seconds
+
+
+def _reconstruct_in_place(
+    scan: LiveScan,
+    lock: threading.RLock,
+    publish: Callable[[], None],
+    filled: npt.NDArray[np.intp],
+    angles: npt.NDArray[np.float64],
+) -> bool:
+    """The fast path: the Fourier engine reads the angle-major sinogram where it lies and
+    writes each batch straight into the published volume, on every core; no (rows,
+    angles, cols) copy of a batch and no copy of its slices. False: not this backend.
+
+    Rows past ``volume_done`` are not yet valid for readers, so writing them outside the
+    lock is safe; the lock is taken only to advance ``volume_done`` and publish.
+    """
+    backend = get_backend(scan.config.backend)
+    if not isinstance(backend, FourierBackend):
+        return False
+    sinogram, geometry, volume = scan.sinogram, scan.geometry, scan.volume
+    assert sinogram is not None and geometry is not None and volume is not None
+    n_rows, cols = volume.shape[0], sinogram.by_angle.shape[2]
+    with coverage_warnings_logged(logger, scan.coverage_logged):
+        plan = backend.volume_plan(angles, cols, geometry.center, scan.config.filter, geometry.size, n_rows)
+    slots = None if filled.size == sinogram.by_angle.shape[0] else filled
+    step = rows_per_publish(plan.pairs)
+    for first in range(0, n_rows, step):
+        last = min(n_rows, first + step)
+        backend.reconstruct_rows(plan, sinogram.by_angle, range(first, last), volume[first:last], slots)
+        with lock:
+            scan.volume_done = last
+            if last < n_rows:
+                publish()
+    return True

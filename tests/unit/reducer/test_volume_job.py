@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
+import pytest
 
 from streamtomo.pipeline.messages import WorkerResult
 from streamtomo.pipeline.reconstruction.backends import reconstruct
+from streamtomo.pipeline.reconstruction.backends.fourier import FourierBackend
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.reducer import volume_job
 from tests.unit.pipeline.test_live_scan import config, make_frames
 
 
-def test_volume_grows_in_batches_and_finishes_with_its_last_slices(monkeypatch: object) -> None:
-    cfg = config(volume=True)
+@pytest.mark.parametrize("backend", ["default", "direct"])
+def test_volume_grows_in_batches_and_finishes_with_its_last_slices(
+    monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """``default`` (fourier) takes the in-place path, ``direct`` the generic batch copies."""
+    cfg = config(volume=True, backend=backend)
     scan = LiveScan(cfg)
     worker = FrameProcessor(cfg)
     for frame in make_frames():
@@ -23,7 +30,16 @@ def test_volume_grows_in_batches_and_finishes_with_its_last_slices(monkeypatch: 
     scan.finish(volume_follows=True)
     assert scan.state == "reconstructing"
     seen: list[tuple[str, int]] = []
-    monkeypatch.setattr(volume_job, "batch_rows", lambda *args: 1)  # type: ignore[attr-defined]
+    monkeypatch.setattr(volume_job, "batch_rows", lambda *args: 1)
+    monkeypatch.setattr(volume_job, "rows_per_publish", lambda pairs: 1)
+    in_place = FourierBackend.reconstruct_rows
+    calls: list[int] = []
+
+    def counted(self: FourierBackend, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        in_place(self, *args, **kwargs)
+
+    monkeypatch.setattr(FourierBackend, "reconstruct_rows", counted)
     seconds = volume_job.reconstruct_volume(
         scan, threading.RLock(), lambda: seen.append((scan.state, scan.volume_done))
     )
@@ -39,7 +55,9 @@ def test_volume_grows_in_batches_and_finishes_with_its_last_slices(monkeypatch: 
         scan.geometry.center,
         cfg.filter,
         scan.geometry.size,
+        backend=backend,
     )
+    assert len(calls) == (rows if backend == "default" else 0)
     np.testing.assert_allclose(scan.volume, expected, atol=1e-5 * float(np.abs(expected).max()))
 
 
