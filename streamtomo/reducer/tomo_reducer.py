@@ -377,7 +377,10 @@ class TomoReducer:
             pool = self.scan.pool
             release = pool.hold() if pool is not None else _nothing
             self._final = FinalFile(
-                self.domain, Path(self.settings.final_dir) / name, release, f"{self.mapping_uuid} {self.scan.state}"
+                self.domain,
+                Path(self.settings.final_dir) / name,
+                release,
+                f"{self.mapping_uuid or name} {self.scan.state}",
             ).start()
         files.append(self._final)
 
