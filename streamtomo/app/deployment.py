@@ -36,6 +36,7 @@ from streamtomo.app.processes import wait_for as _wait_for
 from streamtomo.app.redis_service import forget_workers, redis_ping, redis_server_argv, redis_url_ping
 from streamtomo.app.reducer_environment import ReducerEnvironment
 from streamtomo.controller_client import ControllerClient, ControllerTimeout
+from streamtomo.reducer.final_file import FINAL_FILE_WAIT_S
 
 logger = logging.getLogger(__name__)
 
@@ -449,7 +450,8 @@ class LocalDeployment:
             service = self.processes.get(name)
             if service is not None:
                 started = time.monotonic()
-                code = service.stop(timeout)
+                # The reducer's close waits for final files still being written.
+                code = service.stop(timeout + FINAL_FILE_WAIT_S if name == "reducer" else timeout)
                 logger.info("%s stopped in %.1f s (status %s)", name, time.monotonic() - started, code)
         self.processes.clear()
         self._worker_names.clear()

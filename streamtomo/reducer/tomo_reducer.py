@@ -8,7 +8,10 @@ copies the state into the domain, bumps ``generation`` and notifies publishers.
 Settings that belong to the deployment, not the scan, come from the environment:
 ``STREAMTOMO_HTTP_HOST`` (default 127.0.0.1), ``STREAMTOMO_HTTP_PORT`` (default
 8100; 0 picks a free port), ``STREAMTOMO_CORS_ORIGINS`` (comma separated) and
-``STREAMTOMO_HSDS_ENDPOINT`` (with credentials from ``streamtomo.hsds_bridge.credentials``).
+``STREAMTOMO_HSDS_ENDPOINT`` (with credentials from ``streamtomo.hsds_bridge.credentials``),
+``STREAMTOMO_FINAL_DIR`` (each scan's final NeXus file, written after the scan has
+ended: :mod:`streamtomo.reducer.final_file`) and ``STREAMTOMO_FINAL_WAIT`` (how long
+``close`` waits for final files still being written).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from streamtomo.controller_client import post_parameter
@@ -35,6 +39,7 @@ from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.pipeline.streaming.prefault import ArrayPool
 from streamtomo.reducer.domain_layout import new_domain, update_domain
+from streamtomo.reducer.final_file import FINAL_FILE_WAIT_S, FinalFile, wait_all
 from streamtomo.reducer.volume_job import reconstruct_volume
 
 logger = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ class ReducerSettings:
     # (the sender died, a stream stopped), is ended through the controller; 0: never.
     stream_timeout: float = 30.0
     final_dir: str = ""  # each scan's final NeXus file goes here; empty: none written
+    final_wait: float = FINAL_FILE_WAIT_S  # close waits this long for final files still being written
     lost_scan: str = ""  # mapping uuid of a scan whose earlier reducer died (set when restarted)
 
     @classmethod
@@ -65,6 +71,7 @@ class ReducerSettings:
             hsds_domain=env.get("STREAMTOMO_HSDS_DOMAIN", ""),
             stream_timeout=float(env.get("STREAMTOMO_STREAM_TIMEOUT", "30")),
             final_dir=env.get("STREAMTOMO_FINAL_DIR", ""),
+            final_wait=float(env.get("STREAMTOMO_FINAL_WAIT", str(FINAL_FILE_WAIT_S))),
             lost_scan=env.get("STREAMTOMO_LOST_SCAN", ""),
         )
 
@@ -104,7 +111,8 @@ class TomoReducer:
         self.mapping_uuid = str(getattr(kwargs.get("state"), "mapping_uuid", "") or "")
         self._last_result = time.monotonic()
         self._stopped_reason = ""  # why this reducer ended the scan early (streams stopped)
-        self.final_file: str | None = None
+        self._final: FinalFile | None = None  # this scan's final file, once its writer started
+        self._late_results = 0  # results that came after the final file was started
         if self.mapping_uuid and self.mapping_uuid == self.settings.lost_scan:
             # Built for a scan that was under way when the previous reducer died: what
             # it had reduced died with it, and a result from the rest would pass for the
@@ -232,6 +240,13 @@ class TomoReducer:
             logger.warning("ignoring a result of type %s", type(payload).__name__)
             return
         with self.lock:
+            if self._final is not None:
+                # The final file is written from these arrays: it holds the scan as it
+                # ended (or was closed), and so does the domain.
+                self._late_results += 1
+                if self._late_results == 1:
+                    logger.warning("scan %s: results after its end are not taken", self.mapping_uuid)
+                return
             self._last_result = time.monotonic()
             self._apply_parameters(parameters)
             self.scan.add_result(payload)
@@ -241,7 +256,10 @@ class TomoReducer:
             # dranspose replay's timer thread outlives the run; stay quiet after close.
             return 3600.0
         with self.lock:
-            self._apply_parameters(parameters)
+            if self._final is None or self._final.done:
+                # A live change waits while the final file is written (it takes the
+                # domain a block at a time): the file is the scan as it ended.
+                self._apply_parameters(parameters)
             if not self._finished.is_set():
                 self.scan.reconcile()
                 self._check_streams()
@@ -305,7 +323,6 @@ class TomoReducer:
                 self._publish_locked()
             state = "complete" if self.hsds.complete else "not complete yet (finishing in the background)"
             logger.info("HSDS domain %s %s (%s)", self.hsds.domain_name, state, self.hsds.stats())
-        self._write_final()
         status = self.scan.status()
         # A failure was logged (WARNING, with its reason) where it happened.
         logger.info(
@@ -315,9 +332,11 @@ class TomoReducer:
             status["frames_rejected"],
             json.dumps(self.scan.rejected),
         )
+        # Last, and in a thread: the scan is finished for dranspose when this returns.
+        self._write_final()
 
     def close(self, context: dict[Any, Any] | None = None) -> None:
-        if not self._finished.is_set() and self.scan.admission.received > 0 and self.final_file is None:
+        if not self._finished.is_set() and self.scan.admission.received > 0 and self._final is None:
             # Stopped mid-scan (Redis gone, up stopping): keep what was reduced.
             with self.lock:
                 if self.scan.state != "failed":
@@ -330,25 +349,40 @@ class TomoReducer:
                 self._publish_locked()
             self._write_final()
         self._closed = True
+        # Every scan's file, not only this one's: dranspose closes only the last reducer.
+        wait_all(self.context.get("final_files", []), self.settings.final_wait)
         self.control.close()
         for publisher in self.publishers:
             publisher.close()
 
+    @property
+    def final_file(self) -> str | None:
+        """The final file's path once it is completely written; None before, or if it failed."""
+        return self._final.written if self._final is not None else None
+
+    def wait_final_file(self, timeout: float | None = None) -> str | None:
+        """Wait for this scan's final file (written after ``finish`` returned): its path,
+        or None if none is written (no ``final_dir``, a failure, or not within ``timeout``)."""
+        return self._final.wait(timeout) if self._final is not None else None
+
     # -- internals ------------------------------------------------------------------
     def _write_final(self) -> None:
-        """The domain as a NeXus file in ``final_dir``, whatever state the scan ended in."""
+        """Start writing the domain as a NeXus file in ``final_dir``, whatever state the scan ended in."""
         if not self.settings.final_dir:
             return
-        from streamtomo.hsds_bridge.nexus_file import write_nexus
-
         name = f"scan-{self.mapping_uuid or time.strftime('%Y%m%d-%H%M%S')}.nxs"
-        try:
-            path = write_nexus(self.domain, os.path.join(self.settings.final_dir, name))
-        except OSError as error:
-            logger.warning("final file %s not written: %s", name, error)
-            return
-        self.final_file = str(path)
-        logger.info("scan %s %s: final file %s", self.mapping_uuid, self.scan.state, path)
+        files: list[FinalFile] = self.context.setdefault("final_files", [])
+        files[:] = [f for f in files if not f.done]  # written ones need no waiting for
+        with self.lock:  # from here on no result changes the domain (process_result)
+            pool = self.scan.pool
+            release = pool.hold() if pool is not None else _nothing
+            self._final = FinalFile(
+                self.domain,
+                Path(self.settings.final_dir) / name,
+                release,
+                f"{self.mapping_uuid or name} {self.scan.state}",
+            ).start()
+        files.append(self._final)
 
     def _apply_parameters(self, parameters: dict[Any, Any] | None) -> None:
         if parameters is None:
@@ -378,3 +412,7 @@ class TomoReducer:
         if update_domain(self.domain, self.scan.snapshot(), extra):
             for publisher in self.publishers:
                 publisher.notify()
+
+
+def _nothing() -> None:
+    """Release of a hold on no pool."""

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 from dranspose.protocol import ParameterName, WorkParameter
 
+from streamtomo.hsds_bridge import nexus_file
 from streamtomo.pipeline.messages import WorkerResult
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 from streamtomo.reducer.domain_layout import new_domain, update_domain
 from streamtomo.reducer.tomo_reducer import TomoReducer
+from tests.unit.hsds_bridge.test_nexus_file import assert_file_equals_domain
 from tests.unit.pipeline.test_live_scan import config, make_frames
 
 
@@ -78,3 +85,131 @@ def test_update_domain_says_finished_only_with_the_volume() -> None:
     assert str(domain.dataset("/entry/status/state").array[()]) == "finished"
     assert domain.dataset("/entry/reconstruction/volume").shape == scan.volume.shape
     assert not update_domain(domain, scan.snapshot())
+
+
+def feed(reducer: Any, seed: int = 0) -> FrameProcessor:
+    worker = FrameProcessor(reducer.scan.config)
+    for frame in make_frames(seed=seed):
+        reducer.process_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    reducer.timer()
+    return worker
+
+
+@pytest.fixture
+def final_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A deployment's reducer environment: each scan's final file goes to ``final_dir``."""
+    monkeypatch.setenv("STREAMTOMO_HTTP_PORT", "0")
+    monkeypatch.setenv("STREAMTOMO_CONTROL_PORT", "0")
+    monkeypatch.setenv("STREAMTOMO_FINAL_DIR", str(tmp_path / "results"))
+    return tmp_path / "results"
+
+
+@pytest.fixture
+def slow_write(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """write_nexus waits for ``gate`` before it writes; ``started`` says it was called."""
+    started, gate = threading.Event(), threading.Event()
+    real: Callable[..., Path] = nexus_file.write_nexus
+
+    def slow(*args: Any, **kwargs: Any) -> Path:
+        started.set()
+        assert gate.wait(60), "the test never opened the gate"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nexus_file, "write_nexus", slow)
+    yield started, gate
+    gate.set()  # a failed test leaves no writer waiting
+
+
+def mapping(uuid: str) -> Any:
+    """dranspose's reducer state: the scan's mapping uuid names its final file."""
+    return SimpleNamespace(mapping_uuid=uuid)
+
+
+def test_the_final_file_is_the_domain_as_the_scan_ended(final_dir: Path) -> None:
+    reducer = TomoReducer(parameters=parameters(volume=True, backend="direct"), context={}, state=mapping("one"))
+    try:
+        feed(reducer)
+        reducer.finish()
+        path = reducer.wait_final_file(60)
+        assert path is not None and reducer.final_file == path
+        assert Path(path) == final_dir / "scan-one.nxs"
+        assert_file_equals_domain(Path(path), reducer.domain)
+        assert sorted(p.name for p in final_dir.iterdir()) == [Path(path).name]  # no temporary file left
+    finally:
+        reducer.close()
+
+
+def test_finish_returns_before_the_final_file_is_written_and_close_waits_for_it(
+    final_dir: Path, slow_write: tuple[threading.Event, threading.Event], caplog: pytest.LogCaptureFixture
+) -> None:
+    started, gate = slow_write
+    context: dict[Any, Any] = {}
+    first = TomoReducer(parameters=parameters(volume=True, backend="direct"), context=context, state=mapping("one"))
+    second = None
+    try:
+        worker = feed(first)
+        first.finish()  # returns with the writer waiting at the gate
+        assert started.wait(60)
+        assert first.final_file is None and not list(final_dir.glob("scan-*.nxs"))  # none, not half a file
+        sinogram = first.domain.dataset("/entry/sinogram/data").array.copy()
+        slices = first.domain.dataset("/entry/reconstruction/data").array.copy()
+        # While the file is written the domain holds still: a late result is not taken,
+        # a live change waits (the file is the scan as it ended, not half of a rebuild).
+        frame = make_frames()[-1]  # a projection the scan never had (a new frame number, other counts)
+        late = worker.process(frame.index + 100, frame.key, frame.data // 2, frame.angle_deg)
+        first.process_result(WorkerResult(list(late)))
+        assert "scan one: results after its end are not taken" in caplog.text
+        first.set_parameter("filter", "hann")
+        first.timer(first._parameters)
+        assert np.array_equal(first.domain.dataset("/entry/sinogram/data").array, sinogram)
+        assert np.array_equal(first.domain.dataset("/entry/reconstruction/data").array, slices)
+        assert int(first.domain.dataset("/entry/status/settings_pending").array[()]) == 1
+        # dranspose builds the next scan's reducer in the same context: its frames must
+        # not land in the arrays the first file is still being written from.
+        second = TomoReducer(
+            parameters=parameters(volume=True, backend="direct"), context=context, state=mapping("two")
+        )
+        feed(second, seed=1)
+        assert not np.array_equal(second.domain.dataset("/entry/sinogram/data").array, sinogram)
+        gate.set()
+        second.close()  # the last reducer: dranspose closes only this one; it waits for the first's file
+        path = first.final_file
+        assert path is not None and Path(path).name == "scan-one.nxs"
+        assert sorted(p.name for p in final_dir.iterdir()) == ["scan-one.nxs", "scan-two.nxs"]  # two ends failed
+        with nexus_file_reader(path) as f:
+            assert np.array_equal(f["/entry/sinogram/data"][()], sinogram)
+            assert f["/entry/status/state"][()].decode() == "finished"
+        assert_file_equals_domain(Path(path), first.domain)
+        first.timer(first._parameters)  # the file is written: the change applies now
+        assert int(first.domain.dataset("/entry/status/settings_pending").array[()]) == 0
+        assert not np.array_equal(first.domain.dataset("/entry/reconstruction/data").array, slices)
+    finally:
+        gate.set()
+        first.close()
+
+
+def test_close_warns_when_the_final_file_is_not_written_in_time(
+    final_dir: Path,
+    slow_write: tuple[threading.Event, threading.Event],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started, gate = slow_write
+    monkeypatch.setenv("STREAMTOMO_FINAL_WAIT", "0.01")
+    reducer = TomoReducer(parameters=parameters(volume=False, backend="direct"), context={})
+    feed(reducer)
+    reducer.finish()
+    assert started.wait(60)
+    reducer.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("not written within" in m and "lost if the process stops now" in m for m in warnings), warnings
+    assert reducer.final_file is None
+    gate.set()
+    path = reducer.wait_final_file(60)  # the writer goes on while the process lives
+    assert path is not None and Path(path).is_file()
+
+
+def nexus_file_reader(path: str) -> Any:
+    import h5py
+
+    return h5py.File(path, "r")

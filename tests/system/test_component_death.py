@@ -123,6 +123,18 @@ def wait_projections(endpoint: str, at_least: int, timeout: float = 90.0) -> Non
         time.sleep(0.2)
 
 
+def wait_final_files(results: Path, count: int, timeout: float = 60.0) -> list[Path]:
+    """The scans' final files once there are ``count``: the reducer writes each after the
+    scan ended, under a temporary name, and renames it into place when complete."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = sorted(results.glob("scan-*.nxs"))
+        if len(files) >= count:
+            return files
+        assert time.monotonic() < deadline, f"{len(files)} of {count} final files in {results} after {timeout:.0f} s"
+        time.sleep(0.1)
+
+
 def final_status(path: Path) -> dict[str, str]:
     with h5py.File(path, "r") as f:
         return {k: _text(f[f"/entry/status/{k}"][()]) for k in ("state", "reason", "frames_received")}
@@ -154,14 +166,14 @@ def test_sender_killed_mid_scan_ends_the_scan_stopped_and_keeps_what_was_reduced
         reason = str(stopped["reason"])
         assert "the streams stopped: no event for 5 s" in reason and "of 80 frames received" in reason, reason
         assert 0 < int(str(stopped["frames_received"])) < 80
-        (final,) = (up.run_dir / "results").glob("scan-*.nxs")
+        (final,) = wait_final_files(up.run_dir / "results", 1)
         assert final_status(final)["state"] == "stopped"
 
         # The next scan is not refused, and the stopped one stays as it was.
         play_to_end(up, tmp_path / "play-2.out")
         assert wait_state(state["live_endpoint"], "finished")["frames_received"] == 80
         assert final_status(final)["state"] == "stopped"
-        assert len(list((up.run_dir / "results").glob("scan-*.nxs"))) == 2
+        assert len(wait_final_files(up.run_dir / "results", 2)) == 2
         assert up.popen.poll() is None
     finally:
         up.stop()
@@ -186,7 +198,7 @@ def test_reducer_killed_mid_scan_is_replaced_and_the_scan_ends_failed(tmp_path: 
             player.wait()
         output = up.output()
         assert "reducer exited (status -9)" in output and "reducer.log" in output, output
-        (final,) = (up.run_dir / "results").glob("scan-*.nxs")
+        (final,) = wait_final_files(up.run_dir / "results", 1)
         assert final_status(final)["state"] == "failed"
 
         play_to_end(up, tmp_path / "play-2.out")  # not refused

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import mmap
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -51,23 +52,51 @@ class ArrayPool:
     against 0.08 s for a 1.2 GB sinogram on a virtual machine), and a beamline
     repeats scans of one geometry. The reducer keeps a pool in its dranspose context,
     which survives scans; a scan takes its arrays from it by name. An array taken
-    again is zeroed, and the previous scan must be done with it (it is: dranspose
-    starts the next scan after the previous reducer's ``finish``).
+    again is zeroed, and the previous scan must be done with it: dranspose starts the
+    next scan after the previous reducer's ``finish``, but the final file is written
+    after ``finish``, from these arrays, and holds them (:meth:`hold`): until it
+    releases them, a scan that asks for one gets a fresh array instead (never a wait
+    on the frame path; memory for both only while a file is still being written).
     """
 
     def __init__(self) -> None:
         self._buffers: dict[str, npt.NDArray[np.float32]] = {}
+        self._held: list[npt.NDArray[np.float32]] = []  # one entry per hold of a buffer
+        self._lock = threading.Lock()  # hold and release come from the final file's thread
 
     def zeros(self, name: str, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
         size = int(np.prod(shape))
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.size < size:
-            self._buffers.pop(name, None)  # free the smaller one first
-            buffer = self._buffers[name] = prefaulted_zeros((size,))
-            return buffer[:size].reshape(shape)
+        with self._lock:
+            buffer = self._buffers.get(name)
+            if buffer is not None and any(buffer is b for b in self._held):
+                logger.info("the %s array is still being written to a final file: this scan gets a new one", name)
+                buffer = None  # the holder keeps it alive until it is done; then it is freed
+            if buffer is None or buffer.size < size:
+                self._buffers.pop(name, None)  # free the smaller one first
+                buffer = self._buffers[name] = prefaulted_zeros((size,))
+                return buffer[:size].reshape(shape)
         view = buffer[:size].reshape(shape)
         view.fill(0.0)
         return view
+
+    def hold(self) -> Callable[[], None]:
+        """Keep the arrays handed out so far unchanged until the returned function is called."""
+        with self._lock:
+            held = list(self._buffers.values())
+            self._held.extend(held)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if released:
+                    return
+                released = True
+                for buffer in held:
+                    # By identity: ``==`` on arrays compares their elements.
+                    del self._held[next(i for i, b in enumerate(self._held) if b is buffer)]
+
+        return release
 
     @property
     def nbytes(self) -> int:

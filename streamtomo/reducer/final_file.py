@@ -1,0 +1,92 @@
+"""Each scan's final NeXus file, written in a thread after the scan has ended.
+
+dranspose reports a scan finished when the reducer's ``finish`` returns: writing the
+file inside it held that back by the file's time (a quarter of events/s at 512x512,
+200 projections, 2 workers). The thread writes from this scan's own domain: dranspose
+builds a new reducer, hence a new domain, for every scan (``Reducer.work``), so the
+next scan does not change it. The arrays behind it (sinogram, volume) come from the
+pool the next scan takes its arrays from: they are held (``ArrayPool.hold``) until
+the file is written.
+
+dranspose calls ``close`` only on the last scan's reducer: the writers are kept in
+the dranspose context, which outlives scans, so that ``close`` waits for each one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the deployment reads FINAL_FILE_WAIT_S without numpy
+    from streamtomo.hsds_bridge.domain import Domain
+
+logger = logging.getLogger(__name__)
+
+# How long ``close`` waits for files still being written (all of them together).
+FINAL_FILE_WAIT_S = 60.0
+
+
+class FinalFile:
+    """One scan's final file: :attr:`written` is its path once it is complete, else None."""
+
+    def __init__(self, domain: Domain, path: Path, release: Callable[[], None], scan: str) -> None:
+        self.path = path
+        self.scan = scan
+        self.written: str | None = None
+        self._domain: Domain | None = domain
+        self._release = release
+        # A daemon: a write that hangs (a dead network mount) must not keep the process
+        # alive past close's wait, which warns about it.
+        self._thread = threading.Thread(target=self._run, name=f"final-file-{path.name}", daemon=True)
+
+    def start(self) -> FinalFile:
+        self._thread.start()
+        return self
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> str | None:
+        """The file's path once written; None if it failed or is not written within ``timeout``."""
+        self._thread.join(timeout)
+        return self.written
+
+    def _run(self) -> None:
+        from streamtomo.hsds_bridge.nexus_file import write_nexus
+
+        assert self._domain is not None
+        try:
+            path = write_nexus(self._domain, self.path)
+        except OSError as error:
+            logger.warning("final file %s not written: %s", self.path, error)
+        except Exception:
+            # In finish this reached dranspose, which logs it as an ERROR; a thread's
+            # exception would only be printed to stderr.
+            logger.exception("final file %s not written", self.path)
+        else:
+            self.written = str(path)
+            logger.info("scan %s: final file %s", self.scan, path)
+        finally:
+            self._domain = None  # the scan's arrays may go
+            self._release()
+
+
+def wait_all(files: Iterable[FinalFile], timeout: float) -> None:
+    """Wait up to ``timeout`` in all for the files still being written; warn for each one that is not."""
+    deadline = time.monotonic() + timeout
+    for final in list(files):
+        if final.done:
+            continue
+        final.wait(max(deadline - time.monotonic(), 0.0))
+        if not final.done:
+            logger.warning(
+                "final file %s of scan %s not written within %.0f s: lost if the process stops now",
+                final.path,
+                final.scan,
+                timeout,
+            )

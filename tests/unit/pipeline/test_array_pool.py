@@ -1,0 +1,37 @@
+"""The reducer's array pool: memory reused across scans, never while a final file is written from it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamtomo.pipeline.streaming.prefault import ArrayPool
+
+
+def test_the_next_scan_reuses_the_memory_zeroed() -> None:
+    pool = ArrayPool()
+    first = pool.zeros("sinogram", (4, 5))
+    first += 1.0
+    again = pool.zeros("sinogram", (4, 5))
+    assert np.shares_memory(first, again) and not np.any(again)
+
+
+def test_a_held_array_is_not_reused_until_released() -> None:
+    pool = ArrayPool()
+    sinogram = pool.zeros("sinogram", (4, 5))
+    sinogram += 1.0
+    release = pool.hold()  # the previous scan's final file is being written from it
+    during = pool.zeros("sinogram", (4, 5))
+    assert not np.shares_memory(sinogram, during) and not np.any(during)
+    assert np.all(sinogram == 1.0)  # the file still sees the scan as it ended
+    release()
+    release()  # twice is harmless
+    # The new array is the pool's now; the held one was the holder's alone.
+    assert np.shares_memory(during, pool.zeros("sinogram", (4, 5)))
+
+
+def test_a_hold_covers_the_arrays_handed_out_before_it() -> None:
+    pool = ArrayPool()
+    release = pool.hold()
+    sinogram = pool.zeros("sinogram", (3,))  # after the hold: the pool's to reuse
+    assert np.shares_memory(sinogram, pool.zeros("sinogram", (3,)))
+    release()
