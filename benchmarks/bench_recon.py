@@ -24,6 +24,12 @@ Live: adding one projection to K = 5 live slices (filter + ``backproject_into``)
 at N = 512, 1024, 2048, and to a centre sweep of 11 candidates.
 
     python benchmarks/bench_recon.py [--sizes 256 512 1024] [--engines ...] [--repeats 3]
+
+tomopy is on conda-forge only; without conda, ``benchmarks/build_tomopy.sh PREFIX``
+builds it outside the repository and prints the two exports that make it importable.
+Both tomopy engines filter with our filter on rows padded to 2N, as ours do; tomopy
+does the backprojection (gridrec: gridding on a 2N x 2N frequency grid; fbp: ray
+tracing), see ``streamtomo/pipeline/reconstruction/backends/tomopy_backend.py``.
 """
 
 from __future__ import annotations

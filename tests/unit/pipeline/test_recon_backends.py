@@ -30,7 +30,7 @@ from streamtomo.pipeline.reconstruction.backends import (
     get_backend,
     installed_backends,
 )
-from streamtomo.pipeline.reconstruction.backends.tomopy_backend import ORIENTATIONS, calibrate, orient
+from streamtomo.pipeline.reconstruction.backends.tomopy_backend import gridrec_axis_pixel, gridrec_gain
 from streamtomo.pipeline.reconstruction.fbp import fbp
 from streamtomo.pipeline.reconstruction.filters import FILTER_NAMES
 from streamtomo.pipeline.simulation.phantom import shepp_logan_3d
@@ -245,18 +245,21 @@ def test_complete_angles_do_not_warn() -> None:
         recon.common.warn_if_incomplete(np.linspace(0.0, 360.0, 50, endpoint=False))
 
 
-# -- tomopy's orientation calibration, without tomopy ---------------------------------------
+# -- tomopy gridrec's geometry and grey scale as derived from its source, without tomopy ----
 
 
-@pytest.mark.parametrize("orientation", ORIENTATIONS)
-def test_calibration_finds_orientation_and_scale(orientation: tuple[int, bool, bool]) -> None:
-    def engine(
-        sino: npt.NDArray[np.float32], angles: npt.NDArray[np.float64], center: float, size: int
-    ) -> npt.NDArray[np.float32]:
-        # An engine whose slices are ours turned by `orientation`, at half our scale.
-        return orient(fbp(sino, angles, center, slice_size=size), orientation) * np.float32(0.5)
+def test_gridrec_axis_pixel_is_one_row_above_the_middle() -> None:
+    # gridrec.c: off = P/2 - (P - ng)//2 goes to column off and row ng - 1 - off
+    assert gridrec_axis_pixel(126, 128) == (62, 63)
+    assert gridrec_axis_pixel(66, 128) == (32, 33)
+    assert gridrec_axis_pixel(65, 128) == (31, 33)
+    with pytest.raises(ValueError, match="n_grid <= fft_size - 2"):
+        gridrec_axis_pixel(128, 128)  # gridrec would read past its winv table
 
-    found, scale = calibrate(engine)
-    ours = np.arange(16.0, dtype=np.float32).reshape(1, 4, 4)
-    np.testing.assert_array_equal(orient(orient(ours, orientation), found), ours)  # found undoes it
-    assert scale == pytest.approx(2.0, rel=1e-3)
+
+def test_gridrec_gain() -> None:
+    gain = gridrec_gain(130, 256)
+    _, axis = gridrec_axis_pixel(130, 256)
+    assert 2.0 * gain[axis] ** 2 == pytest.approx(1.119, abs=1e-3)  # 2 K^(0)^2 norm^2
+    assert gain[axis + 47] / gain[axis] == pytest.approx(1.116, abs=1e-3)
+    assert gain[axis - 47] / gain[axis] == pytest.approx(1.075, abs=1e-3)
