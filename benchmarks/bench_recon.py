@@ -252,6 +252,7 @@ def volume(n: int, n_angles: int, n_rows: int, distinct: int, threads: int | Non
         geometry = Geometry(angles.tobytes(), n, center, n, "ramp", "linear", 1e-3, 1.25)
         plan = plan_for(geometry, n_rows, threads)
     planned = time.perf_counter() - started
+    plan.seconds = dict.fromkeys(plan.seconds, 0.0)
     out = np.zeros((n_rows, n, n), dtype=np.float32)  # as the job's volume: pages mapped as written
     step = 2 * plan.pairs
     started = time.perf_counter()
@@ -281,6 +282,8 @@ def volume(n: int, n_angles: int, n_rows: int, distinct: int, threads: int | Non
         f"({1e3 * seconds / n_rows:.1f} ms/slice, {n_rows / seconds:.1f} slices/s) on {plan.threads} threads, "
         f"{plan.pairs} slice pairs per NUFFT batch; plan {planned:.2f} s"
     )
+    stages = ", ".join(f"{name} {value:.1f} s" for name, value in plan.seconds.items())
+    print(f"volume: stages (wall, all batches): {stages}")
     print(
         f"volume: plan holds {plan.memory_bytes() / 2**30:.2f} GiB; output {out.nbytes / 2**30:.2f} GiB; "
         f"peak RSS above the inputs {peak / 1024:.2f} GiB; SSIM {ssim:.3f} RMSE {rmse:.4f} (first {scored} slices)"
