@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -31,7 +31,9 @@ BACKENDS: tuple[str, ...] = ("auto", "numba", "numpy")
 
 FloatArray = npt.NDArray[np.float32]
 EDGE_TOL = 1e-6  # detector columns
-_Kernel = Callable[[FloatArray, FloatArray, float, float, float, float], None]
+_Float64s = npt.NDArray[np.float64]
+_BatchKernel = Callable[[FloatArray, FloatArray, float, _Float64s, _Float64s, _Float64s], None]
+ROW_CHUNK = 16  # slice rows per parallel task (its scratch is allocated once)
 
 
 def resolve_backend(backend: str) -> Literal["numba", "numpy"]:
@@ -49,61 +51,95 @@ PARALLEL_MIN_UPDATES = PARALLEL_MIN_ELEMENTS
 
 
 @functools.cache
-def _numba_kernel(parallel: bool = True) -> _Kernel:
+def _numba_kernel(parallel: bool = True) -> _BatchKernel:
     """Compile (or load from cache) the numba kernel; numba is imported only here."""
     return compile_kernel(_define_kernel, parallel)
 
 
-def _define_kernel(numba: Any) -> _Kernel:
+def _define_kernel(numba: Any) -> _BatchKernel:
     # u is linear in j, so the pixels of row i that see the detector are one run of j:
     # it is found first (analytically, then checked with the very expressions the numpy
-    # kernel uses), and the inner loops run branch-free over it, slice by slice, so
-    # they vectorise. About 2x the speed of testing every pixel, same sums bit for bit.
+    # kernel uses), and the inner loops run branch-free over it. About 2x the speed of
+    # testing every pixel, same sums bit for bit.
+    #
+    # The position (left column, fraction) of each pixel is computed once for all K
+    # slices, and each detector interval's value and slope of all slices sit side by
+    # side (one cache line): ~30% less CPU than per slice at 1024^2 (the gathers, not
+    # the stack's memory traffic, bound it: batching projections gained nothing). A
+    # batch of B projections is added pixel by pixel in turn: w_0 * p_0, then w_1 * p_1,
+    # ...: the same float32 sums, bit for bit, as B calls of one projection.
     def backproject_kernel(
-        out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float
+        out: FloatArray,
+        rows: FloatArray,
+        center: float,
+        cos_b: npt.NDArray[np.float64],
+        sin_b: npt.NDArray[np.float64],
+        weight_b: npt.NDArray[np.float64],
     ) -> None:
         n_slices, n, _ = out.shape
-        n_cols = rows.shape[1]
+        n_batch = rows.shape[0]
+        n_cols = rows.shape[2]
         half = n // 2
         first = -EDGE_TOL
         last = float(n_cols - 1) + EDGE_TOL
-        w = np.float32(weight)
-        slopes = np.zeros((n_slices, n_cols), dtype=np.float32)
-        for k in range(n_slices):
-            for c in range(n_cols - 1):
-                slopes[k, c] = rows[k, c + 1] - rows[k, c]
-        for i in numba.prange(n):
-            base = center - sin_a * float(i - half)
-            if cos_a > 1e-12:
-                lo = math.ceil((first - base) / cos_a) + half
-                hi = math.floor((last - base) / cos_a) + half
-            elif cos_a < -1e-12:
-                lo = math.ceil((last - base) / cos_a) + half
-                hi = math.floor((first - base) / cos_a) + half
-            else:
-                lo, hi = 0, n - 1
-            lo = max(lo - 1, 0)
-            hi = min(hi + 1, n - 1)
-            while lo <= hi:
-                u = base + cos_a * float(lo - half)
-                if u < first or u > last:
-                    lo += 1
-                else:
-                    break
-            while hi >= lo:
-                u = base + cos_a * float(hi - half)
-                if u < first or u > last:
-                    hi -= 1
-                else:
-                    break
+        # Value and slope of each interval, all slices side by side: one cache line
+        # holds what every slice needs at one detector position.
+        table = np.zeros((n_batch, n_cols, n_slices, 2), dtype=np.float32)
+        for b in range(n_batch):
             for k in range(n_slices):
-                for j in range(lo, hi + 1):
-                    u = base + cos_a * float(j - half)
-                    i0 = min(max(int(u), 0), n_cols - 2)  # int() is floor here: u > -1
-                    frac = np.float32(u - i0)
-                    out[k, i, j] += w * (rows[k, i0] + frac * slopes[k, i0])
+                for c in range(n_cols):
+                    table[b, c, k, 0] = rows[b, k, c]
+                for c in range(n_cols - 1):
+                    table[b, c, k, 1] = rows[b, k, c + 1] - rows[b, k, c]
+        n_chunks = (n + ROW_CHUNK - 1) // ROW_CHUNK
+        for chunk in numba.prange(n_chunks):
+            # The run [lo, hi] of each projection, and the detector position of each of
+            # its pixels, once for all slices (scratch allocated once per chunk of rows).
+            runs = np.empty((n_batch, 2), dtype=np.intp)
+            left = np.empty((n_batch, n), dtype=np.intp)
+            frac = np.empty((n_batch, n), dtype=np.float32)
+            for i in range(chunk * ROW_CHUNK, min(n, (chunk + 1) * ROW_CHUNK)):
+                for b in range(n_batch):
+                    cos_a = cos_b[b]
+                    base = center - sin_b[b] * float(i - half)
+                    if cos_a > 1e-12:
+                        lo = math.ceil((first - base) / cos_a) + half
+                        hi = math.floor((last - base) / cos_a) + half
+                    elif cos_a < -1e-12:
+                        lo = math.ceil((last - base) / cos_a) + half
+                        hi = math.floor((first - base) / cos_a) + half
+                    else:
+                        lo, hi = 0, n - 1
+                    lo = max(lo - 1, 0)
+                    hi = min(hi + 1, n - 1)
+                    while lo <= hi:
+                        u = base + cos_a * float(lo - half)
+                        if u < first or u > last:
+                            lo += 1
+                        else:
+                            break
+                    while hi >= lo:
+                        u = base + cos_a * float(hi - half)
+                        if u < first or u > last:
+                            hi -= 1
+                        else:
+                            break
+                    runs[b, 0] = lo
+                    runs[b, 1] = hi
+                    for j in range(lo, hi + 1):
+                        u = base + cos_a * float(j - half)
+                        i0 = min(max(int(u), 0), n_cols - 2)  # int() is floor here: u > -1
+                        left[b, j] = i0
+                        frac[b, j] = np.float32(u - i0)
+                for b in range(n_batch):
+                    w = np.float32(weight_b[b])
+                    for j in range(runs[b, 0], runs[b, 1] + 1):
+                        i0 = left[b, j]
+                        f = frac[b, j]
+                        for k in range(n_slices):
+                            out[k, i, j] += w * (table[b, i0, k, 0] + f * table[b, i0, k, 1])
 
-    return backproject_kernel
+    return backproject_kernel  # type: ignore[no-any-return,unused-ignore]
 
 
 def _numpy_kernel(out: FloatArray, rows: FloatArray, center: float, cos_a: float, sin_a: float, weight: float) -> None:
@@ -128,6 +164,27 @@ def _numpy_kernel(out: FloatArray, rows: FloatArray, center: float, cos_a: float
         out[k] += value.reshape(n, n)
 
 
+def _check_stack(out: FloatArray) -> None:
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 3:
+        raise TypeError("out must be a float32 array of shape (K, N, N)")
+    if out.shape[1] != out.shape[2] or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable C-contiguous (K, N, N) stack, got {out.shape}")
+
+
+def check_rows(out: FloatArray, filtered_rows: npt.ArrayLike) -> FloatArray:
+    """``filtered_rows`` as the (K, n_cols) float32 rows of one projection for ``out``;
+    ``ValueError`` (``TypeError`` for ``out``) where they cannot be backprojected."""
+    _check_stack(out)
+    rows = np.ascontiguousarray(filtered_rows, dtype=np.float32)
+    if rows.ndim == 1:
+        rows = rows[None, :]
+    if rows.ndim != 2 or rows.shape[0] != out.shape[0]:
+        raise ValueError(f"filtered_rows must be ({out.shape[0]}, n_cols), got {rows.shape}")
+    if rows.shape[1] < 2:
+        raise ValueError("need at least 2 detector columns to interpolate")
+    return rows
+
+
 def backproject_into(
     out: FloatArray,
     filtered_rows: npt.ArrayLike,
@@ -142,17 +199,39 @@ def backproject_into(
     the K filtered detector rows (K, n_cols) of one projection (row k feeds
     slice k); ``center`` is the rotation axis in detector columns (0-based).
     """
-    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 3:
-        raise TypeError("out must be a float32 array of shape (K, N, N)")
-    if out.shape[1] != out.shape[2] or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"out must be a writeable C-contiguous (K, N, N) stack, got {out.shape}")
-    rows = np.ascontiguousarray(filtered_rows, dtype=np.float32)
-    if rows.ndim == 1:
-        rows = rows[None, :]
-    if rows.ndim != 2 or rows.shape[0] != out.shape[0]:
-        raise ValueError(f"filtered_rows must be ({out.shape[0]}, n_cols), got {rows.shape}")
-    if rows.shape[1] < 2:
-        raise ValueError("need at least 2 detector columns to interpolate")
-    theta = math.radians(angle_deg)
-    kernel = _numba_kernel(out.size >= PARALLEL_MIN_UPDATES) if resolve_backend(backend) == "numba" else _numpy_kernel
-    kernel(out, rows, float(center), math.cos(theta), math.sin(theta), float(weight))
+    rows = check_rows(out, filtered_rows)
+    backproject_batch_into(out, [rows], [angle_deg], center, [weight], backend)
+
+
+def backproject_batch_into(
+    out: FloatArray,
+    filtered_rows: Sequence[FloatArray],
+    angles_deg: Sequence[float],
+    center: float,
+    weights: Sequence[float],
+    backend: Backend = "auto",
+) -> None:
+    """:func:`backproject_into` of several projections in turn, in one pass over ``out``.
+
+    ``filtered_rows[b]`` are projection b's (K, n_cols) rows as :func:`check_rows`
+    returns them. The sums are those of one call per projection in this order, bit for
+    bit; the numba kernel reads and writes ``out`` once instead of once per projection.
+    """
+    if not len(filtered_rows):
+        return
+    if not (len(filtered_rows) == len(angles_deg) == len(weights)):
+        raise ValueError("one angle and one weight per projection")
+    if resolve_backend(backend) == "numpy":
+        for rows, angle, weight in zip(filtered_rows, angles_deg, weights, strict=True):
+            theta = math.radians(angle)
+            _numpy_kernel(out, rows, float(center), math.cos(theta), math.sin(theta), float(weight))
+        return
+    _check_stack(out)
+    batch = np.stack(filtered_rows) if len(filtered_rows) > 1 else filtered_rows[0][None]
+    thetas = [math.radians(angle) for angle in angles_deg]
+    # math.cos/sin, as one call per projection computes them.
+    cos_b = np.array([math.cos(theta) for theta in thetas], dtype=np.float64)
+    sin_b = np.array([math.sin(theta) for theta in thetas], dtype=np.float64)
+    weight_b = np.array([float(weight) for weight in weights], dtype=np.float64)
+    kernel = _numba_kernel(out.size >= PARALLEL_MIN_UPDATES)
+    kernel(out, np.ascontiguousarray(batch, dtype=np.float32), float(center), cos_b, sin_b, weight_b)

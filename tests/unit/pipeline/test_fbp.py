@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 from skimage.transform import iradon
 
-from streamtomo.pipeline.reconstruction.backprojection import backproject_into, numba_available
+from streamtomo.pipeline.reconstruction.backprojection import backproject_batch_into, backproject_into, numba_available
 from streamtomo.pipeline.reconstruction.fbp import StreamingFBP, angular_weights, fbp, weight_partial_sum
 from streamtomo.pipeline.reconstruction.filters import FILTER_NAMES, ProjectionFilter, padded_size
 from streamtomo.pipeline.simulation.projector import project_shepp_logan_3d
@@ -109,6 +109,21 @@ def test_numba_and_numpy_kernels_agree(angle: float, size: int, center: float) -
         backproject_into(out, rows, angle, center, weight=0.7, backend=backend)
         results.append(out)
     np.testing.assert_allclose(results[0], results[1], atol=1e-5 * float(np.abs(results[1]).max()))
+
+
+@pytest.mark.parametrize("backend", [pytest.param("numba", marks=needs_numba), "numpy"])
+def test_a_batch_of_projections_sums_like_one_call_each_bit_for_bit(backend: str) -> None:
+    rng = np.random.default_rng(5)
+    angles = [0.0, 37.3, 90.0, 180.0, 271.1, -45.0]
+    rows = [rng.standard_normal((2, 50)).astype(np.float32) for _ in angles]
+    weights = [0.7, 1.0, -1.0, 0.3, 2.0, 1.0]
+    one_by_one = np.full((2, 64, 64), 0.5, dtype=np.float32)
+    for r, angle, weight in zip(rows, angles, weights, strict=True):
+        backproject_into(one_by_one, r, angle, 24.75, weight, backend=backend)  # type: ignore[arg-type]
+    batched = np.full((2, 64, 64), 0.5, dtype=np.float32)
+    backproject_batch_into(batched, rows[:4], angles[:4], 24.75, weights[:4], backend=backend)  # type: ignore[arg-type]
+    backproject_batch_into(batched, rows[4:], angles[4:], 24.75, weights[4:], backend=backend)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(batched, one_by_one)
 
 
 @pytest.mark.parametrize("backend", [pytest.param("numba", marks=needs_numba), "numpy"])
