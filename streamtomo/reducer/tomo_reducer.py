@@ -40,6 +40,7 @@ from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.pipeline.streaming.prefault import ArrayPool
 from streamtomo.reducer.domain_layout import new_domain, update_domain
 from streamtomo.reducer.final_file import FINAL_FILE_WAIT_S, FinalFile, wait_all
+from streamtomo.reducer.malloc_tuning import keep_buffer_pages
 from streamtomo.reducer.volume_job import reconstruct_volume
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class TomoReducer:
         self, parameters: dict[Any, Any] | None = None, context: dict[Any, Any] | None = None, **kwargs: Any
     ) -> None:
         self.context = context if context is not None else {}
+        keep_buffer_pages()  # once per process: results' buffers reuse their pages
         self.settings = ReducerSettings.from_env()
         self._params = ConfigCache()
         self._parameters = parameters if parameters is not None else {}
