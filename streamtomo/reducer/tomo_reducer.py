@@ -265,9 +265,15 @@ class TomoReducer:
             # dranspose replay's timer thread outlives the run; stay quiet after close.
             return 3600.0
         with self.lock:
-            if self._final is None or self._final.done:
-                # A live change waits while the final file is written (it takes the
-                # domain a block at a time): the file is the scan as it ended.
+            # A live change waits while the final file is written (it takes the domain
+            # a block at a time): the file is the scan as it ended. Once the scan has
+            # finished, only a change asked for through this reducer's control API is
+            # applied: dranspose hands a finished scan's timer the next scan's parameters
+            # as they are set, and each one that is not fixed (n_darks_before, say)
+            # rebuilt every live product of the finished scan in the reducer (seconds
+            # of backprojection at 1024^2, for a scan nobody watches any more).
+            finished = self._finished.is_set() and self._pending_change is None
+            if (self._final is None or self._final.done) and not finished:
                 self._apply_parameters(parameters)
             if not self._finished.is_set():
                 self.scan.reconcile()
