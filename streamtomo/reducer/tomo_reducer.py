@@ -10,8 +10,10 @@ Settings that belong to the deployment, not the scan, come from the environment:
 8100; 0 picks a free port), ``STREAMTOMO_CORS_ORIGINS`` (comma separated) and
 ``STREAMTOMO_HSDS_ENDPOINT`` (with credentials from ``streamtomo.hsds_bridge.credentials``),
 ``STREAMTOMO_FINAL_DIR`` (each scan's final NeXus file, written after the scan has
-ended: :mod:`streamtomo.reducer.final_file`) and ``STREAMTOMO_FINAL_WAIT`` (how long
-``close`` waits for final files still being written).
+ended: :mod:`streamtomo.reducer.final_file`), ``STREAMTOMO_FINAL_WAIT`` (how long
+``close`` waits for final files still being written) and ``STREAMTOMO_POOL_WAIT`` (how
+long a new scan waits for the previous scan's final file to release the sinogram's
+memory before it maps a fresh one; 0: never waits).
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.pipeline.streaming.prefault import ArrayPool
 from streamtomo.reducer.domain_layout import new_domain, update_domain
 from streamtomo.reducer.final_file import FINAL_FILE_WAIT_S, FinalFile, wait_all
+from streamtomo.reducer.malloc_tuning import keep_buffer_pages
 from streamtomo.reducer.volume_job import reconstruct_volume
 
 logger = logging.getLogger(__name__)
+POOL_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class ReducerSettings:
     final_dir: str = ""  # each scan's final NeXus file goes here; empty: none written
     final_wait: float = FINAL_FILE_WAIT_S  # close waits this long for final files still being written
     lost_scan: str = ""  # mapping uuid of a scan whose earlier reducer died (set when restarted)
+    # A new scan waits this long for the previous scan's final file to release the
+    # sinogram's memory (ArrayPool), then maps a fresh one.
+    pool_wait: float = POOL_WAIT_S
 
     @classmethod
     def from_env(cls) -> ReducerSettings:
@@ -73,6 +80,7 @@ class ReducerSettings:
             final_dir=env.get("STREAMTOMO_FINAL_DIR", ""),
             final_wait=float(env.get("STREAMTOMO_FINAL_WAIT", str(FINAL_FILE_WAIT_S))),
             lost_scan=env.get("STREAMTOMO_LOST_SCAN", ""),
+            pool_wait=float(env.get("STREAMTOMO_POOL_WAIT", str(POOL_WAIT_S))),
         )
 
 
@@ -83,6 +91,7 @@ class TomoReducer:
         self, parameters: dict[Any, Any] | None = None, context: dict[Any, Any] | None = None, **kwargs: Any
     ) -> None:
         self.context = context if context is not None else {}
+        keep_buffer_pages()  # once per process: results' buffers reuse their pages
         self.settings = ReducerSettings.from_env()
         self._params = ConfigCache()
         self._parameters = parameters if parameters is not None else {}
@@ -91,7 +100,7 @@ class TomoReducer:
         self.lock = self.domain.lock
         # The sinogram's and volume's memory outlives the scan: mapping a gigabyte of
         # fresh pages costs seconds, zeroing mapped ones a tenth of one.
-        pool = self.context.setdefault("array_pool", ArrayPool())
+        pool = self.context.setdefault("array_pool", ArrayPool(self.settings.pool_wait))
         self.scan = LiveScan(config, on_references=self._share_references, pool=pool)
         kept = self.context.get("references")
         if isinstance(kept, ReferenceSet):
@@ -256,9 +265,15 @@ class TomoReducer:
             # dranspose replay's timer thread outlives the run; stay quiet after close.
             return 3600.0
         with self.lock:
-            if self._final is None or self._final.done:
-                # A live change waits while the final file is written (it takes the
-                # domain a block at a time): the file is the scan as it ended.
+            # A live change waits while the final file is written (it takes the domain
+            # a block at a time): the file is the scan as it ended. Once the scan has
+            # finished, only a change asked for through this reducer's control API is
+            # applied: dranspose hands a finished scan's timer the next scan's parameters
+            # as they are set, and each one that is not fixed (n_darks_before, say)
+            # rebuilt every live product of the finished scan in the reducer (seconds
+            # of backprojection at 1024^2, for a scan nobody watches any more).
+            finished = self._finished.is_set() and self._pending_change is None
+            if (self._final is None or self._final.done) and not finished:
                 self._apply_parameters(parameters)
             if not self._finished.is_set():
                 self.scan.reconcile()

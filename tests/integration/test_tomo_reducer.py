@@ -140,9 +140,15 @@ def test_the_final_file_is_the_domain_as_the_scan_ended(final_dir: Path) -> None
 
 
 def test_finish_returns_before_the_final_file_is_written_and_close_waits_for_it(
-    final_dir: Path, slow_write: tuple[threading.Event, threading.Event], caplog: pytest.LogCaptureFixture
+    final_dir: Path,
+    slow_write: tuple[threading.Event, threading.Event],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     started, gate = slow_write
+    # The gate stays shut while the next scan starts: it waits for the held arrays
+    # this long, then takes new ones.
+    monkeypatch.setenv("STREAMTOMO_POOL_WAIT", "0.2")
     context: dict[Any, Any] = {}
     first = TomoReducer(parameters=parameters(volume=True, backend="direct"), context=context, state=mapping("one"))
     second = None

@@ -222,14 +222,21 @@ class ContributionLedger:
         """pi / 2n for n projections, whatever the range (a 360-degree scan's n is twice)."""
         return weight_partial_sum(self.live_sum, n_projections)
 
-    def window_sum(self) -> tuple[FloatArray, int] | None:
-        """The unweighted sum of the whole blocks within the last half turn before the
-        newest frame, and its projection count; older blocks are dropped (freed)."""
+    def window_blocks(self) -> tuple[int, int] | None:
+        """The first and last window block of the live slices in window mode (None otherwise)."""
         if not self.geometry.window or self.newest_frame < 0:
             return None
         first_frame = self.newest_frame - self.geometry.window_frames + 1
         first_block = -(-first_frame // self.geometry.window_block)  # the first block starting in the window
-        last_block = self.geometry.block_of(self.newest_frame)
+        return first_block, self.geometry.block_of(self.newest_frame)
+
+    def window_sum(self) -> tuple[FloatArray, int] | None:
+        """The unweighted sum of the whole blocks within the last half turn before the
+        newest frame, and its projection count; older blocks are dropped (freed)."""
+        blocks = self.window_blocks()
+        if blocks is None:
+            return None
+        first_block, last_block = blocks
         for block in [b for b in self.blocks if b < first_block]:
             del self.blocks[block]
         total = self.geometry.new_stack()

@@ -7,10 +7,19 @@ the previous snapshot. The live slices and the sweep come as unweighted sums (th
 scan's own arrays, or a fresh one in window mode) and the weight that turns them
 into attenuation, only when they changed since the previous snapshot: the layout
 writes ``sum * weight`` straight into the published array, one pass, no temporaries.
+
+The sums change when a worker's partial sum is added (every few dozen projections
+per worker); the weight ``pi / 2n`` with every projection placed. Rewriting the
+published slices and sweep for a new weight alone (48 MB at 1024^2, every publish)
+cost the reducer more than placing the projections, so a new weight alone is
+written at most every :data:`REWEIGHT_INTERVAL_S`; new sums, a new scan state and
+(in window mode) a new set of window blocks are written at the next publish, as
+before. ``n_projections`` is the count the published slices are weighted with.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,6 +30,7 @@ if TYPE_CHECKING:
     from streamtomo.pipeline.streaming.live_scan import LiveScan
 
 FloatArray = npt.NDArray[np.float32]
+REWEIGHT_INTERVAL_S = 2.0  # a new weight alone (no new sums) is published at most this often
 
 
 @dataclass
@@ -73,23 +83,33 @@ def take_snapshot(scan: LiveScan) -> ScanSnapshot:
     snap.slice_rows = scan.geometry.slice_rows.astype(np.int64)
     k, n, _ = ledger.live_sum.shape
     snap.slices_shape = (k, n, n)
-    snap.n_projections = scan.n_projections
     snap.center = float(scan.geometry.center)
     published = scan.published
-    slices_key = (id(ledger), ledger.version, scan.n_projections, scan.state)
-    if slices_key != published.get("slices"):
-        published["slices"] = slices_key
+    now = time.monotonic()
+    window = ledger.window_blocks() if scan.state == "running" else None
+    if _due(published, "slices", (id(ledger), ledger.version, scan.state, window), scan.n_projections, now):
         found = scan.slices_sum()
         if found is not None:
             snap.slices_sum, snap.slices_weight = found
+    snap.n_projections = int(published["slices"][1])  # type: ignore[index]
     if ledger.sweep_sum is not None:
         snap.sweep_centers = scan.sweep_centers()
-        sweep_key = (id(ledger), ledger.sweep_version, scan.n_projections, scan.state)
-        if sweep_key != published.get("sweep"):
-            published["sweep"] = sweep_key
+        if _due(published, "sweep", (id(ledger), ledger.sweep_version, scan.state), scan.n_projections, now):
             found = scan.sweep_sum()
             if found is not None:
                 snap.sweep_sum, snap.sweep_weight = found
     snap.volume = scan.volume
     snap.volume_done = scan.volume_done
     return snap
+
+
+def _due(published: dict[str, object], name: str, content: object, n_projections: int, now: float) -> bool:
+    """Whether a product is written now: its sums (``content``) changed, or only its
+    weight (``n_projections``) did and the last write is REWEIGHT_INTERVAL_S old."""
+    last = published.get(name)
+    if isinstance(last, tuple):
+        last_content, last_n, last_time = last
+        if last_content == content and (last_n == n_projections or now - last_time < REWEIGHT_INTERVAL_S):
+            return False
+    published[name] = (content, n_projections, now)
+    return True

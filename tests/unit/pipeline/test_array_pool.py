@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from streamtomo.pipeline.streaming.prefault import ArrayPool
@@ -34,4 +36,23 @@ def test_a_hold_covers_the_arrays_handed_out_before_it() -> None:
     release = pool.hold()
     sinogram = pool.zeros("sinogram", (3,))  # after the hold: the pool's to reuse
     assert np.shares_memory(sinogram, pool.zeros("sinogram", (3,)))
+    release()
+
+
+def test_a_held_array_is_waited_for_when_the_pool_may_wait() -> None:
+    pool = ArrayPool(hold_wait=30.0)
+    sinogram = pool.zeros("sinogram", (4, 5))
+    sinogram += 1.0
+    release = pool.hold()
+    threading.Timer(0.1, release).start()  # the final file is written
+    again = pool.zeros("sinogram", (4, 5))  # waits for it, then reuses the memory
+    assert np.shares_memory(sinogram, again) and not np.any(again)
+
+
+def test_a_held_array_not_released_in_time_is_replaced() -> None:
+    pool = ArrayPool(hold_wait=0.05)
+    sinogram = pool.zeros("sinogram", (4, 5))
+    release = pool.hold()
+    during = pool.zeros("sinogram", (4, 5))
+    assert not np.shares_memory(sinogram, during)
     release()

@@ -1,0 +1,56 @@
+"""Keep the reducer's message buffers' pages mapped between events (glibc's malloc).
+
+Every worker result crosses the reducer as fresh buffers of megabytes: ZeroMQ's
+receive buffer, the ``bytes`` dranspose receives it into, and the arrays ``pickle``
+makes of it (4 MB each for a 1024^2 projection). glibc serves such sizes with a new
+``mmap`` and unmaps them on ``free`` until its adaptive threshold has grown past
+them, and it trims the heap top above twice that threshold, so buffers' pages were
+faulted in and zeroed by the kernel again and again: measured, hundreds of page
+faults per event and more system than user CPU time in the reducer process (worse
+on virtual machines, where a page fault costs more).
+
+Here the threshold is fixed at 32 MiB (glibc's largest on 64 bits) and the heap top
+is trimmed only above 160 MiB, so buffers up to 32 MiB come from the heap and reuse
+its pages. Larger ones (a 48 MB partial sum of five slices and seven sweep centres,
+every few dozen projections) are still mapped and unmapped each time: that keeps
+what the heap can hold on to bounded (a few results: the reducer's ZeroMQ queue is
+a few messages, plus the trim margin). The large arrays (sinogram, volume) are not
+malloc's: :class:`~streamtomo.pipeline.streaming.prefault.ArrayPool` maps them.
+
+Linux with glibc only; elsewhere (musl, macOS) nothing changes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 << 20  # glibc refuses more than HEAP_MAX_SIZE / 2 (32 MiB on 64 bits)
+TRIM_THRESHOLD = 160 << 20
+
+_done: bool | None = None
+
+
+def keep_buffer_pages() -> bool:
+    """Set malloc's thresholds once per process; True if glibc took them."""
+    global _done
+    if _done is not None:
+        return _done
+    _done = False
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    logger.debug("malloc thresholds %s", "set" if _done else "not set")
+    return _done
