@@ -245,12 +245,7 @@ def volume(n: int, n_angles: int, n_rows: int, distinct: int, threads: int | Non
     center = float(n // 2)
     before = reset_peak_rss()
     started = time.perf_counter()
-    plan = backend.volume_plan(angles, n, center, "ramp", n, n_rows) if threads is None else None
-    if plan is None:
-        from streamtomo.pipeline.reconstruction.backends.fourier_plan import Geometry, plan_for
-
-        geometry = Geometry(angles.tobytes(), n, center, n, "ramp", "linear", 1e-3, 1.25)
-        plan = plan_for(geometry, n_rows, threads)
+    plan = backend.volume_plan(angles, n, center, "ramp", n, n_rows, threads)
     planned = time.perf_counter() - started
     plan.seconds = dict.fromkeys(plan.seconds, 0.0)
     out = np.zeros((n_rows, n, n), dtype=np.float32)  # as the job's volume: pages mapped as written

@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_scale import synthetic_frames
+from bench_scale import scan_values, synthetic_frames
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.messages import WorkerResult
@@ -140,14 +140,7 @@ def main() -> None:
     os.environ.setdefault("STREAMTOMO_CONTROL_PORT", "0")
     if args.final_dir:
         os.environ["STREAMTOMO_FINAL_DIR"] = args.final_dir
-    values: dict[str, object] = {
-        "n_darks_before": args.references,
-        "n_flats_before": args.references,
-        "n_projections": args.angles,
-        "angle_range": 180.0,
-        "volume": False,
-    }
-    config = PipelineConfig.from_mapping(values)
+    config = PipelineConfig.from_mapping(scan_values(args.references, args.angles))
     cache = Path(args.cache) if args.cache else None
     if cache is not None and cache.exists():
         bodies: list[bytes] = pickle.loads(cache.read_bytes())

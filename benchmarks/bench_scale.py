@@ -86,6 +86,19 @@ def synthetic_frames(rows: int, cols: int, angles: int, n_darks: int, n_flats: i
     return frames
 
 
+def scan_values(references: int, angles: int, bin_factor: int = 1) -> dict[str, object]:
+    """The benchmarks' scan: ``references`` darks and flats, then ``angles`` projections
+    over 180 degrees, no end-of-scan volume (the live path is what is measured)."""
+    return {
+        "n_darks_before": references,
+        "n_flats_before": references,
+        "n_projections": angles,
+        "angle_range": 180.0,
+        "volume": False,
+        "bin": bin_factor,
+    }
+
+
 def reset_peak_rss(pid: int) -> None:
     """Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS."""
     try:
@@ -143,14 +156,7 @@ def main() -> None:
     workers = sorted(set(args.workers))
     cores = os.cpu_count() or 1
 
-    values: dict[str, object] = {
-        "n_darks_before": args.references,
-        "n_flats_before": args.references,
-        "n_projections": args.angles,
-        "angle_range": 180.0,
-        "volume": False,
-        "bin": args.bin,
-    }
+    values = scan_values(args.references, args.angles, args.bin)
     config = PipelineConfig.from_mapping(values)
     started = time.time()
     frames = synthetic_frames(args.rows, args.cols, args.angles, args.references, args.references)

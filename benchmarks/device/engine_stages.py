@@ -22,7 +22,7 @@ def main() -> None:
     n, n_angles, slices, threads = (int(v) for v in sys.argv[1:5])
     eps = float(sys.argv[5]) if len(sys.argv) > 5 else 1e-3
     angles = np.linspace(0.0, 180.0, n_angles, endpoint=False)
-    plan = plan_for(Geometry(angles.tobytes(), n, n / 2, n, "ramp", "linear", eps, 1.25), slices, threads=threads)
+    plan = plan_for(Geometry.of(angles, n, n / 2, n, eps=eps), slices, threads=threads)
     by_angle = np.random.default_rng(0).random((n_angles, slices, n), dtype=np.float32)
     out = np.zeros((slices, n, n), np.float32)
     plan.reconstruct_into(by_angle, range(slices), out)  # warm: buffers, FINUFFT plan

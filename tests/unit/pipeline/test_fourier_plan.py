@@ -22,7 +22,7 @@ ANGLES = np.linspace(0.0, 180.0, A, endpoint=False)
 
 
 def geometry(center: float = 23.4) -> Geometry:
-    return Geometry(ANGLES.tobytes(), N, center, N, "ramp", "linear", 1e-3, 1.25)
+    return Geometry.of(ANGLES, N, center, N)
 
 
 def stack(k: int, seed: int = 0) -> np.ndarray:

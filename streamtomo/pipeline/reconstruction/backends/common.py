@@ -147,6 +147,24 @@ def prepare(
     angles = np.asarray(angles_deg, dtype=np.float64).ravel()
     if angles.size != n_angles:
         raise ValueError(f"{angles.size} angles for {n_angles} projections")
+    angles, axis, name, size = check_geometry(angles, n_cols, center, filter_name, slice_size, stacklevel=5)
+    return ReconInput(np.ascontiguousarray(data), angles, axis, name, size, single)
+
+
+def check_geometry(
+    angles_deg: npt.ArrayLike,
+    n_cols: int,
+    center: float,
+    filter_name: str,
+    slice_size: int | None,
+    *,
+    stacklevel: int = 4,
+) -> tuple[npt.NDArray[np.float64], float, str, int]:
+    """(angles, centre, filter, slice size) checked as every backend checks them, without
+    the sinograms (the volume job plans before it reads any); warns on a missing wedge."""
+    if n_cols < 2:
+        raise ValueError(f"need at least 2 detector columns, got {n_cols}")
+    angles = np.asarray(angles_deg, dtype=np.float64).ravel()
     if not np.all(np.isfinite(angles)):
         raise ValueError("angles must be finite (degrees)")
     size = n_cols if slice_size is None else int(slice_size)
@@ -154,8 +172,8 @@ def prepare(
         raise ValueError(f"slice_size must be >= 1, got {slice_size}")
     name = check_filter_name(filter_name)
     axis = check_center(center, n_cols)
-    warn_if_incomplete(angles, stacklevel=4)
-    return ReconInput(np.ascontiguousarray(data), angles, axis, name, size, single)
+    warn_if_incomplete(angles, stacklevel=stacklevel)
+    return angles, axis, name, size
 
 
 def finish(result: FloatArray, spec: ReconInput) -> FloatArray:

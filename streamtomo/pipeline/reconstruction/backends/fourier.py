@@ -31,13 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.reconstruction.backends.common import (
-    FloatArray,
-    check_center,
-    finish,
-    prepare,
-    warn_if_incomplete,
-)
+from streamtomo.pipeline.reconstruction.backends.common import FloatArray, check_geometry, finish, prepare
 from streamtomo.pipeline.reconstruction.backends.fourier_plan import (
     DEFAULT_EPS,
     DEFAULT_MEMORY,
@@ -47,7 +41,6 @@ from streamtomo.pipeline.reconstruction.backends.fourier_plan import (
     Geometry,
     plan_for,
 )
-from streamtomo.pipeline.reconstruction.filters import check_filter_name
 
 
 @functools.cache
@@ -88,15 +81,8 @@ def fourier_fbp(
     if not finufft_available():
         raise RuntimeError("the 'fourier' backend needs finufft: pip install finufft")
     n_slices, _, n_cols = spec.shape
-    geometry = Geometry(
-        np.ascontiguousarray(spec.angles_deg, dtype=np.float64).tobytes(),
-        n_cols,
-        spec.center,
-        spec.slice_size,
-        spec.filter_name,
-        interpolation,
-        float(eps),
-        float(upsampling),
+    geometry = Geometry.of(
+        spec.angles_deg, n_cols, spec.center, spec.slice_size, spec.filter_name, interpolation, eps, upsampling
     )
     plan = plan_for(geometry, n_slices, nthreads, memory)
     out = np.empty((n_slices, spec.slice_size, spec.slice_size), dtype=np.float32)
@@ -122,24 +108,19 @@ class FourierBackend:
         return fourier_fbp(sinograms, angles_deg, center, filter_name, slice_size)
 
     def volume_plan(
-        self, angles_deg: npt.ArrayLike, n_cols: int, center: float, filter_name: str, slice_size: int, n_rows: int
+        self,
+        angles_deg: npt.ArrayLike,
+        n_cols: int,
+        center: float,
+        filter_name: str,
+        slice_size: int,
+        n_rows: int,
+        threads: int | None = None,
     ) -> FourierPlan:
-        """The plan a whole volume of ``n_rows`` slices runs with (inputs checked as ``reconstruct`` does)."""
-        angles = np.ascontiguousarray(angles_deg, dtype=np.float64).ravel()
-        if not np.all(np.isfinite(angles)):
-            raise ValueError("angles must be finite (degrees)")
-        warn_if_incomplete(angles, stacklevel=3)
-        geometry = Geometry(
-            angles.tobytes(),
-            int(n_cols),
-            check_center(center, n_cols),
-            int(slice_size),
-            check_filter_name(filter_name),
-            "linear",
-            DEFAULT_EPS,
-            DEFAULT_UPSAMPLING,
-        )
-        return plan_for(geometry, n_rows)
+        """The plan a whole volume of ``n_rows`` slices runs with on ``threads`` (default:
+        every CPU), its inputs checked as ``reconstruct`` checks them."""
+        angles, axis, name, size = check_geometry(angles_deg, n_cols, center, filter_name, slice_size)
+        return plan_for(Geometry.of(angles, n_cols, axis, size, name), n_rows, threads)
 
     def reconstruct_rows(
         self,

@@ -101,6 +101,31 @@ class Geometry:
     eps: float
     upsampling: float
 
+    @classmethod
+    def of(
+        cls,
+        angles_deg: npt.ArrayLike,
+        n_cols: int,
+        center: float,
+        size: int,
+        filter_name: str = "ramp",
+        interpolation: str = "linear",
+        eps: float = DEFAULT_EPS,
+        upsampling: float = DEFAULT_UPSAMPLING,
+    ) -> Geometry:
+        """The geometry of already checked inputs (angles in degrees, any array-like)."""
+        angles = np.ascontiguousarray(angles_deg, dtype=np.float64).ravel()
+        return cls(
+            angles.tobytes(),
+            int(n_cols),
+            float(center),
+            int(size),
+            filter_name,
+            interpolation,
+            float(eps),
+            float(upsampling),
+        )
+
     @property
     def angles_deg(self) -> npt.NDArray[np.float64]:
         return np.frombuffer(self.angles, dtype=np.float64)
