@@ -16,9 +16,11 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 
+from streamtomo.app import task_cancel
 from streamtomo.app.processes import HOST
+from streamtomo.app.task_cancel import cancel_until_done, pending
 from streamtomo.app.zmq_loopback import bind_loopback, bound_result_queues, tolerant_ingester
 from streamtomo.controller_client import CONTROLLER_CACHE_S
 
@@ -74,52 +76,19 @@ async def _run_until_sigterm(service: Any, announce_first: bool = False) -> None
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if task.done() and not task.cancelled() and task.exception() is not None:
         logger.error("service failed: %r", task.exception())
-    await _cancel(task)
+    await cancel_until_done(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("stopped with %r", task.exception())
     try:
         await asyncio.wait_for(service.close(), CLOSE_TIMEOUT_S)
     except TimeoutError:
         # Exit anyway: what close had left (deleting our Redis key) expires by itself.
-        logger.warning("closing took over %.0f s: exiting without it (%s)", CLOSE_TIMEOUT_S, _pending())
+        logger.warning("closing took over %.0f s: exiting without it (%s)", CLOSE_TIMEOUT_S, pending())
     stopper.cancel()
 
 
 # A service that has not closed by then exits anyway (``up`` escalates to SIGKILL at 10 s).
 CLOSE_TIMEOUT_S = 5.0
-# How long a cancelled task may take to leave before it is cancelled again.
-RECANCEL_S = 0.5
-
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    """Cancel ``task`` until it is done.
-
-    One cancellation is not always enough: in about one stop in five mid-scan, a
-    worker's run task (dranspose's ``register`` loop) lost it inside redis-py's
-    blocking ``XREAD`` and went on reading updates: state 'cancelling', never done,
-    so ``up`` killed the worker after 10 s. A second cancellation ends it.
-    """
-    task.cancel()
-    while not task.done():
-        done, _ = await asyncio.wait({task}, timeout=RECANCEL_S)
-        if not done:
-            logger.info("still running after cancel: cancelling again (%s)", _pending())
-            task.cancel()
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("stopped with %r", task.exception())
-
-
-def _pending() -> str:
-    """Where each pending task waits (innermost frame), for the log."""
-    where: list[str] = []
-    for t in asyncio.all_tasks():
-        if t is asyncio.current_task():
-            continue
-        frame, coro = None, cast(Any, t.get_coro())
-        while coro is not None:  # down the await chain to the innermost frame
-            frame = getattr(coro, "cr_frame", None) or frame
-            coro = getattr(coro, "cr_await", None)
-        if frame is not None:
-            where.append(f"{frame.f_code.co_name}@{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}")
-    return ", ".join(sorted(where)) or "no task"
 
 
 def _run_and_exit(main: Coroutine[Any, Any, None]) -> NoReturn:
@@ -176,12 +145,14 @@ def service_main(argv: Sequence[str] | None = None) -> int:
     bind_loopback()
     bound_result_queues()
     _add_redis_log_handler()
-    if args.kind == "controller":
-        _serve_app("dranspose.controller:app", args.port)
-    elif args.kind == "reducer":
+    if args.kind == "reducer":
         # dranspose's reducer app builds its settings from these when it is imported.
         os.environ["REDUCER_CLASS"] = args.cls
         os.environ["REDUCER_URL"] = f"tcp://{HOST}:{args.zmq_port}"
+    task_cancel.install(args.kind)
+    if args.kind == "controller":
+        _serve_app("dranspose.controller:app", args.port)
+    elif args.kind == "reducer":
         _serve_app("dranspose.reducer:app", args.port)
     elif args.kind == "worker":
         from dranspose.worker import Worker, WorkerSettings
