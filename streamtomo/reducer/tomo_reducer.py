@@ -37,6 +37,7 @@ from streamtomo.hsds_bridge.rest_server import HdfRestServer
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import WorkerResult
+from streamtomo.pipeline.streaming.broadcast_references import built_by_workers
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.pipeline.streaming.prefault import ArrayPool
@@ -101,7 +102,10 @@ class TomoReducer:
         # The sinogram's and volume's memory outlives the scan: mapping a gigabyte of
         # fresh pages costs seconds, zeroing mapped ones a tenth of one.
         pool = self.context.setdefault("array_pool", ArrayPool(self.settings.pool_wait))
-        self.scan = LiveScan(config, on_references=self._share_references, pool=pool)
+        self._posted_references: set[int] = set()  # versions posted to the controller
+        self.scan = LiveScan(
+            config, on_references=self._share_references, pool=pool, on_references_lacking=self._references_lacking
+        )
         kept = self.context.get("references")
         if isinstance(kept, ReferenceSet):
             # Workers may still use them: known for re-correction, applied only if kept.
@@ -222,25 +226,51 @@ class TomoReducer:
 
     # -- references to every worker -------------------------------------------------
     def _share_references(self, refs: ReferenceSet) -> None:
-        """Give every worker the same darks and flats through a binary parameter.
+        """A reference set closed: give it to every worker that does not build it itself.
 
-        In ``dranspose replay`` workers and reducer share one parameter dict, so
-        setting it is enough; in distributed mode the controller distributes it.
+        ``dranspose replay`` (no controller): workers and reducer share one parameter
+        dict, so setting it is enough. Distributed mode: the set goes through the
+        controller (a POST), unless every worker built the same set from the broadcast
+        darks and flats (:func:`built_by_workers`); then only once a worker shows it
+        lacks it (:meth:`_references_lacking`: a worker that started late, a lost frame).
+        The dict is not touched there: a parameter the controller does not know puts
+        this reducer's parameter hash out of step, and the controller redistributes
+        every parameter to every service until it is.
         """
         from dranspose.protocol import ParameterName, WorkParameter
 
-        data = refs.to_bytes()
-        self._parameters[ParameterName(REFERENCES)] = WorkParameter(
-            name=ParameterName(REFERENCES), data=data, value=data
-        )
         self.context["references"] = refs
+        if not self.scan.config.controller_url:
+            data = refs.to_bytes()
+            self._parameters[ParameterName(REFERENCES)] = WorkParameter(
+                name=ParameterName(REFERENCES), data=data, value=data
+            )
+            return
+        detector = self.scan.detector
+        if detector is not None and built_by_workers(self.scan.config, refs, detector.dtype):
+            return
+        self._post_references(refs)
+
+    def _references_lacking(self, refs: ReferenceSet) -> None:
+        """A worker's rows came raw or corrected with another set than ``refs``."""
+        if self.scan.config.controller_url:
+            self._post_references(refs)
+
+    def _post_references(self, refs: ReferenceSet) -> None:
+        """Post ``refs`` to the controller once (per reducer, i.e. per scan)."""
         url = self.scan.config.controller_url
-        if url:
-            # Off the result path: megabytes through the controller take a while, and
-            # workers that saw the broadcast darks and flats do not wait for them.
-            threading.Thread(
-                target=self._post_to_controller, args=(url, REFERENCES, data), name="share-references", daemon=True
-            ).start()
+        if not url or refs.version in self._posted_references:
+            return
+        self._posted_references.add(refs.version)
+        logger.info("sharing darks and flats (version %x) with the workers through the controller", refs.version)
+        # Off the result path: megabytes through the controller take a while, and
+        # workers that saw the broadcast darks and flats do not wait for them.
+        threading.Thread(
+            target=self._post_to_controller,
+            args=(url, REFERENCES, refs.to_bytes()),
+            name="share-references",
+            daemon=True,
+        ).start()
 
     # -- dranspose entry points -----------------------------------------------------
     def process_result(self, result: Any, parameters: dict[Any, Any] | None = None) -> None:

@@ -9,6 +9,13 @@ rows while the reducer's set travels through the controller (a round trip of abo
 a second, that is a hundred frames at 100 frames/s, which the reducer would have to
 correct and backproject alone). The reducer's set, when it arrives, takes over
 (mid-scan batches, the header rule, float frames, replay).
+
+:func:`built_by_workers` is the same rule seen from the reducer: a set every worker
+builds itself need not travel through the controller. Posting it anyway cost every
+service a re-fetch of every parameter (megabytes at 2048^2, twice per scan with the
+consistency check's redistribute), and a redistribute near the end of a short scan
+could arrive with the controller's single ``finished`` update in one Redis read, of
+which dranspose applies only the last.
 """
 
 from __future__ import annotations
@@ -19,6 +26,21 @@ import numpy.typing as npt
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet, ReferenceTracker
 from streamtomo.pipeline.scan import ImageKey
+
+
+def built_by_workers(config: PipelineConfig, refs: ReferenceSet, dtype: str) -> bool:
+    """True when every worker that saw the broadcast darks and flats built ``refs``
+    itself (:class:`BroadcastReferences`): the first batch of a ``counts`` scan, of
+    integer frames, taken before the projections. A worker that did not (it started
+    late, a frame of the batch was lost) sends raw or stale rows, and the reducer
+    shares the set then."""
+    before = config.first_projection() if config.kind_rule == "counts" else 0
+    return (
+        before > 0
+        and refs.flat_after is None
+        and refs.before_index == before - 1
+        and np.issubdtype(np.dtype(dtype), np.integer)
+    )
 
 
 class BroadcastReferences:

@@ -71,10 +71,11 @@ class LiveScan:
         config: PipelineConfig,
         on_references: Callable[[ReferenceSet], None] | None = None,
         pool: ArrayPool | None = None,
+        on_references_lacking: Callable[[ReferenceSet], None] | None = None,
     ) -> None:
         self.config = config
         self.pool = pool  # large arrays kept across scans (the reducer's)
-        self.references = ReferenceBook(config.keep_references, on_references)
+        self.references = ReferenceBook(config.keep_references, on_references, on_references_lacking)
         self.reset()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -358,6 +359,8 @@ class LiveScan:
         rows = np.asarray(msg.rows)
         worker_rows: FloatArray | None = None
         repaired = msg.pixels_repaired
+        if msg.reference_version != refs.version:
+            self.references.worker_lacks(refs)
         if msg.reference_version == 0:
             self.admission.counts["corrected_by_reducer"] += 1
             values, repaired = self._corrector(refs.version).correct_counted(rows)

@@ -23,9 +23,15 @@ logger = logging.getLogger(__name__)
 
 
 class ReferenceBook:
-    def __init__(self, keep_references: bool, on_references: Callable[[ReferenceSet], None] | None = None) -> None:
+    def __init__(
+        self,
+        keep_references: bool,
+        on_references: Callable[[ReferenceSet], None] | None = None,
+        on_lacking: Callable[[ReferenceSet], None] | None = None,
+    ) -> None:
         self.keep_references = keep_references
-        self.on_references = on_references
+        self.on_references = on_references  # a set closed (workers may need it)
+        self.on_lacking = on_lacking  # a worker corrected with another set than this one
         # Versions are digests of the content: unique across scans and reducer
         # instances (workers may still hold an earlier scan's set), and equal to the
         # version a worker gives the same set when it built it itself.
@@ -80,6 +86,11 @@ class ReferenceBook:
         logger.info("darks and flats set %d ready (taken %s)", self._ordinal[refs.version], when)
         if refs.flat_after is None and self.on_references is not None:
             self.on_references(refs)
+
+    def worker_lacks(self, refs: ReferenceSet) -> None:
+        """A worker's rows came corrected with another set than ``refs`` (or raw)."""
+        if self.on_lacking is not None:
+            self.on_lacking(refs)
 
     def remember(self, refs: ReferenceSet, applicable: bool) -> None:
         """References from an earlier scan: used for this one only if ``applicable``

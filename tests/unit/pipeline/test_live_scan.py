@@ -14,6 +14,7 @@ from streamtomo.pipeline.reconstruction.cor import cor_sweep
 from streamtomo.pipeline.reconstruction.fbp import fbp
 from streamtomo.pipeline.scan import Frame, ImageKey
 from streamtomo.pipeline.streaming.binning import bin_frame
+from streamtomo.pipeline.streaming.broadcast_references import built_by_workers
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 
@@ -213,10 +214,9 @@ def test_flats_after_are_interpolated() -> None:
 def test_centre_change_rebuilds_to_same_result() -> None:
     frames = make_frames()
     target = run(frames, 1, config(center="15.0"))
-    scan = LiveScan(config())
-    worker = FrameProcessor(config())
     shared: dict[str, ReferenceSet] = {}
-    scan.on_references = lambda r: shared.__setitem__("r", r)
+    scan = LiveScan(config(), on_references=lambda r: shared.__setitem__("r", r))
+    worker = FrameProcessor(config())
     for frame in frames:
         if frame.index == 20:
             scan.reconfigure(config(center="15.0"))
@@ -428,3 +428,55 @@ def test_integer_binning_keeps_the_dtype_and_rounds_the_block_mean() -> None:
     expected = np.rint(data.reshape(2, 2, 3, 2).mean(axis=(1, 3)) + 1e-9).astype(np.uint16)
     np.testing.assert_array_equal(out, expected)
     assert bin_frame(data.astype(np.float32), 4).shape == (1, 1)
+
+
+def _broadcast_run(
+    cfg: PipelineConfig, frames: list[Frame], workers: list[FrameProcessor], finish: bool = True
+) -> tuple[LiveScan, dict[str, list[ReferenceSet]]]:
+    """Distributed-mode routing: darks and flats to every worker, projections round robin;
+    what the reducer would share (closed sets) and when a worker lacked a set, recorded."""
+    seen: dict[str, list[ReferenceSet]] = {"closed": [], "lacking": []}
+    scan = LiveScan(cfg, on_references=seen["closed"].append, on_references_lacking=seen["lacking"].append)
+    projection = 0
+    for frame in frames:
+        chosen = workers if frame.key != ImageKey.PROJECTION else [workers[projection % len(workers)]]
+        projection += frame.key == ImageKey.PROJECTION
+        for worker in chosen:
+            scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    if finish:
+        scan.finish()
+    return scan, seen
+
+
+def test_workers_that_saw_the_broadcast_never_lack_the_reducers_set() -> None:
+    cfg = config()
+    frames = make_frames()
+    scan, seen = _broadcast_run(cfg, frames, [FrameProcessor(cfg, f"w{i}") for i in range(3)])
+    (closed,) = seen["closed"]
+    assert built_by_workers(cfg, closed, "uint16")  # so the reducer need not post it
+    assert seen["lacking"] == []
+    assert scan.counts.get("corrected_by_reducer", 0) == scan.counts.get("recorrected_stale", 0) == 0
+
+
+def test_a_worker_that_missed_the_broadcast_shows_it_lacks_the_set() -> None:
+    cfg = config()
+    frames = make_frames()
+    late = FrameProcessor(cfg, "late")
+    scan, seen = _broadcast_run(cfg, frames[:6], [FrameProcessor(cfg, "w0")], finish=False)  # darks and flats
+    # A worker started after the broadcast (a replacement): its projections come raw.
+    for frame in frames[6:9]:
+        scan.add_result(WorkerResult(list(late.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    (closed,) = seen["closed"]
+    assert seen["lacking"] and all(r.version == closed.version for r in seen["lacking"])
+    assert scan.counts["corrected_by_reducer"] == 3
+
+
+def test_sets_workers_do_not_build_are_not_taken_for_theirs() -> None:
+    first = run(make_frames(), 1, config()).references.current
+    interpolated = run(make_frames(flats_after=3), 1, config(n_flats_after=3)).references.current
+    assert first is not None and interpolated is not None and interpolated.flat_after is not None
+    assert built_by_workers(config(), first, "uint16")
+    assert not built_by_workers(config(kind_rule="header"), first, "uint16")  # no first batch known to workers
+    assert not built_by_workers(config(), first, "float32")  # float sums depend on their order
+    assert not built_by_workers(config(n_flats_after=3), interpolated, "uint16")  # the reducer's at the end
+    assert not built_by_workers(config(n_darks_before=4), first, "uint16")  # not the batch workers expect
