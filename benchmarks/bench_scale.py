@@ -11,8 +11,9 @@ object, encoded once), played as fast as the pipeline takes it, through:
   ceiling on this machine, the reference in the same run.
 
 Best of ``--repeats`` scans each. Per row: events/s, MB/s, the ratio to the no-op
-pair with the same workers, CPU ms per event by service kind, the reducer's peak RSS
-during the scans and its ratio to the arrays it publishes (sinogram, live slices,
+pair with the same workers, CPU ms per event by service kind (the reducer's includes
+the scan's final file, written after the scan has finished: "(final file)" is that
+part), the reducer's peak RSS during the scans and its ratio to the arrays it publishes (sinogram, live slices,
 centre sweep; ``volume=false`` here). Then the arithmetic of what the cores allow:
 cores / (worker CPU per event). The last line is machine readable::
 
@@ -193,7 +194,7 @@ def main() -> None:
     print(
         f"{'pipeline':<11}{'workers':>8}{'events/s':>10}{'MB/s':>8}{'vs no-op':>9}"
         + "".join(f"{k + ' ms':>14}" for k in kinds)
-        + f"{'reducer RSS':>13}{'/published':>11}"
+        + f"{'(final file)':>13}{'reducer RSS':>13}{'/published':>11}"
     )
     for r in rows:
         base = next((b for b in rows if b.pipeline == "no-op" and b.workers == r.workers), None)
@@ -202,6 +203,7 @@ def main() -> None:
         print(
             f"{r.pipeline:<11}{r.workers:>8}{r.events_per_s:>10.1f}{r.mb_per_s:>8.1f}{ratio}"
             + "".join(f"{r.cpu_ms.get(k, 0.0):>14.2f}" for k in kinds)
+            + f"{r.final_file_ms:>13.2f}"
             + f"{r.reducer_peak_rss / 1e9:>11.2f}GB{rss_ratio:>11.2f}"
         )
     ours = [r for r in rows if r.pipeline == "streamtomo"]

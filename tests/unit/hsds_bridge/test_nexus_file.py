@@ -1,4 +1,4 @@
-"""The final NeXus file: equal to the domain, written in bounded blocks, never seen half written."""
+"""The final NeXus file: equal to the domain, written a chunk at a time, never seen half written."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def domain_with_sinogram(rows: int, angles: int, cols: int) -> tuple[Domain, np.
     return domain, by_angle
 
 
-# One chunk of the sinogram (16 x 16 x 24) is 24 KiB: blocks of one chunk, and of two (the angle axis grows).
+# One chunk of the sinogram (16 x 16 x 24) is 24 KiB: every dataset above 256 bytes written a chunk at a
+# time, and the small volume copied whole.
 @pytest.mark.parametrize("block_bytes", [256, 2 * 16 * 16 * 24 * 4])
 def test_the_file_equals_the_domain_at_every_block_boundary(tmp_path: Path, block_bytes: int) -> None:
     domain, _ = domain_with_sinogram(rows=37, angles=45, cols=24)
