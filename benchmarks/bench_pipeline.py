@@ -51,7 +51,7 @@ class Throughput:
     megabytes: float
     seconds: float
     cpu_ms: dict[str, float] = field(default_factory=dict)  # per event, by service kind
-    # Of cpu_ms["reducer"]: writing the scan's final file, after the scan has finished.
+    # Of cpu_ms["reducer"]: the thread that wrote the scan's final file (after the scan ended).
     final_file_ms: float = 0.0
 
     @property
@@ -88,16 +88,13 @@ def measure(
     run(deployment, warmup, warmup_config)  # worker start-up (numba cache load, first sockets)
     best: Throughput | None = None
     for _ in range(repeats):
-        files = final_files(deployment)
         before = deployment.cpu_seconds()
         result = run(deployment, events, config)
-        finished = deployment.cpu_seconds()
         if result.ended_by_stop:
             raise RuntimeError(f"{name}: the scan stalled and was stopped")
         # The reducer writes the scan's file after the scan has finished: its CPU is
         # part of every scan's cost (else it lands in the next scan's, or nowhere).
-        if name == "streamtomo":
-            wait_for_final_file(deployment, files)
+        file_cpu = wait_for_final_file(deployment, result.mapping_uuid) if name == "streamtomo" else 0.0
         after = deployment.cpu_seconds()
         cpu: dict[str, float] = {}
         for service, seconds in after.items():
@@ -112,27 +109,33 @@ def measure(
             result.bytes_sent / 1e6,
             result.finished - result.started,
             cpu,
-            (after.get("reducer", 0.0) - finished.get("reducer", 0.0)) * 1e3 / result.frames_sent,
+            file_cpu * 1e3 / result.frames_sent,
         )
-        log.info("%s, %d workers: %.1f events/s", name, out.workers, out.events_per_s)
+        log.info(
+            "%s, %d workers: %.1f events/s, CPU ms per event %s",
+            name,
+            out.workers,
+            out.events_per_s,
+            {k: round(v, 2) for k, v in cpu.items()},
+        )
         if best is None or out.seconds < best.seconds:
             best = out
     assert best is not None
     return best
 
 
-def final_files(deployment: LocalDeployment) -> set[Path]:
-    return set(deployment.results_dir.glob("*.nxs"))
-
-
-def wait_for_final_file(deployment: LocalDeployment, before: set[Path], timeout: float = 300.0) -> None:
-    """Until a final file that was not there ``before`` is complete (written under a
-    hidden name, renamed when complete)."""
+def wait_for_final_file(deployment: LocalDeployment, mapping_uuid: str, timeout: float = 300.0) -> float:
+    """Until the scan's final file is written; the CPU seconds its writer thread took,
+    as the reducer logged them (the file is renamed into place when complete, then logged)."""
     deadline = time.monotonic() + timeout
-    while not final_files(deployment) - before:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no final file in {deployment.results_dir} within {timeout:.0f} s")
+    needle = f"scan-{mapping_uuid}.nxs written in"
+    log = deployment.log_dir / "reducer.log"
+    while time.monotonic() < deadline:
+        for line in reversed(log.read_text().splitlines()):
+            if needle in line:
+                return float(line.rsplit(",", 1)[1].split()[0])
         time.sleep(0.05)
+    raise RuntimeError(f"the reducer did not log its final file of scan {mapping_uuid} within {timeout:.0f} s")
 
 
 class VisibilityProbe(threading.Thread):

@@ -97,3 +97,22 @@ def test_a_failed_write_leaves_neither_the_file_nor_a_partial_one(tmp_path: Path
     with pytest.raises(TypeError):
         write_nexus(domain, tmp_path / "scan.nxs")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_settling_written_chunks_to_disk_keeps_the_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fdatasync + dropping the pages every few chunks (every 64 MiB in a real scan)."""
+    from streamtomo.hsds_bridge import nexus_file
+
+    calls: list[int] = []
+    real = nexus_file.os.fdatasync
+
+    def counted(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(nexus_file, "SETTLE_BYTES", 3 * 16 * 16 * 24 * 4)
+    monkeypatch.setattr(nexus_file.os, "fdatasync", counted)
+    domain, _ = domain_with_sinogram(rows=37, angles=45, cols=24)
+    write_nexus(domain, tmp_path / "scan.nxs", block_bytes=256)
+    assert len(calls) >= 3
+    assert_file_equals_domain(tmp_path / "scan.nxs", domain)
