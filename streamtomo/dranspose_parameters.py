@@ -52,6 +52,9 @@ def _value(parameter: Any) -> Any:
     return value
 
 
+_NAMES = tuple(f.name for f in fields(PipelineConfig))
+
+
 class ConfigCache:
     """Builds a PipelineConfig from dranspose parameters, re-parsing only on change.
 
@@ -60,13 +63,22 @@ class ConfigCache:
 
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
+        self._objects: tuple[Any, ...] = ()  # the parameter objects the configuration was read from
         self._config = PipelineConfig()
         self._refs_key: bytes | None = None
         self._refs: ReferenceSet | None = None
         self.error: str = ""
 
     def config(self, parameters: dict[Any, Any]) -> PipelineConfig:
-        names = [f.name for f in fields(PipelineConfig)]
+        # Called for every event in every worker and the reducer: the same parameter
+        # objects (dranspose replaces an object when its value changes, and the
+        # references held here keep their ids from being reused) give the same
+        # configuration without reading ~50 values.
+        objects = tuple(parameters.get(n) for n in _NAMES)
+        if len(objects) == len(self._objects) and all(a is b for a, b in zip(objects, self._objects, strict=True)):
+            return self._config
+        self._objects = objects
+        names = _NAMES
         key = tuple(_value(parameters[n]) if n in parameters else None for n in names)
         if key != self._key:
             self._key = key
