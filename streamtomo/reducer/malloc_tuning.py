@@ -10,8 +10,12 @@ faults per event and more system than user CPU time in the reducer process (wors
 on virtual machines, where a page fault costs more).
 
 Here the threshold is fixed at 32 MiB (glibc's largest on 64 bits) and the heap top
-is trimmed only above 160 MiB, so buffers up to 32 MiB come from the heap and reuse
-its pages. Larger ones (a 48 MB partial sum of five slices and seven sweep centres,
+is trimmed only above 64 MiB, so buffers up to 32 MiB come from the heap and reuse
+its pages. What each heap keeps is the reducer's memory beyond what it publishes,
+and glibc gives every thread that allocates its own heap (the event loop, dranspose's
+executor threads, the servers' threads): with a 160 MiB margin and no limit on heaps
+the reducer's peak was 1.60-1.70x the arrays it publishes (1024^2, one worker), with
+64 MiB and two heaps 1.52x, at the same CPU per event. Larger ones (a 48 MB partial sum of five slices and seven sweep centres,
 every few dozen projections) are still mapped and unmapped each time: that keeps
 what the heap can hold on to bounded (a few results: the reducer's ZeroMQ queue is
 a few messages, plus the trim margin). The large arrays (sinogram, volume) are not
@@ -31,8 +35,10 @@ logger = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+ARENA_MAX = 2
 MMAP_THRESHOLD = 32 << 20  # glibc refuses more than HEAP_MAX_SIZE / 2 (32 MiB on 64 bits)
-TRIM_THRESHOLD = 160 << 20
+TRIM_THRESHOLD = 64 << 20
 
 _done: bool | None = None
 
@@ -51,6 +57,10 @@ def keep_buffer_pages() -> bool:
     except (OSError, AttributeError):  # not glibc
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    _done = (
+        bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+        and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+        and bool(mallopt(M_ARENA_MAX, ARENA_MAX))
+    )
     logger.debug("malloc thresholds %s", "set" if _done else "not set")
     return _done
