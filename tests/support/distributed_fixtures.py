@@ -69,8 +69,22 @@ def read_domain(endpoint: str, domain: str) -> dict[str, Any]:
     return out
 
 
-def status(endpoint: str, domain: str) -> dict[str, Any]:
-    return {k.rsplit("/", 1)[1]: v for k, v in read_domain(endpoint, domain).items() if k.startswith("/entry/status/")}
+def status(endpoint: str, domain: str, attempts: int = 50) -> dict[str, Any]:
+    """``/entry/status`` of a live domain as one publish left it.
+
+    The reducer writes the status fields and bumps ``generation`` under one lock, but
+    a reader's requests are separate: one field read before a publish and the next
+    after it gave ``state`` 'stopped' with the empty ``reason`` of the publish before.
+    So the fields are read again until ``generation`` is the same before and after.
+    """
+    with h5pyd.File(domain, "r", endpoint=endpoint) as f:
+        group = f["entry/status"]
+        for _ in range(attempts):
+            before = _plain(group["generation"][()])
+            out = {name: _plain(group[name][()]) for name in group}
+            if out["generation"] == before == _plain(group["generation"][()]):
+                return out
+    raise AssertionError(f"/entry/status changed during each of {attempts} reads")
 
 
 def _comparable_parameters(text: str) -> dict[str, Any]:
