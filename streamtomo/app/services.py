@@ -157,6 +157,12 @@ def service_main(argv: Sequence[str] | None = None) -> int:
     elif args.kind == "worker":
         from dranspose.worker import Worker, WorkerSettings
 
+        from streamtomo.reducer.malloc_tuning import keep_buffer_pages
+
+        # A worker's results cross it as fresh megabyte buffers too (the result, its
+        # pickle, ZeroMQ's copy): the reducer's malloc settings save their page faults.
+        keep_buffer_pages()
+
         worker = Worker(WorkerSettings(worker_name=args.name, worker_class=args.cls))
         _run_and_exit(_run_until_sigterm(worker, announce_first=True))
     else:
