@@ -18,7 +18,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, NoReturn
 
-from streamtomo.app import task_cancel
+from streamtomo.app import finished_updates, task_cancel
 from streamtomo.app.processes import HOST
 from streamtomo.app.task_cancel import cancel_until_done, pending
 from streamtomo.app.zmq_loopback import bind_loopback, bound_result_queues, tolerant_ingester
@@ -150,6 +150,8 @@ def service_main(argv: Sequence[str] | None = None) -> int:
         os.environ["REDUCER_CLASS"] = args.cls
         os.environ["REDUCER_URL"] = f"tcp://{HOST}:{args.zmq_port}"
     task_cancel.install(args.kind)
+    if args.kind != "controller":  # the services that follow the controller's updates
+        finished_updates.install()
     if args.kind == "controller":
         _serve_app("dranspose.controller:app", args.port)
     elif args.kind == "reducer":
