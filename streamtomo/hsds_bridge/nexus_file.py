@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from streamtomo.hsds_bridge.domain import AttrValue, Domain, DomainDataset, DomainGroup
 
@@ -34,13 +33,13 @@ def _attr(value: Any) -> Any:
 
 @dataclass
 class _Node:
-    """One node as the first (locked) pass saw it: ``data`` holds a copy, ``source`` a large array."""
+    """One node as the first (locked) pass saw it: ``data`` holds a copy, ``large`` a large dataset."""
 
     path: str
     attrs: dict[str, AttrValue]
     is_group: bool = False
     data: Any = None
-    source: npt.NDArray[Any] | None = None
+    large: DomainDataset | None = None
     chunks: tuple[int, ...] | None = None
 
 
@@ -92,7 +91,7 @@ def _plan(domain: Domain, block_bytes: int) -> list[_Node]:
             elif array.nbytes <= block_bytes:
                 nodes.append(_Node(node.path, dict(node.attrs), data=np.array(array), chunks=chunks))
             else:
-                nodes.append(_Node(node.path, dict(node.attrs), source=array, chunks=chunks))
+                nodes.append(_Node(node.path, dict(node.attrs), large=node, chunks=chunks))
     return nodes
 
 
@@ -104,18 +103,19 @@ def _write_node(f: h5py.File, node: _Node, domain: Domain) -> None:
         target = f if node.path == "/" else f.require_group(node.path)
     elif isinstance(node.data, str):
         target = f.create_dataset(node.path, data=node.data, dtype=h5py.string_dtype())
-    elif node.source is None:
+    elif node.large is None:
         target = f.create_dataset(node.path, data=node.data, chunks=node.chunks)
     else:
         assert node.chunks is not None  # a large array has elements, hence chunks
-        target = f.create_dataset(node.path, shape=node.source.shape, dtype=node.source.dtype, chunks=node.chunks)
-        _write_chunks(target, node.source, node.chunks, domain)
+        target = f.create_dataset(node.path, shape=node.large.shape, dtype=node.large.dtype, chunks=node.chunks)
+        _write_chunks(target, node.large, node.chunks, domain)
     for key, value in node.attrs.items():
         target.attrs[key] = _attr(value)
 
 
-def _write_chunks(target: h5py.Dataset, source: npt.NDArray[Any], chunks: tuple[int, ...], domain: Domain) -> None:
-    """Write ``source`` into ``target`` (unfiltered, chunked as ``chunks``) one whole chunk at a time.
+def _write_chunks(target: h5py.Dataset, dataset: DomainDataset, chunks: tuple[int, ...], domain: Domain) -> None:
+    """Write ``dataset`` into ``target`` (unfiltered, chunked as ``chunks``, the
+    dataset's own) one whole chunk at a time.
 
     Each chunk is gathered into one reused C-ordered buffer (the sinogram is an
     angle-major array seen as (rows, angles, cols): a chunk is a few rows of each of a
@@ -124,19 +124,16 @@ def _write_chunks(target: h5py.Dataset, source: npt.NDArray[Any], chunks: tuple[
     buffers: the file of a 1.3 GB scan took 2 s of the reducer's CPU, more than the
     scan's 300 projections cost it. Edge chunks are padded (HDF5 stores whole chunks).
     """
-    buffer = np.empty(chunks, dtype=source.dtype)
+    buffer = np.empty(chunks, dtype=dataset.dtype)
     settle = _PageCacheSettler(target)
-    for corner in np.ndindex(*(-(-n // c) for n, c in zip(source.shape, chunks, strict=True))):
-        selection = tuple(
-            slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(corner, chunks, source.shape, strict=True)
-        )
+    for corner in np.ndindex(*dataset.chunk_grid()):
+        selection = dataset.chunk_selection(corner)
         inside = tuple(slice(0, s.stop - s.start) for s in selection)
-        edge = any(s.stop < c for s, c in zip(inside, chunks, strict=True))
-        if edge:
+        if any(s.stop < c for s, c in zip(inside, chunks, strict=True)):  # an edge chunk
             buffer.fill(0)
         with domain.lock:
-            np.copyto(buffer[inside], source[selection])
-        target.id.write_direct_chunk(tuple(i * c for i, c in zip(corner, chunks, strict=True)), buffer)
+            np.copyto(buffer[inside], dataset.array[selection])
+        target.id.write_direct_chunk(tuple(s.start for s in selection), buffer)
         settle.written(buffer.nbytes)
 
 
