@@ -13,8 +13,8 @@ object, encoded once), played as fast as the pipeline takes it, through:
 Best of ``--repeats`` scans each. Per row: events/s, MB/s, the ratio to the no-op
 pair with the same workers, CPU ms per event by service kind (the reducer's includes
 the scan's final file, written after the scan has finished: "(final file)" is that
-part), the reducer's peak RSS during the scans and its ratio to the arrays it publishes (sinogram, live slices,
-centre sweep; ``volume=false`` here). Then the arithmetic of what the cores allow:
+part), the reducer's peak RSS during the scans and its ratio to the arrays it
+publishes (sinogram, live slices, centre sweep; ``volume=false`` here). Then the arithmetic of what the cores allow:
 cores / (worker CPU per event). The last line is machine readable::
 
     scale: frame=RxC workers=W events_s=X one_worker_events_s=O noop_events_s=Y reducer_ms_per_event=M reducer_rss_ratio=Q worker_ms_per_event=K

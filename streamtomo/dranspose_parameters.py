@@ -63,7 +63,7 @@ class ConfigCache:
 
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
-        self._objects: tuple[Any, ...] = ()  # the parameter objects the configuration was read from
+        self._objects: tuple[Any, ...] | None = None  # the parameter objects the configuration was read from
         self._config = PipelineConfig()
         self._refs_key: bytes | None = None
         self._refs: ReferenceSet | None = None
@@ -75,14 +75,13 @@ class ConfigCache:
         # references held here keep their ids from being reused) give the same
         # configuration without reading ~50 values.
         objects = tuple(parameters.get(n) for n in _NAMES)
-        if len(objects) == len(self._objects) and all(a is b for a, b in zip(objects, self._objects, strict=True)):
+        if self._objects is not None and all(a is b for a, b in zip(objects, self._objects, strict=True)):
             return self._config
         self._objects = objects
-        names = _NAMES
-        key = tuple(_value(parameters[n]) if n in parameters else None for n in names)
+        key = tuple(None if p is None else _value(p) for p in objects)
         if key != self._key:
             self._key = key
-            values = {n: v for n, v in zip(names, key, strict=False) if v is not None}
+            values = {n: v for n, v in zip(_NAMES, key, strict=True) if v is not None}
             try:
                 self._config = PipelineConfig.from_mapping(values)
                 self.error = ""

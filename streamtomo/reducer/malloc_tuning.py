@@ -9,17 +9,19 @@ faulted in and zeroed by the kernel again and again: measured, hundreds of page
 faults per event and more system than user CPU time in the reducer process (worse
 on virtual machines, where a page fault costs more).
 
-Here the threshold is fixed at 32 MiB (glibc's largest on 64 bits) and the heap top
-is trimmed only above 64 MiB, so buffers up to 32 MiB come from the heap and reuse
-its pages. What each heap keeps is the reducer's memory beyond what it publishes,
-and glibc gives every thread that allocates its own heap (the event loop, dranspose's
-executor threads, the servers' threads): with a 160 MiB margin and no limit on heaps
-the reducer's peak was 1.60-1.70x the arrays it publishes (1024^2, one worker), with
-64 MiB and two heaps 1.52x, at the same CPU per event. Larger ones (a 48 MB partial sum of five slices and seven sweep centres,
-every few dozen projections) are still mapped and unmapped each time: that keeps
-what the heap can hold on to bounded (a few results: the reducer's ZeroMQ queue is
-a few messages, plus the trim margin). The large arrays (sinogram, volume) are not
-malloc's: :class:`~streamtomo.pipeline.streaming.prefault.ArrayPool` maps them.
+Here the threshold is fixed at 32 MiB (glibc's largest on 64 bits), so buffers up to
+32 MiB come from the heap and reuse its pages. Larger ones (a 48 MB partial sum of
+five slices and seven sweep centres, every few dozen projections) are still mapped
+and unmapped each time. The large arrays (sinogram, volume) are not malloc's:
+:class:`~streamtomo.pipeline.streaming.prefault.ArrayPool` maps them.
+
+What the heaps keep beyond what is alive is memory beyond what the reducer
+publishes, and glibc gives every thread that allocates a heap of its own (the event
+loop, dranspose's executor threads, the servers' threads). So the heap top is
+trimmed above 64 MiB and there are at most two heaps: with a 160 MiB margin and no
+limit on heaps the reducer's peak was 1.60-1.70x the arrays it publishes (1024^2,
+one worker), with these 1.52x, at the same CPU per event. Worker processes take the
+same settings (``streamtomo.app.services``): their results cross them the same way.
 
 Linux with glibc only; elsewhere (musl, macOS) nothing changes.
 """

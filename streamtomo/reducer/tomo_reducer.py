@@ -104,7 +104,7 @@ class TomoReducer:
         pool = self.context.setdefault("array_pool", ArrayPool(self.settings.pool_wait))
         self._posted_references: set[int] = set()  # versions posted to the controller
         self.scan = LiveScan(
-            config, on_references=self._share_references, pool=pool, on_references_lacking=self._references_lacking
+            config, on_references=self._share_references, pool=pool, on_references_lacking=self._post_references
         )
         kept = self.context.get("references")
         if isinstance(kept, ReferenceSet):
@@ -232,15 +232,15 @@ class TomoReducer:
         dict, so setting it is enough. Distributed mode: the set goes through the
         controller (a POST), unless every worker built the same set from the broadcast
         darks and flats (:func:`built_by_workers`); then only once a worker shows it
-        lacks it (:meth:`_references_lacking`: a worker that started late, a lost frame).
+        lacks it (``on_references_lacking``: a worker that started late, a lost frame).
         The dict is not touched there: a parameter the controller does not know puts
         this reducer's parameter hash out of step, and the controller redistributes
         every parameter to every service until it is.
         """
-        from dranspose.protocol import ParameterName, WorkParameter
-
         self.context["references"] = refs
         if not self.scan.config.controller_url:
+            from dranspose.protocol import ParameterName, WorkParameter
+
             data = refs.to_bytes()
             self._parameters[ParameterName(REFERENCES)] = WorkParameter(
                 name=ParameterName(REFERENCES), data=data, value=data
@@ -251,13 +251,9 @@ class TomoReducer:
             return
         self._post_references(refs)
 
-    def _references_lacking(self, refs: ReferenceSet) -> None:
-        """A worker's rows came raw or corrected with another set than ``refs``."""
-        if self.scan.config.controller_url:
-            self._post_references(refs)
-
     def _post_references(self, refs: ReferenceSet) -> None:
-        """Post ``refs`` to the controller once (per reducer, i.e. per scan)."""
+        """Post ``refs`` to the controller once (per reducer, i.e. per scan); nothing
+        in replay. Also called when a worker's rows came raw or corrected with another set."""
         url = self.scan.config.controller_url
         if not url or refs.version in self._posted_references:
             return

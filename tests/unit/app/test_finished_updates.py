@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 
 from streamtomo.app import finished_updates
 from streamtomo.app.finished_updates import through_first_finished
+from streamtomo.app.processes import HOST, free_port, wait_for
 from streamtomo.app.redis_service import redis_ping, redis_server_argv
 
 
@@ -47,21 +46,11 @@ def test_other_reads_are_left_as_they_are(reply: object) -> None:
 def redis_url(tmp_path: Path) -> Iterator[str]:
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(redis_server_argv(port, tmp_path), stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if redis_ping("127.0.0.1", port):
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}"
+        wait_for("redis", lambda: redis_ping(HOST, port), 10.0)
+        yield f"redis://{HOST}:{port}"
     finally:
         server.terminate()
         server.wait(10)
