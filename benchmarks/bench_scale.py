@@ -21,7 +21,12 @@ cores / (worker CPU per event). The last line is machine readable::
 
 for the largest worker count (O: the same frames with one worker).
 
-    python benchmarks/bench_scale.py [--rows 1024 --cols 1024 --angles 300 --workers 1 2 4 8] [--bin 2]
+``--volume``: one more scan of the same frames with the end-of-scan volume on, with
+the largest worker count, timed from the last frame sent to the final live slices
+(the status leaves ``running``) and to the whole volume (``finished``), read from the
+live domain as a viewer reads it.
+
+    python benchmarks/bench_scale.py [--rows 1024 --cols 1024 --angles 300 --workers 1 2 4 8] [--bin 2] [--volume]
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ import argparse
 import logging
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5pyd
 import numpy as np
 from bench_pipeline import Throughput  # the same row and measurement (run as a script: benchmarks/ is on sys.path)
 from bench_pipeline import measure as measure_throughput
@@ -137,6 +144,65 @@ def measure(
     return Row(**vars(best), reducer_peak_rss=peak_rss(reducer_pid))
 
 
+class EndOfScanProbe(threading.Thread):
+    """Polls the live domain's status while a scan runs: when it left ``running`` (the
+    final live slices are published) and when it said ``finished`` (the volume is done)."""
+
+    def __init__(self, endpoint: str, domain: str) -> None:
+        super().__init__(name="end-of-scan-probe", daemon=True)
+        self.endpoint, self.domain = endpoint, domain
+        self.final_slices = 0.0  # time.time() of the first status after 'running'
+        self.finished = 0.0
+        self.volume_slices = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        running = False
+        while not self.stop.is_set() and not self.finished:
+            try:
+                # The domain is new per scan: only a handle that saw this scan running follows it.
+                with h5pyd.File(self.domain, "r", endpoint=self.endpoint) as f:
+                    while not self.stop.is_set():
+                        state = _text(f["entry/status/state"][()])
+                        now = time.time()
+                        if state == "running":
+                            running = True
+                        elif not running:
+                            break  # the previous scan's domain, or this one's before its first frame
+                        else:
+                            self.final_slices = self.final_slices or now
+                            if state in ("finished", "stopped", "failed"):
+                                self.finished = now
+                                self.volume_slices = int(f["entry/status/volume_slices_done"][()])
+                                return
+                        time.sleep(0.05)
+            except (OSError, KeyError) as error:
+                log.debug("probe: %r", error)
+            time.sleep(0.02)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def measure_end_of_scan(deployment: LocalDeployment, events: list[BeamlineEvent], config: PipelineConfig) -> str:
+    """One scan with the volume: seconds from the last frame to the final slices and to the volume."""
+    probe = EndOfScanProbe(deployment.state.live_endpoint, config.domain)
+    probe.start()
+    try:
+        result = run_scan(deployment, events, config)
+        probe.join(600)
+    finally:
+        probe.stop.set()
+    if not probe.finished:
+        return "end of scan: the volume was not finished within 600 s"
+    return (
+        f"end of scan with the volume ({len(deployment.state.workers)} workers): last frame -> final live slices "
+        f"{probe.final_slices - result.last_sent:.2f} s, -> whole volume ({probe.volume_slices} slices) "
+        f"{probe.finished - result.last_sent:.2f} s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1024)
@@ -147,6 +213,7 @@ def main() -> None:
     parser.add_argument("--bin", type=int, default=1, help="the pipeline's bin parameter (1, 2, 4)")
     parser.add_argument("--repeats", type=int, default=2, help="scans per configuration (the best counts)")
     parser.add_argument("--no-noop", action="store_true", help="skip the no-op reference")
+    parser.add_argument("--volume", action="store_true", help="also time a scan with the end-of-scan volume")
     parser.add_argument("--run-dir", help="keep the services' logs here (default: a temporary directory)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
@@ -178,6 +245,11 @@ def main() -> None:
         for n in workers:
             deployment.scale(n, TOMO_WORKER, TOMO_REDUCER)
             rows.append(measure(deployment, "streamtomo", events, warmup, config, warm_config, args.repeats))
+        end_of_scan = ""
+        if args.volume:
+            end_of_scan = measure_end_of_scan(
+                deployment, events, PipelineConfig.from_mapping({**values, "volume": True})
+            )
         if not args.no_noop:
             for n in workers:
                 deployment.scale(n, NOOP_WORKER, NOOP_REDUCER)
@@ -216,6 +288,8 @@ def main() -> None:
         f"{cores / worker_ms * 1e3 if worker_ms else float('inf'):.0f} events/s; from the reducer's: 1 core / "
         f"{reducer_ms:.2f} ms = {1e3 / reducer_ms if reducer_ms else float('inf'):.0f} events/s"
     )
+    if end_of_scan:
+        print(end_of_scan)
     if errors:
         print(f"service logs hold {len(errors)} ERROR lines, e.g. {errors[0]}")
     print(

@@ -148,6 +148,12 @@ class ReplayRun:
                 on_progress(self.status())
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError("replay did not finish in time")
+        # The stream is done; the end-of-scan volume and final file follow in the reducer.
+        while self.reducer is not None and not self.reducer.wait_end_of_scan(0.2):
+            if on_progress is not None:
+                on_progress(self.status())
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("the end-of-scan volume did not finish in time")
         self.finished_at = time.time()
         if self._error is not None:
             raise RuntimeError(f"replay failed: {self._error!r}") from self._error

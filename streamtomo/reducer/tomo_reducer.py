@@ -44,10 +44,13 @@ from streamtomo.pipeline.streaming.prefault import ArrayPool
 from streamtomo.reducer.domain_layout import new_domain, update_domain
 from streamtomo.reducer.final_file import FINAL_FILE_WAIT_S, FinalFile, wait_all
 from streamtomo.reducer.malloc_tuning import keep_buffer_pages
-from streamtomo.reducer.volume_job import reconstruct_volume
+from streamtomo.reducer.volume_job import VolumeCancel, reconstruct_volume
 
 logger = logging.getLogger(__name__)
 POOL_WAIT_S = 10.0
+# How long a new scan waits for the previous scan's end (its volume cancelled between
+# two batches, HSDS flushed, its final file started) before it goes on regardless.
+PREVIOUS_SCAN_WAIT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,13 @@ class TomoReducer:
         self, parameters: dict[Any, Any] | None = None, context: dict[Any, Any] | None = None, **kwargs: Any
     ) -> None:
         self.context = context if context is not None else {}
+        self._end_cancel = VolumeCancel()
+        self._end_of_scan: threading.Thread | None = None  # the volume, HSDS flush and final file
+        previous = self.context.get("active_reducer")
+        if isinstance(previous, TomoReducer):
+            # dranspose builds the next scan's reducer in the same context and never
+            # closes this one: its volume must stop before this scan takes the arrays.
+            previous.end_now("the next scan started", PREVIOUS_SCAN_WAIT_S)
         keep_buffer_pages()  # once per process: results' buffers reuse their pages
         self.settings = ReducerSettings.from_env()
         self._params = ConfigCache()
@@ -342,6 +352,13 @@ class TomoReducer:
             logger.warning("could not end the scan through the controller at %s: %s", url, error)
 
     def finish(self, parameters: dict[Any, Any] | None = None) -> None:
+        """The stream is reduced: publish the final slices, then start the end of the scan.
+
+        The volume, the HSDS flush and the final file run in a thread of their own
+        (:meth:`_end_scan`), so this returns once the final slices are out: dranspose
+        then tells the controller the scan is finished, and the next scan can start
+        (it cancels a volume still under way). :meth:`wait_end_of_scan` waits for it.
+        """
         with self.lock:
             self._apply_parameters(parameters)
             stopped = bool(self._stopped_reason)
@@ -351,8 +368,39 @@ class TomoReducer:
                 self.scan.state, self.scan.reason = "stopped", self._stopped_reason
             self._publish_locked()
             self.final_slices_at = time.time()
-        # The whole volume after the final slices are out: readers see those first.
-        self.volume_seconds = reconstruct_volume(self.scan, self.lock, self._publish_locked)
+            if self._end_of_scan is not None:
+                return  # finish called twice: the end is under way already
+            self._end_of_scan = threading.Thread(target=self._end_scan, name="end-of-scan", daemon=True)
+            self._end_of_scan.start()
+
+    def wait_end_of_scan(self, timeout: float | None = None) -> bool:
+        """Wait until the volume is done (or cancelled) and the final file started;
+        True once it is (also when ``finish`` was never called)."""
+        thread = self._end_of_scan
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def end_now(self, reason: str, timeout: float) -> None:
+        """Cancel the volume between two batches (``reason`` goes into the status) and
+        wait up to ``timeout`` s for the end of the scan: the next scan, or a stop."""
+        self._end_cancel.set(reason)
+        if not self.wait_end_of_scan(timeout):
+            logger.warning(
+                "scan %s: its end (volume, HSDS, final file) still runs after %g s", self.mapping_uuid, timeout
+            )
+
+    def _end_scan(self) -> None:
+        """The end-of-scan thread: volume, then HSDS, then the final file."""
+        try:
+            self.volume_seconds = reconstruct_volume(self.scan, self.lock, self._publish_locked, self._end_cancel)
+        except Exception:  # a thread's exception reaches no log by itself
+            logger.exception("scan %s: the end-of-scan volume failed", self.mapping_uuid)
+            with self.lock:
+                self.scan.volume, self.scan.volume_done = None, 0
+                self.scan.state = "finished"
+                self._publish_locked()
         with self.lock:
             self._finished.set()
         if self.hsds is not None:
@@ -373,10 +421,11 @@ class TomoReducer:
             status["frames_rejected"],
             json.dumps(self.scan.rejected),
         )
-        # Last, and in a thread: the scan is finished for dranspose when this returns.
         self._write_final()
 
     def close(self, context: dict[Any, Any] | None = None) -> None:
+        # The service stops: a volume under way ends with the slices it has.
+        self.end_now("the reducer stopped", PREVIOUS_SCAN_WAIT_S)
         if not self._finished.is_set() and self.scan.admission.received > 0 and self._final is None:
             # Stopped mid-scan (Redis gone, up stopping): keep what was reduced.
             with self.lock:
@@ -404,7 +453,11 @@ class TomoReducer:
     def wait_final_file(self, timeout: float | None = None) -> str | None:
         """Wait for this scan's final file (written after ``finish`` returned): its path,
         or None if none is written (no ``final_dir``, a failure, or not within ``timeout``)."""
-        return self._final.wait(timeout) if self._final is not None else None
+        started = time.monotonic()
+        if not self.wait_end_of_scan(timeout):
+            return None
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return self._final.wait(left) if self._final is not None else None
 
     # -- internals ------------------------------------------------------------------
     def _write_final(self) -> None:

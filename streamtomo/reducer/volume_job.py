@@ -5,6 +5,10 @@ the backend's own threads on every core, in batches of rows sized to a memory bo
 so readers see the volume grow (``/entry/status/volume_slices_done``) and the
 reducer never holds a second copy of the whole sinogram. ``state`` says
 ``finished`` only in the publish that carries the last slices.
+
+A :class:`VolumeCancel` stops it between batches (the next scan starts, the
+reducer stops): the slices done so far stay, ``volume_slices_done`` says how many,
+and ``reason`` says why the rest is missing.
 """
 
 from __future__ import annotations
@@ -29,6 +33,22 @@ BATCH_BYTES = 256 << 20  # sinogram rows + their slices per batch, float32
 PLAN_BATCHES_PER_PUBLISH = 2  # Fourier path: NUFFT batches (2 slices per core each) between publishes
 
 
+class VolumeCancel:
+    """A request, from another thread, to stop the volume after the batch under way."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
 def batch_rows(n_rows: int, angles: int, cols: int, size: int, whole: bool) -> int:
     """Rows per batch: all of them when a filter needs neighbouring rows."""
     if whole:
@@ -42,8 +62,11 @@ def rows_per_publish(pairs: int) -> int:
     return 2 * pairs * PLAN_BATCHES_PER_PUBLISH
 
 
-def reconstruct_volume(scan: LiveScan, lock: threading.RLock, publish: Callable[[], None]) -> float | None:
-    """Fill ``scan.volume``; returns the seconds it took (None: no volume)."""
+def reconstruct_volume(
+    scan: LiveScan, lock: threading.RLock, publish: Callable[[], None], cancel: VolumeCancel | None = None
+) -> float | None:
+    """Fill ``scan.volume``; returns the seconds it took (None: no volume or cancelled)."""
+    cancel = cancel if cancel is not None else VolumeCancel()
     with lock:
         config, sinogram, geometry = scan.config, scan.sinogram, scan.geometry
         if not config.volume or sinogram is None or geometry is None or scan.state != "reconstructing":
@@ -64,10 +87,15 @@ def reconstruct_volume(scan: LiveScan, lock: threading.RLock, publish: Callable[
     whole = config.paganin_delta_beta > 0 or config.zinger_removal
     started = time.perf_counter()
     try:
-        if not (whole or config.ring_removal) and _reconstruct_in_place(scan, lock, publish, filled, angles):
-            return _finished(scan, lock, publish, n_rows, config.backend, started)
+        in_place = not (whole or config.ring_removal) and _reconstruct_in_place(
+            scan, lock, publish, filled, angles, cancel
+        )
+        if in_place or cancel.is_set():
+            return _finished(scan, lock, publish, n_rows, config.backend, started, cancel)
         step = batch_rows(n_rows, len(filled), cols, size, whole)
         for first in range(0, n_rows, step):
+            if cancel.is_set():
+                break
             last = min(n_rows, first + step)
             with lock:  # (rows, angles, cols) of these rows only
                 batch = np.ascontiguousarray(sinogram.by_angle[filled, first:last].transpose(1, 0, 2))
@@ -95,16 +123,29 @@ def reconstruct_volume(scan: LiveScan, lock: threading.RLock, publish: Callable[
             scan.state = "finished"
             publish()
         return None
-    return _finished(scan, lock, publish, n_rows, config.backend, started)
+    return _finished(scan, lock, publish, n_rows, config.backend, started, cancel)
 
 
 def _finished(
-    scan: LiveScan, lock: threading.RLock, publish: Callable[[], None], n_rows: int, backend: str, started: float
-) -> float:
+    scan: LiveScan,
+    lock: threading.RLock,
+    publish: Callable[[], None],
+    n_rows: int,
+    backend: str,
+    started: float,
+    cancel: VolumeCancel,
+) -> float | None:
     seconds = time.perf_counter() - started
     with lock:
+        done = scan.volume_done
+        cancelled = cancel.is_set() and done < n_rows
+        if cancelled:
+            scan.reason = f"the end-of-scan volume was cancelled after {done} of {n_rows} slices: {cancel.reason}"
         scan.state = "finished"
         publish()  # the last slices and 'finished' in one generation
+    if cancelled:
+        logger.warning("scan finished without its whole volume: %s (%.2f s)", scan.reason, seconds)
+        return None
     logger.info("volume of %d slices (%s backend) in %.2f s", n_rows, backend, seconds)
     return seconds
 
@@ -115,10 +156,12 @@ def _reconstruct_in_place(
     publish: Callable[[], None],
     filled: npt.NDArray[np.intp],
     angles: npt.NDArray[np.float64],
+    cancel: VolumeCancel,
 ) -> bool:
     """The fast path: the Fourier engine reads the angle-major sinogram where it lies and
     writes each batch straight into the published volume, on every core; no (rows,
-    angles, cols) copy of a batch and no copy of its slices. False: not this backend.
+    angles, cols) copy of a batch and no copy of its slices. False: not this backend,
+    or cancelled before the last rows.
 
     Rows past ``volume_done`` are not yet valid for readers, so writing them outside the
     lock is safe; the lock is taken only to advance ``volume_done`` and publish.
@@ -134,6 +177,8 @@ def _reconstruct_in_place(
     slots = None if filled.size == sinogram.by_angle.shape[0] else filled
     step = rows_per_publish(plan.pairs)
     for first in range(0, n_rows, step):
+        if cancel.is_set():
+            return False
         last = min(n_rows, first + step)
         backend.reconstruct_rows(plan, sinogram.by_angle, range(first, last), volume[first:last], slots)
         with lock:

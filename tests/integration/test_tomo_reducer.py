@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -51,6 +52,7 @@ def test_results_become_a_domain_with_every_final_product_and_then_finished(redu
     assert generations == sorted(generations) and generations[-1] > 0
     assert str(reducer.domain.dataset("/entry/status/state").array[()]) == "running"
     reducer.finish()
+    assert reducer.wait_end_of_scan(60)
     domain = reducer.domain
     assert str(domain.dataset("/entry/status/state").array[()]) == "finished"
     volume = domain.dataset("/entry/reconstruction/volume").array
@@ -191,6 +193,51 @@ def test_finish_returns_before_the_final_file_is_written_and_close_waits_for_it(
         assert not np.array_equal(first.domain.dataset("/entry/reconstruction/data").array, slices)
     finally:
         gate.set()
+        first.close()
+
+
+def test_the_next_scan_cancels_a_volume_under_way_and_its_file_says_so(
+    final_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamtomo.pipeline.reconstruction.backends.fourier import FourierBackend
+    from streamtomo.reducer import volume_job
+
+    monkeypatch.setattr(volume_job, "rows_per_publish", lambda pairs: 1)
+    real = FourierBackend.reconstruct_rows
+    second_batch = threading.Event()
+    context: dict[Any, Any] = {}
+    first = TomoReducer(parameters=parameters(volume=True), context=context, state=mapping("one"))
+
+    def slow(self: FourierBackend, plan: Any, sinogram: Any, rows: range, *args: Any) -> None:
+        real(self, plan, sinogram, rows, *args)
+        if rows.start == 1:  # the second batch holds until the next scan cancels the volume
+            second_batch.set()
+            deadline = time.monotonic() + 60
+            while not first._end_cancel.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    monkeypatch.setattr(FourierBackend, "reconstruct_rows", slow)
+    second = None
+    try:
+        feed(first)
+        first.finish()  # returns with the final slices out; the volume follows
+        assert second_batch.wait(60)
+        assert str(first.domain.dataset("/entry/status/state").array[()]) == "reconstructing"
+        second = TomoReducer(parameters=parameters(volume=True), context=context, state=mapping("two"))
+        # The first scan ended before the second took the arrays: two slices, and why.
+        rows = first.domain.dataset("/entry/reconstruction/volume").shape[0]
+        status = {k: first.domain.dataset(f"/entry/status/{k}").array[()] for k in ("state", "reason")}
+        assert str(status["state"]) == "finished"
+        assert int(first.domain.dataset("/entry/status/volume_slices_done").array[()]) == 2 < rows
+        assert str(status["reason"]) == (
+            f"the end-of-scan volume was cancelled after 2 of {rows} slices: the next scan started"
+        )
+        path = first.wait_final_file(60)
+        assert path is not None
+        assert_file_equals_domain(Path(path), first.domain)
+    finally:
+        if second is not None:
+            second.close()
         first.close()
 
 

@@ -68,3 +68,29 @@ def test_batches_fit_the_memory_bound() -> None:
     )
     assert volume_job.batch_rows(16, 10, 10, 10, whole=False) == 16
     assert volume_job.batch_rows(2048, 3000, 2048, 2048, whole=True) == 2048
+
+
+def test_a_cancel_stops_the_volume_between_batches_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config(volume=True)
+    scan = LiveScan(cfg)
+    worker = FrameProcessor(cfg)
+    for frame in make_frames():
+        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    scan.finish(volume_follows=True)
+    monkeypatch.setattr(volume_job, "rows_per_publish", lambda pairs: 1)
+    cancel = volume_job.VolumeCancel()
+    seen: list[tuple[str, int]] = []
+
+    def publish() -> None:
+        seen.append((scan.state, scan.volume_done))
+        if scan.volume_done == 2:
+            cancel.set("the next scan started")
+            cancel.set("a later reason")  # the first reason stays
+
+    assert volume_job.reconstruct_volume(scan, threading.RLock(), publish, cancel) is None
+    assert scan.volume is not None and scan.volume.shape[0] > 3
+    rows = scan.volume.shape[0]
+    # The two slices done stay published; 'finished' comes with the reason, no more rows.
+    assert seen == [("reconstructing", 0), ("reconstructing", 1), ("reconstructing", 2), ("finished", 2)]
+    assert scan.reason == f"the end-of-scan volume was cancelled after 2 of {rows} slices: the next scan started"
+    assert np.any(scan.volume[:2]) and not np.any(scan.volume[2:])
