@@ -4,6 +4,7 @@ compare domains, scans as frame lists, and which sockets the services listen on.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -67,6 +68,25 @@ def read_domain(endpoint: str, domain: str) -> dict[str, Any]:
 
         f.visititems(visit)
     return out
+
+
+ENDED = ("finished", "stopped", "failed")
+
+
+def ended_status(endpoint: str, domain: str, timeout: float = 120.0) -> dict[str, Any]:
+    """``/entry/status`` once the scan has ended: ``play`` returns when the stream is
+    reduced (the final live slices are out), and the end-of-scan volume follows."""
+    deadline = time.monotonic() + timeout
+    while (now := status(endpoint, domain))["state"] not in ENDED:
+        assert time.monotonic() < deadline, f"the scan did not end within {timeout:.0f} s (state {now['state']!r})"
+        time.sleep(0.05)
+    return now
+
+
+def ended_domain(endpoint: str, domain: str, timeout: float = 120.0) -> dict[str, Any]:
+    """Every dataset of the live domain once its scan has ended (:func:`ended_status`)."""
+    ended_status(endpoint, domain, timeout)
+    return read_domain(endpoint, domain)
 
 
 def status(endpoint: str, domain: str, attempts: int = 50) -> dict[str, Any]:

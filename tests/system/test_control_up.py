@@ -19,7 +19,7 @@ import requests
 from streamtomo.app.beamline_events import frame_events
 from streamtomo.app.deployment import LocalDeployment
 from streamtomo.app.play import play
-from tests.support.distributed_fixtures import read_domain, simulated_scan, status
+from tests.support.distributed_fixtures import ended_domain, simulated_scan, status
 
 pytestmark = [
     pytest.mark.slow,
@@ -69,7 +69,7 @@ def test_refused_values_mid_scan_change_nothing_and_the_scan_completes(tmp_path:
         ], answers
         assert "at most" in answers[0][2] and "detector width" in answers[1][2]
 
-        domain = read_domain(deployment.state.live_endpoint, config.domain)
+        domain = ended_domain(deployment.state.live_endpoint, config.domain)
         assert domain["/entry/status/state"] == "finished"
         assert int(domain["/entry/reconstruction/n_projections"]) == spec.angles
         assert int(domain["/entry/status/frames_lost"]) == 0

@@ -34,11 +34,11 @@ from tests.support.distributed_fixtures import (
     KILLED_WORKER_NOISE,
     LOOPBACK,
     assert_same_domain,
+    ended_domain,
+    ended_status,
     listening_sockets,
     projections_only,
-    read_domain,
     simulated_scan,
-    status,
 )
 from tests.support.replay_helpers import record, run_to_end
 
@@ -158,7 +158,7 @@ def test_live_domain_equals_replay_of_its_recordings(clean_logs: LocalDeployment
     config = spec.config()
     result = play(clean_logs.state, frame_events(frames, config), config)
     assert not result.ended_by_stop
-    live = read_domain(clean_logs.state.live_endpoint, config.domain)
+    live = ended_domain(clean_logs.state.live_endpoint, config.domain)
     assert live["/entry/status/state"] == "finished"
     assert int(live["/entry/reconstruction/n_projections"]) == spec.angles
     assert json.loads(live["/entry/status/rejected"]) == {}  # broadcast references are not duplicates
@@ -177,13 +177,13 @@ def test_next_scan_resets_state_and_keeps_references_when_asked(clean_logs: Loca
     spec, frames = simulated_scan(seed=5)
     first = spec.config(keep_references=True)
     play(state, frame_events(frames, first), first)
-    before = read_domain(state.live_endpoint, first.domain)
+    before = ended_domain(state.live_endpoint, first.domain)
 
     # Same projections, no darks or flats: corrected with the kept references.
     projections = projections_only(frames)
     kept = spec.config(keep_references=True, n_darks_before=0, n_flats_before=0)
     play(state, frame_events(projections, kept), kept)
-    after = read_domain(state.live_endpoint, kept.domain)
+    after = ended_domain(state.live_endpoint, kept.domain)
     assert after["/entry/status/state"] == "finished"
     assert (int(after["/entry/status/frames_received"]), int(after["/entry/status/darks"])) == (spec.angles, 0)
     assert json.loads(after["/entry/status/rejected"]) == {}
@@ -192,7 +192,7 @@ def test_next_scan_resets_state_and_keeps_references_when_asked(clean_logs: Loca
     # Without keep_references the next scan has none: its projections are counted, not corrected.
     dropped = spec.config(keep_references=False, n_darks_before=0, n_flats_before=0)
     play(state, frame_events(projections, dropped), dropped)
-    last = status(state.live_endpoint, dropped.domain)
+    last = ended_status(state.live_endpoint, dropped.domain)
     assert (int(last["projections"]), int(last["darks"]), int(last["flats"])) == (0, 0, 0)
     assert json.loads(last["rejected"]) == {"no_references": spec.angles}
 
@@ -205,7 +205,7 @@ def test_stream_that_stops_early_is_ended_and_the_partial_result_kept(clean_logs
     # No stall timeout to race with: play ends the scan once the 60 frames sent are reduced.
     result = play(clean_logs.state, frame_events(frames, config), config, max_frames=60)
     assert result.ended_by_stop and result.frames_sent == 60
-    now = status(clean_logs.state.live_endpoint, config.domain)
+    now = ended_status(clean_logs.state.live_endpoint, config.domain)
     assert now["state"] == "finished"
     assert (int(now["projections"]), int(now["frames_lost"])) == (40, 50)
     assert json.loads(now["lost_frames"]) == [[60, 109]]
@@ -234,7 +234,7 @@ def test_scan_is_posted_again_when_an_ingester_does_not_connect(
     config = spec.config()
     result = play(clean_logs.state, frame_events(frames, config), config, connect_timeout=10)
     assert len(calls) == 2 and not result.ended_by_stop
-    now = status(clean_logs.state.live_endpoint, config.domain)
+    now = ended_status(clean_logs.state.live_endpoint, config.domain)
     assert (now["state"], int(now["projections"]), json.loads(now["rejected"])) == ("finished", 30, {})
 
 
@@ -259,7 +259,7 @@ def test_worker_killed_mid_scan(deployment: LocalDeployment) -> None:
             stall_timeout=3.0,
         )
         assert killed == ["worker-2"] and result.frames_sent == len(frames)
-        now = status(deployment.state.live_endpoint, config.domain)
+        now = ended_status(deployment.state.live_endpoint, config.domain)
         assert now["state"] == "finished"
         lost = json.loads(now["lost_frames"])
         n_lost = sum(b - a + 1 for a, b in lost)
@@ -280,7 +280,7 @@ def test_eiger_stream_through_the_deployment(tmp_path: Path) -> None:
     config = spec.config()
     with LocalDeployment(workers=2, run_dir=tmp_path / "eiger", detector_format="eiger_legacy") as d:
         result = play(d.state, frame_events(frames, config, "eiger_legacy", "bslz4"), config)
-        live = read_domain(d.state.live_endpoint, config.domain)
+        live = ended_domain(d.state.live_endpoint, config.domain)
         assert d.error_lines() == []
     assert not result.ended_by_stop
     recorded = recorded_events(result.recordings(), config)

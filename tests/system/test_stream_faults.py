@@ -16,7 +16,7 @@ import pytest
 from streamtomo.app.beamline_events import frame_events
 from streamtomo.app.deployment import LocalDeployment
 from streamtomo.app.play import play
-from tests.support.distributed_fixtures import read_domain, simulated_scan
+from tests.support.distributed_fixtures import ended_domain, simulated_scan
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,7 +42,7 @@ def test_a_dropped_detector_message_leaves_every_frame_at_its_own_angle(deployme
     config = spec.config()
     clean_events = frame_events(frames, config)
     play(deployment.state, clean_events, config)
-    clean = read_domain(deployment.state.live_endpoint, config.domain)
+    clean = ended_domain(deployment.state.live_endpoint, config.domain)
     assert clean["/entry/status/state"] == "finished"
 
     events = list(clean_events)
@@ -50,7 +50,7 @@ def test_a_dropped_detector_message_leaves_every_frame_at_its_own_angle(deployme
     dropped_frame = events[victim].frame
     events[victim] = dataclasses.replace(events[victim], detector=_malformed(events[victim].detector))
     play(deployment.state, events, config, stall_timeout=5.0)
-    live = read_domain(deployment.state.live_endpoint, config.domain)
+    live = ended_domain(deployment.state.live_endpoint, config.domain)
 
     assert live["/entry/status/state"] == "finished"
     assert json.loads(live["/entry/status/lost_frames"]) == [[dropped_frame, dropped_frame]]
