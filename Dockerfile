@@ -52,7 +52,7 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-index --find-links /wheels streamtomo \
     && rm -rf /wheels \
     && streamtomo --help >/dev/null \
-    && python -c "import dranspose, streamtomo.workers.tomo_worker, streamtomo.reducer.tomo_reducer, h5pyd"
+    && python -c "import dranspose, streamtomo.app.cluster_service, streamtomo.workers.tomo_worker, streamtomo.reducer.tomo_reducer, h5pyd"
 ENV PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     NUMBA_CACHE_DIR=/tmp/numba-cache

@@ -385,7 +385,7 @@ def test_one_ingester_per_stream(helm: str) -> None:
     for name, (cls, stream, port) in expected.items():
         container = one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
         cmd = container["command"]
-        assert cmd[:2] == ["dranspose", "ingester"]
+        assert cmd[:4] == [*SERVICE_ENTRY, "ingester"]
         assert cmd[cmd.index("--ingesterclass") + 1] == cls
         assert cmd[cmd.index("--name") + 1] == stream
         assert env_of(container)["INGESTER_URL"] == f"tcp://{name}.beamline.svc:{port}"
@@ -422,10 +422,15 @@ def test_wiring_between_services(helm: str) -> None:
     assert env_of(worker)["REDIS_URL"] == "redis://r.example:6379/2"
 
 
+# Every dranspose service runs dranspose's CLI through this entry point (its mends).
+SERVICE_ENTRY = ["python", "-m", "streamtomo.app.cluster_service"]
+
+
 @pytest.mark.parametrize("values", VALUE_SETS)
 def test_commands_parse_with_dranspose_cli(helm: str, values: str) -> None:
-    """Every `dranspose ...` command the chart runs is valid for dranspose's CLI,
-    names classes that exist, and ingester classes the CLI can resolve."""
+    """Every dranspose service the chart runs goes through streamtomo's entry point
+    with arguments valid for dranspose's CLI, names classes that exist, and ingester
+    classes the CLI can resolve. None runs `dranspose` bare (without the mends)."""
     import importlib
 
     from dranspose import cli
@@ -435,9 +440,10 @@ def test_commands_parse_with_dranspose_cli(helm: str, values: str) -> None:
     for name, _, spec in workloads(render(helm, *VALUE_SETS[values])):
         for c in spec["containers"]:
             command = c.get("command", [])
-            if command[:1] != ["dranspose"]:
+            assert command[:1] != ["dranspose"], f"{name} runs dranspose without streamtomo's mends"
+            if command[:3] != SERVICE_ENTRY:
                 continue
-            args = parser.parse_args(command[1:])
+            args = parser.parse_args(command[3:])
             seen.add(args.subcommand)
             if args.subcommand == "ingester":
                 assert args.ingesterclass in vars(cli), f"{name}: {args.ingesterclass}"

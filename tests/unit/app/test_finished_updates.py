@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from streamtomo.app import finished_updates
 from streamtomo.app.finished_updates import through_first_finished
-from streamtomo.app.processes import HOST, free_port, wait_for
-from streamtomo.app.redis_service import redis_ping, redis_server_argv
 
 
 def _update(n: int, finished: bool = False) -> tuple[str, dict[str, str]]:
@@ -40,20 +34,6 @@ def test_a_read_is_cut_after_the_finished_update_so_the_newest_applied_is_it() -
 def test_other_reads_are_left_as_they_are(reply: object) -> None:
     before = json.dumps(reply)
     assert json.dumps(through_first_finished(reply, "s")) == before
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    if not shutil.which("redis-server"):
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    server = subprocess.Popen(redis_server_argv(port, tmp_path), stdout=subprocess.DEVNULL)
-    try:
-        wait_for("redis", lambda: redis_ping(HOST, port), 10.0)
-        yield f"redis://{HOST}:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_dransposes_newest_of_each_read_reaches_the_finished_update_on_a_real_redis(redis_url: str) -> None:

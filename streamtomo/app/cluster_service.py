@@ -1,0 +1,91 @@
+"""Entry point of one dranspose service in a cluster (the Helm chart's pods).
+
+    python -m streamtomo.app.cluster_service reducer --host 0.0.0.0 --port 5000 --reducerclass ...
+
+The arguments are dranspose's own CLI's (``dranspose reducer ...``, parsed by its
+parser, so a wrong one fails as it would there). Before handing them over, this
+installs what :mod:`streamtomo.app.services` gives a local deployment's services:
+
+* tasks cancelled until they end (:mod:`streamtomo.app.task_cancel`): dranspose
+  cancels once and waits forever; a killed reducer's successor hung there;
+* no skipped end of a scan (:mod:`streamtomo.app.finished_updates`): a ``finished``
+  update read together with a later one was never applied;
+* bounded result queues (:func:`streamtomo.app.zmq_loopback.bound_result_queues`):
+  backpressure instead of a reducer holding every result of a scan;
+* in workers, the reducer's malloc settings (fewer page faults per result);
+* in an ingester of one of dranspose's own classes, a dead worker's messages dropped
+  with a warning instead of a stalled scan.
+
+Unlike :mod:`streamtomo.app.services` it binds where dranspose binds (every
+interface): a pod's own network namespace is the boundary there, and the chart's
+NetworkPolicy says who may connect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from streamtomo.app import finished_updates, task_cancel
+from streamtomo.app.services import LOG_FORMAT
+from streamtomo.app.zmq_loopback import bound_result_queues, tolerant_ingester
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("controller", "reducer", "worker", "ingester")
+
+
+def prepare(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv`` with dranspose's CLI parser and install the mends for its service kind.
+
+    Raises ``SystemExit`` (argparse's, status 2) for arguments dranspose would refuse
+    and for a subcommand that is not one of :data:`KINDS`.
+    """
+    from dranspose import cli
+
+    parser: argparse.ArgumentParser = cli.create_parser()
+    args: argparse.Namespace = parser.parse_args(list(argv))
+    kind = getattr(args, "subcommand", None)
+    if not isinstance(kind, str) or kind not in KINDS:
+        parser.error(f"{__name__} runs one of {', '.join(KINDS)}; got {kind!r}")
+    bound_result_queues()
+    task_cancel.install(kind)
+    if kind != "controller":  # the services that follow the controller's updates
+        finished_updates.install()
+    if kind == "worker":
+        from streamtomo.reducer.malloc_tuning import keep_buffer_pages
+
+        keep_buffer_pages()
+    if kind == "ingester":
+        _tolerate_dead_workers(cli, args.ingesterclass)
+    return args
+
+
+def _tolerate_dead_workers(cli: object, name: str) -> None:
+    """dranspose's CLI looks its own ingester classes up by name in its module (and
+    their settings by the same name): the tolerant subclass takes that name there. A
+    class given by import path is left as it is (the CLI finds its settings through
+    its base class, which a subclass would change)."""
+    cls = getattr(cli, name, None)
+    if isinstance(cls, type):
+        setattr(cli, name, tolerant_ingester(cls))
+    else:
+        logger.info("ingester class %s is not one of dranspose's: dead workers are not tolerated", name)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # dranspose's CLI logs only to Redis's log stream: the container's output gets them too.
+    logging.basicConfig(level=os.environ.get("STREAMTOMO_LOG_LEVEL", "INFO"), format=LOG_FORMAT)
+    prepare(arguments)
+    from dranspose import cli
+
+    sys.argv = ["dranspose", *arguments]  # dranspose's run() parses sys.argv itself
+    cli.run()
+
+
+if __name__ == "__main__":
+    main()
