@@ -48,8 +48,8 @@ from streamtomo.reducer.volume_job import VolumeCancel, reconstruct_volume
 
 logger = logging.getLogger(__name__)
 POOL_WAIT_S = 10.0
-# How long a new scan waits for the previous scan's end (its volume cancelled between
-# two batches, HSDS flushed, its final file started) before it goes on regardless.
+# How long a new scan's first result waits for the previous scan's end (its volume
+# cancelled between two batches, HSDS flushed, its final file started) before it goes on.
 PREVIOUS_SCAN_WAIT_S = 120.0
 
 
@@ -98,10 +98,14 @@ class TomoReducer:
         self._end_cancel = VolumeCancel()
         self._end_of_scan: threading.Thread | None = None  # the volume, HSDS flush and final file
         previous = self.context.get("active_reducer")
-        if isinstance(previous, TomoReducer):
-            # dranspose builds the next scan's reducer in the same context and never
-            # closes this one: its volume must stop before this scan takes the arrays.
-            previous.end_now("the next scan started", PREVIOUS_SCAN_WAIT_S)
+        # dranspose builds the next scan's reducer in the same context and never closes
+        # the previous one: its volume is cancelled now, and this scan's first result
+        # waits for its end before taking the pooled arrays. Not here: dranspose builds
+        # this object on its event loop, and the controller's POST of the scan waits
+        # for that loop to answer.
+        self._previous = previous if isinstance(previous, TomoReducer) else None
+        if self._previous is not None:
+            self._previous.cancel_end_of_scan("the next scan started")
         keep_buffer_pages()  # once per process: results' buffers reuse their pages
         self.settings = ReducerSettings.from_env()
         self._params = ConfigCache()
@@ -284,6 +288,10 @@ class TomoReducer:
         if not isinstance(payload, WorkerResult):
             logger.warning("ignoring a result of type %s", type(payload).__name__)
             return
+        if self._previous is not None:
+            # In dranspose's executor thread (one result at a time), not its event loop.
+            previous, self._previous = self._previous, None
+            previous.end_now("the next scan started", PREVIOUS_SCAN_WAIT_S)
         with self.lock:
             if self._final is not None:
                 # The final file is written from these arrays: it holds the scan as it
@@ -382,10 +390,13 @@ class TomoReducer:
         thread.join(timeout)
         return not thread.is_alive()
 
-    def end_now(self, reason: str, timeout: float) -> None:
-        """Cancel the volume between two batches (``reason`` goes into the status) and
-        wait up to ``timeout`` s for the end of the scan: the next scan, or a stop."""
+    def cancel_end_of_scan(self, reason: str) -> None:
+        """Stop the volume after the batch under way (``reason`` goes into the status)."""
         self._end_cancel.set(reason)
+
+    def end_now(self, reason: str, timeout: float) -> None:
+        """Cancel the volume and wait up to ``timeout`` s for the end of the scan."""
+        self.cancel_end_of_scan(reason)
         if not self.wait_end_of_scan(timeout):
             logger.warning(
                 "scan %s: its end (volume, HSDS, final file) still runs after %g s", self.mapping_uuid, timeout

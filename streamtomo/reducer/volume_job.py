@@ -49,12 +49,18 @@ class VolumeCancel:
         return self._event.is_set()
 
 
+# Other backends: at most this many rows per call. A cancel (the next scan) is seen
+# between calls, and the volume is published as it grows; libraries that thread over
+# rows (tomopy's ncore) keep every core busy with this many.
+MAX_BATCH_ROWS = 32
+
+
 def batch_rows(n_rows: int, angles: int, cols: int, size: int, whole: bool) -> int:
     """Rows per batch: all of them when a filter needs neighbouring rows."""
     if whole:
         return n_rows
     per_row = 4 * (angles * cols * 3 + size * size * 2)  # input, filtered/padded copies, output
-    return int(min(n_rows, max(1, BATCH_BYTES // per_row)))
+    return int(min(n_rows, MAX_BATCH_ROWS, max(1, BATCH_BYTES // per_row)))
 
 
 def rows_per_publish(pairs: int) -> int:

@@ -68,6 +68,8 @@ def test_batches_fit_the_memory_bound() -> None:
     )
     assert volume_job.batch_rows(16, 10, 10, 10, whole=False) == 16
     assert volume_job.batch_rows(2048, 3000, 2048, 2048, whole=True) == 2048
+    # Small rows: batches stay short enough for a cancel to be seen between them.
+    assert volume_job.batch_rows(2048, 100, 64, 64, whole=False) == volume_job.MAX_BATCH_ROWS
 
 
 def test_a_cancel_stops_the_volume_between_batches_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
