@@ -435,7 +435,10 @@ class TomoReducer:
         self._write_final()
 
     def close(self, context: dict[Any, Any] | None = None) -> None:
-        # The service stops: a volume under way ends with the slices it has.
+        # The service stops: a volume under way ends with the slices it has (the previous
+        # scan's too, when this scan had no result that waited for it).
+        if self._previous is not None:
+            self._previous.end_now("the reducer stopped", PREVIOUS_SCAN_WAIT_S)
         self.end_now("the reducer stopped", PREVIOUS_SCAN_WAIT_S)
         if not self._finished.is_set() and self.scan.admission.received > 0 and self._final is None:
             # Stopped mid-scan (Redis gone, up stopping): keep what was reduced.

@@ -255,6 +255,47 @@ def test_the_next_scan_cancels_a_volume_under_way_and_its_file_says_so(
         first.close()
 
 
+def test_closing_the_next_reducer_before_any_result_ends_the_previous_volume(
+    final_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dranspose closes only the last reducer: a stop right after the next scan began
+    (no result yet) must still end the previous scan's volume and write its file."""
+    from streamtomo.pipeline.reconstruction.backends.fourier import FourierBackend
+    from streamtomo.reducer import volume_job
+
+    monkeypatch.setattr(volume_job, "rows_per_publish", lambda pairs: 1)
+    real_reconstruct, real_cancel = FourierBackend.reconstruct_rows, volume_job.VolumeCancel.set
+    held, cancelled = threading.Event(), threading.Event()
+
+    def slow(self: FourierBackend, plan: Any, sinogram: Any, rows: range, *args: Any) -> None:
+        real_reconstruct(self, plan, sinogram, rows, *args)
+        held.set()
+        assert cancelled.wait(60), "nothing cancelled the volume"
+
+    def cancel(self: volume_job.VolumeCancel, reason: str) -> None:
+        real_cancel(self, reason)
+        cancelled.set()
+
+    monkeypatch.setattr(FourierBackend, "reconstruct_rows", slow)
+    monkeypatch.setattr(volume_job.VolumeCancel, "set", cancel)
+    context: dict[Any, Any] = {}
+    first = TomoReducer(parameters=parameters(volume=True), context=context, state=mapping("one"))
+    try:
+        feed(first)
+        first.finish()
+        assert held.wait(60)
+        second = TomoReducer(parameters=parameters(volume=True), context=context, state=mapping("two"))
+        second.close()
+        path = first.final_file  # written: close waited for every scan's file
+        assert path is not None
+        with nexus_file_reader(path) as f:
+            assert f["/entry/status/state"][()].decode() == "finished"
+            assert "the next scan started" in f["/entry/status/reason"][()].decode()
+    finally:
+        cancelled.set()
+        first.close()
+
+
 def test_close_warns_when_the_final_file_is_not_written_in_time(
     final_dir: Path,
     slow_write: tuple[threading.Event, threading.Event],
