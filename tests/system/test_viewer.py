@@ -388,6 +388,10 @@ def _watch_live_scan(
         )
         assert driver.find_element(By.ID, "scan-state").text == "finished"
         assert driver.find_element(By.ID, "projections").text == f"{spec.angles} / {spec.angles}"
+        # The end-of-scan volume (on by default) is whole, and a finished scan has no reason to show.
+        rows = final["/entry/reconstruction/volume"].shape[0]
+        assert driver.find_element(By.ID, "volume-progress").text == f"{rows} of {rows} slices"
+        assert not driver.find_elements(By.ID, "scan-reason")
 
         # Nothing is re-read while the published content does not change: the reducer
         # bumps generation only when something changed, and the page reads data (status
@@ -429,6 +433,37 @@ def test_page_follows_a_live_scan_and_sets_the_centre(built_page: Path, tmp_path
 
 def _banner(driver: Any) -> str:
     return str(driver.execute_script("const b = document.getElementById('banner'); return b ? b.textContent : '';"))
+
+
+def test_page_shows_why_a_scan_failed(built_page: Path, tmp_path: Path) -> None:
+    """``/entry/status/reason`` reaches the page beside the state (a failed, stopped or
+    incomplete scan says why); a domain with nothing but its status is enough."""
+    from selenium.webdriver.common.by import By
+
+    from streamtomo.pipeline.streaming.live_scan import LiveScan
+    from streamtomo.reducer.domain_layout import new_domain, update_domain
+
+    reason = "the reducer stopped before the scan ended: 12 frames received"
+    scan = LiveScan(SimulationSpec(rows=3, cols=48, angles=40).config(domain="/viewer/failed.h5"))
+    scan.state, scan.reason = "failed", reason
+    domain = new_domain("/viewer/failed.h5")
+    with domain.lock:
+        assert update_domain(domain, scan.snapshot())
+    with (
+        HdfRestServer() as server,
+        browser.chromium(tmp_path / "profile") as driver,
+    ):
+        server.start(domain)
+        with start_viewer(server.url, domain.name, control=None) as viewer:
+            driver.get(viewer.url)
+
+            def shown() -> str | None:
+                found = driver.find_elements(By.ID, "scan-reason")
+                return found[0].text if found else None
+
+            assert browser.wait_until(shown, 20, "the reason") == reason
+            assert driver.find_element(By.ID, "scan-state").text == "failed"
+            assert not driver.find_elements(By.ID, "volume-progress")  # no volume was under way
 
 
 @pytest.mark.slow

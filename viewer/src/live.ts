@@ -34,11 +34,12 @@ const P = {
 
 const STATUS_NUMBERS = [
   'frames_received', 'frames_rejected', 'projections', 'missing_angles', 'pending_projections',
-  'darks', 'flats', 'frames_lost',
+  'darks', 'flats', 'frames_lost', 'volume_slices_done',
 ] as const;
 
 export interface Status {
   state: string;
+  reason: string; // why the scan failed or stopped, or why its volume is incomplete ('' if none)
   rejected: Record<string, number>; // counts per reason
   generation: number;
   lastUpdate: number | null; // unix seconds
@@ -238,11 +239,12 @@ export class LiveDomain {
       const obj = this.objects?.get(`${P.status}/${name}`);
       return obj ? readValue(obj) : undefined;
     };
-    const [state, rejected, lastUpdate, ...numbers] = await Promise.all(
-      ['state', 'rejected', 'last_update', ...STATUS_NUMBERS].map(value),
+    const [state, reason, rejected, lastUpdate, ...numbers] = await Promise.all(
+      ['state', 'reason', 'rejected', 'last_update', ...STATUS_NUMBERS].map(value),
     );
     const status: Status = {
       state: String(state ?? 'unknown'),
+      reason: reason === undefined ? '' : String(reason),
       rejected: typeof rejected === 'string' ? (JSON.parse(rejected) as Record<string, number>) : {},
       generation,
       lastUpdate: lastUpdate === undefined ? null : Number(lastUpdate),
@@ -268,7 +270,7 @@ export class LiveDomain {
       ]);
       // The reducer bumps generation on every publish, even when nothing changed (after
       // the scan ends, every 0.25 s): re-read data only when what it publishes moved.
-      const fingerprint = JSON.stringify([status.state, status.rejected, status.counts, nProjections, paramsText]);
+      const fingerprint = JSON.stringify([status.state, status.reason, status.rejected, status.counts, nProjections, paramsText]);
       changed = fingerprint !== this.fingerprint;
       if (changed && this.fingerprint !== null && this.layoutMayHaveChanged(paramsText, status)) {
         await this.reloadObjects();

@@ -1,5 +1,6 @@
-// Scan progress: state, projections, angle coverage (one mark per angle slot),
-// frames received and rejected (with reasons), age of the last update.
+// Scan progress: state (and why, when the status says), projections, angle coverage
+// (one mark per angle slot), frames received and rejected (with reasons), the
+// end-of-scan volume's slices, age of the last update.
 
 import { useEffect, useState } from 'react';
 
@@ -49,6 +50,14 @@ export function ProgressPanel({ snap }: { snap: Snapshot }) {
         <dd>
           <span id="scan-state" className={`state state-${status.state}`}>{status.state}</span>
         </dd>
+        {status.reason && (
+          <>
+            <dt>reason</dt>
+            <dd id="scan-reason" className="warn">
+              {status.reason}
+            </dd>
+          </>
+        )}
         <dt>projections</dt>
         <dd id="projections">
           {c.projections ?? 0}
@@ -72,6 +81,15 @@ export function ProgressPanel({ snap }: { snap: Snapshot }) {
           <>
             <dt>frames lost</dt>
             <dd className="warn">{c.frames_lost}</dd>
+          </>
+        )}
+        {(status.state === 'reconstructing' || Number(c.volume_slices_done) > 0) && (
+          <>
+            <dt>volume</dt>
+            <dd id="volume-progress">
+              {c.volume_slices_done ?? 0}
+              {snap.sinoShape ? ` of ${snap.sinoShape[0]}` : ''} slices
+            </dd>
           </>
         )}
         <dt>last update</dt>
