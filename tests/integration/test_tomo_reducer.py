@@ -20,6 +20,7 @@ from streamtomo.reducer.domain_layout import new_domain, update_domain
 from streamtomo.reducer.tomo_reducer import TomoReducer
 from tests.unit.hsds_bridge.test_nexus_file import assert_file_equals_domain
 from tests.unit.pipeline.test_live_scan import config, make_frames
+from tests.unit.reducer.test_volume_job import reduced_scan
 
 
 def parameters(**values: object) -> dict[Any, Any]:
@@ -65,14 +66,8 @@ def test_results_become_a_domain_with_every_final_product_and_then_finished(redu
 
 
 def test_update_domain_says_finished_only_with_the_volume() -> None:
-    from streamtomo.pipeline.streaming.live_scan import LiveScan
-
     cfg = config(volume=True)
-    scan = LiveScan(cfg)
-    worker = FrameProcessor(cfg)
-    for frame in make_frames():
-        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
-    scan.finish(volume_follows=True)
+    scan = reduced_scan(cfg)
     domain = new_domain(cfg.domain)
     assert update_domain(domain, scan.snapshot())
     assert str(domain.dataset("/entry/status/state").array[()]) == "reconstructing"

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.messages import WorkerResult
 from streamtomo.pipeline.reconstruction.backends import reconstruct
 from streamtomo.pipeline.reconstruction.backends.fourier import FourierBackend
@@ -17,17 +18,23 @@ from streamtomo.reducer import volume_job
 from tests.unit.pipeline.test_live_scan import config, make_frames
 
 
+def reduced_scan(cfg: PipelineConfig) -> LiveScan:
+    """Every frame of the test scan reduced, its end reached: the volume is next."""
+    scan = LiveScan(cfg)
+    worker = FrameProcessor(cfg)
+    for frame in make_frames():
+        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    scan.finish(volume_follows=True)
+    return scan
+
+
 @pytest.mark.parametrize("backend", ["default", "direct"])
 def test_volume_grows_in_batches_and_finishes_with_its_last_slices(
     monkeypatch: pytest.MonkeyPatch, backend: str
 ) -> None:
     """``default`` (fourier) takes the in-place path, ``direct`` the generic batch copies."""
     cfg = config(volume=True, backend=backend)
-    scan = LiveScan(cfg)
-    worker = FrameProcessor(cfg)
-    for frame in make_frames():
-        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
-    scan.finish(volume_follows=True)
+    scan = reduced_scan(cfg)
     assert scan.state == "reconstructing"
     seen: list[tuple[str, int]] = []
     monkeypatch.setattr(volume_job, "batch_rows", lambda *args: 1)
@@ -73,12 +80,7 @@ def test_batches_fit_the_memory_bound() -> None:
 
 
 def test_a_cancel_stops_the_volume_between_batches_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = config(volume=True)
-    scan = LiveScan(cfg)
-    worker = FrameProcessor(cfg)
-    for frame in make_frames():
-        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
-    scan.finish(volume_follows=True)
+    scan = reduced_scan(config(volume=True))
     monkeypatch.setattr(volume_job, "rows_per_publish", lambda pairs: 1)
     cancel = volume_job.VolumeCancel()
     seen: list[tuple[str, int]] = []
