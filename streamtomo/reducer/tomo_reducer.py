@@ -18,6 +18,7 @@ memory before it maps a fresh one; 0: never waits).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -292,6 +293,12 @@ class TomoReducer:
             # In dranspose's executor thread (one result at a time), not its event loop.
             previous, self._previous = self._previous, None
             previous.end_now("the next scan started", PREVIOUS_SCAN_WAIT_S)
+            del previous
+            # The previous scan's objects hold each other (reducer, scan, ledger, threads):
+            # reference counting never frees them, and the next automatic full collection
+            # may come scans later. Measured at 1024^2 with two workers, the second of two
+            # back-to-back scans peaked 0.13 GB above the first without this.
+            gc.collect()
         with self.lock:
             if self._final is not None:
                 # The final file is written from these arrays: it holds the scan as it

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -289,6 +291,30 @@ def test_closing_the_next_reducer_before_any_result_ends_the_previous_volume(
     finally:
         cancelled.set()
         first.close()
+
+
+def test_the_previous_scans_reducer_is_freed_when_the_next_scan_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its objects refer to each other: without a collection at the next scan's start
+    its arrays stayed until Python's next full collection (scans later)."""
+    monkeypatch.setenv("STREAMTOMO_HTTP_PORT", "0")
+    monkeypatch.setenv("STREAMTOMO_CONTROL_PORT", "0")
+    context: dict[Any, Any] = {}
+    first = TomoReducer(parameters=parameters(volume=False), context=context, state=mapping("one"))
+    feed(first)
+    first.finish()
+    assert first.wait_end_of_scan(60)
+    gone = weakref.ref(first)
+    del first
+    gc.disable()  # no automatic collection may do it for us
+    second = None
+    try:
+        second = TomoReducer(parameters=parameters(volume=False), context=context, state=mapping("two"))
+        feed(second, seed=1)
+        assert gone() is None
+    finally:
+        gc.enable()
+        if second is not None:
+            second.close()
 
 
 def test_close_warns_when_the_final_file_is_not_written_in_time(
