@@ -294,8 +294,9 @@ def test_closing_the_next_reducer_before_any_result_ends_the_previous_volume(
 
 
 def test_the_previous_scans_reducer_is_freed_when_the_next_scan_starts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its objects refer to each other: without a collection at the next scan's start
-    its arrays stayed until Python's next full collection (scans later)."""
+    """By reference counting, once the next scan's first result no longer needs it:
+    a reference cycle (the scan held the reducer's methods) kept its arrays until
+    Python's next full collection, scans later."""
     monkeypatch.setenv("STREAMTOMO_HTTP_PORT", "0")
     monkeypatch.setenv("STREAMTOMO_CONTROL_PORT", "0")
     context: dict[Any, Any] = {}
