@@ -306,9 +306,9 @@ class TomoReducer:
             # Its last reference: its scan's arrays go now (see _weakly).
             del previous
         with self.lock:
-            if self._final is not None:
-                # The final file is written from these arrays: it holds the scan as it
-                # ended (or was closed), and so does the domain.
+            if self._end_of_scan is not None or self._final is not None:
+                # The final slices are out and the volume (then the final file) is made
+                # from these arrays: they hold the scan as it ended (or was closed).
                 self._late_results += 1
                 if self._late_results == 1:
                     logger.warning("scan %s: results after its end are not taken", self.mapping_uuid)
@@ -381,6 +381,9 @@ class TomoReducer:
         (it cancels a volume still under way). :meth:`wait_end_of_scan` waits for it.
         """
         with self.lock:
+            if self._end_of_scan is not None:
+                logger.warning("scan %s: finish called again; its end is under way already", self.mapping_uuid)
+                return
             self._apply_parameters(parameters)
             stopped = bool(self._stopped_reason)
             # A stopped scan gets no volume: its final products are what was reduced.
@@ -389,8 +392,6 @@ class TomoReducer:
                 self.scan.state, self.scan.reason = "stopped", self._stopped_reason
             self._publish_locked()
             self.final_slices_at = time.time()
-            if self._end_of_scan is not None:
-                return  # finish called twice: the end is under way already
             self._end_of_scan = threading.Thread(target=self._end_scan, name="end-of-scan", daemon=True)
             self._end_of_scan.start()
 

@@ -193,7 +193,7 @@ def test_finish_returns_before_the_final_file_is_written_and_close_waits_for_it(
 
 
 def test_the_next_scan_cancels_a_volume_under_way_and_its_file_says_so(
-    final_dir: Path, monkeypatch: pytest.MonkeyPatch
+    final_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from streamtomo.pipeline.reconstruction.backends.fourier import FourierBackend
     from streamtomo.reducer import volume_job
@@ -214,11 +214,16 @@ def test_the_next_scan_cancels_a_volume_under_way_and_its_file_says_so(
     second = None
     feeding: threading.Thread | None = None
     try:
-        feed(first)
+        worker = feed(first)
         first.finish()  # returns with the final slices out; the volume follows
         assert second_batch.wait(60)
         assert str(first.domain.dataset("/entry/status/state").array[()]) == "reconstructing"
         sinogram = first.domain.dataset("/entry/sinogram/data").array.copy()
+        # The volume is made from the sinogram as the stream left it: a late result is not taken.
+        frame = make_frames()[-1]
+        first.process_result(WorkerResult(list(worker.process(frame.index + 100, frame.key, frame.data // 2, 1.0))))
+        assert "scan one: results after its end are not taken" in caplog.text
+        assert np.array_equal(first.domain.dataset("/entry/sinogram/data").array, sinogram)
         # Built on dranspose's event loop: it returns at once (it only asks the volume
         # to stop); its first result waits for the first scan's end before it takes
         # the pooled arrays the first scan's volume and file still use.
