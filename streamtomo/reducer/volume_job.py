@@ -3,8 +3,10 @@
 It runs after the stream is reduced (the final live slices are already out), with
 the backend's own threads on every core, in batches of rows sized to a memory bound,
 so readers see the volume grow (``/entry/status/volume_slices_done``) and the
-reducer never holds a second copy of the whole sinogram. ``state`` says
-``finished`` only in the publish that carries the last slices.
+reducer holds no second copy of the whole sinogram, except where a preprocessing
+step needs neighbouring rows (Paganin, zinger removal): every row is prepared at
+once, then reconstructed batch by batch. ``state`` says ``finished`` only in the
+publish that carries the last slices.
 
 A :class:`VolumeCancel` stops it between batches (the next scan starts, the
 reducer stops): the slices done so far stay, ``volume_slices_done`` says how many,
@@ -55,10 +57,8 @@ class VolumeCancel:
 MAX_BATCH_ROWS = 32
 
 
-def batch_rows(n_rows: int, angles: int, cols: int, size: int, whole: bool) -> int:
-    """Rows per batch: all of them when a filter needs neighbouring rows."""
-    if whole:
-        return n_rows
+def batch_rows(n_rows: int, angles: int, cols: int, size: int) -> int:
+    """Rows per reconstruction call of the batch path, within ``BATCH_BYTES``."""
     per_row = 4 * (angles * cols * 3 + size * size * 2)  # input, filtered/padded copies, output
     return int(min(n_rows, MAX_BATCH_ROWS, max(1, BATCH_BYTES // per_row)))
 
@@ -98,14 +98,13 @@ def reconstruct_volume(
         )
         if in_place or cancel.is_set():
             return _finished(scan, lock, publish, n_rows, config.backend, started, cancel)
-        step = batch_rows(n_rows, len(filled), cols, size, whole)
-        for first in range(0, n_rows, step):
-            if cancel.is_set():
-                break
-            last = min(n_rows, first + step)
+        step = batch_rows(n_rows, len(filled), cols, size)
+
+        def prepared(first: int, last: int) -> npt.NDArray[np.float32]:
+            """Rows first..last as (rows, angles, cols), preprocessed as configured."""
             with lock:  # (rows, angles, cols) of these rows only
                 batch = np.ascontiguousarray(sinogram.by_angle[filled, first:last].transpose(1, 0, 2))
-            batch = prepare_volume_sinograms(
+            return prepare_volume_sinograms(
                 batch,
                 zingers=config.zinger_removal,
                 rings=config.ring_removal,
@@ -115,6 +114,15 @@ def reconstruct_volume(
                 pixel_size_m=config.pixel_size_m,
                 contiguous_rows=contiguous,
             )
+
+        # A filter that needs neighbouring rows prepares them all at once; the
+        # reconstruction still goes batch by batch (progress, a cancel between batches).
+        everything = prepared(0, n_rows) if whole else None
+        for first in range(0, n_rows, step):
+            if cancel.is_set():
+                break
+            last = min(n_rows, first + step)
+            batch = everything[first:last] if everything is not None else prepared(first, last)
             with coverage_warnings_logged(logger, scan.coverage_logged):
                 slices = reconstruct(batch, angles, center, config.filter, size, backend=config.backend)
             with lock:

@@ -12,6 +12,7 @@ from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.messages import WorkerResult
 from streamtomo.pipeline.reconstruction.backends import reconstruct
 from streamtomo.pipeline.reconstruction.backends.fourier import FourierBackend
+from streamtomo.pipeline.reconstruction.preprocess import prepare_volume_sinograms
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.reducer import volume_job
@@ -68,15 +69,33 @@ def test_volume_grows_in_batches_and_finishes_with_its_last_slices(
     np.testing.assert_allclose(scan.volume, expected, atol=1e-5 * float(np.abs(expected).max()))
 
 
+def test_rows_prepared_together_are_still_reconstructed_batch_by_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zinger removal needs neighbouring rows: every row is prepared at once, and the
+    volume still grows (and can be cancelled) one batch at a time."""
+    cfg = config(volume=True, backend="direct", zinger_removal=True)
+    scan = reduced_scan(cfg)
+    monkeypatch.setattr(volume_job, "MAX_BATCH_ROWS", 1)
+    seen: list[tuple[str, int]] = []
+    assert volume_job.reconstruct_volume(scan, threading.RLock(), lambda: seen.append((scan.state, scan.volume_done)))
+    assert scan.volume is not None and scan.sinogram is not None and scan.geometry is not None
+    rows = scan.volume.shape[0]
+    assert seen == [("reconstructing", done) for done in range(rows)] + [("finished", rows)]
+    filled = scan.sinogram.filled_slots()
+    prepared = prepare_volume_sinograms(np.ascontiguousarray(scan.sinogram.data[:, filled]), zingers=True)
+    expected = reconstruct(
+        prepared, scan.sinogram.angles()[filled], scan.geometry.center, cfg.filter, scan.geometry.size, backend="direct"
+    )
+    np.testing.assert_allclose(scan.volume, expected, atol=1e-5 * float(np.abs(expected).max()))
+
+
 def test_batches_fit_the_memory_bound() -> None:
     assert (
-        volume_job.batch_rows(2048, 3000, 2048, 2048, whole=False) * 4 * (3000 * 2048 * 3 + 2048 * 2048 * 2)
+        volume_job.batch_rows(2048, 3000, 2048, 2048) * 4 * (3000 * 2048 * 3 + 2048 * 2048 * 2)
         <= volume_job.BATCH_BYTES
     )
-    assert volume_job.batch_rows(16, 10, 10, 10, whole=False) == 16
-    assert volume_job.batch_rows(2048, 3000, 2048, 2048, whole=True) == 2048
+    assert volume_job.batch_rows(16, 10, 10, 10) == 16
     # Small rows: batches stay short enough for a cancel to be seen between them.
-    assert volume_job.batch_rows(2048, 100, 64, 64, whole=False) == volume_job.MAX_BATCH_ROWS
+    assert volume_job.batch_rows(2048, 100, 64, 64) == volume_job.MAX_BATCH_ROWS
 
 
 def test_a_cancel_stops_the_volume_between_batches_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
