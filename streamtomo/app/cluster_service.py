@@ -4,7 +4,8 @@
 
 The arguments are dranspose's own CLI's (``dranspose reducer ...``, parsed by its
 parser, so a wrong one fails as it would there). Before handing them over, this
-installs what :mod:`streamtomo.app.services` gives a local deployment's services:
+installs what :mod:`streamtomo.app.services` gives a local deployment's services
+(:func:`streamtomo.app.services.install_mends`, and the ingesters' tolerance):
 
 * tasks cancelled until they end (:mod:`streamtomo.app.task_cancel`): dranspose
   cancels once and waits forever; a killed reducer's successor hung there;
@@ -29,9 +30,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from streamtomo.app import finished_updates, task_cancel
-from streamtomo.app.services import LOG_FORMAT
-from streamtomo.app.zmq_loopback import bound_result_queues, tolerant_ingester
+from streamtomo.app.services import LOG_FORMAT, install_mends
+from streamtomo.app.zmq_loopback import tolerant_ingester
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +51,7 @@ def prepare(argv: Sequence[str]) -> argparse.Namespace:
     kind = getattr(args, "subcommand", None)
     if not isinstance(kind, str) or kind not in KINDS:
         parser.error(f"{__name__} runs one of {', '.join(KINDS)}; got {kind!r}")
-    bound_result_queues()
-    task_cancel.install(kind)
-    if kind != "controller":  # the services that follow the controller's updates
-        finished_updates.install()
-    if kind == "worker":
-        from streamtomo.reducer.malloc_tuning import keep_buffer_pages
-
-        keep_buffer_pages()
+    install_mends(kind)
     if kind == "ingester":
         _tolerate_dead_workers(cli, args.ingesterclass)
     return args

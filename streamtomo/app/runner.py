@@ -143,22 +143,24 @@ class ReplayRun:
 
     def wait(self, timeout: float | None = None, on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._done.wait(0.2):
+        while not self._ended(0.2):
             if on_progress is not None:
                 on_progress(self.status())
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError("replay did not finish in time")
-        # The stream is done; the end-of-scan volume and final file follow in the reducer.
-        while self.reducer is not None and not self.reducer.wait_end_of_scan(0.2):
-            if on_progress is not None:
-                on_progress(self.status())
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError("the end-of-scan volume did not finish in time")
+                what = "the end-of-scan volume" if self.done else "replay"
+                raise TimeoutError(f"{what} did not finish in time")
         self.finished_at = time.time()
         if self._error is not None:
             raise RuntimeError(f"replay failed: {self._error!r}") from self._error
         if on_progress is not None:
             on_progress(self.status())
+
+    def _ended(self, timeout: float) -> bool:
+        """The stream is done, and so is what follows it in the reducer (the end-of-scan
+        volume, the final file's start)."""
+        if not self._done.wait(timeout):
+            return False
+        return self.reducer is None or bool(self.reducer.wait_end_of_scan(timeout))
 
     def status(self) -> dict[str, Any]:
         with self.reducer.lock:

@@ -120,6 +120,26 @@ def _serve_app(app_path: str, port: int) -> None:
     uvicorn.run(app, host=HOST, port=port, log_level="info", access_log=False, log_config=None)
 
 
+def install_mends(kind: str) -> None:
+    """What a dranspose service process of ``kind`` runs with, here and in a cluster
+    (:mod:`streamtomo.app.cluster_service`), installed before the service starts:
+    bounded result queues, tasks cancelled until they end, no skipped ``finished``
+    update (for the services that follow the controller's updates) and, in workers,
+    the reducer's malloc settings. For the reducer and the controller, the
+    environment their dranspose settings are read from must be set first
+    (:func:`streamtomo.app.task_cancel.install` imports their modules)."""
+    bound_result_queues()
+    task_cancel.install(kind)
+    if kind != "controller":
+        finished_updates.install()
+    if kind == "worker":
+        from streamtomo.reducer.malloc_tuning import keep_buffer_pages
+
+        # A worker's results cross it as fresh megabyte buffers too (the result, its
+        # pickle, ZeroMQ's copy): the reducer's malloc settings save their page faults.
+        keep_buffer_pages()
+
+
 def service_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of one service process."""
     parser = argparse.ArgumentParser(prog="python -m streamtomo.app.services")
@@ -143,27 +163,18 @@ def service_main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     bind_loopback()
-    bound_result_queues()
     _add_redis_log_handler()
     if args.kind == "reducer":
         # dranspose's reducer app builds its settings from these when it is imported.
         os.environ["REDUCER_CLASS"] = args.cls
         os.environ["REDUCER_URL"] = f"tcp://{HOST}:{args.zmq_port}"
-    task_cancel.install(args.kind)
-    if args.kind != "controller":  # the services that follow the controller's updates
-        finished_updates.install()
+    install_mends(args.kind)
     if args.kind == "controller":
         _serve_app("dranspose.controller:app", args.port)
     elif args.kind == "reducer":
         _serve_app("dranspose.reducer:app", args.port)
     elif args.kind == "worker":
         from dranspose.worker import Worker, WorkerSettings
-
-        from streamtomo.reducer.malloc_tuning import keep_buffer_pages
-
-        # A worker's results cross it as fresh megabyte buffers too (the result, its
-        # pickle, ZeroMQ's copy): the reducer's malloc settings save their page faults.
-        keep_buffer_pages()
 
         worker = Worker(WorkerSettings(worker_name=args.name, worker_class=args.cls))
         _run_and_exit(_run_until_sigterm(worker, announce_first=True))
