@@ -100,19 +100,52 @@ def test_a_failed_write_leaves_neither_the_file_nor_a_partial_one(tmp_path: Path
 
 
 def test_settling_written_chunks_to_disk_keeps_the_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """fdatasync + dropping the pages every few chunks (every 64 MiB in a real scan)."""
-    from streamtomo.hsds_bridge import nexus_file
+    """Through the page cache: fdatasync + dropping the pages every few chunks (every 64 MiB in a real scan)."""
+    from streamtomo.hsds_bridge import raw_chunks
 
     calls: list[int] = []
-    real = nexus_file.os.fdatasync
+    real = raw_chunks.os.fdatasync
 
     def counted(fd: int) -> None:
         calls.append(fd)
         real(fd)
 
-    monkeypatch.setattr(nexus_file, "SETTLE_BYTES", 3 * 16 * 16 * 24 * 4)
-    monkeypatch.setattr(nexus_file.os, "fdatasync", counted)
+    monkeypatch.setattr(raw_chunks, "SETTLE_BYTES", 3 * 16 * 16 * 24 * 4)
+    monkeypatch.setattr(raw_chunks.os, "fdatasync", counted)
     domain, _ = domain_with_sinogram(rows=37, angles=45, cols=24)
-    write_nexus(domain, tmp_path / "scan.nxs", block_bytes=256)
-    assert len(calls) >= 3
+    write_nexus(domain, tmp_path / "scan.nxs", block_bytes=256, direct=False)
+    assert len(calls) >= 4  # at least three settles and the close
     assert_file_equals_domain(tmp_path / "scan.nxs", domain)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["past the page cache", "through it"])
+@pytest.mark.parametrize("cols", [24, 25], ids=["whole blocks", "chunks with a tail"])
+def test_chunks_land_where_hdf5_put_them(tmp_path: Path, direct: bool, cols: int) -> None:
+    """Chunks of 16 x 16 x 25 float32 (25600 bytes) end 1024 bytes past a 4 KiB block:
+    the block part goes directly, the tail through the page cache, and HDF5 reads it whole."""
+    domain, by_angle = domain_with_sinogram(rows=37, angles=45, cols=cols)
+    write_nexus(domain, tmp_path / "scan.nxs", block_bytes=256, direct=direct)
+    assert_file_equals_domain(tmp_path / "scan.nxs", domain)
+    with h5py.File(tmp_path / "scan.nxs", "r") as f:
+        assert np.array_equal(f["/entry/sinogram/data"][:, 44], by_angle[44])  # an edge chunk
+
+
+def test_the_writer_goes_past_the_page_cache_where_the_file_system_allows(tmp_path: Path) -> None:
+    from streamtomo.hsds_bridge import raw_chunks
+
+    path = tmp_path / "probe"
+    path.write_bytes(bytes(3 * raw_chunks.BLOCK))
+    buffer = raw_chunks.ChunkBuffer((raw_chunks.BLOCK + 100,), np.uint8)
+    buffer.array[:] = np.arange(buffer.array.size) % 251
+    writer = raw_chunks.RawChunkWriter(path)
+    try:
+        writer.write(buffer.view(), raw_chunks.BLOCK)
+    finally:
+        writer.close()
+    data = np.frombuffer(path.read_bytes(), np.uint8)
+    assert np.array_equal(data[raw_chunks.BLOCK : 2 * raw_chunks.BLOCK + 100], buffer.array)
+    assert not data[: raw_chunks.BLOCK].any() and not data[2 * raw_chunks.BLOCK + 100 :].any()
+    assert writer.direct_bytes + writer.buffered_bytes == raw_chunks.BLOCK + 100
+    if writer.direct_bytes == 0:
+        pytest.skip(f"{tmp_path} takes no O_DIRECT writes: the page-cache path was used")
+    assert writer.direct_bytes == raw_chunks.BLOCK
