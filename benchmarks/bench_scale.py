@@ -8,7 +8,11 @@ object, encoded once), played as fast as the pipeline takes it, through:
 * streamtomo's worker and reducer with each worker count in ``--workers``,
 * the no-op worker and reducer (``streamtomo.workers.noop_worker``,
   ``streamtomo.reducer.noop_reducer``) with the same worker counts: dranspose's own
-  ceiling on this machine, the reference in the same run.
+  ceiling on this machine, the reference in the same run;
+* "transport": the no-op reducer with a worker that returns, per frame, a zeroed
+  float32 array as large as our corrected rows (``RowsForwardingWorker``): the
+  reducer's CPU of that pair is what dranspose takes to bring a projection's rows to a
+  reducer, the floor under ours (printed as "reducer above the transport").
 
 Best of ``--repeats`` scans each. Per row: events/s, MB/s, the ratio to the no-op
 pair with the same workers, CPU ms per event by service kind (the reducer's includes
@@ -58,6 +62,7 @@ from streamtomo.pipeline.streaming.memory_budget import published_bytes
 
 NOOP_WORKER = "streamtomo.workers.noop_worker:NoopWorker"
 NOOP_REDUCER = "streamtomo.reducer.noop_reducer:NoopReducer"
+TRANSPORT_WORKER = "streamtomo.workers.noop_worker:RowsForwardingWorker"
 log = logging.getLogger("bench_scale")
 
 
@@ -222,7 +227,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--bin", type=int, default=1, help="the pipeline's bin parameter (1, 2, 4)")
     parser.add_argument("--repeats", type=int, default=2, help="scans per configuration (the best counts)")
-    parser.add_argument("--no-noop", action="store_true", help="skip the no-op reference")
+    parser.add_argument("--no-noop", action="store_true", help="skip the no-op and transport references")
     parser.add_argument("--volume", action="store_true", help="also time a scan with the end-of-scan volume")
     parser.add_argument("--run-dir", help="keep the services' logs here (default: a temporary directory)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -265,6 +270,9 @@ def main() -> None:
             for n in workers:
                 deployment.scale(n, NOOP_WORKER, NOOP_REDUCER)
                 rows.append(measure(deployment, "no-op", events, warmup, config, warm_config, args.repeats))
+            for n in workers:
+                deployment.scale(n, TRANSPORT_WORKER, NOOP_REDUCER)
+                rows.append(measure(deployment, "transport", events, warmup, config, warm_config, args.repeats))
         errors = deployment.error_lines()
 
     frame_mb = events[1].nbytes / 1e6
@@ -299,6 +307,13 @@ def main() -> None:
         f"{cores / worker_ms * 1e3 if worker_ms else float('inf'):.0f} events/s; from the reducer's: 1 core / "
         f"{reducer_ms:.2f} ms = {1e3 / reducer_ms if reducer_ms else float('inf'):.0f} events/s"
     )
+    transport = next((b for b in rows if b.pipeline == "transport" and b.workers == last.workers), None)
+    if transport is not None:
+        floor = transport.cpu_ms.get("reducer", 0.0)
+        print(
+            f"reducer above the transport of the same rows ({last.workers} workers): {reducer_ms:.2f} - "
+            f"{floor:.2f} = {reducer_ms - floor:.2f} ms per event (of it the final file {last.final_file_ms:.2f})"
+        )
     if end_of_scan:
         print(end_of_scan)
     if errors:
