@@ -8,6 +8,7 @@ import numpy as np
 from dranspose.event import EventData, StreamData
 
 from streamtomo.workers.noop_worker import NoopWorker, RowsForwardingWorker
+from tests.unit.workers.test_tomo_worker import parameters
 
 
 def event(number: int, *frame_sizes: int) -> EventData:
@@ -27,3 +28,10 @@ def test_the_forwarding_worker_returns_float32_rows_as_large_as_a_corrected_fram
     assert len(pickle.dumps(rows)) > 4 * 256 * 512  # what crosses to the reducer
     assert worker.process_event(event(4, 2 * 256 * 512)) is rows  # made once per size
     assert worker.process_event(event(5, 100)) == 5  # a small stream: a tiny answer
+
+
+def test_the_forwarding_worker_bins_as_the_scan_asks() -> None:
+    binned = parameters(bin=2)
+    assert "bin" in {p.name for p in RowsForwardingWorker.describe_parameters()}  # the controller passes it on
+    rows = RowsForwardingWorker().process_event(event(3, 2 * 256 * 512), binned)
+    assert isinstance(rows, np.ndarray) and rows.size == 128 * 256
