@@ -4,8 +4,8 @@ It runs after the stream is reduced (the final live slices are already out), wit
 the backend's own threads on every core, in batches of rows sized to a memory bound,
 so readers see the volume grow (``/entry/status/volume_slices_done``) and the
 reducer holds no second copy of the whole sinogram, except where a preprocessing
-step needs neighbouring rows (Paganin, zinger removal): every row is prepared at
-once, then reconstructed batch by batch. ``state`` says ``finished`` only in the
+step needs neighbouring rows (Paganin, zinger removal): every row is prepared first,
+a batch of projections at a time, then reconstructed batch by batch. ``state`` says ``finished`` only in the
 publish that carries the last slices.
 
 A :class:`VolumeCancel` stops it between batches (the next scan starts, the
@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from streamtomo.pipeline.reconstruction.backends import coverage_warnings_logged, get_backend, reconstruct
 from streamtomo.pipeline.reconstruction.backends.fourier import FourierBackend
-from streamtomo.pipeline.reconstruction.preprocess import prepare_volume_sinograms
+from streamtomo.pipeline.reconstruction.preprocess import prepare_projections, prepare_volume_sinograms
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
 
@@ -55,12 +55,20 @@ class VolumeCancel:
 # between calls, and the volume is published as it grows; libraries that thread over
 # rows (tomopy's ncore) keep every core busy with this many.
 MAX_BATCH_ROWS = 32
+PREPARE_COPIES = 16  # a projection's float32 bytes -> what preparing it holds at once
 
 
 def batch_rows(n_rows: int, angles: int, cols: int, size: int) -> int:
     """Rows per reconstruction call of the batch path, within ``BATCH_BYTES``."""
     per_row = 4 * (angles * cols * 3 + size * size * 2)  # input, filtered/padded copies, output
     return int(min(n_rows, MAX_BATCH_ROWS, max(1, BATCH_BYTES // per_row)))
+
+
+def projections_per_batch(rows: int, cols: int) -> int:
+    """Projections per call of the per-projection steps (zingers, Paganin), within
+    ``BATCH_BYTES``: Paganin pads each projection to twice its size both ways in
+    float64 and transforms it, about 16 times the projection's float32 bytes."""
+    return int(max(1, BATCH_BYTES // (PREPARE_COPIES * 4 * rows * cols)))
 
 
 def rows_per_publish(pairs: int) -> int:
@@ -104,25 +112,21 @@ def reconstruct_volume(
             """Rows first..last as (rows, angles, cols), preprocessed as configured."""
             with lock:  # (rows, angles, cols) of these rows only
                 batch = np.ascontiguousarray(sinogram.by_angle[filled, first:last].transpose(1, 0, 2))
-            return prepare_volume_sinograms(
-                batch,
-                zingers=config.zinger_removal,
-                rings=config.ring_removal,
-                paganin_delta_beta=config.paganin_delta_beta,
-                energy_kev=config.energy_kev,
-                distance_m=config.distance_m,
-                pixel_size_m=config.pixel_size_m,
-                contiguous_rows=contiguous,
-            )
+            return prepare_volume_sinograms(batch, rings=config.ring_removal)
 
-        # A filter that needs neighbouring rows prepares them all at once; the
-        # reconstruction still goes batch by batch (progress, a cancel between batches).
-        everything = prepared(0, n_rows) if whole else None
+        # Zinger removal and Paganin work on whole projections (neighbouring rows):
+        # every row is prepared first, a batch of projections at a time, then
+        # reconstructed batch by batch (progress, a cancel between batches of either).
+        everything = _prepare_projections(scan, lock, filled, contiguous, cancel) if whole else None
         for first in range(0, n_rows, step):
             if cancel.is_set():
                 break
             last = min(n_rows, first + step)
-            batch = everything[first:last] if everything is not None else prepared(first, last)
+            batch = (
+                prepare_volume_sinograms(everything[first:last], rings=config.ring_removal)
+                if everything is not None
+                else prepared(first, last)
+            )
             with coverage_warnings_logged(logger, scan.coverage_logged):
                 slices = reconstruct(batch, angles, center, config.filter, size, backend=config.backend)
             with lock:
@@ -138,6 +142,35 @@ def reconstruct_volume(
             publish()
         return None
     return _finished(scan, lock, publish, n_rows, config.backend, started, cancel)
+
+
+def _prepare_projections(
+    scan: LiveScan, lock: threading.RLock, filled: npt.NDArray[np.intp], contiguous: bool, cancel: VolumeCancel
+) -> npt.NDArray[np.float32]:
+    """Every filled projection zinger-cleaned and phase-retrieved as configured, as
+    (rows, angles, cols): one copy of the rows, plus one batch's temporaries (the whole
+    stack at once took about 16 copies for Paganin). Stops early on a cancel."""
+    config, sinogram = scan.config, scan.sinogram
+    assert sinogram is not None
+    _, rows, cols = sinogram.by_angle.shape
+    prepared = np.empty((rows, len(filled), cols), dtype=np.float32)
+    step = projections_per_batch(rows, cols)
+    for first in range(0, len(filled), step):
+        if cancel.is_set():
+            break
+        with lock:  # (angles, rows, cols) of these projections only
+            block = np.array(sinogram.by_angle[filled[first : first + step]])
+        done = prepare_projections(
+            block,
+            zingers=config.zinger_removal,
+            paganin_delta_beta=config.paganin_delta_beta,
+            energy_kev=config.energy_kev,
+            distance_m=config.distance_m,
+            pixel_size_m=config.pixel_size_m,
+            contiguous_rows=contiguous,
+        )
+        prepared[:, first : first + len(done)] = done.transpose(1, 0, 2)
+    return prepared
 
 
 def _finished(

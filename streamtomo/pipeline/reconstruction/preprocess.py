@@ -487,20 +487,46 @@ def prepare_volume_sinograms(
     when the sinogram rows are not contiguous), rings per sinogram.
     """
     data = _float_images(sinograms, "sinograms", 3)
+    if zingers or paganin_delta_beta > 0:
+        projections = prepare_projections(
+            data.transpose(1, 0, 2),
+            zingers=zingers,
+            paganin_delta_beta=paganin_delta_beta,
+            energy_kev=energy_kev,
+            distance_m=distance_m,
+            pixel_size_m=pixel_size_m,
+            contiguous_rows=contiguous_rows,
+        )
+        data = np.ascontiguousarray(projections.transpose(1, 0, 2))
+    if rings:
+        data = remove_all_stripes(data)
+    return data.astype(np.float32, copy=False)
+
+
+def prepare_projections(
+    projections: npt.ArrayLike,
+    *,
+    zingers: bool = False,
+    paganin_delta_beta: float = 0.0,
+    energy_kev: float = 20.0,
+    distance_m: float = 0.1,
+    pixel_size_m: float = 1e-6,
+    contiguous_rows: bool = True,
+) -> FloatArray:
+    """The steps of :func:`prepare_volume_sinograms` that work on each projection
+    (zingers, then Paganin) on an (A, rows, C) -log stack: any subset of the
+    projections gives the same values for them as the whole stack does."""
+    data = _float_images(projections, "projections", 3)
     if zingers:
-        data = np.ascontiguousarray(remove_outliers(data.transpose(1, 0, 2)).transpose(1, 0, 2))
+        data = remove_outliers(data)
     if paganin_delta_beta > 0:
-        if not contiguous_rows or data.shape[0] < 2:
+        if not contiguous_rows or data.shape[1] < 2:
             raise ValueError("Paganin phase retrieval needs contiguous detector rows (rows='all' or 'a:b')")
-        transmission = np.exp(-data.transpose(1, 0, 2))
-        retrieved = paganin(
-            transmission,
+        data = paganin(
+            np.exp(-data),
             energy_kev=energy_kev,
             distance_m=distance_m,
             pixel_size_m=pixel_size_m,
             delta_beta=paganin_delta_beta,
         )
-        data = np.ascontiguousarray(retrieved.transpose(1, 0, 2))
-    if rings:
-        data = remove_all_stripes(data)
     return data.astype(np.float32, copy=False)

@@ -88,6 +88,60 @@ def test_rows_prepared_together_are_still_reconstructed_batch_by_batch(monkeypat
     np.testing.assert_allclose(scan.volume, expected, atol=1e-5 * float(np.abs(expected).max()))
 
 
+def test_projections_are_prepared_in_batches_with_the_values_of_the_whole_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Paganin and zinger removal work per projection: prepared three projections at a
+    time, the volume is that of the whole stack prepared at once, bit for bit."""
+    cfg = config(volume=True, backend="direct", zinger_removal=True, paganin_delta_beta=50.0)
+    scan = reduced_scan(cfg)
+    monkeypatch.setattr(volume_job, "projections_per_batch", lambda rows, cols: 3)
+    calls: list[int] = []
+    real = volume_job.prepare_projections
+
+    def counted(block: Any, **kwargs: Any) -> Any:
+        calls.append(len(block))
+        return real(block, **kwargs)
+
+    monkeypatch.setattr(volume_job, "prepare_projections", counted)
+    assert volume_job.reconstruct_volume(scan, threading.RLock(), lambda: None)
+    assert scan.volume is not None and scan.sinogram is not None and scan.geometry is not None
+    filled = scan.sinogram.filled_slots()
+    assert calls == [3] * (len(filled) // 3) + ([len(filled) % 3] if len(filled) % 3 else [])
+    whole = prepare_volume_sinograms(
+        np.ascontiguousarray(scan.sinogram.data[:, filled]),
+        zingers=True,
+        paganin_delta_beta=50.0,
+        energy_kev=cfg.energy_kev,
+        distance_m=cfg.distance_m,
+        pixel_size_m=cfg.pixel_size_m,
+    )
+    expected = reconstruct(
+        whole, scan.sinogram.angles()[filled], scan.geometry.center, cfg.filter, scan.geometry.size, backend="direct"
+    )
+    np.testing.assert_array_equal(scan.volume, expected)
+
+
+def test_a_cancel_while_projections_are_prepared_stops_before_any_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    scan = reduced_scan(config(volume=True, backend="direct", zinger_removal=True))
+    monkeypatch.setattr(volume_job, "projections_per_batch", lambda rows, cols: 2)
+    cancel = volume_job.VolumeCancel()
+    calls: list[int] = []
+    real = volume_job.prepare_projections
+
+    def cancelled_after_the_first(block: Any, **kwargs: Any) -> Any:
+        calls.append(len(block))
+        cancel.set("the next scan started")
+        return real(block, **kwargs)
+
+    monkeypatch.setattr(volume_job, "prepare_projections", cancelled_after_the_first)
+    assert volume_job.reconstruct_volume(scan, threading.RLock(), lambda: None, cancel) is None
+    assert calls == [2]  # the batch under way ends; no other starts
+    assert scan.volume is not None and not np.any(scan.volume)
+    rows = scan.volume.shape[0]
+    assert scan.reason == f"the end-of-scan volume was cancelled after 0 of {rows} slices: the next scan started"
+
+
 def test_batches_fit_the_memory_bound() -> None:
     assert (
         volume_job.batch_rows(2048, 3000, 2048, 2048) * 4 * (3000 * 2048 * 3 + 2048 * 2048 * 2)
@@ -96,6 +150,9 @@ def test_batches_fit_the_memory_bound() -> None:
     assert volume_job.batch_rows(16, 10, 10, 10) == 16
     # Small rows: batches stay short enough for a cancel to be seen between them.
     assert volume_job.batch_rows(2048, 100, 64, 64) == volume_job.MAX_BATCH_ROWS
+    # Preparing: 16 float32 copies of a batch of projections fit; at least one projection.
+    assert volume_job.projections_per_batch(2048, 2048) * 16 * 4 * 2048 * 2048 <= volume_job.BATCH_BYTES
+    assert volume_job.projections_per_batch(8192, 8192) == 1
 
 
 def test_a_cancel_stops_the_volume_between_batches_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
