@@ -25,7 +25,11 @@ import numpy.typing as npt
 
 from streamtomo.pipeline.reconstruction.backends import coverage_warnings_logged, get_backend, reconstruct
 from streamtomo.pipeline.reconstruction.backends.fourier import FourierBackend
-from streamtomo.pipeline.reconstruction.preprocess import prepare_projections, prepare_volume_sinograms
+from streamtomo.pipeline.reconstruction.preprocess import (
+    PaganinRetrieval,
+    prepare_projections,
+    prepare_volume_sinograms,
+)
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
 
@@ -154,6 +158,11 @@ def _prepare_projections(
     assert sinogram is not None
     _, rows, cols = sinogram.by_angle.shape
     prepared = np.empty((rows, len(filled), cols), dtype=np.float32)
+    retrieval = (
+        PaganinRetrieval(config.paganin_delta_beta, config.energy_kev, config.distance_m, config.pixel_size_m)
+        if config.paganin_delta_beta > 0
+        else None
+    )
     step = projections_per_batch(rows, cols)
     for first in range(0, len(filled), step):
         if cancel.is_set():
@@ -161,13 +170,7 @@ def _prepare_projections(
         with lock:  # (angles, rows, cols) of these projections only
             block = np.array(sinogram.by_angle[filled[first : first + step]])
         done = prepare_projections(
-            block,
-            zingers=config.zinger_removal,
-            paganin_delta_beta=config.paganin_delta_beta,
-            energy_kev=config.energy_kev,
-            distance_m=config.distance_m,
-            pixel_size_m=config.pixel_size_m,
-            contiguous_rows=contiguous,
+            block, zingers=config.zinger_removal, retrieval=retrieval, contiguous_rows=contiguous
         )
         prepared[:, first : first + len(done)] = done.transpose(1, 0, 2)
     return prepared

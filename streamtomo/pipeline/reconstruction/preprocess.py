@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -488,13 +489,11 @@ def prepare_volume_sinograms(
     """
     data = _float_images(sinograms, "sinograms", 3)
     if zingers or paganin_delta_beta > 0:
+        retrieval = PaganinRetrieval(paganin_delta_beta, energy_kev, distance_m, pixel_size_m)
         projections = prepare_projections(
             data.transpose(1, 0, 2),
             zingers=zingers,
-            paganin_delta_beta=paganin_delta_beta,
-            energy_kev=energy_kev,
-            distance_m=distance_m,
-            pixel_size_m=pixel_size_m,
+            retrieval=retrieval if paganin_delta_beta > 0 else None,
             contiguous_rows=contiguous_rows,
         )
         data = np.ascontiguousarray(projections.transpose(1, 0, 2))
@@ -503,14 +502,21 @@ def prepare_volume_sinograms(
     return data.astype(np.float32, copy=False)
 
 
+@dataclass(frozen=True)
+class PaganinRetrieval:
+    """Paganin's phase retrieval with these settings (:func:`paganin`)."""
+
+    delta_beta: float
+    energy_kev: float
+    distance_m: float
+    pixel_size_m: float
+
+
 def prepare_projections(
     projections: npt.ArrayLike,
     *,
     zingers: bool = False,
-    paganin_delta_beta: float = 0.0,
-    energy_kev: float = 20.0,
-    distance_m: float = 0.1,
-    pixel_size_m: float = 1e-6,
+    retrieval: PaganinRetrieval | None = None,
     contiguous_rows: bool = True,
 ) -> FloatArray:
     """The steps of :func:`prepare_volume_sinograms` that work on each projection
@@ -519,14 +525,14 @@ def prepare_projections(
     data = _float_images(projections, "projections", 3)
     if zingers:
         data = remove_outliers(data)
-    if paganin_delta_beta > 0:
+    if retrieval is not None:
         if not contiguous_rows or data.shape[1] < 2:
             raise ValueError("Paganin phase retrieval needs contiguous detector rows (rows='all' or 'a:b')")
         data = paganin(
             np.exp(-data),
-            energy_kev=energy_kev,
-            distance_m=distance_m,
-            pixel_size_m=pixel_size_m,
-            delta_beta=paganin_delta_beta,
+            energy_kev=retrieval.energy_kev,
+            distance_m=retrieval.distance_m,
+            pixel_size_m=retrieval.pixel_size_m,
+            delta_beta=retrieval.delta_beta,
         )
     return data.astype(np.float32, copy=False)
