@@ -333,6 +333,18 @@ def _watch_live_scan(
             digest = _digest(_page_slice(driver))
             if digest and 0 < n < spec.angles:
                 if digest not in digests and len(pixels) < 2 and n > 10 * (len(pixels) + 1):
+                    # The canvas draws a fetched slice two animation frames later, and a
+                    # loaded machine delays those: capture once the render log says this
+                    # slice (or a later one) is drawn. Without the wait, 1 run in 20 beside
+                    # two CPU hogs captured the same pixels twice.
+                    fetched = browser.page_state(driver, "s.snapshot.slice.fetchedAt")
+                    browser.wait_until(
+                        lambda fetched=fetched: browser.page_state(
+                            driver, f"s.renders.some(r => r.panel === 'slice' && r.fetchedAt >= {fetched})"
+                        ),
+                        10,
+                        "the new slice to be drawn",
+                    )
                     pixels.append(browser.element_png(driver, ".slice-panel .vis"))
                 digests.add(digest)
                 projections_seen.add(n)
