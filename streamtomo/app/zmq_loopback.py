@@ -30,7 +30,9 @@ the lost frames show in ``/entry/status/lost_frames``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
+from uuid import UUID
 
 from streamtomo.app.processes import HOST
 
@@ -92,9 +94,19 @@ def bound_result_queues(worker_queue: int = WORKER_QUEUE_MESSAGES, reducer_queue
     zmq.Socket.connect = bounded_connect  # type: ignore[method-assign]
 
 
+# How long an ingester's wait for worker pings may block (ms). dranspose passes
+# ``timeout=1`` to ``Poller.poll``, which ZeroMQ reads as 1 ms.
+ACCEPT_POLL_MS = 1000
+# A worker not heard from for this long is dropped from the ingester's list (dranspose's value).
+WORKER_SILENT_S = 4
+
+
 def tolerant_ingester(cls: type[Any]) -> type[Any]:
-    """The ingester class, dropping (with a warning) messages for workers that died."""
+    """The ingester class, dropping (with a warning) messages for workers that died,
+    and waiting for worker pings without waking a thousand times a second."""
     import zmq
+    import zmq.asyncio
+    from dranspose.protocol import ConnectedWorker
 
     class Tolerant(cls):  # type: ignore[misc]
         async def _send_workermessages(self, workermessages: dict[Any, Any]) -> None:
@@ -107,6 +119,29 @@ def tolerant_ingester(cls: type[Any]) -> type[Any]:
                     self._logger.warning(
                         "worker %s is gone: event %d not delivered to it", worker, message.event_number
                     )
+
+        async def accept_workers(self) -> None:
+            """dranspose's loop, polling up to a second instead of a millisecond: measured,
+            every ingester of an idle deployment took 13% of a core (0.65 s of CPU in 5 s),
+            on a 2-core machine a quarter of a core beside the workers during a scan. A
+            ping is still taken as it comes; silent workers are pruned at least every second."""
+            poller = zmq.asyncio.Poller()
+            poller.register(self.out_socket, zmq.POLLIN)
+            while True:
+                socks = dict(await poller.poll(timeout=ACCEPT_POLL_MS))
+                now = time.time()
+                self.state.connected_workers = {
+                    uuid: cw
+                    for uuid, cw in self.state.connected_workers.items()
+                    if now - cw.last_seen < WORKER_SILENT_S
+                }
+                for sock in socks:
+                    data = await sock.recv_multipart()
+                    connected = ConnectedWorker(name=data[0], service_uuid=UUID(bytes=data[1]))
+                    new = connected.service_uuid not in self.state.connected_workers
+                    self.state.connected_workers[connected.service_uuid] = connected
+                    if new:  # the controller learns of a new worker at once
+                        await self.publish_config()
 
     Tolerant.__name__ = Tolerant.__qualname__ = f"Tolerant{cls.__name__}"
     return Tolerant
