@@ -25,7 +25,8 @@ The ingesters also tolerate a worker that died: dranspose's ingester raises
 ``EHOSTUNREACH`` (its ROUTER socket is ``ROUTER_MANDATORY``) when an event's
 worker is gone, which ends its forwarding task and stalls the scan. Ours drop that
 worker's message with a warning instead, so the scan goes on with the others and
-the lost frames show in ``/entry/status/lost_frames``.
+the lost frames show in ``/entry/status/lost_frames``. And they wait for their
+workers' pings a second at a time (dranspose's loop woke every millisecond).
 """
 
 from __future__ import annotations
