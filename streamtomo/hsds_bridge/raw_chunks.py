@@ -70,8 +70,8 @@ class ChunkBuffer:
     def __init__(self, chunks: tuple[int, ...], dtype: npt.DTypeLike) -> None:
         self.nbytes = int(np.prod(chunks)) * np.dtype(dtype).itemsize
         self._memory = mmap.mmap(-1, max(-(-self.nbytes // BLOCK) * BLOCK, BLOCK))
-        self.array: npt.NDArray[np.generic] = np.frombuffer(self._memory, dtype=dtype, count=int(np.prod(chunks)))
-        self.array = self.array.reshape(chunks)
+        count = int(np.prod(chunks))
+        self.array: npt.NDArray[np.generic] = np.frombuffer(self._memory, dtype=dtype, count=count).reshape(chunks)
 
     def view(self) -> memoryview:
         return memoryview(self._memory)[: self.nbytes]

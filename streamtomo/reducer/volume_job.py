@@ -5,8 +5,8 @@ the backend's own threads on every core, in batches of rows sized to a memory bo
 so readers see the volume grow (``/entry/status/volume_slices_done``) and the
 reducer holds no second copy of the whole sinogram, except where a preprocessing
 step needs neighbouring rows (Paganin, zinger removal): every row is prepared first,
-a batch of projections at a time, then reconstructed batch by batch. ``state`` says ``finished`` only in the
-publish that carries the last slices.
+a batch of projections at a time, then reconstructed batch by batch. ``state`` says
+``finished`` only in the publish that carries the last slices.
 
 A :class:`VolumeCancel` stops it between batches (the next scan starts, the
 reducer stops): the slices done so far stay, ``volume_slices_done`` says how many,
@@ -111,13 +111,6 @@ def reconstruct_volume(
         if in_place or cancel.is_set():
             return _finished(scan, lock, publish, n_rows, config.backend, started, cancel)
         step = batch_rows(n_rows, len(filled), cols, size)
-
-        def prepared(first: int, last: int) -> npt.NDArray[np.float32]:
-            """Rows first..last as (rows, angles, cols), preprocessed as configured."""
-            with lock:  # (rows, angles, cols) of these rows only
-                batch = np.ascontiguousarray(sinogram.by_angle[filled, first:last].transpose(1, 0, 2))
-            return prepare_volume_sinograms(batch, rings=config.ring_removal)
-
         # Zinger removal and Paganin work on whole projections (neighbouring rows):
         # every row is prepared first, a batch of projections at a time, then
         # reconstructed batch by batch (progress, a cancel between batches of either).
@@ -126,11 +119,12 @@ def reconstruct_volume(
             if cancel.is_set():
                 break
             last = min(n_rows, first + step)
-            batch = (
-                prepare_volume_sinograms(everything[first:last], rings=config.ring_removal)
-                if everything is not None
-                else prepared(first, last)
-            )
+            if everything is not None:
+                rows = everything[first:last]
+            else:
+                with lock:  # (rows, angles, cols) of these rows only
+                    rows = np.ascontiguousarray(sinogram.by_angle[filled, first:last].transpose(1, 0, 2))
+            batch = prepare_volume_sinograms(rows, rings=config.ring_removal)  # per sinogram: by rows
             with coverage_warnings_logged(logger, scan.coverage_logged):
                 slices = reconstruct(batch, angles, center, config.filter, size, backend=config.backend)
             with lock:
