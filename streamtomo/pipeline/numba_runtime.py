@@ -13,11 +13,12 @@ lock around parallel calls. numba is imported only when a kernel is first needed
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 PARALLEL_LOCK = threading.Lock()
@@ -41,21 +42,49 @@ def load_numba() -> Any:
     return numba
 
 
-def compile_kernel(define: Callable[[Any], _K], parallel: bool) -> _K:
+@contextlib.contextmanager
+def slp_vectorization(numba: Any) -> Iterator[None]:
+    """LLVM's SLP vectorizer on for the compilations inside (numba turns it off by
+    default since numba#8852, for miscompilations reported in other code).
+
+    A kernel written as straight-line lanes (several independent, identical
+    statements on neighbouring memory) becomes vector code only with it. numba
+    compiles under one global lock; holding it here keeps every other compilation of
+    the process out of the switched-on window.
+    """
+    from numba.core.compiler_lock import global_compiler_lock
+
+    with global_compiler_lock:
+        before = numba.config.SLP_VECTORIZE
+        numba.config.SLP_VECTORIZE = 1
+        try:
+            yield
+        finally:
+            numba.config.SLP_VECTORIZE = before
+
+
+def compile_kernel(define: Callable[[Any], _K], parallel: bool, *, slp: bool = False) -> _K:
     """Compile the kernel ``define(numba)`` returns (it may use ``numba.prange``).
 
     Call it from a ``functools.cache``-d function per ``parallel`` value. numba's disk
     cache is keyed by function name and line, not by flags: caching both variants
     would load one for the other, so only the parallel one is cached. Parallel calls
-    take :data:`PARALLEL_LOCK`.
+    take :data:`PARALLEL_LOCK`. ``slp``: the kernel is compiled (on its first call, for
+    the argument types of that call) with :func:`slp_vectorization`; callers pass
+    arguments of one set of types, so no later call compiles it again without.
     """
     numba = load_numba()  # threading layer first
     kernel = numba.njit(parallel=parallel, cache=parallel, nogil=True)(define(numba))
-    if not parallel:
+    if not parallel and not slp:
         return kernel  # type: ignore[no-any-return]
+    lock = PARALLEL_LOCK if parallel else contextlib.nullcontext()
 
-    def locked(*args: Any) -> None:
-        with PARALLEL_LOCK:
+    def run(*args: Any) -> None:
+        if slp and not kernel.signatures:
+            with lock, slp_vectorization(numba):
+                kernel(*args)  # compiles (or loads from numba's cache) with SLP, then runs
+            return
+        with lock:
             kernel(*args)
 
-    return locked  # type: ignore[return-value]
+    return run  # type: ignore[return-value]

@@ -171,18 +171,24 @@ def _check_stack(out: FloatArray) -> None:
         raise ValueError(f"out must be a writeable C-contiguous (K, N, N) stack, got {out.shape}")
 
 
+def projection_rows(n_slices: int, filtered_rows: npt.ArrayLike) -> FloatArray:
+    """``filtered_rows`` as the (K, n_cols) float32 rows of one projection for K slices;
+    ``ValueError`` where they cannot be backprojected."""
+    rows = np.ascontiguousarray(filtered_rows, dtype=np.float32)
+    if rows.ndim == 1:
+        rows = rows[None, :]
+    if rows.ndim != 2 or rows.shape[0] != n_slices:
+        raise ValueError(f"filtered_rows must be ({n_slices}, n_cols), got {rows.shape}")
+    if rows.shape[1] < 2:
+        raise ValueError("need at least 2 detector columns to interpolate")
+    return rows
+
+
 def check_rows(out: FloatArray, filtered_rows: npt.ArrayLike) -> FloatArray:
     """``filtered_rows`` as the (K, n_cols) float32 rows of one projection for ``out``;
     ``ValueError`` (``TypeError`` for ``out``) where they cannot be backprojected."""
     _check_stack(out)
-    rows = np.ascontiguousarray(filtered_rows, dtype=np.float32)
-    if rows.ndim == 1:
-        rows = rows[None, :]
-    if rows.ndim != 2 or rows.shape[0] != out.shape[0]:
-        raise ValueError(f"filtered_rows must be ({out.shape[0]}, n_cols), got {rows.shape}")
-    if rows.shape[1] < 2:
-        raise ValueError("need at least 2 detector columns to interpolate")
-    return rows
+    return projection_rows(out.shape[0], filtered_rows)
 
 
 def backproject_into(

@@ -30,6 +30,7 @@ from streamtomo.pipeline.reconstruction.backends.common import check_center
 from streamtomo.pipeline.reconstruction.backprojection import Backend, backproject_into
 from streamtomo.pipeline.reconstruction.fbp import angular_weights, weight_partial_sum
 from streamtomo.pipeline.reconstruction.filters import check_filter_name, frequency_response, padded_size
+from streamtomo.pipeline.reconstruction.interleaved import InterleavedSlices
 
 FloatArray = npt.NDArray[np.float32]
 SUBPIXEL_STEP = 0.01  # px: the refinement grid of the correlation peak
@@ -274,8 +275,9 @@ class StreamingCorSweep:
 
     ``add(row, angle)`` filters the row once, shifts it (exactly, in Fourier
     space) once per candidate so that all candidates share one reference axis,
-    and backprojects all of them with one ``backproject_into`` call: the pixel
-    geometry is computed once per projection for the whole strip.
+    and backprojects all of them in one call: the pixel geometry is computed once
+    per projection for the whole strip, into slices kept pixel-major
+    (:class:`InterleavedSlices`).
     """
 
     def __init__(
@@ -300,7 +302,7 @@ class StreamingCorSweep:
         offsets = self.centers - self.reference
         response = frequency_response(self.n_cols, self.filter_name).astype(np.complex128)
         self._spectra = (response[None, :] * np.exp(2j * np.pi * k[None, :] * offsets[:, None])).astype(np.complex64)
-        self._partial = np.zeros((self.centers.size, self.slice_size, self.slice_size), dtype=np.float32)
+        self._partial = InterleavedSlices(self.centers.size, self.slice_size, backend)
         self._count = 0
         self._expected: npt.NDArray[np.float64] | None = None
         self._relative: npt.NDArray[np.float64] | None = None
@@ -330,7 +332,7 @@ class StreamingCorSweep:
 
     def add(self, row: npt.ArrayLike, angle_deg: float) -> None:
         """Add one projection's row (C,) (-log corrected) to every candidate."""
-        self.add_into(self._partial, row, angle_deg, self._weight(angle_deg))
+        self._partial.add(self.filtered_rows(row), angle_deg, self.reference, self._weight(angle_deg))
         self._count += 1
 
     def add_into(self, out: FloatArray, row: npt.ArrayLike, angle_deg: float, weight: float = 1.0) -> None:
@@ -339,10 +341,10 @@ class StreamingCorSweep:
 
     def result(self) -> FloatArray:
         """(M, N, N) float32 slices, one per centre in ``centers`` order."""
-        return weight_partial_sum(self._partial, self._count)
+        return weight_partial_sum(self._partial.slices(), self._count)
 
     def reset(self) -> None:
-        self._partial.fill(0.0)
+        self._partial.clear()
         self._count = 0
 
     def take_partial(self) -> tuple[FloatArray, int]:
@@ -351,8 +353,7 @@ class StreamingCorSweep:
         Workers send this as a partial sum; the reducer adds partial sums of all
         workers and weights the total once (``weight_partial_sum``).
         """
-        partial, count = self._partial, self._count
-        self._partial = np.zeros_like(partial)
+        partial, count = self._partial.take(), self._count
         self._count = 0
         return partial, count
 

@@ -29,6 +29,7 @@ from streamtomo.pipeline.messages import (
     Rejected,
 )
 from streamtomo.pipeline.reconstruction.cor import StreamingCorSweep
+from streamtomo.pipeline.reconstruction.interleaved import InterleavedSlices
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.binning import bin_frame
 from streamtomo.pipeline.streaming.broadcast_references import BroadcastReferences
@@ -52,7 +53,10 @@ class FrameProcessor:
         self._shared: ReferenceSet | None = None  # the reducer's (dranspose parameter)
         self._broadcast = BroadcastReferences(config)  # the one built here, if it can be
         self._corrector: Corrector | None = None
-        self._blocks: dict[int, npt.NDArray[np.float32]] = {}
+        # Live slices summed since the last partial sum, by window block (0 outside
+        # window mode), and emptied ones kept for the next blocks of the same geometry.
+        self._blocks: dict[int, InterleavedSlices] = {}
+        self._spare_blocks: list[InterleavedSlices] = []
         self._sweep: StreamingCorSweep | None = None
         self._partial_frames: list[tuple[int, int]] = []  # (frame index, event) summed so far
         self._partial_started = 0.0  # when the first projection of the pending partial sum came
@@ -72,6 +76,7 @@ class FrameProcessor:
         self.config = config
         self.geometry = None if self.detector is None else geometry_for(config, self.detector)
         self._sweep = None
+        self._spare_blocks = []
         return pending
 
     def set_references(self, references: ReferenceSet | None) -> None:
@@ -155,6 +160,7 @@ class FrameProcessor:
         self.detector = DetectorInfo(shape[0], shape[1], str(data.dtype))
         self.geometry = geometry_for(self.config, self.detector)
         self._sweep = None
+        self._spare_blocks = []
         return pending
 
     def process(
@@ -296,10 +302,12 @@ class FrameProcessor:
         geometry = self.geometry
         assert geometry is not None
         block = geometry.block_of(index) if geometry.window else 0
-        stack = self._blocks.get(block)
-        if stack is None:
-            stack = self._blocks[block] = geometry.new_stack()
-        geometry.add(stack, values[geometry.slice_positions], angle_deg)
+        slices = self._blocks.get(block)
+        if slices is None:
+            slices = self._blocks[block] = (
+                self._spare_blocks.pop() if self._spare_blocks else geometry.new_accumulator()
+            )
+        geometry.accumulate(slices, values[geometry.slice_positions], angle_deg)
         if len(geometry.sweep_centers):
             if self._sweep is None:
                 self._sweep = StreamingCorSweep(
@@ -332,7 +340,9 @@ class FrameProcessor:
         sweep = self._sweep.take_partial()[0] if self._sweep is not None else None
         indices = tuple(index for index, _ in self._partial_frames)
         events = tuple(event for _, event in self._partial_frames)
-        partial = PartialSum(self.worker_name, self.geometry.recon_id, indices, self._blocks, sweep, events)
+        blocks = {block: slices.take() for block, slices in self._blocks.items()}
+        partial = PartialSum(self.worker_name, self.geometry.recon_id, indices, blocks, sweep, events)
+        self._spare_blocks.extend(self._blocks.values())  # zeroed by take(): their memory is reused
         self._blocks = {}
         self._partial_frames = []
         return partial
@@ -341,6 +351,7 @@ class FrameProcessor:
         """A new scan: forget the detector, partial sums and (unless kept) references."""
         self._blocks = {}
         self._sweep = None
+        self._spare_blocks = []
         self._partial_frames = []
         self._shape_votes.clear()
         self._broadcast = BroadcastReferences(self.config)

@@ -20,6 +20,7 @@ from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.messages import DetectorInfo
 from streamtomo.pipeline.reconstruction.backprojection import backproject_into
 from streamtomo.pipeline.reconstruction.filters import ProjectionFilter
+from streamtomo.pipeline.reconstruction.interleaved import InterleavedSlices
 
 logger = logging.getLogger(__name__)
 
@@ -126,3 +127,11 @@ class LiveSliceGeometry:
     def add(self, stack: FloatArray, slice_values: FloatArray, angle_deg: float, weight: float = 1.0) -> None:
         """Filter the slice rows (corrected) of one projection and backproject them."""
         backproject_into(stack, self.filter.apply(slice_values), angle_deg, self.center, weight)
+
+    def new_accumulator(self) -> InterleavedSlices:
+        """The live slices as a worker sums them projection after projection."""
+        return InterleavedSlices(len(self.slice_rows), self.size)
+
+    def accumulate(self, slices: InterleavedSlices, slice_values: FloatArray, angle_deg: float) -> None:
+        """:meth:`add` into a worker's accumulator: the same sums, bit for bit."""
+        slices.add(self.filter.apply(slice_values), angle_deg, self.center)

@@ -1,0 +1,98 @@
+"""The pixel-major slice stack sums exactly what the planar kernel sums."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from streamtomo.pipeline.numba_runtime import load_numba, numba_available
+from streamtomo.pipeline.reconstruction.backprojection import backproject_into
+from streamtomo.pipeline.reconstruction.interleaved import (
+    LANES,
+    MIN_INTERLEAVED_SLICES,
+    InterleavedSlices,
+    interval_table,
+    lanes_for,
+)
+
+needs_numba = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
+
+# Both detector ends, the axis at 90 degrees (cos is 6e-17, not 0), full turn, negative.
+ANGLES = [0.0, 37.3, 90.0, 180.0, 271.1, -45.0, 359.9]
+WEIGHTS = [0.7, 1.0, -1.0, 0.3, 2.0, 1.0, 0.5]
+
+
+def planar_and_interleaved(
+    n_slices: int, size: int, n_cols: int, center: float, backend: str
+) -> tuple[npt.NDArray[np.float32], InterleavedSlices]:
+    rng = np.random.default_rng(n_slices * 1000 + size)
+    rows = [rng.standard_normal((n_slices, n_cols)).astype(np.float32) for _ in ANGLES]
+    planar = np.zeros((n_slices, size, size), dtype=np.float32)
+    stack = InterleavedSlices(n_slices, size, backend=backend)  # type: ignore[arg-type]
+    for r, angle, weight in zip(rows, ANGLES, WEIGHTS, strict=True):
+        backproject_into(planar, r, angle, center, weight, backend=backend)  # type: ignore[arg-type]
+        stack.add(r, angle, center, weight)
+    return planar, stack
+
+
+@pytest.mark.parametrize("backend", [pytest.param("numba", marks=needs_numba), "numpy"])
+@pytest.mark.parametrize("n_slices", [1, 2, 3, 5, 8, 9, 12])
+@pytest.mark.parametrize(("size", "n_cols", "center"), [(64, 64, 32.0), (37, 50, 24.75), (96, 64, 30.5)])
+def test_sums_equal_the_planar_kernel_bit_for_bit(
+    backend: str, n_slices: int, size: int, n_cols: int, center: float
+) -> None:
+    planar, stack = planar_and_interleaved(n_slices, size, n_cols, center, backend)
+    assert planar.any()
+    np.testing.assert_array_equal(stack.slices(), planar)
+
+
+@needs_numba
+def test_three_or_more_slices_are_kept_pixel_major_in_whole_lanes() -> None:
+    assert not InterleavedSlices(MIN_INTERLEAVED_SLICES - 1, 16).interleaved
+    stack = InterleavedSlices(9, 16)
+    assert stack.interleaved and stack.lanes == lanes_for(9) == 2 * LANES
+    assert stack.nbytes == 16 * 16 * 2 * LANES * 4
+    assert not InterleavedSlices(9, 16, backend="numpy").interleaved
+
+
+@pytest.mark.parametrize("backend", [pytest.param("numba", marks=needs_numba), "numpy"])
+def test_take_hands_out_the_sum_and_starts_from_zero(backend: str) -> None:
+    planar, stack = planar_and_interleaved(5, 40, 48, 23.5, backend)
+    taken = stack.take()
+    np.testing.assert_array_equal(taken, planar)
+    assert taken.shape == (5, 40, 40) and taken.flags.c_contiguous
+    assert not stack.slices().any()
+    rows = np.ones((5, 48), dtype=np.float32)
+    stack.add(rows, 10.0, 23.5)
+    again = np.zeros((5, 40, 40), dtype=np.float32)
+    backproject_into(again, rows, 10.0, 23.5, backend=backend)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(stack.take(), again)
+    np.testing.assert_array_equal(taken, planar)  # what was handed out is not reused
+
+
+def test_interval_table_holds_values_then_slopes() -> None:
+    rows = np.arange(10, dtype=np.float32).reshape(2, 5) ** 2
+    table = interval_table(rows, 8)
+    assert table.shape == (5, 16)
+    np.testing.assert_array_equal(table[:, :2], rows.T)
+    np.testing.assert_array_equal(table[:4, 8:10], np.diff(rows, axis=1).T)
+    assert not table[4, 8:].any() and not table[:, 2:8].any() and not table[:, 10:].any()
+
+
+def test_bad_rows_are_refused() -> None:
+    stack = InterleavedSlices(5, 16)
+    with pytest.raises(ValueError, match="filtered_rows"):
+        stack.add(np.zeros((4, 16), np.float32), 0.0, 8.0)
+    with pytest.raises(ValueError, match="2 detector columns"):
+        stack.add(np.zeros((5, 1), np.float32), 0.0, 0.0)
+    with pytest.raises(ValueError, match="at least one slice"):
+        InterleavedSlices(0, 16)
+
+
+@needs_numba
+def test_vectorizer_switch_does_not_outlive_the_compilation() -> None:
+    numba = load_numba()
+    before = numba.config.SLP_VECTORIZE
+    InterleavedSlices(5, 64).add(np.ones((5, 64), np.float32), 12.0, 32.0)
+    assert before == numba.config.SLP_VECTORIZE
