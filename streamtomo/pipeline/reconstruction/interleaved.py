@@ -6,9 +6,10 @@ a (K, N, N) stack: for every pixel it finds the pixel's detector interval and th
 reads and writes one float in each of K slices N^2 floats apart, one at a time.
 Here the K slices of a pixel sit side by side, padded to lanes of 8: ``(N, N, L)``,
 and each detector interval's K values and K slopes too. Per pixel the interval is
-found once and all slices are updated by a few vector instructions: 2.3x less CPU
-than the planar kernel for 5 slices of 1024^2, 2.8x for 7 (one core, this repo's
-2-core machine; ``benchmarks/bench_recon.py --interleaved``).
+found once and all slices are updated by a few vector instructions: 1.8x less CPU
+than the planar kernel for 5 slices of 1024^2, 2.2x for 7 and 8.6x for 12, where
+the planar kernel's slices, 4 MB apart, also fight over the same cache sets (one
+core of the 2-core development machine; ``benchmarks/bench_backprojection.py``).
 
 Each slice gets exactly the planar kernel's sum: the same float32 operations in the
 same order, bit for bit (tested). What the rest of the pipeline sees is unchanged:
@@ -44,6 +45,7 @@ FloatArray = npt.NDArray[np.float32]
 LANES = 8  # one AVX2 register of float32
 MIN_INTERLEAVED_SLICES = 3
 _Kernel = Callable[[FloatArray, FloatArray, float, float, float, float], None]
+_Unweave = Callable[[FloatArray, FloatArray, bool], None]
 
 
 def lanes_for(n_slices: int) -> int:
@@ -136,6 +138,27 @@ def _define_kernel(numba: Any) -> _Kernel:
     return interleaved_kernel  # type: ignore[no-any-return,unused-ignore]
 
 
+@functools.cache
+def _numba_unweave(parallel: bool) -> _Unweave:
+    return compile_kernel(_define_unweave, parallel)
+
+
+def _define_unweave(numba: Any) -> _Unweave:
+    # Row by row: one row of the stack (N pixels x lanes) is read once, in order, and
+    # written to K slices; emptied in the same pass when asked (a worker's partial sum
+    # starts again from zero).
+    def unweave(data: FloatArray, out: FloatArray, empty: bool) -> None:
+        n_slices, n, _ = out.shape
+        for i in numba.prange(n):
+            for j in range(n):
+                for k in range(n_slices):
+                    out[k, i, j] = data[i, j, k]
+            if empty:
+                data[i, :, :] = 0.0
+
+    return unweave  # type: ignore[no-any-return,unused-ignore]
+
+
 class InterleavedSlices:
     """K slices of N x N that projections are added to; handed out as (K, N, N)."""
 
@@ -177,16 +200,19 @@ class InterleavedSlices:
         """A (K, N, N) copy of the sum so far."""
         if not self.interleaved:
             return self._data.copy()
-        return np.ascontiguousarray(np.moveaxis(self._data[:, :, : self.n_slices], 2, 0))
+        return self._unweave(empty=False)
 
     def take(self) -> FloatArray:
         """The (K, N, N) sum so far; the stack starts again from zero (its memory kept)."""
         if not self.interleaved:
             taken, self._data = self._data, np.zeros_like(self._data)
             return taken
-        taken = self.slices()
-        self._data.fill(0.0)
-        return taken
+        return self._unweave(empty=True)
+
+    def _unweave(self, empty: bool) -> FloatArray:
+        out = np.empty((self.n_slices, self.size, self.size), dtype=np.float32)
+        _numba_unweave(self._data.size >= PARALLEL_MIN_ELEMENTS)(self._data, out, empty)
+        return out
 
     def clear(self) -> None:
         self._data.fill(0.0)
