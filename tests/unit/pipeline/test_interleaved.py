@@ -48,6 +48,17 @@ def test_sums_equal_the_planar_kernel_bit_for_bit(
 
 
 @needs_numba
+@pytest.mark.parametrize("n_slices", [5, 12])
+def test_the_threaded_kernel_sums_the_same(n_slices: int) -> None:
+    size = 512  # from PARALLEL_MIN_PIXELS on, rows of pixels are shared among threads
+    planar, stack = planar_and_interleaved(n_slices, size, 300, 151.3, "numba")
+    assert stack.threaded
+    np.testing.assert_array_equal(stack.slices(), planar)
+    np.testing.assert_array_equal(stack.take(), planar)
+    assert not stack.slices().any()
+
+
+@needs_numba
 def test_three_or_more_slices_are_kept_pixel_major_in_whole_lanes() -> None:
     assert not InterleavedSlices(MIN_INTERLEAVED_SLICES - 1, 16).interleaved
     stack = InterleavedSlices(9, 16)
