@@ -14,6 +14,8 @@ installs what :mod:`streamtomo.app.services` gives a local deployment's services
 * bounded result queues (:func:`streamtomo.app.zmq_loopback.bound_result_queues`):
   backpressure instead of a reducer holding every result of a scan;
 * in workers, the reducer's malloc settings (fewer page faults per result);
+* results' large arrays as frames of their own, neither copied by the worker nor by
+  the reducer (:mod:`streamtomo.app.result_frames`);
 * in an ingester of one of dranspose's own classes, a dead worker's messages dropped
   with a warning instead of a stalled scan.
 

@@ -11,6 +11,10 @@ large frames as views of ZeroMQ's own buffer (``copy=False``); small ones (the J
 header dranspose ``json.loads``) stay ``bytes``. A view keeps its ZeroMQ message
 alive until it is dropped, which dranspose does with the next result.
 
+Results sent with their arrays as frames of their own (a worker with
+:mod:`streamtomo.app.result_frames`) are handed out as the JSON header and one
+:class:`~streamtomo.app.result_frames.ReceivedResult` holding views of all the rest.
+
 Only the reducer process installs it (:func:`streamtomo.app.services.install_mends`):
 its results' socket is the only PULL socket it receives from.
 """
@@ -20,15 +24,22 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from streamtomo.app.result_frames import ReceivedResult
+
 # Frames at least this large are handed out as views; smaller ones as bytes.
 VIEW_BYTES = 64 << 10
 
 _installed = False
 
 
-def frames_as_received(frames: Sequence[Any], view_bytes: int = VIEW_BYTES) -> list[bytes | memoryview]:
-    """``bytes`` for small frames, a view of the frame's buffer for large ones."""
-    return [frame.buffer if len(frame) >= view_bytes else frame.bytes for frame in frames]
+def frames_as_received(frames: Sequence[Any], view_bytes: int = VIEW_BYTES) -> list[Any]:
+    """``bytes`` for small frames, a view of the frame's buffer for large ones; a
+    result whose arrays came as frames of their own (:mod:`streamtomo.app.result_frames`)
+    as ``[header, ReceivedResult]``, the form dranspose's reducer reads."""
+    parts = [frame.buffer if len(frame) >= view_bytes else frame.bytes for frame in frames]
+    if len(parts) > 2:
+        return [parts[0], ReceivedResult(parts[1], [frame.buffer for frame in frames[2:]])]
+    return parts
 
 
 def install() -> None:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, NoReturn
 
-from streamtomo.app import finished_updates, result_receive, task_cancel
+from streamtomo.app import finished_updates, result_frames, result_receive, task_cancel
 from streamtomo.app.processes import HOST
 from streamtomo.app.task_cancel import cancel_until_done, pending
 from streamtomo.app.zmq_loopback import bind_loopback, bound_result_queues, tolerant_ingester
@@ -125,8 +125,9 @@ def install_mends(kind: str) -> None:
     (:mod:`streamtomo.app.cluster_service`), installed before the service starts:
     bounded result queues, tasks cancelled until they end, no skipped ``finished``
     update (for the services that follow the controller's updates) and, in workers,
-    the reducer's malloc settings and, in the reducer, results unpickled from
-    ZeroMQ's buffers (:mod:`streamtomo.app.result_receive`). For the reducer and the controller, the
+    the reducer's malloc settings; results pickled with their large arrays as frames
+    of their own, sent and unpickled without copies (:mod:`streamtomo.app.result_frames`),
+    in the reducer from ZeroMQ's buffers (:mod:`streamtomo.app.result_receive`). For the reducer and the controller, the
     environment their dranspose settings are read from must be set first
     (:func:`streamtomo.app.task_cancel.install` imports their modules)."""
     bound_result_queues()
@@ -136,11 +137,14 @@ def install_mends(kind: str) -> None:
     if kind == "worker":
         from streamtomo.reducer.malloc_tuning import keep_buffer_pages
 
-        # A worker's results cross it as fresh megabyte buffers too (the result, its
-        # pickle, ZeroMQ's copy): the reducer's malloc settings save their page faults.
+        # A worker's frames and results are fresh megabyte buffers too (the decoded
+        # frame, the corrected rows, a partial sum): the reducer's malloc settings save
+        # their page faults.
         keep_buffer_pages()
+        result_frames.install_sender()
     if kind == "reducer":
         result_receive.install()
+        result_frames.install_receiver()
 
 
 def service_main(argv: Sequence[str] | None = None) -> int:
