@@ -270,14 +270,46 @@ def _check_centers(centers: npt.ArrayLike, n_cols: int) -> npt.NDArray[np.float6
     return values
 
 
+class SweepRows:
+    """One row, filtered, as each candidate centre sees it from one reference axis.
+
+    Backprojecting the filtered row q with centre c equals backprojecting
+    q(u + c - reference) with centre ``reference``; the shift is exact (a phase
+    ramp in Fourier space), so all candidates share one axis and one pixel geometry.
+    ``reference`` defaults to the row's middle, (C - 1) / 2; live slices use their
+    own centre, so the sweep and the live slices are backprojected together.
+    """
+
+    def __init__(
+        self, n_cols: int, centers: npt.ArrayLike, filter_name: str = "ramp", reference: float | None = None
+    ) -> None:
+        self.n_cols = int(n_cols)
+        self.centers = _check_centers(centers, self.n_cols)
+        self.filter_name = check_filter_name(filter_name)
+        self.reference = (self.n_cols - 1) / 2.0 if reference is None else check_center(float(reference), self.n_cols)
+        self._size = padded_size(self.n_cols)
+        k = scipy.fft.rfftfreq(self._size)
+        offsets = self.centers - self.reference
+        response = frequency_response(self.n_cols, self.filter_name).astype(np.complex128)
+        self._spectra = (response[None, :] * np.exp(2j * np.pi * k[None, :] * offsets[:, None])).astype(np.complex64)
+
+    def filtered_rows(self, row: npt.ArrayLike) -> FloatArray:
+        """The (M, C) filtered row as each candidate centre sees it from the reference axis."""
+        data = np.asarray(row, dtype=np.float32).ravel()
+        if data.size != self.n_cols:
+            raise ValueError(f"row must have {self.n_cols} columns, got {data.size}")
+        spectrum = scipy.fft.rfft(data, n=self._size)
+        shifted = scipy.fft.irfft(self._spectra * spectrum[None, :], n=self._size, axis=-1)[:, : self.n_cols]
+        return np.ascontiguousarray(shifted, dtype=np.float32)
+
+
 class StreamingCorSweep:
     """Live strip of one row reconstructed at every candidate centre (M, N, N).
 
-    ``add(row, angle)`` filters the row once, shifts it (exactly, in Fourier
-    space) once per candidate so that all candidates share one reference axis,
-    and backprojects all of them in one call: the pixel geometry is computed once
-    per projection for the whole strip, into slices kept pixel-major
-    (:class:`InterleavedSlices`).
+    ``add(row, angle)`` filters the row once, shifts it once per candidate
+    (:class:`SweepRows`) and backprojects all of them in one call: the pixel geometry
+    is computed once per projection for the whole strip, into slices kept
+    pixel-major (:class:`InterleavedSlices`).
     """
 
     def __init__(
@@ -289,19 +321,15 @@ class StreamingCorSweep:
         *,
         expected_angles_deg: npt.ArrayLike | None = None,
         backend: Backend = "auto",
+        reference: float | None = None,
     ) -> None:
-        self.n_cols = int(n_cols)
-        self.centers = _check_centers(centers, self.n_cols)
-        self.filter_name = check_filter_name(filter_name)
+        self.rows = SweepRows(n_cols, centers, filter_name, reference)
+        self.n_cols = self.rows.n_cols
+        self.centers = self.rows.centers
+        self.filter_name = self.rows.filter_name
+        self.reference = self.rows.reference
         self.slice_size = self.n_cols if slice_size is None else int(slice_size)
         self.backend: Backend = backend
-        self.reference = (self.n_cols - 1) / 2.0
-        self._size = padded_size(self.n_cols)
-        k = scipy.fft.rfftfreq(self._size)
-        # Backprojecting q with centre c equals backprojecting q(u + c - ref) with centre ref.
-        offsets = self.centers - self.reference
-        response = frequency_response(self.n_cols, self.filter_name).astype(np.complex128)
-        self._spectra = (response[None, :] * np.exp(2j * np.pi * k[None, :] * offsets[:, None])).astype(np.complex64)
         self._partial = InterleavedSlices(self.centers.size, self.slice_size, backend)
         self._count = 0
         self._expected: npt.NDArray[np.float64] | None = None
@@ -316,13 +344,7 @@ class StreamingCorSweep:
         return self._count
 
     def filtered_rows(self, row: npt.ArrayLike) -> FloatArray:
-        """The (M, C) filtered row as each candidate centre sees it from the reference axis."""
-        data = np.asarray(row, dtype=np.float32).ravel()
-        if data.size != self.n_cols:
-            raise ValueError(f"row must have {self.n_cols} columns, got {data.size}")
-        spectrum = scipy.fft.rfft(data, n=self._size)
-        shifted = scipy.fft.irfft(self._spectra * spectrum[None, :], n=self._size, axis=-1)[:, : self.n_cols]
-        return np.ascontiguousarray(shifted, dtype=np.float32)
+        return self.rows.filtered_rows(row)
 
     def _weight(self, angle_deg: float) -> float:
         if self._expected is None or self._relative is None:
@@ -366,11 +388,13 @@ def cor_sweep(
     slice_size: int | None = None,
     *,
     backend: str = "default",
+    reference: float | None = None,
 ) -> FloatArray:
     """One sinogram row (A, C) reconstructed at each centre -> (len(centers), N, N).
 
     All candidates go through one batched reconstruction: candidate m is the
-    row shifted by centers[m] - (C-1)/2 (a phase ramp) with the axis at (C-1)/2.
+    row shifted by centers[m] - reference (a phase ramp) with the axis at
+    ``reference`` (default (C-1)/2; the live sweep uses the live slices' centre).
     """
     from streamtomo.pipeline.reconstruction.backends import get_backend
 
@@ -379,6 +403,6 @@ def cor_sweep(
         raise ValueError(f"sinogram_row must be (A, C), got shape {data.shape}")
     n_cols = data.shape[1]
     values = _check_centers(centers, n_cols)
-    reference = (n_cols - 1) / 2.0
+    reference = (n_cols - 1) / 2.0 if reference is None else check_center(float(reference), n_cols)
     stack = np.stack([_shift_rows(data, reference - c) for c in values]).astype(np.float32)
     return get_backend(backend).reconstruct(stack, angles_deg, reference, filter_name, slice_size)

@@ -145,14 +145,15 @@ def _numba_unweave(parallel: bool) -> _Unweave:
 
 
 def _define_unweave(numba: Any) -> _Unweave:
-    # Row by row: one row of the stack (N pixels x lanes) is read once, in order, and
-    # written to K slices; emptied in the same pass when asked (a worker's partial sum
-    # starts again from zero).
+    # Row by row: one row of the stack (N pixels x lanes, in cache) is read once per
+    # slice and written to that slice's row in order (writing all K slices pixel by
+    # pixel, 4 MB apart, thrashed the same cache sets); emptied in the same pass when
+    # asked (a worker's partial sum starts again from zero).
     def unweave(data: FloatArray, out: FloatArray, empty: bool) -> None:
         n_slices, n, _ = out.shape
         for i in numba.prange(n):
-            for j in range(n):
-                for k in range(n_slices):
+            for k in range(n_slices):
+                for j in range(n):
                     out[k, i, j] = data[i, j, k]
             if empty:
                 data[i, :, :] = 0.0

@@ -30,7 +30,6 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.pipeline.messages import PartialSum
-from streamtomo.pipeline.reconstruction.cor import StreamingCorSweep
 from streamtomo.pipeline.reconstruction.fbp import weight_partial_sum
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
 
@@ -63,12 +62,7 @@ class ContributionLedger:
         self._block_frames: dict[int, int] = {}  # placed projections per block
         # The sweep reconstructs the middle slice row at several centres: the ledger
         # keeps it exact the same way as the slices (its rows are that slice's rows).
-        self.sweep_sum = geometry.new_sweep_stack() if len(geometry.sweep_centers) else None
-        self._sweeper = (
-            StreamingCorSweep(geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name)
-            if self.sweep_sum is not None
-            else None
-        )
+        self.sweep_sum = geometry.new_sweep_stack() if geometry.sweep_rows is not None else None
         self._sweep_row = len(geometry.slice_positions) // 2  # geometry.sweep_position among the slice rows
         self.records: dict[FrameKey, FrameRecord] = {}
         self._early: dict[FrameKey, int] = {}  # copy -> partial sums that came before its rows
@@ -213,8 +207,8 @@ class ContributionLedger:
         self.geometry.add(self.live_sum, rows, angle_deg)
         if self.geometry.window:
             self.geometry.add(self._block(self.geometry.block_of(index)), rows, angle_deg)
-        if self._sweeper is not None and self.sweep_sum is not None:
-            self._sweeper.add_into(self.sweep_sum, rows[self._sweep_row], angle_deg)
+        if self.sweep_sum is not None:
+            self.geometry.add_sweep(self.sweep_sum, rows[self._sweep_row], angle_deg)
             self.sweep_version += 1
 
     # -- outputs --------------------------------------------------------------------

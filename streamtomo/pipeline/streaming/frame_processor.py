@@ -28,7 +28,6 @@ from streamtomo.pipeline.messages import (
     ReferenceRows,
     Rejected,
 )
-from streamtomo.pipeline.reconstruction.cor import StreamingCorSweep
 from streamtomo.pipeline.reconstruction.interleaved import InterleavedSlices
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.binning import bin_frame
@@ -57,7 +56,6 @@ class FrameProcessor:
         # window mode), and emptied ones kept for the next blocks of the same geometry.
         self._blocks: dict[int, InterleavedSlices] = {}
         self._spare_blocks: list[InterleavedSlices] = []
-        self._sweep: StreamingCorSweep | None = None
         self._partial_frames: list[tuple[int, int]] = []  # (frame index, event) summed so far
         self._partial_started = 0.0  # when the first projection of the pending partial sum came
         self._shape_votes: Counter[tuple[int, int]] = Counter()  # frames seen per shape
@@ -75,7 +73,6 @@ class FrameProcessor:
             self._corrector = None  # it repairs by the old settings
         self.config = config
         self.geometry = None if self.detector is None else geometry_for(config, self.detector)
-        self._sweep = None
         self._spare_blocks = []
         return pending
 
@@ -159,7 +156,6 @@ class FrameProcessor:
         self._broadcast = BroadcastReferences(self.config)  # it may hold frames of the old shape
         self.detector = DetectorInfo(shape[0], shape[1], str(data.dtype))
         self.geometry = geometry_for(self.config, self.detector)
-        self._sweep = None
         self._spare_blocks = []
         return pending
 
@@ -298,7 +294,8 @@ class FrameProcessor:
         return out
 
     def _backproject(self, index: int, values: npt.NDArray[np.float32], angle_deg: float, event: int) -> None:
-        """Add one corrected projection to the partial sums (live slices, sweep)."""
+        """Add one corrected projection to the partial sums (live slices and sweep,
+        in the stack of its window block)."""
         geometry = self.geometry
         assert geometry is not None
         block = geometry.block_of(index) if geometry.window else 0
@@ -307,13 +304,7 @@ class FrameProcessor:
             slices = self._blocks[block] = (
                 self._spare_blocks.pop() if self._spare_blocks else geometry.new_accumulator()
             )
-        geometry.accumulate(slices, values[geometry.slice_positions], angle_deg)
-        if len(geometry.sweep_centers):
-            if self._sweep is None:
-                self._sweep = StreamingCorSweep(
-                    geometry.cols, geometry.sweep_centers, geometry.size, geometry.filter_name
-                )
-            self._sweep.add(values[geometry.sweep_position], angle_deg)
+        geometry.accumulate(slices, values, angle_deg)
         if not self._partial_frames:
             self._partial_started = time.monotonic()
         self._partial_frames.append((index, event))
@@ -337,10 +328,14 @@ class FrameProcessor:
         """Hand out the partial sums accumulated since the last flush."""
         if not self._blocks or not self._partial_frames or self.geometry is None:
             return None
-        sweep = self._sweep.take_partial()[0] if self._sweep is not None else None
         indices = tuple(index for index, _ in self._partial_frames)
         events = tuple(event for _, event in self._partial_frames)
-        blocks = {block: slices.take() for block, slices in self._blocks.items()}
+        blocks: dict[int, npt.NDArray[np.float32]] = {}
+        sweep: npt.NDArray[np.float32] | None = None
+        for block, slices in self._blocks.items():
+            blocks[block], block_sweep = self.geometry.split(slices.take())
+            # The sweep spans every window block: its parts are added up.
+            sweep = block_sweep if sweep is None or block_sweep is None else sweep + block_sweep
         partial = PartialSum(self.worker_name, self.geometry.recon_id, indices, blocks, sweep, events)
         self._spare_blocks.extend(self._blocks.values())  # zeroed by take(): their memory is reused
         self._blocks = {}
@@ -350,7 +345,6 @@ class FrameProcessor:
     def reset(self) -> None:
         """A new scan: forget the detector, partial sums and (unless kept) references."""
         self._blocks = {}
-        self._sweep = None
         self._spare_blocks = []
         self._partial_frames = []
         self._shape_votes.clear()

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.messages import DetectorInfo
 from streamtomo.pipeline.reconstruction.backprojection import backproject_into
+from streamtomo.pipeline.reconstruction.cor import SweepRows
 from streamtomo.pipeline.reconstruction.filters import ProjectionFilter
 from streamtomo.pipeline.reconstruction.interleaved import InterleavedSlices
 
@@ -93,6 +94,11 @@ class LiveSliceGeometry:
         steps = config.cor_sweep_steps
         centers = self.center + config.cor_sweep_step * (np.arange(steps) - (steps - 1) / 2.0)
         self.sweep_centers = np.clip(centers, 0.0, detector.cols - 1.0)
+        # Seen from the live centre, the sweep's candidates share the live slices' pixel
+        # geometry: a worker backprojects both in one pass.
+        self.sweep_rows = (
+            SweepRows(detector.cols, self.sweep_centers, config.filter, reference=self.center) if steps else None
+        )
         self.window = config.live_mode == "window"
         self.window_frames = window_frames(config)
         self.window_block = window_block(config)
@@ -128,10 +134,25 @@ class LiveSliceGeometry:
         """Filter the slice rows (corrected) of one projection and backproject them."""
         backproject_into(stack, self.filter.apply(slice_values), angle_deg, self.center, weight)
 
-    def new_accumulator(self) -> InterleavedSlices:
-        """The live slices as a worker sums them projection after projection."""
-        return InterleavedSlices(len(self.slice_rows), self.size)
+    def add_sweep(self, stack: FloatArray, sweep_values: FloatArray, angle_deg: float) -> None:
+        """Backproject the sweep row (corrected) of one projection into every candidate."""
+        assert self.sweep_rows is not None
+        backproject_into(stack, self.sweep_rows.filtered_rows(sweep_values), angle_deg, self.center)
 
-    def accumulate(self, slices: InterleavedSlices, slice_values: FloatArray, angle_deg: float) -> None:
-        """:meth:`add` into a worker's accumulator: the same sums, bit for bit."""
-        slices.add(self.filter.apply(slice_values), angle_deg, self.center)
+    def new_accumulator(self) -> InterleavedSlices:
+        """What a worker sums projection after projection: the live slices, then the
+        sweep's candidates, in one stack (one pass over the pixels per projection)."""
+        return InterleavedSlices(len(self.slice_rows) + len(self.sweep_centers), self.size)
+
+    def accumulate(self, stack: InterleavedSlices, values: FloatArray, angle_deg: float) -> None:
+        """:meth:`add` and :meth:`add_sweep` of one projection's corrected sinogram rows
+        into a worker's accumulator: the same sums, bit for bit."""
+        rows = self.filter.apply(values[self.slice_positions])
+        if self.sweep_rows is not None:
+            rows = np.concatenate([rows, self.sweep_rows.filtered_rows(values[self.sweep_position])])
+        stack.add(rows, angle_deg, self.center)
+
+    def split(self, summed: FloatArray) -> tuple[FloatArray, FloatArray | None]:
+        """An accumulator's (slices + candidates, N, N) sum as the live slices and the sweep."""
+        k = len(self.slice_rows)
+        return summed[:k], (summed[k:] if self.sweep_rows is not None else None)

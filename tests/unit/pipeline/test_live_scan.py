@@ -368,17 +368,29 @@ def test_window_mode_shows_the_last_half_turn_then_everything(block: int) -> Non
 
 
 @pytest.mark.parametrize(("workers", "drop_last_partials", "fixed_here"), [(1, False, False), (3, True, True)])
-def test_final_sweep_is_the_sinograms_sweep(workers: int, drop_last_partials: bool, fixed_here: bool) -> None:
+@pytest.mark.parametrize("center", ["", "14.3"])
+def test_final_sweep_is_the_sinograms_sweep(
+    workers: int, drop_last_partials: bool, fixed_here: bool, center: str
+) -> None:
     # Workers sum the sweep; the ledger keeps it exact like the slices: with one worker
     # that saw every dark and flat (it corrected every projection itself) the reducer
     # backprojects nothing; with raw rows and lost sums it mends them, sweep included.
-    scan = run(make_frames(), workers, config(), seed=3, shuffle=True, drop_last_partials=drop_last_partials)
+    # The candidates are seen from the live centre (the detector middle, or not).
+    cfg = config(center=center)
+    scan = run(make_frames(), workers, cfg, seed=3, shuffle=True, drop_last_partials=drop_last_partials)
     assert (scan.counts["backprojected_here"] > 0) == fixed_here
     assert scan.sinogram is not None and scan.geometry is not None
     filled = scan.sinogram.filled_slots()
     row = scan.sinogram.data[scan.geometry.sweep_position][filled]
+    assert scan.geometry.center == (14.3 if center else (COLS - 1) / 2)
     exact = cor_sweep(
-        row, scan.sinogram.angles()[filled], scan.geometry.sweep_centers, "ramp", scan.geometry.size, backend="direct"
+        row,
+        scan.sinogram.angles()[filled],
+        scan.geometry.sweep_centers,
+        "ramp",
+        scan.geometry.size,
+        backend="direct",
+        reference=scan.geometry.center,
     )
     assert rel(scan.sweep_slices(), exact) < 1e-4  # type: ignore[arg-type]
 
