@@ -16,6 +16,9 @@ same order, bit for bit (tested). What the rest of the pipeline sees is unchange
 :meth:`InterleavedSlices.take` hands the sum out as (K, N, N) slices and starts a
 new one; workers take it once per partial sum (every 8 to 64 projections).
 
+The kernel is :func:`~streamtomo.pipeline.reconstruction.backprojection.pixel_major_kernel`,
+beside the planar one whose detector geometry it shares.
+
 With fewer than :data:`MIN_INTERLEAVED_SLICES` slices, or without numba, the stack
 is kept planar and the planar kernels do the work: one or two slices gain nothing
 from lanes of 8.
@@ -33,10 +36,9 @@ import numpy.typing as npt
 
 from streamtomo.pipeline.numba_runtime import compile_kernel
 from streamtomo.pipeline.reconstruction.backprojection import (
-    EDGE_TOL,
-    ROW_CHUNK,
     Backend,
     backproject_into,
+    pixel_major_kernel,
     projection_rows,
     resolve_backend,
 )
@@ -45,7 +47,6 @@ FloatArray = npt.NDArray[np.float32]
 LANES = 8  # one AVX2 register of float32
 MIN_INTERLEAVED_SLICES = 3
 PARALLEL_MIN_PIXELS = 1 << 18  # 512^2
-_Kernel = Callable[[FloatArray, FloatArray, float, float, float, float], None]
 _Unweave = Callable[[FloatArray, FloatArray, bool], None]
 
 
@@ -63,80 +64,6 @@ def interval_table(rows: FloatArray, lanes: int) -> FloatArray:
     table[:, :n_slices] = rows.T
     np.subtract(rows[:, 1:].T, rows[:, :-1].T, out=table[:-1, lanes : lanes + n_slices])
     return table
-
-
-@functools.cache
-def _numba_kernel(parallel: bool) -> _Kernel:
-    return compile_kernel(_define_kernel, parallel, slp=True)
-
-
-def _define_kernel(numba: Any) -> _Kernel:
-    # The run [lo, hi] of pixels of row i that see the detector is found exactly as the
-    # planar kernel finds it (see backprojection.py). The eight lanes are written out:
-    # LLVM's SLP vectorizer turns eight identical statements on neighbouring floats into
-    # vector instructions, which no loop here would become (numba's negative-index
-    # handling keeps the loop vectorizer out), and every load comes before the stores
-    # because numba cannot tell the compiler that `out` and `table` do not overlap.
-    def interleaved_kernel(
-        out: FloatArray, table: FloatArray, center: float, cos_a: float, sin_a: float, weight: float
-    ) -> None:
-        n = out.shape[0]
-        lanes = out.shape[2]
-        n_cols = table.shape[0]
-        half = n // 2
-        first = -EDGE_TOL
-        last = float(n_cols - 1) + EDGE_TOL
-        w = np.float32(weight)
-        flat_out = out.reshape(-1)
-        flat_table = table.reshape(-1)
-        n_chunks = (n + ROW_CHUNK - 1) // ROW_CHUNK
-        for chunk in numba.prange(n_chunks):
-            for i in range(chunk * ROW_CHUNK, min(n, (chunk + 1) * ROW_CHUNK)):
-                base = center - sin_a * float(i - half)
-                if cos_a > 1e-12:
-                    lo = math.ceil((first - base) / cos_a) + half
-                    hi = math.floor((last - base) / cos_a) + half
-                elif cos_a < -1e-12:
-                    lo = math.ceil((last - base) / cos_a) + half
-                    hi = math.floor((first - base) / cos_a) + half
-                else:
-                    lo, hi = 0, n - 1
-                lo = max(lo - 1, 0)
-                hi = min(hi + 1, n - 1)
-                while lo <= hi:
-                    u = base + cos_a * float(lo - half)
-                    if u < first or u > last:
-                        lo += 1
-                    else:
-                        break
-                while hi >= lo:
-                    u = base + cos_a * float(hi - half)
-                    if u < first or u > last:
-                        hi -= 1
-                    else:
-                        break
-                for j in range(lo, hi + 1):
-                    u = base + cos_a * float(j - half)
-                    i0 = min(max(int(u), 0), n_cols - 2)  # int() is floor here: u > -1
-                    f = np.float32(u - i0)
-                    for group in range(0, lanes, 8):
-                        t = flat_table[i0 * 2 * lanes + group : i0 * 2 * lanes + group + lanes + 8]
-                        o = flat_out[(i * n + j) * lanes + group : (i * n + j) * lanes + group + 8]
-                        # values t[0..7], slopes t[lanes..lanes+7]
-                        a0, a1, a2, a3 = t[0], t[1], t[2], t[3]
-                        a4, a5, a6, a7 = t[4], t[5], t[6], t[7]
-                        s0, s1, s2, s3 = t[lanes], t[lanes + 1], t[lanes + 2], t[lanes + 3]
-                        s4, s5, s6, s7 = t[lanes + 4], t[lanes + 5], t[lanes + 6], t[lanes + 7]
-                        o[0] += w * (a0 + f * s0)
-                        o[1] += w * (a1 + f * s1)
-                        o[2] += w * (a2 + f * s2)
-                        o[3] += w * (a3 + f * s3)
-                        o[4] += w * (a4 + f * s4)
-                        o[5] += w * (a5 + f * s5)
-                        o[6] += w * (a6 + f * s6)
-                        o[7] += w * (a7 + f * s7)
-
-    return interleaved_kernel  # type: ignore[no-any-return,unused-ignore]
 
 
 @functools.cache
@@ -189,7 +116,7 @@ class InterleavedSlices:
             return
         rows = projection_rows(self.n_slices, filtered_rows)
         theta = math.radians(angle_deg)
-        kernel = _numba_kernel(self.threaded)
+        kernel = pixel_major_kernel(self.threaded)
         # math.cos/sin, as the planar kernel's caller computes them: the same pixels
         # lie on the detector.
         kernel(
