@@ -58,7 +58,7 @@ def _numba_bin(parallel: bool) -> _BinKernel:
 def _define_bin(numba: Any) -> _BinKernel:
     # Row by row of the output: its `factor` input rows are read in order. The sum is
     # int64, the rounding numpy's: floor((total + area // 2) / area).
-    def bin_kernel(data: npt.NDArray[np.integer], factor: int, out: npt.NDArray[np.integer]) -> None:
+    def bin_kernel(data: npt.NDArray[np.generic], factor: int, out: npt.NDArray[np.generic]) -> None:
         rows_out, cols_out = out.shape
         area = factor * factor
         half = area // 2
