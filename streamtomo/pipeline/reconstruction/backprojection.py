@@ -92,7 +92,7 @@ def _define_detector_run(numba: Any) -> Callable[[float, float, int, int], tuple
                 break
         return lo, hi
 
-    return numba.njit(nogil=True)(detector_run)  # type: ignore[no-any-return]
+    return numba.njit(nogil=True, inline="always")(detector_run)  # type: ignore[no-any-return]
 
 
 def _define_kernel(numba: Any) -> _BatchKernel:
