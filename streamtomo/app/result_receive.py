@@ -36,8 +36,8 @@ def frames_as_received(frames: Sequence[Any], view_bytes: int = VIEW_BYTES) -> l
     """``bytes`` for small frames, a view of the frame's buffer for large ones; a
     result whose arrays came as frames of their own (:mod:`streamtomo.app.result_frames`)
     as ``[header, ReceivedResult]``, the form dranspose's reducer reads."""
-    parts = [frame.buffer if len(frame) >= view_bytes else frame.bytes for frame in frames]
-    if len(parts) > 2:
+    parts = [frame.buffer if len(frame) >= view_bytes else frame.bytes for frame in frames[:2]]
+    if len(frames) > 2:  # the arrays' frames: views, however small
         return [parts[0], ReceivedResult(parts[1], [frame.buffer for frame in frames[2:]])]
     return parts
 

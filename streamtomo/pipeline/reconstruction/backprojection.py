@@ -8,8 +8,9 @@ interpolated; positions outside [0, n_cols - 1] contribute 0. With
 before its final pi/(2*n_angles) scale.
 
 Two kernels compute the same sum: a parallel numba one (compiled on first use,
-cached on disk) and a pure-numpy fallback. A third, :func:`pixel_major_kernel`, adds
-to slices kept pixel-major (:mod:`streamtomo.pipeline.reconstruction.interleaved`). Both evaluate ``u`` in float64 in
+cached on disk) and a pure-numpy fallback; a third, :func:`pixel_major_kernel`, adds
+it to slices kept pixel-major (:mod:`streamtomo.pipeline.reconstruction.interleaved`).
+All evaluate ``u`` in float64 in
 the same operation order so they agree on which pixels lie on the detector;
 positions within ``EDGE_TOL`` of the detector ends count as on it, so rounding
 noise (cos 90 deg is 6e-17, not 0) cannot drop a whole edge row.

@@ -14,8 +14,9 @@
 * :func:`auto_center`: what the parameter value ``center=auto`` runs.
 * :func:`cor_sweep` / :class:`StreamingCorSweep`: one row reconstructed for many
   centres. Moving the axis by d is the same as shifting the filtered row by d,
-  so every candidate is one filtered row (shifted exactly, by a phase ramp) and
-  one call of ``backproject_into`` updates all candidates for a projection.
+  so every candidate is one filtered row (shifted exactly, by a phase ramp,
+  :class:`SweepRows`) and one backprojection call updates all candidates for a
+  projection (the live workers add them to the live slices' stack).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy.typing as npt
 import scipy.fft
 
 from streamtomo.pipeline.reconstruction.backends.common import check_center
-from streamtomo.pipeline.reconstruction.backprojection import Backend, backproject_into
+from streamtomo.pipeline.reconstruction.backprojection import Backend
 from streamtomo.pipeline.reconstruction.fbp import angular_weights, weight_partial_sum
 from streamtomo.pipeline.reconstruction.filters import check_filter_name, frequency_response, padded_size
 from streamtomo.pipeline.reconstruction.interleaved import InterleavedSlices
@@ -324,13 +325,8 @@ class StreamingCorSweep:
         reference: float | None = None,
     ) -> None:
         self.rows = SweepRows(n_cols, centers, filter_name, reference)
-        self.n_cols = self.rows.n_cols
-        self.centers = self.rows.centers
-        self.filter_name = self.rows.filter_name
-        self.reference = self.rows.reference
-        self.slice_size = self.n_cols if slice_size is None else int(slice_size)
-        self.backend: Backend = backend
-        self._partial = InterleavedSlices(self.centers.size, self.slice_size, backend)
+        self.slice_size = self.rows.n_cols if slice_size is None else int(slice_size)
+        self._partial = InterleavedSlices(self.rows.centers.size, self.slice_size, backend)
         self._count = 0
         self._expected: npt.NDArray[np.float64] | None = None
         self._relative: npt.NDArray[np.float64] | None = None
@@ -343,9 +339,6 @@ class StreamingCorSweep:
     def n_projections(self) -> int:
         return self._count
 
-    def filtered_rows(self, row: npt.ArrayLike) -> FloatArray:
-        return self.rows.filtered_rows(row)
-
     def _weight(self, angle_deg: float) -> float:
         if self._expected is None or self._relative is None:
             return 1.0
@@ -354,12 +347,8 @@ class StreamingCorSweep:
 
     def add(self, row: npt.ArrayLike, angle_deg: float) -> None:
         """Add one projection's row (C,) (-log corrected) to every candidate."""
-        self._partial.add(self.filtered_rows(row), angle_deg, self.reference, self._weight(angle_deg))
+        self._partial.add(self.rows.filtered_rows(row), angle_deg, self.rows.reference, self._weight(angle_deg))
         self._count += 1
-
-    def add_into(self, out: FloatArray, row: npt.ArrayLike, angle_deg: float, weight: float = 1.0) -> None:
-        """Backproject one row for every candidate into ``out`` (M, N, N), any stack."""
-        backproject_into(out, self.filtered_rows(row), angle_deg, self.reference, weight, backend=self.backend)
 
     def result(self) -> FloatArray:
         """(M, N, N) float32 slices, one per centre in ``centers`` order."""
@@ -368,16 +357,6 @@ class StreamingCorSweep:
     def reset(self) -> None:
         self._partial.clear()
         self._count = 0
-
-    def take_partial(self) -> tuple[FloatArray, int]:
-        """Hand out the unweighted sum so far (and its projection count); start a new one.
-
-        Workers send this as a partial sum; the reducer adds partial sums of all
-        workers and weights the total once (``weight_partial_sum``).
-        """
-        partial, count = self._partial.take(), self._count
-        self._count = 0
-        return partial, count
 
 
 def cor_sweep(
