@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,11 +33,69 @@ class NotReady(RuntimeError):
     """Something polled with :func:`wait_for` was not ready in time."""
 
 
-def free_port(host: str = HOST) -> int:
-    """A port nobody listens on now (the OS's choice; it may be taken again later)."""
+# Where free_port looks when the kernel's own range cannot be read or leaves no room
+# below it: the lowest port it hands out, and the span above that.
+LOWEST_FREE_PORT = 15000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the kernel picks itself (``bind`` to port 0, and the source port of
+    every outgoing connection), inclusive; Linux's default where it cannot be read."""
+    try:
+        low, high = (int(field) for field in _EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def allocatable_ports() -> range:
+    """Where :func:`free_port` chooses: below the kernel's ephemeral range.
+
+    A port chosen there is bound seconds later by a service process, and until then
+    nothing holds it. Chosen inside the ephemeral range (the kernel's own choice, as
+    this function once did), it could meanwhile become the source port of any outgoing
+    connection, a Redis client's or an HTTP poll's, and the service failed to start
+    with "Address already in use" (a reducer's ZeroMQ port, 60545, in CI). Below the
+    range the kernel never puts anything of its own accord.
+    """
+    low, _ = ephemeral_port_range()
+    if low - LOWEST_FREE_PORT >= 1000:
+        return range(LOWEST_FREE_PORT, low)
+    return range(max(low - 1000, 1024), low)  # a tight range: still outside it
+
+
+def _unused(host: str, port: int) -> bool:
+    """Whether ``port`` can be bound now. Without SO_REUSEADDR, so that a port held by
+    any socket, a connection in TIME_WAIT included, counts as used."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = HOST) -> int:
+    """A port nobody holds now, for a service that will bind it shortly.
+
+    Chosen at random from :func:`allocatable_ports` (so that two processes choosing at
+    once rarely meet), never one this process handed out before (so that the ports of
+    one deployment differ, and a port is not given again while the service it was
+    given for starts). It may still be taken by another program that chooses fixed
+    ports; the service then fails to start with that port in its error.
+    """
+    ports = allocatable_ports()
+    chooser = random.SystemRandom()
+    with _handed_out_lock:
+        for _ in range(4 * len(ports)):
+            port = chooser.choice(ports)
+            if port not in _handed_out and _unused(host, port):
+                _handed_out.add(port)
+                return port
+    raise OSError(f"no free port on {host} in {ports.start}-{ports.stop - 1} (below the kernel's ephemeral range)")
 
 
 def wait_for(

@@ -1,0 +1,49 @@
+"""free_port: ports for services that bind them later, where nothing else lands meanwhile."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from streamtomo.app import processes
+from streamtomo.app.processes import HOST, allocatable_ports, ephemeral_port_range, free_port
+
+
+def test_ports_lie_below_the_kernels_ephemeral_range() -> None:
+    low, high = ephemeral_port_range()
+    assert 1024 <= low <= high <= 65535
+    ports = [free_port() for _ in range(50)]
+    assert all(port in allocatable_ports() and port < low for port in ports)
+
+
+def test_a_process_never_hands_out_a_port_twice() -> None:
+    """The ports of one deployment are all chosen before any service binds one."""
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+
+
+@pytest.fixture
+def three_ports(monkeypatch: pytest.MonkeyPatch) -> Iterator[range]:
+    """A range of three ports free now, as the only place free_port may choose."""
+    for start in range(allocatable_ports().start, allocatable_ports().stop - 3, 3):
+        candidates = range(start, start + 3)
+        if all(processes._unused(HOST, p) and p not in processes._handed_out for p in candidates):
+            monkeypatch.setattr(processes, "allocatable_ports", lambda chosen=candidates: chosen)
+            yield candidates
+            return
+    pytest.skip("no three free ports side by side")
+
+
+def test_a_port_held_by_a_listener_or_a_connection_is_not_chosen(three_ports: range) -> None:
+    listener = socket.create_server((HOST, three_ports[0]))
+    # The source port of a connection: what a port in the ephemeral range could become.
+    client = socket.socket()
+    client.bind((HOST, three_ports[1]))
+    client.connect(listener.getsockname())
+    accepted, _ = listener.accept()
+    with listener, client, accepted:
+        assert free_port() == three_ports[2]
+        with pytest.raises(OSError, match=f"no free port on {HOST} in {three_ports[0]}-{three_ports[2]}"):
+            free_port()  # the third is handed out already
