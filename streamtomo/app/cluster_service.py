@@ -11,6 +11,8 @@ installs what :mod:`streamtomo.app.services` gives a local deployment's services
   cancels once and waits forever; a killed reducer's successor hung there;
 * no skipped end of a scan (:mod:`streamtomo.app.finished_updates`): a ``finished``
   update read together with a later one was never applied;
+* only changed parameters fetched (:mod:`streamtomo.app.parameter_versions`): every
+  update made every service fetch every parameter again;
 * bounded result queues (:func:`streamtomo.app.zmq_loopback.bound_result_queues`):
   backpressure instead of a reducer holding every result of a scan;
 * in workers, the reducer's malloc settings (fewer page faults per result);

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, NoReturn
 
-from streamtomo.app import finished_updates, result_frames, result_receive, task_cancel
+from streamtomo.app import finished_updates, parameter_versions, result_frames, result_receive, task_cancel
 from streamtomo.app.processes import HOST
 from streamtomo.app.task_cancel import cancel_until_done, pending
 from streamtomo.app.zmq_loopback import bind_loopback, bound_result_queues, tolerant_ingester
@@ -124,7 +124,8 @@ def install_mends(kind: str) -> None:
     """What a dranspose service process of ``kind`` runs with, here and in a cluster
     (:mod:`streamtomo.app.cluster_service`), installed before the service starts:
     bounded result queues, tasks cancelled until they end, no skipped ``finished``
-    update (for the services that follow the controller's updates) and, in workers,
+    update and only changed parameters fetched (for the services that follow the
+    controller's updates: :mod:`streamtomo.app.parameter_versions`) and, in workers,
     the reducer's malloc settings; results pickled with their large arrays as frames
     of their own, sent and unpickled without copies (:mod:`streamtomo.app.result_frames`),
     in the reducer from ZeroMQ's buffers (:mod:`streamtomo.app.result_receive`). For the reducer and the controller, the
@@ -134,6 +135,7 @@ def install_mends(kind: str) -> None:
     task_cancel.install(kind)
     if kind != "controller":
         finished_updates.install()
+        parameter_versions.install()
     if kind == "worker":
         from streamtomo.reducer.malloc_tuning import keep_buffer_pages
 

@@ -197,6 +197,23 @@ def test_next_scan_resets_state_and_keeps_references_when_asked(clean_logs: Loca
     assert json.loads(last["rejected"]) == {"no_references": spec.angles}
 
 
+@needs_redis
+def test_services_fetch_only_the_parameters_that_changed(clean_logs: LocalDeployment) -> None:
+    """dranspose's services fetched every parameter again at every update of the controller
+    (two Redis round trips and two log lines each): see streamtomo.app.parameter_versions."""
+    logs = [clean_logs.log_dir / f"{name}.log" for name in (*clean_logs.state.workers, "reducer", "detector-ingester")]
+    seen = [len(path.read_text().splitlines()) for path in logs]
+    clean_logs.set_parameter("publish_interval", b"0.37")
+    clean_logs.wait_parameters_consistent()
+    for path, start in zip(logs, seen, strict=True):
+        fetched = [
+            line.split("set parameter ")[1]
+            for line in path.read_text().splitlines()[start:]
+            if "set parameter " in line and "has a description" not in line
+        ]
+        assert fetched == ["publish_interval of length 4"], path.name
+
+
 @pytest.mark.slow
 @needs_redis
 def test_stream_that_stops_early_is_ended_and_the_partial_result_kept(clean_logs: LocalDeployment) -> None:
