@@ -18,7 +18,14 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, NoReturn
 
-from streamtomo.app import finished_updates, parameter_versions, result_frames, result_receive, task_cancel
+from streamtomo.app import (
+    finished_updates,
+    parameter_versions,
+    result_batches,
+    result_frames,
+    result_receive,
+    task_cancel,
+)
 from streamtomo.app.processes import HOST
 from streamtomo.app.task_cancel import cancel_until_done, pending
 from streamtomo.app.zmq_loopback import bind_loopback, bound_result_queues, tolerant_ingester
@@ -128,7 +135,8 @@ def install_mends(kind: str) -> None:
     controller's updates: :mod:`streamtomo.app.parameter_versions`) and, in workers,
     the reducer's malloc settings; results pickled with their large arrays as frames
     of their own, sent and unpickled without copies (:mod:`streamtomo.app.result_frames`),
-    in the reducer from ZeroMQ's buffers (:mod:`streamtomo.app.result_receive`). For the reducer and the controller, the
+    in the reducer from ZeroMQ's buffers (:mod:`streamtomo.app.result_receive`) and taken
+    in batches when they queue (:mod:`streamtomo.app.result_batches`). For the reducer and the controller, the
     environment their dranspose settings are read from must be set first
     (:func:`streamtomo.app.task_cancel.install` imports their modules)."""
     bound_result_queues()
@@ -147,6 +155,7 @@ def install_mends(kind: str) -> None:
     if kind == "reducer":
         result_receive.install()
         result_frames.install_receiver()
+        result_batches.install()
 
 
 def service_main(argv: Sequence[str] | None = None) -> int:
