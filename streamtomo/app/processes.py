@@ -33,9 +33,10 @@ class NotReady(RuntimeError):
     """Something polled with :func:`wait_for` was not ready in time."""
 
 
-# Where free_port looks when the kernel's own range cannot be read or leaves no room
-# below it: the lowest port it hands out, and the span above that.
+# Where free_port looks: from this port up to the kernel's ephemeral range, if that
+# leaves at least MIN_SPAN ports, else wherever outside that range there is room.
 LOWEST_FREE_PORT = 15000
+MIN_SPAN = 1000
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()
 _handed_out_lock = threading.Lock()
@@ -52,19 +53,21 @@ def ephemeral_port_range() -> tuple[int, int]:
 
 
 def allocatable_ports() -> range:
-    """Where :func:`free_port` chooses: below the kernel's ephemeral range.
+    """Where :func:`free_port` chooses: outside the kernel's ephemeral range, below it
+    where there is room (empty where the range leaves none: the kernel then chooses).
 
     A port chosen there is bound seconds later by a service process, and until then
     nothing holds it. Chosen inside the ephemeral range (the kernel's own choice, as
     this function once did), it could meanwhile become the source port of any outgoing
     connection, a Redis client's or an HTTP poll's, and the service failed to start
-    with "Address already in use" (a reducer's ZeroMQ port, 60545, in CI). Below the
-    range the kernel never puts anything of its own accord.
+    with "Address already in use" (a reducer's ZeroMQ port, 60545, in CI). Outside
+    the range the kernel never puts anything of its own accord.
     """
-    low, _ = ephemeral_port_range()
-    if low - LOWEST_FREE_PORT >= 1000:
-        return range(LOWEST_FREE_PORT, low)
-    return range(max(low - 1000, 1024), low)  # a tight range: still outside it
+    low, high = ephemeral_port_range()
+    for candidates in (range(LOWEST_FREE_PORT, low), range(1024, low), range(high + 1, 65536)):
+        if len(candidates) >= MIN_SPAN:
+            return candidates
+    return range(0)
 
 
 def _unused(host: str, port: int) -> bool:
@@ -90,12 +93,16 @@ def free_port(host: str = HOST) -> int:
     ports = allocatable_ports()
     chooser = random.SystemRandom()
     with _handed_out_lock:
+        if not ports:  # the ephemeral range covers (nearly) every port: the kernel's choice
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                return int(sock.getsockname()[1])
         for _ in range(4 * len(ports)):
             port = chooser.choice(ports)
             if port not in _handed_out and _unused(host, port):
                 _handed_out.add(port)
                 return port
-    raise OSError(f"no free port on {host} in {ports.start}-{ports.stop - 1} (below the kernel's ephemeral range)")
+    raise OSError(f"no free port on {host} in {ports.start}-{ports.stop - 1} (outside the kernel's ephemeral range)")
 
 
 def wait_for(

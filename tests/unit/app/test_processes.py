@@ -11,11 +11,29 @@ from streamtomo.app import processes
 from streamtomo.app.processes import HOST, allocatable_ports, ephemeral_port_range, free_port
 
 
-def test_ports_lie_below_the_kernels_ephemeral_range() -> None:
+def test_ports_lie_outside_the_kernels_ephemeral_range() -> None:
     low, high = ephemeral_port_range()
-    assert 1024 <= low <= high <= 65535
+    assert 1 <= low <= high <= 65535
+    if not allocatable_ports():
+        pytest.skip(f"the ephemeral range {low}-{high} leaves no room outside it")
     ports = [free_port() for _ in range(50)]
-    assert all(port in allocatable_ports() and port < low for port in ports)
+    assert all(port in allocatable_ports() and not low <= port <= high for port in ports)
+
+
+@pytest.mark.parametrize(
+    ("ephemeral", "expected"),
+    [
+        ((32768, 60999), range(15000, 32768)),  # Linux's default
+        ((10000, 60999), range(1024, 10000)),  # little room above 15000
+        ((1024, 60000), range(60001, 65536)),  # none below: above
+        ((1024, 65000), range(0)),  # none anywhere: the kernel chooses
+    ],
+)
+def test_where_ports_are_chosen(monkeypatch: pytest.MonkeyPatch, ephemeral: tuple[int, int], expected: range) -> None:
+    monkeypatch.setattr(processes, "ephemeral_port_range", lambda: ephemeral)
+    assert allocatable_ports() == expected
+    port = free_port()
+    assert port in expected if expected else 0 < port <= 65535
 
 
 def test_a_process_never_hands_out_a_port_twice() -> None:
