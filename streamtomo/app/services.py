@@ -19,6 +19,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, NoReturn
 
 from streamtomo.app import (
+    event_assignments,
     finished_updates,
     parameter_versions,
     result_batches,
@@ -136,7 +137,9 @@ def install_mends(kind: str) -> None:
     the reducer's malloc settings; results pickled with their large arrays as frames
     of their own, sent and unpickled without copies (:mod:`streamtomo.app.result_frames`),
     in the reducer from ZeroMQ's buffers (:mod:`streamtomo.app.result_receive`) and taken
-    in batches when they queue (:mod:`streamtomo.app.result_batches`). For the reducer and the controller, the
+    in batches when they queue (:mod:`streamtomo.app.result_batches`); workers record
+    which workers each broadcast event went to, so that one of them sends the reducer
+    a dark's or flat's rows (:mod:`streamtomo.app.event_assignments`). For the reducer and the controller, the
     environment their dranspose settings are read from must be set first
     (:func:`streamtomo.app.task_cancel.install` imports their modules)."""
     bound_result_queues()
@@ -155,6 +158,7 @@ def install_mends(kind: str) -> None:
         keep_buffer_pages()
     if kind == "worker":
         result_frames.install_sender()
+        event_assignments.install()
     if kind == "reducer":
         result_receive.install()
         result_frames.install_receiver()

@@ -439,12 +439,15 @@ class TomoReducer:
             logger.info("HSDS domain %s %s (%s)", self.hsds.domain_name, state, self.hsds.stats())
         status = self.scan.status()
         # A failure was logged (WARNING, with its reason) where it happened.
+        counts = self.scan.counts
         logger.info(
-            "scan %s: %d projections, %d rejected %s",
+            "scan %s: %d projections, %d rejected %s; %d copies of broadcast darks and flats, %d of them with rows",
             self.scan.state,
             status["projections"],
             status["frames_rejected"],
             json.dumps(self.scan.rejected),
+            counts.get("reference_copies", 0),
+            counts.get("reference_copies_with_rows", 0),
         )
         self._write_final()
 

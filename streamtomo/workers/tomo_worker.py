@@ -20,9 +20,10 @@ from streamtomo.pipeline.formats.errors import AngleError, EncoderFieldMissing, 
 from streamtomo.pipeline.formats.kinds import BaseEvidence, FrameKindRule, FrameNumbering
 from streamtomo.pipeline.formats.pcap import PcapEnd, PcapHeader, PcapValues, angle_from_values, decode_pcap_event
 from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage, decode_stins
-from streamtomo.pipeline.messages import AngleRow, Rejected, StreamEnded, WorkerResult
+from streamtomo.pipeline.messages import AngleRow, ReferenceCopy, ReferenceRows, Rejected, StreamEnded, WorkerResult
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
+from streamtomo.workers import broadcast_senders
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,11 @@ class TomoWorker:
         self._params = ConfigCache()
         config = self._params.config(parameters or {})
         name = getattr(state, "name", None) or "worker"
-        self.processor = FrameProcessor(config, str(name))
+        self.name = str(name)
+        # dranspose makes a new worker object for each mapping (each scan).
+        mapping = getattr(state, "mapping_uuid", None)
+        self.mapping = None if mapping is None else str(mapping)
+        self.processor = FrameProcessor(config, self.name)
         self.rule = FrameKindRule.from_config(config)
         self.numbering = FrameNumbering(config.fixed_frame_base(), SERIES_BASE)
         self.numbering.reset()  # a new worker is a new run: nothing learnt before counts
@@ -81,6 +86,7 @@ class TomoWorker:
             flushed = self.processor.flush_if_due()
             if flushed is not None:
                 result.items.append(flushed)
+        broadcast_senders.forget(self.mapping, event.event_number)
         return result if result.items else None
 
     def finish(self, parameters: dict[Any, Any] | None = None) -> None:
@@ -227,12 +233,21 @@ class TomoWorker:
             # No angle stream configured: the nominal angle from the frame's position.
             angle = config.nominal_angle(index - config.first_projection())
         try:
-            result.items.extend(
-                self.processor.process(index, key, message.array, angle, measured, event_number, angle_row)
-            )
+            items = self.processor.process(index, key, message.array, angle, measured, event_number, angle_row)
         except (ValueError, MemoryError, FloatingPointError) as error:
             # Settings this worker cannot apply (or a frame it cannot handle) must not
             # lose the frame silently, as dranspose does with an exception (one ERROR
             # line, no result): the reducer counts it under its own reason.
             logger.warning("frame %d could not be processed: %r", index, error)
             result.items.append(Rejected(index, "worker_failed", f"frame {index}: {error!r}", event_number))
+            return
+        if key in (ImageKey.DARK, ImageKey.FLAT) and not broadcast_senders.sends_rows(
+            self.mapping, event_number, config.detector_stream, self.name
+        ):
+            # Built into this worker's references; another worker sends the rows.
+            result.items.extend(
+                ReferenceCopy(item.frame_index, item.key, item.event) if isinstance(item, ReferenceRows) else item
+                for item in items
+            )
+        else:
+            result.items.extend(items)

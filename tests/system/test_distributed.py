@@ -26,6 +26,7 @@ import streamtomo.app.play as play_module
 from streamtomo.app.beamline_events import frame_events, recorded_events, scan_mapping
 from streamtomo.app.deployment import LocalDeployment
 from streamtomo.app.play import play
+from streamtomo.app.processes import wait_for
 from streamtomo.app.zmq_loopback import tolerant_ingester
 from streamtomo.pipeline.formats import eiger
 from streamtomo.pipeline.formats.errors import FrameError
@@ -154,6 +155,8 @@ def test_services_listen_on_loopback_only(clean_logs: LocalDeployment) -> None:
 @pytest.mark.slow
 @needs_redis
 def test_live_domain_equals_replay_of_its_recordings(clean_logs: LocalDeployment) -> None:
+    reducer_log = clean_logs.log_dir / "reducer.log"
+    start = len(reducer_log.read_text().splitlines())
     spec, frames = simulated_scan()
     config = spec.config()
     result = play(clean_logs.state, frame_events(frames, config), config)
@@ -162,6 +165,19 @@ def test_live_domain_equals_replay_of_its_recordings(clean_logs: LocalDeployment
     assert live["/entry/status/state"] == "finished"
     assert int(live["/entry/reconstruction/n_projections"]) == spec.angles
     assert json.loads(live["/entry/status/rejected"]) == {}  # broadcast references are not duplicates
+    references = int(live["/entry/status/darks"]) + int(live["/entry/status/flats"])
+    assert references > 0
+
+    # Each broadcast dark and flat crossed the reducer's socket with its rows once:
+    # the other worker sent a copy notice (streamtomo.workers.broadcast_senders).
+    def copies_line() -> str | None:
+        lines = reducer_log.read_text().splitlines()[start:]
+        return next((line for line in lines if "copies of broadcast darks and flats" in line), None)
+
+    line = wait_for("the reducer's end-of-scan line", copies_line, 60.0)
+    assert line.endswith(
+        f"{references * (len(clean_logs.state.workers) - 1)} copies of broadcast darks and flats, 0 of them with rows"
+    ), line
 
     recordings = result.recordings()
     assert all(p.stat().st_size > 0 for p in recordings)

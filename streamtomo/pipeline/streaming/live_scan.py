@@ -34,6 +34,7 @@ from streamtomo.pipeline.messages import (
     DetectorInfo,
     PartialSum,
     ProjectionRows,
+    ReferenceCopy,
     ReferenceRows,
     Rejected,
     StreamEnded,
@@ -141,6 +142,9 @@ class LiveScan:
                     )
             elif isinstance(item, ReferenceRows):
                 self._add_reference(item)
+            elif isinstance(item, ReferenceCopy):
+                # Another worker of the broadcast sends the rows (tomo_worker, broadcast_senders).
+                self.admission.counts["reference_copies"] += 1
             elif isinstance(item, Rejected):
                 self.reject(item.reason, item.detail, item.frame_index)
                 self._advance()
@@ -226,8 +230,10 @@ class LiveScan:
             ref.event < 0 and ref.frame_index in self._reference_frames
         )
         if broadcast:
-            # Distributed mode broadcasts darks and flats: every worker sends the same event.
+            # Distributed mode broadcasts darks and flats to every worker; one of them
+            # sends the rows, unless the workers could not tell which (then every one).
             self.admission.counts["reference_copies"] += 1
+            self.admission.counts["reference_copies_with_rows"] += 1
             return
         if not self._ensure_detector(ref) or not self.admission.first_time(ref.frame_index, ref.event):
             return

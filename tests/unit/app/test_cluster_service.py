@@ -31,6 +31,9 @@ PROBE = textwrap.dedent(
         "cancel": all(sys.modules[m].cancel_and_wait is task_cancel.cancel_and_wait for m in modules),
         "xread": Redis.xread.__module__,
         "bind": zmq.Socket.bind.__name__,
+        "assignments": type(sys.modules["dranspose.worker"].WorkAssignmentList).__module__
+        if "dranspose.worker" in sys.modules
+        else None,
     }
     if args.subcommand == "ingester":
         found["ingester"] = getattr(cli, args.ingesterclass).__name__
@@ -72,6 +75,8 @@ def test_each_service_kind_gets_the_mends(argv: list[str]) -> None:
     assert (found["xread"] == "streamtomo.app.finished_updates") == (argv[0] != "controller")
     if argv[0] == "ingester":
         assert found["ingester"] == "TolerantZmqPullSingleIngester"
+    # A worker records which workers each broadcast event went to (one sends the rows).
+    assert (found["assignments"] == "streamtomo.app.event_assignments") == (argv[0] == "worker")
 
 
 @pytest.mark.parametrize(

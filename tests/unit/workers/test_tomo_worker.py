@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,17 @@ from dranspose.event import EventData, StreamData
 from dranspose.protocol import EventNumber, ParameterName, StreamName, WorkParameter
 
 from streamtomo.pipeline.formats import stins
-from streamtomo.pipeline.messages import PartialSum, ProjectionRows, ReferenceRows, Rejected, StreamEnded
+from streamtomo.pipeline.messages import (
+    PartialSum,
+    ProjectionRows,
+    ReferenceCopy,
+    ReferenceRows,
+    Rejected,
+    StreamEnded,
+    WorkerResult,
+)
+from streamtomo.pipeline.streaming.live_scan import LiveScan
+from streamtomo.workers import broadcast_senders
 from streamtomo.workers.tomo_worker import TomoWorker
 
 ROWS, COLS = 8, 32
@@ -68,6 +79,42 @@ def test_a_stream_becomes_references_projections_partial_sums_and_its_end() -> N
     assert sorted(f for p in partials for f in p.frame_indices) == [2, 3, 4, 5]
     assert all(p.sweep is not None and p.sweep.shape[0] == 7 and np.any(p.sweep) for p in partials)
     assert isinstance(items[-1], StreamEnded)
+
+
+def test_one_worker_of_a_broadcast_sends_the_rows_the_others_a_copy_notice() -> None:
+    """dranspose broadcasts darks and flats: each worker builds its references from
+    them, one sends the rows (at 2048^2 with 8 workers, 7 of 8 copies were dropped by
+    the reducer after crossing its socket)."""
+    params = parameters()
+    names = ("w-b", "w-a")  # the first in name order sends
+    workers = [TomoWorker(parameters=params, state=SimpleNamespace(name=n, mapping_uuid="m-7")) for n in names]
+    parts = frames()
+    for number in (0, 1, 2, len(parts) - 1):  # header, dark, flat, end: broadcast events
+        broadcast_senders.record("m-7", number, {"detector": list(names)})
+    scan = LiveScan(workers[0].processor.config)
+    items: dict[str, list[Any]] = {name: [] for name in names}
+    for number, message in enumerate(parts):
+        broadcast = number in (0, 1, 2, len(parts) - 1)
+        for worker in workers if broadcast else [workers[number % 2]]:
+            result = worker.process_event(event(number, message), params)
+            if result is not None:
+                items[worker.name].extend(result.items)
+                scan.add_result(result)
+    assert [type(i) for i in items["w-a"] if isinstance(i, ReferenceRows | ReferenceCopy)] == [ReferenceRows] * 2
+    assert [type(i) for i in items["w-b"] if isinstance(i, ReferenceRows | ReferenceCopy)] == [ReferenceCopy] * 2
+    # w-b corrected its projections with the references it built from the frames it
+    # did not send: the same set as w-a's.
+    versions = {p.reference_version for name in names for p in items[name] if isinstance(p, ProjectionRows)}
+    assert len(versions) == 1 and 0 not in versions
+    scan.finish()
+    assert scan.rejected == {}
+    assert (scan.status()["darks"], scan.status()["flats"], scan.status()["projections"]) == (1, 1, 4)
+    assert scan.counts["reference_copies"] == 2 and scan.counts.get("reference_copies_with_rows", 0) == 0
+    single = LiveScan(workers[0].processor.config)
+    single.add_result(WorkerResult(run_worker(params)))
+    single.finish()
+    assert single.sinogram is not None and scan.sinogram is not None
+    np.testing.assert_array_equal(scan.sinogram.data, single.sinogram.data)
 
 
 def test_frames_the_worker_cannot_process_are_rejected_with_a_reason() -> None:
