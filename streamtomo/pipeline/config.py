@@ -203,6 +203,12 @@ class PipelineConfig:
             "help": "projections a worker sums before sending its partial sums; 0: from their size (8 for small slices, up to 64 for 2048^2: each send is live slices plus sweep)"
         },
     )
+    reference_senders: int = field(
+        default=2,
+        metadata={
+            "help": "workers that send the reducer a broadcast dark's or flat's rows (the first by name; the others only say their copy came). 2: one worker lost at a scan's start loses no reference; 1: the least traffic"
+        },
+    )
     publish_interval: float = field(default=0.25, metadata={"help": "seconds between live domain updates"})
     keep_references: bool = field(
         default=False, metadata={"help": "keep darks/flats across scans (for scans that take none)"}
@@ -240,6 +246,8 @@ class PipelineConfig:
             raise ConfigError(
                 f"memory_budget_gb must be >= 0 (0: half of this machine's memory), got {self.memory_budget_gb}"
             )
+        if self.reference_senders < 1:
+            raise ConfigError(f"reference_senders must be >= 1, got {self.reference_senders}")
         if self.flush_every < 0:
             raise ConfigError(f"flush_every must be >= 0 (0: from the size of a partial sum), got {self.flush_every}")
         if not (0 < self.angle_range <= 360):

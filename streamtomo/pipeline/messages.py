@@ -40,10 +40,9 @@ class ReferenceCopy:
     """A broadcast dark or flat whose rows another worker sends: this worker built its
     references from the frame too, and tells the reducer only that its copy arrived.
 
-    dranspose broadcasts darks and flats to every worker; one of them (the first of
-    the event's workers in name order) sends the rows, so the reducer receives them once, not
-    once per worker (at 2048^2 with 8 workers, 20 references were 1.3 GB through its
-    socket, 7/8 of it dropped there).
+    dranspose broadcasts darks and flats to every worker; the first
+    ``reference_senders`` of the event's workers in name order send the rows, not
+    every worker (see :mod:`streamtomo.workers.broadcast_senders`).
     """
 
     frame_index: int

@@ -86,7 +86,6 @@ class TomoWorker:
             flushed = self.processor.flush_if_due()
             if flushed is not None:
                 result.items.append(flushed)
-        broadcast_senders.forget(self.mapping, event.event_number)
         return result if result.items else None
 
     def finish(self, parameters: dict[Any, Any] | None = None) -> None:
@@ -242,7 +241,7 @@ class TomoWorker:
             result.items.append(Rejected(index, "worker_failed", f"frame {index}: {error!r}", event_number))
             return
         if key in (ImageKey.DARK, ImageKey.FLAT) and not broadcast_senders.sends_rows(
-            self.mapping, event_number, config.detector_stream, self.name
+            self.mapping, event_number, config.detector_stream, self.name, config.reference_senders
         ):
             # Built into this worker's references; another worker sends the rows.
             result.items.extend(

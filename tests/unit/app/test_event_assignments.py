@@ -37,6 +37,6 @@ def test_dransposes_worker_records_the_assignments_it_reads_from_a_real_redis(re
         return len(taken)
 
     assert asyncio.run(main()) == 2  # dranspose's own use of them is unchanged
-    assert not sends_rows(str(mapping), 1, "detector", "w-b")  # without install: True
-    assert sends_rows(str(mapping), 1, "detector", "w-a")
-    assert sends_rows(str(mapping), 2, "detector", "w-b")  # one worker: not a broadcast
+    assert not sends_rows(str(mapping), 1, "detector", "w-b", 1)  # without install: True
+    assert sends_rows(str(mapping), 1, "detector", "w-a", 1)
+    assert sends_rows(str(mapping), 2, "detector", "w-b", 1)  # one worker: not a broadcast

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 from dranspose.event import EventData, StreamData
 from dranspose.protocol import EventNumber, ParameterName, StreamName, WorkParameter
 
@@ -81,40 +82,75 @@ def test_a_stream_becomes_references_projections_partial_sums_and_its_end() -> N
     assert isinstance(items[-1], StreamEnded)
 
 
-def test_one_worker_of_a_broadcast_sends_the_rows_the_others_a_copy_notice() -> None:
-    """dranspose broadcasts darks and flats: each worker builds its references from
-    them, one sends the rows (at 2048^2 with 8 workers, 7 of 8 copies were dropped by
-    the reducer after crossing its socket)."""
-    params = parameters()
-    names = ("w-b", "w-a")  # the first in name order sends
-    workers = [TomoWorker(parameters=params, state=SimpleNamespace(name=n, mapping_uuid="m-7")) for n in names]
+def broadcast_scan(
+    names: tuple[str, ...], params: dict[Any, Any], lost: str = ""
+) -> tuple[LiveScan, dict[str, list[Any]]]:
+    """A distributed scan as dranspose runs it: header, dark, flat and end go to every
+    worker (recorded as its service records the controller's assignments), each
+    projection to one. ``lost``: a worker whose results never reach the reducer."""
+    mapping = f"mapping-{'-'.join(names)}"
+    workers = [TomoWorker(parameters=params, state=SimpleNamespace(name=n, mapping_uuid=mapping)) for n in names]
     parts = frames()
-    for number in (0, 1, 2, len(parts) - 1):  # header, dark, flat, end: broadcast events
-        broadcast_senders.record("m-7", number, {"detector": list(names)})
+    broadcast = (0, 1, 2, len(parts) - 1)
+    for number in broadcast:
+        broadcast_senders.record(mapping, number, {"detector": list(names)})
     scan = LiveScan(workers[0].processor.config)
     items: dict[str, list[Any]] = {name: [] for name in names}
     for number, message in enumerate(parts):
-        broadcast = number in (0, 1, 2, len(parts) - 1)
-        for worker in workers if broadcast else [workers[number % 2]]:
+        survivors = [w for w in workers if w.name != lost]
+        for worker in workers if number in broadcast else [survivors[number % len(survivors)]]:
             result = worker.process_event(event(number, message), params)
             if result is not None:
                 items[worker.name].extend(result.items)
-                scan.add_result(result)
-    assert [type(i) for i in items["w-a"] if isinstance(i, ReferenceRows | ReferenceCopy)] == [ReferenceRows] * 2
-    assert [type(i) for i in items["w-b"] if isinstance(i, ReferenceRows | ReferenceCopy)] == [ReferenceCopy] * 2
-    # w-b corrected its projections with the references it built from the frames it
-    # did not send: the same set as w-a's.
+                if worker.name != lost:
+                    scan.add_result(result)
+    scan.finish()
+    return scan, items
+
+
+def sent(items: list[Any]) -> list[type]:
+    return [type(i) for i in items if isinstance(i, ReferenceRows | ReferenceCopy)]
+
+
+@pytest.mark.parametrize(
+    ("names", "senders", "rows_from"),
+    [(("w-b", "w-a"), 1, {"w-a"}), (("w-c", "w-a", "w-b"), 2, {"w-a", "w-b"}), (("w-b", "w-a"), 2, {"w-a", "w-b"})],
+)
+def test_the_first_workers_of_a_broadcast_send_the_rows_the_others_a_copy_notice(
+    names: tuple[str, ...], senders: int, rows_from: set[str]
+) -> None:
+    """dranspose broadcasts darks and flats: each worker builds its references from
+    them, ``reference_senders`` send the rows (at 2048^2 with 8 workers, 7 of 8 copies
+    crossed the reducer's socket to be dropped there)."""
+    params = parameters(reference_senders=senders)
+    scan, items = broadcast_scan(names, params)
+    for name in names:
+        assert sent(items[name]) == [ReferenceRows if name in rows_from else ReferenceCopy] * 2, name
+    # Every worker corrected its projections with the references it built from the
+    # frames, sent or not: the same set.
     versions = {p.reference_version for name in names for p in items[name] if isinstance(p, ProjectionRows)}
     assert len(versions) == 1 and 0 not in versions
-    scan.finish()
     assert scan.rejected == {}
     assert (scan.status()["darks"], scan.status()["flats"], scan.status()["projections"]) == (1, 1, 4)
-    assert scan.counts["reference_copies"] == 2 and scan.counts.get("reference_copies_with_rows", 0) == 0
-    single = LiveScan(workers[0].processor.config)
+    assert scan.counts["reference_copies"] == 2 * (len(names) - 1)
+    assert scan.counts.get("reference_copies_with_rows", 0) == 2 * (len(rows_from) - 1)
+    single = LiveScan(scan.config)
     single.add_result(WorkerResult(run_worker(params)))
     single.finish()
     assert single.sinogram is not None and scan.sinogram is not None
     np.testing.assert_array_equal(scan.sinogram.data, single.sinogram.data)
+
+
+def test_a_sender_lost_at_the_scans_start_costs_no_reference() -> None:
+    """The default two senders: the first one's results never arrive, the second's
+    rows make the reducer's set the one the other workers corrected with."""
+    scan, _ = broadcast_scan(("w-a", "w-b", "w-c"), parameters(), lost="w-a")
+    assert scan.rejected == {}
+    assert (scan.status()["darks"], scan.status()["flats"], scan.status()["projections"]) == (1, 1, 4)
+    # With one sender the same loss leaves the reducer without the darks and flats the
+    # other workers corrected with: the scan fails, counted under its reason.
+    alone, _ = broadcast_scan(("w-a", "w-b", "w-c"), parameters(reference_senders=1), lost="w-a")
+    assert alone.rejected == {"no_references": 4} and alone.state == "failed"
 
 
 def test_frames_the_worker_cannot_process_are_rejected_with_a_reason() -> None:
