@@ -19,8 +19,8 @@ installs what :mod:`streamtomo.app.services` gives a local deployment's services
 * results' large arrays as frames of their own, neither copied by the worker nor by
   the reducer (:mod:`streamtomo.app.result_frames`);
 * in workers, the controller's assignments of broadcast events recorded, so that
-  one worker sends the reducer a dark's or flat's rows, not every worker
-  (:mod:`streamtomo.app.event_assignments`);
+  ``reference_senders`` workers (2) send the reducer a dark's or flat's rows, not
+  every worker (:mod:`streamtomo.app.event_assignments`);
 * in the reducer, results that queue taken together: one thread hand-over and one
   Redis round trip for them (:mod:`streamtomo.app.result_batches`);
 * in an ingester of one of dranspose's own classes, a dead worker's messages dropped

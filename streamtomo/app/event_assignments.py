@@ -2,8 +2,9 @@
 
 dranspose's worker reads the controller's assignments (event -> stream -> workers)
 in ``Worker.manage_assignments`` and keeps only which ingesters to read from. The
-worker class needs more for a broadcast dark or flat: whether it is the one worker
-that sends the reducer its rows (:mod:`streamtomo.workers.broadcast_senders`).
+worker class needs more for a broadcast dark or flat: whether it is one of the
+``reference_senders`` workers that send the reducer its rows
+(:mod:`streamtomo.workers.broadcast_senders`).
 
 :func:`install` wraps that coroutine so that each assignment list it decodes is
 also recorded under the mapping it belongs to; what dranspose does with it is

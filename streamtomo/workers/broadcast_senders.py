@@ -1,4 +1,4 @@
-"""Which worker sends the rows of a broadcast event.
+"""Which workers send the rows of a broadcast event.
 
 dranspose sends a dark or flat to every worker (each builds the same references from
 it), and each worker's result goes to the reducer, which needs the rows once: with
@@ -6,9 +6,10 @@ every worker sending them, 20 references of 2048^2 from 8 workers were 1.3 GB th
 the reducer's socket, 7/8 of it dropped there. ``reference_senders`` workers send
 them (default 2, so that one worker lost at the scan's start costs no reference:
 the other workers' projections are corrected with the whole set, which the reducer
-must have too). Which
-workers an event went to only the controller's assignments say; dranspose's worker
-reads them and does not pass them on, so the service records them here
+must have too), the others a :class:`~streamtomo.pipeline.messages.ReferenceCopy`.
+
+Which workers an event went to only the controller's assignments say; dranspose's
+worker reads them and does not pass them on, so the service records them here
 (:mod:`streamtomo.app.event_assignments`) and the worker asks :func:`sends_rows`.
 
 Without a record (replay, a unit test, an event that went to one worker) a worker

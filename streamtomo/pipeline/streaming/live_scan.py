@@ -230,8 +230,9 @@ class LiveScan:
             ref.event < 0 and ref.frame_index in self._reference_frames
         )
         if broadcast:
-            # Distributed mode broadcasts darks and flats to every worker; one of them
-            # sends the rows, unless the workers could not tell which (then every one).
+            # Distributed mode broadcasts darks and flats to every worker;
+            # reference_senders of them send the rows (every one where the workers
+            # could not tell which: no record of the controller's assignments).
             self.admission.counts["reference_copies"] += 1
             self.admission.counts["reference_copies_with_rows"] += 1
             return
