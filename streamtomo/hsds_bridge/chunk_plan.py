@@ -120,6 +120,9 @@ def copy_chunk(ds: DomainDataset, node: NodeSnapshot, index: ChunkIndex) -> Chun
     view = ds.array[sel] if sel else ds.array[()]
     # order="C": the view may be strided (a transposed array); the wire wants C order.
     data = np.array(view, dtype=node.dtype, order="C", copy=True)
+    unwritten = ds.unwritten_view()
+    if unwritten is not None and sel:
+        data[unwritten[sel]] = 0
     return ChunkCopy(ds.path, index, origin, data, data.nbytes, node.version)
 
 

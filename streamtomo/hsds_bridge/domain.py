@@ -44,6 +44,11 @@ class DomainDataset:
     array: npt.NDArray[Any]
     attrs: dict[str, AttrValue] = field(default_factory=dict)
     chunks: tuple[int, ...] | None = None
+    # True where the array's memory does not hold the dataset's values yet, which read
+    # as zeros: a writer that reuses memory without clearing it says where (broadcast
+    # to the shape; None: everything reads as it is). Readers apply it with
+    # :meth:`unwritten_view` to what they copied.
+    unwritten: npt.NDArray[np.bool_] | None = None
     _dirty: set[ChunkIndex] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +71,21 @@ class DomainDataset:
     @property
     def is_string(self) -> bool:
         return self.array.dtype == STRING_DTYPE
+
+    def unwritten_view(self) -> npt.NDArray[np.bool_] | None:
+        """``unwritten`` as a read-only view of the dataset's shape (no copy), to
+        select from as the array is selected from; None where everything is written."""
+        if self.unwritten is None:
+            return None
+        return np.broadcast_to(self.unwritten, self.shape)
+
+    def copy_selection(self, selection: Selection) -> npt.NDArray[Any]:
+        """A C-ordered copy of ``array[selection]`` as readers must see it."""
+        block = np.array(self.array[selection], order="C", copy=True)
+        unwritten = self.unwritten_view()
+        if unwritten is not None:
+            block[unwritten[selection]] = 0
+        return block
 
     def chunk_grid(self) -> tuple[int, ...]:
         assert self.chunks is not None

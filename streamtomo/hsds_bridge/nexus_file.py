@@ -108,7 +108,7 @@ def _plan(domain: Domain, block_bytes: int) -> list[_Node]:
             if node.is_string:
                 nodes.append(_Node(node.path, dict(node.attrs), data=str(array[()])))
             elif array.nbytes <= block_bytes:
-                nodes.append(_Node(node.path, dict(node.attrs), data=np.array(array), chunks=chunks))
+                nodes.append(_Node(node.path, dict(node.attrs), data=node.copy_selection(()), chunks=chunks))
             else:
                 nodes.append(_Node(node.path, dict(node.attrs), large=node, chunks=chunks))
     return nodes
@@ -168,4 +168,7 @@ def _write_chunks(writer: RawChunkWriter, large: _LargeDataset, domain: Domain) 
             buffer.array.fill(0)
         with domain.lock:
             np.copyto(buffer.array[inside], dataset.array[selection])
+            unwritten = dataset.unwritten_view()
+            if unwritten is not None:
+                buffer.array[inside][unwritten[selection]] = 0
         writer.write(buffer.view(), offset)

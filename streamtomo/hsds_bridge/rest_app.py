@@ -434,7 +434,11 @@ async def _value(request: web.Request, make_selection: Callable[[tuple[int, ...]
         # Under domain.lock: parse against the current shape, check the size, copy
         # only the selected block. Serialisation happens after the lock is released.
         ds, sel = selected()
-        return extract(ds.array, sel)
+        block = extract(ds.array, sel)
+        unwritten = ds.unwritten_view()
+        if unwritten is not None:
+            block[extract(unwritten, sel)] = 0
+        return block
 
     # The cost is known before any copy: a large read first waits for a slot of its
     # client (and of the server), so one reader cannot fill the thread pool or the

@@ -44,6 +44,7 @@ import time
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from streamtomo.hsds_bridge.domain import Domain, DomainDataset
 from streamtomo.pipeline.streaming.snapshot import ScanSnapshot
@@ -93,6 +94,14 @@ def new_domain(name: str) -> Domain:
     domain.create_dataset("/entry/status/last_update", np.float64(time.time()))
     domain.create_dataset("/entry/status/generation", np.int64(0))
     return domain
+
+
+def _unfilled_angles(snap: ScanSnapshot) -> npt.NDArray[np.bool_] | None:
+    """The sinogram's angle slots that read as zeros, shaped to broadcast over
+    (rows, angles, cols): the memory there holds an earlier scan's rows."""
+    if snap.sinogram_unfilled is None:
+        return None
+    return snap.sinogram_unfilled[np.newaxis, :, np.newaxis]
 
 
 def add_scan_datasets(domain: Domain, snap: ScanSnapshot) -> None:
@@ -256,12 +265,14 @@ def update_domain(domain: Domain, snap: ScanSnapshot, extra_status: dict[str, in
         if not has_scan_datasets(domain):
             add_scan_datasets(domain, snap)
             changed = True
+        data = domain.dataset("/entry/sinogram/data")
+        if snap.dirty_slots and data.array is not snap.sinogram:  # a new scan's arrays
+            data.array = snap.sinogram
+            data.mark_all_dirty()
+        if data.array is snap.sinogram:
+            data.unwritten = _unfilled_angles(snap)
         if snap.dirty_slots:
             changed = True
-            data = domain.dataset("/entry/sinogram/data")
-            if data.array is not snap.sinogram:  # a new scan's arrays
-                data.array = snap.sinogram
-                data.mark_all_dirty()
             for slot in snap.dirty_slots:
                 data.mark_dirty((slice(None), slot))
             domain.dataset("/entry/sinogram/rotation_angle").write((slice(None),), snap.angles)

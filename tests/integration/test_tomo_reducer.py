@@ -17,6 +17,7 @@ from dranspose.protocol import ParameterName, WorkParameter
 
 from streamtomo.hsds_bridge import nexus_file
 from streamtomo.pipeline.messages import WorkerResult
+from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 from streamtomo.reducer.domain_layout import new_domain, update_domain
 from streamtomo.reducer.tomo_reducer import TomoReducer
@@ -348,3 +349,61 @@ def nexus_file_reader(path: str) -> Any:
     import h5py
 
     return h5py.File(path, "r")
+
+
+def test_a_scan_in_reused_memory_reads_zeros_where_no_projection_came(final_dir: Path) -> None:
+    """The next scan of a geometry takes the pooled sinogram as the previous scan left
+    it (zeroing it cost 0.13 s of the reducer's CPU per scan at 1024^2 x 300): what it
+    has not filled must still read as zeros through the REST API, the chunks sent to
+    HSDS and the final file, never as the previous scan's rows."""
+    import h5pyd
+
+    from streamtomo.hsds_bridge.chunk_plan import capture_node, copy_chunk
+
+    context: dict[Any, Any] = {}
+    first = TomoReducer(parameters=parameters(volume=False), context=context, state=mapping("one"))
+    second = None
+    try:
+        feed(first)
+        first.finish()
+        assert first.wait_final_file(60) is not None
+        assert first.scan.sinogram is not None
+        previous = first.scan.sinogram.by_angle
+        assert np.all(np.any(previous, axis=(1, 2)))  # every slot holds the first scan's rows
+
+        second = TomoReducer(parameters=parameters(volume=False), context=context, state=mapping("two"))
+        worker = FrameProcessor(second.scan.config)
+        frames = make_frames(seed=1)
+        half = [f for f in frames if f.key != ImageKey.PROJECTION or f.angle_deg < 90.0]
+        for frame in half:
+            second.process_result(
+                WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg)))
+            )
+        second.timer()
+        sinogram = second.scan.sinogram
+        assert sinogram is not None and np.shares_memory(sinogram.by_angle, previous)  # reused, not zeroed
+        filled = sinogram.counts > 0
+        assert 0 < filled.sum() < filled.size
+        expected = np.where(filled[None, :, None], sinogram.data, 0.0)
+        with h5pyd.File(second.scan.config.domain, "r", endpoint=second.endpoint) as f:
+            np.testing.assert_array_equal(f["/entry/sinogram/data"][()], expected)
+            np.testing.assert_array_equal(
+                f["/entry/sinogram/data"][:, [1, 2, filled.size - 1], :], expected[:, [1, 2, -1]]
+            )
+        dataset = second.domain.dataset("/entry/sinogram/data")
+        node = capture_node(dataset)
+        for index in np.ndindex(*dataset.chunk_grid()):
+            chunk = copy_chunk(dataset, node, index)
+            np.testing.assert_array_equal(chunk.data, expected[dataset.chunk_selection(index)])
+
+        second.finish()  # the second half never comes: those angles stay empty, as zeros
+        path = second.wait_final_file(60)
+        assert path is not None
+        with nexus_file_reader(path) as f:
+            np.testing.assert_array_equal(f["/entry/sinogram/data"][()], expected)
+        assert_file_equals_domain(Path(path), second.domain)
+        assert not np.any(sinogram.by_angle[~filled])  # the memory itself, once the scan ended
+    finally:
+        if second is not None:
+            second.close()
+        first.close()

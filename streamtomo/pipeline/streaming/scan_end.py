@@ -77,6 +77,10 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
             )
     apply_angular_weights(scan)
     scan.reconcile(backfill=True)
+    if scan.sinogram is not None:
+        # Every projection is placed: the slots left empty read as zeros in the memory
+        # itself from now on (the final file, the volume and readers take it as it is).
+        scan.sinogram.zero_unfilled()
     if scan.state == "failed":
         return
     if scan.n_projections == 0:

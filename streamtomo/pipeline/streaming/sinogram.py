@@ -7,6 +7,12 @@ array would take one strided write per row. Readers see ``data``, a
 nothing is copied to serve them. Its pages are mapped in the background as the scan
 starts (:mod:`.prefault`), not by page faults on the frame path.
 
+Memory reused from an earlier scan is not cleared when the scan starts: a slot's
+first projection overwrites it whole, so only slots never filled need zeros, and
+which those are is known from ``counts``. Until :meth:`SinogramAssembler.zero_unfilled`
+(at the scan's end) readers are told which slots read as zero
+(:meth:`SinogramAssembler.unfilled_slots`); the published layout passes that on.
+
 Angle slots come from the measured angle: slot ``round((angle - start) / step)``,
 accepted when within ``tolerance`` steps of the slot. A grid of a whole turn takes
 slots modulo the turn: an angle one turn on (a 360-degree scan's endpoint) is the
@@ -84,7 +90,13 @@ class SinogramAssembler:
     def __init__(self, n_rows: int, grid: AngleGrid, n_cols: int, pool: ArrayPool | None = None) -> None:
         self.grid = grid
         shape = (grid.n, n_rows, n_cols)
-        self.by_angle: FloatArray = prefaulted_zeros(shape) if pool is None else pool.zeros("sinogram", shape)
+        fresh = True
+        if pool is None:
+            self.by_angle: FloatArray = prefaulted_zeros(shape)
+        else:
+            self.by_angle, fresh = pool.reuse("sinogram", shape)
+        # Slots not filled yet may hold an earlier scan's rows (see the module's doc).
+        self.stale = not fresh
         self.data: FloatArray = self.by_angle.transpose(1, 0, 2)  # (rows, angles, cols) view
         self.counts = np.zeros(grid.n, dtype=np.int32)
         self._angle_sums = np.zeros(grid.n, dtype=np.float64)
@@ -130,8 +142,18 @@ class SinogramAssembler:
         dirty, self.dirty_slots = sorted(self.dirty_slots), set()
         return dirty
 
-    def reset(self) -> None:
-        self.data.fill(0.0)
-        self.counts.fill(0)
-        self._angle_sums.fill(0.0)
-        self.dirty_slots = set(range(self.grid.n))
+    def unfilled_slots(self) -> npt.NDArray[np.bool_] | None:
+        """Per slot, True where the memory does not hold this scan's rows (never
+        filled, and not zeroed yet): readers must see zeros there. None: every slot
+        reads as it is."""
+        if not self.stale:
+            return None
+        unfilled: npt.NDArray[np.bool_] = self.counts == 0
+        return unfilled
+
+    def zero_unfilled(self) -> None:
+        """Zero the slots no projection filled (at the scan's end, when the missing
+        angles are few): from then on the memory reads as the scan's sinogram."""
+        if self.stale:
+            self.by_angle[np.flatnonzero(self.counts == 0)] = 0.0
+            self.stale = False

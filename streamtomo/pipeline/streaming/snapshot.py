@@ -43,6 +43,9 @@ class ScanSnapshot:
     parameters: str  # the effective configuration, JSON
     # None until the first frame fixed the detector
     sinogram: FloatArray | None = None
+    # Per angle slot, True where the sinogram's memory still holds an earlier scan's
+    # rows, which read as zeros (None: none do; see sinogram.py).
+    sinogram_unfilled: npt.NDArray[np.bool_] | None = None
     dirty_slots: list[int] = field(default_factory=list)
     angles: npt.NDArray[np.float64] | None = None
     frames_per_angle: npt.NDArray[np.int32] | None = None
@@ -76,6 +79,7 @@ def take_snapshot(scan: LiveScan) -> ScanSnapshot:
         return snap
     ledger = scan.ledger
     snap.sinogram = scan.sinogram.data
+    snap.sinogram_unfilled = scan.sinogram.unfilled_slots()
     snap.dirty_slots = scan.sinogram.take_dirty_slots()
     snap.angles = scan.sinogram.angles()
     snap.frames_per_angle = scan.sinogram.counts.copy()

@@ -15,7 +15,7 @@ from streamtomo.hsds_bridge.chunk_plan import (
     merge_boxes,
     select_param,
 )
-from streamtomo.hsds_bridge.domain import Domain
+from streamtomo.hsds_bridge.domain import Domain, DomainDataset
 
 
 def test_bounding_box_matches_argwhere() -> None:
@@ -81,3 +81,17 @@ def test_chunk_copies_of_strided_views_are_c_ordered_values() -> None:
     box = changed_box(after, before.data)
     assert box is not None
     assert select_param(box.lo, box.hi) == f"[0:4,5:6,0:{cols}]"
+
+
+def test_a_chunk_copy_has_zeros_where_the_writer_says_nothing_is_written_yet() -> None:
+    by_angle = np.arange(4 * 3 * 5, dtype=np.float32).reshape(4, 3, 5) + 1.0
+    ds = DomainDataset("/s", by_angle.transpose(1, 0, 2), chunks=(2, 2, 5))
+    unfilled = np.array([False, True, False, True])
+    ds.unwritten = unfilled[np.newaxis, :, np.newaxis]
+    node = capture_node(ds)
+    expected = by_angle.transpose(1, 0, 2).copy()
+    expected[:, unfilled] = 0.0
+    for index in np.ndindex(*ds.chunk_grid()):
+        copied = copy_chunk(ds, node, index)
+        np.testing.assert_array_equal(copied.data, expected[ds.chunk_selection(index)])
+    assert np.all(by_angle > 0)  # the memory itself is left as it is

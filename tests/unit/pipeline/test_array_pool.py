@@ -22,6 +22,17 @@ def test_the_next_scan_reuses_the_memory_zeroed() -> None:
     assert np.shares_memory(first, again) and not np.any(again)
 
 
+def test_reuse_hands_the_memory_over_as_it_is_and_says_whether_it_is_fresh() -> None:
+    pool = ArrayPool()
+    first, fresh = pool.reuse("sinogram", (4, 5))
+    assert fresh and not np.any(first)
+    first += 1.0
+    again, fresh = pool.reuse("sinogram", (2, 5))  # smaller fits in the same memory
+    assert not fresh and np.shares_memory(first, again) and np.all(again == 1.0)
+    bigger, fresh = pool.reuse("sinogram", (5, 5))
+    assert fresh and not np.any(bigger)
+
+
 def test_a_held_array_is_not_reused_until_released() -> None:
     pool = ArrayPool()
     sinogram = pool.zeros("sinogram", (4, 5))
