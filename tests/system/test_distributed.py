@@ -177,7 +177,8 @@ def test_live_domain_equals_replay_of_its_recordings(clean_logs: LocalDeployment
         lines = reducer_log.read_text().splitlines()[start:]
         return next((line for line in lines if "copies of broadcast darks and flats" in line), None)
 
-    line = wait_for("the reducer's end-of-scan line", copies_line, 60.0)
+    # Logged after the volume and the HSDS mirror's close (up to 60 s of its own).
+    line = wait_for("the reducer's end-of-scan line", copies_line, 120.0)
     assert line.endswith(
         f"{references * (len(clean_logs.state.workers) - 1)} copies of broadcast darks and flats, 0 of them with rows"
     ), line
