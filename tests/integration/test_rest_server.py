@@ -207,6 +207,35 @@ def test_json_and_binary_values(server: HdfRestServer, domain: Domain) -> None:
     assert scalar["value"] == "running"
 
 
+def test_what_the_writer_has_not_written_reads_as_zeros_in_every_selection(
+    server: HdfRestServer, domain: Domain
+) -> None:
+    """A dataset in reused memory (the next scan's sinogram) says which positions are
+    not its own yet: hyperslabs, strided and fancy reads and points all see zeros
+    there, and the memory is left as it is."""
+    data = domain.dataset(SINO)
+    held = data.array.copy()
+    unwritten = np.zeros(data.shape[1], dtype=bool)
+    unwritten[[1, 4, 5]] = True
+    data.unwritten = unwritten[np.newaxis, :, np.newaxis]
+    expected = np.where(data.unwritten, 0.0, held).astype(np.float32)
+    url = f"/datasets/{sino_id(domain)}/value"
+    binary = {"Accept": "application/octet-stream"}
+    whole = get(server, url, headers=binary)
+    np.testing.assert_array_equal(np.frombuffer(whole.content, dtype="<f4").reshape(data.shape), expected)
+    strided = get(server, url, params={"select": "[0:2,0:16:3,0:24:2]"}, headers=binary)
+    np.testing.assert_array_equal(
+        np.frombuffer(strided.content, dtype="<f4").reshape(2, 6, 12), expected[0:2, 0:16:3, ::2]
+    )
+    fancy = get(server, url, params={"select": "[1,[0,1,4,9],:]"}).json()["value"]
+    np.testing.assert_array_equal(np.asarray(fancy, dtype=np.float32), expected[1:2, [0, 1, 4, 9], :])
+    points = requests.post(
+        server.url + url, params={"domain": domain.name}, json={"points": [[1, 1, 3], [4, 2, 6], [0, 5, 0]]}, timeout=5
+    ).json()["value"]
+    assert points == [0.0, float(held[4, 2, 6]), 0.0]
+    np.testing.assert_array_equal(data.array, held)
+
+
 def test_h5web_style_metadata(server: HdfRestServer, domain: Domain) -> None:
     group = get(server, f"/groups/{make_id(domain.name, 'groups', '/entry/data')}").json()
     assert group["linkCount"] == 2 and group["attributeCount"] == 4
