@@ -139,7 +139,8 @@ def install_mends(kind: str) -> None:
     in the reducer from ZeroMQ's buffers (:mod:`streamtomo.app.result_receive`) and taken
     in batches when they queue (:mod:`streamtomo.app.result_batches`); workers record
     which workers each broadcast event went to, so that only ``reference_senders`` of
-    them send the reducer a dark's or flat's rows (:mod:`streamtomo.app.event_assignments`). For the reducer and the controller, the
+    them send the reducer a dark's or flat's rows
+    (:mod:`streamtomo.app.event_assignments`). For the reducer and the controller, the
     environment their dranspose settings are read from must be set first
     (:func:`streamtomo.app.task_cancel.install` imports their modules)."""
     bound_result_queues()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -120,9 +121,7 @@ def copy_chunk(ds: DomainDataset, node: NodeSnapshot, index: ChunkIndex) -> Chun
     view = ds.array[sel] if sel else ds.array[()]
     # order="C": the view may be strided (a transposed array); the wire wants C order.
     data = np.array(view, dtype=node.dtype, order="C", copy=True)
-    unwritten = ds.unwritten_view()
-    if unwritten is not None and sel:
-        data[unwritten[sel]] = 0
+    ds.zero_unwritten(data, itemgetter(sel))
     return ChunkCopy(ds.path, index, origin, data, data.nbytes, node.version)
 
 

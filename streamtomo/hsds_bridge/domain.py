@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ class DomainDataset:
     # True where the array's memory does not hold the dataset's values yet, which read
     # as zeros: a writer that reuses memory without clearing it says where (broadcast
     # to the shape; None: everything reads as it is). Readers apply it with
-    # :meth:`unwritten_view` to what they copied.
+    # :meth:`zero_unwritten` to what they copied.
     unwritten: npt.NDArray[np.bool_] | None = None
     _dirty: set[ChunkIndex] = field(default_factory=set, repr=False)
 
@@ -72,19 +73,19 @@ class DomainDataset:
     def is_string(self) -> bool:
         return self.array.dtype == STRING_DTYPE
 
-    def unwritten_view(self) -> npt.NDArray[np.bool_] | None:
-        """``unwritten`` as a read-only view of the dataset's shape (no copy), to
-        select from as the array is selected from; None where everything is written."""
-        if self.unwritten is None:
-            return None
-        return np.broadcast_to(self.unwritten, self.shape)
+    def zero_unwritten(
+        self, block: npt.NDArray[Any], select: Callable[[npt.NDArray[np.bool_]], npt.NDArray[np.bool_]]
+    ) -> None:
+        """Zero what is not written yet in ``block``, a copy a reader took of a
+        selection of ``array``; ``select`` takes the same selection from an array of the
+        dataset's shape (``unwritten`` broadcast to it, without a copy)."""
+        if self.unwritten is not None:
+            block[select(np.broadcast_to(self.unwritten, self.shape))] = 0
 
     def copy_selection(self, selection: Selection) -> npt.NDArray[Any]:
         """A C-ordered copy of ``array[selection]`` as readers must see it."""
         block = np.array(self.array[selection], order="C", copy=True)
-        unwritten = self.unwritten_view()
-        if unwritten is not None:
-            block[unwritten[selection]] = 0
+        self.zero_unwritten(block, itemgetter(selection))
         return block
 
     def chunk_grid(self) -> tuple[int, ...]:

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,7 +169,5 @@ def _write_chunks(writer: RawChunkWriter, large: _LargeDataset, domain: Domain) 
             buffer.array.fill(0)
         with domain.lock:
             np.copyto(buffer.array[inside], dataset.array[selection])
-            unwritten = dataset.unwritten_view()
-            if unwritten is not None:
-                buffer.array[inside][unwritten[selection]] = 0
+            dataset.zero_unwritten(buffer.array[inside], itemgetter(selection))
         writer.write(buffer.view(), offset)

@@ -435,9 +435,7 @@ async def _value(request: web.Request, make_selection: Callable[[tuple[int, ...]
         # only the selected block. Serialisation happens after the lock is released.
         ds, sel = selected()
         block = extract(ds.array, sel)
-        unwritten = ds.unwritten_view()
-        if unwritten is not None:
-            block[extract(unwritten, sel)] = 0
+        ds.zero_unwritten(block, lambda unwritten: extract(unwritten, sel))
         return block
 
     # The cost is known before any copy: a large read first waits for a slot of its

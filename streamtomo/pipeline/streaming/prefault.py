@@ -84,11 +84,11 @@ class ArrayPool:
     repeats scans of one geometry. The reducer keeps a pool in its dranspose context,
     which survives scans; a scan takes its arrays from it by name. An array taken
     again is zeroed (:meth:`zeros`) or left as it is (:meth:`reuse`), and the previous
-    scan must be done with it: dranspose starts the
-    next scan after the previous reducer's ``finish``, but the final file is written
-    after ``finish``, from these arrays, and holds them (:meth:`hold`). A scan that
-    asks for a held array waits up to ``hold_wait`` seconds for the release, then gets
-    a fresh array instead (memory for both while the file is still being written).
+    scan must be done with it: dranspose starts the next scan after the previous
+    reducer's ``finish``, but the final file is written after ``finish``, from these
+    arrays, and holds them (:meth:`hold`). A scan that asks for a held array waits up
+    to ``hold_wait`` seconds for the release, then gets a fresh array instead (memory
+    for both while the file is still being written).
 
     Back-to-back scans always ask while the previous file is written (a 1.3 GB
     sinogram takes seconds to write): without a wait each scan mapped a fresh

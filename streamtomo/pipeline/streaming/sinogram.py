@@ -155,5 +155,5 @@ class SinogramAssembler:
         """Zero the slots no projection filled (at the scan's end, when the missing
         angles are few): from then on the memory reads as the scan's sinogram."""
         if self.stale:
-            self.by_angle[np.flatnonzero(self.counts == 0)] = 0.0
+            self.by_angle[self.counts == 0] = 0.0
             self.stale = False
