@@ -94,7 +94,7 @@ def measure(
             raise RuntimeError(f"{name}: the scan stalled and was stopped")
         # The reducer writes the scan's file after the scan has finished: its CPU is
         # part of every scan's cost (else it lands in the next scan's, or nowhere).
-        file_cpu = wait_for_final_file(deployment, result.mapping_uuid) if name == "streamtomo" else 0.0
+        file_cpu = wait_for_final_file(deployment, result.mapping_uuid) if name in ("streamtomo", "zmq rows") else 0.0
         after = deployment.cpu_seconds()
         cpu: dict[str, float] = {}
         for service, seconds in after.items():

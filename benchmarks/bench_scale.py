@@ -14,6 +14,10 @@ object, encoded once), played as fast as the pipeline takes it, through:
   reducer's CPU of that pair is what dranspose takes to bring a projection's rows to a
   reducer, the floor under ours (printed as "reducer above the transport").
 
+* with ``--zmq-rows``, streamtomo once more with its projection rows sent through
+  ZeroMQ as between hosts ("zmq rows"), not through the workers' shared-memory rings
+  (:mod:`streamtomo.app.shared_rows`), the default of a deployment on one host.
+
 Best of ``--repeats`` scans each, after a warm-up scan: a full one for streamtomo, so
 that the measured scans find the reducer's arrays mapped, as every scan after the
 first of a geometry does (the first maps 1.3 GB at 1024^2 in a background thread:
@@ -58,6 +62,7 @@ from bench_pipeline import measure as measure_throughput
 from streamtomo.app.beamline_events import BeamlineEvent, frame_events
 from streamtomo.app.deployment import TOMO_REDUCER, TOMO_WORKER, LocalDeployment
 from streamtomo.app.play import play
+from streamtomo.app.shared_rows import ENV_DIR as SHARED_ROWS_ENV
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.messages import DetectorInfo
 from streamtomo.pipeline.scan import Frame, ImageKey
@@ -67,6 +72,7 @@ from streamtomo.pipeline.streaming.memory_budget import published_bytes
 NOOP_WORKER = "streamtomo.workers.noop_worker:NoopWorker"
 NOOP_REDUCER = "streamtomo.reducer.noop_reducer:NoopReducer"
 TRANSPORT_WORKER = "streamtomo.workers.noop_worker:RowsForwardingWorker"
+OURS = ("streamtomo", "zmq rows")
 log = logging.getLogger("bench_scale")
 
 
@@ -154,7 +160,7 @@ def measure(
     (the warm-up's included: the same scan for streamtomo, a few small frames for the others)."""
     reducer_pid = deployment.processes["reducer"].pid
     reset_peak_rss(reducer_pid)
-    if name == "streamtomo":  # the measured scans reuse the arrays the warm-up mapped
+    if name in OURS:  # the measured scans reuse the arrays the warm-up mapped
         warmup, warm_config = events, config
     best = measure_throughput(deployment, name, events, warmup, config, warm_config, repeats, run=run_scan)
     return Row(**vars(best), reducer_peak_rss=peak_rss(reducer_pid))
@@ -234,6 +240,9 @@ def main() -> None:
     parser.add_argument("--bin", type=int, default=1, help="the pipeline's bin parameter (1, 2, 4)")
     parser.add_argument("--repeats", type=int, default=2, help="scans per configuration (the best counts)")
     parser.add_argument("--no-noop", action="store_true", help="skip the no-op and transport references")
+    parser.add_argument(
+        "--zmq-rows", action="store_true", help="also streamtomo with its rows through ZeroMQ, not shared memory"
+    )
     parser.add_argument("--volume", action="store_true", help="also time a scan with the end-of-scan volume")
     parser.add_argument("--run-dir", help="keep the services' logs here (default: a temporary directory)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -279,6 +288,12 @@ def main() -> None:
             for n in workers:
                 deployment.scale(n, TRANSPORT_WORKER, NOOP_REDUCER)
                 rows.append(measure(deployment, "transport", events, warmup, config, warm_config, args.repeats))
+        if args.zmq_rows:
+            deployment.extra_env[SHARED_ROWS_ENV] = ""  # the services started from here on
+            deployment.scale(1, NOOP_WORKER, NOOP_REDUCER)  # restarts the reducer
+            for n in workers:
+                deployment.scale(n, TOMO_WORKER, TOMO_REDUCER)
+                rows.append(measure(deployment, "zmq rows", events, warmup, config, warm_config, args.repeats))
         errors = deployment.error_lines()
 
     frame_mb = events[1].nbytes / 1e6
@@ -296,7 +311,7 @@ def main() -> None:
     for r in rows:
         base = next((b for b in rows if b.pipeline == "no-op" and b.workers == r.workers), None)
         ratio = f"{r.events_per_s / base.events_per_s:>9.2f}" if base else f"{'-':>9}"
-        rss_ratio = r.reducer_peak_rss / published if r.pipeline == "streamtomo" else float("nan")
+        rss_ratio = r.reducer_peak_rss / published if r.pipeline in OURS else float("nan")
         print(
             f"{r.pipeline:<11}{r.workers:>8}{r.events_per_s:>10.1f}{r.mb_per_s:>8.1f}{ratio}"
             + "".join(f"{r.cpu_ms.get(k, 0.0):>14.2f}" for k in kinds)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -35,6 +36,8 @@ from streamtomo.app.processes import HOST, ServiceProcess, free_port, process_cp
 from streamtomo.app.processes import wait_for as _wait_for
 from streamtomo.app.redis_service import forget_workers, redis_ping, redis_server_argv, redis_url_ping
 from streamtomo.app.reducer_environment import ReducerEnvironment
+from streamtomo.app.shared_rows import ENV_DIR as SHARED_ROWS_ENV
+from streamtomo.app.shared_rows import shared_rows_directory
 from streamtomo.controller_client import ControllerClient, ControllerTimeout
 from streamtomo.reducer.final_file import FINAL_FILE_WAIT_S
 
@@ -80,6 +83,7 @@ class LocalDeployment:
         ready_timeout: float = 60.0,
         env: dict[str, str] | None = None,
         stream_timeout: float | None = None,
+        shared_rows: bool = True,
     ) -> None:
         if workers < 1:
             raise ValueError(f"need at least 1 worker, got {workers}")
@@ -97,6 +101,10 @@ class LocalDeployment:
         self.ready_timeout = ready_timeout
         self.extra_env = dict(env or {})
         self.stream_timeout = stream_timeout
+        # Every service runs on this host: workers hand the reducer their projection rows
+        # through shared memory (streamtomo.app.shared_rows), in a directory of our own.
+        self.shared_rows = shared_rows
+        self.shared_rows_dir = ""
         self._lost_scan = ""  # the scan a dead reducer was in, for its successor
         self.processes: dict[str, ServiceProcess] = {}
         self._worker_names: list[str] = []
@@ -137,6 +145,8 @@ class LocalDeployment:
     # -- start ------------------------------------------------------------------------
     def start(self) -> DeploymentState:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.shared_rows and not self.shared_rows_dir:
+            self.shared_rows_dir = shared_rows_directory()
         if self.dump_prefix:
             Path(os.path.dirname(self.dump_prefix) or ".").mkdir(parents=True, exist_ok=True)
         for name in (
@@ -224,6 +234,8 @@ class LocalDeployment:
         env = dict(os.environ)
         env.update({"REDIS_URL": self.state.redis_url if self._state else "", "PYTHONUNBUFFERED": "1"})
         env.update(self.reducer_environment.to_env())
+        if self.shared_rows_dir:
+            env[SHARED_ROWS_ENV] = self.shared_rows_dir
         # Service processes import our classes from this checkout, as tests do.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
@@ -455,6 +467,9 @@ class LocalDeployment:
                 logger.info("%s stopped in %.1f s (status %s)", name, time.monotonic() - started, code)
         self.processes.clear()
         self._worker_names.clear()
+        if self.shared_rows_dir:
+            shutil.rmtree(self.shared_rows_dir, ignore_errors=True)
+            self.shared_rows_dir = ""
 
     def error_lines(self, allow: Sequence[str] = ()) -> list[str]:
         """ERROR/CRITICAL lines in the service logs, minus those containing ``allow``."""

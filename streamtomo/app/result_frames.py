@@ -14,7 +14,9 @@ sends ``[header, stream, array, array, ...]``, the arrays without a copy
 (``copy=False``: ZeroMQ holds them until sent; a result's arrays are never written
 after it is returned). The reducer's results socket hands them out as views of
 ZeroMQ's messages (:mod:`streamtomo.app.result_receive`) and the arrays are rebuilt
-on that memory, without a copy either. Small arrays stay in the stream.
+on that memory, without a copy either. Small arrays stay in the stream. Where the deployment shares a host's memory between
+workers and reducer, projection rows take a shared-memory slot instead
+(:mod:`streamtomo.app.shared_rows`).
 
 dranspose reaches pickle through its modules' ``pickle`` name (``dranspose.worker``,
 ``dranspose.reducer``): that name is pointed at :data:`RESULT_PICKLE`, which pickles as
@@ -27,6 +29,8 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
+
+from streamtomo.app.shared_rows import RingSender, dumps_with_rings, sender_from_env
 
 # Arrays at least this large leave the pickle stream (pyzmq copies smaller frames anyway).
 OUT_OF_BAND_BYTES = 64 << 10
@@ -54,7 +58,9 @@ class ReceivedResult:
     buffers: list[memoryview]
 
 
-def dumps(payload: Any, out_of_band_bytes: int = OUT_OF_BAND_BYTES) -> PickledResult:
+def dumps(payload: Any, out_of_band_bytes: int = OUT_OF_BAND_BYTES, rings: RingSender | None = None) -> PickledResult:
+    """``rings``: projection rows go into the worker's shared-memory ring where a slot
+    is free (:mod:`streamtomo.app.shared_rows`), the other large arrays apart."""
     buffers: list[memoryview] = []
 
     def keep_apart(buffer: pickle.PickleBuffer) -> bool:
@@ -64,6 +70,8 @@ def dumps(payload: Any, out_of_band_bytes: int = OUT_OF_BAND_BYTES) -> PickledRe
         buffers.append(view)
         return False
 
+    if rings is not None:
+        return PickledResult(dumps_with_rings(payload, rings, buffer_callback=keep_apart), buffers)
     return PickledResult(pickle.dumps(payload, protocol=5, buffer_callback=keep_apart), buffers)
 
 
@@ -80,7 +88,7 @@ class ResultPickle:
 
     @staticmethod
     def dumps(payload: Any, *args: Any, **kwargs: Any) -> PickledResult:
-        return dumps(payload)
+        return dumps(payload, rings=sender_from_env())
 
     @staticmethod
     def loads(data: ReceivedResult | bytes | memoryview, *args: Any, **kwargs: Any) -> Any:

@@ -27,6 +27,8 @@ from streamtomo.app.beamline_events import frame_events, recorded_events, scan_m
 from streamtomo.app.deployment import LocalDeployment
 from streamtomo.app.play import play
 from streamtomo.app.processes import wait_for
+from streamtomo.app.shared_rows import ENV_MIN_BYTES as SHARED_ROWS_MIN_BYTES
+from streamtomo.app.shared_rows import supported as shared_rows_supported
 from streamtomo.app.zmq_loopback import tolerant_ingester
 from streamtomo.pipeline.formats import eiger
 from streamtomo.pipeline.formats.errors import FrameError
@@ -51,7 +53,11 @@ needs_redis = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
-    with LocalDeployment(workers=2, run_dir=tmp_path_factory.mktemp("deployment")) as d:
+    # Every projection's rows, however small, through the workers' shared-memory rings
+    # (streamtomo.app.shared_rows); the deployments of their own below send these small
+    # rows through ZeroMQ, the default under 256 kB.
+    env = {SHARED_ROWS_MIN_BYTES: "0"} if shared_rows_supported() else {}
+    with LocalDeployment(workers=2, run_dir=tmp_path_factory.mktemp("deployment"), env=env) as d:
         yield d
 
 
@@ -182,6 +188,11 @@ def test_live_domain_equals_replay_of_its_recordings(clean_logs: LocalDeployment
     assert line.endswith(
         f"{references * (len(clean_logs.state.workers) - 1)} copies of broadcast darks and flats, 0 of them with rows"
     ), line
+
+    if shared_rows_supported():  # the projections' rows came through shared memory
+        for worker in clean_logs.state.workers:
+            log = (clean_logs.log_dir / f"{worker}.log").read_text()
+            assert "projection rows through shared memory: ring " + clean_logs.shared_rows_dir in log
 
     recordings = result.recordings()
     assert all(p.stat().st_size > 0 for p in recordings)

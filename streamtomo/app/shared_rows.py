@@ -1,0 +1,371 @@
+"""Projection rows through shared memory where the workers and the reducer share a host.
+
+Every projection's sinogram rows go from a worker to the reducer: 4 MB per 1024^2
+frame, 16 MB at 2048^2. Through ZeroMQ over TCP that is a kernel copy out of the
+worker, another into the reducer and ZeroMQ's I/O thread in both; the transport
+reference of ``benchmarks/bench_scale.py`` (rows forwarded to a reducer that only
+drops them) puts it at about 1.3 ms of the reducer's CPU per 1024^2 event on top of
+the no-op pair, a quarter of everything our reducer spends, in the one process that
+does not scale with workers.
+
+Where a deployment sets :data:`ENV_DIR` for its workers and reducer (a directory on
+a tmpfs, ``LocalDeployment`` does so by default), each worker keeps a *ring*: one
+file in that directory, mapped, holding a header and ``slots`` slots of one frame's
+rows. A projection's rows are copied into a free slot and the result carries a
+:class:`SlotRef` in their place (:func:`dumps_with_rings`); the reducer maps the file
+once and hands the slot to the pipeline as an array *viewing* it
+(:func:`projection_rows_from_ring`), so the one copy in the reducer is the sinogram's
+placement that happens anyway. The slot is free again when the last view of it is
+gone (a ``weakref.finalize`` on the array writes the slot's sequence number into the
+header's ``released`` field), normally right after placement.
+
+Nothing waits on shared memory: a worker whose ring has no free slot (the reducer
+holds them: results queue, or frames wait for their darks and flats) sends the rows
+through ZeroMQ as before. A ring whose slots have none been released for
+:data:`STALE_SECONDS` (a reducer that died with them) is replaced by a new file. A
+reducer that cannot use a slot (its directory is another, the file is gone or not the
+worker's) turns the projection into a :class:`~streamtomo.pipeline.messages.Rejected`
+with reason ``rows_unreachable``, counted like every rejection; its worker's partial
+sum then cannot be accounted for and the reducer backprojects those frames itself.
+
+Ordering: the worker writes the rows, then the slot's ``written`` sequence, then sends
+the reference; the reducer reads the rows, then writes ``released``. x86-64 keeps
+stores in order and does not move a load after a later store, so neither side sees
+the other's marker before the data it guards. Weaker memory models (ARM) allow that
+reordering, so elsewhere the rows go through ZeroMQ (:func:`supported`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import mmap
+import os
+import pickle
+import platform
+import secrets
+import tempfile
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from streamtomo.pipeline.messages import ProjectionRows, Rejected
+
+logger = logging.getLogger(__name__)
+
+ENV_DIR = "STREAMTOMO_SHARED_ROWS_DIR"
+ENV_MIN_BYTES = "STREAMTOMO_SHARED_ROWS_MIN_BYTES"
+# Smaller rows go through ZeroMQ: 32x256 rows (bench_pipeline) gained nothing from a slot.
+MIN_BYTES = 256 << 10
+RING_BYTES = 64 << 20  # one worker's ring, at most (at least MIN_SLOTS slots)
+MIN_SLOTS, MAX_SLOTS = 4, 32
+STALE_SECONDS = 30.0
+MAX_MAPPED_RINGS = 64  # the reducer's open rings; older ones are dropped (unmapped once unused)
+
+_MAGIC = 0x5354_4F4D_524F_5753  # "STOMROWS"
+_HEADER_BYTES = 4096
+_FIXED = 4  # header words before the slots': magic, token, slots, slot bytes
+_PAGE = mmap.PAGESIZE
+
+
+def supported() -> bool:
+    """Shared rows rely on x86-64's store ordering (see the module's docstring)."""
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def shared_rows_directory(parent: str = "/dev/shm") -> str:
+    """A new private directory for one deployment's rings on ``parent`` (a tmpfs:
+    a ring on a disk would be written back); empty where there is none or the CPU
+    does not allow shared rows."""
+    if not supported() or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        return ""
+    return tempfile.mkdtemp(prefix="streamtomo-rows-", dir=parent)
+
+
+@dataclass(frozen=True)
+class SlotRef:
+    """Where a projection's rows lie: slot ``slot`` of the ring file ``name``,
+    written as its ``seq``-th use."""
+
+    name: str
+    token: int
+    slot: int
+    seq: int
+    shape: tuple[int, ...]
+    dtype: str
+
+
+class RowsUnreachable(Exception):
+    """The reducer cannot read the slot a result names."""
+
+
+# -- the worker's side ------------------------------------------------------------------
+class RowRing:
+    """One worker's ring: a file of ``slots`` slots of ``slot_bytes`` in ``directory``."""
+
+    def __init__(self, directory: str, slot_bytes: int, slots: int) -> None:
+        self.slot_bytes = -(-slot_bytes // _PAGE) * _PAGE
+        self.slots = slots
+        self.token = secrets.randbits(63)
+        self.name = f"rows-{os.getpid()}-{secrets.token_hex(6)}"
+        self.path = os.path.join(directory, self.name)
+        size = _HEADER_BYTES + slots * self.slot_bytes
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            # Reserve the pages now: a full tmpfs fails here with ENOSPC, not later
+            # with SIGBUS on a write into the mapping.
+            os.posix_fallocate(fd, 0, size)
+            self._map = mmap.mmap(fd, size)
+        except BaseException:
+            os.unlink(self.path)
+            raise
+        finally:
+            os.close(fd)
+        self._header = np.frombuffer(self._map, np.uint64, count=_FIXED + 2 * slots)
+        self._header[:_FIXED] = (_MAGIC, self.token, slots, self.slot_bytes)
+        self._next = 0
+        self._seq = 0
+        self._written_at = [0.0] * slots
+
+    def _written(self, slot: int) -> int:
+        return int(self._header[_FIXED + 2 * slot])
+
+    def _released(self, slot: int) -> int:
+        return int(self._header[_FIXED + 2 * slot + 1])
+
+    def free_slot(self) -> int | None:
+        for step in range(self.slots):
+            slot = (self._next + step) % self.slots
+            if self._written(slot) == self._released(slot):
+                return slot
+        return None
+
+    def stale(self, now: float) -> bool:
+        """No slot free and none released for :data:`STALE_SECONDS`."""
+        return self.free_slot() is None and now - max(self._written_at) > STALE_SECONDS
+
+    def put(self, array: npt.NDArray[Any]) -> SlotRef | None:
+        """Copy ``array`` into a free slot; None when it does not fit or none is free."""
+        if array.nbytes > self.slot_bytes:
+            return None
+        slot = self.free_slot()
+        if slot is None:
+            return None
+        self._seq += 1
+        offset = _HEADER_BYTES + slot * self.slot_bytes
+        np.copyto(np.frombuffer(self._map, array.dtype, count=array.size, offset=offset).reshape(array.shape), array)
+        self._header[_FIXED + 2 * slot] = self._seq  # after the rows: see the module's docstring
+        self._written_at[slot] = time.monotonic()
+        self._next = (slot + 1) % self.slots
+        return SlotRef(self.name, self.token, slot, self._seq, tuple(array.shape), array.dtype.str)
+
+    def close(self) -> None:
+        """Remove the file; a reducer that still maps it keeps its pages until it lets go."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        del self._header
+        with contextlib.suppress(BufferError):  # a view is still out (a test's): unmapped with it
+            self._map.close()
+
+
+class RingSender:
+    """A worker process's rings: puts rows into the current one, replaces it when
+    frames grow or its reducer stopped releasing slots, and says what it did."""
+
+    def __init__(self, directory: str, min_bytes: int = MIN_BYTES) -> None:
+        self.directory = directory
+        self.min_bytes = min_bytes
+        self.ring: RowRing | None = None
+        self.disabled = ""  # why rows go through ZeroMQ for good
+        self.counts = {"shared": 0, "ring_full": 0, "rings": 0}
+        self._lock = threading.Lock()
+
+    def put(self, array: npt.NDArray[Any]) -> SlotRef | None:
+        if self.disabled or array.nbytes < self.min_bytes or not array.flags.c_contiguous:
+            return None
+        with self._lock:
+            ring = self.ring
+            if ring is None or array.nbytes > ring.slot_bytes:
+                ring = self._new_ring(array.nbytes)
+            ref = None if ring is None else ring.put(array)
+            if ring is not None and ref is None and ring.stale(time.monotonic()):
+                logger.warning(
+                    "no slot of shared-memory ring %s released for %.0f s (the reducer restarted?): a new ring",
+                    ring.name,
+                    STALE_SECONDS,
+                )
+                ring = self._new_ring(array.nbytes)
+                ref = None if ring is None else ring.put(array)
+            if ref is None:
+                if ring is not None:
+                    self.counts["ring_full"] += 1
+                    if self.counts["ring_full"] == 1:
+                        logger.info("shared-memory ring full (the reducer holds its slots): rows through ZeroMQ")
+                return None
+            self.counts["shared"] += 1
+            return ref
+
+    def _new_ring(self, nbytes: int) -> RowRing | None:
+        slots = max(MIN_SLOTS, min(MAX_SLOTS, RING_BYTES // max(nbytes, 1)))
+        try:
+            new = RowRing(self.directory, nbytes, slots)
+        except OSError as error:
+            self.disabled = f"cannot make a ring of {slots} x {nbytes} bytes in {self.directory}: {error}"
+            logger.warning("rows through ZeroMQ from now on: %s", self.disabled)
+            return None
+        if self.ring is not None:
+            self.ring.close()
+        self.ring = new
+        self.counts["rings"] += 1
+        logger.info(
+            "projection rows through shared memory: ring %s, %d slots of %.1f MB", new.path, slots, new.slot_bytes / 1e6
+        )
+        return new
+
+    def close(self) -> None:
+        with self._lock:
+            if self.ring is not None:
+                self.ring.close()
+                self.ring = None
+
+
+class _RingPickler(pickle.Pickler):
+    """Pickles a :class:`ProjectionRows` with large rows as its fields and a slot."""
+
+    sender: RingSender
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is ProjectionRows and isinstance(obj.rows, np.ndarray):
+            ref = self.sender.put(obj.rows)
+            if ref is not None:
+                fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != "rows"}
+                return projection_rows_from_ring, (fields, ref)
+        return NotImplemented
+
+
+def dumps_with_rings(payload: Any, sender: RingSender, buffer_callback: Any = None) -> bytes:
+    """``pickle.dumps(payload, protocol=5)`` with projection rows put into the ring."""
+    stream = io.BytesIO()
+    pickler = _RingPickler(stream, protocol=5, buffer_callback=buffer_callback)
+    pickler.sender = sender
+    pickler.dump(payload)
+    return stream.getvalue()
+
+
+_sender: RingSender | None = None
+
+
+def sender_from_env() -> RingSender | None:
+    """This process's ring sender, when :data:`ENV_DIR` is set and the CPU allows
+    (:data:`ENV_MIN_BYTES`: the smallest rows it takes, default :data:`MIN_BYTES`)."""
+    global _sender
+    directory = os.environ.get(ENV_DIR, "")
+    if not directory:
+        return None
+    if _sender is None or _sender.directory != directory:
+        if not supported():
+            logger.info("rows through ZeroMQ: shared rows need x86-64 (this is %s)", platform.machine())
+            os.environ.pop(ENV_DIR)
+            return None
+        _sender = RingSender(directory, int(os.environ.get(ENV_MIN_BYTES, MIN_BYTES)))
+    return _sender
+
+
+# -- the reducer's side -----------------------------------------------------------------
+class RingReader:
+    """The rings the reducer maps, by name, in its own :data:`ENV_DIR` only."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.realpath(directory)
+        self._rings: OrderedDict[str, tuple[mmap.mmap, npt.NDArray[np.uint64]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def rows(self, ref: SlotRef) -> npt.NDArray[Any]:
+        """The slot's rows as an array viewing it; the slot is released when the last
+        view of it is gone."""
+        with self._lock:
+            ring, header = self._ring(ref)
+        slots, slot_bytes = int(header[2]), int(header[3])
+        if int(header[1]) != ref.token:
+            raise RowsUnreachable(f"ring {ref.name} is not the one its worker wrote (another token)")
+        dtype = np.dtype(ref.dtype)
+        count = int(np.prod(ref.shape, dtype=np.int64))
+        if not 0 <= ref.slot < slots or count * dtype.itemsize > slot_bytes:
+            raise RowsUnreachable(f"ring {ref.name} has no slot {ref.slot} of {count * dtype.itemsize} bytes")
+        written = _FIXED + 2 * ref.slot
+        if int(header[written]) != ref.seq:
+            raise RowsUnreachable(f"slot {ref.slot} of ring {ref.name} holds other rows now")
+        offset = _HEADER_BYTES + ref.slot * slot_bytes
+        base = np.frombuffer(ring, dtype, count=count, offset=offset)
+        weakref.finalize(base, _release, header, written + 1, ref.seq).atexit = False
+        return base.reshape(ref.shape)
+
+    def _ring(self, ref: SlotRef) -> tuple[mmap.mmap, npt.NDArray[np.uint64]]:
+        known = self._rings.get(ref.name)
+        if known is not None and int(known[1][1]) == ref.token:
+            self._rings.move_to_end(ref.name)
+            return known
+        if os.sep in ref.name or not ref.name.startswith("rows-"):
+            raise RowsUnreachable(f"{ref.name!r} is not the name of a ring")
+        path = os.path.join(self.directory, ref.name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError as error:
+            raise RowsUnreachable(
+                f"ring {path} cannot be opened ({error.strerror}): are the workers on this host, "
+                f"with {ENV_DIR} the reducer's?"
+            ) from error
+        try:
+            size = os.fstat(fd).st_size
+            if size < _HEADER_BYTES:
+                raise RowsUnreachable(f"ring {path} is {size} bytes: no header")
+            ring = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        header = np.frombuffer(ring, np.uint64, count=_FIXED)
+        slots = int(header[2])
+        if int(header[0]) != _MAGIC or _HEADER_BYTES + slots * int(header[3]) > size:
+            raise RowsUnreachable(f"{path} is not a ring of projection rows")
+        header = np.frombuffer(ring, np.uint64, count=_FIXED + 2 * slots)
+        self._rings[ref.name] = (ring, header)
+        while len(self._rings) > MAX_MAPPED_RINGS:
+            self._rings.popitem(last=False)  # unmapped when its last view goes
+        return ring, header
+
+
+def _release(header: npt.NDArray[np.uint64], index: int, seq: int) -> None:
+    header[index] = seq
+
+
+_reader: RingReader | None = None
+_reader_lock = threading.Lock()
+
+
+def _reader_from_env() -> RingReader:
+    global _reader
+    directory = os.environ.get(ENV_DIR, "")
+    if not directory:
+        raise RowsUnreachable(f"this reducer takes no rows through shared memory ({ENV_DIR} is not set)")
+    with _reader_lock:
+        if _reader is None or _reader.directory != os.path.realpath(directory):
+            _reader = RingReader(directory)
+        return _reader
+
+
+def projection_rows_from_ring(fields: dict[str, Any], ref: SlotRef) -> ProjectionRows | Rejected:
+    """Unpickled in the reducer: the projection with its rows viewing the slot, or its
+    rejection when the slot cannot be read."""
+    try:
+        rows = _reader_from_env().rows(ref)
+    except RowsUnreachable as error:
+        detail = f"frame {fields.get('frame_index')}: its rows were sent through shared memory: {error}"
+        return Rejected(fields.get("frame_index"), "rows_unreachable", detail, fields.get("event", -1))
+    return ProjectionRows(rows=rows, **fields)

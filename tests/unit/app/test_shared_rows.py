@@ -1,0 +1,196 @@
+"""Projection rows through a worker's shared-memory ring: the reducer reads them where
+the worker wrote them, the slot comes back when the reducer lets go, and whatever
+cannot be read becomes a counted rejection, never other rows."""
+
+from __future__ import annotations
+
+import gc
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamtomo.app import shared_rows
+from streamtomo.app.result_frames import PickledResult, ReceivedResult, dumps, loads
+from streamtomo.app.shared_rows import RingSender, shared_rows_directory
+from streamtomo.pipeline.messages import DetectorInfo, ProjectionRows, Rejected, WorkerResult
+
+pytestmark = pytest.mark.skipif(not shared_rows.supported(), reason="shared rows need x86-64")
+
+ROWS, COLS = 64, 1024  # 256 kB of float32: at MIN_BYTES
+
+
+def _projection(index: int, rows: np.ndarray) -> ProjectionRows:
+    detector = DetectorInfo(rows.shape[0], rows.shape[1], "uint16")
+    return ProjectionRows(index, 0.5 * index, True, rows, 3, "recon", detector, event=index + 7, pixels_repaired=2)
+
+
+def _rows(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((ROWS, COLS), dtype=np.float32)
+
+
+def _send(sender: RingSender, index: int, rows: np.ndarray) -> PickledResult:
+    return dumps(WorkerResult([_projection(index, rows)]), rings=sender)
+
+
+def _receive(sent: PickledResult) -> ProjectionRows | Rejected:
+    """What the reducer unpickles (the frames as they cross ZeroMQ, copied)."""
+    result = loads(ReceivedResult(bytes(sent.stream), [memoryview(bytes(b)) for b in sent.buffers]))
+    assert isinstance(result, WorkerResult)
+    (item,) = result.items
+    assert isinstance(item, ProjectionRows | Rejected)
+    return item
+
+
+@pytest.fixture
+def ring_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The deployment's directory, set for this process as for a reducer (fresh reader)."""
+    directory = str(tmp_path / "rings")
+    os.mkdir(directory, 0o700)
+    monkeypatch.setenv(shared_rows.ENV_DIR, directory)
+    monkeypatch.setattr(shared_rows, "_reader", None)
+    return directory
+
+
+def test_rows_cross_in_the_ring_and_arrive_as_sent(ring_dir: str) -> None:
+    sender = RingSender(ring_dir)
+    rows = _rows(1)
+    sent = _send(sender, 4, rows)
+    assert not sent.buffers and len(sent.stream) < 2000  # the rows are not in the message
+    item = _receive(sent)
+    assert isinstance(item, ProjectionRows)
+    np.testing.assert_array_equal(item.rows, rows)
+    assert item == _projection(4, item.rows)  # every other field as sent
+    assert sender.counts == {"shared": 1, "ring_full": 0, "rings": 1}
+    assert sorted(os.listdir(ring_dir)) == [sender.ring.name] if sender.ring else False
+
+
+def test_a_slot_is_reused_only_after_the_reducer_lets_its_rows_go(ring_dir: str) -> None:
+    sender = RingSender(ring_dir)
+    ring_slots = shared_rows.MAX_SLOTS  # 256 kB slots: the most a ring has
+    held = [_receive(_send(sender, i, _rows(i))) for i in range(ring_slots)]
+    # Every slot is held by the reducer: the next rows go through ZeroMQ, whole.
+    overflow = _send(sender, 99, _rows(99))
+    assert overflow.buffers and sender.counts["ring_full"] == 1
+    item = _receive(overflow)
+    assert isinstance(item, ProjectionRows)
+    np.testing.assert_array_equal(item.rows, _rows(99))
+    # Held rows are intact although the worker wrote more since.
+    for i, kept in enumerate(held):
+        assert isinstance(kept, ProjectionRows)
+        np.testing.assert_array_equal(kept.rows, _rows(i))
+    # A view of the rows keeps the slot: dropping the message alone frees nothing.
+    view = held[3].rows[2:5]  # type: ignore[union-attr]
+    del held[3]
+    gc.collect()
+    assert _send(sender, 100, _rows(100)).buffers
+    del view
+    again = _send(sender, 101, _rows(101))
+    assert not again.buffers  # the slot came back
+    new = _receive(again)
+    assert isinstance(new, ProjectionRows)
+    np.testing.assert_array_equal(new.rows, _rows(101))
+    for i, kept in zip([i for i in range(ring_slots) if i != 3], held, strict=True):
+        np.testing.assert_array_equal(kept.rows, _rows(i))  # type: ignore[union-attr]
+
+
+def test_a_ring_the_reducer_stopped_releasing_is_replaced(ring_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sender = RingSender(ring_dir)
+    for i in range(shared_rows.MAX_SLOTS):
+        _send(sender, i, _rows(i))  # sent, never received: a reducer that died
+    first = sender.ring
+    assert first is not None
+    assert _send(sender, 50, _rows(50)).buffers  # full, and not for long yet
+    monkeypatch.setattr(shared_rows, "STALE_SECONDS", 0.0)
+    replaced = _send(sender, 51, _rows(51))
+    assert not replaced.buffers and sender.ring is not first and sender.counts["rings"] == 2
+    assert os.listdir(ring_dir) == [sender.ring.name]  # type: ignore[union-attr]
+    item = _receive(replaced)
+    assert isinstance(item, ProjectionRows)
+    np.testing.assert_array_equal(item.rows, _rows(51))
+
+
+def test_larger_frames_get_a_larger_ring(ring_dir: str) -> None:
+    sender = RingSender(ring_dir)
+    _send(sender, 0, _rows(0))
+    large = np.ones((2 * ROWS, COLS), np.float32)
+    item = _receive(_send(sender, 1, large))
+    assert isinstance(item, ProjectionRows)
+    np.testing.assert_array_equal(item.rows, large)
+    assert sender.counts["rings"] == 2 and len(os.listdir(ring_dir)) == 1
+
+
+def test_small_or_strided_rows_stay_in_the_message(ring_dir: str) -> None:
+    sender = RingSender(ring_dir)
+    small = np.ones((4, 16), np.float32)
+    item = _receive(_send(sender, 0, small))
+    assert isinstance(item, ProjectionRows)
+    np.testing.assert_array_equal(item.rows, small)
+    strided = np.ones((ROWS, 2 * COLS), np.float32)[:, ::2]
+    item = _receive(_send(sender, 1, strided))
+    assert isinstance(item, ProjectionRows)
+    np.testing.assert_array_equal(item.rows, strided)
+    assert sender.counts["shared"] == 0 and not os.listdir(ring_dir)
+
+
+@pytest.mark.parametrize("cause", ["no_directory", "another_directory", "file_gone", "another_token", "overwritten"])
+def test_rows_the_reducer_cannot_read_are_a_counted_rejection(
+    ring_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cause: str
+) -> None:
+    sender = RingSender(ring_dir)
+    sent = _send(sender, 6, _rows(6))
+    ring = sender.ring
+    assert ring is not None
+    expected = {
+        "no_directory": f"{shared_rows.ENV_DIR} is not set",
+        "another_directory": "cannot be opened",
+        "file_gone": "cannot be opened",
+        "another_token": "another token",
+        "overwritten": "holds other rows now",
+    }[cause]
+    if cause == "no_directory":
+        monkeypatch.delenv(shared_rows.ENV_DIR)
+    elif cause == "another_directory":
+        other = tmp_path / "other"
+        other.mkdir()
+        monkeypatch.setenv(shared_rows.ENV_DIR, str(other))
+    elif cause == "file_gone":
+        os.unlink(ring.path)
+    elif cause == "another_token":
+        ring._header[1] ^= np.uint64(1)
+    else:  # the slot was released and written again (a stale reference)
+        ring._header[shared_rows._FIXED + 1] = ring._header[shared_rows._FIXED]
+        ring._next = 0
+        assert sender.put(_rows(7)) is not None
+    item = _receive(sent)
+    assert isinstance(item, Rejected)
+    assert (item.frame_index, item.reason, item.event) == (6, "rows_unreachable", 13)
+    assert expected in item.detail and "frame 6" in item.detail
+
+
+def test_a_name_outside_the_directory_is_never_opened(ring_dir: str, tmp_path: Path) -> None:
+    outside = tmp_path / "rows-elsewhere"
+    outside.write_bytes(b"\0" * 8192)
+    reader = shared_rows.RingReader(ring_dir)
+    for name in ("../rows-elsewhere", "passwd", "rows-x/../../rows-elsewhere"):
+        ref = shared_rows.SlotRef(name, 1, 0, 1, (1,), "<f4")
+        with pytest.raises(shared_rows.RowsUnreachable, match="not the name of a ring"):
+            reader.rows(ref)
+
+
+def test_without_a_usable_directory_rows_go_through_zeromq(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sender = RingSender(str(tmp_path / "missing"))
+    sent = _send(sender, 0, _rows(0))
+    assert sent.buffers and sender.disabled and "rows through ZeroMQ" in caplog.text
+    item = _receive(sent)
+    assert isinstance(item, ProjectionRows)
+    np.testing.assert_array_equal(item.rows, _rows(0))
+
+
+def test_a_deployment_directory_is_private_to_its_user(tmp_path: Path) -> None:
+    directory = shared_rows_directory(str(tmp_path))
+    assert directory.startswith(str(tmp_path / "streamtomo-rows-"))
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
+    assert shared_rows_directory(str(tmp_path / "missing")) == ""
