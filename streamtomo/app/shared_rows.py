@@ -284,6 +284,7 @@ class RingReader:
     """The rings the reducer maps, by name, in its own :data:`ENV_DIR` only."""
 
     def __init__(self, directory: str) -> None:
+        self.configured = directory  # as the environment says it (compared per result)
         self.directory = os.path.realpath(directory)
         self._rings: OrderedDict[str, tuple[mmap.mmap, npt.NDArray[np.uint64]]] = OrderedDict()
         self._lock = threading.Lock()
@@ -355,7 +356,7 @@ def _reader_from_env() -> RingReader:
     if not directory:
         raise RowsUnreachable(f"this reducer takes no rows through shared memory ({ENV_DIR} is not set)")
     with _reader_lock:
-        if _reader is None or _reader.directory != os.path.realpath(directory):
+        if _reader is None or _reader.configured != directory:
             _reader = RingReader(directory)
         return _reader
 
