@@ -70,7 +70,7 @@ def dumps(payload: Any, out_of_band_bytes: int = OUT_OF_BAND_BYTES, rings: RingS
         buffers.append(view)
         return False
 
-    if rings is not None:
+    if rings is not None and rings.takes_some(payload):
         return PickledResult(dumps_with_rings(payload, rings, buffer_callback=keep_apart), buffers)
     return PickledResult(pickle.dumps(payload, protocol=5, buffer_callback=keep_apart), buffers)
 

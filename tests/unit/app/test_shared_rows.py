@@ -194,3 +194,18 @@ def test_a_deployment_directory_is_private_to_its_user(tmp_path: Path) -> None:
     assert directory.startswith(str(tmp_path / "streamtomo-rows-"))
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
     assert shared_rows_directory(str(tmp_path / "missing")) == ""
+
+
+def test_results_without_rows_for_the_ring_skip_its_pickler(ring_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sender = RingSender(ring_dir)
+    small = WorkerResult([_projection(0, np.ones((4, 16), np.float32)), Rejected(1, "non_finite", "x")])
+    assert not sender.takes_some(small) and not sender.takes_some(object())
+    assert sender.takes_some(WorkerResult([_projection(2, _rows(2))]))
+
+    def no_ring_pickler(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the ring's pickler ran")
+
+    monkeypatch.setattr(shared_rows, "_RingPickler", no_ring_pickler)
+    sent = dumps(small, rings=sender)
+    received = loads(ReceivedResult(sent.stream, sent.buffers))
+    assert [type(item) for item in received.items] == [ProjectionRows, Rejected]
