@@ -234,8 +234,7 @@ class LocalDeployment:
         env = dict(os.environ)
         env.update({"REDIS_URL": self.state.redis_url if self._state else "", "PYTHONUNBUFFERED": "1"})
         env.update(self.reducer_environment.to_env())
-        if self.shared_rows_dir:
-            env[SHARED_ROWS_ENV] = self.shared_rows_dir
+        env[SHARED_ROWS_ENV] = self.shared_rows_dir  # empty: rows through ZeroMQ, whatever was inherited
         # Service processes import our classes from this checkout, as tests do.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
@@ -411,7 +410,7 @@ class LocalDeployment:
 
     def replace_worker(self, name: str) -> str:
         """A new worker for one that died; returns its name (it registers by itself)."""
-        self.processes.pop(name)
+        self._remove_rings(self.processes.pop(name).pid)
         if name in self._worker_names:
             self._worker_names.remove(name)
         self._crashed.append(name)
@@ -449,8 +448,17 @@ class LocalDeployment:
         return lost
 
     def _stop_worker(self, name: str) -> None:
-        self.processes.pop(name).stop()
+        service = self.processes.pop(name)
+        service.stop()
         self._worker_names.remove(name)
+        self._remove_rings(service.pid)
+
+    def _remove_rings(self, pid: int) -> None:
+        """A worker that is gone leaves its shared-memory rings: the reducer keeps the
+        pages of those it has mapped until it lets go of their rows."""
+        if self.shared_rows_dir:
+            for ring in Path(self.shared_rows_dir).glob(f"rows-{pid}-*"):
+                ring.unlink(missing_ok=True)
 
     # -- stop -------------------------------------------------------------------------
     def stop(self, timeout: float = 10.0) -> None:
@@ -458,18 +466,20 @@ class LocalDeployment:
         order = list(self._worker_names)
         order += ["detector-ingester", "angle-ingester", "reducer", "controller", "redis"]
         order += [n for n in self.processes if n not in order]
-        for name in order:
-            service = self.processes.get(name)
-            if service is not None:
-                started = time.monotonic()
-                # The reducer's close waits for final files still being written.
-                code = service.stop(timeout + FINAL_FILE_WAIT_S if name == "reducer" else timeout)
-                logger.info("%s stopped in %.1f s (status %s)", name, time.monotonic() - started, code)
-        self.processes.clear()
-        self._worker_names.clear()
-        if self.shared_rows_dir:
-            shutil.rmtree(self.shared_rows_dir, ignore_errors=True)
-            self.shared_rows_dir = ""
+        try:
+            for name in order:
+                service = self.processes.get(name)
+                if service is not None:
+                    started = time.monotonic()
+                    # The reducer's close waits for final files still being written.
+                    code = service.stop(timeout + FINAL_FILE_WAIT_S if name == "reducer" else timeout)
+                    logger.info("%s stopped in %.1f s (status %s)", name, time.monotonic() - started, code)
+        finally:
+            self.processes.clear()
+            self._worker_names.clear()
+            if self.shared_rows_dir:
+                shutil.rmtree(self.shared_rows_dir, ignore_errors=True)
+                self.shared_rows_dir = ""
 
     def error_lines(self, allow: Sequence[str] = ()) -> list[str]:
         """ERROR/CRITICAL lines in the service logs, minus those containing ``allow``."""

@@ -17,12 +17,13 @@ once and hands the slot to the pipeline as an array *viewing* it
 (:func:`projection_rows_from_ring`), so the one copy in the reducer is the sinogram's
 placement that happens anyway. The slot is free again when the last view of it is
 gone (a ``weakref.finalize`` on the array writes the slot's sequence number into the
-header's ``released`` field), normally right after placement.
+header's ``released`` field): right after placement, as the reducer copies the rows of
+any frame it holds for later (:func:`~streamtomo.pipeline.messages.with_own_rows`).
 
 Nothing waits on shared memory: a worker whose ring has no free slot (the reducer
 holds them: results queue, or frames wait for their darks and flats) sends the rows
-through ZeroMQ as before. A ring whose slots have none been released for
-:data:`STALE_SECONDS` (a reducer that died with them) is replaced by a new file. A
+through ZeroMQ as before. A ring with slots in use and none released for
+:data:`STALE_SECONDS` (a reducer that died holding them) is replaced by a new file. A
 reducer that cannot use a slot (its directory is another, the file is gone or not the
 worker's) turns the projection into a :class:`~streamtomo.pipeline.messages.Rejected`
 with reason ``rows_unreachable``, counted like every rejection; its worker's partial
@@ -65,8 +66,10 @@ ENV_DIR = "STREAMTOMO_SHARED_ROWS_DIR"
 ENV_MIN_BYTES = "STREAMTOMO_SHARED_ROWS_MIN_BYTES"
 # Smaller rows go through ZeroMQ: 32x256 rows (bench_pipeline) gained nothing from a slot.
 MIN_BYTES = 256 << 10
-RING_BYTES = 64 << 20  # one worker's ring, at most (at least MIN_SLOTS slots)
+RING_BYTES = 64 << 20  # one worker's ring
 MIN_SLOTS, MAX_SLOTS = 4, 32
+MAX_SLOT_BYTES = RING_BYTES // MIN_SLOTS  # larger rows (above 2048^2 float32) go through ZeroMQ
+MAX_RINGS = 3  # a worker's rings at once: the current one and those retired, not yet removed
 STALE_SECONDS = 30.0
 MAX_MAPPED_RINGS = 64  # the reducer's open rings; older ones are dropped (unmapped once unused)
 
@@ -133,7 +136,8 @@ class RowRing:
         self._header[:_FIXED] = (_MAGIC, self.token, slots, self.slot_bytes)
         self._next = 0
         self._seq = 0
-        self._written_at = [0.0] * slots
+        self._released_seen = 0  # sum of the released words when last looked at
+        self._release_seen_at = time.monotonic()
 
     def _written(self, slot: int) -> int:
         return int(self._header[_FIXED + 2 * slot])
@@ -148,9 +152,17 @@ class RowRing:
                 return slot
         return None
 
+    def in_use(self) -> int:
+        """Slots written and not released yet."""
+        return sum(self._written(slot) != self._released(slot) for slot in range(self.slots))
+
     def stale(self, now: float) -> bool:
-        """No slot free and none released for :data:`STALE_SECONDS`."""
-        return self.free_slot() is None and now - max(self._written_at) > STALE_SECONDS
+        """Slots in use and none released for :data:`STALE_SECONDS` (its reducer died
+        holding them, or their results were never delivered)."""
+        released = int(self._header[_FIXED + 1 :: 2].sum())
+        if released != self._released_seen:
+            self._released_seen, self._release_seen_at = released, now
+        return self.in_use() > 0 and now - self._release_seen_at > STALE_SECONDS
 
     def put(self, array: npt.NDArray[Any]) -> SlotRef | None:
         """Copy ``array`` into a free slot; None when it does not fit or none is free."""
@@ -163,7 +175,6 @@ class RowRing:
         offset = _HEADER_BYTES + slot * self.slot_bytes
         np.copyto(np.frombuffer(self._map, array.dtype, count=array.size, offset=offset).reshape(array.shape), array)
         self._header[_FIXED + 2 * slot] = self._seq  # after the rows: see the module's docstring
-        self._written_at[slot] = time.monotonic()
         self._next = (slot + 1) % self.slots
         return SlotRef(self.name, self.token, slot, self._seq, tuple(array.shape), array.dtype.str)
 
@@ -177,15 +188,23 @@ class RowRing:
 
 
 class RingSender:
-    """A worker process's rings: puts rows into the current one, replaces it when
-    frames grow or its reducer stopped releasing slots, and says what it did."""
+    """A worker process's rings: puts rows into the current one and says what it did.
+
+    A new ring replaces the current one when rows no longer fit its slots (a larger
+    frame) or when it is stale; the one it replaces is *retired*, not removed: results
+    naming its slots may still be on their way, and the reducer opens a ring by name
+    when it first sees one. A retired ring's file goes once none of its slots is in
+    use, or once it is stale too. At most :data:`MAX_RINGS` exist at once; past that,
+    rows go through ZeroMQ.
+    """
 
     def __init__(self, directory: str, min_bytes: int = MIN_BYTES) -> None:
         self.directory = directory
         self.min_bytes = min_bytes
         self.ring: RowRing | None = None
+        self.retired: list[RowRing] = []
         self.disabled = ""  # why rows go through ZeroMQ for good
-        self.counts = {"shared": 0, "ring_full": 0, "rings": 0}
+        self.counts = {"shared": 0, "ring_full": 0, "too_large": 0, "rings": 0}
         self._lock = threading.Lock()
 
     def takes_some(self, payload: Any) -> bool:
@@ -203,38 +222,47 @@ class RingSender:
     def put(self, array: npt.NDArray[Any]) -> SlotRef | None:
         if self.disabled or not self._fits(array):
             return None
+        if array.nbytes > MAX_SLOT_BYTES:
+            self.counts["too_large"] += 1
+            return None
         with self._lock:
+            now = time.monotonic()
+            self._reap(now)
             ring = self.ring
             if ring is None or array.nbytes > ring.slot_bytes:
-                ring = self._new_ring(array.nbytes)
+                ring = self._new_ring(array)
             ref = None if ring is None else ring.put(array)
-            if ring is not None and ref is None and ring.stale(time.monotonic()):
+            if ring is not None and ref is None and ring.stale(now):
                 logger.warning(
                     "no slot of shared-memory ring %s released for %.0f s (the reducer restarted?): a new ring",
                     ring.name,
                     STALE_SECONDS,
                 )
-                ring = self._new_ring(array.nbytes)
+                ring = self._new_ring(array)
                 ref = None if ring is None else ring.put(array)
             if ref is None:
-                if ring is not None:
-                    self.counts["ring_full"] += 1
-                    if self.counts["ring_full"] == 1:
-                        logger.info("shared-memory ring full (the reducer holds its slots): rows through ZeroMQ")
+                self.counts["ring_full"] += 1
+                if self.counts["ring_full"] == 1:
+                    logger.info("shared-memory ring full (the reducer holds its slots): rows through ZeroMQ")
                 return None
             self.counts["shared"] += 1
             return ref
 
-    def _new_ring(self, nbytes: int) -> RowRing | None:
-        slots = max(MIN_SLOTS, min(MAX_SLOTS, RING_BYTES // max(nbytes, 1)))
+    def _new_ring(self, array: npt.NDArray[Any]) -> RowRing | None:
+        if self.ring is not None and len(self.retired) + 1 >= MAX_RINGS:
+            return None  # the oldest must go first (_reap)
+        # Slots for float32 rows of this shape at least: a worker sends raw integer rows
+        # until it has its darks and flats, corrected float32 rows after.
+        slot_bytes = min(MAX_SLOT_BYTES, max(array.nbytes, array.size * 4))
+        slots = max(MIN_SLOTS, min(MAX_SLOTS, RING_BYTES // slot_bytes))
         try:
-            new = RowRing(self.directory, nbytes, slots)
+            new = RowRing(self.directory, slot_bytes, slots)
         except OSError as error:
-            self.disabled = f"cannot make a ring of {slots} x {nbytes} bytes in {self.directory}: {error}"
+            self.disabled = f"cannot make a ring of {slots} x {slot_bytes} bytes in {self.directory}: {error}"
             logger.warning("rows through ZeroMQ from now on: %s", self.disabled)
             return None
         if self.ring is not None:
-            self.ring.close()
+            self.retired.append(self.ring)
         self.ring = new
         self.counts["rings"] += 1
         logger.info(
@@ -242,11 +270,18 @@ class RingSender:
         )
         return new
 
+    def _reap(self, now: float) -> None:
+        """Remove retired rings whose slots are all back, or that are stale."""
+        for ring in list(self.retired):
+            if ring.in_use() == 0 or ring.stale(now):
+                ring.close()
+                self.retired.remove(ring)
+
     def close(self) -> None:
         with self._lock:
-            if self.ring is not None:
-                self.ring.close()
-                self.ring = None
+            for ring in [*self.retired, *([self.ring] if self.ring else [])]:
+                ring.close()
+            self.ring, self.retired = None, []
 
 
 class _RingPickler(pickle.Pickler):
@@ -287,8 +322,17 @@ def sender_from_env() -> RingSender | None:
             logger.info("rows through ZeroMQ: shared rows need x86-64 (this is %s)", platform.machine())
             os.environ.pop(ENV_DIR)
             return None
-        _sender = RingSender(directory, int(os.environ.get(ENV_MIN_BYTES, MIN_BYTES)))
+        _sender = RingSender(directory, _min_bytes())
     return _sender
+
+
+def _min_bytes() -> int:
+    value = os.environ.get(ENV_MIN_BYTES, "")
+    try:
+        return int(value) if value else MIN_BYTES
+    except ValueError:
+        logger.warning("%s=%r is not a number of bytes: %d taken", ENV_MIN_BYTES, value, MIN_BYTES)
+        return MIN_BYTES
 
 
 # -- the reducer's side -----------------------------------------------------------------
@@ -314,7 +358,9 @@ class RingReader:
         if not 0 <= ref.slot < slots or count * dtype.itemsize > slot_bytes:
             raise RowsUnreachable(f"ring {ref.name} has no slot {ref.slot} of {count * dtype.itemsize} bytes")
         written = _FIXED + 2 * ref.slot
-        if int(header[written]) != ref.seq:
+        if int(header[written]) != ref.seq or int(header[written + 1]) == ref.seq:
+            # Rewritten since, or released already (the same result read twice: a second
+            # view would let the worker write over rows still in use).
             raise RowsUnreachable(f"slot {ref.slot} of ring {ref.name} holds other rows now")
         offset = _HEADER_BYTES + ref.slot * slot_bytes
         base = np.frombuffer(ring, dtype, count=count, offset=offset)
@@ -344,13 +390,17 @@ class RingReader:
         finally:
             os.close(fd)
         header = np.frombuffer(ring, np.uint64, count=_FIXED)
-        slots = int(header[2])
-        if int(header[0]) != _MAGIC or _HEADER_BYTES + slots * int(header[3]) > size:
+        slots, slot_bytes = int(header[2]), int(header[3])
+        fits = 0 < slots <= (_HEADER_BYTES // 8 - _FIXED) // 2 and slot_bytes > 0
+        if int(header[0]) != _MAGIC or not fits or _HEADER_BYTES + slots * slot_bytes > size:
             raise RowsUnreachable(f"{path} is not a ring of projection rows")
         header = np.frombuffer(ring, np.uint64, count=_FIXED + 2 * slots)
+        # Rings their workers removed are dropped (unmapped when their last view goes).
+        for name in [name for name in self._rings if not os.path.exists(os.path.join(self.directory, name))]:
+            del self._rings[name]
         self._rings[ref.name] = (ring, header)
         while len(self._rings) > MAX_MAPPED_RINGS:
-            self._rings.popitem(last=False)  # unmapped when its last view goes
+            self._rings.popitem(last=False)
         return ring, header
 
 
@@ -378,7 +428,7 @@ def projection_rows_from_ring(fields: dict[str, Any], ref: SlotRef) -> Projectio
     rejection when the slot cannot be read."""
     try:
         rows = _reader_from_env().rows(ref)
-    except RowsUnreachable as error:
+    except (RowsUnreachable, OSError, ValueError, TypeError) as error:  # never an exception out of unpickling
         detail = f"frame {fields.get('frame_index')}: its rows were sent through shared memory: {error}"
         return Rejected(fields.get("frame_index"), "rows_unreachable", detail, fields.get("event", -1))
     return ProjectionRows(rows=rows, **fields)

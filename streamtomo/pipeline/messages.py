@@ -3,11 +3,17 @@
 dranspose pickles whatever ``process_event`` returns; a worker returns a list of
 these (usually one). Arrays are only the rows the scan needs, never whole frames
 unless every row is a sinogram row.
+
+A received message's rows may be borrowed: a view of the transport's memory (a
+ZeroMQ frame, or a slot of the worker's shared-memory ring that the worker reuses
+once the view is gone). Whatever keeps a message past handling it keeps
+:func:`with_own_rows` of it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -152,3 +158,15 @@ class WorkerResult:
     items: list[ReferenceRows | ReferenceCopy | ProjectionRows | PartialSum | Rejected | StreamEnded | AngleRow] = (
         field(default_factory=list)
     )
+
+
+RowsMessage = TypeVar("RowsMessage", bound="ProjectionRows | ReferenceRows")
+
+
+def with_own_rows(msg: RowsMessage) -> RowsMessage:
+    """``msg`` with rows of its own, for a message held until later: a borrowed view
+    would keep its transport's memory (a worker's ring slot) from being reused."""
+    rows = msg.rows
+    if isinstance(rows, np.ndarray) and not rows.flags.owndata:
+        return replace(msg, rows=np.array(rows))
+    return msg

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from streamtomo.pipeline.messages import AngleRow, ProjectionRows
+from streamtomo.pipeline.messages import AngleRow, ProjectionRows, with_own_rows
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class AngleJoin:
         if row is not None:
             self.joined += 1
             return msg, row
-        self._waiting.setdefault(msg.angle_row, []).append(msg)
+        self._waiting.setdefault(msg.angle_row, []).append(with_own_rows(msg))
         return None
 
     @staticmethod

@@ -39,6 +39,7 @@ from streamtomo.pipeline.messages import (
     Rejected,
     StreamEnded,
     WorkerResult,
+    with_own_rows,
 )
 from streamtomo.pipeline.reconstruction.fbp import pi_over_2n
 from streamtomo.pipeline.scan import ImageKey
@@ -173,7 +174,7 @@ class LiveScan:
             if voter not in self._shape_voters:
                 self._shape_voters.add(voter)
                 self._shape_votes[shape] += 1
-            self._held.append(msg)
+            self._held.append(with_own_rows(msg))
             if self._shape_votes[shape] >= SHAPE_AGREEMENT:
                 self._settle_detector(detector)
             return False
@@ -317,7 +318,7 @@ class LiveScan:
         for msg in self._waiting:
             refs = self.references.applicable(msg.frame_index)
             if refs is None or (first is not None and msg.frame_index > first):
-                still.append(msg)
+                still.append(with_own_rows(msg))  # copied once: a copy owns its rows
             elif msg.reference_version and not self.references.knows(msg.reference_version):
                 # Its worker's set is none of ours and no batch is open to become it.
                 self.reject(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
-from streamtomo.pipeline.messages import AngleRow, ProjectionRows
+from streamtomo.pipeline.messages import AngleRow, ProjectionRows, with_own_rows
 from streamtomo.pipeline.streaming.sinogram import AngleGrid, UnknownAngleError
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class NominalAngleCheck:
                 expected,
                 2 * WINDOW,
             )
-        self._pending.append((msg, refs))
+        self._pending.append((with_own_rows(msg), refs))
 
     def resolve(
         self, config: PipelineConfig, grid: AngleGrid, rows: dict[int, AngleRow], finishing: bool

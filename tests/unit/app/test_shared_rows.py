@@ -63,7 +63,7 @@ def test_rows_cross_in_the_ring_and_arrive_as_sent(ring_dir: str) -> None:
     assert isinstance(item, ProjectionRows)
     np.testing.assert_array_equal(item.rows, rows)
     assert item == _projection(4, item.rows)  # every other field as sent
-    assert sender.counts == {"shared": 1, "ring_full": 0, "rings": 1}
+    assert sender.counts == {"shared": 1, "ring_full": 0, "too_large": 0, "rings": 1}
     assert sorted(os.listdir(ring_dir)) == [sender.ring.name] if sender.ring else False
 
 
@@ -106,20 +106,54 @@ def test_a_ring_the_reducer_stopped_releasing_is_replaced(ring_dir: str, monkeyp
     monkeypatch.setattr(shared_rows, "STALE_SECONDS", 0.0)
     replaced = _send(sender, 51, _rows(51))
     assert not replaced.buffers and sender.ring is not first and sender.counts["rings"] == 2
-    assert os.listdir(ring_dir) == [sender.ring.name]  # type: ignore[union-attr]
+    assert sender.retired == [first]
     item = _receive(replaced)
     assert isinstance(item, ProjectionRows)
     np.testing.assert_array_equal(item.rows, _rows(51))
+    _send(sender, 52, _rows(52))  # the stale retired ring goes at the next rows
+    assert sender.retired == [] and os.listdir(ring_dir) == [sender.ring.name]  # type: ignore[union-attr]
 
 
-def test_larger_frames_get_a_larger_ring(ring_dir: str) -> None:
+def test_a_ring_replaced_by_a_larger_one_stays_until_its_rows_are_read(ring_dir: str) -> None:
     sender = RingSender(ring_dir)
-    _send(sender, 0, _rows(0))
+    before = _send(sender, 0, _rows(0))  # still on its way when the frames grow
+    first = sender.ring
     large = np.ones((2 * ROWS, COLS), np.float32)
-    item = _receive(_send(sender, 1, large))
+    after = _send(sender, 1, large)
+    assert sender.counts["rings"] == 2 and sender.retired == [first] and len(os.listdir(ring_dir)) == 2
+    item = _receive(before)  # the reducer reads the retired ring's slot
     assert isinstance(item, ProjectionRows)
-    np.testing.assert_array_equal(item.rows, large)
-    assert sender.counts["rings"] == 2 and len(os.listdir(ring_dir)) == 1
+    np.testing.assert_array_equal(item.rows, _rows(0))
+    del item
+    grown = _receive(after)
+    assert isinstance(grown, ProjectionRows)
+    np.testing.assert_array_equal(grown.rows, large)
+    _send(sender, 2, large)  # every slot of the retired ring is back: its file goes
+    assert sender.retired == [] and os.listdir(ring_dir) == [sender.ring.name]  # type: ignore[union-attr]
+
+
+def test_raw_and_corrected_rows_of_one_frame_shape_share_a_ring(ring_dir: str) -> None:
+    """A worker sends raw uint16 rows until it has darks and flats, float32 after."""
+    sender = RingSender(ring_dir)
+    raw = np.full((2 * ROWS, COLS), 1000, np.uint16)
+    item = _receive(_send(sender, 0, raw))
+    assert isinstance(item, ProjectionRows)
+    np.testing.assert_array_equal(item.rows, raw)
+    assert item.rows.dtype == np.uint16
+    _send(sender, 1, np.ones((2 * ROWS, COLS), np.float32))
+    assert sender.counts == {"shared": 2, "ring_full": 0, "too_large": 0, "rings": 1}
+
+
+def test_rings_are_bounded_in_number_and_size(ring_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sender = RingSender(ring_dir)
+    held = [_send(sender, i, np.ones(((i + 1) * ROWS, COLS), np.float32)) for i in range(shared_rows.MAX_RINGS)]
+    assert [bool(sent.buffers) for sent in held] == [False] * shared_rows.MAX_RINGS
+    # Each ring holds a slot in use: a fourth ring would exceed the bound.
+    sent = _send(sender, 9, np.ones(((shared_rows.MAX_RINGS + 1) * ROWS, COLS), np.float32))
+    assert sent.buffers and sender.counts["rings"] == shared_rows.MAX_RINGS
+    assert len(os.listdir(ring_dir)) == shared_rows.MAX_RINGS
+    monkeypatch.setattr(shared_rows, "MAX_SLOT_BYTES", ROWS * COLS * 4 - 1)
+    assert _send(sender, 10, _rows(10)).buffers and sender.counts["too_large"] == 1
 
 
 def test_small_or_strided_rows_stay_in_the_message(ring_dir: str) -> None:
@@ -135,7 +169,9 @@ def test_small_or_strided_rows_stay_in_the_message(ring_dir: str) -> None:
     assert sender.counts["shared"] == 0 and not os.listdir(ring_dir)
 
 
-@pytest.mark.parametrize("cause", ["no_directory", "another_directory", "file_gone", "another_token", "overwritten"])
+@pytest.mark.parametrize(
+    "cause", ["no_directory", "another_directory", "file_gone", "not_a_ring", "another_token", "overwritten", "read_twice"]
+)
 def test_rows_the_reducer_cannot_read_are_a_counted_rejection(
     ring_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cause: str
 ) -> None:
@@ -147,8 +183,10 @@ def test_rows_the_reducer_cannot_read_are_a_counted_rejection(
         "no_directory": f"{shared_rows.ENV_DIR} is not set",
         "another_directory": "cannot be opened",
         "file_gone": "cannot be opened",
+        "not_a_ring": "is not a ring of projection rows",
         "another_token": "another token",
         "overwritten": "holds other rows now",
+        "read_twice": "holds other rows now",
     }[cause]
     if cause == "no_directory":
         monkeypatch.delenv(shared_rows.ENV_DIR)
@@ -158,8 +196,14 @@ def test_rows_the_reducer_cannot_read_are_a_counted_rejection(
         monkeypatch.setenv(shared_rows.ENV_DIR, str(other))
     elif cause == "file_gone":
         os.unlink(ring.path)
+    elif cause == "not_a_ring":
+        ring._header[2] = np.uint64(1 << 40)  # slots beyond any header
     elif cause == "another_token":
         ring._header[1] ^= np.uint64(1)
+    elif cause == "read_twice":
+        first = _receive(sent)
+        assert isinstance(first, ProjectionRows)
+        del first  # released: a second view must not be handed out
     else:  # the slot was released and written again (a stale reference)
         ring._header[shared_rows._FIXED + 1] = ring._header[shared_rows._FIXED]
         ring._next = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
-from streamtomo.pipeline.messages import PartialSum, WorkerResult
+from streamtomo.pipeline.messages import PartialSum, ProjectionRows, WorkerResult
 from streamtomo.pipeline.reconstruction.cor import cor_sweep
 from streamtomo.pipeline.reconstruction.fbp import fbp
 from streamtomo.pipeline.scan import Frame, ImageKey
@@ -198,6 +199,34 @@ def test_projections_before_flats_are_held_not_lost() -> None:
     scan = run(renumbered, 2, config(n_darks_before=0, n_flats_before=0))
     assert scan.status()["projections"] == ANGLES
     assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
+
+
+def test_held_projections_keep_their_rows_when_the_transport_reuses_its_memory() -> None:
+    """Rows arrive as views of the transport's memory (a ZeroMQ frame, a worker's ring
+    slot) that is written again once the result is handled: frames held for their
+    darks and flats (or for their PandA row, or the detector's shape) keep a copy."""
+    frames = make_frames()
+    refs, projections = frames[:6], frames[6:]
+    renumbered = [Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(projections + refs)]
+    cfg = config(n_darks_before=0, n_flats_before=0)
+    expected = run(renumbered, 1, cfg)
+    scan = LiveScan(cfg, on_references=lambda refs: None)
+    worker = FrameProcessor(cfg, "w0")
+    for frame in renumbered:
+        items = []
+        transport = []
+        for item in worker.process(frame.index, frame.key, frame.data, frame.angle_deg):
+            if isinstance(item, ProjectionRows):
+                memory = np.array(item.rows)
+                transport.append(memory)
+                item = dataclasses.replace(item, rows=memory[...])  # a view, as received
+            items.append(item)
+        scan.add_result(WorkerResult(items))
+        for memory in transport:
+            memory[...] = 7  # the slot is written again
+    scan.finish()
+    assert scan.status()["projections"] == ANGLES
+    np.testing.assert_array_equal(scan.sinogram.data, expected.sinogram.data)  # type: ignore[union-attr]
 
 
 def test_flats_after_are_interpolated() -> None:
