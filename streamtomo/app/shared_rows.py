@@ -66,11 +66,12 @@ ENV_DIR = "STREAMTOMO_SHARED_ROWS_DIR"
 ENV_MIN_BYTES = "STREAMTOMO_SHARED_ROWS_MIN_BYTES"
 # Smaller rows go through ZeroMQ: 32x256 rows (bench_pipeline) gained nothing from a slot.
 MIN_BYTES = 256 << 10
-RING_BYTES = 64 << 20  # one worker's ring
+RING_BYTES = 32 << 20  # one worker's ring: 8 slots of 1024^2 rows, 4 of 2048^2 (MIN_SLOTS)
 MIN_SLOTS, MAX_SLOTS = 4, 32
-MAX_SLOT_BYTES = RING_BYTES // MIN_SLOTS  # larger rows (above 2048^2 float32) go through ZeroMQ
+MAX_SLOT_BYTES = 16 << 20  # larger rows (above 2048^2 float32) go through ZeroMQ
 MAX_RINGS = 3  # a worker's rings at once: the current one and those retired, not yet removed
 STALE_SECONDS = 30.0
+FULL_LOG_SECONDS = 10.0
 MAX_MAPPED_RINGS = 64  # the reducer's open rings; older ones are dropped (unmapped once unused)
 
 _MAGIC = 0x5354_4F4D_524F_5753  # "STOMROWS"
@@ -205,6 +206,7 @@ class RingSender:
         self.retired: list[RowRing] = []
         self.disabled = ""  # why rows go through ZeroMQ for good
         self.counts = {"shared": 0, "ring_full": 0, "too_large": 0, "rings": 0}
+        self._said_full_at = -FULL_LOG_SECONDS
         self._lock = threading.Lock()
 
     def takes_some(self, payload: Any) -> bool:
@@ -242,8 +244,14 @@ class RingSender:
                 ref = None if ring is None else ring.put(array)
             if ref is None:
                 self.counts["ring_full"] += 1
-                if self.counts["ring_full"] == 1:
-                    logger.info("shared-memory ring full (the reducer holds its slots): rows through ZeroMQ")
+                if now - self._said_full_at > FULL_LOG_SECONDS:  # how often, without a line per frame
+                    self._said_full_at = now
+                    logger.info(
+                        "shared-memory ring full (the reducer holds its slots; results queue): rows through ZeroMQ "
+                        "%d times so far, through the ring %d times",
+                        self.counts["ring_full"],
+                        self.counts["shared"],
+                    )
                 return None
             self.counts["shared"] += 1
             return ref
