@@ -170,7 +170,8 @@ def test_small_or_strided_rows_stay_in_the_message(ring_dir: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "cause", ["no_directory", "another_directory", "file_gone", "not_a_ring", "another_token", "overwritten", "read_twice"]
+    "cause",
+    ["no_directory", "another_directory", "file_gone", "not_a_ring", "another_token", "overwritten", "read_twice"],
 )
 def test_rows_the_reducer_cannot_read_are_a_counted_rejection(
     ring_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cause: str
