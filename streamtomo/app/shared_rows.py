@@ -66,7 +66,7 @@ ENV_DIR = "STREAMTOMO_SHARED_ROWS_DIR"
 ENV_MIN_BYTES = "STREAMTOMO_SHARED_ROWS_MIN_BYTES"
 # Smaller rows go through ZeroMQ: 32x256 rows (bench_pipeline) gained nothing from a slot.
 MIN_BYTES = 256 << 10
-RING_BYTES = 32 << 20  # one worker's ring: 8 slots of 1024^2 rows, 4 of 2048^2 (MIN_SLOTS)
+RING_BYTES = 16 << 20  # one worker's ring: 4 slots of 1024^2 rows, and of 2048^2 (MIN_SLOTS)
 MIN_SLOTS, MAX_SLOTS = 4, 32
 MAX_SLOT_BYTES = 16 << 20  # larger rows (above 2048^2 float32) go through ZeroMQ
 MAX_RINGS = 3  # a worker's rings at once: the current one and those retired, not yet removed

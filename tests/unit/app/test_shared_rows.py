@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from streamtomo.app import shared_rows
+from streamtomo.app.deployment import LocalDeployment
 from streamtomo.app.result_frames import PickledResult, ReceivedResult, dumps, loads
 from streamtomo.app.shared_rows import RingSender, shared_rows_directory
 from streamtomo.pipeline.messages import DetectorInfo, ProjectionRows, Rejected, WorkerResult
@@ -254,3 +255,12 @@ def test_results_without_rows_for_the_ring_skip_its_pickler(ring_dir: str, monke
     sent = dumps(small, rings=sender)
     received = loads(ReceivedResult(sent.stream, sent.buffers))
     assert [type(item) for item in received.items] == [ProjectionRows, Rejected]
+
+
+def test_a_deployment_removes_the_rings_of_a_worker_it_stopped(tmp_path: Path) -> None:
+    deployment = LocalDeployment(workers=1, run_dir=tmp_path / "run")
+    deployment.shared_rows_dir = str(tmp_path)
+    for name in ("rows-123-aa", "rows-123-bb", "rows-1234-cc", "rows-45-dd"):
+        (tmp_path / name).write_bytes(b"")
+    deployment._remove_rings(123)
+    assert sorted(os.listdir(tmp_path)) == ["rows-1234-cc", "rows-45-dd"]
