@@ -166,3 +166,34 @@ def test_the_writer_goes_past_the_page_cache_where_the_file_system_allows(tmp_pa
     if writer.direct_bytes == 0:
         pytest.skip(f"{tmp_path} takes no O_DIRECT writes: the page-cache path was used")
     assert writer.direct_bytes == raw_chunks.BLOCK
+
+
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_chunk_offsets_are_hdf5s_own_and_unallocated_chunks_are_refused(tmp_path: Path, one_pass: bool) -> None:
+    """One pass over HDF5's chunk index where it has one, a lookup per chunk where not:
+    the same offsets as HDF5 gives per chunk."""
+    import h5py
+
+    from streamtomo.hsds_bridge import raw_chunks
+
+    shape, chunks = (5, 7, 24), (2, 3, 24)
+    with h5py.File(tmp_path / "offsets.h5", "w") as f:
+        early = f.create_dataset("early", shape=shape, dtype="f4", chunks=chunks, dcpl=raw_chunks.early_chunks(chunks))
+        late = f.create_dataset("late", shape=shape, dtype="f4", chunks=chunks)
+        starts = [tuple(i * c for i, c in zip(index, chunks, strict=True)) for index in np.ndindex(3, 3, 1)]
+        expected = [int(early.id.get_chunk_info_by_coord(start).byte_offset) for start in starts]
+        if one_pass:
+            assert hasattr(early.id, "chunk_iter")  # this h5py/HDF5 has the one pass
+        else:  # the datasets as an h5py or HDF5 without H5Dchunk_iter has them
+            early, late = (_without_chunk_iter(dataset) for dataset in (early, late))
+        assert raw_chunks.chunk_offsets(early, starts) == expected and len(set(expected)) == len(starts)
+        with pytest.raises(OSError, match="not allocated"):
+            raw_chunks.chunk_offsets(late, starts)
+
+
+def _without_chunk_iter(dataset: Any) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        name=dataset.name, id=SimpleNamespace(get_chunk_info_by_coord=dataset.id.get_chunk_info_by_coord)
+    )
