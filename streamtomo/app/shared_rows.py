@@ -47,6 +47,7 @@ import os
 import pickle
 import platform
 import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -63,6 +64,7 @@ from streamtomo.pipeline.messages import ProjectionRows, Rejected
 logger = logging.getLogger(__name__)
 
 ENV_DIR = "STREAMTOMO_SHARED_ROWS_DIR"
+DIRECTORY_PREFIX = "streamtomo-rows-"  # then the deployment's process id
 ENV_MIN_BYTES = "STREAMTOMO_SHARED_ROWS_MIN_BYTES"
 # Smaller rows go through ZeroMQ: 32x256 rows (bench_pipeline) gained nothing from a slot.
 MIN_BYTES = 256 << 10
@@ -88,10 +90,37 @@ def supported() -> bool:
 def shared_rows_directory(parent: str = "/dev/shm") -> str:
     """A new private directory for one deployment's rings on ``parent`` (a tmpfs:
     a ring on a disk would be written back); empty where there is none or the CPU
-    does not allow shared rows."""
+    does not allow shared rows. Its name carries this process's id: directories of
+    deployments whose process is gone (killed before it could remove its own) are
+    removed here, so their rings do not hold the tmpfs's memory."""
     if not supported() or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         return ""
-    return tempfile.mkdtemp(prefix="streamtomo-rows-", dir=parent)
+    remove_orphaned_directories(parent)
+    return tempfile.mkdtemp(prefix=f"{DIRECTORY_PREFIX}{os.getpid()}-", dir=parent)
+
+
+def remove_orphaned_directories(parent: str) -> list[str]:
+    """Remove this user's deployment directories in ``parent`` whose process is gone."""
+    removed = []
+    for entry in os.scandir(parent):
+        pid = entry.name[len(DIRECTORY_PREFIX) :].split("-", 1)[0]
+        if not entry.name.startswith(DIRECTORY_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid():
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+            logger.info("removed %s: its deployment (process %s) is gone", entry.path, pid)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @dataclass(frozen=True)

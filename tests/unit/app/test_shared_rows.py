@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -237,9 +238,26 @@ def test_without_a_usable_directory_rows_go_through_zeromq(tmp_path: Path, caplo
 
 def test_a_deployment_directory_is_private_to_its_user(tmp_path: Path) -> None:
     directory = shared_rows_directory(str(tmp_path))
-    assert directory.startswith(str(tmp_path / "streamtomo-rows-"))
+    assert directory.startswith(str(tmp_path / f"streamtomo-rows-{os.getpid()}-"))
     assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
     assert shared_rows_directory(str(tmp_path / "missing")) == ""
+
+
+def test_directories_of_deployments_that_are_gone_are_removed(tmp_path: Path) -> None:
+    """A deployment killed before its stop leaves its rings; the next one removes them."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan = tmp_path / f"streamtomo-rows-{gone.pid}-abc"
+    orphan.mkdir()
+    (orphan / "rows-1-x").write_bytes(b"\0" * 4096)
+    living = tmp_path / f"streamtomo-rows-{os.getppid()}-def"  # a process that runs
+    living.mkdir()
+    others = [tmp_path / "streamtomo-rows-notapid", tmp_path / "unrelated-1"]
+    for other in others:
+        other.mkdir()
+    directory = shared_rows_directory(str(tmp_path))
+    assert not orphan.exists() and living.exists() and all(other.exists() for other in others)
+    assert os.path.isdir(directory)
 
 
 def test_results_without_rows_for_the_ring_skip_its_pickler(ring_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
