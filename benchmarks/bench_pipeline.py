@@ -40,6 +40,9 @@ from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSp
 
 NOOP_WORKER = "streamtomo.workers.noop_worker:NoopWorker"
 NOOP_REDUCER = "streamtomo.reducer.noop_reducer:NoopReducer"
+# Our pipeline's names in the benchmarks (bench_scale's "zmq rows": its rows through
+# ZeroMQ, not shared memory): scans that end with a final file.
+OURS = ("streamtomo", "zmq rows")
 log = logging.getLogger("bench_pipeline")
 
 
@@ -94,7 +97,7 @@ def measure(
             raise RuntimeError(f"{name}: the scan stalled and was stopped")
         # The reducer writes the scan's file after the scan has finished: its CPU is
         # part of every scan's cost (else it lands in the next scan's, or nowhere).
-        file_cpu = wait_for_final_file(deployment, result.mapping_uuid) if name in ("streamtomo", "zmq rows") else 0.0
+        file_cpu = wait_for_final_file(deployment, result.mapping_uuid) if name in OURS else 0.0
         after = deployment.cpu_seconds()
         cpu: dict[str, float] = {}
         for service, seconds in after.items():

@@ -56,7 +56,12 @@ from typing import Any
 
 import h5pyd
 import numpy as np
-from bench_pipeline import Throughput  # the same row and measurement (run as a script: benchmarks/ is on sys.path)
+from bench_pipeline import (
+    NOOP_REDUCER,
+    NOOP_WORKER,
+    OURS,
+    Throughput,
+)  # the same row and measurement (run as a script: benchmarks/ is on sys.path)
 from bench_pipeline import measure as measure_throughput
 
 from streamtomo.app.beamline_events import BeamlineEvent, frame_events
@@ -69,10 +74,7 @@ from streamtomo.pipeline.scan import Frame, ImageKey
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
 from streamtomo.pipeline.streaming.memory_budget import published_bytes
 
-NOOP_WORKER = "streamtomo.workers.noop_worker:NoopWorker"
-NOOP_REDUCER = "streamtomo.reducer.noop_reducer:NoopReducer"
 TRANSPORT_WORKER = "streamtomo.workers.noop_worker:RowsForwardingWorker"
-OURS = ("streamtomo", "zmq rows")
 log = logging.getLogger("bench_scale")
 
 

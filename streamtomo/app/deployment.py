@@ -37,7 +37,7 @@ from streamtomo.app.processes import wait_for as _wait_for
 from streamtomo.app.redis_service import forget_workers, redis_ping, redis_server_argv, redis_url_ping
 from streamtomo.app.reducer_environment import ReducerEnvironment
 from streamtomo.app.shared_rows import ENV_DIR as SHARED_ROWS_ENV
-from streamtomo.app.shared_rows import shared_rows_directory
+from streamtomo.app.shared_rows import remove_rings_of, shared_rows_directory
 from streamtomo.controller_client import ControllerClient, ControllerTimeout
 from streamtomo.reducer.final_file import FINAL_FILE_WAIT_S
 
@@ -454,11 +454,9 @@ class LocalDeployment:
         self._remove_rings(service.pid)
 
     def _remove_rings(self, pid: int) -> None:
-        """A worker that is gone leaves its shared-memory rings: the reducer keeps the
-        pages of those it has mapped until it lets go of their rows."""
+        """A worker that is gone leaves its shared-memory rings."""
         if self.shared_rows_dir:
-            for ring in Path(self.shared_rows_dir).glob(f"rows-{pid}-*"):
-                ring.unlink(missing_ok=True)
+            remove_rings_of(self.shared_rows_dir, pid)
 
     # -- stop -------------------------------------------------------------------------
     def stop(self, timeout: float = 10.0) -> None:

@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import math
 import mmap
 import os
 import pickle
@@ -65,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 ENV_DIR = "STREAMTOMO_SHARED_ROWS_DIR"
 DIRECTORY_PREFIX = "streamtomo-rows-"  # then the deployment's process id
+RING_PREFIX = "rows-"  # a ring's file name: then its worker's process id
 ENV_MIN_BYTES = "STREAMTOMO_SHARED_ROWS_MIN_BYTES"
 # Smaller rows go through ZeroMQ: 32x256 rows (bench_pipeline) gained nothing from a slot.
 MIN_BYTES = 256 << 10
@@ -113,6 +115,15 @@ def remove_orphaned_directories(parent: str) -> list[str]:
     return removed
 
 
+def remove_rings_of(directory: str, pid: int) -> None:
+    """Remove the rings of worker process ``pid`` (gone): the reducer keeps the pages
+    of those it has mapped until it lets go of their rows."""
+    for entry in os.scandir(directory):
+        if entry.name.startswith(f"{RING_PREFIX}{pid}-"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -148,7 +159,7 @@ class RowRing:
         self.slot_bytes = -(-slot_bytes // _PAGE) * _PAGE
         self.slots = slots
         self.token = secrets.randbits(63)
-        self.name = f"rows-{os.getpid()}-{secrets.token_hex(6)}"
+        self.name = f"{RING_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
         self.path = os.path.join(directory, self.name)
         size = _HEADER_BYTES + slots * self.slot_bytes
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -314,12 +325,6 @@ class RingSender:
                 ring.close()
                 self.retired.remove(ring)
 
-    def close(self) -> None:
-        with self._lock:
-            for ring in [*self.retired, *([self.ring] if self.ring else [])]:
-                ring.close()
-            self.ring, self.retired = None, []
-
 
 class _RingPickler(pickle.Pickler):
     """Pickles a :class:`ProjectionRows` with large rows as its fields and a slot."""
@@ -391,7 +396,7 @@ class RingReader:
         if int(header[1]) != ref.token:
             raise RowsUnreachable(f"ring {ref.name} is not the one its worker wrote (another token)")
         dtype = np.dtype(ref.dtype)
-        count = int(np.prod(ref.shape, dtype=np.int64))
+        count = math.prod(ref.shape)
         if not 0 <= ref.slot < slots or count * dtype.itemsize > slot_bytes:
             raise RowsUnreachable(f"ring {ref.name} has no slot {ref.slot} of {count * dtype.itemsize} bytes")
         written = _FIXED + 2 * ref.slot
@@ -409,7 +414,7 @@ class RingReader:
         if known is not None and int(known[1][1]) == ref.token:
             self._rings.move_to_end(ref.name)
             return known
-        if os.sep in ref.name or not ref.name.startswith("rows-"):
+        if os.sep in ref.name or not ref.name.startswith(RING_PREFIX):
             raise RowsUnreachable(f"{ref.name!r} is not the name of a ring")
         path = os.path.join(self.directory, ref.name)
         try:
