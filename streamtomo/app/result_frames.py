@@ -14,9 +14,9 @@ sends ``[header, stream, array, array, ...]``, the arrays without a copy
 (``copy=False``: ZeroMQ holds them until sent; a result's arrays are never written
 after it is returned). The reducer's results socket hands them out as views of
 ZeroMQ's messages (:mod:`streamtomo.app.result_receive`) and the arrays are rebuilt
-on that memory, without a copy either. Small arrays stay in the stream. Where the deployment shares a host's memory between
-workers and reducer, projection rows take a shared-memory slot instead
-(:mod:`streamtomo.app.shared_rows`).
+on that memory, without a copy either. Small arrays stay in the stream. Where the
+workers and the reducer share a host's memory, projection rows take a slot of the
+worker's shared-memory ring instead (:mod:`streamtomo.app.shared_rows`).
 
 dranspose reaches pickle through its modules' ``pickle`` name (``dranspose.worker``,
 ``dranspose.reducer``): that name is pointed at :data:`RESULT_PICKLE`, which pickles as
