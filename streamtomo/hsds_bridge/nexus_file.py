@@ -15,6 +15,7 @@ import numpy as np
 from streamtomo.hsds_bridge.domain import AttrValue, Domain, DomainDataset, DomainGroup
 from streamtomo.hsds_bridge.raw_chunks import (
     ChunkBuffer,
+    DatasetRuns,
     RawChunkWriter,
     aligned_file_access,
     chunk_offsets,
@@ -153,21 +154,40 @@ def _write_node(f: h5py.File, node: _Node) -> _LargeDataset | None:
 def _write_chunks(writer: RawChunkWriter, large: _LargeDataset, domain: Domain) -> None:
     """Write ``large`` (unfiltered, chunked as its source is) one whole chunk at a time.
 
-    Each chunk is gathered into one reused C-ordered, page-aligned buffer (the sinogram
-    is an angle-major array seen as (rows, angles, cols): a chunk is a few rows of each
-    of a few angles) and written at the chunk's place in the file. Through
-    ``Dataset.__setitem__`` HDF5 copied every block once more into its own chunk
-    buffers, and through ``H5Dwrite_chunk`` the kernel copied it into the page cache.
-    Edge chunks are padded (HDF5 stores whole chunks).
+    A chunk whose rows the writer can take from where they lie in memory goes as they
+    are (:func:`~.raw_chunks.chunk_runs`: the sinogram's rows of 1024 or 2048 columns,
+    past the page cache). Any other chunk is gathered into one reused C-ordered,
+    page-aligned buffer (the sinogram is an angle-major array seen as (rows, angles,
+    cols): a chunk is a few rows of each of a few angles) and written from there.
+    Through ``Dataset.__setitem__`` HDF5 copied every block once more into its own
+    chunk buffers, and through ``H5Dwrite_chunk`` the kernel copied it into the page
+    cache. Edge chunks are padded (HDF5 stores whole chunks). Either way under
+    ``domain.lock``, a chunk at a time.
     """
     dataset, chunks = large.source, large.chunks
     buffer = ChunkBuffer(chunks, dataset.dtype)
+    zero_row = ChunkBuffer(chunks[-1:], dataset.dtype)  # stays zeros: padding and unwritten rows
+    runs_of = DatasetRuns(chunks, zero_row.address)
     for corner, offset in zip(large.corners, large.offsets, strict=True):
         selection = dataset.chunk_selection(corner)
         inside = tuple(slice(0, s.stop - s.start) for s in selection)
-        if any(s.stop < c for s, c in zip(inside, chunks, strict=True)):  # an edge chunk
-            buffer.array.fill(0)
         with domain.lock:
-            np.copyto(buffer.array[inside], dataset.array[selection])
+            block = dataset.array[selection]
+            runs = runs_of.of(block, _unwritten_part(dataset.unwritten, selection))
+            if runs is not None and writer.takes_runs(runs, offset):
+                writer.write_runs(runs, offset)  # the runs point into the array: still under the lock
+                continue
+            if any(s.stop < c for s, c in zip(inside, chunks, strict=True)):  # an edge chunk
+                buffer.array.fill(0)
+            np.copyto(buffer.array[inside], block)
             dataset.zero_unwritten(buffer.array[inside], itemgetter(selection))
         writer.write(buffer.view(), offset)
+
+
+def _unwritten_part(unwritten: np.ndarray | None, selection: tuple[slice, ...]) -> np.ndarray | None:
+    """``unwritten``'s part for ``selection``, in its own (broadcastable) shape: the axes
+    it broadcasts along are taken whole, so checking it costs its own size."""
+    if unwritten is None:
+        return None
+    own = selection[len(selection) - unwritten.ndim :]
+    return unwritten[tuple(slice(None) if n == 1 else s for n, s in zip(unwritten.shape, own, strict=True))]

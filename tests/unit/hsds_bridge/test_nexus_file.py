@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,16 @@ def assert_file_equals_domain(path: Path, domain: Domain) -> None:
                 assert target.chunks == node.chunks, node.path
 
 
-def domain_with_sinogram(rows: int, angles: int, cols: int) -> tuple[Domain, np.ndarray]:
-    """A status-only domain plus a sinogram stored as the reducer stores it: angle-major, seen as (rows, angles, cols)."""
+def domain_with_sinogram(rows: int, angles: int, cols: int, *, mapped: bool = False) -> tuple[Domain, np.ndarray]:
+    """A status-only domain plus a sinogram stored as the reducer stores it: angle-major,
+    seen as (rows, angles, cols); ``mapped``: in page-aligned memory of its own, as the
+    reducer's array pool has it."""
     domain = new_domain("/tmp/test-final.h5")
     by_angle = np.random.default_rng(0).random((angles, rows, cols), dtype=np.float32)
+    if mapped:
+        memory = mmap.mmap(-1, by_angle.nbytes)
+        np.frombuffer(memory, dtype=np.float32)[:] = by_angle.reshape(-1)
+        by_angle = np.frombuffer(memory, dtype=np.float32).reshape(by_angle.shape)
     domain.create_group("/entry/sinogram", {"NX_class": "NXdata", "signal": "data", "axes": ["detector_row", "."]})
     domain.create_dataset(
         "/entry/sinogram/data",
@@ -145,6 +152,37 @@ def test_chunks_land_where_hdf5_put_them(tmp_path: Path, direct: bool, cols: int
     assert_file_equals_domain(tmp_path / "scan.nxs", domain)
     with h5py.File(tmp_path / "scan.nxs", "r") as f:
         assert np.array_equal(f["/entry/sinogram/data"][:, 44], by_angle[44])  # an edge chunk
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["past the page cache", "through it"])
+def test_sinogram_rows_of_whole_blocks_go_to_the_file_from_where_they_lie(
+    tmp_path: Path, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1024 columns: each row of each angle is one 4 KiB block of the reducer's array,
+    and every sinogram chunk, edge chunks and unfilled angles included, is written from
+    there (no gathered copy) and reads back as the domain has it."""
+    from streamtomo.hsds_bridge.raw_chunks import RawChunkWriter
+
+    domain, by_angle = domain_with_sinogram(rows=37, angles=45, cols=1024, mapped=True)
+    unfilled = np.zeros(45, dtype=bool)
+    unfilled[[0, 17, 44]] = True
+    domain.dataset("/entry/sinogram/data").unwritten = unfilled[np.newaxis, :, np.newaxis]
+    offsets: list[int] = []
+    write_runs = RawChunkWriter.write_runs
+
+    def recorded(writer: RawChunkWriter, runs: Any, offset: int) -> None:
+        offsets.append(offset)
+        write_runs(writer, runs, offset)
+
+    monkeypatch.setattr(RawChunkWriter, "write_runs", recorded)
+    write_nexus(domain, tmp_path / "scan.nxs", block_bytes=256, direct=direct)
+    assert_file_equals_domain(tmp_path / "scan.nxs", domain)
+    with h5py.File(tmp_path / "scan.nxs", "r") as f:
+        sinogram = f["/entry/sinogram/data"]
+        chunks = {sinogram.id.get_chunk_info(i).byte_offset for i in range(sinogram.id.get_num_chunks())}
+        assert len(chunks) == 3 * 3  # (37 rows, 45 angles) in chunks of 16 x 16
+        assert chunks <= set(offsets)
+        assert not sinogram[:, 17].any() and np.array_equal(sinogram[:, 43], by_angle[43])
 
 
 def test_the_writer_goes_past_the_page_cache_where_the_file_system_allows(tmp_path: Path) -> None:
