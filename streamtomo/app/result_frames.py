@@ -15,8 +15,8 @@ sends ``[header, stream, array, array, ...]``, the arrays without a copy
 after it is returned). The reducer's results socket hands them out as views of
 ZeroMQ's messages (:mod:`streamtomo.app.result_receive`) and the arrays are rebuilt
 on that memory, without a copy either. Small arrays stay in the stream. Where the
-workers and the reducer share a host's memory, projection rows take a slot of the
-worker's shared-memory ring instead (:mod:`streamtomo.app.shared_rows`).
+workers and the reducer share a host's memory, projection rows and partial sums take
+a slot of the worker's shared-memory rings instead (:mod:`streamtomo.app.shared_rows`).
 
 dranspose reaches pickle through its modules' ``pickle`` name (``dranspose.worker``,
 ``dranspose.reducer``): that name is pointed at :data:`RESULT_PICKLE`, which pickles as
@@ -30,7 +30,7 @@ import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamtomo.app.shared_rows import RingSender, dumps_with_rings, sender_from_env
+from streamtomo.app.shared_rows import WorkerRings, dumps_with_rings, sender_from_env
 
 # Arrays at least this large leave the pickle stream (pyzmq copies smaller frames anyway).
 OUT_OF_BAND_BYTES = 64 << 10
@@ -58,9 +58,10 @@ class ReceivedResult:
     buffers: list[memoryview]
 
 
-def dumps(payload: Any, out_of_band_bytes: int = OUT_OF_BAND_BYTES, rings: RingSender | None = None) -> PickledResult:
-    """``rings``: projection rows go into the worker's shared-memory ring where a slot
-    is free (:mod:`streamtomo.app.shared_rows`), the other large arrays apart."""
+def dumps(payload: Any, out_of_band_bytes: int = OUT_OF_BAND_BYTES, rings: WorkerRings | None = None) -> PickledResult:
+    """``rings``: projection rows and partial sums go into the worker's shared-memory
+    rings where a slot is free (:mod:`streamtomo.app.shared_rows`), the other large
+    arrays apart."""
     buffers: list[memoryview] = []
 
     def keep_apart(buffer: pickle.PickleBuffer) -> bool:

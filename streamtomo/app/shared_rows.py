@@ -1,4 +1,4 @@
-"""Projection rows through shared memory where the workers and the reducer share a host.
+"""Projection rows and partial sums through shared memory where the workers and the reducer share a host.
 
 Every projection's sinogram rows go from a worker to the reducer: 4 MB per 1024^2
 frame, 16 MB at 2048^2. Through ZeroMQ over TCP that is a kernel copy out of the
@@ -19,6 +19,17 @@ placement that happens anyway. The slot is free again when the last view of it i
 gone (a ``weakref.finalize`` on the array writes the slot's sequence number into the
 header's ``released`` field): right after placement, as the reducer copies the rows of
 any frame it holds for later (:func:`~streamtomo.pipeline.messages.with_own_rows`).
+
+Partial sums (a worker's live slices and centre sweep summed over some dozens of
+projections: 48 MB at 1024^2, 201 MB at 2048^2) take a second ring of the worker's
+(:data:`SUM_RINGS`: two slots, every array of one sum in one slot) and arrive as a
+:class:`~streamtomo.pipeline.messages.PartialSum` whose arrays view the slot
+(:func:`partial_sum_from_ring`). Through ZeroMQ, receiving them was the reducer's
+ZeroMQ I/O thread's kernel time: 0.44 ms per 1024^2 event, and half of the reducer's
+CPU at 2048^2 (``/proc`` per thread, 2 workers). The reducer adds them and lets go;
+for slots of :data:`DROP_PAGES_BYTES` and more it then drops its mapping of the slot's
+pages (``MADV_DONTNEED``: the content stays in the file), so that its resident memory
+does not grow by two sums per worker.
 
 Nothing waits on shared memory: a worker whose ring has no free slot (the reducer
 holds them: results queue, or frames wait for their darks and flats) sends the rows
@@ -60,7 +71,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.messages import ProjectionRows, Rejected
+from streamtomo.pipeline.messages import PartialSum, ProjectionRows, Rejected
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +84,15 @@ MIN_BYTES = 256 << 10
 RING_BYTES = 16 << 20  # one worker's ring: 4 slots of 1024^2 rows, and of 2048^2 (MIN_SLOTS)
 MIN_SLOTS, MAX_SLOTS = 4, 32
 MAX_SLOT_BYTES = 16 << 20  # larger rows (above 2048^2 float32) go through ZeroMQ
-MAX_RINGS = 3  # a worker's rings at once: the current one and those retired, not yet removed
+MAX_RINGS = 3  # a worker's rings of one kind at once: the current one and those retired, not yet removed
+# Partial sums (live slices and sweep: 48 MB at 1024^2, 201 MB at 2048^2) have a ring of
+# their own: two slots of one sum, all its arrays in one slot.
+SUM_SLOTS = 2
+MAX_SUM_SLOT_BYTES = 256 << 20
+# The reducer drops its mapping of a slot at least this large once it lets go of it
+# (MADV_DONTNEED): the pages stay in the file, and its resident memory does not keep
+# two partial sums per worker (the limit of issue 10 is 1.5x what it publishes).
+DROP_PAGES_BYTES = 32 << 20
 STALE_SECONDS = 30.0
 FULL_LOG_SECONDS = 10.0
 MAX_MAPPED_RINGS = 64  # the reducer's open rings; older ones are dropped (unmapped once unused)
@@ -147,11 +166,44 @@ class SlotRef:
     dtype: str
 
 
+@dataclass(frozen=True)
+class SlotParts:
+    """Several arrays in one slot (a partial sum's): ``ref`` names the slot as bytes,
+    ``parts`` each array's (offset, shape, dtype) in it."""
+
+    ref: SlotRef
+    parts: tuple[tuple[int, tuple[int, ...], str], ...]
+
+
+@dataclass(frozen=True)
+class RingSizing:
+    """How one kind of ring is cut into slots."""
+
+    what: str  # for the logs
+    ring_bytes: int  # divided into slots of one message each, MIN_SLOTS to MAX_SLOTS of them
+    min_slots: int
+    max_slots: int
+    max_slot_bytes: int  # larger messages go through ZeroMQ
+
+
+ROW_RINGS = RingSizing("projection rows", RING_BYTES, MIN_SLOTS, MAX_SLOTS, MAX_SLOT_BYTES)
+SUM_RINGS = RingSizing("partial sums", 0, SUM_SLOTS, SUM_SLOTS, MAX_SUM_SLOT_BYTES)
+
+
 class RowsUnreachable(Exception):
     """The reducer cannot read the slot a result names."""
 
 
 # -- the worker's side ------------------------------------------------------------------
+def _part_offsets(arrays: list[npt.NDArray[Any]]) -> list[int]:
+    """Where each array starts in a slot, then where the last one ends."""
+    offsets = [0]
+    for array in arrays:
+        offsets.append(-(-(offsets[-1] + array.nbytes) // 64) * 64)
+    end = offsets[-2] + arrays[-1].nbytes if arrays else 0
+    return [*offsets[:-1], end]
+
+
 class RowRing:
     """One worker's ring: a file of ``slots`` slots of ``slot_bytes`` in ``directory``."""
 
@@ -207,17 +259,30 @@ class RowRing:
 
     def put(self, array: npt.NDArray[Any]) -> SlotRef | None:
         """Copy ``array`` into a free slot; None when it does not fit or none is free."""
-        if array.nbytes > self.slot_bytes:
+        placed = self.put_parts([array])
+        if placed is None:
+            return None
+        return dataclasses.replace(placed.ref, shape=tuple(array.shape), dtype=array.dtype.str)
+
+    def put_parts(self, arrays: list[npt.NDArray[Any]]) -> SlotParts | None:
+        """Copy ``arrays`` one after another into a free slot (each at a 64-byte
+        boundary); None when they do not fit or no slot is free."""
+        offsets = _part_offsets(arrays)
+        if offsets[-1] > self.slot_bytes:
             return None
         slot = self.free_slot()
         if slot is None:
             return None
         self._seq += 1
-        offset = _HEADER_BYTES + slot * self.slot_bytes
-        np.copyto(np.frombuffer(self._map, array.dtype, count=array.size, offset=offset).reshape(array.shape), array)
-        self._header[_FIXED + 2 * slot] = self._seq  # after the rows: see the module's docstring
+        start = _HEADER_BYTES + slot * self.slot_bytes
+        for array, offset in zip(arrays, offsets, strict=False):
+            target = np.frombuffer(self._map, array.dtype, count=array.size, offset=start + offset)
+            np.copyto(target.reshape(array.shape), array)
+        self._header[_FIXED + 2 * slot] = self._seq  # after the data: see the module's docstring
         self._next = (slot + 1) % self.slots
-        return SlotRef(self.name, self.token, slot, self._seq, tuple(array.shape), array.dtype.str)
+        ref = SlotRef(self.name, self.token, slot, self._seq, (offsets[-1],), "|u1")
+        parts = tuple((o, tuple(a.shape), a.dtype.str) for a, o in zip(arrays, offsets, strict=False))
+        return SlotParts(ref, parts)
 
     def close(self) -> None:
         """Remove the file; a reducer that still maps it keeps its pages until it lets go."""
@@ -229,92 +294,104 @@ class RowRing:
 
 
 class RingSender:
-    """A worker process's rings: puts rows into the current one and says what it did.
+    """A worker process's rings of one kind: puts messages into the current one and
+    says what it did.
 
-    A new ring replaces the current one when rows no longer fit its slots (a larger
-    frame) or when it is stale; the one it replaces is *retired*, not removed: results
-    naming its slots may still be on their way, and the reducer opens a ring by name
-    when it first sees one. A retired ring's file goes once none of its slots is in
-    use, or once it is stale too. At most :data:`MAX_RINGS` exist at once; past that,
-    rows go through ZeroMQ.
+    A new ring replaces the current one when a message no longer fits its slots (a
+    larger frame) or when it is stale; the one it replaces is *retired*, not removed:
+    results naming its slots may still be on their way, and the reducer opens a ring
+    by name when it first sees one. A retired ring's file goes once none of its slots
+    is in use, or once it is stale too. At most :data:`MAX_RINGS` exist at once; past
+    that, messages go through ZeroMQ.
     """
 
-    def __init__(self, directory: str, min_bytes: int = MIN_BYTES) -> None:
+    def __init__(self, directory: str, min_bytes: int = MIN_BYTES, sizing: RingSizing = ROW_RINGS) -> None:
         self.directory = directory
         self.min_bytes = min_bytes
+        self.sizing = sizing
         self.ring: RowRing | None = None
         self.retired: list[RowRing] = []
-        self.disabled = ""  # why rows go through ZeroMQ for good
+        self.disabled = ""  # why messages go through ZeroMQ for good
         self.counts = {"shared": 0, "ring_full": 0, "too_large": 0, "rings": 0}
         self._said_full_at = -FULL_LOG_SECONDS
         self._lock = threading.Lock()
 
-    def takes_some(self, payload: Any) -> bool:
-        """Whether ``payload`` (a worker's result) holds rows for the ring: else it is
-        pickled without :class:`_RingPickler`, whose Python hook runs for every object
-        (py-spy: 4% of a worker's time at 32x256 frames, where no rows qualify)."""
-        if self.disabled:
-            return False
-        items = getattr(payload, "items", ())
-        return any(type(item) is ProjectionRows and self._fits(item.rows) for item in items)
-
-    def _fits(self, array: Any) -> bool:
+    def fits(self, array: Any) -> bool:
         return isinstance(array, np.ndarray) and array.nbytes >= self.min_bytes and array.flags.c_contiguous
 
     def put(self, array: npt.NDArray[Any]) -> SlotRef | None:
-        if self.disabled or not self._fits(array):
+        """Projection rows: ``array`` into a slot of its own."""
+        if not self.fits(array):
             return None
-        if array.nbytes > MAX_SLOT_BYTES:
+        # Slots for float32 rows of this shape at least: a worker sends raw integer rows
+        # until it has its darks and flats, corrected float32 rows after.
+        placed = self._put([array], max(array.nbytes, array.size * 4))
+        if placed is None:
+            return None
+        return dataclasses.replace(placed.ref, shape=tuple(array.shape), dtype=array.dtype.str)
+
+    def put_parts(self, arrays: list[npt.NDArray[Any]]) -> SlotParts | None:
+        """A partial sum: all ``arrays`` in one slot."""
+        if not arrays or not all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
+            return None
+        if sum(a.nbytes for a in arrays) < self.min_bytes:
+            return None
+        return self._put(arrays, _part_offsets(arrays)[-1])
+
+    def _put(self, arrays: list[npt.NDArray[Any]], slot_bytes: int) -> SlotParts | None:
+        if self.disabled:
+            return None
+        if _part_offsets(arrays)[-1] > self.sizing.max_slot_bytes:
             self.counts["too_large"] += 1
             return None
         with self._lock:
             now = time.monotonic()
             self._reap(now)
             ring = self.ring
-            if ring is None or array.nbytes > ring.slot_bytes:
-                ring = self._new_ring(array)
-            ref = None if ring is None else ring.put(array)
-            if ring is not None and ref is None and ring.stale(now):
+            if ring is None or _part_offsets(arrays)[-1] > ring.slot_bytes:
+                ring = self._new_ring(slot_bytes)
+            placed = None if ring is None else ring.put_parts(arrays)
+            if ring is not None and placed is None and ring.stale(now):
                 logger.warning(
                     "no slot of shared-memory ring %s released for %.0f s (the reducer restarted?): a new ring",
                     ring.name,
                     STALE_SECONDS,
                 )
-                ring = self._new_ring(array)
-                ref = None if ring is None else ring.put(array)
-            if ref is None:
+                ring = self._new_ring(slot_bytes)
+                placed = None if ring is None else ring.put_parts(arrays)
+            if placed is None:
                 self.counts["ring_full"] += 1
                 if now - self._said_full_at > FULL_LOG_SECONDS:  # how often, without a line per frame
                     self._said_full_at = now
                     logger.info(
-                        "shared-memory ring full (the reducer holds its slots; results queue): rows through ZeroMQ "
-                        "%d times so far, through the ring %d times",
+                        "shared-memory ring for %s full (the reducer holds its slots; results queue): "
+                        "through ZeroMQ %d times so far, through the ring %d times",
+                        self.sizing.what,
                         self.counts["ring_full"],
                         self.counts["shared"],
                     )
                 return None
             self.counts["shared"] += 1
-            return ref
+            return placed
 
-    def _new_ring(self, array: npt.NDArray[Any]) -> RowRing | None:
+    def _new_ring(self, slot_bytes: int) -> RowRing | None:
         if self.ring is not None and len(self.retired) + 1 >= MAX_RINGS:
             return None  # the oldest must go first (_reap)
-        # Slots for float32 rows of this shape at least: a worker sends raw integer rows
-        # until it has its darks and flats, corrected float32 rows after.
-        slot_bytes = min(MAX_SLOT_BYTES, max(array.nbytes, array.size * 4))
-        slots = max(MIN_SLOTS, min(MAX_SLOTS, RING_BYTES // slot_bytes))
+        sizing = self.sizing
+        slot_bytes = min(sizing.max_slot_bytes, slot_bytes)
+        slots = max(sizing.min_slots, min(sizing.max_slots, sizing.ring_bytes // slot_bytes))
         try:
             new = RowRing(self.directory, slot_bytes, slots)
         except OSError as error:
             self.disabled = f"cannot make a ring of {slots} x {slot_bytes} bytes in {self.directory}: {error}"
-            logger.warning("rows through ZeroMQ from now on: %s", self.disabled)
+            logger.warning("%s through ZeroMQ from now on: %s", sizing.what, self.disabled)
             return None
         if self.ring is not None:
             self.retired.append(self.ring)
         self.ring = new
         self.counts["rings"] += 1
         logger.info(
-            "projection rows through shared memory: ring %s, %d slots of %.1f MB", new.path, slots, new.slot_bytes / 1e6
+            "%s through shared memory: ring %s, %d slots of %.1f MB", sizing.what, new.path, slots, new.slot_bytes / 1e6
         )
         return new
 
@@ -326,46 +403,82 @@ class RingSender:
                 self.retired.remove(ring)
 
 
-class _RingPickler(pickle.Pickler):
-    """Pickles a :class:`ProjectionRows` with large rows as its fields and a slot."""
+class WorkerRings:
+    """A worker's rings: one for projection rows, one for partial sums."""
 
-    sender: RingSender
+    def __init__(self, rows: RingSender, sums: RingSender | None = None) -> None:
+        self.rows = rows
+        self.sums = sums
+
+    def takes_some(self, payload: Any) -> bool:
+        """Whether ``payload`` (a worker's result) holds anything for a ring: else it is
+        pickled without :class:`_RingPickler`, whose Python hook runs for every object
+        (py-spy: 4% of a worker's time at 32x256 frames, where nothing qualifies)."""
+        for item in getattr(payload, "items", ()):
+            if type(item) is ProjectionRows and not self.rows.disabled and self.rows.fits(item.rows):
+                return True
+            if type(item) is PartialSum and self._sums_take(item):
+                return True
+        return False
+
+    def _sums_take(self, partial: PartialSum) -> bool:
+        sums = self.sums
+        return sums is not None and not sums.disabled and sum(a.nbytes for a in _sum_arrays(partial)) >= sums.min_bytes
+
+
+def _sum_arrays(partial: PartialSum) -> list[npt.NDArray[Any]]:
+    """A partial sum's arrays in the order they take in a slot: its blocks', then the sweep."""
+    return [*partial.blocks.values(), *([] if partial.sweep is None else [partial.sweep])]
+
+
+class _RingPickler(pickle.Pickler):
+    """Pickles a :class:`ProjectionRows` with large rows as its fields and a slot, and
+    a :class:`PartialSum` as its fields and a slot holding all its arrays."""
+
+    rings: WorkerRings
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is ProjectionRows and isinstance(obj.rows, np.ndarray):
-            ref = self.sender.put(obj.rows)
+            ref = self.rings.rows.put(obj.rows)
             if ref is not None:
                 fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != "rows"}
                 return projection_rows_from_ring, (fields, ref)
+        elif type(obj) is PartialSum and self.rings.sums is not None:
+            placed = self.rings.sums.put_parts(_sum_arrays(obj))
+            if placed is not None:
+                fields = {"worker": obj.worker, "recon_id": obj.recon_id, "frame_indices": obj.frame_indices}
+                fields["events"] = obj.events
+                return partial_sum_from_ring, (fields, tuple(obj.blocks), obj.sweep is not None, placed)
         return NotImplemented
 
 
-def dumps_with_rings(payload: Any, sender: RingSender, buffer_callback: Any = None) -> bytes:
-    """``pickle.dumps(payload, protocol=5)`` with projection rows put into the ring."""
+def dumps_with_rings(payload: Any, rings: WorkerRings, buffer_callback: Any = None) -> bytes:
+    """``pickle.dumps(payload, protocol=5)`` with projection rows and partial sums put into the rings."""
     stream = io.BytesIO()
     pickler = _RingPickler(stream, protocol=5, buffer_callback=buffer_callback)
-    pickler.sender = sender
+    pickler.rings = rings
     pickler.dump(payload)
     return stream.getvalue()
 
 
-_sender: RingSender | None = None
+_rings: WorkerRings | None = None
 
 
-def sender_from_env() -> RingSender | None:
-    """This process's ring sender, when :data:`ENV_DIR` is set and the CPU allows
-    (:data:`ENV_MIN_BYTES`: the smallest rows it takes, default :data:`MIN_BYTES`)."""
-    global _sender
+def sender_from_env() -> WorkerRings | None:
+    """This process's rings, when :data:`ENV_DIR` is set and the CPU allows
+    (:data:`ENV_MIN_BYTES`: the smallest message they take, default :data:`MIN_BYTES`)."""
+    global _rings
     directory = os.environ.get(ENV_DIR, "")
     if not directory:
         return None
-    if _sender is None or _sender.directory != directory:
+    if _rings is None or _rings.rows.directory != directory:
         if not supported():
             logger.info("rows through ZeroMQ: shared rows need x86-64 (this is %s)", platform.machine())
             os.environ.pop(ENV_DIR)
             return None
-        _sender = RingSender(directory, _min_bytes())
-    return _sender
+        minimum = _min_bytes()
+        _rings = WorkerRings(RingSender(directory, minimum), RingSender(directory, minimum, SUM_RINGS))
+    return _rings
 
 
 def _min_bytes() -> int:
@@ -406,7 +519,8 @@ class RingReader:
             raise RowsUnreachable(f"slot {ref.slot} of ring {ref.name} holds other rows now")
         offset = _HEADER_BYTES + ref.slot * slot_bytes
         base = np.frombuffer(ring, dtype, count=count, offset=offset)
-        weakref.finalize(base, _release, header, written + 1, ref.seq).atexit = False
+        drop = (ring, offset, slot_bytes) if slot_bytes >= DROP_PAGES_BYTES else None
+        weakref.finalize(base, _release, header, written + 1, ref.seq, drop).atexit = False
         return base.reshape(ref.shape)
 
     def _ring(self, ref: SlotRef) -> tuple[mmap.mmap, npt.NDArray[np.uint64]]:
@@ -446,7 +560,15 @@ class RingReader:
         return ring, header
 
 
-def _release(header: npt.NDArray[np.uint64], index: int, seq: int) -> None:
+def _release(
+    header: npt.NDArray[np.uint64], index: int, seq: int, drop: tuple[mmap.mmap, int, int] | None = None
+) -> None:
+    """The slot is free for its worker again; ``drop``: unmap its pages from this
+    process first (their content stays in the file)."""
+    if drop is not None:
+        ring, offset, length = drop
+        with contextlib.suppress(OSError, ValueError):  # a closed mapping, a kernel without it
+            ring.madvise(mmap.MADV_DONTNEED, offset, length)
     header[index] = seq
 
 
@@ -474,3 +596,31 @@ def projection_rows_from_ring(fields: dict[str, Any], ref: SlotRef) -> Projectio
         detail = f"frame {fields.get('frame_index')}: its rows were sent through shared memory: {error}"
         return Rejected(fields.get("frame_index"), "rows_unreachable", detail, fields.get("event", -1))
     return ProjectionRows(rows=rows, **fields)
+
+
+def partial_sum_from_ring(
+    fields: dict[str, Any], blocks: tuple[int, ...], has_sweep: bool, placed: SlotParts
+) -> PartialSum:
+    """Unpickled in the reducer: the partial sum with its arrays viewing the slot.
+
+    A slot that cannot be read gives the same partial sum without arrays and with a
+    ``recon_id`` that names why: the ledger discards it as it discards any partial sum
+    it cannot use (counted), and backprojects its frames itself, so the live slices
+    stay exact (:meth:`~streamtomo.pipeline.streaming.contributions.ContributionLedger.add_partial`).
+    """
+    try:
+        memory = _reader_from_env().rows(placed.ref)
+        arrays = [
+            memory[offset : offset + np.dtype(dtype).itemsize * math.prod(shape)].view(dtype).reshape(shape)
+            for offset, shape, dtype in placed.parts
+        ]
+    except (RowsUnreachable, OSError, ValueError, TypeError) as error:  # never an exception out of unpickling
+        logger.warning(
+            "partial sum of %d frames from %s not readable (its frames are backprojected here): %s",
+            len(fields.get("frame_indices", ())),
+            fields.get("worker"),
+            error,
+        )
+        return PartialSum(**{**fields, "recon_id": f"unreachable: {error}"}, blocks={}, sweep=None)
+    sweep = arrays.pop() if has_sweep else None
+    return PartialSum(**fields, blocks=dict(zip(blocks, arrays, strict=True)), sweep=sweep)

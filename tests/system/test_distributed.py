@@ -54,7 +54,7 @@ needs_redis = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
-    # Every projection's rows, however small, through the workers' shared-memory rings
+    # Every projection's rows and partial sums, however small, through the workers' shared-memory rings
     # (streamtomo.app.shared_rows); the deployments of their own below send these small
     # rows through ZeroMQ, the default under 256 kB.
     env = {SHARED_ROWS_MIN_BYTES: "0"} if shared_rows_supported() else {}
@@ -190,11 +190,13 @@ def test_live_domain_equals_replay_of_its_recordings(clean_logs: LocalDeployment
         f"{references * (len(clean_logs.state.workers) - 1)} copies of broadcast darks and flats, 0 of them with rows"
     ), line
 
-    if shared_rows_supported() and os.access("/dev/shm", os.W_OK):  # the rows came through shared memory
+    if shared_rows_supported() and os.access("/dev/shm", os.W_OK):  # rows and sums came through shared memory
         assert clean_logs.shared_rows_dir.startswith("/dev/shm/streamtomo-rows-")
         for worker in clean_logs.state.workers:
             log = (clean_logs.log_dir / f"{worker}.log").read_text()
             assert "projection rows through shared memory: ring " + clean_logs.shared_rows_dir in log
+            assert "partial sums through shared memory: ring " + clean_logs.shared_rows_dir in log
+        assert "not readable" not in (clean_logs.log_dir / "reducer.log").read_text()  # every sum read from its slot
 
     recordings = result.recordings()
     assert all(p.stat().st_size > 0 for p in recordings)

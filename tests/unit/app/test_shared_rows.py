@@ -4,6 +4,7 @@ cannot be read becomes a counted rejection, never other rows."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import stat
@@ -16,8 +17,8 @@ import pytest
 from streamtomo.app import shared_rows
 from streamtomo.app.deployment import LocalDeployment
 from streamtomo.app.result_frames import PickledResult, ReceivedResult, dumps, loads
-from streamtomo.app.shared_rows import RingSender, shared_rows_directory
-from streamtomo.pipeline.messages import DetectorInfo, ProjectionRows, Rejected, WorkerResult
+from streamtomo.app.shared_rows import RingSender, WorkerRings, shared_rows_directory
+from streamtomo.pipeline.messages import DetectorInfo, PartialSum, ProjectionRows, Rejected, WorkerResult
 
 pytestmark = pytest.mark.skipif(not shared_rows.supported(), reason="shared rows need x86-64")
 
@@ -34,7 +35,7 @@ def _rows(seed: int) -> np.ndarray:
 
 
 def _send(sender: RingSender, index: int, rows: np.ndarray) -> PickledResult:
-    return dumps(WorkerResult([_projection(index, rows)]), rings=sender)
+    return dumps(WorkerResult([_projection(index, rows)]), rings=WorkerRings(sender))
 
 
 def _receive(sent: PickledResult) -> ProjectionRows | Rejected:
@@ -154,7 +155,7 @@ def test_rings_are_bounded_in_number_and_size(ring_dir: str, monkeypatch: pytest
     sent = _send(sender, 9, np.ones(((shared_rows.MAX_RINGS + 1) * ROWS, COLS), np.float32))
     assert sent.buffers and sender.counts["rings"] == shared_rows.MAX_RINGS
     assert len(os.listdir(ring_dir)) == shared_rows.MAX_RINGS
-    monkeypatch.setattr(shared_rows, "MAX_SLOT_BYTES", ROWS * COLS * 4 - 1)
+    monkeypatch.setattr(sender, "sizing", dataclasses.replace(sender.sizing, max_slot_bytes=ROWS * COLS * 4 - 1))
     assert _send(sender, 10, _rows(10)).buffers and sender.counts["too_large"] == 1
 
 
@@ -263,14 +264,15 @@ def test_directories_of_deployments_that_are_gone_are_removed(tmp_path: Path) ->
 def test_results_without_rows_for_the_ring_skip_its_pickler(ring_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
     sender = RingSender(ring_dir)
     small = WorkerResult([_projection(0, np.ones((4, 16), np.float32)), Rejected(1, "non_finite", "x")])
-    assert not sender.takes_some(small) and not sender.takes_some(object())
-    assert sender.takes_some(WorkerResult([_projection(2, _rows(2))]))
+    rings = WorkerRings(sender)
+    assert not rings.takes_some(small) and not rings.takes_some(object())
+    assert rings.takes_some(WorkerResult([_projection(2, _rows(2))]))
 
     def no_ring_pickler(*args: object, **kwargs: object) -> None:
         raise AssertionError("the ring's pickler ran")
 
     monkeypatch.setattr(shared_rows, "_RingPickler", no_ring_pickler)
-    sent = dumps(small, rings=sender)
+    sent = dumps(small, rings=rings)
     received = loads(ReceivedResult(sent.stream, sent.buffers))
     assert [type(item) for item in received.items] == [ProjectionRows, Rejected]
 
@@ -282,3 +284,108 @@ def test_a_deployment_removes_the_rings_of_a_worker_it_stopped(tmp_path: Path) -
         (tmp_path / name).write_bytes(b"")
     deployment._remove_rings(123)
     assert sorted(os.listdir(tmp_path)) == ["rows-1234-cc", "rows-45-dd"]
+
+
+# -- partial sums -------------------------------------------------------------------------
+def _partial(seed: int, n: int = 160, *, window: bool = False, sweep: bool = True) -> PartialSum:
+    rng = np.random.default_rng(seed)
+    blocks = {block: rng.random((3, n, n), dtype=np.float32) for block in ((4, 5) if window else (0,))}
+    sweep_sum = rng.random((5, n, n), dtype=np.float32) if sweep else None
+    return PartialSum("worker-1", "recon", (1, 2, 3), blocks, sweep_sum, (11, 12, 13))
+
+
+def _sums_rings(ring_dir: str) -> WorkerRings:
+    return WorkerRings(RingSender(ring_dir), RingSender(ring_dir, sizing=shared_rows.SUM_RINGS))
+
+
+def _receive_partial(sent: PickledResult) -> PartialSum:
+    result = loads(ReceivedResult(bytes(sent.stream), [memoryview(bytes(b)) for b in sent.buffers]))
+    (item,) = result.items
+    assert isinstance(item, PartialSum)
+    return item
+
+
+@pytest.mark.parametrize("window", [False, True], ids=["accumulate", "window blocks"])
+@pytest.mark.parametrize("sweep", [True, False], ids=["with sweep", "no sweep"])
+def test_a_partial_sum_crosses_in_one_slot_and_arrives_as_sent(ring_dir: str, window: bool, sweep: bool) -> None:
+    rings = _sums_rings(ring_dir)
+    partial = _partial(1, window=window, sweep=sweep)
+    sent = dumps(WorkerResult([partial]), rings=rings)
+    assert sent.buffers == []  # nothing of it through ZeroMQ
+    assert rings.sums is not None and rings.sums.counts["shared"] == 1
+    got = _receive_partial(sent)
+    assert (got.worker, got.recon_id, got.frame_indices, got.events) == ("worker-1", "recon", (1, 2, 3), (11, 12, 13))
+    assert list(got.blocks) == list(partial.blocks)
+    for block, stack in partial.blocks.items():
+        np.testing.assert_array_equal(got.blocks[block], stack)
+    if sweep:
+        assert got.sweep is not None and partial.sweep is not None
+        np.testing.assert_array_equal(got.sweep, partial.sweep)
+    else:
+        assert got.sweep is None
+
+
+def test_a_partial_sums_slot_comes_back_when_the_reducer_lets_go(ring_dir: str) -> None:
+    """Two slots: two sums held take both, a third goes through ZeroMQ; once the reducer
+    has added one (and dropped it) its slot takes the next."""
+    rings = _sums_rings(ring_dir)
+    assert rings.sums is not None
+    held = [_receive_partial(dumps(WorkerResult([_partial(i)]), rings=rings)) for i in range(shared_rows.SUM_SLOTS)]
+    third = dumps(WorkerResult([_partial(7)]), rings=rings)
+    assert third.buffers and rings.sums.counts["ring_full"] == 1
+    np.testing.assert_array_equal(_receive_partial(third).blocks[0], _partial(7).blocks[0])
+    del held[0]
+    gc.collect()
+    fourth = dumps(WorkerResult([_partial(8)]), rings=rings)
+    assert fourth.buffers == [] and rings.sums.counts["shared"] == shared_rows.SUM_SLOTS + 1
+    np.testing.assert_array_equal(_receive_partial(fourth).sweep, _partial(8).sweep)
+    np.testing.assert_array_equal(held[0].sweep, _partial(1).sweep)  # the other slot untouched
+
+
+def test_an_unreadable_partial_sum_is_discarded_and_its_frames_backprojected_here(ring_dir: str) -> None:
+    """Its ring gone: the reducer gets the sum without arrays, named unreachable, which
+    the ledger refuses (counted) and whose placed frames it backprojects itself."""
+    from streamtomo.pipeline.config import PipelineConfig
+    from streamtomo.pipeline.streaming.contributions import ContributionLedger
+    from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
+
+    rings = _sums_rings(ring_dir)
+    sent = dumps(WorkerResult([_partial(1)]), rings=rings)
+    assert rings.sums is not None and rings.sums.ring is not None
+    os.unlink(rings.sums.ring.path)
+    got = _receive_partial(sent)
+    assert got.recon_id.startswith("unreachable: ") and "cannot be opened" in got.recon_id
+    assert got.blocks == {} and got.sweep is None and got.frame_indices == (1, 2, 3)
+    geometry = LiveSliceGeometry(PipelineConfig(), DetectorInfo(8, 64, "uint16"))
+    ledger = ContributionLedger(geometry)
+    assert ledger.add_partial(got) is False and ledger.counts["partials_discarded"] == 1
+
+
+def _resident_bytes(address: int) -> int:
+    """Resident bytes of this process's mapping that holds ``address`` (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif inside and head == "Rss:":
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_the_reducer_unmaps_a_large_slot_once_it_lets_go(ring_dir: str) -> None:
+    """Slots of DROP_PAGES_BYTES and more leave the reducer's resident memory with
+    their release: a worker's two partial sums are not held twice."""
+    rings = _sums_rings(ring_dir)
+    n = 1024  # (3 + 5) x 1024^2 float32: 32 MiB
+    partial = PartialSum("w", "r", (1,), {0: np.ones((3, n, n), np.float32)}, np.full((5, n, n), 2, np.float32))
+    assert sum(a.nbytes for a in (partial.blocks[0], partial.sweep)) >= shared_rows.DROP_PAGES_BYTES
+    got = _receive_partial(dumps(WorkerResult([partial]), rings=rings))
+    assert got.sweep is not None and float(got.sweep.sum()) == 2.0 * 5 * n * n  # every page read
+    address = got.sweep.ctypes.data
+    assert _resident_bytes(address) >= got.sweep.nbytes
+    del got
+    gc.collect()
+    # What stays mapped is at most what the kernel maps around a fault beyond the slot.
+    assert _resident_bytes(address) <= 2 << 20
