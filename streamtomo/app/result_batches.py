@@ -93,7 +93,6 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    import dranspose.reducer
     from dranspose.event import ResultData
     from dranspose.protocol import DistributedStateEnum, RedisKeys, ReducerUpdate
     from dranspose.reducer import Reducer
@@ -105,23 +104,33 @@ def install() -> None:
             self.reducer = self.custom(parameters=self.parameters, context=self.custom_context, state=self.state)
         loop = asyncio.get_running_loop()
         while True:
-            results = []
-            for parts in await receive_batch(self.in_socket):
-                prelim = json.loads(parts[0])
-                # the module's ``pickle``: streamtomo.app.result_frames may have replaced it
-                prelim["payload"] = dranspose.reducer.pickle.loads(parts[1])
-                results.append(ResultData.model_validate(prelim))
+            # In a comprehension: nothing of a batch outlives it in this frame while the
+            # loop waits for the next one (a result viewing a worker's shared-memory slot
+            # keeps the slot from its worker: streamtomo.app.shared_rows).
+            results = [_result_data(parts, ResultData) for parts in await receive_batch(self.in_socket)]
             if self.reducer:
                 await loop.run_in_executor(None, process_all, self.reducer, results, self.parameters, self._logger)
             ready = RedisKeys.ready(self.state.mapping_uuid)
+            completions = [
+                ReducerUpdate(state=DistributedStateEnum.IDLE, completed=result.event_number, worker=result.worker)
+                for result in results
+            ]
             async with self.redis.pipeline(transaction=False) as pipe:
-                for result in results:
-                    update = ReducerUpdate(
-                        state=DistributedStateEnum.IDLE, completed=result.event_number, worker=result.worker
-                    )
+                for update in completions:
                     pipe.xadd(ready, {"data": update.model_dump_json()})
                 await pipe.execute()
             self.state.processed_events += len(results)
+            del results
 
     Reducer.work = work
     _installed = True
+
+
+def _result_data(parts: Sequence[Any], result_data: Any) -> Any:
+    """One received message as dranspose's ``ResultData``: its JSON header, its payload unpickled."""
+    import dranspose.reducer
+
+    prelim = json.loads(parts[0])
+    # the module's ``pickle``: streamtomo.app.result_frames may have replaced it
+    prelim["payload"] = dranspose.reducer.pickle.loads(parts[1])
+    return result_data.model_validate(prelim)

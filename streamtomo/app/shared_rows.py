@@ -89,6 +89,9 @@ MAX_RINGS = 3  # a worker's rings of one kind at once: the current one and those
 # their own: two slots of one sum, all its arrays in one slot.
 SUM_SLOTS = 2
 MAX_SUM_SLOT_BYTES = 256 << 20
+# Smaller sums go through ZeroMQ (unless ENV_MIN_BYTES says otherwise): at 32x256
+# frames a sum is 3 MB every 8 projections, which ZeroMQ carries at no cost that showed.
+SUM_MIN_BYTES = 8 << 20
 # The reducer drops its mapping of a slot at least this large once it lets go of it
 # (MADV_DONTNEED): the pages stay in the file, and its resident memory does not keep
 # two partial sums per worker (the limit of issue 10 is 1.5x what it publishes).
@@ -476,18 +479,20 @@ def sender_from_env() -> WorkerRings | None:
             logger.info("rows through ZeroMQ: shared rows need x86-64 (this is %s)", platform.machine())
             os.environ.pop(ENV_DIR)
             return None
-        minimum = _min_bytes()
-        _rings = WorkerRings(RingSender(directory, minimum), RingSender(directory, minimum, SUM_RINGS))
+        rows_minimum = _min_bytes(MIN_BYTES)
+        sums = RingSender(directory, _min_bytes(SUM_MIN_BYTES), SUM_RINGS)
+        _rings = WorkerRings(RingSender(directory, rows_minimum), sums)
     return _rings
 
 
-def _min_bytes() -> int:
+def _min_bytes(default: int) -> int:
+    """:data:`ENV_MIN_BYTES` where set (for rows and sums alike), else ``default``."""
     value = os.environ.get(ENV_MIN_BYTES, "")
     try:
-        return int(value) if value else MIN_BYTES
+        return int(value) if value else default
     except ValueError:
-        logger.warning("%s=%r is not a number of bytes: %d taken", ENV_MIN_BYTES, value, MIN_BYTES)
-        return MIN_BYTES
+        logger.warning("%s=%r is not a number of bytes: %d taken", ENV_MIN_BYTES, value, default)
+        return default
 
 
 # -- the reducer's side -----------------------------------------------------------------
@@ -549,7 +554,7 @@ class RingReader:
         slots, slot_bytes = int(header[2]), int(header[3])
         fits = 0 < slots <= (_HEADER_BYTES // 8 - _FIXED) // 2 and slot_bytes > 0
         if int(header[0]) != _MAGIC or not fits or _HEADER_BYTES + slots * slot_bytes > size:
-            raise RowsUnreachable(f"{path} is not a ring of projection rows")
+            raise RowsUnreachable(f"{path} is not a shared-memory ring")
         header = np.frombuffer(ring, np.uint64, count=_FIXED + 2 * slots)
         # Rings their workers removed are dropped (unmapped when their last view goes).
         for name in [name for name in self._rings if not os.path.exists(os.path.join(self.directory, name))]:
@@ -565,11 +570,13 @@ def _release(
 ) -> None:
     """The slot is free for its worker again; ``drop``: unmap its pages from this
     process first (their content stays in the file)."""
-    if drop is not None:
-        ring, offset, length = drop
-        with contextlib.suppress(OSError, ValueError):  # a closed mapping, a kernel without it
-            ring.madvise(mmap.MADV_DONTNEED, offset, length)
-    header[index] = seq
+    try:
+        if drop is not None:
+            ring, offset, length = drop
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # closed; no madvise here
+                ring.madvise(mmap.MADV_DONTNEED, offset, length)
+    finally:
+        header[index] = seq
 
 
 _reader: RingReader | None = None
@@ -609,18 +616,28 @@ def partial_sum_from_ring(
     stay exact (:meth:`~streamtomo.pipeline.streaming.contributions.ContributionLedger.add_partial`).
     """
     try:
-        memory = _reader_from_env().rows(placed.ref)
-        arrays = [
-            memory[offset : offset + np.dtype(dtype).itemsize * math.prod(shape)].view(dtype).reshape(shape)
-            for offset, shape, dtype in placed.parts
-        ]
-    except (RowsUnreachable, OSError, ValueError, TypeError) as error:  # never an exception out of unpickling
-        logger.warning(
-            "partial sum of %d frames from %s not readable (its frames are backprojected here): %s",
-            len(fields.get("frame_indices", ())),
-            fields.get("worker"),
-            error,
-        )
-        return PartialSum(**{**fields, "recon_id": f"unreachable: {error}"}, blocks={}, sweep=None)
+        return _partial_sum_viewing(fields, blocks, has_sweep, placed)
+    except (RowsUnreachable, OSError, ValueError, TypeError, IndexError) as error:  # never out of unpickling
+        # Its text only: a log record that kept the exception would keep its frames,
+        # and with them the slot.
+        reason = str(error)
+    logger.warning(
+        "partial sum of %d frames from %s not readable (its frames are backprojected here): %s",
+        len(fields.get("frame_indices", ())),
+        fields.get("worker"),
+        reason,
+    )
+    return PartialSum(**{**fields, "recon_id": f"unreachable: {reason}"}, blocks={}, sweep=None)
+
+
+def _partial_sum_viewing(
+    fields: dict[str, Any], blocks: tuple[int, ...], has_sweep: bool, placed: SlotParts
+) -> PartialSum:
+    memory = _reader_from_env().rows(placed.ref)
+    arrays = []
+    for offset, shape, dtype in placed.parts:
+        array = memory[offset : offset + np.dtype(dtype).itemsize * math.prod(shape)].view(dtype).reshape(shape)
+        array.flags.writeable = False  # the worker's memory: the reducer only adds it
+        arrays.append(array)
     sweep = arrays.pop() if has_sweep else None
     return PartialSum(**fields, blocks=dict(zip(blocks, arrays, strict=True)), sweep=sweep)

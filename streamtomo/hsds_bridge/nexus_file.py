@@ -161,8 +161,9 @@ def _write_chunks(writer: RawChunkWriter, large: _LargeDataset, domain: Domain) 
     cols): a chunk is a few rows of each of a few angles) and written from there.
     Through ``Dataset.__setitem__`` HDF5 copied every block once more into its own
     chunk buffers, and through ``H5Dwrite_chunk`` the kernel copied it into the page
-    cache. Edge chunks are padded (HDF5 stores whole chunks). Either way under
-    ``domain.lock``, a chunk at a time.
+    cache. Edge chunks are padded (HDF5 stores whole chunks). Either way a chunk is
+    taken under ``domain.lock`` (its runs worked out, or its copy made) and written
+    after the lock is let go: readers of the domain never wait for the disk.
     """
     dataset, chunks = large.source, large.chunks
     buffer = ChunkBuffer(chunks, dataset.dtype)
@@ -174,14 +175,18 @@ def _write_chunks(writer: RawChunkWriter, large: _LargeDataset, domain: Domain) 
         with domain.lock:
             block = dataset.array[selection]
             runs = runs_of.of(block, _unwritten_part(dataset.unwritten, selection))
-            if runs is not None and writer.takes_runs(runs, offset):
-                writer.write_runs(runs, offset)  # the runs point into the array: still under the lock
-                continue
-            if any(s.stop < c for s, c in zip(inside, chunks, strict=True)):  # an edge chunk
-                buffer.array.fill(0)
-            np.copyto(buffer.array[inside], block)
-            dataset.zero_unwritten(buffer.array[inside], itemgetter(selection))
-        writer.write(buffer.view(), offset)
+            direct = runs is not None and writer.takes_runs(runs, offset)
+            if not direct:
+                if any(s.stop < c for s, c in zip(inside, chunks, strict=True)):  # an edge chunk
+                    buffer.array.fill(0)
+                np.copyto(buffer.array[inside], block)
+                dataset.zero_unwritten(buffer.array[inside], itemgetter(selection))
+        if direct and runs is not None:
+            # Outside the lock, as a gathered chunk's write: ``block`` keeps the memory the
+            # runs point into, and the scan's arrays no longer change (see the docstring).
+            writer.write_runs(runs, offset)
+        else:
+            writer.write(buffer.view(), offset)
 
 
 def _unwritten_part(unwritten: np.ndarray | None, selection: tuple[slice, ...]) -> np.ndarray | None:

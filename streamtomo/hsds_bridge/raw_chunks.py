@@ -181,9 +181,12 @@ class DatasetRuns:
         self.zero_row = zero_row
         # A whole chunk's runs relative to its start, and whether they are whole blocks.
         self._whole: tuple[npt.NDArray[np.void], bool] | None = None
+        self._layout: tuple[tuple[int, ...], int] = ((), 0)  # the strides and item size it holds for
 
     def of(self, block: npt.NDArray[np.generic], unwritten: npt.NDArray[np.bool_] | None) -> Runs | None:
         """The runs of ``block``, a chunk's part of the array; ``unwritten`` as for :func:`chunk_runs`."""
+        if self._whole is not None and (block.strides, block.itemsize) != self._layout:
+            self._whole = None  # another array's layout: its own template
         if block.shape != self.chunks or (unwritten is not None and unwritten.any()):
             runs = chunk_runs(block, self.chunks, unwritten, self.zero_row)
             return None if runs is None else Runs(runs, runs_aligned(runs))
@@ -194,6 +197,7 @@ class DatasetRuns:
                 return None
             runs["base"] -= np.uintp(start)  # relative to the chunk's start: none lies before it
             self._whole = (runs, runs_aligned(runs))
+            self._layout = (block.strides, block.itemsize)
         relative, aligned = self._whole
         shifted = relative.copy()
         shifted["base"] += np.uintp(start)
@@ -234,8 +238,8 @@ def pwritev_all(fd: int, runs: npt.NDArray[np.void], offset: int) -> None:
         whole = int(np.searchsorted(done, written, side="right"))  # runs written completely
         if whole < count and written > (int(done[whole - 1]) if whole else 0):
             part = written - (int(done[whole - 1]) if whole else 0)
-            runs["base"][whole] += part
-            runs["length"][whole] -= part
+            runs["base"][whole] += np.uintp(part)
+            runs["length"][whole] -= np.uintp(part)
         runs = runs[whole:]
 
 

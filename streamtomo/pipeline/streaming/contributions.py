@@ -68,6 +68,8 @@ class ContributionLedger:
         self._early: dict[FrameKey, int] = {}  # copy -> partial sums that came before its rows
         self._needs_fix: set[FrameKey] = set()
         self._orphans: set[FrameKey] = set()  # placed frames no partial sum will bring
+        # Frames of partial sums discarded before their rows came: orphans once placed.
+        self._unbrought: set[FrameKey] = set()
         self.slot_ratio: FloatArray | None = None  # final angular weights / uniform
         self.newest_frame = -1
         self.version = 0  # bumped whenever the live slices' sums change
@@ -96,10 +98,12 @@ class ContributionLedger:
                 block = self.geometry.block_of(index)
                 self._block_frames[block] = self._block_frames.get(block, 0) + 1
         early = self._early.pop(key, 0)
+        unbrought = key in self._unbrought
+        self._unbrought.discard(key)
         if early and worker_rows is not None:
             record.contributed = worker_rows * np.float32(early)
             self._needs_fix.add(key)
-        elif worker_rows is None and slot != REJECTED_SLOT:
+        elif (worker_rows is None or unbrought) and slot != REJECTED_SLOT:
             self._orphans.add(key)
 
     def slot_changed(self, slot: int) -> None:
@@ -114,8 +118,12 @@ class ContributionLedger:
         """Add a worker's partial sums; False (and nothing added) if it cannot be accounted for."""
         if partial.recon_id != self.geometry.recon_id or not self._accountable(partial):
             self.counts["partials_discarded"] += 1
-            for key in partial.frame_keys:  # their rows, if here, are backprojected here
-                if key in self.records and self.records[key].contributed is None:
+            for key in partial.frame_keys:  # their rows, if here or once here, are backprojected here
+                if key not in self.records:
+                    # Rows still to come (held for their references, their PandA row, or
+                    # simply later): with worker rows they would wait for this sum.
+                    self._unbrought.add(key)
+                elif self.records[key].contributed is None:
                     self._orphans.add(key)
             return False
         for stack in partial.blocks.values():

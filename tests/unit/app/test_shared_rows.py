@@ -187,7 +187,7 @@ def test_rows_the_reducer_cannot_read_are_a_counted_rejection(
         "no_directory": f"{shared_rows.ENV_DIR} is not set",
         "another_directory": "cannot be opened",
         "file_gone": "cannot be opened",
-        "not_a_ring": "is not a ring of projection rows",
+        "not_a_ring": "is not a shared-memory ring",
         "another_token": "another token",
         "overwritten": "holds other rows now",
         "read_twice": "holds other rows now",
@@ -318,6 +318,7 @@ def test_a_partial_sum_crosses_in_one_slot_and_arrives_as_sent(ring_dir: str, wi
     assert list(got.blocks) == list(partial.blocks)
     for block, stack in partial.blocks.items():
         np.testing.assert_array_equal(got.blocks[block], stack)
+        assert not got.blocks[block].flags.writeable  # the worker's memory: read, never written
     if sweep:
         assert got.sweep is not None and partial.sweep is not None
         np.testing.assert_array_equal(got.sweep, partial.sweep)
@@ -342,9 +343,10 @@ def test_a_partial_sums_slot_comes_back_when_the_reducer_lets_go(ring_dir: str) 
     np.testing.assert_array_equal(held[0].sweep, _partial(1).sweep)  # the other slot untouched
 
 
-def test_an_unreadable_partial_sum_is_discarded_and_its_frames_backprojected_here(ring_dir: str) -> None:
+def test_an_unreadable_partial_sum_arrives_empty_and_the_ledger_discards_it(ring_dir: str) -> None:
     """Its ring gone: the reducer gets the sum without arrays, named unreachable, which
-    the ledger refuses (counted) and whose placed frames it backprojects itself."""
+    the ledger refuses (counted); its frames are then backprojected by the reducer
+    (tests/unit/pipeline/test_live_scan.py, a sum lost before its rows came)."""
     from streamtomo.pipeline.config import PipelineConfig
     from streamtomo.pipeline.streaming.contributions import ContributionLedger
     from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry

@@ -269,6 +269,40 @@ def test_partial_with_old_settings_is_discarded() -> None:
     assert np.array_equal(scan.slices(), before)  # type: ignore[arg-type]
 
 
+def test_a_partial_sum_lost_before_its_rows_came_is_backprojected_before_the_end() -> None:
+    """A worker's sum the reducer cannot use (its shared-memory slot unreadable), arriving
+    before the rows it covers: once the rows are placed the reducer backprojects them
+    itself at the next reconcile, without waiting for the scan's end."""
+    frames = make_frames()
+    reference = run(frames, 1, config(), drop_last_partials=False)
+    shared: dict[str, ReferenceSet] = {}
+    scan = LiveScan(config(), on_references=lambda r: shared.__setitem__("r", r))
+    worker = FrameProcessor(config())
+    lost = 0
+    for frame in frames:
+        worker.set_references(shared.get("r"))
+        items = list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))
+        sums = [item for item in items if isinstance(item, PartialSum)]
+        rows = [item for item in items if not isinstance(item, PartialSum)]
+        for partial in sums:
+            if lost == 0:  # the first sum, lost, and ahead of the rows of its last frame
+                lost += 1
+                unreadable = PartialSum(
+                    partial.worker, "unreachable: test", partial.frame_indices, {}, None, partial.events
+                )
+                scan.add_result(WorkerResult([unreadable]))
+            else:
+                scan.add_result(WorkerResult([partial]))
+        scan.add_result(WorkerResult(rows))
+    last = worker.flush()
+    if last is not None:
+        scan.add_result(WorkerResult([last]))
+    assert lost == 1
+    scan.reconcile()  # as the reducer's timer does while the scan runs: no backfill
+    assert scan.counts["partials_discarded"] == 1
+    assert rel(scan.slices(), reference.slices()) < 1e-5  # type: ignore[arg-type]
+
+
 def test_broadcast_references_are_not_duplicates() -> None:
     frames = make_frames()
     cfg = config()
