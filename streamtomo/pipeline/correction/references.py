@@ -110,7 +110,7 @@ def content_version(*arrays: FloatArray | None) -> int:
     digest = hashlib.blake2b(digest_size=8)
     for array in arrays:
         if array is not None:
-            digest.update(np.ascontiguousarray(array, dtype=np.float32))  # its buffer: no bytes copy
+            digest.update(np.ascontiguousarray(array, dtype=np.float32).data)  # its buffer: no bytes copy
     return max(1, int.from_bytes(digest.digest(), "little") >> 2)  # 0 means 'not corrected'
 
 
