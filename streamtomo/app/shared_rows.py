@@ -199,12 +199,12 @@ class RowsUnreachable(Exception):
 
 # -- the worker's side ------------------------------------------------------------------
 def _part_offsets(arrays: list[npt.NDArray[Any]]) -> list[int]:
-    """Where each array starts in a slot, then where the last one ends."""
-    offsets = [0]
+    """Where each array starts in a slot (at a 64-byte boundary), then where the last one ends."""
+    offsets, end = [], 0
     for array in arrays:
-        offsets.append(-(-(offsets[-1] + array.nbytes) // 64) * 64)
-    end = offsets[-2] + arrays[-1].nbytes if arrays else 0
-    return [*offsets[:-1], end]
+        offsets.append(-(-end // 64) * 64)
+        end = offsets[-1] + array.nbytes
+    return [*offsets, end]
 
 
 class RowRing:
@@ -260,13 +260,6 @@ class RowRing:
             self._released_seen, self._release_seen_at = released, now
         return self.in_use() > 0 and now - self._release_seen_at > STALE_SECONDS
 
-    def put(self, array: npt.NDArray[Any]) -> SlotRef | None:
-        """Copy ``array`` into a free slot; None when it does not fit or none is free."""
-        placed = self.put_parts([array])
-        if placed is None:
-            return None
-        return dataclasses.replace(placed.ref, shape=tuple(array.shape), dtype=array.dtype.str)
-
     def put_parts(self, arrays: list[npt.NDArray[Any]]) -> SlotParts | None:
         """Copy ``arrays`` one after another into a free slot (each at a 64-byte
         boundary); None when they do not fit or no slot is free."""
@@ -320,7 +313,16 @@ class RingSender:
         self._lock = threading.Lock()
 
     def fits(self, array: Any) -> bool:
-        return isinstance(array, np.ndarray) and array.nbytes >= self.min_bytes and array.flags.c_contiguous
+        """Whether :meth:`put` would try ``array`` (projection rows)."""
+        return self.fits_parts([array])
+
+    def fits_parts(self, arrays: list[Any]) -> bool:
+        """Whether :meth:`put_parts` would try ``arrays`` (a partial sum's)."""
+        if self.disabled or not arrays:
+            return False
+        if not all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
+            return False
+        return bool(sum(a.nbytes for a in arrays) >= self.min_bytes)
 
     def put(self, array: npt.NDArray[Any]) -> SlotRef | None:
         """Projection rows: ``array`` into a slot of its own."""
@@ -335,23 +337,22 @@ class RingSender:
 
     def put_parts(self, arrays: list[npt.NDArray[Any]]) -> SlotParts | None:
         """A partial sum: all ``arrays`` in one slot."""
-        if not arrays or not all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays):
-            return None
-        if sum(a.nbytes for a in arrays) < self.min_bytes:
+        if not self.fits_parts(arrays):
             return None
         return self._put(arrays, _part_offsets(arrays)[-1])
 
     def _put(self, arrays: list[npt.NDArray[Any]], slot_bytes: int) -> SlotParts | None:
-        if self.disabled:
-            return None
-        if _part_offsets(arrays)[-1] > self.sizing.max_slot_bytes:
+        """``arrays`` into one slot of the current ring, one of at least ``slot_bytes``
+        made where they do not fit it."""
+        needed = _part_offsets(arrays)[-1]
+        if needed > self.sizing.max_slot_bytes:
             self.counts["too_large"] += 1
             return None
         with self._lock:
             now = time.monotonic()
             self._reap(now)
             ring = self.ring
-            if ring is None or _part_offsets(arrays)[-1] > ring.slot_bytes:
+            if ring is None or needed > ring.slot_bytes:
                 ring = self._new_ring(slot_bytes)
             placed = None if ring is None else ring.put_parts(arrays)
             if ring is not None and placed is None and ring.stale(now):
@@ -418,15 +419,11 @@ class WorkerRings:
         pickled without :class:`_RingPickler`, whose Python hook runs for every object
         (py-spy: 4% of a worker's time at 32x256 frames, where nothing qualifies)."""
         for item in getattr(payload, "items", ()):
-            if type(item) is ProjectionRows and not self.rows.disabled and self.rows.fits(item.rows):
+            if type(item) is ProjectionRows and self.rows.fits(item.rows):
                 return True
-            if type(item) is PartialSum and self._sums_take(item):
+            if type(item) is PartialSum and self.sums is not None and self.sums.fits_parts(_sum_arrays(item)):
                 return True
         return False
-
-    def _sums_take(self, partial: PartialSum) -> bool:
-        sums = self.sums
-        return sums is not None and not sums.disabled and sum(a.nbytes for a in _sum_arrays(partial)) >= sums.min_bytes
 
 
 def _sum_arrays(partial: PartialSum) -> list[npt.NDArray[Any]]:

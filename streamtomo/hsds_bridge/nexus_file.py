@@ -175,13 +175,14 @@ def _write_chunks(writer: RawChunkWriter, large: _LargeDataset, domain: Domain) 
         with domain.lock:
             block = dataset.array[selection]
             runs = runs_of.of(block, _unwritten_part(dataset.unwritten, selection))
-            direct = runs is not None and writer.takes_runs(runs, offset)
-            if not direct:
+            if runs is not None and not writer.takes_runs(runs, offset):
+                runs = None
+            if runs is None:
                 if any(s.stop < c for s, c in zip(inside, chunks, strict=True)):  # an edge chunk
                     buffer.array.fill(0)
                 np.copyto(buffer.array[inside], block)
                 dataset.zero_unwritten(buffer.array[inside], itemgetter(selection))
-        if direct and runs is not None:
+        if runs is not None:
             # Outside the lock, as a gathered chunk's write: ``block`` keeps the memory the
             # runs point into, and the scan's arrays no longer change (see the docstring).
             writer.write_runs(runs, offset)

@@ -236,8 +236,8 @@ def pwritev_all(fd: int, runs: npt.NDArray[np.void], offset: int) -> None:
         offset += written
         done = np.cumsum(runs["length"][:count])
         whole = int(np.searchsorted(done, written, side="right"))  # runs written completely
-        if whole < count and written > (int(done[whole - 1]) if whole else 0):
-            part = written - (int(done[whole - 1]) if whole else 0)
+        part = written - (int(done[whole - 1]) if whole else 0)  # of the next one: a short write
+        if part:
             runs["base"][whole] += np.uintp(part)
             runs["length"][whole] -= np.uintp(part)
         runs = runs[whole:]
