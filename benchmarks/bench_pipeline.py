@@ -40,8 +40,8 @@ from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSp
 
 NOOP_WORKER = "streamtomo.workers.noop_worker:NoopWorker"
 NOOP_REDUCER = "streamtomo.reducer.noop_reducer:NoopReducer"
-# Our pipeline's names in the benchmarks (bench_scale's "zmq rows": its rows through
-# ZeroMQ, not shared memory): scans that end with a final file.
+# Our pipeline's names in the benchmarks (bench_scale's "zmq rows": its rows and partial
+# sums through ZeroMQ, not shared memory): scans that end with a final file.
 OURS = ("streamtomo", "zmq rows")
 log = logging.getLogger("bench_pipeline")
 

@@ -14,9 +14,10 @@ object, encoded once), played as fast as the pipeline takes it, through:
   reducer's CPU of that pair is what dranspose takes to bring a projection's rows to a
   reducer, the floor under ours (printed as "reducer above the transport").
 
-* with ``--zmq-rows``, streamtomo once more with its projection rows sent through
-  ZeroMQ as between hosts ("zmq rows"), not through the workers' shared-memory rings
-  (:mod:`streamtomo.app.shared_rows`), the default of a deployment on one host.
+* with ``--zmq-rows``, streamtomo once more with its projection rows and partial sums
+  sent through ZeroMQ as between hosts ("zmq rows"), not through the workers'
+  shared-memory rings (:mod:`streamtomo.app.shared_rows`), the default of a
+  deployment on one host.
 
 Best of ``--repeats`` scans each, after a warm-up scan: a full one for streamtomo, so
 that the measured scans find the reducer's arrays mapped, as every scan after the
@@ -243,7 +244,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="scans per configuration (the best counts)")
     parser.add_argument("--no-noop", action="store_true", help="skip the no-op and transport references")
     parser.add_argument(
-        "--zmq-rows", action="store_true", help="also streamtomo with its rows through ZeroMQ, not shared memory"
+        "--zmq-rows",
+        action="store_true",
+        help="also streamtomo with its rows and partial sums through ZeroMQ, not shared memory",
     )
     parser.add_argument("--volume", action="store_true", help="also time a scan with the end-of-scan volume")
     parser.add_argument("--run-dir", help="keep the services' logs here (default: a temporary directory)")

@@ -102,7 +102,8 @@ class LocalDeployment:
         self.extra_env = dict(env or {})
         self.stream_timeout = stream_timeout
         # Every service runs on this host: workers hand the reducer their projection rows
-        # through shared memory (streamtomo.app.shared_rows), in a directory of our own.
+        # and partial sums through shared memory (streamtomo.app.shared_rows), in a
+        # directory of our own.
         self.shared_rows = shared_rows
         self.shared_rows_dir = ""
         self._lost_scan = ""  # the scan a dead reducer was in, for its successor
