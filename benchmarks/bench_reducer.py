@@ -9,7 +9,14 @@ Then, per result, what the reducer process does: the ZeroMQ receive copy
 ``publish_interval`` of results at ``--rate`` events/s. Process CPU seconds, best of
 ``--repeats``; ``--profile`` prints cProfile's top functions of the last repeat.
 
-    python benchmarks/bench_reducer.py [--rows 1024 --cols 1024 --angles 300 --workers 2] [--profile]
+``--rings``: as a deployment on one host has it (:mod:`streamtomo.app.shared_rows`),
+each result is put into a worker's shared-memory rings just before the reducer takes it
+(rows and partial sums in slots, the rest pickled with the large arrays apart:
+:func:`streamtomo.app.result_frames.dumps`), and the reducer unpickles it from there.
+The worker's side (unpickling the kept result, copying it into the rings) is not
+counted: the figure is the CPU of the thread that unpickles and reduces.
+
+    python benchmarks/bench_reducer.py [--rows 1024 --cols 1024 --angles 300 --workers 2] [--rings] [--profile]
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import pickle
 import pstats
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -87,7 +95,36 @@ def parameters(config: PipelineConfig) -> dict[Any, Any]:
     }
 
 
-def run_once(bodies: list[bytes], config: PipelineConfig, rate: float, context: dict[Any, Any]) -> tuple[float, Any]:
+class RingTransport:
+    """Results through a worker's shared-memory rings, as on one host (``--rings``)."""
+
+    def __init__(self, directory: str) -> None:
+        from streamtomo.app import shared_rows
+
+        os.environ[shared_rows.ENV_DIR] = directory
+        rings = shared_rows.sender_from_env()
+        assert rings is not None, "shared rows are not supported here"
+        self.rings = rings
+        self.worker_seconds = 0.0
+
+    def received(self, body: bytes) -> Any:
+        """What the reducer's unpickling gets: the worker's part timed apart."""
+        from streamtomo.app.result_frames import ReceivedResult, dumps
+
+        started = time.thread_time()
+        sent = dumps(pickle.loads(body), rings=self.rings)
+        self.worker_seconds += time.thread_time() - started
+        return ReceivedResult(sent.stream, sent.buffers)
+
+
+def run_once(
+    bodies: list[bytes],
+    config: PipelineConfig,
+    rate: float,
+    context: dict[Any, Any],
+    rings: RingTransport | None = None,
+) -> tuple[float, Any]:
+    from streamtomo.app.result_frames import loads
     from streamtomo.reducer.tomo_reducer import TomoReducer
 
     params = parameters(config)
@@ -97,10 +134,14 @@ def run_once(bodies: list[bytes], config: PipelineConfig, rate: float, context: 
     gc.collect()
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.process_time()
+    worker_before = rings.worker_seconds if rings is not None else 0.0
     for i, body in enumerate(bodies):
-        received = bytes(memoryview(body))  # the receive copy (pyzmq copy=True)
-        payload = pickle.loads(received)
-        del received
+        if rings is not None:
+            payload = loads(rings.received(body))
+        else:
+            received = bytes(memoryview(body))  # the receive copy (pyzmq copy=True)
+            payload = pickle.loads(received)
+            del received
         reducer.process_result(SimpleNamespace(payload=payload), params)
         del payload
         events += 1
@@ -108,9 +149,11 @@ def run_once(bodies: list[bytes], config: PipelineConfig, rate: float, context: 
             reducer.timer(params)
     reducer.timer(params)
     spent = time.process_time() - started
+    if rings is not None:
+        spent -= rings.worker_seconds - worker_before
     after = resource.getrusage(resource.RUSAGE_SELF)
     print(
-        f"  user {(after.ru_utime - before.ru_utime) / events * 1e3:.2f} ms, sys {(after.ru_stime - before.ru_stime) / events * 1e3:.2f} ms, "
+        f"  (worker's part included) user {(after.ru_utime - before.ru_utime) / events * 1e3:.2f} ms, sys {(after.ru_stime - before.ru_stime) / events * 1e3:.2f} ms, "
         f"{(after.ru_minflt - before.ru_minflt) / events:.0f} minor faults per event"
     )
     started = time.process_time()
@@ -135,6 +178,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--final-dir", help="write each scan's final file here (as a deployment does)")
     parser.add_argument("--cache", help="keep the pickled results in this file (made once)")
+    parser.add_argument("--rings", action="store_true", help="results through shared-memory rings, as on one host")
     args = parser.parse_args()
     os.environ.setdefault("STREAMTOMO_HTTP_PORT", "0")
     os.environ.setdefault("STREAMTOMO_CONTROL_PORT", "0")
@@ -157,13 +201,15 @@ def main() -> None:
     base = current_rss()
     reset_peak_rss()
     best = float("inf")
+    ring_directory = tempfile.TemporaryDirectory(prefix="bench-reducer-rings-", dir="/dev/shm") if args.rings else None
+    rings = RingTransport(ring_directory.name) if ring_directory is not None else None
     for repeat in range(args.repeats):
         profiler = cProfile.Profile() if args.profile and repeat == args.repeats - 1 else None
         if profiler is not None:
             profiler.enable()
         # A new reducer each scan, as dranspose makes one; the array pool survives (its context).
         context = {"array_pool": context["array_pool"]} if "array_pool" in context else {}
-        spent, reducer = run_once(bodies, config, args.rate, context)
+        spent, reducer = run_once(bodies, config, args.rate, context, rings)
         if profiler is not None:
             profiler.disable()
         best = min(best, spent)
@@ -174,6 +220,8 @@ def main() -> None:
             stats = pstats.Stats(profiler).sort_stats("tottime")
             stats.print_stats(25)
             stats.sort_stats("cumulative").print_stats(30)
+    if ring_directory is not None:
+        ring_directory.cleanup()
     peak = peak_rss() - base
     print(
         f"reducer: {best / events * 1e3:.2f} ms CPU per event (best of {args.repeats}); "
