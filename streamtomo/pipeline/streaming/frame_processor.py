@@ -315,14 +315,24 @@ class FrameProcessor:
         A partial sum weighs the same (live slices plus sweep: 48 MB at 1024^2) however
         few projections it holds, so ticks do not send a large one every few frames: it
         goes once it holds ``flush_every`` projections or is old enough
-        (:meth:`LiveSliceGeometry.flush_age`), which bounds both the traffic to the
-        reducer and the live view's delay.
+        (:meth:`LiveSliceGeometry.flush_age`, for the number of workers it sees sharing
+        the stream), which bounds both the traffic to the reducer and the live view's delay.
         """
         if not self._partial_frames or self.geometry is None:
             return None
-        if time.monotonic() - self._partial_started < self.geometry.flush_age(self.config.publish_interval):
+        age = self.geometry.flush_age(self.config.publish_interval, self.workers_sharing())
+        if time.monotonic() - self._partial_started < age:
             return None
         return self.flush()
+
+    def workers_sharing(self) -> float:
+        """How many workers share the stream, as this one sees it: dranspose numbers the
+        events in order and deals them out, so the pending sum's events lie about that
+        many apart (1 until it holds two)."""
+        frames = self._partial_frames
+        if len(frames) < 2:
+            return 1.0
+        return max(1.0, (frames[-1][1] - frames[0][1]) / (len(frames) - 1))
 
     def flush(self) -> PartialSum | None:
         """Hand out the partial sums accumulated since the last flush."""

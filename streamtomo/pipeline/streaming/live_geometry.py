@@ -31,6 +31,12 @@ AUTO_WINDOW_BLOCKS = 8  # window_block 0: the half turn in this many blocks
 AUTO_FLUSH_BYTES = 1 << 20  # flush_every 0: about this much partial sum per projection
 MIN_AUTO_FLUSH, MAX_AUTO_FLUSH = 8, 64
 AUTO_FLUSH_AGE_BYTES = 12 << 20  # a tick sends a sum of this size after one publish interval
+# What all workers' partial sums may bring the reducer per second when they go by age:
+# it adds each one (about 5 GB/s of sums on one core: a tenth of it).
+SUM_INTAKE_BYTES_S = 512 << 20
+# How much of the live slices and sweep the reducer may rewrite per second for new sums
+# (``sum * weight`` into the published arrays, which the HSDS mirror then sends).
+REWRITE_BYTES_S = 64 << 20
 
 
 def recon_id(config: PipelineConfig, detector: DetectorInfo) -> str:
@@ -116,10 +122,26 @@ class LiveSliceGeometry:
             return configured
         return int(min(MAX_AUTO_FLUSH, max(MIN_AUTO_FLUSH, -(-self.partial_bytes // AUTO_FLUSH_BYTES))))
 
-    def flush_age(self, publish_interval: float) -> float:
+    def flush_age(self, publish_interval: float, workers: float = 1.0) -> float:
         """Seconds after which a tick sends a pending partial sum: one publish interval
-        for small sums, up to 8 for large ones (bounds the reducer's intake)."""
-        return publish_interval * min(8.0, max(1.0, self.partial_bytes / AUTO_FLUSH_AGE_BYTES))
+        for small sums, up to 8 for large ones; and, with ``workers`` workers each
+        sending one, long enough that together they bring the reducer at most
+        :data:`SUM_INTAKE_BYTES_S`.
+
+        Each worker's sum weighs the same however few projections it holds, so without
+        the second bound the reducer's intake grew with the worker count, not the frame
+        rate: 14 workers at 2048^2 (201 MB sums, 2 s) sent it 1.4 GB/s to add, most of a
+        core, at any frame rate. With it, 14 workers wait 5.5 s at 2048^2 and 1.3 s at
+        1024^2 (48 MB sums), when ``flush_every`` projections have not sent it earlier.
+        """
+        own = publish_interval * min(8.0, max(1.0, self.partial_bytes / AUTO_FLUSH_AGE_BYTES))
+        return max(own, max(1.0, workers) * self.partial_bytes / SUM_INTAKE_BYTES_S)
+
+    def rewrite_interval(self, publish_interval: float) -> float:
+        """Seconds between two rewrites of the published live slices and sweep for new
+        partial sums: one publish interval, or longer for large products, so that the
+        reducer rewrites at most :data:`REWRITE_BYTES_S` (1024^2: 0.75 s; 2048^2: 3.1 s)."""
+        return max(publish_interval, self.partial_bytes / REWRITE_BYTES_S)
 
     def new_stack(self) -> FloatArray:
         return np.zeros((len(self.slice_rows), self.size, self.size), dtype=np.float32)

@@ -53,7 +53,7 @@ from streamtomo.pipeline.streaming.nominal_angles import NominalAngleCheck
 from streamtomo.pipeline.streaming.prefault import ArrayPool
 from streamtomo.pipeline.streaming.reference_book import ReferenceBook
 from streamtomo.pipeline.streaming.sinogram import AngleGrid, SinogramAssembler, UnknownAngleError
-from streamtomo.pipeline.streaming.snapshot import ScanSnapshot, take_snapshot
+from streamtomo.pipeline.streaming.snapshot import ProductWrite, ScanSnapshot, take_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class LiveScan:
         self._shape_votes: Counter[tuple[int, int]] = Counter()
         self._shape_voters: set[tuple[int, int]] = set()  # (frame, event) copies that voted
         self._reference_frames: set[int] = set()
-        self.published: dict[str, object] = {}  # what the last snapshot carried (snapshot.py)
+        self.published: dict[str, ProductWrite] = {}  # what the last snapshot carried (snapshot.py)
         self._waiting_logged = False
         self.auto_center: float | None = None  # the estimate when center is 'auto'
         self.coverage_logged: set[str] = set()  # angular-coverage warnings said for this scan

@@ -12,9 +12,13 @@ The sums change when a worker's partial sum is added (every few dozen projection
 per worker); the weight ``pi / 2n`` with every projection placed. Rewriting the
 published slices and sweep for a new weight alone (48 MB at 1024^2, every publish)
 cost the reducer more than placing the projections, so a new weight alone is
-written at most every :data:`REWEIGHT_INTERVAL_S`; new sums, a new scan state and
-(in window mode) a new set of window blocks are written at the next publish, as
-before. ``n_projections`` is the count the published slices are weighted with.
+written at most every :data:`REWEIGHT_INTERVAL_S`. New sums are written at most every
+:meth:`~streamtomo.pipeline.streaming.live_geometry.LiveSliceGeometry.rewrite_interval`
+(a publish interval for small slices, 0.75 s at 1024^2): with many workers a new sum
+comes every publish, and each rewrite is 48-201 MB for the reducer to write and the
+HSDS mirror to send. A new scan state, a new ledger (new settings) and (in window
+mode) a new set of window blocks are written at the next publish.
+``n_projections`` is the count the published slices are weighted with.
 """
 
 from __future__ import annotations
@@ -91,14 +95,17 @@ def take_snapshot(scan: LiveScan) -> ScanSnapshot:
     published = scan.published
     now = time.monotonic()
     window = ledger.window_blocks() if scan.state == "running" else None
-    if _due(published, "slices", (id(ledger), ledger.version, scan.state, window), scan.n_projections, now):
+    rewrite = scan.geometry.rewrite_interval(scan.config.publish_interval)
+    written = ProductWrite((id(ledger), scan.state, window), ledger.version, scan.n_projections, now)
+    if _due(published, "slices", written, rewrite):
         found = scan.slices_sum()
         if found is not None:
             snap.slices_sum, snap.slices_weight = found
-    snap.n_projections = int(published["slices"][1])  # type: ignore[index]
+    snap.n_projections = published["slices"].n_projections
     if ledger.sweep_sum is not None:
         snap.sweep_centers = scan.sweep_centers()
-        if _due(published, "sweep", (id(ledger), ledger.sweep_version, scan.state), scan.n_projections, now):
+        written = ProductWrite((id(ledger), scan.state), ledger.sweep_version, scan.n_projections, now)
+        if _due(published, "sweep", written, rewrite):
             found = scan.sweep_sum()
             if found is not None:
                 snap.sweep_sum, snap.sweep_weight = found
@@ -107,13 +114,27 @@ def take_snapshot(scan: LiveScan) -> ScanSnapshot:
     return snap
 
 
-def _due(published: dict[str, object], name: str, content: object, n_projections: int, now: float) -> bool:
-    """Whether a product is written now: its sums (``content``) changed, or only its
-    weight (``n_projections``) did and the last write is REWEIGHT_INTERVAL_S old."""
+@dataclass(frozen=True)
+class ProductWrite:
+    """What a product's last write showed, and when."""
+
+    identity: object  # the ledger, the scan's state, the window's blocks: a change is written at once
+    version: int  # of its sums
+    n_projections: int  # its weight
+    at: float
+
+
+def _due(published: dict[str, ProductWrite], name: str, now: ProductWrite, rewrite_interval: float) -> bool:
+    """Whether a product is written now: always when its identity changed; for new sums
+    once the last write is ``rewrite_interval`` old; for a new weight alone once it is
+    :data:`REWEIGHT_INTERVAL_S` old. Records the write."""
     last = published.get(name)
-    if isinstance(last, tuple):
-        last_content, last_n, last_time = last
-        if last_content == content and (last_n == n_projections or now - last_time < REWEIGHT_INTERVAL_S):
+    if last is not None and last.identity == now.identity:
+        age = now.at - last.at
+        if last.version != now.version:
+            if age < rewrite_interval:
+                return False
+        elif last.n_projections == now.n_projections or age < REWEIGHT_INTERVAL_S:
             return False
-    published[name] = (content, n_projections, now)
+    published[name] = now
     return True
