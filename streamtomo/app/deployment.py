@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from streamtomo.app.adapters import TOMO_REDUCER, TOMO_WORKER
+from streamtomo.app.copy_tuning import non_temporal_copies
 from streamtomo.app.deployment_readiness import defaults_set, missing_services
 from streamtomo.app.deployment_state import DeploymentError, DeploymentState
 from streamtomo.app.processes import HOST, ServiceProcess, free_port, process_cpu_seconds, spawn
@@ -272,7 +273,8 @@ class LocalDeployment:
         ports = self._ports
         args = ["reducer", "--port", str(ports["reducer_api"]), "--zmq-port", str(ports["reducer_zmq"]),
                 "--class", self.reducer_class]  # fmt: skip
-        self._spawn("reducer", args)
+        # Its projection copies past the CPU caches (glibc reads this at process start).
+        self._spawn("reducer", args, non_temporal_copies(self._env()))
 
     def _spawn_ingesters(self) -> None:
         state, ports = self.state, self._ports

@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 
 import pytest
 
+from streamtomo.app.copy_tuning import non_temporal_copies
+
 yaml = pytest.importorskip("yaml")
 
 pytestmark = pytest.mark.helm
@@ -405,6 +407,7 @@ def test_wiring_between_services(helm: str) -> None:
     )
     assert env["REDUCER_URL"] == "tcp://t-streamtomo-reducer.beamline.svc:10200"
     assert env["REDUCER_CLASS"] == "streamtomo.reducer.tomo_reducer:TomoReducer"
+    assert env["GLIBC_TUNABLES"] == non_temporal_copies({})["GLIBC_TUNABLES"]  # as a local deployment's reducer
     assert env["STREAMTOMO_HTTP_HOST"] == "0.0.0.0"
     assert env["STREAMTOMO_HTTP_PORT"] == "8100"
     assert env["STREAMTOMO_CORS_ORIGINS"] == "http://localhost:8080"

@@ -25,6 +25,7 @@ import pytest
 
 import streamtomo.app.play as play_module
 from streamtomo.app.beamline_events import frame_events, recorded_events, scan_mapping
+from streamtomo.app.copy_tuning import non_temporal_copies
 from streamtomo.app.deployment import LocalDeployment
 from streamtomo.app.play import play
 from streamtomo.app.processes import wait_for
@@ -197,6 +198,9 @@ def test_live_domain_equals_replay_of_its_recordings(clean_logs: LocalDeployment
             assert "projection rows through shared memory: ring " + clean_logs.shared_rows_dir in log
             assert "partial sums through shared memory: ring " + clean_logs.shared_rows_dir in log
         assert "not readable" not in (clean_logs.log_dir / "reducer.log").read_text()  # every sum read from its slot
+    # The reducer copies projections past the CPU caches (streamtomo.app.copy_tuning).
+    environ = Path(f"/proc/{clean_logs.processes['reducer'].pid}/environ").read_bytes().split(b"\0")
+    assert ("GLIBC_TUNABLES=" + non_temporal_copies({})["GLIBC_TUNABLES"]).encode() in environ
 
     recordings = result.recordings()
     assert all(p.stat().st_size > 0 for p in recordings)
