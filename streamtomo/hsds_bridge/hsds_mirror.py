@@ -96,7 +96,7 @@ class HsdsMirror(ChunkSender):
         """
         with self.backlog.lock:
             nodes = list(self.backlog.nodes.values())
-        problems = await find_unreadable(self.client, self.setup, nodes, self.settings.generation_path, self.shadow)
+        problems = await find_unreadable(self.client, self.setup, nodes, self.shadow)
         if not problems:
             self.complete = not self.backlog.has_work()
             return self.complete

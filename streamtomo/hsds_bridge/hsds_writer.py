@@ -10,8 +10,9 @@ background thread with its own asyncio loop ships them over HSDS's REST API:
 * :mod:`chunk_plan` and :mod:`hsds_sender`: only what changed, in few requests;
   data first, status next, the generation counter last;
 * :mod:`hsds_mirror`: flushes to storage, re-sends what a lost or restarted server
-  may have dropped, and at close checks the domain as h5pyd reads it
-  (:mod:`hsds_verify`) before calling it complete.
+  may have dropped, and at close checks the domain as h5pyd reads it, every
+  scalar (the status) as HSDS answers it now (:mod:`hsds_verify`), before calling
+  it complete.
 
 Settings are one :class:`~streamtomo.hsds_bridge.hsds_settings.HsdsWriterSettings`.
 """

@@ -238,3 +238,37 @@ def test_close_repairs_what_a_reader_would_miss(scanning_hsds: LocalHsds) -> Non
     assert writer.stats().extra["verify_repairs"] >= 1
     with open_domain(server, name, server.accounts.viewer) as f:
         assert_mirrors(f, domain)
+
+
+def test_an_older_status_carried_out_late_is_written_again_before_close_says_complete(
+    scanning_hsds: LocalHsds,
+) -> None:
+    """A request HSDS took in while stalled can be carried out after the newer one that
+    replaced it, once HSDS goes on: here the scan's earlier state is put back behind the
+    writer's back after the final one was acknowledged. Close reads every scalar as HSDS
+    answers it now, writes the final one again, and only then calls the domain complete."""
+    server = scanning_hsds
+    name = unique_domain(server, "late_status")
+    domain = scan_domain(name)
+    writer = HsdsWriter(server.url, name, server.accounts.writer)
+    writer.start(domain)
+    for k in range(3):
+        step(domain, k)
+        writer.notify()
+    finish(domain)
+    writer.notify()
+    assert writer.wait_idle(60)
+    with open_domain(server, name, server.accounts.viewer) as f:
+        state_id = f["/entry/status/state"].id.id
+    body = json.dumps({"value": "running"}).encode()
+    req = urllib.request.Request(f"{server.url}/datasets/{state_id}/value?domain={name}", data=body, method="PUT")
+    req.add_header("Authorization", server.accounts.writer.authorization_header())
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status in (200, 201)
+    writer.close()
+    assert writer.complete, writer.stats()
+    with open_domain(server, name, server.accounts.viewer) as f:
+        assert f["/entry/status/state"].asstr()[()] == "finished"
+        assert_mirrors(f, domain)
+    assert writer.stats().extra["verify_repairs"] >= 1
