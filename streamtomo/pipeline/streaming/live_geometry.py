@@ -130,9 +130,12 @@ class LiveSliceGeometry:
 
         Each worker's sum weighs the same however few projections it holds, so without
         the second bound the reducer's intake grew with the worker count, not the frame
-        rate: 14 workers at 2048^2 (201 MB sums, 2 s) sent it 1.4 GB/s to add, most of a
-        core, at any frame rate. With it, 14 workers wait 5.5 s at 2048^2 and 1.3 s at
-        1024^2 (48 MB sums), when ``flush_every`` projections have not sent it earlier.
+        rate. dranspose hands each tick to one worker (a Redis clock), so a worker sees
+        one about every ``workers`` publish intervals: 14 workers at 2048^2 (201 MB sums)
+        sent the reducer about 0.8 GB/s to add at any frame rate. With the bound they
+        wait 5.25 s (about 0.5 GB/s); at 1024^2 (50 MB sums) the bound, 1.3 s, is below
+        the ticks' spacing and changes nothing. ``flush_every`` projections and the
+        detector's end of series still send a sum earlier.
         """
         own = publish_interval * min(8.0, max(1.0, self.partial_bytes / AUTO_FLUSH_AGE_BYTES))
         return max(own, max(1.0, workers) * self.partial_bytes / SUM_INTAKE_BYTES_S)
@@ -140,7 +143,7 @@ class LiveSliceGeometry:
     def rewrite_interval(self, publish_interval: float) -> float:
         """Seconds between two rewrites of the published live slices and sweep for new
         partial sums: one publish interval, or longer for large products, so that the
-        reducer rewrites at most :data:`REWRITE_BYTES_S` (1024^2: 0.75 s; 2048^2: 3.1 s)."""
+        reducer rewrites at most :data:`REWRITE_BYTES_S` (1024^2: 0.75 s; 2048^2: 3.0 s)."""
         return max(publish_interval, self.partial_bytes / REWRITE_BYTES_S)
 
     def new_stack(self) -> FloatArray:
