@@ -215,17 +215,23 @@ def test_reducer_records_what_hsds_missed_and_hsds_ends_complete(
         run.close()
 
 
-def test_close_repairs_what_a_reader_would_miss(scanning_hsds: LocalHsds) -> None:
-    """A link HSDS lost (here removed behind the writer's back): close finds it the way
-    h5pyd reads the domain, puts it back, and only then calls the domain complete."""
-    server = scanning_hsds
-    name = unique_domain(server, "repair")
+def three_steps_mirrored(server: LocalHsds, label: str) -> tuple[str, Domain, HsdsWriter]:
+    """A scan domain mirrored to ``server``, three steps notified (not waited for)."""
+    name = unique_domain(server, label)
     domain = scan_domain(name)
     writer = HsdsWriter(server.url, name, server.accounts.writer)
     writer.start(domain)
     for k in range(3):
         step(domain, k)
         writer.notify()
+    return name, domain, writer
+
+
+def test_close_repairs_what_a_reader_would_miss(scanning_hsds: LocalHsds) -> None:
+    """A link HSDS lost (here removed behind the writer's back): close finds it the way
+    h5pyd reads the domain, puts it back, and only then calls the domain complete."""
+    server = scanning_hsds
+    name, domain, writer = three_steps_mirrored(server, "repair")
     assert writer.wait_idle(60)
     with open_domain(server, name, server.accounts.viewer) as f:
         group_id = f["/entry/reconstruction"].id.id
@@ -248,13 +254,7 @@ def test_an_older_status_carried_out_late_is_written_again_before_close_says_com
     writer's back after the final one was acknowledged. Close reads every scalar as HSDS
     answers it now, writes the final one again, and only then calls the domain complete."""
     server = scanning_hsds
-    name = unique_domain(server, "late_status")
-    domain = scan_domain(name)
-    writer = HsdsWriter(server.url, name, server.accounts.writer)
-    writer.start(domain)
-    for k in range(3):
-        step(domain, k)
-        writer.notify()
+    name, domain, writer = three_steps_mirrored(server, "late_status")
     finish(domain)
     writer.notify()
     assert writer.wait_idle(60)
