@@ -7,16 +7,17 @@ threshold of about three quarters of the shared cache per thread and with
 non-temporal stores above it; with ordinary stores the CPU first reads every
 destination line it writes (and evicts what the reducer will read next).
 Measured on this project's 2-core VM (48 MiB L3; glibc 2.36), 320 copies of 4 MB into
-a fresh array: 0.52 ms each with glibc's default threshold, 0.24 ms with the
-threshold at 1 MiB; the reducer's own CPU per 1024^2 event in process
+a fresh array: 0.52 ms each with glibc's default threshold, 0.24-0.27 ms with the
+threshold at 1, 3 or 4 MiB; the reducer's own CPU per 1024^2 event in process
 (``benchmarks/bench_reducer.py --rings``, two workers) went from 1.21-1.29 to
 1.04-1.10 ms.
 
 glibc reads the threshold once, at process start, from ``GLIBC_TUNABLES``: the
 reducer's environment carries it (:class:`streamtomo.app.deployment.LocalDeployment`,
-the Helm chart's reducer). :data:`NON_TEMPORAL_BYTES` is 4 MiB: a 1024^2 projection's
-rows and larger go past the caches, while the HTTP servers' copies of 1-2 MiB chunks
-for readers (sent to a socket right away) stay in them. Other C libraries (musl) and
+the Helm chart's reducer). :data:`NON_TEMPORAL_BYTES` is 3 MiB: a 1024^2 projection's
+rows (4 MiB; glibc versions differ on whether a copy of exactly the threshold counts)
+and larger go past the caches, while the HTTP servers' copies of 1-2 MiB chunks for
+readers (sent to a socket right away) stay in them. Other C libraries (musl) and
 other CPUs ignore the setting.
 """
 
@@ -26,7 +27,7 @@ from collections.abc import Mapping
 
 TUNABLES = "GLIBC_TUNABLES"
 THRESHOLD = "glibc.cpu.x86_non_temporal_threshold"
-NON_TEMPORAL_BYTES = 4 << 20
+NON_TEMPORAL_BYTES = 3 << 20
 
 
 def non_temporal_copies(env: Mapping[str, str]) -> dict[str, str]:

@@ -65,8 +65,9 @@ async def find_unreadable(
             why = _dataset_differs(node, obj, shadow)
             if why:
                 problems.append(Unreadable(node.path, why))
-    if not problems:
-        problems.extend(await _scalars_differ(client, setup, nodes, shadow))
+    # Whatever else was found: a scalar whose summary holds an old value because HSDS
+    # holds one is only mended by writing it again (a fresh summary will not do).
+    problems.extend(await _scalars_differ(client, setup, nodes, shadow))
     return problems
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +35,7 @@ from streamtomo.pipeline.streaming.broadcast_references import BroadcastReferenc
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, geometry_for
 
 logger = logging.getLogger(__name__)
+RECENT_EVENTS = 16  # projections workers_sharing() looks back over
 
 # A few NaN/inf pixels are repaired (set to 0 after -log); more means a broken frame.
 MAX_NONFINITE_FRACTION = 0.01
@@ -57,6 +58,9 @@ class FrameProcessor:
         self._blocks: dict[int, InterleavedSlices] = {}
         self._spare_blocks: list[InterleavedSlices] = []
         self._partial_frames: list[tuple[int, int]] = []  # (frame index, event) summed so far
+        # The events of this worker's latest projections, across partial sums: how many
+        # workers share the stream (workers_sharing), also when each sum holds one.
+        self._recent_events: deque[int] = deque(maxlen=RECENT_EVENTS)
         self._partial_started = 0.0  # when the first projection of the pending partial sum came
         self._shape_votes: Counter[tuple[int, int]] = Counter()  # frames seen per shape
 
@@ -308,6 +312,7 @@ class FrameProcessor:
         if not self._partial_frames:
             self._partial_started = time.monotonic()
         self._partial_frames.append((index, event))
+        self._recent_events.append(event)
 
     def flush_if_due(self) -> PartialSum | None:
         """On a tick: flush a partial sum that is old enough to matter for the live view.
@@ -327,12 +332,13 @@ class FrameProcessor:
 
     def workers_sharing(self) -> float:
         """How many workers share the stream, as this one sees it: dranspose numbers the
-        events in order and deals them out, so the pending sum's events lie about that
-        many apart (1 until it holds two)."""
-        frames = self._partial_frames
-        if len(frames) < 2:
+        events in order and deals them out, so this worker's latest projections (across
+        partial sums: with many workers a sum may hold one) lie about that many events
+        apart (1 until it has had two)."""
+        events = self._recent_events
+        if len(events) < 2:
             return 1.0
-        return max(1.0, (frames[-1][1] - frames[0][1]) / (len(frames) - 1))
+        return max(1.0, (events[-1] - events[0]) / (len(events) - 1))
 
     def flush(self) -> PartialSum | None:
         """Hand out the partial sums accumulated since the last flush."""
@@ -357,6 +363,7 @@ class FrameProcessor:
         self._blocks = {}
         self._spare_blocks = []
         self._partial_frames = []
+        self._recent_events.clear()
         self._shape_votes.clear()
         self._broadcast = BroadcastReferences(self.config)
         if not self.config.keep_references:

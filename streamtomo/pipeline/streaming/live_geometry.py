@@ -132,9 +132,9 @@ class LiveSliceGeometry:
         the second bound the reducer's intake grew with the worker count, not the frame
         rate. dranspose hands each tick to one worker (a Redis clock), so a worker sees
         one about every ``workers`` publish intervals: 14 workers at 2048^2 (201 MB sums)
-        sent the reducer about 0.8 GB/s to add at any frame rate. With the bound they
-        wait 5.25 s (about 0.5 GB/s); at 1024^2 (50 MB sums) the bound, 1.3 s, is below
-        the ticks' spacing and changes nothing. ``flush_every`` projections and the
+        sent the reducer about 0.8 GB/s to add at any frame rate. With the bound each
+        sends at its first tick after 5.25 s (about 0.4 GB/s in all); at 1024^2 (50 MB
+        sums) the bound, 1.3 s, is below the ticks' spacing and changes nothing. ``flush_every`` projections and the
         detector's end of series still send a sum earlier.
         """
         own = publish_interval * min(8.0, max(1.0, self.partial_bytes / AUTO_FLUSH_AGE_BYTES))

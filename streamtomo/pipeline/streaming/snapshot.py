@@ -12,7 +12,8 @@ The sums change when a worker's partial sum is added (every few dozen projection
 per worker); the weight ``pi / 2n`` with every projection placed. Rewriting the
 published slices and sweep for a new weight alone (48 MB at 1024^2, every publish)
 cost the reducer more than placing the projections, so a new weight alone is
-written at most every :data:`REWEIGHT_INTERVAL_S`. New sums are written at most every
+written at most every :data:`REWEIGHT_INTERVAL_S` (or the rewrite interval below, if
+longer). New sums are written at most every
 :meth:`~streamtomo.pipeline.streaming.live_geometry.LiveSliceGeometry.rewrite_interval`
 (a publish interval for small slices, 0.75 s at 1024^2): with many workers a new sum
 comes every publish, and each rewrite is 48-201 MB for the reducer to write and the
@@ -127,14 +128,14 @@ class ProductWrite:
 def _due(published: dict[str, ProductWrite], name: str, now: ProductWrite, rewrite_interval: float) -> bool:
     """Whether a product is written now: always when its identity changed; for new sums
     once the last write is ``rewrite_interval`` old; for a new weight alone once it is
-    :data:`REWEIGHT_INTERVAL_S` old. Records the write."""
+    :data:`REWEIGHT_INTERVAL_S` old, and ``rewrite_interval``. Records the write."""
     last = published.get(name)
     if last is not None and last.identity == now.identity:
         age = now.at - last.at
         if last.version != now.version:
             if age < rewrite_interval:
                 return False
-        elif last.n_projections == now.n_projections or age < REWEIGHT_INTERVAL_S:
+        elif last.n_projections == now.n_projections or age < max(REWEIGHT_INTERVAL_S, rewrite_interval):
             return False
     published[name] = now
     return True

@@ -70,7 +70,15 @@ def test_a_worker_reads_how_many_share_the_stream_from_the_gaps_between_its_even
     assert worker.workers_sharing() == 1.0  # one projection says nothing
     worker.flush()
     frames_to(worker, [10, 14, 17, 23], first=3)
-    assert worker.workers_sharing() == pytest.approx(13 / 3)
+    assert worker.workers_sharing() == pytest.approx(20 / 4)  # events 3 ... 23, across the two sums
+    # With many workers a sum may hold one projection: the estimate spans sums.
+    alone = FrameProcessor(scan_config(), "w1")
+    for k, event in enumerate([5, 13, 21, 29]):
+        frames_to(alone, [event], first=k and k + 2)
+        assert alone.workers_sharing() == (1.0 if k == 0 else 8.0)
+        assert alone.flush() is not None
+    alone.reset()  # a new scan
+    assert alone.workers_sharing() == 1.0
 
 
 def test_a_worker_among_many_holds_its_sum_longer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,6 +136,15 @@ def test_new_sums_rewrite_the_live_slices_at_most_once_per_rewrite_interval(monk
     later = scan.snapshot()
     assert later.slices_sum is not None and later.sweep_sum is not None
     assert later.n_projections == scan.n_projections > first.n_projections
+    # A new weight alone (a projection placed, its sum still pending) waits for the
+    # rewrite interval too, not only REWEIGHT_INTERVAL_S (2 s).
+    send(1)
+    clock.now += 2.5
+    assert scan.n_projections > later.n_projections
+    assert scan.snapshot().slices_sum is None
+    clock.now += 0.6
+    reweighted = scan.snapshot()
+    assert reweighted.slices_sum is not None and reweighted.n_projections == scan.n_projections
     # A change of state is written at once, whatever the interval.
     send(2)
     clock.now += 0.1
