@@ -134,8 +134,9 @@ class LiveSliceGeometry:
         one about every ``workers`` publish intervals: 14 workers at 2048^2 (201 MB sums)
         sent the reducer about 0.8 GB/s to add at any frame rate. With the bound each
         sends at its first tick after 5.25 s (about 0.4 GB/s in all); at 1024^2 (50 MB
-        sums) the bound, 1.3 s, is below the ticks' spacing and changes nothing. ``flush_every`` projections and the
-        detector's end of series still send a sum earlier.
+        sums) the bound, 1.3 s, is below the ticks' spacing and changes nothing.
+        ``flush_every`` projections and the detector's end of series still send a sum
+        earlier.
         """
         own = publish_interval * min(8.0, max(1.0, self.partial_bytes / AUTO_FLUSH_AGE_BYTES))
         return max(own, max(1.0, workers) * self.partial_bytes / SUM_INTAKE_BYTES_S)
