@@ -35,7 +35,7 @@ FloatArray = npt.NDArray[np.float32]
 EDGE_TOL = 1e-6  # detector columns
 _Float64s = npt.NDArray[np.float64]
 _BatchKernel = Callable[[FloatArray, FloatArray, float, _Float64s, _Float64s, _Float64s], None]
-_PixelMajorKernel = Callable[[FloatArray, FloatArray, float, float, float, float], None]
+_PixelMajorKernel = Callable[[FloatArray, FloatArray, _Float64s, _Float64s, _Float64s, _Float64s], None]
 ROW_CHUNK = 16  # slice rows per parallel task (its scratch is allocated once)
 
 
@@ -165,51 +165,90 @@ def pixel_major_kernel(parallel: bool) -> _PixelMajorKernel:
 
 
 def _define_pixel_major_kernel(numba: Any) -> _PixelMajorKernel:
-    # out (N, N, lanes): the K slices of a pixel side by side, padded to lanes of 8;
-    # table (n_cols, 2 * lanes): each detector interval's K values, then its K slopes.
-    # The eight lanes are written out: LLVM's SLP vectorizer turns eight identical
-    # statements on neighbouring floats into vector instructions, which no loop here
-    # would become (numba's negative-index handling keeps the loop vectorizer out),
-    # and every load comes before the stores because numba cannot tell the compiler
-    # that `out` and `table` do not overlap. Per element the planar kernel's
-    # operations in its order: the same sums, bit for bit.
+    # out (N, N, lanes): the K slices of a pixel side by side, padded to lanes of 4;
+    # tables (B, n_cols, 2 * lanes): per projection of the batch, each detector
+    # interval's K values, then its K slopes.
+    #
+    # A batch of B projections is added row of pixels by row: the row (N x lanes floats,
+    # 48 kB for 12 slices of 1024^2) stays in the core's cache while every projection of
+    # the batch is added to it, instead of the whole stack (48 MB) going to memory and
+    # back once per projection. Each pixel still gets w_0 * p_0, then w_1 * p_1, ...:
+    # the sums of B calls of one projection, bit for bit.
+    #
+    # Lanes are written out in groups of 8 (one AVX2 register) and a last group of 4:
+    # LLVM's SLP vectorizer turns identical statements on neighbouring floats into
+    # vector instructions, which no loop here would become, and every load comes before
+    # the stores because numba cannot tell the compiler that `out` and `tables` do not
+    # overlap. Indices are unsigned: numba then skips its negative-index fix-up and a
+    # slice's bound clamps, which took about a fifth of the kernel's time. Per element
+    # the planar kernel's operations in its order: the same sums, bit for bit.
     detector_run = _define_detector_run(numba)
+    u64 = np.uint64
 
     def pixel_major_kernel(
-        out: FloatArray, table: FloatArray, center: float, cos_a: float, sin_a: float, weight: float
+        out: FloatArray,
+        tables: FloatArray,
+        centers: _Float64s,
+        cos_b: _Float64s,
+        sin_b: _Float64s,
+        weight_b: _Float64s,
     ) -> None:
         n = out.shape[0]
         lanes = out.shape[2]
-        n_cols = table.shape[0]
+        n_batch = tables.shape[0]
+        n_cols = tables.shape[1]
         half = n // 2
-        w = np.float32(weight)
+        eights = lanes // 8 * 8  # lanes in whole groups of 8; a group of 4 may follow
+        u_lanes = u64(lanes)
         flat_out = out.reshape(-1)
-        flat_table = table.reshape(-1)
+        flat_tables = tables.reshape(-1)
+        table_size = n_cols * 2 * lanes
         n_chunks = (n + ROW_CHUNK - 1) // ROW_CHUNK
         for chunk in numba.prange(n_chunks):
             for i in range(chunk * ROW_CHUNK, min(n, (chunk + 1) * ROW_CHUNK)):
-                base = center - sin_a * float(i - half)
-                lo, hi = detector_run(base, cos_a, n, n_cols)
-                for j in range(lo, hi + 1):
-                    u = base + cos_a * float(j - half)
-                    i0 = min(max(int(u), 0), n_cols - 2)  # int() is floor here: u > -1
-                    f = np.float32(u - i0)
-                    for group in range(0, lanes, 8):
-                        t = flat_table[i0 * 2 * lanes + group : i0 * 2 * lanes + group + lanes + 8]
-                        o = flat_out[(i * n + j) * lanes + group : (i * n + j) * lanes + group + 8]
-                        # values t[0..7], slopes t[lanes..lanes+7]
-                        a0, a1, a2, a3 = t[0], t[1], t[2], t[3]
-                        a4, a5, a6, a7 = t[4], t[5], t[6], t[7]
-                        s0, s1, s2, s3 = t[lanes], t[lanes + 1], t[lanes + 2], t[lanes + 3]
-                        s4, s5, s6, s7 = t[lanes + 4], t[lanes + 5], t[lanes + 6], t[lanes + 7]
-                        o[0] += w * (a0 + f * s0)
-                        o[1] += w * (a1 + f * s1)
-                        o[2] += w * (a2 + f * s2)
-                        o[3] += w * (a3 + f * s3)
-                        o[4] += w * (a4 + f * s4)
-                        o[5] += w * (a5 + f * s5)
-                        o[6] += w * (a6 + f * s6)
-                        o[7] += w * (a7 + f * s7)
+                for b in range(n_batch):
+                    cos_a = cos_b[b]
+                    base = centers[b] - sin_b[b] * float(i - half)
+                    w = np.float32(weight_b[b])
+                    lo, hi = detector_run(base, cos_a, n, n_cols)
+                    for j in range(lo, hi + 1):
+                        u = base + cos_a * float(j - half)
+                        i0 = min(max(int(u), 0), n_cols - 2)  # int() is floor here: u > -1
+                        f = np.float32(u - i0)
+                        row = u64(b * table_size + i0 * 2 * lanes)
+                        pixel = u64((i * n + j) * lanes)
+                        for group in range(0, eights, 8):
+                            t = row + u64(group)  # values t .. t+7, slopes s .. s+7
+                            s = t + u_lanes
+                            o = pixel + u64(group)
+                            a0, a1 = flat_tables[t], flat_tables[t + u64(1)]
+                            a2, a3 = flat_tables[t + u64(2)], flat_tables[t + u64(3)]
+                            a4, a5 = flat_tables[t + u64(4)], flat_tables[t + u64(5)]
+                            a6, a7 = flat_tables[t + u64(6)], flat_tables[t + u64(7)]
+                            s0, s1 = flat_tables[s], flat_tables[s + u64(1)]
+                            s2, s3 = flat_tables[s + u64(2)], flat_tables[s + u64(3)]
+                            s4, s5 = flat_tables[s + u64(4)], flat_tables[s + u64(5)]
+                            s6, s7 = flat_tables[s + u64(6)], flat_tables[s + u64(7)]
+                            flat_out[o] += w * (a0 + f * s0)
+                            flat_out[o + u64(1)] += w * (a1 + f * s1)
+                            flat_out[o + u64(2)] += w * (a2 + f * s2)
+                            flat_out[o + u64(3)] += w * (a3 + f * s3)
+                            flat_out[o + u64(4)] += w * (a4 + f * s4)
+                            flat_out[o + u64(5)] += w * (a5 + f * s5)
+                            flat_out[o + u64(6)] += w * (a6 + f * s6)
+                            flat_out[o + u64(7)] += w * (a7 + f * s7)
+                        if eights < lanes:
+                            t = row + u64(eights)
+                            s = t + u_lanes
+                            o = pixel + u64(eights)
+                            a0, a1 = flat_tables[t], flat_tables[t + u64(1)]
+                            a2, a3 = flat_tables[t + u64(2)], flat_tables[t + u64(3)]
+                            s0, s1 = flat_tables[s], flat_tables[s + u64(1)]
+                            s2, s3 = flat_tables[s + u64(2)], flat_tables[s + u64(3)]
+                            flat_out[o] += w * (a0 + f * s0)
+                            flat_out[o + u64(1)] += w * (a1 + f * s1)
+                            flat_out[o + u64(2)] += w * (a2 + f * s2)
+                            flat_out[o + u64(3)] += w * (a3 + f * s3)
 
     return pixel_major_kernel  # type: ignore[no-any-return,unused-ignore]
 

@@ -4,12 +4,21 @@ vector speed: where the workers spend their time.
 :func:`~streamtomo.pipeline.reconstruction.backprojection.backproject_into` adds to
 a (K, N, N) stack: for every pixel it finds the pixel's detector interval and then
 reads and writes one float in each of K slices N^2 floats apart, one at a time.
-Here the K slices of a pixel sit side by side, padded to lanes of 8: ``(N, N, L)``,
+Here the K slices of a pixel sit side by side, padded to lanes of 4: ``(N, N, L)``,
 and each detector interval's K values and K slopes too. Per pixel the interval is
-found once and all slices are updated by a few vector instructions: 1.8x less CPU
-than the planar kernel for 5 slices of 1024^2, 2.2x for 7 and 8.6x for 12, where
-the planar kernel's slices, 4 MB apart, also fight over the same cache sets (one
-core of the 2-core development machine; ``benchmarks/bench_backprojection.py``).
+found once and all slices are updated by a few vector instructions: 2.0x less CPU
+than the planar kernel for 5 slices of 1024^2 and 3.1x for 12 (one core of the
+2-core development machine, ``NUMBA_NUM_THREADS=1 benchmarks/bench_backprojection.py
+--slices 5 12``: 5.0 and 6.8 ms per projection, against 6.0 and 9.2 with lanes of 8,
+one projection at a time and signed indices).
+
+Projections are added :data:`BATCH_PROJECTIONS` at a time: :meth:`InterleavedSlices.add`
+keeps a projection's interval table and geometry and runs the kernel once the batch
+is full, and anything that reads the sum (:meth:`~InterleavedSlices.slices`,
+:meth:`~InterleavedSlices.take`) adds what is pending first. The kernel adds a whole
+batch to one row of pixels while that row is in the core's cache, so the stack
+(48 MB for 12 slices of 1024^2, 192 MB at 2048^2) crosses the memory bus once per
+batch rather than once per projection: the bus the workers of one node share.
 
 Each slice gets exactly the planar kernel's sum: the same float32 operations in the
 same order, bit for bit (tested). What the rest of the pipeline sees is unchanged:
@@ -21,7 +30,7 @@ beside the planar one whose detector geometry it shares.
 
 With fewer than :data:`MIN_INTERLEAVED_SLICES` slices, or without numba, the stack
 is kept planar and the planar kernels do the work: one or two slices gain nothing
-from lanes of 8.
+from lanes.
 """
 
 from __future__ import annotations
@@ -44,8 +53,14 @@ from streamtomo.pipeline.reconstruction.backprojection import (
 )
 
 FloatArray = npt.NDArray[np.float32]
-LANES = 8  # one AVX2 register of float32
+# Floats per pixel come in whole lanes of 4: the kernel adds groups of 8 (one AVX2
+# register) and a last group of 4, so 12 slices take 12 floats, not 16 (a quarter
+# less memory and traffic for a worker's 5 live slices and 7 sweep candidates).
+LANES = 4
 MIN_INTERLEAVED_SLICES = 3
+# Projections per kernel call. 4 of 12 slices of 1024^2 on one core: 7.5 -> 6.7 ms
+# per projection, 2048^2: 29.4 -> 27.6 (two such processes at once: 30.3 -> 27.0).
+BATCH_PROJECTIONS = 4
 PARALLEL_MIN_PIXELS = 1 << 18  # 512^2
 _Unweave = Callable[[FloatArray, FloatArray, bool], None]
 
@@ -55,12 +70,16 @@ def lanes_for(n_slices: int) -> int:
     return -(-n_slices // LANES) * LANES
 
 
-def interval_table(rows: FloatArray, lanes: int) -> FloatArray:
+def interval_table(rows: FloatArray, lanes: int, out: FloatArray | None = None) -> FloatArray:
     """(n_cols, 2 * lanes): per detector interval c, the K values ``rows[:, c]`` then
     the K slopes ``rows[:, c + 1] - rows[:, c]`` (zero for the last column and the
-    padding lanes), as the planar kernel computes them."""
+    padding lanes), as the planar kernel computes them; in ``out`` where given."""
     n_slices, n_cols = rows.shape
-    table = np.zeros((n_cols, 2 * lanes), dtype=np.float32)
+    if out is None:
+        table = np.zeros((n_cols, 2 * lanes), dtype=np.float32)
+    else:
+        table = out
+        table.fill(0.0)
     table[:, :n_slices] = rows.T
     np.subtract(rows[:, 1:].T, rows[:, :-1].T, out=table[:-1, lanes : lanes + n_slices])
     return table
@@ -103,10 +122,20 @@ class InterleavedSlices:
         # Threads pay off from about 512^2 pixels, whatever the lanes: below, waking
         # them costs more than they save (256^2: 0.29 ms on one thread, 0.36 on two).
         self.threaded = size * size >= PARALLEL_MIN_PIXELS
+        # The batch not yet added: interval tables (made for the first projection's
+        # detector width) and, per projection, centre, cos, sin and weight.
+        self._tables: FloatArray | None = None
+        self._geometry = np.zeros((4, BATCH_PROJECTIONS), dtype=np.float64)
+        self._pending = 0
 
     @property
     def nbytes(self) -> int:
         return int(self._data.nbytes)
+
+    @property
+    def pending(self) -> int:
+        """Projections added but not yet in the stack (they are, once the sum is read)."""
+        return self._pending
 
     def add(self, filtered_rows: FloatArray, angle_deg: float, center: float, weight: float = 1.0) -> None:
         """Add ``weight`` x the backprojection of one projection's K filtered rows
@@ -115,18 +144,26 @@ class InterleavedSlices:
             backproject_into(self._data, filtered_rows, angle_deg, center, weight, backend=self.backend)
             return
         rows = projection_rows(self.n_slices, filtered_rows)
+        n_cols = rows.shape[1]
+        if self._tables is None or self._tables.shape[1] != n_cols:
+            self._add_pending()
+            self._tables = np.empty((BATCH_PROJECTIONS, n_cols, 2 * self.lanes), dtype=np.float32)
         theta = math.radians(angle_deg)
-        kernel = pixel_major_kernel(self.threaded)
+        interval_table(rows, self.lanes, out=self._tables[self._pending])
         # math.cos/sin, as the planar kernel's caller computes them: the same pixels
         # lie on the detector.
-        kernel(
-            self._data,
-            interval_table(rows, self.lanes),
-            float(center),
-            math.cos(theta),
-            math.sin(theta),
-            float(weight),
-        )
+        self._geometry[:, self._pending] = (float(center), math.cos(theta), math.sin(theta), float(weight))
+        self._pending += 1
+        if self._pending == BATCH_PROJECTIONS:
+            self._add_pending()
+
+    def _add_pending(self) -> None:
+        if not self._pending:
+            return
+        assert self._tables is not None
+        count, self._pending = self._pending, 0
+        centers, cos_b, sin_b, weights = (np.ascontiguousarray(g[:count]) for g in self._geometry)
+        pixel_major_kernel(self.threaded)(self._data, self._tables[:count], centers, cos_b, sin_b, weights)
 
     def slices(self) -> FloatArray:
         """A (K, N, N) copy of the sum so far."""
@@ -142,9 +179,12 @@ class InterleavedSlices:
         return self._unweave(empty=True)
 
     def _unweave(self, empty: bool) -> FloatArray:
+        self._add_pending()
         out = np.empty((self.n_slices, self.size, self.size), dtype=np.float32)
         _numba_unweave(self.threaded)(self._data, out, empty)
         return out
 
     def clear(self) -> None:
+        """Back to zero: the sum and the projections not yet added."""
+        self._pending = 0
         self._data.fill(0.0)

@@ -9,6 +9,7 @@ import pytest
 from streamtomo.pipeline.numba_runtime import load_numba, numba_available
 from streamtomo.pipeline.reconstruction.backprojection import backproject_into
 from streamtomo.pipeline.reconstruction.interleaved import (
+    BATCH_PROJECTIONS,
     LANES,
     MIN_INTERLEAVED_SLICES,
     InterleavedSlices,
@@ -37,7 +38,8 @@ def planar_and_interleaved(
 
 
 @pytest.mark.parametrize("backend", [pytest.param("numba", marks=needs_numba), "numpy"])
-@pytest.mark.parametrize("n_slices", [1, 2, 3, 5, 8, 9, 12])
+# Lanes of 4 (3 slices), one group of 8 (5, 8), 8 and 4 (9, 12), two groups of 8 (13).
+@pytest.mark.parametrize("n_slices", [1, 2, 3, 5, 8, 9, 12, 13])
 @pytest.mark.parametrize(("size", "n_cols", "center"), [(64, 64, 32.0), (37, 50, 24.75), (96, 64, 30.5)])
 def test_sums_equal_the_planar_kernel_bit_for_bit(
     backend: str, n_slices: int, size: int, n_cols: int, center: float
@@ -62,8 +64,8 @@ def test_the_threaded_kernel_sums_the_same(n_slices: int) -> None:
 def test_three_or_more_slices_are_kept_pixel_major_in_whole_lanes() -> None:
     assert not InterleavedSlices(MIN_INTERLEAVED_SLICES - 1, 16).interleaved
     stack = InterleavedSlices(9, 16)
-    assert stack.interleaved and stack.lanes == lanes_for(9) == 2 * LANES
-    assert stack.nbytes == 16 * 16 * 2 * LANES * 4
+    assert stack.interleaved and stack.lanes == lanes_for(9) == 3 * LANES == 12
+    assert stack.nbytes == 16 * 16 * 12 * 4
     assert not InterleavedSlices(9, 16, backend="numpy").interleaved
 
 
@@ -82,6 +84,45 @@ def test_take_hands_out_the_sum_and_starts_from_zero(backend: str) -> None:
     np.testing.assert_array_equal(taken, planar)  # what was handed out is not reused
 
 
+@needs_numba
+@pytest.mark.parametrize("count", range(1, 2 * BATCH_PROJECTIONS + 2))
+def test_projections_of_an_unfinished_batch_are_in_the_sum_read(count: int) -> None:
+    rng = np.random.default_rng(count)
+    stack = InterleavedSlices(5, 24)
+    planar = np.zeros((5, 24, 24), dtype=np.float32)
+    for k in range(count):
+        rows = rng.standard_normal((5, 30)).astype(np.float32)
+        stack.add(rows, 17.0 * k, 14.5, 0.5 + k)
+        backproject_into(planar, rows, 17.0 * k, 14.5, 0.5 + k)
+    assert stack.pending == count % BATCH_PROJECTIONS
+    np.testing.assert_array_equal(stack.slices(), planar)
+    assert stack.pending == 0
+    np.testing.assert_array_equal(stack.take(), planar)
+    assert not stack.slices().any()
+
+
+@needs_numba
+def test_clear_forgets_the_projections_not_yet_added() -> None:
+    stack = InterleavedSlices(5, 24)
+    for k in range(BATCH_PROJECTIONS + 2):
+        stack.add(np.ones((5, 30), np.float32), 10.0 * k, 14.5)
+    assert stack.pending
+    stack.clear()
+    assert stack.pending == 0 and not stack.slices().any()
+
+
+@needs_numba
+def test_a_projection_of_another_detector_width_ends_the_batch_before_it() -> None:
+    rng = np.random.default_rng(7)
+    stack = InterleavedSlices(5, 24)
+    planar = np.zeros((5, 24, 24), dtype=np.float32)
+    for k, n_cols in enumerate([30, 30, 26, 26, 30]):
+        rows = rng.standard_normal((5, n_cols)).astype(np.float32)
+        stack.add(rows, 23.0 * k, 12.25)
+        backproject_into(planar, rows, 23.0 * k, 12.25)
+    np.testing.assert_array_equal(stack.slices(), planar)
+
+
 def test_interval_table_holds_values_then_slopes() -> None:
     rows = np.arange(10, dtype=np.float32).reshape(2, 5) ** 2
     table = interval_table(rows, 8)
@@ -89,6 +130,9 @@ def test_interval_table_holds_values_then_slopes() -> None:
     np.testing.assert_array_equal(table[:, :2], rows.T)
     np.testing.assert_array_equal(table[:4, 8:10], np.diff(rows, axis=1).T)
     assert not table[4, 8:].any() and not table[:, 2:8].any() and not table[:, 10:].any()
+    reused = np.full((5, 16), np.nan, dtype=np.float32)  # a batch's table, written again
+    assert interval_table(rows, 8, out=reused) is reused
+    np.testing.assert_array_equal(reused, table)
 
 
 def test_bad_rows_are_refused() -> None:
