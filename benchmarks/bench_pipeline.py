@@ -11,6 +11,7 @@ then, with 2 streamtomo workers, the stream paced at a fraction of the measured
 rate, and the latency from a frame leaving ``play`` to its sinogram row being
 visible in the live domain (``frames_per_angle`` of its slot read through h5pyd).
 That latency includes the reducer's publish interval (``--publish-interval``).
+The scans end without the end-of-scan volume (``bench_scale.py --volume`` times it).
 
     python benchmarks/bench_pipeline.py [--rows 32 --cols 256 --angles 400]
 """
@@ -210,11 +211,14 @@ def main() -> None:
     )
 
     spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=args.angles, seed=1)
-    config = spec.config(publish_interval=args.publish_interval)
+    # No end-of-scan volume: it runs after the scan, so it never changed events/s, but
+    # its CPU landed in the reducer's "per event" column (the live path is measured
+    # here; bench_scale.py --volume and bench_recon.py time the volume).
+    config = spec.config(publish_interval=args.publish_interval, volume=False)
     frames = list(ScanSimulator(spec).frames())
     events = frame_events(frames, config)  # encoded once: every run sends the same bytes
     warm_spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=20, n_darks=2, n_flats=2, seed=2)
-    warm_config = warm_spec.config(publish_interval=args.publish_interval)
+    warm_config = warm_spec.config(publish_interval=args.publish_interval, volume=False)
     warmup = frame_events(ScanSimulator(warm_spec).frames(), warm_config)
     n_refs = sum(1 for e in events if e.key in (ImageKey.DARK, ImageKey.FLAT))
 
