@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.numba_runtime import PARALLEL_MIN_ELEMENTS, compile_kernel, numba_available
+from streamtomo.pipeline.numba_runtime import compile_kernel, numba_available, parallel_pays
 
 FloatArray = npt.NDArray[np.float32]
 CountArray = npt.NDArray[np.int64]
@@ -30,8 +30,8 @@ _Kernel = Callable[
         FloatArray,
         FloatArray,
         int,
-        float,
-        float,
+        np.float32,
+        np.float32,
         bool,
         int,
         FloatArray,
@@ -41,7 +41,6 @@ _Kernel = Callable[
 ]
 _RepairKernel = Callable[[FloatArray, CountArray, int, int], None]
 
-PARALLEL_MIN_PIXELS = PARALLEL_MIN_ELEMENTS
 # Valid neighbours taken on each side of a bad pixel, and how far to look for them.
 REPAIR_NEIGHBOURS = 2
 REPAIR_REACH = 8
@@ -53,19 +52,25 @@ def _numba_kernel(parallel: bool = True) -> _Kernel:
 
 
 def _define_kernel(numba: Any) -> _Kernel:
+    # The checks make a second pass over the row, still in the core's cache: within
+    # the first, the compiler kept the whole loop scalar (a 1024^2 frame with checks
+    # took 3.3 ms on one core; 1.6 ms in two passes, 1.3 without checks).
     def lut_kernel(frame, dark_int, log_denominator, table, offset, low, high, check, saturation, out, row_bad):  # type: ignore[no-untyped-def]
         rows, cols = frame.shape
         for r in numba.prange(rows):
-            n_bad = 0
             for c in range(cols):
-                p = np.int64(frame[r, c])
-                v = log_denominator[r, c] - table[p - dark_int[r, c] + offset]
+                v = log_denominator[r, c] - table[np.int64(frame[r, c]) - dark_int[r, c] + offset]
                 v = low if v < low else v  # NaN (a pixel the references mark bad) stays
                 v = high if v > high else v
-                if check:
-                    v = np.nan if (p == 0) | (p >= saturation) else v
-                    n_bad += v != v
                 out[r, c] = v
+            n_bad = 0
+            if check:
+                for c in range(cols):
+                    p = frame[r, c]
+                    v = out[r, c]
+                    bad = (p == 0) | (p >= saturation) | (v != v)
+                    out[r, c] = np.nan if bad else v
+                    n_bad += bad
             row_bad[r] = n_bad
 
     return lut_kernel  # type: ignore[no-any-return,unused-ignore]
@@ -77,8 +82,8 @@ def _numpy_kernel(
     log_denominator: FloatArray,
     table: FloatArray,
     offset: int,
-    low: float,
-    high: float,
+    low: np.float32,
+    high: np.float32,
     check: bool,
     saturation: int,
     out: FloatArray,
@@ -112,7 +117,7 @@ def lut_correct(
     """
     out = np.empty(frame.shape, dtype=np.float32)
     row_bad = np.zeros(frame.shape[0], dtype=np.int64)
-    kernel = _numba_kernel(frame.size >= PARALLEL_MIN_PIXELS) if numba_available() else _numpy_kernel
+    kernel = _numba_kernel(parallel_pays(frame.size)) if numba_available() else _numpy_kernel
     check = saturation is not None
     kernel(
         np.ascontiguousarray(frame),
@@ -120,8 +125,11 @@ def lut_correct(
         log_denominator,
         table,
         offset,
-        low,
-        high,
+        # float32 bounds clip exactly as float64 ones would (no float32 lies between a
+        # bound and its float32 rounding), but keep the kernel's comparisons in float32:
+        # float64 bounds took a 1024^2 frame from 1.3 to 2.0 ms.
+        np.float32(low),
+        np.float32(high),
         check,
         saturation if saturation is not None else 0,
         out,

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.numba_runtime import PARALLEL_MIN_ELEMENTS, compile_kernel, numba_available
+from streamtomo.pipeline.numba_runtime import compile_kernel, numba_available, parallel_pays
 
 Backend = Literal["auto", "numba", "numpy"]
 BACKENDS: tuple[str, ...] = ("auto", "numba", "numpy")
@@ -48,9 +48,6 @@ def resolve_backend(backend: str) -> Literal["numba", "numpy"]:
     if backend == "numba" and not numba_available():
         raise ValueError("backend 'numba' requested but numba is not installed")
     return "numba" if backend == "numba" else "numpy"
-
-
-PARALLEL_MIN_UPDATES = PARALLEL_MIN_ELEMENTS
 
 
 @functools.cache
@@ -197,6 +194,14 @@ def _define_pixel_major_kernel(numba: Any) -> _PixelMajorKernel:
         lanes = out.shape[2]
         n_batch = tables.shape[0]
         n_cols = tables.shape[1]
+        # Unsigned indices are not checked: shapes that would put one outside the
+        # arrays are refused here, once per call.
+        if lanes % 4 != 0 or out.shape[1] != n or tables.shape[2] != 2 * lanes:
+            raise ValueError("out must be (N, N, lanes) with lanes a multiple of 4, tables (B, n_cols, 2 * lanes)")
+        if n_cols < 2:
+            raise ValueError("need at least 2 detector columns to interpolate")
+        if centers.size < n_batch or cos_b.size < n_batch or sin_b.size < n_batch or weight_b.size < n_batch:
+            raise ValueError("a centre, cos, sin and weight for every projection of the batch")
         half = n // 2
         eights = lanes // 8 * 8  # lanes in whole groups of 8; a group of 4 may follow
         u_lanes = u64(lanes)
@@ -350,5 +355,5 @@ def backproject_batch_into(
     cos_b = np.array([math.cos(theta) for theta in thetas], dtype=np.float64)
     sin_b = np.array([math.sin(theta) for theta in thetas], dtype=np.float64)
     weight_b = np.array([float(weight) for weight in weights], dtype=np.float64)
-    kernel = _numba_kernel(out.size >= PARALLEL_MIN_UPDATES)
+    kernel = _numba_kernel(parallel_pays(out.size))
     kernel(out, np.ascontiguousarray(batch, dtype=np.float32), float(center), cos_b, sin_b, weight_b)

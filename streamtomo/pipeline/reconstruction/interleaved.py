@@ -23,7 +23,9 @@ batch rather than once per projection: the bus the workers of one node share.
 Each slice gets exactly the planar kernel's sum: the same float32 operations in the
 same order, bit for bit (tested). What the rest of the pipeline sees is unchanged:
 :meth:`InterleavedSlices.take` hands the sum out as (K, N, N) slices and starts a
-new one; workers take it once per partial sum (every 8 to 64 projections).
+new one; workers take it once per partial sum (every 8 to 64 projections, fewer
+when a sum goes by age: a sum of fewer than four projections gains nothing from
+batches, and loses nothing).
 
 The kernel is :func:`~streamtomo.pipeline.reconstruction.backprojection.pixel_major_kernel`,
 beside the planar one whose detector geometry it shares.
@@ -43,7 +45,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.numba_runtime import compile_kernel
+from streamtomo.pipeline.numba_runtime import compile_kernel, parallel_pays
 from streamtomo.pipeline.reconstruction.backprojection import (
     Backend,
     backproject_into,
@@ -59,9 +61,9 @@ FloatArray = npt.NDArray[np.float32]
 LANES = 4
 MIN_INTERLEAVED_SLICES = 3
 # Projections per kernel call. 4 of 12 slices of 1024^2 on one core: 7.5 -> 6.7 ms
-# per projection, 2048^2: 29.4 -> 27.6 (two such processes at once: 30.3 -> 27.0).
+# per projection, 2048^2: 29.4 -> 27.6 (two such processes at once: 30.3 -> 27.0;
+# a prototype of the kernel, best of 3 passes of 32 angles).
 BATCH_PROJECTIONS = 4
-PARALLEL_MIN_PIXELS = 1 << 18  # 512^2
 _Unweave = Callable[[FloatArray, FloatArray, bool], None]
 
 
@@ -108,7 +110,10 @@ def _define_unweave(numba: Any) -> _Unweave:
 
 
 class InterleavedSlices:
-    """K slices of N x N that projections are added to; handed out as (K, N, N)."""
+    """K slices of N x N that projections are added to; handed out as (K, N, N).
+
+    Not thread-safe: the batch not yet added is state shared by :meth:`add` and the
+    reads (a worker adds and takes in one thread)."""
 
     def __init__(self, n_slices: int, size: int, backend: Backend = "auto") -> None:
         if n_slices < 1 or size < 1:
@@ -121,7 +126,7 @@ class InterleavedSlices:
         self._data = np.zeros(shape, dtype=np.float32)
         # Threads pay off from about 512^2 pixels, whatever the lanes: below, waking
         # them costs more than they save (256^2: 0.29 ms on one thread, 0.36 on two).
-        self.threaded = size * size >= PARALLEL_MIN_PIXELS
+        self.threaded = parallel_pays(size * size)
         # The batch not yet added: interval tables (made for the first projection's
         # detector width) and, per projection, centre, cos, sin and weight.
         self._tables: FloatArray | None = None
@@ -139,7 +144,8 @@ class InterleavedSlices:
 
     def add(self, filtered_rows: FloatArray, angle_deg: float, center: float, weight: float = 1.0) -> None:
         """Add ``weight`` x the backprojection of one projection's K filtered rows
-        (K, n_cols), as :func:`backproject_into` would to the (K, N, N) slices."""
+        (K, n_cols), as :func:`backproject_into` would to the (K, N, N) slices. The
+        projection may wait for its batch: :meth:`slices` and :meth:`take` see it."""
         if not self.interleaved:
             backproject_into(self._data, filtered_rows, angle_deg, center, weight, backend=self.backend)
             return
@@ -161,9 +167,10 @@ class InterleavedSlices:
         if not self._pending:
             return
         assert self._tables is not None
-        count, self._pending = self._pending, 0
+        count = self._pending
         centers, cos_b, sin_b, weights = (np.ascontiguousarray(g[:count]) for g in self._geometry)
         pixel_major_kernel(self.threaded)(self._data, self._tables[:count], centers, cos_b, sin_b, weights)
+        self._pending = 0  # only once they are in: a kernel that raised leaves them pending
 
     def slices(self) -> FloatArray:
         """A (K, N, N) copy of the sum so far."""

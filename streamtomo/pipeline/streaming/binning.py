@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.numba_runtime import PARALLEL_MIN_ELEMENTS, compile_kernel, numba_available
+from streamtomo.pipeline.numba_runtime import compile_kernel, numba_available, parallel_pays
 
 _BinKernel = Callable[[npt.NDArray[np.generic], int, npt.NDArray[np.generic]], None]
 # Integers a numba int64 sum takes without changing type (uint64 + int64 is float64 there).
@@ -38,7 +38,7 @@ def bin_frame(data: npt.NDArray[np.generic], factor: int) -> npt.NDArray[np.gene
         return data[:0, :0]
     if data.dtype in _KERNEL_DTYPES and numba_available():
         out = np.empty((rows // factor, cols // factor), dtype=data.dtype)
-        _numba_bin(out.size * factor * factor >= PARALLEL_MIN_ELEMENTS)(data, factor, out)
+        _numba_bin(parallel_pays(out.size * factor * factor))(data, factor, out)
         return out
     blocks = data[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor)
     if np.issubdtype(data.dtype, np.integer):

@@ -188,3 +188,30 @@ def test_a_row_without_valid_neighbours_gets_zero() -> None:
     out, repaired = Corrector(dark, flat, repair=True).correct_counted(np.zeros((1, 4), np.uint16))
     assert repaired == 4
     assert out.tolist() == [[0.0, 0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("saturation", [None, 60000])
+def test_the_table_path_clips_as_float64_bounds_would(saturation: int | None) -> None:
+    from streamtomo.pipeline.correction.kernel import lut_correct
+
+    rng = np.random.default_rng(5)
+    shape = (16, 700)  # the kernel's parallel variant from PARALLEL_MIN_ELEMENTS on: both tried below
+    dark_int = rng.integers(90, 110, shape).astype(np.int32)
+    offset = int(dark_int.max())
+    table = np.log(np.maximum(np.arange(-offset, 65536, dtype=np.float64), 1e-3)).astype(np.float32)
+    log_denominator = rng.uniform(-3.0, 16.0, shape).astype(np.float32)
+    frame = rng.integers(0, 65536, shape).astype(np.uint16)  # transmissions far past both bounds
+    low, high = -np.log(T_MAX), -np.log(T_MIN)
+    values = (log_denominator - table[frame.astype(np.int64) - dark_int + offset]).astype(np.float32)
+    wide = values.astype(np.float64)
+    expected = np.where(wide < low, np.float32(low), np.where(wide > high, np.float32(high), values))
+    if saturation is not None:
+        expected[(frame == 0) | (frame >= saturation)] = np.nan
+    assert (wide < low).any() and (wide > high).any()
+    for big in (False, True):
+        picked = np.tile(frame, (1, 40)) if big else frame
+        args = [np.tile(a, (1, 40)) if big else a for a in (dark_int, log_denominator)]
+        out, row_bad = lut_correct(picked, args[0], args[1], table, offset, low, high, saturation)
+        want = np.tile(expected, (1, 40)) if big else expected
+        np.testing.assert_array_equal(out, want)
+        assert row_bad.tolist() == np.isnan(want).sum(axis=1).tolist()

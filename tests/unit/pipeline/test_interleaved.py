@@ -7,7 +7,7 @@ import numpy.typing as npt
 import pytest
 
 from streamtomo.pipeline.numba_runtime import load_numba, numba_available
-from streamtomo.pipeline.reconstruction.backprojection import backproject_into
+from streamtomo.pipeline.reconstruction.backprojection import backproject_into, pixel_major_kernel
 from streamtomo.pipeline.reconstruction.interleaved import (
     BATCH_PROJECTIONS,
     LANES,
@@ -25,12 +25,14 @@ WEIGHTS = [0.7, 1.0, -1.0, 0.3, 2.0, 1.0, 0.5]
 
 
 def planar_and_interleaved(
-    n_slices: int, size: int, n_cols: int, center: float, backend: str
+    n_slices: int, size: int, n_cols: int, center: float, backend: str, threaded: bool | None = None
 ) -> tuple[npt.NDArray[np.float32], InterleavedSlices]:
     rng = np.random.default_rng(n_slices * 1000 + size)
     rows = [rng.standard_normal((n_slices, n_cols)).astype(np.float32) for _ in ANGLES]
     planar = np.zeros((n_slices, size, size), dtype=np.float32)
     stack = InterleavedSlices(n_slices, size, backend=backend)  # type: ignore[arg-type]
+    if threaded is not None:  # the parallel variant, whatever this machine's thread count
+        stack.threaded = threaded
     for r, angle, weight in zip(rows, ANGLES, WEIGHTS, strict=True):
         backproject_into(planar, r, angle, center, weight, backend=backend)  # type: ignore[arg-type]
         stack.add(r, angle, center, weight)
@@ -52,8 +54,8 @@ def test_sums_equal_the_planar_kernel_bit_for_bit(
 @needs_numba
 @pytest.mark.parametrize("n_slices", [5, 12])
 def test_the_threaded_kernel_sums_the_same(n_slices: int) -> None:
-    size = 512  # from PARALLEL_MIN_PIXELS on, rows of pixels are shared among threads
-    planar, stack = planar_and_interleaved(n_slices, size, 300, 151.3, "numba")
+    size = 512  # from 512^2 pixels on, rows of pixels are shared among threads
+    planar, stack = planar_and_interleaved(n_slices, size, 300, 151.3, "numba", threaded=True)
     assert stack.threaded
     np.testing.assert_array_equal(stack.slices(), planar)
     np.testing.assert_array_equal(stack.take(), planar)
@@ -123,6 +125,20 @@ def test_a_projection_of_another_detector_width_ends_the_batch_before_it() -> No
     np.testing.assert_array_equal(stack.slices(), planar)
 
 
+@needs_numba
+def test_the_kernel_refuses_shapes_its_unchecked_indices_would_leave() -> None:
+    kernel = pixel_major_kernel(False)
+    one = np.ones(1)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        kernel(np.zeros((8, 8, 6), np.float32), np.zeros((1, 10, 12), np.float32), one, one, one, one)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        kernel(np.zeros((8, 8, 4), np.float32), np.zeros((1, 10, 4), np.float32), one, one, one, one)
+    with pytest.raises(ValueError, match="2 detector columns"):
+        kernel(np.zeros((8, 8, 4), np.float32), np.zeros((1, 1, 8), np.float32), one, one, one, one)
+    with pytest.raises(ValueError, match="every projection"):
+        kernel(np.zeros((8, 8, 4), np.float32), np.zeros((2, 10, 8), np.float32), one, one, one, one)
+
+
 def test_interval_table_holds_values_then_slopes() -> None:
     rows = np.arange(10, dtype=np.float32).reshape(2, 5) ** 2
     table = interval_table(rows, 8)
@@ -149,5 +165,7 @@ def test_bad_rows_are_refused() -> None:
 def test_vectorizer_switch_does_not_outlive_the_compilation() -> None:
     numba = load_numba()
     before = numba.config.SLP_VECTORIZE
-    InterleavedSlices(5, 64).add(np.ones((5, 64), np.float32), 12.0, 32.0)
+    stack = InterleavedSlices(5, 64)
+    stack.add(np.ones((5, 64), np.float32), 12.0, 32.0)
+    assert stack.slices().any()  # the kernel ran (a projection alone waits for its batch)
     assert before == numba.config.SLP_VECTORIZE
