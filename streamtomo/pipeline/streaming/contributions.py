@@ -241,7 +241,7 @@ class ContributionLedger:
         first_block, last_block = blocks
         for block in [b for b in self.blocks if b < first_block]:
             del self.blocks[block]
-        total = self.geometry.new_stack()
+        total = np.zeros_like(self.live_sum)  # a temporary of every publish: heap memory, reused
         n = 0
         for block in range(first_block, last_block + 1):
             if block in self.blocks:

@@ -22,6 +22,7 @@ from streamtomo.pipeline.reconstruction.backprojection import backproject_into
 from streamtomo.pipeline.reconstruction.cor import SweepRows
 from streamtomo.pipeline.reconstruction.filters import ProjectionFilter
 from streamtomo.pipeline.reconstruction.interleaved import InterleavedSlices
+from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
 
 logger = logging.getLogger(__name__)
 
@@ -147,11 +148,15 @@ class LiveSliceGeometry:
         reducer rewrites at most :data:`REWRITE_BYTES_S` (1024^2: 0.75 s; 2048^2: 3.0 s)."""
         return max(publish_interval, self.partial_bytes / REWRITE_BYTES_S)
 
+    # The reducer's sums of a scan are mapped in the background from their creation
+    # (prefaulted_zeros): the first partial sum added into fresh np.zeros pages took
+    # 350-380 ms of system CPU at 2048^2 (201 MB of slices and sweep) on the frame path,
+    # against 35 ms for every later one.
     def new_stack(self) -> FloatArray:
-        return np.zeros((len(self.slice_rows), self.size, self.size), dtype=np.float32)
+        return prefaulted_zeros((len(self.slice_rows), self.size, self.size))
 
     def new_sweep_stack(self) -> FloatArray:
-        return np.zeros((len(self.sweep_centers), self.size, self.size), dtype=np.float32)
+        return prefaulted_zeros((len(self.sweep_centers), self.size, self.size))
 
     def block_of(self, frame_index: int) -> int:
         return frame_index // self.window_block
