@@ -47,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.hsds_bridge.domain import Domain, DomainDataset
+from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
 from streamtomo.pipeline.streaming.snapshot import ScanSnapshot
 
 STATUS_INTS = (
@@ -138,8 +139,8 @@ def add_scan_datasets(domain: Domain, snap: ScanSnapshot) -> None:
     )
     domain.create_dataset(
         "/entry/reconstruction/data",
-        shape=(k, n, n),
-        dtype=np.float32,
+        prefaulted_zeros((k, n, n)),  # mapped in the background, not by the first publish
+        share=True,
         chunks=(1, n, n),
         attrs={"long_name": "attenuation per pixel", "interpretation": "image"},
     )
@@ -215,8 +216,8 @@ def _update_sweep(domain: Domain, snap: ScanSnapshot) -> bool:
         n = snap.sweep_sum.shape[1]
         ds = domain.create_dataset(
             path,
-            shape=snap.sweep_sum.shape,
-            dtype=np.float32,
+            prefaulted_zeros(snap.sweep_sum.shape),
+            share=True,
             chunks=(1, n, n),
             attrs={"long_name": "attenuation per pixel"},
         )
