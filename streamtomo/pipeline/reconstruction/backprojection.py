@@ -167,8 +167,8 @@ def _define_pixel_major_kernel(numba: Any) -> _PixelMajorKernel:
     # interval's K values, then its K slopes.
     #
     # A batch of B projections is added row of pixels by row: the row (N x lanes floats,
-    # 48 kB for 12 slices of 1024^2) stays in the core's cache while every projection of
-    # the batch is added to it, instead of the whole stack (48 MB) going to memory and
+    # 48 KiB for 12 slices of 1024^2) stays in the core's cache while every projection of
+    # the batch is added to it, instead of the whole stack (48 MiB) going to memory and
     # back once per projection. Each pixel still gets w_0 * p_0, then w_1 * p_1, ...:
     # the sums of B calls of one projection, bit for bit.
     #

@@ -17,7 +17,7 @@ keeps a projection's interval table and geometry and runs the kernel once the ba
 is full, and anything that reads the sum (:meth:`~InterleavedSlices.slices`,
 :meth:`~InterleavedSlices.take`) adds what is pending first. The kernel adds a whole
 batch to one row of pixels while that row is in the core's cache, so the stack
-(48 MB for 12 slices of 1024^2, 192 MB at 2048^2) crosses the memory bus once per
+(48 MiB for 12 slices of 1024^2, 192 MiB at 2048^2) crosses the memory bus once per
 batch rather than once per projection: the bus the workers of one node share.
 
 Each slice gets exactly the planar kernel's sum: the same float32 operations in the
