@@ -283,8 +283,8 @@ def update_domain(domain: Domain, snap: ScanSnapshot, extra_status: dict[str, in
             n = snap.slices_shape[1]
             recon = domain.create_dataset(
                 "/entry/reconstruction/data",
-                shape=snap.slices_shape,
-                dtype=np.float32,
+                prefaulted_zeros(snap.slices_shape),
+                share=True,
                 chunks=(1, n, n),
                 attrs=recon.attrs,
             )

@@ -370,6 +370,9 @@ def test_workers_scale_and_gpu(helm: str) -> None:
     container = worker["spec"]["template"]["spec"]["containers"][0]
     assert "$(WORKER_NAME)" in container["command"]
     assert env_of(container)["WORKER_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    # numba's pool sized by the pod's CPU limit, not the node's CPUs
+    limit = {"containerName": "worker", "resource": "limits.cpu", "divisor": "1"}
+    assert env_of(container)["NUMBA_NUM_THREADS"] == {"resourceFieldRef": limit}
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     gpu = one(render(helm, "-f", str(ALL_ON)), "Deployment", "st-worker")["spec"]["template"]["spec"]
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -408,6 +411,8 @@ def test_wiring_between_services(helm: str) -> None:
     assert env["REDUCER_URL"] == "tcp://t-streamtomo-reducer.beamline.svc:10200"
     assert env["REDUCER_CLASS"] == "streamtomo.reducer.tomo_reducer:TomoReducer"
     assert env["GLIBC_TUNABLES"] == non_temporal_copies({})["GLIBC_TUNABLES"]  # as a local deployment's reducer
+    limit = {"containerName": "reducer", "resource": "limits.cpu", "divisor": "1"}
+    assert env["NUMBA_NUM_THREADS"] == {"resourceFieldRef": limit}
     assert env["STREAMTOMO_HTTP_HOST"] == "0.0.0.0"
     assert env["STREAMTOMO_HTTP_PORT"] == "8100"
     assert env["STREAMTOMO_CORS_ORIGINS"] == "http://localhost:8080"

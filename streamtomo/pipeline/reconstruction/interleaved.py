@@ -154,6 +154,8 @@ class InterleavedSlices:
         if self._tables is None or self._tables.shape[1] != n_cols:
             self._add_pending()
             self._tables = np.empty((BATCH_PROJECTIONS, n_cols, 2 * self.lanes), dtype=np.float32)
+        elif self._pending == BATCH_PROJECTIONS:  # a full batch whose kernel raised: it again, not an IndexError
+            self._add_pending()
         theta = math.radians(angle_deg)
         interval_table(rows, self.lanes, out=self._tables[self._pending])
         # math.cos/sin, as the planar kernel's caller computes them: the same pixels

@@ -241,7 +241,9 @@ class ContributionLedger:
         first_block, last_block = blocks
         for block in [b for b in self.blocks if b < first_block]:
             del self.blocks[block]
-        total = np.zeros_like(self.live_sum)  # a temporary of every publish: heap memory, reused
+        # A temporary of every publish: not mapped ahead (that costs a thread and a
+        # mapping per call); below malloc's 32 MiB threshold it is reused heap memory.
+        total = np.zeros_like(self.live_sum)
         n = 0
         for block in range(first_block, last_block + 1):
             if block in self.blocks:

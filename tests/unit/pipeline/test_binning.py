@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamtomo.pipeline.numba_runtime import numba_available
+from streamtomo.pipeline.numba_runtime import load_numba, numba_available
 from streamtomo.pipeline.streaming import binning
 from streamtomo.pipeline.streaming.binning import bin_frame
 
@@ -21,7 +21,9 @@ def numpy_binned(data: np.ndarray, factor: int) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int16, np.int32])
 @pytest.mark.parametrize("factor", [2, 3, 4])
 @pytest.mark.parametrize("shape", [(37, 53), (512, 600)])  # edges dropped; 512 x 600 runs threaded
-def test_kernel_equals_numpy(dtype: type, factor: int, shape: tuple[int, int]) -> None:
+def test_kernel_equals_numpy(dtype: type, factor: int, shape: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    # threaded whatever this machine's thread count (one thread takes the serial variant)
+    monkeypatch.setattr(load_numba().config, "NUMBA_NUM_THREADS", 2)
     info = np.iinfo(dtype)
     rng = np.random.default_rng(factor)
     data = rng.integers(max(info.min, -(1 << 20)), min(info.max, 1 << 20), shape, endpoint=True).astype(dtype)

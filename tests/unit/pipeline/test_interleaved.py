@@ -7,6 +7,7 @@ import numpy.typing as npt
 import pytest
 
 from streamtomo.pipeline.numba_runtime import load_numba, numba_available
+from streamtomo.pipeline.reconstruction import interleaved
 from streamtomo.pipeline.reconstruction.backprojection import backproject_into, pixel_major_kernel
 from streamtomo.pipeline.reconstruction.interleaved import (
     BATCH_PROJECTIONS,
@@ -101,6 +102,39 @@ def test_projections_of_an_unfinished_batch_are_in_the_sum_read(count: int) -> N
     assert stack.pending == 0
     np.testing.assert_array_equal(stack.take(), planar)
     assert not stack.slices().any()
+
+
+@needs_numba
+def test_a_batch_whose_kernel_raised_stays_pending_and_is_added_next_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = interleaved.pixel_major_kernel
+    calls: list[int] = []
+
+    def failing_once(threaded: bool) -> object:
+        kernel = real(threaded)
+
+        def run(*args: object) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("the kernel failed")
+            kernel(*args)
+
+        return run
+
+    monkeypatch.setattr(interleaved, "pixel_major_kernel", failing_once)
+    rng = np.random.default_rng(3)
+    stack = InterleavedSlices(5, 24)
+    planar = np.zeros((5, 24, 24), dtype=np.float32)
+    for k in range(BATCH_PROJECTIONS + 1):
+        rows = rng.standard_normal((5, 30)).astype(np.float32)
+        backproject_into(planar, rows, 31.0 * k, 12.0)
+        if k == BATCH_PROJECTIONS - 1:
+            with pytest.raises(RuntimeError, match="kernel failed"):
+                stack.add(rows, 31.0 * k, 12.0)
+            assert stack.pending == BATCH_PROJECTIONS  # nothing lost
+        else:
+            stack.add(rows, 31.0 * k, 12.0)
+    assert stack.pending == 1
+    np.testing.assert_array_equal(stack.slices(), planar)
 
 
 @needs_numba
