@@ -163,7 +163,9 @@ class ContributionLedger:
     def _block(self, block: int) -> FloatArray:
         stack = self.blocks.get(block)
         if stack is None:
-            stack = self.blocks[block] = self.geometry.new_stack()
+            # Written as soon as it is made, so mapping it ahead gains nothing; a live
+            # settings change backfills every block of the scan at once (no thread each).
+            stack = self.blocks[block] = np.zeros_like(self.live_sum)
         return stack
 
     def take_orphan_partials(self) -> list[FrameKey]:
