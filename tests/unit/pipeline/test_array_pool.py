@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import mmap
-import os
 import sys
 import threading
 
@@ -12,6 +11,7 @@ import pytest
 
 from streamtomo.pipeline.streaming import prefault
 from streamtomo.pipeline.streaming.prefault import ArrayPool
+from tests.support.resident_memory import resident_bytes
 
 
 def test_the_next_scan_reuses_the_memory_zeroed() -> None:
@@ -74,20 +74,15 @@ def test_a_held_array_not_released_in_time_is_replaced() -> None:
     release()
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux's")
 def test_populating_maps_every_page_and_leaves_the_content() -> None:
     size = 64 << 20
     buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     array = np.frombuffer(buffer, dtype=np.float32)
     array[:4] = 7.0  # written before: kept
-    before = _resident_bytes()
+    before = resident_bytes()
     prefault._populate(buffer, size)
-    grown = _resident_bytes() - before
+    grown = resident_bytes() - before
     if grown < size // 2:
         pytest.skip(f"the kernel did not populate ({grown} bytes): older than 5.14?")
     assert grown >= size - (4 << 20)

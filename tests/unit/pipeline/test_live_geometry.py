@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import mmap
-import os
 import sys
 import time
 
@@ -12,40 +10,25 @@ import pytest
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.messages import DetectorInfo
-from streamtomo.pipeline.streaming import prefault
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
-
-
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _kernel_populates() -> bool:
-    size = 16 << 20
-    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    before = _resident_bytes()
-    prefault._populate(buffer, size)
-    populated = _resident_bytes() - before >= size // 2
-    buffer.close()
-    return populated
+from tests.support.resident_memory import kernel_populates, resident_bytes
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux's")
 def test_the_reducers_sums_are_mapped_in_the_background_and_read_zero() -> None:
-    if not _kernel_populates():
+    if not kernel_populates():
         pytest.skip("the kernel does not populate (older than 5.14?)")
     config = PipelineConfig.from_mapping({"n_darks_before": 1, "n_flats_before": 1, "n_projections": 400})
     geometry = LiveSliceGeometry(config, DetectorInfo(16, 1024, "uint16"))
-    before = _resident_bytes()
+    before = resident_bytes()
     stacks = [geometry.new_stack(), geometry.new_sweep_stack()]  # 20 MB and 28 MB at 1024^2
     expected = sum(stack.nbytes for stack in stacks)
     deadline = time.monotonic() + 20.0
-    while _resident_bytes() - before < expected - (4 << 20) and time.monotonic() < deadline:
+    while resident_bytes() - before < expected - (4 << 20) and time.monotonic() < deadline:
         time.sleep(0.01)
     # np.zeros pages are mapped only as the first partial sum is added (350 ms of system
     # CPU at 2048^2 on the reducer's frame path).
-    assert _resident_bytes() - before >= expected - (4 << 20)
+    assert resident_bytes() - before >= expected - (4 << 20)
     assert all(stack.dtype == np.float32 and not stack.any() for stack in stacks)
     assert [stack.shape for stack in stacks] == [
         (len(geometry.slice_rows), geometry.size, geometry.size),
