@@ -137,17 +137,24 @@ def add_scan_datasets(domain: Domain, snap: ScanSnapshot) -> None:
     domain.create_group(
         "/entry/reconstruction", {"NX_class": "NXdata", "signal": "data", "axes": ["slice_rows", ".", "."]}
     )
-    domain.create_dataset(
+    _image_stack(
+        domain,
         "/entry/reconstruction/data",
-        prefaulted_zeros((k, n, n)),  # mapped in the background, not by the first publish
-        share=True,
-        chunks=(1, n, n),
-        attrs={"long_name": "attenuation per pixel", "interpretation": "image"},
+        (k, n, n),
+        {"long_name": "attenuation per pixel", "interpretation": "image"},
     )
     domain.create_dataset("/entry/reconstruction/slice_rows", snap.slice_rows)
     domain.create_dataset("/entry/reconstruction/n_projections", np.int64(0))
     domain.create_dataset("/entry/reconstruction/center", np.float64(snap.center), attrs={"units": "pixel"})
     domain.create_dataset("/entry/reconstruction/parameters", snap.parameters)
+
+
+def _image_stack(domain: Domain, path: str, shape: tuple[int, ...], attrs: dict[str, Any]) -> DomainDataset:
+    """A (K, N, N) float32 stack of zeros, one image per chunk, on memory mapped in the
+    background (prefaulted_zeros, shared with the domain): ``np.full`` faulted every
+    page in the publish that made it."""
+    n = shape[-1]
+    return domain.create_dataset(path, prefaulted_zeros(shape), share=True, chunks=(1, n, n), attrs=attrs)
 
 
 def has_scan_datasets(domain: Domain) -> bool:
@@ -213,14 +220,7 @@ def _update_sweep(domain: Domain, snap: ScanSnapshot) -> bool:
     except KeyError:
         ds = None
     if ds is None or ds.shape != snap.sweep_sum.shape:
-        n = snap.sweep_sum.shape[1]
-        ds = domain.create_dataset(
-            path,
-            prefaulted_zeros(snap.sweep_sum.shape),
-            share=True,
-            chunks=(1, n, n),
-            attrs={"long_name": "attenuation per pixel"},
-        )
+        ds = _image_stack(domain, path, snap.sweep_sum.shape, {"long_name": "attenuation per pixel"})
     _write_weighted(ds, snap.sweep_sum, snap.sweep_weight)
     return True
 
@@ -280,14 +280,7 @@ def update_domain(domain: Domain, snap: ScanSnapshot, extra_status: dict[str, in
             domain.dataset("/entry/sinogram/frames_per_angle").write((slice(None),), snap.frames_per_angle)
         recon = domain.dataset("/entry/reconstruction/data")
         if snap.slices_shape != recon.shape:  # live slice rows changed
-            n = snap.slices_shape[1]
-            recon = domain.create_dataset(
-                "/entry/reconstruction/data",
-                prefaulted_zeros(snap.slices_shape),
-                share=True,
-                chunks=(1, n, n),
-                attrs=recon.attrs,
-            )
+            recon = _image_stack(domain, "/entry/reconstruction/data", snap.slices_shape, recon.attrs)
             domain.create_dataset("/entry/reconstruction/slice_rows", snap.slice_rows)
             changed = True
         if snap.slices_sum is not None:
