@@ -237,6 +237,19 @@ needs no Redis). */}}
   value: /tmp/numba-cache
 {{- end -}}
 
+{{/* numba's threads: the container's CPU limit (rounded up), not every CPU of the
+node, whose pools would spin against each other's; with one thread the kernels take
+their serial variants (streamtomo.pipeline.numba_runtime.parallel_pays). The
+argument is the container's name. */}}
+{{- define "streamtomo.numbaThreadsEnv" -}}
+- name: NUMBA_NUM_THREADS
+  valueFrom:
+    resourceFieldRef:
+      containerName: {{ . }}
+      resource: limits.cpu
+      divisor: "1"
+{{- end -}}
+
 {{/* Environment of the pods that read the pipeline parameters. */}}
 {{- define "streamtomo.pipelineEnv" -}}
 - name: STREAMTOMO_PARAMETERS_FILE
