@@ -6,11 +6,11 @@ a (K, N, N) stack: for every pixel it finds the pixel's detector interval and th
 reads and writes one float in each of K slices N^2 floats apart, one at a time.
 Here the K slices of a pixel sit side by side, padded to lanes of 4: ``(N, N, L)``,
 and each detector interval's K values and K slopes too. Per pixel the interval is
-found once and all slices are updated by a few vector instructions: 2.0x less CPU
-than the planar kernel for 5 slices of 1024^2 and 3.1x for 12 (one core of the
+found once and all slices are updated by a few vector instructions: 3.3x less CPU
+than the planar kernel for 5 slices of 1024^2 and 5.3x for 12 (one core of the
 2-core development machine, ``NUMBA_NUM_THREADS=1 benchmarks/bench_backprojection.py
---slices 5 12``: 5.0 and 6.8 ms per projection, against 6.0 and 9.2 with lanes of 8,
-one projection at a time and signed indices).
+--slices 5 12``: 2.3-2.6 and 3.5-3.6 ms per projection, against 7.7-7.8 and 19).
+The kernel is compiled for the stack's number of lanes (:func:`pixel_major_kernel`).
 
 Projections are added :data:`BATCH_PROJECTIONS` at a time: :meth:`InterleavedSlices.add`
 keeps a projection's interval table and geometry and runs the kernel once the batch
@@ -171,7 +171,7 @@ class InterleavedSlices:
         assert self._tables is not None
         count = self._pending
         centers, cos_b, sin_b, weights = (np.ascontiguousarray(g[:count]) for g in self._geometry)
-        pixel_major_kernel(self.threaded)(self._data, self._tables[:count], centers, cos_b, sin_b, weights)
+        pixel_major_kernel(self.threaded, self.lanes)(self._data, self._tables[:count], centers, cos_b, sin_b, weights)
         self._pending = 0  # only once they are in: a kernel that raised leaves them pending
 
     def slices(self) -> FloatArray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -109,8 +111,8 @@ def test_a_batch_whose_kernel_raised_stays_pending_and_is_added_next_time(monkey
     real = interleaved.pixel_major_kernel
     calls: list[int] = []
 
-    def failing_once(threaded: bool) -> object:
-        kernel = real(threaded)
+    def failing_once(threaded: bool, lanes: int) -> object:
+        kernel = real(threaded, lanes)
 
         def run(*args: object) -> None:
             calls.append(1)
@@ -161,16 +163,45 @@ def test_a_projection_of_another_detector_width_ends_the_batch_before_it() -> No
 
 @needs_numba
 def test_the_kernel_refuses_shapes_its_unchecked_indices_would_leave() -> None:
-    kernel = pixel_major_kernel(False)
+    kernel = pixel_major_kernel(False, 4)
     one = np.ones(1)
     with pytest.raises(ValueError, match="multiple of 4"):
-        kernel(np.zeros((8, 8, 6), np.float32), np.zeros((1, 10, 12), np.float32), one, one, one, one)
-    with pytest.raises(ValueError, match="multiple of 4"):
+        pixel_major_kernel(False, 6)
+    with pytest.raises(ValueError, match="this kernel's lanes"):  # out of another width
+        kernel(np.zeros((8, 8, 8), np.float32), np.zeros((1, 10, 16), np.float32), one, one, one, one)
+    with pytest.raises(ValueError, match="this kernel's lanes"):  # tables of another width
         kernel(np.zeros((8, 8, 4), np.float32), np.zeros((1, 10, 4), np.float32), one, one, one, one)
+    with pytest.raises(ValueError, match="this kernel's lanes"):  # not square
+        kernel(np.zeros((8, 6, 4), np.float32), np.zeros((1, 10, 8), np.float32), one, one, one, one)
     with pytest.raises(ValueError, match="2 detector columns"):
         kernel(np.zeros((8, 8, 4), np.float32), np.zeros((1, 1, 8), np.float32), one, one, one, one)
     with pytest.raises(ValueError, match="every projection"):
         kernel(np.zeros((8, 8, 4), np.float32), np.zeros((2, 10, 8), np.float32), one, one, one, one)
+
+
+@needs_numba
+@pytest.mark.parametrize("lanes", [4, 8, 12, 16, 20])
+def test_each_lane_count_gets_the_planar_sums(lanes: int) -> None:
+    # The kernel is compiled per lane count (groups of 8 and a last group of 4 unrolled):
+    # every lane of every width gets exactly its slice's planar sum.
+    rng = np.random.default_rng(lanes)
+    n, n_cols, batch = 20, 26, 3
+    rows = rng.standard_normal((batch, lanes, n_cols)).astype(np.float32)
+    angles = [17.0, 95.0, 260.0]
+    tables = np.stack([interval_table(r, lanes) for r in rows])
+    out = np.zeros((n, n, lanes), np.float32)
+    geometry = [
+        np.array(g, dtype=np.float64)
+        for g in zip(
+            *[(12.3, math.cos(math.radians(a)), math.sin(math.radians(a)), 0.5 + k) for k, a in enumerate(angles)],
+            strict=True,
+        )
+    ]
+    pixel_major_kernel(False, lanes)(out, tables, *geometry)
+    planar = np.zeros((lanes, n, n), np.float32)
+    for k, a in enumerate(angles):
+        backproject_into(planar, rows[k], a, 12.3, 0.5 + k)
+    np.testing.assert_array_equal(np.moveaxis(out, 2, 0), planar)
 
 
 def test_interval_table_holds_values_then_slopes() -> None:
