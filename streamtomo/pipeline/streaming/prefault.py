@@ -13,6 +13,14 @@ loop included (``py-spy --gil`` found the populating thread holding the lock in 
 tenth of the samples of a 1024^2 scan). Measured while 1 GiB was populated, a Python
 thread counting beside it: 4.9 million counts/s with ``mmap.madvise``, 8.8 with
 ctypes. Where the kernel lacks the advice, pages fault in on first write as before.
+
+Mapped memory is also recycled: once nothing refers to such an array any more, its
+mapping waits (at most :data:`RECYCLE_BYTES` in all) for the next array of about its
+size, which gets it zeroed instead of fresh pages. Each scan makes the same live
+sums and published stacks again (100 MB at 1024^2, 400 MB at 2048^2); mapping them
+afresh took about 0.19 s of the reducer's CPU per 1024^2 scan on a virtual machine
+(py-spy, the populating threads), 0.6 ms per event of a 300-projection scan, where
+zeroing mapped pages takes a tenth of that.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import functools
 import logging
 import mmap
 import threading
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -32,17 +41,73 @@ logger = logging.getLogger(__name__)
 
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux value; Python < 3.13 lacks the name
 STEP = 16 << 20
+# Mappings of arrays no longer used, kept for the next arrays of about their size (the
+# oldest go first beyond this). A reducer's live sums and published stacks of one scan
+# are 100 MB at 1024^2 and 400 MB at 2048^2; the sinogram has its own pool (ArrayPool).
+RECYCLE_BYTES = 1 << 30
+
+
+class _Recycler:
+    """Unused mappings, oldest first; filled from any thread (an array dies in
+    whichever thread drops the last reference to it)."""
+
+    def __init__(self) -> None:
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(len(buffer) for buffer in self._free)
+
+    def take(self, size: int) -> mmap.mmap | None:
+        """The smallest kept mapping of ``size`` to ``2 * size`` bytes, or None."""
+        with self._lock:
+            fitting = [b for b in self._free if size <= len(b) <= 2 * size]
+            if not fitting:
+                return None
+            buffer = min(fitting, key=len)
+            self._free.remove(buffer)
+            return buffer
+
+    def give(self, buffer: mmap.mmap) -> None:
+        if len(buffer) > RECYCLE_BYTES:
+            return  # unmapped when the last reference goes, as before
+        with self._lock:
+            self._free.append(buffer)
+            while sum(len(b) for b in self._free) > RECYCLE_BYTES:
+                self._free.pop(0)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
+RECYCLED = _Recycler()
 
 
 def prefaulted_zeros(shape: tuple[int, ...], dtype: npt.DTypeLike = np.float32) -> npt.NDArray[np.float32]:
+    """Zeros of ``shape``: from a recycled mapping (zeroed here) where one of about
+    the size is free, else on a fresh mapping whose pages a thread maps meanwhile.
+    Small arrays are ``np.zeros``."""
     itemsize = np.dtype(dtype).itemsize
-    size = int(np.prod(shape)) * itemsize
+    count = int(np.prod(shape))
+    size = count * itemsize
     if size < STEP or not hasattr(mmap, "MAP_ANONYMOUS"):
         return np.zeros(shape, dtype=dtype)
-    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    array: npt.NDArray[np.float32] = np.frombuffer(buffer, dtype=dtype).reshape(shape)
-    threading.Thread(target=_populate, args=(buffer, size), name="prefault", daemon=True).start()
-    return array
+    buffer = RECYCLED.take(size)
+    fresh = buffer is None
+    if buffer is None:
+        buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    base: npt.NDArray[np.float32] = np.frombuffer(buffer, dtype=dtype, count=count)
+    if fresh:
+        threading.Thread(target=_populate, args=(buffer, size), name="prefault", daemon=True).start()
+    else:
+        base.fill(0)
+    # Every view of the array refers to ``base``: once it goes, nothing reads or writes
+    # the mapping and it may serve the next array (the callback holds the mapping only).
+    weakref.finalize(base, RECYCLED.give, buffer).atexit = False
+    return base.reshape(shape)
 
 
 @functools.cache

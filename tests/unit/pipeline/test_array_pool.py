@@ -5,6 +5,7 @@ from __future__ import annotations
 import mmap
 import sys
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -87,3 +88,55 @@ def test_populating_maps_every_page_and_leaves_the_content() -> None:
         pytest.skip(f"the kernel did not populate ({grown} bytes): older than 5.14?")
     assert grown >= size - (4 << 20)
     assert np.all(array[:4] == 7.0) and not np.any(array[4:])
+
+
+STACK = (5, 1024, 1024)  # 20 MiB of float32: above the 16 MiB where mapping starts
+
+
+@pytest.fixture
+def recycler() -> Iterator[prefault._Recycler]:
+    prefault.RECYCLED.clear()
+    yield prefault.RECYCLED
+    prefault.RECYCLED.clear()
+
+
+def test_a_dropped_arrays_mapping_serves_the_next_array_of_its_size_zeroed(recycler: prefault._Recycler) -> None:
+    first = prefault.prefaulted_zeros(STACK)
+    first.fill(3.0)
+    address = first.ctypes.data
+    del first  # the last reference: its mapping waits for the next array
+    assert recycler.nbytes == 4 * int(np.prod(STACK))
+    again = prefault.prefaulted_zeros(STACK)
+    assert again.ctypes.data == address and again.shape == STACK and not again.any()
+    assert recycler.nbytes == 0
+
+
+def test_a_mapping_still_viewed_is_not_handed_out(recycler: prefault._Recycler) -> None:
+    first = prefault.prefaulted_zeros(STACK)
+    first.fill(3.0)
+    one_image = first[2]  # e.g. a published image a reader still holds
+    del first
+    assert recycler.nbytes == 0
+    other = prefault.prefaulted_zeros(STACK)
+    assert not np.shares_memory(other, one_image) and not other.any()
+    assert np.all(one_image == 3.0)
+
+
+def test_a_much_larger_mapping_waits_for_an_array_of_its_size(recycler: prefault._Recycler) -> None:
+    large = prefault.prefaulted_zeros((12, 1024, 1024))  # 48 MiB: more than twice 20 MiB
+    del large
+    small = prefault.prefaulted_zeros(STACK)
+    assert recycler.nbytes == 48 << 20  # kept, not spent on an array of less than half its size
+    del small
+    close = prefault.prefaulted_zeros((7, 1024, 1024))  # 28 MiB: the 48 MiB mapping serves it
+    assert recycler.nbytes == 20 << 20 and close.shape == (7, 1024, 1024) and not close.any()
+
+
+def test_the_mappings_kept_are_bounded(recycler: prefault._Recycler, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefault, "RECYCLE_BYTES", 45 << 20)
+    arrays = [prefault.prefaulted_zeros(STACK) for _ in range(3)]
+    del arrays  # 60 MiB dropped: the oldest goes beyond 45 MiB
+    assert recycler.nbytes == 40 << 20
+    huge = prefault.prefaulted_zeros((12, 1024, 1024))  # 48 MiB alone is more than the bound
+    del huge
+    assert recycler.nbytes == 40 << 20
