@@ -137,7 +137,7 @@ class ContributionLedger:
                 return False
         for block, stack in partial.blocks.items():
             self.live_sum += stack
-            if self.geometry.window:
+            if self.geometry.window and self._may_show(block):
                 self._block(block)[...] += stack
         if partial.sweep is not None and self.sweep_sum is not None and partial.sweep.shape == self.sweep_sum.shape:
             self.sweep_sum += partial.sweep
@@ -160,11 +160,19 @@ class ContributionLedger:
     def _accountable(self, partial: PartialSum) -> bool:
         return all(key not in self.records or self.records[key].worker_rows is not None for key in partial.frame_keys)
 
+    def _may_show(self, block: int) -> bool:
+        """Whether a window block may still be shown: one before the window's first
+        never is again (the newest frame only moves on), so its sum is not made (a
+        live settings change backfills every frame of the scan; before, it built the
+        blocks of the whole scan, dropped at the next publish)."""
+        window = self.window_blocks()
+        return window is None or block >= window[0]
+
     def _block(self, block: int) -> FloatArray:
         stack = self.blocks.get(block)
         if stack is None:
             # Written as soon as it is made, so mapping it ahead gains nothing; a live
-            # settings change backfills every block of the scan at once (no thread each).
+            # settings change backfills every block of the window at once (no thread each).
             stack = self.blocks[block] = np.zeros_like(self.live_sum)
         return stack
 
@@ -215,8 +223,9 @@ class ContributionLedger:
 
     def _backproject(self, index: int, rows: FloatArray, angle_deg: float) -> None:
         self.geometry.add(self.live_sum, rows, angle_deg)
-        if self.geometry.window:
-            self.geometry.add(self._block(self.geometry.block_of(index)), rows, angle_deg)
+        block = self.geometry.block_of(index)
+        if self.geometry.window and self._may_show(block):
+            self.geometry.add(self._block(block), rows, angle_deg)
         if self.sweep_sum is not None:
             self.geometry.add_sweep(self.sweep_sum, rows[self._sweep_row], angle_deg)
             self.sweep_version += 1
