@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 from streamtomo.app import event_assignments
+from streamtomo.app.task_cancel import cancel_until_done
 from streamtomo.workers.broadcast_senders import sends_rows
 
 
@@ -30,8 +31,9 @@ def test_dransposes_worker_records_the_assignments_it_reads_from_a_real_redis(re
         try:
             taken = [await asyncio.wait_for(worker.assignment_queue.get(), 10) for _ in assignments]
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            # redis-py can drop a cancellation inside a blocking XREAD (as dranspose's
+            # services do, cancel until the task has ended: a single cancel hung here).
+            await cancel_until_done(task)
             await worker.redis.aclose()
             await worker.raw_redis.aclose()
         return len(taken)
