@@ -15,8 +15,8 @@ thread counting beside it: 4.9 million counts/s with ``mmap.madvise``, 8.8 with
 ctypes. Where the kernel lacks the advice, pages fault in on first write as before.
 
 Mapped memory is also recycled: once nothing refers to such an array any more, its
-mapping waits (at most :data:`RECYCLE_BYTES` in all) for the next array of about its
-size, which gets it zeroed instead of fresh pages. Each scan makes the same live
+mapping waits (at most :data:`RECYCLE_BYTES` in all, :data:`RECYCLE_SECONDS` each) for
+the next array of about its size, which gets it zeroed instead of fresh pages. Each scan makes the same live
 sums and published stacks again (100 MB at 1024^2, 400 MB at 2048^2); mapping them
 afresh took about 0.19 s of the reducer's CPU per 1024^2 scan on a virtual machine
 (py-spy, the populating threads), 0.6 ms per event of a 300-projection scan, where
@@ -25,12 +25,14 @@ zeroing mapped pages takes a tenth of that.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import functools
 import logging
 import mmap
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
@@ -45,42 +47,71 @@ STEP = 16 << 20
 # oldest go first beyond this). A reducer's live sums and published stacks of one scan
 # are 100 MB at 1024^2 and 400 MB at 2048^2; the sinogram has its own pool (ArrayPool).
 RECYCLE_BYTES = 1 << 30
+# A mapping no array took within this long is unmapped: scans back to back reuse their
+# memory; after a pause (or a scan of another size) it is not kept resident for nothing.
+RECYCLE_SECONDS = 30.0
+# A mapping serves arrays of its size down to this factor less (its tail stays resident).
+RECYCLE_SLACK = 1.25
 
 
 class _Recycler:
-    """Unused mappings, oldest first; filled from any thread (an array dies in
-    whichever thread drops the last reference to it)."""
+    """Unused mappings, oldest first, each kept :data:`RECYCLE_SECONDS` at most.
+
+    An array dies in whichever thread drops the last reference to it, also inside
+    Python's cycle collector, which any allocation may start, in a thread that holds
+    this recycler's lock: :meth:`give` therefore only appends to a deque (no lock),
+    and the other methods move what was given into the list under the lock. A daemon
+    thread, started by the first :meth:`take`, unmaps expired mappings.
+    """
 
     def __init__(self) -> None:
-        self._free: list[mmap.mmap] = []
+        self._given: collections.deque[tuple[float, mmap.mmap]] = collections.deque()
+        self._free: list[tuple[float, mmap.mmap]] = []
         self._lock = threading.Lock()
+        self._sweeper: threading.Thread | None = None
 
     @property
     def nbytes(self) -> int:
         with self._lock:
-            return sum(len(buffer) for buffer in self._free)
+            self._settle()
+            return sum(len(buffer) for _, buffer in self._free)
 
     def take(self, size: int) -> mmap.mmap | None:
-        """The smallest kept mapping of ``size`` to ``2 * size`` bytes, or None."""
+        """The smallest kept mapping of ``size`` to ``size * RECYCLE_SLACK`` bytes, or None."""
         with self._lock:
-            fitting = [b for b in self._free if size <= len(b) <= 2 * size]
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep, name="recycled-mappings", daemon=True)
+                self._sweeper.start()
+            self._settle()
+            fitting = [i for i, (_, b) in enumerate(self._free) if size <= len(b) <= size * RECYCLE_SLACK]
             if not fitting:
                 return None
-            buffer = min(fitting, key=len)
-            self._free.remove(buffer)
-            return buffer
+            best = min(fitting, key=lambda i: len(self._free[i][1]))
+            return self._free.pop(best)[1]
 
     def give(self, buffer: mmap.mmap) -> None:
-        if len(buffer) > RECYCLE_BYTES:
-            return  # unmapped when the last reference goes, as before
-        with self._lock:
-            self._free.append(buffer)
-            while sum(len(b) for b in self._free) > RECYCLE_BYTES:
-                self._free.pop(0)
+        if len(buffer) <= RECYCLE_BYTES:  # else unmapped when the last reference goes, as before
+            self._given.append((time.monotonic(), buffer))
 
     def clear(self) -> None:
         with self._lock:
+            self._given.clear()
             self._free.clear()
+
+    def _settle(self) -> None:
+        """Under the lock: take in what was given, drop what expired or overflows."""
+        while self._given:
+            self._free.append(self._given.popleft())
+        now = time.monotonic()
+        self._free = [(given, buffer) for given, buffer in self._free if now - given < RECYCLE_SECONDS]
+        while sum(len(buffer) for _, buffer in self._free) > RECYCLE_BYTES:
+            self._free.pop(0)
+
+    def _sweep(self) -> None:
+        while True:
+            time.sleep(RECYCLE_SECONDS / 2)
+            with self._lock:
+                self._settle()
 
 
 RECYCLED = _Recycler()

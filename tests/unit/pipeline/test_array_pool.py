@@ -5,7 +5,7 @@ from __future__ import annotations
 import mmap
 import sys
 import threading
-from collections.abc import Iterator
+import time
 
 import numpy as np
 import pytest
@@ -94,10 +94,12 @@ STACK = (5, 1024, 1024)  # 20 MiB of float32: above the 16 MiB where mapping sta
 
 
 @pytest.fixture
-def recycler() -> Iterator[prefault._Recycler]:
-    prefault.RECYCLED.clear()
-    yield prefault.RECYCLED
-    prefault.RECYCLED.clear()
+def recycler(monkeypatch: pytest.MonkeyPatch) -> prefault._Recycler:
+    # A recycler of the test's own: arrays of earlier tests that die meanwhile (the
+    # cycle collector may free them at any allocation) go to the one they came from.
+    fresh = prefault._Recycler()
+    monkeypatch.setattr(prefault, "RECYCLED", fresh)
+    return fresh
 
 
 def test_a_dropped_arrays_mapping_serves_the_next_array_of_its_size_zeroed(recycler: prefault._Recycler) -> None:
@@ -123,16 +125,16 @@ def test_a_mapping_still_viewed_is_not_handed_out(recycler: prefault._Recycler) 
 
 
 def test_a_much_larger_mapping_waits_for_an_array_of_its_size(recycler: prefault._Recycler) -> None:
-    large = prefault.prefaulted_zeros((12, 1024, 1024))  # 48 MiB: more than twice 20 MiB
+    large = prefault.prefaulted_zeros((12, 1024, 1024))  # 48 MiB: more than 1.25 x 20 MiB
     del large
     small = prefault.prefaulted_zeros(STACK)
-    assert recycler.nbytes == 48 << 20  # kept, not spent on an array of less than half its size
+    assert recycler.nbytes == 48 << 20  # kept, not spent on a much smaller array
     del small
-    close = prefault.prefaulted_zeros((7, 1024, 1024))  # 28 MiB: the 48 MiB mapping serves it
-    assert recycler.nbytes == 20 << 20 and close.shape == (7, 1024, 1024) and not close.any()
+    close = prefault.prefaulted_zeros((10, 1024, 1024))  # 40 MiB: the 48 MiB mapping serves it
+    assert recycler.nbytes == 20 << 20 and close.shape == (10, 1024, 1024) and not close.any()
 
 
-def test_the_mappings_kept_are_bounded(recycler: prefault._Recycler, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_mappings_kept_are_bounded_in_bytes(recycler: prefault._Recycler, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prefault, "RECYCLE_BYTES", 45 << 20)
     arrays = [prefault.prefaulted_zeros(STACK) for _ in range(3)]
     del arrays  # 60 MiB dropped: the oldest goes beyond 45 MiB
@@ -140,3 +142,33 @@ def test_the_mappings_kept_are_bounded(recycler: prefault._Recycler, monkeypatch
     huge = prefault.prefaulted_zeros((12, 1024, 1024))  # 48 MiB alone is more than the bound
     del huge
     assert recycler.nbytes == 40 << 20
+
+
+def test_a_mapping_no_array_takes_in_time_is_unmapped(
+    recycler: prefault._Recycler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prefault, "RECYCLE_SECONDS", 0.2)
+    first = prefault.prefaulted_zeros(STACK)
+    del first
+    assert recycler.nbytes == 20 << 20
+    time.sleep(0.3)
+    assert recycler.nbytes == 0  # not resident for nothing after a pause between scans
+    again = prefault.prefaulted_zeros(STACK)
+    assert again.shape == STACK and not again.any()
+
+
+def test_a_mapping_given_while_the_recycler_is_locked_does_not_deadlock(recycler: prefault._Recycler) -> None:
+    # An array freed by the cycle collector while this thread is inside take() (any
+    # allocation there may start a collection) comes back through give() in the same
+    # thread: give must not wait for the lock.
+    buffer = mmap.mmap(-1, 20 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+    def give_under_the_lock() -> None:
+        with recycler._lock:
+            recycler.give(buffer)
+
+    thread = threading.Thread(target=give_under_the_lock, daemon=True)
+    thread.start()
+    thread.join(10.0)
+    assert not thread.is_alive()
+    assert recycler.take(20 << 20) is buffer

@@ -16,10 +16,10 @@ from tests.support.resident_memory import kernel_populates, resident_bytes
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_POPULATE_WRITE is Linux's")
-def test_the_reducers_sums_are_mapped_in_the_background_and_read_zero() -> None:
+def test_the_reducers_sums_are_mapped_in_the_background_and_read_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     if not kernel_populates():
         pytest.skip("the kernel does not populate (older than 5.14?)")
-    prefault.RECYCLED.clear()  # fresh mappings: a recycled one is resident already
+    monkeypatch.setattr(prefault, "RECYCLED", prefault._Recycler())  # fresh mappings: a recycled one is resident
     config = PipelineConfig.from_mapping({"n_darks_before": 1, "n_flats_before": 1, "n_projections": 400})
     geometry = LiveSliceGeometry(config, DetectorInfo(16, 1024, "uint16"))
     before = resident_bytes()
