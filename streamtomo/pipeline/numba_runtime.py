@@ -72,18 +72,24 @@ def slp_vectorization(numba: Any) -> Iterator[None]:
             numba.config.SLP_VECTORIZE = before
 
 
-def compile_kernel(define: Callable[[Any], _K], parallel: bool, *, slp: bool = False) -> _K:
+def compile_kernel(define: Callable[[Any], _K], parallel: bool, *, slp: bool = False, disk_cache: bool = True) -> _K:
     """Compile the kernel ``define(numba)`` returns (it may use ``numba.prange``).
 
     Call it from a ``functools.cache``-d function per ``parallel`` value. numba's disk
     cache is keyed by function name and line, not by flags: caching both variants
-    would load one for the other, so only the parallel one is cached. Parallel calls
+    would load one for the other, so only the parallel one is cached. ``disk_cache``
+    False: not that one either, for a kernel whose closure holds numba functions:
+    numba keys a closure's cache entry by its pickled cells, and a numba function
+    pickles with an identity and signatures of its own process, so such an entry was
+    never found again and each process start wrote another (208 files of one kernel
+    were found in one ``__pycache__``; the planar kernel compiled in 3.0 s in every
+    process, the unweave kernel loaded in 0.5 s). Parallel calls
     take :data:`PARALLEL_LOCK`. ``slp``: the kernel is compiled (on its first call, for
     the argument types of that call) with :func:`slp_vectorization`; callers pass
     arguments of one set of types, so no later call compiles it again without.
     """
     numba = load_numba()  # threading layer first
-    kernel = numba.njit(parallel=parallel, cache=parallel, nogil=True)(define(numba))
+    kernel = numba.njit(parallel=parallel, cache=parallel and disk_cache, nogil=True)(define(numba))
     if not parallel and not slp:
         return kernel  # type: ignore[no-any-return]
     lock = PARALLEL_LOCK if parallel else contextlib.nullcontext()

@@ -7,8 +7,8 @@ interpolated; positions outside [0, n_cols - 1] contribute 0. With
 ``center = n_cols // 2`` this is exactly ``iradon(..., interpolation="linear")``
 before its final pi/(2*n_angles) scale.
 
-Two kernels compute the same sum: a parallel numba one (compiled on first use,
-cached on disk) and a pure-numpy fallback; a third, :func:`pixel_major_kernel`, adds
+Two kernels compute the same sum: a parallel numba one (compiled on first use in
+each process) and a pure-numpy fallback; a third, :func:`pixel_major_kernel`, adds
 it to slices kept pixel-major (:mod:`streamtomo.pipeline.reconstruction.interleaved`).
 All evaluate ``u`` in float64 in
 the same operation order so they agree on which pixels lie on the detector;
@@ -52,8 +52,8 @@ def resolve_backend(backend: str) -> Literal["numba", "numpy"]:
 
 @functools.cache
 def _numba_kernel(parallel: bool = True) -> _BatchKernel:
-    """Compile (or load from cache) the numba kernel; numba is imported only here."""
-    return compile_kernel(_define_kernel, parallel)
+    """Compile the numba kernel (in each process); numba is imported only here."""
+    return compile_kernel(_define_kernel, parallel, disk_cache=False)  # its closure holds detector_run
 
 
 def _define_detector_run(numba: Any) -> Callable[[float, float, int, int], tuple[int, int]]:
@@ -157,11 +157,13 @@ def _define_kernel(numba: Any) -> _BatchKernel:
 def pixel_major_kernel(parallel: bool, lanes: int) -> _PixelMajorKernel:
     """The kernel of :class:`~streamtomo.pipeline.reconstruction.interleaved.InterleavedSlices`
     for stacks of ``lanes`` floats per pixel (a multiple of 4), compiled for that
-    number (kept here, by the planar one: numba's disk cache notices a change of this
-    file only, and both share :func:`_define_detector_run`; its key includes ``lanes``)."""
+    number (kept here, by the planar one: both share :func:`_define_detector_run`)."""
     if lanes < 4 or lanes % 4 != 0:
         raise ValueError(f"lanes must be a positive multiple of 4, got {lanes}")
-    return compile_kernel(functools.partial(_define_pixel_major_kernel, lanes=lanes), parallel, slp=True)
+    # Not cached on disk: its closure holds numba functions (detector_run, add_rows).
+    return compile_kernel(
+        functools.partial(_define_pixel_major_kernel, lanes=lanes), parallel, slp=True, disk_cache=False
+    )
 
 
 def _define_pixel_major_kernel(numba: Any, lanes: int) -> _PixelMajorKernel:
