@@ -180,8 +180,9 @@ def test_the_kernel_refuses_shapes_its_unchecked_indices_would_leave() -> None:
 
 
 @needs_numba
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("lanes", [4, 8, 12, 16, 20])
-def test_each_lane_count_gets_the_planar_sums(lanes: int) -> None:
+def test_each_lane_count_gets_the_planar_sums(lanes: int, parallel: bool) -> None:
     # The kernel is compiled per lane count (groups of 8 and a last group of 4 unrolled):
     # every lane of every width gets exactly its slice's planar sum.
     rng = np.random.default_rng(lanes)
@@ -197,7 +198,7 @@ def test_each_lane_count_gets_the_planar_sums(lanes: int) -> None:
             strict=True,
         )
     ]
-    pixel_major_kernel(False, lanes)(out, tables, *geometry)
+    pixel_major_kernel(parallel, lanes)(out, tables, *geometry)
     planar = np.zeros((lanes, n, n), np.float32)
     for k, a in enumerate(angles):
         backproject_into(planar, rows[k], a, 12.3, 0.5 + k)
