@@ -390,25 +390,33 @@ def test_kept_references_never_outrank_this_scans_own() -> None:
     assert not reuse.rejected
 
 
-@pytest.mark.parametrize("block", [1, 4])
-def test_window_mode_shows_the_last_half_turn_then_everything(block: int) -> None:
-    frames = make_frames()
-    # A continuous rotation over 360 degrees, in order: the window holds the last 180.
-    turn = [
+def full_turn() -> list[Frame]:
+    """A continuous rotation over 360 degrees, in order: the window holds the last 180."""
+    return [
         Frame(f.index, f.key, f.data, (f.angle_deg or 0.0) * 2 if f.key == ImageKey.PROJECTION else f.angle_deg)
-        for f in frames
+        for f in make_frames()
     ]
-    cfg = config(live_mode="window", angle_range=360.0, window_block=block)
+
+
+def window_scan(frames: list[Frame], cfg: PipelineConfig) -> LiveScan:
+    """``frames`` through one worker, its last partial sum sent (as a tick does) and reconciled."""
     shared: dict[str, ReferenceSet] = {}
     scan = LiveScan(cfg, on_references=lambda r: shared.__setitem__("r", r))
     worker = FrameProcessor(cfg)
-    for frame in turn:
+    for frame in frames:
         worker.set_references(shared.get("r"))
         scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
     flushed = worker.flush()  # what a worker's tick sends
     if flushed is not None:
         scan.add_result(WorkerResult([flushed]))
     scan.reconcile()
+    return scan
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_window_mode_shows_the_last_half_turn_then_everything(block: int) -> None:
+    turn = full_turn()
+    scan = window_scan(turn, config(live_mode="window", angle_range=360.0, window_block=block))
     live = scan.slices()
     assert scan.sinogram is not None and scan.geometry is not None
     projections = [f for f in turn if f.key == ImageKey.PROJECTION]
@@ -431,34 +439,18 @@ def test_window_mode_shows_the_last_half_turn_then_everything(block: int) -> Non
 
 
 def test_a_settings_change_in_window_mode_rebuilds_the_window_blocks_only() -> None:
-    turn = [
-        Frame(f.index, f.key, f.data, (f.angle_deg or 0.0) * 2 if f.key == ImageKey.PROJECTION else f.angle_deg)
-        for f in make_frames()
-    ]  # a continuous rotation over 360 degrees: the window holds the last 180
+    def window_config(center: str) -> PipelineConfig:
+        return config(live_mode="window", angle_range=360.0, window_block=2, center=center)
 
-    def window_scan(center: str) -> LiveScan:
-        cfg = config(live_mode="window", angle_range=360.0, window_block=2, center=center)
-        shared: dict[str, ReferenceSet] = {}
-        scan = LiveScan(cfg, on_references=lambda r: shared.__setitem__("r", r))
-        worker = FrameProcessor(cfg)
-        for frame in turn:
-            worker.set_references(shared.get("r"))
-            scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
-        flushed = worker.flush()
-        if flushed is not None:
-            scan.add_result(WorkerResult([flushed]))
-        scan.reconcile()
-        return scan
-
-    scan = window_scan("")
-    scan.reconfigure(config(live_mode="window", angle_range=360.0, window_block=2, center="15.0"))
+    scan = window_scan(full_turn(), window_config(""))
+    scan.reconfigure(window_config("15.0"))
     assert scan.ledger is not None
     window = scan.ledger.window_blocks()
     assert window is not None and window[0] > 0
     # The backfill placed every frame of the turn; only the window's blocks got sums.
     assert min(scan.ledger.blocks) == window[0] and max(scan.ledger.blocks) == window[1]
     # The window is still the half turn, now with the new centre.
-    assert rel(scan.slices(), window_scan("15.0").slices()) < 1e-5  # type: ignore[arg-type]
+    assert rel(scan.slices(), window_scan(full_turn(), window_config("15.0")).slices()) < 1e-5  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("workers", "drop_last_partials", "fixed_here"), [(1, False, False), (3, True, True)])
