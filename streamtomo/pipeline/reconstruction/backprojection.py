@@ -197,10 +197,10 @@ def _define_pixel_major_kernel(numba: Any, lanes: int) -> _PixelMajorKernel:
     # operations in its order: the same sums, bit for bit.
     detector_run = _define_detector_run(numba)
     u64 = np.uint64
-    n_lanes = lanes
     eights = lanes // 8 * 8  # lanes in whole groups of 8; a group of 4 may follow
     u_lanes = u64(lanes)
 
+    @numba.njit(nogil=True)  # type: ignore[untyped-decorator]
     def add_rows(
         flat_out: FloatArray,
         flat_tables: FloatArray,
@@ -218,7 +218,7 @@ def _define_pixel_major_kernel(numba: Any, lanes: int) -> _PixelMajorKernel:
         # as arguments, so its lanes would not unroll (10x slower on two threads, tried).
         n_batch = centers.size
         half = n // 2
-        table_size = n_cols * 2 * n_lanes
+        table_size = n_cols * 2 * lanes
         # Per projection of the batch: its run [lo, hi] on the row, and each pixel's
         # table entry and fraction (scratch allocated once per call).
         runs = np.empty((n_batch, 2), dtype=np.int64)
@@ -237,14 +237,14 @@ def _define_pixel_major_kernel(numba: Any, lanes: int) -> _PixelMajorKernel:
                     u = base + cos_a * float(j - half)
                     i0 = min(max(int(u), 0), n_cols - 2)  # int() is floor here: u > -1
                     frac[at + u64(j)] = np.float32(u - i0)
-                    entry[at + u64(j)] = first + u64(i0 * 2 * n_lanes)
+                    entry[at + u64(j)] = first + u64(i0 * 2 * lanes)
             for b in range(n_batch):
                 w = np.float32(weight_b[b])
                 at = u64(b * n)
                 for j in range(runs[b, 0], runs[b, 1] + 1):
                     f = frac[at + u64(j)]
                     row = entry[at + u64(j)]
-                    pixel = u64((i * n + j) * n_lanes)
+                    pixel = u64((i * n + j) * lanes)
                     for group in range(0, eights, 8):
                         t = row + u64(group)  # values t .. t+7, slopes s .. s+7
                         s = t + u_lanes
@@ -265,7 +265,7 @@ def _define_pixel_major_kernel(numba: Any, lanes: int) -> _PixelMajorKernel:
                         flat_out[o + u64(5)] += w * (a5 + f * s5)
                         flat_out[o + u64(6)] += w * (a6 + f * s6)
                         flat_out[o + u64(7)] += w * (a7 + f * s7)
-                    if eights < n_lanes:
+                    if eights < lanes:
                         t = row + u64(eights)
                         s = t + u_lanes
                         o = pixel + u64(eights)
@@ -277,8 +277,6 @@ def _define_pixel_major_kernel(numba: Any, lanes: int) -> _PixelMajorKernel:
                         flat_out[o + u64(1)] += w * (a1 + f * s1)
                         flat_out[o + u64(2)] += w * (a2 + f * s2)
                         flat_out[o + u64(3)] += w * (a3 + f * s3)
-
-    add_rows_compiled = numba.njit(nogil=True)(add_rows)
 
     def pixel_major_kernel(
         out: FloatArray,
@@ -293,7 +291,7 @@ def _define_pixel_major_kernel(numba: Any, lanes: int) -> _PixelMajorKernel:
         n_cols = tables.shape[1]
         # Unsigned indices are not checked: shapes that would put one outside the
         # arrays are refused here, once per call.
-        if out.shape[2] != n_lanes or out.shape[1] != n or tables.shape[2] != 2 * n_lanes:
+        if out.shape[2] != lanes or out.shape[1] != n or tables.shape[2] != 2 * lanes:
             raise ValueError("out must be (N, N, lanes) and tables (B, n_cols, 2 * lanes) for this kernel's lanes")
         if n_cols < 2:
             raise ValueError("need at least 2 detector columns to interpolate")
@@ -306,7 +304,7 @@ def _define_pixel_major_kernel(numba: Any, lanes: int) -> _PixelMajorKernel:
         for chunk in numba.prange(n_chunks):
             first_row = chunk * ROW_CHUNK
             end_row = min(n, first_row + ROW_CHUNK)
-            add_rows_compiled(flat_out, flat_tables, n, n_cols, first_row, end_row, *geometry)
+            add_rows(flat_out, flat_tables, n, n_cols, first_row, end_row, *geometry)
 
     return pixel_major_kernel  # type: ignore[no-any-return,unused-ignore]
 

@@ -16,9 +16,9 @@ ctypes. Where the kernel lacks the advice, pages fault in on first write as befo
 
 Mapped memory is also recycled: once nothing refers to such an array any more, its
 mapping waits (at most :data:`RECYCLE_BYTES` in all, :data:`RECYCLE_SECONDS` each) for
-the next array of about its size, which gets it zeroed instead of fresh pages. Each scan makes the same live
-sums and published stacks again (100 MB at 1024^2, 400 MB at 2048^2); mapping them
-afresh took about 0.19 s of the reducer's CPU per 1024^2 scan on a virtual machine
+the next array of about its size, which gets it zeroed instead of fresh pages. Each
+scan makes the same live sums and published stacks again (100 MB at 1024^2, 400 MB at
+2048^2); mapping them afresh took about 0.19 s of the reducer's CPU per 1024^2 scan on a virtual machine
 (py-spy, the populating threads), 0.6 ms per event of a 300-projection scan, where
 zeroing mapped pages takes a tenth of that.
 """
