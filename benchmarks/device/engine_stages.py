@@ -25,7 +25,7 @@ def main() -> None:
     plan = plan_for(Geometry.of(angles, n, n / 2, n, eps=eps), slices, threads=threads)
     by_angle = np.random.default_rng(0).random((n_angles, slices, n), dtype=np.float32)
     out = np.zeros((slices, n, n), np.float32)
-    plan.reconstruct_into(by_angle, range(slices), out)  # warm: buffers, FINUFFT plan
+    plan.reconstruct_into(by_angle, range(slices), out)  # warm: buffers, NUFFT plans
     plan.seconds = dict.fromkeys(plan.seconds, 0.0)
     cpu, wall = time.process_time(), time.perf_counter()
     plan.reconstruct_into(by_angle, range(slices), out)

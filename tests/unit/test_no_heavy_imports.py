@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-HEAVY = ("tomopy", "astra", "h5pyd", "numba", "skimage", "hsds", "h5py", "finufft")
+HEAVY = ("tomopy", "astra", "h5pyd", "numba", "skimage", "hsds", "h5py", "ducc0")
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import pytest
 from streamtomo.pipeline.reconstruction.backends import installed_backends
 from streamtomo.pipeline.reconstruction.backends.fourier import fourier_fbp
 from streamtomo.pipeline.reconstruction.backends.fourier_plan import (
+    DEFAULT_UPSAMPLING,
     Geometry,
     pair_bytes,
     pairs_for,
@@ -15,7 +16,7 @@ from streamtomo.pipeline.reconstruction.backends.fourier_plan import (
     release_plans,
 )
 
-pytestmark = pytest.mark.skipif("fourier" not in installed_backends(), reason="finufft is not installed here")
+pytestmark = pytest.mark.skipif("fourier" not in installed_backends(), reason="ducc0 is not installed here")
 
 N, A = 48, 72
 ANGLES = np.linspace(0.0, 180.0, A, endpoint=False)
@@ -33,7 +34,7 @@ def test_batches_with_a_short_last_one_equal_one_slice_at_a_time() -> None:
     """7 slices with 2 pairs per batch on 3 threads: batches of 4, 3 (an odd pair), each slice as alone."""
     release_plans()
     rows = stack(7)
-    plan = plan_for(geometry(), 7, threads=3, memory=5 * pair_bytes(A, N, N, 1.25) // 2)
+    plan = plan_for(geometry(), 7, threads=3, memory=5 * pair_bytes(A, N, N, DEFAULT_UPSAMPLING) // 2)
     assert plan.pairs == 2  # bounded by memory, not by the 3 threads
     out = np.full((7, N, N), np.nan, dtype=np.float32)  # every pixel must be written
     plan.reconstruct_into(rows.transpose(1, 0, 2), range(7), out)

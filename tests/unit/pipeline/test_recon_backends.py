@@ -213,10 +213,10 @@ def test_tomopy_missing_points_to_conda() -> None:
         get_backend("tomopy-gridrec")
 
 
-def test_default_is_fourier_when_finufft_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_is_fourier_when_ducc0_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
     expected = "fourier" if "fourier" in installed_backends() else "direct"
     assert recon.resolve_name("default") == expected
-    monkeypatch.setitem(recon._REQUIREMENTS, "fourier", ("finufft_is_not_here", "pip install finufft"))
+    monkeypatch.setitem(recon._REQUIREMENTS, "fourier", ("ducc0_is_not_here", "pip install ducc0"))
     assert recon.resolve_name("default") == "direct"
     assert get_backend("default").name == "direct"
 
@@ -229,7 +229,7 @@ def test_reconstruct_shortcut_and_name_spelling() -> None:
 
 
 def test_importing_the_registry_pulls_in_no_engine() -> None:
-    heavy = ("finufft", "astra", "tomopy", "skimage", "numba", "h5py")
+    heavy = ("ducc0", "astra", "tomopy", "skimage", "numba", "h5py")
     code = (
         "import sys, json, streamtomo.pipeline.reconstruction.backends, streamtomo.pipeline.reconstruction.cor, streamtomo.pipeline.reconstruction.preprocess, streamtomo.pipeline.reconstruction.live_views; "
         f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))"

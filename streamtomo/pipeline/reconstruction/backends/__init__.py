@@ -10,7 +10,7 @@ and a filter from :data:`streamtomo.pipeline.reconstruction.filters.FILTER_NAMES
 of :func:`streamtomo.pipeline.reconstruction.fbp.fbp`. Optional libraries are imported only inside a
 backend's ``reconstruct``; importing this package costs nothing.
 
-Names: ``default`` (``fourier`` when finufft is installed, else ``direct``),
+Names: ``default`` (``fourier`` when ducc0 is installed, else ``direct``),
 ``fourier`` (ours, NUFFT), ``direct`` (pixel-driven FBP, the live kernel),
 ``tomopy-gridrec``, ``tomopy-fbp``, ``astra`` (CPU FBP), ``skimage`` (iradon).
 """
@@ -63,7 +63,7 @@ class BackendNotInstalledError(ImportError):
 
 # name -> (module to import for it, what to install); "" needs nothing optional.
 _REQUIREMENTS: dict[str, tuple[str, str]] = {
-    "fourier": ("finufft", "pip install finufft"),
+    "fourier": ("ducc0", "pip install ducc0"),
     "direct": ("", ""),
     "tomopy-gridrec": ("tomopy", "conda install -c conda-forge tomopy (tomopy is not on PyPI)"),
     "tomopy-fbp": ("tomopy", "conda install -c conda-forge tomopy (tomopy is not on PyPI)"),

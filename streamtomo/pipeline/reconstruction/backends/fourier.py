@@ -3,7 +3,7 @@
 Why: direct backprojection costs N*N*A pixel updates and tops out near 4-5
 giga-updates/s on two cores; the Fourier slice theorem turns the same sum into
 a type-1 non-uniform FFT (gridding with a compact kernel, one 2D FFT,
-deapodisation), O(A*L + N^2 log N), computed by FINUFFT.
+deapodisation), O(A*L + N^2 log N), computed by ducc0's NUFFT.
 
 The sum is exactly :func:`streamtomo.pipeline.reconstruction.fbp.fbp`'s, only with trigonometric instead
 of linear interpolation along the detector, so the scale and geometry agree:
@@ -44,10 +44,10 @@ from streamtomo.pipeline.reconstruction.backends.fourier_plan import (
 
 
 @functools.cache
-def finufft_available() -> bool:
+def ducc0_available() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("finufft") is not None
+    return importlib.util.find_spec("ducc0") is not None
 
 
 def fourier_fbp(
@@ -65,7 +65,7 @@ def fourier_fbp(
 ) -> FloatArray:
     """FBP of (A, C) or (K, A, C) sinograms -> (N, N) or (K, N, N), as :func:`streamtomo.pipeline.reconstruction.fbp.fbp`.
 
-    Needs ``finufft`` (PyPI). Angles are weighted by :func:`angular_weights`
+    Needs ``ducc0`` (PyPI). Angles are weighted by :func:`angular_weights`
     (irregular, missing and duplicate angles, 360-degree scans). Give many
     slices per call (at least two per thread): they go through the NUFFT
     together, on every core (:mod:`fourier_plan`).
@@ -78,8 +78,8 @@ def fourier_fbp(
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"unknown interpolation {interpolation!r}; allowed: {', '.join(INTERPOLATIONS)}")
     spec = prepare(sinograms, angles_deg, center, filter_name, slice_size)
-    if not finufft_available():
-        raise RuntimeError("the 'fourier' backend needs finufft: pip install finufft")
+    if not ducc0_available():
+        raise RuntimeError("the 'fourier' backend needs ducc0: pip install ducc0")
     n_slices, _, n_cols = spec.shape
     geometry = Geometry.of(
         spec.angles_deg, n_cols, spec.center, spec.slice_size, spec.filter_name, interpolation, eps, upsampling
@@ -95,7 +95,7 @@ class FourierBackend:
     """Registry adapter for :func:`fourier_fbp`."""
 
     name = "fourier"
-    requires = "finufft"
+    requires = "ducc0"
 
     def reconstruct(
         self,
