@@ -7,8 +7,9 @@
 # The machine lacks our dependencies: carry them (both folders are git-ignored):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
-#       dranspose==0.2.0 cbor2==5.7.1 h5pyd==1.0.0 ducc0==0.42.0 finufft==2.5.1 (the old engine of the first step) bitshuffle==0.5.2 ...  (and their
-#       requirements the machine lacks: pydantic, fastapi, uvicorn, pyzmq, redis, hiredis, ...)
+#       dranspose==0.2.0 cbor2==5.7.1 h5pyd==1.0.0 ducc0==0.42.0 finufft==2.5.1 bitshuffle==0.5.2 ...  (and their
+#       requirements the machine lacks: pydantic, fastapi, uvicorn, pyzmq, redis, hiredis, ...;
+#       finufft only for the old engine the first step compares with)
 #   (cd .deb && apt-get download redis-server redis-tools libjemalloc2 liblzf1 libatomic1)
 # and a .whl/setup_remote.sh that pip-installs the wheels to /tmp/site (PYTHONPATH) and
 # unpacks the debs with dpkg -x (redis-server on PATH through a wrapper that sets

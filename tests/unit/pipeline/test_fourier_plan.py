@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,35 @@ def test_output_shape_is_checked() -> None:
     plan = plan_for(geometry(), 2, threads=1)
     with pytest.raises(ValueError, match=r"out has shape \(2, 48, 47\)"):
         plan.reconstruct_into(stack(2).transpose(1, 0, 2), range(2), np.empty((2, N, N - 1), np.float32))
+
+
+def test_a_tolerance_single_precision_cannot_reach_is_refused_when_planned() -> None:
+    """ducc0 would fail only at the first batch, with an error naming none of our parameters."""
+    release_plans()
+    with pytest.raises(ValueError, match=r"eps 1e-06 is below .*: raise eps or upsampling"):
+        plan_for(Geometry.of(ANGLES, N, 23.4, N, eps=1e-6), 2, threads=1)
+    row = stack(1)[0]
+    exact = fourier_fbp(row, ANGLES, 23.4, eps=1e-5)  # just within reach: it runs
+    np.testing.assert_allclose(exact, fourier_fbp(row, ANGLES, 23.4), atol=2e-3 * float(np.abs(exact).max()))
+
+
+def test_upsampling_outside_what_ducc0_takes_is_refused() -> None:
+    for bad in (1.2, 2.6):
+        with pytest.raises(ValueError, match=rf"upsampling {bad} is outside \(1.2, 2.5\]"):
+            Geometry.of(ANGLES, N, 23.4, N, upsampling=bad)
+
+
+def test_a_ducc0_pool_smaller_than_the_threads_asked_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """OMP_NUM_THREADS=1 in a reducer's environment would otherwise slow its volume silently."""
+    import ducc0
+
+    release_plans()
+    size = ducc0.misc.thread_pool_size()
+    ducc0.misc.resize_thread_pool(1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="streamtomo.pipeline.reconstruction.backends.fourier_plan"):
+            plan_for(geometry(), 4, threads=2)
+    finally:
+        ducc0.misc.resize_thread_pool(size)
+        release_plans()
+    assert "runs on 1 of the 2 threads asked" in caplog.text

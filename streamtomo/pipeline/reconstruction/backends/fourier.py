@@ -67,8 +67,8 @@ def fourier_fbp(
 
     Needs ``ducc0`` (PyPI). Angles are weighted by :func:`angular_weights`
     (irregular, missing and duplicate angles, 360-degree scans). Give many
-    slices per call (at least two per thread): they go through the NUFFT
-    together, on every core (:mod:`fourier_plan`).
+    slices per call: a call's slices are prepared on every core together, and
+    each pair's NUFFT runs on every core (:mod:`fourier_plan`).
 
     ``interpolation="linear"`` (default) damps each detector frequency f by
     sinc^2(f), the response of ``fbp``'s linear interpolation, so both agree

@@ -25,6 +25,7 @@ slices 2p and 2p+1 of a batch are the real and imaginary parts of pair p.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -42,6 +43,7 @@ from streamtomo.pipeline.reconstruction.fbp import angular_weights
 from streamtomo.pipeline.reconstruction.filters import frequency_response, padded_size
 
 FloatArray = npt.NDArray[np.float32]
+logger = logging.getLogger(__name__)
 
 DEFAULT_EPS = 1e-3  # NUFFT tolerance: far below the interpolation error of fbp itself
 # The largest fine grid (times N per side) ducc0 may choose; it picks about 1.46 at the
@@ -49,7 +51,7 @@ DEFAULT_EPS = 1e-3  # NUFFT tolerance: far below the interpolation error of fbp 
 DEFAULT_UPSAMPLING = 1.6
 SMALLEST_UPSAMPLING, LARGEST_UPSAMPLING = 1.2, 2.5  # ducc0's own limits
 # Batch buffers (strengths, fine grids, complex images) a plan may hold. At N=2048 and
-# 3217 angles a pair needs about 150 MB, so 16 cores get their 16 pairs within it.
+# 3217 angles a pair needs at most 184 MB, so 16 cores get their 16 pairs within it.
 DEFAULT_MEMORY = 4 << 30
 ANGLE_CHUNK = 64  # angles per preparation task: a few MB of temporaries, cache-sized
 ROW_PAD = 16  # complex64 elements between one buffer row's end and the next row's start
@@ -193,6 +195,24 @@ class FourierPlan:
     def __init__(self, geometry: Geometry, pairs: int, threads: int) -> None:
         import ducc0  # optional: imported only when this backend runs
 
+        best = float(
+            ducc0.nufft.bestEpsilon(
+                ndim=2, singleprec=True, sigma_min=SMALLEST_UPSAMPLING, sigma_max=geometry.upsampling
+            )
+        )
+        if geometry.eps < best:  # ducc0 would fail at the first batch, after the preparation
+            raise ValueError(
+                f"eps {geometry.eps:g} is below {best:.2g}, the least error of a single-precision "
+                f"NUFFT with upsampling up to {geometry.upsampling:g}: raise eps or upsampling"
+            )
+        pool = int(ducc0.misc.thread_pool_size())
+        if pool < threads:
+            logger.warning(
+                "the volume's NUFFT runs on %d of the %d threads asked: ducc0 sized its pool from "
+                "DUCC0_NUM_THREADS, OMP_NUM_THREADS or the CPU affinity when it was imported",
+                pool,
+                threads,
+            )
         self.geometry = geometry
         self.pairs = int(pairs)
         self.threads = int(threads)
