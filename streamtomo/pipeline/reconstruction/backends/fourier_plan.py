@@ -9,10 +9,10 @@ Why this work split: a volume is thousands of independent slices, so the cores a
 kept busy by giving each a whole piece of work rather than by threading each numpy
 call. Preparing the NUFFT strengths (filter, window, DFT, scale) runs as tasks of
 ``ANGLE_CHUNK`` angles of one slice pair on a thread pool (each task's temporaries
-stay in the cache; ducc0 and numpy release the GIL); the NUFFT runs each
-pair's transform on every thread; the slices are unpacked straight into the
-caller's output by the same pool. No step walks a whole batch on one thread: those steps were what
-kept 16 cores at a third of their speed.
+stay in the cache; ducc0 and numpy release the GIL); the NUFFT runs each pair's
+transform on every thread; the slices are unpacked straight into the caller's
+output by the same pool. No step walks a whole batch on one thread: those steps
+were what kept 16 cores at a third of their speed.
 
 Why ducc0 for the NUFFT: on the same points (N=2048, 3217 angles, 8.0 M points,
 tolerance 1e-3, one thread) its type-1 transform took 0.35 s against FINUFFT
