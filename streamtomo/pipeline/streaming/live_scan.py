@@ -17,6 +17,7 @@ centre-of-rotation sweep and the window blocks) runs in the workers. The pieces:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
@@ -315,24 +316,31 @@ class LiveScan:
             self.references.close_batch()
         first = self.references.open_first_index
         still: list[ProjectionRows] = []
-        for msg in self._waiting:
-            refs = self.references.applicable(msg.frame_index)
-            if refs is None or (first is not None and msg.frame_index > first):
-                still.append(with_own_rows(msg))  # copied once: a copy owns its rows
-            elif msg.reference_version and not self.references.knows(msg.reference_version):
-                # Its worker's set is none of ours and no batch is open to become it.
-                self.reject(
-                    "unknown_references",
-                    f"frame {msg.frame_index} was corrected with darks and flats this reducer never made",
-                    msg.frame_index,
-                    counted=True,
-                )
-            else:
-                self.place(msg, refs)
+        # Each message leaves the queue before it is placed: should a placement raise (a
+        # bug), the frames placed before it are not placed twice by the next call, and
+        # the one that failed does not fail again in front of every later frame.
+        pending = collections.deque(self._waiting)
+        try:
+            while pending:
+                msg = pending.popleft()
+                refs = self.references.applicable(msg.frame_index)
+                if refs is None or (first is not None and msg.frame_index > first):
+                    still.append(with_own_rows(msg))  # copied once: a copy owns its rows
+                elif msg.reference_version and not self.references.knows(msg.reference_version):
+                    # Its worker's set is none of ours and no batch is open to become it.
+                    self.reject(
+                        "unknown_references",
+                        f"frame {msg.frame_index} was corrected with darks and flats this reducer never made",
+                        msg.frame_index,
+                        counted=True,
+                    )
+                else:
+                    self.place(msg, refs)
+        finally:
+            self._waiting = still + list(pending)
         if still and not self._waiting_logged:
             self._waiting_logged = True
             logger.info("projections wait for their darks and flats (%d so far)", len(still))
-        self._waiting = still
 
     # -- placement ------------------------------------------------------------------
     def place(self, msg: ProjectionRows, refs: ReferenceSet, worker_angle_deg: float | None = None) -> None:

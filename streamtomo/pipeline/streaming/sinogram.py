@@ -23,6 +23,7 @@ duplicate and is refused by the caller before it gets here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,8 @@ class AngleGrid:
         if not np.isfinite(angle_deg):
             raise UnknownAngleError(f"angle {angle_deg} is not finite")
         position = (angle_deg - self.start) / self.step
+        if not math.isfinite(position):  # a finite angle far off the grid: 1e308 / 0.5 deg
+            raise UnknownAngleError(f"angle {angle_deg:.4g} deg matches no slot of {self.describe()}")
         index = round(position)
         if self.full_turn and abs(position - index) <= self.tolerance + 1e-9:
             index %= self.n

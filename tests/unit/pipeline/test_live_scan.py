@@ -201,6 +201,42 @@ def test_projections_before_flats_are_held_not_lost() -> None:
     assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
 
 
+def test_a_held_projection_whose_placement_fails_holds_back_no_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Projections held for their darks and flats are placed when the references come;
+    should one placement raise (a bug), the ones before it are not placed again by the
+    next result, and it does not raise again in front of every later one."""
+    frames = make_frames()
+    refs, projections = frames[:6], frames[6:]
+    renumbered = [
+        Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(projections[:10] + refs + projections[10:])
+    ]
+    cfg = config(n_darks_before=0, n_flats_before=0)
+    shared: dict[str, ReferenceSet] = {}
+    scan = LiveScan(cfg, on_references=lambda refs: shared.__setitem__("refs", refs))
+    worker = FrameProcessor(cfg, "w0")
+    place = LiveScan.place
+    failing = 4  # the fifth held projection
+
+    def place_or_fail(self: LiveScan, msg: ProjectionRows, *args: object, **kwargs: object) -> None:
+        if msg.frame_index == failing:
+            raise RuntimeError("placement failed")
+        place(self, msg, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LiveScan, "place", place_or_fail)
+    failures = 0
+    for frame in renumbered:
+        worker.set_references(shared.get("refs"))
+        try:
+            scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+        except RuntimeError:
+            failures += 1
+    scan.finish()
+    assert failures == 1
+    assert scan.sinogram is not None
+    assert scan.sinogram.counts.max() == 1  # none placed twice
+    assert scan.sinogram.missing_slots().tolist() == [failing]
+
+
 def test_held_projections_keep_their_rows_when_the_transport_reuses_its_memory() -> None:
     """Rows arrive as views of the transport's memory (a ZeroMQ frame, a worker's ring
     slot) that is written again once the result is handled: frames held for their

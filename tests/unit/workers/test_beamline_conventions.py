@@ -300,6 +300,35 @@ def test_an_angle_off_the_grid_is_reported_with_the_grid_and_the_measured_step(
     assert "the measured angles so far step by 2 deg: set angle_step=2" in warning
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_finite_angle_far_off_the_grid_is_rejected_and_the_scan_goes_on(workers: int) -> None:
+    """A PandA that prints scaled degrees (counts_per_degree 1, no wrap) and one garbled
+    value, 1e308: finite, so the worker takes it, but (1e308 - start) / 0.5 deg is
+    infinite. It is rejected as unknown_angle and every other frame finds its slot (it
+    used to raise OverflowError in front of every later frame, and the scan never ended)."""
+    angles = [0.5 * i for i in range(20)]
+    scan_events = danmax_scan(angles)
+    bad = N_DARKS + N_FLATS + 6  # the PandA's line for the sixth projection (line 0 is the header)
+    scan_events[bad].streams[StreamName("angle")].frames[0] = pcap.encode_pcap_values(
+        [bad * 0.1, 1e308, 1e308, 1e308, 1e308, 0]
+    )
+    values = danmax_config(
+        len(angles), counts_per_degree=1.0, encoder_offset=0.0, encoder_bits=0, angle_start=0.0, angle_range=10.0
+    )
+    scaled = [pcap.encode_pcap_header(DANMAX_FIELDS, "2024-11-05T10:00:00.000Z")]
+    for number, event in enumerate(scan_events[1:-1], start=1):  # the other lines in degrees, not counts
+        if number != bad:
+            at = angles[0] if number <= N_DARKS + N_FLATS else angles[number - N_DARKS - N_FLATS - 1]
+            event.streams[StreamName("angle")].frames[0] = pcap.encode_pcap_values([number * 0.1, at, at, at, at, 0])
+    scan_events[0].streams[StreamName("angle")].frames[0] = scaled[0]
+    scan = run_scan(scan_events, values, workers)
+    assert scan.state == "finished"
+    assert scan.rejected == {"unknown_angle": 1}
+    assert scan.sinogram is not None
+    assert scan.sinogram.missing_slots().tolist() == [5]
+    np.testing.assert_allclose(np.delete(scan.sinogram.angles(), 5), np.delete(angles, 5), atol=1e-6)
+
+
 def test_the_endpoint_of_a_full_turn_is_averaged_into_the_first_slot() -> None:
     # 5, 15, ..., 365 degrees through the wrapping encoder (no exposure straddles its
     # wrap at 130): 37 frames, 36 slots.
