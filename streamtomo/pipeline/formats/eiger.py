@@ -39,7 +39,14 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.pipeline.formats.errors import FrameError
-from streamtomo.pipeline.formats.limits import MAX_FRAME_BYTES, counter, frame_shape, json_object, load_json
+from streamtomo.pipeline.formats.limits import (
+    MAX_FRAME_BYTES,
+    counter,
+    frame_shape,
+    json_object,
+    load_json,
+    pixel_dtype,
+)
 from streamtomo.pipeline.formats.stins import (
     Part,
     StinsEnd,
@@ -162,13 +169,7 @@ def _image_shape(info: Mapping[str, Any], itemsize: int, max_bytes: int) -> tupl
 
 
 def _dtype(name: Any, order: Literal["<", ">"]) -> np.dtype[Any]:
-    try:
-        dtype = np.dtype(name) if isinstance(name, str) else None
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.kind not in "uif":
-        raise FrameError(f"Eiger image has unknown data type {name!r}")
-    return dtype.newbyteorder(order)
+    return pixel_dtype(name, "uif", "Eiger image").newbyteorder(order)
 
 
 def decode_image_data(info: Mapping[str, Any], blob: Part, max_bytes: int = MAX_FRAME_BYTES) -> npt.NDArray[Any]:

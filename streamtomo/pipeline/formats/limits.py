@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from streamtomo.pipeline.formats.errors import FrameError
 
@@ -25,6 +28,10 @@ MAX_COUNTER = 1 << 53
 # float32 is 1 GiB): the declared shape is checked against it before decompressing.
 MAX_FRAME_BYTES = 1 << 30
 MAX_FRAME_DIMS = 3
+# A pixel type's name: "uint16", "<u2", "float32", "f4". Anything else (a shape "(2,)f4",
+# a record "f4,i4", a list) never reaches np.dtype, whose parser raises TypeError,
+# ValueError or SyntaxError for the strings it refuses.
+_DTYPE_NAME = re.compile(r"[<>=|]?[A-Za-z]{1,10}[0-9]{0,2}")
 
 
 def _reject_constant(name: str) -> Any:
@@ -113,3 +120,17 @@ def frame_shape(value: Any, itemsize: int, what: str, max_bytes: int = MAX_FRAME
     if nbytes > max_bytes:
         raise FrameError(f"{what} shape {value} declares {nbytes} bytes, more than the {max_bytes} allowed")
     return tuple(value)
+
+
+def pixel_dtype(name: Any, kinds: str, what: str) -> np.dtype[Any]:
+    """The numpy type a header names for its pixels, of one of ``kinds`` (``dtype.kind``
+    letters), or :class:`FrameError`."""
+    dtype = None
+    if isinstance(name, str) and _DTYPE_NAME.fullmatch(name):
+        try:
+            dtype = np.dtype(name)
+        except (TypeError, ValueError, SyntaxError, DeprecationWarning):  # the last under -W error
+            dtype = None
+    if dtype is None or dtype.kind not in kinds:
+        raise FrameError(f"{what} has unknown data type {name!r}")
+    return dtype

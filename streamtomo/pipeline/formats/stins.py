@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.pipeline.formats.errors import FrameError
-from streamtomo.pipeline.formats.limits import MAX_FRAME_BYTES, counter, frame_shape, json_object
+from streamtomo.pipeline.formats.limits import MAX_FRAME_BYTES, counter, frame_shape, json_object, pixel_dtype
 
 STREAM_TYPE = "STINS"
 COMPRESSIONS = ("none", "bslz4")
@@ -163,13 +163,7 @@ def _int_field(head: Mapping[str, Any], key: str) -> int:
 
 
 def _dtype(name: Any) -> np.dtype[Any]:
-    try:
-        dtype = np.dtype(name) if isinstance(name, str) else None
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.kind not in "uifc":
-        raise FrameError(f"STINS image has unknown data type {name!r}")
-    return dtype.newbyteorder("<")
+    return pixel_dtype(name, "uifc", "STINS image").newbyteorder("<")
 
 
 def bslz4_decompress(data: memoryview | bytes, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:

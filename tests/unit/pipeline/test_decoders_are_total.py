@@ -41,7 +41,14 @@ _SHAPES = st.one_of(
     st.lists(_HUGE_INTS, min_size=1, max_size=3),
     _VALUES,
 )
-_DTYPES = st.sampled_from(["uint16", "uint8", "float32", "int64", "complex64", "object", "mono12p", "<u2", ">f4", ""])
+_DTYPES = st.sampled_from(
+    [
+        *("uint16", "uint8", "float32", "int64", "complex64", "object", "mono12p", "<u2", ">f4", ""),
+        # numpy's parser refuses these with ValueError and SyntaxError, not TypeError;
+        # "a" is deprecated (a warning, an error under -W error)
+        *("(-1,)f4", "(2,)(3,)f4", "(1e400,)f4", "(,)f4", "f4,i4", "a"),
+    ]
+)
 
 
 def _json(doc: Any) -> bytes:
