@@ -139,7 +139,10 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 
 def _authorised(request: web.Request, token: str) -> bool:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    # aiohttp decodes header bytes as UTF-8 with surrogate escapes: a header that is not
+    # UTF-8 (b"Bearer \xff") turns back into its own bytes here, not a UnicodeEncodeError (a 500).
+    offered = given.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(offered, token.encode())
 
 
 @web.middleware
@@ -211,7 +214,7 @@ async def post_parameter(request: web.Request) -> web.Response:
         return _error(413, f"a parameter change is at most {MAX_BODY} bytes")
     try:
         value = _value_text(json.loads(body))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # the last: "[[[[..." nested deep
         return _error(400, "the body is not JSON")
     except ParameterError as error:
         return _error(400, str(error))

@@ -6,9 +6,11 @@ control API (token required) on free loopback ports; requests are plain HTTP.
 
 from __future__ import annotations
 
+import socket
 import stat
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,27 @@ def _wait_projections(run: ReplayRun, n: int, timeout: float = 30.0) -> None:
         assert not run.done, "the scan ended before the change: slow the replay down"
         assert time.monotonic() < deadline, "the scan did not start"
         time.sleep(0.01)
+
+
+def _raw_status(url: str, headers: list[bytes], body: bytes | None = None) -> int:
+    """The status of a request sent byte for byte (headers no HTTP client would encode)."""
+    parts = urllib.parse.urlsplit(url)
+    method = b"GET" if body is None else b"POST"
+    request = b"\r\n".join(
+        [method + b" " + parts.path.encode() + b" HTTP/1.1", b"Host: " + parts.netloc.encode(), *headers]
+    )
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as connection:
+        connection.sendall(request + b"\r\nConnection: close\r\n\r\n" + (body or b""))
+        answer = connection.makefile("rb").readline()
+    return int(answer.split()[1])
+
+
+def _json_headers(token: str, length: int) -> list[bytes]:
+    return [
+        b"Authorization: Bearer " + token.encode(),
+        b"Content-Type: application/json",
+        b"Content-Length: " + str(length).encode(),
+    ]
 
 
 def _stored(run: ReplayRun, name: str) -> Any:
@@ -90,6 +113,11 @@ def test_live_port_is_read_only_and_the_control_api_needs_the_token(
             timeout=5,
         )
         assert foreign.status_code == 403
+        # A token header that is not UTF-8: 401 like any wrong token (it was a 500 and an ERROR).
+        assert _raw_status(url, [b"Authorization: Bearer \xff\xfe" + token.encode()]) == 401
+        # JSON nested past the parser's recursion limit, with the token: 400 (it was a 500).
+        deep = b"[" * 1000
+        assert _raw_status(f"{url}/center", _json_headers(token, len(deep)), deep) == 400
         assert _stored(run, "center") == centre_before, "a refused request changed the parameter"
 
         # With the token: accepted (202, the rebuild happens off the request path).
