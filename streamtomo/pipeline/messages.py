@@ -142,6 +142,9 @@ class Rejected:
     reason: str
     detail: str
     event: int = -1
+    # False for a message that is no frame (a PandA header mid-capture): counted by its
+    # reason, not as a frame received, so frames_received still counts detector frames.
+    frame: bool = True
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,7 @@ class TomoWorker:
                         f"event {event.event_number}: a PandA header with fields {list(message.keys)} came after "
                         f"value rows; the capture's header ({list(self.pcap_header.keys)}) stays in force",
                         event.event_number,
+                        frame=False,
                     )
                 )
                 return None, None, False

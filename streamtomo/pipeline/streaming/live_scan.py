@@ -148,7 +148,8 @@ class LiveScan:
                 # Another worker of the broadcast sends the rows (tomo_worker, broadcast_senders).
                 self.admission.counts["reference_copies"] += 1
             elif isinstance(item, Rejected):
-                self.reject(item.reason, item.detail, item.frame_index)
+                # Not a frame (a PandA header): no arrival to count (``counted``).
+                self.reject(item.reason, item.detail, item.frame_index, counted=not item.frame)
                 self._advance()
             elif isinstance(item, StreamEnded):
                 self.stream_ended = True

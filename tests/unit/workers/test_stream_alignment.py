@@ -77,6 +77,9 @@ def test_a_pandas_header_mid_capture_does_not_change_how_rows_are_read() -> None
     angle[event] = stray  # that event's row is lost (its frame: missing_angle), no more
     scan = run_scan(events_by_stream(detector, angle), config(), 1)
     assert scan.rejected == {"pcap_header_mid_scan": 1, "missing_angle": 1}
+    # One frame arrived per detector event: the header is no frame (else a stream-stop
+    # check would take the scan as complete with a frame still to come).
+    assert scan.status()["frames_received"] == len(detector) - 2  # the detector's header and end
     assert scan.sinogram is not None
     assert list(scan.sinogram.missing_slots()) == [5]
     filled = scan.sinogram.filled_slots()
