@@ -51,6 +51,9 @@ def image_key_from_name(value: str | int) -> ImageKey:
                 f"unknown frame kind {value!r}; allowed: {sorted(_NAMES)} or "
                 f"image_key numbers {[int(k) for k in ImageKey]}"
             ) from None
+    # A whole number only: int() would make True a flat and 1.7 a flat, 0.9 a projection.
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"image_key {value!r} is not a whole number; allowed: {[int(k) for k in ImageKey]}")
     try:
         return ImageKey(int(value))
     except ValueError:

@@ -321,6 +321,15 @@ def test_kind_rule_by_header() -> None:
         rule.kind(4, {"image_key": 7})
     fallback = FrameKindRule(((D, 1),), header_key="image_key")
     assert [fallback.kind(0, {}), fallback.kind(1, {}), fallback.kind(1, {"image_key": 1})] == [D, INV, F]
+    assert rule.kind(0, {"image_key": np.int64(0)}) == P
+
+
+@pytest.mark.parametrize("value", [True, False, 1.7, 0.9, 1.0, [1], None])
+def test_an_image_key_that_is_no_whole_number_is_refused_not_truncated(value: object) -> None:
+    """int() made True and 1.7 flats and 0.9 a projection, with no reject."""
+    rule = FrameKindRule(header_key="image_key", require_header=True)
+    with pytest.raises(FrameError, match=r"frame 5: bad 'image_key'.*not a whole number"):
+        rule.kind(5, {"image_key": value})
 
 
 def test_a_declared_size_beyond_the_workers_bound_is_refused_before_decompressing() -> None:
