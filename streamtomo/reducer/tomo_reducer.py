@@ -150,6 +150,8 @@ class TomoReducer:
         self._last_result = time.monotonic()
         self._stopped_reason = ""  # why this reducer ended the scan early (streams stopped)
         self._final: FinalFile | None = None  # this scan's final file, once its writer started
+        # A hold on the pooled arrays for an end of scan that overran (end_now): see there.
+        self._overrun_release: Callable[[], None] | None = None
         self._late_results = 0  # results that came after the final file was started
         if self.mapping_uuid and self.mapping_uuid == self.settings.lost_scan:
             # Built for a scan that was under way when the previous reducer died: what
@@ -415,9 +417,22 @@ class TomoReducer:
             logger.warning(
                 "scan %s: its end (volume, HSDS, final file) still runs after %g s", self.mapping_uuid, timeout
             )
+            # The caller goes on (the next scan takes the pooled arrays next): hold them
+            # for this scan, whose volume, HSDS flush and final file still read them,
+            # until its final file's writer holds them itself (_write_final).
+            with self.lock:
+                if self._overrun_release is None and self._final is None and self.scan.pool is not None:
+                    self._overrun_release = self.scan.pool.hold()
 
     def _end_scan(self) -> None:
-        """The end-of-scan thread: volume, then HSDS, then the final file."""
+        """The end-of-scan thread: volume, then HSDS, then the final file (always: its
+        writer also lets go of the pooled arrays)."""
+        try:
+            self._end_scan_products()
+        finally:
+            self._write_final()
+
+    def _end_scan_products(self) -> None:
         try:
             self.volume_seconds = reconstruct_volume(self.scan, self.lock, self._publish_locked, self._end_cancel)
         except Exception:  # a thread's exception reaches no log by itself
@@ -449,7 +464,6 @@ class TomoReducer:
             counts.get("reference_copies", 0),
             counts.get("reference_copies_with_rows", 0),
         )
-        self._write_final()
 
     def close(self, context: dict[Any, Any] | None = None) -> None:
         # The service stops: a volume under way ends with the slices it has (the previous
@@ -491,9 +505,16 @@ class TomoReducer:
         return self._final.wait(left) if self._final is not None else None
 
     # -- internals ------------------------------------------------------------------
+    def _let_go_of_overrun(self) -> None:
+        release, self._overrun_release = self._overrun_release, None
+        if release is not None:
+            release()
+
     def _write_final(self) -> None:
         """Start writing the domain as a NeXus file in ``final_dir``, whatever state the scan ended in."""
         if not self.settings.final_dir:
+            with self.lock:
+                self._let_go_of_overrun()  # the end of the scan is done with the arrays
             return
         name = f"scan-{self.mapping_uuid or time.strftime('%Y%m%d-%H%M%S')}.nxs"
         files: list[FinalFile] = self.context.setdefault("final_files", [])
@@ -501,6 +522,7 @@ class TomoReducer:
         with self.lock:  # from here on no result changes the domain (process_result)
             pool = self.scan.pool
             release = pool.hold() if pool is not None else _nothing
+            self._let_go_of_overrun()  # the file's writer holds them now
             self._final = FinalFile(
                 self.domain,
                 Path(self.settings.final_dir) / name,

@@ -258,6 +258,55 @@ def test_the_next_scan_cancels_a_volume_under_way_and_its_file_says_so(
         first.close()
 
 
+def test_a_next_scan_that_stops_waiting_for_an_overrunning_end_takes_none_of_its_arrays(
+    final_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The next scan waits PREVIOUS_SCAN_WAIT_S for the previous scan's end (volume,
+    HSDS, final file), then goes on. The previous scan's arrays must stay its own until
+    its final file is written: the next scan maps fresh ones, and the file holds the
+    previous scan as it ended (it used to take the previous sinogram, not yet held, and
+    the previous file would have been written from the next scan's rows)."""
+    from streamtomo.pipeline.reconstruction.backends.fourier import FourierBackend
+    from streamtomo.reducer import tomo_reducer, volume_job
+
+    monkeypatch.setattr(tomo_reducer, "PREVIOUS_SCAN_WAIT_S", 0.3)
+    monkeypatch.setenv("STREAMTOMO_POOL_WAIT", "0.2")
+    monkeypatch.setattr(volume_job, "rows_per_publish", lambda pairs: 1)
+    real = FourierBackend.reconstruct_rows
+    in_batch, release = threading.Event(), threading.Event()
+
+    def stuck(self: FourierBackend, plan: Any, sinogram: Any, rows: range, *args: Any) -> None:
+        in_batch.set()
+        assert release.wait(60), "the test never released the volume"  # a batch longer than the wait
+        real(self, plan, sinogram, rows, *args)
+
+    monkeypatch.setattr(FourierBackend, "reconstruct_rows", stuck)
+    context: dict[Any, Any] = {}
+    first = TomoReducer(parameters=parameters(volume=True), context=context, state=mapping("one"))
+    second = None
+    try:
+        feed(first)
+        first.finish()
+        assert in_batch.wait(60)
+        assert first.scan.sinogram is not None
+        sinogram = first.scan.sinogram.data.copy()
+        second = TomoReducer(parameters=parameters(volume=False), context=context, state=mapping("two"))
+        feed(second, seed=1)  # goes on after 0.3 s: the first scan's end still runs
+        assert "scan one: its end (volume, HSDS, final file) still runs" in caplog.text
+        assert second.scan.sinogram is not None
+        assert not np.shares_memory(second.scan.sinogram.by_angle, first.scan.sinogram.by_angle)
+        release.set()
+        path = first.wait_final_file(60)
+        assert path is not None
+        with nexus_file_reader(path) as f:
+            np.testing.assert_array_equal(f["/entry/sinogram/data"][()], sinogram)
+    finally:
+        release.set()
+        if second is not None:
+            second.close()
+        first.close()
+
+
 def test_closing_the_next_reducer_before_any_result_ends_the_previous_volume(
     final_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
