@@ -144,8 +144,14 @@ class ChunkSender:
                     tail = None
                     await self.resetup()
                 complete = await self.publish_data(batch)
+                if not complete:
+                    # Before any await, so before the next batch is taken: the newer
+                    # update that superseded this one is still queued, and its status
+                    # and generation keep their place (put back later, the old tail
+                    # found them gone into the next batch and followed them as newer).
+                    self.return_tail(batch)
                 await settle(tail, reraise=True)
-                tail = asyncio.ensure_future(self.publish_tail(batch, complete))
+                tail = asyncio.ensure_future(self.publish_tail(batch)) if complete else None
             await settle(tail, reraise=True)
             self.inflight.clear()  # all acknowledged, skipped or refused by now
         except ConnectionLost as exc:
@@ -183,12 +189,14 @@ class ChunkSender:
             self.unflushed_nodes.extend(batch.nodes)
         return await self.send_chunks(batch.data)
 
-    async def publish_tail(self, batch: Batch, complete: bool) -> None:
+    def return_tail(self, batch: Batch) -> None:
+        """A batch whose data was superseded: its status and generation go back to the
+        queue where no newer copy is queued (a newer update follows with its own)."""
+        self.backlog.requeue(batch.tail)
+        self.forget_inflight(batch.tail)
+
+    async def publish_tail(self, batch: Batch) -> None:
         """Status, then the generation: only once all of the batch's data is acknowledged."""
-        if not complete:
-            self.backlog.requeue(batch.tail)  # a newer update follows with its own tail
-            self.forget_inflight(batch.tail)
-            return
         if self.settings.flush_before_generation and batch.data:
             # Durable data before the counter moves. Costs ~1 s on a default HSDS
             # (a DN writes objects back once they are 1 s old), hence off by default;

@@ -272,3 +272,36 @@ def test_an_older_status_carried_out_late_is_written_again_before_close_says_com
         assert f["/entry/status/state"].asstr()[()] == "finished"
         assert_mirrors(f, domain)
     assert writer.stats().extra["verify_repairs"] >= 1
+
+
+def test_an_update_superseded_while_hsds_stalls_never_puts_its_status_back(scanning_hsds: LocalHsds) -> None:
+    """HSDS stalls while an update's data is in flight; a newer update of the same chunk
+    and the scan's end are queued meanwhile, so the retry finds the data superseded. That
+    update's status and generation must not go out after the newer ones: they used to be
+    put back into the queue once the newer update had been taken from it, and HSDS ended
+    at the older generation and state 'running' while close said complete."""
+    server = scanning_hsds
+    name = unique_domain(server, "superseded")
+    domain = scan_domain(name)
+    writer = HsdsWriter(
+        server.url, name, server.accounts.writer, settings=HsdsWriterSettings(retry_max=0.5, request_timeout=2)
+    )
+    writer.start(domain)
+    step(domain, 0)
+    writer.notify()
+    assert writer.wait_idle(60)
+    with Stopped(server) as stopped:
+        step(domain, 1)
+        writer.notify()
+        time.sleep(0.5)  # its data is in flight, waiting for the stopped server
+        step(domain, 5)  # the same chunk again (slices[1]): the retry finds it superseded
+        finish(domain)
+        writer.notify()
+        time.sleep(3)  # past the request's timeout: the retry has given up on step 1
+        stopped.resume()
+    writer.close(timeout=120)
+    assert writer.complete, writer.stats()
+    with open_domain(server, name, server.accounts.viewer) as f:
+        assert int(f[GEN][()]) == int(domain.dataset(GEN).array[()])
+        assert f["/entry/status/state"].asstr()[()] == "finished"
+        assert_mirrors(f, domain)
