@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,8 @@ def _run(
 ) -> int:
     """Stream ``recordings``; ``rate_hz`` defaults to ``--rate``, and ``enter_stops``
     keeps serving after the scan until Enter or Ctrl-C (as ``--serve`` does until Ctrl-C)."""
-    from streamtomo.app.runner import Progress, ReplayRun
+    from streamtomo.app.recording_checks import cut_short
+    from streamtomo.app.runner import Progress, ReplayFailed, ReplayRun
     from streamtomo.hsds_bridge.nexus_file import write_nexus
 
     # With --hsds the reducer mirrors the domain there; credentials come from the
@@ -111,9 +112,17 @@ def _run(
             print(intro, flush=True)
         progress = Progress(total_frames)
         run.go()
-        run.wait(on_progress=progress)
+        try:
+            run.wait(on_progress=progress)
+        except ReplayFailed as error:  # a recording that stops decoding part-way
+            progress.close()
+            raise CliError(f"{error}{_cut_recordings(recordings, cut_short)}") from None
         progress.close()
         summary = run.summary()
+        cut: list[str] = []
+        if total_frames is not None and summary.frames < total_frames:
+            # dranspose ends a recording cut inside a message as if it ended there.
+            cut = [why for why in map(cut_short, recordings) if why is not None]
         if getattr(reducer, "hsds", None) is not None:
             print(f"hsds domain: {reducer.hsds.domain_name} at {args.hsds}", flush=True)
         if args.out:
@@ -123,13 +132,21 @@ def _run(
         if summary.failed:
             # On stderr and as the exit status, so scripts and CI see it too.
             print(f"scan {summary.state}: {summary.reason}", file=sys.stderr, flush=True)
+        for why in cut:  # the scan is what the recordings held up to their cut: not the scan
+            print(f"scan incomplete: {why}", file=sys.stderr, flush=True)
         if stop is not None:
             _serve_until_interrupted(stop, enter_stops)
     finally:
         if viewer is not None:
             viewer.close()
         run.close()
-    return SCAN_FAILED if summary.failed else 0
+    return SCAN_FAILED if summary.failed or cut else 0
+
+
+def _cut_recordings(recordings: Sequence[Path], cut_short: Callable[[Path], str | None]) -> str:
+    """ "; " and what is wrong with each recording that does not decode to its end, or ""."""
+    found = [why for why in map(cut_short, recordings) if why is not None]
+    return "".join(f"; {why}" for why in found)
 
 
 def _start_viewer(endpoint: str, domain: str, control: Any) -> Any:
@@ -176,10 +193,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from streamtomo.app.recording_checks import RecordingError, check_recording
+
     if args.nexus:
         return _replay_nexus(args)
     config = _load_config(args.parameters, {"domain": args.domain})
-    return _run([Path(f) for f in args.files], config, args, total_frames=config.expected_frames())
+    recordings = [Path(f) for f in args.files]
+    try:
+        for path in recordings:
+            check_recording(path)
+    except RecordingError as error:
+        raise CliError(str(error)) from None
+    return _run(recordings, config, args, total_frames=config.expected_frames())
 
 
 def _replay_nexus(args: argparse.Namespace) -> int:

@@ -26,6 +26,10 @@ from streamtomo.pipeline.config import PipelineConfig
 logger = logging.getLogger(__name__)
 
 
+class ReplayFailed(RuntimeError):
+    """dranspose's replay stopped with an error (a recording that does not decode, say)."""
+
+
 @dataclass
 class RunSummary:
     frames: int
@@ -126,7 +130,7 @@ class ReplayRun:
             deadline = time.monotonic() + timeout
             while getattr(dreplay, "reducer", None) is None:
                 if self._error is not None:
-                    raise RuntimeError(f"replay failed to start: {self._error!r}") from self._error
+                    raise ReplayFailed(f"replay failed to start: {self._error!r}") from self._error
                 if time.monotonic() > deadline:
                     raise TimeoutError("the reducer did not start")
                 time.sleep(0.01)
@@ -151,7 +155,7 @@ class ReplayRun:
                 raise TimeoutError(f"{what} did not finish in time")
         self.finished_at = time.time()
         if self._error is not None:
-            raise RuntimeError(f"replay failed: {self._error!r}") from self._error
+            raise ReplayFailed(f"replay failed: {self._error!r}") from self._error
         if on_progress is not None:
             on_progress(self.status())
 

@@ -94,3 +94,42 @@ def test_a_limited_angle_warning_is_said_once_in_words(tmp_path: Path) -> None:
     _no_errors(output)
     assert output.count("angles cover only") == 1, output
     assert "warnings.warn" not in output and "UserWarning" not in output and "CoverageWarning" not in output
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "not a recording", "empty"])
+def test_a_recording_replay_cannot_use_is_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
+    """Each used to end in a traceback (FileNotFoundError; RuntimeError: replay failed:
+    AssertionError() from inside dranspose's reader)."""
+    recordings, parameters = _simulate(tmp_path / "scan", angles=4)
+    bad = tmp_path / "bad.cbors"
+    if case == "directory":
+        bad.mkdir()
+    elif case == "not a recording":
+        bad.write_bytes(b"\x63abc" * 10)  # CBOR, but a string, not a dranspose message
+    elif case == "empty":
+        bad.write_bytes(b"")
+    done = _replay([bad.as_posix(), recordings[1]], parameters, tmp_path / "out.nxs")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    expected = {
+        "missing": "No such file or directory",
+        "directory": "not a file",
+        "not a recording": "not a dranspose recording",
+        "empty": "empty, or cut inside its first message",
+    }[case]
+    assert done.stderr.strip().splitlines()[-1].startswith(f"streamtomo: error: {bad}: {expected}"), done.stderr
+
+
+@pytest.mark.slow
+def test_a_recording_cut_inside_a_message_is_named_when_the_scan_ends_short(tmp_path: Path) -> None:
+    """dranspose takes a message cut off by the end of the file for the end of the
+    recording: the scan ends short, and the CLI says which file is cut and where."""
+    recordings, parameters = _simulate(tmp_path / "scan")
+    detector = next(Path(p) for p in recordings if "detector" in Path(p).name)
+    data = detector.read_bytes()
+    detector.write_bytes(data[: len(data) * 2 // 3])
+    done = _replay(recordings, parameters, tmp_path / "out.nxs")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"scan incomplete: {detector} ends inside message " in done.stderr, done.stderr
+    assert "the recording is cut short" in done.stderr
+    _no_errors(done.stdout + done.stderr)

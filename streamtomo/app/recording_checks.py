@@ -1,0 +1,107 @@
+"""Recordings checked before a replay starts, and a cut one named after it ends short.
+
+dranspose's replay opens each recording in a thread of its own and stops at the first
+item it cannot decode: a missing file, a directory or a file that is not a recording
+ended the CLI with a traceback (``FileNotFoundError``; ``RuntimeError: replay failed:
+AssertionError()``). A recording cut inside its last message (a copy that stopped, a
+full disk) is worse: cbor2 raises ``CBORDecodeEOF``, an ``EOFError``, which dranspose
+takes for the end of the file, and the scan just ends short.
+
+:func:`check_recording` reads what a replay needs to start (the file, its first
+message) and raises :class:`RecordingError` with the reason; :func:`cut_short` reads a
+whole recording and says where it ends inside a message (run it only when a replay came
+up short: it decodes every frame).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, cast
+
+
+class RecordingError(ValueError):
+    """A recording a replay cannot use, and why."""
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[IO[bytes]]:
+    """The recording's bytes, as dranspose's replay reads them (``.gz``: decompressed)."""
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "rb") as unzipped:
+            yield cast(IO[bytes], unzipped)
+    else:
+        with path.open("rb") as f:
+            yield f
+
+
+def _is_cbor(path: Path) -> bool:
+    return path.name.removesuffix(".gz").endswith(".cbors")
+
+
+def _load(f: IO[bytes]) -> Any:
+    import cbor2
+    from dranspose.replay import message_tag_hook  # type: ignore[import-untyped,unused-ignore]
+
+    return cbor2.load(f, tag_hook=message_tag_hook)
+
+
+def check_recording(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`RecordingError` unless ``path`` is a readable recording whose first
+    message decodes (``.cbors``, ``.cbors.gz``; other files: readable, not empty)."""
+    from dranspose.event import InternalWorkerMessage  # type: ignore[import-untyped,unused-ignore]
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise RecordingError(f"{path}: {error.strerror or error}") from None
+    if not stat.S_ISREG(mode):
+        raise RecordingError(f"{path}: not a file")
+    try:
+        with _opened(path) as f:
+            if not _is_cbor(path):
+                if not f.read(1):
+                    raise RecordingError(f"{path}: empty")
+                return
+            first = _load(f)
+    except RecordingError:
+        raise
+    except OSError as error:
+        raise RecordingError(f"{path}: {error.strerror or error}") from None
+    except EOFError:
+        raise RecordingError(f"{path}: empty, or cut inside its first message") from None
+    except Exception as error:  # cbor2 raises several kinds for bytes that are no CBOR
+        raise RecordingError(f"{path}: not a dranspose recording ({error})") from None
+    if not isinstance(first, InternalWorkerMessage):
+        raise RecordingError(f"{path}: not a dranspose recording (its first item is a {type(first).__name__})")
+
+
+def cut_short(path: str | os.PathLike[str]) -> str | None:
+    """Where ``path`` ends inside a message or stops decoding (a sentence), None when it
+    ends cleanly after its last message or is not a ``.cbors`` recording."""
+    import cbor2
+
+    path = Path(path)
+    if not _is_cbor(path):
+        return None
+    count = 0
+    try:
+        with _opened(path) as f:
+            while True:
+                start = f.tell()
+                try:
+                    _load(f)
+                except cbor2.CBORDecodeEOF:
+                    if f.tell() > start or f.read(1):
+                        return f"{path} ends inside message {count + 1}, at byte {start}: the recording is cut short"
+                    return None
+                count += 1
+    except (OSError, EOFError) as error:
+        return f"{path} cannot be read after message {count}: {error}"
+    except Exception as error:  # not CBOR from here on
+        return f"{path} does not decode after message {count}: {error}"
