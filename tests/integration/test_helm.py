@@ -925,6 +925,8 @@ def _components(peers: list[dict]) -> set[str]:
 
 
 PIPELINE = {"controller", "ingester", "worker", "reducer"}
+INGRESS_NAMESPACE = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+INGRESS_REACHES_VIEWER = ("--set-json", f"networkPolicy.viewerFrom=[{json.dumps(INGRESS_NAMESPACE)}]")
 
 
 def test_network_policies_are_on_by_default_and_keep_internal_ports_to_the_pipeline(helm: str) -> None:
@@ -1049,6 +1051,40 @@ def _viewer(docs: list[dict]) -> tuple[list[str], dict[str, Any]]:
     return container["command"], env_of(container)
 
 
+def test_nothing_that_changes_a_scan_is_reachable_around_its_authentication(helm: str) -> None:
+    """dranspose's controller takes scans, parameters and stop requests from anyone who
+    reaches it (CORS open to every origin); the viewer's page may change centre and
+    filter. Neither may be put on the network without authentication by accident, and
+    the live domain's readers (networkPolicy.allowFrom) do not reach the viewer."""
+    # the controller: an Ingress authenticates, or the chart refuses it
+    err = fails(helm, "--set", "controller.ingress.enabled=true")
+    assert "controller.auth.basicAuthSecret" in err, err
+    docs = render(helm, "--set", "controller.ingress.enabled=true", "--set", "controller.auth.basicAuthSecret=ctl")
+    annotations = one(docs, "Ingress", "t-streamtomo-controller")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
+    assert annotations["nginx.ingress.kubernetes.io/auth-secret"] == "ctl"
+    # ... and a node's or a load balancer's address only when the network is said to be trusted
+    for kind in ("NodePort", "LoadBalancer"):
+        err = fails(helm, "--set", f"controller.service.type={kind}")
+        assert "controller.auth.exposeUnauthenticated" in err, err
+        err = fails(helm, "--set", "viewer.enabled=true", "--set", f"viewer.service.type={kind}")
+        assert "viewer.auth.exposeUnauthenticated" in err, err
+    exposed = render(
+        helm, "--set", "controller.service.type=NodePort", "--set", "controller.auth.exposeUnauthenticated=true"
+    )
+    assert one(exposed, "Service", "t-streamtomo-controller")["spec"]["type"] == "NodePort"
+    # the viewer: networkPolicy.viewerFrom only, never the live domain's readers
+    reader = {"ipBlock": {"cidr": "10.10.0.0/16"}}
+    args = ["--set", "viewer.enabled=true", "--set-json", f"networkPolicy.allowFrom=[{json.dumps(reader)}]"]
+    policy = one(render(helm, *args), "NetworkPolicy", "t-streamtomo-viewer")
+    assert policy["spec"]["ingress"] == []
+    policy = one(render(helm, *args, *INGRESS_REACHES_VIEWER), "NetworkPolicy", "t-streamtomo-viewer")
+    assert _peers(policy, 8080) == [INGRESS_NAMESPACE]
+    # an Ingress in front of the viewer needs its controller let through, by name
+    err = fails(helm, *args, "--set", "viewer.ingress.enabled=true", "--set", "viewer.auth.basicAuthSecret=v")
+    assert "networkPolicy.viewerFrom" in err, err
+
+
 def test_viewer_holds_the_token_and_has_credentials_in_every_mode(helm: str) -> None:
     command, env = _viewer(render(helm, "--set", "viewer.enabled=true"))
     assert command[command.index("--control") + 1] == "http://t-streamtomo-control.beamline.svc:8101"
@@ -1094,6 +1130,7 @@ def test_viewer_holds_the_token_and_has_credentials_in_every_mode(helm: str) -> 
         "viewer.ingress.enabled=true",
         "--set",
         "viewer.auth.basicAuthSecret=viewer-htpasswd",
+        *INGRESS_REACHES_VIEWER,
     )
     annotations = one(docs, "Ingress", "t-streamtomo-viewer")["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
@@ -1108,6 +1145,7 @@ def test_viewer_holds_the_token_and_has_credentials_in_every_mode(helm: str) -> 
         "viewer.ingress.enabled=true",
         "--set",
         "viewer.auth.externalAuth=true",
+        *INGRESS_REACHES_VIEWER,
     )
     assert "nginx.ingress.kubernetes.io/auth-type" not in (
         one(docs, "Ingress", "t-streamtomo-viewer")["metadata"].get("annotations") or {}
