@@ -223,7 +223,10 @@ def _replay_nexus(args: argparse.Namespace) -> int:
         # The file names each frame's kind, whatever the order (DIAD: flats, darks,
         # projections, flats, darks), so the kinds travel in the headers.
         values.setdefault("kind_rule", "header")
-        grid = scan.grid()
+        try:
+            grid = scan.grid()
+        except NexusError as error:  # no projections, angles that are not finite
+            raise CliError(str(error)) from None
         for key in GRID_KEYS:
             values.setdefault(key, getattr(grid, key))  # from the file unless given
         values["domain"] = args.domain

@@ -125,6 +125,8 @@ def find_paths(
         raise NexusError(
             f"no readable detector data with image_key in {f.filename}; name them with --nexus-data and --nexus-keys"
         )
+    if f[data].ndim != 3:
+        raise NexusError(f"{data} has shape {f[data].shape}; expected (frames, rows, columns)")
     n = f[data].shape[0]
     if rotation_angle is None:
         rotation_angle = _find_angles(f, n)
@@ -210,8 +212,8 @@ class NexusScan:
                 )
             self.paths = find_paths(self._file, data, image_key, rotation_angle)
             self._data = self._file[self.paths.data]
-            self.keys = np.asarray(self._file[self.paths.image_key][()]).astype(np.int64)
-            self.angles = np.asarray(self._file[self.paths.rotation_angle][()], dtype=np.float64)
+            self.keys = _whole_numbers(self._file[self.paths.image_key][()], self.paths.image_key)
+            self.angles = _numbers(self._file[self.paths.rotation_angle][()], self.paths.rotation_angle)
             self._check()
         except BaseException:
             self._file.close()
@@ -265,3 +267,22 @@ class NexusScan:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _numbers(values: Any, name: str, kinds: str = "biuf") -> npt.NDArray[np.float64]:
+    """``values`` as float64, or :class:`NexusError` (a compound, string or object dataset)."""
+    array = np.asarray(values)
+    if array.dtype.kind not in kinds:
+        raise NexusError(f"{name} holds {array.dtype}, not numbers")
+    return array.astype(np.float64)
+
+
+def _whole_numbers(values: Any, name: str) -> npt.NDArray[np.int64]:
+    """``values`` as int64, or :class:`NexusError`: astype would make a key of 0.4 a
+    projection (0) and 1.7 a flat (1)."""
+    numbers = _numbers(values, name, kinds="iuf")  # booleans are no image keys
+    whole = np.isfinite(numbers) & (numbers == np.round(numbers))
+    if not np.all(whole):
+        bad = numbers[~whole][:3].tolist()
+        raise NexusError(f"{name} holds values that are not whole numbers: {bad}")
+    return numbers.astype(np.int64)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 CLI = str(Path(sys.executable).with_name("streamtomo"))
@@ -133,3 +134,18 @@ def test_a_recording_cut_inside_a_message_is_named_when_the_scan_ends_short(tmp_
     assert f"scan incomplete: {detector} ends inside message " in done.stderr, done.stderr
     assert "the recording is cut short" in done.stderr
     _no_errors(done.stdout + done.stderr)
+
+
+def test_a_nexus_file_without_projections_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The grid is derived after the file is opened; its NexusError was a traceback."""
+    path = tmp_path / "flats_only.nxs"
+    with h5py.File(path, "w") as f:
+        f["/entry/instrument/detector/data"] = np.zeros((3, 4, 8), dtype=np.uint16)
+        f["/entry/instrument/detector/image_key"] = np.array([2, 1, 1], dtype=np.int32)
+        f["/entry/sample/rotation_angle"] = np.zeros(3)
+    done = subprocess.run(
+        [CLI, "replay", "--nexus", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "streamtomo: error: the file has no projections (image_key 0)"

@@ -74,6 +74,38 @@ def test_bad_image_key_is_refused(tmp_path: Path) -> None:
         NexusScan(path)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("float keys", r"image_key holds values that are not whole numbers: \[0.4\]"),
+        ("bool keys", "image_key holds bool, not numbers"),
+        ("compound angles", "rotation_angle holds .* not numbers"),
+        ("scalar data", r"data has shape \(\); expected \(frames, rows, columns\)"),
+    ],
+)
+def test_datasets_of_the_wrong_kind_are_refused_with_their_name(tmp_path: Path, change: str, message: str) -> None:
+    """Each used to end in an uncaught IndexError or TypeError, or (keys of 0.4 and
+    True) to read as projections and flats."""
+    path = tmp_path / "scan.nxs"
+    _nxtomo(path, [2, 1, 0, 0], np.array([0.0, 0.0, 10.0, 20.0]), external=False)
+    with h5py.File(path, "a") as f:
+        detector = f["/entry/instrument/detector"]
+        if change == "float keys":
+            del detector["image_key"]
+            detector["image_key"] = np.array([2.0, 1.0, 0.4, 0.0])
+        elif change == "bool keys":
+            del detector["image_key"]
+            detector["image_key"] = np.array([True, True, False, False])
+        elif change == "compound angles":
+            del f["/entry/sample/rotation_angle"]
+            f["/entry/sample/rotation_angle"] = np.zeros(4, dtype=[("a", "<i4"), ("b", "<f8")])
+        else:
+            del detector["data"]
+            detector["data"] = np.float32(1.0)
+    with pytest.raises(NexusError, match=message):
+        NexusScan(path, rotation_angle="/entry/sample/rotation_angle")
+
+
 def test_grid_from_measured_angles() -> None:
     # Inclusive: 3001 projections from 89.995 to 269.995 -> slot per projection.
     angles = 89.995 + 0.06 * np.arange(3001) + np.random.default_rng(0).uniform(-0.02, 0.02, 3001)
