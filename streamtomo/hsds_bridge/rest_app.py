@@ -404,7 +404,7 @@ async def post_value(request: web.Request) -> web.StreamResponse:
 async def _json_body(request: web.Request) -> JsonDict:
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # the last: "[[[[..." nested deep
         raise RestError(400, "request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise RestError(400, "request body must be a JSON object")

@@ -182,6 +182,10 @@ def parse_points(raw: Any, shape: tuple[int, ...]) -> Points:
         coords = flat.astype(np.intp).reshape(-1, rank)
     else:
         try:
+            # JSON integers only: asarray(dtype=intp) made 0.7 a 0, "1" a 1 and true a 1.
+            leaves = np.asarray(raw, dtype=object).ravel()
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in leaves):
+                raise TypeError
             coords = np.asarray(raw, dtype=np.intp)
         except (TypeError, ValueError, OverflowError):
             raise SelectionError("points must be a list of integer coordinates") from None

@@ -294,6 +294,25 @@ def test_malformed_or_out_of_range_select_is_400(
     assert needle in rsp.reason
 
 
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('{"points": [[0.7, 1.9, 2.2]]}', "integer coordinates"),  # was read as (0, 1, 2)
+        ('{"points": [["1", 1, 2]]}', "integer coordinates"),
+        ('{"points": [[true, 1, 2]]}', "integer coordinates"),
+        ('{"points": [[1e30, 1, 2]]}', "integer coordinates"),
+        ("[" * 100000 + "]" * 100000, "not valid JSON"),  # was a 500 (RecursionError)
+    ],
+)
+def test_points_that_are_not_integers_and_json_nested_too_deep_are_400(
+    server: HdfRestServer, domain: Domain, body: str, needle: str
+) -> None:
+    url = f"{server.url}/datasets/{sino_id(domain)}/value"
+    rsp = requests.post(url, params={"domain": domain.name}, data=body, timeout=10)
+    assert rsp.status_code == 400, rsp.text
+    assert needle in rsp.json()["message"]
+
+
 def test_unknown_and_malformed_ids(server: HdfRestServer) -> None:
     assert get(server, "/datasets/d-00000000-0000-0000-0000-000000000000").status_code == 404
     assert get(server, "/groups/not-an-id").status_code == 400
