@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from streamtomo.app.cli_types import non_negative_float, non_negative_int, port, positive_float, positive_int
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
 
 logger = logging.getLogger("streamtomo")
@@ -334,10 +335,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-w", "--workers", type=int, default=2, help="dranspose workers (default 2)")
-    p.add_argument("--port", type=int, default=0, help="HTTP port of the live domain (default: a free port)")
+    p.add_argument("-w", "--workers", type=positive_int, default=2, help="dranspose workers (default 2)")
+    p.add_argument("--port", type=port, default=0, help="HTTP port of the live domain (default: a free port)")
     p.add_argument(
-        "--rate", type=float, default=None, help="frames per second to replay at (default: as fast as possible)"
+        "--rate",
+        type=positive_float,
+        default=None,
+        help="frames per second to replay at (default: as fast as possible)",
     )
     p.add_argument("--serve", action="store_true", help="keep serving the domain until Ctrl-C")
     p.add_argument("--out", help="write the final NeXus file here")
@@ -350,9 +354,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sim_options(p: argparse.ArgumentParser, rows: int, cols: int, angles: int) -> None:
-    p.add_argument("--rows", type=int, default=rows, help=f"detector rows (default {rows})")
-    p.add_argument("--cols", type=int, default=cols, help=f"detector columns (default {cols})")
-    p.add_argument("--angles", type=int, default=angles, help=f"projections over 180 degrees (default {angles})")
+    p.add_argument("--rows", type=positive_int, default=rows, help=f"detector rows (default {rows})")
+    p.add_argument("--cols", type=positive_int, default=cols, help=f"detector columns (default {cols})")
+    p.add_argument(
+        "--angles", type=positive_int, default=angles, help=f"projections over 180 degrees (default {angles})"
+    )
     p.add_argument(
         "--order", choices=("sequential", "golden"), default="sequential", help="acquisition order of the angles"
     )
@@ -372,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(demo)
     demo.add_argument(
         "--pace",
-        type=float,
+        type=non_negative_float,
         metavar="SECONDS",
         help=f"spread the scan over about this long (default on a terminal {DEMO_SECONDS:g}, else 0: "
         "as fast as possible); --rate wins",
@@ -400,13 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulate = sub.add_parser("simulate", help="write a simulated scan as dranspose recordings")
     simulate.add_argument("--out", required=True, help="output directory")
     simulate.add_argument("--compression", choices=("none", "bslz4"), default="none")
-    simulate.add_argument("--flats-after", type=int, default=0, help="flat frames after the projections")
+    simulate.add_argument("--flats-after", type=non_negative_int, default=0, help="flat frames after the projections")
     _add_sim_options(simulate, rows=16, cols=128, angles=180)
     simulate.set_defaults(func=cmd_simulate)
 
     hsds = sub.add_parser("hsds", help="run a local HSDS (POSIX storage, loopback only) until Ctrl-C")
     hsds.add_argument("--root", required=True, help="storage directory (kept between runs)")
-    hsds.add_argument("--port", type=int, default=5101, help="loopback port (0: a free one)")
+    hsds.add_argument("--port", type=port, default=5101, help="loopback port (0: a free one)")
     hsds.add_argument(
         "--cors-origin",
         action="append",
@@ -422,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a parameter file")
     check.add_argument("parameters", help="parameter file (JSON)")
-    check.add_argument("--rows", type=int, default=0, help="detector rows, to check row selections")
-    check.add_argument("--cols", type=int, default=0, help="detector columns, to check the centre")
+    check.add_argument("--rows", type=non_negative_int, default=0, help="detector rows, to check row selections")
+    check.add_argument("--cols", type=non_negative_int, default=0, help="detector columns, to check the centre")
     check.set_defaults(func=cmd_check)
 
     from streamtomo.app.cli_distributed import register as register_distributed
@@ -447,6 +453,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CliError as error:
+        print(f"streamtomo: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a path that cannot be made or read, a port that is taken
+        if args.verbose:
+            raise  # -v: the traceback, for a bug report
         print(f"streamtomo: error: {error}", file=sys.stderr)
         return 2
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from streamtomo.app.cli_types import non_negative_int, positive_float, positive_int
 from streamtomo.pipeline.config import ConfigError
 
 if TYPE_CHECKING:
@@ -223,7 +224,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up = subparsers.add_parser(
         "up", help="start a local dranspose deployment (Redis, controller, ingesters, workers, reducer)"
     )
-    up.add_argument("-w", "--workers", type=int, default=2, help="number of workers (default 2)")
+    up.add_argument("-w", "--workers", type=positive_int, default=2, help="number of workers (default 2)")
     up.add_argument("--redis", help="use this Redis (redis://HOST:PORT/DB) instead of starting redis-server")
     up.add_argument("--run-dir", help="directory for logs and recordings (default: a new temporary directory)")
     up.add_argument(
@@ -253,17 +254,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     play.add_argument(
         "--rate", type=float, default=None, help="frames per second (default: as fast as the pipeline takes them)"
     )
-    play.add_argument("--rows", type=int, default=16, help="simulated detector rows (default 16)")
-    play.add_argument("--cols", type=int, default=128, help="simulated detector columns (default 128)")
-    play.add_argument("--angles", type=int, default=180, help="simulated projections (default 180)")
+    play.add_argument("--rows", type=positive_int, default=16, help="simulated detector rows (default 16)")
+    play.add_argument("--cols", type=positive_int, default=128, help="simulated detector columns (default 128)")
+    play.add_argument("--angles", type=positive_int, default=180, help="simulated projections (default 180)")
     play.add_argument("--seed", type=int, default=0, help="noise seed")
     play.add_argument("--compression", choices=("none", "bslz4"), default="none", help="detector data compression")
     play.add_argument(
-        "--max-frames", type=int, default=None, help="stop the stream after this many frames (a stream that ends early)"
+        "--max-frames",
+        type=non_negative_int,
+        default=None,
+        help="stop the stream after this many frames (a stream that ends early)",
     )
     play.add_argument(
         "--stall-timeout",
-        type=float,
+        type=positive_float,
         default=10.0,
         help="end the scan after this many seconds without progress (default 10)",
     )

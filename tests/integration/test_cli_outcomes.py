@@ -149,3 +149,25 @@ def test_a_nexus_file_without_projections_is_one_line_and_exit_2(tmp_path: Path)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == "streamtomo: error: the file has no projections (image_key 0)"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["demo", "--rows", "0"], "argument --rows: 0 is not at least 1"),
+        (["demo", "-w", "0"], "argument -w/--workers: 0 is not at least 1"),
+        (["demo", "--rate", "-1"], "argument --rate: -1 is not above 0"),
+        (["demo", "--port", "99999"], "argument --port: 99999 is not a port"),
+        (["up", "-w", "0"], "argument -w/--workers: 0 is not at least 1"),
+        (["simulate", "--out", "/proc/streamtomo-test/out"], "No such file or directory"),
+    ],
+)
+def test_values_out_of_range_and_paths_that_cannot_be_made_are_one_line_and_exit_2(
+    args: list[str], message: str
+) -> None:
+    """Each was a traceback from deep inside (exit 1): README says 2 is a usage error."""
+    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert message in lines[-1], done.stderr

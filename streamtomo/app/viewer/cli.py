@@ -12,6 +12,8 @@ import signal
 import sys
 import threading
 
+from streamtomo.app.cli_types import port
+
 logger = logging.getLogger("streamtomo")
 
 
@@ -32,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="HDF REST endpoint: the reducer's server or an HSDS, e.g. http://127.0.0.1:8100",
     )
     view.add_argument("--domain", default="/streamtomo/live.h5", help="domain name (default /streamtomo/live.h5)")
-    view.add_argument("--port", type=int, default=8200, help="port of the page (default 8200; 0: a free port)")
+    view.add_argument("--port", type=port, default=8200, help="port of the page (default 8200; 0: a free port)")
     view.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     view.add_argument(
         "--control",
