@@ -1150,3 +1150,31 @@ def test_viewer_holds_the_token_and_has_credentials_in_every_mode(helm: str) -> 
     assert "nginx.ingress.kubernetes.io/auth-type" not in (
         one(docs, "Ingress", "t-streamtomo-viewer")["metadata"].get("annotations") or {}
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "reducer.zmqPort=5000"], "must all differ"),  # two port 5000 in one Service
+        (["--set", "reducer.controlPort=8100"], "must all differ"),  # two listeners on one port
+        (["--set", "hsds.sn.port=6101", "--set", "hsds.dn.port=6101"], "share the pod's network"),
+        (
+            [
+                "--set",
+                "workers.podDisruptionBudget.enabled=true",
+                "--set",
+                "workers.podDisruptionBudget.minAvailable=5",
+            ],
+            "node drains would hang",
+        ),
+        (["--set", "hsds.auth.writerPassword=ab:cd"], "writerPassword"),  # HSDS would read the password "ab"
+        (["--set", "hsds.auth.viewerPassword=ab"], "viewerPassword"),  # HSDS ignores the line
+        (["--set", "hsds.auth.writerUser=hs"], "writerUser"),
+    ],
+)
+def test_values_that_would_render_a_broken_or_silently_different_release_are_refused(
+    helm: str, args: list[str], message: str
+) -> None:
+    """Each rendered without a word before: the API server would refuse the Service, the
+    reducer would crash-loop, a drain would hang, or HSDS would not log the account in."""
+    assert message in fails(helm, *args)
