@@ -91,6 +91,13 @@ def _run(
 
     # With --hsds the reducer mirrors the domain there; credentials come from the
     # environment or a file (streamtomo.hsds_bridge.credentials), never from the command line.
+    if args.hsds:
+        from streamtomo.hsds_bridge.credentials import CredentialsError, load_credentials
+
+        try:
+            load_credentials()
+        except CredentialsError as error:  # asked for: not a warning the scan runs past
+            raise CliError(f"--hsds {args.hsds}: {error}") from None
     stop = threading.Event() if args.serve or enter_stops else None
     run = ReplayRun(
         recordings,

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import signal
+import sys
 import time
 from pathlib import Path
 from types import FrameType
@@ -92,7 +93,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, _Stop):
         print("stopping", flush=True)
     except DeploymentError as error:
-        print(f"streamtomo: error: {error}", flush=True)
+        print(f"streamtomo: error: {error}", file=sys.stderr, flush=True)
         code = 3
     finally:
         if state_path.exists():
@@ -165,7 +166,7 @@ def cmd_play(args: argparse.Namespace) -> int:
         state = DeploymentState.read(Path(args.state) if args.state else default_state_path())
     except DeploymentError as error:
         if not (args.controller and args.detector and args.panda):
-            print(f"streamtomo: error: {error}")
+            print(f"streamtomo: error: {error}", file=sys.stderr)
             return 2
         state = DeploymentState(args.controller, "", "", "", args.detector, args.panda)
     state.controller_url = args.controller or state.controller_url
@@ -182,7 +183,7 @@ def cmd_play(args: argparse.Namespace) -> int:
             config = spec.config(**(read_config_values(args.parameters) if args.parameters else {}))
             events = frame_events(ScanSimulator(spec).frames(), config, state.detector_format, args.compression)
     except (OSError, ValueError, ConfigError) as error:
-        print(f"streamtomo: error: {error}")
+        print(f"streamtomo: error: {error}", file=sys.stderr)
         return 2
     prefix = "" if args.no_record else args.record_prefix
     frames = sum(1 for e in events if e.frame is not None)
@@ -200,7 +201,7 @@ def cmd_play(args: argparse.Namespace) -> int:
             stall_timeout=args.stall_timeout,
         )
     except (PlayError, DeploymentError, ControllerError, OSError) as error:
-        print(f"streamtomo: error: {error}")
+        print(f"streamtomo: error: {error}", file=sys.stderr)
         return 1
     rate = result.frames_sent / result.seconds if result.seconds > 0 else 0.0
     print(
