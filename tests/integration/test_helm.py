@@ -419,6 +419,14 @@ def test_wiring_between_services(helm: str) -> None:
     assert env["STREAMTOMO_HSDS_ENDPOINT"] == "http://t-streamtomo-hsds.beamline.svc:5101"
     assert env["STREAMTOMO_HSDS_USERNAME"] == "streamtomo"
     assert env["STREAMTOMO_HSDS_PASSWORD"]["secretKeyRef"]["key"] == "writer-password"
+    # published where the bootstrap Job prepared the folder (a reducer.domain of another name too)
+    assert env["STREAMTOMO_HSDS_DOMAIN"] == "/home/streamtomo/live.h5"
+    danmax = one(
+        render(helm, "--set", "reducer.domain=/home/streamtomo/danmax/live.h5"), "Deployment", "t-streamtomo-reducer"
+    )
+    assert env_of(danmax["spec"]["template"]["spec"]["containers"][0])["STREAMTOMO_HSDS_DOMAIN"] == (
+        "/home/streamtomo/danmax/live.h5"
+    )
     assert env["STREAMTOMO_PARAMETERS_FILE"] == "/etc/streamtomo/pipeline/parameters.json"
     live = one(docs, "Service", "t-streamtomo-live")
     assert [p["port"] for p in live["spec"]["ports"]] == [8100]  # no ZeroMQ outside
