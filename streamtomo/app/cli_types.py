@@ -5,49 +5,33 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from typing import TypeVar
+
+_N = TypeVar("_N", int, float)
 
 
-def _number(text: str, kind: type[int] | type[float]) -> int | float:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
+def _checked(kind: type[_N], accept: Callable[[_N], bool], refusal: str) -> Callable[[str], _N]:
+    """An argparse type: ``text`` as ``kind`` (floats finite), kept where ``accept``
+    holds, else ``refusal`` (formatted with the value as ``{0}``)."""
+
+    def parse(text: str) -> _N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if not accept(value):
+            raise argparse.ArgumentTypeError(refusal.format(value))
+        return value
+
+    return parse
 
 
-def positive_int(text: str) -> int:
-    value = int(_number(text, int))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(_number(text, int))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(_number(text, float))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value:g} is not above 0")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(_number(text, float))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value:g} is negative")
-    return value
-
-
-def port(text: str) -> int:
-    """A TCP port, or 0 for a free one."""
-    value = int(_number(text, int))
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535; 0: a free one)")
-    return value
+positive_int = _checked(int, lambda v: v >= 1, "{0} is not at least 1")
+non_negative_int = _checked(int, lambda v: v >= 0, "{0} is negative")
+positive_float = _checked(float, lambda v: v > 0, "{0:g} is not above 0")
+non_negative_float = _checked(float, lambda v: v >= 0, "{0:g} is negative")
+# A TCP port, or 0 for a free one.
+port = _checked(int, lambda v: 0 <= v <= 65535, "{0} is not a port (0 to 65535; 0: a free one)")
