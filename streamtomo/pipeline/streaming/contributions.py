@@ -90,7 +90,9 @@ class ContributionLedger:
         with these settings) backproject it, so the reducer will. ``worker_angle_deg``:
         the worker backprojected them at that angle instead of ``angle_deg``."""
         index = key[0]
-        record = FrameRecord(slot, angle_deg, values, worker_rows, None, worker_angle_deg)
+        # The worker's angle matters only where the worker summed the frame (worker_rows).
+        worker_angle = worker_angle_deg if worker_rows is not None else None
+        record = FrameRecord(slot, angle_deg, values, worker_rows, None, worker_angle)
         self.records[key] = record
         if slot != REJECTED_SLOT:
             self.newest_frame = max(self.newest_frame, index)
@@ -213,7 +215,9 @@ class ContributionLedger:
             if np.any(delta):
                 self._backproject(index, delta, record.angle_deg)
                 done += 1
-            record.contributed = target
+            # In the sums at the frame's own angle from now on: a worker's angle kept here
+            # would take the next fix's contribution out where it never was.
+            record.contributed, record.contributed_angle_deg = target, None
         self._needs_fix.clear()
         self._orphans.clear()
         self.counts["backprojected_here"] += done
