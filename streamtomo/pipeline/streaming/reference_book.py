@@ -119,14 +119,20 @@ class ReferenceBook:
         ours = self._ours()
         before = [r for r in ours if r.before_index < frame_index]
         if before:
-            return max(before, key=lambda r: r.version)
+            return max(before, key=self._taken)
         if self._kept is not None:
             return self._kept
-        return max(ours, key=lambda r: r.version) if ours else None
+        return max(ours, key=self._taken) if ours else None
 
     def newest_before_scan_end(self) -> Corrector:
         """The corrector of the newest set of this scan taken before projections."""
-        return self.corrector(max(r.version for r in self._ours()))
+        return self.corrector(max(self._ours(), key=self._taken).version)
+
+    def _taken(self, refs: ReferenceSet) -> tuple[int, int]:
+        """When ``refs`` was taken: the frame its batch ended before, then the order it
+        was closed in. Not its version, a content digest: max(version) picked the
+        first of two batches in 5 of 6 scans that retook their flats mid-scan."""
+        return refs.before_index, self._ordinal.get(refs.version, 0)
 
     def corrector(self, version: int, repair: bool = False, saturation_level: float = 0.0) -> Corrector:
         key = (version, repair, saturation_level)
