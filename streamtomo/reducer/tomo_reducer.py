@@ -331,8 +331,11 @@ class TomoReducer:
             # as they are set, and each one that is not fixed (n_darks_before, say)
             # rebuilt every live product of the finished scan in the reducer (seconds
             # of backprojection at 1024^2, for a scan nobody watches any more).
-            finished = self._finished.is_set() and self._pending_change is None
-            if (self._final is None or self._final.done) and not finished:
+            # From finish on, not only once the volume is done: a change taken while the
+            # volume is made rebuilt the final slices with other settings than the
+            # volume's (the next scan's parameters, too).
+            ended = (self._end_of_scan is not None or self._finished.is_set()) and self._pending_change is None
+            if (self._final is None or self._final.done) and not ended:
                 self._apply_parameters(parameters)
             if not self._finished.is_set():
                 self.scan.reconcile()

@@ -307,6 +307,44 @@ def test_a_next_scan_that_stops_waiting_for_an_overrunning_end_takes_none_of_its
         first.close()
 
 
+def test_parameters_handed_to_the_timer_while_the_volume_is_made_change_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """dranspose hands a scan's timer the parameters as they are now (the next scan's,
+    say) also while this scan's volume is made: they used to rebuild the final slices
+    with another centre than the volume's."""
+    from streamtomo.reducer import volume_job
+
+    monkeypatch.setenv("STREAMTOMO_HTTP_PORT", "0")
+    monkeypatch.setenv("STREAMTOMO_CONTROL_PORT", "0")
+    real = volume_job.reconstruct
+    started, gate = threading.Event(), threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        assert gate.wait(60), "the test never let the volume go on"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(volume_job, "reconstruct", held)
+    reducer = TomoReducer(parameters=parameters(volume=True, backend="direct", center="15.5"), context={})
+    try:
+        feed(reducer)
+        reducer.finish()
+        assert started.wait(60)
+        slices = reducer.scan.slices().copy()
+        reducer.timer(parameters(volume=True, backend="direct", center="10.0"))
+        assert reducer.scan.config.center == "15.5"
+        gate.set()
+        assert reducer.wait_end_of_scan(60)
+        assert reducer.scan.state == "finished"
+        np.testing.assert_array_equal(reducer.scan.slices(), slices)
+        row = int(reducer.scan.geometry.slice_positions[0])
+        np.testing.assert_allclose(reducer.scan.volume[row], slices[0], atol=1e-4 * np.abs(slices[0]).max())
+    finally:
+        gate.set()
+        reducer.close()
+
+
 def test_closing_the_next_reducer_before_any_result_ends_the_previous_volume(
     final_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
