@@ -458,7 +458,12 @@ class LiveScan:
             for name in FIXED_DURING_SCAN:
                 if getattr(config, name) != getattr(self.config, name):
                     raise ValueError(f"{name} cannot change during a scan (now {getattr(self.config, name)!r})")
-            geometry = LiveSliceGeometry(config, self.detector)  # validates before applying
+            geometry_config = config
+            if config.center == "auto" and self.auto_center is not None:
+                # The scan's estimate (resolve_auto_center), not the detector middle: a
+                # filter change after the end kept 'auto' and moved the slices' axis.
+                geometry_config = dataclasses.replace(config, center=f"{self.auto_center:.3f}")
+            geometry = LiveSliceGeometry(geometry_config, self.detector)  # validates before applying
         self.config = config
         if geometry is None or self.sinogram is None or self.ledger is None:
             return

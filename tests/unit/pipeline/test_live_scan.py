@@ -301,6 +301,20 @@ def test_flats_retaken_mid_scan_correct_every_later_projection(seed: int) -> Non
     np.testing.assert_allclose(scan.sinogram.data, plain.sinogram.data, atol=1e-3)
 
 
+def test_a_change_after_an_auto_centre_scan_keeps_its_estimate() -> None:
+    """center 'auto' is estimated at the end; a later change of another setting (a filter
+    through the control API) kept 'auto' and rebuilt the slices about the middle."""
+    frames = make_frames()
+    shifted = [Frame(f.index, f.key, np.roll(f.data, 3, axis=1), f.angle_deg) for f in frames]  # the axis at 18.5
+    scan = run(shifted, 1, config(center="auto"))
+    assert scan.auto_center is not None and abs(scan.auto_center - 18.5) < 1.0
+    estimate = scan.geometry.center
+    scan.reconfigure(config(center="auto", filter="shepp-logan"))
+    assert scan.geometry.center == estimate
+    scan.reconcile(backfill=True)
+    assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
+
+
 def test_held_projections_keep_their_rows_when_the_transport_reuses_its_memory() -> None:
     """Rows arrive as views of the transport's memory (a ZeroMQ frame, a worker's ring
     slot) that is written again once the result is handled: frames held for their
