@@ -45,7 +45,7 @@ from typing import Any
 
 from aiohttp import web
 
-from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer
+from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ async def post_parameter(request: web.Request) -> web.Response:
         return _error(400, f"parameter {name!r} cannot be changed live; allowed: {list(LIVE_PARAMETERS)}")
     if request.content_type != JSON:
         return _error(415, f'send the value as {JSON}: {{"value": ...}}')
-    body = await request.content.read(MAX_BODY + 1)
+    body = await read_limited(request, MAX_BODY)
     if len(body) > MAX_BODY:
         return _error(413, f"a parameter change is at most {MAX_BODY} bytes")
     try:

@@ -93,3 +93,18 @@ class BackgroundHttpServer:
         site = web.TCPSite(runner, self.host, self.requested_port)
         await site.start()
         self.port = int(runner.addresses[0][1])
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The request's body, or its first ``limit + 1`` bytes when it is longer (the
+    caller answers 413). ``content.read(n)`` returns what is buffered: a body that
+    came in two TCP segments was cut at the first (measured: 20 of 113 bytes)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

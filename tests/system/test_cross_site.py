@@ -132,3 +132,52 @@ def test_another_origin_cannot_change_the_scan_but_the_viewer_can(
                 assert _effective(finished_run) == ("20", before[1])
         finally:
             attacker.close(10)
+
+
+def test_the_viewer_relays_a_whole_body_to_a_parameter_path_only(built_page: Path) -> None:
+    """The viewer attaches the control token to what it relays: a name that is a path
+    ('..%2F..%2Fadmin') must not reach another path of the control host, and a body
+    that comes in two TCP segments must go on whole (it was cut at the first)."""
+    import socket
+    import time
+
+    from streamtomo.app.viewer.server import start_viewer
+
+    seen: list[tuple[str, str, bytes]] = []
+
+    async def record_it(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("Authorization", ""), await request.read()))
+        return web.json_response({"accepted": True}, status=202)
+
+    def upstream() -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", record_it)
+        return app
+
+    control = BackgroundHttpServer(upstream, "127.0.0.1", 0, "recording control API")
+    control.start()
+    try:
+        with start_viewer(
+            "http://127.0.0.1:9", "/d.h5", control=f"http://127.0.0.1:{control.port}/ctl", control_token="t" * 32
+        ) as viewer:
+            port = int(viewer.url.rstrip("/").rsplit(":", 1)[1])
+
+            def post(name: str, body: bytes, pause: float = 0.0) -> bytes:
+                head = (
+                    f"POST /control/parameters/{name} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                ).encode()
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.sendall(head + body[:20])
+                    time.sleep(pause)
+                    s.sendall(body[20:])
+                    return s.makefile("rb").readline()
+
+            for name in ("..%2F..%2F..%2Fadmin", "%2e%2e", "center%3Fx=1"):
+                assert b" 400 " in post(name, b'{"value": "1"}'), name
+            assert seen == []
+            body = json.dumps({"value": "1" * 100}).encode()
+            assert b" 202 " in post("center", body, pause=0.3)
+            assert seen == [("/ctl/streamtomo/parameters/center", "Bearer " + "t" * 32, body)]
+    finally:
+        control.close(10)

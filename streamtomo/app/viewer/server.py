@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer
+from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 BUILD_COMMANDS = "npm ci --prefix viewer && npm run build --prefix viewer"
 UPSTREAM_TIMEOUT_S = 10.0
 MAX_PARAMETER_BODY = 1024
+PARAMETER_NAME = re.compile(r"[a-z][a-z_]{0,63}")  # what the control API names: center, slice_rows...
 
 
 class ViewerAssetsMissing(RuntimeError):
@@ -249,10 +251,14 @@ async def post_parameter(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         # A text/plain or form POST needs no preflight: only JSON can be trusted to be ours.
         return _error(415, 'send {"value": ...} as application/json')
-    body = await request.content.read(MAX_PARAMETER_BODY + 1)
+    body = await read_limited(request, MAX_PARAMETER_BODY)
     if len(body) > MAX_PARAMETER_BODY:
         return _error(413, f"a parameter value is at most {MAX_PARAMETER_BODY} bytes")
     name = request.match_info["name"]
+    if not PARAMETER_NAME.fullmatch(name):
+        # The name goes into the control URL with the token: "..%2F..%2Fadmin" reached
+        # another path of the control host (yarl resolves the decoded dots).
+        return _error(400, f"{name!r} is not a parameter name")
     url = URL(target.control.rstrip("/")) / "streamtomo" / "parameters" / name
     log.info("viewer: setting pipeline parameter %s to %s", name, body.decode("utf-8", "replace"))
     headers = _control_headers(target, {"Content-Type": "application/json", "Accept": "application/json"})
