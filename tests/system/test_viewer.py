@@ -39,6 +39,7 @@ from streamtomo.app.viewer.server import (
 from streamtomo.hsds_bridge.domain import Domain
 from streamtomo.hsds_bridge.rest_server import HdfRestServer
 from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
+from streamtomo.reducer.domain_layout import new_domain
 from tests.support import browser
 from tests.support.replay_helpers import domain_arrays, record, replay, run_to_end
 
@@ -547,3 +548,63 @@ def test_page_reports_a_missing_domain_and_recovers_when_the_endpoint_returns(
                 browser.console_entries(driver)
     finally:
         server.close()
+
+
+def _scan_domain(name: str, cols: int, seed: int) -> Domain:
+    """A running scan's domain as the reducer lays it out: slices, sinogram, progress."""
+    rng = np.random.default_rng(seed)
+    domain = new_domain(name)
+    with domain.lock:
+        domain.create_group("/entry/sinogram", {"NX_class": "NXdata"})
+        domain.create_dataset("/entry/sinogram/data", rng.random((3, 20, cols), dtype=np.float32))
+        domain.create_dataset("/entry/sinogram/rotation_angle", np.linspace(0, 180, 20))
+        domain.create_dataset("/entry/sinogram/frames_per_angle", np.ones(20, np.int32))
+        domain.create_dataset("/entry/sinogram/detector_row", np.arange(3, dtype=np.int64))
+        domain.create_group("/entry/reconstruction", {"NX_class": "NXdata"})
+        domain.create_dataset("/entry/reconstruction/data", rng.random((3, cols, cols), dtype=np.float32))
+        domain.create_dataset("/entry/reconstruction/slice_rows", np.arange(3, dtype=np.int64))
+        domain.create_dataset("/entry/reconstruction/n_projections", np.int64(20))
+        domain.create_dataset("/entry/reconstruction/parameters", json.dumps({"center": "", "filter": "ramp"}))
+        domain.dataset("/entry/status/state").set_scalar("running")
+        domain.dataset("/entry/status/frames_received").set_scalar(np.int64(26))
+        for _ in range(3 if cols < 64 else 9):
+            generation = domain.commit()
+        domain.dataset("/entry/status/generation").set_scalar(np.int64(generation))
+    return domain
+
+
+def test_the_next_scan_replaces_the_last_ones_images_whatever_its_size(built_page: Path, tmp_path: Path) -> None:
+    """Each scan is a new domain of the same name, counting its generation from 0, its
+    objects at the same ids on our server. The page drew the next scan's 32^2 slices
+    with the last scan's 64^2 shape, and showed the last scan's images and coverage as
+    the new one's while it waited for its first frame."""
+    name = "/viewer/next.h5"
+    first = _scan_domain(name, 64, seed=1)
+    with HdfRestServer() as server, browser.chromium(tmp_path / "profile") as driver:
+        server.start(first)
+        with start_viewer(server.url, name, control=None) as viewer:
+            driver.get(viewer.url)
+            expected = np.array(first.dataset(RECON).array[0]).ravel()
+            browser.wait_until(lambda: np.array_equal(_page_slice(driver), expected), 20, "the first scan's slice")
+
+            waiting = new_domain(name)
+            with waiting.lock:
+                waiting.dataset("/entry/status/generation").set_scalar(np.int64(waiting.commit()))
+            server.start(waiting)  # the next scan, before its first frame: nothing to show
+            browser.wait_until(
+                lambda: browser.page_state(
+                    driver,
+                    "s.snapshot.status && s.snapshot.status.state === 'waiting' && !s.snapshot.slice "
+                    "&& !s.snapshot.sinogram && !s.snapshot.framesPerAngle",
+                ),
+                20,
+                "the waiting scan without the last one's images",
+            )
+
+            second = _scan_domain(name, 32, seed=2)
+            server.start(second)  # its frames come: another detector size
+            expected = np.array(second.dataset(RECON).array[0]).ravel()
+            browser.wait_until(lambda: np.array_equal(_page_slice(driver), expected), 20, "the next scan's slice")
+            assert browser.page_state(driver, "s.snapshot.slice.shape") == [32, 32]
+            assert browser.page_state(driver, "s.snapshot.connection") == "live"
+            assert not browser.severe(browser.console_entries(driver))

@@ -32,6 +32,10 @@ const P = {
   sweep: '/entry/reconstruction/cor_sweep',
 } as const;
 
+/** What the page holds no longer matches the domain (a new scan: other shapes, other
+ *  datasets): start over from the object list. */
+class LayoutChanged extends Error {}
+
 const STATUS_NUMBERS = [
   'frames_received', 'frames_rejected', 'projections', 'missing_angles', 'pending_projections',
   'darks', 'flats', 'frames_lost', 'volume_slices_done',
@@ -257,9 +261,38 @@ export class LiveDomain {
     return status;
   }
 
+  /** A new scan, or a domain whose layout moved under the page: forget the object list
+   *  and every image, so nothing of the last scan is shown as this one's. */
+  private startOver(): void {
+    this.objects = null;
+    this.fingerprint = null;
+    this.paramsText = null;
+    this.sliceDirty = this.sinoDirty = true;
+    this.set({
+      generation: null, status: null, nProjections: 0, parameters: null, angles: null, framesPerAngle: null,
+      reconShape: null, sinoShape: null, slice: null, sinogram: null, sweep: null,
+    });
+  }
+
   private async tick(): Promise<void> {
+    try {
+      await this.tickOnce();
+    } catch (error) {
+      // An object of the list gone (404) or of another shape: the next scan. Once, quietly:
+      // a second failure right after is a real one.
+      if (!(error instanceof LayoutChanged || (error instanceof ApiError && error.status === 404))) throw error;
+      this.startOver();
+      await this.tickOnce();
+    }
+  }
+
+  private async tickOnce(): Promise<void> {
     if (!this.objects) await this.reloadObjects();
     const generation = Number(await readValue(this.need(P.generation)));
+    if (this.snap.generation !== null && generation < this.snap.generation) {
+      // Each scan's domain counts from 0 again: everything read so far is the last scan's.
+      throw new LayoutChanged(`generation went back from ${this.snap.generation} to ${generation}`);
+    }
     let changed = false;
     if (generation !== this.snap.generation) {
       const status = await this.readStatus(generation);
@@ -306,31 +339,54 @@ export class LiveDomain {
     };
   }
 
+  /** Plane ``index`` of a (n, h, w) dataset, checked against the shape the page holds
+   *  for it: a new scan's dataset of another size keeps its id on our server. */
+  private async readPlane(obj: HdfObject, index: number): Promise<{ data: Float32Array; shape: [number, number] }> {
+    const shape: [number, number] = [obj.shape[1], obj.shape[2]];
+    const data = toFloat32(await readBinary(obj, `[${index}:${index + 1},:,:]`));
+    if (data.length !== shape[0] * shape[1]) {
+      throw new LayoutChanged(`${obj.path} holds ${data.length} values where ${shape[0]} x ${shape[1]} were expected`);
+    }
+    return { data, shape };
+  }
+
   private async readSlice(): Promise<void> {
     this.sliceDirty = false;
     const obj = this.objects?.get(P.recon);
-    if (!obj || obj.shape.length !== 3) return;
+    if (!obj || obj.shape.length !== 3) {
+      if (this.snap.slice) this.set({ slice: null }); // not this scan's yet
+      return;
+    }
     const index = Math.min(this.snap.sliceIndex, obj.shape[0] - 1);
-    const data = toFloat32(await readBinary(obj, `[${index}:${index + 1},:,:]`));
+    const plane = await this.readPlane(obj, index);
     debug.fetches.slice += 1;
-    this.set({ slice: { data, shape: [obj.shape[1], obj.shape[2]], ...this.imageMeta(index) } });
+    this.set({ slice: { ...plane, ...this.imageMeta(index) } });
   }
 
   private async readSinogram(): Promise<void> {
     this.sinoDirty = false;
     const obj = this.objects?.get(P.sino);
-    if (!obj || obj.shape.length !== 3) return;
+    if (!obj || obj.shape.length !== 3) {
+      if (this.snap.sinogram) this.set({ sinogram: null });
+      return;
+    }
     const row = Math.min(this.snap.sinoRow, obj.shape[0] - 1);
-    const data = toFloat32(await readBinary(obj, `[${row}:${row + 1},:,:]`));
+    const plane = await this.readPlane(obj, row);
     debug.fetches.sinogram += 1;
-    this.set({ sinogram: { data, shape: [obj.shape[1], obj.shape[2]], ...this.imageMeta(row) } });
+    this.set({ sinogram: { ...plane, ...this.imageMeta(row) } });
   }
 
   private async readProgressArrays(): Promise<void> {
     const angles = this.objects?.get(P.angles);
     const counts = this.objects?.get(P.framesPerAngle);
-    if (!angles || !counts) return;
+    if (!angles || !counts) {
+      if (this.snap.angles || this.snap.framesPerAngle) this.set({ angles: null, framesPerAngle: null });
+      return;
+    }
     const [a, c] = await Promise.all([readBinary(angles), readBinary(counts)]);
+    if (a.length !== angles.shape[0] || c.length !== counts.shape[0]) {
+      throw new LayoutChanged(`${angles.path} or ${counts.path} changed length`);
+    }
     this.set({ angles: a, framesPerAngle: c });
   }
 
@@ -345,6 +401,9 @@ export class LiveDomain {
       paths.centers ? readBinary(paths.centers) : Promise.resolve(null),
     ]);
     debug.fetches.sweep += 1;
+    if (values.length !== paths.data.shape.reduce((a, b) => a * b, 1)) {
+      throw new LayoutChanged(`${paths.data.path} holds ${values.length} values, not its shape's`);
+    }
     const strip = tile(toFloat32(values), paths.data.shape);
     // A strip published already side by side: one tile per centre when the width divides.
     const tiles = strip.tiles === 1 && centers && strip.shape[1] % centers.length === 0 ? centers.length : strip.tiles;
