@@ -17,6 +17,10 @@ import { debug } from './debug';
 const POLL_MS = 250; // the reducer publishes every 0.25 s by default
 const RETRY_MS = 1000;
 const SWEEP_RECHECK_MS = 5000; // how often a running scan is checked for a new CoR sweep
+// The CoR sweep is several whole slices (7 x 2048^2 float32: 117 MB): read again at most
+// every 2 s, and no faster than 20 MB/s, unless the scan's state or parameters moved.
+const SWEEP_REFRESH_MS = 2000;
+const SWEEP_BYTES_PER_MS = 20e3;
 
 const P = {
   generation: '/entry/status/generation',
@@ -131,6 +135,8 @@ export class LiveDomain {
   private objects: ObjectMap | null = null;
   private fingerprint: string | null = null;
   private paramsText: unknown = null;
+  private sweepKey = '';
+  private sweepReadAt = 0;
   private objectsLoadedAt = 0;
   private sliceDirty = true;
   private sinoDirty = true;
@@ -316,8 +322,21 @@ export class LiveDomain {
     const reads: Promise<void>[] = [];
     if (changed || this.sliceDirty) reads.push(this.readSlice());
     if (changed || this.sinoDirty) reads.push(this.readSinogram());
-    if (changed) reads.push(this.readProgressArrays(), this.readSweep());
+    if (changed) reads.push(this.readProgressArrays());
+    if (changed && this.sweepDue()) reads.push(this.readSweep());
     await Promise.all(reads);
+  }
+
+  /** Whether the CoR sweep is worth reading again now (see SWEEP_REFRESH_MS). */
+  private sweepDue(): boolean {
+    const key = JSON.stringify([this.snap.status?.state, this.paramsText]);
+    const data = this.objects ? sweepPaths(this.objects)?.data : undefined;
+    const bytes = (data?.shape ?? []).reduce((a, b) => a * b, 4);
+    const wait = Math.max(SWEEP_REFRESH_MS, bytes / SWEEP_BYTES_PER_MS);
+    if (this.snap.sweep && key === this.sweepKey && Date.now() - this.sweepReadAt < wait) return false;
+    this.sweepKey = key;
+    this.sweepReadAt = Date.now();
+    return true;
   }
 
   /** Datasets appear once the detector is known, are recreated when the live slice
