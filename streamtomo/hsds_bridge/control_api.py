@@ -223,6 +223,9 @@ async def post_parameter(request: web.Request) -> web.Response:
     except ValueError as error:  # ParameterError, ConfigError: the reason, and nothing was stored
         log.info("control: %s=%r refused: %s", name, value, error)
         return _error(400, str(error).replace("\n", " ")[:300])
+    except ConnectionError as error:  # the pipeline (its controller) did not take it: nothing changed
+        log.warning("control: %s=%r not taken: %s", name, value, error)
+        return _error(503, str(error).replace("\n", " ")[:300])
     log.info("control: %s set to %r", name, value)
     return web.json_response({"name": name, "value": value, "accepted": True, "next": outcome or ""}, status=202)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamtomo.controller_client import post_parameter
+from streamtomo.controller_client import ControllerError, post_parameter
 from streamtomo.dranspose_parameters import REFERENCES, ConfigCache, describe_parameters
 from streamtomo.hsds_bridge.control_api import LIVE_PARAMETERS, ControlServer, ControlSettings
 from streamtomo.hsds_bridge.credentials import CredentialsError, load_credentials
@@ -53,6 +53,9 @@ POOL_WAIT_S = 10.0
 # How long a new scan's first result waits for the previous scan's end (its volume
 # cancelled between two batches, HSDS flushed, its final file started) before it goes on.
 PREVIOUS_SCAN_WAIT_S = 120.0
+# A live change goes on to the controller within this: below the viewer's wait for the
+# control API (10 s), so a change the page reports as not taken was not taken.
+CONTROLLER_POST_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -238,14 +241,29 @@ class TomoReducer:
             if detector is not None:
                 LiveSliceGeometry(config, detector)  # centre inside the detector, rows known
             data = value.encode()
-            self._parameters[ParameterName(name)] = WorkParameter(
-                name=ParameterName(name), data=data, value=getattr(config, name)
-            )
+            key = ParameterName(name)
+            before = (self._parameters.get(key), self._pending_change)
+            self._parameters[key] = WorkParameter(name=key, data=data, value=getattr(config, name))
             self._pending_change = (name, getattr(config, name))  # settings_pending until applied
-        logger.info("parameter %s set to %r", name, value)
         url = self.scan.config.controller_url
         if url:
-            self._post_to_controller(url, name, data)
+            # Distributed: the workers take it from the controller, and the controller's
+            # parameters replace the reducer's at its next timer. A change the controller
+            # did not take was 'set' for the caller and then undone without a word
+            # (settings_pending stayed 1): it is taken back here and refused instead.
+            try:
+                post_parameter(url, name, data, timeout=CONTROLLER_POST_TIMEOUT_S)
+            except (OSError, ControllerError) as error:
+                with self.lock:
+                    previous, self._pending_change = before
+                    if previous is None:
+                        self._parameters.pop(key, None)
+                    else:
+                        self._parameters[key] = previous
+                raise ConnectionError(
+                    f"the controller at {url} did not take {name}: {error}; nothing was changed"
+                ) from None
+        logger.info("parameter %s set to %r", name, value)
         return "stored; the live slices are rebuilt at the next publish (see /entry/reconstruction/parameters)"
 
     def _post_to_controller(self, url: str, name: str, data: bytes) -> None:

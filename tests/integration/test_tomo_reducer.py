@@ -35,6 +35,13 @@ def parameters(**values: object) -> dict[Any, Any]:
 
 
 @pytest.fixture
+def reducer_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reducer's servers on free ports."""
+    monkeypatch.setenv("STREAMTOMO_HTTP_PORT", "0")
+    monkeypatch.setenv("STREAMTOMO_CONTROL_PORT", "0")
+
+
+@pytest.fixture
 def reducer(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("STREAMTOMO_HTTP_PORT", "0")
     monkeypatch.setenv("STREAMTOMO_CONTROL_PORT", "0")
@@ -494,3 +501,26 @@ def test_a_scan_in_reused_memory_reads_zeros_where_no_projection_came(final_dir:
         if second is not None:
             second.close()
         first.close()
+
+
+def test_a_live_change_the_controller_does_not_take_is_refused_and_undone(reducer_env: None) -> None:
+    """Distributed: the workers take a change from the controller, whose parameters
+    replace the reducer's at its next timer. A change the controller did not take was
+    answered 'set' and then undone without a word (settings_pending stayed 1)."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    reducer = TomoReducer(parameters=parameters(controller_url=dead, center="15.5"), context={})
+    try:
+        feed(reducer)
+        before = reducer._parameters[ParameterName("center")]
+        with pytest.raises(ConnectionError, match=f"the controller at {dead} did not take center"):
+            reducer.set_parameter("center", "20")
+        assert reducer._parameters[ParameterName("center")] is before
+        reducer.timer(reducer._parameters)
+        assert reducer.scan.config.center == "15.5"
+        assert int(reducer.domain.dataset("/entry/status/settings_pending").array[()]) == 0
+    finally:
+        reducer.close()
