@@ -64,6 +64,7 @@ STATUS_INTS = (
     "settings_pending",
     "pixels_repaired",
     "angles_joined",
+    "results_after_end",
 )
 CHUNK_TARGET_BYTES = 2 << 20
 

@@ -331,7 +331,10 @@ class TomoReducer:
                 # from these arrays: they hold the scan as it ended (or was closed).
                 self._late_results += 1
                 if self._late_results == 1:
-                    logger.warning("scan %s: results after its end are not taken", self.mapping_uuid)
+                    logger.warning(
+                        "scan %s: results after its end are not taken (counted in /entry/status/results_after_end)",
+                        self.mapping_uuid,
+                    )
                 return
             self._last_result = time.monotonic()
             self._apply_parameters(parameters)
@@ -576,7 +579,13 @@ class TomoReducer:
 
     def _publish_locked(self) -> None:
         dropped = sum(p.stats().dropped_updates for p in self.publishers)
-        extra = {"publisher_dropped": dropped, "settings_pending": int(self._pending_change is not None)}
+        extra = {
+            "publisher_dropped": dropped,
+            "settings_pending": int(self._pending_change is not None),
+            # Results that came after finish are not taken (the products are the scan as
+            # it ended): counted here, so a late worker's frames are not lost unseen.
+            "results_after_end": self._late_results,
+        }
         if update_domain(self.domain, self.scan.snapshot(), extra):
             for publisher in self.publishers:
                 publisher.notify()

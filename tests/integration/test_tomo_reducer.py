@@ -176,6 +176,8 @@ def test_finish_returns_before_the_final_file_is_written_and_close_waits_for_it(
         assert np.array_equal(first.domain.dataset("/entry/sinogram/data").array, sinogram)
         assert np.array_equal(first.domain.dataset("/entry/reconstruction/data").array, slices)
         assert int(first.domain.dataset("/entry/status/settings_pending").array[()]) == 1
+        # ... and counted where readers see it, not only in the log
+        assert int(first.domain.dataset("/entry/status/results_after_end").array[()]) == 1
         # dranspose builds the next scan's reducer in the same context: its frames must
         # not land in the arrays the first file is still being written from.
         second = TomoReducer(
