@@ -303,6 +303,12 @@ def _apply_centre(driver: Any, value: str, expect: str, timeout: float = 10.0) -
         text = found[0].text if found else ""
 
 
+def _control_message(driver: Any) -> str:
+    return str(
+        driver.execute_script("const m = document.getElementById('control-message'); return m ? m.textContent : '';")
+    )
+
+
 def _watch_live_scan(
     run: Any, spec: SimulationSpec, target: dict[str, np.ndarray], new_centre: str, profile: Path
 ) -> tuple[Path, list[dict[str, Any]]]:
@@ -369,6 +375,10 @@ def _watch_live_scan(
             f"the scan ended before the centre could be changed: slow the replay down ({sorted(projections_seen)})"
         )
         assert len(digests) >= 3, f"the page showed too few distinct live slices: {sorted(projections_seen)}"
+        # Taken is not applied: the page says so once the domain's parameters show the centre.
+        browser.wait_until(
+            lambda: "the live slices use it" in _control_message(driver), 20, "the page to see the centre applied"
+        )
         assert len(pixels) == 2 and pixels[0] != pixels[1], "the slice pixels on screen did not change"
         run.wait(timeout=60)
 

@@ -6,6 +6,7 @@ import { useCallback, useEffect, useState } from 'react';
 import { ApiError, getJson, postValue } from '../api';
 
 const FILTERS = ['ramp', 'shepp-logan', 'hann'];
+const APPLY_WAIT_S = 20; // a rebuild at 2048^2 takes seconds; longer means it did not happen
 
 interface ParametersBody {
   parameters: Record<string, string>;
@@ -25,6 +26,8 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
   const [centre, setCentre] = useState('');
   const [message, setMessage] = useState<{ ok: boolean; text: string } | null>(null);
   const [busy, setBusy] = useState(false);
+  // A change the control API took, until the domain's parameters show the slices use it.
+  const [awaiting, setAwaiting] = useState<{ name: string; value: string } | null>(null);
 
   const refresh = useCallback(async () => {
     if (!available) return;
@@ -47,12 +50,33 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
     if (pendingCentre !== null) setCentre(String(pendingCentre));
   }, [pendingCentre]);
 
+  // Taken is not applied: the reducer rebuilds the slices at its next publish, or does
+  // not (a change refused then, a scan that ended). Say which, not "set" for good.
+  useEffect(() => {
+    if (!awaiting) return;
+    const shown = effective?.[awaiting.name];
+    if (shown !== undefined && String(shown) === awaiting.value) {
+      setMessage({ ok: true, text: `${awaiting.name} set to ${awaiting.value || 'default'}: the live slices use it` });
+      setAwaiting(null);
+      return;
+    }
+    const timer = setTimeout(() => {
+      setMessage({
+        ok: false,
+        text: `${awaiting.name} set to ${awaiting.value || 'default'} was taken, but after ${APPLY_WAIT_S} s the live slices still do not use it (see the parameters line)`,
+      });
+      setAwaiting(null);
+    }, APPLY_WAIT_S * 1000);
+    return () => clearTimeout(timer);
+  }, [awaiting, effectiveText]);
+
   const post = async (name: string, value: string) => {
     setBusy(true);
     try {
       await postValue(`control/parameters/${name}`, value);
       setBusy(false);
       setMessage({ ok: true, text: `${name} set to ${value || 'default'}; the slices are rebuilt in the background` });
+      setAwaiting({ name, value });
       await refresh();
     } catch (error) {
       setBusy(false);
