@@ -18,6 +18,7 @@ memory before it maps a fresh one; 0: never waits).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -283,6 +284,9 @@ class TomoReducer:
         every parameter to every service until it is.
         """
         self.context["references"] = refs
+        # Tagged with this scan: the controller keeps the parameter for the next one,
+        # whose workers must not take it over their own darks and flats (TomoWorker).
+        refs = dataclasses.replace(refs, scan=str(self.mapping_uuid or ""))
         if not self.scan.config.controller_url:
             from dranspose.protocol import ParameterName, WorkParameter
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from streamtomo.dranspose_parameters import ConfigCache, describe_parameters
 from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.formats.eiger import STREAM_TYPE as EIGER_LEGACY
 from streamtomo.pipeline.formats.eiger import decode_eiger_legacy
 from streamtomo.pipeline.formats.errors import AngleError, EncoderFieldMissing, FrameError, PcapHeaderMissing
@@ -71,7 +72,7 @@ class TomoWorker:
             self.rule = FrameKindRule.from_config(config)
             if pending is not None:
                 result.items.append(pending)
-        self.processor.set_references(self._params.references(params))
+        self.processor.set_references(self._references(params, config))
 
         angle, angle_error, carried_row = self._angle(event, config, result)
         if carried_row:
@@ -87,6 +88,16 @@ class TomoWorker:
             if flushed is not None:
                 result.items.append(flushed)
         return result if result.items else None
+
+    def _references(self, params: dict[Any, Any], config: PipelineConfig) -> ReferenceSet | None:
+        """The shared ``references`` parameter, unless it is another scan's: the controller
+        keeps it across scans, and a set shared for scan 1 used to win over scan 2's own
+        broadcast darks and flats (every projection corrected with scan 1's; a reducer
+        that never made that set rejected them all as unknown_references)."""
+        refs = self._params.references(params)
+        if refs is not None and refs.scan and self.mapping and refs.scan != self.mapping and not config.keep_references:
+            return None
+        return refs
 
     def finish(self, parameters: dict[Any, Any] | None = None) -> None:
         # dranspose drops this return value; the reducer backfills what was unsent.

@@ -73,6 +73,9 @@ class ReferenceSet:
     before_index: int = 0
     flat_after: FloatArray | None = None
     after_index: int = 0
+    # The scan (mapping) whose reducer shared it through the ``references`` parameter,
+    # which the controller keeps across scans: "" where unknown (replay, older posts).
+    scan: str = ""
 
     def flat_for(self, frame_index: int) -> FloatArray:
         if self.flat_after is None or self.after_index <= self.before_index:
@@ -88,7 +91,7 @@ class ReferenceSet:
         if self.flat_after is not None:
             arrays["flat_after"] = self.flat_after
         meta = np.array([self.version, self.before_index, self.after_index], dtype=np.int64)
-        np.savez(buf, meta=meta, **arrays)  # type: ignore[arg-type]
+        np.savez(buf, meta=meta, scan=np.array(self.scan), **arrays)  # type: ignore[arg-type]
         return buf.getvalue()
 
     @classmethod
@@ -96,7 +99,8 @@ class ReferenceSet:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             version, before, after = (int(v) for v in npz["meta"])
             flat_after = npz["flat_after"] if "flat_after" in npz.files else None
-            return cls(version, npz["dark"], npz["flat"], before, flat_after, after)
+            scan = str(npz["scan"]) if "scan" in npz.files else ""
+            return cls(version, npz["dark"], npz["flat"], before, flat_after, after, scan)
 
 
 def content_version(*arrays: FloatArray | None) -> int:

@@ -168,3 +168,42 @@ def test_a_corrupt_message_is_rejected_not_raised() -> None:
     result = worker.process_event(event(1, [b"{not json", b"\x00"]), parameters())
     assert result is not None
     assert [type(i) for i in result.items] == [Rejected] and result.items[0].reason == "corrupt_frame"
+
+
+@pytest.mark.parametrize(
+    ("shared_by", "keep_references", "takes_it"),
+    [("scan-1", False, False), ("scan-2", False, True), ("scan-1", True, True), ("", False, True)],
+)
+def test_darks_and_flats_another_scan_shared_do_not_win_over_this_scans_own(
+    shared_by: str, keep_references: bool, takes_it: bool
+) -> None:
+    """The controller keeps the 'references' parameter across scans. A set shared for
+    scan 1 used to correct every projection of scan 2 over its own broadcast darks and
+    flats; a reducer that never made it (one restarted after a crash) rejected them all
+    as unknown_references and the scan failed."""
+    from dranspose.protocol import ParameterName, WorkParameter
+
+    from streamtomo.pipeline.correction.references import ReferenceSet, content_version
+    from streamtomo.pipeline.formats import stins
+    from streamtomo.pipeline.messages import ProjectionRows
+    from streamtomo.workers.tomo_worker import TomoWorker
+
+    dark, flat = np.full((ROWS, COLS), 100, np.float32), np.full((ROWS, COLS), 30000, np.float32)
+    old = ReferenceSet(content_version(dark, flat), dark, flat, before_index=1, scan=shared_by)
+    assert ReferenceSet.from_bytes(old.to_bytes()).scan == shared_by
+    params = parameters(n_darks_before=1, n_flats_before=1, n_projections=3, keep_references=keep_references)
+    params[ParameterName("references")] = WorkParameter(
+        name=ParameterName("references"), data=old.to_bytes(), value=None
+    )
+    worker = TomoWorker(parameters=params, state=SimpleNamespace(name="w0", mapping_uuid="scan-2"))
+    rng = np.random.default_rng(0)
+    images = [np.full((ROWS, COLS), 100, np.uint16), np.full((ROWS, COLS), 20000, np.uint16)]
+    images += [rng.integers(5000, 15000, (ROWS, COLS)).astype(np.uint16) for _ in range(3)]
+    parts = [stins.encode_header(0, "t"), *(stins.encode_image(i + 1, i, im) for i, im in enumerate(images))]
+    versions = set()
+    for number, message in enumerate(parts):
+        result = worker.process_event(event(number, message), params)
+        items = result.items if result is not None else []
+        versions |= {item.reference_version for item in items if isinstance(item, ProjectionRows)}
+    own = content_version(images[0].astype(np.float32), images[1].astype(np.float32))
+    assert versions == ({old.version} if takes_it else {own})
