@@ -618,3 +618,40 @@ def test_the_next_scan_replaces_the_last_ones_images_whatever_its_size(built_pag
             assert browser.page_state(driver, "s.snapshot.slice.shape") == [32, 32]
             assert browser.page_state(driver, "s.snapshot.connection") == "live"
             assert not browser.severe(browser.console_entries(driver))
+
+
+class _LoginPage(http.server.BaseHTTPRequestHandler):
+    """An endpoint behind a proxy that answers every request with its login page."""
+
+    def do_GET(self) -> None:
+        page = b"<!doctype html><title>sign in</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+
+def test_an_endpoint_that_answers_html_is_not_called_unreachable(built_page: Path, tmp_path: Path) -> None:
+    """Every error that was not an HTTP status read 'Viewer server not reachable',
+    also a login page where JSON was expected (the viewer server was there)."""
+    login = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LoginPage)
+    threading.Thread(target=login.serve_forever, daemon=True).start()
+    try:
+        with (
+            start_viewer(f"http://127.0.0.1:{login.server_address[1]}", "/d.h5", control=None) as viewer,
+            browser.chromium(tmp_path / "profile") as driver,
+        ):
+            driver.get(viewer.url)
+            text = browser.wait_until(
+                lambda: _banner(driver) if "Unexpected answer" in _banner(driver) else None,
+                15,
+                "the unexpected-answer message",
+            )
+            assert "not JSON" in text and "not reachable" not in text, text
+    finally:
+        login.shutdown()
+        login.server_close()

@@ -65,8 +65,19 @@ async function request(url: string, init: RequestInit = {}): Promise<Response> {
   return response;
 }
 
+/** Status of an answer the page cannot use (not JSON, a type it cannot decode): not
+ *  an unreachable server, which is what a status of 0 says. */
+export const UNEXPECTED = -1;
+
 export async function getJson<T>(url: string): Promise<T> {
-  return (await (await request(url, { headers: { Accept: 'application/json' } })).json()) as T;
+  const response = await request(url, { headers: { Accept: 'application/json' } });
+  const text = await response.text();
+  try {
+    return JSON.parse(text) as T;
+  } catch {
+    // A login page of a proxy in front of the endpoint, say.
+    throw new ApiError(UNEXPECTED, `${url.split('?')[0]} answered ${response.headers.get('Content-Type') ?? 'no type'}, not JSON`);
+  }
 }
 
 // JSON, never text/plain: the viewer server refuses any other body, so a page on
@@ -154,7 +165,7 @@ function decode(buffer: ArrayBuffer, type: HdfType | undefined): NumericArray {
     case 'H5T_STD_U64LE':
       return Float64Array.from(new BigUint64Array(buffer), Number);
     default:
-      throw new ApiError(0, `cannot decode type ${JSON.stringify(type)} in binary`);
+      throw new ApiError(UNEXPECTED, `cannot decode type ${JSON.stringify(type)} in binary`);
   }
 }
 

@@ -5,6 +5,7 @@
 
 import {
   ApiError,
+  UNEXPECTED,
   loadObjects,
   readBinary,
   readValue,
@@ -212,7 +213,7 @@ export class LiveDomain {
   }
 
   private fail(error: unknown): void {
-    const status = error instanceof ApiError ? error.status : 0;
+    const status = error instanceof ApiError ? error.status : UNEXPECTED; // a fetch failure is an ApiError(0)
     const message = error instanceof Error ? error.message : String(error);
     // Start over on recovery: the reducer may have restarted with another layout.
     this.objects = null;

@@ -26,7 +26,8 @@ function Waiting({ what }: { what: string }) {
 export function SlicePanel({ snap, live, cmap }: PanelProps) {
   const [colours, setColours] = useState<ColourSettings>(AUTO_COLOURS);
   const { slice, sliceRows } = snap;
-  const row = sliceRows[snap.sliceIndex];
+  // The image's own row: the selection may have moved on while the endpoint was away.
+  const row = sliceRows[slice ? slice.index : snap.sliceIndex];
   return (
     <section className="panel slice-panel">
       <header>

@@ -8,6 +8,7 @@ function explain(status: number): string {
   if (status === 502 || status === 504) return 'HDF REST endpoint not reachable';
   if (status === 401 || status === 403) return 'Access refused by the endpoint';
   if (status === 0) return 'Viewer server not reachable';
+  if (status === -1) return 'Unexpected answer from the endpoint';
   return `Error ${status}`;
 }
 
