@@ -303,6 +303,12 @@ def _apply_centre(driver: Any, value: str, expect: str, timeout: float = 10.0) -
         text = found[0].text if found else ""
 
 
+def _png_unlike(driver: Any, selector: str, previous: bytes) -> bytes | None:
+    """The element's PNG once it differs from ``previous``, else None."""
+    png: bytes = browser.element_png(driver, selector)
+    return png if png != previous else None
+
+
 def _control_message(driver: Any) -> str:
     return str(
         driver.execute_script("const m = document.getElementById('control-message'); return m ? m.textContent : '';")
@@ -352,7 +358,18 @@ def _watch_live_scan(
                         10,
                         "the new slice to be drawn",
                     )
-                    pixels.append(browser.element_png(driver, ".slice-panel .vis"))
+                    png = browser.element_png(driver, ".slice-panel .vis")
+                    if pixels:
+                        # Two animation frames after React's commit is when the WebGL canvas
+                        # is drawn on a desktop; headless Chromium draws in software, and
+                        # beside two CPU hogs its pixels were the previous ones at that
+                        # moment in 1 run of 20 (the same PNG twice). Wait for them to move.
+                        png = browser.wait_until(
+                            lambda first=pixels[0]: _png_unlike(driver, ".slice-panel .vis", first),
+                            10,
+                            "the slice's pixels on screen to change",
+                        )
+                    pixels.append(png)
                 digests.add(digest)
                 projections_seen.add(n)
             if not changed_centre and n >= spec.angles // 3:
