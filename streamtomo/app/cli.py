@@ -15,7 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,6 @@ def _run(
 ) -> int:
     """Stream ``recordings``; ``rate_hz`` defaults to ``--rate``, and ``enter_stops``
     keeps serving after the scan until Enter or Ctrl-C (as ``--serve`` does until Ctrl-C)."""
-    from streamtomo.app.recording_checks import cut_short
     from streamtomo.app.runner import Progress, ReplayFailed, ReplayRun
     from streamtomo.hsds_bridge.nexus_file import write_nexus
 
@@ -124,13 +123,13 @@ def _run(
             run.wait(on_progress=progress)
         except ReplayFailed as error:  # a recording that stops decoding part-way
             progress.close()
-            raise CliError(f"{error}{_cut_recordings(recordings, cut_short)}") from None
+            raise CliError("; ".join([str(error), *_cut_recordings(recordings)])) from None
         progress.close()
         summary = run.summary()
         cut: list[str] = []
         if total_frames is not None and summary.frames < total_frames:
             # dranspose ends a recording cut inside a message as if it ended there.
-            cut = [why for why in map(cut_short, recordings) if why is not None]
+            cut = _cut_recordings(recordings)
         if getattr(reducer, "hsds", None) is not None:
             print(f"hsds domain: {reducer.hsds.domain_name} at {args.hsds}", flush=True)
         if args.out:
@@ -151,10 +150,11 @@ def _run(
     return SCAN_FAILED if summary.failed or cut else 0
 
 
-def _cut_recordings(recordings: Sequence[Path], cut_short: Callable[[Path], str | None]) -> str:
-    """ "; " and what is wrong with each recording that does not decode to its end, or ""."""
-    found = [why for why in map(cut_short, recordings) if why is not None]
-    return "".join(f"; {why}" for why in found)
+def _cut_recordings(recordings: Sequence[Path]) -> list[str]:
+    """What is wrong with each recording that does not decode to its end."""
+    from streamtomo.app.recording_checks import cut_short
+
+    return [why for why in map(cut_short, recordings) if why is not None]
 
 
 def _start_viewer(endpoint: str, domain: str, control: Any) -> Any:
