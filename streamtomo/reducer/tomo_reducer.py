@@ -359,7 +359,7 @@ class TomoReducer:
             # From finish on, not only once the volume is done: a change taken while the
             # volume is made rebuilt the final slices with other settings than the
             # volume's (the next scan's parameters, too).
-            ended = (self._end_of_scan is not None or self._finished.is_set()) and self._pending_change is None
+            ended = self._end_of_scan is not None and self._pending_change is None  # _finished comes after
             if (self._final is None or self._final.done) and not ended:
                 self._apply_parameters(parameters)
             if not self._finished.is_set():
