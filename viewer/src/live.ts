@@ -216,9 +216,7 @@ export class LiveDomain {
     const status = error instanceof ApiError ? error.status : UNEXPECTED; // a fetch failure is an ApiError(0)
     const message = error instanceof Error ? error.message : String(error);
     // Start over on recovery: the reducer may have restarted with another layout.
-    this.objects = null;
-    this.fingerprint = null;
-    this.sliceDirty = this.sinoDirty = true;
+    this.forgetLayout();
     this.set({ connection: 'error', error: { status, message }, generation: null });
   }
 
@@ -268,13 +266,18 @@ export class LiveDomain {
     return status;
   }
 
+  /** The object list and what was read by it: read again at the next tick. */
+  private forgetLayout(): void {
+    this.objects = null;
+    this.fingerprint = null;
+    this.sliceDirty = this.sinoDirty = true;
+  }
+
   /** A new scan, or a domain whose layout moved under the page: forget the object list
    *  and every image, so nothing of the last scan is shown as this one's. */
   private startOver(): void {
-    this.objects = null;
-    this.fingerprint = null;
+    this.forgetLayout();
     this.paramsText = null;
-    this.sliceDirty = this.sinoDirty = true;
     this.set({
       generation: null, status: null, nProjections: 0, parameters: null, angles: null, framesPerAngle: null,
       reconShape: null, sinoShape: null, slice: null, sinogram: null, sweep: null,
