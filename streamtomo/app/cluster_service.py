@@ -26,6 +26,10 @@ installs what :mod:`streamtomo.app.services` gives a local deployment's services
 * in an ingester of one of dranspose's own classes, a dead worker's messages dropped
   with a warning instead of a stalled scan.
 
+Workers and ingesters then run and stop as a local deployment's do
+(:mod:`streamtomo.app.service_lifecycle`: cancelled until they end, a bounded close);
+the controller and the reducer run under dranspose's CLI (uvicorn stops them).
+
 Unlike :mod:`streamtomo.app.services` it binds where dranspose binds (every
 interface): a pod's own network namespace is the boundary there, and the chart's
 NetworkPolicy says who may connect.
@@ -38,7 +42,9 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from streamtomo.app.service_lifecycle import add_redis_log_handler, run_and_exit, run_until_sigterm
 from streamtomo.app.services import LOG_FORMAT, install_mends
 from streamtomo.app.zmq_loopback import tolerant_ingester
 
@@ -78,11 +84,43 @@ def _tolerate_dead_workers(cli: object, name: str) -> None:
         logger.info("ingester class %s is not one of dranspose's: dead workers are not tolerated", name)
 
 
+def service(args: argparse.Namespace) -> Any:
+    """The worker or ingester ``args`` (parsed by :func:`prepare`) describe, built as
+    dranspose's CLI builds it: an ingester class by its name in the CLI's module (made
+    tolerant by :func:`prepare`) or by import path, with the settings class of that
+    name or of its base class's name."""
+    from dranspose import cli
+
+    if args.subcommand == "worker":
+        from dranspose.worker import Worker, WorkerSettings
+
+        named = {} if args.name is None else {"worker_name": args.name}
+        return Worker(WorkerSettings(worker_class=args.workerclass, **named))
+    name: str = args.ingesterclass
+    cls = getattr(cli, name, None)
+    if isinstance(cls, type):
+        settings_name = name.replace("Ingester", "Settings")
+    else:
+        from dranspose.helpers.utils import import_class
+
+        cls = import_class(name)
+        settings_name = cls.__bases__[0].__name__.replace("Ingester", "Settings")
+    settings = getattr(cli, settings_name)(upstream_url=args.upstream_url, ingester_streams=[args.name])
+    return cls(settings=settings)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if argv is None else argv)
     # dranspose's CLI logs only to Redis's log stream: the container's output gets them too.
     logging.basicConfig(level=os.environ.get("STREAMTOMO_LOG_LEVEL", "INFO"), format=LOG_FORMAT)
-    prepare(arguments)
+    args = prepare(arguments)
+    if args.subcommand in ("worker", "ingester"):
+        # Not dranspose's CLI: it cancels these services once on SIGTERM and waits
+        # without bound (see streamtomo.app.service_lifecycle). A worker announces itself
+        # first, as a local deployment's does, so that a scan starting meanwhile does
+        # not crash the controller's assignment task.
+        add_redis_log_handler()
+        run_and_exit(run_until_sigterm(service(args), announce_first=args.subcommand == "worker"))
     from dranspose import cli
 
     sys.argv = ["dranspose", *arguments]  # dranspose's run() parses sys.argv itself

@@ -185,7 +185,7 @@ class LocalDeployment:
         self._start_reducer()
         # Workers start once the controller has set every parameter's default: the
         # defaults arrive as a burst of updates, which new workers would answer while
-        # the controller's cached view does not list them yet (see _run_until_sigterm).
+        # the controller's cached view does not list them yet (see service_lifecycle.run_until_sigterm).
         self.wait_defaults()
         self._spawn_ingesters()
         for _ in range(self.n_workers):

@@ -10,13 +10,11 @@ controller's log stream, and closes cleanly on SIGTERM.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any, NoReturn
+from collections.abc import Sequence
+from typing import Any
 
 from streamtomo.app import (
     event_assignments,
@@ -28,9 +26,8 @@ from streamtomo.app import (
     task_cancel,
 )
 from streamtomo.app.processes import HOST
-from streamtomo.app.task_cancel import cancel_until_done, pending
+from streamtomo.app.service_lifecycle import add_redis_log_handler, run_and_exit, run_until_sigterm
 from streamtomo.app.zmq_loopback import bind_loopback, bound_result_queues, tolerant_ingester
-from streamtomo.controller_client import CONTROLLER_CACHE_S
 
 logger = logging.getLogger(__name__)
 
@@ -42,82 +39,6 @@ def _import(path: str) -> Any:
 
     module, _, name = path.partition(":")
     return getattr(importlib.import_module(module), name)
-
-
-def _add_redis_log_handler() -> None:
-    """As dranspose's own CLI does: the controller's /api/v1/logs shows service logs."""
-    try:
-        import redis as redis_sync
-        from rlh import RedisStreamLogHandler
-
-        client = redis_sync.from_url(f"{os.environ['REDIS_URL']}?decode_responses=True&protocol=3")
-        handler = RedisStreamLogHandler(
-            redis_client=client,
-            stream_name="dranspose_logs",
-            maxlen=1000,
-            fields=["msg", "lineno", "name", "created", "levelname"],
-        )
-        handler.setLevel(logging.INFO)
-        logging.getLogger().addHandler(handler)
-    except (ImportError, KeyError) as error:
-        logger.info("no redis log stream: %r", error)
-
-
-async def _run_until_sigterm(service: Any, announce_first: bool = False) -> None:
-    """Run a dranspose service until SIGTERM/SIGINT, then close it.
-
-    ``announce_first``: publish the service's registration and let the
-    controller's cached view expire before the service listens for updates. A new
-    worker that answers an update (with "ready") before the controller's cached
-    view lists it makes the controller's assignment task crash (StopIteration in
-    ``assign_worker_in_mapping``, logged at ERROR); this closes that window.
-    """
-    loop = asyncio.get_running_loop()
-    if announce_first:
-        await service.publish_config()
-        await asyncio.sleep(CONTROLLER_CACHE_S + 0.2)
-    task = asyncio.create_task(service.run())
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done() and not task.cancelled() and task.exception() is not None:
-        logger.error("service failed: %r", task.exception())
-    await cancel_until_done(task)
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("stopped with %r", task.exception())
-    try:
-        await asyncio.wait_for(service.close(), CLOSE_TIMEOUT_S)
-    except TimeoutError:
-        # Exit anyway: what close had left (deleting our Redis key) expires by itself.
-        logger.warning("closing took over %.0f s: exiting without it (%s)", CLOSE_TIMEOUT_S, pending())
-    stopper.cancel()
-
-
-# A service that has not closed by then exits anyway (``up`` escalates to SIGKILL at 10 s).
-CLOSE_TIMEOUT_S = 5.0
-
-
-def _run_and_exit(main: Coroutine[Any, Any, None]) -> NoReturn:
-    """Run a service to its end, then leave the process at once.
-
-    Not ``asyncio.run``: it waits for the event loop's executor, and a worker stopped
-    mid-scan may have a frame in ``process_event`` there (numba compiling its kernels
-    for seconds): its process lingered 2-5 s after closing. Nothing that frame gives
-    is of use once the service has closed, and nothing else is left to clean up.
-    """
-    loop = asyncio.new_event_loop()
-    code = 0
-    try:
-        loop.run_until_complete(main)
-    except Exception as error:  # the exit status says it failed; the log says how
-        logger.error("service ended with %r", error)
-        code = 1
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 def _serve_app(app_path: str, port: int) -> None:
@@ -189,7 +110,7 @@ def service_main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     bind_loopback()
-    _add_redis_log_handler()
+    add_redis_log_handler()
     if args.kind == "reducer":
         # dranspose's reducer app builds its settings from these when it is imported.
         os.environ["REDUCER_CLASS"] = args.cls
@@ -203,14 +124,14 @@ def service_main(argv: Sequence[str] | None = None) -> int:
         from dranspose.worker import Worker, WorkerSettings
 
         worker = Worker(WorkerSettings(worker_name=args.name, worker_class=args.cls))
-        _run_and_exit(_run_until_sigterm(worker, announce_first=True))
+        run_and_exit(run_until_sigterm(worker, announce_first=True))
     else:
         cls = _import(args.cls)
         settings_cls = _import(args.cls.replace("Ingester", "Settings"))
         settings = settings_cls(
             upstream_url=args.upstream, ingester_streams=[args.stream], ingester_url=f"tcp://{HOST}:{args.port}"
         )
-        _run_and_exit(_run_until_sigterm(tolerant_ingester(cls)(settings=settings)))
+        run_and_exit(run_until_sigterm(tolerant_ingester(cls)(settings=settings)))
     return 0
 
 

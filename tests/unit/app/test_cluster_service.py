@@ -91,34 +91,114 @@ def test_what_dranspose_would_refuse_or_is_no_service_fails_with_status_2(argv: 
     assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
-def test_a_worker_started_as_the_chart_starts_it_registers_and_stops_on_sigterm(redis_url: str) -> None:
-    import redis
+# A worker whose registration loop loses the first cancellation, as redis-py can inside
+# a blocking XREAD (streamtomo.app.task_cancel): dranspose's CLI cancelled it once and
+# the pod never stopped.
+LOSES_ONE_CANCEL = textwrap.dedent(
+    """
+    import asyncio, sys
+    from dranspose.worker import Worker
 
-    name = "chart-worker-1"
-    env = {**os.environ, "REDIS_URL": redis_url}
+    async def register(self):
+        lost = False
+        while True:
+            await self.publish_config()
+            try:
+                await asyncio.sleep(0.2)
+            except asyncio.CancelledError:
+                if lost:
+                    raise
+                lost = True
+                print("lost a cancellation", flush=True)
+
+    Worker.register = register
+    from streamtomo.app import cluster_service
+    cluster_service.main(sys.argv[1:])
+    """
+)
+
+
+def start_worker(redis_url: str, name: str, *program: str) -> subprocess.Popen[str]:
     argv = ["worker", "--workerclass", "streamtomo.workers.noop_worker:NoopWorker", "--name", name]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamtomo.app.cluster_service", *argv],
-        env=env,
+    return subprocess.Popen(
+        [sys.executable, *program, *argv],
+        # A stop that hangs dumps every thread's stack (SIGABRT below): the failure says where.
+        env={**os.environ, "REDIS_URL": redis_url, "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def stop_when_registered(process: subprocess.Popen[str], redis_url: str, key: str) -> str:
+    """SIGTERM once the service's registration ``key`` is in Redis; its whole output once
+    it has exited."""
+    import redis
+
     client = redis.from_url(redis_url)
     try:
-        from dranspose.protocol import RedisKeys
-
-        key = RedisKeys.config("worker", name)
-        wait_for("the worker's registration", lambda: True if client.exists(key) else None, 60.0)
+        wait_for("the service's registration", lambda: True if client.exists(key) else None, 60.0)
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
+        try:
+            output, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            output, _ = process.communicate(timeout=30)
+            pytest.fail(f"still running 30 s after SIGTERM; its output and stacks:\n{output}")
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
         client.close()
+    return output
+
+
+def worker_key(name: str) -> str:
+    from dranspose.protocol import RedisKeys
+
+    return RedisKeys.config("worker", name)
+
+
+def test_a_worker_started_as_the_chart_starts_it_registers_and_stops_on_sigterm(redis_url: str) -> None:
+    name = "chart-worker-1"
+    process = start_worker(redis_url, name, "-m", "streamtomo.app.cluster_service")
+    output = stop_when_registered(process, redis_url, worker_key(name))
     assert process.returncode == 0, output
     assert "ERROR" not in output, output
     # Timestamped log lines on the container's output (dranspose's CLI logs only to Redis).
     assert re.search(r"^\d{4}-\d\d-\d\d [\d:,]+ INFO dranspose", output, re.MULTILINE), output
     assert "worker closed" in output, output  # closed (its registration deleted), not killed
+
+
+def test_a_worker_that_loses_a_cancellation_still_stops_on_sigterm(redis_url: str) -> None:
+    name = "chart-worker-2"
+    process = start_worker(redis_url, name, "-c", LOSES_ONE_CANCEL)
+    output = stop_when_registered(process, redis_url, worker_key(name))
+    assert "lost a cancellation" in output, output  # the case this is about did happen
+    assert process.returncode == 0, output
+    assert "cancelling again" in output, output
+    assert "worker closed" in output, output
+
+
+def test_an_ingester_started_as_the_chart_starts_it_stops_on_sigterm(redis_url: str) -> None:
+    from dranspose.protocol import RedisKeys
+
+    from streamtomo.app.processes import free_port
+
+    # The chart's ingester binds every interface (its pod is the boundary); here, loopback.
+    program = "from streamtomo.app import cluster_service, zmq_loopback as z; import sys\n"
+    program += "z.bind_loopback(); cluster_service.main(sys.argv[1:])"
+    argv = ["ingester", "--ingesterclass", "ZmqPullSingleIngester", "--name", "orca"]
+    argv += ["--upstream_url", f"tcp://127.0.0.1:{free_port()}"]
+    process = subprocess.Popen(
+        [sys.executable, "-c", program, *argv],
+        env={**os.environ, "REDIS_URL": redis_url, "PYTHONFAULTHANDLER": "1"}
+        | {"INGESTER_URL": f"tcp://127.0.0.1:{free_port()}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = stop_when_registered(process, redis_url, RedisKeys.config("ingester", "orca-ingester"))
+    assert process.returncode == 0, output
+    assert "ERROR" not in output, output
+    assert "closed ingester" in output, output
