@@ -577,7 +577,7 @@ def test_page_reports_a_missing_domain_and_recovers_when_the_endpoint_returns(
         server.close()
 
 
-def _scan_domain(name: str, cols: int, seed: int) -> Domain:
+def _scan_domain(name: str, cols: int, seed: int, parameters: dict[str, str] | None = None) -> Domain:
     """A running scan's domain as the reducer lays it out: slices, sinogram, progress."""
     rng = np.random.default_rng(seed)
     domain = new_domain(name)
@@ -591,7 +591,9 @@ def _scan_domain(name: str, cols: int, seed: int) -> Domain:
         domain.create_dataset("/entry/reconstruction/data", rng.random((3, cols, cols), dtype=np.float32))
         domain.create_dataset("/entry/reconstruction/slice_rows", np.arange(3, dtype=np.int64))
         domain.create_dataset("/entry/reconstruction/n_projections", np.int64(20))
-        domain.create_dataset("/entry/reconstruction/parameters", json.dumps({"center": "", "filter": "ramp"}))
+        domain.create_dataset(
+            "/entry/reconstruction/parameters", json.dumps(parameters or {"center": "", "filter": "ramp"})
+        )
         domain.dataset("/entry/status/state").set_scalar("running")
         domain.dataset("/entry/status/frames_received").set_scalar(np.int64(26))
         for _ in range(3 if cols < 64 else 9):
@@ -634,6 +636,26 @@ def test_the_next_scan_replaces_the_last_ones_images_whatever_its_size(built_pag
             browser.wait_until(lambda: np.array_equal(_page_slice(driver), expected), 20, "the next scan's slice")
             assert browser.page_state(driver, "s.snapshot.slice.shape") == [32, 32]
             assert browser.page_state(driver, "s.snapshot.connection") == "live"
+            assert not browser.severe(browser.console_entries(driver))
+
+
+def test_read_only_controls_show_what_the_slices_use(built_page: Path, tmp_path: Path) -> None:
+    """Without a control API the centre and filter controls showed the defaults (the
+    detector middle, ramp), not the centre and filter the scan's slices were made with."""
+    name = "/viewer/read-only.h5"
+    domain = _scan_domain(name, 48, seed=3, parameters={"center": "30.5", "filter": "hann"})
+    with HdfRestServer() as server, browser.chromium(tmp_path / "profile") as driver:
+        server.start(domain)
+        with start_viewer(server.url, name, control=None) as viewer:
+            driver.get(viewer.url)
+            browser.wait_until(
+                lambda: "centre 30.5, filter hann" in driver.find_element("id", "effective-parameters").text,
+                20,
+                "the domain's parameters",
+            )
+            assert "read-only" in driver.find_element("css selector", ".control-panel").text
+            assert driver.find_element("id", "filter-select").get_attribute("value") == "hann"
+            assert driver.find_element("id", "center-input").get_attribute("placeholder") == "30.5"
             assert not browser.severe(browser.console_entries(driver))
 
 

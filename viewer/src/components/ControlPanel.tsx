@@ -84,7 +84,10 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
     }
   };
 
-  const params = current?.parameters ?? {};
+  // Read-only (no control API, or it does not answer): the controls show what the
+  // slices use, as the domain says, not the defaults (they showed 'middle' and 'ramp'
+  // for a scan reconstructed with another centre and filter).
+  const params = current?.parameters ?? asParameters(effective);
   const middle = detectorWidth ? ((detectorWidth - 1) / 2).toString() : 'middle';
   const disabled = unavailable !== null || busy;
   const nudge = (delta: number) => {
@@ -136,4 +139,12 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
       )}
     </section>
   );
+}
+
+function asParameters(effective: Record<string, unknown> | null): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(effective ?? {})) {
+    if (value !== null && value !== undefined) out[name] = String(value);
+  }
+  return out;
 }
