@@ -129,6 +129,10 @@ class ReplayRun:
             self._thread.start()
             deadline = time.monotonic() + timeout
             while getattr(dreplay, "reducer", None) is None:
+                if isinstance(self._error, OSError):
+                    # A port that is taken, a path that cannot be made: the caller's to
+                    # report as such (the CLI: one line, exit 2), not a failed replay.
+                    raise self._error
                 if self._error is not None:
                     raise ReplayFailed(f"replay failed to start: {self._error!r}") from self._error
                 if time.monotonic() > deadline:

@@ -151,6 +151,41 @@ def test_a_nexus_file_without_projections_is_one_line_and_exit_2(tmp_path: Path)
     assert done.stderr.strip().splitlines()[-1] == "streamtomo: error: the file has no projections (image_key 0)"
 
 
+def test_a_port_that_is_taken_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """README: 2 is a usage error, a port that is taken among them. It was a
+    ReplayFailed traceback, exit 1."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [
+                CLI,
+                "demo",
+                "--rows",
+                "2",
+                "--cols",
+                "16",
+                "--angles",
+                "8",
+                "--port",
+                str(port),
+                "--out",
+                str(tmp_path / "d.nxs"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("streamtomo: error: ") and f"127.0.0.1:{port}" in last, done.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
