@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -22,8 +23,6 @@ from streamtomo.pipeline.reconstruction.fbp import fbp
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.simulation.projector import project_shepp_logan_3d
 from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
-
-TOOTH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "tomopy_tooth" / "tooth.h5"
 
 
 def simulated_scan(
@@ -79,16 +78,14 @@ def test_estimators_reject_bad_input() -> None:
         estimate_center_vo(np.ones((10, 64)), np.linspace(0.0, 90.0, 10))
 
 
-@pytest.mark.skipif(not TOOTH.exists(), reason=f"APS tooth data set not present at {TOOTH}")
-def test_tooth_axis() -> None:
+def test_tooth_axis(tooth_h5: Path) -> None:
     """Phase correlation, Vo's method and the sharpest slice of a sweep agree (295.6 +- 0.3).
 
     The data README's 288.5 is not the axis in our geometry: slices at 288.5
     show doubled edges, at 295.6 sharp ones (the L1 norm of the slice, lowest
     for the sharpest, has its minimum there).
     """
-    h5py = pytest.importorskip("h5py")
-    with h5py.File(TOOTH, "r") as f:
+    with h5py.File(tooth_h5, "r") as f:
         data = f["exchange/data"][()]
         flat = f["exchange/data_white"][()].mean(axis=0)
         dark = f["exchange/data_dark"][()].mean(axis=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import h5py
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -16,7 +17,6 @@ from streamtomo.pipeline.reconstruction.fbp import StreamingFBP, angular_weights
 from streamtomo.pipeline.reconstruction.filters import FILTER_NAMES, ProjectionFilter, padded_size
 from streamtomo.pipeline.simulation.projector import project_shepp_logan_3d
 
-TOOTH = Path("/work/shared/data/tomopy_tooth/tooth.h5")
 needs_numba = pytest.mark.skipif(not numba_available(), reason="numba is not installed")
 
 
@@ -169,10 +169,8 @@ def test_matches_iradon_off_centre_axis() -> None:
     assert rel_err(ours, theirs) < 1e-5
 
 
-@pytest.mark.skipif(not TOOTH.exists(), reason=f"APS tooth data set not present at {TOOTH}")
-def test_tooth_matches_iradon() -> None:
-    h5py = pytest.importorskip("h5py")
-    with h5py.File(TOOTH, "r") as f:
+def test_tooth_matches_iradon(tooth_h5: Path) -> None:
+    with h5py.File(tooth_h5, "r") as f:
         data = f["exchange/data"][()]
         flat = f["exchange/data_white"][()].mean(axis=0)
         dark = f["exchange/data_dark"][()].mean(axis=0)

@@ -30,7 +30,6 @@ from streamtomo.pipeline.simulation.projector import project_shepp_logan_3d
 from tests.support.striped_tooth import tooth_sinograms
 
 ANGLES = np.linspace(0.0, 180.0, 120, endpoint=False)
-TOOTH = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "tomopy_tooth" / "tooth.h5"
 TOOTH_AXIS = 295.6
 
 
@@ -108,15 +107,14 @@ def _correlation(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> floa
     return float(np.mean([np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, b, strict=True)]))
 
 
-@pytest.mark.skipif(not TOOTH.exists(), reason=f"APS tooth data set not present at {TOOTH}")
-def test_ring_removal_removes_most_stripes_of_the_real_tooth() -> None:
+def test_ring_removal_removes_most_stripes_of_the_real_tooth(tooth_h5: Path) -> None:
     """``ring_removal`` (Vo's combination) on the tooth with detector stripes.
 
     Ring strength (std of the high-passed, angle-averaged profile) falls to 3 % of
     the striped data's; the former sorting-only filter left 13 % (the unresponsive
     column survives it). The slices come closer to the clean data's (r 0.86 -> 0.98).
     """
-    clean, striped, theta = tooth_sinograms()
+    clean, striped, theta = tooth_sinograms(tooth_h5)
     before = ring_strength(striped)
     assert before > 4 * ring_strength(clean)  # the added stripes dominate the tooth's own
     fixed = prepare_volume_sinograms(striped, rings=True)
