@@ -20,7 +20,9 @@ import requests
 
 from streamtomo.app.runner import ReplayRun
 from streamtomo.hsds_bridge.nexus_file import write_nexus
+from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
+from streamtomo.pipeline.streaming.live_scan import LiveScan
 from tests.support.replay_helpers import record, replay
 
 pytestmark = pytest.mark.slow
@@ -175,42 +177,66 @@ def test_refused_values_answer_400_change_nothing_and_the_scan_ends_with_its_fil
             assert f["/entry/reconstruction/data"].shape[1:] == (spec.cols, spec.cols)
 
 
-def poll_latency(url: str, stop: threading.Event, seconds: list[float]) -> None:
-    """GET ``url`` until ``stop``; each answer's wait in ``seconds`` (inf for a failure)."""
-    session = requests.Session()
-    while not stop.is_set():
-        started = time.perf_counter()
-        try:
-            ok = session.get(url, timeout=10).status_code == 200
-        except requests.RequestException:
-            ok = False
-        seconds.append(time.perf_counter() - started if ok else float("inf"))
-        time.sleep(0.01)
+class HeldRebuilds:
+    """Holds each rebuild of the live products (``LiveScan.reconfigure``) until released.
+
+    The reducer's timer applies a stored change by calling it under the reducer's lock;
+    while it waits here, that rebuild is provably in progress, however fast the machine.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.finished = threading.Event()
+        rebuild = LiveScan.reconfigure
+
+        def held(scan: LiveScan, config: PipelineConfig) -> None:
+            self.started.set()
+            try:
+                self.release.wait(120)  # bounded: a test that fails still ends
+                rebuild(scan, config)
+            finally:
+                self.finished.set()
+
+        monkeypatch.setattr(LiveScan, "reconfigure", held)
+
+    def next(self) -> None:
+        """Let the held rebuild finish, and hold the next one."""
+        self.release.set()
+        assert self.finished.wait(60), "the released rebuild did not finish"
+        for event in (self.started, self.release, self.finished):
+            event.clear()
 
 
-def test_a_rebuild_does_not_delay_reads(tmp_path: Path) -> None:
-    """The request stores the value; the rebuild runs later in the reducer, not in the server."""
+def test_a_rebuild_does_not_delay_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request stores the value; the rebuild runs later in the reducer, not in the server.
+
+    Each change's rebuild is held in progress while ``/about`` is read: a read (or a
+    POST) that waited for the rebuild would time out before the test lets it go.
+    """
     spec = SimulationSpec(rows=16, cols=192, angles=360, seed=5)
     recordings = record(ScanSimulator(spec).frames(), tmp_path / "scan", spec.config())
+    rebuilds = HeldRebuilds(monkeypatch)
     for run in replay(recordings, spec.config(), workers=2, rate_hz=400):
         token = run.reducer.control.token
         url = f"{run.reducer.control.url}/streamtomo/parameters"
         about = f"{run.reducer.endpoint}/about"
-        worst: list[float] = []
-        stop = threading.Event()
-        poller = threading.Thread(target=poll_latency, args=(about, stop, worst), daemon=True)
         run.go()
         _wait_projections(run, spec.angles // 2, timeout=60)
-        poller.start()
         changes = [("slice_size", str(2 * spec.cols)), ("slice_rows", "0:16"), ("filter", "hann"), ("slice_size", "0")]
-        for name, value in changes:
-            answer = _post(f"{url}/{name}", value, token)
-            assert answer.status_code == 202, answer.text
-            time.sleep(0.3)
+        try:
+            for name, value in changes:
+                # Answered before the rebuild starts: a POST that rebuilt would wait for the gate.
+                answer = _post(f"{url}/{name}", value, token)
+                assert answer.status_code == 202, answer.text
+                assert rebuilds.started.wait(60), f"no rebuild after {name}={value}"
+                for _ in range(5):
+                    # A timeout (requests raises) is the failure: the read waited for the rebuild.
+                    assert requests.get(about, timeout=10).status_code == 200
+                assert not rebuilds.finished.is_set(), "the rebuild was not in progress during the reads"
+                rebuilds.next()
+        finally:
+            rebuilds.release.set()  # the scan must be able to end, whatever failed
         run.wait(timeout=180)
-        stop.set()
-        poller.join(timeout=15)
-        assert len(worst) > 10
-        assert max(worst) < 0.5, f"/about waited {max(worst):.2f} s during a rebuild"
         run.reducer.timer()
         assert run.reducer.scan.config.filter == "hann" and run.reducer.scan.config.slice_rows == "0:16"

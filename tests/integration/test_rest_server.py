@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import tracemalloc
+import urllib.parse
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import h5pyd
 import numpy as np
+import numpy.typing as npt
 import pytest
 import requests
 
+from streamtomo.hsds_bridge import rest_app
 from streamtomo.hsds_bridge.domain import Domain
 from streamtomo.hsds_bridge.publisher import Publisher
 from streamtomo.hsds_bridge.rest_ids import make_id, parse_id
 from streamtomo.hsds_bridge.rest_registry import Limits
-from streamtomo.hsds_bridge.rest_select import extract, parse_select
+from streamtomo.hsds_bridge.rest_select import Selection, extract, parse_select
 from streamtomo.hsds_bridge.rest_server import HdfRestServer
 from tests.support.publisher_contract import PublisherContract, as_python, make_scan_domain, open_file
 
@@ -461,67 +465,109 @@ def test_control_characters_in_a_domain_name_are_400(server: HdfRestServer, name
     assert requests.get(f"{server.url}/about", timeout=5).status_code == 200  # still serving
 
 
-def _poll(url: str, stop: threading.Event, waits: list[float], **kw: Any) -> None:
-    """GET ``url`` until ``stop``; each wait in ``waits`` (inf for a failed request)."""
-    session = requests.Session()
-    while not stop.is_set():
-        started = time.perf_counter()
-        try:
-            ok = session.get(url, timeout=30, **kw).status_code == 200
-        except requests.RequestException:
-            ok = False
-        waits.append(time.perf_counter() - started if ok else float("inf"))
-        time.sleep(0.02)
+def _stalled_binary_read(url: str) -> tuple[socket.socket, BinaryIO, int]:
+    """Ask for ``url`` in binary, read the status and headers only, then stop reading.
+
+    The server is left in the middle of its answer: the body is far larger than what
+    the kernel buffers between the two sockets (the small receive buffer keeps it so).
+    Returns the socket, its reader (positioned at the body) and the Content-Length.
+    """
+    parts = urllib.parse.urlsplit(url)
+    conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # before connect: sets the window
+    conn.settimeout(30)  # a server that never answers fails the test instead of hanging it
+    conn.connect((parts.hostname, parts.port))
+    target = f"{parts.path}?{parts.query}"
+    conn.sendall(
+        f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: application/octet-stream\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    reader = conn.makefile("rb")
+    status = reader.readline().split()
+    assert status[1] == b"200", status
+    length = -1
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        key, _, value = line.decode().partition(":")
+        if key.strip().lower() == "content-length":
+            length = int(value)
+    return conn, reader, length
 
 
-def test_parallel_large_reads_do_not_stall_small_reads() -> None:
-    """Three readers of a whole 32 MiB dataset (JSON and binary) while another polls.
+def test_parallel_large_reads_do_not_stall_small_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small reads (``/about``, one scalar) are answered while large reads are in progress.
 
-    JSON values are capped far lower than binary (413 at once), large binary reads
-    queue for their client's slots, and the small reads (``/about``, one scalar)
-    keep answering within a bound.
+    The test holds each large read in progress itself, so nothing depends on how fast
+    the machine is: first inside its copy out of the array (a gate in ``extract``,
+    which runs under ``domain.lock`` in the read pool), then while it streams its
+    answer to clients that stop reading. A small read that had to wait for either
+    would never be answered before the test lets go. JSON values are capped far
+    lower than binary (413 at once).
     """
     big = Domain("/home/streamtomo/big.h5")
     rng = np.random.default_rng(0)
-    big.create_dataset("/entry/sinogram", rng.random((128, 256, 256), dtype=np.float32))
+    data = rng.random((128, 256, 256), dtype=np.float32)
+    big.create_dataset("/entry/sinogram", data)
     big.create_dataset("/entry/generation", np.int64(7))
+    other = Domain("/home/streamtomo/other.h5")  # not locked by big's copy
+    other.create_dataset("/entry/generation", np.int64(8))
+
+    copy = extract  # the function rest_app copies with (imported there from rest_select)
+    copying = threading.Event()
+    gate = threading.Event()
+
+    def held_copy(array: npt.NDArray[Any], sel: Selection) -> npt.NDArray[Any]:
+        if array.nbytes > Limits().large_read_bytes and not gate.is_set():
+            copying.set()
+            gate.wait(120)  # bounded: a test that fails still ends
+        return copy(array, sel)
+
+    monkeypatch.setattr(rest_app, "extract", held_copy)
     with HdfRestServer() as srv:
         srv.start(big)
+        srv.start(other)
         query = f"?domain={big.name}"
         sino = f"{srv.url}/datasets/{make_id(big.name, 'datasets', '/entry/sinogram')}/value{query}"
         scalar = f"{srv.url}/datasets/{make_id(big.name, 'datasets', '/entry/generation')}/value{query}"
+        other_scalar = (
+            f"{srv.url}/datasets/{make_id(other.name, 'datasets', '/entry/generation')}/value?domain={other.name}"
+        )
         json_rsp = requests.get(sino, timeout=60)
         assert json_rsp.status_code == 413 and "octet-stream" in json_rsp.json()["message"]
 
-        statuses: list[int] = []
-        sizes: list[int] = []
+        # 1. A large read held in its copy: the event loop and the rest of the pool serve on.
+        results: list[tuple[int, int]] = []
 
-        def large(binary: bool) -> None:
-            headers = {"Accept": "application/octet-stream"} if binary else {}
-            for _ in range(2):
-                rsp = requests.get(sino, headers=headers, timeout=120)
-                statuses.append(rsp.status_code)
-                sizes.append(len(rsp.content))
+        def large() -> None:
+            rsp = requests.get(sino, headers={"Accept": "application/octet-stream"}, timeout=120)
+            results.append((rsp.status_code, len(rsp.content)))
 
-        stop = threading.Event()
-        about_waits: list[float] = []
-        scalar_waits: list[float] = []
-        pollers = [
-            threading.Thread(target=_poll, args=(f"{srv.url}/about", stop, about_waits), daemon=True),
-            threading.Thread(target=_poll, args=(scalar, stop, scalar_waits), daemon=True),
-        ]
-        readers = [
-            threading.Thread(target=large, args=(b,), daemon=True) for b in (False, False, False, True, True, True)
-        ]
-        for t in pollers + readers:
-            t.start()
-        for t in readers:
-            t.join(timeout=180)
-        stop.set()
-        for t in pollers:
-            t.join(timeout=30)
-        assert sorted(statuses) == [200] * 6 + [413] * 6, statuses
-        assert sorted(sizes)[-1] == 128 * 256 * 256 * 4
-        assert len(about_waits) > 3 and len(scalar_waits) > 3
-        assert max(about_waits) < 1.0, f"/about waited {max(about_waits):.2f} s behind large reads"
-        assert max(scalar_waits) < 1.0, f"a scalar read waited {max(scalar_waits):.2f} s behind large reads"
+        reader = threading.Thread(target=large, daemon=True)
+        try:
+            reader.start()
+            assert copying.wait(30), "the large read never reached its copy"
+            for _ in range(5):
+                # A timeout (requests raises) is the failure: the small read waited for the copy.
+                assert requests.get(f"{srv.url}/about", timeout=10).status_code == 200
+                assert requests.get(other_scalar, timeout=10).json()["value"] == 8
+            assert reader.is_alive() and not results, "the large read was not in progress"
+        finally:
+            gate.set()
+        reader.join(60)
+        assert results == [(200, data.nbytes)], results
+
+        # 2. Two large reads held while they stream their answers (the per-client limit).
+        stalled: list[tuple[socket.socket, BinaryIO, int]] = []
+        try:
+            for _ in range(Limits().large_reads_per_client):
+                stalled.append(_stalled_binary_read(sino))
+                assert stalled[-1][2] == data.nbytes
+                for _ in range(5):
+                    assert requests.get(f"{srv.url}/about", timeout=10).status_code == 200
+                    assert requests.get(scalar, timeout=10).json()["value"] == 7
+            # Only now are the bodies read: all of them were still to come.
+            for _, body, length in stalled:
+                assert np.array_equal(np.frombuffer(body.read(length), np.float32).reshape(data.shape), data)
+        finally:
+            for conn, body, _ in stalled:
+                body.close()
+                conn.close()
