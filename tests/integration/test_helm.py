@@ -342,7 +342,8 @@ def test_parameter_file_reaches_the_application(helm: str) -> None:
     assert config.counts_per_degree == 1_000_000  # not "1e+06"
     assert config.domain == "/home/streamtomo/danmax/live.h5"  # from reducer.domain
     assert config.controller_url == "http://st-controller.beamline.svc:5000"
-    assert json.loads(cm["pipeline.json"])["filter"] == "hann"
+    assert config.filter == "hann"
+    assert set(cm) == {"parameters.json"}  # the one file the controller's postStart posts
     default = app_config(one(render(helm), "ConfigMap", "t-streamtomo-pipeline")["data"])
     assert (default.detector_stream, default.angle_stream, default.filter) == ("detector", "angle", "ramp")
     assert default.n_projections == 180  # left out: the application's default
@@ -433,7 +434,11 @@ def test_wiring_between_services(helm: str) -> None:
     assert env_of(danmax["spec"]["template"]["spec"]["containers"][0])["STREAMTOMO_HSDS_DOMAIN"] == (
         "/home/streamtomo/danmax/live.h5"
     )
-    assert env["STREAMTOMO_PARAMETERS_FILE"] == "/etc/streamtomo/pipeline/parameters.json"
+    # Nothing reads a parameter file in the reducer or the workers (they get the
+    # controller's parameters): no setting that points at one.
+    for deployment in ("t-streamtomo-reducer", "t-streamtomo-worker", "t-streamtomo-controller"):
+        container = one(docs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+        assert not [name for name in env_of(container) if "PARAMETERS_FILE" in name or "PIPELINE_FILE" in name]
     live = one(docs, "Service", "t-streamtomo-live")
     assert [p["port"] for p in live["spec"]["ports"]] == [8100]  # no ZeroMQ outside
     controller = one(docs, "Deployment", "t-streamtomo-controller")["spec"]["template"]["spec"]["containers"][0]

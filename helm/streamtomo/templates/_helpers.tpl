@@ -250,14 +250,6 @@ argument is the container's name. */}}
       divisor: "1"
 {{- end -}}
 
-{{/* Environment of the pods that read the pipeline parameters. */}}
-{{- define "streamtomo.pipelineEnv" -}}
-- name: STREAMTOMO_PARAMETERS_FILE
-  value: /etc/streamtomo/pipeline/parameters.json
-- name: STREAMTOMO_PIPELINE_FILE
-  value: /etc/streamtomo/pipeline/pipeline.json
-{{- end -}}
-
 {{/* Pod-template annotation that rolls the pods when the pipeline changes. */}}
 {{- define "streamtomo.pipelineChecksum" -}}
 checksum/pipeline: {{ include (print .Template.BasePath "/pipeline-configmap.yaml") . | sha256sum }}
