@@ -40,10 +40,21 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from streamtomo.app.deployment import LocalDeployment
-    from streamtomo.app.deployment_state import DeploymentError, default_state_path
+    from streamtomo.app.deployment_state import DeploymentError, default_state_path, running_deployment
     from streamtomo.controller_client import ControllerError
 
     state_path = Path(args.state) if args.state else default_state_path()
+    other = running_deployment(state_path)
+    if other is not None:
+        # Its addresses would be overwritten: `play` would go to this one, and the other's
+        # state would be lost for good (its stop leaves a file that is no longer its own).
+        print(
+            f"streamtomo: error: a deployment is running (run dir {other.run_dir}, controller "
+            f"{other.controller_url}) and {state_path} holds its addresses: stop it first, or give "
+            "this one its own --state FILE",
+            file=sys.stderr,
+        )
+        return 2
     signal.signal(signal.SIGTERM, _raise_stop)
     # A shell starts background jobs with SIGINT ignored, and Python keeps it so: an
     # `up &` from a script then ignored the Ctrl-C (SIGINT) meant for it.

@@ -59,3 +59,21 @@ class DeploymentState:
             return cls.from_json(path.read_text())
         except FileNotFoundError:
             raise DeploymentError(f"no deployment state at {path}: run `streamtomo up` first or pass --state") from None
+
+
+def running_deployment(path: Path) -> DeploymentState | None:
+    """The deployment whose addresses ``path`` holds, if one of its services still runs
+    (a file left by one that crashed, or unreadable, is no deployment)."""
+    try:
+        state = DeploymentState.read(path)
+    except (DeploymentError, OSError, ValueError, TypeError):
+        return None
+    return state if any(_runs_streamtomo(pid) for pid in state.pids.values()) else None
+
+
+def _runs_streamtomo(pid: int) -> bool:
+    # By its command line: a pid the system gave to another program since is not ours.
+    try:
+        return b"streamtomo" in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False

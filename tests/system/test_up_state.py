@@ -1,0 +1,42 @@
+"""``streamtomo up`` and the state file ``play`` finds a deployment by."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.up_process import ROOT, UpProcess, cli_env
+
+
+def test_a_second_up_on_the_same_state_file_is_refused_and_a_stale_one_is_replaced(tmp_path: Path) -> None:
+    """A second `up` overwrote the first one's addresses: `play` then went to it, and
+    the first deployment could no longer be found. A file left by one that crashed
+    (its services gone) is no deployment, and `up` takes its place."""
+    state_path = tmp_path / "up" / "state.json"
+    state_path.parent.mkdir(parents=True)
+    stale = {"controller_url": "http://127.0.0.1:1", "redis_url": "", "live_endpoint": "", "domain": ""}
+    stale |= {"detector_upstream": "", "angle_upstream": "", "run_dir": "/gone", "pids": {"controller": 2**22 + 1}}
+    state_path.write_text(json.dumps(stale))
+    up = UpProcess(tmp_path / "up", "--no-record")  # its --state is tmp_path/up/state.json
+    try:
+        state = up.wait_ready()
+        assert state["run_dir"] == str(tmp_path / "up")  # the stale file replaced
+        argv = ["up", "--run-dir", str(tmp_path / "second"), "--state", str(state_path), "--no-record"]
+        second = subprocess.run(
+            [sys.executable, "-m", "streamtomo.app.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=cli_env(),
+            cwd=ROOT,
+            check=False,
+        )
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert "a deployment is running" in second.stderr and str(tmp_path / "up") in second.stderr, second.stderr
+        assert json.loads(state_path.read_text()) == state  # the first one's addresses kept
+        assert up.popen.poll() is None
+    finally:
+        up.stop()
+    assert not state_path.exists()  # the first one removed its own file on stop
