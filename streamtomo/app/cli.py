@@ -163,7 +163,7 @@ def _start_viewer(endpoint: str, domain: str, control: Any) -> Any:
     try:
         # The viewer holds the control token; the page never sees it.
         viewer = start_viewer(
-            endpoint, domain, host="127.0.0.1", port=0, control=control.url, control_token=control.token
+            endpoint, domain, host="127.0.0.1", port=0, control=control.url, control_token=control.tokens
         )
     except ViewerAssetsMissing as error:
         print(f"viewer: not available ({error})", flush=True)

@@ -16,7 +16,9 @@ constant time). Why a header and JSON: a page on another origin can send a
 only the configured origins pass. A request that carries an ``Origin`` outside them
 is refused (403) before anything else. The token comes from a file (mode 0600,
 created at start when missing; in Kubernetes a mounted Secret); it is never put in
-a URL and never logged.
+a URL and never logged. The file is the token: one replaced in it (a rotated Secret)
+applies from the next request, without a restart, and a file that holds no valid token
+(emptied, removed) lets no request through until it does (:class:`TokenFile`).
 
 Settings (environment, read by :meth:`ControlSettings.from_env`):
 ``STREAMTOMO_CONTROL_HOST`` (default 127.0.0.1), ``STREAMTOMO_CONTROL_PORT`` (default
@@ -36,6 +38,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -97,6 +100,49 @@ def load_or_create_token(path: Path) -> str:
         return read_token_file(path)
 
 
+class TokenFile:
+    """The token its file holds now, for each request: called, it returns it.
+
+    Re-read when the file is another (device, inode) or was written (mtime, size)
+    since: Kubernetes rotates a mounted Secret by swapping a symlink, ``up`` users by
+    writing the file. A file that cannot be read or holds no valid token gives
+    ``None``, which matches no request (closed, not the last token kept: emptying the
+    file is how one locks everybody out at once), until it holds one again.
+    """
+
+    def __init__(self, path: Path, initial: str | None = None, read: Callable[[Path], str] = read_token_file) -> None:
+        self.path, self._read = path, read
+        self._lock = threading.Lock()
+        self._identity = self._stat()
+        self._token: str | None = read(path) if initial is None else initial
+
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def __call__(self) -> str | None:
+        identity = self._stat()
+        with self._lock:
+            if identity != self._identity:
+                self._identity = identity
+                try:
+                    if identity is None:
+                        raise FileNotFoundError(f"{self.path} is gone")
+                    self._token = self._read(self.path)
+                    log.info("control token file %s changed: its token applies from now on", self.path)
+                except (OSError, ValueError) as error:
+                    self._token = None
+                    log.warning(
+                        "control token file %s changed and holds no valid token (%s): no request passes",
+                        self.path,
+                        error,
+                    )
+            return self._token
+
+
 # -- settings -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ControlSettings:
@@ -119,7 +165,7 @@ class ControlSettings:
 # -- the application ------------------------------------------------------------------
 @dataclass
 class _Control:
-    token: str = field(repr=False)
+    token: Callable[[], str | None] = field(repr=False)  # the token as of now (TokenFile)
     origins: frozenset[str]
     sink: ParameterSink
     source: ParameterSource
@@ -137,11 +183,13 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
     return web.json_response({"status": status, "message": message}, status=status, reason=reason, headers=headers)
 
 
-def _authorised(request: web.Request, token: str) -> bool:
+def _authorised(request: web.Request, token: str | None) -> bool:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # aiohttp decodes header bytes as UTF-8 with surrogate escapes: a header that is not
     # UTF-8 (b"Bearer \xff") turns back into its own bytes here, not a UnicodeEncodeError (a 500).
     offered = given.strip().encode("utf-8", "surrogateescape")
+    if token is None:  # the token file holds none (TokenFile): nobody
+        return False
     return scheme.lower() == "bearer" and hmac.compare_digest(offered, token.encode())
 
 
@@ -162,7 +210,7 @@ async def guard_middleware(request: web.Request, handler: Handler) -> web.Stream
                 "Access-Control-Max-Age": "600",
             },
         )
-    if not _authorised(request, control.token):
+    if not _authorised(request, control.token()):
         log.info("control: refused %s %s without a valid token from %s", request.method, request.path, request.remote)
         return _error(
             401, "a valid control token is required (Authorization: Bearer ...)", {"WWW-Authenticate": "Bearer"}
@@ -231,10 +279,12 @@ async def post_parameter(request: web.Request) -> web.Response:
 
 
 def build_control_app(
-    token: str, origins: Sequence[str], sink: ParameterSink, source: ParameterSource
+    token: str | Callable[[], str | None], origins: Sequence[str], sink: ParameterSink, source: ParameterSource
 ) -> web.Application:
+    """``token``: the token, or what gives it for each request (a :class:`TokenFile`)."""
     app = web.Application(middlewares=[guard_middleware], client_max_size=MAX_BODY * 4)
-    control = _Control(token, frozenset(origins), sink, source)
+    tokens = token if callable(token) else (lambda: token)
+    control = _Control(tokens, frozenset(origins), sink, source)
     app[CONTROL_KEY] = control
     app.on_response_prepare.append(_cors)
 
@@ -258,9 +308,9 @@ class ControlServer:
         else:
             self._tmp = tempfile.mkdtemp(prefix="streamtomo-control-")  # 0700
             self.token_file = Path(self._tmp) / "token"
-        self.token = load_or_create_token(self.token_file)
+        self.tokens = TokenFile(self.token_file, load_or_create_token(self.token_file))
         self._http = BackgroundHttpServer(
-            lambda: build_control_app(self.token, settings.origins, sink, source),
+            lambda: build_control_app(self.tokens, settings.origins, sink, source),
             settings.host,
             settings.port,
             "control API",
@@ -269,6 +319,11 @@ class ControlServer:
 
     def __repr__(self) -> str:  # the token stays out of logs and tracebacks
         return f"ControlServer(url={self.url!r}, token_file={str(self.token_file)!r})"
+
+    @property
+    def token(self) -> str | None:
+        """The token as of now (its file's)."""
+        return self.tokens()
 
     @property
     def url(self) -> str:

@@ -57,11 +57,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from streamtomo.app.viewer.server import ViewerAssetsMissing, read_control_token, start_viewer
+    from streamtomo.app.viewer.server import ViewerAssetsMissing, control_token_file, start_viewer
 
     control = None if args.control.lower() in ("", "none") else args.control
     try:
-        token = read_control_token(args.control_token_file) if control and args.control_token_file else None
+        token = control_token_file(args.control_token_file) if control and args.control_token_file else None
         origins = tuple(o.rstrip("/") for o in args.origin) if args.origin else None
         server = start_viewer(
             args.endpoint,

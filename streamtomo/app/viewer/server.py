@@ -33,7 +33,7 @@ import base64
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +42,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from streamtomo.hsds_bridge.control_api import TokenFile
 from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, read_limited
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,9 @@ class ViewerTarget:
     domain: str
     control: str | None = None  # base URL of the control API; None: read-only page
     authorization: str | None = field(default=None, repr=False)  # never logged
-    control_token: str | None = field(default=None, repr=False)  # never logged, never sent to the page
+    # The token, or what gives it as of now (a TokenFile: a rotated token applies
+    # without a restart); never logged, never sent to the page.
+    control_token: str | Callable[[], str | None] | None = field(default=None, repr=False)
     origins: tuple[str, ...] = ()  # browser origins of this page besides loopback ones
 
     def upstream(self, path: str) -> URL:
@@ -219,8 +222,9 @@ def _forgery(request: web.Request, target: ViewerTarget) -> web.Response | None:
 
 def _control_headers(target: ViewerTarget, extra: dict[str, str]) -> dict[str, str]:
     headers = dict(extra)
-    if target.control_token:
-        headers["Authorization"] = f"Bearer {target.control_token}"
+    token = target.control_token() if callable(target.control_token) else target.control_token
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     return headers
 
 
@@ -336,20 +340,28 @@ def read_control_token(path: str | Path) -> str:
     return token
 
 
+def control_token_file(path: str | Path) -> TokenFile:
+    """The token in ``path`` for each request, re-read when the file changes (a rotated
+    Secret applies without a restart; a file emptied sends none). Raises as
+    :func:`read_control_token` when it holds none at start."""
+    return TokenFile(Path(path), read=read_control_token)
+
+
 def start_viewer(
     endpoint: str,
     domain: str,
     host: str = "127.0.0.1",
     port: int = 0,
     control: str | None = None,
-    control_token: str | None = None,
+    control_token: str | Callable[[], str | None] | None = None,
     origins: tuple[str, ...] | None = None,
 ) -> ViewerServer:
     """Serve the live viewer for ``domain`` on ``endpoint``; returns the started server.
 
     ``control``: base URL of the pipeline's control API (the reducer's control
-    listener); ``None`` (default) a read-only page. ``control_token``: its token;
-    default: the file named by ``STREAMTOMO_CONTROL_TOKEN_FILE``. ``origins``: public
+    listener); ``None`` (default) a read-only page. ``control_token``: its token, or
+    what gives it for each request (:func:`control_token_file`); default: the file
+    named by ``STREAMTOMO_CONTROL_TOKEN_FILE``, followed as it changes. ``origins``: public
     origins of the page besides loopback (default ``STREAMTOMO_VIEWER_ORIGINS``).
     Raises :class:`ViewerAssetsMissing` when the page was not built.
     """
@@ -359,7 +371,7 @@ def start_viewer(
             raise ValueError(
                 f"a control URL needs the control token: set {ENV_CONTROL_TOKEN_FILE} or pass --control-token-file"
             )
-        control_token = read_control_token(token_file)
+        control_token = control_token_file(token_file)
     if origins is None:
         origins = tuple(o.strip().rstrip("/") for o in os.environ.get(ENV_ORIGINS, "").split(",") if o.strip())
     target = ViewerTarget(
