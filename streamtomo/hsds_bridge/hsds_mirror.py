@@ -5,10 +5,15 @@
   flush are remembered; when the connection drops (or the server's start time
   changes) they are re-sent in full, so a killed and restarted server ends with the
   complete domain. A watchdog flushes in the background and probes while idle.
+  A flush is only believed when the server that answers it is the one that
+  acknowledged the chunks: a server restarted between the acknowledgements and the
+  flush (its successor answers the flush, the retries having waited through the
+  restart) lost them, and they are sent again.
 * **Complete means complete**: at close, after the final flush, the domain is read
   back the way h5pyd opens it (:mod:`hsds_verify`). Whatever a reader would miss (an
-  object or link that a stalled server lost, a generation that did not land) is
-  repaired and checked again; only then is the domain called complete. The loop
+  object or link that a stalled server lost, a generation that did not land, a chunk
+  or a flush HSDS refused) is repaired and checked again; only then is the domain
+  called complete. The loop
   keeps at it for as long as the server stays away (up to ``give_up_after``), so a
   stall of any length ends complete once HSDS answers again.
 """
@@ -68,7 +73,22 @@ class HsdsMirror(ChunkSender):
         finally:
             self.flushing = False
         if status not in (200, 201, 204):
+            self.flush_refused = True
             self.backlog.error(f"HSDS flush of {self.setup.name} failed: {status} {reason}")
+            return
+        # Which server answered: one restarted since it acknowledged these chunks lost
+        # them, whatever its flush says (unreachable now: ConnectionLost, as for a write).
+        try:
+            start = await self.client.probe()
+        except HsdsWriterError as exc:  # it answers but refuses the probe: durability unknown
+            self.flush_refused = True
+            self.backlog.error(f"HSDS flush of {self.setup.name}: the server's start time was refused: {exc}")
+            return
+        self.flush_refused = False
+        if start != self.server_start:
+            self.connection_lost("server restarted before its flush")
+            self.server_start = start
+            self.wake.set()
             return
         for key, chunk in snapshot.items():
             if self.unflushed.get(key) is chunk:
@@ -97,14 +117,17 @@ class HsdsMirror(ChunkSender):
         with self.backlog.lock:
             nodes = list(self.backlog.nodes.values())
         problems = await find_unreadable(self.client, self.setup, nodes, self.shadow)
-        if not problems:
+        if not problems and not self.refused and not self.flush_refused:
             self.complete = not self.backlog.has_work()
             return self.complete
         self.backlog.count("verify_repairs")
         attempt = int(self.backlog.counters["verify_repairs"])
+        why = [p.why for p in problems[:5]]
+        why += [f"{len(self.refused)} chunk(s) HSDS refused"] if self.refused else []
+        why += ["its flush was refused"] if self.flush_refused else []
         log.warning(
             "HSDS domain %s is not complete for readers (%s); repairing (round %d)",
-            self.setup.name, "; ".join(p.why for p in problems[:5]), attempt,
+            self.setup.name, "; ".join(why), attempt,
         )  # fmt: skip
         if attempt > self.settings.verify_rounds:
             self.backlog.error(f"HSDS domain {self.setup.name} still incomplete after {attempt - 1} repairs")
@@ -117,6 +140,12 @@ class HsdsMirror(ChunkSender):
                     self.backlog.error(f"repairing {problem.path}: {exc}")
             if problem.resend:
                 self.resend_dataset(problem.path)
+        if self.refused:  # whole, once more: a refusal may not be for good (a busy node, a race)
+            copies = list(self.refused.values())
+            self.refused.clear()
+            for c in copies:
+                self.shadow[c.key] = UNKNOWN
+            self.backlog.requeue(copies)
         await self.client.backoff(attempt)
         return False
 

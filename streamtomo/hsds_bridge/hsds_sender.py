@@ -77,10 +77,15 @@ class ChunkSender:
         self.acknowledged: dict[ChunkKey, ChunkCopy] = {}  # last copy HSDS acknowledged, per chunk
         self.unflushed_nodes: list[NodeSnapshot] = []
         self.inflight: dict[ChunkKey, ChunkCopy] = {}
+        # Copies HSDS refused (a status retrying cannot change) that no later copy of the
+        # same chunk has replaced: HSDS holds something else there, so while one is left
+        # the domain is not complete (the final check sends them again).
+        self.refused: dict[ChunkKey, ChunkCopy] = {}
         self.server_start: object = None
         self.last_write = 0.0
         self.last_flush = 0.0
         self.flushing = False
+        self.flush_refused = False  # the last flush was answered with an error: nothing is known durable
         self.setup_durable = False  # domain, ACLs and objects survived a flush
         self.need_setup = False
         self.closing = False
@@ -287,6 +292,8 @@ class ChunkSender:
                 return True
             if status not in RETRY:
                 self.backlog.error(f"HSDS refused PUT {req.path}{req.select or ''}: {status} {reason}")
+                for m in req.members:
+                    self.refused[m.key] = m
                 self.forget_inflight(req.members)
                 return True  # permanent: retrying cannot help; do not block the generation
             attempt += 1
@@ -299,6 +306,7 @@ class ChunkSender:
             self.shadow[m.key] = m.data
             self.unflushed[m.key] = m
             self.acknowledged[m.key] = m
+            self.refused.pop(m.key, None)
         self.forget_inflight(req.members)
         with self.backlog.lock:
             self.backlog.stats.bytes_sent += req.nbytes

@@ -197,7 +197,10 @@ class HsdsWriter:
             log.debug("writer loop ended with %r", future.exception())
         if not self.complete:
             left = self._backlog.undelivered_at_close(0)
-            self._backlog.error(f"HSDS domain {self.domain_name} is NOT complete ({left} chunk(s) not delivered)")
+            refused = len(self._mirror.refused) if self._mirror is not None else 0
+            self._backlog.error(
+                f"HSDS domain {self.domain_name} is NOT complete ({left} chunk(s) not delivered, {refused} refused)"
+            )
         s = self.stats()
         log.info(
             "HSDS writer closed: %s %s, %d updates, %.1f MB, %d retries, %d dropped, %d errors",

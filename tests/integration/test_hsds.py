@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -386,6 +387,113 @@ def test_restart_mid_scan_ends_complete(crashable_hsds: LocalHsds) -> None:
             np.testing.assert_array_equal(f[path][...], clean.dataset(path).array, err_msg=path)
     finally:
         f.close()
+
+
+def _hold_request(monkeypatch: pytest.MonkeyPatch, writer: HsdsWriter, path: str, answer: Any) -> dict[str, int]:
+    """Route the writer's PUTs of ``path``'s value through ``answer(count)``: a status to
+    answer instead of sending (the request never reaches HSDS), or None to send it."""
+    send = HsdsClient.request
+    seen = {"puts": 0}
+
+    async def request(client: HsdsClient, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
+        setup = writer._setup
+        if method == "PUT" and setup is not None and url == f"/datasets/{setup.ids.get(path)}/value":
+            seen["puts"] += 1
+            status = answer(seen["puts"])
+            if status is not None:
+                return status, "refused by the test"
+        return await send(client, method, url, **kwargs)
+
+    monkeypatch.setattr(HsdsClient, "request", request)
+    return seen
+
+
+def _run_and_close(writer: HsdsWriter, domain: Domain, steps: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for step in range(steps):
+        update(domain, step, rng)
+        writer.notify()
+        assert writer.wait_idle(30)
+    writer.close(timeout=60)
+
+
+@pytest.mark.hsds
+@pytest.mark.allow_error_logs  # the refusal is logged at ERROR, as it should be
+def test_a_chunk_hsds_refused_once_is_sent_again_before_close_says_complete(
+    local_hsds: LocalHsds, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write HSDS refused (4xx) was counted and dropped, the next generation published,
+    and close said complete while HSDS held the older data there."""
+    name = unique_domain(local_hsds, "refused-once")
+    domain = make_domain(name)
+    writer = HsdsWriter(local_hsds.url, name, local_hsds.accounts.writer)
+    writer.start(domain)
+    # The last update's vol write is refused once (a later one of that chunk would hide it).
+    seen = _hold_request(monkeypatch, writer, "/entry/data/vol", lambda n: 403 if n == 6 else None)
+    _run_and_close(writer, domain, 6, seed=4)
+    assert seen["puts"] >= 7  # refused, then sent again
+    assert "HSDS refused PUT /entry/data/vol" in caplog.text
+    assert writer.complete
+    with open_domain(local_hsds, name, local_hsds.accounts.viewer) as f:
+        assert_mirrors(f, domain)
+
+
+@pytest.mark.hsds
+@pytest.mark.allow_error_logs  # refusals and the incomplete domain are errors
+def test_a_chunk_hsds_always_refuses_leaves_the_domain_incomplete(
+    local_hsds: LocalHsds, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = unique_domain(local_hsds, "refused-always")
+    domain = make_domain(name)
+    writer = HsdsWriter(local_hsds.url, name, local_hsds.accounts.writer)
+    writer.start(domain)
+    _hold_request(monkeypatch, writer, "/entry/data/vol", lambda n: 403 if n >= 6 else None)
+    _run_and_close(writer, domain, 6, seed=5)
+    assert not writer.complete
+    # the refused chunks are named as the reason (one z-slab write spans 3 chunks of vol)
+    assert re.search(r"is NOT complete \(0 chunk\(s\) not delivered, [1-9]\d* refused\)", caplog.text), caplog.text
+    assert writer.stats().errors >= 2
+
+
+@pytest.mark.hsds
+def test_a_restart_between_the_acknowledgement_and_the_flush_is_seen_and_resent(
+    crashable_hsds: LocalHsds, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HSDS acknowledged the last vol writes, then was killed and restarted before they
+    were flushed: its successor answered the flush, which was believed, and close said
+    complete while HSDS held the vol of the update before."""
+    server = crashable_hsds.start()
+    name = unique_domain(server, "restart-before-flush")
+    domain = make_domain(name)
+    settings = HsdsWriterSettings(retry_max=0.5, probe_interval=0.3)
+    writer = HsdsWriter(server.url, name, server.accounts.writer, settings=settings)
+    writer.start(domain)
+    rng = np.random.default_rng(6)
+    for step in range(4):
+        update(domain, step, rng)
+        writer.notify()
+        assert writer.wait_idle(30)
+    time.sleep(2.0)  # flushed: what follows is the only unflushed data
+    restarted = {"done": False}
+
+    def restart_before_the_status(n: int) -> None:
+        # Between two of the writer's requests: its vol chunks acknowledged, the
+        # status next; no request of its fails while the server is away.
+        if n == 1 and not restarted["done"]:
+            restarted["done"] = True
+            server.kill()
+            server.start()
+
+    _hold_request(monkeypatch, writer, "/entry/status/state", restart_before_the_status)
+    for step in range(4, 8):
+        update(domain, step, rng)
+    writer.notify()
+    assert writer.wait_idle(60)
+    writer.close(timeout=60)
+    assert restarted["done"]
+    assert writer.complete
+    with open_domain(server, name, server.accounts.viewer) as f:
+        assert_mirrors(f, domain)
 
 
 @pytest.mark.hsds
