@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -49,8 +50,20 @@ class _Node:
     chunks: tuple[int, ...] | None = None
 
 
-def write_nexus(domain: Domain, path: str | Path, *, block_bytes: int = BLOCK_BYTES, direct: bool = True) -> Path:
+def write_nexus(
+    domain: Domain,
+    path: str | Path,
+    *,
+    block_bytes: int = BLOCK_BYTES,
+    direct: bool = True,
+    describe: Callable[[h5py.File], None] | None = None,
+) -> Path:
     """Copy every group, dataset and attribute of ``domain`` into ``path``.
+
+    ``describe``: called with the open file once the domain's nodes are in it (before
+    the large datasets' chunks are written), to add what only the file says. A
+    ``default`` attribute whose target is not in the file is left out (a scan that
+    failed before its first projection has no reconstruction to point to).
 
     The file is written under a hidden temporary name in the same folder and renamed
     when complete: a reader (or a glob for ``*.nxs``) never sees half a file, and a
@@ -80,6 +93,9 @@ def write_nexus(domain: Domain, path: str | Path, *, block_bytes: int = BLOCK_BY
                 created = _write_node(f, node)
                 if created is not None:
                     large.append(created)
+            _drop_dangling_defaults(f)
+            if describe is not None:
+                describe(f)
         writer = RawChunkWriter(partial, direct=direct)
         try:
             for dataset in large:
@@ -94,6 +110,20 @@ def write_nexus(domain: Domain, path: str | Path, *, block_bytes: int = BLOCK_BY
         partial.unlink(missing_ok=True)
         raise
     return path
+
+
+def _drop_dangling_defaults(f: h5py.File) -> None:
+    """NeXus readers follow ``default`` from the root: one to a missing member leads nowhere."""
+    import h5py
+
+    groups = [f]
+    f.visititems(lambda _, obj: groups.append(obj) if isinstance(obj, h5py.Group) else None)
+    for group in groups:
+        target = group.attrs.get("default")
+        if isinstance(target, bytes):
+            target = target.decode()
+        if isinstance(target, str) and target not in group:
+            del group.attrs["default"]
 
 
 def _plan(domain: Domain, block_bytes: int) -> list[_Node]:

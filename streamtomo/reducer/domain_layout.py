@@ -4,6 +4,8 @@
 
     /                              @default=entry
     /entry                         NXentry, @default=reconstruction
+        program_name    str     "streamtomo", @version
+        start_time      str     ISO 8601 (UTC), when this domain was made
     /entry/sinogram                NXdata, @signal=data
         data            float32 (rows, angles, cols)
         rotation_angle  float64 (angles,) degrees, measured (nominal where empty)
@@ -14,6 +16,8 @@
         slice_rows      int64   (slices,) detector row of each slice
         n_projections   int64   scalar, projections in the slices so far
         parameters      str     effective configuration (JSON)
+        center          float64 the rotation axis the slices use
+        cor_sweep       NXdata: data (candidates, y, x), centers (candidates,)
         volume          float32 (rows, y, x), end of scan, filled slice by slice
     /entry/status                  NXcollection
         state (waiting, running, reconstructing, finished, stopped, failed), reason
@@ -24,8 +28,10 @@
         frames that never came), publisher_dropped, pixels_repaired (dead or saturated
         pixel values replaced by their row neighbours' median before -log, over the
         projections so far), angles_joined (projections whose event carried another
-        frame's PandA row, joined with their own: the streams slipped), last_update
-        (unix time), generation
+        frame's PandA row, joined with their own: the streams slipped),
+        results_after_end, last_update (unix time), generation
+
+The final file adds what only it needs (:mod:`streamtomo.reducer.final_metadata`).
 
 The layout reads a :class:`ScanSnapshot`, never the scan's internals. The sinogram
 dataset shares the scan's storage (an angle-major array seen as (rows, angles, cols)):
@@ -49,6 +55,7 @@ import numpy.typing as npt
 from streamtomo.hsds_bridge.domain import Domain, DomainDataset
 from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
 from streamtomo.pipeline.streaming.snapshot import ScanSnapshot
+from streamtomo.reducer.final_metadata import iso_time
 
 STATUS_INTS = (
     "frames_received",
@@ -82,10 +89,21 @@ def sinogram_chunks(rows: int, angles: int, cols: int) -> tuple[int, int, int]:
     return (min(rows, block), min(angles, block), cols)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamtomo")
+    except PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "unknown"
+
+
 def new_domain(name: str) -> Domain:
     """The domain before the first frame: status only."""
     domain = Domain(name, {"default": "entry"})
     domain.create_group("/entry", {"NX_class": "NXentry", "default": "reconstruction"})
+    domain.create_dataset("/entry/program_name", "streamtomo", attrs={"version": _version()})
+    domain.create_dataset("/entry/start_time", iso_time(time.time()))
     domain.create_group("/entry/status", {"NX_class": "NXcollection"})
     domain.create_dataset("/entry/status/state", "waiting")
     domain.create_dataset("/entry/status/reason", "")
@@ -93,7 +111,11 @@ def new_domain(name: str) -> Domain:
         domain.create_dataset(f"/entry/status/{name_}", np.int64(0))
     domain.create_dataset("/entry/status/rejected", "{}")
     domain.create_dataset("/entry/status/lost_frames", "[]")
-    domain.create_dataset("/entry/status/last_update", np.float64(time.time()))
+    domain.create_dataset(
+        "/entry/status/last_update",
+        np.float64(time.time()),
+        attrs={"units": "s", "long_name": "seconds since 1970 (UTC)"},
+    )
     domain.create_dataset("/entry/status/generation", np.int64(0))
     return domain
 
@@ -132,7 +154,12 @@ def add_scan_datasets(domain: Domain, snap: ScanSnapshot) -> None:
         attrs={"long_name": "-log transmission", "interpretation": "image"},
     )
     domain.create_dataset("/entry/sinogram/rotation_angle", snap.angles, attrs=units)
-    domain.create_dataset("/entry/sinogram/frames_per_angle", snap.frames_per_angle)
+    domain.create_dataset(
+        "/entry/sinogram/frames_per_angle",
+        snap.frames_per_angle,
+        # The sinogram's zero rows look like data: this says which they are.
+        attrs={"long_name": "projections summed in this angle slot (0: none, its sinogram rows are zeros)"},
+    )
     domain.create_dataset("/entry/sinogram/detector_row", snap.sinogram_rows)
     k, n, _ = snap.slices_shape
     domain.create_group(

@@ -37,9 +37,13 @@ FINAL_FILE_NICE = 10
 class FinalFile:
     """One scan's final file: :attr:`written` is its path once it is complete, else None."""
 
-    def __init__(self, domain: Domain, path: Path, release: Callable[[], None], scan: str) -> None:
+    def __init__(
+        self, domain: Domain, path: Path, release: Callable[[], None], scan: str, identifier: str = ""
+    ) -> None:
         self.path = path
         self.scan = scan
+        self.identifier = identifier or path.stem  # the dranspose mapping uuid: what the file says it is
+        self.ended = time.time()  # made when the scan has ended
         self.written: str | None = None
         self._domain: Domain | None = domain
         self._release = release
@@ -62,6 +66,7 @@ class FinalFile:
 
     def _run(self) -> None:
         from streamtomo.hsds_bridge.nexus_file import write_nexus
+        from streamtomo.reducer.final_metadata import add_final_metadata
 
         assert self._domain is not None
         with contextlib.suppress(OSError, AttributeError):  # Linux only (per thread there)
@@ -69,7 +74,9 @@ class FinalFile:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FINAL_FILE_NICE)
         started, cpu = time.monotonic(), time.thread_time()
         try:
-            path = write_nexus(self._domain, self.path)
+            path = write_nexus(
+                self._domain, self.path, describe=lambda f: add_final_metadata(f, self.identifier, self.ended)
+            )
         except OSError as error:
             logger.warning("final file %s not written: %s", self.path, error)
         except Exception:

@@ -556,6 +556,7 @@ class TomoReducer:
                 Path(self.settings.final_dir) / name,
                 release,
                 f"{self.mapping_uuid or name} {self.scan.state}",
+                identifier=str(self.mapping_uuid or ""),
             ).start()
         files.append(self._final)
 

@@ -139,7 +139,7 @@ def test_the_final_file_is_the_domain_as_the_scan_ended(final_dir: Path) -> None
         path = reducer.wait_final_file(60)
         assert path is not None and reducer.final_file == path
         assert Path(path) == final_dir / "scan-one.nxs"
-        assert_file_equals_domain(Path(path), reducer.domain)
+        assert_file_equals_domain(Path(path), reducer.domain, final=True)
         assert sorted(p.name for p in final_dir.iterdir()) == [Path(path).name]  # no temporary file left
     finally:
         reducer.close()
@@ -193,7 +193,7 @@ def test_finish_returns_before_the_final_file_is_written_and_close_waits_for_it(
         with nexus_file_reader(path) as f:
             assert np.array_equal(f["/entry/sinogram/data"][()], sinogram)
             assert f["/entry/status/state"][()].decode() == "finished"
-        assert_file_equals_domain(Path(path), first.domain)
+        assert_file_equals_domain(Path(path), first.domain, final=True)
         first.timer(first._parameters)  # the file is written: the change applies now
         assert int(first.domain.dataset("/entry/status/settings_pending").array[()]) == 0
         assert not np.array_equal(first.domain.dataset("/entry/reconstruction/data").array, slices)
@@ -497,7 +497,7 @@ def test_a_scan_in_reused_memory_reads_zeros_where_no_projection_came(final_dir:
         assert path is not None
         with nexus_file_reader(path) as f:
             np.testing.assert_array_equal(f["/entry/sinogram/data"][()], expected)
-        assert_file_equals_domain(Path(path), second.domain)
+        assert_file_equals_domain(Path(path), second.domain, final=True)
         assert not np.any(sinogram.by_angle[~filled])  # the memory itself, once the scan ended
     finally:
         if second is not None:

@@ -21,13 +21,30 @@ def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def assert_file_equals_domain(path: Path, domain: Domain) -> None:
-    """Every group, dataset (values, dtype, chunks) and attribute of ``domain`` is in the file as it is there."""
+# What a reducer's final file adds to its domain (streamtomo.reducer.final_metadata):
+# checked by check_final_metadata, so the comparison with the domain leaves them out.
+FINAL_ONLY_MEMBERS = {"/entry": {"end_time", "entry_identifier", "volume"}}
+FINAL_ONLY_ATTRS = {"/entry": {"default"}, "/entry/reconstruction/volume": {"slices_done", "note"}}
+
+
+def assert_file_equals_domain(path: Path, domain: Domain, final: bool = False) -> None:
+    """Every group, dataset (values, dtype, chunks) and attribute of ``domain`` is in the
+    file as it is there; ``final``: a reducer's final file, with what it adds."""
     with h5py.File(path, "r") as f:
+        if final:
+            check_final_metadata(f)
         for node in domain.walk():
             target = f[node.path]
-            assert set(target.attrs) == set(node.attrs), node.path
-            for key, value in node.attrs.items():
+            expected = dict(node.attrs)
+            if isinstance(node, DomainGroup) and "default" in expected and expected["default"] not in node.children:
+                del expected["default"]  # a default that leads nowhere is left out (tested below)
+            got_attrs = set(target.attrs)
+            if final:
+                for key in FINAL_ONLY_ATTRS.get(node.path, set()):
+                    expected.pop(key, None)
+                    got_attrs.discard(key)
+            assert got_attrs == set(expected), node.path
+            for key, value in expected.items():
                 got = target.attrs[key]
                 if isinstance(value, list) and value and isinstance(value[0], str):
                     assert [_text(v) for v in got] == value, (node.path, key)
@@ -35,7 +52,8 @@ def assert_file_equals_domain(path: Path, domain: Domain) -> None:
                     assert np.array_equal(got, value), (node.path, key)
             if isinstance(node, DomainGroup):
                 assert isinstance(target, h5py.Group), node.path
-                assert set(target) == set(node.children), node.path
+                extra = FINAL_ONLY_MEMBERS.get(node.path, set()) if final else set()
+                assert set(target) - extra == set(node.children), node.path
                 continue
             assert isinstance(node, DomainDataset) and isinstance(target, h5py.Dataset), node.path
             if node.is_string:
@@ -46,6 +64,31 @@ def assert_file_equals_domain(path: Path, domain: Domain) -> None:
             assert np.array_equal(target[()], node.copy_selection(())), node.path
             if node.array.ndim and node.array.size:
                 assert target.chunks == node.chunks, node.path
+
+
+def check_final_metadata(f: Any) -> None:
+    """What a final file says about itself: its scan, when it ended, and the volume as its
+    default plot once every slice of it is done (else how many are)."""
+    import datetime
+
+    entry = f["entry"]
+    assert _text(entry["entry_identifier"][()])
+    ended = datetime.datetime.fromisoformat(_text(entry["end_time"][()]))
+    started = datetime.datetime.fromisoformat(_text(entry["start_time"][()]))
+    assert ended.tzinfo is not None and started <= ended
+    assert _text(entry["program_name"][()]) == "streamtomo" and "version" in entry["program_name"].attrs
+    volume = entry.get("reconstruction/volume")
+    if volume is None:
+        assert "volume" not in entry
+        return
+    done = int(entry["status/volume_slices_done"][()])
+    if done == volume.shape[0]:
+        assert _text(entry.attrs["default"]) == "volume"
+        group = entry["volume"]
+        assert _text(group.attrs["signal"]) == "data" and group["data"].id == volume.id  # a link, not a copy
+        assert list(group["detector_row"][()]) == list(volume.attrs["detector_rows"])
+    else:
+        assert "volume" not in entry and int(volume.attrs["slices_done"]) == done
 
 
 def domain_with_sinogram(rows: int, angles: int, cols: int, *, mapped: bool = False) -> tuple[Domain, np.ndarray]:
@@ -237,3 +280,14 @@ def _without_chunk_iter(dataset: Any) -> Any:
     return SimpleNamespace(
         name=dataset.name, id=SimpleNamespace(get_chunk_info_by_coord=dataset.id.get_chunk_info_by_coord)
     )
+
+
+def test_a_default_that_leads_nowhere_is_left_out_and_one_that_leads_somewhere_kept(tmp_path: Path) -> None:
+    """A scan that failed before its first projection pointed /entry's default at a
+    reconstruction it never had: silx's default plot was None."""
+    domain = new_domain("/tmp/test-defaults.h5")
+    assert domain.get("/entry").attrs["default"] == "reconstruction"  # not there yet
+    path = write_nexus(domain, tmp_path / "failed.nxs")
+    with h5py.File(path, "r") as f:
+        assert _text(f.attrs["default"]) == "entry"  # the root's leads to /entry: kept
+        assert "default" not in f["entry"].attrs
