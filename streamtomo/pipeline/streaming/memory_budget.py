@@ -52,16 +52,24 @@ def published_bytes(config: PipelineConfig, detector: DetectorInfo, geometry: Li
     return out
 
 
+def _size(nbytes: int | float) -> str:
+    """Bytes in the unit that shows them: a small budget read "0.00 GB" against "0.00 GB"."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{int(nbytes)} bytes"
+
+
 def check_memory_budget(config: PipelineConfig, detector: DetectorInfo, geometry: LiveSliceGeometry) -> int:
     """Total published bytes; raises :class:`MemoryBudgetError` when over budget."""
     parts = published_bytes(config, detector, geometry)
     total, budget = sum(parts.values()), budget_bytes(config)
     if total > budget:
-        detail = ", ".join(f"{name} {size / 1e9:.2f} GB" for name, size in parts.items())
+        detail = ", ".join(f"{name} {_size(size)}" for name, size in parts.items())
         raise MemoryBudgetError(
-            f"this scan needs {total / 1e9:.2f} GB ({detail}) for {len(geometry.sinogram_rows)} sinogram rows x "
+            f"this scan needs {_size(total)} ({detail}) for {len(geometry.sinogram_rows)} sinogram rows x "
             f"{config.angle_slots()} angles x {detector.cols} columns (bin {config.bin}), more than the reducer's "
-            f"budget of {budget / 1e9:.2f} GB (memory_budget_gb); choose fewer rows (e.g. rows=a:b), "
+            f"budget of {_size(budget)} (memory_budget_gb); choose fewer rows (e.g. rows=a:b), "
             f"bin=2 or bin=4, volume=false, or a larger budget"
         )
     return total

@@ -616,6 +616,8 @@ def test_a_scan_too_large_for_the_memory_budget_is_refused_at_its_first_frame() 
     scan = run(make_frames(), 2, cfg)
     assert scan.state == "failed"
     assert "rows" in scan.reason and "bin" in scan.reason and "memory_budget_gb" in scan.reason
+    # Sizes in a unit that shows them (a 1-byte budget read "0.00 GB" like the need).
+    assert "budget of 1 bytes" in scan.reason and "0.00" not in scan.reason, scan.reason
     assert scan.sinogram is None  # nothing was allocated
     assert scan.rejected == {"scan_refused": len(make_frames())}
     assert scan.status()["frames_received"] == len(make_frames())
