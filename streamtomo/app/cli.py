@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ def _run(
     keeps serving after the scan until Enter or Ctrl-C (as ``--serve`` does until Ctrl-C)."""
     from streamtomo.app.runner import Progress, ReplayFailed, ReplayRun
     from streamtomo.hsds_bridge.nexus_file import write_nexus
+    from streamtomo.reducer.final_metadata import add_final_metadata
 
     # With --hsds the reducer mirrors the domain there; credentials come from the
     # environment or a file (streamtomo.hsds_bridge.credentials), never from the command line.
@@ -133,7 +135,9 @@ def _run(
         if getattr(reducer, "hsds", None) is not None:
             print(f"hsds domain: {reducer.hsds.domain_name} at {args.hsds}", flush=True)
         if args.out:
-            path = write_nexus(reducer.domain, args.out)
+            # As a deployment's final file: the scan it is and when it ended, the volume as its default.
+            identifier, ended = str(reducer.mapping_uuid or Path(args.out).stem), time.time()
+            path = write_nexus(reducer.domain, args.out, describe=lambda f: add_final_metadata(f, identifier, ended))
             print(f"final file: {path}")
         print(f"summary: {summary.describe()}", flush=True)
         if summary.failed:

@@ -13,6 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.unit.hsds_bridge.test_nexus_file import check_final_metadata
+
 CLI = str(Path(sys.executable).with_name("streamtomo"))
 
 
@@ -80,6 +82,10 @@ def test_a_good_scan_exits_zero_and_reports_its_latency(tmp_path: Path) -> None:
     summary = next(line for line in done.stdout.splitlines() if line.startswith("summary:"))
     assert summary.startswith("summary: 44 frames (24 projections, 0 rejected) in ")
     assert "; last frame to final slices " in summary
+    # The --out file is a final file as a deployment writes it: what it is, the volume first.
+    with h5py.File(tmp_path / "out.nxs", "r") as f:
+        check_final_metadata(f)
+        assert f["entry"].attrs["default"] == "volume"
 
 
 @pytest.mark.slow
