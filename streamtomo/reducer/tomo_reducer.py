@@ -265,6 +265,11 @@ class TomoReducer:
                     f"the controller at {url} did not take {name}: {error}; nothing was changed"
                 ) from None
         logger.info("parameter %s set to %r", name, value)
+        if self._end_of_scan is not None and not self._finished.is_set():
+            return (
+                "stored; the scan has ended and its volume is being made with the scan's settings: the live "
+                "slices are rebuilt once the volume and the final file are done (see /entry/reconstruction/parameters)"
+            )
         return "stored; the live slices are rebuilt at the next publish (see /entry/reconstruction/parameters)"
 
     def _post_to_controller(self, url: str, name: str, data: bytes) -> None:
@@ -360,7 +365,11 @@ class TomoReducer:
             # volume is made rebuilt the final slices with other settings than the
             # volume's (the next scan's parameters, too).
             ended = self._end_of_scan is not None and self._pending_change is None  # _finished comes after
-            if (self._final is None or self._final.done) and not ended:
+            # A control API change while the volume is made waits for it and for the file:
+            # the volume took its centre and filter when it started, and applying the change
+            # then left a file whose centre, filter and slices were not the volume's.
+            volume_under_way = self._end_of_scan is not None and not self._finished.is_set()
+            if (self._final is None or self._final.done) and not ended and not volume_under_way:
                 self._apply_parameters(parameters)
             if not self._finished.is_set():
                 self.scan.reconcile()

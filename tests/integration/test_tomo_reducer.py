@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 from dranspose.protocol import ParameterName, WorkParameter
@@ -19,6 +20,7 @@ from streamtomo.hsds_bridge import nexus_file
 from streamtomo.pipeline.messages import WorkerResult
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
+from streamtomo.reducer import volume_job
 from streamtomo.reducer.domain_layout import new_domain, update_domain
 from streamtomo.reducer.tomo_reducer import TomoReducer
 from tests.unit.hsds_bridge.test_nexus_file import assert_file_equals_domain
@@ -525,4 +527,48 @@ def test_a_live_change_the_controller_does_not_take_is_refused_and_undone(reduce
         assert reducer.scan.config.center == "15.5"
         assert int(reducer.domain.dataset("/entry/status/settings_pending").array[()]) == 0
     finally:
+        reducer.close()
+
+
+def test_a_centre_change_while_the_volume_is_made_waits_for_the_volume_and_the_file(
+    final_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change was applied while the volume ran with the centre it had taken at its
+    start: the file said centre 12 and held slices at 12 beside a volume at 15.5."""
+    started, gate = threading.Event(), threading.Event()
+    real = volume_job.reconstruct
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        assert gate.wait(60), "the test never opened the gate"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(volume_job, "reconstruct", held)
+    reducer = TomoReducer(
+        parameters=parameters(volume=True, backend="direct", center="15.5"), context={}, state=mapping("held")
+    )
+    try:
+        feed(reducer)
+        reducer.finish()
+        assert started.wait(60)
+        assert "once the volume and the final file are done" in reducer.set_parameter("center", "12.0")
+        reducer.timer(reducer._parameters)  # a publish while the volume is made: the change waits
+        assert reducer.scan.config.center == "15.5"
+        assert reducer.domain.dataset("/entry/status/settings_pending").array[()] == 1
+        gate.set()
+        assert reducer.wait_end_of_scan(60)
+        path = reducer.wait_final_file(60)
+        assert path is not None
+        with h5py.File(path, "r") as f:  # the scan as it ended: one centre throughout
+            assert float(f["/entry/reconstruction/center"][()]) == 15.5
+            slice_row = int(f["/entry/reconstruction/slice_rows"][0])
+            rows = list(f["/entry/volume/detector_row"][()])
+            np.testing.assert_allclose(
+                f["/entry/reconstruction/data"][0], f["/entry/volume/data"][rows.index(slice_row)], atol=1e-5
+            )
+        reducer.timer(reducer._parameters)  # then the change is applied to the live slices
+        assert reducer.scan.config.center == "12.0"
+        assert reducer.domain.dataset("/entry/status/settings_pending").array[()] == 0
+    finally:
+        gate.set()
         reducer.close()
