@@ -47,7 +47,7 @@ from streamtomo.pipeline.streaming.prefault import ArrayPool
 from streamtomo.reducer.domain_layout import new_domain, update_domain
 from streamtomo.reducer.final_file import FINAL_FILE_WAIT_S, FinalFile, wait_all
 from streamtomo.reducer.malloc_tuning import keep_buffer_pages
-from streamtomo.reducer.volume_job import VolumeCancel, reconstruct_volume
+from streamtomo.reducer.volume_job import VolumeCancel, reconstruct_volume, volume_failed
 
 logger = logging.getLogger(__name__)
 POOL_WAIT_S = 10.0
@@ -472,12 +472,9 @@ class TomoReducer:
     def _end_scan_products(self) -> None:
         try:
             self.volume_seconds = reconstruct_volume(self.scan, self.lock, self._publish_locked, self._end_cancel)
-        except Exception:  # a thread's exception reaches no log by itself
+        except Exception as error:  # a thread's exception reaches no log by itself
             logger.exception("scan %s: the end-of-scan volume failed", self.mapping_uuid)
-            with self.lock:
-                self.scan.volume, self.scan.volume_done = None, 0
-                self.scan.state = "finished"
-                self._publish_locked()
+            volume_failed(self.scan, self.lock, self._publish_locked, error)
         with self.lock:
             self._finished.set()
         if self.hsds is not None:

@@ -134,12 +134,23 @@ def reconstruct_volume(
                     publish()
     except (ImportError, ValueError) as error:
         logger.warning("no end-of-scan volume: %s", error)
-        with lock:
-            scan.volume, scan.volume_done = None, 0
-            scan.state = "finished"
-            publish()
+        volume_failed(scan, lock, publish, error)
         return None
     return _finished(scan, lock, publish, n_rows, config.backend, started, cancel)
+
+
+def volume_failed(scan: LiveScan, lock: threading.RLock, publish: Callable[[], None], error: BaseException) -> None:
+    """The volume stopped on ``error``: the scan is still finished (its stream was
+    reduced), the slices done so far stay and ``volume_slices_done`` says how many (it
+    went back to 0 while the file kept them, and said nothing was computed), and
+    ``reason`` says why the rest is missing."""
+    with lock:
+        done = scan.volume_done if scan.volume is not None else 0
+        why = f"the end-of-scan volume stopped after {done} slices: {error}"
+        scan.reason = f"{scan.reason}; {why}" if scan.reason else why
+        scan.volume_done = done
+        scan.state = "finished"
+        publish()
 
 
 def _prepare_projections(

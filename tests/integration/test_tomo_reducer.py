@@ -572,3 +572,41 @@ def test_a_centre_change_while_the_volume_is_made_waits_for_the_volume_and_the_f
     finally:
         gate.set()
         reducer.close()
+
+
+@pytest.mark.parametrize("error", [ValueError, RuntimeError])
+@pytest.mark.allow_error_logs  # a RuntimeError is a fault in the engine: logged with its traceback
+def test_an_engine_error_mid_volume_keeps_the_slices_done_and_says_why(
+    final_dir: Path, monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    """volume_slices_done went back to 0 with no reason, while the file kept the slices
+    computed and said none were."""
+    monkeypatch.setattr(volume_job, "batch_rows", lambda *args: 1)
+    calls: list[int] = []
+    real = volume_job.reconstruct
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise error("engine: unsupported size")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(volume_job, "reconstruct", failing)
+    reducer = TomoReducer(parameters=parameters(volume=True, backend="direct"), context={}, state=mapping("err"))
+    try:
+        feed(reducer)
+        reducer.finish()
+        assert reducer.wait_end_of_scan(60)
+        path = reducer.wait_final_file(60)
+        assert path is not None
+        with h5py.File(path, "r") as f:
+            status = f["/entry/status"]
+            assert status["state"].asstr()[()] == "finished"  # the stream was reduced
+            reason = status["reason"].asstr()[()]
+            assert "the end-of-scan volume stopped after 1 slices: engine: unsupported size" in reason
+            assert int(status["volume_slices_done"][()]) == 1
+            volume = f["/entry/reconstruction/volume"]
+            assert np.any(volume[0]) and not np.any(volume[1:])  # what volume_slices_done says
+            assert int(volume.attrs["slices_done"]) == 1 and "volume" not in f["/entry"]
+    finally:
+        reducer.close()
