@@ -505,8 +505,12 @@ class TomoReducer:
         if self._previous is not None:
             self._previous.end_now("the reducer stopped", PREVIOUS_SCAN_WAIT_S)
         self.end_now("the reducer stopped", PREVIOUS_SCAN_WAIT_S)
-        if not self._finished.is_set() and self.scan.admission.received > 0 and self._final is None:
-            # Stopped mid-scan (Redis gone, up stopping): keep what was reduced.
+        mid_scan = self._end_of_scan is None and not self._finished.is_set()
+        if mid_scan and self.scan.admission.received > 0 and self._final is None:
+            # Stopped mid-scan (Redis gone, up stopping): keep what was reduced. Not a scan
+            # whose end outlasted the wait above: it ended, and its end-of-scan thread
+            # writes its file (a second writer of the same path, and 'failed' then
+            # 'finished', came of that).
             with self.lock:
                 if self.scan.state != "failed":
                     self.scan.state = "failed"
@@ -554,6 +558,8 @@ class TomoReducer:
         files: list[FinalFile] = self.context.setdefault("final_files", [])
         files[:] = [f for f in files if not f.done]  # written ones need no waiting for
         with self.lock:  # from here on no result changes the domain (process_result)
+            if self._final is not None:  # one file per scan, one writer of it
+                return
             pool = self.scan.pool
             release = pool.hold() if pool is not None else _nothing
             self._let_go_of_overrun()  # the file's writer holds them now

@@ -20,7 +20,7 @@ from streamtomo.hsds_bridge import nexus_file
 from streamtomo.pipeline.messages import WorkerResult
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
-from streamtomo.reducer import volume_job
+from streamtomo.reducer import final_file, tomo_reducer, volume_job
 from streamtomo.reducer.domain_layout import new_domain, update_domain
 from streamtomo.reducer.tomo_reducer import TomoReducer
 from tests.unit.hsds_bridge.test_nexus_file import assert_file_equals_domain
@@ -610,3 +610,55 @@ def test_an_engine_error_mid_volume_keeps_the_slices_done_and_says_why(
             assert int(volume.attrs["slices_done"]) == 1 and "volume" not in f["/entry"]
     finally:
         reducer.close()
+
+
+def test_close_while_the_volume_outlasts_its_wait_leaves_one_writer_and_a_finished_scan(
+    final_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() took a scan whose end outlasted the wait for one stopped mid-scan: it said
+    'failed', started a second writer of the same file, and the end-of-scan thread then
+    said 'finished' and wrote it again."""
+    monkeypatch.setattr(tomo_reducer, "PREVIOUS_SCAN_WAIT_S", 0.5)
+    monkeypatch.setattr(volume_job, "batch_rows", lambda *args: 1)
+    in_batch, release = threading.Event(), threading.Event()
+    real = volume_job.reconstruct
+    calls: list[int] = []
+
+    def stuck(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            in_batch.set()
+            assert release.wait(60), "the test never released the batch"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(volume_job, "reconstruct", stuck)
+    writers: list[str] = []
+    start = final_file.FinalFile.start
+
+    def counted(self: final_file.FinalFile) -> final_file.FinalFile:
+        writers.append(self.scan)
+        return start(self)
+
+    monkeypatch.setattr(final_file.FinalFile, "start", counted)
+    reducer = TomoReducer(parameters=parameters(volume=True, backend="direct"), context={}, state=mapping("X"))
+    closer = threading.Thread(target=reducer.close)
+    try:
+        feed(reducer)
+        reducer.finish()
+        assert in_batch.wait(60)
+        closer.start()
+        state = reducer.domain.dataset("/entry/status/state")
+        closer.join(2.0)  # past its 0.5 s wait: close goes on while the batch is held
+        assert state.array[()] == "reconstructing"
+    finally:
+        release.set()
+        closer.join(60)
+    assert reducer.wait_end_of_scan(60)
+    path = reducer.wait_final_file(60)
+    assert path is not None and writers == ["X finished"]
+    with h5py.File(path, "r") as f:
+        assert f["/entry/status/state"].asstr()[()] == "finished"
+        assert (
+            "the end-of-scan volume was cancelled after 2 of 4 slices: the reducer stopped"
+            in (f["/entry/status/reason"].asstr()[()])
+        )
