@@ -1,8 +1,10 @@
 """Refuse a scan that cannot fit, at its first frame, instead of dying mid-scan.
 
 The reducer holds what it publishes: the sinogram (rows x angles x cols float32),
-the live slices, the centre sweep, the window blocks and, at the end, the volume.
-When their sum exceeds the budget (``memory_budget_gb``; default half of this
+the live slices, the centre sweep, the window blocks and, at the end, the volume;
+and, for a volume with zinger removal or Paganin phase retrieval, which work on whole
+projections, a prepared copy of the sinogram while the volume is made
+(:func:`held_bytes`). When their sum exceeds the budget (``memory_budget_gb``; default half of this
 machine's memory) the scan is refused with the figures and what to change: fewer
 ``rows`` or a coarser ``bin``.
 """
@@ -60,9 +62,20 @@ def _size(nbytes: int | float) -> str:
     return f"{int(nbytes)} bytes"
 
 
+def held_bytes(config: PipelineConfig, detector: DetectorInfo, geometry: LiveSliceGeometry) -> dict[str, int]:
+    """What the reducer holds at most: the published arrays, plus the volume job's
+    prepared copy of the sinogram where it makes one (streamtomo.reducer.volume_job):
+    a scan admitted without it ran out of memory at its very end (2048^2 x 1800 angles:
+    30 GB more)."""
+    out = published_bytes(config, detector, geometry)
+    if config.volume and (config.zinger_removal or config.paganin_delta_beta > 0):
+        out["volume preparation"] = out["sinogram"]
+    return out
+
+
 def check_memory_budget(config: PipelineConfig, detector: DetectorInfo, geometry: LiveSliceGeometry) -> int:
-    """Total published bytes; raises :class:`MemoryBudgetError` when over budget."""
-    parts = published_bytes(config, detector, geometry)
+    """Total bytes held (:func:`held_bytes`); raises :class:`MemoryBudgetError` when over budget."""
+    parts = held_bytes(config, detector, geometry)
     total, budget = sum(parts.values()), budget_bytes(config)
     if total > budget:
         detail = ", ".join(f"{name} {_size(size)}" for name, size in parts.items())
@@ -70,6 +83,8 @@ def check_memory_budget(config: PipelineConfig, detector: DetectorInfo, geometry
             f"this scan needs {_size(total)} ({detail}) for {len(geometry.sinogram_rows)} sinogram rows x "
             f"{config.angle_slots()} angles x {detector.cols} columns (bin {config.bin}), more than the reducer's "
             f"budget of {_size(budget)} (memory_budget_gb); choose fewer rows (e.g. rows=a:b), "
-            f"bin=2 or bin=4, volume=false, or a larger budget"
+            f"bin=2 or bin=4, volume=false"
+            + (", no zinger_removal or paganin_delta_beta" if "volume preparation" in parts else "")
+            + ", or a larger budget"
         )
     return total

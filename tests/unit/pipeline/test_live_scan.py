@@ -10,7 +10,7 @@ import pytest
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
-from streamtomo.pipeline.messages import AngleRow, PartialSum, ProjectionRows, WorkerResult
+from streamtomo.pipeline.messages import AngleRow, DetectorInfo, PartialSum, ProjectionRows, WorkerResult
 from streamtomo.pipeline.reconstruction.cor import cor_sweep
 from streamtomo.pipeline.reconstruction.fbp import fbp
 from streamtomo.pipeline.scan import Frame, ImageKey
@@ -621,6 +621,26 @@ def test_a_scan_too_large_for_the_memory_budget_is_refused_at_its_first_frame() 
     assert scan.sinogram is None  # nothing was allocated
     assert scan.rejected == {"scan_refused": len(make_frames())}
     assert scan.status()["frames_received"] == len(make_frames())
+
+
+def test_the_budget_counts_the_volumes_prepared_copy_for_zingers_or_paganin() -> None:
+    """Zinger removal and Paganin make a whole copy of the sinogram for the volume: a scan
+    admitted without it ran out of memory at its very end."""
+    from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
+    from streamtomo.pipeline.streaming.memory_budget import held_bytes, published_bytes
+
+    detector = DetectorInfo(rows=ROWS, cols=COLS, dtype="uint16")
+    for extra, copied in (({}, False), ({"zinger_removal": True}, True), ({"paganin_delta_beta": 100.0}, True)):
+        cfg = config(volume=True, **extra)
+        geometry = LiveSliceGeometry(cfg, detector)
+        held, published = held_bytes(cfg, detector, geometry), published_bytes(cfg, detector, geometry)
+        assert sum(held.values()) - sum(published.values()) == (published["sinogram"] if copied else 0), extra
+    # ... and the refusal says it: between the two totals, only the copy makes it too large.
+    cfg = config(volume=True, zinger_removal=True)
+    geometry = LiveSliceGeometry(cfg, detector)
+    published = sum(published_bytes(cfg, detector, geometry).values())
+    scan = run(make_frames(), 2, dataclasses.replace(cfg, memory_budget_gb=(published + 1) / 1e9))
+    assert scan.state == "failed" and "volume preparation" in scan.reason and "zinger_removal" in scan.reason
 
 
 def test_binned_scan_is_the_scan_of_the_binned_detector() -> None:
