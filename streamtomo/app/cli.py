@@ -8,6 +8,7 @@ Subcommands: ``demo`` (simulate, stream through dranspose, serve the live domain
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import select
@@ -33,6 +34,8 @@ class CliError(Exception):
 # Exit status of a scan that ran but failed or reduced no projection (the final file
 # and domain say why in /entry/status/state and reason); 2 stays for user errors.
 SCAN_FAILED = 3
+# After Ctrl-C: how long the scan may take to end with what it has (one event, finish).
+INTERRUPT_WAIT_S = 10.0
 
 
 def _load_config(path: str | None, overrides: dict[str, Any]) -> PipelineConfig:
@@ -123,9 +126,19 @@ def _run(
         run.go()
         try:
             run.wait(on_progress=progress)
-        except ReplayFailed as error:  # a recording that stops decoding part-way
+        except ReplayFailed as error:
             progress.close()
-            raise CliError("; ".join([str(error), *_cut_recordings(recordings)])) from None
+            cut_short = _cut_recordings(recordings)
+            if not cut_short:
+                raise  # not the recordings: a bug (exit 1; -v shows where)
+            raise CliError("; ".join([str(error), *cut_short])) from None  # a recording cut part-way
+        except KeyboardInterrupt as interrupt:  # Ctrl-C (or SIGTERM, see main): stop now, tidy up
+            progress.close()
+            run.interrupt()
+            with contextlib.suppress(TimeoutError, ReplayFailed):  # the summary says what came
+                run.wait(timeout=INTERRUPT_WAIT_S)
+            print(f"interrupted: {run.summary().describe()}", file=sys.stderr, flush=True)
+            return _interrupted_status(interrupt)
         progress.close()
         summary = run.summary()
         cut: list[str] = []
@@ -451,6 +464,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be: the same tidy stop (the temporary folders,
+    the control token's among them, were left behind by the signal's default action)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _interrupted_status(interrupt: KeyboardInterrupt) -> int:
+    """As a shell reports a process its signal stopped: 128 + the signal."""
+    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -461,8 +488,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("dranspose", "aiohttp.access", "uvicorn", "dranspose.replay"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    # `up` and --serve put their own handlers in place of this one. SIGINT as Ctrl-C even
+    # in a job a shell started in the background (it starts them with SIGINT ignored).
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return int(args.func(args))
+    except KeyboardInterrupt as interrupt:  # before or after the scan (its own is handled in _run)
+        print("interrupted", file=sys.stderr, flush=True)
+        return _interrupted_status(interrupt)
     except CliError as error:
         print(f"streamtomo: error: {error}", file=sys.stderr)
         return 2

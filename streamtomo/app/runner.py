@@ -86,6 +86,7 @@ class ReplayRun:
         self._start = threading.Event()
         self._done = threading.Event()
         self._stop = keep_serving
+        self._interrupted = threading.Event()  # interrupt(): no further event is streamed
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="streamtomo-")
@@ -103,6 +104,7 @@ class ReplayRun:
         params = write_parameter_file(self.config, Path(self._tmp.name) / "parameters.json")
         dreplay.reducer = None
         latency = 1.0 / self.rate_hz if self.rate_hz else None
+        _stop_streaming_on(dreplay, self._interrupted)
 
         def target() -> None:
             try:
@@ -198,6 +200,16 @@ class ReplayRun:
             reason=reason,
         )
 
+    def interrupt(self, reason: str = "interrupted") -> None:
+        """Stop streaming after the event under way (dranspose's replay has no stop of its
+        own: Ctrl-C let the whole recording play on); the scan then ends with what it
+        has, and its end-of-scan volume is cancelled."""
+        self._interrupted.set()
+        if self._stop is not None:
+            self._stop.set()
+        if self.reducer is not None:
+            self.reducer.cancel_end_of_scan(reason)
+
     def close(self) -> None:
         if self._stop is not None:
             self._stop.set()
@@ -243,3 +255,24 @@ class Progress:
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")
+
+
+def _stop_streaming_on(dreplay: Any, interrupted: threading.Event) -> None:
+    """Make ``dranspose.replay``'s loop end once ``interrupted`` is set: its per-event
+    ``_work_event`` raises StopIteration then, which the loop takes for the recordings'
+    end (it calls the workers' and the reducer's ``finish``). Installed per run: the
+    event is the run's."""
+    work = getattr(dreplay, "_work_event", None)
+    original = getattr(work, "streamtomo_original", work)
+    if original is None:
+        raise RuntimeError(
+            "dranspose.replay has no _work_event: another dranspose version? (see streamtomo.app.runner)"
+        )
+
+    def work_event(*args: Any, **kwargs: Any) -> Any:
+        if interrupted.is_set():
+            raise StopIteration
+        return original(*args, **kwargs)
+
+    work_event.streamtomo_original = original  # type: ignore[attr-defined]
+    dreplay._work_event = work_event

@@ -5,6 +5,8 @@ status, the summary line and the log, run as a user runs it (the real CLI, a sub
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +214,39 @@ def test_values_out_of_range_and_paths_that_cannot_be_made_are_one_line_and_exit
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert message in lines[-1], done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_mid_scan_stops_it_at_once_and_leaves_nothing(
+    tmp_path: Path, sig: signal.Signals, status: int
+) -> None:
+    """dranspose's replay has no stop: Ctrl-C let the whole paced scan play on and then
+    printed a traceback; SIGTERM left the temporary folders (the control token's among
+    them). As a shell's background job, SIGINT even started out ignored."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    process = subprocess.Popen(
+        [CLI, "demo", "--rows", "4", "--cols", "32", "--angles", "60", "--pace", "600"],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a background job
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # streaming once it says where to watch
+            if line.startswith("pacing the scan"):
+                break
+        else:
+            pytest.fail(f"the demo ended before it streamed: {process.communicate()}")
+        process.send_signal(sig)
+        _, err = process.communicate(timeout=60)  # the scan was paced over 600 s
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == status, err
+    assert "Traceback" not in err and "interrupted: " in err, err
+    assert list(scratch.iterdir()) == []  # recordings, parameters, the control token: all removed
