@@ -21,7 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamtomo.app.cli_types import non_negative_float, non_negative_int, port, positive_float, positive_int
+from streamtomo.app.cli_types import (
+    int_at_least,
+    non_negative_float,
+    non_negative_int,
+    port,
+    positive_float,
+    positive_int,
+)
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
 
 logger = logging.getLogger("streamtomo")
@@ -295,8 +302,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         n_flats_after=args.flats_after,
     )
     out = Path(args.out)
+    config = spec.config()  # a size the pipeline refuses: before the folder is made
     out.mkdir(parents=True, exist_ok=True)
-    config = spec.config()
     paths = write_recordings(
         ScanSimulator(spec).frames(),
         out,
@@ -378,10 +385,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sim_options(p: argparse.ArgumentParser, rows: int, cols: int, angles: int) -> None:
+    # The simulator's own limits (streamtomo.pipeline.simulation.simulator.SimulationSpec):
+    # below them it raised a traceback.
     p.add_argument("--rows", type=positive_int, default=rows, help=f"detector rows (default {rows})")
-    p.add_argument("--cols", type=positive_int, default=cols, help=f"detector columns (default {cols})")
+    p.add_argument("--cols", type=int_at_least(8), default=cols, help=f"detector columns, at least 8 (default {cols})")
     p.add_argument(
-        "--angles", type=positive_int, default=angles, help=f"projections over 180 degrees (default {angles})"
+        "--angles",
+        type=int_at_least(2),
+        default=angles,
+        help=f"projections over 180 degrees, at least 2 (default {angles})",
     )
     p.add_argument(
         "--order", choices=("sequential", "golden"), default="sequential", help="acquisition order of the angles"
@@ -497,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:  # before or after the scan (its own is handled in _run)
         print("interrupted", file=sys.stderr, flush=True)
         return _interrupted_status(interrupt)
-    except CliError as error:
+    except (CliError, ConfigError) as error:  # a value the pipeline refuses is a usage error too
         print(f"streamtomo: error: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # a path that cannot be made or read, a port that is taken

@@ -29,7 +29,12 @@ def _checked(kind: type[_N], accept: Callable[[_N], bool], refusal: str) -> Call
     return parse
 
 
-positive_int = _checked(int, lambda v: v >= 1, "{0} is not at least 1")
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An integer of at least ``low``."""
+    return _checked(int, lambda v: v >= low, f"{{0}} is not at least {low}")
+
+
+positive_int = int_at_least(1)
 non_negative_int = _checked(int, lambda v: v >= 0, "{0} is negative")
 positive_float = _checked(float, lambda v: v > 0, "{0:g} is not above 0")
 non_negative_float = _checked(float, lambda v: v >= 0, "{0:g} is negative")

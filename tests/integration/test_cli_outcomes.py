@@ -201,6 +201,8 @@ def test_a_port_that_is_taken_is_one_line_and_exit_2(tmp_path: Path) -> None:
         (["demo", "-w", "0"], "argument -w/--workers: 0 is not at least 1"),
         (["demo", "--rate", "-1"], "argument --rate: -1 is not above 0"),
         (["demo", "--port", "99999"], "argument --port: 99999 is not a port"),
+        (["demo", "--angles", "1"], "argument --angles: 1 is not at least 2"),  # the simulator's limits
+        (["simulate", "--out", "/tmp/never-made", "--cols", "4"], "argument --cols: 4 is not at least 8"),
         (["up", "-w", "0"], "argument -w/--workers: 0 is not at least 1"),
         (["simulate", "--out", "/proc/streamtomo-test/out"], "No such file or directory"),
     ],
@@ -250,3 +252,19 @@ def test_ctrl_c_or_sigterm_mid_scan_stops_it_at_once_and_leaves_nothing(
     assert process.returncode == status, err
     assert "Traceback" not in err and "interrupted: " in err, err
     assert list(scratch.iterdir()) == []  # recordings, parameters, the control token: all removed
+
+
+def test_a_simulated_size_the_pipeline_refuses_is_one_line_and_makes_no_folder(tmp_path: Path) -> None:
+    """A ConfigError traceback (exit 1), after the output folder had been made."""
+    out = tmp_path / "sim"
+    done = subprocess.run(
+        [CLI, "simulate", "--out", str(out), "--rows", "2", "--cols", "100000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("streamtomo: error: slice_size must be at most")
+    assert not out.exists()
