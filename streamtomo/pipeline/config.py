@@ -302,6 +302,13 @@ class PipelineConfig:
         if self.slice_rows.strip():
             check_rows_syntax(self.slice_rows)
 
+        # Every number is finite: an angle_start of inf passed every check and crashed the
+        # PandA decoding (OverflowError), a publish_interval of inf never published.
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{spec.name} must be a finite number, got {value}")
+
     # -- derived values -------------------------------------------------------------
     @property
     def slot_step(self) -> float:
