@@ -48,7 +48,7 @@ def test_strings_convert_like_dranspose_parameters() -> None:
         # any number that is not finite (angle_start inf crashed the PandA decoding)
         ({"angle_start": "inf"}, r"angle_start must be a finite number, got inf"),
         ({"publish_interval": "inf"}, r"publish_interval must be a finite number"),
-        ({"memory_budget_gb": "inf"}, r"memory_budget_gb must be a finite number"),
+        ({"energy_kev": "inf"}, r"energy_kev must be a finite number"),
         ({"slice_size": MAX_SLICE_SIZE + 1}, rf"slice_size must be at most {MAX_SLICE_SIZE}"),
         ({"center": "middle"}, r"center must be a column number, 'auto' or empty, got 'middle'"),
         ({"center": "nan"}, r"center must be a column number"),
