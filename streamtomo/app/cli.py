@@ -253,8 +253,16 @@ def _replay_nexus(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
     with scan, tempfile.TemporaryDirectory(prefix="streamtomo-nexus-") as tmp:
         # The file names each frame's kind, whatever the order (DIAD: flats, darks,
-        # projections, flats, darks), so the kinds travel in the headers.
-        values.setdefault("kind_rule", "header")
+        # projections, flats, darks), so the kinds travel in the headers. Another rule
+        # from -p would count kinds by position instead: a file with 5 darks and 5 flats
+        # read as 10 of each, and 10 projections used as flats, without a word.
+        rule = str(values.get("kind_rule", "header"))
+        if rule != "header":
+            raise CliError(
+                f"--nexus takes each frame's kind from the file's image_key (kind_rule 'header'); "
+                f"{args.parameters} sets kind_rule {rule!r}: leave it out"
+            )
+        values["kind_rule"] = "header"
         try:
             grid = scan.grid()
         except NexusError as error:  # no projections, angles that are not finite

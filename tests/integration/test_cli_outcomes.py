@@ -144,6 +144,27 @@ def test_a_recording_cut_inside_a_message_is_named_when_the_scan_ends_short(tmp_
     _no_errors(done.stdout + done.stderr)
 
 
+def test_a_kind_rule_other_than_the_files_image_key_is_refused_for_nexus(tmp_path: Path) -> None:
+    """-p kind_rule counts replaced the file's image_key: 5 darks and 5 flats were read as
+    10 of each, and 10 projections reconstructed as flats, exit 0."""
+    path = tmp_path / "scan.nxs"
+    with h5py.File(path, "w") as f:
+        f["/entry/instrument/detector/data"] = np.zeros((12, 4, 8), dtype=np.uint16)
+        f["/entry/instrument/detector/image_key"] = np.array([2, 1] + [0] * 10, dtype=np.int32)
+        f["/entry/sample/rotation_angle"] = np.concatenate([[0.0, 0.0], np.linspace(0, 162, 10)])
+    parameters = tmp_path / "p.json"
+    parameters.write_text(json.dumps([{"name": "kind_rule", "data": "counts"}]))
+    done = subprocess.run(
+        [CLI, "replay", "--nexus", str(path), "-p", str(parameters)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--nexus takes each frame's kind from the file's image_key" in done.stderr.strip().splitlines()[-1]
+
+
 def test_a_nexus_file_without_projections_is_one_line_and_exit_2(tmp_path: Path) -> None:
     """The grid is derived after the file is opened; its NexusError was a traceback."""
     path = tmp_path / "flats_only.nxs"
