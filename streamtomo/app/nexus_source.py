@@ -213,7 +213,10 @@ class NexusScan:
             self.paths = find_paths(self._file, data, image_key, rotation_angle)
             self._data = self._file[self.paths.data]
             self.keys = _whole_numbers(self._file[self.paths.image_key][()], self.paths.image_key)
-            self.angles = _numbers(self._file[self.paths.rotation_angle][()], self.paths.rotation_angle)
+            angles = self._file[self.paths.rotation_angle]
+            self.angles = _in_degrees(
+                _numbers(angles[()], self.paths.rotation_angle), angles, self.paths.rotation_angle
+            )
             self._check()
         except BaseException:
             self._file.close()
@@ -286,3 +289,28 @@ def _whole_numbers(values: Any, name: str) -> npt.NDArray[np.int64]:
         bad = numbers[~whole][:3].tolist()
         raise NexusError(f"{name} holds values that are not whole numbers: {bad}")
     return numbers.astype(np.int64)
+
+
+# NeXus units of an angle (NX_ANGLE) and their degrees; no attribute: degrees, as NXtomo says.
+ANGLE_UNITS = {
+    "deg": 1.0,
+    "degree": 1.0,
+    "degrees": 1.0,
+    "rad": 180.0 / np.pi,
+    "radian": 180.0 / np.pi,
+    "radians": 180.0 / np.pi,
+}
+
+
+def _in_degrees(values: np.ndarray, dataset: Any, path: str) -> np.ndarray:
+    """The angles in degrees, as their ``units`` attribute says (radians were read as
+    degrees: a 180-degree scan became one of 3.1 degrees, with one warning at its end)."""
+    units = dataset.attrs.get("units")
+    if units is None:
+        return values
+    name = (units.decode() if isinstance(units, bytes) else str(units)).strip().lower()
+    if name not in ANGLE_UNITS:
+        raise NexusError(f"{path} has units {name!r}; expected one of {sorted(ANGLE_UNITS)}")
+    if ANGLE_UNITS[name] != 1.0:
+        logger.info("%s: angles in %s, converted to degrees", path, name)
+    return values * ANGLE_UNITS[name]

@@ -144,6 +144,39 @@ def test_a_recording_cut_inside_a_message_is_named_when_the_scan_ends_short(tmp_
     _no_errors(done.stdout + done.stderr)
 
 
+def _nexus_scan(path: Path, angles: np.ndarray, units: str | None) -> Path:
+    """An NXtomo file: a dark, a flat and len(angles) projections of a flat object."""
+    with h5py.File(path, "w") as f:
+        data = np.full((2 + len(angles), 4, 16), 1000, dtype=np.uint16)
+        data[0] = 100  # the dark
+        f["/entry/instrument/detector/data"] = data
+        f["/entry/instrument/detector/image_key"] = np.array([2, 1] + [0] * len(angles), dtype=np.int32)
+        rotation = f.create_dataset("/entry/sample/rotation_angle", data=np.concatenate([[0.0, 0.0], angles]))
+        if units is not None:
+            rotation.attrs["units"] = units
+    return path
+
+
+@pytest.mark.parametrize("units", ["rad", "radians"])
+def test_nexus_angles_in_radians_are_read_as_radians(tmp_path: Path, units: str) -> None:
+    """They were read as degrees: a 162-degree scan became one of 2.8 degrees, exit 0."""
+    path = _nexus_scan(tmp_path / "rad.nxs", np.deg2rad(np.arange(10) * 18.0), units)
+    done = subprocess.run(
+        [CLI, "replay", "--nexus", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "angles 0 + 18 x i deg" in done.stdout, done.stdout
+
+
+def test_nexus_angles_in_units_that_are_no_angle_are_refused(tmp_path: Path) -> None:
+    path = _nexus_scan(tmp_path / "mm.nxs", np.arange(10) * 18.0, "mm")
+    done = subprocess.run(
+        [CLI, "replay", "--nexus", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "has units 'mm'; expected one of" in done.stderr.strip().splitlines()[-1]
+
+
 def test_a_kind_rule_other_than_the_files_image_key_is_refused_for_nexus(tmp_path: Path) -> None:
     """-p kind_rule counts replaced the file's image_key: 5 darks and 5 flats were read as
     10 of each, and 10 projections reconstructed as flats, exit 0."""
