@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import select
 import signal
 import sys
@@ -120,6 +121,8 @@ def _run(
         hsds_endpoint=args.hsds or "",
     )
     viewer = None
+    if args.out:
+        _check_out(args.out)
     try:
         reducer = run.start()
         # The viewer first: it is what a person opens, before the first frame comes.
@@ -172,6 +175,21 @@ def _run(
             viewer.close()
         run.close()
     return SCAN_FAILED if summary.failed or cut else 0
+
+
+def _check_out(out: str) -> None:
+    """Refuse an ``--out`` that cannot be written, before the scan: it was found only once
+    the whole scan had run, and the result was lost."""
+    path = Path(out)
+    if path.is_dir():
+        raise CliError(f"--out {out} is a folder: name a file in it (e.g. {path / 'scan.nxs'})")
+    for folder in [path.parent, *path.parent.parents]:  # the nearest that exists is made in
+        if folder.exists():
+            if not folder.is_dir():
+                raise CliError(f"--out {out}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise CliError(f"--out {out}: this user cannot write in {folder}")
+            return
 
 
 def _cut_recordings(recordings: Sequence[Path]) -> list[str]:

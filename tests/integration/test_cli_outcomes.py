@@ -322,3 +322,23 @@ def test_a_simulated_size_the_pipeline_refuses_is_one_line_and_makes_no_folder(t
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("streamtomo: error: slice_size must be at most")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("out", "message"), [("folder", "is a folder: name a file in it"), ("file/x.nxs", "is a file, not a folder")]
+)
+def test_an_out_that_cannot_be_written_is_refused_before_the_scan(tmp_path: Path, out: str, message: str) -> None:
+    """It was found only after the whole scan had run, with the internal temporary name
+    in the message (or 'File exists' for a parent that is a file), and the result lost."""
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("")
+    done = subprocess.run(
+        [CLI, "demo", "--rows", "2", "--cols", "16", "--angles", "8", "--out", str(tmp_path / out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr.strip().splitlines()[-1], done.stderr
+    assert "summary:" not in done.stdout and ".part" not in done.stderr  # before the scan
