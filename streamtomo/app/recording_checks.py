@@ -40,7 +40,12 @@ def _opened(path: Path) -> Iterator[IO[bytes]]:
 
 
 def _is_cbor(path: Path) -> bool:
-    return path.name.removesuffix(".gz").endswith(".cbors")
+    """As dranspose's replay reads it: every file but a ``.pkls`` (pickles) is a CBOR
+    sequence, whatever its name (a ``.nxs`` or ``.json`` given with -f was taken for one)."""
+    return not path.name.removesuffix(".gz").endswith(".pkls")
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def _load(f: IO[bytes]) -> Any:
@@ -52,7 +57,7 @@ def _load(f: IO[bytes]) -> Any:
 
 def check_recording(path: str | os.PathLike[str]) -> None:
     """Raise :class:`RecordingError` unless ``path`` is a readable recording whose first
-    message decodes (``.cbors``, ``.cbors.gz``; other files: readable, not empty)."""
+    message decodes (any file but ``.pkls``, which is only checked readable and not empty)."""
     from dranspose.event import InternalWorkerMessage  # type: ignore[import-untyped,unused-ignore]
 
     path = Path(path)
@@ -68,13 +73,19 @@ def check_recording(path: str | os.PathLike[str]) -> None:
                 if not f.read(1):
                     raise RecordingError(f"{path}: empty")
                 return
+            if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                raise RecordingError(f"{path}: an HDF5 file, not a dranspose recording: replay it with --nexus")
+            f.seek(0)
             first = _load(f)
     except RecordingError:
         raise
     except OSError as error:
         raise RecordingError(f"{path}: {error.strerror or error}") from None
     except EOFError:
-        raise RecordingError(f"{path}: empty, or cut inside its first message") from None
+        if path.name.removesuffix(".gz").endswith(".cbors"):
+            raise RecordingError(f"{path}: empty, or cut inside its first message") from None
+        # Not named as one: most likely not one at all (a parameter file given with -f).
+        raise RecordingError(f"{path}: not a dranspose recording (no CBOR message in it)") from None
     except Exception as error:  # cbor2 raises several kinds for bytes that are no CBOR
         raise RecordingError(f"{path}: not a dranspose recording ({error})") from None
     if not isinstance(first, InternalWorkerMessage):

@@ -105,12 +105,19 @@ def test_a_limited_angle_warning_is_said_once_in_words(tmp_path: Path) -> None:
     assert "warnings.warn" not in output and "UserWarning" not in output and "CoverageWarning" not in output
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "not a recording", "empty"])
+@pytest.mark.parametrize("case", ["missing", "directory", "not a recording", "empty", "json", "hdf5"])
 def test_a_recording_replay_cannot_use_is_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
     """Each used to end in a traceback (FileNotFoundError; RuntimeError: replay failed:
-    AssertionError() from inside dranspose's reader)."""
+    AssertionError() from inside dranspose's reader). A file not named .cbors was not
+    checked: a parameter file ran a scan of 0 frames (exit 3), an HDF5 file crashed."""
     recordings, parameters = _simulate(tmp_path / "scan", angles=4)
     bad = tmp_path / "bad.cbors"
+    if case == "json":
+        bad = parameters  # dranspose reads every file but .pkls as CBOR
+    elif case == "hdf5":
+        bad = tmp_path / "scan.nxs"
+        with h5py.File(bad, "w") as f:
+            f["data"] = np.zeros(3)
     if case == "directory":
         bad.mkdir()
     elif case == "not a recording":
@@ -125,6 +132,8 @@ def test_a_recording_replay_cannot_use_is_one_line_and_exit_2(tmp_path: Path, ca
         "directory": "not a file",
         "not a recording": "not a dranspose recording",
         "empty": "empty, or cut inside its first message",
+        "json": "not a dranspose recording",
+        "hdf5": "an HDF5 file, not a dranspose recording: replay it with --nexus",
     }[case]
     assert done.stderr.strip().splitlines()[-1].startswith(f"streamtomo: error: {bad}: {expected}"), done.stderr
 
