@@ -380,14 +380,37 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """The parameter file, and with ``--rows/--cols`` what the reducer checks at a scan's
+    first frame: the binned detector's centre, rows and slices, and the memory the scan
+    needs against the budget (before, a file passed that the scan then refused)."""
+    from streamtomo.pipeline.messages import DetectorInfo
+    from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
+    from streamtomo.pipeline.streaming.memory_budget import MemoryBudgetError, budget_bytes, check_memory_budget
+
     config = _load_config(args.parameters, {})
-    if args.rows and args.cols:
+    if config.volume:
+        from streamtomo.pipeline.reconstruction.backends import BackendNotInstalledError, get_backend
+
         try:
-            config.center_value(args.cols)
-            config.live_slice_rows(args.rows)
-        except ConfigError as error:
-            raise CliError(str(error)) from None
-    print(f"{args.parameters}: ok")
+            get_backend(config.backend)
+        except BackendNotInstalledError as error:  # the scan ran, and ended without its volume
+            raise CliError(f"{args.parameters}: the end-of-scan volume: {error}") from None
+    if not (args.rows and args.cols):
+        print(f"{args.parameters}: ok (give --rows and --cols to check it against a detector too)")
+        return 0
+    # The workers bin each frame before anything else: the scan sees the binned detector.
+    detector = DetectorInfo(args.rows // config.bin, args.cols // config.bin, "uint16")
+    binned = f" (bin {config.bin}: {detector.rows} x {detector.cols})" if config.bin > 1 else ""
+    try:
+        if detector.rows < 1 or detector.cols < 1:
+            raise ConfigError(f"bin {config.bin} leaves no pixel of a {args.rows} x {args.cols} detector")
+        total = check_memory_budget(config, detector, LiveSliceGeometry(config, detector))
+    except (ConfigError, MemoryBudgetError) as error:
+        raise CliError(f"{args.parameters} on a {args.rows} x {args.cols} detector{binned}: {error}") from None
+    print(
+        f"{args.parameters}: ok on a {args.rows} x {args.cols} detector{binned}; the reducer will hold "
+        f"{total / 1e9:.2f} GB of {budget_bytes(config) / 1e9:.2f} GB (memory_budget_gb, this machine's default)"
+    )
     return 0
 
 
