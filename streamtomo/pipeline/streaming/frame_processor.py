@@ -17,7 +17,7 @@ from collections import Counter, deque
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.formats.limits import MAX_FRAME_BYTES
@@ -147,6 +147,8 @@ class FrameProcessor:
         current = None if self.detector is None else (self.detector.rows, self.detector.cols)
         if current == shape or (current is not None and self._shape_votes[shape] <= self._shape_votes[current]):
             return None
+        detector = DetectorInfo(shape[0], shape[1], str(data.dtype))
+        geometry = geometry_for(self.config, detector)  # ConfigError: refused, nothing changed
         pending = self.flush() if current is not None else None
         if current is not None:
             logger.warning(
@@ -158,8 +160,7 @@ class FrameProcessor:
             )
         self._corrector = None  # built again for the new shape, if the references fit it
         self._broadcast = BroadcastReferences(self.config)  # it may hold frames of the old shape
-        self.detector = DetectorInfo(shape[0], shape[1], str(data.dtype))
-        self.geometry = geometry_for(self.config, self.detector)
+        self.detector, self.geometry = detector, geometry
         self._spare_blocks = []
         return pending
 
@@ -190,7 +191,10 @@ class FrameProcessor:
         if rejected is not None:
             return [rejected]
         out: list[Message] = []
-        pending = self._vote_shape(data)
+        try:
+            pending = self._vote_shape(data)
+        except ConfigError as error:  # the reducer refuses the scan for the same reason
+            return [Rejected(index, "scan_refused", f"frame {index}: {error}", event)]
         if pending is not None:
             out.append(pending)
         assert self.geometry is not None and self.detector is not None

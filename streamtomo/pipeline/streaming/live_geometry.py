@@ -57,13 +57,23 @@ def geometry_for(config: PipelineConfig, detector: DetectorInfo) -> LiveSliceGeo
 
     Settings can only be checked against the detector once the first frame is here;
     a centre or row outside it then falls back to the detector middle and default
-    slice rows, with a warning, instead of stopping the scan.
+    slice rows, with a warning, instead of stopping the scan. Settings that do not fit
+    even so (sinogram rows outside the binned detector) raise :class:`ConfigError`: the
+    scan is refused with it (it was an assertion, and a replay's traceback).
     """
     try:
         return LiveSliceGeometry(config, detector)
     except ConfigError as error:
+        fallback = dataclasses.replace(config, center="", slice_rows="")
+        try:
+            geometry = LiveSliceGeometry(fallback, detector)
+        except ConfigError:  # not the centre or the slices: the rows, the binning
+            raise ConfigError(
+                f"the settings do not fit a {detector.rows} x {detector.cols} detector"
+                f"{f' (after bin {config.bin})' if config.bin > 1 else ''}: {error}"
+            ) from None
         logger.warning("%s: using the detector middle and default slice rows", error)
-        return LiveSliceGeometry(dataclasses.replace(config, center="", slice_rows=""), detector)
+        return geometry
 
 
 def window_frames(config: PipelineConfig) -> int:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import (
@@ -201,10 +201,10 @@ class LiveScan:
 
     def _settle_detector(self, detector: DetectorInfo) -> None:
         held, self._held = self._held, []
-        geometry = geometry_for(self.config, detector)
         try:
+            geometry = geometry_for(self.config, detector)
             check_memory_budget(self.config, detector, geometry)
-        except MemoryBudgetError as error:
+        except (ConfigError, MemoryBudgetError) as error:  # settings that do not fit this detector
             self.state, self.reason = "failed", str(error)
             logger.warning("scan refused: %s", error)
         else:

@@ -10,7 +10,7 @@ import pytest
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
-from streamtomo.pipeline.messages import AngleRow, DetectorInfo, PartialSum, ProjectionRows, WorkerResult
+from streamtomo.pipeline.messages import AngleRow, DetectorInfo, PartialSum, ProjectionRows, Rejected, WorkerResult
 from streamtomo.pipeline.reconstruction.cor import cor_sweep
 from streamtomo.pipeline.reconstruction.fbp import fbp
 from streamtomo.pipeline.scan import Frame, ImageKey
@@ -641,6 +641,23 @@ def test_the_budget_counts_the_volumes_prepared_copy_for_zingers_or_paganin() ->
     published = sum(published_bytes(cfg, detector, geometry).values())
     scan = run(make_frames(), 2, dataclasses.replace(cfg, memory_budget_gb=(published + 1) / 1e9))
     assert scan.state == "failed" and "volume preparation" in scan.reason and "zinger_removal" in scan.reason
+
+
+def test_rows_outside_the_binned_detector_refuse_the_scan_in_words() -> None:
+    """Rows that fit the detector but not the binned one raised ConfigError in the worker,
+    then an AssertionError on every frame after it (a replay: a traceback, exit 2)."""
+    cfg = config(bin=2, rows=f"{ROWS - 1}:{ROWS}")  # binned: ROWS // 2 rows
+    worker = FrameProcessor(cfg, "w0")
+    frame = make_frames()[0]
+    (rejected,) = worker.process(frame.index, frame.key, frame.data, frame.angle_deg)
+    assert isinstance(rejected, Rejected) and rejected.reason == "scan_refused"
+    assert f"do not fit a {ROWS // 2} x {COLS // 2} detector (after bin 2)" in rejected.detail
+    # ... and again for the next frame, not an AssertionError
+    (again,) = worker.process(frame.index + 1, frame.key, frame.data, frame.angle_deg)
+    assert isinstance(again, Rejected) and again.reason == "scan_refused"
+    scan = LiveScan(cfg)
+    scan._settle_detector(DetectorInfo(ROWS // 2, COLS // 2, "uint16"))  # as the reducer would at a frame
+    assert scan.state == "failed" and "after bin 2" in scan.reason
 
 
 def test_binned_scan_is_the_scan_of_the_binned_detector() -> None:
