@@ -243,15 +243,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streamtomo.app.recording_checks import RecordingError, check_recording
+    from streamtomo.app.recording_checks import RecordingError, check_recording, check_streams
 
     if args.nexus:
         return _replay_nexus(args)
     config = _load_config(args.parameters, {"domain": args.domain})
     recordings = [Path(f) for f in args.files]
     try:
-        for path in recordings:
-            check_recording(path)
+        check_streams([(path, check_recording(path)) for path in recordings], config.detector_stream)
     except RecordingError as error:
         raise CliError(str(error)) from None
     return _run(recordings, config, args, total_frames=config.expected_frames())

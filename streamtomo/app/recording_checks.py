@@ -55,9 +55,10 @@ def _load(f: IO[bytes]) -> Any:
     return cbor2.load(f, tag_hook=message_tag_hook)
 
 
-def check_recording(path: str | os.PathLike[str]) -> None:
+def check_recording(path: str | os.PathLike[str]) -> frozenset[str]:
     """Raise :class:`RecordingError` unless ``path`` is a readable recording whose first
-    message decodes (any file but ``.pkls``, which is only checked readable and not empty)."""
+    message decodes (any file but ``.pkls``, which is only checked readable and not empty);
+    returns the streams that message carries (none known for ``.pkls``)."""
     from dranspose.event import InternalWorkerMessage  # type: ignore[import-untyped,unused-ignore]
 
     path = Path(path)
@@ -72,7 +73,7 @@ def check_recording(path: str | os.PathLike[str]) -> None:
             if not _is_cbor(path):
                 if not f.read(1):
                     raise RecordingError(f"{path}: empty")
-                return
+                return frozenset()
             if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
                 raise RecordingError(f"{path}: an HDF5 file, not a dranspose recording: replay it with --nexus")
             f.seek(0)
@@ -90,6 +91,27 @@ def check_recording(path: str | os.PathLike[str]) -> None:
         raise RecordingError(f"{path}: not a dranspose recording ({error})") from None
     if not isinstance(first, InternalWorkerMessage):
         raise RecordingError(f"{path}: not a dranspose recording (its first item is a {type(first).__name__})")
+    return frozenset(str(name) for name in first.streams)
+
+
+def check_streams(recordings: list[tuple[Path, frozenset[str]]], detector_stream: str) -> None:
+    """Raise :class:`RecordingError` when two recordings hold one stream (dranspose's
+    replay asserts: 'Cannot merge data with duplicate streams'; a second scan simulated
+    into the same folder), or when none holds the detector stream (the scan received 0
+    frames and said no more)."""
+    seen: dict[str, Path] = {}
+    for path, streams in recordings:  # a list: the same file given twice holds its streams twice
+        for stream in sorted(streams):
+            if stream in seen:
+                raise RecordingError(
+                    f"{seen[stream]} and {path} both hold stream {stream!r}: give one recording per stream"
+                )
+            seen[stream] = path
+    if seen and all(streams for _, streams in recordings) and detector_stream not in seen:
+        raise RecordingError(
+            f"no recording holds the detector stream {detector_stream!r} (detector_stream); they hold "
+            f"{', '.join(repr(s) for s in sorted(seen))}: set detector_stream in the parameter file"
+        )
 
 
 def cut_short(path: str | os.PathLike[str]) -> str | None:

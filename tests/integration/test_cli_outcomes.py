@@ -351,3 +351,21 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_scan(tmp_path: Path
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr.strip().splitlines()[-1], done.stderr
     assert "summary:" not in done.stdout and ".part" not in done.stderr  # before the scan
+
+
+@pytest.mark.parametrize("case", ["twice", "no detector stream"])
+def test_recordings_that_cannot_make_a_scan_together_are_refused_before_it(tmp_path: Path, case: str) -> None:
+    """Two recordings of one stream (a second scan simulated into the same folder) crashed
+    inside dranspose ('Cannot merge data with duplicate streams'); recordings without the
+    detector stream ran a scan of 0 frames that did not say why (exit 3)."""
+    recordings, parameters = _simulate(tmp_path / "scan", angles=4)
+    if case == "twice":
+        recordings = [*recordings, recordings[0]]
+        expected = "both hold stream"
+    else:
+        parameters = _with(parameters, {"detector_stream": "xrd"})
+        expected = "no recording holds the detector stream 'xrd' (detector_stream); they hold 'angle', 'detector'"
+    done = _replay(recordings, parameters, tmp_path / "out.nxs")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert expected in done.stderr.strip().splitlines()[-1], done.stderr
+    assert "summary:" not in done.stdout  # refused before the scan
