@@ -41,6 +41,8 @@ class RunSummary:
     domain: str
     state: str = "finished"
     reason: str = ""
+    missing_angles: int = 0  # angle slots no projection filled (their sinogram rows are zeros)
+    angle_slots: int = 0
 
     @property
     def frames_per_second(self) -> float:
@@ -59,6 +61,10 @@ class RunSummary:
             f"{self.frames} frames ({self.projections} projections, {rejected} rejected"
             f"{': ' + reasons if reasons else ''}) in {self.seconds:.2f} s, {self.frames_per_second:.1f} frames/s"
         )
+        if self.missing_angles and self.projections:
+            # A parameter file that does not match the data (angle_range 360 for a 180-degree
+            # scan, the default n_projections for another count) looked like a clean scan.
+            text += f"; {self.missing_angles} of {self.angle_slots} angle slots empty (see the angle grid parameters)"
         if self.last_frame_to_final_s is not None:
             text += f"; last frame to final slices {self.last_frame_to_final_s * 1000:.0f} ms"
         return text
@@ -198,6 +204,8 @@ class ReplayRun:
             domain=self.reducer.domain.name,
             state=str(status.get("state", "")),
             reason=reason,
+            missing_angles=int(status.get("missing_angles", 0)),
+            angle_slots=scan.config.angle_slots(),
         )
 
     def interrupt(self, reason: str = "interrupted") -> None:

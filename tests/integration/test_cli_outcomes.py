@@ -84,6 +84,7 @@ def test_a_good_scan_exits_zero_and_reports_its_latency(tmp_path: Path) -> None:
     summary = next(line for line in done.stdout.splitlines() if line.startswith("summary:"))
     assert summary.startswith("summary: 44 frames (24 projections, 0 rejected) in ")
     assert "; last frame to final slices " in summary
+    assert "angle slots empty" not in summary  # the parameters match the data
     # The --out file is a final file as a deployment writes it: what it is, the volume first.
     with h5py.File(tmp_path / "out.nxs", "r") as f:
         check_final_metadata(f)
@@ -369,3 +370,12 @@ def test_recordings_that_cannot_make_a_scan_together_are_refused_before_it(tmp_p
     assert done.returncode == 2, done.stdout + done.stderr
     assert expected in done.stderr.strip().splitlines()[-1], done.stderr
     assert "summary:" not in done.stdout  # refused before the scan
+
+
+@pytest.mark.slow
+def test_a_grid_that_does_not_match_the_data_says_so_in_the_summary(tmp_path: Path) -> None:
+    """n_projections twice the scan's: half the slots empty, and the summary read like a clean scan."""
+    recordings, parameters = _simulate(tmp_path / "scan")  # 24 projections
+    done = _replay(recordings, _with(parameters, {"n_projections": "48"}), tmp_path / "out.nxs")
+    summary = next(line for line in done.stdout.splitlines() if line.startswith("summary:"))
+    assert "; 24 of 48 angle slots empty (see the angle grid parameters)" in summary, summary
