@@ -77,19 +77,20 @@ class HsdsMirror(ChunkSender):
             self.backlog.error(f"HSDS flush of {self.setup.name} failed: {status} {reason}")
             return
         # Which server answered: one restarted since it acknowledged these chunks lost
-        # them, whatever its flush says (unreachable now: ConnectionLost, as for a write).
+        # them, whatever its flush says. Either way (or no answer) it is a lost connection,
+        # recovered where one met while sending is: by the sender itself when it is busy
+        # (requeue, wait, the new start time), never from here under its feet.
         try:
             start = await self.client.probe()
+        except TimeoutError as exc:
+            raise ConnectionLost(f"no start time after a flush: {exc or 'timeout'}") from exc
         except HsdsWriterError as exc:  # it answers but refuses the probe: durability unknown
             self.flush_refused = True
             self.backlog.error(f"HSDS flush of {self.setup.name}: the server's start time was refused: {exc}")
             return
         self.flush_refused = False
         if start != self.server_start:
-            self.connection_lost("server restarted before its flush")
-            self.server_start = start
-            self.wake.set()
-            return
+            raise ConnectionLost("server restarted before its flush")  # nothing counted flushed
         for key, chunk in snapshot.items():
             if self.unflushed.get(key) is chunk:
                 del self.unflushed[key]

@@ -19,7 +19,8 @@ from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSp
 
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 # Values that differ between any two runs by construction.
-VOLATILE = {"/entry/status/last_update", "/entry/status/generation"}
+# Clocks: when each run made its domain and last published.
+VOLATILE = {"/entry/status/last_update", "/entry/status/generation", "/entry/start_time"}
 # Expected in the logs of the worker-killed test only.
 KILLED_WORKER_NOISE = ("is gone",)
 
