@@ -265,7 +265,7 @@ class TomoReducer:
                     f"the controller at {url} did not take {name}: {error}; nothing was changed"
                 ) from None
         logger.info("parameter %s set to %r", name, value)
-        if self._end_of_scan is not None and not self._finished.is_set():
+        if self._end_of_scan is not None and self._end_of_scan.is_alive():
             return (
                 "stored; the scan has ended and its volume is being made with the scan's settings: the live "
                 "slices are rebuilt once the volume and the final file are done (see /entry/reconstruction/parameters)"
@@ -368,8 +368,10 @@ class TomoReducer:
             # A control API change while the volume is made waits for it and for the file:
             # the volume took its centre and filter when it started, and applying the change
             # then left a file whose centre, filter and slices were not the volume's.
-            volume_under_way = self._end_of_scan is not None and not self._finished.is_set()
-            if (self._final is None or self._final.done) and not ended and not volume_under_way:
+            # Until the file is started, not only the volume: the HSDS close after it takes
+            # up to a minute, and a change applied then went into the file.
+            end_under_way = self._end_of_scan is not None and self._end_of_scan.is_alive()
+            if (self._final is None or self._final.done) and not ended and not end_under_way:
                 self._apply_parameters(parameters)
             if not self._finished.is_set():
                 self.scan.reconcile()
@@ -505,6 +507,20 @@ class TomoReducer:
         if self._previous is not None:
             self._previous.end_now("the reducer stopped", PREVIOUS_SCAN_WAIT_S)
         self.end_now("the reducer stopped", PREVIOUS_SCAN_WAIT_S)
+        # An end of scan that outlasted that wait writes its file when it ends: wait for it
+        # (bounded), so that wait_all below has the file to wait for. The thread is a
+        # daemon: the process leaving after close took it, and the scan had no file.
+        for reducer in (self._previous, self):
+            thread = reducer._end_of_scan if reducer is not None else None
+            if thread is not None and thread.is_alive():
+                thread.join(self.settings.final_wait)
+                if thread.is_alive():
+                    logger.warning(
+                        "scan %s: its end (volume, HSDS, final file) still runs after %g s more: its file "
+                        "is lost if the process stops now",
+                        reducer.mapping_uuid if reducer is not None else "",
+                        self.settings.final_wait,
+                    )
         mid_scan = self._end_of_scan is None and not self._finished.is_set()
         if mid_scan and self.scan.admission.received > 0 and self._final is None:
             # Stopped mid-scan (Redis gone, up stopping): keep what was reduced. Not a scan

@@ -653,6 +653,9 @@ def test_close_while_the_volume_outlasts_its_wait_leaves_one_writer_and_a_finish
     finally:
         release.set()
         closer.join(60)
+    # close waited for the file: a reducer process leaves once close returns, and the
+    # end-of-scan thread (a daemon) went with it, file unwritten.
+    assert not closer.is_alive() and reducer.final_file is not None
     assert reducer.wait_end_of_scan(60)
     path = reducer.wait_final_file(60)
     assert path is not None and writers == ["X finished"]
