@@ -296,6 +296,7 @@ ANGLE_UNITS = {
     "deg": 1.0,
     "degree": 1.0,
     "degrees": 1.0,
+    "°": 1.0,
     "rad": 180.0 / np.pi,
     "radian": 180.0 / np.pi,
     "radians": 180.0 / np.pi,
@@ -306,6 +307,8 @@ def _in_degrees(values: np.ndarray, dataset: Any, path: str) -> np.ndarray:
     """The angles in degrees, as their ``units`` attribute says (radians were read as
     degrees: a 180-degree scan became one of 3.1 degrees, with one warning at its end)."""
     units = dataset.attrs.get("units")
+    if isinstance(units, np.ndarray) and units.size == 1:  # written as a one-element array
+        units = units.reshape(-1)[0]
     if units is None:
         return values
     name = (units.decode() if isinstance(units, bytes) else str(units)).strip().lower()

@@ -219,6 +219,9 @@ class ReplayRun:
             self.reducer.cancel_end_of_scan(reason)
 
     def close(self) -> None:
+        if not self._start.is_set():  # closed before go() (Ctrl-C at start): the replay
+            self._interrupted.set()  # would wait for it for good, and close for 30 s
+            self._start.set()
         if self._stop is not None:
             self._stop.set()
         if self._thread is not None:

@@ -167,10 +167,10 @@ def _nexus_scan(path: Path, angles: np.ndarray, units: str | None) -> Path:
     return path
 
 
-@pytest.mark.parametrize("units", ["rad", "radians"])
-def test_nexus_angles_in_radians_are_read_as_radians(tmp_path: Path, units: str) -> None:
-    """They were read as degrees: a 162-degree scan became one of 2.8 degrees, exit 0."""
-    path = _nexus_scan(tmp_path / "rad.nxs", np.deg2rad(np.arange(10) * 18.0), units)
+@pytest.mark.parametrize(("units", "scale"), [("rad", np.pi / 180), ("radians", np.pi / 180), ("°", 1.0)])
+def test_nexus_angles_follow_their_units(tmp_path: Path, units: str, scale: float) -> None:
+    """Radians were read as degrees: a 162-degree scan became one of 2.8 degrees, exit 0."""
+    path = _nexus_scan(tmp_path / "rad.nxs", np.arange(10) * 18.0 * scale, units)
     done = subprocess.run(
         [CLI, "replay", "--nexus", str(path)], capture_output=True, text=True, timeout=120, check=False
     )

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
+from streamtomo.app.runner import ReplayRun
 from streamtomo.pipeline.reconstruction.fbp import fbp
 from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
 from tests.support.replay_helpers import domain_arrays, record, replay, run_to_end
@@ -191,3 +192,17 @@ def test_volume_preprocessing_reduces_rings_and_zingers(tmp_path: Path) -> None:
         return float(np.sqrt(np.mean((volume - reference) ** 2)))
 
     assert error(fixed) < 0.5 * error(plain), (error(fixed), error(plain))
+
+
+def test_a_run_closed_before_it_went_stops_its_replay(
+    small_scan: tuple[SimulationSpec, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C between start and go: the replay waited for go for good, close gave up on it
+    after 30 s and the thread was left behind."""
+    monkeypatch.setenv("STREAMTOMO_HTTP_PORT", "0")
+    monkeypatch.setenv("STREAMTOMO_CONTROL_PORT", "0")
+    spec, recordings = small_scan
+    run = ReplayRun(recordings, spec.config(), workers=1, http_port=0)
+    run.start()
+    run.close()
+    assert run._thread is not None and not run._thread.is_alive()
