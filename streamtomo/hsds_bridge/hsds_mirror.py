@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 
-from streamtomo.hsds_bridge.chunk_plan import UNKNOWN
+from streamtomo.hsds_bridge.chunk_plan import UNKNOWN, ChunkCopy
 from streamtomo.hsds_bridge.hsds_client import ConnectionLost, DeadlineReached, HsdsWriterError
 from streamtomo.hsds_bridge.hsds_sender import ChunkSender
 from streamtomo.hsds_bridge.hsds_verify import find_unreadable
@@ -141,29 +141,28 @@ class HsdsMirror(ChunkSender):
                     self.backlog.error(f"repairing {problem.path}: {exc}")
             if problem.resend:
                 self.resend_dataset(problem.path)
-        if self.refused:  # whole, once more: a refusal may not be for good (a busy node, a race)
+        if self.refused:  # once more: a refusal may not be for good (a busy node, a race)
             copies = list(self.refused.values())
             self.refused.clear()
-            for c in copies:
-                self.shadow[c.key] = UNKNOWN
-            self.backlog.requeue(copies)
+            self.resend_whole(copies)
         await self.client.backoff(attempt)
         return False
 
     def resend_dataset(self, path: str) -> None:
         """Queue the last acknowledged copy of every chunk of ``path`` again, whole."""
-        chunks = [c for c in self.acknowledged.values() if c.path == path]
+        self.resend_whole([c for c in self.acknowledged.values() if c.path == path])
+
+    def resend_whole(self, chunks: list[ChunkCopy]) -> int:
+        """Queue ``chunks`` again as whole chunks, not deltas against what HSDS may no
+        longer hold; how many went back (a newer copy queued already stays)."""
         for c in chunks:
             self.shadow[c.key] = UNKNOWN
-        self.backlog.requeue(chunks)
+        return self.backlog.requeue(chunks)
 
     # -- recovery ---------------------------------------------------------------------------
     def connection_lost(self, why: str) -> None:
         """Re-queue what the server may have lost: in flight and unflushed chunks."""
-        lost = list(self.inflight.values()) + list(self.unflushed.values())
-        for c in lost:
-            self.shadow[c.key] = UNKNOWN  # resend whole chunks, not deltas
-        requeued = self.backlog.requeue(lost)
+        requeued = self.resend_whole(list(self.inflight.values()) + list(self.unflushed.values()))
         self.backlog.requeue_nodes(self.unflushed_nodes)
         self.backlog.count("reconnects")
         self.backlog.count("requeued_chunks", requeued)
