@@ -265,7 +265,7 @@ class TomoReducer:
                     f"the controller at {url} did not take {name}: {error}; nothing was changed"
                 ) from None
         logger.info("parameter %s set to %r", name, value)
-        if self._end_of_scan is not None and self._end_of_scan.is_alive():
+        if self._end_under_way:
             return (
                 "stored; the scan has ended and its volume is being made with the scan's settings: the live "
                 "slices are rebuilt once the volume and the final file are done (see /entry/reconstruction/parameters)"
@@ -370,8 +370,7 @@ class TomoReducer:
             # then left a file whose centre, filter and slices were not the volume's.
             # Until the file is started, not only the volume: the HSDS close after it takes
             # up to a minute, and a change applied then went into the file.
-            end_under_way = self._end_of_scan is not None and self._end_of_scan.is_alive()
-            if (self._final is None or self._final.done) and not ended and not end_under_way:
+            if (self._final is None or self._final.done) and not ended and not self._end_under_way:
                 self._apply_parameters(parameters)
             if not self._finished.is_set():
                 self.scan.reconcile()
@@ -435,6 +434,11 @@ class TomoReducer:
             self.final_slices_at = time.time()
             self._end_of_scan = threading.Thread(target=self._end_scan, name="end-of-scan", daemon=True)
             self._end_of_scan.start()
+
+    @property
+    def _end_under_way(self) -> bool:
+        """The end-of-scan thread runs (volume, HSDS close, the final file's start)."""
+        return self._end_of_scan is not None and self._end_of_scan.is_alive()
 
     def wait_end_of_scan(self, timeout: float | None = None) -> bool:
         """Wait until the volume is done (or cancelled) and the final file started;
@@ -511,16 +515,13 @@ class TomoReducer:
         # (bounded), so that wait_all below has the file to wait for. The thread is a
         # daemon: the process leaving after close took it, and the scan had no file.
         for reducer in (self._previous, self):
-            thread = reducer._end_of_scan if reducer is not None else None
-            if thread is not None and thread.is_alive():
-                thread.join(self.settings.final_wait)
-                if thread.is_alive():
-                    logger.warning(
-                        "scan %s: its end (volume, HSDS, final file) still runs after %g s more: its file "
-                        "is lost if the process stops now",
-                        reducer.mapping_uuid if reducer is not None else "",
-                        self.settings.final_wait,
-                    )
+            if reducer is not None and not reducer.wait_end_of_scan(self.settings.final_wait):
+                logger.warning(
+                    "scan %s: its end (volume, HSDS, final file) still runs after %g s more: its file "
+                    "is lost if the process stops now",
+                    reducer.mapping_uuid,
+                    self.settings.final_wait,
+                )
         mid_scan = self._end_of_scan is None and not self._finished.is_set()
         if mid_scan and self.scan.admission.received > 0 and self._final is None:
             # Stopped mid-scan (Redis gone, up stopping): keep what was reduced. Not a scan
