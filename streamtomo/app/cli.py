@@ -548,8 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("dranspose", "aiohttp.access", "uvicorn", "dranspose.replay"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    # `up` and --serve put their own handlers in place of this one. SIGINT as Ctrl-C even
-    # in a job a shell started in the background (it starts them with SIGINT ignored).
+    # For every subcommand (`up` stops on it too; --serve puts its own in place). SIGINT as
+    # Ctrl-C even in a job a shell started in the background (it starts them with SIGINT ignored).
     signal.signal(signal.SIGTERM, _raise_terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

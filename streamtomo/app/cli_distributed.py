@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 from streamtomo.app.cli_types import non_negative_int, positive_float, positive_int
@@ -28,14 +26,6 @@ if TYPE_CHECKING:
     from streamtomo.app.deployment import LocalDeployment
 
 logger = logging.getLogger("streamtomo")
-
-
-class _Stop(Exception):
-    """SIGTERM: leave the serving loop like Ctrl-C does."""
-
-
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    raise _Stop()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -55,10 +45,6 @@ def cmd_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    signal.signal(signal.SIGTERM, _raise_stop)
-    # A shell starts background jobs with SIGINT ignored, and Python keeps it so: an
-    # `up &` from a script then ignored the Ctrl-C (SIGINT) meant for it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     deployment = LocalDeployment(
         workers=args.workers,
         redis_url=args.redis,
@@ -101,7 +87,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                     logger.info("%s", line)
                     last = line
                 time.sleep(1.0)
-    except (KeyboardInterrupt, _Stop):
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (streamtomo.app.cli.main raises it as one)
         print("stopping", flush=True)
     except DeploymentError as error:
         print(f"streamtomo: error: {error}", file=sys.stderr, flush=True)
