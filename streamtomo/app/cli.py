@@ -98,8 +98,7 @@ def _run(
     """Stream ``recordings``; ``rate_hz`` defaults to ``--rate``, and ``enter_stops``
     keeps serving after the scan until Enter or Ctrl-C (as ``--serve`` does until Ctrl-C)."""
     from streamtomo.app.runner import Progress, ReplayFailed, ReplayRun
-    from streamtomo.hsds_bridge.nexus_file import write_nexus
-    from streamtomo.reducer.final_metadata import add_final_metadata
+    from streamtomo.reducer.final_metadata import write_final_file
 
     # With --hsds the reducer mirrors the domain there; credentials come from the
     # environment or a file (streamtomo.hsds_bridge.credentials), never from the command line.
@@ -160,7 +159,7 @@ def _run(
         if args.out:
             # As a deployment's final file: the scan it is and when it ended, the volume as its default.
             identifier, ended = str(reducer.mapping_uuid or Path(args.out).stem), time.time()
-            path = write_nexus(reducer.domain, args.out, describe=lambda f: add_final_metadata(f, identifier, ended))
+            path = write_final_file(reducer.domain, args.out, identifier, ended)
             print(f"final file: {path}")
         print(f"summary: {summary.describe()}", flush=True)
         if summary.failed:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -57,11 +57,15 @@ def write_nexus(
     block_bytes: int = BLOCK_BYTES,
     direct: bool = True,
     describe: Callable[[h5py.File], None] | None = None,
+    leading: Mapping[str, int] | None = None,
 ) -> Path:
     """Copy every group, dataset and attribute of ``domain`` into ``path``.
 
     ``describe``: called with the open file once the domain's nodes are in it (before
-    the large datasets' chunks are written), to add what only the file says. A
+    the large datasets' chunks are written), to add what only the file says.
+    ``leading``: datasets filled along their first axis that stopped part-way, by path:
+    how many leading entries hold values. Only those are written (0: the dataset is
+    left out): a file is what was computed, not gigabytes of zeros beside a note. A
     ``default`` attribute whose target is not in the file is left out (a scan that
     failed before its first projection has no reconstruction to point to).
 
@@ -89,7 +93,7 @@ def write_nexus(
         large: list[_LargeDataset] = []
         file_id = h5py.h5f.create(os.fsencode(partial), h5py.h5f.ACC_TRUNC, fapl=aligned_file_access())
         with h5py.File(file_id) as f:
-            for node in _plan(domain, block_bytes):
+            for node in _plan(domain, block_bytes, leading or {}):
                 created = _write_node(f, node)
                 if created is not None:
                     large.append(created)
@@ -126,7 +130,7 @@ def _drop_dangling_defaults(f: h5py.File) -> None:
             del group.attrs["default"]
 
 
-def _plan(domain: Domain, block_bytes: int) -> list[_Node]:
+def _plan(domain: Domain, block_bytes: int, leading: Mapping[str, int]) -> list[_Node]:
     """The tree in one locked pass: small datasets copied, large ones referenced."""
     nodes = []
     with domain.lock:
@@ -135,6 +139,10 @@ def _plan(domain: Domain, block_bytes: int) -> list[_Node]:
                 nodes.append(_Node(node.path, dict(node.attrs), is_group=True))
                 continue
             assert isinstance(node, DomainDataset)
+            if node.path in leading:
+                if leading[node.path] <= 0 or not node.array.ndim:
+                    continue
+                node = _leading_part(node, leading[node.path])
             array = node.array
             chunks = node.chunks if array.ndim and array.size else None
             if node.is_string:
@@ -144,6 +152,20 @@ def _plan(domain: Domain, block_bytes: int) -> list[_Node]:
             else:
                 nodes.append(_Node(node.path, dict(node.attrs), large=node, chunks=chunks))
     return nodes
+
+
+def _leading_part(dataset: DomainDataset, n: int) -> DomainDataset:
+    """The first ``n`` entries along ``dataset``'s first axis, as a dataset of their own
+    (a view: nothing is copied here)."""
+    if n >= dataset.shape[0]:
+        return dataset
+    chunks = dataset.chunks or dataset.shape
+    unwritten = dataset.unwritten
+    if unwritten is not None and unwritten.ndim == dataset.array.ndim and unwritten.shape[0] > 1:
+        unwritten = unwritten[:n]
+    return DomainDataset(
+        dataset.path, dataset.array[:n], dict(dataset.attrs), (min(chunks[0], n), *chunks[1:]), unwritten
+    )
 
 
 @dataclass

@@ -65,8 +65,7 @@ class FinalFile:
         return self.written
 
     def _run(self) -> None:
-        from streamtomo.hsds_bridge.nexus_file import write_nexus
-        from streamtomo.reducer.final_metadata import add_final_metadata
+        from streamtomo.reducer.final_metadata import write_final_file
 
         assert self._domain is not None
         with contextlib.suppress(OSError, AttributeError):  # Linux only (per thread there)
@@ -74,9 +73,7 @@ class FinalFile:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FINAL_FILE_NICE)
         started, cpu = time.monotonic(), time.thread_time()
         try:
-            path = write_nexus(
-                self._domain, self.path, describe=lambda f: add_final_metadata(f, self.identifier, self.ended)
-            )
+            path = write_final_file(self._domain, self.path, self.identifier, self.ended)
         except OSError as error:
             logger.warning("final file %s not written: %s", self.path, error)
         except Exception:

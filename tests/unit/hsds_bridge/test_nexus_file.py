@@ -143,6 +143,32 @@ def test_angles_the_scan_has_not_written_are_zeros_in_the_file(tmp_path: Path, b
     assert np.all(by_angle[unfilled] > 0)  # the memory is left as it is: only reads see zeros
 
 
+@pytest.mark.parametrize("block_bytes", [256, 1 << 30], ids=["chunk by chunk", "whole"])
+@pytest.mark.parametrize("done", [0, 1, 3, 7])
+def test_a_dataset_stopped_part_way_is_written_as_far_as_it_holds_values(
+    tmp_path: Path, block_bytes: int, done: int
+) -> None:
+    """``leading``: only the first entries along the first axis are written, chunks cut
+    to fit (chunks of 2 rows, 1 and 3 rows kept); none: the dataset is left out."""
+    domain, by_angle = domain_with_sinogram(rows=37, angles=45, cols=24)
+    volume = domain.dataset("/entry/volume").array.copy()
+    unfilled = np.zeros((37, 1, 1), dtype=bool)
+    unfilled[[1, 30]] = True  # an unwritten mask along the cut axis is cut with it
+    domain.dataset("/entry/sinogram/data").unwritten = unfilled
+    leading = {"/entry/volume": done, "/entry/sinogram/data": 31}
+    path = write_nexus(domain, tmp_path / "scan.nxs", block_bytes=block_bytes, leading=leading)
+    expected = by_angle.transpose(1, 0, 2)[:31].copy()
+    expected[[1, 30]] = 0.0
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["/entry/sinogram/data"][()], expected)
+        if done == 0:
+            assert "volume" not in f["/entry"]
+        else:
+            np.testing.assert_array_equal(f["/entry/volume"][()], volume[:done])
+        np.testing.assert_array_equal(f["/entry/sinogram/rotation_angle"][()], np.linspace(0, 180, 45))
+    assert domain.dataset("/entry/volume").shape == (7, 5, 3)  # the domain is left as it is
+
+
 def test_writing_a_large_sinogram_needs_one_block_of_memory_not_a_copy_of_it(tmp_path: Path) -> None:
     """The sinogram is a transposed view: written whole, h5py would first make a C-ordered copy (32 MiB here)."""
     domain, by_angle = domain_with_sinogram(rows=64, angles=256, cols=512)

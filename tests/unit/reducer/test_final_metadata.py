@@ -12,11 +12,13 @@ from streamtomo.reducer.final_metadata import add_final_metadata, iso_time
 
 
 def _file(path: Path, done: int, rows: int = 4) -> h5py.File:
+    """A file as write_final_file makes it before describing it: of a volume of ``rows``
+    planned slices, the ``done`` computed."""
     f = h5py.File(path, "w")
     entry = f.create_group("entry")
     entry.attrs["default"] = "reconstruction"
     f.create_group("entry/reconstruction")
-    volume = f.create_dataset("entry/reconstruction/volume", data=np.ones((rows, 8, 8), np.float32))
+    volume = f.create_dataset("entry/reconstruction/volume", data=np.ones((min(done, rows), 8, 8), np.float32))
     volume.attrs["detector_rows"] = [10, 11, 12, 13][:rows]
     f.create_dataset("entry/status/volume_slices_done", data=np.int64(done))
     return f
@@ -44,8 +46,10 @@ def test_a_volume_cut_short_says_so_and_leaves_the_default_alone(tmp_path: Path)
         assert "volume" not in f["entry"]
         assert f["entry"].attrs["default"] == "reconstruction"
         volume = f["entry/reconstruction/volume"]
-        assert int(volume.attrs["slices_done"]) == 1
-        assert "slices 1 to 3 were not computed" in volume.attrs["note"]
+        assert volume.shape == (1, 8, 8)
+        assert list(volume.attrs["detector_rows"]) == [10]  # each slice still names its row
+        assert int(volume.attrs["slices_done"]) == 1 and int(volume.attrs["slices_planned"]) == 4
+        assert "stopped after 1 of 4 slices: only those are here" in volume.attrs["note"]
 
 
 def test_times_are_iso_8601_with_their_offset() -> None:
