@@ -694,3 +694,38 @@ def test_an_endpoint_that_answers_html_is_not_called_unreachable(built_page: Pat
     finally:
         login.shutdown()
         login.server_close()
+
+
+@pytest.mark.parametrize("control", [False, True], ids=["read-only", "with controls"])
+def test_on_every_interface_the_command_says_how_other_machines_reach_the_page(
+    built_page: Path, tmp_path: Path, control: bool
+) -> None:
+    """``view --host 0.0.0.0`` printed only its loopback URL, of no use to a browser on
+    another machine; nor did it say that the controls answer only their own origins."""
+    import queue
+    import socket
+    import subprocess
+    import sys
+
+    token = tmp_path / "token"
+    token.write_text("t" * 32)
+    token.chmod(0o600)
+    extra = ["--control", "http://127.0.0.1:1", "--control-token-file", str(token)] if control else []
+    command = [sys.executable, "-m", "streamtomo.app.cli", "view", "--endpoint", "http://127.0.0.1:1"]
+    view = subprocess.Popen([*command, "--host", "0.0.0.0", "--port", "0", *extra], stdout=subprocess.PIPE, text=True)
+    try:
+        assert view.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in view.stdout], daemon=True).start()
+        first, second = lines.get(timeout=30), lines.get(timeout=10)
+        port = first.strip().rsplit(":", 1)[1].rstrip("/")
+        address = f"http://{socket.getfqdn()}:{port}"
+        assert first.startswith("viewer: http://127.0.0.1:")
+        assert f"from another machine open {address}/" in second
+        assert (f"--origin {address}" in second) == control
+        # That address serves the page (a browser elsewhere sends it as its Host).
+        page = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": address[7:]}, timeout=10)
+        assert page.status_code == 200 and "<html" in page.text.lower()
+    finally:
+        view.terminate()
+        assert view.wait(30) == 0

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import sys
 import threading
+from urllib.parse import urlsplit
 
 from streamtomo.app.cli_types import port
 
@@ -56,6 +58,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     return view
 
 
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+
+
+def other_machines_note(host: str, url: str, controls: bool, origins: tuple[str, ...]) -> str | None:
+    """On an address of every interface, how other machines reach the page: the URL
+    printed is this machine's loopback one, which means nothing to a browser elsewhere;
+    and the page's controls answer only its own origins (loopback and ``--origin``)."""
+    if host not in WILDCARD_HOSTS:
+        return None
+    address = f"http://{socket.getfqdn()}:{urlsplit(url).port}"
+    note = f"viewer: listening on every interface; from another machine open {address}/"
+    if controls and address not in origins:
+        note += f" (its centre and filter controls answer there only with --origin {address})"
+    return note
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     from streamtomo.app.viewer.server import ViewerAssetsMissing, control_token_file, start_viewer
 
@@ -79,6 +97,9 @@ def cmd_view(args: argparse.Namespace) -> int:
         print(f"streamtomo: error: {error}", file=sys.stderr)
         return 2
     print(f"viewer: {server.url}", flush=True)
+    note = other_machines_note(args.host, server.url, control is not None, origins or ())
+    if note:
+        print(note, flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
