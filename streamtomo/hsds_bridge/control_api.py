@@ -84,11 +84,14 @@ def create_token_file(path: Path) -> str:
 
 
 def read_token_file(path: Path) -> str:
+    """The one token in ``path``: what the control API checks, and what the viewer sends
+    (one rule for both: the viewer took a five-character or two-line file, and a
+    two-line one made every control request a 500)."""
     token = path.read_text().strip()
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
         raise ValueError(f"control token file {path} must hold one token of at least {MIN_TOKEN_CHARS} characters")
-    if path.stat().st_mode & stat.S_IROTH:
-        log.warning("control token file %s is readable by every user: chmod 600 it", path)
+    if path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("control token file %s is readable by other users: chmod 600 it", path)
     return token
 
 
@@ -110,11 +113,14 @@ class TokenFile:
     file is how one locks everybody out at once), until it holds one again.
     """
 
-    def __init__(self, path: Path, initial: str | None = None, read: Callable[[Path], str] = read_token_file) -> None:
+    def __init__(self, path: Path, read: Callable[[Path], str] = read_token_file) -> None:
         self.path, self._read = path, read
         self._lock = threading.Lock()
+        # The file's identity before its token: a rotation between the two is seen at
+        # the next request. Read the other way round, a token read before a rotation
+        # was kept against the new file's identity, for good.
         self._identity = self._stat()
-        self._token: str | None = read(path) if initial is None else initial
+        self._token: str | None = read(path)
 
     def _stat(self) -> tuple[int, int, int, int] | None:
         try:
@@ -308,7 +314,8 @@ class ControlServer:
         else:
             self._tmp = tempfile.mkdtemp(prefix="streamtomo-control-")  # 0700
             self.token_file = Path(self._tmp) / "token"
-        self.tokens = TokenFile(self.token_file, load_or_create_token(self.token_file))
+        load_or_create_token(self.token_file)  # made, or checked, before the listener opens
+        self.tokens = TokenFile(self.token_file)
         self._http = BackgroundHttpServer(
             lambda: build_control_app(self.tokens, settings.origins, sink, source),
             settings.host,

@@ -108,3 +108,53 @@ def test_the_viewer_follows_a_rotated_token(
         assert stored["center"] == "22.5"
     finally:
         viewer.close()
+
+
+def test_a_rotation_while_the_server_starts_is_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token was read before the file's identity was taken: a rotation in between
+    kept the old token valid and refused the new one, until the file changed again."""
+    from streamtomo.hsds_bridge import control_api
+
+    secret = KubernetesSecret(tmp_path / "secret", new_token())
+    old, rotated = secret.path.read_text(), new_token()
+    real = control_api.load_or_create_token
+
+    def then_rotate(path: Path) -> str:
+        token = real(path)
+        secret.rotate(rotated)  # the kubelet, at the worst moment
+        return token
+
+    monkeypatch.setattr(control_api, "load_or_create_token", then_rotate)
+    server = ControlServer(ControlSettings(token_file=str(secret.path)), lambda n, v: "ok", dict).start()
+    try:
+        url = f"{server.url}/streamtomo/parameters"
+        assert _status(url, rotated) == 202
+        assert _status(url, old) == 401
+    finally:
+        server.close()
+
+
+def test_the_viewer_reads_the_token_by_the_control_apis_rule(
+    control: tuple[ControlServer, KubernetesSecret, dict[str, str]], tmp_path: Path
+) -> None:
+    """The viewer took any non-empty file: a short token started it (the control API
+    refuses one), and a two-line file made every control request a 500 with a traceback."""
+    from streamtomo.app.viewer.server import control_token_file
+
+    short = tmp_path / "short"
+    short.write_text("abc12")
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        control_token_file(short)
+    server, secret, stored = control
+    viewer = start_viewer(
+        "http://127.0.0.1:9", "/d.h5", control=server.url, control_token=control_token_file(secret.path)
+    )
+    try:
+        proxy = f"{viewer.url.rstrip('/')}/control/parameters"
+        assert _status(proxy, None, "31.5") == 202
+        secret.rotate(new_token() + "\n" + new_token())  # no valid token: the viewer sends none
+        answer = requests.post(f"{proxy}/center", json={"value": "32.5"}, timeout=10)
+        assert answer.status_code == 401 and answer.headers["Content-Type"].startswith("application/json")
+        assert stored["center"] == "31.5"
+    finally:
+        viewer.close()

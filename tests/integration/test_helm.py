@@ -1108,6 +1108,14 @@ def test_viewer_holds_the_token_and_has_credentials_in_every_mode(helm: str) -> 
     command, env = _viewer(render(helm, "--set", "viewer.enabled=true"))
     assert command[command.index("--control") + 1] == "http://t-streamtomo-control.beamline.svc:8101"
     assert command[command.index("--control-token-file") + 1] == "/etc/streamtomo/control/token"
+    assert "--remote-control" in command  # on 0.0.0.0: behind the NetworkPolicy that admits viewerFrom alone
+    # Without the NetworkPolicy anyone in the cluster could reach the page's controls
+    # (the viewer attaches the token for them): a read-only page, no token mounted.
+    open_network = render(helm, "--set", "viewer.enabled=true", "--set", "networkPolicy.enabled=false")
+    command, _ = _viewer(open_network)
+    assert "--control" not in command and "--remote-control" not in command
+    pod = one(open_network, "Deployment", "t-streamtomo-viewer")["spec"]["template"]["spec"]
+    assert "control" not in json.dumps(pod["volumes"]) + json.dumps(pod["containers"][0]["volumeMounts"])
     assert "STREAMTOMO_CONTROLLER_URL" not in env  # read by nothing
     assert "STREAMTOMO_VIEWER_PASSWORD" not in env  # the live domain needs no account
     # reading the chart's HSDS (through its ingress): the read-only viewer account

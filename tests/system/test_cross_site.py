@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from aiohttp import web
 
 from streamtomo.app.runner import ReplayRun
@@ -181,3 +182,29 @@ def test_the_viewer_relays_a_whole_body_to_a_parameter_path_only(built_page: Pat
             assert seen == [("/ctl/streamtomo/parameters/center", "Bearer " + "t" * 32, body)]
     finally:
         control.close(10)
+
+
+def test_the_viewer_cannot_be_framed_and_keeps_its_controls_off_the_network(built_page: Path) -> None:
+    """Another site could frame the page and lead a user's clicks to its controls; and
+    on 0.0.0.0 its Host and Origin checks stop browsers, not a client that forges them:
+    whoever reached the port changed the scan with the token the viewer attached."""
+    with start_viewer("http://127.0.0.1:9", "/d.h5") as viewer:
+        page = requests.get(viewer.url, timeout=10)
+        assert page.status_code == 200
+        assert page.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+        assert page.headers["X-Frame-Options"] == "DENY"
+    with pytest.raises(ValueError, match="--remote-control"):
+        start_viewer(
+            "http://127.0.0.1:9", "/d.h5", host="0.0.0.0", control="http://127.0.0.1:1", control_token="t" * 32
+        )
+    with start_viewer(
+        "http://127.0.0.1:9",
+        "/d.h5",
+        host="0.0.0.0",
+        control="http://127.0.0.1:1",
+        control_token="t" * 32,
+        remote_control=True,  # an operator's word that only a proxy or trusted peers reach the port
+    ) as viewer:
+        assert requests.get(viewer.url, timeout=10).status_code == 200
+    with start_viewer("http://127.0.0.1:9", "/d.h5", host="0.0.0.0") as viewer:  # read-only: nothing to guard
+        assert requests.get(viewer.url, timeout=10).status_code == 200

@@ -701,7 +701,8 @@ def test_on_every_interface_the_command_says_how_other_machines_reach_the_page(
     built_page: Path, tmp_path: Path, control: bool
 ) -> None:
     """``view --host 0.0.0.0`` printed only its loopback URL, of no use to a browser on
-    another machine; nor did it say that the controls answer only their own origins."""
+    another machine; nor did it say that the controls answer only their own origins.
+    (Controls off loopback need ``--remote-control``: without it ``view`` refuses them.)"""
     import queue
     import socket
     import subprocess
@@ -710,7 +711,9 @@ def test_on_every_interface_the_command_says_how_other_machines_reach_the_page(
     token = tmp_path / "token"
     token.write_text("t" * 32)
     token.chmod(0o600)
-    extra = ["--control", "http://127.0.0.1:1", "--control-token-file", str(token)] if control else []
+    extra = (
+        ["--control", "http://127.0.0.1:1", "--control-token-file", str(token), "--remote-control"] if control else []
+    )
     command = [sys.executable, "-m", "streamtomo.app.cli", "view", "--endpoint", "http://127.0.0.1:1"]
     view = subprocess.Popen([*command, "--host", "0.0.0.0", "--port", "0", *extra], stdout=subprocess.PIPE, text=True)
     try:
@@ -722,10 +725,13 @@ def test_on_every_interface_the_command_says_how_other_machines_reach_the_page(
         address = f"http://{socket.getfqdn()}:{port}"
         assert first.startswith("viewer: http://127.0.0.1:")
         assert f"from another machine open {address}/" in second
-        assert (f"--origin {address}" in second) == control
+        assert (f"answer a browser there only with --origin {address}" in second) == control
         # That address serves the page (a browser elsewhere sends it as its Host).
         page = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": address[7:]}, timeout=10)
         assert page.status_code == 200 and "<html" in page.text.lower()
     finally:
         view.terminate()
         assert view.wait(30) == 0
+    if control:  # the same without --remote-control: refused, saying why
+        refused = subprocess.run([*command, "--host", "0.0.0.0", *extra[:-1]], capture_output=True, text=True)
+        assert refused.returncode == 2 and "whoever reaches that address could change the scan" in refused.stderr

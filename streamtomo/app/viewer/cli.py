@@ -54,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="public origin of this page (e.g. https://tomo.example.org behind an authenticating proxy); loopback is always allowed",
     )
+    view.add_argument(
+        "--remote-control",
+        action="store_true",
+        help="serve the controls on a --host other than loopback: whoever reaches the port may change centre and "
+        "filter (the server attaches the token), so only where the network admits an authenticating proxy or "
+        "trusted peers alone (the chart: its NetworkPolicy)",
+    )
     view.set_defaults(func=cmd_view)
     return view
 
@@ -70,7 +77,7 @@ def other_machines_note(host: str, url: str, controls: bool, origins: tuple[str,
     address = f"http://{socket.getfqdn()}:{urlsplit(url).port}"
     note = f"viewer: listening on every interface; from another machine open {address}/"
     if controls and address not in origins:
-        note += f" (its centre and filter controls answer there only with --origin {address})"
+        note += f" (its controls answer a browser there only with --origin {address})"
     return note
 
 
@@ -89,6 +96,7 @@ def cmd_view(args: argparse.Namespace) -> int:
             control=control,
             control_token=token,
             origins=origins,
+            remote_control=args.remote_control,
         )
     except ViewerAssetsMissing as error:
         print(f"streamtomo: error: {error}", file=sys.stderr)

@@ -42,7 +42,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from streamtomo.hsds_bridge.control_api import TokenFile
+from streamtomo.hsds_bridge.control_api import TokenFile, read_token_file
 from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, read_limited
 
 log = logging.getLogger(__name__)
@@ -278,9 +278,24 @@ async def _close_session(app: web.Application) -> None:
     await app[SESSION_KEY].close()
 
 
+# Another site may not frame the page: its controls post same-origin JSON, so a page
+# that framed it and led a user's clicks would pass every cross-site check.
+FRAMING_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+async def _add_framing_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in FRAMING_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
 def build_app(target: ViewerTarget, static_dir: Path | None = None) -> web.Application:
     static_dir = check_assets(static_dir)
     app = web.Application(client_max_size=MAX_PARAMETER_BODY * 4)
+    app.on_response_prepare.append(_add_framing_headers)
     app[TARGET_KEY] = target
     app[STATIC_KEY] = static_dir
     app[STATE_KEY] = {}
@@ -332,19 +347,12 @@ class ViewerServer:
         self.close()
 
 
-def read_control_token(path: str | Path) -> str:
-    """The control token from its file (0600: created by the reducer or mounted from a Secret)."""
-    token = Path(path).read_text().strip()
-    if not token:
-        raise ValueError(f"control token file {path} is empty")
-    return token
-
-
 def control_token_file(path: str | Path) -> TokenFile:
     """The token in ``path`` for each request, re-read when the file changes (a rotated
-    Secret applies without a restart; a file emptied sends none). Raises as
-    :func:`read_control_token` when it holds none at start."""
-    return TokenFile(Path(path), read=read_control_token)
+    Secret applies without a restart; a file emptied sends none). The reducer's rule
+    (:func:`~streamtomo.hsds_bridge.control_api.read_token_file`): raises ``ValueError``
+    when the file holds no valid token at start."""
+    return TokenFile(Path(path), read=read_token_file)
 
 
 def start_viewer(
@@ -355,6 +363,7 @@ def start_viewer(
     control: str | None = None,
     control_token: str | Callable[[], str | None] | None = None,
     origins: tuple[str, ...] | None = None,
+    remote_control: bool = False,
 ) -> ViewerServer:
     """Serve the live viewer for ``domain`` on ``endpoint``; returns the started server.
 
@@ -363,8 +372,20 @@ def start_viewer(
     what gives it for each request (:func:`control_token_file`); default: the file
     named by ``STREAMTOMO_CONTROL_TOKEN_FILE``, followed as it changes. ``origins``: public
     origins of the page besides loopback (default ``STREAMTOMO_VIEWER_ORIGINS``).
+    ``remote_control``: the page's controls may be served on an address other than
+    loopback (``host``); without it that is refused (``ValueError``): the server
+    attaches the token for whoever reaches it, and its Host and Origin checks stop
+    browsers on other sites, not a client that sends the headers it likes. Say it
+    only where the network in front admits an authenticating proxy or trusted peers
+    alone (the chart: its NetworkPolicy).
     Raises :class:`ViewerAssetsMissing` when the page was not built.
     """
+    if control is not None and not remote_control and host not in (*LOOPBACK_HOSTS, "::1"):
+        raise ValueError(
+            f"the page's controls on {host}: whoever reaches that address could change the scan (this server "
+            "attaches the control token for them). Listen on 127.0.0.1, leave --control out for a read-only "
+            "page, or, where only an authenticating proxy or trusted peers reach this port, add --remote-control"
+        )
     if control is not None and control_token is None:
         token_file = os.environ.get(ENV_CONTROL_TOKEN_FILE, "")
         if not token_file:
