@@ -154,13 +154,26 @@ class StreamEnded:
     frames_announced: int | None = None
 
 
+@dataclass(frozen=True)
+class StreamStep:
+    """An event in which the PandA's and the detector's streams show they are out of
+    step (one ended before the other): ``pandas_more`` when the PandA sent more
+    messages than the detector. The reducer decides at the scan's end whether the
+    detector's own losses or extras explain it (its frames carry numbers, so those
+    harm nothing) or the PandA's rows were paired with the wrong frames."""
+
+    event: int
+    pandas_more: bool
+    detail: str
+
+
 @dataclass
 class WorkerResult:
     """Everything one event produced (dranspose allows one result per event)."""
 
-    items: list[ReferenceRows | ReferenceCopy | ProjectionRows | PartialSum | Rejected | StreamEnded | AngleRow] = (
-        field(default_factory=list)
-    )
+    items: list[
+        ReferenceRows | ReferenceCopy | ProjectionRows | PartialSum | Rejected | StreamEnded | AngleRow | StreamStep
+    ] = field(default_factory=list)
 
 
 RowsMessage = TypeVar("RowsMessage", bound="ProjectionRows | ReferenceRows")

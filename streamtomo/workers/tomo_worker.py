@@ -17,11 +17,38 @@ from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.formats.eiger import STREAM_TYPE as EIGER_LEGACY
 from streamtomo.pipeline.formats.eiger import decode_eiger_legacy
-from streamtomo.pipeline.formats.errors import AngleError, EncoderFieldMissing, FrameError, PcapHeaderMissing
+from streamtomo.pipeline.formats.errors import (
+    AngleError,
+    EncoderFieldMissing,
+    FrameError,
+    PcapHeaderMissing,
+    PcapRawMean,
+)
 from streamtomo.pipeline.formats.kinds import BaseEvidence, FrameKindRule, FrameNumbering
-from streamtomo.pipeline.formats.pcap import PcapEnd, PcapHeader, PcapValues, angle_from_values, decode_pcap_event
+from streamtomo.pipeline.formats.pcap import (
+    PcapEnd,
+    PcapHeader,
+    PcapMessage,
+    PcapValues,
+    angle_from_values,
+    decode_pcap_event,
+)
+from streamtomo.pipeline.formats.pcap_checks import (
+    PCAP_END_COMPLETE,
+    pcap_header_notices,
+    raw_mean_refusal,
+    streams_out_of_step,
+)
 from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage, decode_stins
-from streamtomo.pipeline.messages import AngleRow, ReferenceCopy, ReferenceRows, Rejected, StreamEnded, WorkerResult
+from streamtomo.pipeline.messages import (
+    AngleRow,
+    ReferenceCopy,
+    ReferenceRows,
+    Rejected,
+    StreamEnded,
+    StreamStep,
+    WorkerResult,
+)
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 from streamtomo.workers import broadcast_senders
@@ -50,6 +77,9 @@ class TomoWorker:
         self.numbering.reset()  # a new worker is a new run: nothing learnt before counts
         self.pcap_header: PcapHeader | None = None
         self._pcap_values_read = False  # a value line came since the PandA header
+        # What the PandA sent in the event under way (None: nothing, or unreadable):
+        # beside the detector's message it shows whether the two streams are in step.
+        self._event_pcap: PcapMessage | None = None
 
     @staticmethod
     def describe_parameters() -> list[Any]:
@@ -81,8 +111,13 @@ class TomoWorker:
             result.items.append(AngleRow(event.event_number - 1, angle, reason, detail))
         streams = getattr(event, "streams", {})
         stream = streams.get(config.detector_stream)
+        detector = None
         if stream is not None:
-            self._detector(stream, event.event_number, angle, angle_error, config, result)
+            detector = self._detector(stream, event.event_number, angle, angle_error, config, result)
+        if config.angle_stream:
+            step = streams_out_of_step(detector, stream is not None, self._event_pcap, config.angle_stream in streams)
+            if step is not None:
+                result.items.append(StreamStep(event.event_number, *step))
         if tick:
             flushed = self.processor.flush_if_due()
             if flushed is not None:
@@ -113,6 +148,7 @@ class TomoWorker:
         """The event's measured angle, or why there is none (None, None: no angle is
         due, as in the header and end events, or ``angle_stream`` is empty), and
         whether the event carried a PandA row (read or not)."""
+        self._event_pcap = None
         if not config.angle_stream:
             return None, None, False
         stream = getattr(event, "streams", {}).get(config.angle_stream)
@@ -129,26 +165,48 @@ class TomoWorker:
             message = decode_pcap_event(stream.frames, self.pcap_header)
         except FrameError as error:
             return None, AngleError(f"its PandA values cannot be read: {error}"), True  # a row, unreadable
+        self._event_pcap = message
         if isinstance(message, PcapHeader):
-            if self._pcap_values_read and self.pcap_header is not None and message.keys != self.pcap_header.keys:
-                # A header only starts a capture: one in the middle would change how
-                # every later row is read. The capture's own header stays in force.
+            result.items.extend(pcap_header_notices(message, config, event.event_number))
+            if self._pcap_values_read and self.pcap_header is not None:
+                # A header only starts a capture. One in the middle is counted: if it came
+                # on top of the rows (a re-arm), every later row is one event late, which
+                # the stream's end shows (angle_stream_out_of_step). Other fields would
+                # change how every later row is read: the capture's own header stays.
+                kept = message.keys != self.pcap_header.keys
                 result.items.append(
                     Rejected(
                         None,
                         "pcap_header_mid_scan",
                         f"event {event.event_number}: a PandA header with fields {list(message.keys)} came after "
-                        f"value rows; the capture's header ({list(self.pcap_header.keys)}) stays in force",
+                        + (
+                            f"value rows; the capture's header ({list(self.pcap_header.keys)}) stays in force"
+                            if kept
+                            else "value rows (a re-armed capture?)"
+                        ),
                         event.event_number,
                         frame=False,
                     )
                 )
-                return None, None, False
+                if kept:
+                    return None, None, False
             self.pcap_header = message
             self._pcap_values_read = False
             return None, None, False
         if isinstance(message, PcapEnd):
             self._pcap_values_read = False  # the next capture may bring its own header
+            if message.status not in PCAP_END_COMPLETE:
+                result.items.append(
+                    Rejected(
+                        None,
+                        "pcap_capture_incomplete",
+                        f"event {event.event_number}: the PandA ended its capture after {message.samples} rows with "
+                        f"{message.status!r}: rows it did not send leave later frames paired with other frames' "
+                        "angles (check_nominal_angles=true finds and repairs such shifts)",
+                        event.event_number,
+                        frame=False,
+                    )
+                )
             return None, None, False
         assert isinstance(message, PcapValues)
         self._pcap_values_read = True
@@ -163,6 +221,9 @@ class TomoWorker:
                 f"PandA values {list(message.raw)} came without the PandA header on this worker: "
                 f"no way to find {config.encoder_field!r} among them"
             )
+        refused = raw_mean_refusal(self.pcap_header, config.encoder_field)
+        if refused:
+            return None, PcapRawMean(refused)
         if config.encoder_field not in message.values:
             # A configuration error: every frame of the scan is refused, with the fields to choose from.
             return None, EncoderFieldMissing(
@@ -191,26 +252,59 @@ class TomoWorker:
         angle_error: AngleError | None,
         config: PipelineConfig,
         result: WorkerResult,
-    ) -> None:
+    ) -> StinsHeader | StinsImage | StinsEnd | None:
+        """Decode and hand on the detector's message; returns it (None: unreadable)."""
         decode = decode_eiger_legacy if getattr(stream, "typ", "") == EIGER_LEGACY else decode_stins
         try:
             message = decode(stream.frames, self.processor.frame_bytes_limit())
         except FrameError as error:
             result.items.append(Rejected(None, "corrupt_frame", f"event {event_number}: {error}", event_number))
-            return
+            return None
         if isinstance(message, StinsHeader):
-            self.numbering.reset()  # a new series numbers its frames anew
-            return
+            if event_number <= 0:
+                self.numbering.reset()  # a new series numbers its frames anew
+            else:
+                # The series' header is event 0: this one is an extra message, and the
+                # frames after it are one event later. Taken as a new start, 'auto' read
+                # the next image's number as the base and put every later frame one
+                # position off; the scan's numbering goes on (frame numbers that start
+                # again come as duplicates, which the scan's reason then names).
+                result.items.append(
+                    Rejected(
+                        None,
+                        "stins_header_mid_scan",
+                        f"event {event_number}: a detector header (message {message.msg_number}) in the middle of the scan",
+                        event_number,
+                        frame=False,
+                    )
+                )
+            return message
         if isinstance(message, StinsEnd):
             flushed = self.processor.flush()
             if flushed is not None:
                 result.items.append(flushed)
             result.items.append(StreamEnded())
-            return
+            return message
         assert isinstance(message, StinsImage)
+        self._image(message, event_number, angle, angle_error, config, result)
+        return message
+
+    def _image(
+        self,
+        message: StinsImage,
+        event_number: int,
+        angle: float | None,
+        angle_error: AngleError | None,
+        config: PipelineConfig,
+        result: WorkerResult,
+    ) -> None:
         # Everything downstream (kinds, nominal angles, the reducer's frame indices and
         # lost_frames) counts 0-based positions in the scan, whatever the detector's base.
         index = self.numbering.position(message.frame, event_number)
+        suspect = self.numbering.suspect_base()
+        if suspect:
+            # event -1: one notice per scan, however many workers derive the base.
+            result.items.append(Rejected(None, "frame_base_suspect", suspect, frame=False))
         if index < 0:
             result.items.append(
                 Rejected(

@@ -34,3 +34,10 @@ class PcapHeaderMissing(AngleError):
     """Values came without the PandA header that names them: no field can be found."""
 
     reason = "pcap_header_missing"
+
+
+class PcapRawMean(AngleError):
+    """The PandA's data port is in ``process: Raw``: a ``Mean`` capture is then the sum
+    over the exposure, no angle."""
+
+    reason = "pcap_raw_mean"

@@ -166,6 +166,24 @@ class FrameNumbering:
     def __init__(self, base: int | None = None, evidence: BaseEvidence | None = None) -> None:
         self.fixed = base
         self.evidence = evidence if evidence is not None else BaseEvidence()
+        self._said: int | None = None  # the 'auto' base suspect_base last spoke of
+
+    def suspect_base(self) -> str:
+        """Why an 'auto' base is suspect, once per base ('' if it is not): detectors
+        number from 0 (dranspose's recordings) or 1 (the Orca at DanMAX), so a first
+        frame numbered 2 or more means images before it were lost or malformed (a
+        dropped first Orca image gave base 2: every frame one position off, darks taken
+        for flats and flats for projections, and nothing said so)."""
+        base = self.evidence.base
+        if self.fixed is not None or base is None or base in (0, 1) or base == self._said:
+            return ""
+        self._said = base
+        return (
+            f"frame_base 'auto' took {base} as the scan's first frame number (frame {base + (self.evidence.event or 1) - 1} "
+            f"in event {self.evidence.event}), but detectors count from 0 or 1: images before it were probably lost "
+            "or malformed and every frame may be off by one or more positions (its kind, its angle). Set frame_base "
+            "(1 for the Orca at DanMAX) and replay the scan"
+        )
 
     @property
     def base(self) -> int | None:

@@ -39,6 +39,7 @@ from streamtomo.pipeline.messages import (
     ReferenceRows,
     Rejected,
     StreamEnded,
+    StreamStep,
     WorkerResult,
     with_own_rows,
 )
@@ -96,6 +97,8 @@ class LiveScan:
         self.nominal = NominalAngleCheck()
         self._shape_votes: Counter[tuple[int, int]] = Counter()
         self._shape_voters: set[tuple[int, int]] = set()  # (frame, event) copies that voted
+        self._notices: set[tuple[str, int]] = set()  # (reason, event) of notices counted
+        self.stream_steps: list[StreamStep] = []  # events that showed the PandA and detector out of step
         self._reference_frames: set[int] = set()
         self.published: dict[str, ProductWrite] = {}  # what the last snapshot carried (snapshot.py)
         self._waiting_logged = False
@@ -148,11 +151,20 @@ class LiveScan:
                 # Another worker of the broadcast sends the rows (tomo_worker, broadcast_senders).
                 self.admission.counts["reference_copies"] += 1
             elif isinstance(item, Rejected):
-                # Not a frame (a PandA header): no arrival to count (``counted``).
+                if not item.frame:
+                    # A notice, not a frame (a PandA header mid-capture, streams out of
+                    # step): no arrival to count, and once per event, though the headers'
+                    # and ends' events reach every worker and each one says it (event -1:
+                    # once per scan).
+                    if (item.reason, item.event) in self._notices:
+                        continue
+                    self._notices.add((item.reason, item.event))
                 self.reject(item.reason, item.detail, item.frame_index, counted=not item.frame)
                 self._advance()
             elif isinstance(item, StreamEnded):
                 self.stream_ended = True
+            elif isinstance(item, StreamStep):
+                self.stream_steps.append(item)  # judged at the scan's end (scan_end.judge_stream_steps)
             elif isinstance(item, AngleRow):
                 for waiting, row in self.angle_join.add_row(item):
                     self._add_joined(waiting, row)

@@ -34,6 +34,8 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
     """Everything arrived: apply late references, backfill, then say what is final."""
     scan.release_held()  # a scan too short for two frames to agree on the shape
     warn_if_base_looks_off(scan)
+    say_if_frames_may_be_off(scan)
+    judge_stream_steps(scan)
     for msg in scan.angle_join.take_unjoined():
         scan.reject(
             "no_angle_row",
@@ -103,14 +105,91 @@ def warn_if_base_looks_off(scan: LiveScan) -> None:
     seen = scan.admission.seen
     if scan.config.fixed_frame_base() is not None or not expected or 0 in seen or expected not in seen:
         return
-    scan.admission.counts["frame_base_suspect"] = 1
-    logger.warning(
-        "frame position 0 never came but position %d (one past the %d frames of the layout) did: the first "
-        "image was probably lost or malformed and frame_base 'auto' took the next one's number as the start; "
-        "every frame may be one position off. Set frame_base (1 for the Orca at DanMAX) and replay the scan",
-        expected,
-        expected,
+    scan.admission.reject(
+        "frame_base_suspect",
+        f"frame position 0 never came but position {expected} (one past the {expected} frames of the layout) "
+        "did: the first image was probably lost or malformed and frame_base 'auto' took the next one's number "
+        "as the start; every frame may be one position off. Set frame_base (1 for the Orca at DanMAX) and "
+        "replay the scan",
+        counted=True,
     )
+
+
+def say_if_frames_may_be_off(scan: LiveScan) -> None:
+    """The scan's reason says when frames may sit at other frames' positions, which
+    counts alone left unsaid: frame_base 'auto' looked wrong (frame_base_suspect), or
+    the detector started a new series in the middle of the scan and its numbers
+    repeated (stins_header_mid_scan with duplicate_frame)."""
+    rejected = scan.admission.rejected
+    whys = []
+    if rejected.get("frame_base_suspect"):
+        whys.append(
+            "frame_base 'auto' found a first frame that is not the detector's first (frame_base_suspect): every "
+            "frame may be one position off; set frame_base (1 for the Orca at DanMAX) and replay the scan"
+        )
+    if rejected.get("stins_header_mid_scan") and rejected.get("duplicate_frame"):
+        whys.append(
+            "the detector started a new series in the middle of the scan and its frame numbers repeated "
+            "(stins_header_mid_scan, duplicate_frame): frames after it may sit at other frames' positions and "
+            "angles; one series per scan"
+        )
+    for why in whys:
+        scan.reason = f"{scan.reason}; {why}" if scan.reason else why
+
+
+# Signs from the PandA itself that its rows and the detector's frames went out of step.
+PANDA_SIGNS = ("pcap_header_mid_scan", "pcap_missed_samples", "pcap_capture_incomplete")
+# The detector's own extra messages (its frames carry numbers: these harm nothing).
+DETECTOR_EXTRAS = ("duplicate_frame", "stins_header_mid_scan", "corrupt_frame")
+
+
+def judge_stream_steps(scan: LiveScan) -> None:
+    """Say whether the PandA's rows were paired with the wrong frames.
+
+    The streams ending in different events (:class:`~streamtomo.pipeline.messages.StreamStep`)
+    shows that one of them sent a message too many or too few. The detector's frames
+    carry numbers, so its own losses (frames lost) and extras (duplicates, a header or
+    junk in the middle) cost nothing: a frame then goes to its own PandA row by number.
+    The PandA's rows carry none, so an extra or missing row shifts every later frame
+    onto a neighbour's angle. When the detector's side does not explain the difference,
+    or the PandA says itself that it sent too many or too few, the scan counts
+    ``angle_stream_out_of_step`` and its reason says so (with check_nominal_angles the
+    frames were matched to the rows with their angles instead).
+    """
+    rejected = scan.admission.rejected
+    pandas_signs = [reason for reason in PANDA_SIGNS if rejected.get(reason)]
+    if not scan.stream_steps and not pandas_signs:
+        return
+    more = any(step.pandas_more for step in scan.stream_steps)
+    fewer = any(not step.pandas_more for step in scan.stream_steps)
+    expected = scan.config.expected_frames()
+    lost = sum(b - a + 1 for a, b in scan.admission.lost_ranges(expected)) if expected else 0
+    lost += 0 if scan.stream_ended else 1  # the detector's series_end is a message too
+    extras = sum(rejected.get(reason, 0) for reason in DETECTOR_EXTRAS)
+    explained = not pandas_signs and ((more and not fewer and lost > 0) or (fewer and not more and extras > 0))
+    detail = "; ".join(f"event {step.event}: {step.detail}" for step in scan.stream_steps[:2])
+    if explained:
+        logger.info("the detector's own %s explain the streams' ends (%s)", "losses" if more else "extras", detail)
+        return
+    signs = ", ".join(pandas_signs) if pandas_signs else "their ends"
+    if scan.stream_steps:
+        scan.admission.reject(
+            "angle_stream_out_of_step",
+            f"the PandA's rows and the detector's frames went out of step ({detail}; {signs}); the detector's "
+            f"{lost} lost frames and {extras} extra messages do not explain it",
+            counted=True,
+        )
+    if scan.config.check_nominal_angles:
+        why = (
+            f"the PandA's rows and the detector's frames went out of step ({signs}): check_nominal_angles "
+            "matched each projection to the row with its angle"
+        )
+    else:
+        why = (
+            f"the PandA's rows and the detector's frames went out of step ({signs}): projections after that "
+            "point may sit at a neighbour's angle; check_nominal_angles=true (kind_rule counts) repairs this"
+        )
+    scan.reason = f"{scan.reason}; {why}" if scan.reason else why
 
 
 def apply_angular_weights(scan: LiveScan) -> None:

@@ -93,7 +93,9 @@ def test_an_extra_pandas_trigger_is_found_by_the_nominal_angles(workers: int) ->
     angle.insert(extra + 1, angle[extra])  # a double trigger: projection 10's row twice
     scan = run_scan(events_by_stream(detector, angle), {**config(), "check_nominal_angles": True}, workers)
     assert scan.state == "finished"
-    assert scan.rejected == {}
+    # The fault is counted and named, with what repaired it.
+    assert scan.rejected == {"angle_stream_out_of_step": 1}
+    assert "check_nominal_angles matched each projection to the row with its angle" in scan.reason
     assert scan.sinogram is not None and scan.sinogram.missing_slots().size == 0
     np.testing.assert_allclose(scan.sinogram.angles(), ANGLES, atol=1e-3)
     clean = run_scan(danmax_scan(ANGLES), config(), workers)
@@ -123,10 +125,10 @@ def test_auto_frame_base_misled_by_a_malformed_first_image_says_so(caplog: pytes
     detector.insert(1, [b"\xff not a STINS message"])  # before the first image: every image one event later
     values = {**config(), "frame_base": "auto"}
     scan = run_scan(events_by_stream(detector, angle), values, 2)
-    assert scan.counts["frame_base_suspect"] == 1
+    assert scan.rejected["frame_base_suspect"] == 1  # in /entry/status, not only in a log
+    assert "frame_base_suspect" in scan.reason
     assert any("Set frame_base" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     fixed = run_scan(events_by_stream(detector, angle), {**values, "frame_base": "1"}, 2)
-    assert "frame_base_suspect" not in fixed.counts
-    assert fixed.rejected == {"corrupt_frame": 1}
+    assert fixed.rejected == {"corrupt_frame": 1}  # the junk: an extra message that explains the streams' ends
     assert fixed.sinogram is not None and fixed.sinogram.missing_slots().size == 0
     np.testing.assert_allclose(fixed.sinogram.angles(), ANGLES, atol=1e-3)

@@ -1,0 +1,117 @@
+"""What a PandA capture says about itself that the angles depend on.
+
+The PandA's rows carry no frame number: event ``e`` pairs the detector's frame with
+the PandA's row ``e - 1`` only while both streams send one message per trigger. Each
+check here turns a sign that they do not, or that the values are no angles, into a
+counted reason (``Rejected`` with ``frame=False``: a notice, not a frame), so a shift
+is never silent:
+
+* :func:`streams_out_of_step`: the two streams end in different events. One sent a
+  message too many or too few (a double trigger, rows lost, a header or END in the
+  middle of a capture), and every frame after it was paired with another frame's row,
+  unless the detector's own losses or extras explain it (its frames carry numbers:
+  :func:`~streamtomo.pipeline.streaming.scan_end.judge_stream_steps`).
+* :func:`pcap_header_notices`: the PandA reports samples it missed, or captures the
+  mean of a wrapping encoder without its Min and Max (a frame whose exposure
+  straddled the wrap then has a mean that is no angle, and nothing shows it).
+* :func:`raw_mean_refusal`: in ``process: Raw`` a ``Mean`` capture is a sum over the
+  exposure; every such angle is refused.
+"""
+
+from __future__ import annotations
+
+import math
+
+from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.formats.pcap import PcapEnd, PcapHeader, PcapMessage, PcapValues, split_field_key
+from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage
+from streamtomo.pipeline.messages import Rejected
+
+# How a PandA ends a capture that sent every row (anything else: "Driver data overrun", ...).
+PCAP_END_COMPLETE = ("Ok", "Disarmed")
+REMEDY = "check_nominal_angles=true (kind_rule counts) finds and repairs such shifts"
+
+
+def streams_out_of_step(
+    detector: StinsHeader | StinsImage | StinsEnd | None,
+    detector_present: bool,
+    pcap: PcapMessage | None,
+    pcap_present: bool,
+) -> tuple[bool, str] | None:
+    """Whether the event shows the two streams out of step: (the PandA sent more
+    messages than the detector, why), or None."""
+    if isinstance(detector, StinsEnd) and isinstance(pcap, PcapValues):
+        return True, "the detector's series ended beside a PandA value row: the PandA sent more messages"
+    if isinstance(detector, StinsEnd) and not pcap_present:
+        return False, "the detector's series ended in an event without a PandA message: the PandA sent fewer messages"
+    if isinstance(pcap, PcapEnd) and isinstance(detector, StinsImage):
+        return False, "the PandA's capture ended beside a detector image: the PandA sent fewer messages"
+    if isinstance(pcap, PcapEnd) and not detector_present:
+        return True, "the PandA's capture ended after the detector's last message: the PandA sent more messages"
+    return None
+
+
+def pcap_header_notices(header: PcapHeader, config: PipelineConfig, event: int) -> list[Rejected]:
+    """Notices a capture's header gives: samples missed, a wrap that cannot be seen."""
+    notices = []
+    missed = header.info.get("missed", "0")
+    if missed.isdigit() and int(missed) > 0:
+        notices.append(
+            Rejected(
+                None,
+                "pcap_missed_samples",
+                f"event {event}: the PandA's header says it missed {missed} samples: their frames' rows are not in the "
+                f"stream, so later frames may be paired with another frame's angle; {REMEDY}",
+                event,
+                frame=False,
+            )
+        )
+    name, capture = split_field_key(config.encoder_field)
+    captured = set(header.keys)
+    # A field that is not captured at all is refused frame by frame (encoder_field_missing).
+    if (
+        capture == "Mean"
+        and config.encoder_field in captured
+        and not {f"{name}.Min", f"{name}.Max"} <= captured
+        and wrap_within_scan(config)
+    ):
+        notices.append(
+            Rejected(
+                None,
+                "encoder_wrap_unchecked",
+                f"event {event}: {config.encoder_field} wraps ({config.encoder_bits} bits) but the PandA does not "
+                f"capture {name}.Min and {name}.Max: a frame whose exposure straddles the wrap gets a mean that is no "
+                "angle, and nothing shows which; capture Min and Max of the field too",
+                event,
+                frame=False,
+            )
+        )
+    return notices
+
+
+def wrap_within_scan(config: PipelineConfig) -> bool:
+    """Whether the encoder's counter wraps at an angle the scan's grid reaches (one
+    step either side): the wraps lie at ``encoder_offset + 2^(bits-1) / counts_per_degree``
+    and every turn of ``2^bits`` counts from there (DanMAX: at 130 degrees, in any
+    full turn; 1000 counts per degree: past two million degrees, never)."""
+    if config.encoder_bits <= 0 or config.counts_per_degree == 0:
+        return False
+    half = 2.0 ** (config.encoder_bits - 1) / abs(config.counts_per_degree)
+    step = abs(config.slot_step)
+    ends = (config.nominal_angle(0), config.nominal_angle(config.n_projections - 1))
+    low, high = min(ends) - step, max(ends) + step
+    first = config.encoder_offset + half
+    k = math.ceil((low - first) / (2 * half))  # the first wrap at or above low
+    return first + k * 2 * half <= high
+
+
+def raw_mean_refusal(header: PcapHeader | None, encoder_field: str) -> str:
+    """Why the encoder field's values are no angles in this capture ('' if they are)."""
+    if header is None or header.info.get("process", "Scaled") != "Raw":
+        return ""
+    if split_field_key(encoder_field)[1] != "Mean":
+        return ""
+    return (
+        f"the PandA's data port sends 'process: Raw', in which {encoder_field} is the sum over the exposure, not "
+        "its mean: set the data port to Scaled (or capture the field's Value)"
+    )

@@ -1,0 +1,148 @@
+"""A stream that sends a message too many or too few, or values that are no angles,
+is counted and named, never silently misplaced (a review reproduced each case as a
+finished scan with ``rejected {}`` and projections at their neighbours' angles).
+
+The detector's frames carry numbers, so its own losses and extras harm nothing and
+are not called faults of the angles; the PandA's rows carry none, so its extras and
+losses shift every later frame, and the scan's reason says so.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from streamtomo.pipeline.formats import pcap
+from tests.support.stream_events import events_by_stream
+from tests.unit.workers.test_beamline_conventions import DANMAX_FIELDS, danmax_config, danmax_scan, run_scan
+from tests.unit.workers.test_stream_alignment import ANGLES, FIRST, config, split
+
+OUT_OF_STEP = "went out of step"
+
+
+def _slots_hold_their_own_projection(scan: object, clean: object) -> list[int]:
+    """Slots whose data is another slot's projection of the clean scan."""
+    a, b = scan.sinogram.by_angle, clean.sinogram.by_angle  # type: ignore[attr-defined]
+    wrong = []
+    for i in np.flatnonzero(scan.sinogram.counts > 0):  # type: ignore[attr-defined]
+        nearest = int(np.argmin([np.abs(a[i] - b[j]).mean() for j in range(b.shape[0])]))
+        if nearest != i:
+            wrong.append(int(i))
+    return wrong
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_pandas_double_trigger_is_counted_and_named(workers: int) -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    angle.insert(FIRST + 11, angle[FIRST + 10])
+    scan = run_scan(events_by_stream(detector, angle), config(), workers)
+    assert scan.rejected == {"angle_stream_out_of_step": 1}
+    assert OUT_OF_STEP in scan.reason and "check_nominal_angles=true" in scan.reason
+
+
+@pytest.mark.parametrize(
+    ("header", "end", "sign"),
+    [
+        ({}, "Driver data overrun", "pcap_capture_incomplete"),
+        ({"missed": 1}, "Disarmed", "pcap_missed_samples"),
+    ],
+)
+def test_rows_the_pandas_says_it_lost_are_counted_and_named(header: dict[str, int], end: str, sign: str) -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    angle[0] = pcap.encode_pcap_header(DANMAX_FIELDS, "2024-11-05T10:00:00.000Z", **header)
+    del angle[FIRST + 10]  # a row lost
+    angle[-1] = pcap.encode_pcap_end(len(angle) - 2, end)
+    scan = run_scan(events_by_stream(detector, angle), config(), 2)
+    assert scan.rejected[sign] == 1 and scan.rejected["angle_stream_out_of_step"] == 1
+    assert OUT_OF_STEP in scan.reason and sign in scan.reason
+
+
+@pytest.mark.parametrize("rearm", [False, True], ids=["header repeated", "END and header: re-armed"])
+def test_a_pandas_header_on_top_of_its_rows_is_counted_and_named(rearm: bool) -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    angle[FIRST + 10 : FIRST + 10] = [pcap.encode_pcap_end(FIRST + 9), angle[0]] if rearm else [angle[0]]
+    scan = run_scan(events_by_stream(detector, angle), config(), 2)
+    assert scan.rejected["pcap_header_mid_scan"] == 1 and scan.rejected["angle_stream_out_of_step"] == 1
+    assert OUT_OF_STEP in scan.reason
+
+
+@pytest.mark.parametrize("drop", ["an image", "the series end"])
+def test_the_detectors_own_lost_messages_are_no_fault_of_the_angles(drop: str) -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    del detector[FIRST + 10 if drop == "an image" else -1]
+    scan = run_scan(events_by_stream(detector, angle), config(), 2)
+    assert "angle_stream_out_of_step" not in scan.rejected and OUT_OF_STEP not in scan.reason
+    clean = run_scan(danmax_scan(ANGLES), config(), 2)
+    assert _slots_hold_their_own_projection(scan, clean) == []
+
+
+def test_a_detector_header_mid_scan_keeps_every_frame_at_its_position() -> None:
+    """'auto' took the header for a new series and the next image's number as the base:
+    every later frame one position off, a dark counted as a lost frame, nothing said."""
+    detector, angle = split(danmax_scan(ANGLES))
+    detector.insert(FIRST + 10, detector[0])
+    scan = run_scan(events_by_stream(detector, angle), config(), 2)
+    assert scan.rejected == {"stins_header_mid_scan": 1} and scan.lost_frames() == []
+    clean = run_scan(danmax_scan(ANGLES), config(), 2)
+    assert _slots_hold_their_own_projection(scan, clean) == []
+
+
+def test_a_second_series_whose_numbers_repeat_is_named() -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    k = FIRST + 10
+    restarted = []
+    for j, parts in enumerate(detector[k:-1]):
+        head = json.loads(parts[0])
+        head["frame"] = j + 1
+        restarted.append([json.dumps(head).encode(), *parts[1:]])
+    scan = run_scan(events_by_stream([*detector[:k], detector[0], *restarted, detector[-1]], angle), config(), 2)
+    assert scan.rejected["stins_header_mid_scan"] == 1 and scan.rejected["duplicate_frame"] > 0
+    assert "started a new series in the middle of the scan" in scan.reason
+
+
+def test_a_first_frame_number_that_no_detector_starts_from_is_named() -> None:
+    """The Orca counts from 1: its first image lost, 'auto' took 2 as the base."""
+    detector, angle = split(danmax_scan(ANGLES))
+    del detector[1]
+    scan = run_scan(events_by_stream(detector, angle), config(), 2)
+    assert scan.rejected["frame_base_suspect"] == 1
+    assert "frame_base_suspect" in scan.reason
+    fixed = run_scan(events_by_stream(detector, angle), {**config(), "frame_base": "1"}, 2)
+    assert fixed.rejected == {} and fixed.lost_frames() == [(0, 0)]
+
+
+def test_a_pandas_in_raw_mode_is_refused_for_a_mean() -> None:
+    """In 'process: Raw' a Mean capture is the sum over the exposure: every angle wrong."""
+    detector, angle = split(danmax_scan(ANGLES))
+    angle[0] = pcap.encode_pcap_header(DANMAX_FIELDS, "2024-11-05T10:00:00.000Z", process="Raw")
+    scan = run_scan(events_by_stream(detector, angle), config(), 2)
+    assert scan.state == "failed" and scan.rejected == {"pcap_raw_mean": len(ANGLES)}
+    assert "pcap_raw_mean" in scan.reason
+
+
+def test_a_wrapping_mean_without_its_min_and_max_is_named_once() -> None:
+    """Without Min and Max (DanMAX's SFP3_SYNC_IN.POS1.Mean) an exposure across the
+    wrap cannot be seen: said once per scan, not per worker."""
+    values = danmax_config(len(ANGLES), angle_start=0.0, angle_range=180.0, encoder_field="SFP3_SYNC_IN.POS1.Mean")
+    scan = run_scan(danmax_scan(ANGLES), values, 3)
+    assert scan.rejected == {"encoder_wrap_unchecked": 1}
+    assert run_scan(danmax_scan(ANGLES), config(), 3).rejected == {}  # INENC2.VAL.Mean: Min and Max captured
+
+
+@pytest.mark.parametrize(
+    ("values", "reached"),
+    [
+        ({}, False),  # 1000 counts per degree: the wrap lies past two million degrees
+        ({"counts_per_degree": 11930463, "encoder_offset": -50.0}, True),  # DanMAX: at 130 degrees
+        ({"counts_per_degree": 11930463, "encoder_offset": -50.0, "angle_start": -40.0, "angle_range": 160.0}, False),
+        ({"counts_per_degree": 11930463, "encoder_offset": -50.0, "angle_start": 400.0, "angle_range": 180.0}, True),
+        ({"counts_per_degree": 11930463, "encoder_offset": -50.0, "encoder_bits": 0}, False),
+    ],
+)
+def test_the_wrap_is_named_only_where_the_scan_reaches_it(values: dict[str, float], reached: bool) -> None:
+    from streamtomo.pipeline.config import PipelineConfig
+    from streamtomo.pipeline.formats.pcap_checks import wrap_within_scan
+
+    assert wrap_within_scan(PipelineConfig.from_mapping({"n_projections": 45, **values})) is reached
