@@ -4,6 +4,15 @@ Both the reducer's HDF REST server and the viewer run inside processes whose mai
 thread belongs to someone else (dranspose, the CLI), so each gets a loop thread:
 ``start`` binds (port 0 picks a free port, read back as :attr:`port`), ``close``
 stops the loop and joins the thread.
+
+Each connection is guarded (:class:`GuardedConnection`), since aiohttp has no limit of
+its own on either: a connection must complete its first request's headers within
+:data:`HEADER_TIMEOUT_S` (aiohttp's keep-alive timer covers later requests), and a
+listener holds at most :data:`MAX_CONNECTIONS`, closing new ones beyond. Without them
+a client that opened connections and sent half a request line held each one for good:
+1100 of them took every file descriptor of the reducer's process (its scan's too),
+and the live port, which a chart may put on the network unauthenticated, stopped
+answering.
 """
 
 from __future__ import annotations
@@ -18,6 +27,95 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
+HEADER_TIMEOUT_S = 10.0  # from a connection's opening to its first request's headers
+MAX_CONNECTIONS = 256  # open connections per listener; a beamline's readers need far fewer
+HEADER_ENDS = (b"\r\n\r\n", b"\n\n")
+
+
+class ConnectionLimits:
+    """What one listener's connections share: the limits and the count of open ones."""
+
+    def __init__(self, name: str, header_timeout: float, max_connections: int) -> None:
+        self.name = name
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self.open = 0
+        self.refused = 0  # over max_connections
+        self.timed_out = 0  # headers not complete in time
+
+
+class GuardedConnection(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind the two limits above."""
+
+    def __init__(self, inner: Callable[[], asyncio.Protocol], limits: ConnectionLimits) -> None:
+        self._make_inner = inner
+        self._limits = limits
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._tail = b""  # the last bytes seen, for a header end split across reads
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        limits = self._limits
+        assert isinstance(transport, asyncio.Transport)
+        if limits.open >= limits.max_connections:
+            limits.refused += 1
+            if limits.refused == 1 or limits.refused % 1000 == 0:
+                log.warning(
+                    "%s: %d connections open, the most it keeps: closing new ones (%d so far)",
+                    limits.name,
+                    limits.open,
+                    limits.refused,
+                )
+            transport.abort()
+            return
+        limits.open += 1
+        self._transport = transport
+        self._deadline = asyncio.get_running_loop().call_later(limits.header_timeout, self._headers_too_slow)
+        self._inner = self._make_inner()
+        self._inner.connection_made(transport)
+
+    def _headers_too_slow(self) -> None:
+        self._deadline = None
+        self._limits.timed_out += 1
+        log.info(
+            "%s: a connection sent no whole request within %.0f s: closed",
+            self._limits.name,
+            self._limits.header_timeout,
+        )
+        if self._transport is not None:
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is None:
+            return
+        if self._deadline is not None:
+            seen = self._tail + data
+            if any(end in seen for end in HEADER_ENDS):
+                self._deadline.cancel()
+                self._deadline = None
+            self._tail = seen[-3:]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None if self._inner is None else self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inner is None:
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._limits.open -= 1
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
 
 
 class BackgroundHttpServer:
@@ -32,6 +130,8 @@ class BackgroundHttpServer:
         self._shutdown_timeout = shutdown_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self.limits = ConnectionLimits(name, HEADER_TIMEOUT_S, MAX_CONNECTIONS)
         self.port: int | None = None
 
     @property
@@ -83,6 +183,8 @@ class BackgroundHttpServer:
         try:
             loop.run_forever()
         finally:
+            if self._server is not None:
+                self._server.close()  # no new connections; runner.cleanup closes the open ones
             loop.run_until_complete(runner.cleanup())
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
@@ -90,9 +192,17 @@ class BackgroundHttpServer:
 
     async def _bind(self, runner: web.AppRunner) -> None:
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.requested_port)
-        await site.start()
-        self.port = int(runner.addresses[0][1])
+        protocol = runner.server
+        assert protocol is not None
+        limits = self.limits
+        # As web.TCPSite binds, each connection's protocol behind GuardedConnection.
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: GuardedConnection(protocol, limits),
+            self.host or None,
+            self.requested_port,
+            reuse_address=True,
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
