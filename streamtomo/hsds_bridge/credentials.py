@@ -2,7 +2,10 @@
 
 Sources, first match wins:
 
-1. ``STREAMTOMO_HSDS_USERNAME`` + ``STREAMTOMO_HSDS_PASSWORD``
+1. ``STREAMTOMO_HSDS_USERNAME`` + ``STREAMTOMO_HSDS_PASSWORD``, or
+   ``STREAMTOMO_HSDS_PASSWORD_FILE=/path/to/file`` holding the password alone (a key of
+   a mounted Kubernetes Secret: the chart's way, so that no password sits in a
+   process's environment, which its children inherit and ``/proc`` shows)
 2. ``STREAMTOMO_HSDS_CREDENTIALS=/path/to/file`` holding one ``user:password`` line
    (a mounted Kubernetes Secret, or a file written by ``streamtomo hsds``)
 3. ``HS_USERNAME`` + ``HS_PASSWORD`` (the variables h5pyd and hsload already use)
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 ENV_USERNAME = "STREAMTOMO_HSDS_USERNAME"
 ENV_PASSWORD = "STREAMTOMO_HSDS_PASSWORD"
+ENV_PASSWORD_FILE = "STREAMTOMO_HSDS_PASSWORD_FILE"
 ENV_FILE = "STREAMTOMO_HSDS_CREDENTIALS"
 HS_USERNAME = "HS_USERNAME"
 HS_PASSWORD = "HS_PASSWORD"
@@ -77,26 +81,47 @@ def parse_credentials_line(text: str, source: str = "credentials") -> Credential
     raise CredentialsError(f"{source}: no 'user:password' line found")
 
 
-def load_credentials_file(path: str | os.PathLike[str]) -> Credentials:
-    """Read ``user:password`` from ``path``; warn if others can read the file."""
+def read_secret_file(path: str | os.PathLike[str], what: str = "credentials") -> str:
+    """The text of a file holding a secret; warn if others can read it."""
     p = Path(path)
     try:
         mode = p.stat().st_mode
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise CredentialsError(f"cannot read credentials file {p}: {exc.strerror}") from None
+        raise CredentialsError(f"cannot read {what} file {p}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("credentials file %s is accessible by group/others; chmod 600 it", p)
-    return parse_credentials_line(text, source=str(p))
+        log.warning("%s file %s is accessible by group/others; chmod 600 it", what, p)
+    return text
+
+
+def load_credentials_file(path: str | os.PathLike[str]) -> Credentials:
+    """Read ``user:password`` from ``path``; warn if others can read the file."""
+    return parse_credentials_line(read_secret_file(path), source=str(path))
+
+
+def password_from(env: Mapping[str, str], variable: str, file_variable: str) -> str:
+    """The password in ``variable``, or in the file ``file_variable`` names (its one
+    line, without the line end); '' when neither is set. Both set is an error: which
+    one wins would be a guess."""
+    value, path = env.get(variable, ""), env.get(file_variable, "")
+    if value and path:
+        raise CredentialsError(f"set {variable} or {file_variable}, not both")
+    if not path:
+        return value
+    lines = read_secret_file(path, "password").strip("\r\n").splitlines()
+    if len(lines) != 1 or not lines[0]:
+        raise CredentialsError(f"{file_variable}: {path} must hold the password alone, on one line")
+    return lines[0]
 
 
 def load_credentials(env: Mapping[str, str] | None = None) -> Credentials:
     """Credentials from the environment (see module docstring for the order)."""
     env = os.environ if env is None else env
-    if env.get(ENV_USERNAME) or env.get(ENV_PASSWORD):
-        if not (env.get(ENV_USERNAME) and env.get(ENV_PASSWORD)):
-            raise CredentialsError(f"set both {ENV_USERNAME} and {ENV_PASSWORD}")
-        return Credentials(env[ENV_USERNAME], env[ENV_PASSWORD])
+    password = password_from(env, ENV_PASSWORD, ENV_PASSWORD_FILE)
+    if env.get(ENV_USERNAME) or password:
+        if not (env.get(ENV_USERNAME) and password):
+            raise CredentialsError(f"set both {ENV_USERNAME} and {ENV_PASSWORD} (or {ENV_PASSWORD_FILE})")
+        return Credentials(env[ENV_USERNAME], password)
     if env.get(ENV_FILE):
         return load_credentials_file(env[ENV_FILE])
     if env.get(HS_USERNAME) and env.get(HS_PASSWORD):

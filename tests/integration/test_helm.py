@@ -425,7 +425,7 @@ def test_wiring_between_services(helm: str) -> None:
     assert env["STREAMTOMO_CORS_ORIGINS"] == "http://localhost:8080"
     assert env["STREAMTOMO_HSDS_ENDPOINT"] == "http://t-streamtomo-hsds.beamline.svc:5101"
     assert env["STREAMTOMO_HSDS_USERNAME"] == "streamtomo"
-    assert env["STREAMTOMO_HSDS_PASSWORD"]["secretKeyRef"]["key"] == "writer-password"
+    assert secret_file(docs, "t-streamtomo-reducer", "STREAMTOMO_HSDS_PASSWORD_FILE")["key"] == "writer-password"
     # published where the bootstrap Job prepared the folder (a reducer.domain of another name too)
     assert env["STREAMTOMO_HSDS_DOMAIN"] == "/home/streamtomo/live.h5"
     danmax = one(
@@ -621,7 +621,7 @@ def test_existing_secret_and_claims(helm: str) -> None:
     assert spec["volumes"][0]["projected"]["sources"][2]["secret"]["name"] == "site-hsds"
     assert spec["volumes"][1]["persistentVolumeClaim"]["claimName"] == "site-data"
     reducer = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["containers"][0]
-    assert env_of(reducer)["STREAMTOMO_HSDS_PASSWORD"]["secretKeyRef"]["name"] == "site-hsds"
+    assert secret_file(docs, "t-streamtomo-reducer", "STREAMTOMO_HSDS_PASSWORD_FILE")["name"] == "site-hsds"
     assert env_of(reducer)["REDIS_PASSWORD"]["secretKeyRef"] == {"name": "site-redis", "key": "redis-password"}
     control = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["volumes"]
     assert {
@@ -1070,6 +1070,23 @@ def _viewer(docs: list[dict]) -> tuple[list[str], dict[str, Any]]:
     return container["command"], env_of(container)
 
 
+def secret_file(docs: list[dict], deployment: str, variable: str) -> dict[str, Any]:
+    """The Secret key behind the file the container's ``variable`` names (0400, read-only),
+    as {"name", "key"}: passwords reach the pods as files, never in their environment."""
+    pod = one(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = env_of(container)
+    assert variable.removesuffix("_FILE") not in env  # not the password itself as well
+    path = Path(env[variable])
+    mount = next(m for m in container["volumeMounts"] if path.parent == Path(m["mountPath"]))
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])["secret"]
+    assert volume["defaultMode"] == 0o400
+    (item,) = volume["items"]
+    assert item["path"] == path.name
+    return {"name": volume["secretName"], "key": item["key"]}
+
+
 def test_nothing_that_changes_a_scan_is_reachable_around_its_authentication(helm: str) -> None:
     """dranspose's controller takes scans, parameters and stop requests from anyone who
     reaches it (CORS open to every origin); the viewer's page may change centre and
@@ -1119,32 +1136,34 @@ def test_viewer_holds_the_token_and_has_credentials_in_every_mode(helm: str) -> 
     assert "STREAMTOMO_CONTROLLER_URL" not in env  # read by nothing
     assert "STREAMTOMO_VIEWER_PASSWORD" not in env  # the live domain needs no account
     # reading the chart's HSDS (through its ingress): the read-only viewer account
-    command, env = _viewer(render(helm, "--set", "viewer.enabled=true", "--set", "hsds.ingress.enabled=true"))
+    reads_hsds = render(helm, "--set", "viewer.enabled=true", "--set", "hsds.ingress.enabled=true")
+    command, env = _viewer(reads_hsds)
     assert command[command.index("--endpoint") + 1].startswith("http://streamtomo-hsds.example.org")
     assert env["STREAMTOMO_VIEWER_USERNAME"] == "viewer"
-    assert env["STREAMTOMO_VIEWER_PASSWORD"]["secretKeyRef"] == {
+    assert secret_file(reads_hsds, "t-streamtomo-viewer", "STREAMTOMO_VIEWER_PASSWORD_FILE") == {
         "name": "t-streamtomo-hsds-auth",
         "key": "viewer-password",
     }
-    _, env = _viewer(
-        render(
-            helm, "--set", "viewer.enabled=true", "--set", "viewer.endpoint=http://t-streamtomo-hsds.beamline.svc:5101"
-        )
+    internal = render(
+        helm, "--set", "viewer.enabled=true", "--set", "viewer.endpoint=http://t-streamtomo-hsds.beamline.svc:5101"
     )
-    assert env["STREAMTOMO_VIEWER_PASSWORD"]["secretKeyRef"]["key"] == "viewer-password"
+    assert secret_file(internal, "t-streamtomo-viewer", "STREAMTOMO_VIEWER_PASSWORD_FILE")["key"] == "viewer-password"
     # another endpoint: its account from a Secret
-    _, env = _viewer(
-        render(
-            helm,
-            "--set",
-            "viewer.enabled=true",
-            "--set",
-            "viewer.endpoint=https://hsds.site.example",
-            "--set",
-            "viewer.credentialsSecret=site-viewer",
-        )
+    site = render(
+        helm,
+        "--set",
+        "viewer.enabled=true",
+        "--set",
+        "viewer.endpoint=https://hsds.site.example",
+        "--set",
+        "viewer.credentialsSecret=site-viewer",
     )
+    _, env = _viewer(site)
     assert env["STREAMTOMO_VIEWER_USERNAME"]["secretKeyRef"] == {"name": "site-viewer", "key": "username"}
+    assert secret_file(site, "t-streamtomo-viewer", "STREAMTOMO_VIEWER_PASSWORD_FILE") == {
+        "name": "site-viewer",
+        "key": "password",
+    }
     # a public page must authenticate: the chart refuses an Ingress without it ...
     err = fails(helm, "--set", "viewer.enabled=true", "--set", "viewer.ingress.enabled=true")
     assert "viewer.auth.basicAuthSecret" in err, err

@@ -10,6 +10,7 @@ test runs its own server because it kills it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -544,6 +545,28 @@ def test_credentials_sources(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
     assert any("chmod 600" in r.getMessage() for r in caplog.records)
     cred = Credentials("u6", "secret-6")
     assert "secret-6" not in repr(cred) and "secret-6" not in str(cred) and "secret-6" not in f"{cred}"
+
+
+def test_a_password_comes_from_a_file_of_its_own(tmp_path: Path) -> None:
+    """The chart mounts a Secret's key as a file: no password in the pods' environment."""
+    from streamtomo.app.viewer.server import basic_auth_from_env
+
+    secret = tmp_path / "writer-password"
+    secret.write_text("secret-7\n")  # as kubectl create secret --from-file leaves it
+    secret.chmod(0o400)
+    env = {"STREAMTOMO_HSDS_USERNAME": "u7", "STREAMTOMO_HSDS_PASSWORD_FILE": str(secret)}
+    assert load_credentials(env) == Credentials("u7", "secret-7")
+    viewer = {"STREAMTOMO_VIEWER_USERNAME": "v7", "STREAMTOMO_VIEWER_PASSWORD_FILE": str(secret)}
+    assert basic_auth_from_env(viewer) == "Basic " + base64.b64encode(b"v7:secret-7").decode()
+    with pytest.raises(CredentialsError, match="not both"):
+        load_credentials({**env, "STREAMTOMO_HSDS_PASSWORD": "secret-8"})
+    two = tmp_path / "two"
+    two.write_text("secret-9\nsecret-10\n")
+    with pytest.raises(CredentialsError, match="the password alone") as info:
+        load_credentials({**env, "STREAMTOMO_HSDS_PASSWORD_FILE": str(two)})
+    assert "secret-9" not in str(info.value)
+    with pytest.raises(CredentialsError, match="cannot read password file"):
+        load_credentials({**env, "STREAMTOMO_HSDS_PASSWORD_FILE": str(tmp_path / "missing")})
 
 
 @pytest.mark.hsds

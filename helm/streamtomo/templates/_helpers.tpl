@@ -195,6 +195,25 @@ expanded by Kubernetes from REDIS_PASSWORD, never written into the manifest). */
   readOnly: true
 {{- end -}}
 
+{{/* One key of a Secret as a read-only file (0400) at /etc/streamtomo/<name>/<key>:
+passwords reach the process as files, never in its environment (inherited by its
+children, shown in /proc). dict: name, secret, key */}}
+{{- define "streamtomo.secretFileVolume" -}}
+- name: {{ .name }}
+  secret:
+    secretName: {{ .secret }}
+    defaultMode: 0400
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+{{- end -}}
+
+{{- define "streamtomo.secretFileMount" -}}
+- name: {{ .name }}
+  mountPath: /etc/streamtomo/{{ .name }}
+  readOnly: true
+{{- end -}}
+
 {{/* Does the viewer read the chart's HSDS (and so need the viewer account)? */}}
 {{- define "streamtomo.viewerReadsHsds" -}}
 {{- $endpoint := include "streamtomo.viewerEndpoint" . -}}

@@ -43,6 +43,7 @@ from aiohttp import web
 from yarl import URL
 
 from streamtomo.hsds_bridge.control_api import TokenFile, read_token_file
+from streamtomo.hsds_bridge.credentials import CredentialsError, password_from
 from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, read_limited
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().with_name("static")
 ENV_USERNAME = "STREAMTOMO_VIEWER_USERNAME"
 ENV_PASSWORD = "STREAMTOMO_VIEWER_PASSWORD"
+ENV_PASSWORD_FILE = "STREAMTOMO_VIEWER_PASSWORD_FILE"
 ENV_ORIGINS = "STREAMTOMO_VIEWER_ORIGINS"
 ENV_CONTROL_TOKEN_FILE = "STREAMTOMO_CONTROL_TOKEN_FILE"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
@@ -76,8 +78,14 @@ def check_assets(static_dir: Path | None = None) -> Path:
 
 
 def basic_auth_from_env(env: Mapping[str, str] = os.environ) -> str | None:
-    """``Authorization`` header value for the endpoint, or None without credentials."""
-    user, password = env.get(ENV_USERNAME, ""), env.get(ENV_PASSWORD, "")
+    """``Authorization`` header value for the endpoint, or None without credentials.
+    The password may come from a file (``STREAMTOMO_VIEWER_PASSWORD_FILE``, the chart's
+    way: no password in the process's environment)."""
+    try:
+        password = password_from(env, ENV_PASSWORD, ENV_PASSWORD_FILE)
+    except CredentialsError as error:
+        raise ValueError(str(error)) from None
+    user = env.get(ENV_USERNAME, "")
     if not user and not password:
         return None
     if not user or not password or ":" in user:
