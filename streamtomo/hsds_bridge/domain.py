@@ -29,6 +29,13 @@ ChunkIndex = tuple[int, ...]
 STRING_DTYPE = np.dtype(object)  # variable-length UTF-8 string (scalar datasets only)
 
 
+def _fit_chunks(chunks: tuple[int, ...], old: tuple[int, ...], new: tuple[int, ...]) -> tuple[int, ...]:
+    """``chunks`` of a dataset of shape ``old`` carried over to shape ``new``: an axis
+    chunked whole stays whole (one image per chunk stays so), others are clamped to the
+    new length; never below 1 (an empty axis still has a positive chunk size)."""
+    return tuple(max(1, n if c >= o > 0 else min(c, n)) for c, o, n in zip(chunks, old, new, strict=True))
+
+
 def _split_path(path: str) -> list[str]:
     parts = [p for p in path.split("/") if p]
     for part in parts:
@@ -37,28 +44,65 @@ def _split_path(path: str) -> list[str]:
     return parts
 
 
-@dataclass
 class DomainDataset:
     """A dataset: a numpy array plus attributes, chunk shape and dirty-chunk set."""
 
-    path: str
-    array: npt.NDArray[Any]
-    attrs: dict[str, AttrValue] = field(default_factory=dict)
-    chunks: tuple[int, ...] | None = None
-    # True where the array's memory does not hold the dataset's values yet, which read
-    # as zeros: a writer that reuses memory without clearing it says where (broadcast
-    # to the shape; None: everything reads as it is). Readers apply it with
-    # :meth:`zero_unwritten` to what they copied.
-    unwritten: npt.NDArray[np.bool_] | None = None
-    _dirty: set[ChunkIndex] = field(default_factory=set, repr=False)
+    def __init__(
+        self,
+        path: str,
+        array: npt.NDArray[Any],
+        attrs: dict[str, AttrValue] | None = None,
+        chunks: tuple[int, ...] | None = None,
+        unwritten: npt.NDArray[np.bool_] | None = None,
+    ) -> None:
+        self.path = path
+        self.attrs: dict[str, AttrValue] = {} if attrs is None else attrs
+        # True where the array's memory does not hold the dataset's values yet, which
+        # read as zeros: a writer that reuses memory without clearing it says where
+        # (broadcast to the shape; None: everything reads as it is). Readers apply it
+        # with :meth:`zero_unwritten` to what they copied.
+        self.unwritten = unwritten
+        self._dirty: set[ChunkIndex] = set()
+        self._array = array
+        self.chunks: tuple[int, ...] = self._checked_chunks(array, chunks)
+        self.mark_all_dirty()
 
-    def __post_init__(self) -> None:
-        if self.chunks is None:
-            self.chunks = tuple(self.array.shape) if self.array.ndim else ()
-        if len(self.chunks) != self.array.ndim:
-            raise ValueError(f"{self.path}: chunks {self.chunks} do not match shape {self.shape}")
-        if any(c <= 0 for c in self.chunks):
-            raise ValueError(f"{self.path}: chunk sizes must be positive, got {self.chunks}")
+    def __repr__(self) -> str:
+        return f"DomainDataset({self.path!r}, shape={self.shape}, dtype={self.dtype}, chunks={self.chunks})"
+
+    def _checked_chunks(self, array: npt.NDArray[Any], chunks: tuple[int, ...] | None) -> tuple[int, ...]:
+        if chunks is None:
+            chunks = tuple(array.shape) if array.ndim else ()
+        chunks = tuple(int(c) for c in chunks)
+        if len(chunks) != array.ndim:
+            raise ValueError(f"{self.path}: chunks {chunks} do not match shape {array.shape}")
+        if any(c <= 0 for c in chunks):
+            raise ValueError(f"{self.path}: chunk sizes must be positive, got {chunks}")
+        return chunks
+
+    @property
+    def array(self) -> npt.NDArray[Any]:
+        return self._array
+
+    @array.setter
+    def array(self, array: npt.NDArray[Any]) -> None:
+        """Swap the backing array (a new scan's storage); see :meth:`replace_array`."""
+        self.replace_array(array)
+
+    def replace_array(self, array: npt.NDArray[Any], chunks: tuple[int, ...] | None = None) -> None:
+        """Serve ``array`` from now on, with ``chunks`` (default: the old chunks fitted
+        to the new shape), every chunk marked dirty and ``unwritten`` cleared.
+
+        Chunks must stay within the shape (larger ones are invalid HDF5, and mirrors lay
+        their chunk grid out from them), and ``unwritten`` described the old memory.
+        """
+        if chunks is None:
+            if array.ndim != self._array.ndim:
+                raise ValueError(f"{self.path}: a {array.ndim}-d array needs its own chunks (was {self._array.ndim}-d)")
+            chunks = _fit_chunks(self.chunks, self.shape, tuple(array.shape))
+        self.chunks = self._checked_chunks(array, chunks)
+        self._array = array
+        self.unwritten = None
         self.mark_all_dirty()
 
     @property
@@ -89,11 +133,9 @@ class DomainDataset:
         return block
 
     def chunk_grid(self) -> tuple[int, ...]:
-        assert self.chunks is not None
         return tuple(-(-n // c) for n, c in zip(self.shape, self.chunks, strict=False))
 
     def chunk_selection(self, index: ChunkIndex) -> tuple[slice, ...]:
-        assert self.chunks is not None
         return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape, strict=False))
 
     def mark_all_dirty(self) -> None:
@@ -101,7 +143,6 @@ class DomainDataset:
 
     def mark_dirty(self, selection: Selection) -> None:
         """Record the chunks touched by ``selection`` (ints and step-1 slices)."""
-        assert self.chunks is not None
         if len(selection) > self.array.ndim:
             raise IndexError(f"{self.path}: selection {selection} has too many axes")
         full = tuple(selection) + (slice(None),) * (self.array.ndim - len(selection))

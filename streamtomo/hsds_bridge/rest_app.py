@@ -16,6 +16,7 @@ checks (domain pinning, selections, limits) would be imported back into each pie
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -27,7 +28,7 @@ from aiohttp import web
 
 from streamtomo.hsds_bridge import rest_objects as objs
 from streamtomo.hsds_bridge.domain import DomainDataset, DomainGroup
-from streamtomo.hsds_bridge.rest_ids import Collection, node_id, parse_id
+from streamtomo.hsds_bridge.rest_ids import Collection, StaleId, parse_id
 from streamtomo.hsds_bridge.rest_registry import DomainRegistry, ServedDomain, TooManyReads, normalise_domain_name
 from streamtomo.hsds_bridge.rest_select import (
     Selection,
@@ -39,7 +40,7 @@ from streamtomo.hsds_bridge.rest_select import (
 )
 from streamtomo.hsds_bridge.rest_types import (
     JsonDict,
-    array_to_json,
+    array_json_pieces,
     attribute_json,
     is_vlen_str,
     itemsize_estimate,
@@ -107,7 +108,10 @@ def _node(served: ServedDomain, obj_id: str, collection: Collection) -> DomainGr
     """Resolve an id (caller holds the lock); 400 for a malformed id, 404 unknown."""
     if parse_id(obj_id) != collection:
         raise RestError(400, f"{obj_id!r} is not a valid {collection[:-1]} id")
-    node = served.ids.resolve(obj_id)
+    try:
+        node = served.ids.resolve(obj_id)
+    except StaleId as exc:
+        raise RestError(410, str(exc)) from None
     if node is None:
         raise RestError(404, f"{collection[:-1]} {obj_id} not found in domain {served.name}")
     return node
@@ -146,6 +150,37 @@ def _dumps(data: Any) -> str:
 
 def _wants_binary(request: web.Request) -> bool:
     return OCTET in request.headers.get("Accept", "")
+
+
+def _limit(request: web.Request) -> int | None:
+    value = request.query.get("Limit")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise RestError(400, f"Limit must be an integer, got {value!r}") from None
+
+
+def _matches(name: str, pattern: str | None) -> bool:
+    # HSDS matches a glob (fnmatch-like: *, ?, [a-z]) against the base name.
+    return pattern is None or fnmatch.fnmatchcase(name, pattern)
+
+
+def _page(names: list[str], marker: str | None, limit: int | None, missing_marker: str | None) -> list[str]:
+    """``names`` (sorted) after ``marker`` and at most ``limit`` of them, as HSDS pages
+    domains and links (h5pyd asks for the next batch after the last name it got, until
+    a batch comes back short). A marker not in ``names``: 404 with ``missing_marker``,
+    or, where that is None, nothing (HSDS's domain listing)."""
+    start = 0
+    if marker is not None:
+        if marker not in names:
+            if missing_marker is not None:
+                raise RestError(404, missing_marker)
+            return []
+        start = names.index(marker) + 1
+    end = len(names) if limit is None else start + max(limit, 0)
+    return names[start:end]
 
 
 # -- server, domain and folder endpoints -------------------------------------------
@@ -215,14 +250,18 @@ async def list_domains(request: web.Request) -> web.StreamResponse:
     folder = (_domain_name(request) or "/").rstrip("/") + "/"
     if folder != "/" and not registry.is_folder(folder):
         raise RestError(404, f"folder {folder} not found")
+    pattern = request.query.get("pattern")
     entries: dict[str, JsonDict] = {}
     for served in sorted(registry.all(), key=lambda s: s.name):
         if not served.name.startswith(folder):
             continue
         head, sep, _ = served.name[len(folder) :].partition("/")
         name = folder + head
-        entries.setdefault(name, objs.folder_entry(name, None if sep else served, registry.started))
-    return _json({"domains": list(entries.values()), "hrefs": []})
+        if _matches(head, pattern):
+            entries.setdefault(name, objs.folder_entry(name, None if sep else served, registry.started))
+    # HSDS: a Limit of 0 means no limit here, and an unknown Marker lists nothing.
+    names = _page(sorted(entries), request.query.get("Marker"), _limit(request) or None, None)
+    return _json({"domains": [entries[n] for n in names], "hrefs": []})
 
 
 async def get_acls(request: web.Request) -> web.StreamResponse:
@@ -237,36 +276,76 @@ async def get_acl(request: web.Request) -> web.StreamResponse:
 
 
 async def list_collection(request: web.Request) -> web.StreamResponse:
-    """``GET /groups`` / ``GET /datasets``: every id of that kind but the root."""
+    """``GET /groups`` / ``GET /datasets``: every id of that kind but the root.
+
+    ``GET /groups?h5path=/a/b`` is the group at that path instead (HSDS's ``GET
+    /groups/``): listing every group for it would answer with other objects.
+    """
+    if "h5path" in request.query and request.path.startswith("/groups"):
+        return await get_group(request)
     served = _served(request)
     want = DomainGroup if request.path.rstrip("/") == "/groups" else DomainDataset
     key = "groups" if want is DomainGroup else "datasets"
 
     def ids() -> list[str]:
         root = served.domain.root
-        return [node_id(served.name, n) for n in served.domain.walk() if isinstance(n, want) and n is not root]
+        return [served.ids.id_of(n) for n in served.domain.walk() if isinstance(n, want) and n is not root]
 
     return _json({key: await _registry(request).run_locked(served, ids), "hrefs": _hrefs(request, served)})
 
 
 # -- groups and links ---------------------------------------------------------------
 async def get_group(request: web.Request) -> web.StreamResponse:
+    """``GET /groups/{id}``, or the group at ``h5path`` (relative to the id if given)."""
     served = _served(request)
-    obj_id = request.match_info["id"]
+    start_id = request.match_info.get("id")
+    h5path = request.query.get("h5path")
+    if start_id is None and (not h5path or not h5path.startswith("/")):
+        raise RestError(400, "h5paths must be absolute if no parent id is provided")
     links, attrs = _flag(request, "include_links"), _flag(request, "include_attrs")
-    body = await _registry(request).run_locked(
-        served, lambda: objs.group_json(served, _group(served, obj_id), links, attrs)
-    )
-    body["hrefs"] = _hrefs(request, served, links=f"/groups/{obj_id}/links", attributes=f"/groups/{obj_id}/attributes")
-    return _json(body)
+
+    def body() -> JsonDict:
+        group = _group(served, start_id) if start_id is not None else served.domain.root
+        if h5path is not None:
+            group = _group_at(served, group, h5path)
+        return objs.group_json(served, group, links, attrs)
+
+    out = await _registry(request).run_locked(served, body)
+    obj_id = out["id"]
+    out["hrefs"] = _hrefs(request, served, links=f"/groups/{obj_id}/links", attributes=f"/groups/{obj_id}/attributes")
+    return _json(out)
+
+
+def _group_at(served: ServedDomain, start: DomainGroup, h5path: str) -> DomainGroup:
+    """The group at ``h5path`` as HSDS resolves it: absolute from the root, else from
+    ``start``; ``.`` is ``start`` itself, empty components are skipped. 404 where there
+    is no group (a dataset there included)."""
+    node: DomainGroup | DomainDataset = served.domain.root if h5path.startswith("/") else start
+    relative = h5path[2:] if h5path.startswith("./") else h5path
+    if relative != ".":
+        for part in (p for p in relative.split("/") if p):
+            if not isinstance(node, DomainGroup) or part not in node.children:
+                raise RestError(404, f"no object at {h5path!r} from {start.path} in domain {served.name}")
+            node = node.children[part]
+    if not isinstance(node, DomainGroup):
+        raise RestError(
+            404, f"no group at {h5path!r} from {start.path} in domain {served.name}: {node.path} is a dataset"
+        )
+    return node
 
 
 async def get_links(request: web.Request) -> web.StreamResponse:
+    """A group's links, by title (HSDS's order), paged by ``Marker``/``Limit`` and
+    filtered by a glob ``pattern`` on the title, as HSDS does."""
     served = _served(request)
     obj_id = request.match_info["id"]
+    pattern, marker, limit = request.query.get("pattern"), request.query.get("Marker"), _limit(request)
 
     def links() -> list[JsonDict]:
-        return list(objs.links_dict(served, _group(served, obj_id)).values())
+        group = _group(served, obj_id)
+        titles = [t for t in sorted(group.children) if _matches(t, pattern)]
+        titles = _page(titles, marker, limit, f"link marker {marker!r} not found in group {group.path}")
+        return [objs.link_json(served, t, group.children[t]) for t in titles]
 
     items = await _registry(request).run_locked(served, links)
     for item in items:
@@ -378,7 +457,16 @@ async def get_dataset_type(request: web.Request) -> web.StreamResponse:
     return _json({"type": type_json(dtype), "hrefs": _hrefs(request, served)})
 
 
+def _refuse_queries(request: web.Request, body: JsonDict | None = None) -> None:
+    # HSDS filters values by a query (and picks compound fields); answering the plain
+    # selection instead would hand h5pyd's dset[sel, query=...] every value as a match.
+    for name in ("query", "fields"):
+        if name in request.query or (body is not None and name in body):
+            raise RestError(400, f"{name} is not supported by this server")
+
+
 async def get_value(request: web.Request) -> web.StreamResponse:
+    _refuse_queries(request)
     select = request.query.get("select")
     return await _value(request, lambda shape: parse_select(select, shape))
 
@@ -387,10 +475,12 @@ async def post_value(request: web.Request) -> web.StreamResponse:
     """Point selection (binary uint64 or JSON ``points``) or a long ``select`` in JSON."""
     # Not request.content_type: aiohttp reports octet-stream when the header is
     # missing, and h5pyd sends its long-select JSON bodies without a Content-Type.
+    _refuse_queries(request)
     if OCTET in request.headers.get("Content-Type", ""):
         raw = await request.read()
         return await _value(request, lambda shape: parse_points(raw, shape))
     body = await _json_body(request)
+    _refuse_queries(request, body)
     if "points" in body and ("select" in body or "select" in request.query):
         raise RestError(400, "give either points or select, not both")
     if "points" in body:
@@ -446,8 +536,39 @@ async def _value(request: web.Request, make_selection: Callable[[tuple[int, ...]
         block = await registry.run_locked(served, read)
         if binary:
             return await _send_binary(request, registry, block)
-        payload = await registry.run(lambda: _dumps({"value": array_to_json(block)}).encode())
-    return web.Response(body=payload, content_type="application/json")
+        ignore_nan = _flag(request, "ignore_nan")
+        payload = await registry.run(lambda: _json_value_chunks(block, ignore_nan))
+        return await _send_chunks(request, registry, payload, "application/json")
+
+
+def _json_value_chunks(block: npt.NDArray[Any], ignore_nan: bool) -> list[bytes]:
+    """``{"value": ...}`` as UTF-8 in chunks of about ``STREAM_CHUNK`` bytes, sent as
+    they are (no joined copy of a large answer)."""
+    chunks: list[bytes] = []
+    parts: list[str] = ['{"value":']
+    size = 0
+    for piece in array_json_pieces(block, ignore_nan):
+        parts.append(piece)
+        size += len(piece)
+        if size >= STREAM_CHUNK:
+            chunks.append("".join(parts).encode())
+            parts, size = [], 0
+    parts.append("}")
+    chunks.append("".join(parts).encode())
+    return chunks
+
+
+async def _send_chunks(
+    request: web.Request, registry: DomainRegistry, chunks: list[bytes], content_type: str
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response.content_length = sum(len(c) for c in chunks)
+    await response.prepare(request)
+    for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    registry.counters.add(bytes_sent=response.content_length)
+    return response
 
 
 def _check_size(registry: DomainRegistry, sel: Selection, ds: DomainDataset, binary: bool) -> None:
@@ -575,6 +696,7 @@ def build_app(registry: DomainRegistry, cors_origins: Sequence[str] = ()) -> web
     get("/acls", get_acls, allow_head=False)
     get("/acls/{user}", get_acl, allow_head=False)
     get("/groups", list_collection, allow_head=False)
+    get("/groups/", get_group, allow_head=False)  # HSDS: the group at ?h5path=
     get("/datasets", list_collection, allow_head=False)
     get("/groups/{id}", get_group, allow_head=False)
     get("/groups/{id}/links", get_links, allow_head=False)

@@ -3,9 +3,12 @@
 h5pyd 1.0 validates every id it is handed (``h5json.objid.isValidUuid``): it must be a
 collection prefix (``g-``, ``d-``, ``t-``) followed by a 36-character UUID, and the
 prefix decides which REST collection (``/groups``, ``/datasets``) h5pyd asks. The ids
-are derived with uuid5 from the domain name and the node path, so they are stable
-for the life of the domain *and* across a server restart: a reader that cached an id
-(h5pyd caches all object JSON) keeps working when the reducer restarts.
+are derived with uuid5 from the domain name, the node path and, for datasets, the
+shape and dtype, so they are stable for the life of a dataset *and* across a server
+restart: a reader that cached an id (h5pyd caches all object JSON) keeps working when
+the reducer restarts. A dataset recreated (or its array swapped) with another shape
+or dtype is a new object with a new id, as in HSDS: a reader still holding the old
+id and shape gets 410 instead of the new values reshaped to the old shape.
 """
 
 from __future__ import annotations
@@ -28,14 +31,23 @@ def collection_of(node: DomainGroup | DomainDataset) -> Collection:
     return "groups" if isinstance(node, DomainGroup) else "datasets"
 
 
-def make_id(domain_name: str, collection: Collection, path: str) -> str:
-    """The id of the node at ``path``: ``g-``/``d-`` + uuid5(domain, collection, path)."""
-    token = uuid.uuid5(_NAMESPACE, f"{domain_name}\n{collection}\n{path}")
-    return f"{_PREFIX[collection]}-{token}"
+class StaleId(LookupError):
+    """An id of a dataset that was replaced by one of another shape or dtype (HTTP 410)."""
+
+
+def make_id(domain_name: str, collection: Collection, path: str, shape: tuple[int, ...] = (), dtype: str = "") -> str:
+    """The id of the node at ``path``: ``g-``/``d-`` + uuid5(domain, collection, path,
+    and for datasets shape and ``dtype`` (numpy's ``dtype.str``))."""
+    key = f"{domain_name}\n{collection}\n{path}"
+    if collection == "datasets":
+        key += f"\n{','.join(map(str, shape))}\n{dtype}"
+    return f"{_PREFIX[collection]}-{uuid.uuid5(_NAMESPACE, key)}"
 
 
 def node_id(domain_name: str, node: DomainGroup | DomainDataset) -> str:
-    return make_id(domain_name, collection_of(node), node.path)
+    if isinstance(node, DomainGroup):
+        return make_id(domain_name, "groups", node.path)
+    return make_id(domain_name, "datasets", node.path, node.shape, node.dtype.str)
 
 
 def parse_id(obj_id: str) -> Collection | None:
@@ -58,6 +70,10 @@ class IdIndex:
 
     The tree can grow while it is served (the reducer may create datasets after
     ``start``), so a miss triggers one re-walk of the tree instead of failing.
+    Re-walks keep the ids seen (or handed out by :meth:`id_of`) before while their path
+    still exists, so that an id of a replaced dataset answers "replaced"
+    (:class:`StaleId`) rather than "unknown"; they are few (one per shape a path has
+    had) and dropped with their path.
     Callers must hold ``domain.lock`` for :meth:`resolve`.
     """
 
@@ -73,12 +89,26 @@ class IdIndex:
         return index
 
     def _rebuild(self) -> None:
-        paths = {node_id(self.domain.name, node): node.path for node in self.domain.walk()}
+        nodes = list(self.domain.walk())
+        current = {node_id(self.domain.name, node): node.path for node in nodes}
+        live_paths = {node.path for node in nodes}
         with self._guard:
-            self._paths = paths
+            kept = {i: p for i, p in self._paths.items() if p in live_paths}
+            self._paths = kept | current
+
+    def id_of(self, node: DomainGroup | DomainDataset) -> str:
+        """``node``'s id, remembered: every id a reader is handed (links, getobjs, ...)
+        answers "replaced" once its dataset is, even one created and replaced between
+        two re-walks."""
+        obj_id = node_id(self.domain.name, node)
+        with self._guard:
+            self._paths[obj_id] = node.path
+        return obj_id
 
     def resolve(self, obj_id: str) -> DomainGroup | DomainDataset | None:
-        """The node with this id, or None (caller holds ``domain.lock``)."""
+        """The node with this id, or None; raises :class:`StaleId` for an id of a
+        dataset since replaced by one of another shape or dtype (caller holds
+        ``domain.lock``)."""
         node = self._lookup(obj_id)
         if node is None:
             self._rebuild()
@@ -94,6 +124,12 @@ class IdIndex:
             node = self.domain.get(path)
         except KeyError:
             return None
-        # A path can be re-used by a node of another kind (group replaced by a
-        # dataset): the id encodes the kind, so only a matching node answers.
-        return node if node_id(self.domain.name, node) == obj_id else None
+        if node_id(self.domain.name, node) == obj_id:
+            return node
+        if parse_id(obj_id) == collection_of(node) == "datasets":
+            # The id encodes shape and dtype: the dataset there now is another one, and
+            # serving it by the old id would give a reader new values in the old shape.
+            raise StaleId(f"dataset {path} was replaced (new shape or type): reopen the file")
+        # A path re-used by a node of another kind (group replaced by a dataset):
+        # the id encodes the kind, so only a matching node answers.
+        return None

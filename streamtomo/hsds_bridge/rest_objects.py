@@ -7,7 +7,8 @@ object's whole metadata, reading ``links`` (title -> ``{"class", "id"}``) and
 ``attributes`` (name -> ``{"type", "shape", "value"}``) as *dicts*; the stand-alone
 ``/links`` and ``/attributes`` collections answer *lists*, as h5web expects.
 
-Every function here reads the domain tree: call them with ``domain.lock`` held.
+Every function here reads the domain tree: call them with ``domain.lock`` held. Ids
+go through ``served.ids.id_of``, which remembers each one handed out (see IdIndex).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 from typing import Any
 
 from streamtomo.hsds_bridge.domain import DomainDataset, DomainGroup
-from streamtomo.hsds_bridge.rest_ids import collection_of, node_id
+from streamtomo.hsds_bridge.rest_ids import collection_of
 from streamtomo.hsds_bridge.rest_registry import OWNER, ServedDomain
 from streamtomo.hsds_bridge.rest_types import JsonDict, attribute_json, shape_json, type_json
 
@@ -24,7 +25,7 @@ Node = DomainGroup | DomainDataset
 
 
 def root_id(served: ServedDomain) -> str:
-    return node_id(served.name, served.domain.root)
+    return served.ids.id_of(served.domain.root)
 
 
 def link_json(served: ServedDomain, title: str, child: Node) -> JsonDict:
@@ -32,7 +33,7 @@ def link_json(served: ServedDomain, title: str, child: Node) -> JsonDict:
         "class": "H5L_TYPE_HARD",
         "title": title,
         "collection": collection_of(child),
-        "id": node_id(served.name, child),
+        "id": served.ids.id_of(child),
         "created": served.created,
     }
 
@@ -54,7 +55,7 @@ def layout_json(ds: DomainDataset) -> JsonDict:
 
 def _common(served: ServedDomain, node: Node) -> JsonDict:
     return {
-        "id": node_id(served.name, node),
+        "id": served.ids.id_of(node),
         "root": root_id(served),
         "domain": served.name,
         "created": served.created,
@@ -98,7 +99,7 @@ def domain_objs(served: ServedDomain) -> dict[str, JsonDict]:
     Dataset *values* are deliberately left out: h5pyd would serve reads of any
     dataset whose value came this way from its cache forever, hiding live updates.
     """
-    return {node_id(served.name, n): object_json(served, n, True, True) for n in served.domain.walk()}
+    return {served.ids.id_of(n): object_json(served, n, True, True) for n in served.domain.walk()}
 
 
 def domain_summary(served: ServedDomain, verbose: bool) -> JsonDict:

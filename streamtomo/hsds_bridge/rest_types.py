@@ -17,8 +17,11 @@ little-endian int32 byte count followed by its UTF-8 bytes.
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -101,29 +104,89 @@ def itemsize_estimate(dtype: np.dtype[Any]) -> int:
 
 
 # -- JSON values --------------------------------------------------------------------
-def _json_scalar(value: Any) -> Any:
+JSON_PIECE_VALUES = 1 << 10  # at least this many values per json.dumps call (per-call overhead)
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _json_scalar(value: Any, ignore_nan: bool = False) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, np.generic):
-        return _json_scalar(value.item())
+        return _json_scalar(value.item(), ignore_nan)
     if isinstance(value, float) and not math.isfinite(value):
         # json.dumps would write NaN/Infinity, which is not JSON; HSDS clients
-        # (h5pyd, h5web) accept the quoted spelling.
+        # (h5pyd, h5web) accept the quoted spelling. ignore_nan: null, as HSDS.
+        if ignore_nan:
+            return None
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value
 
 
-def array_to_json(arr: npt.NDArray[Any]) -> Any:
-    """Nested lists (or a bare value for 0-d) of JSON-safe Python values."""
-    if arr.dtype.kind in ("i", "u", "b") or (arr.dtype.kind == "f" and np.isfinite(arr).all()):
+def array_to_json(arr: npt.NDArray[Any], ignore_nan: bool = False) -> Any:
+    """Nested lists (or a bare value for 0-d) of JSON-safe Python values; NaN and
+    infinities as quoted strings, or as null with ``ignore_nan`` (HSDS)."""
+    if arr.dtype.kind in ("i", "u", "b"):
         return arr.tolist()  # the fast path: already JSON-safe
-    return _json_nested(arr.tolist())
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if not bad.any():
+            return arr.tolist()
+        # Vectorised: only the non-finite elements become other Python objects.
+        out = np.array(arr, dtype=object)
+        out[bad] = (
+            None if ignore_nan else np.where(np.isnan(arr[bad]), "NaN", np.where(arr[bad] > 0, "Infinity", "-Infinity"))
+        )
+        return out.tolist()
+    return _json_nested(arr.tolist(), ignore_nan)
 
 
-def _json_nested(value: Any) -> Any:
+def array_json_pieces(arr: npt.NDArray[Any], ignore_nan: bool = False) -> Iterator[str]:
+    """The JSON text of :func:`array_to_json` in pieces: blocks of the smallest
+    trailing axes holding ``JSON_PIECE_VALUES`` values or more, a 2-d image's rows
+    (joined, the same text as one ``json.dumps``).
+
+    Encoding a 2048 x 2048 float32 slice takes seconds of CPU with the GIL held: one
+    ``json.dumps`` would stall every other thread of the process (the reducer's) for
+    all of it, pieces let them run in between, and only one piece's Python floats
+    exist at a time. Blocks along the leading axes are encoded whole; the brackets
+    between them are written from their multi-index.
+    """
+    split = _split_axis(arr.shape)
+    if arr.ndim == 0 or arr.size == 0 or split == 0:
+        yield _dumps(array_to_json(arr, ignore_nan))
+        return
+    lead = arr.shape[:split]
+    for n, index in enumerate(itertools.product(*(range(d) for d in lead))):
+        opens = _count_trailing(index, [0] * split)
+        closes = _count_trailing(index, [d - 1 for d in lead])
+        text = _dumps(array_to_json(arr[index], ignore_nan))
+        yield ("," if n else "") + "[" * opens + text + "]" * closes
+
+
+def _split_axis(shape: tuple[int, ...]) -> int:
+    """How many leading axes to iterate so that each block holds at least
+    ``JSON_PIECE_VALUES`` values (fewer when the whole array does)."""
+    split = len(shape)
+    while split > 0 and math.prod(shape[split:]) < JSON_PIECE_VALUES:
+        split -= 1
+    return split
+
+
+def _count_trailing(index: tuple[int, ...], edge: list[int]) -> int:
+    """How many trailing coordinates of ``index`` sit on ``edge`` (brackets to open at
+    the first block of an axis, or to close at its last)."""
+    count = 0
+    for i, e in zip(reversed(index), reversed(edge), strict=True):
+        if i != e:
+            break
+        count += 1
+    return count
+
+
+def _json_nested(value: Any, ignore_nan: bool = False) -> Any:
     if isinstance(value, list):
-        return [_json_nested(v) for v in value]
-    return _json_scalar(value)
+        return [_json_nested(v, ignore_nan) for v in value]
+    return _json_scalar(value, ignore_nan)
 
 
 # -- binary values ------------------------------------------------------------------

@@ -253,8 +253,18 @@ def _update_sweep(domain: Domain, snap: ScanSnapshot) -> bool:
     return True
 
 
+def _volume_unwritten(rows: int, done: int) -> npt.NDArray[np.bool_] | None:
+    """The volume's slices at or past ``done``, shaped to broadcast over (rows, y, x):
+    the volume job writes them outside the lock, so a reader must not see them torn
+    (nor an earlier scan's slices in reused memory). None once every slice is done."""
+    if done >= rows:
+        return None
+    return (np.arange(rows) >= done)[:, np.newaxis, np.newaxis]
+
+
 def _update_volume(domain: Domain, snap: ScanSnapshot) -> bool:
-    """The volume shares the reducer's array; slices done since the last update are marked."""
+    """The volume shares the reducer's array; slices done since the last update are
+    marked, and those not done yet read as zeros."""
     if snap.volume is None or snap.sinogram_rows is None:
         return False
     path = "/entry/reconstruction/volume"
@@ -273,8 +283,10 @@ def _update_volume(domain: Domain, snap: ScanSnapshot) -> bool:
             },
         )
         ds.take_dirty()  # nothing computed yet: its slices are sent as they are done
-    if ds.array is not snap.volume:  # a new volume (auto centre, settings)
-        ds.array = snap.volume
+    if ds.array is not snap.volume:  # a new volume (auto centre, settings): one slice per chunk
+        # Every chunk dirty: a mirror's copy of the same shape holds the last volume.
+        ds.replace_array(snap.volume, chunks=(1, *snap.volume.shape[1:]))
+    ds.unwritten = _volume_unwritten(snap.volume.shape[0], snap.volume_done)
     done_before = int(domain.dataset("/entry/status/volume_slices_done").array[()])
     if snap.volume_done == done_before:
         return False
@@ -296,8 +308,9 @@ def update_domain(domain: Domain, snap: ScanSnapshot, extra_status: dict[str, in
             changed = True
         data = domain.dataset("/entry/sinogram/data")
         if snap.dirty_slots and data.array is not snap.sinogram:  # a new scan's arrays
-            data.array = snap.sinogram
-            data.mark_all_dirty()
+            rows, angles, cols = snap.sinogram.shape
+            # Marks every chunk dirty; chunks as at creation, for the new shape.
+            data.replace_array(snap.sinogram, chunks=sinogram_chunks(rows, angles, cols))
         if data.array is snap.sinogram:
             data.unwritten = _unfilled_angles(snap)
         if snap.dirty_slots:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
@@ -20,7 +21,7 @@ import requests
 from streamtomo.hsds_bridge import rest_app
 from streamtomo.hsds_bridge.domain import Domain
 from streamtomo.hsds_bridge.publisher import Publisher
-from streamtomo.hsds_bridge.rest_ids import make_id, parse_id
+from streamtomo.hsds_bridge.rest_ids import make_id, node_id, parse_id
 from streamtomo.hsds_bridge.rest_registry import Limits
 from streamtomo.hsds_bridge.rest_select import Selection, extract, parse_select
 from streamtomo.hsds_bridge.rest_server import HdfRestServer
@@ -57,8 +58,13 @@ def get(
     return requests.get(server.url + path, params=params, timeout=10, **kw)
 
 
+def dataset_id(domain: Domain, path: str) -> str:
+    """A dataset's id: it depends on the dataset's shape and dtype, not only its path."""
+    return node_id(domain.name, domain.dataset(path))
+
+
 def sino_id(domain: Domain) -> str:
-    return make_id(domain.name, "datasets", SINO)
+    return dataset_id(domain, SINO)
 
 
 # -- protocol, lifecycle, ids ---------------------------------------------------------
@@ -207,7 +213,7 @@ def test_json_and_binary_values(server: HdfRestServer, domain: Domain) -> None:
         server.url + url, params={"domain": domain.name}, json={"points": [[1, 2, 3], [4, 5, 6]]}, timeout=5
     ).json()["value"]
     assert points == [float(expected[1, 2, 3]), float(expected[4, 5, 6])]
-    scalar = get(server, f"/datasets/{make_id(domain.name, 'datasets', '/entry/status/state')}/value").json()
+    scalar = get(server, f"/datasets/{dataset_id(domain, '/entry/status/state')}/value").json()
     assert scalar["value"] == "running"
 
 
@@ -416,7 +422,7 @@ def test_hyperslab_of_large_array_does_not_copy_the_whole_array() -> None:
     slab_bytes = 8 * 1024 * 1024 * 4  # 32 MiB
     with HdfRestServer() as srv:
         srv.start(big)
-        url = f"{srv.url}/datasets/{make_id(big.name, 'datasets', '/volume')}/value"
+        url = f"{srv.url}/datasets/{dataset_id(big, '/volume')}/value"
         params = {"domain": big.name, "select": "[10:18,0:1024,0:1024]"}
         tracemalloc.start()
         try:
@@ -526,11 +532,9 @@ def test_parallel_large_reads_do_not_stall_small_reads(monkeypatch: pytest.Monke
         srv.start(big)
         srv.start(other)
         query = f"?domain={big.name}"
-        sino = f"{srv.url}/datasets/{make_id(big.name, 'datasets', '/entry/sinogram')}/value{query}"
-        scalar = f"{srv.url}/datasets/{make_id(big.name, 'datasets', '/entry/generation')}/value{query}"
-        other_scalar = (
-            f"{srv.url}/datasets/{make_id(other.name, 'datasets', '/entry/generation')}/value?domain={other.name}"
-        )
+        sino = f"{srv.url}/datasets/{dataset_id(big, '/entry/sinogram')}/value{query}"
+        scalar = f"{srv.url}/datasets/{dataset_id(big, '/entry/generation')}/value{query}"
+        other_scalar = f"{srv.url}/datasets/{dataset_id(other, '/entry/generation')}/value?domain={other.name}"
         json_rsp = requests.get(sino, timeout=60)
         assert json_rsp.status_code == 413 and "octet-stream" in json_rsp.json()["message"]
 
@@ -571,3 +575,143 @@ def test_parallel_large_reads_do_not_stall_small_reads(monkeypatch: pytest.Monke
             for conn, body, _ in stalled:
                 body.close()
                 conn.close()
+
+
+# -- replaced datasets, queries, large JSON, paging, h5path, ignore_nan ---------------------
+@pytest.mark.parametrize(
+    "replace",
+    [
+        lambda d: d.create_dataset(SINO, np.zeros((16, 12, 24), np.float32)),  # as many values, another shape
+        lambda d: d.create_dataset(SINO, np.zeros((12, 16, 24), np.float64)),  # another dtype
+        lambda d: setattr(d.dataset(SINO), "array", np.zeros((20, 16, 24), np.float32)),  # the array swapped
+    ],
+    ids=["shape", "dtype", "array-swapped"],
+)
+def test_a_reader_of_a_replaced_dataset_gets_410_not_the_new_values_in_the_old_shape(
+    server: HdfRestServer, domain: Domain, replace: Any
+) -> None:
+    old_id = sino_id(domain)
+    with open_file(server.url, domain.name) as f:
+        held = f[SINO]  # h5pyd keeps id, shape and dtype
+        with domain.lock:
+            replace(domain)
+            domain.commit()
+        with pytest.raises(OSError, match="410"):
+            held[0]
+    answer = get(server, f"/datasets/{old_id}/value")
+    assert answer.status_code == 410
+    assert "replaced" in answer.json()["message"] and "reopen" in answer.json()["message"]
+    assert get(server, f"/datasets/{old_id}").status_code == 410
+    with open_file(server.url, domain.name) as f:  # reopened: the new dataset
+        assert f[SINO].shape == domain.dataset(SINO).shape and f[SINO].dtype == domain.dataset(SINO).dtype
+        np.testing.assert_array_equal(f[SINO][0], domain.dataset(SINO).array[0])
+
+
+def test_query_and_fields_are_400_not_every_value(server: HdfRestServer, domain: Domain) -> None:
+    url = f"/datasets/{dataset_id(domain, '/entry/frame_index')}/value"
+    for params in ({"query": "frame_index > 5"}, {"fields": "a:b"}, {"query": "x > 1", "Limit": "2"}):
+        answer = get(server, url, params=params)
+        assert answer.status_code == 400, params
+        assert "not supported by this server" in answer.json()["message"]
+    posted = requests.post(
+        server.url + url, params={"domain": domain.name}, json={"select": "[0:4]", "query": "x > 1"}, timeout=5
+    )
+    assert posted.status_code == 400
+    with open_file(server.url, domain.name) as f, pytest.raises(OSError, match="400"):
+        f["/entry/frame_index"].__getitem__(slice(None), query="frame_index > 5")
+
+
+def test_json_serves_a_2048_square_float32_slice_as_h5web_asks_for_it() -> None:
+    """h5web's HsdsProvider reads values as JSON (no Accept header) with select=[i,:,:]."""
+    big = Domain("/big.h5")
+    image = np.arange(2048 * 2048, dtype=np.float32).reshape(1, 2048, 2048) / 7
+    image[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    big.create_dataset("/img", np.concatenate([image, image + 1]), chunks=(1, 2048, 2048))
+    with HdfRestServer() as srv:
+        srv.start(big)
+        answer = get(srv, f"/datasets/{dataset_id(big, '/img')}/value", domain=big.name, params={"select": "[0,:,:]"})
+        assert answer.status_code == 200, answer.text[:200]
+        assert answer.headers["Content-Type"].startswith("application/json")
+        got = json.loads(answer.content)["value"]
+        assert got[0][0][:3] == ["NaN", "Infinity", "-Infinity"]
+        got[0][0][:3] = [0, 0, 0]
+        image[0, 0, :3] = 0
+        np.testing.assert_array_equal(np.asarray(got, dtype=np.float32), image)
+        too_big = get(
+            srv, f"/datasets/{dataset_id(big, '/img')}/value", domain=big.name, params={"select": "[0:2,:,:]"}
+        )
+        assert too_big.status_code == 413  # two slices: over the JSON cap, fine in binary
+
+
+def test_ignore_nan_answers_null_for_nan_and_infinities(server: HdfRestServer, domain: Domain) -> None:
+    with domain.lock:
+        domain.create_dataset("/entry/odd", np.array([1.0, np.nan, np.inf, -np.inf], np.float32))
+    url = f"/datasets/{dataset_id(domain, '/entry/odd')}/value"
+    assert get(server, url, params={"ignore_nan": "1"}).json()["value"] == [1.0, None, None, None]
+    assert get(server, url).json()["value"] == [1.0, "NaN", "Infinity", "-Infinity"]
+
+
+def test_links_are_paged_and_filtered_as_hsds_does(server: HdfRestServer, domain: Domain) -> None:
+    url = f"/groups/{make_id(domain.name, 'groups', '/entry')}/links"
+
+    def titles(**params: str) -> list[str]:
+        answer = get(server, url, params=params)
+        assert answer.status_code == 200, answer.text
+        return [link["title"] for link in answer.json()["links"]]
+
+    everything = sorted(domain.get("/entry").children)  # type: ignore[union-attr]
+    assert titles() == everything
+    assert titles(Limit="2") == everything[:2]
+    assert titles(Marker=everything[1], Limit="2") == everything[2:4]
+    assert titles(Marker=everything[-1]) == []
+    assert titles(pattern="d*") == [t for t in everything if t.startswith("d")]
+    assert get(server, url, params={"Marker": "nothing-like-it"}).status_code == 404
+    assert get(server, url, params={"Limit": "many"}).status_code == 400
+
+
+def test_domains_are_paged_so_h5pyd_folders_end(server: HdfRestServer) -> None:
+    for name in ("/home/streamtomo/b.h5", "/home/streamtomo/c.h5", "/home/streamtomo/sub/d.h5"):
+        server.start(Domain(name))
+
+    def names(**params: str) -> list[str]:
+        return [d["name"] for d in get(server, "/domains", domain="/home/streamtomo/", params=params).json()["domains"]]
+
+    everything = ["/home/streamtomo/b.h5", "/home/streamtomo/c.h5", "/home/streamtomo/demo.h5", "/home/streamtomo/sub"]
+    assert names() == everything
+    assert names(Limit="2") == everything[:2]
+    assert names(Limit="2", Marker=everything[1]) == everything[2:]
+    assert names(Marker=everything[-1]) == []
+    assert names(pattern="*.h5") == everything[:3]
+    for batch in (1, 2, 4):  # 4: exactly one full batch, then an empty one
+        folder = h5pyd.Folder("/home/streamtomo/", endpoint=server.url, username=None, password=None, batch_size=batch)
+        assert list(itertools.islice(iter(folder), 10)) == ["b.h5", "c.h5", "demo.h5", "sub"], batch
+
+
+def test_h5path_on_groups_is_resolved_or_refused_never_another_object(server: HdfRestServer, domain: Domain) -> None:
+    def gid(path: str) -> str:
+        return make_id(domain.name, "groups", path)
+
+    def group(url: str, h5path: str) -> requests.Response:
+        return get(server, url, params={"h5path": h5path})
+
+    assert group(f"/groups/{gid('/')}", "entry/data").json()["id"] == gid("/entry/data")
+    assert group(f"/groups/{gid('/entry')}", "data").json()["id"] == gid("/entry/data")
+    assert group(f"/groups/{gid('/entry')}", "./data").json()["id"] == gid("/entry/data")
+    assert group(f"/groups/{gid('/entry')}", ".").json()["id"] == gid("/entry")
+    assert group(f"/groups/{gid('/entry/data')}", "/entry/status").json()["id"] == gid("/entry/status")
+    assert group("/groups", "/entry/status").json()["id"] == gid("/entry/status")
+    assert group("/groups/", "/entry").json()["id"] == gid("/entry")
+    assert group("/groups", "entry").status_code == 400  # relative without a group to start from
+    assert group(f"/groups/{gid('/')}", "entry/data/sinogram").status_code == 404  # a dataset
+    assert group(f"/groups/{gid('/')}", "entry/nothing").status_code == 404
+
+
+def test_chunks_stay_within_the_shape_when_the_array_is_swapped(server: HdfRestServer, domain: Domain) -> None:
+    with domain.lock:
+        domain.create_dataset("/entry/vol", np.zeros((4, 16, 16), np.float32), chunks=(1, 16, 16), share=True)
+        domain.dataset("/entry/vol").array = np.ones((2, 8, 8), np.float32)  # as the reducer swaps a volume
+        domain.commit()
+    with open_file(server.url, domain.name) as f:
+        vol = f["/entry/vol"]
+        assert vol.shape == (2, 8, 8) and vol.chunks == (1, 8, 8)
+        np.testing.assert_array_equal(vol[:], np.ones((2, 8, 8), np.float32))

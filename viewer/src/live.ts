@@ -288,9 +288,11 @@ export class LiveDomain {
     try {
       await this.tickOnce();
     } catch (error) {
-      // An object of the list gone (404) or of another shape: the next scan. Once, quietly:
-      // a second failure right after is a real one.
-      if (!(error instanceof LayoutChanged || (error instanceof ApiError && error.status === 404))) throw error;
+      // An object of the list gone (404), replaced by one of another shape (410: the
+      // server gives it a new id) or seen with another shape: the next scan or new
+      // settings. Once, quietly: a second failure right after is a real one.
+      const gone = error instanceof ApiError && (error.status === 404 || error.status === 410);
+      if (!(error instanceof LayoutChanged || gone)) throw error;
       this.startOver();
       await this.tickOnce();
     }
