@@ -380,10 +380,17 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """The parameter file, and with ``--rows/--cols`` what the reducer checks at a scan's
     first frame: the binned detector's centre, rows and slices, and the memory the scan
-    needs against the budget (before, a file passed that the scan then refused)."""
+    needs against the budget (before, a file passed that the scan then refused). With
+    ``--data`` the scan's recordings too, read by the workers' own rules
+    (:mod:`streamtomo.app.data_check`); the detector's shape then comes from them."""
     from streamtomo.pipeline.messages import DetectorInfo
     from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
-    from streamtomo.pipeline.streaming.memory_budget import MemoryBudgetError, budget_bytes, check_memory_budget
+    from streamtomo.pipeline.streaming.memory_budget import (
+        MemoryBudgetError,
+        budget_bytes,
+        check_memory_budget,
+        size_text,
+    )
 
     config = _load_config(args.parameters, {})
     if config.volume:
@@ -393,8 +400,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             get_backend(config.backend)
         except BackendNotInstalledError as error:  # the scan ran, and ended without its volume
             raise CliError(f"{args.parameters}: the end-of-scan volume: {error}") from None
+    if args.data:
+        args.rows, args.cols = _check_data(args, config)
     if not (args.rows and args.cols):
-        print(f"{args.parameters}: ok (give --rows and --cols to check it against a detector too)")
+        print(f"{args.parameters}: ok (give --rows and --cols, or --data, to check it against a detector too)")
         return 0
     # The workers bin each frame before anything else: the scan sees the binned detector.
     detector = DetectorInfo(args.rows // config.bin, args.cols // config.bin, "uint16")
@@ -407,9 +416,39 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise CliError(f"{args.parameters} on a {args.rows} x {args.cols} detector{binned}: {error}") from None
     print(
         f"{args.parameters}: ok on a {args.rows} x {args.cols} detector{binned}; the reducer will hold "
-        f"{total / 1e9:.2f} GB of {budget_bytes(config) / 1e9:.2f} GB (memory_budget_gb, this machine's default)"
+        f"{size_text(total)} of {size_text(budget_bytes(config))} (memory_budget_gb"
+        + (")" if config.memory_budget_gb > 0 else ": half of this machine's memory)")
     )
     return 0
+
+
+def _check_data(args: argparse.Namespace, config: PipelineConfig) -> tuple[int, int]:
+    """Survey ``--data``; print what it holds and what the scan would refuse; the
+    detector's (rows, cols). A scan that would reduce no projection is refused here."""
+    from streamtomo.app.data_check import describe, survey_recordings, usable_projections
+    from streamtomo.app.recording_checks import RecordingError, check_recording, check_streams
+
+    try:
+        checked = [(Path(p), check_recording(p)) for p in args.data]
+        check_streams(checked, config.detector_stream)
+    except RecordingError as error:
+        raise CliError(f"--data: {error}") from None
+    survey = survey_recordings(args.data, config)
+    lines, warnings = describe(survey, config)
+    for line in lines:
+        print(line, flush=True)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    shape = survey.shape
+    if shape is None and survey.rejected:
+        raise CliError(f"{args.parameters}: no frame of the data would be used, each is refused (see the warnings)")
+    if shape is None:
+        raise CliError(f"--data: no detector image in stream {config.detector_stream!r} (detector_stream)")
+    if (args.rows or args.cols) and (args.rows, args.cols) != shape:
+        raise CliError(f"--rows/--cols {args.rows} x {args.cols} but the data's detector is {shape[0]} x {shape[1]}")
+    if not usable_projections(survey, config):
+        raise CliError(f"{args.parameters}: no projection of the data would be reduced (see the warnings above)")
+    return shape
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -513,6 +552,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("parameters", help="parameter file (JSON)")
     check.add_argument("--rows", type=non_negative_int, default=0, help="detector rows, to check row selections")
     check.add_argument("--cols", type=non_negative_int, default=0, help="detector columns, to check the centre")
+    check.add_argument(
+        "--data",
+        nargs="+",
+        metavar="REC",
+        help="the scan's dranspose recordings (.cbors, one per stream): read by the workers' rules (frame numbers, "
+        "kinds, angles), they give the detector's shape and show what the scan would refuse",
+    )
     check.set_defaults(func=cmd_check)
 
     from streamtomo.app.cli_distributed import register as register_distributed

@@ -10,6 +10,7 @@ detector's series_end.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from streamtomo.dranspose_parameters import ConfigCache, describe_parameters
@@ -60,8 +61,26 @@ logger = logging.getLogger(__name__)
 SERIES_BASE = BaseEvidence()
 
 
+@dataclass(frozen=True)
+class SurveyedFrame:
+    """A frame as a worker reads it, before any correction (:attr:`TomoWorker.survey`)."""
+
+    index: int  # position in the scan
+    key: ImageKey
+    shape: tuple[int, ...]
+    dtype: str
+    angle_deg: float | None  # None: its PandA row is in another event (angle_row)
+    angle_row: int
+    event: int
+
+
 class TomoWorker:
     """Worker class for ``dranspose`` (``WORKER_CLASS=streamtomo.workers.tomo_worker:TomoWorker``)."""
+
+    # A list: every frame that passed decoding, numbering, kind and angle is recorded
+    # here instead of processed (``streamtomo check --data`` reads a recording through
+    # exactly the worker's own rules, without correcting or backprojecting it).
+    survey: list[SurveyedFrame] | None = None
 
     def __init__(self, parameters: dict[Any, Any] | None = None, state: Any = None, **kwargs: Any) -> None:
         self._params = ConfigCache()
@@ -337,6 +356,12 @@ class TomoWorker:
         if key == ImageKey.PROJECTION and angle is None and not config.angle_stream and config.kind_rule == "counts":
             # No angle stream configured: the nominal angle from the frame's position.
             angle = config.nominal_angle(index - config.first_projection())
+        if self.survey is not None:
+            array = message.array
+            self.survey.append(
+                SurveyedFrame(index, key, tuple(array.shape), array.dtype.name, angle, angle_row, event_number)
+            )
+            return
         try:
             items = self.processor.process(index, key, message.array, angle, measured, event_number, angle_row)
         except (ValueError, MemoryError, FloatingPointError) as error:

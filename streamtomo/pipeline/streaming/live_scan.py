@@ -221,8 +221,7 @@ class LiveScan:
             logger.warning("scan refused: %s", error)
         else:
             self.detector, self.geometry = detector, geometry
-            slots, step = self.config.angle_slots(), self.config.slot_step
-            grid = AngleGrid(self.config.angle_start, step * slots, slots, self.config.angle_tolerance)
+            grid = AngleGrid.of(self.config)
             self.sinogram = SinogramAssembler(len(geometry.sinogram_rows), grid, detector.cols, self.pool)
             self.ledger = ContributionLedger(geometry)
             self.state = "running"

@@ -54,7 +54,7 @@ def published_bytes(config: PipelineConfig, detector: DetectorInfo, geometry: Li
     return out
 
 
-def _size(nbytes: int | float) -> str:
+def size_text(nbytes: int | float) -> str:
     """Bytes in the unit that shows them: a small budget read "0.00 GB" against "0.00 GB"."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if nbytes >= scale:
@@ -78,11 +78,11 @@ def check_memory_budget(config: PipelineConfig, detector: DetectorInfo, geometry
     parts = held_bytes(config, detector, geometry)
     total, budget = sum(parts.values()), budget_bytes(config)
     if total > budget:
-        detail = ", ".join(f"{name} {_size(size)}" for name, size in parts.items())
+        detail = ", ".join(f"{name} {size_text(size)}" for name, size in parts.items())
         raise MemoryBudgetError(
-            f"this scan needs {_size(total)} ({detail}) for {len(geometry.sinogram_rows)} sinogram rows x "
+            f"this scan needs {size_text(total)} ({detail}) for {len(geometry.sinogram_rows)} sinogram rows x "
             f"{config.angle_slots()} angles x {detector.cols} columns (bin {config.bin}), more than the reducer's "
-            f"budget of {_size(budget)} (memory_budget_gb); choose fewer rows (e.g. rows=a:b), "
+            f"budget of {size_text(budget)} (memory_budget_gb); choose fewer rows (e.g. rows=a:b), "
             f"bin=2 or bin=4, volume=false"
             + (", no zinger_removal or paganin_delta_beta" if "volume preparation" in parts else "")
             + ", or a larger budget"

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.streaming.prefault import ArrayPool, prefaulted_zeros
 
 FloatArray = npt.NDArray[np.float32]
@@ -46,6 +47,12 @@ class AngleGrid:
     range: float
     n: int
     tolerance: float = 0.5  # in steps
+
+    @classmethod
+    def of(cls, config: PipelineConfig) -> AngleGrid:
+        """The scan's grid: ``angle_slots`` slots of ``slot_step`` from ``angle_start``."""
+        slots, step = config.angle_slots(), config.slot_step
+        return cls(config.angle_start, step * slots, slots, config.angle_tolerance)
 
     @property
     def step(self) -> float:

@@ -1,0 +1,186 @@
+"""``streamtomo check --data``: a scan's parameters against its recorded data, before the beamtime.
+
+The recordings are read event by event, as ``dranspose replay`` hands them to a worker,
+by a :class:`~streamtomo.workers.tomo_worker.TomoWorker` in survey mode: the worker's
+own decoding, frame numbering (``frame_base``), kinds (``kind_rule``) and angles
+(``encoder_field``, ``counts_per_degree``, the wrap) decide, with no correction or
+backprojection, so what this says is what the scan would do. It reports the detector,
+the frames by kind, the projections' angles against the scan's grid, and every frame
+the scan would refuse and why; the detector's shape then goes through the checks the
+reducer makes at the first frame (``check --rows --cols``).
+
+Only one worker reads: a scan's frames are the same whichever worker gets them, and
+the notices that depend on the streams' ends (``angle_stream_out_of_step``) are judged
+here as the reducer judges them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.messages import AngleRow, Rejected, StreamStep
+from streamtomo.pipeline.scan import ImageKey
+from streamtomo.pipeline.streaming.sinogram import AngleGrid, UnknownAngleError
+from streamtomo.workers.tomo_worker import SurveyedFrame, TomoWorker
+
+KIND_NAMES = {ImageKey.DARK: "darks", ImageKey.FLAT: "flats", ImageKey.PROJECTION: "projections"}
+
+
+@dataclass
+class DataSurvey:
+    """What a scan's recordings hold, as the workers would read them."""
+
+    events: int = 0
+    frames: list[SurveyedFrame] = field(default_factory=list)
+    rejected: Counter[str] = field(default_factory=Counter)
+    first_detail: dict[str, str] = field(default_factory=dict)
+    rows: dict[int, float | None] = field(default_factory=dict)  # PandA row -> angle (None: unreadable)
+    steps: list[StreamStep] = field(default_factory=list)
+
+    def reject(self, item: Rejected) -> None:
+        self.rejected[item.reason] += 1
+        self.first_detail.setdefault(item.reason, item.detail)
+
+    @property
+    def shape(self) -> tuple[int, int] | None:
+        """The detector's shape: that of most frames (a malformed first one does not decide)."""
+        shapes = Counter(f.shape for f in self.frames if len(f.shape) == 2)
+        if not shapes:
+            return None
+        rows, cols = shapes.most_common(1)[0][0]
+        return rows, cols
+
+    def projection_angles(self) -> list[float | None]:
+        """Each projection's angle: its own event's, or its PandA row's from another event."""
+        return [
+            f.angle_deg if f.angle_row < 0 else self.rows.get(f.angle_row)
+            for f in self.frames
+            if f.key == ImageKey.PROJECTION
+        ]
+
+
+def _parameters(config: PipelineConfig) -> dict[Any, Any]:
+    from dranspose.protocol import ParameterName, WorkParameter
+
+    from streamtomo.app.parameter_files import parameter_list
+
+    return {
+        ParameterName(p["name"]): WorkParameter(name=ParameterName(p["name"]), data=p["data"].encode())
+        for p in parameter_list(config)
+    }
+
+
+def survey_recordings(paths: Sequence[str | Path], config: PipelineConfig) -> DataSurvey:
+    """Read every event of ``paths`` (dranspose recordings, one per stream) as a worker would."""
+    from streamtomo.app.recordings import read_events  # dranspose, lazily
+
+    parameters = _parameters(config)
+    worker = TomoWorker(parameters=parameters, state=SimpleNamespace(name="check"))
+    survey = DataSurvey()
+    worker.survey = survey.frames
+    for number, streams in read_events([str(p) for p in paths]):
+        survey.events += 1
+        result = worker.process_event(SimpleNamespace(event_number=number, streams=streams), parameters)
+        for item in result.items if result is not None else ():
+            if isinstance(item, Rejected):
+                survey.reject(item)
+            elif isinstance(item, AngleRow):
+                survey.rows[item.row] = item.angle_deg
+            elif isinstance(item, StreamStep):
+                survey.steps.append(item)
+    return survey
+
+
+@dataclass
+class AngleReport:
+    """Projections' angles against the scan's grid."""
+
+    measured: int
+    low: float
+    high: float
+    outside: int  # match no slot (the scan rejects them: unknown_angle)
+    without: int  # no angle (their row missing or unreadable)
+    empty_slots: int
+    shared_slots: int  # slots two or more projections fall in (averaged)
+    grid: str
+
+
+def angle_report(angles: Sequence[float | None], config: PipelineConfig) -> AngleReport | None:
+    known = [a for a in angles if a is not None]
+    if not angles:
+        return None
+    grid = AngleGrid.of(config)
+    per_slot: Counter[int] = Counter()
+    outside = 0
+    for angle in known:
+        try:
+            per_slot[grid.slot(angle)] += 1
+        except UnknownAngleError:
+            outside += 1
+    return AngleReport(
+        measured=len(known),
+        low=min(known) if known else float("nan"),
+        high=max(known) if known else float("nan"),
+        outside=outside,
+        without=len(angles) - len(known),
+        empty_slots=grid.n - len(per_slot),
+        shared_slots=sum(1 for n in per_slot.values() if n > 1),
+        grid=grid.describe(),
+    )
+
+
+def describe(survey: DataSurvey, config: PipelineConfig) -> tuple[list[str], list[str]]:
+    """What the data hold (lines for stdout) and what the scan would refuse or doubt
+    (lines for stderr)."""
+    out: list[str] = []
+    warnings: list[str] = []
+    shape = survey.shape
+    kinds = Counter(f.key for f in survey.frames)
+    dtypes = sorted({f.dtype for f in survey.frames})
+    detector = f"{shape[0]} x {shape[1]} {'/'.join(dtypes)}" if shape else "no image"
+    counts = ", ".join(f"{kinds[k]} {name}" for k, name in KIND_NAMES.items())
+    out.append(f"data: {survey.events} events; detector {detector}; {counts} (kind_rule {config.kind_rule})")
+    angles = angle_report(survey.projection_angles(), config)
+    if angles is not None:
+        if angles.measured:
+            out.append(
+                f"angles: {angles.measured} projections from {angles.low:.3f} to {angles.high:.3f} deg against "
+                f"{angles.grid}: {angles.empty_slots} slots empty, {angles.shared_slots} shared"
+            )
+        if angles.outside:
+            warnings.append(f"{angles.outside} projections have an angle that matches no slot (unknown_angle)")
+        if angles.without:
+            warnings.append(f"{angles.without} projections have no angle (their PandA row is missing or unreadable)")
+    for reason, n in sorted(survey.rejected.items()):
+        warnings.append(f"{n} x {reason}: {survey.first_detail[reason]}")
+    if survey.steps:
+        warnings.append(
+            "the detector's and the PandA's streams end in different events ("
+            + "; ".join(f"event {s.event}: {s.detail}" for s in survey.steps[:2])
+            + "): unless the detector lost or gained messages, projections may sit at a neighbour's angle"
+        )
+    return out, warnings
+
+
+def usable_projections(survey: DataSurvey, config: PipelineConfig) -> int:
+    """Projections the scan would place: read, with an angle on the grid."""
+    angles = survey.projection_angles()
+    if not config.angle_stream:
+        return len(angles)
+    grid = AngleGrid.of(config)
+    usable = 0
+    for angle in angles:
+        if angle is None:
+            continue
+        try:
+            grid.slot(angle)
+        except UnknownAngleError:
+            continue
+        usable += 1
+    return usable
