@@ -200,7 +200,7 @@ class PipelineConfig:
     flush_every: int = field(
         default=0,
         metadata={
-            "help": "projections a worker sums before sending its partial sums; 0: from their size (8 for small slices, up to 64 for 2048^2: each send is live slices plus sweep)"
+            "help": "projections a worker sums before sending its partial sums; 0: from their size (about 1 MB of sums per projection and at most twice the bytes of its rows, 8 to 64 projections: each send is live slices plus sweep); a sum also goes once it is a publish interval old (more for large sums)"
         },
     )
     reference_senders: int = field(

@@ -295,11 +295,21 @@ class FrameProcessor:
             )
         ]
         self._backproject(index, values, angle_deg, event)
-        if len(self._partial_frames) >= self.geometry.flush_every(self.config.flush_every):
+        # By count, or by age as on a tick: a frame coming is as good a moment to look
+        # (ticks reach each of W workers only every W intervals; small sums, sent only
+        # every 48 to 64 projections by count, would leave the live view behind).
+        if len(self._partial_frames) >= self.geometry.flush_every(self.config.flush_every) or self._sum_is_due():
             flushed = self.flush()
             if flushed is not None:
                 out.append(flushed)
         return out
+
+    def _sum_is_due(self) -> bool:
+        """Whether the pending partial sum is old enough to go (:meth:`LiveSliceGeometry.flush_age`)."""
+        if not self._partial_frames or self.geometry is None:
+            return False
+        age = self.geometry.flush_age(self.config.publish_interval, self.workers_sharing())
+        return time.monotonic() - self._partial_started >= age
 
     def _backproject(self, index: int, values: npt.NDArray[np.float32], angle_deg: float, event: int) -> None:
         """Add one corrected projection to the partial sums (live slices and sweep,
@@ -327,12 +337,7 @@ class FrameProcessor:
         (:meth:`LiveSliceGeometry.flush_age`, for the number of workers it sees sharing
         the stream), which bounds both the traffic to the reducer and the live view's delay.
         """
-        if not self._partial_frames or self.geometry is None:
-            return None
-        age = self.geometry.flush_age(self.config.publish_interval, self.workers_sharing())
-        if time.monotonic() - self._partial_started < age:
-            return None
-        return self.flush()
+        return self.flush() if self._sum_is_due() else None
 
     def workers_sharing(self) -> float:
         """How many workers share the stream, as this one sees it: dranspose numbers the

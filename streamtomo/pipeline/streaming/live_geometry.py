@@ -30,6 +30,8 @@ FloatArray = npt.NDArray[np.float32]
 WINDOW_DEG = 180.0
 AUTO_WINDOW_BLOCKS = 8  # window_block 0: the half turn in this many blocks
 AUTO_FLUSH_BYTES = 1 << 20  # flush_every 0: about this much partial sum per projection
+# flush_every 0: and at most this many times the bytes of the rows a projection sends
+SUM_TO_ROWS = 2
 MIN_AUTO_FLUSH, MAX_AUTO_FLUSH = 8, 64
 AUTO_FLUSH_AGE_BYTES = 12 << 20  # a tick sends a sum of this size after one publish interval
 # What all workers' partial sums may bring the reducer per second when they go by age:
@@ -125,13 +127,25 @@ class LiveSliceGeometry:
         """What one partial sum weighs: the live slices and the sweep candidates."""
         return (len(self.slice_rows) + len(self.sweep_centers)) * self.size * self.size * 4
 
+    @property
+    def row_bytes(self) -> int:
+        """What one projection's sinogram rows weigh (float32), as a worker sends them."""
+        return len(self.sinogram_rows) * self.cols * 4
+
     def flush_every(self, configured: int) -> int:
         """Projections per partial sum: as configured, or from its size (0): about 1 MB
-        of partial sums per projection, 8 to 64 projections. Small slices go out often
-        (a fresh live view costs nothing); a 1024^2 sum of 48 MB every 48 projections."""
+        of partial sums per projection, and at most :data:`SUM_TO_ROWS` times the rows
+        the projections send, 8 to 64 projections (a 1024^2 sum of 48 MB every 48).
+
+        The second bound is for narrow detectors: 32 rows of 256 columns sent 3.1 MB of
+        sums (12 slices of 256^2) every 8 projections, twelve times the rows' 32 kB,
+        all to be sent, received and added. The live view does not need them sooner: a
+        tick sends a sum once it is a publish interval old (:meth:`flush_age`)."""
         if configured:
             return configured
-        return int(min(MAX_AUTO_FLUSH, max(MIN_AUTO_FLUSH, -(-self.partial_bytes // AUTO_FLUSH_BYTES))))
+        by_size = -(-self.partial_bytes // AUTO_FLUSH_BYTES)
+        by_rows = -(-self.partial_bytes // (SUM_TO_ROWS * max(self.row_bytes, 1)))
+        return int(min(MAX_AUTO_FLUSH, max(MIN_AUTO_FLUSH, by_size, by_rows)))
 
     def flush_age(self, publish_interval: float, workers: float = 1.0) -> float:
         """Seconds after which a tick sends a pending partial sum: one publish interval

@@ -105,6 +105,39 @@ def test_a_worker_among_many_holds_its_sum_longer(monkeypatch: pytest.MonkeyPatc
     assert partial is not None and partial.events == (3, 7, 11, 15)
 
 
+@pytest.mark.parametrize(
+    ("rows", "cols", "every"),
+    [
+        (32, 256, 48),  # bench_pipeline's frames: by the rows (was 8: sums 12x the rows' bytes)
+        (6, 64, 64),
+        (1024, 1024, 48),  # by size, as before
+        (2048, 2048, 64),
+        (2048, 128, 8),  # wide rows, small slices: the floor
+    ],
+)
+def test_sums_weigh_at_most_twice_the_rows_they_follow(rows: int, cols: int, every: int) -> None:
+    geometry = LiveSliceGeometry(scan_config(), DetectorInfo(rows, cols, "uint16"))
+    assert geometry.flush_every(0) == every
+    assert geometry.flush_every(5) == 5  # as configured
+    if every < live_geometry.MAX_AUTO_FLUSH and every > live_geometry.MIN_AUTO_FLUSH:
+        assert geometry.partial_bytes / every <= max(1 << 20, 2 * geometry.row_bytes)
+
+
+def test_an_old_sum_goes_with_the_next_frame_not_only_on_a_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ticks reach each of W workers only every W intervals: a small sum sent only every
+    48 projections by count left the live view behind (h5pyd saw two states of a scan)."""
+    clock = Clock()
+    monkeypatch.setattr(frame_processor.time, "monotonic", clock)
+    config = scan_config(flush_every=0)
+    worker = FrameProcessor(config, "w0")
+    out = frames_to(worker, [3, 4])
+    assert worker.geometry is not None and worker.geometry.flush_every(0) > 10
+    assert not [m for m in out if type(m).__name__ == "PartialSum"]
+    clock.now += worker.geometry.flush_age(config.publish_interval)
+    sent = [m for m in frames_to(worker, [5], first=4) if type(m).__name__ == "PartialSum"]
+    assert len(sent) == 1 and sent[0].events == (3, 4, 5)  # type: ignore[attr-defined]
+
+
 def test_new_sums_rewrite_the_live_slices_at_most_once_per_rewrite_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
     monkeypatch.setattr(snapshot.time, "monotonic", clock)
