@@ -306,7 +306,7 @@ def fuzz_round(seed: int, workers: int, skip: frozenset[str] = frozenset()) -> d
         "good_lost": lost,
         "wrong_slots": wrong,
         "slices_off": slices_off,
-        "base_suspect": bool(scan.counts.get("frame_base_suspect")),
+        "base_suspect": bool(scan.rejected.get("frame_base_suspect")),
         "rejected": dict(scan.rejected),
         "state": scan.state,
     }

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class RunSummary:
     reason: str = ""
     missing_angles: int = 0  # angle slots no projection filled (their sinogram rows are zeros)
     angle_slots: int = 0
+    notices: dict[str, int] = field(default_factory=dict)  # what the streams showed, no frame's rejection
 
     @property
     def frames_per_second(self) -> float:
@@ -57,9 +58,11 @@ class RunSummary:
         """One line a scientist reads: counts, rate and how long the final slices took."""
         rejected = sum(self.rejected.values())
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.rejected.items()))
+        notices = ", ".join(f"{n} {reason}" for reason, n in sorted(self.notices.items()))
         text = (
             f"{self.frames} frames ({self.projections} projections, {rejected} rejected"
-            f"{': ' + reasons if reasons else ''}) in {self.seconds:.2f} s, {self.frames_per_second:.1f} frames/s"
+            f"{': ' + reasons if reasons else ''}{'; noticed: ' + notices if notices else ''})"
+            f" in {self.seconds:.2f} s, {self.frames_per_second:.1f} frames/s"
         )
         if self.missing_angles and self.projections:
             # A parameter file that does not match the data (angle_range 360 for a 180-degree
@@ -186,7 +189,8 @@ class ReplayRun:
         scan = self.reducer.scan
         with self.reducer.lock:
             status = scan.status()
-            rejected = dict(scan.rejected)
+            notices = scan.notices
+            rejected = {reason: n for reason, n in scan.rejected.items() if reason not in notices}
             last_frame = scan.last_frame_time
             reason = scan.reason
         seconds = (self.finished_at or time.time()) - self.started_at
@@ -198,6 +202,7 @@ class ReplayRun:
             frames=int(status["frames_received"]),
             projections=projections,
             rejected=rejected,
+            notices=notices,
             seconds=seconds,
             last_frame_to_final_s=latency,
             endpoint=self.reducer.endpoint,

@@ -36,7 +36,6 @@ import logging
 import os
 import secrets
 import shutil
-import stat
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -48,6 +47,7 @@ from typing import Any
 
 from aiohttp import web
 
+from streamtomo.hsds_bridge.credentials import open_to_others
 from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, read_limited
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def read_token_file(path: Path) -> str:
     token = path.read_text().strip()
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
         raise ValueError(f"control token file {path} must hold one token of at least {MIN_TOKEN_CHARS} characters")
-    if path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+    if open_to_others(path.stat()):
         log.warning("control token file %s is readable by other users: chmod 600 it", path)
     return token
 

@@ -81,16 +81,28 @@ def parse_credentials_line(text: str, source: str = "credentials") -> Credential
     raise CredentialsError(f"{source}: no 'user:password' line found")
 
 
+def open_to_others(st: os.stat_result) -> bool:
+    """Whether users other than this process's may read or write a secret file: any
+    access for others, or for a group this process is not in. Kubernetes mounts a
+    Secret group-readable for the pod's fsGroup, which the process is in (0440): no
+    warning one cannot act on (the mount is read-only)."""
+    if st.st_mode & stat.S_IRWXO:
+        return True
+    if not st.st_mode & stat.S_IRWXG:
+        return False
+    return st.st_gid not in {os.getgid(), *os.getgroups()}
+
+
 def read_secret_file(path: str | os.PathLike[str], what: str = "credentials") -> str:
     """The text of a file holding a secret; warn if others can read it."""
     p = Path(path)
     try:
-        mode = p.stat().st_mode
+        st = p.stat()
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise CredentialsError(f"cannot read {what} file {p}: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("%s file %s is accessible by group/others; chmod 600 it", what, p)
+    if open_to_others(st):
+        log.warning("%s file %s is accessible by other users; chmod 600 it", what, p)
     return text
 
 

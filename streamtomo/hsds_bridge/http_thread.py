@@ -8,7 +8,8 @@ stops the loop and joins the thread.
 Each connection is guarded (:class:`GuardedConnection`), since aiohttp has no limit of
 its own on either: a connection must complete its first request's headers within
 :data:`HEADER_TIMEOUT_S` (aiohttp's keep-alive timer covers later requests), and a
-listener holds at most :data:`MAX_CONNECTIONS`, closing new ones beyond. Without them
+listener holds at most :data:`MAX_CONNECTIONS`, :data:`MAX_CONNECTIONS_PER_CLIENT` of
+them from one address, closing new ones beyond. Without them
 a client that opened connections and sent half a request line held each one for good:
 1100 of them took every file descriptor of the reducer's process (its scan's too),
 and the live port, which a chart may put on the network unauthenticated, stopped
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 
 from aiohttp import web
@@ -29,19 +31,40 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 30.0
 HEADER_TIMEOUT_S = 10.0  # from a connection's opening to its first request's headers
 MAX_CONNECTIONS = 256  # open connections per listener; a beamline's readers need far fewer
+# Open connections per client address: one client alone cannot take every slot (and
+# with them the port); a proxy in front (an Ingress) still has plenty.
+MAX_CONNECTIONS_PER_CLIENT = 64
 HEADER_ENDS = (b"\r\n\r\n", b"\n\n")
 
 
 class ConnectionLimits:
     """What one listener's connections share: the limits and the count of open ones."""
 
-    def __init__(self, name: str, header_timeout: float, max_connections: int) -> None:
+    def __init__(self, name: str, header_timeout: float, max_connections: int, max_per_client: int) -> None:
         self.name = name
         self.header_timeout = header_timeout
         self.max_connections = max_connections
+        self.max_per_client = max_per_client
         self.open = 0
-        self.refused = 0  # over max_connections
+        self.by_client: Counter[str] = Counter()  # open connections per client address
+        self.refused = 0  # over max_connections or max_per_client
         self.timed_out = 0  # headers not complete in time
+
+    def admit(self, client: str) -> str:
+        """Take a slot for a new connection from ``client``; why not ('' when taken)."""
+        if self.open >= self.max_connections:
+            return f"{self.open} connections open, the most it keeps"
+        if self.by_client[client] >= self.max_per_client:
+            return f"{self.by_client[client]} connections open from {client}, the most one client may keep"
+        self.open += 1
+        self.by_client[client] += 1
+        return ""
+
+    def release(self, client: str) -> None:
+        self.open -= 1
+        self.by_client[client] -= 1
+        if not self.by_client[client]:
+            del self.by_client[client]
 
 
 class GuardedConnection(asyncio.Protocol):
@@ -54,22 +77,21 @@ class GuardedConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._tail = b""  # the last bytes seen, for a header end split across reads
+        self._client = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         limits = self._limits
         assert isinstance(transport, asyncio.Transport)
-        if limits.open >= limits.max_connections:
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) and peer else "local"
+        refused = limits.admit(client)
+        if refused:
             limits.refused += 1
             if limits.refused == 1 or limits.refused % 1000 == 0:
-                log.warning(
-                    "%s: %d connections open, the most it keeps: closing new ones (%d so far)",
-                    limits.name,
-                    limits.open,
-                    limits.refused,
-                )
+                log.warning("%s: %s: closing new ones (%d so far)", limits.name, refused, limits.refused)
             transport.abort()
             return
-        limits.open += 1
+        self._client = client
         self._transport = transport
         self._deadline = asyncio.get_running_loop().call_later(limits.header_timeout, self._headers_too_slow)
         self._inner = self._make_inner()
@@ -106,7 +128,7 @@ class GuardedConnection(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        self._limits.open -= 1
+        self._limits.release(self._client)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -131,7 +153,7 @@ class BackgroundHttpServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
-        self.limits = ConnectionLimits(name, HEADER_TIMEOUT_S, MAX_CONNECTIONS)
+        self.limits = ConnectionLimits(name, HEADER_TIMEOUT_S, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT)
         self.port: int | None = None
 
     @property

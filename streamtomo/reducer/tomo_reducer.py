@@ -429,7 +429,8 @@ class TomoReducer:
             # A stopped scan gets no volume: its final products are what was reduced.
             self.scan.finish(volume_follows=self.scan.config.volume and not stopped)
             if stopped and self.scan.state != "failed":
-                self.scan.state, self.scan.reason = "stopped", self._stopped_reason
+                self.scan.state = "stopped"
+                self.scan.add_reason(self._stopped_reason, first=True)
             self._publish_locked()
             self.final_slices_at = time.time()
             self._end_of_scan = threading.Thread(target=self._end_scan, name="end-of-scan", daemon=True)

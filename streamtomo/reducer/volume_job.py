@@ -153,8 +153,7 @@ def volume_failed(scan: LiveScan, lock: threading.RLock, publish: Callable[[], N
     ``reason`` says why the rest is missing."""
     with lock:
         done = scan.volume_done if scan.volume is not None else 0
-        why = f"the end-of-scan volume stopped after {done} slices: {error}"
-        scan.reason = f"{scan.reason}; {why}" if scan.reason else why
+        scan.add_reason(f"the end-of-scan volume stopped after {done} slices: {error}")
         scan.volume_done = done
         scan.state = "finished"
         publish()
@@ -202,7 +201,7 @@ def _finished(
         done = scan.volume_done
         cancelled = cancel.is_set() and done < n_rows
         if cancelled:
-            scan.reason = f"the end-of-scan volume was cancelled after {done} of {n_rows} slices: {cancel.reason}"
+            scan.add_reason(f"the end-of-scan volume was cancelled after {done} of {n_rows} slices: {cancel.reason}")
         scan.state = "finished"
         publish()  # the last slices and 'finished' in one generation
     if cancelled:

@@ -725,3 +725,28 @@ def test_strided_views_are_published_as_their_values(local_hsds: LocalHsds) -> N
         np.testing.assert_array_equal(f["/entry/sinogram"][:, 5, :], storage[5])
         np.testing.assert_array_equal(f["/entry/stepped"][...], backing[::-1, ::2])
         assert_mirrors(f, domain)
+
+
+def test_a_secret_mounted_for_the_pods_group_is_not_called_open(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kubernetes mounts a Secret 0440 for the pod's fsGroup, which the process is in:
+    warning 'chmod 600' about a read-only mount helps nobody (a review saw it at every
+    start and token rotation). A group the process is not in is still warned about."""
+    from streamtomo.hsds_bridge.control_api import read_token_file
+
+    token = tmp_path / "token"
+    token.write_text("t" * 32)
+    os.chmod(token, 0o440)
+    os.chown(token, -1, os.getgid())
+    caplog.clear()
+    read_token_file(token)
+    load_credentials({"STREAMTOMO_HSDS_USERNAME": "u", "STREAMTOMO_HSDS_PASSWORD_FILE": str(token)})
+    assert not [r for r in caplog.records if "chmod 600" in r.getMessage()]
+    others = [g for g in range(1, 65535) if g not in {os.getgid(), *os.getgroups()}][:1]
+    try:
+        os.chown(token, -1, others[0])
+    except PermissionError:
+        pytest.skip("cannot give the file to another group here (not root)")
+    read_token_file(token)
+    assert [r for r in caplog.records if "chmod 600" in r.getMessage()]

@@ -22,6 +22,9 @@ class FrameAdmission:
         self.admitted: dict[int, int] = {}  # frame index -> the event of the copy in use
         self._rejected_frames: set[int] = set()
         self._logged_reasons: set[str] = set()
+        # Reasons counted in ``rejected`` that are no frame's (a PandA header mid-capture,
+        # streams out of step): shown with the rest, left out of the frames rejected.
+        self.notice_reasons: set[str] = set()
 
     def reject(self, reason: str, detail: str, frame_index: int | None = None, *, counted: bool = False) -> None:
         """Count a rejected frame; log the first of each reason at WARNING.
@@ -43,6 +46,21 @@ class FrameAdmission:
             logger.warning("rejected (%s): %s; further ones are counted in /entry/status", reason, detail)
         else:
             logger.debug("rejected (%s): %s", reason, detail)
+
+    def notice(self, reason: str, detail: str) -> None:
+        """Count something the streams showed that is no frame's rejection (logged at
+        WARNING the first time, as a rejection's reason)."""
+        self.notice_reasons.add(reason)
+        self.rejected[reason] += 1
+        if reason not in self._logged_reasons:
+            self._logged_reasons.add(reason)
+            logger.warning("%s: %s; further ones are counted in /entry/status", reason, detail)
+        else:
+            logger.debug("%s: %s", reason, detail)
+
+    @property
+    def frames_rejected(self) -> int:
+        return sum(n for reason, n in self.rejected.items() if reason not in self.notice_reasons)
 
     def first_time(self, frame_index: int, event: int = -1) -> bool:
         """Admit a frame index once; a second copy from another event is a counted

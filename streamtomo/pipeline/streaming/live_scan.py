@@ -124,7 +124,13 @@ class LiveScan:
 
     @property
     def rejected(self) -> dict[str, int]:
+        """Counts by reason: frames refused, and notices of the streams (:attr:`notices`)."""
         return dict(self.admission.rejected)
+
+    @property
+    def notices(self) -> dict[str, int]:
+        """The counts of :attr:`rejected` that are no frame's: what the streams showed."""
+        return {k: n for k, n in self.admission.rejected.items() if k in self.admission.notice_reasons}
 
     @property
     def live_sum(self) -> FloatArray | None:
@@ -156,10 +162,11 @@ class LiveScan:
                     # step): no arrival to count, and once per event, though the headers'
                     # and ends' events reach every worker and each one says it (event -1:
                     # once per scan).
-                    if (item.reason, item.event) in self._notices:
-                        continue
-                    self._notices.add((item.reason, item.event))
-                self.reject(item.reason, item.detail, item.frame_index, counted=not item.frame)
+                    if (item.reason, item.event) not in self._notices:
+                        self._notices.add((item.reason, item.event))
+                        self.admission.notice(item.reason, item.detail)
+                    continue
+                self.reject(item.reason, item.detail, item.frame_index)
                 self._advance()
             elif isinstance(item, StreamEnded):
                 self.stream_ended = True
@@ -170,6 +177,14 @@ class LiveScan:
                     self._add_joined(waiting, row)
                 self.resolve_nominal(finishing=False)
         self.last_update = time.time()
+
+    def add_reason(self, why: str, *, first: bool = False) -> None:
+        """Add ``why`` to the scan's reason (``first``: ahead of what it says already):
+        what the streams showed stays said when the scan then stops or its volume is cut."""
+        if not self.reason:
+            self.reason = why
+        else:
+            self.reason = f"{why}; {self.reason}" if first else f"{self.reason}; {why}"
 
     def reject(self, reason: str, detail: str, frame_index: int | None = None, *, counted: bool = False) -> None:
         self.admission.reject(reason, detail, frame_index, counted=counted)
@@ -553,7 +568,7 @@ class LiveScan:
         return {
             "state": self.state,
             "frames_received": self.admission.received,
-            "frames_rejected": sum(self.admission.rejected.values()),
+            "frames_rejected": self.admission.frames_rejected,
             "darks": self.admission.counts["darks"],
             "flats": self.admission.counts["flats"],
             "projections": self.admission.counts["projections"],

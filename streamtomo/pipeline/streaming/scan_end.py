@@ -89,7 +89,7 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
         received = scan.admission.received
         rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(scan.admission.rejected.items())) or "none"
         scan.state = "failed"
-        scan.reason = f"no projection was reduced: {received} frames received, rejected: {rejected}"
+        scan.add_reason(f"no projection was reduced: {received} frames received, rejected: {rejected}", first=True)
         logger.warning("scan failed: %s", scan.reason)
         return
     if scan.config.center.strip() == "auto":
@@ -105,13 +105,12 @@ def warn_if_base_looks_off(scan: LiveScan) -> None:
     seen = scan.admission.seen
     if scan.config.fixed_frame_base() is not None or not expected or 0 in seen or expected not in seen:
         return
-    scan.admission.reject(
+    scan.admission.notice(
         "frame_base_suspect",
         f"frame position 0 never came but position {expected} (one past the {expected} frames of the layout) "
         "did: the first image was probably lost or malformed and frame_base 'auto' took the next one's number "
         "as the start; every frame may be one position off. Set frame_base (1 for the Orca at DanMAX) and "
         "replay the scan",
-        counted=True,
     )
 
 
@@ -134,7 +133,7 @@ def say_if_frames_may_be_off(scan: LiveScan) -> None:
             "angles; one series per scan"
         )
     for why in whys:
-        scan.reason = f"{scan.reason}; {why}" if scan.reason else why
+        scan.add_reason(why)
 
 
 # Signs from the PandA itself that its rows and the detector's frames went out of step.
@@ -163,7 +162,11 @@ def judge_stream_steps(scan: LiveScan) -> None:
     more = any(step.pandas_more for step in scan.stream_steps)
     fewer = any(not step.pandas_more for step in scan.stream_steps)
     expected = scan.config.expected_frames()
-    lost = sum(b - a + 1 for a, b in scan.admission.lost_ranges(expected)) if expected else 0
+    seen = scan.admission.seen
+    if expected:
+        lost = sum(b - a + 1 for a, b in scan.admission.lost_ranges(expected))
+    else:  # no layout (kind_rule header): the gaps in the frame numbers that came
+        lost = max(seen) + 1 - len(seen) if seen else 0
     lost += 0 if scan.stream_ended else 1  # the detector's series_end is a message too
     extras = sum(rejected.get(reason, 0) for reason in DETECTOR_EXTRAS)
     explained = not pandas_signs and ((more and not fewer and lost > 0) or (fewer and not more and extras > 0))
@@ -173,23 +176,19 @@ def judge_stream_steps(scan: LiveScan) -> None:
         return
     signs = ", ".join(pandas_signs) if pandas_signs else "their ends"
     if scan.stream_steps:
-        scan.admission.reject(
+        scan.admission.notice(
             "angle_stream_out_of_step",
             f"the PandA's rows and the detector's frames went out of step ({detail}; {signs}); the detector's "
             f"{lost} lost frames and {extras} extra messages do not explain it",
-            counted=True,
         )
-    if scan.config.check_nominal_angles:
-        why = (
-            f"the PandA's rows and the detector's frames went out of step ({signs}): check_nominal_angles "
-            "matched each projection to the row with its angle"
-        )
+    why = f"the PandA's rows and the detector's frames went out of step ({signs}): "
+    if scan.config.check_nominal_angles and scan.config.kind_rule == "counts":
+        why += "check_nominal_angles matched each projection to the row with its angle"
+    elif scan.config.kind_rule == "counts":
+        why += "projections after that point may sit at a neighbour's angle; check_nominal_angles=true repairs this"
     else:
-        why = (
-            f"the PandA's rows and the detector's frames went out of step ({signs}): projections after that "
-            "point may sit at a neighbour's angle; check_nominal_angles=true (kind_rule counts) repairs this"
-        )
-    scan.reason = f"{scan.reason}; {why}" if scan.reason else why
+        why += "projections after that point may sit at a neighbour's angle"
+    scan.add_reason(why)
 
 
 def apply_angular_weights(scan: LiveScan) -> None:

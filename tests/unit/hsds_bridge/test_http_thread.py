@@ -28,6 +28,7 @@ def server() -> Iterator[BackgroundHttpServer]:
     http = BackgroundHttpServer(_app, "127.0.0.1", 0, "test server")
     http.limits.header_timeout = 0.5
     http.limits.max_connections = 8
+    http.limits.max_per_client = 8
     http.start()
     try:
         yield http
@@ -96,3 +97,25 @@ def test_a_whole_request_split_across_reads_is_served(server: BackgroundHttpServ
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello")
     assert server.limits.timed_out == 0
+
+
+def test_one_client_cannot_take_every_slot(server: BackgroundHttpServer) -> None:
+    """A review held all 256 slots from one process and the port answered nobody else."""
+    assert server.port is not None
+    server.limits.header_timeout = 60.0
+    server.limits.max_per_client = 3
+    held = [_half_request(server.port) for _ in range(3)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        assert _closed_by_server(extra)  # a fourth from the same address
+        assert server.limits.by_client["127.0.0.1"] == 3
+        # Another address still gets in (127.0.0.2 is loopback too on Linux).
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30, source_address=("127.0.0.2", 0)) as other:
+            other.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := other.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in held:
+            sock.close()

@@ -146,3 +146,45 @@ def test_the_wrap_is_named_only_where_the_scan_reaches_it(values: dict[str, floa
     from streamtomo.pipeline.formats.pcap_checks import wrap_within_scan
 
     assert wrap_within_scan(PipelineConfig.from_mapping({"n_projections": 45, **values})) is reached
+
+
+def test_a_lost_detector_image_is_no_fault_of_the_angles_without_a_layout_either() -> None:
+    """kind_rule 'header' has no layout to count lost frames by: the gaps in the frame
+    numbers say it (the review saw angle_stream_out_of_step on a harmless loss)."""
+    from dranspose.event import EventData
+
+    from streamtomo.app.recordings import scan_to_internals, synthetic_scan
+
+    frames = list(synthetic_scan(2, 2, 36, rows=4, cols=32))
+    detector, angle = (list(s) for s in scan_to_internals(frames, image_key_in_header=True, counts_per_degree=1000.0))
+    del detector[15]
+    events = [
+        EventData(
+            event_number=n,
+            streams={
+                **(detector[n].streams if n < len(detector) else {}),
+                **(angle[n].streams if n < len(angle) else {}),
+            },
+        )
+        for n in range(max(len(detector), len(angle)))
+    ]
+    values = {
+        "n_darks_before": 2,
+        "n_flats_before": 2,
+        "n_projections": 36,
+        "angle_stream": "angle",
+        "detector_stream": "detector",
+        "counts_per_degree": 1000.0,
+        "encoder_field": "INENC1.VAL.Mean",
+        "kind_rule": "header",
+    }
+    scan = run_scan(events, values, 2)
+    assert scan.rejected == {} and scan.reason == ""
+    assert scan.status()["frames_rejected"] == 0
+
+
+def test_notices_are_not_counted_as_frames_rejected() -> None:
+    values = danmax_config(len(ANGLES), angle_start=0.0, angle_range=180.0, encoder_field="SFP3_SYNC_IN.POS1.Mean")
+    scan = run_scan(danmax_scan(ANGLES), values, 2)
+    assert scan.notices == {"encoder_wrap_unchecked": 1}
+    assert scan.status()["frames_rejected"] == 0 and scan.status()["projections"] == len(ANGLES)
