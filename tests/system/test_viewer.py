@@ -704,7 +704,6 @@ def test_on_every_interface_the_command_says_how_other_machines_reach_the_page(
     another machine; nor did it say that the controls answer only their own origins.
     (Controls off loopback need ``--remote-control``: without it ``view`` refuses them.)"""
     import queue
-    import socket
     import subprocess
     import sys
 
@@ -722,7 +721,7 @@ def test_on_every_interface_the_command_says_how_other_machines_reach_the_page(
         threading.Thread(target=lambda: [lines.put(line) for line in view.stdout], daemon=True).start()
         first, second = lines.get(timeout=30), lines.get(timeout=10)
         port = first.strip().rsplit(":", 1)[1].rstrip("/")
-        address = f"http://{socket.getfqdn()}:{port}"
+        address = f"http://{viewer_cli.machine_name()}:{port}"
         assert first.startswith("viewer: http://127.0.0.1:")
         assert f"from another machine open {address}/" in second
         assert (f"answer a browser there only with --origin {address}" in second) == control

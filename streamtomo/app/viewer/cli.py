@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Serve a web page that shows a live domain: slices, sinograms, progress, and "
             "centre/filter controls. HSDS credentials (read-only) come from "
-            "STREAMTOMO_VIEWER_USERNAME and STREAMTOMO_VIEWER_PASSWORD."
+            "STREAMTOMO_VIEWER_USERNAME and STREAMTOMO_VIEWER_PASSWORD (or STREAMTOMO_VIEWER_PASSWORD_FILE)."
         ),
     )
     view.add_argument(
@@ -68,13 +68,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 
 
+def machine_name() -> str:
+    """This machine's name as others would use it: its FQDN, else its host name; a
+    placeholder where both say only "localhost" (a container without a name)."""
+    for name in (socket.getfqdn(), socket.gethostname()):
+        if name and not name.startswith("localhost") and not name.startswith("127."):
+            return name
+    return "THIS-MACHINE"
+
+
 def other_machines_note(host: str, url: str, controls: bool, origins: tuple[str, ...]) -> str | None:
     """On an address of every interface, how other machines reach the page: the URL
     printed is this machine's loopback one, which means nothing to a browser elsewhere;
     and the page's controls answer only its own origins (loopback and ``--origin``)."""
     if host not in WILDCARD_HOSTS:
         return None
-    address = f"http://{socket.getfqdn()}:{urlsplit(url).port}"
+    address = f"http://{machine_name()}:{urlsplit(url).port}"
     note = f"viewer: listening on every interface; from another machine open {address}/"
     if controls and address not in origins:
         note += f" (its controls answer a browser there only with --origin {address})"
