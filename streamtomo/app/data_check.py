@@ -171,16 +171,7 @@ def describe(survey: DataSurvey, config: PipelineConfig) -> tuple[list[str], lis
 def usable_projections(survey: DataSurvey, config: PipelineConfig) -> int:
     """Projections the scan would place: read, with an angle on the grid."""
     angles = survey.projection_angles()
-    if not config.angle_stream:
+    report = angle_report(angles, config)
+    if report is None or not config.angle_stream:
         return len(angles)
-    grid = AngleGrid.of(config)
-    usable = 0
-    for angle in angles:
-        if angle is None:
-            continue
-        try:
-            grid.slot(angle)
-        except UnknownAngleError:
-            continue
-        usable += 1
-    return usable
+    return report.measured - report.outside

@@ -146,6 +146,12 @@ class Rejected:
     # reason, not as a frame received, so frames_received still counts detector frames.
     frame: bool = True
 
+    @classmethod
+    def notice(cls, reason: str, detail: str, event: int = -1) -> Rejected:
+        """What the streams showed that is no frame's rejection (``frame`` False); the
+        reducer counts it once per (reason, event), event -1 once per scan."""
+        return cls(None, reason, detail, event, frame=False)
+
 
 @dataclass(frozen=True)
 class StreamEnded:

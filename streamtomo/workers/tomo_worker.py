@@ -35,7 +35,7 @@ from streamtomo.pipeline.formats.pcap import (
     decode_pcap_event,
 )
 from streamtomo.pipeline.formats.pcap_checks import (
-    PCAP_END_COMPLETE,
+    pcap_end_notices,
     pcap_header_notices,
     raw_mean_refusal,
     streams_out_of_step,
@@ -194,8 +194,7 @@ class TomoWorker:
                 # change how every later row is read: the capture's own header stays.
                 kept = message.keys != self.pcap_header.keys
                 result.items.append(
-                    Rejected(
-                        None,
+                    Rejected.notice(
                         "pcap_header_mid_scan",
                         f"event {event.event_number}: a PandA header with fields {list(message.keys)} came after "
                         + (
@@ -204,7 +203,6 @@ class TomoWorker:
                             else "value rows (a re-armed capture?)"
                         ),
                         event.event_number,
-                        frame=False,
                     )
                 )
                 if kept:
@@ -214,18 +212,7 @@ class TomoWorker:
             return None, None, False
         if isinstance(message, PcapEnd):
             self._pcap_values_read = False  # the next capture may bring its own header
-            if message.status not in PCAP_END_COMPLETE:
-                result.items.append(
-                    Rejected(
-                        None,
-                        "pcap_capture_incomplete",
-                        f"event {event.event_number}: the PandA ended its capture after {message.samples} rows with "
-                        f"{message.status!r}: rows it did not send leave later frames paired with other frames' "
-                        "angles (check_nominal_angles=true finds and repairs such shifts)",
-                        event.event_number,
-                        frame=False,
-                    )
-                )
+            result.items.extend(pcap_end_notices(message, event.event_number))
             return None, None, False
         assert isinstance(message, PcapValues)
         self._pcap_values_read = True
@@ -289,12 +276,10 @@ class TomoWorker:
                 # position off; the scan's numbering goes on (frame numbers that start
                 # again come as duplicates, which the scan's reason then names).
                 result.items.append(
-                    Rejected(
-                        None,
+                    Rejected.notice(
                         "stins_header_mid_scan",
                         f"event {event_number}: a detector header (message {message.msg_number}) in the middle of the scan",
                         event_number,
-                        frame=False,
                     )
                 )
             return message
@@ -323,7 +308,7 @@ class TomoWorker:
         suspect = self.numbering.suspect_base()
         if suspect:
             # event -1: one notice per scan, however many workers derive the base.
-            result.items.append(Rejected(None, "frame_base_suspect", suspect, frame=False))
+            result.items.append(Rejected.notice("frame_base_suspect", suspect))
         if index < 0:
             result.items.append(
                 Rejected(

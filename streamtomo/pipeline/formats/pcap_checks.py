@@ -13,7 +13,8 @@ is never silent:
   :func:`~streamtomo.pipeline.streaming.scan_end.judge_stream_steps`).
 * :func:`pcap_header_notices`: the PandA reports samples it missed, or captures the
   mean of a wrapping encoder without its Min and Max (a frame whose exposure
-  straddled the wrap then has a mean that is no angle, and nothing shows it).
+  straddled the wrap then has a mean that is no angle, and nothing shows it);
+  :func:`pcap_end_notices`: it ended its capture without sending every row.
 * :func:`raw_mean_refusal`: in ``process: Raw`` a ``Mean`` capture is a sum over the
   exposure; every such angle is refused.
 """
@@ -57,13 +58,11 @@ def pcap_header_notices(header: PcapHeader, config: PipelineConfig, event: int) 
     missed = header.info.get("missed", "0")
     if missed.isdigit() and int(missed) > 0:
         notices.append(
-            Rejected(
-                None,
+            Rejected.notice(
                 "pcap_missed_samples",
                 f"event {event}: the PandA's header says it missed {missed} samples: their frames' rows are not in the "
                 f"stream, so later frames may be paired with another frame's angle; {REMEDY}",
                 event,
-                frame=False,
             )
         )
     name, capture = split_field_key(config.encoder_field)
@@ -76,17 +75,29 @@ def pcap_header_notices(header: PcapHeader, config: PipelineConfig, event: int) 
         and wrap_within_scan(config)
     ):
         notices.append(
-            Rejected(
-                None,
+            Rejected.notice(
                 "encoder_wrap_unchecked",
                 f"event {event}: {config.encoder_field} wraps ({config.encoder_bits} bits) but the PandA does not "
                 f"capture {name}.Min and {name}.Max: a frame whose exposure straddles the wrap gets a mean that is no "
                 "angle, and nothing shows which; capture Min and Max of the field too",
                 event,
-                frame=False,
             )
         )
     return notices
+
+
+def pcap_end_notices(end: PcapEnd, event: int) -> list[Rejected]:
+    """Notices a capture's END gives: a status other than a complete capture's."""
+    if end.status in PCAP_END_COMPLETE:
+        return []
+    return [
+        Rejected.notice(
+            "pcap_capture_incomplete",
+            f"event {event}: the PandA ended its capture after {end.samples} rows with {end.status!r}: rows it did "
+            f"not send leave later frames paired with other frames' angles; {REMEDY}",
+            event,
+        )
+    ]
 
 
 def wrap_within_scan(config: PipelineConfig) -> bool:

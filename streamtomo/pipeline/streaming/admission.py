@@ -59,8 +59,13 @@ class FrameAdmission:
             logger.debug("%s: %s", reason, detail)
 
     @property
+    def notices(self) -> dict[str, int]:
+        """The counts of :attr:`rejected` that are no frame's: what the streams showed."""
+        return {reason: n for reason, n in self.rejected.items() if reason in self.notice_reasons}
+
+    @property
     def frames_rejected(self) -> int:
-        return sum(n for reason, n in self.rejected.items() if reason not in self.notice_reasons)
+        return sum(self.rejected.values()) - sum(self.notices.values())
 
     def first_time(self, frame_index: int, event: int = -1) -> bool:
         """Admit a frame index once; a second copy from another event is a counted

@@ -130,7 +130,7 @@ class LiveScan:
     @property
     def notices(self) -> dict[str, int]:
         """The counts of :attr:`rejected` that are no frame's: what the streams showed."""
-        return {k: n for k, n in self.admission.rejected.items() if k in self.admission.notice_reasons}
+        return self.admission.notices
 
     @property
     def live_sum(self) -> FloatArray | None:
