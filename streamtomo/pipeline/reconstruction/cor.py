@@ -292,7 +292,9 @@ class SweepRows:
         k = scipy.fft.rfftfreq(self._size)
         offsets = self.centers - self.reference
         response = frequency_response(self.n_cols, self.filter_name).astype(np.complex128)
-        self._spectra = (response[None, :] * np.exp(2j * np.pi * k[None, :] * offsets[:, None])).astype(np.complex64)
+        # Per candidate, the filter's response times the phase ramp of its shift (M, F).
+        self.spectra = (response[None, :] * np.exp(2j * np.pi * k[None, :] * offsets[:, None])).astype(np.complex64)
+        self.spectra.setflags(write=False)
 
     def filtered_rows(self, row: npt.ArrayLike) -> FloatArray:
         """The (M, C) filtered row as each candidate centre sees it from the reference axis."""
@@ -300,7 +302,7 @@ class SweepRows:
         if data.size != self.n_cols:
             raise ValueError(f"row must have {self.n_cols} columns, got {data.size}")
         spectrum = scipy.fft.rfft(data, n=self._size)
-        shifted = scipy.fft.irfft(self._spectra * spectrum[None, :], n=self._size, axis=-1)[:, : self.n_cols]
+        shifted = scipy.fft.irfft(self.spectra * spectrum[None, :], n=self._size, axis=-1)[:, : self.n_cols]
         return np.ascontiguousarray(shifted, dtype=np.float32)
 
 

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 import numpy.typing as npt
+import scipy.fft
 
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.messages import DetectorInfo
@@ -118,6 +119,12 @@ class LiveSliceGeometry:
         self.sweep_rows = (
             SweepRows(detector.cols, self.sweep_centers, config.filter, reference=self.center) if steps else None
         )
+        # The rows :meth:`filtered_rows` transforms: the slice rows, then the sweep row.
+        self._transformed_positions = (
+            np.append(self.slice_positions, self.sweep_position)
+            if self.sweep_rows is not None
+            else self.slice_positions
+        )
         self.window = config.live_mode == "window"
         self.window_frames = window_frames(config)
         self.window_block = window_block(config)
@@ -202,10 +209,28 @@ class LiveSliceGeometry:
     def accumulate(self, stack: InterleavedSlices, values: FloatArray, angle_deg: float) -> None:
         """:meth:`add` and :meth:`add_sweep` of one projection's corrected sinogram rows
         into a worker's accumulator: the same sums, bit for bit."""
-        rows = self.filter.apply(values[self.slice_positions])
-        if self.sweep_rows is not None:
-            rows = np.concatenate([rows, self.sweep_rows.filtered_rows(values[self.sweep_position])])
-        stack.add(rows, angle_deg, self.center)
+        stack.add(self.filtered_rows(values), angle_deg, self.center)
+
+    def filtered_rows(self, values: FloatArray) -> FloatArray:
+        """The (K + M, C) rows a worker backprojects for one projection: its K slice rows
+        filtered, then its sweep row filtered as each of the M candidates sees it.
+
+        The same values, bit for bit, as ``filter.apply`` of the slice rows and
+        ``sweep_rows.filtered_rows`` of the sweep row (the same transforms of the same
+        rows, the same products), but in one transform each way instead of two: on a
+        32 x 256 detector the two pairs of transform calls were a fifth of a worker's
+        time per frame, most of it the calls' own overhead."""
+        slice_count = len(self.slice_positions)
+        spectra = scipy.fft.rfft(values[self._transformed_positions], n=self.filter.size, axis=-1)
+        if self.sweep_rows is None:
+            spectra *= self.filter.response
+            products = spectra
+        else:
+            products = np.empty((slice_count + len(self.sweep_centers), spectra.shape[-1]), dtype=spectra.dtype)
+            np.multiply(spectra[:slice_count], self.filter.response, out=products[:slice_count])
+            np.multiply(self.sweep_rows.spectra, spectra[slice_count], out=products[slice_count:])
+        filtered = scipy.fft.irfft(products, n=self.filter.size, axis=-1)[:, : self.cols]
+        return np.ascontiguousarray(filtered, dtype=np.float32)
 
     def split(self, summed: FloatArray) -> tuple[FloatArray, FloatArray | None]:
         """An accumulator's (slices + candidates, N, N) sum as the live slices and the sweep."""

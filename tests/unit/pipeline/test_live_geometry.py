@@ -37,3 +37,31 @@ def test_the_reducers_sums_are_mapped_in_the_background_and_read_zero(monkeypatc
         (len(geometry.slice_rows), geometry.size, geometry.size),
         (len(geometry.sweep_centers), geometry.size, geometry.size),
     ]
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "settings"),
+    [
+        (32, 256, {}),
+        (64, 301, {"filter": "hann", "cor_sweep_steps": 5, "cor_sweep_step": 0.5}),
+        (16, 128, {"cor_sweep_steps": 0}),
+        (40, 1000, {"center": "480.3", "filter": "shepp-logan"}),
+    ],
+    ids=["32x256", "odd width, hann, 5 candidates", "no sweep", "off-centre axis"],
+)
+def test_a_workers_rows_are_the_reducers_filtered_rows_bit_for_bit(
+    rows: int, cols: int, settings: dict[str, object]
+) -> None:
+    # A worker filters a projection's slice rows and sweep row in one transform each
+    # way; the reducer (lost or stale frames) filters them apart, with ``add`` and
+    # ``add_sweep``. The sums of both must be the same, not only close.
+    geometry = LiveSliceGeometry(PipelineConfig.from_mapping(settings), DetectorInfo(rows, cols, "uint16"))
+    rng = np.random.default_rng(7)
+    for _ in range(10):
+        values = (3 * rng.standard_normal((len(geometry.sinogram_rows), cols))).astype(np.float32)
+        apart = geometry.filter.apply(values[geometry.slice_positions])
+        if geometry.sweep_rows is not None:
+            apart = np.concatenate([apart, geometry.sweep_rows.filtered_rows(values[geometry.sweep_position])])
+        together = geometry.filtered_rows(values)
+        assert together.dtype == np.float32 and together.flags.c_contiguous
+        assert np.array_equal(together, apart)
