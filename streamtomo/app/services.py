@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streamtomo.app import (
+    completion_order,
     event_assignments,
     finished_updates,
     parameter_versions,
@@ -52,7 +53,9 @@ def _serve_app(app_path: str, port: int) -> None:
 def install_mends(kind: str) -> None:
     """What a dranspose service process of ``kind`` runs with, here and in a cluster
     (:mod:`streamtomo.app.cluster_service`), installed before the service starts:
-    bounded result queues, tasks cancelled until they end, no skipped ``finished``
+    bounded result queues, tasks cancelled until they end, in the controller each
+    completed event booked before it checks for the scan's end
+    (:mod:`streamtomo.app.completion_order`), no skipped ``finished``
     update and only changed parameters fetched (for the services that follow the
     controller's updates: :mod:`streamtomo.app.parameter_versions`) and, in workers,
     the reducer's malloc settings; results pickled with their large arrays as frames
@@ -66,7 +69,9 @@ def install_mends(kind: str) -> None:
     (:func:`streamtomo.app.task_cancel.install` imports their modules)."""
     bound_result_queues()
     task_cancel.install(kind)
-    if kind != "controller":
+    if kind == "controller":
+        completion_order.install()
+    else:
         finished_updates.install()
         parameter_versions.install()
     if kind in ("worker", "ingester"):
