@@ -55,7 +55,7 @@ import numpy.typing as npt
 from streamtomo.hsds_bridge.domain import Domain, DomainDataset
 from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
 from streamtomo.pipeline.streaming.snapshot import ScanSnapshot
-from streamtomo.reducer.final_metadata import iso_time
+from streamtomo.reducer.final_metadata import VOLUME_PATH, iso_time
 
 STATUS_INTS = (
     "frames_received",
@@ -267,7 +267,7 @@ def _update_volume(domain: Domain, snap: ScanSnapshot) -> bool:
     marked, and those not done yet read as zeros."""
     if snap.volume is None or snap.sinogram_rows is None:
         return False
-    path = "/entry/reconstruction/volume"
+    path = VOLUME_PATH
     try:
         ds = domain.dataset(path)
     except KeyError:
