@@ -28,7 +28,10 @@ booking awaits nothing: it delays no other update.
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 _BOOKED_INLINE = "_streamtomo_books_inline"
 # The line of dranspose 0.2's ``Controller._process_worker_update`` this replaces.
@@ -55,7 +58,12 @@ def install() -> None:
             await original(self, update)
             return
         await self.assign_worker_in_mapping(update.worker, update.completed[-1])
-        await self._update_processing_times(update)
+        try:
+            await self._update_processing_times(update)
+        except Exception:
+            # dranspose's task would have died alone, logged; here it must not end the
+            # controller's update loop (which only ends on a lost Redis connection).
+            logger.exception("booking the completed events %s of %s failed", update.completed, update.worker)
 
     setattr(process_worker_update, _BOOKED_INLINE, True)
     Controller._process_worker_update = process_worker_update

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -33,12 +34,17 @@ class OneEventMapping:
         return WorkAssignment(event_number=no, assignments={"detector": ["w1"]})
 
 
-async def finished_before_the_next_read(redis_url: str) -> bool:
+class BrokenMapping(OneEventMapping):
+    def get_event_workers(self, no: int) -> WorkAssignment:
+        raise KeyError(no)
+
+
+async def finished_before_the_next_read(redis_url: str, mapping: OneEventMapping | None = None) -> bool:
     """Whether the controller sent ``finished`` before it went back to wait for updates,
     after one read that brings the reducer's update of the scan's only event and then the
     worker's update that completes it (the order in which the race showed)."""
     controller = Controller(ControllerSettings(redis_url=redis_url))
-    mapping = OneEventMapping()
+    mapping = mapping or OneEventMapping()
     controller.mapping = mapping
 
     async def assign_worker_in_mapping(worker: str, completed: int) -> None:
@@ -81,6 +87,17 @@ def test_the_update_that_completes_the_scan_finishes_it_at_once(redis_url: str) 
     # waited its whole second (measured: the scan's end came 1.07 s late, 1 scan in 14-20).
     completion_order.install()
     assert asyncio.run(finished_before_the_next_read(redis_url))
+
+
+@pytest.mark.allow_error_logs
+def test_a_booking_that_fails_is_logged_and_the_controller_reads_on(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    completion_order.install()
+    with caplog.at_level(logging.ERROR, logger=completion_order.__name__):
+        # Unfinished (nothing booked), but the update loop went back to reading.
+        assert not asyncio.run(finished_before_the_next_read(redis_url, BrokenMapping()))
+    assert [r.getMessage() for r in caplog.records] == ["booking the completed events [0] of w1 failed"]
 
 
 def test_installing_twice_wraps_once() -> None:
