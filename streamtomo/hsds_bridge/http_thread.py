@@ -45,10 +45,14 @@ class ConnectionLimits:
         self.header_timeout = header_timeout
         self.max_connections = max_connections
         self.max_per_client = max_per_client
-        self.open = 0
         self.by_client: Counter[str] = Counter()  # open connections per client address
         self.refused = 0  # over max_connections or max_per_client
         self.timed_out = 0  # headers not complete in time
+
+    @property
+    def open(self) -> int:
+        """Connections open now, from every client."""
+        return sum(self.by_client.values())
 
     def admit(self, client: str) -> str:
         """Take a slot for a new connection from ``client``; why not ('' when taken)."""
@@ -56,12 +60,10 @@ class ConnectionLimits:
             return f"{self.open} connections open, the most it keeps"
         if self.by_client[client] >= self.max_per_client:
             return f"{self.by_client[client]} connections open from {client}, the most one client may keep"
-        self.open += 1
         self.by_client[client] += 1
         return ""
 
     def release(self, client: str) -> None:
-        self.open -= 1
         self.by_client[client] -= 1
         if not self.by_client[client]:
             del self.by_client[client]
