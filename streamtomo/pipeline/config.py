@@ -387,6 +387,11 @@ class PipelineConfig:
     def nominal_angle(self, projection_index: int) -> float:
         return self.angle_start + projection_index * self.slot_step
 
+    def nominal_angles_checked(self) -> bool:
+        """Whether measured angles are checked against the frames' nominal ones: asked
+        for, and the frames' order known (``kind_rule`` 'counts')."""
+        return self.check_nominal_angles and self.kind_rule == "counts"
+
     def center_value(self, cols: int) -> float:
         """The rotation axis column, checked against the detector width."""
         if not self.center.strip() or self.center.strip() == "auto":

@@ -79,8 +79,15 @@ class ProjectionRows:
     event: int = -1
     # >= 0: the frame's event carried another frame's PandA row; its angle is that of
     # PandA row ``angle_row``, joined by the reducer (``angle_deg`` is NaN until then).
+    # NOMINAL_ROW: its event carried no row at all; the reducer looks for the row with
+    # the frame's nominal angle (check_nominal_angles).
     angle_row: int = -1
     pixels_repaired: int = 0
+
+
+# ProjectionRows.angle_row of a projection whose event brought a PandA header instead
+# of a value row: with check_nominal_angles its row is the one nearby with its nominal angle.
+NOMINAL_ROW = -2
 
 
 @dataclass(frozen=True)

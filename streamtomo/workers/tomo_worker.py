@@ -22,6 +22,7 @@ from streamtomo.pipeline.formats.errors import (
     AngleError,
     EncoderFieldMissing,
     FrameError,
+    PcapHeaderInsteadOfRow,
     PcapHeaderMissing,
     PcapRawMean,
 )
@@ -42,6 +43,7 @@ from streamtomo.pipeline.formats.pcap_checks import (
 )
 from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage, decode_stins
 from streamtomo.pipeline.messages import (
+    NOMINAL_ROW,
     AngleRow,
     ReferenceCopy,
     ReferenceRows,
@@ -192,6 +194,11 @@ class TomoWorker:
                 # on top of the rows (a re-arm), every later row is one event late, which
                 # the stream's end shows (angle_stream_out_of_step). Other fields would
                 # change how every later row is read: the capture's own header stays.
+                # Either way the event brought no row where one was due: its frame has no
+                # angle here (with check_nominal_angles the reducer looks for its row).
+                no_row = PcapHeaderInsteadOfRow(
+                    f"event {event.event_number} brought a PandA header in the middle of the capture, not a value row"
+                )
                 kept = message.keys != self.pcap_header.keys
                 result.items.append(
                     Rejected.notice(
@@ -206,7 +213,10 @@ class TomoWorker:
                     )
                 )
                 if kept:
-                    return None, None, False
+                    return None, no_row, True
+                self.pcap_header = message
+                self._pcap_values_read = False
+                return None, no_row, True
             self.pcap_header = message
             self._pcap_values_read = False
             return None, None, False
@@ -332,6 +342,14 @@ class TomoWorker:
             # Its event carried another frame's PandA row (a message dropped or added
             # on one stream): its own row is in another event, joined by the reducer.
             angle_row, angle, angle_error = index, None, None
+        elif (
+            key == ImageKey.PROJECTION
+            and isinstance(angle_error, PcapHeaderInsteadOfRow)
+            and config.nominal_angles_checked()
+        ):
+            # A PandA header where its row was due: if the header came on top of the
+            # rows, the row is in the next event, and the reducer finds it by angle.
+            angle_row, angle_error = NOMINAL_ROW, None
         if angle_error is not None and (key == ImageKey.PROJECTION or isinstance(angle_error, EncoderFieldMissing)):
             # A projection without its measured angle is refused under the angle's own
             # reason; a wrong encoder_field refuses every frame (the scan is misconfigured).

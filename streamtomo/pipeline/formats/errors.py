@@ -41,3 +41,9 @@ class PcapRawMean(AngleError):
     over the exposure, no angle."""
 
     reason = "pcap_raw_mean"
+
+
+class PcapHeaderInsteadOfRow(AngleError):
+    """The event carried a PandA header in the middle of a capture, not a value row: its
+    frame's row is lost (a header in its place) or comes one event later (a header on
+    top of the rows, which ``check_nominal_angles`` finds)."""

@@ -22,6 +22,7 @@ from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.formats.limits import MAX_FRAME_BYTES
 from streamtomo.pipeline.messages import (
+    NOMINAL_ROW,
     DetectorInfo,
     PartialSum,
     ProjectionRows,
@@ -234,10 +235,10 @@ class FrameProcessor:
         angle_row: int,
     ) -> Message:
         """A projection the reducer takes as measured: to join with its own PandA row
-        (``angle_row`` >= 0) or to correct there (no references here); refused without
-        an angle."""
+        (``angle_row`` >= 0, or the one with its nominal angle: :data:`NOMINAL_ROW`) or
+        to correct there (no references here); refused without an angle."""
         rows = np.ascontiguousarray(rows)
-        if angle_row >= 0:
+        if angle_row >= 0 or angle_row == NOMINAL_ROW:
             return ProjectionRows(index, float("nan"), True, rows, 0, "", detector, event, angle_row)
         if angle_deg is None or not np.isfinite(angle_deg):
             return Rejected(index, "missing_angle", f"projection {index} has no valid angle", event)

@@ -31,6 +31,7 @@ from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import (
+    NOMINAL_ROW,
     AngleRow,
     DetectorInfo,
     PartialSum,
@@ -375,6 +376,9 @@ class LiveScan:
         its worker summed it at that angle (another frame's), so the ledger moves it."""
         assert self.sinogram is not None and self.geometry is not None and self.ledger is not None
         geometry = self.geometry
+        if msg.angle_row == NOMINAL_ROW:
+            self._hold_for_nominal_row(msg, refs)
+            return
         try:
             slot = self.sinogram.grid.slot(msg.angle_deg)
             expected = (
@@ -431,6 +435,20 @@ class LiveScan:
         if count > 1:
             self.ledger.slot_changed(slot)
 
+    def _hold_for_nominal_row(self, msg: ProjectionRows, refs: ReferenceSet) -> None:
+        """A projection whose event brought a PandA header instead of its row: held
+        until the rows around it are here, then placed at the one with its nominal angle."""
+        assert self.sinogram is not None
+        expected = self.nominal.expected_slot(self.config, self.sinogram.grid, msg.frame_index)
+        if expected is None:  # not a projection of the configured order: no nominal angle to look for
+            detail = (
+                f"frame {msg.frame_index}: its event brought a PandA header, not its row, and it has no nominal angle"
+            )
+            self.reject("missing_angle", detail, msg.frame_index, counted=True)
+            return
+        self.nominal.hold(msg, refs, None, expected)
+        self.resolve_nominal(finishing=False)
+
     def resolve_nominal(self, finishing: bool) -> None:
         """Place held frames whose PandA row was found; reject those without one."""
         if self.sinogram is None or self.geometry is None or self.ledger is None or not self.nominal.pending:
@@ -439,14 +457,16 @@ class LiveScan:
             msg = verdict.msg
             summed = bool(msg.reference_version) and msg.recon_id == self.geometry.recon_id
             if verdict.angle_deg is None:
-                self.reject("angle_mismatch", verdict.detail, msg.frame_index, counted=True)
+                # A frame that came without any angle keeps the reason it had.
+                reason = "missing_angle" if msg.angle_row == NOMINAL_ROW else "angle_mismatch"
+                self.reject(reason, verdict.detail, msg.frame_index, counted=True)
                 if summed:
                     rows = np.asarray(msg.rows, dtype=np.float32)[self.geometry.slice_positions]
                     key = (msg.frame_index, msg.event)
                     self.ledger.place(key, REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
                 continue
             self.angle_join.joined += 1
-            moved = dataclasses.replace(msg, angle_deg=verdict.angle_deg)
+            moved = dataclasses.replace(msg, angle_deg=verdict.angle_deg, angle_row=-1)
             self.place(moved, verdict.refs, worker_angle_deg=msg.angle_deg)
 
     def _measured_step(self, angle_deg: float) -> str:

@@ -11,6 +11,7 @@ the one row within ``WINDOW`` frames whose angle is its own, or rejected.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from streamtomo.pipeline.config import PipelineConfig
@@ -39,22 +40,24 @@ class NominalAngleCheck:
     @staticmethod
     def expected_slot(config: PipelineConfig, grid: AngleGrid, frame_index: int) -> int | None:
         """The slot of the frame's nominal angle; None where the check does not apply."""
-        if not config.check_nominal_angles or config.kind_rule != "counts":
+        if not config.nominal_angles_checked():
             return None
         projection = frame_index - config.first_projection()
         if not 0 <= projection < config.n_projections:
             return None
         return _slot(grid, config.nominal_angle(projection))
 
-    def hold(self, msg: ProjectionRows, refs: ReferenceSet, slot: int, expected: int) -> None:
+    def hold(self, msg: ProjectionRows, refs: ReferenceSet, slot: int | None, expected: int) -> None:
+        """Keep a frame until its neighbours' rows are here. ``slot`` None: it came
+        without an angle (its event brought a PandA header, not a row)."""
         if not self._logged:
             self._logged = True
+            measured = "came without a PandA row" if slot is None else f"measured {msg.angle_deg:.3f} deg (slot {slot})"
             logger.warning(
-                "frame %d measured %.3f deg (slot %d), its nominal angle is in slot %d: looking for its PandA row "
+                "frame %d %s, its nominal angle is in slot %d: looking for its PandA row "
                 "among the %d rows around it (check_nominal_angles)",
                 msg.frame_index,
-                msg.angle_deg,
-                slot,
+                measured,
                 expected,
                 2 * WINDOW,
             )
@@ -81,8 +84,11 @@ class NominalAngleCheck:
                 verdicts.append(Verdict(msg, refs, matches[0], ""))
             else:
                 nominal = config.nominal_angle(msg.frame_index - config.first_projection())
+                measured = (
+                    "no PandA row in its event" if math.isnan(msg.angle_deg) else f"measured {msg.angle_deg:.3f} deg"
+                )
                 detail = (
-                    f"frame {msg.frame_index}: measured {msg.angle_deg:.3f} deg, nominal {nominal:.3f} deg; "
+                    f"frame {msg.frame_index}: {measured}, nominal {nominal:.3f} deg; "
                     f"{len(matches)} PandA rows within {WINDOW} frames have the nominal angle's slot"
                 )
                 verdicts.append(Verdict(msg, refs, None, detail))

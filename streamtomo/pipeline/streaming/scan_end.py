@@ -182,7 +182,7 @@ def judge_stream_steps(scan: LiveScan) -> None:
             f"{lost} lost frames and {extras} extra messages do not explain it",
         )
     why = f"the PandA's rows and the detector's frames went out of step ({signs}): "
-    if scan.config.check_nominal_angles and scan.config.kind_rule == "counts":
+    if scan.config.nominal_angles_checked():
         why += "check_nominal_angles matched each projection to the row with its angle"
     elif scan.config.kind_rule == "counts":
         why += "projections after that point may sit at a neighbour's angle; check_nominal_angles=true repairs this"

@@ -132,3 +132,35 @@ def test_auto_frame_base_misled_by_a_malformed_first_image_says_so(caplog: pytes
     assert fixed.rejected == {"corrupt_frame": 1}  # the junk: an extra message that explains the streams' ends
     assert fixed.sinogram is not None and fixed.sinogram.missing_slots().size == 0
     np.testing.assert_allclose(fixed.sinogram.angles(), ANGLES, atol=1e-3)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_an_extra_pandas_header_is_found_by_the_nominal_angles(workers: int) -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    # A re-armed capture: a header on top of the rows. Every row after it comes one
+    # event late, and the frame in the header's own event finds no row there.
+    stray = pcap.encode_pcap_header(DANMAX_FIELDS, "2024-11-05T10:00:01.000Z")
+    event = FIRST + 5
+    angle.insert(event, stray)
+    scan = run_scan(events_by_stream(detector, angle), {**config(), "check_nominal_angles": True}, workers)
+    assert scan.state == "finished"
+    assert scan.rejected == {"pcap_header_mid_scan": 1, "angle_stream_out_of_step": 1}
+    assert "check_nominal_angles matched each projection to the row with its angle" in scan.reason
+    assert scan.sinogram is not None and scan.sinogram.missing_slots().size == 0
+    np.testing.assert_allclose(scan.sinogram.angles(), ANGLES, atol=1e-3)
+    clean = run_scan(danmax_scan(ANGLES), config(), workers)
+    assert clean.sinogram is not None
+    np.testing.assert_allclose(scan.sinogram.by_angle, clean.sinogram.by_angle, atol=1e-5)
+    assert rel_diff(scan.slices(), clean.slices()) < 1e-4
+
+
+def test_a_pandas_header_in_a_rows_place_still_loses_only_that_frame_with_nominal_angles() -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    event = FIRST + 5
+    angle[event] = pcap.encode_pcap_header(DANMAX_FIELDS, "2024-11-05T10:00:01.000Z")  # the row is gone
+    scan = run_scan(events_by_stream(detector, angle), {**config(), "check_nominal_angles": True}, 2)
+    # No row nearby has frame 5's angle: it stays refused under the reason it came with.
+    assert scan.rejected == {"pcap_header_mid_scan": 1, "missing_angle": 1}
+    assert scan.sinogram is not None and list(scan.sinogram.missing_slots()) == [5]
+    filled = scan.sinogram.filled_slots()
+    np.testing.assert_allclose(scan.sinogram.angles()[filled], np.array(ANGLES)[filled], atol=1e-3)
