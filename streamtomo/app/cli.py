@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +258,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_nexus(args: argparse.Namespace) -> int:
     """An NXtomo file streamed as the beamline would have: its frames in file order,
     kinds in the image headers, measured angles on the PandA stream."""
+    with _nexus_recordings(args, {"domain": args.domain}) as (config, recordings, n_frames):
+        return _run(recordings, config, args, total_frames=n_frames)
+
+
+@contextlib.contextmanager
+def _nexus_recordings(
+    args: argparse.Namespace, overrides: dict[str, Any]
+) -> Iterator[tuple[PipelineConfig, list[Path], int]]:
+    """``args.nexus`` written as the dranspose recordings a beamline would have made
+    (in a temporary folder, while the context lasts), the scan's configuration (the
+    parameter file's values, the angle grid from the file's angles unless set there,
+    ``overrides``) and the number of frames. ``replay --nexus`` streams them,
+    ``check --nexus`` surveys them: both see the same scan."""
     from streamtomo.app.nexus_source import GRID_KEYS, NexusError, NexusScan
     from streamtomo.app.parameter_files import read_config_values
     from streamtomo.app.recordings import write_recordings
@@ -270,8 +283,9 @@ def _replay_nexus(args: argparse.Namespace) -> int:
     with scan, tempfile.TemporaryDirectory(prefix="streamtomo-nexus-") as tmp:
         # The file names each frame's kind, whatever the order (DIAD: flats, darks,
         # projections, flats, darks), so the kinds travel in the headers. Another rule
-        # from -p would count kinds by position instead: a file with 5 darks and 5 flats
-        # read as 10 of each, and 10 projections used as flats, without a word.
+        # from the parameter file would count kinds by position instead: a file with 5
+        # darks and 5 flats read as 10 of each, and 10 projections used as flats,
+        # without a word.
         rule = str(values.get("kind_rule", "header"))
         if rule != "header":
             raise CliError(
@@ -285,7 +299,7 @@ def _replay_nexus(args: argparse.Namespace) -> int:
             raise CliError(str(error)) from None
         for key in GRID_KEYS:
             values.setdefault(key, getattr(grid, key))  # from the file unless given
-        values["domain"] = args.domain
+        values.update(overrides)
         config = _load_config_values(values)
         print(
             f"nexus: {scan.n_frames} frames from {scan.paths.data}, {grid.n_projections} projections, "
@@ -302,7 +316,7 @@ def _replay_nexus(args: argparse.Namespace) -> int:
             angle_stream=config.angle_stream or "angle",
             filename=scan.path.name,
         )
-        return _run(recordings, config, args, total_frames=scan.n_frames)
+        yield config, recordings, scan.n_frames
 
 
 def _load_config_values(values: dict[str, Any]) -> PipelineConfig:
@@ -382,7 +396,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     first frame: the binned detector's centre, rows and slices, and the memory the scan
     needs against the budget (before, a file passed that the scan then refused). With
     ``--data`` the scan's recordings too, read by the workers' own rules
-    (:mod:`streamtomo.app.data_check`); the detector's shape then comes from them."""
+    (:mod:`streamtomo.app.data_check`); the detector's shape then comes from them.
+    ``--nexus``: an NXtomo file, written as the recordings ``replay --nexus`` streams."""
     from streamtomo.pipeline.messages import DetectorInfo
     from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
     from streamtomo.pipeline.streaming.memory_budget import (
@@ -392,16 +407,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         size_text,
     )
 
-    config = _load_config(args.parameters, {})
-    if config.volume:
-        from streamtomo.pipeline.reconstruction.backends import BackendNotInstalledError, get_backend
-
-        try:
-            get_backend(config.backend)
-        except BackendNotInstalledError as error:  # the scan ran, and ended without its volume
-            raise CliError(f"{args.parameters}: the end-of-scan volume: {error}") from None
-    if args.data:
-        args.rows, args.cols = _check_data(args, config)
+    if args.nexus:
+        # The file's own angle grid, unless the parameter file sets one: as replay --nexus runs it.
+        with _nexus_recordings(args, {}) as (config, recordings, _):
+            _check_volume_backend(args, config)
+            args.rows, args.cols = _check_data(args, config, recordings)
+    else:
+        config = _load_config(args.parameters, {})
+        _check_volume_backend(args, config)
+        if args.data:
+            args.rows, args.cols = _check_data(args, config, [Path(p) for p in args.data])
     if not (args.rows and args.cols):
         print(f"{args.parameters}: ok (give --rows and --cols, or --data, to check it against a detector too)")
         return 0
@@ -422,18 +437,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_data(args: argparse.Namespace, config: PipelineConfig) -> tuple[int, int]:
-    """Survey ``--data``; print what it holds and what the scan would refuse; the
-    detector's (rows, cols). A scan that would reduce no projection is refused here."""
+def _check_volume_backend(args: argparse.Namespace, config: PipelineConfig) -> None:
+    if config.volume:
+        from streamtomo.pipeline.reconstruction.backends import BackendNotInstalledError, get_backend
+
+        try:
+            get_backend(config.backend)
+        except BackendNotInstalledError as error:  # the scan ran, and ended without its volume
+            raise CliError(f"{args.parameters}: the end-of-scan volume: {error}") from None
+
+
+def _check_data(args: argparse.Namespace, config: PipelineConfig, recordings: list[Path]) -> tuple[int, int]:
+    """Survey the scan's recordings (``--data``, or ``--nexus`` written as such); print
+    what they hold and what the scan would refuse; the detector's (rows, cols). A scan
+    that would reduce no projection is refused here."""
     from streamtomo.app.data_check import describe, survey_recordings, usable_projections
     from streamtomo.app.recording_checks import RecordingError, check_recording, check_streams
 
     try:
-        checked = [(Path(p), check_recording(p)) for p in args.data]
+        checked = [(path, check_recording(path)) for path in recordings]
         check_streams(checked, config.detector_stream)
     except RecordingError as error:
         raise CliError(f"--data: {error}") from None
-    survey = survey_recordings(args.data, config)
+    survey = survey_recordings(recordings, config)
     lines, warnings = describe(survey, config)
     for line in lines:
         print(line, flush=True)
@@ -449,6 +475,12 @@ def _check_data(args: argparse.Namespace, config: PipelineConfig) -> tuple[int, 
     if not usable_projections(survey, config):
         raise CliError(f"{args.parameters}: no projection of the data would be reduced (see the warnings above)")
     return shape
+
+
+def _add_nexus_path_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nexus-data", metavar="PATH", help="--nexus: dataset of the frames (default: looked up)")
+    p.add_argument("--nexus-keys", metavar="PATH", help="--nexus: dataset of the image_key per frame")
+    p.add_argument("--nexus-angles", metavar="PATH", help="--nexus: dataset of the rotation angle per frame, degrees")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -516,11 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="an NXtomo file (image_key, rotation angles, frames; external links followed); "
         "angle_start, angle_range and n_projections come from its angles unless the parameter file sets them",
     )
-    replay.add_argument("--nexus-data", metavar="PATH", help="--nexus: dataset of the frames (default: looked up)")
-    replay.add_argument("--nexus-keys", metavar="PATH", help="--nexus: dataset of the image_key per frame")
-    replay.add_argument(
-        "--nexus-angles", metavar="PATH", help="--nexus: dataset of the rotation angle per frame, degrees"
-    )
+    _add_nexus_path_options(replay)
     replay.add_argument("-p", "--parameters", help="parameter file (JSON)")
     _add_run_options(replay)
     replay.set_defaults(func=cmd_replay)
@@ -552,13 +580,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("parameters", help="parameter file (JSON)")
     check.add_argument("--rows", type=non_negative_int, default=0, help="detector rows, to check row selections")
     check.add_argument("--cols", type=non_negative_int, default=0, help="detector columns, to check the centre")
-    check.add_argument(
+    data = check.add_mutually_exclusive_group()
+    data.add_argument(
         "--data",
         nargs="+",
         metavar="REC",
         help="the scan's dranspose recordings (.cbors, one per stream): read by the workers' rules (frame numbers, "
         "kinds, angles), they give the detector's shape and show what the scan would refuse",
     )
+    data.add_argument(
+        "--nexus",
+        metavar="FILE",
+        help="an NXtomo file, checked as replay --nexus would stream it (its own angle grid unless the parameter "
+        "file sets one)",
+    )
+    _add_nexus_path_options(check)
     check.set_defaults(func=cmd_check)
 
     from streamtomo.app.cli_distributed import register as register_distributed

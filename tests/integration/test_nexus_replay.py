@@ -149,3 +149,22 @@ def test_a_path_that_dangles_is_a_clear_error(diad: Path, tmp_path: Path) -> Non
     assert done.returncode == 2, done.stdout + done.stderr
     assert "/entry/instrument/EtherCAT/data is not a dataset that can be read" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_check_reads_the_file_as_replay_streams_it(diad: Path, tmp_path: Path) -> None:
+    params = tmp_path / "parameters.json"
+    params.write_text('{"volume": false}')
+    done = subprocess.run(
+        [sys.executable, "-m", "streamtomo.app.cli", "check", str(params), "--nexus", str(diad)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # DIAD's flats, darks, projections, flats, darks by their image_key; every angle in its slot.
+    assert "detector 22 x 26 uint16; 100 darks, 100 flats, 3001 projections (kind_rule header)" in done.stdout
+    assert "3001 projections from 89.995 to 269.995 deg" in done.stdout and "0 slots empty, 0 shared" in done.stdout
+    assert "ok on a 22 x 26 detector" in done.stdout
+    assert "warning:" not in done.stderr

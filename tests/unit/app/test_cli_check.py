@@ -124,3 +124,61 @@ def test_data_that_are_no_recordings_are_refused(tmp_path: Path, capsys: pytest.
     junk.write_bytes(b"not cbor at all")
     assert main(["check", _parameters(tmp_path), "--data", str(junk)]) == 2
     assert "--data:" in capsys.readouterr().err
+
+
+# -- against an NXtomo file (--nexus), as replay --nexus streams it ----------------------
+N_PROJECTIONS = 30
+
+
+@pytest.fixture(scope="module")
+def nxtomo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An NXtomo file in DIAD's order (flats, darks, projections, flats) at 6-degree steps."""
+    import h5py
+    import numpy as np
+
+    keys = [1] * 3 + [2] * 3 + [0] * N_PROJECTIONS + [1] * 2
+    angles = np.concatenate([np.zeros(6), 6.0 * np.arange(N_PROJECTIONS), np.full(2, 174.0)])
+    frames = np.random.default_rng(0).integers(100, 4000, (len(keys), 8, 64), dtype=np.uint16)
+    path = tmp_path_factory.mktemp("nexus") / "scan.nxs"
+    with h5py.File(path, "w") as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        detector = entry.create_group("instrument/detector")
+        detector.attrs["NX_class"] = "NXdetector"
+        detector["data"] = frames
+        detector["image_key"] = np.array(keys, dtype=np.int32)
+        entry["sample/rotation_angle"] = angles
+    return path
+
+
+def test_a_nexus_file_is_checked_as_replay_streams_it(
+    nxtomo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", _parameters(tmp_path, center="32"), "--nexus", str(nxtomo)]) == 0
+    out, err = capsys.readouterr()
+    assert f"nexus: 38 frames from /entry/instrument/detector/data, {N_PROJECTIONS} projections" in out
+    # Kinds from the file's image_key, the grid from its angles: nothing is refused.
+    assert f"detector 8 x 64 uint16; 3 darks, 5 flats, {N_PROJECTIONS} projections (kind_rule header)" in out
+    assert f"{N_PROJECTIONS} projections from 0.000 to 174.000 deg" in out and "0 slots empty, 0 shared" in out
+    assert "ok on a 8 x 64 detector" in out
+    assert "warning" not in err
+
+
+def test_a_parameter_file_that_misreads_a_nexus_file_says_how(
+    nxtomo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A grid of twice the scan's range: half its slots stay empty.
+    values = {"center": "32", "angle_start": "0", "angle_range": "360", "n_projections": str(N_PROJECTIONS)}
+    assert main(["check", _parameters(tmp_path, **values), "--nexus", str(nxtomo)]) == 0
+    out, _ = capsys.readouterr()
+    assert f"{N_PROJECTIONS // 2} slots empty" in out
+    # A kind rule that counts by position would read the file's flats as darks: refused.
+    assert main(["check", _parameters(tmp_path, kind_rule="counts"), "--nexus", str(nxtomo)]) == 2
+    assert "--nexus takes each frame's kind from the file's image_key" in capsys.readouterr().err
+
+
+def test_data_and_nexus_exclude_each_other(nxtomo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["check", _parameters(tmp_path), "--nexus", str(nxtomo), "--data", "a.cbors"])
+    assert exit_.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
