@@ -129,11 +129,13 @@ def _run(
         print(f"endpoint: {reducer.endpoint}", flush=True)
         print(f"domain: {reducer.domain.name}", flush=True)
         print(f"control: {reducer.control.url} (token in {reducer.control.token_file})", flush=True)
-        if intro:
-            print(intro, flush=True)
         progress = Progress(total_frames)
-        run.go()
         try:
+            # Inside: a Ctrl-C or SIGTERM right after the intro (a person, or a script
+            # that waits for it) stopped go() and reached main's bare "interrupted".
+            if intro:
+                print(intro, flush=True)
+            run.go()
             run.wait(on_progress=progress)
         except ReplayFailed as error:
             progress.close()
