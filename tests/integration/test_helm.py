@@ -858,16 +858,18 @@ def test_check_hsds_folder(stub: tuple[str, type[_Stub]]) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_bootstrap_hsds_creates_folders_and_viewer_acl(stub: tuple[str, type[_Stub]]) -> None:
+def test_bootstrap_hsds_creates_folders_and_viewer_acl(stub: tuple[str, type[_Stub]], tmp_path: Path) -> None:
     url, handler = stub
     handler.routes["/about"] = (200, {"state": "READY"})
     handler.routes["PUT /?domain=%2Fhome"] = (201, {})
     handler.routes["PUT /?domain=%2Fhome%2Fstreamtomo"] = (201, {})
     handler.routes["PUT /acls/viewer?domain=%2Fhome%2Fstreamtomo"] = (201, {})
+    password = tmp_path / "admin-password"
+    password.write_text("secret\n")  # as written by hand: the newline is no part of it
     env = {
         "HSDS_URL": url,
         "ADMIN_USER": "admin",
-        "ADMIN_PASSWORD": "secret",
+        "ADMIN_PASSWORD_FILE": str(password),
         "WRITER_USER": "streamtomo",
         "VIEWER_USER": "viewer",
         "DOMAIN": "/home/streamtomo/live.h5",
@@ -900,7 +902,10 @@ def test_hsds_bootstrap_job(helm: str) -> None:
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
     env = env_of(job["spec"]["template"]["spec"]["containers"][0])
     assert env["DOMAIN"] == "/home/streamtomo/live.h5"
-    assert env["ADMIN_PASSWORD"]["secretKeyRef"]["key"] == "admin-password"
+    assert secret_file(docs, "t-streamtomo-hsds-bootstrap", "ADMIN_PASSWORD_FILE", kind="Job") == {
+        "name": "t-streamtomo-hsds-auth",
+        "key": "admin-password",
+    }
     test_pod = one(docs, "Pod", "t-streamtomo-test-hsds")
     assert env_of(test_pod["spec"]["containers"][0])["FOLDER"] == "/home/streamtomo"
     off = render(helm, "--set", "hsds.bootstrap.enabled=false")
@@ -1070,10 +1075,10 @@ def _viewer(docs: list[dict]) -> tuple[list[str], dict[str, Any]]:
     return container["command"], env_of(container)
 
 
-def secret_file(docs: list[dict], deployment: str, variable: str) -> dict[str, Any]:
+def secret_file(docs: list[dict], name: str, variable: str, kind: str = "Deployment") -> dict[str, Any]:
     """The Secret key behind the file the container's ``variable`` names (0400, read-only),
     as {"name", "key"}: passwords reach the pods as files, never in their environment."""
-    pod = one(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+    pod = one(docs, kind, name)["spec"]["template"]["spec"]
     container = pod["containers"][0]
     env = env_of(container)
     assert variable.removesuffix("_FILE") not in env  # not the password itself as well

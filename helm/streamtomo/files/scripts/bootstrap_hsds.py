@@ -8,8 +8,8 @@ gives VIEWER_USER read-only access to the domain's folder; HSDS copies a
 folder's user ACLs to every domain created in it, so the viewer account can
 read (and only read) what the pipeline publishes. Idempotent.
 
-Environment: HSDS_URL, ADMIN_USER, ADMIN_PASSWORD, WRITER_USER, VIEWER_USER,
-DOMAIN, TIMEOUT_S.
+Environment: HSDS_URL, ADMIN_USER, ADMIN_PASSWORD_FILE (a file of the Secret:
+the password is in no environment), WRITER_USER, VIEWER_USER, DOMAIN, TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def parent_folders(domain: str) -> list[str]:
 def main() -> int:
     base = os.environ["HSDS_URL"].rstrip("/")
     admin = os.environ["ADMIN_USER"]
-    token = f"{admin}:{os.environ['ADMIN_PASSWORD']}".encode()
+    with open(os.environ["ADMIN_PASSWORD_FILE"], encoding="utf-8") as file:
+        password = file.read().rstrip("\r\n")  # a file written by hand ends in a newline
+    token = f"{admin}:{password}".encode()
     auth = "Basic " + base64.b64encode(token).decode()
     writer = os.environ["WRITER_USER"]
     deadline = time.monotonic() + float(os.environ.get("TIMEOUT_S", "300"))
