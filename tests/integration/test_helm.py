@@ -443,7 +443,15 @@ def test_wiring_between_services(helm: str) -> None:
     assert [p["port"] for p in live["spec"]["ports"]] == [8100]  # no ZeroMQ outside
     controller = one(docs, "Deployment", "t-streamtomo-controller")["spec"]["template"]["spec"]["containers"][0]
     assert controller["lifecycle"]["postStart"]["exec"]["command"][1].endswith("load_parameters.py")
-    ext = render(helm, "--set", "redis.enabled=false", "--set", "externalRedis.url=redis://r.example:6379/2")
+    ext = render(
+        helm,
+        "--set",
+        "redis.enabled=false",
+        "--set",
+        "externalRedis.url=redis://r.example:6379/2",
+        "--set-json",
+        'networkPolicy.egress.redisTo=[{"ipBlock": {"cidr": "10.20.0.7/32"}}]',
+    )
     assert not find(ext, "Deployment", "t-streamtomo-redis")
     worker = one(ext, "Deployment", "t-streamtomo-worker")["spec"]["template"]["spec"]["containers"][0]
     assert env_of(worker)["REDIS_URL"] == "redis://r.example:6379/2"
@@ -983,6 +991,75 @@ def test_network_policies_are_on_by_default_and_keep_internal_ports_to_the_pipel
     controller = one(beamline, "NetworkPolicy", "t-streamtomo-controller")
     assert {"ipBlock": {"cidr": "10.20.0.5/32"}} in _peers(controller, 5000)
     assert not find(render(helm, "--set", "networkPolicy.enabled=false"), "NetworkPolicy")
+
+
+DNS = {"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}
+
+
+def _egress(docs: list[dict]) -> dict[str, list[dict]]:
+    """Each egress policy's rules, by the component it restricts."""
+    out = {}
+    for policy in find(docs, "NetworkPolicy"):
+        if "Egress" in policy["spec"]["policyTypes"]:
+            name = policy["metadata"]["name"].removeprefix("t-streamtomo-").removesuffix("-egress")
+            out[name] = policy["spec"]["egress"]
+    return out
+
+
+def _reach(rules: list[dict]) -> set[str]:
+    """What egress ``rules`` let a pod connect to: components (with the port when
+    the rule names one), dns, or the peers outside the release."""
+    out: set[str] = set()
+    for rule in rules:
+        assert "to" in rule, f"a rule without 'to' lets a pod connect anywhere: {rule}"
+        ports = {(p["port"], p["protocol"]) for p in rule.get("ports", [])}
+        if tuple(rule.get("ports", [])) == DNS:
+            out.add("dns")
+            continue
+        for name in _components(rule["to"]):
+            out.update({f"{name}:{port}" for port, _ in ports} if ports else {name})
+    return out
+
+
+def test_pods_that_need_nothing_outside_the_pipeline_cannot_reach_it(helm: str) -> None:
+    """A worker decodes whatever the detector sends: one that a malformed frame took
+    over reached every service of the cluster and every address outside it. Egress
+    policies keep workers, controller and reducer to the pipeline, Redis and DNS."""
+    egress = _egress(render(helm, "--set", "viewer.enabled=true"))
+    pipeline = PIPELINE | {"redis:6379", "dns"}
+    assert set(egress) == {"worker", "controller", "reducer", "redis"}  # ingesters: no sourcesTo given
+    assert _reach(egress["worker"]) == _reach(egress["controller"]) == pipeline
+    assert _reach(egress["reducer"]) == pipeline | {"hsds:5101"}  # it publishes to this release's HSDS
+    assert egress["redis"] == []  # Redis only answers
+    dns = next(r for r in egress["worker"] if tuple(r.get("ports", [])) == DNS)
+    assert dns["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
+    # Where the detector and the PandA are, the ingesters reach them and the pipeline only.
+    sources = {"ipBlock": {"cidr": "10.30.1.0/24"}}
+    egress = _egress(render(helm, "--set-json", f"networkPolicy.egress.sourcesTo=[{json.dumps(sources)}]"))
+    assert _reach(egress["ingesters"]) == pipeline | {f"other:{json.dumps(sources, sort_keys=True)}"}
+    # An HSDS elsewhere: the reducer's own peers, nothing for the others.
+    other = {"ipBlock": {"cidr": "10.20.0.9/32"}}
+    egress = _egress(render(helm, "--set-json", f"networkPolicy.egress.reducerTo=[{json.dumps(other)}]"))
+    assert f"other:{json.dumps(other, sort_keys=True)}" in _reach(egress["reducer"])
+    assert _reach(egress["worker"]) == pipeline
+    assert not _egress(render(helm, "--set", "networkPolicy.egress.enabled=false"))
+    assert not _egress(render(helm, "--set", "networkPolicy.enabled=false"))
+
+
+def test_an_external_redis_must_be_placed_for_the_egress_policies(helm: str) -> None:
+    external = ["--set", "redis.enabled=false", "--set", "externalRedis.url=redis://r.example:6379/2"]
+    err = fails(helm, *external)
+    assert "networkPolicy.egress.redisTo" in err and "networkPolicy.egress.enabled=false" in err, err
+    redis = {"ipBlock": {"cidr": "10.20.0.7/32"}}
+    egress = _egress(render(helm, *external, "--set-json", f"networkPolicy.egress.redisTo=[{json.dumps(redis)}]"))
+    assert "redis" not in egress  # no Redis pod of the release
+    assert _reach(egress["worker"]) == PIPELINE | {"dns", f"other:{json.dumps(redis, sort_keys=True)}"}
+    assert _egress(render(helm, *external, "--set", "networkPolicy.egress.enabled=false")) == {}
 
 
 def test_redis_requires_a_password_from_a_secret(helm: str, tmp_path: Path) -> None:
