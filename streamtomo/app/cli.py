@@ -246,6 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from streamtomo.app.recording_checks import RecordingError, check_recording, check_streams
 
+    _refuse_nexus_paths_without_nexus(args)
     if args.nexus:
         return _replay_nexus(args)
     config = _load_config(args.parameters, {"domain": args.domain})
@@ -409,16 +410,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         size_text,
     )
 
+    _refuse_nexus_paths_without_nexus(args)
     if args.nexus:
         # The file's own angle grid, unless the parameter file sets one: as replay --nexus runs it.
         with _nexus_recordings(args, {}) as (config, recordings, _):
             _check_volume_backend(args, config)
-            args.rows, args.cols = _check_data(args, config, recordings)
+            args.rows, args.cols = _check_data(args, config, recordings, "--nexus")
     else:
         config = _load_config(args.parameters, {})
         _check_volume_backend(args, config)
         if args.data:
-            args.rows, args.cols = _check_data(args, config, [Path(p) for p in args.data])
+            args.rows, args.cols = _check_data(args, config, [Path(p) for p in args.data], "--data")
     if not (args.rows and args.cols):
         print(f"{args.parameters}: ok (give --rows and --cols, or --data, to check it against a detector too)")
         return 0
@@ -449,10 +451,12 @@ def _check_volume_backend(args: argparse.Namespace, config: PipelineConfig) -> N
             raise CliError(f"{args.parameters}: the end-of-scan volume: {error}") from None
 
 
-def _check_data(args: argparse.Namespace, config: PipelineConfig, recordings: list[Path]) -> tuple[int, int]:
-    """Survey the scan's recordings (``--data``, or ``--nexus`` written as such); print
-    what they hold and what the scan would refuse; the detector's (rows, cols). A scan
-    that would reduce no projection is refused here."""
+def _check_data(
+    args: argparse.Namespace, config: PipelineConfig, recordings: list[Path], option: str
+) -> tuple[int, int]:
+    """Survey the scan's recordings (``--data``, or ``--nexus`` written as such: the
+    ``option`` errors name); print what they hold and what the scan would refuse; the
+    detector's (rows, cols). A scan that would reduce no projection is refused here."""
     from streamtomo.app.data_check import describe, survey_recordings, usable_projections
     from streamtomo.app.recording_checks import RecordingError, check_recording, check_streams
 
@@ -460,7 +464,7 @@ def _check_data(args: argparse.Namespace, config: PipelineConfig, recordings: li
         checked = [(path, check_recording(path)) for path in recordings]
         check_streams(checked, config.detector_stream)
     except RecordingError as error:
-        raise CliError(f"--data: {error}") from None
+        raise CliError(f"{option}: {error}") from None
     survey = survey_recordings(recordings, config)
     lines, warnings = describe(survey, config)
     for line in lines:
@@ -471,12 +475,18 @@ def _check_data(args: argparse.Namespace, config: PipelineConfig, recordings: li
     if shape is None and survey.rejected:
         raise CliError(f"{args.parameters}: no frame of the data would be used, each is refused (see the warnings)")
     if shape is None:
-        raise CliError(f"--data: no detector image in stream {config.detector_stream!r} (detector_stream)")
+        raise CliError(f"{option}: no detector image in stream {config.detector_stream!r} (detector_stream)")
     if (args.rows or args.cols) and (args.rows, args.cols) != shape:
         raise CliError(f"--rows/--cols {args.rows} x {args.cols} but the data's detector is {shape[0]} x {shape[1]}")
     if not usable_projections(survey, config):
         raise CliError(f"{args.parameters}: no projection of the data would be reduced (see the warnings above)")
     return shape
+
+
+def _refuse_nexus_paths_without_nexus(args: argparse.Namespace) -> None:
+    given = [f"--nexus-{name}" for name in ("data", "keys", "angles") if getattr(args, f"nexus_{name}")]
+    if given and not args.nexus:
+        raise CliError(f"{', '.join(given)} name datasets of the file given with --nexus, and there is none")
 
 
 def _add_nexus_path_options(p: argparse.ArgumentParser) -> None:

@@ -193,7 +193,8 @@ class ReplayRun:
             rejected = {reason: n for reason, n in scan.rejected.items() if reason not in notices}
             last_frame = scan.last_frame_time
             reason = scan.reason
-        seconds = (self.finished_at or time.time()) - self.started_at
+        # Never started (interrupted before go()): no time, not seconds since 1970.
+        seconds = (self.finished_at or time.time()) - self.started_at if self.started_at else 0.0
         final_at = float(getattr(self.reducer, "final_slices_at", 0.0) or 0.0)
         projections = int(status["projections"])
         # Only a scan that had frames and published final slices has this latency.
@@ -218,6 +219,8 @@ class ReplayRun:
         own: Ctrl-C let the whole recording play on); the scan then ends with what it
         has, and its end-of-scan volume is cancelled."""
         self._interrupted.set()
+        if not self._start.is_set():  # before go(): the replay waits for it, and now streams nothing
+            self._start.set()
         if self._stop is not None:
             self._stop.set()
         if self.reducer is not None:

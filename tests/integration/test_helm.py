@@ -1051,6 +1051,17 @@ def test_pods_that_need_nothing_outside_the_pipeline_cannot_reach_it(helm: str) 
     assert not _egress(render(helm, "--set", "networkPolicy.enabled=false"))
 
 
+def test_the_dns_rule_names_the_dns_pods_ports_and_never_opens_them_to_all(helm: str) -> None:
+    # A policy sees the pod's port, after the Service: OpenShift's DNS pods listen on 5353.
+    egress = _egress(render(helm, "--set-json", "networkPolicy.egress.dnsPorts=[5353]"))
+    ports = [rule["ports"] for rule in egress["worker"] if any(p["port"] == 5353 for p in rule.get("ports", []))]
+    assert ports == [[{"port": 5353, "protocol": "UDP"}, {"port": 5353, "protocol": "TCP"}]]
+    # A rule with no peers allows every address: an empty DNS list is refused.
+    for empty in ("networkPolicy.egress.dns=[]", "networkPolicy.egress.dns=null", "networkPolicy.egress.dnsPorts=[]"):
+        err = fails(helm, "--set-json", empty)
+        assert "networkPolicy.egress.dns" in err or "networkPolicy.egress: dns is required" in err, err
+
+
 def test_an_external_redis_must_be_placed_for_the_egress_policies(helm: str) -> None:
     external = ["--set", "redis.enabled=false", "--set", "externalRedis.url=redis://r.example:6379/2"]
     err = fails(helm, *external)

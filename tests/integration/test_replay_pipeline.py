@@ -206,3 +206,23 @@ def test_a_run_closed_before_it_went_stops_its_replay(
     run.start()
     run.close()
     assert run._thread is not None and not run._thread.is_alive()
+
+
+def test_a_run_interrupted_before_it_went_ends_at_once_with_nothing_streamed(
+    small_scan: tuple[SimulationSpec, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C or SIGTERM between start and go (the demo's intro line): the replay still
+    waited for go, so the CLI's wait ran its whole timeout, and the summary counted the
+    seconds since 1970."""
+    monkeypatch.setenv("STREAMTOMO_HTTP_PORT", "0")
+    monkeypatch.setenv("STREAMTOMO_CONTROL_PORT", "0")
+    spec, recordings = small_scan
+    run = ReplayRun(recordings, spec.config(), workers=1, http_port=0)
+    try:
+        run.start()
+        run.interrupt()
+        run.wait(timeout=20)  # raised TimeoutError: the stream never began, nor ended
+        summary = run.summary()
+        assert summary.frames == 0 and summary.seconds == 0.0
+    finally:
+        run.close()

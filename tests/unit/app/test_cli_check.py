@@ -182,3 +182,9 @@ def test_data_and_nexus_exclude_each_other(nxtomo: Path, tmp_path: Path, capsys:
         main(["check", _parameters(tmp_path), "--nexus", str(nxtomo), "--data", "a.cbors"])
     assert exit_.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_nexus_paths_without_a_nexus_file_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # They were ignored without a word: the check ran on --data (or on nothing) instead.
+    assert main(["check", _parameters(tmp_path), "--nexus-angles", "/entry/theta"]) == 2
+    assert "--nexus-angles name datasets of the file given with --nexus" in capsys.readouterr().err
