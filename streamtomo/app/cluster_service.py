@@ -28,6 +28,9 @@ installs what :mod:`streamtomo.app.services` gives a local deployment's services
 * in an ingester of one of dranspose's own classes, a dead worker's messages dropped
   with a warning instead of a stalled scan.
 
+Redis's password comes from the file :data:`streamtomo.app.redis_password.PASSWORD_FILE_VARIABLE`
+names, into ``REDIS_URL`` in this process only (:mod:`streamtomo.app.redis_password`).
+
 Workers and ingesters then run and stop as a local deployment's do
 (:mod:`streamtomo.app.service_lifecycle`: cancelled until they end, a bounded close);
 the controller and the reducer run under dranspose's CLI (uvicorn stops them).
@@ -46,6 +49,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from streamtomo.app.redis_password import RedisPasswordError, apply_password_file
 from streamtomo.app.service_lifecycle import add_redis_log_handler, run_and_exit, run_until_sigterm
 from streamtomo.app.services import LOG_FORMAT, install_mends
 from streamtomo.app.zmq_loopback import tolerant_ingester
@@ -115,6 +119,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if argv is None else argv)
     # dranspose's CLI logs only to Redis's log stream: the container's output gets them too.
     logging.basicConfig(level=os.environ.get("STREAMTOMO_LOG_LEVEL", "INFO"), format=LOG_FORMAT)
+    try:
+        apply_password_file()  # before dranspose reads REDIS_URL
+    except RedisPasswordError as error:
+        logger.error("%s", error)
+        raise SystemExit(2) from None
     args = prepare(arguments)
     if args.subcommand in ("worker", "ingester"):
         # Not dranspose's CLI: it cancels these services once on SIGTERM and waits

@@ -409,12 +409,12 @@ def test_wiring_between_services(helm: str) -> None:
     docs = render(helm)
     reducer = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["containers"][0]
     env = env_of(reducer)
-    # the password from the Secret, expanded by Kubernetes (never in the manifest)
-    assert env["REDIS_URL"] == "redis://:$(REDIS_PASSWORD)@t-streamtomo-redis.beamline.svc:6379/0"
-    assert env["REDIS_PASSWORD"]["secretKeyRef"] == {"name": "t-streamtomo-redis", "key": "redis-password"}
-    assert [e["name"] for e in reducer["env"]].index("REDIS_PASSWORD") < [e["name"] for e in reducer["env"]].index(
-        "REDIS_URL"
-    )
+    # the password from a file of the Secret, put into the URL in the service's process
+    assert env["REDIS_URL"] == "redis://t-streamtomo-redis.beamline.svc:6379/0"
+    assert secret_file(docs, "t-streamtomo-reducer", "STREAMTOMO_REDIS_PASSWORD_FILE") == {
+        "name": "t-streamtomo-redis",
+        "key": "redis-password",
+    }
     assert env["REDUCER_URL"] == "tcp://t-streamtomo-reducer.beamline.svc:10200"
     assert env["REDUCER_CLASS"] == "streamtomo.reducer.tomo_reducer:TomoReducer"
     assert env["GLIBC_TUNABLES"] == non_temporal_copies({})["GLIBC_TUNABLES"]  # as a local deployment's reducer
@@ -628,9 +628,8 @@ def test_existing_secret_and_claims(helm: str) -> None:
     spec = one(docs, "Deployment", "t-streamtomo-hsds")["spec"]["template"]["spec"]
     assert spec["volumes"][0]["projected"]["sources"][2]["secret"]["name"] == "site-hsds"
     assert spec["volumes"][1]["persistentVolumeClaim"]["claimName"] == "site-data"
-    reducer = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["containers"][0]
     assert secret_file(docs, "t-streamtomo-reducer", "STREAMTOMO_HSDS_PASSWORD_FILE")["name"] == "site-hsds"
-    assert env_of(reducer)["REDIS_PASSWORD"]["secretKeyRef"] == {"name": "site-redis", "key": "redis-password"}
+    assert secret_file(docs, "t-streamtomo-reducer", "STREAMTOMO_REDIS_PASSWORD_FILE")["name"] == "site-redis"
     control = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["volumes"]
     assert {
         "name": "control-token",
@@ -834,10 +833,21 @@ def test_check_domain(stub: tuple[str, type[_Stub]]) -> None:
     assert "does not answer" in proc.stderr
 
 
-def test_check_hsds(stub: tuple[str, type[_Stub]]) -> None:
+def _password_file(tmp_path: Path, password: str) -> str:
+    path = tmp_path / "password"
+    path.write_text(password + "\n")  # as written by hand: the newline is no part of it
+    return str(path)
+
+
+def test_check_hsds(stub: tuple[str, type[_Stub]], tmp_path: Path) -> None:
     url, handler = stub
     handler.routes["/about"] = (200, {"state": "READY", "hsds_version": "1.0.2"})
-    env = {"HSDS_URL": url, "HS_USERNAME": "viewer", "HS_PASSWORD": "pw", "TIMEOUT_S": "1.5"}
+    env = {
+        "HSDS_URL": url,
+        "HS_USERNAME": "viewer",
+        "HS_PASSWORD_FILE": _password_file(tmp_path, "pw"),
+        "TIMEOUT_S": "1.5",
+    }
     proc = run_script("check_hsds.py", env=env)
     assert proc.returncode == 1
     assert "bucket missing" in proc.stderr
@@ -847,14 +857,14 @@ def test_check_hsds(stub: tuple[str, type[_Stub]]) -> None:
     assert handler.auth[-1] == "Basic " + base64.b64encode(b"viewer:pw").decode()
 
 
-def test_check_hsds_folder(stub: tuple[str, type[_Stub]]) -> None:
+def test_check_hsds_folder(stub: tuple[str, type[_Stub]], tmp_path: Path) -> None:
     url, handler = stub
     handler.routes["/about"] = (200, {"state": "READY"})
     handler.routes["/domains"] = (200, {"domains": []})
     env = {
         "HSDS_URL": url,
         "HS_USERNAME": "viewer",
-        "HS_PASSWORD": "pw",
+        "HS_PASSWORD_FILE": _password_file(tmp_path, "pw"),
         "TIMEOUT_S": "1.5",
         "FOLDER": "/home/streamtomo",
     }
@@ -1079,30 +1089,49 @@ def test_redis_requires_a_password_from_a_secret(helm: str, tmp_path: Path) -> N
     password = secret["stringData"]["redis-password"]
     assert len(password) >= 32 and password.isalnum()
     assert one(render(helm), "Secret", "t-streamtomo-redis")["stringData"]["redis-password"] != password  # random
-    redis = one(docs, "Deployment", "t-streamtomo-redis")["spec"]["template"]["spec"]["containers"][0]
+    redis_pod = one(docs, "Deployment", "t-streamtomo-redis")["spec"]["template"]["spec"]
+    redis = redis_pod["containers"][0]
     assert password not in json.dumps(redis)
-    assert env_of(redis)["REDIS_PASSWORD"]["secretKeyRef"] == {"name": "t-streamtomo-redis", "key": "redis-password"}
-    assert env_of(redis)["REDISCLI_AUTH"]["secretKeyRef"] == {"name": "t-streamtomo-redis", "key": "redis-password"}
+    # In no container's environment: a file of the Secret, read by each process itself.
+    users = set()
     for name, _, pod in workloads(docs):
         for container in pod["containers"]:
             env = env_of(container)
+            assert not [v for v in env.values() if isinstance(v, dict) and "secretKeyRef" in v], name
             if name.endswith("-viewer"):
-                assert not [k for k in env if k.startswith("REDIS")], "the viewer needs no Redis"
+                assert not [k for k in env if "REDIS" in k], "the viewer needs no Redis"
             elif "REDIS_URL" in env:
-                assert "$(REDIS_PASSWORD)@" in env["REDIS_URL"], name
+                assert "@" not in env["REDIS_URL"], name
+                assert secret_file(docs, name, "STREAMTOMO_REDIS_PASSWORD_FILE") == {
+                    "name": "t-streamtomo-redis",
+                    "key": "redis-password",
+                }
+                users.add(name.removeprefix("t-streamtomo-"))
+    assert users == {"controller", "worker", "reducer", "ingester-detector", "ingester-angle"}
+    mount = next(m for m in redis["volumeMounts"] if m["name"] == "redis")
+    assert mount == {"name": "redis", "mountPath": "/etc/streamtomo/redis", "readOnly": True}
+    volume = next(v for v in redis_pod["volumes"] if v["name"] == "redis")["secret"]
+    assert volume == {
+        "secretName": "t-streamtomo-redis",
+        "defaultMode": 0o400,
+        "items": [{"key": "redis-password", "path": "redis-password"}],
+    }
     # The rendered command, run with the real redis-server: without the password, nothing.
     redis_server = shutil.which("redis-server")
     if redis_server is None:
         pytest.skip("redis-server is not installed")
+    password_file = tmp_path / "redis-password"
+    password_file.write_text(password)
     script = (
         redis["args"][0]
         .replace("--port 6379", f"--port 0 --unixsocket {tmp_path}/r.sock")
         .replace("--dir /data", f"--dir {tmp_path}")
+        .replace("/etc/streamtomo/redis/redis-password", str(password_file))
     )
     assert redis["command"] == ["sh", "-c"]
     proc = subprocess.Popen(
         ["sh", "-c", script],
-        env={**os.environ, "REDIS_PASSWORD": password},
+        env={k: v for k, v in os.environ.items() if "REDIS" not in k},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -1124,6 +1153,16 @@ def test_redis_requires_a_password_from_a_secret(helm: str, tmp_path: Path) -> N
             cli, capture_output=True, text=True, timeout=10, env={**os.environ, "REDISCLI_AUTH": password}
         )
         assert allowed.stdout.strip() == "PONG"
+        # The readiness probe as rendered: it reads the file itself.
+        probe = redis["readinessProbe"]["exec"]["command"]
+        assert probe[:2] == ["sh", "-c"]
+        command = (
+            probe[2]
+            .replace("/etc/streamtomo/redis/redis-password", str(password_file))
+            .replace("-p 6379", f"-s {tmp_path}/r.sock")
+        )
+        probed = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10)
+        assert probed.returncode == 0 and probed.stdout.strip() == "PONG", probed
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -134,17 +134,15 @@ TcpPcapIngester
 {{- end -}}
 {{- end -}}
 
-{{/* REDIS_URL environment variable (the chart's Redis: with its password,
-expanded by Kubernetes from REDIS_PASSWORD, never written into the manifest). */}}
+{{/* REDIS_URL environment variable. The chart's Redis: without its password,
+which the services read from a file of the Secret (STREAMTOMO_REDIS_PASSWORD_FILE,
+streamtomo.redisMount) into their own process: it is in no container's environment. */}}
 {{- define "streamtomo.redisEnv" -}}
 {{- if .Values.redis.enabled }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "streamtomo.redisSecretName" . }}
-      key: {{ include "streamtomo.redisSecretKey" . }}
 - name: REDIS_URL
-  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:%d/0" (include "streamtomo.svcHost" (dict "ctx" . "name" "redis")) (int .Values.redis.port) | quote }}
+  value: {{ printf "redis://%s:%d/0" (include "streamtomo.svcHost" (dict "ctx" . "name" "redis")) (int .Values.redis.port) | quote }}
+- name: STREAMTOMO_REDIS_PASSWORD_FILE
+  value: {{ include "streamtomo.redisPasswordFile" . }}
 {{- else if .Values.externalRedis.existingSecret }}
 - name: REDIS_URL
   valueFrom:
@@ -159,6 +157,23 @@ expanded by Kubernetes from REDIS_PASSWORD, never written into the manifest). */
 
 {{- define "streamtomo.redisSecretName" -}}
 {{- default (printf "%s-redis" (include "streamtomo.fullname" .)) .Values.redis.auth.existingSecret -}}
+{{- end -}}
+
+{{/* The chart's Redis password as a file (pods that use the chart's Redis mount it). */}}
+{{- define "streamtomo.redisPasswordFile" -}}
+/etc/streamtomo/redis/{{ include "streamtomo.redisSecretKey" . }}
+{{- end -}}
+
+{{- define "streamtomo.redisMount" -}}
+{{- if .Values.redis.enabled -}}
+{{ include "streamtomo.secretFileMount" (dict "name" "redis") }}
+{{- end -}}
+{{- end -}}
+
+{{- define "streamtomo.redisVolume" -}}
+{{- if .Values.redis.enabled -}}
+{{ include "streamtomo.secretFileVolume" (dict "name" "redis" "secret" (include "streamtomo.redisSecretName" .) "key" (include "streamtomo.redisSecretKey" .)) }}
+{{- end -}}
 {{- end -}}
 
 {{- define "streamtomo.redisSecretKey" -}}

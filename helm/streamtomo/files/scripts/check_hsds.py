@@ -1,6 +1,6 @@
 """helm test: HSDS answers for the read-only viewer account and its bucket exists.
 
-Environment: HSDS_URL, HS_USERNAME, HS_PASSWORD, TIMEOUT_S, and optionally
+Environment: HSDS_URL, HS_USERNAME, HS_PASSWORD_FILE, TIMEOUT_S, and optionally
 FOLDER: the live domain's folder, which the viewer account must be able to read
 (created by the bootstrap Job).
 """
@@ -26,7 +26,9 @@ def get(url: str, auth: str) -> tuple[int, bytes]:
 
 def main() -> int:
     base = os.environ["HSDS_URL"].rstrip("/")
-    token = f"{os.environ['HS_USERNAME']}:{os.environ['HS_PASSWORD']}".encode()
+    with open(os.environ["HS_PASSWORD_FILE"], encoding="utf-8") as file:  # a file of the Secret
+        password = file.read().rstrip("\r\n")
+    token = f"{os.environ['HS_USERNAME']}:{password}".encode()
     auth = "Basic " + base64.b64encode(token).decode()
     deadline = time.monotonic() + float(os.environ.get("TIMEOUT_S", "120"))
     problem = "no answer yet"

@@ -18,7 +18,12 @@ def main() -> int:
         name = os.environ[name[4:]]
     if kind == "reducer":
         name = "reducer"
-    client = redis.from_url(os.environ["REDIS_URL"], socket_timeout=3, socket_connect_timeout=3)
+    password = None
+    password_file = os.environ.get("STREAMTOMO_REDIS_PASSWORD_FILE")
+    if password_file:  # the chart's Redis: the password is a file of its Secret, not in REDIS_URL
+        with open(password_file, encoding="utf-8") as file:
+            password = file.read().rstrip("\r\n")
+    client = redis.from_url(os.environ["REDIS_URL"], password=password, socket_timeout=3, socket_connect_timeout=3)
     key = f"dranspose:{kind}:{name}:config"
     if client.exists(key):
         return 0

@@ -42,6 +42,9 @@ spec:
         - name: scripts
           mountPath: /etc/streamtomo/scripts
           readOnly: true
+        {{- with .secretFile }}
+        {{- include "streamtomo.secretFileMount" . | nindent 8 }}
+        {{- end }}
   volumes:
     - name: tmp
       emptyDir:
@@ -50,4 +53,7 @@ spec:
       configMap:
         name: {{ include "streamtomo.fullname" $ctx }}-scripts
         defaultMode: 0555
+    {{- with .secretFile }}
+    {{- include "streamtomo.secretFileVolume" . | nindent 4 }}
+    {{- end }}
 {{- end -}}
