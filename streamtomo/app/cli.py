@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamtomo.app.cli_types import (
     int_at_least,
@@ -31,6 +31,10 @@ from streamtomo.app.cli_types import (
     positive_int,
 )
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
+
+if TYPE_CHECKING:  # heavy (h5py, dranspose): imported where a command needs them
+    from streamtomo.app.data_check import DataSurvey
+    from streamtomo.app.nexus_source import NexusScan
 
 logger = logging.getLogger("streamtomo")
 
@@ -261,29 +265,30 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def _replay_nexus(args: argparse.Namespace) -> int:
     """An NXtomo file streamed as the beamline would have: its frames in file order,
     kinds in the image headers, measured angles on the PandA stream."""
-    with _nexus_recordings(args, {"domain": args.domain}) as (config, recordings, n_frames):
-        return _run(recordings, config, args, total_frames=n_frames)
+    from streamtomo.app.recordings import write_recordings
+
+    with (
+        _nexus_scan(args, {"domain": args.domain}) as (config, scan),
+        tempfile.TemporaryDirectory(prefix="streamtomo-nexus-") as tmp,
+    ):
+        recordings = write_recordings(scan.frames(), Path(tmp), **_nexus_stream_options(config, scan))
+        return _run(recordings, config, args, total_frames=scan.n_frames)
 
 
 @contextlib.contextmanager
-def _nexus_recordings(
-    args: argparse.Namespace, overrides: dict[str, Any]
-) -> Iterator[tuple[PipelineConfig, list[Path], int]]:
-    """``args.nexus`` written as the dranspose recordings a beamline would have made
-    (in a temporary folder, while the context lasts), the scan's configuration (the
-    parameter file's values, the angle grid from the file's angles unless set there,
-    ``overrides``) and the number of frames. ``replay --nexus`` streams them,
-    ``check --nexus`` surveys them: both see the same scan."""
+def _nexus_scan(args: argparse.Namespace, overrides: dict[str, Any]) -> Iterator[tuple[PipelineConfig, NexusScan]]:
+    """``args.nexus`` open, with the scan's configuration: the parameter file's values,
+    the angle grid from the file's angles unless set there, ``overrides``.
+    ``replay --nexus`` streams it, ``check --nexus`` surveys it: both see the same scan."""
     from streamtomo.app.nexus_source import GRID_KEYS, NexusError, NexusScan
     from streamtomo.app.parameter_files import read_config_values
-    from streamtomo.app.recordings import write_recordings
 
     try:
         values = read_config_values(args.parameters) if args.parameters else {}
         scan = NexusScan(args.nexus, args.nexus_data, args.nexus_keys, args.nexus_angles)
     except (ValueError, NexusError) as error:  # ParameterFileError, NexusError
         raise CliError(str(error)) from None
-    with scan, tempfile.TemporaryDirectory(prefix="streamtomo-nexus-") as tmp:
+    with scan:
         # The file names each frame's kind, whatever the order (DIAD: flats, darks,
         # projections, flats, darks), so the kinds travel in the headers. Another rule
         # from the parameter file would count kinds by position instead: a file with 5
@@ -309,17 +314,19 @@ def _nexus_recordings(
             f"angles {config.angle_start:g} + {config.slot_step:.6g} x i deg from {scan.paths.rotation_angle}",
             flush=True,
         )
-        recordings = write_recordings(
-            scan.frames(),
-            Path(tmp),
-            counts_per_degree=config.counts_per_degree,
-            offset_deg=config.encoder_offset,
-            encoder_field=config.encoder_field,
-            detector_stream=config.detector_stream,
-            angle_stream=config.angle_stream or "angle",
-            filename=scan.path.name,
-        )
-        yield config, recordings, scan.n_frames
+        yield config, scan
+
+
+def _nexus_stream_options(config: PipelineConfig, scan: NexusScan) -> dict[str, Any]:
+    """How the file's frames become a detector and a PandA stream (:func:`scan_to_internals`)."""
+    return {
+        "counts_per_degree": config.counts_per_degree,
+        "offset_deg": config.encoder_offset,
+        "encoder_field": config.encoder_field,
+        "detector_stream": config.detector_stream,
+        "angle_stream": config.angle_stream or "angle",
+        "filename": scan.path.name,
+    }
 
 
 def _load_config_values(values: dict[str, Any]) -> PipelineConfig:
@@ -412,15 +419,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     _refuse_nexus_paths_without_nexus(args)
     if args.nexus:
-        # The file's own angle grid, unless the parameter file sets one: as replay --nexus runs it.
-        with _nexus_recordings(args, {}) as (config, recordings, _):
+        from streamtomo.app.data_check import survey_events
+        from streamtomo.app.recordings import internal_events
+
+        # The file's own angle grid, unless the parameter file sets one: as replay --nexus
+        # runs it. Its frames go to the survey as the streams replay would record, in
+        # memory: no copy of a file of gigabytes on disk first.
+        with _nexus_scan(args, {}) as (config, scan):
             _check_volume_backend(args, config)
-            args.rows, args.cols = _check_data(args, config, recordings, "--nexus")
+            events = internal_events(scan.frames(), **_nexus_stream_options(config, scan))
+            args.rows, args.cols = _report_survey(args, config, survey_events(events, config), "--nexus")
     else:
         config = _load_config(args.parameters, {})
         _check_volume_backend(args, config)
         if args.data:
-            args.rows, args.cols = _check_data(args, config, [Path(p) for p in args.data], "--data")
+            args.rows, args.cols = _check_data(args, config, [Path(p) for p in args.data])
     if not (args.rows and args.cols):
         print(f"{args.parameters}: ok (give --rows and --cols, or --data, to check it against a detector too)")
         return 0
@@ -451,21 +464,28 @@ def _check_volume_backend(args: argparse.Namespace, config: PipelineConfig) -> N
             raise CliError(f"{args.parameters}: the end-of-scan volume: {error}") from None
 
 
-def _check_data(
-    args: argparse.Namespace, config: PipelineConfig, recordings: list[Path], option: str
-) -> tuple[int, int]:
-    """Survey the scan's recordings (``--data``, or ``--nexus`` written as such: the
-    ``option`` errors name); print what they hold and what the scan would refuse; the
-    detector's (rows, cols). A scan that would reduce no projection is refused here."""
-    from streamtomo.app.data_check import describe, survey_recordings, usable_projections
+def _check_data(args: argparse.Namespace, config: PipelineConfig, recordings: list[Path]) -> tuple[int, int]:
+    """Survey ``--data``, the scan's recordings (checked first as recordings); see
+    :func:`_report_survey`."""
+    from streamtomo.app.data_check import survey_recordings
     from streamtomo.app.recording_checks import RecordingError, check_recording, check_streams
 
     try:
         checked = [(path, check_recording(path)) for path in recordings]
         check_streams(checked, config.detector_stream)
     except RecordingError as error:
-        raise CliError(f"{option}: {error}") from None
-    survey = survey_recordings(recordings, config)
+        raise CliError(f"--data: {error}") from None
+    return _report_survey(args, config, survey_recordings(recordings, config), "--data")
+
+
+def _report_survey(
+    args: argparse.Namespace, config: PipelineConfig, survey: DataSurvey, option: str
+) -> tuple[int, int]:
+    """Print what the data (``option``: ``--data`` or ``--nexus``) hold and what the
+    scan would refuse; the detector's (rows, cols). A scan that would reduce no
+    projection is refused here."""
+    from streamtomo.app.data_check import describe, usable_projections
+
     lines, warnings = describe(survey, config)
     for line in lines:
         print(line, flush=True)

@@ -17,7 +17,7 @@ here as the reducer judges them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -80,11 +80,16 @@ def survey_recordings(paths: Sequence[str | Path], config: PipelineConfig) -> Da
     """Read every event of ``paths`` (dranspose recordings, one per stream) as a worker would."""
     from streamtomo.app.recordings import read_events  # dranspose, lazily
 
+    return survey_events(read_events([str(p) for p in paths]), config)
+
+
+def survey_events(events: Iterable[tuple[int, dict[str, Any]]], config: PipelineConfig) -> DataSurvey:
+    """Read every event (number, streams), as dranspose hands them to a worker, as a worker would."""
     parameters = _parameters(config)
     worker = TomoWorker(parameters=parameters, state=SimpleNamespace(name="check"))
     survey = DataSurvey()
     worker.survey = survey.frames
-    for number, streams in read_events([str(p) for p in paths]):
+    for number, streams in events:
         survey.events += 1
         result = worker.process_event(SimpleNamespace(event_number=number, streams=streams), parameters)
         for item in result.items if result is not None else ():

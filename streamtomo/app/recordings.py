@@ -165,6 +165,15 @@ def write_recordings(
     return paths
 
 
+def internal_events(frames: Iterable[Frame], **options: Any) -> Iterator[tuple[int, dict[str, StreamData]]]:
+    """The events :func:`write_recordings` would record and :func:`read_events` read
+    back, made in memory one at a time (``options``: :func:`scan_to_internals`'s)."""
+    for det_msg, ang_msg in zip(*scan_to_internals(frames, **options), strict=True):
+        if det_msg.event_number != ang_msg.event_number:
+            raise ValueError(f"detector event {det_msg.event_number} beside angle event {ang_msg.event_number}")
+        yield det_msg.event_number, {**det_msg.streams, **ang_msg.streams}
+
+
 def read_events(
     paths: Sequence[str | PathLike[str]],
 ) -> Iterator[tuple[int, dict[str, StreamData]]]:

@@ -152,8 +152,15 @@ def nxtomo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_nexus_file_is_checked_as_replay_streams_it(
-    nxtomo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    nxtomo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from streamtomo.app import recordings
+
+    def no_copy(*args: object, **kwargs: object) -> None:
+        raise AssertionError("check wrote the file out as recordings")
+
+    # The streams are surveyed as they are made: a file of gigabytes is not copied to disk first.
+    monkeypatch.setattr(recordings, "write_recordings", no_copy)
     assert main(["check", _parameters(tmp_path, center="32"), "--nexus", str(nxtomo)]) == 0
     out, err = capsys.readouterr()
     assert f"nexus: 38 frames from /entry/instrument/detector/data, {N_PROJECTIONS} projections" in out
