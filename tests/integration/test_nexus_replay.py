@@ -34,15 +34,19 @@ def diad(shared_data: Path) -> Path:
     return path
 
 
-def _replay(args: list[str], cwd: Path) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "streamtomo.app.cli", "replay", *args],
+def _cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamtomo.app.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
+
+
+def _replay(args: list[str], cwd: Path) -> str:
+    done = _cli(["replay", *args], cwd)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert [line for line in output.splitlines() if " ERROR " in line or "Traceback" in line] == []
@@ -129,23 +133,7 @@ def test_paths_and_grid_can_be_given(diad: Path, tmp_path: Path) -> None:
 
 
 def test_a_path_that_dangles_is_a_clear_error(diad: Path, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streamtomo.app.cli",
-            "replay",
-            "--nexus",
-            str(diad),
-            "--nexus-data",
-            "/entry/instrument/EtherCAT/data",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _cli(["replay", "--nexus", str(diad), "--nexus-data", "/entry/instrument/EtherCAT/data"], tmp_path, 120)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "/entry/instrument/EtherCAT/data is not a dataset that can be read" in done.stderr
     assert "Traceback" not in done.stderr
@@ -154,14 +142,7 @@ def test_a_path_that_dangles_is_a_clear_error(diad: Path, tmp_path: Path) -> Non
 def test_check_reads_the_file_as_replay_streams_it(diad: Path, tmp_path: Path) -> None:
     params = tmp_path / "parameters.json"
     params.write_text('{"volume": false}')
-    done = subprocess.run(
-        [sys.executable, "-m", "streamtomo.app.cli", "check", str(params), "--nexus", str(diad)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _cli(["check", str(params), "--nexus", str(diad)], tmp_path, 120)
     assert done.returncode == 0, done.stdout + done.stderr
     # DIAD's flats, darks, projections, flats, darks by their image_key; every angle in its slot.
     assert "detector 22 x 26 uint16; 100 darks, 100 flats, 3001 projections (kind_rule header)" in done.stdout
