@@ -16,6 +16,8 @@ import urllib.parse
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from streamtomo.hsds_bridge.credentials import CredentialsError, password_in_file
+
 PASSWORD_FILE_VARIABLE = "STREAMTOMO_REDIS_PASSWORD_FILE"
 URL_VARIABLE = "REDIS_URL"
 
@@ -40,14 +42,13 @@ def url_with_password(url: str, password: str) -> str:
 
 
 def read_password(path: str | Path) -> str:
-    """The password in ``path``: its text less a final line break (a file written by hand)."""
+    """The password in ``path``, read as every password file of the project is
+    (:func:`~streamtomo.hsds_bridge.credentials.password_in_file`: one line, its line
+    end dropped, a warning when others may read the file)."""
     try:
-        password = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as error:
+        return password_in_file(path, PASSWORD_FILE_VARIABLE)
+    except CredentialsError as error:
         raise RedisPasswordError(f"{PASSWORD_FILE_VARIABLE} {path}: {error}") from None
-    if not password:
-        raise RedisPasswordError(f"{PASSWORD_FILE_VARIABLE} {path} is empty")
-    return password
 
 
 def apply_password_file(environ: MutableMapping[str, str] = os.environ) -> bool:

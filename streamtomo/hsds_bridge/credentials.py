@@ -120,6 +120,12 @@ def password_from(env: Mapping[str, str], variable: str, file_variable: str) -> 
         raise CredentialsError(f"set {variable} or {file_variable}, not both")
     if not path:
         return value
+    return password_in_file(path, file_variable)
+
+
+def password_in_file(path: str | os.PathLike[str], file_variable: str) -> str:
+    """The password alone in ``path`` (the file ``file_variable`` names), its one line
+    without the line end; warn if others can read the file."""
     lines = read_secret_file(path, "password").strip("\r\n").splitlines()
     if len(lines) != 1 or not lines[0]:
         raise CredentialsError(f"{file_variable}: {path} must hold the password alone, on one line")
