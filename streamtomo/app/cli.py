@@ -407,7 +407,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     needs against the budget (before, a file passed that the scan then refused). With
     ``--data`` the scan's recordings too, read by the workers' own rules
     (:mod:`streamtomo.app.data_check`); the detector's shape then comes from them.
-    ``--nexus``: an NXtomo file, written as the recordings ``replay --nexus`` streams."""
+    ``--nexus``: an NXtomo file, surveyed as the streams ``replay --nexus`` would
+    record, made in memory."""
     from streamtomo.pipeline.messages import DetectorInfo
     from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
     from streamtomo.pipeline.streaming.memory_budget import (

@@ -189,6 +189,7 @@ class TomoWorker:
         self._event_pcap = message
         if isinstance(message, PcapHeader):
             result.items.extend(pcap_header_notices(message, config, event.event_number))
+            no_row: PcapHeaderInsteadOfRow | None = None  # a header that starts the capture takes no row's place
             if self._pcap_values_read and self.pcap_header is not None:
                 # A header only starts a capture. One in the middle is counted: if it came
                 # on top of the rows (a re-arm), every later row is one event late, which
@@ -214,12 +215,9 @@ class TomoWorker:
                 )
                 if kept:
                     return None, no_row, True
-                self.pcap_header = message
-                self._pcap_values_read = False
-                return None, no_row, True
             self.pcap_header = message
             self._pcap_values_read = False
-            return None, None, False
+            return None, no_row, no_row is not None
         if isinstance(message, PcapEnd):
             self._pcap_values_read = False  # the next capture may bring its own header
             result.items.extend(pcap_end_notices(message, event.event_number))

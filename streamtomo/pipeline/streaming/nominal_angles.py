@@ -11,12 +11,11 @@ the one row within ``WINDOW`` frames whose angle is its own, or rejected.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
-from streamtomo.pipeline.messages import AngleRow, ProjectionRows, with_own_rows
+from streamtomo.pipeline.messages import NOMINAL_ROW, AngleRow, ProjectionRows, with_own_rows
 from streamtomo.pipeline.streaming.sinogram import AngleGrid, UnknownAngleError
 
 logger = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ class NominalAngleCheck:
             else:
                 nominal = config.nominal_angle(msg.frame_index - config.first_projection())
                 measured = (
-                    "no PandA row in its event" if math.isnan(msg.angle_deg) else f"measured {msg.angle_deg:.3f} deg"
+                    "no PandA row in its event" if msg.angle_row == NOMINAL_ROW else f"measured {msg.angle_deg:.3f} deg"
                 )
                 detail = (
                     f"frame {msg.frame_index}: {measured}, nominal {nominal:.3f} deg; "
