@@ -1,13 +1,22 @@
 """The distributed pipeline against dranspose's own ceiling, in one run.
 
-One local deployment (Redis, controller, STINS and PandA ingesters on 127.0.0.1),
-one simulated stream, played as fast as the pipeline takes it through:
+Two local deployments side by side (each: Redis, controller, STINS and PandA
+ingesters on 127.0.0.1), one simulated stream, played as fast as the pipeline takes
+it through:
 
 * streamtomo's worker and reducer with 1 and 2 workers,
 * the no-op worker and reducer (``streamtomo.workers.noop_worker``, ``streamtomo.reducer.noop_reducer``)
-  with 1 and 2 workers, on the same Redis, controller and ingesters;
+  with 1 and 2 workers.
 
-then, with 2 streamtomo workers, the stream paced at a fraction of the measured
+The scans alternate, one of ours then one of the no-op pair's, the order swapped
+every round: on a shared machine the neighbours' load changes over a minute, and
+the block of one pipeline's scans after the other's measured that change (the same
+code gave 0.57 to 0.77 of the no-op pair with 2 workers from run to run). An idle
+deployment costs its neighbour about 1% of a core (the services wait on sockets).
+Per configuration the best scan counts, and each round's two scans give a paired
+ratio, whose median is printed beside it.
+
+Then, with 2 streamtomo workers, the stream paced at a fraction of the measured
 rate, and the latency from a frame leaving ``play`` to its sinogram row being
 visible in the live domain (``frames_per_angle`` of its slot read through h5pyd).
 That latency includes the reducer's publish interval (``--publish-interval``).
@@ -19,6 +28,7 @@ The scans end without the end-of-scan volume (``bench_scale.py --volume`` times 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import statistics
 import tempfile
@@ -128,6 +138,27 @@ def measure(
     return best
 
 
+def interleaved(
+    deployments: dict[str, LocalDeployment],
+    events: list[BeamlineEvent],
+    warmup: list[BeamlineEvent],
+    config: PipelineConfig,
+    warmup_config: PipelineConfig,
+    rounds: int,
+) -> dict[str, list[Throughput]]:
+    """``rounds`` scans on each deployment (by pipeline name), one after the other's
+    in turn, the order reversed every round: each pipeline's scans meet the same
+    neighbours' load, and round r's scans are a pair (the first two are warm-up)."""
+    names = list(deployments)
+    for name in names:
+        run_scan(deployments[name], warmup, warmup_config)  # worker start-up (numba cache load, first sockets)
+    out: dict[str, list[Throughput]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else reversed(names):
+            out[name].append(measure(deployments[name], name, events, warmup, config, warmup_config, 1))
+    return out
+
+
 def wait_for_final_file(deployment: LocalDeployment, mapping_uuid: str, timeout: float = 300.0) -> float:
     """Until the scan's final file is written; the CPU seconds its writer thread took,
     as the reducer logged them (the file is renamed into place when complete, then logged)."""
@@ -199,7 +230,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=32)
     parser.add_argument("--cols", type=int, default=256)
     parser.add_argument("--angles", type=int, default=400)
-    parser.add_argument("--repeats", type=int, default=3, help="scans per configuration (the best counts)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="rounds: scans per configuration, alternating with the no-op pair (the best counts)",
+    )
     parser.add_argument("--pace", type=float, default=0.5, help="latency run: fraction of the measured 2-worker rate")
     parser.add_argument("--publish-interval", type=float, default=0.25, help="reducer publish interval (s)")
     parser.add_argument("--run-dir", help="keep the services' logs here (default: a temporary directory)")
@@ -223,24 +259,35 @@ def main() -> None:
     n_refs = sum(1 for e in events if e.key in (ImageKey.DARK, ImageKey.FLAT))
 
     results: list[Throughput] = []
-    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+    paired: dict[int, list[float]] = {}  # workers -> ours / no-op events/s, round by round
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, contextlib.ExitStack() as stack:
         started = time.time()
-        with LocalDeployment(workers=1, run_dir=Path(args.run_dir or tmp), dump_prefix="") as deployment:
-            log.info("deployment up in %.1f s", time.time() - started)
-            for workers, worker_class, reducer_class, name in (
-                (1, TOMO_WORKER, TOMO_REDUCER, "streamtomo"),
-                (2, TOMO_WORKER, TOMO_REDUCER, "streamtomo"),
-                (1, NOOP_WORKER, NOOP_REDUCER, "no-op"),
-                (2, NOOP_WORKER, NOOP_REDUCER, "no-op"),
-            ):
-                deployment.scale(workers, worker_class, reducer_class)
-                results.append(measure(deployment, name, events, warmup, config, warm_config, args.repeats))
-            two = next(r for r in results if r.pipeline == "streamtomo" and r.workers == 2)
-            rate = max(two.events_per_s * args.pace, 1.0)
-            deployment.scale(2, TOMO_WORKER, TOMO_REDUCER)
-            run_scan(deployment, warmup, warm_config)
-            latencies = measure_latency(deployment, frames, config, rate)
-            errors = deployment.error_lines()
+        run_dir = Path(args.run_dir or tmp)
+        ours = stack.enter_context(LocalDeployment(workers=1, run_dir=run_dir / "streamtomo", dump_prefix=""))
+        noop = stack.enter_context(
+            LocalDeployment(
+                workers=1,
+                run_dir=run_dir / "no-op",
+                dump_prefix="",
+                worker_class=NOOP_WORKER,
+                reducer_class=NOOP_REDUCER,
+            )
+        )
+        log.info("deployments up in %.1f s", time.time() - started)
+        for workers in (1, 2):
+            ours.scale(workers, TOMO_WORKER, TOMO_REDUCER)
+            noop.scale(workers, NOOP_WORKER, NOOP_REDUCER)
+            rounds = interleaved({"streamtomo": ours, "no-op": noop}, events, warmup, config, warm_config, args.repeats)
+            results.extend(max(scans, key=lambda t: t.events_per_s) for scans in rounds.values())
+            paired[workers] = [
+                a.events_per_s / b.events_per_s for a, b in zip(rounds["streamtomo"], rounds["no-op"], strict=True)
+            ]
+        results.sort(key=lambda t: (t.pipeline != "streamtomo", t.workers))
+        two = next(r for r in results if r.pipeline == "streamtomo" and r.workers == 2)
+        rate = max(two.events_per_s * args.pace, 1.0)
+        run_scan(ours, warmup, warm_config)
+        latencies = measure_latency(ours, frames, config, rate)
+        errors = ours.error_lines() + noop.error_lines()
 
     frame_mb = events[1].nbytes / 1e6
     print(
@@ -252,6 +299,12 @@ def main() -> None:
         base = next(b for b in results if b.pipeline == "no-op" and b.workers == r.workers)
         print(
             f"{r.pipeline:<12}{r.workers:>8}{r.events_per_s:>11.1f}{r.mb_per_s:>9.2f}{r.events_per_s / base.events_per_s:>10.2f}"
+        )
+    for workers, ratios in paired.items():
+        print(
+            f"paired rounds, {workers} worker{'s' if workers > 1 else ''}: streamtomo / no-op "
+            + " ".join(f"{ratio:.2f}" for ratio in ratios)
+            + f" (median {statistics.median(ratios):.2f})"
         )
     kinds = ["worker", "reducer", "ingester", "controller", "redis"]
     print("CPU per event (ms, all processes of a kind; the robust figure on a shared machine):")
