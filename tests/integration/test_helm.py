@@ -1037,7 +1037,8 @@ def test_pods_that_need_nothing_outside_the_pipeline_cannot_reach_it(helm: str) 
     policies keep workers, controller and reducer to the pipeline, Redis and DNS."""
     egress = _egress(render(helm, "--set", "viewer.enabled=true"))
     pipeline = PIPELINE | {"redis:6379", "dns"}
-    assert set(egress) == {"worker", "controller", "reducer", "redis"}  # ingesters: no sourcesTo given
+    # ingesters: no sourcesTo given; HSDS: no hsdsTo
+    assert set(egress) == {"worker", "controller", "reducer", "redis", "viewer", "hsds-bootstrap"}
     assert _reach(egress["worker"]) == _reach(egress["controller"]) == pipeline
     assert _reach(egress["reducer"]) == pipeline | {"hsds:5101"}  # it publishes to this release's HSDS
     assert egress["redis"] == []  # Redis only answers
@@ -1059,6 +1060,59 @@ def test_pods_that_need_nothing_outside_the_pipeline_cannot_reach_it(helm: str) 
     assert _reach(egress["worker"]) == pipeline
     assert not _egress(render(helm, "--set", "networkPolicy.egress.enabled=false"))
     assert not _egress(render(helm, "--set", "networkPolicy.enabled=false"))
+
+
+def _admitted(docs: list[dict], reach: set[str], source: str) -> None:
+    """Every pod port in ``reach`` (an egress policy's) lets ``source`` in by its ingress policy."""
+    for target in reach:
+        name, _, port = target.partition(":")
+        if name in ("dns", "other") or not port:
+            continue
+        ingress = one(docs, "NetworkPolicy", f"t-streamtomo-{name}")
+        assert _components(_peers(ingress, int(port))) & {source, "release"}, f"{source} -> {target}"
+
+
+def test_the_viewer_the_hsds_bootstrap_and_hsds_reach_only_what_they_use(helm: str) -> None:
+    """The viewer's server holds the control token and the viewer's HSDS password, the
+    bootstrap Job HSDS's admin password; HSDS's service nodes list pods through the
+    Kubernetes API. None of them was restricted: any address in or out of the cluster."""
+    docs = render(helm, "--set", "viewer.enabled=true")
+    egress = _egress(docs)
+    # The default endpoint is the reducer's live Service: its domain, its control API.
+    assert _reach(egress["viewer"]) == {"dns", "reducer:8100", "reducer:8101"}
+    assert _reach(egress["hsds-bootstrap"]) == {"dns", "hsds:5101"}
+    _admitted(docs, _reach(egress["viewer"]), "viewer")
+    _admitted(docs, _reach(egress["hsds-bootstrap"]), "hsds-bootstrap")
+    assert "hsds" not in egress  # where the API server is, the cluster says (hsdsTo)
+    # The viewer reading this release's HSDS by its Service.
+    in_cluster = "viewer.endpoint=http://t-streamtomo-hsds.beamline.svc:5101"
+    assert _reach(_egress(render(helm, "--set", "viewer.enabled=true", "--set", in_cluster))["viewer"]) == {
+        "dns",
+        "reducer:8101",
+        "hsds:5101",
+    }
+    # An endpoint outside the release (here HSDS's Ingress, through the ingress
+    # controller): the viewer reaches it at viewerTo, and is not restricted without.
+    public = ("--set", "viewer.enabled=true", "--set", "hsds.ingress.enabled=true", "--set", "hsds.ingress.host=h.org")
+    assert "viewer" not in _egress(render(helm, *public))
+    ingress = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    egress = _egress(render(helm, *public, "--set-json", f"networkPolicy.egress.viewerTo=[{json.dumps(ingress)}]"))
+    assert _reach(egress["viewer"]) == {"dns", "reducer:8101", f"other:{json.dumps(ingress, sort_keys=True)}"}
+    # HSDS with the API server's address: that, its data nodes, DNS.
+    api = {"ipBlock": {"cidr": "10.0.0.1/32"}}
+    docs = render(helm, "--set-json", f"networkPolicy.egress.hsdsTo=[{json.dumps(api)}]")
+    egress = _egress(docs)
+    assert _reach(egress["hsds"]) == {"dns", "hsds:6101", f"other:{json.dumps(api, sort_keys=True)}"}
+    _admitted(docs, _reach(egress["hsds"]), "hsds")
+    # Neither without HSDS or its bootstrap.
+    assert "hsds-bootstrap" not in _egress(render(helm, "--set", "hsds.bootstrap.enabled=false"))
+    assert not {"hsds", "hsds-bootstrap"} & set(
+        _egress(
+            render(
+                helm, "--set", "hsds.enabled=false", "--set-json", f"networkPolicy.egress.hsdsTo=[{json.dumps(api)}]"
+            )
+        )
+    )
 
 
 def test_the_dns_rule_names_the_dns_pods_ports_and_never_opens_them_to_all(helm: str) -> None:
