@@ -62,9 +62,17 @@ logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 # Settings that fix the arrays' shapes: they cannot change while a scan runs.
-# Distinct frames that must agree on a shape before the reducer takes it as the
-# detector's (results from all workers come here, so two arrive within the first events).
+# The reducer takes a shape as the detector's once SHAPE_AGREEMENT distinct frames have
+# it and it leads every other shape by SHAPE_LEAD frames (results from all workers come
+# here: a clean stream settles on its first two frames). Agreement alone let two bad
+# copies that decode to one shape, early, decide it: every good frame after them was
+# refused as wrong_shape and the scan failed (benchmarks/fuzz_streams.py --seed 777,
+# round 353: 84 of 100 good frames lost).
 SHAPE_AGREEMENT = 2
+SHAPE_LEAD = 2
+# Frames held while no shape leads, at most (each holds its rows: 16 MB at 2048^2);
+# then the shape most of them have settles it (the earliest on a tie).
+SHAPE_HOLD_FRAMES = 8
 FIXED_DURING_SCAN = ("rows", "n_projections", "angle_start", "angle_range", "angle_step", "bin")
 
 
@@ -191,9 +199,10 @@ class LiveScan:
         self.admission.reject(reason, detail, frame_index, counted=counted)
 
     def _ensure_detector(self, msg: ReferenceRows | ProjectionRows) -> bool:
-        """True: the message fits the detector and goes on now. Until SHAPE_AGREEMENT
-        distinct frames agree on a shape, messages wait here (a malformed first frame
-        must not decide the shape for the whole scan); then they go on in order."""
+        """True: the message fits the detector and goes on now. Until a shape has
+        SHAPE_AGREEMENT distinct frames and SHAPE_LEAD more than any other (or
+        SHAPE_HOLD_FRAMES wait), messages wait here: malformed frames early must not
+        decide the shape for the whole scan. Then they go on in order."""
         if self.state == "failed":
             self.reject("scan_refused", self.reason, msg.frame_index)
             return False
@@ -205,8 +214,12 @@ class LiveScan:
                 self._shape_voters.add(voter)
                 self._shape_votes[shape] += 1
             self._held.append(with_own_rows(msg))
-            if self._shape_votes[shape] >= SHAPE_AGREEMENT:
+            votes = self._shape_votes[shape]
+            others = max((n for s, n in self._shape_votes.items() if s != shape), default=0)
+            if votes >= SHAPE_AGREEMENT and votes - others >= SHAPE_LEAD:
                 self._settle_detector(detector)
+            elif len(self._held) >= SHAPE_HOLD_FRAMES:
+                self.release_held()
             return False
         if (detector.rows, detector.cols) != (self.detector.rows, self.detector.cols):
             self.reject(
@@ -219,8 +232,8 @@ class LiveScan:
         return True
 
     def release_held(self) -> None:
-        """At the end of the scan: settle on the shape most held frames have (the
-        earliest on a tie), for scans too short to reach agreement."""
+        """Settle on the shape most held frames have (the earliest on a tie): at the
+        end of a scan too short to reach agreement, or once SHAPE_HOLD_FRAMES wait."""
         if self.detector is not None or not self._held:
             return
         most = max(self._shape_votes.values())

@@ -88,6 +88,37 @@ def test_a_wrong_shaped_first_frame_does_not_fix_the_detector() -> None:
         assert scan.status()["state"] == "finished"
 
 
+def consistent(frame: Frame) -> Frame:
+    """The same frame number with a self-consistent other shape (a detector's bad copy
+    that decodes cleanly: a misdeclared size whose data matches it)."""
+    return Frame(frame.index, frame.key, np.zeros((4, 8), dtype=frame.data.dtype), frame.angle_deg)
+
+
+def test_two_bad_copies_of_one_shape_first_do_not_fix_the_detector() -> None:
+    """Two early bad copies sharing a shape agreed on it before the second good frame
+    came: every good frame was then refused as wrong_shape and the scan failed
+    (fuzz_streams.py --seed 777, round 353: 84 of 100 good frames lost)."""
+    frames = make_frames()
+    messages = [consistent(frames[0]), frames[0], consistent(frames[1]), *frames[1:]]
+    for n_workers in (1, 3):
+        scan = run(stream(messages), n_workers, config())
+        assert scan.detector is not None and (scan.detector.rows, scan.detector.cols) == frames[0].data.shape
+        assert scan.rejected == {"wrong_shape": 2}
+        assert scan.status()["projections"] == ANGLES
+        assert scan.lost_frames() == []
+
+
+def test_frames_of_shapes_that_never_agree_are_held_a_bounded_while() -> None:
+    """Two shapes in turn, neither ahead: the reducer holds a few frames, then settles
+    on the one most of them have (the earliest on a tie), not on holding every frame."""
+    frames = make_frames()
+    messages = [m for frame in frames for m in (frame, consistent(frame))]
+    scan = run(stream(messages), 1, config())
+    assert scan.detector is not None and (scan.detector.rows, scan.detector.cols) == frames[0].data.shape
+    assert scan.rejected == {"wrong_shape": len(frames)}
+    assert scan.status()["projections"] == ANGLES
+
+
 def test_duplicate_darks_and_flats_are_counted() -> None:
     frames = make_frames()
     refs, projections = frames[:6], frames[6:]
