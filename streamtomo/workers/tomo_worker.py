@@ -272,6 +272,7 @@ class TomoWorker:
         try:
             message = decode(stream.frames, self.processor.frame_bytes_limit())
         except FrameError as error:
+            self.numbering.evidence.offer_unreadable(event_number)  # it may have been an image, or an extra
             result.items.append(Rejected(None, "corrupt_frame", f"event {event_number}: {error}", event_number))
             return None
         if isinstance(message, StinsHeader):

@@ -133,6 +133,10 @@ class BaseEvidence:
     def __init__(self) -> None:
         self.base: int | None = None
         self.event: int | None = None
+        # The earliest event whose detector message could not be read: before the
+        # witness, it was a damaged image (the candidate holds) or an extra message
+        # (the base is one more), and the stream cannot say which.
+        self.unreadable: int | None = None
 
     def offer(self, frame: int, event_number: int | None) -> None:
         event = event_number if event_number is not None and event_number >= 1 else 1
@@ -145,8 +149,17 @@ class BaseEvidence:
             logger.info("frame numbers start at %d (frame %d in event %s)", base, frame, event_number)
         self.base, self.event = base, event
 
+    def offer_unreadable(self, event_number: int | None) -> None:
+        """A detector message of ``event_number`` could not be read."""
+        if (
+            event_number is not None
+            and event_number >= 1
+            and (self.unreadable is None or event_number < self.unreadable)
+        ):
+            self.unreadable = event_number
+
     def reset(self) -> None:
-        self.base = self.event = None
+        self.base = self.event = self.unreadable = None
 
 
 class FrameNumbering:
@@ -173,17 +186,37 @@ class FrameNumbering:
         number from 0 (dranspose's recordings) or 1 (the Orca at DanMAX), so a first
         frame numbered 2 or more means images before it were lost or malformed (a
         dropped first Orca image gave base 2: every frame one position off, darks taken
-        for flats and flats for projections, and nothing said so)."""
-        base = self.evidence.base
-        if self.fixed is not None or base is None or base in (0, 1) or base == self._said:
+        for flats and flats for projections, and nothing said so); and a base of 0 is
+        suspect when a detector message before its witness could not be read."""
+        evidence = self.evidence
+        base = evidence.base
+        if self.fixed is not None or base is None or base == self._said:
             return ""
-        self._said = base
-        return (
-            f"frame_base 'auto' took {base} as the scan's first frame number (frame {base + (self.evidence.event or 1) - 1} "
-            f"in event {self.evidence.event}), but detectors count from 0 or 1: images before it were probably lost "
-            "or malformed and every frame may be off by one or more positions (its kind, its angle). Set frame_base "
-            "(1 for the Orca at DanMAX) and replay the scan"
+        witness = f"frame {base + (evidence.event or 1) - 1} in event {evidence.event}"
+        if base not in (0, 1):
+            self._said = base
+            return (
+                f"frame_base 'auto' took {base} as the scan's first frame number ({witness}), but detectors count "
+                "from 0 or 1: images before it were probably lost or malformed and every frame may be off by one or "
+                "more positions (its kind, its angle). Set frame_base (1 for the Orca at DanMAX) and replay the scan"
+            )
+        unreadable_before = (
+            evidence.unreadable is not None and evidence.event is not None and evidence.unreadable < evidence.event
         )
+        if base == 0 and unreadable_before:
+            # An extra message before the first image (one a detector or a network
+            # added, unreadable) made a detector that counts from 1 look like one
+            # that counts from 0: every frame one position off, and a scan whose
+            # last frame was lost too showed no other sign (fuzz_streams.py
+            # --frame-base auto --seed 21, round 351).
+            self._said = base
+            return (
+                f"frame_base 'auto' took 0 as the scan's first frame number ({witness}), but the detector's "
+                f"message in event {evidence.unreadable} before it could not be read: if it was an extra message "
+                "and not an image, the detector counts from 1 and every frame is one position off (its kind, its "
+                "angle). Set frame_base (1 for the Orca at DanMAX) and replay the scan"
+            )
+        return ""
 
     @property
     def base(self) -> int | None:

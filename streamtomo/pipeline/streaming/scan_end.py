@@ -105,6 +105,8 @@ def warn_if_base_looks_off(scan: LiveScan) -> None:
     seen = scan.admission.seen
     if scan.config.fixed_frame_base() is not None or not expected or 0 in seen or expected not in seen:
         return
+    if scan.admission.rejected.get("frame_base_suspect"):
+        return  # a worker said so already (one notice per scan)
     scan.admission.notice(
         "frame_base_suspect",
         f"frame position 0 never came but position {expected} (one past the {expected} frames of the layout) "
