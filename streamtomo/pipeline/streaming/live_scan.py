@@ -61,7 +61,6 @@ from streamtomo.pipeline.streaming.snapshot import ProductWrite, ScanSnapshot, t
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
-# Settings that fix the arrays' shapes: they cannot change while a scan runs.
 # The reducer takes a shape as the detector's once SHAPE_AGREEMENT distinct frames have
 # it and it leads every other shape by SHAPE_LEAD frames (results from all workers come
 # here: a clean stream settles on its first two frames). Agreement alone let two bad
@@ -73,6 +72,7 @@ SHAPE_LEAD = 2
 # Frames held while no shape leads, at most (each holds its rows: 16 MB at 2048^2);
 # then the shape most of them have settles it (the earliest on a tie).
 SHAPE_HOLD_FRAMES = 8
+# Settings that fix the arrays' shapes: they cannot change while a scan runs.
 FIXED_DURING_SCAN = ("rows", "n_projections", "angle_start", "angle_range", "angle_step", "bin")
 
 
