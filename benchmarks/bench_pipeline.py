@@ -148,10 +148,9 @@ def interleaved(
 ) -> dict[str, list[Throughput]]:
     """``rounds`` scans on each deployment (by pipeline name), one after the other's
     in turn, the order reversed every round: each pipeline's scans meet the same
-    neighbours' load, and round r's scans are a pair (the first two are warm-up)."""
+    neighbours' load, and round r's scans are a pair. :func:`measure` plays the
+    warm-up scan before each one."""
     names = list(deployments)
-    for name in names:
-        run_scan(deployments[name], warmup, warmup_config)  # worker start-up (numba cache load, first sockets)
     out: dict[str, list[Throughput]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else reversed(names):
