@@ -98,22 +98,35 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
 
 
 def warn_if_base_looks_off(scan: LiveScan) -> None:
-    """frame_base 'auto' trusts the earliest image; a malformed or lost first image can
-    shift it by one. The sign at the end: position 0 never came and the position one
-    past the layout did. Say so, with the fix, instead of leaving a scan quietly off."""
+    """The frame base may be off: frame_base 'auto' trusts the earliest image, and a
+    malformed or lost first image shifts it; a fixed frame_base below the detector's
+    first number (0 for the Orca, which counts from 1) shifts every frame, darks
+    taken for flats and each projection joined to the next one's PandA row (42 of
+    46 slots wrong in a DanMAX-like scan, and nothing said). The sign at the end:
+    position 0 never came and the position one past the layout did. Say so, with
+    the fix, instead of leaving a scan quietly off."""
     expected = scan.config.expected_frames()
     seen = scan.admission.seen
-    if scan.config.fixed_frame_base() is not None or not expected or 0 in seen or expected not in seen:
+    if not expected or 0 in seen or expected not in seen:
         return
     if scan.admission.rejected.get("frame_base_suspect"):
         return  # a worker said so already (one notice per scan)
-    scan.admission.notice(
-        "frame_base_suspect",
-        f"frame position 0 never came but position {expected} (one past the {expected} frames of the layout) "
-        "did: the first image was probably lost or malformed and frame_base 'auto' took the next one's number "
-        "as the start; every frame may be one position off. Set frame_base (1 for the Orca at DanMAX) and "
-        "replay the scan",
-    )
+    fixed = scan.config.fixed_frame_base()
+    sign = f"frame position 0 never came but position {expected} (one past the {expected} frames of the layout) did"
+    if fixed is None:
+        text = (
+            f"{sign}: the first image was probably lost or malformed and frame_base 'auto' took the next one's "
+            "number as the start; every frame may be one position off. Set frame_base (1 for the Orca at DanMAX) "
+            "and replay the scan"
+        )
+    else:
+        first = min(position for position in seen if position >= 0)
+        text = (
+            f"{sign}: the detector probably numbers its frames from {fixed + first}, not from frame_base {fixed}, "
+            f"and every frame is {first} position(s) off (its kind, its angle). Set frame_base {fixed + first} "
+            "(or 'auto') and replay the scan"
+        )
+    scan.admission.notice("frame_base_suspect", text)
 
 
 def say_if_frames_may_be_off(scan: LiveScan) -> None:
@@ -124,9 +137,11 @@ def say_if_frames_may_be_off(scan: LiveScan) -> None:
     rejected = scan.admission.rejected
     whys = []
     if rejected.get("frame_base_suspect"):
+        fixed = scan.config.fixed_frame_base()
+        found = "frame_base 'auto' found" if fixed is None else f"frame_base {fixed} does not match"
         whys.append(
-            "frame_base 'auto' found a first frame that is not the detector's first (frame_base_suspect): every "
-            "frame may be one position off; set frame_base (1 for the Orca at DanMAX) and replay the scan"
+            f"{found} the detector's first frame number (frame_base_suspect): every frame may be one position "
+            "off; set frame_base (1 for the Orca at DanMAX) and replay the scan"
         )
     if rejected.get("stins_header_mid_scan") and rejected.get("duplicate_frame"):
         whys.append(

@@ -131,6 +131,18 @@ def test_a_first_frame_number_that_no_detector_starts_from_is_named() -> None:
     assert fixed.rejected == {} and fixed.lost_frames() == [(0, 0)]
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_fixed_frame_base_below_the_detectors_first_number_is_named(workers: int) -> None:
+    """frame_base 0 for the Orca, which counts from 1: every frame one position off (a
+    dark taken for a flat, each projection joined to the next one's PandA row) and the
+    scan finished with nothing said but one dropped_kind."""
+    scan = run_scan(danmax_scan(ANGLES), {**config(), "frame_base": "0"}, workers)
+    assert scan.rejected["frame_base_suspect"] == 1
+    assert "frame_base 0 does not match" in scan.reason and "frame_base_suspect" in scan.reason
+    right = run_scan(danmax_scan(ANGLES), {**config(), "frame_base": "1"}, workers)
+    assert right.rejected == {} and right.reason == ""
+
+
 def test_a_pandas_in_raw_mode_is_refused_for_a_mean() -> None:
     """In 'process: Raw' a Mean capture is the sum over the exposure: every angle wrong."""
     detector, angle = split(danmax_scan(ANGLES))
