@@ -22,8 +22,8 @@ from streamtomo.pipeline.formats.errors import (
     AngleError,
     EncoderFieldMissing,
     FrameError,
-    PcapHeaderInsteadOfRow,
     PcapHeaderMissing,
+    PcapNotARow,
     PcapRawMean,
 )
 from streamtomo.pipeline.formats.kinds import BaseEvidence, FrameKindRule, FrameNumbering
@@ -97,7 +97,6 @@ class TomoWorker:
         self.numbering = FrameNumbering(config.fixed_frame_base(), SERIES_BASE)
         self.numbering.reset()  # a new worker is a new run: nothing learnt before counts
         self.pcap_header: PcapHeader | None = None
-        self._pcap_values_read = False  # a value line came since the PandA header
         # What the PandA sent in the event under way (None: nothing, or unreadable):
         # beside the detector's message it shows whether the two streams are in step.
         self._event_pcap: PcapMessage | None = None
@@ -160,7 +159,6 @@ class TomoWorker:
         self.processor.reset()
         self.numbering.reset()
         self.pcap_header = None
-        self._pcap_values_read = False
 
     # -- decoding -------------------------------------------------------------------
     def _angle(
@@ -189,41 +187,51 @@ class TomoWorker:
         self._event_pcap = message
         if isinstance(message, PcapHeader):
             result.items.extend(pcap_header_notices(message, config, event.event_number))
-            no_row: PcapHeaderInsteadOfRow | None = None  # a header that starts the capture takes no row's place
-            if self._pcap_values_read and self.pcap_header is not None:
-                # A header only starts a capture. One in the middle is counted: if it came
-                # on top of the rows (a re-arm), every later row is one event late, which
-                # the stream's end shows (angle_stream_out_of_step). Other fields would
-                # change how every later row is read: the capture's own header stays.
-                # Either way the event brought no row where one was due: its frame has no
-                # angle here (with check_nominal_angles the reducer looks for its row).
-                no_row = PcapHeaderInsteadOfRow(
-                    f"event {event.event_number} brought a PandA header in the middle of the capture, not a value row"
+            if event.event_number <= 0 or self.pcap_header is None:
+                # The capture's header is event 0 (dranspose gives a stream's first
+                # message to every worker); a worker that never got it takes a later one.
+                self.pcap_header = message
+                if event.event_number <= 0:
+                    return None, None, False
+            # A header only starts a capture, and the capture's is event 0. One later is
+            # counted, whether or not this worker has read a row since (with 8 workers
+            # one that had read none took a re-arm for its capture's start, and its frame
+            # was refused where the others' were found by check_nominal_angles). If it
+            # came on top of the rows (a re-arm), every later row is one event late, which
+            # the stream's end shows (angle_stream_out_of_step). Other fields would change
+            # how every later row is read: the capture's own header stays. Either way the
+            # event brought no row where one was due: its frame has no angle here (with
+            # check_nominal_angles the reducer looks for its row).
+            kept = message.keys != self.pcap_header.keys
+            if not kept:
+                self.pcap_header = message  # the same fields: the re-armed capture's own header
+            result.items.append(
+                Rejected.notice(
+                    "pcap_header_mid_scan",
+                    f"event {event.event_number}: a PandA header with fields {list(message.keys)} came in the middle "
+                    + (
+                        f"of the capture; the capture's header ({list(self.pcap_header.keys)}) stays in force"
+                        if kept
+                        else "of the capture (a re-armed capture?)"
+                    ),
+                    event.event_number,
                 )
-                kept = message.keys != self.pcap_header.keys
-                result.items.append(
-                    Rejected.notice(
-                        "pcap_header_mid_scan",
-                        f"event {event.event_number}: a PandA header with fields {list(message.keys)} came after "
-                        + (
-                            f"value rows; the capture's header ({list(self.pcap_header.keys)}) stays in force"
-                            if kept
-                            else "value rows (a re-armed capture?)"
-                        ),
-                        event.event_number,
-                    )
-                )
-                if kept:
-                    return None, no_row, True
-            self.pcap_header = message
-            self._pcap_values_read = False
-            return None, no_row, no_row is not None
+            )
+            no_row = PcapNotARow(
+                f"event {event.event_number} brought a PandA header in the middle of the capture, not a value row"
+            )
+            return None, no_row, True
         if isinstance(message, PcapEnd):
-            self._pcap_values_read = False  # the next capture may bring its own header
             result.items.extend(pcap_end_notices(message, event.event_number))
-            return None, None, False
+            # The capture's end belongs beside the detector's: in an event with an image
+            # it took that image's row's place (``_image`` refuses the frame, or with
+            # check_nominal_angles the reducer looks for its row, as after a header).
+            return (
+                None,
+                PcapNotARow(f"event {event.event_number} brought the PandA's end of capture, not a value row"),
+                False,
+            )
         assert isinstance(message, PcapValues)
-        self._pcap_values_read = True
         return (*self._row_angle(message, config), True)
 
     def _row_angle(self, message: PcapValues, config: PipelineConfig) -> tuple[float | None, AngleError | None]:
@@ -341,11 +349,7 @@ class TomoWorker:
             # Its event carried another frame's PandA row (a message dropped or added
             # on one stream): its own row is in another event, joined by the reducer.
             angle_row, angle, angle_error = index, None, None
-        elif (
-            key == ImageKey.PROJECTION
-            and isinstance(angle_error, PcapHeaderInsteadOfRow)
-            and config.nominal_angles_checked()
-        ):
+        elif key == ImageKey.PROJECTION and isinstance(angle_error, PcapNotARow) and config.nominal_angles_checked():
             # A PandA header where its row was due: if the header came on top of the
             # rows, the row is in the next event, and the reducer finds it by angle.
             angle_row, angle_error = NOMINAL_ROW, None

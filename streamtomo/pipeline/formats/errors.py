@@ -43,7 +43,8 @@ class PcapRawMean(AngleError):
     reason = "pcap_raw_mean"
 
 
-class PcapHeaderInsteadOfRow(AngleError):
-    """The event carried a PandA header in the middle of a capture, not a value row: its
-    frame's row is lost (a header in its place) or comes one event later (a header on
-    top of the rows, which ``check_nominal_angles`` finds)."""
+class PcapNotARow(AngleError):
+    """The event carried another PandA message where its frame's value row was due: a
+    header in the middle of a capture, or the capture's end before the detector's. The
+    row is lost (the message in its place) or comes later (the message on top of the
+    rows, which ``check_nominal_angles`` finds)."""

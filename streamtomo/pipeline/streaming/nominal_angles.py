@@ -21,6 +21,9 @@ from streamtomo.pipeline.streaming.sinogram import AngleGrid, UnknownAngleError
 logger = logging.getLogger(__name__)
 
 WINDOW = 2  # PandA rows searched on each side of the frame's own
+# Rows whose angles differ by at most this fraction of the grid's step read one
+# position of the stage: as a match they are one, not an ambiguity.
+SAME_ANGLE = 0.01
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,9 @@ class NominalAngleCheck:
                 angle = rows[r].angle_deg if r in rows else None
                 if angle is not None and _slot(grid, angle) == expected:
                     matches.append(angle)
-            if len(matches) == 1:
+            if len(matches) == 1 or (matches and max(matches) - min(matches) <= SAME_ANGLE * grid.step):
+                # Several rows at one angle are one angle: the stage held still (darks and
+                # flats taken at the first projection's angle), whichever row is the frame's.
                 verdicts.append(Verdict(msg, refs, matches[0], ""))
             else:
                 nominal = config.nominal_angle(msg.frame_index - config.first_projection())

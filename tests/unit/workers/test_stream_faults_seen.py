@@ -68,6 +68,26 @@ def test_a_pandas_header_on_top_of_its_rows_is_counted_and_named(rearm: bool) ->
     assert OUT_OF_STEP in scan.reason
 
 
+@pytest.mark.parametrize("workers", [1, 3, 8])
+@pytest.mark.parametrize("event", [FIRST, FIRST + 1], ids=["at the first projection", "at the second"])
+@pytest.mark.parametrize("rearm", [False, True], ids=["header repeated", "END and header: re-armed"])
+def test_with_nominal_checks_every_frame_finds_its_row_after_a_pandas_header_on_top(
+    rearm: bool, event: int, workers: int
+) -> None:
+    """A worker that had read no PandA row yet took the header for its capture's start
+    (8 workers: nothing counted, that frame refused as missing_angle), an END in an
+    image's event refused its frame, and the flats' rows at the first projection's angle
+    made its row look ambiguous: each frame is now found by its angle."""
+    detector, angle = split(danmax_scan(ANGLES))
+    angle[event:event] = [pcap.encode_pcap_end(event - 1), angle[0]] if rearm else [angle[0]]
+    checked = {**config(), "check_nominal_angles": "true"}
+    scan = run_scan(events_by_stream(detector, angle), checked, workers)
+    assert scan.rejected == {"pcap_header_mid_scan": 1, "angle_stream_out_of_step": 1}
+    assert scan.sinogram is not None and list(scan.sinogram.missing_slots()) == []
+    clean = run_scan(danmax_scan(ANGLES), checked, workers)
+    assert _slots_hold_their_own_projection(scan, clean) == []
+
+
 @pytest.mark.parametrize("drop", ["an image", "the series end"])
 def test_the_detectors_own_lost_messages_are_no_fault_of_the_angles(drop: str) -> None:
     detector, angle = split(danmax_scan(ANGLES))
