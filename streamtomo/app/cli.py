@@ -487,7 +487,8 @@ def _report_survey(
     projection is refused here."""
     from streamtomo.app.data_check import describe, usable_projections
 
-    lines, warnings = describe(survey, config)
+    projections = survey.projection_angles(config)
+    lines, warnings = describe(survey, config, projections)
     for line in lines:
         print(line, flush=True)
     for line in warnings:
@@ -499,7 +500,7 @@ def _report_survey(
         raise CliError(f"{option}: no detector image in stream {config.detector_stream!r} (detector_stream)")
     if (args.rows or args.cols) and (args.rows, args.cols) != shape:
         raise CliError(f"--rows/--cols {args.rows} x {args.cols} but the data's detector is {shape[0]} x {shape[1]}")
-    if not usable_projections(survey, config):
+    if not usable_projections(projections, config):
         raise CliError(f"{args.parameters}: no projection of the data would be reduced (see the warnings above)")
     return shape
 

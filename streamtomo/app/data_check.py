@@ -24,8 +24,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from streamtomo.pipeline.config import PipelineConfig
-from streamtomo.pipeline.messages import AngleRow, Rejected, StreamStep
+from streamtomo.pipeline.messages import NOMINAL_ROW, AngleRow, Rejected, StreamStep
 from streamtomo.pipeline.scan import ImageKey
+from streamtomo.pipeline.streaming.nominal_angles import WINDOW, NominalAngleCheck, match_nominal_row, slot_or_none
 from streamtomo.pipeline.streaming.sinogram import AngleGrid, UnknownAngleError
 from streamtomo.workers.tomo_worker import SurveyedFrame, TomoWorker
 
@@ -56,13 +57,51 @@ class DataSurvey:
         rows, cols = shapes.most_common(1)[0][0]
         return rows, cols
 
-    def projection_angles(self) -> list[float | None]:
-        """Each projection's angle: its own event's, or its PandA row's from another event."""
-        return [
-            f.angle_deg if f.angle_row < 0 else self.rows.get(f.angle_row)
-            for f in self.frames
-            if f.key == ImageKey.PROJECTION
-        ]
+    def projection_angles(self, config: PipelineConfig) -> ProjectionAngles:
+        """Each projection's angle as the scan would place it: its own event's, or its
+        PandA row's from another event; with ``check_nominal_angles`` one off its
+        nominal slot (or that came without a row) takes the row nearby with its nominal
+        angle, as the reducer's :class:`~streamtomo.pipeline.streaming.nominal_angles.NominalAngleCheck`
+        does, or is refused."""
+        grid = AngleGrid.of(config) if config.nominal_angles_checked() else None
+        result = ProjectionAngles()
+        for f in self.frames:
+            if f.key != ImageKey.PROJECTION:
+                continue
+            angle = f.angle_deg if f.angle_row < 0 else self.rows.get(f.angle_row)
+            expected = None if grid is None else NominalAngleCheck.expected_slot(config, grid, f.index)
+            if grid is None or expected is None:
+                result.angles.append(angle)
+                continue
+            without_row = angle is None and f.angle_row == NOMINAL_ROW
+            if not without_row and (angle is None or slot_or_none(grid, angle) == expected):
+                result.angles.append(angle)
+                continue
+            found, matches = match_nominal_row(grid, expected, f.index, self.rows)
+            if found is not None:
+                result.matched += 1
+                result.angles.append(found)
+                continue
+            reason = "missing_angle" if without_row else "angle_mismatch"
+            result.refused[reason] += 1
+            measured = "no PandA row in its event" if without_row else f"measured {angle:.3f} deg"
+            result.first_detail.setdefault(
+                reason,
+                f"frame {f.index}: {measured}, nominal "
+                f"{config.nominal_angle(f.index - config.first_projection()):.3f} deg; {matches} PandA rows "
+                f"within {WINDOW} frames have the nominal angle's slot",
+            )
+        return result
+
+
+@dataclass
+class ProjectionAngles:
+    """The projections' angles as the scan would place them (:meth:`DataSurvey.projection_angles`)."""
+
+    angles: list[float | None] = field(default_factory=list)  # None: no angle (its row missing or unreadable)
+    matched: int = 0  # found their PandA row by their nominal angle (check_nominal_angles)
+    refused: Counter[str] = field(default_factory=Counter)  # the nominal search found none
+    first_detail: dict[str, str] = field(default_factory=dict)
 
 
 def _parameters(config: PipelineConfig) -> dict[Any, Any]:
@@ -140,9 +179,9 @@ def angle_report(angles: Sequence[float | None], config: PipelineConfig) -> Angl
     )
 
 
-def describe(survey: DataSurvey, config: PipelineConfig) -> tuple[list[str], list[str]]:
+def describe(survey: DataSurvey, config: PipelineConfig, projections: ProjectionAngles) -> tuple[list[str], list[str]]:
     """What the data hold (lines for stdout) and what the scan would refuse or doubt
-    (lines for stderr)."""
+    (lines for stderr); ``projections``: ``survey.projection_angles(config)``."""
     out: list[str] = []
     warnings: list[str] = []
     shape = survey.shape
@@ -151,7 +190,7 @@ def describe(survey: DataSurvey, config: PipelineConfig) -> tuple[list[str], lis
     detector = f"{shape[0]} x {shape[1]} {'/'.join(dtypes)}" if shape else "no image"
     counts = ", ".join(f"{kinds[k]} {name}" for k, name in KIND_NAMES.items())
     out.append(f"data: {survey.events} events; detector {detector}; {counts} (kind_rule {config.kind_rule})")
-    angles = angle_report(survey.projection_angles(), config)
+    angles = angle_report(projections.angles, config)
     if angles is not None:
         if angles.measured:
             out.append(
@@ -162,6 +201,13 @@ def describe(survey: DataSurvey, config: PipelineConfig) -> tuple[list[str], lis
             warnings.append(f"{angles.outside} projections have an angle that matches no slot (unknown_angle)")
         if angles.without:
             warnings.append(f"{angles.without} projections have no angle (their PandA row is missing or unreadable)")
+    if projections.matched:
+        out.append(
+            f"check_nominal_angles: {projections.matched} projections found their PandA row by their nominal angle "
+            "(their event's row was another frame's, or none)"
+        )
+    for reason, n in sorted(projections.refused.items()):
+        warnings.append(f"{n} x {reason}: {projections.first_detail[reason]}")
     for reason, n in sorted(survey.rejected.items()):
         warnings.append(f"{n} x {reason}: {survey.first_detail[reason]}")
     if survey.steps:
@@ -173,10 +219,9 @@ def describe(survey: DataSurvey, config: PipelineConfig) -> tuple[list[str], lis
     return out, warnings
 
 
-def usable_projections(survey: DataSurvey, config: PipelineConfig) -> int:
+def usable_projections(projections: ProjectionAngles, config: PipelineConfig) -> int:
     """Projections the scan would place: read, with an angle on the grid."""
-    angles = survey.projection_angles()
-    report = angle_report(angles, config)
+    report = angle_report(projections.angles, config)
     if report is None or not config.angle_stream:
-        return len(angles)
+        return len(projections.angles)
     return report.measured - report.outside

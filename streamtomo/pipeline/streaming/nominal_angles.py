@@ -11,6 +11,7 @@ the one row within ``WINDOW`` frames whose angle is its own, or rejected.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from streamtomo.pipeline.config import PipelineConfig
@@ -47,7 +48,7 @@ class NominalAngleCheck:
         projection = frame_index - config.first_projection()
         if not 0 <= projection < config.n_projections:
             return None
-        return _slot(grid, config.nominal_angle(projection))
+        return slot_or_none(grid, config.nominal_angle(projection))
 
     def hold(self, msg: ProjectionRows, refs: ReferenceSet, slot: int | None, expected: int) -> None:
         """Keep a frame until its neighbours' rows are here. ``slot`` None: it came
@@ -77,15 +78,10 @@ class NominalAngleCheck:
                 still.append((msg, refs))
                 continue
             expected = self.expected_slot(config, grid, msg.frame_index)
-            matches: list[float] = []
-            for r in window:
-                angle = rows[r].angle_deg if r in rows else None
-                if angle is not None and _slot(grid, angle) == expected:
-                    matches.append(angle)
-            if len(matches) == 1 or (matches and max(matches) - min(matches) <= SAME_ANGLE * grid.step):
-                # Several rows at one angle are one angle: the stage held still (darks and
-                # flats taken at the first projection's angle), whichever row is the frame's.
-                verdicts.append(Verdict(msg, refs, matches[0], ""))
+            angles = {r: rows[r].angle_deg for r in window if r in rows}
+            found, matches = match_nominal_row(grid, expected, msg.frame_index, angles)
+            if found is not None:
+                verdicts.append(Verdict(msg, refs, found, ""))
             else:
                 nominal = config.nominal_angle(msg.frame_index - config.first_projection())
                 measured = (
@@ -93,7 +89,7 @@ class NominalAngleCheck:
                 )
                 detail = (
                     f"frame {msg.frame_index}: {measured}, nominal {nominal:.3f} deg; "
-                    f"{len(matches)} PandA rows within {WINDOW} frames have the nominal angle's slot"
+                    f"{matches} PandA rows within {WINDOW} frames have the nominal angle's slot"
                 )
                 verdicts.append(Verdict(msg, refs, None, detail))
         self._pending = still
@@ -104,7 +100,26 @@ class NominalAngleCheck:
         return len(self._pending)
 
 
-def _slot(grid: AngleGrid, angle_deg: float) -> int | None:
+def match_nominal_row(
+    grid: AngleGrid, expected: int | None, frame_index: int, angles: Mapping[int, float | None]
+) -> tuple[float | None, int]:
+    """The angle of the PandA row within :data:`WINDOW` rows of ``frame_index`` whose
+    angle falls in the ``expected`` slot, and how many rows do (``angles``: row ->
+    angle, None where unreadable). None unless exactly one position matches: several
+    rows at one angle are one angle, the stage held still (darks and flats taken at
+    the first projection's angle), whichever row is the frame's."""
+    matches = [
+        angle
+        for r in range(max(frame_index - WINDOW, 0), frame_index + WINDOW + 1)
+        if (angle := angles.get(r)) is not None and expected is not None and slot_or_none(grid, angle) == expected
+    ]
+    if len(matches) == 1 or (matches and max(matches) - min(matches) <= SAME_ANGLE * grid.step):
+        return matches[0], len(matches)
+    return None, len(matches)
+
+
+def slot_or_none(grid: AngleGrid, angle_deg: float) -> int | None:
+    """The angle's slot; None where it matches none."""
     try:
         return grid.slot(angle_deg)
     except UnknownAngleError:

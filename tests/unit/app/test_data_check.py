@@ -1,0 +1,57 @@
+"""``check --data`` reads the data as the scan would: with ``check_nominal_angles`` its
+projections find their PandA rows by their nominal angles as the reducer's do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamtomo.app.data_check import describe, survey_events, usable_projections
+from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.formats import pcap
+from tests.support.stream_events import events_by_stream
+from tests.unit.workers.test_beamline_conventions import DANMAX_FIELDS, danmax_scan, run_scan
+from tests.unit.workers.test_stream_alignment import ANGLES, FIRST, config, split
+
+
+@pytest.mark.parametrize(
+    ("extra", "refused"),
+    [
+        ("header", {}),  # a re-armed capture's header on top of the rows: every row found nearby
+        ("3 rows", {"angle_mismatch": len(ANGLES) - 11}),  # 3 rows too many: projections 11 on beyond the search
+    ],
+)
+def test_check_finds_each_projections_row_as_the_scan_does(extra: str, refused: dict[str, int]) -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    at = FIRST + 10
+    angle[at:at] = [angle[0]] if extra == "header" else [angle[at]] * 3
+    values = {**config(), "check_nominal_angles": "true"}
+    events = events_by_stream(detector, angle)
+    cfg = PipelineConfig.from_mapping(values)
+    survey = survey_events(((int(e.event_number), e.streams) for e in events), cfg)
+    projections = survey.projection_angles(cfg)
+
+    scan = run_scan(events, values, 2)
+    assert scan.sinogram is not None
+    placed = scan.sinogram.angles()[scan.sinogram.filled_slots()]
+    assert dict(projections.refused) == {k: v for k, v in scan.rejected.items() if k in ("angle_mismatch",)} == refused
+    np.testing.assert_allclose(sorted(a for a in projections.angles if a is not None), sorted(placed), atol=1e-3)
+    assert usable_projections(projections, cfg) == len(placed)
+    lines, warnings = describe(survey, cfg, projections)
+    empty = len(ANGLES) - len(placed)
+    assert any(f"{len(placed)} projections from" in line and f"{empty} slots empty" in line for line in lines)
+    if not refused:
+        assert projections.matched > 0 and any("found their PandA row by their nominal angle" in line for line in lines)
+    else:
+        assert any(line.startswith(f"{refused['angle_mismatch']} x angle_mismatch: frame ") for line in warnings)
+
+
+def test_without_nominal_checks_the_survey_takes_the_rows_as_they_come() -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    angle[FIRST + 10 : FIRST + 10] = [pcap.encode_pcap_header(DANMAX_FIELDS, "2024-11-05T10:00:01.000Z")]
+    cfg = PipelineConfig.from_mapping(config())
+    events = events_by_stream(detector, angle)
+    projections = survey_events(((int(e.event_number), e.streams) for e in events), cfg).projection_angles(cfg)
+    assert projections.matched == 0 and not projections.refused
+    assert sum(a is None for a in projections.angles) == 0  # the header's frame is refused by the worker
+    assert len(projections.angles) == len(ANGLES) - 1
