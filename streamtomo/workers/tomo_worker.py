@@ -342,6 +342,21 @@ class TomoWorker:
         except FrameError as error:
             result.items.append(Rejected(index, "unknown_kind", str(error), event_number))
             return
+        layout = self.rule.past_layout(index, message.extra) if key == ImageKey.INVALID else None
+        if layout is not None:
+            # Named for what it is: it was dropped_kind "image_key 3 (invalid)", which
+            # said nothing of an overrun or of a frame_base below the detector's first.
+            result.items.append(
+                Rejected(
+                    index,
+                    "past_layout",
+                    f"frame {index} lies past the scan's {layout} frames (frame_layout, or n_darks, n_flats and "
+                    "n_projections): the detector sent more frames than the parameters describe, or frame_base "
+                    f"({config.frame_base}) is below its first frame number",
+                    event_number,
+                )
+            )
+            return
         angle_row = -1
         # Event e holds PandA row e - 1: a frame at another position needs another row.
         misaligned = key == ImageKey.PROJECTION and bool(config.angle_stream) and index != event_number - 1

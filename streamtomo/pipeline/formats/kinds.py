@@ -106,6 +106,16 @@ class FrameKindRule:
             start += count
         return ImageKey.INVALID
 
+    def past_layout(self, position: int, header: Mapping[str, Any] | None = None) -> int | None:
+        """The closed layout's number of frames when the frame at ``position`` lies past
+        it (and its header does not name its kind); else None."""
+        if self.header_key is not None and header is not None and self.header_key in header:
+            return None
+        if not self.segments or any(count is None for _, count in self.segments):
+            return None
+        size = sum(count or 0 for _, count in self.segments)
+        return size if position >= size else None
+
     def kind(self, position: int, header: Mapping[str, Any] | None = None) -> ImageKey:
         """The frame's kind from its image header (``StinsImage.extra``) or position."""
         if self.header_key is not None and header is not None and self.header_key in header:

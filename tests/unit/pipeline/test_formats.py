@@ -293,6 +293,10 @@ D, F, P, INV = ImageKey.DARK, ImageKey.FLAT, ImageKey.PROJECTION, ImageKey.INVAL
 def test_kind_rule_by_counts() -> None:
     rule = FrameKindRule.from_counts(2, 1, 3, n_flats_after=1, n_darks_after=1)
     assert [rule.kind(i, {"image_key": 0}) for i in range(9)] == [D, D, F, P, P, P, F, D, INV]
+    assert [rule.past_layout(i) for i in (7, 8, 20)] == [None, 8, 8]  # an overrun, named as one
+    assert FrameKindRule.from_counts(1, 1).past_layout(20) is None  # open-ended: nothing lies past it
+    by_header = FrameKindRule(((D, 1),), header_key="image_key")
+    assert by_header.past_layout(5, {"image_key": 0}) is None and by_header.past_layout(5, {}) == 1
     open_ended = FrameKindRule.from_counts(1, 1)
     assert [open_ended.by_position(i) for i in range(4)] == [D, F, P, P]
     assert FrameKindRule().by_position(5) == P
