@@ -24,7 +24,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from streamtomo.pipeline.config import PipelineConfig
-from streamtomo.pipeline.messages import NOMINAL_ROW, AngleRow, Rejected, StreamStep
+from streamtomo.pipeline.formats.pcap_checks import pandas_surplus
+from streamtomo.pipeline.messages import NOMINAL_ROW, AngleRow, PandaEnded, Rejected, StreamStep
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.nominal_angles import WINDOW, NominalAngleCheck, match_nominal_row, slot_or_none
 from streamtomo.pipeline.streaming.sinogram import AngleGrid, UnknownAngleError
@@ -43,9 +44,13 @@ class DataSurvey:
     first_detail: dict[str, str] = field(default_factory=dict)
     rows: dict[int, float | None] = field(default_factory=dict)  # PandA row -> angle (None: unreadable)
     steps: list[StreamStep] = field(default_factory=list)
+    panda_ends: list[int] = field(default_factory=list)  # events of the PandA's capture ENDs
+    last_refused: int = -1  # the highest position of a frame refused (past the layout, say)
 
     def reject(self, item: Rejected) -> None:
         self.rejected[item.reason] += 1
+        if item.frame_index is not None:
+            self.last_refused = max(self.last_refused, item.frame_index)
         self.first_detail.setdefault(item.reason, item.detail)
 
     @property
@@ -138,6 +143,8 @@ def survey_events(events: Iterable[tuple[int, dict[str, Any]]], config: Pipeline
                 survey.rows[item.row] = item.angle_deg
             elif isinstance(item, StreamStep):
                 survey.steps.append(item)
+            elif isinstance(item, PandaEnded):
+                survey.panda_ends.append(item.event)
     return survey
 
 
@@ -210,7 +217,18 @@ def describe(survey: DataSurvey, config: PipelineConfig, projections: Projection
         warnings.append(f"{n} x {reason}: {projections.first_detail[reason]}")
     for reason, n in sorted(survey.rejected.items()):
         warnings.append(f"{n} x {reason}: {survey.first_detail[reason]}")
-    if survey.steps:
+    expected = config.expected_frames()
+    # The scan's frames as the reducer counts them: the layout's, or more where frames past it came.
+    frames = max([expected, survey.last_refused + 1, *(f.index + 1 for f in survey.frames)]) if expected else None
+    surplus = pandas_surplus(survey.panda_ends, frames)
+    if surplus:  # as the reducer judges it (scan_end.judge_stream_steps)
+        warnings.append(
+            f"the PandA sent {abs(surplus)} message(s) {'more' if surplus > 0 else 'fewer'} than the scan's {frames} "
+            f"frames before its capture's END (event {max(survey.panda_ends)}): projections after the first such "
+            "message sit at a neighbour's angle (angle_stream_out_of_step"
+            + ("; check_nominal_angles finds their rows)" if config.nominal_angles_checked() else ")")
+        )
+    elif survey.steps and surplus is None:
         warnings.append(
             "the detector's and the PandA's streams end in different events ("
             + "; ".join(f"event {s.event}: {s.detail}" for s in survey.steps[:2])

@@ -180,12 +180,30 @@ class StreamStep:
     detail: str
 
 
+@dataclass(frozen=True)
+class PandaEnded:
+    """The PandA's capture END came in ``event``. Its rows are numbered by their events
+    (the header is event 0), so the event of its last END against the scan's frames
+    says how many messages too many or too few the PandA sent
+    (:func:`~streamtomo.pipeline.formats.pcap_checks.pandas_surplus`)."""
+
+    event: int
+
+
 @dataclass
 class WorkerResult:
     """Everything one event produced (dranspose allows one result per event)."""
 
     items: list[
-        ReferenceRows | ReferenceCopy | ProjectionRows | PartialSum | Rejected | StreamEnded | AngleRow | StreamStep
+        ReferenceRows
+        | ReferenceCopy
+        | ProjectionRows
+        | PartialSum
+        | Rejected
+        | StreamEnded
+        | AngleRow
+        | StreamStep
+        | PandaEnded
     ] = field(default_factory=list)
 
 

@@ -45,6 +45,7 @@ from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage,
 from streamtomo.pipeline.messages import (
     NOMINAL_ROW,
     AngleRow,
+    PandaEnded,
     ReferenceCopy,
     ReferenceRows,
     Rejected,
@@ -223,6 +224,7 @@ class TomoWorker:
             return None, no_row, True
         if isinstance(message, PcapEnd):
             result.items.extend(pcap_end_notices(message, event.event_number))
+            result.items.append(PandaEnded(event.event_number))
             # The capture's end belongs beside the detector's: in an event with an image
             # it took that image's row's place (``_image`` refuses the frame, or with
             # check_nominal_angles the reducer looks for its row, as after a header).

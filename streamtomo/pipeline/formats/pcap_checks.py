@@ -11,6 +11,7 @@ is never silent:
   middle of a capture), and every frame after it was paired with another frame's row,
   unless the detector's own losses or extras explain it (its frames carry numbers:
   :func:`~streamtomo.pipeline.streaming.scan_end.judge_stream_steps`).
+  :func:`pandas_surplus` says which: the PandA's own count against the scan's frames.
 * :func:`pcap_header_notices`: the PandA reports samples it missed, or captures the
   mean of a wrapping encoder without its Min and Max (a frame whose exposure
   straddled the wrap then has a mean that is no angle, and nothing shows it);
@@ -22,6 +23,7 @@ is never silent:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats.pcap import PcapEnd, PcapHeader, PcapMessage, PcapValues, split_field_key
@@ -50,6 +52,22 @@ def streams_out_of_step(
     if isinstance(pcap, PcapEnd) and not detector_present:
         return True, "the PandA's capture ended after the detector's last message: the PandA sent more messages"
     return None
+
+
+def pandas_surplus(end_events: Iterable[int], frames: int | None) -> int | None:
+    """How many messages more than the detector's ``frames`` the PandA sent before its
+    capture's last END (negative: fewer), or None where that cannot be told (no END
+    came: a stream cut short; or the number of frames is not known).
+
+    The PandA's header is event 0 and row i is in event i + 1, so its END comes in
+    event ``frames + 1`` when it sent one row per frame. Every message more or fewer
+    before a row (a double trigger, a row lost, a header or END of a re-armed capture)
+    puts that row and every later one beside another frame, whatever the detector
+    did: its frames carry their numbers and find their rows by them."""
+    last = max(end_events, default=None)
+    if last is None or frames is None:
+        return None
+    return (last - 1) - frames
 
 
 def pcap_header_notices(header: PcapHeader, config: PipelineConfig, event: int) -> list[Rejected]:

@@ -34,6 +34,7 @@ from streamtomo.pipeline.messages import (
     NOMINAL_ROW,
     AngleRow,
     DetectorInfo,
+    PandaEnded,
     PartialSum,
     ProjectionRows,
     ReferenceCopy,
@@ -108,6 +109,7 @@ class LiveScan:
         self._shape_voters: set[tuple[int, int]] = set()  # (frame, event) copies that voted
         self._notices: set[tuple[str, int]] = set()  # (reason, event) of notices counted
         self.stream_steps: list[StreamStep] = []  # events that showed the PandA and detector out of step
+        self.panda_ends: list[int] = []  # events of the PandA's capture ENDs
         self._reference_frames: set[int] = set()
         self.published: dict[str, ProductWrite] = {}  # what the last snapshot carried (snapshot.py)
         self._waiting_logged = False
@@ -181,6 +183,8 @@ class LiveScan:
                 self.stream_ended = True
             elif isinstance(item, StreamStep):
                 self.stream_steps.append(item)  # judged at the scan's end (scan_end.judge_stream_steps)
+            elif isinstance(item, PandaEnded):
+                self.panda_ends.append(item.event)  # judged with the steps
             elif isinstance(item, AngleRow):
                 for waiting, row in self.angle_join.add_row(item):
                     self._add_joined(waiting, row)

@@ -18,6 +18,7 @@ import numpy as np
 
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
+from streamtomo.pipeline.formats.pcap_checks import pandas_surplus
 from streamtomo.pipeline.reconstruction.backends.common import coverage_warnings_logged
 from streamtomo.pipeline.reconstruction.cor import auto_center
 from streamtomo.pipeline.reconstruction.fbp import angular_weights
@@ -162,42 +163,61 @@ DETECTOR_EXTRAS = ("duplicate_frame", "stins_header_mid_scan", "corrupt_frame")
 def judge_stream_steps(scan: LiveScan) -> None:
     """Say whether the PandA's rows were paired with the wrong frames.
 
-    The streams ending in different events (:class:`~streamtomo.pipeline.messages.StreamStep`)
-    shows that one of them sent a message too many or too few. The detector's frames
-    carry numbers, so its own losses (frames lost) and extras (duplicates, a header or
-    junk in the middle) cost nothing: a frame then goes to its own PandA row by number.
-    The PandA's rows carry none, so an extra or missing row shifts every later frame
-    onto a neighbour's angle. When the detector's side does not explain the difference,
-    or the PandA says itself that it sent too many or too few, the scan counts
-    ``angle_stream_out_of_step`` and its reason says so (with check_nominal_angles the
-    frames were matched to the rows with their angles instead).
+    The detector's frames carry numbers, so its own losses (frames lost) and extras
+    (duplicates, bad copies, a header or junk in the middle) cost nothing: a frame
+    goes to its own PandA row by number. The PandA's rows carry none, so an extra or
+    missing row shifts every later frame onto a neighbour's angle. Where the scan's
+    frames are known (kind_rule counts) and the PandA's capture ended, its own count
+    decides (:func:`~streamtomo.pipeline.formats.pcap_checks.pandas_surplus`): it
+    used to be the direction of the streams' ends against the detector's losses or
+    extras, and one lost detector frame "explained" a PandA two rows ahead (a double
+    trigger beside a dropped detector message: 24 slots at their neighbours' angles,
+    nothing counted). Otherwise the streams ending in different events
+    (:class:`~streamtomo.pipeline.messages.StreamStep`) are judged against the
+    detector's losses and extras. When the PandA is off, or says itself that it sent
+    too many or too few, the scan counts ``angle_stream_out_of_step`` and its reason
+    says so (with check_nominal_angles the frames were matched to the rows with their
+    angles instead).
     """
     rejected = scan.admission.rejected
     pandas_signs = [reason for reason in PANDA_SIGNS if rejected.get(reason)]
-    if not scan.stream_steps and not pandas_signs:
+    frames = _scan_frames(scan)
+    surplus = pandas_surplus(scan.panda_ends, frames)
+    if not scan.stream_steps and not pandas_signs and not surplus:
         return
-    more = any(step.pandas_more for step in scan.stream_steps)
-    fewer = any(not step.pandas_more for step in scan.stream_steps)
-    expected = scan.config.expected_frames()
-    seen = scan.admission.seen
-    if expected:
-        lost = sum(b - a + 1 for a, b in scan.admission.lost_ranges(expected))
-    else:  # no layout (kind_rule header): the gaps in the frame numbers that came
-        lost = max(seen) + 1 - len(seen) if seen else 0
-    lost += 0 if scan.stream_ended else 1  # the detector's series_end is a message too
-    extras = sum(rejected.get(reason, 0) for reason in DETECTOR_EXTRAS)
-    explained = not pandas_signs and ((more and not fewer and lost > 0) or (fewer and not more and extras > 0))
     detail = "; ".join(f"event {step.event}: {step.detail}" for step in scan.stream_steps[:2])
-    if explained:
-        logger.info("the detector's own %s explain the streams' ends (%s)", "losses" if more else "extras", detail)
-        return
-    signs = ", ".join(pandas_signs) if pandas_signs else "their ends"
-    if scan.stream_steps:
-        scan.admission.notice(
-            "angle_stream_out_of_step",
-            f"the PandA's rows and the detector's frames went out of step ({detail}; {signs}); the detector's "
-            f"{lost} lost frames and {extras} extra messages do not explain it",
-        )
+    signs = ", ".join(pandas_signs) if pandas_signs else ("the PandA's count of rows" if surplus else "their ends")
+    if surplus is not None:
+        if not surplus and not pandas_signs:
+            logger.info("the PandA sent one row per frame: the detector's own losses or extras explain %s", detail)
+            return
+        if surplus:
+            scan.admission.notice(
+                "angle_stream_out_of_step",
+                f"the PandA's rows and the detector's frames went out of step: the PandA sent {abs(surplus)} "
+                f"message(s) {'more' if surplus > 0 else 'fewer'} than the scan's {frames} frames before its "
+                f"capture's END (event {max(scan.panda_ends)})" + (f"; {detail}" if detail else ""),
+            )
+    else:
+        more = any(step.pandas_more for step in scan.stream_steps)
+        fewer = any(not step.pandas_more for step in scan.stream_steps)
+        expected, seen = scan.config.expected_frames(), scan.admission.seen
+        if expected:
+            lost = sum(b - a + 1 for a, b in scan.admission.lost_ranges(expected))
+        else:  # no layout (kind_rule header): the gaps in the frame numbers that came
+            lost = max(seen) + 1 - len(seen) if seen else 0
+        lost += 0 if scan.stream_ended else 1  # the detector's series_end is a message too
+        extras = sum(rejected.get(reason, 0) for reason in DETECTOR_EXTRAS)
+        explained = not pandas_signs and ((more and not fewer and lost > 0) or (fewer and not more and extras > 0))
+        if explained:
+            logger.info("the detector's own %s explain the streams' ends (%s)", "losses" if more else "extras", detail)
+            return
+        if scan.stream_steps:
+            scan.admission.notice(
+                "angle_stream_out_of_step",
+                f"the PandA's rows and the detector's frames went out of step ({detail}; {signs}); the detector's "
+                f"{lost} lost frames and {extras} extra messages do not explain it",
+            )
     why = f"the PandA's rows and the detector's frames went out of step ({signs}): "
     if scan.config.nominal_angles_checked():
         why += "check_nominal_angles matched each projection to the row with its angle"
@@ -206,6 +226,19 @@ def judge_stream_steps(scan: LiveScan) -> None:
     else:
         why += "projections after that point may sit at a neighbour's angle"
     scan.add_reason(why)
+
+
+def _scan_frames(scan: LiveScan) -> int | None:
+    """The detector's frames in the scan: the layout's (kind_rule counts), or more where
+    frames past it came (an overrun: the PandA triggered for them too); None without a
+    layout (the last frames may have been lost, and nothing says how many), or where
+    the frames' positions are in doubt (frame_base_suspect: the count would blame the
+    PandA for the detector's numbering)."""
+    expected = scan.config.expected_frames()
+    if not expected or scan.admission.rejected.get("frame_base_suspect"):
+        return None
+    seen = scan.admission.seen
+    return max(expected, max(seen) + 1) if seen else expected
 
 
 def apply_angular_weights(scan: LiveScan) -> None:

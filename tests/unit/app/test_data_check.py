@@ -55,3 +55,28 @@ def test_without_nominal_checks_the_survey_takes_the_rows_as_they_come() -> None
     assert projections.matched == 0 and not projections.refused
     assert sum(a is None for a in projections.angles) == 0  # the header's frame is refused by the worker
     assert len(projections.angles) == len(ANGLES) - 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("double trigger, detector message dropped", "the PandA sent 1 message(s) more than the scan's"),
+        ("junk detector message", None),  # the detector's own extra: no shift
+    ],
+)
+def test_check_judges_the_pandas_count_as_the_scan_does(damage: str, says: str | None) -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    if damage.startswith("junk"):
+        detector.insert(FIRST + 5, [b"\xff junk"])
+    else:
+        del detector[FIRST + 5]
+        angle.insert(FIRST + 21, angle[FIRST + 20])
+    events = events_by_stream(detector, angle)
+    cfg = PipelineConfig.from_mapping(config())
+    survey = survey_events(((int(e.event_number), e.streams) for e in events), cfg)
+    _, warnings = describe(survey, cfg, survey.projection_angles(cfg))
+    scan = run_scan(events, config(), 2)
+    if says is None:
+        assert not [w for w in warnings if "PandA" in w] and "angle_stream_out_of_step" not in scan.rejected
+    else:
+        assert any(w.startswith(says) for w in warnings) and scan.rejected["angle_stream_out_of_step"] == 1

@@ -88,6 +88,41 @@ def test_with_nominal_checks_every_frame_finds_its_row_after_a_pandas_header_on_
     assert _slots_hold_their_own_projection(scan, clean) == []
 
 
+@pytest.mark.parametrize("checked", [False, True], ids=["plain", "check_nominal_angles"])
+@pytest.mark.parametrize("damage", ["double trigger, detector message dropped", "row lost, junk detector message"])
+def test_a_pandas_shift_beside_the_detectors_own_fault_is_counted(damage: str, checked: bool) -> None:
+    """The detector's loss (or extra) made the streams end in the same direction as the
+    PandA's own shift, and was taken as the explanation: 24 slots at their neighbours'
+    angles and nothing counted (fuzz_streams.py --panda-shifts, round 1051). The
+    PandA's count of rows against the scan's frames decides now."""
+    detector, angle = split(danmax_scan(ANGLES))
+    if damage.startswith("double trigger"):
+        del detector[FIRST + 5]
+        angle.insert(FIRST + 21, angle[FIRST + 20])
+    else:
+        detector.insert(FIRST + 5, [b"\xff junk"])
+        del angle[FIRST + 20]
+    values = {**config(), "check_nominal_angles": checked}
+    scan = run_scan(events_by_stream(detector, angle), values, 2)
+    assert scan.rejected["angle_stream_out_of_step"] == 1 and OUT_OF_STEP in scan.reason
+    assert "check_nominal_angles matched" in scan.reason if checked else "neighbour's angle" in scan.reason
+    if checked:
+        assert _slots_hold_their_own_projection(scan, run_scan(danmax_scan(ANGLES), values, 2)) == []
+
+
+@pytest.mark.parametrize("change", [{"shape": [8, 32]}, {"type": "complex64"}], ids=["shape", "dtype"])
+def test_a_bad_detector_copy_beside_a_clean_panda_is_no_shift(change: dict[str, object]) -> None:
+    """A refused copy is a detector message too many, which nothing counted as the
+    detector's own: the scan said the PandA had gone out of step."""
+    detector, angle = split(danmax_scan(ANGLES))
+    good = detector[FIRST + 20]
+    head = json.loads(good[0])
+    head.update(change)
+    detector.insert(FIRST + 21, [json.dumps(head).encode(), good[1] * (2 if "shape" in change else 4)])
+    scan = run_scan(events_by_stream(detector, angle), config(), 2)
+    assert set(scan.rejected) == {"wrong_shape" if "shape" in change else "wrong_dtype"} and scan.reason == ""
+
+
 @pytest.mark.parametrize("drop", ["an image", "the series end"])
 def test_the_detectors_own_lost_messages_are_no_fault_of_the_angles(drop: str) -> None:
     detector, angle = split(danmax_scan(ANGLES))
