@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,hsds]'
 	touch $(STAMP)
 
-# The viewer page (React + @h5web/lib, built with vite): needs Node 20 and npm.
+# The viewer page (React + @h5web/lib, built with vite): needs Node 20.19+ (or 22.12+) and npm.
 $(VIEWER): $(VIEWER_SOURCES)
 	npm ci --prefix viewer --no-audit --no-fund
 	npm run build --prefix viewer

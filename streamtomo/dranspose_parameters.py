@@ -1,7 +1,7 @@
 """PipelineConfig <-> dranspose parameters: one parameter per config field, same name.
 
 Also the ``references`` binary parameter through which the reducer hands every
-worker the same darks and flats (see README, "How workers share references").
+worker the same darks and flats (see README, "How every worker gets the same darks and flats").
 """
 
 from __future__ import annotations

@@ -93,7 +93,9 @@ class LocalDeployment:
         self.n_workers = workers
         self.redis_url_given = redis_url
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix=f"streamtomo-run-{stamp}-"))
+        # Absolute: the services run with it as their working directory (redis was given
+        # --dir dep/run from inside dep/run and could not start).
+        self.run_dir = Path(run_dir).resolve() if run_dir else Path(tempfile.mkdtemp(prefix=f"streamtomo-run-{stamp}-"))
         self.worker_class = worker_class
         self.reducer_class = reducer_class
         self.detector_format = detector_format

@@ -24,15 +24,16 @@ def cli_env() -> dict[str, str]:
 class UpProcess:
     """``streamtomo up`` in its own run directory; :meth:`wait_ready` until it serves."""
 
-    def __init__(self, run_dir: Path, *args: str) -> None:
+    def __init__(self, run_dir: Path, *args: str, cwd: Path = ROOT) -> None:
+        """``run_dir`` relative: given so to ``up``, which runs in ``cwd``."""
         self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.out = run_dir / "up.out"
-        self.state_path = run_dir / "state.json"
+        (cwd / run_dir).mkdir(parents=True, exist_ok=True)
+        self.out = cwd / run_dir / "up.out"
+        self.state_path = cwd / run_dir / "state.json"
         argv = [sys.executable, "-m", "streamtomo.app.cli", "up", "--run-dir", str(run_dir)]
         argv += ["--state", str(self.state_path), *args]
         with self.out.open("wb") as out:
-            self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=cli_env(), cwd=ROOT)
+            self.popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=cli_env(), cwd=cwd)
 
     def output(self) -> str:
         return self.out.read_text(errors="replace")

@@ -38,7 +38,7 @@ def page_dir() -> Path:
     """``dist/`` of the page, (re)built from the locked packages when a source is newer."""
     npm = shutil.which("npm")
     if npm is None:
-        pytest.skip("the h5web page needs Node.js 20 and npm")
+        pytest.skip("the h5web page needs Node.js 20.19+ (or 22.12+) and npm")
     built = PAGE / "dist" / "index.html"
     if not (PAGE / "node_modules" / "@h5web" / "app").is_dir():
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=PAGE, check=True, timeout=600)

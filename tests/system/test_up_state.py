@@ -40,3 +40,14 @@ def test_a_second_up_on_the_same_state_file_is_refused_and_a_stale_one_is_replac
     finally:
         up.stop()
     assert not state_path.exists()  # the first one removed its own file on stop
+
+
+def test_a_relative_run_dir_works(tmp_path: Path) -> None:
+    """redis runs in the run dir and was also given it as --dir: `up --run-dir dep/run`
+    looked for dep/run/dep/run and never got ready ("redis not ready within 60 s")."""
+    up = UpProcess(Path("dep") / "run", "--no-record", cwd=tmp_path)
+    try:
+        state = up.wait_ready()
+        assert state["run_dir"] == str(tmp_path / "dep" / "run")
+    finally:
+        up.stop()
