@@ -172,7 +172,9 @@ class PipelineConfig:
     )
     paganin_delta_beta: float = field(
         default=0.0,
-        metadata={"help": "volume: Paganin phase retrieval with this delta/beta (0: off; needs contiguous detector rows: rows 'all' or 'a:b')"},
+        metadata={
+            "help": "volume: Paganin phase retrieval with this delta/beta (0: off; needs contiguous rows: 'all' or 'a:b')"
+        },
     )
     energy_kev: float = field(default=20.0, metadata={"help": "X-ray energy for Paganin, keV"})
     distance_m: float = field(default=0.1, metadata={"help": "sample-detector distance for Paganin, m"})
