@@ -78,7 +78,8 @@ class DataSurvey:
             if grid is None or expected is None:
                 result.angles.append(angle)
                 continue
-            without_row = angle is None and f.angle_row == NOMINAL_ROW
+            # No readable row of its own: none in its event, or its joined row unreadable or never sent.
+            without_row = angle is None and (f.angle_row == NOMINAL_ROW or f.angle_row >= 0)
             if not without_row and (angle is None or slot_or_none(grid, angle) == expected):
                 result.angles.append(angle)
                 continue
@@ -89,7 +90,7 @@ class DataSurvey:
                 continue
             reason = "missing_angle" if without_row else "angle_mismatch"
             result.refused[reason] += 1
-            measured = "no PandA row in its event" if without_row else f"measured {angle:.3f} deg"
+            measured = "no readable PandA row of its own" if without_row else f"measured {angle:.3f} deg"
             result.first_detail.setdefault(
                 reason,
                 f"frame {f.index}: {measured}, nominal "

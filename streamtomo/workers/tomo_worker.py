@@ -366,9 +366,16 @@ class TomoWorker:
             # Its event carried another frame's PandA row (a message dropped or added
             # on one stream): its own row is in another event, joined by the reducer.
             angle_row, angle, angle_error = index, None, None
-        elif key == ImageKey.PROJECTION and isinstance(angle_error, PcapNotARow) and config.nominal_angles_checked():
-            # A PandA header where its row was due: if the header came on top of the
-            # rows, the row is in the next event, and the reducer finds it by angle.
+        elif (
+            key == ImageKey.PROJECTION
+            and angle_error is not None
+            and angle_error.reason == "missing_angle"
+            and config.nominal_angles_checked()
+        ):
+            # No row in its event (a PandA header or END where the row was due) or one
+            # that cannot be read: if the PandA's rows were shifted, the frame's own row
+            # is in an event nearby, and the reducer finds it by angle (it was refused
+            # here when a shift had moved an unreadable row onto it).
             angle_row, angle_error = NOMINAL_ROW, None
         if angle_error is not None and (key == ImageKey.PROJECTION or isinstance(angle_error, EncoderFieldMissing)):
             # A projection without its measured angle is refused under the angle's own

@@ -291,12 +291,33 @@ class LiveScan:
         self._advance()
 
     def _add_joined(self, msg: ProjectionRows, row: AngleRow) -> None:
+        if row.angle_deg is None and (row.reason or "missing_angle") == "missing_angle" and self._nominal_search():
+            # Its own row's event brought none it could read (a header, junk): if the
+            # PandA's rows were shifted too, the row is nearby, found by its angle.
+            self._add_projection(dataclasses.replace(msg, angle_row=NOMINAL_ROW))
+            return
         if row.angle_deg is None:
             self.reject(
                 row.reason or "missing_angle", f"frame {msg.frame_index}: {row.detail or 'no angle'}", msg.frame_index
             )
             return
         self._add_projection(self.angle_join.with_angle(msg, row))
+
+    def _nominal_search(self) -> bool:
+        """Whether a projection without a PandA row of its own is looked for by its
+        nominal angle (``check_nominal_angles``)."""
+        return self.config.nominal_angles_checked()
+
+    def take_unjoined_by_angle(self) -> list[ProjectionRows]:
+        """The scan is over: frames whose own PandA row never came go to the nominal
+        search (check_nominal_angles: their row may be in the event before, the PandA
+        having lost a row or the header's END taken one's place); the rest are returned."""
+        unjoined = self.angle_join.take_unjoined()
+        if not self._nominal_search():
+            return unjoined
+        for msg in unjoined:
+            self._add_projection(dataclasses.replace(msg, angle_row=NOMINAL_ROW))
+        return []
 
     def _add_projection(self, msg: ProjectionRows) -> None:
         if msg.angle_row >= 0:

@@ -85,7 +85,9 @@ class NominalAngleCheck:
             else:
                 nominal = config.nominal_angle(msg.frame_index - config.first_projection())
                 measured = (
-                    "no PandA row in its event" if msg.angle_row == NOMINAL_ROW else f"measured {msg.angle_deg:.3f} deg"
+                    "no readable PandA row of its own"
+                    if msg.angle_row == NOMINAL_ROW
+                    else f"measured {msg.angle_deg:.3f} deg"
                 )
                 detail = (
                     f"frame {msg.frame_index}: {measured}, nominal {nominal:.3f} deg; "

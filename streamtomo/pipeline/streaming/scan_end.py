@@ -37,7 +37,7 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
     warn_if_base_looks_off(scan)
     say_if_frames_may_be_off(scan)
     judge_stream_steps(scan)
-    for msg in scan.angle_join.take_unjoined():
+    for msg in scan.take_unjoined_by_angle():
         scan.reject(
             "no_angle_row",
             f"frame {msg.frame_index} arrived with another frame's PandA row and its own row {msg.angle_row} "
