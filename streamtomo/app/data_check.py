@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from streamtomo.pipeline.config import PipelineConfig
-from streamtomo.pipeline.formats.pcap_checks import pandas_surplus
+from streamtomo.pipeline.formats.pcap_checks import frames_with_overrun, pandas_surplus
 from streamtomo.pipeline.messages import NOMINAL_ROW, AngleRow, PandaEnded, Rejected, StreamStep
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.nominal_angles import WINDOW, NominalAngleCheck, match_nominal_row, slot_or_none
@@ -45,12 +45,12 @@ class DataSurvey:
     rows: dict[int, float | None] = field(default_factory=dict)  # PandA row -> angle (None: unreadable)
     steps: list[StreamStep] = field(default_factory=list)
     panda_ends: list[int] = field(default_factory=list)  # events of the PandA's capture ENDs
-    last_refused: int = -1  # the highest position of a frame refused (past the layout, say)
+    refused_positions: set[int] = field(default_factory=set)  # frames refused (past the layout, say)
 
     def reject(self, item: Rejected) -> None:
         self.rejected[item.reason] += 1
         if item.frame_index is not None:
-            self.last_refused = max(self.last_refused, item.frame_index)
+            self.refused_positions.add(item.frame_index)
         self.first_detail.setdefault(item.reason, item.detail)
 
     @property
@@ -218,9 +218,9 @@ def describe(survey: DataSurvey, config: PipelineConfig, projections: Projection
         warnings.append(f"{n} x {reason}: {projections.first_detail[reason]}")
     for reason, n in sorted(survey.rejected.items()):
         warnings.append(f"{n} x {reason}: {survey.first_detail[reason]}")
-    expected = config.expected_frames()
     # The scan's frames as the reducer counts them: the layout's, or more where frames past it came.
-    frames = max([expected, survey.last_refused + 1, *(f.index + 1 for f in survey.frames)]) if expected else None
+    positions = survey.refused_positions | {f.index for f in survey.frames}
+    frames = frames_with_overrun(config.expected_frames(), positions)
     surplus = pandas_surplus(survey.panda_ends, frames)
     if surplus:  # as the reducer judges it (scan_end.judge_stream_steps)
         warnings.append(

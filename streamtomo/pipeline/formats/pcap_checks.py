@@ -23,7 +23,7 @@ is never silent:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats.pcap import PcapEnd, PcapHeader, PcapMessage, PcapValues, split_field_key
@@ -68,6 +68,19 @@ def pandas_surplus(end_events: Iterable[int], frames: int | None) -> int | None:
     if last is None or frames is None:
         return None
     return (last - 1) - frames
+
+
+def frames_with_overrun(expected: int | None, positions: Container[int]) -> int | None:
+    """The detector's frames of a scan whose layout has ``expected``: more where frames
+    came past it in a run from there (an overrun, which the PandA triggered for too).
+    A lone position far past the layout (a corrupt frame number) adds nothing: it would
+    have made the PandA look thousands of rows short. None without a layout."""
+    if not expected:
+        return None
+    frames = expected
+    while frames in positions:
+        frames += 1
+    return frames
 
 
 def pcap_header_notices(header: PcapHeader, config: PipelineConfig, event: int) -> list[Rejected]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
-from streamtomo.pipeline.formats.pcap_checks import pandas_surplus
+from streamtomo.pipeline.formats.pcap_checks import frames_with_overrun, pandas_surplus
 from streamtomo.pipeline.reconstruction.backends.common import coverage_warnings_logged
 from streamtomo.pipeline.reconstruction.cor import auto_center
 from streamtomo.pipeline.reconstruction.fbp import angular_weights
@@ -230,15 +230,13 @@ def judge_stream_steps(scan: LiveScan) -> None:
 
 def _scan_frames(scan: LiveScan) -> int | None:
     """The detector's frames in the scan: the layout's (kind_rule counts), or more where
-    frames past it came (an overrun: the PandA triggered for them too); None without a
+    frames past it came (:func:`~streamtomo.pipeline.formats.pcap_checks.frames_with_overrun`); None without a
     layout (the last frames may have been lost, and nothing says how many), or where
     the frames' positions are in doubt (frame_base_suspect: the count would blame the
     PandA for the detector's numbering)."""
-    expected = scan.config.expected_frames()
-    if not expected or scan.admission.rejected.get("frame_base_suspect"):
+    if scan.admission.rejected.get("frame_base_suspect"):
         return None
-    seen = scan.admission.seen
-    return max(expected, max(seen) + 1) if seen else expected
+    return frames_with_overrun(scan.config.expected_frames(), scan.admission.seen)
 
 
 def apply_angular_weights(scan: LiveScan) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamtomo.pipeline.formats import pcap, stins
+from streamtomo.pipeline.formats import pcap, pcap_checks, stins
 from streamtomo.pipeline.formats.errors import FrameError
 from streamtomo.pipeline.formats.kinds import FrameKindRule
 from streamtomo.pipeline.scan import ImageKey
@@ -185,6 +185,14 @@ FIELDS = [
     pcap.PcapField("INENC1.VAL", "double", "Mean", 1.0, 0.0, ""),
     pcap.PcapField("PCAP.TS_TRIG", "double", "Value", 8e-09, 0.0, "s"),
 ]
+
+
+def test_an_overrun_counts_the_frames_past_the_layout_in_a_run() -> None:
+    assert pcap_checks.frames_with_overrun(10, {0, 5, 9}) == 10
+    assert pcap_checks.frames_with_overrun(10, {9, 10, 11, 13}) == 12  # 13: after a gap, not counted
+    assert pcap_checks.frames_with_overrun(10, {10, 1 << 20}) == 11  # a corrupt number far past it
+    assert pcap_checks.frames_with_overrun(None, {1, 2}) is None  # no layout
+    assert pcap_checks.pandas_surplus([12, 50], 48) == 1 and pcap_checks.pandas_surplus([], 48) is None
 
 
 def test_pcap_header_bytes_match_the_panda() -> None:

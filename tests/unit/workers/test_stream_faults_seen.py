@@ -147,6 +147,17 @@ def test_with_nominal_checks_a_joined_frame_whose_row_is_missing_is_found_by_ang
     assert _slots_hold_their_own_projection(scan, run_scan(danmax_scan(ANGLES), checked, workers)) == []
 
 
+def test_a_corrupt_frame_number_far_past_the_layout_is_no_pandas_shift() -> None:
+    """One bit flipped in a frame number: the frame lies far past the layout, and the
+    scan's frame count taken up to it made the PandA a million rows short."""
+    detector, angle = split(danmax_scan(ANGLES))
+    head = json.loads(detector[FIRST + 10][0])
+    head["frame"] += 1 << 20
+    detector[FIRST + 10] = [json.dumps(head).encode(), *detector[FIRST + 10][1:]]
+    scan = run_scan(events_by_stream(detector, angle), config(), 2)
+    assert scan.rejected == {"past_layout": 1} and scan.reason == ""
+
+
 @pytest.mark.parametrize("change", [{"shape": [8, 32]}, {"type": "complex64"}], ids=["shape", "dtype"])
 def test_a_bad_detector_copy_beside_a_clean_panda_is_no_shift(change: dict[str, object]) -> None:
     """A refused copy is a detector message too many, which nothing counted as the
