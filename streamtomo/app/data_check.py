@@ -24,10 +24,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from streamtomo.pipeline.config import PipelineConfig
-from streamtomo.pipeline.formats.pcap_checks import frames_with_overrun, pandas_surplus
+from streamtomo.pipeline.formats.pcap_checks import pandas_count
 from streamtomo.pipeline.messages import NOMINAL_ROW, AngleRow, PandaEnded, Rejected, StreamStep
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.nominal_angles import WINDOW, NominalAngleCheck, match_nominal_row, slot_or_none
+from streamtomo.pipeline.streaming.scan_end import base_off_notice
 from streamtomo.pipeline.streaming.sinogram import AngleGrid, UnknownAngleError
 from streamtomo.workers.tomo_worker import SurveyedFrame, TomoWorker
 
@@ -83,7 +84,7 @@ class DataSurvey:
             if not without_row and (angle is None or slot_or_none(grid, angle) == expected):
                 result.angles.append(angle)
                 continue
-            found, matches = match_nominal_row(grid, expected, f.index, self.rows)
+            found, matches, _ = match_nominal_row(grid, expected, f.index, self.rows)
             if found is not None:
                 result.matched += 1
                 result.angles.append(found)
@@ -218,18 +219,32 @@ def describe(survey: DataSurvey, config: PipelineConfig, projections: Projection
         warnings.append(f"{n} x {reason}: {projections.first_detail[reason]}")
     for reason, n in sorted(survey.rejected.items()):
         warnings.append(f"{n} x {reason}: {survey.first_detail[reason]}")
-    # The scan's frames as the reducer counts them: the layout's, or more where frames past it came.
+    # The PandA's count and the frame base, judged as the reducer judges them at the end.
     positions = survey.refused_positions | {f.index for f in survey.frames}
-    frames = frames_with_overrun(config.expected_frames(), positions)
-    surplus = pandas_surplus(survey.panda_ends, frames)
-    if surplus:  # as the reducer judges it (scan_end.judge_stream_steps)
+    expected = config.expected_frames()
+    panda_rows = max(survey.panda_ends) - 1 if survey.panda_ends else None
+    base_off = (
+        ""
+        if survey.rejected.get("frame_base_suspect")
+        else base_off_notice(expected, positions, config.fixed_frame_base(), config.angle_stream, panda_rows)
+    )
+    if base_off:
+        warnings.append(f"frame_base_suspect: {base_off}")
+    last_row_event = max(survey.rows) + 1 if survey.rows else None
+    count = (
+        None
+        if base_off or survey.rejected.get("frame_base_suspect")
+        else pandas_count(survey.panda_ends, last_row_event, expected, positions)
+    )
+    if count is not None and count.surplus:
+        came = f", {count.came} of which came" if count.came < count.frames else ""
         warnings.append(
-            f"the PandA sent {abs(surplus)} message(s) {'more' if surplus > 0 else 'fewer'} than the scan's {frames} "
-            f"frames before its capture's END (event {max(survey.panda_ends)}): projections after the first such "
-            "message sit at a neighbour's angle (angle_stream_out_of_step"
-            + ("; check_nominal_angles finds their rows)" if config.nominal_angles_checked() else ")")
+            f"the PandA sent {abs(count.surplus)} message(s) {'more' if count.surplus > 0 else 'fewer'} than the "
+            f"scan's {count.frames} frames{came} before its capture's END (event {count.end_event}): projections "
+            "after the first such message sit at a neighbour's angle (angle_stream_out_of_step"
+            + ("; check_nominal_angles looks for their rows)" if config.nominal_angles_checked() else ")")
         )
-    elif survey.steps and surplus is None:
+    elif survey.steps and count is None and not base_off and not survey.rejected.get("frame_base_suspect"):
         warnings.append(
             "the detector's and the PandA's streams end in different events ("
             + "; ".join(f"event {s.event}: {s.detail}" for s in survey.steps[:2])

@@ -85,8 +85,10 @@ class ProjectionRows:
     pixels_repaired: int = 0
 
 
-# ProjectionRows.angle_row of a projection whose event brought a PandA header instead
-# of a value row: with check_nominal_angles its row is the one nearby with its nominal angle.
+# ProjectionRows.angle_row of a projection with no readable PandA row of its own (its
+# event, or the event of the row it was joined to by number, brought a header, an END
+# or an unreadable row, or that row never came): with check_nominal_angles its row is
+# the one nearby with its nominal angle.
 NOMINAL_ROW = -2
 
 

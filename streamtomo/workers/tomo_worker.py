@@ -25,6 +25,7 @@ from streamtomo.pipeline.formats.errors import (
     PcapHeaderMissing,
     PcapNotARow,
     PcapRawMean,
+    PcapRowUnreadable,
 )
 from streamtomo.pipeline.formats.kinds import BaseEvidence, FrameKindRule, FrameNumbering
 from streamtomo.pipeline.formats.pcap import (
@@ -184,7 +185,7 @@ class TomoWorker:
         try:
             message = decode_pcap_event(stream.frames, self.pcap_header)
         except FrameError as error:
-            return None, AngleError(f"its PandA values cannot be read: {error}"), True  # a row, unreadable
+            return None, PcapRowUnreadable(f"its PandA values cannot be read: {error}"), True  # a row, unreadable
         self._event_pcap = message
         if isinstance(message, PcapHeader):
             result.items.extend(pcap_header_notices(message, config, event.event_number))
@@ -266,7 +267,7 @@ class TomoWorker:
         except AngleError as error:
             return None, error
         except FrameError as error:
-            return None, AngleError(str(error))
+            return None, PcapRowUnreadable(str(error))
 
     def _detector(
         self,
@@ -353,8 +354,12 @@ class TomoWorker:
                     index,
                     "past_layout",
                     f"frame {index} lies past the scan's {layout} frames (frame_layout, or n_darks, n_flats and "
-                    "n_projections): the detector sent more frames than the parameters describe, or frame_base "
-                    f"({config.frame_base}) is below its first frame number",
+                    "n_projections): the detector sent more frames than the parameters describe, or "
+                    + (
+                        f"frame_base {config.frame_base} is below its first frame number"
+                        if config.fixed_frame_base() is not None
+                        else "frame_base 'auto' took a later frame for its first"
+                    ),
                     event_number,
                 )
             )
@@ -368,14 +373,14 @@ class TomoWorker:
             angle_row, angle, angle_error = index, None, None
         elif (
             key == ImageKey.PROJECTION
-            and angle_error is not None
-            and angle_error.reason == "missing_angle"
+            and isinstance(angle_error, PcapNotARow | PcapRowUnreadable)
             and config.nominal_angles_checked()
         ):
             # No row in its event (a PandA header or END where the row was due) or one
             # that cannot be read: if the PandA's rows were shifted, the frame's own row
             # is in an event nearby, and the reducer finds it by angle (it was refused
-            # here when a shift had moved an unreadable row onto it).
+            # here when a shift had moved an unreadable row onto it). An event without
+            # the PandA's stream at all is refused here: no row of it will come.
             angle_row, angle_error = NOMINAL_ROW, None
         if angle_error is not None and (key == ImageKey.PROJECTION or isinstance(angle_error, EncoderFieldMissing)):
             # A projection without its measured angle is refused under the angle's own

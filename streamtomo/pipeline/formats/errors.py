@@ -48,3 +48,9 @@ class PcapNotARow(AngleError):
     header in the middle of a capture, or the capture's end before the detector's. The
     row is lost (the message in its place) or comes later (the message on top of the
     rows, which ``check_nominal_angles`` finds)."""
+
+
+class PcapRowUnreadable(AngleError):
+    """The event's PandA row could not be read (or its encoder value is no number): the
+    row is lost, or, if the PandA's rows were shifted, it was another frame's and this
+    frame's own row is nearby (``check_nominal_angles`` looks for it)."""

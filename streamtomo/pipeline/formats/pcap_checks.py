@@ -11,7 +11,7 @@ is never silent:
   middle of a capture), and every frame after it was paired with another frame's row,
   unless the detector's own losses or extras explain it (its frames carry numbers:
   :func:`~streamtomo.pipeline.streaming.scan_end.judge_stream_steps`).
-  :func:`pandas_surplus` says which: the PandA's own count against the scan's frames.
+  :func:`pandas_count` says which: the PandA's own count against the scan's frames.
 * :func:`pcap_header_notices`: the PandA reports samples it missed, or captures the
   mean of a wrapping encoder without its Min and Max (a frame whose exposure
   straddled the wrap then has a mean that is no angle, and nothing shows it);
@@ -23,7 +23,8 @@ is never silent:
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Iterable
+from collections.abc import Collection, Container, Iterable
+from dataclasses import dataclass
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats.pcap import PcapEnd, PcapHeader, PcapMessage, PcapValues, split_field_key
@@ -32,6 +33,8 @@ from streamtomo.pipeline.messages import Rejected
 
 # How a PandA ends a capture that sent every row (anything else: "Driver data overrun", ...).
 PCAP_END_COMPLETE = ("Ok", "Disarmed")
+# Frames past the layout lost in a row that still continue an overrun's run.
+OVERRUN_GAP = 2
 REMEDY = "check_nominal_angles=true (kind_rule counts) finds and repairs such shifts"
 
 
@@ -54,33 +57,57 @@ def streams_out_of_step(
     return None
 
 
-def pandas_surplus(end_events: Iterable[int], frames: int | None) -> int | None:
-    """How many messages more than the detector's ``frames`` the PandA sent before its
-    capture's last END (negative: fewer), or None where that cannot be told (no END
-    came: a stream cut short; or the number of frames is not known).
+@dataclass(frozen=True)
+class PandaCount:
+    """The PandA's messages before its capture's last END against the scan's frames."""
+
+    surplus: int  # more (negative: fewer) than the frames; 0: one row per frame
+    frames: int  # the frames it is judged against
+    came: int  # one past the last position of those that came
+    end_event: int
+
+
+def pandas_count(
+    end_events: Iterable[int], last_row_event: int | None, expected: int | None, positions: Collection[int]
+) -> PandaCount | None:
+    """The PandA's count of messages against the scan's frames, or None where it cannot
+    be told: no layout (``expected`` None), no END, or messages after the last END (a
+    re-armed capture's END, the final one never sent).
 
     The PandA's header is event 0 and row i is in event i + 1, so its END comes in
     event ``frames + 1`` when it sent one row per frame. Every message more or fewer
     before a row (a double trigger, a row lost, a header or END of a re-armed capture)
     puts that row and every later one beside another frame, whatever the detector
-    did: its frames carry their numbers and find their rows by them."""
+    did: its frames carry their numbers and find their rows by them. The frames are
+    the layout's (with an overrun, :func:`frames_with_overrun`); a PandA whose count
+    matches the frames that came instead (a scan stopped early, both streams at once)
+    is in step too (``surplus`` 0). So is, undetectably, a PandA that lost a row where
+    the detector lost its last frame.
+    """
     last = max(end_events, default=None)
-    if last is None or frames is None:
+    if last is None or not expected or (last_row_event is not None and last_row_event > last):
         return None
-    return (last - 1) - frames
+    messages = last - 1
+    frames = frames_with_overrun(expected, positions)
+    assert frames is not None
+    came = 1 + max((p for p in positions if p < frames), default=-1)
+    return PandaCount(0 if messages == came else messages - frames, frames, came, last)
 
 
 def frames_with_overrun(expected: int | None, positions: Container[int]) -> int | None:
     """The detector's frames of a scan whose layout has ``expected``: more where frames
-    came past it in a run from there (an overrun, which the PandA triggered for too).
-    A lone position far past the layout (a corrupt frame number) adds nothing: it would
-    have made the PandA look thousands of rows short. None without a layout."""
+    came past it in a run from there (an overrun, which the PandA triggered for too;
+    gaps of up to :data:`OVERRUN_GAP` lost frames allowed). A lone position far past
+    the layout (a corrupt frame number) adds nothing: it would have made the PandA look
+    thousands of rows short. None without a layout."""
     if not expected:
         return None
     frames = expected
-    while frames in positions:
-        frames += 1
-    return frames
+    while True:
+        later = [frames + gap for gap in range(OVERRUN_GAP + 1) if frames + gap in positions]
+        if not later:
+            return frames
+        frames = later[-1] + 1
 
 
 def pcap_header_notices(header: PcapHeader, config: PipelineConfig, event: int) -> list[Rejected]:

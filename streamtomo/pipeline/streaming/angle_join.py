@@ -24,14 +24,16 @@ class AngleJoin:
     def __init__(self) -> None:
         self.rows: dict[int, AngleRow] = {}
         self._waiting: dict[int, list[ProjectionRows]] = {}
-        self.joined = 0  # frames placed with the angle of a row from another event
+        # The frames (position, event) that took the angle of a row from another event,
+        # by number or by the nominal search: a set, as a frame joined by number may then
+        # be matched by angle too (it was counted twice, at times once per lookup).
+        self.joined_frames: set[tuple[int, int]] = set()
         self._logged = False
 
     def add_row(self, row: AngleRow) -> list[tuple[ProjectionRows, AngleRow]]:
         """Remember a PandA row; returns the frames that waited for it, with it."""
         self.rows.setdefault(row.row, row)
         waiting = self._waiting.pop(row.row, [])
-        self.joined += len(waiting)
         return [(msg, row) for msg in waiting]
 
     def defer(self, msg: ProjectionRows) -> tuple[ProjectionRows, AngleRow] | None:
@@ -51,7 +53,6 @@ class AngleJoin:
             )
         row = self.rows.get(msg.angle_row)
         if row is not None:
-            self.joined += 1
             return msg, row
         self._waiting.setdefault(msg.angle_row, []).append(with_own_rows(msg))
         return None
@@ -66,6 +67,15 @@ class AngleJoin:
         waiting = [msg for msgs in self._waiting.values() for msg in msgs]
         self._waiting = {}
         return waiting
+
+    @property
+    def joined(self) -> int:
+        """Frames placed with the angle of a row from another event."""
+        return len(self.joined_frames)
+
+    def waiting_positions(self) -> set[int]:
+        """The positions of the frames that wait for their row: they came."""
+        return {msg.frame_index for msgs in self._waiting.values() for msg in msgs}
 
     @property
     def pending(self) -> int:

@@ -110,6 +110,9 @@ class LiveScan:
         self._notices: set[tuple[str, int]] = set()  # (reason, event) of notices counted
         self.stream_steps: list[StreamStep] = []  # events that showed the PandA and detector out of step
         self.panda_ends: list[int] = []  # events of the PandA's capture ENDs
+        # Projections check_nominal_angles placed with a row of another event: the
+        # PandA's rows sat beside other frames there, whatever its count says.
+        self.nominal_found = 0
         self._reference_frames: set[int] = set()
         self.published: dict[str, ProductWrite] = {}  # what the last snapshot carried (snapshot.py)
         self._waiting_logged = False
@@ -301,6 +304,7 @@ class LiveScan:
                 row.reason or "missing_angle", f"frame {msg.frame_index}: {row.detail or 'no angle'}", msg.frame_index
             )
             return
+        self.angle_join.joined_frames.add((msg.frame_index, msg.event))
         self._add_projection(self.angle_join.with_angle(msg, row))
 
     def _nominal_search(self) -> bool:
@@ -474,14 +478,12 @@ class LiveScan:
             self.ledger.slot_changed(slot)
 
     def _hold_for_nominal_row(self, msg: ProjectionRows, refs: ReferenceSet) -> None:
-        """A projection whose event brought a PandA header instead of its row: held
+        """A projection with no readable PandA row of its own (:data:`NOMINAL_ROW`): held
         until the rows around it are here, then placed at the one with its nominal angle."""
         assert self.sinogram is not None
         expected = self.nominal.expected_slot(self.config, self.sinogram.grid, msg.frame_index)
         if expected is None:  # not a projection of the configured order: no nominal angle to look for
-            detail = (
-                f"frame {msg.frame_index}: its event brought a PandA header, not its row, and it has no nominal angle"
-            )
+            detail = f"frame {msg.frame_index}: no readable PandA row of its own, and it has no nominal angle"
             self.reject("missing_angle", detail, msg.frame_index, counted=True)
             return
         self.nominal.hold(msg, refs, None, expected)
@@ -503,7 +505,12 @@ class LiveScan:
                     key = (msg.frame_index, msg.event)
                     self.ledger.place(key, REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
                 continue
-            self.angle_join.joined += 1
+            self.angle_join.joined_frames.add((msg.frame_index, msg.event))
+            first = self.config.first_projection()
+            if verdict.row != msg.frame_index and first <= verdict.row < first + self.config.n_projections:
+                # Another projection's row (not a reference's at the same stage position):
+                # the PandA's rows sat beside other frames.
+                self.nominal_found += 1
             moved = dataclasses.replace(msg, angle_deg=verdict.angle_deg, angle_row=-1)
             self.place(moved, verdict.refs, worker_angle_deg=msg.angle_deg)
 

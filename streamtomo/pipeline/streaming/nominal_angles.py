@@ -33,6 +33,7 @@ class Verdict:
     refs: ReferenceSet
     angle_deg: float | None  # the matching row's angle; None: no row matches
     detail: str
+    row: int = -1  # the matching row (the nearest to the frame's own of those at its angle)
 
 
 class NominalAngleCheck:
@@ -52,7 +53,7 @@ class NominalAngleCheck:
 
     def hold(self, msg: ProjectionRows, refs: ReferenceSet, slot: int | None, expected: int) -> None:
         """Keep a frame until its neighbours' rows are here. ``slot`` None: it came
-        without an angle (its event brought a PandA header, not a row)."""
+        without an angle (no readable PandA row of its own: :data:`NOMINAL_ROW`)."""
         if not self._logged:
             self._logged = True
             measured = "came without a PandA row" if slot is None else f"measured {msg.angle_deg:.3f} deg (slot {slot})"
@@ -79,9 +80,9 @@ class NominalAngleCheck:
                 continue
             expected = self.expected_slot(config, grid, msg.frame_index)
             angles = {r: rows[r].angle_deg for r in window if r in rows}
-            found, matches = match_nominal_row(grid, expected, msg.frame_index, angles)
+            found, matches, row = match_nominal_row(grid, expected, msg.frame_index, angles)
             if found is not None:
-                verdicts.append(Verdict(msg, refs, found, ""))
+                verdicts.append(Verdict(msg, refs, found, "", row))
             else:
                 nominal = config.nominal_angle(msg.frame_index - config.first_projection())
                 measured = (
@@ -104,20 +105,25 @@ class NominalAngleCheck:
 
 def match_nominal_row(
     grid: AngleGrid, expected: int | None, frame_index: int, angles: Mapping[int, float | None]
-) -> tuple[float | None, int]:
+) -> tuple[float | None, int, int]:
     """The angle of the PandA row within :data:`WINDOW` rows of ``frame_index`` whose
-    angle falls in the ``expected`` slot, and how many rows do (``angles``: row ->
-    angle, None where unreadable). None unless exactly one position matches: several
-    rows at one angle are one angle, the stage held still (darks and flats taken at
-    the first projection's angle), whichever row is the frame's."""
+    angle falls in the ``expected`` slot, how many rows do (``angles``: row -> angle,
+    None where unreadable), and which row it is (-1: none). None unless exactly one
+    position matches: several rows at one angle are one angle, the stage held still
+    (darks and flats taken at the first projection's angle), and the row nearest the
+    frame's own is taken."""
     matches = [
-        angle
+        (abs(r - frame_index), r, angle)
         for r in range(max(frame_index - WINDOW, 0), frame_index + WINDOW + 1)
         if (angle := angles.get(r)) is not None and expected is not None and slot_or_none(grid, angle) == expected
     ]
-    if len(matches) == 1 or (matches and max(matches) - min(matches) <= SAME_ANGLE * grid.step):
-        return matches[0], len(matches)
-    return None, len(matches)
+    if not matches:
+        return None, 0, -1
+    values = [angle for _, _, angle in matches]
+    if len(matches) > 1 and max(values) - min(values) > SAME_ANGLE * grid.step:
+        return None, len(matches), -1
+    _, row, angle = min(matches)
+    return angle, len(matches), row
 
 
 def slot_or_none(grid: AngleGrid, angle_deg: float) -> int | None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
-from streamtomo.pipeline.formats.pcap_checks import frames_with_overrun, pandas_surplus
+from streamtomo.pipeline.formats.pcap_checks import PandaCount, pandas_count
 from streamtomo.pipeline.reconstruction.backends.common import coverage_warnings_logged
 from streamtomo.pipeline.reconstruction.cor import auto_center
 from streamtomo.pipeline.reconstruction.fbp import angular_weights
@@ -99,35 +100,52 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
 
 
 def warn_if_base_looks_off(scan: LiveScan) -> None:
-    """The frame base may be off: frame_base 'auto' trusts the earliest image, and a
-    malformed or lost first image shifts it; a fixed frame_base below the detector's
-    first number (0 for the Orca, which counts from 1) shifts every frame, darks
-    taken for flats and each projection joined to the next one's PandA row (42 of
-    46 slots wrong in a DanMAX-like scan, and nothing said). The sign at the end:
-    position 0 never came and the position one past the layout did. Say so, with
-    the fix, instead of leaving a scan quietly off."""
-    expected = scan.config.expected_frames()
-    seen = scan.admission.seen
-    if not expected or 0 in seen or expected not in seen:
-        return
+    """Say so, with the fix, when the frame base looks off (:func:`base_off_notice`),
+    instead of leaving a scan quietly off."""
     if scan.admission.rejected.get("frame_base_suspect"):
         return  # a worker said so already (one notice per scan)
-    fixed = scan.config.fixed_frame_base()
+    rows = max(scan.panda_ends) - 1 if scan.panda_ends else None
+    text = base_off_notice(
+        scan.config.expected_frames(),
+        scan.admission.seen,
+        scan.config.fixed_frame_base(),
+        scan.config.angle_stream,
+        rows,
+    )
+    if text:
+        scan.admission.notice("frame_base_suspect", text)
+
+
+def base_off_notice(
+    expected: int | None, seen: Collection[int], fixed: int | None, angle_stream: str, panda_rows: int | None
+) -> str:
+    """Why the frame base looks off ('' where it does not). frame_base 'auto' trusts the
+    earliest image, and a malformed or lost first image shifts it; a fixed frame_base
+    below the detector's first number (0 for the Orca, which counts from 1) shifts
+    every frame, darks taken for flats and each projection joined to the next one's
+    PandA row (42 of 46 slots wrong in a DanMAX-like scan, and nothing said). The sign
+    at the end: position 0 never came and the position one past the layout did. For a
+    fixed base the PandA must agree (``panda_rows``, the rows before its END: the
+    layout's): a right base whose first image was lost, with an overrun the PandA
+    triggered for too, looks the same otherwise, and the advice to raise the base
+    broke that scan."""
+    if not expected or 0 in seen or expected not in seen:
+        return ""
     sign = f"frame position 0 never came but position {expected} (one past the {expected} frames of the layout) did"
     if fixed is None:
-        text = (
+        return (
             f"{sign}: the first image was probably lost or malformed and frame_base 'auto' took the next one's "
             "number as the start; every frame may be one position off. Set frame_base (1 for the Orca at DanMAX) "
             "and replay the scan"
         )
-    else:
-        first = min(position for position in seen if position >= 0)
-        text = (
-            f"{sign}: the detector probably numbers its frames from {fixed + first}, not from frame_base {fixed}, "
-            f"and every frame is {first} position(s) off (its kind, its angle). Set frame_base {fixed + first} "
-            "(or 'auto') and replay the scan"
-        )
-    scan.admission.notice("frame_base_suspect", text)
+    if angle_stream and panda_rows != expected:
+        return ""  # the PandA triggered for the frame past the layout too: an overrun, not a base
+    first = min(position for position in seen if position >= 0)
+    return (
+        f"{sign}: the detector probably numbers its frames from {fixed + first}, not from frame_base {fixed}, "
+        f"and every frame is {first} position(s) off (its kind, its angle). Set frame_base {fixed + first} "
+        "(or 'auto') and replay the scan"
+    )
 
 
 def say_if_frames_may_be_off(scan: LiveScan) -> None:
@@ -140,9 +158,10 @@ def say_if_frames_may_be_off(scan: LiveScan) -> None:
     if rejected.get("frame_base_suspect"):
         fixed = scan.config.fixed_frame_base()
         found = "frame_base 'auto' found" if fixed is None else f"frame_base {fixed} does not match"
+        fix = "(1 for the Orca at DanMAX)" if fixed is None else "as frame_base_suspect says"
         whys.append(
             f"{found} the detector's first frame number (frame_base_suspect): every frame may be one position "
-            "off; set frame_base (1 for the Orca at DanMAX) and replay the scan"
+            f"off; set frame_base {fix} and replay the scan"
         )
     if rejected.get("stins_header_mid_scan") and rejected.get("duplicate_frame"):
         whys.append(
@@ -168,35 +187,39 @@ def judge_stream_steps(scan: LiveScan) -> None:
     goes to its own PandA row by number. The PandA's rows carry none, so an extra or
     missing row shifts every later frame onto a neighbour's angle. Where the scan's
     frames are known (kind_rule counts) and the PandA's capture ended, its own count
-    decides (:func:`~streamtomo.pipeline.formats.pcap_checks.pandas_surplus`): it
+    decides (:func:`~streamtomo.pipeline.formats.pcap_checks.pandas_count`): it
     used to be the direction of the streams' ends against the detector's losses or
     extras, and one lost detector frame "explained" a PandA two rows ahead (a double
     trigger beside a dropped detector message: 24 slots at their neighbours' angles,
     nothing counted). Otherwise the streams ending in different events
     (:class:`~streamtomo.pipeline.messages.StreamStep`) are judged against the
-    detector's losses and extras. When the PandA is off, or says itself that it sent
+    detector's losses and extras. A count in step hides shifts that cancel (a double
+    trigger and a lost row): with check_nominal_angles, projections it placed with
+    another event's row show them. When the PandA is off, or says itself that it sent
     too many or too few, the scan counts ``angle_stream_out_of_step`` and its reason
-    says so (with check_nominal_angles the frames were matched to the rows with their
-    angles instead).
+    says so.
     """
     rejected = scan.admission.rejected
     pandas_signs = [reason for reason in PANDA_SIGNS if rejected.get(reason)]
-    frames = _scan_frames(scan)
-    surplus = pandas_surplus(scan.panda_ends, frames)
-    if not scan.stream_steps and not pandas_signs and not surplus:
+    count = _panda_count(scan)
+    found = scan.nominal_found
+    if not scan.stream_steps and not pandas_signs and not found and (count is None or not count.surplus):
         return
     detail = "; ".join(f"event {step.event}: {step.detail}" for step in scan.stream_steps[:2])
-    signs = ", ".join(pandas_signs) if pandas_signs else ("the PandA's count of rows" if surplus else "their ends")
-    if surplus is not None:
-        if not surplus and not pandas_signs:
+    signs = ", ".join(pandas_signs) if pandas_signs else ("the PandA's count of rows" if count else "their ends")
+    noticed = False
+    if count is not None:
+        if not count.surplus and not pandas_signs and not found:
             logger.info("the PandA sent one row per frame: the detector's own losses or extras explain %s", detail)
             return
-        if surplus:
+        if count.surplus:
+            noticed = True
+            came = f", {count.came} of which came" if count.came < count.frames else ""
             scan.admission.notice(
                 "angle_stream_out_of_step",
-                f"the PandA's rows and the detector's frames went out of step: the PandA sent {abs(surplus)} "
-                f"message(s) {'more' if surplus > 0 else 'fewer'} than the scan's {frames} frames before its "
-                f"capture's END (event {max(scan.panda_ends)})" + (f"; {detail}" if detail else ""),
+                f"the PandA's rows and the detector's frames went out of step: the PandA sent {abs(count.surplus)} "
+                f"message(s) {'more' if count.surplus > 0 else 'fewer'} than the scan's {count.frames} frames{came} "
+                f"before its capture's END (event {count.end_event})" + (f"; {detail}" if detail else ""),
             )
     else:
         more = any(step.pandas_more for step in scan.stream_steps)
@@ -209,18 +232,28 @@ def judge_stream_steps(scan: LiveScan) -> None:
         lost += 0 if scan.stream_ended else 1  # the detector's series_end is a message too
         extras = sum(rejected.get(reason, 0) for reason in DETECTOR_EXTRAS)
         explained = not pandas_signs and ((more and not fewer and lost > 0) or (fewer and not more and extras > 0))
-        if explained:
+        if explained and not found:
             logger.info("the detector's own %s explain the streams' ends (%s)", "losses" if more else "extras", detail)
             return
-        if scan.stream_steps:
+        if scan.stream_steps and not explained:
+            noticed = True
             scan.admission.notice(
                 "angle_stream_out_of_step",
                 f"the PandA's rows and the detector's frames went out of step ({detail}; {signs}); the detector's "
                 f"{lost} lost frames and {extras} extra messages do not explain it",
             )
+    if found and not noticed:
+        signs = ", ".join([*pandas_signs, "check_nominal_angles"])
+        scan.admission.notice(
+            "angle_stream_out_of_step",
+            f"check_nominal_angles found the PandA rows of {found} projections in other events than their own: "
+            "the PandA's rows went out of step with the frames (shifts that cancel leave its count as it was)",
+        )
     why = f"the PandA's rows and the detector's frames went out of step ({signs}): "
-    if scan.config.nominal_angles_checked():
-        why += "check_nominal_angles matched each projection to the row with its angle"
+    if scan.config.nominal_angles_checked() and found:
+        why += f"check_nominal_angles matched each projection to the row with its angle ({found} in other events)"
+    elif scan.config.nominal_angles_checked():
+        why += "check_nominal_angles found no projection's row in another event"
     elif scan.config.kind_rule == "counts":
         why += "projections after that point may sit at a neighbour's angle; check_nominal_angles=true repairs this"
     else:
@@ -228,15 +261,16 @@ def judge_stream_steps(scan: LiveScan) -> None:
     scan.add_reason(why)
 
 
-def _scan_frames(scan: LiveScan) -> int | None:
-    """The detector's frames in the scan: the layout's (kind_rule counts), or more where
-    frames past it came (:func:`~streamtomo.pipeline.formats.pcap_checks.frames_with_overrun`); None without a
-    layout (the last frames may have been lost, and nothing says how many), or where
-    the frames' positions are in doubt (frame_base_suspect: the count would blame the
-    PandA for the detector's numbering)."""
+def _panda_count(scan: LiveScan) -> PandaCount | None:
+    """The PandA's count against the scan's frames (kind_rule counts), or None where it
+    cannot be told, or where the frames' positions are in doubt (frame_base_suspect:
+    the count would blame the PandA for the detector's numbering)."""
     if scan.admission.rejected.get("frame_base_suspect"):
         return None
-    return frames_with_overrun(scan.config.expected_frames(), scan.admission.seen)
+    rows = scan.angle_join.rows
+    last_row_event = max(rows) + 1 if rows else None
+    came = scan.admission.seen | scan.angle_join.waiting_positions()  # frames waiting for their row came too
+    return pandas_count(scan.panda_ends, last_row_event, scan.config.expected_frames(), came)
 
 
 def apply_angular_weights(scan: LiveScan) -> None:

@@ -80,3 +80,16 @@ def test_check_judges_the_pandas_count_as_the_scan_does(damage: str, says: str |
         assert not [w for w in warnings if "PandA" in w] and "angle_stream_out_of_step" not in scan.rejected
     else:
         assert any(w.startswith(says) for w in warnings) and scan.rejected["angle_stream_out_of_step"] == 1
+
+
+def test_check_blames_neither_the_panda_for_a_short_scan_nor_it_for_a_low_base() -> None:
+    cfg = PipelineConfig.from_mapping(config())
+    short = danmax_scan(ANGLES[:40])  # stopped after 40 of the layout's 45 projections
+    survey = survey_events(((int(e.event_number), e.streams) for e in short), cfg)
+    assert describe(survey, cfg, survey.projection_angles(cfg))[1] == []
+    low = PipelineConfig.from_mapping({**config(), "frame_base": "0"})  # the Orca counts from 1
+    full = danmax_scan(ANGLES)
+    survey = survey_events(((int(e.event_number), e.streams) for e in full), low)
+    warnings = describe(survey, low, survey.projection_angles(low))[1]
+    assert any(w.startswith("frame_base_suspect:") and "Set frame_base 1" in w for w in warnings)
+    assert not [w for w in warnings if "the PandA sent" in w]

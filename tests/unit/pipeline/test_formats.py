@@ -189,10 +189,15 @@ FIELDS = [
 
 def test_an_overrun_counts_the_frames_past_the_layout_in_a_run() -> None:
     assert pcap_checks.frames_with_overrun(10, {0, 5, 9}) == 10
-    assert pcap_checks.frames_with_overrun(10, {9, 10, 11, 13}) == 12  # 13: after a gap, not counted
+    assert pcap_checks.frames_with_overrun(10, {9, 10, 11, 13}) == 14  # 12 lost: the run goes on
+    assert pcap_checks.frames_with_overrun(10, {10, 11, 15}) == 12  # 15: three past the run, not in it
     assert pcap_checks.frames_with_overrun(10, {10, 1 << 20}) == 11  # a corrupt number far past it
     assert pcap_checks.frames_with_overrun(None, {1, 2}) is None  # no layout
-    assert pcap_checks.pandas_surplus([12, 50], 48) == 1 and pcap_checks.pandas_surplus([], 48) is None
+    full = set(range(48))
+    assert pcap_checks.pandas_count([12, 50], 48, 48, full) == pcap_checks.PandaCount(1, 48, 48, 50)
+    assert pcap_checks.pandas_count([], 48, 48, full) is None  # no END
+    assert pcap_checks.pandas_count([12], 48, 48, full) is None  # rows after the only END: a re-arm's
+    assert pcap_checks.pandas_count([41], 40, 48, set(range(40))).surplus == 0  # stopped early, in step
 
 
 def test_pcap_header_bytes_match_the_panda() -> None:

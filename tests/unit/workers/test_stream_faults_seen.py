@@ -10,13 +10,23 @@ losses shift every later frame, and the scan's reason says so.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats import pcap
+from streamtomo.pipeline.streaming.live_scan import LiveScan
+from streamtomo.workers.tomo_worker import TomoWorker
 from tests.support.stream_events import events_by_stream
-from tests.unit.workers.test_beamline_conventions import DANMAX_FIELDS, danmax_config, danmax_scan, run_scan
+from tests.unit.workers.test_beamline_conventions import (
+    DANMAX_FIELDS,
+    danmax_config,
+    danmax_scan,
+    parameters,
+    run_scan,
+)
 from tests.unit.workers.test_stream_alignment import ANGLES, FIRST, config, split
 
 OUT_OF_STEP = "went out of step"
@@ -321,3 +331,87 @@ def test_notices_are_not_counted_as_frames_rejected() -> None:
     scan = run_scan(danmax_scan(ANGLES), values, 2)
     assert scan.notices == {"encoder_wrap_unchecked": 1}
     assert scan.status()["frames_rejected"] == 0 and scan.status()["projections"] == len(ANGLES)
+
+
+# -- a review's cases: the PandA's count and the frame base, neither blamed wrongly ----------
+
+
+def test_a_right_fixed_base_whose_first_image_was_lost_is_not_called_wrong() -> None:
+    """An overrun frame the PandA triggered for too, and the first image lost: position 0
+    missing and one past the layout there, as with a base too low. The notice advised
+    frame_base 2, which put 45 slots at other frames' data."""
+    full = danmax_scan([*ANGLES, 180.0])  # one frame past the layout, with its PandA row
+    detector, angle = split(full)
+    del detector[1]
+    scan = run_scan(events_by_stream(detector, angle), {**config(), "frame_base": "1"}, 2)
+    assert scan.rejected == {"past_layout": 1} and scan.reason == ""
+
+
+def test_with_no_pandas_stream_in_the_events_frames_are_refused_not_held() -> None:
+    """check_nominal_angles sent every frame of events without the angle stream to the
+    nominal search, which held their raw rows (half the sinogram again) to the end."""
+    detector, _ = split(danmax_scan(ANGLES))
+    values = {**config(), "check_nominal_angles": True}
+    params = parameters(values)
+    scan = LiveScan(PipelineConfig.from_mapping(values))
+    worker = TomoWorker(parameters=params, state=SimpleNamespace(name="w0"))
+    for event in events_by_stream(detector, []):
+        result = worker.process_event(event, params)
+        if result is not None:
+            scan.add_result(result)
+    assert scan.nominal.pending == 0 and scan.rejected["missing_angle"] == len(ANGLES)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_scan_stopped_early_with_both_streams_is_in_step(workers: int) -> None:
+    """40 of the layout's 45 projections, both streams ended together: the PandA's count
+    against the layout called it out of step."""
+    scan = run_scan(danmax_scan(ANGLES[:40]), config(), workers)
+    assert scan.rejected == {} and scan.reason == ""
+    assert scan.sinogram is not None and list(scan.sinogram.missing_slots()) == list(range(40, 45))
+
+
+def test_a_re_armed_capture_whose_final_end_never_came_is_judged_by_its_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The re-arm's END was the only one: the count said the PandA sent 35 messages
+    fewer, when it had sent 2 more."""
+    detector, angle = split(danmax_scan(ANGLES))
+    at = FIRST + 10
+    angle[at:at] = [pcap.encode_pcap_end(at - 1), angle[0]]
+    angle.pop()  # no final END
+    scan = run_scan(events_by_stream(detector, angle), config(), 1)
+    assert scan.rejected["angle_stream_out_of_step"] == 1 and OUT_OF_STEP in scan.reason
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("angle_stream_out_of_step")]
+    assert said and "fewer than the scan's" not in said[0] and "the PandA sent more messages" in said[0]
+
+
+def test_an_overrun_whose_first_frame_was_lost_is_no_pandas_shift() -> None:
+    detector, angle = split(danmax_scan([*ANGLES, 180.0, 184.0]))  # two frames past the layout
+    del detector[-3]  # the first of them lost
+    scan = run_scan(events_by_stream(detector, angle), config(), 1)
+    assert scan.rejected == {"past_layout": 1} and scan.reason == ""
+
+
+def test_shifts_that_cancel_are_counted_where_the_nominal_search_found_them() -> None:
+    """A double trigger and a lost row: the PandA's count is right at its END, and
+    check_nominal_angles repaired the frames between without a word."""
+    detector, angle = split(danmax_scan(ANGLES))
+    del angle[FIRST + 30]
+    angle.insert(FIRST + 11, angle[FIRST + 10])
+    values = {**config(), "check_nominal_angles": True}
+    scan = run_scan(events_by_stream(detector, angle), values, 2)
+    assert scan.rejected["angle_stream_out_of_step"] == 1 and "in other events" in scan.reason
+    assert _slots_hold_their_own_projection(scan, run_scan(danmax_scan(ANGLES), values, 2)) == []
+    placed = int(scan.sinogram.counts.astype(bool).sum()) if scan.sinogram is not None else 0
+    assert 0 < scan.status()["angles_joined"] <= placed  # each frame counted once
+
+
+def test_a_reference_row_at_a_projections_angle_is_no_sign_of_a_shift() -> None:
+    """Projection 0's row unreadable, the flats' rows at its angle: the nominal search
+    places it with theirs (the stage stood there), which is no row of another frame."""
+    detector, angle = split(danmax_scan(ANGLES))
+    angle[FIRST] = b" 1 nan 3 4\n"
+    scan = run_scan(events_by_stream(detector, angle), {**config(), "check_nominal_angles": True}, 2)
+    assert scan.rejected == {} and scan.reason == ""
+    assert scan.sinogram is not None and list(scan.sinogram.missing_slots()) == []
