@@ -84,9 +84,12 @@ class DataSurvey:
             if not without_row and (angle is None or slot_or_none(grid, angle) == expected):
                 result.angles.append(angle)
                 continue
-            found, matches, _ = match_nominal_row(grid, expected, f.index, self.rows)
+            found, matches, row = match_nominal_row(grid, expected, f.index, self.rows)
             if found is not None:
                 result.matched += 1
+                first = config.first_projection()
+                # Another projection's row, as the reducer counts it (nominal_found).
+                result.elsewhere += row != f.index and first <= row < first + config.n_projections
                 result.angles.append(found)
                 continue
             reason = "missing_angle" if without_row else "angle_mismatch"
@@ -107,6 +110,7 @@ class ProjectionAngles:
 
     angles: list[float | None] = field(default_factory=list)  # None: no angle (its row missing or unreadable)
     matched: int = 0  # found their PandA row by their nominal angle (check_nominal_angles)
+    elsewhere: int = 0  # of those: in another projection's event (the PandA's rows shifted)
     refused: Counter[str] = field(default_factory=Counter)  # the nominal search found none
     first_detail: dict[str, str] = field(default_factory=dict)
 
@@ -222,7 +226,10 @@ def describe(survey: DataSurvey, config: PipelineConfig, projections: Projection
     # The PandA's count and the frame base, judged as the reducer judges them at the end.
     positions = survey.refused_positions | {f.index for f in survey.frames}
     expected = config.expected_frames()
-    panda_rows = max(survey.panda_ends) - 1 if survey.panda_ends else None
+    if survey.panda_ends:
+        panda_rows: int | None = max(survey.panda_ends) - 1
+    else:  # up to its last row where no END came, as the reducer counts them
+        panda_rows = max(survey.rows) + 1 if survey.rows else None
     base_off = (
         ""
         if survey.rejected.get("frame_base_suspect")
@@ -243,6 +250,11 @@ def describe(survey: DataSurvey, config: PipelineConfig, projections: Projection
             f"scan's {count.frames} frames{came} before its capture's END (event {count.end_event}): projections "
             "after the first such message sit at a neighbour's angle (angle_stream_out_of_step"
             + ("; check_nominal_angles looks for their rows)" if config.nominal_angles_checked() else ")")
+        )
+    elif projections.elsewhere:  # shifts that cancel leave the count as it was
+        warnings.append(
+            f"check_nominal_angles found the PandA rows of {projections.elsewhere} projections in other events "
+            "than their own: the PandA's rows went out of step with the frames (angle_stream_out_of_step)"
         )
     elif survey.steps and count is None and not base_off and not survey.rejected.get("frame_base_suspect"):
         warnings.append(

@@ -35,6 +35,9 @@ from streamtomo.pipeline.messages import Rejected
 PCAP_END_COMPLETE = ("Ok", "Disarmed")
 # Frames past the layout lost in a row that still continue an overrun's run.
 OVERRUN_GAP = 2
+# Frames short of the layout from which a scan whose streams both stopped there counts
+# as stopped early (fewer: its last images lost).
+EARLY_STOP = 3
 REMEDY = "check_nominal_angles=true (kind_rule counts) finds and repairs such shifts"
 
 
@@ -80,9 +83,12 @@ def pandas_count(
     puts that row and every later one beside another frame, whatever the detector
     did: its frames carry their numbers and find their rows by them. The frames are
     the layout's (with an overrun, :func:`frames_with_overrun`); a PandA whose count
-    matches the frames that came instead (a scan stopped early, both streams at once)
-    is in step too (``surplus`` 0). So is, undetectably, a PandA that lost a row where
-    the detector lost its last frame.
+    matches the frames that came instead is in step too (``surplus`` 0) where those
+    stop at least :data:`EARLY_STOP` short of the layout: a scan stopped early, both
+    streams at once. Closer to the end that would take a PandA that lost a row, where
+    the detector lost its last image, for one in step (24 slots at other frames'
+    angles, nothing counted); so would, undetectably, such a pair of losses in a scan
+    stopped early.
     """
     last = max(end_events, default=None)
     if last is None or not expected or (last_row_event is not None and last_row_event > last):
@@ -91,7 +97,8 @@ def pandas_count(
     frames = frames_with_overrun(expected, positions)
     assert frames is not None
     came = 1 + max((p for p in positions if p < frames), default=-1)
-    return PandaCount(0 if messages == came else messages - frames, frames, came, last)
+    stopped_early = frames - came >= EARLY_STOP
+    return PandaCount(0 if stopped_early and messages == came else messages - frames, frames, came, last)
 
 
 def frames_with_overrun(expected: int | None, positions: Container[int]) -> int | None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
-from streamtomo.pipeline.formats.pcap_checks import PandaCount, pandas_count
+from streamtomo.pipeline.formats.pcap_checks import PandaCount, frames_with_overrun, pandas_count
 from streamtomo.pipeline.reconstruction.backends.common import coverage_warnings_logged
 from streamtomo.pipeline.reconstruction.cor import auto_center
 from streamtomo.pipeline.reconstruction.fbp import angular_weights
@@ -37,7 +37,6 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
     scan.release_held()  # a scan too short for two frames to agree on the shape
     warn_if_base_looks_off(scan)
     say_if_frames_may_be_off(scan)
-    judge_stream_steps(scan)
     for msg in scan.take_unjoined_by_angle():
         scan.reject(
             "no_angle_row",
@@ -68,6 +67,9 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
         else:
             scan.place(msg, applicable)
     scan.resolve_nominal(finishing=True)
+    # Judged once every frame is placed: projections the nominal search resolves only at
+    # the end (waiting for flats, or for rows past the last) showed shifts too.
+    judge_stream_steps(scan)
     current = refs.current
     if current is not None and current.flat_after is not None and scan.ledger is not None:
         interpolate_flats(scan, current)
@@ -104,16 +106,23 @@ def warn_if_base_looks_off(scan: LiveScan) -> None:
     instead of leaving a scan quietly off."""
     if scan.admission.rejected.get("frame_base_suspect"):
         return  # a worker said so already (one notice per scan)
-    rows = max(scan.panda_ends) - 1 if scan.panda_ends else None
     text = base_off_notice(
         scan.config.expected_frames(),
-        scan.admission.seen,
+        scan.admission.seen | scan.angle_join.waiting_positions(),
         scan.config.fixed_frame_base(),
         scan.config.angle_stream,
-        rows,
+        _panda_rows(scan),
     )
     if text:
         scan.admission.notice("frame_base_suspect", text)
+
+
+def _panda_rows(scan: LiveScan) -> int | None:
+    """How many messages the PandA sent after its header: before its last END, or up to
+    its last row where no END came (None: nothing)."""
+    if scan.panda_ends:
+        return max(scan.panda_ends) - 1
+    return max(scan.angle_join.rows) + 1 if scan.angle_join.rows else None
 
 
 def base_off_notice(
@@ -124,11 +133,13 @@ def base_off_notice(
     below the detector's first number (0 for the Orca, which counts from 1) shifts
     every frame, darks taken for flats and each projection joined to the next one's
     PandA row (42 of 46 slots wrong in a DanMAX-like scan, and nothing said). The sign
-    at the end: position 0 never came and the position one past the layout did. For a
-    fixed base the PandA must agree (``panda_rows``, the rows before its END: the
-    layout's): a right base whose first image was lost, with an overrun the PandA
-    triggered for too, looks the same otherwise, and the advice to raise the base
-    broke that scan."""
+    at the end: position 0 never came and the position one past the layout did.
+
+    For a fixed base the PandA's rows (``panda_rows``) decide how sure that is: where
+    the frames' positions run exactly ``first`` past them, the base is ``first`` too
+    low. A right base whose first image was lost, with frames past the layout the
+    PandA triggered for too, looks like a low base with a double trigger: then both
+    are named (the advice to raise the base broke the first; the second went unsaid)."""
     if not expected or 0 in seen or expected not in seen:
         return ""
     sign = f"frame position 0 never came but position {expected} (one past the {expected} frames of the layout) did"
@@ -138,13 +149,21 @@ def base_off_notice(
             "number as the start; every frame may be one position off. Set frame_base (1 for the Orca at DanMAX) "
             "and replay the scan"
         )
-    if angle_stream and panda_rows != expected:
-        return ""  # the PandA triggered for the frame past the layout too: an overrun, not a base
     first = min(position for position in seen if position >= 0)
+    frames = frames_with_overrun(expected, seen) or expected
+    came = 1 + max(position for position in seen if position < frames)
+    if not angle_stream or (panda_rows is not None and came == panda_rows + first):
+        return (
+            f"{sign}: the detector probably numbers its frames from {fixed + first}, not from frame_base {fixed}, "
+            f"and every frame is {first} position(s) off (its kind, its angle). Set frame_base {fixed + first} "
+            "(or 'auto') and replay the scan"
+        )
+    rows = "no PandA rows" if panda_rows is None else f"the PandA's {panda_rows} rows"
     return (
-        f"{sign}: the detector probably numbers its frames from {fixed + first}, not from frame_base {fixed}, "
-        f"and every frame is {first} position(s) off (its kind, its angle). Set frame_base {fixed + first} "
-        "(or 'auto') and replay the scan"
+        f"{sign}: either frame_base {fixed} is below the detector's first frame number and every frame is "
+        f"{first} position(s) off (its kind, its angle), or the first image was lost and the detector sent frames "
+        f"past the layout; {rows} fit both. Check the detector's first frame number (frame_base {fixed + first} if "
+        "it is that) and replay the scan"
     )
 
 

@@ -93,3 +93,16 @@ def test_check_blames_neither_the_panda_for_a_short_scan_nor_it_for_a_low_base()
     warnings = describe(survey, low, survey.projection_angles(low))[1]
     assert any(w.startswith("frame_base_suspect:") and "Set frame_base 1" in w for w in warnings)
     assert not [w for w in warnings if "the PandA sent" in w]
+
+
+def test_check_counts_shifts_that_cancel_as_the_scan_does() -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    del angle[FIRST + 30]
+    angle.insert(FIRST + 11, angle[FIRST + 10])
+    values = {**config(), "check_nominal_angles": True}
+    events = events_by_stream(detector, angle)
+    cfg = PipelineConfig.from_mapping(values)
+    survey = survey_events(((int(e.event_number), e.streams) for e in events), cfg)
+    warnings = describe(survey, cfg, survey.projection_angles(cfg))[1]
+    assert any("in other events than their own" in w for w in warnings)
+    assert run_scan(events, values, 2).rejected["angle_stream_out_of_step"] == 1

@@ -17,15 +17,20 @@ import pytest
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats import pcap
+from streamtomo.pipeline.scan import Frame
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.workers.tomo_worker import TomoWorker
 from tests.support.stream_events import events_by_stream
 from tests.unit.workers.test_beamline_conventions import (
     DANMAX_FIELDS,
     danmax_config,
+    danmax_line,
     danmax_scan,
+    detector_events,
+    events,
     parameters,
     run_scan,
+    synthetic_scan,
 )
 from tests.unit.workers.test_stream_alignment import ANGLES, FIRST, config, split
 
@@ -336,15 +341,72 @@ def test_notices_are_not_counted_as_frames_rejected() -> None:
 # -- a review's cases: the PandA's count and the frame base, neither blamed wrongly ----------
 
 
-def test_a_right_fixed_base_whose_first_image_was_lost_is_not_called_wrong() -> None:
+def test_a_right_fixed_base_whose_first_image_was_lost_is_not_called_wrong_outright(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """An overrun frame the PandA triggered for too, and the first image lost: position 0
     missing and one past the layout there, as with a base too low. The notice advised
-    frame_base 2, which put 45 slots at other frames' data."""
+    frame_base 2, which put 45 slots at other frames' data. The same streams come from
+    a base too low with a PandA double trigger (which went unsaid once the advice was
+    dropped): both are named, neither advised outright."""
     full = danmax_scan([*ANGLES, 180.0])  # one frame past the layout, with its PandA row
     detector, angle = split(full)
     del detector[1]
     scan = run_scan(events_by_stream(detector, angle), {**config(), "frame_base": "1"}, 2)
-    assert scan.rejected == {"past_layout": 1} and scan.reason == ""
+    assert scan.rejected == {"past_layout": 1, "frame_base_suspect": 1}
+    said = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("frame_base_suspect"))
+    assert "either frame_base 1 is below" in said and "or the first image was lost" in said
+    assert "Set frame_base 2" not in said
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("checked", [False, True], ids=["plain", "check_nominal_angles"])
+@pytest.mark.parametrize("overrun", [0, 1, 3])
+def test_a_low_fixed_base_is_named_with_an_overrun_too(overrun: int, checked: bool, workers: int) -> None:
+    """frame_base 0 on the Orca, with frames past the layout the PandA triggered for: the
+    base went unnamed and the PandA was blamed (a review of the first fix)."""
+    scan_events = danmax_scan([*ANGLES, *(180.0 + 4 * k for k in range(overrun))])
+    values = {**config(), "frame_base": "0", "check_nominal_angles": checked}
+    scan = run_scan(scan_events, values, workers)
+    assert scan.rejected["frame_base_suspect"] == 1 and "angle_stream_out_of_step" not in scan.rejected
+    assert "frame_base 0 does not match" in scan.reason
+
+
+def test_a_low_fixed_base_with_a_double_trigger_is_not_left_unsaid() -> None:
+    detector, angle = split(danmax_scan(ANGLES))
+    angle.insert(FIRST + 11, angle[FIRST + 10])
+    scan = run_scan(events_by_stream(detector, angle), {**config(), "frame_base": "0"}, 2)
+    assert scan.rejected["frame_base_suspect"] == 1 and scan.reason
+
+
+def test_a_lost_pandas_row_beside_a_lost_last_image_is_counted() -> None:
+    """The PandA's count matched the frames that came, as a scan stopped early does: 24
+    slots at other frames' angles and nothing counted."""
+    detector, angle = split(danmax_scan(ANGLES))
+    del angle[FIRST + 20]
+    del detector[-2]  # the last image
+    scan = run_scan(events_by_stream(detector, angle), config(), 2)
+    assert scan.rejected["angle_stream_out_of_step"] == 1 and OUT_OF_STEP in scan.reason
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_shifts_that_cancel_are_counted_where_the_search_ends_after_the_streams(workers: int) -> None:
+    """References after the projections: every projection waits for them, and the
+    nominal search resolves them only at the scan's end, after the scan was judged:
+    the cancelling shifts (a double trigger, a lost row) went uncounted."""
+    frames = list(synthetic_scan(2, 2, len(ANGLES), rows=4, cols=32))
+    order = [*frames[4:], *frames[2:4], *frames[:2]]  # projections, flats, darks
+    order = [Frame(i + 1, f.key, f.data, f.angle_deg) for i, f in enumerate(order)]
+    at = [*ANGLES, *[ANGLES[-1]] * 4]
+    angle = [pcap.encode_pcap_header(DANMAX_FIELDS, "2024-11-05T10:00:00.000Z")]
+    angle += [danmax_line(n, x) for n, x in enumerate(at, start=1)] + [pcap.encode_pcap_end(len(at))]
+    detector, angle = split(events(detector_events(order), angle))
+    del angle[1 + 30]
+    angle.insert(1 + 11, angle[1 + 10])
+    n = len(ANGLES)
+    values = danmax_config(n, angle_start=0.0, angle_range=180.0, frame_layout=f"proj:{n},flat:2,dark:2")
+    scan = run_scan(events_by_stream(detector, angle), {**values, "check_nominal_angles": True}, workers)
+    assert scan.rejected.get("angle_stream_out_of_step") == 1 and "in other events" in scan.reason
 
 
 def test_with_no_pandas_stream_in_the_events_frames_are_refused_not_held() -> None:
