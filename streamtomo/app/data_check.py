@@ -243,11 +243,18 @@ def describe(survey: DataSurvey, config: PipelineConfig, projections: Projection
         if base_off or survey.rejected.get("frame_base_suspect")
         else pandas_count(survey.panda_ends, last_row_event, expected, positions)
     )
-    if count is not None and count.surplus:
+    in_step = count is not None and count.fits_came and config.nominal_angles_checked() and not projections.elsewhere
+    if count is not None and count.surplus and not in_step:
         came = f", {count.came} of which came" if count.came < count.frames else ""
+        either = (
+            f"either both streams stopped {count.frames - count.came} frame(s) short of the layout, or the PandA "
+            "lost a row and the detector its last image(s): "
+            if count.fits_came
+            else ""
+        )
         warnings.append(
-            f"the PandA sent {abs(count.surplus)} message(s) {'more' if count.surplus > 0 else 'fewer'} than the "
-            f"scan's {count.frames} frames{came} before its capture's END (event {count.end_event}): projections "
+            f"{either}the PandA sent {abs(count.surplus)} message(s) {'more' if count.surplus > 0 else 'fewer'} than "
+            f"the scan's {count.frames} frames{came} before its capture's END (event {count.end_event}): projections "
             "after the first such message sit at a neighbour's angle (angle_stream_out_of_step"
             + ("; check_nominal_angles looks for their rows)" if config.nominal_angles_checked() else ")")
         )

@@ -68,6 +68,9 @@ class PandaCount:
     frames: int  # the frames it is judged against
     came: int  # one past the last position of those that came
     end_event: int
+    # The count fits the frames that came, 1 or 2 short of the layout: both streams
+    # stopped there, or the PandA lost a row and the detector its last images.
+    fits_came: bool = False
 
 
 def pandas_count(
@@ -98,7 +101,9 @@ def pandas_count(
     assert frames is not None
     came = 1 + max((p for p in positions if p < frames), default=-1)
     stopped_early = frames - came >= EARLY_STOP
-    return PandaCount(0 if stopped_early and messages == came else messages - frames, frames, came, last)
+    if stopped_early and messages == came:
+        return PandaCount(0, frames, came, last)
+    return PandaCount(messages - frames, frames, came, last, fits_came=messages == came < frames)
 
 
 def frames_with_overrun(expected: int | None, positions: Container[int]) -> int | None:

@@ -231,15 +231,30 @@ def judge_stream_steps(scan: LiveScan) -> None:
         if not count.surplus and not pandas_signs and not found:
             logger.info("the PandA sent one row per frame: the detector's own losses or extras explain %s", detail)
             return
+        if count.fits_came and scan.config.nominal_angles_checked() and not found and not pandas_signs:
+            # check_nominal_angles found every projection at its own row: both streams
+            # stopped short, no row was lost.
+            logger.info("both streams stopped %d frames short of the layout", count.frames - count.came)
+            return
         if count.surplus:
             noticed = True
             came = f", {count.came} of which came" if count.came < count.frames else ""
+            text = (
+                f"the PandA sent {abs(count.surplus)} message(s) {'more' if count.surplus > 0 else 'fewer'} than the "
+                f"scan's {count.frames} frames{came} before its capture's END (event {count.end_event})"
+            )
+            if count.fits_came:
+                text = (
+                    f"either both streams stopped {count.frames - count.came} frame(s) short of the layout, or the "
+                    f"PandA lost a row and the detector its last image(s): {text}"
+                )
             scan.admission.notice(
                 "angle_stream_out_of_step",
-                f"the PandA's rows and the detector's frames went out of step: the PandA sent {abs(count.surplus)} "
-                f"message(s) {'more' if count.surplus > 0 else 'fewer'} than the scan's {count.frames} frames{came} "
-                f"before its capture's END (event {count.end_event})" + (f"; {detail}" if detail else ""),
+                f"the PandA's rows and the detector's frames may have gone out of step: {text}"
+                + (f"; {detail}" if detail else ""),
             )
+    elif rejected.get("frame_base_suspect") and not found and not pandas_signs:
+        return  # the frames' positions are in doubt: their ends say nothing of the PandA
     else:
         more = any(step.pandas_more for step in scan.stream_steps)
         fewer = any(not step.pandas_more for step in scan.stream_steps)

@@ -477,3 +477,27 @@ def test_a_reference_row_at_a_projections_angle_is_no_sign_of_a_shift() -> None:
     scan = run_scan(events_by_stream(detector, angle), {**config(), "check_nominal_angles": True}, 2)
     assert scan.rejected == {} and scan.reason == ""
     assert scan.sinogram is not None and list(scan.sinogram.missing_slots()) == []
+
+
+@pytest.mark.parametrize("checked", [False, True], ids=["plain", "check_nominal_angles"])
+def test_a_scan_stopped_one_frame_short_names_both_causes(checked: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """Both streams one frame short of the layout look like a PandA that lost a row where
+    the detector lost its last image: without check_nominal_angles the notice names both
+    (it said the frames went out of step), with it the rows found where they belong
+    settle it."""
+    values = {**config(), "check_nominal_angles": checked}
+    scan = run_scan(danmax_scan(ANGLES[:-1]), values, 2)
+    if checked:
+        assert scan.rejected == {} and scan.reason == ""
+    else:
+        said = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("angle_stream_out_of_step"))
+        assert "either both streams stopped 1 frame(s) short of the layout" in said
+
+
+def test_with_an_auto_base_in_doubt_the_streams_ends_blame_no_panda() -> None:
+    """'auto', the first image lost, an overrun: the streams' ends, read with positions
+    frame_base_suspect itself doubts, counted the PandA out of step too."""
+    detector, angle = split(danmax_scan([*ANGLES, 180.0]))
+    del detector[1]
+    scan = run_scan(events_by_stream(detector, angle), {**config(), "frame_base": "auto"}, 2)
+    assert scan.rejected["frame_base_suspect"] == 1 and "angle_stream_out_of_step" not in scan.rejected
