@@ -24,10 +24,16 @@ from types import SimpleNamespace
 from typing import Any
 
 from streamtomo.pipeline.config import PipelineConfig
-from streamtomo.pipeline.formats.pcap_checks import pandas_count
+from streamtomo.pipeline.formats.pcap_checks import panda_rows, pandas_count
 from streamtomo.pipeline.messages import NOMINAL_ROW, AngleRow, PandaEnded, Rejected, StreamStep
 from streamtomo.pipeline.scan import ImageKey
-from streamtomo.pipeline.streaming.nominal_angles import WINDOW, NominalAngleCheck, match_nominal_row, slot_or_none
+from streamtomo.pipeline.streaming.nominal_angles import (
+    WINDOW,
+    NominalAngleCheck,
+    another_projections_row,
+    match_nominal_row,
+    slot_or_none,
+)
 from streamtomo.pipeline.streaming.scan_end import base_off_notice
 from streamtomo.pipeline.streaming.sinogram import AngleGrid, UnknownAngleError
 from streamtomo.workers.tomo_worker import SurveyedFrame, TomoWorker
@@ -87,9 +93,7 @@ class DataSurvey:
             found, matches, row = match_nominal_row(grid, expected, f.index, self.rows)
             if found is not None:
                 result.matched += 1
-                first = config.first_projection()
-                # Another projection's row, as the reducer counts it (nominal_found).
-                result.elsewhere += row != f.index and first <= row < first + config.n_projections
+                result.elsewhere += another_projections_row(config, f.index, row)  # as the reducer counts it
                 result.angles.append(found)
                 continue
             reason = "missing_angle" if without_row else "angle_mismatch"
@@ -226,36 +230,22 @@ def describe(survey: DataSurvey, config: PipelineConfig, projections: Projection
     # The PandA's count and the frame base, judged as the reducer judges them at the end.
     positions = survey.refused_positions | {f.index for f in survey.frames}
     expected = config.expected_frames()
-    if survey.panda_ends:
-        panda_rows: int | None = max(survey.panda_ends) - 1
-    else:  # up to its last row where no END came, as the reducer counts them
-        panda_rows = max(survey.rows) + 1 if survey.rows else None
+    rows = panda_rows(survey.panda_ends, survey.rows.keys())
     base_off = (
         ""
         if survey.rejected.get("frame_base_suspect")
-        else base_off_notice(expected, positions, config.fixed_frame_base(), config.angle_stream, panda_rows)
+        else base_off_notice(expected, positions, config.fixed_frame_base(), config.angle_stream, rows)
     )
     if base_off:
         warnings.append(f"frame_base_suspect: {base_off}")
+    base_doubted = bool(base_off or survey.rejected.get("frame_base_suspect"))
     last_row_event = max(survey.rows) + 1 if survey.rows else None
-    count = (
-        None
-        if base_off or survey.rejected.get("frame_base_suspect")
-        else pandas_count(survey.panda_ends, last_row_event, expected, positions)
-    )
+    count = None if base_doubted else pandas_count(survey.panda_ends, last_row_event, expected, positions)
     in_step = count is not None and count.fits_came and config.nominal_angles_checked() and not projections.elsewhere
     if count is not None and count.surplus and not in_step:
-        came = f", {count.came} of which came" if count.came < count.frames else ""
-        either = (
-            f"either both streams stopped {count.frames - count.came} frame(s) short of the layout, or the PandA "
-            "lost a row and the detector its last image(s): "
-            if count.fits_came
-            else ""
-        )
         warnings.append(
-            f"{either}the PandA sent {abs(count.surplus)} message(s) {'more' if count.surplus > 0 else 'fewer'} than "
-            f"the scan's {count.frames} frames{came} before its capture's END (event {count.end_event}): projections "
-            "after the first such message sit at a neighbour's angle (angle_stream_out_of_step"
+            f"{count.describe()}: projections after the first such message sit at a neighbour's angle "
+            "(angle_stream_out_of_step"
             + ("; check_nominal_angles looks for their rows)" if config.nominal_angles_checked() else ")")
         )
     elif projections.elsewhere:  # shifts that cancel leave the count as it was
@@ -263,7 +253,7 @@ def describe(survey: DataSurvey, config: PipelineConfig, projections: Projection
             f"check_nominal_angles found the PandA rows of {projections.elsewhere} projections in other events "
             "than their own: the PandA's rows went out of step with the frames (angle_stream_out_of_step)"
         )
-    elif survey.steps and count is None and not base_off and not survey.rejected.get("frame_base_suspect"):
+    elif survey.steps and count is None and not base_doubted:
         warnings.append(
             "the detector's and the PandA's streams end in different events ("
             + "; ".join(f"event {s.event}: {s.detail}" for s in survey.steps[:2])

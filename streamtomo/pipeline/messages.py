@@ -187,7 +187,7 @@ class PandaEnded:
     """The PandA's capture END came in ``event``. Its rows are numbered by their events
     (the header is event 0), so the event of its last END against the scan's frames
     says how many messages too many or too few the PandA sent
-    (:func:`~streamtomo.pipeline.formats.pcap_checks.pandas_surplus`)."""
+    (:func:`~streamtomo.pipeline.formats.pcap_checks.pandas_count`)."""
 
     event: int
 

@@ -23,7 +23,7 @@ is never silent:
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Container, Iterable
+from collections.abc import Collection, Container
 from dataclasses import dataclass
 
 from streamtomo.pipeline.config import PipelineConfig
@@ -72,9 +72,23 @@ class PandaCount:
     # stopped there, or the PandA lost a row and the detector its last images.
     fits_came: bool = False
 
+    def describe(self) -> str:
+        """What the count shows, as the reducer's notice and ``check --data`` say it."""
+        came = f", {self.came} of which came" if self.came < self.frames else ""
+        text = (
+            f"the PandA sent {abs(self.surplus)} message(s) {'more' if self.surplus > 0 else 'fewer'} than the "
+            f"scan's {self.frames} frames{came} before its capture's END (event {self.end_event})"
+        )
+        if self.fits_came:
+            text = (
+                f"either both streams stopped {self.frames - self.came} frame(s) short of the layout, or the PandA "
+                f"lost a row and the detector its last image(s): {text}"
+            )
+        return text
+
 
 def pandas_count(
-    end_events: Iterable[int], last_row_event: int | None, expected: int | None, positions: Collection[int]
+    end_events: Collection[int], last_row_event: int | None, expected: int | None, positions: Collection[int]
 ) -> PandaCount | None:
     """The PandA's count of messages against the scan's frames, or None where it cannot
     be told: no layout (``expected`` None), no END, or messages after the last END (a
@@ -97,13 +111,27 @@ def pandas_count(
     if last is None or not expected or (last_row_event is not None and last_row_event > last):
         return None
     messages = last - 1
-    frames = frames_with_overrun(expected, positions)
-    assert frames is not None
-    came = 1 + max((p for p in positions if p < frames), default=-1)
+    frames, came = frames_and_came(expected, positions)
     stopped_early = frames - came >= EARLY_STOP
     if stopped_early and messages == came:
         return PandaCount(0, frames, came, last)
     return PandaCount(messages - frames, frames, came, last, fits_came=messages == came < frames)
+
+
+def frames_and_came(expected: int, positions: Collection[int]) -> tuple[int, int]:
+    """The scan's frames (:func:`frames_with_overrun`), and one past the last of them
+    that came (positions far past the run, corrupt numbers, do not count)."""
+    frames = frames_with_overrun(expected, positions)
+    assert frames is not None  # a layout
+    return frames, 1 + max((p for p in positions if p < frames), default=-1)
+
+
+def panda_rows(end_events: Collection[int], row_indices: Collection[int]) -> int | None:
+    """How many messages the PandA sent after its header: before its last END, or up to
+    its last row where no END came (None: nothing)."""
+    if end_events:
+        return max(end_events) - 1
+    return max(row_indices) + 1 if row_indices else None
 
 
 def frames_with_overrun(expected: int | None, positions: Container[int]) -> int | None:

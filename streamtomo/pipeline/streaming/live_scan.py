@@ -53,7 +53,7 @@ from streamtomo.pipeline.streaming.angle_join import AngleJoin
 from streamtomo.pipeline.streaming.contributions import REJECTED_SLOT, ContributionLedger
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, geometry_for
 from streamtomo.pipeline.streaming.memory_budget import MemoryBudgetError, check_memory_budget
-from streamtomo.pipeline.streaming.nominal_angles import NominalAngleCheck
+from streamtomo.pipeline.streaming.nominal_angles import NominalAngleCheck, another_projections_row
 from streamtomo.pipeline.streaming.prefault import ArrayPool
 from streamtomo.pipeline.streaming.reference_book import ReferenceBook
 from streamtomo.pipeline.streaming.sinogram import AngleGrid, SinogramAssembler, UnknownAngleError
@@ -294,7 +294,11 @@ class LiveScan:
         self._advance()
 
     def _add_joined(self, msg: ProjectionRows, row: AngleRow) -> None:
-        if row.angle_deg is None and (row.reason or "missing_angle") == "missing_angle" and self._nominal_search():
+        if (
+            row.angle_deg is None
+            and (row.reason or "missing_angle") == "missing_angle"
+            and self.config.nominal_angles_checked()
+        ):
             # Its own row's event brought none it could read (a header, junk): if the
             # PandA's rows were shifted too, the row is nearby, found by its angle.
             self._add_projection(dataclasses.replace(msg, angle_row=NOMINAL_ROW))
@@ -307,17 +311,12 @@ class LiveScan:
         self.angle_join.joined_frames.add((msg.frame_index, msg.event))
         self._add_projection(self.angle_join.with_angle(msg, row))
 
-    def _nominal_search(self) -> bool:
-        """Whether a projection without a PandA row of its own is looked for by its
-        nominal angle (``check_nominal_angles``)."""
-        return self.config.nominal_angles_checked()
-
     def take_unjoined_by_angle(self) -> list[ProjectionRows]:
         """The scan is over: frames whose own PandA row never came go to the nominal
         search (check_nominal_angles: their row may be in the event before, the PandA
         having lost a row or the header's END taken one's place); the rest are returned."""
         unjoined = self.angle_join.take_unjoined()
-        if not self._nominal_search():
+        if not self.config.nominal_angles_checked():
             return unjoined
         for msg in unjoined:
             self._add_projection(dataclasses.replace(msg, angle_row=NOMINAL_ROW))
@@ -506,10 +505,7 @@ class LiveScan:
                     self.ledger.place(key, REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
                 continue
             self.angle_join.joined_frames.add((msg.frame_index, msg.event))
-            first = self.config.first_projection()
-            if verdict.row != msg.frame_index and first <= verdict.row < first + self.config.n_projections:
-                # Another projection's row (not a reference's at the same stage position):
-                # the PandA's rows sat beside other frames.
+            if another_projections_row(self.config, msg.frame_index, verdict.row):
                 self.nominal_found += 1
             moved = dataclasses.replace(msg, angle_deg=verdict.angle_deg, angle_row=-1)
             self.place(moved, verdict.refs, worker_angle_deg=msg.angle_deg)

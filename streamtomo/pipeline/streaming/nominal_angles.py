@@ -44,12 +44,9 @@ class NominalAngleCheck:
     @staticmethod
     def expected_slot(config: PipelineConfig, grid: AngleGrid, frame_index: int) -> int | None:
         """The slot of the frame's nominal angle; None where the check does not apply."""
-        if not config.nominal_angles_checked():
+        if not config.nominal_angles_checked() or not _is_projection(config, frame_index):
             return None
-        projection = frame_index - config.first_projection()
-        if not 0 <= projection < config.n_projections:
-            return None
-        return slot_or_none(grid, config.nominal_angle(projection))
+        return slot_or_none(grid, config.nominal_angle(frame_index - config.first_projection()))
 
     def hold(self, msg: ProjectionRows, refs: ReferenceSet, slot: int | None, expected: int) -> None:
         """Keep a frame until its neighbours' rows are here. ``slot`` None: it came
@@ -112,10 +109,12 @@ def match_nominal_row(
     position matches: several rows at one angle are one angle, the stage held still
     (darks and flats taken at the first projection's angle), and the row nearest the
     frame's own is taken."""
+    if expected is None:
+        return None, 0, -1
     matches = [
         (abs(r - frame_index), r, angle)
         for r in range(max(frame_index - WINDOW, 0), frame_index + WINDOW + 1)
-        if (angle := angles.get(r)) is not None and expected is not None and slot_or_none(grid, angle) == expected
+        if (angle := angles.get(r)) is not None and slot_or_none(grid, angle) == expected
     ]
     if not matches:
         return None, 0, -1
@@ -124,6 +123,16 @@ def match_nominal_row(
         return None, len(matches), -1
     _, row, angle = min(matches)
     return angle, len(matches), row
+
+
+def another_projections_row(config: PipelineConfig, frame_index: int, row: int) -> bool:
+    """Whether the row the search matched is another projection's: the PandA's rows sat
+    beside other frames (a reference's row at the same stage position is no such sign)."""
+    return row != frame_index and _is_projection(config, row)
+
+
+def _is_projection(config: PipelineConfig, position: int) -> bool:
+    return 0 <= position - config.first_projection() < config.n_projections
 
 
 def slot_or_none(grid: AngleGrid, angle_deg: float) -> int | None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
-from streamtomo.pipeline.formats.pcap_checks import PandaCount, frames_with_overrun, pandas_count
+from streamtomo.pipeline.formats.pcap_checks import PandaCount, frames_and_came, panda_rows, pandas_count
 from streamtomo.pipeline.reconstruction.backends.common import coverage_warnings_logged
 from streamtomo.pipeline.reconstruction.cor import auto_center
 from streamtomo.pipeline.reconstruction.fbp import angular_weights
@@ -111,18 +111,10 @@ def warn_if_base_looks_off(scan: LiveScan) -> None:
         scan.admission.seen | scan.angle_join.waiting_positions(),
         scan.config.fixed_frame_base(),
         scan.config.angle_stream,
-        _panda_rows(scan),
+        panda_rows(scan.panda_ends, scan.angle_join.rows.keys()),
     )
     if text:
         scan.admission.notice("frame_base_suspect", text)
-
-
-def _panda_rows(scan: LiveScan) -> int | None:
-    """How many messages the PandA sent after its header: before its last END, or up to
-    its last row where no END came (None: nothing)."""
-    if scan.panda_ends:
-        return max(scan.panda_ends) - 1
-    return max(scan.angle_join.rows) + 1 if scan.angle_join.rows else None
 
 
 def base_off_notice(
@@ -150,8 +142,7 @@ def base_off_notice(
             "and replay the scan"
         )
     first = min(position for position in seen if position >= 0)
-    frames = frames_with_overrun(expected, seen) or expected
-    came = 1 + max(position for position in seen if position < frames)
+    _, came = frames_and_came(expected, seen)
     if not angle_stream or (panda_rows is not None and came == panda_rows + first):
         return (
             f"{sign}: the detector probably numbers its frames from {fixed + first}, not from frame_base {fixed}, "
@@ -238,19 +229,9 @@ def judge_stream_steps(scan: LiveScan) -> None:
             return
         if count.surplus:
             noticed = True
-            came = f", {count.came} of which came" if count.came < count.frames else ""
-            text = (
-                f"the PandA sent {abs(count.surplus)} message(s) {'more' if count.surplus > 0 else 'fewer'} than the "
-                f"scan's {count.frames} frames{came} before its capture's END (event {count.end_event})"
-            )
-            if count.fits_came:
-                text = (
-                    f"either both streams stopped {count.frames - count.came} frame(s) short of the layout, or the "
-                    f"PandA lost a row and the detector its last image(s): {text}"
-                )
             scan.admission.notice(
                 "angle_stream_out_of_step",
-                f"the PandA's rows and the detector's frames may have gone out of step: {text}"
+                f"the PandA's rows and the detector's frames may have gone out of step: {count.describe()}"
                 + (f"; {detail}" if detail else ""),
             )
     elif rejected.get("frame_base_suspect") and not found and not pandas_signs:
