@@ -67,6 +67,10 @@ class Throughput:
     cpu_ms: dict[str, float] = field(default_factory=dict)  # per event, by service kind
     # Of cpu_ms["reducer"]: the thread that wrote the scan's final file (after the scan ended).
     final_file_ms: float = 0.0
+    # Of cpu_ms: the services' main threads, their event loops (dranspose's receiving,
+    # assembling, sending and Redis), by service kind; the rest is their executor threads
+    # (``process_event``, ``process_result``, the reducer's publishing) and ZeroMQ's I/O.
+    loop_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def events_per_s(self) -> float:
@@ -102,19 +106,16 @@ def measure(
     run(deployment, warmup, warmup_config)  # worker start-up (numba cache load, first sockets)
     best: Throughput | None = None
     for _ in range(repeats):
-        before = deployment.cpu_seconds()
+        before, loop_before = deployment.cpu_seconds(), deployment.cpu_seconds(main_thread_only=True)
         result = run(deployment, events, config)
         if result.ended_by_stop:
             raise RuntimeError(f"{name}: the scan stalled and was stopped")
         # The reducer writes the scan's file after the scan has finished: its CPU is
         # part of every scan's cost (else it lands in the next scan's, or nowhere).
         file_cpu = wait_for_final_file(deployment, result.mapping_uuid) if name in OURS else 0.0
-        after = deployment.cpu_seconds()
-        cpu: dict[str, float] = {}
-        for service, seconds in after.items():
-            kind = service.split("-")[-1] if "-" in service else service  # worker-3 -> worker
-            kind = "worker" if service.startswith("worker") else kind
-            cpu[kind] = cpu.get(kind, 0.0) + (seconds - before.get(service, 0.0)) * 1e3 / result.frames_sent
+        after, loop_after = deployment.cpu_seconds(), deployment.cpu_seconds(main_thread_only=True)
+        cpu = _ms_per_event_by_kind(before, after, result.frames_sent)
+        loop = _ms_per_event_by_kind(loop_before, loop_after, result.frames_sent)
         # From the first frame sent to the controller reporting the scan finished (all reduced).
         out = Throughput(
             name,
@@ -124,6 +125,7 @@ def measure(
             result.finished - result.started,
             cpu,
             file_cpu * 1e3 / result.frames_sent,
+            loop,
         )
         log.info(
             "%s, %d workers: %.1f events/s, CPU ms per event %s",
@@ -136,6 +138,16 @@ def measure(
             best = out
     assert best is not None
     return best
+
+
+def _ms_per_event_by_kind(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
+    """CPU ms per event between two readings, summed by service kind (worker-3 -> worker)."""
+    out: dict[str, float] = {}
+    for service, seconds in after.items():
+        kind = service.split("-")[-1] if "-" in service else service
+        kind = "worker" if service.startswith("worker") else kind
+        out[kind] = out.get(kind, 0.0) + (seconds - before.get(service, 0.0)) * 1e3 / events
+    return out
 
 
 def interleaved(
@@ -313,6 +325,16 @@ def main() -> None:
             f"{r.pipeline:<12}{r.workers:>8}"
             + "".join(f"{r.cpu_ms.get(k, 0.0):>11.2f}" for k in kinds)
             + f"{sum(r.cpu_ms.values()):>9.2f}"
+        )
+    print("of which the event loops (main threads: dranspose's receiving, assembling, sending, Redis) / the rest:")
+    print(f"{'pipeline':<12}{'workers':>8}" + "".join(f"{k:>17}" for k in ("worker", "reducer")))
+    for r in results:
+        print(
+            f"{r.pipeline:<12}{r.workers:>8}"
+            + "".join(
+                f"{r.loop_ms.get(k, 0.0):>8.2f} / {r.cpu_ms.get(k, 0.0) - r.loop_ms.get(k, 0.0):<6.2f}"
+                for k in ("worker", "reducer")
+            )
         )
     print(
         f"latency, frame sent by play -> its row visible in the live domain (2 workers, paced at {rate:.0f} Hz, "

@@ -493,6 +493,9 @@ class LocalDeployment:
                     found.append(f"{log.name}: {line}")
         return found
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU time (user + system, all threads) each running service used so far."""
-        return {name: process_cpu_seconds(svc.pid) for name, svc in self.processes.items() if svc.alive()}
+    def cpu_seconds(self, main_thread_only: bool = False) -> dict[str, float]:
+        """CPU time (user + system) each running service used so far: all its threads,
+        or only its main thread (its event loop)."""
+        return {
+            name: process_cpu_seconds(svc.pid, main_thread_only) for name, svc in self.processes.items() if svc.alive()
+        }

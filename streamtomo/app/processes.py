@@ -244,10 +244,14 @@ def _die_with_parent() -> None:
 # -- what /proc says ----------------------------------------------------------------------
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` from /proc (0.0 once it is gone)."""
+def process_cpu_seconds(pid: int, main_thread_only: bool = False) -> float:
+    """utime + stime of ``pid`` from /proc, all its threads or only its main thread
+    (0.0 once it is gone). A dranspose service's main thread runs its asyncio loop
+    (receiving, assembling and sending messages, Redis); the worker's
+    ``process_event`` and the reducer's ``process_result`` run in executor threads."""
+    stat = f"/proc/{pid}/task/{pid}/stat" if main_thread_only else f"/proc/{pid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -1,14 +1,20 @@
-"""free_port: ports for services that bind them later, where nothing else lands meanwhile."""
+"""free_port: ports for services that bind them later, where nothing else lands
+meanwhile; process_cpu_seconds: what /proc says a service used."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from streamtomo.app import processes
-from streamtomo.app.processes import HOST, allocatable_ports, ephemeral_port_range, free_port
+from streamtomo.app.processes import HOST, allocatable_ports, ephemeral_port_range, free_port, process_cpu_seconds
 
 
 def test_ports_lie_outside_the_kernels_ephemeral_range() -> None:
@@ -65,3 +71,28 @@ def test_a_port_held_by_a_listener_or_a_connection_is_not_chosen(three_ports: ra
         assert free_port() == three_ports[2]
         with pytest.raises(OSError, match=f"no free port on {HOST} in {three_ports[0]}-{three_ports[2]}"):
             free_port()  # the third is handed out already
+
+
+def test_a_process_cpu_time_splits_into_its_main_thread_and_the_rest() -> None:
+    # bench_pipeline splits each service's CPU into its event loop (the main thread)
+    # and its executor threads: a thread's work must land in the process's total only.
+    def burn() -> None:
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+
+    pid = os.getpid()
+    total, main = process_cpu_seconds(pid), process_cpu_seconds(pid, main_thread_only=True)
+    worker = threading.Thread(target=burn)
+    worker.start()
+    worker.join()
+    grown, main_grown = process_cpu_seconds(pid) - total, process_cpu_seconds(pid, main_thread_only=True) - main
+    assert grown >= 0.25
+    assert main_grown < 0.1
+
+
+def test_a_gone_process_used_no_cpu() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert process_cpu_seconds(child.pid) == 0.0
+    assert process_cpu_seconds(child.pid, main_thread_only=True) == 0.0
