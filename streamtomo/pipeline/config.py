@@ -26,6 +26,14 @@ LIVE_MODES = ("accumulate", "window")
 MAX_SLICE_SIZE = 16384  # any detector: refused before anything is allocated
 SLICE_SIZE_PER_COLUMN = 2  # with the detector known: at most twice its width
 MAX_LIVE_SLICES = 32
+# A scan's frames, all kinds: 28 hours of a camera at 100 frames/s. Counts past it are
+# typos, and a worker set aside per-frame bookkeeping for them (1e20 darks hung it).
+MAX_SCAN_FRAMES = 10_000_000
+# Fewer counts per degree put a turn of a 64-bit counter past a float (1e-308 gave
+# NaN angles and a crash); an encoder scaled to radians has 0.017.
+MIN_COUNTS_PER_DEGREE = 1e-6
+# Sweep candidates: each is one more slice every worker backprojects per projection.
+MAX_COR_SWEEP_STEPS = 128
 LIVE_STACK_BUDGET_BYTES = 1 << 30  # float32 slices x size x size
 
 
@@ -240,6 +248,15 @@ class PipelineConfig:
             self._layout_segments()
         if self.n_projections < 1:
             raise ConfigError(f"n_projections must be >= 1, got {self.n_projections}")
+        if self.kind_rule == "counts":
+            frames = sum(count or 0 for _, count in self.frame_segments())
+            if frames > MAX_SCAN_FRAMES:
+                raise ConfigError(
+                    f"the scan's frames ({'frame_layout' if self.frame_layout.strip() else 'n_darks_before + n_flats_before + n_projections + n_flats_after + n_darks_after'}) "
+                    f"add up to {frames}: at most {MAX_SCAN_FRAMES}"
+                )
+        elif self.n_projections > MAX_SCAN_FRAMES:
+            raise ConfigError(f"n_projections must be at most {MAX_SCAN_FRAMES}, got {self.n_projections}")
         if self.bin not in BINNINGS:
             raise ConfigError(f"bin must be one of {list(BINNINGS)}, got {self.bin}")
         if self.window_block < 0:
@@ -265,8 +282,11 @@ class PipelineConfig:
             )
         if not (0 < self.angle_tolerance <= 0.5):
             raise ConfigError(f"angle_tolerance must be in (0, 0.5] steps, got {self.angle_tolerance}")
-        if self.counts_per_degree == 0 or not math.isfinite(self.counts_per_degree):
-            raise ConfigError(f"counts_per_degree must be finite and non-zero, got {self.counts_per_degree}")
+        if not (MIN_COUNTS_PER_DEGREE <= abs(self.counts_per_degree) < math.inf):
+            raise ConfigError(
+                f"counts_per_degree must be finite and at least {MIN_COUNTS_PER_DEGREE:g} in magnitude "
+                f"(an encoder in radians: 0.0174533), got {self.counts_per_degree}"
+            )
         if not (0 <= self.encoder_bits <= 64):
             raise ConfigError(f"encoder_bits must be in 0..64 (0: no wrap), got {self.encoder_bits}")
         if not (self.saturation_level >= 0 and math.isfinite(self.saturation_level)):
@@ -287,9 +307,10 @@ class PipelineConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.paganin_delta_beta < 0:
             raise ConfigError(f"paganin_delta_beta must be >= 0 (0: off), got {self.paganin_delta_beta}")
-        if self.cor_sweep_steps < 0 or self.cor_sweep_step <= 0:
+        if not (0 <= self.cor_sweep_steps <= MAX_COR_SWEEP_STEPS) or self.cor_sweep_step <= 0:
             raise ConfigError(
-                f"cor_sweep_steps must be >= 0 and cor_sweep_step > 0, got {self.cor_sweep_steps}, {self.cor_sweep_step}"
+                f"cor_sweep_steps must be in 0..{MAX_COR_SWEEP_STEPS} and cor_sweep_step > 0, "
+                f"got {self.cor_sweep_steps}, {self.cor_sweep_step}"
             )
         from streamtomo.pipeline.reconstruction.backends import available_backends, resolve_name
 

@@ -47,14 +47,14 @@ class BroadcastReferences:
     def __init__(self, config: PipelineConfig) -> None:
         # Known only with the counts rule: the first batch is the frames before the first projection.
         before = config.first_projection() if config.kind_rule == "counts" else 0
-        self._expected = set(range(before))
+        self._expected = before  # positions 0 .. before - 1
         self._seen: set[int] = set()
         self._tracker = ReferenceTracker()
-        self._usable = bool(self._expected)
+        self._usable = before > 0
         self.current: ReferenceSet | None = None
 
     def add(self, key: ImageKey, index: int, rows: npt.NDArray[np.generic]) -> None:
-        if not self._usable or index not in self._expected or index in self._seen:
+        if not self._usable or not 0 <= index < self._expected or index in self._seen:
             return
         if not np.issubdtype(rows.dtype, np.integer):
             self._usable = False  # float sums depend on their order: wait for the reducer's
@@ -64,6 +64,6 @@ class BroadcastReferences:
 
     def for_projection(self) -> ReferenceSet | None:
         """The set, once every frame of the first batch was seen here."""
-        if self.current is None and self._usable and self._seen == self._expected:
+        if self.current is None and self._usable and len(self._seen) == self._expected:
             self.current = self._tracker.close_batch()
         return self.current

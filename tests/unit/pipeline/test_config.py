@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from streamtomo.pipeline.config import MAX_SLICE_SIZE, ConfigError, PipelineConfig, parse_rows
+from streamtomo.pipeline.config import (
+    MAX_COR_SWEEP_STEPS,
+    MAX_SCAN_FRAMES,
+    MAX_SLICE_SIZE,
+    ConfigError,
+    PipelineConfig,
+    parse_rows,
+)
 from streamtomo.pipeline.formats.errors import FrameError
 from streamtomo.pipeline.formats.kinds import FrameKindRule
 from streamtomo.pipeline.scan import ImageKey
@@ -42,8 +49,11 @@ def test_strings_convert_like_dranspose_parameters() -> None:
         ({"angle_range": 0}, r"angle_range must be in \(0, 360\]"),
         ({"angle_range": 361}, r"angle_range must be in \(0, 360\]"),
         ({"angle_tolerance": 0.6}, r"angle_tolerance must be in \(0, 0.5\]"),
-        ({"counts_per_degree": 0}, r"counts_per_degree must be finite and non-zero"),
-        ({"counts_per_degree": "inf"}, r"counts_per_degree must be finite and non-zero"),
+        ({"counts_per_degree": 0}, r"counts_per_degree must be finite and at least 1e-06 in magnitude"),
+        ({"counts_per_degree": "inf"}, r"counts_per_degree must be finite and at least 1e-06"),
+        # a turn of the counter past a float: NaN angles crashed the worker
+        ({"counts_per_degree": 1e-308}, r"counts_per_degree must be finite and at least 1e-06"),
+        ({"counts_per_degree": "-nan"}, r"counts_per_degree must be finite"),
         ({"publish_interval": 0}, r"publish_interval must be > 0"),
         # any number that is not finite (angle_start inf crashed the PandA decoding)
         ({"angle_start": "inf"}, r"angle_start must be a finite number, got inf"),
@@ -54,7 +64,14 @@ def test_strings_convert_like_dranspose_parameters() -> None:
         ({"center": "nan"}, r"center must be a column number"),
         ({"energy_kev": 0}, r"energy_kev must be > 0"),
         ({"paganin_delta_beta": -1}, r"paganin_delta_beta must be >= 0"),
-        ({"cor_sweep_step": 0}, r"cor_sweep_steps must be >= 0 and cor_sweep_step > 0"),
+        ({"cor_sweep_step": 0}, r"cor_sweep_steps must be in 0..128 and cor_sweep_step > 0"),
+        # each candidate is a slice every worker backprojects (1e6 took 2 GB before refusal)
+        ({"cor_sweep_steps": MAX_COR_SWEEP_STEPS + 1}, r"cor_sweep_steps must be in 0..128"),
+        # frame counts that are typos: 1e20 darks hung a worker building its bookkeeping
+        ({"n_darks_before": 10**20}, r"the scan's frames \(n_darks_before \+ .*\) add up to 1\d{20}: at most 10000000"),
+        ({"n_projections": MAX_SCAN_FRAMES, "n_flats_after": 1}, r"add up to 10000021: at most 10000000"),
+        ({"frame_layout": "dark:5,proj:10000000"}, r"the scan's frames \(frame_layout\) add up to 10000005"),
+        ({"kind_rule": "header", "n_projections": MAX_SCAN_FRAMES + 1}, r"n_projections must be at most 10000000"),
         ({"backend": "magic"}, r"backend 'magic' is unknown; choose one of"),
         ({"rows": "1-5"}, r"row selection '1-5' is not 'all', 'a:b\[:step\]' or 'r1,r2,...'"),
         ({"slice_rows": "a,b"}, r"row selection 'a,b'"),
