@@ -435,6 +435,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         _check_volume_backend(args, config)
         if args.data:
             args.rows, args.cols = _check_data(args, config, [Path(p) for p in args.data])
+    if bool(args.rows) != bool(args.cols):  # one alone checked nothing and said "ok"
+        raise CliError(f"give both --rows and --cols (got only {'--rows' if args.rows else '--cols'})")
     if not (args.rows and args.cols):
         print(f"{args.parameters}: ok (give --rows and --cols, or --data, to check it against a detector too)")
         return 0
@@ -476,7 +478,24 @@ def _check_data(args: argparse.Namespace, config: PipelineConfig, recordings: li
         check_streams(checked, config.detector_stream)
     except RecordingError as error:
         raise CliError(f"--data: {error}") from None
-    return _report_survey(args, config, survey_recordings(recordings, config), "--data")
+    # A recording cut part-way or corrupt inside: the survey reads up to there (or fails
+    # there), and said "ok", or blamed the parameter file, without naming the cut.
+    cut = _cut_recordings(recordings)
+    try:
+        survey = survey_recordings(recordings, config)
+    except Exception:
+        if not cut:
+            raise  # not the recordings: a bug (exit 1; -v shows where)
+        raise CliError(f"--data: {'; '.join(cut)}") from None
+    try:
+        shape = _report_survey(args, config, survey, "--data")
+    except CliError as error:
+        if not cut:
+            raise
+        raise CliError(f"{error}; and --data: {'; '.join(cut)}") from None
+    if cut:
+        raise CliError(f"--data: {'; '.join(cut)} (the survey above is of the messages before)")
+    return shape
 
 
 def _report_survey(

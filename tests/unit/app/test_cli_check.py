@@ -26,6 +26,15 @@ def test_a_good_file_is_ok_and_says_what_it_did_not_check(tmp_path: Path, capsys
     assert "(memory_budget_gb: half of this machine's memory)" in out
 
 
+@pytest.mark.parametrize("given", [["--rows", "64"], ["--cols", "64"]])
+def test_one_of_rows_and_cols_alone_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], given: list[str]
+) -> None:
+    # It checked nothing and said "ok": rows 100:200 passed against "--rows 64".
+    assert main(["check", _parameters(tmp_path, rows="100:200"), *given]) == 2
+    assert f"give both --rows and --cols (got only {given[0]})" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -124,6 +133,28 @@ def test_data_that_are_no_recordings_are_refused(tmp_path: Path, capsys: pytest.
     junk.write_bytes(b"not cbor at all")
     assert main(["check", _parameters(tmp_path), "--data", str(junk)]) == 2
     assert "--data:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["cut", "corrupt"])
+def test_a_recording_cut_short_or_corrupt_inside_is_named(
+    recorded: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    """It said "ok" for a recording cut near its end, blamed the parameter file for one
+    cut early, and a corrupt middle was a traceback."""
+    parameters, data = recorded
+    detector = next(Path(p) for p in data if "detector" in Path(p).name)
+    raw = detector.read_bytes()
+    damaged = tmp_path / detector.name
+    if damage == "cut":
+        damaged.write_bytes(raw[: len(raw) * 3 // 4])
+    else:
+        middle = len(raw) // 2
+        damaged.write_bytes(raw[:middle] + b"\xff" * 64 + raw[middle + 64 :])
+    others = [p for p in data if Path(p) != detector]
+    assert main(["check", str(parameters), "--data", str(damaged), *others]) == 2
+    err = capsys.readouterr().err
+    assert f"--data: {damaged}" in err
+    assert ("is cut short" if damage == "cut" else "does not decode after message") in err
 
 
 # -- against an NXtomo file (--nexus), as replay --nexus streams it ----------------------
