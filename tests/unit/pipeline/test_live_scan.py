@@ -429,6 +429,19 @@ def test_broadcast_references_are_not_duplicates() -> None:
     assert not scan.rejected
 
 
+def test_a_refused_broadcast_message_counts_once_whatever_the_workers() -> None:
+    """A message refused with no frame position (before the frame base, corrupt) is one
+    message, though a broadcast dark or flat reaches every worker and each refuses it:
+    with 2 workers a scan counted 60 rejected of the 40 frames it was sent."""
+    scan = LiveScan(config())
+    for event in (1, 2, 3):  # broadcast: both workers refuse each
+        for worker in ("w0", "w1"):
+            scan.add_result(WorkerResult([Rejected(None, "frame_before_base", f"event {event} ({worker})", event)]))
+    scan.add_result(WorkerResult([Rejected(None, "corrupt_frame", "event 4", 4)]))  # one worker's event
+    assert scan.rejected == {"frame_before_base": 3, "corrupt_frame": 1}
+    assert scan.status()["frames_rejected"] == 4
+
+
 def test_lost_frames_are_reported_as_ranges() -> None:
     frames = make_frames()
     lost = {10, 11, 12, 30}
