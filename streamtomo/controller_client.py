@@ -87,7 +87,10 @@ class ControllerClient:
         timeout: float | None = None,
         content_type: str | None = None,
     ) -> bytes:
-        request = urllib.request.Request(f"{self.url}/api/v1/{path}", data=data, method=method)
+        try:
+            request = urllib.request.Request(f"{self.url}/api/v1/{path}", data=data, method=method)
+        except ValueError as error:  # not a URL at all ("garbage", "http://[::1")
+            raise ControllerError(f"{self.url!r} is no controller URL (http://HOST:PORT): {error}") from None
         if content_type is not None:
             request.add_header("Content-Type", content_type)
         try:

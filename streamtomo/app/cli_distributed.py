@@ -154,24 +154,50 @@ def _tend(deployment: LocalDeployment) -> str | None:
 
 def cmd_play(args: argparse.Namespace) -> int:
     from streamtomo.app.beamline_events import frame_events, recorded_events
-    from streamtomo.app.deployment_state import DeploymentError, DeploymentState, default_state_path
+    from streamtomo.app.cli import SCAN_FAILED  # as demo and replay: the scan ran and failed
+    from streamtomo.app.deployment_state import (
+        DeploymentError,
+        DeploymentState,
+        default_state_path,
+        running_deployment,
+    )
     from streamtomo.app.parameter_files import load_config, read_config_values, write_parameter_file
     from streamtomo.app.play import PlayError, play
+    from streamtomo.app.recording_checks import RecordingError, check_recording, check_streams, cut_short
+    from streamtomo.app.scan_outcome import scan_outcome
     from streamtomo.controller_client import ControllerError
 
+    state_path = Path(args.state) if args.state else default_state_path()
     try:
-        state = DeploymentState.read(Path(args.state) if args.state else default_state_path())
+        state = DeploymentState.read(state_path)
     except DeploymentError as error:
         if not (args.controller and args.detector and args.panda):
             print(f"streamtomo: error: {error}", file=sys.stderr)
             return 2
         state = DeploymentState(args.controller, "", "", "", args.detector, args.panda)
+    else:
+        if not args.controller and state.pids and running_deployment(state_path) is None:
+            # A file left by an `up` that is gone: "Connection refused" said nothing of it.
+            print(
+                f"streamtomo: error: the deployment of {state_path} is not running (none of its services is): "
+                "start one with `streamtomo up`, or give --controller, --detector and --panda",
+                file=sys.stderr,
+            )
+            return 2
     state.controller_url = args.controller or state.controller_url
     state.detector_upstream = args.detector or state.detector_upstream
     state.angle_upstream = args.panda or state.angle_upstream
     try:
         if args.files:
             config = load_config(args.parameters)
+            # As replay checks them: a file that is no recording, lacks the detector's
+            # stream, or is cut or corrupt inside was a traceback, a 30 s wait for an
+            # ingester, or a scan played up to the cut and reported as done.
+            recordings = [Path(f) for f in args.files]
+            check_streams([(path, check_recording(path)) for path in recordings], config.detector_stream)
+            cut = [why for why in map(cut_short, recordings) if why is not None]
+            if cut:
+                raise RecordingError("; ".join(cut))
             events = recorded_events(args.files, config)
         else:
             from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSpec
@@ -179,7 +205,7 @@ def cmd_play(args: argparse.Namespace) -> int:
             spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=args.angles, seed=args.seed)
             config = spec.config(**(read_config_values(args.parameters) if args.parameters else {}))
             events = frame_events(ScanSimulator(spec).frames(), config, state.detector_format, args.compression)
-    except (OSError, ValueError, ConfigError) as error:
+    except (OSError, ValueError, ConfigError, RecordingError) as error:
         print(f"streamtomo: error: {error}", file=sys.stderr)
         return 2
     prefix = "" if args.no_record else args.record_prefix
@@ -214,6 +240,14 @@ def cmd_play(args: argparse.Namespace) -> int:
             result.recorded_config(), Path(f"{result.dump_prefix}replay-parameters-{result.mapping_uuid}.json")
         )
         print(f"replay with: streamtomo replay -f {' '.join(map(str, recordings))} -p {params}", flush=True)
+    # What the reducer made of the scan: a scan whose every frame was refused finished
+    # too, and was reported as done with exit 0.
+    outcome = scan_outcome(state.live_endpoint, config.domain) if state.live_endpoint else None
+    if outcome is not None:
+        print(f"state: {outcome.state}" + (f" ({outcome.reason})" if outcome.reason else ""), flush=True)
+        if outcome.failed:
+            print(f"scan failed: {outcome.reason}", file=sys.stderr, flush=True)
+            return SCAN_FAILED
     return 0
 
 

@@ -59,6 +59,8 @@ class DeploymentState:
             return cls.from_json(path.read_text())
         except FileNotFoundError:
             raise DeploymentError(f"no deployment state at {path}: run `streamtomo up` first or pass --state") from None
+        except (OSError, ValueError, TypeError) as error:  # a folder, not JSON, not up's fields
+            raise DeploymentError(f"{path} is no deployment state written by `streamtomo up`: {error}") from None
 
 
 def running_deployment(path: Path) -> DeploymentState | None:

@@ -256,6 +256,27 @@ def test_services_fetch_only_the_parameters_that_changed(clean_logs: LocalDeploy
 
 @pytest.mark.slow
 @needs_redis
+def test_play_says_how_the_scan_ended_and_exits_3_when_it_failed(
+    clean_logs: LocalDeployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scan whose every frame was refused finished too: `play` printed it as a success
+    and exited 0, while the domain and the final file said 'failed'."""
+    from streamtomo.app.cli import main
+
+    state = clean_logs.state.write(tmp_path / "state.json")
+    small = ["--rows", "8", "--cols", "32", "--angles", "20", "--no-record", "--state", str(state)]
+    refused = tmp_path / "p.json"
+    refused.write_text(json.dumps({"frame_base": "100"}))  # every frame before the scan's first
+    assert main(["play", "--simulate", *small, "-p", str(refused)]) == 3
+    out, err = capsys.readouterr()
+    assert "state: failed (no projection was reduced: 40 frames received, rejected: 40 frame_before_base)" in out
+    assert "scan failed: no projection was reduced" in err
+    assert main(["play", "--simulate", *small]) == 0
+    assert "state: finished\n" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@needs_redis
 def test_stream_that_stops_early_is_ended_and_the_partial_result_kept(clean_logs: LocalDeployment) -> None:
     spec, frames = simulated_scan()
     config = spec.config()

@@ -1,0 +1,73 @@
+"""How a scan played to a deployment ended, as its live domain says.
+
+``play`` returns once the controller reports the scan finished: every event reduced.
+That says nothing of what the reducer made of them: a scan whose every frame was
+refused (a wrong ``frame_base``) finishes too, and ``play`` printed it as a success
+and exited 0 while the domain and the final file said ``failed``. The reducer writes
+``state`` and ``reason`` under ``/entry/status`` of its live domain (README "Domain
+layout"); this reads them the way any reader does, through h5pyd.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+UNDER_WAY = ("waiting", "running")  # the states before the scan's end is published
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ScanOutcome:
+    state: str
+    reason: str
+
+    @property
+    def failed(self) -> bool:
+        return self.state == FAILED
+
+
+def scan_outcome(endpoint: str, domain: str, timeout: float = 15.0, attempts: int = 20) -> ScanOutcome | None:
+    """The scan's ``state`` and ``reason`` once the reducer has published its end (any
+    state but 'waiting' or 'running', 'reconstructing' included: the volume follows);
+    None where the domain cannot be read or the end is not published within ``timeout``
+    seconds (logged: ``play`` then says only what it sent)."""
+    import h5pyd
+
+    deadline = time.monotonic() + timeout
+    try:
+        with h5pyd.File(domain, "r", endpoint=endpoint) as f:
+            status = f["entry/status"]
+            while True:
+                outcome = _consistent(status, attempts)
+                if outcome is not None and outcome.state not in UNDER_WAY:
+                    return outcome
+                if time.monotonic() > deadline:
+                    logger.warning(
+                        "the live domain %s at %s did not show the scan's end within %.0f s", domain, endpoint, timeout
+                    )
+                    return None
+                time.sleep(0.1)
+    except (OSError, KeyError, ValueError) as error:  # h5pyd's HTTP errors are IOErrors
+        logger.warning("cannot read the scan's state from %s at %s: %s", domain, endpoint, error)
+        return None
+
+
+def _consistent(status: Any, attempts: int) -> ScanOutcome | None:
+    """``state`` and ``reason`` of one publish: the reducer writes both and then bumps
+    ``generation``, but a reader's requests are separate, so they are read until
+    ``generation`` is the same before and after."""
+    for _ in range(attempts):
+        before = _text(status["generation"][()])
+        outcome = ScanOutcome(_text(status["state"][()]), _text(status["reason"][()]))
+        if _text(status["generation"][()]) == before:
+            return outcome
+    return None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
