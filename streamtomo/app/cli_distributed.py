@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamtomo.app.cli_types import non_negative_int, positive_float, positive_int
+from streamtomo.app.cli_types import non_negative_float, non_negative_int, positive_float, positive_int
 from streamtomo.pipeline.config import ConfigError
 
 if TYPE_CHECKING:
@@ -251,13 +251,28 @@ def cmd_play(args: argparse.Namespace) -> int:
     return 0
 
 
+def redis_url(text: str) -> str:
+    """An argparse type: a URL redis-py can connect by. 'garbage' was retried for the
+    whole readiness wait (60 s) and ended as a service that did not start (exit 3). The
+    URL is not echoed: it may hold Redis's password."""
+    from redis.connection import parse_url
+
+    try:
+        parse_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not a Redis URL: {error}") from None
+    return text
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``up`` and ``play`` to ``streamtomo``'s subcommands."""
     up = subparsers.add_parser(
         "up", help="start a local dranspose deployment (Redis, controller, ingesters, workers, reducer)"
     )
     up.add_argument("-w", "--workers", type=positive_int, default=2, help="number of workers (default 2)")
-    up.add_argument("--redis", help="use this Redis (redis://HOST:PORT/DB) instead of starting redis-server")
+    up.add_argument(
+        "--redis", type=redis_url, help="use this Redis (redis://HOST:PORT/DB) instead of starting redis-server"
+    )
     up.add_argument("--run-dir", help="directory for logs and recordings (default: a new temporary directory)")
     up.add_argument(
         "--state",
@@ -272,7 +287,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument("--no-record", action="store_true", help="do not record scans (dump_prefix)")
     up.add_argument(
         "--stream-timeout",
-        type=float,
+        type=non_negative_float,
         default=30.0,
         help="end a scan with no event for this many seconds while frames are still expected (default 30; 0: never)",
     )
@@ -284,7 +299,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source.add_argument("-f", "--files", nargs="+", help="dranspose recordings (.cbors) to re-send")
     play.add_argument("-p", "--parameters", help="parameter file (JSON) for the scan")
     play.add_argument(
-        "--rate", type=float, default=None, help="frames per second (default: as fast as the pipeline takes them)"
+        "--rate",
+        type=positive_float,
+        default=None,
+        help="frames per second (default: as fast as the pipeline takes them)",
     )
     play.add_argument("--rows", type=positive_int, default=16, help="simulated detector rows (default 16)")
     play.add_argument("--cols", type=positive_int, default=128, help="simulated detector columns (default 128)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -86,12 +87,25 @@ class ReducerSettings:
             cors_origins=origins,
             hsds_endpoint=env.get("STREAMTOMO_HSDS_ENDPOINT", ""),
             hsds_domain=env.get("STREAMTOMO_HSDS_DOMAIN", ""),
-            stream_timeout=float(env.get("STREAMTOMO_STREAM_TIMEOUT", "30")),
+            stream_timeout=_env_seconds("STREAMTOMO_STREAM_TIMEOUT", 30.0),
             final_dir=env.get("STREAMTOMO_FINAL_DIR", ""),
-            final_wait=float(env.get("STREAMTOMO_FINAL_WAIT", str(FINAL_FILE_WAIT_S))),
+            final_wait=_env_seconds("STREAMTOMO_FINAL_WAIT", FINAL_FILE_WAIT_S),
             lost_scan=env.get("STREAMTOMO_LOST_SCAN", ""),
-            pool_wait=float(env.get("STREAMTOMO_POOL_WAIT", str(POOL_WAIT_S))),
+            pool_wait=_env_seconds("STREAMTOMO_POOL_WAIT", POOL_WAIT_S),
         )
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """A duration from the environment: finite and >= 0. A NaN stream timeout ended every
+    scan after its first frames ("no event for nan s"), a negative one meant never."""
+    text = os.environ.get(name, "")
+    try:
+        value = float(text) if text.strip() else default
+    except ValueError:
+        raise ValueError(f"{name}={text!r} is not a number of seconds") from None
+    if not (0 <= value < math.inf):
+        raise ValueError(f"{name}={text!r}: seconds must be finite and >= 0")
+    return value
 
 
 class TomoReducer:

@@ -1,0 +1,37 @@
+"""``up`` and ``play`` options out of range are argparse's usage error (exit 2, one
+line naming the option) before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamtomo.app.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # retried for the whole readiness wait (60 s), then "did not start", exit 3
+        (["up", "--redis", "garbage"], "argument --redis: not a Redis URL: Redis URL must specify one of"),
+        (["up", "--redis", "redis://h:notaport/0"], "argument --redis: not a Redis URL: Port could not be cast"),
+        # nan ended every scan after its first frames; a negative value silently meant never
+        (["up", "--stream-timeout", "nan"], "argument --stream-timeout: 'nan' is not a finite number"),
+        (["up", "--stream-timeout", "-1"], "argument --stream-timeout: -1 is negative"),
+        # accepted and played "at nan Hz"
+        (["play", "--rate", "0"], "argument --rate: 0 is not above 0"),
+        (["play", "--rate", "nan"], "argument --rate: 'nan' is not a finite number"),
+    ],
+)
+def test_an_option_out_of_range_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_redis_url_with_a_password_is_not_echoed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["up", "--redis", "redis://:s3cret@h:notaport/0"])
+    assert "s3cret" not in capsys.readouterr().err
