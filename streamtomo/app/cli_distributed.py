@@ -258,7 +258,7 @@ def redis_url(text: str) -> str:
     from redis.connection import parse_url
 
     try:
-        parse_url(text)
+        parse_url(text)  # type: ignore[no-untyped-call]
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"not a Redis URL: {error}") from None
     return text
