@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamtomo.app.cli_types import (
+    http_url,
     int_at_least,
     non_negative_float,
     non_negative_int,
@@ -366,7 +367,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_taken(port: int) -> bool:
+    import socket
+
+    from streamtomo.app.processes import HOST
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
 def cmd_hsds(args: argparse.Namespace) -> int:
+    from streamtomo.app.hsds_admin import HsdsStartError
     from streamtomo.app.hsds_proxy import parse_origins
     from streamtomo.app.local_hsds import LocalHsds
 
@@ -374,8 +389,13 @@ def cmd_hsds(args: argparse.Namespace) -> int:
         origins = parse_origins(args.cors_origin or ["http://127.0.0.1"])
     except ValueError as error:
         raise CliError(str(error)) from None
+    if args.port and _port_taken(args.port):  # was HSDS's traceback "address already in use"
+        raise CliError(f"--port {args.port} is taken: another program listens there (0: a free port)")
     server = LocalHsds(args.root, port=args.port, cors_origins=origins)
-    server.start()
+    try:
+        server.start()
+    except HsdsStartError as error:
+        raise CliError(f"HSDS did not start: {error}") from None
     print(f"hsds endpoint: {server.url}", flush=True)
     print(f"browser origins allowed (CORS): {', '.join(origins)}", flush=True)
     for user in (server.writer_user, server.viewer_user):
@@ -551,6 +571,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--hsds",
         metavar="URL",
+        type=http_url,
         help="also publish to this HSDS (credentials: STREAMTOMO_HSDS_USERNAME/_PASSWORD or STREAMTOMO_HSDS_CREDENTIALS=file)",
     )
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamtomo.app.cli_types import non_negative_float, non_negative_int, positive_float, positive_int
+from streamtomo.app.cli_types import http_url, non_negative_float, non_negative_int, positive_float, positive_int
 from streamtomo.pipeline.config import ConfigError
 
 if TYPE_CHECKING:
@@ -322,7 +322,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="end the scan after this many seconds without progress (default 10)",
     )
     play.add_argument("--state", help="deployment state file written by `streamtomo up`")
-    play.add_argument("--controller", help="controller URL (default: from the state file)")
+    play.add_argument("--controller", type=http_url, help="controller URL (default: from the state file)")
     play.add_argument("--detector", help="where to bind the detector's ZeroMQ PUSH (default: from the state file)")
     play.add_argument("--panda", help="where to serve the PandA's TCP data (default: from the state file)")
     record = play.add_mutually_exclusive_group()

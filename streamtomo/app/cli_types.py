@@ -7,6 +7,7 @@ import argparse
 import math
 from collections.abc import Callable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 _N = TypeVar("_N", int, float)
 
@@ -40,3 +41,22 @@ positive_float = _checked(float, lambda v: v > 0, "{0:g} is not above 0")
 non_negative_float = _checked(float, lambda v: v >= 0, "{0:g} is negative")
 # A TCP port, or 0 for a free one.
 port = _checked(int, lambda v: 0 <= v <= 65535, "{0} is not a port (0 to 65535; 0: a free one)")
+
+
+def http_url(text: str) -> str:
+    """An http:// or https:// URL with a host. 'garbage' for an endpoint was taken and
+    every request then answered 502; 'http://[::1' a traceback per request; an HSDS
+    'ftp://x' a traceback, 'garbage' a warning and a scan that published nowhere."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - parses the port: a bad one raises ValueError here
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s)://HOST[:PORT] URL")
+    return text
+
+
+def http_url_or_none(text: str) -> str:
+    """:func:`http_url`, or '' / 'none' for none."""
+    return text if text.lower() in ("", "none") else http_url(text)

@@ -258,6 +258,28 @@ def test_a_port_that_is_taken_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert last.startswith("streamtomo: error: ") and f"127.0.0.1:{port}" in last, done.stderr
 
 
+def test_a_port_that_is_taken_is_one_line_and_exit_2_for_hsds_too(tmp_path: Path) -> None:
+    """It was HSDS's HsdsStartError traceback "address already in use", exit 1."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [CLI, "hsds", "--root", str(tmp_path / "root"), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"streamtomo: error: --port {port} is taken: another program listens there (0: a free port)"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -14,7 +14,7 @@ import sys
 import threading
 from urllib.parse import urlsplit
 
-from streamtomo.app.cli_types import port
+from streamtomo.app.cli_types import http_url, http_url_or_none, port
 
 logger = logging.getLogger("streamtomo")
 
@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     view.add_argument(
         "--endpoint",
         required=True,
+        type=http_url,
         help="HDF REST endpoint: the reducer's server or an HSDS, e.g. http://127.0.0.1:8100",
     )
     view.add_argument("--domain", default="/streamtomo/live.h5", help="domain name (default /streamtomo/live.h5)")
@@ -41,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     view.add_argument(
         "--control",
         default="",
+        type=http_url_or_none,
         help="URL of the pipeline's control API (the reducer's control listener, not the endpoint); default: none, a read-only page",
     )
     view.add_argument(

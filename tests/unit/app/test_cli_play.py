@@ -39,13 +39,29 @@ def test_the_state_of_a_deployment_that_is_gone_says_so(tmp_path: Path, capsys: 
     assert f"the deployment of {state} is not running (none of its services is)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("url", ["garbage", "http://[::1"])
-def test_a_controller_address_that_is_no_url_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("garbage", "argument --controller: 'garbage' is not an http(s)://HOST[:PORT] URL"),
+        ("http://[::1", "argument --controller: 'http://[::1' is not a URL: Invalid IPv6 URL"),
+    ],
+)
+def test_a_controller_address_that_is_no_url_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, message: str
 ) -> None:
+    # It was a ValueError traceback, exit 1.
     addresses = ["--controller", url, "--detector", "tcp://127.0.0.1:2", "--panda", "tcp://127.0.0.1:3"]
-    assert main(["play", "--simulate", "--state", str(tmp_path / "none.json"), *addresses, *SMALL]) == 1
-    assert f"streamtomo: error: {url!r} is no controller URL (http://HOST:PORT)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["play", "--simulate", "--state", str(tmp_path / "none.json"), *addresses, *SMALL])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_controller_client_names_an_address_that_is_no_url() -> None:
+    from streamtomo.controller_client import ControllerClient, ControllerError
+
+    with pytest.raises(ControllerError, match=r"'http://\[::1' is no controller URL \(http://HOST:PORT\)"):
+        ControllerClient("http://[::1").progress()
 
 
 def test_recordings_are_checked_before_the_scan_is_posted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

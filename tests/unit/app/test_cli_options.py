@@ -1,5 +1,6 @@
-"""``up`` and ``play`` options out of range are argparse's usage error (exit 2, one
-line naming the option) before anything starts."""
+"""Options of ``up``, ``play``, ``view`` and the ``--hsds`` of ``demo`` and ``replay``
+that are out of range or no URL are argparse's usage error (exit 2, one line naming
+the option) before anything starts."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ from streamtomo.app.cli import main
         # accepted and played "at nan Hz"
         (["play", "--rate", "0"], "argument --rate: 0 is not above 0"),
         (["play", "--rate", "nan"], "argument --rate: 'nan' is not a finite number"),
+        # every request of the page then answered 502, or a traceback per request
+        (["view", "--endpoint", "garbage"], "argument --endpoint: 'garbage' is not an http(s)://HOST[:PORT] URL"),
+        (["view", "--endpoint", "http://[::1"], "argument --endpoint: 'http://[::1' is not a URL"),
+        (["view", "--endpoint", "http://h:1", "--control", "ftp://x"], "argument --control: 'ftp://x' is not an"),
+        # a traceback (ftp), or a warning and a scan that published nowhere, exit 0
+        (["demo", "--hsds", "ftp://x"], "argument --hsds: 'ftp://x' is not an http(s)://HOST[:PORT] URL"),
+        (["replay", "--hsds", "garbage"], "argument --hsds: 'garbage' is not an http(s)://HOST[:PORT] URL"),
     ],
 )
 def test_an_option_out_of_range_is_a_usage_error(
