@@ -36,7 +36,17 @@ def config_values(doc: Any, source: str = "parameters") -> dict[str, Any]:
         values = dict(doc)
     else:
         raise ParameterFileError(f"{source}: expected a JSON object or a dranspose parameter list")
-    return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in values.items() if k not in NOT_CONFIGURATION}
+    decoded: dict[str, Any] = {}
+    for name, value in values.items():
+        if name in NOT_CONFIGURATION:
+            continue
+        if isinstance(value, bytes):
+            try:
+                value = value.decode()
+            except UnicodeDecodeError as error:
+                raise ParameterFileError(f"{source}: parameter {name!r} is not UTF-8 text ({error.reason})") from None
+        decoded[name] = value
+    return decoded
 
 
 def read_config_values(path: str | Path) -> dict[str, Any]:
@@ -49,7 +59,14 @@ def read_config_values(path: str | Path) -> dict[str, Any]:
     if path.suffix == ".cbor":
         import cbor2
 
-        doc = cbor2.loads(raw)
+        if not raw:
+            raise ParameterFileError(f"{path} is empty: expected a CBOR parameter list")
+        try:
+            doc = cbor2.loads(raw)
+        except EOFError:  # cbor2's CBORDecodeEOF: the item ends past the end of the file
+            raise ParameterFileError(f"{path} is cut short: its CBOR data ends inside an item") from None
+        except Exception as error:  # cbor2 raises several kinds for bytes that are no CBOR
+            raise ParameterFileError(f"{path} does not decode as CBOR: {error}") from None
     else:
         try:
             doc = json.loads(raw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cbor2
@@ -53,3 +54,40 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "typo.json").write_text(json.dumps([{"name": "n_projection", "data": "3"}]))
     with pytest.raises(ConfigError, match=r"unknown configuration keys \['n_projection'\]"):
         load_config(tmp_path / "typo.json")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "p.cbor is empty: expected a CBOR parameter list"),
+        # A copy cut part-way: cbor2's CBORDecodeEOF, an EOFError, was a traceback.
+        (cbor2.dumps([{"name": "n_projections", "data": b"12"}])[:-3], "p.cbor is cut short"),
+        # A tag whose value its decoder refuses.
+        (cbor2.dumps(cbor2.CBORTag(30, "x")), "p.cbor does not decode as CBOR: "),
+        # Binary parameters are text: bytes that are not UTF-8 named no file.
+        (cbor2.dumps([{"name": "center", "data": b"\xff\xfe"}]), "p.cbor: parameter 'center' is not UTF-8 text"),
+    ],
+    ids=["empty", "cut", "bad tag", "not utf-8"],
+)
+def test_a_cbor_file_that_does_not_decode_names_the_file(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "p.cbor"
+    path.write_bytes(content)
+    with pytest.raises(ParameterFileError, match=re.escape(message)):
+        read_config_values(path)
+    with pytest.raises(ParameterFileError, match=re.escape(message)):
+        load_config(path)
+
+
+@pytest.mark.parametrize("content", [b"", cbor2.dumps([{"name": "center", "data": "3"}])[:-2]], ids=["empty", "cut"])
+def test_check_of_an_empty_or_cut_cbor_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    """``streamtomo check empty.cbor``: a CBORDecodeEOF traceback (exit 1)."""
+    from streamtomo.app.cli import main
+
+    path = tmp_path / "p.cbor"
+    path.write_bytes(content)
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"streamtomo: error: {path} is "), err
+    assert "Traceback" not in err
