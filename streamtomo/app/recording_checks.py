@@ -5,12 +5,16 @@ item it cannot decode: a missing file, a directory or a file that is not a recor
 ended the CLI with a traceback (``FileNotFoundError``; ``RuntimeError: replay failed:
 AssertionError()``). A recording cut inside its last message (a copy that stopped, a
 full disk) is worse: cbor2 raises ``CBORDecodeEOF``, an ``EOFError``, which dranspose
-takes for the end of the file, and the scan just ends short.
+takes for the end of the file, and the scan just ends short. An item that is not a
+message (in a ``.cbors`` or a ``.pkls``, dranspose's older pickled recordings) fails its
+reader's ``assert isinstance(..., InternalWorkerMessage)``, and a ``.pkls`` that is no
+pickle raised ``UnpicklingError``: both were tracebacks (``ReplayFailed``).
 
 :func:`check_recording` reads what a replay needs to start (the file, its first
 message) and raises :class:`RecordingError` with the reason; :func:`cut_short` reads a
-whole recording and says where it ends inside a message (run it only when a replay came
-up short: it decodes every frame).
+whole recording and says where it ends inside a message or holds what is not one (run it
+only when a replay came up short: it decodes every frame). A ``.pkls`` is unpickled, as
+dranspose's replay itself does right after: give only recordings you trust.
 """
 
 from __future__ import annotations
@@ -48,17 +52,27 @@ def _is_cbor(path: Path) -> bool:
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def _load(f: IO[bytes]) -> Any:
+def _load(f: IO[bytes], cbor: bool = True) -> Any:
+    """The next item of a recording, as dranspose's replay reads it (CBOR, or a pickle)."""
+    if not cbor:
+        import pickle
+
+        return pickle.load(f)  # what dranspose's replay does with the file next
     import cbor2
     from dranspose.replay import message_tag_hook  # type: ignore[import-untyped,unused-ignore]
 
     return cbor2.load(f, tag_hook=message_tag_hook)
 
 
+def _what(item: Any) -> str:
+    name = type(item).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def check_recording(path: str | os.PathLike[str]) -> frozenset[str]:
     """Raise :class:`RecordingError` unless ``path`` is a readable recording whose first
-    message decodes (any file but ``.pkls``, which is only checked readable and not empty);
-    returns the streams that message carries (none known for ``.pkls``)."""
+    item decodes (CBOR, or a pickle for ``.pkls``) to a dranspose message; returns the
+    streams that message carries."""
     from dranspose.event import InternalWorkerMessage  # type: ignore[import-untyped,unused-ignore]
 
     path = Path(path)
@@ -68,29 +82,26 @@ def check_recording(path: str | os.PathLike[str]) -> frozenset[str]:
         raise RecordingError(f"{path}: {error.strerror or error}") from None
     if not stat.S_ISREG(mode):
         raise RecordingError(f"{path}: not a file")
+    cbor = _is_cbor(path)
     try:
         with _opened(path) as f:
-            if not _is_cbor(path):
-                if not f.read(1):
-                    raise RecordingError(f"{path}: empty")
-                return frozenset()
             if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
                 raise RecordingError(f"{path}: an HDF5 file, not a dranspose recording: replay it with --nexus")
             f.seek(0)
-            first = _load(f)
+            first = _load(f, cbor)
     except RecordingError:
         raise
     except OSError as error:
         raise RecordingError(f"{path}: {error.strerror or error}") from None
     except EOFError:
-        if path.name.removesuffix(".gz").endswith(".cbors"):
+        if path.name.removesuffix(".gz").endswith((".cbors", ".pkls")):
             raise RecordingError(f"{path}: empty, or cut inside its first message") from None
         # Not named as one: most likely not one at all (a parameter file given with -f).
         raise RecordingError(f"{path}: not a dranspose recording (no CBOR message in it)") from None
-    except Exception as error:  # cbor2 raises several kinds for bytes that are no CBOR
+    except Exception as error:  # cbor2 and pickle raise several kinds for bytes that are neither
         raise RecordingError(f"{path}: not a dranspose recording ({error})") from None
     if not isinstance(first, InternalWorkerMessage):
-        raise RecordingError(f"{path}: not a dranspose recording (its first item is a {type(first).__name__})")
+        raise RecordingError(f"{path}: not a dranspose recording (its first item is {_what(first)})")
     return frozenset(str(name) for name in first.streams)
 
 
@@ -115,26 +126,27 @@ def check_streams(recordings: list[tuple[Path, frozenset[str]]], detector_stream
 
 
 def cut_short(path: str | os.PathLike[str]) -> str | None:
-    """Where ``path`` ends inside a message or stops decoding (a sentence), None when it
-    ends cleanly after its last message or is not a ``.cbors`` recording."""
-    import cbor2
+    """Where ``path`` ends inside a message, stops decoding or holds an item that is not a
+    dranspose message (a sentence); None when it ends cleanly after its last message."""
+    from dranspose.event import InternalWorkerMessage  # type: ignore[import-untyped,unused-ignore]
 
     path = Path(path)
-    if not _is_cbor(path):
-        return None
+    cbor = _is_cbor(path)
     count = 0
     try:
         with _opened(path) as f:
             while True:
                 start = f.tell()
                 try:
-                    _load(f)
-                except cbor2.CBORDecodeEOF:
+                    item = _load(f, cbor)
+                except EOFError:  # cbor2's CBORDecodeEOF; pickle's "Ran out of input"
                     if f.tell() > start or f.read(1):
                         return f"{path} ends inside message {count + 1}, at byte {start}: the recording is cut short"
                     return None
+                if not isinstance(item, InternalWorkerMessage):
+                    return f"{path} holds {_what(item)} as item {count + 1}, at byte {start}: not a dranspose message"
                 count += 1
     except (OSError, EOFError) as error:
         return f"{path} cannot be read after message {count}: {error}"
-    except Exception as error:  # not CBOR from here on
+    except Exception as error:  # neither CBOR nor a pickle from here on
         return f"{path} does not decode after message {count}: {error}"
