@@ -39,6 +39,13 @@ class NexusError(ValueError):
     """The file has no usable NXtomo scan; the message says what is missing and where."""
 
 
+class NexusReadError(NexusError, OSError):
+    """A frame of the file cannot be read (a chunk its filter cannot decode, a file that
+    went away); the message names the file, the dataset and the frame. An ``OSError``
+    too, as h5py's own: what the frames' reader (a replay, a check) lets through as one
+    ends as a one-line error, not a traceback."""
+
+
 @dataclass(frozen=True)
 class NexusPaths:
     data: str
@@ -239,7 +246,18 @@ class NexusScan:
             if values.shape != (n,):
                 raise NexusError(f"{name} has shape {values.shape}; expected ({n},) like {self.paths.data}")
         for key in np.unique(self.keys):
-            image_key_from_name(int(key))  # NXtomo keys only; raises ValueError otherwise
+            try:
+                image_key_from_name(int(key))  # NXtomo keys only
+            except ValueError as error:
+                raise NexusError(f"{self.paths.image_key} in {self.path}: {error}") from None
+        # The workers take integer and floating pixels only (they refuse any other as
+        # wrong_dtype), and strings or compounds cannot even be streamed.
+        dtype = self._data.dtype
+        if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+            raise NexusError(
+                f"{self.paths.data} in {self.path} holds {_dtype_text(dtype)}: the frames must be integer or "
+                f"floating-point pixels"
+            )
 
     @property
     def n_frames(self) -> int:
@@ -259,7 +277,10 @@ class NexusScan:
     def frames(self) -> Iterator[Frame]:
         """The frames in file order, read lazily (one frame in memory at a time)."""
         for index in range(self.n_frames):
-            image = np.asarray(self._data[index])
+            try:
+                image = np.asarray(self._data[index])
+            except (OSError, RuntimeError) as error:  # h5py: a chunk its filter cannot decode, a lost file
+                raise NexusReadError(f"{self.path}: cannot read frame {index} of {self.paths.data}: {error}") from None
             yield Frame(index, image_key_from_name(int(self.keys[index])), image, float(self.angles[index]))
 
     def close(self) -> None:
@@ -270,6 +291,18 @@ class NexusScan:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dtype_text(dtype: np.dtype[Any]) -> str:
+    """A dtype as a person reads it: ``|S3`` and a variable-length string's ``object``
+    say little alone, so h5py's string types are named as strings."""
+    import h5py
+
+    info = h5py.check_string_dtype(dtype)
+    if info is not None:
+        length = "variable-length" if info.length is None else f"{info.length}-byte"
+        return f"{length} strings (dtype {dtype.str})"
+    return f"dtype {dtype}"
 
 
 def _numbers(values: Any, name: str, kinds: str = "biuf") -> npt.NDArray[np.float64]:

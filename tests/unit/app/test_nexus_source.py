@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from streamtomo.app.nexus_source import NexusError, NexusScan, derive_grid
+from streamtomo.app.cli import main
+from streamtomo.app.nexus_source import NexusError, NexusReadError, NexusScan, derive_grid
 from streamtomo.pipeline.scan import ImageKey
 
 
@@ -121,3 +122,124 @@ def test_grid_from_measured_angles() -> None:
     assert derive_grid(angles[::-1]) == grid
     with pytest.raises(NexusError, match="no projections"):
         derive_grid(np.array([]))
+
+
+def test_an_unknown_image_key_names_its_dataset(tmp_path: Path) -> None:
+    path = tmp_path / "scan.nxs"
+    _nxtomo(path, [0, 7], np.array([0.0, 90.0]))
+    with pytest.raises(NexusError, match=r"^/entry/instrument/detector/image_key in .*scan.nxs: unknown image_key 7"):
+        NexusScan(path)
+
+
+@pytest.mark.parametrize(
+    ("values", "shown"),
+    [
+        (np.full((3, 3, 4), b"abc", dtype="S3"), "3-byte strings (dtype |S3)"),
+        (np.full((3, 3, 4), 1 + 2j, dtype=np.complex64), "dtype complex64"),  # the workers refuse it
+        (np.zeros((3, 3, 4), dtype=bool), "dtype bool"),
+    ],
+)
+def test_frames_that_are_no_pixels_are_refused_with_dataset_and_dtype(
+    tmp_path: Path, values: np.ndarray, shown: str
+) -> None:
+    """|S3 frames passed the checks and ended in ValueError 'cannot stream dtype |S3'
+    (a traceback) at the first frame."""
+    path = tmp_path / "scan.nxs"
+    _nxtomo(path, [2, 1, 0], np.array([0.0, 0.0, 10.0]), external=False)
+    with h5py.File(path, "a") as f:
+        del f["/entry/instrument/detector/data"]
+        f["/entry/instrument/detector/data"] = values
+    with pytest.raises(NexusError, match=r"^/entry/instrument/detector/data in .*scan.nxs holds ") as caught:
+        NexusScan(path)
+    assert f"holds {shown}: the frames must be integer or floating-point pixels" in str(caught.value)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float16, np.float64])
+def test_integer_and_floating_frames_are_read(tmp_path: Path, dtype: type) -> None:
+    path = tmp_path / "scan.nxs"
+    _nxtomo(path, [2, 1, 0], np.array([0.0, 0.0, 10.0]), external=False)
+    with h5py.File(path, "a") as f:
+        del f["/entry/instrument/detector/data"]
+        f["/entry/instrument/detector/data"] = np.ones((3, 3, 4), dtype=dtype)
+    with NexusScan(path) as scan:
+        assert [frame.data.dtype for frame in scan.frames()] == [np.dtype(dtype)] * 3
+
+
+def _corrupt_chunk(path: Path, frame: int) -> None:
+    """Frames in gzip chunks of one frame each, ``frame``'s a chunk gzip cannot inflate."""
+    _nxtomo(path, [2, 1, 0, 0], np.array([0.0, 0.0, 10.0, 20.0]), external=False)
+    with h5py.File(path, "a") as f:
+        del f["/entry/instrument/detector/data"]
+        data = f.create_dataset(
+            "/entry/instrument/detector/data",
+            data=np.ones((4, 3, 4), dtype=np.uint16),
+            chunks=(1, 3, 4),
+            compression="gzip",
+        )
+        data.id.write_direct_chunk((frame, 0, 0), b"not gzip data")
+
+
+def test_an_unreadable_frame_names_the_file_the_dataset_and_the_frame(tmp_path: Path) -> None:
+    """It said only "Can't synchronously read data (filter returned failure during read)"."""
+    path = tmp_path / "scan.nxs"
+    _corrupt_chunk(path, 2)
+    with NexusScan(path) as scan:
+        frames = scan.frames()
+        assert [next(frames).index, next(frames).index] == [0, 1]
+        with pytest.raises(NexusReadError) as caught:
+            next(frames)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: cannot read frame 2 of /entry/instrument/detector/data: "), message
+    assert "filter returned failure during read" in message
+    # An OSError as h5py's own was: the CLI's one-line error (exit 2), wherever it is read.
+    assert isinstance(caught.value, OSError) and isinstance(caught.value, NexusError)
+
+
+def _check_nexus(tmp_path: Path, path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    parameters = tmp_path / "p.json"
+    parameters.write_text("{}")
+    status = main(["check", str(parameters), "--nexus", str(path)])
+    return status, capsys.readouterr().err
+
+
+def test_check_nexus_of_string_frames_or_an_unreadable_chunk_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    strings = tmp_path / "strings.nxs"
+    _nxtomo(strings, [2, 1, 0], np.array([0.0, 0.0, 10.0]), external=False)
+    with h5py.File(strings, "a") as f:
+        del f["/entry/instrument/detector/data"]
+        f["/entry/instrument/detector/data"] = np.full((3, 3, 4), b"abc", dtype="S3")
+    status, err = _check_nexus(tmp_path, strings, capsys)
+    assert status == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"streamtomo: error: /entry/instrument/detector/data in {strings} holds 3-byte strings (dtype |S3): "
+        "the frames must be integer or floating-point pixels"
+    )
+    broken = tmp_path / "broken.nxs"
+    _corrupt_chunk(broken, 3)
+    status, err = _check_nexus(tmp_path, broken, capsys)
+    assert status == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"streamtomo: error: {broken}: cannot read frame 3 of /entry/instrument/detector/data"), err
+
+
+def test_replay_nexus_of_string_frames_or_an_unreadable_chunk_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both are found before the scan starts (the file's frames are recorded first)."""
+    strings = tmp_path / "strings.nxs"
+    _nxtomo(strings, [2, 1, 0], np.array([0.0, 0.0, 10.0]), external=False)
+    with h5py.File(strings, "a") as f:
+        del f["/entry/instrument/detector/data"]
+        f["/entry/instrument/detector/data"] = np.full((3, 3, 4), b"abc", dtype="S3")
+    broken = tmp_path / "broken.nxs"
+    _corrupt_chunk(broken, 1)
+    for path, expected in [
+        (strings, f"/entry/instrument/detector/data in {strings} holds 3-byte strings (dtype |S3)"),
+        (broken, f"{broken}: cannot read frame 1 of /entry/instrument/detector/data: "),
+    ]:
+        assert main(["replay", "--nexus", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith(f"streamtomo: error: {expected}"), err
