@@ -18,6 +18,41 @@ from streamtomo.pipeline.simulation.phantom import SHEPP_LOGAN_3D, Ellipsoid, gr
 
 FloatArray = npt.NDArray[np.float32]
 
+# What :func:`project_ellipsoids` holds at its peak, per pixel of every angle's projection:
+# the float64 sum, each ellipsoid's float64 rays and their temporaries, then the float32
+# result (measured with tracemalloc: 40.1 to 40.7 bytes).
+PEAK_BYTES_PER_PIXEL = 41
+
+
+class ProjectionTooLarge(ValueError):
+    """The projections asked for cannot fit this machine's memory; the message has the figures."""
+
+
+def projection_peak_bytes(n_angles: int, n_rows: int, n_cols: int) -> int:
+    """The memory :func:`project_ellipsoids` needs at its peak for ``n_angles`` projections of
+    ``n_rows`` x ``n_cols`` pixels."""
+    return int(n_angles) * int(n_rows) * int(n_cols) * PEAK_BYTES_PER_PIXEL
+
+
+def memory_limit_bytes() -> int:
+    """What a projection may need at most: this machine's memory (more fails anyway,
+    with numpy's ``MemoryError`` or the kernel's OOM killer)."""
+    from streamtomo.pipeline.streaming.memory_budget import machine_memory_bytes
+
+    return machine_memory_bytes()
+
+
+def check_projection_size(n_angles: int, n_rows: int, n_cols: int) -> None:
+    """Raise :class:`ProjectionTooLarge` when the projections would not fit this machine's memory."""
+    from streamtomo.pipeline.streaming.memory_budget import size_text
+
+    needed, limit = projection_peak_bytes(n_angles, n_rows, n_cols), memory_limit_bytes()
+    if needed > limit:
+        raise ProjectionTooLarge(
+            f"projecting {n_angles} angles x {n_rows} rows x {n_cols} columns needs about {size_text(needed)} "
+            f"of memory, more than this machine's {size_text(limit)}"
+        )
+
 
 def project_ellipsoids(
     ellipsoids: tuple[Ellipsoid, ...],
@@ -48,6 +83,7 @@ def project_ellipsoids(
     row_z = grid_coordinates(n_rows, scale)
     if rows is not None:
         row_z = row_z[np.asarray(rows, dtype=np.intp).ravel()]
+    check_projection_size(angles.size, row_z.size, n_cols)  # before the arrays: not numpy's MemoryError
     out = np.zeros((angles.size, row_z.size, n_cols), dtype=np.float64)
     for ot in sample_offsets(oversample):
         t = ((np.arange(n_cols) + ot - axis) / scale)[None, None, :]  # (1, 1, C)

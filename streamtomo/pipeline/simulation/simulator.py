@@ -13,12 +13,18 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.scan import Frame, ImageKey
 from streamtomo.pipeline.simulation.phantom import shepp_logan_3d
-from streamtomo.pipeline.simulation.projector import project_shepp_logan_3d
+from streamtomo.pipeline.simulation.projector import memory_limit_bytes, project_shepp_logan_3d, projection_peak_bytes
 
 GOLDEN_ANGLE_FRACTION = (np.sqrt(5.0) - 1.0) / 2.0
+
+
+class SimulationTooLarge(ConfigError):
+    """A simulated scan too large for this machine's memory; the message names the sizes
+    and their options (``--angles``, ``--rows``, ``--cols``). A :class:`ConfigError`: the
+    CLI reports it in one line with exit status 2, as any size the pipeline refuses."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,21 @@ class SimulationSpec:
             raise ValueError(f"need rows >= 1, cols >= 8, angles >= 2; got {self.rows}, {self.cols}, {self.angles}")
         if self.order not in ("sequential", "golden"):
             raise ValueError(f"order {self.order!r} is not 'sequential' or 'golden'")
+        # Here, when the spec is made: the CLI makes it before the output folder (it was
+        # numpy's MemoryError from the projector, after the folder had been made).
+        needed, limit = self.memory_bytes(), memory_limit_bytes()
+        if needed > limit:
+            from streamtomo.pipeline.streaming.memory_budget import size_text
+
+            raise SimulationTooLarge(
+                f"simulating {self.angles} angles (--angles) of {self.rows} rows (--rows) x {self.cols} columns "
+                f"(--cols) needs about {size_text(needed)} of memory, more than this machine's "
+                f"{size_text(limit)}: give fewer angles, rows or columns"
+            )
+
+    def memory_bytes(self) -> int:
+        """The memory the simulation needs at its peak: the projections of every angle."""
+        return projection_peak_bytes(self.angles, self.rows, self.cols)
 
     def config(self, **overrides: object) -> PipelineConfig:
         """The pipeline configuration that matches this scan."""
