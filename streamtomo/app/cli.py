@@ -114,6 +114,7 @@ def _run(
             load_credentials()
         except CredentialsError as error:  # asked for: not a warning the scan runs past
             raise CliError(f"--hsds {args.hsds}: {error}") from None
+        _check_hsds_answers(args.hsds)
     stop = threading.Event() if args.serve or enter_stops else None
     run = ReplayRun(
         recordings,
@@ -181,6 +182,23 @@ def _run(
             viewer.close()
         run.close()
     return SCAN_FAILED if summary.failed or cut else 0
+
+
+def _check_hsds_answers(url: str, timeout: float = 5.0) -> None:
+    """An HSDS that does not answer ``/about`` is refused before the scan: the reducer
+    waited 60 s for it, as long as the replay waits for the reducer, and the run ended
+    "the reducer did not start" with nothing about HSDS."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/about", timeout=timeout) as answer:
+            answer.read(1 << 16)
+    except urllib.error.HTTPError:
+        return  # it answers (an error status for a request without credentials is an answer)
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise CliError(f"--hsds {url} does not answer ({reason}): is HSDS running there?") from None
 
 
 def _check_out(out: str) -> None:
