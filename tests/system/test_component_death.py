@@ -192,7 +192,9 @@ def test_reducer_killed_mid_scan_is_replaced_and_the_scan_ends_failed(tmp_path: 
             os.killpg(state["pids"]["reducer"], signal.SIGKILL)
             failed = wait_state(state["live_endpoint"], "failed")
             assert "the reducer died during this scan" in str(failed["reason"])
-            assert player.wait(120) == 0, (tmp_path / "play.out").read_text()  # the scan ended
+            # The scan ended, failed, and play says so (exit 3, as demo and replay).
+            assert player.wait(120) == 3, (tmp_path / "play.out").read_text()
+            assert "scan failed: the reducer died during this scan" in (tmp_path / "play.out").read_text()
         finally:
             player.kill()
             player.wait()
