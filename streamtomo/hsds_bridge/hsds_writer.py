@@ -25,6 +25,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from streamtomo.hsds_bridge.chunk_backlog import ChunkBacklog
 from streamtomo.hsds_bridge.chunk_plan import NodeSnapshot
@@ -40,6 +41,8 @@ from streamtomo.hsds_bridge.publisher import PublisherStats
 __all__ = ["HsdsWriter", "HsdsWriterError", "HsdsWriterSettings", "versioned_name"]
 
 log = logging.getLogger(__name__)
+# close() looks this often whether it must give way (give_way) while it waits.
+CLOSE_POLL_S = 0.1
 
 
 class HsdsWriter:
@@ -158,13 +161,14 @@ class HsdsWriter:
         """After close(): block until the background loop has finished the domain."""
         return self._main_done.wait(timeout) and self.complete
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self, timeout: float = 30.0, give_way: Callable[[], bool] | None = None) -> None:
         """Send everything still dirty or queued, flush, verify, stop the background loop.
 
-        If HSDS does not answer within ``timeout``, what is still queued is counted
-        as dropped (so the caller can record it) and close returns; the loop keeps
-        going in the background, for up to ``give_up_after`` seconds, and ends the
-        domain complete once HSDS answers again.
+        If HSDS does not answer within ``timeout``, or ``give_way()`` turns true first
+        (the next scan has started: the reducer's end of scan must not hold it back),
+        what is still queued is counted as dropped (so the caller can record it) and
+        close returns; the loop keeps going in the background, for up to
+        ``give_up_after`` seconds, and ends the domain complete once HSDS answers again.
         """
         if self._domain is None or self._loop is None or self._closing:
             return
@@ -176,16 +180,21 @@ class HsdsWriter:
         self._closing = True
         self._mirror.closing = True
         self._kick()
-        self._main_done.wait(timeout)
+        started = time.monotonic()
+        while not self._main_done.wait(min(CLOSE_POLL_S, max(0.0, started + timeout - time.monotonic()))):
+            if time.monotonic() >= started + timeout or (give_way is not None and give_way()):
+                break
         with self._detach_lock:
             if not self._main_done.is_set():
                 self._detached = True
         if self._detached:
+            # From now, as said: a close that gave way early kept the whole timeout's too.
+            self._client.deadline = time.monotonic() + self.settings.give_up_after
             left = self._backlog.undelivered_at_close(len(self._mirror.inflight))
             log.warning(
                 "HSDS domain %s not complete after %.0f s (%d chunk(s) not delivered, counted as dropped); "
                 "the writer keeps trying in the background for up to %.0f s",
-                self.domain_name, timeout, left, self.settings.give_up_after,
+                self.domain_name, time.monotonic() - started, left, self.settings.give_up_after,
             )  # fmt: skip
             return
         self._stop_loop()

@@ -35,6 +35,7 @@ from streamtomo.controller_client import ControllerError, post_parameter
 from streamtomo.dranspose_parameters import REFERENCES, ConfigCache, describe_parameters
 from streamtomo.hsds_bridge.control_api import LIVE_PARAMETERS, ControlServer, ControlSettings
 from streamtomo.hsds_bridge.credentials import CredentialsError, load_credentials
+from streamtomo.hsds_bridge.hsds_settings import HsdsWriterSettings
 from streamtomo.hsds_bridge.hsds_writer import HsdsWriter, HsdsWriterError
 from streamtomo.hsds_bridge.publisher import Publisher
 from streamtomo.hsds_bridge.rest_server import HdfRestServer
@@ -58,6 +59,9 @@ PREVIOUS_SCAN_WAIT_S = 120.0
 # A live change goes on to the controller within this: below the viewer's wait for the
 # control API (10 s), so a change the page reports as not taken was not taken.
 CONTROLLER_POST_TIMEOUT_S = 5.0
+NEXT_SCAN = "the next scan started"  # the reason a scan's end was cut short
+# How long a new scan's reducer waits for its HSDS mirror's setup (see _start_hsds).
+HSDS_START_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,9 @@ class TomoReducer:
     ) -> None:
         self.context = context if context is not None else {}
         self._end_cancel = VolumeCancel()
+        # Set when the next scan starts: the end of this one gives way (volume and HSDS).
+        # Not when the reducer stops: then HSDS gets its wait, the process is leaving.
+        self._next_scan = threading.Event()
         self._end_of_scan: threading.Thread | None = None  # the volume, HSDS flush and final file
         previous = self.context.get("active_reducer")
         # dranspose builds the next scan's reducer in the same context and never closes
@@ -125,7 +132,7 @@ class TomoReducer:
         # for that loop to answer.
         self._previous = previous if isinstance(previous, TomoReducer) else None
         if self._previous is not None:
-            self._previous.cancel_end_of_scan("the next scan started")
+            self._previous.cancel_end_of_scan(NEXT_SCAN, next_scan=True)
         keep_buffer_pages()  # once per process: results' buffers reuse their pages
         self.settings = ReducerSettings.from_env()
         self._params = ConfigCache()
@@ -194,7 +201,13 @@ class TomoReducer:
         try:
             credentials = load_credentials()
             name = self.settings.hsds_domain or f"/home/{credentials.username}/{self.domain.name.rsplit('/', 1)[-1]}"
-            writer = HsdsWriter(self.settings.hsds_endpoint, name, credentials)
+            # Not HsdsWriter's 60 s: the reducer is built on dranspose's event loop, and an
+            # HSDS that was down held it that long at every scan's start (`up` never got
+            # ready). A refusal (401, 403) comes at once; an unreachable server is
+            # retried in the background while the scan runs, its updates queued.
+            writer = HsdsWriter(
+                self.settings.hsds_endpoint, name, credentials, HsdsWriterSettings(start_timeout=HSDS_START_WAIT_S)
+            )
             writer.start(self.domain)
         except (CredentialsError, HsdsWriterError, OSError, ValueError) as error:
             logger.warning("not publishing to HSDS at %s: %s", self.settings.hsds_endpoint, error)
@@ -345,7 +358,7 @@ class TomoReducer:
         if self._previous is not None:
             # In dranspose's executor thread (one result at a time), not its event loop.
             previous, self._previous = self._previous, None
-            previous.end_now("the next scan started", PREVIOUS_SCAN_WAIT_S)
+            previous.end_now(NEXT_SCAN, PREVIOUS_SCAN_WAIT_S, next_scan=True)
             # Its last reference: its scan's arrays go now (see _weakly).
             del previous
         with self.lock:
@@ -464,13 +477,16 @@ class TomoReducer:
         thread.join(timeout)
         return not thread.is_alive()
 
-    def cancel_end_of_scan(self, reason: str) -> None:
-        """Stop the volume after the batch under way (``reason`` goes into the status)."""
+    def cancel_end_of_scan(self, reason: str, next_scan: bool = False) -> None:
+        """Stop the volume after the batch under way (``reason`` goes into the status);
+        ``next_scan``: and do not wait for HSDS either (it goes on in the background)."""
+        if next_scan:
+            self._next_scan.set()
         self._end_cancel.set(reason)
 
-    def end_now(self, reason: str, timeout: float) -> None:
+    def end_now(self, reason: str, timeout: float, next_scan: bool = False) -> None:
         """Cancel the volume and wait up to ``timeout`` s for the end of the scan."""
-        self.cancel_end_of_scan(reason)
+        self.cancel_end_of_scan(reason, next_scan)
         if not self.wait_end_of_scan(timeout):
             logger.warning(
                 "scan %s: its end (volume, HSDS, final file) still runs after %g s", self.mapping_uuid, timeout
@@ -502,7 +518,9 @@ class TomoReducer:
             # Send the rest, flush, check the domain as readers see it. The writer stays a
             # publisher: what it could not deliver is counted by now, and this publish puts
             # the count into the domain (the final file) and, once HSDS answers, into HSDS.
-            self.hsds.close(timeout=60.0)
+            # Not past the next scan's start: with HSDS down, this wait held every next
+            # scan's first result (end_now) for its 60 s, and the scan stalled.
+            self.hsds.close(timeout=60.0, give_way=self._next_scan.is_set)
             with self.lock:
                 self._publish_locked()
             state = "complete" if self.hsds.complete else "not complete yet (finishing in the background)"
