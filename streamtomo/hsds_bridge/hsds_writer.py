@@ -200,6 +200,24 @@ class HsdsWriter:
         self._stop_loop()
         self._log_result()
 
+    @property
+    def behind(self) -> bool:
+        """close() returned and the writer still tries in the background (HSDS down)."""
+        return self._detached and not self._main_done.is_set()
+
+    def abandon(self, timeout: float = 10.0) -> None:
+        """Stop now a writer that close() left trying in the background: what it holds is
+        dropped, and its domain is logged as not complete (an ERROR, as when it gives up
+        by itself after ``give_up_after``). A writer that finished is left as it is."""
+        loop, task, thread = self._loop, self._main_task, self._thread
+        if not self.behind or loop is None or task is None:
+            return
+        with contextlib.suppress(RuntimeError):  # its loop closed in between: it ended
+            loop.call_soon_threadsafe(task.cancel)
+        # _main's end logs the result, then stops the loop: its thread ends after both.
+        if thread is not None:
+            thread.join(timeout)
+
     def _log_result(self) -> None:
         future = self._main_future
         if future is not None and future.done() and not future.cancelled() and future.exception() is not None:

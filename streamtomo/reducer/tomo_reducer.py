@@ -112,6 +112,32 @@ def _env_seconds(name: str, default: float) -> float:
     return value
 
 
+# Writers of earlier scans that may go on trying in the background while HSDS is down
+# (each holds its backlog, up to max_backlog_bytes): older ones are given up.
+MAX_HSDS_WRITERS_BEHIND = 2
+_behind_lock = threading.Lock()
+
+
+def leave_behind(context: dict[Any, Any], writer: HsdsWriter) -> None:
+    """Keep ``writer`` going in the background if its close left it trying (HSDS did not
+    answer, or the next scan started), with at most :data:`MAX_HSDS_WRITERS_BEHIND` of
+    them per reducer process: with scans no longer waiting for HSDS, an outage of an
+    hour left a writer per scan, each holding up to a GiB of chunk copies."""
+    with _behind_lock:
+        behind: list[HsdsWriter] = [w for w in context.get("hsds_writers_behind", []) if w.behind]
+        if writer.behind:
+            behind.append(writer)
+        given_up, kept = behind[:-MAX_HSDS_WRITERS_BEHIND], behind[-MAX_HSDS_WRITERS_BEHIND:]
+        context["hsds_writers_behind"] = kept
+    for old in given_up:
+        logger.warning(
+            "giving up the HSDS domain %s of an earlier scan: %d newer scans' writers still wait for HSDS",
+            old.domain_name,
+            MAX_HSDS_WRITERS_BEHIND,
+        )
+        old.abandon()
+
+
 class TomoReducer:
     """Reducer class for ``dranspose`` (``REDUCER_CLASS=streamtomo.reducer.tomo_reducer:TomoReducer``)."""
 
@@ -521,6 +547,7 @@ class TomoReducer:
             # Not past the next scan's start: with HSDS down, this wait held every next
             # scan's first result (end_now) for its 60 s, and the scan stalled.
             self.hsds.close(timeout=60.0, give_way=self._next_scan.is_set)
+            leave_behind(self.context, self.hsds)
             with self.lock:
                 self._publish_locked()
             state = "complete" if self.hsds.complete else "not complete yet (finishing in the background)"
