@@ -61,6 +61,7 @@ from streamtomo.hsds_bridge.credentials import (
 )
 
 log = logging.getLogger(__name__)
+ROOT_LOCK = ".streamtomo-hsds.lock"  # in the root: one server per root at a time
 
 MAX_SOCKET_DIR_LEN = 63  # hsds app.py: longer unix socket paths break binding
 
@@ -88,6 +89,7 @@ class LocalHsds:
         extra_config: dict[str, Any] | None = None,
     ) -> None:
         self.root_dir = Path(root_dir).resolve()
+        self._root_lock: int | None = None  # the descriptor holding ROOT_LOCK while running
         self.port = port
         self.writer_user = writer_user
         self.viewer_user = viewer_user
@@ -228,9 +230,15 @@ class LocalHsds:
         """Start HSDS and the proxy; return once ``/about`` reports READY."""
         if self.running:
             return self
-        self._prepare()
-        log.info("starting HSDS (storage %s)", self.storage_dir)
-        self._launch()
+        self._lock_root()
+        try:
+            self._prepare()
+            log.info("starting HSDS (storage %s)", self.storage_dir)
+            self._launch()
+        except BaseException:
+            self.kill()
+            self._unlock_root()
+            raise
         if not self._atexit_registered:
             # A crashed test run or CLI must not leave HSDS processes behind.
             atexit.register(self._atexit_cleanup)
@@ -246,6 +254,29 @@ class LocalHsds:
         log.info("HSDS ready at %s (writer %s, viewer %s)", self.url, self.writer_user,
                  self.viewer_user)  # fmt: skip
         return self
+
+    def _lock_root(self) -> None:
+        """Hold ``ROOT/.streamtomo-hsds.lock`` while this server runs: a second server on
+        the same root started beside the first, the two sharing one storage folder. The
+        system releases the lock when the process ends, however it ends."""
+        import fcntl
+
+        self.root_dir.mkdir(parents=True, exist_ok=True)
+        path = self.root_dir / ROOT_LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise HsdsStartError(
+                f"another HSDS serves {self.root_dir} (it holds {path}): stop it, or give another root"
+            ) from None
+        self._root_lock = fd
+
+    def _unlock_root(self) -> None:
+        if self._root_lock is not None:
+            os.close(self._root_lock)  # closing the descriptor releases the lock
+            self._root_lock = None
 
     def _check_alive(self) -> None:
         for proc in (self._launcher, self._proxy):
@@ -324,6 +355,7 @@ class LocalHsds:
             if proc is not None and proc.alive():
                 proc.popen.wait(timeout=5)
         self._launcher = self._proxy = None
+        self._unlock_root()
         if self._socket_dir is not None:
             for sock in self._socket_dir.glob("*.sock"):
                 sock.unlink(missing_ok=True)

@@ -54,6 +54,20 @@ def test_an_existing_root_is_made_private_and_the_group_stops(tmp_path: Path) ->
     assert not [pid for pid in pids if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"]
 
 
+def test_a_second_server_on_the_same_root_is_refused(tmp_path: Path) -> None:
+    """It started beside the first, the two sharing one storage folder."""
+    from streamtomo.app.hsds_admin import HsdsStartError
+
+    if not hsds_available():
+        pytest.skip("hsds not installed")
+    root = tmp_path / "hsds"
+    refused = r"another HSDS serves .* \(it holds .*\.streamtomo-hsds\.lock\)"
+    with LocalHsds(root), pytest.raises(HsdsStartError, match=refused):
+        LocalHsds(root).start()
+    with LocalHsds(root) as again:  # stopped: the root is free
+        assert again.running
+
+
 def _state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
