@@ -4,13 +4,19 @@ status, the summary line and the log, run as a user runs it (the real CLI, a sub
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import pickle
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import h5py
 import numpy as np
 import pytest
@@ -48,6 +54,28 @@ def _replay(recordings: list[str], parameters: Path, out: Path) -> subprocess.Co
         timeout=240,
         check=False,
     )
+
+
+def _exit_2(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``streamtomo ARGV`` as a user runs it, refused as README says a usage error is:
+    exit 2 and no traceback."""
+    done = subprocess.run([CLI, *argv], capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    return done
+
+
+def _last_line(done: subprocess.CompletedProcess[str]) -> str:
+    return done.stderr.strip().splitlines()[-1]
+
+
+@contextlib.contextmanager
+def _taken_port() -> Iterator[int]:
+    """A port of 127.0.0.1 another program listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
 
 
 def _no_errors(output: str) -> None:
@@ -140,6 +168,33 @@ def test_a_recording_replay_cannot_use_is_one_line_and_exit_2(tmp_path: Path, ca
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["cbors", "pkls"])
+def test_an_item_that_is_no_message_after_the_first_is_one_line_and_exit_2(tmp_path: Path, kind: str) -> None:
+    """dranspose's reader asserts each item is a message: the replay ended in a traceback
+    (``ReplayFailed: AssertionError()``, exit 1) that named no file."""
+    from dranspose.replay import get_internals
+
+    recordings, parameters = _simulate(tmp_path / "scan", angles=4)
+    detector = next(Path(p) for p in recordings if "detector" in Path(p).name)
+    angle = next(p for p in recordings if "angle" in Path(p).name)
+    bad = tmp_path / f"detector.{kind}"
+    if kind == "cbors":
+        data = detector.read_bytes()
+        stream = io.BytesIO(data)
+        cbor2.load(stream)
+        bad.write_bytes(data[: stream.tell()] + cbor2.dumps(7) + data[stream.tell() :])
+        expected = f"{bad} holds an int as item 2, at byte {stream.tell()}: not a dranspose message"
+    else:
+        messages = list(get_internals(detector))
+        with bad.open("wb") as f:
+            for item in [messages[0], {"not": "a message"}, *messages[1:]]:
+                pickle.dump(item, f)
+        expected = f"{bad} holds a dict as item 2, at byte "
+    last = _last_line(_exit_2(["replay", "-f", str(bad), angle, "-p", str(parameters)], timeout=240))
+    assert last.startswith("streamtomo: error: replay failed: ") and expected in last, last
+
+
+@pytest.mark.slow
 def test_a_recording_cut_inside_a_message_is_named_when_the_scan_ends_short(tmp_path: Path) -> None:
     """dranspose takes a message cut off by the end of the file for the end of the
     recording: the scan ends short, and the CLI says which file is cut and where."""
@@ -180,11 +235,7 @@ def test_nexus_angles_follow_their_units(tmp_path: Path, units: str, scale: floa
 
 def test_nexus_angles_in_units_that_are_no_angle_are_refused(tmp_path: Path) -> None:
     path = _nexus_scan(tmp_path / "mm.nxs", np.arange(10) * 18.0, "mm")
-    done = subprocess.run(
-        [CLI, "replay", "--nexus", str(path)], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "has units 'mm'; expected one of" in done.stderr.strip().splitlines()[-1]
+    assert "has units 'mm'; expected one of" in _last_line(_exit_2(["replay", "--nexus", str(path)]))
 
 
 def test_a_kind_rule_other_than_the_files_image_key_is_refused_for_nexus(tmp_path: Path) -> None:
@@ -197,15 +248,8 @@ def test_a_kind_rule_other_than_the_files_image_key_is_refused_for_nexus(tmp_pat
         f["/entry/sample/rotation_angle"] = np.concatenate([[0.0, 0.0], np.linspace(0, 162, 10)])
     parameters = tmp_path / "p.json"
     parameters.write_text(json.dumps([{"name": "kind_rule", "data": "counts"}]))
-    done = subprocess.run(
-        [CLI, "replay", "--nexus", str(path), "-p", str(parameters)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "--nexus takes each frame's kind from the file's image_key" in done.stderr.strip().splitlines()[-1]
+    done = _exit_2(["replay", "--nexus", str(path), "-p", str(parameters)])
+    assert "--nexus takes each frame's kind from the file's image_key" in _last_line(done)
 
 
 def test_a_nexus_file_without_projections_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -215,67 +259,25 @@ def test_a_nexus_file_without_projections_is_one_line_and_exit_2(tmp_path: Path)
         f["/entry/instrument/detector/data"] = np.zeros((3, 4, 8), dtype=np.uint16)
         f["/entry/instrument/detector/image_key"] = np.array([2, 1, 1], dtype=np.int32)
         f["/entry/sample/rotation_angle"] = np.zeros(3)
-    done = subprocess.run(
-        [CLI, "replay", "--nexus", str(path)], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "streamtomo: error: the file has no projections (image_key 0)"
+    done = _exit_2(["replay", "--nexus", str(path)])
+    assert _last_line(done) == "streamtomo: error: the file has no projections (image_key 0)"
 
 
 def test_a_port_that_is_taken_is_one_line_and_exit_2(tmp_path: Path) -> None:
     """README: 2 is a usage error, a port that is taken among them. It was a
     ReplayFailed traceback, exit 1."""
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        done = subprocess.run(
-            [
-                CLI,
-                "demo",
-                "--rows",
-                "2",
-                "--cols",
-                "16",
-                "--angles",
-                "8",
-                "--port",
-                str(port),
-                "--out",
-                str(tmp_path / "d.nxs"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+    with _taken_port() as port:
+        done = _exit_2(["demo", "--rows", "2", "--cols", "16", "--angles", "8", "--port", str(port),
+                        "--out", str(tmp_path / "d.nxs")])  # fmt: skip
+    last = _last_line(done)
     assert last.startswith("streamtomo: error: ") and f"127.0.0.1:{port}" in last, done.stderr
 
 
 def test_a_port_that_is_taken_is_one_line_and_exit_2_for_hsds_too(tmp_path: Path) -> None:
     """It was HSDS's HsdsStartError traceback "address already in use", exit 1."""
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        done = subprocess.run(
-            [CLI, "hsds", "--root", str(tmp_path / "root"), "--port", str(port)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
+    with _taken_port() as port:
+        done = _exit_2(["hsds", "--root", str(tmp_path / "root"), "--port", str(port)])
+    assert _last_line(done) == (
         f"streamtomo: error: --port {port} is taken: another program listens there (0: a free port)"
     )
 
@@ -297,11 +299,8 @@ def test_values_out_of_range_and_paths_that_cannot_be_made_are_one_line_and_exit
     args: list[str], message: str
 ) -> None:
     """Each was a traceback from deep inside (exit 1): README says 2 is a usage error."""
-    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert message in lines[-1], done.stderr
+    done = _exit_2(args)
+    assert message in _last_line(done), done.stderr
 
 
 @pytest.mark.slow
@@ -343,16 +342,8 @@ def test_ctrl_c_or_sigterm_mid_scan_stops_it_at_once_and_leaves_nothing(
 def test_a_simulated_size_the_pipeline_refuses_is_one_line_and_makes_no_folder(tmp_path: Path) -> None:
     """A ConfigError traceback (exit 1), after the output folder had been made."""
     out = tmp_path / "sim"
-    done = subprocess.run(
-        [CLI, "simulate", "--out", str(out), "--rows", "2", "--cols", "100000"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("streamtomo: error: slice_size must be at most")
+    done = _exit_2(["simulate", "--out", str(out), "--rows", "2", "--cols", "100000"])
+    assert _last_line(done).startswith("streamtomo: error: slice_size must be at most")
     assert not out.exists()
 
 

@@ -131,10 +131,22 @@ def test_an_unknown_image_key_names_its_dataset(tmp_path: Path) -> None:
         NexusScan(path)
 
 
+def _nxtomo_with_frames(path: Path, frames: np.ndarray) -> Path:
+    """A dark, a flat and a projection (0, 0, 10 degrees) whose frames are ``frames``."""
+    _nxtomo(path, [2, 1, 0], np.array([0.0, 0.0, 10.0]), external=False)
+    with h5py.File(path, "a") as f:
+        del f["/entry/instrument/detector/data"]
+        f["/entry/instrument/detector/data"] = frames
+    return path
+
+
+STRING_FRAMES = np.full((3, 3, 4), b"abc", dtype="S3")
+
+
 @pytest.mark.parametrize(
     ("values", "shown"),
     [
-        (np.full((3, 3, 4), b"abc", dtype="S3"), "3-byte strings (dtype |S3)"),
+        (STRING_FRAMES, "3-byte strings (dtype |S3)"),
         (np.full((3, 3, 4), 1 + 2j, dtype=np.complex64), "dtype complex64"),  # the workers refuse it
         (np.zeros((3, 3, 4), dtype=bool), "dtype bool"),
     ],
@@ -144,11 +156,7 @@ def test_frames_that_are_no_pixels_are_refused_with_dataset_and_dtype(
 ) -> None:
     """|S3 frames passed the checks and ended in ValueError 'cannot stream dtype |S3'
     (a traceback) at the first frame."""
-    path = tmp_path / "scan.nxs"
-    _nxtomo(path, [2, 1, 0], np.array([0.0, 0.0, 10.0]), external=False)
-    with h5py.File(path, "a") as f:
-        del f["/entry/instrument/detector/data"]
-        f["/entry/instrument/detector/data"] = values
+    path = _nxtomo_with_frames(tmp_path / "scan.nxs", values)
     with pytest.raises(NexusError, match=r"^/entry/instrument/detector/data in .*scan.nxs holds ") as caught:
         NexusScan(path)
     assert f"holds {shown}: the frames must be integer or floating-point pixels" in str(caught.value)
@@ -156,11 +164,7 @@ def test_frames_that_are_no_pixels_are_refused_with_dataset_and_dtype(
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float16, np.float64])
 def test_integer_and_floating_frames_are_read(tmp_path: Path, dtype: type) -> None:
-    path = tmp_path / "scan.nxs"
-    _nxtomo(path, [2, 1, 0], np.array([0.0, 0.0, 10.0]), external=False)
-    with h5py.File(path, "a") as f:
-        del f["/entry/instrument/detector/data"]
-        f["/entry/instrument/detector/data"] = np.ones((3, 3, 4), dtype=dtype)
+    path = _nxtomo_with_frames(tmp_path / "scan.nxs", np.ones((3, 3, 4), dtype=dtype))
     with NexusScan(path) as scan:
         assert [frame.data.dtype for frame in scan.frames()] == [np.dtype(dtype)] * 3
 
@@ -205,11 +209,7 @@ def _check_nexus(tmp_path: Path, path: Path, capsys: pytest.CaptureFixture[str])
 def test_check_nexus_of_string_frames_or_an_unreadable_chunk_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    strings = tmp_path / "strings.nxs"
-    _nxtomo(strings, [2, 1, 0], np.array([0.0, 0.0, 10.0]), external=False)
-    with h5py.File(strings, "a") as f:
-        del f["/entry/instrument/detector/data"]
-        f["/entry/instrument/detector/data"] = np.full((3, 3, 4), b"abc", dtype="S3")
+    strings = _nxtomo_with_frames(tmp_path / "strings.nxs", STRING_FRAMES)
     status, err = _check_nexus(tmp_path, strings, capsys)
     assert status == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
@@ -228,11 +228,7 @@ def test_replay_nexus_of_string_frames_or_an_unreadable_chunk_is_one_line_and_ex
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Both are found before the scan starts (the file's frames are recorded first)."""
-    strings = tmp_path / "strings.nxs"
-    _nxtomo(strings, [2, 1, 0], np.array([0.0, 0.0, 10.0]), external=False)
-    with h5py.File(strings, "a") as f:
-        del f["/entry/instrument/detector/data"]
-        f["/entry/instrument/detector/data"] = np.full((3, 3, 4), b"abc", dtype="S3")
+    strings = _nxtomo_with_frames(tmp_path / "strings.nxs", STRING_FRAMES)
     broken = tmp_path / "broken.nxs"
     _corrupt_chunk(broken, 1)
     for path, expected in [
