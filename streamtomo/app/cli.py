@@ -102,6 +102,7 @@ def _run(
 ) -> int:
     """Stream ``recordings``; ``rate_hz`` defaults to ``--rate``, and ``enter_stops``
     keeps serving after the scan until Enter or Ctrl-C (as ``--serve`` does until Ctrl-C)."""
+    from streamtomo.app.recording_checks import cuts
     from streamtomo.app.runner import Progress, ReplayFailed, ReplayRun
     from streamtomo.reducer.final_metadata import write_final_file
 
@@ -145,7 +146,7 @@ def _run(
             run.wait(on_progress=progress)
         except ReplayFailed as error:
             progress.close()
-            cut_short = _cut_recordings(recordings)
+            cut_short = cuts(recordings)
             if not cut_short:
                 raise  # not the recordings: a bug (exit 1; -v shows where)
             raise CliError("; ".join([str(error), *cut_short])) from None  # a recording cut part-way
@@ -161,7 +162,7 @@ def _run(
         cut: list[str] = []
         if total_frames is not None and summary.frames < total_frames:
             # dranspose ends a recording cut inside a message as if it ended there.
-            cut = _cut_recordings(recordings)
+            cut = cuts(recordings)
         if getattr(reducer, "hsds", None) is not None:
             print(f"hsds domain: {reducer.hsds.domain_name} at {args.hsds}", flush=True)
         if args.out:
@@ -216,13 +217,6 @@ def _check_out(out: str) -> None:
             return
 
 
-def _cut_recordings(recordings: Sequence[Path]) -> list[str]:
-    """What is wrong with each recording that does not decode to its end."""
-    from streamtomo.app.recording_checks import cut_short
-
-    return [why for why in map(cut_short, recordings) if why is not None]
-
-
 def _start_viewer(endpoint: str, domain: str, control: Any) -> Any:
     from streamtomo.app.viewer.server import ViewerAssetsMissing, start_viewer
 
@@ -267,7 +261,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streamtomo.app.recording_checks import RecordingError, check_recording, check_streams
+    from streamtomo.app.recording_checks import RecordingError, check_recordings
 
     _refuse_nexus_paths_without_nexus(args)
     if args.nexus:
@@ -275,7 +269,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     config = _load_config(args.parameters, {"domain": args.domain})
     recordings = [Path(f) for f in args.files]
     try:
-        check_streams([(path, check_recording(path)) for path in recordings], config.detector_stream)
+        check_recordings(recordings, config.detector_stream)
     except RecordingError as error:
         raise CliError(str(error)) from None
     return _run(recordings, config, args, total_frames=config.expected_frames())
@@ -385,19 +379,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port_taken(port: int) -> bool:
-    import socket
-
-    from streamtomo.app.processes import HOST
-
-    with socket.socket() as probe:
-        try:
-            probe.bind((HOST, port))
-        except OSError:
-            return True
-    return False
-
-
 def cmd_hsds(args: argparse.Namespace) -> int:
     from streamtomo.app.hsds_admin import HsdsStartError
     from streamtomo.app.hsds_proxy import parse_origins
@@ -407,7 +388,9 @@ def cmd_hsds(args: argparse.Namespace) -> int:
         origins = parse_origins(args.cors_origin or ["http://127.0.0.1"])
     except ValueError as error:
         raise CliError(str(error)) from None
-    if args.port and _port_taken(args.port):  # was HSDS's traceback "address already in use"
+    from streamtomo.app.processes import HOST, port_unused
+
+    if args.port and not port_unused(HOST, args.port):  # was HSDS's traceback "address already in use"
         raise CliError(f"--port {args.port} is taken: another program listens there (0: a free port)")
     server = LocalHsds(args.root, port=args.port, cors_origins=origins)
     try:
@@ -509,16 +492,15 @@ def _check_data(args: argparse.Namespace, config: PipelineConfig, recordings: li
     """Survey ``--data``, the scan's recordings (checked first as recordings); see
     :func:`_report_survey`."""
     from streamtomo.app.data_check import survey_recordings
-    from streamtomo.app.recording_checks import RecordingError, check_recording, check_streams
+    from streamtomo.app.recording_checks import RecordingError, check_recordings, cuts
 
     try:
-        checked = [(path, check_recording(path)) for path in recordings]
-        check_streams(checked, config.detector_stream)
+        check_recordings(recordings, config.detector_stream)
     except RecordingError as error:
         raise CliError(f"--data: {error}") from None
     # A recording cut part-way or corrupt inside: the survey reads up to there (or fails
     # there), and said "ok", or blamed the parameter file, without naming the cut.
-    cut = _cut_recordings(recordings)
+    cut = cuts(recordings)
     try:
         survey = survey_recordings(recordings, config)
     except Exception:

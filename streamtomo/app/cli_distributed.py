@@ -163,7 +163,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     )
     from streamtomo.app.parameter_files import load_config, read_config_values, write_parameter_file
     from streamtomo.app.play import PlayError, play
-    from streamtomo.app.recording_checks import RecordingError, check_recording, check_streams, cut_short
+    from streamtomo.app.recording_checks import RecordingError, check_recordings, cuts
     from streamtomo.app.scan_outcome import scan_outcome
     from streamtomo.controller_client import ControllerError
 
@@ -194,8 +194,8 @@ def cmd_play(args: argparse.Namespace) -> int:
             # stream, or is cut or corrupt inside was a traceback, a 30 s wait for an
             # ingester, or a scan played up to the cut and reported as done.
             recordings = [Path(f) for f in args.files]
-            check_streams([(path, check_recording(path)) for path in recordings], config.detector_stream)
-            cut = [why for why in map(cut_short, recordings) if why is not None]
+            check_recordings(recordings, config.detector_stream)
+            cut = cuts(recordings)
             if cut:
                 raise RecordingError("; ".join(cut))
             events = recorded_events(args.files, config)

@@ -70,7 +70,7 @@ def allocatable_ports() -> range:
     return range(0)
 
 
-def _unused(host: str, port: int) -> bool:
+def port_unused(host: str, port: int) -> bool:
     """Whether ``port`` can be bound now. Without SO_REUSEADDR, so that a port held by
     any socket, a connection in TIME_WAIT included, counts as used."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -99,7 +99,7 @@ def free_port(host: str = HOST) -> int:
                 return int(sock.getsockname()[1])
         for _ in range(4 * len(ports)):
             port = chooser.choice(ports)
-            if port not in _handed_out and _unused(host, port):
+            if port not in _handed_out and port_unused(host, port):
                 _handed_out.add(port)
                 return port
     raise OSError(f"no free port on {host} in {ports.start}-{ports.stop - 1} (outside the kernel's ephemeral range)")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import gzip
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, cast
@@ -150,3 +150,14 @@ def cut_short(path: str | os.PathLike[str]) -> str | None:
         return f"{path} cannot be read after message {count}: {error}"
     except Exception as error:  # neither CBOR nor a pickle from here on
         return f"{path} does not decode after message {count}: {error}"
+
+
+def check_recordings(paths: Sequence[Path], detector_stream: str) -> None:
+    """:func:`check_recording` of each, then :func:`check_streams` of them together: what
+    ``replay``, ``play -f`` and ``check --data`` ask of their recordings before a scan."""
+    check_streams([(path, check_recording(path)) for path in paths], detector_stream)
+
+
+def cuts(paths: Sequence[Path]) -> list[str]:
+    """:func:`cut_short` of each recording that does not decode to its end."""
+    return [why for why in map(cut_short, paths) if why is not None]

@@ -53,7 +53,7 @@ def three_ports(monkeypatch: pytest.MonkeyPatch) -> Iterator[range]:
     """A range of three ports free now, as the only place free_port may choose."""
     for start in range(allocatable_ports().start, allocatable_ports().stop - 3, 3):
         candidates = range(start, start + 3)
-        if all(processes._unused(HOST, p) and p not in processes._handed_out for p in candidates):
+        if all(processes.port_unused(HOST, p) and p not in processes._handed_out for p in candidates):
             monkeypatch.setattr(processes, "allocatable_ports", lambda chosen=candidates: chosen)
             yield candidates
             return
