@@ -104,6 +104,7 @@ def _run(
     keeps serving after the scan until Enter or Ctrl-C (as ``--serve`` does until Ctrl-C)."""
     from streamtomo.app.recording_checks import cuts
     from streamtomo.app.runner import Progress, ReplayFailed, ReplayRun
+    from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError
     from streamtomo.reducer.final_metadata import write_final_file
 
     # With --hsds the reducer mirrors the domain there; credentials come from the
@@ -130,7 +131,10 @@ def _run(
     if args.out:
         _check_out(args.out)
     try:
-        reducer = run.start()
+        try:
+            reducer = run.start()
+        except EnvironmentSettingError as error:  # the user's environment, not a bug
+            raise CliError(str(error)) from None
         # The viewer first: it is what a person opens, before the first frame comes.
         viewer = _start_viewer(reducer.endpoint, reducer.domain.name, reducer.control)
         print(f"endpoint: {reducer.endpoint}", flush=True)

@@ -21,6 +21,7 @@ from typing import Any
 from streamtomo.app.adapters import TOMO_REDUCER, TOMO_WORKER
 from streamtomo.app.parameter_files import write_parameter_file
 from streamtomo.app.reducer_environment import ReducerEnvironment
+from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError
 from streamtomo.pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
@@ -140,9 +141,10 @@ class ReplayRun:
             self._thread.start()
             deadline = time.monotonic() + timeout
             while getattr(dreplay, "reducer", None) is None:
-                if isinstance(self._error, OSError):
-                    # A port that is taken, a path that cannot be made: the caller's to
-                    # report as such (the CLI: one line, exit 2), not a failed replay.
+                if isinstance(self._error, (OSError, EnvironmentSettingError)):
+                    # A port that is taken, a path that cannot be made, a STREAMTOMO_
+                    # variable no listener can use: the caller's to report as such (the
+                    # CLI: one line, exit 2), not a failed replay.
                     raise self._error
                 if self._error is not None:
                     raise ReplayFailed(f"replay failed to start: {self._error!r}") from self._error

@@ -48,7 +48,7 @@ from typing import Any
 from aiohttp import web
 
 from streamtomo.hsds_bridge.credentials import open_to_others
-from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, read_limited
+from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, env_port, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class ControlSettings:
         origins = tuple(o.strip() for o in env.get(ENV_ORIGINS, "").split(",") if o.strip())
         return cls(
             host=env.get(ENV_HOST, "127.0.0.1"),
-            port=int(env.get(ENV_PORT, "0")),
+            port=env_port(env, ENV_PORT, 0),
             token_file=env.get(ENV_TOKEN_FILE, ""),
             origins=origins,
         )
@@ -337,7 +337,11 @@ class ControlServer:
         return self._http.url()
 
     def start(self) -> ControlServer:
-        self._http.start()
+        try:
+            self._http.start()
+        except BaseException:  # a port that is taken: no token folder left behind
+            self.close()
+            raise
         log.info("control API at %s (token in %s)", self.url, self.token_file)
         return self
 

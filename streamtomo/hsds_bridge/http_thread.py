@@ -22,7 +22,7 @@ import asyncio
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -35,6 +35,26 @@ MAX_CONNECTIONS = 256  # open connections per listener; a beamline's readers nee
 # with them the port); a proxy in front (an Ingress) still has plenty.
 MAX_CONNECTIONS_PER_CLIENT = 64
 HEADER_ENDS = (b"\r\n\r\n", b"\n\n")
+
+
+class EnvironmentSettingError(ValueError):
+    """A deployment setting from the environment that no listener can use; the message
+    names the variable. Raised before anything listens, so that a service refuses to
+    start with that message (the CLI: one line, exit 2) instead of a traceback."""
+
+
+def env_port(env: Mapping[str, str], name: str, default: int) -> int:
+    """A TCP port from ``env[name]`` (0: a free one)."""
+    text = env.get(name, "")
+    if not text.strip():
+        return default
+    try:
+        port = int(text)
+    except ValueError:
+        raise EnvironmentSettingError(f"{name}={text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise EnvironmentSettingError(f"{name}={text!r}: a port is 0 to 65535 (0: a free one)")
+    return port
 
 
 class ConnectionLimits:

@@ -37,6 +37,7 @@ from streamtomo.hsds_bridge.control_api import LIVE_PARAMETERS, ControlServer, C
 from streamtomo.hsds_bridge.credentials import CredentialsError, load_credentials
 from streamtomo.hsds_bridge.hsds_settings import HsdsWriterSettings
 from streamtomo.hsds_bridge.hsds_writer import HsdsWriter, HsdsWriterError
+from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError, env_port
 from streamtomo.hsds_bridge.publisher import Publisher
 from streamtomo.hsds_bridge.rest_server import HdfRestServer
 from streamtomo.pipeline.config import PipelineConfig
@@ -87,7 +88,7 @@ class ReducerSettings:
         origins = tuple(o.strip() for o in env.get("STREAMTOMO_CORS_ORIGINS", "").split(",") if o.strip())
         return cls(
             http_host=env.get("STREAMTOMO_HTTP_HOST", "127.0.0.1"),
-            http_port=int(env.get("STREAMTOMO_HTTP_PORT", "8100")),
+            http_port=env_port(env, "STREAMTOMO_HTTP_PORT", 8100),
             cors_origins=origins,
             hsds_endpoint=env.get("STREAMTOMO_HSDS_ENDPOINT", ""),
             hsds_domain=env.get("STREAMTOMO_HSDS_DOMAIN", ""),
@@ -106,9 +107,9 @@ def _env_seconds(name: str, default: float) -> float:
     try:
         value = float(text) if text.strip() else default
     except ValueError:
-        raise ValueError(f"{name}={text!r} is not a number of seconds") from None
+        raise EnvironmentSettingError(f"{name}={text!r} is not a number of seconds") from None
     if not (0 <= value < math.inf):
-        raise ValueError(f"{name}={text!r}: seconds must be finite and >= 0")
+        raise EnvironmentSettingError(f"{name}={text!r}: seconds must be finite and >= 0")
     return value
 
 
@@ -160,7 +161,10 @@ class TomoReducer:
         if self._previous is not None:
             self._previous.cancel_end_of_scan(NEXT_SCAN, next_scan=True)
         keep_buffer_pages()  # once per process: results' buffers reuse their pages
+        # Both read before anything listens: a variable no listener can use refuses the
+        # reducer with its name (EnvironmentSettingError), leaving no server behind.
         self.settings = ReducerSettings.from_env()
+        control_settings = ControlSettings.from_env()
         self._params = ConfigCache()
         self._parameters = parameters if parameters is not None else {}
         config = self._params.config(self._parameters)
@@ -186,9 +190,19 @@ class TomoReducer:
         if isinstance(kept, ReferenceSet):
             # Workers may still use them: known for re-correction, applied only if kept.
             self.scan.remember_references(kept, applicable=config.keep_references)
+        started_here = not isinstance(self.context.get("rest_server"), HdfRestServer)
         self.server = self._rest_server()
         self.server.start(self.domain)
-        self.control = self._control_server()
+        try:
+            self.control = self._control_server(control_settings)
+        except BaseException:
+            # The control port is taken: a caller that gets no reducer cannot close the
+            # REST server (replay's runner closes the reducer it got), and it went on
+            # serving an empty domain until the process left.
+            if started_here:
+                self.server.close()
+                del self.context["rest_server"]
+            raise
         self.publishers: list[Publisher] = [self.server]
         self.hsds: HsdsWriter | None = self._start_hsds() if self.settings.hsds_endpoint else None
         self._finished = threading.Event()
@@ -257,13 +271,13 @@ class TomoReducer:
             self.context["rest_server"] = server
         return server
 
-    def _control_server(self) -> ControlServer:
+    def _control_server(self, settings: ControlSettings) -> ControlServer:
         """Parameter changes: a listener of their own, token required (STREAMTOMO_CONTROL_*)."""
         control = self.context.get("control_server")
         if not isinstance(control, ControlServer):
             context = self.context
             control = ControlServer(
-                ControlSettings.from_env(),
+                settings,
                 sink=lambda name, value: context["active_reducer"].set_parameter(name, value),
                 source=lambda: context["active_reducer"].live_parameters(),
             ).start()

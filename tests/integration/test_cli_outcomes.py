@@ -56,10 +56,12 @@ def _replay(recordings: list[str], parameters: Path, out: Path) -> subprocess.Co
     )
 
 
-def _exit_2(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _exit_2(
+    argv: list[str], timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``streamtomo ARGV`` as a user runs it, refused as README says a usage error is:
     exit 2 and no traceback."""
-    done = subprocess.run([CLI, *argv], capture_output=True, text=True, timeout=timeout, check=False)
+    done = subprocess.run([CLI, *argv], capture_output=True, text=True, timeout=timeout, check=False, env=env)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     return done
@@ -280,6 +282,30 @@ def test_a_port_that_is_taken_is_one_line_and_exit_2_for_hsds_too(tmp_path: Path
     assert _last_line(done) == (
         f"streamtomo: error: --port {port} is taken: another program listens there (0: a free port)"
     )
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        # Each was a ReplayFailed traceback, exit 1.
+        ({"STREAMTOMO_STREAM_TIMEOUT": "nan"}, "STREAMTOMO_STREAM_TIMEOUT='nan': seconds must be finite and >= 0"),
+        ({"STREAMTOMO_CONTROL_PORT": "abc"}, "STREAMTOMO_CONTROL_PORT='abc' is not a port number"),
+        # This one left the token's folder behind, and the REST server served on until the process left.
+        ({"STREAMTOMO_CONTROL_PORT": "99999"}, "STREAMTOMO_CONTROL_PORT='99999': a port is 0 to 65535"),
+        ({"STREAMTOMO_CONTROL_PORT": "taken"}, "control API cannot listen on 127.0.0.1:"),
+    ],
+)
+def test_a_reducer_setting_from_the_environment_it_cannot_use_is_one_line_and_leaves_nothing(
+    tmp_path: Path, variables: dict[str, str], message: str
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with _taken_port() as port:
+        env = {**os.environ, "TMPDIR": str(scratch)}
+        env.update({name: str(port) if value == "taken" else value for name, value in variables.items()})
+        done = _exit_2(["demo", "--rows", "2", "--cols", "16", "--angles", "8"], env=env)
+    assert _last_line(done).startswith(f"streamtomo: error: {message}"), done.stderr
+    assert list(scratch.iterdir()) == []  # recordings, parameters, the control token: all removed
 
 
 @pytest.mark.parametrize(

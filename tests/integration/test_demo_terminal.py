@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +29,11 @@ class Terminal:
 
     def __init__(self, argv: list[str], cwd: Path) -> None:
         self.master, slave = pty.openpty()
-        self.proc = subprocess.Popen(argv, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+        # Its own temporary folder: what it leaves behind is seen (scratch).
+        self.scratch = cwd / "tmp"
+        self.scratch.mkdir()
+        env = {**os.environ, "TMPDIR": str(self.scratch)}
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, close_fds=True, env=env)
         os.close(slave)
         self.output = ""
 
@@ -65,9 +70,15 @@ class Terminal:
             self.output += chunk.decode(errors="replace").replace("\r\n", "\n")
 
     def close(self) -> None:
+        """As a person leaves it: Ctrl-C (a kill left its temporary folders, the control
+        token's among them, in the machine's /tmp at every run of the suite)."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         os.close(self.master)
 
 
@@ -105,6 +116,7 @@ def test_on_a_terminal_the_demo_is_paced_and_serves_until_enter(tmp_path: Path) 
         assert "stopped" in term.output.split("press Enter (or Ctrl-C) to stop", 1)[1]
     finally:
         term.close()
+    assert list(term.scratch.iterdir()) == []
     assert (tmp_path / "demo.nxs").exists()
 
 
@@ -114,7 +126,9 @@ def test_on_a_terminal_the_default_pace_is_for_watching(tmp_path: Path) -> None:
         out = term.read_until("frames/s): open the viewer to watch it")
         assert "pacing the scan to about 20 s" in out
     finally:
-        term.close()  # not waited for: the pace itself is the other test's
+        term.close()  # Ctrl-C, not waited for: the pace itself is the other test's
+    assert term.proc.returncode == 130, term.output
+    assert list(term.scratch.iterdir()) == []  # recordings, parameters, the control token: all removed
 
 
 def test_without_a_terminal_the_demo_runs_through_and_ends(tmp_path: Path) -> None:

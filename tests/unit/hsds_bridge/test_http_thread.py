@@ -119,3 +119,24 @@ def test_one_client_cannot_take_every_slot(server: BackgroundHttpServer) -> None
     finally:
         for sock in held:
             sock.close()
+
+
+@pytest.mark.parametrize(
+    ("text", "port", "message"),
+    [
+        ("", 8100, ""),
+        ("0", 0, ""),  # a free one
+        ("65535", 65535, ""),
+        ("abc", None, "STREAMTOMO_X_PORT='abc' is not a port number"),
+        ("99999", None, "STREAMTOMO_X_PORT='99999': a port is 0 to 65535"),
+        ("-1", None, "STREAMTOMO_X_PORT='-1': a port is 0 to 65535"),
+    ],
+)
+def test_a_port_from_the_environment_is_one_or_names_its_variable(text: str, port: int | None, message: str) -> None:
+    from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError, env_port
+
+    if port is not None:
+        assert env_port({"STREAMTOMO_X_PORT": text}, "STREAMTOMO_X_PORT", 8100) == port
+    else:
+        with pytest.raises(EnvironmentSettingError, match=message.replace("(", r"\(")):
+            env_port({"STREAMTOMO_X_PORT": text}, "STREAMTOMO_X_PORT", 8100)
