@@ -205,6 +205,16 @@ class HsdsWriter:
         """close() returned and the writer still tries in the background (HSDS down)."""
         return self._detached and not self._main_done.is_set()
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of chunk copies the writer holds: queued, in flight, and acknowledged
+        but not yet flushed (kept to be resent should the server lose them)."""
+        held = self._backlog.pending_bytes
+        mirror = self._mirror
+        if mirror is not None:  # list(): a C-level copy, safe against its loop thread
+            held += sum(c.nbytes for c in list(mirror.inflight.values()) + list(mirror.unflushed.values()))
+        return held
+
     def abandon(self, timeout: float = 10.0) -> None:
         """Stop now a writer that close() left trying in the background: what it holds is
         dropped, and its domain is logged as not complete (an ERROR, as when it gives up

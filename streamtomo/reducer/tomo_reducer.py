@@ -114,7 +114,7 @@ def _env_seconds(name: str, default: float) -> float:
 
 
 # Writers of earlier scans that may go on trying in the background while HSDS is down
-# (each holds its backlog, up to max_backlog_bytes): older ones are given up.
+# (each holds its backlog, the whole domain at its scan's end): older ones are given up.
 MAX_HSDS_WRITERS_BEHIND = 2
 _behind_lock = threading.Lock()
 
@@ -122,19 +122,35 @@ _behind_lock = threading.Lock()
 def leave_behind(context: dict[Any, Any], writer: HsdsWriter) -> None:
     """Keep ``writer`` going in the background if its close left it trying (HSDS did not
     answer, or the next scan started), with at most :data:`MAX_HSDS_WRITERS_BEHIND` of
-    them per reducer process: with scans no longer waiting for HSDS, an outage of an
-    hour left a writer per scan, each holding up to a GiB of chunk copies."""
+    them per reducer process, and older ones only while all of them together hold at most
+    one writer's ``max_backlog_bytes`` of chunk copies: with scans no longer waiting for
+    HSDS, an outage of an hour left a writer per scan, and a writer's close queues its
+    whole domain past that limit (a 1024^2 scan's sinogram alone is 1.2 GB). The newest
+    is always kept: it holds the scan a person most likely still wants."""
     with _behind_lock:
         behind: list[HsdsWriter] = [w for w in context.get("hsds_writers_behind", []) if w.behind]
         if writer.behind:
             behind.append(writer)
-        given_up, kept = behind[:-MAX_HSDS_WRITERS_BEHIND], behind[-MAX_HSDS_WRITERS_BEHIND:]
+        kept: list[HsdsWriter] = []
+        given_up: list[HsdsWriter] = []
+        held = 0
+        budget = behind[-1].settings.max_backlog_bytes if behind else 0
+        for candidate in reversed(behind):  # newest first
+            candidate_bytes = candidate.held_bytes
+            if kept and (len(kept) >= MAX_HSDS_WRITERS_BEHIND or held + candidate_bytes > budget):
+                given_up.insert(0, candidate)
+            else:
+                kept.insert(0, candidate)
+                held += candidate_bytes
         context["hsds_writers_behind"] = kept
     for old in given_up:
         logger.warning(
-            "giving up the HSDS domain %s of an earlier scan: %d newer scans' writers still wait for HSDS",
+            "giving up the HSDS domain %s of an earlier scan (%.1f MB not delivered): %d newer scans' "
+            "writers still wait for HSDS, holding %.1f MB",
             old.domain_name,
-            MAX_HSDS_WRITERS_BEHIND,
+            old.held_bytes / 1e6,
+            len(kept),
+            held / 1e6,
         )
         old.abandon()
 
