@@ -45,6 +45,7 @@ class RunSummary:
     missing_angles: int = 0  # angle slots no projection filled (their sinogram rows are zeros)
     angle_slots: int = 0
     notices: dict[str, int] = field(default_factory=dict)  # what the streams showed, no frame's rejection
+    pixels_repaired: int = 0  # dead, saturated or NaN pixels replaced by their row neighbours' median
 
     @property
     def frames_per_second(self) -> float:
@@ -65,10 +66,13 @@ class RunSummary:
             f"{': ' + reasons if reasons else ''}{'; noticed: ' + notices if notices else ''})"
             f" in {self.seconds:.2f} s, {self.frames_per_second:.1f} frames/s"
         )
+        if self.pixels_repaired:
+            text += f"; {self.pixels_repaired} pixels repaired"
         if self.missing_angles and self.projections:
             # A parameter file that does not match the data (angle_range 360 for a 180-degree
             # scan, the default n_projections for another count) looked like a clean scan.
-            text += f"; {self.missing_angles} of {self.angle_slots} angle slots empty (see the angle grid parameters)"
+            why = "rejected frames, or see" if rejected else "see"
+            text += f"; {self.missing_angles} of {self.angle_slots} angle slots empty ({why} the angle grid parameters)"
         if self.last_frame_to_final_s is not None:
             text += f"; last frame to final slices {self.last_frame_to_final_s * 1000:.0f} ms"
         return text
@@ -213,6 +217,7 @@ class ReplayRun:
             state=str(status.get("state", "")),
             reason=reason,
             missing_angles=int(status.get("missing_angles", 0)),
+            pixels_repaired=int(status.get("pixels_repaired", 0)),
             angle_slots=scan.config.angle_slots(),
         )
 

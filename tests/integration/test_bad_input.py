@@ -124,3 +124,61 @@ def test_scan_without_flats_reports_it(tmp_path: Path) -> None:
     assert arrays["/entry/status/state"][()] == "failed"
     assert "no projection was reduced" in str(arrays["/entry/status/reason"][()])
     assert "no_references" in str(arrays["/entry/status/reason"][()])
+
+
+def _swapped_references(frames: list[Frame]) -> list[Frame]:
+    darks = [f for f in frames if f.key == ImageKey.DARK]
+    flats = [f for f in frames if f.key == ImageKey.FLAT]
+    swapped = {d.index: f.data for d, f in zip(darks, flats, strict=True)}
+    swapped.update({f.index: d.data for d, f in zip(darks, flats, strict=True)})
+    return [Frame(f.index, f.key, swapped.get(f.index, f.data), f.angle_deg) for f in frames]
+
+
+def _projections_first(frames: list[Frame]) -> list[Frame]:
+    """Projections before the darks and flats: the workers have no references, and the
+    reducer corrects them (its own path) once the references come."""
+    refs = [f for f in frames if f.key != ImageKey.PROJECTION]
+    projections = [f for f in frames if f.key == ImageKey.PROJECTION]
+    return [Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(projections + refs)]
+
+
+@pytest.mark.parametrize("corrected_by", ["workers", "reducer"])
+def test_darks_and_flats_swapped_reject_every_projection_and_fail_the_scan(tmp_path: Path, corrected_by: str) -> None:
+    """Every pixel was 'repaired' whole: an all-zero sinogram and volume, 'finished',
+    nothing rejected, exit 0."""
+    frames = _swapped_references(list(ScanSimulator(SPEC).frames()))
+    if corrected_by == "reducer":
+        frames = _projections_first(frames)
+    config = SPEC.config(kind_rule="header")
+    arrays = run_to_end(record(frames, tmp_path, config), config, workers=2)
+    rejected = json.loads(str(arrays["/entry/status/rejected"][()]))
+    assert rejected == {"unusable_references": SPEC.angles}
+    assert arrays["/entry/status/state"][()] == "failed"
+    assert "unusable_references" in str(arrays["/entry/status/reason"][()])
+
+
+@pytest.mark.parametrize("corrected_by", ["workers", "reducer"])
+def test_a_projection_of_zeros_or_saturated_is_rejected_and_the_rest_kept(
+    tmp_path: Path, reference: dict[str, np.ndarray], corrected_by: str
+) -> None:
+    """It was accepted, its pixels all 'repaired' from nothing: a row of zeros in the
+    sinogram, counted only in pixels_repaired."""
+    frames = list(ScanSimulator(SPEC).frames())
+    first_projection = SPEC.n_darks + SPEC.n_flats
+    dead, saturated = 7, 31  # angle slots
+    for slot, value in ((dead, 0), (saturated, np.iinfo(np.uint16).max)):
+        f = frames[first_projection + slot]
+        frames[first_projection + slot] = Frame(f.index, f.key, np.full_like(f.data, value), f.angle_deg)
+    if corrected_by == "reducer":
+        frames = _projections_first(frames)
+    config = SPEC.config(kind_rule="header")
+    arrays = run_to_end(record(frames, tmp_path, config), config, workers=2)
+    rejected = json.loads(str(arrays["/entry/status/rejected"][()]))
+    assert rejected == {"dead_frame": 2}
+    assert arrays["/entry/status/state"][()] == "finished"
+    counts = arrays["/entry/sinogram/frames_per_angle"]
+    assert set(np.flatnonzero(counts == 0)) == {dead, saturated}
+    good = [s for s in range(SPEC.angles) if s not in (dead, saturated)]
+    np.testing.assert_allclose(
+        arrays["/entry/sinogram/data"][:, good], reference["/entry/sinogram/data"][:, good], atol=1e-6
+    )

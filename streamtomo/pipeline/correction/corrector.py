@@ -36,6 +36,15 @@ T_MAX = 10.0  # larger values mean a bad flat, not a sample
 # pixel, not beam profile: its counts carry no usable transmission.
 DEAD_FLAT_FRACTION = 0.05
 
+# References whose flat is not above the dark in more than this fraction of the pixels
+# give no transmission to compute (darks and flats swapped, zeros, a flat equal to the
+# dark): every projection would be repaired whole, and the scan was all zeros, "finished".
+MAX_UNUSABLE_REFERENCE_FRACTION = 0.5
+# A projection more than this fraction of whose pixels are repaired (they read 0, the
+# saturation level or NaN/inf, or have no usable flat) carries no image: the repair
+# would make it up from the few pixels left. Rejected, as a frame of NaN is.
+MAX_REPAIRED_FRACTION = 0.5
+
 _LutTables = tuple[npt.NDArray[np.int32], FloatArray, FloatArray, int]
 
 
@@ -63,6 +72,7 @@ class Corrector:
         self.reciprocal = np.zeros_like(denominator)
         np.divide(1.0, denominator, out=self.reciprocal, where=~self.bad_pixels)
         self._any_bad = bool(self.bad_pixels.any())
+        self.unusable_fraction = float(self.bad_pixels.mean()) if self.bad_pixels.size else 0.0
         self._weak = self.bad_pixels.copy()
         if repair and not self.bad_pixels.all():
             typical = float(np.median(denominator[~self.bad_pixels]))
@@ -198,3 +208,23 @@ class Corrector:
             span = np.where(recip > 0, 1.0 / recip, 0.0)
         raw: FloatArray = (dark + span * np.exp(-values)).astype(np.float32)
         return raw
+
+
+def unusable_projection(corrector: Corrector, index: int, repaired: int, n_pixels: int) -> tuple[str, str] | None:
+    """Why projection ``index``, corrected by ``corrector`` with ``repaired`` of its
+    ``n_pixels`` pixels repaired, has no image to give (a rejection's reason and
+    detail), or None. Without ``pixel_repair`` nothing is repaired, so only the
+    references are judged."""
+    if corrector.unusable_fraction > MAX_UNUSABLE_REFERENCE_FRACTION:
+        return (
+            "unusable_references",
+            f"projection {index}: its flat is not above its dark in {corrector.unusable_fraction:.0%} of the pixels "
+            "(darks and flats swapped, or flats without beam?)",
+        )
+    if n_pixels and repaired > MAX_REPAIRED_FRACTION * n_pixels:
+        return (
+            "dead_frame",
+            f"projection {index}: {repaired / n_pixels:.0%} of its pixels read 0 or the saturation level, "
+            "are NaN/inf or have no usable flat",
+        )
+    return None

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
-from streamtomo.pipeline.correction.corrector import Corrector
+from streamtomo.pipeline.correction.corrector import Corrector, unusable_projection
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.formats.limits import MAX_FRAME_BYTES
 from streamtomo.pipeline.messages import (
@@ -279,6 +279,9 @@ class FrameProcessor:
                 self._uncorrected_projection(index, rows, self.detector, angle_deg, angle_measured, event, angle_row)
             ]
         values, repaired = corrector.correct_counted(rows)
+        unusable = unusable_projection(corrector, index, repaired, values.size)
+        if unusable is not None:  # not summed: the reducer counts it, nothing to take back
+            return [Rejected(index, *unusable, event)]
         # Integer frames give finite values by construction (the table is clipped).
         if np.issubdtype(rows.dtype, np.floating) and not np.isfinite(values).all():
             np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)

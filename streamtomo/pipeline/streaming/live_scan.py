@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
-from streamtomo.pipeline.correction.corrector import Corrector
+from streamtomo.pipeline.correction.corrector import Corrector, unusable_projection
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import (
     NOMINAL_ROW,
@@ -440,16 +440,9 @@ class LiveScan:
                 self.resolve_nominal(finishing=False)
                 return
         except UnknownAngleError as error:
-            self.reject(
-                "unknown_angle",
-                f"frame {msg.frame_index}: {error}; {self._measured_step(msg.angle_deg)}",
-                msg.frame_index,
-                counted=True,
+            self._reject_placed(
+                msg, "unknown_angle", f"frame {msg.frame_index}: {error}; {self._measured_step(msg.angle_deg)}"
             )
-            if msg.reference_version and msg.recon_id == geometry.recon_id:
-                # Its worker already summed it: the ledger takes it out of every product.
-                rows = np.asarray(msg.rows, dtype=np.float32)[geometry.slice_positions]
-                self.ledger.place((msg.frame_index, msg.event), REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
             return
         angle = self.sinogram.grid.same_turn(msg.angle_deg, slot)
         rows = np.asarray(msg.rows)
@@ -465,6 +458,11 @@ class LiveScan:
             raw = self.references.corrector(msg.reference_version).uncorrect(rows.astype(np.float32))
             values, repaired = self._corrector(refs.version).correct_counted(raw, fast=False)
             worker_rows = rows[geometry.slice_positions].astype(np.float32)
+        if msg.reference_version != refs.version:  # corrected here: judged here (the worker judged its own)
+            unusable = unusable_projection(self._corrector(refs.version), msg.frame_index, repaired, values.size)
+            if unusable is not None:
+                self._reject_placed(msg, *unusable)
+                return
         else:
             # The common path: the worker corrected with the current set (finite by
             # construction: it repairs or rejects NaN/inf), so the rows go in as they are.
@@ -484,6 +482,15 @@ class LiveScan:
         if count > 1:
             self.ledger.slot_changed(slot)
 
+    def _reject_placed(self, msg: ProjectionRows, reason: str, detail: str) -> None:
+        """Reject a projection that came to be placed; one its worker already summed
+        (corrected there, with these settings) the ledger takes out of every product."""
+        assert self.geometry is not None and self.ledger is not None
+        self.reject(reason, detail, msg.frame_index, counted=True)
+        if msg.reference_version and msg.recon_id == self.geometry.recon_id:
+            rows = np.asarray(msg.rows, dtype=np.float32)[self.geometry.slice_positions]
+            self.ledger.place((msg.frame_index, msg.event), REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
+
     def _hold_for_nominal_row(self, msg: ProjectionRows, refs: ReferenceSet) -> None:
         """A projection with no readable PandA row of its own (:data:`NOMINAL_ROW`): held
         until the rows around it are here, then placed at the one with its nominal angle."""
@@ -502,15 +509,10 @@ class LiveScan:
             return
         for verdict in self.nominal.resolve(self.config, self.sinogram.grid, self.angle_join.rows, finishing):
             msg = verdict.msg
-            summed = bool(msg.reference_version) and msg.recon_id == self.geometry.recon_id
             if verdict.angle_deg is None:
                 # A frame that came without any angle keeps the reason it had.
                 reason = "missing_angle" if msg.angle_row == NOMINAL_ROW else "angle_mismatch"
-                self.reject(reason, verdict.detail, msg.frame_index, counted=True)
-                if summed:
-                    rows = np.asarray(msg.rows, dtype=np.float32)[self.geometry.slice_positions]
-                    key = (msg.frame_index, msg.event)
-                    self.ledger.place(key, REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
+                self._reject_placed(msg, reason, verdict.detail)
                 continue
             self.angle_join.joined_frames.add((msg.frame_index, msg.event))
             if another_projections_row(self.config, msg.frame_index, verdict.row):

@@ -39,3 +39,13 @@ def test_summary_names_reasons_and_leaves_out_a_latency_it_does_not_have() -> No
     assert empty.failed
     assert _summary(projections=0, state="finished").failed  # nothing reduced is not a success
     assert not _summary().failed
+
+
+def test_summary_says_how_many_pixels_were_repaired_and_why_slots_may_be_empty() -> None:
+    """Repairs showed only in /entry/status; empty slots from rejected frames pointed at
+    the angle grid parameters alone."""
+    text = _summary(pixels_repaired=512, rejected={"dead_frame": 1}, missing_angles=1, angle_slots=20).describe()
+    assert "; 512 pixels repaired" in text
+    assert "; 1 of 20 angle slots empty (rejected frames, or see the angle grid parameters)" in text
+    assert "pixels repaired" not in _summary().describe()
+    assert "(see the angle grid parameters)" in _summary(missing_angles=1, angle_slots=20).describe()

@@ -219,3 +219,24 @@ def test_the_table_path_clips_as_float64_bounds_would(saturation: int | None, mo
         want = np.tile(expected, (1, 40)) if big else expected
         np.testing.assert_array_equal(out, want)
         assert row_bad.tolist() == np.isnan(want).sum(axis=1).tolist()
+
+
+def test_unusable_references_and_dead_projections_are_named() -> None:
+    from streamtomo.pipeline.correction.corrector import unusable_projection
+
+    dark = np.full((4, 16), 100.0, np.float32)
+    flat = np.full((4, 16), 1000.0, np.float32)
+    good = Corrector(dark, flat, repair=True)
+    assert unusable_projection(good, 5, repaired=3, n_pixels=64) is None  # a few repaired: fine
+    assert unusable_projection(good, 5, repaired=33, n_pixels=64) == (
+        "dead_frame",
+        "projection 5: 52% of its pixels read 0 or the saturation level, are NaN/inf or have no usable flat",
+    )
+    swapped = Corrector(flat, dark, repair=True)
+    reason, detail = unusable_projection(swapped, 5, repaired=64, n_pixels=64) or ("", "")
+    assert reason == "unusable_references" and "not above its dark in 100% of the pixels" in detail
+    # Without repair nothing is counted as repaired, but the references are still judged.
+    assert unusable_projection(Corrector(flat, dark), 5, repaired=0, n_pixels=64) is not None
+    half = flat.copy()
+    half[:2] = 50.0  # half the detector without a usable flat (a narrow beam): still used
+    assert unusable_projection(Corrector(dark, half, repair=True), 5, repaired=0, n_pixels=64) is None
