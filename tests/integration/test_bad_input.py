@@ -88,9 +88,10 @@ def test_bad_frames_are_counted_and_good_ones_kept(tmp_path: Path, reference: di
     rejected = json.loads(str(arrays["/entry/status/rejected"][()]))
     assert rejected.get("corrupt_frame", 0) == 2, rejected  # truncated + bad JSON
     assert rejected.get("wrong_shape", 0) == 1, rejected
-    assert rejected.get("wrong_dtype", 0) == 1, rejected  # complex64 decodes, and is refused
+    # complex64 decodes, and is refused; so is the all-NaN extra frame, float32 in a
+    # uint16 scan (a float detector's NaN frames: the next test)
+    assert rejected.get("wrong_dtype", 0) == 2, rejected
     assert rejected.get("unknown_kind", 0) == 1, rejected
-    assert rejected.get("non_finite", 0) == 1, rejected  # the all-NaN extra frame
     # With header kinds there is no nominal angle to fall back on: counted, slot left empty.
     assert rejected.get("missing_angle", 0) == 1, rejected
     assert int(arrays["/entry/status/frames_rejected"]) == sum(rejected.values())
@@ -101,6 +102,19 @@ def test_bad_frames_are_counted_and_good_ones_kept(tmp_path: Path, reference: di
     assert set(np.flatnonzero(counts == 0)) == set(bad_slots)
     good = [s for s in range(SPEC.angles) if s not in bad_slots]
     np.testing.assert_array_equal(arrays["/entry/sinogram/data"][:, good], reference["/entry/sinogram/data"][:, good])
+
+
+def test_a_float_detectors_frames_of_nan_are_rejected_as_non_finite(tmp_path: Path) -> None:
+    frames = [Frame(f.index, f.key, f.data.astype(np.float32), f.angle_deg) for f in ScanSimulator(SPEC).frames()]
+    first_projection = SPEC.n_darks + SPEC.n_flats
+    for index in (SPEC.n_darks, first_projection + 9):  # a flat, a projection
+        f = frames[index]
+        frames[index] = Frame(f.index, f.key, f.data * np.nan, f.angle_deg)
+    config = SPEC.config(kind_rule="header")
+    arrays = run_to_end(record(frames, tmp_path, config), config, workers=2)
+    rejected = json.loads(str(arrays["/entry/status/rejected"][()]))
+    assert rejected == {"non_finite": 2}
+    assert set(np.flatnonzero(arrays["/entry/sinogram/frames_per_angle"] == 0)) == {9}
 
 
 def test_projections_before_any_flat_wait_for_the_flats(tmp_path: Path, reference: dict[str, np.ndarray]) -> None:
@@ -179,6 +193,32 @@ def test_a_projection_of_zeros_or_saturated_is_rejected_and_the_rest_kept(
     counts = arrays["/entry/sinogram/frames_per_angle"]
     assert set(np.flatnonzero(counts == 0)) == {dead, saturated}
     good = [s for s in range(SPEC.angles) if s not in (dead, saturated)]
+    np.testing.assert_allclose(
+        arrays["/entry/sinogram/data"][:, good], reference["/entry/sinogram/data"][:, good], atol=1e-6
+    )
+
+
+def test_frames_of_another_pixel_type_are_rejected_as_wrong_dtype(
+    tmp_path: Path, reference: dict[str, np.ndarray]
+) -> None:
+    """A projection sent as float32 scaled 0..1 was corrected with the uint16 references
+    (its slot 11x off), and a tail of uint8 frames became zeros: neither was counted."""
+    frames = list(ScanSimulator(SPEC).frames())
+    first_projection = SPEC.n_darks + SPEC.n_flats
+    scaled, tail = 20, 50  # angle slots: one float frame, and uint8 from slot 50 on
+    f = frames[first_projection + scaled]
+    frames[first_projection + scaled] = Frame(f.index, f.key, (f.data / 65535.0).astype(np.float32), f.angle_deg)
+    for slot in range(tail, SPEC.angles):
+        f = frames[first_projection + slot]
+        frames[first_projection + slot] = Frame(f.index, f.key, (f.data >> 8).astype(np.uint8), f.angle_deg)
+    config = SPEC.config(kind_rule="header")
+    arrays = run_to_end(record(frames, tmp_path, config), config, workers=2)
+    rejected = json.loads(str(arrays["/entry/status/rejected"][()]))
+    assert rejected == {"wrong_dtype": 1 + SPEC.angles - tail}
+    counts = arrays["/entry/sinogram/frames_per_angle"]
+    bad = {scaled, *range(tail, SPEC.angles)}
+    assert set(np.flatnonzero(counts == 0)) == bad
+    good = [s for s in range(SPEC.angles) if s not in bad]
     np.testing.assert_allclose(
         arrays["/entry/sinogram/data"][:, good], reference["/entry/sinogram/data"][:, good], atol=1e-6
     )

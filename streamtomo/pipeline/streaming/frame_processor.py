@@ -44,6 +44,10 @@ MAX_NONFINITE_FRACTION = 0.01
 Message = ReferenceRows | ProjectionRows | PartialSum | Rejected
 
 
+def _detector_of(data: npt.NDArray[np.generic]) -> DetectorInfo:
+    return DetectorInfo(int(data.shape[0]), int(data.shape[1]), str(data.dtype))
+
+
 class FrameProcessor:
     def __init__(self, config: PipelineConfig, worker_name: str = "worker") -> None:
         self.config = config
@@ -63,7 +67,10 @@ class FrameProcessor:
         # workers share the stream (workers_sharing), also when each sum holds one.
         self._recent_events: deque[int] = deque(maxlen=RECENT_EVENTS)
         self._partial_started = 0.0  # when the first projection of the pending partial sum came
-        self._shape_votes: Counter[tuple[int, int]] = Counter()  # frames seen per shape
+        # Frames seen per shape and pixel type: a frame of another type is another
+        # detector's (a float frame scaled 0..1 in a uint16 scan, a uint8 tail), whose
+        # counts the references do not describe.
+        self._shape_votes: Counter[DetectorInfo] = Counter()
 
     # -- settings -------------------------------------------------------------------
     def configure(self, config: PipelineConfig) -> PartialSum | None:
@@ -143,21 +150,24 @@ class FrameProcessor:
         good frame after it "wrong". Frames of another shape still go to the reducer
         (uncorrected), which decides by agreement over all workers.
         """
-        shape = (int(data.shape[0]), int(data.shape[1]))
-        self._shape_votes[shape] += 1
-        current = None if self.detector is None else (self.detector.rows, self.detector.cols)
-        if current == shape or (current is not None and self._shape_votes[shape] <= self._shape_votes[current]):
+        detector = _detector_of(data)
+        self._shape_votes[detector] += 1
+        current = self.detector
+        if current == detector or (current is not None and self._shape_votes[detector] <= self._shape_votes[current]):
             return None
-        detector = DetectorInfo(shape[0], shape[1], str(data.dtype))
         geometry = geometry_for(self.config, detector)  # ConfigError: refused, nothing changed
         pending = self.flush() if current is not None else None
         if current is not None:
             logger.warning(
-                "detector shape %s: %d frames agree on it against %d of %s",
-                shape,
-                self._shape_votes[shape],
+                "detector %dx%d %s: %d frames agree on it against %d of %dx%d %s",
+                detector.rows,
+                detector.cols,
+                detector.dtype,
+                self._shape_votes[detector],
                 self._shape_votes[current],
-                current,
+                current.rows,
+                current.cols,
+                current.dtype,
             )
         self._corrector = None  # built again for the new shape, if the references fit it
         self._broadcast = BroadcastReferences(self.config)  # it may hold frames of the old shape
@@ -199,7 +209,7 @@ class FrameProcessor:
         if pending is not None:
             out.append(pending)
         assert self.geometry is not None and self.detector is not None
-        if data.shape != (self.detector.rows, self.detector.cols):
+        if _detector_of(data) != self.detector:
             out.append(self._minority_frame(index, key, data, angle_deg, angle_measured, event, angle_row))
             return out
         out.extend(self._process_frame(index, key, data, angle_deg, angle_measured, event, angle_row))
@@ -215,9 +225,10 @@ class FrameProcessor:
         event: int,
         angle_row: int = -1,
     ) -> Message:
-        """A frame whose shape most frames here do not have: sent as it is, for the
-        reducer's decision (it rejects it as wrong_shape unless its shape wins there)."""
-        detector = DetectorInfo(int(data.shape[0]), int(data.shape[1]), str(data.dtype))
+        """A frame whose shape or pixel type most frames here do not have: sent as it is,
+        for the reducer's decision (it rejects it as wrong_shape or wrong_dtype unless
+        its kind wins there)."""
+        detector = _detector_of(data)
         geometry = geometry_for(self.config, detector)
         rows = np.ascontiguousarray(data if geometry.all_rows else data[geometry.sinogram_rows])
         if key in (ImageKey.DARK, ImageKey.FLAT):

@@ -62,7 +62,7 @@ from streamtomo.pipeline.streaming.snapshot import ProductWrite, ScanSnapshot, t
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
-# The reducer takes a shape as the detector's once SHAPE_AGREEMENT distinct frames have
+# The reducer takes a shape (with its pixel type) as the detector's once SHAPE_AGREEMENT distinct frames have
 # it and it leads every other shape by SHAPE_LEAD frames (results from all workers come
 # here: a clean stream settles on its first two frames). Agreement alone let two bad
 # copies that decode to one shape, early, decide it: every good frame after them was
@@ -105,7 +105,7 @@ class LiveScan:
         self._held: list[ReferenceRows | ProjectionRows] = []  # waiting for the detector shape
         self.angle_join = AngleJoin()
         self.nominal = NominalAngleCheck()
-        self._shape_votes: Counter[tuple[int, int]] = Counter()
+        self._shape_votes: Counter[DetectorInfo] = Counter()  # by shape and pixel type
         self._shape_voters: set[tuple[int, int]] = set()  # (frame, event) copies that voted
         self._notices: set[tuple[str, int]] = set()  # (reason, event) of notices counted
         # Events whose message was refused with no frame position (before the frame base,
@@ -223,14 +223,13 @@ class LiveScan:
             return False
         detector = msg.detector
         if self.detector is None:
-            shape = (detector.rows, detector.cols)
             voter = (msg.frame_index, msg.event)
             if voter not in self._shape_voters:
                 self._shape_voters.add(voter)
-                self._shape_votes[shape] += 1
+                self._shape_votes[detector] += 1
             self._held.append(with_own_rows(msg))
-            votes = self._shape_votes[shape]
-            others = max((n for s, n in self._shape_votes.items() if s != shape), default=0)
+            votes = self._shape_votes[detector]
+            others = max((n for d, n in self._shape_votes.items() if d != detector), default=0)
             if votes >= SHAPE_AGREEMENT and votes - others >= SHAPE_LEAD:
                 self._settle_detector(detector)
             elif len(self._held) >= SHAPE_HOLD_FRAMES:
@@ -244,6 +243,15 @@ class LiveScan:
                 msg.frame_index,
             )
             return False
+        if detector.dtype != self.detector.dtype:
+            # Its counts are not the references': a float frame scaled 0..1, a uint8 tail.
+            self.reject(
+                "wrong_dtype",
+                f"frame {msg.frame_index} has pixels of {detector.dtype}, the detector's are {self.detector.dtype} "
+                "(agreed by the first frames)",
+                msg.frame_index,
+            )
+            return False
         return True
 
     def release_held(self) -> None:
@@ -252,7 +260,7 @@ class LiveScan:
         if self.detector is not None or not self._held:
             return
         most = max(self._shape_votes.values())
-        first = next(m for m in self._held if self._shape_votes[(m.detector.rows, m.detector.cols)] == most)
+        first = next(m for m in self._held if self._shape_votes[m.detector] == most)
         self._settle_detector(first.detector)
 
     def _settle_detector(self, detector: DetectorInfo) -> None:

@@ -179,16 +179,30 @@ def test_unknown_angle_nan_and_bad_frames_are_counted() -> None:
         Frame(1003, ImageKey.PROJECTION, frames[8].data, None),  # missing angle
         Frame(1004, ImageKey.INVALID, frames[8].data, 10.0),
     ]
-    nan_frame = frames[9].data.astype(np.float32)
-    nan_frame[0, 3] = np.nan
-    bad.append(Frame(1005, ImageKey.PROJECTION, nan_frame, frames[9].angle_deg))
+    # Counts of this detector as float32: another pixel type than its uint16 frames,
+    # whose counts the references do not describe (one scaled 0..1 was 11x off).
+    bad.append(Frame(1005, ImageKey.PROJECTION, frames[9].data.astype(np.float32), frames[9].angle_deg))
     scan = run(frames + bad, 2, config())
     assert scan.rejected["unknown_angle"] == 1
     assert scan.rejected["wrong_shape"] == 1
-    assert scan.rejected["wrong_dtype"] == 1
+    assert scan.rejected["wrong_dtype"] == 2
     assert scan.rejected["missing_angle"] == 1
     assert scan.rejected["dropped_kind"] == 1
+    assert scan.status()["projections"] == ANGLES
+    assert scan.status()["state"] == "finished"
+
+
+def test_a_few_nan_pixels_of_a_float_detector_are_repaired_not_rejected() -> None:
+    """A float detector's frame with a NaN pixel is kept, the pixel repaired (in the
+    test above, until the pixel type counted, a float32 frame among uint16 ones)."""
+    frames = [Frame(f.index, f.key, f.data.astype(np.float32), f.angle_deg) for f in make_frames()]
+    nan_frame = frames[9].data.copy()
+    nan_frame[0, 3] = np.nan
+    extra = Frame(1005, ImageKey.PROJECTION, nan_frame, frames[9].angle_deg)
+    scan = run([*frames, extra], 2, config())
+    assert scan.rejected == {}
     assert scan.status()["projections"] == ANGLES + 1  # the NaN frame is kept, repaired
+    assert scan.status()["pixels_repaired"] >= 1
     assert scan.status()["state"] == "finished"
 
 
