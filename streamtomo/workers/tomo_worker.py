@@ -263,6 +263,7 @@ class TomoWorker:
                 config.encoder_offset,
                 config.encoder_bits,
                 config.grid_middle(),
+                scale=self.pcap_header.scale_of(config.encoder_field),  # the counter's wrap in the values' units
             ), None
         except AngleError as error:
             return None, error

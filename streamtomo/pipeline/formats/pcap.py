@@ -19,6 +19,12 @@ dranspose's ``TcpPcapIngester`` turns that into one event per message: the whole
 then one for the ``END`` line; each event carries exactly one frame with those bytes.
 The encoders below produce exactly those frames, so concatenating them gives the TCP
 byte stream. Values are named ``<field>.<capture>``, e.g. ``INENC1.VAL.Mean``.
+
+``process: Raw`` sends each field unscaled and leaves ``value * scale + offset`` to the
+client: :func:`decode_pcap_event` applies it, so a row's named values are what
+``process: Scaled`` sends (``PcapValues.raw`` keeps the numbers as printed). A ``Mean``
+(or ``StdDev``) is sent as a sum in Raw and stays as it came (see
+``pcap_checks.raw_mean_refusal``).
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ _FIELD_RE = re.compile(
 )
 _INT_TYPES = frozenset({"uint32", "int32", "uint64", "int64"})
 _FLOAT_TYPES = frozenset({"double", "float"})
+# The captures the PandA's Scaled data port sends as ``scale * raw + offset`` are all
+# those with a printed scale but these two: a Mean is ``scale * sum / samples + offset``
+# and a StdDev another formula (PandABlocks-server capture.c), and in Raw both come as
+# sums over the exposure, which no scale and offset turn into the Scaled value.
+_SUMMED_IN_RAW = frozenset({"Mean", "StdDev"})
 
 Number: TypeAlias = int | float
 
@@ -79,6 +90,29 @@ class PcapHeader:
     @property
     def keys(self) -> tuple[str, ...]:
         return tuple(f.key for f in self.fields)
+
+    def field_named(self, key: str) -> PcapField | None:
+        """The captured field ``key`` (``"INENC1.VAL.Mean"``), None if not captured."""
+        return next((f for f in self.fields if f.key == key), None)
+
+    def scale_of(self, key: str) -> float:
+        """The scale printed for the capture ``key``: the values' units per count of the
+        field's counter; 1.0 where none is printed (or the field is not captured)."""
+        captured = self.field_named(key)
+        return 1.0 if captured is None or captured.scale is None else captured.scale
+
+    def client_scaling(self) -> tuple[tuple[float, float] | None, ...]:
+        """Per field, the ``(scale, offset)`` the client must apply to the value it is
+        sent to get what ``process: Scaled`` sends; None where the value is that
+        already (Scaled, no scale printed, a scale of 1 and offset 0, a Raw sum)."""
+        if self.info.get("process", "Scaled") != "Raw":
+            return (None,) * len(self.fields)
+        return tuple(
+            None
+            if f.scale is None or f.capture in _SUMMED_IN_RAW or (f.scale == 1.0 and f.offset == 0.0)
+            else (f.scale, f.offset)
+            for f in self.fields
+        )
 
 
 @dataclass(frozen=True)
@@ -242,7 +276,19 @@ def decode_pcap_event(parts: Sequence[Part], header: PcapHeader | None = None) -
             f"{len(header.fields)} fields {list(header.keys)}"
         )
     raw = tuple(_parse_token(t, f.type) for t, f in zip(tokens, header.fields, strict=True))
-    return PcapValues(raw, dict(zip(header.keys, raw, strict=True)))
+    named = [
+        value if scaling is None else _scaled(value, *scaling, key)
+        for value, scaling, key in zip(raw, header.client_scaling(), header.keys, strict=True)
+    ]
+    return PcapValues(raw, dict(zip(header.keys, named, strict=True)))
+
+
+def _scaled(value: Number, scale: float, offset: float, key: str) -> float:
+    """A Raw value as the PandA's Scaled data port computes it (in doubles)."""
+    out = scale * value + offset
+    if not math.isfinite(out):
+        raise FrameError(f"PandA value {value} of {key} scaled by {scale:g} (offset {offset:g}) is not finite")
+    return out
 
 
 def angle_from_values(
@@ -252,12 +298,17 @@ def angle_from_values(
     offset_deg: float = 0.0,
     encoder_bits: int = 0,
     near_deg: float | None = None,
+    *,
+    scale: float = 1.0,
 ) -> float:
     """Rotation angle in degrees: ``value / counts_per_degree + offset_deg``.
 
     ``encoder_bits`` > 0: the counter is that wide and wraps (DanMAX: 32 bits,
-    11930463 counts per degree, so once per turn). The angle is then known modulo
-    ``2**bits / counts_per_degree`` degrees and is unwrapped to the representative
+    11930463 counts per degree, so once per turn). ``scale`` is the field's scale in
+    the PandA's header (:meth:`PcapHeader.scale_of`): the values count ``scale`` per
+    count of the counter, which wraps every ``2**bits`` of its own counts, so every
+    ``2**bits * |scale|`` of the values. The angle is then known modulo
+    ``2**bits * |scale| / counts_per_degree`` degrees and is unwrapped to the representative
     nearest ``near_deg`` (the middle of the scan's angle grid): each frame on its own,
     so workers that see only some frames need no history, and exact for any scan
     shorter than one counter period. An exposure that straddled the wrap has a
@@ -273,18 +324,22 @@ def angle_from_values(
             f"PandA capture has no field {field!r}; captured: {sorted(values)}"
             + ("" if values else " (decode the value line with its header)")
         )
+    if scale == 0 or not math.isfinite(scale):
+        # Input, not a setting: the header's scale. Every value would be the offset.
+        raise FrameError(f"the PandA's header gives {field} the scale {scale}: its values hold no position")
     angle = float(values[field]) / counts_per_degree + offset_deg
     if encoder_bits <= 0:
         return angle
     name, _capture = split_field_key(field)
     low, high = values.get(f"{name}.Min"), values.get(f"{name}.Max")
-    if low is not None and high is not None and float(high) - float(low) > 2.0 ** (encoder_bits - 1):
+    # abs: with a negative scale the PandA's scaled Min is above its Max.
+    if low is not None and high is not None and abs(float(high) - float(low)) > 2.0 ** (encoder_bits - 1) * abs(scale):
         raise EncoderWrapped(
             f"{name} wrapped during the exposure (Min {low}, Max {high} differ by more than half its "
             f"{encoder_bits}-bit range): its Mean is no angle"
         )
     if near_deg is not None:
-        period = 2.0**encoder_bits / abs(counts_per_degree)
+        period = 2.0**encoder_bits * abs(scale) / abs(counts_per_degree)
         angle += period * round((near_deg - angle) / period)
     return angle
 

@@ -170,7 +170,7 @@ def pcap_header_notices(header: PcapHeader, config: PipelineConfig, event: int) 
         capture == "Mean"
         and config.encoder_field in captured
         and not {f"{name}.Min", f"{name}.Max"} <= captured
-        and wrap_within_scan(config)
+        and wrap_within_scan(config, *_scaling(header, config.encoder_field))
     ):
         notices.append(
             Rejected.notice(
@@ -198,18 +198,33 @@ def pcap_end_notices(end: PcapEnd, event: int) -> list[Rejected]:
     ]
 
 
-def wrap_within_scan(config: PipelineConfig) -> bool:
+def _scaling(header: PcapHeader, key: str) -> tuple[float, float]:
+    """The scale and offset the header prints for ``key`` (1 and 0 where none)."""
+    field = header.field_named(key)
+    if field is None or field.scale is None:
+        return 1.0, 0.0
+    return field.scale, field.offset
+
+
+def wrap_within_scan(config: PipelineConfig, scale: float = 1.0, offset: float = 0.0) -> bool:
     """Whether the encoder's counter wraps at an angle the scan's grid reaches (one
     step either side): the wraps lie at ``encoder_offset + 2^(bits-1) / counts_per_degree``
     and every turn of ``2^bits`` counts from there (DanMAX: at 130 degrees, in any
-    full turn; 1000 counts per degree: past two million degrees, never)."""
-    if config.encoder_bits <= 0 or config.counts_per_degree == 0:
+    full turn; 1000 counts per degree: past two million degrees, never).
+
+    ``scale`` and ``offset``: the field's in the PandA's header. Its values are
+    ``scale * counts + offset`` (the Scaled data port's, and the decoder's in Raw), so
+    the counter's wrap at ``2^(bits-1)`` counts lies at ``offset + scale * 2^(bits-1)``
+    in them, and the next every ``2^bits * |scale|``.
+    """
+    if config.encoder_bits <= 0 or config.counts_per_degree == 0 or scale == 0 or not math.isfinite(scale):
         return False
-    half = 2.0 ** (config.encoder_bits - 1) / abs(config.counts_per_degree)
+    half = 2.0 ** (config.encoder_bits - 1) * abs(scale) / abs(config.counts_per_degree)
     step = abs(config.slot_step)
     ends = (config.nominal_angle(0), config.nominal_angle(config.n_projections - 1))
     low, high = min(ends) - step, max(ends) + step
-    first = config.encoder_offset + half
+    # +half and -half lie a whole period apart: either is the wrap's angle.
+    first = config.encoder_offset + offset / config.counts_per_degree + half
     k = math.ceil((low - first) / (2 * half))  # the first wrap at or above low
     return first + k * 2 * half <= high
 

@@ -8,6 +8,9 @@ Each message is one multipart ZeroMQ message whose first part is a JSON header:
   followed by exactly one data part;
 * ``{"htype": "series_end", "msg_number"}``.
 
+An image's ``type`` is a numpy type name; its data is little-endian unless the name
+declares an order (``">u2"``). Decoded arrays are in the machine's byte order.
+
 ``compression == "bslz4"`` data parts are HDF5 bitshuffle-filter chunks (filter 32008):
 an 8-byte big-endian uncompressed byte count, a 4-byte big-endian block size in bytes,
 then per block a 4-byte big-endian length and the LZ4 data. That is what the receiver
@@ -38,6 +41,8 @@ _BSLZ4_HEADER = struct.Struct(">QI")
 _BLOCK_LEN = struct.Struct(">I")
 _TARGET_BLOCK_BYTES = 8192  # bitshuffle's default block target (bshuf_default_block_size)
 _RESERVED = frozenset({"htype", "msg_number", "frame", "shape", "type", "compression"})
+# numpy's byte-order prefixes ("|": not applicable, for one-byte types, has no order to keep).
+_DECLARED_ORDER = ("<", ">", "=")
 
 
 class FrameLike(Protocol):
@@ -60,7 +65,8 @@ class StinsHeader:
 
 @dataclass(frozen=True)
 class StinsImage:
-    """One image; ``array`` is a read-only view of the data part when uncompressed."""
+    """One image; ``array`` is in the machine's byte order, a read-only view of the data
+    part when uncompressed and sent in that order (a copy when it had to be swapped)."""
 
     msg_number: int
     frame: int
@@ -163,7 +169,28 @@ def _int_field(head: Mapping[str, Any], key: str) -> int:
 
 
 def _dtype(name: Any) -> np.dtype[Any]:
-    return pixel_dtype(name, "uifc", "STINS image").newbyteorder("<")
+    """The pixel type the header names, in the byte order of the data part.
+
+    A name without an order ("uint16", "u2") is little-endian: that is what the
+    Dectris and Orca STINS streams send, whatever machine decodes them. An order the
+    header declares (">u2", "<f4", "=u2": numpy's prefixes) is the data's own; taking
+    ">u2" as little-endian would decode every pixel byte-swapped, silently.
+    """
+    dtype = pixel_dtype(name, "uifc", "STINS image")  # a FrameError unless a type's name
+    declared = isinstance(name, str) and name.startswith(_DECLARED_ORDER)
+    return dtype if declared else dtype.newbyteorder("<")
+
+
+def _native(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``array`` in the machine's byte order (itself when it is already).
+
+    The worker's numba kernels refuse non-native arrays, and the frame's dtype names
+    the detector (``DetectorInfo``): ">u2" would not match the "uint16" of frames
+    sent little-endian, nor take the uint16 table path of the corrector.
+    """
+    if array.dtype.isnative:
+        return array
+    return array.astype(array.dtype.newbyteorder("="))
 
 
 def bslz4_decompress(data: memoryview | bytes, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
@@ -201,7 +228,9 @@ def bslz4_decompress(data: memoryview | bytes, shape: tuple[int, ...], dtype: np
         out: npt.NDArray[Any] = bitshuffle.decompress_lz4(body, shape, dtype, block)
     except (RuntimeError, ValueError, OverflowError) as exc:
         raise FrameError(f"corrupt bslz4 data: {exc}") from None
-    return out
+    # Bitshuffle moves bits within each element's bytes as they are stored, so the
+    # data comes out in the order it went in (``dtype``'s); the caller wants native.
+    return _native(out)
 
 
 def _decode_image(head: dict[str, Any], parts: Sequence[Part], max_bytes: int) -> StinsImage:
@@ -220,7 +249,8 @@ def _decode_image(head: dict[str, Any], parts: Sequence[Part], max_bytes: int) -
                 f"STINS image {frame} has {data.nbytes} data bytes, shape {list(shape)} of "
                 f"{dtype.name} needs {expected}"
             )
-        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+        # A zero-copy view when the data is in the machine's order, else a swapped copy.
+        array = _native(np.frombuffer(data, dtype=dtype).reshape(shape))
     elif compression == "bslz4":
         array = bslz4_decompress(data, shape, dtype)
     else:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from streamtomo.pipeline.formats import pcap, pcap_checks, stins
-from streamtomo.pipeline.formats.errors import FrameError
+from streamtomo.pipeline.formats.errors import EncoderWrapped, FrameError
 from streamtomo.pipeline.formats.kinds import FrameKindRule
 from streamtomo.pipeline.scan import ImageKey
 
@@ -381,3 +381,158 @@ def test_a_declared_size_beyond_the_workers_bound_is_refused_before_decompressin
 def test_pandas_messages_are_bounded(text: bytes, message: str) -> None:
     with pytest.raises(FrameError, match=message):
         pcap.decode_pcap_event([text])
+
+
+# -- a declared byte order ---------------------------------------------------------------
+
+
+def _declared(array: np.ndarray, name: str, compression: str = "none") -> list[bytes]:
+    """An image message whose header names ``name`` and whose data part is ``array``'s
+    bytes as they are (encode_image would swap them to little-endian)."""
+    data = array.tobytes() if compression == "none" else stins.bslz4_compress(array)
+    head = {"htype": "image", "msg_number": 1, "frame": 0, "shape": list(array.shape), "type": name}
+    return [json.dumps({**head, "compression": compression}).encode(), data]
+
+
+@pytest.mark.parametrize("compression", ["none", "bslz4"])
+@pytest.mark.parametrize(("name", "native"), [(">u2", "uint16"), (">i4", "int32"), (">f4", "float32")])
+def test_a_declared_byte_order_is_honoured_and_the_frame_comes_out_native(
+    compression: str, name: str, native: str
+) -> None:
+    """A header that says ">u2" sends big-endian pixels: read as little-endian they were
+    all byte-swapped (a projection 1.4 times off, nothing counted)."""
+    values = (np.arange(1200) % 1000 + 3).reshape(30, 40)
+    msg = stins.decode_stins(_declared(values.astype(name), name, compression))
+    assert isinstance(msg, stins.StinsImage)
+    np.testing.assert_array_equal(msg.array, values)
+    # Native order: numba kernels refuse others, and ">u2" would name another detector dtype.
+    assert msg.array.dtype.isnative and str(msg.array.dtype) == native
+    # A name without an order is little-endian, as the Dectris and Orca streams send it.
+    for plain in (native, name[1:]):
+        msg = stins.decode_stins(_declared(values.astype("<" + name[1:]), plain, compression))
+        assert isinstance(msg, stins.StinsImage)
+        np.testing.assert_array_equal(msg.array, values)
+
+
+# -- process: Raw ----------------------------------------------------------------------------
+
+RAW_FIELDS = [
+    pcap.PcapField("PCAP.TS_TRIG", "int64", "Value", 8e-09, 0.0, "s"),
+    pcap.PcapField("INENC1.VAL", "int32", "Value", 0.5, 10.0, "deg"),
+    pcap.PcapField("INENC1.VAL", "int32", "Min", 0.5, 10.0, "deg"),
+    pcap.PcapField("INENC1.VAL", "int32", "Max", 0.5, 10.0, "deg"),
+    pcap.PcapField("INENC2.VAL", "int64", "Mean", 0.5, 10.0, "deg"),  # a sum in Raw
+    pcap.PcapField("INENC3.VAL", "int32", "Value", 1.0, 0.0, ""),
+    pcap.PcapField("PCAP.BITS0", "uint32", "Value"),  # no scale printed
+]
+
+
+def _header(fields: list[pcap.PcapField], process: str) -> pcap.PcapHeader:
+    header = pcap.decode_pcap_event([pcap.encode_pcap_header(fields, "2024-11-05T10:00:00.000Z", process=process)])
+    assert isinstance(header, pcap.PcapHeader)
+    return header
+
+
+def test_raw_values_get_the_headers_scale_and_offset_as_the_scaled_port_applies_them() -> None:
+    """'process: Raw' sends counts and leaves value * scale + offset to the client: the
+    angles were taken from the counts (with scale 0.5, every one doubled)."""
+    line = pcap.encode_pcap_values([125000000, 7000, 6990, 7010, 70000, 41, 5])
+    row = pcap.decode_pcap_event([line], _header(RAW_FIELDS, "Raw"))
+    assert isinstance(row, pcap.PcapValues)
+    assert row.raw == (125000000, 7000, 6990, 7010, 70000, 41, 5)  # as printed
+    assert row.values == {
+        "PCAP.TS_TRIG.Value": pytest.approx(1.0),
+        "INENC1.VAL.Value": 3510.0,
+        "INENC1.VAL.Min": 3505.0,
+        "INENC1.VAL.Max": 3515.0,
+        "INENC2.VAL.Mean": 70000,  # Raw's sum: no scale makes it the mean (raw_mean_refusal)
+        "INENC3.VAL.Value": 41,
+        "PCAP.BITS0.Value": 5,
+    }
+    assert type(row.values["INENC3.VAL.Value"]) is int  # scale 1, offset 0: exact as it came
+    # The same capture through the Scaled port: the same angle.
+    scaled = pcap.decode_pcap_event([b" 1 3510 3505 3515 3510 41 5\n"], _header(RAW_FIELDS, "Scaled"))
+    assert isinstance(scaled, pcap.PcapValues)
+    assert scaled.values["INENC1.VAL.Value"] == 3510 and scaled.values["INENC2.VAL.Mean"] == 3510  # as sent
+    for values in (row.values, scaled.values):
+        assert pcap.angle_from_values(values, "INENC1.VAL.Value", 1000.0, 0.0, 32, 90.0) == pytest.approx(3.51)
+
+
+def test_a_raw_value_that_scales_past_a_double_is_refused() -> None:
+    fields = [pcap.PcapField("INENC1.VAL", "int32", "Value", 1e308, 0.0, "")]
+    with pytest.raises(FrameError, match=r"INENC1.VAL.Value scaled by 1e\+308 .* is not finite"):
+        pcap.decode_pcap_event([b" 2000000000\n"], _header(fields, "Raw"))
+
+
+DANMAX_CPD = 11930463.0  # 2^32 counts per turn
+
+
+def _wrapped(counts: float) -> int:
+    return int((round(counts) + 2**31) % 2**32 - 2**31)
+
+
+@pytest.mark.parametrize("process", ["Raw", "Scaled"])
+def test_a_scaled_wrapping_counter_unwraps_by_its_own_period(process: str) -> None:
+    """A 32-bit counter with header scale 0.5 wraps every 2^32 counts, 2^31 of its values:
+    the angle is unwrapped by that period, and a straddled wrap is seen in Min and Max."""
+    scale, offset = 0.5, 0.0
+    fields = [
+        pcap.PcapField("INENC1.VAL", "int32", "Value", scale, offset, ""),
+        pcap.PcapField("INENC1.VAL", "int32", "Min", scale, offset, ""),
+        pcap.PcapField("INENC1.VAL", "int32", "Max", scale, offset, ""),
+    ]
+    header = _header(fields, process)
+    cpd = DANMAX_CPD * scale  # the values' units per degree, as the Scaled port sends them
+    counts = _wrapped((188.8 + 50.0) * DANMAX_CPD)  # past the wrap at 130 degrees
+    sent = counts if process == "Raw" else counts * scale
+    row = pcap.decode_pcap_event([pcap.encode_pcap_values([sent, sent, sent])], header)
+    assert isinstance(row, pcap.PcapValues)
+    angle = pcap.angle_from_values(
+        row.values, "INENC1.VAL.Value", cpd, -50.0, 32, 98.8, scale=header.scale_of("INENC1.VAL.Value")
+    )
+    assert angle == pytest.approx(188.8, abs=1e-3)
+    # A wrap within the exposure: Min and Max a whole counter range apart, in values.
+    low, high = -(2**31) + 5, 2**31 - 5
+    line = [low, low, high] if process == "Raw" else [low * scale, low * scale, high * scale]
+    row = pcap.decode_pcap_event([pcap.encode_pcap_values(line)], header)
+    assert isinstance(row, pcap.PcapValues)
+    with pytest.raises(EncoderWrapped):
+        pcap.angle_from_values(row.values, "INENC1.VAL.Value", cpd, -50.0, 32, 98.8, scale=0.5)
+
+
+def test_a_zero_scale_gives_no_angle_but_a_reason() -> None:
+    with pytest.raises(FrameError, match=r"scale 0\.0: its values hold no position"):
+        pcap.angle_from_values({"INENC1.VAL.Value": 3.0}, "INENC1.VAL.Value", 1000.0, scale=0.0)
+
+
+# A grid from -40 to 120 degrees: DanMAX's wrap at 130 lies past it (the existing
+# test_the_wrap_is_named_only_where_the_scan_reaches_it has the cases with scale 1).
+SHORT_GRID = {"angle_start": -40.0, "angle_range": 160.0}
+
+
+@pytest.mark.parametrize(
+    ("scale", "offset", "grid", "reached"),
+    [
+        (0.5, 0.0, {}, True),  # half a value per count: still at 130 (it was taken for 310)
+        (1.0, -50.0 * DANMAX_CPD, SHORT_GRID, True),  # the offset moves it to 80 degrees
+        (-0.5, 0.0, {}, True),  # a negative scale, and counts_per_degree with it
+    ],
+)
+def test_the_wrap_notice_knows_the_fields_scale_and_offset(
+    scale: float, offset: float, grid: dict[str, float], reached: bool
+) -> None:
+    from streamtomo.pipeline.config import PipelineConfig
+
+    config = PipelineConfig.from_mapping(
+        {
+            "n_projections": 45,
+            "encoder_field": "INENC1.VAL.Mean",
+            "counts_per_degree": DANMAX_CPD * scale,  # the values' units per degree
+            "encoder_offset": -50.0,
+            **grid,
+        }
+    )
+    assert pcap_checks.wrap_within_scan(config, scale, offset) is reached
+    header = _header([pcap.PcapField("INENC1.VAL", "double", "Mean", scale, offset, "")], "Scaled")
+    notices = pcap_checks.pcap_header_notices(header, config, 0)
+    assert [n.reason for n in notices] == (["encoder_wrap_unchecked"] if reached else [])
