@@ -56,6 +56,7 @@ from streamtomo.pipeline.formats.stins import (
     as_buffer,
     bslz4_compress,
     bslz4_decompress,
+    native_order,
 )
 
 STREAM_TYPE = "EIGER_LEGACY"
@@ -198,12 +199,13 @@ def decode_image_data(info: Mapping[str, Any], blob: Part, max_bytes: int = MAX_
             raw = lz4.block.decompress(struct.pack("<I", expected) + bytes(data))
         except Exception as exc:  # lz4 raises its own LZ4BlockError
             raise FrameError(f"corrupt Eiger lz4 data: {exc}") from None
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+        return native_order(np.frombuffer(raw, dtype=dtype).reshape(shape))
     if data.nbytes != expected:
         raise FrameError(
             f"Eiger image has {data.nbytes} data bytes, shape {list(shape)} of {dtype.name} needs {expected}"
         )
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    # ">" data swapped into the machine's order, as STINS images are (stins.native_order).
+    return native_order(np.frombuffer(data, dtype=dtype).reshape(shape))
 
 
 def _decode_image(head: dict[str, Any], parts: Sequence[Part], max_bytes: int) -> StinsImage:

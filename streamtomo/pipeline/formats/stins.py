@@ -181,7 +181,7 @@ def _dtype(name: Any) -> np.dtype[Any]:
     return dtype if declared else dtype.newbyteorder("<")
 
 
-def _native(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+def native_order(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     """``array`` in the machine's byte order (itself when it is already).
 
     The worker's numba kernels refuse non-native arrays, and the frame's dtype names
@@ -230,7 +230,7 @@ def bslz4_decompress(data: memoryview | bytes, shape: tuple[int, ...], dtype: np
         raise FrameError(f"corrupt bslz4 data: {exc}") from None
     # Bitshuffle moves bits within each element's bytes as they are stored, so the
     # data comes out in the order it went in (``dtype``'s); the caller wants native.
-    return _native(out)
+    return native_order(out)
 
 
 def _decode_image(head: dict[str, Any], parts: Sequence[Part], max_bytes: int) -> StinsImage:
@@ -250,7 +250,7 @@ def _decode_image(head: dict[str, Any], parts: Sequence[Part], max_bytes: int) -
                 f"{dtype.name} needs {expected}"
             )
         # A zero-copy view when the data is in the machine's order, else a swapped copy.
-        array = _native(np.frombuffer(data, dtype=dtype).reshape(shape))
+        array = native_order(np.frombuffer(data, dtype=dtype).reshape(shape))
     elif compression == "bslz4":
         array = bslz4_decompress(data, shape, dtype)
     else:

@@ -536,3 +536,22 @@ def test_the_wrap_notice_knows_the_fields_scale_and_offset(
     header = _header([pcap.PcapField("INENC1.VAL", "double", "Mean", scale, offset, "")], "Scaled")
     notices = pcap_checks.pcap_header_notices(header, config, 0)
     assert [n.reason for n in notices] == (["encoder_wrap_unchecked"] if reached else [])
+
+
+@pytest.mark.parametrize("compression", ["none", "bslz4"])
+def test_an_eiger_image_sent_big_endian_decodes_to_its_values_in_native_order(compression: str) -> None:
+    """Encoding ">" (and "bs16-lz4>") was decoded to the right values in a big-endian
+    array: the worker's kernels refuse non-native arrays, and ">u2" names another
+    detector than the "uint16" of the same camera's little-endian frames."""
+    from streamtomo.pipeline.formats import eiger
+
+    image = (np.arange(12 * 10) * 37 % 4096).astype(np.uint16).reshape(12, 10)
+    swapped = image.astype(">u2")
+    blob = swapped.tobytes() if compression == "none" else stins.bslz4_compress(swapped)
+    parts = eiger.encode_image(4, 7, image, compression)
+    info = json.loads(parts[1])
+    info.update(encoding=">" if compression == "none" else "bs16-lz4>", size=len(blob))
+    message = eiger.decode_eiger_legacy([parts[0], json.dumps(info).encode(), blob, *parts[3:]])
+    assert isinstance(message, stins.StinsImage)
+    assert message.array.dtype == np.dtype(np.uint16) and message.array.dtype.isnative
+    np.testing.assert_array_equal(message.array, image)
