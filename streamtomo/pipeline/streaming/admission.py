@@ -20,6 +20,10 @@ class FrameAdmission:
         self.rejected: Counter[str] = Counter()
         self.seen: set[int] = set()  # frame indices that arrived (used or rejected)
         self.admitted: dict[int, int] = {}  # frame index -> the event of the copy in use
+        self._digests: dict[int, int] = {}  # frame index -> the digest of the copy in use (if known)
+        # (frame index, first event, second event) of frame numbers the detector repeated
+        # on another exposure: later frames may carry numbers off by one.
+        self.repeated_numbers: list[tuple[int, int, int]] = []
         self._rejected_frames: set[int] = set()
         self._logged_reasons: set[str] = set()
         # Reasons counted in ``rejected`` that are no frame's (a PandA header mid-capture,
@@ -67,12 +71,26 @@ class FrameAdmission:
     def frames_rejected(self) -> int:
         return sum(self.rejected.values()) - sum(self.notices.values())
 
-    def first_time(self, frame_index: int, event: int = -1) -> bool:
+    def first_time(self, frame_index: int, event: int = -1, digest: int = 0) -> bool:
         """Admit a frame index once; a second copy from another event is a counted
         duplicate (the first is kept). A copy that was rejected (malformed, say) does
-        not take a good frame's place: only admitted copies make duplicates."""
+        not take a good frame's place: only admitted copies make duplicates.
+
+        ``digest`` (:func:`~streamtomo.pipeline.messages.frame_digest`): a second copy
+        with other pixels is no copy but another exposure under the same number (the
+        detector's counter repeated it): ``frame_number_repeated``, and the number's
+        frames after it may sit one position off (:attr:`repeated_numbers`)."""
         if frame_index in self.admitted:
             first = self.admitted[frame_index]
+            kept = self._digests.get(frame_index, 0)
+            if digest and kept and digest != kept:
+                self.repeated_numbers.append((frame_index, first, event))
+                self.reject(
+                    "frame_number_repeated",
+                    f"frame {frame_index} arrived twice with other pixels (events {first} and {event}): the "
+                    "detector's counter repeated the number on another exposure; the first is kept",
+                )
+                return False
             self.reject(
                 "duplicate_frame",
                 f"frame {frame_index} arrived twice (events {first} and {event}); the first is kept",
@@ -80,6 +98,8 @@ class FrameAdmission:
             return False
         self.seen.add(frame_index)
         self.admitted[frame_index] = event
+        if digest:
+            self._digests[frame_index] = digest
         if frame_index in self._rejected_frames:
             # The bad copy stays counted under its reason; this copy can still be
             # rejected for its own (an angle, say), so the index is free again.

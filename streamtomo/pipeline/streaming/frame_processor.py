@@ -10,6 +10,7 @@ per-projection computation runs here, in parallel over the workers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter, deque
@@ -28,6 +29,7 @@ from streamtomo.pipeline.messages import (
     ProjectionRows,
     ReferenceRows,
     Rejected,
+    frame_digest,
 )
 from streamtomo.pipeline.reconstruction.interleaved import InterleavedSlices
 from streamtomo.pipeline.scan import ImageKey
@@ -42,6 +44,17 @@ RECENT_EVENTS = 16  # projections workers_sharing() looks back over
 MAX_NONFINITE_FRACTION = 0.01
 
 Message = ReferenceRows | ProjectionRows | PartialSum | Rejected
+
+
+def _with_digest(messages: list[Message], data: npt.NDArray[np.generic]) -> list[Message]:
+    """The frame's messages with its digest: the reducer tells a copy sent twice from a
+    frame number the detector repeated on another exposure (:func:`frame_digest`)."""
+    if not any(isinstance(m, ReferenceRows | ProjectionRows) for m in messages):
+        return messages
+    digest = frame_digest(data)
+    return [
+        dataclasses.replace(m, digest=digest) if isinstance(m, ReferenceRows | ProjectionRows) else m for m in messages
+    ]
 
 
 def _detector_of(data: npt.NDArray[np.generic]) -> DetectorInfo:
@@ -211,9 +224,9 @@ class FrameProcessor:
         assert self.geometry is not None and self.detector is not None
         if _detector_of(data) != self.detector:
             out.append(self._minority_frame(index, key, data, angle_deg, angle_measured, event, angle_row))
-            return out
+            return _with_digest(out, data)
         out.extend(self._process_frame(index, key, data, angle_deg, angle_measured, event, angle_row))
-        return out
+        return _with_digest(out, data)
 
     def _minority_frame(
         self,

@@ -302,7 +302,7 @@ class LiveScan:
             self.admission.counts["reference_copies"] += 1
             self.admission.counts["reference_copies_with_rows"] += 1
             return
-        if not self._ensure_detector(ref) or not self.admission.first_time(ref.frame_index, ref.event):
+        if not self._ensure_detector(ref) or not self.admission.first_time(ref.frame_index, ref.event, ref.digest):
             return
         self.admission.accept("darks" if ref.key == ImageKey.DARK else "flats")
         self._reference_frames.add(ref.frame_index)
@@ -346,7 +346,7 @@ class LiveScan:
             return
         if not self._ensure_detector(msg):
             return
-        if not self.admission.first_time(msg.frame_index, msg.event):
+        if not self.admission.first_time(msg.frame_index, msg.event, msg.digest):
             self._take_back_duplicate(msg)
             return
         self.admission.counts["frames"] += 1

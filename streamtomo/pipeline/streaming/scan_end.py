@@ -162,7 +162,11 @@ def say_if_frames_may_be_off(scan: LiveScan) -> None:
     """The scan's reason says when frames may sit at other frames' positions, which
     counts alone left unsaid: frame_base 'auto' looked wrong (frame_base_suspect), or
     the detector started a new series in the middle of the scan and its numbers
-    repeated (stins_header_mid_scan with duplicate_frame)."""
+    repeated (stins_header_mid_scan with duplicate_frame or frame_number_repeated), or
+    its counter repeated a number on another exposure (frame_number_repeated: a frame
+    goes to its PandA row, kind and slot by its number, so every later frame, numbered
+    one below its position, sat at its neighbour's angle and the scan 'finished' with
+    nothing said)."""
     rejected = scan.admission.rejected
     whys = []
     if rejected.get("frame_base_suspect"):
@@ -173,11 +177,20 @@ def say_if_frames_may_be_off(scan: LiveScan) -> None:
             f"{found} the detector's first frame number (frame_base_suspect): every frame may be one position "
             f"off; set frame_base {fix} and replay the scan"
         )
-    if rejected.get("stins_header_mid_scan") and rejected.get("duplicate_frame"):
+    repeated = [reason for reason in ("duplicate_frame", "frame_number_repeated") if rejected.get(reason)]
+    if rejected.get("stins_header_mid_scan") and repeated:
         whys.append(
             "the detector started a new series in the middle of the scan and its frame numbers repeated "
-            "(stins_header_mid_scan, duplicate_frame): frames after it may sit at other frames' positions and "
-            "angles; one series per scan"
+            f"(stins_header_mid_scan, {', '.join(repeated)}): frames after it may sit at other frames' positions "
+            "and angles; one series per scan"
+        )
+    elif scan.admission.repeated_numbers:
+        frame, first, second = scan.admission.repeated_numbers[0]
+        more = len(scan.admission.repeated_numbers) - 1
+        whys.append(
+            f"the detector's frame counter repeated frame {frame} on another exposure (events {first} and {second})"
+            f"{f' and {more} more' if more else ''} (frame_number_repeated): frames after it carry numbers below "
+            "their positions, and may sit at a neighbour's angle"
         )
     for why in whys:
         scan.add_reason(why)
@@ -186,7 +199,7 @@ def say_if_frames_may_be_off(scan: LiveScan) -> None:
 # Signs from the PandA itself that its rows and the detector's frames went out of step.
 PANDA_SIGNS = ("pcap_header_mid_scan", "pcap_missed_samples", "pcap_capture_incomplete")
 # The detector's own extra messages (its frames carry numbers: these harm nothing).
-DETECTOR_EXTRAS = ("duplicate_frame", "stins_header_mid_scan", "corrupt_frame")
+DETECTOR_EXTRAS = ("duplicate_frame", "frame_number_repeated", "stins_header_mid_scan", "corrupt_frame")
 
 
 def judge_stream_steps(scan: LiveScan) -> None:

@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
@@ -144,13 +145,20 @@ def test_a_broadcast_reference_is_a_copy_not_a_duplicate() -> None:
     assert scan.counts["reference_copies"] == 6 * 2
 
 
-def test_a_duplicate_at_another_angle_is_taken_out_of_the_live_slices() -> None:
+@pytest.mark.parametrize(
+    ("pixels_of", "reason"),
+    [
+        (20, "duplicate_frame"),  # the frame sent again, joined to another PandA row
+        (30, "frame_number_repeated"),  # another exposure under its number: the counter repeated it
+    ],
+)
+def test_a_duplicate_at_another_angle_is_taken_out_of_the_live_slices(pixels_of: int, reason: str) -> None:
     frames = make_frames()
     projection = frames[20]
-    moved = Frame(projection.index, projection.key, frames[30].data, frames[30].angle_deg)
+    moved = Frame(projection.index, projection.key, frames[pixels_of].data, frames[30].angle_deg)
     # The duplicate comes last: by then its worker has summed it into a partial sum.
     scan = run(stream([*frames, moved]), 2, config())
-    assert scan.rejected == {"duplicate_frame": 1}
+    assert scan.rejected == {reason: 1}
     reference = clean()
     assert np.array_equal(scan.sinogram.data, reference.sinogram.data)  # type: ignore[union-attr]
     assert rel(scan.slices(), reference.slices()) < 1e-5  # type: ignore[arg-type]
