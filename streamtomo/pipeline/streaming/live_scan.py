@@ -118,6 +118,9 @@ class LiveScan:
         # PandA's rows sat beside other frames there, whatever its count says.
         self.nominal_found = 0
         self._reference_frames: set[int] = set()
+        # (kind, frame index, mean level) of each dark and flat used: a dark as bright as
+        # the flats says the frames' kinds, so their positions, are off (scan_end).
+        self.reference_levels: list[tuple[ImageKey, int, float]] = []
         self.published: dict[str, ProductWrite] = {}  # what the last snapshot carried (snapshot.py)
         self._waiting_logged = False
         self.auto_center: float | None = None  # the estimate when center is 'auto'
@@ -306,6 +309,10 @@ class LiveScan:
             return
         self.admission.accept("darks" if ref.key == ImageKey.DARK else "flats")
         self._reference_frames.add(ref.frame_index)
+        # A grid of its pixels is enough for a level: microseconds, not a pass over the frame.
+        grid = ref.rows[:: max(1, ref.rows.shape[0] // 64), :: max(1, ref.rows.shape[1] // 64)]
+        level = float(np.mean(grid, dtype=np.float64))  # type: ignore[arg-type]  # integer or float pixels
+        self.reference_levels.append((ref.key, ref.frame_index, level))
         self.references.add(ref.key, ref.frame_index, ref.rows)
         self._advance()
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Collection
+import statistics
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +24,7 @@ from streamtomo.pipeline.formats.pcap_checks import PandaCount, frames_and_came,
 from streamtomo.pipeline.reconstruction.backends.common import coverage_warnings_logged
 from streamtomo.pipeline.reconstruction.cor import auto_center
 from streamtomo.pipeline.reconstruction.fbp import angular_weights
+from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.contributions import FrameKey
 
 if TYPE_CHECKING:
@@ -113,8 +115,50 @@ def warn_if_base_looks_off(scan: LiveScan) -> None:
         scan.config.angle_stream,
         panda_rows(scan.panda_ends, scan.angle_join.rows.keys()),
     )
+    if not text and scan.config.kind_rule == "counts":
+        text = misfiled_references_notice(scan.reference_levels, scan.config.fixed_frame_base())
     if text:
         scan.admission.notice("frame_base_suspect", text)
+
+
+def misfiled_references_notice(levels: Sequence[tuple[ImageKey, int, float]], fixed: int | None) -> str:
+    """Why the darks and flats look filed under the wrong kind ('' where they do not).
+
+    With kinds by position (kind_rule counts), a detector that counts from 0 and lost
+    its first image looks to frame_base 'auto' like one that counts from 1: every frame
+    one position early, the first flat taken for the last dark, and every projection
+    at its neighbour's angle, with nothing in the counts to tell (a review found all
+    59 slots wrong). Its pixels tell: that "dark" is as bright as the flats."""
+    darks = [(index, level) for key, index, level in levels if key == ImageKey.DARK]
+    flats = [(index, level) for key, index, level in levels if key == ImageKey.FLAT]
+    if not darks or not flats:
+        return ""
+    dark, flat = statistics.median(v for _, v in darks), statistics.median(v for _, v in flats)
+    if not flat > dark:
+        return ""  # references that are unusable altogether say so themselves (unusable_references)
+    middle = (dark + flat) / 2
+    bright = [index for index, level in darks if level > middle]
+    dim = [index for index, level in flats if level < middle]
+    if not bright and not dim:
+        return ""
+    seen = "; ".join(
+        part
+        for part in (
+            f"dark frame(s) {bright[:3]} as bright as the flats" if bright else "",
+            f"flat frame(s) {dim[:3]} as dim as the darks" if dim else "",
+        )
+        if part
+    )
+    base = (
+        "frame_base 'auto' took the first image's number as the scan's first"
+        if fixed is None
+        else (f"frame_base {fixed} may not be the detector's first frame number")
+    )
+    return (
+        f"{seen}: the frames' kinds, so their positions and angles, may be off by one or more ({base}; a "
+        "detector that counts from 0 and lost its first image looks like one that counts from 1). Check "
+        "frame_base and replay the scan"
+    )
 
 
 def base_off_notice(
@@ -172,7 +216,11 @@ def say_if_frames_may_be_off(scan: LiveScan) -> None:
     if rejected.get("frame_base_suspect"):
         fixed = scan.config.fixed_frame_base()
         found = "frame_base 'auto' found" if fixed is None else f"frame_base {fixed} does not match"
-        fix = "(1 for the Orca at DanMAX)" if fixed is None else "as frame_base_suspect says"
+        fix = (
+            "(the detector's first frame number: 1 for the Orca at DanMAX)"
+            if fixed is None
+            else "as frame_base_suspect says"
+        )
         whys.append(
             f"{found} the detector's first frame number (frame_base_suspect): every frame may be one position "
             f"off; set frame_base {fix} and replay the scan"

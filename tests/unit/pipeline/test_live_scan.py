@@ -758,3 +758,19 @@ def test_sets_workers_do_not_build_are_not_taken_for_theirs() -> None:
     assert not built_by_workers(config(), first, "float32")  # float sums depend on their order
     assert not built_by_workers(config(n_flats_after=3), interpolated, "uint16")  # the reducer's at the end
     assert not built_by_workers(config(n_darks_before=4), first, "uint16")  # not the batch workers expect
+
+
+def test_darks_and_flats_filed_under_the_wrong_kind_are_noticed() -> None:
+    from streamtomo.pipeline.streaming.scan_end import misfiled_references_notice
+
+    dark, flat = ImageKey.DARK, ImageKey.FLAT
+    clean = [(dark, 0, 100.0), (dark, 1, 101.0), (flat, 2, 20000.0), (flat, 3, 19800.0)]
+    assert misfiled_references_notice(clean, None) == ""
+    shifted = [(dark, 0, 100.0), (dark, 1, 20100.0), (flat, 2, 20000.0), (flat, 3, 9000.0)]
+    text = misfiled_references_notice(shifted, None)
+    assert "dark frame(s) [1] as bright as the flats" in text and "flat frame(s) [3] as dim as the darks" in text
+    assert "frame_base 'auto'" in text
+    assert "frame_base 1 may not be" in misfiled_references_notice(shifted, 1)
+    assert misfiled_references_notice([(dark, 0, 100.0)], None) == ""  # no flats: nothing to compare
+    swapped = [(dark, 0, 20000.0), (flat, 1, 100.0)]  # unusable_references says that one
+    assert misfiled_references_notice(swapped, None) == ""

@@ -531,3 +531,33 @@ def test_a_frame_sent_twice_is_a_duplicate_and_nothing_more(workers: int) -> Non
     scan = run_scan(events_by_stream(detector, angle), config(), workers)
     assert scan.rejected.get("duplicate_frame") == 1 and "frame_number_repeated" not in scan.rejected
     assert "repeated frame" not in scan.reason
+
+
+def _counting_from_0(detector: list[list[bytes]]) -> list[list[bytes]]:
+    """The scan from a detector that numbers its images from 0 (dranspose's recordings)."""
+    out = []
+    for parts in detector:
+        head = json.loads(parts[0])
+        if head.get("htype") == "image":
+            head["frame"] -= 1
+        out.append([json.dumps(head).encode(), *parts[1:]])
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_detector_counting_from_0_that_lost_its_first_image_is_named(
+    workers: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """frame_base 'auto' took 1 from the first image that came: every frame one
+    position early, a flat filed as the last dark, every projection at its neighbour's
+    angle, and nothing said (all 59 slots of a review's scan wrong). The pixels say it:
+    that "dark" is as bright as the flats."""
+    detector, angle = split(danmax_scan(ANGLES))
+    detector = _counting_from_0(detector)
+    del detector[1]  # image 0 (the first dark) never came
+    scan = run_scan(events_by_stream(detector, angle), config(), workers)
+    assert scan.rejected["frame_base_suspect"] == 1
+    assert "as bright as the flats" in caplog.text  # the notice, logged once at WARNING
+    assert "frame_base_suspect" in scan.reason
+    fixed = run_scan(events_by_stream(detector, angle), {**config(), "frame_base": "0"}, workers)
+    assert "frame_base_suspect" not in fixed.rejected and fixed.lost_frames() == [(0, 0)]
