@@ -311,6 +311,18 @@ class TomoWorker:
             result.items.append(StreamEnded())
             return message
         assert isinstance(message, StinsImage)
+        if event_number == 0:
+            # A series' header is event 0: here an image came first, so the detector's
+            # stream is one message short, which the stream-step judgement must know
+            # (it blamed the PandA: "projections may sit at a neighbour's angle").
+            result.items.append(
+                Rejected.notice(
+                    "stins_header_missing",
+                    f"event 0 brought detector image {message.frame}, not the series' header: the detector stream "
+                    "is one message short",
+                    event_number,
+                )
+            )
         self._image(message, event_number, angle, angle_error, config, result)
         return message
 

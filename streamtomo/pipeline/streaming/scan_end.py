@@ -306,6 +306,7 @@ def judge_stream_steps(scan: LiveScan) -> None:
         else:  # no layout (kind_rule header): the gaps in the frame numbers that came
             lost = max(seen) + 1 - len(seen) if seen else 0
         lost += 0 if scan.stream_ended else 1  # the detector's series_end is a message too
+        lost += rejected.get("stins_header_missing", 0)  # and so is its header
         extras = sum(rejected.get(reason, 0) for reason in DETECTOR_EXTRAS)
         explained = not pandas_signs and ((more and not fewer and lost > 0) or (fewer and not more and extras > 0))
         if explained and not found:

@@ -561,3 +561,16 @@ def test_a_detector_counting_from_0_that_lost_its_first_image_is_named(
     assert "frame_base_suspect" in scan.reason
     fixed = run_scan(events_by_stream(detector, angle), {**config(), "frame_base": "0"}, workers)
     assert "frame_base_suspect" not in fixed.rejected and fixed.lost_frames() == [(0, 0)]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_detector_stream_without_its_header_is_named_and_not_blamed_on_the_panda(workers: int) -> None:
+    """Every frame was placed right, yet the reason said the PandA went out of step and
+    projections may sit at a neighbour's angle: the header's absence explained it."""
+    detector, angle = split(danmax_scan(ANGLES))
+    del detector[0]  # the series' header never came: event 0 brings the first image
+    scan = run_scan(events_by_stream(detector, angle), {**config(), "frame_base": "1"}, workers)
+    assert scan.rejected == {"stins_header_missing": 1}
+    assert OUT_OF_STEP not in scan.reason
+    clean = run_scan(danmax_scan(ANGLES), config(), workers)
+    assert _slots_hold_their_own_projection(scan, clean) == []
