@@ -4,12 +4,14 @@ Routes are what h5pyd 1.0 (``h5pyd/hsds_plugin.py``, ``httpconn.py``,
 ``_hl/acl_manager.py``, ``_hl/folders.py``), h5web's ``HsdsProvider`` and a browser
 doing binary fetches ask for. Anything that would write answers 403.
 
-Data path: the selection is parsed on the event loop, the selected block is copied
-out of the live numpy array by an executor thread holding ``domain.lock`` (only the
-block, never the whole array), and the copy is serialised and streamed with the lock
-released.
+Data path: the id is resolved under ``domain.lock`` (its shape and dtype; an id
+encodes both, so they are fixed for it), the selection is parsed once against that
+shape without the lock (a query string on the event loop, a POST body in an executor
+thread), the selected block is copied out of the live numpy array by an executor
+thread holding ``domain.lock`` (only the block, never the whole array), and the copy
+is serialised and streamed with the lock released.
 
-Why one module of about 600 lines: it is the whole HSDS dialect the server speaks,
+Why one module of about 800 lines: it is the whole HSDS dialect the server speaks,
 route by route, and each handler is short; split by route, the shared request
 checks (domain pinning, selections, limits) would be imported back into each piece.
 """
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from streamtomo.hsds_bridge import rest_objects as objs
 from streamtomo.hsds_bridge.domain import DomainDataset, DomainGroup
@@ -130,7 +132,13 @@ def _group(served: ServedDomain, obj_id: str) -> DomainGroup:
 
 
 def _href(request: web.Request, path: str, domain: str | None = None) -> str:
-    url = request.url.origin().with_path(path)
+    try:
+        origin = request.url.origin()
+    except ValueError:  # yarl: "URL should be absolute", "Port out of range", ...
+        # A Host that is no host[:port] ("[", "a:b:c", ":99999"): HTTP/1.1 answers 400
+        # (RFC 9112, 3.2); it was a 500 with a traceback.
+        raise RestError(400, f"malformed Host header {request.host!r}") from None
+    url = origin.with_path(path)
     return str(url.with_query(domain=domain) if domain else url)
 
 
@@ -476,62 +484,117 @@ async def post_value(request: web.Request) -> web.StreamResponse:
     # Not request.content_type: aiohttp reports octet-stream when the header is
     # missing, and h5pyd sends its long-select JSON bodies without a Content-Type.
     _refuse_queries(request)
+    # Bodies (up to 16 MiB of binary points, 1 MiB of JSON) are parsed in the read pool,
+    # not on the event loop: about 0.1 s of CPU for the largest.
     if OCTET in request.headers.get("Content-Type", ""):
-        raw = await request.read()
-        return await _value(request, lambda shape: parse_points(raw, shape))
+        raw = await _read_body(request)
+        return await _value(request, lambda shape: parse_points(raw, shape), in_pool=True)
     body = await _json_body(request)
     _refuse_queries(request, body)
     if "points" in body and ("select" in body or "select" in request.query):
         raise RestError(400, "give either points or select, not both")
     if "points" in body:
-        return await _value(request, lambda shape: parse_points(body["points"], shape))
+        return await _value(request, lambda shape: parse_points(body["points"], shape), in_pool=True)
     select = body.get("select") or request.query.get("select")
     if not isinstance(select, str):
         raise RestError(400, "POST value expects 'points' or a 'select' string in the JSON body")
-    return await _value(request, lambda shape: parse_select(select, shape))
+    return await _value(request, lambda shape: parse_select(select, shape), in_pool=True)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not gzip
+        # Its text is "400, message:\n  Can not decode content-encoding: gzip"; the cause
+        # (aiohttp's HttpProcessingError) holds the reason alone.
+        reason = getattr(exc.__cause__, "message", "") or str(exc).rsplit("\n", 1)[-1].strip()
+        raise RestError(400, f"request body could not be read: {reason or 'malformed'}") from None
 
 
 async def _json_body(request: web.Request) -> JsonDict:
+    """The JSON object in the body, at most ``Limits.max_json_request_body`` bytes.
+
+    Decoded on the event loop: json.loads holds the GIL throughout, so an executor
+    thread would stall the loop just as long; the size cap is what bounds that (see
+    ``Limits.max_json_request_body``). h5pyd sends points in binary, which is not
+    capped by this.
+    """
+    limit = _registry(request).limits.max_json_request_body
+    declared = request.content_length
+    if declared is not None and declared > limit:  # refused before reading it
+        raise _json_too_large(declared, limit)
+    raw = await _read_body(request)
+    if len(raw) > limit:  # chunked, or gzip that inflated
+        raise _json_too_large(len(raw), limit)
+    charset = request.charset or "utf-8"
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # the last: "[[[[..." nested deep
+        text = raw.decode(charset)
+    except LookupError:  # no such codec ("nonexistent"), or not a text one ("base64")
+        raise RestError(400, f"unknown charset {charset!r} in Content-Type") from None
+    except ValueError:  # UnicodeDecodeError and the other UnicodeErrors of odd codecs
+        raise RestError(400, f"request body is not valid {charset} text") from None
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):  # the last: "[[[[..." nested deep
         raise RestError(400, "request body is not valid JSON") from None
+    except ValueError:  # int("9" * 5000) in the decoder: Python reads at most 4300 digits
+        raise RestError(400, "request body holds a number with too many digits to read") from None
     if not isinstance(body, dict):
         raise RestError(400, "request body must be a JSON object")
     return body
 
 
-async def _value(request: web.Request, make_selection: Callable[[tuple[int, ...]], Selection]) -> web.StreamResponse:
+def _json_too_large(nbytes: int, limit: int) -> RestError:
+    return RestError(
+        413,
+        f"JSON request body of {nbytes} bytes exceeds the {limit}-byte limit: "
+        "send points as binary uint64 (Content-Type: application/octet-stream)",
+    )
+
+
+async def _value(
+    request: web.Request, make_selection: Callable[[tuple[int, ...]], Selection], *, in_pool: bool = False
+) -> web.StreamResponse:
+    """Answer the selection ``make_selection`` makes for the dataset's shape.
+
+    ``in_pool``: parse in the read pool (a POST body) rather than on the event loop (a
+    query string, at most 8 KiB).
+    """
     served = _served(request)
     registry = _registry(request)
     obj_id = request.match_info["id"]
     binary = _wants_binary(request)
 
-    def selected() -> tuple[DomainDataset, Selection]:
+    def resolve() -> tuple[tuple[int, ...], np.dtype[Any]]:
         ds = _dataset(served, obj_id)
+        return ds.shape, ds.dtype
+
+    def parse() -> Selection:
         try:
-            sel = make_selection(ds.shape)
+            return make_selection(shape)
         except SelectionError as exc:
             raise RestError(400, f"invalid selection: {exc}") from None
-        _check_size(registry, sel, ds, binary)
-        return ds, sel
-
-    def size() -> int:
-        ds, sel = selected()
-        return selection_size(sel) * itemsize_estimate(ds.dtype)
 
     def read() -> npt.NDArray[Any]:
-        # Under domain.lock: parse against the current shape, check the size, copy
-        # only the selected block. Serialisation happens after the lock is released.
-        ds, sel = selected()
+        # Under domain.lock: copy only the selected block. Serialisation happens after
+        # the lock is released.
+        ds = _dataset(served, obj_id)
+        if ds.shape != shape:
+            # Cannot happen while ids encode the shape (a new shape is a new id: 410
+            # above); checked because ``sel`` must never index an array of another shape.
+            raise RestError(410, f"dataset {ds.path} was replaced (new shape): reopen the file")
         block = extract(ds.array, sel)
         ds.zero_unwritten(block, lambda unwritten: extract(unwritten, sel))
         return block
 
+    # domain.lock only for the id: parsing under it (twice, 4 s for a 15 MiB JSON
+    # point list) held the reducer's updates and every other reader of the domain.
+    shape, dtype = await registry.run_locked(served, resolve)
+    sel = await registry.run(parse) if in_pool else parse()
+    nbytes = _checked_size(registry, sel, dtype, binary)
     # The cost is known before any copy: a large read first waits for a slot of its
     # client (and of the server), so one reader cannot fill the thread pool or the
     # memory while small reads (status, one slice) go straight through.
-    nbytes = await registry.run_locked(served, size)
     async with registry.read_slot(request.remote or "", nbytes):
         block = await registry.run_locked(served, read)
         if binary:
@@ -571,12 +634,14 @@ async def _send_chunks(
     return response
 
 
-def _check_size(registry: DomainRegistry, sel: Selection, ds: DomainDataset, binary: bool) -> None:
-    nbytes = selection_size(sel) * itemsize_estimate(ds.dtype)
+def _checked_size(registry: DomainRegistry, sel: Selection, dtype: np.dtype[Any], binary: bool) -> int:
+    """The bytes ``sel`` selects; 413 beyond the limit of the answer's format."""
+    nbytes = selection_size(sel) * itemsize_estimate(dtype)
     limit = registry.limits.max_response_bytes if binary else registry.limits.max_json_bytes
     if nbytes > limit:
         how = "" if binary else " (ask for Accept: application/octet-stream: JSON has a much lower cap)"
         raise RestError(413, f"selection of {nbytes} bytes exceeds the {limit}-byte limit{how}")
+    return nbytes
 
 
 async def _send_binary(request: web.Request, registry: DomainRegistry, block: npt.NDArray[Any]) -> web.StreamResponse:
@@ -614,6 +679,24 @@ def _reason(message: str) -> str:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await _answer(request, handler)
+    failed = isinstance(request.content.exception(), web.RequestPayloadError)
+    if failed or (hdrs.CONTENT_ENCODING in request.headers and not request.content.is_eof()):
+        # A body that fails to decode (gzip that is not gzip) leaves the connection
+        # unusable, and aiohttp, reading the rest of it after the answer, logs that at
+        # ERROR ("Unhandled exception"), also where the handler never read the body (a
+        # 403): send the answer, then close. No client of ours compresses its requests.
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            log.debug("client went away during %s %s", request.method, request.path)
+        request.protocol.force_close()
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's response, or the JSON error answer for what it raised."""
     registry = _registry(request)
     registry.counters.add(requests=1)
     try:
@@ -629,10 +712,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         message = exc.text or exc.reason
         if status == 405:
             status, message = 403, f"this HDF REST server is read-only: {request.method} is not allowed"
-    except (ConnectionResetError, ConnectionError):
-        log.debug("client went away during %s %s", request.method, request.path)
-        raise
     except Exception as exc:  # answer JSON, never a bare traceback page
+        if isinstance(exc, ConnectionError) and _client_gone(request):
+            # The client disconnected (mid-download, mid-upload): no error of ours. Not
+            # re-raised: aiohttp logs whatever a handler raises at ERROR with a
+            # traceback. The response returned instead cannot be written to the closed
+            # connection, which aiohttp notes at debug ("premature client disconnection").
+            log.debug("client went away during %s %s: %s", request.method, request.path, exc)
+            return web.Response(status=499, reason="Client Closed Request")
         log.exception("error serving %s %s", request.method, request.path_qs)
         status, message = 500, f"internal error: {type(exc).__name__}: {exc}"
     registry.counters.record_status(status, message)
@@ -641,6 +728,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     else:
         log.info("%s %s -> %d %s", request.method, request.path_qs, status, message)
     return _json({"status": status, "message": message}, status=status, reason=_reason(message))
+
+
+def _client_gone(request: web.Request) -> bool:
+    """The client's connection is closed or closing (a ConnectionError with it still
+    open is a real error)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _allowed_origin(request: web.Request) -> str | None:

@@ -69,7 +69,12 @@ class Limits:
     # (rest_types.array_json_pieces, in pieces so other threads run in between). 16 MiB:
     # one 2048 x 2048 float32 slice, what h5web (JSON only) asks to show one image.
     max_json_bytes: int = 16 << 20
-    max_request_body: int = 16 << 20  # point lists in POST bodies
+    max_request_body: int = 16 << 20  # point lists in POST bodies (binary uint64, as h5pyd sends them)
+    # JSON bodies (a long select, points as JSON, attr_names): json.loads holds the GIL
+    # throughout, ~30 ms per MiB of points, stalling every thread (the event loop and the
+    # reducer included); unbounded, 15 MiB held every reader for seconds. 1 MiB: a
+    # select of ~150000 coordinates, or ~100000 points as JSON.
+    max_json_request_body: int = 1 << 20
     large_read_bytes: int = 1 << 20  # reads above this take a slot ...
     large_reads_per_client: int = 2  # ... of which one client (address) holds at most this many
     large_reads_total: int = 4  # ... and all clients together this many (fewer than the pool's threads)

@@ -135,7 +135,10 @@ def _parse_index(token: str, extent: int, axis: int) -> slice:
 
 def _parse_list(token: str, extent: int, axis: int) -> npt.NDArray[np.intp]:
     items = [t.strip() for t in token[1:-1].split(",") if t.strip()]
-    coords = np.array([_parse_int(t, "coordinate", axis) for t in items], dtype=np.intp)
+    try:
+        coords = np.array([_parse_int(t, "coordinate", axis) for t in items], dtype=np.intp)
+    except OverflowError:  # beyond intp (either sign): far outside any extent
+        raise SelectionError(f"select axis {axis}: coordinate out of range 0..{extent - 1}") from None
     if coords.size and (coords.min() < 0 or coords.max() >= extent):
         raise SelectionError(f"select axis {axis}: coordinate out of range 0..{extent - 1}")
     return coords
@@ -189,7 +192,10 @@ def parse_points(raw: Any, shape: tuple[int, ...]) -> Points:
             coords = np.asarray(raw, dtype=np.intp)
         except (TypeError, ValueError, OverflowError):
             raise SelectionError("points must be a list of integer coordinates") from None
-        coords = coords.reshape(-1, 1) if rank == 1 and coords.ndim == 1 else coords
+        if coords.ndim == 1 and (rank == 1 or coords.size == 0):
+            # [1, 5, 9] on a rank-1 dataset; [] is no point at all, as an empty binary
+            # body is (HSDS answers an empty JSON point list with an empty value too).
+            coords = coords.reshape(-1, rank)
         if coords.ndim != 2 or coords.shape[1] != rank:
             raise SelectionError(f"points must be a list of {rank}-element coordinates")
     if coords.size and ((coords < 0).any() or (coords >= np.asarray(shape)).any()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import socket
 import threading
 import time
@@ -23,7 +24,7 @@ from streamtomo.hsds_bridge.domain import Domain
 from streamtomo.hsds_bridge.publisher import Publisher
 from streamtomo.hsds_bridge.rest_ids import make_id, node_id, parse_id
 from streamtomo.hsds_bridge.rest_registry import Limits
-from streamtomo.hsds_bridge.rest_select import Selection, extract, parse_select
+from streamtomo.hsds_bridge.rest_select import Selection, extract, parse_points, parse_select
 from streamtomo.hsds_bridge.rest_server import HdfRestServer
 from tests.support.publisher_contract import PublisherContract, as_python, make_scan_domain, open_file
 
@@ -715,3 +716,217 @@ def test_chunks_stay_within_the_shape_when_the_array_is_swapped(server: HdfRestS
         vol = f["/entry/vol"]
         assert vol.shape == (2, 8, 8) and vol.chunks == (1, 8, 8)
         np.testing.assert_array_equal(vol[:], np.ones((2, 8, 8), np.float32))
+
+
+# -- long selections, client input, disconnects ----------------------------------------------
+def _post_value(server: HdfRestServer, domain: Domain, data: bytes, content_type: str | None) -> requests.Response:
+    headers = {"Accept": "application/octet-stream"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    url = f"{server.url}/datasets/{sino_id(domain)}/value"
+    return requests.post(url, params={"domain": domain.name}, data=data, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        (np.array([[0, 0, 0], [1, 2, 3]], "<u8").tobytes(), rest_app.OCTET),  # h5pyd's points
+        (b'{"points": [[0, 0, 0], [1, 2, 3]]}', "application/json"),
+        (b'{"select": "[[0,1],[0,2],[0,3]]"}', None),  # h5pyd's long select: JSON without a Content-Type
+    ],
+    ids=["binary-points", "json-points", "json-select"],
+)
+def test_a_posted_selection_is_parsed_once_in_the_pool_without_domain_lock(
+    server: HdfRestServer, domain: Domain, monkeypatch: pytest.MonkeyPatch, data: bytes, content_type: str | None
+) -> None:
+    """Parsing 15 MiB of points took seconds, under domain.lock and twice: the reducer's
+    updates and every reader of the domain waited for it. The test holds the parse
+    itself, so nothing depends on the machine's speed."""
+    threads: list[str] = []
+    parsing, gate = threading.Event(), threading.Event()
+
+    def held(parse: Any) -> Any:
+        def parse_held(raw: Any, shape: tuple[int, ...]) -> Any:
+            if raw is not None:  # the POST's, not the small GET's (no select)
+                threads.append(threading.current_thread().name)
+                parsing.set()
+                gate.wait(60)  # bounded: a test that fails still ends
+            return parse(raw, shape)
+
+        return parse_held
+
+    monkeypatch.setattr(rest_app, "parse_points", held(parse_points))
+    monkeypatch.setattr(rest_app, "parse_select", held(parse_select))
+    answers: list[requests.Response] = []
+    poster = threading.Thread(target=lambda: answers.append(_post_value(server, domain, data, content_type)))
+    poster.start()
+    try:
+        assert parsing.wait(30), "the selection was never parsed"
+        # What the reducer does for each update; it waited for the whole parse.
+        assert domain.lock.acquire(timeout=10), "domain.lock is held while the selection is parsed"
+        domain.lock.release()
+        small = get(server, f"/datasets/{dataset_id(domain, '/entry/status/frames_received')}/value")
+        assert small.json()["value"] == 0
+    finally:
+        gate.set()
+    poster.join(30)
+    assert answers and answers[0].status_code == 200, answers and answers[0].text
+    sino = domain.dataset(SINO).array
+    np.testing.assert_array_equal(np.frombuffer(answers[0].content, np.float32), [sino[0, 0, 0], sino[1, 2, 3]])
+    assert len(threads) == 1 and threads[0].startswith("hdf-rest-read"), threads  # once, off the event loop
+
+
+def test_json_bodies_above_their_cap_are_413_and_binary_points_still_go(domain: Domain) -> None:
+    """JSON decoding holds the GIL (every thread waits): JSON bodies are capped far below
+    the 16 MiB that binary points may take. Checked on the declared length and, for a
+    chunked body, on what arrived."""
+    with HdfRestServer(limits=Limits(max_json_request_body=4096)) as srv:
+        srv.start(domain)
+        points = [[i % 12, i % 16, i % 24] for i in range(1000)]
+        body = json.dumps({"points": points}).encode()
+        assert len(body) > 4096
+        for data in (body, iter([body[:3000], body[3000:]])):  # Content-Length, then chunked
+            answer = _post_value(srv, domain, data, "application/json")  # type: ignore[arg-type]
+            assert answer.status_code == 413, answer.text
+            assert "octet-stream" in answer.json()["message"]
+        binary = _post_value(srv, domain, np.array(points, "<u8").tobytes(), "application/octet-stream")
+        assert binary.status_code == 200
+        coords = np.array(points).T
+        np.testing.assert_array_equal(
+            np.frombuffer(binary.content, np.float32), domain.dataset(SINO).array[tuple(coords)]
+        )
+
+
+@pytest.mark.parametrize("select", ["[[99999999999999999999],:,:]", "[[-99999999999999999999],:,:]"])
+def test_coordinates_beyond_int64_are_400(server: HdfRestServer, domain: Domain, select: str) -> None:
+    answer = get(server, f"/datasets/{sino_id(domain)}/value", params={"select": select})
+    assert answer.status_code == 400, answer.text  # was a 500 (OverflowError)
+    assert "out of range" in answer.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("target", "data", "content_type", "needle"),
+    [
+        ("value", b'{"points": [[0, 0, 0]]}', "application/json; charset=nonexistent", "charset"),
+        ("attributes", b'{"attr_names": []}', "application/json; charset=nonexistent", "charset"),
+        ("attributes", b'{"attr_names": []}', "application/json; charset=base64", "charset"),  # not a text codec
+        ("value", b'{"points": [[0, 0, ' + b"9" * 5000 + b"]]}", "application/json", "too many digits"),
+        ("attributes", b'{"attr_names": ' + b"9" * 5000 + b"}", "application/json", "too many digits"),
+        ("value", b'{"points": [[0, 0, 0]]}', "application/json; charset=utf-32", "not valid utf-32"),
+    ],
+)
+def test_undecodable_json_bodies_are_400(
+    server: HdfRestServer, domain: Domain, target: str, data: bytes, content_type: str, needle: str
+) -> None:
+    path = {
+        "value": f"/datasets/{sino_id(domain)}/value",
+        "attributes": f"/groups/{make_id(domain.name, 'groups', '/')}/attributes",
+    }[target]
+    answer = requests.post(
+        server.url + path, params={"domain": domain.name}, data=data, headers={"Content-Type": content_type}, timeout=10
+    )
+    assert answer.status_code == 400, answer.text  # were 500s (LookupError, ValueError)
+    assert needle in answer.json()["message"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/octet-stream"])
+def test_a_body_that_is_not_its_content_encoding_is_400(
+    server: HdfRestServer, domain: Domain, content_type: str
+) -> None:
+    url = f"{server.url}/datasets/{sino_id(domain)}/value"
+    headers = {"Content-Type": content_type, "Content-Encoding": "gzip"}
+    answer = requests.post(url, params={"domain": domain.name}, data=b"not gzip at all", headers=headers, timeout=10)
+    assert answer.status_code == 400, answer.text  # was a 500 (RequestPayloadError)
+    assert answer.json()["message"] == "request body could not be read: Can not decode content-encoding: gzip"
+    for _ in range(5):  # a route that never reads the body: aiohttp read it after the answer
+        refused = requests.post(f"{server.url}/about", data=b"not gzip" * 1000, headers=headers, timeout=10)
+        assert refused.status_code == 403
+
+
+def _raw_get(url: str, target: str, host: str) -> tuple[int, bytes]:
+    """GET ``target`` with this exact Host header (requests would send a valid one)."""
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
+        conn.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.parametrize("host", ["[", "a:b:c", "host:port", ":99999", "@"])
+def test_a_malformed_host_header_is_400_not_500(server: HdfRestServer, domain: Domain, host: str) -> None:
+    # The answers that carry hrefs build them from Host; the others need no Host at all.
+    status, body = _raw_get(server.url, f"/?domain={domain.name}", host)
+    assert status == 400, body
+    assert "Host" in json.loads(body)["message"]
+    assert _raw_get(server.url, "/about", host)[0] == 200
+
+
+def _disconnect_mid_download(url: str) -> None:
+    conn, body, _ = _stalled_binary_read(url)
+    body.close()
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # close with RST
+    conn.close()
+
+
+def _disconnect_mid_upload(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
+        conn.sendall(
+            f"POST {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Content-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n".encode()
+            + b"\0" * 4096
+        )
+        time.sleep(0.2)  # the handler is reading the body when the connection goes
+
+
+@pytest.mark.parametrize("disconnect", [_disconnect_mid_download, _disconnect_mid_upload], ids=["download", "upload"])
+def test_a_client_that_disconnects_is_a_debug_line_not_an_error(
+    caplog: pytest.LogCaptureFixture, disconnect: Any
+) -> None:
+    """aiohttp logged "Error handling request ... Connection lost" at ERROR with a
+    traceback for every reader that closed its connection early (the error-log
+    fixture fails the test on it)."""
+    caplog.set_level(logging.DEBUG, logger=rest_app.__name__)
+    big = Domain("/big.h5")
+    big.create_dataset("/x", np.zeros((64, 256, 256), np.float32))
+    with HdfRestServer() as srv:
+        srv.start(big)
+        disconnect(f"{srv.url}/datasets/{dataset_id(big, '/x')}/value?domain={big.name}")
+        deadline = time.monotonic() + 20
+        while not any("client went away" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the server never noticed the disconnect"
+            time.sleep(0.05)
+        assert requests.get(f"{srv.url}/about", timeout=5).status_code == 200
+        assert srv.stats().errors == 0
+    # Closed (in-flight requests finished): whatever aiohttp logs for it is in caplog.
+
+
+@pytest.mark.allow_error_logs
+def test_a_connection_error_with_the_client_still_there_is_a_500(
+    server: HdfRestServer, domain: Domain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a closed client connection makes a ConnectionError a disconnect."""
+
+    def broken(array: npt.NDArray[Any], sel: Selection) -> npt.NDArray[Any]:
+        raise ConnectionRefusedError("something of ours")
+
+    monkeypatch.setattr(rest_app, "extract", broken)
+    answer = get(server, f"/datasets/{sino_id(domain)}/value")
+    assert answer.status_code == 500
+    assert "ConnectionRefusedError" in answer.json()["message"]
+    assert server.stats().errors == 1
+
+
+def test_no_points_read_as_no_values_in_json_and_in_binary(server: HdfRestServer, domain: Domain) -> None:
+    """An empty point list is an empty selection, whichever way it is sent (HSDS answers
+    JSON ``{"points": []}`` with an empty value); JSON used to be 400 for rank > 1."""
+    url = f"{server.url}/datasets/{sino_id(domain)}/value"
+    params = {"domain": domain.name}
+    as_json = requests.post(url, params=params, json={"points": []}, timeout=10)
+    as_binary = requests.post(url, params=params, data=b"", headers={"Content-Type": rest_app.OCTET}, timeout=10)
+    assert (as_json.status_code, as_json.json()["value"]) == (200, [])
+    assert (as_binary.status_code, as_binary.json()["value"]) == (200, [])
+    assert requests.post(url, params=params, json={"points": [[]]}, timeout=10).status_code == 400
