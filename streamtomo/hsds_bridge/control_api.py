@@ -48,7 +48,7 @@ from typing import Any
 from aiohttp import web
 
 from streamtomo.hsds_bridge.credentials import open_to_others
-from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, env_port, read_limited
+from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, BodyError, env_port, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,12 @@ async def post_parameter(request: web.Request) -> web.Response:
         return _error(400, f"parameter {name!r} cannot be changed live; allowed: {list(LIVE_PARAMETERS)}")
     if request.content_type != JSON:
         return _error(415, f'send the value as {JSON}: {{"value": ...}}')
-    body = await read_limited(request, MAX_BODY)
+    try:
+        body = await read_limited(request, MAX_BODY)
+    except BodyError as error:  # "gzip" that is not (was a bare 500), or too slow: the client's fault
+        refused = _error(error.status, str(error))
+        refused.force_close()  # where this request ends is unknown: no next one on this connection
+        return refused
     if len(body) > MAX_BODY:
         return _error(413, f"a parameter change is at most {MAX_BODY} bytes")
     try:

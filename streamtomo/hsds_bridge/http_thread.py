@@ -6,35 +6,67 @@ thread belongs to someone else (dranspose, the CLI), so each gets a loop thread:
 stops the loop and joins the thread.
 
 Each connection is guarded (:class:`GuardedConnection`), since aiohttp has no limit of
-its own on either: a connection must complete its first request's headers within
-:data:`HEADER_TIMEOUT_S` (aiohttp's keep-alive timer covers later requests), and a
-listener holds at most :data:`MAX_CONNECTIONS`, :data:`MAX_CONNECTIONS_PER_CLIENT` of
-them from one address, closing new ones beyond. Without them
-a client that opened connections and sent half a request line held each one for good:
-1100 of them took every file descriptor of the reducer's process (its scan's too),
-and the live port, which a chart may put on the network unauthenticated, stopped
-answering.
+its own on any of these: a connection must complete its first request's headers within
+:data:`HEADER_TIMEOUT_S` (aiohttp's keep-alive timer covers later requests); a request's
+body, once :data:`BODY_TIMEOUT_S` have passed, must have come at :data:`MIN_BODY_RATE`
+on average, or its read fails (408) and the connection is closed; and a listener holds
+at most :data:`MAX_CONNECTIONS`, :data:`MAX_CONNECTIONS_PER_CLIENT` of them from one
+client (every loopback address is one client: :func:`client_of`), closing new ones beyond.
+Without them a client that opened connections and sent half a request line held each
+one for good: 1100 of them took every file descriptor of the reducer's process (its
+scan's too), and the live port, which a chart may put on the network unauthenticated,
+stopped answering. With the headers guarded alone, 256 connections that sent whole
+headers and then a body byte every 10 s (64 each from 127.0.0.2 to 127.0.0.5) kept the
+port from answering anyone for as long as they liked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
+from aiohttp.streams import StreamReader
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 30.0
 HEADER_TIMEOUT_S = 10.0  # from a connection's opening to its first request's headers
+# A request's body: after BODY_TIMEOUT_S (as long as headers may take) it must have come
+# at MIN_BODY_RATE bytes/s on average since its headers, or it is refused (408) and the
+# connection closed. A rate, not one deadline: the largest body any listener takes (16
+# MiB of points) may take 17 min at that rate, while one byte in 10 s is cut at the
+# first check. Whoever holds a slot this way must keep sending 16 KiB/s for it.
+BODY_TIMEOUT_S = 10.0
+MIN_BODY_RATE = 16 * 1024
 MAX_CONNECTIONS = 256  # open connections per listener; a beamline's readers need far fewer
-# Open connections per client address: one client alone cannot take every slot (and
+# Open connections per client (client_of): one client alone cannot take every slot (and
 # with them the port); a proxy in front (an Ingress) still has plenty.
 MAX_CONNECTIONS_PER_CLIENT = 64
 HEADER_ENDS = (b"\r\n\r\n", b"\n\n")
+LOOPBACK = "loopback"
+
+
+def client_of(address: str) -> str:
+    """Whose connection this is, for the per-client limit: the address, except that
+    every loopback address (127.0.0.0/8, ::1, and 127.x mapped into IPv6) is one client,
+    this machine. A process here may connect from any of 16 million loopback addresses,
+    so counted apart they gave one client every slot (64 from each of four of them); a
+    client that connects to 127.0.0.1 from elsewhere than 127.0.0.1 is a choice, not a
+    need. Other addresses stay apart: a subnet (an IPv6 /64) may hold many machines."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])  # "fe80::1%eth0": the zone is no part of it
+    except ValueError:
+        return address  # "local" (a Unix socket) or what the transport gave
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return LOOPBACK if ip.is_loopback else str(ip)
 
 
 class EnvironmentSettingError(ValueError):
@@ -57,17 +89,56 @@ def env_port(env: Mapping[str, str], name: str, default: int) -> int:
     return port
 
 
+class BodyTooSlow(web.HTTPRequestTimeout, TimeoutError):
+    """What reading a body the client sent too slowly raises. An HTTPException: a handler
+    that lets it go answers 408; a TimeoutError: aiohttp, reading what is left of an
+    unread body after the answer, takes it as the end of waiting and closes the connection."""
+
+
+def payload_error_reason(error: BaseException) -> str:
+    """The reason in aiohttp's payload error: its text is "400, message:\\n  Can not
+    decode content-encoding: gzip"; its cause (an HttpProcessingError) holds the reason alone."""
+    reason = getattr(error.__cause__, "message", "") or str(error).rsplit("\n", 1)[-1].strip()
+    return str(reason) or "malformed"
+
+
+class ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log, where a body the client sent that cannot be decoded (a
+    "gzip" body that is not gzip) is said at INFO, as the client's doing. aiohttp logged
+    it as an ERROR with its traceback: where a handler let it go, and where the handler
+    answered without reading the body (a 401 for no token, a 403) and aiohttp read the
+    rest of it after the answer; so anyone could fill the log with ERRORs."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(error, web.RequestPayloadError):
+            self.logger.info("%s: a request body that cannot be read (%s)", msg, payload_error_reason(error))
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 class ConnectionLimits:
     """What one listener's connections share: the limits and the count of open ones."""
 
-    def __init__(self, name: str, header_timeout: float, max_connections: int, max_per_client: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        header_timeout: float,
+        max_connections: int,
+        max_per_client: int,
+        body_timeout: float = BODY_TIMEOUT_S,
+        min_body_rate: float = MIN_BODY_RATE,
+    ) -> None:
         self.name = name
         self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.min_body_rate = min_body_rate
         self.max_connections = max_connections
         self.max_per_client = max_per_client
-        self.by_client: Counter[str] = Counter()  # open connections per client address
+        self.by_client: Counter[str] = Counter()  # open connections per client (client_of)
         self.refused = 0  # over max_connections or max_per_client
         self.timed_out = 0  # headers not complete in time
+        self.body_timed_out = 0  # a body slower than min_body_rate
 
     @property
     def open(self) -> int:
@@ -90,7 +161,7 @@ class ConnectionLimits:
 
 
 class GuardedConnection(asyncio.Protocol):
-    """aiohttp's protocol for one connection, behind the two limits above."""
+    """aiohttp's protocol for one connection, behind the limits above."""
 
     def __init__(self, inner: Callable[[], asyncio.Protocol], limits: ConnectionLimits) -> None:
         self._make_inner = inner
@@ -100,12 +171,18 @@ class GuardedConnection(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._tail = b""  # the last bytes seen, for a header end split across reads
         self._client = ""
+        self._received = 0  # bytes from the client, all told
+        # The body being watched (watch_body): its payload, when its watch began, how
+        # many bytes the connection had received by then, and the next check.
+        self._body: StreamReader | None = None
+        self._body_since = (0.0, 0)
+        self._body_check: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         limits = self._limits
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) and peer else "local"
+        client = client_of(str(peer[0])) if isinstance(peer, tuple) and peer else "local"
         refused = limits.admit(client)
         if refused:
             limits.refused += 1
@@ -130,9 +207,68 @@ class GuardedConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    def watch_body(self, payload: StreamReader) -> None:
+        """Fail ``payload`` (a request's body, its headers just read) unless it comes
+        at the limits' rate. Called for each request (aiohttp's handler reads the body
+        while it comes in, so nothing here knows where it ends)."""
+        self._stop_watching_body()
+        self._body = payload
+        if self._transport is None or payload.is_eof() or payload.exception() is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._body_since = (loop.time(), self._received)
+        self._body_check = loop.call_later(self._limits.body_timeout, self._check_body)
+        payload.on_eof(lambda: self._body_done(payload))
+
+    def _body_done(self, payload: StreamReader) -> None:
+        if self._body is payload:
+            self._stop_watching_body()
+
+    def _stop_watching_body(self) -> None:
+        if self._body_check is not None:
+            self._body_check.cancel()
+            self._body_check = None
+
+    def _check_body(self) -> None:
+        self._body_check = None
+        transport, payload, limits = self._transport, self._body, self._limits
+        if transport is None or payload is None or payload.is_eof() or payload.exception() is not None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not transport.is_reading():
+            # aiohttp stopped reading: the handler has not taken what came (its buffer
+            # is full). The wait is the server's, not the client's: count from now.
+            self._body_since = (now, self._received)
+            self._body_check = loop.call_later(limits.body_timeout, self._check_body)
+            return
+        since, received_then = self._body_since
+        came = self._received - received_then
+        if came < limits.min_body_rate * (now - since - limits.body_timeout):
+            limits.body_timed_out += 1
+            log.info(
+                "%s: a request body came at %.0f bytes/s, slower than %.0f, after %.0f s: refused, closed",
+                limits.name,
+                came / max(now - since, 1e-9),
+                limits.min_body_rate,
+                now - since,
+            )
+            # Not transport.abort(): a handler reading the body would get "Connection
+            # lost", which aiohttp answers 500 and logs as an ERROR. This fails the read
+            # (aiohttp answers 408), and aiohttp, having no body to wait for, then
+            # closes the connection.
+            payload.set_exception(
+                BodyTooSlow(text=f"the request body came slower than {limits.min_body_rate:.0f} bytes/s")
+            )
+            return
+        # On time so far: the next look when, with nothing more, it would be late.
+        due = since + limits.body_timeout + came / limits.min_body_rate
+        self._body_check = loop.call_at(max(due, now + 0.5), self._check_body)
+
     def data_received(self, data: bytes) -> None:
         if self._inner is None:
             return
+        self._received += len(data)
         if self._deadline is not None:
             seen = self._tail + data
             if any(end in seen for end in HEADER_ENDS):
@@ -150,6 +286,9 @@ class GuardedConnection(asyncio.Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+        self._stop_watching_body()
+        self._body = None
+        self._transport = None
         self._limits.release(self._client)
         self._inner.connection_lost(exc)
 
@@ -213,7 +352,12 @@ class BackgroundHttpServer:
     def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        runner = web.AppRunner(self._app_factory(), access_log=None, shutdown_timeout=self._shutdown_timeout)
+        runner = web.AppRunner(
+            self._app_factory(),
+            access_log=None,
+            shutdown_timeout=self._shutdown_timeout,
+            logger=ServerLog(logging.getLogger("aiohttp.server")),
+        )
         try:
             loop.run_until_complete(self._bind(runner))
         except BaseException as error:  # reported to start() in the caller's thread
@@ -239,6 +383,19 @@ class BackgroundHttpServer:
         protocol = runner.server
         assert protocol is not None
         limits = self.limits
+        # Each request, as aiohttp makes it from the headers, has its body watched by its
+        # connection's guard (the only place that sees where one request's headers end).
+        make_request = protocol.request_factory
+
+        def request_factory(*args: Any, **kwargs: Any) -> web.BaseRequest:
+            request = make_request(*args, **kwargs)
+            transport = request.transport
+            guard = transport.get_protocol() if transport is not None else None
+            if isinstance(guard, GuardedConnection):
+                guard.watch_body(request.content)
+            return request
+
+        protocol.request_factory = request_factory
         # As web.TCPSite binds, each connection's protocol behind GuardedConnection.
         self._server = await asyncio.get_running_loop().create_server(
             lambda: GuardedConnection(protocol, limits),
@@ -249,14 +406,34 @@ class BackgroundHttpServer:
         self.port = int(self._server.sockets[0].getsockname()[1])
 
 
+class BodyError(ValueError):
+    """A request body that cannot be read (the caller answers :attr:`status` with the
+    message): not in its ``Content-Encoding`` (a "gzip" body that is not gzip), 400, or
+    sent too slowly (:class:`BodyTooSlow`), 408."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 async def read_limited(request: web.Request, limit: int) -> bytes:
     """The request's body, or its first ``limit + 1`` bytes when it is longer (the
     caller answers 413). ``content.read(n)`` returns what is buffered: a body that
-    came in two TCP segments was cut at the first (measured: 20 of 113 bytes)."""
+    came in two TCP segments was cut at the first (measured: 20 of 113 bytes).
+    Raises :class:`BodyError` for a body that cannot be decoded (uncaught, aiohttp's
+    payload error was a bare 500 with a traceback in the log) or came too slowly."""
     chunks: list[bytes] = []
     size = 0
     while size <= limit:
-        chunk = await request.content.read(limit + 1 - size)
+        try:
+            chunk = await request.content.read(limit + 1 - size)
+        except BodyTooSlow as error:
+            raise BodyError(error.text or error.reason, error.status) from None
+        except web.RequestPayloadError as error:
+            # Nothing more of it is read: ended, aiohttp does not read the rest after the
+            # answer (which raised this again); the caller's answer closes the connection.
+            request.content.feed_eof()
+            raise BodyError(f"the request body cannot be read: {payload_error_reason(error)}") from None
         if not chunk:
             break
         chunks.append(chunk)

@@ -11,7 +11,8 @@ Routes:
 * ``GET /`` the page, ``GET /assets/...`` its bundle (built by Vite from ``viewer/``)
 * ``GET /viewer.json`` what the page needs to know: domain, endpoint, control
 * ``GET /hdf/{path}`` the HDF REST API of the endpoint, pinned to the one domain
-  (read-only: GET only)
+  (read-only: GET only; of the query, only what the page's reads use goes on, so
+  neither another domain nor another bucket can be asked for), streamed through
 * ``GET /control/parameters``, ``POST /control/parameters/{name}`` (JSON body
   ``{"value": ...}``) the pipeline's control API, with the control token attached
 
@@ -23,17 +24,27 @@ CORS preflight, which this server never grants), with an ``Origin`` and ``Host``
 the page's own (loopback by default, ``STREAMTOMO_VIEWER_ORIGINS`` adds the public
 address behind an authenticating Ingress): forged cross-site requests get 403/415.
 
+Who may read: every route, the page and its reads too, answers only a ``Host`` this
+server may be known by (:func:`served_names`); another name is a DNS-rebinding site
+that pointed its own name at this address, which would read the live scan through a
+user's browser with the viewer's read credentials (403).
+
 Upstream failures are answered as JSON ``{"status", "message"}`` (502 for an
-endpoint that does not answer), which the page shows as they are.
+endpoint that does not answer), which the page shows as they are. Answers are
+streamed through (a 250 MiB slab read by a slow client held 250 MiB here until it was
+read, for each such client).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import ipaddress
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +55,7 @@ from yarl import URL
 
 from streamtomo.hsds_bridge.control_api import TokenFile, read_token_file
 from streamtomo.hsds_bridge.credentials import CredentialsError, password_from
-from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, read_limited
+from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, BodyError, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +66,20 @@ ENV_PASSWORD_FILE = "STREAMTOMO_VIEWER_PASSWORD_FILE"
 ENV_ORIGINS = "STREAMTOMO_VIEWER_ORIGINS"
 ENV_CONTROL_TOKEN_FILE = "STREAMTOMO_CONTROL_TOKEN_FILE"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 BUILD_COMMANDS = "npm ci --prefix viewer && npm run build --prefix viewer"
+# From a request to the endpoint's first byte of answer, and then from each piece of a
+# streamed answer to the next (aiohttp's sock_read; not while a slow page holds us back).
 UPSTREAM_TIMEOUT_S = 10.0
+# A page must take each piece of a streamed answer within this: one that stops reading
+# holds the endpoint's connection (on our server, one of its slots for large reads).
+PAGE_TIMEOUT_S = 10.0
+MAX_ERROR_TEXT = 4096  # of a non-JSON error answer: the message shows 500 characters
+# The query parameters the page's reads use (viewer/src/api.ts), by their HSDS names:
+# nothing else goes upstream. HSDS also takes a bucket, a domain under other names
+# ("host") and paging; a deny-list of "domain" and "host" let ?bucket=, ?Domain= and
+# ?HOST= through, and with the bucket another bucket's domain of that name was read.
+FORWARDED_QUERY = ("select", "getobjs", "include_attrs", "include_links")
 MAX_PARAMETER_BODY = 1024
 PARAMETER_NAME = re.compile(r"[a-z][a-z_]{0,63}")  # what the control API names: center, slice_rows...
 
@@ -117,6 +140,7 @@ class ViewerTarget:
 
 TARGET_KEY: web.AppKey[ViewerTarget] = web.AppKey("target", ViewerTarget)
 STATIC_KEY: web.AppKey[Path] = web.AppKey("static", Path)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SESSION_KEY: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 STATE_KEY: web.AppKey[dict[str, bool]] = web.AppKey("reachable", dict)
 
@@ -145,36 +169,88 @@ def _why(error: BaseException) -> str:
             return "connection refused"
         return error.os_error.strerror or str(error.os_error)
     if isinstance(error, TimeoutError):
-        return f"no answer within {UPSTREAM_TIMEOUT_S:.0f} s"
+        return f"no answer within {UPSTREAM_TIMEOUT_S:.0f} s"  # to its first byte, or between two pieces
     return str(error) or type(error).__name__
 
 
 async def _relay(
     request: web.Request, method: str, url: URL, what: str, headers: dict[str, str], body: bytes | None = None
-) -> web.Response:
-    """One upstream request; errors become JSON the page can show."""
+) -> web.StreamResponse:
+    """One upstream request, its answer streamed through as it comes (memory: a few
+    pieces per request, whatever its size); errors before the answer starts become JSON
+    the page can show."""
     session = request.app[SESSION_KEY]
     try:
         async with session.request(method, url, headers=headers, data=body, allow_redirects=False) as upstream:
-            payload = await upstream.read()
             content_type = upstream.headers.get("Content-Type", "application/octet-stream")
-            reason = upstream.reason or ""
-            status = upstream.status
+            if upstream.status >= 400 and "json" not in content_type:
+                # aiohttp's HTTPException bodies are "400: reason"; HSDS may answer HTML.
+                text = (await _read_some(upstream, MAX_ERROR_TEXT)).decode("utf-8", "replace").strip()
+                _note_reachable(request.app, what, True)
+                return _upstream_refusal(what, upstream.status, upstream.reason or "", text)
+            _note_reachable(request.app, what, True)
+            return await _stream(request, upstream, what, content_type)
     except (aiohttp.ClientError, TimeoutError, OSError) as error:
         why = _why(error)
         _note_reachable(request.app, what, False, why)
         return _error(502, f"{what} does not answer ({why})")
-    _note_reachable(request.app, what, True)
-    if status >= 400 and "json" not in content_type:
-        # aiohttp's HTTPException bodies are "400: reason"; HSDS may answer HTML.
-        text = payload.decode("utf-8", "replace").strip()
-        message = reason if reason and reason not in ("Bad Request", "Not Found", "Forbidden") else text or reason
-        if status in (401, 403) and what.startswith("HDF"):
-            message += f" (the viewer reads with the account in {ENV_USERNAME}/{ENV_PASSWORD})"
-        return _error(status, message[:500])
-    return web.Response(
-        status=status, body=payload, headers={"Content-Type": content_type, "Cache-Control": "no-store"}
+
+
+async def _read_some(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The answer's first ``limit`` bytes, or all of a shorter one (one ``read`` gives
+    what has come so far: perhaps one TCP segment)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := await upstream.content.read(limit - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _upstream_refusal(what: str, status: int, reason: str, text: str) -> web.Response:
+    message = reason if reason and reason not in ("Bad Request", "Not Found", "Forbidden") else text or reason
+    if status in (401, 403) and what.startswith("HDF"):
+        message += f" (the viewer reads with the account in {ENV_USERNAME}/{ENV_PASSWORD})"
+    return _error(status, message[:500])
+
+
+async def _stream(
+    request: web.Request, upstream: aiohttp.ClientResponse, what: str, content_type: str
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        status=upstream.status, headers={"Content-Type": content_type, "Cache-Control": "no-store"}
     )
+    if upstream.content_length is not None and not upstream.headers.get("Content-Encoding"):
+        # The length as sent; a compressed answer arrives decompressed, so goes chunked.
+        response.content_length = upstream.content_length
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    while True:
+        try:
+            chunk = await upstream.content.readany()
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            # The status is sent: the page can only learn of it by a connection closed
+            # short of the length (or of the chunked end).
+            log.warning("%s stopped in the middle of an answer (%s): cut short", what, _why(error))
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        if not chunk:
+            break
+        try:
+            # Waits while the page reads slowly; the endpoint's connection waits with it.
+            async with asyncio.timeout(PAGE_TIMEOUT_S):
+                await response.write(chunk)
+        except ConnectionError:  # the page went away: nothing to answer
+            return response
+        except TimeoutError:
+            log.info("viewer: a client took nothing of an answer for %.0f s: cut short", PAGE_TIMEOUT_S)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+    await response.write_eof()
+    return response
 
 
 # -- handlers ---------------------------------------------------------------------------
@@ -191,14 +267,24 @@ async def viewer_json(request: web.Request) -> web.Response:
     )
 
 
-async def hdf(request: web.Request) -> web.Response:
+def _forwarded_query(request: web.Request, target: ViewerTarget) -> dict[str, str]:
+    """The query for the endpoint: the page's parameters (case aside, the first of
+    each), then the one domain. Pinned: the viewer grants no access to anything else."""
+    query: dict[str, str] = {}
+    for key, value in request.query.items():
+        name = key.lower()
+        if name in FORWARDED_QUERY and name not in query:
+            query[name] = value
+    query["domain"] = target.domain
+    return query
+
+
+async def hdf(request: web.Request) -> web.StreamResponse:
     target = request.app[TARGET_KEY]
     path = request.match_info["path"]
     if ".." in path.split("/"):
         return _error(400, "invalid path")
-    # Pinned to the one domain: the viewer grants no access to anything else.
-    query = {k: v for k, v in request.query.items() if k not in ("domain", "host")}
-    query["domain"] = target.domain
+    query = _forwarded_query(request, target)
     headers = {"Accept": request.headers.get("Accept", "application/json")}
     if target.authorization:
         headers["Authorization"] = target.authorization
@@ -212,6 +298,46 @@ def _own_origins(request: web.Request, target: ViewerTarget) -> set[str]:
     port = sockname[1] if isinstance(sockname, tuple) and len(sockname) >= 2 else None
     own = {f"http://{host}:{port}" for host in LOOPBACK_HOSTS} if port is not None else set()
     return own | set(target.origins)
+
+
+def _host_name(host: str) -> str | None:
+    """The name of a ``Host`` header, lower case, without its port and final dot; None
+    when it is not name[:port] ("a:b:c", "[::1" are not)."""
+    if host.startswith("["):
+        name, bracket, port = host[1:].partition("]")
+        if not bracket:
+            return None
+    else:
+        name, colon, port = host.partition(":")
+        port = colon + port
+    if not re.fullmatch(r"(?::[0-9]*)?", port) or not name:
+        return None
+    return name.lower().removesuffix(".")
+
+
+def served_names(host: str, origins: tuple[str, ...] = ()) -> frozenset[str]:
+    """The host names a browser may know this page by, besides localhost and any IP
+    address (which no other site can be: a browser sends an address as Host only to that
+    address): ``host`` when it is a name, this machine's names when it listens on every
+    interface (what ``view`` prints for other machines), and the names of ``origins``."""
+    names = {socket.gethostname(), socket.getfqdn()} if host in WILDCARD_HOSTS else {host}
+    names |= {URL(origin).raw_host or "" for origin in origins}
+    return frozenset(name.lower().removesuffix(".") for name in names if name)
+
+
+def _foreign_host(request: web.Request, names: frozenset[str]) -> web.Response | None:
+    """A 403 for a ``Host`` this page is not known by (DNS rebinding), else None. The
+    port is not compared: a rebinding site's name is what gives it away, and a
+    port-forward shows the page on a port of its own. No Host at all is no browser."""
+    for host in request.headers.getall("Host", []):
+        name = _host_name(host)
+        if name == "localhost" or name in names:
+            continue
+        try:
+            ipaddress.ip_address(name or "")
+        except ValueError:
+            return _error(403, f"host {host!r} is not this viewer's address (if it is, give it as --origin)")
+    return None
 
 
 def _forgery(request: web.Request, target: ViewerTarget) -> web.Response | None:
@@ -236,7 +362,7 @@ def _control_headers(target: ViewerTarget, extra: dict[str, str]) -> dict[str, s
     return headers
 
 
-async def get_parameters(request: web.Request) -> web.Response:
+async def get_parameters(request: web.Request) -> web.StreamResponse:
     target = request.app[TARGET_KEY]
     if target.control is None:
         return _error(404, "this viewer has no pipeline control URL")
@@ -253,7 +379,7 @@ async def get_parameters(request: web.Request) -> web.Response:
     )
 
 
-async def post_parameter(request: web.Request) -> web.Response:
+async def post_parameter(request: web.Request) -> web.StreamResponse:
     target = request.app[TARGET_KEY]
     if target.control is None:
         return _error(403, "this viewer has no pipeline control URL: parameters are read-only")
@@ -263,7 +389,12 @@ async def post_parameter(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         # A text/plain or form POST needs no preflight: only JSON can be trusted to be ours.
         return _error(415, 'send {"value": ...} as application/json')
-    body = await read_limited(request, MAX_PARAMETER_BODY)
+    try:
+        body = await read_limited(request, MAX_PARAMETER_BODY)
+    except BodyError as error:  # "gzip" that is not (was a bare 500), or too slow: the client's fault
+        refused = _error(error.status, str(error))
+        refused.force_close()  # where this request ends is unknown: no next one on this connection
+        return refused
     if len(body) > MAX_PARAMETER_BODY:
         return _error(413, f"a parameter value is at most {MAX_PARAMETER_BODY} bytes")
     name = request.match_info["name"]
@@ -278,7 +409,9 @@ async def post_parameter(request: web.Request) -> web.Response:
 
 
 async def _open_session(app: web.Application) -> None:
-    timeout = aiohttp.ClientTimeout(total=UPSTREAM_TIMEOUT_S, connect=3.0)
+    # No total: a large answer to a slow page takes as long as the page reads. A total
+    # cut such answers and called the endpoint one that "does not answer".
+    timeout = aiohttp.ClientTimeout(total=None, connect=3.0, sock_read=UPSTREAM_TIMEOUT_S)
     app[SESSION_KEY] = aiohttp.ClientSession(timeout=timeout, auto_decompress=True)
 
 
@@ -300,9 +433,25 @@ async def _add_framing_headers(request: web.Request, response: web.StreamRespons
         response.headers.setdefault(name, value)
 
 
-def build_app(target: ViewerTarget, static_dir: Path | None = None) -> web.Application:
+NAMES_KEY: web.AppKey[frozenset[str]] = web.AppKey("names", frozenset)
+
+
+@web.middleware
+async def _host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every route, reads and the page too (they carry the live scan and the read
+    credentials' reach): only to a Host this page is known by."""
+    refused = _foreign_host(request, request.app[NAMES_KEY])
+    return refused if refused is not None else await handler(request)
+
+
+def build_app(
+    target: ViewerTarget, static_dir: Path | None = None, names: frozenset[str] | None = None
+) -> web.Application:
+    """``names``: the host names the page is served as (:func:`served_names`; default
+    those of loopback and ``target.origins``)."""
     static_dir = check_assets(static_dir)
-    app = web.Application(client_max_size=MAX_PARAMETER_BODY * 4)
+    app = web.Application(client_max_size=MAX_PARAMETER_BODY * 4, middlewares=[_host_guard])
+    app[NAMES_KEY] = served_names("localhost", target.origins) if names is None else names
     app.on_response_prepare.append(_add_framing_headers)
     app[TARGET_KEY] = target
     app[STATIC_KEY] = static_dir
@@ -327,7 +476,7 @@ class ViewerServer:
         self, target: ViewerTarget, host: str = "127.0.0.1", port: int = 0, static_dir: Path | None = None
     ) -> None:
         self.target = target
-        app = build_app(target, static_dir)  # raises ViewerAssetsMissing early
+        app = build_app(target, static_dir, served_names(host, target.origins))  # raises ViewerAssetsMissing early
         self._http = BackgroundHttpServer(lambda: app, host, port, "viewer server", shutdown_timeout=1.0)
         self._closed = False
 
