@@ -67,9 +67,11 @@ FloatArray = npt.NDArray[np.float32]
 # here: a clean stream settles on its first two frames). Agreement alone let two bad
 # copies that decode to one shape, early, decide it: every good frame after them was
 # refused as wrong_shape and the scan failed (benchmarks/fuzz_streams.py --seed 777,
-# round 353: 84 of 100 good frames lost).
-SHAPE_AGREEMENT = 2
-SHAPE_LEAD = 2
+# round 353: 84 of 100 good frames lost). Three, not two: two frames of another shape
+# that came before any good one had their two votes and their lead of two, and a
+# review's scan lost all 68 good frames. A clean stream settles on its third frame.
+SHAPE_AGREEMENT = 3
+SHAPE_LEAD = 3
 # Frames held while no shape leads, at most (each holds its rows: 16 MB at 2048^2);
 # then the shape most of them have settles it (the earliest on a tie).
 SHAPE_HOLD_FRAMES = 8

@@ -109,6 +109,20 @@ def test_two_bad_copies_of_one_shape_first_do_not_fix_the_detector() -> None:
         assert scan.lost_frames() == []
 
 
+def test_two_frames_of_another_shape_before_any_good_one_do_not_fix_the_detector() -> None:
+    """Both came first: two votes and a lead of two settled on their shape, and all 68
+    good frames of a review's scan were refused as wrong_shape (README said that even
+    two early frames of one shape cost only themselves)."""
+    frames = make_frames()
+    messages = [consistent(frames[0]), consistent(frames[1]), *frames]
+    for n_workers in (1, 3):
+        scan = run(stream(messages), n_workers, config())
+        assert scan.detector is not None and (scan.detector.rows, scan.detector.cols) == frames[0].data.shape
+        assert scan.rejected == {"wrong_shape": 2}
+        assert scan.status()["projections"] == ANGLES
+        assert scan.lost_frames() == []
+
+
 def test_frames_of_shapes_that_never_agree_are_held_a_bounded_while() -> None:
     """Two shapes in turn, neither ahead: the reducer holds a few frames, then settles
     on the one most of them have (the earliest on a tie), not on holding every frame."""
