@@ -18,6 +18,7 @@ from typing import Any
 
 from streamtomo.app import (
     completion_order,
+    controller_guard,
     event_assignments,
     finished_updates,
     parameter_versions,
@@ -55,7 +56,8 @@ def install_mends(kind: str) -> None:
     (:mod:`streamtomo.app.cluster_service`), installed before the service starts:
     bounded result queues, tasks cancelled until they end, in the controller each
     completed event booked before it checks for the scan's end
-    (:mod:`streamtomo.app.completion_order`), no skipped ``finished``
+    (:mod:`streamtomo.app.completion_order`) and requests browsers send from other
+    sites refused (:mod:`streamtomo.app.controller_guard`), no skipped ``finished``
     update and only changed parameters fetched (for the services that follow the
     controller's updates: :mod:`streamtomo.app.parameter_versions`) and, in workers,
     the reducer's malloc settings; results pickled with their large arrays as frames
@@ -71,6 +73,7 @@ def install_mends(kind: str) -> None:
     task_cancel.install(kind)
     if kind == "controller":
         completion_order.install()
+        controller_guard.install()
     else:
         finished_updates.install()
         parameter_versions.install()

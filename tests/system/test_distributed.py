@@ -162,6 +162,40 @@ def test_services_listen_on_loopback_only(clean_logs: LocalDeployment) -> None:
 
 @pytest.mark.slow
 @needs_redis
+def test_the_controller_refuses_what_a_browser_sends_from_another_site(clean_logs: LocalDeployment) -> None:
+    """dranspose's controller answers CORS for every origin and takes any body: a page
+    on any site a person had open stopped the scan with a plain fetch to the loopback
+    port (text/plain: no preflight). Its own clients send no Origin and pass."""
+    import urllib.error
+    import urllib.request
+
+    url = clean_logs.state.controller_url
+    port = url.rsplit(":", 1)[1]
+
+    def status(path: str, method: str = "GET", **headers: str) -> int:
+        request = urllib.request.Request(
+            url + path, method=method, headers=headers, data=b"" if method == "POST" else None
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+
+    text = {"Content-Type": "text/plain"}
+    assert status("/api/v1/stop", "POST", Origin="https://evil.example", **text) == 403
+    assert status("/api/v1/parameter/center", "POST", **{"Sec-Fetch-Site": "cross-site"}, **text) == 403
+    # A DNS-rebound name is the page's "own" origin, but not this controller's name.
+    assert status("/api/v1/config", Origin=f"http://evil.example:{port}", Host=f"evil.example:{port}") == 403
+    assert status("/api/v1/config", "OPTIONS", Origin="https://evil.example") == 403  # no preflight either
+    # The controller's own page (same origin on loopback) and its own clients still pass.
+    assert status("/api/v1/config", Origin=f"http://127.0.0.1:{port}", **{"Sec-Fetch-Site": "same-origin"}) == 200
+    assert status("/api/v1/config") == 200
+    assert clean_logs.controller.config(timeout=5) is not None
+
+
+@pytest.mark.slow
+@needs_redis
 def test_live_domain_equals_replay_of_its_recordings(clean_logs: LocalDeployment) -> None:
     reducer_log = clean_logs.log_dir / "reducer.log"
     start = len(reducer_log.read_text().splitlines())
