@@ -112,11 +112,25 @@ def write_nexus(
         logger.debug(
             "%s: %d bytes past the page cache, %d through it", path, writer.direct_bytes, writer.buffered_bytes
         )
+        # On disk before it has its name, and the name on disk after: a power cut left a
+        # renamed file empty or part-written (nothing was synced), which README calls
+        # "complete and on disk".
+        _fsync(partial)
         os.replace(partial, path)
+        _fsync(path.parent)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     return path
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _drop_dangling_defaults(f: h5py.File, paths: list[str]) -> None:

@@ -62,6 +62,14 @@ def add_final_metadata(f: h5py.File, identifier: str, ended: float) -> None:
     entry = f["entry"]
     entry.create_dataset("entry_identifier", data=identifier, dtype=text)
     entry.create_dataset("end_time", data=iso_time(ended), dtype=text)
+    projections = entry.get("status/projections")
+    if isinstance(projections, h5py.Dataset) and int(projections[()]) == 0:
+        # Nothing was reduced (every frame refused, say): the slices, sinogram and sweep
+        # are the zeros they started as, and the default chain opened them as the
+        # scan's result in silx and h5web. The status says what happened.
+        if "default" in entry.attrs:
+            del entry.attrs["default"]
+        return
     volume = entry.get(VOLUME)
     if not isinstance(volume, h5py.Dataset):
         return

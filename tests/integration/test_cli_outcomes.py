@@ -418,3 +418,19 @@ def test_a_grid_that_does_not_match_the_data_says_so_in_the_summary(tmp_path: Pa
     done = _replay(recordings, _with(parameters, {"n_projections": "48"}), tmp_path / "out.nxs")
     summary = next(line for line in done.stdout.splitlines() if line.startswith("summary:"))
     assert "; 24 of 48 angle slots empty (see the angle grid parameters)" in summary, summary
+
+
+@pytest.mark.slow
+def test_a_failed_scan_whose_detector_was_known_opens_on_no_default_plot(tmp_path: Path) -> None:
+    """Darks and flats came, but every projection's angle lay off the grid: the file's
+    default chain opened the slices, all zeros, as the scan's result in silx and h5web
+    (README: a scan that reduced nothing has no /entry default)."""
+    recordings, parameters = _simulate(tmp_path / "scan")
+    changed = _with(parameters, {"angle_start": "1000"})  # no measured angle is on this grid
+    done = _replay(recordings, changed, tmp_path / "out.nxs")
+    assert done.returncode == 3, done.stdout + done.stderr
+    with h5py.File(tmp_path / "out.nxs", "r") as f:
+        assert f["/entry/status/state"][()] == b"failed"
+        assert int(f["/entry/status/projections"][()]) == 0 and int(f["/entry/status/darks"][()]) > 0
+        assert "reconstruction" in f["/entry"]  # the detector was known: its arrays are there
+        assert "default" not in f["/entry"].attrs
