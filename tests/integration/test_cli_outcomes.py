@@ -134,6 +134,12 @@ def test_a_limited_angle_warning_is_said_once_in_words(tmp_path: Path) -> None:
     _no_errors(output)
     assert output.count("angles cover only") == 1, output
     assert "warnings.warn" not in output and "UserWarning" not in output and "CoverageWarning" not in output
+    # Not a log line alone: the status, the final file and the summary say it too.
+    assert "noticed: 1 limited_angle_coverage" in done.stdout
+    with h5py.File(tmp_path / "out.nxs", "r") as f:
+        rejected = json.loads(f["/entry/status/rejected"][()])
+        assert rejected["limited_angle_coverage"] == 1  # a notice: no frame's rejection
+        assert int(f["/entry/status/frames_rejected"][()]) == rejected["past_layout"]  # the 24 left out
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "not a recording", "empty", "json", "hdf5"])

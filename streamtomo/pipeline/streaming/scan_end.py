@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import statistics
+import warnings
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,11 @@ import numpy as np
 from streamtomo.pipeline.correction.corrector import Corrector
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.formats.pcap_checks import PandaCount, frames_and_came, panda_rows, pandas_count
-from streamtomo.pipeline.reconstruction.backends.common import coverage_warnings_logged
+from streamtomo.pipeline.reconstruction.backends.common import (
+    AngularCoverageWarning,
+    coverage_warnings_logged,
+    warn_if_incomplete,
+)
 from streamtomo.pipeline.reconstruction.cor import auto_center
 from streamtomo.pipeline.reconstruction.fbp import angular_weights
 from streamtomo.pipeline.scan import ImageKey
@@ -98,6 +103,7 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
         scan.add_reason(f"no projection was reduced: {received} frames received, rejected: {rejected}", first=True)
         logger.warning("scan failed: %s", scan.reason)
         return
+    note_angular_coverage(scan)
     if scan.config.center.strip() == "auto":
         resolve_auto_center(scan)
     scan.state = "reconstructing" if volume_follows else "finished"
@@ -395,6 +401,23 @@ def interpolate_flats(scan: LiveScan, refs: ReferenceSet) -> None:
         scan.ledger.slot_changed(slot)
     scan.admission.counts["flats_interpolated"] = 1
     logger.info("flats after the scan: sinogram re-corrected with flats interpolated by frame number")
+
+
+def note_angular_coverage(scan: LiveScan) -> None:
+    """Count a wedge of the half turn without projections as the notice
+    ``limited_angle_coverage``: the scan's products have limited-angle streaks, which
+    only a log line said (not /entry/status, the final file or the summary). Its text
+    is then said for this scan: center 'auto' and the volume do not log it again."""
+    if scan.sinogram is None or scan.sinogram.n_filled < 2:
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AngularCoverageWarning)
+        warn_if_incomplete(scan.sinogram.angles()[scan.sinogram.filled_slots()])
+    for item in caught:
+        if issubclass(item.category, AngularCoverageWarning):
+            text = str(item.message)
+            scan.coverage_logged.add(text)
+            scan.admission.notice("limited_angle_coverage", text)
 
 
 def resolve_auto_center(scan: LiveScan) -> None:

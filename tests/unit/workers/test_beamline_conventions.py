@@ -323,7 +323,8 @@ def test_a_finite_angle_far_off_the_grid_is_rejected_and_the_scan_goes_on(worker
     scan_events[0].streams[StreamName("angle")].frames[0] = scaled[0]
     scan = run_scan(scan_events, values, workers)
     assert scan.state == "finished"
-    assert scan.rejected == {"unknown_angle": 1}
+    # The grid spans 10 degrees of the half turn: the scan says so (a notice, no frame's).
+    assert scan.rejected == {"unknown_angle": 1, "limited_angle_coverage": 1}
     assert scan.sinogram is not None
     assert scan.sinogram.missing_slots().tolist() == [5]
     np.testing.assert_allclose(np.delete(scan.sinogram.angles(), 5), np.delete(angles, 5), atol=1e-6)
