@@ -10,10 +10,10 @@ per-projection computation runs here, in parallel over the workers.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import Counter, deque
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -46,21 +46,6 @@ MAX_NONFINITE_FRACTION = 0.01
 Message = ReferenceRows | ProjectionRows | PartialSum | Rejected
 
 
-def _with_digest(messages: list[Message], data: npt.NDArray[np.generic]) -> list[Message]:
-    """The frame's messages with its digest: the reducer tells a copy sent twice from a
-    frame number the detector repeated on another exposure (:func:`frame_digest`)."""
-    if not any(isinstance(m, ReferenceRows | ProjectionRows) for m in messages):
-        return messages
-    digest = frame_digest(data)
-    return [
-        dataclasses.replace(m, digest=digest) if isinstance(m, ReferenceRows | ProjectionRows) else m for m in messages
-    ]
-
-
-def _detector_of(data: npt.NDArray[np.generic]) -> DetectorInfo:
-    return DetectorInfo(int(data.shape[0]), int(data.shape[1]), str(data.dtype))
-
-
 class FrameProcessor:
     def __init__(self, config: PipelineConfig, worker_name: str = "worker") -> None:
         self.config = config
@@ -84,6 +69,9 @@ class FrameProcessor:
         # detector's (a float frame scaled 0..1 in a uint16 scan, a uint8 tail), whose
         # counts the references do not describe.
         self._shape_votes: Counter[DetectorInfo] = Counter()
+        # One DetectorInfo per (shape, pixel type) seen: a frame's is a dict lookup,
+        # not a new object and a dtype's name each time (microseconds a frame).
+        self._detectors: dict[tuple[tuple[int, ...], np.dtype[Any]], DetectorInfo] = {}
 
     # -- settings -------------------------------------------------------------------
     def configure(self, config: PipelineConfig) -> PartialSum | None:
@@ -156,14 +144,20 @@ class FrameProcessor:
             return Rejected(index, "wrong_shape", f"frame {index} has shape {data.shape}", event)
         return None
 
-    def _vote_shape(self, data: npt.NDArray[np.generic]) -> PartialSum | None:
+    def _detector_of(self, data: npt.NDArray[np.generic]) -> DetectorInfo:
+        key = (data.shape, data.dtype)
+        detector = self._detectors.get(key)
+        if detector is None:
+            detector = self._detectors[key] = DetectorInfo(int(data.shape[0]), int(data.shape[1]), str(data.dtype))
+        return detector
+
+    def _vote_shape(self, detector: DetectorInfo) -> PartialSum | None:
         """Count the frame's shape; the detector is the shape most frames had so far.
 
         A first frame does not fix the shape for good: a malformed one would make every
         good frame after it "wrong". Frames of another shape still go to the reducer
         (uncorrected), which decides by agreement over all workers.
         """
-        detector = _detector_of(data)
         self._shape_votes[detector] += 1
         current = self.detector
         if current == detector or (current is not None and self._shape_votes[detector] <= self._shape_votes[current]):
@@ -215,38 +209,45 @@ class FrameProcessor:
         if rejected is not None:
             return [rejected]
         out: list[Message] = []
+        detector = self._detector_of(data)
         try:
-            pending = self._vote_shape(data)
+            pending = self._vote_shape(detector)
         except ConfigError as error:  # the reducer refuses the scan for the same reason
             return [Rejected(index, "scan_refused", f"frame {index}: {error}", event)]
         if pending is not None:
             out.append(pending)
         assert self.geometry is not None and self.detector is not None
-        if _detector_of(data) != self.detector:
-            out.append(self._minority_frame(index, key, data, angle_deg, angle_measured, event, angle_row))
-            return _with_digest(out, data)
-        out.extend(self._process_frame(index, key, data, angle_deg, angle_measured, event, angle_row))
-        return _with_digest(out, data)
+        # With its rows, the frame's digest: the reducer tells a copy sent twice from a
+        # number the detector repeated on another exposure (frame_digest).
+        digest = frame_digest(data)
+        if detector != self.detector:
+            out.append(
+                self._minority_frame(index, key, data, detector, angle_deg, angle_measured, event, angle_row, digest)
+            )
+            return out
+        out.extend(self._process_frame(index, key, data, angle_deg, angle_measured, event, angle_row, digest))
+        return out
 
     def _minority_frame(
         self,
         index: int,
         key: ImageKey,
         data: npt.NDArray[np.generic],
+        detector: DetectorInfo,
         angle_deg: float | None,
         angle_measured: bool,
         event: int,
-        angle_row: int = -1,
+        angle_row: int,
+        digest: int,
     ) -> Message:
         """A frame whose shape or pixel type most frames here do not have: sent as it is,
         for the reducer's decision (it rejects it as wrong_shape or wrong_dtype unless
         its kind wins there)."""
-        detector = _detector_of(data)
         geometry = geometry_for(self.config, detector)
         rows = np.ascontiguousarray(data if geometry.all_rows else data[geometry.sinogram_rows])
         if key in (ImageKey.DARK, ImageKey.FLAT):
-            return ReferenceRows(index, key, rows, detector, event)
-        return self._uncorrected_projection(index, rows, detector, angle_deg, angle_measured, event, angle_row)
+            return ReferenceRows(index, key, rows, detector, event, digest)
+        return self._uncorrected_projection(index, rows, detector, angle_deg, angle_measured, event, angle_row, digest)
 
     @staticmethod
     def _uncorrected_projection(
@@ -257,16 +258,17 @@ class FrameProcessor:
         angle_measured: bool,
         event: int,
         angle_row: int,
+        digest: int,
     ) -> Message:
         """A projection the reducer takes as measured: to join with its own PandA row
         (``angle_row`` >= 0, or the one with its nominal angle: :data:`NOMINAL_ROW`) or
         to correct there (no references here); refused without an angle."""
         rows = np.ascontiguousarray(rows)
         if angle_row >= 0 or angle_row == NOMINAL_ROW:
-            return ProjectionRows(index, float("nan"), True, rows, 0, "", detector, event, angle_row)
+            return ProjectionRows(index, float("nan"), True, rows, 0, "", detector, event, angle_row, digest=digest)
         if angle_deg is None or not np.isfinite(angle_deg):
             return Rejected(index, "missing_angle", f"projection {index} has no valid angle", event)
-        return ProjectionRows(index, angle_deg, angle_measured, rows, 0, "", detector, event)
+        return ProjectionRows(index, angle_deg, angle_measured, rows, 0, "", detector, event, digest=digest)
 
     def _process_frame(
         self,
@@ -276,7 +278,8 @@ class FrameProcessor:
         angle_deg: float | None,
         angle_measured: bool,
         event: int,
-        angle_row: int = -1,
+        angle_row: int,
+        digest: int,
     ) -> list[Message]:
         assert self.geometry is not None and self.detector is not None
         rows = data if self.geometry.all_rows else data[self.geometry.sinogram_rows]
@@ -285,7 +288,7 @@ class FrameProcessor:
                 return [Rejected(index, "non_finite", f"{key.name.lower()} frame {index} has NaN/inf pixels", event)]
             reference = np.ascontiguousarray(rows)
             self._broadcast.add(key, index, reference)
-            return [ReferenceRows(index, key, reference, self.detector, event)]
+            return [ReferenceRows(index, key, reference, self.detector, event, digest)]
         if self._shared is None and self.references is None:
             self._use(self._broadcast.for_projection())
         if np.issubdtype(rows.dtype, np.floating):
@@ -300,7 +303,9 @@ class FrameProcessor:
         corrector = self._corrector_for(self.geometry) if angle_row < 0 and has_angle else None
         if corrector is None or angle_deg is None:
             return [
-                self._uncorrected_projection(index, rows, self.detector, angle_deg, angle_measured, event, angle_row)
+                self._uncorrected_projection(
+                    index, rows, self.detector, angle_deg, angle_measured, event, angle_row, digest
+                )
             ]
         values, repaired = corrector.correct_counted(rows)
         unusable = unusable_projection(corrector, index, repaired, values.size)
@@ -320,6 +325,7 @@ class FrameProcessor:
                 self.detector,
                 event,
                 pixels_repaired=repaired,
+                digest=digest,
             )
         ]
         self._backproject(index, values, angle_deg, event)
