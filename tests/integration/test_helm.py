@@ -969,6 +969,8 @@ def _components(peers: list[dict]) -> set[str]:
 PIPELINE = {"controller", "ingester", "worker", "reducer"}
 INGRESS_NAMESPACE = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
 INGRESS_REACHES_VIEWER = ("--set-json", f"networkPolicy.viewerFrom=[{json.dumps(INGRESS_NAMESPACE)}]")
+INGRESS_REACHES_CONTROLLER = ("--set-json", f"networkPolicy.controllerFrom=[{json.dumps(INGRESS_NAMESPACE)}]")
+INGRESS_REACHES_READERS = ("--set-json", f"networkPolicy.allowFrom=[{json.dumps(INGRESS_NAMESPACE)}]")
 
 
 def test_network_policies_are_on_by_default_and_keep_internal_ports_to_the_pipeline(helm: str) -> None:
@@ -1093,7 +1095,17 @@ def test_the_viewer_the_hsds_bootstrap_and_hsds_reach_only_what_they_use(helm: s
     }
     # An endpoint outside the release (here HSDS's Ingress, through the ingress
     # controller): the viewer reaches it at viewerTo, and is not restricted without.
-    public = ("--set", "viewer.enabled=true", "--set", "hsds.ingress.enabled=true", "--set", "hsds.ingress.host=h.org")
+    public = (
+        "--set",
+        "viewer.enabled=true",
+        "--set",
+        "hsds.ingress.enabled=true",
+        "--set",
+        "hsds.ingress.host=h.org",
+        "--set",
+        "hsds.ingress.tlsSecretName=h-tls",
+        *INGRESS_REACHES_READERS,
+    )
     assert "viewer" not in _egress(render(helm, *public))
     ingress = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
     egress = _egress(render(helm, *public, "--set-json", f"networkPolicy.egress.viewerTo=[{json.dumps(ingress)}]"))
@@ -1281,7 +1293,18 @@ def test_nothing_that_changes_a_scan_is_reachable_around_its_authentication(helm
     # the controller: an Ingress authenticates, or the chart refuses it
     err = fails(helm, "--set", "controller.ingress.enabled=true")
     assert "controller.auth.basicAuthSecret" in err, err
-    docs = render(helm, "--set", "controller.ingress.enabled=true", "--set", "controller.auth.basicAuthSecret=ctl")
+    docs = render(
+        helm,
+        "--set",
+        "controller.ingress.enabled=true",
+        "--set",
+        "controller.auth.basicAuthSecret=ctl",
+        "--set",
+        "controller.ingress.className=nginx",
+        "--set",
+        "controller.ingress.tlsSecretName=ctl-tls",
+        *INGRESS_REACHES_CONTROLLER,
+    )
     annotations = one(docs, "Ingress", "t-streamtomo-controller")["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
     assert annotations["nginx.ingress.kubernetes.io/auth-secret"] == "ctl"
@@ -1322,9 +1345,18 @@ def test_viewer_holds_the_token_and_has_credentials_in_every_mode(helm: str) -> 
     assert "STREAMTOMO_CONTROLLER_URL" not in env  # read by nothing
     assert "STREAMTOMO_VIEWER_PASSWORD" not in env  # the live domain needs no account
     # reading the chart's HSDS (through its ingress): the read-only viewer account
-    reads_hsds = render(helm, "--set", "viewer.enabled=true", "--set", "hsds.ingress.enabled=true")
+    reads_hsds = render(
+        helm,
+        "--set",
+        "viewer.enabled=true",
+        "--set",
+        "hsds.ingress.enabled=true",
+        "--set",
+        "hsds.ingress.tlsSecretName=hsds-tls",  # HSDS's passwords cross it: TLS only
+        *INGRESS_REACHES_READERS,
+    )
     command, env = _viewer(reads_hsds)
-    assert command[command.index("--endpoint") + 1].startswith("http://streamtomo-hsds.example.org")
+    assert command[command.index("--endpoint") + 1].startswith("https://streamtomo-hsds.example.org")
     assert env["STREAMTOMO_VIEWER_USERNAME"] == "viewer"
     assert secret_file(reads_hsds, "t-streamtomo-viewer", "STREAMTOMO_VIEWER_PASSWORD_FILE") == {
         "name": "t-streamtomo-hsds-auth",
@@ -1362,13 +1394,17 @@ def test_viewer_holds_the_token_and_has_credentials_in_every_mode(helm: str) -> 
         "viewer.ingress.enabled=true",
         "--set",
         "viewer.auth.basicAuthSecret=viewer-htpasswd",
+        "--set",
+        "viewer.ingress.className=nginx",  # the annotations are ingress-nginx's
+        "--set",
+        "viewer.ingress.tlsSecretName=viewer-tls",  # the password over TLS only
         *INGRESS_REACHES_VIEWER,
     )
     annotations = one(docs, "Ingress", "t-streamtomo-viewer")["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
     assert annotations["nginx.ingress.kubernetes.io/auth-secret"] == "viewer-htpasswd"
     command, _ = _viewer(docs)
-    assert command[command.index("--origin") + 1] == "http://streamtomo.example.org"
+    assert command[command.index("--origin") + 1] == "https://streamtomo.example.org"
     docs = render(
         helm,
         "--set",
@@ -1382,6 +1418,8 @@ def test_viewer_holds_the_token_and_has_credentials_in_every_mode(helm: str) -> 
     assert "nginx.ingress.kubernetes.io/auth-type" not in (
         one(docs, "Ingress", "t-streamtomo-viewer")["metadata"].get("annotations") or {}
     )
+    command, _ = _viewer(docs)
+    assert command[command.index("--origin") + 1] == "http://streamtomo.example.org"  # no TLS: http
 
 
 @pytest.mark.parametrize(
@@ -1410,3 +1448,426 @@ def test_values_that_would_render_a_broken_or_silently_different_release_are_ref
     """Each rendered without a word before: the API server would refuse the Service, the
     reducer would crash-loop, a drain would hang, or HSDS would not log the account in."""
     assert message in fails(helm, *args)
+
+
+# --- defects found in review: each test failed on the chart before its fix -------------
+
+
+NGINX_BASIC_AUTH = {
+    "controller": [*INGRESS_REACHES_CONTROLLER],
+    "viewer": ["--set", "viewer.enabled=true", *INGRESS_REACHES_VIEWER],
+}
+
+
+@pytest.mark.parametrize("name", ["controller", "viewer"])
+def test_basic_auth_is_refused_where_ingress_nginx_does_not_apply_it_or_without_tls(helm: str, name: str) -> None:
+    """The chart's basic auth is ingress-nginx's nginx.ingress.kubernetes.io/auth-*
+    annotations: Traefik (or any other controller, or a cluster default that is not
+    ingress-nginx) ignores them and served the controller API or the viewer, both of
+    which change scans, without a password; and without TLS the password went in the
+    clear (the viewer then pinned an http:// origin)."""
+    base = [
+        *NGINX_BASIC_AUTH[name],
+        "--set",
+        f"{name}.ingress.enabled=true",
+        "--set",
+        f"{name}.auth.basicAuthSecret=pw",
+    ]
+    tls = ["--set", f"{name}.ingress.tlsSecretName={name}-tls"]
+    for cls in ("traefik", "haproxy", ""):
+        err = fails(helm, *base, *tls, "--set", f"{name}.ingress.className={cls}")
+        assert f"{name}.ingress.className" in err and "nginxIngressClasses" in err, err
+        assert f"{name}.auth.externalAuth=true" in err, err  # the way out for other controllers
+    err = fails(helm, *base, "--set", f"{name}.ingress.className=nginx")
+    assert f"{name}.ingress.tlsSecretName" in err and f"{name}.ingress.tlsTerminatedUpstream=true" in err, err
+    docs = render(helm, *base, *tls, "--set", f"{name}.ingress.className=nginx")
+    ingress = one(docs, "Ingress", f"t-streamtomo-{name}")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/auth-secret"] == "pw"
+    assert ingress["spec"]["tls"][0]["secretName"] == f"{name}-tls"
+    # a site's own ingress-nginx class, listed
+    render(
+        helm,
+        *base,
+        *tls,
+        "--set",
+        f"{name}.ingress.className=nginx-beamline",
+        "--set",
+        "nginxIngressClasses={nginx,nginx-beamline}",
+    )
+    # a release upgraded with --reuse-values keeps its old values, without nginxIngressClasses
+    render(helm, *base, *tls, "--set", f"{name}.ingress.className=nginx", "--set", "nginxIngressClasses=null")
+    # TLS ended in front of the ingress controller: said explicitly, and the URLs are https
+    upstream = render(
+        helm, *base, "--set", f"{name}.ingress.className=nginx", "--set", f"{name}.ingress.tlsTerminatedUpstream=true"
+    )
+    assert "tls" not in one(upstream, "Ingress", f"t-streamtomo-{name}")["spec"]
+    if name == "viewer":
+        command, _ = _viewer(upstream)
+        assert command[command.index("--origin") + 1] == "https://streamtomo.example.org"
+    # another controller with its own authentication: the chart adds nothing
+    external = render(
+        helm,
+        *NGINX_BASIC_AUTH[name],
+        "--set",
+        f"{name}.ingress.enabled=true",
+        "--set",
+        f"{name}.auth.externalAuth=true",
+        "--set",
+        f"{name}.ingress.className=traefik",
+    )
+    annotations = one(external, "Ingress", f"t-streamtomo-{name}")["metadata"].get("annotations") or {}
+    assert not [k for k in annotations if k.startswith("nginx.ingress.kubernetes.io/auth")]
+
+
+def test_hsds_ingress_carries_passwords_so_needs_tls_and_the_live_domain_does_not(helm: str) -> None:
+    """HSDS's clients send their account's password with every request (basic auth):
+    its Ingress without TLS put them in the clear. The live domain is read without one."""
+    hsds = ["--set", "hsds.ingress.enabled=true", *INGRESS_REACHES_READERS]
+    err = fails(helm, *hsds)
+    assert "hsds.ingress.tlsSecretName" in err and "hsds.ingress.tlsTerminatedUpstream=true" in err, err
+    docs = render(helm, *hsds, "--set", "hsds.ingress.tlsTerminatedUpstream=true")
+    override = yaml.safe_load(one(docs, "ConfigMap", "t-streamtomo-hsds-override")["data"]["override.yml"])
+    assert override["hsds_endpoint"] == "https://streamtomo-hsds.example.org"
+    assert render(helm, "--set", "reducer.ingress.enabled=true", *INGRESS_REACHES_READERS)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/component",
+        "app.kubernetes.io/part-of",
+        "app.kubernetes.io/managed-by",
+        "app.kubernetes.io/version",
+        "helm.sh/chart",
+        "streamtomo.io/role",
+    ],
+)
+def test_common_labels_cannot_override_the_charts_own(helm: str, key: str) -> None:
+    """A duplicate label key rendered (the later wins): the NetworkPolicies that select
+    part-of, instance, component or the ingesters' role then matched no pod."""
+    err = fails(helm, "--set-json", f'commonLabels={{"{key}": "beamline-danmax"}}')
+    assert f'commonLabels: "{key}"' in err and "remove it from commonLabels" in err, err
+
+
+def test_common_labels_of_the_sites_own_reach_every_pod_and_leave_the_selectors(helm: str) -> None:
+    docs = render(helm, "--set-json", 'commonLabels={"beamline": "danmax", "example.org/team": "tomo"}')
+    for name, doc, _ in workloads(docs):
+        labels = doc["spec"]["template"]["metadata"]["labels"] if doc["kind"] != "Pod" else doc["metadata"]["labels"]
+        assert labels["beamline"] == "danmax" and labels["app.kubernetes.io/part-of"] == "streamtomo", name
+        assert labels["app.kubernetes.io/instance"] == "t", name
+
+
+def test_every_ingress_is_admitted_by_its_network_policy(helm: str) -> None:
+    """controller.ingress, reducer.ingress and hsds.ingress rendered while their own
+    NetworkPolicies admitted only the release's pods: the ingress controller got 502.
+    The chart refuses them until the value that admits it names a peer."""
+    controller = [
+        "--set",
+        "controller.ingress.enabled=true",
+        "--set",
+        "controller.auth.basicAuthSecret=pw",
+        "--set",
+        "controller.ingress.className=nginx",
+        "--set",
+        "controller.ingress.tlsSecretName=c-tls",
+    ]
+    err = fails(helm, *controller)
+    assert "networkPolicy.controllerFrom" in err and "502" in err, err
+    err = fails(helm, "--set", "reducer.ingress.enabled=true")
+    assert "networkPolicy.allowFrom" in err and "502" in err, err
+    hsds = ["--set", "hsds.ingress.enabled=true", "--set", "hsds.ingress.tlsSecretName=h-tls"]
+    err = fails(helm, *hsds)
+    assert "networkPolicy.allowFrom" in err and "502" in err, err
+    docs = render(
+        helm,
+        *controller,
+        *hsds,
+        "--set",
+        "reducer.ingress.enabled=true",
+        *INGRESS_REACHES_CONTROLLER,
+        *INGRESS_REACHES_READERS,
+    )
+    assert INGRESS_NAMESPACE in _peers(one(docs, "NetworkPolicy", "t-streamtomo-controller"), 5000)
+    assert INGRESS_NAMESPACE in _peers(one(docs, "NetworkPolicy", "t-streamtomo-reducer"), 8100)
+    assert INGRESS_NAMESPACE in _peers(one(docs, "NetworkPolicy", "t-streamtomo-hsds"), 5101)
+    # without NetworkPolicies nothing blocks the ingress controller
+    assert render(
+        helm, *controller, *hsds, "--set", "reducer.ingress.enabled=true", "--set", "networkPolicy.enabled=false"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret@r.example:6379/0",
+        "rediss://user:s3cret@r.example:6380",
+        "redis://r.example:6379/0?password=s3cret",
+    ],
+)
+def test_an_external_redis_url_with_credentials_is_refused(helm: str, url: str) -> None:
+    """It was rendered in the clear into five Deployments' environment."""
+    err = fails(
+        helm,
+        "--set",
+        "redis.enabled=false",
+        "--set",
+        f"externalRedis.url={url}",
+        "--set",
+        "networkPolicy.egress.enabled=false",
+    )
+    assert "externalRedis.url" in err and "externalRedis.existingSecret" in err, err
+    assert "s3cret" not in err  # the message does not repeat it
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "aws_secret_access_key",
+        "aws_access_key_id",
+        "azure_connection_string",
+        "password_salt",
+        "aws_dynamodb_users_table",
+        "krb5_realm",
+        "default_public",
+        "admin_group",
+        "groups_file",
+        "openid_url",
+        "some_api_token",
+    ],
+)
+def test_hsds_config_overrides_take_no_secrets_and_do_not_change_who_logs_in(helm: str, key: str) -> None:
+    """hsds.configOverrides is a ConfigMap: aws_secret_access_key was rendered into it,
+    and default_public, password_salt, groups_file, ... overrode the chart's accounts."""
+    err = fails(helm, "--set", f"hsds.configOverrides.{key}=x")
+    assert "hsds.configOverrides" in err and key in err, err
+
+
+def test_credentials_in_endpoint_urls_are_refused(helm: str) -> None:
+    err = fails(helm, "--set", "viewer.enabled=true", "--set", "viewer.endpoint=https://u:pw@hsds.site.example")
+    assert "viewer.endpoint" in err and "viewer.credentialsSecret" in err, err
+    err = fails(helm, "--set", "hsds.endpoint=https://u:pw@hsds.site.example")
+    assert "hsds.endpoint" in err, err
+
+
+def _pod_annotations(docs: list[dict]) -> dict[str, dict[str, str]]:
+    return {
+        d["metadata"]["name"].removeprefix("t-streamtomo-"): d["spec"]["template"]["metadata"].get("annotations") or {}
+        for d in find(docs, "Deployment")
+    }
+
+
+def test_a_changed_password_rolls_the_pods_that_read_it(helm: str) -> None:
+    """Redis, HSDS and their clients read the passwords at start: a password changed
+    on upgrade restarted nobody (Redis and HSDS kept the old one) or only some of
+    them, and the pipeline could not log in."""
+    import hashlib
+
+    accounts = [
+        "hsds.auth.adminPassword=admin-pw",
+        "hsds.auth.writerPassword=writer-pw",
+        "hsds.auth.viewerPassword=viewer-pw",
+    ]
+    args = [
+        "--set",
+        "viewer.enabled=true",
+        "--set",
+        "viewer.endpoint=http://t-streamtomo-hsds.beamline.svc:5101",  # the viewer account
+        "--set",
+        "redis.auth.password=redis-pw",
+        *[a for account in accounts for a in ("--set", account)],
+    ]
+    docs = render(helm, *args)
+    pods = _pod_annotations(docs)
+    redis_readers = {"redis", "controller", "worker", "reducer", "ingester-detector", "ingester-angle"}
+
+    def having(annotation: str, annotations: dict[str, dict[str, str]] = pods) -> set[str]:
+        return {name for name, a in annotations.items() if annotation in a}
+
+    assert having("checksum/redis-secret") == redis_readers
+    assert having("checksum/hsds-secret") == {"hsds"}  # passwd.txt: every account
+    assert having("checksum/hsds-writer") == {"reducer"}  # its account alone
+    assert having("checksum/hsds-viewer") == {"viewer"}
+    # From the chart-generated Secret's data, salted with a value kept in it: no bare
+    # hash of a chosen password in pod metadata, which more people may read than Secrets.
+    secret = one(docs, "Secret", "t-streamtomo-redis")["stringData"]
+    salt = secret["checksum-salt"]
+    assert len(salt) >= 16
+    assert pods["redis"]["checksum/redis-secret"] == hashlib.sha256(f"{salt}:redis-pw".encode()).hexdigest()
+    assert hashlib.sha256(b"redis-pw").hexdigest() not in json.dumps(docs)
+    assert one(docs, "Secret", "t-streamtomo-hsds-auth")["stringData"]["checksum-salt"]
+    # The same values, the same annotations (also without lookup: helm template, GitOps) ...
+    assert _pod_annotations(render(helm, *args)) == pods
+
+    def rolled(*change: str) -> set[str]:
+        after = _pod_annotations(render(helm, *args, *change))
+        return {name for name in pods if pods[name] != after[name]}
+
+    # ... a new Redis password rolls Redis and every pod that reads it, and nothing else
+    assert rolled("--set", "redis.auth.password=redis-pw2") == redis_readers
+    # a new writer password rolls HSDS and the reducer (the viewer may roll too here:
+    # without lookup the salt comes from all three passwords), never the Redis readers
+    writer = rolled("--set", "hsds.auth.writerPassword=writer-pw2")
+    assert {"hsds", "reducer"} <= writer and not writer & (redis_readers - {"reducer"})
+    # an existingSecret the chart cannot see: no checksum (restart the pods yourself)
+    site = _pod_annotations(
+        render(helm, "--set", "redis.auth.existingSecret=site-redis", "--set", "hsds.auth.existingSecret=site-hsds")
+    )
+    assert not [name for name, a in site.items() if any(k.startswith(("checksum/redis", "checksum/hsds")) for k in a)]
+
+
+@pytest.mark.parametrize(
+    "users",
+    [
+        ("hsds.auth.viewerUser=admin",),
+        ("hsds.auth.viewerUser=streamtomo",),
+        ("hsds.auth.writerUser=admin",),
+        ("hsds.auth.adminUser=viewer",),
+    ],
+)
+def test_hsds_account_names_must_differ(helm: str, users: tuple[str, ...]) -> None:
+    """Two accounts of one name are one line-pair in passwd.txt: the viewer could get
+    the admin's (or the writer's) rights, or one of them could not log in."""
+    err = fails(helm, *[a for u in users for a in ("--set", u)])
+    assert "must all differ" in err and "hsds.auth.viewerUser" in err, err
+
+
+def test_hsds_rolling_update_needs_read_write_many(helm: str) -> None:
+    """RollingUpdate starts the new pod while the old one holds a ReadWriteOnce volume:
+    the rollout hung (or two generations of data nodes wrote one POSIX root)."""
+    err = fails(helm, "--set", "hsds.strategy=RollingUpdate")
+    assert "hsds.strategy=RollingUpdate" in err and "hsds.persistence.accessModes" in err, err
+    err = fails(helm, "--set", "hsds.strategy=RollingUpdate", "--set", "hsds.persistence.existingClaim=site-data")
+    assert "ReadWriteMany" in err, err
+    docs = render(helm, "--set", "hsds.strategy=RollingUpdate", "--set", "hsds.persistence.accessModes={ReadWriteMany}")
+    assert one(docs, "Deployment", "t-streamtomo-hsds")["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+def test_an_ingester_entry_clears_a_default(helm: str, tmp_path: Path) -> None:
+    """sprig's merge filled an entry's empty nodeSelector, tolerations and extraEnv from
+    ingesterDefaults: an entry could not clear them, against 'an entry's own keys win'."""
+    values = tmp_path / "ingesters.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "ingesterDefaults": {
+                    "nodeSelector": {"beamline-net": "true"},
+                    "tolerations": [{"key": "detector", "operator": "Exists", "effect": "NoSchedule"}],
+                    "extraEnv": [{"name": "ZMQ_RCVHWM", "value": "1000"}],
+                    "podAnnotations": {"k8s.v1.cni.cncf.io/networks": "detector-net"},
+                },
+                "ingesters": {
+                    "angle": {"nodeSelector": {}, "tolerations": [], "extraEnv": [], "podAnnotations": {}},
+                    "detector": {"resources": {"limits": {"memory": "4Gi"}}},
+                },
+            }
+        )
+    )
+    docs = render(helm, "-f", str(values))
+    angle = one(docs, "Deployment", "t-streamtomo-ingester-angle")["spec"]["template"]
+    assert "nodeSelector" not in angle["spec"] and "tolerations" not in angle["spec"]
+    assert "ZMQ_RCVHWM" not in env_of(angle["spec"]["containers"][0])
+    assert "k8s.v1.cni.cncf.io/networks" not in angle["metadata"]["annotations"]
+    detector = one(docs, "Deployment", "t-streamtomo-ingester-detector")["spec"]["template"]
+    assert detector["spec"]["nodeSelector"] == {"beamline-net": "true"}  # the defaults where the entry is silent
+    assert detector["spec"]["tolerations"][0]["key"] == "detector"
+    assert env_of(detector["spec"]["containers"][0])["ZMQ_RCVHWM"] == "1000"
+    # resources alone merge key by key: the entry's memory limit, values.yaml's others
+    resources = detector["spec"]["containers"][0]["resources"]
+    assert resources["limits"] == {"cpu": "2", "memory": "4Gi"}
+    assert resources["requests"] == {"cpu": "500m", "memory": "512Mi"}
+
+
+def test_string_values_stay_strings_in_the_manifests(helm: str, kv: Any, tmp_path: Path) -> None:
+    """Unquoted, storageClassName: true became a boolean, secretName: 2024 an integer,
+    and the API server refused them (or helm failed to read its own output)."""
+    values = tmp_path / "strings.yaml"
+    values.write_text(
+        """
+recordings: {enabled: true, storageClass: "true", existingClaim: ""}
+hsds:
+  persistence: {storageClass: "2024", existingClaim: "123"}
+  rootDir: /2024
+workers: {gpu: {enabled: true, runtimeClassName: "123"}}
+reducer:
+  ingress: {enabled: true, className: "2024", tlsSecretName: "2024"}
+viewer: {enabled: true, endpoint: "https://hsds.site.example", credentialsSecret: "123"}
+control: {existingSecret: "2024", existingSecretKey: "123"}
+redis: {auth: {existingSecret: "123", existingSecretKey: "2024"}}
+networkPolicy:
+  allowFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ingress-nginx}}}]
+"""
+    )
+    docs = render(helm, "-f", str(values))
+    for doc in docs:
+        kv.validate(doc, K8S_VERSION, strict=True)
+    assert one(docs, "PersistentVolumeClaim", "t-streamtomo-recordings")["spec"]["storageClassName"] == "true"
+    ingress = one(docs, "Ingress", "t-streamtomo-live")["spec"]
+    assert ingress["ingressClassName"] == "2024" and ingress["tls"][0]["secretName"] == "2024"
+    hsds = one(docs, "Deployment", "t-streamtomo-hsds")["spec"]["template"]["spec"]
+    assert next(v for v in hsds["volumes"] if v["name"] == "data")["persistentVolumeClaim"]["claimName"] == "123"
+    worker = one(docs, "Deployment", "t-streamtomo-worker")["spec"]["template"]["spec"]
+    assert worker["runtimeClassName"] == "123"
+    _, env = _viewer(docs)
+    assert env["STREAMTOMO_VIEWER_USERNAME"]["secretKeyRef"]["name"] == "123"
+    assert secret_file(docs, "t-streamtomo-reducer", "STREAMTOMO_REDIS_PASSWORD_FILE") == {"name": "123", "key": "2024"}
+    reducer = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]
+    control = next(v for v in reducer["volumes"] if v["name"] == "control-token")
+    assert control["secret"]["secretName"] == "2024" and control["secret"]["items"][0]["key"] == "123"
+    # an external Redis's Secret and key
+    ext = render(
+        helm,
+        "--set",
+        "redis.enabled=false",
+        "--set-string",
+        "externalRedis.existingSecret=2024,externalRedis.existingSecretKey=123",
+        "--set",
+        "networkPolicy.egress.enabled=false",
+    )
+    container = one(ext, "Deployment", "t-streamtomo-worker")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(container)["REDIS_URL"] == {"secretKeyRef": {"name": "2024", "key": "123"}}
+    # a namespace of digits (a valid DNS label)
+    proc = run_helm(helm, "template", "t", str(CHART), "--namespace", "2024")
+    assert proc.returncode == 0, proc.stderr
+    binding = one([d for d in yaml.safe_load_all(proc.stdout) if d], "RoleBinding", "t-streamtomo-hsds-pods-list")
+    assert binding["subjects"][0]["namespace"] == "2024"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("image.repository", "reg.example/st #x"),  # unquoted: '#x...' a comment, the tag dropped
+        ("image.repository", "reg.example/st x"),
+        ("image.repository", "reg.example/st:0.2.0"),  # the tag goes in image.tag
+        ("image.tag", "0.1.0 #x"),
+        ("redis.image.repository", "docker.io/library/redis #x"),
+        ("hsds.image.repository", "docker.io/hdfgroup/hsds #x"),
+    ],
+)
+def test_image_references_that_yaml_or_the_runtime_would_change_are_refused(helm: str, key: str, value: str) -> None:
+    err = fails(helm, "--set-string", f"{key}={value}")
+    assert key in err, err
+
+
+def test_images_are_rendered_whole(helm: str) -> None:
+    docs = render(helm, "--set", "image.repository=registry.example:5000/beamline/streamtomo")
+    images = {c["image"] for _, _, spec in workloads(docs) for c in spec.get("initContainers", []) + spec["containers"]}
+    assert "registry.example:5000/beamline/streamtomo:0.1.0" in images
+
+
+@pytest.mark.parametrize(
+    ("release", "override"),
+    [("2024-tomo", ""), ("tomo.danmax", ""), ("t", "2024")],
+)
+def test_names_that_make_invalid_service_names_are_refused(helm: str, release: str, override: str) -> None:
+    """A Service name is a DNS label (a letter first, no dots): a release called 2024-tomo
+    or tomo.danmax rendered Services the API server refuses, after the rest was created."""
+    args = ["--set-string", f"fullnameOverride={override}"] if override else []
+    proc = run_helm(helm, "template", release, str(CHART), *args)
+    assert proc.returncode != 0, f"helm accepted release {release!r}, fullnameOverride {override!r}"
+    assert "fullnameOverride" in proc.stderr and "not a valid Service name" in proc.stderr, proc.stderr
+    # fullnameOverride is the way out
+    proc = run_helm(helm, "template", release, str(CHART), "--set", "fullnameOverride=st-danmax")
+    assert proc.returncode == 0, proc.stderr

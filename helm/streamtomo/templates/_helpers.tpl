@@ -24,21 +24,30 @@
 
 {{/* Selector labels; call with (dict "ctx" $ "component" "worker"). */}}
 {{- define "streamtomo.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "streamtomo.name" .ctx }}
-app.kubernetes.io/instance: {{ .ctx.Release.Name }}
-app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/name: {{ include "streamtomo.name" .ctx | quote }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name | quote }}
+app.kubernetes.io/component: {{ .component | quote }}
 {{- end -}}
 
 {{/* Common labels; call with (dict "ctx" $ "component" "worker"). */}}
 {{- define "streamtomo.labels" -}}
-helm.sh/chart: {{ include "streamtomo.chart" .ctx }}
+helm.sh/chart: {{ include "streamtomo.chart" .ctx | quote }}
 {{ include "streamtomo.selectorLabels" . }}
 app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service | quote }}
 app.kubernetes.io/part-of: streamtomo
+{{- /* commonLabels never holds a key of the above (templates/validate.yaml):
+a duplicate key would override the selectors the NetworkPolicies match on */}}
 {{- with .ctx.Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* Label keys the chart sets itself (streamtomo.labels, and the ingesters'
+streamtomo.io/role and streamtomo.io/stream): Services, NetworkPolicies and the
+HSDS data-node lookup select pods by them, so commonLabels may not set them. */}}
+{{- define "streamtomo.reservedLabelKeys" -}}
+{{- list "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component" "app.kubernetes.io/part-of" "app.kubernetes.io/managed-by" "app.kubernetes.io/version" "helm.sh/chart" | toJson -}}
 {{- end -}}
 
 {{/* The application image reference. */}}
@@ -77,7 +86,14 @@ app.kubernetes.io/part-of: streamtomo
 
 {{/* Public URL of an ingress: (dict "ingress" .Values.x.ingress). */}}
 {{- define "streamtomo.ingressUrl" -}}
-{{- printf "%s://%s" (ternary "https" "http" (ne .ingress.tlsSecretName "")) .ingress.host -}}
+{{- printf "%s://%s" (ternary "https" "http" (include "streamtomo.ingressTls" .ingress | eq "true")) .ingress.host -}}
+{{- end -}}
+
+{{/* "true" when an ingress is reached over TLS: the Ingress's own certificate
+(tlsSecretName) or TLS ended before it (tlsTerminatedUpstream). Call with the
+ingress values. */}}
+{{- define "streamtomo.ingressTls" -}}
+{{- or (ne (.tlsSecretName | default "") "") (.tlsTerminatedUpstream | default false) -}}
 {{- end -}}
 
 {{/* Public (hateoas) endpoint of HSDS. */}}
@@ -142,13 +158,13 @@ streamtomo.redisMount) into their own process: it is in no container's environme
 - name: REDIS_URL
   value: {{ printf "redis://%s:%d/0" (include "streamtomo.svcHost" (dict "ctx" . "name" "redis")) (int .Values.redis.port) | quote }}
 - name: STREAMTOMO_REDIS_PASSWORD_FILE
-  value: {{ include "streamtomo.redisPasswordFile" . }}
+  value: {{ include "streamtomo.redisPasswordFile" . | quote }}
 {{- else if .Values.externalRedis.existingSecret }}
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.externalRedis.existingSecret }}
-      key: {{ .Values.externalRedis.existingSecretKey }}
+      name: {{ .Values.externalRedis.existingSecret | quote }}
+      key: {{ .Values.externalRedis.existingSecretKey | quote }}
 {{- else }}
 - name: REDIS_URL
   value: {{ .Values.externalRedis.url | quote }}
@@ -197,10 +213,10 @@ streamtomo.redisMount) into their own process: it is in no container's environme
 {{- define "streamtomo.controlVolume" -}}
 - name: control-token
   secret:
-    secretName: {{ include "streamtomo.controlSecretName" . }}
+    secretName: {{ include "streamtomo.controlSecretName" . | quote }}
     defaultMode: 0400
     items:
-      - key: {{ include "streamtomo.controlSecretKey" . }}
+      - key: {{ include "streamtomo.controlSecretKey" . | quote }}
         path: token
 {{- end -}}
 
@@ -216,11 +232,11 @@ children, shown in /proc). dict: name, secret, key */}}
 {{- define "streamtomo.secretFileVolume" -}}
 - name: {{ .name }}
   secret:
-    secretName: {{ .secret }}
+    secretName: {{ .secret | quote }}
     defaultMode: 0400
     items:
-      - key: {{ .key }}
-        path: {{ .key }}
+      - key: {{ .key | quote }}
+        path: {{ .key | quote }}
 {{- end -}}
 
 {{- define "streamtomo.secretFileMount" -}}
@@ -292,7 +308,7 @@ checksum/pipeline: {{ include (print .Template.BasePath "/pipeline-configmap.yam
 {{- define "streamtomo.tmpVolume" -}}
 - name: tmp
   emptyDir:
-    sizeLimit: {{ .Values.tmpSizeLimit }}
+    sizeLimit: {{ .Values.tmpSizeLimit | quote }}
 {{- end -}}
 
 {{- define "streamtomo.pipelineVolume" -}}
@@ -356,12 +372,12 @@ metadata:
   {{- end }}
 spec:
   {{- with .ingress.className }}
-  ingressClassName: {{ . }}
+  ingressClassName: {{ . | quote }}
   {{- end }}
   {{- if .ingress.tlsSecretName }}
   tls:
     - hosts: [{{ .ingress.host | quote }}]
-      secretName: {{ .ingress.tlsSecretName }}
+      secretName: {{ .ingress.tlsSecretName | quote }}
   {{- end }}
   rules:
     - host: {{ .ingress.host | quote }}
@@ -385,7 +401,20 @@ spec:
 {{- range $key, $entry := .Values.ingesters -}}
 {{- $enabled := ternary $entry.enabled true (hasKey $entry "enabled") -}}
 {{- if $enabled -}}
-{{- $_ := set $out $key (merge (deepCopy $entry) (deepCopy $.Values.ingesterDefaults)) -}}
+{{- /* A key the entry sets replaces the default, so nodeSelector: {},
+tolerations: [] or extraEnv: [] clear it (sprig's merge would fill an empty value
+from the defaults); resources alone is merged key by key (an entry can raise one
+limit). */ -}}
+{{- $merged := deepCopy $.Values.ingesterDefaults -}}
+{{- range $k, $v := $entry -}}
+{{- if kindIs "invalid" $v -}}
+{{- else if and (eq $k "resources") (kindIs "map" $v) (kindIs "map" $merged.resources) -}}
+{{- $_ := set $merged $k (merge (deepCopy $v) (deepCopy $merged.resources)) -}}
+{{- else -}}
+{{- $_ := set $merged $k (deepCopy $v) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set $out $key $merged -}}
 {{- end -}}
 {{- end -}}
 {{- toJson $out -}}
@@ -396,4 +425,102 @@ owns (domain, controller_url). Use: fromJson (include "streamtomo.pipeline" .) *
 {{- define "streamtomo.pipeline" -}}
 {{- $own := dict "domain" .Values.reducer.domain "controller_url" (include "streamtomo.controllerUrl" .) -}}
 {{- toJson (merge $own (deepCopy .Values.pipeline)) -}}
+{{- end -}}
+
+{{/* The passwords of the Secrets the chart generates (RELEASE-streamtomo-redis,
+RELEASE-streamtomo-hsds-auth), as JSON {"redis": {...}, "hsds": {...}}: each the
+value given, else the Secret's current one (lookup: kept across upgrades), else
+random. With a salt for the checksum annotations (checksum-salt), kept in the
+Secret the same way; where there is none yet and every password of the Secret is
+given in the values, derived from them with a slow KDF (derivePassword: scrypt),
+so that renders without lookup (helm template, GitOps) agree; else random. Made
+once per render and kept in the root context, which every template of the chart
+shares: the Secret and the checksums of the pods that read it must see the same
+random values (each randAlphaNum call differs). */}}
+{{- define "streamtomo.generatedSecrets" -}}
+{{- if not (hasKey . "streamtomoGeneratedSecrets") -}}
+{{- $out := dict -}}
+{{- if and .Values.redis.enabled (not .Values.redis.auth.existingSecret) -}}
+{{- $old := (lookup "v1" "Secret" .Release.Namespace (include "streamtomo.redisSecretName" .)).data | default dict -}}
+{{- $password := .Values.redis.auth.password -}}
+{{- if and (not $password) (hasKey $old "redis-password") -}}
+{{- $password = index $old "redis-password" | b64dec -}}
+{{- end -}}
+{{- if not $password -}}
+{{- $password = randAlphaNum 32 -}}
+{{- end -}}
+{{- $salt := index $old "checksum-salt" | default "" | b64dec -}}
+{{- if and (not $salt) .Values.redis.auth.password -}}
+{{- $salt = derivePassword 1 "maximum" .Values.redis.auth.password (include "streamtomo.fullname" .) "checksum-salt/redis" -}}
+{{- end -}}
+{{- if not $salt -}}
+{{- $salt = randAlphaNum 32 -}}
+{{- end -}}
+{{- $_ := set $out "redis" (dict "redis-password" $password "checksum-salt" $salt) -}}
+{{- end -}}
+{{- if and .Values.hsds.enabled (not .Values.hsds.auth.existingSecret) -}}
+{{- $a := .Values.hsds.auth -}}
+{{- $old := (lookup "v1" "Secret" .Release.Namespace (include "streamtomo.hsdsSecretName" .)).data | default dict -}}
+{{- $pw := dict -}}
+{{- range $key, $given := dict "admin-password" $a.adminPassword "writer-password" $a.writerPassword "viewer-password" $a.viewerPassword -}}
+{{- if $given -}}
+{{- $_ := set $pw $key $given -}}
+{{- else if hasKey $old $key -}}
+{{- $_ := set $pw $key (index $old $key | b64dec) -}}
+{{- else -}}
+{{- $_ := set $pw $key (randAlphaNum 24) -}}
+{{- end -}}
+{{- end -}}
+{{- $salt := index $old "checksum-salt" | default "" | b64dec -}}
+{{- if and (not $salt) $a.adminPassword $a.writerPassword $a.viewerPassword -}}
+{{- $salt = derivePassword 1 "maximum" (printf "%s:%s:%s" $a.adminPassword $a.writerPassword $a.viewerPassword) (include "streamtomo.fullname" .) "checksum-salt/hsds" -}}
+{{- end -}}
+{{- if not $salt -}}
+{{- $salt = randAlphaNum 32 -}}
+{{- end -}}
+{{- $_ := set $pw "checksum-salt" $salt -}}
+{{- $_ := set $out "hsds" $pw -}}
+{{- end -}}
+{{- $_ := set . "streamtomoGeneratedSecrets" $out -}}
+{{- end -}}
+{{- toJson .streamtomoGeneratedSecrets -}}
+{{- end -}}
+
+{{/* HSDS's password file: one user:password line per account. */}}
+{{- define "streamtomo.hsdsPasswdTxt" -}}
+{{- $a := .Values.hsds.auth -}}
+{{- $pw := (fromJson (include "streamtomo.generatedSecrets" .)).hsds -}}
+{{ $a.adminUser }}:{{ index $pw "admin-password" }}
+{{ $a.writerUser }}:{{ index $pw "writer-password" }}
+{{ $a.viewerUser }}:{{ index $pw "viewer-password" }}
+{{- end -}}
+
+{{/* Pod-template annotations that roll the pods reading a password at start
+when it changes (Redis or HSDS would otherwise keep the old one while restarted
+clients read the new one, or the reverse). From the chart-generated Secret's data,
+salted with its checksum-salt: annotations are readable by whoever may read pods,
+and an unsalted hash of a chosen password could be guessed offline. Nothing for an
+existingSecret: the chart cannot see it (helm template has no cluster, and a
+Secret changed outside Helm triggers no upgrade); its name and key are in the pod
+spec already, and a password changed in it needs `kubectl rollout restart` of the
+same Deployments. */}}
+
+{{/* Redis's password: for Redis and the pipeline's pods (controller, ingesters,
+workers, reducer), which read it at start. */}}
+{{- define "streamtomo.redisChecksum" -}}
+{{- if and .Values.redis.enabled (not .Values.redis.auth.existingSecret) -}}
+{{- $g := (fromJson (include "streamtomo.generatedSecrets" .)).redis -}}
+checksum/redis-secret: {{ printf "%s:%s" (index $g "checksum-salt") (index $g "redis-password") | sha256sum }}
+{{- end -}}
+{{- end -}}
+
+{{/* An HSDS password as an annotation: (dict "ctx" $ "name" "checksum/hsds-writer"
+"key" "writer-password"), or "key" "passwd.txt" for HSDS itself (every account). */}}
+{{- define "streamtomo.hsdsChecksum" -}}
+{{- $ctx := .ctx -}}
+{{- if and $ctx.Values.hsds.enabled (not $ctx.Values.hsds.auth.existingSecret) -}}
+{{- $g := (fromJson (include "streamtomo.generatedSecrets" $ctx)).hsds -}}
+{{- $data := ternary (include "streamtomo.hsdsPasswdTxt" $ctx) (index $g .key | default "") (eq .key "passwd.txt") -}}
+{{ .name }}: {{ printf "%s:%s:%s" (index $g "checksum-salt") .key $data | sha256sum }}
+{{- end -}}
 {{- end -}}

@@ -22,7 +22,7 @@ spec:
     {{- toYaml $ctx.Values.podSecurityContext | nindent 4 }}
   containers:
     - name: check
-      image: {{ include "streamtomo.image" $ctx }}
+      image: {{ include "streamtomo.image" $ctx | quote }}
       imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
       command: ["python", "/etc/streamtomo/scripts/{{ .script }}"]
       env:
