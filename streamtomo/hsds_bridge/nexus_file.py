@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
@@ -88,7 +90,7 @@ def write_nexus(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique per writer: two writers of one name never write into each other's file.
-    partial = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.part")
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{PARTIAL_SUFFIX}")
     try:
         large: list[_LargeDataset] = []
         file_id = h5py.h5f.create(os.fsencode(partial), h5py.h5f.ACC_TRUNC, fapl=aligned_file_access())
@@ -122,6 +124,49 @@ def write_nexus(
         partial.unlink(missing_ok=True)
         raise
     return path
+
+
+PARTIAL_SUFFIX = ".part"
+# A partial file untouched this long, of a process that is not running here, was left by
+# a writer that died (a killed reducer): write_nexus renames its file only when complete.
+ORPHAN_AGE_S = 3600.0
+_PARTIAL_NAME = re.compile(r"^\..+\.(\d+)-\d+" + re.escape(PARTIAL_SUFFIX) + "$")
+
+
+def remove_orphaned_partials(folder: str | os.PathLike[str], older_than_s: float = ORPHAN_AGE_S) -> list[Path]:
+    """Remove the partial files (write_nexus's ``.NAME.PID-TID.part``) in ``folder`` that
+    a writer which died left: their process is not running on this machine and they
+    were not written to for ``older_than_s`` (a folder other machines write to too may
+    hold their writers' partials, in use, under process numbers not running here).
+    Each was up to a whole scan's size and nothing else ever removed it. Returns them."""
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _PARTIAL_NAME.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime < older_than_s or _running(int(match[1])):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _fsync(path: Path) -> None:

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import threading
 import time
 import weakref
@@ -38,6 +39,7 @@ from streamtomo.hsds_bridge.credentials import CredentialsError, load_credential
 from streamtomo.hsds_bridge.hsds_settings import HsdsWriterSettings
 from streamtomo.hsds_bridge.hsds_writer import HsdsWriter, HsdsWriterError
 from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError, env_port
+from streamtomo.hsds_bridge.nexus_file import remove_orphaned_partials
 from streamtomo.hsds_bridge.publisher import Publisher
 from streamtomo.hsds_bridge.rest_server import HdfRestServer
 from streamtomo.pipeline.config import PipelineConfig
@@ -661,7 +663,14 @@ class TomoReducer:
             with self.lock:
                 self._let_go_of_overrun()  # the end of the scan is done with the arrays
             return
-        name = f"scan-{self.mapping_uuid or time.strftime('%Y%m%d-%H%M%S')}.nxs"
+        # Without a scan id (no controller): the time, and a random part, since two such
+        # scans in one second replaced each other's file.
+        name = f"scan-{self.mapping_uuid or time.strftime('%Y%m%d-%H%M%S-') + secrets.token_hex(4)}.nxs"
+        if not self.context.get("orphaned_partials_swept"):
+            # Once per reducer process: a reducer that was killed left its partial file.
+            self.context["orphaned_partials_swept"] = True
+            for orphan in remove_orphaned_partials(self.settings.final_dir):
+                logger.warning("removed %s, a final file's part that a writer which died left", orphan)
         files: list[FinalFile] = self.context.setdefault("final_files", [])
         files[:] = [f for f in files if not f.done]  # written ones need no waiting for
         with self.lock:  # from here on no result changes the domain (process_result)

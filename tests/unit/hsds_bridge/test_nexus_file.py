@@ -317,3 +317,32 @@ def test_a_default_that_leads_nowhere_is_left_out_and_one_that_leads_somewhere_k
     with h5py.File(path, "r") as f:
         assert _text(f.attrs["default"]) == "entry"  # the root's leads to /entry: kept
         assert "default" not in f["entry"].attrs
+
+
+def test_partials_a_dead_writer_left_are_removed_and_no_others(tmp_path: Path) -> None:
+    """A reducer killed while writing left `.scan-X.nxs.PID-TID.part` (up to a whole
+    scan's size), and nothing ever removed it."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from streamtomo.hsds_bridge.nexus_file import ORPHAN_AGE_S, remove_orphaned_partials
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)  # a process that ran and ended
+    old = time.time() - 2 * ORPHAN_AGE_S
+    files = {
+        "orphan": tmp_path / f".scan-a.nxs.{dead_pid}-1.part",
+        "fresh": tmp_path / f".scan-b.nxs.{dead_pid}-1.part",  # written to just now: maybe another machine's
+        "running": tmp_path / f".scan-c.nxs.{os.getpid()}-1.part",  # its writer runs
+        "final": tmp_path / "scan-d.nxs",
+        "other": tmp_path / ".notes.part",
+    }
+    for name, path in files.items():
+        path.write_bytes(b"x")
+        if name != "fresh":
+            os.utime(path, (old, old))
+    assert remove_orphaned_partials(tmp_path) == [files["orphan"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for k, p in files.items() if k != "orphan")
+    assert remove_orphaned_partials(tmp_path / "none") == []  # no folder: nothing to do
