@@ -26,6 +26,7 @@ from streamtomo.pipeline.formats.errors import (
     PcapNotARow,
     PcapRawMean,
     PcapRowUnreadable,
+    UnknownMessage,
 )
 from streamtomo.pipeline.formats.kinds import BaseEvidence, FrameKindRule, FrameNumbering
 from streamtomo.pipeline.formats.pcap import (
@@ -283,6 +284,13 @@ class TomoWorker:
         decode = decode_eiger_legacy if getattr(stream, "typ", "") == EIGER_LEGACY else decode_stins
         try:
             message = decode(stream.frames, self.processor.frame_bytes_limit())
+        except UnknownMessage as error:
+            # Readable, and no image: a notice, not a refused frame (frames_received
+            # counted it as one, 71 for a scan of 70 images).
+            result.items.append(
+                Rejected.notice("detector_message_unknown", f"event {event_number}: {error}", event_number)
+            )
+            return None
         except FrameError as error:
             self.numbering.evidence.offer_unreadable(event_number)  # it may have been an image, or an extra
             result.items.append(Rejected(None, "corrupt_frame", f"event {event_number}: {error}", event_number))

@@ -38,7 +38,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.formats.errors import FrameError
+from streamtomo.pipeline.formats.errors import FrameError, UnknownMessage
 from streamtomo.pipeline.formats.limits import (
     MAX_FRAME_BYTES,
     counter,
@@ -252,4 +252,5 @@ def decode_eiger_legacy(parts: Sequence[Part], max_frame_bytes: int = MAX_FRAME_
         return StinsHeader(0, "", extra, tuple(meta))
     if htype == END:
         return StinsEnd(0, {k: v for k, v in head.items() if k != "htype"})
-    raise FrameError(f"unknown Eiger htype {htype!r}; expected {HEADER!r}, {IMAGE!r} or {END!r}")
+    error = UnknownMessage if isinstance(htype, str) and htype else FrameError  # no htype: a damaged message
+    raise error(f"unknown Eiger htype {htype!r}; expected {HEADER!r}, {IMAGE!r} or {END!r}")

@@ -11,6 +11,11 @@ class FrameError(ValueError):
     """
 
 
+class UnknownMessage(FrameError):
+    """A well-formed detector message of a type the decoder does not know (an ``htype``
+    of its own): no image, and not damaged either, so no frame to count as refused."""
+
+
 class AngleError(FrameError):
     """A PandA capture that gives no angle for its frame; ``reason`` is the key the
     reducer counts it under (``/entry/status/rejected``)."""

@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.formats.errors import FrameError
+from streamtomo.pipeline.formats.errors import FrameError, UnknownMessage
 from streamtomo.pipeline.formats.limits import MAX_FRAME_BYTES, counter, frame_shape, json_object, pixel_dtype
 
 STREAM_TYPE = "STINS"
@@ -280,4 +280,5 @@ def decode_stins(parts: Sequence[Part], max_frame_bytes: int = MAX_FRAME_BYTES) 
     if htype == "series_end":
         extra = {k: v for k, v in head.items() if k not in {"htype", "msg_number"}}
         return StinsEnd(_int_field(head, "msg_number"), extra)
-    raise FrameError(f"unknown STINS htype {htype!r}; expected 'header', 'image' or 'series_end'")
+    error = UnknownMessage if isinstance(htype, str) and htype else FrameError  # no htype: a damaged message
+    raise error(f"unknown STINS htype {htype!r}; expected 'header', 'image' or 'series_end'")

@@ -253,7 +253,13 @@ def say_if_frames_may_be_off(scan: LiveScan) -> None:
 # Signs from the PandA itself that its rows and the detector's frames went out of step.
 PANDA_SIGNS = ("pcap_header_mid_scan", "pcap_missed_samples", "pcap_capture_incomplete")
 # The detector's own extra messages (its frames carry numbers: these harm nothing).
-DETECTOR_EXTRAS = ("duplicate_frame", "frame_number_repeated", "stins_header_mid_scan", "corrupt_frame")
+DETECTOR_EXTRAS = (
+    "duplicate_frame",
+    "frame_number_repeated",
+    "stins_header_mid_scan",
+    "corrupt_frame",
+    "detector_message_unknown",
+)
 
 
 def judge_stream_steps(scan: LiveScan) -> None:
