@@ -162,7 +162,7 @@ def cmd_play(args: argparse.Namespace) -> int:
         running_deployment,
     )
     from streamtomo.app.parameter_files import load_config, read_config_values, write_parameter_file
-    from streamtomo.app.play import PlayError, play
+    from streamtomo.app.play import PlayError, PlayRefused, play
     from streamtomo.app.recording_checks import RecordingError, check_recordings, cuts
     from streamtomo.app.scan_outcome import scan_outcome
     from streamtomo.controller_client import ControllerError
@@ -223,6 +223,9 @@ def cmd_play(args: argparse.Namespace) -> int:
             dump_prefix=prefix,
             stall_timeout=args.stall_timeout,
         )
+    except PlayRefused as error:  # nothing was changed: a usage error
+        print(f"streamtomo: error: {error}", file=sys.stderr)
+        return 2
     except (PlayError, DeploymentError, ControllerError, OSError) as error:
         print(f"streamtomo: error: {error}", file=sys.stderr)
         return 1

@@ -37,7 +37,7 @@ from typing import Any
 from streamtomo.app.beamline_events import BROADCAST, BeamlineEvent, frame_events, recorded_events, scan_mapping
 from streamtomo.app.deployment_state import DeploymentState
 from streamtomo.app.parameter_files import load_config, parameter_list
-from streamtomo.app.upstream import DetectorPush, NotConnected, PandaServer, PlayError
+from streamtomo.app.upstream import DetectorPush, NotConnected, PandaServer, PlayError, PlayRefused
 from streamtomo.controller_client import ControllerClient, ControllerError, ControllerTimeout
 from streamtomo.pipeline.config import PipelineConfig
 
@@ -48,6 +48,7 @@ __all__ = [
     "NotConnected",
     "PandaServer",
     "PlayError",
+    "PlayRefused",
     "PlayResult",
     "frame_events",
     "play",
@@ -123,6 +124,19 @@ def recorded_config(prefix: str, mapping_uuid: str) -> PipelineConfig:
     return load_config(path, {"controller_url": ""})
 
 
+def _refuse_if_a_scan_runs(controller: ControllerClient) -> None:
+    """A scan under way is not replaced: a new mapping left it without a final file or
+    a final state (a play stopped with Ctrl-C, then played again within the stream
+    timeout), and new parameters changed it under its feet."""
+    progress = controller.progress(timeout=5)
+    total, done = int(progress.get("total_events") or 0), int(progress.get("completed_events") or 0)
+    if total and not progress.get("finished"):
+        raise PlayRefused(
+            f"a scan is running ({done} of {total} events done): wait for it to end (one whose sender "
+            "stopped ends after up's --stream-timeout), nothing was changed"
+        )
+
+
 def play(
     state: DeploymentState,
     events: Sequence[BeamlineEvent],
@@ -142,21 +156,40 @@ def play(
     early. ``on_frame_sent(i, sent)`` runs after frame ``i`` (the ``sent``-th) left.
     """
     controller = ControllerClient(state.controller_url)
-    takes_references = any(e.key in BROADCAST for e in events)
-    parameters = scan_parameters(config, state, dump_prefix, takes_references)
-    hashes = [h for h in (controller.set_parameter_if_changed(n, v) for n, v in parameters.items()) if h is not None]
-    logger.info("parameters set (%d changed); waiting for every service to have them", len(hashes))
-    # Services pick parameters up when the mapping starts: they must all have them first.
+    # The beamline's ports first, then whether a scan runs, and only then the parameters:
+    # a second play that failed on a taken port had already set the running scan's
+    # parameters (its final file said filter hann, its recording ramp).
     try:
-        controller.wait_consistent(hashes[-1] if hashes else None, 30.0)
-    except ControllerTimeout as error:
-        raise PlayError(str(error)) from None
+        panda = PandaServer(state.angle_upstream)
+    except OSError as error:
+        raise PlayRefused(f"the PandA port {state.angle_upstream} is taken (another play?): {error}") from None
+    import zmq  # pyzmq comes with dranspose
 
-    prefix = state.dump_prefix if dump_prefix is None else dump_prefix
-    if prefix:
-        Path(os.path.dirname(prefix) or ".").mkdir(parents=True, exist_ok=True)
-    panda = PandaServer(state.angle_upstream)
-    detector = DetectorPush(state.detector_upstream)
+    try:
+        detector = DetectorPush(state.detector_upstream)
+    except zmq.ZMQError as error:  # address in use
+        panda.close()
+        raise PlayRefused(f"the detector port {state.detector_upstream} is taken (another play?): {error}") from None
+    try:
+        _refuse_if_a_scan_runs(controller)
+        takes_references = any(e.key in BROADCAST for e in events)
+        parameters = scan_parameters(config, state, dump_prefix, takes_references)
+        hashes = [
+            h for h in (controller.set_parameter_if_changed(n, v) for n, v in parameters.items()) if h is not None
+        ]
+        logger.info("parameters set (%d changed); waiting for every service to have them", len(hashes))
+        # Services pick parameters up when the mapping starts: they must all have them first.
+        try:
+            controller.wait_consistent(hashes[-1] if hashes else None, 30.0)
+        except ControllerTimeout as error:
+            raise PlayError(str(error)) from None
+        prefix = state.dump_prefix if dump_prefix is None else dump_prefix
+        if prefix:
+            Path(os.path.dirname(prefix) or ".").mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        detector.close()
+        panda.close()
+        raise
     try:
         mapping = scan_mapping(events, state.detector_stream, state.angle_stream)
         n_frames = sum(1 for e in events if e.frame is not None)

@@ -16,6 +16,11 @@ class PlayError(RuntimeError):
     """The deployment refused or did not finish the scan; the message says why."""
 
 
+class PlayRefused(PlayError):
+    """The scan cannot start, and nothing was changed: another scan is running, or the
+    beamline's ports are taken (another ``play``). A usage error (exit 2)."""
+
+
 class NotConnected(PlayError):
     """An ingester did not connect to its upstream socket in time."""
 

@@ -311,6 +311,48 @@ def test_play_says_how_the_scan_ended_and_exits_3_when_it_failed(
 
 @pytest.mark.slow
 @needs_redis
+def test_a_second_play_during_a_scan_is_refused_and_changes_nothing(
+    clean_logs: LocalDeployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second play failed on the taken port (exit 1) after it had set its parameters:
+    the running scan's final file said filter hann where its recording said ramp."""
+    import threading
+
+    import h5pyd
+
+    from streamtomo.app.cli import main
+    from streamtomo.app.play import PlayRefused, _refuse_if_a_scan_runs
+
+    spec, frames = simulated_scan()
+    config = spec.config()
+    first = threading.Thread(
+        target=play, args=(clean_logs.state, frame_events(frames, config), config), kwargs={"rate_hz": 40.0}
+    )
+    first.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not int(clean_logs.controller.progress(timeout=5).get("completed_events") or 0):
+            assert time.monotonic() < deadline, "the first scan did not start"
+            time.sleep(0.05)
+        state = clean_logs.state.write(tmp_path / "state.json")
+        other = tmp_path / "p.json"
+        other.write_text(json.dumps({"filter": "hann"}))
+        small = ["--rows", "8", "--cols", "32", "--angles", "20", "--no-record", "--state", str(state)]
+        assert main(["play", "--simulate", *small, "-p", str(other)]) == 2
+        assert "is taken (another play?)" in capsys.readouterr().err
+        with pytest.raises(PlayRefused, match="a scan is running"):
+            _refuse_if_a_scan_runs(clean_logs.controller)
+    finally:
+        first.join(timeout=120)
+    now = ended_status(clean_logs.state.live_endpoint, config.domain)
+    assert now["state"] == "finished"
+    with h5pyd.File(config.domain, "r", endpoint=clean_logs.state.live_endpoint) as f:
+        parameters = json.loads(f["/entry/reconstruction/parameters"][()])
+    assert parameters["filter"] == config.filter
+
+
+@pytest.mark.slow
+@needs_redis
 def test_stream_that_stops_early_is_ended_and_the_partial_result_kept(clean_logs: LocalDeployment) -> None:
     spec, frames = simulated_scan()
     config = spec.config()
