@@ -325,24 +325,31 @@ def test_a_second_play_during_a_scan_is_refused_and_changes_nothing(
 
     spec, frames = simulated_scan()
     config = spec.config()
+    # The first scan holds still after its fifth frame until the checks are done: it
+    # runs, with its ports bound, however slow the machine.
+    streaming, checked = threading.Event(), threading.Event()
+
+    def hold(index: int, sent: int) -> None:
+        if sent == 5:
+            streaming.set()
+            checked.wait(120)
+
     first = threading.Thread(
-        target=play, args=(clean_logs.state, frame_events(frames, config), config), kwargs={"rate_hz": 40.0}
+        target=play, args=(clean_logs.state, frame_events(frames, config), config), kwargs={"on_frame_sent": hold}
     )
     first.start()
     try:
-        deadline = time.monotonic() + 60
-        while not int(clean_logs.controller.progress(timeout=5).get("completed_events") or 0):
-            assert time.monotonic() < deadline, "the first scan did not start"
-            time.sleep(0.05)
+        assert streaming.wait(120), "the first scan did not start"
+        with pytest.raises(PlayRefused, match="a scan is running"):
+            _refuse_if_a_scan_runs(clean_logs.controller)
         state = clean_logs.state.write(tmp_path / "state.json")
         other = tmp_path / "p.json"
         other.write_text(json.dumps({"filter": "hann"}))
         small = ["--rows", "8", "--cols", "32", "--angles", "20", "--no-record", "--state", str(state)]
         assert main(["play", "--simulate", *small, "-p", str(other)]) == 2
         assert "is taken (another play?)" in capsys.readouterr().err
-        with pytest.raises(PlayRefused, match="a scan is running"):
-            _refuse_if_a_scan_runs(clean_logs.controller)
     finally:
+        checked.set()
         first.join(timeout=120)
     now = ended_status(clean_logs.state.live_endpoint, config.domain)
     assert now["state"] == "finished"
