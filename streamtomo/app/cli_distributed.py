@@ -76,6 +76,10 @@ def cmd_up(args: argparse.Namespace) -> int:
                     print(f"streamtomo: error: {problem}", flush=True)
                     code = 3
                     break
+                pids = {name: service.pid for name, service in deployment.processes.items() if service.alive()}
+                if pids != state.pids:  # a service replaced: the state file names the running one
+                    state.pids = pids
+                    state.write(state_path)
                 try:
                     p = deployment.controller.progress(timeout=5)
                     line = f"scan: {p['completed_events']}/{p['total_events']} events" + (

@@ -39,7 +39,7 @@ from streamtomo.app.redis_service import forget_workers, redis_ping, redis_serve
 from streamtomo.app.reducer_environment import ReducerEnvironment
 from streamtomo.app.shared_rows import ENV_DIR as SHARED_ROWS_ENV
 from streamtomo.app.shared_rows import remove_rings_of, shared_rows_directory
-from streamtomo.controller_client import ControllerClient, ControllerTimeout
+from streamtomo.controller_client import ControllerClient, ControllerError, ControllerTimeout
 from streamtomo.reducer.final_file import FINAL_FILE_WAIT_S
 
 logger = logging.getLogger(__name__)
@@ -435,6 +435,11 @@ class LocalDeployment:
         config = self._ensemble()
         uuids = {str(s["mapping_uuid"]) for s in [*config["workers"], *config["ingesters"]]}
         lost = uuids.pop() if len(uuids) == 1 else ""
+        if lost and not self._scan_under_way():
+            # The controller's empty mapping of its start, or a scan that had ended: its
+            # successor marked it failed ("the reducer died during this scan") and wrote
+            # a final file for it, or said 'failed' over a scan that had finished.
+            lost = ""
         # A reducer killed did not delete its registration: it lingers until it expires.
         old = (config.get("reducer") or {}).get("service_uuid")
         self.processes.pop("reducer")
@@ -451,6 +456,15 @@ class LocalDeployment:
 
         wait_for("the new reducer", registered, timeout or self.ready_timeout, interval=0.2)
         return lost
+
+    def _scan_under_way(self) -> bool:
+        """Whether the controller's current mapping has events and has not finished (True
+        when the controller does not answer: a scan may then be lost)."""
+        try:
+            progress = self.controller.progress(timeout=5)
+        except (ControllerError, OSError):
+            return True
+        return bool(progress.get("total_events")) and not progress.get("finished")
 
     def _stop_worker(self, name: str) -> None:
         service = self.processes.pop(name)

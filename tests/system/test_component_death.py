@@ -8,6 +8,7 @@ as processes on 127.0.0.1. Scans are small (32x64 frames, 60 projections).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 import h5py
 import pytest
 
+from streamtomo.app.processes import wait_for
 from streamtomo.controller_client import ControllerClient
 from tests.support.distributed_fixtures import status
 from tests.support.up_process import UpProcess, pid_alive, play_process
@@ -206,6 +208,33 @@ def test_reducer_killed_mid_scan_is_replaced_and_the_scan_ends_failed(tmp_path: 
         play_to_end(up, tmp_path / "play-2.out")  # not refused
         assert wait_state(state["live_endpoint"], "finished")["frames_received"] == 80
         assert up.popen.poll() is None
+    finally:
+        up.stop()
+    assert service_errors(up.run_dir) == []
+
+
+def test_a_reducer_killed_between_scans_is_replaced_and_fails_no_scan(tmp_path: Path) -> None:
+    """Killed before any scan, its successor marked the controller's empty startup
+    mapping failed and wrote a final file for it; killed after a scan had finished, it
+    said 'failed, the reducer died during this scan' over that scan."""
+    up = UpProcess(tmp_path / "up", "--no-record")
+    try:
+        state = up.wait_ready()
+        os.killpg(state["pids"]["reducer"], signal.SIGKILL)
+        wait_for("the new reducer", lambda: "new reducer ready" in up.output() or None, 120)
+        play_to_end(up, tmp_path / "play-1.out")
+        assert wait_state(state["live_endpoint"], "finished")["frames_received"] == 80
+        (final,) = wait_final_files(up.run_dir / "results", 1)  # the scan's, and none for the startup
+        assert final_status(final)["state"] == "finished"
+
+        replaced = json.loads(up.state_path.read_text())["pids"]["reducer"]  # the state file follows replacements
+        assert replaced != state["pids"]["reducer"] and pid_alive(replaced)
+        os.killpg(replaced, signal.SIGKILL)  # the scan had finished
+        wait_for("the second new reducer", lambda: up.output().count("new reducer ready") == 2 or None, 120)
+        assert "ended as failed" not in up.output(), up.output()
+        assert len(list((up.run_dir / "results").glob("*.nxs"))) == 1
+        play_to_end(up, tmp_path / "play-2.out")  # not refused
+        assert wait_state(state["live_endpoint"], "finished")["frames_received"] == 80
     finally:
         up.stop()
     assert service_errors(up.run_dir) == []
