@@ -148,7 +148,16 @@ def _tend(deployment: LocalDeployment) -> str | None:
                     deployment.controller.stop()
                     logger.warning("scan %s ended as failed: what the dead reducer had reduced is lost", lost)
                 logger.info("new reducer ready: the next scan can start")
+            elif deployment.scan_under_way():
+                # A worker that joins mid-scan never saw the scan's headers (the PandA's
+                # names its values): it refused every frame it was given as
+                # pcap_header_missing (86 of 300 in a helper's probe). The scan goes on
+                # with the others; the new worker starts when it has ended.
+                if name not in deployment.replacements_waiting:
+                    deployment.replacements_waiting.add(name)
+                    logger.warning("%s: a new worker starts when the scan has ended", exited(name))
             else:
+                deployment.replacements_waiting.discard(name)
                 logger.warning("%s: starting a new worker", exited(name))
                 logger.info("%s started in place of %s", deployment.replace_worker(name), name)
     except (DeploymentError, OSError, ControllerError) as error:

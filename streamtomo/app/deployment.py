@@ -113,6 +113,8 @@ class LocalDeployment:
         self.processes: dict[str, ServiceProcess] = {}
         self._worker_names: list[str] = []
         self._crashed: list[str] = []
+        # Dead workers whose replacement waits for the scan under way to end (up's _tend).
+        self.replacements_waiting: set[str] = set()
         self._worker_serial = 0
         self._state: DeploymentState | None = None
         self._ports: dict[str, int] = {}
@@ -435,7 +437,7 @@ class LocalDeployment:
         config = self._ensemble()
         uuids = {str(s["mapping_uuid"]) for s in [*config["workers"], *config["ingesters"]]}
         lost = uuids.pop() if len(uuids) == 1 else ""
-        if lost and not self._scan_under_way():
+        if lost and not self.scan_under_way():
             # The controller's empty mapping of its start, or a scan that had ended: its
             # successor marked it failed ("the reducer died during this scan") and wrote
             # a final file for it, or said 'failed' over a scan that had finished.
@@ -457,7 +459,7 @@ class LocalDeployment:
         wait_for("the new reducer", registered, timeout or self.ready_timeout, interval=0.2)
         return lost
 
-    def _scan_under_way(self) -> bool:
+    def scan_under_way(self) -> bool:
         """Whether the controller's current mapping has events and has not finished (True
         when the controller does not answer: a scan may then be lost)."""
         try:

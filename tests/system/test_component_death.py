@@ -213,6 +213,35 @@ def test_reducer_killed_mid_scan_is_replaced_and_the_scan_ends_failed(tmp_path: 
     assert service_errors(up.run_dir) == []
 
 
+def test_a_worker_killed_mid_scan_is_replaced_once_the_scan_has_ended(tmp_path: Path) -> None:
+    """The new worker joined the running scan, had never seen its headers (the PandA's
+    names its values) and refused every frame it was given: 86 of 300 as
+    pcap_header_missing in a helper's probe, 'finished', exit 0."""
+    up = UpProcess(tmp_path / "up", "--no-record", "-w", "2")
+    try:
+        state = up.wait_ready()
+        # 10 frames/s: 8 s of scan, so the worker dies mid-scan even on a busy machine.
+        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "10")
+        try:
+            wait_events(state["controller_url"], 20)
+            assert player.poll() is None, "the scan ended before the worker could be killed"
+            os.killpg(state["pids"]["worker-2"], signal.SIGKILL)
+            assert player.wait(180) == 0, (tmp_path / "play.out").read_text()
+        finally:
+            player.kill()
+            player.wait()
+        ended = wait_state(state["live_endpoint"], "finished")
+        assert "pcap_header_missing" not in str(ended["rejected"]), ended
+        assert "a new worker starts when the scan has ended" in up.output(), up.output()
+        wait_for("the new worker", lambda: "started in place of worker-2" in up.output() or None, 60)
+        play_to_end(up, tmp_path / "play-2.out")  # the next scan, with the new worker
+        again = wait_state(state["live_endpoint"], "finished")
+        assert again["frames_received"] == 80 and json.loads(str(again["rejected"])) == {}, again
+    finally:
+        up.stop()
+    assert service_errors(up.run_dir) == []
+
+
 def test_a_reducer_killed_between_scans_is_replaced_and_fails_no_scan(tmp_path: Path) -> None:
     """Killed before any scan, its successor marked the controller's empty startup
     mapping failed and wrote a final file for it; killed after a scan had finished, it
