@@ -111,6 +111,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 _FATAL = ("redis", "controller", "detector-ingester", "angle-ingester")
 
 
+# How long a dead worker's replacement waits for the scan under way to end, at most.
+REPLACEMENT_WAIT_MAX_S = 120.0
+
+
 def _tend(deployment: LocalDeployment) -> str | None:
     """Notice dead services: replace a worker or the reducer; None, or why ``up`` must stop.
 
@@ -148,16 +152,20 @@ def _tend(deployment: LocalDeployment) -> str | None:
                     deployment.controller.stop()
                     logger.warning("scan %s ended as failed: what the dead reducer had reduced is lost", lost)
                 logger.info("new reducer ready: the next scan can start")
-            elif deployment.scan_under_way():
+            else:
                 # A worker that joins mid-scan never saw the scan's headers (the PandA's
                 # names its values): it refused every frame it was given as
                 # pcap_header_missing (86 of 300 in a helper's probe). The scan goes on
-                # with the others; the new worker starts when it has ended.
-                if name not in deployment.replacements_waiting:
-                    deployment.replacements_waiting.add(name)
-                    logger.warning("%s: a new worker starts when the scan has ended", exited(name))
-            else:
-                deployment.replacements_waiting.discard(name)
+                # with the others; the new worker starts when it has ended, or after
+                # REPLACEMENT_WAIT_MAX_S (the controller may not call a scan whose
+                # worker died finished).
+                since = deployment.replacements_waiting.get(name)
+                if deployment.scan_under_way() and (since is None or time.monotonic() - since < REPLACEMENT_WAIT_MAX_S):
+                    if since is None:
+                        deployment.replacements_waiting[name] = time.monotonic()
+                        logger.warning("%s: a new worker starts when the scan has ended", exited(name))
+                    continue
+                deployment.replacements_waiting.pop(name, None)
                 logger.warning("%s: starting a new worker", exited(name))
                 logger.info("%s started in place of %s", deployment.replace_worker(name), name)
     except (DeploymentError, OSError, ControllerError) as error:

@@ -113,8 +113,9 @@ class LocalDeployment:
         self.processes: dict[str, ServiceProcess] = {}
         self._worker_names: list[str] = []
         self._crashed: list[str] = []
-        # Dead workers whose replacement waits for the scan under way to end (up's _tend).
-        self.replacements_waiting: set[str] = set()
+        # Dead workers whose replacement waits for the scan under way to end, and since
+        # when (monotonic seconds; up's _tend).
+        self.replacements_waiting: dict[str, float] = {}
         self._worker_serial = 0
         self._state: DeploymentState | None = None
         self._ports: dict[str, int] = {}

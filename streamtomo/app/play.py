@@ -124,19 +124,6 @@ def recorded_config(prefix: str, mapping_uuid: str) -> PipelineConfig:
     return load_config(path, {"controller_url": ""})
 
 
-def _refuse_if_a_scan_runs(controller: ControllerClient) -> None:
-    """A scan under way is not replaced: a new mapping left it without a final file or
-    a final state (a play stopped with Ctrl-C, then played again within the stream
-    timeout), and new parameters changed it under its feet."""
-    progress = controller.progress(timeout=5)
-    total, done = int(progress.get("total_events") or 0), int(progress.get("completed_events") or 0)
-    if total and not progress.get("finished"):
-        raise PlayRefused(
-            f"a scan is running ({done} of {total} events done): wait for it to end (one whose sender "
-            "stopped ends after up's --stream-timeout), nothing was changed"
-        )
-
-
 def play(
     state: DeploymentState,
     events: Sequence[BeamlineEvent],
@@ -156,9 +143,9 @@ def play(
     early. ``on_frame_sent(i, sent)`` runs after frame ``i`` (the ``sent``-th) left.
     """
     controller = ControllerClient(state.controller_url)
-    # The beamline's ports first, then whether a scan runs, and only then the parameters:
-    # a second play that failed on a taken port had already set the running scan's
-    # parameters (its final file said filter hann, its recording ramp).
+    # The beamline's ports first, and only then the parameters: a second play that failed
+    # on a taken port had already set the running scan's parameters (its final file said
+    # filter hann, its recording ramp).
     try:
         panda = PandaServer(state.angle_upstream)
     except OSError as error:
@@ -171,7 +158,6 @@ def play(
         panda.close()
         raise PlayRefused(f"the detector port {state.detector_upstream} is taken (another play?): {error}") from None
     try:
-        _refuse_if_a_scan_runs(controller)
         takes_references = any(e.key in BROADCAST for e in events)
         parameters = scan_parameters(config, state, dump_prefix, takes_references)
         hashes = [

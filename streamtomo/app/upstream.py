@@ -17,8 +17,8 @@ class PlayError(RuntimeError):
 
 
 class PlayRefused(PlayError):
-    """The scan cannot start, and nothing was changed: another scan is running, or the
-    beamline's ports are taken (another ``play``). A usage error (exit 2)."""
+    """The scan cannot start, and nothing was changed: the beamline's ports are taken
+    (another ``play``). A usage error (exit 2)."""
 
 
 class NotConnected(PlayError):

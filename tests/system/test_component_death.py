@@ -233,7 +233,8 @@ def test_a_worker_killed_mid_scan_is_replaced_once_the_scan_has_ended(tmp_path: 
         ended = wait_state(state["live_endpoint"], "finished")
         assert "pcap_header_missing" not in str(ended["rejected"]), ended
         assert "a new worker starts when the scan has ended" in up.output(), up.output()
-        wait_for("the new worker", lambda: "started in place of worker-2" in up.output() or None, 60)
+        # When the controller calls the scan finished, or after REPLACEMENT_WAIT_MAX_S (120 s).
+        wait_for("the new worker", lambda: "started in place of worker-2" in up.output() or None, 180)
         play_to_end(up, tmp_path / "play-2.out")  # the next scan, with the new worker
         again = wait_state(state["live_endpoint"], "finished")
         assert again["frames_received"] == 80 and json.loads(str(again["rejected"])) == {}, again
