@@ -146,9 +146,10 @@ def _tend(deployment: LocalDeployment) -> str | None:
         for name in dead:
             if name == "reducer":
                 logger.warning("%s: starting a new reducer", exited(name))
+                # Lost only while the controller's scan was under way (replace_reducer asks
+                # it), and a dead reducer cannot finish it since.
                 lost = deployment.replace_reducer()
-                progress = deployment.controller.progress(timeout=5)
-                if lost and not progress["finished"]:
+                if lost:
                     deployment.controller.stop()
                     logger.warning("scan %s ended as failed: what the dead reducer had reduced is lost", lost)
                 logger.info("new reducer ready: the next scan can start")
