@@ -236,6 +236,7 @@ class TomoReducer:
         # A hold on the pooled arrays for an end of scan that overran (end_now): see there.
         self._overrun_release: Callable[[], None] | None = None
         self._late_results = 0  # results that came after the final file was started
+        self._replaced = False  # end_if_replaced ran: the next scan came before this one ended
         if self.mapping_uuid and self.mapping_uuid == self.settings.lost_scan:
             # Built for a scan that was under way when the previous reducer died: what
             # it had reduced died with it, and a result from the rest would pass for the
@@ -416,6 +417,7 @@ class TomoReducer:
         if self._previous is not None:
             # In dranspose's executor thread (one result at a time), not its event loop.
             previous, self._previous = self._previous, None
+            previous.end_if_replaced(self.mapping_uuid)
             previous.end_now(NEXT_SCAN, PREVIOUS_SCAN_WAIT_S, next_scan=True)
             # Its last reference: its scan's arrays go now (see _weakly).
             del previous
@@ -438,6 +440,11 @@ class TomoReducer:
         if self._closed:
             # dranspose replay's timer thread outlives the run; stay quiet after close.
             return 3600.0
+        previous = self._previous
+        if previous is not None:
+            # Not only at this scan's first result: a scan that gets none would leave
+            # the one it replaced without its end until this reducer closes.
+            previous.end_if_replaced(self.mapping_uuid)
         with self.lock:
             # A live change waits while the final file is written (it takes the domain
             # a block at a time): the file is the scan as it ended. Once the scan has
@@ -496,6 +503,35 @@ class TomoReducer:
             ControllerClient(url, timeout=10.0).stop()
         except (OSError, ValueError) as error:
             logger.warning("could not end the scan through the controller at %s: %s", url, error)
+
+    def end_if_replaced(self, next_mapping: str) -> None:
+        """End this scan now if it is still running: the next scan was posted before
+        it ended (its sender was killed, a control system started the next scan).
+
+        dranspose never calls a replaced scan's ``finish``: it had no final file, and its
+        live domain was simply replaced. It ends here as a stopped scan with what it
+        reduced (final slices, status, final file; no volume). Once: the next scan's
+        timer and first result both call this.
+        """
+        with self.lock:
+            if self._replaced or self._end_of_scan is not None or self._closed:
+                return
+            self._replaced = True
+            received = self.scan.admission.received
+            if received == 0 or self.scan.state not in ("waiting", "running") or not self.mapping_uuid:
+                # Nothing to end: a mapping that never got a frame, or no scan of the
+                # controller's (a restarted reducer's first one, built before it knew the
+                # mapping, took results of the scan its predecessor died in).
+                return
+            if not self._stopped_reason:  # the streams' stop, if seen first, says more
+                expected = self.scan.config.expected_frames()
+                of = f"{received} of {expected}" if expected is not None else f"{received}"
+                self._stopped_reason = (
+                    f"scan {next_mapping or '(the next one)'} was posted before this one ended: "
+                    f"it ended with what was reduced, {of} frames received"
+                )
+            logger.warning("ending scan %s: %s", self.mapping_uuid, self._stopped_reason)
+        self.finish(None)
 
     def finish(self, parameters: dict[Any, Any] | None = None) -> None:
         """The stream is reduced: publish the final slices, then start the end of the scan.
@@ -601,6 +637,7 @@ class TomoReducer:
         # The service stops: a volume under way ends with the slices it has (the previous
         # scan's too, when this scan had no result that waited for it).
         if self._previous is not None:
+            self._previous.end_if_replaced(self.mapping_uuid)
             self._previous.end_now("the reducer stopped", PREVIOUS_SCAN_WAIT_S)
         self.end_now("the reducer stopped", PREVIOUS_SCAN_WAIT_S)
         # An end of scan that outlasted that wait writes its file when it ends: wait for it

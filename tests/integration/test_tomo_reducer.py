@@ -399,6 +399,50 @@ def test_closing_the_next_reducer_before_any_result_ends_the_previous_volume(
         first.close()
 
 
+@pytest.mark.parametrize("next_scan_does", ["timer", "result", "close"])
+def test_a_scan_replaced_before_its_end_ends_stopped_with_its_final_file(final_dir: Path, next_scan_does: str) -> None:
+    """dranspose never calls the finish of a scan the next mapping replaced (its sender
+    died, a control system posted the next scan): it had no final file at all. The next
+    scan's reducer ends it, at its first timer or result, or when it closes."""
+    context: dict[Any, Any] = {}
+    first = TomoReducer(parameters=parameters(volume=True), context=context, state=mapping("one"))
+    worker = FrameProcessor(first.scan.config)
+    frames = make_frames()
+    for frame in frames[: len(frames) // 2]:
+        first.process_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    received = first.scan.admission.received
+    second = TomoReducer(parameters=parameters(volume=True), context=context, state=mapping("two"))
+    try:
+        if next_scan_does == "timer":
+            second.timer()
+        elif next_scan_does == "result":
+            frame = frames[0]
+            second.process_result(
+                WorkerResult(
+                    list(
+                        FrameProcessor(second.scan.config).process(frame.index, frame.key, frame.data, frame.angle_deg)
+                    )
+                )
+            )
+        else:
+            second.close()
+        assert first.wait_end_of_scan(60)
+        path = first.wait_final_file(60)
+        assert path is not None and Path(path) == final_dir / "scan-one.nxs"
+        with nexus_file_reader(path) as f:
+            assert f["/entry/status/state"][()].decode() == "stopped"
+            reason = f["/entry/status/reason"][()].decode()
+            assert f"scan two was posted before this one ended: it ended with what was reduced, {received} of" in reason
+            assert int(f["/entry/status/frames_received"][()]) == received
+            assert np.any(f["/entry/reconstruction/data"][()])  # the slices of what was reduced
+            assert "volume" not in f["/entry/reconstruction"]  # a stopped scan gets none
+        second.timer()  # once: no second end, no second file
+        assert sorted(p.name for p in final_dir.glob("scan-one*")) == ["scan-one.nxs"]
+    finally:
+        second.close()
+        first.close()
+
+
 def test_the_previous_scans_reducer_is_freed_when_the_next_scan_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     """By reference counting, once the next scan's first result no longer needs it:
     a reference cycle (the scan held the reducer's methods) kept its arrays until
