@@ -21,7 +21,9 @@ parameters and sockets at fixed moments:
    lets frames go, i.e. as fast as the pipeline takes them. Then wait until the
    controller reports the scan finished; if progress stalls (a worker died, a
    stream stopped early) end the scan with ``POST /api/v1/stop`` so that the
-   reducer finishes and keeps the partial result.
+   reducer finishes and keeps the partial result. So does a play stopped (Ctrl-C,
+   SIGTERM) or failed mid-scan: the scan stayed open until the reducer's stream
+   timeout, and a play within it replaced the scan before its end.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from streamtomo.controller_client import ControllerClient, ControllerError, Cont
 from streamtomo.pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
+# How long a play stopped mid-scan waits for the scan it ended to be reduced (a second
+# Ctrl-C stops waiting): the reducer's end of it takes a publish, not the volume.
+INTERRUPTED_END_WAIT_S = 30.0
 
 __all__ = [
     "BeamlineEvent",
@@ -176,6 +181,7 @@ def play(
         detector.close()
         panda.close()
         raise
+    result: PlayResult | None = None  # once the scan is posted
     try:
         mapping = scan_mapping(events, state.detector_stream, state.angle_stream)
         n_frames = sum(1 for e in events if e.frame is not None)
@@ -199,11 +205,43 @@ def play(
                 logger.warning("an ingester did not connect for scan %s: posting the scan again", uuid)
                 detector.close()
                 detector = DetectorPush(state.detector_upstream)
+        assert result is not None
         _wait_finished(controller, result, len(events), stall_timeout, finish_timeout)
+    except BaseException as error:
+        if result is not None and not result.ended_by_stop:
+            _end_abandoned_scan(controller, result, "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+        raise
     finally:
         detector.close()
         panda.close()
     return result
+
+
+def _end_abandoned_scan(controller: ControllerClient, result: PlayResult, why: str) -> None:
+    """A play stopped or failed mid-scan ends its scan through the controller, and
+    waits (:data:`INTERRUPTED_END_WAIT_S`, a second Ctrl-C stops waiting) until it is
+    reduced: the reducer ends it with what it reduced, final file included."""
+    try:
+        controller.stop()
+        deadline = time.monotonic() + INTERRUPTED_END_WAIT_S
+        while time.monotonic() < deadline:
+            if controller.progress().get("finished"):
+                logger.warning(
+                    "%s: the scan was ended through the controller; what was reduced of its %d frames sent is kept",
+                    why,
+                    result.frames_sent,
+                )
+                return
+            time.sleep(0.1)
+        logger.warning(
+            "%s: the scan was asked to end through the controller and had not ended after %.0f s",
+            why,
+            INTERRUPTED_END_WAIT_S,
+        )
+    except (ControllerError, OSError) as error:
+        logger.warning("%s: the scan could not be ended through the controller: %s", why, error)
+    except KeyboardInterrupt:
+        logger.warning("%s again: not waiting for the scan to end", why)
 
 
 def _stream(

@@ -293,3 +293,62 @@ def test_redis_killed_mid_scan_stops_up_with_an_error_naming_it(tmp_path: Path) 
     # SIGTERM from up ends it before our close() writes the file (see the report).
     # Every service loses Redis: dranspose logs that at ERROR; nothing else may be.
     assert service_errors(up.run_dir, allow=REDIS_GONE) == []
+
+
+def test_play_stopped_with_ctrl_c_ends_its_scan_at_once_and_keeps_what_was_reduced(tmp_path: Path) -> None:
+    """Ctrl-C left the scan open until the stream timeout (30 s by default): a play
+    within it replaced the scan, which got no final file. ``play`` now ends it through
+    the controller before it exits."""
+    up = UpProcess(tmp_path / "up", "--no-record", "--stream-timeout", "600")
+    try:
+        state = up.wait_ready()
+        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "4")
+        try:
+            wait_projections(state["live_endpoint"], 10)
+            assert player.poll() is None, "the scan ended before play could be interrupted"
+            player.send_signal(signal.SIGINT)
+            assert player.wait(60) == 128 + signal.SIGINT, (tmp_path / "play.out").read_text()
+        finally:
+            player.kill()
+            player.wait()
+        output = (tmp_path / "play.out").read_text()
+        assert "interrupted: the scan was ended through the controller" in output, output
+        # Well before the stream timeout (600 s): the scan ended with what was reduced.
+        ended = wait_state(state["live_endpoint"], "finished", timeout=60)
+        assert 10 <= int(str(ended["frames_received"])) < 80 and int(str(ended["frames_lost"])) > 0, ended
+        (final,) = wait_final_files(up.run_dir / "results", 1)
+        assert final_status(final)["state"] == "finished"
+        play_to_end(up, tmp_path / "play-2.out")
+        assert len(wait_final_files(up.run_dir / "results", 2)) == 2
+    finally:
+        up.stop()
+    assert service_errors(up.run_dir) == []
+
+
+def test_a_scan_replaced_before_its_end_ends_stopped_with_its_final_file(tmp_path: Path) -> None:
+    """A sender killed before it could end its scan, and the next scan posted at once
+    (within the stream timeout): dranspose never calls the replaced scan's finish, and it
+    got no final file; its live domain was simply replaced."""
+    up = UpProcess(tmp_path / "up", "--no-record", "--stream-timeout", "600")
+    try:
+        state = up.wait_ready()
+        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "4")
+        try:
+            wait_projections(state["live_endpoint"], 10)
+            assert player.poll() is None, "the scan ended before its sender could be killed"
+            player.kill()  # no Ctrl-C: nothing ends the scan
+            player.wait()
+        finally:
+            player.kill()
+            player.wait()
+        play_to_end(up, tmp_path / "play-2.out")
+        assert wait_state(state["live_endpoint"], "finished")["frames_received"] == 80
+        first, second = sorted(wait_final_files(up.run_dir / "results", 2), key=lambda p: p.stat().st_mtime)
+        replaced = final_status(first)
+        assert replaced["state"] == "stopped", replaced
+        assert "was posted before this one ended" in replaced["reason"], replaced
+        assert 10 <= int(replaced["frames_received"]) < 80, replaced
+        assert final_status(second)["state"] == "finished"
+    finally:
+        up.stop()
+    assert service_errors(up.run_dir) == []
