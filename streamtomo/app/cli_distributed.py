@@ -186,7 +186,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     from streamtomo.app.parameter_files import load_config, read_config_values, write_parameter_file
     from streamtomo.app.play import PlayError, PlayRefused, play
     from streamtomo.app.recording_checks import RecordingError, check_recordings, cuts
-    from streamtomo.app.scan_outcome import scan_outcome
+    from streamtomo.app.scan_outcome import FINAL_FILE_WAIT_S, final_file_outcome, scan_outcome
     from streamtomo.controller_client import ControllerError
 
     state_path = Path(args.state) if args.state else default_state_path()
@@ -268,11 +268,29 @@ def cmd_play(args: argparse.Namespace) -> int:
     # What the reducer made of the scan: a scan whose every frame was refused finished
     # too, and was reported as done with exit 0.
     outcome = scan_outcome(state.live_endpoint, config.domain) if state.live_endpoint else None
-    if outcome is not None:
-        print(f"state: {outcome.state}" + (f" ({outcome.reason})" if outcome.reason else ""), flush=True)
-        if outcome.failed:
-            print(f"scan failed: {outcome.reason}", file=sys.stderr, flush=True)
-            return SCAN_FAILED
+    if outcome is None:
+        return 0
+    print(f"state: {outcome.state}" + (f" ({outcome.reason})" if outcome.reason else ""), flush=True)
+    # Where the scan's final file is, once written: one that could not be (a full disk,
+    # the folder gone) showed only in the reducer's log.
+    unwritten = ""
+    if outcome.state == "reconstructing":  # the file follows the volume: not waited for
+        final = final_file_outcome(state.live_endpoint, config.domain, result.mapping_uuid, timeout=0.0)
+        if final is not None:
+            print(f"final file: {final.path} (written once the volume is done)", flush=True)
+    else:
+        final = final_file_outcome(state.live_endpoint, config.domain, result.mapping_uuid)
+        if final is not None and final.written:
+            print(f"final file: {final.path}", flush=True)
+        elif final is not None:
+            unwritten = final.error or f"not written within {FINAL_FILE_WAIT_S:.0f} s of the scan's end"
+            print(f"final file: {final.path} NOT WRITTEN: {unwritten}", flush=True)
+    if outcome.failed:
+        print(f"scan failed: {outcome.reason}", file=sys.stderr, flush=True)
+        return SCAN_FAILED
+    if unwritten:
+        print(f"streamtomo: error: the scan's final file was not written: {unwritten}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -71,3 +72,47 @@ def _consistent(status: Any, attempts: int) -> ScanOutcome | None:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# The final file is written after the scan has ended: after the HSDS mirror's close
+# (up to 60 s with HSDS down) and its own write (seconds for gigabytes).
+FINAL_FILE_WAIT_S = 180.0
+
+
+@dataclass(frozen=True)
+class FinalFileOutcome:
+    path: str
+    written: bool
+    error: str  # why it was not written ("" while it is being written)
+
+
+def final_file_outcome(
+    endpoint: str, domain: str, scan: str, timeout: float = FINAL_FILE_WAIT_S
+) -> FinalFileOutcome | None:
+    """Where the scan's final file is and whether it was written, as the live domain's
+    ``final_file``, ``final_file_written`` and ``final_file_error`` say, waiting up to
+    ``timeout`` for one of the last two. None where the deployment writes no final file,
+    the domain cannot be read, or it holds another scan's status now (the file's name
+    holds the scan's id, ``scan``)."""
+    import h5pyd
+
+    deadline = time.monotonic() + timeout
+    announced = False
+    try:
+        with h5pyd.File(domain, "r", endpoint=endpoint) as f:
+            status = f["entry/status"]
+            while True:
+                path = _text(status["final_file"][()])
+                if not path or (scan and scan not in Path(path).name):
+                    return None
+                written = int(_text(status["final_file_written"][()])) == 1
+                error = _text(status["final_file_error"][()])
+                if written or error or time.monotonic() > deadline:
+                    return FinalFileOutcome(path, written, error)
+                if not announced:
+                    logger.info("waiting for the final file %s", path)
+                    announced = True
+                time.sleep(0.2)
+    except (OSError, KeyError, ValueError) as error:  # KeyError: a reducer of an older version
+        logger.warning("cannot read the final file's state from %s at %s: %s", domain, endpoint, error)
+        return None

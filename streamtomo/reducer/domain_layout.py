@@ -29,7 +29,12 @@
         pixel values replaced by their row neighbours' median before -log, over the
         projections so far), angles_joined (projections whose event carried another
         frame's PandA row, joined with their own: the streams slipped),
-        results_after_end, last_update (unix time), generation
+        results_after_end, final_file (where the scan's final file goes, "" if the
+        deployment writes none), final_file_written (1 once it is complete on disk),
+        final_file_error (why it was not written), last_update (unix time), generation
+
+The last three describe the final file's writing, which ends after the scan: the live
+domain only (the file itself names itself in final_file and has neither of the others).
 
 The final file adds what only it needs (:mod:`streamtomo.reducer.final_metadata`).
 
@@ -72,7 +77,9 @@ STATUS_INTS = (
     "pixels_repaired",
     "angles_joined",
     "results_after_end",
+    "final_file_written",
 )
+STATUS_TEXTS = ("final_file", "final_file_error")  # set by the reducer, not the scan
 CHUNK_TARGET_BYTES = 2 << 20
 
 
@@ -109,6 +116,8 @@ def new_domain(name: str) -> Domain:
     domain.create_dataset("/entry/status/reason", "")
     for name_ in STATUS_INTS:
         domain.create_dataset(f"/entry/status/{name_}", np.int64(0))
+    for name_ in STATUS_TEXTS:
+        domain.create_dataset(f"/entry/status/{name_}", "")
     domain.create_dataset("/entry/status/rejected", "{}")
     domain.create_dataset("/entry/status/lost_frames", "[]")
     domain.create_dataset(
@@ -295,7 +304,12 @@ def _update_volume(domain: Domain, snap: ScanSnapshot) -> bool:
     return True
 
 
-def update_domain(domain: Domain, snap: ScanSnapshot, extra_status: dict[str, int] | None = None) -> bool:
+def update_domain(
+    domain: Domain,
+    snap: ScanSnapshot,
+    extra_status: dict[str, int] | None = None,
+    extra_text: dict[str, str] | None = None,
+) -> bool:
     """Copy the scan's state into the domain (caller holds ``domain.lock``).
 
     Bumps ``generation`` only when something changed, so idle readers re-read nothing.
@@ -337,6 +351,8 @@ def update_domain(domain: Domain, snap: ScanSnapshot, extra_status: dict[str, in
         status[key] = value
     for key in STATUS_INTS:
         changed |= _set(domain, f"/entry/status/{key}", np.int64(int(status.get(key, 0))))
+    for key in STATUS_TEXTS:
+        changed |= _set(domain, f"/entry/status/{key}", (extra_text or {}).get(key, ""))
     changed |= _set(domain, "/entry/status/rejected", json.dumps(snap.rejected))
     changed |= _set(domain, "/entry/status/lost_frames", json.dumps(snap.lost_frames))
     changed |= _set(domain, "/entry/status/reason", snap.reason)

@@ -38,13 +38,22 @@ class FinalFile:
     """One scan's final file: :attr:`written` is its path once it is complete, else None."""
 
     def __init__(
-        self, domain: Domain, path: Path, release: Callable[[], None], scan: str, identifier: str = ""
+        self,
+        domain: Domain,
+        path: Path,
+        release: Callable[[], None],
+        scan: str,
+        identifier: str = "",
+        on_done: Callable[[str | None, str], None] | None = None,
     ) -> None:
         self.path = path
         self.scan = scan
         self.identifier = identifier or path.stem  # the dranspose mapping uuid: what the file says it is
         self.ended = time.time()  # made when the scan has ended
         self.written: str | None = None
+        self.error = ""  # why it was not written
+        # Called in the writer's thread once it is done: (path, "") or (None, why not).
+        self._on_done = on_done
         self._domain: Domain | None = domain
         self._release = release
         # A daemon: a write that hangs (a dead network mount) must not keep the process
@@ -75,10 +84,12 @@ class FinalFile:
         try:
             path = write_final_file(self._domain, self.path, self.identifier, self.ended)
         except OSError as error:
+            self.error = str(error) or type(error).__name__
             logger.warning("final file %s not written: %s", self.path, error)
-        except Exception:
+        except Exception as error:
             # In finish this reached dranspose, which logs it as an ERROR; a thread's
             # exception would only be printed to stderr.
+            self.error = f"{type(error).__name__}: {error}"
             logger.exception("final file %s not written", self.path)
         else:
             self.written = str(path)
@@ -93,6 +104,12 @@ class FinalFile:
         finally:
             self._domain = None  # the scan's arrays may go
             self._release()
+            if self._on_done is not None:
+                # Outside the write: what it reports (the live domain's status) is not in the file.
+                try:
+                    self._on_done(self.written, self.error)
+                except Exception:
+                    logger.exception("final file %s: reporting its outcome failed", self.path)
 
 
 def wait_all(files: Iterable[FinalFile], timeout: float) -> None:

@@ -237,6 +237,10 @@ class TomoReducer:
         self._overrun_release: Callable[[], None] | None = None
         self._late_results = 0  # results that came after the final file was started
         self._replaced = False  # end_if_replaced ran: the next scan came before this one ended
+        # The final file's path, fixed from the start (the live domain names it while the
+        # scan runs), and how its writing ended: (1, "") written, (0, why) not.
+        self._final_path = self._final_file_path()
+        self._final_outcome: tuple[int, str] = (0, "")
         if self.mapping_uuid and self.mapping_uuid == self.settings.lost_scan:
             # Built for a scan that was under way when the previous reducer died: what
             # it had reduced died with it, and a result from the rest would pass for the
@@ -700,9 +704,6 @@ class TomoReducer:
             with self.lock:
                 self._let_go_of_overrun()  # the end of the scan is done with the arrays
             return
-        # Without a scan id (no controller): the time, and a random part, since two such
-        # scans in one second replaced each other's file.
-        name = f"scan-{self.mapping_uuid or time.strftime('%Y%m%d-%H%M%S-') + secrets.token_hex(4)}.nxs"
         if not self.context.get("orphaned_partials_swept"):
             # Once per reducer process: a reducer that was killed left its partial file.
             self.context["orphaned_partials_swept"] = True
@@ -718,12 +719,26 @@ class TomoReducer:
             self._let_go_of_overrun()  # the file's writer holds them now
             self._final = FinalFile(
                 self.domain,
-                Path(self.settings.final_dir) / name,
+                self._final_path,
                 release,
-                f"{self.mapping_uuid or name} {self.scan.state}",
+                f"{self.mapping_uuid or self._final_path.name} {self.scan.state}",
                 identifier=str(self.mapping_uuid or ""),
+                on_done=self._final_file_done,
             ).start()
         files.append(self._final)
+
+    def _final_file_path(self) -> Path:
+        # Without a scan id (no controller): the time, and a random part, since two such
+        # scans in one second replaced each other's file.
+        name = f"scan-{self.mapping_uuid or time.strftime('%Y%m%d-%H%M%S-') + secrets.token_hex(4)}.nxs"
+        return Path(os.path.abspath(self.settings.final_dir or ".")) / name
+
+    def _final_file_done(self, written: str | None, error: str) -> None:
+        """The writer's report (its thread): into the live domain's status, where a file
+        that could not be written (a full disk, a folder gone) showed only in the log."""
+        with self.lock:
+            self._final_outcome = (1, "") if written is not None else (0, error or "unknown error")
+            self._publish_locked()
 
     def _apply_parameters(self, parameters: dict[Any, Any] | None) -> None:
         if parameters is None:
@@ -755,8 +770,13 @@ class TomoReducer:
             # Results that came after finish are not taken (the products are the scan as
             # it ended): counted here, so a late worker's frames are not lost unseen.
             "results_after_end": self._late_results,
+            "final_file_written": self._final_outcome[0],
         }
-        if update_domain(self.domain, self.scan.snapshot(), extra):
+        texts = {
+            "final_file": str(self._final_path) if self.settings.final_dir else "",
+            "final_file_error": self._final_outcome[1],
+        }
+        if update_domain(self.domain, self.scan.snapshot(), extra, texts):
             for publisher in self.publishers:
                 publisher.notify()
 

@@ -147,6 +147,61 @@ def test_the_final_file_is_the_domain_as_the_scan_ended(final_dir: Path) -> None
         reducer.close()
 
 
+def _status_text(reducer: TomoReducer, name: str) -> str:
+    return str(reducer.domain.dataset(f"/entry/status/{name}").array[()])
+
+
+def test_the_live_domain_says_where_the_final_file_is_and_once_it_is_written(final_dir: Path) -> None:
+    reducer = TomoReducer(parameters=parameters(), context={}, state=mapping("one"))
+    try:
+        reducer.timer()  # its first publish, before any frame
+        assert _status_text(reducer, "final_file") == str(final_dir / "scan-one.nxs")
+        assert _status_text(reducer, "final_file_written") == "0"
+        feed(reducer)
+        reducer.finish()
+        path = reducer.wait_final_file(60)
+        assert path is not None
+        assert (_status_text(reducer, "final_file_written"), _status_text(reducer, "final_file_error")) == ("1", "")
+        with nexus_file_reader(path) as f:  # the file names itself, and says nothing of its own writing
+            assert f["/entry/status/final_file"][()].decode() == path
+            assert "final_file_written" not in f["/entry/status"] and "final_file_error" not in f["/entry/status"]
+    finally:
+        reducer.close()
+
+
+def test_a_final_file_that_cannot_be_written_says_why_in_the_live_domain(
+    final_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder that is not there any more (a file in its place, a mount gone): the
+    failure was a WARNING in the reducer's log and nothing else."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the results folder should be")
+    monkeypatch.setenv("STREAMTOMO_FINAL_DIR", str(blocked / "results"))
+    reducer = TomoReducer(parameters=parameters(), context={}, state=mapping("one"))
+    try:
+        feed(reducer)
+        reducer.finish()
+        assert reducer.wait_final_file(60) is None
+        assert _status_text(reducer, "final_file") == str(blocked / "results" / "scan-one.nxs")
+        assert _status_text(reducer, "final_file_written") == "0"
+        assert "Not a directory" in _status_text(reducer, "final_file_error")
+        assert _status_text(reducer, "state") == "finished"  # the scan is what it is; its file is not
+    finally:
+        reducer.close()
+    assert "not written" in caplog.text
+
+
+def test_without_a_final_folder_the_live_domain_names_no_final_file(reducer_env: None) -> None:
+    reducer = TomoReducer(parameters=parameters(), context={}, state=mapping("one"))
+    try:
+        feed(reducer)
+        reducer.finish()
+        assert reducer.wait_end_of_scan(60)
+        assert (_status_text(reducer, "final_file"), _status_text(reducer, "final_file_written")) == ("", "0")
+    finally:
+        reducer.close()
+
+
 def test_finish_returns_before_the_final_file_is_written_and_close_waits_for_it(
     final_dir: Path,
     slow_write: tuple[threading.Event, threading.Event],

@@ -352,3 +352,27 @@ def test_a_scan_replaced_before_its_end_ends_stopped_with_its_final_file(tmp_pat
     finally:
         up.stop()
     assert service_errors(up.run_dir) == []
+
+
+def test_play_names_the_final_file_and_exits_1_when_it_could_not_be_written(tmp_path: Path) -> None:
+    """A results folder gone (a file in its place, a mount lost): the reducer logged a
+    WARNING, and play said nothing of the file, exit 0."""
+    up = UpProcess(tmp_path / "up", "--no-record")
+    try:
+        up.wait_ready()
+        results = up.run_dir / "results"
+        play_to_end(up, tmp_path / "play-1.out")
+        (written,) = wait_final_files(results, 1)
+        assert f"final file: {written}\n" in (tmp_path / "play-1.out").read_text()
+
+        shutil.rmtree(results)
+        results.write_text("not a folder")
+        player = play_process(up.state_path, tmp_path / "play-2.out", *SCAN)
+        assert player.wait(180) == 1, (tmp_path / "play-2.out").read_text()
+        output = (tmp_path / "play-2.out").read_text()
+        assert "state: finished" in output and "NOT WRITTEN" in output, output
+        assert "streamtomo: error: the scan's final file was not written:" in output, output
+        assert f"File exists: '{results}'" in output, output  # the folder could not be made: a file is there
+    finally:
+        up.stop()
+    assert service_errors(up.run_dir) == []
