@@ -50,6 +50,7 @@ INTERRUPTED_END_WAIT_S = 30.0
 
 __all__ = [
     "BeamlineEvent",
+    "DeploymentGone",
     "NotConnected",
     "PandaServer",
     "PlayError",
@@ -193,7 +194,17 @@ def play(
             logger.info("scan %s: %d events (%d frames) mapped", uuid, len(events), n_frames)
             result = PlayResult(uuid, 0, 0, 0.0, 0.0, 0.0, False, dump_prefix=prefix)
             try:
-                _stream(events, detector, panda, result, rate_hz, max_frames, connect_timeout, on_frame_sent)
+                _stream(
+                    events,
+                    detector,
+                    panda,
+                    result,
+                    rate_hz,
+                    max_frames,
+                    connect_timeout,
+                    on_frame_sent,
+                    lambda: _check_controller(controller),
+                )
                 break
             except NotConnected:
                 # dranspose services apply only the last of several queued controller
@@ -208,7 +219,7 @@ def play(
         assert result is not None
         _wait_finished(controller, result, len(events), stall_timeout, finish_timeout)
     except BaseException as error:
-        if result is not None and not result.ended_by_stop:
+        if result is not None and not result.ended_by_stop and not isinstance(error, DeploymentGone):
             _end_abandoned_scan(controller, result, "interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
         raise
     finally:
@@ -244,6 +255,32 @@ def _end_abandoned_scan(controller: ControllerClient, result: PlayResult, why: s
         logger.warning("%s again: not waiting for the scan to end", why)
 
 
+def _check_controller(controller: ControllerClient) -> None:
+    """Raise :class:`DeploymentGone` if the controller does not answer: a send that waits
+    for the detector ingester then gives up at once, where it waited 30 s and blamed the
+    ingester for a deployment that had stopped."""
+    try:
+        controller.progress(timeout=5.0)
+    except OSError as error:
+        if not _timed_out(error):  # a controller too busy to answer in 5 s is not gone
+            raise DeploymentGone(controller.url, error) from None
+
+
+def _timed_out(error: OSError) -> bool:
+    return isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError)
+
+
+class DeploymentGone(PlayError):
+    """The controller stopped answering mid-scan: the deployment stopped under the scan."""
+
+    def __init__(self, url: str, error: OSError) -> None:
+        reason = getattr(error, "reason", error)  # urllib's URLError wraps the socket's
+        super().__init__(
+            f"the deployment stopped under the scan: its controller at {url} does not answer ({reason}); "
+            "see the output of `streamtomo up` and its services' logs"
+        )
+
+
 def _stream(
     events: Sequence[BeamlineEvent],
     detector: DetectorPush,
@@ -253,6 +290,7 @@ def _stream(
     max_frames: int | None,
     connect_timeout: float,
     on_frame_sent: Callable[[int, int], None] | None,
+    check: Callable[[], None] | None = None,
 ) -> None:
     period = 1.0 / rate_hz if rate_hz else 0.0
     last_log = time.monotonic()
@@ -268,7 +306,7 @@ def _stream(
                 if delay > 0:
                     time.sleep(delay)
         if event.detector:
-            detector.send(event.detector, connect_timeout if event.number == 0 else None)
+            detector.send(event.detector, connect_timeout if event.number == 0 else None, check)
         if event.number == 0:
             # The angle ingester connects when its first assignment arrives.
             panda.accept(connect_timeout)
@@ -297,7 +335,12 @@ def _wait_finished(
     last_done, last_change, last_log = -1, time.monotonic(), 0.0
     stopped_at: float | None = None
     while True:
-        progress = controller.progress()
+        try:
+            progress = controller.progress()
+        except OSError as error:
+            if _timed_out(error):
+                raise
+            raise DeploymentGone(controller.url, error) from None
         result.progress = progress
         if progress.get("finished"):
             break

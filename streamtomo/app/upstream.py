@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
+
+# How often a send that waits for the detector ingester checks that the deployment runs.
+CHECK_INTERVAL_S = 2.0
 
 
 class PlayError(RuntimeError):
@@ -97,31 +100,43 @@ class DetectorPush:
         import zmq  # pyzmq comes with dranspose
 
         self._again = zmq.Again
-        self._timeout = timeout
+        self._timeout = timeout  # a detector ingester that takes nothing for this long is broken, not slow
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PUSH)
         # Few queued frames: a full queue makes send wait, which paces play to the pipeline.
         self._socket.setsockopt(zmq.SNDHWM, hwm)
-        # A detector ingester that takes nothing for this long is broken, not slow.
-        self._socket.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
         self._socket.bind(url)
 
-    def send(self, parts: Sequence[bytes], connect_timeout: float | None = None) -> None:
+    def send(
+        self,
+        parts: Sequence[bytes],
+        connect_timeout: float | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> None:
         """Send one message. With ``connect_timeout`` (the series start) a send that
-        cannot go out in that time means the ingester never connected."""
+        cannot go out in that time means the ingester never connected. While it waits,
+        ``check()`` runs every :data:`CHECK_INTERVAL_S` and may raise to give up (the
+        deployment stopped: waiting the whole timeout only to blame the ingester misled)."""
         import zmq
 
-        if connect_timeout is not None:
-            self._socket.setsockopt(zmq.SNDTIMEO, int(connect_timeout * 1000))
-        try:
-            self._socket.send_multipart(list(parts), copy=len(parts[-1]) < 65536)
-        except self._again:
-            if connect_timeout is not None:
-                raise NotConnected(f"the detector ingester did not connect within {connect_timeout:.0f} s") from None
-            raise PlayError(f"the detector ingester took no frame for {self._timeout:.0f} s (see its log)") from None
-        finally:
-            if connect_timeout is not None:
-                self._socket.setsockopt(zmq.SNDTIMEO, int(self._timeout * 1000))
+        timeout = self._timeout if connect_timeout is None else connect_timeout
+        deadline = time.monotonic() + timeout
+        copy = len(parts[-1]) < 65536
+        while True:
+            try:
+                # Non-blocking: a multipart message is queued whole or not at all.
+                self._socket.send_multipart(list(parts), flags=zmq.NOBLOCK, copy=copy)
+                return
+            except self._again:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if connect_timeout is not None:
+                    raise NotConnected(f"the detector ingester did not connect within {connect_timeout:.0f} s")
+                raise PlayError(f"the detector ingester took no frame for {self._timeout:.0f} s (see its log)")
+            self._socket.poll(int(min(left, CHECK_INTERVAL_S) * 1000) + 1, zmq.POLLOUT)
+            if check is not None and time.monotonic() < deadline:
+                check()
 
     def close(self) -> None:
         self._socket.close(linger=0)

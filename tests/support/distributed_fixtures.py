@@ -20,7 +20,15 @@ from streamtomo.pipeline.simulation.simulator import ScanSimulator, SimulationSp
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 # Values that differ between any two runs by construction.
 # Clocks: when each run made its domain and last published.
-VOLATILE = {"/entry/status/last_update", "/entry/status/generation", "/entry/start_time"}
+VOLATILE = {
+    "/entry/status/last_update",
+    "/entry/status/generation",
+    "/entry/start_time",
+    # Where this deployment writes the scan's file, and how that went: not the scan's result.
+    "/entry/status/final_file",
+    "/entry/status/final_file_written",
+    "/entry/status/final_file_error",
+}
 # Expected in the logs of the worker-killed test only.
 KILLED_WORKER_NOISE = ("is gone",)
 

@@ -376,3 +376,28 @@ def test_play_names_the_final_file_and_exits_1_when_it_could_not_be_written(tmp_
     finally:
         up.stop()
     assert service_errors(up.run_dir) == []
+
+
+def test_play_says_the_deployment_stopped_when_up_stops_under_its_scan(tmp_path: Path) -> None:
+    """It waited 30 s on its next frame and then blamed the detector ingester ("took no
+    frame for 30 s, see its log") for a deployment that had stopped."""
+    up = UpProcess(tmp_path / "up", "--no-record")
+    try:
+        state = up.wait_ready()
+        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "4")
+        try:
+            wait_projections(state["live_endpoint"], 10)
+            assert player.poll() is None, "the scan ended before up could be stopped"
+            up.popen.send_signal(signal.SIGINT)
+            assert up.wait_exit() == 0, up.output()
+            assert player.wait(120) == 1, (tmp_path / "play.out").read_text()
+        finally:
+            player.kill()
+            player.wait()
+    finally:
+        up.stop()
+    output = (tmp_path / "play.out").read_text()
+    assert (
+        f"the deployment stopped under the scan: its controller at {state['controller_url']} does not answer" in output
+    )
+    assert "took no frame" not in output, output
