@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streamtomo.app import (
+    blocking_reads,
     completion_order,
     controller_guard,
     event_assignments,
@@ -66,11 +67,14 @@ def install_mends(kind: str) -> None:
     in batches when they queue (:mod:`streamtomo.app.result_batches`); workers record
     which workers each broadcast event went to, so that only ``reference_senders`` of
     them send the reducer a dark's or flat's rows
-    (:mod:`streamtomo.app.event_assignments`). For the reducer and the controller, the
+    (:mod:`streamtomo.app.event_assignments`). In every service a blocking Redis read
+    that a stopped or starved process did not see answered in time reads as empty
+    instead of ending its loop (:mod:`streamtomo.app.blocking_reads`). For the reducer and the controller, the
     environment their dranspose settings are read from must be set first
     (:func:`streamtomo.app.task_cancel.install` imports their modules)."""
     bound_result_queues()
     task_cancel.install(kind)
+    blocking_reads.install()
     if kind == "controller":
         completion_order.install()
         controller_guard.install()

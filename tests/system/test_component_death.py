@@ -401,3 +401,24 @@ def test_play_says_the_deployment_stopped_when_up_stops_under_its_scan(tmp_path:
         f"the deployment stopped under the scan: its controller at {state['controller_url']} does not answer" in output
     )
     assert "took no frame" not in output, output
+
+
+def test_a_reducer_stopped_past_redis_socket_timeout_keeps_its_registration(tmp_path: Path) -> None:
+    """SIGSTOP for 12 s, then SIGCONT (a paused VM, a machine swapping): the reducer's
+    dranspose registration loop died on redis-py's 5 s read timeout, its key expired,
+    and the controller answered the next scan with a 500 (play exit 1); up saw nothing."""
+    up = UpProcess(tmp_path / "up", "--no-record")
+    try:
+        state = up.wait_ready()
+        reducer = state["pids"]["reducer"]
+        os.kill(reducer, signal.SIGSTOP)
+        try:
+            time.sleep(12)  # more than redis-py's socket timeout (5 s) and the key's life (10 s)
+        finally:
+            os.kill(reducer, signal.SIGCONT)
+        play_to_end(up, tmp_path / "play.out")
+        assert wait_state(state["live_endpoint"], "finished")["frames_received"] == 80
+    finally:
+        up.stop()
+    assert service_errors(up.run_dir) == []
+    assert "got no answer in time" in (up.run_dir / "logs" / "reducer.log").read_text()
