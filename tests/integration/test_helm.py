@@ -1413,13 +1413,15 @@ def test_viewer_holds_the_token_and_has_credentials_in_every_mode(helm: str) -> 
         "viewer.ingress.enabled=true",
         "--set",
         "viewer.auth.externalAuth=true",
+        "--set",
+        "viewer.ingress.tlsTerminatedUpstream=true",
         *INGRESS_REACHES_VIEWER,
     )
     assert "nginx.ingress.kubernetes.io/auth-type" not in (
         one(docs, "Ingress", "t-streamtomo-viewer")["metadata"].get("annotations") or {}
     )
     command, _ = _viewer(docs)
-    assert command[command.index("--origin") + 1] == "http://streamtomo.example.org"  # no TLS: http
+    assert command[command.index("--origin") + 1] == "https://streamtomo.example.org"
 
 
 @pytest.mark.parametrize(
@@ -1515,9 +1517,31 @@ def test_basic_auth_is_refused_where_ingress_nginx_does_not_apply_it_or_without_
         f"{name}.auth.externalAuth=true",
         "--set",
         f"{name}.ingress.className=traefik",
+        *tls,
     )
     annotations = one(external, "Ingress", f"t-streamtomo-{name}")["metadata"].get("annotations") or {}
     assert not [k for k in annotations if k.startswith("nginx.ingress.kubernetes.io/auth")]
+
+
+@pytest.mark.parametrize("name", ["controller", "viewer"])
+def test_external_auth_is_refused_without_tls(helm: str, name: str) -> None:
+    """Basic auth needed TLS, an external one did not: an OAuth2 proxy's session cookie or
+    a bearer token went over http:// in the clear, for anyone on the path to replay
+    against the controller (which starts and stops scans) or the viewer."""
+    external = [
+        *NGINX_BASIC_AUTH[name],
+        "--set",
+        f"{name}.ingress.enabled=true",
+        "--set",
+        f"{name}.auth.externalAuth=true",
+        "--set",
+        f"{name}.ingress.className=traefik",
+    ]
+    err = fails(helm, *external)
+    assert f"{name}.auth.externalAuth without TLS" in err, err
+    assert f"{name}.ingress.tlsSecretName" in err and f"{name}.ingress.tlsTerminatedUpstream=true" in err, err
+    for tls in (f"{name}.ingress.tlsSecretName={name}-tls", f"{name}.ingress.tlsTerminatedUpstream=true"):
+        render(helm, *external, "--set", tls)
 
 
 def test_hsds_ingress_carries_passwords_so_needs_tls_and_the_live_domain_does_not(helm: str) -> None:
