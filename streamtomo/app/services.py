@@ -26,6 +26,7 @@ from streamtomo.app import (
     result_batches,
     result_frames,
     result_receive,
+    superseded_parameters,
     task_cancel,
 )
 from streamtomo.app.processes import HOST
@@ -69,7 +70,9 @@ def install_mends(kind: str) -> None:
     them send the reducer a dark's or flat's rows
     (:mod:`streamtomo.app.event_assignments`). In every service a blocking Redis read
     that a stopped or starved process did not see answered in time reads as empty
-    instead of ending its loop (:mod:`streamtomo.app.blocking_reads`). For the reducer and the controller, the
+    instead of ending its loop (:mod:`streamtomo.app.blocking_reads`); the controller
+    lets a parameter's superseded values expire from Redis
+    (:mod:`streamtomo.app.superseded_parameters`). For the reducer and the controller, the
     environment their dranspose settings are read from must be set first
     (:func:`streamtomo.app.task_cancel.install` imports their modules)."""
     bound_result_queues()
@@ -78,6 +81,7 @@ def install_mends(kind: str) -> None:
     if kind == "controller":
         completion_order.install()
         controller_guard.install()
+        superseded_parameters.install()
     else:
         finished_updates.install()
         parameter_versions.install()

@@ -290,6 +290,32 @@ def test_services_fetch_only_the_parameters_that_changed(clean_logs: LocalDeploy
 
 @pytest.mark.slow
 @needs_redis
+def test_a_parameters_superseded_values_expire_from_redis(clean_logs: LocalDeployment) -> None:
+    """dranspose's controller kept every value a parameter was ever given, under a key
+    of its own: the reducer's darks and flats (32 MB a set at 2048x2048) grew Redis
+    with every set it shared. Superseded values now expire; the current one does not."""
+    import redis
+    from dranspose.protocol import RedisKeys
+
+    from streamtomo.app.superseded_parameters import SUPERSEDED_GRACE_S
+
+    client = redis.Redis.from_url(clean_logs.state.redis_url)
+    try:
+        for value in (b"0.31", b"0.32", b"0.33", b"0.25"):
+            clean_logs.set_parameter("publish_interval", value)
+        clean_logs.wait_parameters_consistent()
+        keys = client.keys(RedisKeys.parameters("publish_interval", "*"))
+        ttls = {key: client.ttl(key) for key in keys}
+        current = [key for key, ttl in ttls.items() if ttl == -1]
+        assert len(current) == 1 and client.get(current[0]) == b"0.25", ttls
+        superseded = [ttl for key, ttl in ttls.items() if key not in current]
+        assert len(superseded) >= 3 and all(0 < ttl <= SUPERSEDED_GRACE_S for ttl in superseded), ttls
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+@needs_redis
 def test_play_says_how_the_scan_ended_and_exits_3_when_it_failed(
     clean_logs: LocalDeployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
