@@ -31,9 +31,14 @@ logger = logging.getLogger("streamtomo")
 def cmd_up(args: argparse.Namespace) -> int:
     from streamtomo.app.deployment import LocalDeployment
     from streamtomo.app.deployment_state import DeploymentError, default_state_path, running_deployment
+    from streamtomo.app.run_dir_lock import RunDirInUse
     from streamtomo.controller_client import ControllerError
 
     state_path = Path(args.state) if args.state else default_state_path()
+    if state_path.is_dir():
+        # Found only once every service had started: up then stopped them all again.
+        print(f"streamtomo: error: --state {state_path} is a directory: name the state file", file=sys.stderr)
+        return 2
     other = running_deployment(state_path)
     if other is not None:
         # Its addresses would be overwritten: `play` would go to this one, and the other's
@@ -93,6 +98,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 time.sleep(1.0)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (streamtomo.app.cli.main raises it as one)
         print("stopping", flush=True)
+    except RunDirInUse as error:  # nothing was started
+        print(f"streamtomo: error: {error}", file=sys.stderr, flush=True)
+        return 2
     except DeploymentError as error:
         print(f"streamtomo: error: {error}", file=sys.stderr, flush=True)
         code = 3

@@ -37,6 +37,7 @@ from streamtomo.app.processes import HOST, ServiceProcess, free_port, process_cp
 from streamtomo.app.processes import wait_for as _wait_for
 from streamtomo.app.redis_service import forget_workers, redis_ping, redis_server_argv, redis_url_ping
 from streamtomo.app.reducer_environment import ReducerEnvironment
+from streamtomo.app.run_dir_lock import RunDirLock
 from streamtomo.app.shared_rows import ENV_DIR as SHARED_ROWS_ENV
 from streamtomo.app.shared_rows import remove_rings_of, shared_rows_directory
 from streamtomo.controller_client import ControllerClient, ControllerError, ControllerTimeout
@@ -120,6 +121,7 @@ class LocalDeployment:
         self._state: DeploymentState | None = None
         self._ports: dict[str, int] = {}
         self._parameters_hash: str | None = None
+        self._run_dir_lock = RunDirLock(self.run_dir)
 
     # -- context manager --------------------------------------------------------------
     def __enter__(self) -> LocalDeployment:
@@ -151,6 +153,7 @@ class LocalDeployment:
 
     # -- start ------------------------------------------------------------------------
     def start(self) -> DeploymentState:
+        self._run_dir_lock.acquire()  # RunDirInUse: nothing started, nothing written
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.shared_rows and not self.shared_rows_dir:
             self.shared_rows_dir = shared_rows_directory()
@@ -500,6 +503,7 @@ class LocalDeployment:
             if self.shared_rows_dir:
                 shutil.rmtree(self.shared_rows_dir, ignore_errors=True)
                 self.shared_rows_dir = ""
+            self._run_dir_lock.release()
 
     def error_lines(self, allow: Sequence[str] = ()) -> list[str]:
         """ERROR/CRITICAL lines in the service logs, minus those containing ``allow``."""

@@ -49,8 +49,12 @@ class DeploymentState:
     def write(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)  # readers never see half a file
+        try:
+            tmp.write_text(self.to_json())
+            tmp.replace(path)  # readers never see half a file
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod

@@ -51,3 +51,54 @@ def test_a_relative_run_dir_works(tmp_path: Path) -> None:
         assert state["run_dir"] == str(tmp_path / "dep" / "run")
     finally:
         up.stop()
+
+
+def _up(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamtomo.app.cli", "up", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env(),
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def test_a_second_up_in_the_same_run_dir_is_refused_before_it_starts_anything(tmp_path: Path) -> None:
+    """Two ups on one --run-dir wrote into the same logs, results and recordings, and
+    the second's stop removed the first's control token."""
+    up = UpProcess(tmp_path / "up", "--no-record")
+    try:
+        state = up.wait_ready()
+        token = tmp_path / "up" / "control.token"
+        assert token.exists()
+        logs_before = sorted(p.name for p in (tmp_path / "up" / "logs").iterdir())
+        second = _up("--run-dir", str(tmp_path / "up"), "--state", str(tmp_path / "other.json"), "--no-record")
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"the run directory {tmp_path / 'up'} is in use by another deployment (pid {up.popen.pid})" in (
+            second.stderr
+        ), second.stderr
+        assert "started" not in second.stdout + second.stderr  # no service was started
+        assert token.exists() and up.popen.poll() is None
+        assert sorted(p.name for p in (tmp_path / "up" / "logs").iterdir()) == logs_before
+        assert json.loads(up.state_path.read_text()) == state
+    finally:
+        up.stop()
+    # Let go when up stops: the directory is free for the next one.
+    again = UpProcess(tmp_path / "up", "--no-record")
+    try:
+        again.wait_ready()
+    finally:
+        again.stop()
+
+
+def test_a_state_path_that_is_a_directory_is_refused_at_once(tmp_path: Path) -> None:
+    """It was found only after every service had started, which up then stopped again,
+    leaving DIR.tmp behind."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    result = _up("--run-dir", str(tmp_path / "run"), "--state", str(folder), "--no-record")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"--state {folder} is a directory" in result.stderr, result.stderr
+    assert not (tmp_path / "state.tmp").exists() and not (tmp_path / "run" / "logs").exists()
