@@ -11,7 +11,8 @@ stopped for 12 s under ``up`` lost its registration that way: its key expired, t
 controller answered the next scan's POST with a 500, and ``up`` saw nothing wrong.
 
 :func:`install` wraps redis-py's asyncio ``XREAD``: with ``block`` given, a
-``TimeoutError`` returns the empty reply (redis-py has already dropped the connection,
+``TimeoutError`` returns the empty reply of the connection's protocol (redis-py has
+already dropped the connection,
 so no late answer is read as the next one's) and is logged as a WARNING. A dead Redis
 still ends the loops: it raises ``ConnectionError``.
 """
@@ -23,6 +24,13 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 _installed = False
+
+
+def empty_reply(client: Any) -> Any:
+    """What redis-py returns for a blocking ``XREAD`` that found nothing: ``{}`` on a
+    RESP3 connection (dranspose's), ``[]`` on RESP2."""
+    protocol = client.connection_pool.connection_kwargs.get("protocol")
+    return {} if str(protocol) == "3" else []
 
 
 def install() -> None:
@@ -39,14 +47,15 @@ def install() -> None:
         try:
             return await original(self, streams, *args, **kwargs)
         except RedisTimeout as error:
-            if kwargs.get("block") is None:
+            block = kwargs.get("block", args[1] if len(args) > 1 else None)  # xread(streams, count, block)
+            if block is None:
                 raise
             logger.warning(
                 "a blocking read of %s got no answer in time (%s): this process was stopped or starved; reading again",
                 ", ".join(str(s) for s in streams),
                 error,
             )
-            return {}
+            return empty_reply(self)
 
     Redis.xread = xread  # type: ignore[method-assign,assignment]
     _installed = True

@@ -74,11 +74,12 @@ def running_deployment(path: Path) -> DeploymentState | None:
         state = DeploymentState.read(path)
     except (DeploymentError, OSError, ValueError, TypeError):
         return None
-    return state if any(_runs_streamtomo(pid) for pid in state.pids.values()) else None
+    return state if any(runs_streamtomo(pid) for pid in state.pids.values()) else None
 
 
-def _runs_streamtomo(pid: int) -> bool:
-    # By its command line: a pid the system gave to another program since is not ours.
+def runs_streamtomo(pid: int) -> bool:
+    """Whether ``pid`` is a process of ours, by its command line: a pid the system gave
+    to another program since is not ours."""
     try:
         return b"streamtomo" in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
     except (OSError, ValueError):

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from streamtomo.app.beamline_events import BROADCAST, BeamlineEvent, frame_events, recorded_events, scan_mapping
-from streamtomo.app.deployment_state import DeploymentState
+from streamtomo.app.deployment_state import DeploymentState, runs_streamtomo
 from streamtomo.app.parameter_files import load_config, parameter_list
 from streamtomo.app.upstream import DetectorPush, NotConnected, PandaServer, PlayError, PlayRefused
 from streamtomo.controller_client import ControllerClient, ControllerError, ControllerTimeout
@@ -203,7 +203,7 @@ def play(
                     max_frames,
                     connect_timeout,
                     on_frame_sent,
-                    lambda: _check_controller(controller),
+                    lambda: _check_deployment(controller, state),
                 )
                 break
             except NotConnected:
@@ -255,15 +255,27 @@ def _end_abandoned_scan(controller: ControllerClient, result: PlayResult, why: s
         logger.warning("%s again: not waiting for the scan to end", why)
 
 
-def _check_controller(controller: ControllerClient) -> None:
-    """Raise :class:`DeploymentGone` if the controller does not answer: a send that waits
-    for the detector ingester then gives up at once, where it waited 30 s and blamed the
-    ingester for a deployment that had stopped."""
+def _check_deployment(controller: ControllerClient, state: DeploymentState) -> None:
+    """Raise :class:`DeploymentGone` if the deployment stopped under the scan: its
+    controller does not answer, or (a local deployment, whose state names its pids) an
+    ingester is not running. A send that waits for the detector ingester then gives up
+    at once, where it waited 30 s and blamed the ingester for a deployment that had
+    stopped."""
+    stopped = [
+        f"{name} (pid {state.pids[name]})"
+        for name in ("detector-ingester", "angle-ingester")
+        if name in state.pids and not runs_streamtomo(state.pids[name])
+    ]
     try:
         controller.progress(timeout=5.0)
     except OSError as error:
         if not _timed_out(error):  # a controller too busy to answer in 5 s is not gone
-            raise DeploymentGone(controller.url, error) from None
+            reason = getattr(error, "reason", error)  # urllib's URLError wraps the socket's
+            raise DeploymentGone(f"its controller at {controller.url} does not answer ({reason})") from None
+    except ControllerError as error:  # it answers, with an error (Redis gone: 500)
+        raise PlayError(f"the deployment's controller at {controller.url} answers with an error: {error}") from None
+    if stopped:
+        raise DeploymentGone(f"its {' and '.join(stopped)} stopped")
 
 
 def _timed_out(error: OSError) -> bool:
@@ -271,13 +283,11 @@ def _timed_out(error: OSError) -> bool:
 
 
 class DeploymentGone(PlayError):
-    """The controller stopped answering mid-scan: the deployment stopped under the scan."""
+    """The deployment stopped under the scan (its controller or an ingester)."""
 
-    def __init__(self, url: str, error: OSError) -> None:
-        reason = getattr(error, "reason", error)  # urllib's URLError wraps the socket's
+    def __init__(self, what: str) -> None:
         super().__init__(
-            f"the deployment stopped under the scan: its controller at {url} does not answer ({reason}); "
-            "see the output of `streamtomo up` and its services' logs"
+            f"the deployment stopped under the scan: {what}; see the output of `streamtomo up` and its services' logs"
         )
 
 
@@ -311,7 +321,12 @@ def _stream(
             # The angle ingester connects when its first assignment arrives.
             panda.accept(connect_timeout)
         if event.angle:
-            panda.send(event.angle)
+            try:
+                panda.send(event.angle)
+            except OSError as error:  # the angle ingester's connection closed
+                if check is not None:
+                    check()  # the deployment stopped: say that
+                raise PlayError(f"the angle ingester closed its connection mid-scan: {error} (see its log)") from None
         result.events_sent += 1
         if event.frame is not None:
             now = time.time()
@@ -340,7 +355,8 @@ def _wait_finished(
         except OSError as error:
             if _timed_out(error):
                 raise
-            raise DeploymentGone(controller.url, error) from None
+            reason = getattr(error, "reason", error)
+            raise DeploymentGone(f"its controller at {controller.url} does not answer ({reason})") from None
         result.progress = progress
         if progress.get("finished"):
             break

@@ -83,36 +83,39 @@ FINAL_FILE_WAIT_S = 180.0
 class FinalFileOutcome:
     path: str
     written: bool
-    error: str  # why it was not written ("" while it is being written)
+    error: str  # why it was not written
+    pending: bool = False  # still being written when the wait ended
 
 
 def final_file_outcome(
     endpoint: str, domain: str, scan: str, timeout: float = FINAL_FILE_WAIT_S
 ) -> FinalFileOutcome | None:
-    """Where the scan's final file is and whether it was written, as the live domain's
-    ``final_file``, ``final_file_written`` and ``final_file_error`` say, waiting up to
-    ``timeout`` for one of the last two. None where the deployment writes no final file,
-    the domain cannot be read, or it holds another scan's status now (the file's name
-    holds the scan's id, ``scan``)."""
+    """Where the scan's final file is and how its writing ended, as the live domain's
+    ``final_file`` and (made once the writing has ended) ``final_file_written`` and
+    ``final_file_error`` say, waiting up to ``timeout`` for the last two. None where the
+    deployment writes no final file, the domain cannot be read, or it holds another
+    scan's status now (the file's name holds the scan's id, ``scan``)."""
     import h5pyd
 
     deadline = time.monotonic() + timeout
     announced = False
     try:
-        with h5pyd.File(domain, "r", endpoint=endpoint) as f:
-            status = f["entry/status"]
-            while True:
+        while True:
+            # Opened afresh each time: a file object caches its groups' members.
+            with h5pyd.File(domain, "r", endpoint=endpoint) as f:
+                status = f["entry/status"]
                 path = _text(status["final_file"][()])
                 if not path or (scan and scan not in Path(path).name):
                     return None
-                written = int(_text(status["final_file_written"][()])) == 1
-                error = _text(status["final_file_error"][()])
-                if written or error or time.monotonic() > deadline:
-                    return FinalFileOutcome(path, written, error)
-                if not announced:
-                    logger.info("waiting for the final file %s", path)
-                    announced = True
-                time.sleep(0.2)
+                if "final_file_written" in status:
+                    written = int(_text(status["final_file_written"][()])) == 1
+                    return FinalFileOutcome(path, written, "" if written else _text(status["final_file_error"][()]))
+            if time.monotonic() > deadline:
+                return FinalFileOutcome(path, False, "", pending=True)
+            if not announced:
+                logger.info("waiting for the final file %s", path)
+                announced = True
+            time.sleep(0.5)
     except (OSError, KeyError, ValueError) as error:  # KeyError: a reducer of an older version
         logger.warning("cannot read the final file's state from %s at %s: %s", domain, endpoint, error)
         return None

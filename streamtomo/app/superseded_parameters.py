@@ -18,8 +18,10 @@ values to any service whose hash differs, every 2 s).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+logger = logging.getLogger(__name__)
 SUPERSEDED_GRACE_S = 60  # seconds
 _WRAPPED = "_streamtomo_expires_superseded"
 
@@ -28,6 +30,7 @@ def install() -> None:
     """In the controller (once per process)."""
     from dranspose.controller import Controller
     from dranspose.protocol import RedisKeys
+    from redis.exceptions import RedisError
 
     original = Controller.set_param
     if getattr(original, _WRAPPED, False):
@@ -39,7 +42,12 @@ def install() -> None:
         current = self.parameters.get(name)
         if previous is not None and current is not None and previous.uuid != current.uuid:
             # After the new value is stored and announced: the old one goes a grace later.
-            await self.redis.expire(RedisKeys.parameters(name, previous.uuid), SUPERSEDED_GRACE_S)
+            # Best effort: the set succeeded, and a failure here must not turn it into a
+            # 500 (or end the controller's defaults task, which catches nothing).
+            try:
+                await self.redis.expire(RedisKeys.parameters(name, previous.uuid), SUPERSEDED_GRACE_S)
+            except RedisError as error:
+                logger.warning("parameter %s: its superseded value stays in Redis: %s", name, error)
         return digest
 
     setattr(set_param, _WRAPPED, True)

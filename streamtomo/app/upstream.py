@@ -120,7 +120,8 @@ class DetectorPush:
         import zmq
 
         timeout = self._timeout if connect_timeout is None else connect_timeout
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline, next_check = started + timeout, started + CHECK_INTERVAL_S
         copy = len(parts[-1]) < 65536
         while True:
             try:
@@ -134,8 +135,12 @@ class DetectorPush:
                 if connect_timeout is not None:
                     raise NotConnected(f"the detector ingester did not connect within {connect_timeout:.0f} s")
                 raise PlayError(f"the detector ingester took no frame for {self._timeout:.0f} s (see its log)")
+            # Wakes as soon as the queue has room (a paced play waits here every frame);
+            # the check runs only once per interval of waiting for the same message.
             self._socket.poll(int(min(left, CHECK_INTERVAL_S) * 1000) + 1, zmq.POLLOUT)
-            if check is not None and time.monotonic() < deadline:
+            now = time.monotonic()
+            if check is not None and next_check <= now < deadline:
+                next_check = now + CHECK_INTERVAL_S
                 check()
 
     def close(self) -> None:

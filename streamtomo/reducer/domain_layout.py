@@ -30,11 +30,12 @@
         projections so far), angles_joined (projections whose event carried another
         frame's PandA row, joined with their own: the streams slipped),
         results_after_end, final_file (where the scan's final file goes, "" if the
-        deployment writes none), final_file_written (1 once it is complete on disk),
-        final_file_error (why it was not written), last_update (unix time), generation
+        deployment writes none), last_update (unix time), generation
+        final_file_written (1: complete on disk), final_file_error (why it was not
+        written): made once the file's writing has ended, after the scan
 
-The last three describe the final file's writing, which ends after the scan: the live
-domain only (the file itself names itself in final_file and has neither of the others).
+The last two are not in the file (written before they exist), nor in an HSDS mirror
+that was complete before them: where they are, they say how the writing went.
 
 The final file adds what only it needs (:mod:`streamtomo.reducer.final_metadata`).
 
@@ -57,7 +58,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.hsds_bridge.domain import Domain, DomainDataset
+from streamtomo.hsds_bridge.domain import Domain, DomainDataset, DomainGroup
 from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
 from streamtomo.pipeline.streaming.snapshot import ScanSnapshot
 from streamtomo.reducer.final_metadata import VOLUME_PATH, iso_time
@@ -77,9 +78,9 @@ STATUS_INTS = (
     "pixels_repaired",
     "angles_joined",
     "results_after_end",
-    "final_file_written",
 )
-STATUS_TEXTS = ("final_file", "final_file_error")  # set by the reducer, not the scan
+# Made once the final file's writing has ended (see the module docstring).
+FINAL_FILE_OUTCOME = ("final_file_written", "final_file_error")
 CHUNK_TARGET_BYTES = 2 << 20
 
 
@@ -116,8 +117,7 @@ def new_domain(name: str) -> Domain:
     domain.create_dataset("/entry/status/reason", "")
     for name_ in STATUS_INTS:
         domain.create_dataset(f"/entry/status/{name_}", np.int64(0))
-    for name_ in STATUS_TEXTS:
-        domain.create_dataset(f"/entry/status/{name_}", "")
+    domain.create_dataset("/entry/status/final_file", "")
     domain.create_dataset("/entry/status/rejected", "{}")
     domain.create_dataset("/entry/status/lost_frames", "[]")
     domain.create_dataset(
@@ -308,7 +308,8 @@ def update_domain(
     domain: Domain,
     snap: ScanSnapshot,
     extra_status: dict[str, int] | None = None,
-    extra_text: dict[str, str] | None = None,
+    final_file: str = "",
+    final_outcome: tuple[bool, str] | None = None,
 ) -> bool:
     """Copy the scan's state into the domain (caller holds ``domain.lock``).
 
@@ -351,8 +352,16 @@ def update_domain(
         status[key] = value
     for key in STATUS_INTS:
         changed |= _set(domain, f"/entry/status/{key}", np.int64(int(status.get(key, 0))))
-    for key in STATUS_TEXTS:
-        changed |= _set(domain, f"/entry/status/{key}", (extra_text or {}).get(key, ""))
+    changed |= _set(domain, "/entry/status/final_file", final_file)
+    if final_outcome is not None:
+        written, error = final_outcome
+        status_group = domain.get("/entry/status")
+        if isinstance(status_group, DomainGroup) and "final_file_written" not in status_group.children:
+            domain.create_dataset("/entry/status/final_file_written", np.int64(0))
+            domain.create_dataset("/entry/status/final_file_error", "")
+            changed = True
+        changed |= _set(domain, "/entry/status/final_file_written", np.int64(int(written)))
+        changed |= _set(domain, "/entry/status/final_file_error", error)
     changed |= _set(domain, "/entry/status/rejected", json.dumps(snap.rejected))
     changed |= _set(domain, "/entry/status/lost_frames", json.dumps(snap.lost_frames))
     changed |= _set(domain, "/entry/status/reason", snap.reason)

@@ -102,14 +102,16 @@ class FinalFile:
                 time.thread_time() - cpu,
             )
         finally:
-            self._domain = None  # the scan's arrays may go
-            self._release()
+            self._domain = None
             if self._on_done is not None:
-                # Outside the write: what it reports (the live domain's status) is not in the file.
+                # After the write (what it reports, the live domain's status, is not in the
+                # file) and before the release: the report publishes the scan's domain,
+                # whose arrays the next scan may take once they are let go.
                 try:
                     self._on_done(self.written, self.error)
                 except Exception:
                     logger.exception("final file %s: reporting its outcome failed", self.path)
+            self._release()  # the scan's arrays may go
 
 
 def wait_all(files: Iterable[FinalFile], timeout: float) -> None:

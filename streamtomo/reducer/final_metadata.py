@@ -33,11 +33,6 @@ VOLUME_PATH = f"/entry/{VOLUME}"
 SLICES_DONE_PATH = "/entry/status/volume_slices_done"
 
 
-# Status members about this file's own writing, which ends after the file's content is
-# fixed: the live domain has them, the file does not (it names itself in final_file).
-LIVE_ONLY_STATUS = ("final_file_written", "final_file_error")
-
-
 def write_final_file(domain: Domain, path: str | Path, identifier: str, ended: float) -> Path:
     """``domain`` as a scan's final NeXus file at ``path``: the scan it is
     (``identifier``), when it ended (``ended``, seconds since the epoch), and of the
@@ -67,9 +62,6 @@ def add_final_metadata(f: h5py.File, identifier: str, ended: float) -> None:
     entry = f["entry"]
     entry.create_dataset("entry_identifier", data=identifier, dtype=text)
     entry.create_dataset("end_time", data=iso_time(ended), dtype=text)
-    for name in LIVE_ONLY_STATUS:
-        if f"status/{name}" in entry:
-            del entry[f"status/{name}"]
     projections = entry.get("status/projections")
     if isinstance(projections, h5py.Dataset) and int(projections[()]) == 0:
         # Nothing was reduced (every frame refused, say): the slices, sinogram and sweep

@@ -238,9 +238,9 @@ class TomoReducer:
         self._late_results = 0  # results that came after the final file was started
         self._replaced = False  # end_if_replaced ran: the next scan came before this one ended
         # The final file's path, fixed from the start (the live domain names it while the
-        # scan runs), and how its writing ended: (1, "") written, (0, why) not.
+        # scan runs), and how its writing ended: (True, "") written, (False, why) not.
         self._final_path = self._final_file_path()
-        self._final_outcome: tuple[int, str] = (0, "")
+        self._final_outcome: tuple[bool, str] | None = None
         if self.mapping_uuid and self.mapping_uuid == self.settings.lost_scan:
             # Built for a scan that was under way when the previous reducer died: what
             # it had reduced died with it, and a result from the rest would pass for the
@@ -535,7 +535,10 @@ class TomoReducer:
                     f"it ended with what was reduced, {of} frames received"
                 )
             logger.warning("ending scan %s: %s", self.mapping_uuid, self._stopped_reason)
-        self.finish(None)
+            # Under the lock (an RLock) from the check on: another thread's end_now that
+            # found the end not started yet would not hold the pooled arrays, and the next
+            # scan could take them before this scan's file is written from them.
+            self.finish(None)
 
     def finish(self, parameters: dict[Any, Any] | None = None) -> None:
         """The stream is reduced: publish the final slices, then start the end of the scan.
@@ -737,7 +740,7 @@ class TomoReducer:
         """The writer's report (its thread): into the live domain's status, where a file
         that could not be written (a full disk, a folder gone) showed only in the log."""
         with self.lock:
-            self._final_outcome = (1, "") if written is not None else (0, error or "unknown error")
+            self._final_outcome = (True, "") if written is not None else (False, error or "unknown error")
             self._publish_locked()
 
     def _apply_parameters(self, parameters: dict[Any, Any] | None) -> None:
@@ -770,13 +773,9 @@ class TomoReducer:
             # Results that came after finish are not taken (the products are the scan as
             # it ended): counted here, so a late worker's frames are not lost unseen.
             "results_after_end": self._late_results,
-            "final_file_written": self._final_outcome[0],
         }
-        texts = {
-            "final_file": str(self._final_path) if self.settings.final_dir else "",
-            "final_file_error": self._final_outcome[1],
-        }
-        if update_domain(self.domain, self.scan.snapshot(), extra, texts):
+        final_file = str(self._final_path) if self.settings.final_dir else ""
+        if update_domain(self.domain, self.scan.snapshot(), extra, final_file, self._final_outcome):
             for publisher in self.publishers:
                 publisher.notify()
 

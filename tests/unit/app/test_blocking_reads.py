@@ -62,3 +62,23 @@ def test_a_read_without_block_still_raises(redis_url: str) -> None:
             await client.aclose()
 
     asyncio.run(main())
+
+
+def test_the_empty_reply_is_the_one_of_the_connections_protocol(redis_url: str) -> None:
+    """What an XREAD that found nothing returns: a caller written for RESP2 reads a list."""
+    import redis.asyncio as redis
+
+    blocking_reads.install()
+
+    async def main(protocol: int) -> tuple[object, object]:
+        client = redis.from_url(f"{redis_url}?protocol={protocol}", socket_timeout=0.3)
+        try:
+            found_nothing = await client.xread({"none": "$"}, block=100)
+            timed_out = await client.xread({"none": "$"}, None, 2000)  # block given positionally
+            return found_nothing, timed_out
+        finally:
+            await client.aclose()
+
+    for protocol in (2, 3):
+        found_nothing, timed_out = asyncio.run(main(protocol))
+        assert timed_out == found_nothing and type(timed_out) is type(found_nothing), protocol

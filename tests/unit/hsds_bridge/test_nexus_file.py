@@ -12,8 +12,7 @@ import pytest
 
 from streamtomo.hsds_bridge.domain import Domain, DomainDataset, DomainGroup
 from streamtomo.hsds_bridge.nexus_file import write_nexus
-from streamtomo.reducer.domain_layout import new_domain, sinogram_chunks
-from streamtomo.reducer.final_metadata import LIVE_ONLY_STATUS
+from streamtomo.reducer.domain_layout import FINAL_FILE_OUTCOME, new_domain, sinogram_chunks
 
 h5py = pytest.importorskip("h5py")
 
@@ -34,7 +33,8 @@ def assert_file_equals_domain(path: Path, domain: Domain, final: bool = False) -
     with h5py.File(path, "r") as f:
         if final:
             check_final_metadata(f)
-        live_only = {f"/entry/status/{name}" for name in LIVE_ONLY_STATUS} if final else set()
+        # Made once the file is written (the domain is read after): not in the file.
+        live_only = {f"/entry/status/{name}" for name in FINAL_FILE_OUTCOME} if final else set()
         republished = {"/entry/status/last_update", "/entry/status/generation"} if final else set()
         for node in domain.walk():
             if node.path in live_only:  # the writing of the file itself: not in it
