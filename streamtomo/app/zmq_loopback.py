@@ -104,12 +104,24 @@ WORKER_SILENT_S = 4
 
 def tolerant_ingester(cls: type[Any]) -> type[Any]:
     """The ingester class, dropping (with a warning) messages for workers that died,
-    and waiting for worker pings without waking a thousand times a second."""
+    handing a worker's name over to its newest connection, and waiting for worker pings
+    without waking a thousand times a second."""
     import zmq
     import zmq.asyncio
     from dranspose.protocol import ConnectedWorker
 
     class Tolerant(cls):  # type: ignore[misc]
+        def open_socket(self) -> None:
+            """dranspose's ROUTER socket, and a worker's new connection under a name
+            already in use takes the name over (ZMQ_ROUTER_HANDOVER). Without it the
+            ROUTER kept routing the name to the old connection: a worker stopped for
+            12 s (SIGSTOP, a paused VM) reconnected on resuming, while its old TCP
+            connection was not yet closed here, and its pings and the next scan's
+            events went nowhere for 10 s more (the scan's first event, broadcast, then
+            never completed and the scan ended with nothing reduced)."""
+            super().open_socket()
+            self.out_socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+
         async def _send_workermessages(self, workermessages: dict[Any, Any]) -> None:
             for worker, message in workermessages.items():
                 try:

@@ -422,3 +422,27 @@ def test_a_reducer_stopped_past_redis_socket_timeout_keeps_its_registration(tmp_
         up.stop()
     assert service_errors(up.run_dir) == []
     assert "got no answer in time" in (up.run_dir / "logs" / "reducer.log").read_text()
+
+
+def test_a_worker_stopped_past_its_pings_takes_the_next_scan_whole(tmp_path: Path) -> None:
+    """SIGSTOP for 12 s, then SIGCONT, and a scan at once: the worker reconnected to the
+    ingesters under its name while its old connections were still open there, and the
+    ingesters kept routing to the old ones. The scan's first event (broadcast) never
+    reached it, nothing completed, and play's stall stop ended the scan with nothing
+    reduced (in 1 of 3 runs on 2 cores: the race is between the old connection's
+    close and the new one's greeting)."""
+    up = UpProcess(tmp_path / "up", "--no-record")
+    try:
+        state = up.wait_ready()
+        worker = state["pids"]["worker-1"]
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            time.sleep(12)  # past the ingesters' ping timeout and redis-py's socket timeout
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        play_to_end(up, tmp_path / "play.out")
+        ended = wait_state(state["live_endpoint"], "finished")
+        assert ended["frames_received"] == 80 and int(str(ended["frames_lost"])) == 0, ended
+    finally:
+        up.stop()
+    assert service_errors(up.run_dir) == []

@@ -62,3 +62,41 @@ def test_an_ingester_takes_worker_pings_and_waits_a_second_between_polls(monkeyp
     assert list(connected) == [worker_id] and connected[worker_id].name == "worker-1"
     assert published == [1]  # the controller hears of a new worker once, at once
     assert timeouts and set(timeouts) == {zmq_loopback.ACCEPT_POLL_MS} and zmq_loopback.ACCEPT_POLL_MS >= 1000
+
+
+class RouterBase:
+    """Stands for dranspose's ingester: ``open_socket`` binds a ROUTER, as it does."""
+
+    def open_socket(self) -> None:
+        self.ctx = zmq.Context()
+        self.out_socket = self.ctx.socket(zmq.ROUTER)
+        self.out_socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.port = self.out_socket.bind_to_random_port("tcp://127.0.0.1")
+
+
+def test_a_workers_new_connection_takes_its_name_over_from_the_old_one() -> None:
+    """A worker stopped for longer than its ping interval reconnects under its name
+    while its old connection is still open: the ingester routed the name to the old
+    connection, and the worker's events went nowhere (a scan then lost everything)."""
+    ingester = zmq_loopback.tolerant_ingester(RouterBase)()
+    ingester.open_socket()
+    ingester.out_socket.setsockopt(zmq.RCVTIMEO, 2000)  # a message that went nowhere fails, not hangs
+    ctx = zmq.Context()
+    old, new = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    try:
+        for dealer in (old, new):
+            dealer.setsockopt(zmq.IDENTITY, b"worker-1")
+            dealer.setsockopt(zmq.RCVTIMEO, 2000)
+        old.connect(f"tcp://127.0.0.1:{ingester.port}")
+        old.send(b"ping")
+        assert ingester.out_socket.recv_multipart()[1] == b"ping"
+        new.connect(f"tcp://127.0.0.1:{ingester.port}")  # the old one still connected
+        new.send(b"ping again")
+        assert ingester.out_socket.recv_multipart()[1] == b"ping again"
+        ingester.out_socket.send_multipart([b"worker-1", b"event 0"])
+        assert new.recv() == b"event 0"
+    finally:
+        for s in (old, new, ingester.out_socket):
+            s.close(linger=0)
+        ctx.term()
+        ingester.ctx.term()
