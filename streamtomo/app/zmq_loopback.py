@@ -79,16 +79,21 @@ def bound_result_queues(worker_queue: int = WORKER_QUEUE_MESSAGES, reducer_queue
     # The reducer binds its results' PULL socket; workers connect PUSH sockets to it.
     # (An ingester's PULL towards the detector connects: its queue is left as it is.)
     def bounded_bind(self: zmq.Socket[Any], addr: str) -> Any:
-        if self.socket_type == zmq.PULL:
+        if self.type == zmq.PULL:
             self.setsockopt(zmq.RCVHWM, reducer_queue)
         return bind(self, addr)
 
     def bounded_connect(self: zmq.Socket[Any], addr: str) -> Any:
-        if self.socket_type == zmq.PUSH:
+        if self.type == zmq.PUSH:
             self.setsockopt(zmq.SNDHWM, worker_queue)
             # dranspose's worker closes with ``ctx.destroy()``, which waits forever
             # (ZeroMQ's default linger) for results to a reducer that is gone.
             self.setsockopt(zmq.LINGER, PUSH_LINGER_MS)
+        elif self.type == zmq.DEALER:
+            # A worker's socket to an ingester sends only pings, which a dead ingester
+            # never takes: ``ctx.destroy()`` waited for them forever, and every worker
+            # of a deployment whose ingester died needed SIGKILL after 10 s.
+            self.setsockopt(zmq.LINGER, 0)
         return connect(self, addr)
 
     zmq.Socket.bind = bounded_bind  # type: ignore[method-assign]

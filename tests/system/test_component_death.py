@@ -446,3 +446,28 @@ def test_a_worker_stopped_past_its_pings_takes_the_next_scan_whole(tmp_path: Pat
     finally:
         up.stop()
     assert service_errors(up.run_dir) == []
+
+
+def test_an_ingester_killed_mid_scan_stops_up_naming_it_without_killing_any_worker(tmp_path: Path) -> None:
+    """up names the dead ingester, exits 3, and every worker stops on its own. (A worker
+    whose close found a ping queued to the dead ingester waited for it forever, and up
+    killed it after 10 s; whether one is queued depends on the ping's phase, so that is
+    tested deterministically in tests/unit/app/test_zmq_loopback.py.)"""
+    up = UpProcess(tmp_path / "up", "--no-record", "-w", "2")
+    player = None
+    try:
+        state = up.wait_ready()
+        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "10")
+        wait_events(state["controller_url"], 20)
+        os.killpg(state["pids"]["detector-ingester"], signal.SIGKILL)
+        assert up.wait_exit(90) == 3, up.output()
+    finally:
+        if player is not None:
+            player.kill()
+            player.wait()
+        up.stop()
+    output = up.output()
+    assert "streamtomo: error: detector-ingester exited (status -9)" in output, output
+    assert "did not stop" not in output, output
+    for name in ("worker-1", "worker-2"):
+        assert f"{name} stopped in" in output and f"{name} did not stop" not in output, output

@@ -100,3 +100,27 @@ def test_a_workers_new_connection_takes_its_name_over_from_the_old_one() -> None
             s.close(linger=0)
         ctx.term()
         ingester.ctx.term()
+
+
+def test_a_workers_close_does_not_wait_for_pings_to_a_dead_ingester(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dranspose's worker closes with ``ctx.destroy()``: a ping queued to an ingester
+    that died (ZeroMQ keeps a connect()ed pipe and queues on it while reconnecting)
+    held it forever with ZeroMQ's default linger, and up killed the worker after 10 s."""
+    import socket
+    import threading
+
+    monkeypatch.setattr(zmq.Socket, "connect", zmq.Socket.connect)  # restored after the test
+    monkeypatch.setattr(zmq.Socket, "bind", zmq.Socket.bind)
+    zmq_loopback.bound_result_queues()
+    with socket.socket() as probe:  # a port nobody listens on: the dead ingester's
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IDENTITY, b"worker-1")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    dealer.send(b"ping", zmq.NOBLOCK)  # queued on the reconnecting pipe
+    closing = threading.Thread(target=ctx.destroy, daemon=True)
+    closing.start()
+    closing.join(30)  # not a timing: it returns at once, or never
+    assert not closing.is_alive(), "the worker's close waits for a ping nobody takes"
