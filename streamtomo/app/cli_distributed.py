@@ -216,6 +216,8 @@ def cmd_play(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+    if args.controller and args.controller != state.controller_url:
+        state.pids = {}  # the file's services are not the deployment played to
     state.controller_url = args.controller or state.controller_url
     state.detector_upstream = args.detector or state.detector_upstream
     state.angle_upstream = args.panda or state.angle_upstream

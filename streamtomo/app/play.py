@@ -261,11 +261,7 @@ def _check_deployment(controller: ControllerClient, state: DeploymentState) -> N
     ingester is not running. A send that waits for the detector ingester then gives up
     at once, where it waited 30 s and blamed the ingester for a deployment that had
     stopped."""
-    stopped = [
-        f"{name} (pid {state.pids[name]})"
-        for name in ("detector-ingester", "angle-ingester")
-        if name in state.pids and not runs_streamtomo(state.pids[name])
-    ]
+    stopped = stopped_ingesters(state.pids)
     try:
         controller.progress(timeout=5.0)
     except OSError as error:
@@ -276,6 +272,22 @@ def _check_deployment(controller: ControllerClient, state: DeploymentState) -> N
         raise PlayError(f"the deployment's controller at {controller.url} answers with an error: {error}") from None
     if stopped:
         raise DeploymentGone(f"its {' and '.join(stopped)} stopped")
+
+
+def stopped_ingesters(pids: dict[str, int]) -> list[str]:
+    """The ingesters of a deployment on this machine (``up``'s state names their pids)
+    that no longer run, as "name (pid N)". Pids say something only where one of the
+    deployment's services runs here: a state file from elsewhere names another
+    machine's pids, and a deployment whose every service is gone is seen by its
+    controller's silence."""
+    running = {name: runs_streamtomo(pid) for name, pid in pids.items()}
+    if not any(running.values()):
+        return []
+    return [
+        f"{name} (pid {pids[name]})"
+        for name in ("detector-ingester", "angle-ingester")
+        if name in running and not running[name]
+    ]
 
 
 def _timed_out(error: OSError) -> bool:
