@@ -77,10 +77,10 @@ def running_deployment(path: Path) -> DeploymentState | None:
     return state if any(runs_streamtomo(pid) for pid in state.pids.values()) else None
 
 
-def runs_streamtomo(pid: int) -> bool:
-    """Whether ``pid`` is a process of ours, by its command line: a pid the system gave
-    to another program since is not ours."""
+def runs_streamtomo(pid: int, marker: str = "streamtomo") -> bool:
+    """Whether ``pid`` is a process of ours, by its command line (which holds
+    ``marker``): a pid the system gave to another program since is not ours."""
     try:
-        return b"streamtomo" in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+        return marker.encode() in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
     except (OSError, ValueError):
         return False

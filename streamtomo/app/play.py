@@ -44,6 +44,7 @@ from streamtomo.controller_client import ControllerClient, ControllerError, Cont
 from streamtomo.pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
+SERVICE_MODULE = "streamtomo.app.services"  # what up's services run (python -m)
 # How long a play stopped mid-scan waits for the scan it ended to be reduced (a second
 # Ctrl-C stops waiting): the reducer's end of it takes a publish, not the volume.
 INTERRUPTED_END_WAIT_S = 30.0
@@ -280,7 +281,8 @@ def stopped_ingesters(pids: dict[str, int]) -> list[str]:
     deployment's services runs here: a state file from elsewhere names another
     machine's pids, and a deployment whose every service is gone is seen by its
     controller's silence."""
-    running = {name: runs_streamtomo(pid) for name, pid in pids.items()}
+    # Not any command line that names streamtomo (play's own, its shell's): a service's.
+    running = {name: runs_streamtomo(pid, SERVICE_MODULE) for name, pid in pids.items()}
     if not any(running.values()):
         return []
     return [

@@ -16,8 +16,8 @@ from streamtomo.app.play import stopped_ingesters
 
 @pytest.fixture
 def service() -> Iterator[int]:
-    """A process of ours (its command line names streamtomo), as up's services are."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "streamtomo-service"])
+    """A service of ours, as up starts them (python -m streamtomo.app.services)."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "streamtomo.app.services"])
     try:
         yield process.pid
     finally:
@@ -46,3 +46,13 @@ def test_pids_of_another_machine_say_nothing() -> None:
     """A state file from elsewhere (or a deployment gone whole): none of its pids runs here."""
     assert stopped_ingesters({"controller": _gone_pid(), "detector-ingester": _gone_pid()}) == []
     assert stopped_ingesters({}) == []
+
+
+def test_a_process_that_only_names_streamtomo_is_no_service() -> None:
+    """play itself, its shell, a path with streamtomo in it: their pids prove nothing."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "streamtomo", "play"])
+    try:
+        assert stopped_ingesters({"controller": other.pid, "detector-ingester": _gone_pid()}) == []
+    finally:
+        other.kill()
+        other.wait()
