@@ -1,9 +1,9 @@
 """One deployment per run directory.
 
-Two ``up`` given the same ``--run-dir`` wrote their logs into the same files (each
-service's log opened twice, lines interleaved), their scans' final files and
-recordings into the same folders, and the second's stop removed the first one's
-control token. :class:`RunDirLock` holds an exclusive ``flock`` on a file in the run
+Two ``up`` given the same ``--run-dir`` wrote their services' logs (the same file
+names), their scans' final files and their recordings into the same folders, and the
+second's reducer wrote its control token over the first one's (``RUN_DIR/control.token``,
+the file the first one's output names). :class:`RunDirLock` holds an exclusive ``flock`` on a file in the run
 directory for the deployment's life: the kernel lets it go when the process ends,
 however it ends, so a crashed ``up`` leaves no stale lock.
 """

@@ -67,7 +67,7 @@ def _up(*argv: str) -> subprocess.CompletedProcess[str]:
 
 def test_a_second_up_in_the_same_run_dir_is_refused_before_it_starts_anything(tmp_path: Path) -> None:
     """Two ups on one --run-dir wrote into the same logs, results and recordings, and
-    the second's stop removed the first's control token."""
+    the second's reducer wrote its control token over the first's."""
     up = UpProcess(tmp_path / "up", "--no-record")
     try:
         state = up.wait_ready()
