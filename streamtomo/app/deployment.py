@@ -32,7 +32,7 @@ from typing import Any
 from streamtomo.app.adapters import TOMO_REDUCER, TOMO_WORKER
 from streamtomo.app.copy_tuning import non_temporal_copies
 from streamtomo.app.deployment_readiness import defaults_set, missing_services
-from streamtomo.app.deployment_state import DeploymentError, DeploymentState
+from streamtomo.app.deployment_state import SERVICE_MODULE, DeploymentError, DeploymentState
 from streamtomo.app.processes import HOST, ServiceProcess, free_port, process_cpu_seconds, spawn
 from streamtomo.app.processes import wait_for as _wait_for
 from streamtomo.app.redis_service import forget_workers, redis_ping, redis_server_argv, redis_url_ping
@@ -265,9 +265,7 @@ class LocalDeployment:
         return service
 
     def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> ServiceProcess:
-        return self._popen(
-            name, [sys.executable, "-m", "streamtomo.app.services", "--log-level", self.log_level, *args], env
-        )
+        return self._popen(name, [sys.executable, "-m", SERVICE_MODULE, "--log-level", self.log_level, *args], env)
 
     def _start_redis(self) -> str:
         port = self._ports["redis"]

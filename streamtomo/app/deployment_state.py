@@ -77,6 +77,9 @@ def running_deployment(path: Path) -> DeploymentState | None:
     return state if any(runs_streamtomo(pid) for pid in state.pids.values()) else None
 
 
+SERVICE_MODULE = "streamtomo.app.services"  # what up's services run (python -m)
+
+
 def runs_streamtomo(pid: int, marker: str = "streamtomo") -> bool:
     """Whether ``pid`` is a process of ours, by its command line (which holds
     ``marker``): a pid the system gave to another program since is not ours."""

@@ -37,14 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from streamtomo.app.beamline_events import BROADCAST, BeamlineEvent, frame_events, recorded_events, scan_mapping
-from streamtomo.app.deployment_state import DeploymentState, runs_streamtomo
+from streamtomo.app.deployment_state import SERVICE_MODULE, DeploymentState, runs_streamtomo
 from streamtomo.app.parameter_files import load_config, parameter_list
 from streamtomo.app.upstream import DetectorPush, NotConnected, PandaServer, PlayError, PlayRefused
 from streamtomo.controller_client import ControllerClient, ControllerError, ControllerTimeout
 from streamtomo.pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
-SERVICE_MODULE = "streamtomo.app.services"  # what up's services run (python -m)
 # How long a play stopped mid-scan waits for the scan it ended to be reduced (a second
 # Ctrl-C stops waiting): the reducer's end of it takes a publish, not the volume.
 INTERRUPTED_END_WAIT_S = 30.0
@@ -264,11 +263,9 @@ def _check_deployment(controller: ControllerClient, state: DeploymentState) -> N
     stopped."""
     stopped = stopped_ingesters(state.pids)
     try:
-        controller.progress(timeout=5.0)
-    except OSError as error:
-        if not _timed_out(error):  # a controller too busy to answer in 5 s is not gone
-            reason = getattr(error, "reason", error)  # urllib's URLError wraps the socket's
-            raise DeploymentGone(f"its controller at {controller.url} does not answer ({reason})") from None
+        _progress(controller, timeout=5.0)
+    except OSError:
+        pass  # a timeout: a controller too busy to answer in 5 s is not gone
     except ControllerError as error:  # it answers, with an error (Redis gone: 500)
         raise PlayError(f"the deployment's controller at {controller.url} answers with an error: {error}") from None
     if stopped:
@@ -292,8 +289,16 @@ def stopped_ingesters(pids: dict[str, int]) -> list[str]:
     ]
 
 
-def _timed_out(error: OSError) -> bool:
-    return isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError)
+def _progress(controller: ControllerClient, timeout: float | None = None) -> dict[str, Any]:
+    """The controller's progress; a controller that refuses connections (a timeout is
+    not that) is :class:`DeploymentGone`."""
+    try:
+        return controller.progress(timeout=timeout)
+    except OSError as error:
+        if isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError):
+            raise
+        reason = getattr(error, "reason", error)  # urllib's URLError wraps the socket's
+        raise DeploymentGone(f"its controller at {controller.url} does not answer ({reason})") from None
 
 
 class DeploymentGone(PlayError):
@@ -364,13 +369,7 @@ def _wait_finished(
     last_done, last_change, last_log = -1, time.monotonic(), 0.0
     stopped_at: float | None = None
     while True:
-        try:
-            progress = controller.progress()
-        except OSError as error:
-            if _timed_out(error):
-                raise
-            reason = getattr(error, "reason", error)
-            raise DeploymentGone(f"its controller at {controller.url} does not answer ({reason})") from None
+        progress = _progress(controller)
         result.progress = progress
         if progress.get("finished"):
             break

@@ -44,7 +44,7 @@ class FinalFile:
         release: Callable[[], None],
         scan: str,
         identifier: str = "",
-        on_done: Callable[[str | None, str], None] | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self.scan = scan
@@ -52,13 +52,19 @@ class FinalFile:
         self.ended = time.time()  # made when the scan has ended
         self.written: str | None = None
         self.error = ""  # why it was not written
-        # Called in the writer's thread once it is done: (path, "") or (None, why not).
-        self._on_done = on_done
+        self._on_done = on_done  # called in the writer's thread once :attr:`outcome` is known
         self._domain: Domain | None = domain
         self._release = release
         # A daemon: a write that hangs (a dead network mount) must not keep the process
         # alive past close's wait, which warns about it.
         self._thread = threading.Thread(target=self._run, name=f"final-file-{path.name}", daemon=True)
+
+    @property
+    def outcome(self) -> tuple[bool, str] | None:
+        """(True, "") once written, (False, why) once it failed; None while it is written."""
+        if self.written is not None:
+            return True, ""
+        return (False, self.error) if self.error else None
 
     def start(self) -> FinalFile:
         self._thread.start()
@@ -108,7 +114,7 @@ class FinalFile:
                 # file) and before the release: the report publishes the scan's domain,
                 # whose arrays the next scan may take once they are let go.
                 try:
-                    self._on_done(self.written, self.error)
+                    self._on_done()
                 except Exception:
                     logger.exception("final file %s: reporting its outcome failed", self.path)
             self._release()  # the scan's arrays may go

@@ -237,10 +237,8 @@ class TomoReducer:
         self._overrun_release: Callable[[], None] | None = None
         self._late_results = 0  # results that came after the final file was started
         self._replaced = False  # end_if_replaced ran: the next scan came before this one ended
-        # The final file's path, fixed from the start (the live domain names it while the
-        # scan runs), and how its writing ended: (True, "") written, (False, why) not.
+        # The final file's path, fixed from the start: the live domain names it while the scan runs.
         self._final_path = self._final_file_path()
-        self._final_outcome: tuple[bool, str] | None = None
         if self.mapping_uuid and self.mapping_uuid == self.settings.lost_scan:
             # Built for a scan that was under way when the previous reducer died: what
             # it had reduced died with it, and a result from the rest would pass for the
@@ -736,11 +734,11 @@ class TomoReducer:
         name = f"scan-{self.mapping_uuid or time.strftime('%Y%m%d-%H%M%S-') + secrets.token_hex(4)}.nxs"
         return Path(os.path.abspath(self.settings.final_dir or ".")) / name
 
-    def _final_file_done(self, written: str | None, error: str) -> None:
-        """The writer's report (its thread): into the live domain's status, where a file
-        that could not be written (a full disk, a folder gone) showed only in the log."""
+    def _final_file_done(self) -> None:
+        """The writer is done (its thread): its outcome into the live domain's status,
+        where a file that could not be written (a full disk, a folder gone) showed only
+        in the log."""
         with self.lock:
-            self._final_outcome = (True, "") if written is not None else (False, error or "unknown error")
             self._publish_locked()
 
     def _apply_parameters(self, parameters: dict[Any, Any] | None) -> None:
@@ -775,7 +773,8 @@ class TomoReducer:
             "results_after_end": self._late_results,
         }
         final_file = str(self._final_path) if self.settings.final_dir else ""
-        if update_domain(self.domain, self.scan.snapshot(), extra, final_file, self._final_outcome):
+        outcome = self._final.outcome if self._final is not None else None
+        if update_domain(self.domain, self.scan.snapshot(), extra, final_file, outcome):
             for publisher in self.publishers:
                 publisher.notify()
 

@@ -1461,6 +1461,19 @@ NGINX_BASIC_AUTH = {
 }
 
 
+def external_auth(name: str) -> list[str]:
+    """``name``'s Ingress behind another controller (Traefik) with its own authentication."""
+    return [
+        *NGINX_BASIC_AUTH[name],
+        "--set",
+        f"{name}.ingress.enabled=true",
+        "--set",
+        f"{name}.auth.externalAuth=true",
+        "--set",
+        f"{name}.ingress.className=traefik",
+    ]
+
+
 @pytest.mark.parametrize("name", ["controller", "viewer"])
 def test_basic_auth_is_refused_where_ingress_nginx_does_not_apply_it_or_without_tls(helm: str, name: str) -> None:
     """The chart's basic auth is ingress-nginx's nginx.ingress.kubernetes.io/auth-*
@@ -1508,17 +1521,7 @@ def test_basic_auth_is_refused_where_ingress_nginx_does_not_apply_it_or_without_
         command, _ = _viewer(upstream)
         assert command[command.index("--origin") + 1] == "https://streamtomo.example.org"
     # another controller with its own authentication: the chart adds nothing
-    external = render(
-        helm,
-        *NGINX_BASIC_AUTH[name],
-        "--set",
-        f"{name}.ingress.enabled=true",
-        "--set",
-        f"{name}.auth.externalAuth=true",
-        "--set",
-        f"{name}.ingress.className=traefik",
-        *tls,
-    )
+    external = render(helm, *external_auth(name), *tls)
     annotations = one(external, "Ingress", f"t-streamtomo-{name}")["metadata"].get("annotations") or {}
     assert not [k for k in annotations if k.startswith("nginx.ingress.kubernetes.io/auth")]
 
@@ -1528,15 +1531,7 @@ def test_external_auth_is_refused_without_tls(helm: str, name: str) -> None:
     """Basic auth needed TLS, an external one did not: an OAuth2 proxy's session cookie or
     a bearer token went over http:// in the clear, for anyone on the path to replay
     against the controller (which starts and stops scans) or the viewer."""
-    external = [
-        *NGINX_BASIC_AUTH[name],
-        "--set",
-        f"{name}.ingress.enabled=true",
-        "--set",
-        f"{name}.auth.externalAuth=true",
-        "--set",
-        f"{name}.ingress.className=traefik",
-    ]
+    external = external_auth(name)
     err = fails(helm, *external)
     assert f"{name}.auth.externalAuth without TLS" in err, err
     assert f"{name}.ingress.tlsSecretName" in err and f"{name}.ingress.tlsTerminatedUpstream=true" in err, err

@@ -8,12 +8,16 @@ as processes on 127.0.0.1. Scans are small (32x64 frames, 60 projections).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import pytest
@@ -270,20 +274,31 @@ def test_a_reducer_killed_between_scans_is_replaced_and_fails_no_scan(tmp_path: 
     assert service_errors(up.run_dir) == []
 
 
-def test_redis_killed_mid_scan_stops_up_with_an_error_naming_it(tmp_path: Path) -> None:
-    up = UpProcess(tmp_path / "up", "--no-record")
+def killed_mid_scan(
+    tmp_path: Path, kill: Callable[[dict[str, Any]], None], *up_args: str, rate: str, after_events: int
+) -> tuple[UpProcess, dict[str, Any]]:
+    """up with a scan streaming at ``rate`` frames/s; once ``after_events`` events are
+    done, ``kill(state)``: up must stop everything and exit 3. Returns up and its state."""
+    up = UpProcess(tmp_path / "up", "--no-record", *up_args)
     player = None
     try:
         state = up.wait_ready()
-        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "20")
-        wait_events(state["controller_url"], 30)
-        os.kill(state["pids"]["redis"], signal.SIGKILL)
+        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", rate)
+        wait_events(state["controller_url"], after_events)
+        kill(state)
         assert up.wait_exit(90) == 3, up.output()
     finally:
         if player is not None:
             player.kill()
             player.wait()
         up.stop()
+    return up, state
+
+
+def test_redis_killed_mid_scan_stops_up_with_an_error_naming_it(tmp_path: Path) -> None:
+    up, state = killed_mid_scan(
+        tmp_path, lambda state: os.kill(state["pids"]["redis"], signal.SIGKILL), rate="20", after_events=30
+    )
     output = up.output()
     assert "streamtomo: error: redis exited (status -9)" in output and "redis.log" in output, output
     assert "did not stop" not in output, output
@@ -295,6 +310,21 @@ def test_redis_killed_mid_scan_stops_up_with_an_error_naming_it(tmp_path: Path) 
     assert service_errors(up.run_dir, allow=REDIS_GONE) == []
 
 
+@contextlib.contextmanager
+def streaming(up: UpProcess, state: dict[str, Any], out: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """play streaming a scan at 4 frames/s (20 s for its 80 frames), handed over once 10
+    projections are reduced (the workers' first-frame compilation behind us) and still
+    sending; killed on the way out, whatever the test did with it."""
+    player = play_process(up.state_path, out, *SCAN, "--rate", "4")
+    try:
+        wait_projections(state["live_endpoint"], 10)
+        assert player.poll() is None, "the scan ended before the test could act on it"
+        yield player
+    finally:
+        player.kill()
+        player.wait()
+
+
 def test_play_stopped_with_ctrl_c_ends_its_scan_at_once_and_keeps_what_was_reduced(tmp_path: Path) -> None:
     """Ctrl-C left the scan open until the stream timeout (30 s by default): a play
     within it replaced the scan, which got no final file. ``play`` now ends it through
@@ -302,15 +332,9 @@ def test_play_stopped_with_ctrl_c_ends_its_scan_at_once_and_keeps_what_was_reduc
     up = UpProcess(tmp_path / "up", "--no-record", "--stream-timeout", "600")
     try:
         state = up.wait_ready()
-        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "4")
-        try:
-            wait_projections(state["live_endpoint"], 10)
-            assert player.poll() is None, "the scan ended before play could be interrupted"
+        with streaming(up, state, tmp_path / "play.out") as player:
             player.send_signal(signal.SIGINT)
             assert player.wait(60) == 128 + signal.SIGINT, (tmp_path / "play.out").read_text()
-        finally:
-            player.kill()
-            player.wait()
         output = (tmp_path / "play.out").read_text()
         assert "interrupted: the scan was ended through the controller" in output, output
         # Well before the stream timeout (600 s): the scan ended with what was reduced.
@@ -332,14 +356,8 @@ def test_a_scan_replaced_before_its_end_ends_stopped_with_its_final_file(tmp_pat
     up = UpProcess(tmp_path / "up", "--no-record", "--stream-timeout", "600")
     try:
         state = up.wait_ready()
-        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "4")
-        try:
-            wait_projections(state["live_endpoint"], 10)
-            assert player.poll() is None, "the scan ended before its sender could be killed"
+        with streaming(up, state, tmp_path / "play.out") as player:
             player.kill()  # no Ctrl-C: nothing ends the scan
-            player.wait()
-        finally:
-            player.kill()
             player.wait()
         play_to_end(up, tmp_path / "play-2.out")
         assert wait_state(state["live_endpoint"], "finished")["frames_received"] == 80
@@ -384,16 +402,10 @@ def test_play_says_the_deployment_stopped_when_up_stops_under_its_scan(tmp_path:
     up = UpProcess(tmp_path / "up", "--no-record")
     try:
         state = up.wait_ready()
-        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "4")
-        try:
-            wait_projections(state["live_endpoint"], 10)
-            assert player.poll() is None, "the scan ended before up could be stopped"
+        with streaming(up, state, tmp_path / "play.out") as player:
             up.popen.send_signal(signal.SIGINT)
             assert up.wait_exit() == 0, up.output()
             assert player.wait(120) == 1, (tmp_path / "play.out").read_text()
-        finally:
-            player.kill()
-            player.wait()
     finally:
         up.stop()
     output = (tmp_path / "play.out").read_text()
@@ -403,49 +415,44 @@ def test_play_says_the_deployment_stopped_when_up_stops_under_its_scan(tmp_path:
     assert "took no frame" not in output, output
 
 
-def test_a_reducer_stopped_past_redis_socket_timeout_keeps_its_registration(tmp_path: Path) -> None:
-    """SIGSTOP for 12 s, then SIGCONT (a paused VM, a machine swapping): the reducer's
-    dranspose registration loop died on redis-py's 5 s read timeout, its key expired,
-    and the controller answered the next scan with a 500 (play exit 1); up saw nothing."""
+@pytest.mark.parametrize(
+    ("service", "log_says"),
+    [
+        # Its dranspose registration loop died on redis-py's 5 s read timeout, its key
+        # expired, and the controller answered the next scan with a 500 (play exit 1);
+        # up saw nothing.
+        ("reducer", "got no answer in time"),
+        # It reconnected to the ingesters under its name while its old connections were
+        # still open there, and the ingesters kept routing to the old ones: the scan's
+        # first event (broadcast) never reached it, nothing completed, and play's stall
+        # stop ended the scan with nothing reduced (in 1 of 3 runs on 2 cores: the race is
+        # between the old connection's close and the new one's greeting).
+        ("worker-1", None),
+    ],
+)
+def test_a_service_stopped_for_12_s_takes_the_next_scan_whole(
+    tmp_path: Path, service: str, log_says: str | None
+) -> None:
+    """SIGSTOP for 12 s, then SIGCONT (a paused VM, a machine swapping), and a scan at
+    once: past redis-py's socket timeout (5 s), a Redis key's life (10 s) and the
+    ingesters' ping timeout."""
     up = UpProcess(tmp_path / "up", "--no-record")
     try:
         state = up.wait_ready()
-        reducer = state["pids"]["reducer"]
-        os.kill(reducer, signal.SIGSTOP)
+        pid = state["pids"][service]
+        os.kill(pid, signal.SIGSTOP)
         try:
-            time.sleep(12)  # more than redis-py's socket timeout (5 s) and the key's life (10 s)
+            time.sleep(12)
         finally:
-            os.kill(reducer, signal.SIGCONT)
-        play_to_end(up, tmp_path / "play.out")
-        assert wait_state(state["live_endpoint"], "finished")["frames_received"] == 80
-    finally:
-        up.stop()
-    assert service_errors(up.run_dir) == []
-    assert "got no answer in time" in (up.run_dir / "logs" / "reducer.log").read_text()
-
-
-def test_a_worker_stopped_past_its_pings_takes_the_next_scan_whole(tmp_path: Path) -> None:
-    """SIGSTOP for 12 s, then SIGCONT, and a scan at once: the worker reconnected to the
-    ingesters under its name while its old connections were still open there, and the
-    ingesters kept routing to the old ones. The scan's first event (broadcast) never
-    reached it, nothing completed, and play's stall stop ended the scan with nothing
-    reduced (in 1 of 3 runs on 2 cores: the race is between the old connection's
-    close and the new one's greeting)."""
-    up = UpProcess(tmp_path / "up", "--no-record")
-    try:
-        state = up.wait_ready()
-        worker = state["pids"]["worker-1"]
-        os.kill(worker, signal.SIGSTOP)
-        try:
-            time.sleep(12)  # past the ingesters' ping timeout and redis-py's socket timeout
-        finally:
-            os.kill(worker, signal.SIGCONT)
+            os.kill(pid, signal.SIGCONT)
         play_to_end(up, tmp_path / "play.out")
         ended = wait_state(state["live_endpoint"], "finished")
         assert ended["frames_received"] == 80 and int(str(ended["frames_lost"])) == 0, ended
     finally:
         up.stop()
     assert service_errors(up.run_dir) == []
+    if log_says is not None:
+        assert log_says in (up.run_dir / "logs" / f"{service}.log").read_text()
 
 
 def test_an_ingester_killed_mid_scan_stops_up_naming_it_without_killing_any_worker(tmp_path: Path) -> None:
@@ -453,19 +460,14 @@ def test_an_ingester_killed_mid_scan_stops_up_naming_it_without_killing_any_work
     whose close found a ping queued to the dead ingester waited for it forever, and up
     killed it after 10 s; whether one is queued depends on the ping's phase, so that is
     tested deterministically in tests/unit/app/test_zmq_loopback.py.)"""
-    up = UpProcess(tmp_path / "up", "--no-record", "-w", "2")
-    player = None
-    try:
-        state = up.wait_ready()
-        player = play_process(up.state_path, tmp_path / "play.out", *SCAN, "--rate", "10")
-        wait_events(state["controller_url"], 20)
-        os.killpg(state["pids"]["detector-ingester"], signal.SIGKILL)
-        assert up.wait_exit(90) == 3, up.output()
-    finally:
-        if player is not None:
-            player.kill()
-            player.wait()
-        up.stop()
+    up, _ = killed_mid_scan(
+        tmp_path,
+        lambda state: os.killpg(state["pids"]["detector-ingester"], signal.SIGKILL),
+        "-w",
+        "2",
+        rate="10",
+        after_events=20,
+    )
     output = up.output()
     assert "streamtomo: error: detector-ingester exited (status -9)" in output, output
     assert "did not stop" not in output, output

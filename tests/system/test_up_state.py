@@ -10,6 +10,19 @@ from pathlib import Path
 from tests.support.up_process import ROOT, UpProcess, cli_env
 
 
+def _up(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``streamtomo up ARGV`` to its end, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamtomo.app.cli", "up", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env(),
+        cwd=ROOT,
+        check=False,
+    )
+
+
 def test_a_second_up_on_the_same_state_file_is_refused_and_a_stale_one_is_replaced(tmp_path: Path) -> None:
     """A second `up` overwrote the first one's addresses: `play` then went to it, and
     the first deployment could no longer be found. A file left by one that crashed
@@ -23,16 +36,7 @@ def test_a_second_up_on_the_same_state_file_is_refused_and_a_stale_one_is_replac
     try:
         state = up.wait_ready()
         assert state["run_dir"] == str(tmp_path / "up")  # the stale file replaced
-        argv = ["up", "--run-dir", str(tmp_path / "second"), "--state", str(state_path), "--no-record"]
-        second = subprocess.run(
-            [sys.executable, "-m", "streamtomo.app.cli", *argv],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=cli_env(),
-            cwd=ROOT,
-            check=False,
-        )
+        second = _up("--run-dir", str(tmp_path / "second"), "--state", str(state_path), "--no-record")
         assert second.returncode == 2, second.stdout + second.stderr
         assert "a deployment is running" in second.stderr and str(tmp_path / "up") in second.stderr, second.stderr
         assert json.loads(state_path.read_text()) == state  # the first one's addresses kept
@@ -51,18 +55,6 @@ def test_a_relative_run_dir_works(tmp_path: Path) -> None:
         assert state["run_dir"] == str(tmp_path / "dep" / "run")
     finally:
         up.stop()
-
-
-def _up(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streamtomo.app.cli", "up", *argv],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=cli_env(),
-        cwd=ROOT,
-        check=False,
-    )
 
 
 def test_a_second_up_in_the_same_run_dir_is_refused_before_it_starts_anything(tmp_path: Path) -> None:
