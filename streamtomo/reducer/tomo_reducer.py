@@ -663,6 +663,7 @@ class TomoReducer:
             # writes its file (a second writer of the same path, and 'failed' then
             # 'finished', came of that).
             with self.lock:
+                self.scan.ended = True  # what has not come is lost to this scan's products
                 if self.scan.state != "failed":
                     self.scan.state = "failed"
                     self.scan.reason = (

@@ -135,6 +135,9 @@ class LiveScan:
         self.last_update = 0.0
         self.last_frame_time = 0.0
         self.stream_ended = False
+        # No frame comes any more (finish ran, or the reducer closed mid-scan): a frame
+        # not seen by now is lost, whatever the state says of the products.
+        self.ended = False
 
     @property
     def counts(self) -> dict[str, int]:
@@ -602,6 +605,7 @@ class LiveScan:
         ``volume_follows``: the state becomes 'reconstructing' (the reducer's volume job
         says 'finished' with the last volume slices) instead of 'finished'.
         """
+        self.ended = True
         scan_end.finish(self, volume_follows)
 
     def take_waiting(self) -> list[ProjectionRows]:
@@ -644,9 +648,12 @@ class LiveScan:
         return np.asarray(self.geometry.sweep_centers, dtype=np.float64)
 
     def lost_frames(self) -> list[tuple[int, int]]:
-        """Frame index ranges (inclusive) that never arrived; known at the end of a scan."""
+        """Frame index ranges (inclusive) that never arrived; known once the scan has
+        ended (:attr:`ended`), failed ones too: a scan that failed with frames missing
+        said "0 lost" where it had lost them. Not while it runs, even once it has
+        failed (a refused scan fails at its first frames): the rest may still come."""
         expected = self.config.expected_frames()
-        if expected is None or self.state not in ("reconstructing", "finished", "stopped"):
+        if expected is None or not self.ended:
             return []
         return self.admission.lost_ranges(expected)
 

@@ -464,6 +464,42 @@ def test_lost_frames_are_reported_as_ranges() -> None:
     assert scan.status()["frames_lost"] == 4
 
 
+def test_a_failed_scan_reports_the_frames_it_never_got() -> None:
+    """A scan that failed still says what never came: frames_lost was 0 for any failed
+    scan, so a refused scan whose stream also lost frames showed no loss at all."""
+    lost = {7, 8, 20}
+    frames = [f for f in make_frames() if f.index not in lost]
+    scan = run(frames, 2, config(memory_budget_gb=1e-9))  # refused at its first frame
+    assert scan.state == "failed" and scan.rejected == {"scan_refused": len(frames)}
+    assert scan.lost_frames() == [(7, 8), (20, 20)]
+    status = scan.status()
+    assert (status["frames_received"], status["frames_lost"]) == (len(frames), 3)
+    assert status["frames_received"] + status["frames_lost"] == len(make_frames())
+
+
+def test_a_scan_that_reduced_no_projection_reports_the_frames_it_never_got() -> None:
+    """Only its darks and flats came: 'no projection was reduced', and every projection lost."""
+    frames = [f for f in make_frames() if f.key != ImageKey.PROJECTION]
+    scan = run(frames, 1, config())
+    assert scan.state == "failed" and "no projection was reduced" in scan.reason
+    assert scan.lost_frames() == [(6, 6 + ANGLES - 1)]
+    assert scan.status()["frames_lost"] == ANGLES
+
+
+def test_a_scan_refused_mid_stream_reports_no_loss_until_it_has_ended() -> None:
+    """A refused scan fails at its first frame while the rest still stream in: those are
+    not lost, and the status must not count them so before the scan has ended."""
+    cfg = config(memory_budget_gb=1e-9)
+    scan = LiveScan(cfg)
+    worker = FrameProcessor(cfg, "w0")
+    for frame in make_frames()[:10]:
+        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    assert scan.state == "failed"
+    assert scan.lost_frames() == [] and scan.status()["frames_lost"] == 0
+    scan.finish()
+    assert scan.lost_frames() == [(10, len(make_frames()) - 1)]
+
+
 def test_centre_outside_the_detector_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     scan = run(make_frames(), 2, config(center="500"))
     assert scan.geometry is not None
