@@ -25,6 +25,8 @@ class FrameAdmission:
         # on another exposure: later frames may carry numbers off by one.
         self.repeated_numbers: list[tuple[int, int, int]] = []
         self._rejected_frames: set[int] = set()
+        # Frames whose copy in use (counted as received) was rejected later on.
+        self._rejected_in_use: set[int] = set()
         self._logged_reasons: set[str] = set()
         # Reasons counted in ``rejected`` that are no frame's (a PandA header mid-capture,
         # streams out of step): shown with the rest, left out of the frames rejected.
@@ -35,9 +37,15 @@ class FrameAdmission:
 
         ``counted``: the frame was already counted as received (it is rejected later
         on), so it is not counted as a second arrival. A frame is rejected once, for
-        its first reason.
+        its first reason: its arrivals once (broadcast copies that each worker
+        refuses), and its copy in use once. The copy in use is rejected however its
+        other copies fared: one refused before it left the frame in no count.
         """
-        if frame_index is not None and frame_index in self._rejected_frames:
+        if counted and frame_index is not None:
+            if frame_index in self._rejected_in_use:
+                return
+            self._rejected_in_use.add(frame_index)
+        elif frame_index is not None and frame_index in self._rejected_frames:
             return  # one frame, one reason: the first
         self.rejected[reason] += 1
         if not counted:

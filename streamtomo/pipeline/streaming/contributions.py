@@ -14,7 +14,11 @@ a repeated angle, a frame rejected after a worker summed it, a settings change,
 a lost partial sum) cost one backprojection per affected frame.
 
 A partial sum is added only if every frame in it can be accounted for; otherwise it
-is dropped whole and its frames are backprojected here (never added twice).
+is dropped whole and its frames are backprojected here (never added twice). A copy
+whose contribution the ledger could not take out (rejected without its rows, or
+summed with settings the ledger did not have yet) is *withdrawn*: sums holding it
+are refused, and one added before it was withdrawn taints the sums, which the
+scan's end then rebuilds from the sinogram (:attr:`ContributionLedger.tainted`).
 
 Records are keyed by the copy, (frame index, dranspose event): a detector that sends
 a frame twice makes two copies, each maybe summed by a worker at its own angle; the
@@ -70,6 +74,11 @@ class ContributionLedger:
         self._orphans: set[FrameKey] = set()  # placed frames no partial sum will bring
         # Frames of partial sums discarded before their rows came: orphans once placed.
         self._unbrought: set[FrameKey] = set()
+        # Copies whose contribution the ledger cannot take out (:meth:`withdraw`).
+        self.withdrawn: set[FrameKey] = set()
+        # A sum holding a withdrawn copy (or a copy whose rows never came) was added:
+        # only a rebuild from the sinogram makes the sums exact again.
+        self.tainted = False
         self.slot_ratio: FloatArray | None = None  # final angular weights / uniform
         self.newest_frame = -1
         self.version = 0  # bumped whenever the live slices' sums change
@@ -107,6 +116,15 @@ class ContributionLedger:
             self._needs_fix.add(key)
         elif (worker_rows is None or unbrought) and slot != REJECTED_SLOT:
             self._orphans.add(key)
+
+    def withdraw(self, key: FrameKey) -> None:
+        """A copy its worker may have summed whose contribution cannot be taken out:
+        rejected without its rows (``rows_unreachable``), or a second copy summed with
+        settings this ledger does not have. Sums holding it are refused from now on; one
+        added already leaves the sums tainted."""
+        self.withdrawn.add(key)
+        if self._early.pop(key, 0):
+            self.tainted = True
 
     def slot_changed(self, slot: int) -> None:
         """A repeated angle changes the target of every frame in the slot."""
@@ -160,7 +178,10 @@ class ContributionLedger:
         return True
 
     def _accountable(self, partial: PartialSum) -> bool:
-        return all(key not in self.records or self.records[key].worker_rows is not None for key in partial.frame_keys)
+        return all(
+            key not in self.withdrawn and (key not in self.records or self.records[key].worker_rows is not None)
+            for key in partial.frame_keys
+        )
 
     def _may_show(self, block: int) -> bool:
         """Whether a window block may still be shown: one before the window's first
@@ -179,8 +200,10 @@ class ContributionLedger:
         return stack
 
     def take_orphan_partials(self) -> list[FrameKey]:
-        """Frame copies some partial sum holds whose rows never came (known at the end)."""
+        """Frame copies some partial sum holds whose rows never came (known at the end):
+        their backprojection is in the sums, so these are tainted."""
         orphans, self._early = sorted(self._early), {}
+        self.tainted |= bool(orphans)
         return orphans
 
     # -- reconciliation -------------------------------------------------------------

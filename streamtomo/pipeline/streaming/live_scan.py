@@ -50,7 +50,7 @@ from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming import scan_end
 from streamtomo.pipeline.streaming.admission import FrameAdmission
 from streamtomo.pipeline.streaming.angle_join import AngleJoin
-from streamtomo.pipeline.streaming.contributions import REJECTED_SLOT, ContributionLedger
+from streamtomo.pipeline.streaming.contributions import REJECTED_SLOT, ContributionLedger, FrameKey
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, geometry_for
 from streamtomo.pipeline.streaming.memory_budget import MemoryBudgetError, check_memory_budget
 from streamtomo.pipeline.streaming.nominal_angles import NominalAngleCheck, another_projections_row
@@ -110,6 +110,9 @@ class LiveScan:
         self._shape_votes: Counter[DetectorInfo] = Counter()  # by shape and pixel type
         self._shape_voters: set[tuple[int, int]] = set()  # (frame, event) copies that voted
         self._notices: set[tuple[str, int]] = set()  # (reason, event) of notices counted
+        # Copies withdrawn from the live products (ContributionLedger.withdraw), kept
+        # here too: a ledger made later (detector settled, settings changed) needs them.
+        self._withdrawn: set[FrameKey] = set()
         # Events whose message was refused with no frame position (before the frame base,
         # corrupt): a broadcast dark or flat reaches every worker and each refuses it, so
         # it was counted once per worker (60 rejected of 40 frames with 2 workers).
@@ -197,6 +200,10 @@ class LiveScan:
                         continue
                     self._refused_events.add(item.event)
                 self.reject(item.reason, item.detail, item.frame_index)
+                if item.frame_index is not None and item.event >= 0:
+                    # Rejected after its worker may have summed it (its rows could not
+                    # be read here): no sum holding it may stay in the live products.
+                    self._withdraw((item.frame_index, item.event))
                 self._advance()
             elif isinstance(item, StreamEnded):
                 self.stream_ended = True
@@ -283,7 +290,7 @@ class LiveScan:
             self.detector, self.geometry = detector, geometry
             grid = AngleGrid.of(self.config)
             self.sinogram = SinogramAssembler(len(geometry.sinogram_rows), grid, detector.cols, self.pool)
-            self.ledger = ContributionLedger(geometry)
+            self.ledger = self._new_ledger(geometry)
             self.state = "running"
             logger.info(
                 "scan started: detector %dx%d %s, %d sinogram rows, live slices at rows %s",
@@ -377,12 +384,27 @@ class LiveScan:
         geometry = self.geometry
         if self.ledger is None or geometry is None or msg.event < 0:
             return
+        key = (msg.frame_index, msg.event)
         if msg.reference_version and msg.recon_id == geometry.recon_id:
             rows = np.asarray(msg.rows, dtype=np.float32)[geometry.slice_positions]
-            key = (msg.frame_index, msg.event)
             if key in self.ledger.records:
                 return  # the same copy again (one event delivered twice): nothing to tell apart
             self.ledger.place(key, REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
+        elif msg.reference_version and key not in self.ledger.records:
+            # Summed with settings this reducer has not applied yet (a live change on its
+            # way): after the change its sums would count this copy a second time.
+            self._withdraw(key)
+
+    def _withdraw(self, key: FrameKey) -> None:
+        self._withdrawn.add(key)
+        if self.ledger is not None:
+            self.ledger.withdraw(key)
+
+    def _new_ledger(self, geometry: LiveSliceGeometry) -> ContributionLedger:
+        ledger = ContributionLedger(geometry)
+        for key in self._withdrawn:
+            ledger.withdraw(key)
+        return ledger
 
     # -- references -----------------------------------------------------------------
     def _batch_complete(self) -> bool:
@@ -425,12 +447,7 @@ class LiveScan:
                     still.append(with_own_rows(msg))  # copied once: a copy owns its rows
                 elif msg.reference_version and not self.references.knows(msg.reference_version):
                     # Its worker's set is none of ours and no batch is open to become it.
-                    self.reject(
-                        "unknown_references",
-                        f"frame {msg.frame_index} was corrected with darks and flats this reducer never made",
-                        msg.frame_index,
-                        counted=True,
-                    )
+                    self.reject_unknown_references(msg)
                 else:
                     self.place(msg, refs)
         finally:
@@ -502,14 +519,27 @@ class LiveScan:
         if count > 1:
             self.ledger.slot_changed(slot)
 
+    def reject_unknown_references(self, msg: ProjectionRows) -> None:
+        """A projection its worker corrected with darks and flats this reducer never
+        made: rejected, and taken out of the sums its worker put it in (it stayed in the
+        live and final slices, in no sinogram slot)."""
+        self._reject_placed(
+            msg,
+            "unknown_references",
+            f"frame {msg.frame_index} was corrected with darks and flats this reducer never made",
+        )
+
     def _reject_placed(self, msg: ProjectionRows, reason: str, detail: str) -> None:
         """Reject a projection that came to be placed; one its worker already summed
         (corrected there, with these settings) the ledger takes out of every product."""
         assert self.geometry is not None and self.ledger is not None
         self.reject(reason, detail, msg.frame_index, counted=True)
+        key = (msg.frame_index, msg.event)
         if msg.reference_version and msg.recon_id == self.geometry.recon_id:
             rows = np.asarray(msg.rows, dtype=np.float32)[self.geometry.slice_positions]
-            self.ledger.place((msg.frame_index, msg.event), REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
+            self.ledger.place(key, REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
+        elif msg.reference_version:
+            self._withdraw(key)  # summed with settings not applied here yet
 
     def _hold_for_nominal_row(self, msg: ProjectionRows, refs: ReferenceSet) -> None:
         """A projection with no readable PandA row of its own (:data:`NOMINAL_ROW`): held
@@ -585,7 +615,22 @@ class LiveScan:
         if geometry is None or self.sinogram is None or self.ledger is None:
             return
         self.geometry = geometry
-        old, self.ledger = self.ledger, ContributionLedger(geometry)
+        self._rebuild_ledger()
+        done = self.reconcile(backfill=True)
+        logger.info("live settings changed (%s): rebuilt %d projections", geometry.recon_id, done)
+
+    def rebuild_products(self) -> None:
+        """The live products from the sinogram alone, the worker sums dropped: what the
+        end of a scan does when sums hold frames the sinogram does not (the ledger is
+        :attr:`~ContributionLedger.tainted`). The caller reconciles (backfill)."""
+        if self.geometry is not None and self.sinogram is not None and self.ledger is not None:
+            self._rebuild_ledger()
+
+    def _rebuild_ledger(self) -> None:
+        """A new ledger of :attr:`geometry` whose frames are all still to backproject."""
+        assert self.geometry is not None and self.sinogram is not None and self.ledger is not None
+        geometry = self.geometry
+        old, self.ledger = self.ledger, self._new_ledger(geometry)
         # Each frame of a slot contributes slot mean / count, so the slot mean stands in
         # for every frame's own rows (the slice rows may have changed). Nothing of the
         # old sums is kept: partial sums made with the new settings before this point
@@ -596,8 +641,6 @@ class LiveScan:
             values = np.ascontiguousarray(self.sinogram.by_angle[record.slot][geometry.slice_positions])
             self.ledger.place(key, record.slot, record.angle_deg, values, None)
         self.ledger.slot_ratio = old.slot_ratio
-        done = self.reconcile(backfill=True)
-        logger.info("live settings changed (%s): rebuilt %d projections", geometry.recon_id, done)
 
     def finish(self, volume_follows: bool = False) -> None:
         """Everything arrived: late references, weights, backfill, auto centre, exact sweep.

@@ -65,12 +65,7 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
                 "no_references", f"projection {msg.frame_index}: the scan had no flats", msg.frame_index, counted=True
             )
         elif msg.reference_version and not refs.knows(msg.reference_version):
-            scan.reject(
-                "unknown_references",
-                f"frame {msg.frame_index} was corrected with darks and flats this reducer never made",
-                msg.frame_index,
-                counted=True,
-            )
+            scan.reject_unknown_references(msg)
         else:
             scan.place(msg, applicable)
     scan.resolve_nominal(finishing=True)
@@ -82,12 +77,14 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
         interpolate_flats(scan, current)
     if scan.ledger is not None:
         for index, _event in scan.ledger.take_orphan_partials():
-            scan.reject(
-                "orphan_partial",
-                f"frame {index} is in a partial sum but its rows never came",
-                index,
-                counted=index in scan.admission.seen,
-            )
+            # A copy that never came here: an arrival of its own (counted once per frame,
+            # as every rejection), not the rejection of the copy in use.
+            scan.reject("orphan_partial", f"frame {index} is in a partial sum but its rows never came", index)
+        if scan.ledger.tainted:
+            # Sums hold frames the sinogram does not: the products are made again from
+            # the sinogram, so that they are its filtered backprojection, exactly.
+            logger.info("partial sums held frames that are in no sinogram slot: the live products are rebuilt")
+            scan.rebuild_products()
     apply_angular_weights(scan)
     scan.reconcile(backfill=True)
     if scan.sinogram is not None:
