@@ -169,12 +169,19 @@ def _run(
             cut = cuts(recordings)
         if getattr(reducer, "hsds", None) is not None:
             print(f"hsds domain: {reducer.hsds.domain_name} at {args.hsds}", flush=True)
+        unwritten = ""
         if args.out:
             # As a deployment's final file: the scan it is and when it ended, the volume as its default.
             identifier, ended = str(reducer.mapping_uuid or Path(args.out).stem), time.time()
-            path = write_final_file(reducer.domain, args.out, identifier, ended)
-            print(f"final file: {path}")
+            try:
+                path = write_final_file(reducer.domain, args.out, identifier, ended)
+            except OSError as error:  # checked before the scan, but a disk fills up meanwhile
+                unwritten = f"--out {args.out} was not written: {error.strerror or error}"
+            else:
+                print(f"final file: {path}")
         print(f"summary: {summary.describe()}", flush=True)
+        if unwritten:
+            raise CliError(unwritten)
         if summary.failed:
             # On stderr and as the exit status, so scripts and CI see it too.
             print(f"scan {summary.state}: {summary.reason}", file=sys.stderr, flush=True)
@@ -218,6 +225,11 @@ def _check_out(out: str) -> None:
                 raise CliError(f"--out {out}: {folder} is a file, not a folder")
             if not os.access(folder, os.W_OK | os.X_OK):
                 raise CliError(f"--out {out}: this user cannot write in {folder}")
+            try:  # what os.access does not see: a read-only mount, a full disk, root in /proc
+                with tempfile.NamedTemporaryFile(dir=folder, prefix=".streamtomo-out-check-"):
+                    pass
+            except OSError as error:
+                raise CliError(f"--out {out}: cannot write in {folder} ({error.strerror or error})") from None
             return
 
 

@@ -196,7 +196,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     from streamtomo.app.parameter_files import load_config, read_config_values, write_parameter_file
     from streamtomo.app.play import PlayError, PlayRefused, play
     from streamtomo.app.recording_checks import RecordingError, check_recordings, cuts
-    from streamtomo.app.scan_outcome import FINAL_FILE_WAIT_S, final_file_outcome, scan_outcome
+    from streamtomo.app.scan_outcome import FINAL_FILE_WAIT_S, describe_lost, final_file_outcome, scan_outcome
     from streamtomo.controller_client import ControllerError
 
     state_path = Path(args.state) if args.state else default_state_path()
@@ -283,6 +283,9 @@ def cmd_play(args: argparse.Namespace) -> int:
     if outcome is None:
         return 0
     print(f"state: {outcome.state}" + (f" ({outcome.reason})" if outcome.reason else ""), flush=True)
+    lost = describe_lost(list(outcome.lost_frames))
+    if lost:
+        print(lost, flush=True)
     # Where the scan's final file is, once written: one that could not be (a full disk,
     # the folder gone) showed only in the reducer's log.
     unwritten = ""

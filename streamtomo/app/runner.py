@@ -21,6 +21,7 @@ from typing import Any
 from streamtomo.app.adapters import TOMO_REDUCER, TOMO_WORKER
 from streamtomo.app.parameter_files import write_parameter_file
 from streamtomo.app.reducer_environment import ReducerEnvironment
+from streamtomo.app.scan_outcome import describe_lost
 from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError
 from streamtomo.pipeline.config import PipelineConfig
 
@@ -46,6 +47,7 @@ class RunSummary:
     angle_slots: int = 0
     notices: dict[str, int] = field(default_factory=dict)  # what the streams showed, no frame's rejection
     pixels_repaired: int = 0  # dead, saturated or NaN pixels replaced by their row neighbours' median
+    lost_frames: list[tuple[int, int]] = field(default_factory=list)  # [first, last] ranges that never arrived
 
     @property
     def frames_per_second(self) -> float:
@@ -66,6 +68,9 @@ class RunSummary:
             f"{': ' + reasons if reasons else ''}{'; noticed: ' + notices if notices else ''})"
             f" in {self.seconds:.2f} s, {self.frames_per_second:.1f} frames/s"
         )
+        lost = describe_lost(self.lost_frames)
+        if lost:
+            text += f"; {lost}"
         if self.pixels_repaired:
             text += f"; {self.pixels_repaired} pixels repaired"
         if self.missing_angles and self.projections:
@@ -199,6 +204,7 @@ class ReplayRun:
             rejected = {reason: n for reason, n in scan.rejected.items() if reason not in notices}
             last_frame = scan.last_frame_time
             reason = scan.reason
+            lost_frames = scan.lost_frames()
         # Never started (interrupted before go()): no time, not seconds since 1970.
         seconds = (self.finished_at or time.time()) - self.started_at if self.started_at else 0.0
         final_at = float(getattr(self.reducer, "final_slices_at", 0.0) or 0.0)
@@ -219,6 +225,7 @@ class ReplayRun:
             missing_angles=int(status.get("missing_angles", 0)),
             pixels_repaired=int(status.get("pixels_repaired", 0)),
             angle_slots=scan.config.angle_slots(),
+            lost_frames=lost_frames,
         )
 
     def interrupt(self, reason: str = "interrupted") -> None:

@@ -10,6 +10,7 @@ layout"); this reads them the way any reader does, through h5pyd.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,10 +23,25 @@ UNDER_WAY = ("waiting", "running")  # the states before the scan's end is publis
 FAILED = "failed"
 
 
+LOST_RANGES_SHOWN = 4  # ranges of lost frames a line names; the rest are counted
+
+
+def describe_lost(ranges: list[tuple[int, int]]) -> str:
+    """'N frames lost (never arrived: 10-19, 30)', '' when none: a scan that finished
+    without a third of its frames read like a whole one where only the count said so."""
+    lost = sum(last - first + 1 for first, last in ranges)
+    if not lost:
+        return ""
+    shown = [f"{first}-{last}" if last > first else str(first) for first, last in ranges[:LOST_RANGES_SHOWN]]
+    more = len(ranges) - LOST_RANGES_SHOWN
+    return f"{lost} frame{'s' if lost != 1 else ''} lost (never arrived: {', '.join(shown)}{f' and {more} ranges more' if more > 0 else ''})"
+
+
 @dataclass(frozen=True)
 class ScanOutcome:
     state: str
     reason: str
+    lost_frames: tuple[tuple[int, int], ...] = ()  # [first, last] ranges that never arrived
 
     @property
     def failed(self) -> bool:
@@ -64,10 +80,20 @@ def _consistent(status: Any, attempts: int) -> ScanOutcome | None:
     ``generation`` is the same before and after."""
     for _ in range(attempts):
         before = _text(status["generation"][()])
-        outcome = ScanOutcome(_text(status["state"][()]), _text(status["reason"][()]))
+        outcome = ScanOutcome(
+            _text(status["state"][()]), _text(status["reason"][()]), _ranges(_text(status["lost_frames"][()]))
+        )
         if _text(status["generation"][()]) == before:
             return outcome
     return None
+
+
+def _ranges(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        return tuple((int(first), int(last)) for first, last in json.loads(text))
+    except (ValueError, TypeError):  # not what the reducer writes: said as unreadable
+        logger.warning("/entry/status/lost_frames is not a list of [first, last] ranges: %.100r", text)
+        return ()
 
 
 def _text(value: object) -> str:

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.support.replay_helpers import keep_messages
 from tests.unit.hsds_bridge.test_nexus_file import check_final_metadata
 
 CLI = str(Path(sys.executable).with_name("streamtomo"))
@@ -217,6 +218,23 @@ def test_a_recording_cut_inside_a_message_is_named_when_the_scan_ends_short(tmp_
     _no_errors(done.stdout + done.stderr)
 
 
+@pytest.mark.slow
+def test_frames_that_never_came_are_named_in_the_summary(tmp_path: Path) -> None:
+    """A recording that ends cleanly ten frames early: the scan finished (it reduced
+    projections: exit 0, as README says), and the summary read like a whole scan's;
+    only /entry/status said frames_lost 10."""
+    recordings, parameters = _simulate(tmp_path / "scan")
+    detector = next(Path(p) for p in recordings if "detector" in Path(p).name)
+    keep_messages(detector, 1 + 34)  # the header and frames 0..33 of 44
+    done = _replay(recordings, parameters, tmp_path / "out.nxs")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    summary = next(line for line in done.stdout.splitlines() if line.startswith("summary:"))
+    assert "; 10 frames lost (never arrived: 34-43)" in summary, summary
+    with h5py.File(tmp_path / "out.nxs", "r") as f:
+        assert f["/entry/status/frames_lost"][()] == 10
+
+
 def _nexus_scan(path: Path, angles: np.ndarray, units: str | None) -> Path:
     """An NXtomo file: a dark, a flat and len(angles) projections of a flat object."""
     with h5py.File(path, "w") as f:
@@ -380,7 +398,13 @@ def test_a_simulated_size_the_pipeline_refuses_is_one_line_and_makes_no_folder(t
 
 
 @pytest.mark.parametrize(
-    ("out", "message"), [("folder", "is a folder: name a file in it"), ("file/x.nxs", "is a file, not a folder")]
+    ("out", "message"),
+    [
+        ("folder", "is a folder: name a file in it"),
+        ("file/x.nxs", "is a file, not a folder"),
+        # A folder no file can be made in whatever the user (root included): os.access said yes.
+        ("/proc/streamtomo-test.nxs", "cannot write in /proc"),
+    ],
 )
 def test_an_out_that_cannot_be_written_is_refused_before_the_scan(tmp_path: Path, out: str, message: str) -> None:
     """It was found only after the whole scan had run, with the internal temporary name

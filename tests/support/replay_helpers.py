@@ -69,3 +69,15 @@ def run_to_end(recordings: list[Path], config: PipelineConfig, workers: int) -> 
         return domain_arrays(reducer)
     finally:
         run.close()
+
+
+def keep_messages(recording: Path, count: int) -> None:
+    """Cut a recording after its first ``count`` messages: a clean end, no series end
+    (a copy cut inside a message is another case: the replay names the cut)."""
+    import cbor2
+
+    with recording.open("rb") as stream:
+        for _ in range(count):
+            cbor2.load(stream)
+        end = stream.tell()
+    recording.write_bytes(recording.read_bytes()[:end])

@@ -143,7 +143,7 @@ def wait_final_files(results: Path, count: int, timeout: float = 60.0) -> list[P
 
 def final_status(path: Path) -> dict[str, str]:
     with h5py.File(path, "r") as f:
-        return {k: _text(f[f"/entry/status/{k}"][()]) for k in ("state", "reason", "frames_received")}
+        return {k: _text(f[f"/entry/status/{k}"][()]) for k in ("state", "reason", "frames_received", "frames_lost")}
 
 
 def _text(value: object) -> str:
@@ -207,7 +207,11 @@ def test_reducer_killed_mid_scan_is_replaced_and_the_scan_ends_failed(tmp_path: 
         output = up.output()
         assert "reducer exited (status -9)" in output and "reducer.log" in output, output
         (final,) = wait_final_files(up.run_dir / "results", 1)
-        assert final_status(final)["state"] == "failed"
+        ended = final_status(final)
+        assert ended["state"] == "failed"
+        # What died with the first reducer is lost to this scan, and said so (it said 0).
+        received, lost = int(str(ended["frames_received"])), int(str(ended["frames_lost"]))
+        assert lost > 0 and received + lost == 80, ended
 
         play_to_end(up, tmp_path / "play-2.out")  # not refused
         assert wait_state(state["live_endpoint"], "finished")["frames_received"] == 80

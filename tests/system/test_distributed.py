@@ -45,7 +45,7 @@ from tests.support.distributed_fixtures import (
     projections_only,
     simulated_scan,
 )
-from tests.support.replay_helpers import record, run_to_end
+from tests.support.replay_helpers import keep_messages, record, run_to_end
 
 needs_redis = pytest.mark.skipif(
     shutil.which("redis-server") is None,
@@ -333,6 +333,26 @@ def test_play_says_how_the_scan_ended_and_exits_3_when_it_failed(
     assert "scan failed: no projection was reduced" in err
     assert main(["play", "--simulate", *small]) == 0
     assert "state: finished\n" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@needs_redis
+def test_play_names_the_frames_that_never_came(
+    clean_logs: LocalDeployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recording that ends cleanly ten frames early: `play` said `state: finished`
+    and nothing more, as for a whole scan."""
+    from streamtomo.app.cli import main
+
+    state = clean_logs.state.write(tmp_path / "state.json")
+    assert main(["simulate", "--out", str(tmp_path / "scan"), "--rows", "8", "--cols", "32", "--angles", "20"]) == 0
+    detector, angle = (next((tmp_path / "scan").glob(f"*{name}*.cbors")) for name in ("detector", "angle"))
+    keep_messages(detector, 1 + 30)  # the header and frames 0..29 of 40
+    capsys.readouterr()
+    argv = ["play", "-f", str(detector), str(angle), "-p", str(tmp_path / "scan" / "parameters.json")]
+    assert main([*argv, "--no-record", "--state", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "state: finished\n10 frames lost (never arrived: 30-39)\n" in out, out
 
 
 @pytest.mark.slow

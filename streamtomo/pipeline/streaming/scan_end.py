@@ -410,8 +410,10 @@ def note_angular_coverage(scan: LiveScan) -> None:
     """Count a wedge of the half turn without projections as the notice
     ``limited_angle_coverage``: the scan's products have limited-angle streaks, which
     only a log line said (not /entry/status, the final file or the summary). Its text
-    is then said for this scan: center 'auto' and the volume do not log it again."""
-    if scan.sinogram is None or scan.sinogram.n_filled < 2:
+    is then said for this scan: center 'auto' and the volume do not log it again.
+    Projections all at one angle (a stage that never turned) are the narrowest wedge:
+    they finished without a word."""
+    if scan.sinogram is None or scan.sinogram.n_filled == 0:
         return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AngularCoverageWarning)

@@ -500,6 +500,18 @@ def test_a_scan_refused_mid_stream_reports_no_loss_until_it_has_ended() -> None:
     assert scan.lost_frames() == [(10, len(make_frames()) - 1)]
 
 
+def test_projections_all_at_one_angle_are_a_limited_angle_scan() -> None:
+    """A rotation stage that never turned: every projection in one slot. The coverage
+    notice was skipped below two filled slots, and the scan finished without a word."""
+    frames = [
+        Frame(f.index, f.key, f.data, 0.0 if f.key == ImageKey.PROJECTION else f.angle_deg) for f in make_frames()
+    ]
+    scan = run(frames, 2, config())
+    assert scan.state == "finished" and scan.sinogram is not None and scan.sinogram.n_filled == 1
+    assert scan.notices == {"limited_angle_coverage": 1}
+    assert "1 distinct angle(s) cannot cover 180 degrees" in next(iter(scan.coverage_logged))
+
+
 def test_centre_outside_the_detector_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     scan = run(make_frames(), 2, config(center="500"))
     assert scan.geometry is not None
