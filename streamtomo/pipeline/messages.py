@@ -88,6 +88,11 @@ class ProjectionRows:
     # frame_digest of the frame as decoded (0: not known): two copies of one frame
     # number with other digests are two exposures, not a copy sent twice.
     digest: int = 0
+    # The newest dark or flat (scan position) its worker had taken before this frame, -1
+    # none: the reducer places the frame only once that one is here too. Flats retaken
+    # mid-scan reach the reducer through one worker, and a projection after them through
+    # another could come first: it was corrected with the old flats, for good.
+    references_through: int = -1
 
 
 # ProjectionRows.angle_row of a projection with no readable PandA row of its own (its

@@ -72,6 +72,8 @@ class FrameProcessor:
         # One DetectorInfo per (shape, pixel type) seen: a frame's is a dict lookup,
         # not a new object and a dtype's name each time (microseconds a frame).
         self._detectors: dict[tuple[tuple[int, ...], np.dtype[Any]], DetectorInfo] = {}
+        # The newest dark or flat taken here (ProjectionRows.references_through).
+        self._references_through = -1
 
     # -- settings -------------------------------------------------------------------
     def configure(self, config: PipelineConfig) -> PartialSum | None:
@@ -249,8 +251,8 @@ class FrameProcessor:
             return ReferenceRows(index, key, rows, detector, event, digest)
         return self._uncorrected_projection(index, rows, detector, angle_deg, angle_measured, event, angle_row, digest)
 
-    @staticmethod
     def _uncorrected_projection(
+        self,
         index: int,
         rows: npt.NDArray[np.generic],
         detector: DetectorInfo,
@@ -264,11 +266,26 @@ class FrameProcessor:
         (``angle_row`` >= 0, or the one with its nominal angle: :data:`NOMINAL_ROW`) or
         to correct there (no references here); refused without an angle."""
         rows = np.ascontiguousarray(rows)
+        through = self._references_through
         if angle_row >= 0 or angle_row == NOMINAL_ROW:
-            return ProjectionRows(index, float("nan"), True, rows, 0, "", detector, event, angle_row, digest=digest)
+            return ProjectionRows(
+                index,
+                float("nan"),
+                True,
+                rows,
+                0,
+                "",
+                detector,
+                event,
+                angle_row,
+                digest=digest,
+                references_through=through,
+            )
         if angle_deg is None or not np.isfinite(angle_deg):
             return Rejected(index, "missing_angle", f"projection {index} has no valid angle", event)
-        return ProjectionRows(index, angle_deg, angle_measured, rows, 0, "", detector, event, digest=digest)
+        return ProjectionRows(
+            index, angle_deg, angle_measured, rows, 0, "", detector, event, digest=digest, references_through=through
+        )
 
     def _process_frame(
         self,
@@ -284,6 +301,7 @@ class FrameProcessor:
         assert self.geometry is not None and self.detector is not None
         rows = data if self.geometry.all_rows else data[self.geometry.sinogram_rows]
         if key in (ImageKey.DARK, ImageKey.FLAT):
+            self._references_through = max(self._references_through, index)
             if np.issubdtype(rows.dtype, np.floating) and not np.isfinite(rows).all():
                 return [Rejected(index, "non_finite", f"{key.name.lower()} frame {index} has NaN/inf pixels", event)]
             reference = np.ascontiguousarray(rows)
@@ -326,6 +344,7 @@ class FrameProcessor:
                 event,
                 pixels_repaired=repaired,
                 digest=digest,
+                references_through=self._references_through,
             )
         ]
         self._backproject(index, values, angle_deg, event)

@@ -113,6 +113,8 @@ class LiveScan:
         # Copies withdrawn from the live products (ContributionLedger.withdraw), kept
         # here too: a ledger made later (detector settled, settings changed) needs them.
         self._withdrawn: set[FrameKey] = set()
+        # Darks and flats projections waited for in vain (_give_up_awaited_references).
+        self._references_given_up: set[int] = set()
         # Events whose message was refused with no frame position (before the frame base,
         # corrupt): a broadcast dark or flat reaches every worker and each refuses it, so
         # it was counted once per worker (60 rejected of 40 frames with 2 workers).
@@ -423,16 +425,43 @@ class LiveScan:
             return False
         if all(i in self.admission.seen for i in range(first, min(after))):
             return True
-        if len(after) > max(4 * self.config.flush_every, 32):
+        if len(after) > self._wait_bound():
             self.admission.counts["references_closed_incomplete"] += 1
             logger.warning("darks and flats from frame %d on: closed with frames missing", first)
             return True
         return False
 
+    def _wait_bound(self) -> int:
+        """Projections that may wait for darks or flats that may never come (lost)."""
+        return max(4 * self.config.flush_every, 32)
+
+    def _awaits_references(self, msg: ProjectionRows) -> bool:
+        """Its worker had taken a dark or flat that is not here yet (:attr:`ProjectionRows.
+        references_through`): flats retaken mid-scan, still on their way through another
+        worker. Placed now, it took the old set for good (nothing knew a new one was coming)."""
+        through = msg.references_through
+        return through >= 0 and through not in self.admission.seen and through not in self._references_given_up
+
+    def _give_up_awaited_references(self) -> None:
+        """Past :meth:`_wait_bound` projections waiting for references that do not come,
+        they go on with those that are here (counted, with a warning)."""
+        awaited = {m.references_through for m in self._waiting if self._awaits_references(m)}
+        if not awaited or sum(1 for m in self._waiting if self._awaits_references(m)) <= self._wait_bound():
+            return
+        self._references_given_up |= awaited
+        self.admission.counts["references_awaited_in_vain"] += len(awaited)
+        logger.warning(
+            "darks or flats %s, taken before projections that are here, have not come after %d of those "
+            "projections: the projections are corrected with the darks and flats that are here",
+            sorted(awaited),
+            self._wait_bound(),
+        )
+
     def _advance(self) -> None:
         """Close the reference batch when complete; place projections that can be."""
         if self._batch_complete():
             self.references.close_batch()
+        self._give_up_awaited_references()
         first = self.references.open_first_index
         still: list[ProjectionRows] = []
         # Each message leaves the queue before it is placed: should a placement raise (a
@@ -443,7 +472,7 @@ class LiveScan:
             while pending:
                 msg = pending.popleft()
                 refs = self.references.applicable(msg.frame_index)
-                if refs is None or (first is not None and msg.frame_index > first):
+                if refs is None or (first is not None and msg.frame_index > first) or self._awaits_references(msg):
                     still.append(with_own_rows(msg))  # copied once: a copy owns its rows
                 elif msg.reference_version and not self.references.knows(msg.reference_version):
                     # Its worker's set is none of ours and no batch is open to become it.
