@@ -285,7 +285,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     config = _load_config(args.parameters, {"domain": args.domain})
     recordings = [Path(f) for f in args.files]
     try:
-        check_recordings(recordings, config.detector_stream)
+        check_recordings(recordings, config.detector_stream, config.angle_stream)
     except RecordingError as error:
         raise CliError(str(error)) from None
     return _run(recordings, config, args, total_frames=config.expected_frames())
@@ -511,7 +511,7 @@ def _check_data(args: argparse.Namespace, config: PipelineConfig, recordings: li
     from streamtomo.app.recording_checks import RecordingError, check_recordings, cuts
 
     try:
-        check_recordings(recordings, config.detector_stream)
+        check_recordings(recordings, config.detector_stream, config.angle_stream)
     except RecordingError as error:
         raise CliError(f"--data: {error}") from None
     # A recording cut part-way or corrupt inside: the survey reads up to there (or fails
@@ -541,6 +541,7 @@ def _report_survey(
     scan would refuse; the detector's (rows, cols). A scan that would reduce no
     projection is refused here."""
     from streamtomo.app.data_check import describe, usable_projections
+    from streamtomo.pipeline.scan import ImageKey
 
     projections = survey.projection_angles(config)
     lines, warnings = describe(survey, config, projections)
@@ -555,6 +556,13 @@ def _report_survey(
         raise CliError(f"{option}: no detector image in stream {config.detector_stream!r} (detector_stream)")
     if (args.rows or args.cols) and (args.rows, args.cols) != shape:
         raise CliError(f"--rows/--cols {args.rows} x {args.cols} but the data's detector is {shape[0]} x {shape[1]}")
+    if not config.keep_references and not any(frame.key == ImageKey.FLAT for frame in survey.frames):
+        # Every projection then fails as no_references: "ok" here, "scan failed" in replay.
+        raise CliError(
+            f"{args.parameters}: no frame of the data is a flat under these parameters (kind_rule "
+            f"{config.kind_rule}), and projections are corrected with flats: no projection would be reduced "
+            "(a scan whose flats are an earlier scan's sets keep_references)"
+        )
     if not usable_projections(projections, config):
         raise CliError(f"{args.parameters}: no projection of the data would be reduced (see the warnings above)")
     return shape

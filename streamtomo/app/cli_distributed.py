@@ -228,7 +228,7 @@ def cmd_play(args: argparse.Namespace) -> int:
             # stream, or is cut or corrupt inside was a traceback, a 30 s wait for an
             # ingester, or a scan played up to the cut and reported as done.
             recordings = [Path(f) for f in args.files]
-            check_recordings(recordings, config.detector_stream)
+            check_recordings(recordings, config.detector_stream, config.angle_stream)
             cut = cuts(recordings)
             if cut:
                 raise RecordingError("; ".join(cut))

@@ -105,11 +105,12 @@ def check_recording(path: str | os.PathLike[str]) -> frozenset[str]:
     return frozenset(str(name) for name in first.streams)
 
 
-def check_streams(recordings: list[tuple[Path, frozenset[str]]], detector_stream: str) -> None:
+def check_streams(recordings: list[tuple[Path, frozenset[str]]], detector_stream: str, angle_stream: str = "") -> None:
     """Raise :class:`RecordingError` when two recordings hold one stream (dranspose's
     replay asserts: 'Cannot merge data with duplicate streams'; a second scan simulated
     into the same folder), or when none holds the detector stream (the scan received 0
-    frames and said no more)."""
+    frames and said no more) or the angle stream (``angle_stream``, '' for none: every
+    projection was refused as missing_angle, with advice about shifted PandA rows)."""
     seen: dict[str, Path] = {}
     for path, streams in recordings:  # a list: the same file given twice holds its streams twice
         for stream in sorted(streams):
@@ -122,6 +123,12 @@ def check_streams(recordings: list[tuple[Path, frozenset[str]]], detector_stream
         raise RecordingError(
             f"no recording holds the detector stream {detector_stream!r} (detector_stream); they hold "
             f"{', '.join(repr(s) for s in sorted(seen))}: set detector_stream in the parameter file"
+        )
+    if seen and all(streams for _, streams in recordings) and angle_stream and angle_stream not in seen:
+        raise RecordingError(
+            f"no recording holds the angle stream {angle_stream!r} (angle_stream); they hold "
+            f"{', '.join(repr(s) for s in sorted(seen))}: give the PandA's recording too, or set angle_stream "
+            'to "" in the parameter file for the angles the frame positions give'
         )
 
 
@@ -152,10 +159,10 @@ def cut_short(path: str | os.PathLike[str]) -> str | None:
         return f"{path} does not decode after message {count}: {error}"
 
 
-def check_recordings(paths: Sequence[Path], detector_stream: str) -> None:
+def check_recordings(paths: Sequence[Path], detector_stream: str, angle_stream: str = "") -> None:
     """:func:`check_recording` of each, then :func:`check_streams` of them together: what
     ``replay``, ``play -f`` and ``check --data`` ask of their recordings before a scan."""
-    check_streams([(path, check_recording(path)) for path in paths], detector_stream)
+    check_streams([(path, check_recording(path)) for path in paths], detector_stream, angle_stream)
 
 
 def cuts(paths: Sequence[Path]) -> list[str]:

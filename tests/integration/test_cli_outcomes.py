@@ -423,15 +423,20 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_scan(tmp_path: Path
     assert "summary:" not in done.stdout and ".part" not in done.stderr  # before the scan
 
 
-@pytest.mark.parametrize("case", ["twice", "no detector stream"])
+@pytest.mark.parametrize("case", ["twice", "no detector stream", "no angle stream"])
 def test_recordings_that_cannot_make_a_scan_together_are_refused_before_it(tmp_path: Path, case: str) -> None:
     """Two recordings of one stream (a second scan simulated into the same folder) crashed
     inside dranspose ('Cannot merge data with duplicate streams'); recordings without the
-    detector stream ran a scan of 0 frames that did not say why (exit 3)."""
+    detector stream ran a scan of 0 frames that did not say why (exit 3); without the
+    angle stream every projection was refused as missing_angle, with advice about
+    shifted PandA rows (check_nominal_angles) that did not help."""
     recordings, parameters = _simulate(tmp_path / "scan", angles=4)
     if case == "twice":
         recordings = [*recordings, recordings[0]]
         expected = "both hold stream"
+    elif case == "no angle stream":
+        recordings = [r for r in recordings if "angle" not in Path(r).name]
+        expected = "no recording holds the angle stream 'angle' (angle_stream); they hold 'detector': give the PandA"
     else:
         parameters = _with(parameters, {"detector_stream": "xrd"})
         expected = "no recording holds the detector stream 'xrd' (detector_stream); they hold 'angle', 'detector'"

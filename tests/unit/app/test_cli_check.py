@@ -120,6 +120,22 @@ def test_parameters_under_which_no_projection_would_be_reduced_are_refused(
     assert "encoder_field_missing" in err and "no frame of the data would be used" in err
 
 
+def test_parameters_that_leave_the_scan_without_flats_are_refused(
+    recorded: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every frame a projection (no darks or flats before them): check said "ok", and
+    the replay failed, every projection rejected as no_references."""
+    parameters, data = recorded
+    no_flats = _with(parameters, tmp_path, n_darks_before="0", n_flats_before="0", n_projections="110")
+    assert main(["check", no_flats, "--data", *data]) == 2
+    assert "no frame of the data is a flat under these parameters" in capsys.readouterr().err
+    # An earlier scan's flats (keep_references): nothing to say here.
+    kept = _with(
+        parameters, tmp_path, n_darks_before="0", n_flats_before="0", n_projections="110", keep_references="true"
+    )
+    assert main(["check", kept, "--data", *data]) == 0
+
+
 def test_a_detector_shape_that_contradicts_the_data_is_refused(
     recorded: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
