@@ -27,6 +27,7 @@ second is a record whose target is zero, so exactly what its worker added comes 
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
 REJECTED_SLOT = -1  # a frame removed from the products: its target is zero
 FrameKey = tuple[int, int]  # (frame index, event; -1 where the worker did not say)
+_LEDGER_SERIALS = itertools.count(1)
 
 
 @dataclass
@@ -61,6 +63,9 @@ class ContributionLedger:
 
     def __init__(self, geometry: LiveSliceGeometry) -> None:
         self.geometry = geometry
+        # Which ledger the products come from, for readers of them (snapshot): not id(),
+        # which a ledger made after the last one was freed can take over.
+        self.serial = next(_LEDGER_SERIALS)
         self.live_sum = geometry.new_stack()
         self.blocks: dict[int, FloatArray] = {}  # window mode: live slices per block
         self._block_frames: dict[int, int] = {}  # placed projections per block

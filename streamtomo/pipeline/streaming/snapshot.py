@@ -97,7 +97,7 @@ def take_snapshot(scan: LiveScan) -> ScanSnapshot:
     now = time.monotonic()
     window = ledger.window_blocks() if scan.state == "running" else None
     rewrite = scan.geometry.rewrite_interval(scan.config.publish_interval)
-    written = ProductWrite((id(ledger), scan.state, window), ledger.version, scan.n_projections, now)
+    written = ProductWrite((ledger.serial, scan.state, window), ledger.version, scan.n_projections, now)
     if _due(published, "slices", written, rewrite):
         found = scan.slices_sum()
         if found is not None:
@@ -105,7 +105,7 @@ def take_snapshot(scan: LiveScan) -> ScanSnapshot:
     snap.n_projections = published["slices"].n_projections
     if ledger.sweep_sum is not None:
         snap.sweep_centers = scan.sweep_centers()
-        written = ProductWrite((id(ledger), scan.state), ledger.sweep_version, scan.n_projections, now)
+        written = ProductWrite((ledger.serial, scan.state), ledger.sweep_version, scan.n_projections, now)
         if _due(published, "sweep", written, rewrite):
             found = scan.sweep_sum()
             if found is not None:
