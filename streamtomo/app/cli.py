@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamtomo.app.cli_types import (
+    folder_path,
     http_url,
     int_at_least,
     non_negative_float,
@@ -563,6 +564,11 @@ def _report_survey(
             f"{config.kind_rule}), and projections are corrected with flats: no projection would be reduced "
             "(a scan whose flats are an earlier scan's sets keep_references)"
         )
+    if not projections.angles:  # no warning says so: the frames are all darks and flats, or none came
+        raise CliError(
+            f"{args.parameters}: no frame of the data is a projection under these parameters "
+            f"(kind_rule {config.kind_rule}): no projection would be reduced"
+        )
     if not usable_projections(projections, config):
         raise CliError(f"{args.parameters}: no projection of the data would be reduced (see the warnings above)")
     return shape
@@ -652,14 +658,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=cmd_replay)
 
     simulate = sub.add_parser("simulate", help="write a simulated scan as dranspose recordings")
-    simulate.add_argument("--out", required=True, help="output directory")
+    simulate.add_argument("--out", required=True, type=folder_path, help="output directory")
     simulate.add_argument("--compression", choices=("none", "bslz4"), default="none")
     simulate.add_argument("--flats-after", type=non_negative_int, default=0, help="flat frames after the projections")
     _add_sim_options(simulate, rows=16, cols=128, angles=180)
     simulate.set_defaults(func=cmd_simulate)
 
     hsds = sub.add_parser("hsds", help="run a local HSDS (POSIX storage, loopback only) until Ctrl-C")
-    hsds.add_argument("--root", required=True, help="storage directory (kept between runs)")
+    hsds.add_argument("--root", required=True, type=folder_path, help="storage directory (kept between runs)")
     hsds.add_argument("--port", type=port, default=5101, help="loopback port (0: a free one)")
     hsds.add_argument(
         "--cors-origin",

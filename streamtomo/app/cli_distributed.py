@@ -19,7 +19,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamtomo.app.cli_types import http_url, non_negative_float, non_negative_int, positive_float, positive_int
+from streamtomo.app.cli_types import (
+    folder_path,
+    http_url,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from streamtomo.pipeline.config import ConfigError
 
 if TYPE_CHECKING:
@@ -335,7 +342,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument(
         "--redis", type=redis_url, help="use this Redis (redis://HOST:PORT/DB) instead of starting redis-server"
     )
-    up.add_argument("--run-dir", help="directory for logs and recordings (default: a new temporary directory)")
+    up.add_argument(
+        "--run-dir", type=folder_path, help="directory for logs and recordings (default: a new temporary directory)"
+    )
     up.add_argument(
         "--state",
         help="where to write the deployment's addresses (default: $XDG_RUNTIME_DIR/streamtomo/deployment.json)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -60,3 +61,17 @@ def http_url(text: str) -> str:
 def http_url_or_none(text: str) -> str:
     """:func:`http_url`, or '' / 'none' for none."""
     return text if text.lower() in ("", "none") else http_url(text)
+
+
+def folder_path(text: str) -> str:
+    """A folder to use or make: refused where it, or a folder above it, is a file
+    ('[Errno 17] File exists' from deep inside named neither the option nor why)."""
+    path = Path(text)
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise argparse.ArgumentTypeError(
+                    f"{text} is a file, not a folder" if part == path else f"{text}: {part} is a file, not a folder"
+                )
+            break
+    return text

@@ -499,6 +499,10 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def _convert(name: str, type_name: Any, value: Any) -> Any:
     kind = str(type_name)
     try:
+        if value is None or (isinstance(value, bool) and kind != "bool"):
+            # JSON null became the text 'None', and true the count 1: a slip in a
+            # parameter file that read as a value.
+            raise ValueError(value)
         if kind == "bool":
             if isinstance(value, str):
                 lowered = value.strip().lower()

@@ -343,6 +343,11 @@ def test_a_reducer_setting_from_the_environment_it_cannot_use_is_one_line_and_le
         (["simulate", "--out", "/tmp/never-made", "--cols", "4"], "argument --cols: 4 is not at least 8"),
         (["up", "-w", "0"], "argument -w/--workers: 0 is not at least 1"),
         (["simulate", "--out", "/proc/streamtomo-test/out"], "No such file or directory"),
+        # A file where a folder is wanted (this program's own): '[Errno 17] File exists'
+        # before, naming no option.
+        (["simulate", "--out", CLI], f"argument --out: {CLI} is a file, not a folder"),
+        (["hsds", "--root", f"{CLI}/x"], f"argument --root: {CLI}/x: {CLI} is a file, not a folder"),
+        (["up", "--run-dir", CLI], f"argument --run-dir: {CLI} is a file, not a folder"),
     ],
 )
 def test_values_out_of_range_and_paths_that_cannot_be_made_are_one_line_and_exit_2(

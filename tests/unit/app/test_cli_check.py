@@ -9,6 +9,7 @@ import pytest
 
 from streamtomo.app.cli import main
 from streamtomo.pipeline.reconstruction.backends import available_backends, installed_backends
+from tests.support.replay_helpers import keep_messages
 
 
 def _parameters(tmp_path: Path, **values: str) -> str:
@@ -134,6 +135,25 @@ def test_parameters_that_leave_the_scan_without_flats_are_refused(
         parameters, tmp_path, n_darks_before="0", n_flats_before="0", n_projections="110", keep_references="true"
     )
     assert main(["check", kept, "--data", *data]) == 0
+
+
+def test_data_without_projections_are_refused_with_what_they_hold(
+    recorded: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Recordings that end after the darks and flats: refused with "see the warnings
+    above", and no warning was printed."""
+    parameters, data = recorded
+    short = []
+    for path in map(Path, data):
+        copy = tmp_path / path.name
+        copy.write_bytes(path.read_bytes())
+        short.append(str(copy))
+    keep_messages(next(Path(p) for p in short if "detector" in Path(p).name), 1 + 20)  # header, 10 darks, 10 flats
+    assert main(["check", str(parameters), "--data", *short]) == 2
+    out, err = capsys.readouterr()
+    assert "10 darks, 10 flats, 0 projections" in out
+    assert "no frame of the data is a projection under these parameters (kind_rule counts)" in err
+    assert "see the warnings" not in err
 
 
 def test_a_detector_shape_that_contradicts_the_data_is_refused(

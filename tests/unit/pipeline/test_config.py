@@ -78,6 +78,11 @@ def test_strings_convert_like_dranspose_parameters() -> None:
         ({"n_projections": "many"}, r"n_projections: 'many' is not a valid int"),
         ({"n_projections": 2.5}, r"n_projections: 2.5 is not a valid int"),
         ({"volume": "maybe"}, r"volume: 'maybe' is not a valid bool"),
+        # JSON true and null in a parameter file: the count 1 and the text 'None' before.
+        ({"n_projections": True}, r"n_projections: True is not a valid int"),
+        ({"center": None}, r"center: None is not a valid str"),
+        ({"volume": None}, r"volume: None is not a valid bool"),
+        ({"angle_range": False}, r"angle_range: False is not a valid float"),
         ({"n_projection": 10}, r"unknown configuration keys \['n_projection'\]; known: "),
     ],
 )
