@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import select
 import signal
@@ -336,7 +337,16 @@ def _nexus_scan(args: argparse.Namespace, overrides: dict[str, Any]) -> Iterator
         except NexusError as error:  # no projections, angles that are not finite
             raise CliError(str(error)) from None
         for key in GRID_KEYS:
-            values.setdefault(key, getattr(grid, key))  # from the file unless given
+            given = values.setdefault(key, getattr(grid, key))  # from the file unless given
+            if _differs(given, getattr(grid, key)):
+                # A parameter file with every default (`streamtomo config`) replaced the
+                # file's grid without a word: 150 of 180 slots empty, and check said ok.
+                print(
+                    f"warning: {args.parameters} sets {key} {given}, the file's angles give {getattr(grid, key):g}: "
+                    f"the scan takes {given} (leave {key} out to take the file's)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         values.update(overrides)
         config = _load_config_values(values)
         print(
@@ -345,6 +355,13 @@ def _nexus_scan(args: argparse.Namespace, overrides: dict[str, Any]) -> Iterator
             flush=True,
         )
         yield config, scan
+
+
+def _differs(given: Any, found: float) -> bool:
+    try:
+        return not math.isclose(float(given), float(found), rel_tol=1e-9, abs_tol=1e-9)
+    except (TypeError, ValueError):  # not a number: the configuration refuses it next
+        return False
 
 
 def _nexus_stream_options(config: PipelineConfig, scan: NexusScan) -> dict[str, Any]:

@@ -259,6 +259,20 @@ def test_nexus_angles_follow_their_units(tmp_path: Path, units: str, scale: floa
     assert "angles 0 + 18 x i deg" in done.stdout, done.stdout
 
 
+def test_a_parameter_file_that_replaces_the_nexus_files_grid_says_so(tmp_path: Path) -> None:
+    """A parameter file with every default (`streamtomo config`, kind_rule left out) set
+    n_projections 180 over the file's 10: check said ok, with 170 of 180 slots empty."""
+    path = _nexus_scan(tmp_path / "scan.nxs", np.arange(10) * 18.0, None)
+    parameters = tmp_path / "p.json"
+    parameters.write_text(json.dumps({"n_projections": 180, "angle_start": 0}))
+    done = subprocess.run(
+        [CLI, "check", str(parameters), "--nexus", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"warning: {parameters} sets n_projections 180, the file's angles give 10: the scan takes 180" in done.stderr
+    assert "angle_start" not in done.stderr  # the same as the file's: nothing to say
+
+
 def test_nexus_angles_in_units_that_are_no_angle_are_refused(tmp_path: Path) -> None:
     path = _nexus_scan(tmp_path / "mm.nxs", np.arange(10) * 18.0, "mm")
     assert "has units 'mm'; expected one of" in _last_line(_exit_2(["replay", "--nexus", str(path)]))
