@@ -49,6 +49,7 @@ class CliError(Exception):
 # Exit status of a scan that ran but failed or reduced no projection (the final file
 # and domain say why in /entry/status/state and reason); 2 stays for user errors.
 SCAN_FAILED = 3
+USAGE_ERROR = 2  # README: a bad value or option, a path that cannot be made or written
 # After Ctrl-C: how long the scan may take to end with what it has (one event, finish).
 INTERRUPT_WAIT_S = 10.0
 
@@ -178,24 +179,27 @@ def _run(
             try:
                 path = write_final_file(reducer.domain, args.out, identifier, ended)
             except OSError as error:  # checked before the scan, but a disk fills up meanwhile
-                unwritten = f"--out {args.out} was not written: {error.strerror or error}"
+                where = f" ({error.filename})" if error.filename else ""
+                unwritten = f"--out {args.out} was not written: {error.strerror or error}{where}"
             else:
                 print(f"final file: {path}")
         print(f"summary: {summary.describe()}", flush=True)
-        if unwritten:
-            raise CliError(unwritten)
         if summary.failed:
             # On stderr and as the exit status, so scripts and CI see it too.
             print(f"scan {summary.state}: {summary.reason}", file=sys.stderr, flush=True)
         for why in cut:  # the scan is what the recordings held up to their cut: not the scan
             print(f"scan incomplete: {why}", file=sys.stderr, flush=True)
+        if unwritten:  # after what the scan was: a failed or cut scan keeps its own status
+            print(f"streamtomo: error: {unwritten}", file=sys.stderr, flush=True)
         if stop is not None:
             _serve_until_interrupted(stop, enter_stops)
     finally:
         if viewer is not None:
             viewer.close()
         run.close()
-    return SCAN_FAILED if summary.failed or cut else 0
+    if summary.failed or cut:
+        return SCAN_FAILED
+    return USAGE_ERROR if unwritten else 0
 
 
 def _check_hsds_answers(url: str, timeout: float = 5.0) -> None:

@@ -442,6 +442,34 @@ def test_an_out_that_cannot_be_written_is_refused_before_the_scan(tmp_path: Path
     assert "summary:" not in done.stdout and ".part" not in done.stderr  # before the scan
 
 
+@pytest.mark.slow
+def test_an_out_that_cannot_be_written_after_the_scan_says_so_after_its_summary(tmp_path: Path) -> None:
+    """A folder that became a file during the scan: the summary, then one line naming
+    --out, exit 2 (the writer's exception came instead of the summary)."""
+    recordings, parameters = _simulate(tmp_path / "scan")
+    folder = tmp_path / "results"
+    folder.mkdir()
+    player = subprocess.Popen(
+        [CLI, "replay", "-f", *recordings, "-p", str(parameters), "--out", str(folder / "x.nxs"), "--rate", "15"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert player.stdout is not None
+        for line in player.stdout:  # the scan starts after the --out check and these lines
+            if line.startswith("domain:"):
+                break
+        folder.rmdir()
+        folder.write_text("")  # 44 frames at 15 per second: the scan is still under way
+        out, err = player.communicate(timeout=120)
+    finally:
+        player.kill()
+    assert player.returncode == 2, out + err
+    assert "summary: 44 frames (24 projections" in out
+    assert f"streamtomo: error: --out {folder / 'x.nxs'} was not written: File exists ({folder})\n" in err, err
+
+
 @pytest.mark.parametrize("case", ["twice", "no detector stream", "no angle stream"])
 def test_recordings_that_cannot_make_a_scan_together_are_refused_before_it(tmp_path: Path, case: str) -> None:
     """Two recordings of one stream (a second scan simulated into the same folder) crashed

@@ -84,6 +84,7 @@ class FrameProcessor:
             self.set_references(None)
         if (config.kind_rule, config.first_projection()) != (self.config.kind_rule, self.config.first_projection()):
             self._broadcast = BroadcastReferences(config)  # a new scan's layout
+            self._references_through = -1
         if (config.pixel_repair, config.saturation_level) != (self.config.pixel_repair, self.config.saturation_level):
             self._corrector = None  # it repairs by the old settings
         self.config = config
@@ -428,6 +429,7 @@ class FrameProcessor:
         self._recent_events.clear()
         self._shape_votes.clear()
         self._broadcast = BroadcastReferences(self.config)
+        self._references_through = -1  # the next scan's positions: its own darks and flats
         if not self.config.keep_references:
             self._shared = None
             self._use(None)

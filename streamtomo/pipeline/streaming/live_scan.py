@@ -443,10 +443,12 @@ class LiveScan:
         return through >= 0 and through not in self.admission.seen and through not in self._references_given_up
 
     def _give_up_awaited_references(self) -> None:
-        """Past :meth:`_wait_bound` projections waiting for references that do not come,
-        they go on with those that are here (counted, with a warning)."""
-        awaited = {m.references_through for m in self._waiting if self._awaits_references(m)}
-        if not awaited or sum(1 for m in self._waiting if self._awaits_references(m)) <= self._wait_bound():
+        """Past :meth:`_wait_bound` projections waiting for one dark or flat that does not
+        come, they go on with those that are here (counted, with a warning). Per frame
+        awaited: a flat retaken since, still on its way, is waited for on its own count."""
+        waiting = Counter(m.references_through for m in self._waiting if self._awaits_references(m))
+        awaited = {index for index, count in waiting.items() if count > self._wait_bound()}
+        if not awaited:
             return
         self._references_given_up |= awaited
         self.admission.counts["references_awaited_in_vain"] += len(awaited)
@@ -670,6 +672,7 @@ class LiveScan:
             values = np.ascontiguousarray(self.sinogram.by_angle[record.slot][geometry.slice_positions])
             self.ledger.place(key, record.slot, record.angle_deg, values, None)
         self.ledger.slot_ratio = old.slot_ratio
+        self.ledger.counts = old.counts  # what the scan's sums did, across rebuilds
 
     def finish(self, volume_follows: bool = False) -> None:
         """Everything arrived: late references, weights, backfill, auto centre, exact sweep.

@@ -186,12 +186,13 @@ def test_new_sums_rewrite_the_live_slices_at_most_once_per_rewrite_interval(monk
     assert final.slices_sum is not None and final.n_projections == scan.n_projections
 
 
-def test_slices_rebuilt_twice_between_two_publishes_are_written() -> None:
+def test_slices_rebuilt_twice_between_two_publishes_are_written(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two live changes between publishes, again and again: each rebuild is written at
-    the next publish. Which ledger the products come from is a serial now, not
-    id(ledger), which a ledger made after the published one was freed can take over
-    (with the same version and count, its slices would not have been written; CPython
-    did not hand the address over in this test, so it passed with id() too)."""
+    the next publish. The products were told apart by id(ledger), which a ledger made
+    after the published one was freed can take over: with the same version and count,
+    its slices were not written. Every id() is one address here, as if each ledger took
+    over the last one's; which ledger it is comes from its serial now."""
+    monkeypatch.setattr(snapshot, "id", lambda obj: 0x7F0000001000, raising=False)
     config = scan_config(flush_every=2, publish_interval=0.25)
     scan = LiveScan(config)
     worker = FrameProcessor(config, "w0")

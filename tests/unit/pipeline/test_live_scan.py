@@ -378,6 +378,67 @@ def test_projections_stop_waiting_for_a_flat_that_never_comes() -> None:
     assert scan.status()["projections"] == ANGLES and scan.lost_frames() == [(lost, lost)]
 
 
+def test_a_flat_retaken_after_one_was_given_up_is_still_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Giving up on a lost flat gave up on every reference then awaited: flats retaken
+    later, still on their way, were not waited for, and the two projections that had
+    overtaken them kept the old flats for good."""
+    monkeypatch.setattr(LiveScan, "_wait_bound", lambda self: 8)  # ANGLES projections are few
+    frames, half = flats_retaken(after=2, scale=1.0)  # a second batch after 2 projections
+    lost = half + 2  # its last flat never comes
+    more, again = flats_retaken(after=ANGLES - 4, scale=1.3)  # a third, brighter, 4 projections before the end
+    frames = frames[: half + 3] + [
+        Frame(index, frame.key, frame.data, frame.angle_deg)
+        for index, frame in enumerate(more[half:], start=half + 3)  # renumbered after the second batch
+    ]
+    again += 3
+    # The two projections after the third batch come first, then the projections that
+    # wait for the lost flat (the give-up), then the third batch and the rest.
+    late = [again + 3, again + 4, *range(half + 3, again), again, again + 1, again + 2, *range(again + 5, len(frames))]
+    shared: dict[str, ReferenceSet] = {}
+    scan = LiveScan(config(), on_references=lambda refs: shared.__setitem__("refs", refs))
+    worker = FrameProcessor(config(), "w0")
+    results: dict[int, WorkerResult] = {}
+    for frame in frames:
+        worker.set_references(shared.get("refs"))
+        items = worker.process(frame.index, frame.key, frame.data, frame.angle_deg, event=frame.index + 1)
+        result = WorkerResult([item for item in items if getattr(item, "frame_index", None) != lost])
+        if frame.index in late:
+            results[frame.index] = result
+        else:
+            scan.add_result(result)
+    for index in late:
+        scan.add_result(results[index])
+    scan.finish()
+    assert scan.counts["references_awaited_in_vain"] == 1  # the lost flat alone
+    plain = run(make_frames(), 1, config())
+    assert scan.sinogram is not None and plain.sinogram is not None
+    # Every projection corrected with the flats of its own beam: the -log transmission alike.
+    np.testing.assert_allclose(scan.sinogram.data, plain.sinogram.data, atol=1e-3)
+
+
+def test_a_worker_used_for_a_second_scan_names_that_scans_own_references() -> None:
+    """FrameProcessor.reset (a new scan) kept the newest reference position of the scan
+    before: with flats after the projections, the second scan's projections named the
+    first scan's last flat, and waited for it."""
+    cfg = config(n_flats_after=3)
+    frames = make_frames(flats_after=3)
+    worker = FrameProcessor(cfg, "w0")
+    for _scan in range(2):
+        shared: dict[str, ReferenceSet] = {}
+        scan = LiveScan(cfg, on_references=lambda refs, shared=shared: shared.__setitem__("refs", refs))
+        named: set[int] = set()
+        for frame in frames:
+            worker.set_references(shared.get("refs"))
+            items = worker.process(frame.index, frame.key, frame.data, frame.angle_deg, event=frame.index + 1)
+            named |= {item.references_through for item in items if isinstance(item, ProjectionRows)}
+            scan.add_result(WorkerResult(list(items)))
+        assert named == {5}  # the last flat before the projections
+        assert scan.n_projections == ANGLES  # all placed before the flats after them
+        scan.finish()
+        assert "references_awaited_in_vain" not in scan.counts
+        worker.reset()
+
+
 def test_a_change_after_an_auto_centre_scan_keeps_its_estimate() -> None:
     """center 'auto' is estimated at the end; a later change of another setting (a filter
     through the control API) kept 'auto' and rebuilt the slices about the middle."""
