@@ -1,13 +1,15 @@
-"""How much of this process's memory is resident, and whether the kernel maps pages
+"""How much of an array's memory is resident, and whether the kernel maps pages
 ahead on request (``MADV_POPULATE_WRITE``, Linux 5.14+): for the tests of memory
 mapped before frames need it."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
 
+import numpy as np
 import pytest
 
 # Linux's value (include/uapi/asm-generic/mman-common.h); Python < 3.13 lacks the name.
@@ -16,9 +18,21 @@ import pytest
 MADV_POPULATE_WRITE = 23
 
 
-def resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def resident_bytes_of(array: np.ndarray) -> int:
+    """Bytes of the pages under ``array`` that are resident (``mincore``): the array's own
+    pages, whatever else the process maps or unmaps meanwhile. The process's total moved
+    with other threads' work (a recycler's sweeper unmapping an earlier test's memory),
+    and a test of one array's mapping failed now and then on a busy machine."""
+    page = mmap.PAGESIZE
+    start = array.ctypes.data // page * page
+    length = array.ctypes.data + array.nbytes - start
+    pages = (ctypes.c_ubyte * ((length + page - 1) // page))()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    if libc.mincore(start, length, pages) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+    return sum(flag & 1 for flag in pages) * page
 
 
 def kernel_supports_populate_write() -> bool:
