@@ -109,12 +109,17 @@ class FinalFile:
             )
         finally:
             self._domain = None
-            if self._on_done is not None:
+            # Let go of the callback too: it is the reducer's (a bound method), and this
+            # object stays in the dranspose context until the next scan's file starts. Kept,
+            # it kept the whole previous reducer (its domain, live sums, ledger) through
+            # the next scan: 0.2 GB more at the reducer's peak at 1024^2.
+            on_done, self._on_done = self._on_done, None
+            if on_done is not None:
                 # After the write (what it reports, the live domain's status, is not in the
                 # file) and before the release: the report publishes the scan's domain,
                 # whose arrays the next scan may take once they are let go.
                 try:
-                    self._on_done()
+                    on_done()
                 except Exception:
                     logger.exception("final file %s: reporting its outcome failed", self.path)
             self._release()  # the scan's arrays may go
