@@ -131,10 +131,16 @@ def new_domain(name: str) -> Domain:
 
 def _unfilled_angles(snap: ScanSnapshot) -> npt.NDArray[np.bool_] | None:
     """The sinogram's angle slots that read as zeros, shaped to broadcast over
-    (rows, angles, cols): the memory there holds an earlier scan's rows."""
-    if snap.sinogram_unfilled is None:
+    (rows, angles, cols): those the published ``frames_per_angle`` says are empty. The
+    memory there holds an earlier scan's rows, or rows placed since this publish (the
+    dataset shares the scan's array, which fills on between publishes: one generation
+    read twice gave two sinograms, with rows where its counts said none)."""
+    if snap.frames_per_angle is None:
         return None
-    return snap.sinogram_unfilled[np.newaxis, :, np.newaxis]
+    unfilled: npt.NDArray[np.bool_] = snap.frames_per_angle == 0
+    if not unfilled.any():
+        return None
+    return unfilled[np.newaxis, :, np.newaxis]
 
 
 def add_scan_datasets(domain: Domain, snap: ScanSnapshot) -> None:
@@ -335,10 +341,13 @@ def update_domain(
             domain.dataset("/entry/sinogram/rotation_angle").write((slice(None),), snap.angles)
             domain.dataset("/entry/sinogram/frames_per_angle").write((slice(None),), snap.frames_per_angle)
         recon = domain.dataset("/entry/reconstruction/data")
-        if snap.slices_shape != recon.shape:  # live slice rows changed
+        if snap.slices_shape != recon.shape:  # live slice rows changed, and their number
             recon = _image_stack(domain, "/entry/reconstruction/data", snap.slices_shape, recon.attrs)
-            domain.create_dataset("/entry/reconstruction/slice_rows", snap.slice_rows)
             changed = True
+        # Not only with the number of slices: other rows, as many, kept the old rows' labels
+        # (the NXdata axis, the mirror and the final file said the slices were other rows).
+        if snap.slice_rows is not None:
+            changed |= _replace_if_shape_differs(domain, "/entry/reconstruction/slice_rows", snap.slice_rows)
         if snap.slices_sum is not None:
             _write_weighted(recon, snap.slices_sum, snap.slices_weight)
             changed = True

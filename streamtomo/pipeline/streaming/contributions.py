@@ -275,6 +275,13 @@ class ContributionLedger:
         first_block = -(-first_frame // self.geometry.window_block)  # the first block starting in the window
         return first_block, self.geometry.block_of(self.newest_frame)
 
+    def window_count(self) -> int | None:
+        """The projections :meth:`window_sum` holds, without summing (None outside window mode)."""
+        blocks = self.window_blocks()
+        if blocks is None:
+            return None
+        return sum(self._block_frames.get(block, 0) for block in range(blocks[0], blocks[1] + 1))
+
     def window_sum(self) -> tuple[FloatArray, int] | None:
         """The unweighted sum of the whole blocks within the last half turn before the
         newest frame, and its projection count; older blocks are dropped (freed)."""

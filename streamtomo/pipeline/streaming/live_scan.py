@@ -703,6 +703,15 @@ class LiveScan:
                 return window[0], pi_over_2n(window[1])
         return self.ledger.live_sum, pi_over_2n(self.n_projections)
 
+    def slices_projections(self) -> int:
+        """The projections the live slices are weighted with (:meth:`slices_sum`): the
+        window's in 'window' mode while the scan runs, every projection otherwise."""
+        if self.ledger is not None and self.state == "running":
+            window = self.ledger.window_count()
+            if window is not None:
+                return window
+        return self.n_projections
+
     def slices(self) -> FloatArray | None:
         """Weighted live slices (a new array)."""
         found = self.slices_sum()

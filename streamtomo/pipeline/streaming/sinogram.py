@@ -10,8 +10,9 @@ starts (:mod:`.prefault`), not by page faults on the frame path.
 Memory reused from an earlier scan is not cleared when the scan starts: a slot's
 first projection overwrites it whole, so only slots never filled need zeros, and
 which those are is known from ``counts``. Until :meth:`SinogramAssembler.zero_unfilled`
-(at the scan's end) readers are told which slots read as zero
-(:meth:`SinogramAssembler.unfilled_slots`); the published layout passes that on.
+(at the scan's end) those slots must read as zero (:meth:`SinogramAssembler.unfilled_slots`);
+the published layout masks every slot its published counts leave empty, which covers
+them and the slots filled since that publish.
 
 Angle slots come from the measured angle: slot ``round((angle - start) / step)``,
 accepted when within ``tolerance`` steps of the slot. A grid of a whole turn takes

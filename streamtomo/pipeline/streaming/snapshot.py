@@ -48,9 +48,6 @@ class ScanSnapshot:
     parameters: str  # the effective configuration, JSON
     # None until the first frame fixed the detector
     sinogram: FloatArray | None = None
-    # Per angle slot, True where the sinogram's memory still holds an earlier scan's
-    # rows, which read as zeros (None: none do; see sinogram.py).
-    sinogram_unfilled: npt.NDArray[np.bool_] | None = None
     dirty_slots: list[int] = field(default_factory=list)
     angles: npt.NDArray[np.float64] | None = None
     frames_per_angle: npt.NDArray[np.int32] | None = None
@@ -84,7 +81,6 @@ def take_snapshot(scan: LiveScan) -> ScanSnapshot:
         return snap
     ledger = scan.ledger
     snap.sinogram = scan.sinogram.data
-    snap.sinogram_unfilled = scan.sinogram.unfilled_slots()
     snap.dirty_slots = scan.sinogram.take_dirty_slots()
     snap.angles = scan.sinogram.angles()
     snap.frames_per_angle = scan.sinogram.counts.copy()
@@ -97,7 +93,9 @@ def take_snapshot(scan: LiveScan) -> ScanSnapshot:
     now = time.monotonic()
     window = ledger.window_blocks() if scan.state == "running" else None
     rewrite = scan.geometry.rewrite_interval(scan.config.publish_interval)
-    written = ProductWrite((ledger.serial, scan.state, window), ledger.version, scan.n_projections, now)
+    # The count the slices are weighted with: in window mode the window's, not the scan's
+    # (n_projections said 36 of slices weighted as 18).
+    written = ProductWrite((ledger.serial, scan.state, window), ledger.version, scan.slices_projections(), now)
     if _due(published, "slices", written, rewrite):
         found = scan.slices_sum()
         if found is not None:

@@ -751,6 +751,19 @@ def test_window_mode_shows_the_last_half_turn_then_everything(block: int) -> Non
     assert rel(scan.slices(), offline(scan)) < 1e-4  # type: ignore[arg-type]
 
 
+def test_window_mode_publishes_the_count_its_slices_are_weighted_with() -> None:
+    """n_projections said every projection so far (36) of slices weighted as the window's
+    (18): README has it as the count the published slices are weighted with."""
+    scan = window_scan(full_turn(), config(live_mode="window", angle_range=360.0, window_block=4))
+    snap = scan.snapshot()
+    assert snap.slices_sum is not None and scan.state == "running"
+    window = round(np.pi / (2 * snap.slices_weight))
+    assert snap.n_projections == window < scan.n_projections
+    scan.finish()
+    final = scan.snapshot()
+    assert final.n_projections == scan.n_projections == ANGLES  # the end: every projection
+
+
 def test_a_settings_change_in_window_mode_rebuilds_the_window_blocks_only() -> None:
     def window_config(center: str) -> PipelineConfig:
         return config(live_mode="window", angle_range=360.0, window_block=2, center=center)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 
@@ -105,3 +106,39 @@ def test_a_new_scans_sinogram_of_another_size_gets_its_own_chunks(served: tuple[
         sino = f["/entry/sinogram/data"]
         assert sino.shape == wide.shape and all(c <= n for c, n in zip(sino.chunks, sino.shape, strict=True))
         np.testing.assert_array_equal(sino[:], wide)
+
+
+def test_other_slice_rows_as_many_are_labelled_with_their_rows(served: tuple[Domain, HdfRestServer]) -> None:
+    """A live change of slice_rows that keeps their number: the slices were the new rows,
+    and /entry/reconstruction/slice_rows (their NXdata axis) still named the old ones."""
+    domain, server = served
+    _publish(domain, _snapshot())
+    moved = dataclasses.replace(_snapshot(), slice_rows=np.array([3, 4], dtype=np.int64), dirty_slots=[])
+    before = int(domain.dataset("/entry/status/generation").array[()])
+    _publish(domain, moved)
+    assert int(domain.dataset("/entry/status/generation").array[()]) > before  # readers re-read
+    with open_file(server.url, domain.name) as f:
+        np.testing.assert_array_equal(f["/entry/reconstruction/slice_rows"][:], [3, 4])
+
+
+def test_rows_placed_after_a_publish_wait_for_the_next_one(served: tuple[Domain, HdfRestServer]) -> None:
+    """The sinogram dataset shares the scan's array, which fills on between publishes: a
+    reader saw a slot's rows while frames_per_angle, in the same generation, said it
+    was empty, and two reads of one generation differed."""
+    domain, server = served
+    sinogram = np.zeros((ROWS, ANGLES, COLS), np.float32)
+    sinogram[:, :3] = 1.0
+    counts = np.zeros(ANGLES, np.int32)
+    counts[:3] = 1
+    _publish(domain, dataclasses.replace(_snapshot(sinogram=sinogram), frames_per_angle=counts))
+    sinogram[:, 3:5] = 2.0  # two projections placed by the scan, not published yet
+    with open_file(server.url, domain.name) as f:
+        read = f["/entry/sinogram/data"][:]
+        published = f["/entry/sinogram/frames_per_angle"][:]
+    np.testing.assert_array_equal(published, counts)
+    np.testing.assert_array_equal(read[:, :3], 1.0)
+    np.testing.assert_array_equal(read[:, 3:], 0.0)  # what frames_per_angle 0 says
+    counts[3:5] = 1
+    _publish(domain, dataclasses.replace(_snapshot(sinogram=sinogram), frames_per_angle=counts, dirty_slots=[3, 4]))
+    with open_file(server.url, domain.name) as f:
+        np.testing.assert_array_equal(f["/entry/sinogram/data"][:, 3:5], 2.0)
