@@ -76,6 +76,9 @@ SHAPE_LEAD = 3
 # then the shape most of them have settles it (the earliest on a tie).
 SHAPE_HOLD_FRAMES = 8
 # Settings that fix the arrays' shapes: they cannot change while a scan runs.
+# Frames of one slot measured this many steps apart or more are two angles averaged as
+# one (angles_share_slot): jitter of one angle stays well below.
+ANGLES_APART_STEPS = 0.25
 FIXED_DURING_SCAN = ("rows", "n_projections", "angle_start", "angle_range", "angle_step", "bin")
 
 
@@ -538,6 +541,7 @@ class LiveScan:
         if msg.reference_version != refs.version and not np.isfinite(values).all():
             self.admission.counts["frames_nonfinite_repaired"] += 1
             values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        self._note_angles_sharing(msg.frame_index, slot, angle)
         count = self.sinogram.place(slot, angle, values)
         self.admission.counts["projections"] += 1
         self.admission.counts["pixels_repaired"] += repaired
@@ -600,6 +604,26 @@ class LiveScan:
                 self.nominal_found += 1
             moved = dataclasses.replace(msg, angle_deg=verdict.angle_deg, angle_row=-1)
             self.place(moved, verdict.refs, worker_angle_deg=msg.angle_deg)
+
+    def _note_angles_sharing(self, index: int, slot: int, angle_deg: float) -> None:
+        """Count ``angles_share_slot`` when a frame joins a slot whose frames were measured
+        at another angle (a quarter step or more away): they are averaged as one angle.
+        Angles half a step off the grid (a PandA's mid-exposure mean on a grid of exposure
+        starts) were filed into every second slot, two projections each, two steps
+        apart, with the other slots empty and nothing said."""
+        assert self.sinogram is not None
+        earlier = self.sinogram.mean_angle(slot)
+        grid = self.sinogram.grid
+        if earlier is None or abs(angle_deg - earlier) < ANGLES_APART_STEPS * grid.step:
+            return
+        offset = (angle_deg - grid.start) / grid.step - slot
+        self.admission.notice(
+            "angles_share_slot",
+            f"frame {index} at {angle_deg:.4f} deg joins slot {slot} ({grid.start + grid.step * slot:.4f} deg), "
+            f"whose frames were measured at {earlier:.4f} deg: averaged as one angle. The measured angles sit "
+            f"{offset:+.2f} step off {grid.describe()}; if they all do, angle_start "
+            f"{grid.start + offset * grid.step:.6g} puts them on it",
+        )
 
     def _measured_step(self, angle_deg: float) -> str:
         """What step the measured angles so far show, next to the grid's (for people

@@ -87,10 +87,13 @@ class AngleGrid:
         position = (angle_deg - self.start) / self.step
         if not math.isfinite(position):  # a finite angle far off the grid: 1e308 / 0.5 deg
             raise UnknownAngleError(f"angle {angle_deg:.4g} deg matches no slot of {self.describe()}")
-        index = round(position)
+        # Half a step off (ties) goes down, always: round() sent them to the even slot, so
+        # angles half a step past the grid (a mid-exposure mean) shared every second slot.
+        nearest = math.ceil(position - 0.5)
+        index = nearest
         if self.full_turn and abs(position - index) <= self.tolerance + 1e-9:
             index %= self.n
-        if not (0 <= index < self.n) or abs(position - round(position)) > self.tolerance + 1e-9:
+        if not (0 <= index < self.n) or abs(position - nearest) > self.tolerance + 1e-9:
             raise UnknownAngleError(f"angle {angle_deg:.4f} deg matches no slot of {self.describe()}")
         return index
 
@@ -129,6 +132,11 @@ class SinogramAssembler:
         filled = self.counts > 0
         out[filled] = self._angle_sums[filled] / self.counts[filled]
         return out
+
+    def mean_angle(self, slot: int) -> float | None:
+        """The mean measured angle of the frames in ``slot`` (None: empty)."""
+        count = int(self.counts[slot])
+        return None if count == 0 else float(self._angle_sums[slot]) / count
 
     @property
     def nbytes(self) -> int:

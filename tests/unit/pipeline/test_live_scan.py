@@ -636,6 +636,28 @@ def test_projections_all_at_one_angle_are_a_limited_angle_scan() -> None:
     assert "1 distinct angle(s) cannot cover 180 degrees" in next(iter(scan.coverage_logged))
 
 
+def test_two_angles_averaged_into_one_slot_are_a_notice_that_says_how_to_fix_the_grid() -> None:
+    """Angles that jitter about half a step past the grid fall into either neighbour:
+    pairs two steps apart averaged as one angle, the slots between empty, and only
+    missing_angles and frames_per_angle hinted at it."""
+    step = 180.0 / ANGLES
+    frames = [
+        Frame(
+            f.index, f.key, f.data, None if f.angle_deg is None else f.angle_deg + step * (0.5 + 0.02 * (-1) ** f.index)
+        )
+        for f in make_frames()
+    ]
+    scan = run(frames, 1, config())
+    assert scan.state == "finished" and scan.rejected.get("angles_share_slot", 0) > ANGLES // 4
+    assert scan.notices["angles_share_slot"] == scan.rejected["angles_share_slot"]  # a notice, no frame refused
+    assert scan.status()["frames_rejected"] == 0
+    aligned = [
+        Frame(f.index, f.key, f.data, None if f.angle_deg is None else f.angle_deg - 0.02 * step * (-1) ** f.index)
+        for f in make_frames()
+    ]
+    assert "angles_share_slot" not in run(aligned, 1, config()).rejected  # jitter within a slot: one angle
+
+
 def test_centre_outside_the_detector_falls_back_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     scan = run(make_frames(), 2, config(center="500"))
     assert scan.geometry is not None

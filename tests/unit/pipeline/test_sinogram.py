@@ -37,3 +37,13 @@ def test_reused_memory_reads_as_zeros_where_no_projection_came_until_zeroed() ->
 def test_without_a_pool_the_sinogram_is_zeros_from_the_start() -> None:
     sinogram = SinogramAssembler(2, GRID, 3)
     assert sinogram.unfilled_slots() is None and not np.any(sinogram.by_angle)
+
+
+def test_angles_half_a_step_off_the_grid_each_take_their_own_slot() -> None:
+    """A PandA's mid-exposure mean on a grid of exposure starts: every angle half a step
+    past its slot. round() sent half steps to the even slot, so two projections shared
+    every second slot (averaged, two steps apart) and the others stayed empty."""
+    grid = AngleGrid(0.0, 180.0, 45)  # 4-degree steps
+    slots = [grid.slot(4.0 * i + 2.0) for i in range(45)]
+    assert slots == list(range(45))
+    assert grid.slot(-2.0 + 1e-9) == 0 and grid.slot(1.9) == 0 and grid.slot(2.1) == 1  # not ties: nearest
