@@ -277,7 +277,13 @@ def test_flats_retaken_mid_scan_give_the_domain_of_the_replay(clean_logs: LocalD
     assert (int(live["/entry/status/flats"]), int(live["/entry/status/projections"])) == (15, len(projections))
     assert int(live["/entry/status/frames_lost"]) == 0
     replayed = run_to_end(result.recordings(), result.recorded_config(), workers=2)
-    assert_same_domain(live, replayed, tol=1e-6)
+    # 1e-4, the bound for streamed against offline, not 1e-6: a projection after
+    # the new flats is corrected by a worker that has the new set, or with the old one and
+    # then re-corrected and re-backprojected by the reducer, depending on when the set
+    # reached each worker; the live slices are then float32 sums in another order than
+    # the replay's. A fresh-clone CI run differed by 8.8e-6 relative in 8 of 20480 slice
+    # pixels (max 2.2e-7 absolute).
+    assert_same_domain(live, replayed, tol=1e-4)
 
 
 @pytest.mark.slow
