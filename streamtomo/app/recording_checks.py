@@ -119,12 +119,14 @@ def check_streams(recordings: list[tuple[Path, frozenset[str]]], detector_stream
                     f"{seen[stream]} and {path} both hold stream {stream!r}: give one recording per stream"
                 )
             seen[stream] = path
-    if seen and all(streams for _, streams in recordings) and detector_stream not in seen:
+    # Only recordings that name their streams (each one's first message) say what is missing.
+    named = bool(seen) and all(streams for _, streams in recordings)
+    if named and detector_stream not in seen:
         raise RecordingError(
             f"no recording holds the detector stream {detector_stream!r} (detector_stream); they hold "
             f"{', '.join(repr(s) for s in sorted(seen))}: set detector_stream in the parameter file"
         )
-    if seen and all(streams for _, streams in recordings) and angle_stream and angle_stream not in seen:
+    if named and angle_stream and angle_stream not in seen:
         raise RecordingError(
             f"no recording holds the angle stream {angle_stream!r} (angle_stream); they hold "
             f"{', '.join(repr(s) for s in sorted(seen))}: give the PandA's recording too, or set angle_stream "

@@ -278,9 +278,10 @@ class ContributionLedger:
     def window_count(self) -> int | None:
         """The projections :meth:`window_sum` holds, without summing (None outside window mode)."""
         blocks = self.window_blocks()
-        if blocks is None:
-            return None
-        return sum(self._block_frames.get(block, 0) for block in range(blocks[0], blocks[1] + 1))
+        return None if blocks is None else self._frames_in(*blocks)
+
+    def _frames_in(self, first_block: int, last_block: int) -> int:
+        return sum(self._block_frames.get(block, 0) for block in range(first_block, last_block + 1))
 
     def window_sum(self) -> tuple[FloatArray, int] | None:
         """The unweighted sum of the whole blocks within the last half turn before the
@@ -294,9 +295,7 @@ class ContributionLedger:
         # A temporary of every publish: not mapped ahead (that costs a thread and a
         # mapping per call); below malloc's 32 MiB threshold it is reused heap memory.
         total = np.zeros_like(self.live_sum)
-        n = 0
         for block in range(first_block, last_block + 1):
             if block in self.blocks:
                 total += self.blocks[block]
-            n += self._block_frames.get(block, 0)
-        return total, n
+        return total, self._frames_in(first_block, last_block)

@@ -75,10 +75,10 @@ SHAPE_LEAD = 3
 # Frames held while no shape leads, at most (each holds its rows: 16 MB at 2048^2);
 # then the shape most of them have settles it (the earliest on a tie).
 SHAPE_HOLD_FRAMES = 8
-# Settings that fix the arrays' shapes: they cannot change while a scan runs.
 # Frames of one slot measured this many steps apart or more are two angles averaged as
 # one (angles_share_slot): jitter of one angle stays well below.
 ANGLES_APART_STEPS = 0.25
+# Settings that fix the arrays' shapes: they cannot change while a scan runs.
 FIXED_DURING_SCAN = ("rows", "n_projections", "angle_start", "angle_range", "angle_step", "bin")
 
 
@@ -386,18 +386,25 @@ class LiveScan:
     def _take_back_duplicate(self, msg: ProjectionRows) -> None:
         """A second copy of a frame is not averaged in: if its worker already summed it
         (possibly at another angle), the ledger takes exactly that contribution out."""
-        geometry = self.geometry
-        if self.ledger is None or geometry is None or msg.event < 0:
+        if self.ledger is None or self.geometry is None or msg.event < 0:
+            return
+        if (msg.frame_index, msg.event) in self.ledger.records:
+            return  # the same copy again (one event delivered twice): nothing to tell apart
+        self._take_out_of_sums(msg)
+
+    def _take_out_of_sums(self, msg: ProjectionRows) -> None:
+        """What ``msg``'s worker summed of it, out of every product: exactly (a record
+        whose target is zero) when it was summed with these settings; withdrawn when with
+        settings this reducer has not applied yet (a live change on its way: after the
+        change its sums would count the copy). Raw rows were summed by no worker."""
+        assert self.geometry is not None and self.ledger is not None
+        if not msg.reference_version:
             return
         key = (msg.frame_index, msg.event)
-        if msg.reference_version and msg.recon_id == geometry.recon_id:
-            rows = np.asarray(msg.rows, dtype=np.float32)[geometry.slice_positions]
-            if key in self.ledger.records:
-                return  # the same copy again (one event delivered twice): nothing to tell apart
+        if msg.recon_id == self.geometry.recon_id:
+            rows = np.asarray(msg.rows, dtype=np.float32)[self.geometry.slice_positions]
             self.ledger.place(key, REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
-        elif msg.reference_version and key not in self.ledger.records:
-            # Summed with settings this reducer has not applied yet (a live change on its
-            # way): after the change its sums would count this copy a second time.
+        else:
             self._withdraw(key)
 
     def _withdraw(self, key: FrameKey) -> None:
@@ -567,14 +574,8 @@ class LiveScan:
     def _reject_placed(self, msg: ProjectionRows, reason: str, detail: str) -> None:
         """Reject a projection that came to be placed; one its worker already summed
         (corrected there, with these settings) the ledger takes out of every product."""
-        assert self.geometry is not None and self.ledger is not None
         self.reject(reason, detail, msg.frame_index, counted=True)
-        key = (msg.frame_index, msg.event)
-        if msg.reference_version and msg.recon_id == self.geometry.recon_id:
-            rows = np.asarray(msg.rows, dtype=np.float32)[self.geometry.slice_positions]
-            self.ledger.place(key, REJECTED_SLOT, msg.angle_deg, np.zeros_like(rows), rows)
-        elif msg.reference_version:
-            self._withdraw(key)  # summed with settings not applied here yet
+        self._take_out_of_sums(msg)
 
     def _hold_for_nominal_row(self, msg: ProjectionRows, refs: ReferenceSet) -> None:
         """A projection with no readable PandA row of its own (:data:`NOMINAL_ROW`): held

@@ -322,9 +322,10 @@ def flats_retaken(scale: float = 1.3, after: int = ANGLES // 2, seed: int = 0) -
     return frames, half
 
 
-def run_in_order(frames: list[Frame], order: list[int]) -> LiveScan:
+def run_in_order(frames: list[Frame], order: list[int], lost: int = -1, finish: bool = True) -> LiveScan:
     """One worker takes the frames in stream order; the reducer gets the results of
-    the frames in ``order`` in that order (the rest before them, in stream order)."""
+    the frames in ``order`` in that order (the rest before them, in stream order),
+    nothing of frame ``lost``; ``finish``: the scan ends."""
     cfg = config()
     shared: dict[str, ReferenceSet] = {}
     scan = LiveScan(cfg, on_references=lambda refs: shared.__setitem__("refs", refs))
@@ -332,16 +333,16 @@ def run_in_order(frames: list[Frame], order: list[int]) -> LiveScan:
     results: dict[int, WorkerResult] = {}
     for frame in frames:
         worker.set_references(shared.get("refs"))
-        result = WorkerResult(
-            list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg, event=frame.index + 1))
-        )
+        items = worker.process(frame.index, frame.key, frame.data, frame.angle_deg, event=frame.index + 1)
+        result = WorkerResult([item for item in items if getattr(item, "frame_index", None) != lost])
         if frame.index in order:
             results[frame.index] = result
         else:
             scan.add_result(result)
     for index in order:
         scan.add_result(results[index])
-    scan.finish()
+    if finish:
+        scan.finish()
     return scan
 
 
@@ -363,15 +364,8 @@ def test_projections_stop_waiting_for_a_flat_that_never_comes() -> None:
     the references that are here, counted and said (not held to the scan's end)."""
     frames, half = flats_retaken(after=2)  # more projections after them than may wait
     lost = half + 2
-    shared: dict[str, ReferenceSet] = {}
-    scan = LiveScan(config(), on_references=lambda refs: shared.__setitem__("refs", refs))
-    worker = FrameProcessor(config(), "w0")
-    placed_before_end = 0
-    for frame in frames:
-        worker.set_references(shared.get("refs"))
-        items = worker.process(frame.index, frame.key, frame.data, frame.angle_deg, event=frame.index + 1)
-        scan.add_result(WorkerResult([item for item in items if getattr(item, "frame_index", None) != lost]))
-        placed_before_end = scan.n_projections
+    scan = run_in_order(frames, [], lost=lost, finish=False)
+    placed_before_end = scan.n_projections
     assert scan.counts["references_awaited_in_vain"] == 1
     assert placed_before_end > ANGLES // 2  # the later projections did not all wait for the end
     scan.finish()
@@ -394,21 +388,7 @@ def test_a_flat_retaken_after_one_was_given_up_is_still_waited_for(monkeypatch: 
     # The two projections after the third batch come first, then the projections that
     # wait for the lost flat (the give-up), then the third batch and the rest.
     late = [again + 3, again + 4, *range(half + 3, again), again, again + 1, again + 2, *range(again + 5, len(frames))]
-    shared: dict[str, ReferenceSet] = {}
-    scan = LiveScan(config(), on_references=lambda refs: shared.__setitem__("refs", refs))
-    worker = FrameProcessor(config(), "w0")
-    results: dict[int, WorkerResult] = {}
-    for frame in frames:
-        worker.set_references(shared.get("refs"))
-        items = worker.process(frame.index, frame.key, frame.data, frame.angle_deg, event=frame.index + 1)
-        result = WorkerResult([item for item in items if getattr(item, "frame_index", None) != lost])
-        if frame.index in late:
-            results[frame.index] = result
-        else:
-            scan.add_result(result)
-    for index in late:
-        scan.add_result(results[index])
-    scan.finish()
+    scan = run_in_order(frames, late, lost=lost)
     assert scan.counts["references_awaited_in_vain"] == 1  # the lost flat alone
     plain = run(make_frames(), 1, config())
     assert scan.sinogram is not None and plain.sinogram is not None
