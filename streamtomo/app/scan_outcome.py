@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamtomo.pipeline.streaming.admission import ranges_text
+
 logger = logging.getLogger(__name__)
 
 UNDER_WAY = ("waiting", "running")  # the states before the scan's end is published
@@ -32,9 +34,7 @@ def describe_lost(ranges: list[tuple[int, int]]) -> str:
     lost = sum(last - first + 1 for first, last in ranges)
     if not lost:
         return ""
-    shown = [f"{first}-{last}" if last > first else str(first) for first, last in ranges[:LOST_RANGES_SHOWN]]
-    more = len(ranges) - LOST_RANGES_SHOWN
-    return f"{lost} frame{'s' if lost != 1 else ''} lost (never arrived: {', '.join(shown)}{f' and {more} ranges more' if more > 0 else ''})"
+    return f"{lost} frame{'s' if lost != 1 else ''} lost (never arrived: {ranges_text(ranges, LOST_RANGES_SHOWN)})"
 
 
 @dataclass(frozen=True)

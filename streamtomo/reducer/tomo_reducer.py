@@ -45,7 +45,7 @@ from streamtomo.hsds_bridge.rest_server import HdfRestServer
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import WorkerResult
-from streamtomo.pipeline.streaming.broadcast_references import built_by_workers
+from streamtomo.pipeline.streaming.broadcast_references import built_by_workers, first_batch_of_workers
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.pipeline.streaming.prefault import ArrayPool
@@ -389,8 +389,17 @@ class TomoReducer:
             )
             return
         detector = self.scan.detector
-        if detector is not None and built_by_workers(self.scan.config, refs, detector.dtype):
-            return
+        if detector is not None and not self._posted_references:
+            config = self.scan.config
+            if built_by_workers(config, refs, detector.dtype):
+                return
+            if self.scan.missing_references and first_batch_of_workers(config, refs, detector.dtype):
+                # Closed lacking frames still on their way: the workers built the whole
+                # set, and their rows wait here for those frames (LiveScan); given up,
+                # the workers get this set (on_references_lacking).
+                return
+        # Once a set was posted, workers correct with the posted ones: each newer set
+        # goes too (the first batch made again with a late frame, say).
         self._post_references(refs)
 
     def _post_references(self, refs: ReferenceSet) -> None:

@@ -131,6 +131,10 @@ class ReferenceTracker:
         self._open: ReferenceBatch | None = None
         self._current: ReferenceSet | None = None
         self._last_projection_index = -1
+        # The last batch closed with frames missing, and the set before it: a missing
+        # frame that comes later joins it (:meth:`complete_late`). Its float64 sums are
+        # kept only then (64 MB at 2048^2).
+        self._incomplete: tuple[ReferenceBatch, ReferenceSet | None, ReferenceSet] | None = None
 
     @property
     def current(self) -> ReferenceSet | None:
@@ -154,22 +158,54 @@ class ReferenceTracker:
     def note_projection(self, index: int) -> None:
         self._last_projection_index = max(self._last_projection_index, index)
 
-    def close_batch(self, *, scan_ended: bool = False) -> ReferenceSet | None:
+    def close_batch(self, *, scan_ended: bool = False, incomplete: bool = False) -> ReferenceSet | None:
         """Turn the open batch into the current reference set; returns it if new.
 
         Called when a projection follows the batch (the batch replaces the previous
         references for what follows) or, with ``scan_ended``, at the end of the scan:
         flats after the last projection are then interpolated with the earlier ones.
+        ``incomplete``: frames of the batch are missing; the batch is kept for them
+        (:meth:`complete_late`).
         """
         batch, self._open = self._open, None
         if batch is None:
             return None
-        dark = batch.darks.mean()
-        flat = batch.flats.mean()
         previous = self._current
-        if flat is None and previous is None:
+        # Flats after the projections: interpolated with those before.
+        refs = self._set_of(batch, previous, after_projections=scan_ended and self._last_projection_index >= 0)
+        if refs is None:
             # Darks alone cannot correct; keep them until flats come.
             self._open = batch
+            return None
+        self._current = refs
+        if not scan_ended:
+            self._incomplete = (batch, previous, refs) if incomplete else None
+        return refs
+
+    def complete_late(self, key: ImageKey, index: int, frame: npt.NDArray[np.generic]) -> ReferenceSet | None:
+        """A frame missing from the batch closed incomplete, come late: that batch's set
+        made again with it (the current set too, unless a newer batch closed since).
+        None when no batch was closed incomplete."""
+        if self._incomplete is None:
+            return None
+        batch, previous, superseded = self._incomplete
+        batch.add(key, index, frame)
+        refs = self._set_of(batch, previous, after_projections=False)
+        assert refs is not None  # the batch made a set before, and only gained a frame
+        self._incomplete = (batch, previous, refs)
+        if self._current is superseded:
+            self._current = refs
+        return refs
+
+    def complete_given_up(self) -> None:
+        """No more of the incomplete batch's frames are expected: its sums go."""
+        self._incomplete = None
+
+    @staticmethod
+    def _set_of(batch: ReferenceBatch, previous: ReferenceSet | None, after_projections: bool) -> ReferenceSet | None:
+        dark = batch.darks.mean()
+        flat = batch.flats.mean()
+        if flat is None and previous is None:
             return None
         if dark is None:
             dark = previous.dark if previous is not None else np.zeros_like(flat)
@@ -178,8 +214,8 @@ class ReferenceTracker:
             flat = previous.flat
         if dark.shape != flat.shape:
             raise ValueError(f"dark shape {dark.shape} != flat shape {flat.shape}")
-        if scan_ended and previous is not None and batch.flats.count > 0 and self._last_projection_index >= 0:
-            self._current = ReferenceSet(
+        if after_projections and previous is not None and batch.flats.count > 0:
+            return ReferenceSet(
                 content_version(previous.dark, previous.flat, flat),
                 previous.dark,
                 previous.flat,
@@ -187,12 +223,11 @@ class ReferenceTracker:
                 flat_after=flat,
                 after_index=batch.first_index,
             )
-        else:
-            self._current = ReferenceSet(content_version(dark, flat), dark, flat, before_index=batch.last_index)
-        return self._current
+        return ReferenceSet(content_version(dark, flat), dark, flat, before_index=batch.last_index)
 
     def reset(self, keep_references: bool) -> None:
         self._open = None
+        self._incomplete = None
         self._last_projection_index = -1
         if not keep_references:
             self._current = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 
 logger = logging.getLogger(__name__)
 
@@ -129,11 +130,22 @@ class FrameAdmission:
 
     def lost_ranges(self, expected: int) -> list[tuple[int, int]]:
         """Frame index ranges (inclusive) below ``expected`` that never arrived."""
-        ranges: list[tuple[int, int]] = []
-        for index in range(expected):
-            if index not in self.seen:
-                if ranges and ranges[-1][1] == index - 1:
-                    ranges[-1] = (ranges[-1][0], index)
-                else:
-                    ranges.append((index, index))
-        return ranges
+        return index_ranges(index for index in range(expected) if index not in self.seen)
+
+
+def index_ranges(indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted frame indices as inclusive ranges: 3, 4, 5, 9 -> (3, 5), (9, 9)."""
+    ranges: list[tuple[int, int]] = []
+    for index in indices:
+        if ranges and ranges[-1][1] == index - 1:
+            ranges[-1] = (ranges[-1][0], index)
+        else:
+            ranges.append((index, index))
+    return ranges
+
+
+def ranges_text(ranges: list[tuple[int, int]], shown: int = 4) -> str:
+    """'10-19, 30' for people: the first ``shown`` ranges, the rest counted."""
+    text = ", ".join(f"{first}-{last}" if last > first else str(first) for first, last in ranges[:shown])
+    more = len(ranges) - shown
+    return f"{text} and {more} ranges more" if more > 0 else text

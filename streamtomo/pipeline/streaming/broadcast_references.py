@@ -34,13 +34,28 @@ def built_by_workers(config: PipelineConfig, refs: ReferenceSet, dtype: str) -> 
     integer frames, taken before the projections. A worker that did not (it started
     late, a frame of the batch was lost) sends raw or stale rows, and the reducer
     shares the set then."""
-    before = config.first_projection() if config.kind_rule == "counts" else 0
     return (
-        before > 0
+        workers_build_first_batch(config, dtype)
         and refs.flat_after is None
-        and refs.before_index == before - 1
-        and np.issubdtype(np.dtype(dtype), np.integer)
+        and refs.before_index == config.first_projection() - 1
     )
+
+
+def first_batch_of_workers(config: PipelineConfig, refs: ReferenceSet, dtype: str) -> bool:
+    """True when ``refs`` is a set of the first batch, which workers build themselves
+    (whole, where this one may lack a frame still on its way)."""
+    return (
+        workers_build_first_batch(config, dtype)
+        and refs.flat_after is None
+        and refs.before_index < config.first_projection()
+    )
+
+
+def workers_build_first_batch(config: PipelineConfig, dtype: str) -> bool:
+    """Whether workers build the first batch's set from the broadcast darks and flats:
+    a ``counts`` scan (the batch's frames are known) of integer frames."""
+    before = config.first_projection() if config.kind_rule == "counts" else 0
+    return before > 0 and bool(np.issubdtype(np.dtype(dtype), np.integer))
 
 
 class BroadcastReferences:

@@ -48,7 +48,7 @@ from streamtomo.pipeline.messages import (
 from streamtomo.pipeline.reconstruction.fbp import pi_over_2n
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming import scan_end
-from streamtomo.pipeline.streaming.admission import FrameAdmission
+from streamtomo.pipeline.streaming.admission import FrameAdmission, index_ranges, ranges_text
 from streamtomo.pipeline.streaming.angle_join import AngleJoin
 from streamtomo.pipeline.streaming.contributions import REJECTED_SLOT, ContributionLedger, FrameKey
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, geometry_for
@@ -118,6 +118,15 @@ class LiveScan:
         self._withdrawn: set[FrameKey] = set()
         # Darks and flats projections waited for in vain (_give_up_awaited_references).
         self._references_given_up: set[int] = set()
+        # Frames missing from the reference batch closed incomplete (_batch_ready): one
+        # that comes late makes that batch's set again (_complete_late). Until then, or
+        # past the wait bound, rows corrected with a set this reducer does not know wait:
+        # workers that saw every broadcast dark and flat built the whole set.
+        self._missing_references: set[int] = set()
+        self._missing_given_up = False
+        self._arrived_since_incomplete = 0  # projections since it closed: the wait's bound
+        self._incomplete_version = 0  # the set the incomplete batch made
+        self._placed_incomplete: list[FrameKey] = []  # frames placed with that set
         # Events whose message was refused with no frame position (before the frame base,
         # corrupt): a broadcast dark or flat reaches every worker and each refuses it, so
         # it was counted once per worker (60 rejected of 40 frames with 2 workers).
@@ -330,7 +339,10 @@ class LiveScan:
         grid = ref.rows[:: max(1, ref.rows.shape[0] // 64), :: max(1, ref.rows.shape[1] // 64)]
         level = float(np.mean(grid, dtype=np.float64))  # type: ignore[arg-type]  # integer or float pixels
         self.reference_levels.append((ref.key, ref.frame_index, level))
-        self.references.add(ref.key, ref.frame_index, ref.rows)
+        if ref.frame_index in self._missing_references:
+            self._complete_late(ref)
+        else:
+            self.references.add(ref.key, ref.frame_index, ref.rows)
         self._advance()
 
     def _add_joined(self, msg: ProjectionRows, row: AngleRow) -> None:
@@ -376,6 +388,7 @@ class LiveScan:
         self.admission.counts["frames"] += 1
         self.last_frame_time = time.time()
         self.references.note_projection(msg.frame_index)
+        self._arrived_since_incomplete += 1
         if not msg.angle_measured:
             self.admission.counts["nominal_angles"] += 1
         # A version not known yet: the worker built the set from the broadcast darks and
@@ -419,27 +432,38 @@ class LiveScan:
         return ledger
 
     # -- references -----------------------------------------------------------------
-    def _batch_complete(self) -> bool:
-        """The open batch is complete when a projection follows it and every frame
-        between the batch's first frame and that projection has arrived.
+    def _batch_ready(self) -> list[int] | None:
+        """Whether the open batch can close: the frames missing from it ([] when
+        complete), or None while it waits.
 
-        Results arrive out of order, so a projection alone does not prove that the
-        darks and flats before it are all here. A lost frame would block forever:
-        past a bound of waiting projections the batch closes anyway, with a warning.
+        It is complete when a projection follows it and every frame between the batch's
+        first frame (the scan's first, for its first batch) and that projection has
+        arrived. Results arrive out of order, so a projection alone does not prove that
+        the darks and flats before it are all here. A lost frame would block forever:
+        past a bound of waiting projections the batch closes anyway, with a warning,
+        and the frames it lacks are still taken should they come (:meth:`_complete_late`).
         """
         first = self.references.open_first_index
         if first is None:
-            return False
+            return None
         after = [m.frame_index for m in self._waiting if m.frame_index > first]
         if not after:
-            return False
-        if all(i in self.admission.seen for i in range(first, min(after))):
-            return True
+            return None
+        # The first batch starts at the scan's first frame: a dark or flat before the one
+        # that opened it (frame 0 late, say) belongs to it too.
+        lower = first if self.references.closed_in_scan else 0
+        missing = [i for i in range(lower, min(after)) if i not in self.admission.seen]
+        if not missing:
+            return []
         if len(after) > self._wait_bound():
             self.admission.counts["references_closed_incomplete"] += 1
-            logger.warning("darks and flats from frame %d on: closed with frames missing", first)
-            return True
-        return False
+            logger.warning(
+                "darks and flats from frame %d on: closed with frames %s missing (taken should they still come)",
+                first,
+                ranges_text(index_ranges(missing)),
+            )
+            return missing
+        return None
 
     def _wait_bound(self) -> int:
         """Projections that may wait for darks or flats that may never come (lost)."""
@@ -471,9 +495,16 @@ class LiveScan:
 
     def _advance(self) -> None:
         """Close the reference batch when complete; place projections that can be."""
-        if self._batch_complete():
-            self.references.close_batch()
+        missing = self._batch_ready()
+        if missing is not None:
+            self._missing_references = set(missing)
+            self._missing_given_up = False
+            self._arrived_since_incomplete = 0
+            self._placed_incomplete.clear()
+            closed = self.references.close_batch(incomplete=bool(missing))
+            self._incomplete_version = closed.version if missing and closed is not None else 0
         self._give_up_awaited_references()
+        self._give_up_missing_references()
         first = self.references.open_first_index
         still: list[ProjectionRows] = []
         # Each message leaves the queue before it is placed: should a placement raise (a
@@ -487,8 +518,12 @@ class LiveScan:
                 if refs is None or (first is not None and msg.frame_index > first) or self._awaits_references(msg):
                     still.append(with_own_rows(msg))  # copied once: a copy owns its rows
                 elif msg.reference_version and not self.references.knows(msg.reference_version):
-                    # Its worker's set is none of ours and no batch is open to become it.
-                    self.reject_unknown_references(msg)
+                    if self._awaits_missing_references():
+                        # Its worker may have the frames the reducer's set lacks.
+                        still.append(with_own_rows(msg))
+                    else:
+                        # Its worker's set is none of ours and no batch is open to become it.
+                        self.reject_unknown_references(msg)
                 else:
                     self.place(msg, refs)
         finally:
@@ -496,6 +531,79 @@ class LiveScan:
         if still and not self._waiting_logged:
             self._waiting_logged = True
             logger.info("projections wait for their darks and flats (%d so far)", len(still))
+
+    @property
+    def missing_references(self) -> list[int]:
+        """Darks and flats the batch closed incomplete lacks, while they are waited for."""
+        return sorted(self._missing_references) if self._awaits_missing_references() else []
+
+    def _awaits_missing_references(self) -> bool:
+        return bool(self._missing_references) and not self._missing_given_up
+
+    def _give_up_missing_references(self) -> None:
+        """Past :meth:`_wait_bound` more projections since the batch closed incomplete, the
+        frames it lacks are taken for lost. Projections corrected with a set this reducer
+        does not know (the whole batch, built by their worker) are then rejected: their
+        set is not here to undo. The workers are given the reducer's set for those to come."""
+        if not self._awaits_missing_references() or self._arrived_since_incomplete <= self._wait_bound():
+            return
+        self._missing_given_up = True
+        self._placed_incomplete.clear()
+        self.admission.counts["references_never_came"] += len(self._missing_references)
+        logger.warning(
+            "darks or flats %s have not come %d projections after their batch closed without them: projections "
+            "corrected with them by the workers are rejected, and the workers are given the darks and flats that are here",
+            ranges_text(index_ranges(sorted(self._missing_references))),
+            self._arrived_since_incomplete,
+        )
+        current = self.references.current
+        if current is not None:
+            self.references.worker_lacks(current)
+
+    def _complete_late(self, ref: ReferenceRows) -> None:
+        """A dark or flat the batch closed incomplete lacked: the batch's set is made
+        again with it, and the projections placed with the lacking set are corrected
+        again (their slots hold -log transmission: undone with the old set, redone)."""
+        self._missing_references.discard(ref.frame_index)
+        superseded = self._incomplete_version
+        refs = self.references.complete_late(ref.key, ref.frame_index, ref.rows)
+        self.admission.counts["references_came_late"] += 1
+        if refs is None or not superseded:
+            return
+        self._incomplete_version = refs.version
+        if not self._missing_references:
+            self.references.incomplete_done()
+        if self._placed_incomplete and self.sinogram is not None and self.ledger is not None:
+            by_slot: dict[int, list[FrameKey]] = collections.defaultdict(list)
+            for key in self._placed_incomplete:
+                record = self.ledger.records.get(key)
+                if record is not None and record.slot >= 0:
+                    by_slot[record.slot].append(key)
+            before = self.references.corrector(superseded)
+            after = self._corrector(refs.version)
+            self.recorrect_slots(by_slot, before, lambda _keys: after)
+
+    def recorrect_slots(
+        self,
+        by_slot: dict[int, list[FrameKey]],
+        before: Corrector,
+        corrector_for: Callable[[list[FrameKey]], Corrector],
+    ) -> None:
+        """Correct the slots' -log transmission again: undone with ``before``, redone
+        with ``corrector_for(frames of the slot)``. A slot that also holds frames not
+        named (another batch's) is left as it is: its mean cannot be split."""
+        assert self.sinogram is not None and self.geometry is not None and self.ledger is not None
+        holding: dict[int, int] = collections.Counter(r.slot for r in self.ledger.records.values() if r.slot >= 0)
+        for slot, keys in by_slot.items():
+            if holding[slot] != len(keys):
+                continue
+            stored = self.sinogram.by_angle[slot]
+            stored[...] = corrector_for(keys).correct(before.uncorrect(stored))
+            self.sinogram.dirty_slots.add(slot)
+            for key in keys:
+                # The slot's mean stands in for the frame's rows (see reconfigure).
+                self.ledger.records[key].values = np.ascontiguousarray(stored[self.geometry.slice_positions])
+            self.ledger.slot_changed(slot)
 
     # -- placement ------------------------------------------------------------------
     def place(self, msg: ProjectionRows, refs: ReferenceSet, worker_angle_deg: float | None = None) -> None:
@@ -558,6 +666,8 @@ class LiveScan:
         if msg.recon_id != geometry.recon_id:
             worker_rows = None  # made with other settings: its partial sum is dropped
         self.ledger.place((msg.frame_index, msg.event), slot, angle, slice_values, worker_rows, worker_angle_deg)
+        if refs.version == self._incomplete_version and self._awaits_missing_references():
+            self._placed_incomplete.append((msg.frame_index, msg.event))
         if count > 1:
             self.ledger.slot_changed(slot)
 

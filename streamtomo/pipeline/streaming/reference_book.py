@@ -71,19 +71,43 @@ class ReferenceBook:
     def current(self) -> ReferenceSet | None:
         return self.tracker.current
 
-    def close_batch(self, scan_ended: bool = False) -> None:
+    @property
+    def closed_in_scan(self) -> bool:
+        """Whether a batch of this scan made a set yet."""
+        return bool(self._ordinal)
+
+    def close_batch(self, scan_ended: bool = False, incomplete: bool = False) -> ReferenceSet | None:
+        """Close the open batch; its set, or None. ``incomplete``: frames of it are
+        missing, taken should they come (:meth:`complete_late`)."""
         if not self.tracker.batch_open:
-            return
-        refs = self.tracker.close_batch(scan_ended=scan_ended)
+            return None
+        refs = self.tracker.close_batch(scan_ended=scan_ended, incomplete=incomplete)
         if refs is None:
-            return
+            return None
+        when = "after the projections" if refs.flat_after is not None else f"before frame {refs.before_index}"
+        self._add_own(refs, f"ready (taken {when})")
+        return refs
+
+    def complete_late(self, key: ImageKey, index: int, rows: np.ndarray) -> ReferenceSet | None:
+        """A frame the batch closed incomplete lacked: its set made again with it (a
+        new version, which outranks the lacking one for the same projections)."""
+        refs = self.tracker.complete_late(key, index, rows)
+        if refs is None:
+            return None
+        self._add_own(refs, f"made again with frame {index}, which came late")
+        return refs
+
+    def incomplete_done(self) -> None:
+        """Every frame the incomplete batch lacked came: its sums go."""
+        self.tracker.complete_given_up()
+
+    def _add_own(self, refs: ReferenceSet, what: str) -> None:
         self._versions[refs.version] = refs
         # The same darks and flats as an earlier scan (a recording replayed twice):
         # the same version, and now this scan's own.
         self._known_only.discard(refs.version)
         self._ordinal[refs.version] = len(self._ordinal) + 1
-        when = "after the projections" if refs.flat_after is not None else f"before frame {refs.before_index}"
-        logger.info("darks and flats set %d ready (taken %s)", self._ordinal[refs.version], when)
+        logger.info("darks and flats set %d %s", self._ordinal[refs.version], what)
         if refs.flat_after is None and self.on_references is not None:
             self.on_references(refs)
 

@@ -386,22 +386,17 @@ def interpolate_flats(scan: LiveScan, refs: ReferenceSet) -> None:
     for key, record in scan.ledger.records.items():
         if record.slot >= 0:
             slot_frames.setdefault(record.slot, []).append(key)
-    for slot, keys in slot_frames.items():
-        stored = scan.sinogram.by_angle[slot]
-        raw = before.uncorrect(stored)
-        corrector = Corrector(
+
+    def interpolated(keys: list[FrameKey]) -> Corrector:
+        return Corrector(
             refs.dark,
             refs.flat_for(int(np.mean([index for index, _ in keys]))),
             refs.version,
             repair=scan.config.pixel_repair,
             saturation_level=scan.config.saturation_level,
         )
-        stored[...] = corrector.correct(raw)
-        scan.sinogram.dirty_slots.add(slot)
-        for key in keys:
-            # Slot mean stands in for the frame's rows (see LiveScan.reconfigure).
-            scan.ledger.records[key].values = np.ascontiguousarray(stored[scan.geometry.slice_positions])
-        scan.ledger.slot_changed(slot)
+
+    scan.recorrect_slots(slot_frames, before, interpolated)
     scan.admission.counts["flats_interpolated"] = 1
     logger.info("flats after the scan: sinogram re-corrected with flats interpolated by frame number")
 

@@ -961,3 +961,108 @@ def test_darks_and_flats_filed_under_the_wrong_kind_are_noticed() -> None:
     assert misfiled_references_notice([(dark, 0, 100.0)], None) == ""  # no flats: nothing to compare
     swapped = [(dark, 0, 20000.0), (flat, 1, 100.0)]  # unusable_references says that one
     assert misfiled_references_notice(swapped, None) == ""
+
+
+def noisy_references(frames: list[Frame], seed: int = 5) -> list[Frame]:
+    """Each dark and flat with its own noise: a set lacking one of them is another set
+    (make_frames' references are alike, so any subset has the same mean)."""
+    rng = np.random.default_rng(seed)
+    return [
+        Frame(f.index, f.key, (f.data + rng.integers(0, 50, f.data.shape)).astype(np.uint16), f.angle_deg)
+        if f.key != ImageKey.PROJECTION
+        else f
+        for f in frames
+    ]
+
+
+def _broadcast_late(
+    frames: list[Frame], late: int, after: int | None, cfg: PipelineConfig | None = None
+) -> tuple[LiveScan, list[ReferenceSet]]:
+    """:func:`_broadcast_run` with 3 workers whose results for frame ``late`` reach the
+    reducer only after frame ``after`` (None: never); a set the reducer gives the workers
+    because one lacked it (``on_references_lacking``) they take from their next frame."""
+    cfg = cfg or config()
+    workers = [FrameProcessor(cfg, f"w{i}") for i in range(3)]
+    given: list[ReferenceSet] = []
+    scan = LiveScan(cfg, on_references_lacking=given.append)
+    held: list[WorkerResult] = []
+    projection = 0
+    for frame in frames:
+        chosen = workers if frame.key != ImageKey.PROJECTION else [workers[projection % len(workers)]]
+        projection += frame.key == ImageKey.PROJECTION
+        for worker in chosen:
+            worker.set_references(given[-1] if given else None)
+            result = WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg)))
+            (held.append if frame.index == late else scan.add_result)(result)
+        if frame.index == after:
+            for result in held:
+                scan.add_result(result)
+    scan.finish()
+    return scan, given
+
+
+@pytest.mark.parametrize("late", [0, 4, 5])  # the batch's first frame, a flat inside it, its last frame
+@pytest.mark.parametrize("after", [40, 41])  # the 35th projection; the last one (then the scan ends)
+def test_a_first_batch_frame_that_comes_after_the_wait_bound_joins_its_batch(late: int, after: int) -> None:
+    """Every worker saw the broadcast darks and flats and built the whole set; the
+    reducer got one of them only after more projections than may wait. It closed the
+    batch without it, then rejected every projection as corrected with a set it never
+    made (the scan failed), and the late frame became a batch of its own (or flats after
+    the projections, interpolated)."""
+    frames = noisy_references(make_frames())
+    in_order, _ = _broadcast_late(frames, late=-1, after=None)
+    scan, given = _broadcast_late(frames, late=late, after=after)
+    assert scan.state == "finished" and scan.status()["projections"] == ANGLES and not scan.rejected
+    assert scan.sinogram is not None and in_order.sinogram is not None
+    np.testing.assert_array_equal(scan.sinogram.data, in_order.sinogram.data)
+    assert given == []  # the workers' own set was the whole one: nothing to give them
+    assert "flats_interpolated" not in scan.counts
+    assert scan.counts["references_closed_incomplete"] == 1 and scan.counts["references_came_late"] == 1
+
+
+def test_a_first_batch_frame_lost_on_its_way_to_the_reducer_costs_a_bound_of_projections_not_the_scan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The workers built the whole set, the reducer never gets one of its flats: the
+    projections the workers corrected with it cannot be undone here. Past the bound they
+    are rejected and the workers are given the reducer's set, so the rest are placed."""
+    monkeypatch.setattr(LiveScan, "_wait_bound", lambda self: 8)
+    frames = noisy_references(make_frames())
+    scan, given = _broadcast_late(frames, late=4, after=None)
+    assert scan.state == "finished"
+    assert [refs.version for refs in given] == [scan.references.current.version]  # type: ignore[union-attr]
+    rejected = scan.rejected["unknown_references"]
+    assert 0 < rejected < ANGLES and scan.status()["projections"] == ANGLES - rejected
+    assert scan.counts["references_never_came"] == 1
+
+
+def test_projections_placed_with_a_batch_lacking_a_frame_are_corrected_again_when_it_comes() -> None:
+    """Workers that do not build the set (the header rule) correct with the reducer's:
+    the one lacking the late flat, until it comes. The projections placed with it are
+    corrected again then, as if the flat had come in time."""
+    frames = noisy_references(make_frames())
+    cfg = config(kind_rule="header")
+
+    def scan_with_flat_after(after: int) -> LiveScan:
+        shared: dict[str, ReferenceSet] = {}
+        scan = LiveScan(cfg, on_references=lambda refs: shared.__setitem__("refs", refs))
+        worker = FrameProcessor(cfg, "w0")
+        held: list[WorkerResult] = []
+        for frame in frames:
+            worker.set_references(shared.get("refs"))
+            result = WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg)))
+            (held.append if frame.index == 4 else scan.add_result)(result)
+            if frame.index == after:
+                for result in held:
+                    scan.add_result(result)
+        scan.finish()
+        return scan
+
+    in_time, late = scan_with_flat_after(4), scan_with_flat_after(len(frames) - 2)
+    assert late.status()["projections"] == ANGLES
+    assert late.sinogram is not None and in_time.sinogram is not None
+    np.testing.assert_allclose(late.sinogram.data, in_time.sinogram.data, atol=1e-5)
+    final, reference = late.slices(), in_time.slices()
+    assert final is not None and reference is not None
+    assert rel(final, reference) < 1e-4  # the final slices are the FBP of the corrected sinogram
+    assert late.counts["references_came_late"] == 1
