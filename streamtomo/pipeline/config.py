@@ -543,16 +543,24 @@ def parse_rows(spec: str, detector_rows: int) -> list[int]:
     if text in ("all", ""):
         return list(range(detector_rows))
     try:
-        if ":" in text:
-            parts = [int(p) if p else None for p in text.split(":")]
-            if len(parts) > 3:
-                raise ValueError(spec)
-            rows = list(range(detector_rows))[slice(*parts)]
-        else:
-            rows = sorted({int(p) for p in text.split(",") if p.strip()})
+        parts = [int(p) if p else None for p in text.split(":")] if ":" in text else []
+        listed = [] if parts else sorted({int(p) for p in text.split(",") if p.strip()})
+        if len(parts) > 3:
+            raise ValueError(spec)
     except ValueError:
         raise ConfigError(f"row selection {spec!r} is not 'all', 'a:b[:step]' or 'r1,r2,...'") from None
-    bad = [r for r in rows if not (0 <= r < detector_rows)]
-    if bad or not rows:
-        raise ConfigError(f"row selection {spec!r} selects rows outside 0..{detector_rows - 1}")
+    outside = ConfigError(f"row selection {spec!r} selects rows outside 0..{detector_rows - 1}")
+    if parts:
+        # A bound past the detector is refused, not clipped: '0:4000' of 2048 rows gave
+        # rows 0..2047 without a word, a sinogram of other rows than asked for.
+        if any(bound is not None and not -detector_rows <= bound <= detector_rows for bound in parts[:2]):
+            raise outside
+        try:
+            rows = list(range(detector_rows))[slice(*parts)]
+        except ValueError:  # a step of 0
+            raise ConfigError(f"row selection {spec!r} is not 'all', 'a:b[:step]' or 'r1,r2,...'") from None
+    else:
+        rows = listed
+    if not rows or any(not 0 <= r < detector_rows for r in rows):
+        raise outside
     return rows

@@ -105,6 +105,11 @@ def test_center_and_rows_against_the_detector() -> None:
     assert parse_rows("5,1,5", 10) == [1, 5]
     with pytest.raises(ConfigError, match=r"selects rows outside 0..9"):
         parse_rows("3,12", 10)
+    assert parse_rows("8:", 10) == parse_rows("8:10", 10) == parse_rows("-2:", 10) == [8, 9]
+    # A range past the detector was clipped to it: rows 8 and 9 for '8:4000'.
+    for past in ("8:4000", "12:", "-11:", "0:11:2"):
+        with pytest.raises(ConfigError, match=r"selects rows outside 0..9"):
+            parse_rows(past, 10)
     assert PipelineConfig(rows="0:9").live_slice_rows(20) == [0, 2, 4, 6, 8]
     with pytest.raises(ConfigError, match=r"slice_rows \[9\] are not sinogram rows"):
         PipelineConfig(rows="0:5", slice_rows="1,9").live_slice_rows(20)
