@@ -124,6 +124,7 @@ class ReplayRun:
         dreplay.reducer = None
         latency = 1.0 / self.rate_hz if self.rate_hz else None
         _stop_streaming_on(dreplay, self._interrupted)
+        _quiet_prints(dreplay)
 
         def target() -> None:
             try:
@@ -288,6 +289,18 @@ class Progress:
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")
+
+
+def _quiet_prints(dreplay: Any) -> None:
+    """``dranspose.replay`` prints "press ctrl-C to stop" once the recordings are
+    streamed, into the progress bar's line on a terminal, while the summary is still to
+    come, and the CLI says itself how to stop serving, after it (Enter on a terminal).
+    Its prints go to the log instead (module globals come before builtins)."""
+
+    def to_log(*values: Any, **_options: Any) -> None:
+        logger.debug("dranspose.replay: %s", " ".join(str(value) for value in values))
+
+    dreplay.print = to_log
 
 
 def _stop_streaming_on(dreplay: Any, interrupted: threading.Event) -> None:
