@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from streamtomo.app.cli_types import (
     folder_path,
@@ -311,10 +311,13 @@ def _replay_nexus(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _nexus_scan(args: argparse.Namespace, overrides: dict[str, Any]) -> Iterator[tuple[PipelineConfig, NexusScan]]:
+def _nexus_scan(
+    args: argparse.Namespace, overrides: dict[str, Any], announce: TextIO | None = None
+) -> Iterator[tuple[PipelineConfig, NexusScan]]:
     """``args.nexus`` open, with the scan's configuration: the parameter file's values,
     the angle grid from the file's angles unless set there, ``overrides``.
-    ``replay --nexus`` streams it, ``check --nexus`` surveys it: both see the same scan."""
+    ``replay --nexus`` streams it, ``check --nexus`` surveys it, ``config --nexus``
+    prints it: all see the same scan. ``announce``: where its line goes (stdout)."""
     from streamtomo.app.nexus_source import GRID_KEYS, NexusError, NexusScan
     from streamtomo.app.parameter_files import read_config_values
 
@@ -356,6 +359,7 @@ def _nexus_scan(args: argparse.Namespace, overrides: dict[str, Any]) -> Iterator
         print(
             f"nexus: {scan.n_frames} frames from {scan.paths.data}, {grid.n_projections} projections, "
             f"angles {config.angle_start:g} + {config.slot_step:.6g} x i deg from {scan.paths.rotation_angle}",
+            file=announce or sys.stdout,
             flush=True,
         )
         yield config, scan
@@ -452,9 +456,18 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     from streamtomo.app.parameter_files import parameter_list
 
+    _refuse_nexus_paths_without_nexus(args)
     if args.explain:
         for f in fields(PipelineConfig):
             print(f"{f.name:20} {f.default!s:22} {f.metadata.get('help', '')}")
+        return 0
+    if args.nexus:
+        # The defaults with what the file decides (its kinds in image_key, the angle grid
+        # of its projections): the defaults' kind_rule and grid made replay --nexus refuse
+        # the file, or take 180 slots where it has 1800 projections.
+        args.parameters = None
+        with _nexus_scan(args, {}, announce=sys.stderr) as (config, _scan):
+            print(json.dumps(parameter_list(config), indent=1))
         return 0
     print(json.dumps(parameter_list(PipelineConfig()), indent=1))
     return 0
@@ -699,6 +712,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="print a parameter file with the defaults")
     config.add_argument("--explain", action="store_true", help="list the parameters with their meaning")
+    config.add_argument(
+        "--nexus",
+        metavar="FILE.nxs",
+        help="the parameters for this NXtomo file: kinds from its image_key, the angle grid from its angles",
+    )
+    _add_nexus_path_options(config)
     config.set_defaults(func=cmd_config)
 
     check = sub.add_parser("check", help="validate a parameter file")

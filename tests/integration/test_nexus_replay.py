@@ -149,3 +149,21 @@ def test_check_reads_the_file_as_replay_streams_it(diad: Path, tmp_path: Path) -
     assert "3001 projections from 89.995 to 269.995 deg" in done.stdout and "0 slots empty, 0 shared" in done.stdout
     assert "ok on a 22 x 26 detector" in done.stdout
     assert "warning:" not in done.stderr
+
+
+def test_config_prints_parameters_that_fit_the_file(diad: Path, tmp_path: Path) -> None:
+    """`streamtomo config` gave the defaults: kind_rule counts (which --nexus refuses)
+    and a grid of 180 slots over 0..180 degrees, not the file's 3001 over 89.995..."""
+    done = _cli(["config", "--nexus", str(diad)], tmp_path, 120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    params = tmp_path / "parameters.json"
+    params.write_text(done.stdout)  # JSON alone: the file's summary line goes to stderr
+    checked = _cli(["check", str(params), "--nexus", str(diad)], tmp_path, 120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "3001 projections from 89.995 to 269.995 deg" in checked.stdout
+    assert "0 slots empty, 0 shared" in checked.stdout
+    assert "warning:" not in checked.stderr
+    defaults = tmp_path / "defaults.json"
+    defaults.write_text(_cli(["config"], tmp_path, 60).stdout)
+    refused = _cli(["check", str(defaults), "--nexus", str(diad)], tmp_path, 120)
+    assert refused.returncode == 2 and "sets kind_rule 'counts': leave it out" in refused.stderr
