@@ -178,14 +178,16 @@ class ReferenceTracker:
             self._open = batch
             return None
         self._current = refs
-        if not scan_ended:
-            self._incomplete = (batch, previous, refs) if incomplete else None
+        if incomplete and not scan_ended:
+            self._incomplete = (batch, previous, refs)
         return refs
 
-    def complete_late(self, key: ImageKey, index: int, frame: npt.NDArray[np.generic]) -> ReferenceSet | None:
+    def complete_late(
+        self, key: ImageKey, index: int, frame: npt.NDArray[np.generic]
+    ) -> tuple[ReferenceSet, ReferenceSet] | None:
         """A frame missing from the batch closed incomplete, come late: that batch's set
         made again with it (the current set too, unless a newer batch closed since).
-        None when no batch was closed incomplete."""
+        Returns (the set it replaces, the new set); None when no batch was kept."""
         if self._incomplete is None:
             return None
         batch, previous, superseded = self._incomplete
@@ -195,7 +197,7 @@ class ReferenceTracker:
         self._incomplete = (batch, previous, refs)
         if self._current is superseded:
             self._current = refs
-        return refs
+        return superseded, refs
 
     def complete_given_up(self) -> None:
         """No more of the incomplete batch's frames are expected: its sums go."""

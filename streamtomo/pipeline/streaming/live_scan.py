@@ -51,6 +51,7 @@ from streamtomo.pipeline.streaming import scan_end
 from streamtomo.pipeline.streaming.admission import FrameAdmission, index_ranges, ranges_text
 from streamtomo.pipeline.streaming.angle_join import AngleJoin
 from streamtomo.pipeline.streaming.contributions import REJECTED_SLOT, ContributionLedger, FrameKey
+from streamtomo.pipeline.streaming.late_references import LateReferences, is_reference_position, reference_run_start
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, geometry_for
 from streamtomo.pipeline.streaming.memory_budget import MemoryBudgetError, check_memory_budget
 from streamtomo.pipeline.streaming.nominal_angles import NominalAngleCheck, another_projections_row
@@ -118,15 +119,14 @@ class LiveScan:
         self._withdrawn: set[FrameKey] = set()
         # Darks and flats projections waited for in vain (_give_up_awaited_references).
         self._references_given_up: set[int] = set()
-        # Frames missing from the reference batch closed incomplete (_batch_ready): one
-        # that comes late makes that batch's set again (_complete_late). Until then, or
-        # past the wait bound, rows corrected with a set this reducer does not know wait:
-        # workers that saw every broadcast dark and flat built the whole set.
-        self._missing_references: set[int] = set()
-        self._missing_given_up = False
-        self._arrived_since_incomplete = 0  # projections since it closed: the wait's bound
-        self._incomplete_version = 0  # the set the incomplete batch made
-        self._placed_incomplete: list[FrameKey] = []  # frames placed with that set
+        # The reference batch closed without some of its frames (_batch_ready): one that
+        # comes late makes its set again (_complete_late). Until then, for a bound, rows
+        # corrected with a set this reducer does not know wait: workers that saw every
+        # broadcast dark and flat built the whole set.
+        self.late = LateReferences()
+        # The frame kinds by position (kind_rule counts), else None: which missing frames
+        # can be darks or flats.
+        self._layout = self.config.frame_segments() if self.config.kind_rule == "counts" else None
         # Events whose message was refused with no frame position (before the frame base,
         # corrupt): a broadcast dark or flat reaches every worker and each refuses it, so
         # it was counted once per worker (60 rejected of 40 frames with 2 workers).
@@ -214,6 +214,8 @@ class LiveScan:
                         continue
                     self._refused_events.add(item.event)
                 self.reject(item.reason, item.detail, item.frame_index)
+                if item.frame_index is not None:
+                    self.late.frame_refused(item.frame_index)
                 if item.frame_index is not None and item.event >= 0:
                     # Rejected after its worker may have summed it (its rows could not
                     # be read here): no sum holding it may stay in the live products.
@@ -333,15 +335,22 @@ class LiveScan:
             return
         if not self._ensure_detector(ref) or not self.admission.first_time(ref.frame_index, ref.event, ref.digest):
             return
+        if self.late.came_too_late(ref.frame_index):
+            self._reference_frames.add(ref.frame_index)  # its other workers' copies are copies
+            self.reject(
+                "reference_too_late",
+                f"{ref.key.name.lower()} {ref.frame_index} came after its batch had been closed without it and the "
+                f"projections had gone on without it for {self._wait_bound()} more: not used",
+                ref.frame_index,
+            )
+            return
         self.admission.accept("darks" if ref.key == ImageKey.DARK else "flats")
         self._reference_frames.add(ref.frame_index)
         # A grid of its pixels is enough for a level: microseconds, not a pass over the frame.
         grid = ref.rows[:: max(1, ref.rows.shape[0] // 64), :: max(1, ref.rows.shape[1] // 64)]
         level = float(np.mean(grid, dtype=np.float64))  # type: ignore[arg-type]  # integer or float pixels
         self.reference_levels.append((ref.key, ref.frame_index, level))
-        if ref.frame_index in self._missing_references:
-            self._complete_late(ref)
-        else:
+        if not (self.late.takes(ref.frame_index) and self._complete_late(ref)):
             self.references.add(ref.key, ref.frame_index, ref.rows)
         self._advance()
 
@@ -388,7 +397,7 @@ class LiveScan:
         self.admission.counts["frames"] += 1
         self.last_frame_time = time.time()
         self.references.note_projection(msg.frame_index)
-        self._arrived_since_incomplete += 1
+        self.late.projection_arrived(msg.frame_index)
         if not msg.angle_measured:
             self.admission.counts["nominal_angles"] += 1
         # A version not known yet: the worker built the set from the broadcast darks and
@@ -437,11 +446,14 @@ class LiveScan:
         complete), or None while it waits.
 
         It is complete when a projection follows it and every frame between the batch's
-        first frame (the scan's first, for its first batch) and that projection has
-        arrived. Results arrive out of order, so a projection alone does not prove that
-        the darks and flats before it are all here. A lost frame would block forever:
-        past a bound of waiting projections the batch closes anyway, with a warning,
-        and the frames it lacks are still taken should they come (:meth:`_complete_late`).
+        first frame and that projection has arrived. Results arrive out of order, so a
+        projection alone does not prove that the darks and flats before it are all
+        here. With kind_rule counts the layout says which frames are darks and flats:
+        the batch starts at its layout's first (a late first frame is missed
+        otherwise), and a missing projection is nothing to wait for. A lost frame
+        would block forever: past a bound of waiting projections the batch closes
+        anyway, and the frames it lacks are still taken should they come
+        (:meth:`_complete_late`).
         """
         first = self.references.open_first_index
         if first is None:
@@ -449,21 +461,16 @@ class LiveScan:
         after = [m.frame_index for m in self._waiting if m.frame_index > first]
         if not after:
             return None
-        # The first batch starts at the scan's first frame: a dark or flat before the one
-        # that opened it (frame 0 late, say) belongs to it too.
-        lower = first if self.references.closed_in_scan else 0
-        missing = [i for i in range(lower, min(after)) if i not in self.admission.seen]
+        seen = self.admission.seen
+        if self._layout is not None:
+            layout = self._layout
+            lower = reference_run_start(layout, first)
+            missing = [i for i in range(lower, min(after)) if i not in seen and is_reference_position(layout, i)]
+        else:
+            missing = [i for i in range(first, min(after)) if i not in seen]
         if not missing:
             return []
-        if len(after) > self._wait_bound():
-            self.admission.counts["references_closed_incomplete"] += 1
-            logger.warning(
-                "darks and flats from frame %d on: closed with frames %s missing (taken should they still come)",
-                first,
-                ranges_text(index_ranges(missing)),
-            )
-            return missing
-        return None
+        return missing if len(after) > self._wait_bound() else None
 
     def _wait_bound(self) -> int:
         """Projections that may wait for darks or flats that may never come (lost)."""
@@ -472,9 +479,17 @@ class LiveScan:
     def _awaits_references(self, msg: ProjectionRows) -> bool:
         """Its worker had taken a dark or flat that is not here yet (:attr:`ProjectionRows.
         references_through`): flats retaken mid-scan, still on their way through another
-        worker. Placed now, it took the old set for good (nothing knew a new one was coming)."""
+        worker. Placed now, it took the old set for good (nothing knew a new one was coming).
+        Not a frame its batch closed without (:attr:`late`): placed with the set lacking
+        it, it is corrected again should the frame come."""
         through = msg.references_through
-        return through >= 0 and through not in self.admission.seen and through not in self._references_given_up
+        return (
+            through >= 0
+            and through not in self.admission.seen
+            and through not in self._references_given_up
+            and not self.late.takes(through)
+            and not self.late.came_too_late(through)
+        )
 
     def _give_up_awaited_references(self) -> None:
         """Past :meth:`_wait_bound` projections waiting for one dark or flat that does not
@@ -497,12 +512,22 @@ class LiveScan:
         """Close the reference batch when complete; place projections that can be."""
         missing = self._batch_ready()
         if missing is not None:
-            self._missing_references = set(missing)
-            self._missing_given_up = False
-            self._arrived_since_incomplete = 0
-            self._placed_incomplete.clear()
+            if missing and self.late.awaiting:
+                self._give_up_missing_references(now=True)  # one batch closed incomplete at a time
+            if missing:
+                self.late.closing(missing)
             closed = self.references.close_batch(incomplete=bool(missing))
-            self._incomplete_version = closed.version if missing and closed is not None else 0
+            if missing:
+                self.late.closed(None if closed is None else closed.version)
+            if closed is not None and missing:
+                self.admission.counts["references_closed_incomplete"] += 1
+                logger.warning(
+                    "darks and flats before frame %d: closed without frames %s after %d projections waited "
+                    "(they are taken should they still come)",
+                    closed.before_index + 1,
+                    ranges_text(index_ranges(missing)),
+                    self._wait_bound(),
+                )
         self._give_up_awaited_references()
         self._give_up_missing_references()
         first = self.references.open_first_index
@@ -518,7 +543,7 @@ class LiveScan:
                 if refs is None or (first is not None and msg.frame_index > first) or self._awaits_references(msg):
                     still.append(with_own_rows(msg))  # copied once: a copy owns its rows
                 elif msg.reference_version and not self.references.knows(msg.reference_version):
-                    if self._awaits_missing_references():
+                    if self.late.awaiting:
                         # Its worker may have the frames the reducer's set lacks.
                         still.append(with_own_rows(msg))
                     else:
@@ -535,53 +560,56 @@ class LiveScan:
     @property
     def missing_references(self) -> list[int]:
         """Darks and flats the batch closed incomplete lacks, while they are waited for."""
-        return sorted(self._missing_references) if self._awaits_missing_references() else []
+        return sorted(self.late.missing)
 
-    def _awaits_missing_references(self) -> bool:
-        return bool(self._missing_references) and not self._missing_given_up
-
-    def _give_up_missing_references(self) -> None:
-        """Past :meth:`_wait_bound` more projections since the batch closed incomplete, the
-        frames it lacks are taken for lost. Projections corrected with a set this reducer
-        does not know (the whole batch, built by their worker) are then rejected: their
-        set is not here to undo. The workers are given the reducer's set for those to come."""
-        if not self._awaits_missing_references() or self._arrived_since_incomplete <= self._wait_bound():
+    def _give_up_missing_references(self, now: bool = False) -> None:
+        """Past :meth:`_wait_bound` more projections since the batch closed incomplete
+        (``now``: another batch closes so), the frames it lacks are taken for lost.
+        Projections corrected with a set this reducer does not know (the whole batch,
+        built by their worker) are then rejected: their set is not here to undo. The
+        workers are given the reducer's set for those to come, unless a newer one
+        replaced it."""
+        if not (self.late.due(self._wait_bound()) or (now and self.late.awaiting)):
             return
-        self._missing_given_up = True
-        self._placed_incomplete.clear()
-        self.admission.counts["references_never_came"] += len(self._missing_references)
+        arrived = self.late.arrived
+        lost = self.late.give_up()
+        self.references.incomplete_done()
+        self.admission.counts["references_never_came"] += len(lost)
         logger.warning(
             "darks or flats %s have not come %d projections after their batch closed without them: projections "
             "corrected with them by the workers are rejected, and the workers are given the darks and flats that are here",
-            ranges_text(index_ranges(sorted(self._missing_references))),
-            self._arrived_since_incomplete,
+            ranges_text(index_ranges(lost)),
+            arrived,
         )
         current = self.references.current
-        if current is not None:
+        if current is not None and current.version == self.late.version:
             self.references.worker_lacks(current)
 
-    def _complete_late(self, ref: ReferenceRows) -> None:
+    def _complete_late(self, ref: ReferenceRows) -> bool:
         """A dark or flat the batch closed incomplete lacked: the batch's set is made
         again with it, and the projections placed with the lacking set are corrected
-        again (their slots hold -log transmission: undone with the old set, redone)."""
-        self._missing_references.discard(ref.frame_index)
-        superseded = self._incomplete_version
-        refs = self.references.complete_late(ref.key, ref.frame_index, ref.rows)
+        again (their slots hold -log transmission: undone with the old set, redone).
+        False when no batch was kept for it (the caller adds it as any other)."""
+        made = self.references.complete_late(ref.key, ref.frame_index, ref.rows)
+        if made is None:
+            return False
+        superseded, refs = made
+        self.late.joined(ref.frame_index, refs.version)
         self.admission.counts["references_came_late"] += 1
-        if refs is None or not superseded:
-            return
-        self._incomplete_version = refs.version
-        if not self._missing_references:
+        placed = list(self.late.placed)
+        if not self.late.awaiting:
+            self.late.placed.clear()
             self.references.incomplete_done()
-        if self._placed_incomplete and self.sinogram is not None and self.ledger is not None:
+        if placed and self.sinogram is not None and self.ledger is not None:
             by_slot: dict[int, list[FrameKey]] = collections.defaultdict(list)
-            for key in self._placed_incomplete:
+            for key in placed:
                 record = self.ledger.records.get(key)
                 if record is not None and record.slot >= 0:
                     by_slot[record.slot].append(key)
-            before = self.references.corrector(superseded)
+            before = self.references.corrector(superseded.version)
             after = self._corrector(refs.version)
             self.recorrect_slots(by_slot, before, lambda _keys: after)
+        return True
 
     def recorrect_slots(
         self,
@@ -611,6 +639,9 @@ class LiveScan:
         its worker summed it at that angle (another frame's), so the ledger moves it."""
         assert self.sinogram is not None and self.geometry is not None and self.ledger is not None
         geometry = self.geometry
+        # Held since (a nominal-angle check, say) with a set made again from its batch
+        # with a frame that came late: the new set.
+        refs = self.references.current_for(refs)
         if msg.angle_row == NOMINAL_ROW:
             self._hold_for_nominal_row(msg, refs)
             return
@@ -666,8 +697,7 @@ class LiveScan:
         if msg.recon_id != geometry.recon_id:
             worker_rows = None  # made with other settings: its partial sum is dropped
         self.ledger.place((msg.frame_index, msg.event), slot, angle, slice_values, worker_rows, worker_angle_deg)
-        if refs.version == self._incomplete_version and self._awaits_missing_references():
-            self._placed_incomplete.append((msg.frame_index, msg.event))
+        self.late.note_placed((msg.frame_index, msg.event), refs.version)
         if count > 1:
             self.ledger.slot_changed(slot)
 

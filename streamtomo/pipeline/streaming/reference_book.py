@@ -37,15 +37,18 @@ class ReferenceBook:
         # version a worker gives the same set when it built it itself.
         self.tracker = ReferenceTracker()
         self._versions: dict[int, ReferenceSet] = {}
-        self._known_only: set[int] = set()  # earlier scans' references (re-correction only)
+        self._known_only: set[int] = set()  # earlier scans' sets, and replaced ones: re-correction only
         self._kept: ReferenceSet | None = None  # an earlier scan's set, applied (keep_references)
         self._correctors: dict[tuple[int, bool, float], Corrector] = {}
         self._ordinal: dict[int, int] = {}  # version -> 1, 2, ... in this scan (for people)
+        # version -> the set made again from its batch with a frame that came late
+        self._replaced: dict[int, ReferenceSet] = {}
 
     def reset(self, keep_references: bool) -> None:
         self.keep_references = keep_references
         self.tracker.reset(keep_references)
         self._ordinal.clear()
+        self._replaced.clear()
         if not keep_references:
             self._versions.clear()
             self._correctors.clear()
@@ -88,13 +91,23 @@ class ReferenceBook:
         self._add_own(refs, f"ready (taken {when})")
         return refs
 
-    def complete_late(self, key: ImageKey, index: int, rows: np.ndarray) -> ReferenceSet | None:
-        """A frame the batch closed incomplete lacked: its set made again with it (a
-        new version, which outranks the lacking one for the same projections)."""
-        refs = self.tracker.complete_late(key, index, rows)
-        if refs is None:
+    def complete_late(self, key: ImageKey, index: int, rows: np.ndarray) -> tuple[ReferenceSet, ReferenceSet] | None:
+        """A frame the batch closed incomplete lacked: its set made again with it.
+        Returns (the set it replaces, the new one); None when no batch was kept. The
+        replaced set still undoes rows corrected with it, and is applicable no more."""
+        made = self.tracker.complete_late(key, index, rows)
+        if made is None:
             return None
+        superseded, refs = made
+        self._replaced[superseded.version] = refs
+        self._known_only.add(superseded.version)
         self._add_own(refs, f"made again with frame {index}, which came late")
+        return superseded, refs
+
+    def current_for(self, refs: ReferenceSet) -> ReferenceSet:
+        """``refs``, or the set made again from its batch since (a frame came late)."""
+        while refs.version in self._replaced:
+            refs = self._replaced[refs.version]
         return refs
 
     def incomplete_done(self) -> None:

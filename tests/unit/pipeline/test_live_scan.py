@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from streamtomo.pipeline.reconstruction.cor import cor_sweep
 from streamtomo.pipeline.reconstruction.fbp import fbp
 from streamtomo.pipeline.scan import Frame, ImageKey
 from streamtomo.pipeline.streaming.binning import bin_frame
-from streamtomo.pipeline.streaming.broadcast_references import built_by_workers
+from streamtomo.pipeline.streaming.broadcast_references import built_by_workers, first_batch_of_workers
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 
@@ -979,12 +980,22 @@ def _broadcast_late(
     frames: list[Frame], late: int, after: int | None, cfg: PipelineConfig | None = None
 ) -> tuple[LiveScan, list[ReferenceSet]]:
     """:func:`_broadcast_run` with 3 workers whose results for frame ``late`` reach the
-    reducer only after frame ``after`` (None: never); a set the reducer gives the workers
-    because one lacked it (``on_references_lacking``) they take from their next frame."""
+    reducer only after frame ``after`` (None: never). The sets the reducer gives the
+    workers, by TomoReducer._share_references' rule or because one lacked it
+    (``on_references_lacking``), they take from their next frame."""
     cfg = cfg or config()
     workers = [FrameProcessor(cfg, f"w{i}") for i in range(3)]
     given: list[ReferenceSet] = []
-    scan = LiveScan(cfg, on_references_lacking=given.append)
+
+    def share(refs: ReferenceSet) -> None:  # TomoReducer._share_references with a controller
+        if not given and (
+            built_by_workers(cfg, refs, "uint16")
+            or (scan.missing_references and first_batch_of_workers(cfg, refs, "uint16"))
+        ):
+            return
+        given.append(refs)
+
+    scan = LiveScan(cfg, on_references=share, on_references_lacking=given.append)
     held: list[WorkerResult] = []
     projection = 0
     for frame in frames:
@@ -1066,3 +1077,89 @@ def test_projections_placed_with_a_batch_lacking_a_frame_are_corrected_again_whe
     assert final is not None and reference is not None
     assert rel(final, reference) < 1e-4  # the final slices are the FBP of the corrected sinogram
     assert late.counts["references_came_late"] == 1
+
+
+def _late_in_order(frames: list[Frame], cfg: PipelineConfig, late: int, after: int) -> LiveScan:
+    """One worker in stream order, the reducer's sets shared with it; the result of frame
+    ``late`` reaches the reducer right after frame ``after``."""
+    shared: dict[str, ReferenceSet] = {}
+    scan = LiveScan(cfg, on_references=lambda refs: shared.__setitem__("refs", refs))
+    worker = FrameProcessor(cfg, "w0")
+    held: list[WorkerResult] = []
+    for frame in frames:
+        worker.set_references(shared.get("refs"))
+        result = WorkerResult(
+            list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg, frame.index + 1))
+        )
+        (held.append if frame.index == late else scan.add_result)(result)
+        if frame.index == after:
+            for result in held:
+                scan.add_result(result)
+    scan.finish()
+    return scan
+
+
+def test_the_one_flat_of_a_batch_that_made_no_set_yet_is_kept_when_it_comes_late() -> None:
+    """A batch of darks alone makes no set and stays open: it recorded the flat as
+    missing, and the flat, when it came, was dropped (every projection no_references)."""
+    frames = noisy_references(make_frames(n_flats=1))
+    cfg = config(n_flats_before=1, kind_rule="header")
+    late, in_time = _late_in_order(frames, cfg, late=3, after=38), _late_in_order(frames, cfg, late=-1, after=-1)
+    assert late.state == "finished" and late.status()["projections"] == ANGLES and not late.rejected
+    assert late.sinogram is not None and in_time.sinogram is not None
+    np.testing.assert_allclose(late.sinogram.data, in_time.sinogram.data, atol=1e-6)
+
+
+def test_a_lost_projection_before_the_first_darks_and_flats_holds_back_no_other() -> None:
+    """kind_rule header, projections first, then the darks and flats: the first batch's
+    completeness counted from frame 0, so a lost projection 5 held every projection
+    until the scan's end (no live products)."""
+    base = make_frames()
+    frames = [Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(base[6:24] + base[:6] + base[24:])]
+    cfg = config(kind_rule="header")
+    scan = LiveScan(cfg)
+    worker = FrameProcessor(cfg, "w0")
+    for frame in frames:
+        items = worker.process(frame.index, frame.key, frame.data, frame.angle_deg, frame.index + 1)
+        scan.add_result(WorkerResult([item for item in items if getattr(item, "frame_index", None) != 5]))
+    assert scan.n_projections == ANGLES - 1  # placed while the scan runs
+
+
+def test_a_late_first_projection_is_no_missing_dark_or_flat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frame 6, the first projection, came late; every dark and flat was on time. It was
+    taken for a missing reference: 'never came', and the workers' own set posted."""
+    monkeypatch.setattr(LiveScan, "_wait_bound", lambda self: 8)
+    scan, given = _broadcast_late(noisy_references(make_frames()), late=6, after=30)
+    assert scan.status()["projections"] == ANGLES and not scan.rejected
+    assert given == [] and "references_never_came" not in scan.counts
+
+
+def test_a_dark_or_flat_that_comes_after_the_wait_for_it_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the second bound the projections go on with the set lacking the flat. When
+    it came even so, the set was made again with it, and the later slots were corrected
+    with another flat field than the earlier ones: now it is rejected, and the scan is
+    the scan without it."""
+    monkeypatch.setattr(LiveScan, "_wait_bound", lambda self: 8)
+    frames = noisy_references(make_frames())
+    lost, _ = _broadcast_late(frames, late=4, after=None)
+    came, _ = _broadcast_late(frames, late=4, after=34)
+    assert came.rejected["reference_too_late"] == 1
+    assert came.status()["frames_received"] == lost.status()["frames_received"] + 1
+    assert came.sinogram is not None and lost.sinogram is not None
+    np.testing.assert_array_equal(came.sinogram.data, lost.sinogram.data)
+    assert came.references.tracker._incomplete is None  # its float64 sums went with the wait
+
+
+def test_the_wait_for_a_late_first_batch_frame_outlasts_the_next_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flats retaken after 40 projections closed while the first batch still waited for
+    its flat 4: the wait ended there, 41 projections were rejected as unknown_references,
+    and the flat, when it came, became a batch of its own."""
+    monkeypatch.setattr(sys.modules[__name__], "ANGLES", 100)
+    frames, _ = flats_retaken(after=40)
+    frames = noisy_references(frames)
+    cfg = config(n_projections=100, kind_rule="header")
+    in_order, _ = _broadcast_late(frames, late=-1, after=None, cfg=cfg)
+    scan, _ = _broadcast_late(frames, late=4, after=55, cfg=cfg)
+    assert scan.status()["projections"] == 100 and not scan.rejected
+    assert scan.sinogram is not None and in_order.sinogram is not None
+    np.testing.assert_allclose(scan.sinogram.data, in_order.sinogram.data, atol=1e-6)
