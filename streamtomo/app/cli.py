@@ -132,7 +132,8 @@ def _run(
     )
     viewer = None
     if args.out:
-        _check_out(args.out)
+        nexus = getattr(args, "nexus", None)
+        _check_out(args.out, [*recordings, *([Path(nexus)] if nexus else [])])
     try:
         try:
             reducer = run.start()
@@ -219,12 +220,16 @@ def _check_hsds_answers(url: str, timeout: float = 5.0) -> None:
         raise CliError(f"--hsds {url} does not answer ({reason}): is HSDS running there?") from None
 
 
-def _check_out(out: str) -> None:
+def _check_out(out: str, inputs: Sequence[Path] = ()) -> None:
     """Refuse an ``--out`` that cannot be written, before the scan: it was found only once
-    the whole scan had run, and the result was lost."""
+    the whole scan had run, and the result was lost. Nor one of the scan's ``inputs``:
+    the raw data were replaced by the result."""
     path = Path(out)
     if path.is_dir():
         raise CliError(f"--out {out} is a folder: name a file in it (e.g. {path / 'scan.nxs'})")
+    for given in inputs:
+        if path.resolve() == given.resolve() or (path.exists() and given.exists() and path.samefile(given)):
+            raise CliError(f"--out {out} is the scan's own input {given}: it would be replaced by the result")
     for folder in [path.parent, *path.parent.parents]:  # the nearest that exists is made in
         if folder.exists():
             if not folder.is_dir():

@@ -516,3 +516,20 @@ def test_a_failed_scan_whose_detector_was_known_opens_on_no_default_plot(tmp_pat
         assert int(f["/entry/status/projections"][()]) == 0 and int(f["/entry/status/darks"][()]) > 0
         assert "reconstruction" in f["/entry"]  # the detector was known: its arrays are there
         assert "default" not in f["/entry"].attrs
+
+
+def test_an_out_that_names_the_scans_own_input_is_refused(tmp_path: Path) -> None:
+    """`replay -f REC... --out REC` replaced the recording with the result (exit 0);
+    `--nexus F --out F` the raw NXtomo file."""
+    recordings, parameters = _simulate(tmp_path / "scan")
+    before = Path(recordings[0]).read_bytes()
+    done = subprocess.run(
+        [CLI, "replay", "-f", *recordings, "-p", str(parameters), "--out", recordings[0]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "is the scan's own input" in done.stderr.strip().splitlines()[-1], done.stderr
+    assert Path(recordings[0]).read_bytes() == before
