@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -323,7 +324,7 @@ def _nexus_scan(
     the angle grid from the file's angles unless set there, ``overrides``.
     ``replay --nexus`` streams it, ``check --nexus`` surveys it, ``config --nexus``
     prints it: all see the same scan. ``announce``: where its line goes (stdout)."""
-    from streamtomo.app.nexus_source import GRID_KEYS, NexusError, NexusScan
+    from streamtomo.app.nexus_source import FULL_TURN, GRID_KEYS, NexusError, NexusScan
     from streamtomo.app.parameter_files import read_config_values
 
     try:
@@ -345,9 +346,18 @@ def _nexus_scan(
             )
         values["kind_rule"] = "header"
         try:
+            projections = scan.projection_angles().size
             grid = scan.grid()
         except NexusError as error:  # no projections, angles that are not finite
             raise CliError(str(error)) from None
+        if grid.angle_range > FULL_TURN and "angle_range" not in values:
+            if not _positive(values.get("angle_step")):
+                raise CliError(
+                    f"the projections' angles in {args.nexus} span more than a turn "
+                    f"({grid.angle_range - grid.angle_range / grid.n_projections:.6g} degrees): give the grid of "
+                    f"one turn with -p (angle_range 360 and n_projections, the projections in one turn)"
+                )
+            grid = dataclasses.replace(grid, angle_range=FULL_TURN)  # not used: angle_step sets the grid
         for key in GRID_KEYS:
             given = values.setdefault(key, getattr(grid, key))  # from the file unless given
             if _differs(given, getattr(grid, key)):
@@ -362,12 +372,19 @@ def _nexus_scan(
         values.update(overrides)
         config = _load_config_values(values)
         print(
-            f"nexus: {scan.n_frames} frames from {scan.paths.data}, {grid.n_projections} projections, "
+            f"nexus: {scan.n_frames} frames from {scan.paths.data}, {projections} projections, "
             f"angles {config.angle_start:g} + {config.slot_step:.6g} x i deg from {scan.paths.rotation_angle}",
             file=announce or sys.stdout,
             flush=True,
         )
         yield config, scan
+
+
+def _positive(value: Any) -> bool:
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def _differs(given: Any, found: float) -> bool:

@@ -166,6 +166,9 @@ def _find_angles(f: Any, n: int) -> str | None:
     return None
 
 
+FULL_TURN = 360.0
+
+
 @dataclass(frozen=True)
 class ScanGrid:
     angle_start: float
@@ -175,7 +178,13 @@ class ScanGrid:
 
 def derive_grid(angles: npt.NDArray[np.float64]) -> ScanGrid:
     """The slots of evenly spaced projection angles: from the smallest, one step per
-    projection (``step = (max - min) / (n - 1)``), so the last angle has a slot too."""
+    projection (``step = (max - min) / (n - 1)``), so the last angle has a slot too.
+
+    A whole turn: a grid within half a step of 360 degrees is exactly 360 (it came out
+    a hair over, 360.00000000000006, and the scan was refused for an angle_range it
+    never set), and a turn whose last projection is the first one's angle again
+    (0..360 inclusive) has one slot fewer: the last shares the first's (slots of a
+    whole turn are taken modulo the turn)."""
     n = int(angles.size)
     if n == 0:
         raise NexusError("the file has no projections (image_key 0)")
@@ -184,8 +193,14 @@ def derive_grid(angles: npt.NDArray[np.float64]) -> ScanGrid:
     low, high = float(angles.min()), float(angles.max())
     if n == 1 or high == low:
         return ScanGrid(low, 180.0, n)
-    step = (high - low) / (n - 1)
-    return ScanGrid(low, step * n, n)
+    span = high - low
+    step = span / (n - 1)
+    if n > 2 and abs(span - FULL_TURN) <= step / 2:  # the endpoint of a closed turn
+        return ScanGrid(low, FULL_TURN, n - 1)
+    covered = step * n
+    if abs(covered - FULL_TURN) <= step / 2:
+        return ScanGrid(low, FULL_TURN, n)
+    return ScanGrid(low, covered, n)  # more than a turn: the caller says what to set
 
 
 class NexusScan:

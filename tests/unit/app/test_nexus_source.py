@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamtomo.app.cli import main
-from streamtomo.app.nexus_source import NexusError, NexusReadError, NexusScan, derive_grid
+from streamtomo.app.nexus_source import NexusError, NexusReadError, NexusScan, ScanGrid, derive_grid
 from streamtomo.pipeline.scan import ImageKey
 
 
@@ -122,6 +122,19 @@ def test_grid_from_measured_angles() -> None:
     assert derive_grid(angles[::-1]) == grid
     with pytest.raises(NexusError, match="no projections"):
         derive_grid(np.array([]))
+
+
+def test_a_whole_turn_is_a_grid_of_360_degrees() -> None:
+    """362 projections over 0..359.0055 came out 360.00000000000006 degrees, which the
+    configuration refuses (angle_range must be in (0, 360]): for a range never set."""
+    turn = derive_grid(np.linspace(0.0, 359.0055, 362))
+    assert turn == ScanGrid(0.0, 360.0, 362)
+    jitter = np.random.default_rng(1).uniform(-0.02, 0.02, 3600)
+    assert derive_grid(0.1 * np.arange(3600) + jitter).angle_range == 360.0
+    # 0..360 inclusive: the last projection is the first angle again, one slot fewer.
+    assert derive_grid(np.linspace(0.0, 360.0, 181)) == ScanGrid(0.0, 360.0, 180)
+    assert derive_grid(np.linspace(0.0, 180.0, 181)) == ScanGrid(0.0, 181.0, 181)  # a half turn, both ends
+    assert derive_grid(np.linspace(0.0, 720.0, 721)).angle_range > 360.0  # two turns: the CLI asks for the grid
 
 
 def test_an_unknown_image_key_names_its_dataset(tmp_path: Path) -> None:
