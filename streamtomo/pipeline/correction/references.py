@@ -135,6 +135,8 @@ class ReferenceTracker:
         # frame that comes later joins it (:meth:`complete_late`). Its float64 sums are
         # kept only then (64 MB at 2048^2).
         self._incomplete: tuple[ReferenceBatch, ReferenceSet | None, ReferenceSet] | None = None
+        # Whether the current set's darks were taken (else zeros stand in for them).
+        self._darks_taken = False
 
     @property
     def current(self) -> ReferenceSet | None:
@@ -172,12 +174,15 @@ class ReferenceTracker:
             return None
         previous = self._current
         # Flats after the projections: interpolated with those before.
-        refs = self._set_of(batch, previous, after_projections=scan_ended and self._last_projection_index >= 0)
+        refs = self._set_of(
+            batch, previous, after_projections=scan_ended and self._last_projection_index >= 0, darks=self._darks_taken
+        )
         if refs is None:
             # Darks alone cannot correct; keep them until flats come.
             self._open = batch
             return None
         self._current = refs
+        self._darks_taken = self._darks_taken or batch.darks.count > 0
         if incomplete and not scan_ended:
             self._incomplete = (batch, previous, refs)
         return refs
@@ -192,7 +197,7 @@ class ReferenceTracker:
             return None
         batch, previous, superseded = self._incomplete
         batch.add(key, index, frame)
-        refs = self._set_of(batch, previous, after_projections=False)
+        refs = self._set_of(batch, previous, after_projections=False, darks=self._darks_taken)
         assert refs is not None  # the batch made a set before, and only gained a frame
         self._incomplete = (batch, previous, refs)
         if self._current is superseded:
@@ -204,11 +209,20 @@ class ReferenceTracker:
         self._incomplete = None
 
     @staticmethod
-    def _set_of(batch: ReferenceBatch, previous: ReferenceSet | None, after_projections: bool) -> ReferenceSet | None:
+    def _set_of(
+        batch: ReferenceBatch, previous: ReferenceSet | None, after_projections: bool, darks: bool
+    ) -> ReferenceSet | None:
+        """The set ``batch`` makes after ``previous`` (``darks``: whether its darks were
+        taken). A batch after the projections (``after_projections``) makes the set they
+        are corrected with at the scan's end: flats interpolated between those before and
+        its own, and its darks where none came before (they were ignored, and every
+        projection kept zeros for darks: -log(p/f), not -log((p-d)/(f-d))). Where darks
+        came before, those are used (as offline, for the DIAD scan)."""
         dark = batch.darks.mean()
         flat = batch.flats.mean()
         if flat is None and previous is None:
             return None
+        new_darks = dark is not None and not darks
         if dark is None:
             dark = previous.dark if previous is not None else np.zeros_like(flat)
         if flat is None:
@@ -216,13 +230,15 @@ class ReferenceTracker:
             flat = previous.flat
         if dark.shape != flat.shape:
             raise ValueError(f"dark shape {dark.shape} != flat shape {flat.shape}")
-        if after_projections and previous is not None and batch.flats.count > 0:
+        if after_projections and previous is not None and (batch.flats.count > 0 or new_darks):
+            dark_used = dark if new_darks else previous.dark
+            flat_after = flat if batch.flats.count > 0 else previous.flat
             return ReferenceSet(
-                content_version(previous.dark, previous.flat, flat),
-                previous.dark,
+                content_version(dark_used, previous.flat, flat_after),
+                dark_used,
                 previous.flat,
                 previous.before_index,
-                flat_after=flat,
+                flat_after=flat_after,
                 after_index=batch.first_index,
             )
         return ReferenceSet(content_version(dark, flat), dark, flat, before_index=batch.last_index)
@@ -233,3 +249,4 @@ class ReferenceTracker:
         self._last_projection_index = -1
         if not keep_references:
             self._current = None
+            self._darks_taken = False

@@ -376,7 +376,8 @@ def apply_angular_weights(scan: LiveScan) -> None:
 
 
 def interpolate_flats(scan: LiveScan, refs: ReferenceSet) -> None:
-    """Re-correct the sinogram with flats interpolated between before and after."""
+    """Re-correct the sinogram with the scan-end set: flats interpolated between before
+    and after, and the darks after the projections where none came before."""
     assert scan.sinogram is not None and scan.geometry is not None and scan.ledger is not None
     try:
         before = scan.references.newest_before_scan_end()
@@ -397,8 +398,12 @@ def interpolate_flats(scan: LiveScan, refs: ReferenceSet) -> None:
         )
 
     scan.recorrect_slots(slot_frames, before, interpolated)
-    scan.admission.counts["flats_interpolated"] = 1
-    logger.info("flats after the scan: sinogram re-corrected with flats interpolated by frame number")
+    if refs.flat_after is not refs.flat:
+        scan.admission.counts["flats_interpolated"] = 1
+        logger.info("flats after the scan: sinogram re-corrected with flats interpolated by frame number")
+    if not np.array_equal(refs.dark, before.dark):
+        scan.admission.counts["darks_after_used"] = 1
+        logger.info("darks after the scan, none before: sinogram re-corrected with them")
 
 
 def note_angular_coverage(scan: LiveScan) -> None:

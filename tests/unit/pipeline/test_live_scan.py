@@ -1163,3 +1163,25 @@ def test_the_wait_for_a_late_first_batch_frame_outlasts_the_next_batch(monkeypat
     assert scan.status()["projections"] == 100 and not scan.rejected
     assert scan.sinogram is not None and in_order.sinogram is not None
     np.testing.assert_allclose(scan.sinogram.data, in_order.sinogram.data, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind_rule", ["counts", "header"])
+def test_darks_after_the_projections_correct_a_scan_that_had_none_before(kind_rule: str) -> None:
+    """Flats, projections, then darks: the darks were counted but used by nothing, and
+    every projection was -log(p/f) where -log((p-d)/(f-d)) was due (0.024 off on the
+    APS tooth so laid out)."""
+    base = make_frames()
+    darks = [f for f in base if f.key == ImageKey.DARK]
+    rest = [f for f in base if f.key != ImageKey.DARK] + darks
+    frames = [Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(rest)]
+    cfg = config(n_darks_before=0, n_darks_after=3, kind_rule=kind_rule)
+    scan = run(frames, 2, cfg, drop_last_partials=False)
+    dark = np.mean([f.data.astype(np.float64) for f in darks], axis=0)
+    flat = np.mean([f.data.astype(np.float64) for f in base if f.key == ImageKey.FLAT], axis=0)
+    projections = np.stack([f.data.astype(np.float64) for f in base if f.key == ImageKey.PROJECTION], axis=1)
+    expected = -np.log((projections - dark[:, None]) / (flat - dark)[:, None])
+    assert scan.sinogram is not None and scan.status()["projections"] == ANGLES
+    np.testing.assert_allclose(scan.sinogram.data, expected, atol=1e-3)
+    assert scan.counts["darks_after_used"] == 1 and "flats_interpolated" not in scan.counts
+    final, offline_slices = scan.slices(), offline(scan)
+    assert final is not None and rel(final, offline_slices) < 1e-4
