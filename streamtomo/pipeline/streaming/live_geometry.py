@@ -10,6 +10,7 @@ the detector shape, and identified by ``recon_id``: a partial sum made with anot
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 
@@ -55,28 +56,56 @@ def recon_id(config: PipelineConfig, detector: DetectorInfo) -> str:
     )
 
 
-def geometry_for(config: PipelineConfig, detector: DetectorInfo) -> LiveSliceGeometry:
-    """The live geometry, or the default one if the settings do not fit the detector.
+# Live settings that fall back to their default, alone or together, when they do not fit
+# the detector (known only at the first frame): the centre, the slices' rows and size.
+FALLBACKS: tuple[tuple[str, object], ...] = (("center", ""), ("slice_rows", ""), ("slice_size", 0))
 
-    Settings can only be checked against the detector once the first frame is here;
-    a centre or row outside it then falls back to the detector middle and default
-    slice rows, with a warning, instead of stopping the scan. Settings that do not fit
-    even so (sinogram rows outside the binned detector) raise :class:`ConfigError`: the
-    scan is refused with it (it was an assertion, and a replay's traceback).
+
+def geometry_for(config: PipelineConfig, detector: DetectorInfo) -> LiveSliceGeometry:
+    """The live geometry of the settings :func:`fit_to_detector` keeps."""
+    fitted, _ = fit_to_detector(config, detector)
+    return LiveSliceGeometry(fitted, detector)
+
+
+def fit_to_detector(config: PipelineConfig, detector: DetectorInfo) -> tuple[PipelineConfig, str]:
+    """``config`` with the live settings that do not fit ``detector`` at their default,
+    and what did not fit ('' when all did).
+
+    Settings can only be checked against the detector once the first frame is here
+    (set before it, through a parameter file or the control API): a centre or slice
+    rows outside it, or more live slices than allowed, then fall back to the detector
+    middle, default slice rows or slice size, with a warning, instead of stopping the
+    scan. Only the settings at fault fall back: a wrong slice_rows took a good centre
+    with it. Settings that do not fit even so (sinogram rows outside the binned
+    detector) raise :class:`ConfigError`: the scan is refused with it.
     """
+    error = _misfit(config, detector)
+    if error is None:
+        return config, ""
+    for count in range(1, len(FALLBACKS) + 1):
+        for chosen in itertools.combinations(FALLBACKS, count):
+            changes = {name: default for name, default in chosen if getattr(config, name) != default}
+            if len(changes) != count:
+                continue  # a setting already at its default is not what did not fit
+            fitted = dataclasses.replace(config, **changes)  # type: ignore[arg-type]
+            if _misfit(fitted, detector) is None:
+                taken = ", ".join(f"{name} {value!r}" for name, value in changes.items())
+                detail = f"{error}: {taken} taken instead"
+                logger.warning("%s", detail)
+                return fitted, detail
+    raise ConfigError(
+        f"the settings do not fit a {detector.rows} x {detector.cols} detector"
+        f"{f' (after bin {config.bin})' if config.bin > 1 else ''}: {error}"
+    )
+
+
+def _misfit(config: PipelineConfig, detector: DetectorInfo) -> str | None:
     try:
-        return LiveSliceGeometry(config, detector)
+        config.check_live_bounds(detector.rows, detector.cols)
+        LiveSliceGeometry(config, detector)
     except ConfigError as error:
-        fallback = dataclasses.replace(config, center="", slice_rows="")
-        try:
-            geometry = LiveSliceGeometry(fallback, detector)
-        except ConfigError:  # not the centre or the slices: the rows, the binning
-            raise ConfigError(
-                f"the settings do not fit a {detector.rows} x {detector.cols} detector"
-                f"{f' (after bin {config.bin})' if config.bin > 1 else ''}: {error}"
-            ) from None
-        logger.warning("%s: using the detector middle and default slice rows", error)
-        return geometry
+        return str(error)
+    return None
 
 
 def window_frames(config: PipelineConfig) -> int:

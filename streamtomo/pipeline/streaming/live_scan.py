@@ -52,7 +52,7 @@ from streamtomo.pipeline.streaming.admission import FrameAdmission, index_ranges
 from streamtomo.pipeline.streaming.angle_join import AngleJoin
 from streamtomo.pipeline.streaming.contributions import REJECTED_SLOT, ContributionLedger, FrameKey
 from streamtomo.pipeline.streaming.late_references import LateReferences, is_reference_position, reference_run_start
-from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, geometry_for
+from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, fit_to_detector
 from streamtomo.pipeline.streaming.memory_budget import MemoryBudgetError, check_memory_budget
 from streamtomo.pipeline.streaming.nominal_angles import NominalAngleCheck, another_projections_row
 from streamtomo.pipeline.streaming.prefault import ArrayPool
@@ -297,12 +297,18 @@ class LiveScan:
     def _settle_detector(self, detector: DetectorInfo) -> None:
         held, self._held = self._held, []
         try:
-            geometry = geometry_for(self.config, detector)
-            check_memory_budget(self.config, detector, geometry)
+            fitted, misfit = fit_to_detector(self.config, detector)
+            geometry = LiveSliceGeometry(fitted, detector)
+            check_memory_budget(fitted, detector, geometry)
         except (ConfigError, MemoryBudgetError) as error:  # settings that do not fit this detector
             self.state, self.reason = "failed", str(error)
             logger.warning("scan refused: %s", error)
         else:
+            if misfit:
+                # What the scan takes is what it publishes (its parameters, the final
+                # file): they named a centre the slices were not made with.
+                self.config = fitted
+                self.admission.notice("settings_do_not_fit", misfit)
             self.detector, self.geometry = detector, geometry
             grid = AngleGrid.of(self.config)
             self.sinogram = SinogramAssembler(len(geometry.sinogram_rows), grid, detector.cols, self.pool)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.config import MAX_LIVE_SLICES, PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import AngleRow, DetectorInfo, PartialSum, ProjectionRows, Rejected, WorkerResult
 from streamtomo.pipeline.reconstruction.cor import cor_sweep
@@ -18,6 +18,7 @@ from streamtomo.pipeline.scan import Frame, ImageKey
 from streamtomo.pipeline.streaming.binning import bin_frame
 from streamtomo.pipeline.streaming.broadcast_references import built_by_workers, first_batch_of_workers
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
+from streamtomo.pipeline.streaming.live_geometry import geometry_for
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 
 ROWS, COLS, ANGLES = 4, 32, 36
@@ -645,6 +646,26 @@ def test_centre_outside_the_detector_falls_back_with_a_warning(caplog: pytest.Lo
     assert scan.geometry.center == (COLS - 1) / 2
     assert scan.n_projections == ANGLES
     assert any("outside the detector" in r.getMessage() for r in caplog.records)
+
+
+def test_only_the_settings_that_do_not_fit_the_detector_fall_back_and_the_scan_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Checked at the first frame (set before it): a wrong slice_rows took a good centre
+    with it (the slices at the detector middle, 0.50 correlated with the right ones on
+    the tooth); the published parameters kept naming the value not used, and only a
+    log line said so; and 'all' rows (5 slices before the detector is known) passed
+    the limit of live slices."""
+    centred = run(make_frames(), 1, config(center="14.5", slice_rows="3,9"))
+    assert centred.geometry is not None and centred.geometry.center == 14.5
+    assert centred.geometry.slice_rows.tolist() == [0, 1, 2, 3]  # the default rows
+    assert centred.config.slice_rows == "" and centred.config.center == "14.5"
+    assert centred.notices == {"settings_do_not_fit": 1} and centred.status()["frames_rejected"] == 0
+    assert any("row selection '3,9' selects rows outside 0..3: slice_rows '' taken instead" in r.getMessage() for r in caplog.records)
+    outside = run(make_frames(), 1, config(center="500"))
+    assert outside.config.center == "" and outside.notices == {"settings_do_not_fit": 1}
+    tall = DetectorInfo(MAX_LIVE_SLICES + 8, COLS, "uint16")
+    assert len(geometry_for(config(slice_rows="all"), tall).slice_rows) == 5  # the workers' rule too
 
 
 def test_rows_labelled_with_an_earlier_scans_references_are_recorrected() -> None:
