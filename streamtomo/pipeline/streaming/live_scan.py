@@ -812,7 +812,10 @@ class LiveScan:
                 # The scan's estimate (resolve_auto_center), not the detector middle: a
                 # filter change after the end kept 'auto' and moved the slices' axis.
                 geometry_config = dataclasses.replace(config, center=f"{self.auto_center:.3f}")
-            geometry = LiveSliceGeometry(geometry_config, self.detector)  # validates before applying
+            # Validates before applying: a value stored before the first frame (the
+            # detector unknown then) comes back with every later change of parameters.
+            geometry_config.check_live_bounds(self.detector.rows, self.detector.cols)
+            geometry = LiveSliceGeometry(geometry_config, self.detector)
         self.config = config
         if geometry is None or self.sinogram is None or self.ledger is None:
             return

@@ -661,11 +661,18 @@ def test_only_the_settings_that_do_not_fit_the_detector_fall_back_and_the_scan_s
     assert centred.geometry.slice_rows.tolist() == [0, 1, 2, 3]  # the default rows
     assert centred.config.slice_rows == "" and centred.config.center == "14.5"
     assert centred.notices == {"settings_do_not_fit": 1} and centred.status()["frames_rejected"] == 0
-    assert any("row selection '3,9' selects rows outside 0..3: slice_rows '' taken instead" in r.getMessage() for r in caplog.records)
+    assert any(
+        "row selection '3,9' selects rows outside 0..3: slice_rows '' taken instead" in r.getMessage()
+        for r in caplog.records
+    )
     outside = run(make_frames(), 1, config(center="500"))
     assert outside.config.center == "" and outside.notices == {"settings_do_not_fit": 1}
     tall = DetectorInfo(MAX_LIVE_SLICES + 8, COLS, "uint16")
     assert len(geometry_for(config(slice_rows="all"), tall).slice_rows) == 5  # the workers' rule too
+    # The value stored before the first frame comes back with the next change of any
+    # parameter (the reducer's stored parameters): refused there too, not applied.
+    with pytest.raises(ValueError, match="more than 2x the detector width"):
+        outside.reconfigure(dataclasses.replace(outside.config, slice_size=1000))
 
 
 def test_rows_labelled_with_an_earlier_scans_references_are_recorrected() -> None:
