@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,18 @@ class ServerLog(logging.LoggerAdapter[logging.Logger]):
     "gzip" body that is not gzip) is said at INFO, as the client's doing. aiohttp logged
     it as an ERROR with its traceback: where a handler let it go, and where the handler
     answered without reading the body (a 401 for no token, a 403) and aiohttp read the
-    rest of it after the answer; so anyone could fill the log with ERRORs."""
+    rest of it after the answer; so anyone could fill the log with ERRORs. So is a request
+    aiohttp's parser refused (a request line or header over 8190 bytes, a bad request
+    line, a bad Content-Length): it answers 400, and logged an ERROR with a traceback."""
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
         error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
         if isinstance(error, web.RequestPayloadError):
             self.logger.info("%s: a request body that cannot be read (%s)", msg, payload_error_reason(error))
+            return
+        if isinstance(error, HttpProcessingError):
+            text = msg % args if args and isinstance(msg, str) else str(msg)
+            self.logger.info("%s: a malformed request (%s)", text, type(error).__name__)
             return
         self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
 

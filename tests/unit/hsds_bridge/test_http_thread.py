@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -289,3 +290,25 @@ def test_a_port_from_the_environment_is_one_or_names_its_variable(text: str, por
     else:
         with pytest.raises(EnvironmentSettingError, match=message.replace("(", r"\(")):
             env_port({"STREAMTOMO_X_PORT": text}, "STREAMTOMO_X_PORT", 8100)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /?domain=/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # a request line over 8190 bytes
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n",  # a header over 8190 bytes
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: many\r\n\r\n",
+    ],
+)
+def test_a_request_the_parser_refuses_is_the_clients_doing_not_an_error(
+    body_server: BackgroundHttpServer, request_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp answered 400 and logged an ERROR with its traceback: one unauthenticated
+    request per line of ERROR on every listener."""
+    assert body_server.port is not None
+    with socket.create_connection(("127.0.0.1", body_server.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        assert _answer(sock).startswith(b"HTTP/1.0 400")
+    time.sleep(0.2)  # the log line is written after the answer
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert any("a malformed request" in r.getMessage() for r in caplog.records)
