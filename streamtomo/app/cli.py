@@ -345,6 +345,14 @@ def _nexus_scan(
                 f"{args.parameters} sets kind_rule {rule!r}: leave it out"
             )
         values["kind_rule"] = "header"
+        # The file's frames are streamed numbered from 0: another base shifted every
+        # projection onto its neighbour's angle, with nothing said.
+        base = str(values.get("frame_base", "auto")).strip().lower()
+        if base not in ("auto", "0"):
+            raise CliError(
+                f"--nexus streams the file's frames numbered from 0 (frame_base 0 or 'auto'); "
+                f"{args.parameters} sets frame_base {base!r}: leave it out"
+            )
         try:
             projections = scan.projection_angles().size
             grid = scan.grid()

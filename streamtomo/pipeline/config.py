@@ -257,6 +257,13 @@ class PipelineConfig:
                 )
         elif self.n_projections > MAX_SCAN_FRAMES:
             raise ConfigError(f"n_projections must be at most {MAX_SCAN_FRAMES}, got {self.n_projections}")
+        if not self.angle_stream and self.kind_rule != "counts":
+            # Nominal angles come from a frame's position in the layout, which only
+            # kind_rule counts knows: every projection was refused as missing_angle.
+            raise ConfigError(
+                f"angle_stream '' (nominal angles from the frame layout) needs kind_rule 'counts', "
+                f"got {self.kind_rule!r}: name the angle stream"
+            )
         if self.bin not in BINNINGS:
             raise ConfigError(f"bin must be one of {list(BINNINGS)}, got {self.bin}")
         if self.window_block < 0:

@@ -167,3 +167,13 @@ def test_config_prints_parameters_that_fit_the_file(diad: Path, tmp_path: Path) 
     defaults.write_text(_cli(["config"], tmp_path, 60).stdout)
     refused = _cli(["check", str(defaults), "--nexus", str(diad)], tmp_path, 120)
     assert refused.returncode == 2 and "sets kind_rule 'counts': leave it out" in refused.stderr
+
+
+def test_a_frame_base_other_than_the_streams_is_refused(diad: Path, tmp_path: Path) -> None:
+    """The file's frames are streamed numbered from 0: frame_base 1 put every projection
+    at its neighbour's angle (the volume 106% of its peak off), exit 0, nothing said."""
+    params = tmp_path / "parameters.json"
+    params.write_text('{"frame_base": 1}')
+    done = _cli(["check", str(params), "--nexus", str(diad)], tmp_path, 120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "sets frame_base '1': leave it out" in done.stderr

@@ -144,3 +144,13 @@ def test_kind_rule_from_config() -> None:
 def test_help_for_every_field() -> None:
     assert [f.name for f in fields(PipelineConfig) if not f.metadata.get("help")] == []
     assert json.loads(PipelineConfig().to_json())["domain"] == "/streamtomo/live.h5"
+
+
+def test_nominal_angles_need_the_frame_layout() -> None:
+    """angle_stream '' with kind_rule header: no frame has a position among the
+    projections, so every projection was refused as missing_angle (check said ok)."""
+    assert PipelineConfig(angle_stream="").nominal_angle(2) == 2 * PipelineConfig().slot_step  # counts: by layout
+    with pytest.raises(
+        ConfigError, match=r"angle_stream '' \(nominal angles from the frame layout\) needs kind_rule 'counts'"
+    ):
+        PipelineConfig(angle_stream="", kind_rule="header")
