@@ -45,7 +45,10 @@ def write_final_file(domain: Domain, path: str | Path, identifier: str, ended: f
             leading = {VOLUME_PATH: done} if done < domain.dataset(VOLUME_PATH).shape[0] else {}
         except KeyError:  # no volume
             leading = {}
-    return write_nexus(domain, path, describe=lambda f: add_final_metadata(f, identifier, ended), leading=leading)
+    final = Path(path).absolute()
+    return write_nexus(
+        domain, path, describe=lambda f: add_final_metadata(f, identifier, ended, final), leading=leading
+    )
 
 
 def iso_time(seconds: float) -> str:
@@ -53,15 +56,20 @@ def iso_time(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat()
 
 
-def add_final_metadata(f: h5py.File, identifier: str, ended: float) -> None:
+def add_final_metadata(f: h5py.File, identifier: str, ended: float, path: Path | None = None) -> None:
     """Into ``f``, an open final file with the domain's nodes in it (before the large
-    datasets' chunks are written: a hard link only names a dataset)."""
+    datasets' chunks are written: a hard link only names a dataset). ``path``: where it
+    goes, named in ``status/final_file`` where the domain names none (``--out``)."""
     import h5py
 
     text = h5py.string_dtype()
     entry = f["entry"]
     entry.create_dataset("entry_identifier", data=identifier, dtype=text)
     entry.create_dataset("end_time", data=iso_time(ended), dtype=text)
+    named = entry.get("status/final_file")
+    if path is not None and isinstance(named, h5py.Dataset) and not named.asstr()[()]:
+        del entry["status/final_file"]
+        entry["status"].create_dataset("final_file", data=str(path), dtype=text)
     projections = entry.get("status/projections")
     if isinstance(projections, h5py.Dataset) and int(projections[()]) == 0:
         # Nothing was reduced (every frame refused, say): the slices, sinogram and sweep

@@ -533,3 +533,19 @@ def test_an_out_that_names_the_scans_own_input_is_refused(tmp_path: Path) -> Non
     assert done.returncode == 2, done.stdout + done.stderr
     assert "is the scan's own input" in done.stderr.strip().splitlines()[-1], done.stderr
     assert Path(recordings[0]).read_bytes() == before
+
+
+def test_the_out_file_names_itself_in_its_status(tmp_path: Path) -> None:
+    """README: the final file names itself in status/final_file. The --out file said ''
+    (the live domain names no file where the deployment writes none)."""
+    out = tmp_path / "scan.nxs"
+    done = subprocess.run(
+        [CLI, "demo", "--rows", "2", "--cols", "16", "--angles", "8", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with h5py.File(out, "r") as f:
+        assert f["/entry/status/final_file"].asstr()[()] == str(out)
