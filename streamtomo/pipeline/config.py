@@ -568,6 +568,8 @@ def parse_rows(spec: str, detector_rows: int) -> list[int]:
             raise ConfigError(f"row selection {spec!r} is not 'all', 'a:b[:step]' or 'r1,r2,...'") from None
     else:
         rows = listed
-    if not rows or any(not 0 <= r < detector_rows for r in rows):
+    if not rows:
+        raise ConfigError(f"row selection {spec!r} selects no row of 0..{detector_rows - 1}")
+    if any(not 0 <= r < detector_rows for r in rows):
         raise outside
     return rows

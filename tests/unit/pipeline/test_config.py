@@ -154,3 +154,8 @@ def test_nominal_angles_need_the_frame_layout() -> None:
         ConfigError, match=r"angle_stream '' \(nominal angles from the frame layout\) needs kind_rule 'counts'"
     ):
         PipelineConfig(angle_stream="", kind_rule="header")
+
+
+def test_a_row_range_that_selects_nothing_says_so() -> None:
+    with pytest.raises(ConfigError, match=r"row selection '6:2' selects no row of 0..6"):
+        parse_rows("6:2", 7)  # was "selects rows outside 0..6"

@@ -1213,3 +1213,11 @@ def test_darks_after_the_projections_correct_a_scan_that_had_none_before(kind_ru
     assert scan.counts["darks_after_used"] == 1 and "flats_interpolated" not in scan.counts
     final, offline_slices = scan.slices(), offline(scan)
     assert final is not None and rel(final, offline_slices) < 1e-4
+
+
+def test_a_binning_that_leaves_no_pixel_refuses_the_scan_in_words(caplog: pytest.LogCaptureFixture) -> None:
+    """bin 4 of a 2-row detector: every frame was 'wrong_shape: frame 0 has shape (0, 0)'."""
+    frames = [Frame(f.index, f.key, f.data[:2], f.angle_deg) for f in make_frames()]
+    scan = run(frames, 1, config(bin=4))
+    assert scan.state == "failed" and set(scan.rejected) == {"scan_refused"}
+    assert any("bin 4 leaves no pixel of a 2 x 32 detector" in r.getMessage() for r in caplog.records)
