@@ -178,7 +178,8 @@ class ScanGrid:
 
 def derive_grid(angles: npt.NDArray[np.float64]) -> ScanGrid:
     """The slots of evenly spaced projection angles: from the smallest, one step per
-    projection (``step = (max - min) / (n - 1)``), so the last angle has a slot too.
+    projection (``step = (max - min) / (n - 1)``), so the last angle has a slot too;
+    where projections are missing, one per typical step (:func:`_slots_with_gaps`).
 
     A whole turn: a grid within half a step of 360 degrees is exactly 360 (it came out
     a hair over, 360.00000000000006, and the scan was refused for an angle_range it
@@ -194,13 +195,54 @@ def derive_grid(angles: npt.NDArray[np.float64]) -> ScanGrid:
     if n == 1 or high == low:
         return ScanGrid(low, 180.0, n)
     span = high - low
-    step = span / (n - 1)
-    if n > 2 and abs(span - FULL_TURN) <= step / 2:  # the endpoint of a closed turn
-        return ScanGrid(low, FULL_TURN, n - 1)
-    covered = step * n
+    slots = _slots_with_gaps(angles, low, span) or n  # one per projection, or more where some are missing
+    step = span / (slots - 1)
+    if slots > 2 and abs(span - FULL_TURN) <= step / 2:  # the endpoint of a closed turn
+        return ScanGrid(low, FULL_TURN, slots - 1)
+    covered = step * slots
     if abs(covered - FULL_TURN) <= step / 2:
-        return ScanGrid(low, FULL_TURN, n)
-    return ScanGrid(low, covered, n)  # more than a turn: the caller says what to set
+        return ScanGrid(low, FULL_TURN, slots)
+    return ScanGrid(low, covered, slots)  # more than a turn: the caller says what to set
+
+
+# Projections a file must have for its typical step to be told from its gaps, and the
+# most of its gaps that may hold missing projections.
+MIN_PROJECTIONS_FOR_GAPS = 8
+MAX_GAP_FRACTION = 0.1
+
+
+def _slots_with_gaps(angles: npt.NDArray[np.float64], low: float, span: float) -> int | None:
+    """The slots of an even grid with projections missing (frames lost, a file cut):
+    the typical (median) step between neighbouring angles puts more slots over the span
+    than there are projections, and every angle near one (jitter within 0.3 step). The mean
+    step, (max - min) / (n - 1), put 10 missing projections' worth of error into every
+    slot: pairs 1 degree apart shared slots. None where that grid does not fit (uneven
+    angles, a golden-angle scan: each projection its own slot, as before)."""
+    n = int(angles.size)
+    if n < MIN_PROJECTIONS_FOR_GAPS:
+        return None
+    ordered = np.sort(angles)
+    gaps = np.diff(ordered)
+    typical = float(np.median(gaps))
+    if typical <= 0:
+        return None
+    # Each angle's slot, counted in typical steps from the last (a gap of two is one
+    # projection missing), then the step fitted to them: the median gap of jittered
+    # angles is a little off, and over 3600 projections that was 12 slots too many.
+    in_steps = np.maximum(np.round(gaps / typical), 1)
+    if np.count_nonzero(in_steps > 1) > MAX_GAP_FRACTION * n:
+        return None  # not an even grid with a few missing: golden-angle gaps, say
+    slot_of = np.concatenate([[0], np.cumsum(in_steps)])
+    slots = int(slot_of[-1]) + 1
+    if slots <= n or slots > 4 * n:
+        return None
+    step, start = np.polyfit(slot_of, ordered, 1)
+    residuals = (ordered - start) / step - slot_of
+    # Measured angles jitter (an encoder read mid-exposure); a golden-angle scan's
+    # angles spread over the whole step.
+    if step <= 0 or np.abs(residuals).max() > 0.3:
+        return None
+    return slots
 
 
 class NexusScan:
