@@ -456,7 +456,8 @@ class LiveScan:
         projection alone does not prove that the darks and flats before it are all
         here. With kind_rule counts the layout says which frames are darks and flats:
         the batch starts at its layout's first (a late first frame is missed
-        otherwise), and a missing projection is nothing to wait for. A lost frame
+        otherwise), and a missing projection is nothing to wait for; without it the
+        batch reaches back to the last projection before it. A lost frame
         would block forever: past a bound of waiting projections the batch closes
         anyway, and the frames it lacks are still taken should they come
         (:meth:`_complete_late`).
@@ -473,7 +474,14 @@ class LiveScan:
             lower = reference_run_start(layout, first)
             missing = [i for i in range(lower, min(after)) if i not in seen and is_reference_position(layout, i)]
         else:
-            missing = [i for i in range(first, min(after)) if i not in seen]
+            # No layout (kind_rule header): the batch reaches back to the projection
+            # before it; the frames between that are not here may be its late first darks
+            # or flats (flats retaken mid-scan: the first one a projection late was left
+            # out, and became a batch of its own), or projections still on their way.
+            lower = first
+            while lower > 0 and ((lower - 1) not in seen or (lower - 1) in self._reference_frames):
+                lower -= 1
+            missing = [i for i in range(lower, min(after)) if i not in seen]
         if not missing:
             return []
         return missing if len(after) > self._wait_bound() else None

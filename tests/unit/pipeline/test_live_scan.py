@@ -1221,3 +1221,18 @@ def test_a_binning_that_leaves_no_pixel_refuses_the_scan_in_words(caplog: pytest
     scan = run(frames, 1, config(bin=4))
     assert scan.state == "failed" and set(scan.rejected) == {"scan_refused"}
     assert any("bin 4 leaves no pixel of a 2 x 32 detector" in r.getMessage() for r in caplog.records)
+
+
+def test_the_first_flat_of_a_batch_retaken_mid_scan_joins_it_when_it_comes_late() -> None:
+    """kind_rule header, flats retaken mid-scan, the first of them a projection late:
+    the batch started at the second flat, was complete without the first, and the first
+    became a batch of its own (6.2e-4 off in the sinogram, and shared with the workers)."""
+    frames, half = flats_retaken()
+    frames = noisy_references(frames)
+    cfg = config(kind_rule="header")
+    in_time = _late_in_order(frames, cfg, late=-1, after=-1)
+    late = _late_in_order(frames, cfg, late=half, after=half + 4)
+    assert late.status()["projections"] == ANGLES and not late.rejected
+    assert late.sinogram is not None and in_time.sinogram is not None
+    np.testing.assert_allclose(late.sinogram.data, in_time.sinogram.data, atol=1e-5)
+    assert len(late.references._ordinal) == 2  # the two batches, no third
