@@ -54,6 +54,7 @@ _DROP_HEADERS = frozenset(
 CLIENT_KEY = web.AppKey("client", aiohttp.ClientSession)
 ORIGINS_KEY = web.AppKey("cors_origins", frozenset)
 ALLOW_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # reads: what any origin may send
 
 
 def check_origin(origin: str) -> str:
@@ -113,6 +114,14 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return _preflight(request)
     origin = _allowed_origin(request)
+    if request.method not in SAFE_METHODS and (
+        (request.headers.get("Origin") is not None and origin is None)
+        or request.headers.get("Sec-Fetch-Site") == "cross-site"
+    ):
+        # A page of another site may send a "simple" POST (text/plain, a form) without a
+        # preflight, and the browser attaches the Basic auth it has cached for this
+        # address: a change HSDS would take as the user's. Browsers name their Origin.
+        return web.Response(status=403, text=f"403: a change from origin {request.headers.get('Origin')!r}")
     client = request.app[CLIENT_KEY]
     body = await request.read()
     try:

@@ -145,6 +145,12 @@ def test_cors_origins_are_configurable(tmp_path: Path) -> None:
             status, headers = _request(url + "/about", "GET", {"Origin": origin, "Authorization": auth})
             assert status == 200  # answered, but a browser will not hand it to that page
             assert "Access-Control-Allow-Origin" not in headers
+            # A "simple" POST needs no preflight: the browser sends it with the Basic auth
+            # it cached for this address, and it went on to HSDS as the user's change.
+            status, _ = _request(
+                url + "/groups", "POST", {"Origin": origin, "Authorization": auth, "Content-Type": "text/plain"}
+            )
+            assert status == 403
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: flush, then stop
         assert proc.wait(timeout=60) == 0
