@@ -55,6 +55,7 @@ CLIENT_KEY = web.AppKey("client", aiohttp.ClientSession)
 ORIGINS_KEY = web.AppKey("cors_origins", frozenset)
 ALLOW_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # reads: what any origin may send
+STREAM_CHUNK_BYTES = 1 << 20
 
 
 def check_origin(origin: str) -> str:
@@ -124,6 +125,7 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         return web.Response(status=403, text=f"403: a change from origin {request.headers.get('Origin')!r}")
     client = request.app[CLIENT_KEY]
     body = await request.read()
+    response: web.StreamResponse | None = None
     try:
         async with client.request(
             request.method,
@@ -132,7 +134,6 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             data=body if body else None,
             allow_redirects=False,
         ) as upstream:
-            payload = await upstream.read()
             headers = {
                 k: v
                 for k, v in _forward_headers(upstream.headers).items()
@@ -140,8 +141,19 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             }
             if origin is not None:
                 headers.update(_cors_headers(origin))
-            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=payload)
+            # Passed on as it comes: a whole answer held here (a sinogram read is
+            # gigabytes) was this process's memory, once per reader at a time.
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+            if upstream.content_length is not None:
+                response.content_length = upstream.content_length
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_chunked(STREAM_CHUNK_BYTES):
+                await response.write(chunk)
+            await response.write_eof()
+            return response
     except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+        if response is not None and response.prepared:
+            raise  # HSDS went away mid-answer: the connection ends, the client sees it cut
         # HSDS is down or restarting: 502 tells clients to retry, not to give up.
         return web.Response(status=502, text=f"502: HSDS unreachable ({type(exc).__name__})")
 
