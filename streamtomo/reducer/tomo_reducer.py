@@ -18,6 +18,7 @@ memory before it maps a fresh one; 0: never waits).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -42,11 +43,11 @@ from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError, env_port
 from streamtomo.hsds_bridge.nexus_file import remove_orphaned_partials
 from streamtomo.hsds_bridge.publisher import Publisher
 from streamtomo.hsds_bridge.rest_server import HdfRestServer
-from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import WorkerResult
 from streamtomo.pipeline.streaming.broadcast_references import built_by_workers, first_batch_of_workers
-from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry
+from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, fit_to_detector
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.pipeline.streaming.prefault import ArrayPool
 from streamtomo.reducer.domain_layout import new_domain, update_domain
@@ -758,6 +759,14 @@ class TomoReducer:
             parameters[REFERENCES] = self._parameters[REFERENCES]
         self._parameters = parameters
         config = self._params.config(parameters)
+        detector = self.scan.detector
+        if detector is not None:
+            # As the workers take them (geometry_for): a centre stored before the first
+            # frame that the detector does not allow fell back there and in this scan; held
+            # against the scan's settings as stored, every later change was refused here
+            # while the workers applied it, and their partial sums no longer matched.
+            with contextlib.suppress(ConfigError):  # settings no fallback fits: refused below
+                config, _ = fit_to_detector(config, detector)
         if config != self.scan.config and config != self._refused:
             try:
                 self.scan.reconfigure(config)

@@ -783,3 +783,27 @@ def test_close_while_the_volume_outlasts_its_wait_leaves_one_writer_and_a_finish
             "the end-of-scan volume was cancelled after 2 of 4 slices: the reducer stopped"
             in (f["/entry/status/reason"].asstr()[()])
         )
+
+
+def test_a_change_after_a_setting_fell_back_is_applied_as_the_workers_apply_it(
+    reducer_env: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A centre set before the first frame falls back at it (the detector does not allow
+    it). Held against the scan's settings as stored, every later live change was refused
+    at the next timer ('parameter change refused'), while the workers applied it."""
+    reducer = TomoReducer(parameters=parameters(center="500"), context={})
+    try:
+        worker = FrameProcessor(reducer.scan.config)
+        for frame in make_frames()[:20]:
+            items = worker.process(frame.index, frame.key, frame.data, frame.angle_deg)
+            reducer.process_result(WorkerResult(list(items)), reducer._parameters)
+        reducer.timer(reducer._parameters)
+        reducer.set_parameter("filter", "hann")
+        reducer.timer(reducer._parameters)
+        worker.configure(reducer._params.config(reducer._parameters))  # the workers' settings: the stored ones
+        assert reducer.scan.config.filter == "hann" and reducer._pending_change is None
+        assert reducer.scan.geometry is not None and worker.geometry is not None
+        assert worker.geometry.recon_id == reducer.scan.geometry.recon_id  # their partial sums add up
+        assert not any("parameter change refused" in r.getMessage() for r in caplog.records)
+    finally:
+        reducer.close()

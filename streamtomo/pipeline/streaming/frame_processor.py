@@ -207,10 +207,10 @@ class FrameProcessor:
                 Rejected(index, "dropped_kind", f"frame {index} has image_key {int(key)} ({key.name.lower()})", event)
             ]
         if self.config.bin > 1 and data.ndim == 2:
-            if min(data.shape) < self.config.bin:  # it was 'wrong_shape: (0, 0)' for every frame
+            if min(data.shape) < self.config.bin:  # it was 'shape (0, 0)', the binning unsaid
                 rows, cols = data.shape
-                detail = f"frame {index}: bin {self.config.bin} leaves no pixel of a {rows} x {cols} detector"
-                return [Rejected(index, "scan_refused", detail, event)]
+                detail = f"frame {index}: bin {self.config.bin} leaves no pixel of a {rows} x {cols} frame"
+                return [Rejected(index, "wrong_shape", detail, event)]
             data = bin_frame(data, self.config.bin)
         rejected = self._check_frame(index, data, event)
         if rejected is not None:

@@ -62,8 +62,11 @@ FALLBACKS: tuple[tuple[str, object], ...] = (("center", ""), ("slice_rows", ""),
 
 
 def geometry_for(config: PipelineConfig, detector: DetectorInfo) -> LiveSliceGeometry:
-    """The live geometry of the settings :func:`fit_to_detector` keeps."""
-    fitted, _ = fit_to_detector(config, detector)
+    """The live geometry of the settings :func:`fit_to_detector` keeps (the reducer
+    says what fell back, once: the notice settings_do_not_fit)."""
+    fitted, misfit = fit_to_detector(config, detector)
+    if misfit:
+        logger.debug("%s", misfit)
     return LiveSliceGeometry(fitted, detector)
 
 
@@ -74,7 +77,7 @@ def fit_to_detector(config: PipelineConfig, detector: DetectorInfo) -> tuple[Pip
     Settings can only be checked against the detector once the first frame is here
     (set before it, through a parameter file or the control API): a centre or slice
     rows outside it, or more live slices than allowed, then fall back to the detector
-    middle, default slice rows or slice size, with a warning, instead of stopping the
+    middle, default slice rows or slice size (said by the caller), instead of stopping the
     scan. Only the settings at fault fall back: a wrong slice_rows took a good centre
     with it. Settings that do not fit even so (sinogram rows outside the binned
     detector) raise :class:`ConfigError`: the scan is refused with it.
@@ -90,9 +93,7 @@ def fit_to_detector(config: PipelineConfig, detector: DetectorInfo) -> tuple[Pip
             fitted = dataclasses.replace(config, **changes)  # type: ignore[arg-type]
             if _misfit(fitted, detector) is None:
                 taken = ", ".join(f"{name} {value!r}" for name, value in changes.items())
-                detail = f"{error}: {taken} taken instead"
-                logger.warning("%s", detail)
-                return fitted, detail
+                return fitted, f"{error}: {taken} taken instead"
     raise ConfigError(
         f"the settings do not fit a {detector.rows} x {detector.cols} detector"
         f"{f' (after bin {config.bin})' if config.bin > 1 else ''}: {error}"

@@ -51,7 +51,12 @@ from streamtomo.pipeline.streaming import scan_end
 from streamtomo.pipeline.streaming.admission import FrameAdmission, index_ranges, ranges_text
 from streamtomo.pipeline.streaming.angle_join import AngleJoin
 from streamtomo.pipeline.streaming.contributions import REJECTED_SLOT, ContributionLedger, FrameKey
-from streamtomo.pipeline.streaming.late_references import LateReferences, is_reference_position, reference_run_start
+from streamtomo.pipeline.streaming.late_references import (
+    LateReferences,
+    Segment,
+    is_reference_position,
+    reference_run_start,
+)
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, fit_to_detector
 from streamtomo.pipeline.streaming.memory_budget import MemoryBudgetError, check_memory_budget
 from streamtomo.pipeline.streaming.nominal_angles import NominalAngleCheck, another_projections_row
@@ -124,9 +129,9 @@ class LiveScan:
         # corrected with a set this reducer does not know wait: workers that saw every
         # broadcast dark and flat built the whole set.
         self.late = LateReferences()
-        # The frame kinds by position (kind_rule counts), else None: which missing frames
-        # can be darks or flats.
-        self._layout = self.config.frame_segments() if self.config.kind_rule == "counts" else None
+        # The frame kinds by position (_layout), and the configuration they are of.
+        self._layout_of: PipelineConfig | None = None
+        self._layout_segments: tuple[Segment, ...] | None = None
         # Events whose message was refused with no frame position (before the frame base,
         # corrupt): a broadcast dark or flat reaches every worker and each refuses it, so
         # it was counted once per worker (60 rejected of 40 frames with 2 workers).
@@ -469,8 +474,8 @@ class LiveScan:
         if not after:
             return None
         seen = self.admission.seen
-        if self._layout is not None:
-            layout = self._layout
+        layout = self._layout()
+        if layout is not None:
             lower = reference_run_start(layout, first)
             missing = [i for i in range(lower, min(after)) if i not in seen and is_reference_position(layout, i)]
         else:
@@ -485,6 +490,15 @@ class LiveScan:
         if not missing:
             return []
         return missing if len(after) > self._wait_bound() else None
+
+    def _layout(self) -> tuple[Segment, ...] | None:
+        """The frame kinds by position (kind_rule counts), else None: which missing frames
+        can be darks or flats. Of the configuration now: a change before the first frame
+        (n_flats_before, say) left the scan's first layout in use."""
+        if self._layout_of is not self.config:
+            self._layout_of = self.config
+            self._layout_segments = self.config.frame_segments() if self.config.kind_rule == "counts" else None
+        return self._layout_segments
 
     def _wait_bound(self) -> int:
         """Projections that may wait for darks or flats that may never come (lost)."""

@@ -1107,11 +1107,15 @@ def test_projections_placed_with_a_batch_lacking_a_frame_are_corrected_again_whe
     assert late.counts["references_came_late"] == 1
 
 
-def _late_in_order(frames: list[Frame], cfg: PipelineConfig, late: int, after: int) -> LiveScan:
+def _late_in_order(
+    frames: list[Frame], cfg: PipelineConfig, late: int, after: int, made_with: PipelineConfig | None = None
+) -> LiveScan:
     """One worker in stream order, the reducer's sets shared with it; the result of frame
-    ``late`` reaches the reducer right after frame ``after``."""
+    ``late`` reaches the reducer right after frame ``after``. ``made_with``: the scan was
+    made with these settings, and given ``cfg`` before its first frame."""
     shared: dict[str, ReferenceSet] = {}
-    scan = LiveScan(cfg, on_references=lambda refs: shared.__setitem__("refs", refs))
+    scan = LiveScan(made_with or cfg, on_references=lambda refs: shared.__setitem__("refs", refs))
+    scan.reconfigure(cfg)
     worker = FrameProcessor(cfg, "w0")
     held: list[WorkerResult] = []
     for frame in frames:
@@ -1215,12 +1219,17 @@ def test_darks_after_the_projections_correct_a_scan_that_had_none_before(kind_ru
     assert final is not None and rel(final, offline_slices) < 1e-4
 
 
-def test_a_binning_that_leaves_no_pixel_refuses_the_scan_in_words(caplog: pytest.LogCaptureFixture) -> None:
-    """bin 4 of a 2-row detector: every frame was 'wrong_shape: frame 0 has shape (0, 0)'."""
+def test_a_binning_that_leaves_no_pixel_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """bin 4 of a 2-row detector: every frame was 'wrong_shape: frame 0 has shape (0, 0)'
+    (the binning unsaid). One such frame in a good scan is one frame of the wrong shape."""
     frames = [Frame(f.index, f.key, f.data[:2], f.angle_deg) for f in make_frames()]
     scan = run(frames, 1, config(bin=4))
-    assert scan.state == "failed" and set(scan.rejected) == {"scan_refused"}
-    assert any("bin 4 leaves no pixel of a 2 x 32 detector" in r.getMessage() for r in caplog.records)
+    assert scan.state == "failed" and set(scan.rejected) == {"wrong_shape"}
+    assert any("bin 4 leaves no pixel of a 2 x 32 frame" in r.getMessage() for r in caplog.records)
+    good = make_frames()
+    good[20] = Frame(20, good[20].key, good[20].data[:1], good[20].angle_deg)
+    one = run(good, 1, config(bin=2))
+    assert one.state == "finished" and one.rejected == {"wrong_shape": 1}
 
 
 def test_the_first_flat_of_a_batch_retaken_mid_scan_joins_it_when_it_comes_late() -> None:
@@ -1236,3 +1245,19 @@ def test_the_first_flat_of_a_batch_retaken_mid_scan_joins_it_when_it_comes_late(
     assert late.sinogram is not None and in_time.sinogram is not None
     np.testing.assert_allclose(late.sinogram.data, in_time.sinogram.data, atol=1e-5)
     assert len(late.references._ordinal) == 2  # the two batches, no third
+
+
+def test_a_layout_changed_before_the_first_frame_is_the_one_late_frames_are_judged_by(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The layout was taken when the scan was made: 3 flats, then 10 set before the first
+    frame. Flat 11, late, was a projection by the old layout: it became a batch of its
+    own and the sinogram was 1.96 off."""
+    monkeypatch.setattr(LiveScan, "_wait_bound", lambda self: 8)
+    frames = noisy_references(make_frames(n_flats=10))
+    cfg = config(n_flats_before=10)
+    in_time = _late_in_order(frames, cfg, late=-1, after=-1)
+    late = _late_in_order(frames, cfg, late=11, after=24, made_with=config())
+    assert late.status()["projections"] == ANGLES and not late.rejected
+    assert late.sinogram is not None and in_time.sinogram is not None
+    np.testing.assert_allclose(late.sinogram.data, in_time.sinogram.data, atol=1e-6)
