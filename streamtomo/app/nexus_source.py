@@ -179,7 +179,7 @@ class ScanGrid:
 def derive_grid(angles: npt.NDArray[np.float64]) -> ScanGrid:
     """The slots of evenly spaced projection angles: from the smallest, one step per
     projection (``step = (max - min) / (n - 1)``), so the last angle has a slot too;
-    where projections are missing, one per typical step (:func:`_slots_with_gaps`).
+    where projections are missing, one per typical step (:func:`_slot_positions`).
 
     A whole turn: a grid within half a step of 360 degrees is exactly 360 (it came out
     a hair over, 360.00000000000006, and the scan was refused for an angle_range it
@@ -195,14 +195,24 @@ def derive_grid(angles: npt.NDArray[np.float64]) -> ScanGrid:
     if n == 1 or high == low:
         return ScanGrid(low, 180.0, n)
     span = high - low
-    slots = _slots_with_gaps(angles, low, span) or n  # one per projection, or more where some are missing
-    step = span / (slots - 1)
-    if slots > 2 and abs(span - FULL_TURN) <= step / 2:  # the endpoint of a closed turn
+    if n < MIN_PROJECTIONS_FOR_GAPS:
+        slots, fitted = n, span / (n - 1)
+    else:
+        ordered = np.sort(angles)
+        slot_of = _slot_positions(ordered)
+        slots = int(slot_of[-1]) + 1
+        # Whether the turn is closed, by the step fitted to every angle: the ends alone
+        # jitter (an encoder read mid-exposure), and 0.03 degrees at each end of a turn
+        # of 0.1-degree steps read as a turn whose last projection is the first again.
+        fitted = float(np.polyfit(slot_of, ordered, 1)[0])
+    step = span / (slots - 1)  # the first and last angles on slots of their own
+    closed = abs((slots - 1) * fitted - FULL_TURN)  # the last projection is the first one turn on
+    open_turn = abs(slots * fitted - FULL_TURN)
+    if slots > 2 and closed <= fitted / 2 and closed < open_turn:
         return ScanGrid(low, FULL_TURN, slots - 1)
-    covered = step * slots
-    if abs(covered - FULL_TURN) <= step / 2:
+    if open_turn <= fitted / 2:
         return ScanGrid(low, FULL_TURN, slots)
-    return ScanGrid(low, covered, slots)  # more than a turn: the caller says what to set
+    return ScanGrid(low, step * slots, slots)  # more than a turn: the caller says what to set
 
 
 # Projections a file must have for its typical step to be told from its gaps, and the
@@ -211,38 +221,32 @@ MIN_PROJECTIONS_FOR_GAPS = 8
 MAX_GAP_FRACTION = 0.1
 
 
-def _slots_with_gaps(angles: npt.NDArray[np.float64], low: float, span: float) -> int | None:
-    """The slots of an even grid with projections missing (frames lost, a file cut):
-    the typical (median) step between neighbouring angles puts more slots over the span
-    than there are projections, and every angle near one (jitter within 0.3 step). The mean
-    step, (max - min) / (n - 1), put 10 missing projections' worth of error into every
-    slot: pairs 1 degree apart shared slots. None where that grid does not fit (uneven
-    angles, a golden-angle scan: each projection its own slot, as before)."""
-    n = int(angles.size)
-    if n < MIN_PROJECTIONS_FOR_GAPS:
-        return None
-    ordered = np.sort(angles)
+def _slot_positions(ordered: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Each of the sorted angles' slot: one per projection, or per typical step of an
+    even grid with projections missing (frames lost, a file cut). The mean step,
+    (max - min) / (n - 1), put 10 missing projections' worth of error into every slot:
+    pairs 1 degree apart shared slots. One per projection where the gaps are not one
+    typical step but for a few (a golden-angle scan) or the angles do not fit the
+    grid (jitter beyond 0.3 step)."""
+    n = int(ordered.size)
+    one_each = np.arange(n, dtype=np.float64)
     gaps = np.diff(ordered)
     typical = float(np.median(gaps))
     if typical <= 0:
-        return None
-    # Each angle's slot, counted in typical steps from the last (a gap of two is one
-    # projection missing), then the step fitted to them: the median gap of jittered
-    # angles is a little off, and over 3600 projections that was 12 slots too many.
+        return one_each
     in_steps = np.maximum(np.round(gaps / typical), 1)
-    if np.count_nonzero(in_steps > 1) > MAX_GAP_FRACTION * n:
-        return None  # not an even grid with a few missing: golden-angle gaps, say
-    slot_of = np.concatenate([[0], np.cumsum(in_steps)])
-    slots = int(slot_of[-1]) + 1
-    if slots <= n or slots > 4 * n:
-        return None
+    if not np.any(in_steps > 1) or np.count_nonzero(in_steps > 1) > MAX_GAP_FRACTION * n:
+        return one_each
+    # Counted in typical steps from the last (a gap of two: one projection missing),
+    # then checked against the step fitted to them.
+    slot_of = np.concatenate([[0.0], np.cumsum(in_steps)])
+    if slot_of[-1] + 1 > 4 * n:
+        return one_each
     step, start = np.polyfit(slot_of, ordered, 1)
     residuals = (ordered - start) / step - slot_of
-    # Measured angles jitter (an encoder read mid-exposure); a golden-angle scan's
-    # angles spread over the whole step.
     if step <= 0 or np.abs(residuals).max() > 0.3:
-        return None
-    return slots
+        return one_each
+    return slot_of
 
 
 class NexusScan:

@@ -135,6 +135,10 @@ def test_a_whole_turn_is_a_grid_of_360_degrees() -> None:
     assert derive_grid(np.linspace(0.0, 360.0, 181)) == ScanGrid(0.0, 360.0, 180)
     assert derive_grid(np.linspace(0.0, 180.0, 181)) == ScanGrid(0.0, 181.0, 181)  # a half turn, both ends
     assert derive_grid(np.linspace(0.0, 720.0, 721)).angle_range > 360.0  # two turns: the CLI asks for the grid
+    # An open turn whose ends jitter outward: read as closed (3599 slots, two shared).
+    ends_out = 0.1 * np.arange(3600)
+    ends_out[0], ends_out[-1] = -0.03, 359.93
+    assert derive_grid(ends_out) == ScanGrid(-0.03, 360.0, 3600)
 
 
 def test_projections_missing_from_an_even_grid_leave_their_slots_empty() -> None:
