@@ -135,8 +135,13 @@ class ReferenceTracker:
         # frame that comes later joins it (:meth:`complete_late`). Its float64 sums are
         # kept only then (64 MB at 2048^2).
         self._incomplete: tuple[ReferenceBatch, ReferenceSet | None, ReferenceSet] | None = None
-        # Whether the current set's darks were taken (else zeros stand in for them).
+        # Whether the current set's darks were taken (else zeros stand in for them), and
+        # how many sets the scan's batches made before its end.
         self._darks_taken = False
+        self._sets_made = 0
+        # Darks after the projections that corrected nothing: the scan's flats were
+        # retaken mid-scan, and its projections are corrected set by set (scan_end).
+        self.darks_after_unused = 0
 
     @property
     def current(self) -> ReferenceSet | None:
@@ -174,15 +179,22 @@ class ReferenceTracker:
             return None
         previous = self._current
         # Flats after the projections: interpolated with those before.
-        refs = self._set_of(
-            batch, previous, after_projections=scan_ended and self._last_projection_index >= 0, darks=self._darks_taken
-        )
+        after_projections = scan_ended and self._last_projection_index >= 0
+        # Darks after the projections stand in for none before only where one set
+        # corrected them all: with flats retaken mid-scan, undoing every slot with one
+        # set's flat (scan_end.interpolate_flats) put the newer flat into earlier slots.
+        darks = self._darks_taken or (after_projections and self._sets_made > 1)
+        if after_projections and batch.darks.count > 0 and not self._darks_taken and self._sets_made > 1:
+            self.darks_after_unused = batch.darks.count
+        refs = self._set_of(batch, previous, after_projections=after_projections, darks=darks)
         if refs is None:
             # Darks alone cannot correct; keep them until flats come.
             self._open = batch
             return None
         self._current = refs
         self._darks_taken = self._darks_taken or batch.darks.count > 0
+        if not scan_ended:
+            self._sets_made += 1
         if incomplete and not scan_ended:
             self._incomplete = (batch, previous, refs)
         return refs
@@ -250,3 +262,5 @@ class ReferenceTracker:
         if not keep_references:
             self._current = None
             self._darks_taken = False
+        self._sets_made = 0
+        self.darks_after_unused = 0

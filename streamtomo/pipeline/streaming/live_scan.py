@@ -346,12 +346,22 @@ class LiveScan:
             return
         if not self._ensure_detector(ref) or not self.admission.first_time(ref.frame_index, ref.event, ref.digest):
             return
+        current = self.references.current
+        if (
+            self.late.takes(ref.frame_index)
+            and current is not None
+            and self.references.inherits(current, self.late.version, ref.key)
+        ):
+            # A newer batch took its dark (or flat) from the set lacking this one: made
+            # again, the older set alone would have it, and the newer one not.
+            self.late.give_up()
+            self.references.incomplete_done()
         if self.late.came_too_late(ref.frame_index):
             self._reference_frames.add(ref.frame_index)  # its other workers' copies are copies
             self.reject(
                 "reference_too_late",
                 f"{ref.key.name.lower()} {ref.frame_index} came after its batch had been closed without it and the "
-                f"projections had gone on without it for {self._wait_bound()} more: not used",
+                "projections had gone on without it: not used",
                 ref.frame_index,
             )
             return

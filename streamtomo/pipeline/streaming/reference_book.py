@@ -104,6 +104,14 @@ class ReferenceBook:
         self._add_own(refs, f"made again with frame {index}, which came late")
         return superseded, refs
 
+    def inherits(self, refs: ReferenceSet, version: int, key: ImageKey) -> bool:
+        """Whether ``refs`` took its dark (``key`` DARK) or flat from set ``version``
+        (its batch had none of that kind)."""
+        earlier = self._versions.get(version)
+        if earlier is None or refs is earlier:
+            return False
+        return refs.dark is earlier.dark if key == ImageKey.DARK else refs.flat is earlier.flat
+
     def current_for(self, refs: ReferenceSet) -> ReferenceSet:
         """``refs``, or the set made again from its batch since (a frame came late)."""
         while refs.version in self._replaced:

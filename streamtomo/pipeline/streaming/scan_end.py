@@ -58,6 +58,14 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
     if any(m.frame_index > (refs.open_first_index or 0) for m in waiting):
         refs.close_batch()
     refs.close_batch(scan_ended=True)
+    unused = refs.tracker.darks_after_unused
+    if unused:
+        scan.admission.counts["darks_after_unused"] = unused
+        logger.warning(
+            "%d darks after the projections, none before, are not used: the flats were retaken mid-scan, and "
+            "the projections are corrected without darks (set dark frames before the projections)",
+            unused,
+        )
     for msg in waiting:
         applicable = refs.applicable(msg.frame_index)
         if applicable is None:

@@ -1261,3 +1261,36 @@ def test_a_layout_changed_before_the_first_frame_is_the_one_late_frames_are_judg
     assert late.status()["projections"] == ANGLES and not late.rejected
     assert late.sinogram is not None and in_time.sinogram is not None
     np.testing.assert_allclose(late.sinogram.data, in_time.sinogram.data, atol=1e-6)
+
+
+def test_a_late_dark_a_newer_batch_took_over_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flats retaken after 10 projections took their dark from the first batch's set,
+    which lacked dark 1, still on its way. When it came only the first set was made
+    again: the later slots kept the lacking dark (1e-3 to 2.4e-3 off). It now counts as
+    come too late: the scan is the scan without it."""
+    monkeypatch.setattr(LiveScan, "_wait_bound", lambda self: 8)
+    frames, _ = flats_retaken(after=10)
+    frames = noisy_references(frames)
+    cfg = config(kind_rule="header")
+    late = _late_in_order(frames, cfg, late=1, after=21)
+    lost = _late_in_order(frames, cfg, late=1, after=-1)
+    assert late.rejected == {"reference_too_late": 1} and late.status()["projections"] == ANGLES
+    assert late.sinogram is not None and lost.sinogram is not None
+    np.testing.assert_array_equal(late.sinogram.data, lost.sinogram.data)
+
+
+def test_darks_after_a_scan_whose_flats_were_retaken_are_said_unused() -> None:
+    """Flats, projections, flats retaken, projections, darks: every slot was undone with
+    the newer flat and redone with it and the darks, the earlier half 0.0069 off. The
+    darks are now left out, said, and each half keeps its own flats."""
+    frames, _ = flats_retaken()
+    frames = noisy_references(frames)
+    body = [f for f in frames if f.key != ImageKey.DARK]
+    darks = [f for f in frames if f.key == ImageKey.DARK]
+    cfg = config(kind_rule="header")
+    renumbered = [Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(body + darks)]
+    with_darks = run(renumbered, 1, cfg)
+    without = run([Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(body)], 1, cfg)
+    assert with_darks.counts["darks_after_unused"] == len(darks) and "darks_after_used" not in with_darks.counts
+    assert with_darks.sinogram is not None and without.sinogram is not None
+    np.testing.assert_allclose(with_darks.sinogram.data, without.sinogram.data, atol=1e-6)
