@@ -125,7 +125,6 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
         return web.Response(status=403, text=f"403: a change from origin {request.headers.get('Origin')!r}")
     client = request.app[CLIENT_KEY]
     body = await request.read()
-    response: web.StreamResponse | None = None
     try:
         async with client.request(
             request.method,
@@ -147,13 +146,21 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(STREAM_CHUNK_BYTES):
-                await response.write(chunk)
+            try:
+                async for chunk in upstream.content.iter_chunked(STREAM_CHUNK_BYTES):
+                    await response.write(chunk)
+            except ConnectionError:  # the client went away (a viewer cancelled its read)
+                return response
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                # HSDS's answer ended short: the client's connection is closed, so that it
+                # sees the answer cut (a chunked one would otherwise end as if whole).
+                log.warning("HSDS's answer to %s %s was cut short (%s)", request.method, request.path, exc)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
             await response.write_eof()
             return response
     except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-        if response is not None and response.prepared:
-            raise  # HSDS went away mid-answer: the connection ends, the client sees it cut
         # HSDS is down or restarting: 502 tells clients to retry, not to give up.
         return web.Response(status=502, text=f"502: HSDS unreachable ({type(exc).__name__})")
 

@@ -223,7 +223,7 @@ MAX_GAP_FRACTION = 0.1
 
 def _slot_positions(ordered: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Each of the sorted angles' slot: one per projection, or per typical step of an
-    even grid with projections missing (frames lost, a file cut). The mean step,
+    even grid with projections missing (frames lost, a file cut) or repeated. The mean step,
     (max - min) / (n - 1), put 10 missing projections' worth of error into every slot:
     pairs 1 degree apart shared slots. One per projection where the gaps are not one
     typical step but for a few (a golden-angle scan) or the angles do not fit the
@@ -234,11 +234,14 @@ def _slot_positions(ordered: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]
     typical = float(np.median(gaps))
     if typical <= 0:
         return one_each
-    in_steps = np.maximum(np.round(gaps / typical), 1)
-    if not np.any(in_steps > 1) or np.count_nonzero(in_steps > 1) > MAX_GAP_FRACTION * n:
+    # A gap in typical steps: 1, the next slot; 2, one projection missing; 0, the same
+    # angle again (a repeated frame, a return to zero: without it the fitted step was
+    # off, and a closed turn with one repeated angle read as more than a turn).
+    in_steps = np.round(gaps / typical)
+    irregular = np.count_nonzero(in_steps != 1)
+    if irregular == 0 or irregular > MAX_GAP_FRACTION * n:
         return one_each
-    # Counted in typical steps from the last (a gap of two: one projection missing),
-    # then checked against the step fitted to them.
+    # Counted in typical steps from the last, then checked against the step fitted to them.
     slot_of = np.concatenate([[0.0], np.cumsum(in_steps)])
     if slot_of[-1] + 1 > 4 * n:
         return one_each

@@ -29,6 +29,7 @@ class LateReferences:
     def __init__(self) -> None:
         self.missing: set[int] = set()  # frames the batch lacks, while they are waited for
         self.version = 0  # the set the incomplete batch made (and, once remade, its newest)
+        self.first_version = 0  # the set it made when it closed
         self.placed: list[FrameKey] = []  # projections placed with that set
         self.arrived = 0  # projections since it closed: the wait's bound
         self.given_up: set[int] = set()  # frames taken for lost
@@ -41,7 +42,7 @@ class LateReferences:
         """A batch closes without ``missing`` (said before its set is shared: whoever
         is told of the set may ask :attr:`missing`)."""
         self.missing = set(missing)
-        self.version = 0
+        self.version = self.first_version = 0
         self.placed.clear()
         self.arrived = 0
 
@@ -50,7 +51,7 @@ class LateReferences:
         if version is None:
             self.missing.clear()
         else:
-            self.version = version
+            self.version = self.first_version = version
 
     def projection_arrived(self, frame_index: int) -> None:
         self.arrived += 1

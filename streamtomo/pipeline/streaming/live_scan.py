@@ -350,12 +350,14 @@ class LiveScan:
         if (
             self.late.takes(ref.frame_index)
             and current is not None
-            and self.references.inherits(current, self.late.version, ref.key)
+            and self.references.inherits(current, self.late.first_version, ref.key)
         ):
             # A newer batch took its dark (or flat) from the set lacking this one: made
             # again, the older set alone would have it, and the newer one not.
-            self.late.give_up()
+            others = len(self.late.give_up()) - 1  # frames still missing besides this one
             self.references.incomplete_done()
+            if others:
+                self.admission.counts["references_never_came"] += others
         if self.late.came_too_late(ref.frame_index):
             self._reference_frames.add(ref.frame_index)  # its other workers' copies are copies
             self.reject(

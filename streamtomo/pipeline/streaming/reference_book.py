@@ -105,12 +105,16 @@ class ReferenceBook:
         return superseded, refs
 
     def inherits(self, refs: ReferenceSet, version: int, key: ImageKey) -> bool:
-        """Whether ``refs`` took its dark (``key`` DARK) or flat from set ``version``
-        (its batch had none of that kind)."""
+        """Whether ``refs`` took its dark (``key`` DARK) or flat from set ``version``, or
+        from a set made again from its batch since (its batch had none of that kind)."""
         earlier = self._versions.get(version)
-        if earlier is None or refs is earlier:
-            return False
-        return refs.dark is earlier.dark if key == ImageKey.DARK else refs.flat is earlier.flat
+        while earlier is not None:
+            if refs is earlier:
+                return False
+            if (refs.dark is earlier.dark) if key == ImageKey.DARK else (refs.flat is earlier.flat):
+                return True
+            earlier = self._replaced.get(earlier.version)
+        return False
 
     def current_for(self, refs: ReferenceSet) -> ReferenceSet:
         """``refs``, or the set made again from its batch since (a frame came late)."""

@@ -269,3 +269,14 @@ def test_replay_nexus_of_string_frames_or_an_unreadable_chunk_is_one_line_and_ex
         err = capsys.readouterr().err
         assert "Traceback" not in err
         assert err.strip().splitlines()[-1].startswith(f"streamtomo: error: {expected}"), err
+
+
+def test_a_repeated_angle_or_a_return_to_zero_takes_no_slot_of_its_own() -> None:
+    """A closed turn of 0.1-degree steps with one angle repeated was refused as 'more
+    than a turn' (3602 slots over 360.1 degrees); a half turn with a final return to 0
+    had a slot too many, one empty and one shared."""
+    turn = 0.1 * np.arange(3601)
+    assert derive_grid(np.insert(turn, 5, turn[5])) == ScanGrid(0.0, 360.0, 3600)
+    assert derive_grid(np.append(turn, 0.0)) == ScanGrid(0.0, 360.0, 3600)
+    half = np.linspace(0.0, 180.0, 181)
+    assert derive_grid(np.append(half, 0.0)) == ScanGrid(0.0, 181.0, 181)

@@ -1294,3 +1294,38 @@ def test_darks_after_a_scan_whose_flats_were_retaken_are_said_unused() -> None:
     assert with_darks.counts["darks_after_unused"] == len(darks) and "darks_after_used" not in with_darks.counts
     assert with_darks.sinogram is not None and without.sinogram is not None
     np.testing.assert_allclose(with_darks.sinogram.data, without.sinogram.data, atol=1e-6)
+
+
+def test_a_late_dark_is_judged_against_the_set_its_batch_first_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flat 4 came late first and made the first set again (new arrays); dark 1 then
+    came, and the newer batch's dark (taken from the first set as it closed) was no
+    longer recognised as inherited: accepted, the later slots 2.4e-3 off."""
+    monkeypatch.setattr(LiveScan, "_wait_bound", lambda self: 8)
+    frames, _ = flats_retaken(after=10)
+    frames = noisy_references(frames)
+    cfg = config(kind_rule="header")
+
+    def drive(late: dict[int, int]) -> LiveScan:
+        shared: dict[str, ReferenceSet] = {}
+        scan = LiveScan(cfg, on_references=lambda refs: shared.__setitem__("refs", refs))
+        worker = FrameProcessor(cfg, "w0")
+        held: dict[int, list[WorkerResult]] = {}
+        for frame in frames:
+            worker.set_references(shared.get("refs"))
+            result = WorkerResult(
+                list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg, frame.index + 1))
+            )
+            if frame.index in late:
+                held.setdefault(late[frame.index], []).append(result)
+            else:
+                scan.add_result(result)
+            for result in held.pop(frame.index, []):
+                scan.add_result(result)
+        scan.finish()
+        return scan
+
+    both = drive({4: 21, 1: 23})
+    dark_lost = drive({4: 21, 1: 10**6})
+    assert both.rejected == {"reference_too_late": 1}
+    assert both.sinogram is not None and dark_lost.sinogram is not None
+    np.testing.assert_array_equal(both.sinogram.data, dark_lost.sinogram.data)
