@@ -40,6 +40,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from streamtomo.app.deployment_state import DeploymentError, default_state_path, running_deployment
     from streamtomo.app.run_dir_lock import RunDirInUse
     from streamtomo.controller_client import ControllerError
+    from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError
 
     state_path = Path(args.state) if args.state else default_state_path()
     if state_path.is_dir():
@@ -107,7 +108,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 time.sleep(1.0)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (streamtomo.app.cli.main raises it as one)
         print("stopping", flush=True)
-    except RunDirInUse as error:  # nothing was started
+    except (RunDirInUse, EnvironmentSettingError) as error:  # nothing was started
         print(f"streamtomo: error: {error}", file=sys.stderr, flush=True)
         return 2
     except DeploymentError as error:

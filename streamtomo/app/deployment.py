@@ -172,6 +172,7 @@ class LocalDeployment:
             "angle_upstream",
         ):
             self._ports[name] = free_port()
+        self._check_environment()
         redis_url = self.redis_url_given or self._start_redis()
         if self.redis_url_given:
             wait_for(f"redis at {redis_url}", lambda: redis_url_ping(redis_url), self.ready_timeout)
@@ -220,6 +221,18 @@ class LocalDeployment:
             self.run_dir / "control.token",
         )
         return self.state
+
+    def _check_environment(self) -> None:
+        """The reducer's settings, from the environment it is to be given, before anything
+        starts (EnvironmentSettingError). A value it cannot use (STREAMTOMO_FINAL_WAIT=abc)
+        was raised in its service, where dranspose swallows it: `up` waited 60 s for the
+        live domain and blamed it ('not ready'), exit 3, the cause in the reducer's log."""
+        from streamtomo.hsds_bridge.control_api import ControlSettings
+        from streamtomo.reducer.tomo_reducer import ReducerSettings
+
+        env = self._env()
+        ReducerSettings.from_env(env)
+        ControlSettings.from_env(env)
 
     @property
     def reducer_environment(self) -> ReducerEnvironment:

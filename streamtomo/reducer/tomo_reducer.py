@@ -28,7 +28,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,8 @@ class ReducerSettings:
     pool_wait: float = POOL_WAIT_S
 
     @classmethod
-    def from_env(cls) -> ReducerSettings:
-        env = os.environ
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> ReducerSettings:
+        """Raises EnvironmentSettingError for a value no listener or wait can use."""
         origins = tuple(o.strip() for o in env.get("STREAMTOMO_CORS_ORIGINS", "").split(",") if o.strip())
         return cls(
             http_host=env.get("STREAMTOMO_HTTP_HOST", "127.0.0.1"),
@@ -95,18 +95,18 @@ class ReducerSettings:
             cors_origins=origins,
             hsds_endpoint=env.get("STREAMTOMO_HSDS_ENDPOINT", ""),
             hsds_domain=env.get("STREAMTOMO_HSDS_DOMAIN", ""),
-            stream_timeout=_env_seconds("STREAMTOMO_STREAM_TIMEOUT", 30.0),
+            stream_timeout=_env_seconds(env, "STREAMTOMO_STREAM_TIMEOUT", 30.0),
             final_dir=env.get("STREAMTOMO_FINAL_DIR", ""),
-            final_wait=_env_seconds("STREAMTOMO_FINAL_WAIT", FINAL_FILE_WAIT_S),
+            final_wait=_env_seconds(env, "STREAMTOMO_FINAL_WAIT", FINAL_FILE_WAIT_S),
             lost_scan=env.get("STREAMTOMO_LOST_SCAN", ""),
-            pool_wait=_env_seconds("STREAMTOMO_POOL_WAIT", POOL_WAIT_S),
+            pool_wait=_env_seconds(env, "STREAMTOMO_POOL_WAIT", POOL_WAIT_S),
         )
 
 
-def _env_seconds(name: str, default: float) -> float:
+def _env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
     """A duration from the environment: finite and >= 0. A NaN stream timeout ended every
     scan after its first frames ("no event for nan s"), a negative one meant never."""
-    text = os.environ.get(name, "")
+    text = env.get(name, "")
     try:
         value = float(text) if text.strip() else default
     except ValueError:

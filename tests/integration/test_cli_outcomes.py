@@ -549,3 +549,19 @@ def test_the_out_file_names_itself_in_its_status(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     with h5py.File(out, "r") as f:
         assert f["/entry/status/final_file"].asstr()[()] == str(out)
+
+
+def test_up_refuses_a_reducer_setting_from_the_environment_before_starting_anything(tmp_path: Path) -> None:
+    """STREAMTOMO_FINAL_WAIT=abc was raised in the reducer's service, where dranspose
+    swallows it: up waited 60 s for the live domain, blamed it ('not ready'), exit 3."""
+    done = subprocess.run(
+        [CLI, "up", "-w", "1", "--run-dir", str(tmp_path / "run"), "--state", str(tmp_path / "state.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "STREAMTOMO_FINAL_WAIT": "abc"},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert _last_line(done) == "streamtomo: error: STREAMTOMO_FINAL_WAIT='abc' is not a number of seconds"
+    assert not (tmp_path / "state.json").exists() and not (tmp_path / "run" / "logs" / "redis.log").exists()
