@@ -228,11 +228,20 @@ class LocalDeployment:
         was raised in its service, where dranspose swallows it: `up` waited 60 s for the
         live domain and blamed it ('not ready'), exit 3, the cause in the reducer's log."""
         from streamtomo.hsds_bridge.control_api import ControlSettings
+        from streamtomo.hsds_bridge.credentials import CredentialsError, load_credentials
+        from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError
         from streamtomo.reducer.tomo_reducer import ReducerSettings
 
         env = self._env()
-        ReducerSettings.from_env(env)
+        settings = ReducerSettings.from_env(env)
         ControlSettings.from_env(env)
+        if settings.hsds_endpoint:
+            # Asked for, and without credentials the reducer mirrors nothing: a WARNING in
+            # its log, and up and play said all was well (demo and replay --hsds refuse).
+            try:
+                load_credentials(env)
+            except CredentialsError as error:
+                raise EnvironmentSettingError(f"STREAMTOMO_HSDS_ENDPOINT={settings.hsds_endpoint}: {error}") from None
 
     @property
     def reducer_environment(self) -> ReducerEnvironment:

@@ -565,3 +565,19 @@ def test_up_refuses_a_reducer_setting_from_the_environment_before_starting_anyth
     assert done.returncode == 2, done.stdout + done.stderr
     assert _last_line(done) == "streamtomo: error: STREAMTOMO_FINAL_WAIT='abc' is not a number of seconds"
     assert not (tmp_path / "state.json").exists() and not (tmp_path / "run" / "logs" / "redis.log").exists()
+
+
+def test_up_refuses_an_hsds_mirror_without_credentials(tmp_path: Path) -> None:
+    """The reducer mirrored nothing (a WARNING in its log) and up and play said all was
+    well; demo and replay --hsds refuse it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMTOMO_HSDS_", "HS_"))}
+    done = subprocess.run(
+        [CLI, "up", "-w", "1", "--run-dir", str(tmp_path / "run"), "--state", str(tmp_path / "state.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**env, "STREAMTOMO_HSDS_ENDPOINT": "http://127.0.0.1:1"},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "STREAMTOMO_HSDS_ENDPOINT=http://127.0.0.1:1: no HSDS credentials" in _last_line(done)
