@@ -255,6 +255,10 @@ def test_schema_rejects_bad_worker_count(helm: str, count: str) -> None:
         (["--set", "reducer.service.port=70000"], "reducer.service.port"),
         (["--set", "pipeline.n_projections=many"], "pipeline.n_projections"),
         (["--set", "pipeline.filter=gauss"], "pipeline.filter"),
+        # Rendered, then refused by the API server at helm install (review of the chart):
+        (["--set-string", "commonLabels.beamline=has space"], "commonLabels.beamline"),
+        (["--set-json", "networkPolicy.allowFrom=[{}]"], "networkPolicy.allowFrom.0"),
+        (["--set-json", 'networkPolicy.egress.sourcesTo=[{"ipBlock":{"cidr":"not-a-cidr"}}]'], "cidr"),
     ],
 )
 def test_schema_rejects_wrong_types_and_values(helm: str, args: list[str], key: str) -> None:
