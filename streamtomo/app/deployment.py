@@ -251,6 +251,9 @@ class LocalDeployment:
             http_host=HOST,
             http_port=self._ports["live"],
             control_port=self._ports["control"],
+            # On loopback, as it says: a STREAMTOMO_CONTROL_HOST inherited from the shell
+            # (0.0.0.0) bound it to every address while up printed 127.0.0.1.
+            control_host=HOST,
             control_token_file=str(self.run_dir / "control.token"),
             stream_timeout=self.stream_timeout,
             final_dir=str(self.results_dir),

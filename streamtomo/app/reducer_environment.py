@@ -24,6 +24,7 @@ class ReducerEnvironment:
     http_port: int = 0  # 0: a free port
     hsds_endpoint: str = ""  # also mirror the domain to this HSDS; credentials: streamtomo.hsds_bridge.credentials
     control_port: int | None = None  # the live-parameter listener; None: the reducer's default
+    control_host: str = ""  # where it listens; empty: the reducer's default (or what the environment says)
     control_token_file: str = ""  # where the reducer writes the control token (0600); empty: its default
     stream_timeout: float | None = None  # end a scan whose streams stopped after this long; None: its default
     final_dir: str = ""  # where each scan's final NeXus file goes; empty: none written
@@ -35,6 +36,8 @@ class ReducerEnvironment:
             env["STREAMTOMO_HSDS_ENDPOINT"] = self.hsds_endpoint
         if self.control_port is not None:
             env["STREAMTOMO_CONTROL_PORT"] = str(self.control_port)
+        if self.control_host:
+            env["STREAMTOMO_CONTROL_HOST"] = self.control_host
         if self.control_token_file:
             env["STREAMTOMO_CONTROL_TOKEN_FILE"] = self.control_token_file
         if self.stream_timeout is not None:

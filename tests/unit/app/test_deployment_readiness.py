@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,3 +67,17 @@ def test_reducer_environment_is_applied_and_restored(monkeypatch: pytest.MonkeyP
         assert os.environ["STREAMTOMO_HSDS_ENDPOINT"] == "http://127.0.0.1:5101"
     assert os.environ["STREAMTOMO_HTTP_PORT"] == "1234"
     assert "STREAMTOMO_HSDS_ENDPOINT" not in os.environ
+
+
+def test_a_local_deployment_keeps_its_control_listener_on_loopback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A STREAMTOMO_CONTROL_HOST inherited from the shell (0.0.0.0) went to the reducer:
+    its control API listened on every address while up printed 127.0.0.1."""
+    from streamtomo.app.deployment import LocalDeployment
+
+    monkeypatch.setenv("STREAMTOMO_CONTROL_HOST", "0.0.0.0")
+    deployment = LocalDeployment(workers=1, run_dir=tmp_path)
+    deployment._ports = {"live": 8100, "control": 8101}
+    env = deployment._env()
+    assert env["STREAMTOMO_CONTROL_HOST"] == env["STREAMTOMO_HTTP_HOST"] == "127.0.0.1"
