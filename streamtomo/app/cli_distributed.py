@@ -294,6 +294,13 @@ def cmd_play(args: argparse.Namespace) -> int:
     lost = describe_lost(list(outcome.lost_frames))
     if lost:
         print(lost, flush=True)
+    if outcome.mirror_dropped:
+        # An HSDS mirror that failed after the start: said only in the reducer's log.
+        print(
+            f"HSDS mirror: {outcome.mirror_dropped} updates not delivered (/entry/status/publisher_dropped; "
+            "the reducer's log says why)",
+            flush=True,
+        )
     # Where the scan's final file is, once written: one that could not be (a full disk,
     # the folder gone) showed only in the reducer's log.
     unwritten = ""

@@ -42,6 +42,7 @@ class ScanOutcome:
     state: str
     reason: str
     lost_frames: tuple[tuple[int, int], ...] = ()  # [first, last] ranges that never arrived
+    mirror_dropped: int = 0  # updates the HSDS mirror could not deliver (publisher_dropped)
 
     @property
     def failed(self) -> bool:
@@ -80,8 +81,9 @@ def _consistent(status: Any, attempts: int) -> ScanOutcome | None:
     ``generation`` is the same before and after."""
     for _ in range(attempts):
         before = _text(status["generation"][()])
+        dropped = int(status["publisher_dropped"][()]) if "publisher_dropped" in status else 0
         outcome = ScanOutcome(
-            _text(status["state"][()]), _text(status["reason"][()]), _ranges(_text(status["lost_frames"][()]))
+            _text(status["state"][()]), _text(status["reason"][()]), _ranges(_text(status["lost_frames"][()])), dropped
         )
         if _text(status["generation"][()]) == before:
             return outcome

@@ -930,3 +930,22 @@ def test_no_points_read_as_no_values_in_json_and_in_binary(server: HdfRestServer
     assert (as_json.status_code, as_json.json()["value"]) == (200, [])
     assert (as_binary.status_code, as_binary.json()["value"]) == (200, [])
     assert requests.post(url, params=params, json={"points": [[]]}, timeout=10).status_code == 400
+
+
+def test_the_scan_outcome_play_prints_names_what_the_hsds_mirror_dropped() -> None:
+    """An HSDS mirror that failed after the start was said only in the reducer's log;
+    play said the scan finished and nothing else (review of the deployment CLI)."""
+    from streamtomo.app.scan_outcome import scan_outcome
+
+    domain = Domain("/outcome.h5")
+    status = {"generation": 3, "state": "finished", "reason": "", "lost_frames": "[]", "publisher_dropped": 54}
+    for name, value in status.items():
+        domain.create_dataset(f"/entry/status/{name}", value)
+    domain.commit()
+    server = HdfRestServer()
+    server.start(domain)
+    try:
+        outcome = scan_outcome(server.url, "/outcome.h5")
+    finally:
+        server.close()
+    assert outcome is not None and outcome.state == "finished" and outcome.mirror_dropped == 54
