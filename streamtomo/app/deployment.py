@@ -41,6 +41,8 @@ from streamtomo.app.run_dir_lock import RunDirLock
 from streamtomo.app.shared_rows import ENV_DIR as SHARED_ROWS_ENV
 from streamtomo.app.shared_rows import remove_rings_of, shared_rows_directory
 from streamtomo.controller_client import ControllerClient, ControllerError, ControllerTimeout
+from streamtomo.hsds_bridge.credentials import ENV_FILE as ENV_CREDENTIALS_FILE
+from streamtomo.hsds_bridge.credentials import ENV_PASSWORD_FILE
 from streamtomo.reducer.final_file import FINAL_FILE_WAIT_S
 
 logger = logging.getLogger(__name__)
@@ -153,12 +155,6 @@ class LocalDeployment:
 
     # -- start ------------------------------------------------------------------------
     def start(self) -> DeploymentState:
-        self._run_dir_lock.acquire()  # RunDirInUse: nothing started, nothing written
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        if self.shared_rows and not self.shared_rows_dir:
-            self.shared_rows_dir = shared_rows_directory()
-        if self.dump_prefix:
-            Path(os.path.dirname(self.dump_prefix) or ".").mkdir(parents=True, exist_ok=True)
         for name in (
             "redis",
             "controller",
@@ -172,7 +168,13 @@ class LocalDeployment:
             "angle_upstream",
         ):
             self._ports[name] = free_port()
-        self._check_environment()
+        self._check_environment()  # EnvironmentSettingError: nothing started, nothing written
+        self._run_dir_lock.acquire()  # RunDirInUse: nothing started, nothing written
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.shared_rows and not self.shared_rows_dir:
+            self.shared_rows_dir = shared_rows_directory()
+        if self.dump_prefix:
+            Path(os.path.dirname(self.dump_prefix) or ".").mkdir(parents=True, exist_ok=True)
         redis_url = self.redis_url_given or self._start_redis()
         if self.redis_url_given:
             wait_for(f"redis at {redis_url}", lambda: redis_url_ping(redis_url), self.ready_timeout)
@@ -274,6 +276,11 @@ class LocalDeployment:
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         env.update(self.extra_env)
+        # Services run in the run dir: a credentials file named relative to where up was
+        # started passed its check there, and the reducer could not read it.
+        for name in (ENV_CREDENTIALS_FILE, ENV_PASSWORD_FILE):
+            if env.get(name):
+                env[name] = os.path.abspath(env[name])
         return env
 
     def _popen(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> ServiceProcess:

@@ -81,3 +81,20 @@ def test_a_local_deployment_keeps_its_control_listener_on_loopback(
     deployment._ports = {"live": 8100, "control": 8101}
     env = deployment._env()
     assert env["STREAMTOMO_CONTROL_HOST"] == env["STREAMTOMO_HTTP_HOST"] == "127.0.0.1"
+
+
+def test_a_credentials_file_named_relative_to_up_is_the_one_its_services_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The services run in the run dir: STREAMTOMO_HSDS_CREDENTIALS=cred.txt passed up's
+    check where up was started, and the reducer could not read it (no mirror, a WARNING)."""
+    from streamtomo.app.deployment import LocalDeployment
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("STREAMTOMO_HSDS_CREDENTIALS", "cred.txt")
+    monkeypatch.setenv("STREAMTOMO_HSDS_PASSWORD_FILE", "secrets/password")
+    deployment = LocalDeployment(workers=1, run_dir=tmp_path / "run")
+    deployment._ports = {"live": 8100, "control": 8101}
+    env = deployment._env()
+    assert env["STREAMTOMO_HSDS_CREDENTIALS"] == str(tmp_path / "cred.txt")
+    assert env["STREAMTOMO_HSDS_PASSWORD_FILE"] == str(tmp_path / "secrets" / "password")
