@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -110,6 +111,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("stopping", flush=True)
     except (RunDirInUse, EnvironmentSettingError) as error:  # nothing was started
         print(f"streamtomo: error: {error}", file=sys.stderr, flush=True)
+        if args.run_dir is None:  # the temporary one made for it, still empty: not left behind
+            with contextlib.suppress(OSError):
+                deployment.run_dir.rmdir()
         return 2
     except DeploymentError as error:
         print(f"streamtomo: error: {error}", file=sys.stderr, flush=True)

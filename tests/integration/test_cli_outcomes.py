@@ -564,7 +564,20 @@ def test_up_refuses_a_reducer_setting_from_the_environment_before_starting_anyth
     )
     assert done.returncode == 2, done.stdout + done.stderr
     assert _last_line(done) == "streamtomo: error: STREAMTOMO_FINAL_WAIT='abc' is not a number of seconds"
-    assert not (tmp_path / "state.json").exists() and not (tmp_path / "run" / "logs" / "redis.log").exists()
+    assert not (tmp_path / "state.json").exists() and not (tmp_path / "run" / "logs").exists()
+    # Without --run-dir: the temporary run dir made for it is not left behind.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = subprocess.run(
+        [CLI, "up", "-w", "1", "--state", str(tmp_path / "state.json")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "STREAMTOMO_FINAL_WAIT": "abc", "TMPDIR": str(scratch)},
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert list(scratch.iterdir()) == []
 
 
 def test_up_refuses_an_hsds_mirror_without_credentials(tmp_path: Path) -> None:

@@ -259,11 +259,18 @@ def test_schema_rejects_bad_worker_count(helm: str, count: str) -> None:
         (["--set-string", "commonLabels.beamline=has space"], "commonLabels.beamline"),
         (["--set-json", "networkPolicy.allowFrom=[{}]"], "networkPolicy.allowFrom.0"),
         (["--set-json", 'networkPolicy.egress.sourcesTo=[{"ipBlock":{"cidr":"not-a-cidr"}}]'], "cidr"),
+        (["--set-json", 'networkPolicy.allowFrom=[{"ipBlock":{"cidr":"999.1.1.1/8"}}]'], "cidr"),
+        (["--set-json", 'networkPolicy.allowFrom=[{"ipBlock":{"cidr":"10.0.0.0/33"}}]'], "cidr"),
     ],
 )
 def test_schema_rejects_wrong_types_and_values(helm: str, args: list[str], key: str) -> None:
     err = fails(helm, *args)
     assert key in err, err
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.0/8", "0.0.0.0/0", "fd00::/8", "::/0", "::ffff:10.0.0.0/104"])
+def test_schema_takes_the_cidrs_kubernetes_takes(helm: str, cidr: str) -> None:
+    render(helm, "--set-json", f'networkPolicy.allowFrom=[{{"ipBlock":{{"cidr":"{cidr}"}}}}]')
 
 
 def test_rwx_required_for_several_hsds_replicas(helm: str) -> None:
