@@ -183,9 +183,10 @@ class ReferenceTracker:
         # Darks after the projections stand in for none before only where one set
         # corrected them all: with flats retaken mid-scan, undoing every slot with one
         # set's flat (scan_end.interpolate_flats) put the newer flat into earlier slots.
-        darks = self._darks_taken or (after_projections and self._sets_made > 1)
-        if after_projections and batch.darks.count > 0 and not self._darks_taken and self._sets_made > 1:
+        flats_retaken = after_projections and self._sets_made > 1
+        if flats_retaken and batch.darks.count > 0 and not self._darks_taken:
             self.darks_after_unused = batch.darks.count
+        darks = self._darks_taken or flats_retaken
         refs = self._set_of(batch, previous, after_projections=after_projections, darks=darks)
         if refs is None:
             # Darks alone cannot correct; keep them until flats come.
@@ -216,8 +217,8 @@ class ReferenceTracker:
             self._current = refs
         return superseded, refs
 
-    def complete_given_up(self) -> None:
-        """No more of the incomplete batch's frames are expected: its sums go."""
+    def drop_incomplete(self) -> None:
+        """No more frames are taken into the batch closed incomplete: its sums go."""
         self._incomplete = None
 
     @staticmethod

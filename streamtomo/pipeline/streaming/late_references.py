@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.contributions import FrameKey
 
-Segment = tuple[ImageKey, int | None]  # (kind, count); None: all remaining frames
 REFERENCE_KINDS = (ImageKey.DARK, ImageKey.FLAT)
 
 
@@ -70,12 +69,10 @@ class LateReferences:
     def came_too_late(self, frame_index: int) -> bool:
         return frame_index in self.given_up
 
-    def joined(self, frame_index: int, version: int) -> int:
-        """A missing frame came and the set was made again as ``version``; returns the
-        version the projections in :attr:`placed` were corrected with."""
+    def joined(self, frame_index: int, version: int) -> None:
+        """A missing frame came and the set was made again as ``version``."""
         self.missing.discard(frame_index)
-        superseded, self.version = self.version, version
-        return superseded
+        self.version = version
 
     def note_placed(self, key: FrameKey, version: int) -> None:
         if self.missing and version == self.version:
@@ -92,31 +89,3 @@ class LateReferences:
         self.missing.clear()
         self.placed.clear()
         return lost
-
-
-def reference_run_start(segments: Sequence[Segment], position: int) -> int:
-    """The first position of the run of darks and flats that holds ``position``, by the
-    frame layout (kind_rule counts): a batch whose first frame is late starts there,
-    not at the first frame that came. ``position`` itself when the layout says it is
-    no dark or flat."""
-    start = 0
-    run_start = 0  # where the current run of darks and flats began
-    for kind, count in segments:
-        if kind not in REFERENCE_KINDS:
-            run_start = start + (count or 0)
-        elif count is None or position < start + count:
-            return run_start
-        if count is not None and position < start + count:
-            return position  # a projection
-        start += count or 0
-    return position
-
-
-def is_reference_position(segments: Sequence[Segment], position: int) -> bool:
-    """Whether the frame layout makes ``position`` a dark or flat."""
-    start = 0
-    for kind, count in segments:
-        if count is None or position < start + count:
-            return kind in REFERENCE_KINDS
-        start += count
-    return False

@@ -30,6 +30,7 @@ import numpy.typing as npt
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.correction.corrector import Corrector, unusable_projection
 from streamtomo.pipeline.correction.references import ReferenceSet
+from streamtomo.pipeline.formats.kinds import FrameKindRule
 from streamtomo.pipeline.messages import (
     NOMINAL_ROW,
     AngleRow,
@@ -51,12 +52,7 @@ from streamtomo.pipeline.streaming import scan_end
 from streamtomo.pipeline.streaming.admission import FrameAdmission, index_ranges, ranges_text
 from streamtomo.pipeline.streaming.angle_join import AngleJoin
 from streamtomo.pipeline.streaming.contributions import REJECTED_SLOT, ContributionLedger, FrameKey
-from streamtomo.pipeline.streaming.late_references import (
-    LateReferences,
-    Segment,
-    is_reference_position,
-    reference_run_start,
-)
+from streamtomo.pipeline.streaming.late_references import REFERENCE_KINDS, LateReferences
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, fit_to_detector
 from streamtomo.pipeline.streaming.memory_budget import MemoryBudgetError, check_memory_budget
 from streamtomo.pipeline.streaming.nominal_angles import NominalAngleCheck, another_projections_row
@@ -129,9 +125,6 @@ class LiveScan:
         # corrected with a set this reducer does not know wait: workers that saw every
         # broadcast dark and flat built the whole set.
         self.late = LateReferences()
-        # The frame kinds by position (_layout), and the configuration they are of.
-        self._layout_of: PipelineConfig | None = None
-        self._layout_segments: tuple[Segment, ...] | None = None
         # Events whose message was refused with no frame position (before the frame base,
         # corrupt): a broadcast dark or flat reaches every worker and each refuses it, so
         # it was counted once per worker (60 rejected of 40 frames with 2 workers).
@@ -354,10 +347,7 @@ class LiveScan:
         ):
             # A newer batch took its dark (or flat) from the set lacking this one: made
             # again, the older set alone would have it, and the newer one not.
-            others = len(self.late.give_up()) - 1  # frames still missing besides this one
-            self.references.incomplete_done()
-            if others:
-                self.admission.counts["references_never_came"] += others
+            self._take_missing_for_lost(besides=ref.frame_index)
         if self.late.came_too_late(ref.frame_index):
             self._reference_frames.add(ref.frame_index)  # its other workers' copies are copies
             self.reject(
@@ -486,31 +476,27 @@ class LiveScan:
         if not after:
             return None
         seen = self.admission.seen
-        layout = self._layout()
-        if layout is not None:
-            lower = reference_run_start(layout, first)
-            missing = [i for i in range(lower, min(after)) if i not in seen and is_reference_position(layout, i)]
+        lower = first
+        if self.config.kind_rule == "counts":
+            # The layout of the configuration now: a change before the first frame
+            # (n_flats_before, say) left the scan's first layout in use.
+            layout = FrameKindRule.from_config(self.config)
+            while lower > 0 and layout.by_position(lower - 1) in REFERENCE_KINDS:
+                lower -= 1
+            missing = [
+                i for i in range(lower, min(after)) if i not in seen and layout.by_position(i) in REFERENCE_KINDS
+            ]
         else:
             # No layout (kind_rule header): the batch reaches back to the projection
             # before it; the frames between that are not here may be its late first darks
             # or flats (flats retaken mid-scan: the first one a projection late was left
             # out, and became a batch of its own), or projections still on their way.
-            lower = first
             while lower > 0 and ((lower - 1) not in seen or (lower - 1) in self._reference_frames):
                 lower -= 1
             missing = [i for i in range(lower, min(after)) if i not in seen]
         if not missing:
             return []
         return missing if len(after) > self._wait_bound() else None
-
-    def _layout(self) -> tuple[Segment, ...] | None:
-        """The frame kinds by position (kind_rule counts), else None: which missing frames
-        can be darks or flats. Of the configuration now: a change before the first frame
-        (n_flats_before, say) left the scan's first layout in use."""
-        if self._layout_of is not self.config:
-            self._layout_of = self.config
-            self._layout_segments = self.config.frame_segments() if self.config.kind_rule == "counts" else None
-        return self._layout_segments
 
     def _wait_bound(self) -> int:
         """Projections that may wait for darks or flats that may never come (lost)."""
@@ -551,15 +537,15 @@ class LiveScan:
     def _advance(self) -> None:
         """Close the reference batch when complete; place projections that can be."""
         missing = self._batch_ready()
-        if missing is not None:
-            if missing and self.late.awaiting:
+        if missing == []:
+            self.references.close_batch()
+        elif missing:
+            if self.late.awaiting:
                 self._give_up_missing_references(now=True)  # one batch closed incomplete at a time
-            if missing:
-                self.late.closing(missing)
-            closed = self.references.close_batch(incomplete=bool(missing))
-            if missing:
-                self.late.closed(None if closed is None else closed.version)
-            if closed is not None and missing:
+            self.late.closing(missing)
+            closed = self.references.close_batch(incomplete=True)
+            self.late.closed(None if closed is None else closed.version)
+            if closed is not None:
                 self.admission.counts["references_closed_incomplete"] += 1
                 logger.warning(
                     "darks and flats before frame %d: closed without frames %s after %d projections waited "
@@ -612,9 +598,7 @@ class LiveScan:
         if not (self.late.due(self._wait_bound()) or (now and self.late.awaiting)):
             return
         arrived = self.late.arrived
-        lost = self.late.give_up()
-        self.references.incomplete_done()
-        self.admission.counts["references_never_came"] += len(lost)
+        lost = self._take_missing_for_lost()
         logger.warning(
             "darks or flats %s have not come %d projections after their batch closed without them: projections "
             "corrected with them by the workers are rejected, and the workers are given the darks and flats that are here",
@@ -624,6 +608,14 @@ class LiveScan:
         current = self.references.current
         if current is not None and current.version == self.late.version:
             self.references.worker_lacks(current)
+
+    def _take_missing_for_lost(self, besides: int | None = None) -> list[int]:
+        """The frames the incomplete batch still lacks are lost (counted as never came,
+        ``besides`` the one that came too late); its sums go. Returns them."""
+        lost = self.late.give_up()
+        self.references.drop_incomplete()
+        self.admission.counts["references_never_came"] += sum(1 for index in lost if index != besides)
+        return lost
 
     def _complete_late(self, ref: ReferenceRows) -> bool:
         """A dark or flat the batch closed incomplete lacked: the batch's set is made
@@ -639,7 +631,7 @@ class LiveScan:
         placed = list(self.late.placed)
         if not self.late.awaiting:
             self.late.placed.clear()
-            self.references.incomplete_done()
+            self.references.drop_incomplete()
         if placed and self.sinogram is not None and self.ledger is not None:
             by_slot: dict[int, list[FrameKey]] = collections.defaultdict(list)
             for key in placed:

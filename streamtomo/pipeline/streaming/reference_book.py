@@ -74,11 +74,6 @@ class ReferenceBook:
     def current(self) -> ReferenceSet | None:
         return self.tracker.current
 
-    @property
-    def closed_in_scan(self) -> bool:
-        """Whether a batch of this scan made a set yet."""
-        return bool(self._ordinal)
-
     def close_batch(self, scan_ended: bool = False, incomplete: bool = False) -> ReferenceSet | None:
         """Close the open batch; its set, or None. ``incomplete``: frames of it are
         missing, taken should they come (:meth:`complete_late`)."""
@@ -122,9 +117,10 @@ class ReferenceBook:
             refs = self._replaced[refs.version]
         return refs
 
-    def incomplete_done(self) -> None:
-        """Every frame the incomplete batch lacked came: its sums go."""
-        self.tracker.complete_given_up()
+    def drop_incomplete(self) -> None:
+        """No more frames are taken into the batch closed incomplete (every one it lacked
+        came, or they were taken for lost): its sums go."""
+        self.tracker.drop_incomplete()
 
     def _add_own(self, refs: ReferenceSet, what: str) -> None:
         self._versions[refs.version] = refs
