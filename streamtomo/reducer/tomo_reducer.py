@@ -45,7 +45,7 @@ from streamtomo.hsds_bridge.publisher import Publisher
 from streamtomo.hsds_bridge.rest_server import HdfRestServer
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.correction.references import ReferenceSet
-from streamtomo.pipeline.messages import WorkerResult
+from streamtomo.pipeline.messages import DetectorInfo, WorkerResult
 from streamtomo.pipeline.streaming.broadcast_references import built_by_workers, first_batch_of_workers
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, fit_to_detector
 from streamtomo.pipeline.streaming.live_scan import LiveScan
@@ -229,6 +229,8 @@ class TomoReducer:
         self.volume_seconds: float | None = None  # how long the end-of-scan volume took
         self._closed = False
         self._refused: PipelineConfig | None = None
+        # (configuration, detector, that configuration fitted to the detector): _fitted
+        self._fit: tuple[PipelineConfig, DetectorInfo, PipelineConfig] | None = None
         self._pending_change: tuple[str, Any] | None = None  # a stored live change not applied yet
         self.mapping_uuid = str(getattr(kwargs.get("state"), "mapping_uuid", "") or "")
         self._last_result = time.monotonic()
@@ -752,21 +754,31 @@ class TomoReducer:
         with self.lock:
             self._publish_locked()
 
+    def _fitted(self, config: PipelineConfig) -> PipelineConfig:
+        """``config`` as the workers take it (geometry_for): a centre stored before the
+        first frame that the detector does not allow fell back there and in this scan;
+        held against the scan's settings as stored, every later change was refused here
+        while the workers applied it, and their partial sums no longer matched.
+
+        Once per configuration and detector: this runs for every result, and fitting
+        builds the live geometry (86 us per result at 32x256, 0.5 ms at 2048^2)."""
+        detector = self.scan.detector
+        if detector is None:
+            return config
+        if self._fit is None or self._fit[0] is not config or self._fit[1] != detector:
+            fitted = config
+            with contextlib.suppress(ConfigError):  # settings no fallback fits: refused by reconfigure
+                fitted, _ = fit_to_detector(config, detector)
+            self._fit = (config, detector, fitted)
+        return self._fit[2]
+
     def _apply_parameters(self, parameters: dict[Any, Any] | None) -> None:
         if parameters is None:
             return
         if parameters is not self._parameters and REFERENCES not in parameters and REFERENCES in self._parameters:
             parameters[REFERENCES] = self._parameters[REFERENCES]
         self._parameters = parameters
-        config = self._params.config(parameters)
-        detector = self.scan.detector
-        if detector is not None:
-            # As the workers take them (geometry_for): a centre stored before the first
-            # frame that the detector does not allow fell back there and in this scan; held
-            # against the scan's settings as stored, every later change was refused here
-            # while the workers applied it, and their partial sums no longer matched.
-            with contextlib.suppress(ConfigError):  # settings no fallback fits: refused below
-                config, _ = fit_to_detector(config, detector)
+        config = self._fitted(self._params.config(parameters))
         if config != self.scan.config and config != self._refused:
             try:
                 self.scan.reconfigure(config)
