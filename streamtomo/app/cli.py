@@ -229,7 +229,7 @@ def _check_out(out: str, inputs: Sequence[Path] = ()) -> None:
     if path.is_dir():
         raise CliError(f"--out {out} is a folder: name a file in it (e.g. {path / 'scan.nxs'})")
     for given in inputs:
-        if path.resolve() == given.resolve() or (path.exists() and given.exists() and path.samefile(given)):
+        if path.exists() and given.exists() and path.samefile(given):  # links and other names too
             raise CliError(f"--out {out} is the scan's own input {given}: it would be replaced by the result")
     for folder in [path.parent, *path.parent.parents]:  # the nearest that exists is made in
         if folder.exists():

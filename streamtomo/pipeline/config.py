@@ -549,13 +549,14 @@ def parse_rows(spec: str, detector_rows: int) -> list[int]:
     text = spec.strip().lower()
     if text in ("all", ""):
         return list(range(detector_rows))
+    malformed = ConfigError(f"row selection {spec!r} is not 'all', 'a:b[:step]' or 'r1,r2,...'")
     try:
         parts = [int(p) if p else None for p in text.split(":")] if ":" in text else []
         listed = [] if parts else sorted({int(p) for p in text.split(",") if p.strip()})
         if len(parts) > 3:
             raise ValueError(spec)
     except ValueError:
-        raise ConfigError(f"row selection {spec!r} is not 'all', 'a:b[:step]' or 'r1,r2,...'") from None
+        raise malformed from None
     outside = ConfigError(f"row selection {spec!r} selects rows outside 0..{detector_rows - 1}")
     if parts:
         # A bound past the detector is refused, not clipped: '0:4000' of 2048 rows gave
@@ -565,7 +566,7 @@ def parse_rows(spec: str, detector_rows: int) -> list[int]:
         try:
             rows = list(range(detector_rows))[slice(*parts)]
         except ValueError:  # a step of 0
-            raise ConfigError(f"row selection {spec!r} is not 'all', 'a:b[:step]' or 'r1,r2,...'") from None
+            raise malformed from None
     else:
         rows = listed
     if not rows:
