@@ -29,19 +29,19 @@ LOST_RANGES_SHOWN = 4  # ranges of lost frames a line names; the rest are counte
 
 
 def describe_lost(ranges: list[tuple[int, int]]) -> str:
-    """'N frames lost (never arrived: 10-19, 30)', '' when none: a scan that finished
+    """'N frames lost (never reached the reducer: 10-19, 30)', '' when none: a scan that finished
     without a third of its frames read like a whole one where only the count said so."""
     lost = sum(last - first + 1 for first, last in ranges)
     if not lost:
         return ""
-    return f"{lost} frame{'s' if lost != 1 else ''} lost (never arrived: {ranges_text(ranges, LOST_RANGES_SHOWN)})"
+    return f"{lost} frame{'s' if lost != 1 else ''} lost (never reached the reducer: {ranges_text(ranges, LOST_RANGES_SHOWN)})"
 
 
 @dataclass(frozen=True)
 class ScanOutcome:
     state: str
     reason: str
-    lost_frames: tuple[tuple[int, int], ...] = ()  # [first, last] ranges that never arrived
+    lost_frames: tuple[tuple[int, int], ...] = ()  # [first, last] ranges that never reached the reducer
     mirror_dropped: int = 0  # updates the HSDS mirror could not deliver (publisher_dropped)
 
     @property

@@ -230,7 +230,7 @@ def test_frames_that_never_came_are_named_in_the_summary(tmp_path: Path) -> None
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     summary = next(line for line in done.stdout.splitlines() if line.startswith("summary:"))
-    assert "; 10 frames lost (never arrived: 34-43)" in summary, summary
+    assert "; 10 frames lost (never reached the reducer: 34-43)" in summary, summary
     with h5py.File(tmp_path / "out.nxs", "r") as f:
         assert f["/entry/status/frames_lost"][()] == 10
 

@@ -394,7 +394,7 @@ def test_play_names_the_frames_that_never_came(
     argv = ["play", "-f", str(detector), str(angle), "-p", str(tmp_path / "scan" / "parameters.json")]
     assert main([*argv, "--no-record", "--state", str(state)]) == 0
     out = capsys.readouterr().out
-    assert "state: finished\n10 frames lost (never arrived: 30-39)\n" in out, out
+    assert "state: finished\n10 frames lost (never reached the reducer: 30-39)\n" in out, out
 
 
 @pytest.mark.slow

@@ -54,6 +54,6 @@ def test_summary_says_how_many_pixels_were_repaired_and_why_slots_may_be_empty()
 def test_summary_names_the_frames_that_never_came() -> None:
     """A scan that finished without some of its frames read like a whole one."""
     assert "lost" not in _summary().describe()
-    assert "; 1 frame lost (never arrived: 7)" in _summary(lost_frames=[(7, 7)]).describe()
+    assert "; 1 frame lost (never reached the reducer: 7)" in _summary(lost_frames=[(7, 7)]).describe()
     many = _summary(lost_frames=[(0, 1), (5, 5), (9, 12), (20, 20), (30, 31), (40, 40)]).describe()
-    assert "; 11 frames lost (never arrived: 0-1, 5, 9-12, 20 and 2 ranges more)" in many
+    assert "; 11 frames lost (never reached the reducer: 0-1, 5, 9-12, 20 and 2 ranges more)" in many
