@@ -47,7 +47,8 @@ class RunSummary:
     angle_slots: int = 0
     notices: dict[str, int] = field(default_factory=dict)  # what the streams showed, no frame's rejection
     pixels_repaired: int = 0  # dead, saturated or NaN pixels replaced by their row neighbours' median
-    lost_frames: list[tuple[int, int]] = field(default_factory=list)  # [first, last] ranges that never reached the reducer
+    # [first, last] ranges of frames that never reached the reducer
+    lost_frames: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def frames_per_second(self) -> float:

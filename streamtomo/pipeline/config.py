@@ -221,7 +221,10 @@ class PipelineConfig:
     )
     publish_interval: float = field(default=0.25, metadata={"help": "seconds between live domain updates"})
     keep_references: bool = field(
-        default=False, metadata={"help": "keep darks/flats across scans (for scans that take none)"}
+        default=False,
+        metadata={
+            "help": "keep darks/flats across scans (for scans that take none, or one kind: flats alone keep the darks)"
+        },
     )
     domain: str = field(default="/streamtomo/live.h5", metadata={"help": "name of the live domain"})
     controller_url: str = field(

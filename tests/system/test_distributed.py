@@ -305,6 +305,20 @@ def test_next_scan_resets_state_and_keeps_references_when_asked(clean_logs: Loca
     assert json.loads(after["/entry/status/rejected"]) == {}
     np.testing.assert_allclose(after["/entry/sinogram/data"], before["/entry/sinogram/data"], rtol=1e-6, atol=1e-6)
 
+    # Flats without darks: the kept darks stand in (zeros did: -log(p/f), said nowhere).
+    # Workers do not hold the kept set, so they send raw rows until the reducer's new set
+    # reaches them (none may be labelled with a set the reducer never made).
+    no_darks = [replace(f, index=i) for i, f in enumerate(f for f in frames if f.key != ImageKey.DARK)]
+    flats_only = spec.config(keep_references=True, n_darks_before=0)
+    play(state, frame_events(no_darks, flats_only), flats_only)
+    flats_domain = ended_domain(state.live_endpoint, flats_only.domain)
+    assert flats_domain["/entry/status/state"] == "finished"
+    assert int(flats_domain["/entry/status/darks"]) == 0 and int(flats_domain["/entry/status/flats"]) == spec.n_flats
+    assert json.loads(flats_domain["/entry/status/rejected"]) == {}
+    np.testing.assert_allclose(
+        flats_domain["/entry/sinogram/data"], before["/entry/sinogram/data"], rtol=1e-6, atol=1e-6
+    )
+
     # Without keep_references the next scan has none: its projections are counted, not corrected.
     dropped = spec.config(keep_references=False, n_darks_before=0, n_flats_before=0)
     play(state, frame_events(projections, dropped), dropped)

@@ -123,13 +123,17 @@ class ReferenceTracker:
 
     Feed every dark/flat with :meth:`add`; call :meth:`close_batch` when the first
     projection after a batch is seen. A batch with only darks (or only flats) keeps
-    the other kind from the previous batch. Versions are digests of the content
+    the other kind from the previous batch, or, for the scan's first, from an earlier
+    scan's set (:meth:`keep`). Versions are digests of the content
     (:func:`content_version`).
     """
 
     def __init__(self) -> None:
         self._open: ReferenceBatch | None = None
         self._current: ReferenceSet | None = None
+        # An earlier scan's set (keep_references): the kind a batch lacks where no
+        # batch of this scan came before it.
+        self._kept: ReferenceSet | None = None
         self._last_projection_index = -1
         # The last batch closed with frames missing, and the set before it: a missing
         # frame that comes later joins it (:meth:`complete_late`). Its float64 sums are
@@ -165,6 +169,12 @@ class ReferenceTracker:
     def note_projection(self, index: int) -> None:
         self._last_projection_index = max(self._last_projection_index, index)
 
+    def keep(self, refs: ReferenceSet | None) -> None:
+        """An earlier scan's set, kept for this one: a first batch of flats alone takes
+        its dark (it took zeros: every projection -log(p/f), silently), one of darks
+        alone its flat."""
+        self._kept = refs
+
     def close_batch(self, *, scan_ended: bool = False, incomplete: bool = False) -> ReferenceSet | None:
         """Turn the open batch into the current reference set; returns it if new.
 
@@ -187,7 +197,7 @@ class ReferenceTracker:
         if flats_retaken and batch.darks.count > 0 and not self._darks_taken:
             self.darks_after_unused = batch.darks.count
         darks = self._darks_taken or flats_retaken
-        refs = self._set_of(batch, previous, after_projections=after_projections, darks=darks)
+        refs = self._set_of(batch, previous, after_projections=after_projections, darks=darks, kept=self._kept)
         if refs is None:
             # Darks alone cannot correct; keep them until flats come.
             self._open = batch
@@ -210,7 +220,7 @@ class ReferenceTracker:
             return None
         batch, previous, superseded = self._incomplete
         batch.add(key, index, frame)
-        refs = self._set_of(batch, previous, after_projections=False, darks=self._darks_taken)
+        refs = self._set_of(batch, previous, after_projections=False, darks=self._darks_taken, kept=self._kept)
         assert refs is not None  # the batch made a set before, and only gained a frame
         self._incomplete = (batch, previous, refs)
         if self._current is superseded:
@@ -223,24 +233,33 @@ class ReferenceTracker:
 
     @staticmethod
     def _set_of(
-        batch: ReferenceBatch, previous: ReferenceSet | None, after_projections: bool, darks: bool
+        batch: ReferenceBatch,
+        previous: ReferenceSet | None,
+        after_projections: bool,
+        darks: bool,
+        kept: ReferenceSet | None = None,
     ) -> ReferenceSet | None:
         """The set ``batch`` makes after ``previous`` (``darks``: whether its darks were
         taken). A batch after the projections (``after_projections``) makes the set they
         are corrected with at the scan's end: flats interpolated between those before and
         its own, and its darks where none came before (they were ignored, and every
         projection kept zeros for darks: -log(p/f), not -log((p-d)/(f-d))). Where darks
-        came before, those are used (as offline, for the DIAD scan)."""
+        came before, those are used (as offline, for the DIAD scan). Without ``previous``
+        the kind the batch lacks comes from ``kept`` (an earlier scan's set) where its
+        shape fits, else darks are zeros."""
         dark = batch.darks.mean()
         flat = batch.flats.mean()
-        if flat is None and previous is None:
+        own = dark if dark is not None else flat
+        fits = kept is not None and own is not None and kept.dark.shape == own.shape
+        fallback = previous if previous is not None else (kept if fits else None)
+        if flat is None and fallback is None:
             return None
         new_darks = dark is not None and not darks
         if dark is None:
-            dark = previous.dark if previous is not None else np.zeros_like(flat)
+            dark = fallback.dark if fallback is not None else np.zeros_like(flat)
         if flat is None:
-            assert previous is not None
-            flat = previous.flat
+            assert fallback is not None
+            flat = fallback.flat
         if dark.shape != flat.shape:
             raise ValueError(f"dark shape {dark.shape} != flat shape {flat.shape}")
         if after_projections and previous is not None and (batch.flats.count > 0 or new_darks):
@@ -263,5 +282,6 @@ class ReferenceTracker:
         if not keep_references:
             self._current = None
             self._darks_taken = False
+            self._kept = None
         self._sets_made = 0
         self.darks_after_unused = 0

@@ -54,8 +54,24 @@ def first_batch_of_workers(config: PipelineConfig, refs: ReferenceSet, dtype: st
 def workers_build_first_batch(config: PipelineConfig, dtype: str) -> bool:
     """Whether workers build the first batch's set from the broadcast darks and flats:
     a ``counts`` scan (the batch's frames are known) of integer frames."""
-    before = config.first_projection() if config.kind_rule == "counts" else 0
-    return before > 0 and bool(np.issubdtype(np.dtype(dtype), np.integer))
+    return _first_batch_known(config) and bool(np.issubdtype(np.dtype(dtype), np.integer))
+
+
+def _first_batch_known(config: PipelineConfig) -> bool:
+    """Whether the frames before the first projection are known (``counts``) and make
+    the reducer's set alone. With ``keep_references`` a first batch of one kind takes
+    the other from the reducer's earlier scan, which workers do not hold (play empties
+    ``references`` for a scan that takes darks or flats): what they built differed from
+    the reducer's set, so they wait for its set and send raw rows until it comes."""
+    if config.kind_rule != "counts" or config.first_projection() == 0:
+        return False
+    kinds = set()
+    for kind, count in config.frame_segments():
+        if kind == ImageKey.PROJECTION:
+            break
+        if count:
+            kinds.add(kind)
+    return not config.keep_references or {ImageKey.DARK, ImageKey.FLAT} <= kinds
 
 
 class BroadcastReferences:
@@ -65,7 +81,7 @@ class BroadcastReferences:
         self._expected = before  # positions 0 .. before - 1
         self._seen: set[int] = set()
         self._tracker = ReferenceTracker()
-        self._usable = before > 0
+        self._usable = _first_batch_known(config)
         self.current: ReferenceSet | None = None
 
     def add(self, key: ImageKey, index: int, rows: npt.NDArray[np.generic]) -> None:

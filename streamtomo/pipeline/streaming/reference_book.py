@@ -146,6 +146,7 @@ class ReferenceBook:
         self._known_only.add(refs.version)
         if applicable:
             self._kept = refs
+            self.tracker.keep(refs)
 
     # -- lookups --------------------------------------------------------------------
     def knows(self, version: int) -> bool:
