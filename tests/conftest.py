@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +50,14 @@ def shared_data() -> Path:
 def tooth_h5() -> Path:
     """The APS tooth scan (tomopy's test data): exchange/data, data_white, data_dark, theta."""
     return shared_path(*TOOTH_PARTS)
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` where every connection is refused while the test runs:
+    a socket bound there and never listening holds the port. A port that free_port()
+    found free is free only then: another test run on the machine could listen there
+    meanwhile, and a test of "nobody answers" would talk to it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -617,15 +617,11 @@ def test_a_scan_in_reused_memory_reads_zeros_where_no_projection_came(final_dir:
         first.close()
 
 
-def test_a_live_change_the_controller_does_not_take_is_refused_and_undone(reducer_env: None) -> None:
+def test_a_live_change_the_controller_does_not_take_is_refused_and_undone(reducer_env: None, refused_url: str) -> None:
     """Distributed: the workers take a change from the controller, whose parameters
     replace the reducer's at its next timer. A change the controller did not take was
     answered 'set' and then undone without a word (settings_pending stayed 1)."""
-    import socket
-
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    dead = refused_url  # a port nothing listens on
     reducer = TomoReducer(parameters=parameters(controller_url=dead, center="15.5"), context={})
     try:
         feed(reducer)

@@ -46,15 +46,13 @@ def test_a_redis_url_with_a_password_is_not_echoed(capsys: pytest.CaptureFixture
 
 
 def test_an_hsds_that_does_not_answer_is_refused_before_the_scan(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, refused_url: str
 ) -> None:
     """The reducer waited 60 s for it, as long as the replay waits for the reducer: the
     run ended "the reducer did not start", with nothing about HSDS."""
-    from streamtomo.app.processes import free_port
-
     monkeypatch.setenv("STREAMTOMO_HSDS_USERNAME", "writer")
     monkeypatch.setenv("STREAMTOMO_HSDS_PASSWORD", "secret")
-    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    url = refused_url  # nothing listens there
     assert main(["demo", "--rows", "4", "--cols", "8", "--angles", "4", "--hsds", url]) == 2
     assert f"--hsds {url} does not answer ([Errno 111] Connection refused): is HSDS running there?" in (
         capsys.readouterr().err

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from streamtomo.app.processes import free_port
 from streamtomo.controller_client import (
     ControllerClient,
     ControllerError,
@@ -132,8 +131,8 @@ def test_post_parameter_raises_unless_tolerant(
     assert "forbidden" in ours[0].getMessage()
 
 
-def test_unreachable_controller(caplog: pytest.LogCaptureFixture) -> None:
-    url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+def test_unreachable_controller(caplog: pytest.LogCaptureFixture, refused_url: str) -> None:
+    url = refused_url
     with pytest.raises(urllib.error.URLError, match="Connection refused"):
         post_parameter(url, "references", b"x", timeout=2)
     with caplog.at_level(logging.WARNING, logger="streamtomo.controller_client"):

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 
-from streamtomo.app.processes import free_port
 from streamtomo.hsds_bridge.credentials import Credentials
 from streamtomo.hsds_bridge.domain import Domain
 from streamtomo.hsds_bridge.hsds_writer import HsdsWriter, HsdsWriterSettings
@@ -22,10 +21,12 @@ def _domain() -> Domain:
 
 
 @pytest.mark.allow_error_logs  # the writer gives up at last: "NOT complete", an ERROR
-def test_close_gives_way_when_told_though_hsds_does_not_answer(caplog: pytest.LogCaptureFixture) -> None:
+def test_close_gives_way_when_told_though_hsds_does_not_answer(
+    caplog: pytest.LogCaptureFixture, refused_url: str
+) -> None:
     """With HSDS down, the reducer's end of scan waited close's 60 s, and the next
     scan's first result waited for that end: every scan after the first stalled."""
-    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    url = refused_url  # HSDS down
     settings = HsdsWriterSettings(start_timeout=0.5, give_up_after=1.0)
     writer = HsdsWriter(url, "/home/w/live.h5", Credentials("w", "p"), settings)
     writer.start(_domain())  # not finished after 0.5 s: goes on in the background

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamtomo.app.processes import free_port
 from streamtomo.hsds_bridge.credentials import Credentials
 from streamtomo.hsds_bridge.domain import Domain
 from streamtomo.hsds_bridge.hsds_writer import HsdsWriter, HsdsWriterSettings
@@ -29,8 +28,8 @@ def _writer_behind(url: str, n: int, side: int = 4, max_backlog_bytes: int = 1 <
 
 
 @pytest.mark.allow_error_logs  # a writer given up says its domain is NOT complete: an ERROR
-def test_the_oldest_writers_behind_are_given_up(caplog: pytest.LogCaptureFixture) -> None:
-    url = f"http://127.0.0.1:{free_port()}"  # HSDS down: nothing listens there
+def test_the_oldest_writers_behind_are_given_up(caplog: pytest.LogCaptureFixture, refused_url: str) -> None:
+    url = refused_url  # HSDS down
     context: dict[Any, Any] = {}
     writers = [_writer_behind(url, n) for n in range(MAX_HSDS_WRITERS_BEHIND + 2)]
     try:
@@ -52,11 +51,13 @@ def test_the_oldest_writers_behind_are_given_up(caplog: pytest.LogCaptureFixture
 
 
 @pytest.mark.allow_error_logs
-def test_older_writers_behind_are_given_up_beyond_one_backlog_of_bytes(caplog: pytest.LogCaptureFixture) -> None:
+def test_older_writers_behind_are_given_up_beyond_one_backlog_of_bytes(
+    caplog: pytest.LogCaptureFixture, refused_url: str
+) -> None:
     """Two writers behind each held their whole domain (a writer's close queues it past
     ``max_backlog_bytes``): up to three backlogs' bytes in all. Older writers are kept
     only while those behind hold one backlog's bytes together; the newest always."""
-    url = f"http://127.0.0.1:{free_port()}"
+    url = refused_url
     context: dict[Any, Any] = {}
     side = 256  # a 256 kB domain, of which a backlog of 384 kB holds one
     writers = [_writer_behind(url, n, side, max_backlog_bytes=384 << 10) for n in range(2)]
