@@ -379,6 +379,9 @@ class TomoReducer:
         this reducer's parameter hash out of step, and the controller redistributes
         every parameter to every service until it is.
         """
+        # Where its arrays lie on the detector: a next scan keeps it only where its own
+        # lie there too (LiveScan._check_kept_references).
+        refs = dataclasses.replace(refs, footprint=self.scan.reference_footprint())
         self.context["references"] = refs
         # Tagged with this scan: the controller keeps the parameter for the next one,
         # whose workers must not take it over their own darks and flats (TomoWorker).

@@ -17,6 +17,7 @@ import pytest
 from dranspose.protocol import ParameterName, WorkParameter
 
 from streamtomo.hsds_bridge import nexus_file
+from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import WorkerResult
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
@@ -803,3 +804,14 @@ def test_a_change_after_a_setting_fell_back_is_applied_as_the_workers_apply_it(
         assert not any("parameter change refused" in r.getMessage() for r in caplog.records)
     finally:
         reducer.close()
+
+
+def test_the_set_kept_for_the_next_scan_says_where_it_lies(reducer: Any) -> None:
+    """A next scan with keep_references uses it only on the same detector rows
+    (LiveScan._check_kept_references): the set in the context and in the shared
+    parameter carry their footprint."""
+    feed(reducer)
+    kept = reducer.context["references"]
+    assert kept.footprint == reducer.scan.reference_footprint() != ""
+    shared = ReferenceSet.from_bytes(reducer._parameters[ParameterName("references")].data)
+    assert shared.footprint == kept.footprint and shared.version == kept.version

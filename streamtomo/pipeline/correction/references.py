@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +77,10 @@ class ReferenceSet:
     # The scan (mapping) whose reducer shared it through the ``references`` parameter,
     # which the controller keeps across scans: "" where unknown (replay, older posts).
     scan: str = ""
+    # Where on the detector its arrays lie (:func:`footprint`), for a later scan that
+    # keeps it (keep_references): "" where unknown. Its shape alone let another scan's
+    # darks of other detector rows correct this one's (0.72 off, said nowhere).
+    footprint: str = ""
 
     def flat_for(self, frame_index: int) -> FloatArray:
         if self.flat_after is None or self.after_index <= self.before_index:
@@ -91,7 +96,7 @@ class ReferenceSet:
         if self.flat_after is not None:
             arrays["flat_after"] = self.flat_after
         meta = np.array([self.version, self.before_index, self.after_index], dtype=np.int64)
-        np.savez(buf, meta=meta, scan=np.array(self.scan), **arrays)  # type: ignore[arg-type]
+        np.savez(buf, meta=meta, scan=np.array(self.scan), footprint=np.array(self.footprint), **arrays)  # type: ignore[arg-type]
         return buf.getvalue()
 
     @classmethod
@@ -100,7 +105,24 @@ class ReferenceSet:
             version, before, after = (int(v) for v in npz["meta"])
             flat_after = npz["flat_after"] if "flat_after" in npz.files else None
             scan = str(npz["scan"]) if "scan" in npz.files else ""
-            return cls(version, npz["dark"], npz["flat"], before, flat_after, after, scan)
+            footprint = str(npz["footprint"]) if "footprint" in npz.files else ""
+            return cls(version, npz["dark"], npz["flat"], before, flat_after, after, scan, footprint)
+
+
+def footprint(detector_rows: int, detector_cols: int, dtype: str, bin_factor: int, rows: Sequence[int]) -> str:
+    """Where a reference set's arrays lie: the (binned) detector, its type, the binning
+    and the detector rows its sinogram rows are, as ranges ('detector 2048x2048 uint16,
+    bin 1, rows 0-2047')."""
+    ranges: list[str] = []
+    start = prev = None
+    for row in (*(int(r) for r in rows), None):
+        if row is not None and prev is not None and row == prev + 1:
+            prev = row
+            continue
+        if start is not None:
+            ranges.append(f"{start}" if start == prev else f"{start}-{prev}")
+        start = prev = row
+    return f"detector {detector_rows}x{detector_cols} {dtype}, bin {bin_factor}, rows {','.join(ranges)}"
 
 
 def content_version(*arrays: FloatArray | None) -> int:
@@ -146,6 +168,8 @@ class ReferenceTracker:
         # Darks after the projections that corrected nothing: the scan's flats were
         # retaken mid-scan, and its projections are corrected set by set (scan_end).
         self.darks_after_unused = 0
+        # Whether the darks this scan corrects with are the kept set's (keep), not zeros.
+        self.darks_borrowed = False
 
     @property
     def current(self) -> ReferenceSet | None:
@@ -204,6 +228,8 @@ class ReferenceTracker:
             return None
         self._current = refs
         self._darks_taken = self._darks_taken or batch.darks.count > 0
+        if self._kept is not None and refs.dark is self._kept.dark:
+            self.darks_borrowed = True
         if not scan_ended:
             self._sets_made += 1
         if incomplete and not scan_ended:
@@ -285,3 +311,4 @@ class ReferenceTracker:
             self._kept = None
         self._sets_made = 0
         self.darks_after_unused = 0
+        self.darks_borrowed = False

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.correction.corrector import Corrector, unusable_projection
-from streamtomo.pipeline.correction.references import ReferenceSet
+from streamtomo.pipeline.correction.references import ReferenceSet, footprint
 from streamtomo.pipeline.formats.kinds import FrameKindRule
 from streamtomo.pipeline.messages import (
     NOMINAL_ROW,
@@ -308,6 +308,7 @@ class LiveScan:
                 self.config = fitted
                 self.admission.notice("settings_do_not_fit", misfit)
             self.detector, self.geometry = detector, geometry
+            self._check_kept_references()
             grid = AngleGrid.of(self.config)
             self.sinogram = SinogramAssembler(len(geometry.sinogram_rows), grid, detector.cols, self.pool)
             self.ledger = self._new_ledger(geometry)
@@ -325,6 +326,33 @@ class LiveScan:
                 self._add_reference(msg)
             else:
                 self._add_projection(msg)
+
+    def reference_footprint(self) -> str:
+        """Where this scan's reference sets lie on the detector (:func:`footprint`); ""
+        before the detector is known."""
+        if self.detector is None or self.geometry is None:
+            return ""
+        d = self.detector
+        return footprint(d.rows, d.cols, d.dtype, self.config.bin, self.geometry.sinogram_rows.tolist())
+
+    def _check_kept_references(self) -> None:
+        """An earlier scan's set (keep_references) applies only where it lies on the same
+        detector rows as this scan's: shapes alone let darks of other rows (rows 0:4
+        kept, 4:8 now) correct every projection, and a kept set of another shape made a
+        scan whose darks came alone fail at every projection (an exception each)."""
+        kept = self.references.kept
+        if kept is None or self.geometry is None:
+            return
+        ours = self.reference_footprint()
+        shape = (len(self.geometry.sinogram_rows), self.geometry.cols)
+        if (kept.footprint or ours) == ours and kept.dark.shape == shape:
+            return
+        self.references.forget_kept()
+        self.admission.notice(
+            "kept_references_unfit",
+            f"the darks and flats kept from an earlier scan ({kept.footprint or f'shape {kept.dark.shape}'}) do not "
+            f"lie where this scan's do ({ours}): not used",
+        )
 
     def _add_reference(self, ref: ReferenceRows) -> None:
         broadcast = self.admission.is_copy(ref.frame_index, ref.event) or (

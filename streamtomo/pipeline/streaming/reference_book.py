@@ -148,6 +148,17 @@ class ReferenceBook:
             self._kept = refs
             self.tracker.keep(refs)
 
+    @property
+    def kept(self) -> ReferenceSet | None:
+        """The earlier scan's set this one applies (keep_references), if any."""
+        return self._kept
+
+    def forget_kept(self) -> None:
+        """The kept set does not fit this scan's detector rows: applied nowhere (it is
+        still known, to re-correct rows a worker corrected with it)."""
+        self._kept = None
+        self.tracker.keep(None)
+
     # -- lookups --------------------------------------------------------------------
     def knows(self, version: int) -> bool:
         return version in self._versions

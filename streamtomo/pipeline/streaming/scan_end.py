@@ -63,8 +63,9 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
         scan.admission.counts["darks_after_unused"] = unused
         logger.warning(
             "%d darks after the projections, none before, are not used: the flats were retaken mid-scan, and "
-            "the projections are corrected without darks (set dark frames before the projections)",
+            "the projections are corrected %s (set dark frames before the projections)",
             unused,
+            "with the darks kept from an earlier scan" if refs.tracker.darks_borrowed else "without darks",
         )
     for msg in waiting:
         applicable = refs.applicable(msg.frame_index)
