@@ -379,13 +379,8 @@ class TomoReducer:
         this reducer's parameter hash out of step, and the controller redistributes
         every parameter to every service until it is.
         """
-        # Where its arrays lie on the detector: a next scan keeps it only where its own
-        # lie there too (LiveScan._check_kept_references).
-        refs = dataclasses.replace(refs, footprint=self.scan.reference_footprint())
-        self.context["references"] = refs
-        # Tagged with this scan: the controller keeps the parameter for the next one,
-        # whose workers must not take it over their own darks and flats (TomoWorker).
-        refs = dataclasses.replace(refs, scan=str(self.mapping_uuid or ""))
+        self.context["references"] = dataclasses.replace(refs, footprint=self.scan.reference_footprint())
+        refs = self._tagged(refs)
         if not self.scan.config.controller_url:
             from dranspose.protocol import ParameterName, WorkParameter
 
@@ -408,12 +403,21 @@ class TomoReducer:
         # goes too (the first batch made again with a late frame, say).
         self._post_references(refs)
 
+    def _tagged(self, refs: ReferenceSet) -> ReferenceSet:
+        """``refs`` as it leaves this reducer: with where its arrays lie on the detector (a
+        next scan keeps it only where its own lie there too, and a worker corrects with
+        it only there: LiveScan._check_kept_references, FrameProcessor) and this scan's
+        tag (the controller keeps the parameter for the next scan, whose workers must
+        not take it over their own darks and flats: TomoWorker)."""
+        return dataclasses.replace(refs, footprint=self.scan.reference_footprint(), scan=str(self.mapping_uuid or ""))
+
     def _post_references(self, refs: ReferenceSet) -> None:
         """Post ``refs`` to the controller once (per reducer, i.e. per scan); nothing
         in replay. Also called when a worker's rows came raw or corrected with another set."""
         url = self.scan.config.controller_url
         if not url or refs.version in self._posted_references:
             return
+        refs = self._tagged(refs)
         self._posted_references.add(refs.version)
         logger.info("sharing darks and flats (version %x) with the workers through the controller", refs.version)
         # Off the result path: megabytes through the controller take a while, and

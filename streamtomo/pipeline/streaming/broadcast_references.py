@@ -65,13 +65,21 @@ def _first_batch_known(config: PipelineConfig) -> bool:
     the reducer's set, so they wait for its set and send raw rows until it comes."""
     if config.kind_rule != "counts" or config.first_projection() == 0:
         return False
+    return not config.keep_references or takes_both_kinds_first(config)
+
+
+def takes_both_kinds_first(config: PipelineConfig) -> bool:
+    """Whether the layout (``counts``) has darks and flats before the first projection:
+    the scan then never uses an earlier scan's set."""
+    if config.kind_rule != "counts":
+        return False
     kinds = set()
     for kind, count in config.frame_segments():
         if kind == ImageKey.PROJECTION:
             break
         if count:
             kinds.add(kind)
-    return not config.keep_references or {ImageKey.DARK, ImageKey.FLAT} <= kinds
+    return {ImageKey.DARK, ImageKey.FLAT} <= kinds
 
 
 class BroadcastReferences:

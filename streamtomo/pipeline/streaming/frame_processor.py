@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.correction.corrector import Corrector, unusable_projection
-from streamtomo.pipeline.correction.references import ReferenceSet
+from streamtomo.pipeline.correction.references import ReferenceSet, footprint
 from streamtomo.pipeline.formats.limits import MAX_FRAME_BYTES
 from streamtomo.pipeline.messages import (
     NOMINAL_ROW,
@@ -74,6 +74,7 @@ class FrameProcessor:
         self._detectors: dict[tuple[tuple[int, ...], np.dtype[Any]], DetectorInfo] = {}
         # The newest dark or flat taken here (ProjectionRows.references_through).
         self._references_through = -1
+        self._refused_references: set[int] = set()  # versions said not to fit (logged once)
 
     # -- settings -------------------------------------------------------------------
     def configure(self, config: PipelineConfig) -> PartialSum | None:
@@ -112,12 +113,11 @@ class FrameProcessor:
             return None
         if self._corrector is None:
             refs = self.references
-            if refs.dark.shape != (len(geometry.sinogram_rows), geometry.cols):
-                logger.warning(
-                    "references have shape %s, sinogram rows %s: ignoring them",
-                    refs.dark.shape,
-                    (len(geometry.sinogram_rows), geometry.cols),
-                )
+            unfit = self._unfit(refs, geometry)
+            if unfit:
+                if refs.version not in self._refused_references:  # said once, not per projection
+                    self._refused_references.add(refs.version)
+                    logger.warning("darks and flats %s: ignoring them (rows go raw to the reducer)", unfit)
                 return None
             self._corrector = Corrector(
                 refs.dark,
@@ -291,6 +291,21 @@ class FrameProcessor:
         return ProjectionRows(
             index, angle_deg, angle_measured, rows, 0, "", detector, event, digest=digest, references_through=through
         )
+
+    def _unfit(self, refs: ReferenceSet, geometry: LiveSliceGeometry) -> str:
+        """Why ``refs`` cannot correct this worker's rows ("" where they can): another
+        shape, or another place on the detector (an earlier scan's set kept with
+        keep_references, of other rows of the same count: their darks corrected every
+        projection, 0.76 off, where the reducer had refused the set)."""
+        shape = (len(geometry.sinogram_rows), geometry.cols)
+        if refs.dark.shape != shape:
+            return f"have shape {refs.dark.shape}, sinogram rows {shape}"
+        if refs.footprint and self.detector is not None:
+            d = self.detector
+            ours = footprint(d.rows, d.cols, d.dtype, self.config.bin, geometry.sinogram_rows.tolist())
+            if refs.footprint != ours:
+                return f"lie at {refs.footprint}, this scan's rows at {ours}"
+        return ""
 
     def _process_frame(
         self,

@@ -51,6 +51,7 @@ from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming import scan_end
 from streamtomo.pipeline.streaming.admission import FrameAdmission, index_ranges, ranges_text
 from streamtomo.pipeline.streaming.angle_join import AngleJoin
+from streamtomo.pipeline.streaming.broadcast_references import takes_both_kinds_first
 from streamtomo.pipeline.streaming.contributions import REJECTED_SLOT, ContributionLedger, FrameKey
 from streamtomo.pipeline.streaming.late_references import REFERENCE_KINDS, LateReferences
 from streamtomo.pipeline.streaming.live_geometry import LiveSliceGeometry, fit_to_detector
@@ -348,6 +349,8 @@ class LiveScan:
         if (kept.footprint or ours) == ours and kept.dark.shape == shape:
             return
         self.references.forget_kept()
+        if takes_both_kinds_first(self.config):
+            return  # its own darks and flats come before every projection: not needed
         self.admission.notice(
             "kept_references_unfit",
             f"the darks and flats kept from an earlier scan ({kept.footprint or f'shape {kept.dark.shape}'}) do not "

@@ -820,6 +820,36 @@ def test_a_kept_set_of_another_shape_fails_no_scan_of_darks_alone() -> None:
     assert scan.rejected == {"kept_references_unfit": 1, "no_references": ANGLES}
 
 
+def test_a_worker_corrects_with_no_set_of_other_detector_rows(caplog: pytest.LogCaptureFixture) -> None:
+    """Replay shares one parameter dict: workers took the kept set the reducer had
+    refused (rows 4:8 kept, 0:4 now, one shape) and corrected with the other rows'
+    darks (0.76 off, where clipped pixels could not be undone). A worker now sends raw
+    rows for a set that lies elsewhere, and says so once."""
+    frames = make_frames(seed=1)
+    kept = _kept_from(frames, config(rows="0:2"))
+    cfg = config(rows="2:4", keep_references=True, n_darks_before=0)
+    worker = FrameProcessor(cfg)
+    worker.set_references(kept)
+    projections = [f for f in frames if f.key == ImageKey.PROJECTION][:3]
+    rows = [m for f in projections for m in worker.process(f.index, f.key, f.data, f.angle_deg)]
+    assert [m.reference_version for m in rows if isinstance(m, ProjectionRows)] == [0, 0, 0]
+    assert caplog.text.count("ignoring them") == 1
+    # The same rows: used.
+    here = FrameProcessor(config(rows="0:2", keep_references=True, n_darks_before=0))
+    here.set_references(kept)
+    made = here.process(projections[0].index, projections[0].key, projections[0].data, projections[0].angle_deg)
+    assert [m.reference_version for m in made if isinstance(m, ProjectionRows)] == [kept.version]
+
+
+def test_a_scan_with_its_own_darks_and_flats_first_says_nothing_of_an_unfit_kept_set() -> None:
+    """keep_references left on and rows changed: every scan that takes its own darks and
+    flats before its projections (and so never uses the kept set) had the notice."""
+    frames = make_frames(seed=1)
+    kept = _kept_from(frames, config(rows="0:2"))
+    scan = _with_kept(frames, config(rows="2:4", keep_references=True), kept)
+    assert not scan.rejected and scan.status()["projections"] == ANGLES
+
+
 def test_darks_after_a_scan_on_kept_darks_say_which_darks_correct_it(caplog: pytest.LogCaptureFixture) -> None:
     """Flats retaken mid-scan, darks after, none before but the kept ones: the WARNING
     said the projections were corrected without darks; the kept darks corrected them."""
