@@ -108,8 +108,8 @@ def _run(
     keeps serving after the scan until Enter or Ctrl-C (as ``--serve`` does until Ctrl-C)."""
     from streamtomo.app.recording_checks import cuts
     from streamtomo.app.runner import Progress, ReplayFailed, ReplayRun
+    from streamtomo.app.scan_outcome import UNDER_WAY
     from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError
-    from streamtomo.reducer.final_metadata import write_final_file
 
     # With --hsds the reducer mirrors the domain there; credentials come from the
     # environment or a file (streamtomo.hsds_bridge.credentials), never from the command line.
@@ -164,7 +164,19 @@ def _run(
             run.interrupt()
             with contextlib.suppress(TimeoutError, ReplayFailed):  # the summary says what came
                 run.wait(timeout=INTERRUPT_WAIT_S)
-            print(f"interrupted: {run.summary().describe()}", file=sys.stderr, flush=True)
+            interrupted = run.summary()
+            print(f"interrupted: {interrupted.describe()}", file=sys.stderr, flush=True)
+            if args.out:
+                # The scan ended with what it had: its file too, as a deployment's scan
+                # that play ends early keeps its own (nothing was written, and nothing said).
+                unwritten = (
+                    _write_out(args.out, reducer)
+                    if interrupted.state not in UNDER_WAY
+                    else f"--out {args.out} was not written: the scan had not ended {INTERRUPT_WAIT_S:.0f} s after "
+                    "the interrupt"
+                )
+                if unwritten:
+                    print(f"streamtomo: error: {unwritten}", file=sys.stderr, flush=True)
             return _interrupted_status(interrupt)
         progress.close()
         summary = run.summary()
@@ -174,17 +186,7 @@ def _run(
             cut = cuts(recordings)
         if getattr(reducer, "hsds", None) is not None:
             print(f"hsds domain: {reducer.hsds.domain_name} at {args.hsds}", flush=True)
-        unwritten = ""
-        if args.out:
-            # As a deployment's final file: the scan it is and when it ended, the volume as its default.
-            identifier, ended = str(reducer.mapping_uuid or Path(args.out).stem), time.time()
-            try:
-                path = write_final_file(reducer.domain, args.out, identifier, ended)
-            except OSError as error:  # checked before the scan, but a disk fills up meanwhile
-                where = f" ({error.filename})" if error.filename else ""
-                unwritten = f"--out {args.out} was not written: {error.strerror or error}{where}"
-            else:
-                print(f"final file: {path}")
+        unwritten = _write_out(args.out, reducer) if args.out else ""
         print(f"summary: {summary.describe()}", flush=True)
         if summary.failed:
             # On stderr and as the exit status, so scripts and CI see it too.
@@ -786,6 +788,21 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
+
+
+def _write_out(out: str, reducer: Any) -> str:
+    """The scan's ``--out`` file, as a deployment's final file (the scan it is and when it
+    ended, the volume as its default); prints where, or returns why it was not written."""
+    from streamtomo.reducer.final_metadata import write_final_file
+
+    identifier, ended = str(reducer.mapping_uuid or Path(out).stem), time.time()
+    try:
+        path = write_final_file(reducer.domain, out, identifier, ended)
+    except OSError as error:  # checked before the scan, but a disk fills up meanwhile
+        where = f" ({error.filename})" if error.filename else ""
+        return f"--out {out} was not written: {error.strerror or error}{where}"
+    print(f"final file: {path}", flush=True)
+    return ""
 
 
 def _interrupted_status(interrupt: KeyboardInterrupt) -> int:

@@ -379,11 +379,13 @@ def test_ctrl_c_or_sigterm_mid_scan_stops_it_at_once_and_leaves_nothing(
 ) -> None:
     """dranspose's replay has no stop: Ctrl-C let the whole paced scan play on and then
     printed a traceback; SIGTERM left the temporary folders (the control token's among
-    them). As a shell's background job, SIGINT even started out ignored."""
+    them). As a shell's background job, SIGINT even started out ignored. The scan ends
+    with what it had, its --out file too (none was written, and nothing said so)."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
+    out = tmp_path / "scan.nxs"
     process = subprocess.Popen(
-        [CLI, "demo", "--rows", "4", "--cols", "32", "--angles", "60", "--pace", "600"],
+        [CLI, "demo", "--rows", "4", "--cols", "32", "--angles", "60", "--pace", "600", "--out", str(out)],
         env={**os.environ, "TMPDIR": str(scratch)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -398,7 +400,7 @@ def test_ctrl_c_or_sigterm_mid_scan_stops_it_at_once_and_leaves_nothing(
         else:
             pytest.fail(f"the demo ended before it streamed: {process.communicate()}")
         process.send_signal(sig)
-        _, err = process.communicate(timeout=60)  # the scan was paced over 600 s
+        rest, err = process.communicate(timeout=60)  # the scan was paced over 600 s
     finally:
         if process.poll() is None:
             process.kill()
@@ -406,6 +408,9 @@ def test_ctrl_c_or_sigterm_mid_scan_stops_it_at_once_and_leaves_nothing(
     assert process.returncode == status, err
     assert "Traceback" not in err and "interrupted: " in err, err
     assert list(scratch.iterdir()) == []  # recordings, parameters, the control token: all removed
+    assert f"final file: {out}" in rest, (rest, err)
+    with h5py.File(out, "r") as f:
+        assert f["entry/status/state"][()].decode() not in ("waiting", "running")
 
 
 def test_a_simulated_size_the_pipeline_refuses_is_one_line_and_makes_no_folder(tmp_path: Path) -> None:
