@@ -41,9 +41,29 @@ class Upstream:
         self.written = 0
         self.big_done = threading.Event()
         self.http = BackgroundHttpServer(self._app, "127.0.0.1", 0, "stand-in endpoint")
+        # Answers still being made: a test may end before them (the page was answered
+        # 502 at the timeout, a HEAD had its headers), and a server closed under a
+        # handler left a pending task whose collection, in a later test, logged
+        # "Task was destroyed but it is pending!" (an ERROR: that test failed in CI).
+        self._handling = 0
+        self._handling_lock = threading.Lock()
+
+    def wait_idle(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._handling and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _app(self) -> web.Application:
         async def record(request: web.Request) -> web.StreamResponse:
+            with self._handling_lock:
+                self._handling += 1
+            try:
+                return await answer(request)
+            finally:
+                with self._handling_lock:
+                    self._handling -= 1
+
+        async def answer(request: web.Request) -> web.StreamResponse:
             self.seen.append((request.method, request.path_qs, dict(request.headers)))
             if request.path == "/big":
                 return await big(request)
@@ -102,6 +122,7 @@ def upstream() -> Iterator[Upstream]:
     try:
         yield stand_in
     finally:
+        stand_in.wait_idle(15)
         stand_in.http.close(10)
 
 
