@@ -162,21 +162,31 @@ def _run(
         except KeyboardInterrupt as interrupt:  # Ctrl-C (or SIGTERM, see main): stop now, tidy up
             progress.close()
             run.interrupt()
-            with contextlib.suppress(TimeoutError, ReplayFailed):  # the summary says what came
+            ended = True
+            try:
                 run.wait(timeout=INTERRUPT_WAIT_S)
+            except TimeoutError:
+                ended = False
+            except ReplayFailed:  # the summary says what came
+                pass
             interrupted = run.summary()
             print(f"interrupted: {interrupted.describe()}", file=sys.stderr, flush=True)
             if args.out:
                 # The scan ended with what it had: its file too, as a deployment's scan
                 # that play ends early keeps its own (nothing was written, and nothing said).
-                unwritten = (
-                    _write_out(args.out, reducer)
-                    if interrupted.state not in UNDER_WAY
-                    else f"--out {args.out} was not written: the scan had not ended {INTERRUPT_WAIT_S:.0f} s after "
-                    "the interrupt"
-                )
+                if not ended:
+                    unwritten = f"the scan had not ended {INTERRUPT_WAIT_S:.0f} s after the interrupt"
+                elif interrupted.state in UNDER_WAY:
+                    unwritten = f"the scan did not end ({interrupted.state})"
+                else:
+                    try:
+                        unwritten = _write_out(args.out, reducer)
+                    except KeyboardInterrupt:  # a second Ctrl-C: the part written is removed
+                        unwritten = "interrupted again while it was written"
                 if unwritten:
-                    print(f"streamtomo: error: {unwritten}", file=sys.stderr, flush=True)
+                    print(
+                        f"streamtomo: error: --out {args.out} was not written: {unwritten}", file=sys.stderr, flush=True
+                    )
             return _interrupted_status(interrupt)
         progress.close()
         summary = run.summary()
@@ -187,6 +197,8 @@ def _run(
         if getattr(reducer, "hsds", None) is not None:
             print(f"hsds domain: {reducer.hsds.domain_name} at {args.hsds}", flush=True)
         unwritten = _write_out(args.out, reducer) if args.out else ""
+        if unwritten:
+            unwritten = f"--out {args.out} was not written: {unwritten}"
         print(f"summary: {summary.describe()}", flush=True)
         if summary.failed:
             # On stderr and as the exit status, so scripts and CI see it too.
@@ -792,7 +804,8 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 def _write_out(out: str, reducer: Any) -> str:
     """The scan's ``--out`` file, as a deployment's final file (the scan it is and when it
-    ended, the volume as its default); prints where, or returns why it was not written."""
+    ended, the volume as its default); prints where, or returns why it was not written
+    ("" when it was)."""
     from streamtomo.reducer.final_metadata import write_final_file
 
     identifier, ended = str(reducer.mapping_uuid or Path(out).stem), time.time()
@@ -800,7 +813,7 @@ def _write_out(out: str, reducer: Any) -> str:
         path = write_final_file(reducer.domain, out, identifier, ended)
     except OSError as error:  # checked before the scan, but a disk fills up meanwhile
         where = f" ({error.filename})" if error.filename else ""
-        return f"--out {out} was not written: {error.strerror or error}{where}"
+        return f"{error.strerror or error}{where}"
     print(f"final file: {path}", flush=True)
     return ""
 

@@ -117,8 +117,14 @@ class FrameProcessor:
             if unfit:
                 if refs.version not in self._refused_references:  # said once, not per projection
                     self._refused_references.add(refs.version)
-                    logger.warning("darks and flats %s: ignoring them (rows go raw to the reducer)", unfit)
-                return None
+                    logger.warning("darks and flats %s: ignoring them", unfit)
+                # The set this worker built from the scan's broadcast darks and flats, if
+                # any: else every row went raw until the reducer's own set came round
+                # (a stale shared set of other rows, posted by no play).
+                own = self._broadcast.for_projection()
+                if own is None or own is refs or self._unfit(own, geometry):
+                    return None
+                self.references = refs = own
             self._corrector = Corrector(
                 refs.dark,
                 refs.flat,

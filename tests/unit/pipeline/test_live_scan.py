@@ -841,6 +841,21 @@ def test_a_worker_corrects_with_no_set_of_other_detector_rows(caplog: pytest.Log
     assert [m.reference_version for m in made if isinstance(m, ProjectionRows)] == [kept.version]
 
 
+def test_a_worker_given_a_set_of_other_rows_corrects_with_its_own() -> None:
+    """A shared set of other rows (one the controller kept, posted by no play) was
+    ignored, and every row went raw to the reducer (36 of 36 in a review's probe) though
+    the worker had built this scan's set from its broadcast darks and flats."""
+    frames = make_frames(seed=1)
+    stale = _kept_from(frames, config(rows="0:2"))
+    cfg = config(rows="2:4")
+    worker = FrameProcessor(cfg)
+    worker.set_references(stale)
+    made = [m for f in frames for m in worker.process(f.index, f.key, f.data, f.angle_deg)]
+    versions = {m.reference_version for m in made if isinstance(m, ProjectionRows)}
+    own = run(frames, 1, cfg).references.current
+    assert own is not None and versions == {own.version}
+
+
 def test_a_scan_with_its_own_darks_and_flats_first_says_nothing_of_an_unfit_kept_set() -> None:
     """keep_references left on and rows changed: every scan that takes its own darks and
     flats before its projections (and so never uses the kept set) had the notice."""
