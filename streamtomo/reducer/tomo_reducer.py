@@ -379,8 +379,7 @@ class TomoReducer:
         this reducer's parameter hash out of step, and the controller redistributes
         every parameter to every service until it is.
         """
-        self.context["references"] = dataclasses.replace(refs, footprint=self.scan.reference_footprint())
-        refs = self._tagged(refs)
+        refs = self.context["references"] = self._tagged(refs)  # the next scan keeps it (keep_references)
         if not self.scan.config.controller_url:
             from dranspose.protocol import ParameterName, WorkParameter
 

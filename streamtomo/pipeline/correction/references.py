@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,7 +76,7 @@ class ReferenceSet:
     # The scan (mapping) whose reducer shared it through the ``references`` parameter,
     # which the controller keeps across scans: "" where unknown (replay, older posts).
     scan: str = ""
-    # Where on the detector its arrays lie (:func:`footprint`), for a later scan that
+    # Where on the detector its arrays lie (LiveSliceGeometry.footprint), for a later scan that
     # keeps it (keep_references): "" where unknown. Its shape alone let another scan's
     # darks of other detector rows correct this one's (0.72 off, said nowhere).
     footprint: str = ""
@@ -107,22 +106,6 @@ class ReferenceSet:
             scan = str(npz["scan"]) if "scan" in npz.files else ""
             footprint = str(npz["footprint"]) if "footprint" in npz.files else ""
             return cls(version, npz["dark"], npz["flat"], before, flat_after, after, scan, footprint)
-
-
-def footprint(detector_rows: int, detector_cols: int, dtype: str, bin_factor: int, rows: Sequence[int]) -> str:
-    """Where a reference set's arrays lie: the (binned) detector, its type, the binning
-    and the detector rows its sinogram rows are, as ranges ('detector 2048x2048 uint16,
-    bin 1, rows 0-2047')."""
-    ranges: list[str] = []
-    start = prev = None
-    for row in (*(int(r) for r in rows), None):
-        if row is not None and prev is not None and row == prev + 1:
-            prev = row
-            continue
-        if start is not None:
-            ranges.append(f"{start}" if start == prev else f"{start}-{prev}")
-        start = prev = row
-    return f"detector {detector_rows}x{detector_cols} {dtype}, bin {bin_factor}, rows {','.join(ranges)}"
 
 
 def content_version(*arrays: FloatArray | None) -> int:
@@ -192,6 +175,11 @@ class ReferenceTracker:
 
     def note_projection(self, index: int) -> None:
         self._last_projection_index = max(self._last_projection_index, index)
+
+    @property
+    def kept(self) -> ReferenceSet | None:
+        """The earlier scan's set this one keeps (:meth:`keep`), if any."""
+        return self._kept
 
     def keep(self, refs: ReferenceSet | None) -> None:
         """An earlier scan's set, kept for this one: a first batch of flats alone takes

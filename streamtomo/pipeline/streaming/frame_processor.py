@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.correction.corrector import Corrector, unusable_projection
-from streamtomo.pipeline.correction.references import ReferenceSet, footprint
+from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.formats.limits import MAX_FRAME_BYTES
 from streamtomo.pipeline.messages import (
     NOMINAL_ROW,
@@ -113,7 +113,7 @@ class FrameProcessor:
             return None
         if self._corrector is None:
             refs = self.references
-            unfit = self._unfit(refs, geometry)
+            unfit = geometry.unfit(refs)
             if unfit:
                 if refs.version not in self._refused_references:  # said once, not per projection
                     self._refused_references.add(refs.version)
@@ -122,7 +122,7 @@ class FrameProcessor:
                 # any: else every row went raw until the reducer's own set came round
                 # (a stale shared set of other rows, posted by no play).
                 own = self._broadcast.for_projection()
-                if own is None or own is refs or self._unfit(own, geometry):
+                if own is None or own is refs or geometry.unfit(own):
                     return None
                 self.references = refs = own
             self._corrector = Corrector(
@@ -297,21 +297,6 @@ class FrameProcessor:
         return ProjectionRows(
             index, angle_deg, angle_measured, rows, 0, "", detector, event, digest=digest, references_through=through
         )
-
-    def _unfit(self, refs: ReferenceSet, geometry: LiveSliceGeometry) -> str:
-        """Why ``refs`` cannot correct this worker's rows ("" where they can): another
-        shape, or another place on the detector (an earlier scan's set kept with
-        keep_references, of other rows of the same count: their darks corrected every
-        projection, 0.76 off, where the reducer had refused the set)."""
-        shape = (len(geometry.sinogram_rows), geometry.cols)
-        if refs.dark.shape != shape:
-            return f"have shape {refs.dark.shape}, sinogram rows {shape}"
-        if refs.footprint and self.detector is not None:
-            d = self.detector
-            ours = footprint(d.rows, d.cols, d.dtype, self.config.bin, geometry.sinogram_rows.tolist())
-            if refs.footprint != ours:
-                return f"lie at {refs.footprint}, this scan's rows at {ours}"
-        return ""
 
     def _process_frame(
         self,

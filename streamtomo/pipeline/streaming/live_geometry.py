@@ -19,11 +19,13 @@ import numpy.typing as npt
 import scipy.fft
 
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
+from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.messages import DetectorInfo
 from streamtomo.pipeline.reconstruction.backprojection import backproject_into
 from streamtomo.pipeline.reconstruction.cor import SweepRows
 from streamtomo.pipeline.reconstruction.filters import ProjectionFilter
 from streamtomo.pipeline.reconstruction.interleaved import InterleavedSlices
+from streamtomo.pipeline.streaming.admission import index_ranges, ranges_text
 from streamtomo.pipeline.streaming.prefault import prefaulted_zeros
 
 logger = logging.getLogger(__name__)
@@ -136,6 +138,10 @@ class LiveSliceGeometry:
         self.center = config.center_value(detector.cols)
         self.size = config.slice_size or detector.cols
         self.cols = detector.cols
+        # Where a reference set made for these rows lies on the detector: the (binned)
+        # detector, its pixel type, the binning and the detector rows, as ranges.
+        rows = ranges_text(index_ranges(int(r) for r in self.sinogram_rows), shown=len(self.sinogram_rows))
+        self.footprint = f"detector {detector.rows}x{detector.cols} {detector.dtype}, bin {config.bin}, rows {rows}"
         self.filter = ProjectionFilter(detector.cols, config.filter)
         self.filter_name = config.filter
         self.recon_id = recon_id(config, detector)
@@ -168,6 +174,18 @@ class LiveSliceGeometry:
     def row_bytes(self) -> int:
         """What one projection's sinogram rows weigh (float32), as a worker sends them."""
         return len(self.sinogram_rows) * self.cols * 4
+
+    def unfit(self, refs: ReferenceSet) -> str:
+        """Why ``refs`` cannot correct these rows ("" where it can): another shape, or,
+        where it says (``footprint``), another place on the detector. An earlier scan's
+        set kept with keep_references, of other rows of the same count, had its darks
+        correct every projection (0.72 off, said nowhere)."""
+        shape = (len(self.sinogram_rows), self.cols)
+        if refs.dark.shape != shape:
+            return f"have shape {refs.dark.shape}, these sinogram rows {shape}"
+        if refs.footprint and refs.footprint != self.footprint:
+            return f"lie at {refs.footprint}, these rows at {self.footprint}"
+        return ""
 
     def flush_every(self, configured: int) -> int:
         """Projections per partial sum: as configured, or from its size (0): about 1 MB

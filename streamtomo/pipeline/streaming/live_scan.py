@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from streamtomo.pipeline.config import ConfigError, PipelineConfig
 from streamtomo.pipeline.correction.corrector import Corrector, unusable_projection
-from streamtomo.pipeline.correction.references import ReferenceSet, footprint
+from streamtomo.pipeline.correction.references import ReferenceSet
 from streamtomo.pipeline.formats.kinds import FrameKindRule
 from streamtomo.pipeline.messages import (
     NOMINAL_ROW,
@@ -329,12 +329,9 @@ class LiveScan:
                 self._add_projection(msg)
 
     def reference_footprint(self) -> str:
-        """Where this scan's reference sets lie on the detector (:func:`footprint`); ""
-        before the detector is known."""
-        if self.detector is None or self.geometry is None:
-            return ""
-        d = self.detector
-        return footprint(d.rows, d.cols, d.dtype, self.config.bin, self.geometry.sinogram_rows.tolist())
+        """Where this scan's reference sets lie on the detector
+        (:attr:`LiveSliceGeometry.footprint`); "" before the detector is known."""
+        return "" if self.geometry is None else self.geometry.footprint
 
     def _check_kept_references(self) -> None:
         """An earlier scan's set (keep_references) applies only where it lies on the same
@@ -344,17 +341,14 @@ class LiveScan:
         kept = self.references.kept
         if kept is None or self.geometry is None:
             return
-        ours = self.reference_footprint()
-        shape = (len(self.geometry.sinogram_rows), self.geometry.cols)
-        if (kept.footprint or ours) == ours and kept.dark.shape == shape:
+        unfit = self.geometry.unfit(kept)
+        if not unfit:
             return
         self.references.forget_kept()
         if takes_both_kinds_first(self.config):
             return  # its own darks and flats come before every projection: not needed
         self.admission.notice(
-            "kept_references_unfit",
-            f"the darks and flats kept from an earlier scan ({kept.footprint or f'shape {kept.dark.shape}'}) do not "
-            f"lie where this scan's do ({ours}): not used",
+            "kept_references_unfit", f"the darks and flats kept from an earlier scan {unfit}: not used"
         )
 
     def _add_reference(self, ref: ReferenceRows) -> None:

@@ -38,7 +38,6 @@ class ReferenceBook:
         self.tracker = ReferenceTracker()
         self._versions: dict[int, ReferenceSet] = {}
         self._known_only: set[int] = set()  # earlier scans' sets, and replaced ones: re-correction only
-        self._kept: ReferenceSet | None = None  # an earlier scan's set, applied (keep_references)
         self._correctors: dict[tuple[int, bool, float], Corrector] = {}
         self._ordinal: dict[int, int] = {}  # version -> 1, 2, ... in this scan (for people)
         # version -> the set made again from its batch with a frame that came late
@@ -53,7 +52,6 @@ class ReferenceBook:
             self._versions.clear()
             self._correctors.clear()
             self._known_only.clear()
-            self._kept = None
 
     # -- incoming -------------------------------------------------------------------
     def add(self, key: ImageKey, frame_index: int, rows: np.ndarray) -> None:
@@ -145,18 +143,16 @@ class ReferenceBook:
         self._versions[refs.version] = refs
         self._known_only.add(refs.version)
         if applicable:
-            self._kept = refs
             self.tracker.keep(refs)
 
     @property
     def kept(self) -> ReferenceSet | None:
         """The earlier scan's set this one applies (keep_references), if any."""
-        return self._kept
+        return self.tracker.kept
 
     def forget_kept(self) -> None:
         """The kept set does not fit this scan's detector rows: applied nowhere (it is
         still known, to re-correct rows a worker corrected with it)."""
-        self._kept = None
         self.tracker.keep(None)
 
     # -- lookups --------------------------------------------------------------------
@@ -177,8 +173,8 @@ class ReferenceBook:
         before = [r for r in ours if r.before_index < frame_index]
         if before:
             return max(before, key=self._taken)
-        if self._kept is not None:
-            return self._kept
+        if self.tracker.kept is not None:
+            return self.tracker.kept
         return max(ours, key=self._taken) if ours else None
 
     def newest_before_scan_end(self) -> Corrector:

@@ -734,6 +734,26 @@ def test_kept_references_never_outrank_this_scans_own() -> None:
     assert not reuse.rejected
 
 
+def _kept_from(frames: list[Frame], cfg: PipelineConfig) -> ReferenceSet:
+    """The set a reducer keeps for the next scan: tagged with where it lies (as
+    TomoReducer._share_references does)."""
+    earlier = run(frames, 1, cfg)
+    assert earlier.references.current is not None
+    return dataclasses.replace(earlier.references.current, footprint=earlier.reference_footprint())
+
+
+def _with_kept(frames: list[Frame], cfg: PipelineConfig, kept: ReferenceSet) -> LiveScan:
+    shared: dict[str, ReferenceSet] = {}
+    scan = LiveScan(cfg, on_references=lambda refs: shared.__setitem__("refs", refs))
+    scan.remember_references(kept, applicable=True)
+    worker = FrameProcessor(cfg)
+    for frame in frames:
+        worker.set_references(shared.get("refs"))
+        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
+    scan.finish()
+    return scan
+
+
 @pytest.mark.parametrize("lacking", [ImageKey.DARK, ImageKey.FLAT])
 def test_a_first_batch_of_one_kind_takes_the_other_from_the_kept_set(lacking: ImageKey) -> None:
     """keep_references, and a scan that takes flats alone (or darks alone): the kept
@@ -753,39 +773,12 @@ def test_a_first_batch_of_one_kind_takes_the_other_from_the_kept_set(lacking: Im
     counts = {"n_darks_before": 0} if lacking == ImageKey.DARK else {"n_flats_before": 0}
     cfg = config(keep_references=True, **counts)
     one_kind = [Frame(i, f.key, f.data, f.angle_deg) for i, f in enumerate(f for f in frames if f.key != lacking)]
-    shared: dict[str, ReferenceSet] = {}
-    scan = LiveScan(cfg, on_references=lambda refs: shared.__setitem__("refs", refs))
-    scan.remember_references(earlier, applicable=True)
-    worker = FrameProcessor(cfg)
-    for frame in one_kind:
-        worker.set_references(shared.get("refs"))
-        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
-    scan.finish()
+    scan = _with_kept(one_kind, cfg, earlier)
     np.testing.assert_allclose(scan.sinogram.data, whole.sinogram.data, atol=1e-6)  # type: ignore[union-attr]
     assert not scan.rejected
     assert scan.counts.get("corrected_by_reducer", 0) >= 1  # the first projection, before the set was shared
     status = scan.status()
     assert (status["projections"], status["darks"] + status["flats"]) == (ANGLES, 3)
-
-
-def _kept_from(frames: list[Frame], cfg: PipelineConfig) -> ReferenceSet:
-    """The set a reducer keeps for the next scan: tagged with where it lies (as
-    TomoReducer._share_references does)."""
-    earlier = run(frames, 1, cfg)
-    assert earlier.references.current is not None
-    return dataclasses.replace(earlier.references.current, footprint=earlier.reference_footprint())
-
-
-def _with_kept(frames: list[Frame], cfg: PipelineConfig, kept: ReferenceSet) -> LiveScan:
-    shared: dict[str, ReferenceSet] = {}
-    scan = LiveScan(cfg, on_references=lambda refs: shared.__setitem__("refs", refs))
-    scan.remember_references(kept, applicable=True)
-    worker = FrameProcessor(cfg)
-    for frame in frames:
-        worker.set_references(shared.get("refs"))
-        scan.add_result(WorkerResult(list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))))
-    scan.finish()
-    return scan
 
 
 def test_a_kept_set_of_other_detector_rows_is_not_used() -> None:
