@@ -405,7 +405,7 @@ class TomoReducer:
     def _tagged(self, refs: ReferenceSet) -> ReferenceSet:
         """``refs`` as it leaves this reducer: with where its arrays lie on the detector (a
         next scan keeps it only where its own lie there too, and a worker corrects with
-        it only there: LiveScan._check_kept_references, FrameProcessor) and this scan's
+        it only there: LiveSliceGeometry.unfit) and this scan's
         tag (the controller keeps the parameter for the next scan, whose workers must
         not take it over their own darks and flats: TomoWorker)."""
         return dataclasses.replace(refs, footprint=self.scan.reference_footprint(), scan=str(self.mapping_uuid or ""))
