@@ -69,21 +69,25 @@ class DeploymentState:
 
 def running_deployment(path: Path) -> DeploymentState | None:
     """The deployment whose addresses ``path`` holds, if one of its services still runs
-    (a file left by one that crashed, or unreadable, is no deployment)."""
+    (a file left by one that crashed, or unreadable, is no deployment). A service is a
+    process running :data:`SERVICE_MODULE`: a pid the system gave since to a shell or
+    an editor whose command line merely names streamtomo made ``up`` refuse to start,
+    and ``play`` send to the dead deployment's addresses (to be refused there)."""
     try:
         state = DeploymentState.read(path)
     except (DeploymentError, OSError, ValueError, TypeError):
         return None
-    return state if any(runs_streamtomo(pid) for pid in state.pids.values()) else None
+    return state if any(runs_our_service(pid) for pid in state.pids.values()) else None
 
 
 SERVICE_MODULE = "streamtomo.app.services"  # what up's services run (python -m)
 
 
-def runs_streamtomo(pid: int, marker: str = "streamtomo") -> bool:
-    """Whether ``pid`` is a process of ours, by its command line (which holds
-    ``marker``): a pid the system gave to another program since is not ours."""
+def runs_our_service(pid: int) -> bool:
+    """Whether ``pid`` is one of our services, by its command line (which holds
+    :data:`SERVICE_MODULE`): a pid the system gave to another program since is not
+    ours, nor is ``play``, its shell or an editor whose command line names streamtomo."""
     try:
-        return marker.encode() in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+        return SERVICE_MODULE.encode() in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
     except (OSError, ValueError):
         return False

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from streamtomo.app.beamline_events import BROADCAST, BeamlineEvent, frame_events, recorded_events, scan_mapping
-from streamtomo.app.deployment_state import SERVICE_MODULE, DeploymentState, runs_streamtomo
+from streamtomo.app.deployment_state import DeploymentState, runs_our_service
 from streamtomo.app.parameter_files import load_config, parameter_list
 from streamtomo.app.upstream import DetectorPush, NotConnected, PandaServer, PlayError, PlayRefused
 from streamtomo.controller_client import ControllerClient, ControllerError, ControllerTimeout
@@ -279,7 +279,7 @@ def stopped_ingesters(pids: dict[str, int]) -> list[str]:
     machine's pids, and a deployment whose every service is gone is seen by its
     controller's silence."""
     # Not any command line that names streamtomo (play's own, its shell's): a service's.
-    running = {name: runs_streamtomo(pid, SERVICE_MODULE) for name, pid in pids.items()}
+    running = {name: runs_our_service(pid) for name, pid in pids.items()}
     if not any(running.values()):
         return []
     return [
