@@ -49,6 +49,10 @@ class RunSummary:
     pixels_repaired: int = 0  # dead, saturated or NaN pixels replaced by their row neighbours' median
     # [first, last] ranges of frames that never reached the reducer
     lost_frames: list[tuple[int, int]] = field(default_factory=list)
+    # From the stream reduced to the run's end: the end-of-scan volume and the final
+    # file's start. ``seconds`` leaves it out: a 2 s stream with a 60 s volume read as
+    # 3 frames/s.
+    end_of_scan_s: float = 0.0
 
     @property
     def frames_per_second(self) -> float:
@@ -81,6 +85,8 @@ class RunSummary:
             text += f"; {self.missing_angles} of {self.angle_slots} angle slots empty ({why} the angle grid parameters)"
         if self.last_frame_to_final_s is not None:
             text += f"; last frame to final slices {self.last_frame_to_final_s * 1000:.0f} ms"
+        if self.end_of_scan_s >= 0.05:
+            text += f"; then {self.end_of_scan_s:.2f} s to the end of the scan (volume, final file)"
         return text
 
 
@@ -112,6 +118,7 @@ class ReplayRun:
         self._tmp = tempfile.TemporaryDirectory(prefix="streamtomo-")
         self.reducer: Any = None
         self.started_at = 0.0
+        self.reduced_at = 0.0  # when dranspose's replay ended: every frame reduced
         self.finished_at = 0.0
 
     def start(self, timeout: float = 60.0) -> Any:
@@ -192,6 +199,8 @@ class ReplayRun:
         volume, the final file's start)."""
         if not self._done.wait(timeout):
             return False
+        if not self.reduced_at:
+            self.reduced_at = time.time()
         return self.reducer is None or bool(self.reducer.wait_end_of_scan(timeout))
 
     def status(self) -> dict[str, Any]:
@@ -208,7 +217,10 @@ class ReplayRun:
             reason = scan.reason
             lost_frames = scan.lost_frames()
         # Never started (interrupted before go()): no time, not seconds since 1970.
-        seconds = (self.finished_at or time.time()) - self.started_at if self.started_at else 0.0
+        now = time.time()
+        reduced = self.reduced_at or self.finished_at or now
+        seconds = reduced - self.started_at if self.started_at else 0.0
+        end_of_scan = (self.finished_at or now) - reduced if self.started_at else 0.0
         final_at = float(getattr(self.reducer, "final_slices_at", 0.0) or 0.0)
         projections = int(status["projections"])
         # Only a scan that had frames and published final slices has this latency.
@@ -228,6 +240,7 @@ class ReplayRun:
             pixels_repaired=int(status.get("pixels_repaired", 0)),
             angle_slots=scan.config.angle_slots(),
             lost_frames=lost_frames,
+            end_of_scan_s=max(end_of_scan, 0.0),
         )
 
     def interrupt(self, reason: str = "interrupted") -> None:

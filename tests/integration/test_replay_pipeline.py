@@ -226,3 +226,25 @@ def test_a_run_interrupted_before_it_went_ends_at_once_with_nothing_streamed(
         assert summary.frames == 0 and summary.seconds == 0.0
     finally:
         run.close()
+
+
+def test_the_summary_times_the_stream_apart_from_the_end_of_scan(
+    small_scan: tuple[SimulationSpec, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The summary's seconds (and frames/s) counted the end-of-scan volume too."""
+    monkeypatch.setenv("STREAMTOMO_HTTP_PORT", "0")
+    monkeypatch.setenv("STREAMTOMO_CONTROL_PORT", "0")
+    spec, recordings = small_scan
+    run = ReplayRun(recordings, spec.config(volume=True), workers=1, http_port=0)
+    try:
+        run.start()
+        run.go()
+        run.wait(timeout=120)
+        summary = run.summary()
+        # The stream's end lies between the final slices (published in finish) and the run's.
+        assert run.started_at < run.reducer.final_slices_at <= run.reduced_at <= run.finished_at
+        assert summary.seconds == pytest.approx(run.reduced_at - run.started_at)
+        assert summary.end_of_scan_s == pytest.approx(run.finished_at - run.reduced_at)
+        assert summary.frames_per_second == pytest.approx(summary.frames / summary.seconds)
+    finally:
+        run.close()

@@ -57,3 +57,11 @@ def test_summary_names_the_frames_that_never_came() -> None:
     assert "; 1 frame lost (never reached the reducer: 7)" in _summary(lost_frames=[(7, 7)]).describe()
     many = _summary(lost_frames=[(0, 1), (5, 5), (9, 12), (20, 20), (30, 31), (40, 40)]).describe()
     assert "; 11 frames lost (never reached the reducer: 0-1, 5, 9-12, 20 and 2 ranges more)" in many
+
+
+def test_summary_rate_leaves_out_the_end_of_scan_and_says_it_apart() -> None:
+    """A 2 s stream followed by a 60 s volume read as 40 frames in 62 s, 0.6 frames/s."""
+    text = _summary(end_of_scan_s=60.0).describe()
+    assert " in 2.00 s, 20.0 frames/s;" in text
+    assert text.endswith("; then 60.00 s to the end of the scan (volume, final file)")
+    assert "end of the scan" not in _summary(end_of_scan_s=0.01).describe()
