@@ -295,7 +295,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     if outcome is None:
         return 0
     print(f"state: {outcome.state}" + (f" ({outcome.reason})" if outcome.reason else ""), flush=True)
-    lost = describe_lost(list(outcome.lost_frames))
+    lost = describe_lost(list(outcome.lost_frames), outcome.base_doubted)
     if lost:
         print(lost, flush=True)
     if outcome.mirror_dropped:

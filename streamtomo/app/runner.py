@@ -21,7 +21,7 @@ from typing import Any
 from streamtomo.app.adapters import TOMO_REDUCER, TOMO_WORKER
 from streamtomo.app.parameter_files import write_parameter_file
 from streamtomo.app.reducer_environment import ReducerEnvironment
-from streamtomo.app.scan_outcome import describe_lost
+from streamtomo.app.scan_outcome import BASE_DOUBTED, describe_lost
 from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError
 from streamtomo.pipeline.config import PipelineConfig
 
@@ -73,7 +73,7 @@ class RunSummary:
             f"{': ' + reasons if reasons else ''}{'; noticed: ' + notices if notices else ''})"
             f" in {self.seconds:.2f} s, {self.frames_per_second:.1f} frames/s"
         )
-        lost = describe_lost(self.lost_frames)
+        lost = describe_lost(self.lost_frames, BASE_DOUBTED in self.notices)
         if lost:
             text += f"; {lost}"
         if self.pixels_repaired:

@@ -28,13 +28,27 @@ FAILED = "failed"
 LOST_RANGES_SHOWN = 4  # ranges of lost frames a line names; the rest are counted
 
 
-def describe_lost(ranges: list[tuple[int, int]]) -> str:
+def describe_lost(ranges: list[tuple[int, int]], base_doubted: bool = False) -> str:
     """'N frames lost (never reached the reducer: 10-19, 30)', '' when none: a scan that finished
-    without a third of its frames read like a whole one where only the count said so."""
+    without a third of its frames read like a whole one where only the count said so.
+
+    ``base_doubted``: the scan noticed ``frame_base_suspect``. Its empty positions may be
+    no loss but the numbering's offset (frame_base 0 for a detector that counts from 1
+    leaves position 0 empty, every frame sent), and "never reached the reducer" blamed
+    the network or a worker for frames that were all there."""
     lost = sum(last - first + 1 for first, last in ranges)
     if not lost:
         return ""
-    return f"{lost} frame{'s' if lost != 1 else ''} lost (never reached the reducer: {ranges_text(ranges, LOST_RANGES_SHOWN)})"
+    shown = ranges_text(ranges, LOST_RANGES_SHOWN)
+    if base_doubted:
+        return (
+            f"{lost} frame position{'s' if lost != 1 else ''} never filled ({shown}): lost, or the frames are "
+            "numbered from another frame_base (see frame_base_suspect)"
+        )
+    return f"{lost} frame{'s' if lost != 1 else ''} lost (never reached the reducer: {shown})"
+
+
+BASE_DOUBTED = "frame_base_suspect"  # the notice that puts the lost positions in doubt
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,7 @@ class ScanOutcome:
     reason: str
     lost_frames: tuple[tuple[int, int], ...] = ()  # [first, last] ranges that never reached the reducer
     mirror_dropped: int = 0  # updates the HSDS mirror could not deliver (publisher_dropped)
+    base_doubted: bool = False  # frame_base_suspect was noticed: the lost positions may be no loss
 
     @property
     def failed(self) -> bool:
@@ -83,7 +98,11 @@ def _consistent(status: Any, attempts: int) -> ScanOutcome | None:
         before = _text(status["generation"][()])
         dropped = int(status["publisher_dropped"][()]) if "publisher_dropped" in status else 0
         outcome = ScanOutcome(
-            _text(status["state"][()]), _text(status["reason"][()]), _ranges(_text(status["lost_frames"][()])), dropped
+            _text(status["state"][()]),
+            _text(status["reason"][()]),
+            _ranges(_text(status["lost_frames"][()])),
+            dropped,
+            BASE_DOUBTED in _counts(_text(status["rejected"][()])) if "rejected" in status else False,
         )
         if _text(status["generation"][()]) == before:
             return outcome
@@ -96,6 +115,15 @@ def _ranges(text: str) -> tuple[tuple[int, int], ...]:
     except (ValueError, TypeError):  # not what the reducer writes: said as unreadable
         logger.warning("/entry/status/lost_frames is not a list of [first, last] ranges: %.100r", text)
         return ()
+
+
+def _counts(text: str) -> dict[str, Any]:
+    """``rejected``: counts per reason and notice (JSON); unreadable: none."""
+    try:
+        counts = json.loads(text)
+    except ValueError:
+        return {}
+    return counts if isinstance(counts, dict) else {}
 
 
 def _text(value: object) -> str:

@@ -954,3 +954,26 @@ def test_the_scan_outcome_play_prints_names_what_the_hsds_mirror_dropped() -> No
     finally:
         server.close()
     assert outcome is not None and outcome.state == "finished" and outcome.mirror_dropped == 54
+    assert not outcome.base_doubted
+
+
+def test_the_scan_outcome_play_prints_doubts_the_lost_positions_of_a_doubted_frame_base() -> None:
+    """frame_base 0 for a detector that counts from 1 left position 0 empty with every
+    frame sent: play said "1 frame lost (never reached the reducer: 0)"."""
+    from streamtomo.app.scan_outcome import describe_lost, scan_outcome
+
+    domain = Domain("/outcome.h5")
+    rejected = json.dumps({"past_layout": 1, "frame_base_suspect": 1})
+    status = {"generation": 3, "state": "finished", "reason": "", "lost_frames": "[[0, 0]]", "rejected": rejected}
+    for name, value in status.items():
+        domain.create_dataset(f"/entry/status/{name}", value)
+    domain.commit()
+    server = HdfRestServer()
+    server.start(domain)
+    try:
+        outcome = scan_outcome(server.url, "/outcome.h5")
+    finally:
+        server.close()
+    assert outcome is not None and outcome.base_doubted and outcome.lost_frames == ((0, 0),)
+    said = describe_lost(list(outcome.lost_frames), outcome.base_doubted)
+    assert said.startswith("1 frame position never filled (0): lost, or the frames are numbered from another")

@@ -65,3 +65,11 @@ def test_summary_rate_leaves_out_the_end_of_scan_and_says_it_apart() -> None:
     assert " in 2.00 s, 20.0 frames/s;" in text
     assert text.endswith("; then 60.00 s to the end of the scan (volume, final file)")
     assert "end of the scan" not in _summary(end_of_scan_s=0.01).describe()
+
+
+def test_positions_left_empty_under_a_doubted_frame_base_are_not_blamed_on_the_reducer() -> None:
+    """frame_base 0 for a detector that counts from 1: position 0 stays empty with every
+    frame sent, and the summary said it "never reached the reducer"."""
+    text = _summary(lost_frames=[(0, 0)], notices={"frame_base_suspect": 1}).describe()
+    assert "never reached the reducer" not in text
+    assert "; 1 frame position never filled (0): lost, or the frames are numbered from another frame_base" in text
