@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from streamtomo.app.deployment_state import SERVICE_MODULE, DeploymentState, running_deployment
-
-
-def _sleeper(*argv: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv])
+from tests.support.named_processes import sleeper
 
 
 @pytest.fixture
@@ -34,7 +30,7 @@ def _state_file(tmp_path: Path, pids: dict[str, int]) -> Path:
 def test_a_deployment_with_a_service_running_is_running(
     tmp_path: Path, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    processes.append(_sleeper(SERVICE_MODULE, "controller"))
+    processes.append(sleeper(SERVICE_MODULE, "controller"))
     path = _state_file(tmp_path, {"controller": processes[0].pid})
     found = running_deployment(path)
     assert found is not None and found.controller_url == "http://127.0.0.1:1"
@@ -45,7 +41,7 @@ def test_a_pid_reused_by_a_program_that_names_streamtomo_is_no_deployment(
 ) -> None:
     """A shell, an editor or play whose command line names streamtomo: up refused to
     start ("a deployment is running") after the deployment had died."""
-    processes.append(_sleeper("streamtomo", "play", "/home/me/streamtomo/scan.json"))
+    processes.append(sleeper("streamtomo", "play", "/home/me/streamtomo/scan.json"))
     path = _state_file(tmp_path, {"controller": processes[0].pid})
     assert running_deployment(path) is None
 

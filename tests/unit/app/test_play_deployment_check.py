@@ -12,12 +12,13 @@ from collections.abc import Iterator
 import pytest
 
 from streamtomo.app.play import stopped_ingesters
+from tests.support.named_processes import sleeper
 
 
 @pytest.fixture
 def service() -> Iterator[int]:
     """A service of ours, as up starts them (python -m streamtomo.app.services)."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "streamtomo.app.services"])
+    process = sleeper("streamtomo.app.services")
     try:
         yield process.pid
     finally:
@@ -50,7 +51,7 @@ def test_pids_of_another_machine_say_nothing() -> None:
 
 def test_a_process_that_only_names_streamtomo_is_no_service() -> None:
     """play itself, its shell, a path with streamtomo in it: their pids prove nothing."""
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "streamtomo", "play"])
+    other = sleeper("streamtomo", "play")
     try:
         assert stopped_ingesters({"controller": other.pid, "detector-ingester": _gone_pid()}) == []
     finally:
