@@ -1319,6 +1319,11 @@ def test_nothing_that_changes_a_scan_is_reachable_around_its_authentication(helm
     annotations = one(docs, "Ingress", "t-streamtomo-controller")["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
     assert annotations["nginx.ingress.kubernetes.io/auth-secret"] == "ctl"
+    # its status page reads under the Ingress's name (another name is taken for DNS rebinding)
+    controller = one(docs, "Deployment", "t-streamtomo-controller")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(controller)["STREAMTOMO_CONTROLLER_ORIGINS"] == "https://streamtomo-controller.example.org"
+    plain = one(render(helm), "Deployment", "t-streamtomo-controller")["spec"]["template"]["spec"]["containers"][0]
+    assert "STREAMTOMO_CONTROLLER_ORIGINS" not in env_of(plain)
     # ... and a node's or a load balancer's address only when the network is said to be trusted
     for kind in ("NodePort", "LoadBalancer"):
         err = fails(helm, "--set", f"controller.service.type={kind}")

@@ -10,9 +10,11 @@ itself, from its own origin, still can.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -212,3 +214,76 @@ def test_the_viewer_cannot_be_framed_and_keeps_its_controls_off_the_network(buil
         assert requests.get(viewer.url, timeout=10).status_code == 200
     with start_viewer("http://127.0.0.1:9", "/d.h5", host="0.0.0.0") as viewer:  # read-only: nothing to guard
         assert requests.get(viewer.url, timeout=10).status_code == 200
+
+
+PLANTING_PAGE = """<!doctype html><title>another site</title><script>
+fetch(%(url)s, {method: 'POST', mode: 'no-cors'}).then(() => window.__sent = 1, () => window.__sent = 1);
+</script>"""
+MARKER = "4242.5"
+PAYLOAD = f"<img src=x onerror=\"fetch('/api/v1/parameter/center',{{method:'POST',body:'{MARKER}'}})\">"
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt-get install redis-server)")
+def test_a_script_planted_in_the_controllers_log_does_not_run_in_its_status_page(
+    built_page: Path, tmp_path: Path
+) -> None:
+    """A refused request from another site was logged with its path, and the controller's
+    status page shows its log unescaped: opened later, the page ran the path's script in
+    the controller's origin, whose POST changed the centre (or stopped the scan)."""
+    from streamtomo.app.deployment import LocalDeployment
+
+    with LocalDeployment(workers=1, run_dir=tmp_path / "deployment") as deployment:
+        controller = deployment.state.controller_url
+        center = f"{controller}/api/v1/parameter/center"
+        before = requests.get(center, timeout=10).content
+        url = f"{controller}/x{quote(PAYLOAD, safe='')}"
+
+        async def planting_page(request: web.Request) -> web.Response:
+            return web.Response(text=PLANTING_PAGE % {"url": json.dumps(url)}, content_type="text/html")
+
+        def attacker_app() -> web.Application:
+            app = web.Application()
+            app.router.add_get("/", planting_page)
+            return app
+
+        attacker = BackgroundHttpServer(attacker_app, "127.0.0.1", 0, "attacker page")
+        attacker.start()
+        try:
+            with browser.chromium(tmp_path / "profile") as driver:
+                # "localhost" is another site than the controller's 127.0.0.1.
+                driver.get(attacker.url().replace("127.0.0.1", "localhost") + "/")
+                browser.wait_until(lambda: driver.execute_script("return window.__sent"), 30, "the request")
+                browser.wait_until(
+                    lambda: any(
+                        "onerror" in e["msg"] for e in requests.get(f"{controller}/api/v1/logs", timeout=10).json()
+                    ),
+                    30,
+                    "the refused request's path in the controller's log",
+                )
+                browser.console_entries(driver)  # the attack page's own console lines
+                driver.get(controller + "/")
+                # The page's own script runs: its log table shows the planted markup...
+                browser.wait_until(
+                    lambda: driver.execute_script(
+                        "const t = document.querySelector('#logs table'); return t && t.innerHTML.includes('onerror');"
+                    ),
+                    30,
+                    "the status page's log table with the planted line",
+                )
+                # ...and the browser refuses its handler (the page's policy), so nothing is sent.
+                blocked = browser.wait_until(
+                    lambda: [m for m in browser.severe(browser.console_entries(driver)) if "inline event handler" in m],
+                    30,
+                    "the browser's refusal of the planted handler",
+                )
+                assert "Content Security Policy" in blocked[0]
+        finally:
+            attacker.close(10)
+        assert requests.get(center, timeout=10).content == before != MARKER.encode()
+        # The same POST from the controller's own origin, had it run: refused.
+        forged = requests.post(
+            center, data=MARKER, headers={"Origin": controller, "Sec-Fetch-Site": "same-origin"}, timeout=10
+        )
+        assert forged.status_code == 403
+        assert requests.get(center, timeout=10).content == before
+        assert deployment.error_lines() == []

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import pytest
 
-from streamtomo.app.controller_guard import allowed_origins_from_env, refusal
+from streamtomo.app.controller_guard import allowed_origins_from_env, page_policy, refusal
 
 
-def _scope(host: str = "127.0.0.1:5000", scheme: str = "http", **headers: str) -> dict[str, object]:
+def _scope(
+    host: str = "127.0.0.1:5000", scheme: str = "http", method: str = "GET", **headers: str
+) -> dict[str, object]:
     pairs = [("host", host), *((k.replace("_", "-"), v) for k, v in headers.items())]
-    return {"type": "http", "scheme": scheme, "headers": [(k.encode(), v.encode()) for k, v in pairs]}
+    return {
+        "type": "http",
+        "scheme": scheme,
+        "method": method,
+        "headers": [(k.encode(), v.encode()) for k, v in pairs],
+    }
 
 
 @pytest.mark.parametrize(
@@ -37,3 +47,46 @@ def test_origins_the_deployment_names_are_its_own() -> None:
     origins = allowed_origins_from_env({"STREAMTOMO_CONTROLLER_ORIGINS": " https://ctl.example , "})
     assert origins == ("https://ctl.example",)
     assert refusal(_scope(host="ctl.example", scheme="https", origin="https://ctl.example"), origins) == ""
+
+
+@pytest.mark.parametrize(
+    ("scope", "refused"),
+    [
+        (_scope(method="POST"), False),  # the pipeline's clients, curl
+        # The status page shows log lines anyone can put there: its own origin may not change a scan.
+        (_scope(method="POST", origin="http://127.0.0.1:5000", sec_fetch_site="same-origin"), True),
+        (_scope(method="POST", origin="http://127.0.0.1:5000"), True),
+        (_scope(method="POST", sec_fetch_site="same-origin"), True),
+        (_scope(method="DELETE", origin="http://localhost:5000", host="localhost:5000"), True),
+        # A DNS-rebound name reading the logs and parameters (a same-origin GET sends no Origin).
+        (_scope(host="rebound.example:5000", sec_fetch_site="same-origin"), True),
+        (_scope(host="rebound.example:5000", sec_fetch_site="none"), True),
+        (_scope(host="rebound.example:5000"), False),  # no browser: the chart's pods use the Service name
+        (_scope(host="localhost:5000", sec_fetch_site="same-origin"), False),
+        (_scope(host="10.0.0.7:5000", sec_fetch_site="same-origin"), False),
+    ],
+)
+def test_a_browser_page_only_reads_and_only_under_this_controllers_names(
+    scope: dict[str, object], refused: bool
+) -> None:
+    assert bool(refusal(scope)) is refused
+
+
+def test_a_listed_origin_may_read_not_change() -> None:
+    """The Ingress's name: the status page is served there too, with the same log."""
+    origins = ("https://ctl.example",)
+    post = _scope(host="ctl.example", scheme="https", method="POST", origin="https://ctl.example")
+    assert "only read" in refusal(post, origins)
+    assert refusal(_scope(host="ctl.example", scheme="https", sec_fetch_site="same-origin"), origins) == ""
+    assert refusal(_scope(host="other.example", scheme="https", sec_fetch_site="same-origin"), origins) != ""
+
+
+def test_the_status_page_runs_its_own_script_by_hash_and_nothing_inline() -> None:
+    script = "\nfetch('/api/v1/logs');\n"
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    policy = page_policy(f"<html><body><script>{script}</script></body></html>")
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["script-src"] == f"'sha256-{digest}'"  # no 'unsafe-inline': no injected onerror
+    assert directives["form-action"] == "'none'" and directives["default-src"] == "'none'"
+    assert directives["connect-src"] == "'self'"
+    assert "script-src 'none'" in page_policy("<html>no script</html>")
