@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from streamtomo.hsds_bridge.host_names import known_host, served_names
+
 log = logging.getLogger(__name__)
 
 ENV_ORIGINS = "STREAMTOMO_CONTROLLER_ORIGINS"
@@ -74,13 +76,6 @@ def _own_name(host: str) -> bool:
     return True
 
 
-def _host_name(host: str) -> str:
-    """The name of a ``Host`` header, lower case, without its port and final dot."""
-    if host.startswith("["):
-        return host[1:].partition("]")[0].lower()
-    return host.rpartition(":")[0].lower().rstrip(".") if ":" in host else host.lower().rstrip(".")
-
-
 def refusal(scope: Scope, allowed_origins: Iterable[str] = ()) -> str:
     """Why a browser sent this request for another site, or a change ('' where neither).
     ``allowed_origins``: the controller's own origins besides loopback and IP addresses
@@ -100,8 +95,7 @@ def refusal(scope: Scope, allowed_origins: Iterable[str] = ()) -> str:
         )
     allowed = frozenset(allowed_origins)
     host = headers.get("host", "")
-    name = _host_name(host)
-    if not (_own_name(name) or name in {urlsplit(o).hostname for o in allowed}):
+    if not known_host(host, served_names("localhost", allowed)):
         return f"a browser asked for host {host!r}, not a name of this controller (a DNS-rebound name?)"
     if origin is None:
         return ""

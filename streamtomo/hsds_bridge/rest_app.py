@@ -30,6 +30,7 @@ from aiohttp import hdrs, web
 
 from streamtomo.hsds_bridge import rest_objects as objs
 from streamtomo.hsds_bridge.domain import DomainDataset, DomainGroup
+from streamtomo.hsds_bridge.host_names import known_host
 from streamtomo.hsds_bridge.rest_ids import Collection, StaleId, parse_id
 from streamtomo.hsds_bridge.rest_registry import DomainRegistry, ServedDomain, TooManyReads, normalise_domain_name
 from streamtomo.hsds_bridge.rest_select import (
@@ -60,6 +61,7 @@ OCTET = "application/octet-stream"
 STREAM_CHUNK = 4 << 20  # bytes per write: bounds transport buffering, keeps backpressure
 REGISTRY_KEY: web.AppKey[DomainRegistry] = web.AppKey("registry", DomainRegistry)
 CORS_KEY: web.AppKey[frozenset[str]] = web.AppKey("cors_origins", frozenset)
+NAMES_KEY: web.AppKey[frozenset[str]] = web.AppKey("host_names", frozenset)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -762,6 +764,24 @@ async def cors_preflight_middleware(request: web.Request, handler: Handler) -> w
     return web.Response(status=204, headers=headers)
 
 
+@web.middleware
+async def rebinding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A browser's request (``Sec-Fetch-Site`` or ``Origin``) must name this server
+    (:func:`known_host`): a DNS-rebound name made another site's page the same origin as
+    the live domain, free to read the scan. Clients that are no browser (h5pyd, the
+    viewer's server, the chart's pods by Service name) send neither header."""
+    browser = "Sec-Fetch-Site" in request.headers or "Origin" in request.headers
+    if browser and "*" not in request.app[CORS_KEY]:
+        for host in request.headers.getall("Host", []):
+            if not known_host(host, request.app[NAMES_KEY]):
+                raise RestError(
+                    403,
+                    f"host {host!r} is not a name of this server (a DNS-rebound name?); "
+                    "its names are given in STREAMTOMO_HTTP_NAMES",
+                )
+    return await handler(request)
+
+
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: every response, errors and streamed data included."""
     origin = _allowed_origin(request)
@@ -774,13 +794,18 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
 
 
 # -- application --------------------------------------------------------------------------
-def build_app(registry: DomainRegistry, cors_origins: Sequence[str] = ()) -> web.Application:
+def build_app(
+    registry: DomainRegistry, cors_origins: Sequence[str] = (), host_names: frozenset[str] = frozenset()
+) -> web.Application:
+    """``host_names``: the names browsers may know the server by besides localhost and IP
+    addresses (:func:`served_names`)."""
     app = web.Application(
-        middlewares=[error_middleware, cors_preflight_middleware],
+        middlewares=[error_middleware, rebinding_middleware, cors_preflight_middleware],
         client_max_size=registry.limits.max_request_body,
     )
     app[REGISTRY_KEY] = registry
     app[CORS_KEY] = frozenset(cors_origins)
+    app[NAMES_KEY] = host_names
     app.on_response_prepare.append(add_cors_headers)
     get = app.router.add_get
     for path in ("/about", "/info"):

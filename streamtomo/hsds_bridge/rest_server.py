@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from types import TracebackType
 
 from streamtomo.hsds_bridge.domain import Domain
+from streamtomo.hsds_bridge.host_names import served_names
 from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer
 from streamtomo.hsds_bridge.publisher import PublisherStats
 from streamtomo.hsds_bridge.rest_app import build_app
@@ -43,6 +44,7 @@ class HdfRestServer:
         port: int = 0,
         cors_origins: Sequence[str] = (),
         *,
+        host_names: Sequence[str] = (),
         limits: Limits | None = None,
         workers: int = 8,
         serve_domain_objs: bool = True,
@@ -50,6 +52,9 @@ class HdfRestServer:
         """``port=0`` binds a free port (read it back from :attr:`url`).
 
         ``cors_origins``: browser origins allowed to read (``"*"`` only if listed).
+        ``host_names``: names browsers may know this server by, besides ``host``,
+        localhost, IP addresses and the CORS origins' names (DNS rebinding:
+        :mod:`streamtomo.hsds_bridge.host_names`).
         ``serve_domain_objs``: answer h5pyd's ``getobjs`` with all object metadata so
         that opening a file takes one request.
 
@@ -60,10 +65,11 @@ class HdfRestServer:
         self._host = host
         self._port = port
         self._cors_origins = tuple(cors_origins)
+        self._host_names = served_names(host, cors_origins, host_names)
         self._registry = DomainRegistry(limits or Limits(), workers, serve_domain_objs)
         self._guard = threading.Lock()
         self._http = BackgroundHttpServer(
-            lambda: build_app(self._registry, self._cors_origins),
+            lambda: build_app(self._registry, self._cors_origins, self._host_names),
             host,
             port,
             "HDF REST server",

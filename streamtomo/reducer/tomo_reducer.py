@@ -7,7 +7,8 @@ copies the state into the domain, bumps ``generation`` and notifies publishers.
 
 Settings that belong to the deployment, not the scan, come from the environment:
 ``STREAMTOMO_HTTP_HOST`` (default 127.0.0.1), ``STREAMTOMO_HTTP_PORT`` (default
-8100; 0 picks a free port), ``STREAMTOMO_CORS_ORIGINS`` (comma separated) and
+8100; 0 picks a free port), ``STREAMTOMO_CORS_ORIGINS`` (comma separated), ``STREAMTOMO_HTTP_NAMES`` (the
+names browsers know the live port by, beside localhost and IP addresses: an Ingress's) and
 ``STREAMTOMO_HSDS_ENDPOINT`` (with credentials from ``streamtomo.hsds_bridge.credentials``),
 ``STREAMTOMO_FINAL_DIR`` (each scan's final NeXus file, written after the scan has
 ended: :mod:`streamtomo.reducer.final_file`), ``STREAMTOMO_FINAL_WAIT`` (how long
@@ -37,6 +38,7 @@ from streamtomo.controller_client import ControllerError, post_parameter
 from streamtomo.dranspose_parameters import REFERENCES, ConfigCache, describe_parameters
 from streamtomo.hsds_bridge.control_api import LIVE_PARAMETERS, ControlServer, ControlSettings
 from streamtomo.hsds_bridge.credentials import CredentialsError, load_credentials
+from streamtomo.hsds_bridge.host_names import names_from_env
 from streamtomo.hsds_bridge.hsds_settings import HsdsWriterSettings
 from streamtomo.hsds_bridge.hsds_writer import HsdsWriter, HsdsWriterError
 from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError, env_port
@@ -73,6 +75,7 @@ class ReducerSettings:
     http_host: str = "127.0.0.1"
     http_port: int = 8100
     cors_origins: tuple[str, ...] = ()
+    http_names: tuple[str, ...] = ()  # names browsers know the live port by (an Ingress's)
     hsds_endpoint: str = ""
     hsds_domain: str = ""  # default: /home/<writer account>/<live domain's file name>
     # A running scan with no result for this long, while frames are still expected
@@ -93,6 +96,7 @@ class ReducerSettings:
             http_host=env.get("STREAMTOMO_HTTP_HOST", "127.0.0.1"),
             http_port=env_port(env, "STREAMTOMO_HTTP_PORT", 8100),
             cors_origins=origins,
+            http_names=names_from_env(env.get("STREAMTOMO_HTTP_NAMES", "")),
             hsds_endpoint=env.get("STREAMTOMO_HSDS_ENDPOINT", ""),
             hsds_domain=env.get("STREAMTOMO_HSDS_DOMAIN", ""),
             stream_timeout=_env_seconds(env, "STREAMTOMO_STREAM_TIMEOUT", 30.0),
@@ -290,7 +294,10 @@ class TomoReducer:
         server = self.context.get("rest_server")
         if not isinstance(server, HdfRestServer):
             server = HdfRestServer(
-                self.settings.http_host, self.settings.http_port, cors_origins=self.settings.cors_origins
+                self.settings.http_host,
+                self.settings.http_port,
+                cors_origins=self.settings.cors_origins,
+                host_names=self.settings.http_names,
             )
             self.context["rest_server"] = server
         return server

@@ -1906,3 +1906,20 @@ def test_names_that_make_invalid_service_names_are_refused(helm: str, release: s
     # fullnameOverride is the way out
     proc = run_helm(helm, "template", release, str(CHART), "--set", "fullnameOverride=st-danmax")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_live_domain_knows_its_service_and_ingress_names(helm: str) -> None:
+    """A browser's read of the live domain must name it (DNS rebinding): the chart gives
+    the reducer the live Service's names, and the Ingress's when there is one."""
+    docs = render(helm, "--set", "reducer.ingress.enabled=true", *INGRESS_REACHES_READERS)
+    reducer = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["containers"][0]
+    names = env_of(reducer)["STREAMTOMO_HTTP_NAMES"].split(",")
+    assert names == [
+        "t-streamtomo-live",
+        "t-streamtomo-live.beamline",
+        "t-streamtomo-live.beamline.svc",
+        "t-streamtomo-live.beamline.svc.cluster.local",
+        "streamtomo-live.example.org",
+    ]
+    plain = one(render(helm), "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["containers"][0]
+    assert "streamtomo-live.example.org" not in env_of(plain)["STREAMTOMO_HTTP_NAMES"]

@@ -977,3 +977,31 @@ def test_the_scan_outcome_play_prints_doubts_the_lost_positions_of_a_doubted_fra
     assert outcome is not None and outcome.base_doubted and outcome.lost_frames == ((0, 0),)
     said = describe_lost(list(outcome.lost_frames), outcome.base_doubted)
     assert said.startswith("1 frame position never filled (0): lost, or the frames are numbered from another")
+
+
+def test_a_browser_reads_the_live_domain_only_under_its_names() -> None:
+    """DNS rebinding: another site's name, rebound to the live port's address, made its
+    page the live domain's own origin, free to read the scan (a same-origin GET carries
+    Sec-Fetch-Site but no Origin). h5pyd, the viewer's server and the chart's pods send
+    neither header, under any name."""
+    domain = Domain("/names.h5")
+    domain.create_dataset("/x", np.arange(3))
+    domain.commit()
+    server = HdfRestServer(host_names=("live.beamline.example",))
+    server.start(domain)
+    try:
+        about = f"{server.url}/?domain=/names.h5"
+
+        def status(host: str, **headers: str) -> int:
+            return requests.get(about, headers={"Host": host, **headers}, timeout=10).status_code
+
+        browser = {"Sec-Fetch-Site": "same-origin"}
+        refused = requests.get(about, headers={"Host": "rebound.example:80", **browser}, timeout=10)
+        assert refused.status_code == 403 and "STREAMTOMO_HTTP_NAMES" in refused.text
+        assert status("rebound.example", Origin="http://rebound.example") == 403
+        assert status("rebound.example") == 200  # no browser: a client that names the server as it likes
+        assert status("127.0.0.1:1", **browser) == 200
+        assert status("localhost", **browser) == 200
+        assert status("LIVE.beamline.example.:443", **browser) == 200  # a name it was given
+    finally:
+        server.close()

@@ -15,6 +15,7 @@ import threading
 from urllib.parse import urlsplit
 
 from streamtomo.app.cli_types import http_url, http_url_or_none, port
+from streamtomo.hsds_bridge.host_names import WILDCARD_HOSTS
 
 logger = logging.getLogger("streamtomo")
 
@@ -65,9 +66,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     view.set_defaults(func=cmd_view)
     return view
-
-
-WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 
 
 def machine_name() -> str:

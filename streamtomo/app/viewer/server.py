@@ -39,11 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import logging
 import os
 import re
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +53,7 @@ from yarl import URL
 
 from streamtomo.hsds_bridge.control_api import TokenFile, read_token_file
 from streamtomo.hsds_bridge.credentials import CredentialsError, password_from
+from streamtomo.hsds_bridge.host_names import known_host, served_names
 from streamtomo.hsds_bridge.http_thread import BackgroundHttpServer, BodyError, read_limited
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,6 @@ ENV_PASSWORD_FILE = "STREAMTOMO_VIEWER_PASSWORD_FILE"
 ENV_ORIGINS = "STREAMTOMO_VIEWER_ORIGINS"
 ENV_CONTROL_TOKEN_FILE = "STREAMTOMO_CONTROL_TOKEN_FILE"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
-WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 BUILD_COMMANDS = "npm ci --prefix viewer && npm run build --prefix viewer"
 # From a request to the endpoint's first byte of answer, and then from each piece of a
 # streamed answer to the next (aiohttp's sock_read; not while a slow page holds us back).
@@ -300,42 +298,11 @@ def _own_origins(request: web.Request, target: ViewerTarget) -> set[str]:
     return own | set(target.origins)
 
 
-def _host_name(host: str) -> str | None:
-    """The name of a ``Host`` header, lower case, without its port and final dot; None
-    when it is not name[:port] ("a:b:c", "[::1" are not)."""
-    if host.startswith("["):
-        name, bracket, port = host[1:].partition("]")
-        if not bracket:
-            return None
-    else:
-        name, colon, port = host.partition(":")
-        port = colon + port
-    if not re.fullmatch(r"(?::[0-9]*)?", port) or not name:
-        return None
-    return name.lower().removesuffix(".")
-
-
-def served_names(host: str, origins: tuple[str, ...] = ()) -> frozenset[str]:
-    """The host names a browser may know this page by, besides localhost and any IP
-    address (which no other site can be: a browser sends an address as Host only to that
-    address): ``host`` when it is a name, this machine's names when it listens on every
-    interface (what ``view`` prints for other machines), and the names of ``origins``."""
-    names = {socket.gethostname(), socket.getfqdn()} if host in WILDCARD_HOSTS else {host}
-    names |= {URL(origin).raw_host or "" for origin in origins}
-    return frozenset(name.lower().removesuffix(".") for name in names if name)
-
-
 def _foreign_host(request: web.Request, names: frozenset[str]) -> web.Response | None:
-    """A 403 for a ``Host`` this page is not known by (DNS rebinding), else None. The
-    port is not compared: a rebinding site's name is what gives it away, and a
-    port-forward shows the page on a port of its own. No Host at all is no browser."""
+    """A 403 for a ``Host`` this page is not known by (DNS rebinding: :func:`known_host`),
+    else None. No Host at all is no browser."""
     for host in request.headers.getall("Host", []):
-        name = _host_name(host)
-        if name == "localhost" or name in names:
-            continue
-        try:
-            ipaddress.ip_address(name or "")
-        except ValueError:
+        if not known_host(host, names):
             return _error(403, f"host {host!r} is not this viewer's address (if it is, give it as --origin)")
     return None
 
