@@ -29,6 +29,10 @@ class FrameAdmission:
         # Frames whose copy in use (counted as received) was rejected later on.
         self._rejected_in_use: set[int] = set()
         self._logged_reasons: set[str] = set()
+        # The first rejection's detail per reason: a scan that reduced nothing names its
+        # cause with it (a worker refusing every frame for rows that do not fit said
+        # only "3201 scan_refused" in the reason, the file and the last line).
+        self.first_detail: dict[str, str] = {}
         # Reasons counted in ``rejected`` that are no frame's (a PandA header mid-capture,
         # streams out of step): shown with the rest, left out of the frames rejected.
         self.notice_reasons: set[str] = set()
@@ -54,6 +58,7 @@ class FrameAdmission:
         if frame_index is not None:
             self.seen.add(frame_index)
             self._rejected_frames.add(frame_index)
+        self.first_detail.setdefault(reason, detail)
         if reason not in self._logged_reasons:
             self._logged_reasons.add(reason)
             logger.warning("rejected (%s): %s; further ones are counted in /entry/status", reason, detail)

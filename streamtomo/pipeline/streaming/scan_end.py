@@ -104,9 +104,17 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
         return
     if scan.n_projections == 0:
         received = scan.admission.received
-        rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(scan.admission.rejected.items())) or "none"
+        counts = scan.admission.rejected
+        rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) or "none"
+        # The cause of the most frequent rejection, in its own words (what to change).
+        most = max(sorted(counts), key=lambda reason: counts[reason], default="")
+        cause = scan.admission.first_detail.get(most, "")
         scan.state = "failed"
-        scan.add_reason(f"no projection was reduced: {received} frames received, rejected: {rejected}", first=True)
+        scan.add_reason(
+            f"no projection was reduced: {received} frames received, rejected: {rejected}"
+            + (f" (the first {most}: {cause})" if cause else ""),
+            first=True,
+        )
         logger.warning("scan failed: %s", scan.reason)
         return
     note_angular_coverage(scan)

@@ -592,6 +592,17 @@ def test_a_scan_that_reduced_no_projection_reports_the_frames_it_never_got() -> 
     assert scan.status()["frames_lost"] == ANGLES
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_scan_its_workers_refuse_names_the_cause_in_its_reason(workers: int) -> None:
+    """Rows that do not fit the detector: the workers refuse every frame (scan_refused),
+    and the reason, the file and the CLI's last line said only "42 scan_refused"; the
+    cause was in one WARNING line."""
+    scan = run(make_frames(), workers, config(rows="2:9"))
+    assert scan.state == "failed" and scan.rejected == {"scan_refused": len(make_frames())}
+    assert "rejected: 42 scan_refused (the first scan_refused: frame " in scan.reason, scan.reason
+    assert f"row selection '2:9' selects rows outside 0..{ROWS - 1}" in scan.reason, scan.reason
+
+
 def test_a_scan_refused_mid_stream_reports_no_loss_until_it_has_ended() -> None:
     """A refused scan fails at its first frame while the rest still stream in: those are
     not lost, and the status must not count them so before the scan has ended."""
