@@ -192,8 +192,15 @@ def derive_grid(angles: npt.NDArray[np.float64]) -> ScanGrid:
     if not np.all(np.isfinite(angles)):
         raise NexusError("some projection angles are not finite")
     low, high = float(angles.min()), float(angles.max())
-    if n == 1 or high == low:
+    if n == 1:
         return ScanGrid(low, 180.0, n)
+    if high == low:
+        # A grid made up for them (180 degrees in n steps) put every projection in slot
+        # 0, and check said "ok": the angle path named no rotation (image_key, say).
+        raise NexusError(
+            f"all {n} projections have the same angle ({low:g}): the file's rotation angles are not "
+            "these (give their dataset with --nexus-angles)"
+        )
     span = high - low
     if n < MIN_PROJECTIONS_FOR_GAPS:
         slots, fitted = n, span / (n - 1)

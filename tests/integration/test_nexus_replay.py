@@ -177,3 +177,17 @@ def test_a_frame_base_other_than_the_streams_is_refused(diad: Path, tmp_path: Pa
     done = _cli(["check", str(params), "--nexus", str(diad)], tmp_path, 120)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "sets frame_base '1': leave it out" in done.stderr
+
+
+def test_angles_that_never_change_are_refused_not_given_a_grid(diad: Path, tmp_path: Path) -> None:
+    """--nexus-angles naming the image_key (0 for every projection): config and check
+    made up a grid of 180 degrees, check said "ok", and replay averaged all 3001
+    projections into slot 0 and exited 0."""
+    wrong = ["--nexus", str(diad), "--nexus-angles", "/entry/instrument/imaging/image_key"]
+    params = tmp_path / "parameters.json"
+    params.write_text('{"volume": false}')
+    for command in (["config"], ["check", str(params)]):
+        done = _cli([*command, *wrong], tmp_path, 120)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "all 3001 projections have the same angle (0)" in done.stderr, done.stderr
+        assert "--nexus-angles" in done.stderr and "Traceback" not in done.stderr

@@ -280,3 +280,9 @@ def test_a_repeated_angle_or_a_return_to_zero_takes_no_slot_of_its_own() -> None
     assert derive_grid(np.append(turn, 0.0)) == ScanGrid(0.0, 360.0, 3600)
     half = np.linspace(0.0, 180.0, 181)
     assert derive_grid(np.append(half, 0.0)) == ScanGrid(0.0, 181.0, 181)
+
+
+def test_angles_that_never_change_have_no_grid() -> None:
+    with pytest.raises(NexusError, match="all 5 projections have the same angle"):
+        derive_grid(np.zeros(5))
+    assert derive_grid(np.array([30.0])).n_projections == 1  # one projection: its own slot
