@@ -33,6 +33,8 @@ class FrameAdmission:
         # cause with it (a worker refusing every frame for rows that do not fit said
         # only "3201 scan_refused" in the reason, the file and the last line).
         self.first_detail: dict[str, str] = {}
+        # (frame, event) of copies refused as duplicates or repeated numbers: counted once.
+        self._refused_copies: set[tuple[int, int]] = set()
         # Reasons counted in ``rejected`` that are no frame's (a PandA header mid-capture,
         # streams out of step): shown with the rest, left out of the frames rejected.
         self.notice_reasons: set[str] = set()
@@ -96,6 +98,13 @@ class FrameAdmission:
         frames after it may sit one position off (:attr:`repeated_numbers`)."""
         if frame_index in self.admitted:
             first = self.admitted[frame_index]
+            if event >= 0 and (frame_index, event) in self._refused_copies:
+                # The refused copy again, from another worker: an event sent to every
+                # worker (the darks' and flats', the end) counted one extra message
+                # once per worker.
+                return False
+            if event >= 0:
+                self._refused_copies.add((frame_index, event))
             kept = self._digests.get(frame_index, 0)
             if digest and kept and digest != kept:
                 self.repeated_numbers.append((frame_index, first, event))

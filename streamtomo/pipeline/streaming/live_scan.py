@@ -429,6 +429,13 @@ class LiveScan:
             return
         if not self._ensure_detector(msg):
             return
+        if self.admission.is_copy(msg.frame_index, msg.event):
+            # The admitted copy itself, from another worker: a stream shifted by a
+            # message put this projection in an event sent to every worker. One frame,
+            # no duplicate (it was counted rejected, and received once per worker).
+            self.admission.counts["projection_copies"] += 1
+            self._take_back_duplicate(msg)
+            return
         if not self.admission.first_time(msg.frame_index, msg.event, msg.digest):
             self._take_back_duplicate(msg)
             return

@@ -8,7 +8,7 @@ encoder counts 11930463 per degree and wraps once per turn, a -50 degree offset.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -67,12 +67,14 @@ def run_scan(
     values: dict[str, object],
     workers: int = 1,
     header_to: Sequence[int] | None = None,
+    broadcast: Collection[int] = (),
 ) -> LiveScan:
     """Events to workers as dranspose routes them, results to the reducer's core.
 
     With several workers each event goes to one of them, the headers (event 0) and the
     ends to all, as ``replay`` (it broadcasts the first event) and a deployment's
-    ``all_wrap`` sequence do. ``header_to`` limits the headers to those workers.
+    ``all_wrap`` sequence do. ``header_to`` limits the headers to those workers;
+    ``broadcast``: events that also go to all (a deployment's darks and flats).
     """
     params = parameters(values)
     scan = LiveScan(PipelineConfig.from_mapping(values))
@@ -83,7 +85,7 @@ def run_scan(
         if number == 0:
             targets = pool if header_to is None else [pool[i] for i in header_to]
         else:
-            targets = pool if number == last else [pool[(number * 7) % workers]]
+            targets = pool if number == last or number in broadcast else [pool[(number * 7) % workers]]
         for worker in targets:
             result = worker.process_event(event, params)
             if result is not None:

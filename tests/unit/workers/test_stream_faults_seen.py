@@ -589,3 +589,34 @@ def test_a_detector_message_of_an_unknown_type_is_a_notice_not_a_frame(workers: 
     clean = run_scan(danmax_scan(ANGLES), config(), workers)
     assert scan.status()["frames_received"] == clean.status()["frames_received"]
     assert _slots_hold_their_own_projection(scan, clean) == []
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_projection_in_an_event_sent_to_every_worker_is_one_frame(workers: int) -> None:
+    """A stream shifted by one message puts a projection in an event a deployment sends to
+    every worker (the darks' and flats', the end): each worker's copy was counted a
+    duplicate_frame, so status called a frame rejected that was used, and received more
+    frames than the detector sent."""
+    detector, angle = split(danmax_scan(ANGLES))
+    plain = run_scan(events_by_stream(detector, angle), config(), workers)
+    shared = run_scan(events_by_stream(detector, angle), config(), workers, broadcast={FIRST + 5, FIRST + 6})
+    assert shared.rejected == plain.rejected == {}
+    assert shared.status()["frames_received"] == plain.status()["frames_received"]
+    assert shared.admission.counts["projection_copies"] == 2 * (workers - 1)
+    got, want = shared.snapshot(), plain.snapshot()
+    np.testing.assert_array_equal(got.sinogram, want.sinogram)
+    assert got.slices_sum is not None and want.slices_sum is not None
+    # Each worker summed the shared event: the reducer takes the extra sums out again.
+    np.testing.assert_allclose(got.slices_sum * got.slices_weight, want.slices_sum * want.slices_weight, atol=1e-5)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_reference_sent_twice_in_events_for_every_worker_is_one_duplicate(workers: int) -> None:
+    """One dark message sent twice, both copies in events every worker gets: each worker's
+    copy of the second was counted (3 duplicate_frame for one extra message)."""
+    detector, angle = split(danmax_scan(ANGLES))
+    detector.insert(1, detector[1])  # the first dark again
+    scan = run_scan(events_by_stream(detector, angle), config(), workers, broadcast=set(range(1, FIRST)))
+    assert scan.rejected.get("duplicate_frame") == 1, scan.rejected
+    sent = sum(1 for parts in detector[1:-1] if parts)  # the images: header and end aside
+    assert scan.status()["frames_received"] == sent
