@@ -825,9 +825,33 @@ class LiveScan:
         self.admission.notice(
             "angles_share_slot",
             f"frame {index} at {angle_deg:.4f} deg joins slot {slot} ({grid.start + grid.step * slot:.4f} deg), "
-            f"whose frames were measured at {earlier:.4f} deg: averaged as one angle. The measured angles sit "
-            f"{offset:+.2f} step off {grid.describe()}; if they all do, angle_start "
-            f"{grid.start + offset * grid.step:.6g} puts them on it",
+            f"whose frames were measured at {earlier:.4f} deg: averaged as one angle. "
+            + self._grid_advice(angle_deg, offset),
+        )
+
+    def _grid_advice(self, angle_deg: float, offset: float) -> str:
+        """How the grid would fit the measured angles, this one ``offset`` steps off: by
+        its step where the angles' own step (their span over their count, as if none was
+        missed) drifts a quarter step or more off the grid over the scan, else by its
+        start. A step 1/3000 too small (angle_range 180 for 3001 projections over 180.06
+        degrees) drifts half a step by the scan's middle, and the advice to move
+        angle_start by that half step only moved the sharing elsewhere."""
+        assert self.sinogram is not None
+        grid = self.sinogram.grid
+        filled = self.sinogram.filled_slots()
+        angles = [a for a in (self.sinogram.mean_angle(int(k)) for k in filled) if a is not None]
+        frames = int(self.sinogram.counts.sum()) + 1  # with this one
+        span = max([*angles, angle_deg]) - min([*angles, angle_deg])
+        step = span / (frames - 1) if frames > 2 and span > 0 else grid.step
+        if abs(step / grid.step - 1.0) * grid.n >= ANGLES_APART_STEPS:
+            return (
+                f"The measured angles step by about {step:.6g} deg ({frames} projections over {span:.6g} deg, "
+                f"if none was missed), not as {grid.describe()} does: angle_step {step:.6g} (or angle_range "
+                f"{step * grid.n:.6g}) fits them"
+            )
+        return (
+            f"The measured angles sit {offset:+.2f} step off {grid.describe()}; if they all do, angle_start "
+            f"{grid.start + offset * grid.step:.6g} puts them on it"
         )
 
     def _measured_step(self, angle_deg: float) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import sys
 
@@ -1479,3 +1480,21 @@ def test_a_late_dark_is_judged_against_the_set_its_batch_first_made(monkeypatch:
     assert both.rejected == {"reference_too_late": 1}
     assert both.sinogram is not None and dark_lost.sinogram is not None
     np.testing.assert_array_equal(both.sinogram.data, dark_lost.sinogram.data)
+
+
+def test_angles_that_drift_off_the_grid_are_told_the_step_not_the_start(caplog: pytest.LogCaptureFixture) -> None:
+    """A grid step too small by a fraction (angle_range 180 for a scan over 175): the
+    angles drift half a step off by the scan's middle, and the notice's advice (move
+    angle_start by that half step) only moved the sharing elsewhere."""
+    true_step = 175.0 / ANGLES
+    frames = [
+        Frame(f.index, f.key, f.data, None if f.angle_deg is None else f.angle_deg * true_step / (180.0 / ANGLES))
+        for f in make_frames()
+    ]
+    with caplog.at_level(logging.WARNING):
+        scan = run(frames, 1, config())
+    assert scan.notices.get("angles_share_slot", 0) > 0
+    said = next(r.getMessage() for r in caplog.records if "angles_share_slot" in r.getMessage())
+    assert "step by about" in said and "angle_start" not in said, said
+    advised = float(said.split("angle_step ")[1].split(" ")[0])
+    assert advised == pytest.approx(true_step, rel=0.02), said
