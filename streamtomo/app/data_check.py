@@ -170,6 +170,7 @@ class AngleReport:
     empty_slots: int
     shared_slots: int  # slots two or more projections fall in (averaged)
     grid: str
+    first_outside: str = ""  # why the first of ``outside`` matches no slot
 
 
 def angle_report(angles: Sequence[float | None], config: PipelineConfig) -> AngleReport | None:
@@ -179,11 +180,13 @@ def angle_report(angles: Sequence[float | None], config: PipelineConfig) -> Angl
     grid = AngleGrid.of(config)
     per_slot: Counter[int] = Counter()
     outside = 0
+    first_outside = ""
     for angle in known:
         try:
             per_slot[grid.slot(angle)] += 1
-        except UnknownAngleError:
+        except UnknownAngleError as error:
             outside += 1
+            first_outside = first_outside or str(error)
     return AngleReport(
         measured=len(known),
         low=min(known) if known else float("nan"),
@@ -193,6 +196,7 @@ def angle_report(angles: Sequence[float | None], config: PipelineConfig) -> Angl
         empty_slots=grid.n - len(per_slot),
         shared_slots=sum(1 for n in per_slot.values() if n > 1),
         grid=grid.describe(),
+        first_outside=first_outside,
     )
 
 
@@ -215,7 +219,10 @@ def describe(survey: DataSurvey, config: PipelineConfig, projections: Projection
                 f"{angles.grid}: {angles.empty_slots} slots empty, {angles.shared_slots} shared"
             )
         if angles.outside:
-            warnings.append(f"{angles.outside} projections have an angle that matches no slot (unknown_angle)")
+            warnings.append(
+                f"{angles.outside} projections have an angle that matches no slot (unknown_angle; the first: "
+                f"{angles.first_outside})"
+            )
         if angles.without:
             warnings.append(f"{angles.without} projections have no angle (their PandA row is missing or unreadable)")
     if projections.matched:

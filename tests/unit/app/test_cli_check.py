@@ -97,6 +97,8 @@ def test_the_data_give_the_detector_and_show_the_scan_as_the_workers_read_it(
         ({"angle_range": "360"}, "45 slots empty"),
         # A fixed base of 1 on frames numbered from 0: the first frame is refused, every kind one off.
         ({"frame_base": "1"}, "frame_before_base"),
+        # A grid from 90 degrees on a scan from 0: half the projections fall off it, the first one named.
+        ({"angle_start": "90"}, "(unknown_angle; the first: angle 0.0000 deg matches no slot of the grid of"),
     ],
 )
 def test_parameters_that_misread_the_data_say_how(
