@@ -19,36 +19,36 @@ DNS-rebound name: only loopback names, IP addresses and the origins of
 controller's own status page (same origin, on loopback or an allowed origin) still
 reads its progress.
 
-A browser page of the controller's own origin may read, not change: the controller's
-status page only reads, and it shows the services' log lines unescaped (``innerHTML``),
-among them request paths and stream input that anyone may put there. One request from
-another site (refused, but logged with its path) planted a script that ran in the
-controller's origin when someone opened the page, and its same-origin POST changed the
-centre or stopped the scan. So every change a browser sends is refused, the page is
-served with a Content-Security-Policy that runs only its own script (by hash: no
-injected handler runs) and submits no form, and a browser's read must name this
-controller's Host (a DNS-rebound name read the logs and parameters).
+A browser page of the controller's own origin may read, not change: dranspose's status
+page showed the services' log lines as markup, among them request paths and stream
+input that anyone may put there, and a script planted so stopped the scan. So every
+change a browser sends is refused, the status page (``/``) is streamtomo's own
+(:mod:`streamtomo.app.controller_page`: text only, under a Content-Security-Policy), and
+every request must name the controller by a Host it is known by
+(:func:`streamtomo.hsds_bridge.host_names.known_host`: loopback, IP addresses, the
+machine's names, ``STREAMTOMO_CONTROLLER_NAMES`` and the hosts of
+``STREAMTOMO_CONTROLLER_ORIGINS``): a DNS-rebound name read the logs and parameters, and a
+browser sends a rebound page's same-origin reads with no Origin and, over http, no
+``Sec-Fetch-Site`` either.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import ipaddress
 import json
 import logging
 import os
-import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from streamtomo.hsds_bridge.host_names import known_host, served_names
+from streamtomo.app.controller_page import PAGE, POLICY
+from streamtomo.hsds_bridge.host_names import known_host, names_from_env, served_names
 
 log = logging.getLogger(__name__)
 
 ENV_ORIGINS = "STREAMTOMO_CONTROLLER_ORIGINS"
+ENV_NAMES = "STREAMTOMO_CONTROLLER_NAMES"
 CROSS_SITE = frozenset({"cross-site", "same-site"})
 LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -76,27 +76,32 @@ def _own_name(host: str) -> bool:
     return True
 
 
-def refusal(scope: Scope, allowed_origins: Iterable[str] = ()) -> str:
-    """Why a browser sent this request for another site, or a change ('' where neither).
+def refusal(scope: Scope, allowed_origins: Iterable[str] = (), names: frozenset[str] | None = None) -> str:
+    """Why this request is refused ('' where it is not): a Host the controller is not
+    known by, a browser's request for another site, or a change a browser sent.
     ``allowed_origins``: the controller's own origins besides loopback and IP addresses
-    (an Ingress's ``https://NAME``); a page there may read, as on loopback, not change."""
+    (an Ingress's ``https://NAME``); a page there may read, as on loopback, not change.
+    ``names``: the Host names it answers to besides loopback and IP addresses (default:
+    this machine's and the origins')."""
     headers = _headers(scope)
+    allowed = frozenset(allowed_origins)
+    host = headers.get("host", "")
+    if not known_host(host, served_names("", allowed) if names is None else names):
+        return (
+            f"host {host!r} is not a name of this controller (a DNS-rebound name? its names are given in {ENV_NAMES})"
+        )
     fetch_site = headers.get("sec-fetch-site", "").strip().lower()
     origin = headers.get("origin")
     if origin is None and not fetch_site:
-        return ""  # not a browser: the pipeline's own clients, curl
+        return ""  # no browser's cross-origin request or change: the pipeline's own clients, curl
     if fetch_site in CROSS_SITE:
         return f"a browser sent this request from another site (Sec-Fetch-Site: {fetch_site})"
     method = str(scope.get("method", "GET")).upper()
     if method not in READS:
         return (
-            f"a browser page sent this {method}: the controller's pages only read (its status page "
-            "shows log lines anyone can put there); change a scan through the viewer or the control API"
+            f"a browser page sent this {method}: the controller's pages only read; change a scan through "
+            "the viewer or the control API"
         )
-    allowed = frozenset(allowed_origins)
-    host = headers.get("host", "")
-    if not known_host(host, served_names("localhost", allowed)):
-        return f"a browser asked for host {host!r}, not a name of this controller (a DNS-rebound name?)"
     if origin is None:
         return ""
     origin = origin.strip()
@@ -109,61 +114,47 @@ def refusal(scope: Scope, allowed_origins: Iterable[str] = ()) -> str:
     return ""
 
 
-def page_policy(index_html: str) -> str:
-    """The Content-Security-Policy of the controller's status page ``index_html``: its
-    own inline scripts by hash (an injected ``onerror`` needs 'unsafe-inline'), fetches
-    to its own origin, no form, no frame, no plugin."""
-    scripts = re.findall(r"<script>(.*?)</script>", index_html, flags=re.DOTALL)
-    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts)
-    return (
-        f"default-src 'none'; script-src {hashes or chr(39) + 'none' + chr(39)}; connect-src 'self'; "
-        "style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    )
-
-
 class CrossSiteGuard:
-    """ASGI middleware: requests a browser sent for another site, and changes any page
-    sent, get 403; the status page (``/``) comes with :attr:`page_policy` (see module)."""
+    """ASGI middleware: refused requests (:func:`refusal`) get 403; the status page
+    (``GET /``) is :data:`streamtomo.app.controller_page.PAGE` (see module)."""
 
-    def __init__(self, app: App, allowed_origins: Iterable[str] = (), page_policy: str = "") -> None:
+    def __init__(self, app: App, allowed_origins: Iterable[str] = (), names: Iterable[str] = ()) -> None:
         self.app = app
         self.allowed_origins = frozenset(o.strip().rstrip("/") for o in allowed_origins if o.strip())
-        self.page_policy = page_policy
+        self.names = served_names("", self.allowed_origins, names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        why = refusal(scope, self.allowed_origins)
-        if not why:
-            await self.app(scope, receive, self._with_policy(scope, send))
+        why = refusal(scope, self.allowed_origins, self.names)
+        if why:
+            # The path as repr: it is a stranger's text.
+            log.warning("refused %s %r: %s", scope.get("method"), scope.get("path"), why)
+            body = json.dumps({"detail": f"{why}: the dranspose controller takes no requests from web pages"})
+            await _answer(send, 403, "application/json", body.encode())
             return
-        # The path as repr: it is a stranger's text, and this line goes to the status page.
-        log.warning("refused %s %r: %s", scope.get("method"), scope.get("path"), why)
-        body = json.dumps({"detail": f"{why}: the dranspose controller takes no requests from web pages"}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 403,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        if scope.get("path") == "/" and scope.get("method") in ("GET", "HEAD"):
+            page = PAGE.encode()
+            await _answer(
+                send, 200, "text/html; charset=utf-8", b"" if scope["method"] == "HEAD" else page, len(page), POLICY
+            )
+            return
+        await self.app(scope, receive, send)
 
-    def _with_policy(self, scope: Scope, send: Send) -> Send:
-        """``send`` with the page's policy added to the status page's answer."""
-        if scope.get("path") != "/" or not self.page_policy:
-            return send
-        policy = self.page_policy.encode()
 
-        async def send_with_policy(message: Message) -> None:
-            if message.get("type") == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-security-policy"]
-                headers += [(b"content-security-policy", policy), (b"x-content-type-options", b"nosniff")]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        return send_with_policy
+async def _answer(
+    send: Send, status: int, content_type: str, body: bytes, length: int | None = None, policy: str = ""
+) -> None:
+    headers = [
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(len(body) if length is None else length).encode()),
+        (b"x-content-type-options", b"nosniff"),
+    ]
+    if policy:
+        headers.append((b"content-security-policy", policy.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def allowed_origins_from_env(env: MutableMapping[str, str] | None = None) -> tuple[str, ...]:
@@ -176,11 +167,8 @@ def install() -> None:
     middleware (dranspose's CORS one included, so a foreign preflight is refused too)."""
     import dranspose.controller
 
-    index = Path(dranspose.controller.__file__).parent / "frontend" / "index.html"
-    try:
-        policy = page_policy(index.read_text(encoding="utf-8"))
-    except OSError:  # no page in this dranspose: nothing to serve it with
-        policy = page_policy("")
     dranspose.controller.app.add_middleware(
-        CrossSiteGuard, allowed_origins=allowed_origins_from_env(), page_policy=policy
+        CrossSiteGuard,
+        allowed_origins=allowed_origins_from_env(),
+        names=names_from_env(os.environ.get(ENV_NAMES, "")),
     )

@@ -29,8 +29,8 @@ def host_name(host: str) -> str | None:
     else:
         name, colon, port = host.partition(":")
         port = colon + port
-    if not re.fullmatch(r"(?::[0-9]*)?", port) or not name:
-        return None
+    if not re.fullmatch(r"(?::[0-9]*)?", port) or not re.fullmatch(r"[A-Za-z0-9._:-]+", name):
+        return None  # a name's letters (an IPv6 address's in brackets): not "@", "%", a space
     return name.lower().removesuffix(".")
 
 
@@ -54,10 +54,10 @@ def known_host(host: str, names: frozenset[str]) -> bool:
     if name == "localhost" or name in names:
         return True
     try:
-        ipaddress.ip_address(name)
+        address = ipaddress.ip_address(name)
     except ValueError:
         return False
-    return True
+    return getattr(address, "scope_id", None) is None  # "[::1%25evil.example]": no address of ours
 
 
 def names_from_env(text: str) -> tuple[str, ...]:

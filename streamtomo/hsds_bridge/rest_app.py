@@ -30,7 +30,7 @@ from aiohttp import hdrs, web
 
 from streamtomo.hsds_bridge import rest_objects as objs
 from streamtomo.hsds_bridge.domain import DomainDataset, DomainGroup
-from streamtomo.hsds_bridge.host_names import known_host
+from streamtomo.hsds_bridge.host_names import host_name, known_host
 from streamtomo.hsds_bridge.rest_ids import Collection, StaleId, parse_id
 from streamtomo.hsds_bridge.rest_registry import DomainRegistry, ServedDomain, TooManyReads, normalise_domain_name
 from streamtomo.hsds_bridge.rest_select import (
@@ -766,13 +766,15 @@ async def cors_preflight_middleware(request: web.Request, handler: Handler) -> w
 
 @web.middleware
 async def rebinding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A browser's request (``Sec-Fetch-Site`` or ``Origin``) must name this server
-    (:func:`known_host`): a DNS-rebound name made another site's page the same origin as
-    the live domain, free to read the scan. Clients that are no browser (h5pyd, the
-    viewer's server, the chart's pods by Service name) send neither header."""
-    browser = "Sec-Fetch-Site" in request.headers or "Origin" in request.headers
-    if browser and "*" not in request.app[CORS_KEY]:
-        for host in request.headers.getall("Host", []):
+    """Every request must name this server (:func:`known_host`): a DNS-rebound name made
+    another site's page the same origin as the live domain, free to read the scan, and a
+    browser sends such a page's reads with no Origin and, over http, no Sec-Fetch-Site:
+    only the Host tells them apart. h5pyd, the viewer's server and the chart's pods name
+    it as they reach it (an address, or a name in ``host_names``)."""
+    if "*" not in request.app[CORS_KEY]:
+        for host in request.headers.getall("Host", []) or [""]:
+            if host_name(host) is None:
+                raise RestError(400, f"malformed Host header {host!r}")
             if not known_host(host, request.app[NAMES_KEY]):
                 raise RestError(
                     403,

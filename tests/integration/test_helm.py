@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -1324,6 +1325,14 @@ def test_nothing_that_changes_a_scan_is_reachable_around_its_authentication(helm
     assert env_of(controller)["STREAMTOMO_CONTROLLER_ORIGINS"] == "https://streamtomo-controller.example.org"
     plain = one(render(helm), "Deployment", "t-streamtomo-controller")["spec"]["template"]["spec"]["containers"][0]
     assert "STREAMTOMO_CONTROLLER_ORIGINS" not in env_of(plain)
+    # every other Host is refused (DNS rebinding): the pods and the chart's test reach it by its Service
+    names = env_of(plain)["STREAMTOMO_CONTROLLER_NAMES"].split(",")
+    assert "t-streamtomo-controller.beamline.svc" in names and "t-streamtomo-controller" in names
+    test_pod = [d for d in find(render(helm), "Pod") if "controller" in d["metadata"]["name"]]
+    assert test_pod
+    for pod in test_pod:
+        url = env_of(pod["spec"]["containers"][0]).get("CONTROLLER_URL", "")
+        assert urlsplit(url).hostname in names, url
     # ... and a node's or a load balancer's address only when the network is said to be trusted
     for kind in ("NodePort", "LoadBalancer"):
         err = fails(helm, "--set", f"controller.service.type={kind}")

@@ -12,7 +12,7 @@ import base64
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,8 +36,9 @@ def require_chromium() -> None:
 
 
 @contextmanager
-def chromium(profile: Path, width: int = 1500, height: int = 1150) -> Iterator[Any]:
-    """A headless Chromium (selenium WebDriver) with a fresh profile; quits on exit."""
+def chromium(profile: Path, width: int = 1500, height: int = 1150, extra_flags: Sequence[str] = ()) -> Iterator[Any]:
+    """A headless Chromium (selenium WebDriver) with a fresh profile; quits on exit.
+    ``extra_flags``: more command-line switches (``--host-resolver-rules`` to map a name)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -53,6 +54,7 @@ def chromium(profile: Path, width: int = 1500, height: int = 1150) -> Iterator[A
         "--enable-unsafe-swiftshader",
         f"--user-data-dir={profile}",
         f"--window-size={width},{height}",
+        *extra_flags,
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})

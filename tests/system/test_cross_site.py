@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import pytest
 import requests
@@ -220,16 +220,20 @@ PLANTING_PAGE = """<!doctype html><title>another site</title><script>
 fetch(%(url)s, {method: 'POST', mode: 'no-cors'}).then(() => window.__sent = 1, () => window.__sent = 1);
 </script>"""
 MARKER = "4242.5"
-PAYLOAD = f"<img src=x onerror=\"fetch('/api/v1/parameter/center',{{method:'POST',body:'{MARKER}'}})\">"
+# A script (it stopped the scan through the page's own origin) and a redirect (under a
+# policy that runs no injected script, it still sent whoever opened the page elsewhere).
+PAYLOAD = (
+    f"<img src=x onerror=\"fetch('/api/v1/parameter/center',{{method:'POST',body:'{MARKER}'}})\">"
+    '<meta http-equiv="refresh" content="0;url=http://127.0.0.1:9/phished">'
+)
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt-get install redis-server)")
-def test_a_script_planted_in_the_controllers_log_does_not_run_in_its_status_page(
-    built_page: Path, tmp_path: Path
-) -> None:
-    """A refused request from another site was logged with its path, and the controller's
-    status page shows its log unescaped: opened later, the page ran the path's script in
-    the controller's origin, whose POST changed the centre (or stopped the scan)."""
+def test_markup_planted_in_the_controllers_log_is_text_in_its_status_page(built_page: Path, tmp_path: Path) -> None:
+    """A refused request from another site was logged with its path, and dranspose's
+    status page wrote its log with innerHTML: opened later, the page ran the path's
+    script in the controller's origin, whose POST changed the centre (or stopped the
+    scan); under a script policy alone, a planted meta refresh still redirected it."""
     from streamtomo.app.deployment import LocalDeployment
 
     with LocalDeployment(workers=1, run_dir=tmp_path / "deployment") as deployment:
@@ -255,28 +259,25 @@ def test_a_script_planted_in_the_controllers_log_does_not_run_in_its_status_page
                 browser.wait_until(lambda: driver.execute_script("return window.__sent"), 30, "the request")
                 browser.wait_until(
                     lambda: any(
-                        "onerror" in e["msg"] for e in requests.get(f"{controller}/api/v1/logs", timeout=10).json()
+                        "http-equiv" in e["msg"] for e in requests.get(f"{controller}/api/v1/logs", timeout=10).json()
                     ),
                     30,
                     "the refused request's path in the controller's log",
                 )
-                browser.console_entries(driver)  # the attack page's own console lines
                 driver.get(controller + "/")
-                # The page's own script runs: its log table shows the planted markup...
+                # The page's own script runs: its log table shows the planted line, as text.
                 browser.wait_until(
                     lambda: driver.execute_script(
-                        "const t = document.querySelector('#logs table'); return t && t.innerHTML.includes('onerror');"
+                        "const t = document.querySelector('#logs table');"
+                        "return t && t.textContent.includes('http-equiv') && t.textContent.includes('onerror');"
                     ),
                     30,
                     "the status page's log table with the planted line",
                 )
-                # ...and the browser refuses its handler (the page's policy), so nothing is sent.
-                blocked = browser.wait_until(
-                    lambda: [m for m in browser.severe(browser.console_entries(driver)) if "inline event handler" in m],
-                    30,
-                    "the browser's refusal of the planted handler",
-                )
-                assert "Content Security Policy" in blocked[0]
+                assert driver.execute_script("return document.querySelectorAll('#logs img, #logs meta').length") == 0
+                assert driver.execute_script("return document.getElementById('progress').textContent").startswith("{")
+                browser.wait_until(lambda: requests.get(center, timeout=10).content == before, 5, "the centre")
+                assert driver.current_url.rstrip("/") == controller  # not redirected
         finally:
             attacker.close(10)
         assert requests.get(center, timeout=10).content == before != MARKER.encode()
@@ -286,4 +287,33 @@ def test_a_script_planted_in_the_controllers_log_does_not_run_in_its_status_page
         )
         assert forged.status_code == 403
         assert requests.get(center, timeout=10).content == before
+        assert deployment.error_lines() == []
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server (apt-get install redis-server)")
+def test_a_rebound_name_reads_neither_the_controller_nor_the_live_domain(built_page: Path, tmp_path: Path) -> None:
+    """DNS rebinding, as Chromium does it: a page of rebound.test, its name then resolved
+    to 127.0.0.1, reads the ports as its own origin. Over http Chromium sends those reads
+    with no Origin and no Sec-Fetch-Site, so a first fix that checked the Host only
+    beside them let the page read the controller's config and logs and the live scan."""
+    from streamtomo.app.deployment import LocalDeployment
+
+    with LocalDeployment(workers=1, run_dir=tmp_path / "deployment") as deployment:
+        controller = urlsplit(deployment.state.controller_url)
+        live = urlsplit(deployment.state.live_endpoint)
+        rules = "--host-resolver-rules=MAP rebound.test 127.0.0.1"
+        with browser.chromium(tmp_path / "profile", extra_flags=(rules,)) as driver:
+            for port, path in (
+                (controller.port, "/api/v1/config"),
+                (live.port, f"/?domain={quote('/streamtomo/live.h5')}"),
+            ):
+                driver.get(f"http://rebound.test:{port}/")
+                answer = driver.execute_async_script(
+                    "const done = arguments[arguments.length - 1];"
+                    "fetch(arguments[0]).then(r => r.text().then(t => done([r.status, t])), e => done([0, String(e)]));",
+                    path,
+                )
+                assert answer[0] == 403 and "rebound.test" in answer[1], (port, answer)
+        # Under its own address the same reads are answered.
+        assert requests.get(f"{deployment.state.controller_url}/api/v1/config", timeout=10).status_code == 200
         assert deployment.error_lines() == []

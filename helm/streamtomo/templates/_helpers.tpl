@@ -72,6 +72,15 @@ HSDS data-node lookup select pods by them, so commonLabels may not set them. */}
 {{- printf "%s-%s.%s.svc" (include "streamtomo.fullname" .ctx) .name .ctx.Release.Namespace -}}
 {{- end -}}
 
+{{/* The names a Service is reached by in the cluster, comma separated (a server
+that refuses other Host names, against DNS rebinding, is given them):
+(dict "ctx" $ "name" "live"). */}}
+{{- define "streamtomo.svcNames" -}}
+{{- $n := printf "%s-%s" (include "streamtomo.fullname" .ctx) .name -}}
+{{- $ns := .ctx.Release.Namespace -}}
+{{- printf "%s,%s.%s,%s.%s.svc,%s.%s.svc.cluster.local" $n $n $ns $n $ns $n $ns -}}
+{{- end -}}
+
 {{- define "streamtomo.controllerUrl" -}}
 {{- printf "http://%s:%d" (include "streamtomo.svcHost" (dict "ctx" . "name" "controller")) (int .Values.controller.service.port) -}}
 {{- end -}}

@@ -7,7 +7,8 @@ import hashlib
 
 import pytest
 
-from streamtomo.app.controller_guard import allowed_origins_from_env, page_policy, refusal
+from streamtomo.app.controller_guard import allowed_origins_from_env, refusal
+from streamtomo.app.controller_page import PAGE, POLICY, page_policy
 
 
 def _scope(
@@ -61,7 +62,8 @@ def test_origins_the_deployment_names_are_its_own() -> None:
         # A DNS-rebound name reading the logs and parameters (a same-origin GET sends no Origin).
         (_scope(host="rebound.example:5000", sec_fetch_site="same-origin"), True),
         (_scope(host="rebound.example:5000", sec_fetch_site="none"), True),
-        (_scope(host="rebound.example:5000"), False),  # no browser: the chart's pods use the Service name
+        # Chromium sends a rebound page's same-origin read over http with neither header.
+        (_scope(host="rebound.example:5000"), True),
         (_scope(host="localhost:5000", sec_fetch_site="same-origin"), False),
         (_scope(host="10.0.0.7:5000", sec_fetch_site="same-origin"), False),
     ],
@@ -81,12 +83,30 @@ def test_a_listed_origin_may_read_not_change() -> None:
     assert refusal(_scope(host="other.example", scheme="https", sec_fetch_site="same-origin"), origins) != ""
 
 
+def test_the_controllers_names_are_those_it_is_given() -> None:
+    """The chart's pods reach the controller by its Service's name."""
+    names = frozenset({"t-streamtomo-controller.beamline.svc"})
+    pod = _scope(host="t-streamtomo-controller.beamline.svc:5000", method="POST")
+    assert refusal(pod, (), names) == ""
+    assert "not a name of this controller" in refusal(pod)
+    assert refusal(_scope(host="", method="POST"), (), names) != ""  # no Host: no name
+
+
 def test_the_status_page_runs_its_own_script_by_hash_and_nothing_inline() -> None:
     script = "\nfetch('/api/v1/logs');\n"
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     policy = page_policy(f"<html><body><script>{script}</script></body></html>")
     directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
     assert directives["script-src"] == f"'sha256-{digest}'"  # no 'unsafe-inline': no injected onerror
+    assert directives["style-src"] == "'none'"  # no injected style either
     assert directives["form-action"] == "'none'" and directives["default-src"] == "'none'"
     assert directives["connect-src"] == "'self'"
     assert "script-src 'none'" in page_policy("<html>no script</html>")
+
+
+def test_the_status_page_shows_text_never_markup() -> None:
+    """dranspose's page wrote log lines with innerHTML: a planted meta refresh sent
+    whoever opened it to another site, under any script policy."""
+    assert "innerHTML" not in PAGE and "insertAdjacentHTML" not in PAGE and "document.write" not in PAGE
+    assert PAGE.count("textContent") >= 2
+    assert page_policy(PAGE) == POLICY and "'unsafe-inline'" not in POLICY
