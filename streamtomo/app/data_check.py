@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from warnings import catch_warnings, simplefilter
 
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats.pcap_checks import panda_rows, pandas_count
 from streamtomo.pipeline.messages import NOMINAL_ROW, AngleRow, PandaEnded, Rejected, StreamStep
+from streamtomo.pipeline.reconstruction.backends.common import AngularCoverageWarning, warn_if_incomplete
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.nominal_angles import (
     WINDOW,
@@ -171,6 +173,7 @@ class AngleReport:
     shared_slots: int  # slots two or more projections fall in (averaged)
     grid: str
     first_outside: str = ""  # why the first of ``outside`` matches no slot
+    coverage: str = ""  # the wedge of the half turn the slots leave out (limited_angle_coverage)
 
 
 def angle_report(angles: Sequence[float | None], config: PipelineConfig) -> AngleReport | None:
@@ -197,7 +200,18 @@ def angle_report(angles: Sequence[float | None], config: PipelineConfig) -> Angl
         shared_slots=sum(1 for n in per_slot.values() if n > 1),
         grid=grid.describe(),
         first_outside=first_outside,
+        coverage=_coverage([grid.start + grid.step * slot for slot in per_slot]) if per_slot else "",
     )
+
+
+def _coverage(slot_angles: list[float]) -> str:
+    """What the scan would say of these filled slots' angles at its end
+    (``limited_angle_coverage``), '' where they cover the half turn: angles in radians
+    read as degrees (3.1 of 180) and a stage that never turned passed the check."""
+    with catch_warnings(record=True) as caught:
+        simplefilter("always", AngularCoverageWarning)
+        warn_if_incomplete(slot_angles)
+    return next((str(w.message) for w in caught if issubclass(w.category, AngularCoverageWarning)), "")
 
 
 def describe(survey: DataSurvey, config: PipelineConfig, projections: ProjectionAngles) -> tuple[list[str], list[str]]:
@@ -218,6 +232,8 @@ def describe(survey: DataSurvey, config: PipelineConfig, projections: Projection
                 f"angles: {angles.measured} projections from {angles.low:.3f} to {angles.high:.3f} deg against "
                 f"{angles.grid}: {angles.empty_slots} slots empty, {angles.shared_slots} shared"
             )
+        if angles.coverage:
+            warnings.append(f"limited_angle_coverage: {angles.coverage}")
         if angles.outside:
             warnings.append(
                 f"{angles.outside} projections have an angle that matches no slot (unknown_angle; the first: "
