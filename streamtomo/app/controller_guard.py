@@ -131,7 +131,7 @@ class CrossSiteGuard:
         if why:
             # The path as repr: it is a stranger's text.
             log.warning("refused %s %r: %s", scope.get("method"), scope.get("path"), why)
-            body = json.dumps({"detail": f"{why}: the dranspose controller takes no requests from web pages"})
+            body = json.dumps({"detail": why})
             await _answer(send, 403, "application/json", body.encode())
             return
         if scope.get("path") == "/" and scope.get("method") in ("GET", "HEAD"):
