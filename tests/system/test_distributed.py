@@ -385,7 +385,9 @@ def test_play_says_how_the_scan_ended_and_exits_3_when_it_failed(
     refused.write_text(json.dumps({"frame_base": "100"}))  # every frame before the scan's first
     assert main(["play", "--simulate", *small, "-p", str(refused)]) == 3
     out, err = capsys.readouterr()
-    assert "state: failed (no projection was reduced: 40 frames received, rejected: 40 frame_before_base)" in out
+    # The counts, then the first refusal's own words: what to change.
+    assert "state: failed (no projection was reduced: 40 frames received, rejected: 40 frame_before_base" in out
+    assert "(the first frame_before_base: event " in out and "lies before the scan's first frame 100" in out
     assert "scan failed: no projection was reduced" in err
     assert main(["play", "--simulate", *small]) == 0
     assert "state: finished\n" in capsys.readouterr().out
