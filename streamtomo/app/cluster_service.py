@@ -46,7 +46,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streamtomo.app.redis_password import RedisPasswordError, apply_password_file
@@ -115,10 +115,32 @@ def service(args: argparse.Namespace) -> Any:
     return cls(settings=settings)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level_from_env(env: Mapping[str, str]) -> str:
+    """``STREAMTOMO_LOG_LEVEL``, else dranspose's ``LOG_LEVEL`` (what the chart's
+    ``logLevel`` sets), else INFO. The root logger is configured here, before dranspose's
+    CLI configures it from ``LOG_LEVEL``, which then does nothing: ``logLevel: DEBUG``
+    gave INFO in every pod."""
+    for name in ("STREAMTOMO_LOG_LEVEL", "LOG_LEVEL"):
+        value = env.get(name, "").strip()
+        if value:
+            if value.upper() not in LOG_LEVELS:
+                raise ValueError(f"{name}={value!r} is no log level: one of {', '.join(LOG_LEVELS)}")
+            return value.upper()
+    return "INFO"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if argv is None else argv)
     # dranspose's CLI logs only to Redis's log stream: the container's output gets them too.
-    logging.basicConfig(level=os.environ.get("STREAMTOMO_LOG_LEVEL", "INFO"), format=LOG_FORMAT)
+    try:
+        level = log_level_from_env(os.environ)
+    except ValueError as error:
+        print(f"streamtomo: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     try:
         apply_password_file()  # before dranspose reads REDIS_URL
     except RedisPasswordError as error:

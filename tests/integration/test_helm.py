@@ -1932,3 +1932,14 @@ def test_the_live_domain_knows_its_service_and_ingress_names(helm: str) -> None:
     ]
     plain = one(render(helm), "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["containers"][0]
     assert "streamtomo-live.example.org" not in env_of(plain)["STREAMTOMO_HTTP_NAMES"]
+
+
+def test_log_level_debug_reaches_the_viewer(helm: str) -> None:
+    """logLevel set LOG_LEVEL, which the viewer (streamtomo view) never read."""
+
+    def command(*args: str) -> list[str]:
+        docs = render(helm, "--set", "viewer.enabled=true", *args)
+        return one(docs, "Deployment", "t-streamtomo-viewer")["spec"]["template"]["spec"]["containers"][0]["command"]
+
+    assert command("--set", "logLevel=DEBUG")[:3] == ["streamtomo", "--verbose", "view"]
+    assert "--verbose" not in command()

@@ -202,3 +202,28 @@ def test_an_ingester_started_as_the_chart_starts_it_stops_on_sigterm(redis_url: 
     assert process.returncode == 0, output
     assert "ERROR" not in output, output
     assert "closed ingester" in output, output
+
+
+def test_the_charts_log_level_reaches_every_service() -> None:
+    """The chart's logLevel sets LOG_LEVEL, which dranspose's CLI reads to configure the
+    root logger: ours configured it first, from STREAMTOMO_LOG_LEVEL alone, so every pod
+    logged at INFO whatever logLevel said."""
+    from streamtomo.app.cluster_service import log_level_from_env
+
+    assert log_level_from_env({"LOG_LEVEL": "debug"}) == "DEBUG"
+    assert log_level_from_env({"LOG_LEVEL": "DEBUG", "STREAMTOMO_LOG_LEVEL": "warning"}) == "WARNING"
+    assert log_level_from_env({}) == "INFO"
+    with pytest.raises(ValueError, match="LOG_LEVEL='loud' is no log level"):
+        log_level_from_env({"LOG_LEVEL": "loud"})
+
+
+def test_a_log_level_no_logger_knows_stops_the_service_with_status_2() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "streamtomo.app.cluster_service", "controller"],
+        env={**os.environ, "LOG_LEVEL": "loud"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "LOG_LEVEL='loud' is no log level" in done.stderr, done.stderr
