@@ -1667,6 +1667,18 @@ def test_an_external_redis_url_with_credentials_is_refused(helm: str, url: str) 
 
 
 @pytest.mark.parametrize(
+    "url", ["redis://r.example:6379/0?health_check_interval=10", "rediss://r.example:6380/0?ssl_cert_reqs=none"]
+)
+def test_an_external_redis_url_with_a_query_is_refused(helm: str, url: str) -> None:
+    """dranspose appends ?decode_responses=True&protocol=3 to it: the first was refused
+    by redis-py in every pod, the second read ssl_cert_reqs as 'none?decode_responses=True'."""
+    args = ["--set", "redis.enabled=false", "--set", "networkPolicy.egress.enabled=false"]
+    err = fails(helm, *args, "--set", f"externalRedis.url={url}")
+    assert "externalRedis.url has a query string" in err, err
+    render(helm, *args, "--set", "externalRedis.url=rediss://r.example:6380/0")
+
+
+@pytest.mark.parametrize(
     "key",
     [
         "aws_secret_access_key",
