@@ -1946,6 +1946,33 @@ def test_the_live_domain_knows_its_service_and_ingress_names(helm: str) -> None:
     assert "streamtomo-live.example.org" not in env_of(plain)["STREAMTOMO_HTTP_NAMES"]
 
 
+def test_names_of_a_node_port_or_load_balancer_and_the_cluster_domain_are_given(helm: str) -> None:
+    """A controller or live domain exposed by NodePort or LoadBalancer answered 403 to
+    the DNS name its clients used (only its Service's names were known), and
+    extraEnv's own list replaced the chart's: the pipeline's pods were refused too."""
+    docs = render(
+        helm,
+        "--set",
+        "clusterDomain=k8s.facility.example",
+        "--set-json",
+        'controller.hostNames=["tomo-ctl.beamline.example"]',
+        "--set-json",
+        'reducer.hostNames=["tomo-live.beamline.example"]',
+    )
+    controller = one(docs, "Deployment", "t-streamtomo-controller")["spec"]["template"]["spec"]["containers"][0]
+    reducer = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]["containers"][0]
+    controller_names = env_of(controller)["STREAMTOMO_CONTROLLER_NAMES"].split(",")
+    live_names = env_of(reducer)["STREAMTOMO_HTTP_NAMES"].split(",")
+    assert controller_names[-2:] == [
+        "t-streamtomo-controller.beamline.svc.k8s.facility.example",
+        "tomo-ctl.beamline.example",
+    ]
+    assert "t-streamtomo-controller.beamline.svc" in controller_names  # the pods' name stays
+    assert live_names[-2:] == ["t-streamtomo-live.beamline.svc.k8s.facility.example", "tomo-live.beamline.example"]
+    err = fails(helm, "--set-json", 'controller.hostNames=["Not A Name"]')
+    assert "hostNames" in err, err
+
+
 def test_log_level_debug_reaches_the_viewer(helm: str) -> None:
     """logLevel set LOG_LEVEL, which the viewer (streamtomo view) never read."""
 

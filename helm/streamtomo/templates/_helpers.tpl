@@ -78,7 +78,7 @@ that refuses other Host names, against DNS rebinding, is given them):
 {{- define "streamtomo.svcNames" -}}
 {{- $n := printf "%s-%s" (include "streamtomo.fullname" .ctx) .name -}}
 {{- $ns := .ctx.Release.Namespace -}}
-{{- printf "%s,%s.%s,%s.%s.svc,%s.%s.svc.cluster.local" $n $n $ns $n $ns $n $ns -}}
+{{- printf "%s,%s.%s,%s.%s.svc,%s.%s.svc.%s" $n $n $ns $n $ns $n $ns .ctx.Values.clusterDomain -}}
 {{- end -}}
 
 {{- define "streamtomo.controllerUrl" -}}
