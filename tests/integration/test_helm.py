@@ -1982,3 +1982,32 @@ def test_log_level_debug_reaches_the_viewer(helm: str) -> None:
 
     assert command("--set", "logLevel=DEBUG")[:3] == ["streamtomo", "--verbose", "view"]
     assert "--verbose" not in command()
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://t-streamtomo-hsds.beamline.svc:5101",
+        "http://t-streamtomo-hsds.beamline.svc:5101/",
+        "http://t-streamtomo-hsds:5101",
+    ],
+)
+def test_the_charts_hsds_is_known_by_any_of_its_names(helm: str, endpoint: str) -> None:
+    """viewer.endpoint compared character for character: with a final slash or the short
+    Service name the viewer lost its HSDS account (401 on every read) and its egress
+    policy."""
+    docs = render(helm, "--set", "viewer.enabled=true", "--set", f"viewer.endpoint={endpoint}")
+    viewer = one(docs, "Deployment", "t-streamtomo-viewer")["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(viewer)["STREAMTOMO_VIEWER_USERNAME"] and env_of(viewer)["STREAMTOMO_VIEWER_PASSWORD_FILE"]
+    egress = one(docs, "NetworkPolicy", "t-streamtomo-viewer-egress")
+    assert "hsds" in json.dumps(egress["spec"]["egress"]), egress
+    elsewhere = render(
+        helm,
+        "--set",
+        "viewer.enabled=true",
+        "--set",
+        "viewer.endpoint=http://hsds.elsewhere.example:5101",
+        "--set-json",
+        'networkPolicy.egress.viewerTo=[{"ipBlock": {"cidr": "10.0.0.1/32"}}]',
+    )
+    assert '"hsds"' not in json.dumps(one(elsewhere, "NetworkPolicy", "t-streamtomo-viewer-egress")["spec"]["egress"])

@@ -255,9 +255,24 @@ children, shown in /proc). dict: name, secret, key */}}
 {{- end -}}
 
 {{/* Does the viewer read the chart's HSDS (and so need the viewer account)? */}}
+{{/* "true" when URL is this release's Service NAME on PORT, by any of its in-cluster
+names (streamtomo.svcNames), with or without a final slash: an endpoint written
+http://R-streamtomo-hsds:5101 or with a "/" was no longer the chart's HSDS (no viewer
+account, no egress policy). Call with (dict "ctx" $ "url" URL "name" "hsds" "port" P). */}}
+{{- define "streamtomo.isService" -}}
+{{- $u := urlParse .url -}}
+{{- $name := regexReplaceAll ":[0-9]+$" $u.host "" -}}
+{{- $port := regexFind ":[0-9]+$" $u.host | trimPrefix ":" -}}
+{{- $names := splitList "," (include "streamtomo.svcNames" (dict "ctx" .ctx "name" .name)) -}}
+{{- if and (eq $u.scheme "http") (has $name $names) (eq $port (toString .port)) (has $u.path (list "" "/")) -}}
+true
+{{- end -}}
+{{- end -}}
+
 {{- define "streamtomo.viewerReadsHsds" -}}
 {{- $endpoint := include "streamtomo.viewerEndpoint" . -}}
-{{- if and .Values.hsds.enabled (or (eq $endpoint (include "streamtomo.hsdsPublicUrl" .)) (eq $endpoint (include "streamtomo.hsdsUrl" .))) -}}
+{{- $chartHsds := include "streamtomo.isService" (dict "ctx" . "url" $endpoint "name" "hsds" "port" .Values.hsds.service.port) -}}
+{{- if and .Values.hsds.enabled (or (eq (trimSuffix "/" $endpoint) (trimSuffix "/" (include "streamtomo.hsdsPublicUrl" .))) $chartHsds) -}}
 true
 {{- end -}}
 {{- end -}}
