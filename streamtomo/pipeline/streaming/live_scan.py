@@ -85,6 +85,39 @@ ANGLES_APART_STEPS = 0.25
 FIXED_DURING_SCAN = ("rows", "n_projections", "angle_start", "angle_range", "angle_step", "bin")
 
 
+# Angles a step is fitted to before it is advised over the grid's start.
+MIN_ANGLES_FOR_STEP = 8
+
+
+def _off_integer(positions: npt.NDArray[np.float64]) -> float:
+    """RMS distance of ``positions`` from the nearest whole number."""
+    return float(np.sqrt(np.mean((positions - np.round(positions)) ** 2)))
+
+
+def fitted_step(angles: npt.NDArray[np.float64], start: float, step: float, offset: float, slots: int) -> float | None:
+    """The measured ``angles``' own step, where it fits them clearly better than the
+    grid's (``start`` + i ``step``, moved by ``offset`` steps) and differs from it by a
+    quarter step or more over the ``slots``; else None. The step is the median spacing of
+    the sorted distinct angles; it must put them on whole multiples (RMS under a tenth
+    of a step, and under half the grid's), and span at most a turn over the slots.
+    Estimated as their span over their count, three in-order angles half a step off
+    gave a step advice that left frames refused, and golden-angle orders one more than
+    a turn."""
+    distinct = np.unique(angles)
+    if distinct.size < MIN_ANGLES_FOR_STEP:
+        return None
+    spacing = np.diff(distinct)
+    spacing = spacing[spacing > 1e-9 * max(step, 1e-12)]
+    if not spacing.size:
+        return None
+    own = float(np.median(spacing))
+    if abs(own / step - 1.0) * slots < ANGLES_APART_STEPS or own * (slots - 1) > 360.0 + 1e-9:
+        return None
+    own_fit = _off_integer((distinct - distinct[0]) / own)
+    grid_fit = _off_integer((distinct - start) / step - offset)
+    return own if own_fit < 0.1 and own_fit < 0.5 * grid_fit else None
+
+
 class LiveScan:
     """Assembles one scan; thread safety is the caller's (the reducer holds a lock)."""
 
@@ -831,23 +864,20 @@ class LiveScan:
 
     def _grid_advice(self, angle_deg: float, offset: float) -> str:
         """How the grid would fit the measured angles, this one ``offset`` steps off: by
-        its step where the angles' own step (their span over their count, as if none was
-        missed) drifts a quarter step or more off the grid over the scan, else by its
-        start. A step 1/3000 too small (angle_range 180 for 3001 projections over 180.06
+        its start, unless the angles fit a step of their own clearly better (:func:`fitted_step`).
+        A step 1/3000 too small (angle_range 180 for 3001 projections over 180.06
         degrees) drifts half a step by the scan's middle, and the advice to move
         angle_start by that half step only moved the sharing elsewhere."""
         assert self.sinogram is not None
         grid = self.sinogram.grid
-        filled = self.sinogram.filled_slots()
-        angles = [a for a in (self.sinogram.mean_angle(int(k)) for k in filled) if a is not None]
-        frames = int(self.sinogram.counts.sum()) + 1  # with this one
-        span = max([*angles, angle_deg]) - min([*angles, angle_deg])
-        step = span / (frames - 1) if frames > 2 and span > 0 else grid.step
-        if abs(step / grid.step - 1.0) * grid.n >= ANGLES_APART_STEPS:
+        measured = [
+            a for a in (self.sinogram.mean_angle(int(k)) for k in self.sinogram.filled_slots()) if a is not None
+        ]
+        step = fitted_step(np.array([*measured, angle_deg]), grid.start, grid.step, offset, grid.n)
+        if step is not None:
             return (
-                f"The measured angles step by about {step:.6g} deg ({frames} projections over {span:.6g} deg, "
-                f"if none was missed), not as {grid.describe()} does: angle_step {step:.6g} (or angle_range "
-                f"{step * grid.n:.6g}) fits them"
+                f"The measured angles step by about {step:.6g} deg, not as {grid.describe()} does: "
+                f"angle_step {step:.6g} (or angle_range {step * grid.n:.6g}) fits them"
             )
         return (
             f"The measured angles sit {offset:+.2f} step off {grid.describe()}; if they all do, angle_start "

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 MIN_PROJECTIONS_FOR_AUTO_CENTER = 8
 
+# The most of a rejection's own words a failed scan's reason quotes.
+MAX_CAUSE_CHARS = 400
+
 
 def finish(scan: LiveScan, volume_follows: bool) -> None:
     """Everything arrived: apply late references, backfill, then say what is final."""
@@ -106,9 +109,13 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
         received = scan.admission.received
         counts = scan.admission.rejected
         rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) or "none"
-        # The cause of the most frequent rejection, in its own words (what to change).
-        most = max(sorted(counts), key=lambda reason: counts[reason], default="")
+        # The cause of the most frequent rejection of frames (notices are no frame's), in
+        # its own words (what to change), cut to what a status line holds.
+        frames = [reason for reason in sorted(counts) if reason not in scan.admission.notice_reasons]
+        most = max(frames, key=lambda reason: counts[reason], default="")
         cause = scan.admission.first_detail.get(most, "")
+        if len(cause) > MAX_CAUSE_CHARS:
+            cause = cause[: MAX_CAUSE_CHARS - 3] + "..."
         scan.state = "failed"
         scan.add_reason(
             f"no projection was reduced: {received} frames received, rejected: {rejected}"

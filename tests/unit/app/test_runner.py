@@ -73,3 +73,14 @@ def test_positions_left_empty_under_a_doubted_frame_base_are_not_blamed_on_the_r
     text = _summary(lost_frames=[(0, 0)], notices={"frame_base_suspect": 1}).describe()
     assert "never reached the reducer" not in text
     assert "; 1 frame position never filled (0): lost, or the frames are numbered from another frame_base" in text
+
+
+def test_a_gap_after_the_first_frame_is_lost_whatever_the_frame_base() -> None:
+    """A wrong base explains the leading empty positions only: frames 20-29 dropped in
+    the same scan were called possibly no loss too."""
+    text = _summary(lost_frames=[(0, 0), (20, 29)], notices={"frame_base_suspect": 1}).describe()
+    assert "; 1 frame position never filled (0): lost, or the frames are numbered from another frame_base" in text
+    assert "; 10 frames lost (never reached the reducer: 20-29)" in text
+    # A gap alone, the base doubted for another reason: lost.
+    gap = _summary(lost_frames=[(20, 29)], notices={"frame_base_suspect": 1}).describe()
+    assert "; 10 frames lost (never reached the reducer: 20-29)" in gap and "never filled" not in gap

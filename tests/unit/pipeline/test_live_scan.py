@@ -1498,3 +1498,62 @@ def test_angles_that_drift_off_the_grid_are_told_the_step_not_the_start(caplog: 
     assert "step by about" in said and "angle_start" not in said, said
     advised = float(said.split("angle_step ")[1].split(" ")[0])
     assert advised == pytest.approx(true_step, rel=0.02), said
+
+
+def _scan_of(items: list[Rejected]) -> LiveScan:
+    scan = LiveScan(PipelineConfig.from_mapping({"n_darks_before": 0, "n_flats_before": 0, "n_projections": 10}))
+    scan.add_result(WorkerResult(items))
+    scan.finish()
+    return scan
+
+
+def test_a_scan_that_reduced_nothing_names_a_frames_refusal_not_a_notice() -> None:
+    """Notices (no frame's rejection) outnumbering the frames' refusals: the reason
+    named the notice as the most frequent, whose words were never kept, and left the
+    frames' cause out."""
+    items = [
+        Rejected(i, "corrupt_frame", f"event {i + 1}: image of 100 bytes for shape [6, 64]", i + 1) for i in range(10)
+    ]
+    items += [Rejected.notice("detector_message_unknown", f"event {e}: htype unknown", e) for e in range(20, 32)]
+    scan = _scan_of(items)
+    assert "(the first corrupt_frame: event 1: image of 100 bytes for shape [6, 64])" in scan.reason, scan.reason
+
+
+def test_the_cause_a_failed_scan_quotes_is_cut_to_a_status_line() -> None:
+    scan = _scan_of([Rejected(i, "corrupt_frame", f"event {i + 1}: " + "x" * 200_000, i + 1) for i in range(3)])
+    assert len(scan.reason) < 1000 and scan.reason.endswith("...)"), len(scan.reason)
+
+
+@pytest.mark.parametrize("order", ["sequential", "golden"])
+def test_angles_half_a_step_off_are_told_the_start_whatever_their_order(
+    order: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The step fitted as the angles' span over their count (three in-order frames, or a
+    golden-angle order) advised an angle_step that left frames refused (review of the
+    step advice): a mid-exposure mean half a step off is the grid's start."""
+    step = 180.0 / ANGLES
+    rng = np.random.default_rng(1)
+    frames = [
+        Frame(
+            f.index,
+            f.key,
+            f.data,
+            None if f.angle_deg is None else f.angle_deg + step * (0.5 + rng.uniform(-0.03, 0.03)),
+        )
+        for f in make_frames()
+    ]
+    if order == "golden":
+        projections = [f for f in frames if f.key == ImageKey.PROJECTION]
+        ranks = np.argsort(np.argsort((np.arange(len(projections)) * 0.6180339887) % 1.0))
+        frames = [f for f in frames if f.key != ImageKey.PROJECTION] + [
+            Frame(f.index, f.key, projections[r].data, projections[r].angle_deg)
+            for f, r in zip(projections, ranks, strict=True)
+        ]
+    with caplog.at_level(logging.WARNING):
+        scan = run(frames, 1, config())
+    said = next(r.getMessage() for r in caplog.records if "angles_share_slot" in r.getMessage())
+    assert "angle_start" in said and "angle_step" not in said, said
+    start = float(said.split("angle_start ")[1].split(" ")[0])
+    assert scan.notices.get("angles_share_slot", 0) > 0
+    followed = run(frames, 1, config(angle_start=start))
+    assert "angles_share_slot" not in followed.rejected and followed.n_projections == ANGLES, followed.rejected
