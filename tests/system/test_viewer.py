@@ -504,6 +504,12 @@ def test_page_shows_why_a_scan_failed(built_page: Path, tmp_path: Path) -> None:
             assert browser.wait_until(shown, 20, "the reason") == reason
             assert driver.find_element(By.ID, "scan-state").text == "failed"
             assert not driver.find_elements(By.ID, "volume-progress")  # no volume was under way
+            # The images that will not come are not "waited for" (review of the viewer).
+            waiting = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".vis.waiting")]
+            assert waiting == [
+                "no slices: the scan failed without any (see its state and reason)",
+                "no sinogram: the scan failed without one (see its state and reason)",
+            ], waiting
 
 
 @pytest.mark.slow
@@ -734,3 +740,48 @@ def test_on_every_interface_the_command_says_how_other_machines_reach_the_page(
     if control:  # the same without --remote-control: refused, saying why
         refused = subprocess.run([*command, "--host", "0.0.0.0", *extra[:-1]], capture_output=True, text=True)
         assert refused.returncode == 2 and "whoever reaches that address could change the scan" in refused.stderr
+
+
+def test_a_new_scan_starts_with_an_empty_control_panel_and_the_answer_is_shown(
+    built_page: Path, tmp_path: Path
+) -> None:
+    """The panel kept the last scan's centre in its box and its message ("center set to
+    60.5: the live slices use it") into the next scan, one click from applying the old
+    centre to it; and it replaced the control API's answer (after the scan's end: the
+    volume and the final file keep the scan's settings) by "rebuilt in the background"."""
+    from selenium.webdriver.common.by import By
+
+    from streamtomo.hsds_bridge.control_api import ControlServer, ControlSettings
+
+    name = "/viewer/controls.h5"
+    stored = {"center": "", "filter": "ramp"}
+    after_the_end = "stored; the scan has ended and its volume is being made with the scan's settings"
+
+    def sink(parameter: str, value: str) -> str:
+        stored[parameter] = value
+        return after_the_end
+
+    first = _scan_domain(name, 64, seed=1)
+    with (
+        HdfRestServer() as server,
+        ControlServer(ControlSettings(), sink, lambda: dict(stored)).start() as control,
+        browser.chromium(tmp_path / "profile") as driver,
+    ):
+        server.start(first)
+        with start_viewer(server.url, name, control=control.url, control_token=control.token) as viewer:
+            driver.get(viewer.url)
+            expected = np.array(first.dataset(RECON).array[0]).ravel()
+            browser.wait_until(lambda: np.array_equal(_page_slice(driver), expected), 20, "the first scan's slice")
+            _apply_centre(driver, "30.5", f"center set to 30.5: {after_the_end}")
+            assert stored["center"] == "30.5"
+            epoch = browser.page_state(driver, "s.snapshot.scanEpoch")
+
+            second = _scan_domain(name, 32, seed=2)
+            server.start(second)  # the next scan
+            browser.wait_until(
+                lambda: browser.page_state(driver, "s.snapshot.scanEpoch") > epoch, 20, "the page to start over"
+            )
+            box = browser.wait_until(lambda: driver.find_elements(By.ID, "center-input"), 20, "the centre box")[0]
+            assert box.get_attribute("value") == ""
+            assert _control_message(driver) == ""
+            assert not browser.severe(browser.console_entries(driver))

@@ -1,5 +1,5 @@
 import { ColorMapSelector, Toolbar } from '@h5web/lib';
-import { useState, useSyncExternalStore } from 'react';
+import { useEffect, useState, useSyncExternalStore } from 'react';
 
 import type { ViewerConfig } from './api';
 import { ControlPanel } from './components/ControlPanel';
@@ -12,6 +12,8 @@ export function App({ live, config }: { live: LiveDomain; config: ViewerConfig }
   const snap = useSyncExternalStore(live.subscribe, live.getSnapshot);
   const [cmap, setCmap] = useState<ColourMapChoice>({ colorMap: 'Viridis', invert: false });
   const [pendingCentre, setPendingCentre] = useState<number | null>(null);
+  // A centre picked in the last scan's sweep is not this scan's.
+  useEffect(() => setPendingCentre(null), [snap.scanEpoch]);
   const panelProps = { snap, live, cmap };
   return (
     <div className={`app connection-${snap.connection}`}>
@@ -38,7 +40,15 @@ export function App({ live, config }: { live: LiveDomain; config: ViewerConfig }
         </div>
         <aside>
           <ProgressPanel snap={snap} />
-          <ControlPanel available={config.control} effective={snap.parameters} detectorWidth={snap.sinoShape?.[2] ?? null} pendingCentre={pendingCentre} />
+          <ControlPanel
+            scanEpoch={snap.scanEpoch}
+            available={config.control}
+            effective={snap.parameters}
+            detectorWidth={snap.sinoShape?.[2] ?? null}
+            pendingCentre={pendingCentre}
+            scanState={snap.status?.state ?? null}
+            settingsPending={(snap.status?.counts.settings_pending ?? 0) > 0}
+          />
         </aside>
       </main>
       <SweepPanel {...panelProps} onUseCentre={setPendingCentre} />

@@ -43,7 +43,7 @@ class LayoutChanged extends Error {}
 
 const STATUS_NUMBERS = [
   'frames_received', 'frames_rejected', 'projections', 'missing_angles', 'pending_projections',
-  'darks', 'flats', 'frames_lost', 'volume_slices_done',
+  'darks', 'flats', 'frames_lost', 'volume_slices_done', 'settings_pending',
 ] as const;
 
 export interface Status {
@@ -75,6 +75,7 @@ export type Connection = 'connecting' | 'live' | 'error';
 
 export interface Snapshot {
   connection: Connection;
+  scanEpoch: number; // counts the scans (and layouts) the page has started over for
   error: { status: number; message: string } | null;
   generation: number | null;
   status: Status | null;
@@ -94,7 +95,7 @@ export interface Snapshot {
 }
 
 const INITIAL: Snapshot = {
-  connection: 'connecting', error: null, generation: null, status: null, nProjections: 0, parameters: null,
+  connection: 'connecting', scanEpoch: 0, error: null, generation: null, status: null, nProjections: 0, parameters: null,
   sliceRows: [], detectorRows: [], angles: null, framesPerAngle: null, reconShape: null, sinoShape: null,
   slice: null, sinogram: null, sweep: null, sliceIndex: 0, sinoRow: 0,
 };
@@ -279,6 +280,7 @@ export class LiveDomain {
     this.forgetLayout();
     this.paramsText = null;
     this.set({
+      scanEpoch: this.snap.scanEpoch + 1,
       generation: null, status: null, nProjections: 0, parameters: null, angles: null, framesPerAngle: null,
       reconShape: null, sinoShape: null, slice: null, sinogram: null, sweep: null,
     });

@@ -1,12 +1,13 @@
 // Live reconstruction parameters: centre of rotation and filter, through the viewer
 // server's proxy to the pipeline's control API. The slices follow at the next publish.
 
-import { useCallback, useEffect, useState } from 'react';
+import { useCallback, useEffect, useRef, useState } from 'react';
 
 import { ApiError, getJson, postValue } from '../api';
 
 const FILTERS = ['ramp', 'shepp-logan', 'hann'];
 const APPLY_WAIT_S = 20; // a rebuild at 2048^2 takes seconds; longer means it did not happen
+const RECHECK_MS = 5000; // how often a control API that did not answer is asked again
 
 interface ParametersBody {
   parameters: Record<string, string>;
@@ -18,16 +19,33 @@ interface Props {
   effective: Record<string, unknown> | null; // what the domain says the slices use
   detectorWidth: number | null;
   pendingCentre: number | null; // e.g. picked in the CoR sweep
+  scanEpoch: number; // changes when a new scan starts (LiveDomain.startOver)
+  scanState: string | null; // /entry/status/state
+  settingsPending: boolean; // /entry/status/settings_pending: a change the slices do not show yet
 }
 
-export function ControlPanel({ available, effective, detectorWidth, pendingCentre }: Props) {
+interface Answer {
+  next?: string; // what the control API says happens next
+}
+
+export function ControlPanel({ available, effective, detectorWidth, pendingCentre, scanEpoch, scanState, settingsPending }: Props) {
   const [current, setCurrent] = useState<ParametersBody | null>(null);
   const [unavailable, setUnavailable] = useState<string | null>(available ? null : 'no pipeline control for this endpoint');
   const [centre, setCentre] = useState('');
   const [message, setMessage] = useState<{ ok: boolean; text: string } | null>(null);
   const [busy, setBusy] = useState(false);
   // A change the control API took, until the domain's parameters show the slices use it.
-  const [awaiting, setAwaiting] = useState<{ name: string; value: string } | null>(null);
+  const [awaiting, setAwaiting] = useState<{ name: string; value: string; since: number } | null>(null);
+  const scanStateRef = useRef(scanState);
+  scanStateRef.current = scanState;
+
+  // A new scan starts with an empty box and no message: the last scan's centre stayed
+  // in the box, said to be in use, one click from being applied to the new scan.
+  useEffect(() => {
+    setCentre('');
+    setMessage(null);
+    setAwaiting(null);
+  }, [scanEpoch]);
 
   const refresh = useCallback(async () => {
     if (!available) return;
@@ -46,6 +64,14 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
     void refresh();
   }, [refresh, effectiveText]);
 
+  // A control API that did not answer is asked again: one that came back (restarted
+  // beside `up`) left the page read-only until a reload.
+  useEffect(() => {
+    if (!available || unavailable === null) return;
+    const timer = setInterval(() => void refresh(), RECHECK_MS);
+    return () => clearInterval(timer);
+  }, [available, unavailable, refresh]);
+
   useEffect(() => {
     if (pendingCentre !== null) setCentre(String(pendingCentre));
   }, [pendingCentre]);
@@ -56,11 +82,19 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
     if (!awaiting) return;
     const shown = effective?.[awaiting.name];
     if (shown !== undefined && String(shown) === awaiting.value) {
-      setMessage({ ok: true, text: `${awaiting.name} set to ${awaiting.value || 'default'}: the live slices use it` });
+      // After the scan's end the volume, the final file and the HSDS mirror keep the
+      // scan's settings (settings_pending): only the live slices show the change.
+      const kept = settingsPending && scanState !== 'running' ? "; the volume, the final file and the HSDS mirror keep the scan's settings" : '';
+      setMessage({ ok: true, text: `${awaiting.name} set to ${awaiting.value || 'default'}: the live slices use it${kept}` });
       setAwaiting(null);
       return;
     }
     const timer = setTimeout(() => {
+      if (scanStateRef.current === 'reconstructing') {
+        // The change waits for the volume and the final file: not a change that failed.
+        setAwaiting({ ...awaiting, since: Date.now() });
+        return;
+      }
       setMessage({
         ok: false,
         text: `${awaiting.name} set to ${awaiting.value || 'default'} was taken, but after ${APPLY_WAIT_S} s the live slices still do not use it (see the parameters line)`,
@@ -68,15 +102,18 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
       setAwaiting(null);
     }, APPLY_WAIT_S * 1000);
     return () => clearTimeout(timer);
-  }, [awaiting, effectiveText]);
+  }, [awaiting, effectiveText, settingsPending, scanState]);
 
   const post = async (name: string, value: string) => {
     setBusy(true);
     try {
-      await postValue(`control/parameters/${name}`, value);
+      const answer = (await postValue(`control/parameters/${name}`, value)) as Answer | null;
       setBusy(false);
-      setMessage({ ok: true, text: `${name} set to ${value || 'default'}; the slices are rebuilt in the background` });
-      setAwaiting({ name, value });
+      // The control API's own words: after the scan's end they say the volume and the
+      // final file keep the scan's settings, which "rebuilt in the background" hid.
+      const next = answer?.next ? answer.next : 'the slices are rebuilt in the background';
+      setMessage({ ok: true, text: `${name} set to ${value || 'default'}: ${next}` });
+      setAwaiting({ name, value, since: Date.now() });
       await refresh();
     } catch (error) {
       setBusy(false);
@@ -89,7 +126,9 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
   // for a scan reconstructed with another centre and filter).
   const params = current?.parameters ?? asParameters(effective);
   const middle = detectorWidth ? ((detectorWidth - 1) / 2).toString() : 'middle';
-  const disabled = unavailable !== null || busy;
+  // A failed scan has no slices to rebuild.
+  const failed = scanState === 'failed';
+  const disabled = unavailable !== null || busy || failed;
   const nudge = (delta: number) => {
     const base = Number.parseFloat(centre || params.center || middle);
     if (Number.isFinite(base)) setCentre(String(base + delta));
@@ -98,6 +137,7 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
     <section className="panel control-panel">
       <h2>Reconstruction</h2>
       {unavailable && <p className="hint">read-only: {unavailable}</p>}
+      {failed && !unavailable && <p className="hint">the scan failed: no slices to rebuild</p>}
       <form
         onSubmit={(e) => {
           e.preventDefault();
@@ -106,7 +146,7 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
       >
         <label>
           centre of rotation (detector column, pixels){' '}
-          <input id="center-input" type="number" step="any" value={centre} placeholder={params.center || `${middle} (middle)`} disabled={unavailable !== null} onChange={(e) => setCentre(e.target.value)} />
+          <input id="center-input" type="number" step="any" value={centre} placeholder={params.center || `${middle} (middle)`} disabled={unavailable !== null || failed} onChange={(e) => setCentre(e.target.value)} />
         </label>
         <span className="nudges">
           {[-1, -0.5, 0.5, 1].map((d) => (

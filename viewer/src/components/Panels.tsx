@@ -23,6 +23,16 @@ function Waiting({ what }: { what: string }) {
   return <div className="vis waiting">{what}</div>;
 }
 
+/** What stands in for an image that will not come: a scan that ended without it (a
+ *  failed scan said "waiting for the first slices" for good), else ``waiting``. */
+function missingText(snap: Snapshot, what: string, waiting: string): string {
+  const state = snap.status?.state;
+  if (state === 'failed' || state === 'stopped' || state === 'finished') {
+    return `no ${what}: the scan ${state} without ${what === 'sinogram' ? 'one' : 'any'} (see its state and reason)`;
+  }
+  return waiting;
+}
+
 export function SlicePanel({ snap, live, cmap }: PanelProps) {
   const [colours, setColours] = useState<ColourSettings>(AUTO_COLOURS);
   const { slice, sliceRows } = snap;
@@ -53,7 +63,7 @@ export function SlicePanel({ snap, live, cmap }: PanelProps) {
           {(result) => <ColourControls id="slice-colour" value={colours} result={result} units="1/pixel (attenuation)" onChange={setColours} />}
         </ImageView>
       ) : (
-        <Waiting what="waiting for the first slices (the detector shape is known after the first frame)" />
+        <Waiting what={missingText(snap, 'slices', 'waiting for the first slices (the detector shape is known after the first frame)')} />
       )}
     </section>
   );
@@ -99,7 +109,7 @@ export function SinogramPanel({ snap, live, cmap }: PanelProps) {
           {(result) => <ColourControls id="sino-colour" value={colours} result={result} units="-log transmission" onChange={setColours} />}
         </ImageView>
       ) : (
-        <Waiting what="waiting for the sinogram" />
+        <Waiting what={missingText(snap, 'sinogram', 'waiting for the sinogram')} />
       )}
     </section>
   );
