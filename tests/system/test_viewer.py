@@ -556,6 +556,10 @@ def test_page_reports_a_missing_domain_and_recovers_when_the_endpoint_returns(
                 )
                 sweep_text = driver.find_element("id", "sweep-panel").text
                 assert "5 centres of rotation" in sweep_text and "25.5" in sweep_text, sweep_text
+                # Which row the strip is, and which centre the slices use (review of the viewer).
+                rows = list(finished_domain.dataset("/entry/reconstruction/slice_rows").array)
+                assert f"detector row {rows[len(rows) // 2]} (the middle live slice)" in sweep_text, sweep_text
+                assert sweep_text.count("(in use)") == 1, sweep_text
                 assert "read-only" in driver.find_element("css selector", ".control-panel").text
                 assert not browser.severe(browser.console_entries(driver))
 

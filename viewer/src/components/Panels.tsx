@@ -122,6 +122,12 @@ export function SweepPanel({ snap, cmap, onUseCentre }: PanelProps & { onUseCent
   const { image, centers, tiles } = sweep;
   const width = image.shape[1] / tiles;
   const labelled = centers !== null && centers.length === tiles && tiles > 1;
+  // The sweep reconstructs the middle live slice's row; the page opened on slice 0 and
+  // did not say which row the strip is, nor which centre the slices use.
+  const row = snap.sliceRows.length ? snap.sliceRows[Math.floor(snap.sliceRows.length / 2)] : null;
+  const set = Number.parseFloat(String(snap.parameters?.center ?? ''));
+  const inUse = Number.isFinite(set) ? set : snap.sinoShape ? (snap.sinoShape[2] - 1) / 2 : null;
+  const used = (c: number) => inUse !== null && Math.abs(c - inUse) < 1e-3;
   return (
     <section className="panel sweep-panel" id="sweep-panel">
       <header>
@@ -130,8 +136,8 @@ export function SweepPanel({ snap, cmap, onUseCentre }: PanelProps & { onUseCent
           <span className="centres">
             use centre:{' '}
             {centers.map((c) => (
-              <button type="button" key={c} onClick={() => onUseCentre(c)}>
-                {c}
+              <button type="button" key={c} className={used(c) ? 'in-use' : undefined} onClick={() => onUseCentre(c)}>
+                {used(c) ? `${c} (in use)` : c}
               </button>
             ))}
           </span>
@@ -139,7 +145,10 @@ export function SweepPanel({ snap, cmap, onUseCentre }: PanelProps & { onUseCent
       </header>
       <ImageView
         panel="sweep" image={image} colours={colours} colorMap={cmap.colorMap} invertColorMap={cmap.invert} aspect="equal"
-        title={labelled ? `one row reconstructed with ${tiles} centres of rotation (pixels), left to right` : 'centre-of-rotation sweep'}
+        title={
+          (row !== null ? `detector row ${row} (the middle live slice)` : 'one row') +
+          (labelled ? ` reconstructed with ${tiles} centres of rotation (pixels), left to right` : ': centre-of-rotation sweep')
+        }
         abscissa={{ label: 'x (pixels), one tile per centre' }} ordinate={{ label: 'y (pixels)' }}
         overlay={
           labelled &&
