@@ -94,6 +94,14 @@ def _off_integer(positions: npt.NDArray[np.float64]) -> float:
     return float(np.sqrt(np.mean((positions - np.round(positions)) ** 2)))
 
 
+def median_spacing(distinct: npt.NDArray[np.float64], floor: float) -> float | None:
+    """The median spacing of sorted distinct angles, spacings of ``floor`` or less left
+    out (one angle measured twice); None where none is left."""
+    spacing = np.diff(distinct)
+    spacing = spacing[spacing > floor]
+    return float(np.median(spacing)) if spacing.size else None
+
+
 def fitted_step(angles: npt.NDArray[np.float64], start: float, step: float, offset: float, slots: int) -> float | None:
     """The measured ``angles``' own step, where it fits them clearly better than the
     grid's (``start`` + i ``step``, moved by ``offset`` steps) and differs from it by a
@@ -106,11 +114,9 @@ def fitted_step(angles: npt.NDArray[np.float64], start: float, step: float, offs
     distinct = np.unique(angles)
     if distinct.size < MIN_ANGLES_FOR_STEP:
         return None
-    spacing = np.diff(distinct)
-    spacing = spacing[spacing > 1e-9 * max(step, 1e-12)]
-    if not spacing.size:
+    own = median_spacing(distinct, 1e-9 * max(step, 1e-12))
+    if own is None:
         return None
-    own = float(np.median(spacing))
     if abs(own / step - 1.0) * slots < ANGLES_APART_STEPS or own * (slots - 1) > 360.0 + 1e-9:
         return None
     own_fit = _off_integer((distinct - distinct[0]) / own)
@@ -870,10 +876,7 @@ class LiveScan:
         angle_start by that half step only moved the sharing elsewhere."""
         assert self.sinogram is not None
         grid = self.sinogram.grid
-        measured = [
-            a for a in (self.sinogram.mean_angle(int(k)) for k in self.sinogram.filled_slots()) if a is not None
-        ]
-        step = fitted_step(np.array([*measured, angle_deg]), grid.start, grid.step, offset, grid.n)
+        step = fitted_step(self._measured_angles(angle_deg), grid.start, grid.step, offset, grid.n)
         if step is not None:
             return (
                 f"The measured angles step by about {step:.6g} deg, not as {grid.describe()} does: "
@@ -884,16 +887,18 @@ class LiveScan:
             f"{grid.start + offset * grid.step:.6g} puts them on it"
         )
 
+    def _measured_angles(self, angle_deg: float) -> npt.NDArray[np.float64]:
+        """The filled slots' measured angles, and ``angle_deg``."""
+        assert self.sinogram is not None
+        return np.append(self.sinogram.angles()[self.sinogram.filled_slots()], angle_deg)
+
     def _measured_step(self, angle_deg: float) -> str:
         """What step the measured angles so far show, next to the grid's (for people
         who have to fix angle_range or angle_step)."""
         assert self.sinogram is not None
-        angles = np.unique(np.append(self.sinogram.angles()[self.sinogram.filled_slots()], angle_deg))
-        steps = np.diff(angles)
-        steps = steps[steps > 1e-6]
-        if not steps.size:
+        measured = median_spacing(np.unique(self._measured_angles(angle_deg)), 1e-6)
+        if measured is None:
             return "too few measured angles to tell their step"
-        measured = float(np.median(steps))
         hint = ""
         if abs(measured - self.sinogram.grid.step) > 0.01 * self.sinogram.grid.step:
             hint = f": set angle_step={measured:.6g} if that is the scan's step"
