@@ -11,7 +11,7 @@ import time
 import tracemalloc
 import urllib.parse
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import h5pyd
 import numpy as np
@@ -27,6 +27,9 @@ from streamtomo.hsds_bridge.rest_registry import Limits
 from streamtomo.hsds_bridge.rest_select import Selection, extract, parse_points, parse_select
 from streamtomo.hsds_bridge.rest_server import HdfRestServer
 from tests.support.publisher_contract import PublisherContract, as_python, make_scan_domain, open_file
+
+if TYPE_CHECKING:  # the tests import the app layer where they use it
+    from streamtomo.app.scan_outcome import ScanOutcome
 
 SINO = "/entry/data/sinogram"
 
@@ -937,22 +940,28 @@ def test_no_points_read_as_no_values_in_json_and_in_binary(server: HdfRestServer
     assert requests.post(url, params=params, json={"points": [[]]}, timeout=10).status_code == 400
 
 
-def test_the_scan_outcome_play_prints_names_what_the_hsds_mirror_dropped() -> None:
-    """An HSDS mirror that failed after the start was said only in the reducer's log;
-    play said the scan finished and nothing else (review of the deployment CLI)."""
+def _outcome_of(status: dict[str, object]) -> ScanOutcome | None:
+    """What play reads (scan_outcome) of a served domain with this ``/entry/status``."""
     from streamtomo.app.scan_outcome import scan_outcome
 
     domain = Domain("/outcome.h5")
-    status = {"generation": 3, "state": "finished", "reason": "", "lost_frames": "[]", "publisher_dropped": 54}
     for name, value in status.items():
         domain.create_dataset(f"/entry/status/{name}", value)
     domain.commit()
     server = HdfRestServer()
     server.start(domain)
     try:
-        outcome = scan_outcome(server.url, "/outcome.h5")
+        return scan_outcome(server.url, "/outcome.h5")
     finally:
         server.close()
+
+
+def test_the_scan_outcome_play_prints_names_what_the_hsds_mirror_dropped() -> None:
+    """An HSDS mirror that failed after the start was said only in the reducer's log;
+    play said the scan finished and nothing else (review of the deployment CLI)."""
+    outcome = _outcome_of(
+        {"generation": 3, "state": "finished", "reason": "", "lost_frames": "[]", "publisher_dropped": 54}
+    )
     assert outcome is not None and outcome.state == "finished" and outcome.mirror_dropped == 54
     assert not outcome.base_doubted
 
@@ -960,20 +969,12 @@ def test_the_scan_outcome_play_prints_names_what_the_hsds_mirror_dropped() -> No
 def test_the_scan_outcome_play_prints_doubts_the_lost_positions_of_a_doubted_frame_base() -> None:
     """frame_base 0 for a detector that counts from 1 left position 0 empty with every
     frame sent: play said "1 frame lost (never reached the reducer: 0)"."""
-    from streamtomo.app.scan_outcome import describe_lost, scan_outcome
+    from streamtomo.app.scan_outcome import describe_lost
 
-    domain = Domain("/outcome.h5")
     rejected = json.dumps({"past_layout": 1, "frame_base_suspect": 1})
-    status = {"generation": 3, "state": "finished", "reason": "", "lost_frames": "[[0, 0]]", "rejected": rejected}
-    for name, value in status.items():
-        domain.create_dataset(f"/entry/status/{name}", value)
-    domain.commit()
-    server = HdfRestServer()
-    server.start(domain)
-    try:
-        outcome = scan_outcome(server.url, "/outcome.h5")
-    finally:
-        server.close()
+    outcome = _outcome_of(
+        {"generation": 3, "state": "finished", "reason": "", "lost_frames": "[[0, 0]]", "rejected": rejected}
+    )
     assert outcome is not None and outcome.base_doubted and outcome.lost_frames == ((0, 0),)
     said = describe_lost(list(outcome.lost_frames), outcome.base_doubted)
     assert said.startswith("1 frame position never filled (0): lost, or the frames are numbered from another")

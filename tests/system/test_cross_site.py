@@ -9,6 +9,7 @@ itself, from its own origin, still can.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -68,6 +69,26 @@ function formPost(url) {
 </script></body>"""
 
 
+@contextlib.contextmanager
+def _another_site(page: str) -> Iterator[str]:
+    """A page of another site, served on 127.0.0.1 at a free port; yields its URL."""
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    def app() -> web.Application:
+        served = web.Application()
+        served.router.add_get("/", serve)
+        return served
+
+    server = BackgroundHttpServer(app, "127.0.0.1", 0, "another site's page")
+    server.start()
+    try:
+        yield server.url()
+    finally:
+        server.close(10)
+
+
 @pytest.fixture(scope="module")
 def built_page() -> Path:
     browser.require_chromium()
@@ -104,37 +125,27 @@ def test_another_origin_cannot_change_the_scan_but_the_viewer_can(
     ) as viewer:
         targets = {"live": reducer.endpoint, "viewer": viewer.url, "control": control.url}
 
-        async def attack_page(request: web.Request) -> web.Response:
-            return web.Response(text=ATTACK_PAGE % {"targets": json.dumps(targets)}, content_type="text/html")
+        with (
+            _another_site(ATTACK_PAGE % {"targets": json.dumps(targets)}) as attacker,
+            browser.chromium(tmp_path / "profile") as driver,
+        ):
+            driver.get(attacker + "/")
+            results = browser.wait_until(
+                lambda: driver.execute_script("return window.__attack"), 30, "the attack page to finish"
+            )
+            assert len(results) == 8, results
+            # Whatever the browser let through, nothing changed.
+            assert _effective(finished_run) == before, f"another origin changed the scan: {results}"
 
-        def attacker_app() -> web.Application:
-            app = web.Application()
-            app.router.add_get("/", attack_page)
-            return app
-
-        attacker = BackgroundHttpServer(attacker_app, "127.0.0.1", 0, "attacker page")
-        attacker.start()
-        try:
-            with browser.chromium(tmp_path / "profile") as driver:
-                driver.get(attacker.url() + "/")
-                results = browser.wait_until(
-                    lambda: driver.execute_script("return window.__attack"), 30, "the attack page to finish"
-                )
-                assert len(results) == 8, results
-                # Whatever the browser let through, nothing changed.
-                assert _effective(finished_run) == before, f"another origin changed the scan: {results}"
-
-                # The viewer page, from its own origin, through its server (which adds the token).
-                driver.get(viewer.url)
-                answer = driver.execute_async_script(
-                    "const done = arguments[arguments.length - 1];"
-                    "fetch('control/parameters/center', {method: 'POST', headers: {'Content-Type': 'application/json'},"
-                    " body: JSON.stringify({value: '20'})}).then(r => done(r.status), e => done(String(e)));"
-                )
-                assert answer == 202
-                assert _effective(finished_run) == ("20", before[1])
-        finally:
-            attacker.close(10)
+            # The viewer page, from its own origin, through its server (which adds the token).
+            driver.get(viewer.url)
+            answer = driver.execute_async_script(
+                "const done = arguments[arguments.length - 1];"
+                "fetch('control/parameters/center', {method: 'POST', headers: {'Content-Type': 'application/json'},"
+                " body: JSON.stringify({value: '20'})}).then(r => done(r.status), e => done(String(e)));"
+            )
+            assert answer == 202
+            assert _effective(finished_run) == ("20", before[1])
 
 
 def test_the_viewer_relays_a_whole_body_to_a_parameter_path_only(built_page: Path) -> None:
@@ -242,44 +253,34 @@ def test_markup_planted_in_the_controllers_log_is_text_in_its_status_page(built_
         before = requests.get(center, timeout=10).content
         url = f"{controller}/x{quote(PAYLOAD, safe='')}"
 
-        async def planting_page(request: web.Request) -> web.Response:
-            return web.Response(text=PLANTING_PAGE % {"url": json.dumps(url)}, content_type="text/html")
-
-        def attacker_app() -> web.Application:
-            app = web.Application()
-            app.router.add_get("/", planting_page)
-            return app
-
-        attacker = BackgroundHttpServer(attacker_app, "127.0.0.1", 0, "attacker page")
-        attacker.start()
-        try:
-            with browser.chromium(tmp_path / "profile") as driver:
-                # "localhost" is another site than the controller's 127.0.0.1.
-                driver.get(attacker.url().replace("127.0.0.1", "localhost") + "/")
-                browser.wait_until(lambda: driver.execute_script("return window.__sent"), 30, "the request")
-                browser.wait_until(
-                    lambda: any(
-                        "http-equiv" in e["msg"] for e in requests.get(f"{controller}/api/v1/logs", timeout=10).json()
-                    ),
-                    30,
-                    "the refused request's path in the controller's log",
-                )
-                driver.get(controller + "/")
-                # The page's own script runs: its log table shows the planted line, as text.
-                browser.wait_until(
-                    lambda: driver.execute_script(
-                        "const t = document.querySelector('#logs table');"
-                        "return t && t.textContent.includes('http-equiv') && t.textContent.includes('onerror');"
-                    ),
-                    30,
-                    "the status page's log table with the planted line",
-                )
-                assert driver.execute_script("return document.querySelectorAll('#logs img, #logs meta').length") == 0
-                assert driver.execute_script("return document.getElementById('progress').textContent").startswith("{")
-                browser.wait_until(lambda: requests.get(center, timeout=10).content == before, 5, "the centre")
-                assert driver.current_url.rstrip("/") == controller  # not redirected
-        finally:
-            attacker.close(10)
+        with (
+            _another_site(PLANTING_PAGE % {"url": json.dumps(url)}) as attacker,
+            browser.chromium(tmp_path / "profile") as driver,
+        ):
+            # "localhost" is another site than the controller's 127.0.0.1.
+            driver.get(attacker.replace("127.0.0.1", "localhost") + "/")
+            browser.wait_until(lambda: driver.execute_script("return window.__sent"), 30, "the request")
+            browser.wait_until(
+                lambda: any(
+                    "http-equiv" in e["msg"] for e in requests.get(f"{controller}/api/v1/logs", timeout=10).json()
+                ),
+                30,
+                "the refused request's path in the controller's log",
+            )
+            driver.get(controller + "/")
+            # The page's own script runs: its log table shows the planted line, as text.
+            browser.wait_until(
+                lambda: driver.execute_script(
+                    "const t = document.querySelector('#logs table');"
+                    "return t && t.textContent.includes('http-equiv') && t.textContent.includes('onerror');"
+                ),
+                30,
+                "the status page's log table with the planted line",
+            )
+            assert driver.execute_script("return document.querySelectorAll('#logs img, #logs meta').length") == 0
+            assert driver.execute_script("return document.getElementById('progress').textContent").startswith("{")
+            browser.wait_until(lambda: requests.get(center, timeout=10).content == before, 5, "the centre")
+            assert driver.current_url.rstrip("/") == controller  # not redirected
         assert requests.get(center, timeout=10).content == before != MARKER.encode()
         # The same POST from the controller's own origin, had it run: refused.
         forged = requests.post(
