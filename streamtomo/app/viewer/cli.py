@@ -113,12 +113,14 @@ def cmd_view(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"streamtomo: error: {error}", file=sys.stderr)
         return 2
+    # Before the URL is printed: whoever read it may stop the viewer at once, and a
+    # SIGTERM before the handler killed it with 143 (seen under load in the tests).
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"viewer: {server.url}", flush=True)
     note = other_machines_note(args.host, server.url, control is not None, origins or ())
     if note:
         print(note, flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(0.5):
             pass
