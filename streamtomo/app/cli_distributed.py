@@ -28,6 +28,7 @@ from streamtomo.app.cli_types import (
     positive_float,
     positive_int,
 )
+from streamtomo.app.departed_workers import STALL_TIMEOUT_S
 from streamtomo.pipeline.config import ConfigError
 
 if TYPE_CHECKING:
@@ -180,8 +181,9 @@ def _tend(deployment: LocalDeployment) -> str | None:
                 # names its values): it refused every frame it was given as
                 # pcap_header_missing (86 of 300 in a helper's probe). The scan goes on
                 # with the others; the new worker starts when it has ended, or after
-                # REPLACEMENT_WAIT_MAX_S (the controller may not call a scan whose
-                # worker died finished).
+                # REPLACEMENT_WAIT_MAX_S (the controller calls the scan finished once
+                # the dead worker is forgotten: streamtomo.app.departed_workers; this
+                # bounds the wait should it not).
                 since = deployment.replacements_waiting.get(name)
                 if deployment.scan_under_way() and (since is None or time.monotonic() - since < REPLACEMENT_WAIT_MAX_S):
                     if since is None:
@@ -401,8 +403,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     play.add_argument(
         "--stall-timeout",
         type=positive_float,
-        default=10.0,
-        help="end the scan after this many seconds without progress (default 10)",
+        default=STALL_TIMEOUT_S,
+        help=f"end the scan after this many seconds without progress (default {STALL_TIMEOUT_S:g})",
     )
     play.add_argument("--state", help="deployment state file written by `streamtomo up`")
     play.add_argument("--controller", type=http_url, help="controller URL (default: from the state file)")

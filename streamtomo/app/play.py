@@ -19,8 +19,9 @@ parameters and sockets at fixed moments:
 4. Stream: per event the detector message (STINS or Dectris Stream v1), then the
    PandA value line, at ``rate_hz`` or as fast as the PUSH socket's high-water mark
    lets frames go, i.e. as fast as the pipeline takes them. Then wait until the
-   controller reports the scan finished; if progress stalls (a worker died, a
-   stream stopped early) end the scan with ``POST /api/v1/stop`` so that the
+   controller reports the scan finished (a worker that died costs it only what
+   it held: streamtomo.app.departed_workers); if progress stalls (a stream stopped
+   early) end the scan with ``POST /api/v1/stop`` so that the
    reducer finishes and keeps the partial result. So does a play stopped (Ctrl-C,
    SIGTERM) or failed mid-scan: the scan stayed open until the reducer's stream
    timeout, and a play within it replaced the scan before its end.
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from streamtomo.app.beamline_events import BROADCAST, BeamlineEvent, frame_events, recorded_events, scan_mapping
+from streamtomo.app.departed_workers import STALL_TIMEOUT_S
 from streamtomo.app.deployment_state import DeploymentState, runs_our_service
 from streamtomo.app.parameter_files import load_config, parameter_list
 from streamtomo.app.upstream import DetectorPush, NotConnected, PandaServer, PlayError, PlayRefused
@@ -138,7 +140,7 @@ def play(
     rate_hz: float | None = None,
     max_frames: int | None = None,
     dump_prefix: str | None = None,
-    stall_timeout: float = 10.0,
+    stall_timeout: float = STALL_TIMEOUT_S,
     finish_timeout: float = 60.0,
     connect_timeout: float = 15.0,
     on_frame_sent: Callable[[int, int], None] | None = None,
@@ -381,8 +383,8 @@ def _wait_finished(
             last_log = now
             logger.info("completed %d/%d events", done, n_events)
         # A stream cut short whose every sent event is reduced: the rest never comes, so
-        # end now. Otherwise only a stall ends it (a worker died), however slow the
-        # pipeline is to take what was sent (a numba compile on a busy machine).
+        # end now. Otherwise only a stall ends it, however slow the pipeline is to take
+        # what was sent (a numba compile on a busy machine).
         cut_short = result.events_sent < n_events and done >= result.events_sent
         if stopped_at is None and (cut_short or now - last_change > stall_timeout):
             logger.warning(

@@ -20,6 +20,7 @@ from streamtomo.app import (
     blocking_reads,
     completion_order,
     controller_guard,
+    departed_workers,
     event_assignments,
     finished_updates,
     parameter_versions,
@@ -58,7 +59,8 @@ def install_mends(kind: str) -> None:
     (:mod:`streamtomo.app.cluster_service`), installed before the service starts:
     bounded result queues, tasks cancelled until they end, in the controller each
     completed event booked before it checks for the scan's end
-    (:mod:`streamtomo.app.completion_order`) and requests browsers send from other
+    (:mod:`streamtomo.app.completion_order`), a worker gone mid-scan worked around
+    (:mod:`streamtomo.app.departed_workers`) and requests browsers send from other
     sites refused (:mod:`streamtomo.app.controller_guard`), no skipped ``finished``
     update and only changed parameters fetched (for the services that follow the
     controller's updates: :mod:`streamtomo.app.parameter_versions`) and, in workers,
@@ -80,6 +82,7 @@ def install_mends(kind: str) -> None:
     blocking_reads.install()
     if kind == "controller":
         completion_order.install()
+        departed_workers.install()
         controller_guard.install()
         superseded_parameters.install()
     else:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import struct
 import time
 from collections.abc import Iterator
@@ -500,6 +501,11 @@ def test_scan_is_posted_again_when_an_ingester_does_not_connect(
     assert (now["state"], int(now["projections"]), json.loads(now["rejected"])) == ("finished", 30, {})
 
 
+def _reference_events(frames: list[Frame]) -> int:
+    """The controller's events up to the last reference (the scan's start is event 0)."""
+    return 1 + sum(f.key != ImageKey.PROJECTION for f in frames)
+
+
 @pytest.mark.slow
 @needs_redis
 def test_worker_killed_mid_scan(deployment: LocalDeployment) -> None:
@@ -509,6 +515,14 @@ def test_worker_killed_mid_scan(deployment: LocalDeployment) -> None:
 
     def kill_at_half(index: int, sent: int) -> None:
         if sent == 55:
+            # Among the projections for the controller too, not only for the detector: on
+            # a busy machine the controller was still handing out the darks when the 55th
+            # frame was sent (see the next test for a worker that dies there).
+            wait_for(
+                "the references reduced",
+                lambda: deployment.controller.progress()["completed_events"] >= _reference_events(frames) or None,
+                timeout=60,
+            )
             killed.append(deployment.kill_worker("worker-2"))
 
     try:
@@ -518,11 +532,14 @@ def test_worker_killed_mid_scan(deployment: LocalDeployment) -> None:
             config,
             rate_hz=100,
             on_frame_sent=kill_at_half,
-            stall_timeout=3.0,
+            stall_timeout=30.0,
         )
         assert killed == ["worker-2"] and result.frames_sent == len(frames)
+        # The controller ends the scan once the dead worker is gone (its registration
+        # expired), not a stall timeout (streamtomo.app.departed_workers).
+        assert not result.ended_by_stop
         now = ended_status(deployment.state.live_endpoint, config.domain)
-        assert now["state"] == "finished"
+        assert now["state"] == "finished", now
         lost = json.loads(now["lost_frames"])
         n_lost = sum(b - a + 1 for a, b in lost)
         # Only frames the dead worker held are lost; everything else was reduced.
@@ -532,6 +549,42 @@ def test_worker_killed_mid_scan(deployment: LocalDeployment) -> None:
         assert deployment.error_lines(allow=KILLED_WORKER_NOISE) == []
     finally:
         deployment.scale(2)  # a fresh worker for whatever runs next
+
+
+@pytest.mark.slow
+@needs_redis
+def test_worker_that_dies_during_the_references_costs_the_scan_nothing_else(deployment: LocalDeployment) -> None:
+    """dranspose hands a dark out once every registered worker has asked for it: a
+    worker dead among the darks stopped the scan there, for good (nothing assigned
+    past event 7 of 112, 104 frames lost, the scan failed: "no projection was reduced")."""
+    spec, frames = simulated_scan()
+    config = spec.config()
+    name = deployment.state.workers[-1]  # worker-2, or the one that replaced it
+    killed: list[str] = []
+
+    def stop_then_kill(index: int, sent: int) -> None:
+        if sent == 1:
+            deployment.processes[name].signal(signal.SIGSTOP)  # asks for no more darks from now on
+        elif sent == 12:
+            killed.append(deployment.kill_worker(name))
+
+    try:
+        result = play(
+            deployment.state,
+            frame_events(frames, config),
+            config,
+            rate_hz=100,
+            on_frame_sent=stop_then_kill,
+            stall_timeout=30.0,
+        )
+        assert killed == [name] and not result.ended_by_stop
+        now = ended_status(deployment.state.live_endpoint, config.domain)
+        # It held only references, which the live worker had too (reference_senders 2).
+        assert (now["state"], int(now["projections"]), int(now["frames_received"])) == ("finished", 90, 110), now
+        assert (int(now["frames_lost"]), json.loads(now["rejected"])) == (0, {})
+        assert deployment.error_lines(allow=KILLED_WORKER_NOISE) == []
+    finally:
+        deployment.scale(2)
 
 
 @pytest.mark.slow

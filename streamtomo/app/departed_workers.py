@@ -1,0 +1,236 @@
+"""A worker that dies mid-scan costs the scan the frames it held, not the scan.
+
+dranspose 0.2's controller hands an event that goes to every worker (a dark, a flat,
+the scan's start and end) out only once every registered worker has asked for it
+(``ActiveMap.update_filled``), and it books an event complete only once every worker
+it went to has said so. Nothing in it looks again when a worker is gone. So:
+
+* a worker that dies while the references stream stops the scan for good: the others
+  asked for the next dark and wait for its assignment, which waits for the dead one,
+  and the controller only looks again when a worker asks. Seen in a deployment: a
+  worker killed at the 12th frame of 110 (the darks); nothing was assigned past event
+  7, for 30 s, until the scan was stopped: 104 frames lost, and the scan failed with
+  "no projection was reduced". The projections never reached the live worker;
+* a worker that dies with events in hand leaves them never completed: the controller
+  never says the scan is finished, and only a stall timeout (``play``'s, the
+  reducer's ``stream_timeout``) ends it, as ``stopped``.
+
+:func:`install` watches the registered workers while a scan runs (once a second). When
+one is gone (its registration expired, 10 s after a crash, or was deleted):
+
+* it is taken out of what was handed to it and not yet sent out (the events to every
+  worker wait for the workers left; a projection waits for the next worker to ask),
+  and the assignments that are now complete are sent out;
+* the events sent out to it that it never completed are booked as completed by it, and
+  its results no longer awaited: the scan ends by itself once the rest is reduced. The
+  reducer counts what it held as lost (``lost_frames``), as for any frame that never came.
+
+A worker that comes back under the same name after that (a registration that lapsed
+while the process lived) is not counted twice: its completions of the events booked
+for it are dropped, with a warning; the results it sends still reach the reducer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+WATCH_INTERVAL_S = 1.0
+# dranspose forgets a worker when its registration expires, 10 s after its last refresh.
+REGISTRATION_EXPIRY_S = 10.0
+# How long ``play`` lets a scan's progress stall before it ends the scan: longer than a
+# dead worker stalls it (until it is forgotten, and the next look here). A shorter one
+# (10 s) ended such scans first, without the frames queued behind the dead worker.
+STALL_TIMEOUT_S = 2 * REGISTRATION_EXPIRY_S
+_INSTALLED = "_streamtomo_watches_departures"
+_BOOKED = "_streamtomo_booked_for_departed"  # (event, worker) pairs booked on a worker's behalf
+_LOCK = "_streamtomo_assignment_lock"
+# The line of dranspose 0.2's ``Controller.assign_worker_in_mapping`` that ends its
+# sending out of complete assignments (what :func:`_send_out` does too).
+SENT_OUT = "self.processed_event_no = self.mapping.complete_events"
+
+
+def install() -> None:
+    """In the controller: a worker gone mid-scan is worked around (once per process)."""
+    from dranspose.controller import Controller
+
+    if getattr(Controller.assign_work, _INSTALLED, False):
+        return
+    if SENT_OUT not in inspect.getsource(Controller.assign_worker_in_mapping):
+        raise RuntimeError(
+            f"dranspose's Controller.assign_worker_in_mapping no longer ends with {SENT_OUT!r}: "
+            f"another dranspose version? (see {__name__})"
+        )
+    assign_work = Controller.assign_work
+    assign_worker = Controller.assign_worker_in_mapping
+    book = Controller._update_processing_times
+
+    async def watched_assign_work(self: Any) -> None:
+        setattr(self, _BOOKED, set())
+        watcher = asyncio.create_task(_watch(self), name="departed-workers")
+        try:
+            await assign_work(self)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def serialised_assign_worker(self: Any, worker: Any, completed: Any) -> None:
+        # Both send out assignments from processed_event_no on, across an await: one at a time.
+        async with _lock(self):
+            await assign_worker(self, worker, completed)
+
+    async def book_unless_booked(self: Any, update: Any) -> None:
+        booked: set[tuple[int, str]] = getattr(self, _BOOKED, set())
+        if update.completed and booked:
+            pairs = list(zip(update.completed, update.has_result, strict=False))
+            keep = [(event, result) for event, result in pairs if (event, update.worker) not in booked]
+            if len(keep) < len(pairs):
+                dropped = sorted(event for event, _ in pairs if (event, update.worker) in booked)
+                logger.warning(
+                    "%s completed events %s, booked for it when it was gone: not counted again",
+                    update.worker,
+                    dropped,
+                )
+                if not keep:
+                    return
+                update = update.model_copy(
+                    update={"completed": [e for e, _ in keep], "has_result": [r for _, r in keep]}
+                )
+        await book(self, update)
+
+    setattr(watched_assign_work, _INSTALLED, True)
+    Controller.assign_work = watched_assign_work
+    Controller.assign_worker_in_mapping = serialised_assign_worker
+    Controller._update_processing_times = book_unless_booked
+
+
+def _lock(controller: Any) -> asyncio.Lock:
+    lock = getattr(controller, _LOCK, None)
+    if lock is None:
+        lock = asyncio.Lock()
+        setattr(controller, _LOCK, lock)
+    return lock
+
+
+async def _watch(controller: Any) -> None:
+    """Compare the registered workers once per :data:`WATCH_INTERVAL_S` while the scan runs."""
+    # From the scan's start: one that dies before the first comparison is still
+    # registered then (its registration outlives it by up to 10 s).
+    known: set[str] | None = None
+    while True:
+        try:
+            workers = (await controller.get_configs()).workers
+            names = {w.name for w in workers}
+            gone, known = (known or set()) - names, names
+            if gone:
+                async with _lock(controller):
+                    await forget(controller, gone, workers)
+        except Exception:
+            # The scan goes on as dranspose would run it; the next look may do better.
+            logger.exception("could not work around the workers that left")
+        await asyncio.sleep(WATCH_INTERVAL_S)
+        if _scan_done(controller):
+            return  # workers stopped or replaced between scans are no scan's loss
+
+
+def _scan_done(controller: Any) -> bool:
+    """Whether the controller was told to stop, or has every event completed and every
+    result reduced (a worker that died after its last event, before the reducer had
+    its results, still holds the scan: its results are no longer awaited once it is gone)."""
+    if controller.external_stop:
+        return True
+    return len(set(controller.completed_events)) >= controller.mapping.len() and not controller.to_reduce
+
+
+async def forget(controller: Any, gone: set[str], workers: list[Any]) -> None:
+    """Take the workers ``gone`` out of the controller's scan; ``workers``: those left."""
+    mapping = controller.mapping
+    logger.warning(
+        "worker %s left during scan %s: its events go to %s, what it held is lost",
+        ", ".join(sorted(gone)),
+        mapping.uuid,
+        ", ".join(sorted(w.name for w in workers)) or "no worker (until one registers)",
+    )
+    unassign(mapping, gone)
+    if not workers:
+        # Nobody to hand the darks and flats to: they wait for the next worker to ask
+        # (handed out to none, they would pass as done, and its projections uncorrected).
+        book_for(controller, gone)
+        return
+    for active in mapping.active_maps:
+        if active.complete_events < active.no_events():
+            active.update_filled(workers)
+            mapping.complete_events = max(mapping.complete_events, active.start_event + active.complete_events)
+            if active.complete_events < active.no_events():
+                break
+    await _send_out(controller)
+    book_for(controller, gone)
+
+
+def unassign(mapping: Any, gone: set[str]) -> None:
+    """Take ``gone`` out of what was handed to it and not yet sent out: an event to
+    every worker then waits for the workers left, a projection for the next to ask."""
+    for active in mapping.active_maps:
+        sent = active.complete_events  # events below this were sent out: the ingesters sent their data
+        for (event, _stream, _index), names in active.all_assignments.items():
+            if event >= sent:
+                names[:] = [name for name in names if name not in gone]
+        pending: set[Any] = set()
+        for stream_events in active.mapping.values():
+            for event, virtual in enumerate(stream_events):
+                if event >= sent and virtual:
+                    pending.update(vw.constraint for vw in virtual if vw.constraint is not None)
+        for constraint in pending:
+            if active.assignments.get(constraint) in gone:
+                del active.assignments[constraint]
+
+
+async def _send_out(controller: Any) -> None:
+    """Send out the assignments completed since the last sent (as dranspose's
+    ``assign_worker_in_mapping`` ends)."""
+    from dranspose.protocol import EventNumber, RedisKeys, WorkAssignmentList
+
+    mapping = controller.mapping
+    assignments = []
+    for number in range(controller.processed_event_no, mapping.complete_events):
+        workers = mapping.get_event_workers(EventNumber(number))
+        assignments.append(workers)
+        if workers.get_all_workers() == set():
+            controller.completed[workers.event_number] = []
+            controller.completed_events.append(workers.event_number)
+    if assignments:
+        await controller.redis.xadd(
+            RedisKeys.assigned(mapping.uuid), {"data": WorkAssignmentList.dump_json(assignments)}
+        )
+        logger.info(
+            "sent out the assignments of events %d to %d", assignments[0].event_number, assignments[-1].event_number
+        )
+    controller.processed_event_no = mapping.complete_events
+
+
+def book_for(controller: Any, gone: set[str]) -> None:
+    """Book the events sent out to ``gone`` that it never completed as completed by it,
+    and stop waiting for its results: the scan can end when the rest is done."""
+    booked: set[tuple[int, str]] = getattr(controller, _BOOKED)
+    done = set(controller.completed_events)
+    lost: list[int] = []
+    for number in range(controller.processed_event_no):
+        workers = controller.mapping.get_event_workers(number).get_all_workers()
+        for name in sorted(gone & workers):
+            if name in controller.completed[number]:
+                continue
+            controller.completed[number].append(name)
+            booked.add((number, name))
+            lost.append(number)
+        if number not in done and workers and workers == set(controller.completed[number]):
+            controller.completed_events.append(number)
+            done.add(number)
+    controller.to_reduce = {(number, name) for number, name in controller.to_reduce if name not in gone}
+    if lost:
+        logger.warning("events %s went to %s and will not be completed: booked as done", lost, ", ".join(sorted(gone)))

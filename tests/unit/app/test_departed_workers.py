@@ -1,0 +1,205 @@
+"""A worker gone mid-scan: dranspose's controller (real, on a real Redis) goes on without it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from dranspose.controller import Controller, ControllerSettings
+from dranspose.mapping import MappingSequence
+from dranspose.protocol import (
+    ControllerUpdate,
+    DistributedStateEnum,
+    RedisKeys,
+    WorkAssignmentList,
+    WorkerState,
+    WorkerUpdate,
+)
+
+from streamtomo.app import departed_workers
+
+STREAM = "detector"
+
+
+def two_references_and_a_projection() -> MappingSequence:
+    """Events: 0 the start, 1 and 2 references (to every worker), 3 a projection, 4 the end."""
+    every = [{"tags": ["generic"], "constraint": None}]
+    one = [{"tags": ["generic"], "constraint": 0}]
+    return MappingSequence(
+        parts={"references": {STREAM: [every, every]}, "projections": {STREAM: [one]}},
+        sequence=["references", "projections"],
+    )
+
+
+class ScanUnderTest:
+    """A controller's ``assign_work`` over a mapping, and the workers' updates sent to it."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.controller = Controller(ControllerSettings(redis_url=redis_url))
+        self.controller.mapping = two_references_and_a_projection()
+        self.redis = self.controller.redis
+        self.read_from = "0"
+
+    async def register(self, *names: str) -> None:
+        for name in names:
+            await self.redis.set(RedisKeys.config("worker", name), WorkerState(name=name).model_dump_json())
+
+    async def unregister(self, name: str) -> None:
+        await self.redis.delete(RedisKeys.config("worker", name))
+
+    async def update(self, name: str, completed: int | None = None) -> None:
+        if completed is None:
+            update = WorkerUpdate(state=DistributedStateEnum.READY, worker=name)
+        else:
+            update = WorkerUpdate(
+                state=DistributedStateEnum.IDLE, worker=name, completed=[completed], has_result=[False]
+            )
+        await self.redis.xadd(RedisKeys.ready(self.controller.mapping.uuid), {"data": update.model_dump_json()})
+
+    async def assigned(self) -> dict[int, list[str]]:
+        """Every assignment sent out so far: event -> its workers."""
+        out: dict[int, list[str]] = {}
+        for _, fields in await self.redis.xrange(RedisKeys.assigned(self.controller.mapping.uuid)):
+            for assignment in WorkAssignmentList.validate_json(fields["data"]):
+                out[int(assignment.event_number)] = sorted(assignment.get_all_workers())
+        return out
+
+    async def finished(self) -> bool:
+        sent = await self.redis.xrange(RedisKeys.updates())
+        return any(ControllerUpdate.model_validate_json(fields["data"]).finished for _, fields in sent)
+
+
+async def until(what: str, probe: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await probe():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not {what} within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+async def a_scan_whose_worker_dies_among_the_references(redis_url: str) -> tuple[dict[int, list[str]], bool]:
+    scan = ScanUnderTest(redis_url)
+    await scan.register("w1", "w2")
+    loop = asyncio.create_task(scan.controller.assign_work())
+    try:
+        await scan.update("w1")
+        await scan.update("w2")
+        await until("the start sent out", lambda: _has(scan, 0))
+        await scan.update("w1", completed=0)  # w1 asks for the first reference; w2 never does
+        await asyncio.sleep(0.3)
+        assert 1 not in await scan.assigned()  # waits for w2, as dranspose does
+        await scan.unregister("w2")  # its registration expired: it died
+        await until("the first reference sent out", lambda: _has(scan, 1))
+        for event in (1, 2, 3):
+            await scan.update("w1", completed=event)
+            await until(f"event {event + 1} sent out", lambda e=event + 1: _has(scan, e))  # type: ignore[misc]
+        await scan.update("w1", completed=4)
+        await until("finished", scan.finished, timeout=10)
+        return await scan.assigned(), await scan.finished()
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await scan.redis.aclose()
+
+
+async def _has(scan: ScanUnderTest, event: int) -> bool:
+    return event in await scan.assigned()
+
+
+def test_the_references_go_on_without_a_worker_that_died_and_the_scan_finishes(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the mend, the first reference waited for w2 for good (a deployment's
+    # scan: nothing assigned past event 7 of 112 until it was stopped).
+    monkeypatch.setattr(departed_workers, "WATCH_INTERVAL_S", 0.05)
+    departed_workers.install()
+    assigned, finished = asyncio.run(a_scan_whose_worker_dies_among_the_references(redis_url))
+    # w2 had the start (it held nothing else): booked for it, and the scan finished.
+    assert assigned == {0: ["w1", "w2"], 1: ["w1"], 2: ["w1"], 3: ["w1"], 4: ["w1"]}
+    assert finished
+
+
+async def a_scan_whose_only_worker_dies_and_another_comes(
+    redis_url: str,
+) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    scan = ScanUnderTest(redis_url)
+    await scan.register("w1")
+    loop = asyncio.create_task(scan.controller.assign_work())
+    try:
+        await scan.update("w1")
+        await until("the start sent out", lambda: _has(scan, 0))
+        await scan.update("w1", completed=0)  # asks for the first reference, and dies
+        await until("the first reference sent out", lambda: _has(scan, 1))
+        await scan.unregister("w1")
+        await until("w1 forgotten", lambda: _booked(scan, (1, "w1")))
+        await asyncio.sleep(0.2)
+        before = await scan.assigned()
+        await scan.register("w3")
+        await asyncio.sleep(0.6)  # the controller reads registrations at most every 0.5 s
+        await scan.update("w3")
+        await until("the second reference sent out", lambda: _has(scan, 2))
+        return before, await scan.assigned()
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await scan.redis.aclose()
+
+
+async def _booked(scan: ScanUnderTest, pair: tuple[int, str]) -> bool:
+    return pair in getattr(scan.controller, departed_workers._BOOKED)
+
+
+def test_with_no_worker_left_the_references_wait_for_the_next(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handed out to no worker, a dark would pass as done (dranspose books an event
+    with no workers complete) and every projection after it go uncorrected."""
+    monkeypatch.setattr(departed_workers, "WATCH_INTERVAL_S", 0.05)
+    departed_workers.install()
+    before, after = asyncio.run(a_scan_whose_only_worker_dies_and_another_comes(redis_url))
+    assert before == {0: ["w1"], 1: ["w1"]}  # nothing handed to nobody
+    assert after == {0: ["w1"], 1: ["w1"], 2: ["w3"]}
+
+
+def test_a_completion_booked_for_a_gone_worker_is_not_counted_again(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker whose registration lapsed while it lived, and that then reports an
+    event booked for it: counted twice, the controller's count of completed events
+    passes the scan's length, and it never says the scan is finished."""
+    departed_workers.install()
+    controller: Any = object.__new__(Controller)
+    controller.mapping = two_references_and_a_projection()
+    controller.completed = defaultdict(list, {0: ["w1", "w2"]})
+    controller.completed_events = [0]
+    controller.to_reduce = set()
+    controller.reduced = defaultdict(list)
+    controller.worker_timing = defaultdict(dict)
+    setattr(controller, departed_workers._BOOKED, {(0, "w2")})
+    controller.mapping.active_maps[0].complete_events = 1
+    controller.mapping.active_maps[0].all_assignments[(0, STREAM, 0)] = ["w1", "w2"]
+    late = WorkerUpdate(state=DistributedStateEnum.IDLE, worker="w2", completed=[0], has_result=[False])
+    with caplog.at_level(logging.WARNING, logger=departed_workers.__name__):
+        asyncio.run(Controller._update_processing_times(controller, late))
+    assert (controller.completed[0], controller.completed_events) == (["w1", "w2"], [0])
+    assert "w2 completed events [0], booked for it when it was gone" in caplog.text
+
+
+def test_installing_twice_wraps_once() -> None:
+    departed_workers.install()
+    wrapped = Controller.assign_work
+    departed_workers.install()
+    assert Controller.assign_work is wrapped
+
+
+def test_a_dranspose_that_sends_out_otherwise_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def assign_work(self: Any) -> None:
+        return None
+
+    async def other(self: Any, worker: Any, completed: Any) -> None:
+        return None
+
+    monkeypatch.setattr(Controller, "assign_work", assign_work)
+    monkeypatch.setattr(Controller, "assign_worker_in_mapping", other)
+    with pytest.raises(RuntimeError, match="another dranspose version"):
+        departed_workers.install()
