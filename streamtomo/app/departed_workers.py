@@ -25,9 +25,20 @@ one is gone (its registration expired, 10 s after a crash, or was deleted):
   its results no longer awaited: the scan ends by itself once the rest is reduced. The
   reducer counts what it held as lost (``lost_frames``), as for any frame that never came.
 
-A worker that comes back under the same name after that (a registration that lapsed
-while the process lived) is not counted twice: its completions of the events booked
-for it are dropped, with a warning; the results it sends still reach the reducer.
+:func:`install` also takes a worker out of the scan when its process was restarted
+under the same name (a new ``service_uuid``: Kubernetes restarts a crashed container in
+its pod, and the pod's name is the worker's), and when it reports while not registered
+(dranspose's controller raised ``StopIteration`` there, which ended its assignment loop).
+
+A worker taken out stays out of the scan under way, whatever comes back under its name
+(a registration that lapsed while the process lived, a restarted process): to the
+controller it is not registered (:func:`install` wraps ``get_configs``) until the next
+scan. Had it come back in, an event to every worker would wait for it to ask, which a
+live one had done already (the scan hung), and dranspose refuses work to a new process
+whose name still holds the old one's events (``StillHasWork``). Its completions of the
+events booked for it are dropped, with a warning; the results it sends still reach the
+reducer. A process that joins mid-scan would miss the scan's headers anyway (its frames
+refused as ``pcap_header_missing``).
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -50,6 +62,7 @@ STALL_TIMEOUT_S = 2 * REGISTRATION_EXPIRY_S
 _INSTALLED = "_streamtomo_watches_departures"
 _BOOKED = "_streamtomo_booked_for_departed"  # (event, worker) pairs booked on a worker's behalf
 _LOCK = "_streamtomo_assignment_lock"
+_DEPARTED = "_streamtomo_departed"  # names taken out of the scan under way
 # The line of dranspose 0.2's ``Controller.assign_worker_in_mapping`` that ends its
 # sending out of complete assignments (what :func:`_send_out` does too).
 SENT_OUT = "self.processed_event_no = self.mapping.complete_events"
@@ -69,10 +82,16 @@ def install() -> None:
     assign_work = Controller.assign_work
     assign_worker = Controller.assign_worker_in_mapping
     book = Controller._update_processing_times
+    get_configs = Controller.get_configs
 
     async def watched_assign_work(self: Any) -> None:
         setattr(self, _BOOKED, set())
-        watcher = asyncio.create_task(_watch(self), name="departed-workers")
+        setattr(self, _DEPARTED, set())
+
+        async def registered() -> list[Any]:
+            return list((await get_configs(self)).workers)
+
+        watcher = asyncio.create_task(_watch(self, registered), name="departed-workers")
         try:
             await assign_work(self)
         finally:
@@ -80,9 +99,21 @@ def install() -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
+    async def configs_without_departed(self: Any) -> Any:
+        config = await get_configs(self)
+        departed = getattr(self, _DEPARTED, None)
+        if not departed:
+            return config
+        return config.model_copy(update={"workers": [w for w in config.workers if w.name not in departed]})
+
     async def serialised_assign_worker(self: Any, worker: Any, completed: Any) -> None:
         # Both send out assignments from processed_event_no on, across an await: one at a time.
         async with _lock(self):
+            if not await _registered(self, worker):
+                if worker not in getattr(self, _DEPARTED, set()):
+                    logger.warning("%s reported while it is not registered", worker)
+                    await forget(self, {worker})
+                return
             await assign_worker(self, worker, completed)
 
     async def book_unless_booked(self: Any, update: Any) -> None:
@@ -106,6 +137,7 @@ def install() -> None:
 
     setattr(watched_assign_work, _INSTALLED, True)
     Controller.assign_work = watched_assign_work
+    Controller.get_configs = configs_without_departed
     Controller.assign_worker_in_mapping = serialised_assign_worker
     Controller._update_processing_times = book_unless_booked
 
@@ -118,21 +150,36 @@ def _lock(controller: Any) -> asyncio.Lock:
     return lock
 
 
-async def _watch(controller: Any) -> None:
-    """Compare the registered workers once per :data:`WATCH_INTERVAL_S` while the scan runs."""
+async def _registered(controller: Any, worker: str) -> bool:
+    """Whether ``worker`` is registered and in the scan (read again if the controller's
+    copy of the registrations, up to 0.5 s old, lacks it: a worker that just registered)."""
+    for fresh in (False, True):
+        if fresh:
+            controller.config_cache = None
+        if any(w.name == worker for w in (await controller.get_configs()).workers):
+            return True
+    return False
+
+
+async def _watch(controller: Any, registered: Callable[[], Awaitable[list[Any]]]) -> None:
+    """Compare the registered workers (``registered``: every one, those taken out of
+    the scan too) once per :data:`WATCH_INTERVAL_S` while the scan runs."""
     # From the scan's start: one that dies before the first comparison is still
     # registered then (its registration outlives it by up to 10 s).
-    known: set[str] | None = None
+    known: dict[str, Any] | None = None
     while True:
         try:
-            workers = (await controller.get_configs()).workers
-            names = {w.name for w in workers}
-            gone, known = (known or set()) - names, names
+            now = {w.name: w.service_uuid for w in await registered()}
+            # Gone, or restarted: a new process under the same name.
+            gone = {name for name, uuid in (known or {}).items() if now.get(name) != uuid}
             if gone:
                 async with _lock(controller):
-                    await forget(controller, gone, workers)
+                    await forget(controller, gone)
+            # Only once forgotten: a look that failed is made again at the next.
+            departed = getattr(controller, _DEPARTED)
+            known = {name: uuid for name, uuid in now.items() if name not in departed}
         except Exception:
-            # The scan goes on as dranspose would run it; the next look may do better.
+            # The scan goes on as dranspose would run it; the next look tries again.
             logger.exception("could not work around the workers that left")
         await asyncio.sleep(WATCH_INTERVAL_S)
         if _scan_done(controller):
@@ -148,16 +195,19 @@ def _scan_done(controller: Any) -> bool:
     return len(set(controller.completed_events)) >= controller.mapping.len() and not controller.to_reduce
 
 
-async def forget(controller: Any, gone: set[str], workers: list[Any]) -> None:
-    """Take the workers ``gone`` out of the controller's scan; ``workers``: those left."""
+async def forget(controller: Any, gone: set[str]) -> None:
+    """Take the workers ``gone`` out of the controller's scan (the caller holds the
+    assignment lock). Repeatable: a call that failed half-way is made again."""
+    getattr(controller, _DEPARTED).update(gone)
+    workers = (await controller.get_configs()).workers  # those left
     mapping = controller.mapping
     logger.warning(
-        "worker %s left during scan %s: its events go to %s, what it held is lost",
+        "worker %s left scan %s: its events go to %s, what it held is lost",
         ", ".join(sorted(gone)),
         mapping.uuid,
         ", ".join(sorted(w.name for w in workers)) or "no worker (until one registers)",
     )
-    unassign(mapping, gone)
+    unassign(controller, gone)
     if not workers:
         # Nobody to hand the darks and flats to: they wait for the next worker to ask
         # (handed out to none, they would pass as done, and its projections uncorrected).
@@ -173,11 +223,12 @@ async def forget(controller: Any, gone: set[str], workers: list[Any]) -> None:
     book_for(controller, gone)
 
 
-def unassign(mapping: Any, gone: set[str]) -> None:
+def unassign(controller: Any, gone: set[str]) -> None:
     """Take ``gone`` out of what was handed to it and not yet sent out: an event to
     every worker then waits for the workers left, a projection for the next to ask."""
-    for active in mapping.active_maps:
-        sent = active.complete_events  # events below this were sent out: the ingesters sent their data
+    for active in controller.mapping.active_maps:
+        # Events below this were sent out: the ingesters sent their data.
+        sent = max(0, controller.processed_event_no - active.start_event)
         for (event, _stream, _index), names in active.all_assignments.items():
             if event >= sent:
                 names[:] = [name for name in names if name not in gone]

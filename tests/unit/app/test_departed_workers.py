@@ -42,11 +42,27 @@ class ScanUnderTest:
         self.controller = Controller(ControllerSettings(redis_url=redis_url))
         self.controller.mapping = two_references_and_a_projection()
         self.redis = self.controller.redis
-        self.read_from = "0"
+        self.processes: dict[str, WorkerState] = {}
 
     async def register(self, *names: str) -> None:
+        """Register (or refresh the registration of) the worker processes ``names``."""
         for name in names:
-            await self.redis.set(RedisKeys.config("worker", name), WorkerState(name=name).model_dump_json())
+            state = self.processes.setdefault(name, WorkerState(name=name))
+            await self.redis.set(RedisKeys.config("worker", name), state.model_dump_json())
+
+    async def restart(self, name: str) -> None:
+        """A new process under the name: a new service_uuid, registered at once."""
+        del self.processes[name]
+        await self.register(name)
+
+    def departed(self) -> set[str]:
+        return set(getattr(self.controller, departed_workers._DEPARTED, set()))
+
+    async def run_out(self, worker: str, first: int, last: int) -> None:
+        """``worker`` completes events ``first`` to ``last``, each once it was sent out."""
+        for event in range(first, last + 1):
+            await until(f"event {event} sent out", lambda e=event: _has(self, e))  # type: ignore[misc]
+            await self.update(worker, completed=event)
 
     async def unregister(self, name: str) -> None:
         await self.redis.delete(RedisKeys.config("worker", name))
@@ -203,3 +219,129 @@ def test_a_dranspose_that_sends_out_otherwise_is_refused(monkeypatch: pytest.Mon
     monkeypatch.setattr(Controller, "assign_worker_in_mapping", other)
     with pytest.raises(RuntimeError, match="another dranspose version"):
         departed_workers.install()
+
+
+async def run_scan(
+    redis_url: str, story: Callable[[ScanUnderTest], Awaitable[None]]
+) -> tuple[dict[int, list[str]], bool, set[str]]:
+    """Run ``story`` against a controller's scan of w1 and w2 (both ready); what was
+    sent out, whether the scan finished, and who was taken out of it."""
+    scan = ScanUnderTest(redis_url)
+    await scan.register("w1", "w2")
+    loop = asyncio.create_task(scan.controller.assign_work())
+    try:
+        await scan.update("w1")
+        await scan.update("w2")
+        await story(scan)
+        await until("finished", scan.finished, timeout=10)
+        assert not loop.done()
+        return await scan.assigned(), await scan.finished(), scan.departed()
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await scan.redis.aclose()
+
+
+async def both_have_the_first_reference(scan: ScanUnderTest) -> None:
+    await until("the start sent out", lambda: _has(scan, 0))
+    await scan.update("w1", completed=0)
+    await scan.update("w2", completed=0)
+    await until("the first reference sent out", lambda: _has(scan, 1))
+
+
+def test_a_worker_whose_registration_lapsed_stays_out_of_the_scan(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live worker that had asked for the next reference, and whose registration
+    lapsed (a starved event loop) and came back: let back in, it was required for that
+    reference again, but it had asked already; the reference was never sent out."""
+    monkeypatch.setattr(departed_workers, "WATCH_INTERVAL_S", 0.05)
+    departed_workers.install()
+
+    async def story(scan: ScanUnderTest) -> None:
+        await both_have_the_first_reference(scan)
+        await scan.update("w2", completed=1)  # asks for the second; w1 is still busy
+        await asyncio.sleep(0.3)
+        await scan.unregister("w2")
+        await until("w2 taken out", lambda: _true(bool(scan.departed())))
+        await scan.register("w2")  # the same process refreshes its registration
+        await asyncio.sleep(0.6)
+        await scan.run_out("w1", 1, 4)
+
+    assigned, finished, departed = asyncio.run(run_scan(redis_url, story))
+    assert assigned == {0: ["w1", "w2"], 1: ["w1", "w2"], 2: ["w1"], 3: ["w1"], 4: ["w1"]}
+    assert finished and departed == {"w2"}
+
+
+def test_a_worker_restarted_under_its_name_is_taken_out_and_the_scan_finishes(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kubernetes restarts a crashed worker's container in its pod, under the pod's
+    name, before its registration expires: the dead process's events never completed,
+    and dranspose refused the new one work (its name still held them)."""
+    monkeypatch.setattr(departed_workers, "WATCH_INTERVAL_S", 0.05)
+    departed_workers.install()
+
+    async def story(scan: ScanUnderTest) -> None:
+        await both_have_the_first_reference(scan)
+        await scan.restart("w2")  # died holding the first reference
+        await asyncio.sleep(0.6)
+        await scan.update("w2")  # the new process is ready
+        await scan.run_out("w1", 1, 4)
+
+    assigned, finished, departed = asyncio.run(run_scan(redis_url, story))
+    assert assigned == {0: ["w1", "w2"], 1: ["w1", "w2"], 2: ["w1"], 3: ["w1"], 4: ["w1"]}
+    assert finished and departed == {"w2"}
+
+
+@pytest.mark.allow_error_logs
+def test_a_look_that_failed_is_made_again(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(departed_workers, "WATCH_INTERVAL_S", 0.05)
+    departed_workers.install()
+    send_out = departed_workers._send_out
+    calls: list[int] = []
+
+    async def fails_once(controller: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("Redis went away for a moment")
+        await send_out(controller)
+
+    monkeypatch.setattr(departed_workers, "_send_out", fails_once)
+
+    async def story(scan: ScanUnderTest) -> None:
+        await until("the start sent out", lambda: _has(scan, 0))
+        await scan.update("w1", completed=0)  # w2 never asks for the first reference
+        await asyncio.sleep(0.3)
+        await scan.unregister("w2")
+        await scan.run_out("w1", 1, 4)
+
+    assigned, finished, _ = asyncio.run(run_scan(redis_url, story))
+    assert len(calls) >= 2
+    assert assigned == {0: ["w1", "w2"], 1: ["w1"], 2: ["w1"], 3: ["w1"], 4: ["w1"]} and finished
+
+
+def test_a_report_from_a_worker_not_registered_takes_it_out_and_the_controller_goes_on(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dranspose's controller looks the reporting worker up among the registered ones:
+    not found, StopIteration ended its assignment loop, and the scan hung."""
+    monkeypatch.setattr(departed_workers, "WATCH_INTERVAL_S", 30.0)  # no look of the watcher's in this test
+    departed_workers.install()
+
+    async def story(scan: ScanUnderTest) -> None:
+        await both_have_the_first_reference(scan)
+        await scan.unregister("w2")  # lapsed: it reports before its next refresh
+        await asyncio.sleep(0.6)  # past the controller's copy of the registrations
+        await scan.update("w2", completed=1)
+        await until("w2 taken out", lambda: _true(bool(scan.departed())))
+        await scan.register("w2")
+        await scan.run_out("w1", 1, 4)
+
+    assigned, finished, departed = asyncio.run(run_scan(redis_url, story))
+    assert assigned == {0: ["w1", "w2"], 1: ["w1", "w2"], 2: ["w1"], 3: ["w1"], 4: ["w1"]}
+    assert finished and departed == {"w2"}
+
+
+async def _true(value: bool) -> bool:
+    return value
