@@ -66,6 +66,9 @@ _DEPARTED = "_streamtomo_departed"  # names taken out of the scan under way
 # The line of dranspose 0.2's ``Controller.assign_worker_in_mapping`` that ends its
 # sending out of complete assignments (what :func:`_send_out` does too).
 SENT_OUT = "self.processed_event_no = self.mapping.complete_events"
+# The test of dranspose 0.2's ``Controller.completed_finish`` that :func:`install`
+# makes again without the workers taken out.
+ALL_FINISHED = "set([w.name for w in cfgs.workers]) == fin_workers"
 
 
 def install() -> None:
@@ -74,15 +77,17 @@ def install() -> None:
 
     if getattr(Controller.assign_work, _INSTALLED, False):
         return
-    if SENT_OUT not in inspect.getsource(Controller.assign_worker_in_mapping):
-        raise RuntimeError(
-            f"dranspose's Controller.assign_worker_in_mapping no longer ends with {SENT_OUT!r}: "
-            f"another dranspose version? (see {__name__})"
-        )
+    for method, line in ((Controller.assign_worker_in_mapping, SENT_OUT), (Controller.completed_finish, ALL_FINISHED)):
+        if line not in inspect.getsource(method):
+            raise RuntimeError(
+                f"dranspose's Controller.{method.__name__} no longer has {line!r}: "
+                f"another dranspose version? (see {__name__})"
+            )
     assign_work = Controller.assign_work
     assign_worker = Controller.assign_worker_in_mapping
     book = Controller._update_processing_times
     get_configs = Controller.get_configs
+    completed_finish = Controller.completed_finish
 
     async def watched_assign_work(self: Any) -> None:
         setattr(self, _BOOKED, set())
@@ -105,6 +110,24 @@ def install() -> None:
         if not departed:
             return config
         return config.model_copy(update={"workers": [w for w in config.workers if w.name not in departed]})
+
+    async def finished_without_departed(self: Any) -> bool:
+        # dranspose's test is that the workers that said FINISHED are exactly the
+        # registered ones: a worker taken out that lived on (or its restarted process)
+        # says it too, and the scan was never finished.
+        from dranspose.protocol import IngesterUpdate, ReducerUpdate, WorkerUpdate
+
+        departed = getattr(self, _DEPARTED, None)
+        if not departed:
+            return bool(await completed_finish(self))
+        updates = list(self.finished_components)
+        workers = {u.worker for u in updates if isinstance(u, WorkerUpdate)} - departed
+        ingesters = {u.ingester for u in updates if isinstance(u, IngesterUpdate)}
+        reducer = any(isinstance(u, ReducerUpdate) for u in updates)
+        config = await self.get_configs()  # without the departed
+        return (
+            {w.name for w in config.workers} == workers and {i.name for i in config.ingesters} == ingesters and reducer
+        )
 
     async def serialised_assign_worker(self: Any, worker: Any, completed: Any) -> None:
         # Both send out assignments from processed_event_no on, across an await: one at a time.
@@ -138,6 +161,7 @@ def install() -> None:
     setattr(watched_assign_work, _INSTALLED, True)
     Controller.assign_work = watched_assign_work
     Controller.get_configs = configs_without_departed
+    Controller.completed_finish = finished_without_departed
     Controller.assign_worker_in_mapping = serialised_assign_worker
     Controller._update_processing_times = book_unless_booked
 

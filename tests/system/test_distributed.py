@@ -589,6 +589,45 @@ def test_worker_that_dies_during_the_references_costs_the_scan_nothing_else(depl
 
 @pytest.mark.slow
 @needs_redis
+def test_a_worker_stalled_past_its_registration_is_taken_out_and_its_frames_still_count(
+    deployment: LocalDeployment,
+) -> None:
+    """A worker whose process stalls for longer than its registration lives (a starved
+    node) and then goes on: taken out of the scan, it stays out, and what it held still
+    reaches the reducer. Let back in, the next reference would wait for it to ask,
+    which it had done already: the scan hung."""
+    spec, frames = simulated_scan()
+    config = spec.config()
+    name = deployment.state.workers[-1]
+    process = deployment.processes[name]
+    stalled: list[float] = []
+
+    def stall_then_go_on(index: int, sent: int) -> None:
+        if sent == 5:
+            process.signal(signal.SIGSTOP)
+            stalled.append(time.monotonic())
+        elif sent == 15:
+            # Past its registration's 10 s, and the controller's look at it.
+            time.sleep(max(0.0, stalled[0] + 13.0 - time.monotonic()))
+            process.signal(signal.SIGCONT)
+
+    result = play(
+        deployment.state,
+        frame_events(frames, config),
+        config,
+        rate_hz=100,
+        on_frame_sent=stall_then_go_on,
+        stall_timeout=30.0,
+    )
+    assert not result.ended_by_stop
+    now = ended_status(deployment.state.live_endpoint, config.domain)
+    assert (now["state"], int(now["projections"]), int(now["frames_received"])) == ("finished", 90, 110), now
+    assert (int(now["frames_lost"]), json.loads(now["rejected"])) == (0, {})
+    assert deployment.error_lines() == []
+
+
+@pytest.mark.slow
+@needs_redis
 def test_eiger_stream_through_the_deployment(tmp_path: Path) -> None:
     """Dectris Stream v1 from the detector: the same domain as STINS recordings replayed."""
     spec, frames = simulated_scan(seed=7, angles=60)

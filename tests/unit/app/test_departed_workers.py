@@ -15,6 +15,7 @@ from dranspose.protocol import (
     ControllerUpdate,
     DistributedStateEnum,
     RedisKeys,
+    ReducerUpdate,
     WorkAssignmentList,
     WorkerState,
     WorkerUpdate,
@@ -345,3 +346,26 @@ def test_a_report_from_a_worker_not_registered_takes_it_out_and_the_controller_g
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def test_a_worker_taken_out_that_says_finished_does_not_hold_the_scans_end(redis_url: str) -> None:
+    """dranspose calls a scan finished when the workers that said so are exactly the
+    registered ones: one taken out that lived on says it too, and it never was."""
+    departed_workers.install()
+
+    async def finished() -> bool:
+        controller = Controller(ControllerSettings(redis_url=redis_url))
+        try:
+            for name in ("w1", "w2"):  # w2 lived on: registered again
+                await controller.redis.set(RedisKeys.config("worker", name), WorkerState(name=name).model_dump_json())
+            controller.finished_components = [
+                WorkerUpdate(state=DistributedStateEnum.FINISHED, worker="w1"),
+                WorkerUpdate(state=DistributedStateEnum.FINISHED, worker="w2"),
+                ReducerUpdate(state=DistributedStateEnum.FINISHED),
+            ]
+            setattr(controller, departed_workers._DEPARTED, {"w2"})
+            return bool(await controller.completed_finish())
+        finally:
+            await controller.redis.aclose()
+
+    assert asyncio.run(finished())
