@@ -15,30 +15,33 @@ it went to has said so. Nothing in it looks again when a worker is gone. So:
   never says the scan is finished, and only a stall timeout (``play``'s, the
   reducer's ``stream_timeout``) ends it, as ``stopped``.
 
-:func:`install` watches the registered workers while a scan runs (once a second). When
-one is gone (its registration expired, 10 s after a crash, or was deleted):
+:func:`install` watches the registered workers while a scan runs (once a second). A
+worker is taken out of the scan under way when its registration is gone (expired, 10 s
+after a crash or a longer stall, or deleted), when a new process registered under its
+name (a new ``service_uuid``: Kubernetes restarts a crashed container in its pod, and
+the pod's name is the worker's), or when it reports while not registered (dranspose's
+controller raised ``StopIteration`` there, which ended its assignment loop). Then:
 
 * it is taken out of what was handed to it and not yet sent out (the events to every
   worker wait for the workers left; a projection waits for the next worker to ask),
   and the assignments that are now complete are sent out;
-* the events sent out to it that it never completed are booked as completed by it, and
-  its results no longer awaited: the scan ends by itself once the rest is reduced. The
-  reducer counts what it held as lost (``lost_frames``), as for any frame that never came.
+* the events sent out to it that it never completed are booked as completed by it: the
+  scan ends by itself once the rest is reduced. The reducer counts what it held as
+  lost (``lost_frames``), as for any frame that never came. Results it had sent
+  (completed events) are still awaited for :data:`RESULT_GRACE_S`: a lapsed worker's
+  are on their way, a dead one's may never come;
+* the controller's assignments leave it out (only they: its registration shows as it
+  is, and the next scan takes every registered worker), and its ``FINISHED`` is not
+  asked for.
 
-:func:`install` also takes a worker out of the scan when its process was restarted
-under the same name (a new ``service_uuid``: Kubernetes restarts a crashed container in
-its pod, and the pod's name is the worker's), and when it reports while not registered
-(dranspose's controller raised ``StopIteration`` there, which ended its assignment loop).
-
-A worker taken out stays out of the scan under way, whatever comes back under its name
-(a registration that lapsed while the process lived, a restarted process): to the
-controller it is not registered (:func:`install` wraps ``get_configs``) until the next
-scan. Had it come back in, an event to every worker would wait for it to ask, which a
-live one had done already (the scan hung), and dranspose refuses work to a new process
-whose name still holds the old one's events (``StillHasWork``). Its completions of the
-events booked for it are dropped, with a warning; the results it sends still reach the
-reducer. A process that joins mid-scan would miss the scan's headers anyway (its frames
-refused as ``pcap_header_missing``).
+The same process coming back (a registration that lapsed while it lived) is let back
+in, with its last request for work made again for it: it waits for the answer, and
+its place in the next dark had been given up (a worker that had asked and was left
+out hung the scan; a scan whose only worker lapsed got nothing more). A new process
+under the name stays out until the next scan: dranspose refuses it work while its name
+holds the dead one's events (``StillHasWork``), and it missed the scan's headers (its
+frames would be refused as ``pcap_header_missing``). Completions of events booked for a
+worker are dropped, with a warning; the results it sends still reach the reducer.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -55,20 +60,43 @@ logger = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 1.0
 # dranspose forgets a worker when its registration expires, 10 s after its last refresh.
 REGISTRATION_EXPIRY_S = 10.0
+# How long the results a worker taken out had sent (it reported the events completed)
+# are still awaited: a worker reports an event after sending its result.
+RESULT_GRACE_S = 10.0
 # How long ``play`` lets a scan's progress stall before it ends the scan: longer than a
 # dead worker stalls it (until it is forgotten, and the next look here). A shorter one
 # (10 s) ended such scans first, without the frames queued behind the dead worker.
 STALL_TIMEOUT_S = 2 * REGISTRATION_EXPIRY_S
 _INSTALLED = "_streamtomo_watches_departures"
-_BOOKED = "_streamtomo_booked_for_departed"  # (event, worker) pairs booked on a worker's behalf
+_STATE = "_streamtomo_departures"
 _LOCK = "_streamtomo_assignment_lock"
-_DEPARTED = "_streamtomo_departed"  # names taken out of the scan under way
 # The line of dranspose 0.2's ``Controller.assign_worker_in_mapping`` that ends its
 # sending out of complete assignments (what :func:`_send_out` does too).
 SENT_OUT = "self.processed_event_no = self.mapping.complete_events"
 # The test of dranspose 0.2's ``Controller.completed_finish`` that :func:`install`
 # makes again without the workers taken out.
 ALL_FINISHED = "set([w.name for w in cfgs.workers]) == fin_workers"
+
+ConfigReader = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass
+class Departures:
+    """One scan's workers taken out, in the controller."""
+
+    departed: dict[str, Any] = field(default_factory=dict)  # name -> its process's service_uuid (None: unknown)
+    departed_at: dict[str, float] = field(default_factory=dict)  # name -> when (monotonic)
+    booked: set[tuple[int, str]] = field(default_factory=set)  # (event, worker) booked on its behalf
+    last_ask: dict[str, Any] = field(default_factory=dict)  # worker -> ``completed`` of its last request
+    seen: dict[str, Any] = field(default_factory=dict)  # name -> service_uuid at the last look
+
+
+def _state(controller: Any) -> Departures:
+    state = getattr(controller, _STATE, None)
+    if state is None:
+        state = Departures()
+        setattr(controller, _STATE, state)
+    return state
 
 
 def install() -> None:
@@ -86,17 +114,27 @@ def install() -> None:
     assign_work = Controller.assign_work
     assign_worker = Controller.assign_worker_in_mapping
     book = Controller._update_processing_times
-    get_configs = Controller.get_configs
     completed_finish = Controller.completed_finish
+    registrations: ConfigReader = Controller.get_configs
+
+    async def assign_without_departed(self: Any, worker: Any, completed: Any) -> None:
+        """dranspose's assignment, with the workers taken out not among the registered."""
+        if not _state(self).departed:
+            await assign_worker(self, worker, completed)
+            return
+
+        async def left() -> Any:
+            return _without_departed(self, await registrations(self))
+
+        self.get_configs = left  # this call's view only (the API and the next scan see all)
+        try:
+            await assign_worker(self, worker, completed)
+        finally:
+            del self.get_configs
 
     async def watched_assign_work(self: Any) -> None:
-        setattr(self, _BOOKED, set())
-        setattr(self, _DEPARTED, set())
-
-        async def registered() -> list[Any]:
-            return list((await get_configs(self)).workers)
-
-        watcher = asyncio.create_task(_watch(self, registered), name="departed-workers")
+        setattr(self, _STATE, Departures())
+        watcher = asyncio.create_task(_watch(self, registrations, assign_without_departed), name="departed-workers")
         try:
             await assign_work(self)
         finally:
@@ -104,43 +142,41 @@ def install() -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
-    async def configs_without_departed(self: Any) -> Any:
-        config = await get_configs(self)
-        departed = getattr(self, _DEPARTED, None)
-        if not departed:
-            return config
-        return config.model_copy(update={"workers": [w for w in config.workers if w.name not in departed]})
-
     async def finished_without_departed(self: Any) -> bool:
         # dranspose's test is that the workers that said FINISHED are exactly the
         # registered ones: a worker taken out that lived on (or its restarted process)
-        # says it too, and the scan was never finished.
+        # may or may not say it, and is not asked to.
         from dranspose.protocol import IngesterUpdate, ReducerUpdate, WorkerUpdate
 
-        departed = getattr(self, _DEPARTED, None)
+        departed = set(_state(self).departed)
         if not departed:
             return bool(await completed_finish(self))
         updates = list(self.finished_components)
         workers = {u.worker for u in updates if isinstance(u, WorkerUpdate)} - departed
         ingesters = {u.ingester for u in updates if isinstance(u, IngesterUpdate)}
         reducer = any(isinstance(u, ReducerUpdate) for u in updates)
-        config = await self.get_configs()  # without the departed
+        config = await registrations(self)
         return (
-            {w.name for w in config.workers} == workers and {i.name for i in config.ingesters} == ingesters and reducer
+            {w.name for w in config.workers} - departed == workers
+            and {i.name for i in config.ingesters} == ingesters
+            and reducer
         )
 
     async def serialised_assign_worker(self: Any, worker: Any, completed: Any) -> None:
         # Both send out assignments from processed_event_no on, across an await: one at a time.
         async with _lock(self):
-            if not await _registered(self, worker):
-                if worker not in getattr(self, _DEPARTED, set()):
-                    logger.warning("%s reported while it is not registered", worker)
-                    await forget(self, {worker})
+            state = _state(self)
+            state.last_ask[worker] = completed
+            if worker in state.departed:
+                return  # asked again when let back in
+            if not await _registered(self, worker, registrations):
+                logger.warning("%s reported while it is not registered", worker)
+                await forget(self, {worker}, registrations)
                 return
-            await assign_worker(self, worker, completed)
+            await assign_without_departed(self, worker, completed)
 
     async def book_unless_booked(self: Any, update: Any) -> None:
-        booked: set[tuple[int, str]] = getattr(self, _BOOKED, set())
+        booked = _state(self).booked
         if update.completed and booked:
             pairs = list(zip(update.completed, update.has_result, strict=False))
             keep = [(event, result) for event, result in pairs if (event, update.worker) not in booked]
@@ -160,7 +196,6 @@ def install() -> None:
 
     setattr(watched_assign_work, _INSTALLED, True)
     Controller.assign_work = watched_assign_work
-    Controller.get_configs = configs_without_departed
     Controller.completed_finish = finished_without_departed
     Controller.assign_worker_in_mapping = serialised_assign_worker
     Controller._update_processing_times = book_unless_booked
@@ -174,34 +209,48 @@ def _lock(controller: Any) -> asyncio.Lock:
     return lock
 
 
-async def _registered(controller: Any, worker: str) -> bool:
-    """Whether ``worker`` is registered and in the scan (read again if the controller's
-    copy of the registrations, up to 0.5 s old, lacks it: a worker that just registered)."""
+def _without_departed(controller: Any, config: Any) -> Any:
+    departed = _state(controller).departed
+    return config.model_copy(update={"workers": [w for w in config.workers if w.name not in departed]})
+
+
+async def _registered(controller: Any, worker: str, registrations: ConfigReader) -> bool:
+    """Whether ``worker`` is registered (read again if the controller's copy of the
+    registrations, up to 0.5 s old, lacks it: a worker that just registered)."""
     for fresh in (False, True):
         if fresh:
             controller.config_cache = None
-        if any(w.name == worker for w in (await controller.get_configs()).workers):
+        if any(w.name == worker for w in (await registrations(controller)).workers):
             return True
     return False
 
 
-async def _watch(controller: Any, registered: Callable[[], Awaitable[list[Any]]]) -> None:
-    """Compare the registered workers (``registered``: every one, those taken out of
-    the scan too) once per :data:`WATCH_INTERVAL_S` while the scan runs."""
+async def _watch(
+    controller: Any, registrations: ConfigReader, assign: Callable[[Any, Any, Any], Awaitable[None]]
+) -> None:
+    """Compare the registered workers once per :data:`WATCH_INTERVAL_S` while the scan
+    runs: take out those gone or restarted, let back in those that came back."""
     # From the scan's start: one that dies before the first comparison is still
     # registered then (its registration outlives it by up to 10 s).
     known: dict[str, Any] | None = None
     while True:
         try:
-            now = {w.name: w.service_uuid for w in await registered()}
+            state = _state(controller)
+            now = {w.name: w.service_uuid for w in (await registrations(controller)).workers}
             # Gone, or restarted: a new process under the same name.
             gone = {name for name, uuid in (known or {}).items() if now.get(name) != uuid}
-            if gone:
+            back = {name for name, uuid in state.departed.items() if name in now and uuid in (None, now[name])}
+            if gone or back:
                 async with _lock(controller):
-                    await forget(controller, gone)
-            # Only once forgotten: a look that failed is made again at the next.
-            departed = getattr(controller, _DEPARTED)
-            known = {name: uuid for name, uuid in now.items() if name not in departed}
+                    if gone:
+                        await forget(controller, gone, registrations)
+                    for name in sorted(back):
+                        await let_back_in(controller, name, assign)
+            drop_unreduced(controller)
+            # Only once done: a look that failed is made again at the next. (What a
+            # worker taken out is known by is its process's at the look before.)
+            state.seen.update(now)
+            known = {name: uuid for name, uuid in now.items() if name not in state.departed}
         except Exception:
             # The scan goes on as dranspose would run it; the next look tries again.
             logger.exception("could not work around the workers that left")
@@ -213,23 +262,26 @@ async def _watch(controller: Any, registered: Callable[[], Awaitable[list[Any]]]
 def _scan_done(controller: Any) -> bool:
     """Whether the controller was told to stop, or has every event completed and every
     result reduced (a worker that died after its last event, before the reducer had
-    its results, still holds the scan: its results are no longer awaited once it is gone)."""
+    its results, still holds the scan until :func:`drop_unreduced`)."""
     if controller.external_stop:
         return True
     return len(set(controller.completed_events)) >= controller.mapping.len() and not controller.to_reduce
 
 
-async def forget(controller: Any, gone: set[str]) -> None:
+async def forget(controller: Any, gone: set[str], registrations: ConfigReader) -> None:
     """Take the workers ``gone`` out of the controller's scan (the caller holds the
     assignment lock). Repeatable: a call that failed half-way is made again."""
-    getattr(controller, _DEPARTED).update(gone)
-    workers = (await controller.get_configs()).workers  # those left
+    state = _state(controller)
+    for name in gone:
+        state.departed.setdefault(name, state.seen.get(name))
+        state.departed_at.setdefault(name, time.monotonic())
+    workers = _without_departed(controller, await registrations(controller)).workers  # those left
     mapping = controller.mapping
     logger.warning(
         "worker %s left scan %s: its events go to %s, what it held is lost",
         ", ".join(sorted(gone)),
         mapping.uuid,
-        ", ".join(sorted(w.name for w in workers)) or "no worker (until one registers)",
+        ", ".join(sorted(w.name for w in workers)) or "no worker (until one registers or comes back)",
     )
     unassign(controller, gone)
     if not workers:
@@ -245,6 +297,28 @@ async def forget(controller: Any, gone: set[str]) -> None:
                 break
     await _send_out(controller)
     book_for(controller, gone)
+
+
+async def let_back_in(controller: Any, name: str, assign: Callable[[Any, Any, Any], Awaitable[None]]) -> None:
+    """The process taken out came back (the caller holds the assignment lock): it is
+    among the scan's workers again, and its last request for work is made again (it
+    waits for the answer; its place in an event not yet sent out was given up)."""
+    state = _state(controller)
+    del state.departed[name]
+    state.departed_at.pop(name, None)
+    logger.warning("worker %s came back to scan %s: it takes part again", name, controller.mapping.uuid)
+    if name in state.last_ask:
+        await assign(controller, name, state.last_ask[name])
+
+
+def drop_unreduced(controller: Any) -> None:
+    """No longer await the results of workers taken out :data:`RESULT_GRACE_S` ago."""
+    state = _state(controller)
+    late = {name for name, at in state.departed_at.items() if time.monotonic() - at >= RESULT_GRACE_S}
+    dropped = sorted((number, name) for number, name in controller.to_reduce if name in late)
+    if dropped:
+        controller.to_reduce = {pair for pair in controller.to_reduce if pair[1] not in late}
+        logger.warning("results %s never reached the reducer: no longer awaited", dropped)
 
 
 def unassign(controller: Any, gone: set[str]) -> None:
@@ -290,9 +364,9 @@ async def _send_out(controller: Any) -> None:
 
 
 def book_for(controller: Any, gone: set[str]) -> None:
-    """Book the events sent out to ``gone`` that it never completed as completed by it,
-    and stop waiting for its results: the scan can end when the rest is done."""
-    booked: set[tuple[int, str]] = getattr(controller, _BOOKED)
+    """Book the events sent out to ``gone`` that it never completed as completed by it:
+    the scan can end when the rest is done."""
+    booked = _state(controller).booked
     done = set(controller.completed_events)
     lost: list[int] = []
     for number in range(controller.processed_event_no):
@@ -306,6 +380,5 @@ def book_for(controller: Any, gone: set[str]) -> None:
         if number not in done and workers and workers == set(controller.completed[number]):
             controller.completed_events.append(number)
             done.add(number)
-    controller.to_reduce = {(number, name) for number, name in controller.to_reduce if name not in gone}
     if lost:
         logger.warning("events %s went to %s and will not be completed: booked as done", lost, ", ".join(sorted(gone)))

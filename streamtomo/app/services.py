@@ -27,6 +27,7 @@ from streamtomo.app import (
     result_batches,
     result_frames,
     result_receive,
+    stalled_writes,
     superseded_parameters,
     task_cancel,
 )
@@ -72,7 +73,9 @@ def install_mends(kind: str) -> None:
     them send the reducer a dark's or flat's rows
     (:mod:`streamtomo.app.event_assignments`). In every service a blocking Redis read
     that a stopped or starved process did not see answered in time reads as empty
-    instead of ending its loop (:mod:`streamtomo.app.blocking_reads`); the controller
+    instead of ending its loop (:mod:`streamtomo.app.blocking_reads`), and an ``XADD``
+    whose answer came too late is looked up in the stream instead of taken for lost
+    (:mod:`streamtomo.app.stalled_writes`); the controller
     lets a parameter's superseded values expire from Redis
     (:mod:`streamtomo.app.superseded_parameters`). For the reducer and the controller, the
     environment their dranspose settings are read from must be set first
@@ -80,6 +83,7 @@ def install_mends(kind: str) -> None:
     bound_result_queues()
     task_cancel.install(kind)
     blocking_reads.install()
+    stalled_writes.install()
     if kind == "controller":
         completion_order.install()
         departed_workers.install()

@@ -57,7 +57,14 @@ class ScanUnderTest:
         await self.register(name)
 
     def departed(self) -> set[str]:
-        return set(getattr(self.controller, departed_workers._DEPARTED, set()))
+        return set(departed_workers._state(self.controller).departed)
+
+    async def run_out_every_one(self, first: int, last: int) -> None:
+        """Each worker an event went to completes it, once it was sent out."""
+        for event in range(first, last + 1):
+            await until(f"event {event} sent out", lambda e=event: _has(self, e))  # type: ignore[misc]
+            for worker in (await self.assigned())[event]:
+                await self.update(worker, completed=event)
 
     async def run_out(self, worker: str, first: int, last: int) -> None:
         """``worker`` completes events ``first`` to ``last``, each once it was sent out."""
@@ -68,12 +75,12 @@ class ScanUnderTest:
     async def unregister(self, name: str) -> None:
         await self.redis.delete(RedisKeys.config("worker", name))
 
-    async def update(self, name: str, completed: int | None = None) -> None:
+    async def update(self, name: str, completed: int | None = None, result: bool = False) -> None:
         if completed is None:
             update = WorkerUpdate(state=DistributedStateEnum.READY, worker=name)
         else:
             update = WorkerUpdate(
-                state=DistributedStateEnum.IDLE, worker=name, completed=[completed], has_result=[False]
+                state=DistributedStateEnum.IDLE, worker=name, completed=[completed], has_result=[result]
             )
         await self.redis.xadd(RedisKeys.ready(self.controller.mapping.uuid), {"data": update.model_dump_json()})
 
@@ -167,7 +174,7 @@ async def a_scan_whose_only_worker_dies_and_another_comes(
 
 
 async def _booked(scan: ScanUnderTest, pair: tuple[int, str]) -> bool:
-    return pair in getattr(scan.controller, departed_workers._BOOKED)
+    return pair in departed_workers._state(scan.controller).booked
 
 
 def test_with_no_worker_left_the_references_wait_for_the_next(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,7 +199,7 @@ def test_a_completion_booked_for_a_gone_worker_is_not_counted_again(caplog: pyte
     controller.to_reduce = set()
     controller.reduced = defaultdict(list)
     controller.worker_timing = defaultdict(dict)
-    setattr(controller, departed_workers._BOOKED, {(0, "w2")})
+    departed_workers._state(controller).booked.add((0, "w2"))
     controller.mapping.active_maps[0].complete_events = 1
     controller.mapping.active_maps[0].all_assignments[(0, STREAM, 0)] = ["w1", "w2"]
     late = WorkerUpdate(state=DistributedStateEnum.IDLE, worker="w2", completed=[0], has_result=[False])
@@ -250,12 +257,13 @@ async def both_have_the_first_reference(scan: ScanUnderTest) -> None:
     await until("the first reference sent out", lambda: _has(scan, 1))
 
 
-def test_a_worker_whose_registration_lapsed_stays_out_of_the_scan(
+def test_a_worker_whose_registration_lapsed_comes_back_into_the_scan(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A live worker that had asked for the next reference, and whose registration
-    lapsed (a starved event loop) and came back: let back in, it was required for that
-    reference again, but it had asked already; the reference was never sent out."""
+    lapsed (a starved event loop) and came back. Let back in without its request, it
+    was required for that reference, but it had asked already: the reference was never
+    sent out. Kept out, a scan whose only worker lapsed got nothing more."""
     monkeypatch.setattr(departed_workers, "WATCH_INTERVAL_S", 0.05)
     departed_workers.install()
 
@@ -266,12 +274,43 @@ def test_a_worker_whose_registration_lapsed_stays_out_of_the_scan(
         await scan.unregister("w2")
         await until("w2 taken out", lambda: _true(bool(scan.departed())))
         await scan.register("w2")  # the same process refreshes its registration
-        await asyncio.sleep(0.6)
-        await scan.run_out("w1", 1, 4)
+        await until("w2 let back in", lambda: _true(not scan.departed()))
+        await scan.update("w1", completed=1)
+        await scan.run_out_every_one(2, 4)
 
     assigned, finished, departed = asyncio.run(run_scan(redis_url, story))
-    assert assigned == {0: ["w1", "w2"], 1: ["w1", "w2"], 2: ["w1"], 3: ["w1"], 4: ["w1"]}
-    assert finished and departed == {"w2"}
+    assert sorted(assigned) == [0, 1, 2, 3, 4] and finished and departed == set()
+    assert assigned[2] == assigned[4] == ["w1", "w2"]  # both references and the end went to both
+
+
+@pytest.mark.parametrize("reduced", [True, False])
+def test_results_a_worker_taken_out_had_sent_are_awaited_for_a_while(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, reduced: bool
+) -> None:
+    """A worker reports an event after sending its result: the controller that stopped
+    waiting for it at once said finished while the reducer was still behind, and the
+    reducer refuses results after its end (frames counted lost)."""
+    monkeypatch.setattr(departed_workers, "WATCH_INTERVAL_S", 0.05)
+    monkeypatch.setattr(departed_workers, "RESULT_GRACE_S", 60.0 if reduced else 0.5)
+    departed_workers.install()
+
+    async def story(scan: ScanUnderTest) -> None:
+        await until("the start sent out", lambda: _has(scan, 0))
+        await scan.update("w1", completed=0)
+        await scan.update("w2", completed=0, result=True)  # its result is on its way to the reducer
+        await asyncio.sleep(0.3)
+        await scan.unregister("w2")
+        await until("w2 taken out", lambda: _true(bool(scan.departed())))
+        await scan.run_out("w1", 1, 4)
+        await asyncio.sleep(1.5)  # the controller checks for the end at least once a second
+        if reduced:
+            assert not await scan.finished()  # the result sent is still awaited
+            reduced_update = ReducerUpdate(state=DistributedStateEnum.IDLE, completed=0, worker="w2")
+            ready = RedisKeys.ready(scan.controller.mapping.uuid)
+            await scan.redis.xadd(ready, {"data": reduced_update.model_dump_json()})
+
+    assigned, finished, _ = asyncio.run(run_scan(redis_url, story))
+    assert finished and assigned[4] == ["w1"]
 
 
 def test_a_worker_restarted_under_its_name_is_taken_out_and_the_scan_finishes(
@@ -337,6 +376,9 @@ def test_a_report_from_a_worker_not_registered_takes_it_out_and_the_controller_g
         await scan.update("w2", completed=1)
         await until("w2 taken out", lambda: _true(bool(scan.departed())))
         await scan.register("w2")
+        await asyncio.sleep(0.6)
+        # Out of the scan's assignments only: its registration shows (the next scan takes it).
+        assert {w.name for w in (await scan.controller.get_configs()).workers} == {"w1", "w2"}
         await scan.run_out("w1", 1, 4)
 
     assigned, finished, departed = asyncio.run(run_scan(redis_url, story))
@@ -363,7 +405,7 @@ def test_a_worker_taken_out_that_says_finished_does_not_hold_the_scans_end(redis
                 WorkerUpdate(state=DistributedStateEnum.FINISHED, worker="w2"),
                 ReducerUpdate(state=DistributedStateEnum.FINISHED),
             ]
-            setattr(controller, departed_workers._DEPARTED, {"w2"})
+            departed_workers._state(controller).departed["w2"] = None
             return bool(await controller.completed_finish())
         finally:
             await controller.redis.aclose()
