@@ -16,7 +16,7 @@ import shutil
 import signal
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,11 +29,12 @@ import streamtomo.app.play as play_module
 from streamtomo.app.beamline_events import frame_events, recorded_events, scan_mapping
 from streamtomo.app.copy_tuning import non_temporal_copies
 from streamtomo.app.deployment import LocalDeployment
-from streamtomo.app.play import play
+from streamtomo.app.play import PlayResult, play
 from streamtomo.app.processes import wait_for
 from streamtomo.app.shared_rows import ENV_MIN_BYTES as SHARED_ROWS_MIN_BYTES
 from streamtomo.app.shared_rows import supported as shared_rows_supported
 from streamtomo.app.zmq_loopback import tolerant_ingester
+from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats import eiger
 from streamtomo.pipeline.formats.errors import FrameError
 from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage
@@ -501,6 +502,17 @@ def test_scan_is_posted_again_when_an_ingester_does_not_connect(
     assert (now["state"], int(now["projections"]), json.loads(now["rejected"])) == ("finished", 30, {})
 
 
+def play_faulted(
+    deployment: LocalDeployment, frames: list[Frame], config: PipelineConfig, fault: Callable[[int, int], None]
+) -> PlayResult:
+    """Play the scan at 100 frames/s, ``fault(index, sent)`` after each frame sent. The
+    stall timeout outlasts a dead worker's registration (10 s): the scan ends by itself
+    (streamtomo.app.departed_workers), or the test sees it stopped."""
+    return play(
+        deployment.state, frame_events(frames, config), config, rate_hz=100, on_frame_sent=fault, stall_timeout=30.0
+    )
+
+
 def _reference_events(frames: list[Frame]) -> int:
     """The controller's events up to the last reference (the scan's start is event 0)."""
     return 1 + sum(f.key != ImageKey.PROJECTION for f in frames)
@@ -526,14 +538,7 @@ def test_worker_killed_mid_scan(deployment: LocalDeployment) -> None:
             killed.append(deployment.kill_worker("worker-2"))
 
     try:
-        result = play(
-            deployment.state,
-            frame_events(frames, config),
-            config,
-            rate_hz=100,
-            on_frame_sent=kill_at_half,
-            stall_timeout=30.0,
-        )
+        result = play_faulted(deployment, frames, config, kill_at_half)
         assert killed == ["worker-2"] and result.frames_sent == len(frames)
         # The controller ends the scan once the dead worker is gone (its registration
         # expired), not a stall timeout (streamtomo.app.departed_workers).
@@ -569,14 +574,7 @@ def test_worker_that_dies_during_the_references_costs_the_scan_nothing_else(depl
             killed.append(deployment.kill_worker(name))
 
     try:
-        result = play(
-            deployment.state,
-            frame_events(frames, config),
-            config,
-            rate_hz=100,
-            on_frame_sent=stop_then_kill,
-            stall_timeout=30.0,
-        )
+        result = play_faulted(deployment, frames, config, stop_then_kill)
         assert killed == [name] and not result.ended_by_stop
         now = ended_status(deployment.state.live_endpoint, config.domain)
         # It held only references, which the live worker had too (reference_senders 2).
@@ -593,9 +591,10 @@ def test_a_worker_stalled_past_its_registration_is_taken_out_and_its_frames_stil
     deployment: LocalDeployment,
 ) -> None:
     """A worker whose process stalls for longer than its registration lives (a starved
-    node) and then goes on: taken out of the scan, it stays out, and what it held still
-    reaches the reducer. Let back in, the next reference would wait for it to ask,
-    which it had done already: the scan hung."""
+    node) and then goes on: taken out of the scan, then let back in with its request
+    for work made again, and what it held still reaches the reducer. Let back in
+    without its request, the next reference waited for it to ask, which it had done
+    already: the scan hung."""
     spec, frames = simulated_scan()
     config = spec.config()
     name = deployment.state.workers[-1]
@@ -611,14 +610,7 @@ def test_a_worker_stalled_past_its_registration_is_taken_out_and_its_frames_stil
             time.sleep(max(0.0, stalled[0] + 13.0 - time.monotonic()))
             process.signal(signal.SIGCONT)
 
-    result = play(
-        deployment.state,
-        frame_events(frames, config),
-        config,
-        rate_hz=100,
-        on_frame_sent=stall_then_go_on,
-        stall_timeout=30.0,
-    )
+    result = play_faulted(deployment, frames, config, stall_then_go_on)
     assert not result.ended_by_stop
     now = ended_status(deployment.state.live_endpoint, config.domain)
     assert (now["state"], int(now["projections"]), int(now["frames_received"])) == ("finished", 90, 110), now

@@ -105,29 +105,13 @@ async def until(what: str, probe: Callable[[], Awaitable[bool]], timeout: float 
         await asyncio.sleep(0.02)
 
 
-async def a_scan_whose_worker_dies_among_the_references(redis_url: str) -> tuple[dict[int, list[str]], bool]:
-    scan = ScanUnderTest(redis_url)
-    await scan.register("w1", "w2")
-    loop = asyncio.create_task(scan.controller.assign_work())
-    try:
-        await scan.update("w1")
-        await scan.update("w2")
-        await until("the start sent out", lambda: _has(scan, 0))
-        await scan.update("w1", completed=0)  # w1 asks for the first reference; w2 never does
-        await asyncio.sleep(0.3)
-        assert 1 not in await scan.assigned()  # waits for w2, as dranspose does
-        await scan.unregister("w2")  # its registration expired: it died
-        await until("the first reference sent out", lambda: _has(scan, 1))
-        for event in (1, 2, 3):
-            await scan.update("w1", completed=event)
-            await until(f"event {event + 1} sent out", lambda e=event + 1: _has(scan, e))  # type: ignore[misc]
-        await scan.update("w1", completed=4)
-        await until("finished", scan.finished, timeout=10)
-        return await scan.assigned(), await scan.finished()
-    finally:
-        loop.cancel()
-        await asyncio.gather(loop, return_exceptions=True)
-        await scan.redis.aclose()
+async def w2_dies_among_the_references(scan: ScanUnderTest) -> None:
+    await until("the start sent out", lambda: _has(scan, 0))
+    await scan.update("w1", completed=0)  # w1 asks for the first reference; w2 never does
+    await asyncio.sleep(0.3)
+    assert 1 not in await scan.assigned()  # waits for w2, as dranspose does
+    await scan.unregister("w2")  # its registration expired: it died
+    await scan.run_out("w1", 1, 4)
 
 
 async def _has(scan: ScanUnderTest, event: int) -> bool:
@@ -141,7 +125,7 @@ def test_the_references_go_on_without_a_worker_that_died_and_the_scan_finishes(
     # scan: nothing assigned past event 7 of 112 until it was stopped).
     monkeypatch.setattr(departed_workers, "WATCH_INTERVAL_S", 0.05)
     departed_workers.install()
-    assigned, finished = asyncio.run(a_scan_whose_worker_dies_among_the_references(redis_url))
+    assigned, finished, _ = asyncio.run(run_scan(redis_url, w2_dies_among_the_references))
     # w2 had the start (it held nothing else): booked for it, and the scan finished.
     assert assigned == {0: ["w1", "w2"], 1: ["w1"], 2: ["w1"], 3: ["w1"], 4: ["w1"]}
     assert finished
