@@ -116,6 +116,18 @@ class ControllerClient:
         result: dict[str, Any] = self._json("GET", "progress", timeout=timeout)
         return result
 
+    def reduction(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """``/api/v1/reduction`` (streamtomo's controller): completed events and the
+        results the reducer has not reported yet (``to_reduce``); None from a
+        controller without it."""
+        try:
+            result: dict[str, Any] = self._json("GET", "reduction", timeout=timeout)
+        except ControllerError as error:
+            if error.status == 404:
+                return None
+            raise
+        return result
+
     def parameter_names(self, timeout: float | None = None) -> list[str]:
         """Names of every parameter the services describe."""
         return [str(p["name"]) for p in self._json("GET", "parameters", timeout=timeout)]

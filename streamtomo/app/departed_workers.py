@@ -27,9 +27,9 @@ controller raised ``StopIteration`` there, which ended its assignment loop). The
   and the assignments that are now complete are sent out;
 * the events sent out to it that it never completed are booked as completed by it: the
   scan ends by itself once the rest is reduced. The reducer counts what it held as
-  lost (``lost_frames``), as for any frame that never came. Results it had sent
+  lost (``lost_frames``), as for any frame that never came. Results it had reported
   (completed events) are still awaited for :data:`RESULT_GRACE_S`: a lapsed worker's
-  are on their way, a dead one's may never come;
+  are on their way or held to go together, a dead one's may never come;
 * the controller's assignments leave it out (only they: its registration shows as it
   is, and the next scan takes every registered worker), and its ``FINISHED`` is not
   asked for.
@@ -60,13 +60,17 @@ logger = logging.getLogger(__name__)
 WATCH_INTERVAL_S = 1.0
 # dranspose forgets a worker when its registration expires, 10 s after its last refresh.
 REGISTRATION_EXPIRY_S = 10.0
-# How long the results a worker taken out had sent (it reported the events completed)
-# are still awaited: a worker reports an event after sending its result.
+# How long the results a worker taken out had reported (the events it completed with a
+# result) are still awaited: a worker reports an event after sending its result, or
+# while it holds the result to send it with later ones (streamtomo.workers.held_results),
+# which a dead worker never does.
 RESULT_GRACE_S = 10.0
 # How long ``play`` lets a scan's progress stall before it ends the scan: longer than a
-# dead worker stalls it (until it is forgotten, and the next look here). A shorter one
-# (10 s) ended such scans first, without the frames queued behind the dead worker.
-STALL_TIMEOUT_S = 2 * REGISTRATION_EXPIRY_S
+# dead worker stalls it (until it is forgotten, the next look here, and its held results
+# given up: 21 s), with room for a busy machine. A shorter one (10 s, then 20 s once
+# results were held) ended such scans first, without the frames queued behind the dead
+# worker.
+STALL_TIMEOUT_S = REGISTRATION_EXPIRY_S + WATCH_INTERVAL_S + RESULT_GRACE_S + 9.0
 _INSTALLED = "_streamtomo_watches_departures"
 _STATE = "_streamtomo_departures"
 _LOCK = "_streamtomo_assignment_lock"

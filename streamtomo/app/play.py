@@ -291,6 +291,17 @@ def stopped_ingesters(pids: dict[str, int]) -> list[str]:
     ]
 
 
+def _reduced(controller: ControllerClient) -> bool:
+    """Whether the reducer has reported every result the workers sent (workers send
+    small results together, up to 0.1 s late: streamtomo.app.reduction_progress). A
+    controller that does not say (not ours) counts as reduced, as before."""
+    try:
+        reduction = controller.reduction(timeout=5.0)
+    except (ControllerError, OSError):
+        return False  # asked again in 50 ms
+    return reduction is None or int(reduction.get("to_reduce", 0)) == 0
+
+
 def _progress(controller: ControllerClient, timeout: float | None = None) -> dict[str, Any]:
     """The controller's progress; a controller that refuses connections (a timeout is
     not that) is :class:`DeploymentGone`."""
@@ -385,7 +396,7 @@ def _wait_finished(
         # A stream cut short whose every sent event is reduced: the rest never comes, so
         # end now. Otherwise only a stall ends it, however slow the pipeline is to take
         # what was sent (a numba compile on a busy machine).
-        cut_short = result.events_sent < n_events and done >= result.events_sent
+        cut_short = result.events_sent < n_events and done >= result.events_sent and _reduced(controller)
         if stopped_at is None and (cut_short or now - last_change > stall_timeout):
             logger.warning(
                 "%s at %d/%d events: ending the scan (partial result kept)",

@@ -23,7 +23,9 @@ from streamtomo.app import (
     departed_workers,
     event_assignments,
     finished_updates,
+    held_result_loop,
     parameter_versions,
+    reduction_progress,
     result_batches,
     result_frames,
     result_receive,
@@ -61,8 +63,9 @@ def install_mends(kind: str) -> None:
     bounded result queues, tasks cancelled until they end, in the controller each
     completed event booked before it checks for the scan's end
     (:mod:`streamtomo.app.completion_order`), a worker gone mid-scan worked around
-    (:mod:`streamtomo.app.departed_workers`) and requests browsers send from other
-    sites refused (:mod:`streamtomo.app.controller_guard`), no skipped ``finished``
+    (:mod:`streamtomo.app.departed_workers`), requests browsers send from other
+    sites refused (:mod:`streamtomo.app.controller_guard`) and the results the reducer
+    still owes shown (:mod:`streamtomo.app.reduction_progress`), no skipped ``finished``
     update and only changed parameters fetched (for the services that follow the
     controller's updates: :mod:`streamtomo.app.parameter_versions`) and, in workers,
     the reducer's malloc settings; results pickled with their large arrays as frames
@@ -71,7 +74,8 @@ def install_mends(kind: str) -> None:
     in batches when they queue (:mod:`streamtomo.app.result_batches`); workers record
     which workers each broadcast event went to, so that only ``reference_senders`` of
     them send the reducer a dark's or flat's rows
-    (:mod:`streamtomo.app.event_assignments`). In every service a blocking Redis read
+    (:mod:`streamtomo.app.event_assignments`), and send small results several together
+    (:mod:`streamtomo.app.held_result_loop`). In every service a blocking Redis read
     that a stopped or starved process did not see answered in time reads as empty
     instead of ending its loop (:mod:`streamtomo.app.blocking_reads`), and an ``XADD``
     whose answer came too late is looked up in the stream instead of taken for lost
@@ -88,6 +92,7 @@ def install_mends(kind: str) -> None:
         completion_order.install()
         departed_workers.install()
         controller_guard.install()
+        reduction_progress.install()
         superseded_parameters.install()
     else:
         finished_updates.install()
@@ -104,6 +109,7 @@ def install_mends(kind: str) -> None:
     if kind == "worker":
         result_frames.install_sender()
         event_assignments.install()
+        held_result_loop.install()
     if kind == "reducer":
         result_receive.install()
         result_frames.install_receiver()

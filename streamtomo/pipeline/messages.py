@@ -204,7 +204,8 @@ class PandaEnded:
 
 @dataclass
 class WorkerResult:
-    """Everything one event produced (dranspose allows one result per event)."""
+    """Everything one event produced (dranspose allows one result per event), and what
+    earlier events of the same worker produced where it held their results back."""
 
     items: list[
         ReferenceRows
@@ -217,6 +218,9 @@ class WorkerResult:
         | StreamStep
         | PandaEnded
     ] = field(default_factory=list)
+    # Other events whose results this one carries (held back by a worker that was
+    # behind: streamtomo.workers.held_results); the reducer reports them reduced too.
+    carried_events: tuple[int, ...] = ()
 
 
 RowsMessage = TypeVar("RowsMessage", bound="ProjectionRows | ReferenceRows")

@@ -4,7 +4,8 @@ Everything numeric lives in :class:`streamtomo.pipeline.streaming.frame_processo
 class only translates dranspose events and parameters. dranspose discards what
 ``finish`` returns, so partial sums leave with ``process_event`` results: every
 ``flush_every`` projections, on ticks once they are old enough, and on the
-detector's series_end.
+detector's series_end. In a worker service, small results (a projection's rows)
+go several together (:mod:`streamtomo.workers.held_results`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from streamtomo.pipeline.messages import (
 from streamtomo.pipeline.scan import ImageKey
 from streamtomo.pipeline.streaming.frame_processor import FrameProcessor
 from streamtomo.workers import broadcast_senders
+from streamtomo.workers.held_results import HeldResults, max_age
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +105,7 @@ class TomoWorker:
         # What the PandA sent in the event under way (None: nothing, or unreadable):
         # beside the detector's message it shows whether the two streams are in step.
         self._event_pcap: PcapMessage | None = None
+        self.held = HeldResults()
 
     @staticmethod
     def describe_parameters() -> list[Any]:
@@ -145,7 +148,8 @@ class TomoWorker:
             flushed = self.processor.flush_if_due()
             if flushed is not None:
                 result.items.append(flushed)
-        return result if result.items else None
+        # Small results go together where the service's loop allows (streamtomo.workers.held_results).
+        return self.held.offer(result if result.items else None, event.event_number, max_age(config.publish_interval))
 
     def _references(self, params: dict[Any, Any], config: PipelineConfig) -> ReferenceSet | None:
         """The shared ``references`` parameter, unless it is another scan's: the controller
@@ -159,6 +163,7 @@ class TomoWorker:
 
     def finish(self, parameters: dict[Any, Any] | None = None) -> None:
         # dranspose drops this return value; the reducer backfills what was unsent.
+        self.held.drop("the scan ended before this worker's next event")
         self.processor.reset()
         self.numbering.reset()
         self.pcap_header = None

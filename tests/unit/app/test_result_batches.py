@@ -10,7 +10,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from streamtomo.app.result_batches import message_bytes, process_all, receive_batch
+from streamtomo.app.result_batches import message_bytes, process_all, receive_batch, reduced_events
 from streamtomo.app.result_frames import ReceivedResult
 
 
@@ -81,3 +81,15 @@ def test_a_failing_result_is_logged_and_the_batch_goes_on(caplog: pytest.LogCapt
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "custom reducer failed: ValueError('result 2 is bad')" in record.getMessage()
     assert "Traceback" in record.getMessage()
+
+
+def test_a_result_that_carries_held_ones_completes_their_events_first() -> None:
+    from dranspose.event import ResultData
+
+    from streamtomo.pipeline.messages import WorkerResult
+
+    carrying = ResultData(
+        event_number=9, worker="w", payload=WorkerResult([], carried_events=(5, 7)), parameters_hash=None
+    )
+    assert reduced_events(carrying) == (5, 7, 9)
+    assert reduced_events(ResultData(event_number=3, worker="w", payload=3, parameters_hash=None)) == (3,)
