@@ -22,7 +22,12 @@ visible in the live domain (``frames_per_angle`` of its slot read through h5pyd)
 That latency includes the reducer's publish interval (``--publish-interval``).
 The scans end without the end-of-scan volume (``bench_scale.py --volume`` times it).
 
-    python benchmarks/bench_pipeline.py [--rows 32 --cols 256 --angles 400]
+With ``--baseline CHECKOUT``, our pipeline from another checkout runs as a third,
+in the same rounds: on a machine whose neighbours' load changes from minute to
+minute, two versions measured in separate runs differ by the runs (the no-op pair's
+own rate changed 2x between two runs here), and in one run by the code.
+
+    python benchmarks/bench_pipeline.py [--rows 32 --cols 256 --angles 400] [--baseline ../old-checkout]
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ NOOP_WORKER = "streamtomo.workers.noop_worker:NoopWorker"
 NOOP_REDUCER = "streamtomo.reducer.noop_reducer:NoopReducer"
 # Our pipeline's names in the benchmarks (bench_scale's "zmq rows": its rows and partial
 # sums through ZeroMQ, not shared memory): scans that end with a final file.
-OURS = ("streamtomo", "zmq rows")
+OURS = ("streamtomo", "zmq rows", "baseline")
 log = logging.getLogger("bench_pipeline")
 
 
@@ -249,6 +254,12 @@ def main() -> None:
     )
     parser.add_argument("--pace", type=float, default=0.5, help="latency run: fraction of the measured 2-worker rate")
     parser.add_argument("--publish-interval", type=float, default=0.25, help="reducer publish interval (s)")
+    parser.add_argument(
+        "--baseline",
+        metavar="CHECKOUT",
+        help="also run our pipeline from another checkout of streamtomo (its services on PYTHONPATH=CHECKOUT), "
+        "interleaved with the two others: an A/B of two versions in the same minutes of a shared machine",
+    )
     parser.add_argument("--run-dir", help="keep the services' logs here (default: a temporary directory)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
@@ -270,7 +281,7 @@ def main() -> None:
     n_refs = sum(1 for e in events if e.key in (ImageKey.DARK, ImageKey.FLAT))
 
     results: list[Throughput] = []
-    paired: dict[int, list[float]] = {}  # workers -> ours / no-op events/s, round by round
+    paired: dict[tuple[str, int], list[float]] = {}  # (pipeline, workers) -> it / no-op events/s, round by round
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp, contextlib.ExitStack() as stack:
         started = time.time()
         run_dir = Path(args.run_dir or tmp)
@@ -284,16 +295,30 @@ def main() -> None:
                 reducer_class=NOOP_REDUCER,
             )
         )
+        pipelines = {"streamtomo": ours, "no-op": noop}
+        if args.baseline:
+            pipelines["baseline"] = stack.enter_context(
+                LocalDeployment(
+                    workers=1,
+                    run_dir=run_dir / "baseline",
+                    dump_prefix="",
+                    env={"PYTHONPATH": str(Path(args.baseline).resolve())},
+                )
+            )
         log.info("deployments up in %.1f s", time.time() - started)
         for workers in (1, 2):
-            ours.scale(workers, TOMO_WORKER, TOMO_REDUCER)
-            noop.scale(workers, NOOP_WORKER, NOOP_REDUCER)
-            rounds = interleaved({"streamtomo": ours, "no-op": noop}, events, warmup, config, warm_config, args.repeats)
+            for name, deployment in pipelines.items():
+                kind = (NOOP_WORKER, NOOP_REDUCER) if name == "no-op" else (TOMO_WORKER, TOMO_REDUCER)
+                deployment.scale(workers, *kind)
+            rounds = interleaved(pipelines, events, warmup, config, warm_config, args.repeats)
             results.extend(max(scans, key=lambda t: t.events_per_s) for scans in rounds.values())
-            paired[workers] = [
-                a.events_per_s / b.events_per_s for a, b in zip(rounds["streamtomo"], rounds["no-op"], strict=True)
-            ]
-        results.sort(key=lambda t: (t.pipeline != "streamtomo", t.workers))
+            for name in pipelines:
+                if name != "no-op":
+                    paired[(name, workers)] = [
+                        a.events_per_s / b.events_per_s for a, b in zip(rounds[name], rounds["no-op"], strict=True)
+                    ]
+        order = ["streamtomo", "baseline", "no-op"]
+        results.sort(key=lambda t: (order.index(t.pipeline), t.workers))
         two = next(r for r in results if r.pipeline == "streamtomo" and r.workers == 2)
         rate = max(two.events_per_s * args.pace, 1.0)
         run_scan(ours, warmup, warm_config)
@@ -311,9 +336,9 @@ def main() -> None:
         print(
             f"{r.pipeline:<12}{r.workers:>8}{r.events_per_s:>11.1f}{r.mb_per_s:>9.2f}{r.events_per_s / base.events_per_s:>10.2f}"
         )
-    for workers, ratios in paired.items():
+    for (name, workers), ratios in sorted(paired.items()):
         print(
-            f"paired rounds, {workers} worker{'s' if workers > 1 else ''}: streamtomo / no-op "
+            f"paired rounds, {workers} worker{'s' if workers > 1 else ''}: {name} / no-op "
             + " ".join(f"{ratio:.2f}" for ratio in ratios)
             + f" (median {statistics.median(ratios):.2f})"
         )
