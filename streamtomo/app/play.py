@@ -293,7 +293,7 @@ def stopped_ingesters(pids: dict[str, int]) -> list[str]:
 
 def _reduced(controller: ControllerClient) -> bool:
     """Whether the reducer has reported every result the workers sent (workers send
-    small results together, up to 0.1 s late: streamtomo.app.reduction_progress). A
+    small results together, up to 0.05 s late: streamtomo.app.reduction_progress). A
     controller that does not say (not ours) counts as reduced, as before."""
     try:
         reduction = controller.reduction(timeout=5.0)

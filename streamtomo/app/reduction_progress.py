@@ -5,7 +5,7 @@ dranspose's ``/api/v1/progress`` counts the events every worker has completed
 keeps the pairs (event, worker) it still waits for in ``to_reduce``, which it does
 not show. ``play`` ends a stream that stopped early through the controller once every
 event sent is complete: a result still on its way to the reducer then came after the
-scan's end, and was not taken. Workers send small results together, up to 0.1 s after
+scan's end, and was not taken. Workers send small results together, up to 0.05 s after
 the event (:mod:`streamtomo.workers.held_results`), which made that the common case:
 in a scan cut short at 60 frames, the 8 held last were lost.
 

@@ -5,9 +5,14 @@ every result costs the same whatever it holds: the worker's header, pickling and
 send, the reducer's receive, unpickling, hand-over to its executor and one ``XADD``
 to the controller, and the controller's booking of that ``XADD``. For small frames
 that is much of the pipeline's CPU: on the 2-core development machine (32x256
-frames, 2 workers, scans interleaved with the no-op pair) a worker that held its
-rows and sent them 16 at a time took the reducer's CPU per event from 0.67-0.84 to
-0.26-0.29 ms.
+frames, 420-frame scans of the code before and after, interleaved with the no-op
+pair's in the same rounds) the reducer's CPU per event went from 1.48 to 0.54 ms
+with 2 workers and 1.45 to 0.42 with 1, the whole pipeline's from 8.06 to 6.98 and
+6.98 to 5.05 ms, and events/s from 0.72 to 0.81 (2 workers) and 0.65 to 0.83 (1) of
+the no-op pair's, paired medians of 10 and 8 rounds. With the age limit at 0.05 s
+(it was 0.1 s in those rounds): 0.67 -> 0.93 with 2 workers (8 rounds), and a row
+visible in the live domain 166 ms after it was sent against 144 (p50; p95 292
+against 262), 120 frames/s, 4 rounds of each.
 
 So a worker holds a result made only of :data:`HOLDABLE` messages (a projection's
 rows, a PandA row, a note that the streams are out of step) and sends it with a
@@ -16,7 +21,7 @@ later event's result. What it holds goes:
 * once it holds :data:`MAX_EVENTS` events or :data:`MAX_BYTES` of rows (frames of
   1024 x 256 float32 rows and more are never held: big results gain little, and
   their rows travel through shared memory, :mod:`streamtomo.app.shared_rows`);
-* once the first is :func:`max_age` old (0.1 s, at most half the publish interval),
+* once the first is :func:`max_age` old (0.05 s, at most half the publish interval),
   with the next event or, when none comes, on its own: the worker service's loop
   waits for the next event only until then (:mod:`streamtomo.app.held_result_loop`);
 * ahead of anything else (references, partial sums, rejections, the streams' ends),
@@ -47,7 +52,7 @@ HOLDABLE = (ProjectionRows, AngleRow, StreamStep)
 MAX_EVENTS = 16
 # Rows of 1 MiB: 256 rows of 1024 float32 columns. A result as large goes at once.
 MAX_BYTES = 1 << 20
-MAX_AGE_S = 0.1  # and at most half the publish interval (max_age)
+MAX_AGE_S = 0.05  # and at most half the publish interval (max_age)
 
 
 def max_age(publish_interval: float) -> float:

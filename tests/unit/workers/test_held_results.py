@@ -164,7 +164,7 @@ def test_what_is_dropped_at_a_stop_is_logged_with_its_count(caplog: pytest.LogCa
 
 
 def test_the_age_limit_is_at_most_half_the_publish_interval() -> None:
-    assert held_results.max_age(0.25) == pytest.approx(0.1)
+    assert held_results.max_age(0.25) == pytest.approx(held_results.MAX_AGE_S)
     assert held_results.max_age(0.05) == pytest.approx(0.025)
 
 
