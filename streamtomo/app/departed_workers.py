@@ -66,11 +66,15 @@ REGISTRATION_EXPIRY_S = 10.0
 # which a dead worker never does.
 RESULT_GRACE_S = 10.0
 # How long ``play`` lets a scan's progress stall before it ends the scan: longer than a
-# dead worker stalls it (until it is forgotten, the next look here, and its held results
-# given up: 21 s), with room for a busy machine. A shorter one (10 s, then 20 s once
-# results were held) ended such scans first, without the frames queued behind the dead
-# worker.
-STALL_TIMEOUT_S = REGISTRATION_EXPIRY_S + WATCH_INTERVAL_S + RESULT_GRACE_S + 9.0
+# dead worker stalls it (until it is forgotten, and the next look here, which books the
+# events it had in hand: progress). A shorter one (10 s) ended such scans first, without
+# the frames queued behind the dead worker. Not longer than the reducer's stream
+# timeout (30 s by default): a recording that ends early without its end message is
+# ended by this stall, as finished with what was reduced, not by the reducer as stopped.
+# A dead worker's held results are given up RESULT_GRACE_S after it is taken out: where
+# it died with no event in hand and nothing else moved meanwhile, this stall comes first
+# and the scan is ended through the controller, its other frames reduced.
+STALL_TIMEOUT_S = 2 * REGISTRATION_EXPIRY_S
 _INSTALLED = "_streamtomo_watches_departures"
 _STATE = "_streamtomo_departures"
 _LOCK = "_streamtomo_assignment_lock"
