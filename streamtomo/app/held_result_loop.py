@@ -34,6 +34,7 @@ import inspect
 import logging
 import time
 import traceback
+from collections.abc import Awaitable
 from typing import Any
 
 from streamtomo.workers.held_results import HeldResults
@@ -97,12 +98,16 @@ async def _send(self: Any, event_number: int, result: Any) -> None:
         self._logger.error("could not send out result %s", e.__repr__())
 
 
-async def sending_held_meanwhile(self: Any, held: HeldResults | None, task: asyncio.Future[Any]) -> Any:
-    """``await task``; meanwhile, what is held goes once it must. The loop waits in two
-    places: for its next event's assignment, and for that event's data, which may
+async def sending_held_meanwhile(self: Any, held: HeldResults | None, waiting: Awaitable[Any]) -> Any:
+    """``await waiting``; meanwhile, what is held goes once it must. The loop waits in
+    two places: for its next event's assignment, and for that event's data, which may
     never come (the controller assigns events before their frames exist: a stream
-    that stopped leaves a worker waiting for a frame with the previous ones held)."""
-    while held is not None and not task.done():
+    that stopped leaves a worker waiting for a frame with the previous ones held).
+    With nothing held it is awaited as it is (no task of its own per event)."""
+    if held is None or held.deadline() is None:
+        return await waiting
+    task = asyncio.ensure_future(waiting)
+    while not task.done():
         deadline = held.deadline()
         if deadline is None:
             break
@@ -159,15 +164,10 @@ async def _work(self: Any) -> None:
         tick_wait_until = time.time() - 1
         while True:
             perf_start = time.perf_counter()
-            self.dequeue_task = None
             self.dequeue_task = asyncio.create_task(self.assignment_queue.get())
             ingesterset = await sending_held_meanwhile(self, held, self.dequeue_task)
             perf_got_assignments = time.perf_counter()
-            polling = self.poll_internals(ingesterset)
-            if held is not None and held.deadline() is not None:
-                done = await sending_held_meanwhile(self, held, asyncio.ensure_future(polling))
-            else:
-                done = await polling
+            done = await sending_held_meanwhile(self, held, self.poll_internals(ingesterset))
             if set(done) != {zmq.POLLIN}:
                 self._logger.warning("not all sockets are pollIN %s", done)
                 continue

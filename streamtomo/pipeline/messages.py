@@ -218,8 +218,8 @@ class WorkerResult:
         | StreamStep
         | PandaEnded
     ] = field(default_factory=list)
-    # Other events whose results this one carries (held back by a worker that was
-    # behind: streamtomo.workers.held_results); the reducer reports them reduced too.
+    # Other events whose results this one carries (held back by its worker to go
+    # together: streamtomo.workers.held_results); the reducer reports them reduced too.
     carried_events: tuple[int, ...] = ()
 
 
