@@ -21,7 +21,8 @@ What dranspose does per result is kept: a failing ``process_result`` is logged
 with its traceback and the others still go, every result's completion is sent
 (``ReducerUpdate``, in order), ``processed_events`` counts them. A result that
 carries other events' results (a worker's small results sent together,
-:mod:`streamtomo.app.held_result_loop`) reports those events reduced too, before its own.
+:mod:`streamtomo.app.held_result_loop`) reports those events reduced too, before its own;
+one made for another scan (a worker that stalled in it and went on late) reports none.
 
 Measured on 2 cores, 32x256 frames, 2 workers, scans of 1620 frames, two rounds
 interleaved with dranspose's loop: 232 and 214 -> 260 and 251 events/s, the reducer's
@@ -118,7 +119,7 @@ def install() -> None:
             completions = [
                 ReducerUpdate(state=DistributedStateEnum.IDLE, completed=event, worker=result.worker)
                 for result in results
-                for event in reduced_events(result)
+                for event in reduced_events(result, str(self.state.mapping_uuid or ""))
             ]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for update in completions:
@@ -131,8 +132,15 @@ def install() -> None:
     _installed = True
 
 
-def reduced_events(result: Any) -> tuple[int, ...]:
-    """The events a received ``ResultData`` completes: those its payload carries, then its own."""
+def reduced_events(result: Any, scan: str = "") -> tuple[int, ...]:
+    """The events a received ``ResultData`` completes in ``scan`` (the reducer's
+    mapping uuid): those its payload carries, then its own. None for a result made for
+    another scan (``WorkerResult.scan``; the reducer does not take it): its event
+    numbers are that scan's, and reported here they completed this scan's events of the
+    same numbers before their own results came."""
+    is_for = getattr(result.payload, "is_for", None)
+    if is_for is not None and not is_for(scan):
+        return ()
     return (*carried_events(result.payload), int(result.event_number))
 
 

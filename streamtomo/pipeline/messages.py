@@ -221,6 +221,15 @@ class WorkerResult:
     # Other events whose results this one carries (held back by its worker to go
     # together: streamtomo.workers.held_results); the reducer reports them reduced too.
     carried_events: tuple[int, ...] = ()
+    # The scan it was made for (the dranspose mapping uuid; "": not known, as in
+    # replay). dranspose's ResultData names no scan: a worker that stalled in one scan
+    # and went on once the next had started sent its old frames to the next scan's
+    # reducer, at their old frame numbers and angles.
+    scan: str = ""
+
+    def is_for(self, scan: str) -> bool:
+        """Whether this result belongs to ``scan`` (either one not known: it does)."""
+        return not self.scan or not scan or self.scan == scan
 
 
 RowsMessage = TypeVar("RowsMessage", bound="ProjectionRows | ReferenceRows")

@@ -66,6 +66,8 @@ PREVIOUS_SCAN_WAIT_S = 120.0
 # control API (10 s), so a change the page reports as not taken was not taken.
 CONTROLLER_POST_TIMEOUT_S = 5.0
 NEXT_SCAN = "the next scan started"  # the reason a scan's end was cut short
+# The notice (in /entry/status/rejected) counting results an earlier scan's worker sent late.
+OTHER_SCAN = "result_of_another_scan"
 # How long a new scan's reducer waits for its HSDS mirror's setup (see _start_hsds).
 HSDS_START_WAIT_S = 2.0
 
@@ -440,6 +442,16 @@ class TomoReducer:
         payload = getattr(result, "payload", result)
         if not isinstance(payload, WorkerResult):
             logger.warning("ignoring a result of type %s", type(payload).__name__)
+            return
+        if not payload.is_for(self.mapping_uuid):
+            # A worker that stalled in an earlier scan and went on in this one: its frames
+            # would land at their old numbers and angles (result_batches reports no completion).
+            with self.lock:
+                self.scan.admission.notice(
+                    OTHER_SCAN,
+                    f"a result of {getattr(result, 'worker', 'a worker')} made for scan {payload.scan} "
+                    f"came in scan {self.mapping_uuid}: not taken",
+                )
             return
         if self._previous is not None:
             # In dranspose's executor thread (one result at a time), not its event loop.

@@ -75,8 +75,9 @@ class HeldResults:
     them apart all the same.
     """
 
-    def __init__(self, max_events: int = MAX_EVENTS, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, max_events: int = MAX_EVENTS, max_bytes: int = MAX_BYTES, scan: str = "") -> None:
         self.max_events, self.max_bytes = max_events, max_bytes
+        self.scan = scan  # what the results it sends say they are for (WorkerResult.scan)
         self.enabled = False
         self._lock = threading.Lock()
         self._items: list[object] = []
@@ -125,7 +126,7 @@ class HeldResults:
                 return result
             if not items and fresh:
                 return None  # nothing of its own: what is held waits on (the loop sends it in time)
-            held = WorkerResult(self._items + items, carried_events=tuple(self._events))  # type: ignore[arg-type]
+            held = WorkerResult(self._items + items, carried_events=tuple(self._events), scan=self.scan)  # type: ignore[arg-type]
             self._reset()
             return held
 
@@ -136,7 +137,7 @@ class HeldResults:
             if not self._events:
                 return None
             carrier = self._events[-1]
-            held = WorkerResult(list(self._items), carried_events=tuple(self._events[:-1]))  # type: ignore[arg-type]
+            held = WorkerResult(list(self._items), carried_events=tuple(self._events[:-1]), scan=self.scan)  # type: ignore[arg-type]
             self._reset()
             return carrier, held
 

@@ -105,7 +105,7 @@ class TomoWorker:
         # What the PandA sent in the event under way (None: nothing, or unreadable):
         # beside the detector's message it shows whether the two streams are in step.
         self._event_pcap: PcapMessage | None = None
-        self.held = HeldResults()
+        self.held = HeldResults(scan=self.mapping or "")
 
     @staticmethod
     def describe_parameters() -> list[Any]:
@@ -118,7 +118,7 @@ class TomoWorker:
     def process_event(
         self, event: Any, parameters: dict[Any, Any] | None = None, tick: bool = False, **kwargs: Any
     ) -> WorkerResult | None:
-        result = WorkerResult()
+        result = WorkerResult(scan=self.mapping or "")  # the reducer refuses another scan's
         params = parameters or {}
         config = self._params.config(params)
         if config != self.processor.config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import threading
 import weakref
@@ -815,3 +816,39 @@ def test_the_set_kept_for_the_next_scan_says_where_it_lies(reducer: Any) -> None
     assert kept.footprint == reducer.scan.reference_footprint() != ""
     shared = ReferenceSet.from_bytes(reducer._parameters[ParameterName("references")].data)
     assert shared.footprint == kept.footprint and shared.version == kept.version
+
+
+def test_a_result_made_for_another_scan_is_counted_and_not_taken(reducer_env: None) -> None:
+    """A worker that stalled in scan one and went on once scan two had started sends
+    scan one's frames to scan two's reducer: at their old numbers they took the places
+    of scan two's own frames (which then came as repeated numbers)."""
+    frames = make_frames()
+    stale_worker = FrameProcessor(config())
+    for frame in frames[:6]:  # its references, then one projection of its own scan
+        list(stale_worker.process(frame.index, frame.key, frame.data, frame.angle_deg))
+    projection = frames[10]
+    stale = WorkerResult(
+        list(stale_worker.process(projection.index, projection.key, projection.data // 2, projection.angle_deg)),
+        scan="one",
+    )
+    assert stale.items
+    reducers = [TomoReducer(parameters=parameters(), context={}, state=mapping(uuid)) for uuid in ("two", "two")]
+    try:
+        workers = [FrameProcessor(r.scan.config) for r in reducers]
+        for i, frame in enumerate(frames):
+            if i == 8:
+                reducers[0].process_result(SimpleNamespace(worker="worker-2", payload=stale))
+            for reducer, worker in zip(reducers, workers, strict=True):
+                items = list(worker.process(frame.index, frame.key, frame.data, frame.angle_deg))
+                reducer.process_result(WorkerResult(items, scan="two"))
+        for reducer in reducers:
+            reducer.timer()
+        with_stale, reference = (r.domain for r in reducers)
+        for path in ("/entry/sinogram/data", "/entry/reconstruction/data"):
+            assert np.array_equal(with_stale.dataset(path).array, reference.dataset(path).array), path
+        rejected = json.loads(_status_text(reducers[0], "rejected"))
+        assert rejected == {"result_of_another_scan": 1}
+        assert int(with_stale.dataset("/entry/status/frames_rejected").array[()]) == 0
+    finally:
+        for reducer in reducers:
+            reducer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,22 @@ def test_a_worker_sends_the_same_messages_in_fewer_results_where_its_loop_allows
     else:
         assert [r is None for r in together] == [r is None for r in alone]
         assert all(r is None or r.carried_events == () for r in together)
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_every_result_names_the_scan_it_was_made_for(enabled: bool) -> None:
+    """Held or not, taken by the loop or sent with an event: the reducer refuses
+    another scan's results by this name (WorkerResult.scan)."""
+    params = parameters(flush_every=1000)
+    worker = TomoWorker(parameters=params, state=SimpleNamespace(name="w", mapping_uuid="scan-7"))
+    if enabled:
+        worker.held.enable()
+    sent = [r for r in run(worker, params) if r is not None]
+    assert sent and {r.scan for r in sent} == {"scan-7"}
+    if enabled:  # what the loop takes when no next event comes
+        assert worker.held.offer(result(rows(1)), 101, age_limit=60) is None
+        taken = worker.held.take()
+        assert taken is not None and taken[1].scan == "scan-7"
 
 
 def enabled(**limits: int) -> HeldResults:
