@@ -162,7 +162,7 @@ def test_all_on_turns_every_option_on(helm: str) -> None:
     assert one(docs, "Deployment", "st-viewer")
     assert len(find(docs, "Ingress")) == 4  # controller, live domain, HSDS, viewer
     assert not find(docs, "Deployment", "st-redis")  # externalRedis instead
-    assert len(find(docs, "PersistentVolumeClaim")) == 2  # HSDS root, recordings
+    assert len(find(docs, "PersistentVolumeClaim")) == 3  # HSDS root, recordings, results
     # the disabled ingester entry renders nothing
     assert not find(docs, "Deployment", "st-ingester-spare")
 
@@ -631,6 +631,10 @@ def test_existing_secret_and_claims(helm: str) -> None:
         "--set",
         "recordings.existingClaim=site-recordings",
         "--set",
+        "results.enabled=true",
+        "--set",
+        "results.existingClaim=site-results",
+        "--set",
         "redis.auth.existingSecret=site-redis",
         "--set",
         "control.existingSecret=site-control",
@@ -649,6 +653,42 @@ def test_existing_secret_and_claims(helm: str) -> None:
     } in control
     ing = one(docs, "Deployment", "t-streamtomo-ingester-detector")["spec"]["template"]["spec"]
     assert {"name": "recordings", "persistentVolumeClaim": {"claimName": "site-recordings"}} in ing["volumes"]
+    assert {"name": "results", "persistentVolumeClaim": {"claimName": "site-results"}} in control
+
+
+def test_final_files_go_to_the_results_volume_only_when_asked(helm: str) -> None:
+    """The reducer writes each scan's final file where STREAMTOMO_FINAL_DIR says
+    (read by the reducer's own settings here): off by default, and then no volume,
+    no claim and no final file (a file in the pod's /tmp would die with the pod)."""
+    from streamtomo.reducer.tomo_reducer import ReducerSettings
+
+    def reducer(docs: list[dict]) -> tuple[dict[str, Any], dict[str, Any]]:
+        spec = one(docs, "Deployment", "t-streamtomo-reducer")["spec"]["template"]["spec"]
+        [container] = spec["containers"]
+        return spec, container
+
+    spec, container = reducer(render(helm))
+    assert "STREAMTOMO_FINAL_DIR" not in env_of(container)
+    assert ReducerSettings.from_env({}).final_dir == ""
+    assert not find(render(helm), "PersistentVolumeClaim", "t-streamtomo-results")
+
+    docs = render(helm, "--set", "results.enabled=true", "--set", "results.size=5Ti")
+    spec, container = reducer(docs)
+    final_dir = ReducerSettings.from_env({k: str(v) for k, v in env_of(container).items()}).final_dir
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == "results"]
+    assert final_dir == mount["mountPath"] == "/results" and not mount.get("readOnly")
+    assert {"name": "results", "persistentVolumeClaim": {"claimName": "t-streamtomo-results"}} in spec["volumes"]
+    claim = one(docs, "PersistentVolumeClaim", "t-streamtomo-results")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Ti"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # only the reducer mounts it
+    mounted = [
+        d["metadata"]["name"]
+        for d in find(docs, "Deployment")
+        if any(v.get("name") == "results" for v in d["spec"]["template"]["spec"].get("volumes", []))
+    ]
+    assert mounted == ["t-streamtomo-reducer"]
 
 
 def test_hsds_disabled(helm: str) -> None:
@@ -713,6 +753,7 @@ def test_notes_render(helm: str, tmp_path: Path) -> None:
                 "streamtomo view --endpoint",
                 "helm test t",
                 "svc/t-streamtomo-hsds",
+                "No final files are written (results.enabled=false)",
             ],
         ),
         (
@@ -721,6 +762,8 @@ def test_notes_render(helm: str, tmp_path: Path) -> None:
                 "https://live.danmax.example.org",
                 "https://viewer.danmax.example.org",
                 "HS_ENDPOINT=https://hsds.danmax.example.org",
+                "in /results of the\nreducer (claim st-results)",
+                "kubectl -n beamline exec deploy/st-reducer -- ls -l /results",
             ],
         ),
     ):

@@ -548,3 +548,10 @@ checksum/redis-secret: {{ printf "%s:%s" (index $g "checksum-salt") (index $g "r
 {{ .name }}: {{ printf "%s:%s:%s" (index $g "checksum-salt") .key $data | sha256sum }}
 {{- end -}}
 {{- end -}}
+
+{{- /* A kept volume's claim (recordings, results): the existing claim named, or the chart's. */}}
+{{- define "streamtomo.claimVolume" -}}
+- name: {{ .name }}
+  persistentVolumeClaim:
+    claimName: {{ default (printf "%s-%s" (include "streamtomo.fullname" .ctx) .name) (index .ctx.Values .name).existingClaim | quote }}
+{{- end }}
