@@ -210,8 +210,9 @@ def cmd_play(args: argparse.Namespace) -> int:
     from streamtomo.app.parameter_files import load_config, read_config_values, write_parameter_file
     from streamtomo.app.play import PlayError, PlayRefused, play
     from streamtomo.app.recording_checks import RecordingError, check_recordings, cuts
-    from streamtomo.app.scan_outcome import FINAL_FILE_WAIT_S, describe_lost, final_file_outcome, scan_outcome
+    from streamtomo.app.scan_outcome import FINAL_FILE_WAIT_S, final_file_outcome, scan_outcome
     from streamtomo.controller_client import ControllerError
+    from streamtomo.pipeline.streaming.admission import describe_lost
 
     state_path = Path(args.state) if args.state else default_state_path()
     try:
@@ -298,7 +299,7 @@ def cmd_play(args: argparse.Namespace) -> int:
         return 0
     print(f"state: {outcome.state}" + (f" ({outcome.reason})" if outcome.reason else ""), flush=True)
     lost = describe_lost(list(outcome.lost_frames), outcome.base_doubted)
-    if lost:
+    if lost and lost not in outcome.reason:  # the reducer's reason says it in the same words
         print(lost, flush=True)
     if outcome.mirror_dropped:
         # An HSDS mirror that failed after the start: said only in the reducer's log.

@@ -21,9 +21,10 @@ from typing import Any
 from streamtomo.app.adapters import TOMO_REDUCER, TOMO_WORKER
 from streamtomo.app.parameter_files import write_parameter_file
 from streamtomo.app.reducer_environment import ReducerEnvironment
-from streamtomo.app.scan_outcome import BASE_DOUBTED, describe_lost
+from streamtomo.app.scan_outcome import BASE_DOUBTED
 from streamtomo.hsds_bridge.http_thread import EnvironmentSettingError
 from streamtomo.pipeline.config import PipelineConfig
+from streamtomo.pipeline.streaming.admission import describe_lost
 
 logger = logging.getLogger(__name__)
 

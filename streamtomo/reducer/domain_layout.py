@@ -21,7 +21,7 @@
         volume          float32 (rows, y, x), end of scan, filled slice by slice
     /entry/status                  NXcollection
         state (waiting, running, reconstructing, finished, stopped, failed), reason
-        (why it stopped or failed), frames_received, frames_rejected, darks, flats, projections,
+        (why it stopped or failed, and the frames that never came), frames_received, frames_rejected, darks, flats, projections,
         missing_angles, pending_projections, frames_lost, volume_slices_done,
         settings_pending (1 from a live change's 202 until the slices are rebuilt),
         rejected (JSON counts per reason), lost_frames (JSON [first, last] ranges of

@@ -969,7 +969,7 @@ def test_the_scan_outcome_play_prints_names_what_the_hsds_mirror_dropped() -> No
 def test_the_scan_outcome_play_prints_doubts_the_lost_positions_of_a_doubted_frame_base() -> None:
     """frame_base 0 for a detector that counts from 1 left position 0 empty with every
     frame sent: play said "1 frame lost (never reached the reducer: 0)"."""
-    from streamtomo.app.scan_outcome import describe_lost
+    from streamtomo.pipeline.streaming.admission import describe_lost
 
     rejected = json.dumps({"past_layout": 1, "frame_base_suspect": 1})
     outcome = _outcome_of(

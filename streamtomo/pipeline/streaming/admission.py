@@ -163,3 +163,33 @@ def ranges_text(ranges: list[tuple[int, int]], shown: int = 4) -> str:
     text = ", ".join(f"{first}-{last}" if last > first else str(first) for first, last in ranges[:shown])
     more = len(ranges) - shown
     return f"{text} and {more} ranges more" if more > 0 else text
+
+
+LOST_RANGES_SHOWN = 4  # ranges of lost frames a line names; the rest are counted
+
+
+def describe_lost(ranges: list[tuple[int, int]], base_doubted: bool = False) -> str:
+    """'N frames lost (never reached the reducer: 10-19, 30)', '' when none: a scan that finished
+    without a third of its frames read like a whole one where only the count said so.
+
+    ``base_doubted``: the scan noticed ``frame_base_suspect``. Its leading empty
+    positions (from 0) may be no loss but the numbering's offset (frame_base 0 for a
+    detector that counts from 1 leaves position 0 empty, every frame sent), and "never
+    reached the reducer" blamed the network or a worker for frames that were all there.
+    A gap after the first frame is no offset's: it is said as lost."""
+    doubtful = ranges[:1] if base_doubted and ranges and ranges[0][0] == 0 else []
+    lost_ranges = ranges[len(doubtful) :]
+    said = []
+    if doubtful:
+        n = sum(last - first + 1 for first, last in doubtful)
+        said.append(
+            f"{n} frame position{'s' if n != 1 else ''} never filled ({ranges_text(doubtful, LOST_RANGES_SHOWN)}): "
+            "lost, or the frames are numbered from another frame_base (see frame_base_suspect)"
+        )
+    lost = sum(last - first + 1 for first, last in lost_ranges)
+    if lost:
+        said.append(
+            f"{lost} frame{'s' if lost != 1 else ''} lost (never reached the reducer: "
+            f"{ranges_text(lost_ranges, LOST_RANGES_SHOWN)})"
+        )
+    return "; ".join(said)

@@ -30,6 +30,7 @@ from streamtomo.pipeline.reconstruction.backends.common import (
 from streamtomo.pipeline.reconstruction.cor import auto_center
 from streamtomo.pipeline.reconstruction.fbp import angular_weights
 from streamtomo.pipeline.scan import ImageKey
+from streamtomo.pipeline.streaming.admission import describe_lost
 from streamtomo.pipeline.streaming.contributions import FrameKey
 
 if TYPE_CHECKING:
@@ -127,7 +128,17 @@ def finish(scan: LiveScan, volume_follows: bool) -> None:
     note_angular_coverage(scan)
     if scan.config.center.strip() == "auto":
         resolve_auto_center(scan)
+    say_lost_frames(scan)
     scan.state = "reconstructing" if volume_follows else "finished"
+
+
+def say_lost_frames(scan: LiveScan) -> None:
+    """Say in the reason how many frames never came: a scan ended by its sender's stop
+    (``play`` after a stall, Ctrl-C) or by the controller once a dead worker was taken
+    out finished with an empty reason, and only ``frames_lost`` told it from a whole one."""
+    said = describe_lost(scan.lost_frames(), base_doubted="frame_base_suspect" in scan.admission.rejected)
+    if said:
+        scan.add_reason(said)
 
 
 def warn_if_base_looks_off(scan: LiveScan) -> None:

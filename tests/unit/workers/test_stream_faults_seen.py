@@ -18,6 +18,7 @@ import pytest
 from streamtomo.pipeline.config import PipelineConfig
 from streamtomo.pipeline.formats import pcap
 from streamtomo.pipeline.scan import Frame
+from streamtomo.pipeline.streaming.admission import describe_lost
 from streamtomo.pipeline.streaming.live_scan import LiveScan
 from streamtomo.workers.tomo_worker import TomoWorker
 from tests.support.stream_events import events_by_stream
@@ -170,7 +171,8 @@ def test_a_corrupt_frame_number_far_past_the_layout_is_no_pandas_shift() -> None
     head["frame"] += 1 << 20
     detector[FIRST + 10] = [json.dumps(head).encode(), *detector[FIRST + 10][1:]]
     scan = run_scan(events_by_stream(detector, angle), config(), 2)
-    assert scan.rejected == {"past_layout": 1} and scan.reason == ""
+    # the reason says only that its position stayed empty (no PandA shift)
+    assert scan.rejected == {"past_layout": 1} and scan.reason == "1 frame lost (never reached the reducer: 14)"
 
 
 @pytest.mark.parametrize("change", [{"shape": [8, 32]}, {"type": "complex64"}], ids=["shape", "dtype"])
@@ -431,8 +433,10 @@ def test_a_scan_stopped_early_with_both_streams_is_in_step(workers: int) -> None
     """40 of the layout's 45 projections, both streams ended together: the PandA's count
     against the layout called it out of step."""
     scan = run_scan(danmax_scan(ANGLES[:40]), config(), workers)
-    # The last 20 degrees were never measured, which the scan says (a notice); nothing more.
-    assert scan.rejected == {"limited_angle_coverage": 1} and scan.reason == ""
+    # The last 20 degrees were never measured, which the scan says (a notice), and the
+    # reason names the frames that never came; nothing more.
+    assert scan.rejected == {"limited_angle_coverage": 1}
+    assert scan.reason == describe_lost(scan.lost_frames()) and sum(b - a + 1 for a, b in scan.lost_frames()) == 5
     assert scan.sinogram is not None and list(scan.sinogram.missing_slots()) == list(range(40, 45))
 
 
@@ -491,7 +495,8 @@ def test_a_scan_stopped_one_frame_short_names_both_causes(checked: bool, caplog:
     values = {**config(), "check_nominal_angles": checked}
     scan = run_scan(danmax_scan(ANGLES[:-1]), values, 2)
     if checked:
-        assert scan.rejected == {} and scan.reason == ""
+        assert scan.rejected == {} and scan.reason == describe_lost(scan.lost_frames())
+        assert len(scan.lost_frames()) == 1
     else:
         said = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("angle_stream_out_of_step"))
         assert "either both streams stopped 1 frame(s) short of the layout" in said
