@@ -471,6 +471,70 @@ def test_page_follows_a_live_scan_and_sets_the_centre(built_page: Path, tmp_path
     )
 
 
+@pytest.mark.slow
+def test_page_sets_the_slice_rows_and_the_slices_are_those_rows(built_page: Path, tmp_path: Path) -> None:
+    """Which detector rows are reconstructed, chosen in the page (the control API took
+    them, the page had no box for them): the slices become those of a run with those
+    rows, and the page lists and shows them."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    spec = SimulationSpec(rows=6, cols=64, angles=60, seed=4)
+    config = spec.config(volume=False)
+    recordings = record(ScanSimulator(spec).frames(), tmp_path / "scan", config)
+    target = run_to_end(recordings, spec.config(volume=False, slice_rows="1,4"), workers=1)
+    for run in replay(recordings, config, workers=2):
+        run.go()
+        run.wait(timeout=120)
+        control = run.reducer.control
+        before = domain_arrays(run.reducer)
+        assert list(before["/entry/reconstruction/slice_rows"]) != [1, 4]  # the default rows first
+        with (
+            start_viewer(
+                run.reducer.endpoint, run.reducer.domain.name, control=control.url, control_token=control.token
+            ) as viewer,
+            browser.chromium(tmp_path / "profile") as driver,
+        ):
+            driver.get(viewer.url)
+            browser.wait_until(
+                lambda shown=before[RECON][0]: np.array_equal(_page_slice(driver), shown.ravel()),
+                20,
+                "the finished scan's slice",
+            )
+            box = driver.find_element(By.ID, "slice-rows-input")
+            apply = driver.find_element(By.ID, "slice-rows-apply")
+            assert not apply.is_enabled()  # nothing typed: nothing to apply
+            box.send_keys("1,4")
+            browser.wait_until(apply.is_enabled, 10, "the apply button")
+            apply.click()
+            browser.wait_until(
+                lambda: "slice_rows set to 1,4: the live slices use it" in _control_message(driver),
+                30,
+                "the page to see the rows applied",
+            )
+            final = domain_arrays(run.reducer)
+            assert list(final["/entry/reconstruction/slice_rows"]) == [1, 4]
+            scale = float(np.abs(target[RECON]).max())
+            np.testing.assert_allclose(final[RECON], target[RECON], rtol=1e-5, atol=1e-5 * scale)
+            # the page shows them: the first slice, then the second picked in its list
+            browser.wait_until(lambda a=final[RECON][0]: np.array_equal(_page_slice(driver), a.ravel()), 20, "row 1")
+            driver.find_element(By.CSS_SELECTOR, "#slice-select option[value='1']").click()
+            browser.wait_until(lambda a=final[RECON][1]: np.array_equal(_page_slice(driver), a.ravel()), 20, "row 4")
+            assert "rows 1,4" in driver.find_element(By.ID, "effective-parameters").text
+            # rows the sinogram does not hold: the pipeline's reason, and nothing changes
+            box.send_keys(Keys.CONTROL, "a")
+            box.send_keys(Keys.BACKSPACE)
+            box.send_keys("99")
+            apply.click()
+            browser.wait_until(
+                lambda: _control_message(driver).startswith("slice_rows not changed:"), 20, "the refusal"
+            )
+            assert "outside 0..5" in _control_message(driver)
+            assert list(domain_arrays(run.reducer)["/entry/reconstruction/slice_rows"]) == [1, 4]
+            expected = browser.severe(browser.console_entries(driver))  # Chromium logs the 400 it was asked for
+            assert all("control/parameters/slice_rows" in e and "400" in e for e in expected), expected
+
+
 def _banner(driver: Any) -> str:
     return str(driver.execute_script("const b = document.getElementById('banner'); return b ? b.textContent : '';"))
 

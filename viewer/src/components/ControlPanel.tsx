@@ -1,5 +1,6 @@
-// Live reconstruction parameters: centre of rotation and filter, through the viewer
-// server's proxy to the pipeline's control API. The slices follow at the next publish.
+// Live reconstruction parameters: centre of rotation, filter and the detector rows
+// reconstructed, through the viewer server's proxy to the pipeline's control API. The
+// slices follow at the next publish.
 
 import { useCallback, useEffect, useRef, useState } from 'react';
 
@@ -32,6 +33,7 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
   const [current, setCurrent] = useState<ParametersBody | null>(null);
   const [unavailable, setUnavailable] = useState<string | null>(available ? null : 'no pipeline control for this endpoint');
   const [centre, setCentre] = useState('');
+  const [rows, setRows] = useState(''); // slice_rows: '' in the box is "not typed", not the default
   const [message, setMessage] = useState<{ ok: boolean; text: string } | null>(null);
   const [busy, setBusy] = useState(false);
   // A change the control API took, until the domain's parameters show the slices use it.
@@ -43,6 +45,7 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
   // in the box, said to be in use, one click from being applied to the new scan.
   useEffect(() => {
     setCentre('');
+    setRows('');
     setMessage(null);
     setAwaiting(null);
   }, [scanEpoch]);
@@ -159,6 +162,28 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
           apply
         </button>
       </form>
+      <form
+        onSubmit={(e) => {
+          e.preventDefault();
+          void post('slice_rows', rows.trim() === 'default' ? '' : rows.trim());
+        }}
+      >
+        <label>
+          slices at detector rows{' '}
+          <input
+            id="slice-rows-input"
+            type="text"
+            value={rows}
+            placeholder={params.slice_rows || '5 spread over the rows (default)'}
+            title="comma-separated rows (512,1024), a range a:b:step, or 'default'; the slices are rebuilt from the sinogram"
+            disabled={unavailable !== null || failed}
+            onChange={(e) => setRows(e.target.value)}
+          />
+        </label>
+        <button id="slice-rows-apply" type="submit" disabled={disabled || rows.trim() === ''}>
+          apply
+        </button>
+      </form>
       <label>
         filter{' '}
         <select id="filter-select" value={params.filter ?? 'ramp'} disabled={disabled} onChange={(e) => void post('filter', e.target.value)}>
@@ -170,7 +195,8 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
         </select>
       </label>
       <p className="hint" id="effective-parameters">
-        in the slices: centre {String(effective?.center || 'middle')}, filter {String(effective?.filter ?? '?')}
+        in the slices: centre {String(effective?.center || 'middle')}, filter {String(effective?.filter ?? '?')}, rows{' '}
+        {String(effective?.slice_rows || 'default')}
       </p>
       {message && (
         <p id="control-message" className={message.ok ? 'ok' : 'error'}>
