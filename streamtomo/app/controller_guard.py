@@ -34,7 +34,6 @@ browser sends a rebound page's same-origin reads with no Origin and, over http, 
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -43,14 +42,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from streamtomo.app.controller_page import PAGE, POLICY
-from streamtomo.hsds_bridge.host_names import known_host, names_from_env, served_names
+from streamtomo.hsds_bridge.host_names import known_host, local_or_address, names_from_env, served_names
 
 log = logging.getLogger(__name__)
 
 ENV_ORIGINS = "STREAMTOMO_CONTROLLER_ORIGINS"
 ENV_NAMES = "STREAMTOMO_CONTROLLER_NAMES"
 CROSS_SITE = frozenset({"cross-site", "same-site"})
-LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Scope = MutableMapping[str, Any]
@@ -62,18 +60,6 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-
-
-def _own_name(host: str) -> bool:
-    """A Host name only this machine answers to: loopback names and IP addresses (a
-    browser sends an address as Host only to that address)."""
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 def refusal(scope: Scope, allowed_origins: Iterable[str] = (), names: frozenset[str] | None = None) -> str:
@@ -109,7 +95,7 @@ def refusal(scope: Scope, allowed_origins: Iterable[str] = (), names: frozenset[
         return ""
     parts = urlsplit(origin)
     own = f"{scope.get('scheme', 'http')}://{host}"
-    if origin.lower() != own.lower() or parts.hostname is None or not _own_name(parts.hostname):
+    if origin.lower() != own.lower() or parts.hostname is None or not local_or_address(parts.hostname):
         return f"a browser sent this request from the page of {origin!r}, not this controller's own"
     return ""
 

@@ -51,13 +51,23 @@ def known_host(host: str, names: frozenset[str]) -> bool:
     name = host_name(host)
     if name is None:
         return False
-    if name == "localhost" or name in names:
+    return name in names or local_or_address(name)
+
+
+def local_or_address(name: str) -> bool:
+    """Whether ``name`` (a host name, no port; an IPv6 address with or without its
+    brackets) is one no other site can be: localhost or an IP address. An address with
+    a zone ("::1%25evil.example") is no address of ours. The Host check above and the
+    controller's check of a page's origin share it (they were two copies, and the
+    origin's took zoned addresses)."""
+    name = name.lower().removesuffix(".")
+    if name == "localhost":
         return True
     try:
-        address = ipaddress.ip_address(name)
+        address = ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
     except ValueError:
         return False
-    return getattr(address, "scope_id", None) is None  # "[::1%25evil.example]": no address of ours
+    return getattr(address, "scope_id", None) is None
 
 
 def names_from_env(text: str) -> tuple[str, ...]:
