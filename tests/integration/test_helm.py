@@ -119,6 +119,59 @@ def test_fetch_script_is_idempotent(helm: str) -> None:
     assert run_helm(helm, "version", "--short").stdout.startswith("v3.")
 
 
+def _cidr_corpus(count: int) -> list[str]:
+    """CIDRs in every textual form an address takes (compressed, exploded, with an IPv4
+    tail), and the same texts broken the ways a hand-typed one is."""
+    import ipaddress
+    import random
+
+    rng = random.Random(7)
+    texts = ["::/0", "::1/128", "1:2:3:4:5:6:7::/64", "::2:3:4:5:6:7:8/64", "64:ff9b::10.0.0.1/96"]
+    for _ in range(count):
+        zeros = rng.sample(range(8), rng.randrange(0, 8))  # zero groups make "::" forms
+        groups = [0 if i in zeros else rng.randrange(1, 1 << rng.choice((4, 8, 16))) for i in range(8)]
+        address = ipaddress.IPv6Address(b"".join(g.to_bytes(2, "big") for g in groups))
+        prefix = rng.randrange(0, 129)
+        text = rng.choice([address.compressed, address.exploded])
+        if rng.random() < 0.3:  # the last 32 bits as an IPv4 address
+            v4 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+            head = text.rsplit(":", 2)[0] if not text.endswith("::") else text.rstrip(":")
+            text = f"{head}:{v4}" if head else f"::{v4}"
+        texts.append(f"{text}/{prefix}")
+        broken = rng.choice(
+            [
+                text.replace(":", "::", 1) + "::",
+                text + ":1",
+                "1" + text,
+                text.replace(":", ":12345:", 1),
+                text.replace(":", ":g:", 1),
+            ]
+        )
+        texts.append(f"{broken}/{prefix}")
+        texts.append(f"{text}/{prefix + 129}")
+    return texts
+
+
+def test_the_cidr_pattern_takes_exactly_the_addresses_python_takes() -> None:
+    """The schema's CIDR pattern (helm/generate_schema.py cidr_pattern) against Python's
+    own parser, on IPv4 and on IPv6 in every form; Kubernetes refuses what it does not parse."""
+    import ipaddress
+
+    pattern = re.compile(json.loads((CHART / "values.schema.json").read_text())["definitions"]["cidr"]["pattern"])
+
+    def parses(text: str) -> bool:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return False
+        return True
+
+    texts = [*_cidr_corpus(3000), "10.0.0.0/8", "0.0.0.0/0", "255.255.255.255/32", "1.2.3.4/33", "01.2.3.4/8"]
+    wrong = [t for t in texts if bool(pattern.match(t)) != parses(t)]
+    assert not wrong, wrong[:10]
+    assert 0.3 < sum(map(parses, texts)) / len(texts) < 0.7  # both sides well represented
+
+
 def test_schema_json_is_generated_from_yaml_source() -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "helm" / "generate_schema.py"), "--check"],
@@ -262,6 +315,9 @@ def test_schema_rejects_bad_worker_count(helm: str, count: str) -> None:
         (["--set-json", 'networkPolicy.egress.sourcesTo=[{"ipBlock":{"cidr":"not-a-cidr"}}]'], "cidr"),
         (["--set-json", 'networkPolicy.allowFrom=[{"ipBlock":{"cidr":"999.1.1.1/8"}}]'], "cidr"),
         (["--set-json", 'networkPolicy.allowFrom=[{"ipBlock":{"cidr":"10.0.0.0/33"}}]'], "cidr"),
+        (["--set-json", 'networkPolicy.allowFrom=[{"ipBlock":{"cidr":"fd00::1::/64"}}]'], "cidr"),
+        (["--set-json", 'networkPolicy.allowFrom=[{"ipBlock":{"cidr":"12345::/16"}}]'], "cidr"),
+        (["--set-json", 'networkPolicy.allowFrom=[{"ipBlock":{"cidr":":/8"}}]'], "cidr"),
     ],
 )
 def test_schema_rejects_wrong_types_and_values(helm: str, args: list[str], key: str) -> None:
@@ -269,7 +325,9 @@ def test_schema_rejects_wrong_types_and_values(helm: str, args: list[str], key: 
     assert key in err, err
 
 
-@pytest.mark.parametrize("cidr", ["10.0.0.0/8", "0.0.0.0/0", "fd00::/8", "::/0", "::ffff:10.0.0.0/104"])
+@pytest.mark.parametrize(
+    "cidr", ["10.0.0.0/8", "0.0.0.0/0", "fd00::/8", "::/0", "::ffff:10.0.0.0/104", "2001:db8:0:0:0:0:0:0/32"]
+)
 def test_schema_takes_the_cidrs_kubernetes_takes(helm: str, cidr: str) -> None:
     render(helm, "--set-json", f'networkPolicy.allowFrom=[{{"ipBlock":{{"cidr":"{cidr}"}}}}]')
 
