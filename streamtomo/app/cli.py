@@ -305,7 +305,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from streamtomo.app.recording_checks import RecordingError, check_recordings
 
-    _refuse_nexus_paths_without_nexus(args)
+    refuse_nexus_paths_without_nexus(args)
     if args.nexus:
         return _replay_nexus(args)
     config = _load_config(args.parameters, {"domain": args.domain})
@@ -323,7 +323,7 @@ def _replay_nexus(args: argparse.Namespace) -> int:
     from streamtomo.app.recordings import write_recordings
 
     with (
-        _nexus_scan(args, {"domain": args.domain}) as (config, scan),
+        nexus_scan(args, {"domain": args.domain}) as (config, scan),
         tempfile.TemporaryDirectory(prefix="streamtomo-nexus-") as tmp,
     ):
         recordings = write_recordings(scan.frames(), Path(tmp), **_nexus_stream_options(config, scan))
@@ -331,7 +331,7 @@ def _replay_nexus(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _nexus_scan(
+def nexus_scan(
     args: argparse.Namespace, overrides: dict[str, Any], announce: TextIO | None = None
 ) -> Iterator[tuple[PipelineConfig, NexusScan]]:
     """``args.nexus`` open, with the scan's configuration: the parameter file's values,
@@ -500,7 +500,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     from streamtomo.app.parameter_files import parameter_list
 
-    _refuse_nexus_paths_without_nexus(args)
+    refuse_nexus_paths_without_nexus(args)
     if args.explain:
         for f in fields(PipelineConfig):
             print(f"{f.name:20} {f.default!s:22} {f.metadata.get('help', '')}")
@@ -510,7 +510,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         # of its projections): the defaults' kind_rule and grid made replay --nexus refuse
         # the file, or take 180 slots where it has 1800 projections.
         args.parameters = None
-        with _nexus_scan(args, {}, announce=sys.stderr) as (config, _scan):
+        with nexus_scan(args, {}, announce=sys.stderr) as (config, _scan):
             print(json.dumps(parameter_list(config), indent=1))
         return 0
     print(json.dumps(parameter_list(PipelineConfig()), indent=1))
@@ -534,7 +534,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         size_text,
     )
 
-    _refuse_nexus_paths_without_nexus(args)
+    refuse_nexus_paths_without_nexus(args)
     if args.nexus:
         from streamtomo.app.data_check import survey_events
         from streamtomo.app.recordings import internal_events
@@ -542,7 +542,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         # The file's own angle grid, unless the parameter file sets one: as replay --nexus
         # runs it. Its frames go to the survey as the streams replay would record, in
         # memory: no copy of a file of gigabytes on disk first.
-        with _nexus_scan(args, {}) as (config, scan):
+        with nexus_scan(args, {}) as (config, scan):
             _check_volume_backend(args, config)
             events = internal_events(scan.frames(), **_nexus_stream_options(config, scan))
             args.rows, args.cols = _report_survey(args, config, survey_events(events, config), "--nexus")
@@ -652,13 +652,13 @@ def _report_survey(
     return shape
 
 
-def _refuse_nexus_paths_without_nexus(args: argparse.Namespace) -> None:
+def refuse_nexus_paths_without_nexus(args: argparse.Namespace) -> None:
     given = [f"--nexus-{name}" for name in ("data", "keys", "angles") if getattr(args, f"nexus_{name}")]
     if given and not args.nexus:
         raise CliError(f"{', '.join(given)} name datasets of the file given with --nexus, and there is none")
 
 
-def _add_nexus_path_options(p: argparse.ArgumentParser) -> None:
+def add_nexus_path_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nexus-data", metavar="PATH", help="--nexus: dataset of the frames (default: looked up)")
     p.add_argument("--nexus-keys", metavar="PATH", help="--nexus: dataset of the image_key per frame")
     p.add_argument("--nexus-angles", metavar="PATH", help="--nexus: dataset of the rotation angle per frame, degrees")
@@ -730,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="an NXtomo file (image_key, rotation angles, frames; external links followed); "
         "angle_start, angle_range and n_projections come from its angles unless the parameter file sets them",
     )
-    _add_nexus_path_options(replay)
+    add_nexus_path_options(replay)
     replay.add_argument("-p", "--parameters", help="parameter file (JSON)")
     _add_run_options(replay)
     replay.set_defaults(func=cmd_replay)
@@ -761,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.nxs",
         help="the parameters for this NXtomo file: kinds from its image_key, the angle grid from its angles",
     )
-    _add_nexus_path_options(config)
+    add_nexus_path_options(config)
     config.set_defaults(func=cmd_config)
 
     check = sub.add_parser("check", help="validate a parameter file")
@@ -782,7 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="an NXtomo file, checked as replay --nexus would stream it (its own angle grid unless the parameter "
         "file sets one)",
     )
-    _add_nexus_path_options(check)
+    add_nexus_path_options(check)
     check.set_defaults(func=cmd_check)
 
     from streamtomo.app.cli_distributed import register as register_distributed

@@ -200,7 +200,12 @@ def _tend(deployment: LocalDeployment) -> str | None:
 
 def cmd_play(args: argparse.Namespace) -> int:
     from streamtomo.app.beamline_events import frame_events, recorded_events
-    from streamtomo.app.cli import SCAN_FAILED  # as demo and replay: the scan ran and failed
+    from streamtomo.app.cli import (  # as demo and replay: the scan ran and failed; --nexus as replay reads it
+        SCAN_FAILED,
+        CliError,
+        nexus_scan,
+        refuse_nexus_paths_without_nexus,
+    )
     from streamtomo.app.deployment_state import (
         DeploymentError,
         DeploymentState,
@@ -237,7 +242,13 @@ def cmd_play(args: argparse.Namespace) -> int:
     state.detector_upstream = args.detector or state.detector_upstream
     state.angle_upstream = args.panda or state.angle_upstream
     try:
-        if args.files:
+        refuse_nexus_paths_without_nexus(args)
+        if args.nexus:
+            # The file's frames and angles, with the configuration replay --nexus gives
+            # them (kinds from image_key, the angle grid from the file unless -p sets it).
+            with nexus_scan(args, {}) as (config, scan):
+                events = frame_events(scan.frames(), config, state.detector_format, args.compression)
+        elif args.files:
             config = load_config(args.parameters)
             # As replay checks them: a file that is no recording, lacks the detector's
             # stream, or is cut or corrupt inside was a traceback, a 30 s wait for an
@@ -254,7 +265,7 @@ def cmd_play(args: argparse.Namespace) -> int:
             spec = SimulationSpec(rows=args.rows, cols=args.cols, angles=args.angles, seed=args.seed)
             config = spec.config(**(read_config_values(args.parameters) if args.parameters else {}))
             events = frame_events(ScanSimulator(spec).frames(), config, state.detector_format, args.compression)
-    except (OSError, ValueError, ConfigError, RecordingError) as error:
+    except (OSError, ValueError, ConfigError, RecordingError, CliError) as error:
         print(f"streamtomo: error: {error}", file=sys.stderr)
         return 2
     prefix = "" if args.no_record else args.record_prefix
@@ -383,7 +394,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source = play.add_mutually_exclusive_group()
     source.add_argument("--simulate", action="store_true", help="a simulated Shepp-Logan scan (the default)")
     source.add_argument("-f", "--files", nargs="+", help="dranspose recordings (.cbors) to re-send")
+    source.add_argument(
+        "--nexus",
+        metavar="FILE.nxs",
+        help="an NXtomo file, streamed as replay --nexus streams it (kinds from image_key, its angles on the PandA)",
+    )
     play.add_argument("-p", "--parameters", help="parameter file (JSON) for the scan")
+    from streamtomo.app.cli import add_nexus_path_options  # cli imports this module's register
+
+    add_nexus_path_options(play)
     play.add_argument(
         "--rate",
         type=positive_float,

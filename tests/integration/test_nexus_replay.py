@@ -1,14 +1,11 @@
 """``streamtomo replay --nexus``: the real DIAD (Diamond k11) NXtomo scan streamed
 through the real CLI, dranspose replay, workers and reducer.
 
-The file: 50 flats, 50 darks, 3001 projections at measured angles 89.995..269.995
-degrees, 50 flats, 50 darks; frames and angles behind external links, and 34 other
-external links that dangle (their files were never published).
+The file and its reference sinogram: :mod:`tests.support.diad`.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,21 +14,14 @@ import h5py
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.support.diad import KEYS, diad_file, expected_sinogram
 
-FRAMES = "/entry/instrument/imaging/data"
-KEYS = "/entry/instrument/imaging/image_key"
-ANGLES = "/entry/instrument/gts_theta/value"
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def diad(shared_data: Path) -> Path:
-    path = shared_data / "httomo_k11_diad" / "k11-18014.nxs"
-    if not path.exists():
-        if os.environ.get("STREAMTOMO_REQUIRE_SHARED_DATA"):
-            pytest.fail(f"{path} is missing")
-        pytest.skip(f"{path} is missing")
-    return path
+    return diad_file(shared_data)
 
 
 def _cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -53,26 +43,6 @@ def _replay(args: list[str], cwd: Path) -> str:
     return output
 
 
-def _expected_sinogram(path: Path, flats_after: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The file's projections corrected independently: darks and flats before the scan,
-    flats after it interpolated linearly by frame number; (rows, angles, cols)."""
-    with h5py.File(path, "r") as f:
-        data = f[FRAMES][()].astype(np.float64)
-        keys = f[KEYS][()]
-        angles = f[ANGLES][()]
-    flats, darks, projections = (np.flatnonzero(keys == k) for k in (1, 2, 0))
-    before_flats = flats[flats < projections[0]]
-    after_flats = flats[flats > projections[-1]]
-    dark = data[darks[darks < projections[0]]].mean(axis=0)
-    flat = np.broadcast_to(data[before_flats].mean(axis=0), (len(projections), *data.shape[1:]))
-    if flats_after:
-        last_reference = max(before_flats.max(), darks[darks < projections[0]].max())
-        weight = ((projections - last_reference) / (after_flats[0] - last_reference))[:, None, None]
-        flat = (1 - weight) * flat + weight * data[after_flats].mean(axis=0)
-    corrected = -np.log(np.clip((data[projections] - dark) / (flat - dark), 1e-6, 10.0))
-    return corrected.transpose(1, 0, 2), angles[projections]
-
-
 def test_diad_scan_lands_exactly(diad: Path, tmp_path: Path) -> None:
     output = _replay(["--nexus", str(diad), "-w", "2", "--out", "out.nxs"], tmp_path)
     # The dangling links are named in a warning; the scan goes on.
@@ -81,7 +51,7 @@ def test_diad_scan_lands_exactly(diad: Path, tmp_path: Path) -> None:
     assert "k11-18014-detectorPanda.h5" in warning
     assert "3001 projections" in output
 
-    expected, angles = _expected_sinogram(diad, flats_after=True)
+    expected, angles = expected_sinogram(diad, flats_after=True)
     with h5py.File(tmp_path / "out.nxs", "r") as f:
         assert f["/entry/status/state"][()].decode() == "finished"
         assert int(f["/entry/status/projections"][()]) == 3001
@@ -96,7 +66,7 @@ def test_diad_scan_lands_exactly(diad: Path, tmp_path: Path) -> None:
     assert sinogram.shape == expected.shape == (22, 3001, 26)
     np.testing.assert_allclose(sinogram, expected, rtol=0, atol=1e-4)
     # The flats after the scan matter here: without them the rows differ far beyond that.
-    before_only, _ = _expected_sinogram(diad, flats_after=False)
+    before_only, _ = expected_sinogram(diad, flats_after=False)
     assert np.abs(sinogram - before_only).max() > 100 * 1e-4
 
 
@@ -125,7 +95,7 @@ def test_paths_and_grid_can_be_given(diad: Path, tmp_path: Path) -> None:
         tmp_path,
     )
     assert "angles 89.995 + 0.06 x i deg from /entry/imaging/gts_theta_value" in output
-    expected, angles = _expected_sinogram(diad, flats_after=True)
+    expected, angles = expected_sinogram(diad, flats_after=True)
     with h5py.File(tmp_path / "out.nxs", "r") as f:
         assert int(f["/entry/status/frames_rejected"][()]) == 0
         np.testing.assert_allclose(f["/entry/sinogram/rotation_angle"][()], angles, rtol=0, atol=1e-6)

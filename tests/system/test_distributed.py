@@ -40,6 +40,7 @@ from streamtomo.pipeline.formats.errors import FrameError
 from streamtomo.pipeline.formats.stins import StinsEnd, StinsHeader, StinsImage
 from streamtomo.pipeline.scan import Frame, ImageKey
 from streamtomo.workers import held_results
+from tests.support.diad import diad_file, expected_sinogram
 from tests.support.distributed_fixtures import (
     KILLED_WORKER_NOISE,
     LOOPBACK,
@@ -416,6 +417,47 @@ def test_play_names_the_frames_that_never_came(
     # said once, in the reducer's reason (the domain's and the final file's too)
     assert "state: finished (10 frames lost (never reached the reducer: 30-39))\n" in out, out
     assert out.count("10 frames lost") == 1, out
+
+
+@pytest.mark.slow
+@needs_redis
+def test_play_streams_an_nxtomo_file_through_the_deployment(
+    clean_logs: LocalDeployment, tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_data: Path
+) -> None:
+    """The real DIAD scan as the beamline would send it to a deployment (replay --nexus
+    read it in one process only): the sinogram is the file's, corrected independently,
+    with flats after the scan interpolated, each projection at its measured angle."""
+    from streamtomo.app.cli import main
+
+    diad = diad_file(shared_data)
+    state = clean_logs.state.write(tmp_path / "state.json")
+    params = tmp_path / "parameters.json"
+    params.write_text('{"volume": false, "domain": "/streamtomo/diad.h5"}')
+    capsys.readouterr()
+    assert main(["play", "--nexus", str(diad), "-p", str(params), "--no-record", "--state", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "3001 projections" in out and "state: finished\n" in out, out
+    live = ended_domain(clean_logs.state.live_endpoint, "/streamtomo/diad.h5")
+    expected, angles = expected_sinogram(diad, flats_after=True)
+    assert live["/entry/status/frames_received"] == 3201 and live["/entry/status/frames_rejected"] == 0
+    assert live["/entry/sinogram/frames_per_angle"].tolist() == [1] * 3001
+    np.testing.assert_allclose(live["/entry/sinogram/rotation_angle"], angles, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(live["/entry/sinogram/data"], expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+@needs_redis
+def test_play_refuses_nexus_paths_without_a_file_and_a_file_it_cannot_read(
+    clean_logs: LocalDeployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamtomo.app.cli import main
+
+    state = clean_logs.state.write(tmp_path / "state.json")
+    assert main(["play", "--nexus-data", "/entry/data", "--state", str(state)]) == 2
+    assert "--nexus-data name datasets of the file given with --nexus" in capsys.readouterr().err
+    (tmp_path / "empty.nxs").write_bytes(b"")
+    assert main(["play", "--nexus", str(tmp_path / "empty.nxs"), "--state", str(state)]) == 2
+    assert "empty.nxs" in capsys.readouterr().err
 
 
 @pytest.mark.slow
