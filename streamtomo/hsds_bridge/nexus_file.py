@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -90,7 +91,7 @@ def write_nexus(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique per writer: two writers of one name never write into each other's file.
-    partial = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{PARTIAL_SUFFIX}")
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{WRITER_TOKEN}-{threading.get_ident()}{PARTIAL_SUFFIX}")
     try:
         large: list[_LargeDataset] = []
         file_id = h5py.h5f.create(os.fsencode(partial), h5py.h5f.ACC_TRUNC, fapl=aligned_file_access())
@@ -130,13 +131,19 @@ PARTIAL_SUFFIX = ".part"
 # A partial file untouched this long, of a process that is not running here, was left by
 # a writer that died (a killed reducer): write_nexus renames its file only when complete.
 ORPHAN_AGE_S = 3600.0
-_PARTIAL_NAME = re.compile(r"^\..+\.(\d+)-\d+" + re.escape(PARTIAL_SUFFIX) + "$")
+# This process's mark in its partials' names, beside its number: a container's process
+# is number 1 after every restart, and the partial a killed one left looked like a
+# writer of this process, running, and stayed on the results volume for good.
+WRITER_TOKEN = secrets.token_hex(4)
+# .NAME.PID-TOKEN-TID.part (and .NAME.PID-TID.part, as earlier versions named them)
+_PARTIAL_NAME = re.compile(r"^\..+\.(\d+)-(?:([0-9a-f]{8})-)?\d+" + re.escape(PARTIAL_SUFFIX) + "$")
 
 
 def remove_orphaned_partials(folder: str | os.PathLike[str], older_than_s: float = ORPHAN_AGE_S) -> list[Path]:
-    """Remove the partial files (write_nexus's ``.NAME.PID-TID.part``) in ``folder`` that
-    a writer which died left: their process is not running on this machine and they
-    were not written to for ``older_than_s`` (a folder other machines write to too may
+    """Remove the partial files (write_nexus's ``.NAME.PID-TOKEN-TID.part``) in ``folder``
+    that a writer which died left: their process is not running on this machine (or is
+    this one under the same number, in an earlier life) and they were not written to for
+    ``older_than_s`` (a folder other machines write to too may
     hold their writers' partials, in use, under process numbers not running here).
     Each was up to a whole scan's size and nothing else ever removed it. Returns them."""
     removed: list[Path] = []
@@ -150,13 +157,23 @@ def remove_orphaned_partials(folder: str | os.PathLike[str], older_than_s: float
         if match is None or not entry.is_file(follow_symlinks=False):
             continue
         try:
-            if now - entry.stat(follow_symlinks=False).st_mtime < older_than_s or _running(int(match[1])):
+            if now - entry.stat(follow_symlinks=False).st_mtime < older_than_s or _writing(int(match[1]), match[2]):
                 continue
             os.unlink(entry.path)
         except OSError:
             continue
         removed.append(Path(entry.path))
     return removed
+
+
+def _writing(pid: int, token: str | None) -> bool:
+    """Whether the writer of a partial may still be writing it: this process, if the
+    partial has its token (a partial under this process's number and another token was
+    left by a process that had the same number: a container's earlier life); another
+    process, if it runs here."""
+    if pid == os.getpid():
+        return token == WRITER_TOKEN
+    return _running(pid)
 
 
 def _running(pid: int) -> bool:

@@ -743,11 +743,10 @@ class TomoReducer:
             with self.lock:
                 self._let_go_of_overrun()  # the end of the scan is done with the arrays
             return
-        if not self.context.get("orphaned_partials_swept"):
-            # Once per reducer process: a reducer that was killed left its partial file.
-            self.context["orphaned_partials_swept"] = True
-            for orphan in remove_orphaned_partials(self.settings.final_dir):
-                logger.warning("removed %s, a final file's part that a writer which died left", orphan)
+        # At every scan's end, not once per process: a long-lived reducer's first scan
+        # came within the hour a killed one's partial must wait, and it stayed for good.
+        for orphan in remove_orphaned_partials(self.settings.final_dir):
+            logger.warning("removed %s, a final file's part that a writer which died left", orphan)
         files: list[FinalFile] = self.context.setdefault("final_files", [])
         files[:] = [f for f in files if not f.done]  # written ones need no waiting for
         with self.lock:  # from here on no result changes the domain (process_result)

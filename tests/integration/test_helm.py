@@ -740,6 +740,8 @@ def test_final_files_go_to_the_results_volume_only_when_asked(helm: str) -> None
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Ti"
     assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # time to end the scan and write its file when the pod stops (Kubernetes' default 30 s killed the writer)
+    assert spec["terminationGracePeriodSeconds"] >= 180
     # only the reducer mounts it
     mounted = [
         d["metadata"]["name"]

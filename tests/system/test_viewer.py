@@ -531,6 +531,19 @@ def test_page_sets_the_slice_rows_and_the_slices_are_those_rows(built_page: Path
             )
             assert "outside 0..5" in _control_message(driver)
             assert list(domain_arrays(run.reducer)["/entry/reconstruction/slice_rows"]) == [1, 4]
+            # 'Default' (any case) goes back to the default rows
+            box.send_keys(Keys.CONTROL, "a")
+            box.send_keys(Keys.BACKSPACE)
+            box.send_keys("Default")
+            apply.click()
+            browser.wait_until(
+                lambda: "slice_rows set to default: the live slices use it" in _control_message(driver),
+                30,
+                "the default rows applied",
+            )
+            back = domain_arrays(run.reducer)
+            assert list(back["/entry/reconstruction/slice_rows"]) == list(before["/entry/reconstruction/slice_rows"])
+            np.testing.assert_allclose(back[RECON], before[RECON], rtol=1e-5, atol=1e-5 * scale)
             expected = browser.severe(browser.console_entries(driver))  # Chromium logs the 400 it was asked for
             assert all("control/parameters/slice_rows" in e and "400" in e for e in expected), expected
 

@@ -48,7 +48,7 @@ const STATUS_NUMBERS = [
 
 export interface Status {
   state: string;
-  reason: string; // why the scan failed or stopped, or why its volume is incomplete ('' if none)
+  reason: string; // why the scan failed or stopped, frames that never came, why its volume is incomplete ('' if none)
   rejected: Record<string, number>; // counts per reason
   generation: number;
   lastUpdate: number | null; // unix seconds

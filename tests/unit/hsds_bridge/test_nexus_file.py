@@ -338,15 +338,20 @@ def test_partials_a_dead_writer_left_are_removed_and_no_others(tmp_path: Path) -
     import sys
     import time
 
-    from streamtomo.hsds_bridge.nexus_file import ORPHAN_AGE_S, remove_orphaned_partials
+    from streamtomo.hsds_bridge.nexus_file import ORPHAN_AGE_S, WRITER_TOKEN, remove_orphaned_partials
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(gone.stdout)  # a process that ran and ended
     old = time.time() - 2 * ORPHAN_AGE_S
+    other_token = "0" * 8 if WRITER_TOKEN != "0" * 8 else "1" * 8
     files = {
-        "orphan": tmp_path / f".scan-a.nxs.{dead_pid}-1.part",
-        "fresh": tmp_path / f".scan-b.nxs.{dead_pid}-1.part",  # written to just now: maybe another machine's
-        "running": tmp_path / f".scan-c.nxs.{os.getpid()}-1.part",  # its writer runs
+        "orphan": tmp_path / f".scan-a.nxs.{dead_pid}-{WRITER_TOKEN}-1.part",
+        "fresh": tmp_path / f".scan-b.nxs.{dead_pid}-{WRITER_TOKEN}-1.part",  # just written: another machine's?
+        "running": tmp_path / f".scan-c.nxs.{os.getpid()}-{WRITER_TOKEN}-1.part",  # this process writes it
+        # Under this process's number, another process's token: a container's process is
+        # number 1 after every restart, and its earlier life left this.
+        "earlier life": tmp_path / f".scan-e.nxs.{os.getpid()}-{other_token}-1.part",
+        "earlier version": tmp_path / f".scan-f.nxs.{dead_pid}-1.part",  # named without a token
         "final": tmp_path / "scan-d.nxs",
         "other": tmp_path / ".notes.part",
     }
@@ -354,6 +359,7 @@ def test_partials_a_dead_writer_left_are_removed_and_no_others(tmp_path: Path) -
         path.write_bytes(b"x")
         if name != "fresh":
             os.utime(path, (old, old))
-    assert remove_orphaned_partials(tmp_path) == [files["orphan"]]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for k, p in files.items() if k != "orphan")
+    gone_ones = ("orphan", "earlier life", "earlier version")
+    assert sorted(remove_orphaned_partials(tmp_path)) == sorted(files[k] for k in gone_ones)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for k, p in files.items() if k not in gone_ones)
     assert remove_orphaned_partials(tmp_path / "none") == []  # no folder: nothing to do

@@ -165,7 +165,7 @@ export function ControlPanel({ available, effective, detectorWidth, pendingCentr
       <form
         onSubmit={(e) => {
           e.preventDefault();
-          void post('slice_rows', rows.trim() === 'default' ? '' : rows.trim());
+          void post('slice_rows', rows.trim().toLowerCase() === 'default' ? '' : rows.trim());
         }}
       >
         <label>
