@@ -727,7 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--nexus",
         metavar="FILE",
-        help="an NXtomo file (image_key, rotation angles, frames; external links followed); "
+        help="an NXtomo file (image_key, rotation angles, frames; external links followed) or an APS Data "
+        "Exchange file (/exchange/data, data_white, data_dark, theta: darks, flats, then projections); "
         "angle_start, angle_range and n_projections come from its angles unless the parameter file sets them",
     )
     add_nexus_path_options(replay)

@@ -397,7 +397,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source.add_argument(
         "--nexus",
         metavar="FILE.nxs",
-        help="an NXtomo file, streamed as replay --nexus streams it (kinds from image_key, its angles on the PandA)",
+        help="an NXtomo (or APS Data Exchange) file, streamed as replay --nexus streams it (kinds from image_key "
+        "or the datasets, its angles on the PandA)",
     )
     play.add_argument("-p", "--parameters", help="parameter file (JSON) for the scan")
     from streamtomo.app.cli import add_nexus_path_options  # cli imports this module's register

@@ -12,6 +12,11 @@ datasets the scan needs must resolve.
 The frames keep their file order and index, so flats after the projections are
 interpolated by frame index as in a live scan; the kinds travel in each image header
 (``kind_rule=header``) and the measured angles through the PandA stream.
+
+An APS Data Exchange file (tomopy's tooth, APS beamlines) has no entry and no
+image_key: its darks, flats and projections are datasets of their own
+(``/exchange/data_dark``, ``data_white``, ``data``) and the projections' angles are
+``/exchange/theta``. It streams as such a scan is taken: darks, flats, projections.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamtomo.pipeline.scan import Frame, image_key_from_name
+from streamtomo.pipeline.scan import Frame, ImageKey, image_key_from_name
 
 logger = logging.getLogger(__name__)
 
@@ -259,8 +264,42 @@ def _slot_positions(ordered: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]
     return slot_of
 
 
+EXCHANGE_DATA = "/exchange/data"
+EXCHANGE_THETA = "/exchange/theta"
+# The Data Exchange datasets in the order a scan streams them, and their frames' kind.
+EXCHANGE_PARTS = (
+    ("/exchange/data_dark", ImageKey.DARK),
+    ("/exchange/data_white", ImageKey.FLAT),
+    (EXCHANGE_DATA, ImageKey.PROJECTION),
+)
+
+
+class _Stacked:
+    """Frames of several (frames, rows, columns) datasets, one after the other, read one
+    at a time as a single dataset's (a Data Exchange file's darks, flats, projections)."""
+
+    def __init__(self, stacks: list[Any], name: str) -> None:
+        self.stacks, self.name = stacks, name
+        shapes = {tuple(stack.shape[1:]) for stack in stacks}
+        dtypes = {stack.dtype for stack in stacks}
+        if any(stack.ndim != 3 for stack in stacks) or len(shapes) != 1 or len(dtypes) != 1:
+            described = ", ".join(f"{stack.name} {stack.shape} {stack.dtype}" for stack in stacks)
+            raise NexusError(f"the frames' datasets differ in shape or type: {described}")
+        self.ndim = 3
+        self.dtype = stacks[0].dtype
+        self.shape = (sum(int(stack.shape[0]) for stack in stacks), *shapes.pop())
+
+    def __getitem__(self, index: int) -> Any:
+        for stack in self.stacks:
+            if index < stack.shape[0]:
+                return stack[index]
+            index -= int(stack.shape[0])
+        raise IndexError(index)
+
+
 class NexusScan:
-    """An NXtomo file opened for streaming; :meth:`frames` reads one frame at a time."""
+    """An NXtomo file (or an APS Data Exchange one) opened for streaming; :meth:`frames`
+    reads one frame at a time."""
 
     def __init__(
         self,
@@ -288,13 +327,17 @@ class NexusScan:
                     shown,
                     more,
                 )
-            self.paths = find_paths(self._file, data, image_key, rotation_angle)
-            self._data = self._file[self.paths.data]
-            self.keys = _whole_numbers(self._file[self.paths.image_key][()], self.paths.image_key)
-            angles = self._file[self.paths.rotation_angle]
-            self.angles = _in_degrees(
-                _numbers(angles[()], self.paths.rotation_angle), angles, self.paths.rotation_angle
-            )
+            given = (data, image_key, rotation_angle) != (None, None, None)
+            if not given and not _entries(self._file) and _is_dataset(self._file, EXCHANGE_DATA):
+                self._open_exchange()
+            else:
+                self.paths = find_paths(self._file, data, image_key, rotation_angle)
+                self._data = self._file[self.paths.data]
+                self.keys = _whole_numbers(self._file[self.paths.image_key][()], self.paths.image_key)
+                angles = self._file[self.paths.rotation_angle]
+                self.angles = _in_degrees(
+                    _numbers(angles[()], self.paths.rotation_angle), angles, self.paths.rotation_angle
+                )
             self._check()
         except BaseException:
             self._file.close()
@@ -308,6 +351,31 @@ class NexusScan:
             self.paths.image_key,
             self.paths.rotation_angle,
         )
+
+    def _open_exchange(self) -> None:
+        """An APS Data Exchange file (tomopy's and APS beamlines' layout): projections,
+        flats and darks in datasets of their own and no image_key, the projections'
+        angles in ``theta``. Streamed as such a scan is taken: darks, flats, then the
+        projections in file order; the darks and flats at the first projection's angle."""
+        parts = [(path, key) for path, key in EXCHANGE_PARTS if _is_dataset(self._file, path)]
+        if not _is_dataset(self._file, EXCHANGE_THETA):
+            raise NexusError(f"{EXCHANGE_DATA} in {self.path} has no angles: {EXCHANGE_THETA} is missing")
+        stacks = [self._file[path] for path, _key in parts]
+        self._data = _Stacked(stacks, " + ".join(path for path, _key in parts))
+        self.paths = NexusPaths(self._data.name, "(Data Exchange: darks, flats, projections)", EXCHANGE_THETA)
+        self.keys = np.concatenate(
+            [np.full(stack.shape[0], int(key), np.int64) for stack, (_p, key) in zip(stacks, parts, strict=True)]
+        )
+        theta = self._file[EXCHANGE_THETA]
+        angles = _in_degrees(_numbers(theta[()], EXCHANGE_THETA), theta, EXCHANGE_THETA).ravel()
+        projections = int(np.count_nonzero(self.keys == int(ImageKey.PROJECTION)))
+        if angles.shape != (projections,):
+            raise NexusError(
+                f"{EXCHANGE_THETA} has {angles.size} angles for {projections} projections in {EXCHANGE_DATA}"
+            )
+        first = float(angles[0]) if angles.size else 0.0
+        self.angles = np.full(self.keys.shape, first)
+        self.angles[self.keys == int(ImageKey.PROJECTION)] = angles
 
     def _check(self) -> None:
         if self._data.ndim != 3:

@@ -286,3 +286,51 @@ def test_angles_that_never_change_have_no_grid() -> None:
     with pytest.raises(NexusError, match="all 5 projections have the same angle"):
         derive_grid(np.zeros(5))
     assert derive_grid(np.array([30.0])).n_projections == 1  # one projection: its own slot
+
+
+def _exchange(path: Path, projections: int = 4, theta_units: str | None = "degrees", darks: bool = True) -> None:
+    """An APS Data Exchange file: projections, flats and darks in datasets of their own."""
+    with h5py.File(path, "w") as f:
+        f["/exchange/data"] = (3000 + np.arange(projections)[:, None, None] + np.zeros((1, 3, 4))).astype(np.uint16)
+        f["/exchange/data_white"] = np.full((2, 3, 4), 20000, np.uint16)
+        if darks:
+            f["/exchange/data_dark"] = np.full((1, 3, 4), 100, np.uint16)
+        theta = np.linspace(0.0, 135.0, 4) if theta_units != "radians" else np.radians(np.linspace(0.0, 135.0, 4))
+        f["/exchange/theta"] = theta
+        if theta_units:
+            f["/exchange/theta"].attrs["units"] = theta_units
+
+
+def test_a_data_exchange_file_streams_darks_flats_then_projections(tmp_path: Path) -> None:
+    """APS's layout (tomopy's tooth): no image_key, so the kinds come from the datasets;
+    the projections keep their order and angles (radians converted)."""
+    path = tmp_path / "aps.h5"
+    _exchange(path, theta_units="radians")
+    with NexusScan(path) as scan:
+        assert scan.n_frames == 7 and scan.frame_shape == (3, 4)
+        assert scan.paths.rotation_angle == "/exchange/theta"
+        read = list(scan.frames())
+        grid = scan.grid()
+    assert [f.key for f in read] == [ImageKey.DARK, *[ImageKey.FLAT] * 2, *[ImageKey.PROJECTION] * 4]
+    assert [f.index for f in read] == list(range(7))
+    np.testing.assert_allclose([f.angle_deg for f in read[3:]], [0.0, 45.0, 90.0, 135.0])
+    assert [int(f.data[0, 0]) for f in read] == [100, 20000, 20000, 3000, 3001, 3002, 3003]
+    assert grid == ScanGrid(0.0, 180.0, 4)
+    no_darks = tmp_path / "no-darks.h5"
+    _exchange(no_darks, darks=False)
+    with NexusScan(no_darks) as scan:
+        assert [f.key for f in scan.frames()][:2] == [ImageKey.FLAT, ImageKey.FLAT]
+
+
+def test_a_data_exchange_file_whose_parts_do_not_agree_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "short-theta.h5"
+    _exchange(path, projections=5)  # 4 angles for 5 projections
+    with pytest.raises(NexusError, match="4 angles for 5 projections"):
+        NexusScan(path)
+    other = tmp_path / "other-shape.h5"
+    _exchange(other)
+    with h5py.File(other, "a") as f:
+        del f["/exchange/data_white"]
+        f["/exchange/data_white"] = np.zeros((2, 3, 5), np.uint16)
+    with pytest.raises(NexusError, match="differ in shape or type"):
+        NexusScan(other)
