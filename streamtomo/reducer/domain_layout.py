@@ -11,9 +11,10 @@
         rotation_angle  float64 (angles,) degrees, measured (nominal where empty)
         frames_per_angle int32  (angles,) 0 where the angle is still missing
         detector_row    int64   (rows,)
-    /entry/reconstruction          NXdata, @signal=data
+    /entry/reconstruction          NXdata, @signal=data, @axes=[slice_rows, y, x]
         data            float32 (slices, y, x), one slice per chunk
         slice_rows      int64   (slices,) detector row of each slice
+        y, x            float64 (N,) pixels from the rotation axis (j - N//2)
         n_projections   int64   scalar, projections in the slices so far
         parameters      str     effective configuration (JSON)
         center          float64 the rotation axis the slices use
@@ -178,7 +179,7 @@ def add_scan_datasets(domain: Domain, snap: ScanSnapshot) -> None:
     domain.create_dataset("/entry/sinogram/detector_row", snap.sinogram_rows)
     k, n, _ = snap.slices_shape
     domain.create_group(
-        "/entry/reconstruction", {"NX_class": "NXdata", "signal": "data", "axes": ["slice_rows", ".", "."]}
+        "/entry/reconstruction", {"NX_class": "NXdata", "signal": "data", "axes": ["slice_rows", "y", "x"]}
     )
     _image_stack(
         domain,
@@ -187,9 +188,23 @@ def add_scan_datasets(domain: Domain, snap: ScanSnapshot) -> None:
         {"long_name": "attenuation per pixel", "interpretation": "image"},
     )
     domain.create_dataset("/entry/reconstruction/slice_rows", snap.slice_rows)
+    for name in SLICE_AXES:
+        domain.create_dataset(f"/entry/reconstruction/{name}", slice_axis(n), attrs=SLICE_AXIS_ATTRS)
     domain.create_dataset("/entry/reconstruction/n_projections", np.int64(0))
     domain.create_dataset("/entry/reconstruction/center", np.float64(snap.center), attrs={"units": "pixel"})
     domain.create_dataset("/entry/reconstruction/parameters", snap.parameters)
+
+
+# The slices' pixel axes (NXdata axes y, x of /entry/reconstruction): where each pixel
+# lies from the rotation axis, in (binned) detector pixels, as the backprojection puts
+# it (pixel j at j - N//2). silx and h5web label the images with them.
+SLICE_AXES = ("y", "x")
+SLICE_AXIS_ATTRS = {"units": "pixel", "long_name": "distance from the rotation axis (detector pixels, binned)"}
+
+
+def slice_axis(n: int) -> npt.NDArray[np.float64]:
+    """The positions of an N-pixel slice's rows (or columns) from the rotation axis."""
+    return np.arange(n, dtype=np.float64) - n // 2
 
 
 def _image_stack(domain: Domain, path: str, shape: tuple[int, ...], attrs: dict[str, Any]) -> DomainDataset:
@@ -348,6 +363,9 @@ def update_domain(
         # (the NXdata axis, the mirror and the final file said the slices were other rows).
         if snap.slice_rows is not None:
             changed |= _replace_if_shape_differs(domain, "/entry/reconstruction/slice_rows", snap.slice_rows)
+        for name in SLICE_AXES:  # a live slice_size change: other pixels
+            axis = slice_axis(snap.slices_shape[-1])
+            changed |= _replace_if_shape_differs(domain, f"/entry/reconstruction/{name}", axis, SLICE_AXIS_ATTRS)
         if snap.slices_sum is not None:
             _write_weighted(recon, snap.slices_sum, snap.slices_weight)
             changed = True

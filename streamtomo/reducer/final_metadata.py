@@ -98,10 +98,23 @@ def add_final_metadata(f: h5py.File, identifier: str, ended: float, path: Path |
     group = entry.create_group("volume")
     group.attrs["NX_class"] = "NXdata"
     group.attrs["signal"] = "data"
-    group.attrs["axes"] = np.array(["detector_row", ".", "."], dtype=text)
+    # The live slices' pixel axes where the volume's slices have their size (hard links).
+    pixel_axes = [name for name, size in zip(("y", "x"), volume.shape[1:], strict=True) if _axis_of(entry, name, size)]
+    axes = ["detector_row", *(name if name in pixel_axes else "." for name in ("y", "x"))]
+    group.attrs["axes"] = np.array(axes, dtype=text)
     group.attrs["title"] = "end-of-scan volume"
     group["data"] = volume  # a hard link: the same dataset, not a copy
+    for name in pixel_axes:
+        group[name] = entry[f"reconstruction/{name}"]
     rows = volume.attrs.get("detector_rows")
     row_numbers = np.asarray(rows if rows is not None else np.arange(volume.shape[0]), dtype=np.int64)
     group.create_dataset("detector_row", data=row_numbers)
     entry.attrs["default"] = "volume"
+
+
+def _axis_of(entry: h5py.Group, name: str, size: int) -> bool:
+    """Whether the live slices' pixel axis ``name`` is in the file with ``size`` values."""
+    import h5py
+
+    axis = entry.get(f"reconstruction/{name}")
+    return isinstance(axis, h5py.Dataset) and axis.shape == (size,)

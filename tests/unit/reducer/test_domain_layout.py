@@ -142,3 +142,21 @@ def test_rows_placed_after_a_publish_wait_for_the_next_one(served: tuple[Domain,
     _publish(domain, dataclasses.replace(_snapshot(sinogram=sinogram), frames_per_angle=counts, dirty_slots=[3, 4]))
     with open_file(server.url, domain.name) as f:
         np.testing.assert_array_equal(f["/entry/sinogram/data"][:, 3:5], 2.0)
+
+
+def test_the_slices_carry_their_pixel_axes_and_follow_a_new_slice_size(served: tuple[Domain, HdfRestServer]) -> None:
+    """Read through h5pyd as silx and h5web read them: the slices' NXdata names y and x,
+    pixels from the rotation axis, and a live slice_size change gives them its length."""
+    domain, server = served
+    _publish(domain, _snapshot())
+    with open_file(server.url, domain.name) as f:
+        group = f["/entry/reconstruction"]
+        assert [str(a) for a in group.attrs["axes"]] == ["slice_rows", "y", "x"]
+        for name in ("y", "x"):
+            np.testing.assert_array_equal(group[name][:], np.arange(SIZE) - SIZE // 2)
+            assert group[name].attrs["units"] == "pixel"
+    bigger = dataclasses.replace(_snapshot(), slices_shape=(2, 15, 15), dirty_slots=[])
+    _publish(domain, bigger)
+    with open_file(server.url, domain.name) as f:
+        np.testing.assert_array_equal(f["/entry/reconstruction/x"][:], np.arange(15) - 7)
+        assert f["/entry/reconstruction/y"].shape == (15,)

@@ -39,6 +39,22 @@ def test_a_finished_volume_is_the_default_plot_and_the_scan_is_named(tmp_path: P
         assert list(group["detector_row"][()]) == [10, 11, 12, 13]
 
 
+def test_the_volume_takes_the_slices_pixel_axes_where_they_fit(tmp_path: Path) -> None:
+    """silx and h5web label the volume's images with the live slices' y and x (pixels
+    from the rotation axis); an axis of another length is not the volume's."""
+    from streamtomo.reducer.domain_layout import slice_axis
+
+    with _file(tmp_path / "axes.nxs", done=4) as f:
+        f["entry/reconstruction/y"] = slice_axis(8)
+        f["entry/reconstruction/x"] = slice_axis(16)  # another size: not this volume's
+        add_final_metadata(f, "uuid", 0.0)
+    with h5py.File(tmp_path / "axes.nxs", "r") as f:
+        group = f["entry/volume"]
+        assert list(group.attrs["axes"]) == ["detector_row", "y", "."]
+        assert group["y"].id == f["entry/reconstruction/y"].id and "x" not in group
+        assert list(group["y"][()]) == [-4, -3, -2, -1, 0, 1, 2, 3]
+
+
 def test_a_volume_cut_short_says_so_and_leaves_the_default_alone(tmp_path: Path) -> None:
     with _file(tmp_path / "b.nxs", done=1) as f:
         add_final_metadata(f, "uuid", 0.0)
