@@ -280,19 +280,25 @@ class _Stacked:
 
     def __init__(self, stacks: list[Any], name: str) -> None:
         self.stacks, self.name = stacks, name
+        for stack in stacks:
+            if stack.ndim != 3:
+                raise NexusError(f"{stack.name} has shape {stack.shape}; expected (frames, rows, columns)")
         shapes = {tuple(stack.shape[1:]) for stack in stacks}
-        dtypes = {stack.dtype for stack in stacks}
-        if any(stack.ndim != 3 for stack in stacks) or len(shapes) != 1 or len(dtypes) != 1:
-            described = ", ".join(f"{stack.name} {stack.shape} {stack.dtype}" for stack in stacks)
-            raise NexusError(f"the frames' datasets differ in shape or type: {described}")
+        if len(shapes) != 1:
+            described = ", ".join(f"{stack.name} {stack.shape}" for stack in stacks)
+            raise NexusError(f"the frames' datasets differ in their frames' shape: {described}")
         self.ndim = 3
-        self.dtype = stacks[0].dtype
+        # One pixel type for the whole stream (averaged float darks beside integer
+        # projections, say): the workers refuse a frame whose type changed mid-scan.
+        # Numbers only: strings or compounds are refused by name as an NXtomo's are.
+        others = [stack.dtype for stack in stacks if stack.dtype.kind not in "biuf"]
+        self.dtype = others[0] if others else np.result_type(*(stack.dtype for stack in stacks))
         self.shape = (sum(int(stack.shape[0]) for stack in stacks), *shapes.pop())
 
     def __getitem__(self, index: int) -> Any:
         for stack in self.stacks:
             if index < stack.shape[0]:
-                return stack[index]
+                return np.asarray(stack[index]).astype(self.dtype, copy=False)
             index -= int(stack.shape[0])
         raise IndexError(index)
 
@@ -328,10 +334,19 @@ class NexusScan:
                     more,
                 )
             given = (data, image_key, rotation_angle) != (None, None, None)
-            if not given and not _entries(self._file) and _is_dataset(self._file, EXCHANGE_DATA):
+            exchange = _is_dataset(self._file, EXCHANGE_DATA)
+            try:
+                self.paths = find_paths(self._file, data, image_key, rotation_angle)
+            except NexusError as error:
+                if not exchange:
+                    raise
+                if given:  # an NXtomo's paths named in a file that has none
+                    raise NexusError(
+                        f"{error}; {self.path} is an APS Data Exchange file ({EXCHANGE_DATA}): its kinds come from "
+                        "its datasets, so leave --nexus-data, --nexus-keys and --nexus-angles out"
+                    ) from None
                 self._open_exchange()
             else:
-                self.paths = find_paths(self._file, data, image_key, rotation_angle)
                 self._data = self._file[self.paths.data]
                 self.keys = _whole_numbers(self._file[self.paths.image_key][()], self.paths.image_key)
                 angles = self._file[self.paths.rotation_angle]

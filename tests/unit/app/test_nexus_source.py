@@ -257,7 +257,8 @@ def test_check_nexus_of_string_frames_or_an_unreadable_chunk_is_one_line_and_exi
 def test_replay_nexus_of_string_frames_or_an_unreadable_chunk_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Both are found before the scan starts (the file's frames are recorded first)."""
+    """Both are found before the scan starts (the file's frames are recorded first, or
+    encoded for play)."""
     strings = _nxtomo_with_frames(tmp_path / "strings.nxs", STRING_FRAMES)
     broken = tmp_path / "broken.nxs"
     _corrupt_chunk(broken, 1)
@@ -266,6 +267,12 @@ def test_replay_nexus_of_string_frames_or_an_unreadable_chunk_is_one_line_and_ex
         (broken, f"{broken}: cannot read frame 1 of /entry/instrument/detector/data: "),
     ]:
         assert main(["replay", "--nexus", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith(f"streamtomo: error: {expected}"), err
+        # play reads the whole file before it touches the deployment (none listens here)
+        nowhere = ["--controller", "http://127.0.0.1:9", "--detector", "tcp://127.0.0.1:9", "--panda", "127.0.0.1:9"]
+        assert main(["play", "--nexus", str(path), *nowhere, "--state", str(tmp_path / "none.json")]) == 2
         err = capsys.readouterr().err
         assert "Traceback" not in err
         assert err.strip().splitlines()[-1].startswith(f"streamtomo: error: {expected}"), err
@@ -332,5 +339,24 @@ def test_a_data_exchange_file_whose_parts_do_not_agree_is_refused(tmp_path: Path
     with h5py.File(other, "a") as f:
         del f["/exchange/data_white"]
         f["/exchange/data_white"] = np.zeros((2, 3, 5), np.uint16)
-    with pytest.raises(NexusError, match="differ in shape or type"):
+    with pytest.raises(NexusError, match="differ in their frames' shape"):
         NexusScan(other)
+    with pytest.raises(NexusError, match=r"is an APS Data Exchange file .* leave --nexus-data"):
+        NexusScan(path, rotation_angle="/exchange/theta")  # NXtomo paths: none in this file
+
+
+def test_a_data_exchange_file_with_averaged_float_darks_and_an_entry_of_metadata(tmp_path: Path) -> None:
+    """Darks averaged to float32 beside integer projections: one pixel type for the whole
+    stream (the workers refuse a type that changes mid-scan); an /entry with metadata
+    only does not hide the frames."""
+    path = tmp_path / "mixed.h5"
+    _exchange(path)
+    with h5py.File(path, "a") as f:
+        del f["/exchange/data_dark"]
+        f["/exchange/data_dark"] = np.full((1, 3, 4), 100.25, np.float32)
+        f.create_group("entry/sample").attrs["NX_class"] = "NXsample"
+    with NexusScan(path) as scan:
+        read = list(scan.frames())
+    assert {f.data.dtype for f in read} == {np.dtype(np.float32)}
+    assert read[0].key == ImageKey.DARK and read[0].data[0, 0] == np.float32(100.25)
+    assert read[-1].key == ImageKey.PROJECTION and read[-1].data[0, 0] == 3003
