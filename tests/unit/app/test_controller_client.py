@@ -82,6 +82,14 @@ class FakeController:
     async def progress(self, request: web.Request) -> web.Response:
         return web.json_response({"completed_events": 3, "total_events": 5, "finished": False})
 
+    # /api/v1/reduction: streamtomo's controller adds it (reduction_progress); dranspose's has none.
+    reduction_status = 404
+
+    async def reduction(self, request: web.Request) -> web.Response:
+        if self.reduction_status != 200:
+            return web.Response(status=self.reduction_status, text="Not Found" if self.reduction_status == 404 else "")
+        return web.json_response({"completed_events": 3, "to_reduce": 2, "total_events": 5})
+
 
 @pytest.fixture
 def controller() -> Iterator[tuple[str, FakeController]]:
@@ -92,6 +100,7 @@ def controller() -> Iterator[tuple[str, FakeController]]:
     app.router.add_get("/api/v1/config", fake.config)
     app.router.add_get("/api/v1/parameters", fake.parameters_list)
     app.router.add_get("/api/v1/progress", fake.progress)
+    app.router.add_get("/api/v1/reduction", fake.reduction)
     app.router.add_post("/api/v1/sequence", fake.sequence)
     app.router.add_post("/api/v1/stop", fake.stop)
     loop = asyncio.new_event_loop()
@@ -170,3 +179,19 @@ def test_wait_consistent(controller: tuple[str, FakeController]) -> None:
     target = client.set_parameter("known", b"4")
     with pytest.raises(ControllerTimeout):
         client.wait_consistent(target, timeout=0.5, interval=0.05)
+
+
+def test_reduction_of_a_controller_without_it_is_none_and_other_errors_are_raised(
+    controller: tuple[str, FakeController],
+) -> None:
+    """play asks whether the reducer still owes results; dranspose's own controller has
+    no such route (404: None, counted as reduced), and any other failure is not that."""
+    url, fake = controller
+    client = ControllerClient(url)
+    assert client.reduction() is None
+    fake.reduction_status = 200
+    assert client.reduction() == {"completed_events": 3, "to_reduce": 2, "total_events": 5}
+    fake.reduction_status = 500
+    with pytest.raises(ControllerError) as raised:
+        client.reduction()
+    assert raised.value.status == 500
