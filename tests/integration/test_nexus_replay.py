@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def diad(shared_data: Path) -> Path:
-    return diad_file(shared_data)
+def diad() -> Path:
+    return diad_file()
 
 
 def _cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import h5py
@@ -42,18 +41,8 @@ def tooth_frames(path: Path) -> tuple[list[Frame], np.ndarray]:
     return frames, theta
 
 
-@pytest.fixture(scope="module")
-def tooth(shared_data: Path) -> Path:
-    path = shared_data / "tomopy_tooth" / "tooth.h5"
-    if not path.exists():
-        if os.environ.get("STREAMTOMO_REQUIRE_SHARED_DATA"):
-            pytest.fail(f"{path} is missing")
-        pytest.skip(f"{path} is missing")
-    return path
-
-
-def test_tooth_matches_iradon(tooth: Path, tmp_path: Path) -> None:
-    frames, theta = tooth_frames(tooth)
+def test_tooth_matches_iradon(tooth_h5: Path, tmp_path: Path) -> None:
+    frames, theta = tooth_frames(tooth_h5)
     config = PipelineConfig.from_mapping(
         {
             "n_darks_before": 10,
@@ -84,8 +73,8 @@ def test_tooth_matches_iradon(tooth: Path, tmp_path: Path) -> None:
         assert 0.95 < ratio < 1.05, ratio
 
 
-def test_auto_centre_finds_the_tooth_axis(tooth: Path, tmp_path: Path) -> None:
-    frames, _ = tooth_frames(tooth)
+def test_auto_centre_finds_the_tooth_axis(tooth_h5: Path, tmp_path: Path) -> None:
+    frames, _ = tooth_frames(tooth_h5)
     config = PipelineConfig.from_mapping(
         {
             "n_darks_before": 10,
@@ -116,14 +105,14 @@ DEAD_COLUMNS = [200, 201]
 
 
 @pytest.mark.parametrize("pixel_repair", [True, False])
-def test_dead_columns_are_repaired_and_keep_the_auto_centre(tooth: Path, tmp_path: Path, pixel_repair: bool) -> None:
+def test_dead_columns_are_repaired_and_keep_the_auto_centre(tooth_h5: Path, tmp_path: Path, pixel_repair: bool) -> None:
     """Two dead detector columns (0 counts in every projection), uint16 frames as a detector sends.
 
     Unrepaired they are -log 13.8: phase correlation locks onto the stripe (the auto
     centre lands at the dead columns, 200.5) and the slices get arcs. Repaired, the
     centre stays within 0.5 px of the clean data's and every repaired pixel is counted.
     """
-    frames, theta = tooth_frames(tooth)
+    frames, theta = tooth_frames(tooth_h5)
     clean = np.stack([f.data for f in frames if f.key == ImageKey.PROJECTION])
     dark = np.stack([f.data for f in frames if f.key == ImageKey.DARK]).astype(np.float32).mean(axis=0)
     flat = np.stack([f.data for f in frames if f.key == ImageKey.FLAT]).astype(np.float32).mean(axis=0)
@@ -163,7 +152,7 @@ def test_dead_columns_are_repaired_and_keep_the_auto_centre(tooth: Path, tmp_pat
     assert corr > 0.99, corr
 
 
-def test_replay_nexus_streams_the_data_exchange_file_itself(tooth: Path, tmp_path: Path) -> None:
+def test_replay_nexus_streams_the_data_exchange_file_itself(tooth_h5: Path, tmp_path: Path) -> None:
     """The APS file as it is, through the CLI (kinds from its datasets: darks, flats,
     projections): the sinogram and slices of its frames streamed as above, which agree
     with iradon. It needed a converter of one's own."""
@@ -173,7 +162,7 @@ def test_replay_nexus_streams_the_data_exchange_file_itself(tooth: Path, tmp_pat
 
     params = tmp_path / "parameters.json"
     params.write_text(json.dumps({"center": str(AXIS), "slice_rows": "0,1", "volume": False}))
-    argv = ["replay", "--nexus", str(tooth), "-p", str(params), "-w", "2", "--out", "out.nxs"]
+    argv = ["replay", "--nexus", str(tooth_h5), "-p", str(params), "-w", "2", "--out", "out.nxs"]
     done = subprocess.run(
         [sys.executable, "-m", "streamtomo.app.cli", *argv],
         cwd=tmp_path,
@@ -190,7 +179,7 @@ def test_replay_nexus_streams_the_data_exchange_file_itself(tooth: Path, tmp_pat
         assert int(f["/entry/status/frames_rejected"][()]) == 0
         sinogram = f["/entry/sinogram/data"][()]
         slices = f["/entry/reconstruction/data"][()]
-    frames, _ = tooth_frames(tooth)
+    frames, _ = tooth_frames(tooth_h5)
     config = PipelineConfig.from_mapping(effective)
     assert (config.n_projections, config.kind_rule) == (181, "header")
     arrays = run_to_end(record(frames, tmp_path / "recorded", config), config, workers=1)

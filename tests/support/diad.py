@@ -8,26 +8,21 @@ external links that dangle (their files were never published).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
+
+from tests.support.shared_data import shared_path
 
 FRAMES = "/entry/instrument/imaging/data"
 KEYS = "/entry/instrument/imaging/image_key"
 ANGLES = "/entry/instrument/gts_theta/value"
 
 
-def diad_file(shared_data: Path) -> Path:
-    """The file, or a skip (a failure where ``STREAMTOMO_REQUIRE_SHARED_DATA`` is set)."""
-    path = shared_data / "httomo_k11_diad" / "k11-18014.nxs"
-    if not path.exists():
-        if os.environ.get("STREAMTOMO_REQUIRE_SHARED_DATA"):
-            pytest.fail(f"{path} is missing")
-        pytest.skip(f"{path} is missing")
-    return path
+def diad_file() -> Path:
+    """The file, or a skip (a failure where the shared data are required: :func:`shared_path`)."""
+    return shared_path("httomo_k11_diad", "k11-18014.nxs")
 
 
 def expected_sinogram(path: Path, flats_after: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -422,14 +422,14 @@ def test_play_names_the_frames_that_never_came(
 @pytest.mark.slow
 @needs_redis
 def test_play_streams_an_nxtomo_file_through_the_deployment(
-    clean_logs: LocalDeployment, tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_data: Path
+    clean_logs: LocalDeployment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The real DIAD scan as the beamline would send it to a deployment (replay --nexus
     read it in one process only): the sinogram is the file's, corrected independently,
     with flats after the scan interpolated, each projection at its measured angle."""
     from streamtomo.app.cli import main
 
-    diad = diad_file(shared_data)
+    diad = diad_file()
     state = clean_logs.state.write(tmp_path / "state.json")
     params = tmp_path / "parameters.json"
     params.write_text('{"volume": false, "domain": "/streamtomo/diad.h5"}')

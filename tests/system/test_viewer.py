@@ -281,23 +281,29 @@ class ArrivalClock:
 
 def _apply_centre(driver: Any, value: str, expect: str, timeout: float = 10.0) -> None:
     """Type a centre and press apply, as a person would; wait for the page's answer."""
+    _apply_in_box(driver, "center", value, expect, timeout)
+
+
+def _apply_in_box(driver: Any, box_id: str, value: str, expect: str, timeout: float = 10.0) -> None:
+    """Type ``value`` in the control panel's ``{box_id}-input`` and press its
+    ``{box_id}-apply``, as a person would; wait until the page's answer says ``expect``."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    box = driver.find_element(By.ID, "center-input")
+    box = driver.find_element(By.ID, f"{box_id}-input")
     # select-all + type: WebElement.clear() would bypass React's onChange
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(Keys.BACKSPACE)
     box.send_keys(value)
     assert box.get_attribute("value") == value
-    apply = driver.find_element(By.ID, "center-apply")
+    apply = driver.find_element(By.ID, f"{box_id}-apply")
     browser.wait_until(apply.is_enabled, timeout, "the apply button")
     apply.click()
     deadline = time.monotonic() + timeout
     text = ""
     while expect not in text:
         if time.monotonic() > deadline:
-            pytest.fail(f"the page did not confirm centre {value}: it says {text!r}")
+            pytest.fail(f"the page did not confirm {box_id} {value}: it says {text!r}")
         time.sleep(0.05)
         found = driver.find_elements(By.ID, "control-message")
         text = found[0].text if found else ""
@@ -477,7 +483,6 @@ def test_page_sets_the_slice_rows_and_the_slices_are_those_rows(built_page: Path
     them, the page had no box for them): the slices become those of a run with those
     rows, and the page lists and shows them."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
 
     spec = SimulationSpec(rows=6, cols=64, angles=60, seed=4)
     config = spec.config(volume=False)
@@ -501,17 +506,8 @@ def test_page_sets_the_slice_rows_and_the_slices_are_those_rows(built_page: Path
                 20,
                 "the finished scan's slice",
             )
-            box = driver.find_element(By.ID, "slice-rows-input")
-            apply = driver.find_element(By.ID, "slice-rows-apply")
-            assert not apply.is_enabled()  # nothing typed: nothing to apply
-            box.send_keys("1,4")
-            browser.wait_until(apply.is_enabled, 10, "the apply button")
-            apply.click()
-            browser.wait_until(
-                lambda: "slice_rows set to 1,4: the live slices use it" in _control_message(driver),
-                30,
-                "the page to see the rows applied",
-            )
+            assert not driver.find_element(By.ID, "slice-rows-apply").is_enabled()  # nothing typed: nothing to apply
+            _apply_in_box(driver, "slice-rows", "1,4", "slice_rows set to 1,4: the live slices use it", 30)
             final = domain_arrays(run.reducer)
             assert list(final["/entry/reconstruction/slice_rows"]) == [1, 4]
             scale = float(np.abs(target[RECON]).max())
@@ -522,25 +518,12 @@ def test_page_sets_the_slice_rows_and_the_slices_are_those_rows(built_page: Path
             browser.wait_until(lambda a=final[RECON][1]: np.array_equal(_page_slice(driver), a.ravel()), 20, "row 4")
             assert "rows 1,4" in driver.find_element(By.ID, "effective-parameters").text
             # rows the sinogram does not hold: the pipeline's reason, and nothing changes
-            box.send_keys(Keys.CONTROL, "a")
-            box.send_keys(Keys.BACKSPACE)
-            box.send_keys("99")
-            apply.click()
-            browser.wait_until(
-                lambda: _control_message(driver).startswith("slice_rows not changed:"), 20, "the refusal"
-            )
+            _apply_in_box(driver, "slice-rows", "99", "slice_rows not changed:", 20)
+            assert _control_message(driver).startswith("slice_rows not changed:")
             assert "outside 0..5" in _control_message(driver)
             assert list(domain_arrays(run.reducer)["/entry/reconstruction/slice_rows"]) == [1, 4]
             # 'Default' (any case) goes back to the default rows
-            box.send_keys(Keys.CONTROL, "a")
-            box.send_keys(Keys.BACKSPACE)
-            box.send_keys("Default")
-            apply.click()
-            browser.wait_until(
-                lambda: "slice_rows set to default: the live slices use it" in _control_message(driver),
-                30,
-                "the default rows applied",
-            )
+            _apply_in_box(driver, "slice-rows", "Default", "slice_rows set to default: the live slices use it", 30)
             back = domain_arrays(run.reducer)
             assert list(back["/entry/reconstruction/slice_rows"]) == list(before["/entry/reconstruction/slice_rows"])
             np.testing.assert_allclose(back[RECON], before[RECON], rtol=1e-5, atol=1e-5 * scale)
