@@ -383,14 +383,15 @@ class NexusScan:
         )
         theta = self._file[EXCHANGE_THETA]
         angles = _in_degrees(_numbers(theta[()], EXCHANGE_THETA), theta, EXCHANGE_THETA).ravel()
-        projections = int(np.count_nonzero(self.keys == int(ImageKey.PROJECTION)))
+        is_projection = self.keys == int(ImageKey.PROJECTION)
+        projections = int(np.count_nonzero(is_projection))
         if angles.shape != (projections,):
             raise NexusError(
                 f"{EXCHANGE_THETA} has {angles.size} angles for {projections} projections in {EXCHANGE_DATA}"
             )
         first = float(angles[0]) if angles.size else 0.0
         self.angles = np.full(self.keys.shape, first)
-        self.angles[self.keys == int(ImageKey.PROJECTION)] = angles
+        self.angles[is_projection] = angles
 
     def _check(self) -> None:
         if self._data.ndim != 3:

@@ -363,8 +363,8 @@ def update_domain(
         # (the NXdata axis, the mirror and the final file said the slices were other rows).
         if snap.slice_rows is not None:
             changed |= _replace_if_shape_differs(domain, "/entry/reconstruction/slice_rows", snap.slice_rows)
-        for name in SLICE_AXES:  # a live slice_size change: other pixels
-            axis = slice_axis(snap.slices_shape[-1])
+        axis = slice_axis(snap.slices_shape[-1])  # a live slice_size change: other pixels
+        for name in SLICE_AXES:
             changed |= _replace_if_shape_differs(domain, f"/entry/reconstruction/{name}", axis, SLICE_AXIS_ATTRS)
         if snap.slices_sum is not None:
             _write_weighted(recon, snap.slices_sum, snap.slices_weight)
